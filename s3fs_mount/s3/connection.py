@@ -1,0 +1,298 @@
+"""The HTTP side of the connector: endpoint, credentials, signing, retries.
+
+``S3Connection`` owns everything about *how* a request travels; the
+``RemoteStore`` in :mod:`s3fs_mount.s3.store` says *what* to ask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from s3fs_mount.s3 import xmlparse
+from s3fs_mount.s3.errors import ConfigError, S3Error
+from s3fs_mount.s3.retry import RetryPolicy
+from s3fs_mount.s3.sigv4 import (
+    EMPTY_SHA256,
+    UNSIGNED_PAYLOAD,
+    SigV4Signer,
+    canonical_query,
+    uri_encode,
+)
+
+log = logging.getLogger(__name__)
+#: One line per request at DEBUG: method, bucket/key, status, ms, bytes.
+request_log = logging.getLogger("s3fs_mount.requests")
+
+Body = None | bytes | Callable[[], Any]
+
+
+class RequestStats:
+    """Counters for the summary at unmount. Guarded by its own lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[str, int] = {}
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.errors = 0
+
+    def add(self, method: str, up: int, down: int, error: bool) -> None:
+        with self._lock:
+            self.requests[method] = self.requests.get(method, 0) + 1
+            self.bytes_up += up
+            self.bytes_down += down
+            self.errors += int(error)
+
+    def summary(self) -> str:
+        with self._lock:
+            total = sum(self.requests.values())
+            kinds = ", ".join("%s %d" % kv for kv in sorted(self.requests.items()))
+            return "%d requests (%s), %d bytes up, %d bytes down, %d errors" % (
+                total,
+                kinds or "none",
+                self.bytes_up,
+                self.bytes_down,
+                self.errors,
+            )
+
+
+class S3Connection:
+    """Where and how to reach S3: endpoint, credentials, default bucket.
+
+    Takes the keys of the ``s3:`` section of an ``s3.yaml``::
+
+        >>> with open('s3.yaml') as fi:
+        ...     config = yaml.safe_load(fi)
+        >>> connection = S3Connection(**config['s3'])
+
+    :param access_key_id: the access key (the "user name").
+    :param secret_access_key: the secret key (the "password"); never logged.
+    :param default_bucket: bucket used when a name gives none.
+    :param endpoint: ``host`` or ``host:port`` (a ``http://``/``https://``
+        prefix is accepted and sets ``tls``).
+    :param tls: use https (default True).
+    :param region: signing region (default ``us-east-1``).
+    :param path_style: ``https://host/bucket/key`` addressing; default True
+        for non-AWS endpoints, virtual-hosted for ``*.amazonaws.com``.
+    :param session_token: temporary credentials' token, if any.
+    :param verify_tls: check the server certificate (default True).
+    :param timeout: seconds to connect and between bytes read (default 30).
+    :param max_connections: connection pool size per thread (default 32).
+    """
+
+    def __init__(
+        self,
+        access_key_id: str = "",
+        secret_access_key: str = "",
+        default_bucket: str | None = None,
+        endpoint: str = "s3.amazonaws.com",
+        tls: bool = True,
+        region: str = "us-east-1",
+        path_style: bool | None = None,
+        session_token: str | None = None,
+        verify_tls: bool = True,
+        timeout: float = 30.0,
+        max_connections: int = 32,
+        retry: RetryPolicy | None = None,
+        **unknown: Any,
+    ) -> None:
+        if unknown:
+            raise ConfigError(
+                "unknown S3 setting%s: %s (known: %s)"
+                % ("s" if len(unknown) > 1 else "", ", ".join(sorted(unknown)), ", ".join(KNOWN_SETTINGS))
+            )
+        for name, value in (
+            ("access_key_id", access_key_id),
+            ("secret_access_key", secret_access_key),
+            ("endpoint", endpoint),
+        ):
+            if not isinstance(value, str):
+                raise ConfigError("S3 setting %s must be a string" % name)
+        if default_bucket is not None and not isinstance(default_bucket, str):
+            raise ConfigError("S3 setting default_bucket must be a string")
+        if not isinstance(tls, bool):
+            raise ConfigError("S3 setting tls must be true or false, not %r" % (tls,))
+        if endpoint.startswith(("http://", "https://")):
+            tls = endpoint.startswith("https://")
+            endpoint = endpoint.split("://", 1)[1]
+        endpoint = endpoint.rstrip("/")
+        if not endpoint or "/" in endpoint:
+            raise ConfigError("S3 setting endpoint must be host or host:port, not %r" % endpoint)
+        self.access_key_id = access_key_id
+        self.default_bucket = default_bucket or None
+        self.endpoint = endpoint
+        self.tls = tls
+        self.region = region
+        self.path_style = (not endpoint.endswith("amazonaws.com")) if path_style is None else path_style
+        self.verify_tls = verify_tls
+        if not verify_tls:
+            log.warning("TLS certificate verification is OFF for %s", endpoint)
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.retry = retry or RetryPolicy()
+        self.stats = RequestStats()
+        self.signer = SigV4Signer(access_key_id, secret_access_key, region, session_token=session_token)
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return "S3Connection(endpoint=%r, default_bucket=%r, access_key_id=%r)" % (
+            self.endpoint,
+            self.default_bucket,
+            self.access_key_id,
+        )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def set_credentials(
+        self, access_key_id: str, secret_access_key: str, session_token: str | None = None
+    ) -> None:
+        """Swap in fresh credentials (e.g. from a credential_process)."""
+        self.access_key_id = access_key_id
+        self.signer = SigV4Signer(access_key_id, secret_access_key, self.region, session_token=session_token)
+
+    # -- transport -----------------------------------------------------------------
+
+    def session(self) -> requests.Session:
+        """This thread's pooled requests.Session (sessions are not shared across threads)."""
+        sess = getattr(self._local, "session", None)
+        if sess is None:
+            sess = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.max_connections, max_retries=0)
+            sess.mount("http://", adapter)
+            sess.mount("https://", adapter)
+            sess.verify = self.verify_tls
+            self._local.session = sess
+        return sess
+
+    def _host_and_path(self, bucket: str | None, key: str) -> tuple[str, str]:
+        encoded_key = uri_encode(key, safe="/")
+        if not bucket:
+            return self.endpoint, "/"
+        if self.path_style:
+            if not key:
+                return self.endpoint, "/" + uri_encode(bucket)
+            return self.endpoint, "/%s/%s" % (uri_encode(bucket), encoded_key)
+        return "%s.%s" % (bucket, self.endpoint), "/" + encoded_key
+
+    def request(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str = "",
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: Body = None,
+        payload_hash: str | None = None,
+        expect: Iterable[int] = (200,),
+        stream: bool = False,
+        retry: bool = True,
+    ) -> requests.Response:
+        """Send one signed request, retried by the retry policy.
+
+        ``body`` is bytes, or a zero-argument callable returning a fresh
+        file-like object for each attempt (so streamed uploads can retry).
+        Returns the response when its status is in ``expect``; raises
+        :class:`S3Error` otherwise, or the requests exception on a transport
+        failure once retries are spent.
+        """
+        query = dict(query or {})
+        host, path = self._host_and_path(bucket, key)
+        url = "%s://%s%s" % (self.scheme, host, path)
+        qs = canonical_query(query)
+        if qs:
+            url += "?" + qs
+        if payload_hash is None:
+            if body is None:
+                payload_hash = EMPTY_SHA256
+            elif isinstance(body, (bytes, bytearray, memoryview)):
+                payload_hash = hashlib.sha256(body).hexdigest()
+            else:
+                payload_hash = UNSIGNED_PAYLOAD
+        expect = tuple(expect)
+        what = "%s %s/%s" % (method, bucket or "", key)
+
+        def attempt() -> requests.Response:
+            signed = self.signer.sign(method, host, path, query, headers or {}, payload_hash)
+            data = body() if callable(body) else body
+            started = time.monotonic()
+            sent = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
+            try:
+                resp = self.session().request(
+                    method,
+                    url,
+                    headers=signed,
+                    data=data,
+                    stream=stream,
+                    timeout=(min(self.timeout, 10.0), self.timeout),
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                self.stats.add(method, sent, 0, True)
+                request_log.debug("%s %s -> %s", method, what, exc.__class__.__name__)
+                raise
+            finally:
+                if hasattr(data, "close"):
+                    data.close()
+            if not sent and "Content-Length" in signed:
+                sent = int(signed["Content-Length"])
+            got = int(resp.headers.get("Content-Length") or 0) if method != "HEAD" else 0
+            ok = resp.status_code in expect
+            self.stats.add(method, sent, got, not ok)
+            request_log.debug(
+                "%s %s %s %d %.0fms up=%d down=%d",
+                method,
+                bucket or "",
+                key,
+                resp.status_code,
+                (time.monotonic() - started) * 1000,
+                sent,
+                got,
+            )
+            if ok:
+                return resp
+            raise self._error(resp, what)
+
+        if not retry:
+            return attempt()
+        return self.retry.call(attempt, what)
+
+    @staticmethod
+    def _error(resp: requests.Response, what: str) -> S3Error:
+        code = message = ""
+        request_id = resp.headers.get("x-amz-request-id", "")
+        try:
+            content = resp.content if resp.request.method != "HEAD" else b""
+        except requests.RequestException:
+            content = b""
+        if content:
+            err = xmlparse.parse_error(content)
+            code = err.get("Code", "")
+            message = err.get("Message", "")
+            request_id = err.get("RequestId", request_id)
+        resp.close()
+        return S3Error(resp.status_code, code, message, request_id, what)
+
+
+KNOWN_SETTINGS = (
+    "access_key_id",
+    "secret_access_key",
+    "default_bucket",
+    "endpoint",
+    "tls",
+    "region",
+    "path_style",
+    "session_token",
+    "verify_tls",
+    "timeout",
+    "max_connections",
+)

@@ -1,0 +1,588 @@
+"""RemoteStore: what the filesystem (and any script) asks of S3.
+
+The six methods of the seed API (``copy``, ``delete``, ``exists``, ``read``,
+``update_metadata``, ``write``) keep its contract exactly: all but ``exists``
+log failures and return True/False. The methods the filesystem needs
+(``head``, ``get_range``, ``put``, ``upload_file``, ``start_multipart``,
+``copy_object``, ``list``, ``delete_keys``, buckets) raise :class:`S3Error`
+or the transport's exception instead, so callers can map them to errnos.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, BinaryIO
+
+import requests
+
+from s3fs_mount.s3 import xmlparse
+from s3fs_mount.s3.connection import S3Connection
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error
+from s3fs_mount.s3.names import RemoteName, S3Name, resolve
+from s3fs_mount.s3.sigv4 import uri_encode
+from s3fs_mount.s3.xmlparse import ListEntry, ListPage
+
+log = logging.getLogger(__name__)
+
+META_PREFIX = "x-amz-meta-"
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+MIN_PART_SIZE = 5 * MiB
+MAX_PARTS = 10_000
+MAX_SINGLE_COPY = 5 * GiB
+#: Response headers a metadata REPLACE must carry over, or S3 resets them.
+KEPT_HEADERS = (
+    "Content-Type",
+    "Cache-Control",
+    "Content-Disposition",
+    "Content-Encoding",
+    "Content-Language",
+    "Expires",
+    "x-amz-storage-class",
+    "x-amz-website-redirect-location",
+    "x-amz-tagging-directive",
+)
+
+
+def metadata_of(headers: Mapping[str, str]) -> dict[str, str]:
+    """The ``x-amz-meta-*`` headers of ``headers``, names lower-cased."""
+    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(META_PREFIX)}
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """A part size of at least ``preferred`` (and 5 MiB) that needs at most 10,000 parts."""
+    part = max(preferred, MIN_PART_SIZE)
+    while size > part * MAX_PARTS:
+        part *= 2
+    return part
+
+
+@dataclass
+class ObjectInfo:
+    """What a HEAD (or GET) says about an object."""
+
+    key: str
+    size: int
+    etag: str
+    mtime: float
+    metadata: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # the KEPT_HEADERS present
+    storage_class: str = "STANDARD"
+    version_id: str | None = None
+
+    @classmethod
+    def from_response(cls, key: str, resp: requests.Response) -> ObjectInfo:
+        h = resp.headers
+        size = int(h.get("Content-Length") or 0)
+        if "Content-Range" in h:  # bytes a-b/total
+            size = int(h["Content-Range"].rsplit("/", 1)[1])
+        return cls(
+            key=key,
+            size=size,
+            etag=h.get("ETag", "").strip('"'),
+            mtime=xmlparse.parse_time(h.get("Last-Modified", "")),
+            metadata=metadata_of(h),
+            headers={name: h[name] for name in KEPT_HEADERS if name in h},
+            storage_class=h.get("x-amz-storage-class", "STANDARD"),
+            version_id=h.get("x-amz-version-id"),
+        )
+
+
+class MultipartUpload:
+    """One multipart upload under way. Parts may be sent from several threads.
+
+    ::
+
+        >>> mpu = store.start_multipart('big.bin', headers={'x-amz-meta-state': 'new'})
+        >>> mpu.upload_part(1, first_8_mib)
+        >>> mpu.upload_part(2, rest)
+        >>> etag = mpu.complete()        # or mpu.abort()
+    """
+
+    def __init__(self, store: RemoteStore, bucket: str, key: str, upload_id: str) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.key = key
+        self.upload_id = upload_id
+        self._lock = threading.Lock()  # guards parts
+        self.parts: dict[int, str] = {}
+
+    def upload_part(self, number: int, data: bytes) -> str:
+        """Send part ``number`` (1-based); returns its ETag."""
+        resp = self.store.connection.request(
+            "PUT",
+            self.bucket,
+            self.key,
+            query={"partNumber": str(number), "uploadId": self.upload_id},
+            body=bytes(data),
+        )
+        etag = resp.headers.get("ETag", "").strip('"')
+        with self._lock:
+            self.parts[number] = etag
+        return etag
+
+    def copy_part(self, number: int, source: str, first: int, last: int) -> str:
+        """UploadPartCopy of bytes ``first..last`` of ``source`` (``/bucket/key``)."""
+        resp = self.store.connection.request(
+            "PUT",
+            self.bucket,
+            self.key,
+            query={"partNumber": str(number), "uploadId": self.upload_id},
+            headers={"x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=%d-%d" % (first, last)},
+        )
+        etag = xmlparse.parse_text(resp.content, "ETag").strip('"')
+        with self._lock:
+            self.parts[number] = etag
+        return etag
+
+    def complete(self) -> str:
+        """Finish the upload; returns the object's ETag."""
+        with self._lock:
+            parts = list(self.parts.items())
+        resp = self.store.connection.request(
+            "POST",
+            self.bucket,
+            self.key,
+            query={"uploadId": self.upload_id},
+            body=xmlparse.complete_multipart_body(parts),
+        )
+        # S3 may answer 200 with an error body.
+        err = xmlparse.parse_error(resp.content)
+        if "Code" in err:
+            raise S3Error(
+                500, err["Code"], err.get("Message", ""), err.get("RequestId", ""), "complete %s" % self.key
+            )
+        return xmlparse.parse_text(resp.content, "ETag").strip('"')
+
+    def abort(self) -> None:
+        """Abort the upload, freeing its parts. Never raises."""
+        try:
+            self.store.connection.request(
+                "DELETE",
+                self.bucket,
+                self.key,
+                query={"uploadId": self.upload_id},
+                expect=(204, 200, 404),
+            )
+        except Exception as exc:  # best effort: a dangling upload is cleaned at next start
+            log.warning("could not abort multipart upload of %s: %s", self.key, exc)
+
+
+class RemoteStore:
+    """Remote storage in S3 through one :class:`S3Connection`.
+
+    ::
+
+        >>> store = RemoteStore(S3Connection(**config['s3']))
+        >>> store.write('example', 'example-in-s3', headers={'x-amz-meta-state': 'new'})
+        True
+        >>> store.exists('example-in-s3')
+        (True, {'x-amz-meta-state': 'new'})
+
+    :param connection: the :class:`S3Connection` to use.
+    :param part_size: multipart part size in bytes (default 8 MiB, at least 5 MiB).
+    :param multipart_threshold: files at least this big upload in parts.
+    :param max_workers: parts sent at once by one upload or copy.
+    """
+
+    def __init__(
+        self,
+        connection: S3Connection,
+        part_size: int = 8 * MiB,
+        multipart_threshold: int = 16 * MiB,
+        max_workers: int = 8,
+    ) -> None:
+        self.connection = connection
+        self.part_size = max(part_size, MIN_PART_SIZE)
+        self.multipart_threshold = multipart_threshold
+        self.max_workers = max_workers
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers, "s3-part")
+
+    def _name(self, name: RemoteName) -> tuple[str, str]:
+        return resolve(name, self.connection.default_bucket)
+
+    def close(self) -> None:
+        """Stop the part-upload threads."""
+        self._pool.shutdown(wait=True)
+
+    # -- the seed API: True/False, failures logged ----------------------------------
+
+    def _guarded(self, what: str, fn: Callable[[], object]) -> bool:
+        try:
+            fn()
+            return True
+        except (RemoteStoreError, requests.RequestException, OSError) as exc:
+            log.error("%s failed: %s", what, exc)
+            return False
+
+    def copy(
+        self,
+        remote_source: RemoteName,
+        remote_destination: RemoteName,
+        headers: Mapping[str, str] | None = None,
+    ) -> bool:
+        """Copy an object. Metadata comes from the source unless ``headers`` holds
+        ``x-amz-meta-*`` headers; then exactly those are the destination's metadata.
+        """
+        headers = dict(headers or {})
+        replace = bool(metadata_of(headers))
+        return self._guarded(
+            "copy %s -> %s" % (remote_source, remote_destination),
+            lambda: self.copy_object(remote_source, remote_destination, headers, replace_metadata=replace),
+        )
+
+    def delete(self, remote_name: RemoteName) -> bool:
+        """Delete an object. Deleting a missing key succeeds, as in S3."""
+        bucket, key = self._name(remote_name)
+        return self._guarded(
+            "delete %s/%s" % (bucket, key),
+            lambda: self.connection.request("DELETE", bucket, key, expect=(204, 200)),
+        )
+
+    def exists(self, remote_name: RemoteName) -> tuple[bool, dict[str, str]]:
+        """``(True, metadata)`` if the object exists, else ``(False, {})``.
+
+        Does not catch transport errors; raises :class:`RemoteStoreError`
+        (an :class:`S3Error`) on any status but 200 and 404.
+        """
+        try:
+            info = self.head(remote_name)
+        except S3Error as exc:
+            if exc.not_found:
+                return False, {}
+            raise
+        return True, info.metadata
+
+    def read(self, remote_name: RemoteName, local_name: str) -> tuple[bool, dict[str, str]]:
+        """Download an object into the file ``local_name``: ``(ok, metadata)``."""
+        bucket, key = self._name(remote_name)
+        try:
+            info = self.download(remote_name, local_name)
+        except (RemoteStoreError, requests.RequestException, OSError) as exc:
+            log.error("read %s/%s failed: %s", bucket, key, exc)
+            return False, {}
+        return True, info.metadata
+
+    def update_metadata(self, remote_name: RemoteName, headers: Mapping[str, str]) -> bool:
+        """Replace an object's metadata with the ``x-amz-meta-*`` headers in ``headers``.
+
+        Content-Type and the other content headers are kept (a self-copy with
+        ``x-amz-metadata-directive: REPLACE``).
+        """
+        return self._guarded(
+            "update metadata of %s" % (remote_name,),
+            lambda: self.copy_object(remote_name, remote_name, headers, replace_metadata=True),
+        )
+
+    def write(
+        self, local_name: str, remote_name: RemoteName, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Upload the file ``local_name``; ``x-amz-meta-*`` headers set its metadata."""
+        return self._guarded(
+            "write %s -> %s" % (local_name, remote_name),
+            lambda: self.upload_file(local_name, remote_name, headers),
+        )
+
+    # -- objects ------------------------------------------------------------------
+
+    def head(self, remote_name: RemoteName) -> ObjectInfo:
+        """HEAD an object. Raises :class:`S3Error` (``.not_found`` for a 404)."""
+        bucket, key = self._name(remote_name)
+        resp = self.connection.request("HEAD", bucket, key)
+        resp.close()
+        return ObjectInfo.from_response(key, resp)
+
+    def get_range(
+        self, remote_name: RemoteName, start: int, length: int, if_match: str | None = None
+    ) -> bytes:
+        """Bytes ``start .. start+length-1`` of an object (fewer at its end).
+
+        With ``if_match`` (an ETag) a changed object raises S3Error 412
+        instead of mixing old and new bytes.
+        """
+        bucket, key = self._name(remote_name)
+        if length <= 0:
+            return b""
+        headers = {"Range": "bytes=%d-%d" % (start, start + length - 1)}
+        if if_match:
+            headers["If-Match"] = '"%s"' % if_match
+        try:
+            resp = self.connection.request("GET", bucket, key, headers=headers, expect=(200, 206))
+        except S3Error as exc:
+            if exc.status == 416:  # at or past the end
+                return b""
+            raise
+        data = resp.content
+        if resp.status_code == 200:  # server ignored the Range
+            data = data[start : start + length]
+        return data
+
+    def download(self, remote_name: RemoteName, local: str | BinaryIO, chunk: int = 1 * MiB) -> ObjectInfo:
+        """Stream a whole object into a path or a binary file object."""
+        bucket, key = self._name(remote_name)
+
+        def fetch() -> ObjectInfo:
+            resp = self.connection.request("GET", bucket, key, stream=True)
+            info = ObjectInfo.from_response(key, resp)
+            with resp:
+                if isinstance(local, str):
+                    with open(local, "wb") as out:
+                        for block in resp.iter_content(chunk):
+                            out.write(block)
+                else:
+                    local.seek(0)
+                    local.truncate()
+                    for block in resp.iter_content(chunk):
+                        local.write(block)
+            return info
+
+        return self.connection.retry.call(fetch, "download %s/%s" % (bucket, key))
+
+    def put(
+        self,
+        remote_name: RemoteName,
+        data: bytes | Callable[[], IO[bytes]],
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """PUT an object from bytes or a factory of fresh file objects; returns its ETag."""
+        bucket, key = self._name(remote_name)
+        resp = self.connection.request("PUT", bucket, key, headers=dict(headers or {}), body=data)
+        resp.close()
+        return resp.headers.get("ETag", "").strip('"')
+
+    def start_multipart(
+        self, remote_name: RemoteName, headers: Mapping[str, str] | None = None
+    ) -> MultipartUpload:
+        """Begin a multipart upload (``headers`` set metadata and content type)."""
+        bucket, key = self._name(remote_name)
+        resp = self.connection.request(
+            "POST", bucket, key, query={"uploads": ""}, headers=dict(headers or {})
+        )
+        return MultipartUpload(self, bucket, key, xmlparse.parse_text(resp.content, "UploadId"))
+
+    def upload_file(
+        self,
+        local_name: str,
+        remote_name: RemoteName,
+        headers: Mapping[str, str] | None = None,
+        size: int | None = None,
+    ) -> str:
+        """Upload a local file, streaming it, in parallel parts when it is large.
+
+        Never holds more than ``max_workers`` parts in memory. A failed
+        multipart upload is aborted, leaving no object and no parts behind.
+        Returns the new object's ETag.
+        """
+        size = os.path.getsize(local_name) if size is None else size
+        if size < self.multipart_threshold:
+            return self.put(remote_name, lambda: open(local_name, "rb"), headers)
+        part = part_size_for(size, self.part_size)
+        mpu = self.start_multipart(remote_name, headers)
+        try:
+            fd = os.open(local_name, os.O_RDONLY)
+            try:
+                self.run_parallel(
+                    (lambda n=n, off=off: mpu.upload_part(n, os.pread(fd, min(part, size - off), off)))
+                    for n, off in enumerate(range(0, size, part), start=1)
+                )
+            finally:
+                os.close(fd)
+            return mpu.complete()
+        except BaseException:
+            mpu.abort()
+            raise
+
+    def run_parallel(self, jobs: Iterable[Callable[[], object]]) -> None:
+        """Run jobs on the part pool, at most ``max_workers`` in flight; first error wins."""
+        pending: set[concurrent.futures.Future[object]] = set()
+        try:
+            for job in jobs:
+                if len(pending) >= self.max_workers:
+                    done, pending = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED
+                    )
+                    for fut in done:
+                        fut.result()
+                pending.add(self._pool.submit(job))
+            for fut in concurrent.futures.as_completed(pending):
+                fut.result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+    def copy_object(
+        self,
+        remote_source: RemoteName,
+        remote_destination: RemoteName,
+        headers: Mapping[str, str] | None = None,
+        replace_metadata: bool = False,
+        if_match: str | None = None,
+        source_info: ObjectInfo | None = None,
+    ) -> str:
+        """Server-side copy; returns the new ETag.
+
+        With ``replace_metadata`` the destination gets exactly the
+        ``x-amz-meta-*`` of ``headers``, and keeps the source's Content-Type
+        and other content headers unless ``headers`` overrides them. With
+        ``if_match`` the copy happens only if the source still has that ETag
+        (else S3Error 412). Objects over 5 GiB are copied in parts.
+        """
+        sbucket, skey = self._name(remote_source)
+        dbucket, dkey = self._name(remote_destination)
+        headers = dict(headers or {})
+        info = source_info
+        if replace_metadata or info is None:
+            info = info or self.head(remote_source)
+        out: dict[str, str] = {}
+        if replace_metadata:
+            out.update(info.headers)
+            out.update({k: v for k, v in headers.items()})
+            out["x-amz-metadata-directive"] = "REPLACE"
+        else:
+            out.update({k: v for k, v in headers.items() if not k.lower().startswith(META_PREFIX)})
+        source = "/%s/%s" % (sbucket, uri_encode(skey, safe="/"))
+        if info.size > MAX_SINGLE_COPY:
+            return self._multipart_copy(info, source, dbucket, dkey, replace_metadata, out)
+        out["x-amz-copy-source"] = source
+        if if_match:
+            out["x-amz-copy-source-if-match"] = '"%s"' % if_match
+        resp = self.connection.request("PUT", dbucket, dkey, headers=out)
+        err = xmlparse.parse_error(resp.content)
+        if "Code" in err:  # a 200 that failed
+            raise S3Error(500, err["Code"], err.get("Message", ""), err.get("RequestId", ""), dkey)
+        return xmlparse.parse_text(resp.content, "ETag").strip('"')
+
+    def _multipart_copy(
+        self,
+        info: ObjectInfo,
+        source: str,
+        bucket: str,
+        key: str,
+        replace_metadata: bool,
+        headers: dict[str, str],
+    ) -> str:
+        create = {k: v for k, v in headers.items() if not k.lower().startswith("x-amz-metadata")}
+        if not replace_metadata:
+            create.update(info.headers)
+            create.update(info.metadata)
+        mpu = self.start_multipart(S3Name(key, bucket=bucket), create)
+        part = part_size_for(info.size, 512 * MiB)
+        try:
+            self.run_parallel(
+                (lambda n=n, off=off: mpu.copy_part(n, source, off, min(off + part, info.size) - 1))
+                for n, off in enumerate(range(0, info.size, part), start=1)
+            )
+            return mpu.complete()
+        except BaseException:
+            mpu.abort()
+            raise
+
+    # -- listing and bulk --------------------------------------------------------
+
+    def list(
+        self,
+        prefix: str = "",
+        delimiter: str | None = "/",
+        bucket: str | None = None,
+        max_keys: int = 1000,
+        start_after: str | None = None,
+    ) -> Iterator[ListPage]:
+        """ListObjectsV2, page by page (``encoding-type=url`` so any key round-trips)."""
+        bucket = bucket or self.connection.default_bucket
+        if not bucket:
+            raise ValueError("no bucket to list: give bucket= or a default_bucket")
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix, "max-keys": str(max_keys), "encoding-type": "url"}
+            if delimiter:
+                query["delimiter"] = delimiter
+            if token:
+                query["continuation-token"] = token
+            elif start_after:
+                query["start-after"] = start_after
+            resp = self.connection.request("GET", bucket, "", query=query)
+            page = xmlparse.parse_list_v2(resp.content)
+            yield page
+            if not page.truncated or not page.continuation:
+                return
+            token = page.continuation
+
+    def list_all(self, prefix: str = "", bucket: str | None = None) -> Iterator[ListEntry]:
+        """Every object under ``prefix``, recursively (no delimiter)."""
+        for page in self.list(prefix, delimiter=None, bucket=bucket):
+            yield from page.entries
+
+    def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
+        """DeleteObjects in batches of 1000; returns ``[(key, error code)]`` of failures."""
+        bucket = bucket or self.connection.default_bucket
+        failed: list[tuple[str, str]] = []
+        batch: list[str] = []
+
+        def flush() -> None:
+            body = xmlparse.delete_objects_body(batch)
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+            resp = self.connection.request(
+                "POST", bucket, "", query={"delete": ""}, headers={"Content-MD5": md5}, body=body
+            )
+            failed.extend(xmlparse.parse_delete_errors(resp.content))
+            batch.clear()
+
+        for key in keys:
+            batch.append(key)
+            if len(batch) == 1000:
+                flush()
+        if batch:
+            flush()
+        return failed
+
+    def list_multipart_uploads(self, prefix: str = "", bucket: str | None = None) -> list[tuple[str, str]]:
+        """``[(key, upload_id)]`` of unfinished multipart uploads under ``prefix``."""
+        bucket = bucket or self.connection.default_bucket
+        out: list[tuple[str, str]] = []
+        query = {"uploads": "", "prefix": prefix}
+        while True:
+            resp = self.connection.request("GET", bucket, "", query=query)
+            uploads, key_marker, id_marker = xmlparse.parse_uploads(resp.content)
+            out.extend(uploads)
+            if not key_marker:
+                return out
+            query = {
+                "uploads": "",
+                "prefix": prefix,
+                "key-marker": key_marker,
+                "upload-id-marker": id_marker or "",
+            }
+
+    def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> None:
+        """Abort one multipart upload by id."""
+        MultipartUpload(self, bucket or self.connection.default_bucket or "", key, upload_id).abort()
+
+    # -- buckets ---------------------------------------------------------------------
+
+    def create_bucket(self, bucket: str) -> None:
+        """Create a bucket; an existing one of ours is fine."""
+        try:
+            self.connection.request("PUT", bucket, "", expect=(200,))
+        except S3Error as exc:
+            if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+
+    def delete_bucket(self, bucket: str) -> None:
+        """Delete an (empty) bucket."""
+        self.connection.request("DELETE", bucket, "", expect=(204, 200))
+
+    def bucket_exists(self, bucket: str) -> bool:
+        """HEAD the bucket: True if it is there and ours to use."""
+        try:
+            self.connection.request("HEAD", bucket, "").close()
+            return True
+        except S3Error as exc:
+            if exc.not_found:
+                return False
+            raise

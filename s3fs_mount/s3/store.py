@@ -242,7 +242,7 @@ class RemoteStore:
         bucket, key = self._name(remote_name)
         return self._guarded(
             "delete %s/%s" % (bucket, key),
-            lambda: self.connection.request("DELETE", bucket, key, expect=(204, 200)),
+            lambda: self.remove(remote_name),
         )
 
     def exists(self, remote_name: RemoteName) -> tuple[bool, dict[str, str]]:
@@ -290,6 +290,11 @@ class RemoteStore:
         )
 
     # -- objects ------------------------------------------------------------------
+
+    def remove(self, remote_name: RemoteName) -> None:
+        """DELETE an object, raising on failure (a missing key is no failure, as in S3)."""
+        bucket, key = self._name(remote_name)
+        self.connection.request("DELETE", bucket, key, expect=(204, 200, 404)).close()
 
     def head(self, remote_name: RemoteName) -> ObjectInfo:
         """HEAD an object. Raises :class:`S3Error` (``.not_found`` for a 404)."""
@@ -519,7 +524,12 @@ class RemoteStore:
             yield from page.entries
 
     def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
-        """DeleteObjects in batches of 1000; returns ``[(key, error code)]`` of failures."""
+        """DeleteObjects in batches of 1000; returns ``[(key, error code)]`` of failures.
+
+        Keys go deepest first (reverse order), so a server that keeps
+        directories (SeaweedFS) sees each emptied before it is removed.
+        """
+        keys = sorted(keys, reverse=True)
         bucket = bucket or self.connection.default_bucket
         failed: list[tuple[str, str]] = []
         batch: list[str] = []

@@ -1,0 +1,7 @@
+"""The filesystem: S3 objects as files, through fusepy.
+
+Data flows one way: a FUSE call enters :mod:`.operations`, which asks the
+:mod:`.namespace` (paths, directories, attribute cache) and the
+:mod:`.staging` cache (local copies of file contents); only those, with
+:mod:`.upload` and :mod:`.prefetch`, talk to the connector.
+"""

@@ -1,0 +1,225 @@
+"""The one mapping between S3 headers and file attributes.
+
+POSIX attributes live in s3fs-fuse's headers, so the two interoperate:
+
+=====================  =====================================  ==================
+header                 meaning                                format
+=====================  =====================================  ==================
+``x-amz-meta-mode``    st_mode, file type bits included       decimal
+``x-amz-meta-uid``     owner                                  decimal
+``x-amz-meta-gid``     group                                  decimal
+``x-amz-meta-mtime``   modification time (rclone's too)       decimal seconds
+=====================  =====================================  ==================
+
+Those (and s3fs-fuse's ``atime``/``ctime``) are reserved: they never show as
+``user.*`` attributes. Every other ``x-amz-meta-NAME`` is the extended
+attribute ``user.NAME``. A value that is not plain printable ASCII travels
+as ``=?UTF-8?B?<base64>?=`` (RFC 2047, as AWS itself does for non-ASCII
+metadata) and is decoded on the way back, so any byte string round-trips.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import re
+import stat
+import time
+from dataclasses import dataclass, field
+
+from s3fs_mount.fs.errors import FsError
+from s3fs_mount.s3.store import META_PREFIX
+
+USER_PREFIX = "user."
+#: Read-only facts about the object, shown by ``getfattr -d -m -``.
+INFO_PREFIX = "s3."
+INFO_NAMES = ("s3.etag", "s3.storage_class", "s3.version_id", "s3.state")
+RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime"})
+#: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
+METADATA_LIMIT = 2048
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
+_ENCODED = re.compile(r"^=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=$", re.IGNORECASE)
+
+
+@dataclass
+class Defaults:
+    """Attributes for objects that carry none: from ``-o uid,gid,umask``."""
+
+    uid: int
+    gid: int
+    umask: int
+
+    @property
+    def file_mode(self) -> int:
+        return stat.S_IFREG | (0o666 & ~self.umask)
+
+    @property
+    def dir_mode(self) -> int:
+        return stat.S_IFDIR | (0o777 & ~self.umask)
+
+
+@dataclass
+class Attributes:
+    """What getattr reports for one path, and the headers behind it."""
+
+    mode: int
+    size: int = 0
+    mtime: float = 0.0
+    uid: int = 0
+    gid: int = 0
+    etag: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)  # every x-amz-meta-*
+    headers: dict[str, str] = field(default_factory=dict)  # Content-Type and friends
+    storage_class: str = "STANDARD"
+    version_id: str | None = None
+    complete: bool = True  # False when built from a listing (no metadata known)
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def stat(self) -> dict[str, float | int]:
+        """The dict fusepy's getattr returns."""
+        nlink = 2 if self.is_dir else 1
+        return {
+            "st_mode": self.mode,
+            "st_nlink": nlink,
+            "st_size": self.size,
+            "st_uid": self.uid,
+            "st_gid": self.gid,
+            "st_mtime": self.mtime,
+            "st_ctime": self.mtime,
+            "st_atime": self.mtime,
+            "st_blksize": 1 << 20,
+            "st_blocks": (self.size + 511) // 512,
+        }
+
+
+def _meta_int(meta: dict[str, str], name: str) -> int | None:
+    try:
+        return int(meta[META_PREFIX + name].strip())
+    except (KeyError, ValueError):
+        return None
+
+
+def _meta_time(meta: dict[str, str], name: str) -> float | None:
+    try:
+        return float(meta[META_PREFIX + name].strip())
+    except (KeyError, ValueError):
+        return None
+
+
+def attributes_from(
+    metadata: dict[str, str],
+    size: int,
+    last_modified: float,
+    defaults: Defaults,
+    kind: str = "file",
+    **extra: object,
+) -> Attributes:
+    """Attributes of an object (``kind`` 'file' or 'dir') from its metadata, else defaults."""
+    default_mode = defaults.dir_mode if kind == "dir" else defaults.file_mode
+    mode = _meta_int(metadata, "mode")
+    if mode is None:
+        mode = default_mode
+    elif stat.S_IFMT(mode) == 0:  # permission bits only
+        mode |= stat.S_IFMT(default_mode)
+    if kind == "dir" and not stat.S_ISDIR(mode):
+        mode = stat.S_IFDIR | stat.S_IMODE(mode)
+    elif kind != "dir" and stat.S_ISDIR(mode):
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+    uid = _meta_int(metadata, "uid")
+    gid = _meta_int(metadata, "gid")
+    mtime = _meta_time(metadata, "mtime")
+    return Attributes(
+        mode=mode,
+        size=size,
+        mtime=mtime if mtime is not None else last_modified,
+        uid=defaults.uid if uid is None else uid,
+        gid=defaults.gid if gid is None else gid,
+        metadata=dict(metadata),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def posix_metadata(mode: int, uid: int, gid: int, mtime: float) -> dict[str, str]:
+    """The s3fs-fuse headers for these POSIX attributes."""
+    return {
+        META_PREFIX + "mode": str(mode),
+        META_PREFIX + "uid": str(uid),
+        META_PREFIX + "gid": str(gid),
+        META_PREFIX + "mtime": str(int(mtime)) if float(mtime).is_integer() else "%.6f" % mtime,
+    }
+
+
+def now() -> float:
+    return time.time()
+
+
+# -- extended attributes ----------------------------------------------------------
+
+
+def header_for_xattr(name: str) -> str:
+    """``user.state`` -> ``x-amz-meta-state``; FsError for names that can't map."""
+    if not name.startswith(USER_PREFIX):
+        raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
+    short = name[len(USER_PREFIX) :].lower()  # S3 lower-cases metadata names
+    if short in RESERVED:
+        raise FsError(errno.EPERM, "user.%s is reserved for POSIX attributes" % short)
+    if not _TOKEN.match(short):
+        raise FsError(errno.EINVAL, "%r cannot be an HTTP header name" % name)
+    return META_PREFIX + short
+
+
+def xattrs_of(metadata: dict[str, str]) -> dict[str, bytes]:
+    """The user.* attributes of an object's metadata."""
+    out = {}
+    for header, value in metadata.items():
+        short = header[len(META_PREFIX) :]
+        if header.startswith(META_PREFIX) and short not in RESERVED:
+            out[USER_PREFIX + short] = decode_value(value)
+    return out
+
+
+def encode_value(value: bytes) -> str:
+    """Bytes -> a header value that survives HTTP (and decode_value undoes)."""
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        text = None
+    plain = (
+        text is not None
+        and all(0x20 <= b < 0x7F for b in value)
+        and text == text.strip()
+        and not _ENCODED.match(text)
+    )
+    if plain:
+        return text  # type: ignore[return-value]
+    return "=?UTF-8?B?%s?=" % base64.b64encode(value).decode("ascii")
+
+
+def decode_value(value: str) -> bytes:
+    """A stored header value -> the attribute's bytes."""
+    m = _ENCODED.match(value.strip())
+    if m:
+        try:
+            return base64.b64decode(m.group(1))
+        except ValueError:
+            pass
+    return value.encode("utf-8", "surrogateescape")
+
+
+def metadata_size(metadata: dict[str, str]) -> int:
+    """Bytes S3 counts against its 2 KiB user-metadata limit."""
+    return sum(len(k) - len(META_PREFIX) + len(v.encode("utf-8")) for k, v in metadata.items())
+
+
+def check_metadata_size(metadata: dict[str, str]) -> None:
+    """E2BIG before any request when metadata would exceed S3's limit."""
+    if metadata_size(metadata) > METADATA_LIMIT:
+        raise FsError(errno.E2BIG, "user metadata over S3's 2 KiB limit")

@@ -1,0 +1,79 @@
+"""The one mapping from failures to errnos, and the guard every FUSE call runs in.
+
+404 -> ENOENT, 403 -> EACCES, 412 -> EIO (changed under us), transport
+failures and 5xx (retries spent) -> EIO. Every failure logs one line with
+the operation, the path and S3's error code; an unexpected exception
+becomes EIO and a traceback in the log, never a dead mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+from fuse import FuseOSError
+
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FsError(OSError):
+    """A filesystem-level refusal with its errno (ENOTEMPTY, EISDIR, ...)."""
+
+    def __init__(self, err: int, why: str = "") -> None:
+        super().__init__(err, why or errno.errorcode.get(err, str(err)))
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno that honestly describes ``exc``."""
+    if isinstance(exc, FuseOSError):
+        return exc.errno
+    if isinstance(exc, S3Error):
+        if exc.status == 404:
+            return errno.ENOENT
+        if exc.status == 403:
+            return errno.EACCES
+        if exc.status == 400 and exc.code == "KeyTooLongError":
+            return errno.ENAMETOOLONG
+        if exc.status == 400 and exc.code in ("EntityTooLarge", "MetadataTooLarge"):
+            return errno.EFBIG if exc.code == "EntityTooLarge" else errno.E2BIG
+        return errno.EIO
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    if isinstance(exc, (requests.RequestException, RemoteStoreError)):
+        return errno.EIO
+    return errno.EIO
+
+
+# Errnos that are answers, not trouble: logged at debug level only.
+QUIET = frozenset({errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTSUP})
+
+
+def fuse_operation(fn: F) -> F:
+    """Run a FUSE method so that any failure becomes a FuseOSError and one log line."""
+
+    @functools.wraps(fn)
+    def guarded(self: Any, path: str, *args: Any) -> Any:
+        try:
+            return fn(self, path, *args)
+        except FuseOSError as exc:
+            if exc.errno not in QUIET:
+                log.info("%s %s: %s", fn.__name__, path, errno.errorcode.get(exc.errno, exc.errno))
+            raise
+        except Exception as exc:
+            err = errno_for(exc)
+            if isinstance(exc, (S3Error, requests.RequestException, FsError, OSError)):
+                level = logging.DEBUG if err in QUIET else logging.WARNING
+                log.log(level, "%s %s: %s (%s)", fn.__name__, path, errno.errorcode.get(err, err), exc)
+            else:
+                log.exception("%s %s: unexpected error, returning EIO", fn.__name__, path)
+            raise FuseOSError(err) from exc
+
+    return guarded  # type: ignore[return-value]

@@ -1,0 +1,302 @@
+"""The namespace: which paths exist, what they are, and their attributes.
+
+Lookups HEAD the object and, failing that, list its would-be directory
+prefix. Listings (ListObjectsV2 with a delimiter, no HEAD per entry) fill
+the attribute cache with size and mtime; full attributes seen by a HEAD are
+remembered by ETag, so a listing reuses them (modes, owners, symlinks)
+while the object is unchanged.
+
+Caches (cachetools, not thread-safe, so all behind ``self._lock``):
+
+* ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds;
+* ``_missing``: paths known not to exist, for ``attr_ttl`` seconds;
+* ``_listings``: directory path -> names, for ``dir_ttl`` seconds; a path
+  whose parent listing is fresh and lacks it does not exist;
+* ``_full``: path -> Attributes from a HEAD, LRU, checked against the ETag;
+* ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
+  (SeaweedFS) go on listing a directory prefix for a while after its last
+  key is gone, and we should not show what we just removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+import threading
+import time
+
+from cachetools import LRUCache, TTLCache
+
+from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
+from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.names import S3Name
+from s3fs_mount.s3.store import ObjectInfo, RemoteStore
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_CONTENT_TYPE = "application/x-directory"
+REMOVED_TTL = 30.0
+
+
+class Namespace:
+    """Paths of one mount over the keys of one bucket (and prefix).
+
+    :param store: the connector.
+    :param bucket: the mounted bucket.
+    :param keymap: the path <-> key mapping.
+    :param defaults: attributes for objects without metadata.
+    """
+
+    def __init__(
+        self,
+        store: RemoteStore,
+        bucket: str,
+        keymap: KeyMap,
+        defaults: A.Defaults,
+        attr_ttl: float = 1.0,
+        dir_ttl: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.keymap = keymap
+        self.defaults = defaults
+        self._lock = threading.Lock()
+        self._attrs: TTLCache[str, A.Attributes] = TTLCache(200_000, max(attr_ttl, 0.001))
+        self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001))
+        self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001))
+        self._full: LRUCache[str, A.Attributes] = LRUCache(200_000)
+        self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL)
+        self._conflicts_logged: set[str] = set()
+        self.root = A.Attributes(
+            mode=defaults.dir_mode, mtime=time.time(), uid=defaults.uid, gid=defaults.gid
+        )
+
+    def name(self, key: str) -> S3Name:
+        return S3Name(key, self.bucket)
+
+    # -- cache upkeep (our own changes show at once) ---------------------------------------
+
+    def remember(self, path: str, attributes: A.Attributes) -> None:
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            self._attrs[path] = attributes
+            self._missing.pop(path, None)
+            self._removed.pop(path, None)
+            if attributes.complete:
+                self._full[path] = attributes
+            names = self._listings.get(parent)
+            if names is not None:
+                names.add(name)
+
+    def forget(self, path: str, gone: bool = False) -> None:
+        """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            self._attrs.pop(path, None)
+            self._full.pop(path, None)
+            self._listings.pop(path, None)
+            if gone:
+                self._missing[path] = True
+                self._removed[path] = True
+                names = self._listings.get(parent)
+                if names is not None:
+                    names.discard(name)
+            else:
+                self._missing.pop(path, None)
+
+    def forget_tree(self, path: str) -> None:
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            for cache in (self._attrs, self._full, self._listings, self._missing, self._removed):
+                for p in [p for p in list(cache.keys()) if p.startswith(prefix) or p == path]:
+                    cache.pop(p, None)
+
+    def cached(self, path: str) -> A.Attributes | None:
+        with self._lock:
+            return self._attrs.get(path)
+
+    # -- lookup --------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> A.Attributes:
+        """The attributes of ``path``; FsError(ENOENT) if it does not exist."""
+        if path == "/":
+            return self.root
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            hit = self._attrs.get(path)
+            if hit is not None:
+                return hit
+            if self._missing.get(path) or self._removed.get(path):
+                raise FsError(errno.ENOENT)
+            names = self._listings.get(parent)
+        if names is not None and name not in names:
+            raise FsError(errno.ENOENT)
+        if not is_valid_name(name):
+            raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
+        found = self._fetch(path)
+        if found is None:
+            with self._lock:
+                self._missing[path] = True
+            raise FsError(errno.ENOENT)
+        self.remember(path, found)
+        return found
+
+    def lookup_full(self, path: str) -> A.Attributes:
+        """Like lookup, but with the object's complete metadata (a HEAD if need be)."""
+        found = self.lookup(path)
+        if found.complete or path == "/":
+            return found
+        fresh = self._fetch(path)
+        if fresh is None:
+            self.forget(path, gone=True)
+            raise FsError(errno.ENOENT)
+        self.remember(path, fresh)
+        return fresh
+
+    def _fetch(self, path: str) -> A.Attributes | None:
+        key = self.keymap.key(path)
+        try:
+            info = self.store.head(self.name(key))
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            info = None
+        if info is not None and not self._is_directory_object(info):
+            if self._dir_exists(path, key):
+                self._log_conflict(key)
+                return self._dir_attributes(path)
+            return self.from_info(info)
+        if info is not None or self._dir_exists(path, key):
+            return self._dir_attributes(path)
+        return None
+
+    @staticmethod
+    def _is_directory_object(info: ObjectInfo) -> bool:
+        mode = info.metadata.get(A.META_PREFIX + "mode", "")
+        return info.headers.get("Content-Type", "").startswith(DIRECTORY_CONTENT_TYPE) or (
+            mode.isdigit() and stat.S_ISDIR(int(mode))
+        )
+
+    def _dir_exists(self, path: str, key: str) -> bool:
+        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually."""
+        page = next(self.store.list(key, delimiter="/", max_keys=100))
+        if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
+            return True
+        if page.truncated:
+            page = next(self.store.list(key + "/", delimiter="/", max_keys=1))
+            return bool(page.entries or page.prefixes)
+        return False
+
+    def _dir_attributes(self, path: str) -> A.Attributes:
+        try:
+            info = self.store.head(self.name(self.keymap.marker_key(path)))
+            return A.attributes_from(info.metadata, 0, info.mtime, self.defaults, "dir", etag=info.etag)
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+        return A.attributes_from({}, 0, time.time(), self.defaults, "dir", etag="")
+
+    def from_info(self, info: ObjectInfo) -> A.Attributes:
+        """Attributes of a file (or symlink) from a HEAD."""
+        return A.attributes_from(
+            info.metadata,
+            info.size,
+            info.mtime,
+            self.defaults,
+            "file",
+            etag=info.etag,
+            headers=info.headers,
+            storage_class=info.storage_class,
+            version_id=info.version_id,
+        )
+
+    def _log_conflict(self, key: str) -> None:
+        if key not in self._conflicts_logged:
+            self._conflicts_logged.add(key)
+            log.warning("object %r and directory %r/ share a name: the directory is shown", key, key)
+
+    # -- directories -----------------------------------------------------------------
+
+    def list_dir(self, path: str) -> list[tuple[str, A.Attributes]]:
+        """The entries of a directory, from one paginated listing."""
+        prefix = self.keymap.dir_prefix(path)
+        files: dict[str, A.Attributes] = {}
+        dirs: set[str] = set()
+        for page in self.store.list(prefix, delimiter="/"):
+            for entry in page.entries:
+                rest = entry.key[len(prefix) :]
+                if not rest:
+                    continue  # the directory's own marker
+                if rest.endswith(FOLDER_SUFFIX):
+                    dirs.add(rest[: -len(FOLDER_SUFFIX)])
+                    continue
+                if not is_valid_name(rest):
+                    warn_skipped(entry.key, "not a valid file name")
+                    continue
+                child = KeyMap.join(path, rest)
+                with self._lock:
+                    full = self._full.get(child)
+                if full is not None and full.etag == entry.etag and full.size == entry.size:
+                    files[rest] = full
+                else:
+                    files[rest] = A.attributes_from(
+                        {},
+                        entry.size,
+                        entry.mtime,
+                        self.defaults,
+                        "file",
+                        etag=entry.etag,
+                        storage_class=entry.storage_class,
+                        complete=False,
+                    )
+            for p in page.prefixes:
+                rest = p[len(prefix) :].rstrip("/")
+                if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
+                    warn_skipped(p, "not a valid directory name")
+                    continue
+                dirs.add(rest)
+        out: list[tuple[str, A.Attributes]] = []
+        for name in sorted(dirs | set(files)):
+            child = KeyMap.join(path, name)
+            with self._lock:
+                if self._removed.get(child):
+                    continue
+            if name in dirs:
+                if name in files:
+                    self._log_conflict(self.keymap.key(child))
+                with self._lock:
+                    known = self._attrs.get(child)
+                attributes = (
+                    known
+                    if known is not None and known.is_dir
+                    else A.attributes_from({}, 0, time.time(), self.defaults, "dir", complete=False)
+                )
+            else:
+                attributes = files[name]
+            out.append((name, attributes))
+        with self._lock:
+            for name, attributes in out:
+                child = KeyMap.join(path, name)
+                if child not in self._attrs or not self._attrs[child].complete or attributes.complete:
+                    self._attrs[child] = attributes
+                self._missing.pop(child, None)
+            self._listings[path] = {name for name, _ in out}
+        return out
+
+    def is_empty_dir(self, path: str) -> bool:
+        prefix = self.keymap.dir_prefix(path)
+        page = next(self.store.list(prefix, delimiter="/", max_keys=2))
+        return not page.prefixes and all(e.key == prefix for e in page.entries)
+
+    def known_empty(self, path: str) -> None:
+        """A directory we just made: its listing is known (empty)."""
+        with self._lock:
+            self._listings[path] = set()
+
+    def listing_names(self, path: str) -> set[str] | None:
+        with self._lock:
+            names = self._listings.get(path)
+            return set(names) if names is not None else None

@@ -1,0 +1,666 @@
+"""The fusepy adapter: each FUSE call, in a few lines, over the units below it.
+
+Every method runs inside :func:`fuse_operation`, which turns any failure
+into an honest errno and one log line (see :mod:`.errors`).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import mimetypes
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fuse import FuseOSError, LoggingMixIn, Operations, fuse_get_context  # noqa: F401
+
+from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.errors import FsError, fuse_operation
+from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
+from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.fs.paths import KeyMap
+from s3fs_mount.fs.prefetch import Prefetcher, ReadState
+from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.fs.upload import Uploader, WritebackQueue
+from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.store import ObjectInfo, RemoteStore
+
+log = logging.getLogger(__name__)
+
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+SYMLINK_MODE = stat.S_IFLNK | 0o777
+
+
+@dataclass
+class Handle:
+    """One open file description."""
+
+    item: StagedFile
+    path: str
+    writable: bool
+    read_state: ReadState = field(default_factory=ReadState)
+
+
+class S3Operations(Operations):
+    """A bucket (or a prefix of one) as a filesystem.
+
+    ::
+
+        >>> ops = S3Operations(store, 'mybucket', '', MountOptions())
+        >>> FUSE(ops, '/mnt/s3', **ops.fuse_options())
+
+    :param store: the connector, bound to the bucket's endpoint.
+    :param bucket: the bucket to mount.
+    :param prefix: the key prefix that is the mount's root ('' for all).
+    :param options: the ``-o`` settings.
+    """
+
+    def __init__(self, store: RemoteStore, bucket: str, prefix: str, options: MountOptions) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.options = options
+        self.keymap = KeyMap(prefix)
+        self.defaults = A.Defaults(options.uid, options.gid, options.umask)
+        self.namespace = Namespace(
+            store, bucket, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl
+        )
+        self.staging = StagingCache(
+            os.path.join(options.cache_dir, _safe(bucket, prefix)), bucket, options.cache_size
+        )
+        self.prefetcher = Prefetcher(store, bucket, options.readahead, workers=options.parallel)
+        self.uploader = Uploader(
+            store, bucket, options.part_size, options.multipart_threshold, options.parallel
+        )
+        self.writeback = WritebackQueue(self.uploader) if options.writeback else None
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = itertools.count(1)
+        self._lock = threading.Lock()  # guards _handles
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def fuse_options(self) -> dict[str, object]:
+        """The FUSE options, chosen by measurement (bench/README.md)."""
+        opts: dict[str, object] = {
+            "foreground": True,
+            "nothreads": not self.options.threads,
+            "fsname": "s3fs-mount:%s" % self.bucket,
+            "subtype": "s3fs-mount",
+            "big_writes": True,
+            "max_write": 1 << 20,
+            "max_read": 1 << 20,
+            "max_readahead": 1 << 20,
+            "attr_timeout": self.options.attr_ttl,
+            "entry_timeout": self.options.attr_ttl,
+            "negative_timeout": 0,
+            "use_ino": False,
+        }
+        if self.options.ro:
+            opts["ro"] = True
+        if self.options.allow_other:
+            opts["allow_other"] = True
+            opts["default_permissions"] = True
+        return opts
+
+    def recover(self) -> list[str]:
+        """Upload what a previous run left staged; returns the keys still pending."""
+        for item in self.staging.recover():
+            for upload_id in item.upload_ids:
+                self.store.abort_multipart(item.key, upload_id, bucket=self.bucket)
+            item.upload_ids = []
+            try:
+                current = self.store.head(self.namespace.name(item.key))
+            except S3Error as exc:
+                if not exc.not_found:
+                    log.error("recovery of %s: %s; kept staged", item.key, exc)
+                    continue
+                current = None
+            if current is not None and item.etag and current.etag != item.etag:
+                conflict = "%s.conflict-%s" % (item.key, time.strftime("%Y%m%dT%H%M%S"))
+                log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
+                self.staging.rekey(item.key, conflict)
+            try:
+                self.uploader.flush(item)
+                log.info("recovered and uploaded %s", item.key)
+            except Exception as exc:
+                log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
+        return [i.key for i in self.staging.pending()]
+
+    def destroy(self, path: str) -> None:
+        """Unmount: upload everything still dirty."""
+        self.finish()
+
+    def finish(self) -> list[str]:
+        """Upload every dirty file; returns the keys that stay staged."""
+        if self.writeback is not None:
+            self.writeback.drain()
+        left = []
+        for item in self.staging.pending():
+            try:
+                self.uploader.flush(item)
+            except Exception as exc:
+                log.error("could not upload %s at unmount (%s); it stays staged", item.key, exc)
+                left.append(item.key)
+        return left
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF) from None
+
+    def _writable(self) -> None:
+        if self.options.ro:
+            raise FsError(errno.EROFS)
+
+    def _attributes(self, path: str) -> A.Attributes:
+        """Attributes of ``path``, with a staged copy's size and times over S3's."""
+        item = self.staging.get(self.keymap.key(path)) if path != "/" else None
+        if item is not None and (item.dirty or item.open_count > 0 or item.uploading):
+            with item.cond:
+                a = A.attributes_from(
+                    item.metadata,
+                    item.size,
+                    item.mtime,
+                    self.defaults,
+                    "file",
+                    etag=item.etag,
+                    headers=dict(item.headers),
+                )
+                a.mtime = item.mtime
+            return a
+        return self.namespace.lookup(path)
+
+    def _parent_dir(self, path: str) -> None:
+        parent = KeyMap.split(path)[0]
+        if not self._attributes(parent).is_dir:
+            raise FsError(errno.ENOTDIR)
+
+    def _whole(self, item: StagedFile) -> None:
+        """Before the first write to an object's copy, fetch all of it (crash safety)."""
+        with item.cond:
+            need = not item.dirty and item.remote_size > 0
+        if need:
+            self.prefetcher.ensure(item, 0, item.remote_size)
+
+    def _new_handle(self, item: StagedFile, path: str, writable: bool) -> int:
+        fh = next(self._next_fh)
+        with self._lock:
+            self._handles[fh] = Handle(item, path, writable)
+        return fh
+
+    def _upload(self, item: StagedFile) -> None:
+        try:
+            self.uploader.flush(item)
+        except Exception as exc:
+            log.error("upload of %s failed, kept staged: %s", item.key, exc)
+            raise FsError(errno.EIO, "upload failed") from exc
+        self.namespace.forget(self.keymap.path(item.key))
+
+    # -- attributes and directories ---------------------------------------------------
+
+    @fuse_operation
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, object]:
+        return self._attributes(path).stat()
+
+    @fuse_operation
+    def readdir(self, path: str, fh: int) -> list[str]:
+        if not self._attributes(path).is_dir:
+            raise FsError(errno.ENOTDIR)
+        names = {name for name, _ in self.namespace.list_dir(path)}
+        prefix = self.keymap.dir_prefix(path)
+        for item in self.staging.under(prefix):  # written here, not yet in S3
+            rest = item.key[len(prefix) :]
+            if rest and "/" not in rest and (item.dirty or item.open_count):
+                names.add(rest)
+        return [".", ".."] + sorted(names)
+
+    @fuse_operation
+    def mkdir(self, path: str, mode: int) -> None:
+        self._writable()
+        self._parent_dir(path)
+        try:
+            self._attributes(path)
+            raise FsError(errno.EEXIST)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        uid, gid, _ = fuse_get_context()
+        mode = stat.S_IFDIR | (stat.S_IMODE(mode))
+        now = time.time()
+        meta = A.posix_metadata(mode, uid, gid, now)
+        etag = self.store.put(
+            self.namespace.name(self.keymap.marker_key(path)),
+            b"",
+            {"Content-Type": DIRECTORY_CONTENT_TYPE, **meta},
+        )
+        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag))
+        self.namespace.known_empty(path)
+
+    @fuse_operation
+    def rmdir(self, path: str) -> None:
+        self._writable()
+        if path == "/":
+            raise FsError(errno.EBUSY)
+        if not self._attributes(path).is_dir:
+            raise FsError(errno.ENOTDIR)
+        prefix = self.keymap.dir_prefix(path)
+        if not self.namespace.is_empty_dir(path) or any(self.staging.under(prefix)):
+            raise FsError(errno.ENOTEMPTY)
+        self.store.remove(self.namespace.name(self.keymap.marker_key(path)))
+        self.store.remove(self.namespace.name(self.keymap.folder_key(path)))
+        self.namespace.forget(path, gone=True)
+
+    @fuse_operation
+    def statfs(self, path: str) -> dict[str, int]:
+        # S3 has no capacity to report: large constants (1 PiB), as s3fs-fuse does.
+        blocks = 1 << 38
+        return {
+            "f_bsize": 4096,
+            "f_frsize": 4096,
+            "f_blocks": blocks,
+            "f_bfree": blocks,
+            "f_bavail": blocks,
+            "f_files": 1 << 32,
+            "f_ffree": 1 << 32,
+            "f_favail": 1 << 32,
+            "f_namemax": 255,
+        }
+
+    # -- files ------------------------------------------------------------------------
+
+    @fuse_operation
+    def create(self, path: str, mode: int, fi: object = None) -> int:
+        self._writable()
+        self._parent_dir(path)
+        uid, gid, _ = fuse_get_context()
+        now = time.time()
+        meta = A.posix_metadata(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now)
+        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        item, _ = self.staging.acquire(self.keymap.key(path))
+        item.reset(0, "", meta, {"Content-Type": content_type}, now)
+        item.set_metadata(meta)  # dirty: an empty new file is uploaded too
+        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
+        return self._new_handle(item, path, True)
+
+    @fuse_operation
+    def open(self, path: str, flags: int) -> int:
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable:
+            self._writable()
+        key = self.keymap.key(path)
+        staged = self.staging.get(key)
+        if staged is not None and (staged.dirty or staged.uploading):
+            attributes = None
+        else:
+            attributes = self.namespace.lookup_full(path)
+            if attributes.is_dir:
+                raise FsError(errno.EISDIR)
+        item, created = self.staging.acquire(key)
+        try:
+            if attributes is not None and (created or (not item.dirty and item.etag != attributes.etag)):
+                item.reset(
+                    attributes.size,
+                    attributes.etag,
+                    attributes.metadata,
+                    attributes.headers,
+                    attributes.mtime,
+                )
+            if writable and flags & os.O_TRUNC:
+                self._truncate_item(item, 0)
+        except BaseException:
+            self.staging.release(item)
+            raise
+        return self._new_handle(item, path, writable)
+
+    @fuse_operation
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        h = self._handle(fh)
+        return self.prefetcher.read(h.item, h.read_state, offset, size)
+
+    @fuse_operation
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        h = self._handle(fh)
+        if not h.writable:
+            raise FsError(errno.EBADF)
+        self._whole(h.item)
+        self.uploader.before_write(h.item, offset)
+        written = h.item.write(offset, data)
+        self.uploader.after_write(h.item)
+        return written
+
+    def _truncate_item(self, item: StagedFile, length: int) -> None:
+        if length:
+            self._whole(item)
+        self.uploader.abandon(item)
+        item.truncate(length)
+
+    @fuse_operation
+    def truncate(self, path: str, length: int, fh: int | None = None) -> None:
+        self._writable()
+        if fh is not None and fh in self._handles:
+            self._truncate_item(self._handle(fh).item, length)
+            return
+        attributes = self._attributes(path)
+        if attributes.is_dir:
+            raise FsError(errno.EISDIR)
+        fh = self.open.__wrapped__(self, path, os.O_WRONLY)  # type: ignore[attr-defined]
+        try:
+            h = self._handle(fh)
+            self._truncate_item(h.item, length)
+            if self.writeback is None:
+                self._upload(h.item)
+        finally:
+            self.release.__wrapped__(self, path, fh)  # type: ignore[attr-defined]
+
+    @fuse_operation
+    def flush(self, path: str, fh: int) -> None:
+        h = self._handle(fh)
+        if h.writable and self.writeback is None and h.item.dirty and not h.item.unlinked:
+            self._upload(h.item)
+
+    @fuse_operation
+    def fsync(self, path: str, datasync: int, fh: int) -> None:
+        h = self._handle(fh)
+        if h.item.dirty and not h.item.unlinked:
+            self._upload(h.item)
+
+    @fuse_operation
+    def release(self, path: str, fh: int) -> None:
+        with self._lock:
+            h = self._handles.pop(fh, None)
+        if h is None:
+            return
+        if h.item.dirty and self.writeback is not None and not h.item.unlinked:
+            self.writeback.submit(h.item)
+        self.staging.release(h.item)
+
+    @fuse_operation
+    def unlink(self, path: str) -> None:
+        self._writable()
+        if self._attributes(path).is_dir:
+            raise FsError(errno.EISDIR)
+        key = self.keymap.key(path)
+        item = self.staging.get(key)
+        if item is not None:
+            self.uploader.abandon(item)
+        self.store.remove(self.namespace.name(key))
+        self.staging.forget(key)
+        self.namespace.forget(path, gone=True)
+
+    @fuse_operation
+    def rename(self, old: str, new: str) -> None:
+        self._writable()
+        source = self._attributes(old)
+        try:
+            target: A.Attributes | None = self._attributes(new)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            target = None
+        self._parent_dir(new)
+        if source.is_dir:
+            if target is not None and not target.is_dir:
+                raise FsError(errno.ENOTDIR)
+            if target is not None and not self.namespace.is_empty_dir(new):
+                raise FsError(errno.ENOTEMPTY)
+            if new.startswith(old.rstrip("/") + "/"):
+                raise FsError(errno.EINVAL)
+            self._rename_dir(old, new)
+        else:
+            if target is not None and target.is_dir:
+                raise FsError(errno.EISDIR)
+            self._rename_file(old, new)
+
+    def _rename_file(self, old: str, new: str) -> None:
+        old_key, new_key = self.keymap.key(old), self.keymap.key(new)
+        item = self.staging.get(old_key)
+        if item is not None and item.dirty:
+            self._upload(item)  # S3 has no rename: the object must be there to copy
+        info = self.store.head(self.namespace.name(old_key))
+        etag = self.store.copy_object(
+            self.namespace.name(old_key), self.namespace.name(new_key), source_info=info
+        )
+        self.store.remove(self.namespace.name(old_key))
+        self.staging.rekey(old_key, new_key)
+        moved = self.namespace.from_info(info)
+        moved.etag = etag or info.etag
+        self.namespace.forget(old, gone=True)
+        self.namespace.remember(new, moved)
+        item = self.staging.get(new_key)
+        if item is not None:
+            with item.cond:
+                item.etag = moved.etag
+
+    def _rename_dir(self, old: str, new: str) -> None:
+        """Every key under the directory, copied in parallel, then deleted. Not atomic."""
+        old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
+        for item in list(self.staging.under(old_prefix)):
+            if item.dirty:
+                self._upload(item)
+        keys = [e.key for e in self.store.list_all(old_prefix)]
+        folder = self.keymap.folder_key(old)
+        self.store.run_parallel(
+            (lambda k=k: self._copy_key(k, new_prefix + k[len(old_prefix) :])) for k in keys
+        )
+        if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
+            self.store.put(self.namespace.name(new_prefix), b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
+        failed = self.store.delete_keys(keys + [folder], bucket=self.bucket)
+        if failed:
+            log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
+        for item in list(self.staging.under(old_prefix)):
+            self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
+        self.namespace.forget_tree(old)
+        self.namespace.forget_tree(new)
+        self.namespace.forget(old, gone=True)
+        self.namespace.forget(KeyMap.split(new)[0])
+        self.namespace.forget(KeyMap.split(old)[0])
+
+    def _copy_key(self, source: str, destination: str) -> None:
+        """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
+        src, dst = self.namespace.name(source), self.namespace.name(destination)
+        if source.endswith("/"):
+            info = self.store.head(src)
+            self.store.put(dst, b"", {**info.headers, **info.metadata})
+        else:
+            self.store.copy_object(src, dst)
+
+    # -- links ------------------------------------------------------------------------
+
+    @fuse_operation
+    def symlink(self, target: str, source: str) -> None:
+        """Make ``target`` a link to ``source``: an object whose body is ``source``."""
+        self._writable()
+        self._parent_dir(target)
+        uid, gid, _ = fuse_get_context()
+        now = time.time()
+        meta = A.posix_metadata(SYMLINK_MODE, uid, gid, now)
+        body = source.encode("utf-8", "surrogateescape")
+        etag = self.store.put(self.namespace.name(self.keymap.key(target)), body, meta)
+        self.namespace.remember(
+            target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
+        )
+
+    @fuse_operation
+    def readlink(self, path: str) -> str:
+        a = self.namespace.lookup_full(path)
+        if not a.is_link:
+            raise FsError(errno.EINVAL)
+        data = self.store.get_range(self.namespace.name(self.keymap.key(path)), 0, a.size)
+        return data.decode("utf-8", "surrogateescape")
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def _change_metadata(
+        self, path: str, change: Callable[[dict[str, str], A.Attributes], dict[str, str]]
+    ) -> None:
+        """Apply ``change`` to the object's metadata: pending upload, or a conditional self-copy."""
+        self._writable()
+        key = self.keymap.key(path)
+        item = self.staging.get(key) if path != "/" else None
+        if item is not None and (item.dirty or item.uploading):
+            current = self._attributes(path)
+            with item.cond:
+                new = change(dict(item.metadata), current)
+            A.check_metadata_size(new)
+            item.set_metadata(new)
+            return
+        current = self.namespace.lookup_full(path)
+        new = change(dict(current.metadata), current)
+        A.check_metadata_size(new)
+        if path == "/":
+            raise FsError(errno.EPERM, "the mount's root has no object to hold metadata")
+        target = self.keymap.marker_key(path) if current.is_dir else key
+        name = self.namespace.name(target)
+        if current.is_dir and not current.etag:
+            etag = self.store.put(name, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE, **new})
+        else:
+            info = ObjectInfo(
+                target, current.size, current.etag, current.mtime, current.metadata, current.headers
+            )
+            try:
+                etag = self.store.copy_object(
+                    name, name, new, replace_metadata=True, if_match=current.etag or None, source_info=info
+                )
+            except S3Error as exc:
+                if exc.precondition_failed:
+                    self.namespace.forget(path)
+                    log.error("%s changed in S3 since we read it; metadata change refused", path)
+                    raise FsError(errno.EIO) from exc
+                raise
+        updated = A.attributes_from(
+            new,
+            current.size,
+            current.mtime,
+            self.defaults,
+            "dir" if current.is_dir else "file",
+            etag=etag,
+            headers=current.headers,
+        )
+        if A.META_PREFIX + "mtime" not in new:
+            updated.mtime = current.mtime
+        self.namespace.remember(path, updated)
+        if item is not None:
+            with item.cond:
+                item.metadata = dict(new)
+                item.etag = etag
+
+    @fuse_operation
+    def chmod(self, path: str, mode: int) -> None:
+        def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+            meta[A.META_PREFIX + "mode"] = str(stat.S_IFMT(cur.mode) | stat.S_IMODE(mode))
+            return _with_posix(meta, cur)
+
+        self._change_metadata(path, change)
+
+    @fuse_operation
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+            meta = _with_posix(meta, cur)
+            if uid != -1 and uid != 0xFFFFFFFF:
+                meta[A.META_PREFIX + "uid"] = str(uid)
+            if gid != -1 and gid != 0xFFFFFFFF:
+                meta[A.META_PREFIX + "gid"] = str(gid)
+            return meta
+
+        self._change_metadata(path, change)
+
+    @fuse_operation
+    def utimens(self, path: str, times: tuple[float, float] | None = None) -> None:
+        mtime = times[1] if times else time.time()
+        item = self.staging.get(self.keymap.key(path))
+        if item is not None and (item.dirty or item.uploading):
+            with item.cond:
+                item.mtime = mtime
+
+        def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+            meta = _with_posix(meta, cur)
+            meta[A.META_PREFIX + "mtime"] = A.posix_metadata(0, 0, 0, mtime)[A.META_PREFIX + "mtime"]
+            return meta
+
+        self._change_metadata(path, change)
+
+    # -- extended attributes ---------------------------------------------------------------
+
+    def _facts(self, path: str) -> dict[str, bytes]:
+        a = self._attributes(path)
+        item = self.staging.get(self.keymap.key(path))
+        facts = {
+            "s3.etag": a.etag,
+            "s3.storage_class": a.storage_class,
+            "s3.state": item.state if item is not None else "clean",
+        }
+        if a.version_id:
+            facts["s3.version_id"] = a.version_id
+        return {k: v.encode() for k, v in facts.items() if v}
+
+    def _metadata(self, path: str) -> dict[str, str]:
+        item = self.staging.get(self.keymap.key(path)) if path != "/" else None
+        if item is not None and (item.dirty or item.uploading):
+            with item.cond:
+                return dict(item.metadata)
+        return self.namespace.lookup_full(path).metadata
+
+    @fuse_operation
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if name.startswith(("security.", "system.", "trusted.")):
+            raise FsError(errno.ENODATA)  # answered here: ls -l and cp -a ask for these
+        if name.startswith(A.INFO_PREFIX):
+            value = self._facts(path).get(name)
+        else:
+            value = A.xattrs_of(self._metadata(path)).get(name)
+        if value is None:
+            raise FsError(errno.ENODATA)
+        return value
+
+    @fuse_operation
+    def listxattr(self, path: str) -> list[str]:
+        return sorted(A.xattrs_of(self._metadata(path))) + sorted(self._facts(path))
+
+    @fuse_operation
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
+        if name.startswith(A.INFO_PREFIX):
+            raise FsError(errno.EPERM, "s3.* attributes are read-only")
+        header = A.header_for_xattr(name)
+
+        def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+            if options & XATTR_CREATE and header in meta:
+                raise FsError(errno.EEXIST)
+            if options & XATTR_REPLACE and header not in meta:
+                raise FsError(errno.ENODATA)
+            meta[header] = A.encode_value(bytes(value))
+            return meta
+
+        self._change_metadata(path, change)
+
+    @fuse_operation
+    def removexattr(self, path: str, name: str) -> None:
+        if name.startswith(A.INFO_PREFIX):
+            raise FsError(errno.EPERM)
+        header = A.header_for_xattr(name)
+
+        def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+            if header not in meta:
+                raise FsError(errno.ENODATA)
+            del meta[header]
+            return meta
+
+        self._change_metadata(path, change)
+
+
+def _with_posix(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+    """Metadata with all four POSIX keys, so a change of one pins the others."""
+    full = A.posix_metadata(cur.mode, cur.uid, cur.gid, cur.mtime)
+    full.update({k: v for k, v in meta.items()})
+    return full
+
+
+def _safe(bucket: str, prefix: str) -> str:
+    tail = prefix.strip("/").replace("/", "%2F")
+    return bucket + ("%2F" + tail if tail else "")

@@ -1,0 +1,155 @@
+"""Reading remote bytes into staged files: on demand, and ahead of a sequential reader.
+
+A read first makes sure its bytes are local (:meth:`Prefetcher.ensure`),
+fetching what is missing with ranged GETs, conditional on the ETag the item
+was opened at (``If-Match``), so a concurrent overwrite gives EIO rather than
+a mix of old and new bytes. A reader that goes on where it left off gets a
+readahead window that doubles up to ``max_window``, fetched in parallel
+chunks in the background; a random reader fetches only what it asks for,
+rounded to 4 KiB pages.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+from dataclasses import dataclass
+
+from s3fs_mount.fs.staging import StagedFile
+from s3fs_mount.s3.names import S3Name
+from s3fs_mount.s3.store import RemoteStore
+
+log = logging.getLogger(__name__)
+
+PAGE = 4096
+MIN_WINDOW = 1 << 20
+
+
+@dataclass
+class ReadState:
+    """Per open handle: where the last read ended, and the current window."""
+
+    next_offset: int = 0
+    window: int = 0
+    ahead_until: int = 0
+
+
+class Prefetcher:
+    """Fetches missing ranges of staged files.
+
+    :param store: where the bytes come from.
+    :param bucket: the bucket of every item.
+    :param max_window: the largest readahead window (bytes).
+    :param chunk: the size of one ranged GET of a readahead.
+    :param workers: GETs in flight at once.
+    """
+
+    def __init__(
+        self,
+        store: RemoteStore,
+        bucket: str,
+        max_window: int = 16 << 20,
+        chunk: int = 4 << 20,
+        workers: int = 8,
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.max_window = max_window
+        self.chunk = chunk
+        self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> bytes:
+        """Serve a read, fetching what is missing and reading ahead if sequential."""
+        end = min(offset + size, item.size)
+        if offset >= end:
+            return b""
+        sequential = offset == state.next_offset and offset > 0 or (offset == 0 and state.window == 0)
+        if sequential:
+            state.window = min(max(state.window * 2, MIN_WINDOW), self.max_window)
+            fetch_end = max(end, offset + min(state.window, MIN_WINDOW))
+        else:
+            state.window = 0
+            fetch_end = end
+        self.ensure(item, offset, _round_up(fetch_end))
+        state.next_offset = end
+        if sequential and state.window > MIN_WINDOW:
+            ahead_end = min(end + state.window, item.remote_size)
+            if ahead_end > state.ahead_until:
+                self._schedule(item, max(end, state.ahead_until), ahead_end)
+                state.ahead_until = ahead_end
+        return item.read(offset, end - offset)
+
+    def ensure(self, item: StagedFile, start: int, end: int) -> None:
+        """Block until ``[start, end)`` (within the remote part) is local; raise on failure."""
+        while True:
+            with item.cond:
+                gaps = item.missing(start, end)
+                if not gaps:
+                    return
+                mine = [g for g in gaps if not _overlaps(g, item.inflight)]
+                if not mine:
+                    item.cond.wait()
+                    continue
+                item.inflight.extend(mine)
+            jobs = [(s, min(s + self.chunk, ge)) for gs, ge in mine for s in range(gs, ge, self.chunk)]
+            if len(jobs) == 1:
+                self._fetch(item, *jobs[0], claimed=mine)
+            else:
+                futures = [self.pool.submit(self._fetch_piece, item, s, e) for s, e in jobs]
+                try:
+                    for f in futures:
+                        f.result()
+                finally:
+                    self._unclaim(item, mine)
+
+    def _schedule(self, item: StagedFile, start: int, end: int) -> None:
+        with item.cond:
+            gaps = [g for g in item.missing(start, end) if not _overlaps(g, item.inflight)]
+            pieces = [(s, min(s + self.chunk, ge)) for gs, ge in gaps for s in range(gs, ge, self.chunk)]
+            item.inflight.extend(pieces)
+        for piece in pieces:
+            self.pool.submit(self._background, item, piece)
+
+    def _background(self, item: StagedFile, piece: tuple[int, int]) -> None:
+        try:
+            self._fetch(item, *piece, claimed=[piece])
+        except Exception as exc:  # the reader will fetch again and see the error
+            log.debug("readahead of %s %s failed: %s", item.key, piece, exc)
+
+    def _fetch(self, item: StagedFile, start: int, end: int, claimed: list[tuple[int, int]]) -> None:
+        try:
+            self._fetch_piece(item, start, end)
+        finally:
+            self._unclaim(item, claimed)
+
+    def _fetch_piece(self, item: StagedFile, start: int, end: int) -> None:
+        data = self.store.get_range(
+            S3Name(item.key, self.bucket), start, end - start, if_match=item.etag or None
+        )
+        with item.cond:
+            if item.fd < 0:
+                return
+            data = data[: max(0, min(end, item.remote_size) - start)]
+            os.pwrite(item.fd, data, start)
+            # A short answer means the object ends here: the rest reads as zeros.
+            item.present.add(start, end)
+
+    @staticmethod
+    def _unclaim(item: StagedFile, claimed: list[tuple[int, int]]) -> None:
+        with item.cond:
+            for piece in claimed:
+                if piece in item.inflight:
+                    item.inflight.remove(piece)
+            item.cond.notify_all()
+
+
+def _overlaps(r: tuple[int, int], others: list[tuple[int, int]]) -> bool:
+    return any(s < r[1] and r[0] < e for s, e in others)
+
+
+def _round_up(n: int) -> int:
+    return (n + PAGE - 1) // PAGE * PAGE

@@ -1,0 +1,373 @@
+"""The staging cache: local copies of file contents, crash-safe.
+
+Each staged file is an *item*: a sparse data file ``<id>.data`` plus a JSON
+sidecar ``<id>.json`` recording its bucket and key, size, which byte ranges
+are local, the ETag its remote bytes came from, its pending metadata and
+whether it is dirty. The sidecar is written (and fsync'd) whenever an item
+becomes dirty and again when it is clean, so a crash never loses the
+knowledge that a file must still be uploaded: :meth:`StagingCache.recover`
+finds dirty items at the next mount.
+
+Locks, in the order they may be taken:
+
+1. ``StagedFile.upload_lock``: one upload of an item at a time.
+2. ``StagingCache._lock``: the key -> item table and the usage total.
+3. ``StagedFile.cond`` (its lock): every other field of the item.
+
+No lock is held during a network request except ``upload_lock``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+from s3fs_mount.fs.ranges import RangeSet
+
+log = logging.getLogger(__name__)
+
+CLEAN, DIRTY, UPLOADING = "clean", "dirty", "uploading"
+
+
+class StagedFile:
+    """The local copy of one object. See the module docstring for the locks."""
+
+    def __init__(self, cache: StagingCache, item_id: str, key: str) -> None:
+        self.cache = cache
+        self.id = item_id
+        self.key = key
+        self.data_path = os.path.join(cache.root, item_id + ".data")
+        self.sidecar_path = os.path.join(cache.root, item_id + ".json")
+        self.cond = threading.Condition(threading.Lock())
+        self.upload_lock = threading.Lock()
+        self.fd = -1
+        self.size = 0  # logical size
+        self.remote_size = 0  # bytes [0, remote_size) still come from S3 when missing
+        self.present = RangeSet()
+        self.inflight: list[tuple[int, int]] = []
+        self.etag = ""  # the remote version our bytes came from ("" for a new file)
+        self.metadata: dict[str, str] = {}  # every x-amz-meta-* to upload with
+        self.headers: dict[str, str] = {}  # Content-Type and friends
+        self.mtime = time.time()
+        self.dirty = False
+        self.uploading = False
+        self.generation = 0  # bumped by every change to content or metadata
+        self.open_count = 0
+        self.last_used = time.monotonic()
+        self.unlinked = False
+        self.upload_error: str = ""
+        self.stream: object | None = None  # a StreamingUpload, owned by fs.upload
+        self.upload_ids: list[str] = []  # multipart uploads under way, aborted after a crash
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        if self.uploading:
+            return UPLOADING
+        return DIRTY if self.dirty else CLEAN
+
+    def open_fd(self) -> None:
+        if self.fd < 0:
+            self.fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def sidecar(self) -> dict[str, object]:
+        return {
+            "bucket": self.cache.bucket,
+            "key": self.key,
+            "size": self.size,
+            "remote_size": self.remote_size,
+            "present": self.present.as_list(),
+            "etag": self.etag,
+            "metadata": self.metadata,
+            "headers": self.headers,
+            "mtime": self.mtime,
+            "dirty": self.dirty,
+            "upload_ids": self.upload_ids,
+        }
+
+    def save(self, durable: bool = False) -> None:
+        """Write the sidecar atomically; with ``durable`` also fsync data and sidecar."""
+        with self.cond:
+            state = self.sidecar()
+        tmp = self.sidecar_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        if durable and self.fd >= 0:
+            os.fsync(self.fd)
+        os.replace(tmp, self.sidecar_path)
+
+    # -- content -------------------------------------------------------------------
+
+    def missing(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Ranges of ``[start, end)`` that must still come from S3. Caller holds cond."""
+        end = min(end, self.remote_size)
+        if start >= end:
+            return []
+        return self.present.missing(start, end)
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Local bytes; the caller has made sure they are present."""
+        size = max(0, min(size, self.size - offset))
+        return os.pread(self.fd, size, offset) if size else b""
+
+    def write(self, offset: int, data: bytes) -> int:
+        """Write locally and mark the item dirty (sidecar first, so a crash knows)."""
+        with self.cond:
+            end = offset + len(data)
+            # A fetch of these bytes still in flight would overwrite them: wait for it.
+            while any(s < end and offset < e for s, e in self.inflight):
+                self.cond.wait()
+            os.pwrite(self.fd, data, offset)
+            self.present.add(offset, end)
+            self.size = max(self.size, end)
+            self.mtime = time.time()
+            self.generation += 1
+            became_dirty = not self.dirty
+            self.dirty = True
+            self.last_used = time.monotonic()
+        if became_dirty:
+            self.save(durable=True)
+        return len(data)
+
+    def truncate(self, length: int) -> None:
+        with self.cond:
+            while any(e > length for s, e in self.inflight):
+                self.cond.wait()
+            os.ftruncate(self.fd, length)
+            self.present.remove_from(length)
+            self.remote_size = min(self.remote_size, length)
+            if length > self.size:
+                self.present.add(self.size, length)  # the new bytes are zeros, and local
+            self.size = length
+            self.mtime = time.time()
+            self.generation += 1
+            self.dirty = True
+        self.save(durable=True)
+
+    def set_metadata(self, metadata: dict[str, str]) -> None:
+        """Replace the pending metadata (it rides along with the next upload)."""
+        with self.cond:
+            self.metadata = dict(metadata)
+            self.generation += 1
+            self.dirty = True
+        self.save(durable=True)
+
+    def mark_clean(self, generation: int, etag: str) -> bool:
+        """After an upload of ``generation``: clean unless it changed meanwhile."""
+        with self.cond:
+            self.etag = etag
+            self.remote_size = self.size
+            self.upload_error = ""
+            if self.generation != generation:
+                return False
+            self.dirty = False
+        self.save()
+        return True
+
+    def reset(
+        self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
+    ) -> None:
+        """Forget local bytes: the object in S3 is (now) this one."""
+        with self.cond:
+            os.ftruncate(self.fd, 0)
+            os.ftruncate(self.fd, size)
+            self.present = RangeSet()
+            self.size = self.remote_size = size
+            self.etag = etag
+            self.metadata = dict(metadata)
+            self.headers = dict(headers)
+            self.mtime = mtime
+            self.dirty = False
+            self.generation += 1
+        self.save()
+
+    def local_bytes(self) -> int:
+        try:
+            return os.stat(self.data_path).st_blocks * 512
+        except OSError:
+            return 0
+
+
+class StagingCache:
+    """All staged files of one mount, bounded by ``capacity`` bytes.
+
+    :param root: the directory to keep files in (created 0700).
+    :param bucket: recorded in sidecars, so recovery knows where a file goes.
+    :param capacity: clean files are evicted, least recently used first,
+        when the cache holds more than this. Dirty files are never evicted.
+    """
+
+    def __init__(self, root: str, bucket: str, capacity: int) -> None:
+        self.root = root
+        self.bucket = bucket
+        self.capacity = capacity
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        os.chmod(root, 0o700)
+        self._lock = threading.Lock()
+        self._items: dict[str, StagedFile] = {}
+
+    def get(self, key: str) -> StagedFile | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def items(self) -> list[StagedFile]:
+        with self._lock:
+            return list(self._items.values())
+
+    def pending(self) -> list[StagedFile]:
+        """Items whose latest content is not in S3 yet."""
+        return [i for i in self.items() if i.dirty and not i.unlinked]
+
+    def under(self, prefix: str) -> Iterator[StagedFile]:
+        """Live staged items whose key starts with ``prefix``."""
+        for item in self.items():
+            if item.key.startswith(prefix) and not item.unlinked:
+                yield item
+
+    def acquire(self, key: str) -> tuple[StagedFile, bool]:
+        """The item for ``key`` (opened, counted), and whether it is new."""
+        with self._lock:
+            item = self._items.get(key)
+            created = item is None
+            if item is None:
+                item = StagedFile(self, uuid.uuid4().hex, key)
+                self._items[key] = item
+            item.open_count += 1
+            item.last_used = time.monotonic()
+        try:
+            item.open_fd()
+        except OSError:
+            self.release(item)
+            raise
+        return item, created
+
+    def release(self, item: StagedFile) -> None:
+        """One open handle fewer; an unlinked, closed item goes away."""
+        with self._lock:
+            item.open_count -= 1
+            item.last_used = time.monotonic()
+            gone = item.open_count <= 0 and item.unlinked
+        if gone:
+            self.discard(item)
+        else:
+            self.evict()
+
+    def rekey(self, old: str, new: str) -> None:
+        """A file was renamed: its staged item follows it."""
+        with self._lock:
+            item = self._items.pop(old, None)
+            if item is None:
+                return
+            replaced = self._items.pop(new, None)
+            item.key = new
+            self._items[new] = item
+        if replaced is not None and replaced is not item:
+            self._unlink_item(replaced)
+        item.save(durable=item.dirty)
+
+    def forget(self, key: str) -> None:
+        """The object was deleted: drop its copy (kept until its last close)."""
+        with self._lock:
+            item = self._items.get(key)
+        if item is not None:
+            self._unlink_item(item)
+
+    def _unlink_item(self, item: StagedFile) -> None:
+        with self._lock:
+            if self._items.get(item.key) is item:
+                del self._items[item.key]
+            item.unlinked = True
+            keep = item.open_count > 0
+        with item.cond:
+            item.dirty = False
+        if not keep:
+            self.discard(item)
+        else:  # readable through open handles; nothing to recover after a crash
+            _remove(item.sidecar_path)
+
+    def discard(self, item: StagedFile) -> None:
+        """Remove an item's files."""
+        with self._lock:
+            if self._items.get(item.key) is item:
+                del self._items[item.key]
+        item.close_fd()
+        _remove(item.data_path)
+        _remove(item.sidecar_path)
+
+    def usage(self) -> int:
+        return sum(i.local_bytes() for i in self.items())
+
+    def evict(self, need: int = 0) -> None:
+        """Drop clean, closed items, least recently used first, until under capacity."""
+        with self._lock:
+            candidates = sorted(
+                (i for i in self._items.values() if i.open_count <= 0 and not i.dirty and not i.uploading),
+                key=lambda i: i.last_used,
+            )
+        total = self.usage()
+        for item in candidates:
+            if total + need <= self.capacity:
+                break
+            total -= item.local_bytes()
+            log.debug("evicting %s from the cache", item.key)
+            self.discard(item)
+
+    def recover(self) -> list[StagedFile]:
+        """Items a previous run left dirty (after a crash or a failed upload)."""
+        found = []
+        for name in sorted(os.listdir(self.root)):
+            if not name.endswith(".json"):
+                continue
+            item_id = name[:-5]
+            path = os.path.join(self.root, name)
+            try:
+                with open(path) as f:
+                    state = json.load(f)
+            except (OSError, ValueError) as exc:
+                log.warning("unreadable sidecar %s (%s): left as it is", path, exc)
+                continue
+            data = os.path.join(self.root, item_id + ".data")
+            if not state.get("dirty") or state.get("bucket") != self.bucket or not os.path.exists(data):
+                if state.get("bucket") == self.bucket:
+                    _remove(path)
+                    _remove(data)
+                continue
+            item = StagedFile(self, item_id, state["key"])
+            item.size = int(state["size"])
+            item.remote_size = int(state.get("remote_size", 0))
+            # An item is made whole before its first write, so all of it is local.
+            item.etag = state.get("etag", "")
+            item.metadata = dict(state.get("metadata", {}))
+            item.headers = dict(state.get("headers", {}))
+            item.mtime = float(state.get("mtime", time.time()))
+            item.dirty = True
+            item.upload_ids = list(state.get("upload_ids", []))
+            item.open_fd()
+            # The data file is the truth for the size: writes reach it before the sidecar.
+            item.size = max(item.size, os.fstat(item.fd).st_size)
+            item.present = RangeSet([(0, item.size)])
+            with self._lock:
+                self._items[item.key] = item
+            found.append(item)
+        return found
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

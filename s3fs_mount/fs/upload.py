@@ -1,0 +1,277 @@
+"""Uploading staged files: whole, in parallel parts, or streamed while written.
+
+A file written from its start (a new file, or one opened with O_TRUNC) that
+grows past the multipart threshold starts a multipart upload at once; each
+part is sent, in the background, as soon as the writer has filled it, so
+close waits only for the tail. A write behind what was already sent, or a
+truncate, abandons the stream and the close uploads the file whole.
+
+Multipart upload ids are recorded in the item's sidecar, so uploads a crash
+interrupted are aborted at the next mount.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+from s3fs_mount.fs.attrs import META_PREFIX
+from s3fs_mount.fs.staging import StagedFile
+from s3fs_mount.s3.names import S3Name
+from s3fs_mount.s3.store import MultipartUpload, RemoteStore, part_size_for
+
+log = logging.getLogger(__name__)
+
+MTIME = META_PREFIX + "mtime"
+
+
+@dataclass
+class StreamingUpload:
+    """A multipart upload fed part by part. Guarded by its item's cond."""
+
+    mpu: MultipartUpload
+    part_size: int
+    headers: dict[str, str]
+    next_part: int = 1  # the first part not yet submitted
+    futures: list[concurrent.futures.Future[str]] = field(default_factory=list)
+
+    @property
+    def sent_until(self) -> int:
+        return (self.next_part - 1) * self.part_size
+
+
+class Uploader:
+    """Puts staged files into S3.
+
+    :param store: the connector.
+    :param bucket: the bucket of every item.
+    :param part_size: bytes per part (grown when a file would need > 10,000).
+    :param threshold: files of at least this size upload in parts.
+    :param workers: parts in flight at once, over all files.
+    """
+
+    def __init__(
+        self, store: RemoteStore, bucket: str, part_size: int, threshold: int, workers: int = 8
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.part_size = part_size
+        self.threshold = max(threshold, part_size)
+        self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-upload")
+        self._slots = threading.BoundedSemaphore(workers * 2)  # parts queued: back-pressure
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def name(self, item: StagedFile) -> S3Name:
+        return S3Name(item.key, self.bucket)
+
+    def headers(self, item: StagedFile, with_mtime: bool = True) -> dict[str, str]:
+        """The headers an upload of ``item`` carries: content headers and metadata."""
+        with item.cond:
+            out = dict(item.headers)
+            out.update(item.metadata)
+            if with_mtime:
+                out[MTIME] = "%d" % int(item.mtime)
+            else:
+                out.pop(MTIME, None)
+        return out
+
+    # -- streaming while written ----------------------------------------------------
+
+    def before_write(self, item: StagedFile, offset: int) -> None:
+        """A write is coming at ``offset``: abandon a stream it would contradict."""
+        stream = item.stream
+        if isinstance(stream, StreamingUpload) and offset < stream.sent_until:
+            log.debug("%s: write behind the streamed parts, uploading whole at close", item.key)
+            self.abandon(item)
+
+    def after_write(self, item: StagedFile) -> None:
+        """Send any part the writer has now filled, if the file is being written from scratch."""
+        with item.cond:
+            if item.remote_size or item.size < self.threshold or item.uploading:
+                return
+            stream = item.stream
+        if stream is None:
+            stream = self._start_stream(item)
+        assert isinstance(stream, StreamingUpload)
+        while True:
+            with item.cond:
+                if item.stream is not stream:
+                    return
+                start = stream.sent_until
+                end = start + stream.part_size
+                if end > item.size or not item.present.covers(start, end):
+                    return
+                number = stream.next_part
+                stream.next_part += 1
+                fd = item.fd
+            self._slots.acquire()  # back-pressure: the writer waits for the network
+            fut = self.pool.submit(self._send_part, stream.mpu, number, fd, start, stream.part_size)
+            with item.cond:
+                stream.futures.append(fut)
+
+    def _start_stream(self, item: StagedFile) -> StreamingUpload:
+        part = part_size_for(max(item.size, 1 << 30), self.part_size)
+        mpu = self.store.start_multipart(self.name(item), self.headers(item, with_mtime=False))
+        stream = StreamingUpload(mpu, part, self.headers(item, with_mtime=False))
+        with item.cond:
+            item.stream = stream
+            item.upload_ids.append(mpu.upload_id)
+        item.save(durable=True)
+        return stream
+
+    def _send_part(self, mpu: MultipartUpload, number: int, fd: int, offset: int, size: int) -> str:
+        try:
+            return mpu.upload_part(number, os.pread(fd, size, offset))
+        finally:
+            self._slots.release()
+
+    def abandon(self, item: StagedFile) -> None:
+        """Abort the item's stream, if any."""
+        with item.cond:
+            stream, item.stream = item.stream, None
+        if isinstance(stream, StreamingUpload):
+            concurrent.futures.wait(stream.futures)
+            stream.mpu.abort()
+            with item.cond:
+                if stream.mpu.upload_id in item.upload_ids:
+                    item.upload_ids.remove(stream.mpu.upload_id)
+
+    # -- flush ---------------------------------------------------------------------------
+
+    def flush(self, item: StagedFile) -> bool:
+        """Upload ``item`` if it is dirty; True when S3 has its latest content.
+
+        Raises the connector's exception when the upload fails; the item
+        stays dirty (and staged) for the next try.
+        """
+        with item.upload_lock:
+            with item.cond:
+                if not item.dirty:
+                    return True
+                generation = item.generation
+                item.uploading = True
+            started = time.monotonic()
+            try:
+                etag = self._upload(item)
+            except BaseException as exc:
+                with item.cond:
+                    item.upload_error = str(exc)
+                raise
+            finally:
+                with item.cond:
+                    item.uploading = False
+            clean = item.mark_clean(generation, etag)
+            log.debug("uploaded %s (%d bytes) in %.2fs", item.key, item.size, time.monotonic() - started)
+            return clean
+
+    def _upload(self, item: StagedFile) -> str:
+        stream = item.stream
+        if isinstance(stream, StreamingUpload):
+            try:
+                return self._finish_stream(item, stream)
+            except Exception as exc:
+                log.warning("%s: streamed upload failed (%s); uploading whole", item.key, exc)
+                self.abandon(item)
+        with item.cond:
+            size = item.size
+        if size < self.threshold:
+            data = os.pread(item.fd, size, 0)
+            return self.store.put(self.name(item), data, self.headers(item))
+        part = part_size_for(size, self.part_size)
+        mpu = self.store.start_multipart(self.name(item), self.headers(item))
+        with item.cond:
+            item.upload_ids.append(mpu.upload_id)
+        item.save()
+        try:
+            self.store.run_parallel(
+                (lambda n=n, off=off: mpu.upload_part(n, os.pread(item.fd, min(part, size - off), off)))
+                for n, off in enumerate(range(0, size, part), start=1)
+            )
+            etag = mpu.complete()
+        except BaseException:
+            mpu.abort()
+            raise
+        finally:
+            with item.cond:
+                item.upload_ids.remove(mpu.upload_id)
+        return etag
+
+    def _finish_stream(self, item: StagedFile, stream: StreamingUpload) -> str:
+        with item.cond:
+            size = item.size
+            start = stream.sent_until
+            first = stream.next_part
+            stream.next_part = first + max(0, -(-(size - start) // stream.part_size))
+            fd = item.fd
+        tail = [
+            self.pool.submit(stream.mpu.upload_part, n, os.pread(fd, min(stream.part_size, size - off), off))
+            for n, off in enumerate(range(start, size, stream.part_size), start=first)
+        ]
+        for fut in list(stream.futures) + tail:
+            fut.result()
+        etag = stream.mpu.complete()
+        with item.cond:
+            item.stream = None
+            if stream.mpu.upload_id in item.upload_ids:
+                item.upload_ids.remove(stream.mpu.upload_id)
+        if self.headers(item, with_mtime=False) != stream.headers:
+            # Metadata changed while the parts were going up: one self-copy sets it.
+            etag = self.store.copy_object(
+                self.name(item), self.name(item), self.headers(item), replace_metadata=True
+            )
+        return etag
+
+
+class WritebackQueue:
+    """With ``-o writeback``: uploads run here, so close returns at once.
+
+    Bounded: ``submit`` blocks when ``limit`` files are already waiting.
+    """
+
+    def __init__(self, uploader: Uploader, workers: int = 4, limit: int = 256) -> None:
+        self.uploader = uploader
+        self._queue: queue.Queue[StagedFile | None] = queue.Queue(limit)
+        self._idle = threading.Condition()
+        self._busy = 0
+        self._threads = [
+            threading.Thread(target=self._run, name="writeback-%d" % i, daemon=True) for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, item: StagedFile) -> None:
+        with self._idle:
+            self._busy += 1
+        self._queue.put(item)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.uploader.flush(item)
+            except Exception as exc:
+                log.error("background upload of %s failed, kept staged: %s", item.key, exc)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until the queue is empty; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join()

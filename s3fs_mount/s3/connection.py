@@ -238,7 +238,7 @@ class S3Connection:
                 )
             except requests.RequestException as exc:
                 self.stats.add(method, sent, 0, True)
-                request_log.debug("%s %s -> %s", method, what, exc.__class__.__name__)
+                request_log.debug("%s -> %s", what, exc.__class__.__name__)
                 raise
             finally:
                 if hasattr(data, "close"):

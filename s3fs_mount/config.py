@@ -1,0 +1,466 @@
+"""Where the S3 settings come from: ``s3.yaml``, the environment, ``~/.aws``.
+
+:func:`load_settings` returns the keyword arguments of
+:class:`~s3fs_mount.s3.S3Connection`::
+
+    >>> settings = load_settings()              # or load_settings('/etc/s3.yaml', profile='work')
+    >>> connection = S3Connection(**settings)
+
+The settings file is the first of:
+
+1. the explicit path (``-c FILE`` or ``-o config=FILE``); it must exist;
+2. ``./s3.yaml``;
+3. ``$XDG_CONFIG_HOME/s3fs-mount/s3.yaml`` (``~/.config/s3fs-mount/s3.yaml``).
+
+It holds an ``s3:`` mapping with the keys of ``S3Connection`` (see
+``s3.yaml.example``). Each setting the file does not give comes from, in order:
+
+* the environment: ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
+  ``AWS_SESSION_TOKEN``, ``AWS_REGION`` then ``AWS_DEFAULT_REGION``,
+  ``AWS_ENDPOINT_URL_S3`` then ``AWS_ENDPOINT_URL`` (an ``http://`` or
+  ``https://`` scheme sets ``tls``);
+* the AWS profile (the ``profile`` argument, else ``AWS_PROFILE``, else
+  ``default``): its keys in ``~/.aws/credentials`` (``AWS_SHARED_CREDENTIALS_FILE``)
+  or its ``credential_process``, and its ``region``/``endpoint_url`` in
+  ``~/.aws/config`` (``AWS_CONFIG_FILE``, sections ``[profile NAME]``/``[default]``).
+
+Credentials travel as a unit (key id, secret and token from one source), so a
+key id from one place is never paired with a secret from another. As in the
+AWS tools, a profile named explicitly beats the credentials in the environment.
+
+Every problem raises :class:`~s3fs_mount.s3.errors.ConfigError` with one line
+naming the file (or variable) at fault. Secrets never appear in messages.
+"""
+
+from __future__ import annotations
+
+import configparser
+import datetime
+import functools
+import json
+import logging
+import os
+import shlex
+import stat
+import subprocess
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from s3fs_mount.s3.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "s3.yaml"
+#: The keys the ``s3:`` section may hold, with the types each accepts.
+SETTING_TYPES: dict[str, tuple[type, ...]] = {
+    "access_key_id": (str,),
+    "secret_access_key": (str,),
+    "session_token": (str,),
+    "default_bucket": (str,),
+    "endpoint": (str,),
+    "tls": (bool,),
+    "region": (str,),
+    "path_style": (bool,),
+    "verify_tls": (bool,),
+    "timeout": (int, float),
+    "max_connections": (int,),
+}
+#: The seed's prose calls default_bucket "bucket"; accept that spelling too.
+ALIASES = {"bucket": "default_bucket"}
+CREDENTIAL_KEYS = ("access_key_id", "secret_access_key", "session_token")
+CREDENTIAL_PROCESS_TIMEOUT = 60.0
+
+
+# -- finding the file -----------------------------------------------------------------
+
+
+def _home(environ: Mapping[str, str]) -> str:
+    return environ.get("HOME") or os.path.expanduser("~")
+
+
+def _expand(path: str, environ: Mapping[str, str]) -> str:
+    """``~/x`` -> ``$HOME/x``, with HOME taken from ``environ`` (so tests can move it)."""
+    if path == "~" or path.startswith("~/"):
+        return _home(environ) + path[1:]
+    return os.path.expanduser(path)
+
+
+def default_config_paths(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The places searched for ``s3.yaml`` when no path is given, in order."""
+    config_home = environ.get("XDG_CONFIG_HOME") or os.path.join(_home(environ), ".config")
+    return [os.path.join(os.getcwd(), CONFIG_NAME), os.path.join(config_home, "s3fs-mount", CONFIG_NAME)]
+
+
+def find_config_path(explicit: str | None = None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The settings file to read, or None when there is none.
+
+    :param explicit: the ``-c`` path; unlike the default places it must exist.
+    :raises ConfigError: when ``explicit`` does not exist.
+    """
+    if explicit:
+        path = os.path.abspath(_expand(explicit, environ))
+        if not os.path.lexists(path):
+            raise ConfigError("config file not found: %s" % path)
+        return path
+    for candidate in default_config_paths(environ):
+        if os.path.lexists(candidate):
+            return candidate
+    return None
+
+
+# -- reading the file -----------------------------------------------------------------
+
+
+def _read_text(path: str, what: str = "config file") -> str:
+    try:
+        with open(path, encoding="utf-8") as fi:
+            return fi.read()
+    except FileNotFoundError:
+        raise ConfigError("%s not found: %s" % (what, path)) from None
+    except IsADirectoryError:
+        raise ConfigError("%s: is a directory, not a %s" % (path, what)) from None
+    except PermissionError:
+        raise ConfigError("%s: permission denied (cannot read the %s)" % (path, what)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError("%s: not UTF-8 text (bad byte at offset %d)" % (path, exc.start)) from None
+    except OSError as exc:
+        raise ConfigError("%s: cannot read: %s" % (path, exc.strerror or exc)) from None
+
+
+def _type_name(kinds: tuple[type, ...]) -> str:
+    if kinds == (bool,):
+        return "true or false"
+    if kinds == (str,):
+        return "a string (quote it)"
+    if float in kinds:
+        return "a number"
+    return "an integer"
+
+
+def check_setting(name: str, value: Any, origin: str) -> None:
+    """Raise ConfigError unless ``value`` has a type setting ``name`` accepts."""
+    kinds = SETTING_TYPES[name]
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        shown = "(hidden)" if name in ("secret_access_key", "session_token") else repr(value)
+        raise ConfigError("%s: s3.%s must be %s, not %s" % (origin, name, _type_name(kinds), shown))
+    if name in ("timeout", "max_connections") and value <= 0:
+        raise ConfigError("%s: s3.%s must be positive, not %r" % (origin, name, value))
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The checked ``s3:`` section of the settings file at ``path``.
+
+    Unset (null) keys are dropped, so the environment can fill them in.
+    :raises ConfigError: naming ``path`` and the problem.
+    """
+    text = _read_text(path)
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = " at line %d" % (mark.line + 1) if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("%s: not valid YAML%s: %s" % (path, where, problem)) from None
+    if document is None:
+        raise ConfigError("%s: is empty; expected an 's3:' section (see s3.yaml.example)" % path)
+    if not isinstance(document, dict):
+        raise ConfigError(
+            "%s: top level must be a mapping with an 's3:' section, not a %s"
+            % (path, type(document).__name__)
+        )
+    if "s3" not in document:
+        raise ConfigError("%s: no 's3:' section (see s3.yaml.example)" % path)
+    section = document["s3"]
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        kind = type(section).__name__
+        raise ConfigError("%s: 's3:' must be a mapping of settings, not a %s" % (path, kind))
+    settings: dict[str, Any] = {}
+    for raw_name, value in section.items():
+        name = ALIASES.get(raw_name, raw_name)
+        if name not in SETTING_TYPES:
+            raise ConfigError(
+                "%s: unknown key s3.%s (known: %s)" % (path, raw_name, ", ".join(SETTING_TYPES))
+            )
+        if name in settings:
+            raise ConfigError("%s: s3.%s is given twice (as %s too)" % (path, name, raw_name))
+        if value is None:
+            continue
+        check_setting(name, value, path)
+        settings[name] = value
+    if "secret_access_key" in settings:
+        _warn_if_exposed(path)
+    return settings
+
+
+def _warn_if_exposed(path: str) -> None:
+    """A secret readable by other users is a leak waiting to happen: say so, but carry on."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & 0o044:
+        log.warning(
+            "%s holds secret_access_key and is readable by group/others (mode %03o): run chmod 600 %s",
+            path,
+            mode,
+            path,
+        )
+
+
+# -- the environment and ~/.aws -----------------------------------------------------------
+
+
+def parse_endpoint_url(url: str, origin: str) -> dict[str, Any]:
+    """``https://host:port`` -> ``{'endpoint': 'host:port', 'tls': True}``; no scheme keeps tls unset."""
+    url = url.strip()
+    if "://" not in url:
+        return {"endpoint": url.rstrip("/")}
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigError("%s: endpoint URL must be http(s)://host[:port], not %r" % (origin, url))
+    return {"endpoint": parts.netloc, "tls": parts.scheme == "https"}
+
+
+def _env_credentials(environ: Mapping[str, str]) -> dict[str, str] | None:
+    key_id = environ.get("AWS_ACCESS_KEY_ID", "")
+    secret = environ.get("AWS_SECRET_ACCESS_KEY", "")
+    if not key_id and not secret:
+        return None
+    if not key_id or not secret:
+        missing = "AWS_ACCESS_KEY_ID" if not key_id else "AWS_SECRET_ACCESS_KEY"
+        present = "AWS_SECRET_ACCESS_KEY" if not key_id else "AWS_ACCESS_KEY_ID"
+        raise ConfigError("environment: %s is set but %s is not" % (present, missing))
+    creds = {"access_key_id": key_id, "secret_access_key": secret}
+    if environ.get("AWS_SESSION_TOKEN"):
+        creds["session_token"] = environ["AWS_SESSION_TOKEN"]
+    return creds
+
+
+def _read_ini(path: str) -> configparser.ConfigParser | None:
+    """The parsed AWS ini file, or None when it does not exist."""
+    if not os.path.lexists(path):
+        return None
+    parser = configparser.ConfigParser(interpolation=None)  # secrets may hold '%'
+    try:
+        parser.read_string(_read_text(path, "AWS file"), source=path)
+    except configparser.Error as exc:
+        raise ConfigError("%s: not a valid AWS ini file: %s" % (path, str(exc).splitlines()[0])) from None
+    return parser
+
+
+class AwsProfile:
+    """One profile of ``~/.aws/credentials`` and ``~/.aws/config``.
+
+    :param name: the profile name (``default`` unless told otherwise).
+    :param environ: where ``HOME``, ``AWS_SHARED_CREDENTIALS_FILE`` and ``AWS_CONFIG_FILE`` come from.
+    """
+
+    def __init__(self, name: str, environ: Mapping[str, str]) -> None:
+        self.name = name
+        home = _home(environ)
+        self.credentials_path = _expand(
+            environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), environ
+        )
+        config_path = environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config")
+        self.config_path = _expand(config_path, environ)
+
+    # Read only when asked: a broken ~/.aws must not stop a mount that never needs it.
+    @functools.cached_property
+    def credentials(self) -> dict[str, str] | None:
+        return self._section(_read_ini(self.credentials_path), self.name)
+
+    @functools.cached_property
+    def config(self) -> dict[str, str] | None:
+        parser = _read_ini(self.config_path)
+        if self.name == "default":
+            return self._section(parser, "default")
+        # Older files spell config sections without the "profile " prefix.
+        return self._section(parser, "profile %s" % self.name) or self._section(parser, self.name)
+
+    @staticmethod
+    def _section(parser: configparser.ConfigParser | None, section: str) -> dict[str, str] | None:
+        if parser is None or not parser.has_section(section):
+            return None
+        return dict(parser.items(section))
+
+    @property
+    def exists(self) -> bool:
+        return self.credentials is not None or self.config is not None
+
+    def get(self, key: str) -> tuple[str, str] | None:
+        """``(value, path)`` of ``key``, looked up in credentials then config."""
+        for values, path in ((self.credentials, self.credentials_path), (self.config, self.config_path)):
+            if values and values.get(key, "").strip():
+                return values[key].strip(), path
+        return None
+
+    def get_optional(self, key: str) -> tuple[str, str] | None:
+        """As :meth:`get`, for settings with a fallback: a broken file is a warning, not a failure."""
+        try:
+            return self.get(key)
+        except ConfigError as exc:
+            log.warning("ignoring %s for %s: %s", "~/.aws", key, exc)
+            return None
+
+    def load_credentials(self) -> dict[str, str] | None:
+        """Static keys, else the output of ``credential_process``; None when the profile has neither."""
+        key_id, secret = self.get("aws_access_key_id"), self.get("aws_secret_access_key")
+        if key_id or secret:
+            if not (key_id and secret):
+                path = (key_id or secret)[1]  # type: ignore[index]
+                missing = "aws_secret_access_key" if key_id else "aws_access_key_id"
+                raise ConfigError("%s: profile [%s] has no %s" % (path, self.name, missing))
+            creds = {"access_key_id": key_id[0], "secret_access_key": secret[0]}
+            token = self.get("aws_session_token")
+            if token:
+                creds["session_token"] = token[0]
+            return creds
+        process = self.get("credential_process")
+        if process:
+            return run_credential_process(process[0], "%s: profile [%s]" % (process[1], self.name))
+        return None
+
+
+def run_credential_process(command: str, origin: str) -> dict[str, str]:
+    """Run an AWS ``credential_process`` and return its keys as settings.
+
+    The command prints ``{"Version": 1, "AccessKeyId": ..., "SecretAccessKey": ...,
+    "SessionToken": ..., "Expiration": "2030-01-01T00:00:00Z"}``.
+    Its output is never quoted in errors: it holds the secret.
+    """
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise ConfigError("%s: credential_process is not a valid command line: %s" % (origin, exc)) from None
+    if not argv:
+        raise ConfigError("%s: credential_process is empty" % origin)
+    what = "%s: credential_process %s" % (origin, os.path.basename(argv[0]))
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=CREDENTIAL_PROCESS_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError("%s did not finish in %.0f s" % (what, CREDENTIAL_PROCESS_TIMEOUT)) from None
+    except OSError as exc:
+        raise ConfigError("%s could not run: %s" % (what, exc.strerror or exc)) from None
+    if proc.returncode != 0:
+        lines = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = ": %s" % lines[-1].strip() if lines else ""
+        raise ConfigError("%s exited with status %d%s" % (what, proc.returncode, reason))
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        raise ConfigError("%s did not print JSON" % what) from None
+    if not isinstance(data, dict):
+        raise ConfigError("%s printed JSON that is not an object" % what)
+    if data.get("Version", 1) != 1:
+        raise ConfigError("%s printed Version %r; only Version 1 is understood" % (what, data.get("Version")))
+    key_id, secret = data.get("AccessKeyId"), data.get("SecretAccessKey")
+    if not isinstance(key_id, str) or not key_id or not isinstance(secret, str) or not secret:
+        raise ConfigError("%s printed no AccessKeyId/SecretAccessKey" % what)
+    creds = {"access_key_id": key_id, "secret_access_key": secret}
+    if isinstance(data.get("SessionToken"), str) and data["SessionToken"]:
+        creds["session_token"] = data["SessionToken"]
+    expiration = data.get("Expiration")
+    if expiration:
+        expires = _parse_time(str(expiration))
+        if expires is None:
+            raise ConfigError("%s printed an Expiration that is not ISO 8601: %r" % (what, expiration))
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if expires <= now:
+            raise ConfigError("%s returned credentials that expired at %s" % (what, expiration))
+        # Not refreshed yet: a mount outliving them starts failing with 403s.
+        log.info("credentials from %s expire at %s", what, expiration)
+    return creds
+
+
+def _parse_time(text: str) -> datetime.datetime | None:
+    try:
+        when = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def _default_endpoint(environ: Mapping[str, str], aws: AwsProfile, region: str | None) -> dict[str, Any]:
+    """``endpoint`` (and maybe ``tls``) from the environment or profile, for a file that gives none."""
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        if environ.get(name):
+            return parse_endpoint_url(environ[name], name)
+    configured = aws.get_optional("endpoint_url")
+    if configured:
+        return parse_endpoint_url(configured[0], "%s: profile [%s]" % (configured[1], aws.name))
+    if region:
+        # The global endpoint would answer a regional bucket with a redirect.
+        return {"endpoint": "s3.%s.amazonaws.com" % region}
+    return {}
+
+
+# -- putting it together ----------------------------------------------------------------
+
+
+def load_settings(
+    path: str | None = None, profile: str | None = None, environ: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """The ``S3Connection`` keyword arguments, from the file, environment and ``~/.aws``.
+
+    :param path: the ``-c`` settings file; None searches the default places.
+    :param profile: the AWS profile to use (``-o profile=``); None means
+        ``AWS_PROFILE`` or ``default``.
+    :param environ: the environment to read (``os.environ`` by default).
+    :raises ConfigError: one line naming the file or variable and the problem.
+    """
+    config_path = find_config_path(path, environ)
+    settings = read_config_file(config_path) if config_path else {}
+    origin = config_path or CONFIG_NAME
+
+    aws = AwsProfile(profile or environ.get("AWS_PROFILE") or "default", environ)
+    if (profile or environ.get("AWS_PROFILE")) and not aws.exists:
+        where = "-o profile" if profile else "AWS_PROFILE"
+        raise ConfigError(
+            "%s: profile %r not found in %s or %s" % (where, aws.name, aws.credentials_path, aws.config_path)
+        )
+
+    has_key, has_secret = "access_key_id" in settings, "secret_access_key" in settings
+    if has_key != has_secret:
+        missing = "secret_access_key" if has_key else "access_key_id"
+        raise ConfigError("%s: s3.%s is missing (the key id and secret go together)" % (origin, missing))
+    if not has_key:
+        settings.pop("session_token", None)  # a token only means something with its keys
+        if profile:
+            creds = aws.load_credentials() or _env_credentials(environ)
+        else:
+            creds = _env_credentials(environ) or aws.load_credentials()
+        if not creds:
+            raise ConfigError(
+                "no credentials: set access_key_id/secret_access_key in %s, or AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY, or [%s] in %s" % (origin, aws.name, aws.credentials_path)
+            )
+        settings.update(creds)
+
+    if "region" not in settings:
+        configured = aws.get_optional("region")
+        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or (configured or ("",))[0]
+        if region:
+            settings["region"] = region
+
+    if "endpoint" not in settings:
+        for name, value in _default_endpoint(environ, aws, settings.get("region")).items():
+            settings.setdefault(name, value)
+
+    log.debug(
+        "settings from %s: %s",
+        config_path or "environment",
+        ", ".join("%s=%s" % (k, v) for k, v in sorted(settings.items()) if k not in CREDENTIAL_KEYS[1:]),
+    )
+    return settings

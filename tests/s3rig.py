@@ -1,0 +1,191 @@
+"""Helpers behind the pytest fixtures in conftest.py (local S3 servers, clients, buckets).
+
+Everything here talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s3fs_mount.localserver import LocalS3Server, free_ports
+
+log = logging.getLogger(__name__)
+
+REGION = "us-east-1"
+_bucket_counter = itertools.count(1)
+
+
+def make_boto_client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    """A boto3 S3 client for http://endpoint: path style, SigV4, us-east-1, 2 attempts."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://{endpoint}",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=REGION,
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 2},
+            connect_timeout=5,
+            read_timeout=30,
+        ),
+    )
+
+
+def boto_ready(server: LocalS3Server) -> Callable[[], bool]:
+    """Readiness check for LocalS3Server.start: a signed ListBuckets via boto3."""
+    client = make_boto_client(server.endpoint, server.access_key, server.secret_key)
+
+    def ready() -> bool:
+        client.list_buckets()
+        return True
+
+    return ready
+
+
+def start_local_server(data_dir: str | Path, timeout: float = 60.0) -> LocalS3Server:
+    """Start a LocalS3Server in ``data_dir`` and wait until boto3 can list buckets."""
+    server = LocalS3Server(str(data_dir))
+    t0 = time.monotonic()
+    # The endpoint is only known after ports are chosen inside start(), so build the
+    # client lazily on first poll.
+    state: dict[str, Callable[[], bool]] = {}
+
+    def ready() -> bool:
+        if "f" not in state:
+            state["f"] = boto_ready(server)
+        return state["f"]()
+
+    server.start(ready, timeout=timeout)
+    log.info("LocalS3Server %s ready in %.2fs", server.endpoint, time.monotonic() - t0)
+    return server
+
+
+def unique_bucket_name(hint: str = "") -> str:
+    """A fresh valid bucket name (3-63 chars of [a-z0-9-]), optionally hinting a test name."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", hint.lower()).strip("-")[:30].strip("-")
+    suffix = f"{secrets.token_hex(4)}-{next(_bucket_counter)}"
+    return f"t-{slug}-{suffix}" if slug else f"t-{suffix}"
+
+
+def empty_and_delete_bucket(client: Any, bucket: str) -> None:
+    """Best effort: abort uploads, delete every object (and version), delete the bucket."""
+    try:
+        for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
+            for up in page.get("Uploads", []):
+                client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+    except Exception as exc:  # noqa: BLE001
+        log.debug("abort uploads in %s: %r", bucket, exc)
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+    except Exception as exc:  # noqa: BLE001
+        log.debug("empty %s: %r", bucket, exc)
+    try:
+        client.delete_bucket(Bucket=bucket)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("delete bucket %s: %r", bucket, exc)
+
+
+def s3_config(server: LocalS3Server, bucket: str) -> dict[str, Any]:
+    """The mapping that goes under ``s3:`` in an s3.yaml for ``server`` and ``bucket``."""
+    return {
+        "access_key_id": server.access_key,
+        "secret_access_key": server.secret_key,
+        "default_bucket": bucket,
+        "endpoint": server.endpoint,
+        "tls": False,
+    }
+
+
+def write_s3yaml(path: str | Path, s3: dict[str, Any]) -> Path:
+    """Write ``{'s3': s3}`` as YAML to ``path`` with mode 0600; return the path."""
+    path = Path(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump({"s3": s3}, f, default_flow_style=False, sort_keys=False)
+    os.chmod(path, 0o600)
+    return path
+
+
+@dataclass
+class MotoServer:
+    """A moto S3 server running in-process on 127.0.0.1 (any credentials accepted)."""
+
+    endpoint: str
+    access_key: str = "testing"
+    secret_key: str = "testing"
+    _server: Any = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://{self.endpoint}"
+
+    def stop(self) -> None:
+        """Stop the moto server thread."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def start_moto_server(timeout: float = 30.0) -> MotoServer:
+    """Start moto's ThreadedMotoServer on a free 127.0.0.1 port and wait for it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_ports(1)[0]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"moto server did not listen on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+    return MotoServer(endpoint=f"127.0.0.1:{port}", _server=server)
+
+
+def fuse_unavailable_reason() -> str | None:
+    """Why FUSE mounts cannot work here, or None if they probably can."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse missing"
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot open /dev/fuse: {exc}"
+    if not (shutil.which("fusermount3") or shutil.which("fusermount")):
+        return "fusermount/fusermount3 not installed (apt-get install fuse3)"
+    try:
+        import fuse  # noqa: F401  (fusepy loads libfuse.so.2)
+    except (ImportError, OSError, EnvironmentError) as exc:  # noqa: UP024
+        return f"fusepy/libfuse2 unusable: {exc}"
+    return None
+
+
+def require_fuse_env() -> bool:
+    """True when FUSE tests must fail instead of skip (S3FS_REQUIRE_FUSE=1)."""
+    return os.environ.get("S3FS_REQUIRE_FUSE", "") not in ("", "0", "false", "no")

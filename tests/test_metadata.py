@@ -1,0 +1,162 @@
+"""x-amz-meta-* as extended attributes, POSIX attributes and symlinks, on a real mount."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import time
+
+import pytest
+
+from s3fs_mount import RemoteStore, S3Connection
+
+pytestmark = pytest.mark.fuse
+
+
+def head(boto, bucket: str, key: str) -> dict:
+    return boto.head_object(Bucket=bucket, Key=key)
+
+
+def write(mount, name: str, data: bytes = b"data") -> str:
+    path = os.path.join(mount.path, name)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def test_setfattr_getfattr_shell(mount, boto, bucket):
+    path = write(mount, "f")
+    subprocess.run(["setfattr", "-n", "user.state", "-v", "processed", path], check=True)
+    assert head(boto, bucket, "f")["Metadata"]["state"] == "processed"
+    out = subprocess.run(["getfattr", "-d", path], check=True, capture_output=True, text=True).stdout
+    assert 'user.state="processed"' in out
+    subprocess.run(["setfattr", "-x", "user.state", path], check=True)
+    assert "state" not in head(boto, bucket, "f")["Metadata"]
+    assert b"data" == open(path, "rb").read()
+
+
+def test_xattr_create_replace_flags(mount):
+    path = write(mount, "f")
+    os.setxattr(path, "user.a", b"1", os.XATTR_CREATE)
+    with pytest.raises(OSError) as e:
+        os.setxattr(path, "user.a", b"2", os.XATTR_CREATE)
+    assert e.value.errno == errno.EEXIST
+    with pytest.raises(OSError) as e:
+        os.setxattr(path, "user.b", b"2", os.XATTR_REPLACE)
+    assert e.value.errno == errno.ENODATA
+    os.setxattr(path, "user.a", b"3", os.XATTR_REPLACE)
+    assert os.getxattr(path, "user.a") == b"3"
+    with pytest.raises(OSError) as e:
+        os.getxattr(path, "user.missing")
+    assert e.value.errno == errno.ENODATA
+
+
+def test_too_big_is_e2big_and_sends_nothing(mount, boto, bucket):
+    path = write(mount, "f")
+    etag = head(boto, bucket, "f")["ETag"]
+    with pytest.raises(OSError) as e:
+        os.setxattr(path, "user.big", b"x" * 3072)
+    assert e.value.errno == errno.E2BIG
+    assert "big" not in head(boto, bucket, "f")["Metadata"]
+    assert head(boto, bucket, "f")["ETag"] == etag
+
+
+def test_any_bytes_round_trip(mount, boto, bucket):
+    path = write(mount, "f")
+    for value in ("héllo wörld ✓".encode(), b"\x00\x01\xff binary", b" padded ", b"=?UTF-8?B?x?="):
+        os.setxattr(path, "user.v", value)
+        assert os.getxattr(path, "user.v") == value
+    stored = head(boto, bucket, "f")["Metadata"]["v"]
+    assert stored.isascii()
+
+
+def test_setxattr_keeps_content_type_and_other_meta(mount, boto, bucket):
+    boto.put_object(Bucket=bucket, Key="page.html", Body=b"<p>", ContentType="text/html",
+                    CacheControl="max-age=60", Metadata={"owner": "ops"})
+    time.sleep(1.1)
+    path = os.path.join(mount.path, "page.html")
+    os.setxattr(path, "user.state", b"ok")
+    h = head(boto, bucket, "page.html")
+    assert h["ContentType"] == "text/html"
+    assert h.get("CacheControl") == "max-age=60"
+    assert h["Metadata"]["owner"] == "ops" and h["Metadata"]["state"] == "ok"
+    assert {"user.owner", "user.state"} <= set(os.listxattr(path))
+
+
+def test_posix_attributes_persist_in_s3fs_format(mount, boto, bucket):
+    path = write(mount, "f")
+    os.chmod(path, 0o640)
+    meta = head(boto, bucket, "f")["Metadata"]
+    assert int(meta["mode"]) == stat.S_IFREG | 0o640
+    os.chown(path, 1234, 5678)
+    os.utime(path, (1500000000, 1500000000))
+    meta = head(boto, bucket, "f")["Metadata"]
+    assert (meta["uid"], meta["gid"], meta["mtime"]) == ("1234", "5678", "1500000000")
+    assert not [n for n in os.listxattr(path) if n in ("user.mode", "user.uid", "user.gid", "user.mtime")]
+    with pytest.raises(OSError):
+        os.setxattr(path, "user.mode", b"0")
+
+
+def test_s3fs_fuse_objects_show_their_attributes(mount, boto, bucket):
+    boto.put_object(Bucket=bucket, Key="from-s3fs", Body=b"abc", Metadata={
+        "mode": str(stat.S_IFREG | 0o600), "uid": "42", "gid": "43", "mtime": "1400000000"})
+    time.sleep(1.1)
+    st = os.stat(os.path.join(mount.path, "from-s3fs"))
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 42 and st.st_gid == 43
+    assert int(st.st_mtime) == 1400000000 and st.st_size == 3
+
+
+def test_symlink_round_trip(mount, boto, bucket):
+    write(mount, "target")
+    link = os.path.join(mount.path, "link")
+    os.symlink("target", link)
+    assert os.readlink(link) == "target"
+    assert os.path.islink(link)
+    assert open(link, "rb").read() == b"data"
+    obj = boto.get_object(Bucket=bucket, Key="link")
+    assert obj["Body"].read() == b"target"
+    assert stat.S_ISLNK(int(obj["Metadata"]["mode"]))
+
+
+def test_connector_and_mount_agree(mount, boto, bucket, s3config, tmp_path):
+    store = RemoteStore(S3Connection(**s3config))
+    local = tmp_path / "example"
+    local.write_bytes(b"content")
+    assert store.write(str(local), "tagged", headers={"x-amz-meta-state": "x"})
+    time.sleep(1.1)
+    path = os.path.join(mount.path, "tagged")
+    assert os.getxattr(path, "user.state") == b"x"
+    os.setxattr(path, "user.state", b"y")
+    assert store.exists("tagged") == (True, {"x-amz-meta-state": "y"})
+    subprocess.run(["mv", path, os.path.join(mount.path, "moved")], check=True)
+    assert head(boto, bucket, "moved")["Metadata"]["state"] == "y"
+    subprocess.run(["cp", "--preserve=xattr", os.path.join(mount.path, "moved"),
+                    os.path.join(mount.path, "copied")], check=True)
+    assert head(boto, bucket, "copied")["Metadata"]["state"] == "y"
+
+
+def test_readonly_facts(mount, boto, bucket):
+    path = write(mount, "f")
+    assert os.getxattr(path, "s3.etag").decode() == head(boto, bucket, "f")["ETag"].strip('"')
+    assert os.getxattr(path, "s3.state") == b"clean"
+    os.setxattr(path, "s3.etag", b"x")  # accepted and ignored, so cp --preserve=xattr works
+    assert os.getxattr(path, "s3.etag").decode() == head(boto, bucket, "f")["ETag"].strip('"')
+    out = subprocess.run(["getfattr", "-d", "-m", "-", path], capture_output=True, text=True).stdout
+    assert "s3.etag=" in out and "s3.storage_class=" in out
+
+
+def test_concurrent_overwrite_is_not_clobbered(mount_factory, boto, bucket):
+    mount = mount_factory(options="attr_ttl=30").start()
+    try:
+        path = write(mount, "f", b"ours")
+        os.stat(path)
+        boto.put_object(Bucket=bucket, Key="f", Body=b"theirs", Metadata={"who": "them"})
+        with pytest.raises(OSError) as e:
+            os.setxattr(path, "user.state", b"mine")
+        assert e.value.errno == errno.EIO
+        obj = boto.get_object(Bucket=bucket, Key="f")
+        assert obj["Body"].read() == b"theirs" and obj["Metadata"] == {"who": "them"}
+    finally:
+        mount.stop()

@@ -1,0 +1,137 @@
+"""The mount as a user drives it: shell tools on a real mount, checked in S3 with boto3."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+pytestmark = pytest.mark.fuse
+
+
+def sh(cmd: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, check=True)
+
+
+def s3_bytes(boto, bucket: str, key: str) -> bytes:
+    return boto.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
+    pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def test_cp_small_and_large_in_and_out(mount, boto, bucket, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"hello world\n")
+    large = tmp_path / "large.bin"
+    large.write_bytes(os.urandom(100 << 20))
+    sh("cp %s %s/small.txt && cp %s %s/large.bin" % (small, mount.path, large, mount.path), "/")
+    # cp returned: the objects are in S3 already.
+    assert s3_bytes(boto, bucket, "small.txt") == small.read_bytes()
+    assert s3_bytes(boto, bucket, "large.bin") == large.read_bytes()
+    sh("cp %s/large.bin %s/back.bin && cmp %s %s/back.bin" % (mount.path, tmp_path, large, tmp_path), "/")
+    listing = sh("ls -l", mount.path).stdout
+    assert " 104857600 " in listing and " 12 " in listing
+
+
+def test_mkdir_p_mv_and_rm_r(mount, boto, bucket):
+    sh("mkdir -p a/b/c && echo x > a/b/c/f && echo y > a/g", mount.path)
+    assert {"a/", "a/b/", "a/b/c/", "a/b/c/f", "a/g"} <= set(s3_keys(boto, bucket))
+    sh("mv a/g a/h && mv a z", mount.path)
+    keys = s3_keys(boto, bucket)
+    assert "z/h" in keys and "z/b/c/f" in keys
+    assert not [k for k in keys if k.startswith("a/")]
+    assert sh("cat z/b/c/f z/h", mount.path).stdout == "x\ny\n"
+    assert not os.path.exists(os.path.join(mount.path, "a"))
+    sh("rm -r z", mount.path)
+    assert s3_keys(boto, bucket) == []
+    assert "z" not in os.listdir(mount.path)
+
+
+def test_append_truncate_overwrite_sed(mount, boto, bucket):
+    p = mount.path
+    sh("echo one > f && echo two >> f", p)
+    assert s3_bytes(boto, bucket, "f") == b"one\ntwo\n"
+    sh("truncate -s 3 f", p)
+    assert s3_bytes(boto, bucket, "f") == b"one"
+    sh("truncate -s 6 f", p)
+    assert s3_bytes(boto, bucket, "f") == b"one\0\0\0"
+    data = os.urandom(3 << 20)
+    with open(os.path.join(p, "g"), "wb") as f:
+        f.write(data)
+    sh("printf XYZ | dd of=g bs=1 seek=1000000 conv=notrunc status=none", p)
+    expected = data[:1000000] + b"XYZ" + data[1000003:]
+    assert s3_bytes(boto, bucket, "g") == expected
+    sh("printf 'foo bar\\n' > s && sed -i s/foo/baz/ s", p)
+    assert s3_bytes(boto, bucket, "s") == b"baz bar\n"
+
+
+def test_unlink_while_open_still_reads(mount, boto, bucket):
+    path = os.path.join(mount.path, "u")
+    with open(path, "wb") as f:
+        f.write(b"still here")
+    with open(path, "rb") as f:
+        os.unlink(path)
+        assert not os.path.exists(path)
+        assert f.read() == b"still here"
+    assert s3_keys(boto, bucket) == []
+
+
+def test_objects_from_other_clients_show_up(mount, boto, bucket):
+    boto.put_object(Bucket=bucket, Key="ext/one.txt", Body=b"1")
+    boto.put_object(Bucket=bucket, Key="marker/", Body=b"")
+    boto.put_object(Bucket=bucket, Key="old_$folder$", Body=b"")
+    time.sleep(1.2)  # the attribute and listing TTL
+    deadline = time.monotonic() + 5  # and the server's own listing delay under load
+    while not {"ext", "marker", "old"} <= set(os.listdir(mount.path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {"ext", "marker", "old"} <= set(os.listdir(mount.path))
+    for n in ("ext", "marker", "old"):
+        assert os.path.isdir(os.path.join(mount.path, n)), n
+    assert open(os.path.join(mount.path, "ext", "one.txt")).read() == "1"
+
+
+def test_written_then_unmounted_is_in_s3(mount, boto, bucket):
+    with open(os.path.join(mount.path, "last"), "wb") as f:
+        f.write(b"z" * 1000)
+    assert mount.stop() == 0
+    assert s3_bytes(boto, bucket, "last") == b"z" * 1000
+
+
+def test_errors(mount):
+    p = mount.path
+
+    def err(fn, *args):
+        with pytest.raises(OSError) as info:
+            fn(*args)
+        return info.value.errno
+
+    os.mkdir(os.path.join(p, "d"))
+    open(os.path.join(p, "d", "f"), "w").close()
+    assert err(os.stat, os.path.join(p, "nope")) == errno.ENOENT
+    assert err(open, os.path.join(p, "nope")) == errno.ENOENT
+    assert err(os.rmdir, os.path.join(p, "d")) == errno.ENOTEMPTY
+    assert err(open, os.path.join(p, "d"), "w") == errno.EISDIR
+    assert err(os.listdir, os.path.join(p, "d", "f")) == errno.ENOTDIR
+    assert err(os.mkdir, os.path.join(p, "d")) == errno.EEXIST
+    assert err(os.unlink, os.path.join(p, "d")) == errno.EISDIR
+
+
+def test_wrong_credentials_fail_clearly(mount_factory, s3config, tmp_path):
+    import yaml
+
+    bad = dict(s3config, secret_access_key="wrong-secret")
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"s3": bad}))
+    cfg.chmod(0o600)
+    m = mount_factory(config=str(cfg))
+    with pytest.raises(RuntimeError) as info:
+        m.start(timeout=20)
+    message = str(info.value)
+    assert "Traceback" not in message
+    assert "denied" in message.lower() or "403" in message

@@ -30,10 +30,7 @@ Things worth knowing about SeaweedFS 4.x (found by experiment):
 
 from __future__ import annotations
 
-import datetime
 import glob
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -49,6 +46,9 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+
+from s3fs_mount.s3.connection import S3Connection
+from s3fs_mount.s3.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -109,40 +109,12 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def signed_list_buckets(
-    endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1"
-) -> bool:
-    """Make a SigV4-signed ``GET /`` (ListBuckets) with the stdlib; True on HTTP 200."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    day = now.strftime("%Y%m%d")
-    payload_hash = hashlib.sha256(b"").hexdigest()
-    headers = {"host": endpoint, "x-amz-content-sha256": payload_hash, "x-amz-date": amz_date}
-    signed = ";".join(sorted(headers))
-    canonical = "\n".join(
-        ["GET", "/", ""]
-        + [f"{k}:{headers[k]}" for k in sorted(headers)]
-        + ["", signed, payload_hash]
-    )
-    scope = f"{day}/{region}/s3/aws4_request"
-    to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-    )
-    key = ("AWS4" + secret_key).encode()
-    for part in (day, region, "s3", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    req = urllib.request.Request(f"http://{endpoint}/", method="GET")
-    for k, v in headers.items():
-        if k != "host":
-            req.add_header(k, v)
-    req.add_header(
-        "Authorization",
-        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
-        f"SignedHeaders={signed}, Signature={signature}",
-    )
-    with urllib.request.urlopen(req, timeout=2) as resp:  # noqa: S310 (127.0.0.1 only)
-        return resp.status == 200
+def signed_list_buckets(endpoint: str, access_key: str, secret_key: str) -> bool:
+    """A signed ``GET /`` (ListBuckets) through our own connector; True on HTTP 200."""
+    conn = S3Connection(access_key, secret_key, endpoint=endpoint, tls=False, timeout=2.0,
+                        retry=RetryPolicy(max_attempts=1))
+    conn.request("GET", None).close()
+    return True
 
 
 class LocalS3Server:
@@ -151,7 +123,7 @@ class LocalS3Server:
     Usage::
 
         srv = LocalS3Server("/tmp/data")
-        srv.start(lambda: my_signed_list_buckets(srv))   # blocks until ready
+        srv.start()                                      # blocks until ready
         ...  # talk to http://{srv.endpoint} with srv.access_key / srv.secret_key
         srv.stop(kill=True)                              # SIGTERM takes ~15 s
 

@@ -28,7 +28,7 @@ MIN_WINDOW = 1 << 20
 
 @dataclass
 class ReadState:
-    """Per open handle: where the last read ended, and the current window."""
+    """Per open handle: where the last read ended, the window, how far ahead is fetched."""
 
     next_offset: int = 0
     window: int = 0
@@ -67,20 +67,20 @@ class Prefetcher:
         end = min(offset + size, item.size)
         if offset >= end:
             return b""
-        sequential = offset == state.next_offset and offset > 0 or (offset == 0 and state.window == 0)
-        if sequential:
+        # Inside the window already fetched counts as sequential too: FUSE threads
+        # may deliver the kernel's readahead out of order.
+        if offset == state.next_offset or (state.window and state.next_offset <= offset < state.ahead_until):
             state.window = min(max(state.window * 2, MIN_WINDOW), self.max_window)
-            fetch_end = max(end, offset + min(state.window, MIN_WINDOW))
+            grid_end = -(-(offset + state.window) // self.chunk) * self.chunk
+            ahead_end = min(grid_end, item.remote_size)
+            if ahead_end > state.ahead_until:
+                self._schedule(item, max(offset, state.ahead_until), ahead_end)
+                state.ahead_until = ahead_end
         else:
             state.window = 0
-            fetch_end = end
-        self.ensure(item, offset, _round_up(fetch_end))
-        state.next_offset = end
-        if sequential and state.window > MIN_WINDOW:
-            ahead_end = min(end + state.window, item.remote_size)
-            if ahead_end > state.ahead_until:
-                self._schedule(item, max(end, state.ahead_until), ahead_end)
-                state.ahead_until = ahead_end
+            state.ahead_until = 0
+        self.ensure(item, offset, _round_up(end))
+        state.next_offset = max(end, state.next_offset) if state.window else end
         return item.read(offset, end - offset)
 
     def ensure(self, item: StagedFile, start: int, end: int) -> None:
@@ -107,9 +107,16 @@ class Prefetcher:
                     self._unclaim(item, mine)
 
     def _schedule(self, item: StagedFile, start: int, end: int) -> None:
+        """Fetch ``[start, end)`` in the background, in pieces on a ``chunk`` grid."""
         with item.cond:
-            gaps = [g for g in item.missing(start, end) if not _overlaps(g, item.inflight)]
-            pieces = [(s, min(s + self.chunk, ge)) for gs, ge in gaps for s in range(gs, ge, self.chunk)]
+            pieces = []
+            for gs, ge in item.missing(start, end):
+                pos = gs
+                while pos < ge:
+                    piece = (pos, min(ge, (pos // self.chunk + 1) * self.chunk))
+                    if not _overlaps(piece, item.inflight):
+                        pieces.append(piece)
+                    pos = piece[1]
             item.inflight.extend(pieces)
         for piece in pieces:
             self.pool.submit(self._background, item, piece)

@@ -420,6 +420,9 @@ class RemoteStore:
         finally:
             for fut in pending:
                 fut.cancel()
+            # Jobs already running must end before the caller aborts the upload or
+            # closes the file they read: S3 may keep a part still arriving at abort.
+            concurrent.futures.wait(pending)
 
     def copy_object(
         self,

@@ -1,0 +1,144 @@
+"""An in-memory stand-in for RemoteStore: the filesystem's unit tests run on it.
+
+It implements the part of the connector's interface the filesystem uses,
+with S3's behaviour where it matters (sorted listings with a delimiter,
+If-Match, metadata REPLACE), and counts requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.names import S3Name, resolve
+from s3fs_mount.s3.store import KEPT_HEADERS, MultipartUpload, ObjectInfo, metadata_of
+from s3fs_mount.s3.xmlparse import ListEntry, ListPage
+
+
+class FakeObject:
+    def __init__(self, data: bytes, headers: dict[str, str]) -> None:
+        self.data = data
+        self.metadata = metadata_of(headers)
+        self.headers = {k: v for k, v in headers.items() if k in KEPT_HEADERS}
+        self.etag = hashlib.md5(data).hexdigest()
+        self.mtime = time.time()
+
+
+class FakeMultipart(MultipartUpload):
+    def upload_part(self, number: int, data: bytes) -> str:
+        self.store.calls["PUT part"] += 1
+        self.parts[number] = bytes(data)  # type: ignore[assignment]
+        return str(number)
+
+    def complete(self) -> str:
+        data = b"".join(self.parts[n] for n in sorted(self.parts))  # type: ignore[misc]
+        self.store.uploads.discard(self.upload_id)
+        return self.store.put(S3Name(self.key, self.bucket), data, self.create_headers)
+
+    def abort(self) -> None:
+        self.store.uploads.discard(self.upload_id)
+
+
+class FakeStore:
+    """Objects in a dict; ``calls`` counts requests by kind."""
+
+    def __init__(self, bucket: str = "bucket") -> None:
+        self.bucket = bucket
+        self.objects: dict[str, FakeObject] = {}
+        self.calls: Counter[str] = Counter()
+        self.uploads: set[str] = set()
+        self._ids = itertools.count(1)
+
+    def _key(self, name: str | S3Name) -> str:
+        return resolve(name, self.bucket)[1]
+
+    def _get(self, key: str) -> FakeObject:
+        try:
+            return self.objects[key]
+        except KeyError:
+            raise S3Error(404, "NoSuchKey", resource=key) from None
+
+    def head(self, name: str | S3Name) -> ObjectInfo:
+        self.calls["HEAD"] += 1
+        key = self._key(name)
+        o = self._get(key)
+        return ObjectInfo(key, len(o.data), o.etag, o.mtime, dict(o.metadata), dict(o.headers))
+
+    def get_range(self, name: str | S3Name, start: int, length: int, if_match: str | None = None) -> bytes:
+        self.calls["GET"] += 1
+        o = self._get(self._key(name))
+        if if_match and if_match != o.etag:
+            raise S3Error(412, "PreconditionFailed")
+        self.calls["bytes down"] += len(o.data[start:start + length])
+        return o.data[start:start + length]
+
+    def put(self, name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None) -> str:
+        self.calls["PUT"] += 1
+        body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]
+        o = FakeObject(bytes(body), dict(headers or {}))
+        self.objects[self._key(name)] = o
+        return o.etag
+
+    def remove(self, name: str | S3Name) -> None:
+        self.calls["DELETE"] += 1
+        self.objects.pop(self._key(name), None)
+
+    def start_multipart(self, name: str | S3Name, headers: dict | None = None) -> MultipartUpload:
+        self.calls["POST"] += 1
+        mpu = FakeMultipart(self, self.bucket, self._key(name), "up%d" % next(self._ids))  # type: ignore[arg-type]
+        mpu.create_headers = dict(headers or {})  # type: ignore[attr-defined]
+        self.uploads.add(mpu.upload_id)
+        return mpu
+
+    def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> None:
+        self.uploads.discard(upload_id)
+
+    def run_parallel(self, jobs: Iterable[Callable[[], object]]) -> None:
+        for job in jobs:
+            job()
+
+    def copy_object(self, source, destination, headers=None, replace_metadata=False, if_match=None,
+                    source_info=None) -> str:
+        self.calls["COPY"] += 1
+        o = self._get(self._key(source))
+        if if_match and if_match != o.etag:
+            raise S3Error(412, "PreconditionFailed")
+        new_headers = dict(o.headers)
+        if replace_metadata:
+            new_headers.update(headers or {})
+        else:
+            new_headers.update(o.metadata)
+        copy = FakeObject(o.data, new_headers)
+        self.objects[self._key(destination)] = copy
+        return copy.etag
+
+    def list(self, prefix: str = "", delimiter: str | None = "/", bucket: str | None = None,
+             max_keys: int = 1000, start_after: str | None = None) -> Iterator[ListPage]:
+        self.calls["LIST"] += 1
+        page = ListPage()
+        prefixes: set[str] = set()
+        for key in sorted(self.objects):
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix):]
+            if delimiter and delimiter in rest:
+                prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
+                continue
+            o = self.objects[key]
+            page.entries.append(ListEntry(key, len(o.data), o.etag, o.mtime))
+        page.prefixes = sorted(prefixes)
+        yield page
+
+    def list_all(self, prefix: str = "", bucket: str | None = None) -> Iterator[ListEntry]:
+        for page in self.list(prefix, delimiter=None):
+            yield from page.entries
+
+    def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
+        self.calls["DELETE multi"] += 1
+        for key in keys:
+            self.objects.pop(key, None)
+        return []

@@ -1,0 +1,203 @@
+"""The filesystem against the connector's interface, on an in-memory store (no FUSE, no server)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import stat
+import time
+
+import pytest
+from fakestore import FakeStore
+from fuse import FuseOSError
+
+import s3fs_mount.fs.operations as operations_module
+from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.operations import S3Operations
+from s3fs_mount.fs.options import MountOptions
+
+MiB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _context(monkeypatch):
+    monkeypatch.setattr(operations_module, "fuse_get_context", lambda: (1000, 1000, 1))
+
+
+def make_ops(tmp_path, store=None, **options) -> S3Operations:
+    opts = MountOptions(cache_dir=str(tmp_path / "cache"), **options)
+    return S3Operations(store or FakeStore(), "bucket", "", opts)
+
+
+def write_file(ops: S3Operations, path: str, data: bytes, chunk: int = 1 * MiB, flush: bool = True) -> int:
+    fh = ops.create(path, 0o644)
+    for off in range(0, len(data), chunk):
+        ops.write(path, data[off:off + chunk], off, fh)
+    if flush:
+        ops.flush(path, fh)
+        ops.release(path, fh)
+    return fh
+
+
+def names(ops: S3Operations, path: str = "/") -> list[str]:
+    return [n for n in ops.readdir(path, 0) if n not in (".", "..")]
+
+
+def test_listing_leaves_out_keys_that_are_no_file_names(tmp_path):
+    store = FakeStore()
+    for key in ("a//b", "x/./y", "x/../y", "n" * 300, "ok"):
+        store.put(key, b"1")
+    ops = make_ops(tmp_path, store)
+    assert names(ops) == ["a", "ok", "x"]
+    assert names(ops, "/a") == []
+    assert names(ops, "/x") == []
+
+
+def test_directory_kinds_and_the_directory_wins(tmp_path):
+    store = FakeStore()
+    for key in ("marker/", "implicit/f", "old_$folder$", "both", "both/inner"):
+        store.put(key, b"")
+    ops = make_ops(tmp_path, store)
+    assert names(ops) == ["both", "implicit", "marker", "old"]
+    for name in ("both", "implicit", "marker", "old"):
+        assert stat.S_ISDIR(ops.getattr("/" + name)["st_mode"]), name
+    fresh = make_ops(tmp_path / "2", store)  # cold lookups, no listing first
+    for name in ("both", "implicit", "marker", "old"):
+        assert stat.S_ISDIR(fresh.getattr("/" + name)["st_mode"]), name
+
+
+def test_readdir_makes_no_head_requests(tmp_path):
+    store = FakeStore()
+    for i in range(100):
+        store.put("d/f%03d" % i, b"x" * i)
+    ops = make_ops(tmp_path, store)
+    ops.getattr("/d")
+    heads = store.calls["HEAD"]
+    assert len(names(ops, "/d")) == 100
+    sizes = [ops.getattr("/d/f%03d" % i)["st_size"] for i in range(100)]
+    assert sizes == list(range(100))
+    assert store.calls["HEAD"] == heads
+
+
+def test_sequential_write_streams_parts_before_close(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = os.urandom(23 * MiB)
+    fh = write_file(ops, "/big", data, flush=False)
+    deadline = time.monotonic() + 10
+    while store.calls["PUT part"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.calls["PUT part"] >= 3  # sent while the file was still open
+    ops.flush("/big", fh)
+    ops.release("/big", fh)
+    assert store.objects["big"].data == data
+    assert not store.uploads
+
+
+def test_write_behind_the_stream_uploads_whole(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = bytearray(os.urandom(12 * MiB))
+    fh = write_file(ops, "/big", bytes(data), flush=False)
+    ops.write("/big", b"PATCH", 100, fh)
+    data[100:105] = b"PATCH"
+    ops.flush("/big", fh)
+    ops.release("/big", fh)
+    assert store.objects["big"].data == bytes(data)
+
+
+def test_random_reads_fetch_little(tmp_path):
+    store = FakeStore()
+    store.put("big", os.urandom(32 * MiB))
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/big", os.O_RDONLY)
+    rng = random.Random(1)
+    for _ in range(200):
+        off = rng.randrange(0, 32 * MiB - 4096)
+        assert ops.read("/big", 4096, off, fh) == store.objects["big"].data[off:off + 4096]
+    ops.release("/big", fh)
+    assert store.calls["bytes down"] <= 4 * 200 * 4096
+
+
+def test_sequential_read_reads_ahead(tmp_path):
+    store = FakeStore()
+    data = os.urandom(24 * MiB)
+    store.put("big", data)
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/big", os.O_RDONLY)
+    out = b"".join(ops.read("/big", 128 * 1024, off, fh) for off in range(0, len(data), 128 * 1024))
+    ops.release("/big", fh)
+    assert out == data
+    assert store.calls["GET"] < len(data) // (128 * 1024) // 4  # big GETs, not one per read
+
+
+def test_dirty_file_survives_a_crash(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    write_file(ops, "/f", b"unsaved", flush=False)  # no flush: as if killed
+    assert "f" not in store.objects
+    again = make_ops(tmp_path, store)  # same cache dir
+    assert again.recover() == []
+    assert store.objects["f"].data == b"unsaved"
+    assert int(store.objects["f"].metadata["x-amz-meta-mode"]) == stat.S_IFREG | 0o644
+
+
+def test_recovery_keeps_both_sides_of_a_conflict(tmp_path):
+    store = FakeStore()
+    store.put("f", b"v1")
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/f", os.O_RDWR)
+    ops.write("/f", b"ours", 0, fh)  # acknowledged, not uploaded: then a "crash"
+    store.put("f", b"theirs")
+    again = make_ops(tmp_path, store)
+    again.recover()
+    assert store.objects["f"].data == b"theirs"
+    conflict = [k for k in store.objects if k.startswith("f.conflict-")]
+    assert conflict and store.objects[conflict[0]].data == b"ours"
+
+
+def test_metadata_change_on_dirty_file_rides_along(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"abc", flush=False)
+    ops.setxattr("/f", "user.state", b"new", 0)
+    assert "f" not in store.objects and store.calls["COPY"] == 0
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert store.objects["f"].metadata["x-amz-meta-state"] == "new"
+
+
+def test_errno_mapping(tmp_path):
+    store = FakeStore()
+    store.put("d/f", b"x")
+    ops = make_ops(tmp_path, store)
+
+    def err(fn, *args):
+        with pytest.raises(FuseOSError) as info:
+            fn(*args)
+        return info.value.errno
+
+    assert err(ops.getattr, "/missing") == errno.ENOENT
+    assert err(ops.rmdir, "/d") == errno.ENOTEMPTY
+    assert err(ops.open, "/d", os.O_RDONLY) == errno.EISDIR
+    assert err(ops.mkdir, "/d", 0o755) == errno.EEXIST
+    assert err(ops.setxattr, "/d/f", "user.x", b"y" * 3000, 0) == errno.E2BIG
+    assert err(ops.setxattr, "/d/f", "user.bad name", b"y", 0) == errno.EINVAL
+    assert err(ops.getattr, "/" + "n" * 256) == errno.ENAMETOOLONG
+
+
+@pytest.mark.parametrize("value", [b"plain", b"", "ünïcode ✓".encode(), b"\x00\xff\x10", b" lead",
+                                   b"=?UTF-8?B?eA==?="])
+def test_xattr_values_round_trip(value):
+    encoded = A.encode_value(value)
+    assert encoded.isascii() and "\n" not in encoded
+    assert A.decode_value(encoded) == value
+
+
+def test_reserved_and_bad_xattr_names():
+    assert A.header_for_xattr("user.State") == "x-amz-meta-state"
+    for name, err in (("user.mode", errno.EPERM), ("user.a b", errno.EINVAL), ("trusted.x", errno.ENOTSUP)):
+        with pytest.raises(OSError) as info:
+            A.header_for_xattr(name)
+        assert info.value.errno == err

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import requests
 
-from s3fs_mount import __version__
+from s3fs_mount import __version__, control
 from s3fs_mount.config import load_settings
 from s3fs_mount.fs.options import MountOptions, OptionError
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
@@ -49,13 +49,17 @@ DEV_FUSE = "/dev/fuse"
 SYSLOG_SOCKET = "/dev/log"
 USAGE = (
     "%(prog)s [-c CONFIG] [-f] [-o OPT[,OPT...]]... BUCKET[:/PREFIX] MOUNTPOINT\n"
-    "       %(prog)s [-f] [-o OPT[,OPT...]]... --local DATA_DIR MOUNTPOINT"
+    "       %(prog)s [-f] [-o OPT[,OPT...]]... --local DATA_DIR MOUNTPOINT\n"
+    "       %(prog)s status MOUNTPOINT | sync MOUNTPOINT"
 )
 EPILOG = """\
 BUCKET may be BUCKET:/PREFIX (or s3://BUCKET/PREFIX) to mount only the keys
 under PREFIX. Settings come from CONFIG, ./s3.yaml or
 ~/.config/s3fs-mount/s3.yaml, then AWS_* variables and ~/.aws (see
 s3.yaml.example). '-o help' lists the mount options.
+
+'status MOUNTPOINT' shows what is mounted from where, cache use and the files
+waiting to upload; 'sync MOUNTPOINT' waits until nothing is pending.
 
 examples:
   s3fs-mount my-bucket ~/bucket
@@ -545,6 +549,8 @@ def mount_local(inv: Invocation) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``s3fs-mount`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("status", "sync"):
+        return control.main(argv)
     try:
         inv = parse_command_line(argv)
         _log_checks_to_stderr(inv.opts.debug)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import json
 import logging
 import mimetypes
 import os
@@ -33,6 +34,8 @@ from s3fs_mount.s3.store import ObjectInfo, RemoteStore
 log = logging.getLogger(__name__)
 
 XATTR_CREATE, XATTR_REPLACE = 1, 2
+#: On the mount's root: the mount's status as JSON (read by ``s3fs-mount status``).
+STATUS_XATTR = "s3.status"
 SYMLINK_MODE = stat.S_IFLNK | 0o777
 
 
@@ -614,10 +617,28 @@ class S3Operations(Operations):
                 return dict(item.metadata)
         return self.namespace.lookup_full(path).metadata
 
+    def status(self) -> dict[str, object]:
+        """What ``s3fs-mount status`` shows: where from, cache use, files waiting to upload."""
+        pending = []
+        for item in self.staging.pending():
+            with item.cond:
+                pending.append({"path": self.keymap.path(item.key), "size": item.size,
+                                "state": item.state, "uploaded": item.uploaded_bytes,
+                                "error": item.upload_error})
+        conn = self.store.connection
+        return {
+            "bucket": self.bucket, "prefix": self.keymap.prefix, "endpoint": conn.endpoint,
+            "cache_dir": self.staging.root, "cache_bytes": self.staging.usage(),
+            "cache_size": self.options.cache_size, "writeback": self.options.writeback,
+            "pending": pending, "requests": conn.stats.summary(),
+        }
+
     @fuse_operation
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name.startswith(("security.", "system.", "trusted.")):
             raise FsError(errno.ENODATA)  # answered here: ls -l and cp -a ask for these
+        if path == "/" and name == STATUS_XATTR:
+            return json.dumps(self.status()).encode()
         if name.startswith(A.INFO_PREFIX):
             value = self._facts(path).get(name)
         else:

@@ -61,6 +61,7 @@ class StagedFile:
         self.last_used = time.monotonic()
         self.unlinked = False
         self.upload_error: str = ""
+        self.uploaded_bytes = 0  # progress of the upload under way
         self.stream: object | None = None  # a StreamingUpload, owned by fs.upload
         self.upload_ids: list[str] = []  # multipart uploads under way, aborted after a crash
 
@@ -193,6 +194,7 @@ class StagedFile:
             self.mtime = mtime
             self.dirty = False
             self.generation += 1
+            self.uploaded_bytes = 0
         self.save()
 
     def local_bytes(self) -> int:

@@ -110,9 +110,8 @@ class Uploader:
                     return
                 number = stream.next_part
                 stream.next_part += 1
-                fd = item.fd
             self._slots.acquire()  # back-pressure: the writer waits for the network
-            fut = self.pool.submit(self._send_part, stream.mpu, number, fd, start, stream.part_size)
+            fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, stream.part_size)
             with item.cond:
                 stream.futures.append(fut)
 
@@ -126,11 +125,17 @@ class Uploader:
         item.save(durable=True)
         return stream
 
-    def _send_part(self, mpu: MultipartUpload, number: int, fd: int, offset: int, size: int) -> str:
+    def _send_part(self, item: StagedFile, mpu: MultipartUpload, number: int, offset: int, size: int,
+                   slot: bool = True) -> str:
         try:
-            return mpu.upload_part(number, os.pread(fd, size, offset))
+            data = os.pread(item.fd, size, offset)
+            etag = mpu.upload_part(number, data)
+            with item.cond:
+                item.uploaded_bytes += len(data)
+            return etag
         finally:
-            self._slots.release()
+            if slot:
+                self._slots.release()
 
     def abandon(self, item: StagedFile) -> None:
         """Abort the item's stream, if any."""
@@ -157,6 +162,8 @@ class Uploader:
                     return True
                 generation = item.generation
                 item.uploading = True
+                if not isinstance(item.stream, StreamingUpload):
+                    item.uploaded_bytes = 0
             started = time.monotonic()
             try:
                 etag = self._upload(item)
@@ -191,7 +198,7 @@ class Uploader:
         item.save()
         try:
             self.store.run_parallel(
-                (lambda n=n, off=off: mpu.upload_part(n, os.pread(item.fd, min(part, size - off), off)))
+                (lambda n=n, off=off: self._send_part(item, mpu, n, off, min(part, size - off), False))
                 for n, off in enumerate(range(0, size, part), start=1)
             )
             etag = mpu.complete()
@@ -209,9 +216,9 @@ class Uploader:
             start = stream.sent_until
             first = stream.next_part
             stream.next_part = first + max(0, -(-(size - start) // stream.part_size))
-            fd = item.fd
         tail = [
-            self.pool.submit(stream.mpu.upload_part, n, os.pread(fd, min(stream.part_size, size - off), off))
+            self.pool.submit(self._send_part, item, stream.mpu, n, off, min(stream.part_size, size - off),
+                             False)
             for n, off in enumerate(range(start, size, stream.part_size), start=first)
         ]
         for fut in list(stream.futures) + tail:

@@ -1,0 +1,120 @@
+"""``s3fs-mount status MOUNTPOINT`` and ``s3fs-mount sync MOUNTPOINT``.
+
+Both talk to the running mount through the mount itself: its root answers
+the extended attribute ``s3.status`` with a JSON description, and ``sync``
+fsyncs each pending file, which returns only once that file is in S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from s3fs_mount.fs.operations import STATUS_XATTR
+
+
+class ControlError(Exception):
+    """The mountpoint is not an s3fs-mount, or it did not answer."""
+
+
+def read_status(mountpoint: str) -> dict[str, Any]:
+    """The running mount's status; ControlError if ``mountpoint`` is not ours."""
+    if not os.path.ismount(mountpoint):
+        raise ControlError("%s is not a mountpoint" % mountpoint)
+    try:
+        return json.loads(os.getxattr(mountpoint, STATUS_XATTR))
+    except OSError as exc:
+        raise ControlError("%s is not an s3fs-mount (%s)" % (mountpoint, exc.strerror)) from None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1024
+    return str(n)
+
+
+def format_status(st: dict[str, Any], mountpoint: str) -> str:
+    source = st["bucket"] + (":/" + st["prefix"].rstrip("/") if st["prefix"] else "")
+    lines = [
+        "%s on %s (%s)%s" % (source, mountpoint, st["endpoint"], ", writeback" if st["writeback"] else ""),
+        "cache: %s of %s in %s" % (_size(st["cache_bytes"]), _size(st["cache_size"]), st["cache_dir"]),
+        "requests: %s" % st["requests"],
+    ]
+    if not st["pending"]:
+        lines.append("nothing waiting to upload")
+    else:
+        lines.append("%d files waiting to upload:" % len(st["pending"]))
+        for p in st["pending"]:
+            done = 100.0 * p["uploaded"] / p["size"] if p["size"] else 0.0
+            line = "  %-10s %5.1f%% of %-10s %s" % (p["state"], done, _size(p["size"]), p["path"])
+            if p["error"]:
+                line += "  (last error: %s)" % p["error"]
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def status(mountpoint: str, out: TextIO = sys.stdout) -> int:
+    print(format_status(read_status(mountpoint), mountpoint), file=out)
+    return 0
+
+
+def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None) -> int:
+    """Wait until nothing is pending; a progress bar on a terminal, plain lines otherwise."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    tty = out.isatty()
+    failed: set[str] = set()
+    total = None
+    while True:
+        pending = [p for p in read_status(mountpoint)["pending"] if p["path"] not in failed]
+        if total is None:
+            total = len(pending)
+        if not pending:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            print("sync: timed out with %d files pending" % len(pending), file=out)
+            return 1
+        p = pending[0]
+        done = total - len(pending)
+        if tty:
+            width = 30
+            fill = int(width * done / max(total, 1))
+            out.write("\r[%s%s] %d/%d %s" % ("#" * fill, "." * (width - fill), done, total, p["path"][-40:]))
+            out.flush()
+        else:
+            print("uploading %s (%s)" % (p["path"], _size(p["size"])), file=out)
+        try:
+            fd = os.open(os.path.join(mountpoint, p["path"].lstrip("/")), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            print("\nsync: %s: %s" % (p["path"], exc.strerror), file=out)
+            failed.add(p["path"])
+    if tty:
+        out.write("\n")
+    if failed:
+        print("sync: %d files could not be uploaded; they stay staged" % len(failed), file=out)
+        return 1
+    print("all files are in S3", file=out)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``status MOUNTPOINT`` or ``sync MOUNTPOINT [--timeout S]``."""
+    if len(argv) < 2 or argv[0] not in ("status", "sync"):
+        print("usage: s3fs-mount status MOUNTPOINT | s3fs-mount sync MOUNTPOINT", file=sys.stderr)
+        return 2
+    try:
+        if argv[0] == "status":
+            return status(argv[1])
+        timeout = float(argv[3]) if len(argv) > 3 and argv[2] == "--timeout" else None
+        return sync(argv[1], timeout=timeout)
+    except ControlError as exc:
+        print("s3fs-mount: %s" % exc, file=sys.stderr)
+        return 1

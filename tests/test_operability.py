@@ -1,0 +1,104 @@
+"""The command as an administrator runs it: daemon, fstab, status/sync, logs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from mountrig import BIN, ROOT
+
+pytestmark = pytest.mark.fuse
+
+HELPER = "/sbin/mount.fuse.s3fs-mount"
+
+
+def run(*args: str, **kw) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, BIN, *args], capture_output=True, text=True, env=env,
+                          timeout=120, **kw)
+
+
+def wait_gone(pid_pattern: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", pid_pattern], capture_output=True).returncode != 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("process %r still running" % pid_pattern)
+
+
+def test_daemon_mount_status_sync_and_log_summary(mount_factory, s3yaml, bucket, boto, tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log_file = tmp_path / "mount.log"
+    r = run("-c", str(s3yaml), "-o", "writeback,debug,cache_dir=%s,log_file=%s" % (tmp_path / "c", log_file),
+            bucket, str(mnt))
+    assert r.returncode == 0, r.stderr
+    assert os.path.ismount(mnt)  # exit 0 means: the mount answers
+    try:
+        with open(mnt / "data.bin", "wb") as f:
+            f.write(os.urandom(3 << 20))
+        st = run("status", str(mnt))
+        assert st.returncode == 0 and bucket in st.stdout and "cache:" in st.stdout
+        sy = run("sync", str(mnt))
+        assert sy.returncode == 0 and "all files are in S3" in sy.stdout
+        assert boto.head_object(Bucket=bucket, Key="data.bin")["ContentLength"] == 3 << 20
+        assert "nothing waiting to upload" in run("status", str(mnt)).stdout
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+        wait_gone(str(mnt))
+    text = log_file.read_text()
+    assert "PUT %s data.bin" % bucket in text or "POST %s data.bin" % bucket in text  # per-request lines
+    assert "unmounted" in text and "requests" in text  # the summary
+    secret = yaml.safe_load(open(s3yaml))["s3"]["secret_access_key"]
+    assert secret not in text
+
+
+def test_status_of_something_else_is_one_clear_line(tmp_path):
+    r = run("status", str(tmp_path))
+    assert r.returncode == 1 and "not a mountpoint" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fstab_mount_and_umount(s3yaml, bucket, boto, tmp_path):
+    helper = shutil.which("mount.fuse.s3fs-mount")
+    if helper is None or shutil.which("mount") is None:
+        pytest.fail("the mount.fuse.s3fs-mount console script is not installed (pip install -e .)")
+    made = not os.path.exists(HELPER)
+    if made:
+        os.symlink(helper, HELPER)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text("%s:/sub %s fuse.s3fs-mount _netdev,nofail,config=%s,cache_dir=%s 0 0\n"
+                     % (bucket, mnt, s3yaml, tmp_path / "c"))
+    try:
+        r = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert os.path.ismount(mnt)
+        (mnt / "via-fstab").write_text("ok")
+        assert boto.get_object(Bucket=bucket, Key="sub/via-fstab")["Body"].read() == b"ok"
+        r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert not os.path.ismount(mnt)
+        wait_gone(str(mnt))
+    finally:
+        if os.path.ismount(mnt):
+            subprocess.run(["fusermount", "-u", "-z", str(mnt)], check=False)
+        if made:
+            os.unlink(HELPER)
+
+
+def test_help_lists_every_option_with_defaults():
+    r = run("-o", "help")
+    assert r.returncode == 0
+    for name in ("cache_dir", "cache_size", "allow_other", "ro", "uid", "gid", "umask", "attr_ttl",
+                 "dir_ttl", "debug", "writeback", "log_file", "profile"):
+        assert name in r.stdout
+    assert "default" in r.stdout
+    assert run("--version").stdout.startswith("s3fs-mount ")

@@ -111,8 +111,9 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 def signed_list_buckets(endpoint: str, access_key: str, secret_key: str) -> bool:
     """A signed ``GET /`` (ListBuckets) through our own connector; True on HTTP 200."""
-    conn = S3Connection(access_key, secret_key, endpoint=endpoint, tls=False, timeout=2.0,
-                        retry=RetryPolicy(max_attempts=1))
+    conn = S3Connection(
+        access_key, secret_key, endpoint=endpoint, tls=False, timeout=2.0, retry=RetryPolicy(max_attempts=1)
+    )
     conn.request("GET", None).close()
     return True
 
@@ -318,8 +319,7 @@ class LocalS3Server:
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"weed not ready before timeout (volume server registered: {volume_ok}, "
-                    f"last readiness error: {last_exc!r}); log {self.log_path}:\n"
-                    + _tail(self.log_path)
+                    f"last readiness error: {last_exc!r}); log {self.log_path}:\n" + _tail(self.log_path)
                 )
             time.sleep(0.2)
 

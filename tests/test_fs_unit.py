@@ -201,3 +201,19 @@ def test_reserved_and_bad_xattr_names():
         with pytest.raises(OSError) as info:
             A.header_for_xattr(name)
         assert info.value.errno == err
+
+
+def test_cache_size_evicts_clean_closed_files(tmp_path):
+    store = FakeStore()
+    for i in range(8):
+        store.put("f%d" % i, os.urandom(2 * MiB))
+    ops = make_ops(tmp_path, store, cache_size=5 * MiB)
+    for i in range(8):
+        fh = ops.open("/f%d" % i, os.O_RDONLY)
+        assert ops.read("/f%d" % i, 2 * MiB, 0, fh) == store.objects["f%d" % i].data
+        ops.release("/f%d" % i, fh)
+    assert ops.staging.usage() <= 5 * MiB + 2 * MiB
+    dirty = write_file(ops, "/dirty", os.urandom(3 * MiB), flush=False)
+    ops.release("/dirty", dirty)
+    ops.staging.evict()
+    assert ops.staging.get("dirty") is not None  # never evicted while dirty

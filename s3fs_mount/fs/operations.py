@@ -79,7 +79,9 @@ class S3Operations(Operations):
         self.staging = StagingCache(
             os.path.join(options.cache_dir, _safe(bucket, prefix)), bucket, options.cache_size
         )
-        self.prefetcher = Prefetcher(store, bucket, options.readahead, workers=options.parallel)
+        self.prefetcher = Prefetcher(
+            store, bucket, options.readahead, workers=options.parallel, on_fetched=self.staging.grew
+        )
         self.uploader = Uploader(
             store, bucket, options.part_size, options.multipart_threshold, options.parallel
         )
@@ -622,15 +624,26 @@ class S3Operations(Operations):
         pending = []
         for item in self.staging.pending():
             with item.cond:
-                pending.append({"path": self.keymap.path(item.key), "size": item.size,
-                                "state": item.state, "uploaded": item.uploaded_bytes,
-                                "error": item.upload_error})
+                pending.append(
+                    {
+                        "path": self.keymap.path(item.key),
+                        "size": item.size,
+                        "state": item.state,
+                        "uploaded": item.uploaded_bytes,
+                        "error": item.upload_error,
+                    }
+                )
         conn = self.store.connection
         return {
-            "bucket": self.bucket, "prefix": self.keymap.prefix, "endpoint": conn.endpoint,
-            "cache_dir": self.staging.root, "cache_bytes": self.staging.usage(),
-            "cache_size": self.options.cache_size, "writeback": self.options.writeback,
-            "pending": pending, "requests": conn.stats.summary(),
+            "bucket": self.bucket,
+            "prefix": self.keymap.prefix,
+            "endpoint": conn.endpoint,
+            "cache_dir": self.staging.root,
+            "cache_bytes": self.staging.usage(),
+            "cache_size": self.options.cache_size,
+            "writeback": self.options.writeback,
+            "pending": pending,
+            "requests": conn.stats.summary(),
         }
 
     @fuse_operation

@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from s3fs_mount.fs.staging import StagedFile
@@ -52,7 +53,9 @@ class Prefetcher:
         max_window: int = 16 << 20,
         chunk: int = 4 << 20,
         workers: int = 8,
+        on_fetched: Callable[[int], None] | None = None,
     ) -> None:
+        self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
         self.bucket = bucket
         self.max_window = max_window
@@ -144,6 +147,8 @@ class Prefetcher:
             os.pwrite(item.fd, data, start)
             # A short answer means the object ends here: the rest reads as zeros.
             item.present.add(start, end)
+        if self.on_fetched is not None:
+            self.on_fetched(len(data))
 
     @staticmethod
     def _unclaim(item: StagedFile, claimed: list[tuple[int, int]]) -> None:

@@ -221,6 +221,7 @@ class StagingCache:
         os.chmod(root, 0o700)
         self._lock = threading.Lock()
         self._items: dict[str, StagedFile] = {}
+        self._growth = 0  # bytes fetched since the last eviction pass
 
     def get(self, key: str) -> StagedFile | None:
         with self._lock:
@@ -309,6 +310,16 @@ class StagingCache:
         item.close_fd()
         _remove(item.data_path)
         _remove(item.sidecar_path)
+
+    def grew(self, nbytes: int) -> None:
+        """Fetched bytes landed in the cache: every capacity/16 of them, evict."""
+        with self._lock:
+            self._growth += nbytes
+            due = self._growth >= max(self.capacity // 16, 1 << 20)
+            if due:
+                self._growth = 0
+        if due:
+            self.evict()
 
     def usage(self) -> int:
         return sum(i.local_bytes() for i in self.items())

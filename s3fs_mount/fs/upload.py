@@ -125,8 +125,9 @@ class Uploader:
         item.save(durable=True)
         return stream
 
-    def _send_part(self, item: StagedFile, mpu: MultipartUpload, number: int, offset: int, size: int,
-                   slot: bool = True) -> str:
+    def _send_part(
+        self, item: StagedFile, mpu: MultipartUpload, number: int, offset: int, size: int, slot: bool = True
+    ) -> str:
         try:
             data = os.pread(item.fd, size, offset)
             etag = mpu.upload_part(number, data)
@@ -217,8 +218,9 @@ class Uploader:
             first = stream.next_part
             stream.next_part = first + max(0, -(-(size - start) // stream.part_size))
         tail = [
-            self.pool.submit(self._send_part, item, stream.mpu, n, off, min(stream.part_size, size - off),
-                             False)
+            self.pool.submit(
+                self._send_part, item, stream.mpu, n, off, min(stream.part_size, size - off), False
+            )
             for n, off in enumerate(range(start, size, stream.part_size), start=first)
         ]
         for fut in list(stream.futures) + tail:

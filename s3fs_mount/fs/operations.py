@@ -211,7 +211,18 @@ class S3Operations(Operations):
         except Exception as exc:
             log.error("upload of %s failed, kept staged: %s", item.key, exc)
             raise FsError(errno.EIO, "upload failed") from exc
-        self.namespace.forget(self.keymap.path(item.key))
+        with item.cond:  # what we uploaded is what S3 has: no HEAD needed to know it
+            uploaded = A.attributes_from(
+                item.metadata,
+                item.size,
+                item.mtime,
+                self.defaults,
+                "file",
+                etag=item.etag,
+                headers=dict(item.headers),
+            )
+            uploaded.mtime = item.mtime
+        self.namespace.remember(self.keymap.path(item.key), uploaded)
 
     # -- attributes and directories ---------------------------------------------------
 

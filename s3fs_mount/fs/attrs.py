@@ -74,6 +74,7 @@ class Attributes:
     storage_class: str = "STANDARD"
     version_id: str | None = None
     complete: bool = True  # False when built from a listing (no metadata known)
+    ttl: float = 0.0  # seconds to cache, when longer than attr_ttl
 
     @property
     def is_dir(self) -> bool:

@@ -8,7 +8,8 @@ while the object is unchanged.
 
 Caches (cachetools, not thread-safe, so all behind ``self._lock``):
 
-* ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds;
+* ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds (entries of a large
+  listing a little longer, so a walk of it finds them);
 * ``_missing``: paths known not to exist, for ``attr_ttl`` seconds;
 * ``_listings``: directory path -> names, for ``dir_ttl`` seconds; a path
   whose parent listing is fresh and lacks it does not exist;
@@ -26,7 +27,7 @@ import stat
 import threading
 import time
 
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache, TLRUCache, TTLCache
 
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
@@ -64,7 +65,9 @@ class Namespace:
         self.keymap = keymap
         self.defaults = defaults
         self._lock = threading.Lock()
-        self._attrs: TTLCache[str, A.Attributes] = TTLCache(200_000, max(attr_ttl, 0.001))
+        self.attr_ttl = max(attr_ttl, 0.001)
+        # Per-entry expiry: what a listing says stays valid long enough for a tool to walk it.
+        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(200_000, self._expiry)
         self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001))
         self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001))
         self._full: LRUCache[str, A.Attributes] = LRUCache(200_000)
@@ -79,6 +82,9 @@ class Namespace:
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
+    def _expiry(self, path: str, attributes: A.Attributes, now: float) -> float:
+        return now + max(self.attr_ttl, attributes.ttl)
+
     def remember(self, path: str, attributes: A.Attributes) -> None:
         parent, name = KeyMap.split(path)
         with self._lock:
@@ -90,6 +96,7 @@ class Namespace:
             names = self._listings.get(parent)
             if names is not None:
                 names.add(name)
+                self._listings[parent] = names  # we just changed it: known for dir_ttl more
 
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
@@ -165,9 +172,8 @@ class Namespace:
                 raise
             info = None
         if info is not None and not self._is_directory_object(info):
-            if self._dir_exists(path, key):
-                self._log_conflict(key)
-                return self._dir_attributes(path)
+            # A directory of the same name would win, but looking costs a LIST per stat:
+            # readdir, which sees both, applies that rule.
             return self.from_info(info)
         if info is not None or self._dir_exists(path, key):
             return self._dir_attributes(path)
@@ -277,9 +283,11 @@ class Namespace:
             else:
                 attributes = files[name]
             out.append((name, attributes))
+        walk_time = 1.0 + 0.001 * len(out)  # ls -l of 10,000 entries takes a while
         with self._lock:
             for name, attributes in out:
                 child = KeyMap.join(path, name)
+                attributes.ttl = walk_time
                 if child not in self._attrs or not self._attrs[child].complete or attributes.complete:
                     self._attrs[child] = attributes
                 self._missing.pop(child, None)

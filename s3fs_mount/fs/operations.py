@@ -119,9 +119,10 @@ class S3Operations(Operations):
     def recover(self) -> list[str]:
         """Upload what a previous run left staged; returns the keys still pending."""
         for item in self.staging.recover():
-            for upload_id in item.upload_ids:
-                self.store.abort_multipart(item.key, upload_id, bucket=self.bucket)
-            item.upload_ids = []
+            # Ids whose abort fails stay recorded, and are aborted after the next upload.
+            item.upload_ids = [
+                u for u in item.upload_ids if not self.store.abort_multipart(item.key, u, bucket=self.bucket)
+            ]
             try:
                 current = self.store.head(self.namespace.name(item.key))
             except S3Error as exc:

@@ -11,8 +11,9 @@ finds dirty items at the next mount.
 Locks, in the order they may be taken:
 
 1. ``StagedFile.upload_lock``: one upload of an item at a time.
-2. ``StagingCache._lock``: the key -> item table and the usage total.
-3. ``StagedFile.cond`` (its lock): every other field of the item.
+2. ``StagedFile.save_lock``: one sidecar write of an item at a time.
+3. ``StagingCache._lock``: the key -> item table and the usage total.
+4. ``StagedFile.cond`` (its lock): every other field of the item.
 
 No lock is held during a network request except ``upload_lock``.
 """
@@ -45,6 +46,7 @@ class StagedFile:
         self.sidecar_path = os.path.join(cache.root, item_id + ".json")
         self.cond = threading.Condition(threading.Lock())
         self.upload_lock = threading.Lock()
+        self.save_lock = threading.Lock()
         self.fd = -1
         self.size = 0  # logical size
         self.remote_size = 0  # bytes [0, remote_size) still come from S3 when missing
@@ -98,18 +100,23 @@ class StagedFile:
         }
 
     def save(self, durable: bool = False) -> None:
-        """Write the sidecar atomically; with ``durable`` also fsync data and sidecar."""
-        with self.cond:
-            state = self.sidecar()
-        tmp = self.sidecar_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        if durable and self.fd >= 0:
-            os.fsync(self.fd)
-        os.replace(tmp, self.sidecar_path)
+        """Write the sidecar atomically; with ``durable`` also fsync data and sidecar.
+
+        Saves are serialized (``save_lock``), and each takes its snapshot inside
+        the lock, so the last sidecar written is always the latest state.
+        """
+        with self.save_lock:
+            with self.cond:
+                state = self.sidecar()
+            tmp = self.sidecar_path + ".tmp"
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                json.dump(state, f)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            if durable and self.fd >= 0:
+                os.fsync(self.fd)
+            os.replace(tmp, self.sidecar_path)
 
     # -- content -------------------------------------------------------------------
 
@@ -217,6 +224,8 @@ class StagingCache:
         self.root = root
         self.bucket = bucket
         self.capacity = capacity
+        # The cache dir too is made 0700 when we create it (an existing one is left as it is).
+        os.makedirs(os.path.dirname(os.path.abspath(root)), mode=0o700, exist_ok=True)
         os.makedirs(root, mode=0o700, exist_ok=True)
         os.chmod(root, 0o700)
         self._lock = threading.Lock()

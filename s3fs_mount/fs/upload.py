@@ -28,6 +28,8 @@ from s3fs_mount.s3.store import MultipartUpload, RemoteStore, part_size_for
 log = logging.getLogger(__name__)
 
 MTIME = META_PREFIX + "mtime"
+#: ``item.stream`` when streaming failed to start: upload whole at close, don't try again.
+STREAM_OFF = "off"
 
 
 @dataclass
@@ -97,8 +99,16 @@ class Uploader:
             if item.remote_size or item.size < self.threshold or item.uploading:
                 return
             stream = item.stream
+        if stream is STREAM_OFF:
+            return
         if stream is None:
-            stream = self._start_stream(item)
+            try:
+                stream = self._start_stream(item)
+            except Exception as exc:  # the bytes are staged: close uploads them whole
+                log.warning("%s: could not start a streamed upload (%s); uploading at close", item.key, exc)
+                with item.cond:
+                    item.stream = STREAM_OFF
+                return
         assert isinstance(stream, StreamingUpload)
         while True:
             with item.cond:
@@ -144,10 +154,11 @@ class Uploader:
             stream, item.stream = item.stream, None
         if isinstance(stream, StreamingUpload):
             concurrent.futures.wait(stream.futures)
-            stream.mpu.abort()
-            with item.cond:
-                if stream.mpu.upload_id in item.upload_ids:
-                    item.upload_ids.remove(stream.mpu.upload_id)
+            # An id whose abort failed stays recorded: retried after the next upload, or at recovery.
+            if stream.mpu.abort():
+                with item.cond:
+                    if stream.mpu.upload_id in item.upload_ids:
+                        item.upload_ids.remove(stream.mpu.upload_id)
 
     # -- flush ---------------------------------------------------------------------------
 
@@ -168,6 +179,7 @@ class Uploader:
             started = time.monotonic()
             try:
                 etag = self._upload(item)
+                self._abort_leftovers(item)
             except BaseException as exc:
                 with item.cond:
                     item.upload_error = str(exc)
@@ -178,6 +190,17 @@ class Uploader:
             clean = item.mark_clean(generation, etag)
             log.debug("uploaded %s (%d bytes) in %.2fs", item.key, item.size, time.monotonic() - started)
             return clean
+
+    def _abort_leftovers(self, item: StagedFile) -> None:
+        """Abort the item's multipart uploads an earlier abort failed on (S3 answers again now)."""
+        with item.cond:
+            live = item.stream.mpu.upload_id if isinstance(item.stream, StreamingUpload) else None
+            leftovers = [u for u in item.upload_ids if u != live]
+        for upload_id in leftovers:
+            if MultipartUpload(self.store, self.bucket, item.key, upload_id).abort():
+                with item.cond:
+                    if upload_id in item.upload_ids:
+                        item.upload_ids.remove(upload_id)
 
     def _upload(self, item: StagedFile) -> str:
         stream = item.stream
@@ -204,11 +227,12 @@ class Uploader:
             )
             etag = mpu.complete()
         except BaseException:
-            mpu.abort()
+            if mpu.abort():  # else the id stays recorded, to be aborted later
+                with item.cond:
+                    item.upload_ids.remove(mpu.upload_id)
             raise
-        finally:
-            with item.cond:
-                item.upload_ids.remove(mpu.upload_id)
+        with item.cond:
+            item.upload_ids.remove(mpu.upload_id)
         return etag
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload) -> str:

@@ -577,9 +577,10 @@ class RemoteStore:
                 "upload-id-marker": id_marker or "",
             }
 
-    def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> None:
-        """Abort one multipart upload by id."""
-        MultipartUpload(self, bucket or self.connection.default_bucket or "", key, upload_id).abort()
+    def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> bool:
+        """Abort one multipart upload by id; False (logged) when that failed."""
+        bucket = bucket or self.connection.default_bucket or ""
+        return MultipartUpload(self, bucket, key, upload_id).abort()
 
     # -- buckets ---------------------------------------------------------------------
 

@@ -1,0 +1,702 @@
+"""Reliability: crashes, S3 faults, concurrency, two mounts, security; real mounts on SeaweedFS.
+
+S3 faults come from tests/faultproxy.py: the mount's s3.yaml points at the
+proxy, which passes requests through to the SeaweedFS server or fails, drops
+or stalls them on demand. Every result is checked with boto3 against the
+server directly (never through the proxy).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import s3rig
+from faultproxy import FaultProxy
+
+pytestmark = pytest.mark.fuse
+
+MiB = 1 << 20
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def s3_bytes(boto, bucket: str, key: str) -> bytes:
+    return boto.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def s3_sha(boto, bucket: str, key: str) -> str:
+    body = boto.get_object(Bucket=bucket, Key=key)["Body"]
+    h = hashlib.sha256()
+    for chunk in iter(lambda: body.read(4 * MiB), b""):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def s3_has(boto, bucket: str, key: str) -> bool:
+    try:
+        boto.head_object(Bucket=bucket, Key=key)
+        return True
+    except boto.exceptions.ClientError:
+        return False
+
+
+def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
+    pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def multipart_uploads(boto, bucket: str) -> list[dict]:
+    return boto.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def rand(n: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def write_file(path: str, data: bytes, chunk: int = MiB) -> None:
+    with open(path, "wb") as f:
+        for i in range(0, len(data), chunk):
+            f.write(data[i : i + chunk])
+
+
+def proxy_yaml(tmp_path: Path, s3config: dict, proxy, name: str = "proxy.yaml") -> str:
+    """An s3.yaml like the test's, but with the fault proxy as endpoint."""
+    return str(s3rig.write_s3yaml(tmp_path / name, dict(s3config, endpoint=proxy.endpoint)))
+
+
+def staged_dirty(cache_dir: str) -> dict[str, bytes]:
+    """key -> bytes of every item the staging cache records as dirty."""
+    out = {}
+    for root, _dirs, files in os.walk(cache_dir):
+        for name in files:
+            if not name.endswith(".json"):
+                continue
+            with open(os.path.join(root, name)) as f:
+                state = json.load(f)
+            if state.get("dirty"):
+                with open(os.path.join(root, name[:-5] + ".data"), "rb") as f:
+                    out[state["key"]] = f.read()
+    return out
+
+
+def wait_for(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.05)
+
+
+class HoldingProxy(FaultProxy):
+    """A FaultProxy that can also hold uploads (not other requests) until released.
+
+    Held: PUT (objects, parts) and POST ?uploadId= (complete). Passed: reads,
+    listings, deletes and POST ?uploads (the multipart start, which a write
+    waits for). Requests still held when the proxy closes are never forwarded.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._holding = False
+        self._let_through = 0
+        self.held = 0
+
+    def hold_uploads(self, let_through: int = 0) -> None:
+        """Hold every upload request from now on, except the next ``let_through``."""
+        with self._lock:
+            self._let_through = let_through
+            self._holding = True
+
+    def release(self) -> None:
+        self._holding = False
+
+    @staticmethod
+    def is_upload(req) -> bool:
+        return req.method == "PUT" or (req.method == "POST" and "uploadId=" in req.target)
+
+    def _forward(self, req, start, lines, conn) -> bool:
+        if self.is_upload(req):
+            with self._lock:
+                hold = self._holding and self._let_through <= 0
+                if self._holding and not hold:
+                    self._let_through -= 1
+                if hold:
+                    self.held += 1
+            if hold:
+                while self._holding:
+                    if self._stop.wait(0.05):
+                        return False
+        return super()._forward(req, start, lines, conn)
+
+
+@pytest.fixture
+def holdproxy(s3server):
+    host, port = s3server.endpoint.rsplit(":", 1)
+    with HoldingProxy(host, int(port)) as proxy:
+        yield proxy
+
+
+# -- 1. kill -9 after acknowledged writes, before the upload ------------------------------
+
+
+def test_kill9_with_writeback_uploads_at_remount(mount_factory, holdproxy, s3config, s3yaml, boto,
+                                                 bucket, tmp_path):
+    cache = str(tmp_path / "cache")
+    m = mount_factory(options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy),
+                      cache_dir=cache).start()
+    files = {"big.bin": rand(20 * MiB + 12345, 1)}
+    files.update({"small%d.txt" % i: rand(1000 * i, 10 + i) for i in range(5)})
+    files["dir/empty"] = b""
+    os.mkdir(os.path.join(m.path, "dir"))
+    holdproxy.hold_uploads()
+    for name, data in files.items():
+        write_file(os.path.join(m.path, name), data)
+    # Acknowledged: close returned; the uploads are held in the proxy.
+    for name, data in files.items():
+        with open(os.path.join(m.path, name), "rb") as f:
+            assert f.read() == data, name
+    # 4 writeback workers: the big file's parts and three small files are held, the rest queued
+    wait_for(lambda: holdproxy.held >= 5, 10, "uploads to reach the proxy")
+    m.kill()
+    holdproxy.close()  # requests it still holds are never forwarded
+    assert not any(s3_has(boto, bucket, k) for k in files)
+    assert staged_dirty(cache) == files
+
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()  # recovery runs before the mount
+    for name, data in files.items():
+        assert s3_bytes(boto, bucket, name) == data, name
+        with open(os.path.join(m2.path, name), "rb") as f:
+            assert f.read() == data, name
+    assert multipart_uploads(boto, bucket) == []
+    assert staged_dirty(cache) == {}
+    assert m2.stop() == 0
+
+
+def test_kill9_mid_multipart_leaves_no_dangling_upload(mount_factory, holdproxy, s3config, s3yaml,
+                                                       boto, bucket, tmp_path):
+    cache = str(tmp_path / "cache")
+    m = mount_factory(options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy),
+                      cache_dir=cache).start()
+    data = rand(40 * MiB, 2)
+    holdproxy.hold_uploads(let_through=2)  # two parts go up, the rest wait
+    write_file(os.path.join(m.path, "forty.bin"), data)
+    wait_for(lambda: holdproxy.held >= 3, 10, "the other parts to reach the proxy")
+    uploads = multipart_uploads(boto, bucket)
+    assert [u["Key"] for u in uploads] == ["forty.bin"]
+    wait_for(lambda: len(boto.list_parts(Bucket=bucket, Key="forty.bin", UploadId=uploads[0]["UploadId"])
+                         .get("Parts", [])) == 2, 10, "two parts to be uploaded")
+    m.kill()
+    holdproxy.close()
+    assert not s3_has(boto, bucket, "forty.bin")
+    assert staged_dirty(cache) == {"forty.bin": data}
+    with open(next(Path(cache).rglob("*.json"))) as f:
+        assert json.load(f)["upload_ids"], "the streamed upload's id is not in the sidecar"
+
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    assert s3_sha(boto, bucket, "forty.bin") == hashlib.sha256(data).hexdigest()
+    assert multipart_uploads(boto, bucket) == []
+    assert m2.stop() == 0
+
+
+# -- 2. fsync returns only when the bytes are in S3 ----------------------------------------
+
+
+def test_fsync_fails_with_eio_while_s3_fails_and_keeps_data(mount_factory, faultproxy, s3config, boto,
+                                                            bucket, tmp_path):
+    cache = str(tmp_path / "cache")
+    m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
+    a, b, big = rand(300_000, 3), rand(5000, 4), rand(20 * MiB, 5)
+    fa = open(os.path.join(m.path, "a"), "wb")
+    fb = open(os.path.join(m.path, "b"), "wb")
+    fbig = open(os.path.join(m.path, "big"), "wb")
+    fa.write(a)
+    fb.write(b)
+    fbig.write(big)  # streamed: parts go up while it is written
+    for f in (fa, fb, fbig):
+        f.flush()
+    faultproxy.mode = "fail"
+    for f in (fa, fb, fbig):
+        with pytest.raises(OSError) as info:
+            os.fsync(f.fileno())
+        assert info.value.errno == errno.EIO
+    staged = staged_dirty(cache)
+    assert staged == {"a": a, "b": b, "big": big}
+    assert not any(s3_has(boto, bucket, k) for k in ("a", "b", "big"))
+    with pytest.raises(OSError) as info:
+        fb.close()  # still failing: close reports it too
+    assert info.value.errno == errno.EIO
+    assert staged_dirty(cache)["b"] == b
+
+    faultproxy.mode = "pass"
+    fa.close()  # uploads now
+    assert s3_bytes(boto, bucket, "a") == a
+    os.fsync(fbig.fileno())
+    assert s3_sha(boto, bucket, "big") == hashlib.sha256(big).hexdigest()
+    fbig.close()
+    assert not s3_has(boto, bucket, "b")
+    assert m.stop() == 0  # the unmount uploads b
+    assert s3_bytes(boto, bucket, "b") == b
+    assert staged_dirty(cache) == {}
+    assert multipart_uploads(boto, bucket) == []
+
+
+# -- 3. a large copy through flaky S3 -------------------------------------------------------
+
+
+def test_200mib_copy_with_503s_and_dropped_connections(mount_factory, faultproxy, s3config, boto,
+                                                       bucket, tmp_path):
+    cache = str(tmp_path / "cache")
+    m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
+    src = tmp_path / "src.bin"
+    h = hashlib.sha256()
+    with open(src, "wb") as f:
+        for i in range(200):
+            chunk = rand(MiB, 1000 + i)
+            h.update(chunk)
+            f.write(chunk)
+    digest = h.hexdigest()
+    stop = threading.Event()
+
+    def chaos() -> None:  # every 0.1 s, one fault (503 or drop) once 3 more requests went by
+        n, last = 0, 0
+        while not stop.wait(0.1):
+            if faultproxy.requests - last < 3:
+                continue
+            last = faultproxy.requests
+            n += 1
+            if n % 2:
+                faultproxy.fail_next(1, 503)
+            else:
+                faultproxy.drop_next(1)
+
+    t = threading.Thread(target=chaos, daemon=True)
+    t.start()
+    try:
+        result = subprocess.run(["cp", str(src), os.path.join(m.path, "copy.bin")],
+                                capture_output=True, text=True, timeout=180)
+    finally:
+        stop.set()
+        t.join()
+    faultproxy.reset()
+    assert faultproxy.requests - faultproxy.forwarded >= 3, "too few faults were injected"
+    if result.returncode != 0:  # allowed: EIO with the data kept staged, uploaded later
+        assert "Input/output error" in result.stderr, result.stderr
+        assert hashlib.sha256(staged_dirty(cache)["copy.bin"]).hexdigest() == digest
+        assert m.stop() == 0
+        m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
+    assert s3_sha(boto, bucket, "copy.bin") == digest
+    assert os.path.ismount(m.path)
+    assert subprocess.run(["ls", "-l", m.path], capture_output=True, text=True, check=True).stdout
+    assert os.stat(os.path.join(m.path, "copy.bin")).st_size == 200 * MiB
+    assert multipart_uploads(boto, bucket) == []
+
+
+# -- 4. the S3 server "stops" during a write --------------------------------------------------
+
+
+@pytest.mark.parametrize("outage", ["fail", "drop"])
+def test_s3_outage_during_write_loses_nothing(mount_factory, faultproxy, s3config, boto, bucket,
+                                              tmp_path, outage):
+    cache = str(tmp_path / "cache")
+    m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
+    big = rand(40 * MiB, 6)
+    small = rand(70_000, 7)
+    failed = {}
+    path = os.path.join(m.path, "big.bin")
+    with open(path, "wb") as f:
+        f.write(big[: 20 * MiB])  # the multipart upload is under way
+        faultproxy.mode = outage
+        t_out = time.monotonic()
+        f.write(big[20 * MiB : 30 * MiB])
+        # a small file written and closed during the outage: an error is allowed, silent loss is not
+        stage = "open"
+        try:
+            g = open(os.path.join(m.path, "small.txt"), "wb")
+            stage = "write"
+            with g:
+                g.write(small)
+                stage = "close"
+            stage = "done"
+        except OSError as exc:
+            failed[stage] = exc.errno
+        time.sleep(max(0.0, 3 - (time.monotonic() - t_out)))
+        faultproxy.mode = "pass"
+        f.write(big[30 * MiB :])
+    # the big file's close came after the outage: it must have succeeded
+    assert s3_sha(boto, bucket, "big.bin") == hashlib.sha256(big).hexdigest()
+    if "open" in failed:  # told at once: nothing was written, the application writes again
+        assert failed == {"open": errno.EIO}, failed
+        assert staged_dirty(cache) == {}
+        write_file(os.path.join(m.path, "small.txt"), small)
+    elif failed:  # told at close (or write): the bytes stay staged and go up later
+        assert failed == {"close": errno.EIO}, failed
+        assert staged_dirty(cache) == {"small.txt": small}
+    with open(os.path.join(m.path, "small.txt"), "rb") as f:
+        assert f.read() == small
+    assert m.stop() == 0
+    assert s3_bytes(boto, bucket, "small.txt") == small
+    assert multipart_uploads(boto, bucket) == []
+    assert staged_dirty(cache) == {}
+
+
+# -- 5. a state machine of file operations against a shadow ----------------------------------
+
+
+def model_write(cur: bytearray, offset: int, data: bytes) -> None:
+    """POSIX pwrite on a bytearray: a hole reads as zeros; writing nothing changes nothing."""
+    if not data:
+        return
+    if offset > len(cur):
+        cur.extend(bytes(offset - len(cur)))
+    cur[offset : offset + len(data)] = data
+
+
+def test_state_machine_against_shadow(mount, boto, bucket):
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.stateful import (
+        RuleBasedStateMachine,
+        invariant,
+        precondition,
+        rule,
+        run_state_machine_as_test,
+    )
+
+    names = st.sampled_from(["a", "b", "c"])
+    sizes = st.one_of(st.integers(0, 256 * 1024), st.sampled_from([0, 1, 4095, 4096, 65536, 131072]))
+    offsets = st.integers(0, 280 * 1024)
+    seeds = st.integers(0, 2**32)
+    counter = iter(range(10**6))
+
+    class Files(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dir = "ex%d" % next(counter)
+            os.mkdir(os.path.join(mount.path, self.dir))
+            self.shadow: dict[str, bytearray] = {}
+            self.fd: int | None = None
+            self.fd_name = ""
+
+        def p(self, name: str) -> str:
+            return os.path.join(mount.path, self.dir, name)
+
+        def key(self, name: str) -> str:
+            return self.dir + "/" + name
+
+        def check_s3(self, name: str) -> None:
+            assert s3_bytes(boto, bucket, self.key(name)) == bytes(self.shadow[name]), name
+
+        def close_fd(self) -> None:
+            if self.fd is not None:
+                fd, self.fd = self.fd, None
+                os.close(fd)
+                if self.fd_name in self.shadow:
+                    self.check_s3(self.fd_name)  # close uploaded it
+
+        @rule(name=names, size=sizes, seed=seeds)
+        def create(self, name, size, seed):
+            data = rand(size, seed)
+            write_file(self.p(name), data, chunk=100_000)
+            self.shadow[name] = bytearray(data)
+            self.check_s3(name)
+
+        @precondition(lambda self: self.shadow)
+        @rule(name=names, offset=offsets, size=sizes, seed=seeds)
+        def write_at(self, name, offset, size, seed):
+            if name not in self.shadow:
+                return
+            data = rand(size % 65536, seed)
+            with open(self.p(name), "r+b") as f:
+                f.seek(offset)
+                f.write(data)
+            model_write(self.shadow[name], offset, data)
+            self.check_s3(name)
+
+        @precondition(lambda self: self.shadow)
+        @rule(name=names, size=sizes)
+        def truncate(self, name, size):
+            if name not in self.shadow:
+                return
+            os.truncate(self.p(name), size)
+            cur = self.shadow[name]
+            if size < len(cur):
+                del cur[size:]
+            else:
+                cur.extend(bytes(size - len(cur)))
+            self.check_s3(name)
+
+        @precondition(lambda self: self.shadow)
+        @rule(src=names, dst=names)
+        def rename(self, src, dst):
+            if src not in self.shadow or src == dst:
+                return
+            self.close_fd()
+            os.rename(self.p(src), self.p(dst))
+            self.shadow[dst] = self.shadow.pop(src)
+            assert not s3_has(boto, bucket, self.key(src))
+            self.check_s3(dst)
+
+        @precondition(lambda self: self.shadow)
+        @rule(name=names)
+        def unlink(self, name):
+            if name not in self.shadow:
+                return
+            self.close_fd()
+            os.unlink(self.p(name))
+            del self.shadow[name]
+            assert not s3_has(boto, bucket, self.key(name))
+
+        @precondition(lambda self: self.fd is None and self.shadow)
+        @rule(name=names)
+        def open_fd(self, name):
+            if name in self.shadow:
+                self.fd = os.open(self.p(name), os.O_RDWR)
+                self.fd_name = name
+
+        @precondition(lambda self: self.fd is not None)
+        @rule(offset=offsets, size=sizes, seed=seeds)
+        def fd_write(self, offset, size, seed):
+            data = rand(size % 65536, seed)
+            assert os.pwrite(self.fd, data, offset) == len(data)
+            model_write(self.shadow[self.fd_name], offset, data)
+
+        @precondition(lambda self: self.fd is not None)
+        @rule(size=sizes)
+        def fd_truncate(self, size):
+            os.ftruncate(self.fd, size)
+            cur = self.shadow[self.fd_name]
+            if size < len(cur):
+                del cur[size:]
+            else:
+                cur.extend(bytes(size - len(cur)))
+
+        @precondition(lambda self: self.fd is not None)
+        @rule()
+        def fd_read(self):
+            cur = self.shadow[self.fd_name]
+            assert os.pread(self.fd, len(cur) + 10, 0) == bytes(cur)
+
+        @precondition(lambda self: self.fd is not None)
+        @rule()
+        def fd_fsync(self):
+            os.fsync(self.fd)
+            self.check_s3(self.fd_name)
+
+        @precondition(lambda self: self.fd is not None)
+        @rule()
+        def fd_close(self):
+            self.close_fd()
+
+        @invariant()
+        def reads_match(self):
+            listed = sorted(os.listdir(os.path.join(mount.path, self.dir)))
+            assert listed == sorted(self.shadow)
+            for name, cur in self.shadow.items():
+                with open(self.p(name), "rb") as f:
+                    assert f.read() == bytes(cur), name
+                assert os.stat(self.p(name)).st_size == len(cur)
+
+        def teardown(self):
+            self.close_fd()
+
+    run_state_machine_as_test(
+        Files,
+        settings=settings(max_examples=25, stateful_step_count=30, deadline=None,
+                          suppress_health_check=list(HealthCheck)),
+    )
+
+
+# -- 6. load: four processes at once ---------------------------------------------------------
+
+WORKER = r"""
+import hashlib, json, os, random, sys
+root, seed = sys.argv[1], int(sys.argv[2])
+r = random.Random(seed)
+os.makedirs(root, exist_ok=True)
+out = {}
+for i in range(20):
+    size = [0, 1, 8 << 20][i] if i < 3 else int(2 ** r.uniform(0, 23))
+    data = r.randbytes(size)
+    path = os.path.join(root, "f%02d" % i)
+    with open(path, "wb") as f:
+        for off in range(0, size, 131072):
+            f.write(data[off:off + 131072])
+    with open(path, "rb") as f:
+        assert f.read() == data, path
+    out["f%02d" % i] = [size, hashlib.sha256(data).hexdigest()]
+for i in range(20):
+    with open(os.path.join(root, "f%02d" % i), "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == out["f%02d" % i][1]
+print(json.dumps(out))
+"""
+
+
+def test_four_processes_write_and_verify(mount, boto, bucket):
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WORKER, os.path.join(mount.path, "w%d" % n), str(n)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for n in range(4)
+    ]
+    expected = {}
+    for n, p in enumerate(procs):
+        out, err = p.communicate(timeout=150)
+        assert p.returncode == 0, err
+        for name, (size, digest) in json.loads(out).items():
+            expected["w%d/%s" % (n, name)] = (size, digest)
+    assert len(expected) == 80
+    objects = {o["Key"]: o["Size"] for o in boto.list_objects_v2(Bucket=bucket, MaxKeys=1000)["Contents"]}
+    for key, (size, digest) in expected.items():
+        assert objects.get(key) == size, key
+        assert s3_sha(boto, bucket, key) == digest, key
+
+
+# -- 7. two mounts of one bucket ------------------------------------------------------------------
+
+
+def test_two_mounts_see_each_others_writes_after_the_ttl(mount_factory):
+    one, two = mount_factory().start(), mount_factory().start()
+    a, b = os.path.join(one.path, "shared.txt"), os.path.join(two.path, "shared.txt")
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    v1 = rand(200_000, 8)
+    write_file(a, v1)
+    time.sleep(1.2)
+    assert read(b) == v1
+    v2 = rand(200_000, 9)  # same size, other bytes
+    write_file(a, v2)
+    time.sleep(1.2)
+    assert read(b) == v2
+    v3 = rand(3 * MiB + 7, 10)  # other size
+    write_file(a, v3)
+    time.sleep(1.2)
+    assert os.stat(b).st_size == len(v3)
+    assert read(b) == v3
+    # and back the other way, after a write in the second
+    v4 = b"short"
+    write_file(b, v4)
+    time.sleep(1.2)
+    assert read(a) == v4
+
+
+# -- 8. security ---------------------------------------------------------------------------------
+
+
+def _tree(path: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(path)): (p.stat().st_mode, p.stat().st_size)
+            for p in sorted(path.rglob("*"))}
+
+
+def test_cache_permissions_and_no_secret_in_debug_log(mount_factory, s3config, tmp_path):
+    cache = tmp_path / "c" / "cache"
+    m = mount_factory(options="debug", cache_dir=str(cache)).start()
+    with open(os.path.join(m.path, "secret.txt"), "wb") as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        modes = {str(p.relative_to(cache)): stat.S_IMODE(p.stat().st_mode) for p in cache.rglob("*")}
+    os.mkdir(os.path.join(m.path, "d"))
+    os.setxattr(os.path.join(m.path, "secret.txt"), "user.k", b"v")
+    os.listdir(m.path)
+    os.rename(os.path.join(m.path, "secret.txt"), os.path.join(m.path, "d", "s.txt"))
+    with open(os.path.join(m.path, "d", "s.txt"), "rb") as f:
+        assert f.read() == b"x" * 100_000
+    assert m.stop() == 0
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    dirs = {k: v for k, v in modes.items() if (cache / k).is_dir()}
+    files = {k: v for k, v in modes.items() if not (cache / k).is_dir()}
+    assert dirs and all(v == 0o700 for v in dirs.values()), dirs
+    assert any(k.endswith(".data") for k in files), files
+    assert all(v == 0o600 for v in files.values()), files
+    log = Path(m.log_path).read_text(errors="replace")
+    assert "PUT" in log  # the debug log is really on
+    assert s3config["secret_access_key"] not in log
+
+
+HOSTILE_KEYS = ["../escape", "a/../../b", "a/./c", "./dot", "..", "x/..", "a//d", "/abs", "../../../tmp/evil"]
+
+
+@pytest.mark.parametrize("server", ["seaweedfs", "moto"])
+def test_hostile_keys_do_not_escape_the_cache(server, mount_factory, boto, bucket, tmp_path, request):
+    """SeaweedFS refuses keys with dot segments (InvalidRequest), AWS S3 takes them: moto does too."""
+    if server == "moto":
+        moto = request.getfixturevalue("moto_server")
+        client = s3rig.make_boto_client(moto.endpoint, moto.access_key, moto.secret_key)
+        client.create_bucket(Bucket=bucket)
+        config = str(s3rig.write_s3yaml(tmp_path / "moto.yaml", {
+            "access_key_id": moto.access_key, "secret_access_key": moto.secret_key,
+            "default_bucket": bucket, "endpoint": moto.endpoint, "tls": False}))
+    else:
+        client, config = boto, None
+    base = tmp_path / "c"
+    cache = base / "cache"
+    base.mkdir()
+    (base / "keep").write_text("untouched")
+    put = []
+    for key in HOSTILE_KEYS:
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=b"hostile " + key.encode())
+            put.append(key)
+        except client.exceptions.ClientError:  # SeaweedFS refuses most of them
+            pass
+    if server == "moto":
+        assert put == HOSTILE_KEYS
+    client.put_object(Bucket=bucket, Key="ok.txt", Body=b"fine")
+    before = _tree(base)
+    m = mount_factory(cache_dir=str(cache), config=config).start()
+    seen = []
+    for root, _dirs, files in os.walk(m.path):
+        for name in files:
+            seen.append(os.path.relpath(os.path.join(root, name), m.path))
+            with open(os.path.join(root, name), "rb") as f:
+                f.read()
+    assert "ok.txt" in seen
+    assert not [s for s in seen if ".." in s.split("/") or "." in s.split("/")], seen
+    listing = subprocess.run(["ls", "-laR", m.path], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    with open(os.path.join(m.path, "ok.txt"), "rb") as f:
+        assert f.read() == b"fine"
+    for name in ("new.txt", "a/new.txt") if os.path.isdir(os.path.join(m.path, "a")) else ("new.txt",):
+        write_file(os.path.join(m.path, name), b"new")
+    assert m.stop() == 0
+    after = {k: v for k, v in _tree(base).items() if k != "cache" and not k.startswith("cache/")}
+    assert after == before, (put, seen)
+    for escaped in (tmp_path / "escape", tmp_path / "b", tmp_path.parent / "b", Path("/b"), Path("/escape"),
+                    Path("/tmp/evil")):
+        assert not escaped.exists(), escaped
+
+
+# -- 9. unmount with uploads still pending -----------------------------------------------------
+
+
+def test_unmount_waits_for_pending_writeback_uploads(mount_factory, holdproxy, s3config, boto, bucket,
+                                                     tmp_path):
+    m = mount_factory(options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy)).start()
+    files = {"p%d" % i: rand(50_000 * i, 20 + i) for i in range(4)}
+    files["big"] = rand(18 * MiB, 30)
+    holdproxy.hold_uploads()
+    for name, data in files.items():
+        write_file(os.path.join(m.path, name), data)
+    wait_for(lambda: holdproxy.held >= 4, 10, "the uploads to reach the proxy")
+    assert not any(s3_has(boto, bucket, k) for k in files)  # all pending
+    threading.Timer(2.0, holdproxy.release).start()  # S3 "comes back" during the unmount
+    t0 = time.monotonic()
+    assert m.stop(timeout=90) == 0
+    assert not os.path.ismount(m.path)
+    for name, data in files.items():
+        assert s3_bytes(boto, bucket, name) == data, name
+    assert multipart_uploads(boto, bucket) == []
+    assert time.monotonic() - t0 < 60

@@ -391,7 +391,11 @@ class S3Operations(Operations):
     def fsync(self, path: str, datasync: int, fh: int) -> None:
         h = self._handle(fh)
         if h.item.dirty and not h.item.unlinked:
-            self._upload(h.item)
+            try:
+                self._upload(h.item)
+            except FsError:
+                h.item.save(durable=True)  # not in S3: at least on this disk, for good
+                raise
 
     @fuse_operation
     def release(self, path: str, fh: int) -> None:

@@ -4,9 +4,11 @@ Each staged file is an *item*: a sparse data file ``<id>.data`` plus a JSON
 sidecar ``<id>.json`` recording its bucket and key, size, which byte ranges
 are local, the ETag its remote bytes came from, its pending metadata and
 whether it is dirty. The sidecar is written (and fsync'd) whenever an item
-becomes dirty and again when it is clean, so a crash never loses the
-knowledge that a file must still be uploaded: :meth:`StagingCache.recover`
-finds dirty items at the next mount.
+becomes dirty and again when it is clean, so a crash of the mount never
+loses the knowledge that a file must still be uploaded:
+:meth:`StagingCache.recover` finds dirty items at the next mount. (Data and
+sidecar reach the disk itself when the user asks, with fsync, as for any
+file; an fsync whose upload fails makes them durable here.)
 
 Locks, in the order they may be taken:
 
@@ -148,7 +150,8 @@ class StagedFile:
             self.dirty = True
             self.last_used = time.monotonic()
         if became_dirty:
-            self.save(durable=True)
+            self.save()
+        self.cache.grew(len(data))
         return len(data)
 
     def truncate(self, length: int) -> None:
@@ -164,7 +167,7 @@ class StagedFile:
             self.mtime = time.time()
             self.generation += 1
             self.dirty = True
-        self.save(durable=True)
+        self.save()
 
     def set_metadata(self, metadata: dict[str, str]) -> None:
         """Replace the pending metadata (it rides along with the next upload)."""
@@ -172,7 +175,7 @@ class StagedFile:
             self.metadata = dict(metadata)
             self.generation += 1
             self.dirty = True
-        self.save(durable=True)
+        self.save()
 
     def mark_clean(self, generation: int, etag: str) -> bool:
         """After an upload of ``generation``: clean unless it changed meanwhile."""
@@ -183,8 +186,13 @@ class StagedFile:
             if self.generation != generation:
                 return False
             self.dirty = False
-        self.save()
+        self.drop_sidecar()
         return True
+
+    def drop_sidecar(self) -> None:
+        """A clean item needs no sidecar: S3 has its content (and recovery skips it)."""
+        with self.save_lock:
+            _remove(self.sidecar_path)
 
     def reset(
         self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
@@ -202,7 +210,7 @@ class StagedFile:
             self.dirty = False
             self.generation += 1
             self.uploaded_bytes = 0
-        self.save()
+        self.drop_sidecar()
 
     def local_bytes(self) -> int:
         try:
@@ -230,7 +238,8 @@ class StagingCache:
         os.chmod(root, 0o700)
         self._lock = threading.Lock()
         self._items: dict[str, StagedFile] = {}
-        self._growth = 0  # bytes fetched since the last eviction pass
+        # An upper bound on usage() without stat'ing every file; evict() makes it exact.
+        self._estimate = 0
 
     def get(self, key: str) -> StagedFile | None:
         with self._lock:
@@ -276,7 +285,7 @@ class StagingCache:
         if gone:
             self.discard(item)
         else:
-            self.evict()
+            self._maybe_evict()
 
     def rekey(self, old: str, new: str) -> None:
         """A file was renamed: its staged item follows it."""
@@ -321,12 +330,16 @@ class StagingCache:
         _remove(item.sidecar_path)
 
     def grew(self, nbytes: int) -> None:
-        """Fetched bytes landed in the cache: every capacity/16 of them, evict."""
+        """Bytes were fetched or written into the cache: evict once it may be over capacity."""
         with self._lock:
-            self._growth += nbytes
-            due = self._growth >= max(self.capacity // 16, 1 << 20)
-            if due:
-                self._growth = 0
+            self._estimate += nbytes
+            due = self._estimate > self.capacity
+        if due:
+            self.evict()
+
+    def _maybe_evict(self) -> None:
+        with self._lock:
+            due = self._estimate > self.capacity
         if due:
             self.evict()
 
@@ -347,9 +360,18 @@ class StagingCache:
             total -= item.local_bytes()
             log.debug("evicting %s from the cache", item.key)
             self.discard(item)
+        with self._lock:
+            self._estimate = total
 
     def recover(self) -> list[StagedFile]:
-        """Items a previous run left dirty (after a crash or a failed upload)."""
+        """Items a previous run left dirty (after a crash or a failed upload).
+
+        Data files without a sidecar were clean copies: they are removed.
+        """
+        names = set(os.listdir(self.root))
+        for name in names:
+            if name.endswith(".data") and name[:-5] + ".json" not in names:
+                _remove(os.path.join(self.root, name))
         found = []
         for name in sorted(os.listdir(self.root)):
             if not name.endswith(".json"):

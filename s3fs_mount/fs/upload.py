@@ -132,7 +132,7 @@ class Uploader:
         with item.cond:
             item.stream = stream
             item.upload_ids.append(mpu.upload_id)
-        item.save(durable=True)
+        item.save()
         return stream
 
     def _send_part(

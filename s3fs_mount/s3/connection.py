@@ -140,7 +140,11 @@ class S3Connection:
         self.retry = retry or RetryPolicy()
         self.stats = RequestStats()
         self.signer = SigV4Signer(access_key_id, secret_access_key, region, session_token=session_token)
-        self._local = threading.local()
+        self._session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.verify = verify_tls
 
     def __repr__(self) -> str:
         return "S3Connection(endpoint=%r, default_bucket=%r, access_key_id=%r)" % (
@@ -163,16 +167,13 @@ class S3Connection:
     # -- transport -----------------------------------------------------------------
 
     def session(self) -> requests.Session:
-        """This thread's pooled requests.Session (sessions are not shared across threads)."""
-        sess = getattr(self._local, "session", None)
-        if sess is None:
-            sess = requests.Session()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.max_connections, max_retries=0)
-            sess.mount("http://", adapter)
-            sess.mount("https://", adapter)
-            sess.verify = self.verify_tls
-            self._local.session = sess
-        return sess
+        """The pooled requests.Session, shared by all threads.
+
+        urllib3's connection pool is thread-safe; what is not (cookies,
+        per-request settings) we never use. Sharing it keeps connections
+        warm across FUSE's many threads.
+        """
+        return self._session
 
     def _host_and_path(self, bucket: str | None, key: str) -> tuple[str, str]:
         encoded_key = uri_encode(key, safe="/")

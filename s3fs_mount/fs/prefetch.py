@@ -50,8 +50,8 @@ class Prefetcher:
         self,
         store: RemoteStore,
         bucket: str,
-        max_window: int = 64 << 20,
-        chunk: int = 8 << 20,
+        max_window: int = 128 << 20,
+        chunk: int = 16 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
     ) -> None:

@@ -379,9 +379,23 @@ def run_credential_process(command: str, origin: str) -> dict[str, str]:
         now = datetime.datetime.now(datetime.timezone.utc)
         if expires <= now:
             raise ConfigError("%s returned credentials that expired at %s" % (what, expiration))
-        # Not refreshed yet: a mount outliving them starts failing with 403s.
         log.info("credentials from %s expire at %s", what, expiration)
+        # The connection runs the process again shortly before they expire.
+        creds["credentials_expire"] = expires.timestamp()  # type: ignore[assignment]
+        creds["credential_refresh"] = functools.partial(_refresh, command, origin)  # type: ignore[assignment]
     return creds
+
+
+def _refresh(command: str, origin: str) -> tuple[str, str, str | None, float | None]:
+    """Run the credential_process again: (key id, secret, token, expiry)."""
+    creds = run_credential_process(command, origin)
+    expires = creds.get("credentials_expire")
+    return (
+        creds["access_key_id"],
+        creds["secret_access_key"],
+        creds.get("session_token"),
+        float(expires) if expires is not None else None,
+    )
 
 
 def _parse_time(text: str) -> datetime.datetime | None:

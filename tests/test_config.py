@@ -513,3 +513,24 @@ def test_credential_process_errors(home, tmp_path, body, match):
 def test_credential_process_missing_program(home, tmp_path):
     with_process(home, str(tmp_path / "no-such-program"))
     raises_one_line("could not run")
+
+
+def test_credential_process_is_run_again_before_expiry(home, tmp_path):
+    counter = tmp_path / "runs"
+    command = script(
+        tmp_path,
+        """\
+        import datetime, pathlib
+        p = pathlib.Path(%r)
+        n = int(p.read_text()) + 1 if p.exists() else 1
+        p.write_text(str(n))
+        soon = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=60)
+        print(json.dumps({"Version": 1, "AccessKeyId": "KEY%%d" %% n, "SecretAccessKey": "S",
+                          "Expiration": soon.isoformat()}))
+        """ % str(counter),
+    )
+    with_process(home, command, profile="proc")
+    connection = S3Connection(**load_settings(profile="proc"))
+    assert connection.access_key_id == "KEY1"
+    connection._fresh_signer()  # expires within the 5-minute margin: run again
+    assert connection.access_key_id == "KEY2" and counter.read_text() == "2"

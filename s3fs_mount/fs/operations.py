@@ -148,9 +148,12 @@ class S3Operations(Operations):
     def finish(self) -> list[str]:
         """Upload every dirty file; returns the keys that stay staged."""
         if self.writeback is not None:
-            self.writeback.drain()
+            while not self.writeback.drain(timeout=2.0):
+                log.info("unmount: waiting for %d background uploads", len(self.staging.pending()))
         left = []
-        for item in self.staging.pending():
+        pending = self.staging.pending()
+        for n, item in enumerate(pending, 1):
+            log.info("unmount: uploading %s (%d of %d, %d bytes)", item.key, n, len(pending), item.size)
             try:
                 self.uploader.flush(item)
             except Exception as exc:

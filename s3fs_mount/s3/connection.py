@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 request_log = logging.getLogger("s3fs_mount.requests")
 
 Body = None | bytes | Callable[[], Any]
+#: (access key id, secret, session token, expiry as epoch seconds or None)
+Credentials = tuple[str, str, "str | None", "float | None"]
+REFRESH_MARGIN = 300.0
 
 
 class RequestStats:
@@ -102,6 +105,8 @@ class S3Connection:
         timeout: float = 30.0,
         max_connections: int = 32,
         retry: RetryPolicy | None = None,
+        credentials_expire: float | None = None,
+        credential_refresh: Callable[[], Credentials] | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -140,6 +145,10 @@ class S3Connection:
         self.retry = retry or RetryPolicy()
         self.stats = RequestStats()
         self.signer = SigV4Signer(access_key_id, secret_access_key, region, session_token=session_token)
+        #: Temporary credentials: when they expire (epoch seconds), and how to get new ones.
+        self.credentials_expire = credentials_expire
+        self.credential_refresh = credential_refresh
+        self._refresh_lock = threading.Lock()
         self._session = requests.Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
         self._session.mount("http://", adapter)
@@ -156,6 +165,17 @@ class S3Connection:
     @property
     def scheme(self) -> str:
         return "https" if self.tls else "http"
+
+    def _fresh_signer(self) -> SigV4Signer:
+        """The signer, after fetching new credentials when they expire within 5 minutes."""
+        if self.credential_refresh is not None and self.credentials_expire is not None:
+            with self._refresh_lock:
+                if time.time() > self.credentials_expire - REFRESH_MARGIN:
+                    key, secret, token, expires = self.credential_refresh()
+                    self.set_credentials(key, secret, token)
+                    self.credentials_expire = expires
+                    log.info("refreshed credentials; they expire in %.0f s", (expires or 0) - time.time())
+        return self.signer
 
     def set_credentials(
         self, access_key_id: str, secret_access_key: str, session_token: str | None = None
@@ -223,7 +243,7 @@ class S3Connection:
         what = "%s %s/%s" % (method, bucket or "", key)
 
         def attempt() -> requests.Response:
-            signed = self.signer.sign(method, host, path, query, headers or {}, payload_hash)
+            signed = self._fresh_signer().sign(method, host, path, query, headers or {}, payload_hash)
             data = body() if callable(body) else body
             started = time.monotonic()
             sent = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
@@ -285,6 +305,8 @@ class S3Connection:
 
 
 KNOWN_SETTINGS = (
+    "credentials_expire",
+    "credential_refresh",
     "access_key_id",
     "secret_access_key",
     "default_bucket",

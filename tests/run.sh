@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command:  bash tests/run.sh [pytest args...]
 #
-# On a fresh Debian machine (as root) this installs the FUSE/xattr tools if missing,
+# On a fresh Debian machine (as root) this installs the FUSE/xattr tools (and rsync) if missing,
 # creates/reuses the virtualenv .venv in the repo, installs the package with its
 # [test] extra (editable), runs ruff, then pytest.  Exit code: pytest's (5 = no
 # tests collected is a failure too); if only ruff failed, 1.
@@ -18,7 +18,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # --- system packages -----------------------------------------------------------------
 missing=()
-for pkg in fuse3 libfuse2 attr; do
+for pkg in fuse3 libfuse2 attr rsync; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 PYTHON="${PYTHON:-python3}"

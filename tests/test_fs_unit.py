@@ -6,6 +6,7 @@ import errno
 import os
 import random
 import stat
+import threading
 import time
 
 import pytest
@@ -217,3 +218,26 @@ def test_cache_size_evicts_clean_closed_files(tmp_path):
     ops.release("/dirty", dirty)
     ops.staging.evict()
     assert ops.staging.get("dirty") is not None  # never evicted while dirty
+
+
+def test_writeback_writes_wait_for_uploads_when_dirty_data_fills_the_cache(tmp_path):
+    gate = threading.Event()
+
+    class SlowStore(FakeStore):
+        def put(self, *args, **kwargs):
+            gate.wait(10)
+            return super().put(*args, **kwargs)
+
+    store = SlowStore()
+    ops = make_ops(tmp_path, store, cache_size=2 * MiB, writeback=True)
+    writer = threading.Thread(target=lambda: [write_file(ops, "/f%d" % i, os.urandom(MiB)) for i in range(5)])
+    writer.start()
+    writer.join(1.0)
+    assert writer.is_alive()  # held back: dirty data is over the cache size, uploads are stuck
+    assert not store.objects
+    gate.set()
+    writer.join(10)
+    assert not writer.is_alive()
+    ops.writeback.drain(10)
+    assert sorted(store.objects) == ["f%d" % i for i in range(5)]
+    ops.writeback.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -160,3 +161,24 @@ def test_concurrent_overwrite_is_not_clobbered(mount_factory, boto, bucket):
         assert obj["Body"].read() == b"theirs" and obj["Metadata"] == {"who": "them"}
     finally:
         mount.stop()
+
+
+def test_cp_a_of_a_tree_with_links(mount, boto, bucket, tmp_path):
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "f").write_bytes(b"file")
+    os.symlink("sub/f", src / "link")
+    os.chmod(src / "sub" / "f", 0o600)
+    subprocess.run(["cp", "-a", str(src), mount.path], check=True)
+    inside = os.path.join(mount.path, "tree")
+    assert os.readlink(os.path.join(inside, "link")) == "sub/f"
+    assert open(os.path.join(inside, "link"), "rb").read() == b"file"
+    assert stat.S_IMODE(os.stat(os.path.join(inside, "sub", "f")).st_mode) == 0o600
+    assert boto.get_object(Bucket=bucket, Key="tree/link")["Body"].read() == b"sub/f"
+    back = tmp_path / "back"
+    subprocess.run(["cp", "-a", inside, str(back)], check=True)
+    assert os.readlink(back / "link") == "sub/f"
+    assert (back / "sub" / "f").read_bytes() == b"file"
+    if shutil.which("rsync"):
+        subprocess.run(["rsync", "-a", str(src) + "/", os.path.join(mount.path, "synced")], check=True)
+        assert os.readlink(os.path.join(mount.path, "synced", "link")) == "sub/f"

@@ -102,3 +102,23 @@ def test_help_lists_every_option_with_defaults():
         assert name in r.stdout
     assert "default" in r.stdout
     assert run("--version").stdout.startswith("s3fs-mount ")
+
+
+def test_local_quick_start_keeps_data_across_mounts(tmp_path):
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    mnt.mkdir()
+    opts = "cache_dir=%s" % (tmp_path / "c")
+    r = run("-o", opts, "--local", str(data), str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        (mnt / "hello.txt").write_text("hello")
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+    wait_gone(str(data), timeout=90)  # the mount and its embedded server both end
+    r = run("-o", opts, "--local", str(data), str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        assert (mnt / "hello.txt").read_text() == "hello"
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+        wait_gone(str(data), timeout=90)

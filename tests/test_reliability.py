@@ -513,12 +513,12 @@ def test_state_machine_against_shadow(mount, boto, bucket):
 
     run_state_machine_as_test(
         Files,
-        settings=settings(max_examples=25, stateful_step_count=30, deadline=None,
+        settings=settings(max_examples=70, stateful_step_count=30, deadline=None,
                           suppress_health_check=list(HealthCheck)),
     )
 
 
-# -- 6. load: four processes at once ---------------------------------------------------------
+# -- 6. load: eight processes at once ---------------------------------------------------------
 
 WORKER = r"""
 import hashlib, json, os, random, sys
@@ -526,8 +526,9 @@ root, seed = sys.argv[1], int(sys.argv[2])
 r = random.Random(seed)
 os.makedirs(root, exist_ok=True)
 out = {}
-for i in range(20):
-    size = [0, 1, 8 << 20][i] if i < 3 else int(2 ** r.uniform(0, 23))
+for i in range(50):
+    # 0 B to 20 MiB, log-uniform: mostly small files, a few large ones
+    size = [0, 1, 20 << 20][i] if i < 3 else int(2 ** r.uniform(0, 24.3))
     data = r.randbytes(size)
     path = os.path.join(root, "f%02d" % i)
     with open(path, "wb") as f:
@@ -536,26 +537,26 @@ for i in range(20):
     with open(path, "rb") as f:
         assert f.read() == data, path
     out["f%02d" % i] = [size, hashlib.sha256(data).hexdigest()]
-for i in range(20):
+for i in range(50):
     with open(os.path.join(root, "f%02d" % i), "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == out["f%02d" % i][1]
 print(json.dumps(out))
 """
 
 
-def test_four_processes_write_and_verify(mount, boto, bucket):
+def test_eight_processes_write_and_verify(mount, boto, bucket):
     procs = [
         subprocess.Popen([sys.executable, "-c", WORKER, os.path.join(mount.path, "w%d" % n), str(n)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for n in range(4)
+        for n in range(8)
     ]
     expected = {}
     for n, p in enumerate(procs):
-        out, err = p.communicate(timeout=150)
+        out, err = p.communicate(timeout=400)
         assert p.returncode == 0, err
         for name, (size, digest) in json.loads(out).items():
             expected["w%d/%s" % (n, name)] = (size, digest)
-    assert len(expected) == 80
+    assert len(expected) == 400
     objects = {o["Key"]: o["Size"] for o in boto.list_objects_v2(Bucket=bucket, MaxKeys=1000)["Contents"]}
     for key, (size, digest) in expected.items():
         assert objects.get(key) == size, key

@@ -37,6 +37,7 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 #: On the mount's root: the mount's status as JSON (read by ``s3fs-mount status``).
 STATUS_XATTR = "s3.status"
 SYMLINK_MODE = stat.S_IFLNK | 0o777
+BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
 
 
 @dataclass
@@ -355,6 +356,10 @@ class S3Operations(Operations):
         if not h.writable:
             raise FsError(errno.EBADF)
         self._whole(h.item)
+        if self.writeback is not None and self.staging.over_capacity():
+            # Back-pressure: dirty files fill the cache, so wait for the background uploads.
+            log.info("cache full of files waiting to upload: write waits for the uploads")
+            self.writeback.drain(timeout=BACKPRESSURE_WAIT)
         self.uploader.before_write(h.item, offset)
         written = h.item.write(offset, data)
         self.uploader.after_write(h.item)

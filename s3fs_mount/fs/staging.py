@@ -337,6 +337,16 @@ class StagingCache:
         if due:
             self.evict()
 
+    def over_capacity(self) -> bool:
+        """True when even after eviction the cache holds more than ``capacity`` (dirty data)."""
+        with self._lock:
+            due = self._estimate > self.capacity
+        if due:
+            self.evict()
+            with self._lock:
+                return self._estimate > self.capacity
+        return False
+
     def _maybe_evict(self) -> None:
         with self._lock:
             due = self._estimate > self.capacity

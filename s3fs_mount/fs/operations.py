@@ -131,6 +131,11 @@ class S3Operations(Operations):
                     log.error("recovery of %s: %s; kept staged", item.key, exc)
                     continue
                 current = None
+            if current is not None and current.etag in self.uploader.etags_of(item):
+                # Uploaded, then killed before the sidecar said so: nothing to do.
+                item.mark_clean(item.generation, current.etag)
+                log.info("recovered %s: already in S3", item.key)
+                continue
             if current is not None and item.etag and current.etag != item.etag:
                 conflict = "%s.conflict-%s" % (item.key, time.strftime("%Y%m%dT%H%M%S"))
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)

@@ -13,6 +13,7 @@ interrupted are aborted at the next mount.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import os
 import queue
@@ -83,6 +84,24 @@ class Uploader:
             else:
                 out.pop(MTIME, None)
         return out
+
+    def etags_of(self, item: StagedFile) -> set[str]:
+        """The ETags S3 would give the item's content: single PUT, or our multipart layouts."""
+        size = os.fstat(item.fd).st_size
+        whole = hashlib.md5()
+        etags = set()
+        for part in {part_size_for(size, self.part_size), part_size_for(max(size, 1 << 30), self.part_size)}:
+            digests = []
+            for off in range(0, size, part):
+                digest = hashlib.md5()
+                for sub in range(off, min(off + part, size), 1 << 20):
+                    digest.update(os.pread(item.fd, min(1 << 20, off + part - sub, size - sub), sub))
+                digests.append(digest.digest())
+            etags.add("%s-%d" % (hashlib.md5(b"".join(digests)).hexdigest(), len(digests)))
+        for off in range(0, size, 1 << 20):
+            whole.update(os.pread(item.fd, 1 << 20, off))
+        etags.add(whole.hexdigest())
+        return etags
 
     # -- streaming while written ----------------------------------------------------
 

@@ -559,7 +559,7 @@ class S3Operations(Operations):
             raise FsError(errno.EPERM, "the mount's root has no object to hold metadata")
         target = self.keymap.marker_key(path) if current.is_dir else key
         name = self.namespace.name(target)
-        if current.is_dir and not current.etag:
+        if current.is_dir:  # an empty marker: written anew (some servers cannot copy one)
             etag = self.store.put(name, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE, **new})
         else:
             info = ObjectInfo(

@@ -183,19 +183,23 @@ class S3Operations(Operations):
         """Attributes of ``path``, with a staged copy's size and times over S3's."""
         item = self.staging.get(self.keymap.key(path)) if path != "/" else None
         if item is not None and (item.dirty or item.open_count > 0 or item.uploading):
-            with item.cond:
-                a = A.attributes_from(
-                    item.metadata,
-                    item.size,
-                    item.mtime,
-                    self.defaults,
-                    "file",
-                    etag=item.etag,
-                    headers=dict(item.headers),
-                )
-                a.mtime = item.mtime
-            return a
+            return self._item_attributes(item)
         return self.namespace.lookup(path)
+
+    def _item_attributes(self, item: StagedFile) -> A.Attributes:
+        """A staged file's attributes: its pending metadata, local size and mtime."""
+        with item.cond:
+            a = A.attributes_from(
+                item.metadata,
+                item.size,
+                item.mtime,
+                self.defaults,
+                "file",
+                etag=item.etag,
+                headers=dict(item.headers),
+            )
+            a.mtime = item.mtime
+        return a
 
     def _parent_dir(self, path: str) -> None:
         parent = KeyMap.split(path)[0]
@@ -221,18 +225,8 @@ class S3Operations(Operations):
         except Exception as exc:
             log.error("upload of %s failed, kept staged: %s", item.key, exc)
             raise FsError(errno.EIO, "upload failed") from exc
-        with item.cond:  # what we uploaded is what S3 has: no HEAD needed to know it
-            uploaded = A.attributes_from(
-                item.metadata,
-                item.size,
-                item.mtime,
-                self.defaults,
-                "file",
-                etag=item.etag,
-                headers=dict(item.headers),
-            )
-            uploaded.mtime = item.mtime
-        self.namespace.remember(self.keymap.path(item.key), uploaded)
+        # What we uploaded is what S3 has: no HEAD needed to know it.
+        self.namespace.remember(self.keymap.path(item.key), self._item_attributes(item))
 
     # -- attributes and directories ---------------------------------------------------
 

@@ -151,11 +151,13 @@ def holdproxy(s3server):
 # -- 1. kill -9 after acknowledged writes, before the upload ------------------------------
 
 
-def test_kill9_with_writeback_uploads_at_remount(mount_factory, holdproxy, s3config, s3yaml, boto,
-                                                 bucket, tmp_path):
+def test_kill9_with_writeback_uploads_at_remount(
+    mount_factory, holdproxy, s3config, s3yaml, boto, bucket, tmp_path
+):
     cache = str(tmp_path / "cache")
-    m = mount_factory(options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy),
-                      cache_dir=cache).start()
+    m = mount_factory(
+        options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy), cache_dir=cache
+    ).start()
     files = {"big.bin": rand(20 * MiB + 12345, 1)}
     files.update({"small%d.txt" % i: rand(1000 * i, 10 + i) for i in range(5)})
     files["dir/empty"] = b""
@@ -184,19 +186,31 @@ def test_kill9_with_writeback_uploads_at_remount(mount_factory, holdproxy, s3con
     assert m2.stop() == 0
 
 
-def test_kill9_mid_multipart_leaves_no_dangling_upload(mount_factory, holdproxy, s3config, s3yaml,
-                                                       boto, bucket, tmp_path):
+def test_kill9_mid_multipart_leaves_no_dangling_upload(
+    mount_factory, holdproxy, s3config, s3yaml, boto, bucket, tmp_path
+):
     cache = str(tmp_path / "cache")
-    m = mount_factory(options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy),
-                      cache_dir=cache).start()
+    m = mount_factory(
+        options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy), cache_dir=cache
+    ).start()
     data = rand(40 * MiB, 2)
     holdproxy.hold_uploads(let_through=2)  # two parts go up, the rest wait
     write_file(os.path.join(m.path, "forty.bin"), data)
     wait_for(lambda: holdproxy.held >= 3, 10, "the other parts to reach the proxy")
     uploads = multipart_uploads(boto, bucket)
     assert [u["Key"] for u in uploads] == ["forty.bin"]
-    wait_for(lambda: len(boto.list_parts(Bucket=bucket, Key="forty.bin", UploadId=uploads[0]["UploadId"])
-                         .get("Parts", [])) == 2, 10, "two parts to be uploaded")
+    wait_for(
+        lambda: (
+            len(
+                boto.list_parts(Bucket=bucket, Key="forty.bin", UploadId=uploads[0]["UploadId"]).get(
+                    "Parts", []
+                )
+            )
+            == 2
+        ),
+        10,
+        "two parts to be uploaded",
+    )
     m.kill()
     holdproxy.close()
     assert not s3_has(boto, bucket, "forty.bin")
@@ -213,8 +227,9 @@ def test_kill9_mid_multipart_leaves_no_dangling_upload(mount_factory, holdproxy,
 # -- 2. fsync returns only when the bytes are in S3 ----------------------------------------
 
 
-def test_fsync_fails_with_eio_while_s3_fails_and_keeps_data(mount_factory, faultproxy, s3config, boto,
-                                                            bucket, tmp_path):
+def test_fsync_fails_with_eio_while_s3_fails_and_keeps_data(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
     cache = str(tmp_path / "cache")
     m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
     a, b, big = rand(300_000, 3), rand(5000, 4), rand(20 * MiB, 5)
@@ -255,8 +270,9 @@ def test_fsync_fails_with_eio_while_s3_fails_and_keeps_data(mount_factory, fault
 # -- 3. a large copy through flaky S3 -------------------------------------------------------
 
 
-def test_200mib_copy_with_503s_and_dropped_connections(mount_factory, faultproxy, s3config, boto,
-                                                       bucket, tmp_path):
+def test_200mib_copy_with_503s_and_dropped_connections(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
     cache = str(tmp_path / "cache")
     m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
     src = tmp_path / "src.bin"
@@ -284,8 +300,9 @@ def test_200mib_copy_with_503s_and_dropped_connections(mount_factory, faultproxy
     t = threading.Thread(target=chaos, daemon=True)
     t.start()
     try:
-        result = subprocess.run(["cp", str(src), os.path.join(m.path, "copy.bin")],
-                                capture_output=True, text=True, timeout=180)
+        result = subprocess.run(
+            ["cp", str(src), os.path.join(m.path, "copy.bin")], capture_output=True, text=True, timeout=180
+        )
     finally:
         stop.set()
         t.join()
@@ -307,8 +324,9 @@ def test_200mib_copy_with_503s_and_dropped_connections(mount_factory, faultproxy
 
 
 @pytest.mark.parametrize("outage", ["fail", "drop"])
-def test_s3_outage_during_write_loses_nothing(mount_factory, faultproxy, s3config, boto, bucket,
-                                              tmp_path, outage):
+def test_s3_outage_during_write_loses_nothing(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, outage
+):
     cache = str(tmp_path / "cache")
     m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
     big = rand(40 * MiB, 6)
@@ -513,8 +531,9 @@ def test_state_machine_against_shadow(mount, boto, bucket):
 
     run_state_machine_as_test(
         Files,
-        settings=settings(max_examples=70, stateful_step_count=30, deadline=None,
-                          suppress_health_check=list(HealthCheck)),
+        settings=settings(
+            max_examples=70, stateful_step_count=30, deadline=None, suppress_health_check=list(HealthCheck)
+        ),
     )
 
 
@@ -546,8 +565,12 @@ print(json.dumps(out))
 
 def test_eight_processes_write_and_verify(mount, boto, bucket):
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, os.path.join(mount.path, "w%d" % n), str(n)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, os.path.join(mount.path, "w%d" % n), str(n)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for n in range(8)
     ]
     expected = {}
@@ -598,8 +621,7 @@ def test_two_mounts_see_each_others_writes_after_the_ttl(mount_factory):
 
 
 def _tree(path: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(path)): (p.stat().st_mode, p.stat().st_size)
-            for p in sorted(path.rglob("*"))}
+    return {str(p.relative_to(path)): (p.stat().st_mode, p.stat().st_size) for p in sorted(path.rglob("*"))}
 
 
 def test_cache_permissions_and_no_secret_in_debug_log(mount_factory, s3config, tmp_path):
@@ -637,9 +659,18 @@ def test_hostile_keys_do_not_escape_the_cache(server, mount_factory, boto, bucke
         moto = request.getfixturevalue("moto_server")
         client = s3rig.make_boto_client(moto.endpoint, moto.access_key, moto.secret_key)
         client.create_bucket(Bucket=bucket)
-        config = str(s3rig.write_s3yaml(tmp_path / "moto.yaml", {
-            "access_key_id": moto.access_key, "secret_access_key": moto.secret_key,
-            "default_bucket": bucket, "endpoint": moto.endpoint, "tls": False}))
+        config = str(
+            s3rig.write_s3yaml(
+                tmp_path / "moto.yaml",
+                {
+                    "access_key_id": moto.access_key,
+                    "secret_access_key": moto.secret_key,
+                    "default_bucket": bucket,
+                    "endpoint": moto.endpoint,
+                    "tls": False,
+                },
+            )
+        )
     else:
         client, config = boto, None
     base = tmp_path / "c"
@@ -675,16 +706,23 @@ def test_hostile_keys_do_not_escape_the_cache(server, mount_factory, boto, bucke
     assert m.stop() == 0
     after = {k: v for k, v in _tree(base).items() if k != "cache" and not k.startswith("cache/")}
     assert after == before, (put, seen)
-    for escaped in (tmp_path / "escape", tmp_path / "b", tmp_path.parent / "b", Path("/b"), Path("/escape"),
-                    Path("/tmp/evil")):
+    for escaped in (
+        tmp_path / "escape",
+        tmp_path / "b",
+        tmp_path.parent / "b",
+        Path("/b"),
+        Path("/escape"),
+        Path("/tmp/evil"),
+    ):
         assert not escaped.exists(), escaped
 
 
 # -- 9. unmount with uploads still pending -----------------------------------------------------
 
 
-def test_unmount_waits_for_pending_writeback_uploads(mount_factory, holdproxy, s3config, boto, bucket,
-                                                     tmp_path):
+def test_unmount_waits_for_pending_writeback_uploads(
+    mount_factory, holdproxy, s3config, boto, bucket, tmp_path
+):
     m = mount_factory(options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy)).start()
     files = {"p%d" % i: rand(50_000 * i, 20 + i) for i in range(4)}
     files["big"] = rand(18 * MiB, 30)
@@ -701,3 +739,52 @@ def test_unmount_waits_for_pending_writeback_uploads(mount_factory, holdproxy, s
         assert s3_bytes(boto, bucket, name) == data, name
     assert multipart_uploads(boto, bucket) == []
     assert time.monotonic() - t0 < 60
+
+
+# -- the S3 server process itself killed and restarted mid-write -----------------------------------
+
+
+def test_s3_server_killed_and_restarted_during_a_write_loses_nothing(mount_factory, bucket, tmp_path):
+    from s3fs_mount.localserver import LocalS3Server
+
+    data_dir = tmp_path / "weed"
+    server = s3rig.start_local_server(data_dir)
+    keys = (server.access_key, server.secret_key)
+    client = s3rig.make_boto_client(server.endpoint, *keys)
+    client.create_bucket(Bucket=bucket)
+    host, port = server.endpoint.rsplit(":", 1)
+    restarted = None
+    try:
+        with FaultProxy(host, int(port)) as proxy:
+            cfg = s3rig.write_s3yaml(
+                tmp_path / "s3.yaml",
+                {
+                    "access_key_id": keys[0],
+                    "secret_access_key": keys[1],
+                    "default_bucket": bucket,
+                    "endpoint": proxy.endpoint,
+                    "tls": False,
+                },
+            )
+            mount = mount_factory(config=str(cfg)).start()
+            payload = os.urandom(24 << 20)
+            path = os.path.join(mount.path, "during-restart")
+            f = open(path, "wb")
+            f.write(payload[: 12 << 20])
+            server.stop(kill=True)  # the real server process, gone mid-write
+            restarted = LocalS3Server(str(data_dir), access_key=keys[0], secret_key=keys[1])
+            restarted.start(lambda: s3rig.boto_ready(restarted)())
+            new_host, new_port = restarted.endpoint.rsplit(":", 1)
+            proxy.upstream = (new_host, int(new_port))
+            f.write(payload[12 << 20 :])
+            try:
+                f.close()  # uploads now, or EIO with the data kept staged
+            except OSError as exc:
+                assert exc.errno == errno.EIO
+            assert mount.stop() == 0  # unmount uploads whatever is still staged
+            client = s3rig.make_boto_client(restarted.endpoint, *keys)
+            assert client.get_object(Bucket=bucket, Key="during-restart")["Body"].read() == payload
+    finally:
+        server.stop(kill=True)
+        if restarted is not None:
+            restarted.stop(kill=True)

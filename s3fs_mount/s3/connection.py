@@ -260,6 +260,10 @@ class S3Connection:
             except requests.RequestException as exc:
                 self.stats.add(method, sent, 0, True)
                 request_log.debug("%s -> %s", what, exc.__class__.__name__)
+                if isinstance(exc, requests.ConnectionError):
+                    # The server may have restarted: every pooled connection is as dead as this
+                    # one, and retrying through them would spend all attempts at once.
+                    self._session.get_adapter(url).poolmanager.clear()
                 raise
             finally:
                 if hasattr(data, "close"):

@@ -764,6 +764,7 @@ def test_s3_server_killed_and_restarted_during_a_write_loses_nothing(mount_facto
                     "default_bucket": bucket,
                     "endpoint": proxy.endpoint,
                     "tls": False,
+                    "timeout": 5,
                 },
             )
             mount = mount_factory(config=str(cfg)).start()

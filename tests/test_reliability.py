@@ -789,3 +789,24 @@ def test_s3_server_killed_and_restarted_during_a_write_loses_nothing(mount_facto
         server.stop(kill=True)
         if restarted is not None:
             restarted.stop(kill=True)
+
+
+def test_kill9_after_upload_before_sidecar_update(mount_factory, boto, bucket, tmp_path):
+    cache = str(tmp_path / "crash-cache")
+    boto.put_object(Bucket=bucket, Key="f", Body=b"version one")  # so the staged copy has a base ETag
+    crashing = mount_factory(cache_dir=cache, env={"S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD": "1"}).start()
+    path = os.path.join(crashing.path, "f")
+    with pytest.raises(OSError):  # the mount dies inside close, after the PUT
+        with open(path, "r+b") as f:
+            f.truncate(0)
+            f.write(b"uploaded, then killed")
+    crashing.proc.wait(10)
+    crashing.kill()
+    assert s3_bytes(boto, bucket, "f") == b"uploaded, then killed"
+    sidecars = [n for n in os.listdir(os.path.join(cache, bucket)) if n.endswith(".json")]
+    assert sidecars  # it still says dirty
+    again = mount_factory(cache_dir=cache).start()
+    assert open(os.path.join(again.path, "f"), "rb").read() == b"uploaded, then killed"
+    assert again.stop() == 0
+    keys = [o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == ["f"]  # recognised as already in S3: no conflict copy

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from s3fs_mount.s3.store import MultipartUpload, RemoteStore, part_size_for
 log = logging.getLogger(__name__)
 
 MTIME = META_PREFIX + "mtime"
+#: Tests set this to kill the mount right after an upload, before its sidecar is cleared.
+CRASH_AFTER_UPLOAD = os.environ.get("S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD") == "1"
 #: ``item.stream`` when streaming failed to start: upload whole at close, don't try again.
 STREAM_OFF = "off"
 
@@ -206,6 +209,8 @@ class Uploader:
             finally:
                 with item.cond:
                     item.uploading = False
+            if CRASH_AFTER_UPLOAD:  # test hook: die in the window between upload and bookkeeping
+                os.kill(os.getpid(), signal.SIGKILL)
             clean = item.mark_clean(generation, etag)
             log.debug("uploaded %s (%d bytes) in %.2fs", item.key, item.size, time.monotonic() - started)
             return clean

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -390,3 +391,18 @@ def test_local_server_missing(fake_mount, monkeypatch, tmp_path, mnt, capsys):
     assert cli.main(["-f", "--local", str(tmp_path / "data"), str(mnt)]) == 1
     assert capsys.readouterr().err.startswith("s3fs-mount: --local is not available")
     assert not (tmp_path / "data").exists()
+
+
+def test_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = open(os.path.join(REPO, "contrib", "s3fs-mount@.service")).read()
+    assert "Type=forking" in unit and "After=network-online.target" in unit
+    command = shutil.which("s3fs-mount") or SCRIPT
+    (tmp_path / "s3fs-mount@.service").write_text(unit.replace("/usr/local/bin/s3fs-mount", command))
+    os.symlink(tmp_path / "s3fs-mount@.service", tmp_path / "s3fs-mount@mybucket.service")
+    r = subprocess.run([analyze, "verify", str(tmp_path / "s3fs-mount@mybucket.service")],
+                       capture_output=True, text=True, env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"))
+    assert r.returncode == 0, r.stderr
+    assert "s3fs-mount@" not in r.stdout + r.stderr, r.stdout + r.stderr  # no warning about our unit

@@ -122,3 +122,4 @@ def test_local_quick_start_keeps_data_across_mounts(tmp_path):
     finally:
         subprocess.run(["fusermount", "-u", str(mnt)], check=False)
         wait_gone(str(data), timeout=90)
+

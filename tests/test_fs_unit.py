@@ -138,6 +138,7 @@ def test_dirty_file_survives_a_crash(tmp_path):
     ops = make_ops(tmp_path, store)
     write_file(ops, "/f", b"unsaved", flush=False)  # no flush: as if killed
     assert "f" not in store.objects
+    ops.staging.close()  # the first mount is gone
     again = make_ops(tmp_path, store)  # same cache dir
     assert again.recover() == []
     assert store.objects["f"].data == b"unsaved"
@@ -151,6 +152,7 @@ def test_recovery_keeps_both_sides_of_a_conflict(tmp_path):
     fh = ops.open("/f", os.O_RDWR)
     ops.write("/f", b"ours", 0, fh)  # acknowledged, not uploaded: then a "crash"
     store.put("f", b"theirs")
+    ops.staging.close()  # the first mount is gone
     again = make_ops(tmp_path, store)
     again.recover()
     assert store.objects["f"].data == b"theirs"
@@ -250,7 +252,15 @@ def test_killed_after_upload_before_sidecar_is_no_conflict(tmp_path):
     fh = ops.open("/f", os.O_RDWR)
     ops.write("/f", b"v2", 0, fh)
     store.put("f", b"v2")  # the upload went through; then a kill before the sidecar was updated
+    ops.staging.close()  # the first mount is gone
     again = make_ops(tmp_path, store)
     assert again.recover() == []
     assert store.objects["f"].data == b"v2"
     assert not [k for k in store.objects if "conflict" in k]
+
+
+def test_one_mount_per_cache_dir(tmp_path):
+    first = make_ops(tmp_path)
+    with pytest.raises(OSError, match="in use by another mount"):
+        make_ops(tmp_path)
+    assert first.staging.root

@@ -34,6 +34,7 @@ def serve(store: RemoteStore, bucket: str, prefix: str, mountpoint: str, options
     if ops.writeback is not None:
         ops.writeback.stop()
     ops.prefetcher.close()
+    ops.staging.close()
     log.info("unmounted %s: %s", mountpoint, store.connection.stats.summary())
     if left:
         log.error("%d files stay staged and upload at the next mount: %s", len(left), ", ".join(left))

@@ -22,6 +22,7 @@ No lock is held during a network request except ``upload_lock``.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -219,6 +220,10 @@ class StagedFile:
             return 0
 
 
+class CacheInUse(OSError):
+    """Another mount holds this staging directory."""
+
+
 class StagingCache:
     """All staged files of one mount, bounded by ``capacity`` bytes.
 
@@ -236,10 +241,25 @@ class StagingCache:
         os.makedirs(os.path.dirname(os.path.abspath(root)), mode=0o700, exist_ok=True)
         os.makedirs(root, mode=0o700, exist_ok=True)
         os.chmod(root, 0o700)
+        # One mount per staging dir: another one would "recover" files this one is writing.
+        self._lock_fd = os.open(os.path.join(root, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise CacheInUse(
+                "the cache %s is in use by another mount of this bucket: give this one -o cache_dir=" % root
+            ) from None
         self._lock = threading.Lock()
         self._items: dict[str, StagedFile] = {}
         # An upper bound on usage() without stat'ing every file; evict() makes it exact.
         self._estimate = 0
+
+    def close(self) -> None:
+        """Let another mount use this directory (ours has stopped)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def get(self, key: str) -> StagedFile | None:
         with self._lock:

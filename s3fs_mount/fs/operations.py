@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fuse import FuseOSError, LoggingMixIn, Operations, fuse_get_context  # noqa: F401
+from fuse import Operations, fuse_get_context
 
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError, fuse_operation

@@ -39,8 +39,9 @@ class FakeMultipart(MultipartUpload):
         self.store.uploads.discard(self.upload_id)
         return self.store.put(S3Name(self.key, self.bucket), data, self.create_headers)
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         self.store.uploads.discard(self.upload_id)
+        return True
 
 
 class FakeStore:
@@ -94,8 +95,9 @@ class FakeStore:
         self.uploads.add(mpu.upload_id)
         return mpu
 
-    def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> None:
+    def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> bool:
         self.uploads.discard(upload_id)
+        return True
 
     def run_parallel(self, jobs: Iterable[Callable[[], object]]) -> None:
         for job in jobs:

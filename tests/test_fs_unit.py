@@ -264,3 +264,16 @@ def test_one_mount_per_cache_dir(tmp_path):
     with pytest.raises(OSError, match="in use by another mount"):
         make_ops(tmp_path)
     assert first.staging.root
+
+
+def test_failed_abort_is_retried_at_the_next_mount(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    write_file(ops, "/f", b"x")
+    item = ops.staging.get("f")
+    item.upload_ids.append("stale-upload")  # an abort S3 did not answer
+    store.uploads.add("stale-upload")
+    item.save()
+    ops.staging.close()
+    make_ops(tmp_path, store).recover()
+    assert "stale-upload" not in store.uploads

@@ -119,7 +119,10 @@ class S3Operations(Operations):
 
     def recover(self) -> list[str]:
         """Upload what a previous run left staged; returns the keys still pending."""
-        for item in self.staging.recover():
+        recovered = self.staging.recover()
+        for key, upload_id in self.staging.orphan_uploads:
+            self.store.abort_multipart(key, upload_id, bucket=self.bucket)
+        for item in recovered:
             # Ids whose abort fails stay recorded, and are aborted after the next upload.
             item.upload_ids = [
                 u for u in item.upload_ids if not self.store.abort_multipart(item.key, u, bucket=self.bucket)

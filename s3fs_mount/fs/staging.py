@@ -187,7 +187,11 @@ class StagedFile:
             if self.generation != generation:
                 return False
             self.dirty = False
-        self.drop_sidecar()
+            keep = bool(self.upload_ids)  # aborts still owed: the sidecar remembers them
+        if keep:
+            self.save()
+        else:
+            self.drop_sidecar()
         return True
 
     def drop_sidecar(self) -> None:
@@ -254,6 +258,8 @@ class StagingCache:
         self._items: dict[str, StagedFile] = {}
         # An upper bound on usage() without stat'ing every file; evict() makes it exact.
         self._estimate = 0
+        #: (key, upload id) of multipart uploads clean files still owe an abort (see recover).
+        self.orphan_uploads: list[tuple[str, str]] = []
 
     def close(self) -> None:
         """Let another mount use this directory (ours has stopped)."""
@@ -417,6 +423,7 @@ class StagingCache:
             data = os.path.join(self.root, item_id + ".data")
             if not state.get("dirty") or state.get("bucket") != self.bucket or not os.path.exists(data):
                 if state.get("bucket") == self.bucket:
+                    self.orphan_uploads += [(state["key"], u) for u in state.get("upload_ids", [])]
                     _remove(path)
                     _remove(data)
                 continue

@@ -123,10 +123,8 @@ class S3Operations(Operations):
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id, bucket=self.bucket)
         for item in recovered:
-            # Ids whose abort fails stay recorded, and are aborted after the next upload.
-            item.upload_ids = [
-                u for u in item.upload_ids if not self.store.abort_multipart(item.key, u, bucket=self.bucket)
-            ]
+            for upload_id in list(item.upload_ids):
+                self.uploader.abort_upload(item, upload_id)
             try:
                 current = self.store.head(self.namespace.name(item.key))
             except S3Error as exc:

@@ -178,6 +178,12 @@ class StagedFile:
             self.dirty = True
         self.save()
 
+    def forget_upload(self, upload_id: str) -> None:
+        """A multipart upload of ours is finished or aborted: no longer owed an abort."""
+        with self.cond:
+            if upload_id in self.upload_ids:
+                self.upload_ids.remove(upload_id)
+
     def mark_clean(self, generation: int, etag: str) -> bool:
         """After an upload of ``generation``: clean unless it changed meanwhile."""
         with self.cond:

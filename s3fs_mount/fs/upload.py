@@ -149,13 +149,25 @@ class Uploader:
 
     def _start_stream(self, item: StagedFile) -> StreamingUpload:
         part = part_size_for(max(item.size, 1 << 30), self.part_size)
-        mpu = self.store.start_multipart(self.name(item), self.headers(item, with_mtime=False))
-        stream = StreamingUpload(mpu, part, self.headers(item, with_mtime=False))
+        headers = self.headers(item, with_mtime=False)
+        stream = StreamingUpload(self._begin_multipart(item, headers), part, headers)
         with item.cond:
             item.stream = stream
+        return stream
+
+    def _begin_multipart(self, item: StagedFile, headers: dict[str, str]) -> MultipartUpload:
+        """Start a multipart upload, recorded in the sidecar so a crash leaves no dangling parts."""
+        mpu = self.store.start_multipart(self.name(item), headers)
+        with item.cond:
             item.upload_ids.append(mpu.upload_id)
         item.save()
-        return stream
+        return mpu
+
+    def abort_upload(self, item: StagedFile, upload_id: str) -> None:
+        """Abort one of the item's multipart uploads; one whose abort fails stays recorded,
+        to be tried again after the next upload or at recovery."""
+        if self.store.abort_multipart(item.key, upload_id, bucket=self.bucket):
+            item.forget_upload(upload_id)
 
     def _send_part(
         self, item: StagedFile, mpu: MultipartUpload, number: int, offset: int, size: int, slot: bool = True
@@ -176,11 +188,7 @@ class Uploader:
             stream, item.stream = item.stream, None
         if isinstance(stream, StreamingUpload):
             concurrent.futures.wait(stream.futures)
-            # An id whose abort failed stays recorded: retried after the next upload, or at recovery.
-            if stream.mpu.abort():
-                with item.cond:
-                    if stream.mpu.upload_id in item.upload_ids:
-                        item.upload_ids.remove(stream.mpu.upload_id)
+            self.abort_upload(item, stream.mpu.upload_id)
 
     # -- flush ---------------------------------------------------------------------------
 
@@ -221,10 +229,7 @@ class Uploader:
             live = item.stream.mpu.upload_id if isinstance(item.stream, StreamingUpload) else None
             leftovers = [u for u in item.upload_ids if u != live]
         for upload_id in leftovers:
-            if MultipartUpload(self.store, self.bucket, item.key, upload_id).abort():
-                with item.cond:
-                    if upload_id in item.upload_ids:
-                        item.upload_ids.remove(upload_id)
+            self.abort_upload(item, upload_id)
 
     def _upload(self, item: StagedFile) -> str:
         stream = item.stream
@@ -240,10 +245,7 @@ class Uploader:
             data = os.pread(item.fd, size, 0)
             return self.store.put(self.name(item), data, self.headers(item))
         part = part_size_for(size, self.part_size)
-        mpu = self.store.start_multipart(self.name(item), self.headers(item))
-        with item.cond:
-            item.upload_ids.append(mpu.upload_id)
-        item.save()
+        mpu = self._begin_multipart(item, self.headers(item))
         try:
             self.store.run_parallel(
                 (lambda n=n, off=off: self._send_part(item, mpu, n, off, min(part, size - off), False))
@@ -251,12 +253,9 @@ class Uploader:
             )
             etag = mpu.complete()
         except BaseException:
-            if mpu.abort():  # else the id stays recorded, to be aborted later
-                with item.cond:
-                    item.upload_ids.remove(mpu.upload_id)
+            self.abort_upload(item, mpu.upload_id)
             raise
-        with item.cond:
-            item.upload_ids.remove(mpu.upload_id)
+        item.forget_upload(mpu.upload_id)
         return etag
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload) -> str:
@@ -276,8 +275,7 @@ class Uploader:
         etag = stream.mpu.complete()
         with item.cond:
             item.stream = None
-            if stream.mpu.upload_id in item.upload_ids:
-                item.upload_ids.remove(stream.mpu.upload_id)
+        item.forget_upload(stream.mpu.upload_id)
         if self.headers(item, with_mtime=False) != stream.headers:
             # Metadata changed while the parts were going up: one self-copy sets it.
             etag = self.store.copy_object(

@@ -30,7 +30,8 @@ def serve(store: RemoteStore, bucket: str, prefix: str, mountpoint: str, options
     except RuntimeError as exc:
         log.error("FUSE could not mount %s: %s", mountpoint, exc)
         return 1
-    left = ops.finish()
+    # destroy() has uploaded at unmount; without it (FUSE ended otherwise) do it here, once.
+    left = ops.unuploaded if ops.unuploaded is not None else ops.finish()
     if ops.writeback is not None:
         ops.writeback.stop()
     ops.prefetcher.close()

@@ -88,6 +88,7 @@ class S3Operations(Operations):
         )
         self.writeback = WritebackQueue(self.uploader) if options.writeback else None
         self._handles: dict[int, Handle] = {}
+        self.unuploaded: list[str] | None = None  # set by destroy()
         self._next_fh = itertools.count(1)
         self._lock = threading.Lock()  # guards _handles
 
@@ -149,8 +150,8 @@ class S3Operations(Operations):
         return [i.key for i in self.staging.pending()]
 
     def destroy(self, path: str) -> None:
-        """Unmount: upload everything still dirty."""
-        self.finish()
+        """Unmount: upload everything still dirty (``unuploaded`` says what could not be)."""
+        self.unuploaded = self.finish()
 
     def finish(self) -> list[str]:
         """Upload every dirty file; returns the keys that stay staged."""

@@ -24,7 +24,6 @@ import base64
 import errno
 import re
 import stat
-import time
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.errors import FsError
@@ -156,10 +155,6 @@ def posix_metadata(mode: int, uid: int, gid: int, mtime: float) -> dict[str, str
         META_PREFIX + "gid": str(gid),
         META_PREFIX + "mtime": str(int(mtime)) if float(mtime).is_integer() else "%.6f" % mtime,
     }
-
-
-def now() -> float:
-    return time.time()
 
 
 # -- extended attributes ----------------------------------------------------------

@@ -121,10 +121,6 @@ class Namespace:
                 for p in [p for p in list(cache.keys()) if p.startswith(prefix) or p == path]:
                     cache.pop(p, None)
 
-    def cached(self, path: str) -> A.Attributes | None:
-        with self._lock:
-            return self._attrs.get(path)
-
     # -- lookup --------------------------------------------------------------------------
 
     def lookup(self, path: str) -> A.Attributes:
@@ -303,8 +299,3 @@ class Namespace:
         """A directory we just made: its listing is known (empty)."""
         with self._lock:
             self._listings[path] = set()
-
-    def listing_names(self, path: str) -> set[str] | None:
-        with self._lock:
-            names = self._listings.get(path)
-            return set(names) if names is not None else None

@@ -63,8 +63,5 @@ class RangeSet:
     def covers(self, start: int, end: int) -> bool:
         return not self.missing(start, end)
 
-    def total(self) -> int:
-        return sum(e - s for s, e in self._r)
-
     def as_list(self) -> list[list[int]]:
         return [[s, e] for s, e in self._r]

@@ -88,7 +88,7 @@ class S3Connection:
     :param session_token: temporary credentials' token, if any.
     :param verify_tls: check the server certificate (default True).
     :param timeout: seconds to connect and between bytes read (default 30).
-    :param max_connections: connection pool size per thread (default 32).
+    :param max_connections: size of the connection pool all threads share (default 32).
     """
 
     def __init__(

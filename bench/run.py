@@ -323,19 +323,34 @@ class MountProc:
 
 
 class NullSink:
-    """A non-seekable file that counts what boto3 writes to it."""
+    """A seekable file that discards what boto3 writes to it and counts the bytes.
+
+    Seekable so that s3transfer writes each ranged GET where it belongs as it
+    arrives; with a non-seekable sink it queues out-of-order parts itself, and
+    s3transfer 0.19 was seen to hang for good in that path on this machine.
+    """
 
     def __init__(self) -> None:
         self.count = 0
+        self._pos = 0
         self._lock = threading.Lock()
 
     def write(self, data: bytes) -> int:
         with self._lock:
             self.count += len(data)
+            self._pos += len(data)
         return len(data)
 
+    def seek(self, offset: int, whence: int = 0) -> int:
+        with self._lock:
+            self._pos = offset if whence == 0 else self._pos + offset
+            return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
     def seekable(self) -> bool:
-        return False
+        return True
 
 
 class Bench:

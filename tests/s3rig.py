@@ -180,9 +180,9 @@ def fuse_unavailable_reason() -> str | None:
     if not (shutil.which("fusermount3") or shutil.which("fusermount")):
         return "fusermount/fusermount3 not installed (apt-get install fuse3)"
     try:
-        import fuse  # noqa: F401  (fusepy loads libfuse.so.2)
+        import s3fs_mount.fs.fuselib  # noqa: F401  (loads libfuse3, else libfuse2)
     except (ImportError, OSError, EnvironmentError) as exc:  # noqa: UP024
-        return f"fusepy/libfuse2 unusable: {exc}"
+        return f"mfusepy/libfuse unusable: {exc}"
     return None
 
 

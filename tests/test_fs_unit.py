@@ -11,10 +11,10 @@ import time
 
 import pytest
 from fakestore import FakeStore
-from fuse import FuseOSError
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 
@@ -34,7 +34,7 @@ def make_ops(tmp_path, store=None, **options) -> S3Operations:
 def write_file(ops: S3Operations, path: str, data: bytes, chunk: int = 1 * MiB, flush: bool = True) -> int:
     fh = ops.create(path, 0o644)
     for off in range(0, len(data), chunk):
-        ops.write(path, data[off:off + chunk], off, fh)
+        ops.write(path, data[off : off + chunk], off, fh)
     if flush:
         ops.flush(path, fh)
         ops.release(path, fh)
@@ -42,7 +42,7 @@ def write_file(ops: S3Operations, path: str, data: bytes, chunk: int = 1 * MiB, 
 
 
 def names(ops: S3Operations, path: str = "/") -> list[str]:
-    return [n for n in ops.readdir(path, 0) if n not in (".", "..")]
+    return [e if isinstance(e, str) else e[0] for e in ops.readdir(path, 0) if e not in (".", "..")]
 
 
 def test_listing_leaves_out_keys_that_are_no_file_names(tmp_path):
@@ -81,6 +81,24 @@ def test_readdir_makes_no_head_requests(tmp_path):
     assert store.calls["HEAD"] == heads
 
 
+def test_readdir_gives_each_entry_its_attributes(tmp_path):
+    """What readdirplus hands the kernel must be what getattr says, open files included."""
+    store = FakeStore()
+    store.put("d/old", b"x" * 10)
+    store.put("d/sub/f", b"")
+    ops = make_ops(tmp_path, store)
+    fh = ops.create("/d/new", 0o600)
+    ops.write("/d/new", b"y" * 3000, 0, fh)  # open, not flushed: only the staged copy knows it
+    entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
+    assert sorted(entries) == ["new", "old", "sub"]
+    for name, attrs in entries.items():
+        assert attrs == ops.getattr("/d/" + name), name
+    assert entries["new"]["st_size"] == 3000 and stat.S_IMODE(entries["new"]["st_mode"]) == 0o600
+    assert entries["old"]["st_size"] == 10 and stat.S_ISREG(entries["old"]["st_mode"])
+    assert stat.S_ISDIR(entries["sub"]["st_mode"])
+    ops.release("/d/new", fh)
+
+
 def test_sequential_write_streams_parts_before_close(tmp_path):
     store = FakeStore()
     ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
@@ -116,7 +134,7 @@ def test_random_reads_fetch_little(tmp_path):
     rng = random.Random(1)
     for _ in range(200):
         off = rng.randrange(0, 32 * MiB - 4096)
-        assert ops.read("/big", 4096, off, fh) == store.objects["big"].data[off:off + 4096]
+        assert ops.read("/big", 4096, off, fh) == store.objects["big"].data[off : off + 4096]
     ops.release("/big", fh)
     assert store.calls["bytes down"] <= 4 * 200 * 4096
 
@@ -190,8 +208,9 @@ def test_errno_mapping(tmp_path):
     assert err(ops.getattr, "/" + "n" * 256) == errno.ENAMETOOLONG
 
 
-@pytest.mark.parametrize("value", [b"plain", b"", "ünïcode ✓".encode(), b"\x00\xff\x10", b" lead",
-                                   b"=?UTF-8?B?eA==?="])
+@pytest.mark.parametrize(
+    "value", [b"plain", b"", "ünïcode ✓".encode(), b"\x00\xff\x10", b" lead", b"=?UTF-8?B?eA==?="]
+)
 def test_xattr_values_round_trip(value):
     encoded = A.encode_value(value)
     assert encoded.isascii() and "\n" not in encoded

@@ -82,6 +82,45 @@ def test_unlink_while_open_still_reads(mount, boto, bucket):
     assert s3_keys(boto, bucket) == []
 
 
+def test_listing_attributes_are_stat_attributes(mount, boto, bucket):
+    """readdirplus hands the kernel each entry's attributes: they must be what stat says."""
+    boto.put_object(Bucket=bucket, Key="d/ext", Body=b"12345")
+    boto.put_object(Bucket=bucket, Key="d/sub/x", Body=b"")
+    d = os.path.join(mount.path, "d")
+    with open(os.path.join(d, "open"), "wb") as f:
+        f.write(b"z" * 4000)
+        f.flush()  # in the staged copy, not in S3 until close
+        listing = sh("ls -ln --time-style=+%s", d).stdout.splitlines()[1:]
+        sizes = {line.split()[-1]: int(line.split()[4]) for line in listing}
+        assert sizes == {"ext": 5, "open": 4000, "sub": 0}
+        for entry in os.scandir(d):
+            st = os.stat(entry.path, follow_symlinks=False)
+            listed = entry.stat(follow_symlinks=False)
+            assert (listed.st_mode, listed.st_size) == (st.st_mode, st.st_size)
+    assert s3_bytes(boto, bucket, "d/open") == b"z" * 4000
+
+
+def test_kernel_readahead_is_raised(mount):
+    """Sequential reads reach us in 1 MiB requests only with the mount's readahead raised."""
+    dev = os.stat(mount.path).st_dev
+    knob = "/sys/class/bdi/%d:%d/read_ahead_kb" % (os.major(dev), os.minor(dev))
+    deadline = time.monotonic() + 5
+    while open(knob).read().strip() != "1024" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert open(knob).read().strip() == "1024"
+
+
+def test_libfuse2_still_works(mount_factory, boto, bucket, tmp_path):
+    """Where libfuse3 is missing the binding falls back to libfuse2 (forced here)."""
+    m = mount_factory(env={"S3FS_MOUNT_LIBFUSE": "2"}).start()
+    data = os.urandom(3 << 20)
+    (tmp_path / "src").write_bytes(data)
+    sh("cp %s %s/f && mkdir %s/d && truncate -s 10 %s/f" % (tmp_path / "src", m.path, m.path, m.path), "/")
+    assert s3_bytes(boto, bucket, "f") == data[:10]
+    assert sorted(os.listdir(m.path)) == ["d", "f"]
+    assert "libfuse 2" in m.log()
+
+
 def test_objects_from_other_clients_show_up(mount, boto, bucket):
     boto.put_object(Bucket=bucket, Key="ext/one.txt", Body=b"1")
     boto.put_object(Bucket=bucket, Key="marker/", Body=b"")

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import requests
-from fuse import FuseOSError
 
+from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 
 log = logging.getLogger(__name__)

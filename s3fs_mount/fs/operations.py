@@ -18,10 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from fuse import Operations, fuse_get_context
-
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError, fuse_operation
+from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_get_context
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
@@ -37,6 +36,7 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 #: On the mount's root: the mount's status as JSON (read by ``s3fs-mount status``).
 STATUS_XATTR = "s3.status"
 SYMLINK_MODE = stat.S_IFLNK | 0o777
+MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its default logs a complaint)
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
 
 
@@ -101,16 +101,17 @@ class S3Operations(Operations):
             "nothreads": not self.options.threads,
             "fsname": "s3fs-mount:%s" % self.bucket,
             "subtype": "s3fs-mount",
-            "big_writes": True,
-            "max_write": 1 << 20,
-            "max_read": 1 << 20,
-            "max_readahead": 1 << 20,
             "attr_timeout": self.options.attr_ttl,
             "entry_timeout": self.options.attr_ttl,
             "negative_timeout": 0,
             "use_ino": False,
             "hard_remove": True,  # unlink while open: we keep the data, no .fuse_hidden files
         }
+        if LIBFUSE_MAJOR == 2:
+            # libfuse3 negotiates 1 MiB requests by itself; libfuse2 needs asking (and caps at 128 KiB).
+            opts.update(big_writes=True, max_write=1 << 20, max_read=1 << 20, max_readahead=1 << 20)
+        else:
+            opts.update(max_threads=MAX_FUSE_THREADS, max_idle_threads=MAX_FUSE_THREADS)
         if self.options.ro:
             opts["ro"] = True
         if self.options.allow_other:
@@ -184,7 +185,7 @@ class S3Operations(Operations):
     def _attributes(self, path: str) -> A.Attributes:
         """Attributes of ``path``, with a staged copy's size and times over S3's."""
         item = self.staging.get(self.keymap.key(path)) if path != "/" else None
-        if item is not None and (item.dirty or item.open_count > 0 or item.uploading):
+        if item is not None and _live(item):
             return self._item_attributes(item)
         return self.namespace.lookup(path)
 
@@ -236,17 +237,23 @@ class S3Operations(Operations):
     def getattr(self, path: str, fh: int | None = None) -> dict[str, object]:
         return self._attributes(path).stat()
 
+    def opendir(self, path: str) -> int:
+        return next(self._next_fh)  # distinct per open directory: fuselib keeps its listing by it
+
     @fuse_operation
-    def readdir(self, path: str, fh: int) -> list[str]:
+    def readdir(self, path: str, fh: int) -> list[str | tuple[str, dict[str, object], int]]:
+        """Names with their attributes: on libfuse3 they fill the kernel's cache (readdirplus)."""
         if not self._attributes(path).is_dir:
             raise FsError(errno.ENOTDIR)
-        names = {name for name, _ in self.namespace.list_dir(path)}
+        entries = dict(self.namespace.list_dir(path))
         prefix = self.keymap.dir_prefix(path)
-        for item in self.staging.under(prefix):  # written here, not yet in S3
+        for item in self.staging.under(prefix):  # written here, maybe not yet in S3
             rest = item.key[len(prefix) :]
-            if rest and "/" not in rest and (item.dirty or item.open_count):
-                names.add(rest)
-        return [".", ".."] + sorted(names)
+            if rest and "/" not in rest and _live(item):
+                entries[rest] = self._item_attributes(item)
+        listed: list[str | tuple[str, dict[str, object], int]] = [".", ".."]
+        listed.extend((name, entries[name].stat(), 0) for name in sorted(entries))
+        return listed
 
     @fuse_operation
     def mkdir(self, path: str, mode: int) -> None:
@@ -728,6 +735,11 @@ def _with_posix(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
     full = A.posix_metadata(cur.mode, cur.uid, cur.gid, cur.mtime)
     full.update({k: v for k, v in meta.items()})
     return full
+
+
+def _live(item: StagedFile) -> bool:
+    """A staged copy that is newer than S3's object (or may become so): it has the say."""
+    return item.dirty or item.open_count > 0 or item.uploading
 
 
 def _safe(bucket: str, prefix: str) -> str:

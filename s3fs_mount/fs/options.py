@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, fields
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 
+SIZE_OPTIONS = ("cache_size", "part_size", "multipart_threshold", "readahead", "kernel_readahead")
+
+
 class OptionError(ValueError):
     """A bad ``-o`` option; the message names it."""
 
@@ -52,6 +55,9 @@ class MountOptions:
     multipart_threshold: int = field(default=16 * MiB, metadata={"help": "upload in parts from this size"})
     parallel: int = field(default=8, metadata={"help": "parts/requests in flight per file"})
     readahead: int = field(default=128 * MiB, metadata={"help": "largest sequential readahead window"})
+    kernel_readahead: int = field(
+        default=1 * MiB, metadata={"help": "the kernel's readahead per file (root only; 0: leave it)"}
+    )
     threads: bool = field(default=True, metadata={"help": "serve FUSE calls from many threads"})
     log_file: str = field(default="", metadata={"help": "log to this file"})
     profile: str = field(default="", metadata={"help": "AWS profile for credentials"})
@@ -138,7 +144,7 @@ def _convert(name: str, kind: object, value: str | None) -> object:
     try:
         if name == "umask":
             return int(value, 8)
-        if kind == "int" and name in ("cache_size", "part_size", "multipart_threshold", "readahead"):
+        if kind == "int" and name in SIZE_OPTIONS:
             return parse_size(value)
         if kind == "int":
             return int(value)

@@ -1,0 +1,122 @@
+"""The FUSE binding: mfusepy on libfuse3 when the machine has it, else on libfuse2.
+
+Everything else imports FUSE names from here, so the choice is made once.
+
+Why libfuse3: libfuse2 caps each read and write the kernel hands us at
+128 KiB, and a Python FUSE call costs ~90 us, so a 1 GiB read was ~8,000
+calls and CPU-bound. libfuse3 negotiates 1 MiB requests (``max_pages``)
+and fills the kernel's attribute cache from ``readdir`` (readdirplus).
+mfusepy is the maintained fork of fusepy that speaks both libraries with
+fusepy's API (bench/README.md has the numbers).
+
+``S3FS_MOUNT_LIBFUSE=2`` forces libfuse2; ``FUSE_LIBRARY_PATH`` (mfusepy's
+own variable) names a library file outright.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from ctypes.util import find_library
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _library() -> str | None:
+    """The libfuse file to load: libfuse3 unless told otherwise, else libfuse2."""
+    if os.environ.get("FUSE_LIBRARY_PATH"):
+        return os.environ["FUSE_LIBRARY_PATH"]
+    if os.environ.get("S3FS_MOUNT_LIBFUSE", "3") == "3":
+        return find_library("fuse3") or find_library("fuse")
+    return find_library("fuse")
+
+
+def _import_mfusepy() -> Any:
+    # mfusepy reads FUSE_LIBRARY_PATH at import; set it for the import only, so that
+    # processes we start (tests, helpers) choose for themselves.
+    saved = os.environ.get("FUSE_LIBRARY_PATH")
+    path = _library()
+    if path:
+        os.environ["FUSE_LIBRARY_PATH"] = path
+    try:
+        import mfusepy
+    finally:
+        if saved is None:
+            os.environ.pop("FUSE_LIBRARY_PATH", None)
+    return mfusepy
+
+
+mfusepy = _import_mfusepy()
+FuseOSError = mfusepy.FuseOSError
+Operations = mfusepy.Operations
+fuse_get_context = mfusepy.fuse_get_context
+
+LIBFUSE_MAJOR: int = mfusepy.fuse_version_major
+"""2 or 3: the libfuse the binding loaded."""
+
+FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asks for attributes too (libfuse3)
+FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry's attributes are complete
+
+__all__ = ["FUSE", "FuseOSError", "Operations", "fuse_get_context", "LIBFUSE_MAJOR"]
+
+
+class FUSE(mfusepy.FUSE):
+    """mfusepy's FUSE, with readdirplus and ``ftruncate`` handles on libfuse3.
+
+    An operations ``readdir`` that returns ``(name, attrs, 0)`` with a full
+    ``attrs`` dict (as ``getattr`` returns it) gives the kernel that entry's
+    attributes with the name, so ``ls -l`` makes no lookup per entry. libfuse3
+    passes such attributes on only for entries filled with an offset, so the
+    listing is taken once per open directory handle (``opendir`` must return
+    distinct handles) and handed out by index; ``releasedir`` drops it.
+
+    ``truncate(path, length, fh)`` gets the open file's handle when the
+    caller truncated a descriptor (libfuse2 called that ``ftruncate``);
+    mfusepy 3.1 drops it on libfuse3.
+    """
+
+    def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
+        self._listings: dict[int, list[Any]] = {}  # directory handle -> its entries
+        self._listings_lock = threading.Lock()
+        super().__init__(operations, mountpoint, **kwargs)  # serves until unmounted
+
+    def readdir_fuse_3(
+        self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
+    ) -> int:
+        fh = fip.contents.fh
+        with self._listings_lock:
+            entries = self._listings.get(fh) if offset else None
+        if entries is None:
+            decoded = None if path is None else path.decode(self.encoding, self.errors)
+            entries = list(self.operations.readdir(decoded, fh))
+            with self._listings_lock:
+                self._listings[fh] = entries
+        plus = bool(flags & FUSE_READDIR_PLUS)
+        for index in range(offset, len(entries)):
+            item = entries[index]
+            st, fill_flags = None, 0
+            if isinstance(item, str):
+                name = item
+            else:
+                name, attrs, _ = item
+                if plus and attrs:
+                    st = mfusepy.c_stat()
+                    mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
+                    fill_flags = FUSE_FILL_DIR_PLUS
+            stp = None if st is None else ctypes.byref(st)
+            if filler(buf, name.encode(self.encoding, self.errors), stp, index + 1, fill_flags) != 0:
+                break  # the kernel's buffer is full: it asks again from this index
+        return 0
+
+    def releasedir(self, path: bytes | None, fip: Any) -> int:
+        with self._listings_lock:
+            self._listings.pop(fip.contents.fh, None)
+        return super().releasedir(path, fip)
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        fh = fip.contents.fh if fip else None
+        decoded = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.truncate(decoded, length, fh)

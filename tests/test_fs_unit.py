@@ -296,3 +296,12 @@ def test_failed_abort_is_retried_at_the_next_mount(tmp_path):
     ops.staging.close()
     make_ops(tmp_path, store).recover()
     assert "stale-upload" not in store.uploads
+
+
+def test_device_of_a_mount_point_is_what_stat_says():
+    from s3fs_mount.fs.kernel_readahead import device_of
+
+    dev = os.stat("/proc").st_dev
+    assert device_of("/proc") == "%d:%d" % (os.major(dev), os.minor(dev))
+    with pytest.raises(LookupError):
+        device_of("/no/such/mount")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import threading
-import time
 
 from s3fs_mount.fs.fuselib import FUSE, LIBFUSE_MAJOR
 from s3fs_mount.fs.operations import S3Operations
@@ -22,19 +19,12 @@ def serve(store: RemoteStore, bucket: str, prefix: str, mountpoint: str, options
     uploaded before returning. Returns 0 when nothing is left unuploaded,
     else 1 (the files named in the log stay staged for the next mount).
     """
-    ops = S3Operations(store, bucket, prefix, options)
+    ops = S3Operations(store, bucket, prefix, options, mountpoint=mountpoint)
     pending = ops.recover()
     if pending:
         log.warning("%d staged files could not be uploaded yet: %s", len(pending), ", ".join(pending))
     where = bucket + (":/" + prefix if prefix else "")
     log.info("mounting %s at %s (libfuse %d)", where, mountpoint, LIBFUSE_MAJOR)
-    if options.kernel_readahead:
-        threading.Thread(
-            target=tune_kernel_readahead,
-            args=(mountpoint, options.kernel_readahead),
-            name="readahead-tuner",
-            daemon=True,
-        ).start()
     try:
         FUSE(ops, mountpoint, **ops.fuse_options())
     except RuntimeError as exc:
@@ -51,28 +41,3 @@ def serve(store: RemoteStore, bucket: str, prefix: str, mountpoint: str, options
         log.error("%d files stay staged and upload at the next mount: %s", len(left), ", ".join(left))
         return 1
     return 0
-
-
-def tune_kernel_readahead(mountpoint: str, size: int, timeout: float = 30.0) -> bool:
-    """Once ``mountpoint`` is mounted, set its kernel readahead to ``size`` bytes.
-
-    The kernel gives a FUSE mount 128 KiB of readahead, so a sequential
-    reader's requests are 128 KiB however large libfuse3 allows them (1 MiB).
-    The knob is the mount's ``/sys/class/bdi/MAJOR:MINOR/read_ahead_kb``,
-    writable by root only; without it reads stay at 128 KiB. Returns True if set.
-    """
-    deadline = time.monotonic() + timeout
-    while not os.path.ismount(mountpoint):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    try:
-        dev = os.stat(mountpoint).st_dev  # answered by us: the FUSE handshake is over
-        knob = "/sys/class/bdi/%d:%d/read_ahead_kb" % (os.major(dev), os.minor(dev))
-        with open(knob, "w") as f:
-            f.write("%d" % max(1, size // 1024))
-    except OSError as exc:
-        log.info("kernel readahead of %s stays at the default: %s", mountpoint, exc)
-        return False
-    log.debug("kernel readahead of %s: %d KiB (%s)", mountpoint, size // 1024, knob)
-    return True

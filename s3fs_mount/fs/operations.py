@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError, fuse_operation
 from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_get_context
+from s3fs_mount.fs.kernel_readahead import KernelReadahead
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
@@ -62,13 +63,21 @@ class S3Operations(Operations):
     :param bucket: the bucket to mount.
     :param prefix: the key prefix that is the mount's root ('' for all).
     :param options: the ``-o`` settings.
+    :param mountpoint: where we are mounted (for the kernel's readahead; None in tests).
     """
 
     # fusepy: times in nanoseconds; read/write/flush/release of an unlinked file get path None.
     use_ns = True
     flag_nullpath_ok = True
 
-    def __init__(self, store: RemoteStore, bucket: str, prefix: str, options: MountOptions) -> None:
+    def __init__(
+        self,
+        store: RemoteStore,
+        bucket: str,
+        prefix: str,
+        options: MountOptions,
+        mountpoint: str | None = None,
+    ) -> None:
         self.store = store
         self.bucket = bucket
         self.options = options
@@ -88,6 +97,7 @@ class S3Operations(Operations):
         )
         self.writeback = WritebackQueue(self.uploader) if options.writeback else None
         self._handles: dict[int, Handle] = {}
+        self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         self.unuploaded: list[str] | None = None  # set by destroy()
         self._next_fh = itertools.count(1)
         self._lock = threading.Lock()  # guards _handles
@@ -204,6 +214,11 @@ class S3Operations(Operations):
             a.mtime = item.mtime
         return a
 
+    def _tune_readahead(self) -> None:
+        """On the first open: the kernel sets a file's readahead up after our open answers."""
+        if self.kernel_readahead is not None:
+            self.kernel_readahead.ensure()
+
     def _parent_dir(self, path: str) -> None:
         parent = KeyMap.split(path)[0]
         if not self._attributes(parent).is_dir:
@@ -311,6 +326,7 @@ class S3Operations(Operations):
 
     @fuse_operation
     def create(self, path: str, mode: int, fi: object = None) -> int:
+        self._tune_readahead()
         self._writable()
         self._parent_dir(path)
         uid, gid, _ = fuse_get_context()
@@ -325,6 +341,7 @@ class S3Operations(Operations):
 
     @fuse_operation
     def open(self, path: str, flags: int) -> int:
+        self._tune_readahead()
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable:
             self._writable()

@@ -218,8 +218,10 @@ def _log_to(handler: logging.Handler, fmt: str, debug: bool, default: int) -> No
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else default)
-    # urllib3's connection chatter drowns our per-request lines.
+    # urllib3's connection chatter drowns our per-request lines; mfusepy ("fuse") logs its
+    # set-up and every errno we return, which s3fs_mount.fs.errors already reports.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("fuse").setLevel(logging.INFO)
 
 
 def _log_checks_to_stderr(debug: bool) -> None:

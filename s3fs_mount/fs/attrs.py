@@ -32,6 +32,8 @@ from s3fs_mount.s3.store import META_PREFIX
 USER_PREFIX = "user."
 #: Read-only facts about the object, shown by ``getfattr -d -m -``.
 INFO_PREFIX = "s3."
+#: Namespaces the kernel and tools ask about (ls -l: SELinux label, ACL) that S3 cannot hold.
+UNSTORED_PREFIXES = ("security.", "system.", "trusted.")
 INFO_NAMES = ("s3.etag", "s3.storage_class", "s3.version_id", "s3.state")
 RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime"})
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.

@@ -16,6 +16,7 @@ own variable) names a library file outright.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import threading
@@ -73,6 +74,10 @@ class FUSE(mfusepy.FUSE):
     listing is taken once per open directory handle (``opendir`` must return
     distinct handles) and handed out by index; ``releasedir`` drops it.
 
+    ``getxattr`` of a name under the operations' ``unstored_xattr_prefixes``
+    is ENODATA without a call into the operations (``ls -l`` asks two such
+    names per entry).
+
     ``truncate(path, length, fh)`` gets the open file's handle when the
     caller truncated a descriptor (libfuse2 called that ``ftruncate``);
     mfusepy 3.1 drops it on libfuse3.
@@ -81,6 +86,8 @@ class FUSE(mfusepy.FUSE):
     def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
         self._listings: dict[int, list[Any]] = {}  # directory handle -> its entries
         self._listings_lock = threading.Lock()
+        prefixes = getattr(operations, "unstored_xattr_prefixes", ())
+        self._unstored = tuple(p.encode() for p in prefixes)
         super().__init__(operations, mountpoint, **kwargs)  # serves until unmounted
 
     def readdir_fuse_3(
@@ -115,6 +122,12 @@ class FUSE(mfusepy.FUSE):
         with self._listings_lock:
             self._listings.pop(fip.contents.fh, None)
         return super().releasedir(path, fip)
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        # ls -l asks two of these per entry: answer at once, before any decoding or exception.
+        if self._unstored and name.startswith(self._unstored):
+            return -errno.ENODATA
+        return super().getxattr(path, name, value, size, *args)
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None

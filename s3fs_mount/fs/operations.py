@@ -69,6 +69,8 @@ class S3Operations(Operations):
     # fusepy: times in nanoseconds; read/write/flush/release of an unlinked file get path None.
     use_ns = True
     flag_nullpath_ok = True
+    # fuselib answers getxattr of these itself (ENODATA), as getxattr below would.
+    unstored_xattr_prefixes = A.UNSTORED_PREFIXES
 
     def __init__(
         self,
@@ -697,7 +699,7 @@ class S3Operations(Operations):
 
     @fuse_operation
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        if name.startswith(("security.", "system.", "trusted.")):
+        if name.startswith(A.UNSTORED_PREFIXES):
             raise FsError(errno.ENODATA)  # answered here: ls -l and cp -a ask for these
         if path == "/" and name == STATUS_XATTR:
             return json.dumps(self.status()).encode()

@@ -477,3 +477,14 @@ def test_debug_log_never_contains_the_secret(s3config, local, tmp_path, caplog):
     assert s3config["secret_access_key"] not in caplog.text
     assert "wrong-" not in caplog.text
 
+
+
+def test_proxy_settings_are_read_once_from_the_environment(monkeypatch):
+    """requests would read them per request; the connection reads them at creation."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    far = S3Connection(access_key_id="AK", secret_access_key="SK", endpoint="s3.example.com")
+    near = S3Connection(access_key_id="AK", secret_access_key="SK", endpoint="127.0.0.1:9000", tls=False)
+    assert far._session.proxies.get("https") == "http://proxy.example:3128"
+    assert not near._session.proxies.get("http") and not near._session.proxies.get("https")
+    assert far._session.trust_env is False

@@ -236,14 +236,23 @@ def _log_serving(handler: logging.Handler, debug: bool) -> None:
 # -- checks ---------------------------------------------------------------------------------
 
 
-def check_mountpoint(path: str) -> None:
-    """The mount point must be an unmounted directory, and FUSE must be there."""
+def check_mountpoint(path: str, nonempty: bool = False) -> None:
+    """The mount point must be an unmounted (empty, unless ``nonempty``) directory, and FUSE there."""
     if not os.path.lexists(path):
         raise CliError("mount point does not exist: %s" % path)
     if not os.path.isdir(path):
         raise CliError("mount point is not a directory: %s" % path)
     if os.path.ismount(path):
         raise CliError("already mounted: %s (unmount it first: fusermount3 -u %s)" % (path, path))
+    try:
+        occupied = not nonempty and bool(os.listdir(path))
+    except OSError:
+        occupied = False  # unreadable to us: FUSE decides
+    if occupied:
+        # libfuse3 mounts over it silently (libfuse2 refused): the files would be hidden.
+        raise CliError(
+            "mount point is not empty: %s (its files would be hidden; -o nonempty mounts anyway)" % path
+        )
     if not os.path.exists(DEV_FUSE):
         raise CliError(
             "%s not found: load the fuse module (modprobe fuse), or give the container --device %s"
@@ -447,7 +456,7 @@ def mount_bucket(inv: Invocation) -> int:
         multipart_threshold=inv.opts.multipart_threshold,
         max_workers=inv.opts.parallel,
     )
-    check_mountpoint(inv.mountpoint)
+    check_mountpoint(inv.mountpoint, inv.opts.nonempty)
     check_bucket(store, bucket, inv.opts.debug)
     serve = _load_serve()
     log.debug(
@@ -522,7 +531,7 @@ def mount_local(inv: Invocation) -> int:
         os.makedirs(data_dir, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise CliError("cannot create %s: %s" % (data_dir, exc.strerror or exc)) from None
-    check_mountpoint(inv.mountpoint)
+    check_mountpoint(inv.mountpoint, inv.opts.nonempty)
     access_key, secret_key = local_credentials(data_dir)
 
     def run() -> int:

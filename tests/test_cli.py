@@ -156,6 +156,16 @@ def test_mountpoint_is_a_file(env, tmp_path):
     assert "not a directory" in line
 
 
+def test_mountpoint_not_empty(env, tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "precious").write_text("x")
+    line = one_line_failure(run(["bkt", "full"], unreachable(env), tmp_path), status=1)
+    assert "not empty" in line and "nonempty" in line
+    line = one_line_failure(run(["bkt", "full", "-o", "nonempty"], unreachable(env), tmp_path), status=1)
+    assert "not empty" not in line  # it goes on, to fail on the unreachable endpoint
+    assert (tmp_path / "full" / "precious").read_text() == "x"
+
+
 def test_already_mounted(env, tmp_path):
     line = one_line_failure(run(["bkt", "/"], unreachable(env), tmp_path), status=1)
     assert "already mounted" in line

@@ -122,6 +122,8 @@ class S3Operations(Operations):
         if LIBFUSE_MAJOR == 2:
             # libfuse3 negotiates 1 MiB requests by itself; libfuse2 needs asking (and caps at 128 KiB).
             opts.update(big_writes=True, max_write=1 << 20, max_read=1 << 20, max_readahead=1 << 20)
+            if self.options.nonempty:
+                opts["nonempty"] = True  # libfuse3 has no such check (the CLI checks instead)
         else:
             opts.update(max_threads=MAX_FUSE_THREADS, max_idle_threads=MAX_FUSE_THREADS)
         if self.options.ro:

@@ -43,6 +43,7 @@ class MountOptions:
     cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "staging cache directory"})
     cache_size: int = field(default=4 * GiB, metadata={"help": "cache size bound (K/M/G suffixes)"})
     allow_other: bool = field(default=False, metadata={"help": "let other users in (checks stored modes)"})
+    nonempty: bool = field(default=False, metadata={"help": "mount over a non-empty directory (hides it)"})
     ro: bool = field(default=False, metadata={"help": "mount read-only"})
     uid: int = field(default_factory=os.getuid, metadata={"help": "owner of objects without x-amz-meta-uid"})
     gid: int = field(default_factory=os.getgid, metadata={"help": "group of objects without x-amz-meta-gid"})

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import logging
 import os
 import threading
 from ctypes.util import find_library
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 
 def _library() -> str | None:

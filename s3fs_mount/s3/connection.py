@@ -154,13 +154,11 @@ class S3Connection:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
-        self._session.verify = verify_tls
         # The environment's proxy and CA-bundle settings, read once: requests would look
         # them up again for every request (~5% of a HEAD's time on loopback).
+        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        self._session.verify = (bundle or True) if verify_tls else False
         self._session.proxies = requests.utils.get_environ_proxies("%s://%s" % (self.scheme, endpoint))
-        if verify_tls:
-            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            self._session.verify = bundle or True
         self._session.trust_env = False
 
     def __repr__(self) -> str:

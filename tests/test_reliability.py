@@ -76,6 +76,15 @@ def proxy_yaml(tmp_path: Path, s3config: dict, proxy, name: str = "proxy.yaml") 
     return str(s3rig.write_s3yaml(tmp_path / name, dict(s3config, endpoint=proxy.endpoint)))
 
 
+def writeback_mount_through(
+    proxy, mount_factory, s3config: dict, tmp_path: Path, cache_dir: str | None = None
+):
+    """A started ``-o writeback`` mount whose requests go through ``proxy``."""
+    return mount_factory(
+        options="writeback", config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache_dir
+    ).start()
+
+
 def staged_dirty(cache_dir: str) -> dict[str, bytes]:
     """key -> bytes of every item the staging cache records as dirty."""
     out = {}
@@ -155,9 +164,7 @@ def test_kill9_with_writeback_uploads_at_remount(
     mount_factory, holdproxy, s3config, s3yaml, boto, bucket, tmp_path
 ):
     cache = str(tmp_path / "cache")
-    m = mount_factory(
-        options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy), cache_dir=cache
-    ).start()
+    m = writeback_mount_through(holdproxy, mount_factory, s3config, tmp_path, cache)
     files = {"big.bin": rand(20 * MiB + 12345, 1)}
     files.update({"small%d.txt" % i: rand(1000 * i, 10 + i) for i in range(5)})
     files["dir/empty"] = b""
@@ -190,9 +197,7 @@ def test_kill9_mid_multipart_leaves_no_dangling_upload(
     mount_factory, holdproxy, s3config, s3yaml, boto, bucket, tmp_path
 ):
     cache = str(tmp_path / "cache")
-    m = mount_factory(
-        options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy), cache_dir=cache
-    ).start()
+    m = writeback_mount_through(holdproxy, mount_factory, s3config, tmp_path, cache)
     data = rand(40 * MiB, 2)
     holdproxy.hold_uploads(let_through=2)  # two parts go up, the rest wait
     write_file(os.path.join(m.path, "forty.bin"), data)
@@ -725,7 +730,7 @@ def test_hostile_keys_do_not_escape_the_cache(server, mount_factory, boto, bucke
 def test_unmount_waits_for_pending_writeback_uploads(
     mount_factory, holdproxy, s3config, boto, bucket, tmp_path
 ):
-    m = mount_factory(options="writeback", config=proxy_yaml(tmp_path, s3config, holdproxy)).start()
+    m = writeback_mount_through(holdproxy, mount_factory, s3config, tmp_path)
     files = {"p%d" % i: rand(50_000 * i, 20 + i) for i in range(4)}
     files["big"] = rand(18 * MiB, 30)
     holdproxy.hold_uploads()

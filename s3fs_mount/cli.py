@@ -313,7 +313,7 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
     if not found:
         raise CliError("no such bucket: %s at %s" % (bucket, where))
     # Drop the pooled socket: the daemon must not share a connection with its parent.
-    conn.session().close()
+    conn.close()
 
 
 def _load_serve() -> Callable[..., int]:

@@ -84,10 +84,10 @@ def seed_dir(tmp_path, s3yaml, monkeypatch):
 def seed_store():
     import yaml
 
-    with open('s3.yaml', 'r') as fi:  # noqa: UP015 (as in the seed document)
+    with open("s3.yaml", "r") as fi:  # noqa: UP015 (as in the seed document)
         config = yaml.safe_load(fi)
 
-    connection = s3.S3Connection(**config['s3'])
+    connection = s3.S3Connection(**config["s3"])
     store = s3.RemoteStore(connection)
     return store
 
@@ -96,12 +96,13 @@ def test_seed_example_upload_download_delete(seed_dir, boto, bucket):
     store = seed_store()
 
     import subprocess
+
     assert store.write("example", "example-in-s3")
     exists, metadata = store.exists("example-in-s3")
     assert exists
     ok, metadata = store.read("example-in-s3", "example-from-s3")
     assert ok
-    assert 0 == subprocess.call(['diff', "example", "example-from-s3"])
+    assert 0 == subprocess.call(["diff", "example", "example-from-s3"])
     assert store.delete("example-in-s3")
     exists, metadata = store.exists("example-in-s3")
     assert not exists
@@ -113,14 +114,14 @@ def test_seed_example_other_bucket_and_metadata(seed_dir, boto, bucket, other_bu
     store = seed_store()
 
     headers = {
-        'x-amz-meta-state': 'unprocessed',
-        }
+        "x-amz-meta-state": "unprocessed",
+    }
     remote_name = s3.S3Name("example-in-s3", bucket=other_bucket)
     assert store.write("example", remote_name, headers=headers)
     exists, metadata = store.exists(remote_name)
     assert exists
     assert metadata == headers
-    headers['x-amz-meta-state'] = 'processed'
+    headers["x-amz-meta-state"] = "processed"
     assert store.update_metadata(remote_name, headers)
     ok, metadata = store.read(remote_name, "example-from-s3")
     assert ok
@@ -478,13 +479,23 @@ def test_debug_log_never_contains_the_secret(s3config, local, tmp_path, caplog):
     assert "wrong-" not in caplog.text
 
 
-
 def test_proxy_settings_are_read_once_from_the_environment(monkeypatch):
     """requests would read them per request; the connection reads them at creation."""
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     far = S3Connection(access_key_id="AK", secret_access_key="SK", endpoint="s3.example.com")
     near = S3Connection(access_key_id="AK", secret_access_key="SK", endpoint="127.0.0.1:9000", tls=False)
-    assert far._session.proxies.get("https") == "http://proxy.example:3128"
-    assert not near._session.proxies.get("http") and not near._session.proxies.get("https")
-    assert far._session.trust_env is False
+    assert far.proxies.get("https") == "http://proxy.example:3128"
+    assert not near.proxies.get("http") and not near.proxies.get("https")
+
+
+def test_requests_do_not_look_at_the_environment(store, bucket, monkeypatch):
+    """Proxy and CA settings were read at creation: sending never asks again."""
+
+    def asked(*_args, **_kwargs):
+        raise AssertionError("the environment was read for a request")
+
+    monkeypatch.setattr(requests.utils, "get_environ_proxies", asked)
+    monkeypatch.setattr(requests.utils, "getproxies", asked)
+    store.put(S3Name("env-check", bucket), b"data")
+    assert store.head(S3Name("env-check", bucket)).size == 4

@@ -151,6 +151,106 @@ def test_sequential_read_reads_ahead(tmp_path):
     assert store.calls["GET"] < len(data) // (128 * 1024) // 4  # big GETs, not one per read
 
 
+def read_all(ops: S3Operations, path: str, fh: int, size: int, step: int = 1 * MiB) -> bytes:
+    return b"".join(ops.read(path, step, off, fh) for off in range(0, size, step))
+
+
+def test_sequential_read_streams_without_filling_the_cache(tmp_path):
+    store = FakeStore()
+    data = os.urandom(40 * MiB)
+    store.put("big", data)
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/big", os.O_RDONLY)
+    assert read_all(ops, "/big", fh, len(data)) == data
+    item = ops._handle(fh).item
+    assert item.present.as_list() == []  # nothing was written to the staged file
+    assert store.calls["GET"] == 3  # 16 MiB pieces
+    assert ops.prefetcher.held > 0
+    ops.release("/big", fh)
+    assert ops.prefetcher.held == 0  # the pieces go with the handle
+
+
+def test_streaming_survives_reads_delivered_out_of_order(tmp_path):
+    store = FakeStore()
+    data = os.urandom(40 * MiB)
+    store.put("big", data)
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/big", os.O_RDONLY)
+    offsets = list(range(0, len(data), MiB))
+    for i in range(1, len(offsets) - 1, 3):  # FUSE threads swap neighbouring requests
+        offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
+    got = {off: ops.read("/big", MiB, off, fh) for off in offsets}
+    ops.release("/big", fh)
+    assert b"".join(got[off] for off in sorted(got)) == data
+    assert store.calls["GET"] == 3
+
+
+def test_a_streaming_reader_takes_cached_bytes_from_the_cache(tmp_path):
+    store = FakeStore()
+    data = os.urandom(40 * MiB)
+    store.put("big", data)
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/big", os.O_RDONLY)
+    assert ops.read("/big", MiB, 20 * MiB, fh) == data[20 * MiB : 21 * MiB]  # random: cached
+    ops.release("/big", fh)
+    fh = ops.open("/big", os.O_RDONLY)
+    assert read_all(ops, "/big", fh, len(data)) == data
+    ops.release("/big", fh)
+    assert store.calls["GET"] == 1 + 3  # the cached MiB did not cost the stream its pieces
+
+
+def test_a_streaming_reader_sees_a_write_made_meanwhile(tmp_path):
+    store = FakeStore()
+    data = bytearray(os.urandom(40 * MiB))
+    store.put("big", bytes(data))
+    ops = make_ops(tmp_path, store)
+    reader = ops.open("/big", os.O_RDONLY)
+    first = ops.read("/big", MiB, 0, reader)  # streaming now, pieces fetched ahead
+    writer = ops.open("/big", os.O_RDWR)
+    ops.write("/big", b"X" * 100, 20 * MiB, writer)
+    data[20 * MiB : 20 * MiB + 100] = b"X" * 100
+    rest = b"".join(ops.read("/big", MiB, off, reader) for off in range(MiB, len(data), MiB))
+    assert first + rest == data
+    for fh in (reader, writer):
+        ops.flush("/big", fh)
+        ops.release("/big", fh)
+    assert store.objects["big"].data == data
+    assert ops.prefetcher.held == 0
+
+
+def test_streamed_pieces_stay_within_the_readahead_budget(tmp_path):
+    store = FakeStore()
+    for name in ("a", "b", "c"):
+        store.put(name, os.urandom(64 * MiB))
+    ops = make_ops(tmp_path, store, readahead=32 * MiB)
+    chunk = ops.prefetcher.chunk
+    handles = {name: ops.open("/" + name, os.O_RDONLY) for name in ("a", "b", "c")}
+    most = 0
+    for off in range(0, 64 * MiB, MiB):  # three readers side by side
+        for name, fh in handles.items():
+            assert ops.read("/" + name, MiB, off, fh) == store.objects[name].data[off : off + MiB]
+            most = max(most, ops.prefetcher.held)
+    # Ahead of the readers: at most the window; beyond it only what a reader needs now
+    # (its current piece, and the one behind kept for late requests).
+    assert 32 * MiB <= most <= 32 * MiB + 3 * 2 * chunk
+    for name, fh in handles.items():
+        ops.release("/" + name, fh)
+    assert ops.prefetcher.held == 0
+
+
+def test_an_object_changed_while_streaming_gives_eio(tmp_path):
+    store = FakeStore()
+    store.put("big", os.urandom(40 * MiB))
+    ops = make_ops(tmp_path, store, readahead=16 * MiB)
+    fh = ops.open("/big", os.O_RDONLY)
+    ops.read("/big", MiB, 0, fh)
+    store.put("big", os.urandom(40 * MiB))  # another client overwrites it
+    with pytest.raises(FuseOSError) as info:
+        read_all(ops, "/big", fh, 40 * MiB)
+    assert info.value.errno == errno.EIO
+    ops.release("/big", fh)
+
+
 def test_dirty_file_survives_a_crash(tmp_path):
     store = FakeStore()
     ops = make_ops(tmp_path, store)

@@ -110,6 +110,22 @@ def test_kernel_readahead_is_raised_by_the_first_open(mount):
         assert open(knob).read().strip() == "1024"
 
 
+def test_a_sequential_read_streams_past_the_cache(mount, boto, bucket):
+    """A cold sequential read is served from memory: the staged file stays empty."""
+    data = os.urandom(40 << 20)
+    boto.put_object(Bucket=bucket, Key="seq.bin", Body=data)
+    with open(os.path.join(mount.path, "seq.bin"), "rb") as f:
+        got = b"".join(iter(lambda: f.read(1 << 20), b""))
+        staged = [
+            os.path.join(root, n)
+            for root, _, files in os.walk(mount.cache_dir)
+            for n in files
+            if n.endswith(".data")
+        ]
+        assert staged and sum(os.stat(p).st_blocks for p in staged) == 0  # sparse, nothing written
+    assert got == data
+
+
 def test_libfuse2_still_works(mount_factory, boto, bucket, tmp_path):
     """Where libfuse3 is missing the binding falls back to libfuse2 (forced here)."""
     m = mount_factory(env={"S3FS_MOUNT_LIBFUSE": "2"}).start()

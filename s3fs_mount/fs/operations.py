@@ -440,6 +440,7 @@ class S3Operations(Operations):
             h = self._handles.pop(fh, None)
         if h is None:
             return
+        self.prefetcher.drop(h.read_state)
         if h.item.dirty and self.writeback is not None and not h.item.unlinked:
             self.writeback.submit(h.item)
         self.staging.release(h.item)

@@ -199,6 +199,34 @@ def test_a_streaming_reader_takes_cached_bytes_from_the_cache(tmp_path):
     assert store.calls["GET"] == 1 + 3  # the cached MiB did not cost the stream its pieces
 
 
+def test_a_piece_dropped_while_a_reader_waits_for_it_is_fetched_again(tmp_path):
+    """A random read drops the stream's pieces; a sequential read waiting on one must not fail."""
+    first_piece = threading.Event()
+
+    class SlowStart(FakeStore):
+        def get_range(self, name, start, length, if_match=None):
+            if start == 0:
+                first_piece.wait(10)
+            return super().get_range(name, start, length, if_match)
+
+    store = SlowStart()
+    data = os.urandom(40 * MiB)
+    store.put("big", data)
+    ops = make_ops(tmp_path, store, parallel=1)  # one GET at a time: the second piece queues
+    fh = ops.open("/big", os.O_RDONLY)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(ops.read("/big", 17 * MiB, 0, fh)))
+    reader.start()
+    deadline = time.monotonic() + 10
+    while len(ops._handle(fh).read_state.pieces) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ops.read("/big", MiB, 30 * MiB, fh) == data[30 * MiB : 31 * MiB]  # random: drops them
+    first_piece.set()
+    reader.join(10)
+    assert got == [data[: 17 * MiB]]
+    ops.release("/big", fh)
+
+
 def test_a_streaming_reader_sees_a_write_made_meanwhile(tmp_path):
     store = FakeStore()
     data = bytearray(os.urandom(40 * MiB))

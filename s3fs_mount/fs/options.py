@@ -55,7 +55,7 @@ class MountOptions:
     part_size: int = field(default=8 * MiB, metadata={"help": "multipart part size"})
     multipart_threshold: int = field(default=16 * MiB, metadata={"help": "upload in parts from this size"})
     parallel: int = field(default=8, metadata={"help": "parts/requests in flight per file"})
-    readahead: int = field(default=128 * MiB, metadata={"help": "largest sequential readahead window"})
+    readahead: int = field(default=64 * MiB, metadata={"help": "largest sequential readahead window"})
     kernel_readahead: int = field(
         default=1 * MiB, metadata={"help": "the kernel's readahead per file (root only; 0: leave it)"}
     )

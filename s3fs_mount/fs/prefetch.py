@@ -67,7 +67,7 @@ class Prefetcher:
         self,
         store: RemoteStore,
         bucket: str,
-        max_window: int = 128 << 20,
+        max_window: int = 64 << 20,
         chunk: int = 16 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
@@ -156,10 +156,13 @@ class Prefetcher:
                 future = self.pool.submit(self._get, item.key, state.etag, start, length)
                 state.pieces[start] = (length, future)
             needed = [(start, state.pieces[start][1]) for start in range(first, end, chunk)]
+            etag = state.etag
         parts = []
         for start, future in needed:
             try:
                 data = future.result()
+            except concurrent.futures.CancelledError:  # dropped by another read meanwhile
+                data = self._get(item.key, etag, start, min(chunk, item.remote_size - start))
             except BaseException:
                 with state.lock:  # a later read asks again
                     if start in state.pieces and state.pieces[start][1] is future:

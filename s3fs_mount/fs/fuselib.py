@@ -78,6 +78,9 @@ class FUSE(mfusepy.FUSE):
     ``truncate(path, length, fh)`` gets the open file's handle when the
     caller truncated a descriptor (libfuse2 called that ``ftruncate``);
     mfusepy 3.1 drops it on libfuse3.
+
+    ``create(path, mode, flags)`` is called as such: mfusepy 3.1 inspects the
+    operations' signature on every create (3% of a small-file loop).
     """
 
     def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
@@ -130,3 +133,8 @@ class FUSE(mfusepy.FUSE):
         fh = fip.contents.fh if fip else None
         decoded = None if path is None else path.decode(self.encoding, self.errors)
         return self.operations.truncate(decoded, length, fh)
+
+    def create(self, path: bytes, mode: int, fip: Any) -> int:
+        fi = fip.contents
+        fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
+        return 0

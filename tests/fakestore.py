@@ -77,6 +77,11 @@ class FakeStore:
         self.calls["bytes down"] += len(o.data[start:start + length])
         return o.data[start:start + length]
 
+    def get_range_blocks(self, name: str | S3Name, start: int, length: int, block: int,
+                         if_match: str | None = None) -> list[bytes]:
+        data = self.get_range(name, start, length, if_match)
+        return [data[i:i + block] for i in range(0, len(data), block)]
+
     def put(self, name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None) -> str:
         self.calls["PUT"] += 1
         body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]

@@ -390,6 +390,19 @@ def test_get_range(store, boto, bucket):
     assert info.value.precondition_failed
 
 
+def test_get_range_blocks(store, boto, bucket):
+    data = os.urandom(10_000)
+    etag = boto.put_object(Bucket=bucket, Key="r", Body=data)["ETag"].strip('"')
+    blocks = store.get_range_blocks("r", 100, 5000, 2048, if_match=etag)
+    assert [len(b) for b in blocks] == [2048, 2048, 904]
+    assert b"".join(blocks) == data[100:5100]
+    assert b"".join(store.get_range_blocks("r", 9000, 4096, 1024)) == data[9000:]
+    assert store.get_range_blocks("r", 10_000, 10, 1024) == []
+    with pytest.raises(S3Error) as info:
+        store.get_range_blocks("r", 0, 10, 1024, if_match="0" * 32)
+    assert info.value.precondition_failed
+
+
 # -- retries, through the fault proxy ----------------------------------------------
 
 

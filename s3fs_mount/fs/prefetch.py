@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 MIN_WINDOW = 4 << 20
+#: A streamed piece is held in blocks of this size: a read of a whole block is that block, uncopied.
+BLOCK = 1 << 20
 #: Where a sequential read is served from (Prefetcher._source).
 STREAM, LOCAL, STAGED = "stream", "local", "staged"
 
@@ -48,7 +50,7 @@ class ReadState:
     window: int = 0
     ahead_until: int = 0
     #: A streaming reader's pieces in memory: start -> (length, the GET under way or done).
-    pieces: dict[int, tuple[int, concurrent.futures.Future[bytes]]] = field(default_factory=dict)
+    pieces: dict[int, tuple[int, concurrent.futures.Future[list[bytes]]]] = field(default_factory=dict)
     etag: str = ""  # the version those pieces are of
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces and etag
 
@@ -160,23 +162,27 @@ class Prefetcher:
         parts = []
         for start, future in needed:
             try:
-                data = future.result()
+                blocks = future.result()
             except concurrent.futures.CancelledError:  # dropped by another read meanwhile
-                data = self._get(item.key, etag, start, min(chunk, item.remote_size - start))
+                blocks = self._get(item.key, etag, start, min(chunk, item.remote_size - start))
             except BaseException:
                 with state.lock:  # a later read asks again
                     if start in state.pieces and state.pieces[start][1] is future:
                         self._let_go(state, start)
                 raise
-            parts.append(data[max(offset, start) - start : min(end, start + len(data)) - start])
+            lo = max(offset, start)
+            for i in range((lo - start) // BLOCK, min(len(blocks), -(-(end - start) // BLOCK))):
+                at = start + i * BLOCK
+                parts.append(blocks[i][max(lo, at) - at : end - at])  # all of it: the same object
         with state.lock:
             # One piece behind is kept: FUSE threads may deliver reads out of order.
             for start in [s for s in state.pieces if s + 2 * chunk <= offset]:
                 self._let_go(state, start)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)  # none: past the end
 
-    def _get(self, key: str, etag: str, start: int, length: int) -> bytes:
-        return self.store.get_range(S3Name(key, self.bucket), start, length, if_match=etag or None)
+    def _get(self, key: str, etag: str, start: int, length: int) -> list[bytes]:
+        name = S3Name(key, self.bucket)
+        return self.store.get_range_blocks(name, start, length, BLOCK, if_match=etag or None)
 
     def _hold(self, length: int, needed: bool) -> bool:
         with self._held_lock:

@@ -502,13 +502,21 @@ def test_proxy_settings_are_read_once_from_the_environment(monkeypatch):
     assert not near.proxies.get("http") and not near.proxies.get("https")
 
 
-def test_requests_do_not_look_at_the_environment(store, bucket, monkeypatch):
-    """Proxy and CA settings were read at creation: sending never asks again."""
+def test_requests_do_not_look_at_the_environment(s3config, bucket, monkeypatch, tmp_path):
+    """Proxy and CA settings were read at creation: sending never asks again (nor stats a
+    CA bundle, which plain http does not use)."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path))
+    store = RemoteStore(S3Connection(**s3config))
+    assert store.connection.verify is False  # http
+    secure = S3Connection(**{**s3config, "endpoint": "https://" + s3config["endpoint"].split("://")[-1]})
+    assert secure.verify == str(tmp_path)
 
     def asked(*_args, **_kwargs):
         raise AssertionError("the environment was read for a request")
 
     monkeypatch.setattr(requests.utils, "get_environ_proxies", asked)
     monkeypatch.setattr(requests.utils, "getproxies", asked)
+    monkeypatch.setattr(os.path, "isdir", asked)
     store.put(S3Name("env-check", bucket), b"data")
     assert store.head(S3Name("env-check", bucket)).size == 4
+    store.close()

@@ -155,9 +155,10 @@ class S3Connection:
         # its Response), not through a requests.Session: the Session's per-request work (URL
         # parsing, settings merging, cookies, hooks) was a quarter of a HEAD's time on loopback.
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
-        # The environment's proxy and CA-bundle settings, read once, not per request.
+        # The environment's proxy and CA-bundle settings, read once, not per request. Plain
+        # http needs no CA bundle (requests would stat its path for every request).
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        self.verify: bool | str = (bundle or True) if verify_tls else False
+        self.verify: bool | str = (bundle or True) if verify_tls and tls else False
         self.proxies: dict[str, str] = requests.utils.get_environ_proxies("%s://%s" % (self.scheme, endpoint))
 
     def __repr__(self) -> str:

@@ -56,7 +56,7 @@ class ReadState:
 
 
 class Prefetcher:
-    """Fetches missing ranges of staged files.
+    """Serves reads of remote bytes: streamed from memory, or fetched into staged files.
 
     :param store: where the bytes come from.
     :param bucket: the bucket of every item.

@@ -109,8 +109,10 @@ class FakeStore:
             job()
 
     def copy_object(self, source, destination, headers=None, replace_metadata=False, if_match=None,
-                    source_info=None) -> str:
+                    source_info=None, size=None) -> str:
         self.calls["COPY"] += 1
+        if source_info is None and (size is None or replace_metadata):
+            self.calls["HEAD"] += 1  # as the real one: it must learn the size (and headers)
         o = self._get(self._key(source))
         if if_match and if_match != o.etag:
             raise S3Error(412, "PreconditionFailed")

@@ -247,6 +247,17 @@ def test_copy_keeps_or_replaces_metadata(store, boto, bucket, local):
     assert boto.get_object(Bucket=bucket, Key="replaced")["Body"].read() == Path(local).read_bytes()
 
 
+def test_copy_with_a_known_size_needs_no_head(store, boto, bucket):
+    boto.put_object(Bucket=bucket, Key="src", Body=b"12345", Metadata={"k": "v"})
+    heads = store.connection.stats.requests.get("HEAD", 0)
+    store.copy_object("src", "dst", size=5)
+    assert store.connection.stats.requests.get("HEAD", 0) == heads
+    got = boto.get_object(Bucket=bucket, Key="dst")
+    assert got["Body"].read() == b"12345" and got["Metadata"] == {"k": "v"}
+    store.copy_object("src", "dst2")  # size unknown: a HEAD first (objects over 5 GiB go in parts)
+    assert store.connection.stats.requests.get("HEAD", 0) == heads + 1
+
+
 def test_update_metadata_keeps_content_type(store, boto, bucket, local):
     assert store.write(local, "doc", {"Content-Type": "application/x-test", "x-amz-meta-state": "new"})
     etag = boto.head_object(Bucket=bucket, Key="doc")["ETag"]

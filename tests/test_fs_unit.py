@@ -279,6 +279,17 @@ def test_an_object_changed_while_streaming_gives_eio(tmp_path):
     ops.release("/big", fh)
 
 
+def test_renaming_a_directory_copies_without_a_head_per_file(tmp_path):
+    store = FakeStore()
+    for i in range(20):
+        store.put("d/f%02d" % i, b"%d" % i)
+    ops = make_ops(tmp_path, store)
+    ops.rename("/d", "/e")
+    assert sorted(store.objects) == ["e/", *("e/f%02d" % i for i in range(20))]
+    assert store.objects["e/f07"].data == b"7"
+    assert store.calls["COPY"] == 20 and store.calls["HEAD"] < 5  # lookups; sizes come from the listing
+
+
 def test_dirty_file_survives_a_crash(tmp_path):
     store = FakeStore()
     ops = make_ops(tmp_path, store)

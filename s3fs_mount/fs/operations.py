@@ -510,10 +510,12 @@ class S3Operations(Operations):
         for item in list(self.staging.under(old_prefix)):
             if item.dirty:
                 self._upload(item)
-        keys = [e.key for e in self.store.list_all(old_prefix)]
+        entries = list(self.store.list_all(old_prefix))
+        keys = [e.key for e in entries]
         folder = self.keymap.folder_key(old)
         self.store.run_parallel(
-            (lambda k=k: self._copy_key(k, new_prefix + k[len(old_prefix) :])) for k in keys
+            (lambda e=e: self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size))
+            for e in entries
         )
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
             self.store.put(self.namespace.name(new_prefix), b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
@@ -528,14 +530,14 @@ class S3Operations(Operations):
         self.namespace.forget(KeyMap.split(new)[0])
         self.namespace.forget(KeyMap.split(old)[0])
 
-    def _copy_key(self, source: str, destination: str) -> None:
+    def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
         src, dst = self.namespace.name(source), self.namespace.name(destination)
         if source.endswith("/"):
             info = self.store.head(src)
             self.store.put(dst, b"", {**info.headers, **info.metadata})
         else:
-            self.store.copy_object(src, dst)
+            self.store.copy_object(src, dst, size=size)  # the listing's size: no HEAD
 
     # -- links ------------------------------------------------------------------------
 

@@ -467,6 +467,7 @@ class RemoteStore:
         replace_metadata: bool = False,
         if_match: str | None = None,
         source_info: ObjectInfo | None = None,
+        size: int | None = None,
     ) -> str:
         """Server-side copy; returns the new ETag.
 
@@ -474,23 +475,26 @@ class RemoteStore:
         ``x-amz-meta-*`` of ``headers``, and keeps the source's Content-Type
         and other content headers unless ``headers`` overrides them. With
         ``if_match`` the copy happens only if the source still has that ETag
-        (else S3Error 412). Objects over 5 GiB are copied in parts.
+        (else S3Error 412). Objects over 5 GiB are copied in parts. The
+        source is HEADed first unless ``source_info`` is given, or its
+        ``size`` (e.g. from a listing) is and nothing else is needed.
         """
         sbucket, skey = self._name(remote_source)
         dbucket, dkey = self._name(remote_destination)
         headers = dict(headers or {})
         info = source_info
-        if replace_metadata or info is None:
-            info = info or self.head(remote_source)
+        if info is None and (replace_metadata or size is None or size > MAX_SINGLE_COPY):
+            info = self.head(remote_source)
         out: dict[str, str] = {}
         if replace_metadata:
+            assert info is not None
             out.update(info.headers)
             out.update({k: v for k, v in headers.items()})
             out["x-amz-metadata-directive"] = "REPLACE"
         else:
             out.update({k: v for k, v in headers.items() if not k.lower().startswith(META_PREFIX)})
         source = "/%s/%s" % (sbucket, uri_encode(skey, safe="/"))
-        if info.size > MAX_SINGLE_COPY:
+        if info is not None and info.size > MAX_SINGLE_COPY:
             return self._multipart_copy(info, source, dbucket, dkey, replace_metadata, out)
         out["x-amz-copy-source"] = source
         if if_match:

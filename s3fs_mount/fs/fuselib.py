@@ -72,8 +72,8 @@ class FUSE(mfusepy.FUSE):
     distinct handles) and handed out by index; ``releasedir`` drops it.
 
     ``getxattr`` of a name under the operations' ``unstored_xattr_prefixes``
-    is ENODATA without a call into the operations (``ls -l`` asks two such
-    names per entry).
+    is ENOTSUP without a call into the operations (``ls -l`` asks two such
+    names per entry until one says ENOTSUP).
 
     ``truncate(path, length, fh)`` gets the open file's handle when the
     caller truncated a descriptor (libfuse2 called that ``ftruncate``);
@@ -126,7 +126,7 @@ class FUSE(mfusepy.FUSE):
     def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
         # ls -l asks two of these per entry: answer at once, before any decoding or exception.
         if self._unstored and name.startswith(self._unstored):
-            return -errno.ENODATA
+            return -errno.ENOTSUP
         return super().getxattr(path, name, value, size, *args)
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:

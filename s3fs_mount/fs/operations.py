@@ -69,7 +69,7 @@ class S3Operations(Operations):
     # fusepy: times in nanoseconds; read/write/flush/release of an unlinked file get path None.
     use_ns = True
     flag_nullpath_ok = True
-    # fuselib answers getxattr of these itself (ENODATA), as getxattr below would.
+    # fuselib answers getxattr of these itself (ENOTSUP), as getxattr below would.
     unstored_xattr_prefixes = A.UNSTORED_PREFIXES
 
     def __init__(
@@ -705,7 +705,9 @@ class S3Operations(Operations):
     @fuse_operation
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name.startswith(A.UNSTORED_PREFIXES):
-            raise FsError(errno.ENODATA)  # answered here: ls -l and cp -a ask for these
+            # Not supported here, rather than absent: ls -l then stops asking for the SELinux
+            # label and the ACL of every entry (it remembers the device), cp -a copies on.
+            raise FsError(errno.ENOTSUP)
         if path == "/" and name == STATUS_XATTR:
             return json.dumps(self.status()).encode()
         if name.startswith(A.INFO_PREFIX):

@@ -290,6 +290,44 @@ def test_renaming_a_directory_copies_without_a_head_per_file(tmp_path):
     assert store.calls["COPY"] == 20 and store.calls["HEAD"] < 5  # lookups; sizes come from the listing
 
 
+def cached_files(ops: S3Operations) -> list[str]:
+    return sorted(n for n in os.listdir(ops.staging.root) if n.endswith(".data"))
+
+
+@pytest.mark.parametrize("writeback", [False, True])
+def test_a_large_written_file_leaves_the_cache_once_uploaded(tmp_path, writeback):
+    """Its pages are freed unwritten; a small one stays cached."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, writeback=writeback)
+    big, small = os.urandom(20 * MiB), b"small"
+    write_file(ops, "/big", big)
+    write_file(ops, "/small", small)
+    if writeback:
+        assert ops.writeback.drain(10)
+    assert store.objects["big"].data == big and store.objects["small"].data == small
+    assert ops.staging.get("big") is None and ops.staging.get("small") is not None
+    assert len(cached_files(ops)) == 1
+    fh = ops.open("/big", os.O_RDONLY)  # read back from S3
+    assert read_all(ops, "/big", fh, len(big)) == big
+    ops.release("/big", fh)
+    if writeback:
+        ops.writeback.stop()
+
+
+def test_a_large_file_still_open_stays_cached(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    data = os.urandom(20 * MiB)
+    fh = ops.create("/big", 0o644)
+    ops.write("/big", data, 0, fh)
+    reader = ops.open("/big", os.O_RDONLY)
+    ops.flush("/big", fh)
+    ops.release("/big", fh)
+    assert ops.staging.get("big") is not None  # another handle has it open
+    assert read_all(ops, "/big", reader, len(data)) == data
+    ops.release("/big", reader)
+
+
 def test_dirty_file_survives_a_crash(tmp_path):
     store = FakeStore()
     ops = make_ops(tmp_path, store)

@@ -126,6 +126,28 @@ def test_a_sequential_read_streams_past_the_cache(mount, boto, bucket):
     assert got == data
 
 
+def test_a_large_file_written_leaves_the_cache_once_uploaded(mount, boto, bucket, tmp_path):
+    """Its pages are freed instead of written back to the cache disk; reading streams it back."""
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(40 << 20))
+    small = tmp_path / "small"
+    small.write_bytes(b"tiny")
+    sh("cp %s %s/big && cp %s %s/small" % (src, mount.path, small, mount.path), "/")
+    assert s3_bytes(boto, bucket, "big") == src.read_bytes()
+
+    def cached() -> list[int]:
+        return sorted(
+            os.path.getsize(os.path.join(root, n)) for root, _, files in os.walk(mount.cache_dir)
+            for n in files if n.endswith(".data")
+        )
+
+    deadline = time.monotonic() + 10  # FUSE's release comes after close returns
+    while cached() != [4] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cached() == [4]  # the small file stays cached
+    sh("cmp %s %s/big" % (src, mount.path), "/")
+
+
 def test_libfuse2_still_works(mount_factory, boto, bucket, tmp_path):
     """Where libfuse3 is missing the binding falls back to libfuse2 (forced here)."""
     m = mount_factory(env={"S3FS_MOUNT_LIBFUSE": "2"}).start()

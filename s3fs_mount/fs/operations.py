@@ -97,7 +97,11 @@ class S3Operations(Operations):
         self.uploader = Uploader(
             store, bucket, options.part_size, options.multipart_threshold, options.parallel
         )
-        self.writeback = WritebackQueue(self.uploader) if options.writeback else None
+        self.writeback = (
+            WritebackQueue(self.uploader, on_uploaded=self._uploaded_in_background)
+            if options.writeback
+            else None
+        )
         self._handles: dict[int, Handle] = {}
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         self.unuploaded: list[str] | None = None  # set by destroy()
@@ -249,6 +253,12 @@ class S3Operations(Operations):
             raise FsError(errno.EIO, "upload failed") from exc
         # What we uploaded is what S3 has: no HEAD needed to know it.
         self.namespace.remember(self.keymap.path(item.key), self._item_attributes(item))
+
+    def _uploaded_in_background(self, item: StagedFile) -> None:
+        """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
+        if not item.unlinked:
+            self.namespace.remember(self.keymap.path(item.key), self._item_attributes(item))
+        self.staging.uploaded(item)
 
     # -- attributes and directories ---------------------------------------------------
 
@@ -444,6 +454,8 @@ class S3Operations(Operations):
         if h.item.dirty and self.writeback is not None and not h.item.unlinked:
             self.writeback.submit(h.item)
         self.staging.release(h.item)
+        if h.writable:
+            self.staging.uploaded(h.item)  # a large file leaves the cache once in S3 and closed
 
     @fuse_operation
     def unlink(self, path: str) -> None:

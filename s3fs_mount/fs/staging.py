@@ -241,12 +241,15 @@ class StagingCache:
     :param bucket: recorded in sidecars, so recovery knows where a file goes.
     :param capacity: clean files are evicted, least recently used first,
         when the cache holds more than this. Dirty files are never evicted.
+    :param keep_written: a file written here stays cached after its upload
+        only up to this size (see :meth:`uploaded`).
     """
 
-    def __init__(self, root: str, bucket: str, capacity: int) -> None:
+    def __init__(self, root: str, bucket: str, capacity: int, keep_written: int = 16 << 20) -> None:
         self.root = root
         self.bucket = bucket
         self.capacity = capacity
+        self.keep_written = keep_written
         # The cache dir too is made 0700 when we create it (an existing one is left as it is).
         os.makedirs(os.path.dirname(os.path.abspath(root)), mode=0o700, exist_ok=True)
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -318,6 +321,26 @@ class StagingCache:
             self.discard(item)
         else:
             self._maybe_evict()
+
+    def uploaded(self, item: StagedFile) -> None:
+        """A written file is in S3 and closed: a large one leaves the cache now.
+
+        Its pages are then freed unwritten instead of going to disk in the
+        background (1 GiB of writeback slowed what the mount did next), and a
+        sequential read of it streams from S3 anyway. Small files stay.
+        """
+        with self._lock:
+            if (
+                item.size <= self.keep_written
+                or item.open_count > 0
+                or item.dirty
+                or item.uploading
+                or self._items.get(item.key) is not item
+            ):
+                return
+            del self._items[item.key]
+        log.debug("dropping %s (%d bytes) from the cache: uploaded", item.key, item.size)
+        self.discard(item)
 
     def rekey(self, old: str, new: str) -> None:
         """A file was renamed: its staged item follows it."""

@@ -20,6 +20,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.attrs import META_PREFIX
@@ -290,8 +291,15 @@ class WritebackQueue:
     Bounded: ``submit`` blocks when ``limit`` files are already waiting.
     """
 
-    def __init__(self, uploader: Uploader, workers: int = 4, limit: int = 256) -> None:
+    def __init__(
+        self,
+        uploader: Uploader,
+        workers: int = 4,
+        limit: int = 256,
+        on_uploaded: Callable[[StagedFile], None] | None = None,
+    ) -> None:
         self.uploader = uploader
+        self.on_uploaded = on_uploaded  # told of each file uploaded
         self._queue: queue.Queue[StagedFile | None] = queue.Queue(limit)
         self._idle = threading.Condition()
         self._busy = 0
@@ -312,7 +320,8 @@ class WritebackQueue:
             if item is None:
                 return
             try:
-                self.uploader.flush(item)
+                if self.uploader.flush(item) and self.on_uploaded is not None:
+                    self.on_uploaded(item)
             except Exception as exc:
                 log.error("background upload of %s failed, kept staged: %s", item.key, exc)
             finally:

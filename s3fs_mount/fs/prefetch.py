@@ -142,6 +142,7 @@ class Prefetcher:
             return STREAM if item.missing(offset, end) else LOCAL
 
     def _stream(self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int) -> bytes:
+        """``[offset, end)`` from the reader's pieces in memory; fetches them, and on to ``ahead_end``."""
         chunk = self.chunk
         first = offset // chunk * chunk
         with state.lock:
@@ -173,7 +174,7 @@ class Prefetcher:
             lo = max(offset, start)
             for i in range((lo - start) // BLOCK, min(len(blocks), -(-(end - start) // BLOCK))):
                 at = start + i * BLOCK
-                parts.append(blocks[i][max(lo, at) - at : end - at])  # all of it: the same object
+                parts.append(blocks[i][max(lo, at) - at : end - at])  # a whole block: itself, uncopied
         with state.lock:
             # One piece behind is kept: FUSE threads may deliver reads out of order.
             for start in [s for s in state.pieces if s + 2 * chunk <= offset]:

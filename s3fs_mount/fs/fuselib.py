@@ -97,8 +97,7 @@ class FUSE(mfusepy.FUSE):
         with self._listings_lock:
             entries = self._listings.get(fh) if offset else None
         if entries is None:
-            decoded = None if path is None else path.decode(self.encoding, self.errors)
-            entries = list(self.operations.readdir(decoded, fh))
+            entries = list(self.operations.readdir(self._decode(path), fh))
             with self._listings_lock:
                 self._listings[fh] = entries
         plus = bool(flags & FUSE_READDIR_PLUS)
@@ -131,10 +130,13 @@ class FUSE(mfusepy.FUSE):
 
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         fh = fip.contents.fh if fip else None
-        decoded = None if path is None else path.decode(self.encoding, self.errors)
-        return self.operations.truncate(decoded, length, fh)
+        return self.operations.truncate(self._decode(path), length, fh)
 
     def create(self, path: bytes, mode: int, fip: Any) -> int:
         fi = fip.contents
-        fi.fh = self.operations.create(path.decode(self.encoding, self.errors), mode, fi.flags)
+        fi.fh = self.operations.create(self._decode(path), mode, fi.flags)
         return 0
+
+    def _decode(self, path: bytes | None) -> str | None:
+        """A path as the operations take it (None for an unlinked file's handle)."""
+        return None if path is None else path.decode(self.encoding, self.errors)

@@ -251,14 +251,17 @@ class S3Operations(Operations):
         except Exception as exc:
             log.error("upload of %s failed, kept staged: %s", item.key, exc)
             raise FsError(errno.EIO, "upload failed") from exc
-        # What we uploaded is what S3 has: no HEAD needed to know it.
-        self.namespace.remember(self.keymap.path(item.key), self._item_attributes(item))
+        self._remember_uploaded(item)
 
     def _uploaded_in_background(self, item: StagedFile) -> None:
         """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
         if not item.unlinked:
-            self.namespace.remember(self.keymap.path(item.key), self._item_attributes(item))
+            self._remember_uploaded(item)
         self.staging.uploaded(item)
+
+    def _remember_uploaded(self, item: StagedFile) -> None:
+        """What we uploaded is what S3 has: no HEAD needed to know it."""
+        self.namespace.remember(self.keymap.path(item.key), self._item_attributes(item))
 
     # -- attributes and directories ---------------------------------------------------
 

@@ -128,8 +128,7 @@ class Prefetcher:
     def drop(self, state: ReadState) -> None:
         """Let go of a reader's streamed pieces (at close, or when it stops streaming)."""
         with state.lock:
-            for start in list(state.pieces):
-                self._let_go(state, start)
+            self._let_go_all(state)
 
     # -- streaming ---------------------------------------------------------------------
 
@@ -147,8 +146,7 @@ class Prefetcher:
         first = offset // chunk * chunk
         with state.lock:
             if state.etag != item.etag:
-                for start in list(state.pieces):
-                    self._let_go(state, start)
+                self._let_go_all(state)
                 state.etag = item.etag
             for start in range(first, max(end, ahead_end), chunk):
                 if start in state.pieces:
@@ -191,6 +189,11 @@ class Prefetcher:
                 return False
             self._held += length
             return True
+
+    def _let_go_all(self, state: ReadState) -> None:
+        """Forget every piece of a reader (caller holds ``state.lock``)."""
+        for start in list(state.pieces):
+            self._let_go(state, start)
 
     def _let_go(self, state: ReadState, start: int) -> None:
         """Forget one piece (caller holds ``state.lock``); a GET not started yet is cancelled."""

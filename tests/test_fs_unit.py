@@ -126,11 +126,21 @@ def test_write_behind_the_stream_uploads_whole(tmp_path):
     assert store.objects["big"].data == bytes(data)
 
 
+def open_big(tmp_path, size: int, store: FakeStore | None = None, **options):
+    """A random object "big" of ``size`` bytes in ``store``, a mount over it, a read handle."""
+    store = store if store is not None else FakeStore()
+    data = os.urandom(size)
+    store.put("big", data)
+    ops = make_ops(tmp_path, store, **options)
+    return store, data, ops, ops.open("/big", os.O_RDONLY)
+
+
+def read_all(ops: S3Operations, path: str, fh: int, size: int, step: int = 1 * MiB) -> bytes:
+    return b"".join(ops.read(path, step, off, fh) for off in range(0, size, step))
+
+
 def test_random_reads_fetch_little(tmp_path):
-    store = FakeStore()
-    store.put("big", os.urandom(32 * MiB))
-    ops = make_ops(tmp_path, store)
-    fh = ops.open("/big", os.O_RDONLY)
+    store, _, ops, fh = open_big(tmp_path, 32 * MiB)
     rng = random.Random(1)
     for _ in range(200):
         off = rng.randrange(0, 32 * MiB - 4096)
@@ -140,27 +150,15 @@ def test_random_reads_fetch_little(tmp_path):
 
 
 def test_sequential_read_reads_ahead(tmp_path):
-    store = FakeStore()
-    data = os.urandom(24 * MiB)
-    store.put("big", data)
-    ops = make_ops(tmp_path, store)
-    fh = ops.open("/big", os.O_RDONLY)
-    out = b"".join(ops.read("/big", 128 * 1024, off, fh) for off in range(0, len(data), 128 * 1024))
+    store, data, ops, fh = open_big(tmp_path, 24 * MiB)
+    out = read_all(ops, "/big", fh, len(data), step=128 * 1024)
     ops.release("/big", fh)
     assert out == data
     assert store.calls["GET"] < len(data) // (128 * 1024) // 4  # big GETs, not one per read
 
 
-def read_all(ops: S3Operations, path: str, fh: int, size: int, step: int = 1 * MiB) -> bytes:
-    return b"".join(ops.read(path, step, off, fh) for off in range(0, size, step))
-
-
 def test_sequential_read_streams_without_filling_the_cache(tmp_path):
-    store = FakeStore()
-    data = os.urandom(40 * MiB)
-    store.put("big", data)
-    ops = make_ops(tmp_path, store)
-    fh = ops.open("/big", os.O_RDONLY)
+    store, data, ops, fh = open_big(tmp_path, 40 * MiB)
     assert read_all(ops, "/big", fh, len(data)) == data
     item = ops._handle(fh).item
     assert item.present.as_list() == []  # nothing was written to the staged file
@@ -171,11 +169,7 @@ def test_sequential_read_streams_without_filling_the_cache(tmp_path):
 
 
 def test_streaming_survives_reads_delivered_out_of_order(tmp_path):
-    store = FakeStore()
-    data = os.urandom(40 * MiB)
-    store.put("big", data)
-    ops = make_ops(tmp_path, store)
-    fh = ops.open("/big", os.O_RDONLY)
+    store, data, ops, fh = open_big(tmp_path, 40 * MiB)
     offsets = list(range(0, len(data), MiB))
     for i in range(1, len(offsets) - 1, 3):  # FUSE threads swap neighbouring requests
         offsets[i], offsets[i + 1] = offsets[i + 1], offsets[i]
@@ -186,11 +180,7 @@ def test_streaming_survives_reads_delivered_out_of_order(tmp_path):
 
 
 def test_a_streaming_reader_takes_cached_bytes_from_the_cache(tmp_path):
-    store = FakeStore()
-    data = os.urandom(40 * MiB)
-    store.put("big", data)
-    ops = make_ops(tmp_path, store)
-    fh = ops.open("/big", os.O_RDONLY)
+    store, data, ops, fh = open_big(tmp_path, 40 * MiB)
     assert ops.read("/big", MiB, 20 * MiB, fh) == data[20 * MiB : 21 * MiB]  # random: cached
     ops.release("/big", fh)
     fh = ops.open("/big", os.O_RDONLY)
@@ -209,11 +199,8 @@ def test_a_piece_dropped_while_a_reader_waits_for_it_is_fetched_again(tmp_path):
                 first_piece.wait(10)
             return super().get_range(name, start, length, if_match)
 
-    store = SlowStart()
-    data = os.urandom(40 * MiB)
-    store.put("big", data)
-    ops = make_ops(tmp_path, store, parallel=1)  # one GET at a time: the second piece queues
-    fh = ops.open("/big", os.O_RDONLY)
+    # One GET at a time: the second piece queues.
+    _, data, ops, fh = open_big(tmp_path, 40 * MiB, SlowStart(), parallel=1)
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(ops.read("/big", 17 * MiB, 0, fh)))
     reader.start()
@@ -228,11 +215,8 @@ def test_a_piece_dropped_while_a_reader_waits_for_it_is_fetched_again(tmp_path):
 
 
 def test_a_streaming_reader_sees_a_write_made_meanwhile(tmp_path):
-    store = FakeStore()
-    data = bytearray(os.urandom(40 * MiB))
-    store.put("big", bytes(data))
-    ops = make_ops(tmp_path, store)
-    reader = ops.open("/big", os.O_RDONLY)
+    store, original, ops, reader = open_big(tmp_path, 40 * MiB)
+    data = bytearray(original)
     first = ops.read("/big", MiB, 0, reader)  # streaming now, pieces fetched ahead
     writer = ops.open("/big", os.O_RDWR)
     ops.write("/big", b"X" * 100, 20 * MiB, writer)
@@ -267,10 +251,7 @@ def test_streamed_pieces_stay_within_the_readahead_budget(tmp_path):
 
 
 def test_an_object_changed_while_streaming_gives_eio(tmp_path):
-    store = FakeStore()
-    store.put("big", os.urandom(40 * MiB))
-    ops = make_ops(tmp_path, store, readahead=16 * MiB)
-    fh = ops.open("/big", os.O_RDONLY)
+    store, _, ops, fh = open_big(tmp_path, 40 * MiB, readahead=16 * MiB)
     ops.read("/big", MiB, 0, fh)
     store.put("big", os.urandom(40 * MiB))  # another client overwrites it
     with pytest.raises(FuseOSError) as info:

@@ -24,6 +24,8 @@ import pytest
 import s3rig
 from faultproxy import FaultProxy
 
+from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
+
 pytestmark = pytest.mark.fuse
 
 MiB = 1 << 20
@@ -88,15 +90,20 @@ def writeback_mount_through(
 def staged_dirty(cache_dir: str) -> dict[str, bytes]:
     """key -> bytes of every item the staging cache records as dirty."""
     out = {}
+    for root, item_id, state in staged_records(cache_dir):
+        if state.get("dirty"):
+            with open(os.path.join(root, item_id + ".data"), "rb") as f:
+                out[state["key"]] = f.read()
+    return out
+
+
+def staged_records(cache_dir: str) -> list[tuple[str, str, dict]]:
+    """(directory, item id, state) of every record in the staging journals under ``cache_dir``."""
+    out = []
     for root, _dirs, files in os.walk(cache_dir):
-        for name in files:
-            if not name.endswith(".json"):
-                continue
-            with open(os.path.join(root, name)) as f:
-                state = json.load(f)
-            if state.get("dirty"):
-                with open(os.path.join(root, name[:-5] + ".data"), "rb") as f:
-                    out[state["key"]] = f.read()
+        if JOURNAL_NAME in files:
+            states = StagingJournal.read(os.path.join(root, JOURNAL_NAME))
+            out += [(root, item_id, state) for item_id, state in states.items()]
     return out
 
 
@@ -191,6 +198,9 @@ def test_kill9_with_writeback_uploads_at_remount(
     assert multipart_uploads(boto, bucket) == []
     assert staged_dirty(cache) == {}
     assert m2.stop() == 0
+    # One file per staged item, its data; the records are lines of one journal.
+    made = {n for _root, _dirs, files in os.walk(cache) for n in files if not n.endswith(".data")}
+    assert made == {".lock", JOURNAL_NAME}
 
 
 def test_kill9_mid_multipart_leaves_no_dangling_upload(
@@ -220,8 +230,8 @@ def test_kill9_mid_multipart_leaves_no_dangling_upload(
     holdproxy.close()
     assert not s3_has(boto, bucket, "forty.bin")
     assert staged_dirty(cache) == {"forty.bin": data}
-    with open(next(Path(cache).rglob("*.json"))) as f:
-        assert json.load(f)["upload_ids"], "the streamed upload's id is not in the sidecar"
+    [(_root, _id, state)] = staged_records(cache)
+    assert state["upload_ids"], "the streamed upload's id is not in the item's record"
 
     m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
     assert s3_sha(boto, bucket, "forty.bin") == hashlib.sha256(data).hexdigest()
@@ -810,8 +820,7 @@ def test_kill9_after_upload_before_sidecar_update(mount_factory, boto, bucket, t
     crashing.proc.wait(10)
     crashing.kill()
     assert s3_bytes(boto, bucket, "f") == b"uploaded, then killed"
-    sidecars = [n for n in os.listdir(os.path.join(cache, bucket)) if n.endswith(".json")]
-    assert sidecars  # it still says dirty
+    assert [s["key"] for _root, _id, s in staged_records(cache) if s["dirty"]] == ["f"]  # still dirty
     again = mount_factory(cache_dir=cache).start()
     assert open(os.path.join(again.path, "f"), "rb").read() == b"uploaded, then killed"
     assert again.stop() == 0

@@ -1,19 +1,19 @@
 """The staging cache: local copies of file contents, crash-safe.
 
-Each staged file is an *item*: a sparse data file ``<id>.data`` plus a JSON
-sidecar ``<id>.json`` recording its bucket and key, size, which byte ranges
-are local, the ETag its remote bytes came from, its pending metadata and
-whether it is dirty. The sidecar is written (and fsync'd) whenever an item
-becomes dirty and again when it is clean, so a crash of the mount never
-loses the knowledge that a file must still be uploaded:
+Each staged file is an *item*: a sparse data file ``<id>.data`` plus its
+*record* in the staging journal (:mod:`s3fs_mount.fs.journal`): its bucket
+and key, size, which byte ranges are local, the ETag its remote bytes came
+from, its pending metadata and whether it is dirty. The record is written
+whenever an item becomes dirty, and taken back once it is clean, so a crash
+of the mount never loses the knowledge that a file must still be uploaded:
 :meth:`StagingCache.recover` finds dirty items at the next mount. (Data and
-sidecar reach the disk itself when the user asks, with fsync, as for any
+record reach the disk itself when the user asks, with fsync, as for any
 file; an fsync whose upload fails makes them durable here.)
 
 Locks, in the order they may be taken:
 
 1. ``StagedFile.upload_lock``: one upload of an item at a time.
-2. ``StagedFile.save_lock``: one sidecar write of an item at a time.
+2. ``StagedFile.save_lock``: one record write of an item at a time.
 3. ``StagingCache._lock``: the key -> item table and the usage total.
 4. ``StagedFile.cond`` (its lock): every other field of the item.
 
@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.ranges import RangeSet
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ class StagedFile:
         self.id = item_id
         self.key = key
         self.data_path = os.path.join(cache.root, item_id + ".data")
-        self.sidecar_path = os.path.join(cache.root, item_id + ".json")
         self.cond = threading.Condition(threading.Lock())
         self.upload_lock = threading.Lock()
         self.save_lock = threading.Lock()
@@ -103,23 +103,17 @@ class StagedFile:
         }
 
     def save(self, durable: bool = False) -> None:
-        """Write the sidecar atomically; with ``durable`` also fsync data and sidecar.
+        """Record the item's state in the journal; with ``durable`` fsync data and record.
 
         Saves are serialized (``save_lock``), and each takes its snapshot inside
-        the lock, so the last sidecar written is always the latest state.
+        the lock, so the last record written is always the latest state.
         """
         with self.save_lock:
             with self.cond:
                 state = self.sidecar()
-            tmp = self.sidecar_path + ".tmp"
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                f.write(json.dumps(state))  # one write; json.dump writes piecemeal (3x slower)
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
             if durable and self.fd >= 0:
-                os.fsync(self.fd)
-            os.replace(tmp, self.sidecar_path)
+                os.fsync(self.fd)  # the bytes before the record that points at them
+            self.cache.journal.record(self.id, state, durable=durable)
 
     # -- content -------------------------------------------------------------------
 
@@ -197,13 +191,13 @@ class StagedFile:
         if keep:
             self.save()
         else:
-            self.drop_sidecar()
+            self.drop_record()
         return True
 
-    def drop_sidecar(self) -> None:
-        """A clean item needs no sidecar: S3 has its content (and recovery skips it)."""
+    def drop_record(self) -> None:
+        """A clean item needs no record: S3 has its content (and recovery skips it)."""
         with self.save_lock:
-            _remove(self.sidecar_path)
+            self.cache.journal.record(self.id, None)
 
     def reset(
         self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
@@ -221,7 +215,7 @@ class StagedFile:
             self.dirty = False
             self.generation += 1
             self.uploaded_bytes = 0
-        self.drop_sidecar()
+        self.drop_record()
 
     def local_bytes(self) -> int:
         try:
@@ -263,6 +257,12 @@ class StagingCache:
             raise CacheInUse(
                 "the cache %s is in use by another mount of this bucket: give this one -o cache_dir=" % root
             ) from None
+        self.journal = StagingJournal(root)
+        try:
+            self._recorded = self.journal.open()  # what the last run left: see recover()
+        except BaseException:
+            self.close()
+            raise
         self._lock = threading.Lock()
         self._items: dict[str, StagedFile] = {}
         # An upper bound on usage() without stat'ing every file; evict() makes it exact.
@@ -272,6 +272,7 @@ class StagingCache:
 
     def close(self) -> None:
         """Let another mount use this directory (ours has stopped)."""
+        self.journal.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -373,7 +374,7 @@ class StagingCache:
         if not keep:
             self.discard(item)
         else:  # readable through open handles; nothing to recover after a crash
-            _remove(item.sidecar_path)
+            item.drop_record()
 
     def discard(self, item: StagedFile) -> None:
         """Remove an item's files."""
@@ -382,7 +383,7 @@ class StagingCache:
                 del self._items[item.key]
         item.close_fd()
         _remove(item.data_path)
-        _remove(item.sidecar_path)
+        item.drop_record()
 
     def grew(self, nbytes: int) -> None:
         """Bytes were fetched or written into the cache: evict once it may be over capacity."""
@@ -431,30 +432,24 @@ class StagingCache:
     def recover(self) -> list[StagedFile]:
         """Items a previous run left dirty (after a crash or a failed upload).
 
-        Data files without a sidecar were clean copies: they are removed.
+        Data files without a record were clean copies: they are removed.
         """
-        names = set(os.listdir(self.root))
-        for name in names:
-            if name.endswith(".data") and name[:-5] + ".json" not in names:
+        recorded = dict(self._recorded)
+        self._recorded = {}
+        recorded.update(self._legacy_sidecars())
+        for name in os.listdir(self.root):
+            unreadable = os.path.exists(os.path.join(self.root, name[:-5] + ".json"))
+            if name.endswith(".data") and name[:-5] not in recorded and not unreadable:
                 _remove(os.path.join(self.root, name))
         found = []
-        for name in sorted(os.listdir(self.root)):
-            if not name.endswith(".json"):
-                continue
-            item_id = name[:-5]
-            path = os.path.join(self.root, name)
-            try:
-                with open(path) as f:
-                    state = json.load(f)
-            except (OSError, ValueError) as exc:
-                log.warning("unreadable sidecar %s (%s): left as it is", path, exc)
-                continue
+        for item_id, state in sorted(recorded.items()):
+            if state.get("bucket") != self.bucket:
+                continue  # not ours to judge: its record stays
             data = os.path.join(self.root, item_id + ".data")
-            if not state.get("dirty") or state.get("bucket") != self.bucket or not os.path.exists(data):
-                if state.get("bucket") == self.bucket:
-                    self.orphan_uploads += [(state["key"], u) for u in state.get("upload_ids", [])]
-                    _remove(path)
-                    _remove(data)
+            if not state.get("dirty") or not os.path.exists(data):
+                self.orphan_uploads += [(state["key"], u) for u in state.get("upload_ids", [])]
+                _remove(data)
+                self.journal.record(item_id, None)
                 continue
             item = StagedFile(self, item_id, state["key"])
             item.size = int(state["size"])
@@ -467,12 +462,30 @@ class StagingCache:
             item.dirty = True
             item.upload_ids = list(state.get("upload_ids", []))
             item.open_fd()
-            # The data file is the truth for the size: writes reach it before the sidecar.
+            # The data file is the truth for the size: writes reach it before the record.
             item.size = max(item.size, os.fstat(item.fd).st_size)
             item.present = RangeSet([(0, item.size)])
             with self._lock:
                 self._items[item.key] = item
             found.append(item)
+        return found
+
+    def _legacy_sidecars(self) -> dict[str, dict[str, object]]:
+        """Records an earlier version kept in ``<id>.json`` files, moved into the journal."""
+        found = {}
+        for name in sorted(os.listdir(self.root)):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(self.root, name)
+            try:
+                with open(path) as f:
+                    state = json.load(f)
+            except (OSError, ValueError) as exc:
+                log.warning("unreadable sidecar %s (%s): left as it is", path, exc)
+                continue
+            self.journal.record(name[:-5], state, durable=True)
+            _remove(path)
+            found[name[:-5]] = state
         return found
 
 

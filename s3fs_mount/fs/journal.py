@@ -1,0 +1,179 @@
+"""The staging journal: what each staged item still owes S3, in one file.
+
+Every change to a staged item's record (see :meth:`StagedFile.sidecar
+<s3fs_mount.fs.staging.StagedFile.sidecar>`) appends one JSON line
+``{"id": ..., "state": {...}}`` to ``staging.journal`` in the cache
+directory; ``"state": null`` says the item owes nothing any more. The last
+line of an id wins. One ``write`` per record, on an ``O_APPEND`` file: a
+killed mount leaves whole lines (a power cut may leave a torn last line,
+which :meth:`StagingJournal.read` skips). ``durable`` records are fsync'd.
+
+Why one file and not a small file per item: creating, renaming and
+unlinking a file per staged item cost three metadata operations each, and on
+an ext4 without a journal every new inode is allocated past the inodes freed
+in the last 30 s, one by one: thousands of small files made each create
+slower than the upload it staged (see bench/README.md).
+
+The file is rewritten with only the live records (a temporary file renamed
+over it) when it is opened and whenever it has grown well past them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JOURNAL_NAME = "staging.journal"
+#: Rewrite the journal once it is larger than this and more than twice its live records.
+COMPACT_AT = 1 << 20
+
+State = dict[str, Any]
+
+
+class StagingJournal:
+    """The append-only record of staged items in ``directory``. Thread-safe.
+
+    :param directory: the cache directory (one mount's, under its lock).
+    :param compact_at: size in bytes past which the journal may be rewritten.
+
+    Usage::
+
+        journal = StagingJournal(cache_root)
+        states = journal.open()          # id -> state, as the last run left them
+        journal.record(item_id, state)    # an item changed
+        journal.record(item_id, None)     # it owes nothing any more
+        journal.close()
+    """
+
+    def __init__(self, directory: str, compact_at: int = COMPACT_AT) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, JOURNAL_NAME)
+        self.compact_at = compact_at
+        self._lock = threading.Lock()
+        self._fd = -1
+        self._size = 0
+        self._live: dict[str, bytes] = {}  # id -> its last line
+        self._live_bytes = 0
+        self._torn = False  # a write failed part-way: rewrite before appending again
+
+    @staticmethod
+    def read(path: str) -> dict[str, State]:
+        """The live states in the journal at ``path`` (empty if there is none)."""
+        states: dict[str, State] = {}
+        bad = 0
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().split(b"\n")
+        except FileNotFoundError:
+            return states
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                item_id, state = entry["id"], entry["state"]
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            if state is None:
+                states.pop(item_id, None)
+            else:
+                states[item_id] = state
+        if bad:
+            log.warning("%s: skipped %d unreadable line(s)", path, bad)
+        return states
+
+    def open(self) -> dict[str, State]:
+        """Read the journal, rewrite it with its live records only, and open it for appending."""
+        states = self.read(self.path)
+        with self._lock:
+            self._live = {item_id: _line(item_id, state) for item_id, state in states.items()}
+            self._live_bytes = sum(map(len, self._live.values()))
+            self._rewrite()
+        return states
+
+    def record(self, item_id: str, state: State | None, durable: bool = False) -> None:
+        """Append the item's new state (``None``: it owes nothing); fsync with ``durable``."""
+        line = _line(item_id, state)
+        with self._lock:
+            if state is None:
+                gone = self._live.pop(item_id, None)
+                if gone is None:
+                    return  # nothing recorded for it: nothing to take back
+                self._live_bytes -= len(gone)
+            else:
+                self._live_bytes += len(line) - len(self._live.get(item_id, b""))
+                self._live[item_id] = line
+            if self._torn or (self._size > self.compact_at and self._size > 2 * self._live_bytes):
+                self._rewrite()  # the live records, this one included
+            else:
+                self._append(line)
+            if durable:
+                os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    # -- under self._lock ------------------------------------------------------------
+
+    def _append(self, line: bytes) -> None:
+        written = _write_all(self._fd, line)
+        self._size += written
+        if written < len(line):
+            self._torn = written > 0
+            raise OSError("short write to %s" % self.path)
+
+    def _rewrite(self) -> None:
+        """Replace the journal by its live records (written and fsync'd before the rename)."""
+        tmp = self.path + ".tmp"
+        body = b"".join(self._live.values())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if _write_all(fd, body) < len(body):
+                raise OSError("short write to %s" % tmp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename too, or a power cut could bring back the old journal
+        finally:
+            os.close(dir_fd)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self._size = len(body)
+        self._torn = False
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    """Write all of ``data`` (a regular file rarely takes less); returns how much was written.
+
+    An error after part of it went out is reported as a short count, not raised.
+    """
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        try:
+            n = os.write(fd, view[written:])
+        except OSError:
+            if not written:
+                raise
+            break
+        if n <= 0:
+            break
+        written += n
+    return written
+
+
+def _line(item_id: str, state: State | None) -> bytes:
+    return (json.dumps({"id": item_id, "state": state}) + "\n").encode()

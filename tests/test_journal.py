@@ -1,0 +1,120 @@
+"""The staging journal on its own, and the staging cache's use of it (no FUSE, no server)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from fakestore import FakeStore
+from test_fs_unit import make_ops, write_file
+
+from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
+from s3fs_mount.s3.errors import S3Error
+
+
+def failing_put(*args, **kwargs):
+    raise S3Error(503, "SlowDown")
+
+
+def lines_of(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_records_read_back_last_one_wins(tmp_path):
+    journal = StagingJournal(str(tmp_path))
+    assert journal.open() == {}
+    journal.record("a", {"key": "a", "dirty": True})
+    journal.record("b", {"key": "b", "dirty": True})
+    journal.record("a", {"key": "a", "dirty": True, "size": 3})
+    journal.record("b", None)
+    journal.record("c", None)  # never recorded: nothing is written for it
+    journal.close()
+    path = tmp_path / JOURNAL_NAME
+    assert [entry["id"] for entry in lines_of(path)] == ["a", "b", "a", "b"]  # one line per change
+    assert StagingJournal.read(str(path)) == {"a": {"key": "a", "dirty": True, "size": 3}}
+
+
+def test_open_keeps_only_the_live_records(tmp_path):
+    journal = StagingJournal(str(tmp_path))
+    journal.open()
+    for i in range(50):
+        journal.record("x%d" % i, {"n": i})
+        journal.record("x%d" % i, None)
+    journal.record("keep", {"n": 1})
+    journal.close()
+    again = StagingJournal(str(tmp_path))
+    assert again.open() == {"keep": {"n": 1}}
+    assert lines_of(tmp_path / JOURNAL_NAME) == [{"id": "keep", "state": {"n": 1}}]
+    again.record("more", {"n": 2})  # and it appends after the rewrite
+    again.close()
+    assert StagingJournal.read(str(tmp_path / JOURNAL_NAME)) == {"keep": {"n": 1}, "more": {"n": 2}}
+
+
+def test_a_torn_last_line_is_skipped(tmp_path, caplog):
+    journal = StagingJournal(str(tmp_path))
+    journal.open()
+    journal.record("a", {"n": 1})
+    journal.close()
+    with open(tmp_path / JOURNAL_NAME, "ab") as f:
+        f.write(b'{"id": "b", "state": {"n"')  # a power cut in the middle of a line
+    assert StagingJournal(str(tmp_path)).open() == {"a": {"n": 1}}
+    assert "skipped 1 unreadable line" in caplog.text
+
+
+def test_a_growing_journal_is_rewritten_with_its_live_records(tmp_path):
+    journal = StagingJournal(str(tmp_path), compact_at=4096)
+    journal.open()
+    journal.record("live", {"n": 0})
+    for i in range(500):
+        journal.record("t%d" % i, {"pad": "x" * 50})
+        journal.record("t%d" % i, None)
+    size = os.path.getsize(tmp_path / JOURNAL_NAME)
+    assert size < 2 * 4096, size  # about 100 KiB were written in all
+    journal.close()
+    assert StagingJournal.read(str(tmp_path / JOURNAL_NAME)) == {"live": {"n": 0}}
+    assert not os.path.exists(str(tmp_path / JOURNAL_NAME) + ".tmp")
+
+
+def test_staged_files_make_no_file_but_their_data(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    root = ops.staging.root
+    for i in range(20):
+        write_file(ops, "/f%d" % i, b"x" * 100)
+    assert len(store.objects) == 20
+    made = sorted(os.listdir(root))
+    assert [n for n in made if not n.endswith(".data")] == [".lock", JOURNAL_NAME]
+    assert len(made) == 22
+    assert StagingJournal.read(os.path.join(root, JOURNAL_NAME)) == {}  # all clean: nothing owed
+
+
+def test_a_dirty_file_is_recovered_from_its_record(tmp_path, monkeypatch):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"staged", flush=False)
+    with monkeypatch.context() as m:
+        m.setattr(store, "put", failing_put)
+        with pytest.raises(OSError):
+            ops.flush("/f", fh)  # the upload failed: the file stays staged, and its record says so
+    ops.staging.close()
+    (state,) = StagingJournal.read(os.path.join(ops.staging.root, JOURNAL_NAME)).values()
+    assert state["key"] == "f" and state["dirty"]
+    assert make_ops(tmp_path, store).recover() == []
+    assert store.objects["f"].data == b"staged"
+
+
+def test_sidecars_of_an_earlier_version_are_recovered(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    root = ops.staging.root
+    ops.staging.close()
+    with open(os.path.join(root, "abc.data"), "wb") as f:
+        f.write(b"left by 0.x")
+    state = {"bucket": "bucket", "key": "old", "size": 11, "dirty": True, "metadata": {}, "headers": {}}
+    with open(os.path.join(root, "abc.json"), "w") as f:
+        json.dump(state, f)
+    assert make_ops(tmp_path, store).recover() == []
+    assert store.objects["old"].data == b"left by 0.x"
+    assert not os.path.exists(os.path.join(root, "abc.json"))

@@ -55,6 +55,8 @@ fuse_get_context = mfusepy.fuse_get_context
 LIBFUSE_MAJOR: int = mfusepy.fuse_version_major
 """2 or 3: the libfuse the binding loaded."""
 
+#: libfuse worker threads whose Python thread state is kept between calls (see FUSE._wrapper).
+MAX_HELD_THREAD_STATES = 64
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asks for attributes too (libfuse3)
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry's attributes are complete
 
@@ -81,14 +83,28 @@ class FUSE(mfusepy.FUSE):
 
     ``create(path, mode, flags)`` is called as such: mfusepy 3.1 inspects the
     operations' signature on every create (3% of a small-file loop).
+
+    Each libfuse worker thread keeps its Python thread state from one call to
+    the next. ctypes calls into Python from a thread Python did not start by
+    making a thread state for the call and deleting it on return (a frame
+    stack mapped and unmapped, ...): seven times per small file written, and
+    15-20% of the mount's CPU in a loop writing them. One more
+    ``PyGILState_Ensure``, never released, keeps the state alive. libfuse3
+    keeps its workers (``max_idle_threads``); libfuse2 may end an idle one,
+    whose state is then lost, so at most ``MAX_HELD_THREAD_STATES`` are held.
     """
 
     def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
         self._listings: dict[int, list[Any]] = {}  # directory handle -> its entries
         self._listings_lock = threading.Lock()
+        self._thread_states = ThreadStates(MAX_HELD_THREAD_STATES)
         prefixes = getattr(operations, "unstored_xattr_prefixes", ())
         self._unstored = tuple(p.encode() for p in prefixes)
         super().__init__(operations, mountpoint, **kwargs)  # serves until unmounted
+
+    def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        self._thread_states.keep()
+        return super()._wrapper(func, *args, **kwargs)
 
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
@@ -140,3 +156,27 @@ class FUSE(mfusepy.FUSE):
     def _decode(self, path: bytes | None) -> str | None:
         """A path as the operations take it (None for an unlinked file's handle)."""
         return None if path is None else path.decode(self.encoding, self.errors)
+
+
+class ThreadStates:
+    """Keeps the Python thread state of each thread that calls :meth:`keep`, up to ``limit``.
+
+    See :class:`FUSE` for why. ``held`` counts the threads whose state is kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+        self._thread = threading.local()  # .kept: this thread's state is
+
+    def keep(self) -> None:
+        """Keep the calling thread's state (which holds the GIL) until the thread ends."""
+        if self.held >= self.limit or getattr(self._thread, "kept", False):
+            return
+        with self._lock:
+            if self.held >= self.limit:
+                return
+            self.held += 1
+        ctypes.pythonapi.PyGILState_Ensure()  # the GIL is ours already: one more user of the state
+        self._thread.kept = True

@@ -118,3 +118,16 @@ def test_sidecars_of_an_earlier_version_are_recovered(tmp_path):
     assert make_ops(tmp_path, store).recover() == []
     assert store.objects["old"].data == b"left by 0.x"
     assert not os.path.exists(os.path.join(root, "abc.json"))
+
+
+def test_a_file_written_after_its_unlink_leaves_no_record(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"first", flush=False)
+    ops.flush("/f", fh)
+    ops.unlink("/f")
+    ops.write(None, b"more", 5, fh)  # still open: readable and writable, but gone from S3
+    assert StagingJournal.read(os.path.join(ops.staging.root, JOURNAL_NAME)) == {}
+    assert ops.read(None, 9, 0, fh) == b"firstmore"
+    ops.release(None, fh)
+    assert store.objects == {}

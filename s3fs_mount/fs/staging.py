@@ -110,6 +110,8 @@ class StagedFile:
         """
         with self.save_lock:
             with self.cond:
+                if self.unlinked:
+                    return  # written through a handle after its unlink: nothing to recover
                 state = self.sidecar()
             if durable and self.fd >= 0:
                 os.fsync(self.fd)  # the bytes before the record that points at them

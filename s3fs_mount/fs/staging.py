@@ -16,6 +16,8 @@ Locks, in the order they may be taken:
 2. ``StagedFile.save_lock``: one record write of an item at a time.
 3. ``StagingCache._lock``: the key -> item table and the usage total.
 4. ``StagedFile.cond`` (its lock): every other field of the item.
+5. The journal's own lock (:class:`~s3fs_mount.fs.journal.StagingJournal`):
+   one append at a time; nothing is taken while it is held.
 
 No lock is held during a network request except ``upload_lock``.
 """

@@ -422,13 +422,13 @@ def test_writeback_writes_wait_for_uploads_when_dirty_data_fills_the_cache(tmp_p
     ops.writeback.stop()
 
 
-def test_killed_after_upload_before_sidecar_is_no_conflict(tmp_path):
+def test_killed_after_upload_before_its_record_is_no_conflict(tmp_path):
     store = FakeStore()
     store.put("f", b"v1")
     ops = make_ops(tmp_path, store)
     fh = ops.open("/f", os.O_RDWR)
     ops.write("/f", b"v2", 0, fh)
-    store.put("f", b"v2")  # the upload went through; then a kill before the sidecar was updated
+    store.put("f", b"v2")  # the upload went through; then a kill before its record was updated
     ops.staging.close()  # the first mount is gone
     again = make_ops(tmp_path, store)
     assert again.recover() == []

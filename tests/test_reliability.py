@@ -808,7 +808,7 @@ def test_s3_server_killed_and_restarted_during_a_write_loses_nothing(mount_facto
             restarted.stop(kill=True)
 
 
-def test_kill9_after_upload_before_sidecar_update(mount_factory, boto, bucket, tmp_path):
+def test_kill9_after_upload_before_its_record_is_updated(mount_factory, boto, bucket, tmp_path):
     cache = str(tmp_path / "crash-cache")
     boto.put_object(Bucket=bucket, Key="f", Body=b"version one")  # so the staged copy has a base ETag
     crashing = mount_factory(cache_dir=cache, env={"S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD": "1"}).start()

@@ -153,7 +153,7 @@ class S3Operations(Operations):
                     continue
                 current = None
             if current is not None and current.etag in self.uploader.etags_of(item):
-                # Uploaded, then killed before the sidecar said so: nothing to do.
+                # Uploaded, then killed before its record said so: nothing to do.
                 item.mark_clean(item.generation, current.etag)
                 log.info("recovered %s: already in S3", item.key)
                 continue

@@ -89,7 +89,8 @@ class StagedFile:
             os.close(self.fd)
             self.fd = -1
 
-    def sidecar(self) -> dict[str, object]:
+    def record(self) -> dict[str, object]:
+        """What the journal keeps of this item (see :mod:`s3fs_mount.fs.journal`)."""
         return {
             "bucket": self.cache.bucket,
             "key": self.key,
@@ -114,7 +115,7 @@ class StagedFile:
             with self.cond:
                 if self.unlinked:
                     return  # written through a handle after its unlink: nothing to recover
-                state = self.sidecar()
+                state = self.record()
             if durable and self.fd >= 0:
                 os.fsync(self.fd)  # the bytes before the record that points at them
             self.cache.journal.record(self.id, state, durable=durable)
@@ -134,7 +135,7 @@ class StagedFile:
         return os.pread(self.fd, size, offset) if size else b""
 
     def write(self, offset: int, data: bytes) -> int:
-        """Write locally and mark the item dirty (sidecar first, so a crash knows)."""
+        """Write locally and mark the item dirty (recorded first, so a crash knows)."""
         with self.cond:
             end = offset + len(data)
             # A fetch of these bytes still in flight would overwrite them: wait for it.
@@ -191,7 +192,7 @@ class StagedFile:
             if self.generation != generation:
                 return False
             self.dirty = False
-            keep = bool(self.upload_ids)  # aborts still owed: the sidecar remembers them
+            keep = bool(self.upload_ids)  # aborts still owed: the record remembers them
         if keep:
             self.save()
         else:
@@ -236,7 +237,7 @@ class StagingCache:
     """All staged files of one mount, bounded by ``capacity`` bytes.
 
     :param root: the directory to keep files in (created 0700).
-    :param bucket: recorded in sidecars, so recovery knows where a file goes.
+    :param bucket: recorded with each item, so recovery knows where a file goes.
     :param capacity: clean files are evicted, least recently used first,
         when the cache holds more than this. Dirty files are never evicted.
     :param keep_written: a file written here stays cached after its upload

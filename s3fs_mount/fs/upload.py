@@ -6,7 +6,7 @@ part is sent, in the background, as soon as the writer has filled it, so
 close waits only for the tail. A write behind what was already sent, or a
 truncate, abandons the stream and the close uploads the file whole.
 
-Multipart upload ids are recorded in the item's sidecar, so uploads a crash
+Multipart upload ids are recorded in the item's record, so uploads a crash
 interrupted are aborted at the next mount.
 """
 
@@ -31,7 +31,7 @@ from s3fs_mount.s3.store import MultipartUpload, RemoteStore, part_size_for
 log = logging.getLogger(__name__)
 
 MTIME = META_PREFIX + "mtime"
-#: Tests set this to kill the mount right after an upload, before its sidecar is cleared.
+#: Tests set this to kill the mount right after an upload, before its record is cleared.
 CRASH_AFTER_UPLOAD = os.environ.get("S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD") == "1"
 #: ``item.stream`` when streaming failed to start: upload whole at close, don't try again.
 STREAM_OFF = "off"
@@ -157,7 +157,7 @@ class Uploader:
         return stream
 
     def _begin_multipart(self, item: StagedFile, headers: dict[str, str]) -> MultipartUpload:
-        """Start a multipart upload, recorded in the sidecar so a crash leaves no dangling parts."""
+        """Start a multipart upload, recorded so that a crash leaves no dangling parts."""
         mpu = self.store.start_multipart(self.name(item), headers)
         with item.cond:
             item.upload_ids.append(mpu.upload_id)

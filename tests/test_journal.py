@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -9,6 +10,7 @@ import pytest
 from fakestore import FakeStore
 from test_fs_unit import make_ops, write_file
 
+from s3fs_mount.fs import journal as journal_module
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
 from s3fs_mount.s3.errors import S3Error
 
@@ -131,3 +133,24 @@ def test_a_file_written_after_its_unlink_leaves_no_record(tmp_path):
     assert ops.read(None, 9, 0, fh) == b"firstmore"
     ops.release(None, fh)
     assert store.objects == {}
+
+
+def test_after_a_failed_append_the_next_record_rewrites_the_journal(tmp_path, monkeypatch):
+    journal = StagingJournal(str(tmp_path))
+    journal.open()
+    journal.record("a", {"n": 1})
+    real_write = os.write
+
+    def half_then_full_disk(fd, data):
+        monkeypatch.setattr(journal_module.os, "write", real_write)  # only this once
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "write", half_then_full_disk)
+    with pytest.raises(OSError) as failed:
+        journal.record("b", {"n": 2})
+    assert failed.value.errno == errno.ENOSPC
+    journal.record("c", {"n": 3})  # the torn half line goes with the rewrite
+    journal.close()
+    assert len(lines_of(tmp_path / JOURNAL_NAME)) == 3  # every line whole
+    assert StagingJournal.read(str(tmp_path / JOURNAL_NAME)) == {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}

@@ -20,6 +20,7 @@ over it) when it is opened and whenever it has grown well past them.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -125,11 +126,12 @@ class StagingJournal:
     # -- under self._lock ------------------------------------------------------------
 
     def _append(self, line: bytes) -> None:
-        written = _write_all(self._fd, line)
-        self._size += written
-        if written < len(line):
-            self._torn = written > 0
-            raise OSError("short write to %s" % self.path)
+        try:
+            _write_all(self._fd, line)
+        except OSError:
+            self._torn = True  # part of the line may be there: rewrite before the next append
+            raise
+        self._size += len(line)
 
     def _rewrite(self) -> None:
         """Replace the journal by its live records (written and fsync'd before the rename)."""
@@ -137,8 +139,7 @@ class StagingJournal:
         body = b"".join(self._live.values())
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            if _write_all(fd, body) < len(body):
-                raise OSError("short write to %s" % tmp)
+            _write_all(fd, body)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -155,24 +156,15 @@ class StagingJournal:
         self._torn = False
 
 
-def _write_all(fd: int, data: bytes) -> int:
-    """Write all of ``data`` (a regular file rarely takes less); returns how much was written.
-
-    An error after part of it went out is reported as a short count, not raised.
-    """
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (a regular file rarely takes less than all in one call)."""
     view = memoryview(data)
     written = 0
     while written < len(data):
-        try:
-            n = os.write(fd, view[written:])
-        except OSError:
-            if not written:
-                raise
-            break
-        if n <= 0:
-            break
+        n = os.write(fd, view[written:])
+        if n == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         written += n
-    return written
 
 
 def _line(item_id: str, state: State | None) -> bytes:

@@ -135,7 +135,7 @@ class StagedFile:
         return os.pread(self.fd, size, offset) if size else b""
 
     def write(self, offset: int, data: bytes) -> int:
-        """Write locally and mark the item dirty (recorded first, so a crash knows)."""
+        """Write locally and mark the item dirty (recorded before this returns, so a crash knows)."""
         with self.cond:
             end = offset + len(data)
             # A fetch of these bytes still in flight would overwrite them: wait for it.

@@ -439,12 +439,14 @@ class StagingCache:
 
         Data files without a record were clean copies: they are removed.
         """
+        names = os.listdir(self.root)
         recorded = dict(self._recorded)
         self._recorded = {}
-        recorded.update(self._legacy_sidecars())
-        for name in os.listdir(self.root):
-            unreadable = os.path.exists(os.path.join(self.root, name[:-5] + ".json"))
-            if name.endswith(".data") and name[:-5] not in recorded and not unreadable:
+        legacy = self._legacy_sidecars(names)
+        recorded.update(legacy)
+        unreadable = {n[:-5] for n in names if n.endswith(".json")} - legacy.keys()  # left as they are
+        for name in names:
+            if name.endswith(".data") and name[:-5] not in recorded and name[:-5] not in unreadable:
                 _remove(os.path.join(self.root, name))
         found = []
         for item_id, state in sorted(recorded.items()):
@@ -475,10 +477,10 @@ class StagingCache:
             found.append(item)
         return found
 
-    def _legacy_sidecars(self) -> dict[str, dict[str, object]]:
-        """Records an earlier version kept in ``<id>.json`` files, moved into the journal."""
+    def _legacy_sidecars(self, names: list[str]) -> dict[str, dict[str, object]]:
+        """Records an earlier version kept in ``<id>.json`` files (of ``names``), moved into the journal."""
         found = {}
-        for name in sorted(os.listdir(self.root)):
+        for name in sorted(names):
             if not name.endswith(".json"):
                 continue
             path = os.path.join(self.root, name)

@@ -156,14 +156,14 @@ class Prefetcher:
                     break  # ahead of the reader, and the budget is spent
                 future = self.pool.submit(self._get, item.key, state.etag, start, length)
                 state.pieces[start] = (length, future)
-            needed = [(start, state.pieces[start][1]) for start in range(first, end, chunk)]
+            needed = [(start, *state.pieces[start]) for start in range(first, end, chunk)]
             etag = state.etag
         parts = []
-        for start, future in needed:
+        for start, length, future in needed:
             try:
                 blocks = future.result()
             except concurrent.futures.CancelledError:  # dropped by another read meanwhile
-                blocks = self._get(item.key, etag, start, min(chunk, item.remote_size - start))
+                blocks = self._get(item.key, etag, start, length)
             except BaseException:
                 with state.lock:  # a later read asks again
                     if start in state.pieces and state.pieces[start][1] is future:

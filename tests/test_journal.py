@@ -154,3 +154,17 @@ def test_after_a_failed_append_the_next_record_rewrites_the_journal(tmp_path, mo
     journal.close()
     assert len(lines_of(tmp_path / JOURNAL_NAME)) == 3  # every line whole
     assert StagingJournal.read(str(tmp_path / JOURNAL_NAME)) == {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}
+
+
+def test_an_unreadable_sidecar_of_an_earlier_version_keeps_its_data(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    root = ops.staging.root
+    ops.staging.close()
+    for name, body in (("bad.data", b"who knows"), ("bad.json", b"{not json"), ("clean.data", b"x")):
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(body)
+    assert make_ops(tmp_path, store).recover() == []
+    left = sorted(os.listdir(root))
+    assert "bad.data" in left and "bad.json" in left  # left as they are, for a person to look at
+    assert "clean.data" not in left  # no record: a clean copy, removed

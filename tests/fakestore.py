@@ -34,10 +34,19 @@ class FakeMultipart(MultipartUpload):
         self.parts[number] = bytes(data)  # type: ignore[assignment]
         return str(number)
 
-    def complete(self) -> str:
+    def copy_part(self, number: int, source: str, first: int, last: int, if_match: str | None = None) -> str:
+        self.store.calls["COPY part"] += 1
+        o = self.store._get(source.split("/", 2)[2])
+        if if_match and if_match != o.etag:
+            raise S3Error(412, "PreconditionFailed")
+        self.parts[number] = o.data[first:last + 1]  # type: ignore[assignment]
+        return str(number)
+
+    def complete(self, if_match: str | None = None, if_none_match: bool = False) -> str:
         data = b"".join(self.parts[n] for n in sorted(self.parts))  # type: ignore[misc]
         self.store.uploads.discard(self.upload_id)
-        return self.store.put(S3Name(self.key, self.bucket), data, self.create_headers)
+        return self.store.put(S3Name(self.key, self.bucket), data, self.create_headers,
+                              if_match=if_match, if_none_match=if_none_match)
 
     def abort(self) -> bool:
         self.store.uploads.discard(self.upload_id)
@@ -82,12 +91,20 @@ class FakeStore:
         data = self.get_range(name, start, length, if_match)
         return [data[i:i + block] for i in range(0, len(data), block)]
 
-    def put(self, name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None) -> str:
+    def put(self, name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None,
+            if_match: str | None = None, if_none_match: bool = False) -> str:
         self.calls["PUT"] += 1
+        key = self._key(name)
+        current = self.objects.get(key)
+        if (if_match and (current is None or current.etag != if_match)) or (if_none_match and current):
+            raise S3Error(412, "PreconditionFailed", resource=key)
         body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]
         o = FakeObject(bytes(body), dict(headers or {}))
-        self.objects[self._key(name)] = o
+        self.objects[key] = o
         return o.etag
+
+    def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]:
+        return True, True
 
     def remove(self, name: str | S3Name) -> None:
         self.calls["DELETE"] += 1

@@ -24,6 +24,7 @@ import base64
 import errno
 import re
 import stat
+import time
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.errors import FsError
@@ -76,6 +77,8 @@ class Attributes:
     version_id: str | None = None
     complete: bool = True  # False when built from a listing (no metadata known)
     ttl: float = 0.0  # seconds to cache, when longer than attr_ttl
+    #: When (time.monotonic) S3 was asked for these: an answer sent before a change we made is older.
+    seen_at: float = field(default_factory=time.monotonic)
 
     @property
     def is_dir(self) -> bool:

@@ -1,6 +1,7 @@
 """The one mapping from failures to errnos, and the guard every FUSE call runs in.
 
-404 -> ENOENT, 403 -> EACCES, 412 -> EIO (changed under us), transport
+404 -> ENOENT, 403 -> EACCES, 412 -> EIO (changed under us), an upload
+that found another client's version (:class:`Conflict`) -> ESTALE, transport
 failures and 5xx (retries spent) -> EIO. Every failure logs one line with
 the operation, the path and S3's error code; an unexpected exception
 becomes EIO and a traceback in the log, never a dead mount.
@@ -29,6 +30,25 @@ class FsError(OSError):
 
     def __init__(self, err: int, why: str = "") -> None:
         super().__init__(err, why or errno.errorcode.get(err, str(err)))
+
+
+class Conflict(FsError):
+    """An upload found S3's object changed by another client since this mount saw it.
+
+    Both versions are kept: theirs at ``key``, ours at ``saved_as``. The
+    errno is ESTALE, as gcsfuse answers for an object clobbered underneath.
+    """
+
+    def __init__(self, key: str, saved_as: str, ours_base: str, theirs: str) -> None:
+        super().__init__(
+            errno.ESTALE,
+            "%s changed in S3 (ETag %s -> %s): ours kept as %s"
+            % (key, ours_base or "none", theirs or "none", saved_as),
+        )
+        self.key = key
+        self.saved_as = saved_as
+        self.ours_base = ours_base
+        self.theirs = theirs
 
 
 def errno_for(exc: BaseException) -> int:

@@ -20,7 +20,7 @@ def serve(store: RemoteStore, bucket: str, prefix: str, mountpoint: str, options
     else 1 (the files named in the log stay staged for the next mount).
     """
     ops = S3Operations(store, bucket, prefix, options, mountpoint=mountpoint)
-    pending = ops.recover()
+    pending = ops.start()
     if pending:
         log.warning("%d staged files could not be uploaded yet: %s", len(pending), ", ".join(pending))
     where = bucket + (":/" + prefix if prefix else "")

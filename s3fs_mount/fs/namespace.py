@@ -17,6 +17,10 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
   key is gone, and we should not show what we just removed.
+* ``_changed``: path -> when (time.monotonic) this mount last changed it.
+  An answer from S3 to a request sent before that time is older than what
+  we know, and is not cached (a HEAD racing our own upload would otherwise
+  bring back the version the upload replaced, or a 404 from before a create).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ log = logging.getLogger(__name__)
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
 REMOVED_TTL = 30.0
+#: How long a change of ours outranks answers to requests sent before it (the retry policy's bound).
+CHANGED_TTL = 120.0
 
 
 class Namespace:
@@ -72,6 +78,7 @@ class Namespace:
         self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001))
         self._full: LRUCache[str, A.Attributes] = LRUCache(200_000)
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL)
+        self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL)
         self._conflicts_logged: set[str] = set()
         self.root = A.Attributes(
             mode=defaults.dir_mode, mtime=time.time(), uid=defaults.uid, gid=defaults.gid
@@ -86,8 +93,10 @@ class Namespace:
         return now + max(self.attr_ttl, attributes.ttl)
 
     def remember(self, path: str, attributes: A.Attributes) -> None:
+        """Our own change: ``path`` now has ``attributes``, newer than any answer under way."""
         parent, name = KeyMap.split(path)
         with self._lock:
+            self._changed[path] = time.monotonic()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)
@@ -102,6 +111,7 @@ class Namespace:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
         with self._lock:
+            self._changed[path] = time.monotonic()
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._listings.pop(path, None)
@@ -117,6 +127,7 @@ class Namespace:
     def forget_tree(self, path: str) -> None:
         prefix = path.rstrip("/") + "/"
         with self._lock:
+            self._changed[path] = time.monotonic()
             for cache in (self._attrs, self._full, self._listings, self._missing, self._removed):
                 for p in [p for p in list(cache.keys()) if p.startswith(prefix) or p == path]:
                     cache.pop(p, None)
@@ -139,27 +150,60 @@ class Namespace:
             raise FsError(errno.ENOENT)
         if not is_valid_name(name):
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
+        asked = time.monotonic()
         found = self._fetch(path)
         if found is None:
             with self._lock:
-                self._missing[path] = True
+                if not self._stale(path, asked):
+                    self._missing[path] = True
             raise FsError(errno.ENOENT)
-        self.remember(path, found)
-        return found
+        return self._cache_fetched(path, found)
 
     def lookup_full(self, path: str) -> A.Attributes:
         """Like lookup, but with the object's complete metadata (a HEAD if need be)."""
         found = self.lookup(path)
         if found.complete or path == "/":
             return found
+        asked = time.monotonic()
         fresh = self._fetch(path)
         if fresh is None:
-            self.forget(path, gone=True)
+            with self._lock:
+                stale = self._stale(path, asked)
+            if not stale:
+                self.forget(path, gone=True)
             raise FsError(errno.ENOENT)
-        self.remember(path, fresh)
-        return fresh
+        return self._cache_fetched(path, fresh)
+
+    def _stale(self, path: str, asked: float) -> bool:
+        """Was ``path`` changed by us after ``asked``? (Caller holds ``_lock``.)"""
+        return self._changed.get(path, 0.0) >= asked
+
+    def _cache_fetched(self, path: str, found: A.Attributes) -> A.Attributes:
+        """Cache what S3 answered, unless we changed ``path`` since we asked; returns what holds now."""
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            if self._stale(path, found.seen_at):
+                current = self._attrs.get(path)
+                return current if current is not None else found
+            self._attrs[path] = found
+            self._missing.pop(path, None)
+            self._removed.pop(path, None)
+            if found.complete:
+                self._full[path] = found
+            names = self._listings.get(parent)
+            if names is not None:
+                names.add(name)
+        return found
 
     def _fetch(self, path: str) -> A.Attributes | None:
+        """What S3 says of ``path`` now (``seen_at``: when we asked)."""
+        asked = time.monotonic()
+        found = self._fetch_uncached(path)
+        if found is not None:
+            found.seen_at = asked
+        return found
+
+    def _fetch_uncached(self, path: str) -> A.Attributes | None:
         key = self.keymap.key(path)
         try:
             info = self.store.head(self.name(key))
@@ -184,11 +228,11 @@ class Namespace:
 
     def _dir_exists(self, path: str, key: str) -> bool:
         """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually."""
-        page = next(self.store.list(key, delimiter="/", max_keys=100))
+        page = next(self.store.list(key, delimiter="/", max_keys=100, bucket=self.bucket))
         if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
             return True
         if page.truncated:
-            page = next(self.store.list(key + "/", delimiter="/", max_keys=1))
+            page = next(self.store.list(key + "/", delimiter="/", max_keys=1, bucket=self.bucket))
             return bool(page.entries or page.prefixes)
         return False
 
@@ -227,7 +271,8 @@ class Namespace:
         prefix = self.keymap.dir_prefix(path)
         files: dict[str, A.Attributes] = {}
         dirs: set[str] = set()
-        for page in self.store.list(prefix, delimiter="/"):
+        asked = time.monotonic()
+        for page in self.store.list(prefix, delimiter="/", bucket=self.bucket):
             for entry in page.entries:
                 rest = entry.key[len(prefix) :]
                 if not rest:
@@ -284,6 +329,9 @@ class Namespace:
             for name, attributes in out:
                 child = KeyMap.join(path, name)
                 attributes.ttl = walk_time
+                if self._stale(child, asked):
+                    continue  # we changed it while the listing was under way
+                attributes.seen_at = asked
                 if child not in self._attrs or not self._attrs[child].complete or attributes.complete:
                     self._attrs[child] = attributes
                 self._missing.pop(child, None)
@@ -292,7 +340,7 @@ class Namespace:
 
     def is_empty_dir(self, path: str) -> bool:
         prefix = self.keymap.dir_prefix(path)
-        page = next(self.store.list(prefix, delimiter="/", max_keys=2))
+        page = next(self.store.list(prefix, delimiter="/", max_keys=2, bucket=self.bucket))
         return not page.prefixes and all(e.key == prefix for e in page.entries)
 
     def known_empty(self, path: str) -> None:

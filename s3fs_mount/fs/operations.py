@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs import attrs as A
-from s3fs_mount.fs.errors import FsError, fuse_operation
+from s3fs_mount.fs.errors import Conflict, FsError, fuse_operation
 from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_get_context
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
@@ -27,7 +27,7 @@ from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState
 from s3fs_mount.fs.staging import StagedFile, StagingCache
-from s3fs_mount.fs.upload import Uploader, WritebackQueue
+from s3fs_mount.fs.upload import Uploader, WritebackQueue, conflict_name
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.store import ObjectInfo, RemoteStore
 
@@ -48,6 +48,7 @@ class Handle:
     item: StagedFile
     path: str
     writable: bool
+    append: bool = False  # O_APPEND: every write lands at the end, whatever offset the kernel gives
     read_state: ReadState = field(default_factory=ReadState)
 
 
@@ -95,7 +96,7 @@ class S3Operations(Operations):
             store, bucket, options.readahead, workers=options.parallel, on_fetched=self.staging.grew
         )
         self.uploader = Uploader(
-            store, bucket, options.part_size, options.multipart_threshold, options.parallel
+            store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging
         )
         self.writeback = (
             WritebackQueue(self.uploader, on_uploaded=self._uploaded_in_background)
@@ -137,6 +138,12 @@ class S3Operations(Operations):
             opts["default_permissions"] = True
         return opts
 
+    def start(self) -> list[str]:
+        """At mount: learn how this server guards uploads, then recover; returns the keys still pending."""
+        if not self.options.ro:
+            self.uploader.configure_checks(self.options.conflict_check)
+        return self.recover()
+
     def recover(self) -> list[str]:
         """Upload what a previous run left staged; returns the keys still pending."""
         recovered = self.staging.recover()
@@ -158,12 +165,14 @@ class S3Operations(Operations):
                 log.info("recovered %s: already in S3", item.key)
                 continue
             if current is not None and item.etag and current.etag != item.etag:
-                conflict = "%s.conflict-%s" % (item.key, time.strftime("%Y%m%dT%H%M%S"))
+                conflict = conflict_name(item.key)
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
                 self.staging.rekey(item.key, conflict)
             try:
                 self.uploader.flush(item)
                 log.info("recovered and uploaded %s", item.key)
+            except Conflict as exc:
+                log.warning("recovered %s: %s", item.key, exc)
             except Exception as exc:
                 log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
         return [i.key for i in self.staging.pending()]
@@ -239,19 +248,27 @@ class S3Operations(Operations):
         if need:
             self.prefetcher.ensure(item, 0, item.remote_size)
 
-    def _new_handle(self, item: StagedFile, path: str, writable: bool) -> int:
+    def _new_handle(self, item: StagedFile, path: str, writable: bool, append: bool = False) -> int:
         fh = next(self._next_fh)
         with self._lock:
-            self._handles[fh] = Handle(item, path, writable)
+            self._handles[fh] = Handle(item, path, writable, append)
         return fh
 
     def _upload(self, item: StagedFile) -> None:
         try:
             self.uploader.flush(item)
+        except Conflict as exc:
+            self._conflicted(exc)
+            raise
         except Exception as exc:
             log.error("upload of %s failed, kept staged: %s", item.key, exc)
             raise FsError(errno.EIO, "upload failed") from exc
         self._remember_uploaded(item)
+
+    def _conflicted(self, exc: Conflict) -> None:
+        """Another client's version stays at the path; ours now lives under the conflict name."""
+        self.namespace.forget(self.keymap.path(exc.key))
+        self.namespace.forget(KeyMap.split(self.keymap.path(exc.saved_as))[0])
 
     def _uploaded_in_background(self, item: StagedFile) -> None:
         """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
@@ -372,20 +389,18 @@ class S3Operations(Operations):
                 raise FsError(errno.EISDIR)
         item, created = self.staging.acquire(key)
         try:
-            if attributes is not None and (created or (not item.dirty and item.etag != attributes.etag)):
-                item.reset(
-                    attributes.size,
-                    attributes.etag,
-                    attributes.metadata,
-                    attributes.headers,
-                    attributes.mtime,
-                )
+            if attributes is not None:
+                a = attributes
+                if created:
+                    item.reset(a.size, a.etag, a.metadata, a.headers, a.mtime)
+                else:  # close-to-open: follow another client's new version, never an older one
+                    item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
             if writable and flags & os.O_TRUNC:
                 self._truncate_item(item, 0)
         except BaseException:
             self.staging.release(item)
             raise
-        return self._new_handle(item, path, writable)
+        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND))
 
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
@@ -402,8 +417,10 @@ class S3Operations(Operations):
             # Back-pressure: dirty files fill the cache, so wait for the background uploads.
             log.info("cache full of files waiting to upload: write waits for the uploads")
             self.writeback.drain(timeout=BACKPRESSURE_WAIT)
+        if h.append:
+            offset = h.item.size  # the uploader's check below sees an offset at or past the end
         self.uploader.before_write(h.item, offset)
-        written = h.item.write(offset, data)
+        written = h.item.write(offset, data, append=h.append)
         self.uploader.after_write(h.item)
         return written
 
@@ -525,7 +542,7 @@ class S3Operations(Operations):
         for item in list(self.staging.under(old_prefix)):
             if item.dirty:
                 self._upload(item)
-        entries = list(self.store.list_all(old_prefix))
+        entries = list(self.store.list_all(old_prefix, bucket=self.bucket))
         keys = [e.key for e in entries]
         folder = self.keymap.folder_key(old)
         self.store.run_parallel(

@@ -52,6 +52,9 @@ class MountOptions:
     dir_ttl: float = field(default=1.0, metadata={"help": "seconds directory listings are cached"})
     debug: bool = field(default=False, metadata={"help": "log one line per S3 request and FUSE call"})
     writeback: bool = field(default=False, metadata={"help": "close returns before the upload ends"})
+    conflict_check: bool = field(
+        default=True, metadata={"help": "uploads never replace another client's newer version"}
+    )
     part_size: int = field(default=8 * MiB, metadata={"help": "multipart part size"})
     multipart_threshold: int = field(default=16 * MiB, metadata={"help": "upload in parts from this size"})
     parallel: int = field(default=8, metadata={"help": "parts/requests in flight per file"})

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.staging import StagedFile
+from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
 from s3fs_mount.s3.store import RemoteStore
 
@@ -106,7 +107,14 @@ class Prefetcher:
             ahead_end = min(grid_end, item.remote_size)
             source = self._source(item, offset, end)
             if source == STREAM:
-                data = self._stream(item, state, offset, end, ahead_end)
+                try:
+                    data = self._stream(item, state, offset, end, ahead_end)
+                except S3Error as exc:
+                    if not (exc.precondition_failed and _moved_on(item, state.etag)):
+                        raise
+                    # This mount uploaded a new version meanwhile: its bytes are local.
+                    self.drop(state)
+                    return self.read(item, state, offset, size)
                 state.ahead_until = max(state.ahead_until, ahead_end)
                 state.next_offset = max(end, state.next_offset)
                 return data
@@ -253,12 +261,21 @@ class Prefetcher:
             self._unclaim(item, claimed)
 
     def _fetch_piece(self, item: StagedFile, start: int, end: int) -> None:
-        data = self.store.get_range(
-            S3Name(item.key, self.bucket), start, end - start, if_match=item.etag or None
-        )
+        with item.cond:
+            etag = item.etag
+        try:
+            data = self.store.get_range(
+                S3Name(item.key, self.bucket), start, end - start, if_match=etag or None
+            )
+        except S3Error as exc:
+            if exc.precondition_failed and _moved_on(item, etag):
+                return  # our own upload (or a newer open) moved the item on: the caller looks again
+            raise
         with item.cond:
             fd = item.fd
             data = data[: max(0, min(end, item.remote_size) - start)]
+            if item.etag != etag:
+                return  # those are the old version's bytes
         if fd < 0:
             return
         # Outside the lock: the range is ours (in flight), and readers need the lock meanwhile.
@@ -276,6 +293,12 @@ class Prefetcher:
                 if piece in item.inflight:
                     item.inflight.remove(piece)
             item.cond.notify_all()
+
+
+def _moved_on(item: StagedFile, etag: str) -> bool:
+    """Is the item no longer at version ``etag``? Then a 412 for it is no news of another client."""
+    with item.cond:
+        return item.etag != etag
 
 
 def _overlaps(r: tuple[int, int], others: list[tuple[int, int]]) -> bool:

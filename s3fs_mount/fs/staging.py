@@ -58,6 +58,9 @@ class StagedFile:
         self.present = RangeSet()
         self.inflight: list[tuple[int, int]] = []
         self.etag = ""  # the remote version our bytes came from ("" for a new file)
+        #: When (time.monotonic) ``etag`` became known: a lookup answered before then is older
+        #: than what this item knows, and must not replace it (our own upload moved it on).
+        self.etag_since = time.monotonic()
         self.metadata: dict[str, str] = {}  # every x-amz-meta-* to upload with
         self.headers: dict[str, str] = {}  # Content-Type and friends
         self.mtime = time.time()
@@ -134,12 +137,20 @@ class StagedFile:
         size = max(0, min(size, self.size - offset))
         return os.pread(self.fd, size, offset) if size else b""
 
-    def write(self, offset: int, data: bytes) -> int:
-        """Write locally and mark the item dirty (recorded before this returns, so a crash knows)."""
+    def write(self, offset: int, data: bytes, append: bool = False) -> int:
+        """Write locally and mark the item dirty (recorded before this returns, so a crash knows).
+
+        With ``append`` the bytes go at the end as it is when the lock is
+        taken, so writers appending through several handles never overlap.
+        """
         with self.cond:
-            end = offset + len(data)
-            # A fetch of these bytes still in flight would overwrite them: wait for it.
-            while any(s < end and offset < e for s, e in self.inflight):
+            while True:
+                if append:
+                    offset = self.size
+                end = offset + len(data)
+                # A fetch of these bytes still in flight would overwrite them: wait for it.
+                if not any(s < end and offset < e for s, e in self.inflight):
+                    break
                 self.cond.wait()
             os.pwrite(self.fd, data, offset)
             self.present.add(offset, end)
@@ -183,11 +194,16 @@ class StagedFile:
             if upload_id in self.upload_ids:
                 self.upload_ids.remove(upload_id)
 
-    def mark_clean(self, generation: int, etag: str) -> bool:
-        """After an upload of ``generation``: clean unless it changed meanwhile."""
+    def mark_clean(self, generation: int, etag: str, uploaded_size: int | None = None) -> bool:
+        """After an upload of ``generation`` (``uploaded_size`` bytes): clean unless it changed meanwhile.
+
+        Either way S3 now holds version ``etag``, and every handle of the item
+        moves to it: its bytes are all local, so no read asks S3 for the old one.
+        """
         with self.cond:
             self.etag = etag
-            self.remote_size = self.size
+            self.etag_since = time.monotonic()
+            self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
             self.upload_error = ""
             if self.generation != generation:
                 return False
@@ -204,23 +220,58 @@ class StagedFile:
         with self.save_lock:
             self.cache.journal.record(self.id, None)
 
+    def adopt(
+        self,
+        size: int,
+        etag: str,
+        metadata: dict[str, str],
+        headers: dict[str, str],
+        mtime: float,
+        seen_at: float,
+    ) -> bool:
+        """S3 was seen (at ``seen_at``, monotonic) holding version ``etag``: follow it if it is news.
+
+        Only a clean item follows, and only when the sighting is newer than
+        what the item knows and names another version: a lookup sent before
+        our own upload finished names the version that upload replaced, and
+        following it would drop the bytes every open handle is reading.
+        Returns True when the local bytes were dropped.
+        """
+        with self.cond:
+            while self.inflight:  # a fetch of the old version would land in the new one's bytes
+                self.cond.wait()
+            if self.dirty or self.uploading or etag == self.etag or seen_at <= self.etag_since:
+                return False
+            self._reset(size, etag, metadata, headers, mtime)
+        self.drop_record()
+        return True
+
     def reset(
         self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
     ) -> None:
         """Forget local bytes: the object in S3 is (now) this one."""
         with self.cond:
-            os.ftruncate(self.fd, 0)
-            os.ftruncate(self.fd, size)
-            self.present = RangeSet()
-            self.size = self.remote_size = size
-            self.etag = etag
-            self.metadata = dict(metadata)
-            self.headers = dict(headers)
-            self.mtime = mtime
-            self.dirty = False
-            self.generation += 1
-            self.uploaded_bytes = 0
+            while self.inflight:
+                self.cond.wait()
+            self._reset(size, etag, metadata, headers, mtime)
         self.drop_record()
+
+    def _reset(
+        self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
+    ) -> None:
+        """reset's work; the caller holds cond."""
+        os.ftruncate(self.fd, 0)
+        os.ftruncate(self.fd, size)
+        self.present = RangeSet()
+        self.size = self.remote_size = size
+        self.etag = etag
+        self.etag_since = time.monotonic()
+        self.metadata = dict(metadata)
+        self.headers = dict(headers)
+        self.mtime = mtime
+        self.dirty = False
+        self.generation += 1
+        self.uploaded_bytes = 0
 
     def local_bytes(self) -> int:
         try:

@@ -4,7 +4,23 @@ A file written from its start (a new file, or one opened with O_TRUNC) that
 grows past the multipart threshold starts a multipart upload at once; each
 part is sent, in the background, as soon as the writer has filled it, so
 close waits only for the tail. A write behind what was already sent, or a
-truncate, abandons the stream and the close uploads the file whole.
+truncate, abandons the stream (the log says why) and the close uploads the
+file whole.
+
+An fsync (or ``s3fs-mount sync``) in the middle of such a write completes
+the stream, so what was written is in S3, and remembers that the object
+now holds the file's first bytes (:class:`StreamBase`). The next write
+starts a new stream whose first parts are server-side copies of those bytes
+(UploadPartCopy, conditional on that version), so a sync never makes the
+bytes already sent go up again: only the last, partial part is re-sent.
+
+**Between clients, no silent lost update.** Every upload is conditional on
+the version this mount last saw (``If-Match`` with the ETag our bytes came
+from; ``If-None-Match: *`` for a file we created) where the server honours
+it (probed at mount, :meth:`RemoteStore.probe_conditional_writes`), else a
+HEAD just before the upload compares ETags. When the object changed, ours
+goes to ``KEY.conflict-TIMESTAMP``, theirs stays, one log line names both
+ETags, and :class:`~s3fs_mount.fs.errors.Conflict` tells the caller.
 
 Multipart upload ids are recorded in the item's record, so uploads a crash
 interrupted are aborted at the next mount.
@@ -24,9 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.attrs import META_PREFIX
-from s3fs_mount.fs.staging import StagedFile
+from s3fs_mount.fs.errors import Conflict
+from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
-from s3fs_mount.s3.store import MultipartUpload, RemoteStore, part_size_for
+from s3fs_mount.s3.sigv4 import uri_encode
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, RemoteStore, part_size_for
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +54,43 @@ MTIME = META_PREFIX + "mtime"
 CRASH_AFTER_UPLOAD = os.environ.get("S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD") == "1"
 #: ``item.stream`` when streaming failed to start: upload whole at close, don't try again.
 STREAM_OFF = "off"
+#: How uploads guard against replacing another client's version (see the module docstring).
+CHECK_CONDITIONAL, CHECK_HEAD, CHECK_OFF = "conditional", "head", "off"
+
+
+@dataclass
+class StreamBase:
+    """S3's version ``etag`` of the item holds its first ``length`` bytes, as whole parts.
+
+    Left by a stream completed mid-write (fsync); the next stream copies these
+    bytes server-side instead of sending them again.
+    """
+
+    etag: str
+    length: int
+    part_size: int
 
 
 @dataclass
 class StreamingUpload:
-    """A multipart upload fed part by part. Guarded by its item's cond."""
+    """A multipart upload fed part by part. Guarded by its item's cond.
+
+    Its first ``copied_parts`` parts copy the first ``copied`` bytes from a
+    :class:`StreamBase`; the rest are the file's bytes from there on, one
+    ``part_size`` each.
+    """
 
     mpu: MultipartUpload
     part_size: int
     headers: dict[str, str]
+    copied: int = 0
+    copied_parts: int = 0
     next_part: int = 1  # the first part not yet submitted
     futures: list[concurrent.futures.Future[str]] = field(default_factory=list)
 
     @property
     def sent_until(self) -> int:
-        return (self.next_part - 1) * self.part_size
+        return self.copied + (self.next_part - 1 - self.copied_parts) * self.part_size
 
 
 class Uploader:
@@ -60,20 +101,50 @@ class Uploader:
     :param part_size: bytes per part (grown when a file would need > 10,000).
     :param threshold: files of at least this size upload in parts.
     :param workers: parts in flight at once, over all files.
+    :param staging: the cache, to move an item to its conflict name.
     """
 
     def __init__(
-        self, store: RemoteStore, bucket: str, part_size: int, threshold: int, workers: int = 8
+        self,
+        store: RemoteStore,
+        bucket: str,
+        part_size: int,
+        threshold: int,
+        workers: int = 8,
+        staging: StagingCache | None = None,
     ) -> None:
         self.store = store
         self.bucket = bucket
         self.part_size = part_size
         self.threshold = max(threshold, part_size)
+        self.staging = staging
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-upload")
         self._slots = threading.BoundedSemaphore(workers * 2)  # parts queued: back-pressure
+        #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
+        self.put_check = CHECK_HEAD
+        self.complete_check = CHECK_HEAD
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+    def configure_checks(self, enabled: bool) -> None:
+        """Find out (with one probe) how this server lets uploads be conditional; log what is used."""
+        if not enabled:
+            self.put_check = self.complete_check = CHECK_OFF
+            log.warning("conflict check off: an upload may replace another client's newer version")
+            return
+        try:
+            on_put, on_complete = self.store.probe_conditional_writes(self.bucket)
+        except Exception as exc:
+            log.warning("could not probe conditional writes (%s): a HEAD before each upload checks", exc)
+            on_put = on_complete = False
+        self.put_check = CHECK_CONDITIONAL if on_put else CHECK_HEAD
+        self.complete_check = CHECK_CONDITIONAL if on_complete else CHECK_HEAD
+        log.info(
+            "conflict check: PUT by %s, multipart complete by %s",
+            "If-Match/If-None-Match" if on_put else "a HEAD before it",
+            "If-Match/If-None-Match" if on_complete else "a HEAD before it",
+        )
 
     def name(self, item: StagedFile) -> S3Name:
         return S3Name(item.key, self.bucket)
@@ -110,27 +181,40 @@ class Uploader:
     # -- streaming while written ----------------------------------------------------
 
     def before_write(self, item: StagedFile, offset: int) -> None:
-        """A write is coming at ``offset``: abandon a stream it would contradict."""
+        """A write is coming at ``offset``: abandon a stream (or base) it would contradict."""
         stream = item.stream
         if isinstance(stream, StreamingUpload) and offset < stream.sent_until:
-            log.debug("%s: write behind the streamed parts, uploading whole at close", item.key)
+            log.info(
+                "%s: a write at %d, behind the %d bytes streamed: uploading whole at close",
+                item.key,
+                offset,
+                stream.sent_until,
+            )
             self.abandon(item)
+        elif isinstance(stream, StreamBase) and offset < stream.length:
+            with item.cond:
+                if item.stream is stream:
+                    item.stream = None
 
     def after_write(self, item: StagedFile) -> None:
         """Send any part the writer has now filled, if the file is being written from scratch."""
         with item.cond:
-            if item.remote_size or item.size < self.threshold or item.uploading:
-                return
             stream = item.stream
+            if item.size < self.threshold or item.uploading:
+                return
+            if stream is None and item.remote_size:
+                return  # not written from its start: uploaded whole at close
         if stream is STREAM_OFF:
             return
-        if stream is None:
+        if stream is None or isinstance(stream, StreamBase):
             try:
-                stream = self._start_stream(item)
+                stream = self._start_stream(item, stream)
             except Exception as exc:  # the bytes are staged: close uploads them whole
                 log.warning("%s: could not start a streamed upload (%s); uploading at close", item.key, exc)
                 with item.cond:
                     item.stream = STREAM_OFF
+                return
+            if stream is None:
                 return
         assert isinstance(stream, StreamingUpload)
         while True:
@@ -148,13 +232,54 @@ class Uploader:
             with item.cond:
                 stream.futures.append(fut)
 
-    def _start_stream(self, item: StagedFile) -> StreamingUpload:
-        part = part_size_for(max(item.size, 1 << 30), self.part_size)
+    def _start_stream(self, item: StagedFile, base: StreamBase | None) -> StreamingUpload | None:
+        """Begin a stream; from ``base``, its first parts are copies of what S3 already has."""
+        with item.cond:
+            if base is not None and (item.stream is not base or item.etag != base.etag):
+                item.stream = None  # S3's object is no longer the one the base describes
+                base = None
+            if base is None and item.remote_size:
+                return None
+        part = base.part_size if base else part_size_for(max(item.size, 1 << 30), self.part_size)
         headers = self.headers(item, with_mtime=False)
         stream = StreamingUpload(self._begin_multipart(item, headers), part, headers)
+        if base is not None:
+            source = "/%s/%s" % (self.bucket, uri_encode(item.key, safe="/"))
+            span = max(part, MAX_SINGLE_COPY // part * part)  # each copy a whole number of parts
+            for number, first in enumerate(range(0, base.length, span), start=1):
+                last = min(first + span, base.length) - 1
+                stream.futures.append(
+                    self.pool.submit(
+                        self._copy_part, item, stream.mpu, number, source, first, last, base.etag
+                    )
+                )
+                stream.copied_parts = number
+            stream.copied = base.length
+            stream.next_part = stream.copied_parts + 1
+            log.debug(
+                "%s: streaming on after %d bytes already in S3 (%d copied parts)",
+                item.key,
+                base.length,
+                stream.copied_parts,
+            )
         with item.cond:
             item.stream = stream
         return stream
+
+    def _copy_part(
+        self,
+        item: StagedFile,
+        mpu: MultipartUpload,
+        number: int,
+        source: str,
+        first: int,
+        last: int,
+        etag: str,
+    ) -> str:
+        result = mpu.copy_part(number, source, first, last, if_match=etag)
+        with item.cond:
+            item.uploaded_bytes += last - first + 1
+        return result
 
     def _begin_multipart(self, item: StagedFile, headers: dict[str, str]) -> MultipartUpload:
         """Start a multipart upload, recorded so that a crash leaves no dangling parts."""
@@ -184,7 +309,7 @@ class Uploader:
                 self._slots.release()
 
     def abandon(self, item: StagedFile) -> None:
-        """Abort the item's stream, if any."""
+        """Abort the item's stream, if any (and forget a base to stream on from)."""
         with item.cond:
             stream, item.stream = item.stream, None
         if isinstance(stream, StreamingUpload):
@@ -197,20 +322,26 @@ class Uploader:
         """Upload ``item`` if it is dirty; True when S3 has its latest content.
 
         Raises the connector's exception when the upload fails; the item
-        stays dirty (and staged) for the next try.
+        stays dirty (and staged) for the next try. Raises
+        :class:`~s3fs_mount.fs.errors.Conflict` when S3's object changed
+        since this mount last saw it: ours is then in S3 under the conflict
+        name, and the item with it.
         """
         with item.upload_lock:
             with item.cond:
                 if not item.dirty:
                     return True
                 generation = item.generation
+                replaces = item.etag  # the version we may replace ("" for nothing)
                 item.uploading = True
                 if not isinstance(item.stream, StreamingUpload):
                     item.uploaded_bytes = 0
             started = time.monotonic()
             try:
-                etag = self._upload(item)
+                etag, size = self._upload(item, replaces)
                 self._abort_leftovers(item)
+            except _Clobbered as clash:
+                return self._keep_both(item, generation, replaces, clash.theirs)
             except BaseException as exc:
                 with item.cond:
                     item.upload_error = str(exc)
@@ -220,8 +351,8 @@ class Uploader:
                     item.uploading = False
             if CRASH_AFTER_UPLOAD:  # test hook: die in the window between upload and bookkeeping
                 os.kill(os.getpid(), signal.SIGKILL)
-            clean = item.mark_clean(generation, etag)
-            log.debug("uploaded %s (%d bytes) in %.2fs", item.key, item.size, time.monotonic() - started)
+            clean = item.mark_clean(generation, etag, size)
+            log.debug("uploaded %s (%d bytes) in %.2fs", item.key, size, time.monotonic() - started)
             return clean
 
     def _abort_leftovers(self, item: StagedFile) -> None:
@@ -232,19 +363,37 @@ class Uploader:
         for upload_id in leftovers:
             self.abort_upload(item, upload_id)
 
-    def _upload(self, item: StagedFile) -> str:
+    def _upload(self, item: StagedFile, replaces: str) -> tuple[str, int]:
+        """Put the item's bytes in S3, replacing only version ``replaces``; (ETag, bytes)."""
         stream = item.stream
+        if isinstance(stream, StreamBase):
+            try:
+                stream = self._start_stream(item, stream)
+            except Exception as exc:
+                log.warning(
+                    "%s: could not stream on from the bytes in S3 (%s); uploading whole", item.key, exc
+                )
+                stream = None
         if isinstance(stream, StreamingUpload):
             try:
-                return self._finish_stream(item, stream)
+                return self._finish_stream(item, stream, replaces)
+            except _Clobbered:
+                self.abandon(item)
+                raise
             except Exception as exc:
                 log.warning("%s: streamed upload failed (%s); uploading whole", item.key, exc)
                 self.abandon(item)
         with item.cond:
             size = item.size
+        self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
             data = os.pread(item.fd, size, 0)
-            return self.store.put(self.name(item), data, self.headers(item))
+            condition = _conditions(replaces, self.put_check)
+            try:
+                return self.store.put(self.name(item), data, self.headers(item), **condition), size
+            except S3Error as exc:
+                self._refused(item, exc, hashlib.md5(data).hexdigest())
+                return hashlib.md5(data).hexdigest(), size
         part = part_size_for(size, self.part_size)
         mpu = self._begin_multipart(item, self.headers(item))
         try:
@@ -252,14 +401,14 @@ class Uploader:
                 (lambda n=n, off=off: self._send_part(item, mpu, n, off, min(part, size - off), False))
                 for n, off in enumerate(range(0, size, part), start=1)
             )
-            etag = mpu.complete()
+            etag = self._complete(item, mpu, replaces)
         except BaseException:
             self.abort_upload(item, mpu.upload_id)
             raise
         item.forget_upload(mpu.upload_id)
-        return etag
+        return etag, size
 
-    def _finish_stream(self, item: StagedFile, stream: StreamingUpload) -> str:
+    def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:
         with item.cond:
             size = item.size
             start = stream.sent_until
@@ -273,16 +422,111 @@ class Uploader:
         ]
         for fut in list(stream.futures) + tail:
             fut.result()
-        etag = stream.mpu.complete()
+        self._check_by_head(item, replaces, self.complete_check)
+        etag = self._complete(item, stream.mpu, replaces)
+        whole_parts = start + (size - start) // stream.part_size * stream.part_size
         with item.cond:
-            item.stream = None
+            # The next write streams on from here, copying what S3 now has.
+            item.stream = StreamBase(etag, whole_parts, stream.part_size) if whole_parts else None
         item.forget_upload(stream.mpu.upload_id)
         if self.headers(item, with_mtime=False) != stream.headers:
             # Metadata changed while the parts were going up: one self-copy sets it.
             etag = self.store.copy_object(
-                self.name(item), self.name(item), self.headers(item), replace_metadata=True
+                self.name(item), self.name(item), self.headers(item), replace_metadata=True, if_match=etag
             )
-        return etag
+            with item.cond:
+                if isinstance(item.stream, StreamBase):
+                    item.stream.etag = etag
+        return etag, size
+
+    # -- conflicts -------------------------------------------------------------------------
+
+    def _complete(self, item: StagedFile, mpu: MultipartUpload, replaces: str) -> str:
+        try:
+            return mpu.complete(**_conditions(replaces, self.complete_check))
+        except S3Error as exc:
+            expected = mpu.expected_etag()
+            self._refused(item, exc, expected)
+            return expected
+
+    def _check_by_head(self, item: StagedFile, replaces: str, check: str) -> None:
+        """Where the server ignores conditions: raise _Clobbered if S3's object is not ``replaces``."""
+        if check != CHECK_HEAD:
+            return
+        current = self._current_etag(item)
+        if current != replaces:
+            raise _Clobbered(current)
+
+    def _refused(self, item: StagedFile, exc: S3Error, ours: str) -> None:
+        """A conditional write got ``exc``: re-raise it, pass if S3 has ``ours``, or raise _Clobbered.
+
+        (A retried request whose first attempt did land is refused by its own condition.)
+        """
+        if not exc.precondition_failed:
+            raise exc
+        current = self._current_etag(item)
+        if current and current == ours:
+            return
+        raise _Clobbered(current) from exc
+
+    def _current_etag(self, item: StagedFile) -> str:
+        try:
+            return self.store.head(self.name(item)).etag
+        except S3Error as exc:
+            if exc.not_found:
+                return ""
+            raise
+
+    def _keep_both(self, item: StagedFile, generation: int, replaces: str, theirs: str) -> bool:
+        """S3's object changed under us: upload ours as KEY.conflict-TIMESTAMP, and say so."""
+        key = item.key
+        saved_as = conflict_name(key)
+        log.error(
+            "%s changed in S3 since this mount saw it (ours replaced ETag %s, S3 now has %s): "
+            "theirs stays, ours goes to %s",
+            key,
+            replaces or "none (a new file)",
+            theirs or "none (deleted)",
+            saved_as,
+        )
+        if self.staging is not None:
+            self.staging.rekey(key, saved_as)
+        else:
+            item.key = saved_as
+        with item.cond:
+            item.etag = ""  # nothing there yet
+            item.uploading = True
+        try:
+            etag, size = self._upload(item, "")
+        except BaseException as exc:
+            with item.cond:
+                item.upload_error = str(exc)
+            raise
+        finally:
+            with item.cond:
+                item.uploading = False
+        item.mark_clean(generation, etag, size)
+        raise Conflict(key, saved_as, replaces, theirs)
+
+
+class _Clobbered(Exception):
+    """Internal: S3's object is not the version the upload may replace (``theirs``: its ETag)."""
+
+    def __init__(self, theirs: str) -> None:
+        super().__init__(theirs)
+        self.theirs = theirs
+
+
+def _conditions(replaces: str, check: str) -> dict[str, object]:
+    """The keyword arguments that make a write replace only ``replaces``."""
+    if check != CHECK_CONDITIONAL:
+        return {}
+    return {"if_match": replaces} if replaces else {"if_none_match": True}
+
+
+def conflict_name(key: str) -> str:
+    """Where our version of ``key`` goes when S3's changed meanwhile (also used at recovery)."""
+    return "%s.conflict-%s" % (key, time.strftime("%Y%m%dT%H%M%S"))
 
 
 class WritebackQueue:

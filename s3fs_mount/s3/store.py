@@ -94,6 +94,19 @@ class ObjectInfo:
         )
 
 
+def write_conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
+    """Headers of a conditional write: replace only version ``if_match``, or only nothing.
+
+    S3 (and SeaweedFS) answer 412 when the condition fails, so a write never
+    silently replaces an object another client changed meanwhile.
+    """
+    if if_match:
+        return {"If-Match": '"%s"' % if_match}
+    if if_none_match:
+        return {"If-None-Match": "*"}
+    return {}
+
+
 class MultipartUpload:
     """One multipart upload under way. Parts may be sent from several threads.
 
@@ -127,29 +140,51 @@ class MultipartUpload:
             self.parts[number] = etag
         return etag
 
-    def copy_part(self, number: int, source: str, first: int, last: int) -> str:
-        """UploadPartCopy of bytes ``first..last`` of ``source`` (``/bucket/key``)."""
+    def copy_part(self, number: int, source: str, first: int, last: int, if_match: str | None = None) -> str:
+        """UploadPartCopy of bytes ``first..last`` of ``source`` (``/bucket/key``).
+
+        With ``if_match`` only from that version of the source (else S3Error 412).
+        """
+        headers = {"x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=%d-%d" % (first, last)}
+        if if_match:
+            headers["x-amz-copy-source-if-match"] = '"%s"' % if_match
         resp = self.store.connection.request(
             "PUT",
             self.bucket,
             self.key,
             query={"partNumber": str(number), "uploadId": self.upload_id},
-            headers={"x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=%d-%d" % (first, last)},
+            headers=headers,
         )
         etag = xmlparse.parse_text(resp.content, "ETag").strip('"')
         with self._lock:
             self.parts[number] = etag
         return etag
 
-    def complete(self) -> str:
-        """Finish the upload; returns the object's ETag."""
+    def expected_etag(self) -> str:
+        """The ETag S3 gives the completed object (MD5 of the parts' MD5s, then the count)."""
         with self._lock:
-            parts = list(self.parts.items())
+            etags = [etag for _, etag in sorted(self.parts.items())]
+        try:
+            digests = b"".join(bytes.fromhex(e) for e in etags)
+        except ValueError:
+            return ""  # not MD5s (SSE-KMS, some servers): unknown
+        return "%s-%d" % (hashlib.md5(digests).hexdigest(), len(etags))
+
+    def complete(self, if_match: str | None = None, if_none_match: bool = False) -> str:
+        """Finish the upload; returns the object's ETag.
+
+        ``if_match`` (an ETag) or ``if_none_match`` make it conditional on the
+        object the upload replaces: S3Error 412 when that changed (see
+        :func:`write_conditions`).
+        """
+        with self._lock:
+            parts = sorted(self.parts.items())
         resp = self.store.connection.request(
             "POST",
             self.bucket,
             self.key,
             query={"uploadId": self.upload_id},
+            headers=write_conditions(if_match, if_none_match),
             body=xmlparse.complete_multipart_body(parts),
         )
         # S3 may answer 200 with an error body.
@@ -389,12 +424,55 @@ class RemoteStore:
         remote_name: RemoteName,
         data: bytes | Callable[[], IO[bytes]],
         headers: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
     ) -> str:
-        """PUT an object from bytes or a factory of fresh file objects; returns its ETag."""
+        """PUT an object from bytes or a factory of fresh file objects; returns its ETag.
+
+        ``if_match`` / ``if_none_match`` make it conditional (S3Error 412 when
+        the object is not that version / exists): see :func:`write_conditions`.
+        """
         bucket, key = self._name(remote_name)
-        resp = self.connection.request("PUT", bucket, key, headers=dict(headers or {}), body=data)
+        out = dict(headers or {})
+        out.update(write_conditions(if_match, if_none_match))
+        resp = self.connection.request("PUT", bucket, key, headers=out, body=data)
         resp.close()
         return resp.headers.get("ETag", "").strip('"')
+
+    def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]:
+        """Does the server honour ``If-None-Match: *`` on PUT, and on CompleteMultipartUpload?
+
+        Writes, then removes, a probe object (``.s3fs-mount-probe-<random>``);
+        six requests. Servers that ignore the header overwrite the probe
+        instead of answering 412.
+        """
+        name = S3Name(".s3fs-mount-probe-%s" % os.urandom(6).hex(), bucket)
+        try:
+            self.put(name, b"1")
+            try:
+                self.put(name, b"2", if_none_match=True)
+                on_put = False
+            except S3Error as exc:
+                if not exc.precondition_failed:
+                    raise
+                on_put = True
+            mpu = self.start_multipart(name)
+            try:
+                mpu.upload_part(1, b"3")
+                mpu.complete(if_none_match=True)
+                on_complete = False
+            except S3Error as exc:
+                if not exc.precondition_failed:
+                    raise
+                on_complete = True
+            finally:
+                mpu.abort()
+        finally:
+            try:
+                self.remove(name)
+            except Exception as exc:  # the probe stays: harmless, and logged
+                log.warning("could not remove the probe object %s: %s", name.key, exc)
+        return on_put, on_complete
 
     def start_multipart(
         self, remote_name: RemoteName, headers: Mapping[str, str] | None = None

@@ -81,6 +81,7 @@ class Workload:
     prepare: Callable[[Bench], None] | None = None  # boto3 set-up before the mount is started
     prepare_raw: Callable[[Bench], None] | None = None
     writeback: bool = False
+    options: str = ""  # more -o options for our mount
     peers: bool = True  # also run with s3fs / rclone
     unsupported: tuple[str, ...] = ()  # peers that cannot do it at all
 
@@ -156,13 +157,16 @@ class MountProc:
 
     _count = 0
 
-    def __init__(self, bench: Bench, tool: str, writeback: bool = False, debug: bool = False) -> None:
+    def __init__(
+        self, bench: Bench, tool: str, writeback: bool = False, debug: bool = False, options: str = ""
+    ) -> None:
         MountProc._count += 1
         tag = "%s-%03d" % (tool, MountProc._count)
         self.bench = bench
         self.tool = tool
         self.writeback = writeback
         self.debug = debug
+        self.options = options
         self.path = os.path.join(bench.tmp, "mnt", tag)
         self.cache_dir = os.path.join(bench.tmp, "cache", tag)
         self.log_path = os.path.join(bench.tmp, "logs", tag + ".log")
@@ -179,6 +183,8 @@ class MountProc:
                 opts += ",writeback"
             if self.debug:
                 opts += ",debug"
+            if self.options:
+                opts += "," + self.options
             env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
             return [sys.executable, BIN, "-f", "-c", b.config_path, "-o", opts, BUCKET, self.path], env
         if self.tool == "s3fs":
@@ -542,7 +548,7 @@ class Bench:
         try:
             if w.prepare:
                 w.prepare(self)
-            m = MountProc(self, tool, writeback=w.writeback, debug=debug).start()
+            m = MountProc(self, tool, writeback=w.writeback, debug=debug, options=w.options).start()
             offset = m.log_offset()
             s.seconds = w.mount(self, m)
             if m.running():
@@ -888,6 +894,9 @@ def workloads() -> list[Workload]:
         Workload("random_read", m_random, r_random, big("big"), big("raw/big")),
         Workload("small_files", m_small, r_small("raw/small/"), none_at("small/", "small"),
                  none_at("raw/small/")),
+        # the same with -o conflict_check=off: what the If-None-Match on each PUT costs
+        Workload("small_files_nocheck", m_small, r_small("raw/small/"), none_at("small/", "small"),
+                 none_at("raw/small/"), options="conflict_check=off", peers=False),
         Workload("small_files_wb", m_small_wb, r_small("raw/smallwb/"), none_at("smallwb/", "smallwb"),
                  none_at("raw/smallwb/"), writeback=True, peers=False),
         Workload("ls_l", m_ls("small"), r_list("raw/small/"), files("small/"), files("raw/small/")),

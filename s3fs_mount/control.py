@@ -64,26 +64,26 @@ def status(mountpoint: str, out: TextIO = sys.stdout) -> int:
 
 
 def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None) -> int:
-    """Wait until nothing is pending; a progress bar on a terminal, plain lines otherwise."""
+    """Upload every pending file once (an fsync each); a progress bar on a terminal, lines otherwise.
+
+    A file still open for writing is fsync'd (what was written so far goes to
+    S3) and then reported as not final, never waited on: its writer may go on
+    for ever. Returns 0 when everything written so far is in S3, else 1.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     tty = out.isatty()
     failed: set[str] = set()
-    total = None
-    while True:
-        pending = [p for p in read_status(mountpoint)["pending"] if p["path"] not in failed]
-        if total is None:
-            total = len(pending)
-        if not pending:
-            break
+    done: set[str] = set()
+    pending = read_status(mountpoint)["pending"]
+    total = len(pending)
+    for n, p in enumerate(pending):
         if deadline is not None and time.monotonic() > deadline:
-            print("sync: timed out with %d files pending" % len(pending), file=out)
+            print("\nsync: timed out with %d files pending" % (total - n), file=out)
             return 1
-        p = pending[0]
-        done = total - len(pending)
         if tty:
             width = 30
-            fill = int(width * done / max(total, 1))
-            out.write("\r[%s%s] %d/%d %s" % ("#" * fill, "." * (width - fill), done, total, p["path"][-40:]))
+            fill = int(width * n / max(total, 1))
+            out.write("\r[%s%s] %d/%d %s" % ("#" * fill, "." * (width - fill), n, total, p["path"][-40:]))
             out.flush()
         else:
             print("uploading %s (%s)" % (p["path"], _size(p["size"])), file=out)
@@ -93,13 +93,35 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            done.add(p["path"])
         except OSError as exc:
             print("\nsync: %s: %s" % (p["path"], exc.strerror), file=out)
             failed.add(p["path"])
     if tty:
-        out.write("\n")
+        out.write("\r[%s] %d/%d%s\n" % ("#" * 30, total, total, " " * 40))
+    st = read_status(mountpoint)
+    left = [p for p in st["pending"] if p["path"] not in failed]
+    for p in left:
+        if p.get("writers"):
+            print(
+                "sync: %s is still open for writing: %s of %s in S3 so far, the rest when it is closed"
+                % (p["path"], _size(p["uploaded"]), _size(p["size"])),
+                file=out,
+            )
+        else:
+            print(
+                "sync: %s changed again meanwhile: %s not yet in S3" % (p["path"], _size(p["size"])), file=out
+            )
+    for w in st.get("open_for_writing", []):
+        if not w["dirty"]:
+            print(
+                "sync: %s is still open for writing; the %s written so far are in S3"
+                % (w["path"], _size(w["size"])),
+                file=out,
+            )
     if failed:
         print("sync: %d files could not be uploaded; they stay staged" % len(failed), file=out)
+    if failed or left:
         return 1
     print("all files are in S3", file=out)
     return 0

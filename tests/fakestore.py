@@ -160,7 +160,7 @@ class FakeStore:
         yield page
 
     def list_all(self, prefix: str = "", bucket: str | None = None) -> Iterator[ListEntry]:
-        for page in self.list(prefix, delimiter=None):
+        for page in self.list(prefix, delimiter=None, bucket=bucket):
             yield from page.entries
 
     def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:

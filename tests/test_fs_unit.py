@@ -28,7 +28,9 @@ def _context(monkeypatch):
 
 def make_ops(tmp_path, store=None, **options) -> S3Operations:
     opts = MountOptions(cache_dir=str(tmp_path / "cache"), **options)
-    return S3Operations(store or FakeStore(), "bucket", "", opts)
+    ops = S3Operations(store or FakeStore(), "bucket", "", opts)
+    ops.uploader.configure_checks(opts.conflict_check)  # what start() does at mount
+    return ops
 
 
 def write_file(ops: S3Operations, path: str, data: bytes, chunk: int = 1 * MiB, flush: bool = True) -> int:
@@ -463,3 +465,134 @@ def test_device_of_a_mount_point_is_what_stat_says():
     assert device_of("/proc") == "%d:%d" % (os.major(dev), os.minor(dev))
     with pytest.raises(LookupError):
         device_of("/no/such/mount")
+
+
+# -- shared files: one coherent view, no silent lost update ------------------------------------
+
+
+def test_a_lookup_older_than_our_upload_does_not_reset_the_item(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    write_file(ops, "/f", b"v1")
+    before = time.monotonic()
+    old = ops.namespace.lookup_full("/f")
+    fh = ops.open("/f", os.O_WRONLY | os.O_APPEND)
+    ops.write("/f", b"+v2", 0, fh)
+    ops.flush("/f", fh)  # uploaded: the item is at the new version
+    item = ops.staging.get("f")
+    stale = (old.size, old.etag, old.metadata, old.headers, old.mtime)
+    assert not item.adopt(*stale, seen_at=before)  # a HEAD answered before our upload
+    assert ops.read("/f", 100, 0, fh) == b"v1+v2"
+    # ... while a newer sighting of another version is followed
+    store.put("f", b"theirs")
+    newer = ops.namespace._fetch("/f")
+    assert item.adopt(newer.size, newer.etag, newer.metadata, newer.headers, newer.mtime, newer.seen_at)
+    ops.release("/f", fh)
+
+
+def test_an_answer_sent_before_our_change_is_not_cached(tmp_path):
+    store = FakeStore()
+    store.put("f", b"old")
+    ops = make_ops(tmp_path, store)
+    stale = ops.namespace._fetch("/f")  # a HEAD under way ...
+    fh = ops.open("/f", os.O_WRONLY | os.O_TRUNC)  # ... while we rewrite the file
+    ops.write("/f", b"newer", 0, fh)
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert ops.namespace._cache_fetched("/f", stale).size == 5
+    assert ops.getattr("/f")["st_size"] == 5
+
+
+def test_appending_handles_write_at_the_end_whatever_the_offset(tmp_path):
+    ops = make_ops(tmp_path)
+    write_file(ops, "/log", b"start\n")
+    a = ops.open("/log", os.O_WRONLY | os.O_APPEND)
+    b = ops.open("/log", os.O_WRONLY | os.O_APPEND)
+    ops.write("/log", b"A\n", 6, a)
+    ops.write("/log", b"B\n", 6, b)  # a stale offset: it still lands at the end
+    ops.flush("/log", a)
+    assert ops.read("/log", 100, 0, a) == b"start\nA\nB\n"
+    ops.release("/log", a)
+    ops.release("/log", b)
+
+
+@pytest.mark.parametrize("check", ["conditional", "head"])
+def test_another_clients_version_is_kept_and_ours_goes_aside(tmp_path, check):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.uploader.put_check = ops.uploader.complete_check = check
+    write_file(ops, "/f", b"v1")
+    fh = ops.open("/f", os.O_RDWR)
+    ops.write("/f", b"ours", 0, fh)
+    store.put("f", b"theirs")
+    with pytest.raises(FuseOSError) as exc:
+        ops.flush("/f", fh)
+    assert exc.value.errno == errno.ESTALE
+    ops.release("/f", fh)
+    assert store.objects["f"].data == b"theirs"
+    aside = [k for k in store.objects if k.startswith("f.conflict-")]
+    assert len(aside) == 1 and store.objects[aside[0]].data == b"ours"
+    assert not ops.staging.pending()
+
+
+def test_a_retried_put_whose_first_attempt_landed_is_no_conflict(tmp_path, monkeypatch):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+
+    def landed_then_lost(name, data, headers=None, **conditions):
+        real_put(name, data, headers)  # the first attempt reached S3, its answer did not
+        return real_put(name, data, headers, **conditions)  # the retry: refused by its own condition
+
+    monkeypatch.setattr(store, "put", landed_then_lost)
+    write_file(ops, "/f", b"once")
+    assert store.objects["f"].data == b"once"
+    assert not [k for k in store.objects if "conflict" in k]
+
+
+def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = os.urandom(31 * MiB)
+    fh = ops.create("/big", 0o644)
+    sent = 0
+    real = store.start_multipart
+
+    def counting(name, headers=None):
+        mpu = real(name, headers)
+        upload = mpu.upload_part
+
+        def part(number, body):
+            nonlocal sent
+            sent += len(body)
+            return upload(number, body)
+
+        mpu.upload_part = part
+        return mpu
+
+    store.start_multipart = counting
+    for n, off in enumerate(range(0, len(data), MiB)):
+        ops.write("/big", data[off : off + MiB], off, fh)
+        if n in (11, 22):
+            ops.fsync("/big", 0, fh)
+            assert store.objects["big"].data == data[: off + MiB]
+    ops.flush("/big", fh)
+    ops.release("/big", fh)
+    assert store.objects["big"].data == data
+    assert store.calls["COPY part"] >= 2  # the bytes already in S3 were copied, not sent again
+    assert sent <= len(data) + 2 * 5 * MiB  # at most one partial part again per fsync
+
+
+def test_listings_go_to_the_mounted_bucket(tmp_path):
+    class BucketSpy(FakeStore):
+        def list(self, prefix="", delimiter="/", bucket=None, **kw):
+            assert bucket == "bucket", bucket
+            return super().list(prefix, delimiter, bucket, **kw)
+
+    store = BucketSpy()
+    store.put("d/f", b"1")
+    ops = make_ops(tmp_path, store)
+    assert names(ops) == ["d"] and names(ops, "/d") == ["f"]
+    ops.mkdir("/e", 0o755)
+    ops.rename("/d", "/e2")
+    ops.rmdir("/e")

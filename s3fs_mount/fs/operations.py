@@ -37,6 +37,7 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 #: On the mount's root: the mount's status as JSON (read by ``s3fs-mount status``).
 STATUS_XATTR = "s3.status"
 SYMLINK_MODE = stat.S_IFLNK | 0o777
+HIDDEN_PREFIX = ".fuse_hidden"
 MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its default logs a complaint)
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
 
@@ -104,10 +105,12 @@ class S3Operations(Operations):
             else None
         )
         self._handles: dict[int, Handle] = {}
+        #: .fuse_hidden path -> the unlinked file its handles still use (see _hide)
+        self._hidden: dict[str, StagedFile] = {}
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         self.unuploaded: list[str] | None = None  # set by destroy()
         self._next_fh = itertools.count(1)
-        self._lock = threading.Lock()  # guards _handles
+        self._lock = threading.Lock()  # guards _handles and _hidden
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -122,7 +125,9 @@ class S3Operations(Operations):
             "entry_timeout": self.options.attr_ttl,
             "negative_timeout": 0,
             "use_ino": False,
-            "hard_remove": True,  # unlink while open: we keep the data, no .fuse_hidden files
+            # Unlink of an open file: libfuse renames it to .fuse_hiddenXXXX (see _hide), so that
+            # fstat, ftruncate and fchmod through its handles still have a name to go by.
+            "hard_remove": False,
         }
         if LIBFUSE_MAJOR == 2:
             # libfuse3 negotiates 1 MiB requests by itself; libfuse2 needs asking (and caps at 128 KiB).
@@ -211,6 +216,8 @@ class S3Operations(Operations):
 
     def _attributes(self, path: str) -> A.Attributes:
         """Attributes of ``path``, with a staged copy's size and times over S3's."""
+        if _is_hidden(path):
+            return self._item_attributes(self._hidden_item(path))
         item = self.staging.get(self.keymap.key(path)) if path != "/" else None
         if item is not None and _live(item):
             return self._item_attributes(item)
@@ -235,6 +242,22 @@ class S3Operations(Operations):
         """On the first open: the kernel sets a file's readahead up after our open answers."""
         if self.kernel_readahead is not None:
             self.kernel_readahead.ensure()
+
+    def _hidden_item(self, path: str) -> StagedFile:
+        """The unlinked, still open file libfuse calls ``path`` (a .fuse_hidden name)."""
+        with self._lock:
+            item = self._hidden.get(path)
+        if item is None:
+            raise FsError(errno.ENOENT)
+        return item
+
+    def _hide(self, path: str, hidden: str) -> None:
+        """libfuse's unlink of an open file: gone from S3 and from listings, alive through its handles."""
+        item = self.staging.get(self.keymap.key(path))
+        self._remove_file(path)
+        if item is not None:
+            with self._lock:
+                self._hidden[hidden] = item
 
     def _parent_dir(self, path: str) -> None:
         parent = KeyMap.split(path)[0]
@@ -284,6 +307,9 @@ class S3Operations(Operations):
 
     @fuse_operation
     def getattr(self, path: str, fh: int | None = None) -> dict[str, object]:
+        h = self._handles.get(fh) if fh is not None else None
+        if h is not None:  # fstat: the open file's own copy (it may be unlinked, or renamed)
+            return self._item_attributes(h.item).stat()
         return self._attributes(path).stat()
 
     def opendir(self, path: str) -> int:
@@ -436,6 +462,9 @@ class S3Operations(Operations):
         if fh is not None and fh in self._handles:
             self._truncate_item(self._handle(fh).item, length)
             return
+        if _is_hidden(path):
+            self._truncate_item(self._hidden_item(path), length)
+            return
         attributes = self._attributes(path)
         if attributes.is_dir:
             raise FsError(errno.EISDIR)
@@ -480,8 +509,15 @@ class S3Operations(Operations):
     @fuse_operation
     def unlink(self, path: str) -> None:
         self._writable()
+        if _is_hidden(path):  # the last close of a file unlinked while open
+            with self._lock:
+                self._hidden.pop(path, None)
+            return
         if self._attributes(path).is_dir:
             raise FsError(errno.EISDIR)
+        self._remove_file(path)
+
+    def _remove_file(self, path: str) -> None:
         key = self.keymap.key(path)
         item = self.staging.get(key)
         if item is not None:
@@ -495,6 +531,9 @@ class S3Operations(Operations):
     @fuse_operation
     def rename(self, old: str, new: str) -> None:
         self._writable()
+        if _is_hidden(new):
+            self._hide(old, new)
+            return
         source = self._attributes(old)
         try:
             target: A.Attributes | None = self._attributes(new)
@@ -602,6 +641,11 @@ class S3Operations(Operations):
     ) -> None:
         """Apply ``change`` to the object's metadata: pending upload, or a conditional self-copy."""
         self._writable()
+        if _is_hidden(path):  # fchmod and friends on an unlinked open file: kept with it, never stored
+            item = self._hidden_item(path)
+            current = self._item_attributes(item)
+            item.set_metadata(change(dict(current.metadata), current))
+            return
         key = self.keymap.key(path)
         item = self.staging.get(key) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
@@ -708,7 +752,15 @@ class S3Operations(Operations):
         return self.namespace.lookup_full(path).metadata
 
     def status(self) -> dict[str, object]:
-        """What ``s3fs-mount status`` shows: where from, cache use, files waiting to upload."""
+        """What ``s3fs-mount status`` shows: where from, cache use, files waiting to upload.
+
+        Per pending file: its size, the bytes of it already in S3 (``uploaded``:
+        of the upload under way, or of the last one), and ``writers``, the
+        handles open for writing (1 or 0; such a file is not final yet).
+        ``open_for_writing``: every file with a handle open for writing.
+        """
+        with self._lock:
+            writing = {id(h.item): h.item for h in self._handles.values() if h.writable}
         pending = []
         for item in self.staging.pending():
             with item.cond:
@@ -719,8 +771,16 @@ class S3Operations(Operations):
                         "state": item.state,
                         "uploaded": item.uploaded_bytes,
                         "error": item.upload_error,
+                        "writers": int(id(item) in writing),
                     }
                 )
+        open_for_writing = []
+        for item in writing.values():
+            with item.cond:
+                if not item.unlinked:
+                    open_for_writing.append(
+                        {"path": self.keymap.path(item.key), "size": item.size, "dirty": item.dirty}
+                    )
         conn = self.store.connection
         return {
             "bucket": self.bucket,
@@ -731,6 +791,7 @@ class S3Operations(Operations):
             "cache_size": self.options.cache_size,
             "writeback": self.options.writeback,
             "pending": pending,
+            "open_for_writing": open_for_writing,
             "requests": conn.stats.summary(),
         }
 
@@ -793,6 +854,11 @@ def _with_posix(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
     full = A.posix_metadata(cur.mode, cur.uid, cur.gid, cur.mtime)
     full.update({k: v for k, v in meta.items()})
     return full
+
+
+def _is_hidden(path: str | None) -> bool:
+    """A name libfuse gives an unlinked file that is still open (never stored in S3)."""
+    return path is not None and os.path.basename(path).startswith(HIDDEN_PREFIX)
 
 
 def _live(item: StagedFile) -> bool:

@@ -243,6 +243,8 @@ class Uploader:
         part = base.part_size if base else part_size_for(max(item.size, 1 << 30), self.part_size)
         headers = self.headers(item, with_mtime=False)
         stream = StreamingUpload(self._begin_multipart(item, headers), part, headers)
+        with item.cond:
+            item.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
         if base is not None:
             source = "/%s/%s" % (self.bucket, uri_encode(item.key, safe="/"))
             span = max(part, MAX_SINGLE_COPY // part * part)  # each copy a whole number of parts

@@ -1,0 +1,482 @@
+"""Shared files: many processes on one file, many clients on one bucket; real mounts on SeaweedFS.
+
+The oracle is a shadow: the same operations on a local directory (ext4 or
+tmpfs), or the states a writer knows it went through. What reached S3 is
+checked with boto3, straight at the server.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+pytestmark = pytest.mark.fuse
+
+MiB = 1 << 20
+BIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "s3fs-mount")
+
+
+def s3_bytes(boto, bucket: str, key: str) -> bytes:
+    return boto.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
+    return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", []))
+
+
+def bytes_up(log_text: str, key: str) -> int:
+    """Bytes the mount sent for ``key``, from its -o debug request log."""
+    total = 0
+    for line in log_text.splitlines():
+        m = re.search(r"s3fs_mount\.requests: (PUT|POST) \S+ (\S+) \d+ \d+ms up=(\d+)", line)
+        if m and m.group(2) == key:
+            total += int(m.group(3))
+    return total
+
+
+def read_log(mount) -> str:
+    with open(mount.log_path, errors="replace") as f:
+        return f.read()
+
+
+# -- one mount, many processes ------------------------------------------------------------------
+
+
+def test_appends_while_another_process_reads_never_fail(mount, boto, bucket):
+    """The issue's reproduction: 300 `>>` appends while `cat` loops; no EIO, every line kept."""
+    f = os.path.join(mount.path, "x.log")
+    script = (
+        'f="$1"; echo start >"$f"; fails=0;'
+        ' (for i in $(seq 300); do echo A$i >>"$f" || echo APPENDFAIL; done) & w=$!;'
+        ' while kill -0 $w 2>/dev/null; do cat "$f" >/dev/null || echo CATFAIL; done; wait $w'
+    )
+    out = subprocess.run(["bash", "-c", script, "sh", f], capture_output=True, text=True, timeout=300)
+    assert "FAIL" not in out.stdout + out.stderr, out.stdout[-2000:] + out.stderr[-2000:]
+    expected = "start\n" + "".join("A%d\n" % i for i in range(1, 301))
+    with open(f) as fh:
+        assert fh.read() == expected
+    assert s3_bytes(boto, bucket, "x.log").decode() == expected
+    assert " 412 " not in read_log(mount)
+
+
+def test_eight_processes_append_to_one_file(mount, boto, bucket):
+    """8 shells x 200 `>>` lines into one file: 1,600 whole lines, in the file and in S3."""
+    f = os.path.join(mount.path, "shared.log")
+    open(f, "w").close()
+    script = 'for i in $(seq 200); do echo "P$2-L$i-xxxxxxxxxxxxxxxx" >>"$1" || exit 1; done'
+    procs = [subprocess.Popen(["bash", "-c", script, "sh", f, str(p)]) for p in range(8)]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 8
+    expected = sorted("P%d-L%d-xxxxxxxxxxxxxxxx" % (p, i) for p in range(8) for i in range(1, 201))
+    with open(f) as fh:
+        text = fh.read()
+    assert sorted(text.splitlines()) == expected
+    assert s3_bytes(boto, bucket, "shared.log").decode() == text
+    # each writer's own lines stay in its order
+    for p in range(8):
+        mine = [line for line in text.splitlines() if line.startswith("P%d-" % p)]
+        assert mine == ["P%d-L%d-xxxxxxxxxxxxxxxx" % (p, i) for i in range(1, 201)]
+
+
+def test_a_reader_sees_only_states_that_existed(mount, boto, bucket):
+    """A reader loops while a writer appends, truncates and rewrites: never EIO, never mixed bytes."""
+    path = os.path.join(mount.path, "state.txt")
+    states = [b""]
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[str] = []
+    seen: list[bytes] = []
+
+    def record(content: bytes) -> None:
+        with lock:
+            states.append(content)
+
+    def writer() -> None:
+        cur = b""
+        for round_ in range(25):
+            for i in range(6):  # appends
+                line = b"r%02d-a%d-%s\n" % (round_, i, b"z" * (round_ * 37 % 200))
+                with open(path, "ab") as f:
+                    f.write(line)
+                cur += line
+                record(cur)
+            with open(path, "r+b") as f:  # truncate to a prefix
+                f.truncate(len(cur) // 2)
+            cur = cur[: len(cur) // 2]
+            record(cur)
+            cur = b"rewrite-%02d\n" % round_ * (round_ + 1)
+            with open(path, "wb") as f:  # rewrite whole (O_TRUNC, then the bytes)
+                f.write(cur)
+            record(b"")
+            record(cur)
+        stop.set()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                with open(path, "rb") as f:
+                    seen.append(f.read())
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                errors.append("read: %s" % exc)
+
+    with open(path, "wb"):
+        pass
+    threads = [threading.Thread(target=t) for t in (writer, reader, reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors[:5]
+    assert len(seen) > 50
+    # A read overlaps writes, so it may see a state part-way into the next one: each read must
+    # be a prefix of some state that existed. The one exception is the kernel's, not ours (README,
+    # "Consistency"): a read racing a shrinking truncate may see the old length, zeros past the new end.
+    pairs = zip(states, states[1:], strict=False)
+    shrinks = {(after, len(before)) for before, after in pairs if before.startswith(after)}
+    for data in set(seen):
+        if any(s.startswith(data) for s in states):
+            continue
+        kept = data.rstrip(b"\0")
+        assert any(kept.startswith(after) and len(data) <= n for after, n in shrinks), data[-200:]
+    with open(path, "rb") as f:
+        final = f.read()
+    assert final == states[-1] == s3_bytes(boto, bucket, "state.txt")
+
+
+def test_mmap_in_two_processes_and_fsync_while_another_handle_writes(mount, boto, bucket):
+    path = os.path.join(mount.path, "mapped.bin")
+    data = os.urandom(3 * MiB)
+    with open(path, "wb") as f:
+        f.write(data)
+    prog = (
+        "import mmap, sys, hashlib\n"
+        "with open(sys.argv[1], 'rb') as f:\n"
+        "    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n"
+        "    print(hashlib.sha256(m[:]).hexdigest())\n"
+    )
+    outs = [subprocess.run([sys.executable, "-c", prog, path], capture_output=True, text=True) for _ in "ab"]
+    assert [o.stdout.strip() for o in outs] == [hashlib.sha256(data).hexdigest()] * 2
+    # fsync from one handle while another writes: both handles' bytes are in S3 after the fsync
+    a = os.open(path, os.O_RDWR)
+    b = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(a, b"AAAA", 10)
+        os.pwrite(b, b"BBBB", 2 * MiB)
+        os.fsync(a)
+        expected = bytearray(data)
+        expected[10:14] = b"AAAA"
+        expected[2 * MiB : 2 * MiB + 4] = b"BBBB"
+        assert s3_bytes(boto, bucket, "mapped.bin") == bytes(expected)
+        assert os.pread(a, 4, 2 * MiB) == b"BBBB" and os.pread(b, 4, 10) == b"AAAA"
+    finally:
+        os.close(a)
+        os.close(b)
+
+
+# -- a randomized model: several handles on a few files, against a local shadow -----------------
+
+FILES = ("f0", "f1", "f2")
+OPEN_FLAGS = (
+    os.O_RDONLY,
+    os.O_RDWR,
+    os.O_RDWR | os.O_APPEND,
+    os.O_WRONLY | os.O_APPEND,
+    os.O_RDWR | os.O_TRUNC,
+    os.O_WRONLY | os.O_TRUNC,
+)
+
+
+def _outcome(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except OSError as exc:
+        return ("err", exc.errno)
+
+
+class SharedHandles(RuleBasedStateMachine):
+    """Interleaved open/read/write/append/truncate/fsync/close/rename/unlink on both trees."""
+
+    mount_dir = ""
+    shadow_dir = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handles: list[tuple[int, int, int]] = []  # (mount fd, shadow fd, flags)
+        for name in FILES:
+            for root in (self.mount_dir, self.shadow_dir):
+                try:
+                    os.unlink(os.path.join(root, name))
+                except FileNotFoundError:
+                    pass
+
+    def both(self, fn, *args_for):
+        """Run ``fn`` on the mount, then on the shadow; the outcomes must agree."""
+        got = _outcome(fn, *args_for[0])
+        want = _outcome(fn, *args_for[1])
+        assert got == want, (fn.__name__, args_for, got, want)
+        return got
+
+    @rule(name=st.sampled_from(FILES), flags=st.sampled_from(OPEN_FLAGS), create=st.booleans())
+    def open(self, name, flags, create):
+        if len(self.handles) >= 6:
+            return
+        flags |= os.O_CREAT if create and flags & os.O_ACCMODE else 0
+        m = _outcome(os.open, os.path.join(self.mount_dir, name), flags, 0o644)
+        s = _outcome(os.open, os.path.join(self.shadow_dir, name), flags, 0o644)
+        assert m[0] == s[0] and (m[0] == "ok" or m[1] == s[1]), (name, flags, m, s)
+        if m[0] == "ok":
+            self.handles.append((m[1], s[1], flags))
+
+    @precondition(lambda self: self.handles)
+    @rule(i=st.integers(0, 5), offset=st.integers(0, 300_000),
+          size=st.integers(1, 70_000), seed=st.integers(0, 9))
+    def write(self, i, offset, size, seed):
+        m, s, flags = self.handles[i % len(self.handles)]
+        data = (seed.to_bytes(16, "little") * (size // 16 + 1))[:size]
+        if flags & os.O_APPEND:
+            self.both(os.write, (m, data), (s, data))
+        else:
+            self.both(os.pwrite, (m, data, offset), (s, data, offset))
+
+    @precondition(lambda self: self.handles)
+    @rule(i=st.integers(0, 5), offset=st.integers(0, 400_000), size=st.integers(1, 200_000))
+    def read(self, i, offset, size):
+        m, s, _ = self.handles[i % len(self.handles)]
+        self.both(os.pread, (m, size, offset), (s, size, offset))
+
+    @precondition(lambda self: self.handles)
+    @rule(i=st.integers(0, 5), length=st.integers(0, 350_000))
+    def truncate(self, i, length):
+        m, s, _ = self.handles[i % len(self.handles)]
+        self.both(os.ftruncate, (m, length), (s, length))
+
+    @precondition(lambda self: self.handles)
+    @rule(i=st.integers(0, 5))
+    def fsync(self, i):
+        m, s, _ = self.handles[i % len(self.handles)]
+        self.both(os.fsync, (m,), (s,))
+
+    @precondition(lambda self: self.handles)
+    @rule(i=st.integers(0, 5))
+    def fstat_size(self, i):
+        m, s, _ = self.handles[i % len(self.handles)]
+        assert os.fstat(m).st_size == os.fstat(s).st_size
+
+    @precondition(lambda self: self.handles)
+    @rule(i=st.integers(0, 5))
+    def close(self, i):
+        m, s, _ = self.handles.pop(i % len(self.handles))
+        self.both(os.close, (m,), (s,))
+
+    @rule(a=st.sampled_from(FILES), b=st.sampled_from(FILES))
+    def rename(self, a, b):
+        self.both(
+            os.rename,
+            (os.path.join(self.mount_dir, a), os.path.join(self.mount_dir, b)),
+            (os.path.join(self.shadow_dir, a), os.path.join(self.shadow_dir, b)),
+        )
+
+    @rule(name=st.sampled_from(FILES))
+    def unlink(self, name):
+        self.both(os.unlink, (os.path.join(self.mount_dir, name),), (os.path.join(self.shadow_dir, name),))
+
+    @invariant()
+    def same_files(self):
+        for name in FILES:
+            m = _outcome(lambda p: open(p, "rb").read(), os.path.join(self.mount_dir, name))
+            s = _outcome(lambda p: open(p, "rb").read(), os.path.join(self.shadow_dir, name))
+            assert m == s, name
+
+    def teardown(self):
+        for m, s, _ in self.handles:
+            os.close(m)
+            os.close(s)
+
+
+def test_many_handles_against_a_local_shadow(mount, boto, bucket, tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    SharedHandles.mount_dir = mount.path
+    SharedHandles.shadow_dir = str(shadow)
+    run_state_machine_as_test(
+        SharedHandles,
+        settings=settings(
+            max_examples=int(os.environ.get("S3FS_MODEL_EXAMPLES", "25")),
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
+    # After the last close, S3 holds exactly the shadow's files.
+    time.sleep(0.1)
+    for name in FILES:
+        local = shadow / name
+        if local.exists():
+            assert s3_bytes(boto, bucket, name) == local.read_bytes(), name
+        else:
+            assert name not in s3_keys(boto, bucket, name), name
+
+
+# -- fsync and sync during a streamed write -------------------------------------------------------
+
+
+def _block(i: int, base: bytes) -> bytes:
+    return i.to_bytes(8, "little") + base[8:]
+
+
+def test_fsync_every_100mib_of_a_1gib_write_sends_each_byte_about_once(mount_factory, boto, bucket):
+    m = mount_factory("debug").start()
+    path = os.path.join(m.path, "big.bin")
+    base = os.urandom(MiB)
+    digest = hashlib.md5()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(1024):
+            block = _block(i, base)
+            os.write(fd, block)
+            digest.update(block)
+            if i % 100 == 99:
+                os.fsync(fd)
+                # what was written so far is in S3, now
+                head = boto.head_object(Bucket=bucket, Key="big.bin")
+                assert head["ContentLength"] == (i + 1) * MiB
+    finally:
+        os.close(fd)
+    body = boto.get_object(Bucket=bucket, Key="big.bin")["Body"]
+    got = hashlib.md5()
+    for chunk in iter(lambda: body.read(8 * MiB), b""):
+        got.update(chunk)
+    assert got.hexdigest() == digest.hexdigest()
+    sent = bytes_up(read_log(m), "big.bin")
+    assert 1024 * MiB <= sent <= 1.25 * 1024 * MiB, sent / MiB
+    assert not boto.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+def test_sync_during_a_write_reports_the_open_file_and_does_not_restart_it(mount_factory, boto, bucket):
+    m = mount_factory("debug").start()
+    path = os.path.join(m.path, "growing.bin")
+    base = os.urandom(MiB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(96):
+            os.write(fd, _block(i, base))
+        results = []
+        for _ in range(3):  # sync, three times, while the file stays open and grows
+            r = subprocess.run([sys.executable, BIN, "sync", m.path], capture_output=True, text=True)
+            results.append(r)
+            for i in range(len(results) * 96, (len(results) + 1) * 96):
+                os.write(fd, _block(i, base))
+        for r in results:
+            # 0: all written so far is in S3 (the writer is between writes); the file is named either way
+            assert r.returncode in (0, 1), r.stdout + r.stderr
+            assert "growing.bin is still open for writing" in r.stdout, r.stdout
+        assert boto.head_object(Bucket=bucket, Key="growing.bin")["ContentLength"] >= 96 * MiB
+    finally:
+        os.close(fd)
+    size = 4 * 96 * MiB
+    assert s3_bytes(boto, bucket, "growing.bin") == b"".join(_block(i, base) for i in range(4 * 96))
+    sent = bytes_up(read_log(m), "growing.bin")
+    assert size <= sent <= 1.25 * size, sent / MiB
+    r = subprocess.run([sys.executable, BIN, "sync", m.path], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "all files are in S3" in r.stdout, r.stdout
+
+
+# -- between clients: no silent lost update -------------------------------------------------------
+
+
+def test_another_clients_put_between_open_and_close_keeps_both(mount, boto, bucket):
+    path = os.path.join(mount.path, "doc.txt")
+    with open(path, "w") as f:
+        f.write("v1\n")
+    time.sleep(1.1)  # past the attribute TTL: the open below sees v1 fresh
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"ours\n")
+    theirs = boto.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs\n")["ETag"].strip('"')
+    with pytest.raises(OSError) as exc:
+        os.close(fd)
+    assert exc.value.errno == errno.ESTALE
+    keys = s3_keys(boto, bucket)
+    conflicts = [k for k in keys if k.startswith("doc.txt.conflict-")]
+    assert len(conflicts) == 1, keys
+    assert s3_bytes(boto, bucket, "doc.txt") == b"theirs\n"
+    assert s3_bytes(boto, bucket, conflicts[0]) == b"v1\nours\n"
+    lines = [line for line in read_log(mount).splitlines() if "changed in S3 since this mount saw it" in line]
+    assert lines and theirs in lines[0] and conflicts[0] in lines[0]
+    time.sleep(1.1)
+    with open(path) as f:
+        assert f.read() == "theirs\n"
+    assert sorted(os.listdir(mount.path)) == ["doc.txt", conflicts[0]]
+
+
+def test_a_file_created_here_while_another_client_created_it(mount, boto, bucket):
+    fd = os.open(os.path.join(mount.path, "new.txt"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, b"mine")
+    boto.put_object(Bucket=bucket, Key="new.txt", Body=b"someone else's")
+    with pytest.raises(OSError) as exc:
+        os.close(fd)
+    assert exc.value.errno == errno.ESTALE
+    assert s3_bytes(boto, bucket, "new.txt") == b"someone else's"
+    conflict = [k for k in s3_keys(boto, bucket) if k.startswith("new.txt.conflict-")]
+    assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == b"mine"
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_two_mounts_write_one_key_at_once(mount_factory, boto, bucket, existing):
+    if existing:
+        boto.put_object(Bucket=bucket, Key="k", Body=b"original")
+    one, two = mount_factory().start(), mount_factory().start()
+    bodies = {one.path: b"from mount one " * 1000, two.path: b"from mount two " * 2000}
+    barrier = threading.Barrier(2)
+    outcome: dict[str, object] = {}
+
+    def writer(root: str) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        fd = os.open(os.path.join(root, "k"), flags, 0o644)
+        os.write(fd, bodies[root])
+        barrier.wait()
+        try:
+            os.close(fd)
+            outcome[root] = "ok"
+        except OSError as exc:
+            outcome[root] = exc.errno
+
+    threads = [threading.Thread(target=writer, args=(r,)) for r in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcome.values(), key=str) == sorted(["ok", errno.ESTALE], key=str), outcome
+    winner = next(r for r, o in outcome.items() if o == "ok")
+    loser = next(r for r, o in outcome.items() if o != "ok")
+    assert s3_bytes(boto, bucket, "k") == bodies[winner]
+    conflict = [k for k in s3_keys(boto, bucket) if k.startswith("k.conflict-")]
+    assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == bodies[loser]
+
+
+def test_conflict_check_off_says_so_and_lets_the_last_writer_win(mount_factory, boto, bucket):
+    m = mount_factory("conflict_check=off").start()
+    path = os.path.join(m.path, "lww.txt")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"mount")
+    boto.put_object(Bucket=bucket, Key="lww.txt", Body=b"boto")
+    os.close(fd)
+    assert s3_bytes(boto, bucket, "lww.txt") == b"mount"
+    assert "conflict check off" in read_log(m)

@@ -100,7 +100,9 @@ class S3Operations(Operations):
             store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging
         )
         self.writeback = (
-            WritebackQueue(self.uploader, on_uploaded=self._uploaded_in_background)
+            WritebackQueue(
+                self.uploader, on_uploaded=self._uploaded_in_background, on_conflict=self._conflicted
+            )
             if options.writeback
             else None
         )
@@ -561,8 +563,8 @@ class S3Operations(Operations):
         if item is not None and item.dirty:
             self._upload(item)  # S3 has no rename: the object must be there to copy
         info = self.store.head(self.namespace.name(old_key))
-        etag = self.store.copy_object(
-            self.namespace.name(old_key), self.namespace.name(new_key), source_info=info
+        etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
+            self.namespace.name(old_key), self.namespace.name(new_key), if_match=info.etag, source_info=info
         )
         self.store.remove(self.namespace.name(old_key))
         self.staging.rekey(old_key, new_key)

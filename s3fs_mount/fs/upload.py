@@ -543,9 +543,11 @@ class WritebackQueue:
         workers: int = 4,
         limit: int = 256,
         on_uploaded: Callable[[StagedFile], None] | None = None,
+        on_conflict: Callable[[Conflict], None] | None = None,
     ) -> None:
         self.uploader = uploader
         self.on_uploaded = on_uploaded  # told of each file uploaded
+        self.on_conflict = on_conflict  # told of each upload that found another client's version
         self._queue: queue.Queue[StagedFile | None] = queue.Queue(limit)
         self._idle = threading.Condition()
         self._busy = 0
@@ -568,6 +570,9 @@ class WritebackQueue:
             try:
                 if self.uploader.flush(item) and self.on_uploaded is not None:
                     self.on_uploaded(item)
+            except Conflict as exc:  # both versions kept, and logged by the uploader
+                if self.on_conflict is not None:
+                    self.on_conflict(exc)
             except Exception as exc:
                 log.error("background upload of %s failed, kept staged: %s", item.key, exc)
             finally:

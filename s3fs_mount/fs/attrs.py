@@ -9,9 +9,15 @@ header                 meaning                                format
 ``x-amz-meta-uid``     owner                                  decimal
 ``x-amz-meta-gid``     group                                  decimal
 ``x-amz-meta-mtime``   modification time (rclone's too)       decimal seconds
+``x-amz-meta-atime``   access time                            decimal seconds
+``x-amz-meta-ctime``   status change time                     decimal seconds
+``x-amz-meta-rdev``    device number of a char/block device   decimal
 =====================  =====================================  ==================
 
-Those (and s3fs-fuse's ``atime``/``ctime``) are reserved: they never show as
+Times are read in every form peers write (``1700000000``, rclone's
+``1700000000.5``, ``1700000000.123456789``) and written in one, by
+:func:`format_time`: whole seconds, or seconds and nine digits of
+nanoseconds, as s3fs-fuse writes them. Those keys are reserved: they never show as
 ``user.*`` attributes. Every other ``x-amz-meta-NAME`` is the extended
 attribute ``user.NAME``. A value that is not plain printable ASCII travels
 as ``=?UTF-8?B?<base64>?=`` (RFC 2047, as AWS itself does for non-ASCII
@@ -36,7 +42,8 @@ INFO_PREFIX = "s3."
 #: Namespaces the kernel and tools ask about (ls -l: SELinux label, ACL) that S3 cannot hold.
 UNSTORED_PREFIXES = ("security.", "system.", "trusted.")
 INFO_NAMES = ("s3.etag", "s3.storage_class", "s3.version_id", "s3.state")
-RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime"})
+RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime", "rdev"})
+MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX + "ctime"
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
 METADATA_LIMIT = 2048
 
@@ -70,6 +77,10 @@ class Attributes:
     mtime: float = 0.0
     uid: int = 0
     gid: int = 0
+    atime: float | None = None  # None: the same as mtime
+    ctime: float | None = None  # None: the same as mtime
+    rdev: int = 0
+    nlink: int = 0  # 0: the default (1 for a file, 2 for a directory)
     etag: str = ""
     metadata: dict[str, str] = field(default_factory=dict)  # every x-amz-meta-*
     headers: dict[str, str] = field(default_factory=dict)  # Content-Type and friends
@@ -90,19 +101,52 @@ class Attributes:
 
     def stat(self) -> dict[str, float | int]:
         """The dict fusepy's getattr returns."""
-        nlink = 2 if self.is_dir else 1
+        nlink = self.nlink or (2 if self.is_dir else 1)
         return {
             "st_mode": self.mode,
             "st_nlink": nlink,
             "st_size": self.size,
             "st_uid": self.uid,
             "st_gid": self.gid,
-            "st_mtime": int(self.mtime * 1e9),  # nanoseconds (fusepy's use_ns)
-            "st_ctime": int(self.mtime * 1e9),
-            "st_atime": int(self.mtime * 1e9),
+            "st_rdev": self.rdev,
+            "st_mtime": _ns(self.mtime),  # nanoseconds (fusepy's use_ns)
+            "st_ctime": _ns(self.mtime if self.ctime is None else self.ctime),
+            "st_atime": _ns(self.mtime if self.atime is None else self.atime),
             "st_blksize": 1 << 20,
             "st_blocks": (self.size + 511) // 512,
         }
+
+
+def _ns(t: float) -> int:
+    return round(t * 1e9)
+
+
+def format_time(t: float) -> str:
+    """A time (seconds) as the ``x-amz-meta-*time`` headers hold it (the one format we write).
+
+    A float holds a time of today to a quarter of a microsecond, so the
+    nanoseconds are written rounded to the microsecond (no float noise).
+    """
+    ns = round(t * 1e6) * 1000
+    sec, frac = divmod(ns, 1_000_000_000)
+    return "%d" % sec if not frac else "%d.%09d" % (sec, frac)
+
+
+def parse_time(text: str) -> float | None:
+    """A header's time in any form peers write, or None."""
+    try:
+        return float(text.strip())
+    except (ValueError, AttributeError):
+        return None
+
+
+def time_metadata(mtime: float, atime: float | None = None, ctime: float | None = None) -> dict[str, str]:
+    """The three time headers (atime and ctime default to mtime)."""
+    return {
+        MTIME: format_time(mtime),
+        ATIME: format_time(mtime if atime is None else atime),
+        CTIME: format_time(mtime if ctime is None else ctime),
+    }
 
 
 def _meta_int(meta: dict[str, str], name: str) -> int | None:
@@ -113,10 +157,8 @@ def _meta_int(meta: dict[str, str], name: str) -> int | None:
 
 
 def _meta_time(meta: dict[str, str], name: str) -> float | None:
-    try:
-        return float(meta[META_PREFIX + name].strip())
-    except (KeyError, ValueError):
-        return None
+    value = meta.get(META_PREFIX + name)
+    return None if value is None else parse_time(value)
 
 
 def attributes_from(
@@ -141,10 +183,15 @@ def attributes_from(
     uid = _meta_int(metadata, "uid")
     gid = _meta_int(metadata, "gid")
     mtime = _meta_time(metadata, "mtime")
+    if mtime is None:
+        mtime = last_modified
     return Attributes(
         mode=mode,
         size=size,
-        mtime=mtime if mtime is not None else last_modified,
+        mtime=mtime,
+        atime=_meta_time(metadata, "atime"),
+        ctime=_meta_time(metadata, "ctime"),
+        rdev=_meta_int(metadata, "rdev") or 0,
         uid=defaults.uid if uid is None else uid,
         gid=defaults.gid if gid is None else gid,
         metadata=dict(metadata),
@@ -152,14 +199,25 @@ def attributes_from(
     )
 
 
-def posix_metadata(mode: int, uid: int, gid: int, mtime: float) -> dict[str, str]:
+def posix_metadata(
+    mode: int, uid: int, gid: int, mtime: float, atime: float | None = None, ctime: float | None = None
+) -> dict[str, str]:
     """The s3fs-fuse headers for these POSIX attributes."""
-    return {
+    out = {
         META_PREFIX + "mode": str(mode),
         META_PREFIX + "uid": str(uid),
         META_PREFIX + "gid": str(gid),
-        META_PREFIX + "mtime": str(int(mtime)) if float(mtime).is_integer() else "%.6f" % mtime,
     }
+    out.update(time_metadata(mtime, atime, ctime))
+    return out
+
+
+def posix_metadata_of(a: Attributes) -> dict[str, str]:
+    """All POSIX headers of ``a`` (so that a change of one pins the others)."""
+    out = posix_metadata(a.mode, a.uid, a.gid, a.mtime, a.atime, a.ctime)
+    if a.rdev:
+        out[META_PREFIX + "rdev"] = str(a.rdev)
+    return out
 
 
 # -- extended attributes ----------------------------------------------------------

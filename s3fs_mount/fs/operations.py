@@ -237,7 +237,7 @@ class S3Operations(Operations):
                 etag=item.etag,
                 headers=dict(item.headers),
             )
-            a.mtime = item.mtime
+            a.mtime, a.atime, a.ctime = item.mtime, item.atime, item.ctime
         return a
 
     def _tune_readahead(self) -> None:
@@ -646,7 +646,9 @@ class S3Operations(Operations):
         if _is_hidden(path):  # fchmod and friends on an unlinked open file: kept with it, never stored
             item = self._hidden_item(path)
             current = self._item_attributes(item)
-            item.set_metadata(change(dict(current.metadata), current))
+            new = change(dict(current.metadata), current)
+            new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
+            item.set_metadata(new)
             return
         key = self.keymap.key(path)
         item = self.staging.get(key) if path != "/" else None
@@ -654,11 +656,13 @@ class S3Operations(Operations):
             current = self._attributes(path)
             with item.cond:
                 new = change(dict(item.metadata), current)
+            new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
             A.check_metadata_size(new)
             item.set_metadata(new)
             return
         current = self.namespace.lookup_full(path)
         new = change(dict(current.metadata), current)
+        new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
         A.check_metadata_size(new)
         if path == "/":
             raise FsError(errno.EPERM, "the mount's root has no object to hold metadata")
@@ -689,8 +693,6 @@ class S3Operations(Operations):
             etag=etag,
             headers=current.headers,
         )
-        if A.META_PREFIX + "mtime" not in new:
-            updated.mtime = current.mtime
         self.namespace.remember(path, updated)
         if item is not None:
             with item.cond:
@@ -718,18 +720,25 @@ class S3Operations(Operations):
         self._change_metadata(path, change)
 
     @fuse_operation
-    def utimens(self, path: str, times: tuple[float, float] | None = None) -> None:
-        mtime = times[1] / 1e9 if times else time.time()
-        item = self.staging.get(self.keymap.key(path))
-        if item is not None and (item.dirty or item.uploading):
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
+        """utimensat: each time a value (ns), UTIME_NOW or UTIME_OMIT; None: both now."""
+        now = time.time()
+        atime, mtime = (_utime(times[0], now), _utime(times[1], now)) if times else (now, now)
+        item = self._hidden_item(path) if _is_hidden(path) else self.staging.get(self.keymap.key(path))
+        if item is not None:
             with item.cond:
-                item.mtime = mtime
+                item.times_pinned = True
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
             meta = _with_posix(meta, cur)
-            meta[A.META_PREFIX + "mtime"] = A.posix_metadata(0, 0, 0, mtime)[A.META_PREFIX + "mtime"]
+            if mtime is not None:
+                meta[A.MTIME] = A.format_time(mtime)
+            if atime is not None:
+                meta[A.ATIME] = A.format_time(atime)
             return meta
 
+        if atime is None and mtime is None:
+            return  # both UTIME_OMIT: nothing changes, not even ctime
         self._change_metadata(path, change)
 
     # -- extended attributes ---------------------------------------------------------------
@@ -852,10 +861,23 @@ class S3Operations(Operations):
 
 
 def _with_posix(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
-    """Metadata with all four POSIX keys, so a change of one pins the others."""
-    full = A.posix_metadata(cur.mode, cur.uid, cur.gid, cur.mtime)
+    """Metadata with every POSIX key, so a change of one pins the others."""
+    full = A.posix_metadata_of(cur)
     full.update({k: v for k, v in meta.items()})
     return full
+
+
+#: utimensat's special tv_nsec values, as libfuse hands them on (with tv_sec 0).
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+def _utime(value: int, now: float) -> float | None:
+    """One time of a utimens call in seconds; None for UTIME_OMIT."""
+    if value == UTIME_OMIT:
+        return None
+    if value == UTIME_NOW:
+        return now
+    return value / 1e9
 
 
 def _is_hidden(path: str | None) -> bool:

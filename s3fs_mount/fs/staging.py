@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time
 from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.ranges import RangeSet
 
@@ -64,6 +65,9 @@ class StagedFile:
         self.metadata: dict[str, str] = {}  # every x-amz-meta-* to upload with
         self.headers: dict[str, str] = {}  # Content-Type and friends
         self.mtime = time.time()
+        self.atime: float | None = None  # None: as mtime
+        self.ctime: float | None = None  # None: as mtime
+        self.times_pinned = False  # times set by utimens since the last reset: they must reach S3
         self.dirty = False
         self.uploading = False
         self.generation = 0  # bumped by every change to content or metadata
@@ -104,6 +108,8 @@ class StagedFile:
             "metadata": self.metadata,
             "headers": self.headers,
             "mtime": self.mtime,
+            "atime": self.atime,
+            "ctime": self.ctime,
             "dirty": self.dirty,
             "upload_ids": self.upload_ids,
         }
@@ -155,7 +161,7 @@ class StagedFile:
             os.pwrite(self.fd, data, offset)
             self.present.add(offset, end)
             self.size = max(self.size, end)
-            self.mtime = time.time()
+            self.mtime = self.ctime = time.time()
             self.generation += 1
             became_dirty = not self.dirty
             self.dirty = True
@@ -175,18 +181,27 @@ class StagedFile:
             if length > self.size:
                 self.present.add(self.size, length)  # the new bytes are zeros, and local
             self.size = length
-            self.mtime = time.time()
+            self.mtime = self.ctime = time.time()
             self.generation += 1
             self.dirty = True
         self.save()
 
     def set_metadata(self, metadata: dict[str, str]) -> None:
-        """Replace the pending metadata (it rides along with the next upload)."""
+        """Replace the pending metadata (it rides along with the next upload); its times are the item's."""
         with self.cond:
             self.metadata = dict(metadata)
+            self._times_from(self.metadata)
             self.generation += 1
             self.dirty = True
         self.save()
+
+    def _times_from(self, metadata: dict[str, str]) -> None:
+        """Take mtime/atime/ctime from ``metadata`` where it has them (caller holds cond)."""
+        mtime = parse_time(metadata.get(MTIME, ""))
+        if mtime is not None:
+            self.mtime = mtime
+        self.atime = parse_time(metadata.get(ATIME, "")) if ATIME in metadata else self.atime
+        self.ctime = parse_time(metadata.get(CTIME, "")) if CTIME in metadata else self.ctime
 
     def forget_upload(self, upload_id: str) -> None:
         """A multipart upload of ours is finished or aborted: no longer owed an abort."""
@@ -268,6 +283,10 @@ class StagedFile:
         self.etag_since = time.monotonic()
         self.metadata = dict(metadata)
         self.headers = dict(headers)
+        self.mtime = mtime
+        self.atime = self.ctime = None
+        self.times_pinned = False
+        self._times_from(self.metadata)
         self.mtime = mtime
         self.dirty = False
         self.generation += 1
@@ -517,6 +536,8 @@ class StagingCache:
             item.metadata = dict(state.get("metadata", {}))
             item.headers = dict(state.get("headers", {}))
             item.mtime = float(state.get("mtime", time.time()))
+            item.atime = state.get("atime")
+            item.ctime = state.get("ctime")
             item.dirty = True
             item.upload_ids = list(state.get("upload_ids", []))
             item.open_fd()

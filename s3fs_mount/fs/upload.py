@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from s3fs_mount.fs.attrs import META_PREFIX
+from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.errors import S3Error
@@ -49,7 +49,6 @@ from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, RemoteStore, p
 
 log = logging.getLogger(__name__)
 
-MTIME = META_PREFIX + "mtime"
 #: Tests set this to kill the mount right after an upload, before its record is cleared.
 CRASH_AFTER_UPLOAD = os.environ.get("S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD") == "1"
 #: ``item.stream`` when streaming failed to start: upload whole at close, don't try again.
@@ -149,15 +148,16 @@ class Uploader:
     def name(self, item: StagedFile) -> S3Name:
         return S3Name(item.key, self.bucket)
 
-    def headers(self, item: StagedFile, with_mtime: bool = True) -> dict[str, str]:
-        """The headers an upload of ``item`` carries: content headers and metadata."""
+    def headers(self, item: StagedFile, with_times: bool = True) -> dict[str, str]:
+        """The headers an upload of ``item`` carries: content headers, metadata, its times."""
         with item.cond:
             out = dict(item.headers)
             out.update(item.metadata)
-            if with_mtime:
-                out[MTIME] = "%d" % int(item.mtime)
+            if with_times:
+                out.update(time_metadata(item.mtime, item.atime, item.ctime))
             else:
-                out.pop(MTIME, None)
+                for name in (MTIME, ATIME, CTIME):
+                    out.pop(name, None)
         return out
 
     def etags_of(self, item: StagedFile) -> set[str]:
@@ -241,7 +241,7 @@ class Uploader:
             if base is None and item.remote_size:
                 return None
         part = base.part_size if base else part_size_for(max(item.size, 1 << 30), self.part_size)
-        headers = self.headers(item, with_mtime=False)
+        headers = self.headers(item, with_times=False)
         stream = StreamingUpload(self._begin_multipart(item, headers), part, headers)
         with item.cond:
             item.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
@@ -431,8 +431,11 @@ class Uploader:
             # The next write streams on from here, copying what S3 now has.
             item.stream = StreamBase(etag, whole_parts, stream.part_size) if whole_parts else None
         item.forget_upload(stream.mpu.upload_id)
-        if self.headers(item, with_mtime=False) != stream.headers:
-            # Metadata changed while the parts were going up: one self-copy sets it.
+        with item.cond:
+            pinned = item.times_pinned
+        if pinned or self.headers(item, with_times=False) != stream.headers:
+            # Metadata changed while the parts were going up, or times were set (utimens, as
+            # cp -p does): one self-copy sets them. Else Last-Modified stands for the times.
             etag = self.store.copy_object(
                 self.name(item), self.name(item), self.headers(item), replace_metadata=True, if_match=etag
             )

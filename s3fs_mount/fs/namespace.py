@@ -10,9 +10,11 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
 
 * ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds (entries of a large
   listing a little longer, 1 s + 5 ms per entry, so a walk of it finds them);
-* ``_missing``: paths known not to exist, for ``attr_ttl`` seconds;
+* ``_missing``: paths this mount removed, for ``attr_ttl`` seconds (a 404 is
+  never cached: a name another client puts is seen at its next lookup);
 * ``_listings``: directory path -> names, for ``dir_ttl`` seconds; a path
-  whose parent listing is fresh and lacks it does not exist;
+  whose parent listing is fresh and lacks it is looked up with a HEAD only
+  (no LIST for a directory of that name);
 * ``_full``: path -> Attributes from a HEAD, LRU, checked against the ETag;
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
@@ -80,9 +82,9 @@ class Namespace:
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL)
         self._conflicts_logged: set[str] = set()
-        self.root = A.Attributes(
-            mode=defaults.dir_mode, mtime=time.time(), uid=defaults.uid, gid=defaults.gid
-        )
+        #: The time of directories that have none of their own (implicit prefixes): stable, not "now".
+        self.epoch = time.time()
+        self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
 
     def name(self, key: str) -> S3Name:
         return S3Name(key, self.bucket)
@@ -96,6 +98,9 @@ class Namespace:
         """Our own change: ``path`` now has ``attributes``, newer than any answer under way."""
         parent, name = KeyMap.split(path)
         with self._lock:
+            old = self._attrs.get(path)
+            if attributes.is_dir and (old is None or not old.is_dir):
+                self._count_subdir(parent, +1)
             self._changed[path] = time.monotonic()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
@@ -107,10 +112,19 @@ class Namespace:
                 names.add(name)
                 self._listings[parent] = names  # we just changed it: known for dir_ttl more
 
+    def _count_subdir(self, parent: str, delta: int) -> None:
+        """A subdirectory of ``parent`` came or went: its nlink, where known (caller holds _lock)."""
+        own = self.root if parent == "/" else self._attrs.get(parent)
+        if own is not None and own.nlink:
+            own.nlink = max(2, own.nlink + delta)
+
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
         with self._lock:
+            old = self._attrs.get(path)
+            if gone and old is not None and old.is_dir:
+                self._count_subdir(parent, -1)
             self._changed[path] = time.monotonic()
             self._attrs.pop(path, None)
             self._full.pop(path, None)
@@ -144,19 +158,16 @@ class Namespace:
             if hit is not None:
                 return hit
             if self._missing.get(path) or self._removed.get(path):
-                raise FsError(errno.ENOENT)
+                raise FsError(errno.ENOENT)  # we removed it ourselves
             names = self._listings.get(parent)
-        if names is not None and name not in names:
-            raise FsError(errno.ENOENT)
         if not is_valid_name(name):
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
-        asked = time.monotonic()
-        found = self._fetch(path)
+        # A name missing from a fresh listing of its parent is still asked about (another client
+        # may have just put it there: one HEAD); only the LIST for a directory of that name is
+        # spared, since a listing made less than dir_ttl ago would have shown it.
+        found = self._fetch(path, dirs=names is None or name in names)
         if found is None:
-            with self._lock:
-                if not self._stale(path, asked):
-                    self._missing[path] = True
-            raise FsError(errno.ENOENT)
+            raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
         return self._cache_fetched(path, found)
 
     def lookup_full(self, path: str) -> A.Attributes:
@@ -195,15 +206,15 @@ class Namespace:
                 names.add(name)
         return found
 
-    def _fetch(self, path: str) -> A.Attributes | None:
-        """What S3 says of ``path`` now (``seen_at``: when we asked)."""
+    def _fetch(self, path: str, dirs: bool = True) -> A.Attributes | None:
+        """What S3 says of ``path`` now (``seen_at``: when we asked); ``dirs``: look for a directory too."""
         asked = time.monotonic()
-        found = self._fetch_uncached(path)
+        found = self._fetch_uncached(path, dirs)
         if found is not None:
             found.seen_at = asked
         return found
 
-    def _fetch_uncached(self, path: str) -> A.Attributes | None:
+    def _fetch_uncached(self, path: str, dirs: bool = True) -> A.Attributes | None:
         key = self.keymap.key(path)
         try:
             info = self.store.head(self.name(key))
@@ -215,7 +226,7 @@ class Namespace:
             # A directory of the same name would win, but looking costs a LIST per stat:
             # readdir, which sees both, applies that rule.
             return self.from_info(info)
-        if info is not None or self._dir_exists(path, key):
+        if info is not None or (dirs and self._dir_exists(path, key)):
             return self._dir_attributes(path)
         return None
 
@@ -243,7 +254,7 @@ class Namespace:
         except S3Error as exc:
             if not exc.not_found:
                 raise
-        return A.attributes_from({}, 0, time.time(), self.defaults, "dir", etag="")
+        return A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
 
     def from_info(self, info: ObjectInfo) -> A.Attributes:
         """Attributes of a file (or symlink) from a HEAD."""
@@ -319,7 +330,7 @@ class Namespace:
                 attributes = (
                     known
                     if known is not None and known.is_dir
-                    else A.attributes_from({}, 0, time.time(), self.defaults, "dir", complete=False)
+                    else A.attributes_from({}, 0, self.epoch, self.defaults, "dir", complete=False)
                 )
             else:
                 attributes = files[name]
@@ -336,6 +347,9 @@ class Namespace:
                     self._attrs[child] = attributes
                 self._missing.pop(child, None)
             self._listings[path] = {name for name, _ in out}
+            own = self.root if path == "/" else self._attrs.get(path)
+            if own is not None:  # POSIX: a directory's links are its entry, "." and each child's ".."
+                own.nlink = 2 + sum(1 for _, a in out if a.is_dir)
         return out
 
     def is_empty_dir(self, path: str) -> bool:

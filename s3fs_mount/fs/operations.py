@@ -629,6 +629,32 @@ class S3Operations(Operations):
         )
 
     @fuse_operation
+    def mknod(self, path: str, mode: int, dev: int) -> None:
+        """A FIFO, socket or device: an empty object whose mode (and rdev) say what, as s3fs-fuse does."""
+        self._writable()
+        self._parent_dir(path)
+        try:
+            self._attributes(path)
+            raise FsError(errno.EEXIST)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
+            fh = self.create.__wrapped__(self, path, mode)  # type: ignore[attr-defined]
+            try:
+                self._upload(self._handle(fh).item)
+            finally:
+                self.release.__wrapped__(self, path, fh)  # type: ignore[attr-defined]
+            return
+        uid, gid, _ = fuse_get_context()
+        now = time.time()
+        meta = A.posix_metadata(mode, uid, gid, now)
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            meta[A.META_PREFIX + "rdev"] = str(dev)
+        etag = self.store.put(self.namespace.name(self.keymap.key(path)), b"", meta)
+        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
+
+    @fuse_operation
     def readlink(self, path: str) -> str:
         a = self.namespace.lookup_full(path)
         if not a.is_link:
@@ -824,7 +850,9 @@ class S3Operations(Operations):
 
     @fuse_operation
     def listxattr(self, path: str) -> list[str]:
-        return sorted(A.xattrs_of(self._metadata(path))) + sorted(self._facts(path))
+        # Only what the user stored: the read-only s3.* facts stay readable by name, but listed
+        # they would make rsync -X and cp -a try to copy (and remove) them.
+        return sorted(A.xattrs_of(self._metadata(path)))
 
     @fuse_operation
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:

@@ -146,8 +146,11 @@ def test_readonly_facts(mount, boto, bucket):
     assert os.getxattr(path, "s3.state") == b"clean"
     os.setxattr(path, "s3.etag", b"x")  # accepted and ignored, so cp --preserve=xattr works
     assert os.getxattr(path, "s3.etag").decode() == head(boto, bucket, "f")["ETag"].strip('"')
+    assert os.getxattr(path, "s3.storage_class")
+    # Readable by name, never listed: listed, rsync -X and cp -a would copy them to disks that refuse them.
+    os.setxattr(path, "user.kept", b"1")
     out = subprocess.run(["getfattr", "-d", "-m", "-", path], capture_output=True, text=True).stdout
-    assert "s3.etag=" in out and "s3.storage_class=" in out
+    assert "user.kept=" in out and "s3." not in out
 
 
 def test_concurrent_overwrite_is_not_clobbered(mount_factory, boto, bucket):

@@ -56,8 +56,10 @@ class FakeMultipart(MultipartUpload):
 class FakeStore:
     """Objects in a dict; ``calls`` counts requests by kind."""
 
-    def __init__(self, bucket: str = "bucket") -> None:
+    def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False) -> None:
         self.bucket = bucket
+        #: As SeaweedFS: user metadata on keys ending in '/' is not kept.
+        self.drops_marker_metadata = drops_marker_metadata
         self.objects: dict[str, FakeObject] = {}
         self.calls: Counter[str] = Counter()
         self.uploads: set[str] = set()
@@ -100,11 +102,16 @@ class FakeStore:
             raise S3Error(412, "PreconditionFailed", resource=key)
         body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]
         o = FakeObject(bytes(body), dict(headers or {}))
+        if self.drops_marker_metadata and key.endswith("/"):
+            o.metadata = {}
         self.objects[key] = o
         return o.etag
 
     def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]:
         return True, True
+
+    def probe_marker_metadata(self, bucket: str, prefix: str = "") -> bool:
+        return not self.drops_marker_metadata
 
     def remove(self, name: str | S3Name) -> None:
         self.calls["DELETE"] += 1

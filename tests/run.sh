@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command:  bash tests/run.sh [pytest args...]
 #
-# On a fresh Debian machine (as root) this installs the FUSE/xattr tools (and rsync) if missing,
+# On a fresh Debian machine (as root) this installs the FUSE/xattr tools (and rsync, and what
+# pjdfstest needs to build and run) if missing,
 # creates/reuses the virtualenv .venv in the repo, installs the package with its
 # [test] extra (editable), runs ruff, then pytest.  Exit code: pytest's (5 = no
 # tests collected is a failure too); if only ruff failed, 1.
@@ -10,6 +11,7 @@
 #   CI=true               FUSE tests fail instead of skipping (S3FS_REQUIRE_FUSE=1)
 #   PYTHON=python3.x      interpreter used to create .venv (default python3)
 #   S3FS_FORCE_INSTALL=1  re-run pip install even if packaging files are unchanged
+#   S3FS_PJDFSTEST=...    what tests/test_pjdfstest.py runs: all (default), serial, off, or a list
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +20,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 # --- system packages -----------------------------------------------------------------
 missing=()
-for pkg in fuse3 libfuse2 attr rsync; do
+# autoconf..openssl: tests/pjdfstest.py builds pjdfstest (C) and runs it with perl's prove.
+for pkg in fuse3 libfuse2 attr rsync autoconf automake gcc make libc6-dev perl openssl; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 PYTHON="${PYTHON:-python3}"

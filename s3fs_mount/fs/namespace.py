@@ -23,6 +23,17 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
   An answer from S3 to a request sent before that time is older than what
   we know, and is not cached (a HEAD racing our own upload would otherwise
   bring back the version the upload replaced, or a 404 from before a create).
+
+Directories keep their metadata (mode, owner, times, ``user.*``) on one
+object, the *holder*: the ``dir/`` marker, or ``dir_$folder$`` on servers
+that drop metadata on keys ending in ``/`` (SeaweedFS), found out by a probe
+at mount (:meth:`Namespace.configure_directories`). A directory's mtime and
+ctime move on every entry created, removed or renamed in it
+(:meth:`Namespace.entry_changed`): at once in memory, and in S3 by
+:meth:`Namespace.store_dir_times`, which a background thread calls about once
+a second, so an untar of 10,000 files into one directory costs a few PUTs
+of its holder, not 10,000. Implicit directories (prefixes without a holder)
+keep such times in memory only: the mount does not add objects nobody made.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import logging
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
@@ -82,6 +94,15 @@ class Namespace:
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL)
         self._conflicts_logged: set[str] = set()
+        #: Directory path -> (mtime, ctime, when) set by entry changes, not yet in S3. Guarded by _lock.
+        self._dir_times: dict[str, tuple[float, float, float]] = {}
+        #: The same for implicit directories (no holder to store them on): kept in memory only.
+        self._dir_times_kept: LRUCache[str, tuple[float, float, float]] = LRUCache(100_000)
+        #: Serializes read-modify-write of directory holders (chmod vs. the times writer).
+        self._dir_write_lock = threading.Lock()
+        #: True: a directory's metadata lives on its ``dir/`` marker; False: on ``dir_$folder$``.
+        #: Set once, by configure_directories, before the mount serves.
+        self.dir_meta_on_marker = True
         #: The time of directories that have none of their own (implicit prefixes): stable, not "now".
         self.epoch = time.time()
         self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
@@ -132,6 +153,8 @@ class Namespace:
             if gone:
                 self._missing[path] = True
                 self._removed[path] = True
+                self._dir_times.pop(path, None)
+                self._dir_times_kept.pop(path, None)
                 names = self._listings.get(parent)
                 if names is not None:
                     names.discard(name)
@@ -139,11 +162,18 @@ class Namespace:
                 self._missing.pop(path, None)
 
     def forget_tree(self, path: str) -> None:
+        """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
         with self._lock:
             self._changed[path] = time.monotonic()
-            for cache in (self._attrs, self._full, self._listings, self._missing, self._removed):
-                for p in [p for p in list(cache.keys()) if p.startswith(prefix) or p == path]:
+            for cache, with_own in (
+                (self._attrs, True),
+                (self._full, True),
+                (self._listings, True),
+                (self._missing, False),
+                (self._removed, False),
+            ):
+                for p in [p for p in list(cache.keys()) if p.startswith(prefix) or (with_own and p == path)]:
                     cache.pop(p, None)
 
     # -- lookup --------------------------------------------------------------------------
@@ -155,8 +185,15 @@ class Namespace:
         parent, name = KeyMap.split(path)
         with self._lock:
             hit = self._attrs.get(path)
-            if hit is not None:
+            if hit is not None and (hit.complete or not hit.is_dir):
                 return hit
+        if hit is not None:
+            # A directory seen in a listing: its mode and owner are on its holder (one HEAD).
+            asked = time.monotonic()
+            found = self._dir_attributes(path)
+            found.seen_at = asked
+            return self._cache_fetched(path, found)
+        with self._lock:
             if self._missing.get(path) or self._removed.get(path):
                 raise FsError(errno.ENOENT)  # we removed it ourselves
             names = self._listings.get(parent)
@@ -248,13 +285,126 @@ class Namespace:
         return False
 
     def _dir_attributes(self, path: str) -> A.Attributes:
+        """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
+        keys = [self.holder_key(path)]
+        if not self.dir_meta_on_marker:
+            keys.append(self.keymap.marker_key(path))  # made by another tool: its time, at least
+        found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
+        for key in keys:
+            try:
+                info = self.store.head(self.name(key))
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+                continue
+            found = A.attributes_from(info.metadata, 0, info.mtime, self.defaults, "dir", etag=info.etag)
+            if key != keys[0]:
+                found.etag = ""  # no holder yet
+            break
+        with self._lock:
+            pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
+        if pending is not None:
+            found.mtime, found.ctime = pending[0], pending[1]
+        return found
+
+    # -- directory holders and times -------------------------------------------------------
+
+    def configure_directories(self) -> None:
+        """Find out (one probe) whether ``dir/`` markers keep metadata here; log where it is kept."""
         try:
-            info = self.store.head(self.name(self.keymap.marker_key(path)))
-            return A.attributes_from(info.metadata, 0, info.mtime, self.defaults, "dir", etag=info.etag)
-        except S3Error as exc:
-            if not exc.not_found:
+            self.dir_meta_on_marker = self.store.probe_marker_metadata(self.bucket, self.keymap.prefix)
+        except Exception as exc:
+            log.warning("could not probe directory markers (%s): directory metadata goes on dir/", exc)
+            return
+        if self.dir_meta_on_marker:
+            log.info("directory metadata: on the dir/ marker objects")
+        else:
+            log.info(
+                "directory metadata: this server drops metadata on keys ending in '/': kept on "
+                "dir_$folder$ objects beside the dir/ markers"
+            )
+
+    def holder_key(self, path: str) -> str:
+        """The key of the object that holds the metadata of directory ``path``."""
+        return self.keymap.marker_key(path) if self.dir_meta_on_marker else self.keymap.folder_key(path)
+
+    def write_dir(self, path: str, metadata: dict[str, str], new: bool = False) -> str:
+        """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
+        headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
+        etag = self.store.put(
+            self.name(self.holder_key(path)), b"", headers
+        )  # first: a refusal makes nothing
+        if new and not self.dir_meta_on_marker:
+            self.store.put(self.name(self.keymap.marker_key(path)), b"", headers)
+        return etag
+
+    def change_dir(
+        self, path: str, change: Callable[[dict[str, str], A.Attributes], dict[str, str]]
+    ) -> A.Attributes:
+        """Apply ``change`` to a directory's metadata and store it (with its current times)."""
+        with self._dir_write_lock:
+            current = self.lookup_full(path)
+            with self._lock:
+                pending = self._dir_times.pop(path, None)
+            meta = dict(current.metadata)
+            if pending is not None:
+                meta.update(A.time_metadata(pending[0], current.atime, pending[1]))
+            new = change(meta, current)
+            A.check_metadata_size(new)
+            try:
+                etag = self.write_dir(path, new)
+            except BaseException:
+                if pending is not None:
+                    with self._lock:
+                        self._dir_times.setdefault(path, pending)
                 raise
-        return A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
+            updated = A.attributes_from(new, 0, current.mtime, self.defaults, "dir", etag=etag)
+            updated.nlink = current.nlink
+            self.remember(path, updated)
+            return updated
+
+    def entry_changed(self, parent: str, now: float | None = None) -> None:
+        """An entry of directory ``parent`` was created, removed or renamed: its mtime and ctime are now.
+
+        In memory at once; :meth:`store_dir_times` stores it later (no request here).
+        """
+        now = time.time() if now is None else now
+        with self._lock:
+            own = self.root if parent == "/" else self._attrs.get(parent)
+            if own is not None:
+                own.mtime = own.ctime = now
+            if parent != "/":
+                self._dir_times[parent] = (now, now, time.monotonic())
+                self._dir_times_kept.pop(parent, None)
+
+    def store_dir_times(self, older_than: float = 0.0) -> int:
+        """Store directory times set by :meth:`entry_changed` at least ``older_than`` s ago; returns how many.
+
+        A directory without a holder keeps its times in memory only; one that is gone is skipped.
+        """
+        cutoff = time.monotonic() - older_than
+        with self._lock:
+            due = [p for p, (_, _, when) in self._dir_times.items() if when <= cutoff]
+        stored = 0
+        for path in due:
+            try:
+                current = self.lookup_full(path)
+            except FsError:
+                with self._lock:
+                    self._dir_times.pop(path, None)
+                continue
+            if not current.etag:  # implicit: kept in memory
+                with self._lock:
+                    times = self._dir_times.pop(path, None)
+                    if times is not None:
+                        self._dir_times_kept[path] = times
+                continue
+            try:
+                self.change_dir(path, lambda meta, cur: meta)
+                stored += 1
+            except Exception as exc:  # noqa: BLE001 - kept pending; the next round tries again
+                log.warning("could not store the times of directory %s: %s", path, exc)
+        return stored
 
     def from_info(self, info: ObjectInfo) -> A.Attributes:
         """Attributes of a file (or symlink) from a HEAD."""

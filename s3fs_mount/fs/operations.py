@@ -6,6 +6,7 @@ into an honest errno and one log line (see :mod:`.errors`).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import json
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.dirtimes import DirTimesWriter
 from s3fs_mount.fs.errors import Conflict, FsError, fuse_operation
 from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_get_context
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
@@ -111,6 +113,7 @@ class S3Operations(Operations):
         self._hidden: dict[str, StagedFile] = {}
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         self.unuploaded: list[str] | None = None  # set by destroy()
+        self.dir_times: DirTimesWriter | None = None  # set by start()
         self._next_fh = itertools.count(1)
         self._lock = threading.Lock()  # guards _handles and _hidden
 
@@ -149,6 +152,9 @@ class S3Operations(Operations):
         """At mount: learn how this server guards uploads, then recover; returns the keys still pending."""
         if not self.options.ro:
             self.uploader.configure_checks(self.options.conflict_check)
+            self.namespace.configure_directories()
+            self.dir_times = DirTimesWriter(self.namespace)
+            self.dir_times.start()
         return self.recover()
 
     def recover(self) -> list[str]:
@@ -202,6 +208,10 @@ class S3Operations(Operations):
             except Exception as exc:
                 log.error("could not upload %s at unmount (%s); it stays staged", item.key, exc)
                 left.append(item.key)
+        if self.dir_times is not None:
+            self.dir_times.close()
+        elif not self.options.ro:
+            self.namespace.store_dir_times()
         return left
 
     # -- helpers --------------------------------------------------------------------
@@ -346,13 +356,10 @@ class S3Operations(Operations):
         mode = stat.S_IFDIR | (stat.S_IMODE(mode))
         now = time.time()
         meta = A.posix_metadata(mode, uid, gid, now)
-        etag = self.store.put(
-            self.namespace.name(self.keymap.marker_key(path)),
-            b"",
-            {"Content-Type": DIRECTORY_CONTENT_TYPE, **meta},
-        )
+        etag = self.namespace.write_dir(path, meta, new=True)
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag))
         self.namespace.known_empty(path)
+        self.namespace.entry_changed(KeyMap.split(path)[0], now)
 
     @fuse_operation
     def rmdir(self, path: str) -> None:
@@ -367,6 +374,7 @@ class S3Operations(Operations):
         self.store.remove(self.namespace.name(self.keymap.marker_key(path)))
         self.store.remove(self.namespace.name(self.keymap.folder_key(path)))
         self.namespace.forget(path, gone=True)
+        self.namespace.entry_changed(KeyMap.split(path)[0])
 
     @fuse_operation
     def statfs(self, path: str) -> dict[str, int]:
@@ -399,6 +407,7 @@ class S3Operations(Operations):
         item.reset(0, "", meta, {"Content-Type": content_type}, now)
         item.set_metadata(meta)  # dirty: an empty new file is uploaded too
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
+        self.namespace.entry_changed(KeyMap.split(path)[0], now)
         return self._new_handle(item, path, True)
 
     @fuse_operation
@@ -529,6 +538,7 @@ class S3Operations(Operations):
         self.store.remove(self.namespace.name(key))
         self.staging.forget(key)
         self.namespace.forget(path, gone=True)
+        self.namespace.entry_changed(KeyMap.split(path)[0])
 
     @fuse_operation
     def rename(self, old: str, new: str) -> None:
@@ -551,11 +561,14 @@ class S3Operations(Operations):
                 raise FsError(errno.ENOTEMPTY)
             if new.startswith(old.rstrip("/") + "/"):
                 raise FsError(errno.EINVAL)
-            self._rename_dir(old, new)
+            self._rename_dir(old, new, source)
         else:
             if target is not None and target.is_dir:
                 raise FsError(errno.EISDIR)
             self._rename_file(old, new)
+        now = time.time()
+        for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
+            self.namespace.entry_changed(parent, now)
 
     def _rename_file(self, old: str, new: str) -> None:
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
@@ -577,7 +590,7 @@ class S3Operations(Operations):
             with item.cond:
                 item.etag = moved.etag
 
-    def _rename_dir(self, old: str, new: str) -> None:
+    def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory, copied in parallel, then deleted. Not atomic."""
         old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
         for item in list(self.staging.under(old_prefix)):
@@ -590,6 +603,16 @@ class S3Operations(Operations):
             (lambda e=e: self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size))
             for e in entries
         )
+        try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
+            info = self.store.head(self.namespace.name(folder))
+            self.store.copy_object(
+                self.namespace.name(folder),
+                self.namespace.name(self.keymap.folder_key(new)),
+                source_info=info,
+            )
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
             self.store.put(self.namespace.name(new_prefix), b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
         failed = self.store.delete_keys(keys + [folder], bucket=self.bucket)
@@ -597,11 +620,11 @@ class S3Operations(Operations):
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
         for item in list(self.staging.under(old_prefix)):
             self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
+        self.namespace.forget(old, gone=True)  # the parents' link counts follow
         self.namespace.forget_tree(old)
         self.namespace.forget_tree(new)
-        self.namespace.forget(old, gone=True)
-        self.namespace.forget(KeyMap.split(new)[0])
-        self.namespace.forget(KeyMap.split(old)[0])
+        moved = dataclasses.replace(source, complete=False)  # its holder's ETag is new: asked at next use
+        self.namespace.remember(new, moved)
 
     def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
@@ -627,6 +650,7 @@ class S3Operations(Operations):
         self.namespace.remember(
             target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
         )
+        self.namespace.entry_changed(KeyMap.split(target)[0], now)
 
     @fuse_operation
     def mknod(self, path: str, mode: int, dev: int) -> None:
@@ -653,6 +677,7 @@ class S3Operations(Operations):
             meta[A.META_PREFIX + "rdev"] = str(dev)
         etag = self.store.put(self.namespace.name(self.keymap.key(path)), b"", meta)
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
+        self.namespace.entry_changed(KeyMap.split(path)[0], now)
 
     @fuse_operation
     def readlink(self, path: str) -> str:
@@ -686,36 +711,39 @@ class S3Operations(Operations):
             A.check_metadata_size(new)
             item.set_metadata(new)
             return
+        if path == "/":
+            raise FsError(errno.EPERM, "the mount's root has no object to hold metadata")
         current = self.namespace.lookup_full(path)
+        if current.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
+
+            def stamped(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+                new = change(meta, cur)
+                new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
+                return new
+
+            self.namespace.change_dir(path, stamped)
+            return
         new = change(dict(current.metadata), current)
         new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
         A.check_metadata_size(new)
-        if path == "/":
-            raise FsError(errno.EPERM, "the mount's root has no object to hold metadata")
-        target = self.keymap.marker_key(path) if current.is_dir else key
-        name = self.namespace.name(target)
-        if current.is_dir:  # an empty marker: written anew (some servers cannot copy one)
-            etag = self.store.put(name, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE, **new})
-        else:
-            info = ObjectInfo(
-                target, current.size, current.etag, current.mtime, current.metadata, current.headers
+        name = self.namespace.name(key)
+        info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
+        try:
+            etag = self.store.copy_object(
+                name, name, new, replace_metadata=True, if_match=current.etag or None, source_info=info
             )
-            try:
-                etag = self.store.copy_object(
-                    name, name, new, replace_metadata=True, if_match=current.etag or None, source_info=info
-                )
-            except S3Error as exc:
-                if exc.precondition_failed:
-                    self.namespace.forget(path)
-                    log.error("%s changed in S3 since we read it; metadata change refused", path)
-                    raise FsError(errno.EIO) from exc
-                raise
+        except S3Error as exc:
+            if exc.precondition_failed:
+                self.namespace.forget(path)
+                log.error("%s changed in S3 since we read it; metadata change refused", path)
+                raise FsError(errno.EIO) from exc
+            raise
         updated = A.attributes_from(
             new,
             current.size,
             current.mtime,
             self.defaults,
-            "dir" if current.is_dir else "file",
+            "file",
             etag=etag,
             headers=current.headers,
         )

@@ -474,6 +474,23 @@ class RemoteStore:
                 log.warning("could not remove the probe object %s: %s", name.key, exc)
         return on_put, on_complete
 
+    def probe_marker_metadata(self, bucket: str, prefix: str = "") -> bool:
+        """Does the server keep user metadata on a key that ends in ``/`` (a directory marker)?
+
+        Writes, reads back and removes ``<prefix>.s3fs-mount-probe-<random>/``:
+        three requests. SeaweedFS, for one, stores such a key as a directory
+        of its own and drops its ``x-amz-meta-*`` headers.
+        """
+        name = S3Name("%s.s3fs-mount-probe-%s/" % (prefix, os.urandom(6).hex()), bucket)
+        try:
+            self.put(name, b"", {"x-amz-meta-probe": "kept"})
+            return self.head(name).metadata.get("x-amz-meta-probe") == "kept"
+        finally:
+            try:
+                self.remove(name)
+            except Exception as exc:  # the probe stays: harmless, and logged
+                log.warning("could not remove the probe object %s: %s", name.key, exc)
+
     def start_multipart(
         self, remote_name: RemoteName, headers: Mapping[str, str] | None = None
     ) -> MultipartUpload:

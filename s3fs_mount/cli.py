@@ -18,6 +18,7 @@ reason when the child gives up first.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import logging.handlers
@@ -44,6 +45,8 @@ PROG = "s3fs-mount"
 LOCAL_BUCKET = "local"
 MOUNT_WAIT = 30.0  # seconds the parent waits for the daemon's mount
 LOCAL_MOUNT_WAIT = 90.0  # the embedded server may take up to 60 s to start
+#: How long a --local mount waits for the server of an earlier mount of its data dir to stop.
+LOCAL_LOCK_WAIT = 45.0
 POLL_INTERVAL = 0.05
 DEV_FUSE = "/dev/fuse"
 SYSLOG_SOCKET = "/dev/log"
@@ -95,6 +98,7 @@ class Invocation:
     config_path: str | None = None
     foreground: bool = False
     local_dir: str | None = None
+    quiet: bool = False
 
 
 # -- the command line -----------------------------------------------------------------------
@@ -114,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-f", "--foreground", action="store_true", help="stay in the foreground, log to stderr"
     )
     parser.add_argument("-d", "--debug", action="store_true", help="same as -f -o debug")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when the mount succeeds")
     parser.add_argument(
         "-o",
         dest="options",
@@ -200,6 +205,7 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
         opts=opts,
         config_path=args.config or opts.config or None,
         foreground=args.foreground or args.debug,
+        quiet=args.quiet,
         local_dir=os.path.abspath(os.path.expanduser(local_dir)) if local_dir else None,
     )
 
@@ -330,17 +336,36 @@ def _load_serve() -> Callable[..., int]:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, (CliError, ConfigError)):
+    if isinstance(exc, (CliError, ConfigError)) or type(exc).__name__ == "ServerError":
         return text
     return "%s: %s" % (exc.__class__.__name__, text) if text else exc.__class__.__name__
 
 
-def launch(inv: Invocation, run: Callable[[], int], wait: float = MOUNT_WAIT) -> int:
-    """Run ``run`` (which serves the mount until unmounted) here with ``-f``, else in a daemon."""
+def launch(
+    inv: Invocation, run: Callable[[], int], wait: float = MOUNT_WAIT, done: Callable[[], str] | None = None
+) -> int:
+    """Run ``run`` (which serves the mount until unmounted) here with ``-f``, else in a daemon.
+
+    ``done`` makes the line printed once the daemon's mount is up (unless ``-q``).
+    """
     if inv.foreground:
         _log_serving(logging.StreamHandler(sys.stderr), inv.opts.debug)
         return run()
-    return daemonize(run, inv.mountpoint, inv.opts, wait)
+    code = daemonize(run, inv.mountpoint, inv.opts, wait)
+    if code == 0 and done is not None and not inv.quiet:
+        print(done())
+    return code
+
+
+def _mounted_line(inv: Invocation, bucket: str, endpoint: str, extra: str = "") -> str:
+    source = bucket + (":/" + inv.prefix.rstrip("/") if inv.prefix else "")
+    return "mounted %s from %s on %s%s (cache %s)" % (
+        source,
+        endpoint,
+        inv.mountpoint,
+        extra,
+        inv.opts.cache_dir,
+    )
 
 
 def daemonize(run: Callable[[], int], mountpoint: str, opts: MountOptions, wait: float = MOUNT_WAIT) -> int:
@@ -462,7 +487,12 @@ def mount_bucket(inv: Invocation) -> int:
     log.debug(
         "mounting %s/%s from %s://%s on %s", bucket, inv.prefix, conn.scheme, conn.endpoint, inv.mountpoint
     )
-    return launch(inv, lambda: serve(store, bucket, inv.prefix, inv.mountpoint, inv.opts))
+    endpoint = "%s://%s" % (conn.scheme, conn.endpoint)
+    return launch(
+        inv,
+        lambda: serve(store, bucket, inv.prefix, inv.mountpoint, inv.opts),
+        done=lambda: _mounted_line(inv, bucket, endpoint),
+    )
 
 
 def local_credentials(data_dir: str) -> tuple[str, str]:
@@ -532,11 +562,13 @@ def mount_local(inv: Invocation) -> int:
     except OSError as exc:
         raise CliError("cannot create %s: %s" % (data_dir, exc.strerror or exc)) from None
     check_mountpoint(inv.mountpoint, inv.opts.nonempty)
+    _wait_for_data_dir(data_dir)
     access_key, secret_key = local_credentials(data_dir)
 
     def run() -> int:
         # Started here, in the process that serves the mount, so they end together.
-        server = LocalS3Server(data_dir, access_key=access_key, secret_key=secret_key)
+        server = LocalS3Server(data_dir, access_key=access_key, secret_key=secret_key, stable=True)
+        server.lock(timeout=LOCAL_LOCK_WAIT, owner=", mounted on %s" % inv.mountpoint)  # one server per dir
         try:
             server.start(lambda: _local_ready(server), timeout=60)
             conn = _local_connection(server, default_bucket=LOCAL_BUCKET)
@@ -550,8 +582,49 @@ def mount_local(inv: Invocation) -> int:
             return serve(store, LOCAL_BUCKET, inv.prefix, inv.mountpoint, inv.opts)
         finally:
             server.stop()
+            server.unlock()
 
-    return launch(inv, run, LOCAL_MOUNT_WAIT)
+    def done() -> str:
+        from s3fs_mount.localserver import saved_endpoint
+
+        extra = ", keys in %s" % os.path.join(data_dir, "credentials.json")
+        return _mounted_line(inv, LOCAL_BUCKET, "http://%s" % saved_endpoint(data_dir), extra)
+
+    return launch(inv, run, LOCAL_MOUNT_WAIT, done=done)
+
+
+def _wait_for_data_dir(data_dir: str, timeout: float = LOCAL_LOCK_WAIT) -> None:
+    """Wait (saying so) while the server of an earlier mount of ``data_dir`` is still stopping."""
+    lock_path = os.path.join(data_dir, "server.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CliError("cannot open %s: %s" % (lock_path, exc.strerror or exc)) from None
+    try:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # free; closing the file below releases it for the daemon's server
+            except BlockingIOError:
+                holder = os.pread(fd, 4200, 0).decode("utf-8", "replace").strip() or "another process"
+            mounted = holder.partition(", mounted on ")[2]
+            if time.monotonic() >= deadline or (mounted and os.path.ismount(mounted)):
+                raise CliError(
+                    "%s is in use by the embedded server of another mount (%s); unmount it first"
+                    % (data_dir, holder)
+                )
+            if not told:
+                print(
+                    "%s: waiting for the embedded server still using %s (%s) to stop..."
+                    % (PROG, data_dir, holder),
+                    file=sys.stderr,
+                )
+                told = True
+            time.sleep(0.2)
+    finally:
+        os.close(fd)
 
 
 # -- entry points ---------------------------------------------------------------------------

@@ -26,10 +26,16 @@ Things worth knowing about SeaweedFS 4.x (found by experiment):
   bucket gives BucketNotEmpty, as on AWS.
 * gRPC servers also listen on unix sockets ``/tmp/seaweedfs-*-<port>.sock``;
   :meth:`LocalS3Server.stop` removes the ones belonging to its ports.
+* Two servers on one data directory corrupt each other's filer store (the
+  second one's log says the store is locked). With ``stable=True`` a server
+  holds an exclusive lock on ``DATA_DIR/server.lock`` while it runs, and
+  keeps its ports in ``DATA_DIR/ports.json``, so its endpoint is the same at
+  every start while those ports are free.
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import logging
@@ -97,6 +103,44 @@ def free_ports(count: int, host: str = HOST) -> list[int]:
             s.close()
 
 
+class ServerError(RuntimeError):
+    """The server would not start, or its data directory is in use; the first line says why."""
+
+
+def _cause(path: Path) -> str:
+    """The line of weed's log that says why it stopped: its last fatal or error line, else its last."""
+    lines = [line.strip() for line in _tail(path, 1000).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line[:1] in ("F", "E") and line[1:5].isdigit():  # glog: F1203 12:00:00.000 file.go:12] text
+            return line.split("] ", 1)[-1]
+    for word in _CAUSE_WORDS:  # Go's own words, most telling first: a bad flag, a panic, ...
+        for line in reversed(lines):
+            if word in line.lower():
+                return line
+    return lines[-1] if lines else "no log output"
+
+
+_CAUSE_WORDS = ("flag provided but not defined", "panic", "fatal", "error", "in use", "locked", "denied")
+
+
+def _is_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as weed binds: TIME_WAIT is no obstacle
+        try:
+            s.bind((host, int(port)))
+            return True
+        except OSError:
+            return False
+
+
+def saved_endpoint(data_dir: str | Path) -> str | None:
+    """The S3 endpoint a ``stable`` server on ``data_dir`` uses (from its ``ports.json``), if known."""
+    try:
+        return "%s:%d" % (HOST, int(json.loads((Path(data_dir) / "ports.json").read_text())["s3"]))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     """Return the last ``lines`` lines of a text file (empty string if unreadable)."""
     try:
@@ -141,8 +185,13 @@ class LocalS3Server:
         *,
         extra_args: Sequence[str] = (),
         volume_max: int = 200,
+        stable: bool = False,
     ) -> None:
-        """Prepare (but do not start) a server storing its data under ``data_dir``."""
+        """Prepare (but do not start) a server storing its data under ``data_dir``.
+
+        ``stable``: the same ports at every start (``ports.json``), and the data directory locked
+        against a second server (``server.lock``; see :meth:`lock`).
+        """
         self.data_dir = Path(data_dir)
         self.access_key = access_key or secrets.token_hex(10)
         self.secret_key = secret_key or secrets.token_hex(20)
@@ -150,7 +199,9 @@ class LocalS3Server:
         self.extra_args = list(extra_args)
         self.volume_max = volume_max
         self.ports: dict[str, int] = {}
+        self.stable = stable
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -241,10 +292,68 @@ class LocalS3Server:
         """Built-in readiness check: a signed ListBuckets answered with 200."""
         return signed_list_buckets(self.endpoint, self.access_key, self.secret_key)
 
+    @property
+    def ports_path(self) -> Path:
+        return self.data_dir / "ports.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "server.lock"
+
+    def lock(
+        self, timeout: float = 60.0, waiting: Callable[[str], None] | None = None, owner: str = ""
+    ) -> None:
+        """Take the data directory's lock, waiting up to ``timeout`` s for a server still stopping.
+
+        ``waiting`` is told once (with who holds it) when the lock is taken. ``owner`` is written
+        into the lock file after our pid, for whoever finds it taken. Raises ServerError when the time
+        runs out: another server (or mount) uses the data directory.
+        """
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise ServerError("%s is in use by %s" % (self.data_dir, holder)) from None
+                if waiting is not None and not told:
+                    waiting(holder)
+                    told = True
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, ("pid %d%s" % (os.getpid(), owner)).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # drops the flock
+            self._lock_fd = None
+
+    def _choose_ports(self) -> dict[str, int]:
+        """Free ports: with ``stable``, those of the last start where all are still free."""
+        if self.stable:
+            try:
+                saved = json.loads(self.ports_path.read_text())
+                if sorted(saved) == sorted(PORT_NAMES) and all(_is_free(saved[n]) for n in PORT_NAMES):
+                    return {n: int(saved[n]) for n in PORT_NAMES}
+                log.warning("the ports in %s are taken: choosing new ones", self.ports_path)
+            except (OSError, ValueError, TypeError, KeyError):
+                pass
+        ports = free_ports(len(PORT_NAMES))
+        chosen = {name: ports[i] for i, name in enumerate(PORT_NAMES)}
+        if self.stable:
+            self.ports_path.write_text(json.dumps(chosen, indent=1) + "\n")
+        return chosen
+
     def _launch(self) -> None:
         """Pick ports, write config and spawn the process."""
-        ports = free_ports(len(PORT_NAMES))
-        self.ports = {name: ports[i] for i, name in enumerate(PORT_NAMES)}
+        self.ports = self._choose_ports()
         (self.data_dir / "weed").mkdir(parents=True, exist_ok=True)
         self._write_identities()
         env = dict(os.environ)
@@ -288,6 +397,8 @@ class LocalS3Server:
                 self.stop(kill=True)
                 if attempts < 3 and "address already in use" in str(exc):
                     log.warning("port clash starting weed, retrying with new ports")
+                    if self.stable:
+                        self.ports_path.unlink(missing_ok=True)
                     continue
                 raise
             except BaseException:
@@ -304,9 +415,9 @@ class LocalS3Server:
         while True:
             code = self._proc.poll()
             if code is not None:
-                raise RuntimeError(
-                    f"weed exited with code {code} during startup; log {self.log_path}:\n"
-                    + _tail(self.log_path)
+                raise ServerError(
+                    f"the embedded S3 server exited (code {code}) while starting: {_cause(self.log_path)} "
+                    f"(log {self.log_path})\n" + _tail(self.log_path)
                 )
             if not volume_ok:
                 volume_ok = self._volume_server_registered()
@@ -317,7 +428,7 @@ class LocalS3Server:
                 except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
                     last_exc = exc
             if time.monotonic() >= deadline:
-                raise RuntimeError(
+                raise ServerError(
                     f"weed not ready before timeout (volume server registered: {volume_ok}, "
                     f"last readiness error: {last_exc!r}); log {self.log_path}:\n" + _tail(self.log_path)
                 )

@@ -351,11 +351,17 @@ def servers(monkeypatch):
     servers = []
 
     class FakeServer:
-        def __init__(self, data_dir, access_key=None, secret_key=None, log_path=None):
+        def __init__(self, data_dir, access_key=None, secret_key=None, log_path=None, stable=False):
             self.data_dir, self.access_key, self.secret_key = data_dir, access_key, secret_key
             self.endpoint = None
             self.stopped = False
             servers.append(self)
+
+        def lock(self, timeout=60, owner=""):
+            pass
+
+        def unlock(self):
+            pass
 
         def start(self, ready, timeout=60):
             self.endpoint = "127.0.0.1:18333"

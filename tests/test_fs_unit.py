@@ -30,6 +30,7 @@ def make_ops(tmp_path, store=None, **options) -> S3Operations:
     opts = MountOptions(cache_dir=str(tmp_path / "cache"), **options)
     ops = S3Operations(store or FakeStore(), "bucket", "", opts)
     ops.uploader.configure_checks(opts.conflict_check)  # what start() does at mount
+    ops.namespace.configure_directories()
     return ops
 
 
@@ -93,11 +94,13 @@ def test_readdir_gives_each_entry_its_attributes(tmp_path):
     ops.write("/d/new", b"y" * 3000, 0, fh)  # open, not flushed: only the staged copy knows it
     entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
     assert sorted(entries) == ["new", "old", "sub"]
+    assert stat.S_ISDIR(ops.getattr("/d/sub")["st_mode"])
+    # A directory's own mode is on its holder, not in the listing: the kernel is left to ask.
+    assert entries.pop("sub") is None
     for name, attrs in entries.items():
         assert attrs == ops.getattr("/d/" + name), name
     assert entries["new"]["st_size"] == 3000 and stat.S_IMODE(entries["new"]["st_mode"]) == 0o600
     assert entries["old"]["st_size"] == 10 and stat.S_ISREG(entries["old"]["st_mode"])
-    assert stat.S_ISDIR(entries["sub"]["st_mode"])
     ops.release("/d/new", fh)
 
 
@@ -596,3 +599,74 @@ def test_listings_go_to_the_mounted_bucket(tmp_path):
     ops.mkdir("/e", 0o755)
     ops.rename("/d", "/e2")
     ops.rmdir("/e")
+
+
+# -- directories: where their metadata lives, and their times --------------------------------------
+
+
+def fresh_view(ops: S3Operations, tmp_path, store: FakeStore) -> S3Operations:
+    """Another mount of the same bucket: nothing cached."""
+    return make_ops(tmp_path / "again", store)
+
+
+@pytest.mark.parametrize("drops", [False, True], ids=["marker keeps metadata", "marker drops it"])
+def test_directory_metadata_lives_where_the_server_keeps_it(tmp_path, drops):
+    store = FakeStore(drops_marker_metadata=drops)
+    ops = make_ops(tmp_path, store)
+    assert ops.namespace.dir_meta_on_marker is not drops
+    ops.mkdir("/d", 0o755)
+    ops.chmod("/d", stat.S_IFDIR | 0o700)
+    ops.setxattr("/d", "user.k", b"v", 0)
+    assert "d/" in store.objects and ("d_$folder$" in store.objects) is drops
+    other = fresh_view(ops, tmp_path, store)
+    assert stat.S_IMODE(other.getattr("/d")["st_mode"]) == 0o700
+    assert other.getxattr("/d", "user.k") == b"v"
+    assert names(other) == ["d"]
+    other.rename("/d", "/e")
+    assert ("e_$folder$" in store.objects) is drops and "d_$folder$" not in store.objects
+    third = fresh_view(other, tmp_path / "3", store)
+    assert stat.S_IMODE(third.getattr("/e")["st_mode"]) == 0o700 and names(third) == ["e"]
+    third.rmdir("/e")
+    assert not [k for k in store.objects if k.startswith("e")]
+
+
+def test_a_directory_listed_before_its_stat_shows_its_own_mode(tmp_path):
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o711)
+    other = fresh_view(ops, tmp_path, store)
+    assert names(other) == ["d"]  # the listing knows the name only
+    assert stat.S_IMODE(other.getattr("/d")["st_mode"]) == 0o711
+
+
+def test_entry_changes_move_directory_times_without_a_request_each(tmp_path):
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    ops.utimens("/d", (10**18, 10**18))
+    puts = store.calls["PUT"]
+    before = ops.getattr("/d")["st_mtime"]
+    for i in range(50):
+        write_file(ops, "/d/f%d" % i, b"x")
+    after = ops.getattr("/d")
+    assert after["st_mtime"] > before and after["st_ctime"] == after["st_mtime"]
+    assert store.calls["PUT"] - puts == 50  # the files only: the directory's times wait
+    assert ops.namespace.store_dir_times() == 1
+    assert store.calls["PUT"] - puts == 51
+    other = fresh_view(ops, tmp_path, store)
+    assert other.getattr("/d")["st_mtime"] == after["st_mtime"]
+    assert ops.namespace.store_dir_times() == 0  # nothing left to store
+
+
+def test_implicit_directories_keep_entry_times_in_memory_only(tmp_path):
+    store = FakeStore()
+    store.put("imp/a", b"1")
+    ops = make_ops(tmp_path, store)
+    first = ops.getattr("/imp")["st_mtime"]
+    assert ops.getattr("/imp")["st_mtime"] == first  # stable, not "now"
+    write_file(ops, "/imp/b", b"2")
+    assert ops.getattr("/imp")["st_mtime"] > first
+    keys = set(store.objects)
+    ops.namespace.store_dir_times()
+    assert set(store.objects) == keys  # no marker made for a directory nobody made
+    assert ops.getattr("/imp")["st_mtime"] > first

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import s3rig
 
-from s3fs_mount.localserver import LocalS3Server
+from s3fs_mount.localserver import LocalS3Server, ServerError, saved_endpoint
 
 
 def _alive(pid: int) -> bool:
@@ -57,11 +57,38 @@ def test_context_manager_default_ready(tmp_path: Path) -> None:
     assert pid is not None and not _alive(pid)
 
 
-def test_start_failure_raises_with_log(tmp_path: Path) -> None:
+def test_start_failure_is_one_line_with_its_cause(tmp_path: Path) -> None:
     server = LocalS3Server(str(tmp_path), extra_args=["-no-such-flag"])
-    with pytest.raises(RuntimeError, match="weed exited"):
+    with pytest.raises(ServerError) as e:
         server.start(lambda: True, timeout=20)
+    first = str(e.value).splitlines()[0]
+    assert "exited" in first and "no-such-flag" in first and str(server.log_path) in first, first
     assert not server.is_running()
+
+
+def test_stable_server_keeps_its_endpoint_and_its_data_dir_to_itself(tmp_path: Path) -> None:
+    first = LocalS3Server(str(tmp_path), stable=True)
+    first.lock(timeout=1)
+    try:
+        first.start(timeout=60)
+        endpoint = first.endpoint
+        assert saved_endpoint(tmp_path) == endpoint
+        second = LocalS3Server(str(tmp_path), stable=True)
+        told: list[str] = []
+        with pytest.raises(ServerError, match="in use by pid %d" % os.getpid()):
+            second.lock(timeout=0.5, waiting=told.append)
+        assert told == ["pid %d" % os.getpid()]
+    finally:
+        first.stop(kill=True)
+        first.unlock()
+    again = LocalS3Server(str(tmp_path), stable=True)
+    again.lock(timeout=1)
+    try:
+        again.start(timeout=60)
+        assert again.endpoint == endpoint  # the same port, remembered in DATA_DIR/ports.json
+    finally:
+        again.stop(kill=True)
+        again.unlock()
 
 
 def test_session_fixtures(boto, bucket: str, s3config: dict, s3yaml: Path) -> None:  # noqa: ANN001

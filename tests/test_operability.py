@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 
+import boto3
 import pytest
 import yaml
 from mountrig import BIN, ROOT
@@ -43,8 +46,12 @@ def test_daemon_mount_status_sync_and_log_summary(mount_factory, s3yaml, bucket,
     try:
         with open(mnt / "data.bin", "wb") as f:
             f.write(os.urandom(3 << 20))
+        for i in range(20):  # lookups of names that are not there: ordinary answers, not failures
+            assert not os.path.exists(mnt / ("missing%d" % i))
         st = run("status", str(mnt))
         assert st.returncode == 0 and bucket in st.stdout and "cache:" in st.stdout
+        counts = re.search(r" (\d+) failed, (\d+) retried, (\d+) not found", st.stdout)
+        assert counts and counts.groups()[:2] == ("0", "0") and int(counts[3]) >= 20, st.stdout
         sy = run("sync", str(mnt))
         assert sy.returncode == 0 and "all files are in S3" in sy.stdout
         assert boto.head_object(Bucket=bucket, Key="data.bin")["ContentLength"] == 3 << 20
@@ -104,20 +111,34 @@ def test_help_lists_every_option_with_defaults():
     assert run("--version").stdout.startswith("s3fs-mount ")
 
 
-def test_local_quick_start_keeps_data_across_mounts(tmp_path):
-    data, mnt = tmp_path / "data", tmp_path / "mnt"
+def test_local_quick_start_keeps_data_and_endpoint_across_an_immediate_remount(tmp_path):
+    data, mnt, other = tmp_path / "data", tmp_path / "mnt", tmp_path / "other"
     mnt.mkdir()
+    other.mkdir()
     opts = "cache_dir=%s" % (tmp_path / "c")
     r = run("-o", opts, "--local", str(data), str(mnt))
     assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    assert line.startswith("mounted local from http://127.0.0.1:") and str(mnt) in line, line
+    assert "keys in %s" % (data / "credentials.json") in line
+    endpoint = line.split(" from ", 1)[1].split(" ", 1)[0]
     try:
         (mnt / "hello.txt").write_text("hello")
+        keys = json.loads((data / "credentials.json").read_text())
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=keys["access_key_id"],
+                          aws_secret_access_key=keys["secret_access_key"], region_name="us-east-1")
+        assert s3.get_object(Bucket="local", Key="hello.txt")["Body"].read() == b"hello"
+        busy = run("-o", "cache_dir=%s" % (tmp_path / "c2"), "--local", str(data), str(other))
+        assert busy.returncode == 1 and "in use" in busy.stderr, busy.stderr
+        assert "Traceback" not in busy.stderr
+        assert not os.path.ismount(other)
     finally:
         subprocess.run(["fusermount", "-u", str(mnt)], check=False)
-    wait_gone(str(data), timeout=90)  # the mount and its embedded server both end
+    # At once, while the old server may still be stopping: it waits for it, and says so.
     r = run("-o", opts, "--local", str(data), str(mnt))
     assert r.returncode == 0, r.stderr
     try:
+        assert r.stdout.strip().split(" from ", 1)[1].split(" ", 1)[0] == endpoint  # a stable endpoint
         assert (mnt / "hello.txt").read_text() == "hello"
     finally:
         subprocess.run(["fusermount", "-u", str(mnt)], check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -26,8 +27,6 @@ def run(*cmd: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     return r
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: right after utimens the kernel's cached atime "
-                   "is shown for up to attr_ttl (S3 and a later stat are right)")
 def test_touch_sets_times_as_asked_and_they_reach_s3(mount, boto, bucket):
     f = os.path.join(mount.path, "t.txt")
     with open(f, "w") as fh:
@@ -112,6 +111,93 @@ def test_directory_nlink_counts_subdirectories(mount):
     assert os.stat(d).st_nlink == 5
     os.rmdir(os.path.join(d, "c"))
     assert os.stat(d).st_nlink == 4
+
+
+def _holder_metadata(boto, bucket: str, name: str) -> dict[str, str]:
+    """The directory's metadata as S3 holds it: on ``name/``, else on ``name_$folder$``."""
+    found: dict[str, str] = {}
+    for key in (name + "/", name + "_$folder$"):
+        try:
+            found.update(head_meta(boto, bucket, key))
+        except boto.exceptions.ClientError:
+            pass
+    return found
+
+
+def test_directory_metadata_holds_after_the_caches_and_a_remount(mount_factory, boto, bucket):
+    """chmod, chown, utimens and user.* on a directory are stored (SeaweedFS drops them on ``d/``)."""
+    mount = mount_factory().start()
+    d = os.path.join(mount.path, "d")
+    os.mkdir(d)
+    os.chmod(d, 0o710)
+    os.chown(d, 1234, 5678)
+    os.setxattr(d, "user.x", b"1")
+    os.utime(d, (1_500_000_000, 1_600_000_000))
+    time.sleep(1.5)  # past attr_ttl: what is shown now comes from S3
+    st = os.stat(d)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime) == (0o710, 1234, 5678, 1_600_000_000)
+    held = _holder_metadata(boto, bucket, "d")
+    assert int(held["mode"]) == stat.S_IFDIR | 0o710 and held["x"] == "1" and held["mtime"] == "1600000000"
+    mount.stop()
+    again = mount_factory().start()
+    d = os.path.join(again.path, "d")
+    st = os.stat(d)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime) == (0o710, 1234, 1_600_000_000)
+    assert os.getxattr(d, "user.x") == b"1"
+    assert [e.name for e in os.scandir(again.path)] == ["d"]  # one directory, whatever holds it
+    renamed = os.path.join(again.path, "e")
+    os.rename(d, renamed)
+    time.sleep(1.5)
+    assert stat.S_IMODE(os.stat(renamed).st_mode) == 0o710  # its metadata moved with it
+    assert sorted(e.name for e in os.scandir(again.path)) == ["e"]
+
+
+def test_directory_times_follow_its_entries_and_are_stored(mount_factory, boto, bucket):
+    mount = mount_factory().start()
+    d = os.path.join(mount.path, "d")
+    os.mkdir(d)
+    os.utime(d, (1_500_000_000, 1_500_000_000))
+    changes = [
+        lambda: open(os.path.join(d, "f"), "w").close(),
+        lambda: os.mkdir(os.path.join(d, "sub")),
+        lambda: os.symlink("f", os.path.join(d, "link")),
+        lambda: os.mkfifo(os.path.join(d, "fifo")),
+        lambda: os.rename(os.path.join(d, "f"), os.path.join(d, "g")),
+        lambda: os.unlink(os.path.join(d, "g")),
+        lambda: os.rmdir(os.path.join(d, "sub")),
+    ]
+    last = os.stat(d)
+    for change in changes:
+        time.sleep(0.01)
+        change()
+        st = os.stat(d)
+        assert st.st_mtime_ns > last.st_mtime_ns and st.st_ctime_ns > last.st_ctime_ns, change
+        last = st
+    for _ in range(50):  # stored in the background, about once a second
+        if float(_holder_metadata(boto, bucket, "d").get("mtime", 0)) > 1_500_000_000:
+            break
+        time.sleep(0.1)
+    held = _holder_metadata(boto, bucket, "d")
+    assert abs(float(held["mtime"]) - last.st_mtime) < 1e-3
+    assert abs(float(held["ctime"]) - last.st_ctime) < 1e-3
+    mount.stop()
+    assert abs(os.stat(os.path.join(mount_factory().start().path, "d")).st_mtime - last.st_mtime) < 1e-3
+
+
+def test_many_creates_in_one_directory_store_its_times_a_few_times(mount_factory, boto, bucket):
+    """Directory times cost no request per file: 200 creates, a handful of PUTs of the holder."""
+    mount = mount_factory(options="debug").start()
+    d = os.path.join(mount.path, "many")
+    os.mkdir(d)
+    for i in range(200):
+        with open(os.path.join(d, "f%03d" % i), "w") as f:
+            f.write("x")
+    mount.stop()
+    log = open(mount.log_path, errors="replace").read()
+    puts = re.findall(r"s3fs_mount\.requests: PUT \S+ (\S+) \d+ ", log)
+    assert sum(1 for k in puts if k.startswith("many/f")) >= 200, "the request log is not as expected"
+    holder_puts = [k for k in puts if k in ("many/", "many_$folder$")]
+    assert 1 <= len(holder_puts) <= 12, holder_puts
 
 
 def test_a_new_object_in_a_directory_just_made_or_listed_is_seen_at_once(mount, boto, bucket):

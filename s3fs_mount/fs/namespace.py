@@ -369,6 +369,7 @@ class Namespace:
         In memory at once; :meth:`store_dir_times` stores it later (no request here).
         """
         now = time.time() if now is None else now
+        now = A.parse_time(A.format_time(now)) or now  # exactly what S3 will hold, to the nanosecond
         with self._lock:
             own = self.root if parent == "/" else self._attrs.get(parent)
             if own is not None:

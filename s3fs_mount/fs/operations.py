@@ -328,7 +328,7 @@ class S3Operations(Operations):
         return next(self._next_fh)  # distinct per open directory: fuselib keeps its listing by it
 
     @fuse_operation
-    def readdir(self, path: str, fh: int) -> list[str | tuple[str, dict[str, object], int]]:
+    def readdir(self, path: str, fh: int) -> list[str | tuple[str, dict[str, object] | None, int]]:
         """Names with their attributes: on libfuse3 they fill the kernel's cache (readdirplus)."""
         if not self._attributes(path).is_dir:
             raise FsError(errno.ENOTDIR)
@@ -338,8 +338,13 @@ class S3Operations(Operations):
             rest = item.key[len(prefix) :]
             if rest and "/" not in rest and _live(item):
                 entries[rest] = self._item_attributes(item)
-        listed: list[str | tuple[str, dict[str, object], int]] = [".", ".."]
-        listed.extend((name, entries[name].stat(), 0) for name in sorted(entries))
+        listed: list[str | tuple[str, dict[str, object] | None, int]] = [".", ".."]
+        # A directory's mode and owner are on its holder, which a listing does not show: the kernel
+        # asks (getattr) rather than be told the defaults.
+        listed.extend(
+            (name, None if a.is_dir and not a.complete else a.stat(), 0)
+            for name, a in sorted(entries.items())
+        )
         return listed
 
     @fuse_operation
@@ -749,9 +754,7 @@ class S3Operations(Operations):
         )
         self.namespace.remember(path, updated)
         if item is not None:
-            with item.cond:
-                item.metadata = dict(new)
-                item.etag = etag
+            item.metadata_stored(new, etag)
 
     @fuse_operation
     def chmod(self, path: str, mode: int) -> None:

@@ -195,6 +195,13 @@ class StagedFile:
             self.dirty = True
         self.save()
 
+    def metadata_stored(self, metadata: dict[str, str], etag: str) -> None:
+        """S3 now has ``metadata`` on version ``etag`` of a clean copy: take them (and its times) over."""
+        with self.cond:
+            self.metadata = dict(metadata)
+            self._times_from(self.metadata)
+            self.etag = etag
+
     def _times_from(self, metadata: dict[str, str]) -> None:
         """Take mtime/atime/ctime from ``metadata`` where it has them (caller holds cond)."""
         mtime = parse_time(metadata.get(MTIME, ""))

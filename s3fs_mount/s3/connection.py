@@ -39,33 +39,51 @@ Credentials = tuple[str, str, "str | None", "float | None"]
 REFRESH_MARGIN = 300.0
 
 
+#: Answers that say something about the object, not that the request failed: a lookup's 404,
+#: a condition that did not hold (412), "not modified" (304).
+EXPECTED_MISSES = frozenset({304, 404, 412})
+
+
 class RequestStats:
-    """Counters for the summary at unmount. Guarded by its own lock."""
+    """Counters for ``status`` and the summary at unmount. Every field guarded by ``_lock``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.requests: dict[str, int] = {}
         self.bytes_up = 0
         self.bytes_down = 0
-        self.errors = 0
+        self.failures = 0  #: transport errors, and answers that are errors (5xx, 403, 400, ...)
+        self.misses = 0  #: 404, 412, 304: ordinary answers (see EXPECTED_MISSES)
+        self.retries = 0  #: attempts after the first, by the retry policy
 
-    def add(self, method: str, up: int, down: int, error: bool) -> None:
+    def add(self, method: str, up: int, down: int, status: int | None, ok: bool) -> None:
+        """One attempt: ``status`` None for a transport error; ``ok`` if it was the expected answer."""
         with self._lock:
             self.requests[method] = self.requests.get(method, 0) + 1
             self.bytes_up += up
             self.bytes_down += down
-            self.errors += int(error)
+            if not ok:
+                if status in EXPECTED_MISSES:
+                    self.misses += 1
+                else:
+                    self.failures += 1
+
+    def retried(self) -> None:
+        with self._lock:
+            self.retries += 1
 
     def summary(self) -> str:
         with self._lock:
             total = sum(self.requests.values())
             kinds = ", ".join("%s %d" % kv for kv in sorted(self.requests.items()))
-            return "%d requests (%s), %d bytes up, %d bytes down, %d errors" % (
+            return "%d requests (%s), %d bytes up, %d bytes down, %d failed, %d retried, %d not found" % (
                 total,
                 kinds or "none",
                 self.bytes_up,
                 self.bytes_down,
-                self.errors,
+                self.failures,
+                self.retries,
+                self.misses,
             )
 
 
@@ -262,8 +280,13 @@ class S3Connection:
                 payload_hash = UNSIGNED_PAYLOAD
         expect = tuple(expect)
         what = "%s %s/%s" % (method, bucket or "", key)
+        attempts = 0
 
         def attempt() -> requests.Response:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                self.stats.retried()
             signed = self._fresh_signer().sign(method, host, path, query, headers or {}, payload_hash)
             data = body() if callable(body) else body
             started = time.monotonic()
@@ -271,7 +294,7 @@ class S3Connection:
             try:
                 resp = self._send(method, url, signed, data, stream)
             except requests.RequestException as exc:
-                self.stats.add(method, sent, 0, True)
+                self.stats.add(method, sent, 0, None, False)
                 request_log.debug("%s -> %s", what, exc.__class__.__name__)
                 if isinstance(exc, requests.ConnectionError):
                     # The server may have restarted: every pooled connection is as dead as this
@@ -285,7 +308,7 @@ class S3Connection:
                 sent = int(signed["Content-Length"])
             got = int(resp.headers.get("Content-Length") or 0) if method != "HEAD" else 0
             ok = resp.status_code in expect
-            self.stats.add(method, sent, got, not ok)
+            self.stats.add(method, sent, got, resp.status_code, ok)
             request_log.debug(
                 "%s %s %s %d %.0fms up=%d down=%d",
                 method,

@@ -47,6 +47,8 @@ MOUNT_WAIT = 30.0  # seconds the parent waits for the daemon's mount
 LOCAL_MOUNT_WAIT = 90.0  # the embedded server may take up to 60 s to start
 #: How long a --local mount waits for the server of an earlier mount of its data dir to stop.
 LOCAL_LOCK_WAIT = 45.0
+#: Seconds the embedded server gets to stop on SIGTERM before SIGKILL, at unmount.
+LOCAL_STOP_GRACE = 3.0
 POLL_INTERVAL = 0.05
 DEV_FUSE = "/dev/fuse"
 SYSLOG_SOCKET = "/dev/log"
@@ -581,7 +583,9 @@ def mount_local(inv: Invocation) -> int:
             log.info("local S3 at http://%s (bucket %s, data in %s)", server.endpoint, LOCAL_BUCKET, data_dir)
             return serve(store, LOCAL_BUCKET, inv.prefix, inv.mountpoint, inv.opts)
         finally:
-            server.stop()
+            # Everything is in S3 (the unmount uploaded it) and weed's writes are in the kernel's
+            # hands: after a short grace, SIGKILL spares the 15 s its gRPC shutdown waits.
+            server.stop(timeout=LOCAL_STOP_GRACE)
             server.unlock()
 
     def done() -> str:

@@ -258,6 +258,7 @@ class LocalS3Server:
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master.grpc']}",
             "-master.volumeSizeLimitMB=64",
+            "-master.electionTimeout=1s",  # one master: a restart need not wait 10 s to lead
             "-master.telemetry=false",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={p['volume.grpc']}",
@@ -453,7 +454,7 @@ class LocalS3Server:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                log.warning("weed pid %d still alive after %.0fs, SIGKILL", proc.pid, timeout)
+                log.info("weed pid %d still alive after %.0fs, SIGKILL", proc.pid, timeout)
                 try:
                     os.kill(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:

@@ -367,7 +367,7 @@ def servers(monkeypatch):
             self.endpoint = "127.0.0.1:18333"
             assert ready()
 
-        def stop(self, kill=False):
+        def stop(self, kill=False, timeout=30):
             self.stopped = True
 
     module = types.ModuleType("s3fs_mount.localserver")

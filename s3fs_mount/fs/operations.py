@@ -362,7 +362,9 @@ class S3Operations(Operations):
         now = time.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         etag = self.namespace.write_dir(path, meta, new=True)
-        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag))
+        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag)
+        made.nlink = 2  # empty: known, so its subdirectories are counted from here on
+        self.namespace.remember(path, made)
         self.namespace.known_empty(path)
         self.namespace.entry_changed(KeyMap.split(path)[0], now)
 

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         usage=USAGE,
         description="Mount an S3 bucket as a directory.",
-        epilog=EPILOG,
+        epilog=EPILOG + "\nmount options (-o NAME[=VALUE][,...]):\n" + MountOptions.help_text(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("places", nargs="*", metavar="BUCKET[:/PREFIX] MOUNTPOINT", help=argparse.SUPPRESS)

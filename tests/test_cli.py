@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -422,3 +424,29 @@ def test_systemd_unit_verifies(tmp_path):
                        capture_output=True, text=True, env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"))
     assert r.returncode == 0, r.stderr
     assert "s3fs-mount@" not in r.stdout + r.stderr, r.stdout + r.stderr  # no warning about our unit
+
+
+def _readme_option_table() -> dict[str, str]:
+    """README.rst's mount option table: option name -> default column (continuation rows folded)."""
+    text = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    table = text.split("Mount options (``-o``", 1)[1].split("\n\n", 2)[1]
+    rows: dict[str, str] = {}
+    for line in table.splitlines():
+        if line.startswith("=") or line.startswith("option ") or not line.startswith("``"):
+            continue
+        names = re.findall(r"``([a-z_]+)(?:=[^`]*)?``", line[:26])
+        default = line[81:].strip().strip("`") if len(line) > 81 else ""
+        for name in names:
+            rows[name] = default
+    return rows
+
+
+def test_readme_option_table_and_o_help_are_one_list():
+    table = _readme_option_table()
+    shown = MountOptions.defaults_shown()
+    assert set(table) == set(shown), "README.rst's option table and -o help differ"
+    # Defaults that do not depend on who mounts (a path, the user's ids) must read the same.
+    for name, default in table.items():
+        if name in ("cache_dir", "uid", "gid") or not default:
+            continue
+        assert default == shown[name], (name, default, shown[name])

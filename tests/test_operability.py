@@ -108,6 +108,8 @@ def test_help_lists_every_option_with_defaults():
                  "dir_ttl", "debug", "writeback", "log_file", "profile"):
         assert name in r.stdout
     assert "default" in r.stdout
+    assert "(default: 4G)" in r.stdout and "4294967296" not in r.stdout  # sizes as -o takes them
+    assert r.stdout.split(":\n", 1)[1].strip() in run("--help").stdout  # --help lists them too
     assert run("--version").stdout.startswith("s3fs-mount ")
 
 

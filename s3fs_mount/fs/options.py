@@ -31,6 +31,14 @@ def parse_size(text: str) -> int:
     return int(value * mult)
 
 
+def format_size(n: int) -> str:
+    """536870912 -> ``'512M'``: the largest K/M/G/T suffix that divides it (as ``-o`` takes sizes)."""
+    for exp, suffix in ((4, "T"), (3, "G"), (2, "M"), (1, "K")):
+        if n and n % (1024**exp) == 0:
+            return "%d%s" % (n // 1024**exp, suffix)
+    return str(n)
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "s3fs-mount")
@@ -124,15 +132,32 @@ class MountOptions:
         return opts
 
     @classmethod
-    def help_text(cls) -> str:
+    def defaults_shown(cls) -> dict[str, str]:
+        """Every option's default as ``-o help`` (and README.rst's table) writes it: ``4G``, ``on``."""
         defaults = cls()
-        lines = []
+        shown = {}
         for f in fields(cls):
             value = getattr(defaults, f.name)
             if f.name == "umask":
-                value = "%03o" % value
-            lines.append("  %-22s %s (default: %s)" % (f.name, f.metadata.get("help", ""), value))
-        return "\n".join(lines)
+                text = "%03o" % value
+            elif isinstance(value, bool):
+                text = "on" if value else "off"
+            elif f.name in SIZE_OPTIONS:
+                text = format_size(value)
+            elif isinstance(value, float):
+                text = "%g" % value
+            else:
+                text = str(value) if value != "" else "none"
+            shown[f.name] = text
+        return shown
+
+    @classmethod
+    def help_text(cls) -> str:
+        shown = cls.defaults_shown()
+        return "\n".join(
+            "  %-22s %s (default: %s)" % (f.name, f.metadata.get("help", ""), shown[f.name])
+            for f in fields(cls)
+        )
 
 
 def _convert(name: str, kind: object, value: str | None) -> object:

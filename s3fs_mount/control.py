@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -73,32 +74,21 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
     deadline = None if timeout is None else time.monotonic() + timeout
     tty = out.isatty()
     failed: set[str] = set()
-    done: set[str] = set()
     pending = read_status(mountpoint)["pending"]
     total = len(pending)
+    meter = _Progress(out, tty, sum(p["size"] for p in pending))
     for n, p in enumerate(pending):
         if deadline is not None and time.monotonic() > deadline:
             print("\nsync: timed out with %d files pending" % (total - n), file=out)
             return 1
-        if tty:
-            width = 30
-            fill = int(width * n / max(total, 1))
-            out.write("\r[%s%s] %d/%d %s" % ("#" * fill, "." * (width - fill), n, total, p["path"][-40:]))
-            out.flush()
-        else:
-            print("uploading %s (%s)" % (p["path"], _size(p["size"])), file=out)
-        try:
-            fd = os.open(os.path.join(mountpoint, p["path"].lstrip("/")), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            done.add(p["path"])
-        except OSError as exc:
-            print("\nsync: %s: %s" % (p["path"], exc.strerror), file=out)
+        if not tty:
+            print("uploading %s (%s to upload)" % (p["path"], _size(p["size"] - p["uploaded"])), file=out)
+        error = _fsync_watched(mountpoint, p, meter, n, total)
+        if error:
+            print("\nsync: %s: %s" % (p["path"], error), file=out)
             failed.add(p["path"])
-    if tty:
-        out.write("\r[%s] %d/%d%s\n" % ("#" * 30, total, total, " " * 40))
+        meter.file_done(p["size"])
+    meter.finish(total)
     st = read_status(mountpoint)
     left = [p for p in st["pending"] if p["path"] not in failed]
     for p in left:
@@ -125,6 +115,91 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
         return 1
     print("all files are in S3", file=out)
     return 0
+
+
+class _Progress:
+    """Bytes uploaded of bytes to upload: a bar with rate and ETA on a terminal, a line every 5 s else."""
+
+    def __init__(self, out: TextIO, tty: bool, total_bytes: int) -> None:
+        self.out, self.tty, self.total = out, tty, max(total_bytes, 1)
+        self.finished_bytes = 0  #: of files already synced
+        self.started = time.monotonic()
+        self.last_line = 0.0
+
+    def show(self, n: int, files: int, path: str, uploaded: int, size: int) -> None:
+        now = time.monotonic()
+        done = min(self.finished_bytes + uploaded, self.total)
+        rate = done / max(now - self.started, 1e-3)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        if self.tty:
+            width = 30
+            fill = int(width * done / self.total)
+            self.out.write(
+                "\r[%s%s] %s of %s  %s/s  ETA %ds  file %d/%d %s (%s of %s)   "
+                % (
+                    "#" * fill,
+                    "." * (width - fill),
+                    _size(done),
+                    _size(self.total),
+                    _size(rate),
+                    eta,
+                    n + 1,
+                    files,
+                    path[-30:],
+                    _size(uploaded),
+                    _size(size),
+                )
+            )
+            self.out.flush()
+        elif now - self.last_line >= 5.0:
+            self.last_line = now
+            print(
+                "sync: %s of %s uploaded (%s/s), %s: %s of %s"
+                % (_size(done), _size(self.total), _size(rate), path, _size(uploaded), _size(size)),
+                file=self.out,
+            )
+
+    def file_done(self, size: int) -> None:
+        self.finished_bytes += size
+
+    def finish(self, files: int) -> None:
+        if self.tty:
+            self.out.write(
+                "\r[%s] %s in %d files%s\n" % ("#" * 30, _size(self.finished_bytes), files, " " * 60)
+            )
+
+
+def _fsync_watched(mountpoint: str, p: dict[str, Any], meter: _Progress, n: int, files: int) -> str | None:
+    """fsync one pending file on a thread, showing its upload's progress; returns an error or None."""
+    result: list[str | None] = []
+
+    def run() -> None:
+        try:
+            fd = os.open(os.path.join(mountpoint, p["path"].lstrip("/")), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            result.append(None)
+        except OSError as exc:
+            result.append(exc.strerror or str(exc))
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    uploaded, size = p["uploaded"], p["size"]
+    while True:
+        meter.show(n, files, p["path"], uploaded, size)
+        worker.join(0.5)
+        if not worker.is_alive():
+            break
+        try:
+            now = {q["path"]: q for q in read_status(mountpoint)["pending"]}.get(p["path"])
+        except ControlError:
+            now = None
+        if now is not None:
+            uploaded, size = now["uploaded"], now["size"]
+    meter.show(n, files, p["path"], size if not result[0] else uploaded, size)
+    return result[0]
 
 
 def main(argv: list[str]) -> int:

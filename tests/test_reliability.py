@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import stat
 import subprocess
 import sys
@@ -826,3 +827,31 @@ def test_kill9_after_upload_before_its_record_is_updated(mount_factory, boto, bu
     assert again.stop() == 0
     keys = [o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", [])]
     assert keys == ["f"]  # recognised as already in S3: no conflict copy
+
+
+def test_sync_shows_bytes_uploaded_on_a_terminal_and_off_it(mount_factory, faultproxy, s3config, boto, bucket,
+                                                             tmp_path):
+    """A bar that moves (bytes of bytes, rate, ETA) on a pty; periodic plain lines otherwise."""
+    m = mount_factory(options="writeback,parallel=1,part_size=8M,multipart_threshold=8M",
+                      config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    bin_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "s3fs-mount")
+    outputs = []
+    for name, on_tty in (("tty.bin", True), ("plain.bin", False)):
+        faultproxy.stall(0.3)  # 25 parts, one at a time: about 8 s of upload to watch
+        with open(os.path.join(m.path, name), "wb") as f:
+            for _ in range(25):
+                f.write(os.urandom(8 * MiB))
+        cmd = [sys.executable, bin_path, "sync", m.path]
+        if on_tty:
+            cmd = ["script", "-qec", " ".join(cmd), "/dev/null"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        faultproxy.stall(0)
+        assert r.returncode == 0 and "all files are in S3" in r.stdout, r.stdout + r.stderr
+        assert boto.head_object(Bucket=bucket, Key=name)["ContentLength"] == 200 * MiB
+        outputs.append(r.stdout)
+    tty_out, plain_out = outputs
+    frames = re.findall(r"\[[#.]{30}\] ([\d.]+) (MiB|KiB|B) of 200\.0 MiB .*?/s  ETA \d+s", tty_out)
+    shown = {float(v) * {"MiB": 1, "KiB": 1 / 1024, "B": 0}[u] for v, u in frames}
+    assert len(shown) >= 3, tty_out[-2000:]  # it moved: at least three different amounts drawn
+    assert "uploading /plain.bin (" in plain_out and "\r" not in plain_out, plain_out
+    assert re.search(r"sync: [\d.]+ \w+ of 200\.0 MiB uploaded", plain_out), plain_out

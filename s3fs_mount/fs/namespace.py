@@ -331,9 +331,8 @@ class Namespace:
     def write_dir(self, path: str, metadata: dict[str, str], new: bool = False) -> str:
         """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
-        etag = self.store.put(
-            self.name(self.holder_key(path)), b"", headers
-        )  # first: a refusal makes nothing
+        # The holder first: if the server refuses it (a name too long for it), nothing is made.
+        etag = self.store.put(self.name(self.holder_key(path)), b"", headers)
         if new and not self.dir_meta_on_marker:
             self.store.put(self.name(self.keymap.marker_key(path)), b"", headers)
         return etag
@@ -360,6 +359,10 @@ class Namespace:
                 raise
             updated = A.attributes_from(new, 0, current.mtime, self.defaults, "dir", etag=etag)
             updated.nlink = current.nlink
+            with self._lock:
+                later = self._dir_times.get(path)  # an entry changed while we wrote: its time is newer
+            if later is not None:
+                updated.mtime, updated.ctime = later[0], later[1]
             self.remember(path, updated)
             return updated
 

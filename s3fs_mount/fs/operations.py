@@ -701,20 +701,23 @@ class S3Operations(Operations):
     ) -> None:
         """Apply ``change`` to the object's metadata: pending upload, or a conditional self-copy."""
         self._writable()
+
+        def stamped(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+            new = change(meta, cur)
+            new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
+            return new
+
         if _is_hidden(path):  # fchmod and friends on an unlinked open file: kept with it, never stored
             item = self._hidden_item(path)
             current = self._item_attributes(item)
-            new = change(dict(current.metadata), current)
-            new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
-            item.set_metadata(new)
+            item.set_metadata(stamped(dict(current.metadata), current))
             return
         key = self.keymap.key(path)
         item = self.staging.get(key) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
             current = self._attributes(path)
             with item.cond:
-                new = change(dict(item.metadata), current)
-            new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
+                new = stamped(dict(item.metadata), current)
             A.check_metadata_size(new)
             item.set_metadata(new)
             return
@@ -722,16 +725,9 @@ class S3Operations(Operations):
             raise FsError(errno.EPERM, "the mount's root has no object to hold metadata")
         current = self.namespace.lookup_full(path)
         if current.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
-
-            def stamped(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
-                new = change(meta, cur)
-                new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
-                return new
-
             self.namespace.change_dir(path, stamped)
             return
-        new = change(dict(current.metadata), current)
-        new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
+        new = stamped(dict(current.metadata), current)
         A.check_metadata_size(new)
         name = self.namespace.name(key)
         info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)

@@ -18,7 +18,6 @@ reason when the child gives up first.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import logging.handlers
@@ -338,7 +337,7 @@ def _load_serve() -> Callable[..., int]:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, (CliError, ConfigError)) or type(exc).__name__ == "ServerError":
+    if isinstance(exc, (CliError, ConfigError)):
         return text
     return "%s: %s" % (exc.__class__.__name__, text) if text else exc.__class__.__name__
 
@@ -554,7 +553,7 @@ def _local_ready(server: object) -> bool:
 def mount_local(inv: Invocation) -> int:
     """Mount the ``local`` bucket of an embedded SeaweedFS that lives as long as the mount."""
     try:
-        from s3fs_mount.localserver import LocalS3Server
+        from s3fs_mount.localserver import LocalS3Server, ServerError, saved_endpoint
     except (ImportError, OSError) as exc:
         raise CliError("--local is not available: %s" % exc) from None
     serve = _load_serve()
@@ -570,9 +569,12 @@ def mount_local(inv: Invocation) -> int:
     def run() -> int:
         # Started here, in the process that serves the mount, so they end together.
         server = LocalS3Server(data_dir, access_key=access_key, secret_key=secret_key, stable=True)
-        server.lock(timeout=LOCAL_LOCK_WAIT, owner=", mounted on %s" % inv.mountpoint)  # one server per dir
         try:
-            server.start(lambda: _local_ready(server), timeout=60)
+            try:
+                server.lock(timeout=LOCAL_LOCK_WAIT, owner=", mounted on %s" % inv.mountpoint)  # one per dir
+                server.start(lambda: _local_ready(server), timeout=60)
+            except ServerError as exc:
+                raise CliError(str(exc).splitlines()[0]) from None
             conn = _local_connection(server, default_bucket=LOCAL_BUCKET)
             store = RemoteStore(
                 conn,
@@ -589,8 +591,6 @@ def mount_local(inv: Invocation) -> int:
             server.unlock()
 
     def done() -> str:
-        from s3fs_mount.localserver import saved_endpoint
-
         extra = ", keys in %s" % os.path.join(data_dir, "credentials.json")
         return _mounted_line(inv, LOCAL_BUCKET, "http://%s" % saved_endpoint(data_dir), extra)
 
@@ -599,36 +599,27 @@ def mount_local(inv: Invocation) -> int:
 
 def _wait_for_data_dir(data_dir: str, timeout: float = LOCAL_LOCK_WAIT) -> None:
     """Wait (saying so) while the server of an earlier mount of ``data_dir`` is still stopping."""
-    lock_path = os.path.join(data_dir, "server.lock")
+    from s3fs_mount.localserver import DataDirInUse, wait_until_free
+
+    def waiting(holder: str) -> None:
+        print(
+            "%s: waiting for the embedded server still using %s (%s) to stop..." % (PROG, data_dir, holder),
+            file=sys.stderr,
+        )
+
+    def mounted(holder: str) -> bool:  # its mount is up: waiting would not help
+        where = holder.partition(", mounted on ")[2]
+        return bool(where) and os.path.ismount(where)
+
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        wait_until_free(data_dir, timeout, waiting, mounted)
+    except DataDirInUse as exc:
+        raise CliError(
+            "%s is in use by the embedded server of another mount (%s); unmount it first"
+            % (data_dir, exc.holder)
+        ) from None
     except OSError as exc:
-        raise CliError("cannot open %s: %s" % (lock_path, exc.strerror or exc)) from None
-    try:
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return  # free; closing the file below releases it for the daemon's server
-            except BlockingIOError:
-                holder = os.pread(fd, 4200, 0).decode("utf-8", "replace").strip() or "another process"
-            mounted = holder.partition(", mounted on ")[2]
-            if time.monotonic() >= deadline or (mounted and os.path.ismount(mounted)):
-                raise CliError(
-                    "%s is in use by the embedded server of another mount (%s); unmount it first"
-                    % (data_dir, holder)
-                )
-            if not told:
-                print(
-                    "%s: waiting for the embedded server still using %s (%s) to stop..."
-                    % (PROG, data_dir, holder),
-                    file=sys.stderr,
-                )
-                told = True
-            time.sleep(0.2)
-    finally:
-        os.close(fd)
+        raise CliError("cannot open %s/server.lock: %s" % (data_dir, exc.strerror or exc)) from None
 
 
 # -- entry points ---------------------------------------------------------------------------

@@ -107,6 +107,54 @@ class ServerError(RuntimeError):
     """The server would not start, or its data directory is in use; the first line says why."""
 
 
+class DataDirInUse(ServerError):
+    """Another server holds the data directory's lock; ``holder`` is what its lock file says."""
+
+    def __init__(self, data_dir: Path, holder: str) -> None:
+        super().__init__("%s is in use by %s" % (data_dir, holder))
+        self.holder = holder
+
+
+def _acquire(
+    lock_path: Path,
+    timeout: float,
+    waiting: Callable[[str], None] | None = None,
+    give_up: Callable[[str], bool] | None = None,
+) -> int:
+    """An fd holding the exclusive flock on ``lock_path``, waited for up to ``timeout`` s.
+
+    ``waiting(holder)`` is called once if it must wait; ``give_up(holder)`` True stops the wait at
+    once. Raises :class:`DataDirInUse` when the lock stays taken.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            holder = os.pread(fd, 4200, 0).decode("utf-8", "replace").strip() or "another process"
+        if time.monotonic() >= deadline or (give_up is not None and give_up(holder)):
+            os.close(fd)
+            raise DataDirInUse(lock_path.parent, holder)
+        if waiting is not None and not told:
+            waiting(holder)
+            told = True
+        time.sleep(0.2)
+
+
+def wait_until_free(
+    data_dir: str | Path,
+    timeout: float,
+    waiting: Callable[[str], None] | None = None,
+    give_up: Callable[[str], bool] | None = None,
+) -> None:
+    """Wait until no server holds ``data_dir`` (see :func:`_acquire`); the lock is not kept."""
+    os.close(_acquire(Path(data_dir) / "server.lock", timeout, waiting, give_up))
+
+
 def _cause(path: Path) -> str:
     """The line of weed's log that says why it stopped: its last fatal or error line, else its last."""
     lines = [line.strip() for line in _tail(path, 1000).splitlines() if line.strip()]
@@ -302,31 +350,18 @@ class LocalS3Server:
         return self.data_dir / "server.lock"
 
     def lock(
-        self, timeout: float = 60.0, waiting: Callable[[str], None] | None = None, owner: str = ""
+        self,
+        timeout: float = 60.0,
+        waiting: Callable[[str], None] | None = None,
+        owner: str = "",
     ) -> None:
         """Take the data directory's lock, waiting up to ``timeout`` s for a server still stopping.
 
         ``waiting`` is told once (with who holds it) when the lock is taken. ``owner`` is written
-        into the lock file after our pid, for whoever finds it taken. Raises ServerError when the time
-        runs out: another server (or mount) uses the data directory.
+        into the lock file after our pid, for whoever finds it taken. Raises :class:`DataDirInUse`
+        when the time runs out: another server (or mount) uses the data directory.
         """
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + timeout
-        told = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise ServerError("%s is in use by %s" % (self.data_dir, holder)) from None
-                if waiting is not None and not told:
-                    waiting(holder)
-                    told = True
-                time.sleep(0.2)
+        fd = _acquire(self.lock_path, timeout, waiting)
         os.ftruncate(fd, 0)
         os.pwrite(fd, ("pid %d%s" % (os.getpid(), owner)).encode(), 0)
         self._lock_fd = fd

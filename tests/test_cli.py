@@ -374,6 +374,10 @@ def servers(monkeypatch):
 
     module = types.ModuleType("s3fs_mount.localserver")
     module.LocalS3Server = FakeServer
+    module.ServerError = type("ServerError", (RuntimeError,), {})
+    module.DataDirInUse = type("DataDirInUse", (module.ServerError,), {})
+    module.saved_endpoint = lambda data_dir: "127.0.0.1:18333"
+    module.wait_until_free = lambda data_dir, timeout, waiting=None, give_up=None: None
     monkeypatch.setitem(sys.modules, "s3fs_mount.localserver", module)
     monkeypatch.setattr(cli, "_local_ready", lambda server: server.endpoint is not None)
     return servers

@@ -83,6 +83,7 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
             return 1
         if not tty:
             print("uploading %s (%s to upload)" % (p["path"], _size(p["size"] - p["uploaded"])), file=out)
+        meter.file_started(p["uploaded"])
         error = _fsync_watched(mountpoint, p, meter, n, total)
         if error:
             print("\nsync: %s: %s" % (p["path"], error), file=out)
@@ -122,6 +123,7 @@ class _Progress:
 
     def __init__(self, out: TextIO, tty: bool, total_bytes: int) -> None:
         self.out, self.tty, self.total = out, tty, max(total_bytes, 1)
+        self.already = 0  #: of the files reached so far, bytes in S3 before sync began: not in its rate
         self.finished_bytes = 0  #: of files already synced
         self.started = time.monotonic()
         self.last_line = 0.0
@@ -129,7 +131,7 @@ class _Progress:
     def show(self, n: int, files: int, path: str, uploaded: int, size: int) -> None:
         now = time.monotonic()
         done = min(self.finished_bytes + uploaded, self.total)
-        rate = done / max(now - self.started, 1e-3)
+        rate = max(done - self.already, 0) / max(now - self.started, 1e-3)
         eta = (self.total - done) / rate if rate > 0 else 0.0
         if self.tty:
             width = 30
@@ -158,6 +160,9 @@ class _Progress:
                 % (_size(done), _size(self.total), _size(rate), path, _size(uploaded), _size(size)),
                 file=self.out,
             )
+
+    def file_started(self, uploaded: int) -> None:
+        self.already += uploaded
 
     def file_done(self, size: int) -> None:
         self.finished_bytes += size

@@ -52,8 +52,20 @@ class BuildError(RuntimeError):
 
 
 def source_dir() -> Path:
-    """The vendored pjdfstest source: ``$PJDFSTEST_SRC``, else ``../shared/vendor/pjdfstest``."""
-    return Path(os.environ.get("PJDFSTEST_SRC") or DEFAULT_SRC)
+    """The vendored pjdfstest source: ``$PJDFSTEST_SRC``, else ``../shared/vendor/pjdfstest``.
+
+    A checkout cloned from a local repository (``git clone /work/main /tmp/x``) looks beside that
+    repository too, where ``shared/`` is.
+    """
+    if os.environ.get("PJDFSTEST_SRC"):
+        return Path(os.environ["PJDFSTEST_SRC"])
+    candidates = [DEFAULT_SRC]
+    origin = subprocess.run(["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin.startswith("/") or origin.startswith("file://"):
+        origin_root = Path(origin.removeprefix("file://")).resolve()
+        candidates.append(origin_root.parent / "shared" / "vendor" / "pjdfstest")
+    return next((c for c in candidates if (c / "pjdfstest.c").is_file()), DEFAULT_SRC)
 
 
 def source_hash(src: Path) -> str:

@@ -31,6 +31,7 @@ def make_ops(tmp_path, store=None, **options) -> S3Operations:
     ops = S3Operations(store or FakeStore(), "bucket", "", opts)
     ops.uploader.configure_checks(opts.conflict_check)  # what start() does at mount
     ops.namespace.configure_directories()
+    ops.namespace.load_root()
     return ops
 
 
@@ -270,10 +271,11 @@ def test_renaming_a_directory_copies_without_a_head_per_file(tmp_path):
     for i in range(20):
         store.put("d/f%02d" % i, b"%d" % i)
     ops = make_ops(tmp_path, store)
+    heads = store.calls["HEAD"]
     ops.rename("/d", "/e")
     assert sorted(store.objects) == ["e/", *("e/f%02d" % i for i in range(20))]
     assert store.objects["e/f07"].data == b"7"
-    assert store.calls["COPY"] == 20 and store.calls["HEAD"] < 5  # lookups; sizes come from the listing
+    assert store.calls["COPY"] == 20 and store.calls["HEAD"] - heads < 5  # sizes from the listing
 
 
 def cached_files(ops: S3Operations) -> list[str]:
@@ -670,3 +672,62 @@ def test_implicit_directories_keep_entry_times_in_memory_only(tmp_path):
     ops.namespace.store_dir_times()
     assert set(store.objects) == keys  # no marker made for a directory nobody made
     assert ops.getattr("/imp")["st_mtime"] > first
+
+
+@pytest.mark.parametrize("prefix", ["", "top"], ids=["whole bucket", "prefix"])
+@pytest.mark.parametrize("drops", [False, True], ids=["marker keeps metadata", "marker drops it"])
+def test_the_roots_mode_owner_and_times_hold(tmp_path, prefix, drops):
+    store = FakeStore(drops_marker_metadata=drops)
+
+    def view(n: int) -> S3Operations:
+        opts = MountOptions(cache_dir=str(tmp_path / ("c%d" % n)))
+        ops = S3Operations(store, "bucket", prefix, opts)
+        ops.namespace.configure_directories()
+        ops.namespace.load_root()
+        return ops
+
+    ops = view(1)
+    ops.chmod("/", stat.S_IFDIR | 0o701)
+    ops.chown("/", 1234, 5678)
+    ops.utimens("/", (1_500_000_000 * 10**9, 1_600_000_000 * 10**9))
+    write_file(ops, "/f", b"1")
+    held = "top/" if prefix and not drops else (prefix + "_$folder$")
+    assert store.objects[held].metadata["x-amz-meta-mode"] == str(stat.S_IFDIR | 0o701)
+    other = view(2)
+    st = other.getattr("/")
+    assert (stat.S_IMODE(st["st_mode"]), st["st_uid"], st["st_gid"]) == (0o701, 1234, 5678)
+    assert st["st_mtime"] == 1_600_000_000 * 10**9  # the create's time is not stored yet
+    assert names(other) == ["f"]  # the root's own holder is no entry
+    assert ops.namespace.store_dir_times() == 1  # the root has a holder now: its times are stored
+    assert view(3).getattr("/")["st_mtime"] > 1_600_000_000 * 10**9
+
+
+def test_reads_move_atime_as_relatime_says_without_a_request(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    write_file(ops, "/f", b"data")
+    ops.utimens("/f", (1_000 * 10**9, 2_000 * 10**9))  # atime before mtime: the next read moves it
+    requests = dict(store.calls)
+
+    def read_once() -> int:
+        fh = ops.open("/f", os.O_RDONLY)
+        assert ops.read("/f", 4, 0, fh) == b"data"
+        ops.release("/f", fh)
+        return ops.getattr("/f")["st_atime"]
+
+    first = read_once()
+    assert first > 2_000 * 10**9
+    assert read_once() == first  # after mtime and under a day old: stays
+    assert store.calls["PUT"] == requests.get("PUT", 0) and store.calls["COPY"] == requests.get("COPY", 0)
+    ops.chmod("/f", stat.S_IFREG | 0o600)  # the next metadata write stores it
+    assert int(fresh_view(ops, tmp_path, store).getattr("/f")["st_atime"] / 10**9) == int(first / 10**9)
+
+
+def test_noatime_reads_leave_atime(tmp_path):
+    ops = make_ops(tmp_path, noatime=True)
+    write_file(ops, "/f", b"data")
+    ops.utimens("/f", (1_000 * 10**9, 2_000 * 10**9))
+    fh = ops.open("/f", os.O_RDONLY)
+    ops.read("/f", 4, 0, fh)
+    ops.release("/f", fh)
+    assert ops.getattr("/f")["st_atime"] == 1_000 * 10**9

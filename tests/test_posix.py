@@ -7,6 +7,7 @@ import re
 import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -308,3 +309,73 @@ def test_git_clone_then_status_is_clean(mount, tmp_path):
     with open(os.path.join(clone, "src", "a.txt"), "ab") as f:
         f.write(b"more")
     assert run("git", "-C", clone, "status", "--porcelain").stdout.strip() == "M src/a.txt"
+
+
+def test_the_mount_roots_mode_owner_and_times_hold(mount_factory, boto, bucket):
+    """A whole-bucket root keeps chmod/chown/utimens on ``_$folder$`` (it has no marker)."""
+    mount = mount_factory().start()
+    os.chmod(mount.path, 0o750)
+    os.chown(mount.path, 1234, 5678)
+    os.utime(mount.path, (1_500_000_000, 1_600_000_000))
+    held = head_meta(boto, bucket, "_$folder$")
+    assert int(held["mode"]) == stat.S_IFDIR | 0o750 and held["uid"] == "1234"
+    mount.stop()
+    again = mount_factory().start()
+    st = os.stat(again.path)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime) == (0o750, 1234, 5678, 1_600_000_000)
+    assert os.listdir(again.path) == []  # the holder is no entry
+
+
+NOBODY = 65534
+
+
+def _as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return run("setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY, "--clear-groups", *cmd)
+
+
+def test_rsync_and_cp_a_as_a_user_both_ways(mount_factory):
+    """As an unprivileged user (a mount with allow_other): exit 0 each way, a second rsync sends nothing."""
+    base = tempfile.mkdtemp(prefix="s3fs-user-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        mount = mount_factory("allow_other", path=os.path.join(base, "mnt")).start()
+        home = os.path.join(base, "home")
+        os.mkdir(home)
+        src = _source_tree(home)
+        os.mkdir(os.path.join(mount.path, "mine"))
+        for top in (home, os.path.join(mount.path, "mine")):
+            run("chown", "-R", "%d:%d" % (NOBODY, NOBODY), top)
+        dst = os.path.join(mount.path, "mine", "r")
+        _as_nobody("rsync", "-aX", src + "/", dst + "/")
+        assert _tree(dst) == _tree(src)
+        assert os.stat(os.path.join(dst, "a.txt")).st_uid == NOBODY
+        assert os.getxattr(os.path.join(dst, "a.txt"), "user.tag") == b"kept"
+        assert _as_nobody("rsync", "-aXi", src + "/", dst + "/").stdout.strip() == ""
+        back = os.path.join(home, "back")
+        _as_nobody("rsync", "-aX", dst + "/", back + "/")
+        assert _tree(back) == _tree(src)
+        assert _as_nobody("rsync", "-aXi", dst + "/", back + "/").stdout.strip() == ""
+        _as_nobody("cp", "-a", src, os.path.join(mount.path, "mine", "c"))
+        assert _tree(os.path.join(mount.path, "mine", "c")) == _tree(src)
+        _as_nobody("cp", "-a", os.path.join(mount.path, "mine", "c"), os.path.join(home, "cback"))
+        assert _tree(os.path.join(home, "cback")) == _tree(src)
+        mount.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_read_moves_atime_as_relatime_says(mount, boto, bucket):
+    f = os.path.join(mount.path, "r.txt")
+    with open(f, "w") as out:
+        out.write("x")
+    os.utime(f, (1_000_000_000, 1_600_000_000))  # atime before mtime
+    with open(f) as inp:
+        inp.read()
+    moved = os.stat(f).st_atime
+    assert moved > time.time() - 60
+    with open(f) as inp:
+        inp.read()
+    assert os.stat(f).st_atime == moved  # after mtime, under a day old: kept
+    assert head_meta(boto, bucket, "r.txt")["atime"] == "1000000000"  # no request per read
+    os.chmod(f, 0o600)  # the next metadata write stores it
+    assert int(float(head_meta(boto, bucket, "r.txt")["atime"])) == int(moved)

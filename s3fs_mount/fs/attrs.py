@@ -140,6 +140,17 @@ def parse_time(text: str) -> float | None:
         return None
 
 
+#: relatime: a read moves atime when it is not after mtime and ctime, or at least this old.
+RELATIME_MAX_AGE = 24 * 3600.0
+
+
+def relatime_due(atime: float | None, mtime: float, ctime: float | None, now: float) -> bool:
+    """Does a read at ``now`` move atime, as Linux's ``relatime`` says? (None: as mtime.)"""
+    atime = mtime if atime is None else atime
+    ctime = mtime if ctime is None else ctime
+    return atime <= mtime or atime <= ctime or now - atime >= RELATIME_MAX_AGE
+
+
 def time_metadata(mtime: float, atime: float | None = None, ctime: float | None = None) -> dict[str, str]:
     """The three time headers (atime and ctime default to mtime)."""
     return {

@@ -98,6 +98,9 @@ class Namespace:
         self._dir_times: dict[str, tuple[float, float, float]] = {}
         #: The same for implicit directories (no holder to store them on): kept in memory only.
         self._dir_times_kept: LRUCache[str, tuple[float, float, float]] = LRUCache(100_000)
+        #: File path -> atime that reads moved (relatime), applied over what S3 answers: stored with the
+        #: file's next metadata write, not by a request per read. Guarded by _lock.
+        self._atimes: LRUCache[str, float] = LRUCache(100_000)
         #: Serializes read-modify-write of directory holders (chmod vs. the times writer).
         self._dir_write_lock = threading.Lock()
         #: True: a directory's metadata lives on its ``dir/`` marker; False: on ``dir_$folder$``.
@@ -119,6 +122,10 @@ class Namespace:
         """Our own change: ``path`` now has ``attributes``, newer than any answer under way."""
         parent, name = KeyMap.split(path)
         with self._lock:
+            if path == "/":
+                attributes.nlink = self.root.nlink
+                self.root = attributes
+                return
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
@@ -222,6 +229,27 @@ class Namespace:
             raise FsError(errno.ENOENT)
         return self._cache_fetched(path, fresh)
 
+    def accessed(self, path: str, atime: float) -> None:
+        """A read moved the atime of file ``path`` (relatime): kept in memory over what S3 says.
+
+        No request: the next metadata write of the file (an upload, chmod, ...) stores it.
+        """
+        with self._lock:
+            for cache in (self._attrs, self._full):
+                a = cache.get(path)
+                if a is not None:
+                    a.atime = atime
+            self._atimes[path] = atime
+
+    def _keep_atime(self, path: str, found: A.Attributes) -> None:
+        """An answer from S3 for ``path``: a later atime that reads set stays (caller holds _lock)."""
+        kept = self._atimes.get(path)
+        if kept is not None:
+            if found.atime is not None and found.atime >= kept:
+                self._atimes.pop(path, None)  # stored
+            else:
+                found.atime = kept
+
     def _stale(self, path: str, asked: float) -> bool:
         """Was ``path`` changed by us after ``asked``? (Caller holds ``_lock``.)"""
         return self._changed.get(path, 0.0) >= asked
@@ -233,6 +261,7 @@ class Namespace:
             if self._stale(path, found.seen_at):
                 current = self._attrs.get(path)
                 return current if current is not None else found
+            self._keep_atime(path, found)
             self._attrs[path] = found
             self._missing.pop(path, None)
             self._removed.pop(path, None)
@@ -287,7 +316,7 @@ class Namespace:
     def _dir_attributes(self, path: str) -> A.Attributes:
         """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
         keys = [self.holder_key(path)]
-        if not self.dir_meta_on_marker:
+        if not self.dir_meta_on_marker and self.keymap.marker_key(path):
             keys.append(self.keymap.marker_key(path))  # made by another tool: its time, at least
         found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
         for key in keys:
@@ -325,8 +354,19 @@ class Namespace:
             )
 
     def holder_key(self, path: str) -> str:
-        """The key of the object that holds the metadata of directory ``path``."""
-        return self.keymap.marker_key(path) if self.dir_meta_on_marker else self.keymap.folder_key(path)
+        """The key of the object that holds the metadata of directory ``path``.
+
+        The root of a whole-bucket mount has no marker: its holder is ``_$folder$``.
+        """
+        marker = self.keymap.marker_key(path)
+        return marker if self.dir_meta_on_marker and marker else self.keymap.folder_key(path)
+
+    def load_root(self) -> None:
+        """At mount: the root's mode, owner and times from its holder, if it has one (one or two HEADs)."""
+        found = self._dir_attributes("/")
+        with self._lock:
+            found.nlink = self.root.nlink
+            self.root = found
 
     def write_dir(self, path: str, metadata: dict[str, str], new: bool = False) -> str:
         """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
@@ -377,7 +417,7 @@ class Namespace:
             own = self.root if parent == "/" else self._attrs.get(parent)
             if own is not None:
                 own.mtime = own.ctime = now
-            if parent != "/":
+            if parent != "/" or self.root.etag:  # the root: stored only where it has a holder
                 self._dir_times[parent] = (now, now, time.monotonic())
                 self._dir_times_kept.pop(parent, None)
 
@@ -443,7 +483,8 @@ class Namespace:
                 if not rest:
                     continue  # the directory's own marker
                 if rest.endswith(FOLDER_SUFFIX):
-                    dirs.add(rest[: -len(FOLDER_SUFFIX)])
+                    if is_valid_name(rest[: -len(FOLDER_SUFFIX)]):  # not the root's own _$folder$
+                        dirs.add(rest[: -len(FOLDER_SUFFIX)])
                     continue
                 if not is_valid_name(rest):
                     warn_skipped(entry.key, "not a valid file name")
@@ -497,6 +538,7 @@ class Namespace:
                 if self._stale(child, asked):
                     continue  # we changed it while the listing was under way
                 attributes.seen_at = asked
+                self._keep_atime(child, attributes)
                 if child not in self._attrs or not self._attrs[child].complete or attributes.complete:
                     self._attrs[child] = attributes
                 self._missing.pop(child, None)

@@ -53,6 +53,7 @@ class Handle:
     writable: bool
     append: bool = False  # O_APPEND: every write lands at the end, whatever offset the kernel gives
     read_state: ReadState = field(default_factory=ReadState)
+    accessed: bool = False  # a read through it has moved the file's atime (or found it need not)
 
 
 class S3Operations(Operations):
@@ -155,6 +156,7 @@ class S3Operations(Operations):
             self.namespace.configure_directories()
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
+        self.namespace.load_root()
         return self.recover()
 
     def recover(self) -> list[str]:
@@ -439,6 +441,9 @@ class S3Operations(Operations):
                     item.reset(a.size, a.etag, a.metadata, a.headers, a.mtime)
                 else:  # close-to-open: follow another client's new version, never an older one
                     item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
+                with item.cond:  # an atime a read moved (relatime), not yet stored
+                    if a.atime is not None and (item.atime is None or item.atime < a.atime):
+                        item.atime = a.atime
             if writable and flags & os.O_TRUNC:
                 self._truncate_item(item, 0)
         except BaseException:
@@ -449,7 +454,24 @@ class S3Operations(Operations):
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         h = self._handle(fh)
+        if not h.accessed:
+            h.accessed = True
+            self._accessed(h)
         return self.prefetcher.read(h.item, h.read_state, offset, size)
+
+    def _accessed(self, h: Handle) -> None:
+        """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""
+        if self.options.noatime:
+            return
+        now = time.time()
+        item = h.item
+        with item.cond:
+            if not A.relatime_due(item.atime, item.mtime, item.ctime, now):
+                return
+            item.atime = now
+            clean = not (item.dirty or item.uploading or item.unlinked)
+        if clean:  # else the pending upload stores it
+            self.namespace.accessed(h.path, now)
 
     @fuse_operation
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
@@ -721,13 +743,14 @@ class S3Operations(Operations):
             A.check_metadata_size(new)
             item.set_metadata(new)
             return
-        if path == "/":
-            raise FsError(errno.EPERM, "the mount's root has no object to hold metadata")
         current = self.namespace.lookup_full(path)
         if current.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
             self.namespace.change_dir(path, stamped)
             return
-        new = stamped(dict(current.metadata), current)
+        base = dict(current.metadata)
+        if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
+            base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
+        new = stamped(base, current)
         A.check_metadata_size(new)
         name = self.namespace.name(key)
         info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)

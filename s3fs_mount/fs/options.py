@@ -58,6 +58,7 @@ class MountOptions:
     umask: int = field(default=0o022, metadata={"help": "umask (octal) for objects without x-amz-meta-mode"})
     attr_ttl: float = field(default=1.0, metadata={"help": "seconds attributes are cached"})
     dir_ttl: float = field(default=1.0, metadata={"help": "seconds directory listings are cached"})
+    noatime: bool = field(default=False, metadata={"help": "reads never move atime (else: relatime)"})
     debug: bool = field(default=False, metadata={"help": "log one line per S3 request and FUSE call"})
     writeback: bool = field(default=False, metadata={"help": "close returns before the upload ends"})
     conflict_check: bool = field(
@@ -94,8 +95,8 @@ class MountOptions:
             "dev",
             "nodev",
             "atime",
-            "noatime",
             "relatime",
+            "strictatime",
             "x-systemd.automount",
             "fg",
             "bg",

@@ -64,8 +64,8 @@ class KeyMap:
         return self.dir_prefix(path)
 
     def folder_key(self, path: str) -> str:
-        """The ``_$folder$`` object key of ``path``."""
-        return self.key(path) + FOLDER_SUFFIX
+        """The ``_$folder$`` object key of ``path`` (of the root: ``prefix_$folder$``, or ``_$folder$``)."""
+        return self.key(path).rstrip("/") + FOLDER_SUFFIX
 
     def path(self, key: str) -> str:
         """The path of ``key`` (which must be under the prefix)."""

@@ -34,7 +34,7 @@ import requests
 
 from s3fs_mount import __version__, control
 from s3fs_mount.config import load_settings
-from s3fs_mount.fs.options import MountOptions, OptionError
+from s3fs_mount.fs.options import MountOptions, OptionError, human_size
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
 from s3fs_mount.s3.errors import ConfigError, S3Error
 
@@ -553,7 +553,7 @@ def _local_ready(server: object) -> bool:
 def mount_local(inv: Invocation) -> int:
     """Mount the ``local`` bucket of an embedded SeaweedFS that lives as long as the mount."""
     try:
-        from s3fs_mount.localserver import LocalS3Server, ServerError, saved_endpoint
+        from s3fs_mount.localserver import VOLUME_MB, LocalS3Server, ServerError, saved_endpoint, volumes_for
     except (ImportError, OSError) as exc:
         raise CliError("--local is not available: %s" % exc) from None
     serve = _load_serve()
@@ -565,10 +565,24 @@ def mount_local(inv: Invocation) -> int:
     check_mountpoint(inv.mountpoint, inv.opts.nonempty)
     _wait_for_data_dir(data_dir)
     access_key, secret_key = local_credentials(data_dir)
+    volumes = volumes_for(data_dir, inv.opts.local_size)
+    capacity = human_size(volumes * (VOLUME_MB << 20))
+    sized_by = "-o local_size" if inv.opts.local_size else "the disk's free space; -o local_size sets it"
+
+    def full() -> str | None:
+        if not server.full():
+            return None
+        return (
+            "the embedded S3 server is full (it holds %s, %s): free space in %s or mount with a larger "
+            "-o local_size" % (capacity, sized_by, data_dir)
+        )
+
+    # Started in the process that serves the mount (run), so that they end together.
+    server = LocalS3Server(
+        data_dir, access_key=access_key, secret_key=secret_key, stable=True, volume_max=volumes
+    )
 
     def run() -> int:
-        # Started here, in the process that serves the mount, so they end together.
-        server = LocalS3Server(data_dir, access_key=access_key, secret_key=secret_key, stable=True)
         try:
             try:
                 server.lock(timeout=LOCAL_LOCK_WAIT, owner=", mounted on %s" % inv.mountpoint)  # one per dir
@@ -583,7 +597,7 @@ def mount_local(inv: Invocation) -> int:
                 max_workers=inv.opts.parallel,
             )
             log.info("local S3 at http://%s (bucket %s, data in %s)", server.endpoint, LOCAL_BUCKET, data_dir)
-            return serve(store, LOCAL_BUCKET, inv.prefix, inv.mountpoint, inv.opts)
+            return serve(store, LOCAL_BUCKET, inv.prefix, inv.mountpoint, inv.opts, server_full=full)
         finally:
             # Everything is in S3 (the unmount uploaded it) and weed's writes are in the kernel's
             # hands: after a short grace, SIGKILL spares the 15 s its gRPC shutdown waits.
@@ -591,7 +605,7 @@ def mount_local(inv: Invocation) -> int:
             server.unlock()
 
     def done() -> str:
-        extra = ", keys in %s" % os.path.join(data_dir, "credentials.json")
+        extra = ", keys in %s, holds up to %s" % (os.path.join(data_dir, "credentials.json"), capacity)
         return _mounted_line(inv, LOCAL_BUCKET, "http://%s" % saved_endpoint(data_dir), extra)
 
     return launch(inv, run, LOCAL_MOUNT_WAIT, done=done)

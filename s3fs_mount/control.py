@@ -14,7 +14,8 @@ import threading
 import time
 from typing import Any, TextIO
 
-from s3fs_mount.fs.operations import STATUS_XATTR
+from s3fs_mount.fs.options import human_size
+from s3fs_mount.fs.status import STATUS_XATTR
 
 
 class ControlError(Exception):
@@ -31,19 +32,12 @@ def read_status(mountpoint: str) -> dict[str, Any]:
         raise ControlError("%s is not an s3fs-mount (%s)" % (mountpoint, exc.strerror)) from None
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return ("%d %s" if unit == "B" else "%.1f %s") % (n, unit)
-        n /= 1024
-    return str(n)
-
-
 def format_status(st: dict[str, Any], mountpoint: str) -> str:
     source = st["bucket"] + (":/" + st["prefix"].rstrip("/") if st["prefix"] else "")
     lines = [
         "%s on %s (%s)%s" % (source, mountpoint, st["endpoint"], ", writeback" if st["writeback"] else ""),
-        "cache: %s of %s in %s" % (_size(st["cache_bytes"]), _size(st["cache_size"]), st["cache_dir"]),
+        "cache: %s of %s in %s"
+        % (human_size(st["cache_bytes"]), human_size(st["cache_size"]), st["cache_dir"]),
         "requests: %s" % st["requests"],
     ]
     if not st["pending"]:
@@ -52,7 +46,7 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
         lines.append("%d files waiting to upload:" % len(st["pending"]))
         for p in st["pending"]:
             done = 100.0 * p["uploaded"] / p["size"] if p["size"] else 0.0
-            line = "  %-10s %5.1f%% of %-10s %s" % (p["state"], done, _size(p["size"]), p["path"])
+            line = "  %-10s %5.1f%% of %-10s %s" % (p["state"], done, human_size(p["size"]), p["path"])
             if p["error"]:
                 line += "  (last error: %s)" % p["error"]
             lines.append(line)
@@ -82,7 +76,9 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
             print("\nsync: timed out with %d files pending" % (total - n), file=out)
             return 1
         if not tty:
-            print("uploading %s (%s to upload)" % (p["path"], _size(p["size"] - p["uploaded"])), file=out)
+            print(
+                "uploading %s (%s to upload)" % (p["path"], human_size(p["size"] - p["uploaded"])), file=out
+            )
         meter.file_started(p["uploaded"])
         error = _fsync_watched(mountpoint, p, meter, n, total)
         if error:
@@ -96,18 +92,19 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
         if p.get("writers"):
             print(
                 "sync: %s is still open for writing: %s of %s in S3 so far, the rest when it is closed"
-                % (p["path"], _size(p["uploaded"]), _size(p["size"])),
+                % (p["path"], human_size(p["uploaded"]), human_size(p["size"])),
                 file=out,
             )
         else:
             print(
-                "sync: %s changed again meanwhile: %s not yet in S3" % (p["path"], _size(p["size"])), file=out
+                "sync: %s changed again meanwhile: %s not yet in S3" % (p["path"], human_size(p["size"])),
+                file=out,
             )
     for w in st.get("open_for_writing", []):
         if not w["dirty"]:
             print(
                 "sync: %s is still open for writing; the %s written so far are in S3"
-                % (w["path"], _size(w["size"])),
+                % (w["path"], human_size(w["size"])),
                 file=out,
             )
     if failed:
@@ -141,15 +138,15 @@ class _Progress:
                 % (
                     "#" * fill,
                     "." * (width - fill),
-                    _size(done),
-                    _size(self.total),
-                    _size(rate),
+                    human_size(done),
+                    human_size(self.total),
+                    human_size(rate),
                     eta,
                     n + 1,
                     files,
                     path[-30:],
-                    _size(uploaded),
-                    _size(size),
+                    human_size(uploaded),
+                    human_size(size),
                 )
             )
             self.out.flush()
@@ -157,7 +154,14 @@ class _Progress:
             self.last_line = now
             print(
                 "sync: %s of %s uploaded (%s/s), %s: %s of %s"
-                % (_size(done), _size(self.total), _size(rate), path, _size(uploaded), _size(size)),
+                % (
+                    human_size(done),
+                    human_size(self.total),
+                    human_size(rate),
+                    path,
+                    human_size(uploaded),
+                    human_size(size),
+                ),
                 file=self.out,
             )
 
@@ -170,7 +174,7 @@ class _Progress:
     def finish(self, files: int) -> None:
         if self.tty:
             self.out.write(
-                "\r[%s] %s in %d files%s\n" % ("#" * 30, _size(self.finished_bytes), files, " " * 60)
+                "\r[%s] %s in %d files%s\n" % ("#" * 30, human_size(self.finished_bytes), files, " " * 60)
             )
 
 

@@ -17,9 +17,12 @@ Things worth knowing about SeaweedFS 4.x (found by experiment):
   Throwaway servers should therefore be stopped with ``stop(kill=True)``.
 * Every bucket is a SeaweedFS "collection" with its own volumes.  By default the
   master grows 7 volumes per collection and stops creating buckets' volumes once
-  ``-volume.max`` is reached (PUTs then hang).  We set
-  ``WEED_MASTER_VOLUME_GROWTH_COPY_1=1`` (one volume per bucket) and a generous
-  ``-volume.max``; volumes are sparse so this costs almost no disk.
+  ``-volume.max`` is reached.  We set ``WEED_MASTER_VOLUME_GROWTH_COPY_1=1``
+  (one volume per bucket at a time).  ``-volume.max`` is what the server may
+  hold, in volumes of ``VOLUME_MB`` (:func:`volumes_for`: the disk's free space
+  by default); volumes are sparse so slots cost no disk.  A full server answers
+  PUTs with 500 InternalError and logs ``no free volumes left``
+  (:meth:`LocalS3Server.full`).
 * SeaweedFS creates a bucket on ``PUT /bucket`` by an admin identity.  We pass
   ``-s3.autoCreateBucket=false`` and ``-s3.allowDeleteBucketNotEmpty=false`` so
   that PUT into a missing bucket gives NoSuchBucket and deleting a non-empty
@@ -171,6 +174,35 @@ def _cause(path: Path) -> str:
 _CAUSE_WORDS = ("flag provided but not defined", "panic", "fatal", "error", "in use", "locked", "denied")
 
 
+#: The size of each SeaweedFS volume we let the master create (``-master.volumeSizeLimitMB``).
+VOLUME_MB = 64
+#: What weed logs when a write finds every volume full and no slot for a new one.
+FULL_MARK = "no free volumes left"
+
+
+def volumes_for(data_dir: str | Path, size: int = 0, volume_mb: int = VOLUME_MB) -> int:
+    """How many volumes (``-volume.max``) hold ``size`` bytes; 0: what the disk of ``data_dir`` can.
+
+    The disk's share counts its free space plus what weed already stores there. At least 2.
+    """
+    if not size:
+        weed_dir = Path(data_dir) / "weed"
+        size = shutil.disk_usage(data_dir).free + _du(weed_dir)
+    return max(2, size // (volume_mb << 20))
+
+
+def _du(path: Path) -> int:
+    """Bytes of disk the files under ``path`` use (0 if it does not exist)."""
+    total = 0
+    for dirpath, _, names in os.walk(path):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
 def _is_free(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as weed binds: TIME_WAIT is no obstacle
@@ -233,6 +265,7 @@ class LocalS3Server:
         *,
         extra_args: Sequence[str] = (),
         volume_max: int = 200,
+        volume_size_mb: int = VOLUME_MB,
         stable: bool = False,
     ) -> None:
         """Prepare (but do not start) a server storing its data under ``data_dir``.
@@ -246,10 +279,12 @@ class LocalS3Server:
         self.log_path = Path(log_path) if log_path else self.data_dir / "weed.log"
         self.extra_args = list(extra_args)
         self.volume_max = volume_max
+        self.volume_size_mb = volume_size_mb
         self.ports: dict[str, int] = {}
         self.stable = stable
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
+        self._log_start = 0  # the log's size when we started weed: what came after is this run's
 
     # -- properties ---------------------------------------------------------------------
     @property
@@ -305,7 +340,7 @@ class LocalS3Server:
             f"-dir={self.data_dir / 'weed'}",
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master.grpc']}",
-            "-master.volumeSizeLimitMB=64",
+            f"-master.volumeSizeLimitMB={self.volume_size_mb}",
             "-master.electionTimeout=1s",  # one master: a restart need not wait 10 s to lead
             "-master.telemetry=false",
             f"-volume.port={p['volume']}",
@@ -335,6 +370,21 @@ class LocalS3Server:
                 status = json.load(resp)
             return int(status.get("Topology", {}).get("Max", 0)) > 0
         except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    @property
+    def capacity(self) -> int:
+        """Bytes the server can hold: ``volume_max`` volumes of ``volume_size_mb``."""
+        return self.volume_max * (self.volume_size_mb << 20)
+
+    def full(self) -> bool:
+        """Has a write just found the server full? (The last lines of its log say so.)"""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(self._log_start, f.tell() - 64 * 1024))  # recent lines only
+                return FULL_MARK in f.read().decode("utf-8", "replace")
+        except OSError:
             return False
 
     def default_ready(self) -> bool:
@@ -398,6 +448,7 @@ class LocalS3Server:
         log.info("starting %s (log %s)", " ".join(cmd), self.log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as logf:
+            self._log_start = logf.tell()
             self._proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,

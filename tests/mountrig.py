@@ -63,6 +63,11 @@ class Mount:
             time.sleep(0.05)
         return self
 
+    def log_lines(self) -> list[str]:
+        """Every line the mount has logged."""
+        with open(self.log_path, errors="replace") as f:
+            return f.read().splitlines()
+
     def log(self) -> str:
         try:
             with open(self.log_path, errors="replace") as f:

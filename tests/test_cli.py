@@ -11,12 +11,13 @@ import stat
 import subprocess
 import sys
 import types
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from s3fs_mount import __version__, cli
-from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.fs.options import GROUPS, MountOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bin", "s3fs-mount")
@@ -90,8 +91,8 @@ def test_help(env, tmp_path):
 def test_option_help(env, tmp_path):
     proc = run(["-o", "help"], env, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for line in MountOptions.help_text().splitlines()[1:]:  # the first holds HOME's cache_dir
-        assert line in proc.stdout
+    for line in MountOptions.help_text().splitlines():
+        assert line in proc.stdout or line.lstrip().startswith("cache_dir")  # that one holds HOME
     assert proc.stderr == ""
 
 
@@ -275,7 +276,7 @@ def fake_mount(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "check_bucket", lambda store, bucket, debug=False: None)
     calls = []
 
-    def serve(store, bucket, prefix, mountpoint, opts):
+    def serve(store, bucket, prefix, mountpoint, opts, server_full=None):
         calls.append((store, bucket, prefix, mountpoint, opts))
         return 0
 
@@ -353,7 +354,8 @@ def servers(monkeypatch):
     servers = []
 
     class FakeServer:
-        def __init__(self, data_dir, access_key=None, secret_key=None, log_path=None, stable=False):
+        def __init__(self, data_dir, access_key=None, secret_key=None, log_path=None, stable=False,
+                     volume_max=200):
             self.data_dir, self.access_key, self.secret_key = data_dir, access_key, secret_key
             self.endpoint = None
             self.stopped = False
@@ -377,6 +379,8 @@ def servers(monkeypatch):
     module.ServerError = type("ServerError", (RuntimeError,), {})
     module.DataDirInUse = type("DataDirInUse", (module.ServerError,), {})
     module.saved_endpoint = lambda data_dir: "127.0.0.1:18333"
+    module.volumes_for = lambda data_dir, size=0: 2
+    module.VOLUME_MB = 64
     module.wait_until_free = lambda data_dir, timeout, waiting=None, give_up=None: None
     monkeypatch.setitem(sys.modules, "s3fs_mount.localserver", module)
     monkeypatch.setattr(cli, "_local_ready", lambda server: server.endpoint is not None)
@@ -430,25 +434,37 @@ def test_systemd_unit_verifies(tmp_path):
     assert "s3fs-mount@" not in r.stdout + r.stderr, r.stdout + r.stderr  # no warning about our unit
 
 
-def _readme_option_table() -> dict[str, str]:
-    """README.rst's mount option table: option name -> default column (continuation rows folded)."""
+def _readme_option_table() -> tuple[dict[str, str], dict[str, list[str]]]:
+    """README.rst's mount option tables: option name -> default column, and heading -> option names."""
     text = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
-    table = text.split("Mount options (``-o``", 1)[1].split("\n\n", 2)[1]
+    region = text.split("Mount options (``-o``", 1)[1].split("Options that mount(8) passes along", 1)[0]
     rows: dict[str, str] = {}
-    for line in table.splitlines():
+    groups: dict[str, list[str]] = {}
+    heading = ""
+    for line in region.splitlines():
+        if line.startswith("**") and line.endswith("**"):
+            heading = line.strip("*").lower()
+            groups[heading] = []
+            continue
         if line.startswith("=") or line.startswith("option ") or not line.startswith("``"):
             continue
         names = re.findall(r"``([a-z_]+)(?:=[^`]*)?``", line[:26])
         default = line[81:].strip().strip("`") if len(line) > 81 else ""
         for name in names:
             rows[name] = default
-    return rows
+            groups[heading].append(name)
+    return rows, groups
 
 
 def test_readme_option_table_and_o_help_are_one_list():
-    table = _readme_option_table()
+    table, groups = _readme_option_table()
     shown = MountOptions.defaults_shown()
     assert set(table) == set(shown), "README.rst's option table and -o help differ"
+    in_help = {
+        GROUPS[g]: sorted(f.name for f in fields(MountOptions) if f.metadata["group"] == g) for g in GROUPS
+    }
+    assert list(groups) == list(in_help), "README.rst's option groups are not -o help's"
+    assert {h: sorted(names) for h, names in groups.items()} == in_help
     # Defaults that do not depend on who mounts (a path, the user's ids) must read the same.
     for name, default in table.items():
         if name in ("cache_dir", "uid", "gid") or not default:

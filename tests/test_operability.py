@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -146,3 +147,93 @@ def test_local_quick_start_keeps_data_and_endpoint_across_an_immediate_remount(t
         subprocess.run(["fusermount", "-u", str(mnt)], check=False)
         wait_gone(str(data), timeout=90)
 
+
+
+_REQUEST_LINE = re.compile(r"\b(GET|PUT|HEAD|POST|DELETE) \S* \S* (\d{3}) \d+ms up=(\d+) down=(\d+)$")
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The metrics endpoint's samples: 'name{labels}' -> value."""
+    import urllib.request
+
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_during_a_copy_agree_with_the_request_log(mount_factory, tmp_path):
+    from s3fs_mount.localserver import free_ports
+
+    port = free_ports(1)[0]
+    mount = mount_factory("debug,metrics=127.0.0.1:%d" % port).start()
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(40 << 20))
+    copy = subprocess.Popen(["cp", str(src), os.path.join(mount.path, "big.bin")])
+    during = []
+    while copy.poll() is None:
+        during.append(_scrape(port))
+        time.sleep(0.05)
+    assert copy.wait() == 0 and during  # scraped while the copy ran
+    assert any(s.get('s3fs_fuse_operations_total{operation="write",result="ok"}', 0) > 0 for s in during)
+    os.listdir(mount.path)
+    with pytest.raises(FileNotFoundError):
+        os.stat(os.path.join(mount.path, "missing"))
+    time.sleep(2.5)  # the directory-times writer has had its say
+    samples = _scrape(port)
+    logged: dict[tuple[str, str], int] = {}
+    up = down = 0
+    lines = mount.log_lines()
+    since = next(i for i, line in enumerate(lines) if "metrics at http://127.0.0.1:%d/metrics" % port in line)
+    for line in lines[since:]:  # the command's own checks before the mount are not counted
+        found = _REQUEST_LINE.search(line)
+        if found:
+            method, status = found.group(1), found.group(2)
+            logged[(method, status)] = logged.get((method, status), 0) + 1
+            up, down = up + int(found.group(3)), down + int(found.group(4))
+    counted = {
+        (m.group(1), m.group(2)): int(v)
+        for k, v in samples.items()
+        if (m := re.match(r's3fs_s3_requests_total\{method="(\w+)",status="(\w+)"\}', k))
+    }
+    assert counted == logged and counted[("HEAD", "404")] >= 1
+    assert samples['s3fs_s3_bytes_total{direction="up"}'] == up >= 40 << 20
+    assert samples.get('s3fs_s3_bytes_total{direction="down"}', 0) == down
+    timed = sum(v for k, v in samples.items() if k.startswith("s3fs_s3_request_duration_seconds_count"))
+    assert timed == sum(logged.values())
+    assert samples['s3fs_fuse_operations_total{operation="getattr",result="ENOENT"}'] >= 1
+    assert samples["s3fs_dirty_bytes"] == 0 and samples["s3fs_upload_queue_files"] == 0
+    assert samples["s3fs_cache_bytes"] >= 0 and "s3fs_s3_retries_total" in samples
+
+
+def test_a_bad_metrics_address_is_one_clear_line(s3yaml, bucket, tmp_path):
+    r = run("-c", str(s3yaml), "-o", "metrics=nohost:80", bucket, str(tmp_path))
+    assert r.returncode == 2 and "metrics=nohost:80" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_full_embedded_server_is_enospc_and_one_clear_line(tmp_path):
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    mnt.mkdir()
+    r = run("-o", "cache_dir=%s,local_size=128M" % (tmp_path / "c"), "--local", str(data), str(mnt))
+    assert r.returncode == 0, r.stderr
+    assert "holds up to 128.0 MiB" in r.stdout, r.stdout
+    refused = None
+    try:
+        for i in range(12):  # 192 MiB into a server that holds 128
+            try:
+                with open(mnt / ("f%d.bin" % i), "wb") as f:
+                    f.write(os.urandom(16 << 20))
+            except OSError as exc:
+                refused = exc
+                break
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+        wait_gone(str(data), timeout=90)
+    assert refused is not None and refused.errno == errno.ENOSPC, refused
+    log = (tmp_path / "c" / "s3fs-mount.log").read_text()
+    assert "the embedded S3 server is full (it holds 128.0 MiB, -o local_size)" in log

@@ -19,8 +19,9 @@ import ctypes
 import errno
 import os
 import threading
+import time
 from ctypes.util import find_library
-from typing import Any
+from typing import Any, Protocol
 
 
 def _library() -> str | None:
@@ -63,6 +64,12 @@ FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry's attributes are complete
 __all__ = ["FUSE", "FuseOSError", "Operations", "fuse_get_context", "LIBFUSE_MAJOR"]
 
 
+class CallObserver(Protocol):
+    """What the FUSE binding tells of each call: its name, duration and result (0 or -errno)."""
+
+    def fuse_call(self, operation: str, seconds: float, result: int) -> None: ...
+
+
 class FUSE(mfusepy.FUSE):
     """mfusepy's FUSE, with readdirplus and ``ftruncate`` handles on libfuse3.
 
@@ -94,7 +101,11 @@ class FUSE(mfusepy.FUSE):
     whose state is then lost, so at most ``MAX_HELD_THREAD_STATES`` are held.
     """
 
-    def __init__(self, operations: Any, mountpoint: str, **kwargs: Any) -> None:
+    def __init__(
+        self, operations: Any, mountpoint: str, observer: CallObserver | None = None, **kwargs: Any
+    ) -> None:
+        #: Told of every call (``fuse_call(operation, seconds, result)``); None: nothing is timed.
+        self._observer = observer
         self._listings: dict[int, list[Any]] = {}  # directory handle -> its entries
         self._listings_lock = threading.Lock()
         self._thread_states = ThreadStates(MAX_HELD_THREAD_STATES)
@@ -104,7 +115,13 @@ class FUSE(mfusepy.FUSE):
 
     def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         self._thread_states.keep()
-        return super()._wrapper(func, *args, **kwargs)
+        if self._observer is None:
+            return super()._wrapper(func, *args, **kwargs)
+        started = time.monotonic()
+        result = super()._wrapper(func, *args, **kwargs)
+        name = func.__name__.removesuffix("_fuse_3").removesuffix("_fuse_2")
+        self._observer.fuse_call(name, time.monotonic() - started, result if isinstance(result, int) else 0)
+        return result
 
     def readdir_fuse_3(
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int

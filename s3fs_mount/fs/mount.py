@@ -3,33 +3,50 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from s3fs_mount.fs.fuselib import FUSE, LIBFUSE_MAJOR
 from s3fs_mount.fs.operations import S3Operations
-from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.fs.options import MountOptions, parse_listen
 from s3fs_mount.s3.store import RemoteStore
+
+if TYPE_CHECKING:
+    from s3fs_mount.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-def serve(store: RemoteStore, bucket: str, prefix: str, mountpoint: str, options: MountOptions) -> int:
+def serve(
+    store: RemoteStore,
+    bucket: str,
+    prefix: str,
+    mountpoint: str,
+    options: MountOptions,
+    server_full: Callable[[], str | None] | None = None,
+) -> int:
     """Mount ``bucket`` (under ``prefix``) at ``mountpoint`` in this process, until unmounted.
 
+    ``server_full`` tells why uploads fail when the server is out of space (see S3Operations).
     SIGTERM and SIGINT unmount (libfuse's handlers). Every dirty file is
     uploaded before returning. Returns 0 when nothing is left unuploaded,
     else 1 (the files named in the log stay staged for the next mount).
     """
-    ops = S3Operations(store, bucket, prefix, options, mountpoint=mountpoint)
+    ops = S3Operations(store, bucket, prefix, options, mountpoint=mountpoint, server_full=server_full)
+    metrics = _metrics(store, ops, options.metrics) if options.metrics else None
     pending = ops.start()
     if pending:
         log.warning("%d staged files could not be uploaded yet: %s", len(pending), ", ".join(pending))
     where = bucket + (":/" + prefix if prefix else "")
     log.info("mounting %s at %s (libfuse %d)", where, mountpoint, LIBFUSE_MAJOR)
     try:
-        FUSE(ops, mountpoint, **ops.fuse_options())
+        FUSE(ops, mountpoint, observer=metrics, **ops.fuse_options())
     except RuntimeError as exc:
         log.error("FUSE could not mount %s: %s", mountpoint, exc)
         return 1
+    finally:
+        if metrics is not None:
+            metrics.close()
     # destroy() has uploaded at unmount; without it (FUSE ended otherwise) do it here, once.
     left = ops.unuploaded if ops.unuploaded is not None else ops.finish()
     if ops.writeback is not None:
@@ -41,3 +58,18 @@ def serve(store: RemoteStore, bucket: str, prefix: str, mountpoint: str, options
         log.error("%d files stay staged and upload at the next mount: %s", len(left), ", ".join(left))
         return 1
     return 0
+
+
+def _metrics(store: RemoteStore, ops: S3Operations, listen: str) -> Metrics:
+    """``-o metrics=HOST:PORT``: count every request and FUSE call, and serve the counts there."""
+    from s3fs_mount.metrics import Metrics  # prometheus_client only when asked for
+
+    host, port = parse_listen(listen)
+    metrics = Metrics()
+    metrics.watch(ops.gauges)
+    try:
+        metrics.serve(host, port)
+    except OSError as exc:
+        raise OSError("metrics cannot listen on %s:%d: %s" % (host, port, exc.strerror or exc)) from None
+    store.connection.stats.observer = metrics
+    return metrics

@@ -29,6 +29,7 @@ from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState
 from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.fs.status import STATUS_XATTR
 from s3fs_mount.fs.upload import Uploader, WritebackQueue, conflict_name
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.store import ObjectInfo, RemoteStore
@@ -36,8 +37,6 @@ from s3fs_mount.s3.store import ObjectInfo, RemoteStore
 log = logging.getLogger(__name__)
 
 XATTR_CREATE, XATTR_REPLACE = 1, 2
-#: On the mount's root: the mount's status as JSON (read by ``s3fs-mount status``).
-STATUS_XATTR = "s3.status"
 SYMLINK_MODE = stat.S_IFLNK | 0o777
 HIDDEN_PREFIX = ".fuse_hidden"
 MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its default logs a complaint)
@@ -69,6 +68,7 @@ class S3Operations(Operations):
     :param prefix: the key prefix that is the mount's root ('' for all).
     :param options: the ``-o`` settings.
     :param mountpoint: where we are mounted (for the kernel's readahead; None in tests).
+    :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
     """
 
     # fusepy: times in nanoseconds; read/write/flush/release of an unlinked file get path None.
@@ -84,8 +84,12 @@ class S3Operations(Operations):
         prefix: str,
         options: MountOptions,
         mountpoint: str | None = None,
+        server_full: Callable[[], str | None] | None = None,
     ) -> None:
         self.store = store
+        #: Why uploads fail when the server is out of space (a message), else None: the embedded
+        #: server reads its log. Such a failure is ENOSPC, not EIO.
+        self.server_full = server_full
         self.bucket = bucket
         self.options = options
         self.keymap = KeyMap(prefix)
@@ -298,8 +302,9 @@ class S3Operations(Operations):
             self._conflicted(exc)
             raise
         except Exception as exc:
-            log.error("upload of %s failed, kept staged: %s", item.key, exc)
-            raise FsError(errno.EIO, "upload failed") from exc
+            full = self.server_full() if self.server_full is not None else None
+            log.error("upload of %s failed, kept staged: %s", item.key, full or exc)
+            raise FsError(errno.ENOSPC if full else errno.EIO, "upload failed") from exc
         self._remember_uploaded(item)
 
     def _conflicted(self, exc: Conflict) -> None:
@@ -839,6 +844,15 @@ class S3Operations(Operations):
             with item.cond:
                 return dict(item.metadata)
         return self.namespace.lookup_full(path).metadata
+
+    def gauges(self) -> dict[str, float]:
+        """For metrics: the cache's disk use, bytes not yet in S3, files waiting to upload."""
+        pending = self.staging.pending()
+        return {
+            "cache_bytes": self.staging.usage(),
+            "dirty_bytes": sum(item.size for item in pending),
+            "upload_queue_files": len(pending),
+        }
 
     def status(self) -> dict[str, object]:
         """What ``s3fs-mount status`` shows: where from, cache use, files waiting to upload.

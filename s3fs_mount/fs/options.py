@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 
-SIZE_OPTIONS = ("cache_size", "part_size", "multipart_threshold", "readahead", "kernel_readahead")
+SIZE_OPTIONS = (
+    "cache_size",
+    "part_size",
+    "multipart_threshold",
+    "readahead",
+    "kernel_readahead",
+    "local_size",
+)
 
 
 class OptionError(ValueError):
@@ -39,43 +48,100 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """``'127.0.0.1:9108'``, ``'[::1]:9108'`` or ``'9108'`` (loopback) -> (host, port).
+
+    :raises OptionError: with a message that says what is wrong.
+    """
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text.strip()
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ValueError
+    except ValueError:
+        raise OptionError("metrics=%s: expected HOST:PORT or PORT (e.g. 127.0.0.1:9108)" % text) from None
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise OptionError("metrics=%s: the host must be an IP address or localhost" % text) from None
+    return host, port
+
+
+def human_size(n: float) -> str:
+    """1610612736 -> ``'1.5 GiB'``: a size for people to read (status, messages)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return ("%d %s" if unit == "B" else "%.1f %s") % (n, unit)
+        n /= 1024
+    return str(n)
+
+
 def default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "s3fs-mount")
+
+
+#: The groups of ``-o help`` (and README.rst's table), in order: key -> heading.
+GROUPS = {
+    "source": "where the bucket is",
+    "access": "who may do what",
+    "consistency": "what is seen when",
+    "cache": "the cache and the transfers",
+    "diagnostics": "watching it",
+}
+
+
+def _option(default: object, help: str, group: str) -> Any:
+    """A field of MountOptions: its default (a callable: computed per instance), help and group."""
+    meta = {"help": help, "group": group}
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class MountOptions:
     """Everything ``-o`` can set. Field docs are what ``-o help`` prints."""
 
-    cache_dir: str = field(default_factory=default_cache_dir, metadata={"help": "staging cache directory"})
-    cache_size: int = field(default=4 * GiB, metadata={"help": "cache size bound (K/M/G suffixes)"})
-    allow_other: bool = field(default=False, metadata={"help": "let other users in (checks stored modes)"})
-    nonempty: bool = field(default=False, metadata={"help": "mount over a non-empty directory (hides it)"})
-    ro: bool = field(default=False, metadata={"help": "mount read-only"})
-    uid: int = field(default_factory=os.getuid, metadata={"help": "owner of objects without x-amz-meta-uid"})
-    gid: int = field(default_factory=os.getgid, metadata={"help": "group of objects without x-amz-meta-gid"})
-    umask: int = field(default=0o022, metadata={"help": "umask (octal) for objects without x-amz-meta-mode"})
-    attr_ttl: float = field(default=1.0, metadata={"help": "seconds attributes are cached"})
-    dir_ttl: float = field(default=1.0, metadata={"help": "seconds directory listings are cached"})
-    noatime: bool = field(default=False, metadata={"help": "reads never move atime (else: relatime)"})
-    debug: bool = field(default=False, metadata={"help": "log one line per S3 request and FUSE call"})
-    writeback: bool = field(default=False, metadata={"help": "close returns before the upload ends"})
-    conflict_check: bool = field(
-        default=True, metadata={"help": "uploads never replace another client's newer version"}
+    # -- where the bucket is -------------------------------------------------------------
+    config: str = _option("", "path of s3.yaml (as -c)", "source")
+    profile: str = _option("", "AWS profile for credentials", "source")
+    local: str = _option("", "run an embedded SeaweedFS storing here (as --local)", "source")
+    local_size: int = _option(0, "what the embedded server may hold (disk: its free space)", "source")
+    # -- who may do what --------------------------------------------------------------------
+    allow_other: bool = _option(False, "let other users in (checks stored modes)", "access")
+    ro: bool = _option(False, "mount read-only", "access")
+    nonempty: bool = _option(False, "mount over a non-empty directory (hides it)", "access")
+    uid: int = _option(os.getuid, "owner of objects without x-amz-meta-uid", "access")
+    gid: int = _option(os.getgid, "group of objects without x-amz-meta-gid", "access")
+    umask: int = _option(0o022, "umask (octal) for objects without x-amz-meta-mode", "access")
+    noatime: bool = _option(False, "reads never move atime (else: relatime)", "access")
+    # -- what is seen when ------------------------------------------------------------------
+    attr_ttl: float = _option(1.0, "seconds attributes are cached", "consistency")
+    dir_ttl: float = _option(1.0, "seconds directory listings are cached", "consistency")
+    conflict_check: bool = _option(
+        True, "uploads never replace another client's newer version", "consistency"
     )
-    part_size: int = field(default=8 * MiB, metadata={"help": "multipart part size"})
-    multipart_threshold: int = field(default=16 * MiB, metadata={"help": "upload in parts from this size"})
-    parallel: int = field(default=8, metadata={"help": "parts/requests in flight per file"})
-    readahead: int = field(default=64 * MiB, metadata={"help": "largest sequential readahead window"})
-    kernel_readahead: int = field(
-        default=1 * MiB, metadata={"help": "the kernel's readahead per file (root only; 0: leave it)"}
+    # -- the cache and the transfers --------------------------------------------------------
+    cache_dir: str = _option(default_cache_dir, "staging cache directory", "cache")
+    cache_size: int = _option(4 * GiB, "cache size bound (K/M/G suffixes)", "cache")
+    writeback: bool = _option(False, "close returns before the upload ends", "cache")
+    part_size: int = _option(8 * MiB, "multipart part size", "cache")
+    multipart_threshold: int = _option(16 * MiB, "upload in parts from this size", "cache")
+    parallel: int = _option(8, "parts/requests in flight per file", "cache")
+    readahead: int = _option(64 * MiB, "largest sequential readahead window", "cache")
+    kernel_readahead: int = _option(
+        1 * MiB, "the kernel's readahead per file (root only; 0: leave it)", "cache"
     )
-    threads: bool = field(default=True, metadata={"help": "serve FUSE calls from many threads"})
-    log_file: str = field(default="", metadata={"help": "log to this file"})
-    profile: str = field(default="", metadata={"help": "AWS profile for credentials"})
-    config: str = field(default="", metadata={"help": "path of s3.yaml (as -c)"})
-    local: str = field(default="", metadata={"help": "run an embedded SeaweedFS storing here"})
+    # -- watching it ------------------------------------------------------------------------
+    debug: bool = _option(False, "log one line per S3 request and FUSE call", "diagnostics")
+    log_file: str = _option("", "log to this file", "diagnostics")
+    metrics: str = _option("", "serve Prometheus metrics at HOST:PORT (or PORT; loopback)", "diagnostics")
+    threads: bool = _option(True, "serve FUSE calls from many threads", "diagnostics")
 
     # Options mount(8) passes through to us that mean nothing here.
     IGNORED = frozenset(
@@ -130,6 +196,8 @@ class MountOptions:
                 if name not in known:
                     raise OptionError("unknown mount option: %s (see -o help)" % name)
                 setattr(opts, name, _convert(name, known[name].type, value if has_value else None))
+        if opts.metrics:
+            parse_listen(opts.metrics)
         return opts
 
     @classmethod
@@ -141,6 +209,8 @@ class MountOptions:
             value = getattr(defaults, f.name)
             if f.name == "umask":
                 text = "%03o" % value
+            elif f.name == "local_size" and not value:
+                text = "disk"
             elif isinstance(value, bool):
                 text = "on" if value else "off"
             elif f.name in SIZE_OPTIONS:
@@ -154,11 +224,17 @@ class MountOptions:
 
     @classmethod
     def help_text(cls) -> str:
+        """Every option with its default, under the headings of GROUPS."""
         shown = cls.defaults_shown()
-        return "\n".join(
-            "  %-22s %s (default: %s)" % (f.name, f.metadata.get("help", ""), shown[f.name])
-            for f in fields(cls)
-        )
+        lines = []
+        for group, heading in GROUPS.items():
+            lines.append(" %s:" % heading)
+            lines.extend(
+                "  %-22s %s (default: %s)" % (f.name, f.metadata["help"], shown[f.name])
+                for f in fields(cls)
+                if f.metadata["group"] == group
+            )
+        return "\n".join(lines)
 
 
 def _convert(name: str, kind: object, value: str | None) -> object:
@@ -174,6 +250,8 @@ def _convert(name: str, kind: object, value: str | None) -> object:
     try:
         if name == "umask":
             return int(value, 8)
+        if name == "local_size" and value == "disk":
+            return 0
         if kind == "int" and name in SIZE_OPTIONS:
             return parse_size(value)
         if kind == "int":

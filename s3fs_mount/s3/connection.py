@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -44,6 +44,14 @@ REFRESH_MARGIN = 300.0
 EXPECTED_MISSES = frozenset({304, 404, 412})
 
 
+class RequestObserver(Protocol):
+    """What :class:`RequestStats` tells of each attempt, besides counting it."""
+
+    def request(self, method: str, status: int | None, up: int, down: int, seconds: float) -> None: ...
+
+    def retry(self) -> None: ...
+
+
 class RequestStats:
     """Counters for ``status`` and the summary at unmount. Every field guarded by ``_lock``."""
 
@@ -55,9 +63,16 @@ class RequestStats:
         self.failures = 0  #: transport errors, and answers that are errors (5xx, 403, 400, ...)
         self.misses = 0  #: 404, 412, 304: ordinary answers (see EXPECTED_MISSES)
         self.retries = 0  #: attempts after the first, by the retry policy
+        #: Told of every attempt too (``request(method, status, up, down, seconds)``, ``retry()``):
+        #: s3fs_mount.metrics.Metrics, say. Set once, before requests are sent.
+        self.observer: RequestObserver | None = None
 
-    def add(self, method: str, up: int, down: int, status: int | None, ok: bool) -> None:
+    def add(
+        self, method: str, up: int, down: int, status: int | None, ok: bool, seconds: float = 0.0
+    ) -> None:
         """One attempt: ``status`` None for a transport error; ``ok`` if it was the expected answer."""
+        if self.observer is not None:
+            self.observer.request(method, status, up, down, seconds)
         with self._lock:
             self.requests[method] = self.requests.get(method, 0) + 1
             self.bytes_up += up
@@ -69,6 +84,8 @@ class RequestStats:
                     self.failures += 1
 
     def retried(self) -> None:
+        if self.observer is not None:
+            self.observer.retry()
         with self._lock:
             self.retries += 1
 
@@ -294,7 +311,7 @@ class S3Connection:
             try:
                 resp = self._send(method, url, signed, data, stream)
             except requests.RequestException as exc:
-                self.stats.add(method, sent, 0, None, False)
+                self.stats.add(method, sent, 0, None, False, time.monotonic() - started)
                 request_log.debug("%s -> %s", what, exc.__class__.__name__)
                 if isinstance(exc, requests.ConnectionError):
                     # The server may have restarted: every pooled connection is as dead as this
@@ -308,7 +325,7 @@ class S3Connection:
                 sent = int(signed["Content-Length"])
             got = int(resp.headers.get("Content-Length") or 0) if method != "HEAD" else 0
             ok = resp.status_code in expect
-            self.stats.add(method, sent, got, resp.status_code, ok)
+            self.stats.add(method, sent, got, resp.status_code, ok, time.monotonic() - started)
             request_log.debug(
                 "%s %s %s %d %.0fms up=%d down=%d",
                 method,

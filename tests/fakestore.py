@@ -60,6 +60,7 @@ class FakeStore:
         self.bucket = bucket
         #: As SeaweedFS: user metadata on keys ending in '/' is not kept.
         self.drops_marker_metadata = drops_marker_metadata
+        self.flip_reads = 0  # GETs still to answer with one byte changed
         self.objects: dict[str, FakeObject] = {}
         self.calls: Counter[str] = Counter()
         self.uploads: set[str] = set()
@@ -85,8 +86,16 @@ class FakeStore:
         o = self._get(self._key(name))
         if if_match and if_match != o.etag:
             raise S3Error(412, "PreconditionFailed")
-        self.calls["bytes down"] += len(o.data[start:start + length])
-        return o.data[start:start + length]
+        data = o.data[start:start + length]
+        self.calls["bytes down"] += len(data)
+        if self.flip_reads and data:  # one byte changed on the way, as a bad network would
+            self.flip_reads -= 1
+            i = len(data) // 2
+            data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+        return data
+
+    def first_part_size(self, name: str | S3Name) -> int | None:
+        return None  # every object here is one PUT
 
     def get_range_blocks(self, name: str | S3Name, start: int, length: int, block: int,
                          if_match: str | None = None) -> list[bytes]:

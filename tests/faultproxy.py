@@ -7,6 +7,8 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.drop_next(1)          # then 1 request -> connection closed, no response
         proxy.stall(1.5)            # delay every forwarded request by 1.5 s (stall(0) ends)
         proxy.mode = "fail"         # every request fails ("pass" restores; "drop" drops)
+        proxy.flip_request(1)       # the next PUT's body reaches the server with one byte changed
+        proxy.flip_response(1)      # the next GET's body reaches the client with one byte changed
 
 Each client connection is served by its own thread, which parses requests
 (headers up to CRLFCRLF, then a Content-Length or chunked body) so keep-alive
@@ -87,6 +89,12 @@ class Request:
         if self.version == "HTTP/1.0":
             return "keep-alive" not in conn
         return "close" in conn
+
+
+def _flipped(body: bytes) -> bytes:
+    """``body`` with its middle byte inverted."""
+    i = len(body) // 2
+    return body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1 :]
 
 
 def _readline(rfile: BinaryIO) -> bytes:
@@ -217,6 +225,10 @@ class FaultProxy:
         self._fail_queue: list[tuple[int, str | None]] = []
         self._drop_count = 0
         self._stall = 0.0
+        self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
+        self._flip_responses = 0  # GET response bodies still to corrupt
+        self._flip_status = 206  # ... with this status
+        self.flipped: list[tuple[str, str]] = []  # (method, target) of every body corrupted
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -248,6 +260,32 @@ class FaultProxy:
         with self._lock:
             self._drop_count += n
 
+    def flip_request(self, n: int = 1) -> None:
+        """Change one byte of the body of each of the next ``n`` PUTs that have one."""
+        with self._lock:
+            self._flip_requests += n
+
+    def flip_response(self, n: int = 1, status: int = 206) -> None:
+        """Change one byte of the body of each of the next ``n`` GET answers with ``status``.
+
+        206 by default: ranged reads' answers, never a listing's XML.
+        """
+        with self._lock:
+            self._flip_responses += n
+            self._flip_status = status
+
+    def _take_flip(self, kind: str, method: str, target: str) -> bool:
+        with self._lock:
+            left = self._flip_requests if kind == "request" else self._flip_responses
+            if left <= 0:
+                return False
+            if kind == "request":
+                self._flip_requests -= 1
+            else:
+                self._flip_responses -= 1
+            self.flipped.append((method, target))
+            return True
+
     def stall(self, seconds: float) -> None:
         """Delay every forwarded request by ``seconds`` (0 to stop stalling)."""
         self._stall = float(seconds)
@@ -259,6 +297,7 @@ class FaultProxy:
             self._fail_queue.clear()
             self._drop_count = 0
             self._stall = 0.0
+            self._flip_requests = self._flip_responses = 0
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -410,10 +449,13 @@ class FaultProxy:
         head = start + b"".join(kept) + b"Connection: close\r\n\r\n"
         with self._lock:
             self.forwarded += 1
+        body = req.body
+        if body and req.method == "PUT" and self._take_flip("request", req.method, req.target):
+            body = _flipped(body)
         up = socket.create_connection(self.upstream, timeout=300)
         try:
             up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            up.sendall(head + req.body)
+            up.sendall(head + body)
             urf = up.makefile("rb")
             while True:
                 status_line, resp_lines = _read_head(urf)
@@ -436,6 +478,10 @@ class FaultProxy:
                 pass
             elif chunked:
                 _copy_chunked(urf, conn.sendall)
+            elif length and req.method == "GET" and status == self._flip_status and self._take_flip(
+                "response", req.method, req.target
+            ):
+                conn.sendall(_flipped(_read_exact(urf, length)))
             elif length is not None:
                 _copy_exact(urf, length, conn)
             else:

@@ -531,3 +531,18 @@ def test_requests_do_not_look_at_the_environment(s3config, bucket, monkeypatch, 
     store.put(S3Name("env-check", bucket), b"data")
     assert store.head(S3Name("env-check", bucket)).size == 4
     store.close()
+
+
+def test_a_body_changed_on_the_way_is_caught_both_ways(proxied, faultproxy, boto, bucket, tmp_path):
+    data = os.urandom(300_000)
+    local = tmp_path / "example"
+    local.write_bytes(data)
+    faultproxy.flip_request(1)
+    assert proxied.write(str(local), "up")  # refused by the server (BadDigest), sent again
+    assert boto.get_object(Bucket=bucket, Key="up")["Body"].read() == data
+    faultproxy.flip_response(1, status=200)
+    out = tmp_path / "down"
+    ok, _ = proxied.read("up", str(out))  # the changed copy fails its check, the retry is right
+    assert ok and out.read_bytes() == data
+    assert [m for m, _ in faultproxy.flipped] == ["PUT", "GET"]
+    assert proxied.connection.retry.retries == 2

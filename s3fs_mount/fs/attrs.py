@@ -41,7 +41,7 @@ USER_PREFIX = "user."
 INFO_PREFIX = "s3."
 #: Namespaces the kernel and tools ask about (ls -l: SELinux label, ACL) that S3 cannot hold.
 UNSTORED_PREFIXES = ("security.", "system.", "trusted.")
-INFO_NAMES = ("s3.etag", "s3.storage_class", "s3.version_id", "s3.state")
+INFO_NAMES = ("s3.etag", "s3.checksum", "s3.storage_class", "s3.version_id", "s3.state")
 RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime", "rdev"})
 MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX + "ctime"
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
@@ -86,6 +86,7 @@ class Attributes:
     headers: dict[str, str] = field(default_factory=dict)  # Content-Type and friends
     storage_class: str = "STANDARD"
     version_id: str | None = None
+    digest: str = ""  # what S3 says the bytes hash to (ObjectInfo.digest); '' if unknown
     complete: bool = True  # False when built from a listing (no metadata known)
     ttl: float = 0.0  # seconds to cache, when longer than attr_ttl
     #: When (time.monotonic) S3 was asked for these: an answer sent before a change we made is older.

@@ -462,6 +462,7 @@ class Namespace:
             headers=info.headers,
             storage_class=info.storage_class,
             version_id=info.version_id,
+            digest=info.digest,
         )
 
     def _log_conflict(self, key: str) -> None:

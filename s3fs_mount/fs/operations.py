@@ -32,7 +32,7 @@ from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
 from s3fs_mount.fs.upload import Uploader, WritebackQueue, conflict_name
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import ObjectInfo, RemoteStore
+from s3fs_mount.s3.store import ObjectInfo, RemoteStore, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,13 @@ class S3Operations(Operations):
             os.path.join(options.cache_dir, _safe(bucket, prefix)), bucket, options.cache_size
         )
         self.prefetcher = Prefetcher(
-            store, bucket, options.readahead, workers=options.parallel, on_fetched=self.staging.grew
+            store,
+            bucket,
+            options.readahead,
+            workers=options.parallel,
+            on_fetched=self.staging.grew,
+            part_size_of=self._part_size_of,
+            verify=options.checksum,
         )
         self.uploader = Uploader(
             store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging
@@ -829,8 +835,11 @@ class S3Operations(Operations):
     def _facts(self, path: str) -> dict[str, bytes]:
         a = self._attributes(path)
         item = self.staging.get(self.keymap.key(path))
+        if not a.digest and not a.is_dir and not (item is not None and _live(item)):
+            a = self.namespace.lookup_full(path)  # a HEAD tells the x-amz-checksum-*, if any
         facts = {
             "s3.etag": a.etag,
+            "s3.checksum": a.digest or digest_of(a.etag),
             "s3.storage_class": a.storage_class,
             "s3.state": item.state if item is not None else "clean",
         }
@@ -844,6 +853,14 @@ class S3Operations(Operations):
             with item.cond:
                 return dict(item.metadata)
         return self.namespace.lookup_full(path).metadata
+
+    def _part_size_of(self, key: str, etag: str) -> int | None:
+        """A multipart object's part size, for the check of its reads (one HEAD; None: unknown)."""
+        try:
+            return self.store.first_part_size(self.namespace.name(key))
+        except S3Error as exc:
+            log.debug("part size of %s unknown: %s", key, exc)
+            return None
 
     def gauges(self) -> dict[str, float]:
         """For metrics: the cache's disk use, bytes not yet in S3, files waiting to upload."""

@@ -17,18 +17,28 @@ window that doubles up to ``max_window``, fetched in parallel pieces on a
 
 A random reader fetches only what it asks for, rounded to 4 KiB pages, into
 the staged file.
+
+Every piece fetched is fed to the object's :class:`~s3fs_mount.s3.checksums.Verifier` (made
+when a fetch starts at byte 0) before a reader gets it; the read that reaches
+the end of the object raises EIO if the bytes did not match the ETag, and
+forgets what was fetched so a read again fetches again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import logging
 import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cachetools import LRUCache
+
+from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.staging import StagedFile
+from s3fs_mount.s3.checksums import MISMATCH, Verifier, parts_of
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
 from s3fs_mount.s3.store import RemoteStore
@@ -53,6 +63,9 @@ class ReadState:
     #: A streaming reader's pieces in memory: start -> (length, the GET under way or done).
     pieces: dict[int, tuple[int, concurrent.futures.Future[list[bytes]]]] = field(default_factory=dict)
     etag: str = ""  # the version those pieces are of
+    #: The bytes this handle read failed their check: every later read is EIO (the reader has had
+    #: some of them; the kernel must not retry its way to a success).
+    failed: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces and etag
 
 
@@ -64,6 +77,8 @@ class Prefetcher:
     :param max_window: the largest readahead window (bytes).
     :param chunk: the size of one ranged GET of a readahead.
     :param workers: GETs in flight at once.
+    :param part_size_of: finds a multipart object's part size (a HEAD), to check it.
+    :param verify: check whole-object reads against the ETag.
     """
 
     def __init__(
@@ -74,7 +89,15 @@ class Prefetcher:
         chunk: int = 16 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
+        part_size_of: Callable[[str, str], int | None] | None = None,
+        verify: bool = True,
     ) -> None:
+        #: The part size of a multipart object (key, etag), for its check; None: unknown.
+        self.part_size_of = part_size_of
+        self.verify = verify
+        #: (key, etag) -> the check of that version's bytes. Guarded by _verify_lock.
+        self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
+        self._verify_lock = threading.Lock()
         self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
         self.bucket = bucket
@@ -95,6 +118,8 @@ class Prefetcher:
 
     def read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> bytes:
         """Serve a read: streamed if sequential over remote bytes, else from the staged file."""
+        if state.failed:
+            raise FsError(errno.EIO, "%s: an earlier read through this handle failed its check" % item.key)
         end = min(offset + size, item.size)
         if offset >= end:
             return b""
@@ -131,6 +156,11 @@ class Prefetcher:
             self.drop(state)
         self.ensure(item, offset, _round_up(end))
         state.next_offset = max(end, state.next_offset) if state.window else end
+        if end >= item.remote_size:
+            with item.cond:
+                etag, clean = item.etag, not (item.dirty or item.uploading)
+            if clean and etag:
+                self._check(item, etag, state)
         return item.read(offset, end - offset)
 
     def drop(self, state: ReadState) -> None:
@@ -162,7 +192,8 @@ class Prefetcher:
                 length = min(chunk, item.remote_size - start)
                 if not self._hold(length, needed=start < end):
                     break  # ahead of the reader, and the budget is spent
-                future = self.pool.submit(self._get, item.key, state.etag, start, length)
+                verifier = self._verifier(item.key, state.etag, item.remote_size, start)
+                future = self.pool.submit(self._get, item.key, state.etag, start, length, verifier)
                 state.pieces[start] = (length, future)
             needed = [(start, *state.pieces[start]) for start in range(first, end, chunk)]
             etag = state.etag
@@ -171,7 +202,7 @@ class Prefetcher:
             try:
                 blocks = future.result()
             except concurrent.futures.CancelledError:  # dropped by another read meanwhile
-                blocks = self._get(item.key, etag, start, length)
+                blocks = self._get(item.key, etag, start, length, self._verifier(item.key, etag, 0, -1))
             except BaseException:
                 with state.lock:  # a later read asks again
                     if start in state.pieces and state.pieces[start][1] is future:
@@ -185,11 +216,51 @@ class Prefetcher:
             # One piece behind is kept: FUSE threads may deliver reads out of order.
             for start in [s for s in state.pieces if s + 2 * chunk <= offset]:
                 self._let_go(state, start)
+        if end >= item.remote_size:
+            self._check(item, etag, state)
         return parts[0] if len(parts) == 1 else b"".join(parts)  # none: past the end
 
-    def _get(self, key: str, etag: str, start: int, length: int) -> list[bytes]:
+    def _get(self, key: str, etag: str, start: int, length: int, verifier: Verifier | None) -> list[bytes]:
         name = S3Name(key, self.bucket)
-        return self.store.get_range_blocks(name, start, length, BLOCK, if_match=etag or None)
+        blocks = self.store.get_range_blocks(name, start, length, BLOCK, if_match=etag or None)
+        if verifier is not None:
+            verifier.feed(start, blocks)  # before any reader has them
+        return blocks
+
+    # -- checks ------------------------------------------------------------------------
+
+    def _verifier(self, key: str, etag: str, size: int, start: int) -> Verifier | None:
+        """The check of version ``etag``: made by a fetch from byte 0 (``start``; -1: never)."""
+        with self._verify_lock:
+            found = self._verifiers.get((key, etag))
+        if found is not None or start != 0 or not self.verify or size <= 0:
+            return found
+        parts = parts_of(etag)
+        if parts is None:
+            return None  # not an MD5 (SSE-KMS, SSE-C, some servers): nothing to check against
+        part_size = size
+        if parts > 1:
+            known = self.part_size_of(key, etag) if self.part_size_of is not None else None
+            if not known or -(-size // known) != parts:
+                log.debug("%s: part size unknown, not checked", key)
+                return None
+            part_size = known
+        verifier = Verifier(key, etag, size, part_size)
+        with self._verify_lock:
+            return self._verifiers.setdefault((key, etag), verifier)
+
+    def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
+        """A read reached the end of version ``etag``: EIO if its bytes failed their check."""
+        with self._verify_lock:
+            verifier = self._verifiers.get((item.key, etag))
+            if verifier is None or verifier.state != MISMATCH:
+                return
+            self._verifiers.pop((item.key, etag), None)  # a read again is checked again
+        if state is not None:
+            self.drop(state)
+            state.failed = True
+        item.drop_fetched(etag)
+        raise FsError(errno.EIO, "%s: bytes read do not match the object's ETag" % item.key)
 
     def _hold(self, length: int, needed: bool) -> bool:
         with self._held_lock:
@@ -280,6 +351,9 @@ class Prefetcher:
             return
         # Outside the lock: the range is ours (in flight), and readers need the lock meanwhile.
         os.pwrite(fd, data, start)
+        verifier = self._verifier(item.key, etag, item.remote_size, start)
+        if verifier is not None:
+            verifier.feed(start, [data])  # before a reader can see the bytes
         with item.cond:
             # A short answer means the object ends here: the rest reads as zeros.
             item.present.add(start, end)

@@ -278,6 +278,13 @@ class StagedFile:
             self._reset(size, etag, metadata, headers, mtime)
         self.drop_record()
 
+    def drop_fetched(self, etag: str) -> None:
+        """Forget the bytes fetched of version ``etag`` (they failed a check): read again, they are
+        fetched again. Only a clean item's: written bytes are the only copy."""
+        with self.cond:
+            if self.etag == etag and not (self.dirty or self.uploading):
+                self.present = RangeSet()
+
     def _reset(
         self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
     ) -> None:

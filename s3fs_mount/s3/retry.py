@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import requests
 
+from s3fs_mount.s3.checksums import ChecksumMismatch
 from s3fs_mount.s3.errors import S3Error
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,24 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
-RETRYABLE_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"})
+#: BadDigest / XAmzContentSHA256Mismatch: the bytes changed on the way (the server checked): send again.
+RETRYABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "BadDigest",
+        "XAmzContentSHA256Mismatch",
+    }
+)
 
 
 def is_retryable(exc: BaseException) -> bool:
     """True for the failures worth trying again."""
     if isinstance(exc, S3Error):
         return exc.status in RETRYABLE_STATUS or exc.code in RETRYABLE_CODES
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout))
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, ChecksumMismatch))
 
 
 @dataclass

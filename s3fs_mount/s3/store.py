@@ -15,6 +15,7 @@ import concurrent.futures
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,10 +24,11 @@ from typing import IO, BinaryIO
 import requests
 
 from s3fs_mount.s3 import xmlparse
+from s3fs_mount.s3.checksums import MISMATCH, ChecksumMismatch, Verifier, parts_of
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
-from s3fs_mount.s3.sigv4 import uri_encode
+from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,8 @@ class ObjectInfo:
     headers: dict[str, str] = field(default_factory=dict)  # the KEPT_HEADERS present
     storage_class: str = "STANDARD"
     version_id: str | None = None
+    #: An ``x-amz-checksum-*`` the object was stored with, as ``'CRC32:NhCmhg=='`` ('' if none).
+    checksum: str = ""
 
     @classmethod
     def from_response(cls, key: str, resp: requests.Response) -> ObjectInfo:
@@ -91,7 +95,49 @@ class ObjectInfo:
             headers={name: h[name] for name in KEPT_HEADERS if name in h},
             storage_class=h.get("x-amz-storage-class", "STANDARD"),
             version_id=h.get("x-amz-version-id"),
+            checksum=next(
+                (
+                    "%s:%s" % (name.upper(), h[CHECKSUM_PREFIX + name])
+                    for name in CHECKSUMS
+                    if CHECKSUM_PREFIX + name in h
+                ),
+                "",
+            ),
         )
+
+    @property
+    def digest(self) -> str:
+        """What S3 says the bytes hash to: the ``x-amz-checksum-*``, else the ETag as an MD5.
+
+        ``'CRC32:NhCmhg=='``, ``'MD5:5d41402a...'`` (one PUT), ``'MD5-of-parts:4ec9...-3'``
+        (multipart), or ``''`` when the ETag is no MD5 (SSE-KMS, SSE-C).
+        """
+        return digest_of(self.etag, self.checksum)
+
+
+#: The checksums S3 may store with an object (``x-amz-checksum-NAME``), and the header prefix.
+CHECKSUMS = ("crc64nvme", "crc32", "crc32c", "sha1", "sha256")
+CHECKSUM_PREFIX = "x-amz-checksum-"
+
+
+def digest_of(etag: str, checksum: str = "") -> str:
+    """An object's digest as :attr:`ObjectInfo.digest` shows it, from its ETag (and checksum)."""
+    if checksum:
+        return checksum
+    if re.match(r"^[0-9a-f]{32}$", etag):
+        return "MD5:" + etag
+    if re.match(r"^[0-9a-f]{32}-\d+$", etag):
+        return "MD5-of-parts:" + etag
+    return ""
+
+
+def content_md5(data: bytes | bytearray | memoryview) -> dict[str, str]:
+    """The ``Content-MD5`` header of a body: the server checks it (BadDigest when the bytes differ).
+
+    It is signed with the headers, so the payload itself need not be (``UNSIGNED-PAYLOAD``):
+    one MD5 per body instead of an MD5 and a SHA-256.
+    """
+    return {"Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
 
 
 def write_conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
@@ -128,12 +174,15 @@ class MultipartUpload:
 
     def upload_part(self, number: int, data: bytes) -> str:
         """Send part ``number`` (1-based); returns its ETag."""
+        body = bytes(data)
         resp = self.store.connection.request(
             "PUT",
             self.bucket,
             self.key,
             query={"partNumber": str(number), "uploadId": self.upload_id},
-            body=bytes(data),
+            headers=content_md5(body),
+            body=body,
+            payload_hash=UNSIGNED_PAYLOAD,
         )
         etag = resp.headers.get("ETag", "").strip('"')
         with self._lock:
@@ -296,11 +345,16 @@ class RemoteStore:
             raise
         return True, info.metadata
 
-    def read(self, remote_name: RemoteName, local_name: str) -> tuple[bool, dict[str, str]]:
-        """Download an object into the file ``local_name``: ``(ok, metadata)``."""
+    def read(
+        self, remote_name: RemoteName, local_name: str, verify: bool = True
+    ) -> tuple[bool, dict[str, str]]:
+        """Download an object into the file ``local_name``: ``(ok, metadata)``.
+
+        ``verify``: the bytes are checked against what S3 stored (see :meth:`download`).
+        """
         bucket, key = self._name(remote_name)
         try:
-            info = self.download(remote_name, local_name)
+            info = self.download(remote_name, local_name, verify=verify)
         except (RemoteStoreError, requests.RequestException, OSError) as exc:
             log.error("read %s/%s failed: %s", bucket, key, exc)
             return False, {}
@@ -336,9 +390,36 @@ class RemoteStore:
     def head(self, remote_name: RemoteName) -> ObjectInfo:
         """HEAD an object. Raises :class:`S3Error` (``.not_found`` for a 404)."""
         bucket, key = self._name(remote_name)
-        resp = self.connection.request("HEAD", bucket, key)
+        resp = self.connection.request("HEAD", bucket, key, headers={"x-amz-checksum-mode": "ENABLED"})
         resp.close()
         return ObjectInfo.from_response(key, resp)
+
+    def _download_verifier(self, remote_name: RemoteName, info: ObjectInfo) -> Verifier | None:
+        """The check of a whole-object download of ``info``'s version (None: nothing to check with)."""
+        parts = parts_of(info.etag)
+        if parts is None or info.size == 0:
+            return None
+        part = info.size
+        if parts > 1:
+            part = self.first_part_size(remote_name) or 0
+            if not part or -(-info.size // part) != parts:
+                return None
+        return Verifier(info.key, info.etag, info.size, part)
+
+    def first_part_size(self, remote_name: RemoteName) -> int | None:
+        """The size of part 1 of a multipart object (a HEAD with ``partNumber=1``); None if not told.
+
+        Every part but the last has this size when the writer used one part size (as every
+        SDK and this package do): it is what the check of a multipart ETag needs.
+        """
+        bucket, key = self._name(remote_name)
+        resp = self.connection.request("HEAD", bucket, key, query={"partNumber": "1"}, expect=(200, 206))
+        resp.close()
+        found = re.match(r"bytes (\d+)-(\d+)/", resp.headers.get("Content-Range", ""))
+        if found:
+            return int(found.group(2)) - int(found.group(1)) + 1
+        count = resp.headers.get("x-amz-mp-parts-count")
+        return int(resp.headers.get("Content-Length") or 0) or None if count else None
 
     def get_range(
         self, remote_name: RemoteName, start: int, length: int, if_match: str | None = None
@@ -398,23 +479,38 @@ class RemoteStore:
                 return None
             raise
 
-    def download(self, remote_name: RemoteName, local: str | BinaryIO, chunk: int = 1 * MiB) -> ObjectInfo:
-        """Stream a whole object into a path or a binary file object."""
+    def download(
+        self, remote_name: RemoteName, local: str | BinaryIO, chunk: int = 1 * MiB, verify: bool = True
+    ) -> ObjectInfo:
+        """Stream a whole object into a path or a binary file object.
+
+        With ``verify`` the bytes are checked against the ETag (the MD5, or the MD5 of the
+        parts' MD5s: one more HEAD finds the part size) as they arrive; a mismatch is
+        :class:`ChecksumMismatch`, retried by the retry policy like any fault on the way.
+        """
         bucket, key = self._name(remote_name)
 
         def fetch() -> ObjectInfo:
             resp = self.connection.request("GET", bucket, key, stream=True)
             info = ObjectInfo.from_response(key, resp)
+            verifier = self._download_verifier(remote_name, info) if verify else None
             with resp:
-                if isinstance(local, str):
-                    with open(local, "wb") as out:
-                        for block in resp.iter_content(chunk):
-                            out.write(block)
-                else:
-                    local.seek(0)
-                    local.truncate()
+                out = open(local, "wb") if isinstance(local, str) else local
+                try:
+                    if not isinstance(local, str):
+                        out.seek(0)
+                        out.truncate()
+                    offset = 0
                     for block in resp.iter_content(chunk):
-                        local.write(block)
+                        out.write(block)
+                        if verifier is not None:
+                            verifier.feed(offset, [block])
+                        offset += len(block)
+                finally:
+                    if isinstance(local, str):
+                        out.close()
+            if verifier is not None and verifier.state == MISMATCH:
+                raise ChecksumMismatch(key, info.etag, verifier.got)
             return info
 
         return self.connection.retry.call(fetch, "download %s/%s" % (bucket, key))
@@ -435,7 +531,11 @@ class RemoteStore:
         bucket, key = self._name(remote_name)
         out = dict(headers or {})
         out.update(write_conditions(if_match, if_none_match))
-        resp = self.connection.request("PUT", bucket, key, headers=out, body=data)
+        payload_hash = None
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            out.update(content_md5(data))
+            payload_hash = UNSIGNED_PAYLOAD
+        resp = self.connection.request("PUT", bucket, key, headers=out, body=data, payload_hash=payload_hash)
         resp.close()
         return resp.headers.get("ETag", "").strip('"')
 
@@ -515,8 +615,9 @@ class RemoteStore:
         Returns the new object's ETag.
         """
         size = os.path.getsize(local_name) if size is None else size
-        if size < self.multipart_threshold:
-            return self.put(remote_name, lambda: open(local_name, "rb"), headers)
+        if size < self.multipart_threshold:  # one read into memory: its bytes get a Content-MD5
+            with open(local_name, "rb") as f:
+                return self.put(remote_name, f.read(), headers)
         part = part_size_for(size, self.part_size)
         mpu = self.start_multipart(remote_name, headers)
         try:

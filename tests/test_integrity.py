@@ -1,0 +1,108 @@
+"""Integrity end to end: bytes checked on the way up and down, through real mounts on SeaweedFS.
+
+Corruption comes from tests/faultproxy.py, which changes one byte of a request
+or response body on demand; what reached S3 is checked with boto3, directly.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+
+import pytest
+import s3rig
+
+pytestmark = pytest.mark.fuse
+
+MiB = 1 << 20
+
+
+def proxy_yaml(tmp_path, s3config: dict, proxy) -> str:
+    return str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=proxy.endpoint)))
+
+
+def s3_bytes(boto, bucket: str, key: str) -> bytes:
+    return boto.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def put_in_parts(boto, bucket: str, key: str, data: bytes, part: int) -> None:
+    up = boto.create_multipart_upload(Bucket=bucket, Key=key)
+    parts = []
+    for n, off in enumerate(range(0, len(data), part), start=1):
+        r = boto.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n,
+                             Body=data[off:off + part])
+        parts.append({"ETag": r["ETag"], "PartNumber": n})
+    boto.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
+                                   MultipartUpload={"Parts": parts})
+
+
+def test_a_body_changed_on_the_way_up_is_refused_and_sent_again(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    small, big = os.urandom(300_000), os.urandom(20 * MiB)
+    faultproxy.flip_request(1)
+    with open(os.path.join(mount.path, "small"), "wb") as f:
+        f.write(small)
+    faultproxy.flip_request(1)
+    with open(os.path.join(mount.path, "big"), "wb") as f:  # parts, streamed while written
+        f.write(big)
+    assert len(faultproxy.flipped) == 2
+    assert s3_bytes(boto, bucket, "small") == small
+    assert s3_bytes(boto, bucket, "big") == big
+    assert mount.log().count("BadDigest") >= 2  # the server refused, the retry policy sent again
+
+
+@pytest.mark.parametrize("size", [300_000, 20 * MiB], ids=["one PUT", "in parts"])
+def test_a_body_changed_on_the_way_down_is_eio_never_silent(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
+):
+    data = os.urandom(size)
+    if size > 5 * MiB:
+        put_in_parts(boto, bucket, "obj", data, 5 * MiB)
+    else:
+        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    faultproxy.flip_response(1)
+    with pytest.raises(OSError) as raised:
+        with open(path, "rb") as f:
+            f.read()
+    assert raised.value.errno == errno.EIO and faultproxy.flipped
+    assert "do not match what it stored" in mount.log()
+    with open(path, "rb") as f:
+        assert f.read() == data  # the fault is gone: fetched again, checked, right
+
+
+def test_objects_of_other_writers_read_back_verified(mount_factory, boto, bucket):
+    objects = {
+        "plain": os.urandom(1 * MiB + 5),
+        "parts5": os.urandom(17 * MiB + 3),
+        "parts7": os.urandom(15 * MiB),
+        "crc": os.urandom(200_000),
+    }
+    boto.put_object(Bucket=bucket, Key="plain", Body=objects["plain"])
+    put_in_parts(boto, bucket, "parts5", objects["parts5"], 5 * MiB)
+    put_in_parts(boto, bucket, "parts7", objects["parts7"], 7 * MiB)
+    boto.put_object(Bucket=bucket, Key="crc", Body=objects["crc"], ChecksumAlgorithm="CRC32")
+    mount = mount_factory("debug").start()
+    for key, data in objects.items():
+        with open(os.path.join(mount.path, key), "rb") as f:
+            assert f.read() == data
+        assert re.search(r"read of %s verified" % key, mount.log()), key
+    digest = {k: os.getxattr(os.path.join(mount.path, k), "s3.checksum").decode() for k in objects}
+    for key in objects:  # boto3 adds a CRC32 to the PUTs it can; else the ETag is the digest
+        head = boto.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        if "ChecksumCRC32" in head:
+            assert digest[key] == "CRC32:" + head["ChecksumCRC32"], key
+        elif "-" in head["ETag"]:
+            assert digest[key] == "MD5-of-parts:" + head["ETag"].strip('"'), key
+        else:
+            assert digest[key] == "MD5:" + hashlib.md5(objects[key]).hexdigest(), key
+    assert digest["crc"].startswith("CRC32:") and digest["parts5"].endswith("-4")
+    with open(os.path.join(mount.path, "mine"), "wb") as f:
+        f.write(b"x" * 1000)
+    assert os.getxattr(os.path.join(mount.path, "mine"), "s3.checksum").decode() == (
+        "MD5:" + hashlib.md5(b"x" * 1000).hexdigest())

@@ -550,8 +550,11 @@ class Bench:
                 w.prepare(self)
             m = MountProc(self, tool, writeback=w.writeback, debug=debug, options=w.options).start()
             offset = m.log_offset()
+            cpu = cpu_seconds(m.proc.pid) if m.proc is not None else None
             s.seconds = w.mount(self, m)
             if m.running():
+                if cpu is not None and m.proc is not None:
+                    s.extra["cpu"] = cpu_seconds(m.proc.pid) - cpu  # the mount's CPU in the timed part
                 m.stop()
             s.extra["exit"] = m.returncode
             if m.returncode not in (0, None):
@@ -891,6 +894,11 @@ def workloads() -> list[Workload]:
     return [
         Workload("write_1g", m_write, r_write, none_at("big"), none_at("raw/big")),
         Workload("read_1g_cold", m_read, r_read, big("big"), big("raw/big")),
+        # the same two with -o checksum=off: what checking every byte up and down costs
+        Workload("write_1g_nocheck", m_write, r_write, none_at("big"), none_at("raw/big"),
+                 options="checksum=off", peers=False),
+        Workload("read_1g_cold_nocheck", m_read, r_read, big("big"), big("raw/big"),
+                 options="checksum=off", peers=False),
         Workload("random_read", m_random, r_random, big("big"), big("raw/big")),
         Workload("small_files", m_small, r_small("raw/small/"), none_at("small/", "small"),
                  none_at("raw/small/")),
@@ -932,6 +940,13 @@ def fmt_s(v: float | None) -> str:
     return "-" if v is None else "%.3f" % v
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` (all its threads) has used so far."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for name in names:
@@ -956,6 +971,8 @@ def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> di
         peaks = [r["ours"]["extra"] for r in runs if "ours" in r] + ([counted["extra"]] if counted else [])
         row["peak_rss"] = max((e.get("peak_rss", 0) for e in peaks), default=0) or None
         row["peak_cache"] = max((e.get("peak_cache", 0) for e in peaks), default=0)
+        row["cpu"] = med([r["ours"]["extra"]["cpu"] for r in runs
+                          if ok(r, "ours") and "cpu" in r["ours"]["extra"]])
         for tool in tools:
             ex = [r[tool]["extra"] for r in runs if tool in r]
             row[tool + "_peak_rss"] = max((e.get("peak_rss", 0) for e in ex), default=0) or None
@@ -968,7 +985,7 @@ def print_table(summary: dict[str, Any], tools: list[str]) -> None:
     head = ["workload", "mount s", "raw s", "mount/raw"]
     for t in tools:
         head += ["%s s" % t, "%s/raw" % t]
-    head += ["requests", "up", "down", "peak RSS", "cache peak"]
+    head += ["mount CPU s", "requests", "up", "down", "peak RSS", "cache peak"]
     rows = []
     for name, row in summary.items():
         c = row.get("count_pass", {}).get("extra", {})
@@ -977,6 +994,7 @@ def print_table(summary: dict[str, Any], tools: list[str]) -> None:
         for t in tools:
             r = row.get(t + "_ratio")
             line += [fmt_s(row.get(t)), "-" if r is None else "%.2f" % r]
+        line += ["-" if row.get("cpu") is None else "%.1f" % row["cpu"]]
         line += [str(c.get("requests", "-")), human(c.get("bytes_up")) if c else "-",
                  human(c.get("bytes_down")) if c else "-", human(row["peak_rss"]), human(row["peak_cache"])]
         rows.append(line)

@@ -481,6 +481,7 @@ def mount_bucket(inv: Invocation) -> int:
         part_size=inv.opts.part_size,
         multipart_threshold=inv.opts.multipart_threshold,
         max_workers=inv.opts.parallel,
+        checksums=inv.opts.checksum,
     )
     check_mountpoint(inv.mountpoint, inv.opts.nonempty)
     check_bucket(store, bucket, inv.opts.debug)
@@ -595,6 +596,7 @@ def mount_local(inv: Invocation) -> int:
                 part_size=inv.opts.part_size,
                 multipart_threshold=inv.opts.multipart_threshold,
                 max_workers=inv.opts.parallel,
+                checksums=inv.opts.checksum,
             )
             log.info("local S3 at http://%s (bucket %s, data in %s)", server.endpoint, LOCAL_BUCKET, data_dir)
             return serve(store, LOCAL_BUCKET, inv.prefix, inv.mountpoint, inv.opts, server_full=full)

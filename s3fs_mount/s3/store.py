@@ -180,7 +180,7 @@ class MultipartUpload:
             self.bucket,
             self.key,
             query={"partNumber": str(number), "uploadId": self.upload_id},
-            headers=content_md5(body),
+            headers=content_md5(body) if self.store.checksums else None,
             body=body,
             payload_hash=UNSIGNED_PAYLOAD,
         )
@@ -275,6 +275,8 @@ class RemoteStore:
     :param part_size: multipart part size in bytes (default 8 MiB, at least 5 MiB).
     :param multipart_threshold: files at least this big upload in parts.
     :param max_workers: parts sent at once by one upload or copy.
+    :param checksums: every PUT and part carries a ``Content-MD5`` the server checks (off: none,
+        and no hash of the body at all).
     """
 
     def __init__(
@@ -283,8 +285,10 @@ class RemoteStore:
         part_size: int = 8 * MiB,
         multipart_threshold: int = 16 * MiB,
         max_workers: int = 8,
+        checksums: bool = True,
     ) -> None:
         self.connection = connection
+        self.checksums = checksums
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.multipart_threshold = multipart_threshold
         self.max_workers = max_workers
@@ -346,12 +350,14 @@ class RemoteStore:
         return True, info.metadata
 
     def read(
-        self, remote_name: RemoteName, local_name: str, verify: bool = True
+        self, remote_name: RemoteName, local_name: str, verify: bool | None = None
     ) -> tuple[bool, dict[str, str]]:
         """Download an object into the file ``local_name``: ``(ok, metadata)``.
 
-        ``verify``: the bytes are checked against what S3 stored (see :meth:`download`).
+        ``verify`` (default: ``checksums``): the bytes are checked against what S3 stored
+        (see :meth:`download`).
         """
+        verify = self.checksums if verify is None else verify
         bucket, key = self._name(remote_name)
         try:
             info = self.download(remote_name, local_name, verify=verify)
@@ -533,7 +539,8 @@ class RemoteStore:
         out.update(write_conditions(if_match, if_none_match))
         payload_hash = None
         if isinstance(data, (bytes, bytearray, memoryview)):
-            out.update(content_md5(data))
+            if self.checksums:
+                out.update(content_md5(data))
             payload_hash = UNSIGNED_PAYLOAD
         resp = self.connection.request("PUT", bucket, key, headers=out, body=data, payload_hash=payload_hash)
         resp.close()

@@ -29,7 +29,7 @@ class FakeObject:
 
 
 class FakeMultipart(MultipartUpload):
-    def upload_part(self, number: int, data: bytes) -> str:
+    def upload_part(self, number: int, data: bytes, md5: bytes | None = None) -> str:
         self.store.calls["PUT part"] += 1
         self.parts[number] = bytes(data)  # type: ignore[assignment]
         return str(number)

@@ -10,13 +10,14 @@ import threading
 import time
 
 import pytest
-from fakestore import FakeStore
+from fakestore import FakeMultipart, FakeStore
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.s3.errors import S3Error
 
 MiB = 1 << 20
 
@@ -567,10 +568,10 @@ def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
         mpu = real(name, headers)
         upload = mpu.upload_part
 
-        def part(number, body):
+        def part(number, body, md5=None):
             nonlocal sent
             sent += len(body)
-            return upload(number, body)
+            return upload(number, body, md5)
 
         mpu.upload_part = part
         return mpu
@@ -793,3 +794,51 @@ def test_verifier_takes_pieces_in_any_order_and_parts_as_s3_composes_them():
     gap = Verifier("k", hashlib.md5(data).hexdigest(), len(data), 0)
     gap.feed(MiB, [os.urandom(65 * MiB)])  # more than it may keep waiting for the start
     assert gap.state == UNCHECKED
+
+
+@pytest.mark.parametrize("size", [100_000, 20 * MiB], ids=["one PUT", "in parts"])
+def test_a_staged_byte_changed_on_disk_after_a_crash_is_found_and_not_uploaded(tmp_path, size, caplog):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    data = os.urandom(size)
+    fh = write_file(ops, "/f", data, flush=False)
+    real_put, real_part = store.put, FakeMultipart.upload_part
+
+    def down(*args, **kwargs):
+        raise S3Error(503, "SlowDown")
+
+    store.put = down  # the upload reads the bytes (and records their digests), then S3 is gone
+    FakeMultipart.upload_part = down
+    try:
+        with pytest.raises(FuseOSError):
+            ops.flush("/f", fh)
+    finally:
+        store.put, FakeMultipart.upload_part = real_put, real_part
+    ops.staging.close()  # killed
+    (staged,) = [os.path.join(ops.staging.root, n) for n in cached_files(ops)]
+    with open(staged, "r+b") as f:  # one byte changes on the local disk meanwhile
+        f.seek(size // 3)
+        byte = f.read(1)
+        f.seek(size // 3)
+        f.write(bytes([byte[0] ^ 1]))
+    again = make_ops(tmp_path, store)
+    assert again.recover() == []
+    assert "f" not in store.objects  # never sent as if it were ours
+    assert again.staging.damaged == ["f"] and os.path.exists(staged)  # kept for the user
+    assert "changed on disk since it was written" in caplog.text
+
+
+def test_a_staged_file_unchanged_after_a_crash_uploads_at_recovery(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    data = os.urandom(100_000)
+    fh = write_file(ops, "/f", data, flush=False)
+    real_put = store.put
+    store.put = lambda *a, **k: (_ for _ in ()).throw(S3Error(503, "SlowDown"))
+    with pytest.raises(FuseOSError):
+        ops.flush("/f", fh)
+    store.put = real_put
+    ops.staging.close()
+    again = make_ops(tmp_path, store)
+    again.recover()
+    assert store.objects["f"].data == data and again.staging.damaged == []

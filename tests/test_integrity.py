@@ -106,3 +106,27 @@ def test_objects_of_other_writers_read_back_verified(mount_factory, boto, bucket
         f.write(b"x" * 1000)
     assert os.getxattr(os.path.join(mount.path, "mine"), "s3.checksum").decode() == (
         "MD5:" + hashlib.md5(b"x" * 1000).hexdigest())
+
+
+def test_a_staged_byte_changed_on_disk_between_a_crash_and_the_remount_is_found(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    cache = str(tmp_path / "cache")
+    mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
+    data = os.urandom(3 * MiB)
+    f = open(os.path.join(mount.path, "f"), "wb")
+    f.write(data)
+    faultproxy.mode = "fail"  # S3 is down: the upload reads the bytes, records their MD5, fails
+    with pytest.raises(OSError):
+        os.fsync(f.fileno())
+    mount.kill()  # the open handle dies with it
+    (staged,) = [os.path.join(d, n) for d, _, names in os.walk(cache) for n in names if n.endswith(".data")]
+    with open(staged, "r+b") as out:
+        out.seek(MiB)
+        out.write(b"\0" if data[MiB] else b"\1")
+    faultproxy.mode = "pass"
+    again = mount_factory(cache_dir=cache).start()
+    assert "changed on disk since it was written" in again.log()
+    with pytest.raises(boto.exceptions.ClientError):
+        boto.head_object(Bucket=bucket, Key="f")  # never sent as if it were the file's bytes
+    assert os.path.exists(staged)  # kept, for the user to look at

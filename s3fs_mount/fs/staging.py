@@ -25,6 +25,7 @@ No lock is held during a network request except ``upload_lock``.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -78,6 +79,9 @@ class StagedFile:
         self.uploaded_bytes = 0  # progress of the upload under way
         self.stream: object | None = None  # a StreamingUpload, owned by fs.upload
         self.upload_ids: list[str] = []  # multipart uploads under way, aborted after a crash
+        #: (offset, length) -> MD5 (hex) of those staged bytes as an upload read and sent them:
+        #: recovery checks the data file against them. A write over a range drops its digest.
+        self.digests: dict[tuple[int, int], str] = {}
 
     # -- state ---------------------------------------------------------------------
 
@@ -112,6 +116,7 @@ class StagedFile:
             "ctime": self.ctime,
             "dirty": self.dirty,
             "upload_ids": self.upload_ids,
+            "digests": [[off, n, md5] for (off, n), md5 in sorted(self.digests.items())],
         }
 
     def save(self, durable: bool = False) -> None:
@@ -160,6 +165,8 @@ class StagedFile:
                 self.cond.wait()
             os.pwrite(self.fd, data, offset)
             self.present.add(offset, end)
+            if self.digests:
+                self._drop_digests(offset, end)
             self.size = max(self.size, end)
             self.mtime = self.ctime = time.time()
             self.generation += 1
@@ -176,6 +183,7 @@ class StagedFile:
             while any(e > length for s, e in self.inflight):
                 self.cond.wait()
             os.ftruncate(self.fd, length)
+            self._drop_digests(min(length, self.size), 1 << 62)
             self.present.remove_from(length)
             self.remote_size = min(self.remote_size, length)
             if length > self.size:
@@ -185,6 +193,30 @@ class StagedFile:
             self.generation += 1
             self.dirty = True
         self.save()
+
+    def note_digest(self, offset: int, length: int, md5: str) -> None:
+        """An upload read ``[offset, offset+length)`` and sent it with this MD5: recorded, so that
+        recovery can tell whether the data file still holds those bytes."""
+        with self.cond:
+            self.digests[(offset, length)] = md5
+
+    def _drop_digests(self, start: int, end: int) -> None:
+        """Bytes of ``[start, end)`` change: their digests no longer hold (caller holds cond)."""
+        for off, n in [r for r in self.digests if r[0] < end and start < r[0] + r[1]]:
+            del self.digests[(off, n)]
+
+    def damaged_ranges(self) -> list[tuple[int, int]]:
+        """Recorded ranges whose bytes in the data file no longer have their digest."""
+        with self.cond:
+            recorded = dict(self.digests)
+        bad = []
+        for (off, n), md5 in sorted(recorded.items()):
+            digest = hashlib.md5()
+            for at in range(off, off + n, 1 << 20):
+                digest.update(os.pread(self.fd, min(1 << 20, off + n - at), at))
+            if digest.hexdigest() != md5:
+                bad.append((off, n))
+        return bad
 
     def set_metadata(self, metadata: dict[str, str]) -> None:
         """Replace the pending metadata (it rides along with the next upload); its times are the item's."""
@@ -358,6 +390,8 @@ class StagingCache:
         self._estimate = 0
         #: (key, upload id) of multipart uploads clean files still owe an abort (see recover).
         self.orphan_uploads: list[tuple[str, str]] = []
+        #: Keys whose staged copy recovery found changed on disk (kept, never uploaded).
+        self.damaged: list[str] = []
 
     def close(self) -> None:
         """Let another mount use this directory (ours has stopped)."""
@@ -554,10 +588,24 @@ class StagingCache:
             item.ctime = state.get("ctime")
             item.dirty = True
             item.upload_ids = list(state.get("upload_ids", []))
+            item.digests = {(int(o), int(n)): str(d) for o, n, d in state.get("digests", [])}
             item.open_fd()
             # The data file is the truth for the size: writes reach it before the record.
             item.size = max(item.size, os.fstat(item.fd).st_size)
             item.present = RangeSet([(0, item.size)])
+            bad = item.damaged_ranges()
+            if bad:  # changed on the local disk since an upload read it: never send it as ours
+                item.close_fd()
+                log.error(
+                    "recovery of %s: its staged copy %s changed on disk since it was written (bytes %s "
+                    "differ from the digests recorded): not uploaded; kept for you to inspect",
+                    item.key,
+                    item.data_path,
+                    ", ".join("%d-%d" % (o, o + n - 1) for o, n in bad),
+                )
+                self.damaged.append(item.key)
+                self.orphan_uploads += [(item.key, u) for u in item.upload_ids]
+                continue
             with self._lock:
                 self._items[item.key] = item
             found.append(item)

@@ -45,7 +45,7 @@ from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
 from s3fs_mount.s3.sigv4 import uri_encode
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, RemoteStore, part_size_for
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, RemoteStore, content_md5, part_size_for
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,10 @@ class Uploader:
     ) -> str:
         try:
             data = os.pread(item.fd, size, offset)
-            etag = mpu.upload_part(number, data)
+            md5 = hashlib.md5(data)  # one hash: the part's Content-MD5 and the journal's record
+            item.note_digest(offset, len(data), md5.hexdigest())
+            item.save()
+            etag = mpu.upload_part(number, data, md5=md5.digest())
             with item.cond:
                 item.uploaded_bytes += len(data)
             return etag
@@ -390,12 +393,16 @@ class Uploader:
         self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
             data = os.pread(item.fd, size, 0)
+            md5 = hashlib.md5(data)  # one hash: the Content-MD5 and the journal's record
+            item.note_digest(0, len(data), md5.hexdigest())
+            item.save()
             condition = _conditions(replaces, self.put_check)
+            headers = {**self.headers(item), **content_md5(data, md5.digest())}
             try:
-                return self.store.put(self.name(item), data, self.headers(item), **condition), size
+                return self.store.put(self.name(item), data, headers, **condition), size
             except S3Error as exc:
-                self._refused(item, exc, hashlib.md5(data).hexdigest())
-                return hashlib.md5(data).hexdigest(), size
+                self._refused(item, exc, md5.hexdigest())
+                return md5.hexdigest(), size
         part = part_size_for(size, self.part_size)
         mpu = self._begin_multipart(item, self.headers(item))
         try:

@@ -131,13 +131,15 @@ def digest_of(etag: str, checksum: str = "") -> str:
     return ""
 
 
-def content_md5(data: bytes | bytearray | memoryview) -> dict[str, str]:
-    """The ``Content-MD5`` header of a body: the server checks it (BadDigest when the bytes differ).
+def content_md5(data: bytes | bytearray | memoryview, digest: bytes | None = None) -> dict[str, str]:
+    """The ``Content-MD5`` header of a body (``digest``: its MD5, if the caller has it already).
+
+    The server checks it (BadDigest when the bytes differ).
 
     It is signed with the headers, so the payload itself need not be (``UNSIGNED-PAYLOAD``):
     one MD5 per body instead of an MD5 and a SHA-256.
     """
-    return {"Content-MD5": base64.b64encode(hashlib.md5(data).digest()).decode()}
+    return {"Content-MD5": base64.b64encode(digest or hashlib.md5(data).digest()).decode()}
 
 
 def write_conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
@@ -172,15 +174,15 @@ class MultipartUpload:
         self._lock = threading.Lock()  # guards parts
         self.parts: dict[int, str] = {}
 
-    def upload_part(self, number: int, data: bytes) -> str:
-        """Send part ``number`` (1-based); returns its ETag."""
+    def upload_part(self, number: int, data: bytes, md5: bytes | None = None) -> str:
+        """Send part ``number`` (1-based); returns its ETag. ``md5``: its digest, if known."""
         body = bytes(data)
         resp = self.store.connection.request(
             "PUT",
             self.bucket,
             self.key,
             query={"partNumber": str(number), "uploadId": self.upload_id},
-            headers=content_md5(body) if self.store.checksums else None,
+            headers=content_md5(body, md5) if self.store.checksums else None,
             body=body,
             payload_hash=UNSIGNED_PAYLOAD,
         )
@@ -539,7 +541,9 @@ class RemoteStore:
         out.update(write_conditions(if_match, if_none_match))
         payload_hash = None
         if isinstance(data, (bytes, bytearray, memoryview)):
-            if self.checksums:
+            if not self.checksums:
+                out.pop("Content-MD5", None)
+            elif "Content-MD5" not in out:
                 out.update(content_md5(data))
             payload_hash = UNSIGNED_PAYLOAD
         resp = self.connection.request("PUT", bucket, key, headers=out, body=data, payload_hash=payload_hash)

@@ -30,13 +30,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import requests
-
 from s3fs_mount import __version__, control
 from s3fs_mount.config import load_settings
 from s3fs_mount.fs.options import MountOptions, OptionError, human_size
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
-from s3fs_mount.s3.errors import ConfigError, S3Error
+from s3fs_mount.s3.errors import (
+    ConfigError,
+    ConnectionFailed,
+    RemoteStoreError,
+    S3Error,
+    TimedOut,
+    TLSFailed,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -267,18 +273,6 @@ def check_mountpoint(path: str, nonempty: bool = False) -> None:
         )
 
 
-def _reason(exc: BaseException) -> str:
-    """The useful tail of a requests exception, e.g. 'Connection refused'."""
-    text = str(exc)
-    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if found:
-        return found.group(1).strip()
-    for known in ("certificate verify failed", "wrong version number", "Read timed out", "timed out"):
-        if known in text:
-            return known
-    return exc.__class__.__name__
-
-
 def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
     """HEAD the bucket, turning each way it can fail into one line that says what to fix."""
     conn = store.connection
@@ -304,16 +298,16 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
         raise CliError(
             "cannot use bucket %s at %s (S3 said: %d %s)%s" % (bucket, where, exc.status, exc.code, hint)
         ) from None
-    except requests.exceptions.SSLError as exc:
+    except TLSFailed as exc:
         raise CliError(
-            "cannot reach S3 at %s: TLS failed (%s); for plain http set tls: false" % (where, _reason(exc))
+            "cannot reach S3 at %s: TLS failed (%s); for plain http set tls: false" % (where, exc.reason)
         ) from None
-    except requests.Timeout as exc:
-        raise CliError("cannot reach S3 at %s: timed out (%s)" % (where, _reason(exc))) from None
-    except requests.ConnectionError as exc:
-        raise CliError("cannot reach S3 at %s: %s" % (where, _reason(exc))) from None
-    except requests.RequestException as exc:
-        raise CliError("request to S3 at %s failed: %s" % (where, _reason(exc))) from None
+    except TimedOut as exc:
+        raise CliError("cannot reach S3 at %s: timed out (%s)" % (where, exc.reason)) from None
+    except ConnectionFailed as exc:
+        raise CliError("cannot reach S3 at %s: %s" % (where, exc.reason)) from None
+    except TransportError as exc:
+        raise CliError("request to S3 at %s failed: %s" % (where, exc.reason)) from None
     finally:
         conn.retry = saved_retry
         retry_log.setLevel(saved_level)
@@ -544,7 +538,7 @@ def _local_ready(server: object) -> bool:
     try:
         store.create_bucket(LOCAL_BUCKET)
         return True
-    except (S3Error, requests.RequestException) as exc:
+    except RemoteStoreError as exc:
         log.debug("local S3 not ready yet: %s", exc)
         return False
     finally:

@@ -17,6 +17,7 @@ import requests
 import s3fs_mount as s3
 from s3fs_mount import RemoteStore, RemoteStoreError, S3Connection, S3Name
 from s3fs_mount.s3 import ConfigError, MultipartUpload, RetryPolicy, S3Error
+from s3fs_mount.s3.errors import ConnectionFailed, TransportError
 
 MiB = 1 << 20
 
@@ -192,8 +193,9 @@ def test_server_down(s3config, local, tmp_path, caplog):
     assert store.delete("k") is False
     assert store.update_metadata("k", {"x-amz-meta-a": "b"}) is False
     assert len(errors(caplog)) == 5
-    with pytest.raises(requests.ConnectionError):
+    with pytest.raises(requests.ConnectionError) as raised:  # what the seed promises exists raises
         store.exists("k")
+    assert isinstance(raised.value, TransportError) and raised.value.reason == "Connection refused"
 
 
 def test_no_bucket_anywhere_is_a_value_error(s3config, local, tmp_path):
@@ -301,7 +303,7 @@ def test_failed_part_leaves_nothing_behind(mp_store, boto, bucket, big_file, mon
 
     def upload_part(self, number, data):
         if number == 2:
-            raise requests.ConnectionError("injected failure of part 2")
+            raise ConnectionFailed("part 2", "injected failure")
         time.sleep(0.2)  # still in flight when part 2 fails
         try:
             return real(self, number, data)

@@ -15,8 +15,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import requests
-
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 
@@ -67,7 +65,7 @@ def errno_for(exc: BaseException) -> int:
         return errno.EIO
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
-    if isinstance(exc, (requests.RequestException, RemoteStoreError)):
+    if isinstance(exc, RemoteStoreError):
         return errno.EIO
     return errno.EIO
 
@@ -89,7 +87,7 @@ def fuse_operation(fn: F) -> F:
             raise
         except Exception as exc:
             err = errno_for(exc)
-            if isinstance(exc, (S3Error, requests.RequestException, FsError, OSError)):
+            if isinstance(exc, (RemoteStoreError, FsError, OSError)):
                 level = logging.DEBUG if err in QUIET else logging.WARNING
                 log.log(level, "%s %s: %s (%s)", fn.__name__, path, errno.errorcode.get(err, err), exc)
             else:

@@ -98,6 +98,8 @@ class Prefetcher:
         #: (key, etag) -> the check of that version's bytes. Guarded by _verify_lock.
         self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
         self._verify_lock = threading.Lock()
+        #: One thread hashes what the checks are fed, off the readers' way, in the order fed.
+        self.hasher = concurrent.futures.ThreadPoolExecutor(1, "md5")
         self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
         self.bucket = bucket
@@ -109,6 +111,7 @@ class Prefetcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.hasher.shutdown(wait=False, cancel_futures=True)
 
     @property
     def held(self) -> int:
@@ -245,7 +248,7 @@ class Prefetcher:
                 log.debug("%s: part size unknown, not checked", key)
                 return None
             part_size = known
-        verifier = Verifier(key, etag, size, part_size)
+        verifier = Verifier(key, etag, size, part_size, self.hasher)
         with self._verify_lock:
             return self._verifiers.setdefault((key, etag), verifier)
 
@@ -253,8 +256,9 @@ class Prefetcher:
         """A read reached the end of version ``etag``: EIO if its bytes failed their check."""
         with self._verify_lock:
             verifier = self._verifiers.get((item.key, etag))
-            if verifier is None or verifier.state != MISMATCH:
-                return
+        if verifier is None or verifier.wait() != MISMATCH:
+            return
+        with self._verify_lock:
             self._verifiers.pop((item.key, etag), None)  # a read again is checked again
         if state is not None:
             self.drop(state)

@@ -23,6 +23,7 @@ import logging
 import re
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Executor
 
 from s3fs_mount.s3.errors import RemoteStoreError
 
@@ -75,10 +76,16 @@ class Verifier:
     Every field below is guarded by ``_lock``.
     """
 
-    def __init__(self, key: str, etag: str, size: int, part_size: int) -> None:
+    def __init__(
+        self, key: str, etag: str, size: int, part_size: int, hasher: Executor | None = None
+    ) -> None:
         self.key, self.etag, self.size = key, etag, size
         self.part_size = part_size if part_size > 0 else max(size, 1)
-        self._lock = threading.Lock()
+        #: Where the hashing runs (one thread: pieces are taken in the order fed); None: in feed.
+        self.hasher = hasher
+        self._lock = threading.Condition()
+        self._queued = 0  # pieces fed to the hasher, not hashed yet
+        self._queued_bytes = 0  # ... and their bytes
         self._hashed = 0  # bytes hashed, from the start
         self._part = hashlib.md5()  # the part being hashed
         self._part_end = min(self.part_size, size)
@@ -89,7 +96,38 @@ class Verifier:
         self.got = ""  # the digest of the bytes, once MISMATCH
 
     def feed(self, start: int, blocks: Sequence[bytes]) -> None:
-        """Bytes ``start..`` arrived; hashes what it can. Call it before any reader sees them."""
+        """Bytes ``start..`` arrived. Call it before any reader sees them; with a ``hasher`` it
+        returns at once (the reader need not wait for the hash) and :meth:`wait` waits for it."""
+        if self.hasher is None:
+            self._hash(start, blocks)
+            return
+        length = sum(len(b) for b in blocks)
+        with self._lock:
+            # Bytes waiting for the hasher stay in memory: past MAX_WAITING, readers wait for it.
+            self._lock.wait_for(lambda: self._queued_bytes < MAX_WAITING or self._state != PENDING, 60)
+            if self._state != PENDING:
+                return
+            self._queued += 1
+            self._queued_bytes += length
+        self.hasher.submit(self._hash_queued, start, blocks, length)
+
+    def _hash_queued(self, start: int, blocks: Sequence[bytes], length: int) -> None:
+        try:
+            self._hash(start, blocks)
+        finally:
+            with self._lock:
+                self._queued -= 1
+                self._queued_bytes -= length
+                self._lock.notify_all()
+
+    def wait(self, timeout: float = 60.0) -> str:
+        """The state once every piece fed so far is hashed (or ``timeout`` s have passed)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._queued <= 0, timeout)
+            return self._state
+
+    def _hash(self, start: int, blocks: Sequence[bytes]) -> None:
+        """Hash what of ``blocks`` (at ``start``) can be hashed now; keep the rest waiting."""
         with self._lock:
             if self._state != PENDING:
                 return

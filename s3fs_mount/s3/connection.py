@@ -19,7 +19,7 @@ from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
 from s3fs_mount.s3 import xmlparse
-from s3fs_mount.s3.errors import ConfigError, S3Error
+from s3fs_mount.s3.errors import ConfigError, S3Error, TransportError
 from s3fs_mount.s3.retry import RetryPolicy
 from s3fs_mount.s3.sigv4 import (
     EMPTY_SHA256,
@@ -317,7 +317,7 @@ class S3Connection:
                     # The server may have restarted: every pooled connection is as dead as this
                     # one, and retrying through them would spend all attempts at once.
                     self._adapter.poolmanager.clear()
-                raise
+                raise TransportError.wrap(exc, what) from exc
             finally:
                 if hasattr(data, "close"):
                     data.close()

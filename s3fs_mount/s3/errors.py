@@ -1,6 +1,16 @@
-"""Exceptions raised by the S3 connector."""
+"""Exceptions raised by the S3 connector.
+
+Nothing else leaves it: a failure to reach S3 is a :class:`TransportError`
+(which is also the ``requests`` exception it wraps, so code written against
+the seed API's "connection exceptions" still catches it).
+"""
 
 from __future__ import annotations
+
+import re
+
+import requests
+import urllib3
 
 
 class RemoteStoreError(Exception):
@@ -69,6 +79,59 @@ _DEFAULT_CODES = {
     500: "InternalError",
     503: "ServiceUnavailable",
 }
+
+
+class TransportError(RemoteStoreError, requests.RequestException):
+    """No answer from S3: the connection failed, timed out, or broke mid-body.
+
+    :attr:`reason` is the useful tail of what went wrong (``'Connection refused'``).
+    """
+
+    retryable = False
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__("%s: %s" % (what, reason))
+        self.what, self.reason = what, reason
+
+    @staticmethod
+    def wrap(exc: BaseException, what: str) -> TransportError:
+        """The connector's exception for a ``requests`` (or urllib3) failure ``exc`` of ``what``."""
+        reason = _reason(exc)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return TLSFailed(what, reason)
+        if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
+            return TimedOut(what, reason)
+        if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.ProtocolError)):
+            return ConnectionFailed(what, reason)
+        return TransportError(what, reason)
+
+
+class TLSFailed(TransportError, requests.exceptions.SSLError):
+    """The TLS handshake failed (a certificate, or http spoken to https)."""
+
+
+class TimedOut(TransportError, requests.Timeout):
+    """S3 did not answer in time. Retried."""
+
+    retryable = True
+
+
+class ConnectionFailed(TransportError, requests.ConnectionError):
+    """The connection could not be made, or broke. Retried."""
+
+    retryable = True
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful tail of a requests exception, e.g. 'Connection refused'."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if found:
+        return found.group(1).strip()
+    for known in ("certificate verify failed", "wrong version number", "Read timed out", "timed out"):
+        if known in text:
+            return known
+    return exc.__class__.__name__
 
 
 class ConfigError(RemoteStoreError, ValueError):

@@ -14,10 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import requests
-
 from s3fs_mount.s3.checksums import ChecksumMismatch
-from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.errors import S3Error, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +39,9 @@ def is_retryable(exc: BaseException) -> bool:
     """True for the failures worth trying again."""
     if isinstance(exc, S3Error):
         return exc.status in RETRYABLE_STATUS or exc.code in RETRYABLE_CODES
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, ChecksumMismatch))
+    if isinstance(exc, TransportError):
+        return exc.retryable
+    return isinstance(exc, ChecksumMismatch)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -22,11 +23,12 @@ from dataclasses import dataclass, field
 from typing import IO, BinaryIO
 
 import requests
+import urllib3
 
 from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.checksums import MISMATCH, ChecksumMismatch, Verifier, parts_of
 from s3fs_mount.s3.connection import S3Connection
-from s3fs_mount.s3.errors import RemoteStoreError, S3Error
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
@@ -129,6 +131,15 @@ def digest_of(etag: str, checksum: str = "") -> str:
     if re.match(r"^[0-9a-f]{32}-\d+$", etag):
         return "MD5-of-parts:" + etag
     return ""
+
+
+@contextlib.contextmanager
+def _body_errors(remote_name: object) -> Iterator[None]:
+    """A body that breaks while it is read: the connector's TransportError, as for a request."""
+    try:
+        yield
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+        raise TransportError.wrap(exc, "reading %s" % (remote_name,)) from exc
 
 
 def content_md5(data: bytes | bytearray | memoryview, digest: bytes | None = None) -> dict[str, str]:
@@ -309,7 +320,7 @@ class RemoteStore:
         try:
             fn()
             return True
-        except (RemoteStoreError, requests.RequestException, OSError) as exc:
+        except (RemoteStoreError, OSError) as exc:
             log.error("%s failed: %s", what, exc)
             return False
 
@@ -363,7 +374,7 @@ class RemoteStore:
         bucket, key = self._name(remote_name)
         try:
             info = self.download(remote_name, local_name, verify=verify)
-        except (RemoteStoreError, requests.RequestException, OSError) as exc:
+        except (RemoteStoreError, OSError) as exc:
             log.error("read %s/%s failed: %s", bucket, key, exc)
             return False, {}
         return True, info.metadata
@@ -440,7 +451,7 @@ class RemoteStore:
         resp = self._ranged_get(remote_name, start, length, if_match)
         if resp is None:
             return b""
-        with resp:  # one read of the whole body: much faster than requests' 10 KiB chunks
+        with resp, _body_errors(remote_name):  # one read of the whole body: faster than 10 KiB chunks
             data = resp.raw.read(decode_content=True)
         if resp.status_code == 200:  # server ignored the Range
             data = data[start : start + length]
@@ -457,7 +468,7 @@ class RemoteStore:
         resp = self._ranged_get(remote_name, start, length, if_match)
         if resp is None:
             return []
-        with resp:
+        with resp, _body_errors(remote_name):
             if resp.status_code == 200:  # server ignored the Range
                 data = resp.raw.read(decode_content=True)[start : start + length]
                 return [data[i : i + block] for i in range(0, len(data), block)]
@@ -502,7 +513,7 @@ class RemoteStore:
             resp = self.connection.request("GET", bucket, key, stream=True)
             info = ObjectInfo.from_response(key, resp)
             verifier = self._download_verifier(remote_name, info) if verify else None
-            with resp:
+            with resp, _body_errors(remote_name):
                 out = open(local, "wb") if isinstance(local, str) else local
                 try:
                     if not isinstance(local, str):

@@ -773,7 +773,9 @@ def test_checksum_off_reads_what_comes(tmp_path):
 
 
 def test_verifier_takes_pieces_in_any_order_and_parts_as_s3_composes_them():
+    import base64
     import hashlib
+    import zlib
 
     from s3fs_mount.s3.checksums import MISMATCH, PENDING, UNCHECKED, VERIFIED, Verifier, composite
 
@@ -781,17 +783,27 @@ def test_verifier_takes_pieces_in_any_order_and_parts_as_s3_composes_them():
     part = 2 * MiB
     etag = composite([hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)])
     assert etag.endswith("-3")
-    v = Verifier("k", etag, len(data), part)
+    v = Verifier("k", "MD5-of-parts:" + etag, len(data), part)
     pieces = [(i, data[i : i + MiB]) for i in range(0, len(data), MiB)]
     for start, piece in reversed(pieces[1:]):
         v.feed(start, [piece])
         assert v.state == PENDING
     v.feed(0, [pieces[0][1][:10], pieces[0][1][10:]])
     assert v.state == VERIFIED
-    single = Verifier("k", hashlib.md5(data).hexdigest(), len(data), 0)
+    single = Verifier("k", "MD5:" + hashlib.md5(data).hexdigest(), len(data), 0)
     single.feed(0, [data[:-1] + b"\0"])
     assert single.state == MISMATCH
-    gap = Verifier("k", hashlib.md5(data).hexdigest(), len(data), 0)
+    # S3's composite CRC32 (SeaweedFS, AWS): the CRC32 of the parts' big-endian CRC32s, then -n
+    crcs = b"".join(zlib.crc32(data[i : i + part]).to_bytes(4, "big") for i in range(0, len(data), part))
+    crc = Verifier("k", "CRC32:%s-3" % base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode(),
+                   len(data), part)
+    crc.feed(0, [data])
+    assert crc.state == VERIFIED
+    whole = Verifier("k", "CRC32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode(),
+                     len(data), 0)
+    whole.feed(0, [data])
+    assert whole.state == VERIFIED
+    gap = Verifier("k", "MD5:" + hashlib.md5(data).hexdigest(), len(data), 0)
     gap.feed(MiB, [os.urandom(65 * MiB)])  # more than it may keep waiting for the start
     assert gap.state == UNCHECKED
 

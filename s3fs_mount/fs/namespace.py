@@ -241,6 +241,15 @@ class Namespace:
                     a.atime = atime
             self._atimes[path] = atime
 
+    def known_digest(self, path: str, etag: str) -> str:
+        """The digest S3 told (a HEAD) for version ``etag`` of ``path``; '' if not known."""
+        with self._lock:
+            for cache in (self._full, self._attrs):
+                a = cache.get(path)
+                if a is not None and a.etag == etag and a.digest:
+                    return a.digest
+        return ""
+
     def _keep_atime(self, path: str, found: A.Attributes) -> None:
         """An answer from S3 for ``path``: a later atime that reads set stays (caller holds _lock)."""
         kept = self._atimes.get(path)

@@ -38,10 +38,10 @@ from cachetools import LRUCache
 
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.staging import StagedFile
-from s3fs_mount.s3.checksums import MISMATCH, Verifier, parts_of
+from s3fs_mount.s3.checksums import MISMATCH, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
-from s3fs_mount.s3.store import RemoteStore
+from s3fs_mount.s3.store import RemoteStore, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ class Prefetcher:
     :param chunk: the size of one ranged GET of a readahead.
     :param workers: GETs in flight at once.
     :param part_size_of: finds a multipart object's part size (a HEAD), to check it.
-    :param verify: check whole-object reads against the ETag.
+    :param verify: check whole-object reads against the object's checksum, or its ETag.
+    :param digest_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
     """
 
     def __init__(
@@ -91,7 +92,10 @@ class Prefetcher:
         on_fetched: Callable[[int], None] | None = None,
         part_size_of: Callable[[str, str], int | None] | None = None,
         verify: bool = True,
+        digest_of: Callable[[str, str], str] | None = None,
     ) -> None:
+        #: What version (key, etag) hashes to, if known without a request (its x-amz-checksum-*).
+        self.digest_of = digest_of
         #: The part size of a multipart object (key, etag), for its check; None: unknown.
         self.part_size_of = part_size_of
         self.verify = verify
@@ -238,17 +242,18 @@ class Prefetcher:
             found = self._verifiers.get((key, etag))
         if found is not None or start != 0 or not self.verify or size <= 0:
             return found
-        parts = parts_of(etag)
-        if parts is None:
-            return None  # not an MD5 (SSE-KMS, SSE-C, some servers): nothing to check against
+        digest = (self.digest_of(key, etag) if self.digest_of is not None else "") or digest_of(etag)
+        found = plan(digest)
+        if found is None:
+            return None  # no checksum, and an ETag that is no MD5 (SSE-KMS, SSE-C): nothing to check
         part_size = size
-        if parts > 1:
+        if found[1] > 1:
             known = self.part_size_of(key, etag) if self.part_size_of is not None else None
-            if not known or -(-size // known) != parts:
+            if not known or -(-size // known) != found[1]:
                 log.debug("%s: part size unknown, not checked", key)
                 return None
             part_size = known
-        verifier = Verifier(key, etag, size, part_size, self.hasher)
+        verifier = Verifier(key, digest, size, part_size, self.hasher)
         with self._verify_lock:
             return self._verifiers.setdefault((key, etag), verifier)
 

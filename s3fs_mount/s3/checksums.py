@@ -1,9 +1,15 @@
-"""Checking what S3 sends against what S3 stored: the MD5s behind an object's ETag.
+"""Checking what S3 sends against what S3 stored: an object's checksum, or the MD5s of its ETag.
 
-An object's ETag is the MD5 of its bytes when it was written in one PUT, or
+What an object's bytes hash to is written as :attr:`ObjectInfo.digest
+<s3fs_mount.s3.store.ObjectInfo.digest>` writes it: its ``x-amz-checksum-*``
+when it has one (``CRC32:NhCmhg==``, or ``CRC32:...-n`` for a multipart
+object: the checksum of its parts' checksums), else its ETag, which is the
+MD5 of its bytes when it was written in one PUT (``MD5:...``) or
 ``MD5(MD5(part 1) + ... + MD5(part n))-n`` when it was written in parts
-(servers that encrypt with KMS or a customer key, and some others, give
-ETags that are neither: those objects are not checked). A reader's bytes
+(``MD5-of-parts:...-n``). A CRC32 is six times cheaper to compute here than
+an MD5, so it is used when there is one. Servers that encrypt with KMS or a
+customer key give ETags that are no MD5: such objects without a checksum
+(and CRC32C or CRC64NVME ones: no library here computes them) are not checked. A reader's bytes
 arrive in ranged GETs, in parallel and out of order; a :class:`Verifier`
 hashes them in order as they come (pieces that arrive early wait, by
 reference, for the ones before), part by part, and when the last byte is in
@@ -18,10 +24,12 @@ What is not: a read of only some of an object (the ETag covers it whole).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import re
 import threading
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import Executor
 
@@ -49,6 +57,56 @@ class ChecksumMismatch(RemoteStoreError):
         self.key, self.expected, self.got = key, expected, got
 
 
+class _Crc32:
+    """zlib's CRC32 with hashlib's update/digest (the 4 bytes big-endian, as S3 encodes them)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+_HASHES = {
+    "MD5": hashlib.md5,
+    "MD5-of-parts": hashlib.md5,
+    "CRC32": _Crc32,
+    "SHA1": hashlib.sha1,
+    "SHA256": hashlib.sha256,
+}
+
+
+def plan(digest: str) -> tuple[str, int] | None:
+    """``'CRC32:NhCmhg==-3'`` -> ``('CRC32', 3)``: the algorithm and the number of parts, or None
+    when this digest cannot be checked here."""
+    algorithm, _, value = digest.partition(":")
+    if algorithm not in _HASHES or not value:
+        return None
+    if algorithm.startswith("MD5"):
+        n = parts_of(value)
+        return (algorithm, n) if n is not None and (n == 1) == (algorithm == "MD5") else None
+    body, sep, count = value.rpartition("-")
+    if sep and count.isdigit():
+        return algorithm, int(count)
+    return algorithm, 1
+
+
+def _written(algorithm: str, digests: Sequence[bytes]) -> str:
+    """The digest notation of bytes whose parts hash to ``digests`` (one: the whole)."""
+    if algorithm == "MD5":
+        return "MD5:" + digests[0].hex()
+    if algorithm == "MD5-of-parts":
+        return "MD5-of-parts:" + composite(digests)
+    if len(digests) == 1:
+        return "%s:%s" % (algorithm, base64.b64encode(digests[0]).decode())
+    whole = _HASHES[algorithm]()
+    whole.update(b"".join(digests))
+    return "%s:%s-%d" % (algorithm, base64.b64encode(whole.digest()).decode(), len(digests))
+
+
 def parts_of(etag: str) -> int | None:
     """1 for a single-PUT ETag, n for a multipart one, None for an ETag that is no MD5."""
     if _SINGLE.match(etag):
@@ -67,19 +125,24 @@ class Verifier:
 
     ::
 
-        >>> v = Verifier('k', etag, size, part_size=8 << 20)
+        >>> v = Verifier('k', 'MD5-of-parts:' + etag, size, part_size=8 << 20)
         >>> v.feed(8 << 20, [b'...'])  # pieces in any order, each fed before a reader gets it
         >>> v.feed(0, [b'...'])
         >>> v.state                    # 'verified' once the last byte is in
 
-    :param part_size: the size of every part but the last (multipart ETags); the whole size else.
+    :param expected: what the bytes must hash to, as :func:`plan` reads it.
+    :param part_size: the size of every part but the last (multipart objects); the whole size else.
     Every field below is guarded by ``_lock``.
     """
 
     def __init__(
-        self, key: str, etag: str, size: int, part_size: int, hasher: Executor | None = None
+        self, key: str, expected: str, size: int, part_size: int, hasher: Executor | None = None
     ) -> None:
-        self.key, self.etag, self.size = key, etag, size
+        found = plan(expected)
+        if found is None:
+            raise ValueError("cannot check a digest %r" % expected)
+        self.key, self.expected, self.size = key, expected, size
+        self.algorithm, self.parts = found
         self.part_size = part_size if part_size > 0 else max(size, 1)
         #: Where the hashing runs (one thread: pieces are taken in the order fed); None: in feed.
         self.hasher = hasher
@@ -87,7 +150,7 @@ class Verifier:
         self._queued = 0  # pieces fed to the hasher, not hashed yet
         self._queued_bytes = 0  # ... and their bytes
         self._hashed = 0  # bytes hashed, from the start
-        self._part = hashlib.md5()  # the part being hashed
+        self._part = _HASHES[self.algorithm]()  # the part being hashed
         self._part_end = min(self.part_size, size)
         self._digests: list[bytes] = []
         self._waiting: dict[int, list[bytes]] = {}  # start -> blocks that came early
@@ -162,26 +225,25 @@ class Verifier:
                     self._hashed += n
                     if self._hashed == self._part_end:
                         self._digests.append(self._part.digest())
-                        self._part = hashlib.md5()
+                        self._part = _HASHES[self.algorithm]()
                         self._part_end = min(self._part_end + self.part_size, self.size)
             pos = end
         if self._hashed >= self.size:
             self._finish()
 
     def _finish(self) -> None:
-        n = parts_of(self.etag)
-        got = self._digests[0].hex() if n == 1 and len(self._digests) == 1 else composite(self._digests)
-        if got == self.etag:
+        got = _written(self.algorithm, self._digests)
+        if got == self.expected:
             self._state = VERIFIED
-            log.debug("read of %s verified (%s)", self.key, "MD5" if n == 1 else "MD5 of %d parts" % n)
+            log.debug("read of %s verified (%s)", self.key, got)
         else:
             self._state = MISMATCH
             self.got = got
             log.error(
-                "%s: the bytes S3 sent do not match what it stored: digest %s, ETag %s",
+                "%s: the bytes S3 sent do not match what it stored: they hash to %s, S3 has %s",
                 self.key,
                 got,
-                self.etag,
+                self.expected,
             )
         self._waiting.clear()
         self._waiting_bytes = 0

@@ -26,7 +26,7 @@ import requests
 import urllib3
 
 from s3fs_mount.s3 import xmlparse
-from s3fs_mount.s3.checksums import MISMATCH, ChecksumMismatch, Verifier, parts_of
+from s3fs_mount.s3.checksums import MISMATCH, ChecksumMismatch, Verifier, plan
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
@@ -415,15 +415,15 @@ class RemoteStore:
 
     def _download_verifier(self, remote_name: RemoteName, info: ObjectInfo) -> Verifier | None:
         """The check of a whole-object download of ``info``'s version (None: nothing to check with)."""
-        parts = parts_of(info.etag)
-        if parts is None or info.size == 0:
+        found = plan(info.digest)
+        if found is None or info.size == 0:
             return None
         part = info.size
-        if parts > 1:
+        if found[1] > 1:
             part = self.first_part_size(remote_name) or 0
-            if not part or -(-info.size // part) != parts:
+            if not part or -(-info.size // part) != found[1]:
                 return None
-        return Verifier(info.key, info.etag, info.size, part)
+        return Verifier(info.key, info.digest, info.size, part)
 
     def first_part_size(self, remote_name: RemoteName) -> int | None:
         """The size of part 1 of a multipart object (a HEAD with ``partNumber=1``); None if not told.
@@ -510,7 +510,9 @@ class RemoteStore:
         bucket, key = self._name(remote_name)
 
         def fetch() -> ObjectInfo:
-            resp = self.connection.request("GET", bucket, key, stream=True)
+            resp = self.connection.request(
+                "GET", bucket, key, headers={"x-amz-checksum-mode": "ENABLED"}, stream=True
+            )
             info = ObjectInfo.from_response(key, resp)
             verifier = self._download_verifier(remote_name, info) if verify else None
             with resp, _body_errors(remote_name):
@@ -529,7 +531,7 @@ class RemoteStore:
                     if isinstance(local, str):
                         out.close()
             if verifier is not None and verifier.state == MISMATCH:
-                raise ChecksumMismatch(key, info.etag, verifier.got)
+                raise ChecksumMismatch(key, info.digest, verifier.got)
             return info
 
         return self.connection.retry.call(fetch, "download %s/%s" % (bucket, key))

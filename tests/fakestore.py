@@ -29,7 +29,7 @@ class FakeObject:
 
 
 class FakeMultipart(MultipartUpload):
-    def upload_part(self, number: int, data: bytes, md5: bytes | None = None) -> str:
+    def upload_part(self, number: int, data: bytes, checksum: dict | None = None) -> str:
         self.store.calls["PUT part"] += 1
         self.parts[number] = bytes(data)  # type: ignore[assignment]
         return str(number)
@@ -61,6 +61,8 @@ class FakeStore:
         #: As SeaweedFS: user metadata on keys ending in '/' is not kept.
         self.drops_marker_metadata = drops_marker_metadata
         self.flip_reads = 0  # GETs still to answer with one byte changed
+        self.checksums = True
+        self.checksum_algorithm = None  # uploads carry Content-MD5, as to a server without CRC32
         self.objects: dict[str, FakeObject] = {}
         self.calls: Counter[str] = Counter()
         self.uploads: set[str] = set()
@@ -126,7 +128,8 @@ class FakeStore:
         self.calls["DELETE"] += 1
         self.objects.pop(self._key(name), None)
 
-    def start_multipart(self, name: str | S3Name, headers: dict | None = None) -> MultipartUpload:
+    def start_multipart(self, name: str | S3Name, headers: dict | None = None,
+                        checksum: bool = True) -> MultipartUpload:
         self.calls["POST"] += 1
         mpu = FakeMultipart(self, self.bucket, self._key(name), "up%d" % next(self._ids))  # type: ignore[arg-type]
         mpu.create_headers = dict(headers or {})  # type: ignore[attr-defined]

@@ -564,14 +564,14 @@ def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
     sent = 0
     real = store.start_multipart
 
-    def counting(name, headers=None):
-        mpu = real(name, headers)
+    def counting(name, headers=None, checksum=True):
+        mpu = real(name, headers, checksum)
         upload = mpu.upload_part
 
-        def part(number, body, md5=None):
+        def part(number, body, checksum=None):
             nonlocal sent
             sent += len(body)
-            return upload(number, body, md5)
+            return upload(number, body, checksum)
 
         mpu.upload_part = part
         return mpu

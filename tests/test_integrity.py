@@ -6,10 +6,12 @@ or response body on demand; what reached S3 is checked with boto3, directly.
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import os
 import re
+import zlib
 
 import pytest
 import s3rig
@@ -104,8 +106,9 @@ def test_objects_of_other_writers_read_back_verified(mount_factory, boto, bucket
     assert digest["crc"].startswith("CRC32:") and digest["parts5"].endswith("-4")
     with open(os.path.join(mount.path, "mine"), "wb") as f:
         f.write(b"x" * 1000)
-    assert os.getxattr(os.path.join(mount.path, "mine"), "s3.checksum").decode() == (
-        "MD5:" + hashlib.md5(b"x" * 1000).hexdigest())
+    crc = base64.b64encode(zlib.crc32(b"x" * 1000).to_bytes(4, "big")).decode()
+    assert os.getxattr(os.path.join(mount.path, "mine"), "s3.checksum").decode() == "CRC32:" + crc
+    assert "uploads carry x-amz-checksum-crc32" in mount.log()  # the probe found SeaweedFS checks it
 
 
 def test_a_staged_byte_changed_on_disk_between_a_crash_and_the_remount_is_found(
@@ -130,3 +133,17 @@ def test_a_staged_byte_changed_on_disk_between_a_crash_and_the_remount_is_found(
     with pytest.raises(boto.exceptions.ClientError):
         boto.head_object(Bucket=bucket, Key="f")  # never sent as if it were the file's bytes
     assert os.path.exists(staged)  # kept, for the user to look at
+
+
+def test_what_the_mount_writes_carries_a_crc32_that_its_reads_check(mount_factory, boto, bucket):
+    mount = mount_factory("debug").start()
+    big = os.urandom(20 * MiB + 7)
+    with open(os.path.join(mount.path, "big"), "wb") as f:  # multipart, streamed while written
+        f.write(big)
+    head = boto.head_object(Bucket=bucket, Key="big", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"].endswith("-%s" % head["ETag"].strip('"').rsplit("-", 1)[1])
+    mount.stop()
+    again = mount_factory("debug").start()
+    with open(os.path.join(again.path, "big"), "rb") as f:
+        assert f.read() == big
+    assert "read of big verified (CRC32:%s)" % head["ChecksumCRC32"] in again.log()

@@ -241,6 +241,19 @@ class Namespace:
                     a.atime = atime
             self._atimes[path] = atime
 
+    def stored_digest(self, path: str) -> str:
+        """What S3 says the bytes of file ``path`` hash to (ObjectInfo.digest): known, or one HEAD."""
+        a = self.lookup_full(path)
+        if a.digest or a.is_dir:
+            return a.digest
+        info = self.store.head(self.name(self.keymap.key(path)))
+        with self._lock:
+            for cache in (self._full, self._attrs):
+                known = cache.get(path)
+                if known is not None and known.etag == info.etag:
+                    known.digest = info.digest
+        return info.digest
+
     def known_digest(self, path: str, etag: str) -> str:
         """The digest S3 told (a HEAD) for version ``etag`` of ``path``; '' if not known."""
         with self._lock:

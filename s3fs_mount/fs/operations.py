@@ -164,6 +164,8 @@ class S3Operations(Operations):
         """At mount: learn how this server guards uploads, then recover; returns the keys still pending."""
         if not self.options.ro:
             self.uploader.configure_checks(self.options.conflict_check)
+            if self.options.checksum:
+                self.store.configure_checksums(self.bucket)
             self.namespace.configure_directories()
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
@@ -836,11 +838,12 @@ class S3Operations(Operations):
     def _facts(self, path: str) -> dict[str, bytes]:
         a = self._attributes(path)
         item = self.staging.get(self.keymap.key(path))
-        if not a.digest and not a.is_dir and not (item is not None and _live(item)):
-            a = self.namespace.lookup_full(path)  # a HEAD tells the x-amz-checksum-*, if any
+        digest = a.digest
+        if not digest and not a.is_dir and not (item is not None and _live(item)):
+            digest = self.namespace.stored_digest(path)  # a HEAD tells the x-amz-checksum-*, if any
         facts = {
             "s3.etag": a.etag,
-            "s3.checksum": a.digest or digest_of(a.etag),
+            "s3.checksum": digest or digest_of(a.etag),
             "s3.storage_class": a.storage_class,
             "s3.state": item.state if item is not None else "clean",
         }

@@ -25,7 +25,6 @@ No lock is held during a network request except ``upload_lock``.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from collections.abc import Iterator
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time
 from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.ranges import RangeSet
+from s3fs_mount.s3.checksums import digest_of_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class StagedFile:
         self.uploaded_bytes = 0  # progress of the upload under way
         self.stream: object | None = None  # a StreamingUpload, owned by fs.upload
         self.upload_ids: list[str] = []  # multipart uploads under way, aborted after a crash
-        #: (offset, length) -> MD5 (hex) of those staged bytes as an upload read and sent them:
-        #: recovery checks the data file against them. A write over a range drops its digest.
+        #: (offset, length) -> digest (``CRC32:...``, ``MD5:...``) of those staged bytes as an upload
+        #: sent them: recovery checks the data file against them. A write over a range drops it.
         self.digests: dict[tuple[int, int], str] = {}
 
     # -- state ---------------------------------------------------------------------
@@ -194,11 +194,11 @@ class StagedFile:
             self.dirty = True
         self.save()
 
-    def note_digest(self, offset: int, length: int, md5: str) -> None:
-        """An upload read ``[offset, offset+length)`` and sent it with this MD5: recorded, so that
-        recovery can tell whether the data file still holds those bytes."""
+    def note_digest(self, offset: int, length: int, digest: str) -> None:
+        """An upload read ``[offset, offset+length)`` and sent it with this digest (``CRC32:...``,
+        ``MD5:...``): recorded, so that recovery can tell whether the data file still holds it."""
         with self.cond:
-            self.digests[(offset, length)] = md5
+            self.digests[(offset, length)] = digest
 
     def _drop_digests(self, start: int, end: int) -> None:
         """Bytes of ``[start, end)`` change: their digests no longer hold (caller holds cond)."""
@@ -210,11 +210,13 @@ class StagedFile:
         with self.cond:
             recorded = dict(self.digests)
         bad = []
-        for (off, n), md5 in sorted(recorded.items()):
-            digest = hashlib.md5()
-            for at in range(off, off + n, 1 << 20):
-                digest.update(os.pread(self.fd, min(1 << 20, off + n - at), at))
-            if digest.hexdigest() != md5:
+        for (off, n), digest in sorted(recorded.items()):
+            algorithm = digest.partition(":")[0] if ":" in digest else "MD5"
+            expected = digest if ":" in digest else "MD5:" + digest  # records before the notation
+            chunks = (
+                os.pread(self.fd, min(1 << 20, off + n - at), at) for at in range(off, off + n, 1 << 20)
+            )
+            if digest_of_bytes(algorithm, chunks) != expected:
                 bad.append((off, n))
         return bad
 

@@ -42,10 +42,11 @@ from dataclasses import dataclass, field
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.s3.checksums import body_checksum
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
 from s3fs_mount.s3.sigv4 import uri_encode
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, RemoteStore, content_md5, part_size_for
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, RemoteStore, part_size_for
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,8 @@ class Uploader:
                 return None
         part = base.part_size if base else part_size_for(max(item.size, 1 << 30), self.part_size)
         headers = self.headers(item, with_times=False)
-        stream = StreamingUpload(self._begin_multipart(item, headers), part, headers)
+        # Copied parts: not every server gives their CRC32, so such a stream goes without.
+        stream = StreamingUpload(self._begin_multipart(item, headers, checksum=base is None), part, headers)
         with item.cond:
             item.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
         if base is not None:
@@ -283,9 +285,11 @@ class Uploader:
             item.uploaded_bytes += last - first + 1
         return result
 
-    def _begin_multipart(self, item: StagedFile, headers: dict[str, str]) -> MultipartUpload:
+    def _begin_multipart(
+        self, item: StagedFile, headers: dict[str, str], checksum: bool = True
+    ) -> MultipartUpload:
         """Start a multipart upload, recorded so that a crash leaves no dangling parts."""
-        mpu = self.store.start_multipart(self.name(item), headers)
+        mpu = self.store.start_multipart(self.name(item), headers, checksum=checksum)
         with item.cond:
             item.upload_ids.append(mpu.upload_id)
         item.save()
@@ -302,10 +306,13 @@ class Uploader:
     ) -> str:
         try:
             data = os.pread(item.fd, size, offset)
-            md5 = hashlib.md5(data)  # one hash: the part's Content-MD5 and the journal's record
-            item.note_digest(offset, len(data), md5.hexdigest())
-            item.save()
-            etag = mpu.upload_part(number, data, md5=md5.digest())
+            if self.store.checksums:  # one pass: the header the server checks, the journal's record
+                checksum, digest = body_checksum(data, mpu.algorithm)
+                item.note_digest(offset, len(data), digest)
+                item.save()
+                etag = mpu.upload_part(number, data, checksum)
+            else:
+                etag = mpu.upload_part(number, data)
             with item.cond:
                 item.uploaded_bytes += len(data)
             return etag
@@ -393,16 +400,19 @@ class Uploader:
         self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
             data = os.pread(item.fd, size, 0)
-            md5 = hashlib.md5(data)  # one hash: the Content-MD5 and the journal's record
-            item.note_digest(0, len(data), md5.hexdigest())
-            item.save()
+            headers = self.headers(item)
+            if self.store.checksums:  # one pass: the header the server checks, the journal's record
+                checksum, digest = body_checksum(data, self.store.checksum_algorithm)
+                item.note_digest(0, len(data), digest)
+                item.save()
+                headers.update(checksum)
             condition = _conditions(replaces, self.put_check)
-            headers = {**self.headers(item), **content_md5(data, md5.digest())}
             try:
                 return self.store.put(self.name(item), data, headers, **condition), size
             except S3Error as exc:
-                self._refused(item, exc, md5.hexdigest())
-                return md5.hexdigest(), size
+                md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
+                self._refused(item, exc, md5)
+                return md5, size
         part = part_size_for(size, self.part_size)
         mpu = self._begin_multipart(item, self.headers(item))
         try:

@@ -26,7 +26,7 @@ import requests
 import urllib3
 
 from s3fs_mount.s3 import xmlparse
-from s3fs_mount.s3.checksums import MISMATCH, ChecksumMismatch, Verifier, plan
+from s3fs_mount.s3.checksums import MISMATCH, ChecksumMismatch, Verifier, body_checksum, plan
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
@@ -142,17 +142,6 @@ def _body_errors(remote_name: object) -> Iterator[None]:
         raise TransportError.wrap(exc, "reading %s" % (remote_name,)) from exc
 
 
-def content_md5(data: bytes | bytearray | memoryview, digest: bytes | None = None) -> dict[str, str]:
-    """The ``Content-MD5`` header of a body (``digest``: its MD5, if the caller has it already).
-
-    The server checks it (BadDigest when the bytes differ).
-
-    It is signed with the headers, so the payload itself need not be (``UNSIGNED-PAYLOAD``):
-    one MD5 per body instead of an MD5 and a SHA-256.
-    """
-    return {"Content-MD5": base64.b64encode(digest or hashlib.md5(data).digest()).decode()}
-
-
 def write_conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
     """Headers of a conditional write: replace only version ``if_match``, or only nothing.
 
@@ -177,29 +166,43 @@ class MultipartUpload:
         >>> etag = mpu.complete()        # or mpu.abort()
     """
 
-    def __init__(self, store: RemoteStore, bucket: str, key: str, upload_id: str) -> None:
+    def __init__(
+        self, store: RemoteStore, bucket: str, key: str, upload_id: str, algorithm: str | None = None
+    ) -> None:
         self.store = store
         self.bucket = bucket
         self.key = key
         self.upload_id = upload_id
-        self._lock = threading.Lock()  # guards parts
+        #: ``'CRC32'``: begun with ``x-amz-checksum-algorithm``; every part carries its CRC32.
+        self.algorithm = algorithm
+        self._lock = threading.Lock()  # guards parts and crc32
         self.parts: dict[int, str] = {}
+        self.crc32: dict[int, str] = {}  # part number -> its x-amz-checksum-crc32
 
-    def upload_part(self, number: int, data: bytes, md5: bytes | None = None) -> str:
-        """Send part ``number`` (1-based); returns its ETag. ``md5``: its digest, if known."""
+    def upload_part(self, number: int, data: bytes, checksum: Mapping[str, str] | None = None) -> str:
+        """Send part ``number`` (1-based); returns its ETag.
+
+        ``checksum``: the header :func:`~s3fs_mount.s3.checksums.body_checksum` made for these
+        bytes, if the caller has it already (else it is computed here).
+        """
         body = bytes(data)
+        headers: dict[str, str] = {}
+        if self.store.checksums:
+            headers = dict(checksum) if checksum else body_checksum(body, self.algorithm)[0]
         resp = self.store.connection.request(
             "PUT",
             self.bucket,
             self.key,
             query={"partNumber": str(number), "uploadId": self.upload_id},
-            headers=content_md5(body, md5) if self.store.checksums else None,
+            headers=headers,
             body=body,
             payload_hash=UNSIGNED_PAYLOAD,
         )
         etag = resp.headers.get("ETag", "").strip('"')
         with self._lock:
             self.parts[number] = etag
+            if "x-amz-checksum-crc32" in headers:
+                self.crc32[number] = headers["x-amz-checksum-crc32"]
         return etag
 
     def copy_part(self, number: int, source: str, first: int, last: int, if_match: str | None = None) -> str:
@@ -218,8 +221,13 @@ class MultipartUpload:
             headers=headers,
         )
         etag = xmlparse.parse_text(resp.content, "ETag").strip('"')
+        crc = xmlparse.parse_text(resp.content, "ChecksumCRC32") if self.algorithm else ""
         with self._lock:
             self.parts[number] = etag
+            if crc:
+                self.crc32[number] = crc
+        if self.algorithm and not crc:
+            raise RemoteStoreError("%s: the server gave no CRC32 for copied part %d" % (self.key, number))
         return etag
 
     def expected_etag(self) -> str:
@@ -241,13 +249,14 @@ class MultipartUpload:
         """
         with self._lock:
             parts = sorted(self.parts.items())
+            crc32 = dict(self.crc32) if self.algorithm else None
         resp = self.store.connection.request(
             "POST",
             self.bucket,
             self.key,
             query={"uploadId": self.upload_id},
             headers=write_conditions(if_match, if_none_match),
-            body=xmlparse.complete_multipart_body(parts),
+            body=xmlparse.complete_multipart_body(parts, crc32),
         )
         # S3 may answer 200 with an error body.
         err = xmlparse.parse_error(resp.content)
@@ -302,6 +311,9 @@ class RemoteStore:
     ) -> None:
         self.connection = connection
         self.checksums = checksums
+        #: ``'CRC32'`` once :meth:`configure_checksums` found the server stores and checks it:
+        #: uploads then carry ``x-amz-checksum-crc32`` instead of ``Content-MD5``. Set once.
+        self.checksum_algorithm: str | None = None
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.multipart_threshold = multipart_threshold
         self.max_workers = max_workers
@@ -556,12 +568,68 @@ class RemoteStore:
         if isinstance(data, (bytes, bytearray, memoryview)):
             if not self.checksums:
                 out.pop("Content-MD5", None)
-            elif "Content-MD5" not in out:
-                out.update(content_md5(data))
+                out.pop("x-amz-checksum-crc32", None)
+            elif "Content-MD5" not in out and "x-amz-checksum-crc32" not in out:
+                out.update(body_checksum(data, self.checksum_algorithm)[0])
             payload_hash = UNSIGNED_PAYLOAD
         resp = self.connection.request("PUT", bucket, key, headers=out, body=data, payload_hash=payload_hash)
         resp.close()
         return resp.headers.get("ETag", "").strip('"')
+
+    def configure_checksums(self, bucket: str) -> str | None:
+        """Find out (one probe) whether the server checks and stores ``x-amz-checksum-crc32``,
+        on PUT and on multipart uploads; if so, uploads carry it from now on. Returns it or None.
+
+        Writes, then removes, a probe object; about seven requests. A server that accepts a
+        wrong CRC32, or loses the right one, keeps ``Content-MD5``.
+        """
+        name = S3Name(".s3fs-mount-probe-%s" % os.urandom(6).hex(), bucket)
+        body = b"checksum probe"
+        headers, digest = body_checksum(body, "CRC32")
+        try:
+            # A wrong CRC32 must be refused: 400 is the expected answer (no failure, no retry).
+            bucket_name, key = self._name(name)
+            resp = self.connection.request(
+                "PUT",
+                bucket_name,
+                key,
+                headers={"x-amz-checksum-crc32": "AAAAAA=="},
+                body=body,
+                payload_hash=UNSIGNED_PAYLOAD,
+                expect=(200, 400),
+                retry=False,
+            )
+            resp.close()
+            if resp.status_code != 400:
+                log.info("uploads carry Content-MD5: the server accepts a wrong x-amz-checksum-crc32")
+                return None
+            self.put(name, body, headers)
+            if self.head(name).checksum != digest:
+                log.info("uploads carry Content-MD5: the server does not keep x-amz-checksum-crc32")
+                return None
+            self.checksum_algorithm = "CRC32"
+            mpu = self.start_multipart(name)
+            try:
+                mpu.upload_part(1, body)
+                mpu.complete()
+            except BaseException:
+                mpu.abort()
+                raise
+            if not self.head(name).checksum.startswith("CRC32:"):
+                self.checksum_algorithm = None
+                log.info("uploads carry Content-MD5: the server loses multipart CRC32s")
+                return None
+            log.info("uploads carry x-amz-checksum-crc32 (the server checks and keeps it)")
+            return "CRC32"
+        except RemoteStoreError as exc:
+            self.checksum_algorithm = None
+            log.info("uploads carry Content-MD5 (the CRC32 probe failed: %s)", exc)
+            return None
+        finally:
+            try:
+                self.remove(name)
+            except RemoteStoreError:
+                pass
 
     def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]:
         """Does the server honour ``If-None-Match: *`` on PUT, and on CompleteMultipartUpload?
@@ -616,14 +684,22 @@ class RemoteStore:
                 log.warning("could not remove the probe object %s: %s", name.key, exc)
 
     def start_multipart(
-        self, remote_name: RemoteName, headers: Mapping[str, str] | None = None
+        self, remote_name: RemoteName, headers: Mapping[str, str] | None = None, checksum: bool = True
     ) -> MultipartUpload:
-        """Begin a multipart upload (``headers`` set metadata and content type)."""
+        """Begin a multipart upload (``headers`` set metadata and content type).
+
+        With ``checksum`` (and a server :meth:`configure_checksums` found able) the upload is
+        begun with ``x-amz-checksum-algorithm: CRC32``: each part then carries its CRC32 and the
+        object gets S3's composite CRC32. Uploads with copied parts should not ask for it (not
+        every server gives a copied part's CRC32).
+        """
         bucket, key = self._name(remote_name)
-        resp = self.connection.request(
-            "POST", bucket, key, query={"uploads": ""}, headers=dict(headers or {})
-        )
-        return MultipartUpload(self, bucket, key, xmlparse.parse_text(resp.content, "UploadId"))
+        out = dict(headers or {})
+        algorithm = self.checksum_algorithm if checksum and self.checksums else None
+        if algorithm:
+            out["x-amz-checksum-algorithm"] = algorithm
+        resp = self.connection.request("POST", bucket, key, query={"uploads": ""}, headers=out)
+        return MultipartUpload(self, bucket, key, xmlparse.parse_text(resp.content, "UploadId"), algorithm)
 
     def upload_file(
         self,

@@ -114,10 +114,19 @@ def parse_delete_errors(content: bytes) -> list[tuple[str, str]]:
     return [(e.findtext("Key") or "", e.findtext("Code") or "") for e in root.findall("Error")]
 
 
-def complete_multipart_body(parts: Iterable[tuple[int, str]]) -> bytes:
-    """The CompleteMultipartUpload request body for ``[(part_number, etag)]``."""
+def complete_multipart_body(parts: Iterable[tuple[int, str]], crc32: dict[int, str] | None = None) -> bytes:
+    """The CompleteMultipartUpload request body for ``[(part_number, etag)]``.
+
+    ``crc32``: part number -> its ``x-amz-checksum-crc32`` (an upload begun with that algorithm).
+    """
+    crc32 = crc32 or {}
     items = "".join(
-        '<Part><PartNumber>%d</PartNumber><ETag>"%s"</ETag></Part>' % (n, escape(etag.strip('"')))
+        '<Part><PartNumber>%d</PartNumber><ETag>"%s"</ETag>%s</Part>'
+        % (
+            n,
+            escape(etag.strip('"')),
+            "<ChecksumCRC32>%s</ChecksumCRC32>" % escape(crc32[n]) if n in crc32 else "",
+        )
         for n, etag in sorted(parts)
     )
     return ("<CompleteMultipartUpload>%s</CompleteMultipartUpload>" % items).encode()

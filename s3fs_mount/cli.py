@@ -548,7 +548,7 @@ def _local_ready(server: object) -> bool:
 def mount_local(inv: Invocation) -> int:
     """Mount the ``local`` bucket of an embedded SeaweedFS that lives as long as the mount."""
     try:
-        from s3fs_mount.localserver import VOLUME_MB, LocalS3Server, ServerError, saved_endpoint, volumes_for
+        from s3fs_mount.localserver import LocalS3Server, ServerError, saved_endpoint, volumes_for
     except (ImportError, OSError) as exc:
         raise CliError("--local is not available: %s" % exc) from None
     serve = _load_serve()
@@ -560,8 +560,6 @@ def mount_local(inv: Invocation) -> int:
     check_mountpoint(inv.mountpoint, inv.opts.nonempty)
     _wait_for_data_dir(data_dir)
     access_key, secret_key = local_credentials(data_dir)
-    volumes = volumes_for(data_dir, inv.opts.local_size)
-    capacity = human_size(volumes * (VOLUME_MB << 20))
     sized_by = "-o local_size" if inv.opts.local_size else "the disk's free space; -o local_size sets it"
 
     def full() -> str | None:
@@ -574,8 +572,13 @@ def mount_local(inv: Invocation) -> int:
 
     # Started in the process that serves the mount (run), so that they end together.
     server = LocalS3Server(
-        data_dir, access_key=access_key, secret_key=secret_key, stable=True, volume_max=volumes
+        data_dir,
+        access_key=access_key,
+        secret_key=secret_key,
+        stable=True,
+        volume_max=volumes_for(data_dir, inv.opts.local_size),
     )
+    capacity = human_size(server.capacity)
 
     def run() -> int:
         try:

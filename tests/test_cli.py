@@ -359,6 +359,7 @@ def servers(monkeypatch):
             self.data_dir, self.access_key, self.secret_key = data_dir, access_key, secret_key
             self.endpoint = None
             self.stopped = False
+            self.capacity = volume_max * (64 << 20)
             servers.append(self)
 
         def lock(self, timeout=60, owner=""):
@@ -380,7 +381,6 @@ def servers(monkeypatch):
     module.DataDirInUse = type("DataDirInUse", (module.ServerError,), {})
     module.saved_endpoint = lambda data_dir: "127.0.0.1:18333"
     module.volumes_for = lambda data_dir, size=0: 2
-    module.VOLUME_MB = 64
     module.wait_until_free = lambda data_dir, timeout, waiting=None, give_up=None: None
     monkeypatch.setitem(sys.modules, "s3fs_mount.localserver", module)
     monkeypatch.setattr(cli, "_local_ready", lambda server: server.endpoint is not None)

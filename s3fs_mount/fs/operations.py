@@ -108,7 +108,7 @@ class S3Operations(Operations):
             on_fetched=self.staging.grew,
             part_size_of=self._part_size_of,
             verify=options.checksum,
-            digest_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag),
+            checksum_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag),
         )
         self.uploader = Uploader(
             store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging

@@ -79,7 +79,7 @@ class Prefetcher:
     :param workers: GETs in flight at once.
     :param part_size_of: finds a multipart object's part size (a HEAD), to check it.
     :param verify: check whole-object reads against the object's checksum, or its ETag.
-    :param digest_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
+    :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
     """
 
     def __init__(
@@ -92,10 +92,10 @@ class Prefetcher:
         on_fetched: Callable[[int], None] | None = None,
         part_size_of: Callable[[str, str], int | None] | None = None,
         verify: bool = True,
-        digest_of: Callable[[str, str], str] | None = None,
+        checksum_of: Callable[[str, str], str] | None = None,
     ) -> None:
         #: What version (key, etag) hashes to, if known without a request (its x-amz-checksum-*).
-        self.digest_of = digest_of
+        self.checksum_of = checksum_of
         #: The part size of a multipart object (key, etag), for its check; None: unknown.
         self.part_size_of = part_size_of
         self.verify = verify
@@ -209,7 +209,7 @@ class Prefetcher:
             try:
                 blocks = future.result()
             except concurrent.futures.CancelledError:  # dropped by another read meanwhile
-                blocks = self._get(item.key, etag, start, length, self._verifier(item.key, etag, 0, -1))
+                blocks = self._get(item.key, etag, start, length, self._known_verifier(item.key, etag))
             except BaseException:
                 with state.lock:  # a later read asks again
                     if start in state.pieces and state.pieces[start][1] is future:
@@ -236,13 +236,16 @@ class Prefetcher:
 
     # -- checks ------------------------------------------------------------------------
 
-    def _verifier(self, key: str, etag: str, size: int, start: int) -> Verifier | None:
-        """The check of version ``etag``: made by a fetch from byte 0 (``start``; -1: never)."""
+    def _known_verifier(self, key: str, etag: str) -> Verifier | None:
         with self._verify_lock:
-            found = self._verifiers.get((key, etag))
+            return self._verifiers.get((key, etag))
+
+    def _verifier(self, key: str, etag: str, size: int, start: int) -> Verifier | None:
+        """The check of version ``etag``: the one under way, or a new one for a fetch from byte 0."""
+        found = self._known_verifier(key, etag)
         if found is not None or start != 0 or not self.verify or size <= 0:
             return found
-        digest = (self.digest_of(key, etag) if self.digest_of is not None else "") or digest_of(etag)
+        digest = (self.checksum_of(key, etag) if self.checksum_of is not None else "") or digest_of(etag)
         found = plan(digest)
         if found is None:
             return None  # no checksum, and an ETag that is no MD5 (SSE-KMS, SSE-C): nothing to check
@@ -259,8 +262,7 @@ class Prefetcher:
 
     def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
         """A read reached the end of version ``etag``: EIO if its bytes failed their check."""
-        with self._verify_lock:
-            verifier = self._verifiers.get((item.key, etag))
+        verifier = self._known_verifier(item.key, etag)
         if verifier is None or verifier.wait() != MISMATCH:
             return
         with self._verify_lock:

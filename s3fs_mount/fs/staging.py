@@ -116,7 +116,7 @@ class StagedFile:
             "ctime": self.ctime,
             "dirty": self.dirty,
             "upload_ids": self.upload_ids,
-            "digests": [[off, n, md5] for (off, n), md5 in sorted(self.digests.items())],
+            "digests": [[off, n, digest] for (off, n), digest in sorted(self.digests.items())],
         }
 
     def save(self, durable: bool = False) -> None:
@@ -211,12 +211,10 @@ class StagedFile:
             recorded = dict(self.digests)
         bad = []
         for (off, n), digest in sorted(recorded.items()):
-            algorithm = digest.partition(":")[0] if ":" in digest else "MD5"
-            expected = digest if ":" in digest else "MD5:" + digest  # records before the notation
             chunks = (
                 os.pread(self.fd, min(1 << 20, off + n - at), at) for at in range(off, off + n, 1 << 20)
             )
-            if digest_of_bytes(algorithm, chunks) != expected:
+            if digest_of_bytes(digest.partition(":")[0], chunks) != digest:
                 bad.append((off, n))
         return bad
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.staging import StagedFile, StagingCache
-from s3fs_mount.s3.checksums import body_checksum
+from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
 from s3fs_mount.s3.sigv4 import uri_encode
@@ -173,7 +173,7 @@ class Uploader:
                 for sub in range(off, min(off + part, size), 1 << 20):
                     digest.update(os.pread(item.fd, min(1 << 20, off + part - sub, size - sub), sub))
                 digests.append(digest.digest())
-            etags.add("%s-%d" % (hashlib.md5(b"".join(digests)).hexdigest(), len(digests)))
+            etags.add(composite(digests))
         for off in range(0, size, 1 << 20):
             whole.update(os.pread(item.fd, 1 << 20, off))
         etags.add(whole.hexdigest())
@@ -306,19 +306,23 @@ class Uploader:
     ) -> str:
         try:
             data = os.pread(item.fd, size, offset)
-            if self.store.checksums:  # one pass: the header the server checks, the journal's record
-                checksum, digest = body_checksum(data, mpu.algorithm)
-                item.note_digest(offset, len(data), digest)
-                item.save()
-                etag = mpu.upload_part(number, data, checksum)
-            else:
-                etag = mpu.upload_part(number, data)
+            etag = mpu.upload_part(number, data, self._checksum(item, offset, data, mpu.algorithm))
             with item.cond:
                 item.uploaded_bytes += len(data)
             return etag
         finally:
             if slot:
                 self._slots.release()
+
+    def _checksum(self, item: StagedFile, offset: int, data: bytes, algorithm: str | None) -> dict[str, str]:
+        """The checksum header for ``data`` (staged at ``offset``), its digest recorded in the
+        journal first: one pass over the bytes. Empty with ``-o checksum=off``."""
+        if not self.store.checksums:
+            return {}
+        header, digest = body_checksum(data, algorithm)
+        item.note_digest(offset, len(data), digest)
+        item.save()
+        return header
 
     def abandon(self, item: StagedFile) -> None:
         """Abort the item's stream, if any (and forget a base to stream on from)."""
@@ -400,12 +404,7 @@ class Uploader:
         self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
             data = os.pread(item.fd, size, 0)
-            headers = self.headers(item)
-            if self.store.checksums:  # one pass: the header the server checks, the journal's record
-                checksum, digest = body_checksum(data, self.store.checksum_algorithm)
-                item.note_digest(0, len(data), digest)
-                item.save()
-                headers.update(checksum)
+            headers = {**self.headers(item), **self._checksum(item, 0, data, self.store.checksum_algorithm)}
             condition = _conditions(replaces, self.put_check)
             try:
                 return self.store.put(self.name(item), data, headers, **condition), size

@@ -26,7 +26,15 @@ import requests
 import urllib3
 
 from s3fs_mount.s3 import xmlparse
-from s3fs_mount.s3.checksums import MISMATCH, ChecksumMismatch, Verifier, body_checksum, plan
+from s3fs_mount.s3.checksums import (
+    MISMATCH,
+    ChecksumMismatch,
+    Verifier,
+    body_checksum,
+    composite,
+    parts_of,
+    plan,
+)
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
@@ -126,11 +134,10 @@ def digest_of(etag: str, checksum: str = "") -> str:
     """An object's digest as :attr:`ObjectInfo.digest` shows it, from its ETag (and checksum)."""
     if checksum:
         return checksum
-    if re.match(r"^[0-9a-f]{32}$", etag):
-        return "MD5:" + etag
-    if re.match(r"^[0-9a-f]{32}-\d+$", etag):
-        return "MD5-of-parts:" + etag
-    return ""
+    parts = parts_of(etag)
+    if parts is None:
+        return ""
+    return ("MD5:" if "-" not in etag else "MD5-of-parts:") + etag
 
 
 @contextlib.contextmanager
@@ -235,10 +242,10 @@ class MultipartUpload:
         with self._lock:
             etags = [etag for _, etag in sorted(self.parts.items())]
         try:
-            digests = b"".join(bytes.fromhex(e) for e in etags)
+            digests = [bytes.fromhex(e) for e in etags]
         except ValueError:
             return ""  # not MD5s (SSE-KMS, some servers): unknown
-        return "%s-%d" % (hashlib.md5(digests).hexdigest(), len(etags))
+        return composite(digests)
 
     def complete(self, if_match: str | None = None, if_none_match: bool = False) -> str:
         """Finish the upload; returns the object's ETag.
@@ -297,8 +304,9 @@ class RemoteStore:
     :param part_size: multipart part size in bytes (default 8 MiB, at least 5 MiB).
     :param multipart_threshold: files at least this big upload in parts.
     :param max_workers: parts sent at once by one upload or copy.
-    :param checksums: every PUT and part carries a ``Content-MD5`` the server checks (off: none,
-        and no hash of the body at all).
+    :param checksums: every PUT and part carries a checksum the server checks (``Content-MD5``,
+        or ``x-amz-checksum-crc32`` after :meth:`configure_checksums`); off: none, and no hash
+        of the body at all.
     """
 
     def __init__(
@@ -566,10 +574,7 @@ class RemoteStore:
         out.update(write_conditions(if_match, if_none_match))
         payload_hash = None
         if isinstance(data, (bytes, bytearray, memoryview)):
-            if not self.checksums:
-                out.pop("Content-MD5", None)
-                out.pop("x-amz-checksum-crc32", None)
-            elif "Content-MD5" not in out and "x-amz-checksum-crc32" not in out:
+            if self.checksums and "Content-MD5" not in out and "x-amz-checksum-crc32" not in out:
                 out.update(body_checksum(data, self.checksum_algorithm)[0])
             payload_hash = UNSIGNED_PAYLOAD
         resp = self.connection.request("PUT", bucket, key, headers=out, body=data, payload_hash=payload_hash)

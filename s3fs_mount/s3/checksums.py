@@ -85,9 +85,11 @@ def plan(digest: str) -> tuple[str, int] | None:
     algorithm, _, value = digest.partition(":")
     if algorithm not in _HASHES or not value:
         return None
-    if algorithm.startswith("MD5"):
-        n = parts_of(value)
-        return (algorithm, n) if n is not None and (n == 1) == (algorithm == "MD5") else None
+    if algorithm == "MD5":
+        return (algorithm, 1) if _SINGLE.match(value) else None
+    if algorithm == "MD5-of-parts":
+        found = _MULTI.match(value)
+        return (algorithm, int(found.group(1))) if found else None
     body, sep, count = value.rpartition("-")
     if sep and count.isdigit():
         return algorithm, int(count)

@@ -126,7 +126,7 @@ class MountOptions:
     conflict_check: bool = _option(
         True, "uploads never replace another client's newer version", "consistency"
     )
-    checksum: bool = _option(True, "Content-MD5 on uploads, reads checked against the ETag", "consistency")
+    checksum: bool = _option(True, "checksums on uploads (CRC32 or MD5), whole reads checked", "consistency")
     # -- the cache and the transfers --------------------------------------------------------
     cache_dir: str = _option(default_cache_dir, "staging cache directory", "cache")
     cache_size: int = _option(4 * GiB, "cache size bound (K/M/G suffixes)", "cache")

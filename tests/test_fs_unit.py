@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import stat
@@ -795,12 +796,14 @@ def test_verifier_takes_pieces_in_any_order_and_parts_as_s3_composes_them():
     assert single.state == MISMATCH
     # S3's composite CRC32 (SeaweedFS, AWS): the CRC32 of the parts' big-endian CRC32s, then -n
     crcs = b"".join(zlib.crc32(data[i : i + part]).to_bytes(4, "big") for i in range(0, len(data), part))
-    crc = Verifier("k", "CRC32:%s-3" % base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode(),
-                   len(data), part)
+    crc = Verifier(
+        "k", "CRC32:%s-3" % base64.b64encode(zlib.crc32(crcs).to_bytes(4, "big")).decode(), len(data), part
+    )
     crc.feed(0, [data])
     assert crc.state == VERIFIED
-    whole = Verifier("k", "CRC32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode(),
-                     len(data), 0)
+    whole = Verifier(
+        "k", "CRC32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode(), len(data), 0
+    )
     whole.feed(0, [data])
     assert whole.state == VERIFIED
     one_part = Verifier("k", "MD5-of-parts:" + composite([hashlib.md5(data).digest()]), len(data), 0)
@@ -857,3 +860,53 @@ def test_a_staged_file_unchanged_after_a_crash_uploads_at_recovery(tmp_path):
     again = make_ops(tmp_path, store)
     again.recover()
     assert store.objects["f"].data == data and again.staging.damaged == []
+
+
+def _read_backwards(ops: S3Operations, path: str, size: int, chunk: int = 64 << 10) -> bytes:
+    """Read a whole file in ``chunk`` reads from its end to its start: never sequential."""
+    fh = ops.open(path, os.O_RDONLY)
+    try:
+        pieces = [ops.read(path, chunk, off, fh) for off in reversed(range(0, size, chunk))]
+        return b"".join(reversed(pieces))
+    finally:
+        ops.release(path, fh)
+
+
+def test_a_random_read_of_a_small_object_fetches_it_whole_and_checks_it_first(tmp_path, caplog):
+    store = FakeStore()
+    data = os.urandom(3 * MiB + 5)
+    store.put("f", data)
+    ops = make_ops(tmp_path, store)
+    store.flip_reads = 1
+    fh = ops.open("/f", os.O_RDONLY)
+    with pytest.raises(FuseOSError) as raised:
+        ops.read("/f", 4096, 2 * MiB, fh)  # the first read, in the middle: no byte of it served
+    assert raised.value.errno == errno.EIO
+    assert "do not match what it stored" in caplog.text and "the %d bytes fetched" % len(data) in caplog.text
+    with pytest.raises(FuseOSError):
+        ops.read("/f", 4096, 0, fh)  # this handle had a failed read: the kernel must not retry past it
+    ops.release("/f", fh)
+    with caplog.at_level(logging.DEBUG, logger="s3fs_mount.s3.checksums"):
+        assert _read_backwards(ops, "/f", len(data)) == data  # fetched again, checked: right
+    assert "read of f verified" in caplog.text
+
+
+def test_random_reads_of_a_large_object_are_checked_when_they_have_fetched_it_all(tmp_path, caplog):
+    store = FakeStore()
+    data = os.urandom(20 * MiB + 7)  # more than one GET's chunk (16 MiB): not fetched whole at once
+    store.put("f", data)
+    ops = make_ops(tmp_path, store)
+    store.flip_reads = 1  # the first GET, of the file's last bytes
+    fh = ops.open("/f", os.O_RDONLY)
+    offsets = list(reversed(range(0, len(data), 1 * MiB)))
+    with pytest.raises(FuseOSError) as raised:
+        for off in offsets:  # never sequential
+            ops.read("/f", 1 * MiB, off, fh)
+    assert raised.value.errno == errno.EIO and off == 0  # the read whose fetch completed the object
+    assert "the %d bytes fetched do not match" % len(data) in caplog.text
+    with pytest.raises(FuseOSError):
+        ops.read("/f", 1 * MiB, 5 * MiB, fh)  # this handle served unchecked bytes: it stays failed
+    ops.release("/f", fh)
+    fh = ops.open("/f", os.O_RDONLY)
+    assert b"".join(reversed([ops.read("/f", 1 * MiB, off, fh) for off in offsets])) == data
+    ops.release("/f", fh)

@@ -78,6 +78,35 @@ def test_a_body_changed_on_the_way_down_is_eio_never_silent(
         assert f.read() == data  # the fault is gone: fetched again, checked, right
 
 
+def read_backwards(path: str, chunk: int = 64 << 10) -> bytes:
+    """The file read in ``chunk`` preads from its end to its start: a random reader, never sequential."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        return b"".join(reversed([os.pread(fd, chunk, off) for off in reversed(range(0, size, chunk))]))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size", [300_000, 20 * MiB], ids=["one PUT", "in parts"])
+def test_random_reads_of_a_changed_body_are_eio_never_silent(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
+):
+    data = os.urandom(size)
+    if size > 5 * MiB:
+        put_in_parts(boto, bucket, "obj", data, 5 * MiB)  # another client's parts: checked as a whole
+    else:
+        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    faultproxy.flip_response(1)  # the first GET: the whole object if small, else its last bytes
+    with pytest.raises(OSError) as raised:
+        read_backwards(path)
+    assert raised.value.errno == errno.EIO and faultproxy.flipped
+    assert "do not match what S3 stored" in mount.log()
+    assert read_backwards(path) == data  # the fault is gone: fetched again, checked, right
+
+
 def test_objects_of_other_writers_read_back_verified(mount_factory, boto, bucket):
     objects = {
         "plain": os.urandom(1 * MiB + 5),

@@ -30,6 +30,13 @@ class FsError(OSError):
         super().__init__(err, why or errno.errorcode.get(err, str(err)))
 
 
+class Corrupt(FsError):
+    """Bytes S3 sent do not hash to what it stored: EIO, and they were not kept."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(errno.EIO, why)
+
+
 class Conflict(FsError):
     """An upload found S3's object changed by another client since this mount saw it.
 

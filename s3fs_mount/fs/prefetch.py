@@ -15,13 +15,21 @@ window that doubles up to ``max_window``, fetched in parallel pieces on a
 * otherwise (the file is being written, or partly local) the window is
   fetched into the staged file in the background (:meth:`Prefetcher.ensure`).
 
-A random reader fetches only what it asks for, rounded to 4 KiB pages, into
-the staged file.
+A random reader fetches what it asks for, rounded to 4 KiB pages, into the
+staged file; an object of up to ``chunk`` bytes that has a digest is fetched
+whole instead, in one GET, so it can be checked before any of it is served.
 
-Every piece fetched is fed to the object's :class:`~s3fs_mount.s3.checksums.Verifier` (made
-when a fetch starts at byte 0) before a reader gets it; the read that reaches
-the end of the object raises EIO if the bytes did not match the ETag, and
-forgets what was fetched so a read again fetches again.
+Checks (see :mod:`s3fs_mount.s3.checksums`): every streamed piece is fed to
+the object's :class:`~s3fs_mount.s3.checksums.Verifier` (made when a stream
+starts at byte 0) before a reader gets it, and the read that reaches the end
+of the object raises EIO if the bytes did not match. Bytes fetched into the
+staged file are checked when a fetch makes the whole object local: it is
+hashed from the staged file before that fetch's range is marked present, and
+the read waiting on it gets :class:`~s3fs_mount.fs.errors.Corrupt` (EIO).
+So a small object's random reads are checked before they are served, and a
+large one's in any order once they have fetched it all. Either way what was
+fetched is forgotten, so a read again fetches again, and the handle that
+failed stays failed.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.errors import Corrupt, FsError
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.checksums import MISMATCH, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
@@ -101,6 +109,8 @@ class Prefetcher:
         self.verify = verify
         #: (key, etag) -> the check of that version's bytes. Guarded by _verify_lock.
         self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
+        #: (key, etag) -> what _expected found (a version's digest never changes). Guarded by _verify_lock.
+        self._expectations: LRUCache[tuple[str, str], tuple[str, int] | None] = LRUCache(4096)
         self._verify_lock = threading.Lock()
         #: One thread hashes what the checks are fed, off the readers' way, in the order fed.
         self.hasher = concurrent.futures.ThreadPoolExecutor(1, "md5")
@@ -161,7 +171,11 @@ class Prefetcher:
             state.window = 0
             state.ahead_until = 0
             self.drop(state)
-        self.ensure(item, offset, _round_up(end))
+        try:
+            self.ensure(item, offset, _round_up(end))
+        except Corrupt:
+            state.failed = True  # the kernel's readahead may eat this EIO: the next read gets it
+            raise
         state.next_offset = max(end, state.next_offset) if state.window else end
         if end >= item.remote_size:
             with item.cond:
@@ -241,24 +255,65 @@ class Prefetcher:
             return self._verifiers.get((key, etag))
 
     def _verifier(self, key: str, etag: str, size: int, start: int) -> Verifier | None:
-        """The check of version ``etag``: the one under way, or a new one for a fetch from byte 0."""
+        """The check of version ``etag``: the one under way, or a new one for a stream from byte 0."""
         found = self._known_verifier(key, etag)
-        if found is not None or start != 0 or not self.verify or size <= 0:
+        if found is not None or start != 0:
             return found
+        expected = self._expected(key, etag, size)
+        if expected is None:
+            return None
+        verifier = Verifier(key, expected[0], size, expected[1], self.hasher)
+        with self._verify_lock:
+            return self._verifiers.setdefault((key, etag), verifier)
+
+    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int] | None:
+        """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked."""
+        if not self.verify or size <= 0:
+            return None
+        with self._verify_lock:
+            if (key, etag) in self._expectations:
+                return self._expectations[(key, etag)]
+        found = self._find_expected(key, etag, size)
+        with self._verify_lock:
+            self._expectations[(key, etag)] = found
+        return found
+
+    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int] | None:
         digest = (self.checksum_of(key, etag) if self.checksum_of is not None else "") or digest_of(etag)
         found = plan(digest)
         if found is None:
             return None  # no checksum, and an ETag that is no MD5 (SSE-KMS, SSE-C): nothing to check
-        part_size = size
-        if found[1] > 1:
-            known = self.part_size_of(key, etag) if self.part_size_of is not None else None
-            if not known or -(-size // known) != found[1]:
-                log.debug("%s: part size unknown, not checked", key)
-                return None
-            part_size = known
-        verifier = Verifier(key, digest, size, part_size, self.hasher)
-        with self._verify_lock:
-            return self._verifiers.setdefault((key, etag), verifier)
+        if found[1] == 1:
+            return digest, size
+        known = self.part_size_of(key, etag) if self.part_size_of is not None else None
+        if not known or -(-size // known) != found[1]:
+            log.debug("%s: part size unknown, not checked", key)
+            return None
+        return digest, known
+
+    def _completes_object(self, item: StagedFile, etag: str, start: int, end: int) -> bool:
+        """Does the fetch of ``[start, end)`` make version ``etag`` wholly local? (Caller holds
+        cond.) Never for a file being written: its bytes are not only S3's."""
+        if not self.verify or not etag or item.etag != etag or item.dirty or item.uploading:
+            return False
+        return all(start <= gs and ge <= end for gs, ge in item.missing(0, item.remote_size))
+
+    def _check_fetched(self, item: StagedFile, etag: str, generation: int, fd: int, size: int) -> None:
+        """Hash the ``size`` bytes of version ``etag`` from the staged file: :class:`Corrupt`, and
+        the fetched bytes forgotten, if they do not match what S3 stored."""
+        expected = self._expected(item.key, etag, size)
+        if expected is None:
+            return
+        verifier = Verifier(item.key, expected[0], size, expected[1])  # hashes in this thread, as fed
+        for at in range(0, size, BLOCK):
+            verifier.feed(at, [os.pread(fd, min(BLOCK, size - at), at)])
+        if verifier.state != MISMATCH:
+            return
+        with item.cond:
+            if item.generation != generation:
+                return  # written meanwhile: those are not the bytes that were fetched
+        item.drop_fetched(etag)
+        raise Corrupt("%s: the %d bytes fetched do not match what S3 stored" % (item.key, size))
 
     def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
         """A read reached the end of version ``etag``: EIO if its bytes failed their check."""
@@ -293,7 +348,16 @@ class Prefetcher:
             self._held -= length
 
     def ensure(self, item: StagedFile, start: int, end: int) -> None:
-        """Block until ``[start, end)`` (within the remote part) is local; raise on failure."""
+        """Block until ``[start, end)`` (within the remote part) is local; raise on failure.
+
+        An object of up to ``chunk`` bytes that has a digest is fetched whole, in one GET,
+        and checked before a byte of it is served (:class:`Corrupt` if it fails).
+        """
+        with item.cond:
+            etag, size = item.etag, item.remote_size
+            small = 0 < size <= self.chunk and not (item.dirty or item.uploading)
+        if small and etag and self._expected(item.key, etag, size) is not None:
+            start, end = 0, size  # one GET, checked before any of it is served
         while True:
             with item.cond:
                 gaps = item.missing(start, end)
@@ -362,14 +426,21 @@ class Prefetcher:
             return
         # Outside the lock: the range is ours (in flight), and readers need the lock meanwhile.
         os.pwrite(fd, data, start)
-        verifier = self._verifier(item.key, etag, item.remote_size, start)
-        if verifier is not None:
-            verifier.feed(start, [data])  # before a reader can see the bytes
         with item.cond:
-            # A short answer means the object ends here: the rest reads as zeros.
-            item.present.add(start, end)
+            complete = self._completes_object(item, etag, start, end)
+            generation, size = item.generation, item.remote_size
+            if not complete:
+                # A short answer means the object ends here: the rest reads as zeros.
+                item.present.add(start, end)
         if self.on_fetched is not None:
             self.on_fetched(len(data))
+        if not complete:
+            return
+        # The range is still ours (in flight): no reader sees its bytes before they are checked.
+        self._check_fetched(item, etag, generation, fd, size)
+        with item.cond:
+            if item.etag == etag:
+                item.present.add(start, end)
 
     @staticmethod
     def _unclaim(item: StagedFile, claimed: list[tuple[int, int]]) -> None:

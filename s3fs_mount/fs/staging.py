@@ -337,6 +337,7 @@ class StagedFile:
         self.dirty = False
         self.generation += 1
         self.uploaded_bytes = 0
+        self.digests = {}  # they were the old version's
 
     def local_bytes(self) -> int:
         try:

@@ -18,8 +18,10 @@ them, so the read that completes the object sees the verdict
 (:attr:`Verifier.state`): a mismatch is EIO there.
 
 What is checked: every object read from its first byte to its last through
-one open file, whether streamed to the reader or fetched into the cache.
-What is not: a read of only some of an object (the ETag covers it whole).
+one open file, whether streamed to the reader or fetched into the cache, and
+random reads once they have fetched the whole object (a small one is fetched
+whole at the first). What is not: a read of only some of a large object (S3
+gives no digest of a range or, for other clients' objects, of a part).
 """
 
 from __future__ import annotations

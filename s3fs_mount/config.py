@@ -35,7 +35,6 @@ naming the file (or variable) at fault. Secrets never appear in messages.
 from __future__ import annotations
 
 import configparser
-import datetime
 import functools
 import json
 import logging
@@ -49,6 +48,8 @@ from typing import Any
 
 import yaml
 
+from s3fs_mount import aws_credentials
+from s3fs_mount.s3.connection import region_of
 from s3fs_mount.s3.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -323,7 +324,8 @@ class AwsProfile:
             return creds
         process = self.get("credential_process")
         if process:
-            return run_credential_process(process[0], "%s: profile [%s]" % (process[1], self.name))
+            origin = "%s: profile [%s]" % (process[1], self.name)
+            return aws_credentials.refreshing(functools.partial(run_credential_process, process[0], origin))
         return None
 
 
@@ -365,45 +367,7 @@ def run_credential_process(command: str, origin: str) -> dict[str, str]:
         raise ConfigError("%s printed JSON that is not an object" % what)
     if data.get("Version", 1) != 1:
         raise ConfigError("%s printed Version %r; only Version 1 is understood" % (what, data.get("Version")))
-    key_id, secret = data.get("AccessKeyId"), data.get("SecretAccessKey")
-    if not isinstance(key_id, str) or not key_id or not isinstance(secret, str) or not secret:
-        raise ConfigError("%s printed no AccessKeyId/SecretAccessKey" % what)
-    creds = {"access_key_id": key_id, "secret_access_key": secret}
-    if isinstance(data.get("SessionToken"), str) and data["SessionToken"]:
-        creds["session_token"] = data["SessionToken"]
-    expiration = data.get("Expiration")
-    if expiration:
-        expires = _parse_time(str(expiration))
-        if expires is None:
-            raise ConfigError("%s printed an Expiration that is not ISO 8601: %r" % (what, expiration))
-        now = datetime.datetime.now(datetime.timezone.utc)
-        if expires <= now:
-            raise ConfigError("%s returned credentials that expired at %s" % (what, expiration))
-        log.info("credentials from %s expire at %s", what, expiration)
-        # The connection runs the process again shortly before they expire.
-        creds["credentials_expire"] = expires.timestamp()  # type: ignore[assignment]
-        creds["credential_refresh"] = functools.partial(_refresh, command, origin)  # type: ignore[assignment]
-    return creds
-
-
-def _refresh(command: str, origin: str) -> tuple[str, str, str | None, float | None]:
-    """Run the credential_process again: (key id, secret, token, expiry)."""
-    creds = run_credential_process(command, origin)
-    expires = creds.get("credentials_expire")
-    return (
-        creds["access_key_id"],
-        creds["secret_access_key"],
-        creds.get("session_token"),
-        float(expires) if expires is not None else None,
-    )
-
-
-def _parse_time(text: str) -> datetime.datetime | None:
-    try:
-        when = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+    return aws_credentials.parse_credentials(data, what)
 
 
 def _default_endpoint(environ: Mapping[str, str], aws: AwsProfile, region: str | None) -> dict[str, Any]:
@@ -455,14 +419,21 @@ def load_settings(
             creds = aws.load_credentials() or _env_credentials(environ)
         else:
             creds = _env_credentials(environ) or aws.load_credentials()
+        creds = (
+            creds
+            or aws_credentials.container_credentials(environ)
+            or aws_credentials.imds_credentials(environ)
+        )
         if not creds:
             raise ConfigError(
                 "no credentials: set access_key_id/secret_access_key in %s, or AWS_ACCESS_KEY_ID/"
-                "AWS_SECRET_ACCESS_KEY, or [%s] in %s" % (origin, aws.name, aws.credentials_path)
+                "AWS_SECRET_ACCESS_KEY, or [%s] in %s; no container endpoint is set and no instance "
+                "metadata service answered" % (origin, aws.name, aws.credentials_path)
             )
         settings.update(creds)
 
-    if "region" not in settings:
+    if "region" not in settings and not region_of(settings.get("endpoint", "")):
+        # (An endpoint that names its region signs for it: S3Connection reads it from the name.)
         configured = aws.get_optional("region")
         region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or (configured or ("",))[0]
         if region:

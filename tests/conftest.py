@@ -6,6 +6,7 @@ and ``faultproxy``: tests/ is on sys.path via pytest's rootdir conftest handling
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,10 @@ import s3rig
 from faultproxy import FaultProxy
 
 from s3fs_mount.localserver import LocalS3Server
+
+# Traffic stays on loopback: a test that runs out of credentials must not ask 169.254.169.254.
+# (Tests of IMDS point AWS_EC2_METADATA_SERVICE_ENDPOINT at an emulator and clear this.)
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 # Extra fixture modules in tests/ (e.g. mount fixtures), loaded when present.
 pytest_plugins = [m for m in ("mount_fixtures",) if (Path(__file__).parent / f"{m}.py").exists()]

@@ -29,6 +29,7 @@ def env(tmp_path):
     """A clean environment: HOME in tmp_path, no AWS_* variables, the repo importable."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "XDG_"))}
     environ["HOME"] = str(tmp_path)
+    environ["AWS_EC2_METADATA_DISABLED"] = "true"  # loopback only: no IMDS at 169.254.169.254
     environ["PYTHONPATH"] = REPO + os.pathsep + environ.get("PYTHONPATH", "")
     return environ
 

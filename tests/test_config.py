@@ -30,6 +30,7 @@ def home(tmp_path, monkeypatch):
     for name in list(os.environ):
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # loopback only: no 169.254.169.254
     monkeypatch.chdir(work)
     return home
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +38,23 @@ Body = None | bytes | Callable[[], Any]
 #: (access key id, secret, session token, expiry as epoch seconds or None)
 Credentials = tuple[str, str, "str | None", "float | None"]
 REFRESH_MARGIN = 300.0
+#: An AWS S3 endpoint that names its region: s3.REGION, s3-REGION, s3.dualstack.REGION, s3-fips.REGION,
+#: s3-fips.dualstack.REGION (virtual-hosted: BUCKET. before it), amazonaws.com or amazonaws.com.cn.
+_AWS_REGIONAL = re.compile(
+    r"(?:^|\.)s3(?:-fips)?(?:\.dualstack)?[.-](?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com(?:\.cn)?$"
+)
+
+
+def region_of(endpoint: str) -> str | None:
+    """The region an AWS endpoint's name gives (``s3-us-west-2.amazonaws.com``: ``us-west-2``), or None.
+
+    ``s3.amazonaws.com`` and ``s3-external-1.amazonaws.com`` are us-east-1's.
+    """
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].lower()
+    if host in ("s3.amazonaws.com", "s3-external-1.amazonaws.com"):
+        return "us-east-1"
+    found = _AWS_REGIONAL.search(host)
+    return found.group("region") if found else None
 
 
 #: Answers that say something about the object, not that the request failed: a lookup's 404,
@@ -119,7 +137,8 @@ class S3Connection:
     :param endpoint: ``host`` or ``host:port`` (a ``http://``/``https://``
         prefix is accepted and sets ``tls``).
     :param tls: use https (default True).
-    :param region: signing region (default ``us-east-1``).
+    :param region: signing region (default: the one an AWS endpoint's name gives,
+        ``s3-us-west-2.amazonaws.com`` signs for ``us-west-2``, else ``us-east-1``).
     :param path_style: ``https://host/bucket/key`` addressing; default True
         for non-AWS endpoints, virtual-hosted for ``*.amazonaws.com``.
     :param session_token: temporary credentials' token, if any.
@@ -135,7 +154,7 @@ class S3Connection:
         default_bucket: str | None = None,
         endpoint: str = "s3.amazonaws.com",
         tls: bool = True,
-        region: str = "us-east-1",
+        region: str | None = None,
         path_style: bool | None = None,
         session_token: str | None = None,
         verify_tls: bool = True,
@@ -172,7 +191,9 @@ class S3Connection:
         self.default_bucket = default_bucket or None
         self.endpoint = endpoint
         self.tls = tls
-        self.region = region
+        if region is not None and not isinstance(region, str):
+            raise ConfigError("S3 setting region must be a string")
+        self.region = region or region_of(endpoint) or "us-east-1"
         self.path_style = (not endpoint.endswith("amazonaws.com")) if path_style is None else path_style
         self.verify_tls = verify_tls
         if not verify_tls:
@@ -181,7 +202,7 @@ class S3Connection:
         self.max_connections = max_connections
         self.retry = retry or RetryPolicy()
         self.stats = RequestStats()
-        self.signer = SigV4Signer(access_key_id, secret_access_key, region, session_token=session_token)
+        self.signer = SigV4Signer(access_key_id, secret_access_key, self.region, session_token=session_token)
         #: Temporary credentials: when they expire (epoch seconds), and how to get new ones.
         self.credentials_expire = credentials_expire
         self.credential_refresh = credential_refresh

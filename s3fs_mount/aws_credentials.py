@@ -1,0 +1,270 @@
+"""Temporary credentials from where an AWS machine hands them out: a container endpoint, or IMDSv2.
+
+Both come last in the credential chain (see :mod:`s3fs_mount.config`), in the
+AWS SDKs' order:
+
+1. the **container credentials endpoint** (ECS tasks, EKS Pod Identity), when
+   ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (a path on ``169.254.170.2``) or
+   ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` is set; the latter must be https, or
+   http to loopback or to the ECS/EKS agent's address. Its authorization
+   token is ``AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE``'s content (read again
+   at each refresh: EKS rotates it) or ``AWS_CONTAINER_AUTHORIZATION_TOKEN``.
+2. the **instance metadata service**, IMDSv2 only: a ``PUT`` for a session
+   token, then the instance role's name and its credentials. It is at
+   ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` (default ``http://169.254.169.254``),
+   each request waits at most ``AWS_METADATA_SERVICE_TIMEOUT`` seconds
+   (default 1) and is tried ``AWS_METADATA_SERVICE_NUM_ATTEMPTS`` times
+   (default 1), so off EC2 the chain gives up within a second or two.
+   ``AWS_EC2_METADATA_DISABLED=true`` skips it.
+
+Each returns the connection's credential settings with ``credentials_expire``
+and ``credential_refresh``: the connection fetches new ones five minutes
+before they expire, so no request is ever sent with expired keys.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import ipaddress
+import logging
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from s3fs_mount.s3.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Where ECS's agent serves AWS_CONTAINER_CREDENTIALS_RELATIVE_URI.
+ECS_HOST = "http://169.254.170.2"
+#: Plain-http hosts a full container URI may name besides loopback: the ECS and EKS agents.
+CONTAINER_HOSTS = frozenset({"169.254.170.2", "169.254.170.23", "fd00:ec2::23"})
+IMDS_ENDPOINT = "http://169.254.169.254"
+IMDS_TOKEN_TTL = "21600"
+CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
+
+#: (key id, secret, token, expiry as epoch seconds): what a refresh gives the connection.
+Refreshed = tuple[str, str, "str | None", "float | None"]
+
+
+def parse_credentials(data: Any, what: str) -> dict[str, Any]:
+    """The connection's credential settings from an AWS credentials document.
+
+    It is JSON of ``AccessKeyId``, ``SecretAccessKey``, ``Token`` or
+    ``SessionToken``, and ``Expiration`` (ISO 8601), as ``credential_process``,
+    the container endpoint and IMDS all print it. The secret is never quoted.
+
+    :raises ConfigError: the document lacks keys, or they have expired.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError("%s gave JSON that is not an object" % what)
+    key_id, secret = data.get("AccessKeyId"), data.get("SecretAccessKey")
+    if not isinstance(key_id, str) or not key_id or not isinstance(secret, str) or not secret:
+        raise ConfigError("%s gave no AccessKeyId/SecretAccessKey" % what)
+    creds: dict[str, Any] = {"access_key_id": key_id, "secret_access_key": secret}
+    token = data.get("SessionToken") or data.get("Token")
+    if isinstance(token, str) and token:
+        creds["session_token"] = token
+    expiration = data.get("Expiration")
+    if expiration:
+        expires = parse_time(str(expiration))
+        if expires is None:
+            raise ConfigError("%s gave an Expiration that is not ISO 8601: %r" % (what, expiration))
+        if expires <= datetime.datetime.now(datetime.timezone.utc):
+            raise ConfigError("%s gave credentials that expired at %s" % (what, expiration))
+        log.info("credentials from %s expire at %s", what, expiration)
+        creds["credentials_expire"] = expires.timestamp()
+    return creds
+
+
+def parse_time(text: str) -> datetime.datetime | None:
+    """An ISO 8601 time (``Z`` or an offset; naive means UTC), or None."""
+    try:
+        when = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def refreshing(fetch: functools.partial[dict[str, Any]]) -> dict[str, Any]:
+    """``fetch()``'s credentials, with ``credential_refresh`` set to fetch again if they expire."""
+    creds = fetch()
+    if creds.get("credentials_expire") is not None:
+        creds["credential_refresh"] = functools.partial(_refresh, fetch)
+    return creds
+
+
+def _refresh(fetch: functools.partial[dict[str, Any]]) -> Refreshed:
+    creds = fetch()
+    expires = creds.get("credentials_expire")
+    return (
+        creds["access_key_id"],
+        creds["secret_access_key"],
+        creds.get("session_token"),
+        float(expires) if expires is not None else None,
+    )
+
+
+# -- the container endpoint ----------------------------------------------------------------
+
+
+def container_credentials(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """Credentials from the container endpoint; None when no container variable is set.
+
+    :raises ConfigError: the variables name a disallowed URI, or the endpoint failed.
+    """
+    relative = environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+    full = environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+    if relative:
+        url, origin = ECS_HOST + relative, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+    elif full:
+        url, origin = full, "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+        _check_container_uri(url, origin)
+    else:
+        return None
+    return refreshing(functools.partial(_fetch_container, url, origin, dict(environ)))
+
+
+def _check_container_uri(url: str, origin: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return
+    host = parts.hostname or ""
+    if parts.scheme == "http" and (host == "localhost" or host in CONTAINER_HOSTS or _loopback(host)):
+        return
+    raise ConfigError("%s: %s must be https, or http to loopback or the ECS/EKS agent" % (origin, url))
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _fetch_container(url: str, origin: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    headers = {}
+    token_file = environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                headers["Authorization"] = f.read().strip()
+        except OSError as exc:
+            raise ConfigError(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: cannot read %s: %s" % (token_file, exc.strerror)
+            ) from None
+    elif environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"):
+        headers["Authorization"] = environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
+    what = "the container credentials endpoint (%s)" % origin
+    try:
+        resp = _http("GET", url, what, headers, timeout=2.0, attempts=3)
+    except _Unreachable as exc:
+        raise ConfigError("%s did not answer" % exc) from None
+    if resp.status_code != 200:
+        raise ConfigError("%s answered %d" % (what, resp.status_code))
+    return parse_credentials(_json(resp, what), what)
+
+
+# -- IMDSv2 ------------------------------------------------------------------------------
+
+
+def imds_credentials(environ: Mapping[str, str]) -> dict[str, Any] | None:
+    """The instance role's credentials from IMDSv2; None when there is no metadata service
+    (off EC2, or ``AWS_EC2_METADATA_DISABLED=true``) or the instance has no role.
+
+    :raises ConfigError: the service answered, but not with credentials.
+    """
+    if environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
+        return None
+    imds = _Imds(environ)
+    try:
+        imds.token()
+    except _Unreachable as exc:
+        log.debug("no instance metadata service: %s", exc)
+        return None
+    return refreshing(functools.partial(imds.credentials))
+
+
+class _Unreachable(Exception):
+    """The metadata service did not answer (not on EC2)."""
+
+
+class _Imds:
+    """One instance metadata service: its address, timeouts, and the session token it gave."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.endpoint = (environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_ENDPOINT).rstrip("/")
+        self.timeout = _number(environ, "AWS_METADATA_SERVICE_TIMEOUT", 1.0)
+        self.attempts = max(1, int(_number(environ, "AWS_METADATA_SERVICE_NUM_ATTEMPTS", 1)))
+        self.what = "the instance metadata service (%s)" % self.endpoint
+
+    def token(self) -> str:
+        resp = self._request(
+            "PUT", "/latest/api/token", {"X-aws-ec2-metadata-token-ttl-seconds": IMDS_TOKEN_TTL}
+        )
+        if resp.status_code != 200 or not resp.text:
+            raise ConfigError(
+                "%s refused a session token: %d (IMDSv2 is required)" % (self.what, resp.status_code)
+            )
+        return resp.text.strip()
+
+    def credentials(self) -> dict[str, Any]:
+        """A fresh token, the role's name, its credentials (what a refresh does too)."""
+        try:
+            headers = {"X-aws-ec2-metadata-token": self.token()}
+            resp = self._request("GET", CREDENTIALS_PATH, headers)
+            role = resp.text.strip().splitlines()[0] if resp.status_code == 200 and resp.text.strip() else ""
+            if not role:
+                raise ConfigError(
+                    "%s: this instance has no IAM role (answered %d)" % (self.what, resp.status_code)
+                )
+            resp = self._request("GET", CREDENTIALS_PATH + urllib.parse.quote(role), headers)
+        except _Unreachable as exc:
+            raise ConfigError("%s stopped answering: %s" % (self.what, exc)) from None
+        what = "%s, role %s" % (self.what, role)
+        if resp.status_code != 200:
+            raise ConfigError("%s answered %d" % (what, resp.status_code))
+        data = _json(resp, what)
+        if isinstance(data, dict) and data.get("Code", "Success") != "Success":
+            raise ConfigError("%s: %s" % (what, data.get("Message") or data.get("Code")))
+        return parse_credentials(data, what)
+
+    def _request(self, method: str, path: str, headers: dict[str, str]) -> requests.Response:
+        return _http(method, self.endpoint + path, self.what, headers, self.timeout, self.attempts)
+
+
+def _http(
+    method: str, url: str, what: str, headers: dict[str, str], timeout: float, attempts: int
+) -> requests.Response:
+    """One small request to a credentials service, tried ``attempts`` times on transport errors."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            return requests.request(method, url, headers=headers, timeout=timeout, proxies=_NO_PROXY)
+        except requests.RequestException as exc:
+            last = exc
+    raise _Unreachable("%s: %s" % (what, type(last).__name__))
+
+
+#: Credential services are link-local or loopback: never through an HTTP proxy.
+_NO_PROXY = {"http": "", "https": ""}
+
+
+def _json(resp: requests.Response, what: str) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise ConfigError("%s did not answer JSON" % what) from None
+
+
+def _number(environ: Mapping[str, str], name: str, default: float) -> float:
+    text = environ.get(name)
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError("%s must be a number, not %r" % (name, text)) from None

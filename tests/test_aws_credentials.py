@@ -1,0 +1,205 @@
+"""Credentials where AWS machines hand them out (IMDSv2, the container endpoint), and regions from names.
+
+The services are loopback emulators (tests/credservers.py) that hand out the
+SeaweedFS server's keys, so a mount that uses them is checked by a server that
+verifies signatures.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+import s3rig
+from credservers import ROLE, ContainerEndpoint, Imds
+
+from s3fs_mount.config import load_settings
+from s3fs_mount.s3 import RemoteStore, S3Connection, S3Name
+from s3fs_mount.s3.connection import region_of
+from s3fs_mount.s3.errors import ConfigError
+
+
+@pytest.fixture
+def aws_env(tmp_path, monkeypatch):
+    """No AWS_* variables, an empty HOME and working directory: only the services under test."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def keys(s3config) -> tuple[str, str]:
+    return s3config["access_key_id"], s3config["secret_access_key"]
+
+
+def tokenless(server):
+    """SeaweedFS refuses a session token with its static keys: the server hands out none."""
+    server.token = False
+    return server
+
+
+def put(store: RemoteStore, tmp_path, key: str, data: bytes) -> bool:
+    local = tmp_path / ("up-" + key)
+    local.write_bytes(data)
+    return store.write(str(local), S3Name(key))
+
+
+def got(store: RemoteStore, tmp_path, key: str) -> bytes:
+    local = tmp_path / ("down-" + key)
+    ok, _ = store.read(S3Name(key), str(local))
+    return local.read_bytes() if ok else b""
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_imds_v2_session_token_is_kept_and_signed(aws_env):
+    with Imds(("AKID", "SECRET")) as imds:
+        aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        settings = load_settings()
+        assert settings["access_key_id"] == "AKID" and settings["session_token"] == "session-token-1"
+        signer = S3Connection(**settings).signer
+        signed = signer.sign("GET", "s3.amazonaws.com", "/b/k", {}, {}, "UNSIGNED-PAYLOAD")
+        assert signed["X-Amz-Security-Token"] == "session-token-1"
+        assert "x-amz-security-token" in signed["Authorization"]  # among the signed headers
+
+
+def test_imds_v2_credentials_sign_requests_the_server_checks(aws_env, s3config, bucket, tmp_path):
+    with tokenless(Imds(keys(s3config))) as imds:
+        aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        settings = load_settings(environ=dict(os.environ, AWS_ENDPOINT_URL="http://" + s3config["endpoint"]))
+        assert settings["access_key_id"] == s3config["access_key_id"]
+        methods = [(m, p) for m, p, _ in imds.requests]
+        assert methods[0] == ("PUT", "/latest/api/token")  # IMDSv2: a session token first
+        assert ("GET", "/latest/meta-data/iam/security-credentials/" + ROLE) in methods
+        store = RemoteStore(S3Connection(**dict(settings, default_bucket=bucket)))
+        assert put(store, tmp_path, "from-imds", b"x") is True
+        assert got(store, tmp_path, "from-imds") == b"x"
+
+
+def test_imds_credentials_refresh_before_they_expire_without_a_failed_request(
+    aws_env, s3config, bucket, tmp_path
+):
+    with tokenless(Imds(keys(s3config))) as imds:
+        aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        settings = load_settings(environ=dict(os.environ, AWS_ENDPOINT_URL="http://" + s3config["endpoint"]))
+        connection = S3Connection(**dict(settings, default_bucket=bucket))
+        store = RemoteStore(connection)
+        assert put(store, tmp_path, "a", b"1") is True
+        assert imds.handed_out == 1
+        connection.credentials_expire = time.time() + 60  # within the refresh margin: due now
+        assert put(store, tmp_path, "b", b"2") is True
+        assert imds.handed_out == 2 and connection.credentials_expire > time.time() + 3600
+        assert connection.stats.failures == 0
+
+
+def test_no_metadata_service_is_found_quickly_and_said(aws_env):
+    aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:%d" % closed_port())
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert time.monotonic() - started < 10  # no hang off EC2 (bounded timeout, one attempt)
+    assert "no credentials" in str(raised.value) and "instance metadata service" in str(raised.value)
+
+
+def test_an_instance_without_a_role_is_a_clear_error(aws_env, s3config):
+    with Imds(keys(s3config), role=None) as imds:
+        aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        with pytest.raises(ConfigError, match="this instance has no IAM role"):
+            load_settings()
+
+
+def test_metadata_disabled_is_never_asked(aws_env, s3config):
+    with Imds(keys(s3config)) as imds:
+        aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        aws_env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        with pytest.raises(ConfigError, match="no credentials"):
+            load_settings()
+        assert imds.requests == []
+
+
+def test_the_container_endpoint_gives_credentials_with_its_token_file(aws_env, s3config, bucket, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("eks-pod-identity-token\n")
+    agent = tokenless(ContainerEndpoint(keys(s3config), "eks-pod-identity-token"))
+    with agent, Imds(keys(s3config)) as imds:
+        aws_env.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent.url + "/creds")
+        aws_env.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(token_file))
+        aws_env.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        settings = load_settings(environ=dict(os.environ, AWS_ENDPOINT_URL="http://" + s3config["endpoint"]))
+        assert imds.requests == []  # the container endpoint comes first
+        assert agent.requests[0][2]["Authorization"] == "eks-pod-identity-token"
+        connection = S3Connection(**dict(settings, default_bucket=bucket))
+        assert put(RemoteStore(connection), tmp_path, "from-container", b"c") is True
+        token_file.write_text("rotated-token")  # EKS rotates it: a refresh reads it again
+        agent.authorization = "rotated-token"
+        connection.credentials_expire = time.time()
+        assert RemoteStore(connection).exists(S3Name("from-container"))[0] is True
+        assert agent.requests[-1][2]["Authorization"] == "rotated-token"
+
+
+def test_a_container_uri_over_plain_http_elsewhere_is_refused(aws_env):
+    aws_env.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://example.com/creds")
+    with pytest.raises(ConfigError, match="must be https, or http to loopback"):
+        load_settings()
+
+
+def test_a_refused_container_token_is_a_clear_error(aws_env, s3config):
+    with ContainerEndpoint(keys(s3config), "right") as agent:
+        aws_env.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", agent.url + "/creds")
+        aws_env.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "wrong")
+        with pytest.raises(ConfigError, match="container credentials endpoint .* answered 401"):
+            load_settings()
+
+
+@pytest.mark.parametrize(
+    "endpoint, region",
+    [
+        ("s3-us-west-2.amazonaws.com", "us-west-2"),  # the seed's example
+        ("s3.eu-central-1.amazonaws.com", "eu-central-1"),
+        ("https://s3.dualstack.ap-south-1.amazonaws.com", "ap-south-1"),
+        ("s3-fips.us-gov-west-1.amazonaws.com", "us-gov-west-1"),
+        ("s3.cn-north-1.amazonaws.com.cn", "cn-north-1"),
+        ("s3.amazonaws.com", "us-east-1"),
+        ("127.0.0.1:8333", None),
+    ],
+)
+def test_the_region_is_read_from_an_aws_endpoint_name(endpoint, region):
+    assert region_of(endpoint) == region
+    assert S3Connection(endpoint=endpoint).region == (region or "us-east-1")
+
+
+def test_an_endpoint_that_names_its_region_beats_the_environment(aws_env, tmp_path):
+    settings = {"access_key_id": "K", "secret_access_key": "S", "endpoint": "s3-us-west-2.amazonaws.com"}
+    s3rig.write_s3yaml(tmp_path / "s3.yaml", settings)
+    aws_env.setenv("AWS_REGION", "us-east-1")
+    settings = load_settings(str(tmp_path / "s3.yaml"))
+    assert S3Connection(**settings).region == "us-west-2"
+
+
+@pytest.mark.fuse
+def test_a_mount_on_imds_credentials_refreshes_them_mid_mount(
+    mount_factory, s3config, bucket, tmp_path, boto
+):
+    # Credentials always within the 300 s refresh margin: the mount fetches new ones before each request.
+    with tokenless(Imds(keys(s3config), lifetime=299)) as imds:
+        where = {"endpoint": s3config["endpoint"], "tls": False, "default_bucket": bucket}
+        config = s3rig.write_s3yaml(tmp_path / "nokeys.yaml", where)
+        env = {"AWS_EC2_METADATA_DISABLED": "false", "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url}
+        mount = mount_factory(config=str(config), env=env).start()
+        for n in range(5):
+            with open(os.path.join(mount.path, "f%d" % n), "wb") as f:
+                f.write(b"%d" % n * 1000)
+        assert sorted(os.listdir(mount.path)) == ["f%d" % n for n in range(5)]
+        assert imds.handed_out >= 3  # at the start, and refreshed while the files went up
+        assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()  # none failed
+    for n in range(5):
+        assert boto.get_object(Bucket=bucket, Key="f%d" % n)["Body"].read() == b"%d" % n * 1000
+

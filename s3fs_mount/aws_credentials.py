@@ -1,7 +1,18 @@
-"""Temporary credentials from where an AWS machine hands them out: a container endpoint, or IMDSv2.
+"""Temporary credentials from where AWS hands them out: STS, a container endpoint, or IMDSv2.
 
-Both come last in the credential chain (see :mod:`s3fs_mount.config`), in the
-AWS SDKs' order:
+They take their places in the credential chain (see :mod:`s3fs_mount.config`)
+as in the AWS SDKs:
+
+* **web identity**, right after the environment's keys: with
+  ``AWS_WEB_IDENTITY_TOKEN_FILE`` and ``AWS_ROLE_ARN`` set (how EKS IRSA hands
+  a pod its role), the token file's content is exchanged for the role's
+  credentials by STS ``AssumeRoleWithWebIdentity`` (unsigned; the file is
+  read again at each refresh). ``AWS_ROLE_SESSION_NAME`` names the session.
+* **assume-role profiles**: a profile with ``role_arn`` and ``source_profile``
+  signs STS ``AssumeRole`` with the source profile's credentials.
+
+STS is ``AWS_ENDPOINT_URL_STS`` when set, else ``sts.REGION.amazonaws.com``
+(``sts.amazonaws.com`` without a region). Last in the chain:
 
 1. the **container credentials endpoint** (ECS tasks, EKS Pod Identity), when
    ``AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`` (a path on ``169.254.170.2``) or
@@ -26,15 +37,20 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import ipaddress
 import logging
+import time
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
+from xml.etree.ElementTree import ParseError
 
 import requests
 
+from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.errors import ConfigError
+from s3fs_mount.s3.sigv4 import SigV4Signer
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +122,101 @@ def _refresh(fetch: functools.partial[dict[str, Any]]) -> Refreshed:
         creds.get("session_token"),
         float(expires) if expires is not None else None,
     )
+
+
+# -- STS: web identity and assume-role -------------------------------------------------------------
+
+
+def sts_endpoint(environ: Mapping[str, str], region: str | None) -> str:
+    """Where STS is: ``AWS_ENDPOINT_URL_STS``, else the region's (or the global) endpoint."""
+    if environ.get("AWS_ENDPOINT_URL_STS"):
+        return environ["AWS_ENDPOINT_URL_STS"].rstrip("/")
+    return "https://sts.%s.amazonaws.com" % region if region else "https://sts.amazonaws.com"
+
+
+def web_identity_credentials(environ: Mapping[str, str], region: str | None) -> dict[str, Any] | None:
+    """The role's credentials for ``AWS_WEB_IDENTITY_TOKEN_FILE``; None unless it and
+    ``AWS_ROLE_ARN`` are set.
+
+    :raises ConfigError: the token file is unreadable, or STS refused it.
+    """
+    token_file, role = environ.get("AWS_WEB_IDENTITY_TOKEN_FILE"), environ.get("AWS_ROLE_ARN")
+    if not token_file or not role:
+        return None
+    session = environ.get("AWS_ROLE_SESSION_NAME") or "s3fs-mount-%d" % int(time.time())
+    endpoint = sts_endpoint(environ, region)
+    return refreshing(functools.partial(_web_identity, endpoint, role, session, token_file))
+
+
+def _web_identity(endpoint: str, role: str, session: str, token_file: str) -> dict[str, Any]:
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(
+            "AWS_WEB_IDENTITY_TOKEN_FILE: cannot read %s: %s" % (token_file, exc.strerror)
+        ) from None
+    form = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": role}
+    form.update(RoleSessionName=session, WebIdentityToken=token)
+    return _sts(endpoint, form, {}, "STS AssumeRoleWithWebIdentity for %s" % role)
+
+
+def assume_role(
+    source: Mapping[str, Any], role: str, session: str, endpoint: str, region: str, origin: str
+) -> dict[str, Any]:
+    """The credentials of ``role``, from STS ``AssumeRole`` signed with ``source``'s keys; they
+    refresh by assuming it again (with the source's current keys)."""
+    return refreshing(functools.partial(_assume, dict(source), role, session, endpoint, region, origin))
+
+
+def _assume(
+    source: dict[str, Any], role: str, session: str, endpoint: str, region: str, origin: str
+) -> dict[str, Any]:
+    refresh = source.get("credential_refresh")
+    key, secret, token = source["access_key_id"], source["secret_access_key"], source.get("session_token")
+    if refresh is not None and source.get("credentials_expire") is not None:
+        if time.time() > float(source["credentials_expire"]) - 300:
+            key, secret, token, source["credentials_expire"] = refresh()
+    form = {"Action": "AssumeRole", "Version": "2011-06-15", "RoleArn": role, "RoleSessionName": session}
+    body = urllib.parse.urlencode(form)
+    parts = urllib.parse.urlsplit(endpoint)
+    headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    signer = SigV4Signer(key, secret, region, session_token=token, service="sts")
+    signed = signer.sign(
+        "POST", parts.netloc, parts.path or "/", {}, headers, hashlib.sha256(body.encode()).hexdigest()
+    )
+    return _sts(endpoint, body, signed, "%s: STS AssumeRole for %s" % (origin, role))
+
+
+def _sts(
+    endpoint: str, form: Mapping[str, str] | str, headers: Mapping[str, str], what: str
+) -> dict[str, Any]:
+    """POST one STS action; its Credentials as settings, or ConfigError with STS's reason."""
+    try:
+        resp = requests.post(endpoint + "/", data=form, headers=dict(headers), timeout=30)
+    except requests.RequestException as exc:
+        raise ConfigError("%s: cannot reach %s: %s" % (what, endpoint, type(exc).__name__)) from None
+    if resp.status_code != 200:
+        raise ConfigError("%s refused: %d %s" % (what, resp.status_code, _reason(resp.content)))
+    found = {
+        name: xmlparse.parse_text(resp.content, tag)
+        for name, tag in (
+            ("AccessKeyId", "AccessKeyId"),
+            ("SecretAccessKey", "SecretAccessKey"),
+            ("SessionToken", "SessionToken"),
+            ("Expiration", "Expiration"),
+        )
+    }
+    return parse_credentials(found, what)
+
+
+def _reason(content: bytes) -> str:
+    """``Code: Message`` of an STS error body; "" for a body that is not one (a proxy's HTML)."""
+    try:
+        code, message = xmlparse.parse_text(content, "Code"), xmlparse.parse_text(content, "Message")
+    except ParseError:
+        return ""
+    return "%s: %s" % (code, message) if code else ""
 
 
 # -- the container endpoint ----------------------------------------------------------------

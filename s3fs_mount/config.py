@@ -42,6 +42,7 @@ import os
 import shlex
 import stat
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
@@ -264,6 +265,7 @@ class AwsProfile:
 
     def __init__(self, name: str, environ: Mapping[str, str]) -> None:
         self.name = name
+        self.environ = environ
         home = _home(environ)
         self.credentials_path = _expand(
             environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"), environ
@@ -309,8 +311,14 @@ class AwsProfile:
             log.warning("ignoring %s for %s: %s", "~/.aws", key, exc)
             return None
 
-    def load_credentials(self) -> dict[str, str] | None:
-        """Static keys, else the output of ``credential_process``; None when the profile has neither."""
+    def load_credentials(
+        self, region: str | None = None, seen: tuple[str, ...] = ()
+    ) -> dict[str, str] | None:
+        """Static keys, else an assumed ``role_arn``, else the output of ``credential_process``;
+        None when the profile has none of them. ``region`` picks STS's endpoint."""
+        role = self.get("role_arn")
+        if role:
+            return self._assume_role(role, region, seen + (self.name,))
         key_id, secret = self.get("aws_access_key_id"), self.get("aws_secret_access_key")
         if key_id or secret:
             if not (key_id and secret):
@@ -327,6 +335,33 @@ class AwsProfile:
             origin = "%s: profile [%s]" % (process[1], self.name)
             return aws_credentials.refreshing(functools.partial(run_credential_process, process[0], origin))
         return None
+
+    def _assume_role(
+        self, role: tuple[str, str], region: str | None, seen: tuple[str, ...]
+    ) -> dict[str, str]:
+        origin = "%s: profile [%s]" % (role[1], self.name)
+        source = self.get("source_profile")
+        if not source:
+            raise ConfigError(
+                "%s has role_arn but no source_profile (credential_source is not supported)" % origin
+            )
+        if source[0] in seen:
+            raise ConfigError("%s: source_profile %s loops back" % (origin, source[0]))
+        source_profile = AwsProfile(source[0], self.environ)
+        if source_profile.name == self.name:  # a profile whose own keys assume its role
+            key_id, secret = self.get("aws_access_key_id"), self.get("aws_secret_access_key")
+            creds = (
+                {"access_key_id": key_id[0], "secret_access_key": secret[0]} if key_id and secret else None
+            )
+        else:
+            creds = source_profile.load_credentials(region, seen) if source_profile.exists else None
+        if not creds:
+            raise ConfigError("%s: source_profile %s has no credentials" % (origin, source[0]))
+        session = self.get("role_session_name")
+        name = session[0] if session else "s3fs-mount-%d" % int(time.time())
+        region = region or (self.get_optional("region") or ("",))[0] or None
+        endpoint = aws_credentials.sts_endpoint(self.environ, region)
+        return aws_credentials.assume_role(creds, role[0], name, endpoint, region or "us-east-1", origin)
 
 
 def run_credential_process(command: str, origin: str) -> dict[str, str]:
@@ -384,6 +419,17 @@ def _default_endpoint(environ: Mapping[str, str], aws: AwsProfile, region: str |
     return {}
 
 
+def _region(settings: Mapping[str, Any], environ: Mapping[str, str], aws: AwsProfile) -> str | None:
+    """The region: the file's, the endpoint name's, ``AWS_REGION``/``AWS_DEFAULT_REGION``, the profile's."""
+    if settings.get("region"):
+        return str(settings["region"])
+    named = region_of(str(settings.get("endpoint", "")))
+    configured = aws.get_optional("region")
+    return (
+        named or environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or (configured or (None,))[0]
+    )
+
+
 # -- putting it together ----------------------------------------------------------------
 
 
@@ -415,10 +461,15 @@ def load_settings(
         raise ConfigError("%s: s3.%s is missing (the key id and secret go together)" % (origin, missing))
     if not has_key:
         settings.pop("session_token", None)  # a token only means something with its keys
+        region = _region(settings, environ, aws)
         if profile:
-            creds = aws.load_credentials() or _env_credentials(environ)
+            creds = aws.load_credentials(region) or _env_credentials(environ)
         else:
-            creds = _env_credentials(environ) or aws.load_credentials()
+            creds = (
+                _env_credentials(environ)
+                or aws_credentials.web_identity_credentials(environ, region)
+                or aws.load_credentials(region)
+            )
         creds = (
             creds
             or aws_credentials.container_credentials(environ)
@@ -434,8 +485,7 @@ def load_settings(
 
     if "region" not in settings and not region_of(settings.get("endpoint", "")):
         # (An endpoint that names its region signs for it: S3Connection reads it from the name.)
-        configured = aws.get_optional("region")
-        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or (configured or ("",))[0]
+        region = _region(settings, environ, aws)
         if region:
             settings["region"] = region
 

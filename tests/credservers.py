@@ -54,7 +54,7 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_PUT = _any
+            do_GET = do_PUT = do_POST = _any
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -15,6 +15,7 @@ import pytest
 import s3rig
 from credservers import ROLE, ContainerEndpoint, Imds
 
+from s3fs_mount import aws_credentials
 from s3fs_mount.config import load_settings
 from s3fs_mount.s3 import RemoteStore, S3Connection, S3Name
 from s3fs_mount.s3.connection import region_of
@@ -203,3 +204,82 @@ def test_a_mount_on_imds_credentials_refreshes_them_mid_mount(
     for n in range(5):
         assert boto.get_object(Bucket=bucket, Key="f%d" % n)["Body"].read() == b"%d" % n * 1000
 
+
+
+# -- STS (moto's): web identity and assume-role ------------------------------------------------------
+
+
+@pytest.fixture
+def sts_sent(aws_env):
+    """The headers of each request sent to STS (then sent on, to moto)."""
+    sent: list[dict[str, str]] = []
+    real = aws_credentials.requests.post
+
+    def post(url, **kwargs):
+        sent.append(dict(kwargs.get("headers") or {}))
+        return real(url, **kwargs)
+
+    aws_env.setattr(aws_credentials.requests, "post", post)
+    return sent
+
+
+def test_web_identity_exchanges_the_token_file_for_the_role(aws_env, moto_server, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOi.pod-token.sig\n")
+    aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+    aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/mounter")
+    aws_env.setenv("AWS_ROLE_SESSION_NAME", "pod-1")
+    aws_env.setenv("AWS_ENDPOINT_URL_STS", moto_server.url)
+    settings = load_settings(environ=dict(os.environ, AWS_ENDPOINT_URL=moto_server.url))
+    assert settings["access_key_id"].startswith("ASIA") and settings["session_token"]
+    assert settings["credentials_expire"] > time.time() + 600 and settings["credential_refresh"]
+    key, _, token_again, expires = settings["credential_refresh"]()  # assumes the role again
+    assert key.startswith("ASIA") and token_again and expires > time.time()
+    connection = S3Connection(**dict(settings, default_bucket="web-identity"))
+    store = RemoteStore(connection)
+    store.create_bucket("web-identity")
+    assert put(store, tmp_path, "k", b"v") is True and got(store, tmp_path, "k") == b"v"
+
+
+def test_a_refused_web_identity_is_one_clear_line(aws_env, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t")
+    with tokenless(ContainerEndpoint(("K", "S"), "none")) as not_sts:  # answers 401 to everything
+        aws_env.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token))
+        aws_env.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/mounter")
+        aws_env.setenv("AWS_ENDPOINT_URL_STS", not_sts.url)
+        with pytest.raises(ConfigError, match="STS AssumeRoleWithWebIdentity for arn:.* refused: 401"):
+            load_settings()
+
+
+def test_an_assume_role_profile_signs_assume_role_with_its_source(
+    aws_env, moto_server, tmp_path, sts_sent
+):
+    aws = tmp_path / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text(
+        "[base]\naws_access_key_id = AKIABASE\naws_secret_access_key = basesecret\n"
+    )
+    (aws / "config").write_text(
+        "[profile mounter]\nrole_arn = arn:aws:iam::123456789012:role/mounter\nsource_profile = base\n"
+        "role_session_name = laptop\nregion = eu-west-1\n"
+    )
+    aws_env.setenv("AWS_ENDPOINT_URL_STS", moto_server.url)
+    settings = load_settings(profile="mounter", environ=dict(os.environ, AWS_ENDPOINT_URL=moto_server.url))
+    assert settings["access_key_id"].startswith("ASIA") and settings["access_key_id"] != "AKIABASE"
+    assert settings["session_token"] and settings["region"] == "eu-west-1"
+    assert settings["credential_refresh"]()[0].startswith("ASIA")
+    assert len(sts_sent) == 2  # signed with the source's key, for STS in the profile's region
+    assert all("Credential=AKIABASE/" in h["Authorization"] for h in sts_sent)
+    assert all("/eu-west-1/sts/aws4_request" in h["Authorization"] for h in sts_sent)
+
+
+def test_an_assume_role_loop_is_refused(aws_env, tmp_path):
+    aws = tmp_path / ".aws"
+    aws.mkdir()
+    (aws / "config").write_text(
+        "[profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = b\n"
+        "[profile b]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = a\n"
+    )
+    with pytest.raises(ConfigError, match="source_profile a loops back"):
+        load_settings(profile="a")

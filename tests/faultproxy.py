@@ -205,6 +205,39 @@ def s3_error_response(status: int, method: str = "GET", code: str | None = None,
     return raw if method == "HEAD" else raw + body
 
 
+def wrong_region_response(method: str, region: str, signed_for: str, close: bool = False) -> bytes:
+    """What AWS answers a request signed for another region than the bucket's: a HEAD gets
+    301 with ``x-amz-bucket-region`` (it has no body), the rest 400 AuthorizationHeaderMalformed
+    naming the ``Region`` expected."""
+    if method == "HEAD":
+        status, reason, body = 301, "Moved Permanently", b""
+    else:
+        status, reason = 400, "Bad Request"
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AuthorizationHeaderMalformed</Code>'
+            f"<Message>The authorization header is malformed; the region '{signed_for}' is wrong; "
+            f"expecting '{region}'</Message><Region>{region}</Region><RequestId>FAULTPROXY</RequestId>"
+            "</Error>"
+        ).encode()
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: application/xml",
+        f"Content-Length: {len(body)}",
+        f"x-amz-bucket-region: {region}",
+        f"Connection: {'close' if close else 'keep-alive'}",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def signed_region(headers: list[tuple[str, str]]) -> str | None:
+    """The region of a SigV4 Authorization header's credential scope."""
+    for name, value in headers:
+        if name.lower() == "authorization" and "Credential=" in value:
+            scope = value.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+            return scope[2] if len(scope) > 2 else None
+    return None
+
+
 class FaultProxy:
     """Threaded TCP/HTTP proxy on 127.0.0.1 whose faults can be changed at run time.
 
@@ -221,6 +254,9 @@ class FaultProxy:
         self.requests = 0
         self.forwarded = 0
         self.seen: list[tuple[str, str]] = []
+        #: As AWS does for a bucket in this region: a request signed for another is refused.
+        self.bucket_region: str | None = None
+        self.wrong_region = 0  # requests refused so
         self._lock = threading.Lock()
         self._fail_queue: list[tuple[int, str | None]] = []
         self._drop_count = 0
@@ -413,6 +449,15 @@ class FaultProxy:
                 if action == "fail":
                     log.debug("faultproxy: failing %s %s with %d", method, target, status)
                     conn.sendall(s3_error_response(status, method, code, close=req.wants_close()))
+                    if req.wants_close():
+                        return
+                    continue
+                signed_for = signed_region(headers)
+                if self.bucket_region and signed_for and signed_for != self.bucket_region:
+                    with self._lock:
+                        self.wrong_region += 1
+                    close = req.wants_close()
+                    conn.sendall(wrong_region_response(method, self.bucket_region, signed_for, close))
                     if req.wants_close():
                         return
                     continue

@@ -205,7 +205,6 @@ def test_a_mount_on_imds_credentials_refreshes_them_mid_mount(
         assert boto.get_object(Bucket=bucket, Key="f%d" % n)["Body"].read() == b"%d" % n * 1000
 
 
-
 # -- STS (moto's): web identity and assume-role ------------------------------------------------------
 
 
@@ -252,9 +251,7 @@ def test_a_refused_web_identity_is_one_clear_line(aws_env, tmp_path):
             load_settings()
 
 
-def test_an_assume_role_profile_signs_assume_role_with_its_source(
-    aws_env, moto_server, tmp_path, sts_sent
-):
+def test_an_assume_role_profile_signs_assume_role_with_its_source(aws_env, moto_server, tmp_path, sts_sent):
     aws = tmp_path / ".aws"
     aws.mkdir()
     (aws / "credentials").write_text(
@@ -283,3 +280,46 @@ def test_an_assume_role_loop_is_refused(aws_env, tmp_path):
     )
     with pytest.raises(ConfigError, match="source_profile a loops back"):
         load_settings(profile="a")
+
+
+# -- regions found from what S3 answers ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", ["HEAD (301)", "PUT (400 AuthorizationHeaderMalformed)"])
+def test_a_bucket_in_another_region_is_found_and_signed_for(
+    faultproxy, s3config, bucket, tmp_path, caplog, first
+):
+    faultproxy.bucket_region = "eu-west-1"  # as AWS: a request signed for another region is refused
+    connection = S3Connection(**dict(s3config, endpoint=faultproxy.endpoint, region="us-east-1"))
+    store = RemoteStore(connection)
+    if first.startswith("HEAD"):
+        assert store.exists(S3Name("nothing-here"))[0] is False
+    else:
+        assert put(store, tmp_path, "k", b"v") is True
+    assert faultproxy.wrong_region == 1 and connection.region_for(bucket) == "eu-west-1"
+    assert "bucket %s is in region eu-west-1, not us-east-1" % bucket in caplog.text
+    assert put(store, tmp_path, "k2", b"v2") is True and got(store, tmp_path, "k2") == b"v2"
+    assert faultproxy.wrong_region == 1  # found once, then every request is signed for it
+
+
+def test_a_regional_aws_endpoint_follows_the_bucket_region():
+    connection = S3Connection(endpoint="s3.us-east-1.amazonaws.com", access_key_id="K", secret_access_key="S")
+    connection._bucket_regions["b"] = "eu-west-1"  # as _learn_region records it
+    assert connection._host_and_path("b", "k") == ("b.s3.eu-west-1.amazonaws.com", "/k")
+    assert connection._host_and_path("other", "k") == ("other.s3.us-east-1.amazonaws.com", "/k")
+
+
+@pytest.mark.fuse
+def test_a_mount_of_a_bucket_in_another_region_finds_it(
+    mount_factory, faultproxy, s3config, bucket, tmp_path, boto
+):
+    faultproxy.bucket_region = "ap-south-1"
+    config = s3rig.write_s3yaml(
+        tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint, region="us-east-1")
+    )
+    mount = mount_factory(config=str(config)).start()
+    with open(os.path.join(mount.path, "f"), "wb") as f:
+        f.write(b"regional")
+    assert os.listdir(mount.path) == ["f"]
+    assert "is in region ap-south-1" in mount.log() and faultproxy.wrong_region >= 1
+    assert boto.get_object(Bucket=bucket, Key="f")["Body"].read() == b"regional"

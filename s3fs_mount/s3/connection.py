@@ -207,6 +207,9 @@ class S3Connection:
         self.credentials_expire = credentials_expire
         self.credential_refresh = credential_refresh
         self._refresh_lock = threading.Lock()
+        #: bucket -> the region S3 said it is in, where that is not ``region``. Guarded by _region_lock.
+        self._bucket_regions: dict[str, str] = {}
+        self._region_lock = threading.Lock()
         # Requests go straight to requests' transport adapter (its urllib3 pool, its exceptions,
         # its Response), not through a requests.Session: the Session's per-request work (URL
         # parsing, settings merging, cookies, hooks) was a quarter of a HEAD's time on loopback.
@@ -274,13 +277,52 @@ class S3Connection:
 
     def _host_and_path(self, bucket: str | None, key: str) -> tuple[str, str]:
         encoded_key = uri_encode(key, safe="/")
+        endpoint = self._endpoint_for(bucket)
         if not bucket:
-            return self.endpoint, "/"
+            return endpoint, "/"
         if self.path_style:
             if not key:
-                return self.endpoint, "/" + uri_encode(bucket)
-            return self.endpoint, "/%s/%s" % (uri_encode(bucket), encoded_key)
-        return "%s.%s" % (bucket, self.endpoint), "/" + encoded_key
+                return endpoint, "/" + uri_encode(bucket)
+            return endpoint, "/%s/%s" % (uri_encode(bucket), encoded_key)
+        return "%s.%s" % (bucket, endpoint), "/" + encoded_key
+
+    # -- regions -----------------------------------------------------------------------------
+
+    def region_for(self, bucket: str | None) -> str:
+        """The region requests for ``bucket`` are signed for: the one S3 named, else ``region``."""
+        with self._region_lock:
+            return self._bucket_regions.get(bucket or "", self.region)
+
+    def _endpoint_for(self, bucket: str | None) -> str:
+        """An AWS regional endpoint follows the bucket's region (s3.us-east-1 -> s3.eu-west-1)."""
+        region = self.region_for(bucket)
+        named = region_of(self.endpoint)
+        if region == self.region or not named or named == region or named not in self.endpoint:
+            return self.endpoint
+        return self.endpoint.replace(named, region, 1)
+
+    def _learn_region(self, bucket: str | None, resp: requests.Response) -> bool:
+        """Did S3 answer that ``bucket`` is in another region? Then remember it, say so once,
+        and tell the caller to sign again: a 301 or 400 with ``x-amz-bucket-region``, or an
+        ``AuthorizationHeaderMalformed`` body naming the ``Region`` expected."""
+        if not bucket or resp.status_code not in (301, 307, 400):
+            return False
+        region = resp.headers.get("x-amz-bucket-region", "")
+        if not region and resp.content and b"AuthorizationHeaderMalformed" in resp.content:
+            region = xmlparse.parse_text(resp.content, "Region")
+        if not region or region == self.region_for(bucket):
+            return False
+        with self._region_lock:
+            self._bucket_regions[bucket] = region
+        log.warning(
+            "bucket %s is in region %s, not %s: signing for %s from now on (set region: %s to skip this)",
+            bucket,
+            region,
+            self.region,
+            region,
+            region,
+        )
+        return True
 
     def request(
         self,
@@ -304,11 +346,7 @@ class S3Connection:
         failure once retries are spent.
         """
         query = dict(query or {})
-        host, path = self._host_and_path(bucket, key)
-        url = "%s://%s%s" % (self.scheme, host, path)
         qs = canonical_query(query)
-        if qs:
-            url += "?" + qs
         if payload_hash is None:
             if body is None:
                 payload_hash = EMPTY_SHA256
@@ -325,7 +363,13 @@ class S3Connection:
             attempts += 1
             if attempts > 1:
                 self.stats.retried()
-            signed = self._fresh_signer().sign(method, host, path, query, headers or {}, payload_hash)
+            host, path = self._host_and_path(bucket, key)
+            url = "%s://%s%s%s" % (self.scheme, host, path, "?" + qs if qs else "")
+            signer = self._fresh_signer()
+            region = self.region_for(bucket)
+            if region != signer.region:
+                signer = signer.for_region(region)
+            signed = signer.sign(method, host, path, query, headers or {}, payload_hash)
             data = body() if callable(body) else body
             started = time.monotonic()
             sent = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
@@ -359,6 +403,8 @@ class S3Connection:
             )
             if ok:
                 return resp
+            if self._learn_region(bucket, resp):
+                return attempt()  # once: the region is now known, and the same again is no news
             raise self._error(resp, what)
 
         if not retry:

@@ -60,6 +60,10 @@ class SigV4Signer:
         self.session_token = session_token
         self._key_cache: tuple[str, bytes] = ("", b"")
 
+    def for_region(self, region: str) -> SigV4Signer:
+        """The same credentials, signing for ``region``."""
+        return SigV4Signer(self.access_key, self._secret_key, region, self.service, self.session_token)
+
     def __repr__(self) -> str:  # never show the secret
         return "SigV4Signer(%r, <secret>, %r)" % (self.access_key, self.region)
 

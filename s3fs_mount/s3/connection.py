@@ -193,7 +193,9 @@ class S3Connection:
         self.tls = tls
         if region is not None and not isinstance(region, str):
             raise ConfigError("S3 setting region must be a string")
-        self.region = region or region_of(endpoint) or "us-east-1"
+        #: The region the endpoint's name gives (an AWS regional endpoint), else None.
+        self._endpoint_region = region_of(endpoint)
+        self.region = region or self._endpoint_region or "us-east-1"
         self.path_style = (not endpoint.endswith("amazonaws.com")) if path_style is None else path_style
         self.verify_tls = verify_tls
         if not verify_tls:
@@ -275,9 +277,10 @@ class S3Connection:
             resp.content  # noqa: B018 - read the body now, releasing the connection to the pool
         return resp
 
-    def _host_and_path(self, bucket: str | None, key: str) -> tuple[str, str]:
+    def _host_and_path(self, bucket: str | None, key: str, region: str | None = None) -> tuple[str, str]:
+        """Host and path of ``bucket``/``key``; ``region``: the bucket's, where S3 named another."""
         encoded_key = uri_encode(key, safe="/")
-        endpoint = self._endpoint_for(bucket)
+        endpoint = self._endpoint_in(region or self.region)
         if not bucket:
             return endpoint, "/"
         if self.path_style:
@@ -293,10 +296,10 @@ class S3Connection:
         with self._region_lock:
             return self._bucket_regions.get(bucket or "", self.region)
 
-    def _endpoint_for(self, bucket: str | None) -> str:
-        """An AWS regional endpoint follows the bucket's region (s3.us-east-1 -> s3.eu-west-1)."""
-        region = self.region_for(bucket)
-        named = region_of(self.endpoint)
+    def _endpoint_in(self, region: str) -> str:
+        """The endpoint for a bucket in ``region``: an AWS regional one follows it (s3.us-east-1 ->
+        s3.eu-west-1); any other stays as it is."""
+        named = self._endpoint_region
         if region == self.region or not named or named == region or named not in self.endpoint:
             return self.endpoint
         return self.endpoint.replace(named, region, 1)
@@ -363,10 +366,10 @@ class S3Connection:
             attempts += 1
             if attempts > 1:
                 self.stats.retried()
-            host, path = self._host_and_path(bucket, key)
+            region = self.region_for(bucket)
+            host, path = self._host_and_path(bucket, key, region)
             url = "%s://%s%s%s" % (self.scheme, host, path, "?" + qs if qs else "")
             signer = self._fresh_signer()
-            region = self.region_for(bucket)
             if region != signer.region:
                 signer = signer.for_region(region)
             signed = signer.sign(method, host, path, query, headers or {}, payload_hash)

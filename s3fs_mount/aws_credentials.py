@@ -49,6 +49,7 @@ from xml.etree.ElementTree import ParseError
 import requests
 
 from s3fs_mount.s3 import xmlparse
+from s3fs_mount.s3.connection import REFRESH_MARGIN, Credentials
 from s3fs_mount.s3.errors import ConfigError
 from s3fs_mount.s3.sigv4 import SigV4Signer
 
@@ -61,9 +62,6 @@ CONTAINER_HOSTS = frozenset({"169.254.170.2", "169.254.170.23", "fd00:ec2::23"})
 IMDS_ENDPOINT = "http://169.254.169.254"
 IMDS_TOKEN_TTL = "21600"
 CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
-
-#: (key id, secret, token, expiry as epoch seconds): what a refresh gives the connection.
-Refreshed = tuple[str, str, "str | None", "float | None"]
 
 
 def parse_credentials(data: Any, what: str) -> dict[str, Any]:
@@ -113,7 +111,7 @@ def refreshing(fetch: functools.partial[dict[str, Any]]) -> dict[str, Any]:
     return creds
 
 
-def _refresh(fetch: functools.partial[dict[str, Any]]) -> Refreshed:
+def _refresh(fetch: functools.partial[dict[str, Any]]) -> Credentials:
     creds = fetch()
     expires = creds.get("credentials_expire")
     return (
@@ -149,16 +147,19 @@ def web_identity_credentials(environ: Mapping[str, str], region: str | None) -> 
 
 
 def _web_identity(endpoint: str, role: str, session: str, token_file: str) -> dict[str, Any]:
-    try:
-        with open(token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise ConfigError(
-            "AWS_WEB_IDENTITY_TOKEN_FILE: cannot read %s: %s" % (token_file, exc.strerror)
-        ) from None
+    token = _read_token(token_file, "AWS_WEB_IDENTITY_TOKEN_FILE")
     form = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": role}
     form.update(RoleSessionName=session, WebIdentityToken=token)
     return _sts(endpoint, form, {}, "STS AssumeRoleWithWebIdentity for %s" % role)
+
+
+def _read_token(path: str, variable: str) -> str:
+    """A token file's content (read at each fetch: the platform rotates it); never logged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise ConfigError("%s: cannot read %s: %s" % (variable, path, exc.strerror)) from None
 
 
 def assume_role(
@@ -175,7 +176,7 @@ def _assume(
     refresh = source.get("credential_refresh")
     key, secret, token = source["access_key_id"], source["secret_access_key"], source.get("session_token")
     if refresh is not None and source.get("credentials_expire") is not None:
-        if time.time() > float(source["credentials_expire"]) - 300:
+        if time.time() > float(source["credentials_expire"]) - REFRESH_MARGIN:
             key, secret, token, source["credentials_expire"] = refresh()
     form = {"Action": "AssumeRole", "Version": "2011-06-15", "RoleArn": role, "RoleSessionName": session}
     body = urllib.parse.urlencode(form)
@@ -198,16 +199,8 @@ def _sts(
         raise ConfigError("%s: cannot reach %s: %s" % (what, endpoint, type(exc).__name__)) from None
     if resp.status_code != 200:
         raise ConfigError("%s refused: %d %s" % (what, resp.status_code, _reason(resp.content)))
-    found = {
-        name: xmlparse.parse_text(resp.content, tag)
-        for name, tag in (
-            ("AccessKeyId", "AccessKeyId"),
-            ("SecretAccessKey", "SecretAccessKey"),
-            ("SessionToken", "SessionToken"),
-            ("Expiration", "Expiration"),
-        )
-    }
-    return parse_credentials(found, what)
+    tags = ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration")
+    return parse_credentials({tag: xmlparse.parse_text(resp.content, tag) for tag in tags}, what)
 
 
 def _reason(content: bytes) -> str:
@@ -260,13 +253,7 @@ def _fetch_container(url: str, origin: str, environ: Mapping[str, str]) -> dict[
     headers = {}
     token_file = environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
     if token_file:
-        try:
-            with open(token_file, encoding="utf-8") as f:
-                headers["Authorization"] = f.read().strip()
-        except OSError as exc:
-            raise ConfigError(
-                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: cannot read %s: %s" % (token_file, exc.strerror)
-            ) from None
+        headers["Authorization"] = _read_token(token_file, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
     elif environ.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"):
         headers["Authorization"] = environ["AWS_CONTAINER_AUTHORIZATION_TOKEN"]
     what = "the container credentials endpoint (%s)" % origin

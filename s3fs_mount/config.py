@@ -314,27 +314,35 @@ class AwsProfile:
     def load_credentials(
         self, region: str | None = None, seen: tuple[str, ...] = ()
     ) -> dict[str, str] | None:
-        """Static keys, else an assumed ``role_arn``, else the output of ``credential_process``;
-        None when the profile has none of them. ``region`` picks STS's endpoint."""
+        """An assumed ``role_arn`` (as in the AWS SDKs, ahead of the profile's keys), else its
+        static keys, else the output of ``credential_process``; None when the profile has none of
+        them. ``region`` picks STS's endpoint."""
         role = self.get("role_arn")
         if role:
             return self._assume_role(role, region, seen + (self.name,))
-        key_id, secret = self.get("aws_access_key_id"), self.get("aws_secret_access_key")
-        if key_id or secret:
-            if not (key_id and secret):
-                path = (key_id or secret)[1]  # type: ignore[index]
-                missing = "aws_secret_access_key" if key_id else "aws_access_key_id"
-                raise ConfigError("%s: profile [%s] has no %s" % (path, self.name, missing))
-            creds = {"access_key_id": key_id[0], "secret_access_key": secret[0]}
-            token = self.get("aws_session_token")
-            if token:
-                creds["session_token"] = token[0]
+        creds = self._static_keys()
+        if creds:
             return creds
         process = self.get("credential_process")
         if process:
             origin = "%s: profile [%s]" % (process[1], self.name)
             return aws_credentials.refreshing(functools.partial(run_credential_process, process[0], origin))
         return None
+
+    def _static_keys(self) -> dict[str, str] | None:
+        """The profile's ``aws_access_key_id``/``aws_secret_access_key`` (and token); None if none."""
+        key_id, secret = self.get("aws_access_key_id"), self.get("aws_secret_access_key")
+        if not (key_id or secret):
+            return None
+        if not (key_id and secret):
+            path = (key_id or secret)[1]  # type: ignore[index]
+            missing = "aws_secret_access_key" if key_id else "aws_access_key_id"
+            raise ConfigError("%s: profile [%s] has no %s" % (path, self.name, missing))
+        creds = {"access_key_id": key_id[0], "secret_access_key": secret[0]}
+        token = self.get("aws_session_token")
+        if token:
+            creds["session_token"] = token[0]
+        return creds
 
     def _assume_role(
         self, role: tuple[str, str], region: str | None, seen: tuple[str, ...]
@@ -349,10 +357,7 @@ class AwsProfile:
             raise ConfigError("%s: source_profile %s loops back" % (origin, source[0]))
         source_profile = AwsProfile(source[0], self.environ)
         if source_profile.name == self.name:  # a profile whose own keys assume its role
-            key_id, secret = self.get("aws_access_key_id"), self.get("aws_secret_access_key")
-            creds = (
-                {"access_key_id": key_id[0], "secret_access_key": secret[0]} if key_id and secret else None
-            )
+            creds = self._static_keys()
         else:
             creds = source_profile.load_credentials(region, seen) if source_profile.exists else None
         if not creds:
@@ -455,13 +460,13 @@ def load_settings(
             "%s: profile %r not found in %s or %s" % (where, aws.name, aws.credentials_path, aws.config_path)
         )
 
+    region = _region(settings, environ, aws)
     has_key, has_secret = "access_key_id" in settings, "secret_access_key" in settings
     if has_key != has_secret:
         missing = "secret_access_key" if has_key else "access_key_id"
         raise ConfigError("%s: s3.%s is missing (the key id and secret go together)" % (origin, missing))
     if not has_key:
         settings.pop("session_token", None)  # a token only means something with its keys
-        region = _region(settings, environ, aws)
         if profile:
             creds = aws.load_credentials(region) or _env_credentials(environ)
         else:
@@ -483,11 +488,9 @@ def load_settings(
             )
         settings.update(creds)
 
-    if "region" not in settings and not region_of(settings.get("endpoint", "")):
+    if region and "region" not in settings and not region_of(settings.get("endpoint", "")):
         # (An endpoint that names its region signs for it: S3Connection reads it from the name.)
-        region = _region(settings, environ, aws)
-        if region:
-            settings["region"] = region
+        settings["region"] = region
 
     if "endpoint" not in settings:
         for name, value in _default_endpoint(environ, aws, settings.get("region")).items():

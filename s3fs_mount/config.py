@@ -347,18 +347,19 @@ class AwsProfile:
     def _assume_role(
         self, role: tuple[str, str], region: str | None, seen: tuple[str, ...]
     ) -> dict[str, str]:
+        """The role's credentials, assumed with the source profile's (an assume-role chain)."""
         origin = "%s: profile [%s]" % (role[1], self.name)
         source = self.get("source_profile")
         if not source:
             raise ConfigError(
                 "%s has role_arn but no source_profile (credential_source is not supported)" % origin
             )
-        if source[0] in seen:
-            raise ConfigError("%s: source_profile %s loops back" % (origin, source[0]))
-        source_profile = AwsProfile(source[0], self.environ)
-        if source_profile.name == self.name:  # a profile whose own keys assume its role
+        if source[0] == self.name:  # a profile whose own keys assume its role
             creds = self._static_keys()
+        elif source[0] in seen:
+            raise ConfigError("%s: source_profile %s loops back" % (origin, source[0]))
         else:
+            source_profile = AwsProfile(source[0], self.environ)
             creds = source_profile.load_credentials(region, seen) if source_profile.exists else None
         if not creds:
             raise ConfigError("%s: source_profile %s has no credentials" % (origin, source[0]))

@@ -324,3 +324,16 @@ def test_a_mount_of_a_bucket_in_another_region_finds_it(
     assert os.listdir(mount.path) == ["f"]
     assert "is in region ap-south-1" in mount.log() and faultproxy.wrong_region >= 1
     assert boto.get_object(Bucket=bucket, Key="f")["Body"].read() == b"regional"
+
+
+def test_a_profile_may_assume_its_role_with_its_own_keys(aws_env, moto_server, tmp_path, sts_sent):
+    aws = tmp_path / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text("[self]\naws_access_key_id = AKIASELF\naws_secret_access_key = s\n")
+    (aws / "config").write_text(
+        "[profile self]\nrole_arn = arn:aws:iam::123456789012:role/r\nsource_profile = self\n"
+    )
+    aws_env.setenv("AWS_ENDPOINT_URL_STS", moto_server.url)
+    settings = load_settings(profile="self", environ=dict(os.environ, AWS_ENDPOINT_URL=moto_server.url))
+    assert settings["access_key_id"].startswith("ASIA")
+    assert "Credential=AKIASELF/" in sts_sent[0]["Authorization"]

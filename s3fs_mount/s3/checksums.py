@@ -9,7 +9,7 @@ MD5 of its bytes when it was written in one PUT (``MD5:...``) or
 (``MD5-of-parts:...-n``). A CRC32 (ISA-L's) is thirty times cheaper to compute
 here than an MD5, so it is used when there is one. Servers that encrypt with KMS or a
 customer key give ETags that are no MD5: such objects without a checksum
-(and CRC32C or CRC64NVME ones: no library here computes them) are not checked. A reader's bytes
+are not checked (nor CRC32C and CRC64NVME ones where awscrt is missing). A reader's bytes
 arrive in ranged GETs, in parallel and out of order; a :class:`Verifier`
 hashes them in order as they come (pieces that arrive early wait, by
 reference, for the ones before), part by part, and when the last byte is in
@@ -27,20 +27,17 @@ gives no digest of a range or, for other clients' objects, of a part).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import re
 import threading
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
+from typing import Any
 
 from s3fs_mount.s3.errors import RemoteStoreError
-
-try:  # ISA-L's CRC32: 25 GB/s here against zlib's 2.2 (README.rst, "Dependencies")
-    from isal.isal_zlib import crc32 as _crc32
-except ImportError:  # a platform without its wheels: the same values, ten times the CPU
-    _crc32 = zlib.crc32
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +61,44 @@ class ChecksumMismatch(RemoteStoreError):
         self.key, self.expected, self.got = key, expected, got
 
 
-class _Crc32:
-    """CRC32 with hashlib's update/digest (the 4 bytes big-endian, as S3 encodes them)."""
+try:  # ISA-L's CRC32: 25 GB/s here against zlib's 2.2 (README.rst, "Dependencies")
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # a platform without its wheels: the same values, ten times the CPU
+    _crc32 = zlib.crc32
 
-    def __init__(self) -> None:
-        self.value = 0
+
+class _Crc:
+    """A CRC function with hashlib's update/digest (big-endian, as S3 encodes it).
+
+    :param function: ``function(data, previous) -> int``, as zlib's ``crc32``.
+    :param width: the CRC's bytes (4 for CRC32 and CRC32C, 8 for CRC64NVME).
+    """
+
+    def __init__(self, function: Callable[[bytes | memoryview, int], int], width: int) -> None:
+        self.function, self.width, self.value = function, width, 0
 
     def update(self, data: bytes | memoryview) -> None:
-        self.value = _crc32(data, self.value)
+        self.value = self.function(data, self.value)
 
     def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
+        return self.value.to_bytes(self.width, "big")
 
 
-_HASHES = {
+#: Algorithm (as :func:`plan` names it) -> a new hash object.
+_HASHES: dict[str, Callable[[], Any]] = {
     "MD5": hashlib.md5,
     "MD5-of-parts": hashlib.md5,
-    "CRC32": _Crc32,
+    "CRC32": functools.partial(_Crc, _crc32, 4),
     "SHA1": hashlib.sha1,
     "SHA256": hashlib.sha256,
 }
+try:  # AWS's CRT: CRC32C, and CRC64NVME, which AWS stores with every object since 2025 (8 GB/s)
+    from awscrt.checksums import crc32c, crc64nvme
+
+    _HASHES["CRC32C"] = functools.partial(_Crc, crc32c, 4)
+    _HASHES["CRC64NVME"] = functools.partial(_Crc, crc64nvme, 8)
+except ImportError:  # without it such objects are read unchecked, as plan() says
+    log.info("awscrt is not installed: objects with only a CRC32C or CRC64NVME are not checked")
 
 
 def plan(digest: str) -> tuple[str, int] | None:

@@ -205,6 +205,8 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     opts.cache_dir = os.path.abspath(os.path.expanduser(opts.cache_dir))
     if opts.log_file:
         opts.log_file = os.path.abspath(os.path.expanduser(opts.log_file))
+    if opts.sse_c_key_file:
+        opts.sse_c_key_file = os.path.abspath(os.path.expanduser(opts.sse_c_key_file))
     return Invocation(
         bucket=bucket,
         prefix=prefix,
@@ -469,7 +471,10 @@ def mount_bucket(inv: Invocation) -> int:
     if not bucket:
         raise CliError("error: no BUCKET given and no default_bucket in the settings", 2)
     settings["default_bucket"] = bucket
+    settings.update(inv.opts.object_settings())
     conn = S3Connection(**settings)
+    if conn.object_options.describe():
+        log.info("objects are written with %s", conn.object_options.describe())
     store = RemoteStore(
         conn,
         part_size=inv.opts.part_size,
@@ -587,7 +592,7 @@ def mount_local(inv: Invocation) -> int:
                 server.start(lambda: _local_ready(server), timeout=60)
             except ServerError as exc:
                 raise CliError(str(exc).splitlines()[0]) from None
-            conn = _local_connection(server, default_bucket=LOCAL_BUCKET)
+            conn = _local_connection(server, default_bucket=LOCAL_BUCKET, **inv.opts.object_settings())
             store = RemoteStore(
                 conn,
                 part_size=inv.opts.part_size,

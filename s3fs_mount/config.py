@@ -69,6 +69,12 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "verify_tls": (bool,),
     "timeout": (int, float),
     "max_connections": (int,),
+    # how objects are stored (checked by s3fs_mount.s3.objectopts.ObjectOptions.parse)
+    "storage_class": (str,),
+    "sse": (str,),
+    "sse_c_key_file": (str,),
+    "requester_pays": (bool,),
+    "acl": (str,),
 }
 #: The seed's prose calls default_bucket "bucket"; accept that spelling too.
 ALIASES = {"bucket": "default_bucket"}

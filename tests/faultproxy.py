@@ -9,6 +9,7 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.mode = "fail"         # every request fails ("pass" restores; "drop" drops)
         proxy.flip_request(1)       # the next PUT's body reaches the server with one byte changed
         proxy.flip_response(1)      # the next GET's body reaches the client with one byte changed
+        proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
 (headers up to CRLFCRLF, then a Content-Length or chunked body) so keep-alive
@@ -254,6 +255,8 @@ class FaultProxy:
         self.requests = 0
         self.forwarded = 0
         self.seen: list[tuple[str, str]] = []
+        #: (method, target, headers with lower-case names) of every request seen.
+        self.heard: list[tuple[str, str, dict[str, str]]] = []
         #: As AWS does for a bucket in this region: a request signed for another is refused.
         self.bucket_region: str | None = None
         self.wrong_region = 0  # requests refused so
@@ -431,6 +434,7 @@ class FaultProxy:
                 action, status, code = self._decide()
                 with self._lock:
                     self.seen.append((method, target))
+                    self.heard.append((method, target, {k.lower(): v for k, v in headers}))
                 expect = any(
                     k.lower() == "expect" and v.lower() == "100-continue" for k, v in headers
                 )

@@ -21,6 +21,7 @@ from requests.structures import CaseInsensitiveDict
 
 from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.errors import ConfigError, S3Error, TransportError
+from s3fs_mount.s3.objectopts import ObjectOptions, operation_of
 from s3fs_mount.s3.retry import RetryPolicy
 from s3fs_mount.s3.sigv4 import (
     EMPTY_SHA256,
@@ -145,6 +146,13 @@ class S3Connection:
     :param verify_tls: check the server certificate (default True).
     :param timeout: seconds to connect and between bytes read (default 30).
     :param max_connections: size of the connection pool all threads share (default 32).
+    :param storage_class: the storage class of every object written (``STANDARD_IA``, ...).
+    :param sse: server-side encryption of every object written: ``AES256`` (SSE-S3),
+        ``aws:kms`` or ``aws:kms:KEYID`` (SSE-KMS).
+    :param sse_c_key_file: a file holding an SSE-C key: every object is written with it, and every
+        read, copy and part of one carries it. Never logged.
+    :param requester_pays: every request carries ``x-amz-request-payer: requester``.
+    :param acl: the canned ACL of every object written (``bucket-owner-full-control``, ...).
     """
 
     def __init__(
@@ -163,6 +171,11 @@ class S3Connection:
         retry: RetryPolicy | None = None,
         credentials_expire: float | None = None,
         credential_refresh: Callable[[], Credentials] | None = None,
+        storage_class: str | None = None,
+        sse: str | None = None,
+        sse_c_key_file: str | None = None,
+        requester_pays: bool | None = None,
+        acl: str | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -203,6 +216,8 @@ class S3Connection:
         self.timeout = timeout
         self.max_connections = max_connections
         self.retry = retry or RetryPolicy()
+        #: What every request adds for the objects written (storage class, encryption, ...).
+        self.object_options = ObjectOptions.parse(storage_class, sse, sse_c_key_file, requester_pays, acl)
         self.stats = RequestStats()
         self.signer = SigV4Signer(access_key_id, secret_access_key, self.region, session_token=session_token)
         #: Temporary credentials: when they expire (epoch seconds), and how to get new ones.
@@ -359,6 +374,8 @@ class S3Connection:
                 payload_hash = UNSIGNED_PAYLOAD
         expect = tuple(expect)
         what = "%s %s/%s" % (method, bucket or "", key)
+        operation = operation_of(method, key, query, headers or {})
+        headers = self._with_object_options(operation, headers or {})
         attempts = 0
 
         def attempt() -> requests.Response:
@@ -372,7 +389,7 @@ class S3Connection:
             signer = self._fresh_signer()
             if region != signer.region:
                 signer = signer.for_region(region)
-            signed = signer.sign(method, host, path, query, headers or {}, payload_hash)
+            signed = signer.sign(method, host, path, query, headers, payload_hash)
             data = body() if callable(body) else body
             started = time.monotonic()
             sent = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
@@ -414,6 +431,16 @@ class S3Connection:
             return attempt()
         return self.retry.call(attempt, what)
 
+    def _with_object_options(self, operation: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """``headers`` and what :attr:`object_options` asks of ``operation`` (which wins)."""
+        extra = self.object_options.headers(operation)
+        if not extra:
+            return headers
+        names = {name.lower() for name in extra}
+        out = {name: value for name, value in headers.items() if name.lower() not in names}
+        out.update(extra)
+        return out
+
     @staticmethod
     def _error(resp: requests.Response, what: str) -> S3Error:
         code = message = ""
@@ -445,4 +472,9 @@ KNOWN_SETTINGS = (
     "verify_tls",
     "timeout",
     "max_connections",
+    "storage_class",
+    "sse",
+    "sse_c_key_file",
+    "requester_pays",
+    "acl",
 )

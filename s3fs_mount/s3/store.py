@@ -89,6 +89,8 @@ class ObjectInfo:
     version_id: str | None = None
     #: An ``x-amz-checksum-*`` the object was stored with, as ``'CRC32:NhCmhg=='`` ('' if none).
     checksum: str = ""
+    #: False for SSE-KMS and SSE-C objects: their ETag is no MD5 of the bytes.
+    etag_is_md5: bool = True
 
     @classmethod
     def from_response(cls, key: str, resp: requests.Response) -> ObjectInfo:
@@ -113,6 +115,8 @@ class ObjectInfo:
                 ),
                 "",
             ),
+            etag_is_md5=h.get("x-amz-server-side-encryption", "").lower() not in ("aws:kms", "aws:kms:dsse")
+            and "x-amz-server-side-encryption-customer-algorithm" not in h,
         )
 
     @property
@@ -122,12 +126,16 @@ class ObjectInfo:
         ``'CRC32:NhCmhg=='``, ``'MD5:5d41402a...'`` (one PUT), ``'MD5-of-parts:4ec9...-3'``
         (multipart), or ``''`` when the ETag is no MD5 (SSE-KMS, SSE-C).
         """
-        return digest_of(self.etag, self.checksum)
+        return digest_of(self.etag if self.etag_is_md5 else "", self.checksum)
 
 
 #: The checksums S3 may store with an object (``x-amz-checksum-NAME``), and the header prefix.
 CHECKSUMS = ("crc64nvme", "crc32", "crc32c", "sha1", "sha256")
 CHECKSUM_PREFIX = "x-amz-checksum-"
+
+
+#: A digest that says "nothing to check with": not even the ETag (which is no MD5 under SSE-KMS/SSE-C).
+NO_DIGEST = "none:"
 
 
 def digest_of(etag: str, checksum: str = "") -> str:
@@ -329,6 +337,11 @@ class RemoteStore:
 
     def _name(self, name: RemoteName) -> tuple[str, str]:
         return resolve(name, self.connection.default_bucket)
+
+    @property
+    def etags_are_md5(self) -> bool:
+        """False when what this store writes gets ETags that are no MD5 (``sse`` aws:kms, SSE-C)."""
+        return self.connection.object_options.etags_are_md5
 
     def close(self) -> None:
         """Stop the part-upload threads."""

@@ -9,6 +9,7 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.mode = "fail"         # every request fails ("pass" restores; "drop" drops)
         proxy.flip_request(1)       # the next PUT's body reaches the server with one byte changed
         proxy.flip_response(1)      # the next GET's body reaches the client with one byte changed
+        proxy.error_in_200(1)       # the next copy or multipart completion: 200 with an <Error> body
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -206,6 +207,32 @@ def s3_error_response(status: int, method: str = "GET", code: str | None = None,
     return raw if method == "HEAD" else raw + body
 
 
+def error_200_response(code: str, close: bool = False) -> bytes:
+    """What AWS may answer a CopyObject, UploadPartCopy or CompleteMultipartUpload that failed after
+    the status went out: 200, with an ``<Error>`` body (after the spaces it sends while it works)."""
+    message = "We encountered an internal error. Please try again."
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n' + " " * 8 + "\n"
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        "<RequestId>FAULTPROXY</RequestId><HostId>faultproxy</HostId></Error>"
+    ).encode()
+    head = [
+        "HTTP/1.1 200 OK",
+        "Content-Type: application/xml",
+        f"Content-Length: {len(body)}",
+        "x-amz-request-id: FAULTPROXY",
+        f"Connection: {'close' if close else 'keep-alive'}",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def is_copy_or_completion(method: str, target: str, headers: list[tuple[str, str]]) -> bool:
+    """A CopyObject, UploadPartCopy or CompleteMultipartUpload: what AWS may fail with a 200."""
+    if method == "PUT":
+        return any(k.lower() == "x-amz-copy-source" for k, _ in headers)
+    return method == "POST" and "uploadId=" in target
+
+
 def wrong_region_response(method: str, region: str, signed_for: str, close: bool = False) -> bytes:
     """What AWS answers a request signed for another region than the bucket's: a HEAD gets
     301 with ``x-amz-bucket-region`` (it has no body), the rest 400 AuthorizationHeaderMalformed
@@ -257,6 +284,8 @@ class FaultProxy:
         self.seen: list[tuple[str, str]] = []
         #: (method, target, headers with lower-case names) of every request seen.
         self.heard: list[tuple[str, str, dict[str, str]]] = []
+        self._errors_in_200: list[str] = []  # codes for the next copies/completions
+        self.errors_in_200 = 0  # such answers given
         #: As AWS does for a bucket in this region: a request signed for another is refused.
         self.bucket_region: str | None = None
         self.wrong_region = 0  # requests refused so
@@ -325,6 +354,21 @@ class FaultProxy:
             self.flipped.append((method, target))
             return True
 
+    def error_in_200(self, n: int = 1, code: str = "InternalError") -> None:
+        """Answer the next ``n`` copies and multipart completions with 200 and an ``<Error>`` body
+        naming ``code``, as AWS may; they are not forwarded (nothing happened)."""
+        with self._lock:
+            self._errors_in_200.extend([code] * n)
+
+    def _take_error_in_200(self, method: str, target: str, headers: list[tuple[str, str]]) -> str | None:
+        if not is_copy_or_completion(method, target, headers):
+            return None
+        with self._lock:
+            if not self._errors_in_200:
+                return None
+            self.errors_in_200 += 1
+            return self._errors_in_200.pop(0)
+
     def stall(self, seconds: float) -> None:
         """Delay every forwarded request by ``seconds`` (0 to stop stalling)."""
         self._stall = float(seconds)
@@ -337,6 +381,7 @@ class FaultProxy:
             self._drop_count = 0
             self._stall = 0.0
             self._flip_requests = self._flip_responses = 0
+            self._errors_in_200.clear()
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -462,6 +507,12 @@ class FaultProxy:
                         self.wrong_region += 1
                     close = req.wants_close()
                     conn.sendall(wrong_region_response(method, self.bucket_region, signed_for, close))
+                    if req.wants_close():
+                        return
+                    continue
+                error_code = self._take_error_in_200(method, target, headers)
+                if error_code is not None:
+                    conn.sendall(error_200_response(error_code, req.wants_close()))
                     if req.wants_close():
                         return
                     continue

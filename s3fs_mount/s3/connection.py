@@ -21,7 +21,7 @@ from requests.structures import CaseInsensitiveDict
 
 from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.errors import ConfigError, S3Error, TransportError
-from s3fs_mount.s3.objectopts import ObjectOptions, operation_of
+from s3fs_mount.s3.objectopts import ERRORS_IN_BODY, ObjectOptions, operation_of
 from s3fs_mount.s3.retry import RetryPolicy
 from s3fs_mount.s3.sigv4 import (
     EMPTY_SHA256,
@@ -410,6 +410,8 @@ class S3Connection:
                 sent = int(signed["Content-Length"])
             got = int(resp.headers.get("Content-Length") or 0) if method != "HEAD" else 0
             ok = resp.status_code in expect
+            failed = self._error_in_body(resp, what, stream) if ok and operation in ERRORS_IN_BODY else None
+            ok = ok and failed is None
             self.stats.add(method, sent, got, resp.status_code, ok, time.monotonic() - started)
             request_log.debug(
                 "%s %s %s %d %.0fms up=%d down=%d",
@@ -421,6 +423,8 @@ class S3Connection:
                 sent,
                 got,
             )
+            if failed is not None:
+                raise failed
             if ok:
                 return resp
             if self._learn_region(bucket, resp):
@@ -440,6 +444,19 @@ class S3Connection:
         out = {name: value for name, value in headers.items() if name.lower() not in names}
         out.update(extra)
         return out
+
+    @staticmethod
+    def _error_in_body(resp: requests.Response, what: str, stream: bool = False) -> S3Error | None:
+        """A 200 whose body is an ``<Error>``: AWS failed a copy or a completion after it sent
+        the status. Such an answer is no success: it counts as a 500, which the retry policy
+        retries (as the AWS SDKs do)."""
+        if stream or b"<Error>" not in resp.content.lstrip()[:512]:  # AWS may send spaces first
+            return None
+        err = xmlparse.parse_error(resp.content)
+        if "Code" not in err:
+            return None
+        log.warning("%s: S3 answered 200 with an error (%s): a failure", what, err["Code"])
+        return S3Error(500, err["Code"], err.get("Message", ""), err.get("RequestId", ""), what)
 
     @staticmethod
     def _error(resp: requests.Response, what: str) -> S3Error:

@@ -35,6 +35,7 @@ from s3fs_mount.config import load_settings
 from s3fs_mount.fs.options import MountOptions, OptionError, human_size
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
 from s3fs_mount.s3.errors import (
+    HEAD_400,
     ConfigError,
     ConnectionFailed,
     RemoteStoreError,
@@ -288,7 +289,11 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
         retry_log.setLevel(logging.ERROR)  # the final error says it all
     try:
         found = store.bucket_exists(bucket)
-    except S3Error as exc:
+    except S3Error as headed:
+        exc = _said_why(store, bucket, headed)
+        if exc.hint and exc.hint != HEAD_400:
+            said = "%s (S3 said: %d %s)" % (exc.hint, exc.status, exc.code)
+            raise CliError("cannot use bucket %s at %s: %s" % (bucket, where, said)) from None
         if exc.access_denied:
             raise CliError(
                 "access denied to bucket %s at %s: check the access key and secret (S3 said: %s)"
@@ -317,6 +322,19 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
         raise CliError("no such bucket: %s at %s" % (bucket, where))
     # Drop the pooled socket: the daemon must not share a connection with its parent.
     conn.close()
+
+
+def _said_why(store: RemoteStore, bucket: str, exc: S3Error) -> S3Error:
+    """A HEAD's refusal has no body to name its reason: a one-key listing asks S3 again for it."""
+    if exc.message or exc.status not in (400, 403):
+        return exc
+    try:
+        next(store.list(bucket=bucket, delimiter=None, max_keys=1))
+    except S3Error as listed:
+        return listed
+    except RemoteStoreError:
+        pass
+    return exc
 
 
 def _load_serve() -> Callable[..., int]:

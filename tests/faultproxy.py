@@ -184,10 +184,11 @@ def _is_chunked(headers: list[tuple[str, str]]) -> bool:
 
 
 def s3_error_response(status: int, method: str = "GET", code: str | None = None,
-                      close: bool = False) -> bytes:
+                      close: bool = False, message: str | None = None) -> bytes:
     """Build a complete canned S3-style XML error response."""
-    default_code, message = S3_ERRORS.get(status, ("ServiceUnavailable", "Service Unavailable"))
+    default_code, default_message = S3_ERRORS.get(status, ("ServiceUnavailable", "Service Unavailable"))
     code = code or default_code
+    message = message or default_message
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>{message}</Message>"
@@ -290,7 +291,7 @@ class FaultProxy:
         self.bucket_region: str | None = None
         self.wrong_region = 0  # requests refused so
         self._lock = threading.Lock()
-        self._fail_queue: list[tuple[int, str | None]] = []
+        self._fail_queue: list[tuple[int, str | None, str | None]] = []
         self._drop_count = 0
         self._stall = 0.0
         self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
@@ -318,10 +319,13 @@ class FaultProxy:
         """``http://127.0.0.1:PORT``."""
         return f"http://{self.endpoint}"
 
-    def fail_next(self, n: int = 1, status: int = 503, code: str | None = None) -> None:
-        """Answer the next ``n`` requests with a canned S3 XML error (not forwarded)."""
+    def fail_next(
+        self, n: int = 1, status: int = 503, code: str | None = None, message: str | None = None
+    ) -> None:
+        """Answer the next ``n`` requests with a canned S3 XML error (not forwarded); ``code`` and
+        ``message`` replace the status's usual ones."""
         with self._lock:
-            self._fail_queue.extend([(status, code)] * n)
+            self._fail_queue.extend([(status, code, message)] * n)
 
     def drop_next(self, n: int = 1) -> None:
         """Close the client connection abruptly (no response) on the next ``n`` requests."""
@@ -449,21 +453,21 @@ class FaultProxy:
         except OSError:
             pass
 
-    def _decide(self) -> tuple[str, int, str | None]:
+    def _decide(self) -> tuple[str, int, str | None, str | None]:
         """Pick what to do with the next request: ('pass'|'fail'|'drop', status, code)."""
         with self._lock:
             self.requests += 1
             if self._fail_queue:
-                status, code = self._fail_queue.pop(0)
-                return "fail", status, code
+                status, code, message = self._fail_queue.pop(0)
+                return "fail", status, code, message
             if self._drop_count > 0:
                 self._drop_count -= 1
-                return "drop", 0, None
+                return "drop", 0, None, None
             if self.mode == "fail":
-                return "fail", self.fail_status, None
+                return "fail", self.fail_status, None, None
             if self.mode == "drop":
-                return "drop", 0, None
-            return "pass", 0, None
+                return "drop", 0, None, None
+            return "pass", 0, None, None
 
     def _serve(self, conn: socket.socket) -> None:
         """Handle every request of one client connection."""
@@ -476,7 +480,7 @@ class FaultProxy:
                     raise ValueError(f"bad request line {start!r}")
                 method, target, version = parts
                 headers = _parse_headers(lines)
-                action, status, code = self._decide()
+                action, status, code, message = self._decide()
                 with self._lock:
                     self.seen.append((method, target))
                     self.heard.append((method, target, {k.lower(): v for k, v in headers}))
@@ -489,7 +493,7 @@ class FaultProxy:
                     return
                 if action == "fail" and expect:
                     # Like S3: final error instead of 100 Continue, body never sent.
-                    conn.sendall(s3_error_response(status, method, code, close=True))
+                    conn.sendall(s3_error_response(status, method, code, close=True, message=message))
                     return
                 if expect:
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -497,7 +501,7 @@ class FaultProxy:
                 req = Request(method, target, version, headers, body)
                 if action == "fail":
                     log.debug("faultproxy: failing %s %s with %d", method, target, status)
-                    conn.sendall(s3_error_response(status, method, code, close=req.wants_close()))
+                    conn.sendall(s3_error_response(status, method, code, req.wants_close(), message))
                     if req.wants_close():
                         return
                     continue

@@ -3,12 +3,14 @@ failed after the status went out). The FaultProxy answers so, in front of Seawee
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 import s3rig
 
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error
+from s3fs_mount.s3.errors import EXPIRED_TOKEN, HEAD_400, KMS_REFUSED, SSE_C_NEEDED
 
 MiB = 1 << 20
 
@@ -100,3 +102,105 @@ def test_a_mount_retries_copies_and_completions_answered_200_with_an_error(
     assert boto.get_object(Bucket=bucket, Key="b.txt")["Body"].read() == b"small"
     assert "a.txt" not in {o["Key"] for o in boto.list_objects_v2(Bucket=bucket)["Contents"]}
     assert sum("answered 200 with an error" in line for line in m.log_lines()) == 2
+
+
+# -- one clear line for each refusal AWS users meet -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error, hint",
+    [
+        (S3Error(400, "ExpiredToken", "The provided token has expired."), EXPIRED_TOKEN),
+        (S3Error(403, "AccessDenied", "The provided token has expired."), EXPIRED_TOKEN),
+        (
+            S3Error(403, "AccessDenied", "User: arn:x is not authorized to perform: kms:GenerateDataKey"),
+            KMS_REFUSED,
+        ),
+        (S3Error(400, "KMS.NotFoundException", "Invalid keyId alias/gone"), KMS_REFUSED),
+        (
+            S3Error(400, "InvalidRequest", "The object was stored using a form of Server Side Encryption."),
+            SSE_C_NEEDED,
+        ),
+        (S3Error(400, "", "", "", "HEAD b/k"), HEAD_400),
+        (S3Error(403, "AccessDenied", "Access Denied"), ""),
+        (S3Error(404, "NoSuchKey", ""), ""),
+    ],
+)
+def test_each_aws_refusal_has_its_one_line_hint(error, hint):
+    assert error.hint == hint
+    assert str(error).endswith(": " + hint if hint else "")
+    assert "\n" not in str(error)
+
+
+def _mount_command(s3config, proxy, tmp_path):
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=proxy.endpoint))
+    (tmp_path / "mnt").mkdir()
+    return ["-c", str(config), s3config["default_bucket"], str(tmp_path / "mnt")]
+
+
+def test_an_expired_token_at_mount_time_is_said_so(s3config, faultproxy, tmp_path, capsys, cli_main):
+    # The HEAD of the bucket gets a 400 without a body; the listing that asks why gets the code.
+    faultproxy.fail_next(2, status=400, code="ExpiredToken", message="The provided token has expired.")
+    assert cli_main(_mount_command(s3config, faultproxy, tmp_path)) == 1
+    err = capsys.readouterr().err
+    assert err == "s3fs-mount: cannot use bucket %s at http://%s: %s (S3 said: 400 ExpiredToken)\n" % (
+        s3config["default_bucket"],
+        faultproxy.endpoint,
+        EXPIRED_TOKEN,
+    )
+    assert [m for m, _ in faultproxy.seen] == ["HEAD", "GET"]
+
+
+def test_a_region_or_key_refusal_at_mount_time_keeps_its_own_line(
+    s3config, faultproxy, tmp_path, capsys, cli_main
+):
+    faultproxy.fail_next(2, status=403, code="InvalidAccessKeyId")
+    assert cli_main(_mount_command(s3config, faultproxy, tmp_path)) == 1
+    assert "check the access key and secret (S3 said: InvalidAccessKeyId)" in capsys.readouterr().err
+
+
+def test_kms_refusals_are_said_so(proxied, faultproxy, caplog, tmp_path):
+    faultproxy.fail_next(
+        1,
+        status=403,
+        code="AccessDenied",
+        message="User: arn:aws:sts::1:assumed-role/m/i is not authorized to perform: kms:GenerateDataKey",
+    )
+    with pytest.raises(S3Error) as caught:
+        proxied.put("k", b"x")
+    assert str(caught.value).endswith(KMS_REFUSED)
+    assert proxied.write(__file__, "k2")
+    faultproxy.fail_next(1, status=403, code="AccessDenied", message="not authorized to perform: kms:Decrypt")
+    assert proxied.read("k2", str(tmp_path / "back")) == (False, {})  # a GET: its body says why
+    assert "failed: 403 AccessDenied: not authorized to perform: kms:Decrypt" in caplog.text
+    assert caplog.text.rstrip().endswith(KMS_REFUSED)
+
+
+def test_an_sse_c_object_read_without_the_key_is_said_so(s3config, boto, bucket):
+    boto.put_object(
+        Bucket=bucket, Key="locked", Body=b"x", SSECustomerAlgorithm="AES256", SSECustomerKey=b"k" * 32
+    )
+    store = RemoteStore(S3Connection(**s3config))
+    try:
+        with pytest.raises(S3Error) as caught:
+            store.get_range("locked", 0, 1)
+        assert caught.value.hint == SSE_C_NEEDED  # SeaweedFS's words; AWS's are tested above
+        with pytest.raises(S3Error) as caught:
+            store.head("locked")
+        assert caught.value.hint == HEAD_400
+    finally:
+        store.close()
+
+
+@pytest.mark.fuse
+def test_a_mount_without_the_sse_c_key_logs_why_it_cannot_read(mount_factory, boto, bucket):
+    boto.put_object(
+        Bucket=bucket, Key="locked", Body=b"x", SSECustomerAlgorithm="AES256", SSECustomerKey=b"k" * 32
+    )
+    m = mount_factory().start()
+    with pytest.raises(OSError) as caught:
+        with open(os.path.join(m.path, "locked"), "rb") as f:
+            f.read()
+    assert caught.value.errno == errno.EIO
+    assert m.stop() == 0
+    assert [line for line in m.log_lines() if SSE_C_NEEDED in line or HEAD_400 in line]

@@ -19,7 +19,6 @@ import requests
 import s3rig
 from faultproxy import FaultProxy
 
-from s3fs_mount import cli
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
 from s3fs_mount.s3.errors import ConfigError
 from s3fs_mount.s3.objectopts import CustomerKey, ObjectOptions, operation_of
@@ -164,19 +163,19 @@ def test_a_key_file_others_can_read_is_warned_of(tmp_path, caplog):
     assert "readable by group/others (mode 644): run chmod 600" in caplog.text
 
 
-def test_s3yaml_takes_the_settings_and_the_command_line_beats_it(tmp_path, s3config, capsys):
+def test_s3yaml_takes_the_settings_and_the_command_line_beats_it(tmp_path, s3config, capsys, cli_main):
     config = s3rig.write_s3yaml(
         tmp_path / "s3.yaml", dict(s3config, storage_class="ONEZONE_IA", sse="AES256")
     )
     (tmp_path / "mnt").mkdir()
-    code = cli.main(
+    code = cli_main(
         ["-c", str(config), "-o", "sse=aws:kms:", str(s3config["default_bucket"]), str(tmp_path / "mnt")]
     )
     err = capsys.readouterr().err
     assert code == 1
     assert err == "s3fs-mount: sse=aws:kms: with a colon, a KMS key id must follow (aws:kms:KEYID)\n"
     bad = s3rig.write_s3yaml(tmp_path / "bad.yaml", dict(s3config, storage_class="COLD"))
-    assert cli.main(["-c", str(bad), str(s3config["default_bucket"]), str(tmp_path / "mnt")]) == 1
+    assert cli_main(["-c", str(bad), str(s3config["default_bucket"]), str(tmp_path / "mnt")]) == 1
     assert capsys.readouterr().err.startswith("s3fs-mount: storage_class=COLD: not a storage class")
 
 

@@ -304,8 +304,8 @@ def test_a_bucket_in_another_region_is_found_and_signed_for(
 
 def test_a_regional_aws_endpoint_follows_the_bucket_region():
     connection = S3Connection(endpoint="s3.us-east-1.amazonaws.com", access_key_id="K", secret_access_key="S")
-    connection._bucket_regions["b"] = "eu-west-1"  # as _learn_region records it
-    expected = {"b": "b.s3.eu-west-1.amazonaws.com", "other": "other.s3.us-east-1.amazonaws.com"}
+    connection._bucket_regions["bkt"] = "eu-west-1"  # as _learn_region records it
+    expected = {"bkt": "bkt.s3.eu-west-1.amazonaws.com", "other": "other.s3.us-east-1.amazonaws.com"}
     for bucket, host in expected.items():
         assert connection._host_and_path(bucket, "k", connection.region_for(bucket)) == (host, "/k")
 

@@ -58,6 +58,25 @@ def region_of(endpoint: str) -> str | None:
     return found.group("region") if found else None
 
 
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+
+
+def is_aws_endpoint(endpoint: str) -> bool:
+    """Is ``endpoint`` (``host`` or ``host:port``) AWS S3's (``*.amazonaws.com``, ``.com.cn``)?"""
+    host = endpoint.rsplit(":", 1)[0].lower() if endpoint.count(":") == 1 else endpoint.lower()
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def virtual_hostable(bucket: str) -> bool:
+    """May ``bucket`` be addressed as ``BUCKET.endpoint``, as the AWS SDKs (botocore) decide?
+
+    Only a DNS-compatible name with no dots: 3-63 characters of lower-case letters, digits and
+    inner hyphens. A name with dots would not match AWS's TLS certificate (``*.s3...`` covers
+    one label), and botocore sends it path-style over plain http too.
+    """
+    return 3 <= len(bucket) <= 63 and _LABEL.match(bucket) is not None
+
+
 #: Answers that say something about the object, not that the request failed: a lookup's 404,
 #: a condition that did not hold (412), "not modified" (304).
 EXPECTED_MISSES = frozenset({304, 404, 412})
@@ -141,7 +160,9 @@ class S3Connection:
     :param region: signing region (default: the one an AWS endpoint's name gives,
         ``s3-us-west-2.amazonaws.com`` signs for ``us-west-2``, else ``us-east-1``).
     :param path_style: ``https://host/bucket/key`` addressing; default True
-        for non-AWS endpoints, virtual-hosted for ``*.amazonaws.com``.
+        for non-AWS endpoints, virtual-hosted (``https://bucket.host/key``) for
+        ``*.amazonaws.com``. Either way a bucket name that cannot be a host name, or
+        has dots (AWS's TLS certificate covers one label), is addressed path-style, as botocore does.
     :param session_token: temporary credentials' token, if any.
     :param verify_tls: check the server certificate (default True).
     :param timeout: seconds to connect and between bytes read (default 30).
@@ -209,7 +230,7 @@ class S3Connection:
         #: The region the endpoint's name gives (an AWS regional endpoint), else None.
         self._endpoint_region = region_of(endpoint)
         self.region = region or self._endpoint_region or "us-east-1"
-        self.path_style = (not endpoint.endswith("amazonaws.com")) if path_style is None else path_style
+        self.path_style = (not is_aws_endpoint(endpoint)) if path_style is None else path_style
         self.verify_tls = verify_tls
         if not verify_tls:
             log.warning("TLS certificate verification is OFF for %s", endpoint)
@@ -298,7 +319,7 @@ class S3Connection:
         endpoint = self._endpoint_in(region or self.region)
         if not bucket:
             return endpoint, "/"
-        if self.path_style:
+        if self.path_style or not virtual_hostable(bucket):
             if not key:
                 return endpoint, "/" + uri_encode(bucket)
             return endpoint, "/%s/%s" % (uri_encode(bucket), encoded_key)

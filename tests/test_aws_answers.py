@@ -4,13 +4,18 @@ failed after the status went out). The FaultProxy answers so, in front of Seawee
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import urllib.parse
+from pathlib import Path
 
 import pytest
 import s3rig
 
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error
 from s3fs_mount.s3.errors import EXPIRED_TOKEN, HEAD_400, KMS_REFUSED, SSE_C_NEEDED
+from s3fs_mount.s3.objectopts import operation_of
 
 MiB = 1 << 20
 
@@ -204,3 +209,104 @@ def test_a_mount_without_the_sse_c_key_logs_why_it_cannot_read(mount_factory, bo
     assert caught.value.errno == errno.EIO
     assert m.stop() == 0
     assert [line for line in m.log_lines() if SSE_C_NEEDED in line or HEAD_400 in line]
+
+
+# -- the IAM policy README.rst gives, against what a mount sends -------------------------------------
+
+#: The IAM action each S3 operation needs (AWS's "Actions, resources, and condition keys for Amazon S3").
+IAM_ACTIONS = {
+    "HeadBucket": {"s3:ListBucket"},
+    "ListObjectsV2": {"s3:ListBucket"},
+    "ListMultipartUploads": {"s3:ListBucketMultipartUploads"},
+    "DeleteObjects": {"s3:DeleteObject"},
+    "HeadObject": {"s3:GetObject"},
+    "GetObject": {"s3:GetObject"},
+    "PutObject": {"s3:PutObject"},
+    "CreateMultipartUpload": {"s3:PutObject"},
+    "UploadPart": {"s3:PutObject"},
+    "CompleteMultipartUpload": {"s3:PutObject"},
+    "CopyObject": {"s3:GetObject", "s3:PutObject"},
+    "UploadPartCopy": {"s3:GetObject", "s3:PutObject"},
+    "DeleteObject": {"s3:DeleteObject"},
+    "AbortMultipartUpload": {"s3:AbortMultipartUpload"},
+}
+
+
+def _readme_policy() -> dict:
+    text = (Path(__file__).resolve().parent.parent / "README.rst").read_text()
+    block = text.split("**The IAM policy**", 1)[1].split("::\n", 1)[1]
+    lines = []
+    for line in block.splitlines()[1:]:
+        if line and not line.startswith("    "):
+            break
+        lines.append(line)
+    return json.loads("\n".join(lines))
+
+
+def _actions_heard(proxy, bucket: str) -> set[str]:
+    needed: set[str] = set()
+    for method, target, headers in proxy.heard:
+        url = urllib.parse.urlsplit(target)
+        query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        path = urllib.parse.unquote(url.path)
+        assert path == "/" + bucket or path.startswith("/%s/" % bucket), target
+        key = path[len(bucket) + 2 :]
+        op = operation_of(method, key, query, headers)
+        if op == "Bucket":
+            op = {"HEAD": "HeadBucket", "POST": "DeleteObjects"}.get(method) or (
+                "ListMultipartUploads" if "uploads" in query else "ListObjectsV2"
+            )
+        needed |= IAM_ACTIONS[op]
+    return needed
+
+
+@pytest.mark.fuse
+def test_the_readme_iam_policy_allows_what_a_mount_calls_and_no_more(
+    mount_factory, s3config, faultproxy, boto, bucket, tmp_path
+):
+    policy = _readme_policy()
+    bucket_arn = "arn:aws:s3:::my-bucket"
+    allowed = {
+        action
+        for statement in policy["Statement"]
+        for action in statement["Action"]
+        if statement["Effect"] == "Allow"
+    }
+    by_resource = {statement["Resource"]: set(statement["Action"]) for statement in policy["Statement"]}
+    assert by_resource[bucket_arn] == {"s3:ListBucket"}  # the bucket's actions on the bucket's ARN
+    assert "s3:ListBucket" not in by_resource[bucket_arn + "/*"]
+
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=faultproxy.endpoint))
+    m = mount_factory("part_size=5M,multipart_threshold=5M", config=str(config)).start()
+    root = m.path
+    with open(os.path.join(root, "small"), "wb") as f:
+        f.write(b"small")
+    with open(os.path.join(root, "big"), "wb") as f:
+        f.write(os.urandom(12 * MiB))  # multipart
+    with open(os.path.join(root, "big"), "r+b") as f:
+        f.seek(11 * MiB)
+        f.write(b"changed")  # past the parts already up: they are copied, the rest sent
+    os.mkdir(os.path.join(root, "dir"))
+    os.rename(os.path.join(root, "small"), os.path.join(root, "dir", "small"))
+    os.rename(os.path.join(root, "dir"), os.path.join(root, "dir2"))
+    os.chmod(os.path.join(root, "dir2", "small"), 0o600)
+    subprocess.run(["setfattr", "-n", "user.k", "-v", "v", os.path.join(root, "big")], check=True)
+    with open(os.path.join(root, "dir2", "small"), "rb") as f:
+        assert f.read() == b"small"
+    os.truncate(os.path.join(root, "big"), 3)
+    os.unlink(os.path.join(root, "dir2", "small"))
+    os.rmdir(os.path.join(root, "dir2"))
+    os.unlink(os.path.join(root, "big"))
+    assert m.stop() == 0
+    needed = _actions_heard(faultproxy, bucket)
+    assert needed <= allowed, needed - allowed
+    assert {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"} <= needed
+    assert allowed - needed <= {"s3:AbortMultipartUpload"}  # called when an upload is given up
+
+    boto.put_object(Bucket=bucket, Key="d/kept", Body=b"kept")
+    faultproxy.heard.clear()
+    ro = mount_factory("ro", config=str(config)).start()
+    with open(os.path.join(ro.path, "d", "kept"), "rb") as f:
+        assert f.read() == b"kept"
+    assert ro.stop() == 0
+    assert _actions_heard(faultproxy, bucket) <= {"s3:ListBucket", "s3:GetObject"}  # as README says for -o ro

@@ -128,6 +128,7 @@ def test_a_mount_retries_copies_and_completions_answered_200_with_an_error(
         ),
         (S3Error(400, "", "", "", "HEAD b/k"), HEAD_400),
         (S3Error(403, "AccessDenied", "Access Denied"), ""),
+        (S3Error(400, "InvalidArgument", "Server Side Encryption with AWS KMS managed key requires ..."), ""),
         (S3Error(404, "NoSuchKey", ""), ""),
     ],
 )

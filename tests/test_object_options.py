@@ -17,12 +17,17 @@ import urllib.parse
 import pytest
 import requests
 import s3rig
+from fakestore import FakeStore
 from faultproxy import FaultProxy
 
+import s3fs_mount.fs.operations as operations_module
+from s3fs_mount.fs.operations import S3Operations
+from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
+from s3fs_mount.s3.checksums import plan
 from s3fs_mount.s3.errors import ConfigError
 from s3fs_mount.s3.objectopts import CustomerKey, ObjectOptions, operation_of
-from s3fs_mount.s3.store import ObjectInfo
+from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
 
 MiB = 1 << 20
 KEY = bytes(range(32))
@@ -445,8 +450,41 @@ def test_an_sse_kms_or_sse_c_etag_is_no_digest():
 
     assert info().digest == "MD5:5d41402abc4b2a76b9719d911017c592"
     assert info(**{"x-amz-server-side-encryption": "AES256"}).digest.startswith("MD5:")
-    assert info(**{"x-amz-server-side-encryption": "aws:kms"}).digest == ""
-    assert info(**{SSE_C + "algorithm": "AES256"}).digest == ""
+    assert info(**{"x-amz-server-side-encryption": "aws:kms"}).digest == NO_DIGEST  # not the ETag
+    assert info(**{SSE_C + "algorithm": "AES256"}).digest == NO_DIGEST
+    assert plan(NO_DIGEST) is None  # what readers check with: nothing
     assert (
         info(**{SSE_C + "algorithm": "AES256", "x-amz-checksum-crc32": "NhCmhg=="}).digest == "CRC32:NhCmhg=="
     )
+
+
+class KmsStore(FakeStore):
+    """Objects as a bucket with default SSE-KMS keeps them: ETags that are no MD5 of the bytes, and
+    HEADs that say aws:kms (listings say nothing of it)."""
+
+    def put(self, name, data, headers=None, if_match=None, if_none_match=False):
+        super().put(name, data, headers, if_match, if_none_match)
+        o = self._get(self._key(name))
+        o.etag = os.urandom(16).hex()
+        return o.etag
+
+    def head(self, name):
+        info = super().head(name)
+        info.etag_is_md5 = False
+        return info
+
+
+@pytest.mark.parametrize("size", [3 * MiB + 5, 20 * MiB + 3])  # one GET whole; random ranges
+def test_an_sse_kms_object_is_read_without_taking_its_etag_for_an_md5(tmp_path, monkeypatch, size):
+    monkeypatch.setattr(operations_module, "fuse_get_context", lambda: (1000, 1000, 1))
+    store = KmsStore()
+    data = os.urandom(size)
+    store.put("f", data)
+    ops = S3Operations(store, "bucket", "", MountOptions(cache_dir=str(tmp_path / "cache")))
+    ops.namespace.load_root()
+    fh = ops.open("/f", os.O_RDONLY)
+    try:
+        got = {off: ops.read("/f", 1 * MiB, off, fh) for off in reversed(range(0, size, 1 * MiB))}
+    finally:
+        ops.release("/f", fh)
+    assert b"".join(got[off] for off in sorted(got)) == data  # no EIO: nothing claimed to mismatch

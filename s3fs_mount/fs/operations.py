@@ -844,7 +844,7 @@ class S3Operations(Operations):
             digest = self.namespace.stored_digest(path)  # a HEAD tells the x-amz-checksum-*, if any
         facts = {
             "s3.etag": a.etag,
-            "s3.checksum": digest or digest_of(a.etag),
+            "s3.checksum": "" if digest == NO_DIGEST else digest or digest_of(a.etag),
             "s3.storage_class": a.storage_class,
             "s3.state": item.state if item is not None else "clean",
         }

@@ -63,7 +63,9 @@ class S3Error(RemoteStoreError):
             return EXPIRED_TOKEN
         if self.code.startswith("KMS.") or (self.status == 403 and "kms:" in message):
             return KMS_REFUSED
-        if self.status == 400 and ("customer provided key" in message or "server side encryption" in message):
+        # SeaweedFS: "... must provide the customer key"; AWS: "The object was stored using a form of
+        # Server Side Encryption. The correct parameters must be provided to retrieve the object."
+        if self.status == 400 and ("customer provided key" in message or "stored using a form of" in message):
             return SSE_C_NEEDED
         if self.status == 400 and not self.message and self.resource.startswith("HEAD "):
             return HEAD_400

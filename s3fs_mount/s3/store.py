@@ -124,9 +124,13 @@ class ObjectInfo:
         """What S3 says the bytes hash to: the ``x-amz-checksum-*``, else the ETag as an MD5.
 
         ``'CRC32:NhCmhg=='``, ``'MD5:5d41402a...'`` (one PUT), ``'MD5-of-parts:4ec9...-3'``
-        (multipart), or ``''`` when the ETag is no MD5 (SSE-KMS, SSE-C).
+        (multipart), ``''`` when the ETag is no MD5 one can tell, or :data:`NO_DIGEST` when S3
+        said the object is SSE-KMS or SSE-C and stored no checksum: nothing to check, not
+        even its ETag (readers must not fall back to it).
         """
-        return digest_of(self.etag if self.etag_is_md5 else "", self.checksum)
+        if not self.etag_is_md5 and not self.checksum:
+            return NO_DIGEST
+        return digest_of(self.etag, self.checksum)
 
 
 #: The checksums S3 may store with an object (``x-amz-checksum-NAME``), and the header prefix.

@@ -56,6 +56,8 @@ class FakeMultipart(MultipartUpload):
 class FakeStore:
     """Objects in a dict; ``calls`` counts requests by kind."""
 
+    etags_are_md5 = True  #: as RemoteStore.etags_are_md5 without sse/SSE-C
+
     def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False) -> None:
         self.bucket = bucket
         #: As SeaweedFS: user metadata on keys ending in '/' is not kept.

@@ -32,7 +32,7 @@ from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
 from s3fs_mount.fs.upload import Uploader, WritebackQueue, conflict_name
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import ObjectInfo, RemoteStore, digest_of
+from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo, RemoteStore, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class S3Operations(Operations):
             on_fetched=self.staging.grew,
             part_size_of=self._part_size_of,
             verify=options.checksum,
-            checksum_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag),
+            checksum_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag)
+            or ("" if store.etags_are_md5 else NO_DIGEST),
         )
         self.uploader = Uploader(
             store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging
@@ -843,7 +844,7 @@ class S3Operations(Operations):
             digest = self.namespace.stored_digest(path)  # a HEAD tells the x-amz-checksum-*, if any
         facts = {
             "s3.etag": a.etag,
-            "s3.checksum": digest or digest_of(a.etag),
+            "s3.checksum": "" if digest == NO_DIGEST else digest or digest_of(a.etag),
             "s3.storage_class": a.storage_class,
             "s3.state": item.state if item is not None else "clean",
         }

@@ -20,7 +20,8 @@ It holds an ``s3:`` mapping with the keys of ``S3Connection`` (see
   ``AWS_ENDPOINT_URL_S3`` then ``AWS_ENDPOINT_URL`` (an ``http://`` or
   ``https://`` scheme sets ``tls``);
 * the AWS profile (the ``profile`` argument, else ``AWS_PROFILE``, else
-  ``default``): its credentials (an assumed ``role_arn``, an SSO login's role,
+  ``default``): its credentials (an assumed ``role_arn``, with a ``source_profile``
+  or a ``credential_source``, an SSO login's role,
   its keys in ``~/.aws/credentials`` (``AWS_SHARED_CREDENTIALS_FILE``), or its
   ``credential_process``), and its ``region``/``endpoint_url`` in
   ``~/.aws/config`` (``AWS_CONFIG_FILE``, sections ``[profile NAME]``/``[default]``).
@@ -45,7 +46,7 @@ import stat
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -339,6 +340,20 @@ class AwsProfile:
             return aws_credentials.refreshing(functools.partial(run_credential_process, process[0], origin))
         return None
 
+    def _credential_source(self, name: str, origin: str) -> dict[str, Any] | None:
+        """The keys a ``credential_source`` names (as the AWS SDKs read it): the environment's,
+        the instance's (IMDS) or the container's."""
+        sources: dict[str, Callable[[Mapping[str, str]], dict[str, Any] | None]] = {
+            "Environment": _env_credentials,
+            "Ec2InstanceMetadata": aws_credentials.imds_credentials,
+            "EcsContainer": aws_credentials.container_credentials,
+        }
+        if name not in sources:
+            raise ConfigError(
+                "%s: credential_source must be %s, not %r" % (origin, ", ".join(sources), name)
+            )
+        return sources[name](self.environ)
+
     def _sso_credentials(self) -> dict[str, Any] | None:
         """The role's credentials of an SSO profile (``sso_session`` or ``sso_start_url``); None if
         the profile is none."""
@@ -375,14 +390,17 @@ class AwsProfile:
     def _assume_role(
         self, role: tuple[str, str], region: str | None, seen: tuple[str, ...]
     ) -> dict[str, str]:
-        """The role's credentials, assumed with the source profile's (an assume-role chain)."""
+        """The role's credentials, assumed with the source profile's (an assume-role chain), or
+        with those of its ``credential_source``."""
         origin = "%s: profile [%s]" % (role[1], self.name)
-        source = self.get("source_profile")
-        if not source:
-            raise ConfigError(
-                "%s has role_arn but no source_profile (credential_source is not supported)" % origin
-            )
-        if source[0] == self.name:  # a profile whose own keys assume its role
+        source, named = self.get("source_profile"), self.get("credential_source")
+        if source and named:
+            raise ConfigError("%s has both source_profile and credential_source: keep one" % origin)
+        if named:
+            creds = self._credential_source(named[0], origin)
+        elif not source:
+            raise ConfigError("%s has role_arn but neither source_profile nor credential_source" % origin)
+        elif source[0] == self.name:  # a profile whose own keys assume its role
             creds = self._static_keys()
         elif source[0] in seen:
             raise ConfigError("%s: source_profile %s loops back" % (origin, source[0]))
@@ -390,7 +408,8 @@ class AwsProfile:
             source_profile = AwsProfile(source[0], self.environ)
             creds = source_profile.load_credentials(region, seen) if source_profile.exists else None
         if not creds:
-            raise ConfigError("%s: source_profile %s has no credentials" % (origin, source[0]))
+            what = "credential_source %s" % named[0] if named else "source_profile %s" % source[0]
+            raise ConfigError("%s: %s has no credentials" % (origin, what))
         session = self.get("role_session_name")
         name = session[0] if session else "s3fs-mount-%d" % int(time.time())
         region = region or (self.get_optional("region") or ("",))[0] or None

@@ -13,11 +13,12 @@ import http.server
 import json
 import threading
 import urllib.parse
+from collections.abc import Callable
 
 ROLE = "s3fs-mount-test-role"
 
 
-def _document(keys: tuple[str, str], lifetime: float, n: int, token: bool) -> bytes:
+def _document(keys: tuple[str, str], lifetime: float, n: int, token: bool | str) -> bytes:
     expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lifetime)
     document = {
         "Code": "Success",
@@ -26,7 +27,7 @@ def _document(keys: tuple[str, str], lifetime: float, n: int, token: bool) -> by
         "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if token:
-        document["Token"] = "session-token-%d" % n
+        document["Token"] = token if isinstance(token, str) else "session-token-%d" % n
     return json.dumps(document).encode()
 
 
@@ -43,6 +44,9 @@ class _Server:
         #: (method, path, headers) of every request, in order.
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.handed_out = 0
+        #: Where each set comes from instead, if set: () -> (key, secret, session token), fresh
+        #: from a real STS (moto's), so that a server which checks tokens checks these.
+        self.issue: Callable[[], tuple[str, str, str]] | None = None
         self._lock = threading.Lock()
         outer = self
 
@@ -74,6 +78,9 @@ class _Server:
         with self._lock:
             self.handed_out += 1
             n = self.handed_out
+        if self.issue is not None:
+            key, secret, token = self.issue()
+            return _document((key, secret), self.lifetime, n, token)
         return _document(self.keys, self.lifetime, n, self.token)
 
     def answer(self, method: str, path: str, headers) -> tuple[int, bytes]:

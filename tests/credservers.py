@@ -9,6 +9,7 @@ was asked.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import http.server
 import json
 import threading
@@ -16,6 +17,8 @@ import urllib.parse
 from collections.abc import Callable
 
 ROLE = "s3fs-mount-test-role"
+#: The account and role of the SSO profile that sso_config writes.
+ACCOUNT, SSO_ROLE = "123456789012", "MountRole"
 
 
 def _document(keys: tuple[str, str], lifetime: float, n: int, token: bool | str) -> bytes:
@@ -192,3 +195,31 @@ class SsoPortal(_Server):
             self.refresh_tokens.add(refresh)
         answer = {"accessToken": token, "expiresIn": 28800, "refreshToken": refresh}
         return 200, json.dumps(answer).encode()
+
+
+def sso_config(tmp_path, portal, *, legacy=False, token="sso-access-token", expires_in=8 * 3600,
+               refresh=True):
+    """~/.aws/config with profile [dev] on SSO, and the cache file `aws sso login` would leave."""
+    aws = tmp_path / ".aws"
+    (aws / "sso" / "cache").mkdir(parents=True, exist_ok=True)
+    start_url = "https://corp.awsapps.com/start"
+    if legacy:
+        profile = "sso_start_url = %s\nsso_region = eu-west-1\n" % start_url
+        cache_key = start_url
+    else:
+        profile = "sso_session = corp\n"
+        cache_key = "corp"
+    (aws / "config").write_text(
+        "[profile dev]\n%ssso_account_id = %s\nsso_role_name = %s\nregion = us-east-1\n\n"
+        "[sso-session corp]\nsso_start_url = %s\nsso_region = eu-west-1\n"
+        "sso_registration_scopes = sso:account:access\n" % (profile, ACCOUNT, SSO_ROLE, start_url)
+    )
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expires_in)
+    cached = {"startUrl": start_url, "region": "eu-west-1", "accessToken": token,
+              "expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if refresh and not legacy:
+        cached.update(clientId=portal.client[0], clientSecret=portal.client[1],
+                      refreshToken="sso-refresh-token", registrationExpiresAt="2099-01-01T00:00:00Z")
+    cache = aws / "sso" / "cache" / (hashlib.sha1(cache_key.encode()).hexdigest() + ".json")
+    cache.write_text(json.dumps(cached))
+    return cache

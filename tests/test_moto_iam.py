@@ -17,11 +17,10 @@ import uuid
 import boto3
 import pytest
 import s3rig
-from credservers import Imds
+from credservers import ACCOUNT, SSO_ROLE, Imds, SsoPortal, sso_config
 
 from s3fs_mount.s3 import RemoteStore, S3Connection, S3Error, S3Name
 
-ACCOUNT = "123456789012"
 ALLOW_S3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
 
 
@@ -243,3 +242,18 @@ def test_a_bad_credential_source_is_one_line(tmp_path, monkeypatch):
     )
     with pytest.raises(ConfigError, match="both source_profile and credential_source"):
         load_settings(profile="p")
+
+
+@pytest.mark.fuse
+def test_a_mount_on_an_sso_profile_is_checked_by_the_server(iam_moto, mount_factory, clean_env, tmp_path):
+    """The portal's GetRoleCredentials hands out the role's real temporary credentials, refreshed."""
+    with SsoPortal(("unused", "unused"), ACCOUNT, SSO_ROLE, lifetime=299) as portal:
+        portal.issue = iam_moto.assume_role
+        sso_config(tmp_path, portal)
+        env = dict(clean_env, AWS_PROFILE="dev", AWS_ENDPOINT_URL_SSO=portal.url)
+        mount = mount_factory(config=iam_moto.config(tmp_path / "s3.yaml"), env=env).start()
+        write_rename_and_tag(mount.path)
+        mount.stop()
+        assert portal.handed_out >= 3  # at the start, and again while the files went up
+    assert_written(iam_moto)
+    assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()

@@ -50,9 +50,9 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.names import S3Name
-from s3fs_mount.s3.store import ObjectInfo, RemoteStore
+from s3fs_mount.s3.store import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -65,23 +65,20 @@ CHANGED_TTL = 120.0
 class Namespace:
     """Paths of one mount over the keys of one bucket (and prefix).
 
-    :param store: the connector.
-    :param bucket: the mounted bucket.
+    :param store: the mounted bucket.
     :param keymap: the path <-> key mapping.
     :param defaults: attributes for objects without metadata.
     """
 
     def __init__(
         self,
-        store: RemoteStore,
-        bucket: str,
+        store: Bucket,
         keymap: KeyMap,
         defaults: A.Defaults,
         attr_ttl: float = 1.0,
         dir_ttl: float = 1.0,
     ) -> None:
         self.store = store
-        self.bucket = bucket
         self.keymap = keymap
         self.defaults = defaults
         self._lock = threading.Lock()
@@ -109,9 +106,6 @@ class Namespace:
         #: The time of directories that have none of their own (implicit prefixes): stable, not "now".
         self.epoch = time.time()
         self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
-
-    def name(self, key: str) -> S3Name:
-        return S3Name(key, self.bucket)
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
@@ -246,7 +240,7 @@ class Namespace:
         a = self.lookup_full(path)
         if a.digest or a.is_dir:
             return a.digest
-        info = self.store.head(self.name(self.keymap.key(path)))
+        info = self.store.head(self.keymap.key(path))
         with self._lock:
             for cache in (self._full, self._attrs):
                 known = cache.get(path)
@@ -305,7 +299,7 @@ class Namespace:
     def _fetch_uncached(self, path: str, dirs: bool = True) -> A.Attributes | None:
         key = self.keymap.key(path)
         try:
-            info = self.store.head(self.name(key))
+            info = self.store.head(key)
         except S3Error as exc:
             if not exc.not_found:
                 raise
@@ -327,11 +321,11 @@ class Namespace:
 
     def _dir_exists(self, path: str, key: str) -> bool:
         """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually."""
-        page = next(self.store.list(key, delimiter="/", max_keys=100, bucket=self.bucket))
+        page = next(self.store.list(key, delimiter="/", max_keys=100))
         if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
             return True
         if page.truncated:
-            page = next(self.store.list(key + "/", delimiter="/", max_keys=1, bucket=self.bucket))
+            page = next(self.store.list(key + "/", delimiter="/", max_keys=1))
             return bool(page.entries or page.prefixes)
         return False
 
@@ -343,7 +337,7 @@ class Namespace:
         found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
         for key in keys:
             try:
-                info = self.store.head(self.name(key))
+                info = self.store.head(key)
             except S3Error as exc:
                 if not exc.not_found:
                     raise
@@ -363,7 +357,7 @@ class Namespace:
     def configure_directories(self) -> None:
         """Find out (one probe) whether ``dir/`` markers keep metadata here; log where it is kept."""
         try:
-            self.dir_meta_on_marker = self.store.probe_marker_metadata(self.bucket, self.keymap.prefix)
+            self.dir_meta_on_marker = self.store.probe_marker_metadata(self.keymap.prefix)
         except Exception as exc:
             log.warning("could not probe directory markers (%s): directory metadata goes on dir/", exc)
             return
@@ -394,9 +388,9 @@ class Namespace:
         """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
         # The holder first: if the server refuses it (a name too long for it), nothing is made.
-        etag = self.store.put(self.name(self.holder_key(path)), b"", headers)
+        etag = self.store.put(self.holder_key(path), b"", headers)
         if new and not self.dir_meta_on_marker:
-            self.store.put(self.name(self.keymap.marker_key(path)), b"", headers)
+            self.store.put(self.keymap.marker_key(path), b"", headers)
         return etag
 
     def change_dir(
@@ -500,7 +494,7 @@ class Namespace:
         files: dict[str, A.Attributes] = {}
         dirs: set[str] = set()
         asked = time.monotonic()
-        for page in self.store.list(prefix, delimiter="/", bucket=self.bucket):
+        for page in self.store.list(prefix, delimiter="/"):
             for entry in page.entries:
                 rest = entry.key[len(prefix) :]
                 if not rest:
@@ -573,7 +567,7 @@ class Namespace:
 
     def is_empty_dir(self, path: str) -> bool:
         prefix = self.keymap.dir_prefix(path)
-        page = next(self.store.list(prefix, delimiter="/", max_keys=2, bucket=self.bucket))
+        page = next(self.store.list(prefix, delimiter="/", max_keys=2))
         return not page.prefixes and all(e.key == prefix for e in page.entries)
 
     def known_empty(self, path: str) -> None:

@@ -31,8 +31,9 @@ from s3fs_mount.fs.prefetch import Prefetcher, ReadState
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
 from s3fs_mount.fs.upload import Uploader, WritebackQueue, conflict_name
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import ObjectInfo, RemoteStore, digest_of
+from s3fs_mount.s3.store import ObjectInfo, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,10 @@ class S3Operations(Operations):
 
     ::
 
-        >>> ops = S3Operations(store, 'mybucket', '', MountOptions())
+        >>> ops = S3Operations(Bucket(store, 'mybucket'), '', MountOptions())
         >>> FUSE(ops, '/mnt/s3', **ops.fuse_options())
 
-    :param store: the connector, bound to the bucket's endpoint.
-    :param bucket: the bucket to mount.
+    :param store: the bucket to mount: every request of the mount goes through it.
     :param prefix: the key prefix that is the mount's root ('' for all).
     :param options: the ``-o`` settings.
     :param mountpoint: where we are mounted (for the kernel's readahead; None in tests).
@@ -79,8 +79,7 @@ class S3Operations(Operations):
 
     def __init__(
         self,
-        store: RemoteStore,
-        bucket: str,
+        store: Bucket,
         prefix: str,
         options: MountOptions,
         mountpoint: str | None = None,
@@ -90,19 +89,18 @@ class S3Operations(Operations):
         #: Why uploads fail when the server is out of space (a message), else None: the embedded
         #: server reads its log. Such a failure is ENOSPC, not EIO.
         self.server_full = server_full
-        self.bucket = bucket
+        self.bucket = store.name
         self.options = options
         self.keymap = KeyMap(prefix)
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
         self.namespace = Namespace(
-            store, bucket, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl
+            store, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl
         )
         self.staging = StagingCache(
-            os.path.join(options.cache_dir, _safe(bucket, prefix)), bucket, options.cache_size
+            os.path.join(options.cache_dir, _safe(store.name, prefix)), store.name, options.cache_size
         )
         self.prefetcher = Prefetcher(
             store,
-            bucket,
             options.readahead,
             workers=options.parallel,
             on_fetched=self.staging.grew,
@@ -111,7 +109,7 @@ class S3Operations(Operations):
             checksum_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag),
         )
         self.uploader = Uploader(
-            store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging
+            store, options.part_size, options.multipart_threshold, options.parallel, self.staging
         )
         self.writeback = (
             WritebackQueue(
@@ -165,7 +163,7 @@ class S3Operations(Operations):
         if not self.options.ro:
             self.uploader.configure_checks(self.options.conflict_check)
             if self.options.checksum:
-                self.store.configure_checksums(self.bucket)
+                self.store.configure_checksums()
             self.namespace.configure_directories()
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
@@ -176,12 +174,12 @@ class S3Operations(Operations):
         """Upload what a previous run left staged; returns the keys still pending."""
         recovered = self.staging.recover()
         for key, upload_id in self.staging.orphan_uploads:
-            self.store.abort_multipart(key, upload_id, bucket=self.bucket)
+            self.store.abort_multipart(key, upload_id)
         for item in recovered:
             for upload_id in list(item.upload_ids):
                 self.uploader.abort_upload(item, upload_id)
             try:
-                current = self.store.head(self.namespace.name(item.key))
+                current = self.store.head(item.key)
             except S3Error as exc:
                 if not exc.not_found:
                     log.error("recovery of %s: %s; kept staged", item.key, exc)
@@ -394,8 +392,8 @@ class S3Operations(Operations):
         prefix = self.keymap.dir_prefix(path)
         if not self.namespace.is_empty_dir(path) or any(self.staging.under(prefix)):
             raise FsError(errno.ENOTEMPTY)
-        self.store.remove(self.namespace.name(self.keymap.marker_key(path)))
-        self.store.remove(self.namespace.name(self.keymap.folder_key(path)))
+        self.store.remove(self.keymap.marker_key(path))
+        self.store.remove(self.keymap.folder_key(path))
         self.namespace.forget(path, gone=True)
         self.namespace.entry_changed(KeyMap.split(path)[0])
 
@@ -578,7 +576,7 @@ class S3Operations(Operations):
             self.uploader.abandon(item)
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
-        self.store.remove(self.namespace.name(key))
+        self.store.remove(key)
         self.staging.forget(key)
         self.namespace.forget(path, gone=True)
         self.namespace.entry_changed(KeyMap.split(path)[0])
@@ -618,11 +616,11 @@ class S3Operations(Operations):
         item = self.staging.get(old_key)
         if item is not None and item.dirty:
             self._upload(item)  # S3 has no rename: the object must be there to copy
-        info = self.store.head(self.namespace.name(old_key))
+        info = self.store.head(old_key)
         etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
-            self.namespace.name(old_key), self.namespace.name(new_key), if_match=info.etag, source_info=info
+            old_key, new_key, if_match=info.etag, source_info=info
         )
-        self.store.remove(self.namespace.name(old_key))
+        self.store.remove(old_key)
         self.staging.rekey(old_key, new_key)
         moved = self.namespace.from_info(info)
         moved.etag = etag or info.etag
@@ -639,7 +637,7 @@ class S3Operations(Operations):
         for item in list(self.staging.under(old_prefix)):
             if item.dirty:
                 self._upload(item)
-        entries = list(self.store.list_all(old_prefix, bucket=self.bucket))
+        entries = list(self.store.list_all(old_prefix))
         keys = [e.key for e in entries]
         folder = self.keymap.folder_key(old)
         self.store.run_parallel(
@@ -647,18 +645,14 @@ class S3Operations(Operations):
             for e in entries
         )
         try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
-            info = self.store.head(self.namespace.name(folder))
-            self.store.copy_object(
-                self.namespace.name(folder),
-                self.namespace.name(self.keymap.folder_key(new)),
-                source_info=info,
-            )
+            info = self.store.head(folder)
+            self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
         except S3Error as exc:
             if not exc.not_found:
                 raise
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
-            self.store.put(self.namespace.name(new_prefix), b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
-        failed = self.store.delete_keys(keys + [folder], bucket=self.bucket)
+            self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
+        failed = self.store.delete_keys(keys + [folder])
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
         for item in list(self.staging.under(old_prefix)):
@@ -671,12 +665,11 @@ class S3Operations(Operations):
 
     def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
-        src, dst = self.namespace.name(source), self.namespace.name(destination)
         if source.endswith("/"):
-            info = self.store.head(src)
-            self.store.put(dst, b"", {**info.headers, **info.metadata})
+            info = self.store.head(source)
+            self.store.put(destination, b"", {**info.headers, **info.metadata})
         else:
-            self.store.copy_object(src, dst, size=size)  # the listing's size: no HEAD
+            self.store.copy_object(source, destination, size=size)  # the listing's size: no HEAD
 
     # -- links ------------------------------------------------------------------------
 
@@ -689,7 +682,7 @@ class S3Operations(Operations):
         now = time.time()
         meta = A.posix_metadata(SYMLINK_MODE, uid, gid, now)
         body = source.encode("utf-8", "surrogateescape")
-        etag = self.store.put(self.namespace.name(self.keymap.key(target)), body, meta)
+        etag = self.store.put(self.keymap.key(target), body, meta)
         self.namespace.remember(
             target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
         )
@@ -718,7 +711,7 @@ class S3Operations(Operations):
         meta = A.posix_metadata(mode, uid, gid, now)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             meta[A.META_PREFIX + "rdev"] = str(dev)
-        etag = self.store.put(self.namespace.name(self.keymap.key(path)), b"", meta)
+        etag = self.store.put(self.keymap.key(path), b"", meta)
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
         self.namespace.entry_changed(KeyMap.split(path)[0], now)
 
@@ -727,7 +720,7 @@ class S3Operations(Operations):
         a = self.namespace.lookup_full(path)
         if not a.is_link:
             raise FsError(errno.EINVAL)
-        data = self.store.get_range(self.namespace.name(self.keymap.key(path)), 0, a.size)
+        data = self.store.get_range(self.keymap.key(path), 0, a.size)
         return data.decode("utf-8", "surrogateescape")
 
     # -- metadata ---------------------------------------------------------------------------
@@ -766,11 +759,10 @@ class S3Operations(Operations):
             base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
         new = stamped(base, current)
         A.check_metadata_size(new)
-        name = self.namespace.name(key)
         info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
         try:
             etag = self.store.copy_object(
-                name, name, new, replace_metadata=True, if_match=current.etag or None, source_info=info
+                key, key, new, replace_metadata=True, if_match=current.etag or None, source_info=info
             )
         except S3Error as exc:
             if exc.precondition_failed:
@@ -861,7 +853,7 @@ class S3Operations(Operations):
     def _part_size_of(self, key: str, etag: str) -> int | None:
         """A multipart object's part size, for the check of its reads (one HEAD; None: unknown)."""
         try:
-            return self.store.first_part_size(self.namespace.name(key))
+            return self.store.first_part_size(key)
         except S3Error as exc:
             log.debug("part size of %s unknown: %s", key, exc)
             return None
@@ -905,18 +897,17 @@ class S3Operations(Operations):
                     open_for_writing.append(
                         {"path": self.keymap.path(item.key), "size": item.size, "dirty": item.dirty}
                     )
-        conn = self.store.connection
         return {
             "bucket": self.bucket,
             "prefix": self.keymap.prefix,
-            "endpoint": conn.endpoint,
+            "endpoint": self.store.endpoint,
             "cache_dir": self.staging.root,
             "cache_bytes": self.staging.usage(),
             "cache_size": self.options.cache_size,
             "writeback": self.options.writeback,
             "pending": pending,
             "open_for_writing": open_for_writing,
-            "requests": conn.stats.summary(),
+            "requests": self.store.request_summary(),
         }
 
     @fuse_operation

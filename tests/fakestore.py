@@ -145,7 +145,10 @@ class FakeStore:
 
     def head(self, remote_name: str | S3Name) -> ObjectInfo:
         self.calls["HEAD"] += 1
-        o = self._get(remote_name)
+        try:
+            o = self._get(remote_name)
+        except S3Error as exc:  # an answer to a HEAD has no body: its status is all S3 says
+            raise S3Error(exc.status, resource=exc.resource) from None
         return ObjectInfo(resolve(remote_name, self.default_bucket)[1], len(o.data), o.etag, o.mtime,
                           dict(o.metadata), dict(o.headers))
 

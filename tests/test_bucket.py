@@ -26,7 +26,6 @@ from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket, ObjectStore
 from s3fs_mount.s3.connection import S3Connection
-from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.store import RemoteStore
 
 MiB = 1 << 20
@@ -77,20 +76,6 @@ def test_a_fake_mount_of_another_bucket_than_the_default_names_only_it(tmp_path)
     assert set(store.requested) == {"mounted"}, store.requested
     assert store.buckets["other"] == {}
     assert sorted(store.objects) == ["e/", "e/big", "e/link"]
-
-
-def test_the_fake_refuses_a_bucket_it_does_not_hold():
-    store = FakeStore(bucket="mounted", default_bucket="other")
-    for call in (
-        lambda: store.head("k"),
-        lambda: store.put("k", b"1"),
-        lambda: next(store.list("")),
-        lambda: store.delete_keys(["k"]),
-        lambda: store.start_multipart("k"),
-    ):
-        with pytest.raises(S3Error) as refused:
-            call()
-        assert (refused.value.status, refused.value.code) == (404, "NoSuchBucket")
 
 
 def test_a_mount_from_an_s3_yaml_whose_default_bucket_is_another_sends_every_request_to_it(

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.errors import FsError
-from s3fs_mount.s3.store import META_PREFIX
+from s3fs_mount.s3.store import META_PREFIX, digest_of
 
 USER_PREFIX = "user."
 #: Read-only facts about the object, shown by ``getfattr -d -m -``.
@@ -99,6 +99,11 @@ class Attributes:
     @property
     def is_link(self) -> bool:
         return stat.S_ISLNK(self.mode)
+
+    @property
+    def etag_digest(self) -> str:
+        """What the ETag says the bytes hash to (``MD5:...``, ``MD5-of-parts:...``; '' if nothing)."""
+        return digest_of(self.etag)
 
     def stat(self) -> dict[str, float | int]:
         """The dict fusepy's getattr returns."""

@@ -574,3 +574,18 @@ class Namespace:
         """A directory we just made: its listing is known (empty)."""
         with self._lock:
             self._listings[path] = set()
+
+    # -- object contents the namespace hands out ----------------------------------------------
+
+    def link_target(self, path: str, size: int) -> str:
+        """What symlink ``path`` (of ``size`` bytes) points to: its object's body."""
+        data = self.store.get_range(self.keymap.key(path), 0, size)
+        return data.decode("utf-8", "surrogateescape")
+
+    def part_size_of(self, key: str) -> int | None:
+        """A multipart object's part size, for the check of its reads (one HEAD; None: unknown)."""
+        try:
+            return self.store.first_part_size(key)
+        except S3Error as exc:
+            log.debug("part size of %s unknown: %s", key, exc)
+            return None

@@ -142,6 +142,10 @@ class Uploader:
             "If-Match/If-None-Match" if on_complete else "a HEAD before it",
         )
 
+    def configure_checksums(self) -> None:
+        """Find out (one probe) whether uploads may carry ``x-amz-checksum-crc32`` here (else Content-MD5)."""
+        self.store.configure_checksums()
+
     def headers(self, item: StagedFile, with_times: bool = True) -> dict[str, str]:
         """The headers an upload of ``item`` carries: content headers, metadata, its times."""
         with item.cond:

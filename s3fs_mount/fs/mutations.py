@@ -16,9 +16,9 @@ import errno
 import logging
 import mimetypes
 import stat
-import time
 from collections.abc import Callable
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import Conflict, FsError
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
@@ -61,6 +61,7 @@ class Mutations:
     :param uploader: puts staged files in S3.
     :param prefetcher: fetches what an unlinked but open file still needs.
     :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
+    :param clock: gives new files, directories, links and changes their times.
     """
 
     def __init__(
@@ -71,7 +72,9 @@ class Mutations:
         uploader: Uploader,
         prefetcher: Prefetcher,
         server_full: Callable[[], str | None] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.namespace = namespace
         self.keymap: KeyMap = namespace.keymap
@@ -148,7 +151,7 @@ class Mutations:
 
     def create(self, path: str, mode: int, uid: int, gid: int) -> StagedFile:
         """A new, empty regular file (staged, dirty: it is uploaded too); returns its item, acquired."""
-        now = time.time()
+        now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         item, _ = self.staging.acquire(self.keymap.key(path))
@@ -159,7 +162,7 @@ class Mutations:
         return item
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
-        now = time.time()
+        now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         etag = self.namespace.write_dir(path, meta, new=True)
         made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag)
@@ -198,7 +201,7 @@ class Mutations:
             self._rename_dir(old, new, source)
         else:
             self._rename_file(old, new)
-        now = time.time()
+        now = self.clock.time()
         for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
             self.namespace.entry_changed(parent, now)
 
@@ -264,7 +267,7 @@ class Mutations:
 
     def symlink(self, target: str, source: str, mode: int, uid: int, gid: int) -> None:
         """Make ``target`` a link to ``source``: an object whose body is ``source``."""
-        now = time.time()
+        now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         body = source.encode("utf-8", "surrogateescape")
         etag = self.store.put(self.keymap.key(target), body, meta)
@@ -275,7 +278,7 @@ class Mutations:
 
     def mknod(self, path: str, mode: int, dev: int, uid: int, gid: int) -> None:
         """A FIFO, socket or device: an empty object whose mode (and rdev) say what, as s3fs-fuse does."""
-        now = time.time()
+        now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             meta[A.META_PREFIX + "rdev"] = str(dev)
@@ -294,7 +297,7 @@ class Mutations:
 
         def stamped(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
             new = change(meta, cur)
-            new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
+            new[A.CTIME] = A.format_time(self.clock.time())  # every change of attributes is one
             return new
 
         if hidden is not None:  # fchmod and friends on an unlinked open file

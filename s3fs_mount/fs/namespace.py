@@ -42,11 +42,11 @@ import errno
 import logging
 import stat
 import threading
-import time
 from collections.abc import Callable
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
@@ -68,6 +68,7 @@ class Namespace:
     :param store: the mounted bucket.
     :param keymap: the path <-> key mapping.
     :param defaults: attributes for objects without metadata.
+    :param clock: what the TTLs (and a directory's new times) are measured by.
     """
 
     def __init__(
@@ -77,19 +78,22 @@ class Namespace:
         defaults: A.Defaults,
         attr_ttl: float = 1.0,
         dir_ttl: float = 1.0,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
+        timer = clock.monotonic
         self.store = store
         self.keymap = keymap
         self.defaults = defaults
         self._lock = threading.Lock()
         self.attr_ttl = max(attr_ttl, 0.001)
         # Per-entry expiry: what a listing says stays valid long enough for a tool to walk it.
-        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(200_000, self._expiry)
-        self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001))
-        self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001))
+        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(200_000, self._expiry, timer)
+        self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001), timer)
+        self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self._full: LRUCache[str, A.Attributes] = LRUCache(200_000)
-        self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL)
-        self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL)
+        self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
+        self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         self._conflicts_logged: set[str] = set()
         #: Directory path -> (mtime, ctime, when) set by entry changes, not yet in S3. Guarded by _lock.
         self._dir_times: dict[str, tuple[float, float, float]] = {}
@@ -104,7 +108,7 @@ class Namespace:
         #: Set once, by configure_directories, before the mount serves.
         self.dir_meta_on_marker = True
         #: The time of directories that have none of their own (implicit prefixes): stable, not "now".
-        self.epoch = time.time()
+        self.epoch = clock.time()
         self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
@@ -123,7 +127,7 @@ class Namespace:
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
-            self._changed[path] = time.monotonic()
+            self._changed[path] = self.clock.monotonic()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)
@@ -147,7 +151,7 @@ class Namespace:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
                 self._count_subdir(parent, -1)
-            self._changed[path] = time.monotonic()
+            self._changed[path] = self.clock.monotonic()
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._listings.pop(path, None)
@@ -166,7 +170,7 @@ class Namespace:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
         with self._lock:
-            self._changed[path] = time.monotonic()
+            self._changed[path] = self.clock.monotonic()
             for cache, with_own in (
                 (self._attrs, True),
                 (self._full, True),
@@ -190,7 +194,7 @@ class Namespace:
                 return hit
         if hit is not None:
             # A directory seen in a listing: its mode and owner are on its holder (one HEAD).
-            asked = time.monotonic()
+            asked = self.clock.monotonic()
             found = self._dir_attributes(path)
             found.seen_at = asked
             return self._cache_fetched(path, found)
@@ -213,7 +217,7 @@ class Namespace:
         found = self.lookup(path)
         if found.complete or path == "/":
             return found
-        asked = time.monotonic()
+        asked = self.clock.monotonic()
         fresh = self._fetch(path)
         if fresh is None:
             with self._lock:
@@ -290,7 +294,7 @@ class Namespace:
 
     def _fetch(self, path: str, dirs: bool = True) -> A.Attributes | None:
         """What S3 says of ``path`` now (``seen_at``: when we asked); ``dirs``: look for a directory too."""
-        asked = time.monotonic()
+        asked = self.clock.monotonic()
         found = self._fetch_uncached(path, dirs)
         if found is not None:
             found.seen_at = asked
@@ -427,14 +431,14 @@ class Namespace:
 
         In memory at once; :meth:`store_dir_times` stores it later (no request here).
         """
-        now = time.time() if now is None else now
+        now = self.clock.time() if now is None else now
         now = A.parse_time(A.format_time(now)) or now  # exactly what S3 will hold, to the nanosecond
         with self._lock:
             own = self.root if parent == "/" else self._attrs.get(parent)
             if own is not None:
                 own.mtime = own.ctime = now
             if parent != "/" or self.root.etag:  # the root: stored only where it has a holder
-                self._dir_times[parent] = (now, now, time.monotonic())
+                self._dir_times[parent] = (now, now, self.clock.monotonic())
                 self._dir_times_kept.pop(parent, None)
 
     def store_dir_times(self, older_than: float = 0.0) -> int:
@@ -442,7 +446,7 @@ class Namespace:
 
         A directory without a holder keeps its times in memory only; one that is gone is skipped.
         """
-        cutoff = time.monotonic() - older_than
+        cutoff = self.clock.monotonic() - older_than
         with self._lock:
             due = [p for p, (_, _, when) in self._dir_times.items() if when <= cutoff]
         stored = 0
@@ -493,7 +497,7 @@ class Namespace:
         prefix = self.keymap.dir_prefix(path)
         files: dict[str, A.Attributes] = {}
         dirs: set[str] = set()
-        asked = time.monotonic()
+        asked = self.clock.monotonic()
         for page in self.store.list(prefix, delimiter="/"):
             for entry in page.entries:
                 rest = entry.key[len(prefix) :]

@@ -13,11 +13,11 @@ import logging
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
 from s3fs_mount.fs.errors import FsError, fuse_operation
@@ -69,6 +69,7 @@ class S3Operations(Operations):
     :param options: the ``-o`` settings.
     :param mountpoint: where we are mounted (for the kernel's readahead; None in tests).
     :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
+    :param clock: what TTLs and new times are measured by (tests give a fake one).
     """
 
     # fusepy: times in nanoseconds; read/write/flush/release of an unlinked file get path None.
@@ -84,13 +85,15 @@ class S3Operations(Operations):
         options: MountOptions,
         mountpoint: str | None = None,
         server_full: Callable[[], str | None] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.bucket = store.name
+        self.clock = clock
         self.options = options
         self.keymap = KeyMap(prefix)
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
         self.namespace = Namespace(
-            store, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl
+            store, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl, clock
         )
         self.staging = StagingCache(
             os.path.join(options.cache_dir, _safe(store.name, prefix)), store.name, options.cache_size
@@ -110,7 +113,7 @@ class S3Operations(Operations):
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.
         self.changes = Mutations(
-            store, self.namespace, self.staging, self.uploader, self.prefetcher, server_full
+            store, self.namespace, self.staging, self.uploader, self.prefetcher, server_full, clock
         )
         #: Where requests go and how they fared, for ``s3fs-mount status`` (no request is sent here).
         self.endpoint, self.request_summary = store.endpoint, store.request_summary
@@ -390,7 +393,7 @@ class S3Operations(Operations):
         """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""
         if self.options.noatime:
             return
-        now = time.time()
+        now = self.clock.time()
         item = h.item
         with item.cond:
             if not A.relatime_due(item.atime, item.mtime, item.ctime, now):
@@ -577,7 +580,7 @@ class S3Operations(Operations):
     @fuse_operation
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
         """utimensat: each time a value (ns), UTIME_NOW or UTIME_OMIT; None: both now."""
-        now = time.time()
+        now = self.clock.time()
         atime, mtime = (_utime(times[0], now), _utime(times[1], now)) if times else (now, now)
         item = self._hidden_item(path) if _is_hidden(path) else self.staging.get(self.keymap.key(path))
         if item is not None:

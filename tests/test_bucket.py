@@ -67,6 +67,9 @@ def every_kind_of_call(store: ObjectStore, bucket: str, tmp_path) -> None:
         assert ops.namespace.store_dir_times() >= 0
     finally:
         ops.finish()
+        ops.prefetcher.close()
+        ops.uploader.close()
+        ops.staging.close()
 
 
 def test_a_fake_mount_of_another_bucket_than_the_default_names_only_it(tmp_path):

@@ -523,6 +523,10 @@ class Bench:
             # The server's writes reach the disk now, not during the next timed read: the first
             # read after an upload was 0.6-1.5 s slower than the next one, a bias of the row order.
             os.sync()
+            # ... and slower still after the sync (2.5-6 s against 2 s, mount CPU up too), so the
+            # object is read once, as raw/big has been, before a row reads it: a "cold" read is one
+            # the mount's cache has not seen, not one the server has not served yet.
+            self.s3.download_fileobj(BUCKET, key, NullSink(), Config=self.tc)
 
     def reset_mount_keys(self) -> None:
         """Everything but the shared many/ and the baseline's raw/ goes; deleted space is reclaimed."""

@@ -10,6 +10,15 @@ as in the AWS SDKs:
   read again at each refresh). ``AWS_ROLE_SESSION_NAME`` names the session.
 * **assume-role profiles**: a profile with ``role_arn`` and ``source_profile``
   signs STS ``AssumeRole`` with the source profile's credentials.
+* **SSO profiles** (IAM Identity Center): a profile with ``sso_session`` (and its
+  ``[sso-session NAME]`` section) or the older ``sso_start_url``/``sso_region``,
+  plus ``sso_account_id`` and ``sso_role_name``. The access token is the one
+  ``aws sso login`` left in ``~/.aws/sso/cache/`` (read again at each refresh);
+  a token about to expire is renewed with its refresh token (SSO-OIDC
+  ``CreateToken``, written back to the cache, as the SDKs do), and
+  ``GetRoleCredentials`` turns it into the role's credentials. The portal is
+  ``AWS_ENDPOINT_URL_SSO`` when set, else ``portal.sso.REGION.amazonaws.com``;
+  SSO-OIDC is ``AWS_ENDPOINT_URL_SSO_OIDC``, else ``oidc.REGION.amazonaws.com``.
 
 STS is ``AWS_ENDPOINT_URL_STS`` when set, else ``sts.REGION.amazonaws.com``
 (``sts.amazonaws.com`` without a region). Last in the chain:
@@ -39,7 +48,9 @@ import datetime
 import functools
 import hashlib
 import ipaddress
+import json
 import logging
+import os
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -210,6 +221,181 @@ def _reason(content: bytes) -> str:
     except ParseError:
         return ""
     return "%s: %s" % (code, message) if code else ""
+
+
+# -- SSO (IAM Identity Center) ---------------------------------------------------------------------
+
+#: A cached SSO token this close to its expiry is renewed first (as the SDKs do).
+SSO_TOKEN_MARGIN = 15 * 60
+
+
+def sso_credentials(
+    profile: Mapping[str, str],
+    profile_name: str,
+    session_name: str | None,
+    session: Mapping[str, str] | None,
+    cache_dir: str,
+    environ: Mapping[str, str],
+    origin: str,
+) -> dict[str, Any]:
+    """The credentials of an SSO profile's role (see the module's docs); refreshed by asking again.
+
+    :param profile: the profile's settings (``sso_account_id``, ``sso_role_name``, and the legacy
+        ``sso_start_url``/``sso_region`` when ``session_name`` is None).
+    :param session: the ``[sso-session NAME]`` section named by ``session_name``.
+    :param cache_dir: ``~/.aws/sso/cache``.
+    :raises ConfigError: one line: what is missing, or the ``aws sso login`` to run.
+    """
+    if session_name:
+        if session is None:
+            raise ConfigError(
+                "%s: sso_session %s has no [sso-session %s] section" % (origin, session_name, session_name)
+            )
+        settings, cache_key = session, session_name
+        login = "aws sso login --sso-session %s" % session_name
+    else:
+        settings, cache_key = profile, profile.get("sso_start_url", "")
+        login = "aws sso login --profile %s" % profile_name
+    needed = {
+        "sso_start_url": settings.get("sso_start_url"),
+        "sso_region": settings.get("sso_region"),
+        "sso_account_id": profile.get("sso_account_id"),
+        "sso_role_name": profile.get("sso_role_name"),
+    }
+    missing = [name for name, value in needed.items() if not value]
+    if missing:
+        raise ConfigError("%s: an SSO profile needs %s" % (origin, ", ".join(missing)))
+    region = str(needed["sso_region"])
+    sso = SsoToken(
+        os.path.join(cache_dir, hashlib.sha1(cache_key.encode("utf-8")).hexdigest() + ".json"),
+        (environ.get("AWS_ENDPOINT_URL_SSO_OIDC") or "https://oidc.%s.amazonaws.com" % region).rstrip("/"),
+        login,
+        origin,
+    )
+    portal = (environ.get("AWS_ENDPOINT_URL_SSO") or "https://portal.sso.%s.amazonaws.com" % region).rstrip(
+        "/"
+    )
+    account, role = str(needed["sso_account_id"]), str(needed["sso_role_name"])
+    return refreshing(functools.partial(_sso_role, sso, portal, account, role))
+
+
+def _sso_role(sso: SsoToken, portal: str, account: str, role: str) -> dict[str, Any]:
+    what = "%s: SSO GetRoleCredentials for %s in account %s" % (sso.origin, role, account)
+    try:
+        resp = requests.get(
+            portal + "/federation/credentials",
+            params={"account_id": account, "role_name": role},
+            headers={"x-amz-sso_bearer_token": sso.access_token()},
+            timeout=30,
+        )
+    except requests.RequestException as exc:
+        raise ConfigError("%s: cannot reach %s: %s" % (what, portal, type(exc).__name__)) from None
+    if resp.status_code in (401, 403):
+        raise ConfigError("%s refused the SSO token (%d): run %s" % (what, resp.status_code, sso.login))
+    if resp.status_code != 200:
+        raise ConfigError("%s refused: %d" % (what, resp.status_code))
+    found = _json(resp, what)
+    found = found.get("roleCredentials") if isinstance(found, dict) else None
+    if not isinstance(found, dict):
+        raise ConfigError("%s gave no roleCredentials" % what)
+    expiration = found.get("expiration")
+    document = {
+        "AccessKeyId": found.get("accessKeyId"),
+        "SecretAccessKey": found.get("secretAccessKey"),
+        "SessionToken": found.get("sessionToken"),
+    }
+    if isinstance(expiration, (int, float)):  # epoch milliseconds
+        when = datetime.datetime.fromtimestamp(expiration / 1000, datetime.timezone.utc)
+        document["Expiration"] = when.isoformat()
+    return parse_credentials(document, what)
+
+
+class SsoToken:
+    """The access token ``aws sso login`` cached: read at each use, renewed when about to expire.
+
+    The token is never logged. ``cache`` is its JSON file (``accessToken``, ``expiresAt``, and for
+    an sso-session login ``refreshToken``, ``clientId``, ``clientSecret``, ``registrationExpiresAt``).
+    """
+
+    def __init__(self, cache: str, oidc: str, login: str, origin: str) -> None:
+        self.cache = cache
+        self.oidc = oidc
+        self.login = login
+        self.origin = origin
+
+    def access_token(self) -> str:
+        """A token valid for at least a while, renewed (and the cache rewritten) if need be."""
+        data = self._read()
+        token, expires = data.get("accessToken"), parse_time(str(data.get("expiresAt", "")))
+        if not isinstance(token, str) or not token or expires is None:
+            raise ConfigError("%s: %s holds no SSO token: run %s" % (self.origin, self.cache, self.login))
+        left = (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        if left > SSO_TOKEN_MARGIN:
+            return token
+        renewed = self._renew(data)
+        if renewed:
+            return renewed
+        if left > 0:
+            return token
+        raise ConfigError("%s: the SSO session has expired: run %s" % (self.origin, self.login))
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            with open(self.cache, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(
+                "%s: not logged in to SSO (no %s): run %s" % (self.origin, self.cache, self.login)
+            ) from None
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
+            raise ConfigError("%s: %s: %s" % (self.origin, self.cache, reason)) from None
+        if not isinstance(data, dict):
+            raise ConfigError("%s: %s is not a JSON object" % (self.origin, self.cache))
+        return data
+
+    def _renew(self, data: dict[str, Any]) -> str | None:
+        """SSO-OIDC CreateToken with the refresh token; None when there is none or it was refused."""
+        needed = ("refreshToken", "clientId", "clientSecret")
+        if not all(isinstance(data.get(name), str) and data.get(name) for name in needed):
+            return None
+        registration = parse_time(str(data.get("registrationExpiresAt", "")))
+        if registration is not None and registration <= datetime.datetime.now(datetime.timezone.utc):
+            return None
+        body = {
+            "grantType": "refresh_token",
+            "clientId": data["clientId"],
+            "clientSecret": data["clientSecret"],
+            "refreshToken": data["refreshToken"],
+        }
+        try:
+            resp = requests.post(self.oidc + "/token", json=body, timeout=30)
+            answer = resp.json() if resp.status_code == 200 else None
+        except (requests.RequestException, ValueError) as exc:
+            log.warning("%s: renewing the SSO token failed: %s", self.origin, type(exc).__name__)
+            return None
+        if not isinstance(answer, dict) or not isinstance(answer.get("accessToken"), str):
+            log.warning("%s: SSO-OIDC refused to renew the token (%d)", self.origin, resp.status_code)
+            return None
+        lifetime = float(answer.get("expiresIn") or 3600)
+        expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=lifetime)
+        data.update(accessToken=answer["accessToken"], expiresAt=expires.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        if answer.get("refreshToken"):
+            data["refreshToken"] = answer["refreshToken"]
+        self._write(data)
+        log.info("%s: renewed the SSO token; it expires at %s", self.origin, data["expiresAt"])
+        return str(answer["accessToken"])
+
+    def _write(self, data: dict[str, Any]) -> None:
+        """Replace the cache file (0600) so ``aws`` and the next mount see the renewed token."""
+        temp = "%s.%d.tmp" % (self.cache, os.getpid())
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+            os.replace(temp, self.cache)
+        except OSError as exc:
+            log.warning("%s: could not write the renewed SSO token to %s: %s", self.origin, self.cache, exc)
 
 
 # -- the container endpoint ----------------------------------------------------------------

@@ -35,6 +35,7 @@ from s3fs_mount.config import load_settings
 from s3fs_mount.fs.options import MountOptions, OptionError, human_size
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
 from s3fs_mount.s3.errors import (
+    HEAD_400,
     ConfigError,
     ConnectionFailed,
     RemoteStoreError,
@@ -205,6 +206,8 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     opts.cache_dir = os.path.abspath(os.path.expanduser(opts.cache_dir))
     if opts.log_file:
         opts.log_file = os.path.abspath(os.path.expanduser(opts.log_file))
+    if opts.sse_c_key_file:
+        opts.sse_c_key_file = os.path.abspath(os.path.expanduser(opts.sse_c_key_file))
     return Invocation(
         bucket=bucket,
         prefix=prefix,
@@ -286,7 +289,11 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
         retry_log.setLevel(logging.ERROR)  # the final error says it all
     try:
         found = store.bucket_exists(bucket)
-    except S3Error as exc:
+    except S3Error as headed:
+        exc = _said_why(store, bucket, headed)
+        if exc.hint and exc.hint != HEAD_400:
+            said = "%s (S3 said: %d %s)" % (exc.hint, exc.status, exc.code)
+            raise CliError("cannot use bucket %s at %s: %s" % (bucket, where, said)) from None
         if exc.access_denied:
             raise CliError(
                 "access denied to bucket %s at %s: check the access key and secret (S3 said: %s)"
@@ -315,6 +322,19 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
         raise CliError("no such bucket: %s at %s" % (bucket, where))
     # Drop the pooled socket: the daemon must not share a connection with its parent.
     conn.close()
+
+
+def _said_why(store: RemoteStore, bucket: str, exc: S3Error) -> S3Error:
+    """A HEAD's refusal has no body to name its reason: a one-key listing asks S3 again for it."""
+    if exc.message or exc.status not in (400, 403):
+        return exc
+    try:
+        next(store.list(bucket=bucket, delimiter=None, max_keys=1))
+    except S3Error as listed:
+        return listed
+    except RemoteStoreError:
+        pass
+    return exc
 
 
 def _load_serve() -> Callable[..., int]:
@@ -469,7 +489,10 @@ def mount_bucket(inv: Invocation) -> int:
     if not bucket:
         raise CliError("error: no BUCKET given and no default_bucket in the settings", 2)
     settings["default_bucket"] = bucket
+    settings.update(inv.opts.object_settings())
     conn = S3Connection(**settings)
+    if conn.object_options.describe():
+        log.info("objects are written with %s", conn.object_options.describe())
     store = RemoteStore(
         conn,
         part_size=inv.opts.part_size,
@@ -587,7 +610,7 @@ def mount_local(inv: Invocation) -> int:
                 server.start(lambda: _local_ready(server), timeout=60)
             except ServerError as exc:
                 raise CliError(str(exc).splitlines()[0]) from None
-            conn = _local_connection(server, default_bucket=LOCAL_BUCKET)
+            conn = _local_connection(server, default_bucket=LOCAL_BUCKET, **inv.opts.object_settings())
             store = RemoteStore(
                 conn,
                 part_size=inv.opts.part_size,

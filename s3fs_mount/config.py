@@ -20,8 +20,9 @@ It holds an ``s3:`` mapping with the keys of ``S3Connection`` (see
   ``AWS_ENDPOINT_URL_S3`` then ``AWS_ENDPOINT_URL`` (an ``http://`` or
   ``https://`` scheme sets ``tls``);
 * the AWS profile (the ``profile`` argument, else ``AWS_PROFILE``, else
-  ``default``): its keys in ``~/.aws/credentials`` (``AWS_SHARED_CREDENTIALS_FILE``)
-  or its ``credential_process``, and its ``region``/``endpoint_url`` in
+  ``default``): its credentials (an assumed ``role_arn``, an SSO login's role,
+  its keys in ``~/.aws/credentials`` (``AWS_SHARED_CREDENTIALS_FILE``), or its
+  ``credential_process``), and its ``region``/``endpoint_url`` in
   ``~/.aws/config`` (``AWS_CONFIG_FILE``, sections ``[profile NAME]``/``[default]``).
 
 Credentials travel as a unit (key id, secret and token from one source), so a
@@ -69,6 +70,12 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
     "verify_tls": (bool,),
     "timeout": (int, float),
     "max_connections": (int,),
+    # how objects are stored (checked by s3fs_mount.s3.objectopts.ObjectOptions.parse)
+    "storage_class": (str,),
+    "sse": (str,),
+    "sse_c_key_file": (str,),
+    "requester_pays": (bool,),
+    "acl": (str,),
 }
 #: The seed's prose calls default_bucket "bucket"; accept that spelling too.
 ALIASES = {"bucket": "default_bucket"}
@@ -320,6 +327,9 @@ class AwsProfile:
         role = self.get("role_arn")
         if role:
             return self._assume_role(role, region, seen + (self.name,))
+        sso = self._sso_credentials()
+        if sso:
+            return sso
         creds = self._static_keys()
         if creds:
             return creds
@@ -328,6 +338,24 @@ class AwsProfile:
             origin = "%s: profile [%s]" % (process[1], self.name)
             return aws_credentials.refreshing(functools.partial(run_credential_process, process[0], origin))
         return None
+
+    def _sso_credentials(self) -> dict[str, Any] | None:
+        """The role's credentials of an SSO profile (``sso_session`` or ``sso_start_url``); None if
+        the profile is none."""
+        settings = self.config or {}
+        session = settings.get("sso_session", "").strip() or None
+        if not session and not settings.get("sso_start_url", "").strip():
+            return None
+        section = self._section(_read_ini(self.config_path), "sso-session %s" % session) if session else None
+        return aws_credentials.sso_credentials(
+            settings,
+            self.name,
+            session,
+            section,
+            os.path.join(_home(self.environ), ".aws", "sso", "cache"),
+            self.environ,
+            "%s: profile [%s]" % (self.config_path, self.name),
+        )
 
     def _static_keys(self) -> dict[str, str] | None:
         """The profile's ``aws_access_key_id``/``aws_secret_access_key`` (and token); None if none."""

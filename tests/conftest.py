@@ -83,6 +83,21 @@ def moto_server() -> Iterator[s3rig.MotoServer]:
 
 
 @pytest.fixture
+def cli_main() -> Iterator[Any]:
+    """``s3fs_mount.cli.main``, with the log handlers it installs (on pytest's streams) removed after."""
+    import logging
+
+    from s3fs_mount import cli
+
+    yield cli.main
+    root = logging.getLogger()
+    for handler in cli._installed:
+        root.removeHandler(handler)
+    cli._installed.clear()
+    root.setLevel(logging.WARNING)
+
+
+@pytest.fixture
 def fuse() -> None:
     """Skip (or fail when S3FS_REQUIRE_FUSE=1) if FUSE mounts cannot work here."""
     reason = s3rig.fuse_unavailable_reason()

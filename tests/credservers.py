@@ -1,4 +1,5 @@
-"""Loopback stand-ins for where AWS machines get credentials: IMDSv2 and the container endpoint.
+"""Loopback stand-ins for where AWS machines get credentials: IMDSv2, the container endpoint, and
+IAM Identity Center (SSO: the portal's GetRoleCredentials, SSO-OIDC's CreateToken).
 
 Each hands out the keys it was given (a real S3 server's, so what they sign is
 checked), with an expiry and (``token``) a session token, and records what it
@@ -11,6 +12,7 @@ import datetime
 import http.server
 import json
 import threading
+import urllib.parse
 
 ROLE = "s3fs-mount-test-role"
 
@@ -48,7 +50,9 @@ class _Server:
             def _any(self) -> None:
                 with outer._lock:
                     outer.requests.append((self.command, self.path, dict(self.headers)))
-                status, body = outer.answer(self.command, self.path, self.headers)
+                length = int(self.headers.get("Content-Length") or 0)
+                sent = self.rfile.read(length) if length else b""
+                status, body = outer.answer_with_body(self.command, self.path, self.headers, sent)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -74,6 +78,10 @@ class _Server:
 
     def answer(self, method: str, path: str, headers) -> tuple[int, bytes]:
         raise NotImplementedError
+
+    def answer_with_body(self, method: str, path: str, headers, body: bytes) -> tuple[int, bytes]:
+        """What a request with a body gets: ``answer``'s, unless a server reads bodies."""
+        return self.answer(method, path, headers)
 
     def __enter__(self):
         self.thread.start()
@@ -125,3 +133,55 @@ class ContainerEndpoint(_Server):
         if method == "GET" and path == "/creds":
             return 200, self.credentials()
         return 404, b""
+
+
+class SsoPortal(_Server):
+    """IAM Identity Center: ``GET /federation/credentials?account_id=&role_name=`` (the portal) for a
+    bearer token it knows, and ``POST /token`` (SSO-OIDC CreateToken) renewing a token with a refresh
+    token. ``tokens`` are the access tokens it accepts; ``renewed`` counts CreateToken answers."""
+
+    def __init__(self, keys: tuple[str, str], account: str, role: str, lifetime: float = 6 * 3600) -> None:
+        super().__init__(keys, lifetime)
+        self.account, self.role = account, role
+        self.tokens = {"sso-access-token"}
+        self.refresh_tokens = {"sso-refresh-token"}
+        self.client = ("sso-client-id", "sso-client-secret")
+        self.renewed = 0
+
+    def answer(self, method: str, path: str, headers) -> tuple[int, bytes]:
+        url = urllib.parse.urlsplit(path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        if method != "GET" or url.path != "/federation/credentials":
+            return 404, b""
+        if headers.get("x-amz-sso_bearer_token") not in self.tokens:
+            return 401, b'{"message": "Session token not found or invalid"}'
+        if query != {"account_id": self.account, "role_name": self.role}:
+            return 403, b'{"message": "No access"}'
+        document = json.loads(self.credentials())
+        expires = datetime.datetime.fromisoformat(document["Expiration"].replace("Z", "+00:00"))
+        role = {
+            "accessKeyId": document["AccessKeyId"],
+            "secretAccessKey": document["SecretAccessKey"],
+            "sessionToken": document.get("Token", ""),
+            "expiration": int(expires.timestamp() * 1000),
+        }
+        return 200, json.dumps({"roleCredentials": role}).encode()
+
+    def answer_with_body(self, method: str, path: str, headers, body: bytes) -> tuple[int, bytes]:
+        if method != "POST" or path != "/token":
+            return self.answer(method, path, headers)
+        asked = json.loads(body or b"{}")
+        if (
+            asked.get("grantType") != "refresh_token"
+            or (asked.get("clientId"), asked.get("clientSecret")) != self.client
+            or asked.get("refreshToken") not in self.refresh_tokens
+        ):
+            return 400, b'{"error": "invalid_grant"}'
+        with self._lock:
+            self.renewed += 1
+            token = "sso-access-token-renewed-%d" % self.renewed
+            self.tokens.add(token)
+            refresh = "sso-refresh-token-%d" % self.renewed
+            self.refresh_tokens.add(refresh)
+        answer = {"accessToken": token, "expiresIn": 28800, "refreshToken": refresh}
+        return 200, json.dumps(answer).encode()

@@ -87,6 +87,8 @@ class FakeStore:
     :param drops_marker_metadata: as SeaweedFS, user metadata on keys ending in '/' is not kept.
     """
 
+    etags_are_md5 = True  #: as RemoteStore.etags_are_md5 without sse/SSE-C
+
     def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False,
                  default_bucket: str | None = None) -> None:
         self.bucket = bucket

@@ -9,6 +9,8 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.mode = "fail"         # every request fails ("pass" restores; "drop" drops)
         proxy.flip_request(1)       # the next PUT's body reaches the server with one byte changed
         proxy.flip_response(1)      # the next GET's body reaches the client with one byte changed
+        proxy.error_in_200(1)       # the next copy or multipart completion: 200 with an <Error> body
+        proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
 (headers up to CRLFCRLF, then a Content-Length or chunked body) so keep-alive
@@ -182,10 +184,11 @@ def _is_chunked(headers: list[tuple[str, str]]) -> bool:
 
 
 def s3_error_response(status: int, method: str = "GET", code: str | None = None,
-                      close: bool = False) -> bytes:
+                      close: bool = False, message: str | None = None) -> bytes:
     """Build a complete canned S3-style XML error response."""
-    default_code, message = S3_ERRORS.get(status, ("ServiceUnavailable", "Service Unavailable"))
+    default_code, default_message = S3_ERRORS.get(status, ("ServiceUnavailable", "Service Unavailable"))
     code = code or default_code
+    message = message or default_message
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>{message}</Message>"
@@ -203,6 +206,32 @@ def s3_error_response(status: int, method: str = "GET", code: str | None = None,
         head.append("Retry-After: 0")
     raw = ("\r\n".join(head) + "\r\n\r\n").encode()
     return raw if method == "HEAD" else raw + body
+
+
+def error_200_response(code: str, close: bool = False) -> bytes:
+    """What AWS may answer a CopyObject, UploadPartCopy or CompleteMultipartUpload that failed after
+    the status went out: 200, with an ``<Error>`` body (after the spaces it sends while it works)."""
+    message = "We encountered an internal error. Please try again."
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n' + " " * 8 + "\n"
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        "<RequestId>FAULTPROXY</RequestId><HostId>faultproxy</HostId></Error>"
+    ).encode()
+    head = [
+        "HTTP/1.1 200 OK",
+        "Content-Type: application/xml",
+        f"Content-Length: {len(body)}",
+        "x-amz-request-id: FAULTPROXY",
+        f"Connection: {'close' if close else 'keep-alive'}",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def is_copy_or_completion(method: str, target: str, headers: list[tuple[str, str]]) -> bool:
+    """A CopyObject, UploadPartCopy or CompleteMultipartUpload: what AWS may fail with a 200."""
+    if method == "PUT":
+        return any(k.lower() == "x-amz-copy-source" for k, _ in headers)
+    return method == "POST" and "uploadId=" in target
 
 
 def wrong_region_response(method: str, region: str, signed_for: str, close: bool = False) -> bytes:
@@ -254,11 +283,15 @@ class FaultProxy:
         self.requests = 0
         self.forwarded = 0
         self.seen: list[tuple[str, str]] = []
+        #: (method, target, headers with lower-case names) of every request seen.
+        self.heard: list[tuple[str, str, dict[str, str]]] = []
+        self._errors_in_200: list[str] = []  # codes for the next copies/completions
+        self.errors_in_200 = 0  # such answers given
         #: As AWS does for a bucket in this region: a request signed for another is refused.
         self.bucket_region: str | None = None
         self.wrong_region = 0  # requests refused so
         self._lock = threading.Lock()
-        self._fail_queue: list[tuple[int, str | None]] = []
+        self._fail_queue: list[tuple[int, str | None, str | None]] = []
         self._drop_count = 0
         self._stall = 0.0
         self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
@@ -286,10 +319,13 @@ class FaultProxy:
         """``http://127.0.0.1:PORT``."""
         return f"http://{self.endpoint}"
 
-    def fail_next(self, n: int = 1, status: int = 503, code: str | None = None) -> None:
-        """Answer the next ``n`` requests with a canned S3 XML error (not forwarded)."""
+    def fail_next(
+        self, n: int = 1, status: int = 503, code: str | None = None, message: str | None = None
+    ) -> None:
+        """Answer the next ``n`` requests with a canned S3 XML error (not forwarded); ``code`` and
+        ``message`` replace the status's usual ones."""
         with self._lock:
-            self._fail_queue.extend([(status, code)] * n)
+            self._fail_queue.extend([(status, code, message)] * n)
 
     def drop_next(self, n: int = 1) -> None:
         """Close the client connection abruptly (no response) on the next ``n`` requests."""
@@ -322,6 +358,21 @@ class FaultProxy:
             self.flipped.append((method, target))
             return True
 
+    def error_in_200(self, n: int = 1, code: str = "InternalError") -> None:
+        """Answer the next ``n`` copies and multipart completions with 200 and an ``<Error>`` body
+        naming ``code``, as AWS may; they are not forwarded (nothing happened)."""
+        with self._lock:
+            self._errors_in_200.extend([code] * n)
+
+    def _take_error_in_200(self, method: str, target: str, headers: list[tuple[str, str]]) -> str | None:
+        if not is_copy_or_completion(method, target, headers):
+            return None
+        with self._lock:
+            if not self._errors_in_200:
+                return None
+            self.errors_in_200 += 1
+            return self._errors_in_200.pop(0)
+
     def stall(self, seconds: float) -> None:
         """Delay every forwarded request by ``seconds`` (0 to stop stalling)."""
         self._stall = float(seconds)
@@ -334,6 +385,7 @@ class FaultProxy:
             self._drop_count = 0
             self._stall = 0.0
             self._flip_requests = self._flip_responses = 0
+            self._errors_in_200.clear()
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> FaultProxy:
@@ -401,21 +453,21 @@ class FaultProxy:
         except OSError:
             pass
 
-    def _decide(self) -> tuple[str, int, str | None]:
+    def _decide(self) -> tuple[str, int, str | None, str | None]:
         """Pick what to do with the next request: ('pass'|'fail'|'drop', status, code)."""
         with self._lock:
             self.requests += 1
             if self._fail_queue:
-                status, code = self._fail_queue.pop(0)
-                return "fail", status, code
+                status, code, message = self._fail_queue.pop(0)
+                return "fail", status, code, message
             if self._drop_count > 0:
                 self._drop_count -= 1
-                return "drop", 0, None
+                return "drop", 0, None, None
             if self.mode == "fail":
-                return "fail", self.fail_status, None
+                return "fail", self.fail_status, None, None
             if self.mode == "drop":
-                return "drop", 0, None
-            return "pass", 0, None
+                return "drop", 0, None, None
+            return "pass", 0, None, None
 
     def _serve(self, conn: socket.socket) -> None:
         """Handle every request of one client connection."""
@@ -428,9 +480,10 @@ class FaultProxy:
                     raise ValueError(f"bad request line {start!r}")
                 method, target, version = parts
                 headers = _parse_headers(lines)
-                action, status, code = self._decide()
+                action, status, code, message = self._decide()
                 with self._lock:
                     self.seen.append((method, target))
+                    self.heard.append((method, target, {k.lower(): v for k, v in headers}))
                 expect = any(
                     k.lower() == "expect" and v.lower() == "100-continue" for k, v in headers
                 )
@@ -440,7 +493,7 @@ class FaultProxy:
                     return
                 if action == "fail" and expect:
                     # Like S3: final error instead of 100 Continue, body never sent.
-                    conn.sendall(s3_error_response(status, method, code, close=True))
+                    conn.sendall(s3_error_response(status, method, code, close=True, message=message))
                     return
                 if expect:
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -448,7 +501,7 @@ class FaultProxy:
                 req = Request(method, target, version, headers, body)
                 if action == "fail":
                     log.debug("faultproxy: failing %s %s with %d", method, target, status)
-                    conn.sendall(s3_error_response(status, method, code, close=req.wants_close()))
+                    conn.sendall(s3_error_response(status, method, code, req.wants_close(), message))
                     if req.wants_close():
                         return
                     continue
@@ -458,6 +511,12 @@ class FaultProxy:
                         self.wrong_region += 1
                     close = req.wants_close()
                     conn.sendall(wrong_region_response(method, self.bucket_region, signed_for, close))
+                    if req.wants_close():
+                        return
+                    continue
+                error_code = self._take_error_in_200(method, target, headers)
+                if error_code is not None:
+                    conn.sendall(error_200_response(error_code, req.wants_close()))
                     if req.wants_close():
                         return
                     continue

@@ -7,13 +7,17 @@ verifies signatures.
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
 import socket
+import stat
 import time
 
 import pytest
 import s3rig
-from credservers import ROLE, ContainerEndpoint, Imds
+from credservers import ROLE, ContainerEndpoint, Imds, SsoPortal
 
 from s3fs_mount import aws_credentials
 from s3fs_mount.config import load_settings
@@ -304,8 +308,8 @@ def test_a_bucket_in_another_region_is_found_and_signed_for(
 
 def test_a_regional_aws_endpoint_follows_the_bucket_region():
     connection = S3Connection(endpoint="s3.us-east-1.amazonaws.com", access_key_id="K", secret_access_key="S")
-    connection._bucket_regions["b"] = "eu-west-1"  # as _learn_region records it
-    expected = {"b": "b.s3.eu-west-1.amazonaws.com", "other": "other.s3.us-east-1.amazonaws.com"}
+    connection._bucket_regions["bkt"] = "eu-west-1"  # as _learn_region records it
+    expected = {"bkt": "bkt.s3.eu-west-1.amazonaws.com", "other": "other.s3.us-east-1.amazonaws.com"}
     for bucket, host in expected.items():
         assert connection._host_and_path(bucket, "k", connection.region_for(bucket)) == (host, "/k")
 
@@ -337,3 +341,121 @@ def test_a_profile_may_assume_its_role_with_its_own_keys(aws_env, moto_server, t
     settings = load_settings(profile="self", environ=dict(os.environ, AWS_ENDPOINT_URL=moto_server.url))
     assert settings["access_key_id"].startswith("ASIA")
     assert "Credential=AKIASELF/" in sts_sent[0]["Authorization"]
+
+
+# -- SSO (IAM Identity Center): the token `aws sso login` caches, an emulated portal ----------------------
+
+ACCOUNT, SSO_ROLE = "123456789012", "MountRole"
+
+
+def sso_config(tmp_path, portal, *, legacy=False, token="sso-access-token", expires_in=8 * 3600,
+               refresh=True):
+    """~/.aws/config with profile [dev] on SSO, and the cache file `aws sso login` would leave."""
+    aws = tmp_path / ".aws"
+    (aws / "sso" / "cache").mkdir(parents=True, exist_ok=True)
+    start_url = "https://corp.awsapps.com/start"
+    if legacy:
+        profile = "sso_start_url = %s\nsso_region = eu-west-1\n" % start_url
+        cache_key = start_url
+    else:
+        profile = "sso_session = corp\n"
+        cache_key = "corp"
+    (aws / "config").write_text(
+        "[profile dev]\n%ssso_account_id = %s\nsso_role_name = %s\nregion = us-east-1\n\n"
+        "[sso-session corp]\nsso_start_url = %s\nsso_region = eu-west-1\n"
+        "sso_registration_scopes = sso:account:access\n" % (profile, ACCOUNT, SSO_ROLE, start_url)
+    )
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expires_in)
+    cached = {"startUrl": start_url, "region": "eu-west-1", "accessToken": token,
+              "expiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if refresh and not legacy:
+        cached.update(clientId=portal.client[0], clientSecret=portal.client[1],
+                      refreshToken="sso-refresh-token", registrationExpiresAt="2099-01-01T00:00:00Z")
+    cache = aws / "sso" / "cache" / (hashlib.sha1(cache_key.encode()).hexdigest() + ".json")
+    cache.write_text(json.dumps(cached))
+    return cache
+
+
+@pytest.fixture
+def sso_env(aws_env, s3config):
+    with tokenless(SsoPortal(keys(s3config), ACCOUNT, SSO_ROLE)) as portal:
+        aws_env.setenv("AWS_ENDPOINT_URL_SSO", portal.url)
+        aws_env.setenv("AWS_ENDPOINT_URL_SSO_OIDC", portal.url)
+        aws_env.setenv("AWS_ENDPOINT_URL", "http://" + s3config["endpoint"])
+        yield portal
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["sso_session", "sso_start_url"])
+def test_an_sso_profile_gets_its_role_from_the_cached_token(sso_env, s3config, bucket, tmp_path, legacy):
+    sso_config(tmp_path, sso_env, legacy=legacy)
+    settings = load_settings(profile="dev")
+    assert settings["access_key_id"] == s3config["access_key_id"]
+    assert settings["credentials_expire"] > time.time() + 3600 and settings["credential_refresh"]
+    (method, path, headers), = sso_env.requests
+    assert method == "GET"
+    assert path == "/federation/credentials?account_id=%s&role_name=%s" % (ACCOUNT, SSO_ROLE)
+    assert headers["x-amz-sso_bearer_token"] == "sso-access-token"
+    store = RemoteStore(S3Connection(**dict(settings, default_bucket=bucket)))  # SeaweedFS checks signatures
+    assert put(store, tmp_path, "from-sso", b"x") is True and got(store, tmp_path, "from-sso") == b"x"
+    store.connection.credentials_expire = time.time() + 60  # due: the next request gets new ones first
+    assert put(store, tmp_path, "after-refresh", b"y") is True
+    assert sso_env.handed_out == 2 and store.connection.stats.failures == 0
+
+
+def test_an_sso_token_about_to_expire_is_renewed_and_cached(sso_env, tmp_path):
+    cache = sso_config(tmp_path, sso_env, expires_in=60)
+    load_settings(profile="dev")
+    assert sso_env.renewed == 1
+    cached = json.loads(cache.read_text())
+    assert cached["accessToken"] == "sso-access-token-renewed-1"
+    assert cached["refreshToken"] == "sso-refresh-token-1"
+    assert stat.S_IMODE(os.stat(cache).st_mode) == 0o600
+    assert sso_env.requests[-1][2]["x-amz-sso_bearer_token"] == "sso-access-token-renewed-1"
+
+
+@pytest.mark.parametrize(
+    "case, says",
+    [
+        ("expired", "the SSO session has expired: run aws sso login --sso-session corp"),
+        ("missing", "not logged in to SSO (no "),
+        ("refused", "refused the SSO token (401): run aws sso login --sso-session corp"),
+    ],
+)
+def test_an_sso_profile_without_a_usable_login_is_one_line(sso_env, tmp_path, case, says):
+    if case == "expired":
+        sso_config(tmp_path, sso_env, expires_in=-60, refresh=False)
+    elif case == "missing":
+        sso_config(tmp_path, sso_env).unlink()
+    else:
+        sso_config(tmp_path, sso_env, token="revoked-token")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(profile="dev")
+    assert says in str(raised.value) and "\n" not in str(raised.value)
+    assert "profile [dev]" in str(raised.value)
+
+
+def test_an_sso_profile_missing_a_setting_names_it(sso_env, tmp_path):
+    sso_config(tmp_path, sso_env)
+    config = tmp_path / ".aws" / "config"
+    config.write_text(config.read_text().replace("sso_role_name = %s\n" % SSO_ROLE, ""))
+    with pytest.raises(ConfigError, match=r"profile \[dev\]: an SSO profile needs sso_role_name$"):
+        load_settings(profile="dev")
+
+
+@pytest.mark.fuse
+def test_a_mount_on_an_sso_profile_refreshes_mid_mount(mount_factory, s3config, bucket, tmp_path, boto):
+    with tokenless(SsoPortal(keys(s3config), ACCOUNT, SSO_ROLE, lifetime=299)) as portal:
+        sso_config(tmp_path, portal)
+        where = {"endpoint": s3config["endpoint"], "tls": False, "default_bucket": bucket}
+        config = s3rig.write_s3yaml(tmp_path / "nokeys.yaml", where)
+        env = {"HOME": str(tmp_path), "AWS_ENDPOINT_URL_SSO": portal.url, "AWS_ACCESS_KEY_ID": "",
+               "AWS_SECRET_ACCESS_KEY": "", "AWS_PROFILE": "dev"}
+        mount = mount_factory(config=str(config), env=env).start()
+        for n in range(3):
+            with open(os.path.join(mount.path, "s%d" % n), "wb") as f:
+                f.write(b"sso %d" % n)
+        assert sorted(os.listdir(mount.path)) == ["s0", "s1", "s2"]
+        assert portal.handed_out >= 3  # at the start, and again while the files went up
+        assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()
+    for n in range(3):
+        assert boto.get_object(Bucket=bucket, Key="s%d" % n)["Body"].read() == b"sso %d" % n

@@ -176,3 +176,66 @@ def test_what_the_mount_writes_carries_a_crc32_that_its_reads_check(mount_factor
     with open(os.path.join(again.path, "big"), "rb") as f:
         assert f.read() == big
     assert "read of big verified (CRC32:%s)" % head["ChecksumCRC32"] in again.log()
+
+
+def put_with_checksum(boto, bucket: str, key: str, data: bytes, algorithm: str, part: int = 0,
+                      kind: str = "COMPOSITE") -> None:
+    """PUT ``data`` with an ``x-amz-checksum-*`` of ``algorithm``: in one request, or in parts of
+    ``part`` bytes whose checksum S3 keeps as ``kind`` (COMPOSITE: of the parts'; FULL_OBJECT)."""
+    if not part:
+        boto.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm=algorithm)
+        return
+    up = boto.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm, ChecksumType=kind)
+    parts = []
+    for n, off in enumerate(range(0, len(data), part), start=1):
+        r = boto.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n,
+                             Body=data[off:off + part], ChecksumAlgorithm=algorithm)
+        parts.append({"ETag": r["ETag"], "PartNumber": n, "Checksum" + algorithm: r["Checksum" + algorithm]})
+    extra = {"ChecksumType": kind} if kind == "FULL_OBJECT" else {}
+    boto.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
+                                   MultipartUpload={"Parts": parts}, **extra)
+
+
+# CRC64NVME is what AWS keeps for every object written without a checksum of its own.
+CRC_OBJECTS = [
+    ("crc32c", "CRC32C", 0, ""),
+    ("crc32c-parts", "CRC32C", 5 * MiB, "COMPOSITE"),
+    ("crc32c-whole", "CRC32C", 5 * MiB, "FULL_OBJECT"),
+    ("crc64", "CRC64NVME", 0, ""),
+    ("crc64-whole", "CRC64NVME", 5 * MiB, "FULL_OBJECT"),
+    ("crc32-whole", "CRC32", 5 * MiB, "FULL_OBJECT"),
+]
+
+
+def test_crc32c_and_crc64nvme_objects_read_back_verified(mount_factory, boto, bucket):
+    objects = {key: os.urandom(12 * MiB + 11 if part else 300_000) for key, _, part, _ in CRC_OBJECTS}
+    for key, algorithm, part, kind in CRC_OBJECTS:
+        put_with_checksum(boto, bucket, key, objects[key], algorithm, part, kind)
+    mount = mount_factory("debug").start()
+    for key, algorithm, _, _ in CRC_OBJECTS:
+        head = boto.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        stored = "%s:%s" % (algorithm, head["Checksum" + algorithm])
+        path = os.path.join(mount.path, key)
+        assert os.getxattr(path, "s3.checksum").decode() == stored
+        with open(path, "rb") as f:
+            assert f.read() == objects[key]
+        assert "read of %s verified (%s)" % (key, stored) in mount.log(), key
+
+
+@pytest.mark.parametrize("key", ["crc64", "crc32c-parts"])
+def test_a_changed_body_of_a_crc64nvme_or_crc32c_object_is_eio(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, key
+):
+    (algorithm, part, kind), = [spec[1:] for spec in CRC_OBJECTS if spec[0] == key]
+    data = os.urandom(12 * MiB if part else 300_000)
+    put_with_checksum(boto, bucket, key, data, algorithm, part, kind)
+    mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, key)
+    faultproxy.flip_response(1)
+    with pytest.raises(OSError) as raised:
+        with open(path, "rb") as f:
+            f.read()
+    assert raised.value.errno == errno.EIO and faultproxy.flipped
+    assert "do not match what" in mount.log()
+    with open(path, "rb") as f:
+        assert f.read() == data

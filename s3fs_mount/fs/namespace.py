@@ -52,7 +52,7 @@ from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import ObjectInfo
+from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,12 @@ class Namespace:
                 if a is not None and a.etag == etag and a.digest:
                     return a.digest
         return ""
+
+    def expected_digest(self, key: str, etag: str) -> str:
+        """What reads of version ``etag`` of ``key`` are checked against: the digest S3 told, else ''
+        (the ETag will do) or NO_DIGEST when this mount's objects have ETags that are no MD5."""
+        known = self.known_digest(self.keymap.path(key), etag)
+        return known or ("" if self.store.etags_are_md5 else NO_DIGEST)
 
     def _keep_atime(self, path: str, found: A.Attributes) -> None:
         """An answer from S3 for ``path``: a later atime that reads set stays (caller holds _lock)."""

@@ -105,7 +105,7 @@ class S3Operations(Operations):
             on_fetched=self.staging.grew,
             part_size_of=lambda key, etag: self.namespace.part_size_of(key),
             verify=options.checksum,
-            checksum_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag),
+            checksum_of=lambda key, etag: self.namespace.expected_digest(key, etag),
         )
         self.uploader = Uploader(
             store, options.part_size, options.multipart_threshold, options.parallel, self.staging
@@ -609,7 +609,7 @@ class S3Operations(Operations):
             digest = self.namespace.stored_digest(path)  # a HEAD tells the x-amz-checksum-*, if any
         facts = {
             "s3.etag": a.etag,
-            "s3.checksum": digest or a.etag_digest,
+            "s3.checksum": A.checksum_fact(digest, a.etag),
             "s3.storage_class": a.storage_class,
             "s3.state": item.state if item is not None else "clean",
         }

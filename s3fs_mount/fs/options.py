@@ -90,6 +90,7 @@ GROUPS = {
     "source": "where the bucket is",
     "access": "who may do what",
     "consistency": "what is seen when",
+    "storage": "how objects are stored",
     "cache": "the cache and the transfers",
     "diagnostics": "watching it",
 }
@@ -127,6 +128,12 @@ class MountOptions:
         True, "uploads never replace another client's newer version", "consistency"
     )
     checksum: bool = _option(True, "checksums on uploads (CRC32 or MD5), whole reads checked", "consistency")
+    # -- how objects are stored -------------------------------------------------------------
+    storage_class: str = _option("", "storage class of what is written (STANDARD_IA, ...)", "storage")
+    sse: str = _option("", "server-side encryption: AES256, aws:kms or aws:kms:KEYID", "storage")
+    sse_c_key_file: str = _option("", "file holding an SSE-C key: every write and read carries it", "storage")
+    requester_pays: bool = _option(False, "requests carry x-amz-request-payer: requester", "storage")
+    acl: str = _option("", "canned ACL of what is written (bucket-owner-full-control, ...)", "storage")
     # -- the cache and the transfers --------------------------------------------------------
     cache_dir: str = _option(default_cache_dir, "staging cache directory", "cache")
     cache_size: int = _option(4 * GiB, "cache size bound (K/M/G suffixes)", "cache")
@@ -200,6 +207,13 @@ class MountOptions:
         if opts.metrics:
             parse_listen(opts.metrics)
         return opts
+
+    #: The options that are settings of the connection too (s3.yaml's ``s3:`` keys of the same names).
+    OBJECT_OPTIONS = ("storage_class", "sse", "sse_c_key_file", "requester_pays", "acl")
+
+    def object_settings(self) -> dict[str, Any]:
+        """The storage options given with ``-o``, as S3Connection settings (they beat s3.yaml's)."""
+        return {name: getattr(self, name) for name in self.OBJECT_OPTIONS if getattr(self, name)}
 
     @classmethod
     def defaults_shown(cls) -> dict[str, str]:

@@ -42,6 +42,8 @@ class ObjectStore(Protocol):
     checksums: bool
     #: ``'CRC32'`` when uploads carry ``x-amz-checksum-crc32`` (else Content-MD5, or none).
     checksum_algorithm: str | None
+    #: False when what the store writes gets ETags that are no MD5 (SSE-KMS, SSE-C).
+    etags_are_md5: bool
 
     def head(self, remote_name: RemoteName) -> ObjectInfo: ...
 
@@ -143,6 +145,11 @@ class Bucket:
     def checksum_algorithm(self) -> str | None:
         """``'CRC32'`` once :meth:`configure_checksums` found the server keeps it, else None."""
         return self.store.checksum_algorithm
+
+    @property
+    def etags_are_md5(self) -> bool:
+        """False when what this bucket's writes get ETags that are no MD5 (SSE-KMS, SSE-C)."""
+        return self.store.etags_are_md5
 
     @property
     def endpoint(self) -> str:

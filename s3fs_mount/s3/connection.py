@@ -21,6 +21,7 @@ from requests.structures import CaseInsensitiveDict
 
 from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.errors import ConfigError, S3Error, TransportError
+from s3fs_mount.s3.objectopts import ERRORS_IN_BODY, ObjectOptions, operation_of
 from s3fs_mount.s3.retry import RetryPolicy
 from s3fs_mount.s3.sigv4 import (
     EMPTY_SHA256,
@@ -55,6 +56,25 @@ def region_of(endpoint: str) -> str | None:
         return "us-east-1"
     found = _AWS_REGIONAL.search(host)
     return found.group("region") if found else None
+
+
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+
+
+def is_aws_endpoint(endpoint: str) -> bool:
+    """Is ``endpoint`` (``host`` or ``host:port``) AWS S3's (``*.amazonaws.com``, ``.com.cn``)?"""
+    host = endpoint.rsplit(":", 1)[0].lower() if endpoint.count(":") == 1 else endpoint.lower()
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def virtual_hostable(bucket: str) -> bool:
+    """May ``bucket`` be addressed as ``BUCKET.endpoint``, as the AWS SDKs (botocore) decide?
+
+    Only a DNS-compatible name with no dots: 3-63 characters of lower-case letters, digits and
+    inner hyphens. A name with dots would not match AWS's TLS certificate (``*.s3...`` covers
+    one label), and botocore sends it path-style over plain http too.
+    """
+    return 3 <= len(bucket) <= 63 and _LABEL.match(bucket) is not None
 
 
 #: Answers that say something about the object, not that the request failed: a lookup's 404,
@@ -140,11 +160,20 @@ class S3Connection:
     :param region: signing region (default: the one an AWS endpoint's name gives,
         ``s3-us-west-2.amazonaws.com`` signs for ``us-west-2``, else ``us-east-1``).
     :param path_style: ``https://host/bucket/key`` addressing; default True
-        for non-AWS endpoints, virtual-hosted for ``*.amazonaws.com``.
+        for non-AWS endpoints, virtual-hosted (``https://bucket.host/key``) for
+        ``*.amazonaws.com``. Either way a bucket name that cannot be a host name, or
+        has dots (AWS's TLS certificate covers one label), is addressed path-style, as botocore does.
     :param session_token: temporary credentials' token, if any.
     :param verify_tls: check the server certificate (default True).
     :param timeout: seconds to connect and between bytes read (default 30).
     :param max_connections: size of the connection pool all threads share (default 32).
+    :param storage_class: the storage class of every object written (``STANDARD_IA``, ...).
+    :param sse: server-side encryption of every object written: ``AES256`` (SSE-S3),
+        ``aws:kms`` or ``aws:kms:KEYID`` (SSE-KMS).
+    :param sse_c_key_file: a file holding an SSE-C key: every object is written with it, and every
+        read, copy and part of one carries it. Never logged.
+    :param requester_pays: every request carries ``x-amz-request-payer: requester``.
+    :param acl: the canned ACL of every object written (``bucket-owner-full-control``, ...).
     """
 
     def __init__(
@@ -163,6 +192,11 @@ class S3Connection:
         retry: RetryPolicy | None = None,
         credentials_expire: float | None = None,
         credential_refresh: Callable[[], Credentials] | None = None,
+        storage_class: str | None = None,
+        sse: str | None = None,
+        sse_c_key_file: str | None = None,
+        requester_pays: bool | None = None,
+        acl: str | None = None,
         **unknown: Any,
     ) -> None:
         if unknown:
@@ -196,13 +230,15 @@ class S3Connection:
         #: The region the endpoint's name gives (an AWS regional endpoint), else None.
         self._endpoint_region = region_of(endpoint)
         self.region = region or self._endpoint_region or "us-east-1"
-        self.path_style = (not endpoint.endswith("amazonaws.com")) if path_style is None else path_style
+        self.path_style = (not is_aws_endpoint(endpoint)) if path_style is None else path_style
         self.verify_tls = verify_tls
         if not verify_tls:
             log.warning("TLS certificate verification is OFF for %s", endpoint)
         self.timeout = timeout
         self.max_connections = max_connections
         self.retry = retry or RetryPolicy()
+        #: What every request adds for the objects written (storage class, encryption, ...).
+        self.object_options = ObjectOptions.parse(storage_class, sse, sse_c_key_file, requester_pays, acl)
         self.stats = RequestStats()
         self.signer = SigV4Signer(access_key_id, secret_access_key, self.region, session_token=session_token)
         #: Temporary credentials: when they expire (epoch seconds), and how to get new ones.
@@ -283,7 +319,7 @@ class S3Connection:
         endpoint = self._endpoint_in(region or self.region)
         if not bucket:
             return endpoint, "/"
-        if self.path_style:
+        if self.path_style or not virtual_hostable(bucket):
             if not key:
                 return endpoint, "/" + uri_encode(bucket)
             return endpoint, "/%s/%s" % (uri_encode(bucket), encoded_key)
@@ -359,9 +395,14 @@ class S3Connection:
                 payload_hash = UNSIGNED_PAYLOAD
         expect = tuple(expect)
         what = "%s %s/%s" % (method, bucket or "", key)
+        operation = operation_of(method, key, query, headers or {})
+        headers = self._with_object_options(operation, headers or {})
         attempts = 0
 
-        def attempt() -> requests.Response:
+        # No function here may refer to itself: a closure in a cycle keeps ``body`` (a part of
+        # up to 5 GiB) alive until the garbage collector runs, which big allocations do not
+        # prompt (a 1 GiB write held 27 parts of 8 MiB, 600 MiB of RSS).
+        def send() -> requests.Response:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
@@ -372,7 +413,7 @@ class S3Connection:
             signer = self._fresh_signer()
             if region != signer.region:
                 signer = signer.for_region(region)
-            signed = signer.sign(method, host, path, query, headers or {}, payload_hash)
+            signed = signer.sign(method, host, path, query, headers, payload_hash)
             data = body() if callable(body) else body
             started = time.monotonic()
             sent = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
@@ -393,6 +434,8 @@ class S3Connection:
                 sent = int(signed["Content-Length"])
             got = int(resp.headers.get("Content-Length") or 0) if method != "HEAD" else 0
             ok = resp.status_code in expect
+            failed = self._error_in_body(resp, what, stream) if ok and operation in ERRORS_IN_BODY else None
+            ok = ok and failed is None
             self.stats.add(method, sent, got, resp.status_code, ok, time.monotonic() - started)
             request_log.debug(
                 "%s %s %s %d %.0fms up=%d down=%d",
@@ -404,15 +447,45 @@ class S3Connection:
                 sent,
                 got,
             )
-            if ok:
-                return resp
-            if self._learn_region(bucket, resp):
-                return attempt()  # once: the region is now known, and the same again is no news
-            raise self._error(resp, what)
+            if failed is not None:
+                raise failed  # a 200 whose body is an <Error>: retried as a 500
+            return resp
+
+        def attempt() -> requests.Response:
+            while True:
+                resp = send()
+                if resp.status_code in expect:
+                    return resp
+                # Once: the region is now known, and the same answer again is no news.
+                if not self._learn_region(bucket, resp):
+                    raise self._error(resp, what)
 
         if not retry:
             return attempt()
         return self.retry.call(attempt, what)
+
+    def _with_object_options(self, operation: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """``headers`` and what :attr:`object_options` asks of ``operation`` (which wins)."""
+        extra = self.object_options.headers(operation)
+        if not extra:
+            return headers
+        names = {name.lower() for name in extra}
+        out = {name: value for name, value in headers.items() if name.lower() not in names}
+        out.update(extra)
+        return out
+
+    @staticmethod
+    def _error_in_body(resp: requests.Response, what: str, stream: bool = False) -> S3Error | None:
+        """A 200 whose body is an ``<Error>``: AWS failed a copy or a completion after it sent
+        the status. Such an answer is no success: it counts as a 500, which the retry policy
+        retries (as the AWS SDKs do)."""
+        if stream or b"<Error>" not in resp.content.lstrip()[:512]:  # AWS may send spaces first
+            return None
+        err = xmlparse.parse_error(resp.content)
+        if "Code" not in err:
+            return None
+        log.warning("%s: S3 answered 200 with an error (%s): a failure", what, err["Code"])
+        return S3Error(500, err["Code"], err.get("Message", ""), err.get("RequestId", ""), what)
 
     @staticmethod
     def _error(resp: requests.Response, what: str) -> S3Error:
@@ -445,4 +518,9 @@ KNOWN_SETTINGS = (
     "verify_tls",
     "timeout",
     "max_connections",
+    "storage_class",
+    "sse",
+    "sse_c_key_file",
+    "requester_pays",
+    "acl",
 )

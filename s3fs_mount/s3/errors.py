@@ -51,7 +51,25 @@ class S3Error(RemoteStoreError):
             text += " (%s)" % self.resource
         if self.request_id:
             text += " [request id %s]" % self.request_id
+        if self.hint:
+            text += ": %s" % self.hint
         return text
+
+    @property
+    def hint(self) -> str:
+        """What to do about a refusal AWS users meet (an expired token, KMS, a missing SSE-C key), or ''."""
+        message = self.message.lower()
+        if self.code in ("ExpiredToken", "TokenRefreshRequired") or "token has expired" in message:
+            return EXPIRED_TOKEN
+        if self.code.startswith("KMS.") or (self.status == 403 and "kms:" in message):
+            return KMS_REFUSED
+        # SeaweedFS: "... must provide the customer key"; AWS: "The object was stored using a form of
+        # Server Side Encryption. The correct parameters must be provided to retrieve the object."
+        if self.status == 400 and ("customer provided key" in message or "stored using a form of" in message):
+            return SSE_C_NEEDED
+        if self.status == 400 and not self.message and self.resource.startswith("HEAD "):
+            return HEAD_400
+        return ""
 
     @property
     def not_found(self) -> bool:
@@ -67,6 +85,21 @@ class S3Error(RemoteStoreError):
     def precondition_failed(self) -> bool:
         """True when an If-Match (or copy-source-if-match) did not hold."""
         return self.status == 412
+
+
+EXPIRED_TOKEN = (
+    "the session token has expired: get fresh credentials (aws sso login, a new AWS_SESSION_TOKEN), "
+    "or let the mount take them from a source it renews (a profile's role, the instance or container)"
+)
+KMS_REFUSED = (
+    "SSE-KMS refused: the mount's identity may not use the KMS key "
+    "(writing needs kms:GenerateDataKey, reading kms:Decrypt)"
+)
+SSE_C_NEEDED = "the object is encrypted with a customer key (SSE-C): mount with -o sse_c_key_file=PATH"
+HEAD_400 = (
+    "a HEAD answer has no body to say why; an expired session token, or an SSE-C object asked "
+    "for without its key, answer so"
+)
 
 
 _DEFAULT_CODES = {

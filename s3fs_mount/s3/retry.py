@@ -79,5 +79,7 @@ class RetryPolicy:
                 if self.clock.monotonic() - start + pause > self.max_total:
                     raise
                 self.retries += 1
-                log.warning("%s failed (%s); retry %d in %.2fs", what, exc, attempt, pause)
+                # The text, not the exception: its frames hold the request's body, and a handler
+                # may keep a record (a queue, pytest's capture) long after the retry.
+                log.warning("%s failed (%s); retry %d in %.2fs", what, str(exc), attempt, pause)
                 self.clock.sleep(pause)

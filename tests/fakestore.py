@@ -1,8 +1,13 @@
 """An in-memory stand-in for RemoteStore: the filesystem's unit tests run on it.
 
-It implements the part of the connector's interface the filesystem uses,
-with S3's behaviour where it matters (sorted listings with a delimiter,
-If-Match, metadata REPLACE), and counts requests.
+It satisfies :class:`s3fs_mount.s3.bucket.ObjectStore`, as RemoteStore does, and
+behaves as S3 where the filesystem can tell: buckets (a request for one it does
+not hold fails with NoSuchBucket, as S3's does), sorted listings with a
+delimiter, paginated by ``max_keys``, If-Match / If-None-Match, metadata
+REPLACE, multipart ETags. tests/test_store_conformance.py runs the same tests
+on it and on the real connector against SeaweedFS and moto, so it cannot drift.
+
+``calls`` counts requests by kind.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
+from s3fs_mount.s3.checksums import composite
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name, resolve
 from s3fs_mount.s3.store import KEPT_HEADERS, MultipartUpload, ObjectInfo, metadata_of
@@ -20,33 +27,51 @@ from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
 
 class FakeObject:
-    def __init__(self, data: bytes, headers: dict[str, str]) -> None:
+    def __init__(self, data: bytes, headers: dict[str, str], etag: str | None = None,
+                 part_size: int | None = None) -> None:
         self.data = data
         self.metadata = metadata_of(headers)
         self.headers = {k: v for k, v in headers.items() if k in KEPT_HEADERS}
-        self.etag = hashlib.md5(data).hexdigest()
+        self.etag = etag or hashlib.md5(data).hexdigest()
+        self.part_size = part_size  # of part 1, for an object made of parts
         self.mtime = time.time()
 
 
 class FakeMultipart(MultipartUpload):
+    def _live(self) -> None:
+        if self.upload_id not in self.store.uploads:
+            raise S3Error(404, "NoSuchUpload", resource=self.key)
+
     def upload_part(self, number: int, data: bytes, checksum: dict | None = None) -> str:
         self.store.calls["PUT part"] += 1
-        self.parts[number] = bytes(data)  # type: ignore[assignment]
-        return str(number)
+        self._live()
+        self.data[number] = bytes(data)
+        etag = hashlib.md5(self.data[number]).hexdigest()
+        self.parts[number] = etag
+        return etag
 
     def copy_part(self, number: int, source: str, first: int, last: int, if_match: str | None = None) -> str:
         self.store.calls["COPY part"] += 1
-        o = self.store._get(source.split("/", 2)[2])
+        self._live()
+        bucket, key = urllib.parse.unquote(source).lstrip("/").split("/", 1)
+        o = self.store._get(S3Name(key, bucket))
         if if_match and if_match != o.etag:
             raise S3Error(412, "PreconditionFailed")
-        self.parts[number] = o.data[first:last + 1]  # type: ignore[assignment]
-        return str(number)
+        if first >= len(o.data) or last < first:
+            raise S3Error(416, "InvalidRange")
+        self.data[number] = o.data[first:last + 1]
+        etag = hashlib.md5(self.data[number]).hexdigest()
+        self.parts[number] = etag
+        return etag
 
     def complete(self, if_match: str | None = None, if_none_match: bool = False) -> str:
-        data = b"".join(self.parts[n] for n in sorted(self.parts))  # type: ignore[misc]
+        self._live()
+        numbers = sorted(self.parts)
+        data = b"".join(self.data[n] for n in numbers)
+        etag = composite([bytes.fromhex(self.parts[n]) for n in numbers])
         self.store.uploads.discard(self.upload_id)
-        return self.store.put(S3Name(self.key, self.bucket), data, self.create_headers,
-                              if_match=if_match, if_none_match=if_none_match)
+        return self.store._store(S3Name(self.key, self.bucket), data, self.create_headers, if_match,
+                                 if_none_match, etag=etag, part_size=len(self.data[numbers[0]]))
 
     def abort(self) -> bool:
         self.store.uploads.discard(self.upload_id)
@@ -54,43 +79,88 @@ class FakeMultipart(MultipartUpload):
 
 
 class FakeStore:
-    """Objects in a dict; ``calls`` counts requests by kind."""
+    """Objects in dicts, one per bucket; ``calls`` counts requests by kind.
+
+    :param bucket: the bucket it holds at first (more by :meth:`create_bucket`).
+    :param default_bucket: the bucket of a bare key, as S3Connection's ``default_bucket``
+        (default: ``bucket``). It need not exist: a request for it then fails as on S3.
+    :param drops_marker_metadata: as SeaweedFS, user metadata on keys ending in '/' is not kept.
+    """
 
     etags_are_md5 = True  #: as RemoteStore.etags_are_md5 without sse/SSE-C
 
-    def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False) -> None:
+    def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False,
+                 default_bucket: str | None = None) -> None:
         self.bucket = bucket
-        #: As SeaweedFS: user metadata on keys ending in '/' is not kept.
+        self.default_bucket = bucket if default_bucket is None else default_bucket
         self.drops_marker_metadata = drops_marker_metadata
         self.flip_reads = 0  # GETs still to answer with one byte changed
         self.checksums = True
-        self.checksum_algorithm = None  # uploads carry Content-MD5, as to a server without CRC32
-        self.objects: dict[str, FakeObject] = {}
+        self.checksum_algorithm: str | None = None  # uploads carry Content-MD5, as to a server without CRC32
+        self.buckets: dict[str, dict[str, FakeObject]] = {bucket: {}}
         self.calls: Counter[str] = Counter()
+        self.requested: Counter[str] = Counter()  # requests by the bucket they named
         self.uploads: set[str] = set()
         self._ids = itertools.count(1)
 
-    def _key(self, name: str | S3Name) -> str:
-        return resolve(name, self.bucket)[1]
+    @property
+    def objects(self) -> dict[str, FakeObject]:
+        """The objects of the bucket it was made with."""
+        return self.buckets[self.bucket]
 
-    def _get(self, key: str) -> FakeObject:
+    def _bucket(self, bucket: str | None) -> dict[str, FakeObject]:
+        bucket = bucket or self.default_bucket
+        if not bucket:
+            raise ValueError("no bucket: give bucket= or a default_bucket")
+        self.requested[bucket] += 1
         try:
-            return self.objects[key]
+            return self.buckets[bucket]
+        except KeyError:
+            raise S3Error(404, "NoSuchBucket", "The specified bucket does not exist", resource=bucket) \
+                from None
+
+    def _at(self, name: str | S3Name) -> tuple[dict[str, FakeObject], str]:
+        bucket, key = resolve(name, self.default_bucket)
+        return self._bucket(bucket), key
+
+    def _get(self, name: str | S3Name) -> FakeObject:
+        objects, key = self._at(name)
+        try:
+            return objects[key]
         except KeyError:
             raise S3Error(404, "NoSuchKey", resource=key) from None
 
-    def head(self, name: str | S3Name) -> ObjectInfo:
-        self.calls["HEAD"] += 1
-        key = self._key(name)
-        o = self._get(key)
-        return ObjectInfo(key, len(o.data), o.etag, o.mtime, dict(o.metadata), dict(o.headers))
+    # -- buckets ------------------------------------------------------------------------
 
-    def get_range(self, name: str | S3Name, start: int, length: int, if_match: str | None = None) -> bytes:
+    def create_bucket(self, bucket: str) -> None:
+        self.buckets.setdefault(bucket, {})
+
+    def delete_bucket(self, bucket: str) -> None:
+        if self._bucket(bucket):
+            raise S3Error(409, "BucketNotEmpty", resource=bucket)
+        del self.buckets[bucket]
+
+    def bucket_exists(self, bucket: str) -> bool:
+        return bucket in self.buckets
+
+    # -- objects --------------------------------------------------------------------------
+
+    def head(self, remote_name: str | S3Name) -> ObjectInfo:
+        self.calls["HEAD"] += 1
+        try:
+            o = self._get(remote_name)
+        except S3Error as exc:  # an answer to a HEAD has no body: its status is all S3 says
+            raise S3Error(exc.status, resource=exc.resource) from None
+        return ObjectInfo(resolve(remote_name, self.default_bucket)[1], len(o.data), o.etag, o.mtime,
+                          dict(o.metadata), dict(o.headers))
+
+    def get_range(self, remote_name: str | S3Name, start: int, length: int,
+                  if_match: str | None = None) -> bytes:
         self.calls["GET"] += 1
-        o = self._get(self._key(name))
+        o = self._get(remote_name)
         if if_match and if_match != o.etag:
             raise S3Error(412, "PreconditionFailed")
-        data = o.data[start:start + length]
+        data = o.data[start:start + length] if length > 0 else b""
         self.calls["bytes down"] += len(data)
         if self.flip_reads and data:  # one byte changed on the way, as a bad network would
             self.flip_reads -= 1
@@ -98,47 +168,63 @@ class FakeStore:
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         return data
 
-    def first_part_size(self, name: str | S3Name) -> int | None:
-        return None  # every object here is one PUT
+    def first_part_size(self, remote_name: str | S3Name) -> int | None:
+        o = self._get(remote_name)
+        return o.part_size if o.part_size is not None else len(o.data) or None
 
-    def get_range_blocks(self, name: str | S3Name, start: int, length: int, block: int,
+    def get_range_blocks(self, remote_name: str | S3Name, start: int, length: int, block: int,
                          if_match: str | None = None) -> list[bytes]:
-        data = self.get_range(name, start, length, if_match)
+        data = self.get_range(remote_name, start, length, if_match)
         return [data[i:i + block] for i in range(0, len(data), block)]
 
-    def put(self, name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None,
+    def put(self, remote_name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None,
             if_match: str | None = None, if_none_match: bool = False) -> str:
         self.calls["PUT"] += 1
-        key = self._key(name)
-        current = self.objects.get(key)
+        body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]
+        return self._store(remote_name, bytes(body), dict(headers or {}), if_match, if_none_match)
+
+    def _store(self, name: str | S3Name, data: bytes, headers: dict, if_match: str | None,
+               if_none_match: bool, etag: str | None = None, part_size: int | None = None) -> str:
+        objects, key = self._at(name)
+        current = objects.get(key)
         if (if_match and (current is None or current.etag != if_match)) or (if_none_match and current):
             raise S3Error(412, "PreconditionFailed", resource=key)
-        body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]
-        o = FakeObject(bytes(body), dict(headers or {}))
+        o = FakeObject(data, headers, etag, part_size)
         if self.drops_marker_metadata and key.endswith("/"):
             o.metadata = {}
-        self.objects[key] = o
+        objects[key] = o
         return o.etag
 
+    def configure_checksums(self, bucket: str) -> str | None:
+        self._bucket(bucket)
+        return None  # uploads carry Content-MD5
+
     def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]:
+        self._bucket(bucket)
         return True, True
 
     def probe_marker_metadata(self, bucket: str, prefix: str = "") -> bool:
+        self._bucket(bucket)
         return not self.drops_marker_metadata
 
-    def remove(self, name: str | S3Name) -> None:
+    def remove(self, remote_name: str | S3Name) -> None:
         self.calls["DELETE"] += 1
-        self.objects.pop(self._key(name), None)
+        objects, key = self._at(remote_name)
+        objects.pop(key, None)
 
-    def start_multipart(self, name: str | S3Name, headers: dict | None = None,
+    def start_multipart(self, remote_name: str | S3Name, headers: dict | None = None,
                         checksum: bool = True) -> MultipartUpload:
         self.calls["POST"] += 1
-        mpu = FakeMultipart(self, self.bucket, self._key(name), "up%d" % next(self._ids))  # type: ignore[arg-type]
+        bucket, key = resolve(remote_name, self.default_bucket)
+        self._bucket(bucket)
+        mpu = FakeMultipart(self, bucket, key, "up%d" % next(self._ids))  # type: ignore[arg-type]
         mpu.create_headers = dict(headers or {})  # type: ignore[attr-defined]
+        mpu.data = {}  # type: ignore[attr-defined]
         self.uploads.add(mpu.upload_id)
         return mpu
 
     def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> bool:
+        self._bucket(bucket)
         self.uploads.discard(upload_id)
         return True
 
@@ -146,12 +232,13 @@ class FakeStore:
         for job in jobs:
             job()
 
-    def copy_object(self, source, destination, headers=None, replace_metadata=False, if_match=None,
-                    source_info=None, size=None) -> str:
+    def copy_object(self, remote_source, remote_destination, headers=None, replace_metadata=False,
+                    if_match=None, source_info=None, size=None) -> str:
         self.calls["COPY"] += 1
         if source_info is None and (size is None or replace_metadata):
             self.calls["HEAD"] += 1  # as the real one: it must learn the size (and headers)
-        o = self._get(self._key(source))
+        o = self._get(remote_source)
+        objects, key = self._at(remote_destination)
         if if_match and if_match != o.etag:
             raise S3Error(412, "PreconditionFailed")
         new_headers = dict(o.headers)
@@ -160,25 +247,43 @@ class FakeStore:
         else:
             new_headers.update(o.metadata)
         copy = FakeObject(o.data, new_headers)
-        self.objects[self._key(destination)] = copy
+        objects[key] = copy
         return copy.etag
+
+    # -- listing and bulk -----------------------------------------------------------------
 
     def list(self, prefix: str = "", delimiter: str | None = "/", bucket: str | None = None,
              max_keys: int = 1000, start_after: str | None = None) -> Iterator[ListPage]:
-        self.calls["LIST"] += 1
-        page = ListPage()
-        prefixes: set[str] = set()
-        for key in sorted(self.objects):
-            if not key.startswith(prefix):
-                continue
-            rest = key[len(prefix):]
-            if delimiter and delimiter in rest:
-                prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
-                continue
-            o = self.objects[key]
-            page.entries.append(ListEntry(key, len(o.data), o.etag, o.mtime))
-        page.prefixes = sorted(prefixes)
-        yield page
+        """ListObjectsV2 as S3 pages it: keys and common prefixes in order, ``max_keys`` per page."""
+        objects = self._bucket(bucket)
+        token: str | None = None
+        while True:
+            self.calls["LIST"] += 1
+            page = ListPage()
+            last = None
+            for key in sorted(objects):
+                if not key.startswith(prefix) or (start_after is not None and key <= start_after):
+                    continue
+                rest = key[len(prefix):]
+                common = None
+                if delimiter and delimiter in rest:
+                    common = prefix + rest.split(delimiter, 1)[0] + delimiter
+                item = common or key
+                if (token is not None and item <= token) or item == last:
+                    continue
+                if len(page.entries) + len(page.prefixes) == max_keys:
+                    page.truncated, page.continuation = True, last
+                    break
+                last = item
+                if common:
+                    page.prefixes.append(common)
+                else:
+                    o = objects[key]
+                    page.entries.append(ListEntry(key, len(o.data), o.etag, o.mtime, "STANDARD"))
+            yield page
+            if not page.truncated:
+                return
+            token = page.continuation
 
     def list_all(self, prefix: str = "", bucket: str | None = None) -> Iterator[ListEntry]:
         for page in self.list(prefix, delimiter=None, bucket=bucket):
@@ -186,6 +291,7 @@ class FakeStore:
 
     def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
         self.calls["DELETE multi"] += 1
+        objects = self._bucket(bucket)
         for key in keys:
-            self.objects.pop(key, None)
+            objects.pop(key, None)
         return []

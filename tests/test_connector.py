@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from fakeclock import FakeClock
 
 import s3fs_mount as s3
 from s3fs_mount import RemoteStore, RemoteStoreError, S3Connection, S3Name
@@ -184,7 +185,7 @@ def test_wrong_secret(s3config, boto, bucket, local, tmp_path, caplog):
 
 
 def test_server_down(s3config, local, tmp_path, caplog):
-    retry = RetryPolicy(max_attempts=2, base_delay=0.01)
+    retry = RetryPolicy(max_attempts=2, base_delay=0.01, clock=FakeClock())
     config = dict(s3config, endpoint="127.0.0.1:%d" % closed_port(), retry=retry)
     store = RemoteStore(S3Connection(**config))
     assert store.write(local, "k") is False
@@ -421,8 +422,8 @@ def test_get_range_blocks(store, boto, bucket):
 
 @pytest.fixture
 def proxied(faultproxy, s3config):
-    """A store talking to the server through the ``faultproxy``, retrying quickly."""
-    retry = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
+    """A store talking to the server through the ``faultproxy``, retrying at once (a fake clock)."""
+    retry = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, clock=FakeClock())
     store = RemoteStore(S3Connection(**dict(s3config, endpoint=faultproxy.endpoint, retry=retry)))
     yield store
     store.close()

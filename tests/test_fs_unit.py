@@ -18,6 +18,7 @@ from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 
 MiB = 1 << 20
@@ -30,7 +31,7 @@ def _context(monkeypatch):
 
 def make_ops(tmp_path, store=None, **options) -> S3Operations:
     opts = MountOptions(cache_dir=str(tmp_path / "cache"), **options)
-    ops = S3Operations(store or FakeStore(), "bucket", "", opts)
+    ops = S3Operations(Bucket(store or FakeStore(), "bucket"), "", opts)
     ops.uploader.configure_checks(opts.conflict_check)  # what start() does at mount
     ops.namespace.configure_directories()
     ops.namespace.load_root()
@@ -590,21 +591,6 @@ def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
     assert sent <= len(data) + 2 * 5 * MiB  # at most one partial part again per fsync
 
 
-def test_listings_go_to_the_mounted_bucket(tmp_path):
-    class BucketSpy(FakeStore):
-        def list(self, prefix="", delimiter="/", bucket=None, **kw):
-            assert bucket == "bucket", bucket
-            return super().list(prefix, delimiter, bucket, **kw)
-
-    store = BucketSpy()
-    store.put("d/f", b"1")
-    ops = make_ops(tmp_path, store)
-    assert names(ops) == ["d"] and names(ops, "/d") == ["f"]
-    ops.mkdir("/e", 0o755)
-    ops.rename("/d", "/e2")
-    ops.rmdir("/e")
-
-
 # -- directories: where their metadata lives, and their times --------------------------------------
 
 
@@ -683,7 +669,7 @@ def test_the_roots_mode_owner_and_times_hold(tmp_path, prefix, drops):
 
     def view(n: int) -> S3Operations:
         opts = MountOptions(cache_dir=str(tmp_path / ("c%d" % n)))
-        ops = S3Operations(store, "bucket", prefix, opts)
+        ops = S3Operations(Bucket(store, "bucket"), prefix, opts)
         ops.namespace.configure_directories()
         ops.namespace.load_root()
         return ops

@@ -12,6 +12,7 @@ from test_fs_unit import make_ops, write_file
 
 from s3fs_mount.fs import journal as journal_module
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
+from s3fs_mount.fs.staging import StagedRecord
 from s3fs_mount.s3.errors import S3Error
 
 
@@ -168,3 +169,22 @@ def test_an_unreadable_sidecar_of_an_earlier_version_keeps_its_data(tmp_path):
     left = sorted(os.listdir(root))
     assert "bad.data" in left and "bad.json" in left  # left as they are, for a person to look at
     assert "clean.data" not in left  # no record: a clean copy, removed
+
+
+def test_a_staged_record_has_one_serialization_for_save_and_recovery(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"staged", flush=False)
+    item = ops._handle(fh).item
+    item.note_digest(0, 6, "MD5:abc")
+    item.save()
+    ops.staging.close()
+    (state,) = StagingJournal.read(os.path.join(ops.staging.root, JOURNAL_NAME)).values()
+    with item.cond:
+        record = item.record()
+    assert StagedRecord.from_json(state) == record  # what was saved reads back the same
+    assert record.digests == {(0, 6): "MD5:abc"} and record.dirty and record.key == "f"
+    assert json.loads(json.dumps(record.to_json())) == state
+    legacy = StagedRecord.from_json({"bucket": "b", "key": "old", "size": 11, "dirty": True})
+    assert (legacy.key, legacy.size, legacy.mtime) == ("old", 11, None)
+    assert (legacy.upload_ids, legacy.digests, legacy.present) == ([], {}, [])

@@ -24,6 +24,7 @@ import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import plan
 from s3fs_mount.s3.errors import ConfigError
 from s3fs_mount.s3.objectopts import CustomerKey, ObjectOptions, operation_of
@@ -462,14 +463,14 @@ class KmsStore(FakeStore):
     """Objects as a bucket with default SSE-KMS keeps them: ETags that are no MD5 of the bytes, and
     HEADs that say aws:kms (listings say nothing of it)."""
 
-    def put(self, name, data, headers=None, if_match=None, if_none_match=False):
-        super().put(name, data, headers, if_match, if_none_match)
-        o = self._get(self._key(name))
+    def put(self, remote_name, data, headers=None, if_match=None, if_none_match=False):
+        super().put(remote_name, data, headers, if_match, if_none_match)
+        o = self._get(remote_name)
         o.etag = os.urandom(16).hex()
         return o.etag
 
-    def head(self, name):
-        info = super().head(name)
+    def head(self, remote_name):
+        info = super().head(remote_name)
         info.etag_is_md5 = False
         return info
 
@@ -480,7 +481,7 @@ def test_an_sse_kms_object_is_read_without_taking_its_etag_for_an_md5(tmp_path, 
     store = KmsStore()
     data = os.urandom(size)
     store.put("f", data)
-    ops = S3Operations(store, "bucket", "", MountOptions(cache_dir=str(tmp_path / "cache")))
+    ops = S3Operations(Bucket(store, "bucket"), "", MountOptions(cache_dir=str(tmp_path / "cache")))
     ops.namespace.load_root()
     fh = ops.open("/f", os.O_RDONLY)
     try:

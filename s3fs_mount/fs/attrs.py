@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.errors import FsError
-from s3fs_mount.s3.store import META_PREFIX
+from s3fs_mount.s3.store import META_PREFIX, NO_DIGEST, digest_of
 
 USER_PREFIX = "user."
 #: Read-only facts about the object, shown by ``getfattr -d -m -``.
@@ -294,3 +294,9 @@ def check_metadata_size(metadata: dict[str, str]) -> None:
     """E2BIG before any request when metadata would exceed S3's limit."""
     if metadata_size(metadata) > METADATA_LIMIT:
         raise FsError(errno.E2BIG, "user metadata over S3's 2 KiB limit")
+
+
+def checksum_fact(digest: str, etag: str) -> str:
+    """The ``s3.checksum`` fact: S3's ``digest`` if known, else what the ``etag`` says as an MD5;
+    '' when S3 said there is nothing to check with (:data:`~s3fs_mount.s3.store.NO_DIGEST`)."""
+    return "" if digest == NO_DIGEST else digest or digest_of(etag)

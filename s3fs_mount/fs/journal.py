@@ -1,7 +1,7 @@
 """The staging journal: what each staged item still owes S3, in one file.
 
-Every change to a staged item's record (see :meth:`StagedFile.record
-<s3fs_mount.fs.staging.StagedFile.record>`) appends one JSON line
+Every change to a staged item's record (a :class:`StagedRecord
+<s3fs_mount.fs.staging.StagedRecord>`, as its ``to_json`` writes it) appends one JSON line
 ``{"id": ..., "state": {...}}`` to ``staging.journal`` in the cache
 directory; ``"state": null`` says the item owes nothing any more. The last
 line of an id wins. One ``write`` per record, on an ``O_APPEND`` file: a

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from s3fs_mount.fs.fuselib import FUSE, LIBFUSE_MAJOR
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions, parse_listen
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.store import RemoteStore
 
 if TYPE_CHECKING:
@@ -32,7 +33,8 @@ def serve(
     uploaded before returning. Returns 0 when nothing is left unuploaded,
     else 1 (the files named in the log stay staged for the next mount).
     """
-    ops = S3Operations(store, bucket, prefix, options, mountpoint=mountpoint, server_full=server_full)
+    # The mount reaches S3 through this view only: no request of it can name another bucket.
+    ops = S3Operations(Bucket(store, bucket), prefix, options, mountpoint=mountpoint, server_full=server_full)
     metrics = _metrics(store, ops, options.metrics) if options.metrics else None
     pending = ops.start()
     if pending:

@@ -42,17 +42,17 @@ import errno
 import logging
 import stat
 import threading
-import time
 from collections.abc import Callable
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.names import S3Name
-from s3fs_mount.s3.store import ObjectInfo, RemoteStore
+from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -65,34 +65,35 @@ CHANGED_TTL = 120.0
 class Namespace:
     """Paths of one mount over the keys of one bucket (and prefix).
 
-    :param store: the connector.
-    :param bucket: the mounted bucket.
+    :param store: the mounted bucket.
     :param keymap: the path <-> key mapping.
     :param defaults: attributes for objects without metadata.
+    :param clock: what the TTLs (and a directory's new times) are measured by.
     """
 
     def __init__(
         self,
-        store: RemoteStore,
-        bucket: str,
+        store: Bucket,
         keymap: KeyMap,
         defaults: A.Defaults,
         attr_ttl: float = 1.0,
         dir_ttl: float = 1.0,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self.clock = clock
+        timer = clock.monotonic
         self.store = store
-        self.bucket = bucket
         self.keymap = keymap
         self.defaults = defaults
         self._lock = threading.Lock()
         self.attr_ttl = max(attr_ttl, 0.001)
         # Per-entry expiry: what a listing says stays valid long enough for a tool to walk it.
-        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(200_000, self._expiry)
-        self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001))
-        self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001))
+        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(200_000, self._expiry, timer)
+        self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001), timer)
+        self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self._full: LRUCache[str, A.Attributes] = LRUCache(200_000)
-        self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL)
-        self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL)
+        self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
+        self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         self._conflicts_logged: set[str] = set()
         #: Directory path -> (mtime, ctime, when) set by entry changes, not yet in S3. Guarded by _lock.
         self._dir_times: dict[str, tuple[float, float, float]] = {}
@@ -107,11 +108,8 @@ class Namespace:
         #: Set once, by configure_directories, before the mount serves.
         self.dir_meta_on_marker = True
         #: The time of directories that have none of their own (implicit prefixes): stable, not "now".
-        self.epoch = time.time()
+        self.epoch = clock.time()
         self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
-
-    def name(self, key: str) -> S3Name:
-        return S3Name(key, self.bucket)
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
@@ -129,7 +127,7 @@ class Namespace:
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
-            self._changed[path] = time.monotonic()
+            self._changed[path] = self.clock.monotonic()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)
@@ -153,7 +151,7 @@ class Namespace:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
                 self._count_subdir(parent, -1)
-            self._changed[path] = time.monotonic()
+            self._changed[path] = self.clock.monotonic()
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._listings.pop(path, None)
@@ -172,7 +170,7 @@ class Namespace:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
         with self._lock:
-            self._changed[path] = time.monotonic()
+            self._changed[path] = self.clock.monotonic()
             for cache, with_own in (
                 (self._attrs, True),
                 (self._full, True),
@@ -196,7 +194,7 @@ class Namespace:
                 return hit
         if hit is not None:
             # A directory seen in a listing: its mode and owner are on its holder (one HEAD).
-            asked = time.monotonic()
+            asked = self.clock.monotonic()
             found = self._dir_attributes(path)
             found.seen_at = asked
             return self._cache_fetched(path, found)
@@ -219,7 +217,7 @@ class Namespace:
         found = self.lookup(path)
         if found.complete or path == "/":
             return found
-        asked = time.monotonic()
+        asked = self.clock.monotonic()
         fresh = self._fetch(path)
         if fresh is None:
             with self._lock:
@@ -246,7 +244,7 @@ class Namespace:
         a = self.lookup_full(path)
         if a.digest or a.is_dir:
             return a.digest
-        info = self.store.head(self.name(self.keymap.key(path)))
+        info = self.store.head(self.keymap.key(path))
         with self._lock:
             for cache in (self._full, self._attrs):
                 known = cache.get(path)
@@ -262,6 +260,12 @@ class Namespace:
                 if a is not None and a.etag == etag and a.digest:
                     return a.digest
         return ""
+
+    def expected_digest(self, key: str, etag: str) -> str:
+        """What reads of version ``etag`` of ``key`` are checked against: the digest S3 told, else ''
+        (the ETag will do) or NO_DIGEST when this mount's objects have ETags that are no MD5."""
+        known = self.known_digest(self.keymap.path(key), etag)
+        return known or ("" if self.store.etags_are_md5 else NO_DIGEST)
 
     def _keep_atime(self, path: str, found: A.Attributes) -> None:
         """An answer from S3 for ``path``: a later atime that reads set stays (caller holds _lock)."""
@@ -296,7 +300,7 @@ class Namespace:
 
     def _fetch(self, path: str, dirs: bool = True) -> A.Attributes | None:
         """What S3 says of ``path`` now (``seen_at``: when we asked); ``dirs``: look for a directory too."""
-        asked = time.monotonic()
+        asked = self.clock.monotonic()
         found = self._fetch_uncached(path, dirs)
         if found is not None:
             found.seen_at = asked
@@ -305,7 +309,7 @@ class Namespace:
     def _fetch_uncached(self, path: str, dirs: bool = True) -> A.Attributes | None:
         key = self.keymap.key(path)
         try:
-            info = self.store.head(self.name(key))
+            info = self.store.head(key)
         except S3Error as exc:
             if not exc.not_found:
                 raise
@@ -327,11 +331,11 @@ class Namespace:
 
     def _dir_exists(self, path: str, key: str) -> bool:
         """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually."""
-        page = next(self.store.list(key, delimiter="/", max_keys=100, bucket=self.bucket))
+        page = next(self.store.list(key, delimiter="/", max_keys=100))
         if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
             return True
         if page.truncated:
-            page = next(self.store.list(key + "/", delimiter="/", max_keys=1, bucket=self.bucket))
+            page = next(self.store.list(key + "/", delimiter="/", max_keys=1))
             return bool(page.entries or page.prefixes)
         return False
 
@@ -343,7 +347,7 @@ class Namespace:
         found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
         for key in keys:
             try:
-                info = self.store.head(self.name(key))
+                info = self.store.head(key)
             except S3Error as exc:
                 if not exc.not_found:
                     raise
@@ -363,7 +367,7 @@ class Namespace:
     def configure_directories(self) -> None:
         """Find out (one probe) whether ``dir/`` markers keep metadata here; log where it is kept."""
         try:
-            self.dir_meta_on_marker = self.store.probe_marker_metadata(self.bucket, self.keymap.prefix)
+            self.dir_meta_on_marker = self.store.probe_marker_metadata(self.keymap.prefix)
         except Exception as exc:
             log.warning("could not probe directory markers (%s): directory metadata goes on dir/", exc)
             return
@@ -394,9 +398,9 @@ class Namespace:
         """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
         # The holder first: if the server refuses it (a name too long for it), nothing is made.
-        etag = self.store.put(self.name(self.holder_key(path)), b"", headers)
+        etag = self.store.put(self.holder_key(path), b"", headers)
         if new and not self.dir_meta_on_marker:
-            self.store.put(self.name(self.keymap.marker_key(path)), b"", headers)
+            self.store.put(self.keymap.marker_key(path), b"", headers)
         return etag
 
     def change_dir(
@@ -433,14 +437,14 @@ class Namespace:
 
         In memory at once; :meth:`store_dir_times` stores it later (no request here).
         """
-        now = time.time() if now is None else now
+        now = self.clock.time() if now is None else now
         now = A.parse_time(A.format_time(now)) or now  # exactly what S3 will hold, to the nanosecond
         with self._lock:
             own = self.root if parent == "/" else self._attrs.get(parent)
             if own is not None:
                 own.mtime = own.ctime = now
             if parent != "/" or self.root.etag:  # the root: stored only where it has a holder
-                self._dir_times[parent] = (now, now, time.monotonic())
+                self._dir_times[parent] = (now, now, self.clock.monotonic())
                 self._dir_times_kept.pop(parent, None)
 
     def store_dir_times(self, older_than: float = 0.0) -> int:
@@ -448,7 +452,7 @@ class Namespace:
 
         A directory without a holder keeps its times in memory only; one that is gone is skipped.
         """
-        cutoff = time.monotonic() - older_than
+        cutoff = self.clock.monotonic() - older_than
         with self._lock:
             due = [p for p, (_, _, when) in self._dir_times.items() if when <= cutoff]
         stored = 0
@@ -499,8 +503,8 @@ class Namespace:
         prefix = self.keymap.dir_prefix(path)
         files: dict[str, A.Attributes] = {}
         dirs: set[str] = set()
-        asked = time.monotonic()
-        for page in self.store.list(prefix, delimiter="/", bucket=self.bucket):
+        asked = self.clock.monotonic()
+        for page in self.store.list(prefix, delimiter="/"):
             for entry in page.entries:
                 rest = entry.key[len(prefix) :]
                 if not rest:
@@ -573,10 +577,25 @@ class Namespace:
 
     def is_empty_dir(self, path: str) -> bool:
         prefix = self.keymap.dir_prefix(path)
-        page = next(self.store.list(prefix, delimiter="/", max_keys=2, bucket=self.bucket))
+        page = next(self.store.list(prefix, delimiter="/", max_keys=2))
         return not page.prefixes and all(e.key == prefix for e in page.entries)
 
     def known_empty(self, path: str) -> None:
         """A directory we just made: its listing is known (empty)."""
         with self._lock:
             self._listings[path] = set()
+
+    # -- object contents the namespace hands out ----------------------------------------------
+
+    def link_target(self, path: str, size: int) -> str:
+        """What symlink ``path`` (of ``size`` bytes) points to: its object's body."""
+        data = self.store.get_range(self.keymap.key(path), 0, size)
+        return data.decode("utf-8", "surrogateescape")
+
+    def part_size_of(self, key: str) -> int | None:
+        """A multipart object's part size, for the check of its reads (one HEAD; None: unknown)."""
+        try:
+            return self.store.first_part_size(key)
+        except S3Error as exc:
+            log.debug("part size of %s unknown: %s", key, exc)
+            return None

@@ -6,33 +6,34 @@ into an honest errno and one log line (see :mod:`.errors`).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import itertools
 import json
 import logging
-import mimetypes
 import os
 import stat
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import Conflict, FsError, fuse_operation
+from s3fs_mount.fs.errors import FsError, fuse_operation
 from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_get_context
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
-from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
+from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
+from s3fs_mount.fs.namespace import Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
-from s3fs_mount.fs.upload import Uploader, WritebackQueue, conflict_name
-from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo, RemoteStore, digest_of
+from s3fs_mount.fs.upload import Uploader, WritebackQueue
+
+if TYPE_CHECKING:  # handed on to the units below, never asked anything here
+    from s3fs_mount.s3.bucket import Bucket
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,15 @@ class S3Operations(Operations):
 
     ::
 
-        >>> ops = S3Operations(store, 'mybucket', '', MountOptions())
+        >>> ops = S3Operations(Bucket(store, 'mybucket'), '', MountOptions())
         >>> FUSE(ops, '/mnt/s3', **ops.fuse_options())
 
-    :param store: the connector, bound to the bucket's endpoint.
-    :param bucket: the bucket to mount.
+    :param store: the bucket to mount: every request of the mount goes through it.
     :param prefix: the key prefix that is the mount's root ('' for all).
     :param options: the ``-o`` settings.
     :param mountpoint: where we are mounted (for the kernel's readahead; None in tests).
     :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
+    :param clock: what TTLs and new times are measured by (tests give a fake one).
     """
 
     # fusepy: times in nanoseconds; read/write/flush/release of an unlinked file get path None.
@@ -79,44 +80,48 @@ class S3Operations(Operations):
 
     def __init__(
         self,
-        store: RemoteStore,
-        bucket: str,
+        store: Bucket,
         prefix: str,
         options: MountOptions,
         mountpoint: str | None = None,
         server_full: Callable[[], str | None] | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
-        self.store = store
-        #: Why uploads fail when the server is out of space (a message), else None: the embedded
-        #: server reads its log. Such a failure is ENOSPC, not EIO.
-        self.server_full = server_full
-        self.bucket = bucket
+        self.bucket = store.name
+        self.clock = clock
         self.options = options
         self.keymap = KeyMap(prefix)
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
         self.namespace = Namespace(
-            store, bucket, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl
+            store, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl, clock
         )
         self.staging = StagingCache(
-            os.path.join(options.cache_dir, _safe(bucket, prefix)), bucket, options.cache_size
+            os.path.join(options.cache_dir, _safe(store.name, prefix)), store.name, options.cache_size
         )
         self.prefetcher = Prefetcher(
             store,
-            bucket,
             options.readahead,
             workers=options.parallel,
             on_fetched=self.staging.grew,
-            part_size_of=self._part_size_of,
+            part_size_of=lambda key, etag: self.namespace.part_size_of(key),
             verify=options.checksum,
-            checksum_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag)
-            or ("" if store.etags_are_md5 else NO_DIGEST),
+            checksum_of=lambda key, etag: self.namespace.expected_digest(key, etag),
         )
         self.uploader = Uploader(
-            store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging
+            store, options.part_size, options.multipart_threshold, options.parallel, self.staging
         )
+        #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
+        #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.
+        self.changes = Mutations(
+            store, self.namespace, self.staging, self.uploader, self.prefetcher, server_full, clock
+        )
+        #: Where requests go and how they fared, for ``s3fs-mount status`` (no request is sent here).
+        self.endpoint, self.request_summary = store.endpoint, store.request_summary
         self.writeback = (
             WritebackQueue(
-                self.uploader, on_uploaded=self._uploaded_in_background, on_conflict=self._conflicted
+                self.uploader,
+                on_uploaded=self.changes.uploaded_in_background,
+                on_conflict=self.changes.conflicted,
             )
             if options.writeback
             else None
@@ -166,7 +171,7 @@ class S3Operations(Operations):
         if not self.options.ro:
             self.uploader.configure_checks(self.options.conflict_check)
             if self.options.checksum:
-                self.store.configure_checksums(self.bucket)
+                self.uploader.configure_checksums()
             self.namespace.configure_directories()
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
@@ -175,36 +180,7 @@ class S3Operations(Operations):
 
     def recover(self) -> list[str]:
         """Upload what a previous run left staged; returns the keys still pending."""
-        recovered = self.staging.recover()
-        for key, upload_id in self.staging.orphan_uploads:
-            self.store.abort_multipart(key, upload_id, bucket=self.bucket)
-        for item in recovered:
-            for upload_id in list(item.upload_ids):
-                self.uploader.abort_upload(item, upload_id)
-            try:
-                current = self.store.head(self.namespace.name(item.key))
-            except S3Error as exc:
-                if not exc.not_found:
-                    log.error("recovery of %s: %s; kept staged", item.key, exc)
-                    continue
-                current = None
-            if current is not None and current.etag in self.uploader.etags_of(item):
-                # Uploaded, then killed before its record said so: nothing to do.
-                item.mark_clean(item.generation, current.etag)
-                log.info("recovered %s: already in S3", item.key)
-                continue
-            if current is not None and item.etag and current.etag != item.etag:
-                conflict = conflict_name(item.key)
-                log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
-                self.staging.rekey(item.key, conflict)
-            try:
-                self.uploader.flush(item)
-                log.info("recovered and uploaded %s", item.key)
-            except Conflict as exc:
-                log.warning("recovered %s: %s", item.key, exc)
-            except Exception as exc:
-                log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
-        return [i.key for i in self.staging.pending()]
+        return self.changes.recover()
 
     def destroy(self, path: str) -> None:
         """Unmount: upload everything still dirty (``unuploaded`` says what could not be)."""
@@ -252,19 +228,7 @@ class S3Operations(Operations):
         return self.namespace.lookup(path)
 
     def _item_attributes(self, item: StagedFile) -> A.Attributes:
-        """A staged file's attributes: its pending metadata, local size and mtime."""
-        with item.cond:
-            a = A.attributes_from(
-                item.metadata,
-                item.size,
-                item.mtime,
-                self.defaults,
-                "file",
-                etag=item.etag,
-                headers=dict(item.headers),
-            )
-            a.mtime, a.atime, a.ctime = item.mtime, item.atime, item.ctime
-        return a
+        return staged_attributes(item, self.defaults)
 
     def _tune_readahead(self) -> None:
         """On the first open: the kernel sets a file's readahead up after our open answers."""
@@ -281,8 +245,7 @@ class S3Operations(Operations):
 
     def _hide(self, path: str, hidden: str) -> None:
         """libfuse's unlink of an open file: gone from S3 and from listings, alive through its handles."""
-        item = self.staging.get(self.keymap.key(path))
-        self._remove_file(path)
+        item = self.changes.remove_file(path)
         if item is not None:
             with self._lock:
                 self._hidden[hidden] = item
@@ -304,33 +267,6 @@ class S3Operations(Operations):
         with self._lock:
             self._handles[fh] = Handle(item, path, writable, append)
         return fh
-
-    def _upload(self, item: StagedFile) -> None:
-        try:
-            self.uploader.flush(item)
-        except Conflict as exc:
-            self._conflicted(exc)
-            raise
-        except Exception as exc:
-            full = self.server_full() if self.server_full is not None else None
-            log.error("upload of %s failed, kept staged: %s", item.key, full or exc)
-            raise FsError(errno.ENOSPC if full else errno.EIO, "upload failed") from exc
-        self._remember_uploaded(item)
-
-    def _conflicted(self, exc: Conflict) -> None:
-        """Another client's version stays at the path; ours now lives under the conflict name."""
-        self.namespace.forget(self.keymap.path(exc.key))
-        self.namespace.forget(KeyMap.split(self.keymap.path(exc.saved_as))[0])
-
-    def _uploaded_in_background(self, item: StagedFile) -> None:
-        """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
-        if not item.unlinked:
-            self._remember_uploaded(item)
-        self.staging.uploaded(item)
-
-    def _remember_uploaded(self, item: StagedFile) -> None:
-        """What we uploaded is what S3 has: no HEAD needed to know it."""
-        self.namespace.remember(self.keymap.path(item.key), self._item_attributes(item))
 
     # -- attributes and directories ---------------------------------------------------
 
@@ -375,15 +311,7 @@ class S3Operations(Operations):
             if exc.errno != errno.ENOENT:
                 raise
         uid, gid, _ = fuse_get_context()
-        mode = stat.S_IFDIR | (stat.S_IMODE(mode))
-        now = time.time()
-        meta = A.posix_metadata(mode, uid, gid, now)
-        etag = self.namespace.write_dir(path, meta, new=True)
-        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag)
-        made.nlink = 2  # empty: known, so its subdirectories are counted from here on
-        self.namespace.remember(path, made)
-        self.namespace.known_empty(path)
-        self.namespace.entry_changed(KeyMap.split(path)[0], now)
+        self.changes.mkdir(path, stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
 
     @fuse_operation
     def rmdir(self, path: str) -> None:
@@ -392,13 +320,7 @@ class S3Operations(Operations):
             raise FsError(errno.EBUSY)
         if not self._attributes(path).is_dir:
             raise FsError(errno.ENOTDIR)
-        prefix = self.keymap.dir_prefix(path)
-        if not self.namespace.is_empty_dir(path) or any(self.staging.under(prefix)):
-            raise FsError(errno.ENOTEMPTY)
-        self.store.remove(self.namespace.name(self.keymap.marker_key(path)))
-        self.store.remove(self.namespace.name(self.keymap.folder_key(path)))
-        self.namespace.forget(path, gone=True)
-        self.namespace.entry_changed(KeyMap.split(path)[0])
+        self.changes.rmdir(path)  # ENOTEMPTY
 
     @fuse_operation
     def statfs(self, path: str) -> dict[str, int]:
@@ -424,14 +346,7 @@ class S3Operations(Operations):
         self._writable()
         self._parent_dir(path)
         uid, gid, _ = fuse_get_context()
-        now = time.time()
-        meta = A.posix_metadata(stat.S_IFREG | stat.S_IMODE(mode), uid, gid, now)
-        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        item, _ = self.staging.acquire(self.keymap.key(path))
-        item.reset(0, "", meta, {"Content-Type": content_type}, now)
-        item.set_metadata(meta)  # dirty: an empty new file is uploaded too
-        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
-        self.namespace.entry_changed(KeyMap.split(path)[0], now)
+        item = self.changes.create(path, stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
         return self._new_handle(item, path, True)
 
     @fuse_operation
@@ -478,7 +393,7 @@ class S3Operations(Operations):
         """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""
         if self.options.noatime:
             return
-        now = time.time()
+        now = self.clock.time()
         item = h.item
         with item.cond:
             if not A.relatime_due(item.atime, item.mtime, item.ctime, now):
@@ -528,7 +443,7 @@ class S3Operations(Operations):
             h = self._handle(fh)
             self._truncate_item(h.item, length)
             if self.writeback is None:
-                self._upload(h.item)
+                self.changes.upload(h.item)
         finally:
             self.release.__wrapped__(self, path, fh)  # type: ignore[attr-defined]
 
@@ -536,14 +451,14 @@ class S3Operations(Operations):
     def flush(self, path: str, fh: int) -> None:
         h = self._handle(fh)
         if h.writable and self.writeback is None and h.item.dirty and not h.item.unlinked:
-            self._upload(h.item)
+            self.changes.upload(h.item)
 
     @fuse_operation
     def fsync(self, path: str, datasync: int, fh: int) -> None:
         h = self._handle(fh)
         if h.item.dirty and not h.item.unlinked:
             try:
-                self._upload(h.item)
+                self.changes.upload(h.item)
             except FsError:
                 h.item.save(durable=True)  # not in S3: at least on this disk, for good
                 raise
@@ -570,19 +485,7 @@ class S3Operations(Operations):
             return
         if self._attributes(path).is_dir:
             raise FsError(errno.EISDIR)
-        self._remove_file(path)
-
-    def _remove_file(self, path: str) -> None:
-        key = self.keymap.key(path)
-        item = self.staging.get(key)
-        if item is not None:
-            self.uploader.abandon(item)
-            if item.open_count > 0:  # open handles go on reading: keep every byte locally
-                self.prefetcher.ensure(item, 0, item.remote_size)
-        self.store.remove(self.namespace.name(key))
-        self.staging.forget(key)
-        self.namespace.forget(path, gone=True)
-        self.namespace.entry_changed(KeyMap.split(path)[0])
+        self.changes.remove_file(path)
 
     @fuse_operation
     def rename(self, old: str, new: str) -> None:
@@ -605,79 +508,9 @@ class S3Operations(Operations):
                 raise FsError(errno.ENOTEMPTY)
             if new.startswith(old.rstrip("/") + "/"):
                 raise FsError(errno.EINVAL)
-            self._rename_dir(old, new, source)
-        else:
-            if target is not None and target.is_dir:
-                raise FsError(errno.EISDIR)
-            self._rename_file(old, new)
-        now = time.time()
-        for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
-            self.namespace.entry_changed(parent, now)
-
-    def _rename_file(self, old: str, new: str) -> None:
-        old_key, new_key = self.keymap.key(old), self.keymap.key(new)
-        item = self.staging.get(old_key)
-        if item is not None and item.dirty:
-            self._upload(item)  # S3 has no rename: the object must be there to copy
-        info = self.store.head(self.namespace.name(old_key))
-        etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
-            self.namespace.name(old_key), self.namespace.name(new_key), if_match=info.etag, source_info=info
-        )
-        self.store.remove(self.namespace.name(old_key))
-        self.staging.rekey(old_key, new_key)
-        moved = self.namespace.from_info(info)
-        moved.etag = etag or info.etag
-        self.namespace.forget(old, gone=True)
-        self.namespace.remember(new, moved)
-        item = self.staging.get(new_key)
-        if item is not None:
-            with item.cond:
-                item.etag = moved.etag
-
-    def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
-        """Every key under the directory, copied in parallel, then deleted. Not atomic."""
-        old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
-        for item in list(self.staging.under(old_prefix)):
-            if item.dirty:
-                self._upload(item)
-        entries = list(self.store.list_all(old_prefix, bucket=self.bucket))
-        keys = [e.key for e in entries]
-        folder = self.keymap.folder_key(old)
-        self.store.run_parallel(
-            (lambda e=e: self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size))
-            for e in entries
-        )
-        try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
-            info = self.store.head(self.namespace.name(folder))
-            self.store.copy_object(
-                self.namespace.name(folder),
-                self.namespace.name(self.keymap.folder_key(new)),
-                source_info=info,
-            )
-        except S3Error as exc:
-            if not exc.not_found:
-                raise
-        if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
-            self.store.put(self.namespace.name(new_prefix), b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
-        failed = self.store.delete_keys(keys + [folder], bucket=self.bucket)
-        if failed:
-            log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
-        for item in list(self.staging.under(old_prefix)):
-            self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
-        self.namespace.forget(old, gone=True)  # the parents' link counts follow
-        self.namespace.forget_tree(old)
-        self.namespace.forget_tree(new)
-        moved = dataclasses.replace(source, complete=False)  # its holder's ETag is new: asked at next use
-        self.namespace.remember(new, moved)
-
-    def _copy_key(self, source: str, destination: str, size: int) -> None:
-        """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
-        src, dst = self.namespace.name(source), self.namespace.name(destination)
-        if source.endswith("/"):
-            info = self.store.head(src)
-            self.store.put(dst, b"", {**info.headers, **info.metadata})
-        else:
-            self.store.copy_object(src, dst, size=size)  # the listing's size: no HEAD
+        elif target is not None and target.is_dir:
+            raise FsError(errno.EISDIR)
+        self.changes.rename(old, new, source)
 
     # -- links ------------------------------------------------------------------------
 
@@ -687,14 +520,7 @@ class S3Operations(Operations):
         self._writable()
         self._parent_dir(target)
         uid, gid, _ = fuse_get_context()
-        now = time.time()
-        meta = A.posix_metadata(SYMLINK_MODE, uid, gid, now)
-        body = source.encode("utf-8", "surrogateescape")
-        etag = self.store.put(self.namespace.name(self.keymap.key(target)), body, meta)
-        self.namespace.remember(
-            target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
-        )
-        self.namespace.entry_changed(KeyMap.split(target)[0], now)
+        self.changes.symlink(target, source, SYMLINK_MODE, uid, gid)
 
     @fuse_operation
     def mknod(self, path: str, mode: int, dev: int) -> None:
@@ -710,87 +536,26 @@ class S3Operations(Operations):
         if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
             fh = self.create.__wrapped__(self, path, mode)  # type: ignore[attr-defined]
             try:
-                self._upload(self._handle(fh).item)
+                self.changes.upload(self._handle(fh).item)
             finally:
                 self.release.__wrapped__(self, path, fh)  # type: ignore[attr-defined]
             return
         uid, gid, _ = fuse_get_context()
-        now = time.time()
-        meta = A.posix_metadata(mode, uid, gid, now)
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            meta[A.META_PREFIX + "rdev"] = str(dev)
-        etag = self.store.put(self.namespace.name(self.keymap.key(path)), b"", meta)
-        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
-        self.namespace.entry_changed(KeyMap.split(path)[0], now)
+        self.changes.mknod(path, mode, dev, uid, gid)
 
     @fuse_operation
     def readlink(self, path: str) -> str:
         a = self.namespace.lookup_full(path)
         if not a.is_link:
             raise FsError(errno.EINVAL)
-        data = self.store.get_range(self.namespace.name(self.keymap.key(path)), 0, a.size)
-        return data.decode("utf-8", "surrogateescape")
+        return self.namespace.link_target(path, a.size)
 
     # -- metadata ---------------------------------------------------------------------------
 
-    def _change_metadata(
-        self, path: str, change: Callable[[dict[str, str], A.Attributes], dict[str, str]]
-    ) -> None:
-        """Apply ``change`` to the object's metadata: pending upload, or a conditional self-copy."""
+    def _change_metadata(self, path: str, change: Change) -> None:
         self._writable()
-
-        def stamped(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
-            new = change(meta, cur)
-            new[A.CTIME] = A.format_time(time.time())  # every change of attributes is one
-            return new
-
-        if _is_hidden(path):  # fchmod and friends on an unlinked open file: kept with it, never stored
-            item = self._hidden_item(path)
-            current = self._item_attributes(item)
-            item.set_metadata(stamped(dict(current.metadata), current))
-            return
-        key = self.keymap.key(path)
-        item = self.staging.get(key) if path != "/" else None
-        if item is not None and (item.dirty or item.uploading):
-            current = self._attributes(path)
-            with item.cond:
-                new = stamped(dict(item.metadata), current)
-            A.check_metadata_size(new)
-            item.set_metadata(new)
-            return
-        current = self.namespace.lookup_full(path)
-        if current.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
-            self.namespace.change_dir(path, stamped)
-            return
-        base = dict(current.metadata)
-        if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
-            base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
-        new = stamped(base, current)
-        A.check_metadata_size(new)
-        name = self.namespace.name(key)
-        info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
-        try:
-            etag = self.store.copy_object(
-                name, name, new, replace_metadata=True, if_match=current.etag or None, source_info=info
-            )
-        except S3Error as exc:
-            if exc.precondition_failed:
-                self.namespace.forget(path)
-                log.error("%s changed in S3 since we read it; metadata change refused", path)
-                raise FsError(errno.EIO) from exc
-            raise
-        updated = A.attributes_from(
-            new,
-            current.size,
-            current.mtime,
-            self.defaults,
-            "file",
-            etag=etag,
-            headers=current.headers,
-        )
-        self.namespace.remember(path, updated)
-        if item is not None:
-            item.metadata_stored(new, etag)
+        hidden = self._hidden_item(path) if _is_hidden(path) else None
+        self.changes.change_metadata(path, change, hidden)
 
     @fuse_operation
     def chmod(self, path: str, mode: int) -> None:
@@ -815,7 +580,7 @@ class S3Operations(Operations):
     @fuse_operation
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> None:
         """utimensat: each time a value (ns), UTIME_NOW or UTIME_OMIT; None: both now."""
-        now = time.time()
+        now = self.clock.time()
         atime, mtime = (_utime(times[0], now), _utime(times[1], now)) if times else (now, now)
         item = self._hidden_item(path) if _is_hidden(path) else self.staging.get(self.keymap.key(path))
         if item is not None:
@@ -844,7 +609,7 @@ class S3Operations(Operations):
             digest = self.namespace.stored_digest(path)  # a HEAD tells the x-amz-checksum-*, if any
         facts = {
             "s3.etag": a.etag,
-            "s3.checksum": "" if digest == NO_DIGEST else digest or digest_of(a.etag),
+            "s3.checksum": A.checksum_fact(digest, a.etag),
             "s3.storage_class": a.storage_class,
             "s3.state": item.state if item is not None else "clean",
         }
@@ -858,14 +623,6 @@ class S3Operations(Operations):
             with item.cond:
                 return dict(item.metadata)
         return self.namespace.lookup_full(path).metadata
-
-    def _part_size_of(self, key: str, etag: str) -> int | None:
-        """A multipart object's part size, for the check of its reads (one HEAD; None: unknown)."""
-        try:
-            return self.store.first_part_size(self.namespace.name(key))
-        except S3Error as exc:
-            log.debug("part size of %s unknown: %s", key, exc)
-            return None
 
     def gauges(self) -> dict[str, float]:
         """For metrics: the cache's disk use, bytes not yet in S3, files waiting to upload."""
@@ -906,18 +663,17 @@ class S3Operations(Operations):
                     open_for_writing.append(
                         {"path": self.keymap.path(item.key), "size": item.size, "dirty": item.dirty}
                     )
-        conn = self.store.connection
         return {
             "bucket": self.bucket,
             "prefix": self.keymap.prefix,
-            "endpoint": conn.endpoint,
+            "endpoint": self.endpoint,
             "cache_dir": self.staging.root,
             "cache_bytes": self.staging.usage(),
             "cache_size": self.options.cache_size,
             "writeback": self.options.writeback,
             "pending": pending,
             "open_for_writing": open_for_writing,
-            "requests": conn.stats.summary(),
+            "requests": self.request_summary(),
         }
 
     @fuse_operation

@@ -46,10 +46,10 @@ from cachetools import LRUCache
 
 from s3fs_mount.fs.errors import Corrupt, FsError
 from s3fs_mount.fs.staging import StagedFile
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.names import S3Name
-from s3fs_mount.s3.store import RemoteStore, digest_of
+from s3fs_mount.s3.store import digest_of
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,7 @@ class ReadState:
 class Prefetcher:
     """Serves reads of remote bytes: streamed from memory, or fetched into staged files.
 
-    :param store: where the bytes come from.
-    :param bucket: the bucket of every item.
+    :param store: the bucket the bytes come from.
     :param max_window: the largest readahead window (bytes).
     :param chunk: the size of one ranged GET of a readahead.
     :param workers: GETs in flight at once.
@@ -92,8 +91,7 @@ class Prefetcher:
 
     def __init__(
         self,
-        store: RemoteStore,
-        bucket: str,
+        store: Bucket,
         max_window: int = 64 << 20,
         chunk: int = 16 << 20,
         workers: int = 8,
@@ -116,7 +114,6 @@ class Prefetcher:
         self.hasher = concurrent.futures.ThreadPoolExecutor(1, "md5")
         self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
-        self.bucket = bucket
         self.max_window = max_window
         self.chunk = chunk
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
@@ -242,8 +239,7 @@ class Prefetcher:
         return parts[0] if len(parts) == 1 else b"".join(parts)  # none: past the end
 
     def _get(self, key: str, etag: str, start: int, length: int, verifier: Verifier | None) -> list[bytes]:
-        name = S3Name(key, self.bucket)
-        blocks = self.store.get_range_blocks(name, start, length, BLOCK, if_match=etag or None)
+        blocks = self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None)
         if verifier is not None:
             verifier.feed(start, blocks)  # before any reader has them
         return blocks
@@ -411,7 +407,7 @@ class Prefetcher:
             etag = item.etag
         try:
             data = self.store.get_range(
-                S3Name(item.key, self.bucket), start, end - start, if_match=etag or None
+                item.key, start, end - start, if_match=etag or None
             )
         except S3Error as exc:
             if exc.precondition_failed and _moved_on(item, etag):

@@ -31,7 +31,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time
 from s3fs_mount.fs.journal import StagingJournal
@@ -41,6 +43,76 @@ from s3fs_mount.s3.checksums import digest_of_bytes
 log = logging.getLogger(__name__)
 
 CLEAN, DIRTY, UPLOADING = "clean", "dirty", "uploading"
+
+
+@dataclass
+class StagedRecord:
+    """What the journal keeps of a staged item: enough to upload it after a crash.
+
+    Its one serialization, :meth:`to_json` and :meth:`from_json`, is what
+    :meth:`StagedFile.save` writes and :meth:`StagingCache.recover` reads;
+    records of earlier versions (fewer fields, ``<id>.json`` sidecars) read
+    with the defaults.
+    """
+
+    bucket: str
+    key: str
+    size: int = 0
+    dirty: bool = False
+    #: Bytes ``[0, remote_size)`` still come from S3 when missing.
+    remote_size: int = 0
+    #: The byte ranges local when it was written (recovery takes the data file as whole).
+    present: list[tuple[int, int]] = field(default_factory=list)
+    etag: str = ""  # the remote version its bytes came from ("" for a new file)
+    metadata: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    mtime: float | None = None  # None: not recorded (then: the time of recovery)
+    atime: float | None = None
+    ctime: float | None = None
+    #: Multipart uploads under way, aborted after a crash.
+    upload_ids: list[str] = field(default_factory=list)
+    #: (offset, length) -> digest of those bytes as an upload sent them (see StagedFile.digests).
+    digests: dict[tuple[int, int], str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as the journal stores it (a JSON object)."""
+        return {
+            "bucket": self.bucket,
+            "key": self.key,
+            "size": self.size,
+            "remote_size": self.remote_size,
+            "present": [[start, end] for start, end in self.present],
+            "etag": self.etag,
+            "metadata": self.metadata,
+            "headers": self.headers,
+            "mtime": self.mtime,
+            "atime": self.atime,
+            "ctime": self.ctime,
+            "dirty": self.dirty,
+            "upload_ids": self.upload_ids,
+            "digests": [[off, n, digest] for (off, n), digest in sorted(self.digests.items())],
+        }
+
+    @classmethod
+    def from_json(cls, state: Mapping[str, Any]) -> StagedRecord:
+        """A record from what :meth:`to_json` (or an earlier version) wrote."""
+        mtime = state.get("mtime")
+        return cls(
+            bucket=str(state.get("bucket", "")),
+            key=state["key"],
+            size=int(state.get("size", 0)),
+            dirty=bool(state.get("dirty")),
+            remote_size=int(state.get("remote_size", 0)),
+            present=[(int(start), int(end)) for start, end in state.get("present", [])],
+            etag=state.get("etag", ""),
+            metadata=dict(state.get("metadata", {})),
+            headers=dict(state.get("headers", {})),
+            mtime=float(mtime) if mtime is not None else None,
+            atime=state.get("atime"),
+            ctime=state.get("ctime"),
+            upload_ids=list(state.get("upload_ids", [])),
+            digests={(int(o), int(n)): str(d) for o, n, d in state.get("digests", [])},
+        )
 
 
 class StagedFile:
@@ -100,24 +172,45 @@ class StagedFile:
             os.close(self.fd)
             self.fd = -1
 
-    def record(self) -> dict[str, object]:
-        """What the journal keeps of this item (see :mod:`s3fs_mount.fs.journal`)."""
-        return {
-            "bucket": self.cache.bucket,
-            "key": self.key,
-            "size": self.size,
-            "remote_size": self.remote_size,
-            "present": self.present.as_list(),
-            "etag": self.etag,
-            "metadata": self.metadata,
-            "headers": self.headers,
-            "mtime": self.mtime,
-            "atime": self.atime,
-            "ctime": self.ctime,
-            "dirty": self.dirty,
-            "upload_ids": self.upload_ids,
-            "digests": [[off, n, digest] for (off, n), digest in sorted(self.digests.items())],
-        }
+    def record(self) -> StagedRecord:
+        """What the journal keeps of this item. Caller holds cond."""
+        return StagedRecord(
+            bucket=self.cache.bucket,
+            key=self.key,
+            size=self.size,
+            dirty=self.dirty,
+            remote_size=self.remote_size,
+            present=[(start, end) for start, end in self.present.as_list()],
+            etag=self.etag,
+            metadata=dict(self.metadata),
+            headers=dict(self.headers),
+            mtime=self.mtime,
+            atime=self.atime,
+            ctime=self.ctime,
+            upload_ids=list(self.upload_ids),
+            digests=dict(self.digests),
+        )
+
+    def restore(self, record: StagedRecord) -> None:
+        """Take a dirty item's state back from its record (at recovery, before anyone sees it).
+
+        An item is made whole before its first write, so all of it is local:
+        its data file is the truth for the size (writes reach it before the record).
+        """
+        self.size = record.size
+        self.remote_size = record.remote_size
+        self.etag = record.etag
+        self.metadata = dict(record.metadata)
+        self.headers = dict(record.headers)
+        self.mtime = record.mtime if record.mtime is not None else time.time()
+        self.atime = record.atime
+        self.ctime = record.ctime
+        self.dirty = True
+        self.upload_ids = list(record.upload_ids)
+        self.digests = dict(record.digests)
+        self.open_fd()
+        self.size = max(self.size, os.fstat(self.fd).st_size)
+        self.present = RangeSet([(0, self.size)])
 
     def save(self, durable: bool = False) -> None:
         """Record the item's state in the journal; with ``durable`` fsync data and record.
@@ -129,7 +222,7 @@ class StagedFile:
             with self.cond:
                 if self.unlinked:
                     return  # written through a handle after its unlink: nothing to recover
-                state = self.record()
+                state = self.record().to_json()
             if durable and self.fd >= 0:
                 os.fsync(self.fd)  # the bytes before the record that points at them
             self.cache.journal.record(self.id, state, durable=durable)
@@ -569,31 +662,17 @@ class StagingCache:
                 _remove(os.path.join(self.root, name))
         found = []
         for item_id, state in sorted(recorded.items()):
-            if state.get("bucket") != self.bucket:
+            record = StagedRecord.from_json(state)
+            if record.bucket != self.bucket:
                 continue  # not ours to judge: its record stays
             data = os.path.join(self.root, item_id + ".data")
-            if not state.get("dirty") or not os.path.exists(data):
-                self.orphan_uploads += [(state["key"], u) for u in state.get("upload_ids", [])]
+            if not record.dirty or not os.path.exists(data):
+                self.orphan_uploads += [(record.key, u) for u in record.upload_ids]
                 _remove(data)
                 self.journal.record(item_id, None)
                 continue
-            item = StagedFile(self, item_id, state["key"])
-            item.size = int(state["size"])
-            item.remote_size = int(state.get("remote_size", 0))
-            # An item is made whole before its first write, so all of it is local.
-            item.etag = state.get("etag", "")
-            item.metadata = dict(state.get("metadata", {}))
-            item.headers = dict(state.get("headers", {}))
-            item.mtime = float(state.get("mtime", time.time()))
-            item.atime = state.get("atime")
-            item.ctime = state.get("ctime")
-            item.dirty = True
-            item.upload_ids = list(state.get("upload_ids", []))
-            item.digests = {(int(o), int(n)): str(d) for o, n, d in state.get("digests", [])}
-            item.open_fd()
-            # The data file is the truth for the size: writes reach it before the record.
-            item.size = max(item.size, os.fstat(item.fd).st_size)
-            item.present = RangeSet([(0, item.size)])
+            item = StagedFile(self, item_id, record.key)
+            item.restore(record)
             bad = item.damaged_ranges()
             if bad:  # changed on the local disk since an upload read it: never send it as ours
                 item.close_fd()

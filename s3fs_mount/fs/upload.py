@@ -42,11 +42,10 @@ from dataclasses import dataclass, field
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.names import S3Name
-from s3fs_mount.s3.sigv4 import uri_encode
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, RemoteStore, part_size_for
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, part_size_for
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +95,7 @@ class StreamingUpload:
 class Uploader:
     """Puts staged files into S3.
 
-    :param store: the connector.
-    :param bucket: the bucket of every item.
+    :param store: the bucket of every item.
     :param part_size: bytes per part (grown when a file would need > 10,000).
     :param threshold: files of at least this size upload in parts.
     :param workers: parts in flight at once, over all files.
@@ -106,15 +104,13 @@ class Uploader:
 
     def __init__(
         self,
-        store: RemoteStore,
-        bucket: str,
+        store: Bucket,
         part_size: int,
         threshold: int,
         workers: int = 8,
         staging: StagingCache | None = None,
     ) -> None:
         self.store = store
-        self.bucket = bucket
         self.part_size = part_size
         self.threshold = max(threshold, part_size)
         self.staging = staging
@@ -134,7 +130,7 @@ class Uploader:
             log.warning("conflict check off: an upload may replace another client's newer version")
             return
         try:
-            on_put, on_complete = self.store.probe_conditional_writes(self.bucket)
+            on_put, on_complete = self.store.probe_conditional_writes()
         except Exception as exc:
             log.warning("could not probe conditional writes (%s): a HEAD before each upload checks", exc)
             on_put = on_complete = False
@@ -146,8 +142,9 @@ class Uploader:
             "If-Match/If-None-Match" if on_complete else "a HEAD before it",
         )
 
-    def name(self, item: StagedFile) -> S3Name:
-        return S3Name(item.key, self.bucket)
+    def configure_checksums(self) -> None:
+        """Find out (one probe) whether uploads may carry ``x-amz-checksum-crc32`` here (else Content-MD5)."""
+        self.store.configure_checksums()
 
     def headers(self, item: StagedFile, with_times: bool = True) -> dict[str, str]:
         """The headers an upload of ``item`` carries: content headers, metadata, its times."""
@@ -248,7 +245,7 @@ class Uploader:
         with item.cond:
             item.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
         if base is not None:
-            source = "/%s/%s" % (self.bucket, uri_encode(item.key, safe="/"))
+            source = self.store.copy_source(item.key)
             span = max(part, MAX_SINGLE_COPY // part * part)  # each copy a whole number of parts
             for number, first in enumerate(range(0, base.length, span), start=1):
                 last = min(first + span, base.length) - 1
@@ -289,7 +286,7 @@ class Uploader:
         self, item: StagedFile, headers: dict[str, str], checksum: bool = True
     ) -> MultipartUpload:
         """Start a multipart upload, recorded so that a crash leaves no dangling parts."""
-        mpu = self.store.start_multipart(self.name(item), headers, checksum=checksum)
+        mpu = self.store.start_multipart(item.key, headers, checksum=checksum)
         with item.cond:
             item.upload_ids.append(mpu.upload_id)
         item.save()
@@ -298,7 +295,7 @@ class Uploader:
     def abort_upload(self, item: StagedFile, upload_id: str) -> None:
         """Abort one of the item's multipart uploads; one whose abort fails stays recorded,
         to be tried again after the next upload or at recovery."""
-        if self.store.abort_multipart(item.key, upload_id, bucket=self.bucket):
+        if self.store.abort_multipart(item.key, upload_id):
             item.forget_upload(upload_id)
 
     def _send_part(
@@ -407,7 +404,7 @@ class Uploader:
             headers = {**self.headers(item), **self._checksum(item, 0, data, self.store.checksum_algorithm)}
             condition = _conditions(replaces, self.put_check)
             try:
-                return self.store.put(self.name(item), data, headers, **condition), size
+                return self.store.put(item.key, data, headers, **condition), size
             except S3Error as exc:
                 md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
                 self._refused(item, exc, md5)
@@ -453,7 +450,7 @@ class Uploader:
             # Metadata changed while the parts were going up, or times were set (utimens, as
             # cp -p does): one self-copy sets them. Else Last-Modified stands for the times.
             etag = self.store.copy_object(
-                self.name(item), self.name(item), self.headers(item), replace_metadata=True, if_match=etag
+                item.key, item.key, self.headers(item), replace_metadata=True, if_match=etag
             )
             with item.cond:
                 if isinstance(item.stream, StreamBase):
@@ -492,7 +489,7 @@ class Uploader:
 
     def _current_etag(self, item: StagedFile) -> str:
         try:
-            return self.store.head(self.name(item)).etag
+            return self.store.head(item.key).etag
         except S3Error as exc:
             if exc.not_found:
                 return ""

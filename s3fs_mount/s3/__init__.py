@@ -3,6 +3,7 @@
 It knows nothing of the filesystem; ``s3fs_mount.fs`` builds on it.
 """
 
+from s3fs_mount.s3.bucket import Bucket, ObjectStore
 from s3fs_mount.s3.checksums import ChecksumMismatch
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import ConfigError, RemoteStoreError, S3Error, TransportError
@@ -12,9 +13,11 @@ from s3fs_mount.s3.store import META_PREFIX, MultipartUpload, ObjectInfo, Remote
 
 __all__ = [
     "META_PREFIX",
+    "Bucket",
     "ChecksumMismatch",
     "ConfigError",
     "MultipartUpload",
+    "ObjectStore",
     "ObjectInfo",
     "RemoteStore",
     "RemoteStoreError",

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.s3.checksums import ChecksumMismatch
 from s3fs_mount.s3.errors import S3Error, TransportError
 
@@ -57,6 +57,8 @@ class RetryPolicy:
     max_delay: float = 5.0
     max_total: float = 60.0
     retries: int = 0  # counter, for the unmount summary
+    #: What the backoff sleeps on and the total is measured by (tests give a fake one).
+    clock: Clock = field(default=SYSTEM, repr=False, compare=False)
 
     def delay(self, attempt: int) -> float:
         """Seconds to sleep after the failed ``attempt`` (1-based)."""
@@ -64,7 +66,7 @@ class RetryPolicy:
 
     def call(self, fn: Callable[[], T], what: str = "request") -> T:
         """Run ``fn`` until it succeeds, or raise its last exception."""
-        start = time.monotonic()
+        start = self.clock.monotonic()
         attempt = 0
         while True:
             attempt += 1
@@ -74,10 +76,10 @@ class RetryPolicy:
                 if not is_retryable(exc) or attempt >= self.max_attempts:
                     raise
                 pause = self.delay(attempt)
-                if time.monotonic() - start + pause > self.max_total:
+                if self.clock.monotonic() - start + pause > self.max_total:
                     raise
                 self.retries += 1
                 # The text, not the exception: its frames hold the request's body, and a handler
                 # may keep a record (a queue, pytest's capture) long after the retry.
                 log.warning("%s failed (%s); retry %d in %.2fs", what, str(exc), attempt, pause)
-                time.sleep(pause)
+                self.clock.sleep(pause)

@@ -1,0 +1,347 @@
+"""Every change of names and metadata in the mounted bucket, with the cache upkeep it implies.
+
+Create, mkdir, rmdir, unlink, rename, symlink, mknod, a change of metadata,
+an upload and recovery each happen here, in one method that sends the
+requests (through the mounted :class:`~s3fs_mount.s3.bucket.Bucket`), moves
+staged copies (:class:`~s3fs_mount.fs.staging.StagingCache`) and then tells
+the :class:`~s3fs_mount.fs.namespace.Namespace` what changed, in that order.
+:mod:`.operations` decides whether a FUSE call may go ahead (its errno) and
+calls one of these; it sends no request itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import mimetypes
+import stat
+from collections.abc import Callable
+
+from s3fs_mount.clock import SYSTEM, Clock
+from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.errors import Conflict, FsError
+from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
+from s3fs_mount.fs.paths import KeyMap
+from s3fs_mount.fs.prefetch import Prefetcher
+from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.fs.upload import Uploader, conflict_name
+from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.store import ObjectInfo
+
+log = logging.getLogger(__name__)
+
+#: A metadata change: the current metadata (a copy to change) and attributes -> the new metadata.
+Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
+
+
+def staged_attributes(item: StagedFile, defaults: A.Defaults) -> A.Attributes:
+    """A staged file's attributes: its pending metadata, local size and times."""
+    with item.cond:
+        a = A.attributes_from(
+            item.metadata,
+            item.size,
+            item.mtime,
+            defaults,
+            "file",
+            etag=item.etag,
+            headers=dict(item.headers),
+        )
+        a.mtime, a.atime, a.ctime = item.mtime, item.atime, item.ctime
+    return a
+
+
+class Mutations:
+    """The changes a mount makes to its bucket's names and metadata.
+
+    :param store: the mounted bucket.
+    :param namespace: told of every change, so that lookups and listings show it at once.
+    :param staging: the staged copies, which follow a file's renames and removal.
+    :param uploader: puts staged files in S3.
+    :param prefetcher: fetches what an unlinked but open file still needs.
+    :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
+    :param clock: gives new files, directories, links and changes their times.
+    """
+
+    def __init__(
+        self,
+        store: Bucket,
+        namespace: Namespace,
+        staging: StagingCache,
+        uploader: Uploader,
+        prefetcher: Prefetcher,
+        server_full: Callable[[], str | None] | None = None,
+        clock: Clock = SYSTEM,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.namespace = namespace
+        self.keymap: KeyMap = namespace.keymap
+        self.defaults = namespace.defaults
+        self.staging = staging
+        self.uploader = uploader
+        self.prefetcher = prefetcher
+        self.server_full = server_full
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    def upload(self, item: StagedFile) -> None:
+        """Put ``item`` in S3 now; FsError ENOSPC (the server is full) or EIO when that fails."""
+        try:
+            self.uploader.flush(item)
+        except Conflict as exc:
+            self.conflicted(exc)
+            raise
+        except Exception as exc:
+            full = self.server_full() if self.server_full is not None else None
+            log.error("upload of %s failed, kept staged: %s", item.key, full or exc)
+            raise FsError(errno.ENOSPC if full else errno.EIO, "upload failed") from exc
+        self._remember_uploaded(item)
+
+    def conflicted(self, exc: Conflict) -> None:
+        """Another client's version stays at the path; ours now lives under the conflict name."""
+        self.namespace.forget(self.keymap.path(exc.key))
+        self.namespace.forget(KeyMap.split(self.keymap.path(exc.saved_as))[0])
+
+    def uploaded_in_background(self, item: StagedFile) -> None:
+        """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
+        if not item.unlinked:
+            self._remember_uploaded(item)
+        self.staging.uploaded(item)
+
+    def _remember_uploaded(self, item: StagedFile) -> None:
+        """What we uploaded is what S3 has: no HEAD needed to know it."""
+        self.namespace.remember(self.keymap.path(item.key), staged_attributes(item, self.defaults))
+
+    def recover(self) -> list[str]:
+        """Upload what a previous run left staged; returns the keys still pending."""
+        recovered = self.staging.recover()
+        for key, upload_id in self.staging.orphan_uploads:
+            self.store.abort_multipart(key, upload_id)
+        for item in recovered:
+            for upload_id in list(item.upload_ids):
+                self.uploader.abort_upload(item, upload_id)
+            try:
+                current = self.store.head(item.key)
+            except S3Error as exc:
+                if not exc.not_found:
+                    log.error("recovery of %s: %s; kept staged", item.key, exc)
+                    continue
+                current = None
+            if current is not None and current.etag in self.uploader.etags_of(item):
+                # Uploaded, then killed before its record said so: nothing to do.
+                item.mark_clean(item.generation, current.etag)
+                log.info("recovered %s: already in S3", item.key)
+                continue
+            if current is not None and item.etag and current.etag != item.etag:
+                conflict = conflict_name(item.key)
+                log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
+                self.staging.rekey(item.key, conflict)
+            try:
+                self.uploader.flush(item)
+                log.info("recovered and uploaded %s", item.key)
+            except Conflict as exc:
+                log.warning("recovered %s: %s", item.key, exc)
+            except Exception as exc:
+                log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
+        return [i.key for i in self.staging.pending()]
+
+    # -- names -------------------------------------------------------------------------------
+
+    def create(self, path: str, mode: int, uid: int, gid: int) -> StagedFile:
+        """A new, empty regular file (staged, dirty: it is uploaded too); returns its item, acquired."""
+        now = self.clock.time()
+        meta = A.posix_metadata(mode, uid, gid, now)
+        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        item, _ = self.staging.acquire(self.keymap.key(path))
+        item.reset(0, "", meta, {"Content-Type": content_type}, now)
+        item.set_metadata(meta)  # dirty: an empty new file is uploaded too
+        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
+        self.namespace.entry_changed(KeyMap.split(path)[0], now)
+        return item
+
+    def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
+        now = self.clock.time()
+        meta = A.posix_metadata(mode, uid, gid, now)
+        etag = self.namespace.write_dir(path, meta, new=True)
+        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag)
+        made.nlink = 2  # empty: known, so its subdirectories are counted from here on
+        self.namespace.remember(path, made)
+        self.namespace.known_empty(path)
+        self.namespace.entry_changed(KeyMap.split(path)[0], now)
+
+    def rmdir(self, path: str) -> None:
+        """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged)."""
+        prefix = self.keymap.dir_prefix(path)
+        if not self.namespace.is_empty_dir(path) or any(self.staging.under(prefix)):
+            raise FsError(errno.ENOTEMPTY)
+        self.store.remove(self.keymap.marker_key(path))
+        self.store.remove(self.keymap.folder_key(path))
+        self.namespace.forget(path, gone=True)
+        self.namespace.entry_changed(KeyMap.split(path)[0])
+
+    def remove_file(self, path: str) -> StagedFile | None:
+        """Remove file ``path`` from S3; its staged copy, if any, stays alive for open handles."""
+        key = self.keymap.key(path)
+        item = self.staging.get(key)
+        if item is not None:
+            self.uploader.abandon(item)
+            if item.open_count > 0:  # open handles go on reading: keep every byte locally
+                self.prefetcher.ensure(item, 0, item.remote_size)
+        self.store.remove(key)
+        self.staging.forget(key)
+        self.namespace.forget(path, gone=True)
+        self.namespace.entry_changed(KeyMap.split(path)[0])
+        return item
+
+    def rename(self, old: str, new: str, source: A.Attributes) -> None:
+        """Move file or directory ``old`` (whose attributes are ``source``) to ``new``."""
+        if source.is_dir:
+            self._rename_dir(old, new, source)
+        else:
+            self._rename_file(old, new)
+        now = self.clock.time()
+        for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
+            self.namespace.entry_changed(parent, now)
+
+    def _rename_file(self, old: str, new: str) -> None:
+        old_key, new_key = self.keymap.key(old), self.keymap.key(new)
+        item = self.staging.get(old_key)
+        if item is not None and item.dirty:
+            self.upload(item)  # S3 has no rename: the object must be there to copy
+        info = self.store.head(old_key)
+        etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
+            old_key, new_key, if_match=info.etag, source_info=info
+        )
+        self.store.remove(old_key)
+        self.staging.rekey(old_key, new_key)
+        moved = self.namespace.from_info(info)
+        moved.etag = etag or info.etag
+        self.namespace.forget(old, gone=True)
+        self.namespace.remember(new, moved)
+        item = self.staging.get(new_key)
+        if item is not None:
+            with item.cond:
+                item.etag = moved.etag
+
+    def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
+        """Every key under the directory, copied in parallel, then deleted. Not atomic."""
+        old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
+        for item in list(self.staging.under(old_prefix)):
+            if item.dirty:
+                self.upload(item)
+        entries = list(self.store.list_all(old_prefix))
+        keys = [e.key for e in entries]
+        folder = self.keymap.folder_key(old)
+        self.store.run_parallel(
+            (lambda e=e: self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size))
+            for e in entries
+        )
+        try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
+            info = self.store.head(folder)
+            self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+        if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
+            self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
+        failed = self.store.delete_keys(keys + [folder])
+        if failed:
+            log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
+        for item in list(self.staging.under(old_prefix)):
+            self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
+        self.namespace.forget(old, gone=True)  # the parents' link counts follow
+        self.namespace.forget_tree(old)
+        self.namespace.forget_tree(new)
+        moved = dataclasses.replace(source, complete=False)  # its holder's ETag is new: asked at next use
+        self.namespace.remember(new, moved)
+
+    def _copy_key(self, source: str, destination: str, size: int) -> None:
+        """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
+        if source.endswith("/"):
+            info = self.store.head(source)
+            self.store.put(destination, b"", {**info.headers, **info.metadata})
+        else:
+            self.store.copy_object(source, destination, size=size)  # the listing's size: no HEAD
+
+    def symlink(self, target: str, source: str, mode: int, uid: int, gid: int) -> None:
+        """Make ``target`` a link to ``source``: an object whose body is ``source``."""
+        now = self.clock.time()
+        meta = A.posix_metadata(mode, uid, gid, now)
+        body = source.encode("utf-8", "surrogateescape")
+        etag = self.store.put(self.keymap.key(target), body, meta)
+        self.namespace.remember(
+            target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
+        )
+        self.namespace.entry_changed(KeyMap.split(target)[0], now)
+
+    def mknod(self, path: str, mode: int, dev: int, uid: int, gid: int) -> None:
+        """A FIFO, socket or device: an empty object whose mode (and rdev) say what, as s3fs-fuse does."""
+        now = self.clock.time()
+        meta = A.posix_metadata(mode, uid, gid, now)
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            meta[A.META_PREFIX + "rdev"] = str(dev)
+        etag = self.store.put(self.keymap.key(path), b"", meta)
+        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
+        self.namespace.entry_changed(KeyMap.split(path)[0], now)
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    def change_metadata(self, path: str, change: Change, hidden: StagedFile | None = None) -> None:
+        """Apply ``change`` to the metadata of ``path``: pending upload, or a conditional self-copy.
+
+        ``hidden``: the item of an unlinked, still open file that ``path`` names (a .fuse_hidden
+        name): the change is kept with it, never stored.
+        """
+
+        def stamped(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
+            new = change(meta, cur)
+            new[A.CTIME] = A.format_time(self.clock.time())  # every change of attributes is one
+            return new
+
+        if hidden is not None:  # fchmod and friends on an unlinked open file
+            current = staged_attributes(hidden, self.defaults)
+            hidden.set_metadata(stamped(dict(current.metadata), current))
+            return
+        key = self.keymap.key(path)
+        item = self.staging.get(key) if path != "/" else None
+        if item is not None and (item.dirty or item.uploading):
+            current = staged_attributes(item, self.defaults)
+            with item.cond:
+                new = stamped(dict(item.metadata), current)
+            A.check_metadata_size(new)
+            item.set_metadata(new)
+            return
+        current = self.namespace.lookup_full(path)
+        if current.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
+            self.namespace.change_dir(path, stamped)
+            return
+        base = dict(current.metadata)
+        if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
+            base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
+        new = stamped(base, current)
+        A.check_metadata_size(new)
+        info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
+        try:
+            etag = self.store.copy_object(
+                key, key, new, replace_metadata=True, if_match=current.etag or None, source_info=info
+            )
+        except S3Error as exc:
+            if exc.precondition_failed:
+                self.namespace.forget(path)
+                log.error("%s changed in S3 since we read it; metadata change refused", path)
+                raise FsError(errno.EIO) from exc
+            raise
+        updated = A.attributes_from(
+            new,
+            current.size,
+            current.mtime,
+            self.defaults,
+            "file",
+            etag=etag,
+            headers=current.headers,
+        )
+        self.namespace.remember(path, updated)
+        if item is not None:
+            item.metadata_stored(new, etag)

@@ -139,6 +139,14 @@ def write_rename_and_tag(path: str) -> None:
     os.setxattr(os.path.join(path, "f1"), "user.tag", b"checked")
 
 
+def mount_and_use(world: IamMoto, mount_factory, tmp_path, env: dict[str, str], options: str = ""):
+    """Mount the world's bucket with ``env`` (keys from the chain), use it, unmount; the Mount."""
+    mount = mount_factory(options, config=world.config(tmp_path / "s3.yaml"), env=env).start()
+    write_rename_and_tag(mount.path)
+    mount.stop()
+    return mount
+
+
 def assert_written(world: IamMoto) -> None:
     assert world.objects() == {"f1": b"1" * 1000, "f2": b"2" * 1000, "renamed": b"0" * 1000}
     head = world.client("s3", world.assume_role()).head_object(Bucket=world.bucket, Key="f1")
@@ -158,9 +166,7 @@ def test_a_mount_on_an_assume_role_profile_is_checked_by_the_server(
         "[profile mounter]\nrole_arn = %s\nsource_profile = base\n" % iam_moto.role_arn
     )
     env = dict(clean_env, AWS_PROFILE="mounter", AWS_ENDPOINT_URL_STS=iam_moto.server.url)
-    mount = mount_factory(config=iam_moto.config(tmp_path / "s3.yaml"), env=env).start()
-    write_rename_and_tag(mount.path)
-    mount.stop()
+    mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
     assert_written(iam_moto)
     assert "EIO" not in mount.log()
 
@@ -176,9 +182,7 @@ def test_a_mount_on_web_identity_is_checked_by_the_server(iam_moto, mount_factor
         AWS_ROLE_SESSION_NAME="pod-1",
         AWS_ENDPOINT_URL_STS=iam_moto.server.url,
     )
-    mount = mount_factory(config=iam_moto.config(tmp_path / "s3.yaml"), env=env).start()
-    write_rename_and_tag(mount.path)
-    mount.stop()
+    mount_and_use(iam_moto, mount_factory, tmp_path, env)
     assert_written(iam_moto)
 
 
@@ -191,9 +195,7 @@ def test_a_mount_on_imds_role_credentials_refreshes_tokens_the_server_checks(
     with Imds(("unused", "unused"), lifetime=299) as imds:
         imds.issue = iam_moto.assume_role
         env = dict(clean_env, AWS_EC2_METADATA_DISABLED="false", AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url)
-        mount = mount_factory(config=iam_moto.config(tmp_path / "s3.yaml"), env=env).start()
-        write_rename_and_tag(mount.path)
-        mount.stop()
+        mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
         assert imds.handed_out >= 3  # at the start, and again while the files went up
     assert_written(iam_moto)
     assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()
@@ -218,10 +220,7 @@ def test_a_mount_on_a_credential_source_profile_is_checked_by_the_server(
         else:
             env.update(AWS_EC2_METADATA_DISABLED="false", AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url)
         # Named: a profile named explicitly goes before the environment's keys (AWS_PROFILE does not).
-        mount = mount_factory("profile=mounter", config=iam_moto.config(tmp_path / "s3.yaml"), env=env)
-        mount.start()
-        write_rename_and_tag(mount.path)
-        mount.stop()
+        mount_and_use(iam_moto, mount_factory, tmp_path, env, "profile=mounter")
         assert imds.handed_out == (source == "Ec2InstanceMetadata")
     assert_written(iam_moto)
 
@@ -251,9 +250,7 @@ def test_a_mount_on_an_sso_profile_is_checked_by_the_server(iam_moto, mount_fact
         portal.issue = iam_moto.assume_role
         sso_config(tmp_path, portal)
         env = dict(clean_env, AWS_PROFILE="dev", AWS_ENDPOINT_URL_SSO=portal.url)
-        mount = mount_factory(config=iam_moto.config(tmp_path / "s3.yaml"), env=env).start()
-        write_rename_and_tag(mount.path)
-        mount.stop()
+        mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
         assert portal.handed_out >= 3  # at the start, and again while the files went up
     assert_written(iam_moto)
     assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()

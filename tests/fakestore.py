@@ -99,6 +99,9 @@ class FakeStore:
     def first_part_size(self, name: str | S3Name) -> int | None:
         return None  # every object here is one PUT
 
+    def part_layout(self, name: str | S3Name, size: int, count: int) -> None:
+        return None  # every object here is one PUT
+
     def get_range_blocks(self, name: str | S3Name, start: int, length: int, block: int,
                          if_match: str | None = None) -> list[bytes]:
         data = self.get_range(name, start, length, if_match)

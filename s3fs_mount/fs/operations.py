@@ -32,6 +32,7 @@ from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
 from s3fs_mount.fs.upload import Uploader, WritebackQueue, conflict_name
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.store import ObjectInfo, RemoteStore, digest_of
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,18 @@ class S3Operations(Operations):
             options.readahead,
             workers=options.parallel,
             on_fetched=self.staging.grew,
-            part_size_of=self._part_size_of,
+            part_layout_of=self._part_layout_of,
             verify=options.checksum,
             checksum_of=lambda key, etag: self.namespace.known_digest(self.keymap.path(key), etag),
         )
         self.uploader = Uploader(
-            store, bucket, options.part_size, options.multipart_threshold, options.parallel, self.staging
+            store,
+            bucket,
+            options.part_size,
+            options.multipart_threshold,
+            options.parallel,
+            self.staging,
+            part_doubling=options.part_doubling,
         )
         self.writeback = (
             WritebackQueue(
@@ -858,12 +865,13 @@ class S3Operations(Operations):
                 return dict(item.metadata)
         return self.namespace.lookup_full(path).metadata
 
-    def _part_size_of(self, key: str, etag: str) -> int | None:
-        """A multipart object's part size, for the check of its reads (one HEAD; None: unknown)."""
+    def _part_layout_of(self, key: str, etag: str, size: int, parts: int) -> PartLayout | None:
+        """Where a multipart object's parts begin and end, for the check of its reads (one or
+        two HEADs; None: unknown)."""
         try:
-            return self.store.first_part_size(self.namespace.name(key))
+            return self.store.part_layout(self.namespace.name(key), size, parts)
         except S3Error as exc:
-            log.debug("part size of %s unknown: %s", key, exc)
+            log.debug("part sizes of %s unknown: %s", key, exc)
             return None
 
     def gauges(self) -> dict[str, float]:

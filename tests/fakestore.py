@@ -7,6 +7,7 @@ If-Match, metadata REPLACE), and counts requests.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import time
@@ -166,20 +167,30 @@ class FakeStore:
 
     def list(self, prefix: str = "", delimiter: str | None = "/", bucket: str | None = None,
              max_keys: int = 1000, start_after: str | None = None) -> Iterator[ListPage]:
-        self.calls["LIST"] += 1
-        page = ListPage()
-        prefixes: set[str] = set()
-        for key in sorted(self.objects):
-            if not key.startswith(prefix):
-                continue
-            rest = key[len(prefix):]
-            if delimiter and delimiter in rest:
-                prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
-                continue
-            o = self.objects[key]
-            page.entries.append(ListEntry(key, len(o.data), o.etag, o.mtime))
-        page.prefixes = sorted(prefixes)
-        yield page
+        """ListObjectsV2 as S3 pages it: ``max_keys`` entries and prefixes a page, in key order."""
+        keys = sorted(k for k in self.objects if k.startswith(prefix))
+        after = start_after or ""
+        while True:
+            self.calls["LIST"] += 1
+            page = ListPage()
+            i = bisect.bisect_right(keys, after)
+            while i < len(keys) and len(page.entries) + len(page.prefixes) < max_keys:
+                rest = keys[i][len(prefix):]
+                if delimiter and delimiter in rest:
+                    common = prefix + rest.split(delimiter, 1)[0] + delimiter
+                    page.prefixes.append(common)
+                    while i < len(keys) and keys[i].startswith(common):
+                        i += 1
+                else:
+                    o = self.objects[keys[i]]
+                    page.entries.append(ListEntry(keys[i], len(o.data), o.etag, o.mtime))
+                    i += 1
+                after = keys[i - 1]
+            page.truncated = i < len(keys)
+            page.continuation = after if page.truncated else None
+            yield page
+            if not page.truncated:
+                return
 
     def list_all(self, prefix: str = "", bucket: str | None = None) -> Iterator[ListEntry]:
         for page in self.list(prefix, delimiter=None, bucket=bucket):

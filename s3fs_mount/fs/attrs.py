@@ -68,7 +68,7 @@ class Defaults:
         return stat.S_IFDIR | (0o777 & ~self.umask)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a listing of a large directory keeps one per entry
 class Attributes:
     """What getattr reports for one path, and the headers behind it."""
 

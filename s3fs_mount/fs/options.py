@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from s3fs_mount.fs.namespace import ATTR_CACHE_ENTRIES, MIN_ATTR_CACHE
 from s3fs_mount.s3.parts import MAX_OBJECT_SIZE, most_steady_parts, streaming_layout
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -125,6 +126,10 @@ class MountOptions:
     # -- what is seen when ------------------------------------------------------------------
     attr_ttl: float = _option(1.0, "seconds attributes are cached", "consistency")
     dir_ttl: float = _option(1.0, "seconds directory listings are cached", "consistency")
+    attr_cache: int = _option(
+        ATTR_CACHE_ENTRIES, "attributes kept in memory; larger directories are walked a page at a time",
+        "consistency",
+    )
     conflict_check: bool = _option(
         True, "uploads never replace another client's newer version", "consistency"
     )
@@ -204,6 +209,8 @@ class MountOptions:
                 setattr(opts, name, _convert(name, known[name].type, value if has_value else None))
         if opts.metrics:
             parse_listen(opts.metrics)
+        if opts.attr_cache < MIN_ATTR_CACHE:
+            raise OptionError("attr_cache=%d: keep at least %d entries" % (opts.attr_cache, MIN_ATTR_CACHE))
         if opts.part_doubling < 0:
             raise OptionError("part_doubling=%d: must be 0 (auto) or a number of parts" % opts.part_doubling)
         if opts.part_doubling:

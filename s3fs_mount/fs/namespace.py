@@ -57,7 +57,7 @@ from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipp
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
 from s3fs_mount.s3.store import ObjectInfo, RemoteStore
-from s3fs_mount.s3.xmlparse import ListPage
+from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
 log = logging.getLogger(__name__)
 
@@ -599,21 +599,7 @@ class Namespace:
             if full is not None and full.etag == entry.etag and full.size == entry.size:
                 files.append((rest, full))
             else:
-                files.append(
-                    (
-                        rest,
-                        A.attributes_from(
-                            {},
-                            entry.size,
-                            entry.mtime,
-                            self.defaults,
-                            "file",
-                            etag=entry.etag,
-                            storage_class=entry.storage_class,
-                            complete=False,
-                        ),
-                    )
-                )
+                files.append((rest, self._listed_file(entry)))
         for p in page.prefixes:
             rest = p[len(prefix) :].rstrip("/")
             if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
@@ -665,6 +651,13 @@ class Namespace:
         dir_names = set(dirs)
         batch = [(n, a) for n, a in files if n not in dir_names]
         self._cache_listed(parent, batch + [(n, self._listed_dir()) for n in dir_names], asked, ttl)
+
+    def _listed_file(self, entry: ListEntry) -> A.Attributes:
+        """What a listing says of a file: size, time, ETag (its mode and owner: from a HEAD)."""
+        return A.attributes_from(
+            {}, entry.size, entry.mtime, self.defaults, "file", etag=entry.etag,
+            storage_class=entry.storage_class, complete=False,
+        )
 
     def _listed_dir(self) -> A.Attributes:
         """What a listing says of a directory: that it is one (its mode and owner: on its holder)."""

@@ -4,6 +4,7 @@ mount keeps per entry is bounded (unit tests on the fake store, then a real moun
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import struct
 import subprocess
@@ -15,8 +16,9 @@ import s3rig
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse fixture
 
-from s3fs_mount.fs.fuselib import DirStream
+from s3fs_mount.fs.fuselib import DirStream, FuseOSError
 from s3fs_mount.fs.options import MountOptions, OptionError
+from s3fs_mount.s3.errors import S3Error
 
 
 def big_store(count: int, prefix: str = "big/") -> FakeStore:
@@ -121,6 +123,28 @@ def test_a_dir_stream_failure_after_entries_went_out_is_told_at_the_next_call():
         stream.at(3)  # ... and the next call fails
 
 
+def test_a_listing_that_fails_is_listed_again_at_the_next_call(tmp_path):
+    store = big_store(2500)
+    ops = make_ops(tmp_path, store)
+    real_list = store.list
+
+    def failing_list(*args, **kwargs):
+        for number, page in enumerate(real_list(*args, **kwargs)):
+            if number == 1 and store.calls["fail"] == 0:
+                store.calls["fail"] += 1
+                raise S3Error(503, "SlowDown")
+            yield page
+
+    store.list = failing_list
+    got = 0
+    with pytest.raises(FuseOSError) as raised:
+        for _ in ops.readdir("/big", 1):
+            got += 1
+    assert raised.value.errno == errno.EIO  # an honest error, not the end of the directory
+    assert 2 < got < 2502  # the first page went out, then the failure
+    assert len(list(ops.readdir("/big", 2))) == 2502  # listed again
+
+
 def test_attr_cache_option_has_a_floor():
     assert MountOptions.parse(["attr_cache=500"]).attr_cache == 500
     with pytest.raises(OptionError, match="attr_cache=10"):
@@ -182,19 +206,26 @@ def test_a_large_directory_streams_and_is_walked_without_a_head_per_entry(
         pages = [q for m, _, q in requests_of(faultproxy, mark) if m == "GET" and q.get("prefix") == ["big/"]]
         assert first[:3] == [".", "..", "f00000"] or first[:3] == ["..", ".", "f00000"]
         assert len(pages) == 1 and "continuation-token" not in pages[0]  # the first page only, so far
-        rest = []
-        while True:
-            more = getdents(fd)
+        # A page that fails is an error for that read, not the end of the directory; the read
+        # after it lists again from where the reader was.
+        faultproxy.fail_next(1, status=403)
+        rest, failed = [], []
+        for _ in range(count):
+            try:
+                more = getdents(fd)
+            except OSError as exc:
+                failed.append(exc.errno)
+                continue
             if not more:
                 break
             rest += more
     finally:
         os.close(fd)
-    assert len(first) + len(rest) == count + 2
+    assert failed == [errno.EACCES]
+    assert sorted(first + rest) == sorted([".", ".."] + ["f%05d" % i for i in range(count)])
     # glibc's readdir reads st_blksize bytes of entries at once: a directory's is small, so that
     # a program reading it (ls -f, os.scandir) gets the first page's entries without the rest.
     assert os.stat(big).st_blksize <= 32 * 1024
-    assert len([m for m, _, q in requests_of(faultproxy, mark) if q.get("prefix") == ["big/"]]) == 3
     env = dict(os.environ, LC_ALL="C")
     for command in (["ls", "-l", big], ["find", big], ["du", "-s", "--apparent-size", "-b", big]):
         mark = len(faultproxy.seen)

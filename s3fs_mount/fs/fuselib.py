@@ -140,7 +140,12 @@ class FUSE(mfusepy.FUSE):
         plus = bool(flags & FUSE_READDIR_PLUS)
         index = offset
         while True:
-            item = stream.at(index, filled=index > offset)
+            try:
+                item = stream.at(index, filled=index > offset)
+            except Exception:
+                with self._listings_lock:
+                    self._listings.pop(fh, None)  # spent: a call again lists again, from its offset
+                raise
             if item is None:
                 return 0  # the end (or a failure, told at the next call)
             st, fill_flags = None, 0
@@ -190,7 +195,9 @@ class DirStream:
     index stays until the kernel takes it (its buffer may have been full). An
     index behind that is a rewind: :meth:`can_seek` says so, and the caller
     starts a new stream. A failure after some entries went out in the same
-    call is raised at the next call, so those entries are not lost.
+    call is raised at the next call, so those entries are not lost; a stream
+    that raised is spent. One thread at a time: the kernel serializes the
+    readdir calls of one open directory.
     """
 
     def __init__(self, entries: Iterator[Any]) -> None:

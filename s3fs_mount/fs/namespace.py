@@ -179,6 +179,7 @@ class Namespace:
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._listings.pop(path, None)
+            self._walks.pop(path, None)
             if gone:
                 self._missing[path] = True
                 self._removed[path] = True
@@ -199,6 +200,7 @@ class Namespace:
                 (self._attrs, True),
                 (self._full, True),
                 (self._listings, True),
+                (self._walks, True),
                 (self._missing, False),
                 (self._removed, False),
             ):

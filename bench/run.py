@@ -45,6 +45,7 @@ UNMOUNT_WAIT = 900.0  # a writeback mount drains its queue before it exits
 CMD_TIMEOUT = 3600.0
 SAMPLE_EVERY = 0.2
 SMALL_NAME = "f%05d"
+HUGE = "huge/"  # the --scale directory
 
 # One line per S3 request, from the s3fs_mount.requests logger (s3fs_mount/s3/connection.py):
 #   "... s3fs_mount.requests: PUT bucket key 200 12ms up=N down=M"
@@ -68,6 +69,8 @@ class Params:
     size: int  # the big file
     n_small: int  # files of small_files / ls_l / stat / mv_dir / rm_rf
     n_many: int  # files of the ls_l_10k directory
+    n_huge: int = 0  # files of the huge/ directory of the --scale rows (0: no such rows)
+    fio_size: int = 0  # bytes of each fio job's file (--fio; 0: no fio rows)
     n_random: int = 1000
     n_xattr: int = 1000
     rename_size: int = 100 * MiB
@@ -172,6 +175,7 @@ class MountProc:
         self.log_path = os.path.join(bench.tmp, "logs", tag + ".log")
         self.proc: subprocess.Popen[bytes] | None = None
         self.sampler: Sampler | None = None
+        self.extra: dict[str, Any] = {}  # what a workload measured besides its time (fio's MiB/s)
         self.returncode: int | None = None
 
     def command(self) -> tuple[list[str], dict[str, str]]:
@@ -366,6 +370,10 @@ class Bench:
             self.p = Params(size=(args.size_mib or 64) * MiB, n_small=200, n_many=1000)
         else:
             self.p = Params(size=(args.size_mib or 1024) * MiB, n_small=1000, n_many=10000)
+        if args.scale:
+            self.p.n_huge = args.scale_n
+        if args.fio:
+            self.p.fio_size = (args.fio_size_mib or (32 if args.quick else 256)) * MiB
         self.tmp = tempfile.mkdtemp(prefix="s3fs-bench-", dir=args.tmp)
         self.active: list[MountProc] = []
         self.server: Any = None
@@ -377,6 +385,7 @@ class Bench:
         self.src = os.path.join(self.tmp, "src.bin")
         open(os.path.join(self.tmp, "rclone.conf"), "w").close()
         self.r100_src = os.path.join(self.tmp, "r100.bin")
+        self.fio_src = os.path.join(self.tmp, "fio.bin")
         self.small_data = random.Random(SEED).randbytes(SMALL_SIZE)
         rng = random.Random(SEED)
         self.offsets = [rng.randrange(self.p.size // PREAD_SIZE) * PREAD_SIZE for _ in range(self.p.n_random)]
@@ -463,7 +472,8 @@ class Bench:
 
     def make_sources(self) -> None:
         t0 = time.monotonic()
-        for path, size in ((self.src, self.p.size), (self.r100_src, self.p.rename_size)):
+        for path, size in ((self.src, self.p.size), (self.r100_src, self.p.rename_size),
+                           (self.fio_src, self.p.fio_size)):
             with open(path, "wb") as f:
                 left = size
                 while left:
@@ -475,6 +485,11 @@ class Bench:
         t0 = time.monotonic()
         self.put_many("many/", self.p.n_many)
         log("created %d objects under many/ with boto3 in %.1f s" % (self.p.n_many, time.monotonic() - t0))
+        if self.p.n_huge:
+            t0 = time.monotonic()
+            self.put_many(HUGE, self.p.n_huge, name="h%07d")
+            log("created %d objects under %s with boto3 in %.1f s" % (
+                self.p.n_huge, HUGE, time.monotonic() - t0))
 
     # -- boto3 helpers ------------------------------------------------------------------------
 
@@ -496,9 +511,9 @@ class Bench:
     def delete_prefix(self, prefix: str) -> None:
         self.delete_keys(self.keys(prefix))
 
-    def put_many(self, prefix: str, n: int, body: bytes = b"x" * 16) -> None:
+    def put_many(self, prefix: str, n: int, body: bytes = b"x" * 16, name: str = SMALL_NAME) -> None:
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda i: self.s3.put_object(Bucket=BUCKET, Key=prefix + SMALL_NAME % i, Body=body),
+            list(pool.map(lambda i: self.s3.put_object(Bucket=BUCKET, Key=prefix + name % i, Body=body),
                           range(n)))
 
     def ensure_files(self, prefix: str, n: int) -> None:
@@ -530,7 +545,7 @@ class Bench:
 
     def reset_mount_keys(self) -> None:
         """Everything but the shared many/ and the baseline's raw/ goes; deleted space is reclaimed."""
-        self.delete_keys([k for k in self.keys("") if not k.startswith(("many/", "raw/"))])
+        self.delete_keys([k for k in self.keys("") if not k.startswith(("many/", "raw/", HUGE))])
         self.vacuum()
 
     def vacuum(self) -> None:
@@ -559,6 +574,7 @@ class Bench:
             offset = m.log_offset()
             cpu = cpu_seconds(m.proc.pid) if m.proc is not None else None
             s.seconds = w.mount(self, m)
+            s.extra.update(m.extra)
             if m.running():
                 if cpu is not None and m.proc is not None:
                     s.extra["cpu"] = cpu_seconds(m.proc.pid) - cpu  # the mount's CPU in the timed part
@@ -742,6 +758,81 @@ def m_ls(prefix: str) -> Callable[[Bench, MountProc], float]:
     return fn
 
 
+def m_walk(command: list[str]) -> Callable[[Bench, MountProc], float]:
+    """``command`` (ls -l, find, du -s) over the --scale directory; logs when its first line came."""
+
+    def fn(b: Bench, m: MountProc) -> float:
+        target = os.path.join(m.path, HUGE.rstrip("/"))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(command + [target], stdout=subprocess.PIPE, text=True,
+                                env=dict(os.environ, LC_ALL="C"))
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        t_first = time.perf_counter() - t0
+        lines = 1 + sum(1 for _ in proc.stdout) if first else 0
+        code = proc.wait(CMD_TIMEOUT)
+        dt = time.perf_counter() - t0
+        check(code == 0, "%s exited %d" % (command[0], code))
+        if command[0] == "ls":
+            check(lines == b.p.n_huge + 1, "ls -l printed %d lines, expected %d" % (lines, b.p.n_huge + 1))
+        elif command[0] == "find":
+            check(lines == b.p.n_huge + 1, "find printed %d lines, expected %d" % (lines, b.p.n_huge + 1))
+        else:
+            check(lines == 1 and first.split()[0].isdigit(), "du printed %r" % first)
+        log("    %s: first line after %.3f s" % (command[0], t_first))
+        return dt
+
+    return fn
+
+
+FIO_JOBS = 4
+FIO_RANDOM_IOS = 500  # 4 KiB random reads per fio job
+FIO_GLOBAL = """[global]
+directory=%(dir)s
+ioengine=sync
+fallocate=none
+numjobs=%(jobs)d
+size=%(size)d
+group_reporting=1
+"""
+#: The fio jobs, as mountpoint-s3 measures itself: sequential reads and writes of 256 KiB, random
+#: reads of 4 KiB; 4 jobs, each on its own file.
+FIO = {
+    "fio_seq_read": "[seq_read]\nrw=read\nbs=256k\nfilename_format=data.$jobnum\n",
+    "fio_seq_write": "[seq_write]\nrw=write\nbs=256k\nfilename_format=out.$jobnum\nend_fsync=1\n",
+    "fio_rand_read": "[rand_read]\nrw=randread\nbs=4k\nnumber_ios=%d\nfilename_format=data.$jobnum\n"
+    % FIO_RANDOM_IOS,
+}
+
+
+def m_fio(name: str) -> Callable[[Bench, MountProc], float]:
+    """fio job ``name`` in MNT/fio; its MiB/s and IOPS go into the sample's extra."""
+
+    def fn(b: Bench, m: MountProc) -> float:
+        d = os.path.join(m.path, "fio")
+        os.makedirs(d, exist_ok=True)
+        job = os.path.join(b.tmp, "%s.fio" % name)
+        with open(job, "w") as f:
+            f.write(FIO_GLOBAL % {"dir": d, "jobs": FIO_JOBS, "size": b.p.fio_size} + FIO[name])
+        t0 = time.perf_counter()
+        r = run(["fio", "--output-format=json", job])
+        dt = time.perf_counter() - t0
+        group = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+        side = group["write" if "write" in name else "read"]
+        m.extra["fio_mib_s"] = side["bw_bytes"] / MiB
+        m.extra["fio_iops"] = side["iops"]
+        want = FIO_JOBS * (FIO_RANDOM_IOS * 4 * KiB if "rand" in name else b.p.fio_size)
+        check(side["io_bytes"] == want, "fio moved %d bytes, expected %d" % (side["io_bytes"], want))
+        if "write" in name:
+            for j in range(FIO_JOBS):
+                got = b.size_of("fio/out.%d" % j)
+                check(got == b.p.fio_size, "fio/out.%d in S3: %s bytes" % (j, got))
+        log("    fio %s: %.1f MiB/s, %.0f IOPS" % (name, m.extra["fio_mib_s"], m.extra["fio_iops"]))
+        return dt
+
+    return fn
+
+
 def m_stat(b: Bench, m: MountProc) -> float:
     d = os.path.join(m.path, "small")
     paths = [os.path.join(d, SMALL_NAME % i) for i in range(b.p.n_small)]
@@ -820,6 +911,33 @@ def r_small(prefix: str) -> Callable[[Bench], float]:
 
 def r_list(prefix: str) -> Callable[[Bench], float]:
     return lambda b: timed(lambda: b.keys(prefix))
+
+
+def r_fio(name: str) -> Callable[[Bench], float]:
+    """What fio job ``name`` does, with boto3: 4 threads, each on its own object."""
+
+    def one(b: Bench, j: int) -> None:
+        if name == "fio_seq_write":
+            b.s3.upload_file(b.fio_src, BUCKET, "raw/fio/out.%d" % j, Config=b.tc)
+        elif name == "fio_seq_read":
+            sink = NullSink()
+            b.s3.download_fileobj(BUCKET, "raw/fio/data.%d" % j, sink, Config=b.tc)
+            check(sink.count == b.p.fio_size, "downloaded %d bytes" % sink.count)
+        else:
+            rng = random.Random(SEED + j)
+            for _ in range(FIO_RANDOM_IOS):
+                off = rng.randrange(b.p.fio_size // (4 * KiB)) * 4 * KiB
+                rng_h = "bytes=%d-%d" % (off, off + 4 * KiB - 1)
+                b.s3.get_object(Bucket=BUCKET, Key="raw/fio/data.%d" % j, Range=rng_h)["Body"].read()
+
+    def fn(b: Bench) -> float:
+        def go() -> None:
+            with ThreadPoolExecutor(FIO_JOBS) as pool:
+                list(pool.map(lambda j: one(b, j), range(FIO_JOBS)))
+
+        return timed(go)
+
+    return fn
 
 
 def r_stat(b: Bench) -> float:
@@ -926,6 +1044,36 @@ def workloads() -> list[Workload]:
     ]
 
 
+def fio_workloads() -> list[Workload]:
+    """--fio: fio's sequential and random jobs (4 jobs each), against boto3 doing the same."""
+
+    def data(prefix: str) -> Callable[[Bench], None]:
+        def fn(b: Bench) -> None:
+            for j in range(FIO_JOBS):
+                b.ensure_object("%sfio/data.%d" % (prefix, j), b.fio_src)
+
+        return fn
+
+    def no_out(prefix: str) -> Callable[[Bench], None]:
+        return lambda b: b.delete_prefix(prefix + "fio/out.")
+
+    return [
+        Workload("fio_seq_read", m_fio("fio_seq_read"), r_fio("fio_seq_read"), data(""), data("raw/")),
+        Workload("fio_seq_write", m_fio("fio_seq_write"), r_fio("fio_seq_write"), no_out(""), no_out("raw/")),
+        Workload("fio_rand_read", m_fio("fio_rand_read"), r_fio("fio_rand_read"), data(""), data("raw/")),
+    ]
+
+
+def scale_workloads(n: int) -> list[Workload]:
+    """--scale: walks of one directory of ``n`` objects, each against one raw paginated listing."""
+    tag = "%dk" % (n // 1000) if n % 1000 == 0 else str(n)
+    return [
+        Workload("ls_l_" + tag, m_walk(["ls", "-l"]), r_list(HUGE)),
+        Workload("find_" + tag, m_walk(["find"]), r_list(HUGE)),
+        Workload("du_s_" + tag, m_walk(["du", "-s"]), r_list(HUGE)),
+    ]
+
+
 # -- reporting -----------------------------------------------------------------------------------
 
 
@@ -978,6 +1126,11 @@ def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> di
         peaks = [r["ours"]["extra"] for r in runs if "ours" in r] + ([counted["extra"]] if counted else [])
         row["peak_rss"] = max((e.get("peak_rss", 0) for e in peaks), default=0) or None
         row["peak_cache"] = max((e.get("peak_cache", 0) for e in peaks), default=0)
+        for key in ("fio_mib_s", "fio_iops"):
+            figures = {t: med([r[t]["extra"][key] for r in runs if ok(r, t) and key in r[t]["extra"]])
+                       for t in ["ours", *tools]}
+            if any(v is not None for v in figures.values()):
+                row[key] = figures
         row["cpu"] = med([r["ours"]["extra"]["cpu"] for r in runs
                           if ok(r, "ours") and "cpu" in r["ours"]["extra"]])
         for tool in tools:
@@ -1022,6 +1175,18 @@ def print_table(summary: dict[str, Any], tools: list[str]) -> None:
             errs = c.get("extra", {}).get("errors", 0)
             print("  %-15s %s%s%s" % (name, by or "none", "; %d errors" % errs if errs else "",
                                      "; FAILED: " + c["error"] if c.get("error") else ""))
+    fio_rows = [(name, row) for name, row in summary.items() if "fio_mib_s" in row]
+    if fio_rows:
+        print()
+        print("fio (%d jobs; medians): MiB/s and IOPS" % FIO_JOBS)
+        for name, row in fio_rows:
+            print("  %-15s %s" % (name, "   ".join(
+                "%s %s MiB/s %s IOPS" % (
+                    t,
+                    "-" if row["fio_mib_s"].get(t) is None else "%.1f" % row["fio_mib_s"][t],
+                    "-" if row["fio_iops"].get(t) is None else "%.0f" % row["fio_iops"][t],
+                )
+                for t in ["ours", *tools])))
     rss = [r["peak_rss"] for r in summary.values() if r["peak_rss"]]
     cache = [r["peak_cache"] for r in summary.values() if r["peak_cache"] is not None]
     print()
@@ -1085,6 +1250,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-count", action="store_true", help="skip the -o debug request-counting pass")
     ap.add_argument("--tmp", default=None, help="parent of the scratch dir (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, data)")
+    ap.add_argument("--scale", action="store_true",
+                    help="also the scale rows: ls -l, find, du -s of one directory of --scale-n objects")
+    ap.add_argument("--scale-n", type=int, default=100_000, help="objects of the --scale directory")
+    ap.add_argument("--fio", action="store_true",
+                    help="also the fio rows: sequential 256k reads and writes, random 4k reads, 4 jobs")
+    ap.add_argument("--fio-size-mib", type=int, default=None,
+                    help="each fio job's file (default 256, quick 32)")
     ap.add_argument("--server-wait", type=float, default=900.0,
                     help="seconds to wait for s3fs_mount/localserver.py to appear")
     args = ap.parse_args(argv)
@@ -1095,7 +1267,8 @@ def main(argv: list[str] | None = None) -> int:
             m.kill()
         raise KeyboardInterrupt("signal %d" % signum)
 
-    all_w = workloads()
+    all_w = workloads() + (scale_workloads(args.scale_n) if args.scale else [])
+    all_w += fio_workloads() if args.fio else []
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {w.name for w in all_w}

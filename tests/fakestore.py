@@ -12,6 +12,7 @@ on it and on the real connector against SeaweedFS and moto, so it cannot drift.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import time
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from s3fs_mount.s3.checksums import composite
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name, resolve
+from s3fs_mount.s3.parts import PartLayout, layout_of
 from s3fs_mount.s3.store import KEPT_HEADERS, MultipartUpload, ObjectInfo, metadata_of
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -168,9 +170,10 @@ class FakeStore:
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         return data
 
-    def first_part_size(self, remote_name: str | S3Name) -> int | None:
+    def part_layout(self, remote_name: str | S3Name, size: int, count: int) -> PartLayout | None:
         o = self._get(remote_name)
-        return o.part_size if o.part_size is not None else len(o.data) or None
+        part = o.part_size if o.part_size is not None else len(o.data)
+        return layout_of(size, count, part, None) if part else None
 
     def get_range_blocks(self, remote_name: str | S3Name, start: int, length: int, block: int,
                          if_match: str | None = None) -> list[bytes]:
@@ -254,36 +257,31 @@ class FakeStore:
 
     def list(self, prefix: str = "", delimiter: str | None = "/", bucket: str | None = None,
              max_keys: int = 1000, start_after: str | None = None) -> Iterator[ListPage]:
-        """ListObjectsV2 as S3 pages it: keys and common prefixes in order, ``max_keys`` per page."""
+        """ListObjectsV2 as S3 pages it: ``max_keys`` entries and prefixes a page, in key order."""
         objects = self._bucket(bucket)
-        token: str | None = None
+        keys = sorted(k for k in objects if k.startswith(prefix))
+        after = start_after or ""
         while True:
             self.calls["LIST"] += 1
             page = ListPage()
-            last = None
-            for key in sorted(objects):
-                if not key.startswith(prefix) or (start_after is not None and key <= start_after):
-                    continue
-                rest = key[len(prefix):]
-                common = None
+            i = bisect.bisect_right(keys, after)
+            while i < len(keys) and len(page.entries) + len(page.prefixes) < max_keys:
+                rest = keys[i][len(prefix):]
                 if delimiter and delimiter in rest:
                     common = prefix + rest.split(delimiter, 1)[0] + delimiter
-                item = common or key
-                if (token is not None and item <= token) or item == last:
-                    continue
-                if len(page.entries) + len(page.prefixes) == max_keys:
-                    page.truncated, page.continuation = True, last
-                    break
-                last = item
-                if common:
                     page.prefixes.append(common)
+                    while i < len(keys) and keys[i].startswith(common):
+                        i += 1
                 else:
-                    o = objects[key]
-                    page.entries.append(ListEntry(key, len(o.data), o.etag, o.mtime, "STANDARD"))
+                    o = objects[keys[i]]
+                    page.entries.append(ListEntry(keys[i], len(o.data), o.etag, o.mtime, "STANDARD"))
+                    i += 1
+                after = keys[i - 1]
+            page.truncated = i < len(keys)
+            page.continuation = after if page.truncated else None
             yield page
             if not page.truncated:
                 return
-            token = page.continuation
 
     def list_all(self, prefix: str = "", bucket: str | None = None) -> Iterator[ListEntry]:
         for page in self.list(prefix, delimiter=None, bucket=bucket):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -19,6 +20,7 @@ import s3fs_mount as s3
 from s3fs_mount import RemoteStore, RemoteStoreError, S3Connection, S3Name
 from s3fs_mount.s3 import ConfigError, MultipartUpload, RetryPolicy, S3Error
 from s3fs_mount.s3.errors import ConnectionFailed, TransportError
+from s3fs_mount.s3.parts import PartLayout
 
 MiB = 1 << 20
 
@@ -296,6 +298,21 @@ def test_multipart_upload(mp_store, boto, bucket, big_file, tmp_path):
     assert got["Body"].read() == big_file.read_bytes()
     assert mp_store.read("big", str(tmp_path / "back")) == (True, {"x-amz-meta-kind": "big"})
     assert (tmp_path / "back").read_bytes() == big_file.read_bytes()
+
+
+def test_a_download_finds_doubling_parts_and_checks_them(mp_store, boto, bucket, tmp_path, caplog):
+    data = os.urandom(38 * MiB + 3)  # parts of 5, 10, 20 and 3 MiB, as a stream with part_doubling=1
+    mpu = mp_store.start_multipart("grown", checksum=False)
+    for n, off, length in PartLayout(5 * MiB, 1).spans(len(data)):
+        mpu.upload_part(n, data[off : off + length])
+    mpu.complete()
+    layout = mp_store.part_layout("grown", len(data), 4)
+    assert layout == PartLayout(5 * MiB, 1)
+    assert mp_store.part_layout("grown", len(data), 3) is None  # counts that do not fit: no guess
+    caplog.set_level(logging.DEBUG, logger="s3fs_mount.s3.checksums")
+    mp_store.download("grown", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == data
+    assert re.search(r"read of grown verified \(MD5-of-parts:[0-9a-f]{32}-4\)", caplog.text)
 
 
 def test_failed_part_leaves_nothing_behind(mp_store, boto, bucket, big_file, monkeypatch, caplog):

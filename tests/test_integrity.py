@@ -236,3 +236,52 @@ def test_a_changed_body_of_a_crc64nvme_or_crc32c_object_is_eio(
     put_with_checksum(boto, bucket, key, data, algorithm, part, kind)
     mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
     assert_flipped_read_is_eio_then_right(mount, faultproxy, key, data)
+
+
+def part_sizes(boto, bucket: str, key: str) -> list[int]:
+    """The sizes of an object's parts, as S3 tells them (GetObjectAttributes, and a HEAD per part)."""
+    parts = boto.get_object_attributes(Bucket=bucket, Key=key, ObjectAttributes=["ObjectParts"])
+    sizes = [p["Size"] for p in parts["ObjectParts"]["Parts"]]
+    count = parts["ObjectParts"]["TotalPartsCount"]
+    heads = [
+        boto.head_object(Bucket=bucket, Key=key, PartNumber=n)["ContentLength"] for n in range(1, count + 1)
+    ]
+    assert sizes == heads
+    return heads
+
+
+def test_a_streamed_upload_grows_its_parts_and_reads_back_verified(mount_factory, boto, bucket):
+    # part_doubling=1: every part twice the one before (auto: after 1,089 parts of 8 MiB).
+    mount = mount_factory("debug,part_size=5M,multipart_threshold=5M,part_doubling=1").start()
+    data = os.urandom(38 * MiB + 3)
+    with open(os.path.join(mount.path, "grown"), "wb") as f:
+        for off in range(0, len(data), MiB):  # streamed: each part sent once the writer filled it
+            f.write(data[off : off + MiB])
+    assert part_sizes(boto, bucket, "grown") == [5 * MiB, 10 * MiB, 20 * MiB, 3 * MiB + 3]
+    # An fsync mid-stream completes it; the writes after it stream on, the whole parts already
+    # in S3 copied server-side as one part, the parts after them as large as the layout says.
+    with open(os.path.join(mount.path, "synced"), "wb") as f:
+        f.write(data[: 16 * MiB])
+        os.fsync(f.fileno())
+        assert part_sizes(boto, bucket, "synced") == [5 * MiB, 10 * MiB, 1 * MiB]
+        f.write(data[16 * MiB :])
+    assert part_sizes(boto, bucket, "synced") == [15 * MiB, 20 * MiB, 3 * MiB + 3]
+    assert s3_bytes(boto, bucket, "synced") == data
+    # Another client's object in doubling parts and no checksum: its ETag is what is checked.
+    up = boto.create_multipart_upload(Bucket=bucket, Key="theirs")
+    done = []
+    spans = [(0, 5 * MiB), (5 * MiB, 10 * MiB), (15 * MiB, 20 * MiB), (35 * MiB, 3 * MiB + 3)]
+    for n, (off, size) in enumerate(spans, 1):
+        r = boto.upload_part(Bucket=bucket, Key="theirs", UploadId=up["UploadId"], PartNumber=n,
+                             Body=data[off : off + size])
+        done.append({"ETag": r["ETag"], "PartNumber": n})
+    boto.complete_multipart_upload(Bucket=bucket, Key="theirs", UploadId=up["UploadId"],
+                                   MultipartUpload={"Parts": done})
+    mount.stop()
+    again = mount_factory("debug").start()  # default part options: the layout is learnt from S3
+    for key in ("grown", "theirs"):
+        with open(os.path.join(again.path, key), "rb") as f:
+            assert f.read() == data
+    head = boto.head_object(Bucket=bucket, Key="grown", ChecksumMode="ENABLED")
+    assert "read of grown verified (CRC32:%s)" % head["ChecksumCRC32"] in again.log()
+    assert re.search(r"read of theirs verified \(MD5-of-parts:[0-9a-f]{32}-4\)", again.log())

@@ -27,6 +27,7 @@ from s3fs_mount.s3.checksums import composite
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import S3Name
+from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.store import RemoteStore
 
 MiB = 1 << 20
@@ -275,7 +276,7 @@ def test_a_multipart_upload(subject):
     assert (info.size, info.etag) == (len(first) + len(second), etag)
     assert info.metadata == {"x-amz-meta-m": "yes"} and info.headers["Content-Type"] == "application/x-test"
     assert b.get_range("big", 5 * MiB - 2, 4) == first[-2:] + second[:2]
-    assert b.first_part_size("big") == 5 * MiB
+    assert b.part_layout("big", len(first) + len(second), 2) == PartLayout(5 * MiB)
 
 
 def test_copied_parts(subject):

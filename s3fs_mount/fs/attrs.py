@@ -44,6 +44,8 @@ UNSTORED_PREFIXES = ("security.", "system.", "trusted.")
 INFO_NAMES = ("s3.etag", "s3.checksum", "s3.storage_class", "s3.version_id", "s3.state")
 RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime", "rdev"})
 MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX + "ctime"
+#: What a directory's stat says of its block size (see Attributes.stat).
+DIR_BLKSIZE = 32 * 1024
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
 METADATA_LIMIT = 2048
 
@@ -68,7 +70,7 @@ class Defaults:
         return stat.S_IFDIR | (0o777 & ~self.umask)
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a listing of a large directory keeps one per entry
 class Attributes:
     """What getattr reports for one path, and the headers behind it."""
 
@@ -113,7 +115,10 @@ class Attributes:
             "st_mtime": _ns(self.mtime),  # nanoseconds (fusepy's use_ns)
             "st_ctime": _ns(self.mtime if self.ctime is None else self.ctime),
             "st_atime": _ns(self.mtime if self.atime is None else self.atime),
-            "st_blksize": 1 << 20,
+            # glibc's readdir asks for st_blksize bytes of entries at once (32 KiB to 1 MiB): a
+            # directory's 32 KiB is ~1,000 entries, so a reader sees the first listing page's
+            # entries without waiting for the next 30 pages.
+            "st_blksize": DIR_BLKSIZE if self.is_dir else 1 << 20,
             "st_blocks": (self.size + 511) // 512,
         }
 

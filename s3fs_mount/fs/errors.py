@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from s3fs_mount.fs.fuselib import FuseOSError
@@ -21,6 +21,7 @@ from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class FsError(OSError):
@@ -88,17 +89,37 @@ def fuse_operation(fn: F) -> F:
     def guarded(self: Any, path: str, *args: Any) -> Any:
         try:
             return fn(self, path, *args)
-        except FuseOSError as exc:
-            if exc.errno not in QUIET:
-                log.info("%s %s: %s", fn.__name__, path, errno.errorcode.get(exc.errno, exc.errno))
-            raise
         except Exception as exc:
-            err = errno_for(exc)
-            if isinstance(exc, (RemoteStoreError, FsError, OSError)):
-                level = logging.DEBUG if err in QUIET else logging.WARNING
-                log.log(level, "%s %s: %s (%s)", fn.__name__, path, errno.errorcode.get(err, err), exc)
-            else:
-                log.exception("%s %s: unexpected error, returning EIO", fn.__name__, path)
-            raise FuseOSError(err) from exc
+            err = _fuse_error(fn.__name__, path, exc)
+            if err is exc:
+                raise
+            raise err from exc
 
     return guarded  # type: ignore[return-value]
+
+
+def fuse_entries(operation: str, path: str, entries: Iterator[T]) -> Iterator[T]:
+    """``entries`` as a FUSE call hands them out bit by bit (a streamed ``readdir``): a failure
+    on the way is a FuseOSError and one log line, as in :func:`fuse_operation`."""
+    try:
+        yield from entries
+    except Exception as exc:
+        err = _fuse_error(operation, path, exc)
+        if err is exc:
+            raise
+        raise err from exc
+
+
+def _fuse_error(operation: str, path: str, exc: Exception) -> FuseOSError:
+    """The FuseOSError for ``exc``, logged once."""
+    if isinstance(exc, FuseOSError):
+        if exc.errno not in QUIET:
+            log.info("%s %s: %s", operation, path, errno.errorcode.get(exc.errno, exc.errno))
+        return exc
+    err = errno_for(exc)
+    if isinstance(exc, (RemoteStoreError, FsError, OSError)):
+        level = logging.DEBUG if err in QUIET else logging.WARNING
+        log.log(level, "%s %s: %s (%s)", operation, path, errno.errorcode.get(err, err), exc)
+    else:
+        log.exception("%s %s: unexpected error, returning EIO", operation, path)
+    return FuseOSError(err)

@@ -20,6 +20,7 @@ import errno
 import os
 import threading
 import time
+from collections.abc import Iterator
 from ctypes.util import find_library
 from typing import Any, Protocol
 
@@ -76,9 +77,12 @@ class FUSE(mfusepy.FUSE):
     An operations ``readdir`` that returns ``(name, attrs, 0)`` with a full
     ``attrs`` dict (as ``getattr`` returns it) gives the kernel that entry's
     attributes with the name, so ``ls -l`` makes no lookup per entry. libfuse3
-    passes such attributes on only for entries filled with an offset, so the
-    listing is taken once per open directory handle (``opendir`` must return
-    distinct handles) and handed out by index; ``releasedir`` drops it.
+    passes such attributes on only for entries filled with an offset, so each
+    open directory handle (``opendir`` must return distinct handles) keeps the
+    iterator ``readdir`` returned and hands its entries out by index as the
+    kernel asks for them (:class:`DirStream`): the first go out before the
+    operations have the last, and only the one entry the kernel's buffer had
+    no room for is held between calls. ``releasedir`` drops it.
 
     ``getxattr`` of a name under the operations' ``unstored_xattr_prefixes``
     is ENOTSUP without a call into the operations (``ls -l`` asks two such
@@ -106,7 +110,7 @@ class FUSE(mfusepy.FUSE):
     ) -> None:
         #: Told of every call (``fuse_call(operation, seconds, result)``); None: nothing is timed.
         self._observer = observer
-        self._listings: dict[int, list[Any]] = {}  # directory handle -> its entries
+        self._listings: dict[int, DirStream] = {}  # directory handle -> its entries, as handed out
         self._listings_lock = threading.Lock()
         self._thread_states = ThreadStates(MAX_HELD_THREAD_STATES)
         prefixes = getattr(operations, "unstored_xattr_prefixes", ())
@@ -128,14 +132,22 @@ class FUSE(mfusepy.FUSE):
     ) -> int:
         fh = fip.contents.fh
         with self._listings_lock:
-            entries = self._listings.get(fh) if offset else None
-        if entries is None:
-            entries = list(self.operations.readdir(self._decode(path), fh))
+            stream = self._listings.get(fh)
+        if stream is None or not stream.can_seek(offset):  # a first call, or a rewind
+            stream = DirStream(iter(self.operations.readdir(self._decode(path), fh)))
             with self._listings_lock:
-                self._listings[fh] = entries
+                self._listings[fh] = stream
         plus = bool(flags & FUSE_READDIR_PLUS)
-        for index in range(offset, len(entries)):
-            item = entries[index]
+        index = offset
+        while True:
+            try:
+                item = stream.at(index, filled=index > offset)
+            except Exception:
+                with self._listings_lock:
+                    self._listings.pop(fh, None)  # spent: a call again lists again, from its offset
+                raise
+            if item is None:
+                return 0  # the end (or a failure, told at the next call)
             st, fill_flags = None, 0
             if isinstance(item, str):
                 name = item
@@ -147,8 +159,9 @@ class FUSE(mfusepy.FUSE):
                     fill_flags = FUSE_FILL_DIR_PLUS
             stp = None if st is None else ctypes.byref(st)
             if filler(buf, name.encode(self.encoding, self.errors), stp, index + 1, fill_flags) != 0:
-                break  # the kernel's buffer is full: it asks again from this index
-        return 0
+                return 0  # the kernel's buffer is full: it asks again from this index
+            stream.taken()
+            index += 1
 
     def releasedir(self, path: bytes | None, fip: Any) -> int:
         with self._listings_lock:
@@ -173,6 +186,55 @@ class FUSE(mfusepy.FUSE):
     def _decode(self, path: bytes | None) -> str | None:
         """A path as the operations take it (None for an unlinked file's handle)."""
         return None if path is None else path.decode(self.encoding, self.errors)
+
+
+class DirStream:
+    """The entries of one open directory, handed out by index as the kernel asks for them.
+
+    Entries come from ``entries`` (an iterator) in order; the one at the current
+    index stays until the kernel takes it (its buffer may have been full). An
+    index behind that is a rewind: :meth:`can_seek` says so, and the caller
+    starts a new stream. A failure after some entries went out in the same
+    call is raised at the next call, so those entries are not lost; a stream
+    that raised is spent. One thread at a time: the kernel serializes the
+    readdir calls of one open directory.
+    """
+
+    def __init__(self, entries: Iterator[Any]) -> None:
+        self._entries = entries
+        self._index = 0  # the index of _current, or of the next entry the iterator gives
+        self._current: Any = None  # the entry at _index, taken from the iterator, not yet handed out
+        self._error: Exception | None = None
+
+    def can_seek(self, index: int) -> bool:
+        """Can the entry at ``index`` still be had (it is not behind the ones handed out)?"""
+        return index >= self._index
+
+    def at(self, index: int, filled: bool = False) -> Any:
+        """The entry at ``index`` (not behind the current one); None past the end. ``filled``:
+        the caller handed entries out in this call, so a failure waits for the next one."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        while True:
+            if self._current is None:
+                try:
+                    self._current = next(self._entries)
+                except StopIteration:
+                    return None
+                except Exception as exc:
+                    if not filled:
+                        raise
+                    self._error = exc
+                    return None
+            if self._index >= index:
+                return self._current
+            self.taken()  # an entry the kernel skipped (a seekdir)
+
+    def taken(self) -> None:
+        """The kernel took the entry at the current index."""
+        self._current = None
+        self._index += 1
 
 
 class ThreadStates:

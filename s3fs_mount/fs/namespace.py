@@ -10,12 +10,16 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
 
 * ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds (entries of a large
   listing a little longer, 1 s + 5 ms per entry, so a walk of it finds them);
+  at most ``attr_cache`` entries (LRU), so memory does not grow with a directory;
+* ``_walks``: directories listed a moment ago, too large to keep their names: a
+  lookup there that the cache no longer answers lists one page from that name on
+  (:meth:`Namespace._list_around`), not a HEAD per entry;
 * ``_missing``: paths this mount removed, for ``attr_ttl`` seconds (a 404 is
   never cached: a name another client puts is seen at its next lookup);
-* ``_listings``: directory path -> names, for ``dir_ttl`` seconds; a path
-  whose parent listing is fresh and lacks it is looked up with a HEAD only
-  (no LIST for a directory of that name);
-* ``_full``: path -> Attributes from a HEAD, LRU, checked against the ETag;
+* ``_listings``: directory path -> names, for ``dir_ttl`` seconds (directories of
+  at most ``LISTED_NAMES`` entries); a path whose parent listing is fresh and
+  lacks it is looked up with a HEAD only (no LIST for a directory of that name);
+* ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
   key is gone, and we should not show what we just removed.
@@ -42,7 +46,7 @@ import errno
 import logging
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
@@ -52,7 +56,9 @@ from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
+from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,17 @@ DIRECTORY_CONTENT_TYPE = "application/x-directory"
 REMOVED_TTL = 30.0
 #: How long a change of ours outranks answers to requests sent before it (the retry policy's bound).
 CHANGED_TTL = 120.0
+#: Attributes kept in memory (each ~0.7 KB): a directory larger than this is walked in windows.
+ATTR_CACHE_ENTRIES = 100_000
+MIN_ATTR_CACHE = 100
+#: A directory's names are kept (to answer "no such entry" without a LIST) up to this many.
+LISTED_NAMES = 10_000
+
+
+def _walk_ttl(entries: int) -> float:
+    """How long what a listing of ``entries`` entries says is kept: long enough for a tool
+    (ls -l, rm -r) to walk them."""
+    return 1.0 + 0.005 * entries
 
 
 class Namespace:
@@ -69,6 +86,7 @@ class Namespace:
     :param keymap: the path <-> key mapping.
     :param defaults: attributes for objects without metadata.
     :param clock: what the TTLs (and a directory's new times) are measured by.
+    :param attr_cache: the most attributes kept in memory.
     """
 
     def __init__(
@@ -79,6 +97,7 @@ class Namespace:
         attr_ttl: float = 1.0,
         dir_ttl: float = 1.0,
         clock: Clock = SYSTEM,
+        attr_cache: int = ATTR_CACHE_ENTRIES,
     ) -> None:
         self.clock = clock
         timer = clock.monotonic
@@ -88,10 +107,14 @@ class Namespace:
         self._lock = threading.Lock()
         self.attr_ttl = max(attr_ttl, 0.001)
         # Per-entry expiry: what a listing says stays valid long enough for a tool to walk it.
-        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(200_000, self._expiry, timer)
+        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(attr_cache, self._expiry, timer)
         self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001), timer)
         self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
-        self._full: LRUCache[str, A.Attributes] = LRUCache(200_000)
+        self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
+        #: Directories of more entries than this keep no names: lookups there go by _walks.
+        self.listed_names = min(LISTED_NAMES, attr_cache)
+        #: Directory path -> seconds its walk lasts (see _list_around).
+        self._walks: TLRUCache[str, float] = TLRUCache(1_000, lambda path, ttl, now: now + ttl, timer)
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         self._conflicts_logged: set[str] = set()
@@ -155,6 +178,7 @@ class Namespace:
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._listings.pop(path, None)
+            self._walks.pop(path, None)
             if gone:
                 self._missing[path] = True
                 self._removed[path] = True
@@ -175,6 +199,7 @@ class Namespace:
                 (self._attrs, True),
                 (self._full, True),
                 (self._listings, True),
+                (self._walks, True),
                 (self._missing, False),
                 (self._removed, False),
             ):
@@ -190,8 +215,13 @@ class Namespace:
         parent, name = KeyMap.split(path)
         with self._lock:
             hit = self._attrs.get(path)
-            if hit is not None and (hit.complete or not hit.is_dir):
-                return hit
+            walked = hit is None and parent not in self._listings and self._walks.get(parent) is not None
+        if walked and is_valid_name(name):
+            self._list_around(parent, name)
+            with self._lock:
+                hit = self._attrs.get(path)
+        if hit is not None and (hit.complete or not hit.is_dir):
+            return hit
         if hit is not None:
             # A directory seen in a listing: its mode and owner are on its holder (one HEAD).
             asked = self.clock.monotonic()
@@ -500,68 +530,107 @@ class Namespace:
 
     def list_dir(self, path: str) -> list[tuple[str, A.Attributes]]:
         """The entries of a directory, from one paginated listing."""
+        return list(self.iter_dir(path))
+
+    def iter_dir(self, path: str) -> Iterator[tuple[str, A.Attributes]]:
+        """The entries of a directory as its listing arrives, page by page (no HEAD per entry).
+
+        Each page's entries are cached as they are handed out; nothing is kept per entry
+        but the (bounded) attribute cache. A file and a directory of one name show once,
+        as the directory: S3 lists ``name`` before ``name/`` and ``name_$folder$``, so such
+        a file waits until the listing is past those (a few names, never the directory).
+        """
         prefix = self.keymap.dir_prefix(path)
-        files: dict[str, A.Attributes] = {}
-        dirs: set[str] = set()
         asked = self.clock.monotonic()
+        shown_dirs: set[str] = set()  # a directory's subdirectories are few next to its files
+        waiting: dict[str, A.Attributes] = {}  # files that a directory of their name may yet hide
+        names: set[str] | None = set()
+        count = subdirs = 0
         for page in self.store.list(prefix, delimiter="/"):
-            for entry in page.entries:
-                rest = entry.key[len(prefix) :]
-                if not rest:
-                    continue  # the directory's own marker
-                if rest.endswith(FOLDER_SUFFIX):
-                    if is_valid_name(rest[: -len(FOLDER_SUFFIX)]):  # not the root's own _$folder$
-                        dirs.add(rest[: -len(FOLDER_SUFFIX)])
-                    continue
-                if not is_valid_name(rest):
-                    warn_skipped(entry.key, "not a valid file name")
-                    continue
-                child = KeyMap.join(path, rest)
-                with self._lock:
-                    full = self._full.get(child)
-                if full is not None and full.etag == entry.etag and full.size == entry.size:
-                    files[rest] = full
+            files, dirs = self._page_entries(path, prefix, page)
+            batch: list[tuple[str, A.Attributes]] = []
+            for name, attributes in files:
+                if name in shown_dirs:
+                    self._log_conflict(prefix + name)
                 else:
-                    files[rest] = A.attributes_from(
-                        {},
-                        entry.size,
-                        entry.mtime,
-                        self.defaults,
-                        "file",
-                        etag=entry.etag,
-                        storage_class=entry.storage_class,
-                        complete=False,
-                    )
-            for p in page.prefixes:
-                rest = p[len(prefix) :].rstrip("/")
-                if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
-                    warn_skipped(p, "not a valid directory name")
+                    waiting[name] = attributes
+            for name in dirs:
+                if name in shown_dirs:
                     continue
-                dirs.add(rest)
-        out: list[tuple[str, A.Attributes]] = []
-        for name in sorted(dirs | set(files)):
-            child = KeyMap.join(path, name)
+                shown_dirs.add(name)
+                if waiting.pop(name, None) is not None:
+                    self._log_conflict(prefix + name)
+                batch.append((name, self._listed_dir()))
+            last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")
+            done = not page.truncated or not page.continuation
+            for name in [n for n in waiting if done or prefix + n + FOLDER_SUFFIX < last]:
+                batch.append((name, waiting.pop(name)))
+            batch.sort(key=lambda entry: entry[0])
+            shown = self._cache_listed(path, batch, asked, _walk_ttl(count + len(batch)))
+            count += len(shown)
+            subdirs += sum(1 for _, a in shown if a.is_dir)
+            if names is not None:
+                names.update(name for name, _ in shown)
+                if len(names) > self.listed_names:
+                    names = None  # too many to keep: lookups there go by _walks
+            yield from shown
+        with self._lock:
+            if names is not None:
+                self._listings[path] = names
+            else:
+                self._listings.pop(path, None)
+                self._walks[path] = _walk_ttl(count)
+            own = self.root if path == "/" else self._attrs.get(path)
+            if own is not None:  # POSIX: a directory's links are its entry, "." and each child's ".."
+                own.nlink = 2 + subdirs
+
+    def _page_entries(
+        self, path: str, prefix: str, page: ListPage
+    ) -> tuple[list[tuple[str, A.Attributes]], list[str]]:
+        """The files (with what the listing says of them) and the directory names on one page."""
+        files: list[tuple[str, A.Attributes]] = []
+        dirs: list[str] = []
+        for entry in page.entries:
+            rest = entry.key[len(prefix) :]
+            if not rest:
+                continue  # the directory's own marker
+            if rest.endswith(FOLDER_SUFFIX):
+                if is_valid_name(rest[: -len(FOLDER_SUFFIX)]):  # not the root's own _$folder$
+                    dirs.append(rest[: -len(FOLDER_SUFFIX)])
+                continue
+            if not is_valid_name(rest):
+                warn_skipped(entry.key, "not a valid file name")
+                continue
             with self._lock:
+                full = self._full.get(KeyMap.join(path, rest))
+            if full is not None and full.etag == entry.etag and full.size == entry.size:
+                files.append((rest, full))
+            else:
+                files.append((rest, self._listed_file(entry)))
+        for p in page.prefixes:
+            rest = p[len(prefix) :].rstrip("/")
+            if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
+                warn_skipped(p, "not a valid directory name")
+                continue
+            dirs.append(rest)
+        return files, dirs
+
+    def _cache_listed(
+        self, path: str, batch: list[tuple[str, A.Attributes]], asked: float, ttl: float
+    ) -> list[tuple[str, A.Attributes]]:
+        """Cache what a listing (sent at ``asked``) says of entries of ``path``; the entries to show."""
+        out = []
+        with self._lock:
+            for name, attributes in batch:
+                child = KeyMap.join(path, name)
                 if self._removed.get(child):
                     continue
-            if name in dirs:
-                if name in files:
-                    self._log_conflict(self.keymap.key(child))
-                with self._lock:
+                if attributes.is_dir:
                     known = self._attrs.get(child)
-                attributes = (
-                    known
-                    if known is not None and known.is_dir
-                    else A.attributes_from({}, 0, self.epoch, self.defaults, "dir", complete=False)
-                )
-            else:
-                attributes = files[name]
-            out.append((name, attributes))
-        walk_time = 1.0 + 0.005 * len(out)  # ls -l or rm -r of 10,000 entries takes a while
-        with self._lock:
-            for name, attributes in out:
-                child = KeyMap.join(path, name)
-                attributes.ttl = walk_time
+                    if known is not None and known.is_dir:
+                        attributes = known
+                attributes.ttl = ttl
+                out.append((name, attributes))
                 if self._stale(child, asked):
                     continue  # we changed it while the listing was under way
                 attributes.seen_at = asked
@@ -569,11 +638,37 @@ class Namespace:
                 if child not in self._attrs or not self._attrs[child].complete or attributes.complete:
                     self._attrs[child] = attributes
                 self._missing.pop(child, None)
-            self._listings[path] = {name for name, _ in out}
-            own = self.root if path == "/" else self._attrs.get(path)
-            if own is not None:  # POSIX: a directory's links are its entry, "." and each child's ".."
-                own.nlink = 2 + sum(1 for _, a in out if a.is_dir)
         return out
+
+    def _list_around(self, parent: str, name: str) -> None:
+        """A lookup in a directory walked a moment ago that the cache no longer answers (it
+        holds ``attr_cache`` entries): one LIST page from ``name`` on caches it and the names
+        after it, which a walk (ls -l, du) asks for next, instead of a HEAD each."""
+        prefix = self.keymap.dir_prefix(parent)
+        key = prefix + name
+        asked = self.clock.monotonic()
+        with self._lock:
+            ttl = self._walks.get(parent) or _walk_ttl(0)
+        try:
+            page = next(self.store.list(prefix, delimiter="/", start_after=key[:-1]))
+        except S3Error as exc:
+            log.debug("listing %s from %s failed (%s): looked up alone", parent, name, exc)
+            return
+        files, dirs = self._page_entries(parent, prefix, page)
+        dir_names = set(dirs)
+        batch = [(n, a) for n, a in files if n not in dir_names]
+        self._cache_listed(parent, batch + [(n, self._listed_dir()) for n in dir_names], asked, ttl)
+
+    def _listed_file(self, entry: ListEntry) -> A.Attributes:
+        """What a listing says of a file: size, time, ETag (its mode and owner: from a HEAD)."""
+        return A.attributes_from(
+            {}, entry.size, entry.mtime, self.defaults, "file", etag=entry.etag,
+            storage_class=entry.storage_class, complete=False,
+        )
+
+    def _listed_dir(self) -> A.Attributes:
+        """What a listing says of a directory: that it is one (its mode and owner: on its holder)."""
+        return A.attributes_from({}, 0, self.epoch, self.defaults, "dir", complete=False)
 
     def is_empty_dir(self, path: str) -> bool:
         prefix = self.keymap.dir_prefix(path)
@@ -592,10 +687,11 @@ class Namespace:
         data = self.store.get_range(self.keymap.key(path), 0, size)
         return data.decode("utf-8", "surrogateescape")
 
-    def part_size_of(self, key: str) -> int | None:
-        """A multipart object's part size, for the check of its reads (one HEAD; None: unknown)."""
+    def part_layout_of(self, key: str, size: int, parts: int) -> PartLayout | None:
+        """Where a multipart object's ``parts`` begin and end, for the check of its reads (one or
+        two HEADs; None: unknown)."""
         try:
-            return self.store.first_part_size(key)
+            return self.store.part_layout(key, size, parts)
         except S3Error as exc:
-            log.debug("part size of %s unknown: %s", key, exc)
+            log.debug("part sizes of %s unknown: %s", key, exc)
             return None

@@ -13,14 +13,14 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, fuse_operation
+from s3fs_mount.fs.errors import FsError, fuse_entries, fuse_operation
 from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_get_context
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
@@ -93,7 +93,13 @@ class S3Operations(Operations):
         self.keymap = KeyMap(prefix)
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
         self.namespace = Namespace(
-            store, self.keymap, self.defaults, options.attr_ttl, options.dir_ttl, clock
+            store,
+            self.keymap,
+            self.defaults,
+            options.attr_ttl,
+            options.dir_ttl,
+            clock=clock,
+            attr_cache=options.attr_cache,
         )
         self.staging = StagingCache(
             os.path.join(options.cache_dir, _safe(store.name, prefix)), store.name, options.cache_size
@@ -103,12 +109,17 @@ class S3Operations(Operations):
             options.readahead,
             workers=options.parallel,
             on_fetched=self.staging.grew,
-            part_size_of=lambda key, etag: self.namespace.part_size_of(key),
+            part_layout_of=lambda key, etag, size, parts: self.namespace.part_layout_of(key, size, parts),
             verify=options.checksum,
             checksum_of=lambda key, etag: self.namespace.expected_digest(key, etag),
         )
         self.uploader = Uploader(
-            store, options.part_size, options.multipart_threshold, options.parallel, self.staging
+            store,
+            options.part_size,
+            options.multipart_threshold,
+            options.parallel,
+            self.staging,
+            part_doubling=options.part_doubling,
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.
@@ -281,24 +292,31 @@ class S3Operations(Operations):
         return next(self._next_fh)  # distinct per open directory: fuselib keeps its listing by it
 
     @fuse_operation
-    def readdir(self, path: str, fh: int) -> list[str | tuple[str, dict[str, object] | None, int]]:
-        """Names with their attributes: on libfuse3 they fill the kernel's cache (readdirplus)."""
+    def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict[str, object] | None, int]]:
+        """Names with their attributes (on libfuse3 they fill the kernel's cache: readdirplus),
+        handed out as the listing arrives: the first before the last page is fetched."""
         if not self._attributes(path).is_dir:
             raise FsError(errno.ENOTDIR)
-        entries = dict(self.namespace.list_dir(path))
+        return fuse_entries("readdir", path, self._entries(path))
+
+    def _entries(self, path: str) -> Iterator[str | tuple[str, dict[str, object] | None, int]]:
         prefix = self.keymap.dir_prefix(path)
-        for item in self.staging.under(prefix):  # written here, maybe not yet in S3
+        staged = {}  # written here, maybe not yet in S3: what they are here wins
+        for item in self.staging.under(prefix):
             rest = item.key[len(prefix) :]
             if rest and "/" not in rest and _live(item):
-                entries[rest] = self._item_attributes(item)
-        listed: list[str | tuple[str, dict[str, object] | None, int]] = [".", ".."]
+                staged[rest] = item
+        yield "."
+        yield ".."
         # A directory's mode and owner are on its holder, which a listing does not show: the kernel
         # asks (getattr) rather than be told the defaults.
-        listed.extend(
-            (name, None if a.is_dir and not a.complete else a.stat(), 0)
-            for name, a in sorted(entries.items())
-        )
-        return listed
+        for name, a in self.namespace.iter_dir(path):
+            item = staged.pop(name, None)
+            if item is not None:
+                a = self._item_attributes(item)
+            yield name, None if a.is_dir and not a.complete else a.stat(), 0
+        for name, item in sorted(staged.items()):
+            yield name, self._item_attributes(item).stat(), 0
 
     @fuse_operation
     def mkdir(self, path: str, mode: int) -> None:

@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from s3fs_mount.fs.namespace import ATTR_CACHE_ENTRIES, MIN_ATTR_CACHE
+from s3fs_mount.s3.parts import MAX_OBJECT_SIZE, most_steady_parts, streaming_layout
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 
@@ -124,6 +127,10 @@ class MountOptions:
     # -- what is seen when ------------------------------------------------------------------
     attr_ttl: float = _option(1.0, "seconds attributes are cached", "consistency")
     dir_ttl: float = _option(1.0, "seconds directory listings are cached", "consistency")
+    attr_cache: int = _option(
+        ATTR_CACHE_ENTRIES, "attributes kept in memory; larger directories are walked a page at a time",
+        "consistency",
+    )
     conflict_check: bool = _option(
         True, "uploads never replace another client's newer version", "consistency"
     )
@@ -140,6 +147,9 @@ class MountOptions:
     writeback: bool = _option(False, "close returns before the upload ends", "cache")
     part_size: int = _option(8 * MiB, "multipart part size", "cache")
     multipart_threshold: int = _option(16 * MiB, "upload in parts from this size", "cache")
+    part_doubling: int = _option(
+        0, "parts of a streamed upload between doublings of its part size (0: auto)", "cache"
+    )
     parallel: int = _option(8, "parts/requests in flight per file", "cache")
     readahead: int = _option(64 * MiB, "largest sequential readahead window", "cache")
     kernel_readahead: int = _option(
@@ -206,6 +216,23 @@ class MountOptions:
                 setattr(opts, name, _convert(name, known[name].type, value if has_value else None))
         if opts.metrics:
             parse_listen(opts.metrics)
+        if opts.attr_cache < MIN_ATTR_CACHE:
+            raise OptionError("attr_cache=%d: keep at least %d entries" % (opts.attr_cache, MIN_ATTR_CACHE))
+        if opts.part_doubling < 0:
+            raise OptionError("part_doubling=%d: must be 0 (auto) or a number of parts" % opts.part_doubling)
+        if opts.part_doubling:
+            layout = streaming_layout(opts.part_size, opts.part_doubling)
+            if layout.capacity() < MAX_OBJECT_SIZE:
+                raise OptionError(
+                    "part_doubling=%d with part_size=%s: 10,000 parts would hold only %s, not 5 TiB "
+                    "(at most %d, or 0 for that)"
+                    % (
+                        opts.part_doubling,
+                        format_size(layout.base),
+                        human_size(layout.capacity()),
+                        most_steady_parts(layout.base),
+                    )
+                )
         return opts
 
     #: The options that are settings of the connection too (s3.yaml's ``s3:`` keys of the same names).
@@ -226,6 +253,8 @@ class MountOptions:
                 text = "%03o" % value
             elif f.name == "local_size" and not value:
                 text = "disk"
+            elif f.name == "part_doubling" and not value:
+                text = "auto"
             elif isinstance(value, bool):
                 text = "on" if value else "off"
             elif f.name in SIZE_OPTIONS:

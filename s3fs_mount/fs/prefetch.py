@@ -49,6 +49,7 @@ from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.store import digest_of
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,8 @@ class Prefetcher:
     :param max_window: the largest readahead window (bytes).
     :param chunk: the size of one ranged GET of a readahead.
     :param workers: GETs in flight at once.
-    :param part_size_of: finds a multipart object's part size (a HEAD), to check it.
+    :param part_layout_of: finds where a multipart object's parts begin and end (HEADs), to
+        check it: ``(key, etag, size, parts)`` -> :class:`~s3fs_mount.s3.parts.PartLayout`.
     :param verify: check whole-object reads against the object's checksum, or its ETag.
     :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
     """
@@ -96,19 +98,19 @@ class Prefetcher:
         chunk: int = 16 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
-        part_size_of: Callable[[str, str], int | None] | None = None,
+        part_layout_of: Callable[[str, str, int, int], PartLayout | None] | None = None,
         verify: bool = True,
         checksum_of: Callable[[str, str], str] | None = None,
     ) -> None:
         #: What version (key, etag) hashes to, if known without a request (its x-amz-checksum-*).
         self.checksum_of = checksum_of
         #: The part size of a multipart object (key, etag), for its check; None: unknown.
-        self.part_size_of = part_size_of
+        self.part_layout_of = part_layout_of
         self.verify = verify
         #: (key, etag) -> the check of that version's bytes. Guarded by _verify_lock.
         self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
         #: (key, etag) -> what _expected found (a version's digest never changes). Guarded by _verify_lock.
-        self._expectations: LRUCache[tuple[str, str], tuple[str, int] | None] = LRUCache(4096)
+        self._expectations: LRUCache[tuple[str, str], tuple[str, int | PartLayout] | None] = LRUCache(4096)
         self._verify_lock = threading.Lock()
         #: One thread hashes what the checks are fed, off the readers' way, in the order fed.
         self.hasher = concurrent.futures.ThreadPoolExecutor(1, "md5")
@@ -262,7 +264,7 @@ class Prefetcher:
         with self._verify_lock:
             return self._verifiers.setdefault((key, etag), verifier)
 
-    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int] | None:
+    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
         """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked."""
         if not self.verify or size <= 0:
             return None
@@ -274,15 +276,15 @@ class Prefetcher:
             self._expectations[(key, etag)] = found
         return found
 
-    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int] | None:
+    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
         digest = (self.checksum_of(key, etag) if self.checksum_of is not None else "") or digest_of(etag)
         found = plan(digest)
         if found is None:
             return None  # no checksum, and an ETag that is no MD5 (SSE-KMS, SSE-C): nothing to check
         if found[1] == 1:
             return digest, size
-        known = self.part_size_of(key, etag) if self.part_size_of is not None else None
-        if not known or -(-size // known) != found[1]:
+        known = self.part_layout_of(key, etag, size, found[1]) if self.part_layout_of is not None else None
+        if known is None:
             log.debug("%s: part size unknown, not checked", key)
             return None
         return digest, known

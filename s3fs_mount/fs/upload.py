@@ -45,7 +45,8 @@ from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, part_size_for
+from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ CHECK_CONDITIONAL, CHECK_HEAD, CHECK_OFF = "conditional", "head", "off"
 
 @dataclass
 class StreamBase:
-    """S3's version ``etag`` of the item holds its first ``length`` bytes, as whole parts.
+    """S3's version ``etag`` of the item holds its first ``length`` bytes, as whole parts
+    of ``layout``.
 
     Left by a stream completed mid-write (fsync); the next stream copies these
     bytes server-side instead of sending them again.
@@ -67,39 +69,47 @@ class StreamBase:
 
     etag: str
     length: int
-    part_size: int
+    layout: PartLayout
 
 
 @dataclass
 class StreamingUpload:
     """A multipart upload fed part by part. Guarded by its item's cond.
 
-    Its first ``copied_parts`` parts copy the first ``copied`` bytes from a
-    :class:`StreamBase`; the rest are the file's bytes from there on, one
-    ``part_size`` each.
+    Its first ``copied_parts`` parts copy the first ``copied`` bytes (whole parts of
+    ``layout``) from a :class:`StreamBase`; the rest are the file's bytes from there on,
+    sized by ``layout``: part ``n`` is the layout's part ``n + skipped``.
     """
 
     mpu: MultipartUpload
-    part_size: int
+    layout: PartLayout
     headers: dict[str, str]
     copied: int = 0
     copied_parts: int = 0
+    skipped: int = 0  # layout parts the copied parts stand for, less their number
     next_part: int = 1  # the first part not yet submitted
     futures: list[concurrent.futures.Future[str]] = field(default_factory=list)
 
     @property
     def sent_until(self) -> int:
-        return self.copied + (self.next_part - 1 - self.copied_parts) * self.part_size
+        return self.layout.start(self.next_part + self.skipped)
+
+    def part_length(self, number: int) -> int:
+        """The size of part ``number`` unless it is the object's last."""
+        return self.layout.size(number + self.skipped)
 
 
 class Uploader:
     """Puts staged files into S3.
 
     :param store: the bucket of every item.
-    :param part_size: bytes per part (grown when a file would need > 10,000).
+    :param part_size: bytes per part (grown when a file would need > 10,000; a stream's
+        double every ``part_doubling`` parts, see :mod:`s3fs_mount.s3.parts`).
     :param threshold: files of at least this size upload in parts.
     :param workers: parts in flight at once, over all files.
     :param staging: the cache, to move an item to its conflict name.
+    :param part_doubling: parts between doublings of a stream's part size (0: the most that
+        still let 10,000 parts hold 5 TiB).
     """
 
     def __init__(
@@ -109,9 +119,12 @@ class Uploader:
         threshold: int,
         workers: int = 8,
         staging: StagingCache | None = None,
+        part_doubling: int = 0,
     ) -> None:
         self.store = store
         self.part_size = part_size
+        #: The part sizes of every upload streamed while written.
+        self.stream_layout = streaming_layout(part_size, part_doubling)
         self.threshold = max(threshold, part_size)
         self.staging = staging
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-upload")
@@ -163,12 +176,12 @@ class Uploader:
         size = os.fstat(item.fd).st_size
         whole = hashlib.md5()
         etags = set()
-        for part in {part_size_for(size, self.part_size), part_size_for(max(size, 1 << 30), self.part_size)}:
+        for layout in {PartLayout(part_size_for(size, self.part_size)), self.stream_layout}:
             digests = []
-            for off in range(0, size, part):
+            for _, off, length in layout.spans(size):
                 digest = hashlib.md5()
-                for sub in range(off, min(off + part, size), 1 << 20):
-                    digest.update(os.pread(item.fd, min(1 << 20, off + part - sub, size - sub), sub))
+                for sub in range(off, off + length, 1 << 20):
+                    digest.update(os.pread(item.fd, min(1 << 20, off + length - sub), sub))
                 digests.append(digest.digest())
             etags.add(composite(digests))
         for off in range(0, size, 1 << 20):
@@ -220,13 +233,13 @@ class Uploader:
                 if item.stream is not stream:
                     return
                 start = stream.sent_until
-                end = start + stream.part_size
-                if end > item.size or not item.present.covers(start, end):
-                    return
                 number = stream.next_part
+                length = stream.part_length(number)
+                if start + length > item.size or not item.present.covers(start, start + length):
+                    return
                 stream.next_part += 1
             self._slots.acquire()  # back-pressure: the writer waits for the network
-            fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, stream.part_size)
+            fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, length)
             with item.cond:
                 stream.futures.append(fut)
 
@@ -238,17 +251,15 @@ class Uploader:
                 base = None
             if base is None and item.remote_size:
                 return None
-        part = base.part_size if base else part_size_for(max(item.size, 1 << 30), self.part_size)
+        layout = base.layout if base else self.stream_layout
         headers = self.headers(item, with_times=False)
         # Copied parts: not every server gives their CRC32, so such a stream goes without.
-        stream = StreamingUpload(self._begin_multipart(item, headers, checksum=base is None), part, headers)
+        stream = StreamingUpload(self._begin_multipart(item, headers, checksum=base is None), layout, headers)
         with item.cond:
             item.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
         if base is not None:
             source = self.store.copy_source(item.key)
-            span = max(part, MAX_SINGLE_COPY // part * part)  # each copy a whole number of parts
-            for number, first in enumerate(range(0, base.length, span), start=1):
-                last = min(first + span, base.length) - 1
+            for number, (first, last) in enumerate(_copy_spans(layout, base.length), start=1):
                 stream.futures.append(
                     self.pool.submit(
                         self._copy_part, item, stream.mpu, number, source, first, last, base.etag
@@ -256,6 +267,7 @@ class Uploader:
                 )
                 stream.copied_parts = number
             stream.copied = base.length
+            stream.skipped = layout.count(base.length) - stream.copied_parts
             stream.next_part = stream.copied_parts + 1
             log.debug(
                 "%s: streaming on after %d bytes already in S3 (%d copied parts)",
@@ -426,23 +438,20 @@ class Uploader:
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:
         with item.cond:
             size = item.size
-            start = stream.sent_until
-            first = stream.next_part
-            stream.next_part = first + max(0, -(-(size - start) // stream.part_size))
+            spans = list(stream.layout.spans(size, stream.next_part + stream.skipped))
+            stream.next_part += len(spans)
         tail = [
-            self.pool.submit(
-                self._send_part, item, stream.mpu, n, off, min(stream.part_size, size - off), False
-            )
-            for n, off in enumerate(range(start, size, stream.part_size), start=first)
+            self.pool.submit(self._send_part, item, stream.mpu, n - stream.skipped, off, length, False)
+            for n, off, length in spans
         ]
         for fut in list(stream.futures) + tail:
             fut.result()
         self._check_by_head(item, replaces, self.complete_check)
         etag = self._complete(item, stream.mpu, replaces)
-        whole_parts = start + (size - start) // stream.part_size * stream.part_size
+        whole_parts = stream.layout.whole(size)
         with item.cond:
             # The next write streams on from here, copying what S3 now has.
-            item.stream = StreamBase(etag, whole_parts, stream.part_size) if whole_parts else None
+            item.stream = StreamBase(etag, whole_parts, stream.layout) if whole_parts else None
         item.forget_upload(stream.mpu.upload_id)
         with item.cond:
             pinned = item.times_pinned
@@ -540,6 +549,22 @@ def _conditions(replaces: str, check: str) -> dict[str, object]:
     if check != CHECK_CONDITIONAL:
         return {}
     return {"if_match": replaces} if replaces else {"if_none_match": True}
+
+
+def _copy_spans(layout: PartLayout, length: int) -> list[tuple[int, int]]:
+    """``(first, last)`` byte ranges that copy the first ``length`` bytes (whole parts of
+    ``layout``) in as few UploadPartCopy requests as S3 allows: each a whole number of parts,
+    at most 5 GiB (so each but the last is at least 5 MiB)."""
+    spans: list[tuple[int, int]] = []
+    first = end = 0
+    for _, offset, size in layout.spans(length):
+        if offset + size - first > MAX_SINGLE_COPY and end > first:
+            spans.append((first, end - 1))
+            first = end
+        end = offset + size
+    if end > first:
+        spans.append((first, end - 1))
+    return spans
 
 
 def conflict_name(key: str) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Protocol, runtime_checkable
 
 from s3fs_mount.s3.names import RemoteName, S3Name
+from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.sigv4 import uri_encode
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
@@ -55,7 +56,7 @@ class ObjectStore(Protocol):
         self, remote_name: RemoteName, start: int, length: int, block: int, if_match: str | None = None
     ) -> list[bytes]: ...
 
-    def first_part_size(self, remote_name: RemoteName) -> int | None: ...
+    def part_layout(self, remote_name: RemoteName, size: int, count: int) -> PartLayout | None: ...
 
     def put(
         self,
@@ -176,8 +177,8 @@ class Bucket:
     ) -> list[bytes]:
         return self.store.get_range_blocks(self._at(key), start, length, block, if_match)
 
-    def first_part_size(self, key: str) -> int | None:
-        return self.store.first_part_size(self._at(key))
+    def part_layout(self, key: str, size: int, count: int) -> PartLayout | None:
+        return self.store.part_layout(self._at(key), size, count)
 
     def put(
         self,

@@ -38,6 +38,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from s3fs_mount.s3.errors import RemoteStoreError
+from s3fs_mount.s3.parts import PartLayout
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ class Verifier:
         >>> v.state                    # 'verified' once the last byte is in
 
     :param expected: what the bytes must hash to, as :func:`plan` reads it.
-    :param part_size: the size of every part but the last (multipart objects); the whole size else.
+    :param part_size: the size of every part but the last (multipart objects), or the parts'
+        :class:`~s3fs_mount.s3.parts.PartLayout` when they differ; the whole size else.
 
     Two locks, taken in this order: ``_hashing`` is held while bytes are hashed (one piece at a
     time, in order), ``_lock`` only for moments, so that feeders, :meth:`wait` and :attr:`state`
@@ -184,14 +186,21 @@ class Verifier:
     """
 
     def __init__(
-        self, key: str, expected: str, size: int, part_size: int, hasher: Executor | None = None
+        self,
+        key: str,
+        expected: str,
+        size: int,
+        part_size: int | PartLayout,
+        hasher: Executor | None = None,
     ) -> None:
         found = plan(expected)
         if found is None:
             raise ValueError("cannot check a digest %r" % expected)
         self.key, self.expected, self.size = key, expected, size
         self.algorithm, self.parts = found
-        self.part_size = part_size if part_size > 0 else max(size, 1)
+        if not isinstance(part_size, PartLayout):
+            part_size = PartLayout(part_size if part_size > 0 else max(size, 1))
+        self.layout = part_size
         #: Where the hashing runs (one thread: pieces are taken in the order fed); None: in feed.
         self.hasher = hasher
         self._lock = threading.Condition()
@@ -201,7 +210,7 @@ class Verifier:
         self._hashing = threading.Lock()
         self._hashed = 0  # bytes hashed, from the start. Guarded by _hashing.
         self._part = _HASHES[self.algorithm]()  # the part being hashed. Guarded by _hashing.
-        self._part_end = min(self.part_size, size)  # Guarded by _hashing.
+        self._part_end = min(self.layout.size(1), size)  # Guarded by _hashing.
         self._digests: list[bytes] = []  # Guarded by _hashing.
         self._waiting: dict[int, list[bytes]] = {}  # start -> blocks that came early. Guarded by _hashing.
         self._waiting_bytes = 0  # Guarded by _hashing.
@@ -275,7 +284,7 @@ class Verifier:
                     if self._hashed == self._part_end:
                         self._digests.append(self._part.digest())
                         self._part = _HASHES[self.algorithm]()
-                        self._part_end = min(self._part_end + self.part_size, self.size)
+                        self._part_end = min(self.layout.start(len(self._digests) + 2), self.size)
             pos = end
         if self._hashed >= self.size:
             self._finish()

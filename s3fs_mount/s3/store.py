@@ -38,6 +38,7 @@ from s3fs_mount.s3.checksums import (
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
+from s3fs_mount.s3.parts import MIN_PART_SIZE, PartLayout, layout_of, part_size_for
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 META_PREFIX = "x-amz-meta-"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-MIN_PART_SIZE = 5 * MiB
-MAX_PARTS = 10_000
 MAX_SINGLE_COPY = 5 * GiB
 #: Response headers a metadata REPLACE must carry over, or S3 resets them.
 KEPT_HEADERS = (
@@ -65,14 +64,6 @@ KEPT_HEADERS = (
 def metadata_of(headers: Mapping[str, str]) -> dict[str, str]:
     """The ``x-amz-meta-*`` headers of ``headers``, names lower-cased."""
     return {k.lower(): v for k, v in headers.items() if k.lower().startswith(META_PREFIX)}
-
-
-def part_size_for(size: int, preferred: int) -> int:
-    """A part size of at least ``preferred`` (and 5 MiB) that needs at most 10,000 parts."""
-    part = max(preferred, MIN_PART_SIZE)
-    while size > part * MAX_PARTS:
-        part *= 2
-    return part
 
 
 @dataclass
@@ -450,27 +441,50 @@ class RemoteStore:
         found = plan(info.digest)
         if found is None or info.size == 0:
             return None
-        part = info.size
+        layout: int | PartLayout = info.size
         if found[1] > 1:
-            part = self.first_part_size(remote_name) or 0
-            if not part or -(-info.size // part) != found[1]:
+            known = self.part_layout(remote_name, info.size, found[1])
+            if known is None:
                 return None
-        return Verifier(info.key, info.digest, info.size, part)
+            layout = known
+        return Verifier(info.key, info.digest, info.size, layout)
 
     def first_part_size(self, remote_name: RemoteName) -> int | None:
-        """The size of part 1 of a multipart object (a HEAD with ``partNumber=1``); None if not told.
+        """The size of part 1 of a multipart object (a HEAD with ``partNumber=1``); None if not told."""
+        found = self._part_range(remote_name, 1)
+        return found[1] if found else None
 
-        Every part but the last has this size when the writer used one part size (as every
-        SDK and this package do): it is what the check of a multipart ETag needs.
+    def part_layout(self, remote_name: RemoteName, size: int, count: int) -> PartLayout | None:
+        """Where the ``count`` parts of a ``size``-byte object begin and end, as the check of a
+        multipart ETag or checksum needs them; None when no layout of ours fits.
+
+        One HEAD (``partNumber=1``) when every part but the last has one size, as every SDK
+        writes them; a second (``partNumber=count``) for the doubling parts of a stream
+        (:mod:`s3fs_mount.s3.parts`).
         """
+        first = self._part_range(remote_name, 1)
+        if first is None:
+            return None
+        found = layout_of(size, count, first[1], None)
+        if found is None and count >= 3:
+            last = self._part_range(remote_name, count)
+            found = layout_of(size, count, first[1], last[0] if last else None)
+        return found
+
+    def _part_range(self, remote_name: RemoteName, number: int) -> tuple[int, int] | None:
+        """(offset, length) of part ``number`` of a multipart object; None if the server does not say."""
         bucket, key = self._name(remote_name)
-        resp = self.connection.request("HEAD", bucket, key, query={"partNumber": "1"}, expect=(200, 206))
+        resp = self.connection.request(
+            "HEAD", bucket, key, query={"partNumber": str(number)}, expect=(200, 206)
+        )
         resp.close()
         found = re.match(r"bytes (\d+)-(\d+)/", resp.headers.get("Content-Range", ""))
         if found:
-            return int(found.group(2)) - int(found.group(1)) + 1
-        count = resp.headers.get("x-amz-mp-parts-count")
-        return int(resp.headers.get("Content-Length") or 0) or None if count else None
+            return int(found.group(1)), int(found.group(2)) - int(found.group(1)) + 1
+        length = int(resp.headers.get("Content-Length") or 0)
+        if number == 1 and length and resp.headers.get("x-amz-mp-parts-count"):
+            return 0, length
+        return None
 
     def get_range(
         self, remote_name: RemoteName, start: int, length: int, if_match: str | None = None

@@ -1,0 +1,242 @@
+"""Large directories: readdir streams the listing, a walk makes no HEAD per entry, and what the
+mount keeps per entry is bounded (unit tests on the fake store, then a real mount on SeaweedFS)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import subprocess
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import s3rig
+from fakestore import FakeStore
+from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse fixture
+
+from s3fs_mount.fs.fuselib import DirStream, FuseOSError
+from s3fs_mount.fs.options import MountOptions, OptionError
+from s3fs_mount.s3.errors import S3Error
+
+
+def big_store(count: int, prefix: str = "big/") -> FakeStore:
+    store = FakeStore()
+    for i in range(count):
+        store.put("%sf%06d" % (prefix, i), b"x" * (i % 7))
+    return store
+
+
+def test_readdir_hands_out_entries_before_the_last_page_is_fetched(tmp_path):
+    store = big_store(3500)
+    ops = make_ops(tmp_path, store)
+    entries = ops.readdir("/big", 1)  # the directory's own lookup happens here
+    before = store.calls["LIST"]
+    first = [next(entries) for _ in range(5)]
+    assert first[:2] == [".", ".."] and first[2][0] == "f000000"
+    assert store.calls["LIST"] - before == 1  # one page of four fetched
+    rest = list(entries)
+    assert len(first) + len(rest) == 3502 and store.calls["LIST"] - before == 4
+    assert len({e[0] for e in rest}) == len(rest)  # each once
+
+
+def test_a_walk_of_a_large_directory_keeps_the_cache_bounded_and_sends_no_head(tmp_path):
+    store = big_store(50_000)
+    ops = make_ops(tmp_path, store, attr_cache=1000)
+    entries = ops.readdir("/big", 1)  # the directory's own lookup happens here
+    heads = store.calls["HEAD"]
+    listed = [e for e in entries if not isinstance(e, str)]
+    assert len(listed) == 50_000
+    assert len(ops.namespace._attrs) <= 1000 and len(ops.namespace._full) <= 1000
+    assert "/big" not in ops.namespace._listings  # 50,000 names are not kept
+    lists = store.calls["LIST"]
+    for name, attrs, _ in listed:  # ls -l, du: a stat of each entry after the listing
+        st = ops.getattr("/big/" + name)
+        assert st["st_size"] == attrs["st_size"] == int(name[1:]) % 7
+        assert len(ops.namespace._attrs) <= 1000
+    assert store.calls["HEAD"] == heads  # no HEAD per entry: the walk lists a page at a time
+    assert store.calls["LIST"] - lists <= 60  # ~one page per 1,000 entries (the listing took 50)
+
+
+def test_a_file_and_a_directory_of_one_name_show_once_across_pages(tmp_path):
+    store = FakeStore()
+    store.put("a", b"file")  # listed first; a/ comes 1,500 keys later, on another page
+    for i in range(1500):
+        store.put("a.%04d" % i, b"")
+    store.put("a/inner", b"")
+    store.put("b_$folder$", b"")  # a holder and a prefix: one directory
+    store.put("b/inner", b"")
+    store.put("c", b"file only")
+    ops = make_ops(tmp_path, store)
+    entries = [e for e in ops.readdir("/", 1) if not isinstance(e, str)]
+    names = [e[0] for e in entries]
+    assert sorted(names) == sorted(["a", "b", "c"] + ["a.%04d" % i for i in range(1500)])
+    kinds = {e[0]: e[1] for e in entries if e[0] in ("a", "b", "c")}
+    assert kinds["a"] is None and kinds["b"] is None  # directories: the kernel asks their holder
+    assert kinds["c"]["st_size"] == 9
+
+
+class Entries:
+    """An iterator that counts what was taken from it."""
+
+    def __init__(self, count: int, fail_at: int | None = None) -> None:
+        self.count, self.fail_at, self.taken = count, fail_at, 0
+
+    def __iter__(self) -> Entries:
+        return self
+
+    def __next__(self) -> str:
+        if self.taken == self.fail_at:
+            self.fail_at = None
+            raise OSError(5, "listing failed")
+        if self.taken >= self.count:
+            raise StopIteration
+        self.taken += 1
+        return "e%d" % (self.taken - 1)
+
+
+def test_a_dir_stream_holds_only_the_entry_the_kernel_had_no_room_for():
+    source = Entries(100)
+    stream = DirStream(source)
+    assert stream.at(0) == "e0" and source.taken == 1
+    stream.taken()
+    assert stream.at(1) == "e1"  # the kernel's buffer was full: asked again at 1
+    assert stream.at(1) == "e1" and source.taken == 2
+    stream.taken()
+    assert stream.at(5) == "e5" and source.taken == 6  # a seek ahead skips
+    assert not stream.can_seek(3)  # behind: the caller starts again (rewinddir)
+    assert stream.can_seek(5)
+    for i in range(5, 100):
+        assert stream.at(i) == "e%d" % i
+        stream.taken()
+    assert stream.at(100) is None
+
+
+def test_a_dir_stream_failure_after_entries_went_out_is_told_at_the_next_call():
+    stream = DirStream(Entries(10, fail_at=3))
+    for i in range(3):
+        assert stream.at(i, filled=i > 0) == "e%d" % i
+        stream.taken()
+    assert stream.at(3, filled=True) is None  # this call's entries go out ...
+    with pytest.raises(OSError):
+        stream.at(3)  # ... and the next call fails
+
+
+def test_a_listing_that_fails_is_listed_again_at_the_next_call(tmp_path):
+    store = big_store(2500)
+    ops = make_ops(tmp_path, store)
+    real_list = store.list
+
+    def failing_list(*args, **kwargs):
+        for number, page in enumerate(real_list(*args, **kwargs)):
+            if number == 1 and store.calls["fail"] == 0:
+                store.calls["fail"] += 1
+                raise S3Error(503, "SlowDown")
+            yield page
+
+    store.list = failing_list
+    got = 0
+    with pytest.raises(FuseOSError) as raised:
+        for _ in ops.readdir("/big", 1):
+            got += 1
+    assert raised.value.errno == errno.EIO  # an honest error, not the end of the directory
+    assert 2 < got < 2502  # the first page went out, then the failure
+    assert len(list(ops.readdir("/big", 2))) == 2502  # listed again
+
+
+def test_attr_cache_option_has_a_floor():
+    assert MountOptions.parse(["attr_cache=500"]).attr_cache == 500
+    with pytest.raises(OptionError, match="attr_cache=10"):
+        MountOptions.parse(["attr_cache=10"])
+
+
+# -- through a real mount ------------------------------------------------------------------
+
+
+GETDENTS64 = {"x86_64": 217, "aarch64": 61}
+
+
+def getdents(fd: int, size: int = 4096) -> list[str]:
+    """The names one getdents64 of ``size`` bytes returns (glibc's readdir asks for up to 1 MiB
+    at once, so a small read is made here directly)."""
+    number = GETDENTS64.get(os.uname().machine)
+    if number is None:
+        pytest.skip("no getdents64 number known for %s" % os.uname().machine)
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(size)
+    n = libc.syscall(number, fd, buf, size)
+    if n < 0:
+        raise OSError(ctypes.get_errno(), "getdents64")
+    names, pos, raw = [], 0, buf.raw[:n]
+    while pos < n:  # struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name
+        (reclen,) = struct.unpack_from("H", raw, pos + 16)
+        names.append(raw[pos + 19 : pos + reclen].split(b"\0", 1)[0].decode())
+        pos += reclen
+    return names
+
+
+def put_many(boto, bucket: str, keys: list[str]) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: boto.put_object(Bucket=bucket, Key=k, Body=b"%d" % len(k)), keys))
+
+
+def requests_of(proxy, since: int) -> list[tuple[str, str, dict[str, list[str]]]]:
+    """(method, path, query) of the requests the proxy saw from index ``since`` on."""
+    out = []
+    for method, target in proxy.seen[since:]:
+        path, _, query = target.partition("?")
+        out.append((method, urllib.parse.unquote(path), urllib.parse.parse_qs(query)))
+    return out
+
+
+@pytest.mark.fuse
+def test_a_large_directory_streams_and_is_walked_without_a_head_per_entry(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    count = 2500  # three listing pages
+    put_many(boto, bucket, ["big/f%05d" % i for i in range(count)])
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory("attr_cache=300", config=config).start()
+    big = os.path.join(mount.path, "big")
+    mark = len(faultproxy.seen)
+    fd = os.open(big, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        first = getdents(fd)  # one small read, as a reader that prints as it goes makes
+        pages = [q for m, _, q in requests_of(faultproxy, mark) if m == "GET" and q.get("prefix") == ["big/"]]
+        assert first[:3] == [".", "..", "f00000"] or first[:3] == ["..", ".", "f00000"]
+        assert len(pages) == 1 and "continuation-token" not in pages[0]  # the first page only, so far
+        # A page that fails is an error for that read, not the end of the directory; the read
+        # after it lists again from where the reader was.
+        faultproxy.fail_next(1, status=403)
+        rest, failed = [], []
+        for _ in range(count):
+            try:
+                more = getdents(fd)
+            except OSError as exc:
+                failed.append(exc.errno)
+                continue
+            if not more:
+                break
+            rest += more
+    finally:
+        os.close(fd)
+    assert failed == [errno.EACCES]
+    assert sorted(first + rest) == sorted([".", ".."] + ["f%05d" % i for i in range(count)])
+    # glibc's readdir reads st_blksize bytes of entries at once: a directory's is small, so that
+    # a program reading it (ls -f, os.scandir) gets the first page's entries without the rest.
+    assert os.stat(big).st_blksize <= 32 * 1024
+    env = dict(os.environ, LC_ALL="C")
+    for command in (["ls", "-l", big], ["find", big], ["du", "-s", "--apparent-size", "-b", big]):
+        mark = len(faultproxy.seen)
+        out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=True).stdout
+        seen = requests_of(faultproxy, mark)
+        heads = [p for m, p, _ in seen if m == "HEAD" and p.startswith("/%s/big/f" % bucket)]
+        assert heads == [], command  # no HEAD per entry
+        if command[0] == "ls":
+            assert len(out.splitlines()) == count + 1  # "total" and each file
+        elif command[0] == "find":
+            assert len(out.splitlines()) == count + 1  # the directory and each file
+        else:
+            assert int(out.split()[0]) == sum(len(b"%d" % len("big/f%05d" % i)) for i in range(count))
+    mount.stop()

@@ -1,0 +1,124 @@
+"""The part-size rule (s3fs_mount/s3/parts.py): streams reach S3's 5 TiB in 10,000 parts, and
+reads find the parts' boundaries again to check what they read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from s3fs_mount.fs.options import MountOptions, OptionError
+from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, composite
+from s3fs_mount.s3.parts import (
+    MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    PartLayout,
+    layout_of,
+    most_steady_parts,
+    part_size_for,
+    streaming_layout,
+)
+
+MiB, GiB, TiB = 1 << 20, 1 << 30, 1 << 40
+
+
+def brute_sizes(layout: PartLayout, parts: int) -> list[int]:
+    """Part sizes by the rule's definition, one by one."""
+    return [min(layout.base << ((n - 1) // layout.per_step), MAX_PART_SIZE) for n in range(1, parts + 1)]
+
+
+@pytest.mark.parametrize("part_size", [5 * MiB, 8 * MiB, 16 * MiB, 64 * MiB, 1 * GiB])
+def test_the_10000th_part_of_a_stream_reaches_5_tib(part_size):
+    layout = streaming_layout(part_size)
+    assert layout.size(1) == part_size
+    assert layout.start(MAX_PARTS + 1) >= MAX_OBJECT_SIZE  # 10,000 full parts hold 5 TiB
+    assert layout.count(MAX_OBJECT_SIZE) <= MAX_PARTS
+    assert all(MIN_PART_SIZE <= layout.size(n) <= MAX_PART_SIZE for n in (1, 2000, 5000, MAX_PARTS))
+    # ... and with one part more before each doubling it would not: parts stay small as long as can be.
+    if layout.per_step < MAX_PARTS:
+        assert PartLayout(part_size, layout.per_step + 1).capacity() < MAX_OBJECT_SIZE
+
+
+def test_a_stream_keeps_the_configured_size_for_an_ordinary_file():
+    layout = streaming_layout(8 * MiB)
+    assert layout.per_step == most_steady_parts(8 * MiB) == 1089
+    assert {length for _, _, length in layout.spans(8 * GiB)} == {8 * MiB}  # 1,024 parts of 8 MiB
+    sizes = [length for _, _, length in layout.spans(10 * GiB)]
+    assert sizes[:1089] == [8 * MiB] * 1089 and set(sizes[1089:-1]) == {16 * MiB}
+    assert streaming_layout(1 * MiB).base == MIN_PART_SIZE  # S3's minimum part
+
+
+def test_layout_arithmetic_matches_part_by_part_sums():
+    layouts = (PartLayout(5 * MiB, 1), PartLayout(5 * MiB, 3), PartLayout(7 * MiB), PartLayout(1 * GiB, 2))
+    for layout in layouts:
+        sizes = brute_sizes(layout, 40) if layout.per_step else [layout.base] * 40
+        for n in range(1, 40):
+            assert layout.size(n) == sizes[n - 1]
+            assert layout.start(n) == sum(sizes[: n - 1])
+        total = sum(sizes[:17]) + 12345
+        spans = list(layout.spans(total))
+        assert [s[0] for s in spans] == list(range(1, 19)) and len(spans) == layout.count(total) == 18
+        assert [s[2] for s in spans] == sizes[:17] + [12345]
+        assert all(spans[i][1] + spans[i][2] == spans[i + 1][1] for i in range(17))
+        assert layout.whole(total) == sum(sizes[:17]) and layout.whole(sum(sizes[:5])) == sum(sizes[:5])
+        assert list(layout.spans(total, 18)) == spans[17:]
+    assert PartLayout(5 * MiB).count(0) == 1 and PartLayout(5 * MiB).whole(0) == 0
+    assert PartLayout(5 * MiB, 1).size(30) == MAX_PART_SIZE  # never past S3's largest part
+
+
+def test_a_known_size_picks_one_part_size():
+    assert part_size_for(100 * MiB, 8 * MiB) == 8 * MiB
+    assert part_size_for(1 * MiB, 1 * MiB) == MIN_PART_SIZE
+    part = part_size_for(MAX_OBJECT_SIZE, 8 * MiB)
+    assert -(-MAX_OBJECT_SIZE // part) <= MAX_PARTS and part <= MAX_PART_SIZE
+
+
+@pytest.mark.parametrize(
+    "layout, size",
+    [
+        (PartLayout(5 * MiB, 1), 38 * MiB + 3),
+        (PartLayout(5 * MiB, 2), 61 * MiB),
+        (PartLayout(8 * MiB, 1089), 10 * GiB + 1),
+        (PartLayout(5 * MiB, 997), MAX_OBJECT_SIZE),
+        (PartLayout(7 * MiB), 100 * MiB),
+        (PartLayout(5 * MiB, 4), 20 * MiB),  # four parts of one size: as uniform
+    ],
+)
+def test_a_reader_finds_the_layout_from_the_first_and_the_last_part(layout, size):
+    count = layout.count(size)
+    found = layout_of(size, count, layout.size(1), layout.start(count))
+    assert found is not None
+    assert list(found.spans(size)) == list(layout.spans(size))
+
+
+def test_a_layout_that_is_none_of_ours_is_not_guessed():
+    # 5, 6, 5 MiB: no uniform or doubling layout has these parts.
+    assert layout_of(16 * MiB, 3, 5 * MiB, 11 * MiB) is None
+    assert layout_of(16 * MiB, 3, 5 * MiB, None) is None  # needs the last part's offset
+    assert layout_of(16 * MiB, 3, 0, 11 * MiB) is None
+
+
+def test_a_verifier_checks_parts_of_growing_size():
+    layout = PartLayout(5 * MiB, 1)
+    data = os.urandom(38 * MiB + 3)
+    etag = composite([hashlib.md5(data[off : off + n]).digest() for _, off, n in layout.spans(len(data))])
+    good = Verifier("k", "MD5-of-parts:" + etag, len(data), layout)
+    for off in reversed(range(0, len(data), 3 * MiB)):  # out of order, as parallel reads arrive
+        good.feed(off, [data[off : off + 3 * MiB]])
+    assert good.state == VERIFIED
+    uniform = Verifier("k", "MD5-of-parts:" + etag, len(data), 5 * MiB)  # wrong boundaries: no match
+    uniform.feed(0, [data])
+    assert uniform.state == MISMATCH
+
+
+def test_part_doubling_option_must_still_reach_5_tib():
+    assert MountOptions.parse(["part_size=5M,part_doubling=1"]).part_doubling == 1
+    assert MountOptions.parse([]).part_doubling == 0
+    assert MountOptions.defaults_shown()["part_doubling"] == "auto"
+    with pytest.raises(OptionError, match="part_doubling=2000 with part_size=8M.*at most 1089"):
+        MountOptions.parse(["part_doubling=2000"])
+    with pytest.raises(OptionError, match="part_doubling=-1"):
+        MountOptions.parse(["part_doubling=-1"])

@@ -17,7 +17,7 @@ import uuid
 import boto3
 import pytest
 import s3rig
-from credservers import ACCOUNT, SSO_ROLE, Imds, SsoPortal, sso_config
+from credservers import ACCOUNT, SSO_ROLE, ContainerEndpoint, Imds, SsoPortal, sso_config
 
 from s3fs_mount.s3 import RemoteStore, S3Connection, S3Error, S3Name
 
@@ -252,5 +252,25 @@ def test_a_mount_on_an_sso_profile_is_checked_by_the_server(iam_moto, mount_fact
         env = dict(clean_env, AWS_PROFILE="dev", AWS_ENDPOINT_URL_SSO=portal.url)
         mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
         assert portal.handed_out >= 3  # at the start, and again while the files went up
+    assert_written(iam_moto)
+    assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()
+
+
+@pytest.mark.fuse
+def test_a_mount_on_the_container_endpoint_refreshes_tokens_the_server_checks(
+    iam_moto, mount_factory, clean_env, tmp_path
+):
+    """ECS task roles and EKS Pod Identity: the agent hands out the role's temporary credentials."""
+    token_file = tmp_path / "token"
+    token_file.write_text("eks-pod-identity-token\n")
+    with ContainerEndpoint(("unused", "unused"), "eks-pod-identity-token", lifetime=299) as agent:
+        agent.issue = iam_moto.assume_role
+        env = dict(
+            clean_env,
+            AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.url + "/creds",
+            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token_file),
+        )
+        mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
+        assert agent.handed_out >= 3  # at the start, and again while the files went up
     assert_written(iam_moto)
     assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()

@@ -187,21 +187,6 @@ def test_a_mount_on_web_identity_is_checked_by_the_server(iam_moto, mount_factor
 
 
 @pytest.mark.fuse
-def test_a_mount_on_imds_role_credentials_refreshes_tokens_the_server_checks(
-    iam_moto, mount_factory, clean_env, tmp_path
-):
-    # Each set expires within the 300 s refresh margin: the mount fetches new ones before each
-    # request, and every one of them must sign with a new key and its own token.
-    with Imds(("unused", "unused"), lifetime=299) as imds:
-        imds.issue = iam_moto.assume_role
-        env = dict(clean_env, AWS_EC2_METADATA_DISABLED="false", AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url)
-        mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
-        assert imds.handed_out >= 3  # at the start, and again while the files went up
-    assert_written(iam_moto)
-    assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()
-
-
-@pytest.mark.fuse
 @pytest.mark.parametrize("source", ["Environment", "Ec2InstanceMetadata"])
 def test_a_mount_on_a_credential_source_profile_is_checked_by_the_server(
     iam_moto, mount_factory, clean_env, tmp_path, source
@@ -243,34 +228,40 @@ def test_a_bad_credential_source_is_one_line(tmp_path, monkeypatch):
         load_settings(profile="p")
 
 
-@pytest.mark.fuse
-def test_a_mount_on_an_sso_profile_is_checked_by_the_server(iam_moto, mount_factory, clean_env, tmp_path):
-    """The portal's GetRoleCredentials hands out the role's real temporary credentials, refreshed."""
-    with SsoPortal(("unused", "unused"), ACCOUNT, SSO_ROLE, lifetime=299) as portal:
-        portal.issue = iam_moto.assume_role
-        sso_config(tmp_path, portal)
-        env = dict(clean_env, AWS_PROFILE="dev", AWS_ENDPOINT_URL_SSO=portal.url)
-        mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
-        assert portal.handed_out >= 3  # at the start, and again while the files went up
-    assert_written(iam_moto)
-    assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()
-
-
-@pytest.mark.fuse
-def test_a_mount_on_the_container_endpoint_refreshes_tokens_the_server_checks(
-    iam_moto, mount_factory, clean_env, tmp_path
-):
-    """ECS task roles and EKS Pod Identity: the agent hands out the role's temporary credentials."""
-    token_file = tmp_path / "token"
-    token_file.write_text("eks-pod-identity-token\n")
-    with ContainerEndpoint(("unused", "unused"), "eks-pod-identity-token", lifetime=299) as agent:
-        agent.issue = iam_moto.assume_role
+def refreshing_source(kind: str, world: IamMoto, tmp_path, clean_env):
+    """An emulator of ``kind`` (imds, sso, container) handing out the role's temporary
+    credentials, each set expiring within the 300 s refresh margin; and the mount's environment."""
+    unused = ("unused", "unused")
+    if kind == "imds":
+        server = Imds(unused, lifetime=299)
+        env = dict(clean_env, AWS_EC2_METADATA_DISABLED="false", AWS_EC2_METADATA_SERVICE_ENDPOINT=server.url)
+    elif kind == "sso":
+        server = SsoPortal(unused, ACCOUNT, SSO_ROLE, lifetime=299)
+        sso_config(tmp_path, server)
+        env = dict(clean_env, AWS_PROFILE="dev", AWS_ENDPOINT_URL_SSO=server.url)
+    else:  # ECS task roles and EKS Pod Identity
+        token_file = tmp_path / "token"
+        token_file.write_text("eks-pod-identity-token\n")
+        server = ContainerEndpoint(unused, "eks-pod-identity-token", lifetime=299)
         env = dict(
             clean_env,
-            AWS_CONTAINER_CREDENTIALS_FULL_URI=agent.url + "/creds",
+            AWS_CONTAINER_CREDENTIALS_FULL_URI=server.url + "/creds",
             AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=str(token_file),
         )
+    server.issue = world.assume_role
+    return server, env
+
+
+@pytest.mark.fuse
+@pytest.mark.parametrize("kind", ["imds", "sso", "container"])
+def test_a_mount_refreshes_role_credentials_the_server_checks(
+    iam_moto, mount_factory, clean_env, tmp_path, kind
+):
+    """The mount fetches new credentials before each request, and every set must sign with a new
+    key and its own session token."""
+    server, env = refreshing_source(kind, iam_moto, tmp_path, clean_env)
+    with server:
         mount = mount_and_use(iam_moto, mount_factory, tmp_path, env)
-        assert agent.handed_out >= 3  # at the start, and again while the files went up
+        assert server.handed_out >= 3  # at the start, and again while the files went up
     assert_written(iam_moto)
     assert "refreshed credentials" in mount.log() and "EIO" not in mount.log()

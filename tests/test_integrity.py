@@ -29,15 +29,24 @@ def s3_bytes(boto, bucket: str, key: str) -> bytes:
     return boto.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def put_in_parts(boto, bucket: str, key: str, data: bytes, part: int) -> None:
-    up = boto.create_multipart_upload(Bucket=bucket, Key=key)
+def put_in_parts(boto, bucket: str, key: str, data: bytes, part: int, algorithm: str = "",
+                 kind: str = "COMPOSITE") -> None:
+    """``data`` in parts of ``part`` bytes, as another client writes them; with ``algorithm``
+    each part carries that checksum and S3 keeps the object's as ``kind`` (COMPOSITE: of the
+    parts'; FULL_OBJECT)."""
+    checked = {"ChecksumAlgorithm": algorithm} if algorithm else {}
+    up = boto.create_multipart_upload(
+        Bucket=bucket, Key=key, **checked, **({"ChecksumType": kind} if algorithm else {})
+    )
     parts = []
     for n, off in enumerate(range(0, len(data), part), start=1):
         r = boto.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n,
-                             Body=data[off:off + part])
-        parts.append({"ETag": r["ETag"], "PartNumber": n})
+                             Body=data[off:off + part], **checked)
+        parts.append({"ETag": r["ETag"], "PartNumber": n,
+                      **({"Checksum" + algorithm: r["Checksum" + algorithm]} if algorithm else {})})
+    extra = {"ChecksumType": kind} if kind == "FULL_OBJECT" else {}
     boto.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
-                                   MultipartUpload={"Parts": parts})
+                                   MultipartUpload={"Parts": parts}, **extra)
 
 
 def test_a_body_changed_on_the_way_up_is_refused_and_sent_again(
@@ -185,20 +194,11 @@ def test_what_the_mount_writes_carries_a_crc32_that_its_reads_check(mount_factor
 
 def put_with_checksum(boto, bucket: str, key: str, data: bytes, algorithm: str, part: int = 0,
                       kind: str = "COMPOSITE") -> None:
-    """PUT ``data`` with an ``x-amz-checksum-*`` of ``algorithm``: in one request, or in parts of
-    ``part`` bytes whose checksum S3 keeps as ``kind`` (COMPOSITE: of the parts'; FULL_OBJECT)."""
-    if not part:
+    """PUT ``data`` with an ``x-amz-checksum-*`` of ``algorithm``: in one request, or in parts."""
+    if part:
+        put_in_parts(boto, bucket, key, data, part, algorithm, kind)
+    else:
         boto.put_object(Bucket=bucket, Key=key, Body=data, ChecksumAlgorithm=algorithm)
-        return
-    up = boto.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm=algorithm, ChecksumType=kind)
-    parts = []
-    for n, off in enumerate(range(0, len(data), part), start=1):
-        r = boto.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n,
-                             Body=data[off:off + part], ChecksumAlgorithm=algorithm)
-        parts.append({"ETag": r["ETag"], "PartNumber": n, "Checksum" + algorithm: r["Checksum" + algorithm]})
-    extra = {"ChecksumType": kind} if kind == "FULL_OBJECT" else {}
-    boto.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=up["UploadId"],
-                                   MultipartUpload={"Parts": parts}, **extra)
 
 
 # CRC64NVME is what AWS keeps for every object written without a checksum of its own.

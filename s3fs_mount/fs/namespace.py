@@ -528,10 +528,6 @@ class Namespace:
 
     # -- directories -----------------------------------------------------------------
 
-    def list_dir(self, path: str) -> list[tuple[str, A.Attributes]]:
-        """The entries of a directory, from one paginated listing."""
-        return list(self.iter_dir(path))
-
     def iter_dir(self, path: str) -> Iterator[tuple[str, A.Attributes]]:
         """The entries of a directory as its listing arrives, page by page (no HEAD per entry).
 

@@ -25,8 +25,7 @@ from typing import IO, Protocol, runtime_checkable
 
 from s3fs_mount.s3.names import RemoteName, S3Name
 from s3fs_mount.s3.parts import PartLayout
-from s3fs_mount.s3.sigv4 import uri_encode
-from s3fs_mount.s3.store import MultipartUpload, ObjectInfo
+from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, copy_source
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
 
@@ -216,7 +215,7 @@ class Bucket:
 
     def copy_source(self, key: str) -> str:
         """``key`` as ``x-amz-copy-source`` names it (``/bucket/key``): for ``MultipartUpload.copy_part``."""
-        return "/%s/%s" % (self.name, uri_encode(self.prefix + key, safe="/"))
+        return copy_source(self.name, self.prefix + key)
 
     # -- listing and bulk -------------------------------------------------------------
 

@@ -133,6 +133,11 @@ CHECKSUM_PREFIX = "x-amz-checksum-"
 NO_DIGEST = "none:"
 
 
+def copy_source(bucket: str, key: str) -> str:
+    """``key`` of ``bucket`` as ``x-amz-copy-source`` names it: ``/bucket/key``, URI-encoded."""
+    return "/%s/%s" % (bucket, uri_encode(key, safe="/"))
+
+
 def digest_of(etag: str, checksum: str = "") -> str:
     """An object's digest as :attr:`ObjectInfo.digest` shows it, from its ETag (and checksum)."""
     if checksum:
@@ -448,11 +453,6 @@ class RemoteStore:
                 return None
             layout = known
         return Verifier(info.key, info.digest, info.size, layout)
-
-    def first_part_size(self, remote_name: RemoteName) -> int | None:
-        """The size of part 1 of a multipart object (a HEAD with ``partNumber=1``); None if not told."""
-        found = self._part_range(remote_name, 1)
-        return found[1] if found else None
 
     def part_layout(self, remote_name: RemoteName, size: int, count: int) -> PartLayout | None:
         """Where the ``count`` parts of a ``size``-byte object begin and end, as the check of a
@@ -820,7 +820,7 @@ class RemoteStore:
             out["x-amz-metadata-directive"] = "REPLACE"
         else:
             out.update({k: v for k, v in headers.items() if not k.lower().startswith(META_PREFIX)})
-        source = "/%s/%s" % (sbucket, uri_encode(skey, safe="/"))
+        source = copy_source(sbucket, skey)
         if info is not None and info.size > MAX_SINGLE_COPY:
             return self._multipart_copy(info, source, dbucket, dkey, replace_metadata, out)
         out["x-amz-copy-source"] = source

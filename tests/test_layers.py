@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import s3fs_mount
@@ -48,3 +50,15 @@ def test_only_mount_hands_the_connector_to_the_filesystem():
 def test_the_connector_imports_nothing_of_the_filesystem():
     for path in (PACKAGE / "s3").glob("*.py"):
         assert not {m for m in runtime_imports(path) if m.startswith("s3fs_mount.fs")}, path.name
+
+
+def test_status_tools_load_no_libfuse():
+    """`s3fs-mount status` and the errno mapping work on a machine without libfuse:
+    only the FUSE adapter (fs/fuselib.py and what imports it) loads mfusepy."""
+    code = (
+        "import sys\n"
+        "import s3fs_mount.control, s3fs_mount.fs.errors, s3fs_mount.fs.options, s3fs_mount.fs.namespace\n"
+        "print(sorted(m for m in sys.modules if 'fuse' in m.split('.')[-1].lower()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,27 +1,19 @@
-"""The one mapping from failures to errnos, and the guard every FUSE call runs in.
+"""The one mapping from failures to errnos.
 
 404 -> ENOENT, 403 -> EACCES, 412 -> EIO (changed under us), an upload
 that found another client's version (:class:`Conflict`) -> ESTALE, transport
 failures and 5xx (retries spent) -> EIO. Every failure logs one line with
 the operation, the path and S3's error code; an unexpected exception
-becomes EIO and a traceback in the log, never a dead mount.
+becomes EIO and a traceback in the log, never a dead mount. The guard every
+FUSE call runs in, which applies this mapping, is in :mod:`.fuselib`: this
+module loads no libfuse, so that tools such as ``s3fs-mount status`` need none.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
-import logging
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
-from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
-
-log = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 
 class FsError(OSError):
@@ -59,8 +51,6 @@ class Conflict(FsError):
 
 def errno_for(exc: BaseException) -> int:
     """The errno that honestly describes ``exc``."""
-    if isinstance(exc, FuseOSError):
-        return exc.errno
     if isinstance(exc, S3Error):
         if exc.status == 404:
             return errno.ENOENT
@@ -76,50 +66,3 @@ def errno_for(exc: BaseException) -> int:
     if isinstance(exc, RemoteStoreError):
         return errno.EIO
     return errno.EIO
-
-
-# Errnos that are answers, not trouble: logged at debug level only.
-QUIET = frozenset({errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTSUP})
-
-
-def fuse_operation(fn: F) -> F:
-    """Run a FUSE method so that any failure becomes a FuseOSError and one log line."""
-
-    @functools.wraps(fn)
-    def guarded(self: Any, path: str, *args: Any) -> Any:
-        try:
-            return fn(self, path, *args)
-        except Exception as exc:
-            err = _fuse_error(fn.__name__, path, exc)
-            if err is exc:
-                raise
-            raise err from exc
-
-    return guarded  # type: ignore[return-value]
-
-
-def fuse_entries(operation: str, path: str, entries: Iterator[T]) -> Iterator[T]:
-    """``entries`` as a FUSE call hands them out bit by bit (a streamed ``readdir``): a failure
-    on the way is a FuseOSError and one log line, as in :func:`fuse_operation`."""
-    try:
-        yield from entries
-    except Exception as exc:
-        err = _fuse_error(operation, path, exc)
-        if err is exc:
-            raise
-        raise err from exc
-
-
-def _fuse_error(operation: str, path: str, exc: Exception) -> FuseOSError:
-    """The FuseOSError for ``exc``, logged once."""
-    if isinstance(exc, FuseOSError):
-        if exc.errno not in QUIET:
-            log.info("%s %s: %s", operation, path, errno.errorcode.get(exc.errno, exc.errno))
-        return exc
-    err = errno_for(exc)
-    if isinstance(exc, (RemoteStoreError, FsError, OSError)):
-        level = logging.DEBUG if err in QUIET else logging.WARNING
-        log.log(level, "%s %s: %s (%s)", operation, path, errno.errorcode.get(err, err), exc)
-    else:
-        log.exception("%s %s: unexpected error, returning EIO", operation, path)
-    return FuseOSError(err)

@@ -17,12 +17,22 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ctypes.util import find_library
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from s3fs_mount.fs.errors import FsError, errno_for
+from s3fs_mount.s3.errors import RemoteStoreError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _library() -> str | None:
@@ -259,3 +269,50 @@ class ThreadStates:
             self.held += 1
         ctypes.pythonapi.PyGILState_Ensure()  # the GIL is ours already: one more user of the state
         self._thread.kept = True
+
+
+# Errnos that are answers, not trouble: logged at debug level only.
+QUIET = frozenset({errno.ENOENT, errno.ENODATA, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTSUP})
+
+
+def fuse_operation(fn: F) -> F:
+    """Run a FUSE method so that any failure becomes a FuseOSError and one log line."""
+
+    @functools.wraps(fn)
+    def guarded(self: Any, path: str, *args: Any) -> Any:
+        try:
+            return fn(self, path, *args)
+        except Exception as exc:
+            err = _fuse_error(fn.__name__, path, exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    return guarded  # type: ignore[return-value]
+
+
+def fuse_entries(operation: str, path: str, entries: Iterator[T]) -> Iterator[T]:
+    """``entries`` as a FUSE call hands them out bit by bit (a streamed ``readdir``): a failure
+    on the way is a FuseOSError and one log line, as in :func:`fuse_operation`."""
+    try:
+        yield from entries
+    except Exception as exc:
+        err = _fuse_error(operation, path, exc)
+        if err is exc:
+            raise
+        raise err from exc
+
+
+def _fuse_error(operation: str, path: str, exc: Exception) -> FuseOSError:
+    """The FuseOSError for ``exc``, logged once."""
+    if isinstance(exc, FuseOSError):
+        if exc.errno not in QUIET:
+            log.info("%s %s: %s", operation, path, errno.errorcode.get(exc.errno, exc.errno))
+        return exc
+    err = errno_for(exc)
+    if isinstance(exc, (RemoteStoreError, FsError, OSError)):
+        level = logging.DEBUG if err in QUIET else logging.WARNING
+        log.log(level, "%s %s: %s (%s)", operation, path, errno.errorcode.get(err, err), exc)
+    else:
+        log.exception("%s %s: unexpected error, returning EIO", operation, path)
+    return FuseOSError(err)

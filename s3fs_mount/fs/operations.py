@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, fuse_entries, fuse_operation
-from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_get_context
+from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_entries, fuse_get_context, fuse_operation
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
 from s3fs_mount.fs.namespace import Namespace

@@ -376,7 +376,8 @@ class Uploader:
 
     def abandon(self, item: StagedFile, reason: str, level: int = logging.INFO) -> None:
         """Abort the item's stream, if any, saying why in one log line at ``level`` (and forget
-        a base to stream on from): the file then uploads whole."""
+        a base to stream on from): the file is then uploaded anew (whole at close, or by a
+        stream that starts again from its first byte)."""
         state = self._state(item)
         with state.lock:
             stream, state.stream, state.stream_off = state.stream, None, False
@@ -384,7 +385,7 @@ class Uploader:
         if isinstance(stream, StreamingUpload):
             log.log(
                 level,
-                "%s: streamed upload abandoned after %d bytes (%s): the file uploads whole",
+                "%s: streamed upload abandoned after %d bytes (%s): the file is uploaded anew",
                 item.key,
                 stream.sent_until,
                 reason,

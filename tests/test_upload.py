@@ -137,7 +137,9 @@ def test_a_failed_part_aborts_the_upload_and_the_file_stays_staged(tmp_path, mon
     assert store.objects["big"].data == data and uploader.progress(item)[1] == ""
 
 
-def test_the_routine_aborts_when_the_completion_is_refused(tmp_path):
+def test_the_routine_aborts_when_the_completion_is_refused(tmp_path, monkeypatch):
+    aborted = []
+    monkeypatch.setattr(FakeMultipart, "abort", lambda mpu: aborted.append(mpu.upload_id) or True)
     store = FakeStore()
     store.put("k", b"there already")
     bucket = Bucket(store, "bucket")
@@ -152,7 +154,7 @@ def test_the_routine_aborts_when_the_completion_is_refused(tmp_path):
         )
     assert refused.value.precondition_failed
     assert store.objects["k"].data == b"there already" and not store.uploads
-    assert store.calls["PUT part"] == 2
+    assert store.calls["PUT part"] == 2 and len(aborted) == 1
 
 
 # -- streamed while written ----------------------------------------------------------------

@@ -46,7 +46,8 @@ BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on 
 
 @dataclass
 class Handle:
-    """One open file description."""
+    """One open file description. Immutable after open, but ``read_state`` (see ReadState) and
+    ``accessed`` (unguarded: two first reads at once both apply relatime, harmlessly)."""
 
     item: StagedFile
     path: str
@@ -137,9 +138,9 @@ class S3Operations(Operations):
             if options.writeback
             else None
         )
-        self._handles: dict[int, Handle] = {}
+        self._handles: dict[int, Handle] = {}  # GUARDED_BY(_lock)
         #: .fuse_hidden path -> the unlinked file its handles still use (see _hide)
-        self._hidden: dict[str, StagedFile] = {}
+        self._hidden: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         self.unuploaded: list[str] | None = None  # set by destroy()
         self.dir_times: DirTimesWriter | None = None  # set by start()

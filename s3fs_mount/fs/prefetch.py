@@ -64,7 +64,12 @@ STREAM, LOCAL, STAGED = "stream", "local", "staged"
 
 @dataclass
 class ReadState:
-    """Per open handle: where the last read ended, the window, how far ahead is fetched."""
+    """Per open handle: where the last read ended, the window, how far ahead is fetched.
+
+    ``pieces`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``
+    and ``failed`` are unguarded: FUSE may run two reads of a handle at once, and a race only
+    misjudges whether the reader is sequential (``failed`` only ever becomes True).
+    """
 
     next_offset: int = 0
     window: int = 0
@@ -75,7 +80,7 @@ class ReadState:
     #: The bytes this handle read failed their check: every later read is EIO (the reader has had
     #: some of them; the kernel must not retry its way to a success).
     failed: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces and etag
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Prefetcher:
@@ -89,6 +94,12 @@ class Prefetcher:
         check it: ``(key, etag, size, parts)`` -> :class:`~s3fs_mount.s3.parts.PartLayout`.
     :param verify: check whole-object reads against the object's checksum, or its ETag.
     :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
+
+    Locks: ``_verify_lock`` guards ``_verifiers`` and ``_expectations``; ``_held_lock`` guards
+    ``_held``; neither is held during a request, nor while taking the other (a ReadState's
+    ``lock`` may be held while taking either). Every other
+    field is immutable after __init__. A staged item is filled only through its methods
+    (:meth:`~s3fs_mount.fs.staging.StagedFile.claim_missing`, ``fill``, ``unclaim``).
     """
 
     def __init__(
@@ -107,9 +118,9 @@ class Prefetcher:
         #: The part size of a multipart object (key, etag), for its check; None: unknown.
         self.part_layout_of = part_layout_of
         self.verify = verify
-        #: (key, etag) -> the check of that version's bytes. Guarded by _verify_lock.
+        #: (key, etag) -> the check of that version's bytes. GUARDED_BY(_verify_lock).
         self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
-        #: (key, etag) -> what _expected found (a version's digest never changes). Guarded by _verify_lock.
+        #: (key, etag) -> what _expected found (a version's digest never changes). GUARDED_BY(_verify_lock).
         self._expectations: LRUCache[tuple[str, str], tuple[str, int | PartLayout] | None] = LRUCache(4096)
         self._verify_lock = threading.Lock()
         #: One thread hashes what the checks are fed, off the readers' way, in the order fed.
@@ -119,7 +130,7 @@ class Prefetcher:
         self.max_window = max_window
         self.chunk = chunk
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
-        self._held = 0  # bytes of streamed pieces in memory or on their way, all readers
+        self._held = 0  # GUARDED_BY(_held_lock): bytes of streamed pieces in memory or on their way
         self._held_lock = threading.Lock()
 
     def close(self) -> None:

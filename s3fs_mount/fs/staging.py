@@ -685,7 +685,7 @@ class StagingCache:
     """
 
     def __init__(self, root: str, bucket: str, capacity: int, keep_written: int = 16 << 20) -> None:
-        self.root = root
+        self.root = root  # immutable after __init__ (as bucket, capacity, keep_written, journal)
         self.bucket = bucket
         self.capacity = capacity
         self.keep_written = keep_written
@@ -704,17 +704,19 @@ class StagingCache:
             ) from None
         self.journal = StagingJournal(root)
         try:
-            self._recorded = self.journal.open()  # what the last run left: see recover()
+            #: What the last run left: taken by recover(), before the mount serves.
+            self._recorded = self.journal.open()
         except BaseException:
             self.close()
             raise
         self._lock = threading.Lock()
-        self._items: dict[str, StagedFile] = {}
-        # An upper bound on usage() without stat'ing every file; evict() makes it exact.
+        self._items: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
+        #: GUARDED_BY(_lock). An upper bound on usage() without stat'ing every file; evict() makes it exact.
         self._estimate = 0
-        #: (key, upload id) of multipart uploads clean files still owe an abort (see recover).
+        #: (key, upload id) of multipart uploads clean files still owe an abort. Written by
+        #: recover, before the mount serves; read after it.
         self.orphan_uploads: list[tuple[str, str]] = []
-        #: Keys whose staged copy recovery found changed on disk (kept, never uploaded).
+        #: Keys whose staged copy recovery found changed on disk (kept, never uploaded); as orphan_uploads.
         self.damaged: list[str] = []
 
     def close(self) -> None:

@@ -70,9 +70,9 @@ class StreamBase:
     bytes server-side instead of sending them again.
     """
 
-    etag: str
-    length: int
-    layout: PartLayout
+    etag: str  # GUARDED_BY(its UploadState.lock): a self-copy after the stream moves it on
+    length: int  # immutable
+    layout: PartLayout  # immutable
 
 
 @dataclass
@@ -146,6 +146,8 @@ class Uploader:
         staging: StagingCache | None = None,
         part_doubling: int = 0,
     ) -> None:
+        # Every field is immutable after __init__ but put_check and complete_check (set once,
+        # by configure_checks at mount, before any upload) and _states (see there).
         self.store = store
         self.part_size = part_size
         #: The part sizes of every upload streamed while written.
@@ -640,12 +642,12 @@ class WritebackQueue:
         on_uploaded: Callable[[StagedFile], None] | None = None,
         on_conflict: Callable[[Conflict], None] | None = None,
     ) -> None:
-        self.uploader = uploader
+        self.uploader = uploader  # immutable after __init__ (as every field but _busy)
         self.on_uploaded = on_uploaded  # told of each file uploaded
         self.on_conflict = on_conflict  # told of each upload that found another client's version
         self._queue: queue.Queue[StagedFile | None] = queue.Queue(limit)
         self._idle = threading.Condition()
-        self._busy = 0
+        self._busy = 0  # GUARDED_BY(_idle): files submitted and not yet done
         self._threads = [
             threading.Thread(target=self._run, name="writeback-%d" % i, daemon=True) for i in range(workers)
         ]

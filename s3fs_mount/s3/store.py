@@ -190,9 +190,9 @@ class MultipartUpload:
         self.upload_id = upload_id
         #: ``'CRC32'``: begun with ``x-amz-checksum-algorithm``; every part carries its CRC32.
         self.algorithm = algorithm
-        self._lock = threading.Lock()  # guards parts and crc32
-        self.parts: dict[int, str] = {}
-        self.crc32: dict[int, str] = {}  # part number -> its x-amz-checksum-crc32
+        self._lock = threading.Lock()
+        self.parts: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its ETag
+        self.crc32: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its x-amz-checksum-crc32
 
     def upload_part(self, number: int, data: bytes, checksum: Mapping[str, str] | None = None) -> str:
         """Send part ``number`` (1-based); returns its ETag.

@@ -9,7 +9,7 @@ import pytest
 from fakestore import FakeMultipart, FakeStore
 
 import s3fs_mount.fs.operations as operations_module
-import s3fs_mount.s3.bucket as bucket_module
+import s3fs_mount.fs.upload as upload_module
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
@@ -88,11 +88,18 @@ def test_a_small_file_is_one_put_that_replaces_only_what_it_saw(tmp_path, caplog
     assert any("changed in S3" in r.getMessage() for r in caplog.records)
 
 
-def test_a_new_file_does_not_replace_one_another_client_made(tmp_path):
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("check", ["head", "conditional"])
+def test_a_new_file_in_parts_does_not_replace_one_another_client_made(tmp_path, check, streamed):
     store = FakeStore()
     uploader, cache = uploader_at(tmp_path, store)
+    if check == "head":  # a server that ignores conditions: a HEAD before the completion
+        uploader.put_check = uploader.complete_check = "head"
     item, _ = cache.acquire("f")
-    item.write(0, b"x" * (6 * MiB))  # in parts: the completion carries If-None-Match
+    if streamed:
+        write_through(uploader, item, os.urandom(11 * MiB))
+    else:
+        item.write(0, b"x" * (6 * MiB))  # the completion carries If-None-Match
     store.put("f", b"theirs")
     with pytest.raises(Conflict):
         uploader.flush(item)
@@ -108,7 +115,7 @@ def test_a_large_file_goes_up_through_the_connectors_one_multipart_routine(tmp_p
         used.append(args[1])
         return upload_in_parts(*args, **kwargs)
 
-    monkeypatch.setattr(bucket_module, "upload_in_parts", counted)
+    monkeypatch.setattr(upload_module, "upload_in_parts", counted)
     data = os.urandom(12 * MiB)
     item, _ = cache.acquire("big")
     item.write(0, data)  # no uploader told: nothing streamed
@@ -142,10 +149,10 @@ def test_the_routine_aborts_when_the_completion_is_refused(tmp_path, monkeypatch
     monkeypatch.setattr(FakeMultipart, "abort", lambda mpu: aborted.append(mpu.upload_id) or True)
     store = FakeStore()
     store.put("k", b"there already")
-    bucket = Bucket(store, "bucket")
     data = os.urandom(6 * MiB)
     with pytest.raises(S3Error) as refused:
-        bucket.upload_in_parts(
+        upload_in_parts(
+            Bucket(store, "bucket"),
             "k",
             len(data),
             5 * MiB,
@@ -170,20 +177,6 @@ def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
     assert uploader.flush(item)
     assert store.objects["big"].data == data and not store.uploads
     assert store.calls["PUT"] == 0 and store.calls["PUT part"] == 3
-
-
-@pytest.mark.parametrize("check", ["head", "conditional"])
-def test_a_stream_completes_only_over_what_it_saw(tmp_path, check):
-    store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store)
-    if check == "head":
-        uploader.put_check = uploader.complete_check = "head"
-    item, _ = cache.acquire("big")
-    write_through(uploader, item, os.urandom(11 * MiB))
-    store.put("big", b"theirs")
-    with pytest.raises(Conflict):
-        uploader.flush(item)
-    assert store.objects["big"].data == b"theirs" and not store.uploads
 
 
 def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):

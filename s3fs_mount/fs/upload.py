@@ -51,7 +51,7 @@ from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, upload_in_parts
 
 log = logging.getLogger(__name__)
 
@@ -483,7 +483,8 @@ class Uploader:
             begun.append(mpu)
             item.add_upload(mpu.upload_id)
 
-        etag = self.store.upload_in_parts(
+        etag = upload_in_parts(  # the connector's one routine, through the mounted bucket
+            self.store,
             item.key,
             size,
             self.part_size,

@@ -25,7 +25,7 @@ from typing import IO, Protocol, runtime_checkable
 
 from s3fs_mount.s3.names import RemoteName, S3Name
 from s3fs_mount.s3.parts import PartLayout
-from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, SendPart, copy_source, upload_in_parts
+from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, copy_source
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
 
@@ -267,24 +267,6 @@ class Bucket:
 
     def abort_multipart(self, key: str, upload_id: str) -> bool:
         return self.store.abort_multipart(self.prefix + key, upload_id, bucket=self.name)
-
-    def upload_in_parts(
-        self,
-        key: str,
-        size: int,
-        part_size: int,
-        send_part: SendPart,
-        headers: Mapping[str, str] | None = None,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-        on_begin: Callable[[MultipartUpload], None] | None = None,
-        complete: Callable[[MultipartUpload], str] | None = None,
-        abort: Callable[[MultipartUpload], object] | None = None,
-    ) -> str:
-        """The connector's one multipart upload (:func:`~s3fs_mount.s3.store.upload_in_parts`) of ``key``."""
-        return upload_in_parts(
-            self, key, size, part_size, send_part, headers, if_match, if_none_match, on_begin, complete, abort
-        )
 
     # -- probes at mount -----------------------------------------------------------------
 

@@ -458,9 +458,8 @@ def test_failed_abort_is_retried_at_the_next_mount(tmp_path):
     ops = make_ops(tmp_path, store)
     write_file(ops, "/f", b"x")
     item = ops.staging.get("f")
-    item.upload_ids.append("stale-upload")  # an abort S3 did not answer
+    item.add_upload("stale-upload")  # an abort S3 did not answer (the record keeps it)
     store.uploads.add("stale-upload")
-    item.save()
     ops.staging.close()
     make_ops(tmp_path, store).recover()
     assert "stale-upload" not in store.uploads

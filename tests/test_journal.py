@@ -180,8 +180,7 @@ def test_a_staged_record_has_one_serialization_for_save_and_recovery(tmp_path):
     item.save()
     ops.staging.close()
     (state,) = StagingJournal.read(os.path.join(ops.staging.root, JOURNAL_NAME)).values()
-    with item.cond:
-        record = item.record()
+    record = item.record()
     assert StagedRecord.from_json(state) == record  # what was saved reads back the same
     assert record.digests == {(0, 6): "MD5:abc"} and record.dirty and record.key == "f"
     assert json.loads(json.dumps(record.to_json())) == state

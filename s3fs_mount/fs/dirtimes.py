@@ -26,7 +26,7 @@ class DirTimesWriter:
     """
 
     def __init__(self, namespace: Namespace, interval: float = INTERVAL) -> None:
-        self.namespace = namespace
+        self.namespace = namespace  # immutable after __init__ (as every field here)
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dir-times", daemon=True)

@@ -120,7 +120,8 @@ class FUSE(mfusepy.FUSE):
     ) -> None:
         #: Told of every call (``fuse_call(operation, seconds, result)``); None: nothing is timed.
         self._observer = observer
-        self._listings: dict[int, DirStream] = {}  # directory handle -> its entries, as handed out
+        #: GUARDED_BY(_listings_lock): directory handle -> its entries, as handed out.
+        self._listings: dict[int, DirStream] = {}
         self._listings_lock = threading.Lock()
         self._thread_states = ThreadStates(MAX_HELD_THREAD_STATES)
         prefixes = getattr(operations, "unstored_xattr_prefixes", ())
@@ -254,10 +255,10 @@ class ThreadStates:
     """
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
+        self.limit = limit  # immutable after __init__
+        self.held = 0  # GUARDED_BY(_lock) for writes; read unlocked as a first, cheap check
         self._lock = threading.Lock()
-        self._thread = threading.local()  # .kept: this thread's state is
+        self._thread = threading.local()  # .kept: this thread's state is (each thread its own)
 
     def keep(self) -> None:
         """Keep the calling thread's state (which holds the GIL) until the thread ends."""

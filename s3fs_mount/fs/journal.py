@@ -52,15 +52,15 @@ class StagingJournal:
     """
 
     def __init__(self, directory: str, compact_at: int = COMPACT_AT) -> None:
-        self.directory = directory
-        self.path = os.path.join(directory, JOURNAL_NAME)
-        self.compact_at = compact_at
-        self._lock = threading.Lock()
-        self._fd = -1
-        self._size = 0
-        self._live: dict[str, bytes] = {}  # id -> its last line
-        self._live_bytes = 0
-        self._torn = False  # a write failed part-way: rewrite before appending again
+        self.directory = directory  # immutable after __init__
+        self.path = os.path.join(directory, JOURNAL_NAME)  # immutable after __init__
+        self.compact_at = compact_at  # immutable after __init__
+        self._lock = threading.Lock()  # immutable after __init__; nothing is taken while it is held
+        self._fd = -1  # GUARDED_BY(_lock)
+        self._size = 0  # GUARDED_BY(_lock): bytes in the journal file
+        self._live: dict[str, bytes] = {}  # GUARDED_BY(_lock): id -> its last line
+        self._live_bytes = 0  # GUARDED_BY(_lock)
+        self._torn = False  # GUARDED_BY(_lock): a write failed part-way: rewrite before appending again
 
     @staticmethod
     def read(path: str) -> dict[str, State]:

@@ -26,9 +26,9 @@ class KernelReadahead:
     """
 
     def __init__(self, mountpoint: str, size: int) -> None:
-        self.mountpoint = os.path.realpath(mountpoint)
-        self.size = size
-        self.done = size <= 0
+        self.mountpoint = os.path.realpath(mountpoint)  # immutable after __init__
+        self.size = size  # immutable after __init__
+        self.done = size <= 0  # GUARDED_BY(_lock) for writes; read unlocked as a first, cheap check
         self._lock = threading.Lock()
 
     def ensure(self) -> None:

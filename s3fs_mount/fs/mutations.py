@@ -38,17 +38,11 @@ Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
 
 def staged_attributes(item: StagedFile, defaults: A.Defaults) -> A.Attributes:
     """A staged file's attributes: its pending metadata, local size and times."""
-    with item.cond:
-        a = A.attributes_from(
-            item.metadata,
-            item.size,
-            item.mtime,
-            defaults,
-            "file",
-            etag=item.etag,
-            headers=dict(item.headers),
-        )
-        a.mtime, a.atime, a.ctime = item.mtime, item.atime, item.ctime
+    view = item.view()
+    a = A.attributes_from(
+        view.metadata, view.size, view.mtime, defaults, "file", etag=view.etag, headers=dict(view.headers)
+    )
+    a.mtime, a.atime, a.ctime = view.mtime, view.atime, view.ctime
     return a
 
 
@@ -120,7 +114,7 @@ class Mutations:
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id)
         for item in recovered:
-            for upload_id in list(item.upload_ids):
+            for upload_id in item.pending_uploads():
                 self.uploader.abort_upload(item, upload_id)
             try:
                 current = self.store.head(item.key)
@@ -186,7 +180,7 @@ class Mutations:
         key = self.keymap.key(path)
         item = self.staging.get(key)
         if item is not None:
-            self.uploader.abandon(item)
+            self.uploader.abandon(item, "the file was removed")
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
         self.store.remove(key)
@@ -222,8 +216,7 @@ class Mutations:
         self.namespace.remember(new, moved)
         item = self.staging.get(new_key)
         if item is not None:
-            with item.cond:
-                item.etag = moved.etag
+            item.stored_as(moved.etag)
 
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory, copied in parallel, then deleted. Not atomic."""
@@ -308,8 +301,7 @@ class Mutations:
         item = self.staging.get(key) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
             current = staged_attributes(item, self.defaults)
-            with item.cond:
-                new = stamped(dict(item.metadata), current)
+            new = stamped(dict(item.view().metadata), current)
             A.check_metadata_size(new)
             item.set_metadata(new)
             return

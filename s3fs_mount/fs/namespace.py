@@ -87,6 +87,17 @@ class Namespace:
     :param defaults: attributes for objects without metadata.
     :param clock: what the TTLs (and a directory's new times) are measured by.
     :param attr_cache: the most attributes kept in memory.
+
+    Locks (``_lock`` is never held during a request):
+
+    * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``,
+      ``_removed``, ``_changed``, ``_dir_times``, ``_dir_times_kept``, ``_atimes``, ``root``.
+    * ``_dir_write_lock``: one read-modify-write of a directory's holder at a time (taken
+      before ``_lock``, held across its requests).
+    * ``_conflicts_logged``: unguarded; a race logs a name clash twice, no more.
+    * Immutable after __init__: ``store``, ``keymap``, ``defaults``, ``clock``, ``attr_ttl``,
+      ``listed_names``, ``epoch``; ``dir_meta_on_marker`` is set once by
+      :meth:`configure_directories`, before the mount serves.
     """
 
     def __init__(

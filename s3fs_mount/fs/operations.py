@@ -46,7 +46,8 @@ BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on 
 
 @dataclass
 class Handle:
-    """One open file description."""
+    """One open file description. Immutable after open, but ``read_state`` (see ReadState) and
+    ``accessed`` (unguarded: two first reads at once both apply relatime, harmlessly)."""
 
     item: StagedFile
     path: str
@@ -137,9 +138,9 @@ class S3Operations(Operations):
             if options.writeback
             else None
         )
-        self._handles: dict[int, Handle] = {}
+        self._handles: dict[int, Handle] = {}  # GUARDED_BY(_lock)
         #: .fuse_hidden path -> the unlinked file its handles still use (see _hide)
-        self._hidden: dict[str, StagedFile] = {}
+        self._hidden: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         self.unuploaded: list[str] | None = None  # set by destroy()
         self.dir_times: DirTimesWriter | None = None  # set by start()
@@ -268,10 +269,9 @@ class S3Operations(Operations):
 
     def _whole(self, item: StagedFile) -> None:
         """Before the first write to an object's copy, fetch all of it (crash safety)."""
-        with item.cond:
-            need = not item.dirty and item.remote_size > 0
-        if need:
-            self.prefetcher.ensure(item, 0, item.remote_size)
+        view = item.view()
+        if not view.dirty and view.remote_size > 0:
+            self.prefetcher.ensure(item, 0, view.remote_size)
 
     def _new_handle(self, item: StagedFile, path: str, writable: bool, append: bool = False) -> int:
         fh = next(self._next_fh)
@@ -389,9 +389,7 @@ class S3Operations(Operations):
                     item.reset(a.size, a.etag, a.metadata, a.headers, a.mtime)
                 else:  # close-to-open: follow another client's new version, never an older one
                     item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
-                with item.cond:  # an atime a read moved (relatime), not yet stored
-                    if a.atime is not None and (item.atime is None or item.atime < a.atime):
-                        item.atime = a.atime
+                item.saw_atime(a.atime)  # an atime a read moved (relatime), not yet stored
             if writable and flags & os.O_TRUNC:
                 self._truncate_item(item, 0)
         except BaseException:
@@ -412,13 +410,7 @@ class S3Operations(Operations):
         if self.options.noatime:
             return
         now = self.clock.time()
-        item = h.item
-        with item.cond:
-            if not A.relatime_due(item.atime, item.mtime, item.ctime, now):
-                return
-            item.atime = now
-            clean = not (item.dirty or item.uploading or item.unlinked)
-        if clean:  # else the pending upload stores it
+        if h.item.accessed(now):  # else not due, or the pending upload stores it
             self.namespace.accessed(h.path, now)
 
     @fuse_operation
@@ -441,7 +433,7 @@ class S3Operations(Operations):
     def _truncate_item(self, item: StagedFile, length: int) -> None:
         if length:
             self._whole(item)
-        self.uploader.abandon(item)
+        self.uploader.abandon(item, "truncated to %d bytes" % length)
         item.truncate(length)
 
     @fuse_operation
@@ -602,8 +594,7 @@ class S3Operations(Operations):
         atime, mtime = (_utime(times[0], now), _utime(times[1], now)) if times else (now, now)
         item = self._hidden_item(path) if _is_hidden(path) else self.staging.get(self.keymap.key(path))
         if item is not None:
-            with item.cond:
-                item.times_pinned = True
+            item.pin_times()
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
             meta = _with_posix(meta, cur)
@@ -638,8 +629,7 @@ class S3Operations(Operations):
     def _metadata(self, path: str) -> dict[str, str]:
         item = self.staging.get(self.keymap.key(path)) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
-            with item.cond:
-                return dict(item.metadata)
+            return dict(item.view().metadata)
         return self.namespace.lookup_full(path).metadata
 
     def gauges(self) -> dict[str, float]:
@@ -663,24 +653,25 @@ class S3Operations(Operations):
             writing = {id(h.item): h.item for h in self._handles.values() if h.writable}
         pending = []
         for item in self.staging.pending():
-            with item.cond:
-                pending.append(
-                    {
-                        "path": self.keymap.path(item.key),
-                        "size": item.size,
-                        "state": item.state,
-                        "uploaded": item.uploaded_bytes,
-                        "error": item.upload_error,
-                        "writers": int(id(item) in writing),
-                    }
-                )
+            view = item.view()
+            uploaded, error = self.uploader.progress(item)
+            pending.append(
+                {
+                    "path": self.keymap.path(view.key),
+                    "size": view.size,
+                    "state": item.state,
+                    "uploaded": uploaded,
+                    "error": error,
+                    "writers": int(id(item) in writing),
+                }
+            )
         open_for_writing = []
         for item in writing.values():
-            with item.cond:
-                if not item.unlinked:
-                    open_for_writing.append(
-                        {"path": self.keymap.path(item.key), "size": item.size, "dirty": item.dirty}
-                    )
+            view = item.view()
+            if not view.unlinked:
+                open_for_writing.append(
+                    {"path": self.keymap.path(view.key), "size": view.size, "dirty": view.dirty}
+                )
         return {
             "bucket": self.bucket,
             "prefix": self.keymap.prefix,

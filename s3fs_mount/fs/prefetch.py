@@ -64,7 +64,12 @@ STREAM, LOCAL, STAGED = "stream", "local", "staged"
 
 @dataclass
 class ReadState:
-    """Per open handle: where the last read ended, the window, how far ahead is fetched."""
+    """Per open handle: where the last read ended, the window, how far ahead is fetched.
+
+    ``pieces`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``
+    and ``failed`` are unguarded: FUSE may run two reads of a handle at once, and a race only
+    misjudges whether the reader is sequential (``failed`` only ever becomes True).
+    """
 
     next_offset: int = 0
     window: int = 0
@@ -75,7 +80,7 @@ class ReadState:
     #: The bytes this handle read failed their check: every later read is EIO (the reader has had
     #: some of them; the kernel must not retry its way to a success).
     failed: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces and etag
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Prefetcher:
@@ -89,6 +94,12 @@ class Prefetcher:
         check it: ``(key, etag, size, parts)`` -> :class:`~s3fs_mount.s3.parts.PartLayout`.
     :param verify: check whole-object reads against the object's checksum, or its ETag.
     :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
+
+    Locks: ``_verify_lock`` guards ``_verifiers`` and ``_expectations``; ``_held_lock`` guards
+    ``_held``; neither is held during a request, nor while taking the other (a ReadState's
+    ``lock`` may be held while taking either). Every other
+    field is immutable after __init__. A staged item is filled only through its methods
+    (:meth:`~s3fs_mount.fs.staging.StagedFile.claim_missing`, ``fill``, ``unclaim``).
     """
 
     def __init__(
@@ -107,9 +118,9 @@ class Prefetcher:
         #: The part size of a multipart object (key, etag), for its check; None: unknown.
         self.part_layout_of = part_layout_of
         self.verify = verify
-        #: (key, etag) -> the check of that version's bytes. Guarded by _verify_lock.
+        #: (key, etag) -> the check of that version's bytes. GUARDED_BY(_verify_lock).
         self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
-        #: (key, etag) -> what _expected found (a version's digest never changes). Guarded by _verify_lock.
+        #: (key, etag) -> what _expected found (a version's digest never changes). GUARDED_BY(_verify_lock).
         self._expectations: LRUCache[tuple[str, str], tuple[str, int | PartLayout] | None] = LRUCache(4096)
         self._verify_lock = threading.Lock()
         #: One thread hashes what the checks are fed, off the readers' way, in the order fed.
@@ -119,7 +130,7 @@ class Prefetcher:
         self.max_window = max_window
         self.chunk = chunk
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
-        self._held = 0  # bytes of streamed pieces in memory or on their way, all readers
+        self._held = 0  # GUARDED_BY(_held_lock): bytes of streamed pieces in memory or on their way
         self._held_lock = threading.Lock()
 
     def close(self) -> None:
@@ -177,10 +188,9 @@ class Prefetcher:
             raise
         state.next_offset = max(end, state.next_offset) if state.window else end
         if end >= item.remote_size:
-            with item.cond:
-                etag, clean = item.etag, not (item.dirty or item.uploading)
-            if clean and etag:
-                self._check(item, etag, state)
+            view = item.view()
+            if view.etag and not (view.dirty or view.uploading):
+                self._check(item, view.etag, state)
         return item.read(offset, end - offset)
 
     def drop(self, state: ReadState) -> None:
@@ -193,10 +203,10 @@ class Prefetcher:
     @staticmethod
     def _source(item: StagedFile, offset: int, end: int) -> str:
         """Where a sequential read's bytes come from: the staged file, or S3 by streaming."""
-        with item.cond:
-            if not item.etag or item.dirty or item.uploading or not end <= item.remote_size == item.size:
-                return STAGED  # being written, or never was remote: the staged file has it all
-            return STREAM if item.missing(offset, end) else LOCAL
+        gaps = item.remote_gaps(offset, end)
+        if gaps is None:
+            return STAGED  # being written, or never was remote: the staged file has it all
+        return STREAM if gaps else LOCAL
 
     def _stream(self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int) -> bytes:
         """``[offset, end)`` from the reader's pieces in memory; fetches them, and on to ``ahead_end``."""
@@ -289,14 +299,7 @@ class Prefetcher:
             return None
         return digest, known
 
-    def _completes_object(self, item: StagedFile, etag: str, start: int, end: int) -> bool:
-        """Does the fetch of ``[start, end)`` make version ``etag`` wholly local? (Caller holds
-        cond.) Never for a file being written: its bytes are not only S3's."""
-        if not self.verify or not etag or item.etag != etag or item.dirty or item.uploading:
-            return False
-        return all(start <= gs and ge <= end for gs, ge in item.missing(0, item.remote_size))
-
-    def _check_fetched(self, item: StagedFile, etag: str, generation: int, fd: int, size: int) -> None:
+    def _check_fetched(self, item: StagedFile, etag: str, generation: int, size: int) -> None:
         """Hash the ``size`` bytes of version ``etag`` from the staged file: :class:`Corrupt`, and
         the fetched bytes forgotten, if they do not match what S3 stored."""
         expected = self._expected(item.key, etag, size)
@@ -304,13 +307,11 @@ class Prefetcher:
             return
         verifier = Verifier(item.key, expected[0], size, expected[1])  # hashes in this thread, as fed
         for at in range(0, size, BLOCK):
-            verifier.feed(at, [os.pread(fd, min(BLOCK, size - at), at)])
+            verifier.feed(at, [os.pread(item.fd, min(BLOCK, size - at), at)])
         if verifier.state != MISMATCH:
             return
-        with item.cond:
-            if item.generation != generation:
-                return  # written meanwhile: those are not the bytes that were fetched
-        item.drop_fetched(etag)
+        if not item.drop_fetched(etag, generation):
+            return  # written meanwhile: those are not the bytes that were fetched
         raise Corrupt("%s: the %d bytes fetched do not match what S3 stored" % (item.key, size))
 
     def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
@@ -351,21 +352,15 @@ class Prefetcher:
         An object of up to ``chunk`` bytes that has a digest is fetched whole, in one GET,
         and checked before a byte of it is served (:class:`Corrupt` if it fails).
         """
-        with item.cond:
-            etag, size = item.etag, item.remote_size
-            small = 0 < size <= self.chunk and not (item.dirty or item.uploading)
+        view = item.view()
+        etag, size = view.etag, view.remote_size
+        small = 0 < size <= self.chunk and not (view.dirty or view.uploading)
         if small and etag and self._expected(item.key, etag, size) is not None:
             start, end = 0, size  # one GET, checked before any of it is served
         while True:
-            with item.cond:
-                gaps = item.missing(start, end)
-                if not gaps:
-                    return
-                mine = [g for g in gaps if not _overlaps(g, item.inflight)]
-                if not mine:
-                    item.cond.wait()
-                    continue
-                item.inflight.extend(mine)
+            mine = item.claim_missing(start, end)
+            if not mine:
+                return
             jobs = [(s, min(s + self.chunk, ge)) for gs, ge in mine for s in range(gs, ge, self.chunk)]
             if len(jobs) == 1:
                 self._fetch(item, *jobs[0], claimed=mine)
@@ -375,20 +370,11 @@ class Prefetcher:
                     for f in futures:
                         f.result()
                 finally:
-                    self._unclaim(item, mine)
+                    item.unclaim(mine)
 
     def _schedule(self, item: StagedFile, start: int, end: int) -> None:
         """Fetch ``[start, end)`` in the background, in pieces on a ``chunk`` grid."""
-        with item.cond:
-            pieces = []
-            for gs, ge in item.missing(start, end):
-                pos = gs
-                while pos < ge:
-                    piece = (pos, min(ge, (pos // self.chunk + 1) * self.chunk))
-                    if not _overlaps(piece, item.inflight):
-                        pieces.append(piece)
-                    pos = piece[1]
-            item.inflight.extend(pieces)
+        pieces = item.claim_missing(start, end, grid=self.chunk, wait=False)
         for piece in pieces:
             self.pool.submit(self._background, item, piece)
 
@@ -402,61 +388,32 @@ class Prefetcher:
         try:
             self._fetch_piece(item, start, end)
         finally:
-            self._unclaim(item, claimed)
+            item.unclaim(claimed)
 
     def _fetch_piece(self, item: StagedFile, start: int, end: int) -> None:
-        with item.cond:
-            etag = item.etag
+        """Fetch ``[start, end)`` (claimed by the caller) into the staged file."""
+        etag = item.etag
         try:
-            data = self.store.get_range(
-                item.key, start, end - start, if_match=etag or None
-            )
+            data = self.store.get_range(item.key, start, end - start, if_match=etag or None)
         except S3Error as exc:
             if exc.precondition_failed and _moved_on(item, etag):
                 return  # our own upload (or a newer open) moved the item on: the caller looks again
             raise
-        with item.cond:
-            fd = item.fd
-            data = data[: max(0, min(end, item.remote_size) - start)]
-            if item.etag != etag:
-                return  # those are the old version's bytes
-        if fd < 0:
-            return
-        # Outside the lock: the range is ours (in flight), and readers need the lock meanwhile.
-        os.pwrite(fd, data, start)
-        with item.cond:
-            complete = self._completes_object(item, etag, start, end)
-            generation, size = item.generation, item.remote_size
-            if not complete:
-                # A short answer means the object ends here: the rest reads as zeros.
-                item.present.add(start, end)
+        filled = item.fill(start, end, data, etag, hold_whole=self.verify)
+        if filled is None:
+            return  # the old version's bytes, or the item is closed
         if self.on_fetched is not None:
-            self.on_fetched(len(data))
-        if not complete:
+            self.on_fetched(filled.written)
+        if not filled.held:
             return
-        # The range is still ours (in flight): no reader sees its bytes before they are checked.
-        self._check_fetched(item, etag, generation, fd, size)
-        with item.cond:
-            if item.etag == etag:
-                item.present.add(start, end)
-
-    @staticmethod
-    def _unclaim(item: StagedFile, claimed: list[tuple[int, int]]) -> None:
-        with item.cond:
-            for piece in claimed:
-                if piece in item.inflight:
-                    item.inflight.remove(piece)
-            item.cond.notify_all()
+        # The range is still claimed: no reader sees its bytes before they are checked.
+        self._check_fetched(item, etag, filled.generation, filled.size)
+        item.fill_checked(start, end, etag)
 
 
 def _moved_on(item: StagedFile, etag: str) -> bool:
     """Is the item no longer at version ``etag``? Then a 412 for it is no news of another client."""
-    with item.cond:
-        return item.etag != etag
-
-
-def _overlaps(r: tuple[int, int], others: list[tuple[int, int]]) -> bool:
-    return any(s < r[1] and r[0] < e for s, e in others)
+    return item.etag != etag
 
 
 def _round_up(n: int) -> int:

@@ -12,14 +12,22 @@ file; an fsync whose upload fails makes them durable here.)
 
 Locks, in the order they may be taken:
 
-1. ``StagedFile.upload_lock``: one upload of an item at a time.
+1. The upload unit's locks of an item (:class:`~s3fs_mount.fs.upload.UploadState`:
+   its ``upload_lock``, one upload of the item at a time, then its ``lock``).
 2. ``StagedFile.save_lock``: one record write of an item at a time.
-3. ``StagingCache._lock``: the key -> item table and the usage total.
-4. ``StagedFile.cond`` (its lock): every other field of the item.
+3. ``StagingCache._lock``: the key -> item table, the usage total, and each
+   item's ``key``, ``open_count``, ``last_used`` and ``unlinked``.
+4. ``StagedFile.cond`` (its lock): the item's content and version fields
+   (each field says which lock guards it).
 5. The journal's own lock (:class:`~s3fs_mount.fs.journal.StagingJournal`):
    one append at a time; nothing is taken while it is held.
 
-No lock is held during a network request except ``upload_lock``.
+Only this module takes an item's locks: other units see an item through its
+methods (prefetch through :meth:`StagedFile.claim_missing`,
+:meth:`StagedFile.fill` and :meth:`StagedFile.unclaim`; readers through
+:meth:`StagedFile.view`), and tests/test_layers.py checks that on the source.
+No lock is held during a network request except the upload unit's
+``upload_lock``.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time
+from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time, relatime_due
 from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.ranges import RangeSet
 from s3fs_mount.s3.checksums import digest_of_bytes
@@ -115,44 +123,92 @@ class StagedRecord:
         )
 
 
+@dataclass(frozen=True)
+class ItemView:
+    """An item's state at one moment, taken under its lock (:meth:`StagedFile.view`).
+
+    ``metadata`` and ``headers`` are the item's own dicts, which are replaced whole,
+    never changed in place: copy them before changing them.
+    """
+
+    key: str
+    size: int
+    remote_size: int
+    etag: str
+    metadata: dict[str, str]
+    headers: dict[str, str]
+    mtime: float
+    atime: float | None
+    ctime: float | None
+    times_pinned: bool
+    dirty: bool
+    uploading: bool
+    unlinked: bool
+    generation: int
+
+
+@dataclass(frozen=True)
+class Filled:
+    """What :meth:`StagedFile.fill` did with fetched bytes.
+
+    ``held``: they make version ``etag`` wholly local, and are written but not yet
+    marked present: the caller checks the ``size`` bytes, then calls
+    :meth:`StagedFile.fill_checked` (or :meth:`StagedFile.drop_fetched` with ``generation``).
+    """
+
+    written: int
+    held: bool = False
+    generation: int = 0
+    size: int = 0
+
+
 class StagedFile:
-    """The local copy of one object. See the module docstring for the locks."""
+    """The local copy of one object. See the module docstring for the locks.
+
+    Other units change an item only through its methods; each field below says
+    which lock guards it.
+    """
 
     def __init__(self, cache: StagingCache, item_id: str, key: str) -> None:
-        self.cache = cache
-        self.id = item_id
+        self.cache = cache  # immutable after __init__
+        self.id = item_id  # immutable after __init__
+        self.data_path = os.path.join(cache.root, item_id + ".data")  # immutable after __init__
+        self.cond = threading.Condition(threading.Lock())  # immutable after __init__
+        self.save_lock = threading.Lock()  # immutable after __init__
+        #: GUARDED_BY(cache._lock): changed by StagingCache.rekey (a rename, a conflict name).
         self.key = key
-        self.data_path = os.path.join(cache.root, item_id + ".data")
-        self.cond = threading.Condition(threading.Lock())
-        self.upload_lock = threading.Lock()
-        self.save_lock = threading.Lock()
+        #: Set by open_fd (at acquire, before any handle has the item) and close_fd (at
+        #: discard, after the last); read without a lock.
         self.fd = -1
-        self.size = 0  # logical size
-        self.remote_size = 0  # bytes [0, remote_size) still come from S3 when missing
-        self.present = RangeSet()
-        self.inflight: list[tuple[int, int]] = []
-        self.etag = ""  # the remote version our bytes came from ("" for a new file)
-        #: When (time.monotonic) ``etag`` became known: a lookup answered before then is older
-        #: than what this item knows, and must not replace it (our own upload moved it on).
+        self.size = 0  # GUARDED_BY(cond): the logical size
+        self.remote_size = 0  # GUARDED_BY(cond): bytes [0, remote_size) still come from S3 when missing
+        self.present = RangeSet()  # GUARDED_BY(cond)
+        self.inflight: list[tuple[int, int]] = []  # GUARDED_BY(cond): ranges claimed by a fetch
+        self.etag = ""  # GUARDED_BY(cond): the remote version our bytes came from ("" for a new file)
+        #: GUARDED_BY(cond). When (time.monotonic) ``etag`` became known: a lookup answered before
+        #: then is older than what this item knows, and must not replace it (our own upload moved it on).
         self.etag_since = time.monotonic()
-        self.metadata: dict[str, str] = {}  # every x-amz-meta-* to upload with
-        self.headers: dict[str, str] = {}  # Content-Type and friends
-        self.mtime = time.time()
-        self.atime: float | None = None  # None: as mtime
-        self.ctime: float | None = None  # None: as mtime
-        self.times_pinned = False  # times set by utimens since the last reset: they must reach S3
-        self.dirty = False
-        self.uploading = False
-        self.generation = 0  # bumped by every change to content or metadata
-        self.open_count = 0
+        #: GUARDED_BY(cond): every x-amz-meta-* to upload with (replaced whole, never changed in place).
+        self.metadata: dict[str, str] = {}
+        self.headers: dict[str, str] = {}  # GUARDED_BY(cond): Content-Type and friends (replaced whole)
+        self.mtime = time.time()  # GUARDED_BY(cond)
+        self.atime: float | None = None  # GUARDED_BY(cond); None: as mtime
+        self.ctime: float | None = None  # GUARDED_BY(cond); None: as mtime
+        #: GUARDED_BY(cond): times set by utimens since the last reset: they must reach S3.
+        self.times_pinned = False
+        self.dirty = False  # GUARDED_BY(cond)
+        self.uploading = False  # GUARDED_BY(cond): set by begin_upload, cleared by end_upload
+        self.generation = 0  # GUARDED_BY(cond): bumped by every change to content or metadata
+        self.open_count = 0  # GUARDED_BY(cache._lock)
+        #: GUARDED_BY(cache._lock), but write() moves it under cond: only an order for eviction.
         self.last_used = time.monotonic()
-        self.unlinked = False
-        self.upload_error: str = ""
-        self.uploaded_bytes = 0  # progress of the upload under way
-        self.stream: object | None = None  # a StreamingUpload, owned by fs.upload
-        self.upload_ids: list[str] = []  # multipart uploads under way, aborted after a crash
-        #: (offset, length) -> digest (``CRC32:...``, ``MD5:...``) of those staged bytes as an upload
-        #: sent them: recovery checks the data file against them. A write over a range drops it.
+        self.unlinked = False  # GUARDED_BY(cache._lock); read under either lock
+        #: GUARDED_BY(cond): multipart uploads under way, aborted after a crash (the upload unit
+        #: adds and forgets them through add_upload and forget_upload).
+        self.upload_ids: list[str] = []
+        #: GUARDED_BY(cond). (offset, length) -> digest (``CRC32:...``, ``MD5:...``) of those staged
+        #: bytes as an upload sent them: recovery checks the data file against them. A write over a
+        #: range drops it.
         self.digests: dict[tuple[int, int], str] = {}
 
     # -- state ---------------------------------------------------------------------
@@ -162,6 +218,26 @@ class StagedFile:
         if self.uploading:
             return UPLOADING
         return DIRTY if self.dirty else CLEAN
+
+    def view(self) -> ItemView:
+        """The item's state at one moment (under its lock)."""
+        with self.cond:
+            return ItemView(
+                key=self.key,
+                size=self.size,
+                remote_size=self.remote_size,
+                etag=self.etag,
+                metadata=self.metadata,
+                headers=self.headers,
+                mtime=self.mtime,
+                atime=self.atime,
+                ctime=self.ctime,
+                times_pinned=self.times_pinned,
+                dirty=self.dirty,
+                uploading=self.uploading,
+                unlinked=self.unlinked,
+                generation=self.generation,
+            )
 
     def open_fd(self) -> None:
         if self.fd < 0:
@@ -173,7 +249,12 @@ class StagedFile:
             self.fd = -1
 
     def record(self) -> StagedRecord:
-        """What the journal keeps of this item. Caller holds cond."""
+        """What the journal keeps of this item."""
+        with self.cond:
+            return self._record()
+
+    def _record(self) -> StagedRecord:
+        """record's work; the caller holds cond."""
         return StagedRecord(
             bucket=self.cache.bucket,
             key=self.key,
@@ -222,7 +303,7 @@ class StagedFile:
             with self.cond:
                 if self.unlinked:
                     return  # written through a handle after its unlink: nothing to recover
-                state = self.record().to_json()
+                state = self._record().to_json()
             if durable and self.fd >= 0:
                 os.fsync(self.fd)  # the bytes before the record that points at them
             self.cache.journal.record(self.id, state, durable=durable)
@@ -235,6 +316,11 @@ class StagedFile:
         if start >= end:
             return []
         return self.present.missing(start, end)
+
+    def covers(self, start: int, end: int) -> bool:
+        """Are all of ``[start, end)`` local, and within the file?"""
+        with self.cond:
+            return end <= self.size and self.present.covers(start, end)
 
     def read(self, offset: int, size: int) -> bytes:
         """Local bytes; the caller has made sure they are present."""
@@ -253,7 +339,7 @@ class StagedFile:
                     offset = self.size
                 end = offset + len(data)
                 # A fetch of these bytes still in flight would overwrite them: wait for it.
-                if not any(s < end and offset < e for s, e in self.inflight):
+                if not _overlaps((offset, end), self.inflight):
                     break
                 self.cond.wait()
             os.pwrite(self.fd, data, offset)
@@ -287,6 +373,86 @@ class StagedFile:
             self.dirty = True
         self.save()
 
+    # -- fetching remote bytes (the prefetcher's three steps) ----------------------------
+
+    def claim_missing(
+        self, start: int, end: int, grid: int = 0, wait: bool = True
+    ) -> list[tuple[int, int]]:
+        """Ranges of ``[start, end)`` still to fetch from S3, now marked in flight (claimed) for
+        the caller, who must :meth:`fill` them and then :meth:`unclaim` them, even on failure.
+
+        With ``grid`` the ranges are cut at multiples of it. Ranges another fetch has
+        claimed are left to it; with ``wait``, when every missing range is claimed by
+        others, this waits for them and looks again. ``[]``: nothing (else) to fetch.
+        """
+        with self.cond:
+            while True:
+                pieces = []
+                for gs, ge in self.missing(start, end):
+                    pos = gs
+                    while pos < ge:
+                        piece = (pos, min(ge, (pos // grid + 1) * grid) if grid else ge)
+                        pieces.append(piece)
+                        pos = piece[1]
+                mine = [p for p in pieces if not _overlaps(p, self.inflight)]
+                if mine or not pieces or not wait:
+                    self.inflight.extend(mine)
+                    return mine
+                self.cond.wait()
+
+    def fill(self, start: int, end: int, data: bytes, etag: str, hold_whole: bool = False) -> Filled | None:
+        """Bytes of version ``etag`` fetched for the claimed range ``[start, end)``: write them, and
+        mark the range present. A short ``data`` means the object ends there: the rest reads as
+        zeros. None when they are not wanted (the item moved to another version, or is closed).
+
+        With ``hold_whole``, bytes that make the clean item's version wholly local are written
+        but not marked present (see :class:`Filled`): no reader sees them before they are checked.
+        """
+        with self.cond:
+            fd = self.fd
+            data = data[: max(0, min(end, self.remote_size) - start)]
+            if self.etag != etag or fd < 0:
+                return None
+        # Outside the lock: the range is claimed, and readers need the lock meanwhile.
+        os.pwrite(fd, data, start)
+        with self.cond:
+            held = hold_whole and self._completes(etag, start, end)
+            if not held:
+                self.present.add(start, end)
+            return Filled(len(data), held, self.generation, self.remote_size)
+
+    def _completes(self, etag: str, start: int, end: int) -> bool:
+        """Does ``[start, end)`` make version ``etag`` wholly local? Never for a file being
+        written: its bytes are not only S3's. (Caller holds cond.)"""
+        if not etag or self.etag != etag or self.dirty or self.uploading:
+            return False
+        return all(start <= gs and ge <= end for gs, ge in self.missing(0, self.remote_size))
+
+    def fill_checked(self, start: int, end: int, etag: str) -> None:
+        """The held bytes of ``[start, end)`` passed their check: present, if still of ``etag``."""
+        with self.cond:
+            if self.etag == etag:
+                self.present.add(start, end)
+
+    def unclaim(self, claimed: list[tuple[int, int]]) -> None:
+        """The fetch of ``claimed`` ranges is over (filled or failed): others may fetch them."""
+        with self.cond:
+            for piece in claimed:
+                if piece in self.inflight:
+                    self.inflight.remove(piece)
+            self.cond.notify_all()
+
+    def remote_gaps(self, start: int, end: int) -> list[tuple[int, int]] | None:
+        """Ranges of ``[start, end)`` not local, when the item is a clean copy of a version in S3
+        and the range lies in it; None when its bytes are not only S3's (written here, or never
+        remote): the staged file has them all."""
+        with self.cond:
+            if not self.etag or self.dirty or self.uploading or not end <= self.remote_size == self.size:
+                return None
+            return self.missing(start, end)
+
+    # -- digests ---------------------------------------------------------------------
+
     def note_digest(self, offset: int, length: int, digest: str) -> None:
         """An upload read ``[offset, offset+length)`` and sent it with this digest (``CRC32:...``,
         ``MD5:...``): recorded, so that recovery can tell whether the data file still holds it."""
@@ -310,6 +476,8 @@ class StagedFile:
             if digest_of_bytes(digest.partition(":")[0], chunks) != digest:
                 bad.append((off, n))
         return bad
+
+    # -- metadata and times ----------------------------------------------------------------
 
     def set_metadata(self, metadata: dict[str, str]) -> None:
         """Replace the pending metadata (it rides along with the next upload); its times are the item's."""
@@ -335,6 +503,61 @@ class StagedFile:
         self.atime = parse_time(metadata.get(ATIME, "")) if ATIME in metadata else self.atime
         self.ctime = parse_time(metadata.get(CTIME, "")) if CTIME in metadata else self.ctime
 
+    def saw_atime(self, atime: float | None) -> None:
+        """S3 (or the namespace) knows an access time: keep the later of it and ours."""
+        if atime is None:
+            return
+        with self.cond:
+            if self.atime is None or self.atime < atime:
+                self.atime = atime
+
+    def accessed(self, now: float) -> bool:
+        """A first read through a handle at ``now``: move atime if ``relatime`` says so. True when
+        it moved on a clean item (then the caller stores it; a pending upload stores a dirty one's)."""
+        with self.cond:
+            if not relatime_due(self.atime, self.mtime, self.ctime, now):
+                return False
+            self.atime = now
+            return not (self.dirty or self.uploading or self.unlinked)
+
+    def pin_times(self) -> None:
+        """Times were set (utimens): the next upload must store them, even after a stream."""
+        with self.cond:
+            self.times_pinned = True
+
+    # -- uploads (the upload unit's view of the item) -----------------------------------
+
+    def begin_upload(self) -> tuple[int, str] | None:
+        """An upload starts: ``(generation, etag it may replace)``, or None when clean.
+        The item is ``uploading`` until :meth:`end_upload`."""
+        with self.cond:
+            if not self.dirty:
+                return None
+            self.uploading = True
+            return self.generation, self.etag
+
+    def end_upload(self) -> None:
+        """The upload :meth:`begin_upload` started is over (done or failed)."""
+        with self.cond:
+            self.uploading = False
+
+    def stored_as(self, etag: str) -> None:
+        """S3 holds the item's bytes as version ``etag`` now (a rename's copy), or nothing (``""``:
+        it moved to a new name)."""
+        with self.cond:
+            self.etag = etag
+
+    def add_upload(self, upload_id: str) -> None:
+        """A multipart upload of the item began: recorded, so that a crash leaves no dangling parts."""
+        with self.cond:
+            self.upload_ids.append(upload_id)
+        self.save()
+
+    def pending_uploads(self) -> list[str]:
+        """The multipart uploads of the item still owed a completion or an abort."""
+        with self.cond:
+            return list(self.upload_ids)
+
     def forget_upload(self, upload_id: str) -> None:
         """A multipart upload of ours is finished or aborted: no longer owed an abort."""
         with self.cond:
@@ -351,7 +574,6 @@ class StagedFile:
             self.etag = etag
             self.etag_since = time.monotonic()
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
-            self.upload_error = ""
             if self.generation != generation:
                 return False
             self.dirty = False
@@ -403,12 +625,17 @@ class StagedFile:
             self._reset(size, etag, metadata, headers, mtime)
         self.drop_record()
 
-    def drop_fetched(self, etag: str) -> None:
+    def drop_fetched(self, etag: str, generation: int | None = None) -> bool:
         """Forget the bytes fetched of version ``etag`` (they failed a check): read again, they are
-        fetched again. Only a clean item's: written bytes are the only copy."""
+        fetched again. Only a clean item's: written bytes are the only copy. With ``generation``,
+        only if nothing changed since it (else those are not the bytes that were fetched): False then.
+        """
         with self.cond:
+            if generation is not None and self.generation != generation:
+                return False
             if self.etag == etag and not (self.dirty or self.uploading):
                 self.present = RangeSet()
+            return True
 
     def _reset(
         self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
@@ -429,7 +656,6 @@ class StagedFile:
         self.mtime = mtime
         self.dirty = False
         self.generation += 1
-        self.uploaded_bytes = 0
         self.digests = {}  # they were the old version's
 
     def local_bytes(self) -> int:
@@ -437,6 +663,10 @@ class StagedFile:
             return os.stat(self.data_path).st_blocks * 512
         except OSError:
             return 0
+
+
+def _overlaps(r: tuple[int, int], others: list[tuple[int, int]]) -> bool:
+    return any(s < r[1] and r[0] < e for s, e in others)
 
 
 class CacheInUse(OSError):
@@ -455,7 +685,7 @@ class StagingCache:
     """
 
     def __init__(self, root: str, bucket: str, capacity: int, keep_written: int = 16 << 20) -> None:
-        self.root = root
+        self.root = root  # immutable after __init__ (as bucket, capacity, keep_written, journal)
         self.bucket = bucket
         self.capacity = capacity
         self.keep_written = keep_written
@@ -474,17 +704,19 @@ class StagingCache:
             ) from None
         self.journal = StagingJournal(root)
         try:
-            self._recorded = self.journal.open()  # what the last run left: see recover()
+            #: What the last run left: taken by recover(), before the mount serves.
+            self._recorded = self.journal.open()
         except BaseException:
             self.close()
             raise
         self._lock = threading.Lock()
-        self._items: dict[str, StagedFile] = {}
-        # An upper bound on usage() without stat'ing every file; evict() makes it exact.
+        self._items: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
+        #: GUARDED_BY(_lock). An upper bound on usage() without stat'ing every file; evict() makes it exact.
         self._estimate = 0
-        #: (key, upload id) of multipart uploads clean files still owe an abort (see recover).
+        #: (key, upload id) of multipart uploads clean files still owe an abort. Written by
+        #: recover, before the mount serves; read after it.
         self.orphan_uploads: list[tuple[str, str]] = []
-        #: Keys whose staged copy recovery found changed on disk (kept, never uploaded).
+        #: Keys whose staged copy recovery found changed on disk (kept, never uploaded); as orphan_uploads.
         self.damaged: list[str] = []
 
     def close(self) -> None:

@@ -4,8 +4,8 @@ A file written from its start (a new file, or one opened with O_TRUNC) that
 grows past the multipart threshold starts a multipart upload at once; each
 part is sent, in the background, as soon as the writer has filled it, so
 close waits only for the tail. A write behind what was already sent, or a
-truncate, abandons the stream (the log says why) and the close uploads the
-file whole.
+truncate, or a part that fails, abandons the stream (one log line says why,
+:meth:`Uploader.abandon`) and the close uploads the file whole.
 
 An fsync (or ``s3fs-mount sync``) in the middle of such a write completes
 the stream, so what was written is in S3, and remembers that the object
@@ -24,6 +24,10 @@ ETags, and :class:`~s3fs_mount.fs.errors.Conflict` tells the caller.
 
 Multipart upload ids are recorded in the item's record, so uploads a crash
 interrupted are aborted at the next mount.
+
+What an upload keeps of an item (its stream, its progress, its last error)
+is an :class:`UploadState`, owned by the :class:`Uploader` and touched by
+nothing else; the item itself changes only through its methods.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import queue
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -46,14 +51,12 @@ from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, upload_in_parts
 
 log = logging.getLogger(__name__)
 
 #: Tests set this to kill the mount right after an upload, before its record is cleared.
 CRASH_AFTER_UPLOAD = os.environ.get("S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD") == "1"
-#: ``item.stream`` when streaming failed to start: upload whole at close, don't try again.
-STREAM_OFF = "off"
 #: How uploads guard against replacing another client's version (see the module docstring).
 CHECK_CONDITIONAL, CHECK_HEAD, CHECK_OFF = "conditional", "head", "off"
 
@@ -67,14 +70,15 @@ class StreamBase:
     bytes server-side instead of sending them again.
     """
 
-    etag: str
-    length: int
-    layout: PartLayout
+    etag: str  # GUARDED_BY(its UploadState.lock): a self-copy after the stream moves it on
+    length: int  # immutable
+    layout: PartLayout  # immutable
 
 
 @dataclass
 class StreamingUpload:
-    """A multipart upload fed part by part. Guarded by its item's cond.
+    """A multipart upload fed part by part. Every field is GUARDED_BY(its UploadState.lock)
+    once the stream is published in ``UploadState.stream``.
 
     Its first ``copied_parts`` parts copy the first ``copied`` bytes (whole parts of
     ``layout``) from a :class:`StreamBase`; the rest are the file's bytes from there on,
@@ -99,6 +103,27 @@ class StreamingUpload:
         return self.layout.size(number + self.skipped)
 
 
+class UploadState:
+    """What the upload unit keeps of one item; only :class:`Uploader` reads or writes it.
+
+    Locks: ``upload_lock`` (one upload of the item at a time, held across its requests)
+    is taken before ``lock``, and both before any of the item's own locks (see
+    :mod:`s3fs_mount.fs.staging`); no request is sent while ``lock`` is held.
+    """
+
+    def __init__(self) -> None:
+        self.upload_lock = threading.Lock()  # immutable after __init__
+        self.lock = threading.Lock()  # immutable after __init__
+        #: GUARDED_BY(lock): the multipart upload fed while the file is written, or the bytes a
+        #: completed one left in S3 to stream on from, or None.
+        self.stream: StreamingUpload | StreamBase | None = None
+        #: GUARDED_BY(lock): streaming failed to start: upload whole at close, don't try again
+        #: (until the stream is abandoned).
+        self.stream_off = False
+        self.uploaded_bytes = 0  # GUARDED_BY(lock): progress of the upload under way, or the last
+        self.error = ""  # GUARDED_BY(lock): why the last upload failed ("" when it did not)
+
+
 class Uploader:
     """Puts staged files into S3.
 
@@ -121,6 +146,8 @@ class Uploader:
         staging: StagingCache | None = None,
         part_doubling: int = 0,
     ) -> None:
+        # Every field is immutable after __init__ but put_check and complete_check (set once,
+        # by configure_checks at mount, before any upload) and _states (see there).
         self.store = store
         self.part_size = part_size
         #: The part sizes of every upload streamed while written.
@@ -132,6 +159,27 @@ class Uploader:
         #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
         self.put_check = CHECK_HEAD
         self.complete_check = CHECK_HEAD
+        #: GUARDED_BY(_states_lock): each item's UploadState, gone with the item.
+        self._states: weakref.WeakKeyDictionary[StagedFile, UploadState] = weakref.WeakKeyDictionary()
+        self._states_lock = threading.Lock()
+
+    def _state(self, item: StagedFile) -> UploadState:
+        with self._states_lock:
+            state = self._states.get(item)
+            if state is None:
+                state = self._states[item] = UploadState()
+            return state
+
+    def progress(self, item: StagedFile) -> tuple[int, str]:
+        """``(bytes sent, error)`` of the item's upload under way, or of its last one."""
+        state = self._state(item)
+        with state.lock:
+            return state.uploaded_bytes, state.error
+
+    def _sent(self, item: StagedFile, nbytes: int) -> None:
+        state = self._state(item)
+        with state.lock:
+            state.uploaded_bytes += nbytes
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
@@ -161,14 +209,14 @@ class Uploader:
 
     def headers(self, item: StagedFile, with_times: bool = True) -> dict[str, str]:
         """The headers an upload of ``item`` carries: content headers, metadata, its times."""
-        with item.cond:
-            out = dict(item.headers)
-            out.update(item.metadata)
-            if with_times:
-                out.update(time_metadata(item.mtime, item.atime, item.ctime))
-            else:
-                for name in (MTIME, ATIME, CTIME):
-                    out.pop(name, None)
+        view = item.view()
+        out = dict(view.headers)
+        out.update(view.metadata)
+        if with_times:
+            out.update(time_metadata(view.mtime, view.atime, view.ctime))
+        else:
+            for name in (MTIME, ATIME, CTIME):
+                out.pop(name, None)
         return out
 
     def etags_of(self, item: StagedFile) -> set[str]:
@@ -193,70 +241,69 @@ class Uploader:
 
     def before_write(self, item: StagedFile, offset: int) -> None:
         """A write is coming at ``offset``: abandon a stream (or base) it would contradict."""
-        stream = item.stream
-        if isinstance(stream, StreamingUpload) and offset < stream.sent_until:
-            log.info(
-                "%s: a write at %d, behind the %d bytes streamed: uploading whole at close",
-                item.key,
-                offset,
-                stream.sent_until,
-            )
-            self.abandon(item)
-        elif isinstance(stream, StreamBase) and offset < stream.length:
-            with item.cond:
-                if item.stream is stream:
-                    item.stream = None
+        state = self._state(item)
+        with state.lock:
+            stream = state.stream
+            if isinstance(stream, StreamBase) and offset < stream.length:
+                state.stream = None  # S3's first bytes will not be the file's: nothing to stream on from
+                return
+            if not (isinstance(stream, StreamingUpload) and offset < stream.sent_until):
+                return
+            sent = stream.sent_until
+        self.abandon(item, "a write at %d, behind the %d bytes streamed" % (offset, sent))
 
     def after_write(self, item: StagedFile) -> None:
         """Send any part the writer has now filled, if the file is being written from scratch."""
-        with item.cond:
-            stream = item.stream
-            if item.size < self.threshold or item.uploading:
+        state = self._state(item)
+        view = item.view()
+        with state.lock:
+            stream = state.stream
+            if view.size < self.threshold or view.uploading or state.stream_off:
                 return
-            if stream is None and item.remote_size:
+            if stream is None and view.remote_size:
                 return  # not written from its start: uploaded whole at close
-        if stream is STREAM_OFF:
-            return
         if stream is None or isinstance(stream, StreamBase):
             try:
                 stream = self._start_stream(item, stream)
             except Exception as exc:  # the bytes are staged: close uploads them whole
                 log.warning("%s: could not start a streamed upload (%s); uploading at close", item.key, exc)
-                with item.cond:
-                    item.stream = STREAM_OFF
+                with state.lock:
+                    state.stream_off = True
                 return
             if stream is None:
                 return
-        assert isinstance(stream, StreamingUpload)
         while True:
-            with item.cond:
-                if item.stream is not stream:
+            with state.lock:
+                if state.stream is not stream:
                     return
                 start = stream.sent_until
                 number = stream.next_part
                 length = stream.part_length(number)
-                if start + length > item.size or not item.present.covers(start, start + length):
+                if not item.covers(start, start + length):
                     return
                 stream.next_part += 1
             self._slots.acquire()  # back-pressure: the writer waits for the network
             fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, length)
-            with item.cond:
+            with state.lock:
                 stream.futures.append(fut)
 
     def _start_stream(self, item: StagedFile, base: StreamBase | None) -> StreamingUpload | None:
         """Begin a stream; from ``base``, its first parts are copies of what S3 already has."""
-        with item.cond:
-            if base is not None and (item.stream is not base or item.etag != base.etag):
-                item.stream = None  # S3's object is no longer the one the base describes
+        state = self._state(item)
+        view = item.view()
+        with state.lock:
+            if base is not None and (state.stream is not base or view.etag != base.etag):
+                if state.stream is base:
+                    state.stream = None  # S3's object is no longer the one the base describes
                 base = None
-            if base is None and item.remote_size:
+            if base is None and view.remote_size:
                 return None
         layout = base.layout if base else self.stream_layout
         headers = self.headers(item, with_times=False)
         # Copied parts: not every server gives their CRC32, so such a stream goes without.
         stream = StreamingUpload(self._begin_multipart(item, headers, checksum=base is None), layout, headers)
-        with item.cond:
-            item.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
+        with state.lock:
+            state.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
         if base is not None:
             source = self.store.copy_source(item.key)
             for number, (first, last) in enumerate(_copy_spans(layout, base.length), start=1):
@@ -275,8 +322,8 @@ class Uploader:
                 base.length,
                 stream.copied_parts,
             )
-        with item.cond:
-            item.stream = stream
+        with state.lock:
+            state.stream = stream
         return stream
 
     def _copy_part(
@@ -290,8 +337,7 @@ class Uploader:
         etag: str,
     ) -> str:
         result = mpu.copy_part(number, source, first, last, if_match=etag)
-        with item.cond:
-            item.uploaded_bytes += last - first + 1
+        self._sent(item, last - first + 1)
         return result
 
     def _begin_multipart(
@@ -299,9 +345,7 @@ class Uploader:
     ) -> MultipartUpload:
         """Start a multipart upload, recorded so that a crash leaves no dangling parts."""
         mpu = self.store.start_multipart(item.key, headers, checksum=checksum)
-        with item.cond:
-            item.upload_ids.append(mpu.upload_id)
-        item.save()
+        item.add_upload(mpu.upload_id)
         return mpu
 
     def abort_upload(self, item: StagedFile, upload_id: str) -> None:
@@ -316,8 +360,7 @@ class Uploader:
         try:
             data = os.pread(item.fd, size, offset)
             etag = mpu.upload_part(number, data, self._checksum(item, offset, data, mpu.algorithm))
-            with item.cond:
-                item.uploaded_bytes += len(data)
+            self._sent(item, len(data))
             return etag
         finally:
             if slot:
@@ -333,12 +376,23 @@ class Uploader:
         item.save()
         return header
 
-    def abandon(self, item: StagedFile) -> None:
-        """Abort the item's stream, if any (and forget a base to stream on from)."""
-        with item.cond:
-            stream, item.stream = item.stream, None
+    def abandon(self, item: StagedFile, reason: str, level: int = logging.INFO) -> None:
+        """Abort the item's stream, if any, saying why in one log line at ``level`` (and forget
+        a base to stream on from): the file is then uploaded anew (whole at close, or by a
+        stream that starts again from its first byte)."""
+        state = self._state(item)
+        with state.lock:
+            stream, state.stream, state.stream_off = state.stream, None, False
+            futures = list(stream.futures) if isinstance(stream, StreamingUpload) else []
         if isinstance(stream, StreamingUpload):
-            concurrent.futures.wait(stream.futures)
+            log.log(
+                level,
+                "%s: streamed upload abandoned after %d bytes (%s): the file is uploaded anew",
+                item.key,
+                stream.sent_until,
+                reason,
+            )
+            concurrent.futures.wait(futures)
             self.abort_upload(item, stream.mpu.upload_id)
 
     # -- flush ---------------------------------------------------------------------------
@@ -352,15 +406,15 @@ class Uploader:
         since this mount last saw it: ours is then in S3 under the conflict
         name, and the item with it.
         """
-        with item.upload_lock:
-            with item.cond:
-                if not item.dirty:
-                    return True
-                generation = item.generation
-                replaces = item.etag  # the version we may replace ("" for nothing)
-                item.uploading = True
-                if not isinstance(item.stream, StreamingUpload):
-                    item.uploaded_bytes = 0
+        state = self._state(item)
+        with state.upload_lock:
+            begun = item.begin_upload()
+            if begun is None:
+                return True
+            generation, replaces = begun  # replaces: the version we may replace ("" for nothing)
+            with state.lock:
+                if not isinstance(state.stream, StreamingUpload):
+                    state.uploaded_bytes = 0
             started = time.monotonic()
             try:
                 etag, size = self._upload(item, replaces)
@@ -368,29 +422,33 @@ class Uploader:
             except _Clobbered as clash:
                 return self._keep_both(item, generation, replaces, clash.theirs)
             except BaseException as exc:
-                with item.cond:
-                    item.upload_error = str(exc)
+                with state.lock:
+                    state.error = str(exc)
                 raise
             finally:
-                with item.cond:
-                    item.uploading = False
+                item.end_upload()
             if CRASH_AFTER_UPLOAD:  # test hook: die in the window between upload and bookkeeping
                 os.kill(os.getpid(), signal.SIGKILL)
             clean = item.mark_clean(generation, etag, size)
+            with state.lock:
+                state.error = ""
             log.debug("uploaded %s (%d bytes) in %.2fs", item.key, size, time.monotonic() - started)
             return clean
 
     def _abort_leftovers(self, item: StagedFile) -> None:
         """Abort the item's multipart uploads an earlier abort failed on (S3 answers again now)."""
-        with item.cond:
-            live = item.stream.mpu.upload_id if isinstance(item.stream, StreamingUpload) else None
-            leftovers = [u for u in item.upload_ids if u != live]
-        for upload_id in leftovers:
-            self.abort_upload(item, upload_id)
+        state = self._state(item)
+        with state.lock:
+            live = state.stream.mpu.upload_id if isinstance(state.stream, StreamingUpload) else None
+        for upload_id in item.pending_uploads():
+            if upload_id != live:
+                self.abort_upload(item, upload_id)
 
     def _upload(self, item: StagedFile, replaces: str) -> tuple[str, int]:
         """Put the item's bytes in S3, replacing only version ``replaces``; (ETag, bytes)."""
-        stream = item.stream
+        state = self._state(item)
+        with state.lock:
+            stream = state.stream
         if isinstance(stream, StreamBase):
             try:
                 stream = self._start_stream(item, stream)
@@ -403,13 +461,11 @@ class Uploader:
             try:
                 return self._finish_stream(item, stream, replaces)
             except _Clobbered:
-                self.abandon(item)
+                self.abandon(item, "S3's object changed since this mount saw it")
                 raise
             except Exception as exc:
-                log.warning("%s: streamed upload failed (%s); uploading whole", item.key, exc)
-                self.abandon(item)
-        with item.cond:
-            size = item.size
+                self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
+        size = item.view().size
         self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
             data = os.pread(item.fd, size, 0)
@@ -421,49 +477,55 @@ class Uploader:
                 md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
                 self._refused(item, exc, md5)
                 return md5, size
-        part = part_size_for(size, self.part_size)
-        mpu = self._begin_multipart(item, self.headers(item))
-        try:
-            self.store.run_parallel(
-                (lambda n=n, off=off: self._send_part(item, mpu, n, off, min(part, size - off), False))
-                for n, off in enumerate(range(0, size, part), start=1)
-            )
-            etag = self._complete(item, mpu, replaces)
-        except BaseException:
-            self.abort_upload(item, mpu.upload_id)
-            raise
-        item.forget_upload(mpu.upload_id)
+        begun: list[MultipartUpload] = []
+
+        def recorded(mpu: MultipartUpload) -> None:
+            begun.append(mpu)
+            item.add_upload(mpu.upload_id)
+
+        etag = upload_in_parts(  # the connector's one routine, through the mounted bucket
+            self.store,
+            item.key,
+            size,
+            self.part_size,
+            lambda mpu, n, off, length: self._send_part(item, mpu, n, off, length, False),
+            headers=self.headers(item),
+            on_begin=recorded,
+            complete=lambda mpu: self._complete(item, mpu, replaces),
+            abort=lambda mpu: self.abort_upload(item, mpu.upload_id),
+        )
+        item.forget_upload(begun[0].upload_id)
         return etag, size
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:
-        with item.cond:
-            size = item.size
+        state = self._state(item)
+        size = item.view().size
+        with state.lock:
             spans = list(stream.layout.spans(size, stream.next_part + stream.skipped))
             stream.next_part += len(spans)
+            futures = list(stream.futures)
         tail = [
             self.pool.submit(self._send_part, item, stream.mpu, n - stream.skipped, off, length, False)
             for n, off, length in spans
         ]
-        for fut in list(stream.futures) + tail:
+        for fut in futures + tail:
             fut.result()
         self._check_by_head(item, replaces, self.complete_check)
         etag = self._complete(item, stream.mpu, replaces)
         whole_parts = stream.layout.whole(size)
-        with item.cond:
+        with state.lock:
             # The next write streams on from here, copying what S3 now has.
-            item.stream = StreamBase(etag, whole_parts, stream.layout) if whole_parts else None
+            state.stream = StreamBase(etag, whole_parts, stream.layout) if whole_parts else None
         item.forget_upload(stream.mpu.upload_id)
-        with item.cond:
-            pinned = item.times_pinned
-        if pinned or self.headers(item, with_times=False) != stream.headers:
+        if item.view().times_pinned or self.headers(item, with_times=False) != stream.headers:
             # Metadata changed while the parts were going up, or times were set (utimens, as
             # cp -p does): one self-copy sets them. Else Last-Modified stands for the times.
             etag = self.store.copy_object(
                 item.key, item.key, self.headers(item), replace_metadata=True, if_match=etag
             )
-            with item.cond:
-                if isinstance(item.stream, StreamBase):
-                    item.stream.etag = etag
+            with state.lock:
+                if isinstance(state.stream, StreamBase):
+                    state.stream.etag = etag
         return etag, size
 
     # -- conflicts -------------------------------------------------------------------------
@@ -516,23 +578,18 @@ class Uploader:
             theirs or "none (deleted)",
             saved_as,
         )
-        if self.staging is not None:
-            self.staging.rekey(key, saved_as)
-        else:
-            item.key = saved_as
-        with item.cond:
-            item.etag = ""  # nothing there yet
-            item.uploading = True
+        (self.staging or item.cache).rekey(key, saved_as)
+        item.stored_as("")  # nothing there yet; the item stays uploading (flush ends that)
+        state = self._state(item)
         try:
             etag, size = self._upload(item, "")
         except BaseException as exc:
-            with item.cond:
-                item.upload_error = str(exc)
+            with state.lock:
+                state.error = str(exc)
             raise
-        finally:
-            with item.cond:
-                item.uploading = False
         item.mark_clean(generation, etag, size)
+        with state.lock:
+            state.error = ""
         raise Conflict(key, saved_as, replaces, theirs)
 
 
@@ -586,12 +643,12 @@ class WritebackQueue:
         on_uploaded: Callable[[StagedFile], None] | None = None,
         on_conflict: Callable[[Conflict], None] | None = None,
     ) -> None:
-        self.uploader = uploader
+        self.uploader = uploader  # immutable after __init__ (as every field but _busy)
         self.on_uploaded = on_uploaded  # told of each file uploaded
         self.on_conflict = on_conflict  # told of each upload that found another client's version
         self._queue: queue.Queue[StagedFile | None] = queue.Queue(limit)
         self._idle = threading.Condition()
-        self._busy = 0
+        self._busy = 0  # GUARDED_BY(_idle): files submitted and not yet done
         self._threads = [
             threading.Thread(target=self._run, name="writeback-%d" % i, daemon=True) for i in range(workers)
         ]

@@ -242,10 +242,13 @@ class S3Connection:
         self.stats = RequestStats()
         self.signer = SigV4Signer(access_key_id, secret_access_key, self.region, session_token=session_token)
         #: Temporary credentials: when they expire (epoch seconds), and how to get new ones.
+        #: ``credentials_expire``, ``access_key_id`` and ``signer`` are written under _refresh_lock
+        #: (or before requests are sent) and read without it: a reader gets the old signer or the
+        #: new one, each whole. Every other field is immutable after __init__.
         self.credentials_expire = credentials_expire
         self.credential_refresh = credential_refresh
         self._refresh_lock = threading.Lock()
-        #: bucket -> the region S3 said it is in, where that is not ``region``. Guarded by _region_lock.
+        #: bucket -> the region S3 said it is in, where that is not ``region``. GUARDED_BY(_region_lock).
         self._bucket_regions: dict[str, str] = {}
         self._region_lock = threading.Lock()
         # Requests go straight to requests' transport adapter (its urllib3 pool, its exceptions,

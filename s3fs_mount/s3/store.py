@@ -3,7 +3,7 @@
 The six methods of the seed API (``copy``, ``delete``, ``exists``, ``read``,
 ``update_metadata``, ``write``) keep its contract exactly: all but ``exists``
 log failures and return True/False. The methods the filesystem needs
-(``head``, ``get_range``, ``put``, ``upload_file``, ``start_multipart``,
+(``head``, ``get_range``, ``put``, ``upload_file``, ``start_multipart``, :func:`upload_in_parts`,
 ``copy_object``, ``list``, ``delete_keys``, buckets) raise :class:`S3Error`
 or the transport's exception instead, so callers can map them to errnos.
 """
@@ -20,7 +20,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO, Protocol
 
 import requests
 import urllib3
@@ -190,9 +190,9 @@ class MultipartUpload:
         self.upload_id = upload_id
         #: ``'CRC32'``: begun with ``x-amz-checksum-algorithm``; every part carries its CRC32.
         self.algorithm = algorithm
-        self._lock = threading.Lock()  # guards parts and crc32
-        self.parts: dict[int, str] = {}
-        self.crc32: dict[int, str] = {}  # part number -> its x-amz-checksum-crc32
+        self._lock = threading.Lock()
+        self.parts: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its ETag
+        self.crc32: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its x-amz-checksum-crc32
 
     def upload_part(self, number: int, data: bytes, checksum: Mapping[str, str] | None = None) -> str:
         """Send part ``number`` (1-based); returns its ETag.
@@ -290,6 +290,69 @@ class MultipartUpload:
             log.warning("could not abort multipart upload of %s: %s", self.key, exc)
             return False
         return True
+
+
+class PartStore(Protocol):
+    """What :func:`upload_in_parts` needs: a RemoteStore, or a Bucket (whose names are keys)."""
+
+    def start_multipart(
+        self, name: Any, headers: Mapping[str, str] | None = None, checksum: bool = True
+    ) -> MultipartUpload: ...
+
+    def run_parallel(self, jobs: Iterable[Callable[[], object]]) -> None: ...
+
+
+#: Sends part ``number`` (bytes ``[offset, offset + length)`` of the source) of an upload; its ETag.
+SendPart = Callable[[MultipartUpload, int, int, int], str]
+
+
+def upload_in_parts(
+    store: PartStore,
+    name: Any,
+    size: int,
+    part_size: int,
+    send_part: SendPart,
+    headers: Mapping[str, str] | None = None,
+    if_match: str | None = None,
+    if_none_match: bool = False,
+    on_begin: Callable[[MultipartUpload], None] | None = None,
+    complete: Callable[[MultipartUpload], str] | None = None,
+    abort: Callable[[MultipartUpload], object] | None = None,
+) -> str:
+    """The one multipart upload of ``size`` known bytes: returns the new object's ETag.
+
+    Parts of :func:`~s3fs_mount.s3.parts.part_size_for` ``(size, part_size)`` bytes go up in
+    parallel on the store's part pool (at most ``max_workers`` at once), each sent by
+    ``send_part(mpu, number, offset, length)`` (which reads its bytes and gives the part its
+    checksum: :meth:`MultipartUpload.upload_part` makes one when not given); then the upload
+    completes, conditional on ``if_match`` / ``if_none_match`` (:func:`write_conditions`).
+    Any failure aborts it (no part stays behind) and raises. Hooks for callers that keep
+    books: ``on_begin(mpu)`` once it has an id, ``complete(mpu)`` instead of the plain
+    conditional completion, ``abort(mpu)`` instead of :meth:`MultipartUpload.abort`.
+
+    ::
+
+        >>> etag = upload_in_parts(store, 'big.bin', size, 8 << 20,
+        ...                        lambda mpu, n, off, length: mpu.upload_part(n, read(off, length)))
+    """
+    part = part_size_for(size, part_size)
+    mpu = store.start_multipart(name, headers)
+    try:
+        if on_begin is not None:
+            on_begin(mpu)
+        store.run_parallel(
+            (lambda n=n, off=off: send_part(mpu, n, off, min(part, size - off)))
+            for n, off in enumerate(range(0, size, part), start=1)
+        )
+        if complete is not None:
+            return complete(mpu)
+        return mpu.complete(if_match=if_match, if_none_match=if_none_match)
+    except BaseException:
+        if abort is not None:
+            abort(mpu)
+        else:
+            mpu.abort()
+        raise
 
 
 class RemoteStore:
@@ -749,21 +812,18 @@ class RemoteStore:
         if size < self.multipart_threshold:  # one read into memory: its bytes get a Content-MD5
             with open(local_name, "rb") as f:
                 return self.put(remote_name, f.read(), headers)
-        part = part_size_for(size, self.part_size)
-        mpu = self.start_multipart(remote_name, headers)
+        fd = os.open(local_name, os.O_RDONLY)
         try:
-            fd = os.open(local_name, os.O_RDONLY)
-            try:
-                self.run_parallel(
-                    (lambda n=n, off=off: mpu.upload_part(n, os.pread(fd, min(part, size - off), off)))
-                    for n, off in enumerate(range(0, size, part), start=1)
-                )
-            finally:
-                os.close(fd)
-            return mpu.complete()
-        except BaseException:
-            mpu.abort()
-            raise
+            return upload_in_parts(
+                self,
+                remote_name,
+                size,
+                self.part_size,
+                lambda mpu, n, off, length: mpu.upload_part(n, os.pread(fd, length, off)),
+                headers,
+            )
+        finally:
+            os.close(fd)
 
     def run_parallel(self, jobs: Iterable[Callable[[], object]]) -> None:
         """Run jobs on the part pool, at most ``max_workers`` in flight; first error wins."""

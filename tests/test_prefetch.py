@@ -1,0 +1,134 @@
+"""The prefetcher on its own, on the fake store: fetches into staged files, races, failures, checks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+
+import pytest
+from fakestore import FakeStore
+
+from s3fs_mount.fs.errors import Corrupt, FsError
+from s3fs_mount.fs.prefetch import Prefetcher, ReadState
+from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.errors import S3Error
+
+MiB = 1 << 20
+
+
+def setup(tmp_path, size: int, chunk: int = MiB) -> tuple[FakeStore, bytes, Prefetcher, StagedFile]:
+    """Object "k" of ``size`` random bytes, a prefetcher, and an item that is a clean copy of it."""
+    store = FakeStore()
+    data = os.urandom(size)
+    store.put("k", data)
+    bucket = Bucket(store, "bucket")
+    prefetcher = Prefetcher(
+        bucket, max_window=4 * chunk, chunk=chunk, workers=2, part_layout_of=bucket.part_layout
+    )
+    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
+    item, _ = cache.acquire("k")
+    info = store.head("k")
+    item.reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
+    return store, data, prefetcher, item
+
+
+def test_ensure_fetches_what_is_missing_once(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 5 * MiB)
+    prefetcher.ensure(item, MiB, 3 * MiB)
+    assert item.read(MiB, 2 * MiB) == data[MiB : 3 * MiB]
+    gets = store.calls["GET"]
+    prefetcher.ensure(item, MiB, 2 * MiB)
+    assert store.calls["GET"] == gets  # local now
+    assert item.remote_gaps(0, 5 * MiB) == [(0, MiB), (3 * MiB, 5 * MiB)]
+
+
+def test_a_failed_fetch_raises_and_leaves_the_range_to_the_next_read(tmp_path, monkeypatch):
+    store, data, prefetcher, item = setup(tmp_path, 3 * MiB)
+    real = store.get_range
+
+    def failing(*args, **kwargs):
+        raise S3Error(500, "InternalError", "no bytes today")
+
+    monkeypatch.setattr(store, "get_range", failing)
+    with pytest.raises(S3Error):
+        prefetcher.ensure(item, 0, 2 * MiB)  # two pieces, in parallel: both claims released
+    with pytest.raises(S3Error):
+        prefetcher.ensure(item, 0, MiB // 2)  # one piece, in this thread
+    assert item.claim_missing(0, 3 * MiB, wait=False) == [(0, 3 * MiB)]  # nothing left in flight
+    item.unclaim([(0, 3 * MiB)])
+    monkeypatch.setattr(store, "get_range", real)
+    prefetcher.ensure(item, 0, 2 * MiB)
+    assert item.read(0, 2 * MiB) == data[: 2 * MiB]
+
+
+def test_a_write_racing_a_fetch_of_its_bytes_wins(tmp_path, monkeypatch):
+    """The write waits for the fetch in flight, then lands over the fetched bytes."""
+    store, data, prefetcher, item = setup(tmp_path, 2 * MiB)
+    real = store.get_range
+    writers: list[threading.Thread] = []
+
+    def get_range(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        if not writers:  # a write of these bytes comes in while the GET is under way
+            writer = threading.Thread(target=item.write, args=(100, b"WRITTEN"))
+            writers.append(writer)
+            writer.start()
+            while writer.is_alive() and not item.cond._waiters:  # type: ignore[attr-defined]
+                writer.join(0.001)
+        return answer
+
+    monkeypatch.setattr(store, "get_range", get_range)
+    prefetcher.ensure(item, 0, 2 * MiB)
+    writers[0].join()
+    assert item.read(0, 2 * MiB) == data[:100] + b"WRITTEN" + data[107 : 2 * MiB]
+    assert item.view().dirty
+
+
+def test_a_fetch_of_a_version_replaced_meanwhile_is_not_filled(tmp_path, monkeypatch):
+    store, data, prefetcher, item = setup(tmp_path, MiB)
+    real = store.get_range
+
+    def get_range(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        item.stored_as("v-new")  # our own upload moved the item on while the GET was under way
+        return answer
+
+    monkeypatch.setattr(store, "get_range", get_range)
+    fetched = []
+    prefetcher.on_fetched = fetched.append
+    prefetcher._fetch(item, 0, MiB, item.claim_missing(0, MiB))
+    assert fetched == [] and item.claim_missing(0, MiB, wait=False) == [(0, MiB)]  # nothing present
+
+
+def test_a_small_object_is_fetched_whole_and_checked_before_it_is_served(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 100_000)
+    store.flip_reads = 1  # one byte changed on the way
+    with pytest.raises(Corrupt):
+        prefetcher.ensure(item, 0, 4096)
+    assert item.remote_gaps(0, 100_000) == [(0, 100_000)]  # nothing of it kept
+    assert store.calls["GET"] == 1  # whole, in one GET
+    prefetcher.ensure(item, 0, 4096)  # fetched again, right this time
+    assert item.read(0, 100_000) == data
+
+
+def test_a_handle_whose_read_failed_its_check_stays_failed(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 100_000)
+    store.flip_reads = 1
+    state = ReadState()
+    with pytest.raises(FsError) as failed:  # streamed to a sequential reader, checked at its end
+        prefetcher.read(item, state, 0, 100_000)
+    assert failed.value.errno == errno.EIO
+    with pytest.raises(FsError):
+        prefetcher.read(item, state, 0, 4096)
+    assert prefetcher.read(item, ReadState(), 0, 100_000) == data  # another handle reads again
+
+
+def test_background_readahead_fills_the_staged_file_of_a_file_being_written(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 8 * MiB)
+    item.write(0, b"w")  # being written: the staged file is the reader's source
+    state = ReadState()
+    out = b"".join(prefetcher.read(item, state, off, MiB) for off in range(0, 8 * MiB, MiB))
+    assert out == b"w" + data[1 : 8 * MiB]
+    prefetcher.close()

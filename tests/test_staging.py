@@ -1,0 +1,201 @@
+"""The staging cache on its own: an item's content, its record, recovery, and the fetch protocol."""
+
+from __future__ import annotations
+
+import threading
+
+from s3fs_mount.fs.staging import CLEAN, DIRTY, UPLOADING, StagedFile, StagingCache
+from s3fs_mount.s3.checksums import digest_of_bytes
+
+MiB = 1 << 20
+
+
+def cache_at(tmp_path, capacity: int = 64 * MiB) -> StagingCache:
+    return StagingCache(str(tmp_path / "cache"), "bucket", capacity)
+
+
+def remote_item(cache: StagingCache, key: str = "k", size: int = 100, etag: str = "v1") -> StagedFile:
+    """An item that is a clean copy of S3's version ``etag`` (``size`` bytes), none of them local."""
+    item, _ = cache.acquire(key)
+    item.reset(size, etag, {"x-amz-meta-mode": "33188"}, {"Content-Type": "text/plain"}, 1000.0)
+    return item
+
+
+def wait_until_waiting(item: StagedFile, thread: threading.Thread) -> None:
+    """Until ``thread`` waits on the item's lock (or has ended without waiting)."""
+    while thread.is_alive() and not item.cond._waiters:  # type: ignore[attr-defined]
+        thread.join(0.001)
+
+
+def test_write_read_truncate_of_an_item(tmp_path):
+    cache = cache_at(tmp_path)
+    item, created = cache.acquire("f")
+    assert created and item.state == CLEAN
+    item.write(0, b"hello world")
+    assert item.state == DIRTY and item.read(0, 100) == b"hello world"
+    item.write(0, b"HE", append=True)  # at the end, whatever the offset
+    assert item.read(0, 100) == b"hello worldHE"
+    generation = item.view().generation
+    item.truncate(5)
+    view = item.view()
+    assert (view.size, view.dirty) == (5, True) and view.generation > generation
+    assert item.read(0, 100) == b"hello"
+    item.truncate(8)  # grows with zeros, all local
+    assert item.read(0, 100) == b"hello\0\0\0" and item.covers(0, 8) and not item.covers(0, 9)
+
+
+def test_a_dirty_item_is_saved_and_recovered_with_its_state(tmp_path):
+    cache = cache_at(tmp_path)
+    item = remote_item(cache)
+    item.write(0, b"x" * 100)  # whole, then written: dirty
+    item.set_metadata({"x-amz-meta-mode": "33152", "x-amz-meta-mtime": "1234.5"})
+    item.note_digest(0, 100, digest_of_bytes("MD5", [b"x" * 100]))
+    item.add_upload("up-1")  # recorded at once
+    cache.close()
+    again = cache_at(tmp_path)
+    (found,) = again.recover()
+    view = found.view()
+    assert (view.key, view.size, view.etag, view.dirty, view.mtime) == ("k", 100, "v1", True, 1234.5)
+    assert view.metadata["x-amz-meta-mode"] == "33152"
+    assert found.pending_uploads() == ["up-1"]
+    assert found.read(0, 100) == b"x" * 100
+    assert found.record().digests == item.record().digests and again.damaged == []
+
+
+def test_an_item_changed_on_disk_since_its_upload_read_it_is_not_recovered(tmp_path):
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("f")
+    item.write(0, b"x" * 100)
+    item.note_digest(0, 100, digest_of_bytes("MD5", [b"x" * 100]))
+    item.save()
+    cache.close()
+    with open(item.data_path, "r+b") as f:
+        f.write(b"y")
+    again = cache_at(tmp_path)
+    assert again.recover() == [] and again.damaged == ["f"]
+
+
+def test_a_clean_item_leaves_nothing_to_recover(tmp_path):
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("f")
+    item.write(0, b"data")
+    item.begin_upload()
+    assert item.state == UPLOADING
+    item.end_upload()
+    assert item.mark_clean(item.view().generation, "etag-1")
+    assert item.view().etag == "etag-1" and item.state == CLEAN
+    cache.close()
+    assert cache_at(tmp_path).recover() == []
+
+
+def test_an_item_written_during_its_upload_stays_dirty(tmp_path):
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("f")
+    item.write(0, b"one")
+    generation, replaces = item.begin_upload()
+    assert replaces == ""  # a new file: nothing to replace
+    item.write(3, b"two")
+    item.end_upload()
+    assert not item.mark_clean(generation, "etag-1", 3)
+    view = item.view()
+    assert view.dirty and view.etag == "etag-1" and view.remote_size == 3
+
+
+def test_claims_hand_each_missing_range_to_one_fetch(tmp_path):
+    item = remote_item(cache_at(tmp_path), size=100)
+    assert item.claim_missing(0, 50) == [(0, 50)]
+    assert item.claim_missing(0, 50, wait=False) == []  # in flight for the first one
+    assert item.claim_missing(0, 100, grid=30, wait=False) == [(60, 90), (90, 100)]
+    filled = item.fill(0, 50, b"a" * 50, "v1")
+    assert filled is not None and filled.written == 50 and not filled.held
+    item.unclaim([(0, 50)])
+    assert item.claim_missing(0, 50) == []  # present now
+    assert item.read(0, 50) == b"a" * 50
+
+
+def test_a_write_waits_for_a_fetch_of_its_range(tmp_path):
+    """The fetch lands first, then the write: the written bytes win, never the fetched ones."""
+    item = remote_item(cache_at(tmp_path), size=100)
+    claimed = item.claim_missing(0, 100)
+    writer = threading.Thread(target=item.write, args=(10, b"WRITTEN"))
+    writer.start()
+    wait_until_waiting(item, writer)
+    item.fill(0, 100, b"f" * 100, "v1")
+    item.unclaim(claimed)
+    writer.join()
+    assert item.read(0, 100) == b"f" * 10 + b"WRITTEN" + b"f" * 83
+
+
+def test_bytes_of_an_old_version_are_not_filled(tmp_path):
+    cache = cache_at(tmp_path)
+    item = remote_item(cache, size=10)
+    claimed = item.claim_missing(0, 10)
+    assert item.fill(0, 10, b"old" * 4, "v0") is None  # fetched of another version
+    item.unclaim(claimed)
+    assert item.claim_missing(0, 10, wait=False) == [(0, 10)]
+
+
+def test_a_fill_that_makes_the_object_whole_is_held_for_its_check(tmp_path):
+    item = remote_item(cache_at(tmp_path), size=10)
+    claimed = item.claim_missing(0, 10)
+    filled = item.fill(0, 10, b"0123456789", "v1", hold_whole=True)
+    assert filled is not None and filled.held and filled.size == 10
+    assert item.remote_gaps(0, 10) == [(0, 10)]  # written, not yet present
+    assert item.drop_fetched("v1", filled.generation)  # the check failed
+    item.unclaim(claimed)
+    claimed = item.claim_missing(0, 10)
+    filled = item.fill(0, 10, b"0123456789", "v1", hold_whole=True)
+    item.fill_checked(0, 10, "v1")  # the check passed
+    item.unclaim(claimed)
+    assert item.remote_gaps(0, 10) == [] and item.read(0, 10) == b"0123456789"
+
+
+def test_a_fetch_check_does_not_drop_bytes_written_since(tmp_path):
+    item = remote_item(cache_at(tmp_path), size=10)
+    generation = item.view().generation
+    item.write(0, b"new")
+    assert not item.drop_fetched("v1", generation)
+    assert item.read(0, 3) == b"new"
+
+
+def test_a_short_answer_means_the_object_ends_there(tmp_path):
+    item = remote_item(cache_at(tmp_path), size=10)
+    claimed = item.claim_missing(0, 10)
+    assert item.fill(0, 10, b"abc", "v1").written == 3
+    item.unclaim(claimed)
+    assert item.read(0, 10) == b"abc" + b"\0" * 7
+
+
+def test_atime_follows_relatime_and_the_latest_sighting(tmp_path):
+    item = remote_item(cache_at(tmp_path))  # mtime 1000
+    assert item.accessed(2000.0)  # atime <= mtime: moves, and the item is clean
+    assert item.view().atime == 2000.0
+    assert not item.accessed(2001.0)  # a day has not passed
+    item.saw_atime(1500.0)  # older: ours stays
+    assert item.view().atime == 2000.0
+    item.saw_atime(3000.0)
+    assert item.view().atime == 3000.0
+
+
+def test_a_removed_item_is_not_saved(tmp_path):
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("f")
+    item.write(0, b"data")
+    cache.forget("f")
+    item.write(0, b"more")  # through a handle still open
+    cache.close()
+    assert cache_at(tmp_path).recover() == []
+
+
+def test_claimed_ranges_are_missing_and_never_overlap(tmp_path):
+    item = remote_item(cache_at(tmp_path), size=64)
+    item.write(20, b"w" * 10)  # dirty now; the rest of [0, 64) is still S3's where missing
+    first = item.claim_missing(0, 35, grid=7, wait=False)  # on the grid, as readahead asks
+    second = item.claim_missing(0, 64, grid=7, wait=False)
+    taken = sorted(first + second)
+    assert all(e <= s2 for (_, e), (s2, _) in zip(taken, taken[1:], strict=False))
+    assert not any(s < 30 and 20 < e for s, e in taken)  # the written bytes are local
+    assert sum(e - s for s, e in taken) == 64 - 10
+    other = remote_item(cache_at(tmp_path / "2"), size=64)
+    assert other.claim_missing(10, 20) == [(10, 20)]
+    assert other.claim_missing(0, 64, wait=False) == []  # off the grid, a gap partly claimed waits whole

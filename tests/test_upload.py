@@ -1,0 +1,253 @@
+"""The upload unit on its own, on the fake store: whole, in parts, streamed, abandoned, in conflict."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from fakestore import FakeMultipart, FakeStore
+
+import s3fs_mount.fs.operations as operations_module
+import s3fs_mount.fs.upload as upload_module
+from s3fs_mount.fs.errors import Conflict
+from s3fs_mount.fs.operations import S3Operations
+from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.fs.upload import Uploader
+from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.store import upload_in_parts
+
+MiB = 1 << 20
+UPLOAD_LOG = "s3fs_mount.fs.upload"
+
+
+@pytest.fixture(autouse=True)
+def _context(monkeypatch):
+    monkeypatch.setattr(operations_module, "fuse_get_context", lambda: (1000, 1000, 1))
+
+
+def uploader_at(tmp_path, store: FakeStore) -> tuple[Uploader, StagingCache]:
+    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
+    uploader = Uploader(Bucket(store, "bucket"), 5 * MiB, 5 * MiB, workers=2, staging=cache)
+    uploader.configure_checks(True)  # the fake store honours If-Match / If-None-Match
+    return uploader, cache
+
+
+def write_through(uploader: Uploader, item: StagedFile, data: bytes, offset: int = 0, chunk: int = MiB):
+    """Write as S3Operations.write does: the uploader hears of each write (and may stream)."""
+    for at in range(offset, offset + len(data), chunk):
+        uploader.before_write(item, at)
+        item.write(at, data[at - offset : at - offset + chunk])
+        uploader.after_write(item)
+
+
+def fail_part(monkeypatch, number: int) -> None:
+    real = FakeMultipart.upload_part
+
+    def upload_part(self, n, data, checksum=None):
+        if n == number:
+            raise S3Error(500, "InternalError", "part %d lost" % n)
+        return real(self, n, data, checksum)
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+
+
+def make_ops(tmp_path, store: FakeStore) -> S3Operations:
+    opts = MountOptions(cache_dir=str(tmp_path / "ops-cache"), part_size=5 * MiB, multipart_threshold=5 * MiB)
+    ops = S3Operations(Bucket(store, "bucket"), "", opts)
+    ops.uploader.configure_checks(opts.conflict_check)
+    ops.namespace.configure_directories()
+    ops.namespace.load_root()
+    return ops
+
+
+def abandoned(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == UPLOAD_LOG and "upload abandoned" in r.getMessage()]
+
+
+# -- whole files ---------------------------------------------------------------------------
+
+
+def test_a_small_file_is_one_put_that_replaces_only_what_it_saw(tmp_path, caplog):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("f")
+    item.write(0, b"ours, v1")
+    assert uploader.flush(item)
+    assert store.objects["f"].data == b"ours, v1" and store.calls["PUT"] == 1
+    assert item.view().etag == store.objects["f"].etag and not item.view().dirty
+    store.put("f", b"theirs")  # another client, meanwhile
+    item.write(0, b"ours, v2")
+    with pytest.raises(Conflict) as clash, caplog.at_level(logging.ERROR, UPLOAD_LOG):
+        uploader.flush(item)
+    assert store.objects["f"].data == b"theirs"  # theirs stays
+    assert store.objects[clash.value.saved_as].data == b"ours, v2"  # ours beside it
+    assert item.view().key == clash.value.saved_as and cache.get(clash.value.saved_as) is item
+    assert any("changed in S3" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("check", ["head", "conditional"])
+def test_a_new_file_in_parts_does_not_replace_one_another_client_made(tmp_path, check, streamed):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    if check == "head":  # a server that ignores conditions: a HEAD before the completion
+        uploader.put_check = uploader.complete_check = "head"
+    item, _ = cache.acquire("f")
+    if streamed:
+        write_through(uploader, item, os.urandom(11 * MiB))
+    else:
+        item.write(0, b"x" * (6 * MiB))  # the completion carries If-None-Match
+    store.put("f", b"theirs")
+    with pytest.raises(Conflict):
+        uploader.flush(item)
+    assert store.objects["f"].data == b"theirs" and not store.uploads
+
+
+def test_a_large_file_goes_up_through_the_connectors_one_multipart_routine(tmp_path, monkeypatch):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    used = []
+
+    def counted(*args, **kwargs):
+        used.append(args[1])
+        return upload_in_parts(*args, **kwargs)
+
+    monkeypatch.setattr(upload_module, "upload_in_parts", counted)
+    data = os.urandom(12 * MiB)
+    item, _ = cache.acquire("big")
+    item.write(0, data)  # no uploader told: nothing streamed
+    assert uploader.flush(item)
+    assert used == ["big"]
+    assert store.objects["big"].data == data and store.calls["PUT part"] == 3
+    assert not store.uploads and item.pending_uploads() == []
+    assert uploader.progress(item) == (len(data), "")
+    assert item.record().digests  # each part's digest, recorded before it was sent
+
+
+def test_a_failed_part_aborts_the_upload_and_the_file_stays_staged(tmp_path, monkeypatch):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("big")
+    data = os.urandom(12 * MiB)
+    item.write(0, data)
+    fail_part(monkeypatch, 2)
+    with pytest.raises(S3Error):
+        uploader.flush(item)
+    assert "big" not in store.objects and not store.uploads  # aborted: no part stays behind
+    assert item.view().dirty and item.pending_uploads() == []  # the abort went through
+    assert "part 2 lost" in uploader.progress(item)[1]
+    monkeypatch.undo()
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data and uploader.progress(item)[1] == ""
+
+
+def test_the_routine_aborts_when_the_completion_is_refused(tmp_path, monkeypatch):
+    aborted = []
+    monkeypatch.setattr(FakeMultipart, "abort", lambda mpu: aborted.append(mpu.upload_id) or True)
+    store = FakeStore()
+    store.put("k", b"there already")
+    data = os.urandom(6 * MiB)
+    with pytest.raises(S3Error) as refused:
+        upload_in_parts(
+            Bucket(store, "bucket"),
+            "k",
+            len(data),
+            5 * MiB,
+            lambda mpu, n, off, length: mpu.upload_part(n, data[off : off + length]),
+            if_none_match=True,
+        )
+    assert refused.value.precondition_failed
+    assert store.objects["k"].data == b"there already" and not store.uploads
+    assert store.calls["PUT part"] == 2 and len(aborted) == 1
+
+
+# -- streamed while written ----------------------------------------------------------------
+
+
+def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("big")
+    data = os.urandom(12 * MiB)
+    write_through(uploader, item, data)
+    assert item.pending_uploads()  # the stream began while the file was written
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data and not store.uploads
+    assert store.calls["PUT"] == 0 and store.calls["PUT part"] == 3
+
+
+def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("big")
+    data = bytearray(os.urandom(12 * MiB))
+    write_through(uploader, item, bytes(data))
+    (streamed,) = item.pending_uploads()
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        write_through(uploader, item, b"PATCH", offset=100)
+    (record,) = abandoned(caplog)
+    assert record.levelno == logging.INFO
+    assert "big" in record.getMessage() and "a write at 100, behind the" in record.getMessage()
+    assert streamed not in store.uploads  # aborted at once (a new stream starts from byte 0)
+    data[100:105] = b"PATCH"
+    assert uploader.flush(item)
+    assert store.objects["big"].data == bytes(data)
+
+
+def test_a_failed_part_abandons_the_stream_with_a_warning_and_uploads_whole(tmp_path, caplog, monkeypatch):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("big")
+    data = os.urandom(12 * MiB)
+    fail_part(monkeypatch, 1)
+    write_through(uploader, item, data)  # part 1 fails in the background
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        assert uploader.flush(item)
+    (record,) = abandoned(caplog)
+    assert record.levelno == logging.WARNING
+    assert "big" in record.getMessage() and "part 1 lost" in record.getMessage()
+    assert store.objects["big"].data == data and not store.uploads
+
+
+def test_a_truncate_abandons_the_stream_and_says_why(tmp_path, caplog):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = ops.create("/big", 0o644)
+    data = os.urandom(12 * MiB)
+    for off in range(0, len(data), MiB):
+        ops.write("/big", data[off : off + MiB], off, fh)
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        ops.truncate("/big", 3 * MiB, fh)
+    (record,) = abandoned(caplog)
+    assert "big" in record.getMessage() and "truncated to %d bytes" % (3 * MiB) in record.getMessage()
+    ops.flush("/big", fh)
+    ops.release("/big", fh)
+    assert store.objects["big"].data == data[: 3 * MiB] and not store.uploads
+
+
+def test_a_removal_abandons_the_stream_and_says_why(tmp_path, caplog):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = ops.create("/big", 0o644)
+    for off in range(0, 12 * MiB, MiB):
+        ops.write("/big", os.urandom(MiB), off, fh)
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        ops.unlink("/big")
+    (record,) = abandoned(caplog)
+    assert "big" in record.getMessage() and "removed" in record.getMessage()
+    ops.release("/big", fh)
+    assert "big" not in store.objects and not store.uploads
+
+
+def test_no_stream_no_abandonment_logged(tmp_path, caplog):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("small")
+    write_through(uploader, item, b"tiny")
+    with caplog.at_level(logging.DEBUG, UPLOAD_LOG):
+        uploader.abandon(item, "truncated to 0 bytes")
+    assert abandoned(caplog) == []

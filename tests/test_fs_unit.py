@@ -896,3 +896,26 @@ def test_random_reads_of_a_large_object_are_checked_when_they_have_fetched_it_al
     fh = ops.open("/f", os.O_RDONLY)
     assert b"".join(reversed([ops.read("/f", 1 * MiB, off, fh) for off in offsets])) == data
     ops.release("/f", fh)
+
+
+def test_a_file_rename_copies_the_version_looked_up_with_no_head_and_no_target_lookup(tmp_path):
+    store = FakeStore()
+    store.put("src", b"data")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 4  # the kernel's lookup before rename
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    made = {k: store.calls[k] - before.get(k, 0) for k in store.calls if store.calls[k] != before.get(k, 0)}
+    assert made == {"COPY": 1, "DELETE": 1}  # as raw S3: CopyObject (if-match the ETag seen), DeleteObject
+    assert store.get_range("dst", 0, 4) == b"data" and "src" not in store.objects
+
+
+def test_a_file_rename_after_another_client_replaced_the_source_copies_its_current_version(tmp_path):
+    store = FakeStore()
+    store.put("src", b"old")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 3
+    store.put("src", b"newer")  # another client, after our lookup: copy-source-if-match fails
+    ops.rename("/src", "/dst")
+    assert store.get_range("dst", 0, 5) == b"newer"
+    assert ops.getattr("/dst")["st_size"] == 5

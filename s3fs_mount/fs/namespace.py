@@ -306,6 +306,13 @@ class Namespace:
                 raise FsError(errno.ENOENT)
         return names
 
+    def cached(self, path: str) -> A.Attributes | None:
+        """The attributes of ``path`` if cached (no request), else None (not known)."""
+        if path == "/":
+            return self.root
+        with self._lock:
+            return self._attrs.get(path)
+
     def lookup_full(self, path: str) -> A.Attributes:
         """Like lookup, but with the object's complete metadata (a HEAD if need be)."""
         found = self.lookup(path)

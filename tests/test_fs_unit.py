@@ -259,6 +259,29 @@ def test_streamed_pieces_stay_within_the_readahead_budget(tmp_path):
     assert ops.prefetcher.held == 0
 
 
+def test_readers_side_by_side_each_get_pieces_fetched_ahead(tmp_path):
+    """The pieces readers are on (or just passed) do not count against the readahead window, and
+    each reader gets its share of it: 4 readers (holding 2 pieces each), a window of 4 pieces."""
+    store = FakeStore()
+    names = ("a", "b", "c", "d")
+    for name in names:
+        store.put(name, os.urandom(64 * MiB))
+    ops = make_ops(tmp_path, store, readahead=64 * MiB)
+    chunk = ops.prefetcher.chunk
+    handles = {name: ops.open("/" + name, os.O_RDONLY) for name in names}
+    waited = 0
+    for off in range(0, 64 * MiB, MiB):
+        for name, fh in handles.items():
+            if off and off % chunk == 0 and off not in ops._handle(fh).read_state.pieces:
+                waited += 1  # this read's piece was not asked for before the read
+            assert ops.read("/" + name, MiB, off, fh) == store.objects[name].data[off : off + MiB]
+            assert ops.prefetcher._ahead <= 64 * MiB
+    assert waited == 0  # of 12 piece boundaries
+    for name, fh in handles.items():
+        ops.release("/" + name, fh)
+    assert (ops.prefetcher.held, ops.prefetcher._ahead, ops.prefetcher._readers) == (0, 0, 0)
+
+
 def test_an_object_changed_while_streaming_gives_eio(tmp_path):
     store, _, ops, fh = open_big(tmp_path, 40 * MiB, readahead=16 * MiB)
     ops.read("/big", MiB, 0, fh)

@@ -942,3 +942,50 @@ def test_a_file_rename_after_another_client_replaced_the_source_copies_its_curre
     ops.rename("/src", "/dst")
     assert store.get_range("dst", 0, 5) == b"newer"
     assert ops.getattr("/dst")["st_size"] == 5
+
+
+def test_parts_of_files_written_at_once_stay_within_upload_memory(tmp_path, monkeypatch):
+    """Four files streamed at once: part bytes in memory (read, being sent) stay within
+    upload_memory, counted by the uploader and, independently, by the store while a part arrives."""
+    sending, most, lock = [0], [0], threading.Lock()
+    upload_part = FakeMultipart.upload_part
+
+    def slow_part(self, number, data, checksum=None):
+        with lock:
+            sending[0] += len(data)
+            most[0] = max(most[0], sending[0])
+        try:
+            time.sleep(0.02)  # parts overlap, as on a network
+            return upload_part(self, number, data, checksum)
+        finally:
+            with lock:
+                sending[0] -= len(data)
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", slow_part)
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB, upload_memory=12 * MiB)
+    files = {"/f%d" % i: os.urandom(31 * MiB) for i in range(4)}
+    writers = [threading.Thread(target=write_file, args=(ops, path, data)) for path, data in files.items()]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    for path, data in files.items():
+        assert store.objects[path[1:]].data == data
+    assert 5 * MiB <= most[0] <= 12 * MiB  # two 5 MiB parts at once, not 8 workers' worth
+    assert ops.uploader.memory.peak <= 12 * MiB and ops.uploader.memory.used == 0
+
+
+def test_a_part_larger_than_upload_memory_goes_alone():
+    from s3fs_mount.fs.budget import ByteBudget
+
+    budget = ByteBudget(4 * MiB)
+    big = budget.take(10 * MiB)  # takes it all
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(budget.take(MiB)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and budget.used == 4 * MiB  # waits for the big part
+    budget.give(big)
+    waiter.join(10)
+    assert got == [MiB] and budget.used == MiB and budget.peak == 4 * MiB

@@ -120,6 +120,7 @@ class S3Operations(Operations):
             options.parallel,
             self.staging,
             part_doubling=options.part_doubling,
+            memory=options.upload_memory,
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.

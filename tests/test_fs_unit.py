@@ -259,6 +259,29 @@ def test_streamed_pieces_stay_within_the_readahead_budget(tmp_path):
     assert ops.prefetcher.held == 0
 
 
+def test_readers_side_by_side_each_get_pieces_fetched_ahead(tmp_path):
+    """The pieces readers are on (or just passed) do not count against the readahead window, and
+    each reader gets its share of it: 4 readers (holding 2 pieces each), a window of 4 pieces."""
+    store = FakeStore()
+    names = ("a", "b", "c", "d")
+    for name in names:
+        store.put(name, os.urandom(64 * MiB))
+    ops = make_ops(tmp_path, store, readahead=64 * MiB)
+    chunk = ops.prefetcher.chunk
+    handles = {name: ops.open("/" + name, os.O_RDONLY) for name in names}
+    waited = 0
+    for off in range(0, 64 * MiB, MiB):
+        for name, fh in handles.items():
+            if off and off % chunk == 0 and off not in ops._handle(fh).read_state.pieces:
+                waited += 1  # this read's piece was not asked for before the read
+            assert ops.read("/" + name, MiB, off, fh) == store.objects[name].data[off : off + MiB]
+            assert ops.prefetcher._ahead <= 64 * MiB
+    assert waited == 0  # of 12 piece boundaries
+    for name, fh in handles.items():
+        ops.release("/" + name, fh)
+    assert (ops.prefetcher.held, ops.prefetcher._ahead, ops.prefetcher._readers) == (0, 0, 0)
+
+
 def test_an_object_changed_while_streaming_gives_eio(tmp_path):
     store, _, ops, fh = open_big(tmp_path, 40 * MiB, readahead=16 * MiB)
     ops.read("/big", MiB, 0, fh)
@@ -895,3 +918,73 @@ def test_random_reads_of_a_large_object_are_checked_when_they_have_fetched_it_al
     fh = ops.open("/f", os.O_RDONLY)
     assert b"".join(reversed([ops.read("/f", 1 * MiB, off, fh) for off in offsets])) == data
     ops.release("/f", fh)
+
+
+def test_a_file_rename_copies_the_version_looked_up_with_no_head_and_no_target_lookup(tmp_path):
+    store = FakeStore()
+    store.put("src", b"data")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 4  # the kernel's lookup before rename
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    made = {k: store.calls[k] - before.get(k, 0) for k in store.calls if store.calls[k] != before.get(k, 0)}
+    assert made == {"COPY": 1, "DELETE": 1}  # as raw S3: CopyObject (if-match the ETag seen), DeleteObject
+    assert store.get_range("dst", 0, 4) == b"data" and "src" not in store.objects
+
+
+def test_a_file_rename_after_another_client_replaced_the_source_copies_its_current_version(tmp_path):
+    store = FakeStore()
+    store.put("src", b"old")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 3
+    store.put("src", b"newer")  # another client, after our lookup: copy-source-if-match fails
+    ops.rename("/src", "/dst")
+    assert store.get_range("dst", 0, 5) == b"newer"
+    assert ops.getattr("/dst")["st_size"] == 5
+
+
+def test_parts_of_files_written_at_once_stay_within_upload_memory(tmp_path, monkeypatch):
+    """Four files streamed at once: part bytes in memory (read, being sent) stay within
+    upload_memory, counted by the uploader and, independently, by the store while a part arrives."""
+    sending, most, lock = [0], [0], threading.Lock()
+    upload_part = FakeMultipart.upload_part
+
+    def slow_part(self, number, data, checksum=None):
+        with lock:
+            sending[0] += len(data)
+            most[0] = max(most[0], sending[0])
+        try:
+            time.sleep(0.02)  # parts overlap, as on a network
+            return upload_part(self, number, data, checksum)
+        finally:
+            with lock:
+                sending[0] -= len(data)
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", slow_part)
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB, upload_memory=12 * MiB)
+    files = {"/f%d" % i: os.urandom(31 * MiB) for i in range(4)}
+    writers = [threading.Thread(target=write_file, args=(ops, path, data)) for path, data in files.items()]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    for path, data in files.items():
+        assert store.objects[path[1:]].data == data
+    assert 5 * MiB <= most[0] <= 12 * MiB  # two 5 MiB parts at once, not 8 workers' worth
+    assert ops.uploader.memory.peak <= 12 * MiB and ops.uploader.memory.used == 0
+
+
+def test_a_part_larger_than_upload_memory_goes_alone():
+    from s3fs_mount.fs.budget import ByteBudget
+
+    budget = ByteBudget(4 * MiB)
+    big = budget.take(10 * MiB)  # takes it all
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(budget.take(MiB)))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive() and budget.used == 4 * MiB  # waits for the big part
+    budget.give(big)
+    waiter.join(10)
+    assert got == [MiB] and budget.used == MiB and budget.peak == 4 * MiB

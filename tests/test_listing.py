@@ -240,3 +240,48 @@ def test_a_large_directory_streams_and_is_walked_without_a_head_per_entry(
         else:
             assert int(out.split()[0]) == sum(len(b"%d" % len("big/f%05d" % i)) for i in range(count))
     mount.stop()
+
+
+@pytest.mark.fuse
+def test_new_files_in_a_directory_made_or_listed_cost_one_put_each_and_no_head(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory(config=config).start()
+    boto.put_object(Bucket=bucket, Key="old/a", Body=b"a")
+    for directory in ("new", "old"):
+        path = os.path.join(mount.path, directory)
+        if directory == "new":
+            os.mkdir(path)
+        else:
+            assert os.listdir(path) == ["a"]
+        mark = len(faultproxy.seen)
+        for i in range(50):  # over dir_ttl or not: listed again at most once a second, no HEAD
+            with open(os.path.join(path, "f%02d" % i), "wb") as f:
+                f.write(b"x" * 4096)
+        seen = requests_of(faultproxy, mark)
+        new = "/%s/%s/f" % (bucket, directory)
+        assert [m for m, p, _ in seen if p.startswith(new)] == ["PUT"] * 50, directory  # no HEAD
+    listed = {o["Key"] for o in boto.list_objects_v2(Bucket=bucket, Prefix="new/")["Contents"]}
+    assert listed >= {"new/f%02d" % i for i in range(50)}
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_a_file_rename_sends_the_copy_and_the_delete_and_only_the_kernels_lookups(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    boto.put_object(Bucket=bucket, Key="r/src", Body=b"x" * 100_000)
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory("attr_ttl=30", config=config).start()  # the kernel keeps its entry of src
+    src, dst = os.path.join(mount.path, "r", "src"), os.path.join(mount.path, "r", "dst")
+    assert os.stat(src).st_size == 100_000
+    mark = len(faultproxy.seen)
+    os.rename(src, dst)
+    seen = requests_of(faultproxy, mark)
+    assert [m for m, p, _ in seen if p == "/%s/r/src" % bucket] == ["DELETE"]  # no HEAD: the copy is
+    # of the version looked up (x-amz-copy-source-if-match); the target is looked up by the kernel only
+    assert [m for m, p, _ in seen if p == "/%s/r/dst" % bucket] == ["HEAD", "PUT"]
+    assert boto.get_object(Bucket=bucket, Key="r/dst")["Body"].read() == b"x" * 100_000
+    assert "Contents" not in boto.list_objects_v2(Bucket=bucket, Prefix="r/src")
+    mount.stop()

@@ -201,11 +201,22 @@ def test_many_creates_in_one_directory_store_its_times_a_few_times(mount_factory
     assert 1 <= len(holder_puts) <= 12, holder_puts
 
 
-def test_a_new_object_in_a_directory_just_made_or_listed_is_seen_at_once(mount, boto, bucket):
+def test_a_new_object_in_a_directory_just_made_or_listed_shows_once_dir_ttl_has_passed(
+    mount_factory, boto, bucket
+):
+    mount = mount_factory("dir_ttl=2").start()
     d = os.path.join(mount.path, "fresh")
+    made = time.monotonic()
     os.mkdir(d)
     assert os.listdir(d) == []
+    listed = time.monotonic()
     boto.put_object(Bucket=bucket, Key="fresh/theirs.txt", Body=b"hello")
+    try:  # the listing answers for a name it lacks (no request) until dir_ttl has passed
+        os.stat(os.path.join(d, "theirs.txt"))
+        assert time.monotonic() - made >= 2, "another client's object was seen within dir_ttl"
+    except FileNotFoundError:
+        pass
+    time.sleep(max(0.0, listed + 2.2 - time.monotonic()))
     assert open(os.path.join(d, "theirs.txt"), "rb").read() == b"hello"
     with pytest.raises(FileNotFoundError):
         os.stat(os.path.join(mount.path, "later.txt"))

@@ -60,12 +60,78 @@ def test_a_listing_is_trusted_for_dir_ttl_then_asked_again(tmp_path):
     lists = store.calls["LIST"]
     clock.advance(5.0)
     with pytest.raises(FuseOSError) as missing:
-        ops.getattr("/d")  # not in a fresh listing of / : one HEAD, no LIST for a directory d
+        ops.getattr("/d")  # not in a fresh listing of / : no request
     assert missing.value.errno == errno.ENOENT
     assert store.calls["LIST"] == lists
     clock.advance(6.0)
     assert ops.getattr("/d")["st_nlink"] >= 2  # the listing is stale: d/ is looked for, and found
     assert store.calls["LIST"] > lists
+
+
+def test_a_new_name_in_a_directory_just_made_is_absent_without_a_request_until_dir_ttl(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    ops.mkdir("/d", 0o755)
+    store.put("d/theirs", b"1")  # another client, just after our mkdir
+    heads, lists = store.calls["HEAD"], store.calls["LIST"]
+    clock.advance(9.0)
+    for name in ("new", "theirs"):
+        with pytest.raises(FuseOSError) as missing:
+            ops.getattr("/d/" + name)
+        assert missing.value.errno == errno.ENOENT
+    assert (store.calls["HEAD"], store.calls["LIST"]) == (heads, lists)  # answered from the listing
+    ops.release("/d/new", ops.create("/d/new", 0o644))
+    assert ops.getattr("/d/new")["st_size"] == 0  # our own create shows at once
+    clock.advance(1.5)  # dir_ttl has passed since the mkdir, our create did not renew it
+    assert ops.getattr("/d/theirs")["st_size"] == 1
+
+
+def asked_of(store: FakeStore, method: str) -> list[str]:
+    """The keys (prefixes) ``store.<method>`` is called with from now on (a list that grows)."""
+    keys: list[str] = []
+    call = getattr(store, method)
+
+    def counted(key, *args, **kwargs):
+        keys.append(getattr(key, "key", key))
+        return call(key, *args, **kwargs)
+
+    setattr(store, method, counted)
+    return keys
+
+
+def test_a_burst_of_new_names_lists_the_directory_again_instead_of_a_head_each(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=1.0)
+    ops.mkdir("/d", 0o755)
+    heads, lists = asked_of(store, "head"), asked_of(store, "list")
+    for i in range(30):  # a create every 0.1 s: three listings' worth
+        with pytest.raises(FuseOSError):
+            ops.getattr("/d/f%02d" % i)
+        ops.release("/d/f%02d" % i, ops.create("/d/f%02d" % i, 0o644))
+        clock.advance(0.1)
+    assert [k for k in heads if k.startswith("d/f")] == []  # no HEAD of a new name
+    assert 2 <= lists.count("d/") <= 3  # the directory listed again once per dir_ttl
+    store.put("d/theirs", b"1")  # another client: seen at the listing after next
+    clock.advance(1.0)
+    with pytest.raises(FuseOSError):
+        ops.getattr("/d/g")  # the listing expired: listed again, which shows theirs
+    assert ops.getattr("/d/theirs")["st_size"] == 1
+    assert len(names(ops, "/d")) == 31
+
+
+def test_a_name_we_made_while_the_directory_was_listed_is_not_taken_for_absent(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    store.put("d/a", b"1")
+    listing = ops.namespace.iter_dir("/d")
+    assert next(listing)[0] == "a"  # the listing's one page is in
+    fh = ops.create("/d/b", 0o644)  # made while the listing was under way
+    ops.flush("/d/b", fh)  # uploaded
+    ops.release("/d/b", fh)
+    ops.staging.forget("d/b")  # no staged copy left to answer for it
+    assert list(listing) == []
+    clock.advance(2.0)  # past attr_ttl, within dir_ttl: the listing answers for names it lacks
+    assert ops.namespace.lookup("/d/b").size == 0  # a HEAD, not "no such entry"
 
 
 def test_what_we_removed_stays_hidden_from_lagging_listings_for_a_while(tmp_path):

@@ -194,24 +194,37 @@ class Mutations:
         if source.is_dir:
             self._rename_dir(old, new, source)
         else:
-            self._rename_file(old, new)
+            self._rename_file(old, new, source)
         now = self.clock.time()
         for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
             self.namespace.entry_changed(parent, now)
 
-    def _rename_file(self, old: str, new: str) -> None:
+    def _rename_file(self, old: str, new: str, source: A.Attributes) -> None:
+        """Copy (of the version looked up: ``source``, else of one HEAD just before), then delete."""
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         item = self.staging.get(old_key)
-        if item is not None and item.dirty:
-            self.upload(item)  # S3 has no rename: the object must be there to copy
-        info = self.store.head(old_key)
-        etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
-            old_key, new_key, if_match=info.etag, source_info=info
-        )
+        moved: A.Attributes | None = None
+        if item is None and source.etag:
+            # The lookup just before this call saw that version: the copy is of it or fails
+            # (412, another client replaced it since), and then goes as below, from a HEAD.
+            try:
+                etag = self.store.copy_object(old_key, new_key, if_match=source.etag, size=source.size)
+                moved = dataclasses.replace(source, etag=etag or source.etag)
+            except S3Error as exc:
+                if not exc.precondition_failed:
+                    raise
+                log.info("rename %s: changed since it was looked up; copying its current version", old)
+        if moved is None:
+            if item is not None and item.dirty:
+                self.upload(item)  # S3 has no rename: the object must be there to copy
+            info = self.store.head(old_key)
+            etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
+                old_key, new_key, if_match=info.etag, source_info=info
+            )
+            moved = self.namespace.from_info(info)
+            moved.etag = etag or info.etag
         self.store.remove(old_key)
         self.staging.rekey(old_key, new_key)
-        moved = self.namespace.from_info(info)
-        moved.etag = etag or info.etag
         self.namespace.forget(old, gone=True)
         self.namespace.remember(new, moved)
         item = self.staging.get(new_key)

@@ -17,8 +17,16 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
 * ``_missing``: paths this mount removed, for ``attr_ttl`` seconds (a 404 is
   never cached: a name another client puts is seen at its next lookup);
 * ``_listings``: directory path -> names, for ``dir_ttl`` seconds (directories of
-  at most ``LISTED_NAMES`` entries); a path whose parent listing is fresh and
-  lacks it is looked up with a HEAD only (no LIST for a directory of that name);
+  at most ``LISTED_NAMES`` entries), our own creates added; a path whose parent
+  listing is known and lacks it is looked up with a HEAD only (no LIST for a
+  directory of that name);
+* ``_listed``: directory path -> :class:`Listed` (when its names were complete:
+  a listing of it, or our mkdir of it), for ``dir_ttl`` seconds from then, our
+  own changes not renewing it: a name missing from such a listing is ENOENT
+  with no request (another client's new object shows once ``dir_ttl`` has
+  passed; a create of that name meanwhile is caught by the upload's
+  ``If-None-Match: *``). While names are being created there, the listing is
+  made again when it expires (one LIST, not a HEAD per new name);
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
@@ -71,6 +79,22 @@ ATTR_CACHE_ENTRIES = 100_000
 MIN_ATTR_CACHE = 100
 #: A directory's names are kept (to answer "no such entry" without a LIST) up to this many.
 LISTED_NAMES = 10_000
+#: A directory where new names are being looked up is listed again (instead of a HEAD per
+#: name) when its listing expires, if it fits in one page of this many names.
+RELIST_NAMES = 1000
+
+
+class Listed:
+    """A directory's names as of a moment: ``asked`` (monotonic) is when its listing was
+    asked for (or it was made, empty); ``absent`` counts the names it answered "no such
+    entry" for (a create burst: worth listing again when it expires). Guarded by
+    Namespace._lock."""
+
+    __slots__ = ("asked", "absent")
+
+    def __init__(self, asked: float) -> None:
+        self.asked = asked
+        self.absent = 0
 
 
 def _walk_ttl(entries: int) -> float:
@@ -121,6 +145,11 @@ class Namespace:
         self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(attr_cache, self._expiry, timer)
         self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001), timer)
         self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
+        self.dir_ttl = max(dir_ttl, 0.001)
+        #: Directory path -> when its names in _listings were complete (see the module docstring).
+        self._listed: LRUCache[str, Listed] = LRUCache(2_000)
+        #: Directories being listed again for a lookup (one at a time each).
+        self._relisting: set[str] = set()
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
@@ -189,6 +218,7 @@ class Namespace:
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._listings.pop(path, None)
+            self._listed.pop(path, None)
             self._walks.pop(path, None)
             if gone:
                 self._missing[path] = True
@@ -210,6 +240,7 @@ class Namespace:
                 (self._attrs, True),
                 (self._full, True),
                 (self._listings, True),
+                (self._listed, True),
                 (self._walks, True),
                 (self._missing, False),
                 (self._removed, False),
@@ -242,16 +273,56 @@ class Namespace:
         with self._lock:
             if self._missing.get(path) or self._removed.get(path):
                 raise FsError(errno.ENOENT)  # we removed it ourselves
-            names = self._listings.get(parent)
         if not is_valid_name(name):
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
-        # A name missing from a fresh listing of its parent is still asked about (another client
-        # may have just put it there: one HEAD); only the LIST for a directory of that name is
-        # spared, since a listing made less than dir_ttl ago would have shown it.
+        names = self._absent_from_listing(parent, name)
+        # A name missing from a listing of its parent that is no longer fresh is asked about
+        # (one HEAD); the LIST for a directory of that name is spared all the same.
         found = self._fetch(path, dirs=names is None or name in names)
         if found is None:
             raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
         return self._cache_fetched(path, found)
+
+    def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
+        """Raise FsError(ENOENT), with no request, if a listing of ``parent`` less than
+        ``dir_ttl`` old lacks ``name`` (listing it again first if it expired during a burst of
+        such lookups); else return the names known of ``parent`` (None: not known)."""
+        now = self.clock.monotonic()
+        with self._lock:
+            names = self._listings.get(parent)
+            listed = self._listed.get(parent)
+            if names is None or name in names or listed is None:
+                return names
+            if now - listed.asked < self.dir_ttl:
+                listed.absent += 1
+                raise FsError(errno.ENOENT)  # the upload's If-None-Match catches a racing create
+            relist = listed.absent > 0 and len(names) < RELIST_NAMES and parent not in self._relisting
+            if relist:
+                self._relisting.add(parent)
+        if not relist:
+            return names
+        try:
+            for _ in self.iter_dir(parent):
+                pass
+        except S3Error as exc:
+            log.debug("listing %s again failed (%s): %s looked up alone", parent, exc, name)
+        finally:
+            with self._lock:
+                self._relisting.discard(parent)
+        with self._lock:
+            names = self._listings.get(parent)
+            listed = self._listed.get(parent)
+            if names is not None and name not in names and listed is not None and listed.asked >= now:
+                listed.absent += 1
+                raise FsError(errno.ENOENT)
+        return names
+
+    def cached(self, path: str) -> A.Attributes | None:
+        """The attributes of ``path`` if cached (no request), else None (not known)."""
+        if path == "/":
+            return self.root
+        with self._lock:
+            return self._attrs.get(path)
 
     def lookup_full(self, path: str) -> A.Attributes:
         """Like lookup, but with the object's complete metadata (a HEAD if need be)."""
@@ -583,13 +654,25 @@ class Namespace:
             yield from shown
         with self._lock:
             if names is not None:
-                self._listings[path] = names
+                self._complete(path, names, asked)
             else:
                 self._listings.pop(path, None)
+                self._listed.pop(path, None)
                 self._walks[path] = _walk_ttl(count)
             own = self.root if path == "/" else self._attrs.get(path)
             if own is not None:  # POSIX: a directory's links are its entry, "." and each child's ".."
                 own.nlink = 2 + subdirs
+
+    def _complete(self, path: str, names: set[str], asked: float) -> None:
+        """``names`` are what a listing of ``path`` asked for at ``asked`` found: with the
+        entries we made there since, they are its names as of ``asked`` (caller holds _lock)."""
+        prefix = "/" if path == "/" else path + "/"
+        for child, when in list(self._changed.items()):
+            if when >= asked and child.startswith(prefix) and "/" not in child[len(prefix) :]:
+                if not self._missing.get(child) and not self._removed.get(child):
+                    names.add(child[len(prefix) :])
+        self._listings[path] = names
+        self._listed[path] = Listed(asked)
 
     def _page_entries(
         self, path: str, prefix: str, page: ListPage
@@ -686,6 +769,7 @@ class Namespace:
         """A directory we just made: its listing is known (empty)."""
         with self._lock:
             self._listings[path] = set()
+            self._listed[path] = Listed(self.clock.monotonic())
 
     # -- object contents the namespace hands out ----------------------------------------------
 

@@ -121,6 +121,7 @@ class S3Operations(Operations):
             options.parallel,
             self.staging,
             part_doubling=options.part_doubling,
+            memory=options.upload_memory,
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.
@@ -238,6 +239,13 @@ class S3Operations(Operations):
         if item is not None and _live(item):
             return self._item_attributes(item)
         return self.namespace.lookup(path)
+
+    def _known_attributes(self, path: str) -> A.Attributes | None:
+        """What this mount knows of ``path`` (a staged copy, or cached attributes), with no request."""
+        item = self.staging.get(self.keymap.key(path))
+        if item is not None and _live(item):
+            return self._item_attributes(item)
+        return self.namespace.cached(path)
 
     def _item_attributes(self, item: StagedFile) -> A.Attributes:
         return staged_attributes(item, self.defaults)
@@ -504,12 +512,18 @@ class S3Operations(Operations):
             self._hide(old, new)
             return
         source = self._attributes(old)
-        try:
-            target: A.Attributes | None = self._attributes(new)
-        except FsError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            target = None
+        target: A.Attributes | None
+        if source.is_dir:
+            try:
+                target = self._attributes(new)
+            except FsError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                target = None
+        else:
+            # The kernel looked the target up just before this call and checked its type against
+            # the source's (EISDIR, ENOTDIR); a file replaces a file: what we know of it will do.
+            target = self._known_attributes(new)
         self._parent_dir(new)
         if source.is_dir:
             if target is not None and not target.is_dir:

@@ -16,6 +16,7 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 SIZE_OPTIONS = (
     "cache_size",
     "part_size",
+    "upload_memory",
     "multipart_threshold",
     "readahead",
     "kernel_readahead",
@@ -151,6 +152,9 @@ class MountOptions:
         0, "parts of a streamed upload between doublings of its part size (0: auto)", "cache"
     )
     parallel: int = _option(8, "parts/requests in flight per file", "cache")
+    upload_memory: int = _option(
+        64 * MiB, "upload part bytes in memory at once, over all files (at least one part)", "cache"
+    )
     readahead: int = _option(64 * MiB, "largest sequential readahead window", "cache")
     kernel_readahead: int = _option(
         1 * MiB, "the kernel's readahead per file (root only; 0: leave it)", "cache"

@@ -9,9 +9,12 @@ window that doubles up to ``max_window``, fetched in parallel pieces on a
 * while the file is clean and its bytes are not local, the pieces are kept
   in memory for that reader and dropped once it has passed them (streaming:
   writing each byte to the cache file first made a cold read of 1 GiB 2-3x
-  slower on ext4 here, bench/README.md). Pieces held ahead of all readers
-  together stay within ``max_window``; the piece a reader needs now is
-  always fetched.
+  slower on ext4 here, bench/README.md). Pieces fetched ahead of their
+  readers and not reached yet, all readers together, stay within
+  ``max_window`` (the pieces readers are on, or just passed, are not counted:
+  they would starve several readers' readahead; bench/README.md), each
+  reader's share at most ``max_window`` over the readers streaming (at least
+  one piece); the piece a reader needs now is always fetched.
 * otherwise (the file is being written, or partly local) the window is
   fetched into the staged file in the background (:meth:`Prefetcher.ensure`).
 
@@ -66,7 +69,7 @@ STREAM, LOCAL, STAGED = "stream", "local", "staged"
 class ReadState:
     """Per open handle: where the last read ended, the window, how far ahead is fetched.
 
-    ``pieces`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``
+    ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``
     and ``failed`` are unguarded: FUSE may run two reads of a handle at once, and a race only
     misjudges whether the reader is sequential (``failed`` only ever becomes True).
     """
@@ -77,10 +80,12 @@ class ReadState:
     #: A streaming reader's pieces in memory: start -> (length, the GET under way or done).
     pieces: dict[int, tuple[int, concurrent.futures.Future[list[bytes]]]] = field(default_factory=dict)
     etag: str = ""  # the version those pieces are of
+    #: Starts of pieces fetched ahead that the reader has not reached yet (Prefetcher._ahead).
+    unreached: set[int] = field(default_factory=set)
     #: The bytes this handle read failed their check: every later read is EIO (the reader has had
     #: some of them; the kernel must not retry its way to a success).
     failed: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces, unreached and etag
 
 
 class Prefetcher:
@@ -130,7 +135,9 @@ class Prefetcher:
         self.max_window = max_window
         self.chunk = chunk
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
-        self._held = 0  # GUARDED_BY(_held_lock): bytes of streamed pieces in memory or on their way
+        self._held = 0  # GUARDED_BY(_held_lock): bytes of all readers' pieces in memory or on their way
+        self._ahead = 0  # GUARDED_BY(_held_lock): of those, bytes of pieces no reader has reached yet
+        self._readers = 0  # GUARDED_BY(_held_lock): readers holding pieces (they share the window)
         self._held_lock = threading.Lock()
 
     def close(self) -> None:
@@ -220,12 +227,13 @@ class Prefetcher:
                 if start in state.pieces:
                     continue
                 length = min(chunk, item.remote_size - start)
-                if not self._hold(length, needed=start < end):
-                    break  # ahead of the reader, and the budget is spent
+                if not self._hold(state, start, length, needed=start < end):
+                    break  # ahead of the reader, and the budget (or its share) is spent
                 verifier = self._verifier(item.key, state.etag, item.remote_size, start)
                 future = self.pool.submit(self._get, item.key, state.etag, start, length, verifier)
                 state.pieces[start] = (length, future)
             needed = [(start, *state.pieces[start]) for start in range(first, end, chunk)]
+            self._reached(state, [(start, length) for start, length, _ in needed])
             etag = state.etag
         parts = []
         for start, length, future in needed:
@@ -327,12 +335,30 @@ class Prefetcher:
         item.drop_fetched(etag)
         raise FsError(errno.EIO, "%s: bytes read do not match the object's ETag" % item.key)
 
-    def _hold(self, length: int, needed: bool) -> bool:
+    def _hold(self, state: ReadState, start: int, length: int, needed: bool) -> bool:
+        """Count a piece about to be fetched for ``state`` (caller holds ``state.lock``); False:
+        a piece ahead that the window, or this reader's share of it, has no room for."""
+        mine = sum(state.pieces[start][0] for start in state.unreached)
         with self._held_lock:
-            if not needed and self._held + length > self.max_window:
+            readers = self._readers + (0 if state.pieces else 1)
+            share = max(self.chunk, self.max_window // readers)
+            if not needed and (self._ahead + length > self.max_window or mine + length > share):
                 return False
+            self._readers = readers
             self._held += length
-            return True
+            if not needed:
+                self._ahead += length
+        if not needed:
+            state.unreached.add(start)
+        return True
+
+    def _reached(self, state: ReadState, pieces: list[tuple[int, int]]) -> None:
+        """A reader is on these (start, length) pieces: no longer ahead (caller holds ``state.lock``)."""
+        for start, length in pieces:
+            if start in state.unreached:
+                state.unreached.discard(start)
+                with self._held_lock:
+                    self._ahead -= length
 
     def _let_go_all(self, state: ReadState) -> None:
         """Forget every piece of a reader (caller holds ``state.lock``)."""
@@ -343,8 +369,11 @@ class Prefetcher:
         """Forget one piece (caller holds ``state.lock``); a GET not started yet is cancelled."""
         length, future = state.pieces.pop(start)
         future.cancel()
+        self._reached(state, [(start, length)])
         with self._held_lock:
             self._held -= length
+            if not state.pieces:
+                self._readers -= 1
 
     def ensure(self, item: StagedFile, start: int, end: int) -> None:
         """Block until ``[start, end)`` (within the remote part) is local; raise on failure.

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
+from s3fs_mount.fs.budget import ByteBudget
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
@@ -135,6 +136,8 @@ class Uploader:
     :param staging: the cache, to move an item to its conflict name.
     :param part_doubling: parts between doublings of a stream's part size (0: the most that
         still let 10,000 parts hold 5 TiB).
+    :param memory: part bytes read into memory at once, over all uploads (a larger part
+        goes alone).
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class Uploader:
         workers: int = 8,
         staging: StagingCache | None = None,
         part_doubling: int = 0,
+        memory: int = 64 << 20,
     ) -> None:
         # Every field is immutable after __init__ but put_check and complete_check (set once,
         # by configure_checks at mount, before any upload) and _states (see there).
@@ -156,6 +160,8 @@ class Uploader:
         self.staging = staging
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-upload")
         self._slots = threading.BoundedSemaphore(workers * 2)  # parts queued: back-pressure
+        #: Bytes of parts in memory (read, being sent): streams' parts grow, and many files stream at once.
+        self.memory = ByteBudget(memory)
         #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
         self.put_check = CHECK_HEAD
         self.complete_check = CHECK_HEAD
@@ -357,12 +363,16 @@ class Uploader:
     def _send_part(
         self, item: StagedFile, mpu: MultipartUpload, number: int, offset: int, size: int, slot: bool = True
     ) -> str:
+        taken = self.memory.take(size)
+        data = b""
         try:
             data = os.pread(item.fd, size, offset)
             etag = mpu.upload_part(number, data, self._checksum(item, offset, data, mpu.algorithm))
             self._sent(item, len(data))
             return etag
         finally:
+            data = b""  # let go of the part before the budget is given back
+            self.memory.give(taken)
             if slot:
                 self._slots.release()
 

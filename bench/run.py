@@ -511,14 +511,19 @@ class Bench:
         with os.fdopen(fd, "w") as f:
             f.write("%s:%s\n" % (self.access_key, self.secret_key))
 
-    def make_sources(self) -> None:
+    def make_sources(self, names: set[str]) -> None:
+        """What the workloads ``names`` read: the local sources and the made-once key sets."""
         t0 = time.monotonic()
-        for path, size in ((self.src, self.p.size), (self.r100_src, self.p.rename_size),
-                           (self.fio_src, self.p.fio_size)):
-            write_random(path, size)
-        log("made %s of random source data in %.1f s" % (
-            human(self.p.size + self.p.rename_size), time.monotonic() - t0))
-        self.make_set("many/", [SMALL_NAME % i for i in range(self.p.n_many)], body=b"x" * 16)
+        made = 0
+        for path, size, users in ((self.src, self.p.size, BIG_FILE_ROWS), (self.r100_src, self.p.rename_size,
+                                  {"rename_100m"}), (self.fio_src, self.p.fio_size, set(FIO))):
+            if names & users:
+                write_random(path, size)
+                made += size
+        if made:
+            log("made %s of random source data in %.1f s" % (human(made), time.monotonic() - t0))
+        if "ls_l_10k" in names:
+            self.make_set("many/", [SMALL_NAME % i for i in range(self.p.n_many)], body=b"x" * 16)
         if self.p.n_huge:
             self.make_set(self.huge, ["h%07d" % i for i in range(self.p.n_huge)])
         if self.p.tree:
@@ -1498,6 +1503,8 @@ def count_tag(n: int) -> str:
 # -- --cluster: four mounts at once on a SeaweedFS cluster -------------------------------------
 
 CLUSTER_MOUNTS = 4
+#: The rows that read or write Bench.src (the --size-mib file).
+BIG_FILE_ROWS = {"write_1g", "read_1g_cold", "write_1g_nocheck", "read_1g_cold_nocheck", "random_read"}
 #: The unmount summary line of our mount (s3fs_mount/fs/mount.py): its failed and retried requests.
 UNMOUNT_SUMMARY = re.compile(r"unmounted .*?: (?P<requests>\d+) requests .*?(?P<failed>\d+) failed, "
                              r"(?P<retried>\d+) retried")
@@ -1966,7 +1973,7 @@ def main(argv: list[str] | None = None) -> int:
             print_cluster(results["cluster"])
             args.rounds = 0
         else:
-            bench.make_sources()
+            bench.make_sources({w.name for w in all_w})
         for rnd in range(args.rounds):
             log("round %d of %d" % (rnd + 1, args.rounds))
             per: dict[str, dict[str, Any]] = {w.name: {} for w in all_w}

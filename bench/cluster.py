@@ -19,6 +19,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from s3fs_mount.localserver import HOST, LocalS3Server, ServerError, find_weed, free_ports
 
@@ -34,18 +35,14 @@ class WeedCluster(LocalS3Server):
     """
 
     def __init__(
-        self,
-        data_dir: str,
-        access_key: str | None = None,
-        secret_key: str | None = None,
-        log_path: str | None = None,
-        *,
-        volumes: int = 3,
-        replication: str = "001",
-        volume_max: int = 500,
+        self, data_dir: str, *args: Any, volumes: int = 3, replication: str = "001", **kw: Any
     ) -> None:
-        """Prepare (not start) the cluster; its data goes under ``data_dir``."""
-        super().__init__(data_dir, access_key, secret_key, log_path, volume_max=volume_max)
+        """Prepare (not start) the cluster; its data goes under ``data_dir``.
+
+        The other arguments are :class:`LocalS3Server`'s (``volume_max``: per volume server, 500).
+        """
+        kw.setdefault("volume_max", 500)
+        super().__init__(data_dir, *args, **kw)
         self.volumes = volumes
         self.replication = replication
         self.log_dir = self.log_path.parent

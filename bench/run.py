@@ -558,7 +558,7 @@ class Bench:
         while it was loaded, against ~800 through the S3 gateway with boto3 in 3 processes);
         anything else, or a server without a filer port, through boto3.
         """
-        marker = "%s%s%d" % (SETS, prefix.strip("/"), len(names))
+        marker = "%s%s.%d" % (SETS, prefix.strip("/"), len(names))
         if self.size_of(marker) is not None:
             log("%s: %d objects, made in an earlier run (%s)" % (prefix, len(names), marker))
             return
@@ -1016,15 +1016,19 @@ def m_ls(prefix: str) -> Callable[[Bench, MountProc], float]:
 def walk(command: list[str], target: str, m: MountProc) -> tuple[float, int, str]:
     """Run ``command target`` (LC_ALL=C); (seconds, lines printed, first line).
 
-    When its first line came goes into ``m.extra["first_line"]`` (and the log).
+    When its first entry came goes into ``m.extra["first_line"]`` (and the log): the first
+    line, or for find (whose first line is ``target`` itself, before any readdir) the second.
     """
     t0 = time.perf_counter()
     proc = subprocess.Popen(command + [target], stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, LC_ALL="C"))
     assert proc.stdout is not None
     first = proc.stdout.readline()
+    lines = 1 if first else 0
+    if first.rstrip("\n") == target:
+        lines += 1 if proc.stdout.readline() else 0
     t_first = time.perf_counter() - t0
-    lines = 1 + sum(1 for _ in proc.stdout) if first else 0
+    lines += sum(1 for _ in proc.stdout) if first else 0
     code = proc.wait(CMD_TIMEOUT)
     dt = time.perf_counter() - t0
     check(code == 0, "%s exited %d" % (command[0], code))

@@ -45,7 +45,15 @@ UNMOUNT_WAIT = 900.0  # a writeback mount drains its queue before it exits
 CMD_TIMEOUT = 3600.0
 SAMPLE_EVERY = 0.2
 SMALL_NAME = "f%05d"
-HUGE = "huge/"  # the --scale directory
+HUGE = "huge-%d/"  # the --scale directory of N objects (one per N: a --data-dir keeps each)
+TREE = "tree/"  # --tree: the copied tree (6,400 files x 30 KB in 1,024 directories)
+TREE_DIR = "d%02d/d%02d/"  # 32 x 32 = 1,024 directories
+TREE_NAME = "f%04d"
+TREE_BIG = "tree100k/"  # --tree: 100,000 keys in 1,000 directories, walked by find
+TREE_BIG_NAME = "d%03d/f%05d"
+SETS = ".bench-sets/"  # a marker per finished made-once key set (huge-N/, tree100k/, many/)
+#: Top-level prefixes reset_mount_keys keeps: the made-once sets and the raw side's keys.
+KEEP = ("many/", "raw/", "huge-", TREE_BIG, SETS)
 
 # One line per S3 request, from the s3fs_mount.requests logger (s3fs_mount/s3/connection.py):
 #   "... s3fs_mount.requests: PUT bucket key 200 12ms up=N down=M"
@@ -69,8 +77,15 @@ class Params:
     size: int  # the big file
     n_small: int  # files of small_files / ls_l / stat / mv_dir / rm_rf
     n_many: int  # files of the ls_l_10k directory
-    n_huge: int = 0  # files of the huge/ directory of the --scale rows (0: no such rows)
+    n_huge: int = 0  # files of the huge-N/ directory of the --scale rows (0: no such rows)
     fio_size: int = 0  # bytes of each fio job's file (--fio; 0: no fio rows)
+    tree: bool = False  # --tree rows
+    n_tree: int = 6400  # files copied by cp -r (each tree_file_size bytes)
+    tree_dirs: int = 1024  # ... spread over this many directories (TREE_DIR: at most 32 x 32)
+    tree_file_size: int = 30_000
+    n_tree_big: int = 100_000  # keys of tree100k/, walked by find
+    tree_big_dirs: int = 1000
+    big_size: int = 0  # --big: bytes of the big file (0: no such rows)
     n_random: int = 1000
     n_xattr: int = 1000
     rename_size: int = 100 * MiB
@@ -374,7 +389,24 @@ class Bench:
             self.p.n_huge = args.scale_n
         if args.fio:
             self.p.fio_size = (args.fio_size_mib or (32 if args.quick else 256)) * MiB
+        if args.tree:
+            self.p.tree = True
+            if args.tree_files:
+                self.p.n_tree = args.tree_files
+                self.p.tree_dirs = max(1, min(1024, args.tree_files // 6))
+            if args.tree_keys:
+                self.p.n_tree_big = args.tree_keys
+                self.p.tree_big_dirs = max(1, args.tree_keys // 100)
+        if args.big:
+            self.p.big_size = int(args.big_size_gib * GiB)
         self.tmp = tempfile.mkdtemp(prefix="s3fs-bench-", dir=args.tmp)
+        #: where the server's data and the big source live: kept between runs with --data-dir
+        self.data_dir = os.path.abspath(args.data_dir) if args.data_dir else self.tmp
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.big_src = os.path.join(self.data_dir, "big-src.bin")
+        self.tree_src = os.path.join(self.tmp, "tree-src")
+        self.huge = HUGE % self.p.n_huge
+        self._tree_md5: dict[str, str] = {}  # the tree's file -> its MD5 (filled once, by the main thread)
         self.active: list[MountProc] = []
         self.server: Any = None
         self.access_key = "BENCH" + secrets.token_hex(8).upper()
@@ -431,19 +463,24 @@ class Bench:
 
     def start_server(self) -> None:
         LocalS3Server = wait_for_localserver(self.args.server_wait)
-        data = os.path.join(self.tmp, "seaweed")
+        data = os.path.join(self.data_dir, "cluster" if self.args.cluster else "seaweed")
         os.makedirs(data, exist_ok=True)
         kw: dict[str, Any] = dict(access_key=self.access_key, secret_key=self.secret_key,
                                   log_path=os.path.join(self.tmp, "logs", "seaweedfs.log"))
-        try:
+        os.makedirs(os.path.join(self.tmp, "logs"), exist_ok=True)
+        if self.args.cluster:
+            from cluster import WeedCluster  # bench/cluster.py, next to this script
+
+            self.server = WeedCluster(data, **kw)
+        else:
             # 64 MiB volumes, never reclaimed without a vacuum: the default 200 (12.5 GiB) runs
             # out in a full run. Volume files are sparse, so a high bound costs no disk.
-            self.server = LocalS3Server(data, volume_max=2000, **kw)
-        except TypeError:
-            self.server = LocalS3Server(data, **kw)
-        os.makedirs(os.path.join(self.tmp, "logs"), exist_ok=True)
+            # With --data-dir: the same ports at each start, and the directory locked meanwhile.
+            self.server = LocalS3Server(data, volume_max=4000, stable=bool(self.args.data_dir), **kw)
+            if self.args.data_dir:
+                self.server.lock(timeout=5, owner=" (bench/run.py)")
         t0 = time.monotonic()
-        self.server.start(self._ready, timeout=60)
+        self.server.start(self._ready, timeout=120)
         self.endpoint = self.server.endpoint
         self.access_key = self.server.access_key or self.access_key
         self.secret_key = self.server.secret_key or self.secret_key
@@ -454,7 +491,12 @@ class Bench:
         self.tc = TransferConfig(
             multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB, max_concurrency=8, use_threads=True
         )
-        self.s3.create_bucket(Bucket=BUCKET)
+        try:
+            self.s3.create_bucket(Bucket=BUCKET)
+        except self.s3.exceptions.ClientError as exc:  # kept in --data-dir from an earlier run
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
         import yaml
 
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -470,26 +512,72 @@ class Bench:
         with os.fdopen(fd, "w") as f:
             f.write("%s:%s\n" % (self.access_key, self.secret_key))
 
-    def make_sources(self) -> None:
+    def make_sources(self, names: set[str]) -> None:
+        """What the workloads ``names`` read: the local sources and the made-once key sets."""
         t0 = time.monotonic()
-        for path, size in ((self.src, self.p.size), (self.r100_src, self.p.rename_size),
-                           (self.fio_src, self.p.fio_size)):
-            with open(path, "wb") as f:
-                left = size
-                while left:
-                    n = min(left, 8 * MiB)
-                    f.write(os.urandom(n))
-                    left -= n
-        log("made %s of random source data in %.1f s" % (
-            human(self.p.size + self.p.rename_size), time.monotonic() - t0))
-        t0 = time.monotonic()
-        self.put_many("many/", self.p.n_many)
-        log("created %d objects under many/ with boto3 in %.1f s" % (self.p.n_many, time.monotonic() - t0))
+        made = 0
+        for path, size, users in ((self.src, self.p.size, BIG_FILE_ROWS), (self.r100_src, self.p.rename_size,
+                                  {"rename_100m"}), (self.fio_src, self.p.fio_size, set(FIO))):
+            if names & users:
+                write_random(path, size)
+                made += size
+        if made:
+            log("made %s of random source data in %.1f s" % (human(made), time.monotonic() - t0))
+        if "ls_l_10k" in names:
+            self.make_set("many/", [SMALL_NAME % i for i in range(self.p.n_many)], body=b"x" * 16)
         if self.p.n_huge:
-            t0 = time.monotonic()
-            self.put_many(HUGE, self.p.n_huge, name="h%07d")
-            log("created %d objects under %s with boto3 in %.1f s" % (
-                self.p.n_huge, HUGE, time.monotonic() - t0))
+            self.make_set(self.huge, ["h%07d" % i for i in range(self.p.n_huge)])
+        if self.p.tree:
+            self.make_tree_src()
+            per = -(-self.p.n_tree_big // self.p.tree_big_dirs)
+            self.make_set(TREE_BIG, [TREE_BIG_NAME % (i // per, i) for i in range(self.p.n_tree_big)])
+
+    def make_tree_src(self) -> None:
+        """The local tree cp -r copies: n_tree files of tree_file_size random bytes (seeded)."""
+        t0 = time.monotonic()
+        rng = random.Random(SEED)
+        for rel in self.tree_names():
+            path = os.path.join(self.tree_src, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(rng.randbytes(self.p.tree_file_size))
+        log("made %d files of %d bytes in %d directories in %.1f s" % (
+            self.p.n_tree, self.p.tree_file_size, self.p.tree_dirs, time.monotonic() - t0))
+
+    def tree_names(self) -> list[str]:
+        """The tree's files, relative to its top: file i in directory i % tree_dirs."""
+        return [TREE_DIR % divmod(i % self.p.tree_dirs, 32) + TREE_NAME % i for i in range(self.p.n_tree)]
+
+    def make_set(self, prefix: str, names: list[str], body: bytes = b"") -> None:
+        """``prefix`` + each of ``names``, made once and kept (with --data-dir, between runs).
+
+        A marker key under SETS says the set is complete; without it the keys already there
+        are listed and only the missing ones are put, so an interrupted creation resumes.
+        Empty objects go straight to SeaweedFS's filer (its HTTP API: one PUT per entry, no
+        volume write, no signature; ~4,700 a second here when the machine was idle, 700-1,400
+        while it was loaded, against ~800 through the S3 gateway with boto3 in 3 processes);
+        anything else, or a server without a filer port, through boto3.
+        """
+        marker = "%s%s.%d" % (SETS, prefix.strip("/"), len(names))
+        if self.size_of(marker) is not None:
+            log("%s: %d objects, made in an earlier run (%s)" % (prefix, len(names), marker))
+            return
+        t0 = time.monotonic()
+        have = set(self.keys(prefix))
+        missing = [prefix + n for n in names if prefix + n not in have]
+        log("%s: %d of %d objects there (listed in %.1f s), making %d" % (
+            prefix, len(names) - len(missing), len(names), time.monotonic() - t0, len(missing)))
+        t0 = time.monotonic()
+        filer = getattr(self.server, "ports", {}).get("filer")
+        if body == b"" and filer:
+            put_via_filer(filer, BUCKET, missing)
+        else:
+            self.put_keys(missing, body)
+        have = set(self.keys(prefix))
+        lost = [k for k in (prefix + n for n in names) if k not in have]
+        check(not lost, "%d keys of %s missing after creation, e.g. %s" % (len(lost), prefix, lost[:3]))
+        self.s3.put_object(Bucket=BUCKET, Key=marker, Body=b"")
+        log("%s: made %d objects in %.1f s" % (prefix, len(missing), time.monotonic() - t0))
 
     # -- boto3 helpers ------------------------------------------------------------------------
 
@@ -512,9 +600,15 @@ class Bench:
         self.delete_keys(self.keys(prefix))
 
     def put_many(self, prefix: str, n: int, body: bytes = b"x" * 16, name: str = SMALL_NAME) -> None:
+        self.put_keys([prefix + name % i for i in range(n)], body)
+
+    def put_keys(self, keys: list[str], body: bytes | Callable[[str], bytes]) -> None:
+        """PUT each key with boto3 in 16 threads; ``body`` is the bytes, or a function of the key."""
+        def put(key: str) -> None:
+            self.s3.put_object(Bucket=BUCKET, Key=key, Body=body(key) if callable(body) else body)
+
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda i: self.s3.put_object(Bucket=BUCKET, Key=prefix + name % i, Body=body),
-                          range(n)))
+            list(pool.map(put, keys))
 
     def ensure_files(self, prefix: str, n: int) -> None:
         """``prefix`` holds exactly the n small files (set up with boto3 when a previous step failed)."""
@@ -543,9 +637,85 @@ class Bench:
             # the mount's cache has not seen, not one the server has not served yet.
             self.s3.download_fileobj(BUCKET, key, NullSink(), Config=self.tc)
 
+    def check_tree(self, prefix: str) -> None:
+        """``prefix`` holds exactly the tree's files, each with the local file's size and MD5."""
+        import hashlib
+
+        if not self._tree_md5:
+            for rel in self.tree_names():
+                with open(os.path.join(self.tree_src, rel), "rb") as f:
+                    self._tree_md5[rel] = hashlib.md5(f.read()).hexdigest()
+        got: dict[str, tuple[int, str]] = {}
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            for o in page.get("Contents", []):
+                if not o["Key"].endswith(("/", "_$folder$")):  # directory objects
+                    got[o["Key"][len(prefix):]] = (o["Size"], o["ETag"].strip('"'))
+        missing = sorted(set(self._tree_md5) - set(got))
+        extra = sorted(set(got) - set(self._tree_md5))
+        bad = [k for k, (size, etag) in got.items() if k in self._tree_md5
+               and (size != self.p.tree_file_size or etag != self._tree_md5[k])]
+        check(not (missing or extra or bad), "%s: %d missing (%s), %d unexpected (%s), %d wrong" % (
+            prefix, len(missing), missing[:2], len(extra), extra[:2], len(bad)))
+
+    def ensure_tree(self, prefix: str) -> None:
+        try:
+            self.check_tree(prefix)
+        except AssertionError:
+            log("  (setting up %s with boto3)" % prefix)
+            self.delete_prefix(prefix)
+
+            def body(key: str) -> bytes:
+                with open(os.path.join(self.tree_src, key[len(prefix):]), "rb") as f:
+                    return f.read()
+
+            self.put_keys([prefix + rel for rel in self.tree_names()], body)
+
+    def big_ready(self) -> None:
+        """The big source file exists; raises Skipped when the disk cannot hold the row.
+
+        Needed: the source (unless kept from an earlier run), one object of the size in
+        SeaweedFS, the mount's cache (at most the default cache_size, 4 GiB) and 1 GiB to spare.
+        """
+        size = self.p.big_size
+        have_src = os.path.exists(self.big_src) and os.path.getsize(self.big_src) == size
+        stored = sum(self.size_of(k) or 0 for k in ("big-" + size_tag(size), "raw/big-" + size_tag(size)))
+        need = (0 if have_src else size) + max(0, size - stored) + min(size, 4 * GiB) + GiB
+        free = min(shutil.disk_usage(self.data_dir).free, shutil.disk_usage(self.tmp).free)
+        if free < need:
+            raise Skipped("a %s file needs %s of free disk (source %s, object, cache, 1 GiB); %s free" % (
+                human(size), human(need), "kept" if have_src else "to make", human(free)))
+        if not have_src:
+            t0 = time.monotonic()
+            write_random(self.big_src, size)
+            log("made the %s source %s in %.1f s" % (human(size), self.big_src, time.monotonic() - t0))
+
+    def part_layout(self, key: str) -> dict[str, Any]:
+        """The parts of ``key``: their count (the ETag's -N) and sizes (HEAD ?partNumber=i each)."""
+        head = self.s3.head_object(Bucket=BUCKET, Key=key)
+        etag = head["ETag"].strip('"')
+        count = int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
+        sizes: list[int] = []
+        if count > 1:
+            try:
+                for i in range(1, count + 1):
+                    part = self.s3.head_object(Bucket=BUCKET, Key=key, PartNumber=i)
+                    sizes.append(int(part["ContentLength"]))
+            except Exception as exc:  # noqa: BLE001 - a server without ?partNumber
+                log("    HEAD ?partNumber=%d: %s" % (len(sizes) + 1, describe(exc)))
+                sizes = []
+        return {"size": int(head["ContentLength"]), "parts": count, "sizes": sizes}
+
     def reset_mount_keys(self) -> None:
-        """Everything but the shared many/ and the baseline's raw/ goes; deleted space is reclaimed."""
-        self.delete_keys([k for k in self.keys("") if not k.startswith(("many/", "raw/", HUGE))])
+        """Everything but the made-once sets (KEEP) and raw/ goes; deleted space is reclaimed.
+
+        Listed a top-level prefix at a time, so that a kept set of a million keys is not listed.
+        """
+        page_iter = self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Delimiter="/")
+        for page in page_iter:
+            self.delete_keys([o["Key"] for o in page.get("Contents", []) if not o["Key"].startswith(KEEP)])
+            for cp in page.get("CommonPrefixes", []):
+                if not cp["Prefix"].startswith(KEEP):
+                    self.delete_prefix(cp["Prefix"])
         self.vacuum()
 
     def vacuum(self) -> None:
@@ -584,6 +754,8 @@ class Bench:
                 raise RuntimeError("mount exited with status %s: %s" % (m.returncode, m.log_tail()))
             if tool == "ours":
                 s.extra.update(m.requests_since(offset))
+        except Skipped as exc:
+            s.error = "skipped: %s" % exc
         except Exception as exc:  # noqa: BLE001 - one failure must not stop the run
             s.error = describe(exc)
             if m is not None and m.proc is not None:
@@ -605,6 +777,8 @@ class Bench:
             if w.prepare_raw:
                 w.prepare_raw(self)
             s.seconds = w.raw(self)
+        except Skipped as exc:
+            s.error = "skipped: %s" % exc
         except Exception as exc:  # noqa: BLE001
             s.error = describe(exc)
         return s
@@ -617,7 +791,10 @@ class Bench:
                 m.kill()
         if self.server is not None:
             try:
-                self.server.stop(kill=True)  # throwaway data: SIGTERM would take ~15 s
+                # throwaway data: SIGKILL (SIGTERM takes ~15 s); kept data (--data-dir): SIGTERM
+                self.server.stop(kill=not self.args.data_dir)
+                if hasattr(self.server, "unlock"):
+                    self.server.unlock()
             except Exception as exc:  # noqa: BLE001
                 log("stopping SeaweedFS (pid %s): %s" % (self.server.pid, describe(exc)))
         mounted = [p for p in glob_dirs(os.path.join(self.tmp, "mnt")) if os.path.ismount(p)]
@@ -625,6 +802,84 @@ class Bench:
             log("left %s in place%s" % (self.tmp, " (still mounted: %s)" % mounted if mounted else ""))
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Skipped(Exception):
+    """A row that cannot run here (not enough disk): reported as skipped with the reason."""
+
+
+def describe_layout(layout: dict[str, Any]) -> str:
+    """"1089 x 8 MiB + 96 x 16 MiB", and whether 10,000 parts at that growth hold 5 TiB."""
+    sizes = layout.get("sizes") or []
+    if not sizes:
+        return "%d parts (sizes unknown: no ?partNumber)" % layout.get("parts", 0)
+    runs: list[list[int]] = []
+    for size in sizes:
+        if runs and runs[-1][0] == size:
+            runs[-1][1] += 1
+        else:
+            runs.append([size, 1])
+    text = "%d parts: %s" % (len(sizes), " + ".join("%d x %s" % (n, human(sz)) for sz, n in runs))
+    if len(runs) >= 2 and runs[1][0] == 2 * runs[0][0]:
+        step, first = runs[0][1], runs[0][0]
+        cap = sum(min(5 * GiB, first << (i // step)) for i in range(10_000))
+        text += "; doubling every %d parts, 10,000 parts hold %s (%s 5 TiB)" % (
+            step, human(cap), ">=" if cap >= 5 * 1024 * GiB else "< !")
+    elif len(runs) == 1:
+        text += "; no growth within this size (10,000 such parts hold %s)" % human(runs[0][0] * 10_000)
+    return text
+
+
+def write_random(path: str, size: int) -> None:
+    """``size`` random bytes into ``path`` (8 MiB at a time: never all in memory)."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def put_via_filer(port: int, bucket: str, keys: list[str], threads: int = 8) -> None:
+    """Create each key as an empty object through SeaweedFS's filer HTTP API on 127.0.0.1:``port``.
+
+    The S3 gateway keeps a bucket's objects as the filer's entries under ``/buckets/BUCKET/``;
+    an empty PUT there makes the same entry (size 0, the empty MD5 as ETag) without the
+    gateway's signature check or a volume write. One keep-alive connection per thread.
+    """
+    import http.client
+    from urllib.parse import quote
+
+    local = threading.local()
+
+    def put(key: str) -> None:
+        for attempt in range(3):
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            try:
+                conn.request("PUT", "/buckets/%s/%s" % (bucket, quote(key)), body=b"",
+                             headers={"Content-Length": "0"})
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status < 300:
+                    return
+                err: Exception = RuntimeError("filer PUT %s: HTTP %d" % (key, resp.status))
+            except (OSError, http.client.HTTPException) as exc:
+                err = exc
+                conn.close()
+                local.conn = None
+            if attempt == 2:
+                raise err
+
+    done = 0
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        for i in range(0, len(keys), 50_000):
+            list(pool.map(put, keys[i : i + 50_000]))
+            done += len(keys[i : i + 50_000])
+            if len(keys) > 50_000:
+                log("    %d of %d made (%.0f/s)" % (done, len(keys), done / (time.monotonic() - t0)))
 
 
 def glob_dirs(path: str) -> list[str]:
@@ -758,28 +1013,40 @@ def m_ls(prefix: str) -> Callable[[Bench, MountProc], float]:
     return fn
 
 
+def walk(command: list[str], target: str, m: MountProc) -> tuple[float, int, str]:
+    """Run ``command target`` (LC_ALL=C); (seconds, lines printed, first line).
+
+    When its first entry came goes into ``m.extra["first_line"]`` (and the log): the first
+    line, or for find (whose first line is ``target`` itself, before any readdir) the second.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(command + [target], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, LC_ALL="C"))
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    lines = 1 if first else 0
+    if first.rstrip("\n") == target:
+        lines += 1 if proc.stdout.readline() else 0
+    t_first = time.perf_counter() - t0
+    lines += sum(1 for _ in proc.stdout) if first else 0
+    code = proc.wait(CMD_TIMEOUT)
+    dt = time.perf_counter() - t0
+    check(code == 0, "%s exited %d" % (command[0], code))
+    m.extra["first_line"] = t_first
+    log("    %s: first line after %.3f s, %d lines in %.3f s" % (command[0], t_first, lines, dt))
+    return dt, lines, first
+
+
 def m_walk(command: list[str]) -> Callable[[Bench, MountProc], float]:
     """``command`` (ls -l, find, du -s) over the --scale directory; logs when its first line came."""
 
     def fn(b: Bench, m: MountProc) -> float:
-        target = os.path.join(m.path, HUGE.rstrip("/"))
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(command + [target], stdout=subprocess.PIPE, text=True,
-                                env=dict(os.environ, LC_ALL="C"))
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        t_first = time.perf_counter() - t0
-        lines = 1 + sum(1 for _ in proc.stdout) if first else 0
-        code = proc.wait(CMD_TIMEOUT)
-        dt = time.perf_counter() - t0
-        check(code == 0, "%s exited %d" % (command[0], code))
-        if command[0] == "ls":
-            check(lines == b.p.n_huge + 1, "ls -l printed %d lines, expected %d" % (lines, b.p.n_huge + 1))
-        elif command[0] == "find":
-            check(lines == b.p.n_huge + 1, "find printed %d lines, expected %d" % (lines, b.p.n_huge + 1))
+        dt, lines, first = walk(command, os.path.join(m.path, b.huge.rstrip("/")), m)
+        if command[0] in ("ls", "find"):
+            check(lines == b.p.n_huge + 1, "%s printed %d lines, expected %d" % (
+                command[0], lines, b.p.n_huge + 1))
         else:
             check(lines == 1 and first.split()[0].isdigit(), "du printed %r" % first)
-        log("    %s: first line after %.3f s" % (command[0], t_first))
         return dt
 
     return fn
@@ -875,6 +1142,63 @@ def m_setxattr(b: Bench, m: MountProc) -> float:
     return dt
 
 
+def m_cp_tree(b: Bench, m: MountProc) -> float:
+    """cp -r of the local tree into MNT/tree, timed until the mount process has exited."""
+    t0 = time.perf_counter()
+    run(["cp", "-r", b.tree_src, os.path.join(m.path, TREE.rstrip("/"))])
+    t_cp = time.perf_counter() - t0
+    m.stop()  # whatever the mount still holds is in S3 once it has exited
+    dt = time.perf_counter() - t0
+    b.check_tree(TREE)
+    log("    cp -r %.2f s, until unmounted %.2f s" % (t_cp, dt))
+    return dt
+
+
+def m_rm_tree(b: Bench, m: MountProc) -> float:
+    """rm -r MNT/tree, timed until the mount process has exited; no key may be left."""
+    t0 = time.perf_counter()
+    run(["rm", "-r", os.path.join(m.path, TREE.rstrip("/"))])
+    t_rm = time.perf_counter() - t0
+    m.stop()
+    dt = time.perf_counter() - t0
+    left = b.keys(TREE)
+    check(not left, "after rm -r %d keys left, e.g. %s" % (len(left), left[:3]))
+    log("    rm -r %.2f s, until unmounted %.2f s" % (t_rm, dt))
+    return dt
+
+
+def m_find_tree(b: Bench, m: MountProc) -> float:
+    dt, lines, _ = walk(["find"], os.path.join(m.path, TREE_BIG.rstrip("/")), m)
+    want = b.p.n_tree_big + b.p.tree_big_dirs + 1
+    check(lines == want, "find printed %d lines, expected %d" % (lines, want))
+    return dt
+
+
+def big_key(b: Bench) -> str:
+    return "big-%s" % size_tag(b.p.big_size)
+
+
+def m_write_big(b: Bench, m: MountProc) -> float:
+    key = big_key(b)
+    t0 = time.perf_counter()
+    run(["dd", "if=%s" % b.big_src, "of=%s" % os.path.join(m.path, key), "bs=1M"])
+    dt = time.perf_counter() - t0
+    got = b.size_of(key)  # before the unmount: close() must have put it in S3
+    check(got == b.p.big_size, "%s in S3 right after close: %s bytes, expected %d" % (key, got, b.p.big_size))
+    m.extra["layout"] = b.part_layout(key)
+    log("    %s" % describe_layout(m.extra["layout"]))
+    return dt
+
+
+def m_read_big(b: Bench, m: MountProc) -> float:
+    t0 = time.perf_counter()
+    r = run(["dd", "if=%s" % os.path.join(m.path, big_key(b)), "of=/dev/null", "bs=1M"])
+    dt = time.perf_counter() - t0
+    check(dd_bytes(r.stderr) == b.p.big_size, "dd read %d bytes, expected %d" % (
+        dd_bytes(r.stderr), b.p.big_size))
+    return dt
+
+
 # -- the workloads: raw boto3 side (keys under raw/) ---------------------------------------------
 
 
@@ -911,6 +1235,18 @@ def r_small(prefix: str) -> Callable[[Bench], float]:
 
 def r_list(prefix: str) -> Callable[[Bench], float]:
     return lambda b: timed(lambda: b.keys(prefix))
+
+
+def r_list_huge(b: Bench) -> float:
+    n = 0
+
+    def go() -> None:
+        nonlocal n
+        n = len(b.keys(b.huge))
+
+    dt = timed(go)
+    check(n == b.p.n_huge, "listed %d keys, expected %d" % (n, b.p.n_huge))
+    return dt
 
 
 def r_fio(name: str) -> Callable[[Bench], float]:
@@ -979,6 +1315,47 @@ def r_setxattr(b: Bench) -> float:
             )
 
     return timed(go)
+
+
+def r_cp_tree(b: Bench) -> float:
+    """The tree's files PUT by boto3 in 16 threads (each file read from the local tree)."""
+    def body(key: str) -> bytes:
+        with open(os.path.join(b.tree_src, key[len("raw/" + TREE):]), "rb") as f:
+            return f.read()
+
+    dt = timed(lambda: b.put_keys(["raw/" + TREE + rel for rel in b.tree_names()], body))
+    b.check_tree("raw/" + TREE)
+    return dt
+
+
+def r_rm_tree(b: Bench) -> float:
+    return timed(lambda: b.delete_keys(b.keys("raw/" + TREE)))
+
+
+def r_find_tree(b: Bench) -> float:
+    n = 0
+
+    def go() -> None:
+        nonlocal n
+        n = len(b.keys(TREE_BIG))
+
+    dt = timed(go)
+    check(n == b.p.n_tree_big, "listed %d keys, expected %d" % (n, b.p.n_tree_big))
+    return dt
+
+
+def r_write_big(b: Bench) -> float:
+    key = "raw/" + big_key(b)
+    dt = timed(lambda: b.s3.upload_file(b.big_src, BUCKET, key, Config=b.tc))
+    check(b.size_of(key) == b.p.big_size, "%s in S3: %s bytes" % (key, b.size_of(key)))
+    return dt
+
+
+def r_read_big(b: Bench) -> float:
+    sink = NullSink()
+    dt = timed(lambda: b.s3.download_fileobj(BUCKET, "raw/" + big_key(b), sink, Config=b.tc))
+    check(sink.count == b.p.big_size, "downloaded %d bytes" % sink.count)
+    return dt
 
 
 # -- set-up before each run ------------------------------------------------------------------------
@@ -1066,12 +1443,280 @@ def fio_workloads() -> list[Workload]:
 
 def scale_workloads(n: int) -> list[Workload]:
     """--scale: walks of one directory of ``n`` objects, each against one raw paginated listing."""
-    tag = "%dk" % (n // 1000) if n % 1000 == 0 else str(n)
+    tag = count_tag(n)
     return [
-        Workload("ls_l_" + tag, m_walk(["ls", "-l"]), r_list(HUGE)),
-        Workload("find_" + tag, m_walk(["find"]), r_list(HUGE)),
-        Workload("du_s_" + tag, m_walk(["du", "-s"]), r_list(HUGE)),
+        Workload("ls_l_" + tag, m_walk(["ls", "-l"]), r_list_huge),
+        Workload("find_" + tag, m_walk(["find"]), r_list_huge),
+        Workload("du_s_" + tag, m_walk(["du", "-s"]), r_list_huge),
     ]
+
+
+def tree_workloads(n_keys: int) -> list[Workload]:
+    """--tree: cp -r and rm -r of 6,400 files x 30 KB in 1,024 directories; find over 100,000 keys."""
+
+    def gone(prefix: str) -> Callable[[Bench], None]:
+        return lambda b: b.delete_prefix(prefix)
+
+    def there(prefix: str) -> Callable[[Bench], None]:
+        return lambda b: b.ensure_tree(prefix)
+
+    return [
+        Workload("cp_r_tree", m_cp_tree, r_cp_tree, gone(TREE), gone("raw/" + TREE)),
+        # the same with -o writeback: close returns once staged, the queue drains before the exit
+        Workload("cp_r_tree_wb", m_cp_tree, r_cp_tree, gone(TREE), gone("raw/" + TREE), writeback=True,
+                 peers=False),
+        Workload("rm_r_tree", m_rm_tree, r_rm_tree, there(TREE), there("raw/" + TREE)),
+        Workload("find_tree_%s" % count_tag(n_keys), m_find_tree, r_find_tree),
+    ]
+
+
+def big_workloads(size: int) -> list[Workload]:
+    """--big: a write and a cold read of one file of ``size`` bytes (default 10 GiB).
+
+    Only one big object exists at a time (each write's set-up deletes both sides' objects),
+    and each set-up first checks that the disk holds the source, the object and the cache.
+    Peers are not run: s3fs keeps a whole file in its cache dir (10 GiB more disk).
+    """
+    tag = size_tag(size)
+
+    def fresh(b: Bench) -> None:
+        b.big_ready()
+        b.delete_keys([big_key(b), "raw/" + big_key(b)])
+        b.vacuum()
+
+    def written(key: Callable[[Bench], str]) -> Callable[[Bench], None]:
+        def fn(b: Bench) -> None:
+            b.big_ready()
+            b.ensure_object(key(b), b.big_src)
+
+        return fn
+
+    return [
+        Workload("write_" + tag, m_write_big, r_write_big, fresh, fresh, peers=False),
+        Workload("read_%s_cold" % tag, m_read_big, r_read_big, written(big_key),
+                 written(lambda b: "raw/" + big_key(b)), peers=False),
+    ]
+
+
+def size_tag(size: int) -> str:
+    """10 GiB -> "10g", 512 MiB -> "512m"."""
+    return "%dg" % (size // GiB) if size % GiB == 0 else "%dm" % (size // MiB)
+
+
+def count_tag(n: int) -> str:
+    """100000 -> "100k", 1000000 -> "1000k", else the number."""
+    return "%dk" % (n // 1000) if n % 1000 == 0 else str(n)
+
+
+# -- --cluster: four mounts at once on a SeaweedFS cluster -------------------------------------
+
+CLUSTER_MOUNTS = 4
+#: The rows that read or write Bench.src (the --size-mib file).
+BIG_FILE_ROWS = {"write_1g", "read_1g_cold", "write_1g_nocheck", "read_1g_cold_nocheck", "random_read"}
+#: The unmount summary line of our mount (s3fs_mount/fs/mount.py): its failed and retried requests.
+UNMOUNT_SUMMARY = re.compile(r"unmounted .*?: (?P<requests>\d+) requests .*?(?P<failed>\d+) failed, "
+                             r"(?P<retried>\d+) retried")
+
+
+def cluster_data(tag: str, mount: int, j: int, size: int) -> bytes:
+    """The bytes of file ``j`` of ``mount`` in run ``tag`` (seeded: the same in every run)."""
+    return random.Random("%s-%d-%d" % (tag, mount, j)).randbytes(size)
+
+
+class ClusterClient(threading.Thread):
+    """One mount's load: writes its own files while reading the other mounts' seed files.
+
+    Every byte read is compared with what was seeded; every error the workload sees is
+    kept (operation, path, errno and its text), and the run goes on with the next file.
+    """
+
+    def __init__(self, b: Bench, m: MountProc, index: int, tag: str, n: int, size: int,
+                 progress: Callable[[int], None]) -> None:
+        super().__init__(daemon=True)
+        self.b, self.m, self.index, self.tag, self.n, self.size = b, m, index, tag, n, size
+        self.progress = progress
+        self.errors: list[str] = []  # appended by this thread only; read after join
+        self.bytes_written = self.bytes_read = 0
+        self.seconds = 0.0
+
+    def write_files(self) -> None:
+        d = os.path.join(self.m.path, "cl", self.tag, "w%d" % self.index)
+        os.makedirs(d, exist_ok=True)
+        for j in range(self.n):
+            data = memoryview(cluster_data(self.tag, self.index, j, self.size))
+            path = os.path.join(d, "f%02d" % j)
+            try:
+                with open(path, "wb") as f:
+                    for off in range(0, len(data), MiB):
+                        f.write(data[off : off + MiB])
+                        self.progress(min(MiB, len(data) - off))
+                self.bytes_written += len(data)
+            except OSError as exc:
+                self.errors.append("write %s: errno %s %s" % (path, exc.errno, exc.strerror))
+
+    def read_files(self) -> None:
+        import hashlib
+
+        for other in range(CLUSTER_MOUNTS):
+            if other == self.index:
+                continue
+            for j in range(self.n):
+                path = os.path.join(self.m.path, "cl", "seed", "w%d" % other, "f%02d" % j)
+                want = hashlib.md5(cluster_data("seed", other, j, self.size)).hexdigest()
+                h = hashlib.md5()
+                try:
+                    with open(path, "rb") as f:
+                        while chunk := f.read(MiB):
+                            h.update(chunk)
+                            self.bytes_read += len(chunk)
+                except OSError as exc:
+                    self.errors.append("read %s: errno %s %s" % (path, exc.errno, exc.strerror))
+                    continue
+                if h.hexdigest() != want:
+                    self.errors.append("read %s: WRONG DATA" % path)
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        reader = threading.Thread(target=self.read_files, daemon=True)
+        reader.start()
+        self.write_files()
+        reader.join()
+        self.seconds = time.perf_counter() - t0
+
+
+def cluster_round(b: Bench, tag: str, kill: bool) -> dict[str, Any]:
+    """Four fresh mounts (own cache dirs) write and read at once; with ``kill``, volume1 dies mid-way.
+
+    Afterwards every written byte is checked with boto3 (a GET of each object, its MD5
+    against the seeded data), and the mounts' unmount summaries give their failed and
+    retried requests.
+    """
+    import hashlib
+
+    n, size = b.args.cluster_files, b.args.cluster_file_mib * MiB
+    total_write = CLUSTER_MOUNTS * n * size
+    written = [0]
+    lock = threading.Lock()
+    kill_at = total_write // 3
+    killed = threading.Event()
+    out: dict[str, Any] = {"tag": tag, "kill": kill}
+
+    def progress(nbytes: int) -> None:
+        with lock:
+            written[0] += nbytes
+            due = kill and not killed.is_set() and written[0] >= kill_at
+            if due:
+                killed.set()
+        if due:
+            try:
+                held = b.server.volumes_per_server()
+            except Exception as exc:  # noqa: BLE001 - only the report is at stake
+                held = {"?": describe(exc)}
+            pid = b.server.kill_volume(1)
+            out["killed"] = "volume1 (pid %d) SIGKILLed after %s of %s written, %.1f s in; volume " \
+                "replicas per server then: %s" % (pid, human(kill_at), human(total_write),
+                                                 time.perf_counter() - t0, held)
+            log("    " + out["killed"])
+
+    mounts = [MountProc(b, "ours", debug=True).start() for _ in range(CLUSTER_MOUNTS)]
+    try:
+        clients = [ClusterClient(b, m, i, tag, n, size, progress) for i, m in enumerate(mounts)]
+        t0 = time.perf_counter()
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        wall = time.perf_counter() - t0
+    finally:
+        for m in mounts:
+            m.stop(timeout=300)
+    per = [(c.bytes_written + c.bytes_read) / c.seconds / 1e6 if c.seconds else 0.0 for c in clients]
+    summaries = []
+    for m in mounts:
+        with open(m.log_path, errors="replace") as f:
+            found = UNMOUNT_SUMMARY.findall(f.read())
+        counts = m.requests_since(0)
+        summaries.append({"requests": counts["requests"], "errors": counts["errors"],
+                          "summary": found[-1] if found else None, "exit": m.returncode,
+                          "peak_rss": m.sampler.peak_rss if m.sampler else None})
+    lost = []
+    for i in range(CLUSTER_MOUNTS):
+        for j in range(n):
+            key = "cl/%s/w%d/f%02d" % (tag, i, j)
+            try:
+                body = b.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            except Exception as exc:  # noqa: BLE001 - a lost object is the finding
+                lost.append("%s: %s" % (key, describe(exc)))
+                continue
+            if hashlib.md5(body).digest() != hashlib.md5(cluster_data(tag, i, j, size)).digest():
+                lost.append("%s: %d bytes, not the bytes written" % (key, len(body)))
+    out.update(
+        seconds=wall,
+        bytes=sum(c.bytes_written + c.bytes_read for c in clients),
+        aggregate_mb_s=sum(c.bytes_written + c.bytes_read for c in clients) / wall / 1e6,
+        per_mount_mb_s=per,
+        fairness=min(per) / max(per) if max(per) else None,
+        workload_errors=[e for c in clients for e in c.errors],
+        mounts=summaries,
+        objects_checked=CLUSTER_MOUNTS * n,
+        lost=lost,
+    )
+    return out
+
+
+def run_cluster(b: Bench) -> dict[str, Any]:
+    """--cluster: the seed files with boto3, then a run with all servers up and one losing volume1."""
+    n, size = b.args.cluster_files, b.args.cluster_file_mib * MiB
+    log("cluster: %s; %d mounts, each writes %d x %s and reads the other %d mounts' %d x %s" % (
+        ", ".join("%s pid %d" % (name, p.pid) for name, p in b.server.procs.items()), CLUSTER_MOUNTS,
+        n, human(size), CLUSTER_MOUNTS - 1, n, human(size)))
+    t0 = time.monotonic()
+    b.put_keys(["cl/seed/w%d/f%02d" % (i, j) for i in range(CLUSTER_MOUNTS) for j in range(n)],
+               lambda key: cluster_data("seed", int(key.split("/")[2][1:]), int(key[-2:]), size))
+    log("seeded %d files with boto3 in %.1f s" % (CLUSTER_MOUNTS * n, time.monotonic() - t0))
+    rounds = []
+    for tag, kill in (("all-up", False), ("kill-volume", True)):
+        log("cluster round %s" % tag)
+        r = cluster_round(b, tag, kill)
+        rounds.append(r)
+        log("  %.1f s, %.1f MB/s aggregate, per mount %s MB/s, %d workload errors, %d objects lost" % (
+            r["seconds"], r["aggregate_mb_s"], " ".join("%.1f" % x for x in r["per_mount_mb_s"]),
+            len(r["workload_errors"]), len(r["lost"])))
+    return {"files_per_mount": n, "file_size": size, "replication": b.server.replication,
+            "volume_servers": b.server.volumes, "rounds": rounds}
+
+
+def print_cluster(res: dict[str, Any]) -> None:
+    print()
+    print("cluster: master, %d volume servers (replication %s), filer, S3 gateway; %d mounts, each writing "
+          "%d x %s while reading the others' %d x %s" % (
+              res["volume_servers"], res["replication"], CLUSTER_MOUNTS, res["files_per_mount"],
+              human(res["file_size"]), res["files_per_mount"] * (CLUSTER_MOUNTS - 1),
+              human(res["file_size"])))
+    head = ("run", "seconds", "aggregate MB/s", "per mount MB/s", "min/max", "workload errors",
+            "objects lost", "requests failed", "retried", "peak RSS")
+    rows = []
+    for r in res["rounds"]:
+        failed = sum(int(m["summary"][1]) for m in r["mounts"] if m["summary"])
+        retried = sum(int(m["summary"][2]) for m in r["mounts"] if m["summary"])
+        rows.append((r["tag"], "%.1f" % r["seconds"], "%.1f" % r["aggregate_mb_s"],
+                     " ".join("%.1f" % x for x in r["per_mount_mb_s"]),
+                     "-" if r["fairness"] is None else "%.2f" % r["fairness"],
+                     str(len(r["workload_errors"])), "%d of %d" % (len(r["lost"]), r["objects_checked"]),
+                     str(failed), str(retried), human(max((m["peak_rss"] or 0) for m in r["mounts"]))))
+    widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
+    fmt = "  ".join("%%-%ds" % w if i == 0 else "%%%ds" % w for i, w in enumerate(widths))
+    print(fmt % head)
+    print(fmt % tuple("-" * w for w in widths))
+    for row in rows:
+        print(fmt % row)
+    for r in res["rounds"]:
+        if r.get("killed"):
+            print("%s: %s" % (r["tag"], r["killed"]))
+        for e in r["workload_errors"][:20]:
+            print("  %s: workload error: %s" % (r["tag"], e))
+        for e in r["lost"][:20]:
+            print("  %s: LOST: %s" % (r["tag"], e))
 
 
 # -- reporting -----------------------------------------------------------------------------------
@@ -1131,6 +1776,14 @@ def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> di
                        for t in ["ours", *tools]}
             if any(v is not None for v in figures.values()):
                 row[key] = figures
+        firsts = {t: med([r[t]["extra"]["first_line"] for r in runs
+                          if ok(r, t) and "first_line" in r[t]["extra"]]) for t in ["ours", *tools]}
+        if any(v is not None for v in firsts.values()):
+            row["first_line"] = firsts
+        layouts = [r["ours"]["extra"]["layout"] for r in runs
+                   if ok(r, "ours") and "layout" in r["ours"]["extra"]]
+        if layouts:
+            row["layout"] = layouts[-1]
         row["cpu"] = med([r["ours"]["extra"]["cpu"] for r in runs
                           if ok(r, "ours") and "cpu" in r["ours"]["extra"]])
         for tool in tools:
@@ -1187,6 +1840,21 @@ def print_table(summary: dict[str, Any], tools: list[str]) -> None:
                     "-" if row["fio_iops"].get(t) is None else "%.0f" % row["fio_iops"][t],
                 )
                 for t in ["ours", *tools])))
+    first_rows = [(name, row) for name, row in summary.items() if "first_line" in row]
+    if first_rows:
+        print()
+        print("first line printed after (s, medians):")
+        for name, row in first_rows:
+            print("  %-15s %s" % (name, "   ".join(
+                "%s %s" % (t, fmt_s(row["first_line"].get(t))) for t in ["ours", *tools])))
+    layout_rows = [(name, row) for name, row in summary.items() if "layout" in row]
+    if layout_rows:
+        print()
+        print("parts of the object our mount wrote (ETag's -N, HEAD ?partNumber=i); cache peak of the")
+        print("mount against its cache_size (default 4 GiB):")
+        for name, row in layout_rows:
+            print("  %-15s %s of %s; cache peak %s" % (
+                name, describe_layout(row["layout"]), human(row["layout"]["size"]), human(row["peak_cache"])))
     rss = [r["peak_rss"] for r in summary.values() if r["peak_rss"]]
     cache = [r["peak_cache"] for r in summary.values() if r["peak_cache"] is not None]
     print()
@@ -1257,6 +1925,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="also the fio rows: sequential 256k reads and writes, random 4k reads, 4 jobs")
     ap.add_argument("--fio-size-mib", type=int, default=None,
                     help="each fio job's file (default 256, quick 32)")
+    ap.add_argument("--tree", action="store_true",
+                    help="also the tree rows: cp -r and rm -r of 6,400 files x 30 KB in 1,024 directories, "
+                    "find over 100,000 keys in 1,000 directories")
+    ap.add_argument("--tree-files", type=int, default=None, help="files of the cp -r tree (default 6400)")
+    ap.add_argument("--tree-keys", type=int, default=None, help="keys of the find tree (default 100000)")
+    ap.add_argument("--big", action="store_true", help="also the big-file rows: write, cold read")
+    ap.add_argument("--big-size-gib", type=float, default=10, help="size of the --big file (default 10)")
+    ap.add_argument("--cluster", action="store_true",
+                    help="instead of the rows: four mounts at once on a SeaweedFS cluster")
+    ap.add_argument("--cluster-files", type=int, default=8, help="files each --cluster mount writes")
+    ap.add_argument("--cluster-file-mib", type=int, default=32, help="size of each --cluster file")
+    ap.add_argument("--data-dir", default=None,
+                    help="keep SeaweedFS's data (and the --big source) here between runs, so the made-once "
+                    "key sets (--scale, --tree) are made once; an interrupted creation resumes")
     ap.add_argument("--server-wait", type=float, default=900.0,
                     help="seconds to wait for s3fs_mount/localserver.py to appear")
     args = ap.parse_args(argv)
@@ -1269,6 +1951,8 @@ def main(argv: list[str] | None = None) -> int:
 
     all_w = workloads() + (scale_workloads(args.scale_n) if args.scale else [])
     all_w += fio_workloads() if args.fio else []
+    all_w += tree_workloads(args.tree_keys or 100_000) if args.tree else []
+    all_w += big_workloads(int(args.big_size_gib * GiB)) if args.big else []
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {w.name for w in all_w}
@@ -1292,7 +1976,12 @@ def main(argv: list[str] | None = None) -> int:
         log("scratch dir %s; big file %s, %d small files, %d in the big directory" % (
             bench.tmp, human(bench.p.size), bench.p.n_small, bench.p.n_many))
         bench.start_server()
-        bench.make_sources()
+        if args.cluster:
+            results["cluster"] = run_cluster(bench)
+            print_cluster(results["cluster"])
+            args.rounds = 0
+        else:
+            bench.make_sources({w.name for w in all_w})
         for rnd in range(args.rounds):
             log("round %d of %d" % (rnd + 1, args.rounds))
             per: dict[str, dict[str, Any]] = {w.name: {} for w in all_w}
@@ -1312,7 +2001,7 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     show(tool, w.name, s)
                     per[w.name][tool] = sample_dict(s)
-        if not args.no_count:
+        if not args.no_count and not args.cluster:
             log("count pass: -o debug, not timed; counts S3 requests and bytes")
             bench.reset_mount_keys()
             for w in all_w:

@@ -1,0 +1,101 @@
+"""The bench's own machinery: the cluster it runs on, its fast key-set path, its part-layout report.
+
+These check behaviours (a replicated cluster keeps every object when a volume server dies;
+keys made through the filer list as the S3 gateway's own empty objects), never timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import s3rig
+
+from s3fs_mount.localserver import LocalS3Server
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+MiB, GiB = 1 << 20, 1 << 30
+
+
+def load(name: str) -> Any:
+    """bench/NAME.py as a module (bench/ is scripts, not a package)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    if "bench_" + name in sys.modules:
+        return sys.modules["bench_" + name]
+    spec = importlib.util.spec_from_file_location("bench_" + name, BENCH / (name + ".py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_put_via_filer_makes_the_gateways_empty_objects(
+    s3server: LocalS3Server, boto: Any, bucket: str
+) -> None:
+    run = load("run")
+    keys = ["set/d%03d/f%05d" % (i // 10, i) for i in range(120)] + ["set/with space+plus"]
+    run.put_via_filer(s3server.ports["filer"], bucket, keys, threads=4)
+    boto.put_object(Bucket=bucket, Key="ref", Body=b"")
+    ref = boto.head_object(Bucket=bucket, Key="ref")
+    listed = {}
+    for page in boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="set/"):
+        listed.update({o["Key"]: (o["Size"], o["ETag"]) for o in page.get("Contents", [])})
+    assert listed == {k: (0, ref["ETag"]) for k in keys}
+    assert ref["ETag"].strip('"') == hashlib.md5(b"").hexdigest()
+
+
+def test_describe_layout_reads_the_doubling_off_the_parts() -> None:
+    run = load("run")
+    grown = {"size": 0, "parts": 5, "sizes": [8 * MiB] * 3 + [16 * MiB] * 2}
+    text = run.describe_layout(grown)
+    assert text.startswith("5 parts: 3 x 8.0 MiB + 2 x 16.0 MiB; doubling every 3 parts")
+    assert ">= 5 TiB" in text
+    fixed = run.describe_layout({"size": 0, "parts": 4, "sizes": [8 * MiB] * 4})
+    assert "no growth within this size (10,000 such parts hold 78.1 GiB)" in fixed
+    assert "sizes unknown" in run.describe_layout({"size": 0, "parts": 7, "sizes": []})
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Any:
+    cl = load("cluster").WeedCluster(str(tmp_path / "cluster"), log_path=str(tmp_path / "logs" / "x.log"))
+    state: dict[str, Any] = {}
+
+    def ready() -> bool:
+        if "c" not in state:
+            state["c"] = s3rig.make_boto_client(cl.endpoint, cl.access_key, cl.secret_key)
+        state["c"].list_buckets()
+        return True
+
+    cl.start(ready, timeout=120)
+    try:
+        yield cl
+    finally:
+        cl.stop(kill=True)
+    assert not cl.is_running()
+    assert all(p.poll() is not None for p in cl.procs.values())
+
+
+def test_cluster_keeps_every_object_when_a_volume_server_dies(cluster: Any) -> None:
+    assert sorted(cluster.procs) == ["filer", "master", "s3", "volume0", "volume1", "volume2"]
+    assert len({p.pid for p in cluster.procs.values()}) == 6
+    s3 = s3rig.make_boto_client(cluster.endpoint, cluster.access_key, cluster.secret_key)
+    s3.create_bucket(Bucket="bench")
+    bodies = {"o%02d" % i: os.urandom(256 * 1024 + i) for i in range(24)}
+    for key, body in bodies.items():
+        s3.put_object(Bucket="bench", Key=key, Body=body)
+    held = cluster.volumes_per_server()
+    assert sorted(held) == ["volume0", "volume1", "volume2"]
+    assert sum(held.values()) % 2 == 0 and held["volume1"] > 0  # replication 001: two copies of each
+    cluster.kill_volume(1)
+    assert cluster.killed == {"volume1"} and cluster.is_running()
+    for key, body in bodies.items():
+        assert s3.get_object(Bucket="bench", Key=key)["Body"].read() == body
+    s3.put_object(Bucket="bench", Key="after", Body=b"written with volume1 gone")
+    assert s3.get_object(Bucket="bench", Key="after")["Body"].read() == b"written with volume1 gone"

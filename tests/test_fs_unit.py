@@ -896,3 +896,20 @@ def test_random_reads_of_a_large_object_are_checked_when_they_have_fetched_it_al
     fh = ops.open("/f", os.O_RDONLY)
     assert b"".join(reversed([ops.read("/f", 1 * MiB, off, fh) for off in offsets])) == data
     ops.release("/f", fh)
+
+
+def test_xattrs_of_an_unlinked_open_file_stay_readable_by_its_hidden_name(tmp_path):
+    """libfuse asks fgetxattr/flistxattr of an unlinked, open file by its .fuse_hidden name."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"data", flush=False)
+    ops.setxattr("/f", "user.color", b"red", 0)
+    ops.rename("/f", "/.fuse_hidden0001")  # libfuse's unlink of an open file
+    assert "f" not in store.objects
+    assert ops.listxattr("/.fuse_hidden0001") == ["user.color"]
+    assert ops.getxattr("/.fuse_hidden0001", "user.color") == b"red"
+    ops.setxattr("/.fuse_hidden0001", "user.n", b"1", 0)
+    assert ops.listxattr("/.fuse_hidden0001") == ["user.color", "user.n"]
+    ops.release(None, fh)
+    ops.unlink("/.fuse_hidden0001")
+    assert store.objects == {}

@@ -636,6 +636,10 @@ class S3Operations(Operations):
         return {k: v.encode() for k, v in facts.items() if v}
 
     def _metadata(self, path: str) -> dict[str, str]:
+        if _is_hidden(path):  # fgetxattr of an unlinked, still open file: its own copy has it all
+            item = self._hidden_item(path)
+            with item.cond:
+                return dict(item.metadata)
         item = self.staging.get(self.keymap.key(path)) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
             with item.cond:

@@ -150,7 +150,7 @@ class Namespace:
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
-            self._changed[path] = self.clock.monotonic()
+            attributes.seen_at = self._changed[path] = self.clock.monotonic()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)

@@ -102,7 +102,10 @@ class S3Operations(Operations):
             attr_cache=options.attr_cache,
         )
         self.staging = StagingCache(
-            os.path.join(options.cache_dir, _safe(store.name, prefix)), store.name, options.cache_size
+            os.path.join(options.cache_dir, _safe(store.name, prefix)),
+            store.name,
+            options.cache_size,
+            clock=clock,
         )
         self.prefetcher = Prefetcher(
             store,

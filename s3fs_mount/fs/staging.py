@@ -35,6 +35,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time
 from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.ranges import RangeSet
@@ -132,9 +133,9 @@ class StagedFile:
         self.present = RangeSet()
         self.inflight: list[tuple[int, int]] = []
         self.etag = ""  # the remote version our bytes came from ("" for a new file)
-        #: When (time.monotonic) ``etag`` became known: a lookup answered before then is older
-        #: than what this item knows, and must not replace it (our own upload moved it on).
-        self.etag_since = time.monotonic()
+        #: When (the cache's clock, monotonic) ``etag`` became known: a lookup answered before then
+        #: is older than what this item knows, and must not replace it (our own upload moved it on).
+        self.etag_since = cache.clock.monotonic()
         self.metadata: dict[str, str] = {}  # every x-amz-meta-* to upload with
         self.headers: dict[str, str] = {}  # Content-Type and friends
         self.mtime = time.time()
@@ -349,7 +350,7 @@ class StagedFile:
         """
         with self.cond:
             self.etag = etag
-            self.etag_since = time.monotonic()
+            self.etag_since = self.cache.clock.monotonic()
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
             self.upload_error = ""
             if self.generation != generation:
@@ -419,7 +420,7 @@ class StagedFile:
         self.present = RangeSet()
         self.size = self.remote_size = size
         self.etag = etag
-        self.etag_since = time.monotonic()
+        self.etag_since = self.cache.clock.monotonic()
         self.metadata = dict(metadata)
         self.headers = dict(headers)
         self.mtime = mtime
@@ -452,10 +453,14 @@ class StagingCache:
         when the cache holds more than this. Dirty files are never evicted.
     :param keep_written: a file written here stays cached after its upload
         only up to this size (see :meth:`uploaded`).
+    :param clock: what an item's version time is read off: the namespace's, so the two compare.
     """
 
-    def __init__(self, root: str, bucket: str, capacity: int, keep_written: int = 16 << 20) -> None:
+    def __init__(
+        self, root: str, bucket: str, capacity: int, keep_written: int = 16 << 20, clock: Clock = SYSTEM
+    ) -> None:
         self.root = root
+        self.clock = clock
         self.bucket = bucket
         self.capacity = capacity
         self.keep_written = keep_written

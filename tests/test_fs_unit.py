@@ -913,3 +913,20 @@ def test_xattrs_of_an_unlinked_open_file_stay_readable_by_its_hidden_name(tmp_pa
     ops.release(None, fh)
     ops.unlink("/.fuse_hidden0001")
     assert store.objects == {}
+
+
+def test_an_unlinked_open_file_follows_a_rename_of_its_directory(tmp_path):
+    """libfuse keeps .fuse_hidden names in the file's directory, and renames them with it."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    fh = write_file(ops, "/d/f", b"data", flush=False)
+    ops.rename("/d/f", "/d/.fuse_hidden0001")  # libfuse's unlink of an open file
+    ops.rename("/d", "/e")
+    assert ops.getattr("/e/.fuse_hidden0001")["st_size"] == 4
+    ops.chmod("/e/.fuse_hidden0001", 0o600)
+    assert stat.S_IMODE(ops.getattr("/e/.fuse_hidden0001")["st_mode"]) == 0o600
+    ops.release(None, fh)
+    ops.unlink("/e/.fuse_hidden0001")  # its last close
+    assert ops._hidden == {}
+    assert sorted(store.objects) == ["e/"]

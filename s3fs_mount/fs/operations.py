@@ -532,6 +532,15 @@ class S3Operations(Operations):
         elif target is not None and target.is_dir:
             raise FsError(errno.EISDIR)
         self.changes.rename(old, new, source)
+        if source.is_dir:
+            self._move_hidden(old, new)
+
+    def _move_hidden(self, old: str, new: str) -> None:
+        """Directory ``old`` is now ``new``: libfuse names the unlinked open files in it by the new path."""
+        old, new = old.rstrip("/") + "/", new.rstrip("/") + "/"
+        with self._lock:
+            for path in [p for p in self._hidden if p.startswith(old)]:
+                self._hidden[new + path[len(old) :]] = self._hidden.pop(path)
 
     # -- links ------------------------------------------------------------------------
 

@@ -188,3 +188,23 @@ def test_a_staged_record_has_one_serialization_for_save_and_recovery(tmp_path):
     legacy = StagedRecord.from_json({"bucket": "b", "key": "old", "size": 11, "dirty": True})
     assert (legacy.key, legacy.size, legacy.mtime) == ("old", 11, None)
     assert (legacy.upload_ids, legacy.digests, legacy.present) == ([], {}, [])
+
+
+def test_bytes_written_over_after_an_upload_recover_as_written(tmp_path):
+    """The record forgets a digest a write made untrue, or recovery takes the write for damage.
+
+    An upload records digests of what it sent; the next write (elsewhere) makes the item dirty and
+    records them; a later write over those bytes dropped them in memory only, so after a crash the
+    data file "changed on disk" and the written file was kept back, never uploaded.
+    """
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"first", flush=False)
+    ops.flush("/f", fh)  # uploaded: the digest of bytes 0-4 is noted
+    ops.write("/f", b"tail", 100, fh)  # dirty: recorded, with that digest
+    ops.write("/f", b"FIRST", 0, fh)  # over bytes 0-4
+    ops.staging.close()  # killed
+    again = make_ops(tmp_path, store)
+    assert again.recover() == []
+    assert again.staging.damaged == []
+    assert store.objects["f"].data == b"FIRST" + bytes(95) + b"tail"

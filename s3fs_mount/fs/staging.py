@@ -259,15 +259,15 @@ class StagedFile:
                 self.cond.wait()
             os.pwrite(self.fd, data, offset)
             self.present.add(offset, end)
-            if self.digests:
-                self._drop_digests(offset, end)
+            # A digest the record holds of bytes written over would fail recovery's check: re-record.
+            digests_dropped = bool(self.digests) and self._drop_digests(offset, end)
             self.size = max(self.size, end)
             self.mtime = self.ctime = time.time()
             self.generation += 1
             became_dirty = not self.dirty
             self.dirty = True
             self.last_used = time.monotonic()
-        if became_dirty:
+        if became_dirty or digests_dropped:
             self.save()
         self.cache.grew(len(data))
         return len(data)
@@ -294,10 +294,13 @@ class StagedFile:
         with self.cond:
             self.digests[(offset, length)] = digest
 
-    def _drop_digests(self, start: int, end: int) -> None:
-        """Bytes of ``[start, end)`` change: their digests no longer hold (caller holds cond)."""
-        for off, n in [r for r in self.digests if r[0] < end and start < r[0] + r[1]]:
-            del self.digests[(off, n)]
+    def _drop_digests(self, start: int, end: int) -> bool:
+        """Bytes of ``[start, end)`` change: their digests no longer hold (caller holds cond).
+        Returns whether any was dropped."""
+        dropped = [r for r in self.digests if r[0] < end and start < r[0] + r[1]]
+        for r in dropped:
+            del self.digests[r]
+        return bool(dropped)
 
     def damaged_ranges(self) -> list[tuple[int, int]]:
         """Recorded ranges whose bytes in the data file no longer have their digest."""

@@ -930,3 +930,20 @@ def test_an_unlinked_open_file_follows_a_rename_of_its_directory(tmp_path):
     ops.unlink("/e/.fuse_hidden0001")  # its last close
     assert ops._hidden == {}
     assert sorted(store.objects) == ["e/"]
+
+
+def test_a_directory_is_not_renamed_over_one_holding_a_file_not_yet_uploaded(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/e", 0o755)
+    fh = ops.create("/e/new", 0o644)  # staged only: S3 lists e/ as empty
+    with pytest.raises(FuseOSError) as refused:
+        ops.rename("/d", "/e")
+    assert refused.value.errno == errno.ENOTEMPTY
+    with pytest.raises(FuseOSError) as refused:
+        ops.rmdir("/e")
+    assert refused.value.errno == errno.ENOTEMPTY
+    ops.flush("/e/new", fh)
+    ops.release("/e/new", fh)
+    assert sorted(store.objects) == ["d/", "e/", "e/new"]

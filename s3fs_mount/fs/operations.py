@@ -525,7 +525,7 @@ class S3Operations(Operations):
         if source.is_dir:
             if target is not None and not target.is_dir:
                 raise FsError(errno.ENOTDIR)
-            if target is not None and not self.namespace.is_empty_dir(new):
+            if target is not None and not self.changes.is_empty_dir(new):
                 raise FsError(errno.ENOTEMPTY)
             if new.startswith(old.rstrip("/") + "/"):
                 raise FsError(errno.EINVAL)

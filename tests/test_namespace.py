@@ -282,3 +282,16 @@ def test_an_implicit_directory_keeps_its_times_in_memory_only():
     assert set(store.objects) == keys
     assert ns.lookup("/imp").mtime > ns.epoch
 
+
+
+def test_the_attribute_cache_is_bounded_and_a_walk_lists_around_a_name():
+    """A directory larger than the cache: a lookup during the walk lists a page from that name,
+    not a HEAD per entry."""
+    ns, store, _ = make(attr_cache=100)
+    for i in range(300):
+        store.put("d/f%03d" % i, b"x")
+    assert len(listing(ns, "/d")) == 300
+    heads, lists = store.calls["HEAD"], store.calls["LIST"]
+    assert all(ns.lookup("/d/f%03d" % i).size == 1 for i in range(300))
+    assert store.calls["HEAD"] == heads
+    assert store.calls["LIST"] - lists < 10

@@ -113,6 +113,9 @@ class Namespace:
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
+        #: Entries a lookup during a walk lists (_list_around): no more than the cache holds, or
+        #: the page pushes out the very name it was listed for.
+        self.walk_page = min(1000, attr_cache)
         #: Directory path -> seconds its walk lasts (see _list_around).
         self._walks: TLRUCache[str, float] = TLRUCache(1_000, lambda path, ttl, now: now + ttl, timer)
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
@@ -646,7 +649,7 @@ class Namespace:
         with self._lock:
             ttl = self._walks.get(parent) or _walk_ttl(0)
         try:
-            page = next(self.store.list(prefix, delimiter="/", start_after=key[:-1]))
+            page = next(self.store.list(prefix, delimiter="/", start_after=key[:-1], max_keys=self.walk_page))
         except S3Error as exc:
             log.debug("listing %s from %s failed (%s): looked up alone", parent, name, exc)
             return

@@ -137,3 +137,28 @@ def test_what_we_change_is_newer_than_any_lookup_on_the_injected_clock(tmp_path)
     fh = ops.create("/f", 0o644)
     ops.release("/f", fh)
     assert ops.namespace.lookup("/f").seen_at >= clock.monotonic() - 1.0
+
+
+def test_another_clients_metadata_change_of_the_same_bytes_is_followed_and_kept(tmp_path):
+    """A chmod elsewhere is a self-copy: same bytes, same ETag. A cached copy here must take the
+    new metadata at its next open, or show the old mode and put it back with its next upload."""
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock)
+    fh = ops.create("/f", 0o644)
+    ops.write("/f", b"data", 0, fh)
+    ops.flush("/f", fh)
+    ops.release("/f", fh)  # a small file stays cached, clean
+    etag = store.objects["f"].etag
+    meta = dict(store.objects["f"].metadata, **{"x-amz-meta-mode": str(0o100600), "x-amz-meta-k": "v"})
+    store.copy_object("f", "f", meta, replace_metadata=True)  # another client's chmod and setxattr
+    assert store.objects["f"].etag == etag
+    clock.advance(2.0)
+    fh = ops.open("/f", os.O_RDWR)
+    assert ops.getattr("/f")["st_mode"] == 0o100600
+    assert ops.getxattr("/f", "user.k") == b"v"
+    ops.write("/f", b"DATA", 0, fh)
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == b"DATA"
+    assert store.objects["f"].metadata["x-amz-meta-mode"] == str(0o100600)
+    assert store.objects["f"].metadata["x-amz-meta-k"] == "v"

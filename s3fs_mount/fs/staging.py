@@ -383,15 +383,20 @@ class StagedFile:
         """S3 was seen (at ``seen_at``, monotonic) holding version ``etag``: follow it if it is news.
 
         Only a clean item follows, and only when the sighting is newer than
-        what the item knows and names another version: a lookup sent before
-        our own upload finished names the version that upload replaced, and
-        following it would drop the bytes every open handle is reading.
+        what the item knows: of its own version it takes the metadata (another
+        client's chmod keeps the ETag), of another version everything. A lookup
+        sent before our own upload finished names the version that upload
+        replaced, and following it would drop the bytes every open handle is reading.
         Returns True when the local bytes were dropped.
         """
         with self.cond:
             while self.inflight:  # a fetch of the old version would land in the new one's bytes
                 self.cond.wait()
-            if self.dirty or self.uploading or etag == self.etag or seen_at <= self.etag_since:
+            if self.dirty or self.uploading or seen_at <= self.etag_since:
+                return False
+            if etag == self.etag:  # the same bytes; a chmod elsewhere (a self-copy) keeps the ETag
+                self.metadata, self.headers = dict(metadata), dict(headers)
+                self._times_from(self.metadata)
                 return False
             self._reset(size, etag, metadata, headers, mtime)
         self.drop_record()

@@ -12,6 +12,7 @@ import time
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
+from waiting import eventually
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
@@ -113,10 +114,8 @@ def test_sequential_write_streams_parts_before_close(tmp_path):
     ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
     data = os.urandom(23 * MiB)
     fh = write_file(ops, "/big", data, flush=False)
-    deadline = time.monotonic() + 10
-    while store.calls["PUT part"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert store.calls["PUT part"] >= 3  # sent while the file was still open
+    # sent while the file was still open (by the uploader's threads)
+    eventually(lambda: store.calls["PUT part"] >= 3, what="three parts sent")
     ops.flush("/big", fh)
     ops.release("/big", fh)
     assert store.objects["big"].data == data
@@ -213,9 +212,7 @@ def test_a_piece_dropped_while_a_reader_waits_for_it_is_fetched_again(tmp_path):
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(ops.read("/big", 17 * MiB, 0, fh)))
     reader.start()
-    deadline = time.monotonic() + 10
-    while len(ops._handle(fh).read_state.pieces) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: len(ops._handle(fh).read_state.pieces) >= 2, what="two pieces in flight")
     assert ops.read("/big", MiB, 30 * MiB, fh) == data[30 * MiB : 31 * MiB]  # random: drops them
     first_piece.set()
     reader.join(10)

@@ -23,8 +23,8 @@ def make(store: FakeStore | None = None, prefix: str = "", attr_ttl: float = 1.0
          **kwargs) -> tuple[Namespace, FakeStore, FakeClock]:
     store = store if store is not None else FakeStore()
     clock = FakeClock()
-    bucket = Bucket(store, "bucket")
-    ns = Namespace(bucket, KeyMap(prefix), DEFAULTS, attr_ttl, dir_ttl, clock=clock, **kwargs)
+    bucket = Bucket(store, "bucket").under(prefix)
+    ns = Namespace(bucket, KeyMap(), DEFAULTS, attr_ttl, dir_ttl, clock=clock, **kwargs)
     ns.configure_directories()
     return ns, store, clock
 

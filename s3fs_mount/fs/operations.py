@@ -65,7 +65,8 @@ class S3Operations(Operations):
         >>> FUSE(ops, '/mnt/s3', **ops.fuse_options())
 
     :param store: the bucket to mount: every request of the mount goes through it.
-    :param prefix: the key prefix that is the mount's root ('' for all).
+    :param prefix: the key prefix that is the mount's root ('' for all): fixed in the view
+        (``store.under(prefix)``), so the keys above it are the mount's own.
     :param options: the ``-o`` settings.
     :param mountpoint: where we are mounted (for the kernel's readahead; None in tests).
     :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
@@ -87,10 +88,11 @@ class S3Operations(Operations):
         server_full: Callable[[], str | None] | None = None,
         clock: Clock = SYSTEM,
     ) -> None:
-        self.bucket = store.name
+        store = store.under(prefix)
+        self.bucket, self.prefix = store.name, store.prefix
         self.clock = clock
         self.options = options
-        self.keymap = KeyMap(prefix)
+        self.keymap = KeyMap()
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
         self.namespace = Namespace(
             store,
@@ -102,10 +104,11 @@ class S3Operations(Operations):
             attr_cache=options.attr_cache,
         )
         self.staging = StagingCache(
-            os.path.join(options.cache_dir, _safe(store.name, prefix)),
+            os.path.join(options.cache_dir, _safe(store.name, store.prefix)),
             store.name,
             options.cache_size,
             clock=clock,
+            prefix=store.prefix,
         )
         self.prefetcher = Prefetcher(
             store,
@@ -699,7 +702,7 @@ class S3Operations(Operations):
                     )
         return {
             "bucket": self.bucket,
-            "prefix": self.keymap.prefix,
+            "prefix": self.prefix,
             "endpoint": self.endpoint,
             "cache_dir": self.staging.root,
             "cache_bytes": self.staging.usage(),

@@ -177,7 +177,7 @@ class StagedFile:
         """What the journal keeps of this item. Caller holds cond."""
         return StagedRecord(
             bucket=self.cache.bucket,
-            key=self.key,
+            key=self.cache.prefix + self.key,
             size=self.size,
             dirty=self.dirty,
             remote_size=self.remote_size,
@@ -457,6 +457,8 @@ class StagingCache:
 
     :param root: the directory to keep files in (created 0700).
     :param bucket: recorded with each item, so recovery knows where a file goes.
+    :param prefix: the mount's key prefix: items have the mount's keys (relative to it), records
+        the keys in the bucket, so that a record says where its file goes whoever reads it.
     :param capacity: clean files are evicted, least recently used first,
         when the cache holds more than this. Dirty files are never evicted.
     :param keep_written: a file written here stays cached after its upload
@@ -465,9 +467,16 @@ class StagingCache:
     """
 
     def __init__(
-        self, root: str, bucket: str, capacity: int, keep_written: int = 16 << 20, clock: Clock = SYSTEM
+        self,
+        root: str,
+        bucket: str,
+        capacity: int,
+        keep_written: int = 16 << 20,
+        clock: Clock = SYSTEM,
+        prefix: str = "",
     ) -> None:
         self.root = root
+        self.prefix = prefix
         self.clock = clock
         self.bucket = bucket
         self.capacity = capacity
@@ -676,15 +685,16 @@ class StagingCache:
         found = []
         for item_id, state in sorted(recorded.items()):
             record = StagedRecord.from_json(state)
-            if record.bucket != self.bucket:
+            if record.bucket != self.bucket or not record.key.startswith(self.prefix):
                 continue  # not ours to judge: its record stays
+            key = record.key[len(self.prefix) :]
             data = os.path.join(self.root, item_id + ".data")
             if not record.dirty or not os.path.exists(data):
-                self.orphan_uploads += [(record.key, u) for u in record.upload_ids]
+                self.orphan_uploads += [(key, u) for u in record.upload_ids]
                 _remove(data)
                 self.journal.record(item_id, None)
                 continue
-            item = StagedFile(self, item_id, record.key)
+            item = StagedFile(self, item_id, key)
             item.restore(record)
             bad = item.damaged_ranges()
             if bad:  # changed on the local disk since an upload read it: never send it as ours

@@ -5,9 +5,10 @@ server), its result (bytes, errno) checked against a plain in-memory model of
 the files; after every step what the filesystem shows (listings, types, modes,
 sizes, each open handle's fstat) is checked against the model too, and every
 fourth step all of it (each file's bytes and extended attributes, what each
-open handle reads). Now and then everything is flushed and what reached the
-store (bodies and ``x-amz-meta-*``) is checked, and the mount crashes and a new
-one recovers from its cache directory: nothing dirty may be lost.
+open handle reads, that each name the model lacks is ENOENT). Now and then
+everything is flushed and what reached the store (bodies and ``x-amz-meta-*``)
+is checked, and the mount crashes and a new one recovers from its cache
+directory: nothing dirty may be lost.
 
 Time runs on a fake clock, moved on between steps, so attribute and listing
 TTLs expire as they would over minutes. Another client's writes (straight to
@@ -396,26 +397,32 @@ class Driver:
         self.call(0, "setxattr", path, name, value, flags)
         xattrs[name] = value
 
-    def do_getxattr(self) -> None:
+    def xattr_named(self, op: str) -> tuple[str, str, dict[str, bytes]] | None:
+        """A path and attribute name for ``op`` (getxattr, removexattr): the name and the attributes
+        of a file that has it; where none, the call is made here and must fail as it should."""
         path, name = self.pick_any(), self.rnd.choice(XATTRS)
-        self.log.append("getxattr %s %s" % (path, name))
+        self.log.append("%s %s %s" % (op, path, name))
         xattrs = self.xattrs_of(path)
         if xattrs is None:
-            return self.call(errno.ENOENT, "getxattr", path, name)
-        if name not in xattrs:
-            return self.call(errno.ENODATA, "getxattr", path, name)
-        assert self.call(0, "getxattr", path, name) == xattrs[name]
+            self.call(errno.ENOENT, op, path, name)
+        elif name not in xattrs:
+            self.call(errno.ENODATA, op, path, name)
+        else:
+            return path, name, xattrs
+        return None
+
+    def do_getxattr(self) -> None:
+        found = self.xattr_named("getxattr")
+        if found is not None:
+            path, name, xattrs = found
+            assert self.call(0, "getxattr", path, name) == xattrs[name]
 
     def do_removexattr(self) -> None:
-        path, name = self.pick_any(), self.rnd.choice(XATTRS)
-        self.log.append("removexattr %s %s" % (path, name))
-        xattrs = self.xattrs_of(path)
-        if xattrs is None:
-            return self.call(errno.ENOENT, "removexattr", path, name)
-        if name not in xattrs:
-            return self.call(errno.ENODATA, "removexattr", path, name)
-        self.call(0, "removexattr", path, name)
-        del xattrs[name]
+        found = self.xattr_named("removexattr")
+        if found is not None:
+            path, name, xattrs = found
+            self.call(0, "removexattr", path, name)
+            del xattrs[name]
 
     def do_chmod(self) -> None:
         path = self.rnd.choice(FILES)
@@ -484,7 +491,7 @@ class Driver:
         handle's fstat says; with ``full`` too every file's bytes, xattrs and each handle's read."""
         # Files first: a listing shows the mode a HEAD saw (else the default, README: readdir),
         # and after a remount only a lookup has seen them.
-        for path in FILES + DIRS:
+        for path in FILES + DIRS if full else []:  # a missing name costs a HEAD and a LIST each time
             if not self.exists(path):
                 self.call(errno.ENOENT, "getattr", path)
         for path, inode in self.files.items():

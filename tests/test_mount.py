@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 
 import pytest
@@ -207,3 +208,24 @@ def test_wrong_credentials_fail_clearly(mount_factory, s3config, tmp_path):
     message = str(info.value)
     assert "Traceback" not in message
     assert "denied" in message.lower() or "403" in message
+
+
+def test_a_prefix_mount_keeps_to_its_prefix(mount_factory, boto, bucket):
+    boto.put_object(Bucket=bucket, Key="outside.txt", Body=b"x")
+    boto.put_object(Bucket=bucket, Key="top/inside.txt", Body=b"in")
+    m = mount_factory(prefix="top").start()
+    assert os.listdir(m.path) == ["inside.txt"]
+    os.mkdir(os.path.join(m.path, "d"))
+    with open(os.path.join(m.path, "d", "f"), "wb") as f:
+        f.write(b"data")
+    os.rename(os.path.join(m.path, "d"), os.path.join(m.path, "e"))
+    os.chmod(m.path, 0o750)  # the root's metadata: on top/, or top_$folder$ where top/ drops it
+    assert m.stop() == 0
+    again = mount_factory(prefix="top").start()
+    assert stat.S_IMODE(os.stat(again.path).st_mode) == 0o750
+    assert sorted(os.listdir(again.path)) == ["e", "inside.txt"]
+    assert open(os.path.join(again.path, "e", "f"), "rb").read() == b"data"
+    keys = s3_keys(boto, bucket)
+    assert {k for k in keys if not k.startswith("top/")} <= {"outside.txt", "top_$folder$"}, keys
+    assert {"top/e/", "top/e/f", "top/inside.txt"} <= set(keys)
+    assert s3_bytes(boto, bucket, "outside.txt") == b"x"

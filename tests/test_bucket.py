@@ -36,10 +36,11 @@ def _context(monkeypatch):
     monkeypatch.setattr(operations_module, "fuse_get_context", lambda: (1000, 1000, 1))
 
 
-def every_kind_of_call(store: ObjectStore, bucket: str, tmp_path) -> None:
-    """A mount's life on ``bucket``: probes, recovery, lookups, listings, writes, renames, removals."""
+def every_kind_of_call(store: ObjectStore, bucket: str, tmp_path, prefix: str = "") -> None:
+    """A mount's life on ``bucket`` (under ``prefix``): probes, recovery, lookups, listings, writes,
+    renames, removals."""
     opts = MountOptions(cache_dir=str(tmp_path / "cache"), part_size=5 * MiB, multipart_threshold=5 * MiB)
-    ops = S3Operations(Bucket(store, bucket), "", opts)
+    ops = S3Operations(Bucket(store, bucket), prefix, opts)
     ops.start()  # the probes of conditional writes, checksums and markers; recovery
     try:
         with pytest.raises(FuseOSError) as missing:
@@ -64,6 +65,7 @@ def every_kind_of_call(store: ObjectStore, bucket: str, tmp_path) -> None:
         ops.rmdir("/e/sub")
         ops.unlink("/e/moved")
         assert sorted(names(ops, "/e")) == ["big", "link"]
+        ops.chmod("/", stat.S_IFDIR | 0o750)  # the root's holder
         assert ops.namespace.store_dir_times() >= 0
     finally:
         ops.finish()
@@ -78,7 +80,7 @@ def test_a_fake_mount_of_another_bucket_than_the_default_names_only_it(tmp_path)
     every_kind_of_call(store, "mounted", tmp_path)
     assert set(store.requested) == {"mounted"}, store.requested
     assert store.buckets["other"] == {}
-    assert sorted(store.objects) == ["e/", "e/big", "e/link"]
+    assert sorted(store.objects) == ["_$folder$", "e/", "e/big", "e/link"]  # the root's holder too
 
 
 def test_a_mount_from_an_s3_yaml_whose_default_bucket_is_another_sends_every_request_to_it(
@@ -107,6 +109,49 @@ def test_a_mount_from_an_s3_yaml_whose_default_bucket_is_another_sends_every_req
     finally:
         s3rig.empty_and_delete_bucket(boto, mounted)
         s3rig.empty_and_delete_bucket(boto, other)
+
+
+class KeyRecordingStore(FakeStore):
+    """A fake that notes the key (or listing prefix) of every request."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.keys: set[str] = set()
+
+    def _at(self, name):
+        objects, key = super()._at(name)
+        self.keys.add(key)
+        return objects, key
+
+    def list(self, prefix="", delimiter="/", bucket=None, max_keys=1000, start_after=None):
+        self.keys.add(prefix)
+        return super().list(prefix, delimiter, bucket, max_keys, start_after)
+
+
+@pytest.mark.parametrize("drops", [False, True], ids=["markers keep metadata", "markers drop it"])
+def test_a_prefix_mount_reaches_only_its_prefix_through_its_view(tmp_path, drops):
+    """The view fixes bucket and prefix once; the one key beside the prefix is the root's
+    ``top_$folder$``, where a server that drops metadata on ``top/`` keeps the root's."""
+    store = KeyRecordingStore(bucket="mounted", drops_marker_metadata=drops)
+    every_kind_of_call(store, "mounted", tmp_path, prefix="/top/")
+    assert set(store.requested) == {"mounted"}
+    outside = {k for k in store.keys if not k.startswith("top/")}
+    assert outside == ({"top_$folder$"} if drops else set()), outside
+    stored = {k for k in store.objects if not k.startswith("top/")}
+    assert stored == ({"top_$folder$"} if drops else set())
+    assert {"top/e/", "top/e/big", "top/e/link"} <= set(store.objects)
+    assert os.path.isdir(tmp_path / "cache" / "mounted%2Ftop")  # the cache dir is named as before
+
+
+def test_a_view_under_a_prefix():
+    store = FakeStore()
+    whole = Bucket(store, "bucket")
+    top = whole.under("/top/")
+    assert (top.prefix, top.under("a/b").prefix, whole.under("").prefix) == ("top/", "top/a/b/", "")
+    assert top.whole().prefix == "" and whole.whole() is whole
+    top.put("f", b"1")
+    assert list(store.objects) == ["top/f"]
+    assert [e.key for e in top.list_all()] == ["f"]
 
 
 @pytest.mark.parametrize("store_class", [RemoteStore, FakeStore])

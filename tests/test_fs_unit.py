@@ -12,6 +12,7 @@ import time
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
+from waiting import eventually
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
@@ -113,10 +114,8 @@ def test_sequential_write_streams_parts_before_close(tmp_path):
     ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
     data = os.urandom(23 * MiB)
     fh = write_file(ops, "/big", data, flush=False)
-    deadline = time.monotonic() + 10
-    while store.calls["PUT part"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert store.calls["PUT part"] >= 3  # sent while the file was still open
+    # sent while the file was still open (by the uploader's threads)
+    eventually(lambda: store.calls["PUT part"] >= 3, what="three parts sent")
     ops.flush("/big", fh)
     ops.release("/big", fh)
     assert store.objects["big"].data == data
@@ -213,9 +212,7 @@ def test_a_piece_dropped_while_a_reader_waits_for_it_is_fetched_again(tmp_path):
     got: list[bytes] = []
     reader = threading.Thread(target=lambda: got.append(ops.read("/big", 17 * MiB, 0, fh)))
     reader.start()
-    deadline = time.monotonic() + 10
-    while len(ops._handle(fh).read_state.pieces) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    eventually(lambda: len(ops._handle(fh).read_state.pieces) >= 2, what="two pieces in flight")
     assert ops.read("/big", MiB, 30 * MiB, fh) == data[30 * MiB : 31 * MiB]  # random: drops them
     first_piece.set()
     reader.join(10)
@@ -988,3 +985,54 @@ def test_a_part_larger_than_upload_memory_goes_alone():
     budget.give(big)
     waiter.join(10)
     assert got == [MiB] and budget.used == MiB and budget.peak == 4 * MiB
+
+
+def test_xattrs_of_an_unlinked_open_file_stay_readable_by_its_hidden_name(tmp_path):
+    """libfuse asks fgetxattr/flistxattr of an unlinked, open file by its .fuse_hidden name."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"data", flush=False)
+    ops.setxattr("/f", "user.color", b"red", 0)
+    ops.rename("/f", "/.fuse_hidden0001")  # libfuse's unlink of an open file
+    assert "f" not in store.objects
+    assert ops.listxattr("/.fuse_hidden0001") == ["user.color"]
+    assert ops.getxattr("/.fuse_hidden0001", "user.color") == b"red"
+    ops.setxattr("/.fuse_hidden0001", "user.n", b"1", 0)
+    assert ops.listxattr("/.fuse_hidden0001") == ["user.color", "user.n"]
+    ops.release(None, fh)
+    ops.unlink("/.fuse_hidden0001")
+    assert store.objects == {}
+
+
+def test_an_unlinked_open_file_follows_a_rename_of_its_directory(tmp_path):
+    """libfuse keeps .fuse_hidden names in the file's directory, and renames them with it."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    fh = write_file(ops, "/d/f", b"data", flush=False)
+    ops.rename("/d/f", "/d/.fuse_hidden0001")  # libfuse's unlink of an open file
+    ops.rename("/d", "/e")
+    assert ops.getattr("/e/.fuse_hidden0001")["st_size"] == 4
+    ops.chmod("/e/.fuse_hidden0001", 0o600)
+    assert stat.S_IMODE(ops.getattr("/e/.fuse_hidden0001")["st_mode"]) == 0o600
+    ops.release(None, fh)
+    ops.unlink("/e/.fuse_hidden0001")  # its last close
+    assert ops._hidden == {}
+    assert sorted(store.objects) == ["e/"]
+
+
+def test_a_directory_is_not_renamed_over_one_holding_a_file_not_yet_uploaded(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/e", 0o755)
+    fh = ops.create("/e/new", 0o644)  # staged only: S3 lists e/ as empty
+    with pytest.raises(FuseOSError) as refused:
+        ops.rename("/d", "/e")
+    assert refused.value.errno == errno.ENOTEMPTY
+    with pytest.raises(FuseOSError) as refused:
+        ops.rmdir("/e")
+    assert refused.value.errno == errno.ENOTEMPTY
+    ops.flush("/e/new", fh)
+    ops.release("/e/new", fh)
+    assert sorted(store.objects) == ["d/", "e/", "e/new"]

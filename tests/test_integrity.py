@@ -136,7 +136,7 @@ def test_objects_of_other_writers_read_back_verified(mount_factory, boto, bucket
     for key, data in objects.items():
         with open(os.path.join(mount.path, key), "rb") as f:
             assert f.read() == data
-        assert re.search(r"read of %s verified" % key, mount.log()), key
+        assert re.search(r"read of %s verified" % key, "\n".join(mount.log_lines())), key
     digest = {k: os.getxattr(os.path.join(mount.path, k), "s3.checksum").decode() for k in objects}
     for key in objects:  # boto3 adds a CRC32 to the PUTs it can; else the ETag is the digest
         head = boto.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")

@@ -12,7 +12,10 @@ from test_fs_unit import make_ops, write_file
 
 from s3fs_mount.fs import journal as journal_module
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
+from s3fs_mount.fs.operations import S3Operations
+from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.staging import StagedRecord
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 
 
@@ -187,3 +190,70 @@ def test_a_staged_record_has_one_serialization_for_save_and_recovery(tmp_path):
     legacy = StagedRecord.from_json({"bucket": "b", "key": "old", "size": 11, "dirty": True})
     assert (legacy.key, legacy.size, legacy.mtime) == ("old", 11, None)
     assert (legacy.upload_ids, legacy.digests, legacy.present) == ([], {}, [])
+
+
+def test_bytes_written_over_after_an_upload_recover_as_written(tmp_path):
+    """The record forgets a digest a write made untrue, or recovery takes the write for damage.
+
+    An upload records digests of what it sent; the next write (elsewhere) makes the item dirty and
+    records them; a later write over those bytes dropped them in memory only, so after a crash the
+    data file "changed on disk" and the written file was kept back, never uploaded.
+    """
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"first", flush=False)
+    ops.flush("/f", fh)  # uploaded: the digest of bytes 0-4 is noted
+    ops.write("/f", b"tail", 100, fh)  # dirty: recorded, with that digest
+    ops.write("/f", b"FIRST", 0, fh)  # over bytes 0-4
+    ops.staging.close()  # killed
+    again = make_ops(tmp_path, store)
+    assert again.recover() == []
+    assert again.staging.damaged == []
+    assert store.objects["f"].data == b"FIRST" + bytes(95) + b"tail"
+
+
+def prefix_mount(tmp_path, store: FakeStore, prefix: str = "top") -> S3Operations:
+    ops = S3Operations(Bucket(store, "bucket"), prefix, MountOptions(cache_dir=str(tmp_path / "cache")))
+    ops.uploader.configure_checks("auto")
+    ops.namespace.configure_directories()
+    return ops
+
+
+def test_records_of_a_prefix_mount_name_the_key_in_the_bucket(tmp_path, monkeypatch):
+    """The mount's keys are relative to its prefix; its records say where in the bucket a file goes."""
+    store = FakeStore()
+    ops = prefix_mount(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    fh = write_file(ops, "/d/f", b"staged", flush=False)
+    assert ops._handle(fh).item.key == "d/f"
+    with monkeypatch.context() as m:
+        m.setattr(store, "put", failing_put)
+        with pytest.raises(OSError):
+            ops.flush("/d/f", fh)
+    ops.staging.close()
+    (state,) = StagingJournal.read(os.path.join(ops.staging.root, JOURNAL_NAME)).values()
+    assert (state["bucket"], state["key"]) == ("bucket", "top/d/f")
+    assert prefix_mount(tmp_path, store).recover() == []
+    assert store.objects["top/d/f"].data == b"staged"
+
+
+def test_a_record_written_before_the_prefix_moved_into_the_bucket_view_recovers(tmp_path):
+    """Records of earlier versions hold the bucket and the whole key: they still say where a file goes
+    (a record of another prefix, which no mount of this one should have, is left alone)."""
+    store = FakeStore()
+    ops = prefix_mount(tmp_path, store)
+    root = ops.staging.root
+    ops.staging.close()
+    for name, body in (("abc.data", b"left by 1.x"), ("xyz.data", b"elsewhere")):
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(body)
+    journal = StagingJournal(root)
+    journal.open()
+    journal.record("abc", {"bucket": "bucket", "key": "top/old", "size": 11, "dirty": True, "etag": "",
+                           "metadata": {}, "headers": {}, "upload_ids": []})
+    journal.record("xyz", {"bucket": "bucket", "key": "other/x", "size": 9, "dirty": True})
+    journal.close()
+    assert prefix_mount(tmp_path, store).recover() == []
+    assert store.objects["top/old"].data == b"left by 1.x"
+    assert "other/x" not in store.objects
+    assert set(StagingJournal.read(os.path.join(root, JOURNAL_NAME))) == {"xyz"}

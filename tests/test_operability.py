@@ -15,6 +15,7 @@ import boto3
 import pytest
 import yaml
 from mountrig import BIN, ROOT
+from waiting import eventually
 
 pytestmark = pytest.mark.fuse
 
@@ -28,12 +29,11 @@ def run(*args: str, **kw) -> subprocess.CompletedProcess[str]:
 
 
 def wait_gone(pid_pattern: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if subprocess.run(["pgrep", "-f", pid_pattern], capture_output=True).returncode != 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("process %r still running" % pid_pattern)
+    eventually(
+        lambda: subprocess.run(["pgrep", "-f", pid_pattern], capture_output=True).returncode != 0,
+        timeout,
+        "process %r to end" % pid_pattern,
+    )
 
 
 def test_daemon_mount_status_sync_and_log_summary(mount_factory, s3yaml, bucket, boto, tmp_path):
@@ -184,24 +184,31 @@ def test_metrics_during_a_copy_agree_with_the_request_log(mount_factory, tmp_pat
     os.listdir(mount.path)
     with pytest.raises(FileNotFoundError):
         os.stat(os.path.join(mount.path, "missing"))
-    time.sleep(2.5)  # the directory-times writer has had its say
-    samples = _scrape(port)
-    logged: dict[tuple[str, str], int] = {}
-    up = down = 0
-    lines = mount.log_lines()
-    since = next(i for i, line in enumerate(lines) if "metrics at http://127.0.0.1:%d/metrics" % port in line)
-    for line in lines[since:]:  # the command's own checks before the mount are not counted
-        found = _REQUEST_LINE.search(line)
-        if found:
-            method, status = found.group(1), found.group(2)
-            logged[(method, status)] = logged.get((method, status), 0) + 1
-            up, down = up + int(found.group(3)), down + int(found.group(4))
-    counted = {
-        (m.group(1), m.group(2)): int(v)
-        for k, v in samples.items()
-        if (m := re.match(r's3fs_s3_requests_total\{method="(\w+)",status="(\w+)"\}', k))
-    }
-    assert counted == logged and counted[("HEAD", "404")] >= 1
+
+    def agree() -> tuple | None:
+        """The scraped counts and the request log, once they agree (background uploads and the
+        directory-times writer may still be sending: both are read until they say the same)."""
+        samples = _scrape(port)
+        logged: dict[tuple[str, str], int] = {}
+        up = down = 0
+        lines = mount.log_lines()
+        started = "metrics at http://127.0.0.1:%d/metrics" % port
+        since = next(i for i, line in enumerate(lines) if started in line)
+        for line in lines[since:]:  # the command's own checks before the mount are not counted
+            found = _REQUEST_LINE.search(line)
+            if found:
+                method, status = found.group(1), found.group(2)
+                logged[(method, status)] = logged.get((method, status), 0) + 1
+                up, down = up + int(found.group(3)), down + int(found.group(4))
+        counted = {
+            (m.group(1), m.group(2)): int(v)
+            for k, v in samples.items()
+            if (m := re.match(r's3fs_s3_requests_total\{method="(\w+)",status="(\w+)"\}', k))
+        }
+        return (samples, logged, counted, up, down) if counted == logged else None
+
+    samples, logged, counted, up, down = eventually(agree, what="the metrics to agree with the request log")
+    assert counted[("HEAD", "404")] >= 1
     assert samples['s3fs_s3_bytes_total{direction="up"}'] == up >= 40 << 20
     assert samples.get('s3fs_s3_bytes_total{direction="down"}', 0) == down
     timed = sum(v for k, v in samples.items() if k.startswith("s3fs_s3_request_duration_seconds_count"))

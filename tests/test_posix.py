@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from waiting import eventually
 
 pytestmark = pytest.mark.fuse
 
@@ -127,20 +128,20 @@ def _holder_metadata(boto, bucket: str, name: str) -> dict[str, str]:
 
 def test_directory_metadata_holds_after_the_caches_and_a_remount(mount_factory, boto, bucket):
     """chmod, chown, utimens and user.* on a directory are stored (SeaweedFS drops them on ``d/``)."""
-    mount = mount_factory().start()
+    mount = mount_factory("attr_ttl=0,dir_ttl=0").start()
     d = os.path.join(mount.path, "d")
     os.mkdir(d)
     os.chmod(d, 0o710)
     os.chown(d, 1234, 5678)
     os.setxattr(d, "user.x", b"1")
     os.utime(d, (1_500_000_000, 1_600_000_000))
-    time.sleep(1.5)  # past attr_ttl: what is shown now comes from S3
+    # attr_ttl=0: what is shown now comes from S3 (the caches' TTLs: tests/test_ttl.py, test_namespace.py)
     st = os.stat(d)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime) == (0o710, 1234, 5678, 1_600_000_000)
     held = _holder_metadata(boto, bucket, "d")
     assert int(held["mode"]) == stat.S_IFDIR | 0o710 and held["x"] == "1" and held["mtime"] == "1600000000"
     mount.stop()
-    again = mount_factory().start()
+    again = mount_factory("attr_ttl=0,dir_ttl=0").start()
     d = os.path.join(again.path, "d")
     st = os.stat(d)
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime) == (0o710, 1234, 1_600_000_000)
@@ -148,7 +149,6 @@ def test_directory_metadata_holds_after_the_caches_and_a_remount(mount_factory, 
     assert [e.name for e in os.scandir(again.path)] == ["d"]  # one directory, whatever holds it
     renamed = os.path.join(again.path, "e")
     os.rename(d, renamed)
-    time.sleep(1.5)
     assert stat.S_IMODE(os.stat(renamed).st_mode) == 0o710  # its metadata moved with it
     assert sorted(e.name for e in os.scandir(again.path)) == ["e"]
 
@@ -174,11 +174,12 @@ def test_directory_times_follow_its_entries_and_are_stored(mount_factory, boto, 
         st = os.stat(d)
         assert st.st_mtime_ns > last.st_mtime_ns and st.st_ctime_ns > last.st_ctime_ns, change
         last = st
-    for _ in range(50):  # stored in the background, about once a second
-        if float(_holder_metadata(boto, bucket, "d").get("mtime", 0)) > 1_500_000_000:
-            break
-        time.sleep(0.1)
-    held = _holder_metadata(boto, bucket, "d")
+
+    def stored() -> dict[str, str] | None:  # in the background, about once a second
+        held = _holder_metadata(boto, bucket, "d")
+        return held if abs(float(held.get("mtime", 0)) - last.st_mtime) < 1e-3 else None
+
+    held = eventually(stored, what="the directory's times in S3")
     assert abs(float(held["mtime"]) - last.st_mtime) < 1e-3
     assert abs(float(held["ctime"]) - last.st_ctime) < 1e-3
     mount.stop()
@@ -300,7 +301,6 @@ def test_make_rebuilds_exactly_what_changed(mount):
     first = run("make", "-C", d).stdout
     assert "cp a.in a.out" in first and "cp b.in b.out" in first
     assert "Nothing to be done" in run("make", "-C", d).stdout
-    time.sleep(1.1)
     with open(os.path.join(d, "b.in"), "w") as f:
         f.write("b2")
     third = run("make", "-C", d).stdout

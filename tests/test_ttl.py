@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 from fakeclock import FakeClock
@@ -172,3 +173,58 @@ def test_backoff_stops_at_max_total():
     with pytest.raises(S3Error):
         policy.call(down)
     assert sum(clock.slept) <= 30.0 < sum(clock.slept) + 4.0  # no pause would have fitted in
+
+
+def test_a_lookup_older_than_our_upload_does_not_bring_back_the_replaced_version(tmp_path):
+    """The staged copy and the namespace tell "which came first" by one clock: the injected one.
+
+    With the clock moved on, a staged item's version time (taken off the real clock) looked
+    older than any lookup, and a reopen dropped the bytes just uploaded for the version they replaced.
+    """
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock)
+    store.put("f", b"")
+    clock.advance(100.0)
+    assert ops.getattr("/f")["st_size"] == 0  # the empty version, seen now
+    fh = ops.open("/f", os.O_RDWR)
+    ops.write("/f", b"0123456789", 0, fh)
+    ops.uploader.flush(ops._handle(fh).item)  # as at unmount: the namespace is not told
+    assert store.objects["f"].data == b"0123456789"
+    again = ops.open("/f", os.O_RDONLY)  # the cached lookup is older than the upload: not followed
+    assert ops.read("/f", 100, 0, again) == b"0123456789"
+    ops.release("/f", again)
+    ops.release("/f", fh)
+
+
+def test_what_we_change_is_newer_than_any_lookup_on_the_injected_clock(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock)
+    clock.advance(100.0)
+    fh = ops.create("/f", 0o644)
+    ops.release("/f", fh)
+    assert ops.namespace.lookup("/f").seen_at >= clock.monotonic() - 1.0
+
+
+def test_another_clients_metadata_change_of_the_same_bytes_is_followed_and_kept(tmp_path):
+    """A chmod elsewhere is a self-copy: same bytes, same ETag. A cached copy here must take the
+    new metadata at its next open, or show the old mode and put it back with its next upload."""
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock)
+    fh = ops.create("/f", 0o644)
+    ops.write("/f", b"data", 0, fh)
+    ops.flush("/f", fh)
+    ops.release("/f", fh)  # a small file stays cached, clean
+    etag = store.objects["f"].etag
+    meta = dict(store.objects["f"].metadata, **{"x-amz-meta-mode": str(0o100600), "x-amz-meta-k": "v"})
+    store.copy_object("f", "f", meta, replace_metadata=True)  # another client's chmod and setxattr
+    assert store.objects["f"].etag == etag
+    clock.advance(2.0)
+    fh = ops.open("/f", os.O_RDWR)
+    assert ops.getattr("/f")["st_mode"] == 0o100600
+    assert ops.getxattr("/f", "user.k") == b"v"
+    ops.write("/f", b"DATA", 0, fh)
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == b"DATA"
+    assert store.objects["f"].metadata["x-amz-meta-mode"] == str(0o100600)
+    assert store.objects["f"].metadata["x-amz-meta-k"] == "v"

@@ -165,10 +165,13 @@ class Mutations:
         self.namespace.known_empty(path)
         self.namespace.entry_changed(KeyMap.split(path)[0], now)
 
+    def is_empty_dir(self, path: str) -> bool:
+        """Directory ``path`` has no entry: none in S3, and no file staged in it (not yet uploaded)."""
+        return self.namespace.is_empty_dir(path) and not any(self.staging.under(self.keymap.dir_prefix(path)))
+
     def rmdir(self, path: str) -> None:
         """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged)."""
-        prefix = self.keymap.dir_prefix(path)
-        if not self.namespace.is_empty_dir(path) or any(self.staging.under(prefix)):
+        if not self.is_empty_dir(path):
             raise FsError(errno.ENOTEMPTY)
         self.store.remove(self.keymap.marker_key(path))
         self.store.remove(self.keymap.folder_key(path))

@@ -153,6 +153,9 @@ class Namespace:
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
+        #: Entries a lookup during a walk lists (_list_around): no more than the cache holds, or
+        #: the page pushes out the very name it was listed for.
+        self.walk_page = min(1000, attr_cache)
         #: Directory path -> seconds its walk lasts (see _list_around).
         self._walks: TLRUCache[str, float] = TLRUCache(1_000, lambda path, ttl, now: now + ttl, timer)
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
@@ -190,7 +193,7 @@ class Namespace:
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
-            self._changed[path] = self.clock.monotonic()
+            attributes.seen_at = self._changed[path] = self.clock.monotonic()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)
@@ -453,19 +456,17 @@ class Namespace:
 
     def _dir_attributes(self, path: str) -> A.Attributes:
         """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
-        keys = [self.holder_key(path)]
-        if not self.dir_meta_on_marker and self.keymap.marker_key(path):
-            keys.append(self.keymap.marker_key(path))  # made by another tool: its time, at least
+        holders = self._holders(path)  # a marker after a _$folder$: made by another tool, its time at least
         found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
-        for key in keys:
+        for view, key in holders:
             try:
-                info = self.store.head(key)
+                info = view.head(key)
             except S3Error as exc:
                 if not exc.not_found:
                     raise
                 continue
             found = A.attributes_from(info.metadata, 0, info.mtime, self.defaults, "dir", etag=info.etag)
-            if key != keys[0]:
+            if (view, key) != holders[0]:
                 found.etag = ""  # no holder yet
             break
         with self._lock:
@@ -479,7 +480,7 @@ class Namespace:
     def configure_directories(self) -> None:
         """Find out (one probe) whether ``dir/`` markers keep metadata here; log where it is kept."""
         try:
-            self.dir_meta_on_marker = self.store.probe_marker_metadata(self.keymap.prefix)
+            self.dir_meta_on_marker = self.store.probe_marker_metadata()
         except Exception as exc:
             log.warning("could not probe directory markers (%s): directory metadata goes on dir/", exc)
             return
@@ -491,13 +492,22 @@ class Namespace:
                 "dir_$folder$ objects beside the dir/ markers"
             )
 
-    def holder_key(self, path: str) -> str:
-        """The key of the object that holds the metadata of directory ``path``.
+    def _holders(self, path: str) -> list[tuple[Bucket, str]]:
+        """Where directory ``path`` keeps its metadata, as (view, key): its holder first, then, where
+        the holder is its ``_$folder$``, its marker.
 
-        The root of a whole-bucket mount has no marker: its holder is ``_$folder$``.
+        The root of a whole-bucket mount has no marker: its holder is ``_$folder$``. The root of
+        ``bucket:/top`` has the marker ``top/`` (the view's key ''), and its ``_$folder$`` is
+        ``top_$folder$``, beside the prefix: the one object a mount reaches outside its prefix.
         """
-        marker = self.keymap.marker_key(path)
-        return marker if self.dir_meta_on_marker and marker else self.keymap.folder_key(path)
+        if path == "/" and self.store.prefix:
+            marker = [(self.store, "")]
+            folder = [(self.store.whole(), self.store.prefix.rstrip("/") + FOLDER_SUFFIX)]
+        else:
+            key = self.keymap.marker_key(path)
+            marker = [(self.store, key)] if key else []
+            folder = [(self.store, self.keymap.folder_key(path))]
+        return marker if self.dir_meta_on_marker and marker else folder + marker
 
     def load_root(self) -> None:
         """At mount: the root's mode, owner and times from its holder, if it has one (one or two HEADs)."""
@@ -510,9 +520,11 @@ class Namespace:
         """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
         # The holder first: if the server refuses it (a name too long for it), nothing is made.
-        etag = self.store.put(self.holder_key(path), b"", headers)
-        if new and not self.dir_meta_on_marker:
-            self.store.put(self.keymap.marker_key(path), b"", headers)
+        (view, key), *marker = self._holders(path)
+        etag = view.put(key, b"", headers)
+        if new:
+            for view, key in marker:
+                view.put(key, b"", headers)
         return etag
 
     def change_dir(
@@ -740,7 +752,7 @@ class Namespace:
         with self._lock:
             ttl = self._walks.get(parent) or _walk_ttl(0)
         try:
-            page = next(self.store.list(prefix, delimiter="/", start_after=key[:-1]))
+            page = next(self.store.list(prefix, delimiter="/", start_after=key[:-1], max_keys=self.walk_page))
         except S3Error as exc:
             log.debug("listing %s from %s failed (%s): looked up alone", parent, name, exc)
             return

@@ -66,7 +66,8 @@ class S3Operations(Operations):
         >>> FUSE(ops, '/mnt/s3', **ops.fuse_options())
 
     :param store: the bucket to mount: every request of the mount goes through it.
-    :param prefix: the key prefix that is the mount's root ('' for all).
+    :param prefix: the key prefix that is the mount's root ('' for all): fixed in the view
+        (``store.under(prefix)``), so the keys above it are the mount's own.
     :param options: the ``-o`` settings.
     :param mountpoint: where we are mounted (for the kernel's readahead; None in tests).
     :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
@@ -88,10 +89,11 @@ class S3Operations(Operations):
         server_full: Callable[[], str | None] | None = None,
         clock: Clock = SYSTEM,
     ) -> None:
-        self.bucket = store.name
+        store = store.under(prefix)
+        self.bucket, self.prefix = store.name, store.prefix
         self.clock = clock
         self.options = options
-        self.keymap = KeyMap(prefix)
+        self.keymap = KeyMap()
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
         self.namespace = Namespace(
             store,
@@ -103,7 +105,11 @@ class S3Operations(Operations):
             attr_cache=options.attr_cache,
         )
         self.staging = StagingCache(
-            os.path.join(options.cache_dir, _safe(store.name, prefix)), store.name, options.cache_size
+            os.path.join(options.cache_dir, _safe(store.name, store.prefix)),
+            store.name,
+            options.cache_size,
+            clock=clock,
+            prefix=store.prefix,
         )
         self.prefetcher = Prefetcher(
             store,
@@ -528,13 +534,22 @@ class S3Operations(Operations):
         if source.is_dir:
             if target is not None and not target.is_dir:
                 raise FsError(errno.ENOTDIR)
-            if target is not None and not self.namespace.is_empty_dir(new):
+            if target is not None and not self.changes.is_empty_dir(new):
                 raise FsError(errno.ENOTEMPTY)
             if new.startswith(old.rstrip("/") + "/"):
                 raise FsError(errno.EINVAL)
         elif target is not None and target.is_dir:
             raise FsError(errno.EISDIR)
         self.changes.rename(old, new, source)
+        if source.is_dir:
+            self._move_hidden(old, new)
+
+    def _move_hidden(self, old: str, new: str) -> None:
+        """Directory ``old`` is now ``new``: libfuse names the unlinked open files in it by the new path."""
+        old, new = old.rstrip("/") + "/", new.rstrip("/") + "/"
+        with self._lock:
+            for path in [p for p in self._hidden if p.startswith(old)]:
+                self._hidden[new + path[len(old) :]] = self._hidden.pop(path)
 
     # -- links ------------------------------------------------------------------------
 
@@ -641,6 +656,10 @@ class S3Operations(Operations):
         return {k: v.encode() for k, v in facts.items() if v}
 
     def _metadata(self, path: str) -> dict[str, str]:
+        if _is_hidden(path):  # fgetxattr of an unlinked, still open file: its own copy has it all
+            item = self._hidden_item(path)
+            with item.cond:
+                return dict(item.metadata)
         item = self.staging.get(self.keymap.key(path)) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
             return dict(item.view().metadata)
@@ -688,7 +707,7 @@ class S3Operations(Operations):
                 )
         return {
             "bucket": self.bucket,
-            "prefix": self.keymap.prefix,
+            "prefix": self.prefix,
             "endpoint": self.endpoint,
             "cache_dir": self.staging.root,
             "cache_bytes": self.staging.usage(),

@@ -1,9 +1,11 @@
 """The one mapping between filesystem paths and S3 keys.
 
-A mount of ``bucket:/prefix`` maps ``/a/b.txt`` to the key ``prefix/a/b.txt``.
-A directory ``/a`` is the key prefix ``prefix/a/``; it exists when a marker
-object ``prefix/a/`` exists, when any key starts with ``prefix/a/`` (an
-implicit directory), or when an object ``prefix/a_$folder$`` exists (the
+Keys are the mount's own: relative to the mounted prefix, which the
+:class:`~s3fs_mount.s3.bucket.Bucket` view holds (a mount of ``bucket:/prefix``
+reaches S3 through ``Bucket(store, 'bucket', 'prefix/')``). ``/a/b.txt`` is the
+key ``a/b.txt`` (``prefix/a/b.txt`` in S3). A directory ``/a`` is the key prefix
+``a/``; it exists when a marker object ``a/`` exists, when any key starts with
+``a/`` (an implicit directory), or when an object ``a_$folder$`` exists (the
 convention of old s3fs and Hadoop).
 """
 
@@ -37,39 +39,35 @@ def warn_skipped(key: str, why: str) -> None:
 
 
 class KeyMap:
-    """Paths <-> keys under one prefix.
+    """Paths <-> the mount's keys (relative to the mounted prefix).
 
     ::
 
-        >>> km = KeyMap('photos/')
-        >>> km.key('/2024/a.jpg'), km.dir_prefix('/2024'), km.path('photos/2024/a.jpg')
-        ('photos/2024/a.jpg', 'photos/2024/', '/2024/a.jpg')
+        >>> km = KeyMap()
+        >>> km.key('/2024/a.jpg'), km.dir_prefix('/2024'), km.path('2024/a.jpg')
+        ('2024/a.jpg', '2024/', '/2024/a.jpg')
     """
-
-    def __init__(self, prefix: str = "") -> None:
-        prefix = prefix.strip("/")
-        self.prefix = prefix + "/" if prefix else ""
 
     def key(self, path: str) -> str:
         """The object key of the file at ``path``."""
-        return self.prefix + path.strip("/")
+        return path.strip("/")
 
     def dir_prefix(self, path: str) -> str:
         """The key prefix of the directory at ``path`` (ends with '/', or '' for the root)."""
         rel = path.strip("/")
-        return self.prefix + rel + "/" if rel else self.prefix
+        return rel + "/" if rel else ""
 
     def marker_key(self, path: str) -> str:
-        """The key of the directory marker object of ``path``."""
+        """The key of the directory marker object of ``path`` ('' for the root: the prefix's own marker)."""
         return self.dir_prefix(path)
 
     def folder_key(self, path: str) -> str:
-        """The ``_$folder$`` object key of ``path`` (of the root: ``prefix_$folder$``, or ``_$folder$``)."""
-        return self.key(path).rstrip("/") + FOLDER_SUFFIX
+        """The ``_$folder$`` object key of ``path`` (of the root: ``_$folder$``)."""
+        return self.key(path) + FOLDER_SUFFIX
 
     def path(self, key: str) -> str:
-        """The path of ``key`` (which must be under the prefix)."""
-        return "/" + key[len(self.prefix) :].strip("/")
+        """The path of ``key``."""
+        return "/" + key.strip("/")
 
     @staticmethod
     def join(parent: str, name: str) -> str:

@@ -43,6 +43,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time, relatime_due
 from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.ranges import RangeSet
@@ -185,9 +186,10 @@ class StagedFile:
         self.present = RangeSet()  # GUARDED_BY(cond)
         self.inflight: list[tuple[int, int]] = []  # GUARDED_BY(cond): ranges claimed by a fetch
         self.etag = ""  # GUARDED_BY(cond): the remote version our bytes came from ("" for a new file)
-        #: GUARDED_BY(cond). When (time.monotonic) ``etag`` became known: a lookup answered before
-        #: then is older than what this item knows, and must not replace it (our own upload moved it on).
-        self.etag_since = time.monotonic()
+        #: GUARDED_BY(cond). When (the cache's clock, monotonic) ``etag`` became known: a lookup
+        #: answered before then is older than what this item knows, and must not replace it (our own
+        #: upload moved it on).
+        self.etag_since = cache.clock.monotonic()
         #: GUARDED_BY(cond): every x-amz-meta-* to upload with (replaced whole, never changed in place).
         self.metadata: dict[str, str] = {}
         self.headers: dict[str, str] = {}  # GUARDED_BY(cond): Content-Type and friends (replaced whole)
@@ -257,7 +259,7 @@ class StagedFile:
         """record's work; the caller holds cond."""
         return StagedRecord(
             bucket=self.cache.bucket,
-            key=self.key,
+            key=self.cache.prefix + self.key,
             size=self.size,
             dirty=self.dirty,
             remote_size=self.remote_size,
@@ -344,15 +346,15 @@ class StagedFile:
                 self.cond.wait()
             os.pwrite(self.fd, data, offset)
             self.present.add(offset, end)
-            if self.digests:
-                self._drop_digests(offset, end)
+            # A digest the record holds of bytes written over would fail recovery's check: re-record.
+            digests_dropped = bool(self.digests) and self._drop_digests(offset, end)
             self.size = max(self.size, end)
             self.mtime = self.ctime = time.time()
             self.generation += 1
             became_dirty = not self.dirty
             self.dirty = True
             self.last_used = time.monotonic()
-        if became_dirty:
+        if became_dirty or digests_dropped:
             self.save()
         self.cache.grew(len(data))
         return len(data)
@@ -459,10 +461,13 @@ class StagedFile:
         with self.cond:
             self.digests[(offset, length)] = digest
 
-    def _drop_digests(self, start: int, end: int) -> None:
-        """Bytes of ``[start, end)`` change: their digests no longer hold (caller holds cond)."""
-        for off, n in [r for r in self.digests if r[0] < end and start < r[0] + r[1]]:
-            del self.digests[(off, n)]
+    def _drop_digests(self, start: int, end: int) -> bool:
+        """Bytes of ``[start, end)`` change: their digests no longer hold (caller holds cond).
+        Returns whether any was dropped."""
+        dropped = [r for r in self.digests if r[0] < end and start < r[0] + r[1]]
+        for r in dropped:
+            del self.digests[r]
+        return bool(dropped)
 
     def damaged_ranges(self) -> list[tuple[int, int]]:
         """Recorded ranges whose bytes in the data file no longer have their digest."""
@@ -572,7 +577,7 @@ class StagedFile:
         """
         with self.cond:
             self.etag = etag
-            self.etag_since = time.monotonic()
+            self.etag_since = self.cache.clock.monotonic()
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
             if self.generation != generation:
                 return False
@@ -601,15 +606,20 @@ class StagedFile:
         """S3 was seen (at ``seen_at``, monotonic) holding version ``etag``: follow it if it is news.
 
         Only a clean item follows, and only when the sighting is newer than
-        what the item knows and names another version: a lookup sent before
-        our own upload finished names the version that upload replaced, and
-        following it would drop the bytes every open handle is reading.
+        what the item knows: of its own version it takes the metadata (another
+        client's chmod keeps the ETag), of another version everything. A lookup
+        sent before our own upload finished names the version that upload
+        replaced, and following it would drop the bytes every open handle is reading.
         Returns True when the local bytes were dropped.
         """
         with self.cond:
             while self.inflight:  # a fetch of the old version would land in the new one's bytes
                 self.cond.wait()
-            if self.dirty or self.uploading or etag == self.etag or seen_at <= self.etag_since:
+            if self.dirty or self.uploading or seen_at <= self.etag_since:
+                return False
+            if etag == self.etag:  # the same bytes; a chmod elsewhere (a self-copy) keeps the ETag
+                self.metadata, self.headers = dict(metadata), dict(headers)
+                self._times_from(self.metadata)
                 return False
             self._reset(size, etag, metadata, headers, mtime)
         self.drop_record()
@@ -646,7 +656,7 @@ class StagedFile:
         self.present = RangeSet()
         self.size = self.remote_size = size
         self.etag = etag
-        self.etag_since = time.monotonic()
+        self.etag_since = self.cache.clock.monotonic()
         self.metadata = dict(metadata)
         self.headers = dict(headers)
         self.mtime = mtime
@@ -678,14 +688,27 @@ class StagingCache:
 
     :param root: the directory to keep files in (created 0700).
     :param bucket: recorded with each item, so recovery knows where a file goes.
+    :param prefix: the mount's key prefix: items have the mount's keys (relative to it), records
+        the keys in the bucket, so that a record says where its file goes whoever reads it.
     :param capacity: clean files are evicted, least recently used first,
         when the cache holds more than this. Dirty files are never evicted.
     :param keep_written: a file written here stays cached after its upload
         only up to this size (see :meth:`uploaded`).
+    :param clock: what an item's version time is read off: the namespace's, so the two compare.
     """
 
-    def __init__(self, root: str, bucket: str, capacity: int, keep_written: int = 16 << 20) -> None:
-        self.root = root  # immutable after __init__ (as bucket, capacity, keep_written, journal)
+    def __init__(
+        self,
+        root: str,
+        bucket: str,
+        capacity: int,
+        keep_written: int = 16 << 20,
+        clock: Clock = SYSTEM,
+        prefix: str = "",
+    ) -> None:
+        self.root = root  # immutable after __init__ (as every field to keep_written, and journal)
+        self.prefix = prefix
+        self.clock = clock
         self.bucket = bucket
         self.capacity = capacity
         self.keep_written = keep_written
@@ -895,15 +918,16 @@ class StagingCache:
         found = []
         for item_id, state in sorted(recorded.items()):
             record = StagedRecord.from_json(state)
-            if record.bucket != self.bucket:
+            if record.bucket != self.bucket or not record.key.startswith(self.prefix):
                 continue  # not ours to judge: its record stays
+            key = record.key[len(self.prefix) :]
             data = os.path.join(self.root, item_id + ".data")
             if not record.dirty or not os.path.exists(data):
-                self.orphan_uploads += [(record.key, u) for u in record.upload_ids]
+                self.orphan_uploads += [(key, u) for u in record.upload_ids]
                 _remove(data)
                 self.journal.record(item_id, None)
                 continue
-            item = StagedFile(self, item_id, record.key)
+            item = StagedFile(self, item_id, key)
             item.restore(record)
             bad = item.damaged_ranges()
             if bad:  # changed on the local disk since an upload read it: never send it as ours

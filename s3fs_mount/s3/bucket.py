@@ -128,6 +128,21 @@ class Bucket:
     def __repr__(self) -> str:
         return "Bucket(%r, prefix=%r)" % (self.name, self.prefix)
 
+    def under(self, prefix: str) -> Bucket:
+        """The view of the keys under ``prefix`` ('a/b', '/a/b/': a path in this view), keys relative to it.
+
+        ::
+
+            >>> Bucket(store, 'photos').under('/2024/')
+            Bucket('photos', prefix='2024/')
+        """
+        rel = prefix.strip("/")
+        return Bucket(self.store, self.name, self.prefix + rel + "/") if rel else self
+
+    def whole(self) -> Bucket:
+        """This bucket without the prefix (itself when it has none)."""
+        return Bucket(self.store, self.name) if self.prefix else self
+
     def _at(self, key: str) -> S3Name:
         return S3Name(self.prefix + key, self.name)
 

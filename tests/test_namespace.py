@@ -1,0 +1,297 @@
+"""The namespace on its own, on the fake store and a fake clock: lookups, what is cached and for
+how long, listings of every kind of directory, and what our own changes do to the caches."""
+
+from __future__ import annotations
+
+import errno
+import stat
+
+import pytest
+from fakeclock import FakeClock
+from fakestore import FakeStore
+
+from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.namespace import REMOVED_TTL, Namespace
+from s3fs_mount.fs.paths import KeyMap
+from s3fs_mount.s3.bucket import Bucket
+
+DEFAULTS = A.Defaults(1000, 1000, 0o022)
+
+
+def make(store: FakeStore | None = None, prefix: str = "", attr_ttl: float = 1.0, dir_ttl: float = 1.0,
+         **kwargs) -> tuple[Namespace, FakeStore, FakeClock]:
+    store = store if store is not None else FakeStore()
+    clock = FakeClock()
+    bucket = Bucket(store, "bucket").under(prefix)
+    ns = Namespace(bucket, KeyMap(), DEFAULTS, attr_ttl, dir_ttl, clock=clock, **kwargs)
+    ns.configure_directories()
+    return ns, store, clock
+
+
+def listing(ns: Namespace, path: str = "/") -> dict[str, A.Attributes]:
+    return dict(ns.iter_dir(path))
+
+
+def missing(ns: Namespace, path: str) -> int:
+    with pytest.raises(FsError) as exc:
+        ns.lookup(path)
+    return exc.value.errno
+
+
+# -- lookups ------------------------------------------------------------------------------
+
+
+def test_a_file_is_one_head_and_then_cached_for_attr_ttl():
+    ns, store, clock = make(attr_ttl=2.0)
+    store.put("f", b"abc", {A.META_PREFIX + "mode": str(stat.S_IFREG | 0o600)})
+    a = ns.lookup("/f")
+    assert (a.size, stat.S_IMODE(a.mode), a.complete) == (3, 0o600, True)
+    assert store.calls["HEAD"] == 1 and store.calls["LIST"] == 0
+    clock.advance(1.9)
+    assert ns.lookup("/f").size == 3 and store.calls["HEAD"] == 1
+    clock.advance(0.2)
+    store.put("f", b"abcdef")
+    assert ns.lookup("/f").size == 6 and store.calls["HEAD"] == 2
+
+
+def test_a_missing_name_is_never_cached():
+    """A 404 is asked again at the next lookup: a name another client puts shows at once."""
+    ns, store, _ = make()
+    assert missing(ns, "/f") == errno.ENOENT
+    heads = store.calls["HEAD"]
+    store.put("f", b"1")
+    assert ns.lookup("/f").size == 1
+    assert store.calls["HEAD"] == heads + 1
+
+
+def test_a_name_missing_from_a_fresh_listing_costs_a_head_but_no_list():
+    ns, store, clock = make(dir_ttl=5.0)
+    store.put("a", b"1")
+    assert sorted(listing(ns)) == ["a"]
+    lists = store.calls["LIST"]
+    assert missing(ns, "/b") == errno.ENOENT
+    assert store.calls["LIST"] == lists  # the listing would have shown a directory b
+    clock.advance(5.1)
+    assert missing(ns, "/b") == errno.ENOENT
+    assert store.calls["LIST"] == lists + 1  # stale: a directory b/ is looked for again
+
+
+def test_names_that_cannot_be_files_are_refused_without_a_request():
+    ns, store, _ = make()
+    assert missing(ns, "/" + "n" * 256) == errno.ENAMETOOLONG
+    assert sum(store.calls.values()) == 0
+
+
+@pytest.mark.parametrize("keys", [["d/"], ["d/inner"], ["d_$folder$"]], ids=["marker", "implicit", "folder"])
+def test_each_kind_of_directory_is_found_by_a_cold_lookup(keys):
+    ns, store, _ = make()
+    for key in keys:
+        store.put(key, b"")
+    assert ns.lookup("/d").is_dir
+
+
+def test_a_directory_object_by_content_type_or_mode_is_a_directory():
+    ns, store, _ = make()
+    store.put("typed", b"", {"Content-Type": "application/x-directory"})
+    store.put("moded", b"", {A.META_PREFIX + "mode": str(stat.S_IFDIR | 0o750)})
+    assert ns.lookup("/typed").is_dir
+    assert ns.lookup("/moded").is_dir
+
+
+def test_a_prefix_mount_sees_only_under_its_prefix():
+    ns, store, _ = make(prefix="top")
+    store.put("top/a", b"1")
+    store.put("top/d/x", b"22")
+    store.put("other", b"333")
+    assert sorted(listing(ns)) == ["a", "d"]
+    assert ns.lookup("/d/x").size == 2
+    assert missing(ns, "/other") == errno.ENOENT
+
+
+# -- listings -----------------------------------------------------------------------------------
+
+
+def test_a_listing_merges_markers_implicit_prefixes_and_folder_objects():
+    ns, store, _ = make()
+    for key in ("marker/", "implicit/f", "old_$folder$", "both", "both/inner", "file", "_$folder$"):
+        store.put(key, b"")
+    entries = listing(ns)
+    assert sorted(entries) == ["both", "file", "implicit", "marker", "old"]  # the root's holder: no entry
+    assert [n for n, a in entries.items() if a.is_dir] == ["both", "implicit", "marker", "old"]
+    assert not any(a.complete for a in entries.values() if a.is_dir)  # modes live on holders: asked later
+
+
+def test_a_marker_and_its_folder_object_are_one_directory():
+    ns, store, _ = make()
+    store.put("d/", b"")
+    store.put("d_$folder$", b"")
+    store.put("d/f", b"1")
+    assert list(listing(ns)) == ["d"]
+    assert list(listing(ns, "/d")) == ["f"]  # its own marker is no entry
+
+
+def test_a_listing_makes_no_head_and_feeds_lookups():
+    ns, store, _ = make()
+    for i in range(30):
+        store.put("f%02d" % i, b"x" * i)
+    assert len(listing(ns)) == 30
+    assert all(ns.lookup("/f%02d" % i).size == i for i in range(30))
+    assert store.calls["HEAD"] == 0
+
+
+def test_a_listing_reuses_modes_a_head_saw_while_the_etag_holds():
+    ns, store, clock = make()
+    store.put("f", b"1", {A.META_PREFIX + "mode": str(stat.S_IFREG | 0o600)})
+    ns.lookup_full("/f")
+    clock.advance(2.0)
+    assert stat.S_IMODE(listing(ns)["f"].mode) == 0o600
+    store.put("f", b"2", {A.META_PREFIX + "mode": str(stat.S_IFREG | 0o640)})  # another client
+    clock.advance(2.0)
+    assert listing(ns)["f"].mode == DEFAULTS.file_mode  # another version: a HEAD must tell
+    assert stat.S_IMODE(ns.lookup_full("/f").mode) == 0o640
+
+
+def test_a_listing_in_pages_shows_every_entry_once():
+    ns, store, _ = make()
+    for i in range(25):
+        store.put("d/f%02d" % i, b"")
+        store.put("d/s%02d/x" % i, b"")
+    original = store.list
+
+    def small_pages(*args, **kwargs):
+        kwargs["max_keys"] = 7
+        return original(*args, **kwargs)
+
+    store.list = small_pages
+    names = [n for n, _ in ns.iter_dir("/d")]
+    assert len(names) == len(set(names))
+    assert sorted(names) == sorted(["f%02d" % i for i in range(25)] + ["s%02d" % i for i in range(25)])
+    assert store.calls["LIST"] >= 7
+
+
+def test_a_file_and_a_directory_of_one_name_show_as_the_directory():
+    ns, store, _ = make()
+    store.put("x", b"file")
+    store.put("x/inner", b"")
+    entries = listing(ns)
+    assert list(entries) == ["x"] and entries["x"].is_dir
+
+
+def test_nlink_of_a_listed_directory_counts_its_subdirectories():
+    ns, store, _ = make()
+    for key in ("d/a/", "d/b/x", "d/c_$folder$", "d/f"):
+        store.put(key, b"")
+    ns.lookup("/d")
+    listing(ns, "/d")
+    assert ns.lookup("/d").stat()["st_nlink"] == 5
+
+
+# -- our own changes -------------------------------------------------------------------------
+
+
+def test_what_we_remember_shows_at_once_and_in_a_fresh_listing():
+    ns, store, _ = make(dir_ttl=10.0)
+    store.put("a", b"1")
+    assert sorted(listing(ns)) == ["a"]
+    ns.remember("/b", A.attributes_from({}, 5, 0.0, DEFAULTS, "file"))
+    assert ns.lookup("/b").size == 5
+    assert store.calls["HEAD"] == 0
+
+
+def test_forget_gone_hides_a_name_a_lagging_listing_still_shows():
+    ns, store, clock = make()
+    store.put("gone", b"1")
+    assert sorted(listing(ns)) == ["gone"]
+    ns.forget("/gone", gone=True)  # we removed it; the server lists it a while longer
+    assert missing(ns, "/gone") == errno.ENOENT
+    assert store.calls["HEAD"] == 0
+    assert listing(ns) == {}
+    clock.advance(REMOVED_TTL + 1)
+    assert sorted(listing(ns)) == ["gone"]  # still there after 30 s: it is real
+
+
+def test_forget_drops_what_is_cached_so_the_next_lookup_asks():
+    ns, store, _ = make(attr_ttl=60.0)
+    store.put("f", b"1")
+    assert ns.lookup("/f").size == 1
+    store.put("f", b"22")
+    assert ns.lookup("/f").size == 1  # cached
+    ns.forget("/f")
+    assert ns.lookup("/f").size == 2
+
+
+def test_forget_tree_drops_everything_under_a_directory():
+    ns, store, _ = make(attr_ttl=60.0, dir_ttl=60.0)
+    store.put("d/a", b"1")
+    store.put("d/s/b", b"1")
+    listing(ns, "/d")
+    ns.lookup("/d/s/b")
+    store.remove("d/a")
+    store.remove("d/s/b")
+    ns.forget_tree("/d")
+    assert missing(ns, "/d/a") == errno.ENOENT
+    assert missing(ns, "/d/s/b") == errno.ENOENT
+    assert listing(ns, "/d") == {}
+
+
+def test_an_answer_sent_before_our_change_is_not_cached():
+    """A HEAD that raced our own upload names the version it replaced: what we know wins."""
+    ns, store, clock = make()
+    store.put("f", b"old")
+    asked = clock.monotonic()
+    found = ns._fetch("/f")
+    clock.advance(0.1)
+    ns.remember("/f", A.attributes_from({}, 7, 0.0, DEFAULTS, "file"))
+    found.seen_at = asked
+    assert ns._cache_fetched("/f", found).size == 7
+    assert ns.lookup("/f").size == 7
+
+
+def test_a_new_directory_is_known_empty_without_a_listing():
+    ns, store, _ = make()
+    ns.remember("/d", A.attributes_from({}, 0, 0.0, DEFAULTS, "dir"))
+    ns.known_empty("/d")
+    assert missing(ns, "/d/x") == errno.ENOENT
+    assert store.calls["LIST"] == 0  # a HEAD only: no directory x/ to look for
+
+
+def test_entry_changes_move_a_directorys_times_in_memory_then_in_s3():
+    ns, store, clock = make()
+    store.put("d/", b"", {"Content-Type": "application/x-directory"})
+    before = ns.lookup("/d").mtime
+    clock.advance(10.0)
+    ns.entry_changed("/d")
+    moved = ns.lookup("/d").mtime
+    assert moved > before
+    puts = store.calls["PUT"]
+    assert ns.store_dir_times(older_than=5.0) == 0  # not due yet
+    clock.advance(6.0)
+    assert ns.store_dir_times(older_than=5.0) == 1
+    assert store.calls["PUT"] == puts + 1
+    assert A.parse_time(store.objects["d/"].metadata[A.MTIME]) == moved
+
+
+def test_an_implicit_directory_keeps_its_times_in_memory_only():
+    ns, store, _ = make()
+    store.put("imp/f", b"")
+    ns.lookup("/imp")
+    ns.entry_changed("/imp")
+    keys = set(store.objects)
+    assert ns.store_dir_times() == 0
+    assert set(store.objects) == keys
+    assert ns.lookup("/imp").mtime > ns.epoch
+
+
+
+def test_the_attribute_cache_is_bounded_and_a_walk_lists_around_a_name():
+    """A directory larger than the cache: a lookup during the walk lists a page from that name,
+    not a HEAD per entry."""
+    ns, store, _ = make(attr_cache=100)
+    for i in range(300):
+        store.put("d/f%03d" % i, b"x")
+    assert len(listing(ns, "/d")) == 300
+    heads, lists = store.calls["HEAD"], store.calls["LIST"]
+    assert all(ns.lookup("/d/f%03d" % i).size == 1 for i in range(300))
+    assert store.calls["HEAD"] == heads
+    assert store.calls["LIST"] - lists < 10

@@ -657,9 +657,7 @@ class S3Operations(Operations):
 
     def _metadata(self, path: str) -> dict[str, str]:
         if _is_hidden(path):  # fgetxattr of an unlinked, still open file: its own copy has it all
-            item = self._hidden_item(path)
-            with item.cond:
-                return dict(item.metadata)
+            return dict(self._hidden_item(path).view().metadata)
         item = self.staging.get(self.keymap.key(path)) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
             return dict(item.view().metadata)

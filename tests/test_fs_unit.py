@@ -1036,3 +1036,32 @@ def test_a_directory_is_not_renamed_over_one_holding_a_file_not_yet_uploaded(tmp
     ops.flush("/e/new", fh)
     ops.release("/e/new", fh)
     assert sorted(store.objects) == ["d/", "e/", "e/new"]
+
+
+def test_a_file_opened_on_attributes_cached_before_another_clients_new_version_reads_the_new_one(tmp_path):
+    """Within attr_ttl the open uses the cached ETag; S3 answers the read's If-Match with 412.
+    Nothing was served yet, so the read follows the new version instead of failing with EIO."""
+    store = FakeStore()
+    store.put("f", b"old bytes")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/f")["st_size"] == 9  # cached for attr_ttl
+    store.put("f", b"newer bytes!")  # another client
+    fh = ops.open("/f", os.O_RDONLY)
+    assert ops.read("/f", 100, 0, fh) == b"newer bytes!"
+    assert ops.getattr("/f")["st_size"] == 12
+    ops.release("/f", fh)
+
+
+def test_a_read_after_bytes_were_served_does_not_switch_to_a_new_version(tmp_path):
+    """A reader that has bytes of one version gets EIO, never a mix of two."""
+    store = FakeStore()
+    store.put("f", b"a" * (40 * MiB))
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/f", os.O_RDONLY)
+    assert ops.read("/f", 4096, 0, fh) == b"a" * 4096
+    store.put("f", b"b" * (40 * MiB))  # another client, mid-read
+    with pytest.raises(FuseOSError) as failed:
+        for offset in range(4096, 40 * MiB, 1 << 20):
+            assert ops.read("/f", 1 << 20, offset, fh) == b"a" * min(1 << 20, 40 * MiB - offset)
+    assert failed.value.errno == errno.EIO
+    ops.release("/f", fh)

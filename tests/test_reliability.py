@@ -604,16 +604,11 @@ def test_two_mounts_see_each_others_writes_after_the_ttl(mount_factory):
     one, two = mount_factory().start(), mount_factory().start()
     a, b = os.path.join(one.path, "shared.txt"), os.path.join(two.path, "shared.txt")
 
-    def read(path: str) -> bytes | None:
-        """The file's bytes; None for EIO: opened on what the mount saw before the other's
-        overwrite (within attr_ttl), its reads ask S3 for that version (README: never mixed bytes)."""
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            return None
+    def read(path: str) -> bytes:
+        """The file's bytes. Opened on what the mount saw before the other's overwrite (within
+        attr_ttl), the first read finds that version gone and follows the new one: never EIO."""
+        with open(path, "rb") as f:
+            return f.read()
 
     # Each mount (and its kernel) keeps what it saw for attr_ttl (1 s): the other's write shows
     # once that has passed (on the fake clock: tests/test_ttl.py), so each read polls.

@@ -30,6 +30,16 @@ class Corrupt(FsError):
         super().__init__(errno.EIO, why)
 
 
+class Replaced(FsError):
+    """S3 no longer holds the version a read was for: another client replaced the object
+    since this mount looked it up (a 412 on the read's If-Match). EIO, unless the handle
+    has served nothing yet: then it follows the new version (:meth:`S3Operations.read`)."""
+
+    def __init__(self, key: str, etag: str) -> None:
+        super().__init__(errno.EIO, "%s: version %s was replaced in S3 by another client" % (key, etag))
+        self.key = key
+
+
 class Conflict(FsError):
     """An upload found S3's object changed by another client since this mount saw it.
 

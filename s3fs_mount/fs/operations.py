@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.errors import FsError, Replaced
 from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_entries, fuse_get_context, fuse_operation
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
@@ -55,6 +55,7 @@ class Handle:
     append: bool = False  # O_APPEND: every write lands at the end, whatever offset the kernel gives
     read_state: ReadState = field(default_factory=ReadState)
     accessed: bool = False  # a read through it has moved the file's atime (or found it need not)
+    served: bool = False  # a read through it has returned bytes (unguarded: only ever becomes True)
 
 
 class S3Operations(Operations):
@@ -417,7 +418,18 @@ class S3Operations(Operations):
         if not h.accessed:
             h.accessed = True
             self._accessed(h)
-        return self.prefetcher.read(h.item, h.read_state, offset, size)
+        try:
+            data = self.prefetcher.read(h.item, h.read_state, offset, size)
+        except Replaced:
+            if h.served:
+                raise  # the reader has bytes of the old version: it must not get the new one's
+            # Opened on attributes cached before another client's new version: follow it now,
+            # as an open a moment later would have.
+            self.changes.follow_replaced(h.path, h.item)
+            self.prefetcher.drop(h.read_state)
+            data = self.prefetcher.read(h.item, h.read_state, offset, size)
+        h.served = True
+        return data
 
     def _accessed(self, h: Handle) -> None:
         """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""

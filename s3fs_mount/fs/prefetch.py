@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from s3fs_mount.fs.errors import Corrupt, FsError
+from s3fs_mount.fs.errors import Corrupt, FsError, Replaced
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, Verifier, plan
@@ -151,7 +151,20 @@ class Prefetcher:
             return self._held
 
     def read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> bytes:
-        """Serve a read: streamed if sequential over remote bytes, else from the staged file."""
+        """Serve a read: streamed if sequential over remote bytes, else from the staged file.
+
+        :raises Replaced: S3 holds another client's version now, not the one the item is of.
+        """
+        etag = item.view().etag
+        try:
+            return self._read(item, state, offset, size)
+        except S3Error as exc:
+            if exc.precondition_failed:
+                raise Replaced(item.key, etag) from exc
+            raise
+
+    def _read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> bytes:
+        """read's work."""
         if state.failed:
             raise FsError(errno.EIO, "%s: an earlier read through this handle failed its check" % item.key)
         end = min(offset + size, item.size)
@@ -173,7 +186,7 @@ class Prefetcher:
                         raise
                     # This mount uploaded a new version meanwhile: its bytes are local.
                     self.drop(state)
-                    return self.read(item, state, offset, size)
+                    return self._read(item, state, offset, size)
                 state.ahead_until = max(state.ahead_until, ahead_end)
                 state.next_offset = max(end, state.next_offset)
                 return data

@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import pytest
+from mountrig import sync_dir
 
 pytestmark = pytest.mark.fuse
 
@@ -79,6 +80,7 @@ def test_unlink_while_open_still_reads(mount, boto, bucket):
         os.unlink(path)
         assert not os.path.exists(path)
         assert f.read() == b"still here"
+    sync_dir(mount.path)
     assert s3_keys(boto, bucket) == []
 
 

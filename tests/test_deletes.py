@@ -42,19 +42,19 @@ def test_an_unlinked_name_is_gone_at_once_and_its_delete_sent_in_batches(tmp_pat
     store = FakeStore()
     ops = held(tmp_path, store)
     ops.mkdir("/d", 0o755)
-    files(ops, ["/d/%04d" % i for i in range(2500)] + ["/d/keep"])
+    files(ops, ["/d/%04d" % i for i in range(1200)] + ["/d/keep"])
     names = [n for n in ops.readdir("/d", 0) if isinstance(n, tuple)]
-    assert len(names) == 2501
-    for i in range(2500):
+    assert len(names) == 1201
+    for i in range(1200):
         ops.unlink("/d/%04d" % i)
     assert errno_of(ops.getattr, "/d/0001") == errno.ENOENT
     listed = [n[0] for n in ops.readdir("/d", 0) if isinstance(n, tuple)]
     assert listed == ["keep"]  # S3 still has them: hidden
-    # Full batches go at once; the last 500 wait for the window (or a flush).
-    assert "d/2400" in store.objects and store.calls["DELETE"] == 0
+    # Full batches go at once; the last 200 wait for the window (or a flush).
+    assert "d/1150" in store.objects and store.calls["DELETE"] == 0
     ops.fsyncdir("/d", 0, 0)  # a directory's fsync: its removals reach S3
     # Full batches of 1000, the rest split to go at once; no DELETE of one key.
-    assert sum(store.delete_batches) == 2500 and max(store.delete_batches) <= 1000
+    assert sum(store.delete_batches) == 1200 and max(store.delete_batches) <= 1000
     assert store.calls["DELETE multi"] == len(store.delete_batches) and store.calls["DELETE"] == 0
     assert sorted(store.objects) == ["d/", "d/keep"]
     assert errno_of(ops.getattr, "/d/0001") == errno.ENOENT

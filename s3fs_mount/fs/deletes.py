@@ -128,7 +128,15 @@ class DeleteQueue:
     def settle(self, key: str) -> None:
         """Before ``key`` is written again: its pending delete, if any, is sent now (S3Error if
         that fails), or one under way is waited for."""
-        self._flush(lambda k: k == key)
+        with self._cond:
+            mine = key in self._pending
+            if mine:
+                self._take([key])
+            else:
+                while key in self._sending:
+                    self._cond.wait()
+                return
+        self._send([key])
 
     def flush(self, prefix: str = "") -> None:
         """Send every pending delete of a key under ``prefix`` now and wait for those under way

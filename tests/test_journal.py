@@ -11,7 +11,6 @@ from fakestore import FakeStore
 from test_fs_unit import make_ops, write_file
 
 from s3fs_mount.fs import journal as journal_module
-from s3fs_mount.fs.deletes import JOURNAL_NAME as DELETES_JOURNAL
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
 from s3fs_mount.fs.staging import StagedRecord
 from s3fs_mount.s3.errors import S3Error
@@ -89,8 +88,8 @@ def test_staged_files_make_no_file_but_their_data(tmp_path):
         write_file(ops, "/f%d" % i, b"x" * 100)
     assert len(store.objects) == 20
     made = sorted(os.listdir(root))
-    assert [n for n in made if not n.endswith(".data")] == [".lock", DELETES_JOURNAL, JOURNAL_NAME]
-    assert len(made) == 23
+    assert [n for n in made if not n.endswith(".data")] == [".lock", JOURNAL_NAME]
+    assert len(made) == 22
     assert StagingJournal.read(os.path.join(root, JOURNAL_NAME)) == {}  # all clean: nothing owed
 
 

@@ -26,7 +26,7 @@ version another client put after we listed the name is deleted too, as a
 DELETE would have done, only up to :data:`WINDOW` seconds later.
 
 Locks: ``_cond`` guards ``_pending``, ``_sending``, ``_since``,
-``_batches``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
+``_batches``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
 ``_cond`` or alone (never the other way round).
 """
 
@@ -82,7 +82,6 @@ class DeleteQueue:
         self.window = window
         self.answered = answered
         self._journal = StagingJournal(directory, name=JOURNAL_NAME)
-        self._left = list(self._journal.open())  # what a previous run did not send
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}  # keys to send, in the order of their unlinks
         self._sending: set[str] = set()  # keys of batches under way
@@ -91,6 +90,12 @@ class DeleteQueue:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._pool = concurrent.futures.ThreadPoolExecutor(PARALLEL, thread_name_prefix="deletes")
+        #: What a previous run did not send. The journal is made at the first delete (a cache
+        #: dir holds no file for what a mount never did).
+        self._left = list(StagingJournal.read(self._journal.path))
+        self._opened = False
+        if self._left:
+            self._open_journal()
 
     # -- what the filesystem calls -----------------------------------------------------
 
@@ -117,6 +122,8 @@ class DeleteQueue:
 
     def add(self, key: str) -> None:
         """Delete ``key`` soon: recorded now, sent in the next batch."""
+        if not self._opened:
+            self._open_journal()
         self._journal.record(key, {"key": key})
         with self._cond:
             if not self._pending:
@@ -172,6 +179,12 @@ class DeleteQueue:
         return left
 
     # -- sending ---------------------------------------------------------------------------
+
+    def _open_journal(self) -> None:
+        with self._cond:
+            if not self._opened:
+                self._journal.open()
+                self._opened = True
 
     def _start(self) -> None:
         """The background sender runs once there is something to send (caller holds _cond)."""

@@ -89,6 +89,19 @@ def test_a_name_made_again_is_not_deleted_by_its_pending_delete(tmp_path):
     assert "other" not in store.objects
 
 
+def test_a_directory_made_where_a_file_was_removed_sends_its_delete_first(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    files(ops, ["/x", "/g"])
+    ops.unlink("/x")
+    ops.mkdir("/x", 0o755)  # SeaweedFS has no file and directory of one name: the file goes first
+    assert "x" not in store.objects and "x/" in store.objects
+    ops.unlink("/g")
+    ops.rename("/d", "/g")
+    assert sorted(store.objects) == ["g/", "x/"]
+
+
 def test_rmdir_sends_the_pending_deletes_of_its_directory_first(tmp_path):
     store = FakeStore()
     ops = held(tmp_path, store)

@@ -194,6 +194,9 @@ class Mutations:
         return item
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
+        # A file of that name may be pending delete: some servers (SeaweedFS) keep a file and a
+        # directory of one name apart no better than a disk does, so its delete goes first.
+        self.deletes.settle(self.keymap.key(path))
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         etag = self.namespace.write_dir(path, meta, new=True)
@@ -264,6 +267,7 @@ class Mutations:
         old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
         self.deletes.flush(old_prefix)  # what was removed in it is not copied
         self.deletes.flush(new_prefix)
+        self.deletes.settle(self.keymap.key(new))  # a file of the new name (as in mkdir)
         for item in list(self.staging.under(old_prefix)):
             if item.dirty:
                 self.upload(item)

@@ -103,6 +103,9 @@ class FakeStore:
         self.calls: Counter[str] = Counter()
         self.requested: Counter[str] = Counter()  # requests by the bucket they named
         self.uploads: set[str] = set()
+        #: key -> the error code a DeleteObjects answers for it (the key stays), as S3 may.
+        self.refused_deletes: dict[str, str] = {}
+        self.delete_batches: list[int] = []  # keys per delete_keys call
         self._ids = itertools.count(1)
 
     @property
@@ -288,8 +291,14 @@ class FakeStore:
             yield from page.entries
 
     def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
-        self.calls["DELETE multi"] += 1
+        keys = list(keys)
+        self.delete_batches.append(len(keys))
+        self.calls["DELETE multi"] += max(1, -(-len(keys) // 1000))  # 1000 keys per request
         objects = self._bucket(bucket)
+        failed = []
         for key in keys:
-            objects.pop(key, None)
-        return []
+            if key in self.refused_deletes:
+                failed.append((key, self.refused_deletes[key]))
+            else:
+                objects.pop(key, None)
+        return failed

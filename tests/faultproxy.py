@@ -10,6 +10,8 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.flip_request(1)       # the next PUT's body reaches the server with one byte changed
         proxy.flip_response(1)      # the next GET's body reaches the client with one byte changed
         proxy.error_in_200(1)       # the next copy or multipart completion: 200 with an <Error> body
+        proxy.delete_errors(1)      # the next DeleteObjects: 200, every key of it failed (InternalError)
+        proxy.hold_deletes()        # DeleteObjects wait (held, counted in ``holding``) until release()
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -23,6 +25,7 @@ to the client as it arrives (Content-Length, chunked, or until upstream EOF).
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import struct
 import threading
@@ -227,6 +230,29 @@ def error_200_response(code: str, close: bool = False) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+def is_delete_objects(method: str, target: str) -> bool:
+    """A DeleteObjects (``POST /bucket?delete``)."""
+    return method == "POST" and re.search(r"[?&]delete(=|&|$)", target) is not None
+
+
+def delete_errors_response(body: bytes, code: str, close: bool = False) -> bytes:
+    """A DeleteObjects answer that names every key of request ``body`` as failed with ``code``."""
+    keys = re.findall(rb"<Key>(.*?)</Key>", body)
+    errors = b"".join(
+        b"<Error><Key>%s</Key><Code>%s</Code><Message>faultproxy</Message></Error>" % (k, code.encode())
+        for k in keys
+    )
+    xml = b'<?xml version="1.0" encoding="UTF-8"?>\n<DeleteResult>' + errors + b"</DeleteResult>"
+    head = [
+        "HTTP/1.1 200 OK",
+        "Content-Type: application/xml",
+        f"Content-Length: {len(xml)}",
+        "x-amz-request-id: FAULTPROXY",
+        f"Connection: {'close' if close else 'keep-alive'}",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + xml
+
+
 def is_copy_or_completion(method: str, target: str, headers: list[tuple[str, str]]) -> bool:
     """A CopyObject, UploadPartCopy or CompleteMultipartUpload: what AWS may fail with a 200."""
     if method == "PUT":
@@ -286,6 +312,11 @@ class FaultProxy:
         #: (method, target, headers with lower-case names) of every request seen.
         self.heard: list[tuple[str, str, dict[str, str]]] = []
         self._errors_in_200: list[str] = []  # codes for the next copies/completions
+        self._delete_errors: list[str] = []  # codes for the next DeleteObjects (every key fails)
+        self._released = threading.Event()  # set: DeleteObjects pass (else held until it is)
+        self._released.set()
+        self.holding = 0  # DeleteObjects held now
+        self._release_forwards = False
         self.errors_in_200 = 0  # such answers given
         #: As AWS does for a bucket in this region: a request signed for another is refused.
         self.bucket_region: str | None = None
@@ -372,6 +403,28 @@ class FaultProxy:
                 return None
             self.errors_in_200 += 1
             return self._errors_in_200.pop(0)
+
+    def delete_errors(self, n: int = 1, code: str = "InternalError") -> None:
+        """Answer the next ``n`` DeleteObjects with 200 and a per-key ``<Error>`` of ``code`` for
+        every key they name; they are not forwarded (nothing was deleted)."""
+        with self._lock:
+            self._delete_errors.extend([code] * n)
+
+    def _take_delete_error(self, method: str, target: str) -> str | None:
+        if not is_delete_objects(method, target):
+            return None
+        with self._lock:
+            return self._delete_errors.pop(0) if self._delete_errors else None
+
+    def hold_deletes(self) -> None:
+        """Hold every DeleteObjects from now on (not forwarded) until :meth:`release`."""
+        self._released.clear()
+
+    def release(self, forward: bool = False) -> None:
+        """Let held DeleteObjects go: forwarded with ``forward``, else their connections closed
+        (the client learns nothing; nothing was deleted)."""
+        self._release_forwards = forward
+        self._released.set()
 
     def stall(self, seconds: float) -> None:
         """Delay every forwarded request by ``seconds`` (0 to stop stalling)."""
@@ -520,6 +573,23 @@ class FaultProxy:
                     if req.wants_close():
                         return
                     continue
+                delete_error = self._take_delete_error(method, target)
+                if delete_error is not None:
+                    conn.sendall(delete_errors_response(body, delete_error, req.wants_close()))
+                    if req.wants_close():
+                        return
+                    continue
+                if is_delete_objects(method, target) and not self._released.is_set():
+                    with self._lock:
+                        self.holding += 1
+                    while not self._released.wait(0.1):
+                        if self._stop.is_set():
+                            return
+                    with self._lock:
+                        self.holding -= 1
+                    if not self._release_forwards:
+                        self._abort(conn)
+                        return
                 if self._stall > 0 and self._stop.wait(self._stall):
                     return
                 if not self._forward(req, start, lines, conn) or req.wants_close():

@@ -27,6 +27,16 @@ def require_fuse() -> None:
         pytest.skip(message)
 
 
+def sync_dir(path: str) -> None:
+    """fsync of directory ``path``: what was removed in it is deleted in S3 when this returns
+    (a mount sends deletes in batches, a moment after the unlink)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Mount:
     """One ``s3fs-mount -f`` process serving ``bucket`` at ``path``."""
 

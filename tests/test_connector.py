@@ -461,6 +461,24 @@ def test_503_is_retried_until_success(proxied, faultproxy, boto, bucket, local, 
     assert proxied.connection.retry.retries == 6
 
 
+def test_bulk_delete_retries_keys_that_failed_for_a_passing_reason(proxied, faultproxy, boto, bucket):
+    keys = ["d/%d" % i for i in range(3)]
+    for key in keys:
+        boto.put_object(Bucket=bucket, Key=key, Body=b"x")
+    faultproxy.delete_errors(2, "InternalError")  # answered 200, every key failed: sent again
+    assert proxied.delete_keys(keys) == []
+    assert faultproxy.requests == 3 and faultproxy.forwarded == 1
+    assert "Contents" not in boto.list_objects_v2(Bucket=bucket, Prefix="d/")
+    boto.put_object(Bucket=bucket, Key="k", Body=b"x")
+    faultproxy.delete_errors(1, "AccessDenied")  # an answer, not an accident: never retried
+    assert proxied.delete_keys(["k"]) == [("k", "AccessDenied")]
+    assert faultproxy.requests == 4
+    faultproxy.delete_errors(10, "SlowDown")  # retried up to the policy's bound, then returned
+    assert proxied.delete_keys(["k"]) == [("k", "SlowDown")]
+    assert faultproxy.requests == 8
+    assert boto.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+
+
 def test_retries_are_bounded(proxied, faultproxy, local, caplog):
     faultproxy.fail_next(10)
     assert proxied.write(local, "k") is False

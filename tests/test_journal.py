@@ -136,6 +136,7 @@ def test_a_file_written_after_its_unlink_leaves_no_record(tmp_path):
     assert StagingJournal.read(os.path.join(ops.staging.root, JOURNAL_NAME)) == {}
     assert ops.read(None, 9, 0, fh) == b"firstmore"
     ops.release(None, fh)
+    ops.fsyncdir("/", 0, 0)  # the unlink's delete, batched, is sent
     assert store.objects == {}
 
 

@@ -8,6 +8,7 @@ import stat
 import subprocess
 
 import pytest
+from mountrig import sync_dir
 from waiting import eventually
 
 pytestmark = pytest.mark.fuse
@@ -80,6 +81,7 @@ def test_unlink_while_open_still_reads(mount, boto, bucket):
         os.unlink(path)
         assert not os.path.exists(path)
         assert f.read() == b"still here"
+    sync_dir(mount.path)
     assert s3_keys(boto, bucket) == []
 
 

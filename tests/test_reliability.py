@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import s3rig
 from faultproxy import FaultProxy
+from mountrig import sync_dir
 from waiting import eventually
 
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
@@ -483,6 +484,7 @@ def test_state_machine_against_shadow(mount, boto, bucket):
             self.close_fd()
             os.unlink(self.p(name))
             del self.shadow[name]
+            sync_dir(os.path.dirname(self.p(name)))  # its delete, sent in a batch, is done
             assert not s3_has(boto, bucket, self.key(name))
 
         @precondition(lambda self: self.fd is None and self.shadow)

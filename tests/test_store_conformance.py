@@ -215,6 +215,14 @@ def test_delete_and_bulk_delete(subject):
     assert keys_of(b.list("", delimiter=None)) == (["keep"], [])
 
 
+def test_bulk_delete_of_more_keys_than_one_request_takes(subject):
+    b = subject.view
+    keys = ["many/%04d" % i for i in range(1003)]  # two DeleteObjects: 1000 keys, then 3
+    b.run_parallel((lambda k=k: b.put(k, b"")) for k in keys + ["many_kept"])
+    assert b.delete_keys(keys) == []
+    assert keys_of(b.list("", delimiter=None)) == (["many_kept"], [])
+
+
 # -- listings -----------------------------------------------------------------------------
 
 

@@ -141,6 +141,7 @@ def test_what_we_removed_stays_hidden_from_lagging_listings_for_a_while(tmp_path
     store.put("gone", b"1")
     assert names(ops) == ["gone"]
     ops.unlink("/gone")
+    ops.fsyncdir("/", 0, 0)  # its delete sent (a batch's): the hiding counts from S3's answer
     store.put("gone", b"1")  # as a server that goes on listing a removed key (SeaweedFS, briefly)
     clock.advance(REMOVED_TTL - 1)
     assert names(ops) == []

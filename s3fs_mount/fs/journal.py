@@ -41,6 +41,7 @@ class StagingJournal:
 
     :param directory: the cache directory (one mount's, under its lock).
     :param compact_at: size in bytes past which the journal may be rewritten.
+    :param name: the journal's file name in ``directory`` (the pending deletes keep their own).
 
     Usage::
 
@@ -51,9 +52,9 @@ class StagingJournal:
         journal.close()
     """
 
-    def __init__(self, directory: str, compact_at: int = COMPACT_AT) -> None:
+    def __init__(self, directory: str, compact_at: int = COMPACT_AT, name: str = JOURNAL_NAME) -> None:
         self.directory = directory  # immutable after __init__
-        self.path = os.path.join(directory, JOURNAL_NAME)  # immutable after __init__
+        self.path = os.path.join(directory, name)  # immutable after __init__
         self.compact_at = compact_at  # immutable after __init__
         self._lock = threading.Lock()  # immutable after __init__; nothing is taken while it is held
         self._fd = -1  # GUARDED_BY(_lock)

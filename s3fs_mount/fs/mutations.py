@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.deletes import DeleteQueue
 from s3fs_mount.fs.errors import Conflict, FsError
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.paths import KeyMap
@@ -56,6 +57,11 @@ class Mutations:
     :param prefetcher: fetches what an unlinked but open file still needs.
     :param server_full: says why uploads fail when the server is full (else None): ENOSPC then.
     :param clock: gives new files, directories, links and changes their times.
+
+    A removed file's key is deleted in a batch (:attr:`deletes`, a
+    :class:`~s3fs_mount.fs.deletes.DeleteQueue` recorded beside the staged
+    files): a key written again is settled first, and a directory's pending
+    deletes are sent before S3 is asked whether it is empty or what it holds.
     """
 
     def __init__(
@@ -77,6 +83,25 @@ class Mutations:
         self.uploader = uploader
         self.prefetcher = prefetcher
         self.server_full = server_full
+        self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
+        namespace.settle_deletes = self.deletes.flush
+
+    def _deletes_answered(self, deleted: list[str], failed: list[tuple[str, str]]) -> None:
+        """S3 answered a batch of deletes: the deleted stay hidden; the others show again."""
+        for key in deleted:
+            self.namespace.deleted(self.keymap.path(key))
+        for key, _ in failed:
+            path = self.keymap.path(key)
+            self.namespace.deleted(path, kept=True)
+            self.namespace.entry_changed(KeyMap.split(path)[0])
+
+    def sync_dir(self, path: str) -> None:
+        """fsync of directory ``path``: its removals are in S3 when this returns (S3Error if not)."""
+        self.deletes.flush(self.keymap.dir_prefix(path))
+
+    def close(self) -> list[str]:
+        """At unmount: send the pending deletes; returns the keys left for the next mount."""
+        return self.deletes.close()
 
     # -- uploads ---------------------------------------------------------------------------
 
@@ -122,7 +147,12 @@ class Mutations:
         self.namespace.remember(self.keymap.path(item.key), staged_attributes(item, self.defaults))
 
     def recover(self) -> list[str]:
-        """Upload what a previous run left staged; returns the keys still pending."""
+        """Send the deletes and upload what a previous run left; returns the keys still staged.
+
+        The deletes first: a key written again after its unlink had its delete sent before.
+        """
+        for key in self.deletes.recover():  # not sent yet: hidden until it is
+            self.namespace.deleting(self.keymap.path(key))
         recovered = self.staging.recover()
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id)
@@ -161,7 +191,9 @@ class Mutations:
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        item, _ = self.staging.acquire(self.keymap.key(path))
+        key = self.keymap.key(path)
+        self.deletes.settle(key)
+        item, _ = self.staging.acquire(key)
         item.reset(0, "", meta, {"Content-Type": content_type}, now)
         item.set_metadata(meta)  # dirty: an empty new file is uploaded too
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
@@ -169,6 +201,9 @@ class Mutations:
         return item
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
+        # A file of that name may be pending delete: some servers (SeaweedFS) keep a file and a
+        # directory of one name apart no better than a disk does, so its delete goes first.
+        self.deletes.settle(self.keymap.key(path))
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         etag = self.namespace.write_dir(path, meta, new=True)
@@ -192,16 +227,17 @@ class Mutations:
         self.namespace.entry_changed(KeyMap.split(path)[0])
 
     def remove_file(self, path: str) -> StagedFile | None:
-        """Remove file ``path`` from S3; its staged copy, if any, stays alive for open handles."""
+        """Remove file ``path`` (its delete is sent in a batch, soon); its staged copy, if any,
+        stays alive for open handles."""
         key = self.keymap.key(path)
         item = self.staging.get(key)
         if item is not None:
             self.uploader.abandon(item, "the file was removed")
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
-        self.store.remove(key)
+        self.deletes.add(key)
         self.staging.forget(key)
-        self.namespace.forget(path, gone=True)
+        self.namespace.deleting(path)
         self.namespace.entry_changed(KeyMap.split(path)[0])
         return item
 
@@ -218,6 +254,7 @@ class Mutations:
     def _rename_file(self, old: str, new: str, source: A.Attributes) -> None:
         """Copy (of the version looked up: ``source``, else of one HEAD just before), then delete."""
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
+        self.deletes.settle(new_key)
         item = self.staging.get(old_key)
         moved: A.Attributes | None = None
         if item is None and source.etag:
@@ -250,6 +287,9 @@ class Mutations:
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory, copied in parallel, then deleted. Not atomic."""
         old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
+        self.deletes.flush(old_prefix)  # what was removed in it is not copied
+        self.deletes.flush(new_prefix)
+        self.deletes.settle(self.keymap.key(new))  # a file of the new name (as in mkdir)
         for item in list(self.staging.under(old_prefix)):
             if item.dirty:
                 self.upload(item)
@@ -292,6 +332,7 @@ class Mutations:
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         body = source.encode("utf-8", "surrogateescape")
+        self.deletes.settle(self.keymap.key(target))
         etag = self.store.put(self.keymap.key(target), body, meta)
         self.namespace.remember(
             target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
@@ -304,6 +345,7 @@ class Mutations:
         meta = A.posix_metadata(mode, uid, gid, now)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             meta[A.META_PREFIX + "rdev"] = str(dev)
+        self.deletes.settle(self.keymap.key(path))
         etag = self.store.put(self.keymap.key(path), b"", meta)
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
         self.namespace.entry_changed(KeyMap.split(path)[0], now)

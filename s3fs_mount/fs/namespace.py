@@ -31,6 +31,9 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
   key is gone, and we should not show what we just removed.
+* ``_deleting``: paths whose delete is recorded but not yet answered by S3
+  (:mod:`s3fs_mount.fs.deletes`): absent to lookups and listings, however long
+  that takes;
 * ``_changed``: path -> when (time.monotonic) this mount last changed it.
   An answer from S3 to a request sent before that time is older than what
   we know, and is not cached (a HEAD racing our own upload would otherwise
@@ -160,6 +163,11 @@ class Namespace:
         self._walks: TLRUCache[str, float] = TLRUCache(1_000, lambda path, ttl, now: now + ttl, timer)
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
+        #: Paths whose delete is pending (tombstones). Guarded by _lock.
+        self._deleting: set[str] = set()
+        #: Sends the pending deletes of keys under a prefix and waits for them (set by Mutations):
+        #: a directory's emptiness is asked of S3 only once they are done.
+        self.settle_deletes: Callable[[str], None] = lambda prefix: None
         self._conflicts_logged: set[str] = set()
         #: Directory path -> (mtime, ctime, when) set by entry changes, not yet in S3. Guarded by _lock.
         self._dir_times: dict[str, tuple[float, float, float]] = {}
@@ -234,6 +242,22 @@ class Namespace:
             else:
                 self._missing.pop(path, None)
 
+    def deleting(self, path: str) -> None:
+        """File ``path`` is removed, its delete not yet sent: absent until :meth:`deleted`."""
+        self.forget(path, gone=True)
+        with self._lock:
+            self._deleting.add(path)
+
+    def deleted(self, path: str, kept: bool = False) -> None:
+        """S3 answered the delete of ``path``: gone, or (``kept``) still there and shown again."""
+        with self._lock:
+            self._deleting.discard(path)
+            if not kept:
+                self._removed[path] = True  # a listing may show it a while yet (SeaweedFS)
+                return
+            self._removed.pop(path, None)
+        self.forget(path)
+
     def forget_tree(self, path: str) -> None:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
@@ -274,7 +298,7 @@ class Namespace:
             found.seen_at = asked
             return self._cache_fetched(path, found)
         with self._lock:
-            if self._missing.get(path) or self._removed.get(path):
+            if self._missing.get(path) or self._removed.get(path) or path in self._deleting:
                 raise FsError(errno.ENOENT)  # we removed it ourselves
         if not is_valid_name(name):
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
@@ -725,7 +749,7 @@ class Namespace:
         with self._lock:
             for name, attributes in batch:
                 child = KeyMap.join(path, name)
-                if self._removed.get(child):
+                if self._removed.get(child) or child in self._deleting:
                     continue
                 if attributes.is_dir:
                     known = self._attrs.get(child)
@@ -773,7 +797,9 @@ class Namespace:
         return A.attributes_from({}, 0, self.epoch, self.defaults, "dir", complete=False)
 
     def is_empty_dir(self, path: str) -> bool:
+        """Whether directory ``path`` has no entries in S3 (its pending deletes sent first)."""
         prefix = self.keymap.dir_prefix(path)
+        self.settle_deletes(prefix)
         page = next(self.store.list(prefix, delimiter="/", max_keys=2))
         return not page.prefixes and all(e.key == prefix for e in page.entries)
 

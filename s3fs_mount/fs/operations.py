@@ -220,6 +220,7 @@ class S3Operations(Operations):
             except Exception as exc:
                 log.error("could not upload %s at unmount (%s); it stays staged", item.key, exc)
                 left.append(item.key)
+        self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
         if self.dir_times is not None:
             self.dir_times.close()
         elif not self.options.ro:
@@ -354,6 +355,12 @@ class S3Operations(Operations):
         if not self._attributes(path).is_dir:
             raise FsError(errno.ENOTDIR)
         self.changes.rmdir(path)  # ENOTEMPTY
+
+    @fuse_operation
+    def fsyncdir(self, path: str, datasync: int, fh: int) -> None:
+        """The directory's removals are in S3 when this returns (its pending deletes sent)."""
+        if not self.options.ro:
+            self.changes.sync_dir(path)
 
     @fuse_operation
     def statfs(self, path: str) -> dict[str, int]:

@@ -39,6 +39,7 @@ from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.parts import MIN_PART_SIZE, PartLayout, layout_of, part_size_for
+from s3fs_mount.s3.retry import RETRYABLE_CODES
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -353,6 +354,14 @@ def upload_in_parts(
         else:
             mpu.abort()
         raise
+
+
+class _KeysNotDeleted(S3Error):
+    """A DeleteObjects answered, but some keys failed for a passing reason (retried as such)."""
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        super().__init__(200, keys[0][1], "%d key(s) not deleted, e.g. %s" % (len(keys), keys[0][0]))
+        self.keys = keys
 
 
 class RemoteStore:
@@ -953,28 +962,45 @@ class RemoteStore:
         """DeleteObjects in batches of 1000; returns ``[(key, error code)]`` of failures.
 
         Keys go deepest first (reverse order), so a server that keeps
-        directories (SeaweedFS) sees each emptied before it is removed.
+        directories (SeaweedFS) sees each emptied before it is removed. A key
+        the server could not delete for a passing reason (``InternalError``,
+        ``SlowDown``: the retry policy's codes) is sent again, by the retry
+        policy, with the others of its batch that failed so; what still fails
+        is returned. A key that was not there is no failure.
         """
         keys = sorted(keys, reverse=True)
         bucket = bucket or self.connection.default_bucket
         failed: list[tuple[str, str]] = []
-        batch: list[str] = []
+        for start in range(0, len(keys), 1000):
+            failed.extend(self._delete_batch(keys[start : start + 1000], bucket))
+        return failed
 
-        def flush() -> None:
-            body = xmlparse.delete_objects_body(batch)
-            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+    def _delete_batch(self, keys: list[str], bucket: str) -> list[tuple[str, str]]:
+        """One DeleteObjects of at most 1000 keys, its passing per-key failures retried."""
+        left = list(keys)
+        failed: list[tuple[str, str]] = []  # for good: no retry will help
+
+        def attempt() -> None:
+            body = xmlparse.delete_objects_body(left)
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # SeaweedFS checks it
             resp = self.connection.request(
-                "POST", bucket, "", query={"delete": ""}, headers={"Content-MD5": md5}, body=body
+                "POST", bucket, "", query={"delete": ""}, headers={"Content-MD5": md5}, body=body,
+                retry=False,
             )
-            failed.extend(xmlparse.parse_delete_errors(resp.content))
-            batch.clear()
+            again: list[tuple[str, str]] = []
+            for key, code in xmlparse.parse_delete_errors(resp.content):
+                if code in RETRYABLE_CODES:
+                    again.append((key, code))
+                elif code != "NoSuchKey":
+                    failed.append((key, code))
+            if again:
+                left[:] = [key for key, _ in again]
+                raise _KeysNotDeleted(again)
 
-        for key in keys:
-            batch.append(key)
-            if len(batch) == 1000:
-                flush()
-        if batch:
-            flush()
+        try:
+            self.connection.retry.call(attempt, "delete of %d keys in %s" % (len(keys), bucket))
+        except _KeysNotDeleted as exc:
+            failed.extend(exc.keys)
         return failed
 
     def list_multipart_uploads(self, prefix: str = "", bucket: str | None = None) -> list[tuple[str, str]]:

@@ -1,0 +1,178 @@
+"""Batched deletes (s3fs_mount/fs/deletes.py) on the in-memory store: hidden at once, sent in
+DeleteObjects of up to 1,000 keys, in order with later writes of the same names, and recorded
+so that a killed mount sends them at its next start. The same through FUSE on SeaweedFS:
+tests/test_mount.py (test_rm_rf_*)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+import pytest
+from fakestore import FakeStore
+from test_fs_unit import _context, make_ops, write_file  # noqa: F401 - _context: autouse fixture
+
+from s3fs_mount.fs.deletes import PARALLEL
+from s3fs_mount.fs.fuselib import FuseOSError
+from s3fs_mount.fs.journal import StagingJournal
+
+LONG = 3600.0  # a gather window no test waits out: what is sent, a flush sent
+
+
+def held(tmp_path, store=None):
+    """Operations whose deletes wait for a flush (or a settle) to be sent."""
+    ops = make_ops(tmp_path, store or FakeStore())
+    ops.changes.deletes.window = LONG
+    return ops
+
+
+def files(ops, names, data=b"x"):
+    for name in names:
+        write_file(ops, name, data)
+
+
+def errno_of(fn, *args):
+    with pytest.raises(FuseOSError) as info:
+        fn(*args)
+    return info.value.errno
+
+
+def test_an_unlinked_name_is_gone_at_once_and_its_delete_sent_in_batches(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    files(ops, ["/d/%04d" % i for i in range(1200)] + ["/d/keep"])
+    names = [n for n in ops.readdir("/d", 0) if isinstance(n, tuple)]
+    assert len(names) == 1201
+    for i in range(1200):
+        ops.unlink("/d/%04d" % i)
+    assert errno_of(ops.getattr, "/d/0001") == errno.ENOENT
+    listed = [n[0] for n in ops.readdir("/d", 0) if isinstance(n, tuple)]
+    assert listed == ["keep"]  # S3 still has them: hidden
+    # Full batches go at once; the last 200 wait for the window (or a flush).
+    assert "d/1150" in store.objects and store.calls["DELETE"] == 0
+    ops.fsyncdir("/d", 0, 0)  # a directory's fsync: its removals reach S3
+    # Full batches of 1000, the rest split to go at once; no DELETE of one key.
+    assert sum(store.delete_batches) == 1200 and max(store.delete_batches) <= 1000
+    assert store.calls["DELETE multi"] == len(store.delete_batches) and store.calls["DELETE"] == 0
+    assert sorted(store.objects) == ["d/", "d/keep"]
+    assert errno_of(ops.getattr, "/d/0001") == errno.ENOENT
+
+
+def test_the_background_batcher_sends_without_being_asked(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.changes.deletes.window = 0.0
+    files(ops, ["/a", "/b"])
+    ops.unlink("/a")
+    ops.unlink("/b")
+    thread = ops.changes.deletes._thread
+    assert thread is not None
+    with ops.changes.deletes._cond:  # wait until the batcher has answered for both
+        ops.changes.deletes._cond.wait_for(lambda: ops.changes.deletes.pending() == 0, 30)
+    assert "a" not in store.objects and "b" not in store.objects
+    assert store.calls["DELETE"] == 0
+
+
+def test_a_name_made_again_is_not_deleted_by_its_pending_delete(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    files(ops, ["/f", "/g", "/other"])
+    ops.unlink("/f")
+    write_file(ops, "/f", b"new")  # create: the old delete goes first
+    ops.unlink("/g")
+    ops.rename("/other", "/g")  # rename onto it: likewise
+    ops.finish()
+    assert store.objects["f"].data == b"new"
+    assert store.objects["g"].data == b"x"
+    assert "other" not in store.objects
+
+
+def test_a_directory_made_where_a_file_was_removed_sends_its_delete_first(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    files(ops, ["/x", "/g"])
+    ops.unlink("/x")
+    ops.mkdir("/x", 0o755)  # SeaweedFS has no file and directory of one name: the file goes first
+    assert "x" not in store.objects and "x/" in store.objects
+    ops.unlink("/g")
+    ops.rename("/d", "/g")
+    assert sorted(store.objects) == ["g/", "x/"]
+
+
+def test_rmdir_sends_the_pending_deletes_of_its_directory_first(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/e", 0o755)
+    files(ops, ["/d/1", "/d/2", "/e/1"])
+    ops.unlink("/d/1")
+    ops.unlink("/d/2")
+    ops.unlink("/e/1")
+    ops.rmdir("/d")
+    assert not [k for k in store.objects if k.startswith("d/")]
+    assert "e/1" in store.objects  # another directory's delete still waits for its batch
+    ops.finish()
+    assert sorted(store.objects) == ["e/"]
+
+
+def test_a_renamed_directory_does_not_take_its_removed_files_along(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    files(ops, ["/d/gone", "/d/kept"])
+    ops.unlink("/d/gone")
+    ops.rename("/d", "/n")
+    assert sorted(store.objects) == ["n/", "n/kept"]
+
+
+def test_a_refused_delete_shows_the_file_again_and_names_it(tmp_path, caplog):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    files(ops, ["/locked", "/free"])
+    store.refused_deletes["locked"] = "AccessDenied"
+    ops.unlink("/locked")
+    ops.unlink("/free")
+    with caplog.at_level(logging.ERROR):
+        ops.fsyncdir("/", 0, 0)
+    assert "could not delete locked (AccessDenied): it is there again" in caplog.text
+    assert ops.getattr("/locked")["st_size"] == 1
+    assert errno_of(ops.getattr, "/free") == errno.ENOENT
+    assert [n[0] for n in ops.readdir("/", 0) if isinstance(n, tuple)] == ["locked"]
+
+
+def test_a_failed_batch_stays_pending_and_is_sent_at_unmount(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    files(ops, ["/a"])
+    ops.unlink("/a")
+    store.buckets["gone"] = store.buckets.pop("bucket")  # every request fails: NoSuchBucket
+    with pytest.raises(FuseOSError):
+        ops.fsyncdir("/", 0, 0)
+    assert errno_of(ops.getattr, "/a") == errno.ENOENT  # still hidden: still pending
+    store.buckets["bucket"] = store.buckets.pop("gone")
+    ops.finish()
+    assert "a" not in store.objects
+
+
+def test_deletes_a_killed_mount_left_are_sent_at_the_next_start(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    files(ops, ["/d/%03d" % i for i in range(300)] + ["/d/keep"])
+    for i in range(300):
+        ops.unlink("/d/%03d" % i)
+    journal = os.path.join(ops.staging.root, "deletes.journal")
+    assert len(StagingJournal.read(journal)) == 300  # recorded before each unlink returned
+    ops.staging.close()  # killed: nothing sent, nothing closed in order
+    ops.changes.deletes._journal.close()
+    assert len([k for k in store.objects if k.startswith("d/")]) == 302
+    again = make_ops(tmp_path, store)
+    again.start()
+    assert sorted(store.objects) == ["d/", "d/keep"]
+    assert StagingJournal.read(journal) == {}
+    assert sum(store.delete_batches) == 300 and len(store.delete_batches) <= PARALLEL
+    assert store.calls["DELETE"] == 0
+    again.finish()

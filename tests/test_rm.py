@@ -1,0 +1,158 @@
+"""rm through a real mount on SeaweedFS, checked with boto3: deletes go in DeleteObjects batches
+(s3fs_mount/fs/deletes.py), in order with later writes, and survive kill -9 of the mount.
+The same rules on the in-memory store: tests/test_deletes.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+import s3rig
+from faultproxy import FaultProxy, is_delete_objects
+from mountrig import sync_dir
+
+from s3fs_mount.fs.deletes import JOURNAL_NAME
+from s3fs_mount.fs.journal import StagingJournal
+
+pytestmark = pytest.mark.fuse
+
+
+def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
+    pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def proxied(mount_factory, tmp_path, s3config, proxy: FaultProxy, **kw):
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=proxy.endpoint))
+    return mount_factory(config=str(config), **kw)
+
+
+def deletes_heard(proxy: FaultProxy) -> tuple[int, list[str]]:
+    """(DeleteObjects requests, keys of single DELETEs) the proxy saw."""
+    batches = sum(1 for method, target in proxy.seen if is_delete_objects(method, target))
+    singles = [
+        urllib.parse.unquote(urllib.parse.urlsplit(target).path).split("/", 2)[2]
+        for method, target in proxy.seen
+        if method == "DELETE"
+    ]
+    return batches, singles
+
+
+def put_tree(boto, bucket: str, keys: list[str]) -> None:
+    for key in keys:
+        boto.put_object(Bucket=bucket, Key=key, Body=key.encode())
+
+
+def test_rm_rf_of_a_tree_sends_batches_and_leaves_nothing(mount_factory, tmp_path, s3config, faultproxy,
+                                                          boto, bucket):
+    files = ["t/%03d" % i for i in range(400)] + ["t/a/%02d" % i for i in range(50)] + ["t/a/b/c"]
+    put_tree(boto, bucket, files + ["keep/x", "t_other"])
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    faultproxy.seen.clear()
+    subprocess.run(["rm", "-rf", os.path.join(mount.path, "t")], check=True)
+    assert s3_keys(boto, bucket) == ["keep/x", "t_other"]  # rm returned: all gone in S3
+    assert not os.path.exists(os.path.join(mount.path, "t"))
+    batches, singles = deletes_heard(faultproxy)
+    # 451 files: a few DeleteObjects, no DELETE per file (rmdir deletes a directory's own holder
+    # objects: they are all DELETEs sees).
+    assert 1 <= batches <= 20, batches
+    assert not [k for k in singles if not k.endswith(("/", "_$folder$"))], singles
+
+
+def test_rmdir_after_unlinking_its_files(mount, boto, bucket):
+    d = os.path.join(mount.path, "d")
+    os.mkdir(d)
+    for i in range(20):
+        with open(os.path.join(d, str(i)), "w") as f:
+            f.write("x")
+    for i in range(20):
+        os.unlink(os.path.join(d, str(i)))
+    assert os.listdir(d) == []
+    os.rmdir(d)  # its pending deletes go first: S3 has it empty
+    assert s3_keys(boto, bucket, "d") == []
+    assert not os.path.exists(d)
+
+
+def test_a_name_made_again_after_its_unlink_keeps_the_new_object_or_directory(mount, boto, bucket):
+    for i in range(10):
+        path = os.path.join(mount.path, "f%d" % i)
+        with open(path, "w") as f:
+            f.write("old")
+        os.unlink(path)  # pending: the next create sends it first
+        with open(path, "w") as f:
+            f.write("new")
+    src = os.path.join(mount.path, "src")
+    with open(src, "w") as f:
+        f.write("moved")
+    with open(os.path.join(mount.path, "dst"), "w") as f:
+        f.write("old")
+    os.unlink(os.path.join(mount.path, "dst"))
+    os.rename(src, os.path.join(mount.path, "dst"))
+    with open(os.path.join(mount.path, "x"), "w") as f:
+        f.write("a file")
+    os.unlink(os.path.join(mount.path, "x"))
+    os.mkdir(os.path.join(mount.path, "x"))  # SeaweedFS: the file must be gone before x/ is made
+    sync_dir(mount.path)
+    assert mount.stop() == 0  # every pending delete sent
+    for i in range(10):
+        assert boto.get_object(Bucket=bucket, Key="f%d" % i)["Body"].read() == b"new"
+    assert boto.get_object(Bucket=bucket, Key="dst")["Body"].read() == b"moved"
+    keys = s3_keys(boto, bucket)
+    assert [k for k in keys if not k.startswith("x")] == ["dst"] + ["f%d" % i for i in range(10)]
+    assert "x/" in keys and "x" not in keys
+
+
+def test_an_unlink_s3_refuses_shows_the_file_again_and_says_why(mount_factory, tmp_path, s3config,
+                                                               faultproxy, boto, bucket):
+    put_tree(boto, bucket, ["locked"])
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    path = os.path.join(mount.path, "locked")
+    faultproxy.delete_errors(1, "AccessDenied")
+    os.unlink(path)
+    sync_dir(mount.path)
+    assert os.path.exists(path)
+    assert s3_keys(boto, bucket) == ["locked"]
+    assert "could not delete locked (AccessDenied): it is there again" in mount.log()
+
+
+def _recorded(cache: str) -> int:
+    """How many deletes the journal in ``cache`` holds (0 before the mount's first delete made it)."""
+    found = [os.path.join(d, JOURNAL_NAME) for d, _, names in os.walk(cache) if JOURNAL_NAME in names]
+    return len(StagingJournal.read(found[0])) if found else 0
+
+
+def _until(what, timeout: float = 120.0) -> None:
+    """Wait for a state the test needs (not a measure of speed: the deadline only ends a hang)."""
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            raise AssertionError("waited %ss in vain" % timeout)
+        time.sleep(0.05)
+
+
+def test_deletes_pending_when_the_mount_is_killed_are_sent_by_the_next(mount_factory, tmp_path, s3config,
+                                                                      faultproxy, boto, bucket):
+    doomed = ["big/%03d" % i for i in range(300)]
+    kept = ["keep/%03d" % i for i in range(20)] + ["big_sibling"]
+    put_tree(boto, bucket, doomed + kept)
+    cache = str(tmp_path / "cache")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    faultproxy.hold_deletes()  # every DeleteObjects waits: the deletes stay pending
+    rm = subprocess.Popen(["rm", "-rf", os.path.join(mount.path, "big")], stderr=subprocess.DEVNULL)
+    # Every unlink returned (recorded), and rmdir waits for the held batch.
+    _until(lambda: _recorded(cache) == 300 and faultproxy.holding >= 1)
+    mount.kill()
+    rm.wait(60)
+    faultproxy.release()  # the held requests never reach S3
+    assert s3_keys(boto, bucket, "big/") == doomed  # nothing was deleted
+    again = mount_factory(cache_dir=cache).start()  # no proxy now
+    assert s3_keys(boto, bucket, "big/") == []  # sent at the start, before the mount served
+    assert s3_keys(boto, bucket) == sorted(kept)
+    assert "recovery: sending 300 deletes a previous run left pending" in again.log()
+    assert _recorded(cache) == 0
+    big = os.path.join(again.path, "big")  # SeaweedFS may list an emptied prefix a while yet
+    assert not os.path.exists(big) or os.listdir(big) == []
+    assert len(os.listdir(os.path.join(again.path, "keep"))) == 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
@@ -43,15 +44,19 @@ def write_through(uploader: Uploader, item: StagedFile, data: bytes, offset: int
         uploader.after_write(item)
 
 
-def fail_part(monkeypatch, number: int) -> None:
+def fail_part(monkeypatch, number: int) -> threading.Event:
+    """Part ``number`` of every upload fails; the event is set once one has."""
     real = FakeMultipart.upload_part
+    failed = threading.Event()
 
     def upload_part(self, n, data, checksum=None):
         if n == number:
+            failed.set()
             raise S3Error(500, "InternalError", "part %d lost" % n)
         return real(self, n, data, checksum)
 
     monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+    return failed
 
 
 def make_ops(tmp_path, store: FakeStore) -> S3Operations:
@@ -202,8 +207,9 @@ def test_a_failed_part_abandons_the_stream_with_a_warning_and_uploads_whole(tmp_
     uploader, cache = uploader_at(tmp_path, store)
     item, _ = cache.acquire("big")
     data = os.urandom(12 * MiB)
-    fail_part(monkeypatch, 1)
+    failed = fail_part(monkeypatch, 1)
     write_through(uploader, item, data)  # part 1 fails in the background
+    assert failed.wait(30)  # (undone before the part was sent, it would not fail)
     monkeypatch.undo()
     with caplog.at_level(logging.INFO, UPLOAD_LOG):
         assert uploader.flush(item)

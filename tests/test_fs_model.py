@@ -108,6 +108,7 @@ class Driver:
     def crash(self) -> None:
         """The mount dies between two calls; a new one recovers from the same cache directory."""
         self.ops.prefetcher.close()
+        self.ops.changes.deletes.halt()  # a dead mount sends no more deletes; they stay recorded
         self.ops.staging.close()  # what the kernel does with the flock of a dead process
         self.handles.clear()
         for path in [p for p, inode in self.files.items() if inode.hidden]:
@@ -445,6 +446,11 @@ class Driver:
         self.call(0, "utimens", path, (mtime * 10**9, mtime * 10**9))
         self.files[path].mtime = mtime
 
+    def time_passes(self) -> None:
+        """What the mount does on its own within the 31 s the clock moves on below: its batched
+        deletes (sent after a 50 ms window of the real clock) reach S3 before the other client acts."""
+        self.ops.changes.deletes.flush()
+
     def do_other_client(self) -> None:
         """Another client puts a file at a name no open file holds; it shows once the TTLs pass."""
         path = self.rnd.choice(FILES)
@@ -453,6 +459,7 @@ class Driver:
             return
         data = self.data(self.rnd.choice([0, 10, 2500]))
         self.log.append("other client puts %s (%d bytes)" % (path, len(data)))
+        self.time_passes()
         # No x-amz-meta-mode, as most tools write: a listing shows a file's mode only once a HEAD
         # has seen the object (readdir sends none), so a mode here would show as the default for a while.
         self.store.put(path.lstrip("/"), data)
@@ -469,6 +476,7 @@ class Driver:
         key = path.lstrip("/")
         perm = self.rnd.choice([0o600, 0o640, 0o644])
         self.log.append("other client chmods %s %o and sets user.n" % (path, perm))
+        self.time_passes()
         meta = dict(self.store.objects[key].metadata)
         meta.update({A.META_PREFIX + "mode": str(stat.S_IFREG | perm), A.META_PREFIX + "n": "theirs"})
         self.store.copy_object(key, key, meta, replace_metadata=True)
@@ -478,6 +486,7 @@ class Driver:
 
     def do_check_store(self) -> None:
         self.log.append("fsync every open file and check the store")
+        self.ops.fsyncdir("/", 0, None)  # and the removals: fsync of a directory sends its pending deletes
         for fh, h in self.handles.items():
             if h.writable:
                 self.call(0, "fsync", None, 0, fh)

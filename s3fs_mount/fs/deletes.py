@@ -159,14 +159,7 @@ class DeleteQueue:
     def close(self) -> list[str]:
         """At unmount: stop the thread and send what is pending; returns the keys that stay
         recorded (sent at the next mount)."""
-        with self._cond:
-            self._closed = True
-            thread = self._thread
-            self._cond.notify_all()
-        if thread is not None:
-            thread.join()
-        with self._cond:
-            self._cond.wait_for(lambda: self._batches == 0)
+        self._stop_sender()
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - they stay recorded for the next mount
@@ -177,6 +170,24 @@ class DeleteQueue:
             left = list(self._pending)
         self._journal.close()
         return left
+
+    def halt(self) -> None:
+        """Stop sending, as a killed mount does: what is pending stays recorded for the next
+        mount, and no batch is sent after this returns (one under way is waited for)."""
+        self._stop_sender()
+        self._pool.shutdown(wait=True)
+        self._journal.close()
+
+    def _stop_sender(self) -> None:
+        """No new batch from the background thread; wait for those it has under way."""
+        with self._cond:
+            self._closed = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None:
+            thread.join()
+        with self._cond:
+            self._cond.wait_for(lambda: self._batches == 0)
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -155,12 +155,11 @@ class Prefetcher:
 
         :raises Replaced: S3 holds another client's version now, not the one the item is of.
         """
-        etag = item.view().etag
         try:
             return self._read(item, state, offset, size)
         except S3Error as exc:
             if exc.precondition_failed:
-                raise Replaced(item.key, etag) from exc
+                raise Replaced(item.key, item.view().etag) from exc
             raise
 
     def _read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> bytes:

@@ -89,6 +89,31 @@ def test_a_name_made_again_is_not_deleted_by_its_pending_delete(tmp_path):
     assert "other" not in store.objects
 
 
+def test_a_delete_answered_before_unlink_returns_does_not_hide_the_name_for_good(tmp_path):
+    """The batcher may send a key and have S3's answer the moment it is queued (a loaded machine
+    found this: unlink; fsync of the directory; create of the name again; the new file was then
+    absent from listings and lookups, and the next open made it again and clashed with itself)."""
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    files(ops, ["/f", "/g"])
+    queue = ops.changes.deletes
+    queued = queue.add
+
+    def add_and_answer(key):  # the background sender, at its fastest
+        queued(key)
+        queue.settle(key)
+
+    queue.add = add_and_answer
+    ops.unlink("/f")
+    assert "f" not in store.objects
+    write_file(ops, "/f", b"new")
+    assert ops.getattr("/f")["st_size"] == 3
+    assert [n[0] for n in ops.readdir("/", 0) if isinstance(n, tuple)] == ["f", "g"]
+    ops.namespace.forget("/f")  # its attributes expired: asked again
+    assert ops.getattr("/f")["st_size"] == 3
+    assert store.objects["f"].data == b"new"
+
+
 def test_a_directory_made_where_a_file_was_removed_sends_its_delete_first(tmp_path):
     store = FakeStore()
     ops = held(tmp_path, store)

@@ -235,9 +235,11 @@ class Mutations:
             self.uploader.abandon(item, "the file was removed")
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
+        # Hidden before its delete is queued: the batcher may send it, and S3 answer
+        # (namespace.deleted), before add() returns.
+        self.namespace.deleting(path)
         self.deletes.add(key)
         self.staging.forget(key)
-        self.namespace.deleting(path)
         self.namespace.entry_changed(KeyMap.split(path)[0])
         return item
 

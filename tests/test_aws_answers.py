@@ -3,6 +3,7 @@ failed after the status went out). The FaultProxy answers so, in front of Seawee
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import json
 import os
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import s3rig
+from hypothesis import given
+from hypothesis import strategies as st
 
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, xmlparse
 from s3fs_mount.s3.errors import EXPIRED_TOKEN, HEAD_400, KMS_REFUSED, SSE_C_NEEDED
@@ -337,3 +340,12 @@ def test_a_listing_page_is_read_with_or_without_a_namespace(namespace):
     ]
     assert page.prefixes == ["photos/2007/"]
     assert page.truncated and page.continuation == "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="
+
+
+@given(st.integers(-2**31, 2**33))
+def test_a_header_time_is_read_as_email_utils_reads_it(seconds):
+    """Last-Modified in HTTP's form (read directly) and in any other RFC 2822 form (email.utils)."""
+    http_form = email.utils.formatdate(seconds, usegmt=True)  # "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert xmlparse.parse_time(http_form) == email.utils.parsedate_to_datetime(http_form).timestamp()
+    other = email.utils.formatdate(seconds)  # "... -0000"
+    assert xmlparse.parse_time(other) == float(seconds)

@@ -3,6 +3,7 @@ failed after the status went out). The FaultProxy answers so, in front of Seawee
 
 from __future__ import annotations
 
+import email.utils
 import errno
 import json
 import os
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import pytest
 import s3rig
+from hypothesis import given
+from hypothesis import strategies as st
 
-from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error
+from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, xmlparse
 from s3fs_mount.s3.errors import EXPIRED_TOKEN, HEAD_400, KMS_REFUSED, SSE_C_NEEDED
 from s3fs_mount.s3.objectopts import operation_of
 
@@ -311,3 +314,38 @@ def test_the_readme_iam_policy_allows_what_a_mount_calls_and_no_more(
         assert f.read() == b"kept"
     assert ro.stop() == 0
     assert _actions_heard(faultproxy, bucket) <= {"s3:ListBucket", "s3:GetObject"}  # as README says for -o ro
+
+
+# AWS's ListObjectsV2 answer (its documentation's example, with encoding-type=url), as AWS
+# (namespaced) and as servers that leave the namespace out send it.
+LIST_PAGE = """<?xml version="1.0" encoding="UTF-8"?>
+<ListBucketResult%s>
+  <Name>bucket</Name><Prefix>photos%%2F</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys>
+  <Delimiter>%%2F</Delimiter><EncodingType>url</EncodingType><IsTruncated>true</IsTruncated>
+  <Contents>
+    <Key>photos%%2F2006%%2Fa+b%%C3%%BC.jpg</Key><LastModified>2009-10-12T17:50:30.000Z</LastModified>
+    <ETag>&quot;fba9dede5f27731c9771645a39863328&quot;</ETag><Size>434234</Size>
+    <StorageClass>STANDARD_IA</StorageClass><Owner><ID>75aa57f0</ID></Owner>
+  </Contents>
+  <CommonPrefixes><Prefix>photos%%2F2007%%2F</Prefix></CommonPrefixes>
+  <NextContinuationToken>1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM=</NextContinuationToken>
+</ListBucketResult>"""
+
+
+@pytest.mark.parametrize("namespace", [' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"', ""])
+def test_a_listing_page_is_read_with_or_without_a_namespace(namespace):
+    page = xmlparse.parse_list_v2((LIST_PAGE % namespace).encode())
+    assert [(e.key, e.size, e.etag, e.mtime, e.storage_class) for e in page.entries] == [
+        ("photos/2006/a bü.jpg", 434234, "fba9dede5f27731c9771645a39863328", 1255369830.0, "STANDARD_IA")
+    ]
+    assert page.prefixes == ["photos/2007/"]
+    assert page.truncated and page.continuation == "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="
+
+
+@given(st.integers(-2**31, 2**33))
+def test_a_header_time_is_read_as_email_utils_reads_it(seconds):
+    """Last-Modified in HTTP's form (read directly) and in any other RFC 2822 form (email.utils)."""
+    http_form = email.utils.formatdate(seconds, usegmt=True)  # "Sun, 06 Nov 1994 08:49:37 GMT"
+    assert xmlparse.parse_time(http_form) == email.utils.parsedate_to_datetime(http_form).timestamp()
+    other = email.utils.formatdate(seconds)  # "... -0000"
+    assert xmlparse.parse_time(other) == float(seconds)

@@ -99,3 +99,25 @@ def test_cluster_keeps_every_object_when_a_volume_server_dies(cluster: Any) -> N
         assert s3.get_object(Bucket="bench", Key=key)["Body"].read() == body
     s3.put_object(Bucket="bench", Key="after", Body=b"written with volume1 gone")
     assert s3.get_object(Bucket="bench", Key="after")["Body"].read() == b"written with volume1 gone"
+
+
+def test_requests_cpu_times_every_request_type_for_every_client(
+    s3server: LocalS3Server, boto: Any, bucket: str
+) -> None:
+    """bench/requests_cpu.py, small: a line per request type with each client's CPU and wall, and
+    the PUTs it timed deleted again by its DELETEs."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "requests_cpu.py"), "--endpoint", s3server.endpoint,
+         "--access-key", s3server.access_key, "--secret-key", s3server.secret_key,
+         "--bucket", bucket, "--list-keys", "20", "--n", "8", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    ).stdout
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[-5:]}
+    assert sorted(rows) == ["delete", "get_1m", "head", "list_page", "put"]
+    for cells in rows.values():  # 4 clients x "cpu / wall", then ours/floor
+        assert len(cells) == 4 * 3 + 1 and all(float(c) > 0 for c in cells if c != "/")
+    assert "CRC32" in out  # the PUTs carried the checksum the mount sends (SeaweedFS keeps CRC32)
+    assert not boto.list_objects_v2(Bucket=bucket, Prefix="put/").get("Contents")
+    assert len(boto.list_objects_v2(Bucket=bucket, Prefix="list/")["Contents"]) == 20

@@ -551,6 +551,22 @@ def test_proxy_settings_are_read_once_from_the_environment(monkeypatch):
     assert not near.proxies.get("http") and not near.proxies.get("https")
 
 
+def test_a_proxy_from_the_environment_carries_the_requests(s3config, bucket, faultproxy, boto, monkeypatch):
+    """HTTP_PROXY (read once, at creation) is where requests go: the proxy is asked for the
+    endpoint's absolute URL, and what it forwards is signed right."""
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://%s" % faultproxy.endpoint)
+    store = RemoteStore(S3Connection(**s3config))
+    store.put(S3Name("via-proxy", bucket), b"through")
+    assert store.head(S3Name("via-proxy", bucket)).size == 7
+    store.close()
+    targets = [target for _method, target, _headers in faultproxy.heard]
+    url = "http://%s/%s/via-proxy" % (s3config["endpoint"].split("://")[-1], bucket)
+    assert targets == [url, url]
+    assert boto.get_object(Bucket=bucket, Key="via-proxy")["Body"].read() == b"through"
+
+
 def test_requests_do_not_look_at_the_environment(s3config, bucket, monkeypatch, tmp_path):
     """Proxy and CA settings were read at creation: sending never asks again (nor stats a
     CA bundle, which plain http does not use)."""

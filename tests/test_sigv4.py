@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.utils import percent_encode
 
-from s3fs_mount.s3 import S3Connection
+from s3fs_mount.s3 import S3Connection, sigv4
 from s3fs_mount.s3.sigv4 import EMPTY_SHA256, SigV4Signer, canonical_query, uri_encode
 
 
@@ -98,14 +98,14 @@ NOW = utc(2024, 2, 29, 23, 59, 58)
 KEY = ("AKIATESTTESTTEST", "s3cr3t/KEY+with=odd/chars")
 
 
-def botocore_sign(method, host, key, query, headers, body, token=None):
+def botocore_sign(method, host, key, query, headers, body, token=None, now=NOW):
     """Sign the same request with botocore's S3SigV4Auth (over http, so the payload is hashed)."""
     url = "http://%s%s" % (host, percent_encode(key, safe="/~"))
     request = AWSRequest(method, url, headers=dict(headers), data=body, params=dict(query))
     creds = botocore.credentials.Credentials(*KEY, token)
     auth = botocore.auth.S3SigV4Auth(creds, "s3", "eu-west-3")
     original = botocore.auth.get_current_datetime
-    botocore.auth.get_current_datetime = lambda: NOW.replace(tzinfo=None)
+    botocore.auth.get_current_datetime = lambda: now.replace(tzinfo=None)
     try:
         auth.add_auth(request)
     finally:
@@ -192,3 +192,62 @@ def test_secret_never_in_repr():
     for text in (repr(signer), str(signer), repr(conn), str(conn)):
         assert secret not in text
     assert "AKIDREPR" in repr(signer) and "AKIDREPR" in repr(conn)
+
+
+# -- the signing key, kept -------------------------------------------------------------
+
+
+@pytest.fixture
+def derivations(monkeypatch):
+    """The dates, regions, ... each HMAC of a key derivation was asked for."""
+    asked: list[str] = []
+    real = sigv4._hmac
+
+    def counting(key: bytes, msg: str) -> bytes:
+        asked.append(msg)
+        return real(key, msg)
+
+    monkeypatch.setattr(sigv4, "_hmac", counting)
+    return asked
+
+
+def test_the_signing_key_is_derived_once_a_day_and_again_the_next(derivations):
+    """NOW is 2 s before midnight: the key kept for that day is not used after it."""
+    method, host, key, query, headers, body = CASES["put with metadata"]
+    payload = hashlib.sha256(body).hexdigest()
+    signer = SigV4Signer(*KEY, "eu-west-3")
+    for second in (0, 1):
+        out = signer.sign(method, host, uri_encode(key, safe="/"), query, headers, payload,
+                          now=NOW + datetime.timedelta(seconds=second))
+        assert out["Authorization"] == botocore_sign(
+            *CASES["put with metadata"], now=NOW + datetime.timedelta(seconds=second)
+        )["Authorization"]
+    assert derivations == ["20240229", "eu-west-3", "s3", "aws4_request"]  # once for both
+    tomorrow = NOW + datetime.timedelta(seconds=2)
+    out = signer.sign(method, host, uri_encode(key, safe="/"), query, headers, payload, now=tomorrow)
+    assert out["Authorization"] == botocore_sign(*CASES["put with metadata"], now=tomorrow)["Authorization"]
+    assert derivations[4:] == ["20240301", "eu-west-3", "s3", "aws4_request"]
+
+
+def test_new_credentials_sign_with_a_key_of_their_own(derivations):
+    conn = S3Connection(access_key_id=KEY[0], secret_access_key=KEY[1], region="eu-west-3")
+    before = conn.signer.sign("HEAD", "h", "/b/k", {}, {}, EMPTY_SHA256, now=NOW)
+    conn.set_credentials("AKIANEWNEWNEWNEW", "n3w/s3cr3t")
+    after = conn.signer.sign("HEAD", "h", "/b/k", {}, {}, EMPTY_SHA256, now=NOW)
+    fresh = SigV4Signer("AKIANEWNEWNEWNEW", "n3w/s3cr3t", "eu-west-3").sign(
+        "HEAD", "h", "/b/k", {}, {}, EMPTY_SHA256, now=NOW
+    )
+    assert after["Authorization"] == fresh["Authorization"] != before["Authorization"]
+    assert derivations.count("20240229") == 3  # the old key, the new one, the fresh signer's
+
+
+def test_a_bucket_in_another_region_keeps_its_signer_and_key(derivations):
+    signer = SigV4Signer(*KEY, "eu-west-3")
+    assert signer.for_region("eu-west-3") is signer
+    west = signer.for_region("us-west-2")
+    assert signer.for_region("us-west-2") is west and west.region == "us-west-2"
+    for _ in range(3):
+        out = signer.for_region("us-west-2").sign("HEAD", "h", "/b/k", {}, {}, EMPTY_SHA256, now=NOW)
+    assert derivations == ["20240229", "us-west-2", "s3", "aws4_request"]
+    fresh = SigV4Signer(*KEY, "us-west-2").sign("HEAD", "h", "/b/k", {}, {}, EMPTY_SHA256, now=NOW)
+    assert out["Authorization"] == fresh["Authorization"]

@@ -15,12 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-import requests
-from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
+import urllib3
 
 from s3fs_mount.s3 import xmlparse
-from s3fs_mount.s3.errors import ConfigError, S3Error, TransportError
+from s3fs_mount.s3.errors import ConfigError, ConnectionFailed, S3Error, TLSFailed, TransportError
 from s3fs_mount.s3.objectopts import ERRORS_IN_BODY, ObjectOptions, operation_of
 from s3fs_mount.s3.retry import RetryPolicy
 from s3fs_mount.s3.sigv4 import (
@@ -30,6 +28,7 @@ from s3fs_mount.s3.sigv4 import (
     canonical_query,
     uri_encode,
 )
+from s3fs_mount.s3.transport import Response, Transport
 
 log = logging.getLogger(__name__)
 #: One line per request at DEBUG: method, bucket/key, status, ms, bytes.
@@ -251,15 +250,13 @@ class S3Connection:
         #: bucket -> the region S3 said it is in, where that is not ``region``. GUARDED_BY(_region_lock).
         self._bucket_regions: dict[str, str] = {}
         self._region_lock = threading.Lock()
-        # Requests go straight to requests' transport adapter (its urllib3 pool, its exceptions,
-        # its Response), not through a requests.Session: the Session's per-request work (URL
-        # parsing, settings merging, cookies, hooks) was a quarter of a HEAD's time on loopback.
-        self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max_connections, max_retries=0)
         # The environment's proxy and CA-bundle settings, read once, not per request. Plain
         # http needs no CA bundle (requests would stat its path for every request).
         bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
         self.verify: bool | str = (bundle or True) if verify_tls and tls else False
-        self.proxies: dict[str, str] = requests.utils.get_environ_proxies("%s://%s" % (self.scheme, endpoint))
+        #: Sends the signed requests: urllib3's pools, as requests builds them (transport.py).
+        self._transport = Transport(self.scheme, endpoint, self.verify, timeout, max_connections)
+        self.proxies: dict[str, str] = self._transport.proxies
 
     def __repr__(self) -> str:
         return "S3Connection(endpoint=%r, default_bucket=%r, access_key_id=%r)" % (
@@ -294,27 +291,12 @@ class S3Connection:
 
     def close(self) -> None:
         """Close the pooled connections (the connection stays usable: it reconnects)."""
-        self._adapter.close()
+        self._transport.close()
 
-    def _send(
-        self, method: str, url: str, headers: Mapping[str, str], data: Any, stream: bool
-    ) -> requests.Response:
-        """One HTTP exchange through the shared pool (thread-safe: urllib3's pool is)."""
-        prepared = requests.PreparedRequest()
-        prepared.prepare_method(method)
-        prepared.url = url  # already encoded as signed: re-parsing it would only cost time
-        prepared.headers = CaseInsensitiveDict(headers)
-        prepared.prepare_body(data, None)
-        resp = self._adapter.send(
-            prepared,
-            stream=stream,
-            timeout=(min(self.timeout, 10.0), self.timeout),
-            verify=self.verify,
-            proxies=self.proxies,
-        )
-        if not stream:
-            resp.content  # noqa: B018 - read the body now, releasing the connection to the pool
-        return resp
+    def _send(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool) -> Response:
+        """One HTTP exchange through the shared pool (thread-safe: urllib3's pool is); a body
+        not streamed is read whole, and the connection is back in the pool, when it returns."""
+        return self._transport.send(method, url, headers, data, stream)
 
     def _host_and_path(self, bucket: str | None, key: str, region: str | None = None) -> tuple[str, str]:
         """Host and path of ``bucket``/``key``; ``region``: the bucket's, where S3 named another."""
@@ -343,7 +325,7 @@ class S3Connection:
             return self.endpoint
         return self.endpoint.replace(named, region, 1)
 
-    def _learn_region(self, bucket: str | None, resp: requests.Response) -> bool:
+    def _learn_region(self, bucket: str | None, resp: Response) -> bool:
         """Did S3 answer that ``bucket`` is in another region? Then remember it, say so once,
         and tell the caller to sign again: a 301 or 400 with ``x-amz-bucket-region``, or an
         ``AuthorizationHeaderMalformed`` body naming the ``Region`` expected."""
@@ -378,14 +360,14 @@ class S3Connection:
         expect: Iterable[int] = (200,),
         stream: bool = False,
         retry: bool = True,
-    ) -> requests.Response:
+    ) -> Response:
         """Send one signed request, retried by the retry policy.
 
         ``body`` is bytes, or a zero-argument callable returning a fresh
         file-like object for each attempt (so streamed uploads can retry).
         Returns the response when its status is in ``expect``; raises
-        :class:`S3Error` otherwise, or the requests exception on a transport
-        failure once retries are spent.
+        :class:`S3Error` otherwise, or :class:`TransportError` (also the requests
+        exception of its kind) on a transport failure once retries are spent.
         """
         query = dict(query or {})
         qs = canonical_query(query)
@@ -405,7 +387,7 @@ class S3Connection:
         # No function here may refer to itself: a closure in a cycle keeps ``body`` (a part of
         # up to 5 GiB) alive until the garbage collector runs, which big allocations do not
         # prompt (a 1 GiB write held 27 parts of 8 MiB, 600 MiB of RSS).
-        def send() -> requests.Response:
+        def send() -> Response:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
@@ -422,14 +404,17 @@ class S3Connection:
             sent = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
             try:
                 resp = self._send(method, url, signed, data, stream)
-            except requests.RequestException as exc:
+            except urllib3.exceptions.HTTPError as exc:
                 self.stats.add(method, sent, 0, None, False, time.monotonic() - started)
                 request_log.debug("%s -> %s", what, exc.__class__.__name__)
-                if isinstance(exc, requests.ConnectionError):
+                failure = TransportError.wrap(exc, what)
+                if isinstance(failure, (ConnectionFailed, TLSFailed)) or isinstance(
+                    exc, urllib3.exceptions.ConnectTimeoutError
+                ):
                     # The server may have restarted: every pooled connection is as dead as this
                     # one, and retrying through them would spend all attempts at once.
-                    self._adapter.poolmanager.clear()
-                raise TransportError.wrap(exc, what) from exc
+                    self._transport.clear()
+                raise failure from exc
             finally:
                 if hasattr(data, "close"):
                     data.close()
@@ -439,22 +424,24 @@ class S3Connection:
             ok = resp.status_code in expect
             failed = self._error_in_body(resp, what, stream) if ok and operation in ERRORS_IN_BODY else None
             ok = ok and failed is None
-            self.stats.add(method, sent, got, resp.status_code, ok, time.monotonic() - started)
-            request_log.debug(
-                "%s %s %s %d %.0fms up=%d down=%d",
-                method,
-                bucket or "",
-                key,
-                resp.status_code,
-                (time.monotonic() - started) * 1000,
-                sent,
-                got,
-            )
+            seconds = time.monotonic() - started
+            self.stats.add(method, sent, got, resp.status_code, ok, seconds)
+            if request_log.isEnabledFor(logging.DEBUG):
+                request_log.debug(
+                    "%s %s %s %d %.0fms up=%d down=%d",
+                    method,
+                    bucket or "",
+                    key,
+                    resp.status_code,
+                    seconds * 1000,
+                    sent,
+                    got,
+                )
             if failed is not None:
                 raise failed  # a 200 whose body is an <Error>: retried as a 500
             return resp
 
-        def attempt() -> requests.Response:
+        def attempt() -> Response:
             while True:
                 resp = send()
                 if resp.status_code in expect:
@@ -478,7 +465,7 @@ class S3Connection:
         return out
 
     @staticmethod
-    def _error_in_body(resp: requests.Response, what: str, stream: bool = False) -> S3Error | None:
+    def _error_in_body(resp: Response, what: str, stream: bool = False) -> S3Error | None:
         """A 200 whose body is an ``<Error>``: AWS failed a copy or a completion after it sent
         the status. Such an answer is no success: it counts as a 500, which the retry policy
         retries (as the AWS SDKs do)."""
@@ -491,12 +478,12 @@ class S3Connection:
         return S3Error(500, err["Code"], err.get("Message", ""), err.get("RequestId", ""), what)
 
     @staticmethod
-    def _error(resp: requests.Response, what: str) -> S3Error:
+    def _error(resp: Response, what: str) -> S3Error:
         code = message = ""
         request_id = resp.headers.get("x-amz-request-id", "")
         try:
-            content = resp.content if resp.request.method != "HEAD" else b""
-        except requests.RequestException:
+            content = resp.content if resp.method != "HEAD" else b""
+        except urllib3.exceptions.HTTPError:
             content = b""
         if content:
             err = xmlparse.parse_error(content)

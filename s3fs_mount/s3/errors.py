@@ -130,13 +130,25 @@ class TransportError(RemoteStoreError, requests.RequestException):
     def wrap(exc: BaseException, what: str) -> TransportError:
         """The connector's exception for a ``requests`` (or urllib3) failure ``exc`` of ``what``."""
         reason = _reason(exc)
-        if isinstance(exc, requests.exceptions.SSLError):
+        if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
             return TLSFailed(what, reason)
+        # Before the timeouts: urllib3's "could not connect" (refused, no such host) is a
+        # ConnectTimeoutError too.
+        if isinstance(exc, _NOT_CONNECTED):
+            return ConnectionFailed(what, reason)
         if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
             return TimedOut(what, reason)
         if isinstance(exc, (requests.ConnectionError, urllib3.exceptions.ProtocolError)):
             return ConnectionFailed(what, reason)
         return TransportError(what, reason)
+
+
+#: urllib3's failures to reach the server or keep talking to it (requests calls them ConnectionError).
+_NOT_CONNECTED = (
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ProxyError,
+    urllib3.exceptions.ClosedPoolError,
+)
 
 
 class TLSFailed(TransportError, requests.exceptions.SSLError):

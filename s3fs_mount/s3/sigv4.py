@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import threading
 from collections.abc import Mapping
 from urllib.parse import quote
 
@@ -31,7 +32,7 @@ def canonical_query(params: Mapping[str, str]) -> str:
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.digest(key, msg.encode("utf-8"), "sha256")  # OpenSSL's one-shot HMAC
 
 
 class SigV4Signer:
@@ -58,22 +59,40 @@ class SigV4Signer:
         self.region = region
         self.service = service
         self.session_token = session_token
+        #: (date, the signing key derived for it): replaced whole, so read without a lock.
         self._key_cache: tuple[str, bytes] = ("", b"")
+        #: region -> the signer for it (:meth:`for_region`), each with its own key cache.
+        #: GUARDED_BY(_regions_lock).
+        self._regions: dict[str, SigV4Signer] = {}
+        self._regions_lock = threading.Lock()
 
     def for_region(self, region: str) -> SigV4Signer:
-        """The same credentials, signing for ``region``."""
-        return SigV4Signer(self.access_key, self._secret_key, region, self.service, self.session_token)
+        """The same credentials, signing for ``region``: one signer per region, kept, so a bucket
+        in another region does not derive its signing key again for every request."""
+        if region == self.region:
+            return self
+        with self._regions_lock:
+            signer = self._regions.get(region)
+            if signer is None:
+                signer = SigV4Signer(
+                    self.access_key, self._secret_key, region, self.service, self.session_token
+                )
+                self._regions[region] = signer
+            return signer
 
     def __repr__(self) -> str:  # never show the secret
         return "SigV4Signer(%r, <secret>, %r)" % (self.access_key, self.region)
 
     def _signing_key(self, datestamp: str) -> bytes:
-        if self._key_cache[0] != datestamp:
-            key = _hmac(("AWS4" + self._secret_key).encode("utf-8"), datestamp)
-            for part in (self.region, self.service, "aws4_request"):
-                key = _hmac(key, part)
-            self._key_cache = (datestamp, key)
-        return self._key_cache[1]
+        """The key of ``datestamp`` (YYYYMMDD), derived once a day (four HMACs), not per request."""
+        cached = self._key_cache
+        if cached[0] == datestamp:
+            return cached[1]
+        key = _hmac(("AWS4" + self._secret_key).encode("utf-8"), datestamp)
+        for part in (self.region, self.service, "aws4_request"):
+            key = _hmac(key, part)
+        self._key_cache = (datestamp, key)
+        return key
 
     def sign(
         self,
@@ -121,9 +140,7 @@ class SigV4Signer:
         to_sign = "\n".join(
             [ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()]
         )
-        signature = hmac.new(
-            self._signing_key(datestamp), to_sign.encode("utf-8"), hashlib.sha256
-        ).hexdigest()
+        signature = hmac.digest(self._signing_key(datestamp), to_sign.encode("utf-8"), "sha256").hex()
         out["Authorization"] = "%s Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
             ALGORITHM,
             self.access_key,

@@ -41,6 +41,7 @@ from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.parts import MIN_PART_SIZE, PartLayout, layout_of, part_size_for
 from s3fs_mount.s3.retry import RETRYABLE_CODES
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
+from s3fs_mount.s3.transport import Response
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class ObjectInfo:
     etag_is_md5: bool = True
 
     @classmethod
-    def from_response(cls, key: str, resp: requests.Response) -> ObjectInfo:
+    def from_response(cls, key: str, resp: Response) -> ObjectInfo:
         h = resp.headers
         size = int(h.get("Content-Length") or 0)
         if "Content-Range" in h:  # bytes a-b/total
@@ -599,7 +600,7 @@ class RemoteStore:
 
     def _ranged_get(
         self, remote_name: RemoteName, start: int, length: int, if_match: str | None
-    ) -> requests.Response | None:
+    ) -> Response | None:
         """The streamed response to a ranged GET; None when there are no such bytes."""
         bucket, key = self._name(remote_name)
         if length <= 0:

@@ -18,9 +18,17 @@ window that doubles up to ``max_window``, fetched in parallel pieces on a
 * otherwise (the file is being written, or partly local) the window is
   fetched into the staged file in the background (:meth:`Prefetcher.ensure`).
 
-A random reader fetches what it asks for, rounded to 4 KiB pages, into the
-staged file; an object of up to ``chunk`` bytes that has a digest is fetched
-whole instead, in one GET, so it can be checked before any of it is served.
+A random reader's miss fetches an aligned block around what it asks for into
+the staged file, of a size that follows the reader's locality
+(:func:`random_block`): 4 KiB pages while its misses land far from each other,
+growing (x4, to :data:`MAX_RANDOM_BLOCK`) while they land near recent ones,
+so reads that cluster (a B-tree's pages, a zip's directory, a columnar file's
+footer and chunks) are served by a few larger GETs, and reads spread over a
+large file cost no more than the page each asks for (bench/README.md: a GET's
+latency dominates up to ~256 KiB here, so a larger block pays only if it
+serves another read). An object of up to ``chunk`` bytes that has a digest is
+fetched whole instead, in one GET, so it can be checked before any of it is
+served.
 
 Checks (see :mod:`s3fs_mount.s3.checksums`): every streamed piece is fed to
 the object's :class:`~s3fs_mount.s3.checksums.Verifier` (made when a stream
@@ -42,6 +50,7 @@ import errno
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +68,10 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 MIN_WINDOW = 4 << 20
+#: The largest block a random reader's miss fetches; also how near a recent miss counts as near.
+MAX_RANDOM_BLOCK = 1 << 20
+#: How many of a handle's recent misses its locality is judged on.
+RECENT_MISSES = 16
 #: A streamed piece is held in blocks of this size: a read of a whole block is that block, uncopied.
 BLOCK = 1 << 20
 #: Where a sequential read is served from (Prefetcher._source).
@@ -69,9 +82,10 @@ STREAM, LOCAL, STAGED = "stream", "local", "staged"
 class ReadState:
     """Per open handle: where the last read ended, the window, how far ahead is fetched.
 
-    ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``
-    and ``failed`` are unguarded: FUSE may run two reads of a handle at once, and a race only
-    misjudges whether the reader is sequential (``failed`` only ever becomes True).
+    ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``,
+    ``block``, ``misses`` and ``failed`` are unguarded: FUSE may run two reads of a handle at once, and a
+    race only misjudges whether the reader is sequential, or how near its misses are (``failed`` only
+    ever becomes True; a deque's append is atomic).
     """
 
     next_offset: int = 0
@@ -85,6 +99,9 @@ class ReadState:
     #: The bytes this handle read failed their check: every later read is EIO (the reader has had
     #: some of them; the kernel must not retry its way to a success).
     failed: bool = False
+    #: What a random read's miss fetches now (random_block), and where recent misses were.
+    block: int = PAGE
+    misses: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_MISSES))
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces, unreached and etag
 
 
@@ -200,8 +217,13 @@ class Prefetcher:
             state.window = 0
             state.ahead_until = 0
             self.drop(state)
+        start, stop = offset, _round_up(end)
+        if not state.window and item.remote_gaps(offset, end):  # a random read's miss
+            state.block = random_block(state.block, state.misses, offset)
+            state.misses.append(offset)
+            start, stop = offset // state.block * state.block, max(stop, -(-end // state.block) * state.block)
         try:
-            self.ensure(item, offset, _round_up(end))
+            self.ensure(item, start, stop)
         except Corrupt:
             state.failed = True  # the kernel's readahead may eat this EIO: the next read gets it
             raise
@@ -450,6 +472,21 @@ class Prefetcher:
         # The range is still claimed: no reader sees its bytes before they are checked.
         self._check_fetched(item, etag, filled.generation, filled.size)
         item.fill_checked(start, end, etag)
+
+
+def random_block(block: int, misses: deque[int], offset: int) -> int:
+    """The block a random miss at ``offset`` fetches, after ``block`` for the misses before.
+
+    Near one of the recent ``misses`` (within :data:`MAX_RANDOM_BLOCK`): the reader has
+    locality, and the block grows x4 (up to that); far from all of them it halves (down to
+    a page): a larger block would only have fetched bytes no read asked for.
+
+    >>> random_block(PAGE, deque([10 << 20]), (10 << 20) + 8192)
+    16384
+    """
+    if any(abs(offset - m) < MAX_RANDOM_BLOCK for m in misses):
+        return min(block * 4, MAX_RANDOM_BLOCK)
+    return max(block // 2, PAGE)
 
 
 def _moved_on(item: StagedFile, etag: str) -> bool:

@@ -269,7 +269,7 @@ class Prefetcher:
             needed = [(start, *state.pieces[start]) for start in range(first, end, chunk)]
             self._reached(state, [(start, length) for start, length, _ in needed])
             etag = state.etag
-        parts = []
+        parts: list[bytes | memoryview] = []
         for start, length, future in needed:
             try:
                 blocks = future.result()
@@ -283,14 +283,20 @@ class Prefetcher:
             lo = max(offset, start)
             for i in range((lo - start) // BLOCK, min(len(blocks), -(-(end - start) // BLOCK))):
                 at = start + i * BLOCK
-                parts.append(blocks[i][max(lo, at) - at : end - at])  # a whole block: itself, uncopied
+                a, b = max(lo, at) - at, min(end - at, len(blocks[i]))
+                # A whole block is handed on itself; part of one as a view: one copy, by the join
+                # below (a slice of bytes is a copy of its own, then copied again by the join; the
+                # kernel's readahead sends reads that straddle blocks: 1 MiB at 512 KiB offsets).
+                parts.append(blocks[i] if (a, b) == (0, len(blocks[i])) else memoryview(blocks[i])[a:b])
         with state.lock:
             # One piece behind is kept: FUSE threads may deliver reads out of order.
             for start in [s for s in state.pieces if s + 2 * chunk <= offset]:
                 self._let_go(state, start)
         if end >= item.remote_size:
             self._check(item, etag, state)
-        return parts[0] if len(parts) == 1 else b"".join(parts)  # none: past the end
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)  # none: past the end
 
     def _get(self, key: str, etag: str, start: int, length: int, verifier: Verifier | None) -> list[bytes]:
         blocks = self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None)

@@ -26,7 +26,8 @@ so reads that cluster (a B-tree's pages, a zip's directory, a columnar file's
 footer and chunks) are served by a few larger GETs, and reads spread over a
 large file cost no more than the page each asks for (bench/README.md: a GET's
 latency dominates up to ~256 KiB here, so a larger block pays only if it
-serves another read). An object of up to ``chunk`` bytes that has a digest is
+serves another read), and never past :data:`RANDOM_BYTES_BOUND` times the
+bytes the handle's random reads asked for. An object of up to ``chunk`` bytes that has a digest is
 fetched whole instead, in one GET, so it can be checked before any of it is
 served.
 
@@ -72,6 +73,9 @@ MIN_WINDOW = 4 << 20
 MAX_RANDOM_BLOCK = 1 << 20
 #: How many of a handle's recent misses its locality is judged on.
 RECENT_MISSES = 16
+#: A handle's random reads fetch at most this many times the bytes they asked for (issue 5's
+#: bound), however near their misses (a larger block is halved until it fits).
+RANDOM_BYTES_BOUND = 4
 #: A streamed piece is held in blocks of this size: a read of a whole block is that block, uncopied.
 BLOCK = 1 << 20
 #: Where a sequential read is served from (Prefetcher._source).
@@ -82,10 +86,11 @@ STREAM, LOCAL, STAGED = "stream", "local", "staged"
 class ReadState:
     """Per open handle: where the last read ended, the window, how far ahead is fetched.
 
-    ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``,
-    ``block``, ``misses`` and ``failed`` are unguarded: FUSE may run two reads of a handle at once, and a
-    race only misjudges whether the reader is sequential, or how near its misses are (``failed`` only
-    ever becomes True; a deque's append is atomic).
+    ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``,
+    ``ahead_until``, ``block``, ``misses``, ``asked``, ``fetched`` and ``failed`` are unguarded:
+    FUSE may run two reads of a handle at once, and a race only misjudges whether the reader is
+    sequential, how near its misses are, or its bytes by a read (``failed`` only ever becomes
+    True; a deque's append is atomic).
     """
 
     next_offset: int = 0
@@ -101,6 +106,9 @@ class ReadState:
     failed: bool = False
     #: What a random read's miss fetches now (random_block), and where recent misses were.
     block: int = PAGE
+    #: Bytes this handle's random reads asked for, and fetched (Prefetcher._random_range).
+    asked: int = 0
+    fetched: int = 0
     misses: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_MISSES))
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces, unreached and etag
 
@@ -218,10 +226,8 @@ class Prefetcher:
             state.ahead_until = 0
             self.drop(state)
         start, stop = offset, _round_up(end)
-        if not state.window and item.remote_gaps(offset, end):  # a random read's miss
-            state.block = random_block(state.block, state.misses, offset)
-            state.misses.append(offset)
-            start, stop = offset // state.block * state.block, max(stop, -(-end // state.block) * state.block)
+        if not state.window:
+            start, stop = self._random_range(item, state, offset, end)
         try:
             self.ensure(item, start, stop)
         except Corrupt:
@@ -233,6 +239,26 @@ class Prefetcher:
             if view.etag and not (view.dirty or view.uploading):
                 self._check(item, view.etag, state)
         return item.read(offset, end - offset)
+
+    @staticmethod
+    def _random_range(item: StagedFile, state: ReadState, offset: int, end: int) -> tuple[int, int]:
+        """What a random read of ``[offset, end)`` makes local: on a miss, the aligned block
+        :func:`random_block` says, halved while it would take the handle's random reads past
+        :data:`RANDOM_BYTES_BOUND` times the bytes they asked for."""
+        state.asked += end - offset
+        start, stop = offset, _round_up(end)
+        if not item.remote_gaps(offset, end):
+            return start, stop  # local, or bytes written here
+        state.block = random_block(state.block, state.misses, offset)
+        state.misses.append(offset)
+        block = state.block
+        while True:
+            lo, hi = offset // block * block, max(stop, -(-end // block) * block)
+            fetch = sum(e - s for s, e in item.remote_gaps(lo, min(hi, item.remote_size)) or [])
+            if block <= PAGE or state.fetched + fetch <= RANDOM_BYTES_BOUND * state.asked:
+                state.fetched += fetch
+                return lo, hi
+            block //= 2
 
     def drop(self, state: ReadState) -> None:
         """Let go of a reader's streamed pieces (at close, or when it stops streaming)."""

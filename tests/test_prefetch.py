@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import threading
+from collections import deque
 
 import pytest
 from fakestore import FakeStore
 
 from s3fs_mount.fs.errors import Corrupt, FsError
-from s3fs_mount.fs.prefetch import Prefetcher, ReadState
+from s3fs_mount.fs.prefetch import (
+    MAX_RANDOM_BLOCK,
+    PAGE,
+    RANDOM_BYTES_BOUND,
+    Prefetcher,
+    ReadState,
+    random_block,
+)
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
@@ -132,3 +141,58 @@ def test_background_readahead_fills_the_staged_file_of_a_file_being_written(tmp_
     out = b"".join(prefetcher.read(item, state, off, MiB) for off in range(0, 8 * MiB, MiB))
     assert out == b"w" + data[1 : 8 * MiB]
     prefetcher.close()
+
+
+def test_random_block_grows_near_recent_misses_and_shrinks_far_from_them():
+    recent = deque([100 * MiB])
+    assert random_block(PAGE, recent, 100 * MiB + 5 * PAGE) == 4 * PAGE  # near: x4
+    assert random_block(MAX_RANDOM_BLOCK // 2, recent, 100 * MiB - PAGE) == MAX_RANDOM_BLOCK  # capped
+    assert random_block(64 * PAGE, recent, 300 * MiB) == 32 * PAGE  # far from all: halves
+    assert random_block(PAGE, recent, 300 * MiB) == PAGE  # never below a page
+    assert random_block(PAGE, deque(), 0) == PAGE  # the first miss: a page
+
+
+def random_reads(prefetcher, item, offsets, size=PAGE):
+    """Reads of ``size`` at ``offsets`` through one handle, none following the one before."""
+    state = ReadState(next_offset=-1)
+    return [prefetcher.read(item, state, off, size) for off in offsets]
+
+
+def test_random_reads_spread_over_a_file_fetch_the_pages_they_read(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 64 * MiB, chunk=16 * MiB)
+    offsets = [i * 3 * MiB + 5 * PAGE for i in range(20)]  # each miss far from the others
+    got = random_reads(prefetcher, item, offsets)
+    assert got == [data[off : off + PAGE] for off in offsets]
+    assert store.calls["GET"] == 20 and store.calls["bytes down"] == 20 * PAGE
+
+
+def test_random_reads_that_cluster_are_served_by_fewer_larger_gets(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 64 * MiB, chunk=16 * MiB)
+    rng = random.Random(5)
+    base = 40 * MiB
+    offsets = [base + rng.randrange(2 * MiB // PAGE) * PAGE for _ in range(400)]  # all in 2 MiB
+    got = random_reads(prefetcher, item, offsets)
+    assert got == [data[off : off + PAGE] for off in offsets]
+    pages = len(set(offsets))  # what fetching the pages read would take
+    assert store.calls["GET"] < pages // 2  # blocks grew as the credit of the reads allowed
+    assert store.calls["bytes down"] <= RANDOM_BYTES_BOUND * PAGE * len(offsets)
+
+
+def test_random_reads_fetch_at_most_the_bound_times_what_they_read(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 64 * MiB, chunk=16 * MiB)
+    offsets = [i * MiB // 2 for i in range(100)]  # every miss near the last: the block wants to grow
+    random.Random(6).shuffle(offsets)
+    got = random_reads(prefetcher, item, offsets)
+    assert got == [data[off : off + PAGE] for off in offsets]
+    assert PAGE * len(offsets) < store.calls["bytes down"] <= RANDOM_BYTES_BOUND * PAGE * len(offsets)
+
+
+def test_a_random_read_across_a_block_boundary_gets_both_blocks(tmp_path):
+    store, data, prefetcher, item = setup(tmp_path, 64 * MiB, chunk=16 * MiB)
+    # far from any miss: halves to 512 KiB; credit for it from earlier reads
+    state = ReadState(next_offset=-1, block=MAX_RANDOM_BLOCK, asked=MiB)
+    off = 3 * MiB - 100
+    assert prefetcher.read(item, state, off, 300) == data[off : off + 300]
+    half = MAX_RANDOM_BLOCK // 2
+    assert item.remote_gaps(0, 64 * MiB) == [(0, 3 * MiB - half), (3 * MiB + half, 64 * MiB)]
+    assert store.calls["GET"] == 1  # the two aligned blocks, in one GET

@@ -18,9 +18,18 @@ window that doubles up to ``max_window``, fetched in parallel pieces on a
 * otherwise (the file is being written, or partly local) the window is
   fetched into the staged file in the background (:meth:`Prefetcher.ensure`).
 
-A random reader fetches what it asks for, rounded to 4 KiB pages, into the
-staged file; an object of up to ``chunk`` bytes that has a digest is fetched
-whole instead, in one GET, so it can be checked before any of it is served.
+A random reader's miss fetches an aligned block around what it asks for into
+the staged file, of a size that follows the reader's locality
+(:func:`random_block`): 4 KiB pages while its misses land far from each other,
+growing (x4, to :data:`MAX_RANDOM_BLOCK`) while they land near recent ones,
+so reads that cluster (a B-tree's pages, a zip's directory, a columnar file's
+footer and chunks) are served by a few larger GETs, and reads spread over a
+large file cost no more than the page each asks for (bench/README.md: a GET's
+latency dominates up to ~256 KiB here, so a larger block pays only if it
+serves another read), and never past :data:`RANDOM_BYTES_BOUND` times the
+bytes the handle's random reads asked for. An object of up to ``chunk`` bytes that has a digest is
+fetched whole instead, in one GET, so it can be checked before any of it is
+served.
 
 Checks (see :mod:`s3fs_mount.s3.checksums`): every streamed piece is fed to
 the object's :class:`~s3fs_mount.s3.checksums.Verifier` (made when a stream
@@ -42,6 +51,7 @@ import errno
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -59,6 +69,13 @@ log = logging.getLogger(__name__)
 
 PAGE = 4096
 MIN_WINDOW = 4 << 20
+#: The largest block a random reader's miss fetches; also how near a recent miss counts as near.
+MAX_RANDOM_BLOCK = 1 << 20
+#: How many of a handle's recent misses its locality is judged on.
+RECENT_MISSES = 16
+#: A handle's random reads fetch at most this many times the bytes they asked for (issue 5's
+#: bound), however near their misses (a larger block is halved until it fits).
+RANDOM_BYTES_BOUND = 4
 #: A streamed piece is held in blocks of this size: a read of a whole block is that block, uncopied.
 BLOCK = 1 << 20
 #: Where a sequential read is served from (Prefetcher._source).
@@ -69,9 +86,11 @@ STREAM, LOCAL, STAGED = "stream", "local", "staged"
 class ReadState:
     """Per open handle: where the last read ended, the window, how far ahead is fetched.
 
-    ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``, ``ahead_until``
-    and ``failed`` are unguarded: FUSE may run two reads of a handle at once, and a race only
-    misjudges whether the reader is sequential (``failed`` only ever becomes True).
+    ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``,
+    ``ahead_until``, ``block``, ``misses``, ``asked``, ``fetched`` and ``failed`` are unguarded:
+    FUSE may run two reads of a handle at once, and a race only misjudges whether the reader is
+    sequential, how near its misses are, or its bytes by a read (``failed`` only ever becomes
+    True; a deque's append is atomic).
     """
 
     next_offset: int = 0
@@ -85,6 +104,12 @@ class ReadState:
     #: The bytes this handle read failed their check: every later read is EIO (the reader has had
     #: some of them; the kernel must not retry its way to a success).
     failed: bool = False
+    #: What a random read's miss fetches now (random_block), and where recent misses were.
+    block: int = PAGE
+    #: Bytes this handle's random reads asked for, and fetched (Prefetcher._random_range).
+    asked: int = 0
+    fetched: int = 0
+    misses: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_MISSES))
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces, unreached and etag
 
 
@@ -200,8 +225,11 @@ class Prefetcher:
             state.window = 0
             state.ahead_until = 0
             self.drop(state)
+        start, stop = offset, _round_up(end)
+        if not state.window:
+            start, stop = self._random_range(item, state, offset, end)
         try:
-            self.ensure(item, offset, _round_up(end))
+            self.ensure(item, start, stop)
         except Corrupt:
             state.failed = True  # the kernel's readahead may eat this EIO: the next read gets it
             raise
@@ -211,6 +239,26 @@ class Prefetcher:
             if view.etag and not (view.dirty or view.uploading):
                 self._check(item, view.etag, state)
         return item.read(offset, end - offset)
+
+    @staticmethod
+    def _random_range(item: StagedFile, state: ReadState, offset: int, end: int) -> tuple[int, int]:
+        """What a random read of ``[offset, end)`` makes local: on a miss, the aligned block
+        :func:`random_block` says, halved while it would take the handle's random reads past
+        :data:`RANDOM_BYTES_BOUND` times the bytes they asked for."""
+        state.asked += end - offset
+        start, stop = offset, _round_up(end)
+        if not item.remote_gaps(offset, end):
+            return start, stop  # local, or bytes written here
+        state.block = random_block(state.block, state.misses, offset)
+        state.misses.append(offset)
+        block = state.block
+        while True:
+            lo, hi = offset // block * block, max(stop, -(-end // block) * block)
+            fetch = sum(e - s for s, e in item.remote_gaps(lo, min(hi, item.remote_size)) or [])
+            if block <= PAGE or state.fetched + fetch <= RANDOM_BYTES_BOUND * state.asked:
+                state.fetched += fetch
+                return lo, hi
+            block //= 2
 
     def drop(self, state: ReadState) -> None:
         """Let go of a reader's streamed pieces (at close, or when it stops streaming)."""
@@ -247,7 +295,7 @@ class Prefetcher:
             needed = [(start, *state.pieces[start]) for start in range(first, end, chunk)]
             self._reached(state, [(start, length) for start, length, _ in needed])
             etag = state.etag
-        parts = []
+        parts: list[bytes | memoryview] = []
         for start, length, future in needed:
             try:
                 blocks = future.result()
@@ -261,14 +309,20 @@ class Prefetcher:
             lo = max(offset, start)
             for i in range((lo - start) // BLOCK, min(len(blocks), -(-(end - start) // BLOCK))):
                 at = start + i * BLOCK
-                parts.append(blocks[i][max(lo, at) - at : end - at])  # a whole block: itself, uncopied
+                a, b = max(lo, at) - at, min(end - at, len(blocks[i]))
+                # A whole block is handed on itself; part of one as a view: one copy, by the join
+                # below (a slice of bytes is a copy of its own, then copied again by the join; the
+                # kernel's readahead sends reads that straddle blocks: 1 MiB at 512 KiB offsets).
+                parts.append(blocks[i] if (a, b) == (0, len(blocks[i])) else memoryview(blocks[i])[a:b])
         with state.lock:
             # One piece behind is kept: FUSE threads may deliver reads out of order.
             for start in [s for s in state.pieces if s + 2 * chunk <= offset]:
                 self._let_go(state, start)
         if end >= item.remote_size:
             self._check(item, etag, state)
-        return parts[0] if len(parts) == 1 else b"".join(parts)  # none: past the end
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)  # none: past the end
 
     def _get(self, key: str, etag: str, start: int, length: int, verifier: Verifier | None) -> list[bytes]:
         blocks = self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None)
@@ -450,6 +504,21 @@ class Prefetcher:
         # The range is still claimed: no reader sees its bytes before they are checked.
         self._check_fetched(item, etag, filled.generation, filled.size)
         item.fill_checked(start, end, etag)
+
+
+def random_block(block: int, misses: deque[int], offset: int) -> int:
+    """The block a random miss at ``offset`` fetches, after ``block`` for the misses before.
+
+    Near one of the recent ``misses`` (within :data:`MAX_RANDOM_BLOCK`): the reader has
+    locality, and the block grows x4 (up to that); far from all of them it halves (down to
+    a page): a larger block would only have fetched bytes no read asked for.
+
+    >>> random_block(PAGE, deque([10 << 20]), (10 << 20) + 8192)
+    16384
+    """
+    if any(abs(offset - m) < MAX_RANDOM_BLOCK for m in misses):
+        return min(block * 4, MAX_RANDOM_BLOCK)
+    return max(block // 2, PAGE)
 
 
 def _moved_on(item: StagedFile, etag: str) -> bool:

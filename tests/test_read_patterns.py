@@ -1,0 +1,97 @@
+"""Reads through a real mount on SeaweedFS: the bytes (against boto3's GET) and the GETs they cause.
+
+The GETs are seen by tests/faultproxy.py between the mount and the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+import subprocess
+
+import pytest
+import s3rig
+
+from s3fs_mount.fs.prefetch import MAX_RANDOM_BLOCK, PAGE, RANDOM_BYTES_BOUND
+
+pytestmark = pytest.mark.fuse
+
+MiB = 1 << 20
+SIZE = 48 * MiB + 777
+
+
+@pytest.fixture
+def big(boto, bucket) -> bytes:
+    """Object "big" (48 MiB and a bit, another client's parts of 8 MiB), as boto3's GET returns it."""
+    data = os.urandom(SIZE)
+    up = boto.create_multipart_upload(Bucket=bucket, Key="big")
+    parts = []
+    for n, off in enumerate(range(0, SIZE, 8 * MiB), start=1):
+        r = boto.upload_part(Bucket=bucket, Key="big", UploadId=up["UploadId"], PartNumber=n,
+                             Body=data[off : off + 8 * MiB])
+        parts.append({"ETag": r["ETag"], "PartNumber": n})
+    boto.complete_multipart_upload(Bucket=bucket, Key="big", UploadId=up["UploadId"],
+                                   MultipartUpload={"Parts": parts})
+    got = boto.get_object(Bucket=bucket, Key="big")["Body"].read()
+    assert got == data
+    return got
+
+
+def proxied_mount(mount_factory, faultproxy, s3config, tmp_path):
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=faultproxy.endpoint))
+    return mount_factory(config=str(config)).start()
+
+
+def ranged_gets(faultproxy, key: str) -> list[int]:
+    """The lengths of the ranged GETs of ``key`` the proxy has seen, in order."""
+    lengths = []
+    for method, target, headers in faultproxy.heard:
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", headers.get("range", ""))
+        if method == "GET" and target.split("?")[0].endswith("/" + key) and m:
+            lengths.append(int(m.group(2)) - int(m.group(1)) + 1)
+    return lengths
+
+
+def preads(path: str, offsets: list[int], size: int = PAGE) -> list[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return [os.pread(fd, size, off) for off in offsets]
+    finally:
+        os.close(fd)
+
+
+def test_several_processes_reading_a_large_object_at_once_get_its_bytes(mount, big):
+    path = os.path.join(mount.path, "big")
+    readers = [subprocess.Popen(["sha256sum", path], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    sums = [r.communicate(timeout=300)[0].split()[0] for r in readers]
+    assert [r.returncode for r in readers] == [0, 0, 0, 0]
+    assert sums == [hashlib.sha256(big).hexdigest()] * 4
+
+
+def test_random_reads_spread_over_an_object_get_the_pages_they_read(
+    mount_factory, faultproxy, s3config, tmp_path, big
+):
+    mount = proxied_mount(mount_factory, faultproxy, s3config, tmp_path)
+    offsets = [off + 5 * PAGE for off in range(0, SIZE - MiB, 3 * MiB)]  # far apart, out of order
+    random.Random(3).shuffle(offsets)
+    got = preads(os.path.join(mount.path, "big"), offsets)
+    assert got == [big[off : off + PAGE] for off in offsets]
+    assert ranged_gets(faultproxy, "big") == [PAGE] * len(offsets)  # a page each, no more
+
+
+def test_random_reads_that_cluster_are_served_by_fewer_larger_gets(
+    mount_factory, faultproxy, s3config, tmp_path, big
+):
+    mount = proxied_mount(mount_factory, faultproxy, s3config, tmp_path)
+    rng = random.Random(4)
+    region = 20 * MiB
+    offsets = [region + rng.randrange(2 * MiB // PAGE) * PAGE for _ in range(400)]  # 400 pages of 2 MiB
+    offsets += [SIZE - 100]  # and across the object's end
+    got = preads(os.path.join(mount.path, "big"), offsets)
+    assert got == [big[off : off + PAGE] for off in offsets]
+    gets = ranged_gets(faultproxy, "big")
+    assert len(gets) < len(set(offsets)) // 2 and max(gets) > 4 * PAGE  # the block grew
+    assert max(gets) <= MAX_RANDOM_BLOCK
+    assert sum(gets) <= RANDOM_BYTES_BOUND * PAGE * len(offsets)  # issue 5's bound on the bytes

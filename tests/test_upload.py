@@ -373,3 +373,18 @@ def test_after_a_crash_the_upload_holding_released_bytes_is_finished(tmp_path, c
     again = make_ops(tmp_path, store, cache_size=20 * MiB)
     assert again.changes.recover() == []
     assert store.objects["big"].data == data and not store.uploads and not again.staging.damaged
+
+
+def test_a_file_removed_while_open_keeps_its_released_bytes_for_its_handles(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, cache_size=20 * MiB)
+    fh = ops.create("/big", 0o644)
+    data = os.urandom(40 * MiB)
+    for off in range(0, len(data), MiB):
+        ops.write("/big", data[off : off + MiB], off, fh)
+    assert ops.staging.get("big").has_released()
+    ops.unlink("/big")
+    assert ops.read("/big", MiB, 0, fh) == data[:MiB]  # from the staged file: fetched back before the delete
+    ops.release("/big", fh)
+    ops.changes.deletes.flush("")
+    assert "big" not in store.objects and not store.uploads

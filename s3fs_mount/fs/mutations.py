@@ -256,6 +256,8 @@ class Mutations:
         key = self.keymap.key(path)
         item = self.staging.get(key)
         if item is not None:
+            if item.open_count > 0 and item.has_released():
+                self.upload(item)  # bytes only its upload has: S3 has them for the open handles now
             self.uploader.abandon(item, "the file was removed", removed=True)
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)

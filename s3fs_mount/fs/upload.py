@@ -731,13 +731,14 @@ class Uploader:
             stream.futures[number] = done
         stream.released = parts
         stream.next_part = max(parts) + 1
-        with self._state(item).lock:
-            self._state(item).stream = stream
+        state = self._state(item)
+        with state.lock:
+            state.stream = stream
         return mpu.upload_id
 
     def resumed_already_done(self, item: StagedFile, etag: str) -> bool:
         """Is ``etag`` what the resumed upload of ``item`` gives when completed (the mount was
-        killed after completing it, before its record said so)?"""
+        killed after completing it, before its record said so)? Then that upload is forgotten."""
         state = self._state(item)
         with state.lock:
             stream = state.stream
@@ -752,7 +753,12 @@ class Uploader:
                 for sub in range(off, off + length, 1 << 20):
                     digest.update(os.pread(item.fd, min(1 << 20, off + length - sub), sub))
                 digests.append(digest.digest())
-        return composite(digests) == etag
+        if composite(digests) != etag:
+            return False
+        with state.lock:
+            if state.stream is stream:
+                state.stream = None
+        return True
 
     def _keep_both(self, item: StagedFile, generation: int, replaces: str, theirs: str) -> bool:
         """S3's object changed under us: upload ours as KEY.conflict-TIMESTAMP, and say so."""

@@ -273,11 +273,18 @@ def write_sampling(uploader: Uploader, cache: StagingCache, item: StagedFile, da
     return peak
 
 
-def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
-    store = FakeStore()
+def streamed_past_the_cache(tmp_path, store: FakeStore, size: int = 40 * MiB):
+    """A new file of ``size`` random bytes written through an uploader whose cache holds 20 MiB:
+    (uploader, cache, item, data)."""
     uploader, cache = uploader_at(tmp_path, store, capacity=20 * MiB)
     item, _ = cache.acquire("big")
-    data = os.urandom(60 * MiB)
+    data = os.urandom(size)
+    return uploader, cache, item, data
+
+
+def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
+    store = FakeStore()
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store, 60 * MiB)
     assert write_sampling(uploader, cache, item, data) <= 20 * MiB
     released = item.released_ranges()
     assert released and released[0][0] == 0  # the first parts left the cache, recorded
@@ -290,9 +297,8 @@ def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
 
 def test_bytes_released_are_never_read_or_written_locally(tmp_path, caplog):
     store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store, capacity=20 * MiB)
-    item, _ = cache.acquire("big")
-    write_sampling(uploader, cache, item, os.urandom(40 * MiB))
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store)
+    write_sampling(uploader, cache, item, data)
     (streamed,) = item.pending_uploads()
     assert uploader.checkpoint_needed(item, 0) and not uploader.checkpoint_needed(item, 40 * MiB)
     with pytest.raises(ReleasedRange):
@@ -326,9 +332,7 @@ def test_a_write_behind_released_bytes_completes_the_upload_first(tmp_path):
 
 def test_a_failed_part_of_a_stream_with_released_bytes_is_sent_again(tmp_path, monkeypatch):
     store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store, capacity=20 * MiB)
-    item, _ = cache.acquire("big")
-    data = os.urandom(40 * MiB)
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store)
     failed = fail_part(monkeypatch, 7)
     write_sampling(uploader, cache, item, data)
     assert failed.wait(30) and item.has_released()
@@ -342,9 +346,7 @@ def test_a_failed_part_of_a_stream_with_released_bytes_is_sent_again(tmp_path, m
 
 def test_a_clobbered_stream_with_released_bytes_puts_theirs_aside(tmp_path, caplog):
     store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store, capacity=20 * MiB)
-    item, _ = cache.acquire("big")
-    data = os.urandom(40 * MiB)
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store)
     write_sampling(uploader, cache, item, data)
     store.put("big", b"theirs")
     with caplog.at_level(logging.ERROR, UPLOAD_LOG):
@@ -354,14 +356,21 @@ def test_a_clobbered_stream_with_released_bytes_puts_theirs_aside(tmp_path, capl
     assert store.objects[aside].data == b"theirs" and "theirs to big.conflict-" in caplog.text
 
 
-@pytest.mark.parametrize("completed", [False, True], ids=["mid-write", "after-complete"])
-def test_after_a_crash_the_upload_holding_released_bytes_is_finished(tmp_path, completed):
-    store = FakeStore()
+def ops_past_the_cache(tmp_path, store: FakeStore) -> tuple[S3Operations, int, bytes]:
+    """A mount (without FUSE) with a 20 MiB cache, and /big created and written with 40 MiB
+    through it, still open: (ops, its handle, the bytes)."""
     ops = make_ops(tmp_path, store, cache_size=20 * MiB)
     fh = ops.create("/big", 0o644)
     data = os.urandom(40 * MiB)
     for off in range(0, len(data), MiB):
         ops.write("/big", data[off : off + MiB], off, fh)
+    return ops, fh, data
+
+
+@pytest.mark.parametrize("completed", [False, True], ids=["mid-write", "after-complete"])
+def test_after_a_crash_the_upload_holding_released_bytes_is_finished(tmp_path, completed):
+    store = FakeStore()
+    ops, fh, data = ops_past_the_cache(tmp_path, store)
     item = ops.staging.get("big")
     released = item.released_ranges()
     assert released
@@ -377,11 +386,7 @@ def test_after_a_crash_the_upload_holding_released_bytes_is_finished(tmp_path, c
 
 def test_a_file_removed_while_open_keeps_its_released_bytes_for_its_handles(tmp_path):
     store = FakeStore()
-    ops = make_ops(tmp_path, store, cache_size=20 * MiB)
-    fh = ops.create("/big", 0o644)
-    data = os.urandom(40 * MiB)
-    for off in range(0, len(data), MiB):
-        ops.write("/big", data[off : off + MiB], off, fh)
+    ops, fh, data = ops_past_the_cache(tmp_path, store)
     assert ops.staging.get("big").has_released()
     ops.unlink("/big")
     assert ops.read("/big", MiB, 0, fh) == data[:MiB]  # from the staged file: fetched back before the delete

@@ -89,6 +89,7 @@ class Params:
     n_random: int = 1000
     n_xattr: int = 1000
     rename_size: int = 100 * MiB
+    mount_options: str = ""  # --mount-options: more -o options for our mount in every row
 
 
 @dataclass
@@ -204,6 +205,8 @@ class MountProc:
                 opts += ",debug"
             if self.options:
                 opts += "," + self.options
+            if b.p.mount_options:
+                opts += "," + b.p.mount_options
             env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
             return [sys.executable, BIN, "-f", "-c", b.config_path, "-o", opts, BUCKET, self.path], env
         if self.tool == "s3fs":
@@ -399,6 +402,7 @@ class Bench:
                 self.p.tree_big_dirs = max(1, args.tree_keys // 100)
         if args.big:
             self.p.big_size = int(args.big_size_gib * GiB)
+        self.p.mount_options = args.mount_options
         self.tmp = tempfile.mkdtemp(prefix="s3fs-bench-", dir=args.tmp)
         #: where the server's data and the big source live: kept between runs with --data-dir
         self.data_dir = os.path.abspath(args.data_dir) if args.data_dir else self.tmp
@@ -1794,7 +1798,7 @@ def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> di
     return summary
 
 
-def print_table(summary: dict[str, Any], tools: list[str]) -> None:
+def print_table(summary: dict[str, Any], tools: list[str], mount_options: str = "") -> None:
     head = ["workload", "mount s", "raw s", "mount/raw"]
     for t in tools:
         head += ["%s s" % t, "%s/raw" % t]
@@ -1851,7 +1855,8 @@ def print_table(summary: dict[str, Any], tools: list[str]) -> None:
     if layout_rows:
         print()
         print("parts of the object our mount wrote (ETag's -N, HEAD ?partNumber=i); cache peak of the")
-        print("mount against its cache_size (default 4 GiB):")
+        print("mount against its cache_size (%s):" % (
+            "-o " + mount_options if "cache_size" in mount_options else "default 4 GiB"))
         for name, row in layout_rows:
             print("  %-15s %s of %s; cache peak %s" % (
                 name, describe_layout(row["layout"]), human(row["layout"]["size"]), human(row["peak_cache"])))
@@ -1939,6 +1944,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", default=None,
                     help="keep SeaweedFS's data (and the --big source) here between runs, so the made-once "
                     "key sets (--scale, --tree) are made once; an interrupted creation resumes")
+    ap.add_argument("--mount-options", default="",
+                    help="more -o options for our mount in every row (e.g. cache_size=1G with --big)")
     ap.add_argument("--server-wait", type=float, default=900.0,
                     help="seconds to wait for s3fs_mount/localserver.py to appear")
     args = ap.parse_args(argv)
@@ -2020,7 +2027,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [w.name for w in all_w if results["timed"][w.name]]
     if names:
         results["summary"] = summarize(results, names, peers)
-        print_table(results["summary"], peers)
+        print_table(results["summary"], peers, args.mount_options)
     if args.peers:
         for t in results.get("peers_skipped", []):
             print("peer %s: skipped (not installed)" % t)

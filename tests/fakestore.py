@@ -71,9 +71,10 @@ class FakeMultipart(MultipartUpload):
         numbers = sorted(self.parts)
         data = b"".join(self.data[n] for n in numbers)
         etag = composite([bytes.fromhex(self.parts[n]) for n in numbers])
-        self.store.uploads.discard(self.upload_id)
-        return self.store._store(S3Name(self.key, self.bucket), data, self.create_headers, if_match,
+        done = self.store._store(S3Name(self.key, self.bucket), data, self.create_headers, if_match,
                                  if_none_match, etag=etag, part_size=len(self.data[numbers[0]]))
+        self.store.uploads.discard(self.upload_id)  # (a refused completion leaves the upload, as S3 does)
+        return done
 
     def abort(self) -> bool:
         self.store.uploads.discard(self.upload_id)
@@ -103,6 +104,7 @@ class FakeStore:
         self.calls: Counter[str] = Counter()
         self.requested: Counter[str] = Counter()  # requests by the bucket they named
         self.uploads: set[str] = set()
+        self._begun: dict[str, MultipartUpload] = {}  # upload id -> its upload (what was sent, for a resume)
         #: key -> the error code a DeleteObjects answers for it (the key stays), as S3 may.
         self.refused_deletes: dict[str, str] = {}
         self.delete_batches: list[int] = []  # keys per delete_keys call
@@ -227,6 +229,19 @@ class FakeStore:
         mpu.create_headers = dict(headers or {})  # type: ignore[attr-defined]
         mpu.data = {}  # type: ignore[attr-defined]
         self.uploads.add(mpu.upload_id)
+        self._begun[mpu.upload_id] = mpu
+        return mpu
+
+    def resume_multipart(self, remote_name: str | S3Name, upload_id: str, parts: dict,
+                         crc32: dict | None = None, algorithm: str | None = None) -> MultipartUpload:
+        bucket, key = resolve(remote_name, self.default_bucket)
+        mpu = FakeMultipart(self, bucket, key, upload_id, algorithm)  # type: ignore[arg-type]
+        begun = self._begun.get(upload_id)
+        mpu.create_headers = dict(begun.create_headers) if begun else {}  # type: ignore[attr-defined]
+        sent = begun.data if begun else {}  # type: ignore[attr-defined]
+        mpu.data = {n: sent[n] for n in parts if n in sent}  # type: ignore[attr-defined]
+        mpu.parts.update(parts)
+        mpu.crc32.update(crc32 or {})
         return mpu
 
     def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> bool:

@@ -199,3 +199,33 @@ def test_claimed_ranges_are_missing_and_never_overlap(tmp_path):
     other = remote_item(cache_at(tmp_path / "2"), size=64)
     assert other.claim_missing(10, 20) == [(10, 20)]
     assert other.claim_missing(0, 64, wait=False) == []  # off the grid, a gap partly claimed waits whole
+
+
+def test_released_ranges_leave_the_disk_and_are_recorded_first(tmp_path):
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("big")
+    item.write(0, b"a" * (8 * MiB))
+    before = item.local_bytes()
+    stream = {"upload_id": "up-1", "parts": [[1, "e1", ""]]}
+    assert item.release([(0, 4 * MiB)], stream) == 4 * MiB
+    assert item.local_bytes() <= before - 4 * MiB  # punched: the blocks are free
+    assert item.released_ranges() == [(0, 4 * MiB)] and not item.covers(0, 1)
+    record = cache.journal.read(cache.journal.path)[item.id]  # what a crash would leave
+    assert record["released"] == [[0, 4 * MiB]] and record["stream"] == stream
+    assert item.read(4 * MiB, 3) == b"aaa"
+    cache.close()
+    again = cache_at(tmp_path)
+    (found,) = again.recover()  # the hole is no damage: its digest-less bytes are the upload's
+    assert found.released_ranges() == [(0, 4 * MiB)] and found.recorded_stream() == stream
+    assert found.covers(4 * MiB, 8 * MiB) and not found.covers(0, 1)
+
+
+def test_a_clean_item_releases_nothing_and_an_upload_forgets_what_was_released(tmp_path):
+    cache = cache_at(tmp_path)
+    item = remote_item(cache, size=MiB)
+    assert item.release([(0, MiB)], {"upload_id": "u"}) == 0  # S3 has a clean copy's bytes anyway
+    item.write(0, b"b" * MiB)
+    item.release([(0, MiB // 2)], {"upload_id": "u"})
+    assert item.mark_clean(item.view().generation, "v2", MiB)
+    assert item.released_ranges() == [] and item.recorded_stream() == {}
+    assert not item.covers(0, MiB // 2) and item.remote_gaps(0, MiB) == [(0, MiB // 2)]  # fetched from v2

@@ -14,7 +14,7 @@ import s3fs_mount.fs.upload as upload_module
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
-from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
@@ -29,8 +29,8 @@ def _context(monkeypatch):
     monkeypatch.setattr(operations_module, "fuse_get_context", lambda: (1000, 1000, 1))
 
 
-def uploader_at(tmp_path, store: FakeStore) -> tuple[Uploader, StagingCache]:
-    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
+def uploader_at(tmp_path, store: FakeStore, capacity: int = 1 << 30) -> tuple[Uploader, StagingCache]:
+    cache = StagingCache(str(tmp_path / "cache"), "bucket", capacity)
     uploader = Uploader(Bucket(store, "bucket"), 5 * MiB, 5 * MiB, workers=2, staging=cache)
     uploader.configure_checks(True)  # the fake store honours If-Match / If-None-Match
     return uploader, cache
@@ -39,8 +39,9 @@ def uploader_at(tmp_path, store: FakeStore) -> tuple[Uploader, StagingCache]:
 def write_through(uploader: Uploader, item: StagedFile, data: bytes, offset: int = 0, chunk: int = MiB):
     """Write as S3Operations.write does: the uploader hears of each write (and may stream)."""
     for at in range(offset, offset + len(data), chunk):
-        uploader.before_write(item, at)
-        item.write(at, data[at - offset : at - offset + chunk])
+        piece = data[at - offset : at - offset + chunk]
+        uploader.before_write(item, at, len(piece))
+        item.write(at, piece)
         uploader.after_write(item)
 
 
@@ -59,8 +60,9 @@ def fail_part(monkeypatch, number: int) -> threading.Event:
     return failed
 
 
-def make_ops(tmp_path, store: FakeStore) -> S3Operations:
-    opts = MountOptions(cache_dir=str(tmp_path / "ops-cache"), part_size=5 * MiB, multipart_threshold=5 * MiB)
+def make_ops(tmp_path, store: FakeStore, cache_size: int = 4 << 30) -> S3Operations:
+    opts = MountOptions(cache_dir=str(tmp_path / "ops-cache"), part_size=5 * MiB, multipart_threshold=5 * MiB,
+                        cache_size=cache_size)
     ops = S3Operations(Bucket(store, "bucket"), "", opts)
     ops.uploader.configure_checks(opts.conflict_check)
     ops.namespace.configure_directories()
@@ -165,8 +167,8 @@ def test_the_routine_aborts_when_the_completion_is_refused(tmp_path, monkeypatch
             if_none_match=True,
         )
     assert refused.value.precondition_failed
-    assert store.objects["k"].data == b"there already" and not store.uploads
-    assert store.calls["PUT part"] == 2 and len(aborted) == 1
+    assert store.objects["k"].data == b"there already"
+    assert store.calls["PUT part"] == 2 and aborted == sorted(store.uploads)  # a refused completion left it
 
 
 # -- streamed while written ----------------------------------------------------------------
@@ -257,3 +259,137 @@ def test_no_stream_no_abandonment_logged(tmp_path, caplog):
     with caplog.at_level(logging.DEBUG, UPLOAD_LOG):
         uploader.abandon(item, "truncated to 0 bytes")
     assert abandoned(caplog) == []
+
+
+# -- streams larger than the cache ---------------------------------------------------------
+
+
+def write_sampling(uploader: Uploader, cache: StagingCache, item: StagedFile, data: bytes) -> int:
+    """write_through a MiB at a time; returns the most the cache held after any write."""
+    peak = 0
+    for at in range(0, len(data), MiB):
+        write_through(uploader, item, data[at : at + MiB], offset=at)
+        peak = max(peak, cache.usage())
+    return peak
+
+
+def streamed_past_the_cache(tmp_path, store: FakeStore, size: int = 40 * MiB):
+    """A new file of ``size`` random bytes written through an uploader whose cache holds 20 MiB:
+    (uploader, cache, item, data)."""
+    uploader, cache = uploader_at(tmp_path, store, capacity=20 * MiB)
+    item, _ = cache.acquire("big")
+    data = os.urandom(size)
+    return uploader, cache, item, data
+
+
+def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
+    store = FakeStore()
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store, 60 * MiB)
+    assert write_sampling(uploader, cache, item, data) <= 20 * MiB
+    released = item.released_ranges()
+    assert released and released[0][0] == 0  # the first parts left the cache, recorded
+    assert item.record().released == released and item.record().stream["parts"]
+    assert item.read(59 * MiB, MiB) == data[59 * MiB :]  # the tail is local
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data and not store.uploads
+    assert item.released_ranges() == [] and item.record().stream == {}
+
+
+def test_bytes_released_are_never_read_or_written_locally(tmp_path, caplog):
+    store = FakeStore()
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store)
+    write_sampling(uploader, cache, item, data)
+    (streamed,) = item.pending_uploads()
+    assert uploader.checkpoint_needed(item, 0) and not uploader.checkpoint_needed(item, 40 * MiB)
+    with pytest.raises(ReleasedRange):
+        item.read(0, 10)
+    with pytest.raises(ReleasedRange):
+        item.write(0, b"x")
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        uploader.abandon(item, "a test")  # would lose the released bytes: refused, logged
+    assert streamed in store.uploads and "streamed upload kept" in caplog.text
+
+
+def test_a_write_behind_released_bytes_completes_the_upload_first(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, cache_size=20 * MiB)
+    fh = ops.create("/big", 0o644)
+    data = bytearray(os.urandom(40 * MiB))
+    for off in range(0, len(data), MiB):
+        ops.write("/big", bytes(data[off : off + MiB]), off, fh)
+    item = ops.staging.get("big")
+    assert item.has_released()
+    assert ops.read("/big", 4096, 0, fh) == data[:4096]  # a checkpoint: the object holds it so far
+    assert store.objects["big"].data == data and not item.has_released()
+    ops.write("/big", b"PATCH", 100, fh)
+    data[100:105] = b"PATCH"
+    ops.write("/big", b"more", len(data), fh)
+    data += b"more"
+    ops.flush("/big", fh)
+    ops.release("/big", fh)
+    assert store.objects["big"].data == data and not store.uploads
+
+
+def test_a_failed_part_of_a_stream_with_released_bytes_is_sent_again(tmp_path, monkeypatch):
+    store = FakeStore()
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store)
+    failed = fail_part(monkeypatch, 7)
+    write_sampling(uploader, cache, item, data)
+    assert failed.wait(30) and item.has_released()
+    with pytest.raises(S3Error):
+        uploader.flush(item)  # part 7 fails again: kept, never abandoned
+    assert item.view().dirty and item.has_released()
+    monkeypatch.undo()
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data and not store.uploads
+
+
+def test_a_clobbered_stream_with_released_bytes_puts_theirs_aside(tmp_path, caplog):
+    store = FakeStore()
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path, store)
+    write_sampling(uploader, cache, item, data)
+    store.put("big", b"theirs")
+    with caplog.at_level(logging.ERROR, UPLOAD_LOG):
+        assert uploader.flush(item)
+    assert store.objects["big"].data == data
+    (aside,) = [k for k in store.objects if k.startswith("big.conflict-")]
+    assert store.objects[aside].data == b"theirs" and "theirs to big.conflict-" in caplog.text
+
+
+def ops_past_the_cache(tmp_path, store: FakeStore) -> tuple[S3Operations, int, bytes]:
+    """A mount (without FUSE) with a 20 MiB cache, and /big created and written with 40 MiB
+    through it, still open: (ops, its handle, the bytes)."""
+    ops = make_ops(tmp_path, store, cache_size=20 * MiB)
+    fh = ops.create("/big", 0o644)
+    data = os.urandom(40 * MiB)
+    for off in range(0, len(data), MiB):
+        ops.write("/big", data[off : off + MiB], off, fh)
+    return ops, fh, data
+
+
+@pytest.mark.parametrize("completed", [False, True], ids=["mid-write", "after-complete"])
+def test_after_a_crash_the_upload_holding_released_bytes_is_finished(tmp_path, completed):
+    store = FakeStore()
+    ops, fh, data = ops_past_the_cache(tmp_path, store)
+    item = ops.staging.get("big")
+    released = item.released_ranges()
+    assert released
+    if completed:  # the upload completed, and the mount was killed before its record said so
+        ops.uploader._upload(item, "")
+        assert store.objects["big"].data == data
+    ops.uploader.pool.shutdown(wait=True)
+    ops.staging.close()  # killed: its record and data file stay
+    again = make_ops(tmp_path, store, cache_size=20 * MiB)
+    assert again.changes.recover() == []
+    assert store.objects["big"].data == data and not store.uploads and not again.staging.damaged
+
+
+def test_a_file_removed_while_open_keeps_its_released_bytes_for_its_handles(tmp_path):
+    store = FakeStore()
+    ops, fh, data = ops_past_the_cache(tmp_path, store)
+    assert ops.staging.get("big").has_released()
+    ops.unlink("/big")
+    assert ops.read("/big", MiB, 0, fh) == data[:MiB]  # from the staged file: fetched back before the delete
+    ops.release("/big", fh)
+    ops.changes.deletes.flush("")
+    assert "big" not in store.objects and not store.uploads

@@ -157,8 +157,11 @@ class Mutations:
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id)
         for item in recovered:
+            # Bytes the cache released are in the parts of the upload the record names: go on with it.
+            resumed = self.uploader.resume(item)
             for upload_id in item.pending_uploads():
-                self.uploader.abort_upload(item, upload_id)
+                if upload_id != resumed:
+                    self.uploader.abort_upload(item, upload_id)
             try:
                 current = self.store.head(item.key)
             except S3Error as exc:
@@ -166,6 +169,9 @@ class Mutations:
                     log.error("recovery of %s: %s; kept staged", item.key, exc)
                     continue
                 current = None
+            if resumed:
+                self._finish_resumed(item, current.etag if current is not None else "")
+                continue
             if current is not None and current.etag in self.uploader.etags_of(item):
                 # Uploaded, then killed before its record said so: nothing to do.
                 item.mark_clean(item.generation, current.etag)
@@ -183,6 +189,24 @@ class Mutations:
             except Exception as exc:
                 log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
         return [i.key for i in self.staging.pending()]
+
+    def _finish_resumed(self, item: StagedFile, current: str) -> None:
+        """Recovery of a file whose upload holds bytes the cache released: complete that upload."""
+        if current and self.uploader.resumed_already_done(item, current):
+            item.mark_clean(item.generation, current)  # completed, then killed before its record said so
+            log.info("recovered %s: already in S3", item.key)
+            return
+        try:
+            self.uploader.flush(item)
+            log.info("recovered %s: finished its upload", item.key)
+        except Exception as exc:
+            log.error(
+                "recovered %s but could not finish its upload (%s): kept staged; bytes %s are in "
+                "that upload's parts only",
+                item.key,
+                exc,
+                ", ".join("%d-%d" % (s, e - 1) for s, e in item.released_ranges()),
+            )
 
     # -- names -------------------------------------------------------------------------------
 
@@ -232,7 +256,9 @@ class Mutations:
         key = self.keymap.key(path)
         item = self.staging.get(key)
         if item is not None:
-            self.uploader.abandon(item, "the file was removed")
+            if item.open_count > 0 and item.has_released():
+                self.upload(item)  # bytes only its upload has: S3 has them for the open handles now
+            self.uploader.abandon(item, "the file was removed", removed=True)
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
         # Hidden before its delete is queued: the batcher may send it, and S3 answer

@@ -28,7 +28,7 @@ from s3fs_mount.fs.namespace import Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState
-from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
 from s3fs_mount.fs.upload import Uploader, WritebackQueue
 
@@ -129,6 +129,7 @@ class S3Operations(Operations):
             self.staging,
             part_doubling=options.part_doubling,
             memory=options.upload_memory,
+            refill=lambda item: self.prefetcher.ensure(item, 0, item.size),
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.
@@ -426,7 +427,11 @@ class S3Operations(Operations):
             h.accessed = True
             self._accessed(h)
         try:
-            data = self.prefetcher.read(h.item, h.read_state, offset, size)
+            try:
+                data = self.prefetcher.read(h.item, h.read_state, offset, size)
+            except ReleasedRange:
+                self._checkpoint(h.item, "a read at %d" % offset)
+                data = self.prefetcher.read(h.item, h.read_state, offset, size)
         except Replaced:
             if h.served:
                 raise  # the reader has bytes of the old version: it must not get the new one's
@@ -451,6 +456,8 @@ class S3Operations(Operations):
         h = self._handle(fh)
         if not h.writable:
             raise FsError(errno.EBADF)
+        if self.uploader.checkpoint_needed(h.item, h.item.size if h.append else offset):
+            self._checkpoint(h.item, "a write at %d" % offset)
         self._whole(h.item)
         if self.writeback is not None and self.staging.over_capacity():
             # Back-pressure: dirty files fill the cache, so wait for the background uploads.
@@ -458,12 +465,21 @@ class S3Operations(Operations):
             self.writeback.drain(timeout=BACKPRESSURE_WAIT)
         if h.append:
             offset = h.item.size  # the uploader's check below sees an offset at or past the end
-        self.uploader.before_write(h.item, offset)
+        self.uploader.before_write(h.item, offset, len(data))
         written = h.item.write(offset, data, append=h.append)
         self.uploader.after_write(h.item)
         return written
 
+    def _checkpoint(self, item: StagedFile, why: str) -> None:
+        """``why`` needs bytes of a file being streamed that the cache released (they are in S3 only,
+        as parts): complete its upload first. The object then holds the file so far, and the
+        item is a copy of it whose missing bytes come from S3."""
+        log.info("%s: %s needs bytes the cache released: completing its upload first", item.key, why)
+        self.changes.upload(item)
+
     def _truncate_item(self, item: StagedFile, length: int) -> None:
+        if item.has_released():
+            self._checkpoint(item, "a truncate to %d" % length)
         if length:
             self._whole(item)
         self.uploader.abandon(item, "truncated to %d bytes" % length)

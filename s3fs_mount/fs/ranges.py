@@ -38,6 +38,27 @@ class RangeSet:
         out.sort()
         self._r = out
 
+    def remove(self, start: int, end: int) -> None:
+        """Forget ``[start, end)``."""
+        out: list[tuple[int, int]] = []
+        for s, e in self._r:
+            if e <= start or s >= end:
+                out.append((s, e))
+                continue
+            if s < start:
+                out.append((s, start))
+            if e > end:
+                out.append((end, e))
+        self._r = out
+
+    def overlaps(self, start: int, end: int) -> bool:
+        """Does any range of the set meet ``[start, end)``?"""
+        return any(s < end and start < e for s, e in self._r)
+
+    def total(self) -> int:
+        """The bytes the set holds."""
+        return sum(e - s for s, e in self._r)
+
     def remove_from(self, offset: int) -> None:
         """Forget everything at or after ``offset``."""
         self._r = [(s, min(e, offset)) for s, e in self._r if s < offset]

@@ -10,6 +10,16 @@ of the mount never loses the knowledge that a file must still be uploaded:
 record reach the disk itself when the user asks, with fsync, as for any
 file; an fsync whose upload fails makes them durable here.)
 
+**Released ranges.** A file streamed while it is written (:mod:`s3fs_mount.fs.upload`)
+may be larger than the cache: once a part of it is in S3 (an uncompleted multipart
+upload) and the cache is full, the upload unit *releases* the part's bytes
+(:meth:`StagedFile.release`): the record says first, durably, which ranges and what
+the upload unit needs to finish that upload (its id, its parts), then the bytes are
+punched out of the data file. They are then in S3 only, where nobody can read them
+until the upload completes: a read or write of them raises :class:`ReleasedRange`,
+and the caller completes the upload first (a checkpoint); after a crash, recovery
+finishes that upload from the record instead of aborting it.
+
 Locks, in the order they may be taken:
 
 1. The upload unit's locks of an item (:class:`~s3fs_mount.fs.upload.UploadState`:
@@ -32,6 +42,8 @@ No lock is held during a network request except the upload unit's
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import logging
@@ -52,6 +64,27 @@ from s3fs_mount.s3.checksums import digest_of_bytes
 log = logging.getLogger(__name__)
 
 CLEAN, DIRTY, UPLOADING = "clean", "dirty", "uploading"
+#: Room kept for the journal's growth between two looks at the cache's size (StagingCache.needs_room).
+JOURNAL_ROOM = 1 << 20
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+
+def punch_hole(fd: int, start: int, end: int) -> None:
+    """Free the disk blocks of ``[start, end)`` of ``fd``, its size kept (they read as zeros).
+
+    :raises OSError: when the file system cannot (EOPNOTSUPP).
+    """
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, end - start) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "fallocate(PUNCH_HOLE): %s" % os.strerror(err))
+
+
+class ReleasedRange(Exception):
+    """The bytes asked for were released from the cache (see the module docstring): they are
+    in S3 only as parts of an upload under way, which must complete before they can be used."""
 
 
 @dataclass
@@ -82,6 +115,10 @@ class StagedRecord:
     upload_ids: list[str] = field(default_factory=list)
     #: (offset, length) -> digest of those bytes as an upload sent them (see StagedFile.digests).
     digests: dict[tuple[int, int], str] = field(default_factory=dict)
+    #: Ranges punched out of the data file: their bytes are in the parts ``stream`` names.
+    released: list[tuple[int, int]] = field(default_factory=list)
+    #: What the upload unit needs to finish the upload holding the released ranges ({}: none).
+    stream: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The record as the journal stores it (a JSON object)."""
@@ -100,6 +137,8 @@ class StagedRecord:
             "dirty": self.dirty,
             "upload_ids": self.upload_ids,
             "digests": [[off, n, digest] for (off, n), digest in sorted(self.digests.items())],
+            "released": [[start, end] for start, end in self.released],
+            "stream": self.stream,
         }
 
     @classmethod
@@ -121,6 +160,8 @@ class StagedRecord:
             ctime=state.get("ctime"),
             upload_ids=list(state.get("upload_ids", [])),
             digests={(int(o), int(n)): str(d) for o, n, d in state.get("digests", [])},
+            released=[(int(start), int(end)) for start, end in state.get("released", [])],
+            stream=dict(state.get("stream") or {}),
         )
 
 
@@ -212,6 +253,13 @@ class StagedFile:
         #: bytes as an upload sent them: recovery checks the data file against them. A write over a
         #: range drops it.
         self.digests: dict[tuple[int, int], str] = {}
+        #: GUARDED_BY(cond): ranges punched out of the data file, in S3 only as parts of the
+        #: upload ``stream`` describes (see the module docstring); never in ``present``.
+        self.released = RangeSet()
+        #: GUARDED_BY(cond): the upload unit's description of that upload (replaced whole; {}: none).
+        self.stream: dict[str, Any] = {}
+        #: GUARDED_BY(cond): ranges being read from the data file now: not released meanwhile.
+        self.reading: list[tuple[int, int]] = []
 
     # -- state ---------------------------------------------------------------------
 
@@ -272,12 +320,15 @@ class StagedFile:
             ctime=self.ctime,
             upload_ids=list(self.upload_ids),
             digests=dict(self.digests),
+            released=[(start, end) for start, end in self.released],
+            stream=self.stream,
         )
 
     def restore(self, record: StagedRecord) -> None:
         """Take a dirty item's state back from its record (at recovery, before anyone sees it).
 
-        An item is made whole before its first write, so all of it is local:
+        An item is made whole before its first write, so all of it is local but
+        its released ranges (whose bytes are in the parts of its recorded upload):
         its data file is the truth for the size (writes reach it before the record).
         """
         self.size = record.size
@@ -293,7 +344,11 @@ class StagedFile:
         self.digests = dict(record.digests)
         self.open_fd()
         self.size = max(self.size, os.fstat(self.fd).st_size)
+        self.released = RangeSet(record.released)
+        self.stream = dict(record.stream)
         self.present = RangeSet([(0, self.size)])
+        for start, end in self.released:
+            self.present.remove(start, end)
 
     def save(self, durable: bool = False) -> None:
         """Record the item's state in the journal; with ``durable`` fsync data and record.
@@ -325,9 +380,75 @@ class StagedFile:
             return end <= self.size and self.present.covers(start, end)
 
     def read(self, offset: int, size: int) -> bytes:
-        """Local bytes; the caller has made sure they are present."""
-        size = max(0, min(size, self.size - offset))
-        return os.pread(self.fd, size, offset) if size else b""
+        """Local bytes; the caller has made sure they are present.
+
+        :raises ReleasedRange: some were released (the caller completes the upload holding them).
+        """
+        with self.cond:
+            size = max(0, min(size, self.size - offset))
+            if not size:
+                return b""
+            span = (offset, offset + size)
+            if self.released.overlaps(*span):
+                raise ReleasedRange("%s: bytes %d-%d" % (self.key, offset, offset + size - 1))
+            self.reading.append(span)
+        try:
+            return os.pread(self.fd, size, offset)
+        finally:
+            with self.cond:
+                self.reading.remove(span)
+                self.cond.notify_all()
+
+    def released_within(self, start: int, end: int) -> bool:
+        """Were any of ``[start, end)`` released (see :meth:`release`)?"""
+        with self.cond:
+            return self.released.overlaps(start, end)
+
+    def released_ranges(self) -> list[tuple[int, int]]:
+        """The ranges released (see :meth:`release`)."""
+        with self.cond:
+            return list(self.released)
+
+    def has_released(self) -> bool:
+        """Are any of the item's bytes in S3 only, as parts of an upload under way?"""
+        with self.cond:
+            return bool(self.released.total())
+
+    def recorded_stream(self) -> dict[str, Any]:
+        """What the record keeps of the upload holding the released ranges ({}: none)."""
+        with self.cond:
+            return self.stream
+
+    def release(self, ranges: list[tuple[int, int]], stream: dict[str, Any]) -> int:
+        """Free the cache of ``ranges``, sent as parts of the upload ``stream`` describes (what the
+        upload unit needs to finish it after a crash); returns the bytes freed.
+
+        The record says so, durably, before a byte is punched out: a crash in between leaves
+        bytes both local and released, never neither. Ranges being read now wait for the read.
+        """
+        with self.cond:
+            if self.unlinked or not self.dirty:
+                return 0
+            while any(_overlaps(r, self.reading) for r in ranges):
+                self.cond.wait()
+            for start, end in ranges:
+                self.released.add(start, end)
+                self.present.remove(start, end)
+            self.stream = dict(stream)
+            fd = self.fd
+        self.save(durable=True)
+        freed = 0
+        for start, end in ranges:
+            try:
+                punch_hole(fd, start, end)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                log.warning("%s: the cache's file system cannot free part of a file (%s)", self.key, exc)
+                return freed
+            freed += end - start
+        self.cache.shrank(freed)
+        return freed
 
     def write(self, offset: int, data: bytes, append: bool = False) -> int:
         """Write locally and mark the item dirty (recorded before this returns, so a crash knows).
@@ -340,6 +461,8 @@ class StagedFile:
                 if append:
                     offset = self.size
                 end = offset + len(data)
+                if self.released.overlaps(offset, end):
+                    raise ReleasedRange("%s: bytes %d-%d" % (self.key, offset, end - 1))
                 # A fetch of these bytes still in flight would overwrite them: wait for it.
                 if not _overlaps((offset, end), self.inflight):
                     break
@@ -473,8 +596,11 @@ class StagedFile:
         """Recorded ranges whose bytes in the data file no longer have their digest."""
         with self.cond:
             recorded = dict(self.digests)
+            released = RangeSet(self.released)
         bad = []
         for (off, n), digest in sorted(recorded.items()):
+            if released.overlaps(off, off + n):
+                continue  # punched out on purpose: the bytes are in the recorded upload's parts
             chunks = (
                 os.pread(self.fd, min(1 << 20, off + n - at), at) for at in range(off, off + n, 1 << 20)
             )
@@ -573,9 +699,12 @@ class StagedFile:
         """After an upload of ``generation`` (``uploaded_size`` bytes): clean unless it changed meanwhile.
 
         Either way S3 now holds version ``etag``, and every handle of the item
-        moves to it: its bytes are all local, so no read asks S3 for the old one.
+        moves to it: its bytes are all local, so no read asks S3 for the old one;
+        but released ranges, which are now that version's (missing, they are fetched).
         """
         with self.cond:
+            self.released = RangeSet()
+            self.stream = {}
             self.etag = etag
             self.etag_since = self.cache.clock.monotonic()
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
@@ -588,6 +717,12 @@ class StagedFile:
         else:
             self.drop_record()
         return True
+
+    def holes(self) -> list[tuple[int, int]]:
+        """Ranges of a dirty item that are not local but in S3's version ``etag`` (left when bytes
+        were written during the upload that completed a stream with released ranges)."""
+        with self.cond:
+            return self.missing(0, self.size) if self.dirty else []
 
     def drop_record(self) -> None:
         """A clean item needs no record: S3 has its content (and recovery skips it)."""
@@ -654,6 +789,8 @@ class StagedFile:
         os.ftruncate(self.fd, 0)
         os.ftruncate(self.fd, size)
         self.present = RangeSet()
+        self.released = RangeSet()
+        self.stream = {}
         self.size = self.remote_size = size
         self.etag = etag
         self.etag_since = self.cache.clock.monotonic()
@@ -857,6 +994,11 @@ class StagingCache:
         _remove(item.data_path)
         item.drop_record()
 
+    def shrank(self, nbytes: int) -> None:
+        """Bytes were freed from a file still in the cache (released ranges)."""
+        with self._lock:
+            self._estimate = max(0, self._estimate - nbytes)
+
     def grew(self, nbytes: int) -> None:
         """Bytes were fetched or written into the cache: evict once it may be over capacity."""
         with self._lock:
@@ -864,6 +1006,18 @@ class StagingCache:
             due = self._estimate > self.capacity
         if due:
             self.evict()
+
+    def needs_room(self, nbytes: int) -> bool:
+        """True when ``nbytes`` more would take the cache past ``capacity``, even after evicting
+        clean files (dirty data fills it: the caller may release some, see StagedFile.release)."""
+        nbytes += JOURNAL_ROOM  # the records written meanwhile: counted in usage(), not estimated
+        with self._lock:
+            due = self._estimate + nbytes > self.capacity
+        if not due:
+            return False
+        self.evict(need=nbytes)
+        with self._lock:
+            return self._estimate + nbytes > self.capacity
 
     def over_capacity(self) -> bool:
         """True when even after eviction the cache holds more than ``capacity`` (dirty data)."""
@@ -882,7 +1036,12 @@ class StagingCache:
             self.evict()
 
     def usage(self) -> int:
-        return sum(i.local_bytes() for i in self.items())
+        """Bytes the cache takes on disk: its files' blocks and the journal's."""
+        try:
+            journal = os.stat(self.journal.path).st_blocks * 512
+        except OSError:
+            journal = 0
+        return journal + sum(i.local_bytes() for i in self.items())
 
     def evict(self, need: int = 0) -> None:
         """Drop clean, closed items, least recently used first, until under capacity."""

@@ -7,6 +7,21 @@ close waits only for the tail. A write behind what was already sent, or a
 truncate, or a part that fails, abandons the stream (one log line says why,
 :meth:`Uploader.abandon`) and the close uploads the file whole.
 
+**Larger than the cache.** When the cache has no room for the next write, the
+parts already in S3 are released from the staged file (punched out, recorded
+first: :meth:`StagedFile.release <s3fs_mount.fs.staging.StagedFile.release>`),
+and the writer waits for parts under way until there is room: the cache
+holds at most ``cache_size`` however large the file. Released bytes are in S3
+only as parts of the uncompleted upload, so that upload is never abandoned: a
+write behind the stream, a truncate, or a read of released bytes first
+completes it (a checkpoint: the object then holds the file so far, and the
+item is a staged copy of it whose missing bytes come from S3, see
+:meth:`Uploader.checkpoint_needed`); a part that fails is sent again at the
+close; a clobber keeps theirs under the conflict name and puts ours at the
+path (ours cannot go anywhere else: its parts belong to the path's upload);
+after a crash the next mount finishes the upload from the record
+(:meth:`Uploader.resume`).
+
 An fsync (or ``s3fs-mount sync``) in the middle of such a write completes
 the stream, so what was written is in S3, and remembers that the object
 now holds the file's first bytes (:class:`StreamBase`). The next write
@@ -43,6 +58,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
 from s3fs_mount.fs.budget import ByteBudget
@@ -93,7 +109,10 @@ class StreamingUpload:
     copied_parts: int = 0
     skipped: int = 0  # layout parts the copied parts stand for, less their number
     next_part: int = 1  # the first part not yet submitted
-    futures: list[concurrent.futures.Future[str]] = field(default_factory=list)
+    #: Part number -> its send (or copy), done or under way.
+    futures: dict[int, concurrent.futures.Future[str]] = field(default_factory=dict)
+    #: Parts whose bytes were released from the staged file (their ETags recorded in its record).
+    released: dict[int, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def sent_until(self) -> int:
@@ -102,6 +121,20 @@ class StreamingUpload:
     def part_length(self, number: int) -> int:
         """The size of part ``number`` unless it is the object's last."""
         return self.layout.size(number + self.skipped)
+
+    def part_start(self, number: int) -> int:
+        """The offset of part ``number``'s first byte."""
+        return self.layout.start(number + self.skipped)
+
+    def record(self) -> dict[str, Any]:
+        """What the item's record keeps of this upload: enough to finish it after a crash."""
+        return {
+            "upload_id": self.mpu.upload_id,
+            "algorithm": self.mpu.algorithm,
+            "base": self.layout.base,
+            "per_step": self.layout.per_step,
+            "parts": [[n, etag, crc] for n, (etag, crc) in sorted(self.released.items())],
+        }
 
 
 class UploadState:
@@ -138,6 +171,7 @@ class Uploader:
         still let 10,000 parts hold 5 TiB).
     :param memory: part bytes read into memory at once, over all uploads (a larger part
         goes alone).
+    :param refill: fetches a dirty item's holes (:meth:`StagedFile.holes`) from S3.
     """
 
     def __init__(
@@ -149,6 +183,7 @@ class Uploader:
         staging: StagingCache | None = None,
         part_doubling: int = 0,
         memory: int = 64 << 20,
+        refill: Callable[[StagedFile], None] | None = None,
     ) -> None:
         # Every field is immutable after __init__ but put_check and complete_check (set once,
         # by configure_checks at mount, before any upload) and _states (see there).
@@ -162,6 +197,7 @@ class Uploader:
         self._slots = threading.BoundedSemaphore(workers * 2)  # parts queued: back-pressure
         #: Bytes of parts in memory (read, being sent): streams' parts grow, and many files stream at once.
         self.memory = ByteBudget(memory)
+        self.refill = refill
         #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
         self.put_check = CHECK_HEAD
         self.complete_check = CHECK_HEAD
@@ -245,18 +281,68 @@ class Uploader:
 
     # -- streaming while written ----------------------------------------------------
 
-    def before_write(self, item: StagedFile, offset: int) -> None:
-        """A write is coming at ``offset``: abandon a stream (or base) it would contradict."""
+    def checkpoint_needed(self, item: StagedFile, offset: int) -> bool:
+        """Must the item's upload complete before a write at ``offset`` (or a truncate to it)?
+        True when it lands behind a stream that holds bytes released from the cache: that
+        stream cannot be abandoned, and its parts would contradict the write."""
+        state = self._state(item)
+        with state.lock:
+            stream = state.stream
+            behind = isinstance(stream, StreamingUpload) and offset < stream.sent_until
+        return behind and item.has_released()
+
+    def before_write(self, item: StagedFile, offset: int, length: int = 0) -> None:
+        """A write of ``length`` bytes is coming at ``offset``: abandon a stream (or base) it would
+        contradict (the caller has made a checkpoint first where :meth:`checkpoint_needed`), and
+        make room in the cache for it (:meth:`_make_room`)."""
         state = self._state(item)
         with state.lock:
             stream = state.stream
             if isinstance(stream, StreamBase) and offset < stream.length:
                 state.stream = None  # S3's first bytes will not be the file's: nothing to stream on from
-                return
-            if not (isinstance(stream, StreamingUpload) and offset < stream.sent_until):
-                return
-            sent = stream.sent_until
-        self.abandon(item, "a write at %d, behind the %d bytes streamed" % (offset, sent))
+            behind = isinstance(stream, StreamingUpload) and offset < stream.sent_until
+            sent = stream.sent_until if isinstance(stream, StreamingUpload) else 0
+        if behind:
+            self.abandon(item, "a write at %d, behind the %d bytes streamed" % (offset, sent))
+        self._make_room(item, length)
+
+    def _make_room(self, item: StagedFile, incoming: int) -> None:
+        """Keep the cache within its size for ``incoming`` more bytes: clean files are evicted,
+        then the parts of the item's stream already in S3 are released from its staged file, and
+        while that is not enough, the writer waits for the parts under way.
+
+        A stream that copied its first parts from S3 releases nothing (its first bytes are local
+        on purpose); nor does a file that is not streamed: the cache then runs over.
+        """
+        cache = self.staging or item.cache
+        if not cache.needs_room(incoming):
+            return
+        state = self._state(item)
+        while True:
+            with state.lock:
+                stream = state.stream
+                if not isinstance(stream, StreamingUpload) or stream.copied:
+                    return
+                done = {
+                    n: f
+                    for n, f in stream.futures.items()
+                    if n not in stream.released and f.done() and not f.cancelled() and f.exception() is None
+                }
+                pending = [f for f in stream.futures.values() if not f.done()]
+            if done:
+                ranges = []
+                with state.lock:
+                    for n, f in sorted(done.items()):
+                        stream.released[n] = (f.result(), stream.mpu.crc32.get(n, ""))
+                        start = stream.part_start(n)
+                        ranges.append((start, start + stream.part_length(n)))
+                    record = stream.record()
+                item.release(ranges, record)
+                if not cache.needs_room(incoming):
+                    return
+            if not pending:
+                return  # nothing more to free: the cache runs over (a part bigger than the cache?)
+            concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
 
     def after_write(self, item: StagedFile) -> None:
         """Send any part the writer has now filled, if the file is being written from scratch."""
@@ -291,7 +377,7 @@ class Uploader:
             self._slots.acquire()  # back-pressure: the writer waits for the network
             fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, length)
             with state.lock:
-                stream.futures.append(fut)
+                stream.futures[number] = fut
 
     def _start_stream(self, item: StagedFile, base: StreamBase | None) -> StreamingUpload | None:
         """Begin a stream; from ``base``, its first parts are copies of what S3 already has."""
@@ -313,10 +399,8 @@ class Uploader:
         if base is not None:
             source = self.store.copy_source(item.key)
             for number, (first, last) in enumerate(_copy_spans(layout, base.length), start=1):
-                stream.futures.append(
-                    self.pool.submit(
-                        self._copy_part, item, stream.mpu, number, source, first, last, base.etag
-                    )
+                stream.futures[number] = self.pool.submit(
+                    self._copy_part, item, stream.mpu, number, source, first, last, base.etag
                 )
                 stream.copied_parts = number
             stream.copied = base.length
@@ -386,14 +470,23 @@ class Uploader:
         item.save()
         return header
 
-    def abandon(self, item: StagedFile, reason: str, level: int = logging.INFO) -> None:
+    def abandon(
+        self, item: StagedFile, reason: str, level: int = logging.INFO, removed: bool = False
+    ) -> None:
         """Abort the item's stream, if any, saying why in one log line at ``level`` (and forget
         a base to stream on from): the file is then uploaded anew (whole at close, or by a
-        stream that starts again from its first byte)."""
-        state = self._state(item)
+        stream that starts again from its first byte).
+
+        A stream holding bytes released from the cache is kept (an error logged), unless the
+        file was ``removed``: its parts are the only copy of those bytes.
+        """
+        state, why = self._state(item), reason
+        if not removed and item.has_released():
+            log.error("%s: streamed upload kept (%s): its parts hold bytes the cache released", item.key, why)
+            return
         with state.lock:
             stream, state.stream, state.stream_off = state.stream, None, False
-            futures = list(stream.futures) if isinstance(stream, StreamingUpload) else []
+            futures = list(stream.futures.values()) if isinstance(stream, StreamingUpload) else []
         if isinstance(stream, StreamingUpload):
             log.log(
                 level,
@@ -443,7 +536,11 @@ class Uploader:
             with state.lock:
                 state.error = ""
             log.debug("uploaded %s (%d bytes) in %.2fs", item.key, size, time.monotonic() - started)
-            return clean
+        if not clean and item.holes() and self.refill is not None:
+            # Written while a stream with released bytes completed: those bytes are now only in
+            # S3's new version, and a dirty file must be whole (a crash uploads its data file).
+            self.refill(item)
+        return clean
 
     def _abort_leftovers(self, item: StagedFile) -> None:
         """Abort the item's multipart uploads an earlier abort failed on (S3 answers again now)."""
@@ -474,6 +571,8 @@ class Uploader:
                 self.abandon(item, "S3's object changed since this mount saw it")
                 raise
             except Exception as exc:
+                if item.has_released():
+                    raise  # its parts hold bytes the cache released: kept, the next flush goes on
                 self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
         size = item.view().size
         self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
@@ -508,20 +607,40 @@ class Uploader:
         return etag, size
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:
+        """Send what the stream has not sent (the tail; parts that failed, or were in flight when
+        a mount crashed), then complete it."""
         state = self._state(item)
         size = item.view().size
         with state.lock:
-            spans = list(stream.layout.spans(size, stream.next_part + stream.skipped))
-            stream.next_part += len(spans)
-            futures = list(stream.futures)
-        tail = [
-            self.pool.submit(self._send_part, item, stream.mpu, n - stream.skipped, off, length, False)
-            for n, off, length in spans
-        ]
-        for fut in futures + tail:
+            spans = list(stream.layout.spans(size, stream.copied_parts + 1 + stream.skipped))
+            stream.next_part = max(stream.next_part, stream.copied_parts + 1 + len(spans))
+            futures = dict(stream.futures)
+        for number, fut in futures.items():
+            concurrent.futures.wait([fut])
+            if fut.exception() is not None and (number <= stream.copied_parts or not item.has_released()):
+                fut.result()  # raises: the stream is abandoned, the file uploaded whole
+        resend = {}
+        for n, off, length in spans:
+            number = n - stream.skipped
+            fut = futures.get(number)
+            if fut is None or fut.exception() is not None:
+                resend[number] = self.pool.submit(
+                    self._send_part, item, stream.mpu, number, off, length, False
+                )
+        with state.lock:
+            stream.futures.update(resend)
+        for fut in resend.values():
             fut.result()
-        self._check_by_head(item, replaces, self.complete_check)
-        etag = self._complete(item, stream.mpu, replaces)
+        for attempt in range(3):
+            try:
+                self._check_by_head(item, replaces, self.complete_check)
+                etag = self._complete(item, stream.mpu, replaces)
+                break
+            except _Clobbered as clash:
+                if not item.has_released() or attempt == 2:
+                    raise
+                self._set_theirs_aside(item, clash.theirs)
+                replaces = clash.theirs
         whole_parts = stream.layout.whole(size)
         with state.lock:
             # The next write streams on from here, copying what S3 now has.
@@ -575,6 +694,71 @@ class Uploader:
             if exc.not_found:
                 return ""
             raise
+
+    def _set_theirs_aside(self, item: StagedFile, theirs: str) -> None:
+        """S3's object changed under a stream whose parts hold bytes the cache released: ours can
+        only complete at the path, so theirs (version ``theirs``) is copied to the conflict name."""
+        saved_as = conflict_name(item.key)
+        log.error(
+            "%s changed in S3 while ours was streamed (S3 now has %s): ours holds bytes only its "
+            "upload has, so ours goes to the path and theirs to %s",
+            item.key,
+            theirs or "none (deleted)",
+            saved_as,
+        )
+        if theirs:
+            self.store.copy_object(item.key, saved_as, if_match=theirs)
+
+    def resume(self, item: StagedFile) -> str:
+        """After a crash: take up the upload the item's record names, whose parts hold the bytes
+        the cache released, so that the next :meth:`flush` finishes it (sending the parts not
+        recorded from the staged file). Returns its upload id ("" when there is none)."""
+        recorded = item.recorded_stream()
+        if not recorded or not item.has_released():
+            return ""
+        parts = {int(n): (str(etag), str(crc)) for n, etag, crc in recorded["parts"]}
+        mpu = self.store.resume_multipart(
+            item.key,
+            recorded["upload_id"],
+            {n: etag for n, (etag, _) in parts.items()},
+            {n: crc for n, (_, crc) in parts.items() if crc},
+            recorded.get("algorithm"),
+        )
+        stream = StreamingUpload(mpu, PartLayout(int(recorded["base"]), int(recorded["per_step"])), {})
+        for number, (etag, _) in parts.items():
+            done: concurrent.futures.Future[str] = concurrent.futures.Future()
+            done.set_result(etag)
+            stream.futures[number] = done
+        stream.released = parts
+        stream.next_part = max(parts) + 1
+        state = self._state(item)
+        with state.lock:
+            state.stream = stream
+        return mpu.upload_id
+
+    def resumed_already_done(self, item: StagedFile, etag: str) -> bool:
+        """Is ``etag`` what the resumed upload of ``item`` gives when completed (the mount was
+        killed after completing it, before its record said so)? Then that upload is forgotten."""
+        state = self._state(item)
+        with state.lock:
+            stream = state.stream
+        if not isinstance(stream, StreamingUpload):
+            return False
+        digests = []
+        for n, off, length in stream.layout.spans(item.view().size):
+            if n in stream.released:
+                digests.append(bytes.fromhex(stream.released[n][0]))
+            else:
+                digest = hashlib.md5()
+                for sub in range(off, off + length, 1 << 20):
+                    digest.update(os.pread(item.fd, min(1 << 20, off + length - sub), sub))
+                digests.append(digest.digest())
+        if composite(digests) != etag:
+            return False
+        with state.lock:
+            if state.stream is stream:
+                state.stream = None
+        return True
 
     def _keep_both(self, item: StagedFile, generation: int, replaces: str, theirs: str) -> bool:
         """S3's object changed under us: upload ours as KEY.conflict-TIMESTAMP, and say so."""

@@ -98,6 +98,15 @@ class ObjectStore(Protocol):
 
     def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> bool: ...
 
+    def resume_multipart(
+        self,
+        remote_name: RemoteName,
+        upload_id: str,
+        parts: Mapping[int, str],
+        crc32: Mapping[int, str] | None = None,
+        algorithm: str | None = None,
+    ) -> MultipartUpload: ...
+
     def run_parallel(self, jobs: Iterable[Callable[[], object]]) -> None: ...
 
     def configure_checksums(self, bucket: str) -> str | None: ...
@@ -282,6 +291,16 @@ class Bucket:
 
     def abort_multipart(self, key: str, upload_id: str) -> bool:
         return self.store.abort_multipart(self.prefix + key, upload_id, bucket=self.name)
+
+    def resume_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Mapping[int, str],
+        crc32: Mapping[int, str] | None = None,
+        algorithm: str | None = None,
+    ) -> MultipartUpload:
+        return self.store.resume_multipart(self._at(key), upload_id, parts, crc32, algorithm)
 
     # -- probes at mount -----------------------------------------------------------------
 

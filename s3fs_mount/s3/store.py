@@ -1022,6 +1022,25 @@ class RemoteStore:
                 "upload-id-marker": id_marker or "",
             }
 
+    def resume_multipart(
+        self,
+        remote_name: RemoteName,
+        upload_id: str,
+        parts: Mapping[int, str],
+        crc32: Mapping[int, str] | None = None,
+        algorithm: str | None = None,
+    ) -> MultipartUpload:
+        """The multipart upload ``upload_id`` begun earlier (by another process, say), whose
+        ``parts`` (number -> ETag; ``crc32``: number -> its x-amz-checksum-crc32, when begun with
+        ``algorithm``) were sent: more parts may be sent, then it completes. No request is sent
+        here; a gone upload fails on the first (S3Error NoSuchUpload).
+        """
+        bucket, key = self._name(remote_name)
+        mpu = MultipartUpload(self, bucket, key, upload_id, algorithm)
+        mpu.parts.update(parts)
+        mpu.crc32.update(crc32 or {})
+        return mpu
+
     def abort_multipart(self, key: str, upload_id: str, bucket: str | None = None) -> bool:
         """Abort one multipart upload by id; False (logged) when that failed."""
         bucket = bucket or self.connection.default_bucket or ""

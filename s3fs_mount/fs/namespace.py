@@ -65,6 +65,7 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
+from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.parts import PartLayout
@@ -114,6 +115,7 @@ class Namespace:
     :param defaults: attributes for objects without metadata.
     :param clock: what the TTLs (and a directory's new times) are measured by.
     :param attr_cache: the most attributes kept in memory.
+    :param statahead: threads sending HEADs ahead of a directory's stats (0: none; fs/statahead.py).
 
     Locks (``_lock`` is never held during a request):
 
@@ -136,6 +138,7 @@ class Namespace:
         dir_ttl: float = 1.0,
         clock: Clock = SYSTEM,
         attr_cache: int = ATTR_CACHE_ENTRIES,
+        statahead: int = 4,
     ) -> None:
         self.clock = clock
         timer = clock.monotonic
@@ -184,6 +187,9 @@ class Namespace:
         #: The time of directories that have none of their own (implicit prefixes): stable, not "now".
         self.epoch = clock.time()
         self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
+        #: Lookups that miss in name order get their HEADs sent ahead (its lock never nests with _lock).
+        ahead = lambda path: self._fetch(path, dirs=False)  # noqa: E731
+        self.statahead = StatAhead(store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead)
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
@@ -221,6 +227,7 @@ class Namespace:
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
+        self.statahead.drop(path)
         with self._lock:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
@@ -261,6 +268,7 @@ class Namespace:
     def forget_tree(self, path: str) -> None:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
+        self.statahead.drop(path)
         with self._lock:
             self._changed[path] = self.clock.monotonic()
             for cache, with_own in (
@@ -305,7 +313,7 @@ class Namespace:
         names = self._absent_from_listing(parent, name)
         # A name missing from a listing of its parent that is no longer fresh is asked about
         # (one HEAD); the LIST for a directory of that name is spared all the same.
-        found = self._fetch(path, dirs=names is None or name in names)
+        found = self.statahead.lookup(path, lambda: self._fetch(path, dirs=names is None or name in names))
         if found is None:
             raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
         return self._cache_fetched(path, found)
@@ -414,6 +422,11 @@ class Namespace:
                 self._atimes.pop(path, None)  # stored
             else:
                 found.atime = kept
+
+    def _usable(self, path: str, asked: float) -> bool:
+        """May an answer for ``path`` asked at ``asked`` be used (we changed nothing since)?"""
+        with self._lock:
+            return not self._stale(path, asked) and not self._removed.get(path) and path not in self._deleting
 
     def _stale(self, path: str, asked: float) -> bool:
         """Was ``path`` changed by us after ``asked``? (Caller holds ``_lock``.)"""

@@ -201,7 +201,7 @@ def test_stats_in_listing_order_through_a_mount_send_one_list_and_a_head_per_fil
 def test_stats_ahead_see_another_clients_changes_made_before_their_head(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):
-    count = 60
+    count = 90
     keys = ["sb/f%04d" % i for i in range(count)]
     put_many(boto, bucket, keys)
     config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
@@ -209,17 +209,18 @@ def test_stats_ahead_see_another_clients_changes_made_before_their_head(
     top = os.path.join(mount.path, "sb")
     for i in range(10):
         os.stat(os.path.join(top, "f%04d" % i))  # the run is listed and sent ahead by now
-    boto.delete_object(Bucket=bucket, Key=keys[40])  # listed, not yet HEADed (the window is 16 at most)
+    gone, changed = 10 + statahead.MAX_WINDOW + 5, 10 + statahead.MAX_WINDOW + 10  # listed, not yet HEADed
+    boto.delete_object(Bucket=bucket, Key=keys[gone])
     mode = {"mode": str(stat.S_IFREG | 0o600)}
-    boto.put_object(Bucket=bucket, Key=keys[45], Body=b"bigger now", Metadata=mode)
+    boto.put_object(Bucket=bucket, Key=keys[changed], Body=b"bigger now", Metadata=mode)
     for i in range(10, count):
         path = os.path.join(top, "f%04d" % i)
-        if i == 40:
+        if i == gone:
             with pytest.raises(FileNotFoundError):
                 os.stat(path)
             continue
         st = os.stat(path)
-        if i == 45:
+        if i == changed:
             assert (st.st_size, stat.S_IMODE(st.st_mode)) == (10, 0o600)
         else:
             assert st.st_size == len(b"%d" % len(keys[i]))

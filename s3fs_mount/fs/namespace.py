@@ -65,6 +65,7 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
+from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
 from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
@@ -138,7 +139,7 @@ class Namespace:
         dir_ttl: float = 1.0,
         clock: Clock = SYSTEM,
         attr_cache: int = ATTR_CACHE_ENTRIES,
-        statahead: int = 4,
+        statahead: int = STATAHEAD_WORKERS,
     ) -> None:
         self.clock = clock
         timer = clock.monotonic

@@ -811,9 +811,18 @@ class Namespace:
         return A.attributes_from({}, 0, self.epoch, self.defaults, "dir", complete=False)
 
     def is_empty_dir(self, path: str) -> bool:
-        """Whether directory ``path`` has no entries in S3 (its pending deletes sent first)."""
+        """Whether directory ``path`` has no entries in S3 (its pending deletes sent first).
+
+        A listing of it less than ``dir_ttl`` old whose every name we have removed since answers
+        with no LIST (``rm -r``: the readdir a moment ago), as a name missing from it would.
+        """
         prefix = self.keymap.dir_prefix(path)
         self.settle_deletes(prefix)
+        with self._lock:
+            names, listed = self._listings.get(path), self._listed.get(path)
+            if names is not None and not names and listed is not None:
+                if self.clock.monotonic() - listed.asked < self.dir_ttl:
+                    return True
         page = next(self.store.list(prefix, delimiter="/", max_keys=2))
         return not page.prefixes and all(e.key == prefix for e in page.entries)
 

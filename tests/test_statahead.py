@@ -58,13 +58,19 @@ def settled(ops) -> bool:
         )
 
 
-def test_stats_in_name_order_head_each_file_once_with_its_full_attributes(tmp_path):
+def looked_up(tmp_path, count: int, **options) -> tuple[CountingStore, FakeClock, list[str], object]:
+    """A mount (on the fake store and clock) of ``count`` files in /d, /d looked up, nothing counted yet."""
     store, clock = CountingStore(), FakeClock()
-    keys = files(store, 300)
-    ops = make_ops(tmp_path, store, clock)
+    keys = files(store, count)
+    ops = make_ops(tmp_path, store, clock, **options)
     ops.getattr("/d")
     store.heads.clear()
     del store.lists[:]
+    return store, clock, keys, ops
+
+
+def test_stats_in_name_order_head_each_file_once_with_its_full_attributes(tmp_path):
+    store, clock, keys, ops = looked_up(tmp_path, 300)
     for i, key in enumerate(keys):
         st = ops.getattr("/" + key)
         assert (st["st_size"], st["st_mode"]) == (i, MODE)  # the mode is x-amz-meta-mode: a HEAD's
@@ -74,12 +80,7 @@ def test_stats_in_name_order_head_each_file_once_with_its_full_attributes(tmp_pa
 
 
 def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
-    store, clock = CountingStore(), FakeClock()
-    keys = files(store, 50)
-    ops = make_ops(tmp_path, store, clock)
-    ops.getattr("/d")
-    store.heads.clear()
-    del store.lists[:]
+    store, clock, keys, ops = looked_up(tmp_path, 50)
     ops.getattr("/" + keys[10])
     clock.advance(2.0)  # its answer expired: asked again, still alone
     ops.getattr("/" + keys[10])
@@ -88,12 +89,7 @@ def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
 
 
 def test_stats_against_name_order_send_nothing_ahead(tmp_path):
-    store, clock = CountingStore(), FakeClock()
-    keys = files(store, 40)
-    ops = make_ops(tmp_path, store, clock)
-    ops.getattr("/d")
-    store.heads.clear()
-    del store.lists[:]
+    store, clock, keys, ops = looked_up(tmp_path, 40)
     for key in reversed(keys):
         ops.getattr("/" + key)
     assert store.lists == [] and sum(store.heads.values()) == 40

@@ -169,6 +169,9 @@ class Namespace:
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
         self._deleting: set[str] = set()
+        #: Directories under which we removed something, for REMOVED_TTL: one without a holder (a
+        #: mere prefix) leaves S3 with its last key, and must stay until its rmdir. Guarded by _lock.
+        self._emptied: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
         #: Sends the pending deletes of keys under a prefix and waits for them (set by Mutations):
         #: a directory's emptiness is asked of S3 only once they are done.
         self.settle_deletes: Callable[[str], None] = lambda prefix: None
@@ -242,6 +245,11 @@ class Namespace:
             if gone:
                 self._missing[path] = True
                 self._removed[path] = True
+                self._emptied.pop(path, None)
+                up = parent
+                while up != "/":  # each prefix above may have held no other key
+                    self._emptied[up] = True
+                    up = KeyMap.split(up)[0]
                 self._dir_times.pop(path, None)
                 self._dir_times_kept.pop(path, None)
                 names = self._listings.get(parent)
@@ -280,6 +288,7 @@ class Namespace:
                 (self._walks, True),
                 (self._missing, False),
                 (self._removed, False),
+                (self._emptied, True),
             ):
                 for p in [p for p in list(cache.keys()) if p.startswith(prefix) or (with_own and p == path)]:
                     cache.pop(p, None)
@@ -311,12 +320,27 @@ class Namespace:
                 raise FsError(errno.ENOENT)  # we removed it ourselves
         if not is_valid_name(name):
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
+        with self._lock:
+            seen = self._full.get(path)
+        if seen is not None and seen.is_dir and seen.etag:
+            # A directory whose holder we have seen (made here, or looked up): its holder is asked
+            # again (one HEAD), not a HEAD of the name, a LIST and then the holder.
+            asked = self.clock.monotonic()
+            found = self._dir_attributes(path)
+            if found.etag:
+                found.seen_at = asked
+                return self._cache_fetched(path, found)
         names = self._absent_from_listing(parent, name)
         # A name missing from a listing of its parent that is no longer fresh is asked about
         # (one HEAD); the LIST for a directory of that name is spared all the same.
         found = self.statahead.lookup(path, lambda: self._fetch(path, dirs=names is None or name in names))
         if found is None:
-            raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
+            with self._lock:
+                emptied = self._emptied.get(path)
+            if not emptied:
+                raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
+            found = self._listed_dir()  # a prefix whose last key we removed: there until its rmdir
+            found.complete = True
         return self._cache_fetched(path, found)
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:

@@ -1147,9 +1147,12 @@ def m_setxattr(b: Bench, m: MountProc) -> float:
 
 
 def m_cp_tree(b: Bench, m: MountProc) -> float:
-    """cp -r of the local tree into MNT/tree, timed until the mount process has exited."""
+    """cp -r of the local tree into MNT/tree, timed until the mount process has exited.
+
+    ``-T``: the tree's contents go to MNT/tree even when a directory of that name is left
+    (SeaweedFS keeps an emptied directory; plain ``cp -r`` would copy into MNT/tree/SRC)."""
     t0 = time.perf_counter()
-    run(["cp", "-r", b.tree_src, os.path.join(m.path, TREE.rstrip("/"))])
+    run(["cp", "-rT", b.tree_src, os.path.join(m.path, TREE.rstrip("/"))])
     t_cp = time.perf_counter() - t0
     m.stop()  # whatever the mount still holds is in S3 once it has exited
     dt = time.perf_counter() - t0

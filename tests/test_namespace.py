@@ -55,6 +55,38 @@ def test_a_file_is_one_head_and_then_cached_for_attr_ttl():
     assert ns.lookup("/f").size == 6 and store.calls["HEAD"] == 2
 
 
+def test_a_directory_whose_holder_was_seen_is_asked_again_by_its_holder_alone():
+    ns, store, clock = make()
+    ns.write_dir("/d", A.posix_metadata(stat.S_IFDIR | 0o700, 1000, 1000, 1.0), new=True)
+    store.put("d/f", b"x")
+    assert stat.S_IMODE(ns.lookup("/d").mode) == 0o700
+    clock.advance(1.5)  # its attributes expired
+    heads, lists = store.calls["HEAD"], store.calls["LIST"]
+    assert stat.S_IMODE(ns.lookup("/d").mode) == 0o700
+    assert (store.calls["HEAD"] - heads, store.calls["LIST"] - lists) == (1, 0)
+    for key in [k for k in list(store.buckets["bucket"]) if not k.startswith("d/f")]:
+        store.remove(key)  # another client removed its holder objects: an implicit directory now
+    clock.advance(1.5)
+    a = ns.lookup("/d")
+    assert a.is_dir and not a.etag
+
+
+def test_a_directory_without_holder_stays_after_we_removed_its_last_entry_until_its_rmdir():
+    """A prefix leaves S3 with its last key: rm -r's rmdir of it, however long after, finds it."""
+    ns, store, clock = make()
+    store.put("d/e/f", b"x")
+    assert ns.lookup("/d/e").is_dir
+    ns.deleting("/d/e/f")
+    store.remove("d/e/f")  # the batch sent
+    ns.deleted("/d/e/f")
+    clock.advance(10.0)  # every cache of /d/e expired; S3 has no key under d/ any more
+    assert ns.lookup("/d/e").is_dir and ns.lookup("/d").is_dir is True
+    ns.forget("/d/e", gone=True)  # its rmdir
+    assert missing(ns, "/d/e") == errno.ENOENT
+    clock.advance(REMOVED_TTL + 1)
+    assert missing(ns, "/d") == errno.ENOENT  # nothing removed there for a while: S3 says
+
+
 def test_a_missing_name_is_never_cached():
     """A 404 is asked again at the next lookup: a name another client puts shows at once."""
     ns, store, _ = make()

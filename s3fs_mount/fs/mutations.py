@@ -245,8 +245,8 @@ class Mutations:
         """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged)."""
         if not self.is_empty_dir(path):
             raise FsError(errno.ENOTEMPTY)
-        self.store.remove(self.keymap.marker_key(path))
-        self.store.remove(self.keymap.folder_key(path))
+        marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
+        self.store.run_parallel([lambda: self.store.remove(marker), lambda: self.store.remove(folder)])
         self.namespace.forget(path, gone=True)
         self.namespace.entry_changed(KeyMap.split(path)[0])
 

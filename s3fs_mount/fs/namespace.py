@@ -65,6 +65,8 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
+from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
+from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.parts import PartLayout
@@ -114,6 +116,7 @@ class Namespace:
     :param defaults: attributes for objects without metadata.
     :param clock: what the TTLs (and a directory's new times) are measured by.
     :param attr_cache: the most attributes kept in memory.
+    :param statahead: threads sending HEADs ahead of a directory's stats (0: none; fs/statahead.py).
 
     Locks (``_lock`` is never held during a request):
 
@@ -136,6 +139,7 @@ class Namespace:
         dir_ttl: float = 1.0,
         clock: Clock = SYSTEM,
         attr_cache: int = ATTR_CACHE_ENTRIES,
+        statahead: int = STATAHEAD_WORKERS,
     ) -> None:
         self.clock = clock
         timer = clock.monotonic
@@ -165,6 +169,9 @@ class Namespace:
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
         self._deleting: set[str] = set()
+        #: Directories under which we removed something, for REMOVED_TTL: one without a holder (a
+        #: mere prefix) leaves S3 with its last key, and must stay until its rmdir. Guarded by _lock.
+        self._emptied: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
         #: Sends the pending deletes of keys under a prefix and waits for them (set by Mutations):
         #: a directory's emptiness is asked of S3 only once they are done.
         self.settle_deletes: Callable[[str], None] = lambda prefix: None
@@ -184,6 +191,9 @@ class Namespace:
         #: The time of directories that have none of their own (implicit prefixes): stable, not "now".
         self.epoch = clock.time()
         self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
+        #: Lookups that miss in name order get their HEADs sent ahead (its lock never nests with _lock).
+        ahead = lambda path: self._fetch(path, dirs=False)  # noqa: E731
+        self.statahead = StatAhead(store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead)
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
@@ -221,6 +231,7 @@ class Namespace:
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
+        self.statahead.drop(path)
         with self._lock:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
@@ -234,6 +245,11 @@ class Namespace:
             if gone:
                 self._missing[path] = True
                 self._removed[path] = True
+                self._emptied.pop(path, None)
+                up = parent
+                while up != "/":  # each prefix above may have held no other key
+                    self._emptied[up] = True
+                    up = KeyMap.split(up)[0]
                 self._dir_times.pop(path, None)
                 self._dir_times_kept.pop(path, None)
                 names = self._listings.get(parent)
@@ -261,6 +277,7 @@ class Namespace:
     def forget_tree(self, path: str) -> None:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
+        self.statahead.drop(path)
         with self._lock:
             self._changed[path] = self.clock.monotonic()
             for cache, with_own in (
@@ -271,6 +288,7 @@ class Namespace:
                 (self._walks, True),
                 (self._missing, False),
                 (self._removed, False),
+                (self._emptied, True),
             ):
                 for p in [p for p in list(cache.keys()) if p.startswith(prefix) or (with_own and p == path)]:
                     cache.pop(p, None)
@@ -302,12 +320,27 @@ class Namespace:
                 raise FsError(errno.ENOENT)  # we removed it ourselves
         if not is_valid_name(name):
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
+        with self._lock:
+            seen = self._full.get(path)
+        if seen is not None and seen.is_dir and seen.etag:
+            # A directory whose holder we have seen (made here, or looked up): its holder is asked
+            # again (one HEAD), not a HEAD of the name, a LIST and then the holder.
+            asked = self.clock.monotonic()
+            found = self._dir_attributes(path)
+            if found.etag:
+                found.seen_at = asked
+                return self._cache_fetched(path, found)
         names = self._absent_from_listing(parent, name)
         # A name missing from a listing of its parent that is no longer fresh is asked about
         # (one HEAD); the LIST for a directory of that name is spared all the same.
-        found = self._fetch(path, dirs=names is None or name in names)
+        found = self.statahead.lookup(path, lambda: self._fetch(path, dirs=names is None or name in names))
         if found is None:
-            raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
+            with self._lock:
+                emptied = self._emptied.get(path)
+            if not emptied:
+                raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
+            found = self._listed_dir()  # a prefix whose last key we removed: there until its rmdir
+            found.complete = True
         return self._cache_fetched(path, found)
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
@@ -414,6 +447,11 @@ class Namespace:
                 self._atimes.pop(path, None)  # stored
             else:
                 found.atime = kept
+
+    def _usable(self, path: str, asked: float) -> bool:
+        """May an answer for ``path`` asked at ``asked`` be used (we changed nothing since)?"""
+        with self._lock:
+            return not self._stale(path, asked) and not self._removed.get(path) and path not in self._deleting
 
     def _stale(self, path: str, asked: float) -> bool:
         """Was ``path`` changed by us after ``asked``? (Caller holds ``_lock``.)"""
@@ -797,9 +835,18 @@ class Namespace:
         return A.attributes_from({}, 0, self.epoch, self.defaults, "dir", complete=False)
 
     def is_empty_dir(self, path: str) -> bool:
-        """Whether directory ``path`` has no entries in S3 (its pending deletes sent first)."""
+        """Whether directory ``path`` has no entries in S3 (its pending deletes sent first).
+
+        A listing of it less than ``dir_ttl`` old whose every name we have removed since answers
+        with no LIST (``rm -r``: the readdir a moment ago), as a name missing from it would.
+        """
         prefix = self.keymap.dir_prefix(path)
         self.settle_deletes(prefix)
+        with self._lock:
+            names, listed = self._listings.get(path), self._listed.get(path)
+            if names is not None and not names and listed is not None:
+                if self.clock.monotonic() - listed.asked < self.dir_ttl:
+                    return True
         page = next(self.store.list(prefix, delimiter="/", max_keys=2))
         return not page.prefixes and all(e.key == prefix for e in page.entries)
 

@@ -222,6 +222,7 @@ class S3Operations(Operations):
                 log.error("could not upload %s at unmount (%s); it stays staged", item.key, exc)
                 left.append(item.key)
         self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
+        self.namespace.statahead.close()
         if self.dir_times is not None:
             self.dir_times.close()
         elif not self.options.ro:

@@ -1,0 +1,224 @@
+"""Stat-ahead (fs/statahead.py): stats of a directory's files in name order find their HEADs sent
+ahead, each file HEADed once; a lone stat costs one request; an answer fetched ahead is used only
+as a cached HEAD would be (within attr_ttl, nothing changed by us since). Unit tests on the fake
+store and clock, then a real mount on SeaweedFS counted by the fault proxy."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import errno
+import os
+import stat
+
+import pytest
+import s3rig
+from fakeclock import FakeClock
+from fakestore import FakeStore
+from test_listing import put_many, requests_of
+from test_ttl import _context, make_ops  # noqa: F401 - _context: an autouse fixture
+from waiting import eventually
+
+from s3fs_mount.fs import statahead
+from s3fs_mount.fs.fuselib import FuseOSError
+
+MODE = stat.S_IFREG | 0o640
+
+
+class CountingStore(FakeStore):
+    """The fake store, with the key of every HEAD and the start-after of every LIST."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads: collections.Counter[str] = collections.Counter()
+        self.lists: list[tuple[str, str | None]] = []
+
+    def head(self, remote_name):
+        self.heads[getattr(remote_name, "key", remote_name)] += 1
+        return super().head(remote_name)
+
+    def list(self, prefix="", delimiter="/", bucket=None, max_keys=1000, start_after=None):
+        self.lists.append((prefix, start_after))
+        return super().list(prefix, delimiter, bucket, max_keys=max_keys, start_after=start_after)
+
+
+def files(store: FakeStore, count: int, prefix: str = "d/f") -> list[str]:
+    names = ["%s%04d" % (prefix, i) for i in range(count)]
+    for i, key in enumerate(names):
+        store.put(key, b"x" * i, {"x-amz-meta-mode": str(MODE)})
+    return names
+
+
+def settled(ops) -> bool:
+    """Nothing sent ahead is still under way."""
+    sa = ops.namespace.statahead
+    with sa._lock:
+        return all(f.done() for run in sa._dirs.values() for f in run.ahead.values()) and not any(
+            run.listing for run in sa._dirs.values()
+        )
+
+
+def looked_up(tmp_path, count: int, **options) -> tuple[CountingStore, FakeClock, list[str], object]:
+    """A mount (on the fake store and clock) of ``count`` files in /d, /d looked up, nothing counted yet."""
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, count)
+    ops = make_ops(tmp_path, store, clock, **options)
+    ops.getattr("/d")
+    store.heads.clear()
+    del store.lists[:]
+    return store, clock, keys, ops
+
+
+def test_stats_in_name_order_head_each_file_once_with_its_full_attributes(tmp_path):
+    # attr_ttl 30: no answer fetched ahead gets too old to use, however slowly a loaded machine goes
+    store, clock, keys, ops = looked_up(tmp_path, 300, attr_ttl=30.0)
+    for i, key in enumerate(keys):
+        st = ops.getattr("/" + key)
+        assert (st["st_size"], st["st_mode"]) == (i, MODE)  # the mode is x-amz-meta-mode: a HEAD's
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1  # each file once
+    pages = [after for prefix, after in store.lists if prefix == "d/"]
+    assert 1 <= len(pages) <= -(-300 // statahead.PAGE)  # a page at a time, as the window needed
+
+
+def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
+    store, clock, keys, ops = looked_up(tmp_path, 50)
+    ops.getattr("/" + keys[10])
+    clock.advance(2.0)  # its answer expired: asked again, still alone
+    ops.getattr("/" + keys[10])
+    assert settled(ops)
+    assert store.heads == {keys[10]: 2} and store.lists == []
+
+
+def test_stats_against_name_order_send_nothing_ahead(tmp_path):
+    store, clock, keys, ops = looked_up(tmp_path, 40)
+    for key in reversed(keys):
+        ops.getattr("/" + key)
+    assert store.lists == [] and sum(store.heads.values()) == 40
+
+
+def test_an_answer_fetched_ahead_yields_to_our_change_and_to_attr_ttl(tmp_path):
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 40)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=5.0)
+    ops.getattr("/d")
+    for key in keys[:4]:
+        ops.getattr("/" + key)
+    eventually(lambda: settled(ops) and store.heads[keys[5]] == 1, what="the stat-ahead of f0005")
+    store.put(keys[4], b"new", {"x-amz-meta-mode": str(MODE)})  # another client's, after its HEAD ahead
+    assert ops.getattr("/" + keys[4])["st_size"] == 4  # within attr_ttl: what was asked (as a cache hit)
+    ops.namespace.forget("/" + keys[5])  # what our own change of it does: the answer ahead goes
+    assert ops.getattr("/" + keys[5])["st_size"] == 5 and store.heads[keys[5]] == 2
+    st6 = ops.getattr("/" + keys[6])  # the run goes on past the change
+    assert st6["st_size"] == 6
+    eventually(lambda: settled(ops) and store.heads[keys[8]] >= 1, what="the stat-ahead of f0008")
+    store.put(keys[8], b"changed", {"x-amz-meta-mode": str(stat.S_IFREG | 0o604)})
+    heads = store.heads[keys[8]]
+    ops.getattr("/" + keys[7])
+    clock.advance(6.0)  # past attr_ttl: what was fetched ahead is too old to use
+    st8 = ops.getattr("/" + keys[8])
+    assert (st8["st_size"], st8["st_mode"]) == (7, stat.S_IFREG | 0o604)
+    assert store.heads[keys[8]] == heads + 1
+
+
+def test_an_answer_asked_before_our_change_is_not_used(tmp_path):
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 2)
+    ops = make_ops(tmp_path, store, clock)
+    ns = ops.namespace
+    answer = ns._fetch("/" + keys[1], dirs=False)  # a HEAD ahead, answered ...
+    ns.remember("/" + keys[1], answer)  # ... and our upload of it, done after it was asked
+    future = concurrent.futures.Future()
+    future.set_result(answer)
+    assert ns.statahead._settled("/" + keys[1], future) is None
+    future = concurrent.futures.Future()
+    future.set_result(ns._fetch("/" + keys[0], dirs=False))
+    assert ns.statahead._settled("/" + keys[0], future) is not None  # nothing changed since
+
+
+def test_a_file_removed_after_the_listing_is_enoent(tmp_path):
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 20)
+    ops = make_ops(tmp_path, store, clock)
+    ops.getattr("/d")
+    for key in keys[:3]:
+        ops.getattr("/" + key)
+    eventually(lambda: settled(ops) and store.heads[keys[4]] == 1, what="the stat-ahead of f0004")
+    ops.unlink("/" + keys[4])  # ours: absent at once, whatever was fetched ahead
+    store.remove(keys[5])  # another client's, after our listing (its HEAD ahead may say either)
+    ops.getattr("/" + keys[3])
+    for key in keys[4:6]:
+        with pytest.raises(FuseOSError) as exc:
+            ops.getattr("/" + key)
+        assert exc.value.errno == errno.ENOENT
+    assert ops.getattr("/" + keys[6])["st_size"] == 6
+
+
+def test_followed_directories_are_bounded(tmp_path):
+    store, clock = CountingStore(), FakeClock()
+    for d in range(statahead.MAX_DIRS + 4):
+        files(store, 3, prefix="d%02d/f" % d)
+    ops = make_ops(tmp_path, store, clock)
+    for d in range(statahead.MAX_DIRS + 4):
+        for i in range(3):
+            ops.getattr("/d%02d/f%04d" % (d, i))
+    assert len(ops.namespace.statahead.followed()) <= statahead.MAX_DIRS
+
+
+@pytest.mark.fuse
+def test_stats_in_listing_order_through_a_mount_send_one_list_and_a_head_per_file(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    count = 100  # one stat-ahead listing page
+    keys = ["sa/f%04d" % i for i in range(count)]
+    put_many(boto, bucket, keys)
+    boto.put_object(Bucket=bucket, Key=keys[7], Body=b"seven", Metadata={"mode": str(stat.S_IFREG | 0o600)})
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory("attr_ttl=30", config=config).start()  # nothing fetched ahead gets too old
+    top = os.path.join(mount.path, "sa")
+    assert os.path.isdir(top)
+    mark = len(faultproxy.seen)
+    os.stat(os.path.join(top, "f0050"))  # a lone stat: one request
+    assert [m for m, _, _ in requests_of(faultproxy, mark)] == ["HEAD"]
+    mark = len(faultproxy.seen)
+    sizes = {}
+    for i in range(count):
+        st = os.stat(os.path.join(top, "f%04d" % i))
+        sizes[i] = (st.st_size, stat.S_IMODE(st.st_mode))
+    seen = requests_of(faultproxy, mark)
+    heads = collections.Counter(p for m, p, _ in seen if m == "HEAD")
+    lists = [q for m, _, q in seen if m == "GET" and q.get("list-type")]
+    assert set(heads) <= {"/%s/%s" % (bucket, k) for k in keys} and max(heads.values()) == 1
+    assert len(heads) <= count and len(lists) == 1 and lists[0]["prefix"] == ["sa/"]
+    assert sizes[7] == (5, 0o600)  # full attributes: the mode from x-amz-meta-mode
+    assert all(sizes[i][0] == len(b"%d" % len(keys[i])) for i in range(count) if i != 7)
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_stats_ahead_see_another_clients_changes_made_before_their_head(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    count = 90
+    keys = ["sb/f%04d" % i for i in range(count)]
+    put_many(boto, bucket, keys)
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory(config=config).start()
+    top = os.path.join(mount.path, "sb")
+    for i in range(10):
+        os.stat(os.path.join(top, "f%04d" % i))  # the run is listed and sent ahead by now
+    gone, changed = 10 + statahead.MAX_WINDOW + 5, 10 + statahead.MAX_WINDOW + 10  # listed, not yet HEADed
+    boto.delete_object(Bucket=bucket, Key=keys[gone])
+    mode = {"mode": str(stat.S_IFREG | 0o600)}
+    boto.put_object(Bucket=bucket, Key=keys[changed], Body=b"bigger now", Metadata=mode)
+    for i in range(10, count):
+        path = os.path.join(top, "f%04d" % i)
+        if i == gone:
+            with pytest.raises(FileNotFoundError):
+                os.stat(path)
+            continue
+        st = os.stat(path)
+        if i == changed:
+            assert (st.st_size, stat.S_IMODE(st.st_mode)) == (10, 0o600)
+        else:
+            assert st.st_size == len(b"%d" % len(keys[i]))
+    mount.stop()

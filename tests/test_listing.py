@@ -210,11 +210,17 @@ def test_attr_cache_option_has_a_floor():
 
 
 GETDENTS64 = {"x86_64": 217, "aarch64": 61}
+DT_REG = 8
 
 
 def getdents(fd: int, size: int = 4096) -> list[str]:
     """The names one getdents64 of ``size`` bytes returns (glibc's readdir asks for up to 1 MiB
     at once, so a small read is made here directly)."""
+    return [name for name, _ in getdents_typed(fd, size)]
+
+
+def getdents_typed(fd: int, size: int = 4096) -> list[tuple[str, int]]:
+    """(name, d_type) of what one getdents64 of ``size`` bytes returns."""
     number = GETDENTS64.get(os.uname().machine)
     if number is None:
         pytest.skip("no getdents64 number known for %s" % os.uname().machine)
@@ -226,7 +232,7 @@ def getdents(fd: int, size: int = 4096) -> list[str]:
     names, pos, raw = [], 0, buf.raw[:n]
     while pos < n:  # struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name
         (reclen,) = struct.unpack_from("H", raw, pos + 16)
-        names.append(raw[pos + 19 : pos + reclen].split(b"\0", 1)[0].decode())
+        names.append((raw[pos + 19 : pos + reclen].split(b"\0", 1)[0].decode(), raw[pos + 18]))
         pos += reclen
     return names
 
@@ -373,4 +379,27 @@ def test_the_kernel_forgets_names_of_a_walked_directory_and_keeps_those_of_a_sma
     first = os.lstat(path).st_ino
     time.sleep(3)  # twice the time a walked directory's name is kept
     assert os.lstat(path).st_ino == first
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_every_entry_of_a_large_directory_has_its_type_so_find_stats_none(mount_factory, boto, bucket):
+    count = 1500
+    put_many(boto, bucket, ["big/f%05d" % i for i in range(count)] + ["big/sub/x"])
+    mount = mount_factory().start()
+    fd = os.open(os.path.join(mount.path, "big"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        entries: list[tuple[str, int]] = []
+        while True:  # small reads: the kernel asks with attributes (readdirplus) first, then without
+            more = getdents_typed(fd, 2048)
+            if not more:
+                break
+            entries += more
+    finally:
+        os.close(fd)
+    files = [(n, t) for n, t in entries if n.startswith("f")]
+    assert len(files) == count
+    # d_type from every reply, with attributes or not: find learns from it that an entry is no
+    # directory, without a lookup (and a node in libfuse) per entry.
+    assert {t for _, t in files} == {DT_REG}
     mount.stop()

@@ -166,6 +166,7 @@ class FUSE(mfusepy.FUSE):
             with self._listings_lock:
                 self._listings[fh] = stream
         plus = bool(flags & FUSE_READDIR_PLUS)
+        kind = mfusepy.c_stat()
         index = offset
         while True:
             try:
@@ -185,6 +186,11 @@ class FUSE(mfusepy.FUSE):
                     st = mfusepy.c_stat()
                     mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
                     fill_flags = FUSE_FILL_DIR_PLUS
+                elif attrs:
+                    # A plain readdir: the type alone, for d_type (libfuse copies it), so that find
+                    # need not stat each entry to learn it is no directory.
+                    st = kind
+                    st.st_mode = attrs["st_mode"]
             stp = None if st is None else ctypes.byref(st)
             if filler(buf, name.encode(self.encoding, self.errors), stp, index + 1, fill_flags) != 0:
                 return 0  # the kernel's buffer is full: it asks again from this index

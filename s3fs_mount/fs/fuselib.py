@@ -195,6 +195,10 @@ class FUSE(mfusepy.FUSE):
             if filler(buf, name.encode(self.encoding, self.errors), stp, index + 1, fill_flags) != 0:
                 return 0  # the kernel's buffer is full: it asks again from this index
             stream.taken()
+            if fill_flags and self._kernel_names is not None:  # the kernel made a dentry of it
+                where = self._decode(path) or "/"
+                if self._kernel_names.is_large(where):
+                    self._kernel_names.forget_later(where, name)
             index += 1
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
@@ -329,7 +333,9 @@ class KernelNames:
     again, not forget (only virtiofs deletes stale dentries). libfuse keeps a node,
     in our process, for each such inode until the kernel forgets it, so a walk of a
     directory of a million names grew the mount by ~200 bytes a name
-    (bench/README.md). Names queued by :meth:`forget_later` are invalidated
+    (bench/README.md). Names queued by :meth:`forget_later` (by the FUSE binding: those
+    of a :meth:`large` directory that readdirplus handed the kernel; by the operations:
+    lookups in one) are invalidated
     (``fuse_lowlevel_notify_inval_entry``) ``delay`` seconds later by a thread of
     ours, never from a FUSE call (the kernel holds the directory's lock while it
     waits for our answer). The kernel then drops the dentry, evicts the inode and
@@ -344,7 +350,7 @@ class KernelNames:
     :param clock: what ``delay`` is measured by.
     :param limit: most names queued; more are not queued (the kernel keeps those).
 
-    GUARDED_BY(_lock): ``_due``, ``_nodes``, ``queued``, ``forgotten``, ``unknown``, ``overflow``.
+    GUARDED_BY(_lock): ``_due``, ``_nodes``, ``_large``, ``queued``, ``forgotten``, ``unknown``, ``overflow``.
     Set once by :meth:`start`: ``_forget``, ``_thread``.
     """
 
@@ -360,6 +366,7 @@ class KernelNames:
         self._lock = threading.Lock()
         self._due: deque[tuple[float, int, str]] = deque()  # (when, directory node id, name), in time order
         self._nodes: dict[str, int] = {}  # directory path -> its node id, the last DIRECTORIES read
+        self._large: dict[str, bool] = {}  # large directories (paths), the last DIRECTORIES said so
         self.queued = 0  #: names queued, in all
         self.forgotten = 0  #: names the kernel dropped when told
         self.unknown = 0  #: names the kernel no longer had (or whose directory had gone)
@@ -375,6 +382,19 @@ class KernelNames:
             self._nodes[path] = node
             if len(self._nodes) > KERNEL_NAMES_DIRECTORIES:
                 del self._nodes[next(iter(self._nodes))]
+
+    def large(self, path: str) -> None:
+        """Directory ``path`` is large: the names handed out with their attributes are forgotten."""
+        with self._lock:
+            self._large.pop(path, None)
+            self._large[path] = True
+            if len(self._large) > KERNEL_NAMES_DIRECTORIES:
+                del self._large[next(iter(self._large))]
+
+    def is_large(self, path: str) -> bool:
+        """Whether :meth:`large` was said of directory ``path`` (of the last ones it was said of)."""
+        with self._lock:
+            return path in self._large
 
     def forget_later(self, parent: str, name: str) -> None:
         """Name ``name`` of directory ``parent`` (a path) is to be forgotten ``delay`` s from now."""

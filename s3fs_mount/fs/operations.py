@@ -352,8 +352,8 @@ class S3Operations(Operations):
             item = staged.pop(name, None)
             if item is not None:
                 a = self._item_attributes(item)
-            if names is not None and n >= self.namespace.listed_names:  # a large directory
-                names.forget_later(path, name)
+            if names is not None and n == self.namespace.listed_names:  # a large directory
+                names.large(path)
             yield name, None if a.is_dir and not a.complete else a.stat(), 0
         for name, item in sorted(staged.items()):
             yield name, self._item_attributes(item).stat(), 0

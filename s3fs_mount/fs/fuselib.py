@@ -378,18 +378,12 @@ class KernelNames:
     def directory(self, path: str, node: int) -> None:
         """Directory ``path`` has node id ``node`` (it is being read)."""
         with self._lock:
-            self._nodes.pop(path, None)
-            self._nodes[path] = node
-            if len(self._nodes) > KERNEL_NAMES_DIRECTORIES:
-                del self._nodes[next(iter(self._nodes))]
+            _keep_recent(self._nodes, path, node)
 
     def large(self, path: str) -> None:
         """Directory ``path`` is large: the names handed out with their attributes are forgotten."""
         with self._lock:
-            self._large.pop(path, None)
-            self._large[path] = True
-            if len(self._large) > KERNEL_NAMES_DIRECTORIES:
-                del self._large[next(iter(self._large))]
+            _keep_recent(self._large, path, True)
 
     def is_large(self, path: str) -> bool:
         """Whether :meth:`large` was said of directory ``path`` (of the last ones it was said of)."""
@@ -449,6 +443,14 @@ class KernelNames:
             self.forgotten += dropped
             self.unknown += missed
         return dropped
+
+
+def _keep_recent(recent: dict[str, T], key: str, value: T) -> None:
+    """``recent[key] = value`` as its newest entry; the oldest goes past KERNEL_NAMES_DIRECTORIES."""
+    recent.pop(key, None)
+    recent[key] = value
+    if len(recent) > KERNEL_NAMES_DIRECTORIES:
+        del recent[next(iter(recent))]
 
 
 class ThreadStates:

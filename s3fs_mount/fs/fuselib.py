@@ -103,6 +103,13 @@ class FUSE(mfusepy.FUSE):
     operations have the last, and only the one entry the kernel's buffer had
     no room for is held between calls. ``releasedir`` drops it.
 
+    A plain readdir (the kernel asks with attributes on its first call and after
+    lookups only) still gives each entry's type (``st_mode`` alone): without it
+    every entry was DT_UNKNOWN and ``find`` looked each one up. Names of a large
+    directory that go out with attributes are queued to the operations'
+    ``kernel_names`` (:class:`KernelNames`), whose directory node ids this class
+    finds in libfuse's readdir handle.
+
     ``getxattr`` of a name under the operations' ``unstored_xattr_prefixes``
     is ENOTSUP without a call into the operations (``ls -l`` asks two such
     names per entry until one says ENOTSUP).

@@ -8,6 +8,7 @@ import errno
 import os
 import struct
 import subprocess
+import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,8 +17,10 @@ import s3rig
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse fixture
 
-from s3fs_mount.fs.fuselib import DirStream, FuseOSError
+from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, DirStream, FuseOSError, KernelNames
+from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions, OptionError
+from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 
 
@@ -145,6 +148,59 @@ def test_a_listing_that_fails_is_listed_again_at_the_next_call(tmp_path):
     assert len(list(ops.readdir("/big", 2))) == 2502  # listed again
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_kernel_names_are_forgotten_once_their_delay_has_passed_in_order_and_bounded():
+    clock = Clock()
+    names = KernelNames(1.5, clock=clock, limit=3)
+    told: list[tuple[int, str]] = []
+    names.start = lambda forget: setattr(names, "_forget", forget)  # no thread: forget_due by hand
+    names.start(lambda node, name: told.append((node, name)) or (0 if name != "gone" else -errno.ENOENT))
+    names.forget_later("/big", "a")  # the directory's node id is not known yet: not queued
+    names.directory("/big", 7)
+    names.forget_later("/big", "b")
+    clock.now += 1.0
+    names.forget_later("/big", "gone")
+    names.forget_later("/big", "c")
+    names.forget_later("/big", "d")  # over the limit of 3 queued
+    assert names.forget_due() == 0 and told == []  # nothing due yet
+    clock.now += 0.5
+    assert names.forget_due() == 1 and told == [(7, "b")]
+    clock.now += 1.0
+    assert names.forget_due() == 1 and told[1:] == [(7, "gone"), (7, "c")]
+    assert (names.queued, names.forgotten, names.unknown, names.overflow) == (3, 2, 1, 1)
+
+
+def test_names_of_a_large_directory_are_queued_to_be_forgotten_and_of_a_small_one_not(tmp_path):
+    if LIBFUSE_MAJOR != 3:
+        pytest.skip("only libfuse3 can tell the kernel to forget names")
+    store = big_store(3000)
+    for i in range(50):
+        store.put("small/f%02d" % i, b"")
+    opts = MountOptions(cache_dir=str(tmp_path / "cache"), attr_cache=1000)
+    ops = S3Operations(Bucket(store, "bucket"), "", opts, mountpoint=str(tmp_path / "mnt"))
+    ops.namespace.configure_directories()
+    names = ops.kernel_names
+    assert names is not None
+    names.directory("/big", 11)
+    names.directory("/small", 12)
+    listed = [e for e in ops.readdir("/big", 1) if not isinstance(e, str)]
+    assert len(listed) == 3000
+    # Past the names kept: the FUSE binding queues what readdirplus hands the kernel.
+    assert names.is_large("/big") and names.queued == 0
+    ops.getattr("/big/f000001")  # a lookup in the walked directory
+    assert names.queued == 1
+    assert len([e for e in ops.readdir("/small", 2) if not isinstance(e, str)]) == 50
+    ops.getattr("/small/f01")
+    assert not names.is_large("/small") and names.queued == 1  # a small directory: the kernel keeps it
+
+
 def test_attr_cache_option_has_a_floor():
     assert MountOptions.parse(["attr_cache=500"]).attr_cache == 500
     with pytest.raises(OptionError, match="attr_cache=10"):
@@ -155,11 +211,17 @@ def test_attr_cache_option_has_a_floor():
 
 
 GETDENTS64 = {"x86_64": 217, "aarch64": 61}
+DT_REG = 8
 
 
 def getdents(fd: int, size: int = 4096) -> list[str]:
     """The names one getdents64 of ``size`` bytes returns (glibc's readdir asks for up to 1 MiB
     at once, so a small read is made here directly)."""
+    return [name for name, _ in getdents_typed(fd, size)]
+
+
+def getdents_typed(fd: int, size: int = 4096) -> list[tuple[str, int]]:
+    """(name, d_type) of what one getdents64 of ``size`` bytes returns."""
     number = GETDENTS64.get(os.uname().machine)
     if number is None:
         pytest.skip("no getdents64 number known for %s" % os.uname().machine)
@@ -171,7 +233,7 @@ def getdents(fd: int, size: int = 4096) -> list[str]:
     names, pos, raw = [], 0, buf.raw[:n]
     while pos < n:  # struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name
         (reclen,) = struct.unpack_from("H", raw, pos + 16)
-        names.append(raw[pos + 19 : pos + reclen].split(b"\0", 1)[0].decode())
+        names.append((raw[pos + 19 : pos + reclen].split(b"\0", 1)[0].decode(), raw[pos + 18]))
         pos += reclen
     return names
 
@@ -284,4 +346,61 @@ def test_a_file_rename_sends_the_copy_and_the_delete_and_only_the_kernels_lookup
     assert [m for m, p, _ in seen if p == "/%s/r/dst" % bucket] == ["HEAD", "PUT"]
     assert boto.get_object(Bucket=bucket, Key="r/dst")["Body"].read() == b"x" * 100_000
     assert "Contents" not in boto.list_objects_v2(Bucket=bucket, Prefix="r/src")
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_the_kernel_forgets_names_of_a_walked_directory_and_keeps_those_of_a_small_one(
+    mount_factory, boto, bucket
+):
+    if LIBFUSE_MAJOR != 3:
+        pytest.skip("only libfuse3 can tell the kernel to forget names")
+    put_many(boto, bucket, ["big/f%05d" % i for i in range(1500)] + ["small/f%d" % i for i in range(5)])
+    mount = mount_factory("attr_cache=300").start()  # directories of over 300 names are walked
+    env = dict(os.environ, LC_ALL="C")
+    big, small = os.path.join(mount.path, "big"), os.path.join(mount.path, "small")
+    for where in (big, small):
+        subprocess.run(["ls", "-l", where], capture_output=True, env=env, timeout=120, check=True)
+
+    def forgotten(path: str) -> bool:
+        """libfuse numbers inodes by its node id: a new number is a new node, the old one freed
+        when the kernel forgot the name (each lookup here queues the name again)."""
+        first = os.lstat(path).st_ino
+        deadline = time.monotonic() + 60  # forgotten attr_ttl + 0.5 s after the lookup: 1.5 s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if os.lstat(path).st_ino != first:
+                return True
+        return False
+
+    assert forgotten(os.path.join(big, "f01200"))  # handed out past the names kept, then looked up
+    assert forgotten(os.path.join(big, "f00003"))  # among the first: looked up in a walked directory
+    # A small directory's names stay in the kernel's cache, and libfuse's node with them.
+    path = os.path.join(small, "f1")
+    first = os.lstat(path).st_ino
+    time.sleep(3)  # twice the time a walked directory's name is kept
+    assert os.lstat(path).st_ino == first
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_every_entry_of_a_large_directory_has_its_type_so_find_stats_none(mount_factory, boto, bucket):
+    count = 1500
+    put_many(boto, bucket, ["big/f%05d" % i for i in range(count)] + ["big/sub/x"])
+    mount = mount_factory().start()
+    fd = os.open(os.path.join(mount.path, "big"), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        entries: list[tuple[str, int]] = []
+        while True:  # small reads: the kernel asks with attributes (readdirplus) first, then without
+            more = getdents_typed(fd, 2048)
+            if not more:
+                break
+            entries += more
+    finally:
+        os.close(fd)
+    files = [(n, t) for n, t in entries if n.startswith("f")]
+    assert len(files) == count
+    # d_type from every reply, with attributes or not: find learns from it that an entry is no
+    # directory, without a lookup (and a node in libfuse) per entry.
+    assert {t for _, t in files} == {DT_REG}
     mount.stop()

@@ -20,8 +20,10 @@ import errno
 import functools
 import logging
 import os
+import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from ctypes.util import find_library
 from typing import Any, Protocol, TypeVar
@@ -72,7 +74,14 @@ MAX_HELD_THREAD_STATES = 64
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asks for attributes too (libfuse3)
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry's attributes are complete
 
-__all__ = ["FUSE", "FuseOSError", "Operations", "fuse_get_context", "LIBFUSE_MAJOR"]
+#: Names waiting for the kernel to be told to forget them (see KernelNames): past this, no more are queued.
+KERNEL_NAMES_QUEUED = 200_000
+#: Directories whose node ids KernelNames keeps (the ones read last).
+KERNEL_NAMES_DIRECTORIES = 256
+#: How often KernelNames looks for names whose time has come.
+KERNEL_NAMES_PERIOD = 0.25
+
+__all__ = ["FUSE", "FuseOSError", "Operations", "fuse_get_context", "KernelNames", "LIBFUSE_MAJOR"]
 
 
 class CallObserver(Protocol):
@@ -93,6 +102,13 @@ class FUSE(mfusepy.FUSE):
     kernel asks for them (:class:`DirStream`): the first go out before the
     operations have the last, and only the one entry the kernel's buffer had
     no room for is held between calls. ``releasedir`` drops it.
+
+    A plain readdir (the kernel asks with attributes on its first call and after
+    lookups only) still gives each entry's type (``st_mode`` alone): without it
+    every entry was DT_UNKNOWN and ``find`` looked each one up. Names of a large
+    directory that go out with attributes are queued to the operations'
+    ``kernel_names`` (:class:`KernelNames`), whose directory node ids this class
+    finds in libfuse's readdir handle.
 
     ``getxattr`` of a name under the operations' ``unstored_xattr_prefixes``
     is ENOTSUP without a call into the operations (``ls -l`` asks two such
@@ -118,6 +134,10 @@ class FUSE(mfusepy.FUSE):
     def __init__(
         self, operations: Any, mountpoint: str, observer: CallObserver | None = None, **kwargs: Any
     ) -> None:
+        #: The operations' KernelNames (if any): bound to this session at init, stopped at destroy.
+        self._kernel_names: KernelNames | None = getattr(operations, "kernel_names", None)
+        self._fuse_pointer: int | None = None  # libfuse's struct fuse, set at init
+        self._layout_warned = False  # unguarded: a race warns twice, no more
         #: Told of every call (``fuse_call(operation, seconds, result)``); None: nothing is timed.
         self._observer = observer
         #: GUARDED_BY(_listings_lock): directory handle -> its entries, as handed out.
@@ -145,10 +165,15 @@ class FUSE(mfusepy.FUSE):
         with self._listings_lock:
             stream = self._listings.get(fh)
         if stream is None or not stream.can_seek(offset):  # a first call, or a rewind
+            if self._kernel_names is not None and path is not None:
+                node = self._dir_node_id(buf, fh)
+                if node is not None:
+                    self._kernel_names.directory(self._decode(path) or "/", node)
             stream = DirStream(iter(self.operations.readdir(self._decode(path), fh)))
             with self._listings_lock:
                 self._listings[fh] = stream
         plus = bool(flags & FUSE_READDIR_PLUS)
+        kind = mfusepy.c_stat()
         index = offset
         while True:
             try:
@@ -168,11 +193,70 @@ class FUSE(mfusepy.FUSE):
                     st = mfusepy.c_stat()
                     mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
                     fill_flags = FUSE_FILL_DIR_PLUS
+                elif attrs:
+                    # A plain readdir: the type alone, for d_type (libfuse copies it), so that find
+                    # need not stat each entry to learn it is no directory.
+                    st = kind
+                    st.st_mode = attrs["st_mode"]
             stp = None if st is None else ctypes.byref(st)
             if filler(buf, name.encode(self.encoding, self.errors), stp, index + 1, fill_flags) != 0:
                 return 0  # the kernel's buffer is full: it asks again from this index
             stream.taken()
+            if fill_flags and self._kernel_names is not None:  # the kernel made a dentry of it
+                where = self._decode(path) or "/"
+                if self._kernel_names.is_large(where):
+                    self._kernel_names.forget_later(where, name)
             index += 1
+
+    def init_fuse_3(self, conn: Any, config: Any) -> None:
+        super().init_fuse_3(conn, config)
+        if self._kernel_names is not None:
+            fuse = mfusepy._libfuse.fuse_get_context().contents.fuse  # valid inside this call only
+            self._fuse_pointer = fuse
+            lib = mfusepy._libfuse
+            lib.fuse_get_session.restype = ctypes.c_void_p
+            lib.fuse_get_session.argtypes = [ctypes.c_void_p]
+            notify = lib.fuse_lowlevel_notify_inval_entry
+            notify.restype = ctypes.c_int
+            notify.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+            session = lib.fuse_get_session(fuse)
+            encoding, errors = self.encoding, self.errors
+
+            def forget(parent: int, name: str) -> int:
+                raw = name.encode(encoding, errors)
+                return notify(session, parent, raw, len(raw))
+
+            self._kernel_names.start(forget)
+
+    def destroy(self, private_data: Any) -> None:
+        if self._kernel_names is not None:
+            self._kernel_names.stop()
+        return super().destroy(private_data)
+
+    def _dir_node_id(self, buf: Any, fh: int) -> int | None:
+        """The node id of the directory a readdir is of, from libfuse's ``struct fuse_dh`` (``buf``).
+
+        The high-level API hands the operations a path only; the kernel names a directory by
+        node id. libfuse 3's handle holds, after its mutex, the ``struct fuse`` pointer, then
+        four pointers, four ints, our ``fh``, an int and the node id: it is read only where
+        the pointer and ``fh`` are both found where that layout puts them (else None, and the
+        directory's names are left to the kernel).
+        """
+        if not buf or not self._fuse_pointer:
+            return None
+        words = struct.unpack("24Q", ctypes.string_at(buf, 24 * 8))
+        for i in range(12):  # the mutex: 40 bytes on x86_64, 48 on aarch64
+            if words[i] == self._fuse_pointer:
+                if words[i + 7] == fh and words[i + 9]:
+                    return words[i + 9]
+                break
+        if not self._layout_warned:
+            self._layout_warned = True
+            log.warning(
+                "this libfuse's directory handle is not laid out as expected: the names of large "
+                "directories stay in the kernel's cache (and libfuse's) until memory runs short"
+            )
+        return None
 
     def releasedir(self, path: bytes | None, fip: Any) -> int:
         with self._listings_lock:
@@ -246,6 +330,134 @@ class DirStream:
         """The kernel took the entry at the current index."""
         self._current = None
         self._index += 1
+
+
+class KernelNames:
+    """Tells the kernel to forget names of large directories once their entry timeout has passed.
+
+    Linux keeps a dentry and an inode for every name it looked up (or was handed by
+    readdirplus) until memory runs short: a timeout that has passed makes it ask us
+    again, not forget (only virtiofs deletes stale dentries). libfuse keeps a node,
+    in our process, for each such inode until the kernel forgets it, so a walk of a
+    directory of a million names grew the mount by ~200 bytes a name
+    (bench/README.md). Names queued by :meth:`forget_later` (by the FUSE binding: those
+    of a :meth:`large` directory that readdirplus handed the kernel; by the operations:
+    lookups in one) are invalidated
+    (``fuse_lowlevel_notify_inval_entry``) ``delay`` seconds later by a thread of
+    ours, never from a FUSE call (the kernel holds the directory's lock while it
+    waits for our answer). The kernel then drops the dentry, evicts the inode and
+    sends FORGET, and libfuse frees its node. Whoever uses the name again is looked
+    up again, as after the timeout anyway.
+
+    The kernel names a directory by node id: :meth:`directory` records the id of each
+    directory read (the FUSE binding finds it in libfuse's readdir handle); names of a
+    directory whose id is not known are not queued.
+
+    :param delay: seconds from queueing to forgetting (the kernel's entry timeout, or more).
+    :param clock: what ``delay`` is measured by.
+    :param limit: most names queued; more are not queued (the kernel keeps those).
+
+    GUARDED_BY(_lock): ``_due``, ``_nodes``, ``_large``, ``queued``, ``forgotten``, ``unknown``, ``overflow``.
+    Set once by :meth:`start`: ``_forget``, ``_thread``.
+    """
+
+    def __init__(
+        self,
+        delay: float,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int = KERNEL_NAMES_QUEUED,
+    ) -> None:
+        self.delay = delay
+        self.clock = clock
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._due: deque[tuple[float, int, str]] = deque()  # (when, directory node id, name), in time order
+        self._nodes: dict[str, int] = {}  # directory path -> its node id, the last DIRECTORIES read
+        self._large: dict[str, bool] = {}  # large directories (paths), the last DIRECTORIES said so
+        self.queued = 0  #: names queued, in all
+        self.forgotten = 0  #: names the kernel dropped when told
+        self.unknown = 0  #: names the kernel no longer had (or whose directory had gone)
+        self.overflow = 0  #: names not queued: the queue was full
+        self._forget: Callable[[int, str], int] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def directory(self, path: str, node: int) -> None:
+        """Directory ``path`` has node id ``node`` (it is being read)."""
+        with self._lock:
+            _keep_recent(self._nodes, path, node)
+
+    def large(self, path: str) -> None:
+        """Directory ``path`` is large: the names handed out with their attributes are forgotten."""
+        with self._lock:
+            _keep_recent(self._large, path, True)
+
+    def is_large(self, path: str) -> bool:
+        """Whether :meth:`large` was said of directory ``path`` (of the last ones it was said of)."""
+        with self._lock:
+            return path in self._large
+
+    def forget_later(self, parent: str, name: str) -> None:
+        """Name ``name`` of directory ``parent`` (a path) is to be forgotten ``delay`` s from now."""
+        with self._lock:
+            node = self._nodes.get(parent)
+            if node is None:
+                return
+            if len(self._due) >= self.limit:
+                self.overflow += 1
+                return
+            self._due.append((self.clock() + self.delay, node, name))
+            self.queued += 1
+
+    def start(self, forget: Callable[[int, str], int]) -> None:
+        """Forget due names with ``forget(parent node id, name)`` (0, or -errno) from a thread of ours."""
+        self._forget = forget
+        self._thread = threading.Thread(target=self._run, name="kernel-names", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """No more forgetting (the session is ending); what is queued stays as it is."""
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(KERNEL_NAMES_PERIOD):
+            try:
+                self.forget_due()
+            except Exception:  # noqa: BLE001 - never end the thread: the next round tries again
+                log.exception("telling the kernel to forget names failed")
+
+    def forget_due(self) -> int:
+        """Tell the kernel to forget every name whose time has come; returns how many it dropped."""
+        forget = self._forget
+        if forget is None:
+            return 0
+        now = self.clock()
+        with self._lock:
+            due: list[tuple[float, int, str]] = []
+            while self._due and self._due[0][0] <= now:
+                due.append(self._due.popleft())
+        dropped = missed = 0
+        for _, node, name in due:
+            if self._stopped.is_set():
+                break
+            if forget(node, name) == 0:
+                dropped += 1
+            else:
+                missed += 1
+        with self._lock:
+            self.forgotten += dropped
+            self.unknown += missed
+        return dropped
+
+
+def _keep_recent(recent: dict[str, T], key: str, value: T) -> None:
+    """``recent[key] = value`` as its newest entry; the oldest goes past KERNEL_NAMES_DIRECTORIES."""
+    recent.pop(key, None)
+    recent[key] = value
+    if len(recent) > KERNEL_NAMES_DIRECTORIES:
+        del recent[next(iter(recent))]
 
 
 class ThreadStates:

@@ -293,6 +293,11 @@ class Namespace:
                 for p in [p for p in list(cache.keys()) if p.startswith(prefix) or (with_own and p == path)]:
                     cache.pop(p, None)
 
+    def walked(self, path: str) -> bool:
+        """Whether directory ``path`` was listed a moment ago and is too large to keep its names."""
+        with self._lock:
+            return path not in self._listings and self._walks.get(path) is not None
+
     # -- lookup --------------------------------------------------------------------------
 
     def lookup(self, path: str) -> A.Attributes:
@@ -725,6 +730,9 @@ class Namespace:
                 names.update(name for name, _ in shown)
                 if len(names) > self.listed_names:
                     names = None  # too many to keep: lookups there go by _walks
+            if names is None:  # a walk under way (du stats entries while it reads on) counts too
+                with self._lock:
+                    self._walks[path] = _walk_ttl(count)
             yield from shown
         with self._lock:
             if names is not None:

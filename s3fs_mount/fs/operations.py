@@ -21,7 +21,14 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
 from s3fs_mount.fs.errors import FsError, Replaced
-from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, Operations, fuse_entries, fuse_get_context, fuse_operation
+from s3fs_mount.fs.fuselib import (
+    LIBFUSE_MAJOR,
+    KernelNames,
+    Operations,
+    fuse_entries,
+    fuse_get_context,
+    fuse_operation,
+)
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
 from s3fs_mount.fs.namespace import Namespace
@@ -41,6 +48,8 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 SYMLINK_MODE = stat.S_IFLNK | 0o777
 HIDDEN_PREFIX = ".fuse_hidden"
 MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its default logs a complaint)
+#: Seconds past the kernel's entry timeout before a large directory's names are forgotten (KernelNames).
+KERNEL_NAMES_GRACE = 0.5
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
 
 
@@ -151,6 +160,13 @@ class S3Operations(Operations):
         #: .fuse_hidden path -> the unlinked file its handles still use (see _hide)
         self._hidden: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
+        #: Names of large directories the kernel is told to forget once it would ask again anyway
+        #: (libfuse keeps a node per name the kernel holds): libfuse3 only, which can tell it.
+        self.kernel_names = (
+            KernelNames(options.attr_ttl + KERNEL_NAMES_GRACE)
+            if mountpoint and LIBFUSE_MAJOR == 3
+            else None
+        )
         self.unuploaded: list[str] | None = None  # set by destroy()
         self.dir_times: DirTimesWriter | None = None  # set by start()
         self._next_fh = itertools.count(1)
@@ -304,7 +320,12 @@ class S3Operations(Operations):
         h = self._handles.get(fh) if fh is not None else None
         if h is not None:  # fstat: the open file's own copy (it may be unlinked, or renamed)
             return self._item_attributes(h.item).stat()
-        return self._attributes(path).stat()
+        found = self._attributes(path).stat()
+        if self.kernel_names is not None and path != "/":
+            parent, name = KeyMap.split(path)
+            if self.namespace.walked(parent):
+                self.kernel_names.forget_later(parent, name)
+        return found
 
     def opendir(self, path: str) -> int:
         return next(self._next_fh)  # distinct per open directory: fuselib keeps its listing by it
@@ -328,10 +349,13 @@ class S3Operations(Operations):
         yield ".."
         # A directory's mode and owner are on its holder, which a listing does not show: the kernel
         # asks (getattr) rather than be told the defaults.
-        for name, a in self.namespace.iter_dir(path):
+        names = self.kernel_names
+        for n, (name, a) in enumerate(self.namespace.iter_dir(path)):
             item = staged.pop(name, None)
             if item is not None:
                 a = self._item_attributes(item)
+            if names is not None and n == self.namespace.listed_names:  # a large directory
+                names.large(path)
             yield name, None if a.is_dir and not a.complete else a.stat(), 0
         for name, item in sorted(staged.items()):
             yield name, self._item_attributes(item).stat(), 0

@@ -20,6 +20,7 @@ import errno
 import functools
 import logging
 import os
+import platform
 import struct
 import threading
 import time
@@ -34,6 +35,10 @@ from s3fs_mount.s3.errors import RemoteStoreError
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: glibc's sizeof(pthread_mutex_t), where libfuse's directory handle begins (other machines:
+#: the kernel keeps the names of large directories).
+_PTHREAD_MUTEX_SIZE = {"x86_64": 40, "aarch64": 48}
 T = TypeVar("T")
 
 
@@ -242,14 +247,15 @@ class FUSE(mfusepy.FUSE):
         the pointer and ``fh`` are both found where that layout puts them (else None, and the
         directory's names are left to the kernel).
         """
-        if not buf or not self._fuse_pointer:
+        mutex = _PTHREAD_MUTEX_SIZE.get(platform.machine())
+        if not buf or not self._fuse_pointer or mutex is None:
             return None
-        words = struct.unpack("24Q", ctypes.string_at(buf, 24 * 8))
-        for i in range(12):  # the mutex: 40 bytes on x86_64, 48 on aarch64
-            if words[i] == self._fuse_pointer:
-                if words[i + 7] == fh and words[i + 9]:
-                    return words[i + 9]
-                break
+        # Exactly the handle's bytes (its mutex and 80 more): a byte past its end may be an
+        # unmapped page of a thread's malloc arena (reading 192 bytes crashed the mount).
+        first = mutex // 8
+        words = struct.unpack("%dQ" % (first + 10), ctypes.string_at(buf, mutex + 80))
+        if words[first] == self._fuse_pointer and words[first + 7] == fh and words[first + 9]:
+            return words[first + 9]
         if not self._layout_warned:
             self._layout_warned = True
             log.warning(

@@ -18,6 +18,7 @@ reason when the child gives up first.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import logging.handlers
@@ -365,6 +366,7 @@ def launch(
     """
     if inv.foreground:
         _log_serving(logging.StreamHandler(sys.stderr), inv.opts.debug)
+        faulthandler.enable(sys.stderr)  # a crash in C (libfuse, ctypes) leaves every thread's stack
         return run()
     code = daemonize(run, inv.mountpoint, inv.opts, wait)
     if code == 0 and done is not None and not inv.quiet:
@@ -437,6 +439,7 @@ def _run_daemon(run: Callable[[], int], log_fd: int, report_fd: int, use_syslog:
             except OSError:
                 handler = logging.StreamHandler(sys.stderr)
         _log_serving(handler, debug)
+        faulthandler.enable(sys.stderr)  # the log file: a crash in C leaves every thread's stack there
         log.info("%s %s daemon started (pid %d)", PROG, __version__, os.getpid())
         code = run()
         if code:

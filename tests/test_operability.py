@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,27 @@ def test_daemon_mount_status_sync_and_log_summary(mount_factory, s3yaml, bucket,
     assert "unmounted" in text and "requests" in text  # the summary
     secret = yaml.safe_load(open(s3yaml))["s3"]["secret_access_key"]
     assert secret not in text
+
+
+def test_a_mount_killed_by_a_fatal_signal_leaves_its_threads_stacks_in_the_log(s3yaml, bucket, tmp_path):
+    """A crash below Python (libfuse, ctypes) must say where it was: faulthandler writes every
+    thread's stack to the daemon's log (a SIGSEGV in readdir once left nothing there)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log_file = tmp_path / "mount.log"
+    opts = "cache_dir=%s,log_file=%s" % (tmp_path / "c", log_file)
+    r = run("-c", str(s3yaml), "-o", opts, bucket, str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        pid = int(re.search(r"daemon started \(pid (\d+)\)", log_file.read_text())[1])
+        os.kill(pid, signal.SIGSEGV)
+        crashed = "Fatal Python error: Segmentation fault"
+        eventually(lambda: crashed in log_file.read_text(), what="the crash report in the log")
+        text = log_file.read_text()
+        where = "fuselib.py" in text or "mfusepy.py" in text  # the thread serving FUSE
+        assert "most recent call first" in text and where, text[-2000:]
+    finally:
+        subprocess.run(["fusermount", "-u", "-z", str(mnt)], check=False)
 
 
 def test_status_of_something_else_is_one_clear_line(tmp_path):

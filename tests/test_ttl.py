@@ -120,6 +120,41 @@ def test_a_burst_of_new_names_lists_the_directory_again_instead_of_a_head_each(t
     assert len(names(ops, "/d")) == 31
 
 
+def test_a_burst_lists_from_the_new_name_on_not_the_whole_directory_again(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=1.0)
+    for i in range(500):
+        store.put("d/a%03d" % i, b"1")
+    assert len(names(ops, "/d")) == 500
+    listed: list[int] = []  # entries and prefixes per LIST page of d/ from now on
+    real_list = store.list
+
+    def counted(prefix="", *args, **kwargs):
+        for page in real_list(prefix, *args, **kwargs):
+            if prefix == "d/":
+                listed.append(len(page.entries) + len(page.prefixes))
+            yield page
+
+    store.list = counted
+    heads = asked_of(store, "head")
+    for i in range(30):  # a create every 0.1 s, in name order
+        with pytest.raises(FuseOSError):
+            ops.getattr("/d/f%02d" % i)
+        ops.release("/d/f%02d" % i, ops.create("/d/f%02d" % i, 0o644))
+        clock.advance(0.1)
+    assert [k for k in heads if k.startswith("d/f")] == []  # no HEAD of a new name
+    assert 2 <= len(listed) <= 3  # one LIST a dir_ttl, as before
+    assert sum(listed) <= 30  # each from the new name on: not the 500 older names again
+    store.put("d/g", b"22")  # another client, after the names being made
+    store.put("d/b", b"333")  # and before them
+    clock.advance(1.0)
+    with pytest.raises(FuseOSError):
+        ops.getattr("/d/f30")  # expired: listed from f3 on, which shows g
+    assert ops.getattr("/d/g")["st_size"] == 2
+    assert ops.getattr("/d/b")["st_size"] == 3  # not in that page: asked about once dir_ttl passed
+    assert len(names(ops, "/d")) == 532
+
+
 def test_a_name_we_made_while_the_directory_was_listed_is_not_taken_for_absent(tmp_path):
     store, clock = FakeStore(), FakeClock()
     ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)

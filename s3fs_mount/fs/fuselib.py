@@ -244,9 +244,12 @@ class FUSE(mfusepy.FUSE):
         """
         if not buf or not self._fuse_pointer:
             return None
-        words = struct.unpack("24Q", ctypes.string_at(buf, 24 * 8))
-        for i in range(12):  # the mutex: 40 bytes on x86_64, 48 on aarch64
-            if words[i] == self._fuse_pointer:
+        # Never a byte past the node id: the handle is a heap block of just that size, and a
+        # read beyond it can fault (a SIGSEGV under rm -rf, where many are made and freed).
+        head = struct.unpack("7Q", ctypes.string_at(buf, 7 * 8))
+        for i in (5, 6):  # after the mutex: 40 bytes on x86_64, 48 on aarch64
+            if head[i] == self._fuse_pointer:
+                words = struct.unpack("%dQ" % (i + 10), ctypes.string_at(buf, (i + 10) * 8))
                 if words[i + 7] == fh and words[i + 9]:
                     return words[i + 9]
                 break

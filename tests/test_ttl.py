@@ -264,3 +264,26 @@ def test_another_clients_metadata_change_of_the_same_bytes_is_followed_and_kept(
     assert store.objects["f"].data == b"DATA"
     assert store.objects["f"].metadata["x-amz-meta-mode"] == str(0o100600)
     assert store.objects["f"].metadata["x-amz-meta-k"] == "v"
+
+
+def test_a_readdir_within_dir_ttl_is_answered_from_the_listing_with_our_changes(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    for name in ("a", "b", "c/x"):
+        store.put("d/" + name, b"1")
+    assert names(ops, "/d") == ["a", "b", "c"]
+    lists = asked_of(store, "list")
+    store.put("d/theirs", b"1")  # another client: shows once dir_ttl has passed
+    ops.unlink("/d/a")
+    ops.release("/d/new", ops.create("/d/new", 0o644))
+    ops.mkdir("/d/sub", 0o755)
+    assert names(ops, "/d") == ["b", "c", "new", "sub"]  # ours at once, no LIST (rm -r's second read)
+    assert lists.count("d/") == 0
+    entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
+    assert entries["b"]["st_size"] == 1 and entries["new"]["st_size"] == 0
+    clock.advance(2.0)  # the listed entries' attributes are gone from the cache: listed again
+    assert names(ops, "/d") == ["b", "c", "new", "sub", "theirs"]
+    assert lists.count("d/") == 1
+    clock.advance(10.0)  # and after dir_ttl
+    store.put("d/later", b"1")
+    assert "later" in names(ops, "/d")

@@ -22,7 +22,8 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
   directory of that name);
 * ``_listed``: directory path -> :class:`Listed` (when its names were complete:
   a listing of it, or our mkdir of it), for ``dir_ttl`` seconds from then, our
-  own changes not renewing it: a name missing from such a listing is ENOENT
+  own changes not renewing it: a readdir then is answered from it (with our own
+  changes, no LIST) while its entries' attributes are cached; a name missing from such a listing is ENOENT
   with no request (another client's new object shows once ``dir_ttl`` has
   passed; a create of that name meanwhile is caught by the upload's
   ``If-None-Match: *``). While names are being created there, a lookup of a
@@ -743,6 +744,10 @@ class Namespace:
         as the directory: S3 lists ``name`` before ``name/`` and ``name_$folder$``, so such
         a file waits until the listing is past those (a few names, never the directory).
         """
+        known = self._known_entries(path)
+        if known is not None:
+            yield from known
+            return
         prefix = self.keymap.dir_prefix(path)
         asked = self.clock.monotonic()
         shown_dirs: set[str] = set()  # a directory's subdirectories are few next to its files
@@ -790,6 +795,23 @@ class Namespace:
             own = self.root if path == "/" else self._attrs.get(path)
             if own is not None:  # POSIX: a directory's links are its entry, "." and each child's ".."
                 own.nlink = 2 + subdirs
+
+    def _known_entries(self, path: str) -> list[tuple[str, A.Attributes]] | None:
+        """The entries of ``path`` from a complete listing less than ``dir_ttl`` old, with our
+        own creates and removes since, if every entry's attributes are still cached (``rm -r``
+        reads each directory twice, a moment apart); None: list it."""
+        with self._lock:
+            names, listed = self._listings.get(path), self._listed.get(path)
+            if names is None or listed is None or self.clock.monotonic() - listed.asked >= self.dir_ttl:
+                return None
+            out = []
+            for name in sorted(names):
+                child = KeyMap.join(path, name)
+                attributes = self._attrs.get(child)
+                if attributes is None or self._removed.get(child) or child in self._deleting:
+                    return None
+                out.append((name, attributes))
+        return out
 
     def _complete(self, path: str, names: set[str], asked: float) -> None:
         """``names`` are what a listing of ``path`` asked for at ``asked`` found: with the

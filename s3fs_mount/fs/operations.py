@@ -226,8 +226,15 @@ class S3Operations(Operations):
     def finish(self) -> list[str]:
         """Upload every dirty file; returns the keys that stay staged."""
         if self.writeback is not None:
-            while not self.writeback.drain(timeout=2.0):
-                log.info("unmount: waiting for %d background uploads", len(self.staging.pending()))
+            self._drain_writeback()
+            # Files closed whose release the kernel never sent (an unmount drops those still
+            # queued in it): uploaded by the queue's threads too, not one by one below.
+            unqueued = self.staging.pending()
+            if unqueued:
+                log.info("unmount: %d files not yet queued join the background uploads", len(unqueued))
+                for item in unqueued:
+                    self.writeback.submit(item)
+                self._drain_writeback()
         left = []
         pending = self.staging.pending()
         for n, item in enumerate(pending, 1):
@@ -244,6 +251,12 @@ class S3Operations(Operations):
         elif not self.options.ro:
             self.namespace.store_dir_times()
         return left
+
+    def _drain_writeback(self) -> None:
+        """Wait for the background uploads (``-o writeback``), saying how many are left."""
+        assert self.writeback is not None
+        while not self.writeback.drain(timeout=2.0):
+            log.info("unmount: waiting for %d background uploads", len(self.staging.pending()))
 
     # -- helpers --------------------------------------------------------------------
 

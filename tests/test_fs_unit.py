@@ -1116,3 +1116,27 @@ def test_a_fuse_loop_error_after_the_unmount_is_no_mount_failure(tmp_path, monke
         assert "ended with status 8 after the unmount" in caplog.text
     else:
         assert status == 1 and "FUSE could not mount" in caplog.text
+
+
+@pytest.mark.parametrize("refused", ["d/", "d_$folder$"])
+def test_mkdir_is_not_left_half_made_when_one_of_its_two_puts_fails(tmp_path, refused):
+    """Where directory metadata lives on d_$folder$ (SeaweedFS), mkdir PUTs it and the d/ marker
+    side by side: if one is refused, the other is removed and mkdir fails."""
+    store = FakeStore()
+    store.drops_marker_metadata = True
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        if getattr(key, "key", key) == refused:
+            raise S3Error(403, "AccessDenied")
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    with pytest.raises(FuseOSError) as failed:
+        ops.mkdir("/d", 0o755)
+    assert failed.value.errno == errno.EACCES
+    assert "d/" not in store.objects and "d_$folder$" not in store.objects
+    store.put = real_put
+    ops.mkdir("/e", 0o755)
+    assert {"e/", "e_$folder$"} <= set(store.objects)

@@ -633,13 +633,36 @@ class Namespace:
     def write_dir(self, path: str, metadata: dict[str, str], new: bool = False) -> str:
         """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
-        # The holder first: if the server refuses it (a name too long for it), nothing is made.
-        (view, key), *marker = self._holders(path)
-        etag = view.put(key, b"", headers)
-        if new:
-            for view, key in marker:
-                view.put(key, b"", headers)
-        return etag
+        holders = self._holders(path)
+        if new and len(holders) > 1:
+            return self._make_holders(holders, headers)
+        view, key = holders[0]
+        return view.put(key, b"", headers)
+
+    def _make_holders(self, holders: list[tuple[Bucket, str]], headers: dict[str, str]) -> str:
+        """A new directory's holder and marker, PUT side by side; returns the holder's ETag.
+
+        If either fails (a name too long for the server, a refusal), the one made is removed
+        and the error raised: a directory is not left half made (a removal that fails too is
+        logged with the key left behind).
+        """
+        made: dict[int, str] = {}  # index in holders -> ETag; each job writes its own index
+
+        def put(index: int) -> None:
+            view, key = holders[index]
+            made[index] = view.put(key, b"", headers)
+
+        try:
+            self.store.run_parallel([lambda i=i: put(i) for i in range(len(holders))])  # type: ignore[misc]
+        except BaseException:
+            for index in made:
+                view, key = holders[index]
+                try:
+                    view.remove(key)
+                except S3Error as exc:
+                    log.error("mkdir failed half way: %r was made and could not be removed (%s)", key, exc)
+            raise
+        return made[0]
 
     def change_dir(
         self, path: str, change: Callable[[dict[str, str], A.Attributes], dict[str, str]]

@@ -58,6 +58,7 @@ keep such times in memory only: the mount does not add objects nobody made.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import stat
 import threading
@@ -653,7 +654,7 @@ class Namespace:
             made[index] = view.put(key, b"", headers)
 
         try:
-            self.store.run_parallel([lambda i=i: put(i) for i in range(len(holders))])  # type: ignore[misc]
+            self.store.run_parallel([functools.partial(put, i) for i in range(len(holders))])
         except BaseException:
             for index in made:
                 view, key = holders[index]

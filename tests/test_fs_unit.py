@@ -1065,3 +1065,78 @@ def test_a_read_after_bytes_were_served_does_not_switch_to_a_new_version(tmp_pat
             assert ops.read("/f", 1 << 20, offset, fh) == b"a" * min(1 << 20, 40 * MiB - offset)
     assert failed.value.errno == errno.EIO
     ops.release("/f", fh)
+
+
+def test_unmount_with_writeback_uploads_files_never_released_on_the_queues_threads(tmp_path):
+    """An unmount drops the releases still queued in the kernel: those closed files were never
+    handed to the writeback queue, and finish() gives them to it (not one by one after it)."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, writeback=True)
+    uploaded_on: dict[str, str] = {}
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        uploaded_on[getattr(key, "key", key)] = threading.current_thread().name
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    for i in range(20):
+        fh = write_file(ops, "/f%02d" % i, b"x" * 100, flush=False)
+        ops.flush("/f%02d" % i, fh)  # closed; its release never comes
+    assert ops.finish() == []
+    assert all(store.objects["f%02d" % i].data == b"x" * 100 for i in range(20))
+    assert sorted(uploaded_on) == ["f%02d" % i for i in range(20)]
+    assert all(name.startswith("writeback-") for name in uploaded_on.values()), uploaded_on
+    ops.writeback.stop()
+
+
+@pytest.mark.parametrize("served", [True, False])
+def test_a_fuse_loop_error_after_the_unmount_is_no_mount_failure(tmp_path, monkeypatch, caplog, served):
+    """fuse_main's status 8 (its loop ended with an error) once the mount served and unmounted:
+    the files are uploaded, the exit is by what stays staged, and no "could not mount"."""
+    from types import SimpleNamespace
+
+    from s3fs_mount.fs import mount as mount_module
+
+    def fuse(ops, mountpoint, **kwargs):
+        if served:
+            write_file(ops, "/f", b"data")
+            ops.destroy("/")  # what libfuse calls after its loop, before fuse_main returns
+        raise RuntimeError(8)
+
+    monkeypatch.setattr(mount_module, "FUSE", fuse)
+    store = FakeStore()
+    store.connection = SimpleNamespace(endpoint="", stats=SimpleNamespace(summary=lambda: "0 requests"))
+    options = MountOptions(cache_dir=str(tmp_path / "cache"), writeback=True)
+    with caplog.at_level(logging.INFO):
+        status = mount_module.serve(store, "bucket", "", str(tmp_path / "mnt"), options)
+    if served:
+        assert status == 0 and store.objects["f"].data == b"data"
+        assert "could not mount" not in caplog.text
+        assert "ended with status 8 after the unmount" in caplog.text
+    else:
+        assert status == 1 and "FUSE could not mount" in caplog.text
+
+
+@pytest.mark.parametrize("refused", ["d/", "d_$folder$"])
+def test_mkdir_is_not_left_half_made_when_one_of_its_two_puts_fails(tmp_path, refused):
+    """Where directory metadata lives on d_$folder$ (SeaweedFS), mkdir PUTs it and the d/ marker
+    side by side: if one is refused, the other is removed and mkdir fails."""
+    store = FakeStore()
+    store.drops_marker_metadata = True
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        if getattr(key, "key", key) == refused:
+            raise S3Error(403, "AccessDenied")
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    with pytest.raises(FuseOSError) as failed:
+        ops.mkdir("/d", 0o755)
+    assert failed.value.errno == errno.EACCES
+    assert "d/" not in store.objects and "d_$folder$" not in store.objects
+    store.put = real_put
+    ops.mkdir("/e", 0o755)
+    assert {"e/", "e_$folder$"} <= set(store.objects)

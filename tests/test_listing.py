@@ -330,6 +330,29 @@ def test_new_files_in_a_directory_made_or_listed_cost_one_put_each_and_no_head(
 
 
 @pytest.mark.fuse
+def test_a_create_burst_lists_from_the_new_name_on_not_the_whole_directory(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    put_many(boto, bucket, ["burst/a%03d" % i for i in range(300)])
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory(config=config).start()
+    path = os.path.join(mount.path, "burst")
+    assert len(os.listdir(path)) == 300
+    mark = len(faultproxy.seen)
+    for i in range(40):  # over 4 s: the listing (dir_ttl 1 s) expires in the burst
+        time.sleep(0.1)
+        with open(os.path.join(path, "f%02d" % i), "wb") as f:
+            f.write(b"x" * 4096)
+    seen = requests_of(faultproxy, mark)
+    assert [m for m, p, _ in seen if p.startswith("/%s/burst/f" % bucket)] == ["PUT"] * 40  # no HEAD
+    lists = [q for m, _, q in seen if m == "GET" and q.get("prefix") == ["burst/"]]
+    assert lists  # listed again as it expired ...
+    assert all(q.get("start-after", [""])[0] >= "burst/f" for q in lists), lists  # ... never the a... again
+    assert len(os.listdir(path)) == 340
+    mount.stop()
+
+
+@pytest.mark.fuse
 def test_a_file_rename_sends_the_copy_and_the_delete_and_only_the_kernels_lookups(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):

@@ -120,6 +120,41 @@ def test_a_burst_of_new_names_lists_the_directory_again_instead_of_a_head_each(t
     assert len(names(ops, "/d")) == 31
 
 
+def test_a_burst_lists_from_the_new_name_on_not_the_whole_directory_again(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=1.0)
+    for i in range(500):
+        store.put("d/a%03d" % i, b"1")
+    assert len(names(ops, "/d")) == 500
+    listed: list[int] = []  # entries and prefixes per LIST page of d/ from now on
+    real_list = store.list
+
+    def counted(prefix="", *args, **kwargs):
+        for page in real_list(prefix, *args, **kwargs):
+            if prefix == "d/":
+                listed.append(len(page.entries) + len(page.prefixes))
+            yield page
+
+    store.list = counted
+    heads = asked_of(store, "head")
+    for i in range(30):  # a create every 0.1 s, in name order
+        with pytest.raises(FuseOSError):
+            ops.getattr("/d/f%02d" % i)
+        ops.release("/d/f%02d" % i, ops.create("/d/f%02d" % i, 0o644))
+        clock.advance(0.1)
+    assert [k for k in heads if k.startswith("d/f")] == []  # no HEAD of a new name
+    assert 2 <= len(listed) <= 3  # one LIST a dir_ttl, as before
+    assert sum(listed) <= 30  # each from the new name on: not the 500 older names again
+    store.put("d/g", b"22")  # another client, after the names being made
+    store.put("d/b", b"333")  # and before them
+    clock.advance(1.0)
+    with pytest.raises(FuseOSError):
+        ops.getattr("/d/f30")  # expired: listed from f3 on, which shows g
+    assert ops.getattr("/d/g")["st_size"] == 2
+    assert ops.getattr("/d/b")["st_size"] == 3  # not in that page: asked about once dir_ttl passed
+    assert len(names(ops, "/d")) == 532
+
+
 def test_a_name_we_made_while_the_directory_was_listed_is_not_taken_for_absent(tmp_path):
     store, clock = FakeStore(), FakeClock()
     ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
@@ -229,3 +264,26 @@ def test_another_clients_metadata_change_of_the_same_bytes_is_followed_and_kept(
     assert store.objects["f"].data == b"DATA"
     assert store.objects["f"].metadata["x-amz-meta-mode"] == str(0o100600)
     assert store.objects["f"].metadata["x-amz-meta-k"] == "v"
+
+
+def test_a_readdir_within_dir_ttl_is_answered_from_the_listing_with_our_changes(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    for name in ("a", "b", "c/x"):
+        store.put("d/" + name, b"1")
+    assert names(ops, "/d") == ["a", "b", "c"]
+    lists = asked_of(store, "list")
+    store.put("d/theirs", b"1")  # another client: shows once dir_ttl has passed
+    ops.unlink("/d/a")
+    ops.release("/d/new", ops.create("/d/new", 0o644))
+    ops.mkdir("/d/sub", 0o755)
+    assert names(ops, "/d") == ["b", "c", "new", "sub"]  # ours at once, no LIST (rm -r's second read)
+    assert lists.count("d/") == 0
+    entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
+    assert entries["b"]["st_size"] == 1 and entries["new"]["st_size"] == 0
+    clock.advance(2.0)  # the listed entries' attributes are gone from the cache: listed again
+    assert names(ops, "/d") == ["b", "c", "new", "sub", "theirs"]
+    assert lists.count("d/") == 1
+    clock.advance(10.0)  # and after dir_ttl
+    store.put("d/later", b"1")
+    assert "later" in names(ops, "/d")

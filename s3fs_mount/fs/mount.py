@@ -63,8 +63,12 @@ def serve(
     try:
         FUSE(ops, mountpoint, observer=metrics, **ops.fuse_options())
     except RuntimeError as exc:
-        log.error("FUSE could not mount %s: %s", mountpoint, exc)
-        return 1
+        if ops.unuploaded is None:  # destroy() never ran: it never served
+            log.error("FUSE could not mount %s: %s", mountpoint, exc)
+            return 1
+        # Served and unmounted (destroy() ran), but libfuse's loop ended with an error: status 8
+        # is fuse_main's "the loop failed" (libfuse 3.14 also ends it so on SIGTERM or SIGINT).
+        log.warning("FUSE's loop at %s ended with status %s after the unmount", mountpoint, exc)
     finally:
         if metrics is not None:
             metrics.close()

@@ -22,11 +22,15 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
   directory of that name);
 * ``_listed``: directory path -> :class:`Listed` (when its names were complete:
   a listing of it, or our mkdir of it), for ``dir_ttl`` seconds from then, our
-  own changes not renewing it: a name missing from such a listing is ENOENT
+  own changes not renewing it: a readdir then is answered from it (with our own
+  changes, no LIST) while its entries' attributes are cached; a name missing from such a listing is ENOENT
   with no request (another client's new object shows once ``dir_ttl`` has
   passed; a create of that name meanwhile is caught by the upload's
-  ``If-None-Match: *``). While names are being created there, the listing is
-  made again when it expires (one LIST, not a HEAD per new name);
+  ``If-None-Match: *``). While names are being created there, a lookup of a
+  new name once it expires lists the directory from that name on (one LIST page,
+  not a HEAD per new name, nor the whole directory again): the names from there
+  on are then known for ``dir_ttl`` (``Listed.tail``), which a burst of creates in
+  name order (untar, ``cp -r``) asks about next;
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
@@ -54,6 +58,7 @@ keep such times in memory only: the mount does not add objects nobody made.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import stat
 import threading
@@ -84,22 +89,40 @@ ATTR_CACHE_ENTRIES = 100_000
 MIN_ATTR_CACHE = 100
 #: A directory's names are kept (to answer "no such entry" without a LIST) up to this many.
 LISTED_NAMES = 10_000
-#: A directory where new names are being looked up is listed again (instead of a HEAD per
-#: name) when its listing expires, if it fits in one page of this many names.
+#: A directory where new names are being looked up is listed from the name looked up on
+#: (instead of a HEAD per name) when its listing expires: one page of at most this many names.
 RELIST_NAMES = 1000
 
 
 class Listed:
     """A directory's names as of a moment: ``asked`` (monotonic) is when its listing was
     asked for (or it was made, empty); ``absent`` counts the names it answered "no such
-    entry" for (a create burst: worth listing again when it expires). Guarded by
-    Namespace._lock."""
+    entry" for (a create burst: worth listing again when it expires). ``tail``: the names
+    after ``tail[0]`` (in key order) up to ``tail[1]`` ('': to the end) were listed at
+    ``tail[2]`` (a lookup in a create burst, :meth:`Namespace._list_tail`), or None.
+    Guarded by Namespace._lock."""
 
-    __slots__ = ("asked", "absent")
+    __slots__ = ("asked", "absent", "tail")
 
     def __init__(self, asked: float) -> None:
         self.asked = asked
         self.absent = 0
+        self.tail: tuple[str, str, float] | None = None
+
+    def covers(self, name: str, now: float, ttl: float) -> bool:
+        """Whether a listing less than ``ttl`` old at ``now`` says whether ``name`` is there."""
+        if now - self.asked < ttl:
+            return True
+        if self.tail is None:
+            return False
+        after, last, asked = self.tail
+        return now - asked < ttl and _in_page(name, after, last)
+
+
+def _in_page(name: str, after: str, last: str) -> bool:
+    """Whether a listing page after ``after`` up to ``last`` ('': to the end) says whether
+    ``name`` is there (a directory lists as ``name/`` or ``name_$folder$``: both within it)."""
+    return name > after and (not last or all(name + end <= last for end in ("/", FOLDER_SUFFIX)))
 
 
 def _walk_ttl(entries: int) -> float:
@@ -358,29 +381,54 @@ class Namespace:
             listed = self._listed.get(parent)
             if names is None or name in names or listed is None:
                 return names
-            if now - listed.asked < self.dir_ttl:
+            if listed.covers(name, now, self.dir_ttl):
                 listed.absent += 1
                 raise FsError(errno.ENOENT)  # the upload's If-None-Match catches a racing create
-            relist = listed.absent > 0 and len(names) < RELIST_NAMES and parent not in self._relisting
+            relist = listed.absent > 0 and parent not in self._relisting
             if relist:
                 self._relisting.add(parent)
         if not relist:
             return names
         try:
-            for _ in self.iter_dir(parent):
-                pass
+            self._list_tail(parent, name)
         except S3Error as exc:
-            log.debug("listing %s again failed (%s): %s looked up alone", parent, exc, name)
+            log.debug("listing %s from %s failed (%s): looked up alone", parent, name, exc)
         finally:
             with self._lock:
                 self._relisting.discard(parent)
         with self._lock:
             names = self._listings.get(parent)
             listed = self._listed.get(parent)
-            if names is not None and name not in names and listed is not None and listed.asked >= now:
-                listed.absent += 1
-                raise FsError(errno.ENOENT)
+            if names is not None and name not in names and listed is not None:
+                if listed.covers(name, self.clock.monotonic(), self.dir_ttl):
+                    listed.absent += 1
+                    raise FsError(errno.ENOENT)
         return names
+
+    def _list_tail(self, parent: str, name: str) -> None:
+        """A create burst's lookup of ``name``, missing from an expired listing of ``parent``:
+        one LIST page from ``name`` on tells whether it, and the names after it, are there now
+        (a burst in name order finds the page all but empty: the cost of a HEAD, not of
+        listing the whole directory again). What it says joins the known names of ``parent``."""
+        prefix = self.keymap.dir_prefix(parent)
+        after = name[:-1]  # start_after is exclusive: the page starts at ``name`` (or just before)
+        asked = self.clock.monotonic()
+        page = next(self.store.list(prefix, delimiter="/", start_after=prefix + after, max_keys=RELIST_NAMES))
+        batch = self._page_batch(parent, prefix, page)
+        shown = {n for n, _ in self._cache_listed(parent, batch, asked, _walk_ttl(len(batch)))}
+        truncated = page.truncated and bool(page.continuation)
+        last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")[len(prefix) :]
+        last = last if truncated else ""
+        with self._lock:
+            names, listed = self._listings.get(parent), self._listed.get(parent)
+            if names is None or listed is None:
+                return  # forgotten meanwhile (a rename, rmdir): looked up alone
+            for gone in [n for n in names if n not in shown and _in_page(n, after, last)]:
+                if not self._stale(KeyMap.join(parent, gone), asked):
+                    names.discard(gone)  # removed by another client
+            names.update(shown)
+            listed.tail = (after, last, asked)
+            self._listings[parent] = names
 
     def cached(self, path: str) -> A.Attributes | None:
         """The attributes of ``path`` if cached (no request), else None (not known)."""
@@ -586,13 +634,36 @@ class Namespace:
     def write_dir(self, path: str, metadata: dict[str, str], new: bool = False) -> str:
         """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
-        # The holder first: if the server refuses it (a name too long for it), nothing is made.
-        (view, key), *marker = self._holders(path)
-        etag = view.put(key, b"", headers)
-        if new:
-            for view, key in marker:
-                view.put(key, b"", headers)
-        return etag
+        holders = self._holders(path)
+        if new and len(holders) > 1:
+            return self._make_holders(holders, headers)
+        view, key = holders[0]
+        return view.put(key, b"", headers)
+
+    def _make_holders(self, holders: list[tuple[Bucket, str]], headers: dict[str, str]) -> str:
+        """A new directory's holder and marker, PUT side by side; returns the holder's ETag.
+
+        If either fails (a name too long for the server, a refusal), the one made is removed
+        and the error raised: a directory is not left half made (a removal that fails too is
+        logged with the key left behind).
+        """
+        made: dict[int, str] = {}  # index in holders -> ETag; each job writes its own index
+
+        def put(index: int) -> None:
+            view, key = holders[index]
+            made[index] = view.put(key, b"", headers)
+
+        try:
+            self.store.run_parallel([functools.partial(put, i) for i in range(len(holders))])
+        except BaseException:
+            for index in made:
+                view, key = holders[index]
+                try:
+                    view.remove(key)
+                except S3Error as exc:
+                    log.error("mkdir failed half way: %r was made and could not be removed (%s)", key, exc)
+            raise
+        return made[0]
 
     def change_dir(
         self, path: str, change: Callable[[dict[str, str], A.Attributes], dict[str, str]]
@@ -697,6 +768,10 @@ class Namespace:
         as the directory: S3 lists ``name`` before ``name/`` and ``name_$folder$``, so such
         a file waits until the listing is past those (a few names, never the directory).
         """
+        known = self._known_entries(path)
+        if known is not None:
+            yield from known
+            return
         prefix = self.keymap.dir_prefix(path)
         asked = self.clock.monotonic()
         shown_dirs: set[str] = set()  # a directory's subdirectories are few next to its files
@@ -744,6 +819,23 @@ class Namespace:
             own = self.root if path == "/" else self._attrs.get(path)
             if own is not None:  # POSIX: a directory's links are its entry, "." and each child's ".."
                 own.nlink = 2 + subdirs
+
+    def _known_entries(self, path: str) -> list[tuple[str, A.Attributes]] | None:
+        """The entries of ``path`` from a complete listing less than ``dir_ttl`` old, with our
+        own creates and removes since, if every entry's attributes are still cached (``rm -r``
+        reads each directory twice, a moment apart); None: list it."""
+        with self._lock:
+            names, listed = self._listings.get(path), self._listed.get(path)
+            if names is None or listed is None or self.clock.monotonic() - listed.asked >= self.dir_ttl:
+                return None
+            out = []
+            for name in sorted(names):
+                child = KeyMap.join(path, name)
+                attributes = self._attrs.get(child)
+                if attributes is None or self._removed.get(child) or child in self._deleting:
+                    return None
+                out.append((name, attributes))
+        return out
 
     def _complete(self, path: str, names: set[str], asked: float) -> None:
         """``names`` are what a listing of ``path`` asked for at ``asked`` found: with the
@@ -826,10 +918,13 @@ class Namespace:
         except S3Error as exc:
             log.debug("listing %s from %s failed (%s): looked up alone", parent, name, exc)
             return
-        files, dirs = self._page_entries(parent, prefix, page)
+        self._cache_listed(parent, self._page_batch(parent, prefix, page), asked, ttl)
+
+    def _page_batch(self, path: str, prefix: str, page: ListPage) -> list[tuple[str, A.Attributes]]:
+        """The entries of one page listed from a name on (a directory wins over a file of its name)."""
+        files, dirs = self._page_entries(path, prefix, page)
         dir_names = set(dirs)
-        batch = [(n, a) for n, a in files if n not in dir_names]
-        self._cache_listed(parent, batch + [(n, self._listed_dir()) for n in dir_names], asked, ttl)
+        return [(n, a) for n, a in files if n not in dir_names] + [(n, self._listed_dir()) for n in dir_names]
 
     def _listed_file(self, entry: ListEntry) -> A.Attributes:
         """What a listing says of a file: size, time, ETag (its mode and owner: from a HEAD)."""

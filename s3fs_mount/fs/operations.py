@@ -225,9 +225,18 @@ class S3Operations(Operations):
 
     def finish(self) -> list[str]:
         """Upload every dirty file; returns the keys that stay staged."""
-        if self.writeback is not None:
-            while not self.writeback.drain(timeout=2.0):
-                log.info("unmount: waiting for %d background uploads", len(self.staging.pending()))
+        queue = self.writeback
+        left = self._upload_one_by_one() if queue is None else self._upload_in_background(queue)
+        self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
+        self.namespace.statahead.close()
+        if self.dir_times is not None:
+            self.dir_times.close()
+        elif not self.options.ro:
+            self.namespace.store_dir_times()
+        return left
+
+    def _upload_one_by_one(self) -> list[str]:
+        """Upload every dirty file in turn; returns the keys that stay staged."""
         left = []
         pending = self.staging.pending()
         for n, item in enumerate(pending, 1):
@@ -237,13 +246,26 @@ class S3Operations(Operations):
             except Exception as exc:
                 log.error("could not upload %s at unmount (%s); it stays staged", item.key, exc)
                 left.append(item.key)
-        self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
-        self.namespace.statahead.close()
-        if self.dir_times is not None:
-            self.dir_times.close()
-        elif not self.options.ro:
-            self.namespace.store_dir_times()
         return left
+
+    def _upload_in_background(self, queue: WritebackQueue) -> list[str]:
+        """``-o writeback``: wait for the queue, then give it what is still dirty (closed files
+        whose release never came: an unmount drops those still queued in the kernel; uploads
+        that failed), one more try each, on its threads; returns the keys that stay staged
+        (each failure logged by the queue)."""
+        self._drain(queue)
+        unqueued = self.staging.pending()
+        if unqueued:
+            log.info("unmount: %d files not yet uploaded join the background uploads", len(unqueued))
+            for item in unqueued:
+                queue.submit(item)
+            self._drain(queue)
+        return [item.key for item in self.staging.pending()]
+
+    def _drain(self, queue: WritebackQueue) -> None:
+        """Wait for the background uploads, saying how many are left."""
+        while not queue.drain(timeout=2.0):
+            log.info("unmount: waiting for %d background uploads", len(self.staging.pending()))
 
     # -- helpers --------------------------------------------------------------------
 

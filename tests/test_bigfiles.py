@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from pathlib import Path
 
 import pytest
 
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
+from s3fs_mount.localserver import _du
 
 MiB = 1 << 20
 CACHE = 20 * MiB
@@ -23,14 +25,7 @@ OPTIONS = "cache_size=20M,part_size=5M,multipart_threshold=5M"
 
 def allocated(path: str) -> int:
     """Bytes the files under ``path`` take on disk (st_blocks, as du counts)."""
-    total = 0
-    for top, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(top, name)).st_blocks * 512
-            except OSError:
-                pass  # removed meanwhile
-    return total
+    return _du(Path(path))
 
 
 class CacheSampler(threading.Thread):

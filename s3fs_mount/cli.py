@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TextIO
 
 from s3fs_mount import __version__, control
 from s3fs_mount.config import load_settings
@@ -366,12 +367,21 @@ def launch(
     """
     if inv.foreground:
         _log_serving(logging.StreamHandler(sys.stderr), inv.opts.debug)
-        faulthandler.enable(sys.stderr)  # a crash in C (libfuse, ctypes) leaves every thread's stack
+        _report_crashes(sys.stderr)
         return run()
     code = daemonize(run, inv.mountpoint, inv.opts, wait)
     if code == 0 and done is not None and not inv.quiet:
         print(done())
     return code
+
+
+def _report_crashes(stream: TextIO) -> None:
+    """A crash below Python (libfuse, ctypes) writes every thread's stack to ``stream``, if it is
+    a file (a harness may have swapped stderr for a buffer: then nothing)."""
+    try:
+        faulthandler.enable(stream)
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        log.debug("no crash report: %r has no file descriptor", stream)
 
 
 def _mounted_line(inv: Invocation, bucket: str, endpoint: str, extra: str = "") -> str:
@@ -439,7 +449,7 @@ def _run_daemon(run: Callable[[], int], log_fd: int, report_fd: int, use_syslog:
             except OSError:
                 handler = logging.StreamHandler(sys.stderr)
         _log_serving(handler, debug)
-        faulthandler.enable(sys.stderr)  # the log file: a crash in C leaves every thread's stack there
+        _report_crashes(sys.stderr)  # the log file
         log.info("%s %s daemon started (pid %d)", PROG, __version__, os.getpid())
         code = run()
         if code:

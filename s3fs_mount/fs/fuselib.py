@@ -167,14 +167,16 @@ class FUSE(mfusepy.FUSE):
         self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any, flags: int
     ) -> int:
         fh = fip.contents.fh
+        decoded = self._decode(path)
+        where = decoded or "/"  # the directory, as KernelNames names it
         with self._listings_lock:
             stream = self._listings.get(fh)
         if stream is None or not stream.can_seek(offset):  # a first call, or a rewind
             if self._kernel_names is not None and path is not None:
                 node = self._dir_node_id(buf, fh)
                 if node is not None:
-                    self._kernel_names.directory(self._decode(path) or "/", node)
-            stream = DirStream(iter(self.operations.readdir(self._decode(path), fh)))
+                    self._kernel_names.directory(where, node)
+            stream = DirStream(iter(self.operations.readdir(decoded, fh)))
             with self._listings_lock:
                 self._listings[fh] = stream
         plus = bool(flags & FUSE_READDIR_PLUS)
@@ -208,7 +210,6 @@ class FUSE(mfusepy.FUSE):
                 return 0  # the kernel's buffer is full: it asks again from this index
             stream.taken()
             if fill_flags and self._kernel_names is not None:  # the kernel made a dentry of it
-                where = self._decode(path) or "/"
                 if self._kernel_names.is_large(where):
                     self._kernel_names.forget_later(where, name)
             index += 1

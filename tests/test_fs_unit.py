@@ -1021,6 +1021,56 @@ def test_an_unlinked_open_file_follows_a_rename_of_its_directory(tmp_path):
     assert sorted(store.objects) == ["e/"]
 
 
+class BatchRecordingStore(FakeStore):
+    """Records, for each key written, the batch it went in: one per run_parallel call (whose
+    jobs a real store runs side by side), one for each write outside one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch = 0
+        self.in_parallel = False
+        self.written: dict[str, int] = {}
+
+    def run_parallel(self, jobs) -> None:
+        self.batch += 1
+        self.in_parallel = True
+        try:
+            super().run_parallel(jobs)
+        finally:
+            self.in_parallel = False
+
+    def _store(self, name, *args, **kwargs) -> str:
+        if not self.in_parallel:
+            self.batch += 1
+        self.written[self._at(name)[1]] = self.batch
+        return super()._store(name, *args, **kwargs)
+
+    def copy_object(self, remote_source, remote_destination, *args, **kwargs) -> str:
+        if not self.in_parallel:
+            self.batch += 1
+        self.written[self._at(remote_destination)[1]] = self.batch
+        return super().copy_object(remote_source, remote_destination, *args, **kwargs)
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_a_renamed_directory_has_each_marker_made_before_anything_in_it(tmp_path, explicit):
+    """SeaweedFS can lose a marker PUT while a key under it is being made (it makes the parent
+    directory itself): the new tree's markers go first, a level at a time, then the files."""
+    store = BatchRecordingStore()
+    if explicit:
+        store.put("d/", b"")
+    for key in ["d/f", "d/s/", "d/s/g", "d/s/t/", "d/s/t/h"]:
+        store.put(key, b"" if key.endswith("/") else b"x")
+    ops = make_ops(tmp_path, store)
+    store.written.clear()
+    ops.rename("/d", "/e")
+    assert sorted(store.objects) == ["e/", "e/f", "e/s/", "e/s/g", "e/s/t/", "e/s/t/h"]
+    for key, batch in store.written.items():
+        parts = key.rstrip("/").split("/")
+        for marker in ("/".join(parts[:i]) + "/" for i in range(1, len(parts))):
+            assert store.written[marker] < batch, (marker, key, store.written)
+
+
 def test_a_directory_is_not_renamed_over_one_holding_a_file_not_yet_uploaded(tmp_path):
     store = FakeStore()
     ops = make_ops(tmp_path, store)

@@ -30,6 +30,7 @@ from s3fs_mount.fs.upload import Uploader, conflict_name
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.store import ObjectInfo
+from s3fs_mount.s3.xmlparse import ListEntry
 
 log = logging.getLogger(__name__)
 
@@ -324,18 +325,23 @@ class Mutations:
         entries = list(self.store.list_all(old_prefix))
         keys = [e.key for e in entries]
         folder = self.keymap.folder_key(old)
-        self.store.run_parallel(
-            (lambda e=e: self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size))
-            for e in entries
-        )
+        if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
+            self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
+        # Markers before what is in them, a level at a time: SeaweedFS, making a key's parent
+        # directory while that directory's marker is PUT, can lose the marker (1 in ~150 here).
+        markers: dict[int, list[ListEntry]] = {}
+        for e in entries:
+            if e.key.endswith("/"):
+                markers.setdefault(e.key.count("/"), []).append(e)
+        for level in sorted(markers):
+            self._copy_keys(markers[level], old_prefix, new_prefix)
+        self._copy_keys([e for e in entries if not e.key.endswith("/")], old_prefix, new_prefix)
         try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
             info = self.store.head(folder)
             self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
         except S3Error as exc:
             if not exc.not_found:
                 raise
-        if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
-            self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
         failed = self.store.delete_keys(keys + [folder])
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
@@ -346,6 +352,13 @@ class Mutations:
         self.namespace.forget_tree(new)
         moved = dataclasses.replace(source, complete=False)  # its holder's ETag is new: asked at next use
         self.namespace.remember(new, moved)
+
+    def _copy_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> None:
+        """Copy ``entries`` (keys under ``old_prefix``) to their names under ``new_prefix``, in parallel."""
+        self.store.run_parallel(
+            (lambda e=e: self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size))
+            for e in entries
+        )
 
     def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""

@@ -65,23 +65,55 @@ class WeedCluster(LocalS3Server):
         weed, p, d = find_weed(), self.ports, self.data_dir
         bind = ["-ip=%s" % HOST, "-ip.bind=%s" % HOST]
         cmds = {
-            "master": [weed, "master", *bind, "-port=%d" % p["master"], "-port.grpc=%d" % p["master.grpc"],
-                       "-mdir=%s" % (d / "master"), "-volumeSizeLimitMB=%d" % self.volume_size_mb,
-                       "-defaultReplication=%s" % self.replication, "-electionTimeout=1s",
-                       "-telemetry=false"],
+            "master": [
+                weed,
+                "master",
+                *bind,
+                "-port=%d" % p["master"],
+                "-port.grpc=%d" % p["master.grpc"],
+                "-mdir=%s" % (d / "master"),
+                "-volumeSizeLimitMB=%d" % self.volume_size_mb,
+                "-defaultReplication=%s" % self.replication,
+                "-electionTimeout=1s",
+                "-telemetry=false",
+            ],
         }
         for i in range(self.volumes):
             name = "volume%d" % i
-            cmds[name] = [weed, "volume", *bind, "-port=%d" % p[name], "-port.grpc=%d" % p[name + ".grpc"],
-                          "-dir=%s" % (d / name), "-max=%d" % self.volume_max,
-                          "-master=%s" % self.addr("master"), "-preStopSeconds=0"]
-        cmds["filer"] = [weed, "filer", *bind, "-port=%d" % p["filer"], "-port.grpc=%d" % p["filer.grpc"],
-                         "-master=%s" % self.addr("master"), "-defaultStoreDir=%s" % (d / "filer"),
-                         "-defaultReplicaPlacement=%s" % self.replication]
-        cmds["s3"] = [weed, "s3", *bind, "-port=%d" % p["s3"], "-port.grpc=%d" % p["s3.grpc"],
-                      "-filer=%s" % self.addr("filer"), "-config=%s" % self.identities_path,
-                      "-port.iceberg=0", "-port.lance=0", "-autoCreateBucket=false",
-                      "-allowDeleteBucketNotEmpty=false"]
+            cmds[name] = [
+                weed,
+                "volume",
+                *bind,
+                "-port=%d" % p[name],
+                "-port.grpc=%d" % p[name + ".grpc"],
+                "-dir=%s" % (d / name),
+                "-max=%d" % self.volume_max,
+                "-master=%s" % self.addr("master"),
+                "-preStopSeconds=0",
+            ]
+        cmds["filer"] = [
+            weed,
+            "filer",
+            *bind,
+            "-port=%d" % p["filer"],
+            "-port.grpc=%d" % p["filer.grpc"],
+            "-master=%s" % self.addr("master"),
+            "-defaultStoreDir=%s" % (d / "filer"),
+            "-defaultReplicaPlacement=%s" % self.replication,
+        ]
+        cmds["s3"] = [
+            weed,
+            "s3",
+            *bind,
+            "-port=%d" % p["s3"],
+            "-port.grpc=%d" % p["s3.grpc"],
+            "-filer=%s" % self.addr("filer"),
+            "-config=%s" % self.identities_path,
+            "-port.iceberg=0",
+            "-port.lance=0",
+            "-autoCreateBucket=false",
+            "-allowDeleteBucketNotEmpty=false",
+        ]
         return cmds
 
     def command(self) -> list[str]:
@@ -101,8 +133,12 @@ class WeedCluster(LocalS3Server):
             log.info("starting %s", " ".join(cmd))
             with open(self.log_of(name), "ab") as logf:
                 self.procs[name] = subprocess.Popen(
-                    cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    cwd=self.data_dir / name, start_new_session=True,
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.data_dir / name,
+                    start_new_session=True,
                 )
         self._proc = self.procs["s3"]  # what LocalS3Server's pid and readiness loop watch
 
@@ -111,8 +147,12 @@ class WeedCluster(LocalS3Server):
         url = "http://%s:%d/dir/status" % (HOST, self.ports["master"])
         with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
             topo = json.load(resp).get("Topology", {})
-        return [node for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or []
-                for node in rack.get("DataNodes") or []]
+        return [
+            node
+            for dc in topo.get("DataCenters") or []
+            for rack in dc.get("Racks") or []
+            for node in rack.get("DataNodes") or []
+        ]
 
     def data_nodes(self) -> int:
         """How many volume servers the master knows now."""
@@ -121,29 +161,35 @@ class WeedCluster(LocalS3Server):
     def volumes_per_server(self) -> dict[str, int]:
         """Volume replicas each live volume server holds, as the master reports them."""
         by_port = {"%s:%d" % (HOST, self.ports["volume%d" % i]): "volume%d" % i for i in range(self.volumes)}
-        return {by_port.get(str(n.get("Url")), str(n.get("Url"))): int(str(n.get("Volumes", 0)))
-                for n in self._nodes()}
+        return {
+            by_port.get(str(n.get("Url")), str(n.get("Url"))): int(str(n.get("Volumes", 0)))
+            for n in self._nodes()
+        }
 
     def _volume_server_registered(self) -> bool:
         """All volume servers registered (and no process has died meanwhile)."""
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise ServerError("weed %s exited (code %s) while starting; log %s" % (
-                    name, proc.returncode, self.log_of(name)))
+                raise ServerError(
+                    "weed %s exited (code %s) while starting; log %s"
+                    % (name, proc.returncode, self.log_of(name))
+                )
         try:
             return self.data_nodes() >= self.volumes
         except (OSError, ValueError, urllib.error.URLError):
             return False
 
     def is_running(self) -> bool:
-        return bool(self.procs) and all(p.poll() is None for n, p in self.procs.items()
-                                        if n not in self.killed)
+        return bool(self.procs) and all(
+            p.poll() is None for n, p in self.procs.items() if n not in self.killed
+        )
 
     @property
     def killed(self) -> set[str]:
         """Volume servers :meth:`kill_volume` has killed."""
-        return {n for n, p in self.procs.items()
-                if n.startswith("volume") and p.returncode == -signal.SIGKILL}
+        return {
+            n for n, p in self.procs.items() if n.startswith("volume") and p.returncode == -signal.SIGKILL
+        }
 
     def kill_volume(self, index: int) -> int:
         """SIGKILL volume server ``index``; returns its PID."""
@@ -169,4 +215,3 @@ class WeedCluster(LocalS3Server):
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._cleanup_sockets()
-

@@ -68,8 +68,13 @@ class Ours:
 
     def __init__(self, endpoint: str, key: str, secret: str) -> None:
         self.store = RemoteStore(
-            S3Connection(access_key_id=key, secret_access_key=secret, endpoint=endpoint, tls=False,
-                         default_bucket=BUCKET)
+            S3Connection(
+                access_key_id=key,
+                secret_access_key=secret,
+                endpoint=endpoint,
+                tls=False,
+                default_bucket=BUCKET,
+            )
         )
         self.store.configure_checksums(BUCKET)  # as the mount does: CRC32 where the server keeps it
 
@@ -105,13 +110,21 @@ class Boto:
         import boto3
         from botocore.config import Config
 
-        cfg = Config(region_name="us-east-1", signature_version="s3v4", s3={"addressing_style": "path"},
-                     retries={"max_attempts": 3, "mode": "standard"},
-                     request_checksum_calculation="when_required",
-                     response_checksum_validation="when_required")
-        self.s3 = boto3.session.Session().client("s3", endpoint_url="http://" + endpoint,
-                                                 aws_access_key_id=key, aws_secret_access_key=secret,
-                                                 config=cfg)
+        cfg = Config(
+            region_name="us-east-1",
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.s3 = boto3.session.Session().client(
+            "s3",
+            endpoint_url="http://" + endpoint,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            config=cfg,
+        )
         self.algorithm = algorithm
 
     def head(self, key: str) -> None:
@@ -120,12 +133,20 @@ class Boto:
     def put(self, key: str) -> None:
         header = body_checksum(BODY, self.algorithm)[0]
         extra: dict[str, Any] = (
-            {"ChecksumCRC32": header["x-amz-checksum-crc32"]} if "x-amz-checksum-crc32" in header
+            {"ChecksumCRC32": header["x-amz-checksum-crc32"]}
+            if "x-amz-checksum-crc32" in header
             else {"ContentMD5": header["Content-MD5"]}
         )
         meta = {k[11:]: v for k, v in MOUNT_HEADERS.items() if k.startswith("x-amz-meta-")}
-        self.s3.put_object(Bucket=BUCKET, Key=key, Body=BODY, ContentType="application/octet-stream",
-                           IfNoneMatch="*", Metadata=meta, **extra)
+        self.s3.put_object(
+            Bucket=BUCKET,
+            Key=key,
+            Body=BODY,
+            ContentType="application/octet-stream",
+            IfNoneMatch="*",
+            Metadata=meta,
+            **extra,
+        )
 
     def delete(self, key: str) -> None:
         self.s3.delete_object(Bucket=BUCKET, Key=key)
@@ -135,8 +156,9 @@ class Boto:
         assert len(body.read()) == MiB
 
     def list_page(self, prefix: str) -> None:
-        page = self.s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix, Delimiter="/", MaxKeys=LIST_KEYS,
-                                       EncodingType="url")
+        page = self.s3.list_objects_v2(
+            Bucket=BUCKET, Prefix=prefix, Delimiter="/", MaxKeys=LIST_KEYS, EncodingType="url"
+        )
         assert len(page["Contents"]) == LIST_KEYS
 
     def close(self) -> None:
@@ -149,8 +171,9 @@ class Floor:
     name = "http.client"
 
     def __init__(self, endpoint: str, key: str, secret: str, algorithm: str | None) -> None:
-        self.connection = S3Connection(access_key_id=key, secret_access_key=secret, endpoint=endpoint,
-                                       tls=False, default_bucket=BUCKET)
+        self.connection = S3Connection(
+            access_key_id=key, secret_access_key=secret, endpoint=endpoint, tls=False, default_bucket=BUCKET
+        )
         host, port = endpoint.rsplit(":", 1)
         self.http = http.client.HTTPConnection(host, int(port), timeout=30)
         self.algorithm = algorithm
@@ -165,15 +188,23 @@ class Floor:
                 method, headers = "HEAD", {"x-amz-checksum-mode": "ENABLED"}
             elif op == "put":
                 method, body, payload = "PUT", BODY, UNSIGNED_PAYLOAD
-                headers = {**MOUNT_HEADERS, **body_checksum(BODY, self.algorithm)[0],
-                           "Content-Length": str(len(BODY))}
+                headers = {
+                    **MOUNT_HEADERS,
+                    **body_checksum(BODY, self.algorithm)[0],
+                    "Content-Length": str(len(BODY)),
+                }
             elif op == "delete":
                 method = "DELETE"
             elif op == "get_1m":
                 headers = {"Range": "bytes=0-%d" % (MiB - 1)}
             else:
-                query = {"list-type": "2", "prefix": key, "max-keys": str(LIST_KEYS), "encoding-type": "url",
-                         "delimiter": "/"}
+                query = {
+                    "list-type": "2",
+                    "prefix": key,
+                    "max-keys": str(LIST_KEYS),
+                    "encoding-type": "url",
+                    "delimiter": "/",
+                }
             host, path = self.connection._host_and_path(BUCKET, "" if op == "list_page" else key)
             signed = self.connection.signer.sign(method, host, path, query, headers, payload)
             qs = canonical_query(query)
@@ -284,8 +315,9 @@ def profile(ours: Ours, ops: list[str], n: int, top: int) -> None:
 def main() -> None:
     global BUCKET, LIST_KEYS
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--n", type=int, default=400,
-                        help="HEADs, PUTs, DELETEs per loop (GETs n/4, LISTs n/10)")
+    parser.add_argument(
+        "--n", type=int, default=400, help="HEADs, PUTs, DELETEs per loop (GETs n/4, LISTs n/10)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=",".join(OPS), help="request types, comma-separated")
     parser.add_argument("--clients", default="ours,boto3,urllib3,http.client")
@@ -323,13 +355,16 @@ def main() -> None:
             profile(ours, [op for op in args.profile.split(",") if op], args.n, args.top)
             if args.rounds == 0:
                 return
-        make = {"ours": lambda: ours, "boto3": lambda: Boto(endpoint, key, secret, algorithm),
-                "http.client": lambda: Floor(endpoint, key, secret, algorithm),
-                "urllib3": lambda: Pool(endpoint, key, secret, algorithm)}
+        make = {
+            "ours": lambda: ours,
+            "boto3": lambda: Boto(endpoint, key, secret, algorithm),
+            "http.client": lambda: Floor(endpoint, key, secret, algorithm),
+            "urllib3": lambda: Pool(endpoint, key, secret, algorithm),
+        }
         clients = [make[c]() for c in names]
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for rnd in range(args.rounds):
-            order = clients[rnd % len(clients):] + clients[: rnd % len(clients)]
+            order = clients[rnd % len(clients) :] + clients[: rnd % len(clients)]
             for op in ops:
                 for client in order:
                     if op == "delete":

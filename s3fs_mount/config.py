@@ -349,9 +349,7 @@ class AwsProfile:
             "EcsContainer": aws_credentials.container_credentials,
         }
         if name not in sources:
-            raise ConfigError(
-                "%s: credential_source must be %s, not %r" % (origin, ", ".join(sources), name)
-            )
+            raise ConfigError("%s: credential_source must be %s, not %r" % (origin, ", ".join(sources), name))
         return sources[name](self.environ)
 
     def _sso_credentials(self) -> dict[str, Any] | None:

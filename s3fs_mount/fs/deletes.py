@@ -113,8 +113,9 @@ class DeleteQueue:
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - kept pending: the background thread retries
-            log.error("recovery: %d deletes could not be sent yet (%s); retried in the background",
-                      len(keys), exc)
+            log.error(
+                "recovery: %d deletes could not be sent yet (%s); retried in the background", len(keys), exc
+            )
             with self._cond:
                 self._start()
         with self._cond:
@@ -163,8 +164,9 @@ class DeleteQueue:
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - they stay recorded for the next mount
-            log.error("unmount: %d deletes could not be sent (%s); sent at the next mount",
-                      self.pending(), exc)
+            log.error(
+                "unmount: %d deletes could not be sent (%s); sent at the next mount", self.pending(), exc
+            )
         self._pool.shutdown(wait=True)
         with self._cond:
             left = list(self._pending)

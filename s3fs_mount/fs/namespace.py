@@ -929,8 +929,14 @@ class Namespace:
     def _listed_file(self, entry: ListEntry) -> A.Attributes:
         """What a listing says of a file: size, time, ETag (its mode and owner: from a HEAD)."""
         return A.attributes_from(
-            {}, entry.size, entry.mtime, self.defaults, "file", etag=entry.etag,
-            storage_class=entry.storage_class, complete=False,
+            {},
+            entry.size,
+            entry.mtime,
+            self.defaults,
+            "file",
+            etag=entry.etag,
+            storage_class=entry.storage_class,
+            complete=False,
         )
 
     def _listed_dir(self) -> A.Attributes:

@@ -163,9 +163,7 @@ class S3Operations(Operations):
         #: Names of large directories the kernel is told to forget once it would ask again anyway
         #: (libfuse keeps a node per name the kernel holds): libfuse3 only, which can tell it.
         self.kernel_names = (
-            KernelNames(options.attr_ttl + KERNEL_NAMES_GRACE)
-            if mountpoint and LIBFUSE_MAJOR == 3
-            else None
+            KernelNames(options.attr_ttl + KERNEL_NAMES_GRACE) if mountpoint and LIBFUSE_MAJOR == 3 else None
         )
         self.unuploaded: list[str] | None = None  # set by destroy()
         self.dir_times: DirTimesWriter | None = None  # set by start()

@@ -129,7 +129,8 @@ class MountOptions:
     attr_ttl: float = _option(1.0, "seconds attributes are cached", "consistency")
     dir_ttl: float = _option(1.0, "seconds directory listings are cached", "consistency")
     attr_cache: int = _option(
-        ATTR_CACHE_ENTRIES, "attributes kept in memory; larger directories are walked a page at a time",
+        ATTR_CACHE_ENTRIES,
+        "attributes kept in memory; larger directories are walked a page at a time",
         "consistency",
     )
     conflict_check: bool = _option(

@@ -500,9 +500,7 @@ class StagedFile:
 
     # -- fetching remote bytes (the prefetcher's three steps) ----------------------------
 
-    def claim_missing(
-        self, start: int, end: int, grid: int = 0, wait: bool = True
-    ) -> list[tuple[int, int]]:
+    def claim_missing(self, start: int, end: int, grid: int = 0, wait: bool = True) -> list[tuple[int, int]]:
         """Ranges of ``[start, end)`` still to fetch from S3, now marked in flight (claimed) for
         the caller, who must :meth:`fill` them and then :meth:`unclaim` them, even on failure.
 

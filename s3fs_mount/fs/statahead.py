@@ -56,6 +56,7 @@ PAGE = 128
 #: Directories followed at once.
 MAX_DIRS = 8
 
+
 class _Run:
     """One directory being stat'ed in name order. Guarded by StatAhead._lock."""
 

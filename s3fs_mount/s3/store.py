@@ -985,7 +985,12 @@ class RemoteStore:
             body = xmlparse.delete_objects_body(left)
             md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # SeaweedFS checks it
             resp = self.connection.request(
-                "POST", bucket, "", query={"delete": ""}, headers={"Content-MD5": md5}, body=body,
+                "POST",
+                bucket,
+                "",
+                query={"delete": ""},
+                headers={"Content-MD5": md5},
+                body=body,
                 retry=False,
             )
             again: list[tuple[str, str]] = []

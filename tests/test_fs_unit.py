@@ -16,7 +16,7 @@ from waiting import eventually
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
-from s3fs_mount.fs.fuselib import FuseOSError
+from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
@@ -76,17 +76,46 @@ def test_directory_kinds_and_the_directory_wins(tmp_path):
         assert stat.S_ISDIR(fresh.getattr("/" + name)["st_mode"]), name
 
 
-def test_readdir_makes_no_head_requests(tmp_path):
+@pytest.mark.parametrize("listing_attrs", [False, True])
+def test_readdir_makes_no_head_requests_and_a_stat_at_most_one(tmp_path, listing_attrs):
+    """A file's mode, owner and type are in its metadata: its first stat HEADs it (once), unless
+    the mount was told the bucket's objects have none (listing_attrs)."""
     store = FakeStore()
     for i in range(100):
         store.put("d/f%03d" % i, b"x" * i)
-    ops = make_ops(tmp_path, store)
+    ops = make_ops(tmp_path, store, listing_attrs=listing_attrs)
     ops.getattr("/d")
     heads = store.calls["HEAD"]
     assert len(names(ops, "/d")) == 100
-    sizes = [ops.getattr("/d/f%03d" % i)["st_size"] for i in range(100)]
-    assert sizes == list(range(100))
     assert store.calls["HEAD"] == heads
+    for _ in range(2):
+        sizes = [ops.getattr("/d/f%03d" % i)["st_size"] for i in range(100)]
+        assert sizes == list(range(100))
+    assert store.calls["HEAD"] == heads + (0 if listing_attrs else 100)
+
+
+def test_a_listed_file_shows_its_stored_mode_owner_and_type(tmp_path):
+    """Objects of s3fs-fuse (or of this mount, seen by a fresh one): a listing does not carry
+    x-amz-meta-*, so the defaults must not stand in for them (ls -l, cp -a, rsync -a out)."""
+    store = FakeStore()
+    meta = A.posix_metadata(stat.S_IFREG | 0o600, 1234, 5678, 1.6e9)
+    store.put("d/secret", b"s" * 10, meta)
+    store.put("d/link", b"secret", A.posix_metadata(stat.S_IFLNK | 0o777, 0, 0, 1.6e9))
+    store.put("d/fifo", b"", A.posix_metadata(stat.S_IFIFO | 0o644, 0, 0, 1.6e9))
+    store.put("d/big", b"b" * 5000)
+    ops = make_ops(tmp_path, store)
+    entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
+    # Only what is certain goes with the names: the type of a file too big to be a link.
+    assert entries == {"big": {"st_mode": stat.S_IFREG}, "fifo": None, "link": None, "secret": None}
+    assert isinstance(entries["big"], TypeOnly)
+    got = ops.getattr("/d/secret")
+    assert (stat.S_IMODE(got["st_mode"]), got["st_uid"], got["st_gid"]) == (0o600, 1234, 5678)
+    assert stat.S_ISLNK(ops.getattr("/d/link")["st_mode"]) and ops.readlink("/d/link") == "secret"
+    assert stat.S_ISFIFO(ops.getattr("/d/fifo")["st_mode"])
+    assert stat.S_ISREG(ops.getattr("/d/big")["st_mode"])
+    # Known now (HEADed, same ETag): the next readdir hands them out whole.
+    entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
+    assert entries["secret"] == ops.getattr("/d/secret") and stat.S_ISLNK(entries["link"]["st_mode"])
 
 
 def test_readdir_gives_each_entry_its_attributes(tmp_path):
@@ -97,11 +126,13 @@ def test_readdir_gives_each_entry_its_attributes(tmp_path):
     ops = make_ops(tmp_path, store)
     fh = ops.create("/d/new", 0o600)
     ops.write("/d/new", b"y" * 3000, 0, fh)  # open, not flushed: only the staged copy knows it
+    ops.getattr("/d/old")  # known whole from here on (a HEAD): handed out with its name
     entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
     assert sorted(entries) == ["new", "old", "sub"]
     assert stat.S_ISDIR(ops.getattr("/d/sub")["st_mode"])
-    # A directory's own mode is on its holder, not in the listing: the kernel is left to ask.
-    assert entries.pop("sub") is None
+    # A directory's own mode is on its holder, not in the listing: the kernel is told its type
+    # (d_type) and left to ask the rest.
+    assert entries.pop("sub") == {"st_mode": stat.S_IFDIR}
     for name, attrs in entries.items():
         assert attrs == ops.getattr("/d/" + name), name
     assert entries["new"]["st_size"] == 3000 and stat.S_IMODE(entries["new"]["st_mode"]) == 0o600

@@ -107,6 +107,43 @@ def test_s3fs_fuse_objects_show_their_attributes(mount, boto, bucket):
     assert int(st.st_mtime) == 1400000000 and st.st_size == 3
 
 
+def test_a_fresh_mount_lists_stored_modes_links_and_fifos_as_they_are(mount, boto, bucket, tmp_path):
+    """Objects with s3fs-fuse's metadata, first seen through a listing (ls -l, find, cp -a and
+    rsync -a out): a listing carries no x-amz-meta-*, so each is looked up whole, never shown
+    with the defaults (a link as a file holding its target, 0600 as 0644)."""
+    def put(key: str, body: bytes, mode: int, **more: str) -> None:
+        meta = {"mode": str(mode), "uid": "42", "gid": "43", "mtime": "1400000000", **more}
+        boto.put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta)
+
+    put("t/secret", b"s" * 10, stat.S_IFREG | 0o600)
+    put("t/link", b"secret", stat.S_IFLNK | 0o777)
+    put("t/fifo", b"", stat.S_IFIFO | 0o640)
+    put("t/big", b"b" * 6000, stat.S_IFREG | 0o751)
+    boto.put_object(Bucket=bucket, Key="t/plain", Body=b"p")  # no metadata: the defaults
+    inside = os.path.join(mount.path, "t")
+    env = dict(os.environ, LC_ALL="C")
+    out = subprocess.run(["ls", "-ln", inside], check=True, capture_output=True, text=True, env=env).stdout
+    modes = {line.split()[-1] if "->" not in line else line.split()[-3]: line.split()[0]
+             for line in out.splitlines()[1:]}
+    assert modes == {"big": "-rwxr-x--x", "fifo": "prw-r-----", "link": "lrwxrwxrwx",
+                     "plain": "-rw-r--r--", "secret": "-rw-------"}, out
+    assert "42 43" in out.splitlines()[-1]
+    found = subprocess.run(["find", inside, "-type", "l"], check=True, capture_output=True, text=True).stdout
+    assert found.split() == [os.path.join(inside, "link")]
+    assert os.readlink(os.path.join(inside, "link")) == "secret"
+    assert open(os.path.join(inside, "link"), "rb").read() == b"s" * 10
+    for name, command in (("cp", ["cp", "-a", inside + "/.", str(tmp_path / "cp")]),
+                          ("rsync", ["rsync", "-a", inside + "/", str(tmp_path / "rsync")])):
+        if not shutil.which(command[0]):
+            continue
+        subprocess.run(command, check=True)
+        back = tmp_path / name
+        assert os.readlink(back / "link") == "secret", name
+        assert stat.S_IMODE(os.stat(back / "secret").st_mode) == 0o600, name
+        assert stat.S_ISFIFO(os.lstat(back / "fifo").st_mode), name
+        assert (back / "big").read_bytes() == b"b" * 6000, name
+
+
 def test_symlink_round_trip(mount, boto, bucket):
     write(mount, "target")
     link = os.path.join(mount.path, "link")

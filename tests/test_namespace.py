@@ -163,13 +163,32 @@ def test_a_marker_and_its_folder_object_are_one_directory():
     assert list(listing(ns, "/d")) == ["f"]  # its own marker is no entry
 
 
-def test_a_listing_makes_no_head_and_feeds_lookups():
-    ns, store, _ = make()
+def test_a_listing_makes_no_head_and_feeds_lookups_of_a_bucket_without_metadata():
+    ns, store, _ = make(listing_attrs=True)
     for i in range(30):
         store.put("f%02d" % i, b"x" * i)
     assert len(listing(ns)) == 30
     assert all(ns.lookup("/f%02d" % i).size == i for i in range(30))
     assert store.calls["HEAD"] == 0
+
+
+def test_a_listed_file_is_looked_up_whole_once():
+    ns, store, clock = make()
+    store.put("link", b"target", {A.META_PREFIX + "mode": str(stat.S_IFLNK | 0o777)})
+    assert listing(ns)["link"].mode == DEFAULTS.file_mode  # all a listing can say
+    assert stat.S_ISLNK(ns.lookup("/link").mode) and store.calls["HEAD"] == 1
+    assert stat.S_ISLNK(ns.lookup("/link").mode) and store.calls["HEAD"] == 1
+    store.put("link", b"target2", {A.META_PREFIX + "mode": str(stat.S_IFLNK | 0o777)})  # another client
+    clock.advance(2.0)
+    assert listing(ns)["link"].size == 7  # a new version: what was known of the old one is not used
+    assert stat.S_ISLNK(ns.lookup("/link").mode) and store.calls["HEAD"] == 2
+    store.put("gone", b"1")
+    clock.advance(2.0)
+    assert listing(ns)["gone"].size == 1
+    store.remove("gone")  # between the listing and the lookup
+    with pytest.raises(FsError) as gone:
+        ns.lookup("/gone")
+    assert gone.value.errno == errno.ENOENT
 
 
 def test_a_listing_reuses_modes_a_head_saw_while_the_etag_holds():
@@ -319,7 +338,7 @@ def test_an_implicit_directory_keeps_its_times_in_memory_only():
 def test_the_attribute_cache_is_bounded_and_a_walk_lists_around_a_name():
     """A directory larger than the cache: a lookup during the walk lists a page from that name,
     not a HEAD per entry."""
-    ns, store, _ = make(attr_cache=100)
+    ns, store, _ = make(attr_cache=100, listing_attrs=True)
     for i in range(300):
         store.put("d/f%03d" % i, b"x")
     assert len(listing(ns, "/d")) == 300

@@ -268,7 +268,7 @@ def test_another_clients_metadata_change_of_the_same_bytes_is_followed_and_kept(
 
 def test_a_readdir_within_dir_ttl_is_answered_from_the_listing_with_our_changes(tmp_path):
     store, clock = FakeStore(), FakeClock()
-    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0, listing_attrs=True)
     for name in ("a", "b", "c/x"):
         store.put("d/" + name, b"1")
     assert names(ops, "/d") == ["a", "b", "c"]

@@ -123,6 +123,23 @@ class Attributes:
         }
 
 
+#: The longest symlink target (PATH_MAX less its NUL). A FIFO, socket or device is empty.
+LINK_MAX_BYTES = 4095
+
+
+def certain_type(a: Attributes) -> int | None:
+    """The file type bits of ``a`` that hold whatever its metadata says, or None.
+
+    For what a listing shows without metadata: a directory is one; an object larger than
+    any symlink target can only be a regular file (links and special files are small).
+    """
+    if a.is_dir:
+        return stat.S_IFDIR
+    if a.size > LINK_MAX_BYTES:
+        return stat.S_IFREG
+    return None
+
+
 def _ns(t: float) -> int:
     return round(t * 1e9)
 

@@ -89,6 +89,12 @@ KERNEL_NAMES_PERIOD = 0.25
 __all__ = ["FUSE", "FuseOSError", "Operations", "fuse_get_context", "KernelNames", "LIBFUSE_MAJOR"]
 
 
+class TypeOnly(dict):
+    """A readdir entry's attributes when only its file type is known (``{"st_mode": S_IFDIR}``):
+    the kernel gets the type (d_type) and no attributes to cache, so it looks the name up
+    when it needs them."""
+
+
 class CallObserver(Protocol):
     """What the FUSE binding tells of each call: its name, duration and result (0 or -errno)."""
 
@@ -110,7 +116,8 @@ class FUSE(mfusepy.FUSE):
 
     A plain readdir (the kernel asks with attributes on its first call and after
     lookups only) still gives each entry's type (``st_mode`` alone): without it
-    every entry was DT_UNKNOWN and ``find`` looked each one up. Names of a large
+    every entry was DT_UNKNOWN and ``find`` looked each one up. An entry whose
+    attributes are a :class:`TypeOnly` gives its type in both, and no attributes. Names of a large
     directory that go out with attributes are queued to the operations'
     ``kernel_names`` (:class:`KernelNames`), whose directory node ids this class
     finds in libfuse's readdir handle.
@@ -196,7 +203,7 @@ class FUSE(mfusepy.FUSE):
                 name = item
             else:
                 name, attrs, _ = item
-                if plus and attrs:
+                if plus and attrs and not isinstance(attrs, TypeOnly):
                     st = mfusepy.c_stat()
                     mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
                     fill_flags = FUSE_FILL_DIR_PLUS

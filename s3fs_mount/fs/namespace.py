@@ -4,7 +4,9 @@ Lookups HEAD the object and, failing that, list its would-be directory
 prefix. Listings (ListObjectsV2 with a delimiter, no HEAD per entry) fill
 the attribute cache with size and mtime; full attributes seen by a HEAD are
 remembered by ETag, so a listing reuses them (modes, owners, symlinks)
-while the object is unchanged.
+while the object is unchanged. A listing alone does not say what a file is
+(a symlink, a FIFO, mode 0600): its first lookup HEADs it, unless the mount
+was told the bucket's objects carry no such metadata (``listing_attrs``).
 
 Caches (cachetools, not thread-safe, so all behind ``self._lock``):
 
@@ -140,6 +142,8 @@ class Namespace:
     :param clock: what the TTLs (and a directory's new times) are measured by.
     :param attr_cache: the most attributes kept in memory.
     :param statahead: threads sending HEADs ahead of a directory's stats (0: none; fs/statahead.py).
+    :param listing_attrs: take files as listings show them (size, mtime, ETag) with the default
+        mode and owner: no HEAD per file, for buckets whose objects carry no POSIX metadata.
 
     Locks (``_lock`` is never held during a request):
 
@@ -149,7 +153,7 @@ class Namespace:
       before ``_lock``, held across its requests).
     * ``_conflicts_logged``: unguarded; a race logs a name clash twice, no more.
     * Immutable after __init__: ``store``, ``keymap``, ``defaults``, ``clock``, ``attr_ttl``,
-      ``listed_names``, ``epoch``; ``dir_meta_on_marker`` is set once by
+      ``listed_names``, ``epoch``, ``listing_attrs``; ``dir_meta_on_marker`` is set once by
       :meth:`configure_directories`, before the mount serves.
     """
 
@@ -163,8 +167,12 @@ class Namespace:
         clock: Clock = SYSTEM,
         attr_cache: int = ATTR_CACHE_ENTRIES,
         statahead: int = STATAHEAD_WORKERS,
+        listing_attrs: bool = False,
     ) -> None:
         self.clock = clock
+        #: True: a file a listing shows is taken as the listing says, with the default mode and
+        #: owner (no HEAD); False: its first lookup HEADs it, for its stored mode, owner and type.
+        self.listing_attrs = listing_attrs
         timer = clock.monotonic
         self.store = store
         self.keymap = keymap
@@ -335,8 +343,10 @@ class Namespace:
             self._list_around(parent, name)
             with self._lock:
                 hit = self._attrs.get(path)
-        if hit is not None and (hit.complete or not hit.is_dir):
+        if hit is not None and (hit.complete or (self.listing_attrs and not hit.is_dir)):
             return hit
+        if hit is not None and not hit.is_dir:
+            return self._complete_file(path)
         if hit is not None:
             # A directory seen in a listing: its mode and owner are on its holder (one HEAD).
             asked = self.clock.monotonic()
@@ -369,6 +379,17 @@ class Namespace:
                 raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
             found = self._listed_dir()  # a prefix whose last key we removed: there until its rmdir
             found.complete = True
+        return self._cache_fetched(path, found)
+
+    def _complete_file(self, path: str) -> A.Attributes:
+        """A file a listing showed: its mode, owner and type (a symlink, a FIFO) are
+        ``x-amz-meta-*``, which no listing carries, so one HEAD (sent ahead of a walk in name
+        order by the stat-ahead); FsError(ENOENT) if it has gone since."""
+        found = self.statahead.lookup(path, lambda: self._fetch(path, dirs=False))
+        if found is None:
+            with self._lock:
+                self._attrs.pop(path, None)  # removed by another client: asked again next time
+            raise FsError(errno.ENOENT)
         return self._cache_fetched(path, found)
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
@@ -899,7 +920,13 @@ class Namespace:
                     continue  # we changed it while the listing was under way
                 attributes.seen_at = asked
                 self._keep_atime(child, attributes)
-                if child not in self._attrs or not self._attrs[child].complete or attributes.complete:
+                old = self._attrs.get(child)
+                if (
+                    old is None
+                    or not old.complete
+                    or attributes.complete
+                    or (not attributes.is_dir and old.etag != attributes.etag)  # changed since
+                ):
                     self._attrs[child] = attributes
                 self._missing.pop(child, None)
         return out

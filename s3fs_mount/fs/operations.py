@@ -25,6 +25,7 @@ from s3fs_mount.fs.fuselib import (
     LIBFUSE_MAJOR,
     KernelNames,
     Operations,
+    TypeOnly,
     fuse_entries,
     fuse_get_context,
     fuse_operation,
@@ -113,6 +114,7 @@ class S3Operations(Operations):
             options.dir_ttl,
             clock=clock,
             attr_cache=options.attr_cache,
+            listing_attrs=options.listing_attrs,
         )
         self.staging = StagingCache(
             os.path.join(options.cache_dir, _safe(store.name, store.prefix)),
@@ -367,16 +369,22 @@ class S3Operations(Operations):
                 staged[rest] = item
         yield "."
         yield ".."
-        # A directory's mode and owner are on its holder, which a listing does not show: the kernel
-        # asks (getattr) rather than be told the defaults.
+        # What a listing does not show (a directory's mode and owner, on its holder; a file's
+        # mode, owner and type, in its metadata) the kernel asks for (a lookup) rather than be
+        # told the defaults; it is told the type where that is certain (d_type: find need not ask).
         names = self.kernel_names
+        trusted = self.namespace.listing_attrs
         for n, (name, a) in enumerate(self.namespace.iter_dir(path)):
             item = staged.pop(name, None)
             if item is not None:
                 a = self._item_attributes(item)
             if names is not None and n == self.namespace.listed_names:  # a large directory
                 names.large(path)
-            yield name, None if a.is_dir and not a.complete else a.stat(), 0
+            if a.complete or (trusted and not a.is_dir):
+                yield name, a.stat(), 0
+            else:
+                kind = A.certain_type(a)
+                yield name, None if kind is None else TypeOnly(st_mode=kind), 0
         for name, item in sorted(staged.items()):
             yield name, self._item_attributes(item).stat(), 0
 

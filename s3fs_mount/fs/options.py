@@ -133,6 +133,12 @@ class MountOptions:
         "attributes kept in memory; larger directories are walked a page at a time",
         "consistency",
     )
+    listing_attrs: bool = _option(
+        False,
+        "files show as listed, with the default mode and owner (no HEAD per file): for buckets "
+        "whose objects carry no x-amz-meta-mode (symlinks, modes of s3fs-fuse or this mount)",
+        "consistency",
+    )
     conflict_check: bool = _option(
         True, "uploads never replace another client's newer version", "consistency"
     )

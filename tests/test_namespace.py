@@ -203,6 +203,21 @@ def test_a_listing_reuses_modes_a_head_saw_while_the_etag_holds():
     assert stat.S_IMODE(ns.lookup_full("/f").mode) == 0o640
 
 
+def test_a_listing_does_not_reuse_modes_of_a_version_whose_metadata_changed_since():
+    """Another client's chmod is a self-copy: the ETag (the bytes' MD5) stays, Last-Modified moves."""
+    ns, store, clock = make()
+    store.put("f", b"1", {A.META_PREFIX + "mode": str(stat.S_IFREG | 0o600)})
+    assert stat.S_IMODE(ns.lookup("/f").mode) == 0o600
+    store.copy_object("f", "f", {A.META_PREFIX + "mode": str(stat.S_IFREG | 0o640)}, replace_metadata=True)
+    store.objects["f"].mtime += 5  # a later second
+    clock.advance(2.0)
+    assert not listing(ns)["f"].complete  # the same ETag, not the same version
+    heads = store.calls["HEAD"]
+    assert stat.S_IMODE(ns.lookup("/f").mode) == 0o640 and store.calls["HEAD"] == heads + 1
+    clock.advance(2.0)
+    assert stat.S_IMODE(listing(ns)["f"].mode) == 0o640  # this version's, known now
+
+
 def test_a_listing_in_pages_shows_every_entry_once():
     ns, store, _ = make()
     for i in range(25):

@@ -90,6 +90,9 @@ class Attributes:
     version_id: str | None = None
     digest: str = ""  # what S3 says the bytes hash to (ObjectInfo.digest); '' if unknown
     complete: bool = True  # False when built from a listing (no metadata known)
+    #: S3's Last-Modified of this version (0: not known, our own write). A metadata change by
+    #: another client (a self-copy) keeps the ETag and moves this.
+    stored: float = 0.0
     ttl: float = 0.0  # seconds to cache, when longer than attr_ttl
     #: When (time.monotonic) S3 was asked for these: an answer sent before a change we made is older.
     seen_at: float = field(default_factory=time.monotonic)

@@ -127,6 +127,18 @@ def _in_page(name: str, after: str, last: str) -> bool:
     return name > after and (not last or all(name + end <= last for end in ("/", FOLDER_SUFFIX)))
 
 
+def _same_version(full: A.Attributes, etag: str, size: int, stored: float) -> bool:
+    """Whether a listing's entry (``etag``, ``size``, Last-Modified ``stored``) is the version
+    whose whole attributes are ``full`` (caller holds Namespace._lock). The ETag alone does not
+    say: a metadata change (a self-copy, as another client's chmod) keeps it and moves
+    Last-Modified. What we wrote ourselves has none known: its first listing tells it."""
+    if full.etag != etag or full.size != size:
+        return False
+    if not full.stored:
+        full.stored = stored
+    return int(full.stored) == int(stored)  # HTTP dates have whole seconds
+
+
 def _walk_ttl(entries: int) -> float:
     """How long what a listing of ``entries`` entries says is kept: long enough for a tool
     (ls -l, rm -r) to walk them."""
@@ -772,6 +784,7 @@ class Namespace:
             storage_class=info.storage_class,
             version_id=info.version_id,
             digest=info.digest,
+            stored=info.mtime,
         )
 
     def _log_conflict(self, key: str) -> None:
@@ -888,10 +901,10 @@ class Namespace:
                 continue
             with self._lock:
                 full = self._full.get(KeyMap.join(path, rest))
-            if full is not None and full.etag == entry.etag and full.size == entry.size:
-                files.append((rest, full))
-            else:
-                files.append((rest, self._listed_file(entry)))
+                if full is not None and _same_version(full, entry.etag, entry.size, entry.mtime):
+                    files.append((rest, full))
+                    continue
+            files.append((rest, self._listed_file(entry)))
         for p in page.prefixes:
             rest = p[len(prefix) :].rstrip("/")
             if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
@@ -925,7 +938,10 @@ class Namespace:
                     old is None
                     or not old.complete
                     or attributes.complete
-                    or (not attributes.is_dir and old.etag != attributes.etag)  # changed since
+                    or not (  # another version since
+                        attributes.is_dir
+                        or _same_version(old, attributes.etag, attributes.size, attributes.stored)
+                    )
                 ):
                     self._attrs[child] = attributes
                 self._missing.pop(child, None)
@@ -964,6 +980,7 @@ class Namespace:
             etag=entry.etag,
             storage_class=entry.storage_class,
             complete=False,
+            stored=entry.mtime,
         )
 
     def _listed_dir(self) -> A.Attributes:

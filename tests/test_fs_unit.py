@@ -1221,3 +1221,50 @@ def test_mkdir_is_not_left_half_made_when_one_of_its_two_puts_fails(tmp_path, re
     store.put = real_put
     ops.mkdir("/e", 0o755)
     assert {"e/", "e_$folder$"} <= set(store.objects)
+
+
+def unmount(ops: S3Operations) -> None:
+    ops.finish()
+    ops.staging.close()
+
+
+def test_what_heads_told_is_kept_for_the_next_mount_while_the_version_holds(tmp_path, caplog):
+    """fs/known.py: a later mount lists a version it has seen whole with no HEAD, one it made
+    itself once listed, and asks again of one whose metadata changed (same ETag, later date)."""
+    store = FakeStore()
+    for i in range(20):
+        store.put("d/f%02d" % i, b"x", A.posix_metadata(stat.S_IFREG | 0o600, 7, 8, 1.6e9))
+    first = make_ops(tmp_path, store)
+    names(first, "/d")
+    assert all(stat.S_IMODE(first.getattr("/d/f%02d" % i)["st_mode"]) == 0o600 for i in range(20))
+    write_file(first, "/d/ours", b"mine")
+    first.chmod("/d/ours", 0o640)
+    unmount(first)  # "ours" is not kept: S3's date of it is not known yet
+    store.objects["d/f00"].mtime += 5  # another client's chmod: the same bytes, a later date
+    store.objects["d/f00"].metadata[A.META_PREFIX + "mode"] = str(stat.S_IFREG | 0o644)
+    second = make_ops(tmp_path, store)
+    second.getattr("/d")  # the directory's own lookup
+    heads = store.calls["HEAD"]
+    entries = {e[0]: e[1] for e in second.readdir("/d", 0) if not isinstance(e, str)}
+    assert all(entries["f%02d" % i]["st_mode"] == stat.S_IFREG | 0o600 for i in range(1, 20))
+    assert entries["f00"] is None and entries["ours"] is None
+    assert stat.S_IMODE(second.getattr("/d/f00")["st_mode"]) == 0o644
+    assert stat.S_IMODE(second.getattr("/d/ours")["st_mode"]) == 0o640
+    assert store.calls["HEAD"] - heads == 2
+    names(second, "/d")  # listed after its HEAD: "ours" is kept now
+    unmount(second)
+    third = make_ops(tmp_path, store)
+    third.getattr("/d")
+    heads = store.calls["HEAD"]
+    entries = {e[0]: e[1] for e in third.readdir("/d", 0) if not isinstance(e, str)}
+    assert stat.S_IMODE(entries["ours"]["st_mode"]) == 0o640
+    assert stat.S_IMODE(entries["f00"]["st_mode"]) == 0o644
+    assert store.calls["HEAD"] == heads
+    unmount(third)
+    # A damaged table costs HEADs, never an answer.
+    (tmp_path / "cache" / "bucket" / "attributes.sqlite").write_bytes(b"not a database" * 100)
+    with caplog.at_level(logging.WARNING):
+        fourth = make_ops(tmp_path, store)
+        assert stat.S_IMODE(fourth.getattr("/d/f05")["st_mode"]) == 0o600
+        unmount(fourth)
+    assert "not kept across mounts" in caplog.text

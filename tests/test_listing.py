@@ -438,3 +438,42 @@ def test_every_entry_of_a_large_directory_has_its_type_so_find_stats_none(
     small = DT_REG if listing_attrs else DT_UNKNOWN
     assert kinds == {"f": {small}, "g": {DT_REG}, "s": {DT_DIR}}
     mount.stop()
+
+
+@pytest.mark.fuse
+def test_a_remount_shows_what_it_saw_of_files_with_no_head_and_asks_of_what_changed(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    """fs/known.py: what HEADs told is kept in the cache directory by version (ETag, size,
+    Last-Modified), so ls -l of files seen before costs the listing alone."""
+    for i in range(30):
+        boto.put_object(Bucket=bucket, Key="s/f%02d" % i, Body=b"x",
+                        Metadata={"mode": str(0o100600), "uid": "42", "gid": "43"})
+    boto.put_object(Bucket=bucket, Key="s/link", Body=b"f00", Metadata={"mode": str(0o120777)})
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    cache = str(tmp_path / "kept-cache")
+    env = dict(os.environ, LC_ALL="C")
+
+    def ls_l() -> tuple[str, list[str]]:
+        mount = mount_factory(config=config, cache_dir=cache).start()
+        try:
+            mark = len(faultproxy.seen)
+            out = subprocess.run(["ls", "-ln", os.path.join(mount.path, "s")], capture_output=True, text=True,
+                                 env=env, check=True).stdout
+            heads = [p for m, p, _ in requests_of(faultproxy, mark) if m == "HEAD" and "/s/" in p[:-1]]
+        finally:
+            assert mount.stop() == 0
+        return out, heads
+
+    first, heads = ls_l()
+    assert len(heads) == 31  # each file once: its mode is in its metadata
+    again, heads = ls_l()
+    assert again == first and heads == []
+    assert "lrwxrwxrwx" in again and again.count("-rw------- 1 42 43") == 30
+    # Another client's chmod: a self-copy (the same ETag) with a later Last-Modified.
+    time.sleep(1.1)
+    boto.copy_object(Bucket=bucket, Key="s/f07", CopySource={"Bucket": bucket, "Key": "s/f07"},
+                     Metadata={"mode": str(0o100640), "uid": "42", "gid": "43"}, MetadataDirective="REPLACE")
+    changed, heads = ls_l()
+    assert [h.rsplit("/", 1)[1] for h in heads] == ["f07"]
+    assert "-rw-r----- 1 42 43" in changed

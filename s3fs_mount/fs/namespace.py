@@ -71,6 +71,7 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
 from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
 from s3fs_mount.fs.statahead import StatAhead
@@ -154,6 +155,7 @@ class Namespace:
     :param clock: what the TTLs (and a directory's new times) are measured by.
     :param attr_cache: the most attributes kept in memory.
     :param statahead: threads sending HEADs ahead of a directory's stats (0: none; fs/statahead.py).
+    :param known: what HEADs told of file versions, kept on disk across mounts (fs/known.py).
     :param listing_attrs: take files as listings show them (size, mtime, ETag) with the default
         mode and owner: no HEAD per file, for buckets whose objects carry no POSIX metadata.
 
@@ -165,7 +167,7 @@ class Namespace:
       before ``_lock``, held across its requests).
     * ``_conflicts_logged``: unguarded; a race logs a name clash twice, no more.
     * Immutable after __init__: ``store``, ``keymap``, ``defaults``, ``clock``, ``attr_ttl``,
-      ``listed_names``, ``epoch``, ``listing_attrs``; ``dir_meta_on_marker`` is set once by
+      ``listed_names``, ``epoch``, ``listing_attrs``, ``known``; ``dir_meta_on_marker`` is set once by
       :meth:`configure_directories`, before the mount serves.
     """
 
@@ -180,8 +182,11 @@ class Namespace:
         attr_cache: int = ATTR_CACHE_ENTRIES,
         statahead: int = STATAHEAD_WORKERS,
         listing_attrs: bool = False,
+        known: KnownVersions | None = None,
     ) -> None:
         self.clock = clock
+        #: What HEADs told of file versions, kept across mounts (none: kept in memory only).
+        self.known = known if known is not None else KnownVersions(None, defaults)
         #: True: a file a listing shows is taken as the listing says, with the default mode and
         #: owner (no HEAD); False: its first lookup HEADs it, for its stored mode, owner and type.
         self.listing_attrs = listing_attrs
@@ -559,6 +564,7 @@ class Namespace:
             names = self._listings.get(parent)
             if names is not None:
                 names.add(name)
+        self.known.record(path, found)
         return found
 
     def _fetch(self, path: str, dirs: bool = True) -> A.Attributes | None:
@@ -888,6 +894,7 @@ class Namespace:
         """The files (with what the listing says of them) and the directory names on one page."""
         files: list[tuple[str, A.Attributes]] = []
         dirs: list[str] = []
+        unknown: list[tuple[int, str, ListEntry]] = []  # (index in files, path, entry): no HEAD seen
         for entry in page.entries:
             rest = entry.key[len(prefix) :]
             if not rest:
@@ -899,12 +906,26 @@ class Namespace:
             if not is_valid_name(rest):
                 warn_skipped(entry.key, "not a valid file name")
                 continue
+            child = KeyMap.join(path, rest)
             with self._lock:
-                full = self._full.get(KeyMap.join(path, rest))
-                if full is not None and _same_version(full, entry.etag, entry.size, entry.mtime):
-                    files.append((rest, full))
-                    continue
+                full = self._full.get(child)
+                dated = full is not None and not full.stored  # ours: S3's date of it unknown
+                same = full is not None and _same_version(full, entry.etag, entry.size, entry.mtime)
+            if full is not None and same:
+                files.append((rest, full))
+                if dated:
+                    self.known.record(child, full)  # now with its date: kept
+                continue
             files.append((rest, self._listed_file(entry)))
+            unknown.append((len(files) - 1, child, entry))
+        if unknown:  # what a HEAD of this or an earlier mount told of the same versions
+            kept = self.known.find([child for _, child, _ in unknown])
+            with self._lock:
+                for index, child, entry in unknown:
+                    full = kept.get(child)
+                    if full is not None and _same_version(full, entry.etag, entry.size, entry.mtime):
+                        files[index] = (files[index][0], full)
+                        self._full[child] = full
         for p in page.prefixes:
             rest = p[len(prefix) :].rstrip("/")
             if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):

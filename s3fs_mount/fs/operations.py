@@ -31,6 +31,7 @@ from s3fs_mount.fs.fuselib import (
     fuse_operation,
 )
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
+from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
 from s3fs_mount.fs.namespace import Namespace
 from s3fs_mount.fs.options import MountOptions
@@ -106,6 +107,7 @@ class S3Operations(Operations):
         self.options = options
         self.keymap = KeyMap()
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
+        cache_root = os.path.join(options.cache_dir, _safe(store.name, store.prefix))
         self.namespace = Namespace(
             store,
             self.keymap,
@@ -115,9 +117,10 @@ class S3Operations(Operations):
             clock=clock,
             attr_cache=options.attr_cache,
             listing_attrs=options.listing_attrs,
+            known=KnownVersions(cache_root, self.defaults),
         )
         self.staging = StagingCache(
-            os.path.join(options.cache_dir, _safe(store.name, store.prefix)),
+            cache_root,
             store.name,
             options.cache_size,
             clock=clock,
@@ -229,6 +232,7 @@ class S3Operations(Operations):
         left = self._upload_one_by_one() if queue is None else self._upload_in_background(queue)
         self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
         self.namespace.statahead.close()
+        self.namespace.known.close()
         if self.dir_times is not None:
             self.dir_times.close()
         elif not self.options.ro:

@@ -1,0 +1,187 @@
+"""What HEADs told of files, kept on disk across mounts, by version.
+
+A listing gives a file's size, ETag and Last-Modified, not its ``x-amz-meta-*``
+(mode, owner, a symlink's type), so the namespace HEADs a file before it
+shows it (:mod:`s3fs_mount.fs.namespace`). What a HEAD told is recorded here,
+in an SQLite table in the mount's cache directory, with the version it holds
+for (ETag, size, Last-Modified): a later mount that lists the same version
+shows it whole with no HEAD, so ``ls -l`` of a tree it has seen costs its
+listings only. A version that differs in any of the three is asked again
+(another client's chmod is a self-copy that keeps the ETag and moves
+Last-Modified).
+
+It is a cache: a lost or damaged table costs HEADs, never a wrong answer,
+so writes are not synced (``synchronous=OFF``), and a table that cannot be
+opened is logged once and not used. At most :data:`MAX_ROWS` files are kept;
+the oldest records go first.
+
+Locks: ``_lock`` guards the connection (one statement at a time) and
+``_writes``; it is never held during a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable
+
+from s3fs_mount.fs import attrs as A
+
+log = logging.getLogger(__name__)
+
+#: Files whose attributes are kept (~200 bytes each on disk).
+MAX_ROWS = 2_000_000
+#: Records written at once (one transaction).
+BATCH = 256
+#: Paths asked at once (SQLite's bound on a statement's parameters is 32,766).
+QUERY_CHUNK = 900
+FILE_NAME = "attributes.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    path TEXT PRIMARY KEY,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    stored INTEGER NOT NULL,
+    facts TEXT NOT NULL
+)
+"""
+
+
+class KnownVersions:
+    """Whole attributes of file versions, by path, from HEADs of this or earlier mounts.
+
+    :param directory: where the table is kept (the mount's cache directory for the bucket);
+        None: nowhere (nothing is kept, nothing found).
+    :param defaults: the attributes of objects without metadata (as the namespace's).
+    """
+
+    def __init__(self, directory: str | None, defaults: A.Defaults) -> None:
+        self.defaults = defaults
+        self._lock = threading.Lock()
+        self._writes: list[tuple[str, str, int, int, str]] = []  # GUARDED_BY(_lock)
+        self._db: sqlite3.Connection | None = None  # GUARDED_BY(_lock); None: not in use
+        if directory is None:
+            return
+        path = os.path.join(directory, FILE_NAME)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")
+            db.execute(_SCHEMA)
+            self._db = db
+        except sqlite3.Error as exc:
+            log.warning("file attributes are not kept across mounts: %s: %s", path, exc)
+
+    def record(self, path: str, attributes: A.Attributes) -> None:
+        """Keep what is known whole of file ``path`` (written with the next batch). Not kept
+        until S3's date of the version is known (``stored``: our own writes, until listed)."""
+        if attributes.is_dir or not attributes.complete or not attributes.etag or not attributes.stored:
+            return
+        if self._db is None:
+            return
+        facts = {
+            "meta": attributes.metadata,
+            "headers": attributes.headers,
+            "class": attributes.storage_class,
+            "version": attributes.version_id,
+            "digest": attributes.digest,
+        }
+        row = (path, attributes.etag, attributes.size, int(attributes.stored), json.dumps(facts))
+        with self._lock:
+            self._writes.append(row)
+            if len(self._writes) >= BATCH:
+                self._write_locked()
+
+    def forget(self, paths: Iterable[str]) -> None:
+        """Drop what is kept of ``paths`` (removed, renamed away)."""
+        rows = [(p,) for p in paths]
+        with self._lock:
+            if self._db is None:
+                return
+            self._write_locked()
+            self._run_locked(lambda db: db.executemany("DELETE FROM versions WHERE path = ?", rows))
+
+    def find(self, paths: list[str]) -> dict[str, A.Attributes]:
+        """What is kept of ``paths``: path -> whole attributes (``stored``: the version's
+        Last-Modified, 0 if not yet known), for the caller to check against its listing."""
+        found: dict[str, A.Attributes] = {}
+        with self._lock:
+            if self._db is None or not paths:
+                return found
+            self._write_locked()
+            for start in range(0, len(paths), QUERY_CHUNK):
+                chunk = paths[start : start + QUERY_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = "SELECT path, etag, size, stored, facts FROM versions WHERE path IN (%s)" % marks
+                rows = self._run_locked(lambda db, q=query, c=chunk: db.execute(q, c).fetchall())
+                for path, etag, size, stored, facts in rows or []:
+                    attributes = self._attributes(etag, size, stored, facts)
+                    if attributes is not None:
+                        found[path] = attributes
+        return found
+
+    def flush(self) -> None:
+        """Write what is recorded (at unmount)."""
+        with self._lock:
+            self._write_locked()
+
+    def close(self) -> None:
+        with self._lock:
+            self._write_locked()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _attributes(self, etag: str, size: int, stored: int, facts: str) -> A.Attributes | None:
+        try:
+            f = json.loads(facts)
+            return A.attributes_from(
+                f["meta"],
+                size,
+                float(stored),
+                self.defaults,
+                "file",
+                etag=etag,
+                headers=f["headers"],
+                storage_class=f["class"],
+                version_id=f["version"],
+                digest=f["digest"],
+                stored=float(stored),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            log.debug("a kept record could not be read (%s): asked again", exc)
+            return None
+
+    def _write_locked(self) -> None:
+        """Write the recorded rows, and keep the table within MAX_ROWS (caller holds _lock)."""
+        rows, self._writes = self._writes, []
+        if not rows or self._db is None:
+            return
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute(
+                "DELETE FROM versions WHERE rowid <= (SELECT MAX(rowid) FROM versions) - ?", (MAX_ROWS,)
+            )
+            db.execute("COMMIT")
+
+        self._run_locked(write)
+
+    def _run_locked(self, job):  # type: ignore[no-untyped-def]
+        """Run ``job(db)``; on an SQLite error, log it and stop using the table."""
+        assert self._db is not None
+        try:
+            return job(self._db)
+        except sqlite3.Error as exc:
+            log.warning("file attributes are no longer kept across mounts: %s", exc)
+            try:
+                self._db.close()
+            finally:
+                self._db = None
+            return None

@@ -80,6 +80,23 @@ def test_stats_in_name_order_head_each_file_once_with_its_full_attributes(tmp_pa
     assert 1 <= len(pages) <= -(-300 // statahead.PAGE)  # a page at a time, as the window needed
 
 
+def test_stats_after_a_readdir_take_their_names_from_its_listing(tmp_path):
+    """ls -l, du, rm -r: a readdir, then a stat of each file in name order. The files' HEADs go
+    ahead with the names the readdir listed: no LIST page of the stat-ahead's own."""
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 300)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=30.0)
+    listed = [e[0] for e in ops.readdir("/d", 0) if not isinstance(e, str)]
+    assert listed == [k[2:] for k in keys]
+    store.heads.clear()  # the directory's own lookup
+    lists = len(store.lists)
+    for key in keys:
+        assert ops.getattr("/" + key)["st_mode"] == MODE
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+    assert len(store.lists) == lists
+    assert sum(store.heads.values()) == 300
+
+
 def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
     store, clock, keys, ops = looked_up(tmp_path, 50)
     ops.getattr("/" + keys[10])

@@ -68,13 +68,16 @@ class KnownVersions:
             return
         path = os.path.join(directory, FILE_NAME)
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            # Its metadata is the bucket's: readable by the mount's user alone, as staged files
+            # are (SQLite gives its -wal and -shm files the table's mode).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=OFF")
             db.execute(_SCHEMA)
             self._db = db
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             log.warning("file attributes are not kept across mounts: %s: %s", path, exc)
 
     def record(self, path: str, attributes: A.Attributes) -> None:

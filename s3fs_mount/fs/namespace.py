@@ -241,7 +241,9 @@ class Namespace:
         self.root = A.Attributes(mode=defaults.dir_mode, mtime=self.epoch, uid=defaults.uid, gid=defaults.gid)
         #: Lookups that miss in name order get their HEADs sent ahead (its lock never nests with _lock).
         ahead = lambda path: self._fetch(path, dirs=False)  # noqa: E731
-        self.statahead = StatAhead(store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead)
+        self.statahead = StatAhead(
+            store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
+        )
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
@@ -408,6 +410,25 @@ class Namespace:
                 self._attrs.pop(path, None)  # removed by another client: asked again next time
             raise FsError(errno.ENOENT)
         return self._cache_fetched(path, found)
+
+    def _unknown_files_after(self, parent: str, after: str, count: int) -> list[str] | None:
+        """Up to ``count`` names after ``after`` (in name order) of files of ``parent`` not known
+        whole, from a listing of it less than ``dir_ttl`` old; None if there is none (the
+        stat-ahead's names: the HEADs a walk after a readdir asks for next)."""
+        with self._lock:
+            names = self._listings.get(parent)
+            listed = self._listed.get(parent)
+            fresh = listed is not None and listed.covers(after, self.clock.monotonic(), self.dir_ttl)
+            if names is None or not fresh:
+                return None
+            found: list[str] = []
+            for name in sorted(n for n in names if n > after):
+                known = self._attrs.get(KeyMap.join(parent, name))
+                if known is None or not (known.is_dir or known.complete):
+                    found.append(name)
+                    if len(found) == count:
+                        break
+            return found
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
         """Raise FsError(ENOENT), with no request, if a listing of ``parent`` less than

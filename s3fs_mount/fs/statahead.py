@@ -86,6 +86,9 @@ class StatAhead:
     :param clock: the monotonic clock ``seen_at`` is measured by.
     :param ttl: how long an answer fetched ahead may be used (``attr_ttl``).
     :param workers: threads sending HEADs ahead; 0 turns stat-ahead off.
+    :param listed: ``(parent, after, count)`` -> up to ``count`` names of files of ``parent``
+        after ``after`` still to ask about, from a listing the namespace has (a readdir a
+        moment ago: ls -l, rm -r), or None (not known: a LIST page is asked).
     """
 
     def __init__(
@@ -97,7 +100,9 @@ class StatAhead:
         clock: Clock,
         ttl: float,
         workers: int = WORKERS,
+        listed: Callable[[str, str, int], list[str] | None] = lambda parent, after, count: None,
     ) -> None:
+        self._listed = listed
         self._store = store
         self._keymap = keymap
         self._fetch = fetch
@@ -268,7 +273,11 @@ class StatAhead:
         self._fill(parent)
 
     def _files_after(self, parent: str, after: str) -> list[str]:
-        """The names of files in directory ``parent`` after ``after``, one page (no directories)."""
+        """The names of files in directory ``parent`` after ``after``, one page (no directories):
+        from a listing the namespace has (a readdir a moment ago), else one LIST page."""
+        known = self._listed(parent, after, PAGE)
+        if known is not None:
+            return known
         prefix = self._keymap.dir_prefix(parent)
         page = next(self._store.list(prefix, delimiter="/", max_keys=PAGE, start_after=prefix + after))
         names = []

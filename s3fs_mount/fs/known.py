@@ -26,7 +26,6 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
 
 from s3fs_mount.fs import attrs as A
 
@@ -54,21 +53,21 @@ CREATE TABLE IF NOT EXISTS versions (
 class KnownVersions:
     """Whole attributes of file versions, by path, from HEADs of this or earlier mounts.
 
-    :param directory: where the table is kept (the mount's cache directory for the bucket);
-        None: nowhere (nothing is kept, nothing found).
+    :param directory: where the table is kept (the mount's cache directory for the bucket, made
+        and locked by the staging cache); None: nowhere (nothing is kept, nothing found).
     :param defaults: the attributes of objects without metadata (as the namespace's).
     """
 
     def __init__(self, directory: str | None, defaults: A.Defaults) -> None:
         self.defaults = defaults
         self._lock = threading.Lock()
-        self._writes: list[tuple[str, str, int, int, str]] = []  # GUARDED_BY(_lock)
+        #: What is still to write, in order: ("put", row), ("drop", (path,)), ("drop_tree", (path,)).
+        self._writes: list[tuple[str, tuple[object, ...]]] = []  # GUARDED_BY(_lock)
         self._db: sqlite3.Connection | None = None  # GUARDED_BY(_lock); None: not in use
         if directory is None:
             return
         path = os.path.join(directory, FILE_NAME)
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
             # Its metadata is the bucket's: readable by the mount's user alone, as staged files
             # are (SQLite gives its -wal and -shm files the table's mode).
             os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
@@ -96,18 +95,20 @@ class KnownVersions:
         }
         row = (path, attributes.etag, attributes.size, int(attributes.stored), json.dumps(facts))
         with self._lock:
-            self._writes.append(row)
+            self._writes.append(("put", row))
             if len(self._writes) >= BATCH:
                 self._write_locked()
 
-    def forget(self, paths: Iterable[str]) -> None:
-        """Drop what is kept of ``paths`` (removed, renamed away)."""
-        rows = [(p,) for p in paths]
+    def drop(self, path: str, tree: bool = False) -> None:
+        """Drop what is kept of ``path`` (``tree``: and of everything under it): this mount
+        changed it, and what a HEAD told of an earlier version must not stand for the new one
+        (the same bytes written again within a second have the same ETag, size and date)."""
         with self._lock:
             if self._db is None:
                 return
-            self._write_locked()
-            self._run_locked(lambda db: db.executemany("DELETE FROM versions WHERE path = ?", rows))
+            self._writes.append(("drop_tree" if tree else "drop", (path,)))
+            if len(self._writes) >= BATCH:
+                self._write_locked()
 
     def find(self, paths: list[str]) -> dict[str, A.Attributes]:
         """What is kept of ``paths``: path -> whole attributes (``stored``: the version's
@@ -168,7 +169,18 @@ class KnownVersions:
 
         def write(db: sqlite3.Connection) -> None:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?)", rows)
+            for op, row in rows:
+                if op == "put":
+                    db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?)", row)
+                elif op == "drop":
+                    db.execute("DELETE FROM versions WHERE path = ?", row)
+                else:  # drop_tree
+                    path = str(row[0])
+                    below = path.rstrip("/") + "/"
+                    db.execute(
+                        "DELETE FROM versions WHERE path = ? OR substr(path, 1, ?) = ?",
+                        (path, len(below), below),
+                    )
             db.execute(
                 "DELETE FROM versions WHERE rowid <= (SELECT MAX(rowid) FROM versions) - ?", (MAX_ROWS,)
             )

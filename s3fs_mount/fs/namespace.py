@@ -253,6 +253,7 @@ class Namespace:
     def remember(self, path: str, attributes: A.Attributes) -> None:
         """Our own change: ``path`` now has ``attributes``, newer than any answer under way."""
         parent, name = KeyMap.split(path)
+        self.known.drop(path)  # kept again once listed (S3's date of this version known then)
         with self._lock:
             if path == "/":
                 attributes.nlink = self.root.nlink
@@ -282,6 +283,7 @@ class Namespace:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
         self.statahead.drop(path)
+        self.known.drop(path)
         with self._lock:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
@@ -328,6 +330,7 @@ class Namespace:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
         self.statahead.drop(path)
+        self.known.drop(path, tree=True)
         with self._lock:
             self._changed[path] = self.clock.monotonic()
             for cache, with_own in (

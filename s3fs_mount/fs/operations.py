@@ -107,7 +107,13 @@ class S3Operations(Operations):
         self.options = options
         self.keymap = KeyMap()
         self.defaults = A.Defaults(options.uid, options.gid, options.umask)
-        cache_root = os.path.join(options.cache_dir, _safe(store.name, store.prefix))
+        self.staging = StagingCache(  # makes the cache directory (0700), locked to this mount
+            os.path.join(options.cache_dir, _safe(store.name, store.prefix)),
+            store.name,
+            options.cache_size,
+            clock=clock,
+            prefix=store.prefix,
+        )
         self.namespace = Namespace(
             store,
             self.keymap,
@@ -117,14 +123,7 @@ class S3Operations(Operations):
             clock=clock,
             attr_cache=options.attr_cache,
             listing_attrs=options.listing_attrs,
-            known=KnownVersions(cache_root, self.defaults),
-        )
-        self.staging = StagingCache(
-            cache_root,
-            store.name,
-            options.cache_size,
-            clock=clock,
-            prefix=store.prefix,
+            known=KnownVersions(self.staging.root, self.defaults),
         )
         self.prefetcher = Prefetcher(
             store,

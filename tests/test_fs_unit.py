@@ -814,7 +814,7 @@ def test_verifier_takes_pieces_in_any_order_and_parts_as_s3_composes_them():
     one_part = Verifier("k", "MD5-of-parts:" + composite([hashlib.md5(data).digest()]), len(data), 0)
     one_part.feed(0, [data])  # a multipart upload of one part: "...-1"
     assert one_part.state == VERIFIED
-    gap = Verifier("k", "MD5:" + hashlib.md5(data).hexdigest(), len(data), 0)
+    gap = Verifier("k", "MD5:" + hashlib.md5(data).hexdigest(), 70 * MiB, 0)
     gap.feed(MiB, [os.urandom(65 * MiB)])  # more than it may keep waiting for the start
     assert gap.state == UNCHECKED
 

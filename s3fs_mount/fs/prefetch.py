@@ -153,8 +153,6 @@ class Prefetcher:
         #: (key, etag) -> what _expected found (a version's digest never changes). GUARDED_BY(_verify_lock).
         self._expectations: LRUCache[tuple[str, str], tuple[str, int | PartLayout] | None] = LRUCache(4096)
         self._verify_lock = threading.Lock()
-        #: One thread hashes what the checks are fed, off the readers' way, in the order fed.
-        self.hasher = concurrent.futures.ThreadPoolExecutor(1, "md5")
         self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
         self.max_window = max_window
@@ -167,7 +165,6 @@ class Prefetcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.hasher.shutdown(wait=False, cancel_futures=True)
 
     @property
     def held(self) -> int:
@@ -344,7 +341,8 @@ class Prefetcher:
         expected = self._expected(key, etag, size)
         if expected is None:
             return None
-        verifier = Verifier(key, expected[0], size, expected[1], self.hasher)
+        # Hashed by the GET threads that feed it, a part on each at once (Verifier).
+        verifier = Verifier(key, expected[0], size, expected[1])
         with self._verify_lock:
             return self._verifiers.setdefault((key, etag), verifier)
 
@@ -391,7 +389,7 @@ class Prefetcher:
     def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
         """A read reached the end of version ``etag``: EIO if its bytes failed their check."""
         verifier = self._known_verifier(item.key, etag)
-        if verifier is None or verifier.wait() != MISMATCH:
+        if verifier is None or verifier.state != MISMATCH:
             return
         with self._verify_lock:
             self._verifiers.pop((item.key, etag), None)  # a read again is checked again

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import threading
 
 import pytest
 
 from s3fs_mount.fs.options import MountOptions, OptionError
-from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, composite
+from s3fs_mount.s3 import checksums
+from s3fs_mount.s3.checksums import MISMATCH, PENDING, VERIFIED, Verifier, composite
 from s3fs_mount.s3.parts import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
@@ -112,6 +115,55 @@ def test_a_verifier_checks_parts_of_growing_size():
     uniform = Verifier("k", "MD5-of-parts:" + etag, len(data), 5 * MiB)  # wrong boundaries: no match
     uniform.feed(0, [data])
     assert uniform.state == MISMATCH
+
+
+def test_number_at_finds_the_part_of_every_offset():
+    for layout in (PartLayout(5 * MiB), PartLayout(5 * MiB, 1), PartLayout(8 * MiB, 3)):
+        for number in range(1, 40):
+            start = layout.start(number)
+            assert layout.number_at(start) == number
+            assert layout.number_at(start + layout.size(number) - 1) == number
+
+
+def test_a_verifier_hashes_each_part_as_it_comes_not_after_the_parts_before(monkeypatch):
+    # Each part is hashed on its own: parts fed before part 1 are hashed, not kept waiting for
+    # it (the whole object hashed in order kept them, and gave up past MAX_WAITING).
+    monkeypatch.setattr(checksums, "MAX_WAITING", 2 * MiB)
+    part = MiB
+    data = os.urandom(10 * MiB + 77)
+    etag = composite([hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)])
+    v = Verifier("k", "MD5-of-parts:" + etag, len(data), part)
+    v.feed(MiB, [data[MiB:]])  # 9 MiB of parts 2-11: more than MAX_WAITING
+    assert v.state == PENDING
+    v.feed(0, [data[:MiB]])
+    assert v.state == VERIFIED
+
+
+@pytest.mark.parametrize("flip", [None, 7 * MiB + 5], ids=["right", "a byte changed"])
+def test_a_verifier_fed_by_many_threads_at_once_checks_every_part(flip):
+    # Pieces of 2 MiB straddle parts of 3 MiB and come from eight threads in any order, as the
+    # stream's GET threads feed them; a part's second half may come first.
+    layout = PartLayout(3 * MiB)
+    data = bytearray(os.urandom(40 * MiB + 999))
+    etag = composite([hashlib.md5(data[off : off + n]).digest() for _, off, n in layout.spans(len(data))])
+    if flip is not None:
+        data[flip] ^= 1
+    v = Verifier("k", "MD5-of-parts:" + etag, len(data), layout)
+    pieces = [(off, bytes(data[off : off + 2 * MiB])) for off in range(0, len(data), 2 * MiB)]
+    random.Random(5).shuffle(pieces)
+    barrier = threading.Barrier(8)
+
+    def feed(mine):
+        barrier.wait()
+        for off, piece in mine:
+            v.feed(off, [piece[:MiB], piece[MiB:]])
+
+    threads = [threading.Thread(target=feed, args=(pieces[i::8],)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert v.state == (VERIFIED if flip is None else MISMATCH)
 
 
 def test_part_doubling_option_must_still_reach_5_tib():

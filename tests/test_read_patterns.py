@@ -95,3 +95,15 @@ def test_random_reads_that_cluster_are_served_by_fewer_larger_gets(
     assert len(gets) < len(set(offsets)) // 2 and max(gets) > 4 * PAGE  # the block grew
     assert max(gets) <= MAX_RANDOM_BLOCK
     assert sum(gets) <= RANDOM_BYTES_BOUND * PAGE * len(offsets)  # issue 5's bound on the bytes
+
+
+def test_a_cold_sequential_read_streams_in_8_mib_gets_each_checked(
+    mount_factory, faultproxy, s3config, tmp_path, big
+):
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=faultproxy.endpoint))
+    mount = mount_factory("debug", config=str(config)).start()
+    with open(os.path.join(mount.path, "big"), "rb") as f:
+        assert f.read() == big
+    # boto3's piece size: 8 GETs side by side fill a 64 MiB window; each byte fetched once.
+    assert sorted(ranged_gets(faultproxy, "big")) == [SIZE % (8 * MiB)] + [8 * MiB] * (SIZE // (8 * MiB))
+    assert "read of big verified" in "\n".join(mount.log_lines())

@@ -3,11 +3,10 @@
 Every GET is ranged and conditional on the ETag the item was opened at
 (``If-Match``), so a concurrent overwrite gives EIO rather than a mix of old
 and new bytes. A reader that goes on where it left off gets a readahead
-window that doubles up to ``max_window``, fetched in parallel pieces on a
-``chunk`` grid:
+window that doubles up to ``max_window``, fetched in parallel GETs:
 
-* while the file is clean and its bytes are not local, the pieces are kept
-  in memory for that reader and dropped once it has passed them (streaming:
+* while the file is clean and its bytes are not local, in ``piece``-sized GETs whose
+  bytes (pieces) are kept in memory for that reader and dropped once it has passed them (streaming:
   writing each byte to the cache file first made a cold read of 1 GiB 2-3x
   slower on ext4 here, bench/README.md). Pieces fetched ahead of their
   readers and not reached yet, all readers together, stay within
@@ -16,7 +15,8 @@ window that doubles up to ``max_window``, fetched in parallel pieces on a
   reader's share at most ``max_window`` over the readers streaming (at least
   one piece); the piece a reader needs now is always fetched.
 * otherwise (the file is being written, or partly local) the window is
-  fetched into the staged file in the background (:meth:`Prefetcher.ensure`).
+  fetched into the staged file in the background, in ``chunk``-sized GETs on a grid of
+  that size (:meth:`Prefetcher.ensure`).
 
 A random reader's miss fetches an aligned block around what it asks for into
 the staged file, of a size that follows the reader's locality
@@ -118,7 +118,12 @@ class Prefetcher:
 
     :param store: the bucket the bytes come from.
     :param max_window: the largest readahead window (bytes).
-    :param chunk: the size of one ranged GET of a readahead.
+    :param chunk: the size of one ranged GET of a readahead into the staged file, and of the
+        largest object a random read fetches whole to check it.
+    :param piece: the size of one ranged GET of a streamed read (at most ``chunk``, which
+        should be a multiple of it): 8 MiB, as boto3's downloads, so that a window is fetched
+        in twice as many GETs side by side as in 16 MiB ones, and a reader holds half the
+        bytes where it is (bench/README.md).
     :param workers: GETs in flight at once.
     :param part_layout_of: finds where a multipart object's parts begin and end (HEADs), to
         check it: ``(key, etag, size, parts)`` -> :class:`~s3fs_mount.s3.parts.PartLayout`.
@@ -137,6 +142,7 @@ class Prefetcher:
         store: Bucket,
         max_window: int = 64 << 20,
         chunk: int = 16 << 20,
+        piece: int = 8 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
         part_layout_of: Callable[[str, str, int, int], PartLayout | None] | None = None,
@@ -153,12 +159,11 @@ class Prefetcher:
         #: (key, etag) -> what _expected found (a version's digest never changes). GUARDED_BY(_verify_lock).
         self._expectations: LRUCache[tuple[str, str], tuple[str, int | PartLayout] | None] = LRUCache(4096)
         self._verify_lock = threading.Lock()
-        #: One thread hashes what the checks are fed, off the readers' way, in the order fed.
-        self.hasher = concurrent.futures.ThreadPoolExecutor(1, "md5")
         self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
         self.max_window = max_window
         self.chunk = chunk
+        self.piece = min(piece, chunk)
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
         self._held = 0  # GUARDED_BY(_held_lock): bytes of all readers' pieces in memory or on their way
         self._ahead = 0  # GUARDED_BY(_held_lock): of those, bytes of pieces no reader has reached yet
@@ -167,7 +172,6 @@ class Prefetcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.hasher.shutdown(wait=False, cancel_futures=True)
 
     @property
     def held(self) -> int:
@@ -277,7 +281,7 @@ class Prefetcher:
 
     def _stream(self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int) -> bytes:
         """``[offset, end)`` from the reader's pieces in memory; fetches them, and on to ``ahead_end``."""
-        chunk = self.chunk
+        chunk = self.piece
         first = offset // chunk * chunk
         with state.lock:
             if state.etag != item.etag:
@@ -344,7 +348,8 @@ class Prefetcher:
         expected = self._expected(key, etag, size)
         if expected is None:
             return None
-        verifier = Verifier(key, expected[0], size, expected[1], self.hasher)
+        # Hashed by the GET threads that feed it, a part on each at once (Verifier).
+        verifier = Verifier(key, expected[0], size, expected[1])
         with self._verify_lock:
             return self._verifiers.setdefault((key, etag), verifier)
 
@@ -391,7 +396,7 @@ class Prefetcher:
     def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
         """A read reached the end of version ``etag``: EIO if its bytes failed their check."""
         verifier = self._known_verifier(item.key, etag)
-        if verifier is None or verifier.wait() != MISMATCH:
+        if verifier is None or verifier.state != MISMATCH:
             return
         with self._verify_lock:
             self._verifiers.pop((item.key, etag), None)  # a read again is checked again
@@ -407,7 +412,7 @@ class Prefetcher:
         mine = sum(state.pieces[start][0] for start in state.unreached)
         with self._held_lock:
             readers = self._readers + (0 if state.pieces else 1)
-            share = max(self.chunk, self.max_window // readers)
+            share = max(self.piece, self.max_window // readers)
             if not needed and (self._ahead + length > self.max_window or mine + length > share):
                 return False
             self._readers = readers

@@ -11,8 +11,8 @@ here than an MD5, so it is used when there is one. Servers that encrypt with KMS
 customer key give ETags that are no MD5: such objects without a checksum
 are not checked (nor CRC32C and CRC64NVME ones where awscrt is missing). A reader's bytes
 arrive in ranged GETs, in parallel and out of order; a :class:`Verifier`
-hashes them in order as they come (pieces that arrive early wait, by
-reference, for the ones before), part by part, and when the last byte is in
+hashes each part's bytes in order as they come (pieces that arrive early wait, by
+reference, for the ones before), the parts side by side, and when the last byte is in
 compares the result with the ETag. Pieces are fed before any reader gets
 them, so the read that completes the object sees the verdict
 (:attr:`Verifier.state`): a mismatch is EIO there.
@@ -34,7 +34,6 @@ import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Executor
 from typing import Any
 
 from s3fs_mount.s3.errors import RemoteStoreError
@@ -166,8 +165,23 @@ def composite(digests: Sequence[bytes]) -> str:
     return "%s-%d" % (hashlib.md5(b"".join(digests)).hexdigest(), len(digests))
 
 
+class _PartHash:
+    """One part's running hash (see :class:`Verifier`); every field GUARDED_BY(lock)."""
+
+    __slots__ = ("lock", "hash", "pos", "end", "waiting", "done")
+
+    def __init__(self, algorithm: str, start: int, end: int) -> None:
+        self.lock = threading.Lock()
+        self.hash = _HASHES[algorithm]()
+        self.pos = start  # bytes before it are hashed
+        self.end = end
+        #: start -> views of the bytes there, which came before the ones at ``pos``.
+        self.waiting: dict[int, list[memoryview]] = {}
+        self.done = False
+
+
 class Verifier:
-    """Hashes one version of one object in order as its bytes arrive; compares at the end.
+    """Hashes one version of one object as its bytes arrive, each part in order; compares at the end.
 
     ::
 
@@ -180,9 +194,16 @@ class Verifier:
     :param part_size: the size of every part but the last (multipart objects), or the parts'
         :class:`~s3fs_mount.s3.parts.PartLayout` when they differ; the whole size else.
 
-    Two locks, taken in this order: ``_hashing`` is held while bytes are hashed (one piece at a
-    time, in order), ``_lock`` only for moments, so that feeders, :meth:`wait` and :attr:`state`
-    never wait behind a hash of megabytes (they did: every GET thread queued behind the hasher).
+    Each part of a multipart object is hashed on its own, so the pieces of different parts are
+    hashed side by side by the threads that feed them (one hasher thread hashing a 1 GiB object's
+    MD5s in order was what a cold read waited for: bench/README.md); within a part the bytes
+    are hashed in order, and bytes that came early wait, by reference, for the ones before
+    (the thread that feeds the gap hashes them). A whole-object digest is one part.
+
+    Locks: each part's own (:class:`_PartHash`) while its bytes are hashed; ``_lock`` only for
+    moments, taken after a part's, never before (so feeders of other parts and :attr:`state`
+    never wait behind a hash of megabytes). ``_parts``, ``_digests``, ``_waiting_bytes``,
+    ``_state`` and ``got`` are GUARDED_BY(_lock).
     """
 
     def __init__(
@@ -191,7 +212,6 @@ class Verifier:
         expected: str,
         size: int,
         part_size: int | PartLayout,
-        hasher: Executor | None = None,
     ) -> None:
         found = plan(expected)
         if found is None:
@@ -201,122 +221,121 @@ class Verifier:
         if not isinstance(part_size, PartLayout):
             part_size = PartLayout(part_size if part_size > 0 else max(size, 1))
         self.layout = part_size
-        #: Where the hashing runs (one thread: pieces are taken in the order fed); None: in feed.
-        self.hasher = hasher
-        self._lock = threading.Condition()
-        self._queued = 0  # pieces fed to the hasher, not hashed yet. Guarded by _lock.
-        self._queued_bytes = 0  # ... and their bytes. Guarded by _lock.
-        self._state = PENDING if size else UNCHECKED  # Written with both locks held; read with either.
-        self._hashing = threading.Lock()
-        self._hashed = 0  # bytes hashed, from the start. Guarded by _hashing.
-        self._part = _HASHES[self.algorithm]()  # the part being hashed. Guarded by _hashing.
-        self._part_end = min(self.layout.size(1), size)  # Guarded by _hashing.
-        self._digests: list[bytes] = []  # Guarded by _hashing.
-        self._waiting: dict[int, list[bytes]] = {}  # start -> blocks that came early. Guarded by _hashing.
-        self._waiting_bytes = 0  # Guarded by _hashing.
-        self.got = ""  # the digest of the bytes, once MISMATCH. Guarded by _hashing.
+        self._count = self.layout.count(size) if size else 0  # parts to hash
+        self._lock = threading.Lock()
+        self._state = PENDING if size else UNCHECKED
+        self._parts: dict[int, _PartHash] = {}  # number -> the part being hashed (till it is done)
+        self._digests: dict[int, bytes] = {}  # number -> digest of a part hashed whole
+        self._waiting_bytes = 0  # bytes of all parts' early pieces
+        self.got = ""  # the digest of the bytes, once MISMATCH
 
     def feed(self, start: int, blocks: Sequence[bytes]) -> None:
-        """Bytes ``start..`` arrived. Call it before any reader sees them; with a ``hasher`` it
-        returns at once (the reader need not wait for the hash) and :meth:`wait` waits for it."""
-        if self.hasher is None:
-            self._hash(start, blocks)
-            return
-        length = sum(len(b) for b in blocks)
-        with self._lock:
-            # Bytes waiting for the hasher stay in memory: past MAX_WAITING, readers wait for it.
-            self._lock.wait_for(lambda: self._queued_bytes < MAX_WAITING or self._state != PENDING, 60)
-            if self._state != PENDING:
-                return
-            self._queued += 1
-            self._queued_bytes += length
-        self.hasher.submit(self._hash_queued, start, blocks, length)
-
-    def _hash_queued(self, start: int, blocks: Sequence[bytes], length: int) -> None:
-        try:
-            self._hash(start, blocks)
-        finally:
-            with self._lock:
-                self._queued -= 1
-                self._queued_bytes -= length
-                self._lock.notify_all()
-
-    def wait(self, timeout: float = 60.0) -> str:
-        """The state once every piece fed so far is hashed (or ``timeout`` s have passed)."""
-        with self._lock:
-            self._lock.wait_for(lambda: self._queued <= 0, timeout)
-            return self._state
+        """Bytes ``start..`` arrived: hash them now (what of them can be). Call it before any
+        reader sees them; other threads may feed other pieces meanwhile."""
+        self._hash(start, blocks)
 
     def _hash(self, start: int, blocks: Sequence[bytes]) -> None:
-        """Hash what of ``blocks`` (at ``start``) can be hashed now; keep the rest waiting."""
-        with self._hashing:
-            if self._state != PENDING:
-                return
-            length = sum(len(b) for b in blocks)
-            if start > self._hashed:
-                if start not in self._waiting:
-                    self._waiting[start] = list(blocks)
-                    self._waiting_bytes += length
-                    if self._waiting_bytes > MAX_WAITING:
-                        self._give_up("too many bytes read ahead of a gap")
-                return
-            self._take(start, blocks)
-            while self._state == PENDING and self._hashed in self._waiting:
-                later = self._waiting.pop(self._hashed)
-                self._waiting_bytes -= sum(len(b) for b in later)
-                self._take(self._hashed, later)
-            # Early pieces now behind us (overlapping ranges) are of no use.
-            for s in [s for s in self._waiting if s < self._hashed]:
-                self._waiting_bytes -= sum(len(b) for b in self._waiting.pop(s))
-
-    def _take(self, start: int, blocks: Sequence[bytes]) -> None:
-        """Hash what of ``blocks`` (at ``start`` <= _hashed) is new (caller holds ``_hashing``)."""
-        pos = start
+        """Hash what of ``blocks`` (at ``start``) can be hashed now, part by part; keep the rest."""
+        pos, number, part_end = start, 0, 0
+        segments: list[tuple[int, int, list[memoryview]]] = []  # (part number, start, views)
         for block in blocks:
-            end = pos + len(block)
-            if end > self._hashed:
-                view = memoryview(block)[self._hashed - pos :]
-                while len(view) and self._hashed < self.size:
-                    n = min(len(view), self._part_end - self._hashed)
-                    self._part.update(view[:n])
-                    view = view[n:]
-                    self._hashed += n
-                    if self._hashed == self._part_end:
-                        self._digests.append(self._part.digest())
-                        self._part = _HASHES[self.algorithm]()
-                        self._part_end = min(self.layout.start(len(self._digests) + 2), self.size)
+            view = memoryview(block)
+            while len(view) and pos < self.size:
+                if pos >= part_end:
+                    number = self.layout.number_at(pos)
+                    part_end = min(self.layout.start(number + 1), self.size)
+                    segments.append((number, pos, []))
+                n = min(len(view), part_end - pos)
+                segments[-1][2].append(view[:n])
+                view = view[n:]
+                pos += n
+        for number, at, views in segments:
+            self._hash_part(number, at, views)
+
+    def _part(self, number: int) -> _PartHash | None:
+        """Part ``number``'s running hash (new if none); None once it is hashed or the check ended."""
+        with self._lock:
+            if self._state != PENDING or number in self._digests:
+                return None
+            part = self._parts.get(number)
+            if part is None:
+                start = self.layout.start(number)
+                part = self._parts[number] = _PartHash(
+                    self.algorithm, start, min(self.layout.start(number + 1), self.size)
+                )
+            return part
+
+    def _hash_part(self, number: int, start: int, views: list[memoryview]) -> None:
+        """Hash ``views`` (bytes ``start..`` of part ``number``), and what waited for them."""
+        part = self._part(number)
+        if part is None:
+            return
+        with part.lock:
+            if part.done:
+                return
+            if start > part.pos:
+                if start not in part.waiting:
+                    length = sum(len(v) for v in views)
+                    part.waiting[start] = views
+                    self._count_waiting(length)
+                return
+            self._take(part, start, views)
+            while part.pos in part.waiting:
+                later = part.waiting.pop(part.pos)
+                self._count_waiting(-sum(len(v) for v in later))
+                self._take(part, part.pos, later)
+            # Early pieces now behind us (overlapping ranges) are of no use.
+            for s in [s for s in part.waiting if s < part.pos]:
+                self._count_waiting(-sum(len(v) for v in part.waiting.pop(s)))
+            if part.pos < part.end:
+                return
+            part.done = True
+            self._count_waiting(-sum(len(v) for vs in part.waiting.values() for v in vs))
+            part.waiting.clear()
+            digest = part.hash.digest()
+        with self._lock:
+            self._parts.pop(number, None)
+            self._digests[number] = digest
+            if self._state == PENDING and len(self._digests) == self._count:
+                self._finish()
+
+    @staticmethod
+    def _take(part: _PartHash, start: int, views: list[memoryview]) -> None:
+        """Hash what of ``views`` (at ``start`` <= part.pos) is new (caller holds ``part.lock``)."""
+        pos = start
+        for view in views:
+            end = pos + len(view)
+            if end > part.pos:
+                part.hash.update(view[part.pos - pos :])
+                part.pos = end
             pos = end
-        if self._hashed >= self.size:
-            self._finish()
+
+    def _count_waiting(self, length: int) -> None:
+        """Early bytes kept (or let go, negative); past MAX_WAITING in all the check gives up."""
+        with self._lock:
+            self._waiting_bytes += length
+            if self._waiting_bytes > MAX_WAITING and self._state == PENDING:
+                self._state = UNCHECKED
+                log.debug("read of %s not verified: too many bytes read ahead of a gap", self.key)
+            if self._state != PENDING:
+                self._parts.clear()  # their early pieces go with them
 
     def _finish(self) -> None:
-        got = _written(self.algorithm, self._digests)
+        """Every part is hashed: the verdict (caller holds ``_lock``)."""
+        got = _written(self.algorithm, [self._digests[n] for n in range(1, self._count + 1)])
         if got == self.expected:
-            self._set_state(VERIFIED)
+            self._state = VERIFIED
             log.debug("read of %s verified (%s)", self.key, got)
         else:
             self.got = got
-            self._set_state(MISMATCH)
+            self._state = MISMATCH
             log.error(
                 "%s: the bytes S3 sent do not match what it stored: they hash to %s, S3 has %s",
                 self.key,
                 got,
                 self.expected,
             )
-        self._waiting.clear()
-        self._waiting_bytes = 0
-
-    def _set_state(self, state: str) -> None:
-        """The verdict (caller holds ``_hashing``); feeders waiting for room stop waiting."""
-        with self._lock:
-            self._state = state
-            self._lock.notify_all()
-
-    def _give_up(self, why: str) -> None:
-        self._set_state(UNCHECKED)
-        self._waiting.clear()
-        self._waiting_bytes = 0
-        log.debug("read of %s not verified: %s", self.key, why)
+        self._parts.clear()
 
     @property
     def state(self) -> str:

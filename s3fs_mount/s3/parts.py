@@ -78,6 +78,16 @@ class PartLayout:
                 return offset
         raise AssertionError("unreachable: the last run never ends")
 
+    def number_at(self, offset: int) -> int:
+        """The number of the part that holds byte ``offset`` (of an object long enough)."""
+        number = 1
+        for size, count in self._runs():
+            if offset < size * count:
+                return number + offset // size
+            number += count
+            offset -= size * count
+        raise AssertionError("unreachable: the last run never ends")
+
     def count(self, total: int) -> int:
         """How many parts hold ``total`` bytes (1 for an empty object)."""
         number, offset = 0, 0

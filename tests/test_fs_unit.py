@@ -1171,6 +1171,28 @@ def test_unmount_with_writeback_uploads_files_never_released_on_the_queues_threa
     ops.writeback.stop()
 
 
+def test_writeback_uploads_as_many_files_at_once_as_parallel_says(tmp_path):
+    """-o writeback: the queue's threads upload ``parallel`` files side by side (it was four
+    whatever ``parallel`` said): six files closed with parallel=6 are all in flight at once."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, writeback=True, parallel=6)
+    in_flight = threading.Barrier(6, timeout=60)  # the timeout only ends a failing run
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        in_flight.wait()  # broken (and the upload failed) unless six PUTs are under way together
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    for i in range(6):
+        write_file(ops, "/f%d" % i, b"x" * 100)
+    assert ops.writeback.drain(120)
+    store.put = real_put
+    assert not in_flight.broken
+    assert all(store.objects["f%d" % i].data == b"x" * 100 for i in range(6))
+    ops.writeback.stop()
+
+
 @pytest.mark.parametrize("served", [True, False])
 def test_a_fuse_loop_error_after_the_unmount_is_no_mount_failure(tmp_path, monkeypatch, caplog, served):
     """fuse_main's status 8 (its loop ended with an error) once the mount served and unmounted:

@@ -11,6 +11,7 @@ from fakeclock import FakeClock
 from fakestore import FakeStore
 
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.dirtimes import DirTimesWriter
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.namespace import REMOVED_TTL, Namespace
 from s3fs_mount.fs.paths import KeyMap
@@ -335,6 +336,26 @@ def test_entry_changes_move_a_directorys_times_in_memory_then_in_s3():
     clock.advance(6.0)
     assert ns.store_dir_times(older_than=5.0) == 1
     assert store.calls["PUT"] == puts + 1
+    assert A.parse_time(store.objects["d/"].metadata[A.MTIME]) == moved
+
+
+def test_a_directory_filled_in_a_moment_has_its_times_stored_with_no_head():
+    """The times writer stores a directory's times once it has gone QUIET (0.5 s) unchanged,
+    not a second: one made and filled in a moment (cp -r) is then still fresh from its mkdir
+    (attr_ttl 1 s), so its holder is PUT with no HEAD before it."""
+    ns, store, clock = make()
+    meta = A.posix_metadata(stat.S_IFDIR | 0o755, 1000, 1000, clock.time())
+    made = A.attributes_from(meta, 0, clock.time(), DEFAULTS, "dir", etag=ns.write_dir("/d", meta, new=True))
+    ns.remember("/d", made)  # as mkdir does
+    clock.advance(0.05)
+    ns.entry_changed("/d")
+    moved = ns.lookup("/d").mtime
+    writer = DirTimesWriter(ns)
+    assert writer.store_due() == 0  # changed a moment ago: more may come
+    clock.advance(0.55)  # 0.6 s after the mkdir: its attributes are fresh
+    heads, puts = store.calls["HEAD"], store.calls["PUT"]
+    assert writer.store_due() == 1
+    assert (store.calls["HEAD"], store.calls["PUT"]) == (heads, puts + 1)
     assert A.parse_time(store.objects["d/"].metadata[A.MTIME]) == moved
 
 

@@ -179,7 +179,7 @@ def test_kill9_with_writeback_uploads_at_remount(
     for name, data in files.items():
         with open(os.path.join(m.path, name), "rb") as f:
             assert f.read() == data, name
-    # 4 writeback workers: the big file's parts and three small files are held, the rest queued
+    # parallel (8) writeback workers: the big file's parts and the small files are held
     eventually(lambda: holdproxy.held >= 5, 10, "uploads to reach the proxy")
     m.kill()
     holdproxy.close()  # requests it still holds are never forwarded

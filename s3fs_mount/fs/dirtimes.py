@@ -2,8 +2,11 @@
 
 Creating, removing or renaming an entry sets its directory's mtime and ctime
 in memory (:meth:`Namespace.entry_changed`); this thread stores them on the
-directory's holder object about once a second, so a burst of creates in one
-directory costs one PUT per second, not one per file.
+directory's holder object once the directory has had no change for
+:data:`QUIET` seconds, so a burst of creates in one directory costs one PUT,
+not one per file. A directory filled in a moment (``cp -r``, ``tar x``) then
+has its times stored while the attributes its ``mkdir`` remembered are still
+fresh (``attr_ttl``, 1 s by default): no HEAD of its holder before the PUT.
 """
 
 from __future__ import annotations
@@ -15,19 +18,24 @@ from s3fs_mount.fs.namespace import Namespace
 
 log = logging.getLogger(__name__)
 
-#: Seconds between rounds, and how old a change must be before it is stored.
-INTERVAL = 1.0
+#: Seconds between rounds.
+INTERVAL = 0.25
+#: Seconds a directory must have gone unchanged before its times are stored.
+QUIET = 0.5
 
 
 class DirTimesWriter:
     """Calls :meth:`Namespace.store_dir_times` every ``interval`` seconds until :meth:`close`.
 
     :param namespace: whose pending directory times to store.
+    :param interval: seconds between rounds.
+    :param quiet: seconds a directory must have gone unchanged before its times are stored.
     """
 
-    def __init__(self, namespace: Namespace, interval: float = INTERVAL) -> None:
+    def __init__(self, namespace: Namespace, interval: float = INTERVAL, quiet: float = QUIET) -> None:
         self.namespace = namespace  # immutable after __init__ (as every field here)
         self.interval = interval
+        self.quiet = quiet
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dir-times", daemon=True)
 
@@ -37,9 +45,13 @@ class DirTimesWriter:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.namespace.store_dir_times(older_than=self.interval)
+                self.store_due()
             except Exception:  # noqa: BLE001 - the thread must live on; the next round retries
                 log.exception("storing directory times failed")
+
+    def store_due(self) -> int:
+        """One round: store the times of the directories unchanged for ``quiet`` s; how many."""
+        return self.namespace.store_dir_times(older_than=self.quiet)
 
     def close(self) -> None:
         """Stop the thread and store every pending time now (at unmount)."""

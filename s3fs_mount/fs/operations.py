@@ -154,6 +154,7 @@ class S3Operations(Operations):
         self.writeback = (
             WritebackQueue(
                 self.uploader,
+                workers=options.parallel,
                 on_uploaded=self.changes.uploaded_in_background,
                 on_conflict=self.changes.conflicted,
             )

@@ -158,7 +158,9 @@ class MountOptions:
     part_doubling: int = _option(
         0, "parts of a streamed upload between doublings of its part size (0: auto)", "cache"
     )
-    parallel: int = _option(8, "parts/requests in flight per file", "cache")
+    parallel: int = _option(
+        8, "parts/requests in flight per file; files uploaded at once with writeback", "cache"
+    )
     upload_memory: int = _option(
         64 * MiB, "upload part bytes in memory at once, over all files (at least one part)", "cache"
     )

@@ -6,8 +6,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import posixpath
 import struct
 import subprocess
+import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -17,11 +19,16 @@ import s3rig
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse fixture
 
-from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, DirStream, FuseOSError, KernelNames
+from s3fs_mount.fs.attrs import Attributes
+from s3fs_mount.fs.expiring import ExpiringLRU
+from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, DirStream, FuseOSError, KernelNames, set_stat
+from s3fs_mount.fs.listahead import ListAhead
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions, OptionError
+from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.xmlparse import ListPage
 
 
 def big_store(count: int, prefix: str = "big/") -> FakeStore:
@@ -38,7 +45,7 @@ def test_readdir_hands_out_entries_before_the_last_page_is_fetched(tmp_path):
     before = store.calls["LIST"]
     first = [next(entries) for _ in range(5)]
     assert first[:2] == [".", ".."] and first[2][0] == "f000000"
-    assert store.calls["LIST"] - before == 1  # one page of four fetched
+    assert store.calls["LIST"] - before <= 2  # the first page of four, and at most the next ahead
     rest = list(entries)
     assert len(first) + len(rest) == 3502 and store.calls["LIST"] - before == 4
     assert len({e[0] for e in rest}) == len(rest)  # each once
@@ -78,6 +85,139 @@ def test_a_file_and_a_directory_of_one_name_show_once_across_pages(tmp_path):
     kinds = {e[0]: e[1] for e in entries if e[0] in ("a", "b", "c")}
     assert kinds["a"] is None and kinds["b"] is None  # directories: the kernel asks their holder
     assert kinds["c"]["st_size"] == 9
+
+
+class PagedStore(FakeStore):
+    """A fake store whose listings of ``big/`` say when each page after the first is asked for,
+    fail at page ``fail_page`` (S3Error 503), and say when a listing generator is closed."""
+
+    def __init__(self, fail_page: int | None = None) -> None:
+        super().__init__()
+        self.asked = [threading.Event() for _ in range(10)]  # [n]: page n (0-based) was asked for
+        self.closed = threading.Event()
+        self.fail_page = fail_page
+
+    def list(self, prefix="", delimiter="/", bucket=None, max_keys=1000, start_after=None):
+        if prefix != "big/":
+            yield from super().list(prefix, delimiter, bucket, max_keys, start_after)
+            return
+        pages = super().list(prefix, delimiter, bucket, max_keys, start_after)
+        try:
+            for number in range(10):
+                self.asked[number].set()
+                if number == self.fail_page:
+                    raise S3Error(503, "SlowDown")
+                page = next(pages, None)
+                if page is None:
+                    return
+                yield page
+        finally:
+            self.closed.set()
+
+
+def paged_store(count: int, fail_page: int | None = None) -> PagedStore:
+    store = PagedStore(fail_page)
+    for i in range(count):
+        store.put("big/f%06d" % i, b"x" * (i % 7))
+    return store
+
+
+def test_the_next_listing_page_is_fetched_while_readdir_hands_out_the_last(tmp_path):
+    store = paged_store(2500)
+    ops = make_ops(tmp_path, store)
+    entries = ops.readdir("/big", 1)  # the directory's own lookup happens here
+    before = store.calls["LIST"]
+    first = [next(entries) for _ in range(5)]  # the first page's: nothing asked of the rest yet
+    assert first[2][0] == "f000000"
+    assert store.asked[1].wait(30)  # the second page is on its way while the first is handed out
+    assert not store.asked[2].is_set()  # one page ahead, no more
+    rest = list(entries)
+    assert [e[0] for e in first[2:] + rest] == ["f%06d" % i for i in range(2500)]  # in order, once each
+    assert store.calls["LIST"] - before == 3 and store.closed.wait(30)
+
+
+def test_a_readdir_that_stops_early_leaves_no_listing_open(tmp_path):
+    store = paged_store(3500)
+    ops = make_ops(tmp_path, store)
+    entries = ops.readdir("/big", 1)
+    [next(entries) for _ in range(5)]
+    assert store.asked[1].wait(30)
+    entries.close()  # releasedir after part of the directory (ls | head)
+    assert store.closed.wait(30)  # the page fetched ahead is dropped and the listing closed
+    assert not store.asked[2].is_set()
+    assert len([e for e in ops.readdir("/big", 2) if not isinstance(e, str)]) == 3500
+
+
+def test_a_page_fetched_ahead_that_fails_is_an_error_after_the_entries_before_it(tmp_path):
+    store = paged_store(2500, fail_page=1)
+    ops = make_ops(tmp_path, store)
+    got = []
+    with pytest.raises(FuseOSError) as raised:
+        for entry in ops.readdir("/big", 1):
+            got.append(entry)
+    assert raised.value.errno == errno.EIO  # SlowDown, after the retry policy: not the end
+    # the first page's, but its last (which waits for the next page: a directory of its name?)
+    assert [e[0] for e in got[2:]] == ["f%06d" % i for i in range(999)]
+
+
+def test_list_ahead_with_no_thread_free_fetches_in_the_reader():
+    pages = [ListPage(entries=[], truncated=True, continuation="x") for _ in range(3)]
+    pages[-1].truncated = False
+    ahead = ListAhead(workers=0)
+    assert list(ahead.pages(iter(pages))) == pages
+    ahead = ListAhead(workers=1)
+    ahead.close()  # the mount is going away: readers fetch their own pages
+    assert list(ahead.pages(iter(pages))) == pages
+
+
+def test_the_attribute_cache_expires_each_entry_at_its_time_and_keeps_the_latest_used():
+    clock = Clock()
+    cache = ExpiringLRU(3, lambda key, ttl, now: now + ttl, clock)
+    cache["a"], cache["b"], cache["c"] = 10, 1, 10
+    cache["skipped"] = 0  # expired already: not kept
+    assert "skipped" not in cache and len(cache) == 3
+    clock.now += 2
+    assert cache.get("b") is None and "b" not in cache  # its own time came
+    assert cache.get("a") == 10 and cache["c"] == 10
+    cache["d"] = 10
+    cache["e"] = 10  # over 3: the least recently used goes (a, then c were used after their set)
+    assert sorted(cache.keys()) == ["c", "d", "e"] and len(cache) == 3
+    assert cache.pop("d") == 10 and cache.pop("d", None) is None
+    with pytest.raises(KeyError):
+        cache["a"]
+    clock.now += 20
+    assert cache.pop("c", "gone") == "gone" and cache.get("e", -1) == -1
+
+
+def test_set_stat_fills_as_mfusepy_does():
+    import mfusepy
+
+    a = Attributes(mode=0o100640, size=12345, mtime=1_700_000_000.123456, uid=7, gid=8, atime=1.5e9, nlink=3)
+    for attrs, use_ns in ((dict(a.stat(), st_birthtime=5, st_unknown=1), True), ({"st_mtime": 2.25}, False)):
+        theirs, ours = mfusepy.c_stat(), mfusepy.c_stat()
+        mfusepy.set_st_attrs(theirs, attrs, use_ns=use_ns)
+        set_stat(ours, attrs, use_ns)
+        assert bytes(ours) == bytes(theirs)
+
+
+def test_kernel_names_queue_a_call_s_names_at_once_within_the_bound():
+    clock = Clock()
+    names = KernelNames(1.0, clock=clock, limit=3)
+    names.forget_later_all("/big", ["a"])  # no node id known: not queued
+    names.directory("/big", 5)
+    names.forget_later_all("/big", ["b", "c"])
+    names.forget_later_all("/big", ["d", "e"])
+    assert (names.queued, names.overflow) == (3, 1)
+    told: list[tuple[int, str]] = []
+    names._forget = lambda node, name: told.append((node, name)) or 0
+    clock.now += 1.0
+    assert names.forget_due() == 3 and told == [(5, "b"), (5, "c"), (5, "d")]
+
+
+def test_joining_names_is_posix_join():
+    pairs = (("/", "a"), ("/x", "a"), ("/x/", "a"), ("", "a"), ("/x", "/a"), ("/x", ""), ("x", "b"))
+    for parent, name in pairs:
+        assert KeyMap.join(parent, name) == posixpath.join(parent, name)
 
 
 class Entries:
@@ -267,7 +407,8 @@ def test_a_large_directory_streams_and_is_walked_without_a_head_per_entry(
         first = getdents(fd)  # one small read, as a reader that prints as it goes makes
         pages = [q for m, _, q in requests_of(faultproxy, mark) if m == "GET" and q.get("prefix") == ["big/"]]
         assert first[:3] == [".", "..", "f00000"] or first[:3] == ["..", ".", "f00000"]
-        assert len(pages) == 1 and "continuation-token" not in pages[0]  # the first page only, so far
+        # the first page, and at most the next one fetched ahead (fs/listahead.py)
+        assert 1 <= len(pages) <= 2 and "continuation-token" not in pages[0]
         # A page that fails is an error for that read, not the end of the directory; the read
         # after it lists again from where the reader was.
         faultproxy.fail_next(1, status=403)

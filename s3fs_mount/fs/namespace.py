@@ -60,6 +60,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import operator
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -69,6 +70,9 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.expiring import ExpiringLRU
+from s3fs_mount.fs.listahead import WORKERS as LIST_AHEAD_WORKERS
+from s3fs_mount.fs.listahead import ListAhead
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
 from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
 from s3fs_mount.fs.statahead import StatAhead
@@ -140,6 +144,8 @@ class Namespace:
     :param clock: what the TTLs (and a directory's new times) are measured by.
     :param attr_cache: the most attributes kept in memory.
     :param statahead: threads sending HEADs ahead of a directory's stats (0: none; fs/statahead.py).
+    :param list_ahead: threads fetching a listing's next page while a readdir hands out the
+        last (0: none; fs/listahead.py).
 
     Locks (``_lock`` is never held during a request):
 
@@ -163,6 +169,7 @@ class Namespace:
         clock: Clock = SYSTEM,
         attr_cache: int = ATTR_CACHE_ENTRIES,
         statahead: int = STATAHEAD_WORKERS,
+        list_ahead: int = LIST_AHEAD_WORKERS,
     ) -> None:
         self.clock = clock
         timer = clock.monotonic
@@ -172,7 +179,7 @@ class Namespace:
         self._lock = threading.Lock()
         self.attr_ttl = max(attr_ttl, 0.001)
         # Per-entry expiry: what a listing says stays valid long enough for a tool to walk it.
-        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(attr_cache, self._expiry, timer)
+        self._attrs: ExpiringLRU[str, A.Attributes] = ExpiringLRU(attr_cache, self._expiry, timer)
         self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001), timer)
         self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self.dir_ttl = max(dir_ttl, 0.001)
@@ -217,6 +224,12 @@ class Namespace:
         #: Lookups that miss in name order get their HEADs sent ahead (its lock never nests with _lock).
         ahead = lambda path: self._fetch(path, dirs=False)  # noqa: E731
         self.statahead = StatAhead(store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead)
+        self.list_ahead = ListAhead(list_ahead)
+
+    def close(self) -> None:
+        """The mount is going away: nothing more is fetched ahead (stats, listing pages)."""
+        self.statahead.close()
+        self.list_ahead.close()
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
@@ -778,7 +791,7 @@ class Namespace:
         waiting: dict[str, A.Attributes] = {}  # files that a directory of their name may yet hide
         names: set[str] | None = set()
         count = subdirs = 0
-        for page in self.store.list(prefix, delimiter="/"):
+        for page in self.list_ahead.pages(self.store.list(prefix, delimiter="/")):
             files, dirs = self._page_entries(path, prefix, page)
             batch: list[tuple[str, A.Attributes]] = []
             for name, attributes in files:
@@ -793,11 +806,11 @@ class Namespace:
                 if waiting.pop(name, None) is not None:
                     self._log_conflict(prefix + name)
                 batch.append((name, self._listed_dir()))
-            last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")
+            last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")[len(prefix) :]
             done = not page.truncated or not page.continuation
-            for name in [n for n in waiting if done or prefix + n + FOLDER_SUFFIX < last]:
+            for name in [n for n in waiting if done or n + FOLDER_SUFFIX < last]:
                 batch.append((name, waiting.pop(name)))
-            batch.sort(key=lambda entry: entry[0])
+            batch.sort(key=operator.itemgetter(0))
             shown = self._cache_listed(path, batch, asked, _walk_ttl(count + len(batch)))
             count += len(shown)
             subdirs += sum(1 for _, a in shown if a.is_dir)
@@ -854,8 +867,10 @@ class Namespace:
         """The files (with what the listing says of them) and the directory names on one page."""
         files: list[tuple[str, A.Attributes]] = []
         dirs: list[str] = []
+        named: list[tuple[str, ListEntry]] = []
+        cut = len(prefix)
         for entry in page.entries:
-            rest = entry.key[len(prefix) :]
+            rest = entry.key[cut:]
             if not rest:
                 continue  # the directory's own marker
             if rest.endswith(FOLDER_SUFFIX):
@@ -865,12 +880,16 @@ class Namespace:
             if not is_valid_name(rest):
                 warn_skipped(entry.key, "not a valid file name")
                 continue
-            with self._lock:
-                full = self._full.get(KeyMap.join(path, rest))
-            if full is not None and full.etag == entry.etag and full.size == entry.size:
-                files.append((rest, full))
+            named.append((rest, entry))
+        with self._lock:  # once a page: what HEADs said of its files, where still known
+            full = self._full
+            seen = [full.get(KeyMap.join(path, rest)) for rest, _ in named] if full else [None] * len(named)
+        defaults = self.defaults
+        for (rest, e), known in zip(named, seen, strict=True):
+            if known is not None and known.etag == e.etag and known.size == e.size:
+                files.append((rest, known))
             else:
-                files.append((rest, self._listed_file(entry)))
+                files.append((rest, A.listed_file(defaults, e.size, e.mtime, e.etag, e.storage_class)))
         for p in page.prefixes:
             rest = p[len(prefix) :].rstrip("/")
             if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
@@ -884,24 +903,31 @@ class Namespace:
     ) -> list[tuple[str, A.Attributes]]:
         """Cache what a listing (sent at ``asked``) says of entries of ``path``; the entries to show."""
         out = []
+        cached, deleting = self._attrs, self._deleting
         with self._lock:
+            # The caches of our own changes are empty through most walks: asked only when not.
+            removed, missing = self._removed or None, self._missing or None
+            changed, atimes = bool(self._changed), bool(self._atimes)
             for name, attributes in batch:
                 child = KeyMap.join(path, name)
-                if self._removed.get(child) or child in self._deleting:
+                if (removed is not None and removed.get(child)) or child in deleting:
                     continue
                 if attributes.is_dir:
-                    known = self._attrs.get(child)
+                    known = cached.get(child)
                     if known is not None and known.is_dir:
                         attributes = known
                 attributes.ttl = ttl
                 out.append((name, attributes))
-                if self._stale(child, asked):
+                if changed and self._stale(child, asked):
                     continue  # we changed it while the listing was under way
                 attributes.seen_at = asked
-                self._keep_atime(child, attributes)
-                if child not in self._attrs or not self._attrs[child].complete or attributes.complete:
-                    self._attrs[child] = attributes
-                self._missing.pop(child, None)
+                if atimes:
+                    self._keep_atime(child, attributes)
+                old = cached.get(child)
+                if old is None or not old.complete or attributes.complete:
+                    cached[child] = attributes
+                if missing is not None:
+                    missing.pop(child, None)
         return out
 
     def _list_around(self, parent: str, name: str) -> None:
@@ -925,19 +951,6 @@ class Namespace:
         files, dirs = self._page_entries(path, prefix, page)
         dir_names = set(dirs)
         return [(n, a) for n, a in files if n not in dir_names] + [(n, self._listed_dir()) for n in dir_names]
-
-    def _listed_file(self, entry: ListEntry) -> A.Attributes:
-        """What a listing says of a file: size, time, ETag (its mode and owner: from a HEAD)."""
-        return A.attributes_from(
-            {},
-            entry.size,
-            entry.mtime,
-            self.defaults,
-            "file",
-            etag=entry.etag,
-            storage_class=entry.storage_class,
-            complete=False,
-        )
 
     def _listed_dir(self) -> A.Attributes:
         """What a listing says of a directory: that it is one (its mode and owner: on its holder)."""

@@ -123,6 +123,8 @@ class FUSE(mfusepy.FUSE):
     caller truncated a descriptor (libfuse2 called that ``ftruncate``);
     mfusepy 3.1 drops it on libfuse3.
 
+    ``getattr`` answers are filled in with :func:`set_stat` (the fields looked up once).
+
     ``create(path, mode, flags)`` is called as such: mfusepy 3.1 inspects the
     operations' signature on every create (3% of a small-file loop).
 
@@ -271,6 +273,13 @@ class FUSE(mfusepy.FUSE):
                 "directories stay in the kernel's cache (and libfuse's) until memory runs short"
             )
         return None
+
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # mfusepy's, with set_stat: a stat per entry is what du and ls -l of a large directory make
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        fh = (fip.contents if self.raw_fi else fip.contents.fh) if fip else None
+        set_stat(buf.contents, self.operations.getattr(self._decode(path), fh), self.use_ns)
+        return 0
 
     def releasedir(self, path: bytes | None, fip: Any) -> int:
         with self._listings_lock:

@@ -6,11 +6,12 @@ the attribute cache with size and mtime; full attributes seen by a HEAD are
 remembered by ETag, so a listing reuses them (modes, owners, symlinks)
 while the object is unchanged.
 
-Caches (cachetools, not thread-safe, so all behind ``self._lock``):
+Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``self._lock``):
 
 * ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds (entries of a large
   listing a little longer, 1 s + 5 ms per entry, so a walk of it finds them);
-  at most ``attr_cache`` entries (LRU), so memory does not grow with a directory;
+  at most ``attr_cache`` entries (LRU), so memory does not grow with a directory
+  (an :class:`~s3fs_mount.fs.expiring.ExpiringLRU`: a walk sets one per entry);
 * ``_walks``: directories listed a moment ago, too large to keep their names: a
   lookup there that the cache no longer answers lists one page from that name on
   (:meth:`Namespace._list_around`), not a HEAD per entry;
@@ -774,7 +775,8 @@ class Namespace:
     # -- directories -----------------------------------------------------------------
 
     def iter_dir(self, path: str) -> Iterator[tuple[str, A.Attributes]]:
-        """The entries of a directory as its listing arrives, page by page (no HEAD per entry).
+        """The entries of a directory as its listing arrives, page by page (no HEAD per entry),
+        the next page fetched while this one is handed out (fs/listahead.py).
 
         Each page's entries are cached as they are handed out; nothing is kept per entry
         but the (bounded) attribute cache. A file and a directory of one name show once,

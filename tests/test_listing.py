@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
 import posixpath
 import struct
@@ -54,6 +55,26 @@ def test_a_walk_of_a_large_directory_keeps_the_cache_bounded_and_sends_no_head(t
         assert len(ops.namespace._attrs) <= 1000
     assert store.calls["HEAD"] == heads  # no HEAD per entry: the walk lists a page at a time
     assert store.calls["LIST"] - lists <= 60  # ~one page per 1,000 entries (the listing took 50)
+
+
+def test_a_walk_that_stats_each_batch_it_read_lists_a_window_again_only_where_the_cache_ran_out(tmp_path):
+    # du and find -size (gnulib fts) read a batch of names, then stat each in the order read.
+    batch, count = 5000, 20_000
+    store = big_store(count)
+    ops = make_ops(tmp_path, store, attr_cache=batch)
+    entries = ops.readdir("/big", 1)
+    listed = [e for e in itertools.islice(entries, 2) if isinstance(e, str)]
+    heads, lookup_lists = store.calls["HEAD"], 0
+    for _ in range(count // batch):
+        names = [e[0] for e in itertools.islice(entries, batch)]
+        lists = store.calls["LIST"]
+        for name in names:
+            assert ops.getattr("/big/" + name)["st_size"] == int(name[1:]) % 7
+        lookup_lists += store.calls["LIST"] - lists
+    assert listed == [".", ".."] and store.calls["HEAD"] == heads
+    # The batch's first names, pushed out by the listing reading on, are listed again (a window
+    # of 1,000 a LIST), no more: each window pushes out names already asked, not the next window.
+    assert lookup_lists <= 2 * (count // batch), lookup_lists
 
 
 def test_a_file_and_a_directory_of_one_name_show_once_across_pages(tmp_path):

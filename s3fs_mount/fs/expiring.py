@@ -68,6 +68,11 @@ class ExpiringLRU(Generic[K, V]):
         if len(data) > self.maxsize:
             data.popitem(last=False)
 
+    def demote(self, key: K) -> None:
+        """``key`` is now the least recently used: the first dropped when room is needed."""
+        if key in self._data:
+            self._data.move_to_end(key, last=False)
+
     def pop(self, key: K, default: V | None = None) -> V | None:
         """Remove ``key``; its value if it had one not expired, else ``default``."""
         item = self._data.pop(key, None)

@@ -344,7 +344,13 @@ class Namespace:
         parent, name = KeyMap.split(path)
         with self._lock:
             hit = self._attrs.get(path)
-            walked = hit is None and parent not in self._listings and self._walks.get(parent) is not None
+            walk = parent not in self._listings and self._walks.get(parent) is not None
+            if hit is not None and walk:
+                # A walk (du, ls -l) asks each name once, in the order it read them: this one is
+                # done with, and goes first when room is needed, not the names it will ask next
+                # (with plain LRU, each window _list_around cached pushed out the next one's).
+                self._attrs.demote(path)
+            walked = hit is None and walk
         if walked and is_valid_name(name):
             self._list_around(parent, name)
             with self._lock:

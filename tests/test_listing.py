@@ -57,11 +57,23 @@ def test_a_walk_of_a_large_directory_keeps_the_cache_bounded_and_sends_no_head(t
     assert store.calls["LIST"] - lists <= 60  # ~one page per 1,000 entries (the listing took 50)
 
 
+class StoppedClock:
+    """A clock that does not move: what a test caches stays (however slow the machine)."""
+
+    def time(self) -> float:
+        return 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return 1000.0
+
+
 def test_a_walk_that_stats_each_batch_it_read_lists_a_window_again_only_where_the_cache_ran_out(tmp_path):
     # du and find -size (gnulib fts) read a batch of names, then stat each in the order read.
     batch, count = 5000, 20_000
     store = big_store(count)
-    ops = make_ops(tmp_path, store, attr_cache=batch)
+    opts = MountOptions(cache_dir=str(tmp_path / "cache"), attr_cache=batch)
+    ops = S3Operations(Bucket(store, "bucket"), "", opts, clock=StoppedClock())  # nothing expires meanwhile
+    ops.namespace.configure_directories()
     entries = ops.readdir("/big", 1)
     listed = [e for e in itertools.islice(entries, 2) if isinstance(e, str)]
     heads, lookup_lists = store.calls["HEAD"], 0

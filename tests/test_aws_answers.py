@@ -7,9 +7,12 @@ import email.utils
 import errno
 import json
 import os
+import re
 import subprocess
 import urllib.parse
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from xml.sax.saxutils import escape as xml_escape
 
 import pytest
 import s3rig
@@ -340,6 +343,92 @@ def test_a_listing_page_is_read_with_or_without_a_namespace(namespace):
     ]
     assert page.prefixes == ["photos/2007/"]
     assert page.truncated and page.continuation == "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="
+
+
+# Keys as S3 may hold them: any character XML can carry (its markup and references included).
+KEY_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff")
+KEY_TEXT = st.text(KEY_CHARS | st.sampled_from("&<>\"' +%\t\n;#"), min_size=1, max_size=12)
+
+
+def whole_tree(content: bytes) -> xmlparse.ListPage:
+    """A page as ElementTree alone reads it (what parse_list_v2 did before its plain-form path)."""
+    return xmlparse._parse_list_tree(ET.fromstring(content))
+
+
+def list_page(keys, encoded, namespace, quote, storage_class, pretty, owner) -> bytes:
+    def text(value: str) -> str:
+        value = urllib.parse.quote_plus(value, safe="/") if encoded else value
+        return xml_escape(value, {'"': quote})
+
+    sep = "\n  " if pretty else ""
+    contents = "".join(
+        sep.join(
+            [
+                "<Contents>",
+                "<Key>%s</Key>" % text(key),
+                "<LastModified>2026-12-06T07:38:%02dZ</LastModified>" % (i % 60),
+                "<ETag>%s%032x%s</ETag>" % (quote, i, quote),
+                "<Size>%d</Size>" % (i * 7),
+                "<Owner><ID>o%d</ID><DisplayName>d</DisplayName></Owner>" % i if owner else "",
+                "<StorageClass>%s</StorageClass>" % storage_class if storage_class else "",
+                "</Contents>",
+            ]
+        )
+        for i, key in enumerate(keys)
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult%s><Name>b</Name><Prefix></Prefix>'
+        "<KeyCount>%d</KeyCount>%s<IsTruncated>true</IsTruncated>%s"
+        "<CommonPrefixes><Prefix>%s</Prefix></CommonPrefixes><NextContinuationToken>%s</NextContinuationToken>"
+        "</ListBucketResult>"
+        % (namespace, len(keys), "<EncodingType>url</EncodingType>" * encoded, contents, text("p&q/"), "t")
+    ).encode()
+
+
+@given(
+    st.lists(KEY_TEXT, min_size=1, max_size=8),
+    st.booleans(),
+    st.sampled_from(['', ' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"']),
+    st.sampled_from(["&quot;", "&#34;", '"']),
+    st.sampled_from(["", "STANDARD", "GLACIER"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_a_listing_page_in_the_plain_form_is_read_as_elementtree_reads_it(
+    keys, encoded, namespace, quote, storage_class, pretty, owner
+):
+    content = list_page(keys, encoded, namespace, quote, storage_class, pretty, owner)
+    assert xmlparse._split_contents(content) is not None  # read by the patterns, not the tree
+    page = xmlparse.parse_list_v2(content)
+    assert page == whole_tree(content)
+    assert [e.key for e in page.entries] == keys and page.prefixes == ["p&q/"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("<Contents>", '<Contents xmlns:x="y">'),  # attributes
+        ("<Key>", "<!-- a comment --><Key>"),
+        ("<Key>a", "<Key><![CDATA[a<b]]>"),
+        ("<StorageClass>STANDARD</StorageClass>", "<StorageClass/>"),  # an empty element
+        ("</Contents><Contents>", "</Contents><CommonPrefixes><Prefix>m/</Prefix></CommonPrefixes><Contents>"),  # noqa: E501
+        ("<ListBucketResult>", '<s3:ListBucketResult xmlns:s3="http://s3.amazonaws.com/doc/2006-03-01/">'),
+        ('encoding="UTF-8"', 'encoding="ISO-8859-1"'),
+        ("<Key>a", "<Key>a\r\n"),  # a CR, which XML reads as a line feed
+        ("<Size>0</Size>", "<Size>0</Size><Key>again</Key>"),  # a field twice
+    ],
+)
+def test_a_listing_page_in_another_form_is_read_whole_by_elementtree(change):
+    content = list_page(["a", "b&c", "d"], False, "", "&#34;", "STANDARD", False, False).decode()
+    old, new = change
+    content = content.replace(old, new)
+    if old == "<ListBucketResult>":
+        content = content.replace("</ListBucketResult>", "</s3:ListBucketResult>")
+        content = re.sub(r"<(/?)(?!s3:)(\w+)", r"<\1s3:\2", content.split("?>", 1)[1])
+        content = '<?xml version="1.0" encoding="UTF-8"?>' + content
+    data = content.encode("latin-1" if "ISO" in content else "utf-8")
+    assert xmlparse._split_contents(data) is None
+    assert xmlparse.parse_list_v2(data) == whole_tree(data)
 
 
 @given(st.integers(-2**31, 2**33))

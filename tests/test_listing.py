@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import os
+import posixpath
 import stat
 import struct
 import subprocess
+import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -18,31 +21,23 @@ import s3rig
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse fixture
 
-from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, DirStream, FuseOSError, KernelNames
+from s3fs_mount.fs.attrs import Attributes
+from s3fs_mount.fs.expiring import ExpiringLRU
+from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, DirStream, FuseOSError, KernelNames, set_stat
+from s3fs_mount.fs.listahead import ListAhead
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions, OptionError
+from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.xmlparse import ListPage
 
 
-def big_store(count: int, prefix: str = "big/") -> FakeStore:
-    store = FakeStore()
+def big_store(count: int, prefix: str = "big/", store: FakeStore | None = None) -> FakeStore:
+    store = store if store is not None else FakeStore()
     for i in range(count):
         store.put("%sf%06d" % (prefix, i), b"x" * (i % 7))
     return store
-
-
-def test_readdir_hands_out_entries_before_the_last_page_is_fetched(tmp_path):
-    store = big_store(3500)
-    ops = make_ops(tmp_path, store)
-    entries = ops.readdir("/big", 1)  # the directory's own lookup happens here
-    before = store.calls["LIST"]
-    first = [next(entries) for _ in range(5)]
-    assert first[:2] == [".", ".."] and first[2][0] == "f000000"
-    assert store.calls["LIST"] - before == 1  # one page of four fetched
-    rest = list(entries)
-    assert len(first) + len(rest) == 3502 and store.calls["LIST"] - before == 4
-    assert len({e[0] for e in rest}) == len(rest)  # each once
 
 
 def test_a_walk_of_a_large_directory_keeps_the_cache_bounded_and_sends_no_head(tmp_path):
@@ -63,6 +58,44 @@ def test_a_walk_of_a_large_directory_keeps_the_cache_bounded_and_sends_no_head(t
     assert store.calls["LIST"] - lists <= 60  # ~one page per 1,000 entries (the listing took 50)
 
 
+class StoppedClock:
+    """A clock that does not move: what a test caches stays (however slow the machine)."""
+
+    def time(self) -> float:
+        return 1_700_000_000.0
+
+    def monotonic(self) -> float:
+        return 1000.0
+
+
+def test_a_walk_that_stats_each_batch_it_read_lists_a_window_again_only_where_the_cache_ran_out(tmp_path):
+    # du and find -size (gnulib fts) read a batch of names, then stat each in the order read.
+    batch, count = 5000, 20_000
+    store = big_store(count)
+    opts = MountOptions(cache_dir=str(tmp_path / "cache"), attr_cache=batch, listing_attrs=True)
+    ops = S3Operations(Bucket(store, "bucket"), "", opts, clock=StoppedClock())  # nothing expires meanwhile
+    ops.namespace.configure_directories()
+    windows: list[str] = []  # the LISTs from a name on: lookups' (the readdir's go by continuation)
+    whole_list = store.list
+
+    def listing(prefix="", delimiter="/", bucket=None, max_keys=1000, start_after=None):
+        if start_after is not None:
+            windows.append(start_after)
+        return whole_list(prefix, delimiter, bucket, max_keys, start_after)
+
+    store.list = listing
+    entries = ops.readdir("/big", 1)
+    listed = [e for e in itertools.islice(entries, 2) if isinstance(e, str)]
+    heads = store.calls["HEAD"]
+    for _ in range(count // batch):
+        for name in [e[0] for e in itertools.islice(entries, batch)]:
+            assert ops.getattr("/big/" + name)["st_size"] == int(name[1:]) % 7
+    assert listed == [".", ".."] and store.calls["HEAD"] == heads
+    # The batch's first names, pushed out by the listing reading on, are listed again (a window
+    # of 1,000 a LIST), no more: each window pushes out names already asked, not the next window.
+    assert len(windows) <= 2 * (count // batch), windows
+
+
 def test_a_file_and_a_directory_of_one_name_show_once_across_pages(tmp_path):
     store = FakeStore()
     store.put("a", b"file")  # listed first; a/ comes 1,500 keys later, on another page
@@ -81,6 +114,138 @@ def test_a_file_and_a_directory_of_one_name_show_once_across_pages(tmp_path):
     # bytes may be a link: it asks that too.
     assert kinds == {"a": {"st_mode": stat.S_IFDIR}, "b": {"st_mode": stat.S_IFDIR}, "c": None}
     assert ops.getattr("/c")["st_size"] == 9
+
+
+class PagedStore(FakeStore):
+    """A fake store whose listings of ``big/`` say when each page after the first is asked for,
+    fail at page ``fail_page`` (S3Error 503), and say when a listing generator is closed."""
+
+    def __init__(self, fail_page: int | None = None) -> None:
+        super().__init__()
+        self.asked = [threading.Event() for _ in range(10)]  # [n]: page n (0-based) was asked for
+        self.closed = threading.Event()
+        self.fail_page = fail_page
+
+    def list(self, prefix="", delimiter="/", bucket=None, max_keys=1000, start_after=None):
+        if prefix != "big/":
+            yield from super().list(prefix, delimiter, bucket, max_keys, start_after)
+            return
+        pages = super().list(prefix, delimiter, bucket, max_keys, start_after)
+        try:
+            for number in range(10):
+                self.asked[number].set()
+                if number == self.fail_page:
+                    raise S3Error(503, "SlowDown")
+                page = next(pages, None)
+                if page is None:
+                    return
+                yield page
+        finally:
+            self.closed.set()
+
+
+def paged_store(count: int, fail_page: int | None = None) -> PagedStore:
+    store = PagedStore(fail_page)
+    big_store(count, store=store)
+    return store
+
+
+def test_readdir_hands_out_entries_before_the_last_page_and_fetches_one_page_ahead(tmp_path):
+    store = paged_store(2500)
+    ops = make_ops(tmp_path, store)
+    entries = ops.readdir("/big", 1)  # the directory's own lookup happens here
+    before = store.calls["LIST"]
+    first = [next(entries) for _ in range(5)]  # the first page's: nothing asked of the rest yet
+    assert first[:2] == [".", ".."] and first[2][0] == "f000000"
+    assert store.asked[1].wait(30)  # the second page is on its way while the first is handed out
+    assert not store.asked[2].is_set()  # one page ahead, no more
+    rest = list(entries)
+    assert [e[0] for e in first[2:] + rest] == ["f%06d" % i for i in range(2500)]  # in order, once each
+    assert store.calls["LIST"] - before == 3 and store.closed.wait(30)
+
+
+def test_a_readdir_that_stops_early_leaves_no_listing_open(tmp_path):
+    store = paged_store(3500)
+    ops = make_ops(tmp_path, store)
+    entries = ops.readdir("/big", 1)
+    [next(entries) for _ in range(5)]
+    assert store.asked[1].wait(30)
+    entries.close()  # releasedir after part of the directory (ls | head)
+    assert store.closed.wait(30)  # the page fetched ahead is dropped and the listing closed
+    assert not store.asked[2].is_set()
+    assert len([e for e in ops.readdir("/big", 2) if not isinstance(e, str)]) == 3500
+
+
+def test_a_page_fetched_ahead_that_fails_is_an_error_after_the_entries_before_it(tmp_path):
+    store = paged_store(2500, fail_page=1)
+    ops = make_ops(tmp_path, store)
+    got = []
+    with pytest.raises(FuseOSError) as raised:
+        for entry in ops.readdir("/big", 1):
+            got.append(entry)
+    assert raised.value.errno == errno.EIO  # SlowDown, after the retry policy: not the end
+    # the first page's, but its last (which waits for the next page: a directory of its name?)
+    assert [e[0] for e in got[2:]] == ["f%06d" % i for i in range(999)]
+
+
+def test_list_ahead_with_no_thread_free_fetches_in_the_reader():
+    pages = [ListPage(entries=[], truncated=True, continuation="x") for _ in range(3)]
+    pages[-1].truncated = False
+    ahead = ListAhead(workers=0)
+    assert list(ahead.pages(iter(pages))) == pages
+    ahead = ListAhead(workers=1)
+    ahead.close()  # the mount is going away: readers fetch their own pages
+    assert list(ahead.pages(iter(pages))) == pages
+
+
+def test_the_attribute_cache_expires_each_entry_at_its_time_and_keeps_the_latest_used():
+    clock = Clock()
+    cache = ExpiringLRU(3, lambda key, ttl, now: now + ttl, clock)
+    cache["a"], cache["b"], cache["c"] = 10, 1, 10
+    cache["skipped"] = 0  # expired already: not kept
+    assert "skipped" not in cache and len(cache) == 3
+    clock.now += 2
+    assert cache.get("b") is None and "b" not in cache  # its own time came
+    assert cache.get("a") == 10 and cache["c"] == 10
+    cache["d"] = 10
+    cache["e"] = 10  # over 3: the least recently used goes (a, then c were used after their set)
+    assert sorted(cache.keys()) == ["c", "d", "e"] and len(cache) == 3
+    assert cache.pop("d") == 10 and cache.pop("d", None) is None
+    with pytest.raises(KeyError):
+        cache["a"]
+    clock.now += 20
+    assert cache.pop("c", "gone") == "gone" and cache.get("e", -1) == -1
+
+
+def test_set_stat_fills_as_mfusepy_does():
+    import mfusepy
+
+    a = Attributes(mode=0o100640, size=12345, mtime=1_700_000_000.123456, uid=7, gid=8, atime=1.5e9, nlink=3)
+    for attrs, use_ns in ((dict(a.stat(), st_birthtime=5, st_unknown=1), True), ({"st_mtime": 2.25}, False)):
+        theirs, ours = mfusepy.c_stat(), mfusepy.c_stat()
+        mfusepy.set_st_attrs(theirs, attrs, use_ns=use_ns)
+        set_stat(ours, attrs, use_ns)
+        assert bytes(ours) == bytes(theirs)
+
+
+def test_kernel_names_queue_a_call_s_names_at_once_within_the_bound():
+    clock = Clock()
+    names = KernelNames(1.0, clock=clock, limit=3)
+    names.forget_later_all("/big", ["a"])  # no node id known: not queued
+    names.directory("/big", 5)
+    names.forget_later_all("/big", ["b", "c"])
+    names.forget_later_all("/big", ["d", "e"])
+    assert (names.queued, names.overflow) == (3, 1)
+    told: list[tuple[int, str]] = []
+    names._forget = lambda node, name: told.append((node, name)) or 0
+    clock.now += 1.0
+    assert names.forget_due() == 3 and told == [(5, "b"), (5, "c"), (5, "d")]
+
+
+def test_joining_names_is_posix_join():
+    pairs = (("/", "a"), ("/x", "a"), ("/x/", "a"), ("", "a"), ("/x", "/a"), ("/x", ""), ("x", "b"))
+    for parent, name in pairs:
+        assert KeyMap.join(parent, name) == posixpath.join(parent, name)
 
 
 class Entries:
@@ -269,9 +434,20 @@ def test_a_large_directory_streams_and_is_walked_without_a_head_per_entry(
     fd = os.open(big, os.O_RDONLY | os.O_DIRECTORY)
     try:
         first = getdents(fd)  # one small read, as a reader that prints as it goes makes
-        pages = [q for m, _, q in requests_of(faultproxy, mark) if m == "GET" and q.get("prefix") == ["big/"]]
+
+        def listed() -> list[dict[str, list[str]]]:
+            seen = requests_of(faultproxy, mark)
+            return [q for m, _, q in seen if m == "GET" and q.get("prefix") == ["big/"]]
+
+        pages = listed()
         assert first[:3] == [".", "..", "f00000"] or first[:3] == ["..", ".", "f00000"]
-        assert len(pages) == 1 and "continuation-token" not in pages[0]  # the first page only, so far
+        assert pages and "continuation-token" not in pages[0]
+        # The next page is fetched while the reader takes the first (fs/listahead.py), one only.
+        deadline = time.monotonic() + 30  # a bound on the wait, not on how long it takes
+        while len(pages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pages = listed()
+        assert len(pages) == 2 and "continuation-token" in pages[1]
         # A page that fails is an error for that read, not the end of the directory; the read
         # after it lists again from where the reader was.
         faultproxy.fail_next(1, status=403)

@@ -130,6 +130,8 @@ class FUSE(mfusepy.FUSE):
     caller truncated a descriptor (libfuse2 called that ``ftruncate``);
     mfusepy 3.1 drops it on libfuse3.
 
+    ``getattr`` answers are filled in with :func:`set_stat` (the fields looked up once).
+
     ``create(path, mode, flags)`` is called as such: mfusepy 3.1 inspects the
     operations' signature on every create (3% of a small-file loop).
 
@@ -189,37 +191,44 @@ class FUSE(mfusepy.FUSE):
         plus = bool(flags & FUSE_READDIR_PLUS)
         kind = mfusepy.c_stat()
         index = offset
-        while True:
-            try:
-                item = stream.at(index, filled=index > offset)
-            except Exception:
-                with self._listings_lock:
-                    self._listings.pop(fh, None)  # spent: a call again lists again, from its offset
-                raise
-            if item is None:
-                return 0  # the end (or a failure, told at the next call)
-            st, fill_flags = None, 0
-            if isinstance(item, str):
-                name = item
-            else:
-                name, attrs, _ = item
-                if plus and attrs and not isinstance(attrs, TypeOnly):
-                    st = mfusepy.c_stat()
-                    mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
-                    fill_flags = FUSE_FILL_DIR_PLUS
-                elif attrs:
-                    # A plain readdir: the type alone, for d_type (libfuse copies it), so that find
-                    # need not stat each entry to learn it is no directory.
-                    st = kind
-                    st.st_mode = attrs["st_mode"]
-            stp = None if st is None else ctypes.byref(st)
-            if filler(buf, name.encode(self.encoding, self.errors), stp, index + 1, fill_flags) != 0:
-                return 0  # the kernel's buffer is full: it asks again from this index
-            stream.taken()
-            if fill_flags and self._kernel_names is not None:  # the kernel made a dentry of it
-                if self._kernel_names.is_large(where):
-                    self._kernel_names.forget_later(where, name)
-            index += 1
+        handed: list[str] = []  # names that went out with their attributes (a dentry each)
+        encoding, errors, use_ns = self.encoding, self.errors, self.use_ns
+        try:
+            while True:
+                try:
+                    item = stream.at(index, filled=index > offset)
+                except Exception:
+                    with self._listings_lock:
+                        self._listings.pop(fh, None)  # spent: a call again lists again, from its offset
+                    raise
+                if item is None:
+                    return 0  # the end (or a failure, told at the next call)
+                st, fill_flags = None, 0
+                if isinstance(item, str):
+                    name = item
+                else:
+                    name, attrs, _ = item
+                    if plus and attrs and not isinstance(attrs, TypeOnly):
+                        st = mfusepy.c_stat()
+                        set_stat(st, attrs, use_ns)
+                        fill_flags = FUSE_FILL_DIR_PLUS
+                    elif attrs:
+                        # A plain readdir: the type alone, for d_type (libfuse copies it), so that find
+                        # need not stat each entry to learn it is no directory.
+                        st = kind
+                        st.st_mode = attrs["st_mode"]
+                stp = None if st is None else ctypes.byref(st)
+                if filler(buf, name.encode(encoding, errors), stp, index + 1, fill_flags) != 0:
+                    return 0  # the kernel's buffer is full: it asks again from this index
+                stream.taken()
+                if fill_flags:
+                    handed.append(name)
+                index += 1
+        finally:
+            # Queued once a call (the operations say whether the directory is large as they list it).
+            names = self._kernel_names
+            if handed and names is not None and names.is_large(where):
+                names.forget_later_all(where, handed)
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
         super().init_fuse_3(conn, config)
@@ -272,6 +281,13 @@ class FUSE(mfusepy.FUSE):
             )
         return None
 
+    def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        # mfusepy's, with set_stat: a stat per entry is what du and ls -l of a large directory make
+        ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))
+        fh = (fip.contents if self.raw_fi else fip.contents.fh) if fip else None
+        set_stat(buf.contents, self.operations.getattr(self._decode(path), fh), self.use_ns)
+        return 0
+
     def releasedir(self, path: bytes | None, fip: Any) -> int:
         with self._listings_lock:
             self._listings.pop(fip.contents.fh, None)
@@ -295,6 +311,29 @@ class FUSE(mfusepy.FUSE):
     def _decode(self, path: bytes | None) -> str | None:
         """A path as the operations take it (None for an unlinked file's handle)."""
         return None if path is None else path.decode(self.encoding, self.errors)
+
+
+#: The ``struct stat`` fields of this machine's c_stat, and the timespec of each time field.
+_STAT_FIELDS = frozenset(name for name, _ in mfusepy.c_stat._fields_)
+_STAT_TIMES = {t: t + "spec" for t in ("st_atime", "st_mtime", "st_ctime") if t + "spec" in _STAT_FIELDS}
+_NS = 10**9
+
+
+def set_stat(st: Any, attrs: dict[str, Any], use_ns: bool = False) -> None:
+    """Fill ``st`` (a c_stat) from a getattr dict, as mfusepy's ``set_st_attrs`` does (keys it
+    has no field for are skipped), with the fields looked up once, not twice per key: a
+    readdirplus of a large directory fills one per entry."""
+    for key, val in attrs.items():
+        spec = _STAT_TIMES.get(key)
+        if spec is not None:
+            timespec = getattr(st, spec)
+            if use_ns:
+                timespec.tv_sec, timespec.tv_nsec = divmod(int(val), _NS)
+            else:
+                timespec.tv_sec = int(val)
+                timespec.tv_nsec = int((val - timespec.tv_sec) * 1e9)
+        elif key in _STAT_FIELDS:
+            setattr(st, key, val)
 
 
 class DirStream:
@@ -413,15 +452,19 @@ class KernelNames:
 
     def forget_later(self, parent: str, name: str) -> None:
         """Name ``name`` of directory ``parent`` (a path) is to be forgotten ``delay`` s from now."""
+        self.forget_later_all(parent, [name])
+
+    def forget_later_all(self, parent: str, names: list[str]) -> None:
+        """Names ``names`` of directory ``parent`` (a path) are to be forgotten ``delay`` s from now."""
         with self._lock:
             node = self._nodes.get(parent)
             if node is None:
                 return
-            if len(self._due) >= self.limit:
-                self.overflow += 1
-                return
-            self._due.append((self.clock() + self.delay, node, name))
-            self.queued += 1
+            room = max(0, self.limit - len(self._due))
+            when = self.clock() + self.delay
+            self._due.extend((when, node, name) for name in names[:room])
+            self.queued += min(room, len(names))
+            self.overflow += max(0, len(names) - room)
 
     def start(self, forget: Callable[[int, str], int]) -> None:
         """Forget due names with ``forget(parent node id, name)`` (0, or -errno) from a thread of ours."""

@@ -64,6 +64,8 @@ class KnownVersions:
         #: What is still to write, in order: ("put", row), ("drop", (path,)), ("drop_tree", (path,)).
         self._writes: list[tuple[str, tuple[object, ...]]] = []  # GUARDED_BY(_lock)
         self._db: sqlite3.Connection | None = None  # GUARDED_BY(_lock); None: not in use
+        #: False while the table is known to be empty: a listing page asks it nothing.
+        self._any = False  # GUARDED_BY(_lock)
         if directory is None:
             return
         path = os.path.join(directory, FILE_NAME)
@@ -76,6 +78,7 @@ class KnownVersions:
             db.execute("PRAGMA synchronous=OFF")
             db.execute(_SCHEMA)
             self._db = db
+            self._any = db.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None
         except (OSError, sqlite3.Error) as exc:
             log.warning("file attributes are not kept across mounts: %s: %s", path, exc)
 
@@ -96,6 +99,7 @@ class KnownVersions:
         row = (path, attributes.etag, attributes.size, int(attributes.stored), json.dumps(facts))
         with self._lock:
             self._writes.append(("put", row))
+            self._any = True
             if len(self._writes) >= BATCH:
                 self._write_locked()
 
@@ -115,7 +119,7 @@ class KnownVersions:
         Last-Modified, 0 if not yet known), for the caller to check against its listing."""
         found: dict[str, A.Attributes] = {}
         with self._lock:
-            if self._db is None or not paths:
+            if self._db is None or not paths or not self._any:
                 return found
             self._write_locked()
             for start in range(0, len(paths), QUERY_CHUNK):

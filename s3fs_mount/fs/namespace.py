@@ -8,11 +8,12 @@ while the object is unchanged. A listing alone does not say what a file is
 (a symlink, a FIFO, mode 0600): its first lookup HEADs it, unless the mount
 was told the bucket's objects carry no such metadata (``listing_attrs``).
 
-Caches (cachetools, not thread-safe, so all behind ``self._lock``):
+Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``self._lock``):
 
 * ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds (entries of a large
   listing a little longer, 1 s + 5 ms per entry, so a walk of it finds them);
-  at most ``attr_cache`` entries (LRU), so memory does not grow with a directory;
+  at most ``attr_cache`` entries (LRU), so memory does not grow with a directory
+  (an :class:`~s3fs_mount.fs.expiring.ExpiringLRU`: a walk sets one per entry);
 * ``_walks``: directories listed a moment ago, too large to keep their names: a
   lookup there that the cache no longer answers lists one page from that name on
   (:meth:`Namespace._list_around`), not a HEAD per entry;
@@ -62,6 +63,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import operator
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -71,7 +73,10 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.expiring import ExpiringLRU
 from s3fs_mount.fs.known import KnownVersions
+from s3fs_mount.fs.listahead import WORKERS as LIST_AHEAD_WORKERS
+from s3fs_mount.fs.listahead import ListAhead
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
 from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
 from s3fs_mount.fs.statahead import StatAhead
@@ -158,6 +163,8 @@ class Namespace:
     :param known: what HEADs told of file versions, kept on disk across mounts (fs/known.py).
     :param listing_attrs: take files as listings show them (size, mtime, ETag) with the default
         mode and owner: no HEAD per file, for buckets whose objects carry no POSIX metadata.
+    :param list_ahead: threads fetching a listing's next page while a readdir hands out the
+        last (0: none; fs/listahead.py).
 
     Locks (``_lock`` is never held during a request):
 
@@ -183,6 +190,7 @@ class Namespace:
         statahead: int = STATAHEAD_WORKERS,
         listing_attrs: bool = False,
         known: KnownVersions | None = None,
+        list_ahead: int = LIST_AHEAD_WORKERS,
     ) -> None:
         self.clock = clock
         #: What HEADs told of file versions, kept across mounts (none: kept in memory only).
@@ -197,7 +205,7 @@ class Namespace:
         self._lock = threading.Lock()
         self.attr_ttl = max(attr_ttl, 0.001)
         # Per-entry expiry: what a listing says stays valid long enough for a tool to walk it.
-        self._attrs: TLRUCache[str, A.Attributes] = TLRUCache(attr_cache, self._expiry, timer)
+        self._attrs: ExpiringLRU[str, A.Attributes] = ExpiringLRU(attr_cache, self._expiry, timer)
         self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001), timer)
         self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self.dir_ttl = max(dir_ttl, 0.001)
@@ -244,6 +252,14 @@ class Namespace:
         self.statahead = StatAhead(
             store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
         )
+        self.list_ahead = ListAhead(list_ahead)
+
+    def close(self) -> None:
+        """The mount is going away: nothing more is fetched ahead (stats, listing pages), and
+        what HEADs told is written."""
+        self.statahead.close()
+        self.list_ahead.close()
+        self.known.close()
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
 
@@ -360,7 +376,13 @@ class Namespace:
         parent, name = KeyMap.split(path)
         with self._lock:
             hit = self._attrs.get(path)
-            walked = hit is None and parent not in self._listings and self._walks.get(parent) is not None
+            walk = parent not in self._listings and self._walks.get(parent) is not None
+            if hit is not None and walk:
+                # A walk (du, ls -l) asks each name once, in the order it read them: this one is
+                # done with, and goes first when room is needed, not the names it will ask next
+                # (with plain LRU, each window _list_around cached pushed out the next one's).
+                self._attrs.demote(path)
+            walked = hit is None and walk
         if walked and is_valid_name(name):
             self._list_around(parent, name)
             with self._lock:
@@ -825,7 +847,8 @@ class Namespace:
     # -- directories -----------------------------------------------------------------
 
     def iter_dir(self, path: str) -> Iterator[tuple[str, A.Attributes]]:
-        """The entries of a directory as its listing arrives, page by page (no HEAD per entry).
+        """The entries of a directory as its listing arrives, page by page (no HEAD per entry),
+        the next page fetched while this one is handed out (fs/listahead.py).
 
         Each page's entries are cached as they are handed out; nothing is kept per entry
         but the (bounded) attribute cache. A file and a directory of one name show once,
@@ -842,7 +865,7 @@ class Namespace:
         waiting: dict[str, A.Attributes] = {}  # files that a directory of their name may yet hide
         names: set[str] | None = set()
         count = subdirs = 0
-        for page in self.store.list(prefix, delimiter="/"):
+        for page in self.list_ahead.pages(self.store.list(prefix, delimiter="/")):
             files, dirs = self._page_entries(path, prefix, page)
             batch: list[tuple[str, A.Attributes]] = []
             for name, attributes in files:
@@ -857,11 +880,11 @@ class Namespace:
                 if waiting.pop(name, None) is not None:
                     self._log_conflict(prefix + name)
                 batch.append((name, self._listed_dir()))
-            last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")
+            last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")[len(prefix) :]
             done = not page.truncated or not page.continuation
-            for name in [n for n in waiting if done or prefix + n + FOLDER_SUFFIX < last]:
+            for name in [n for n in waiting if done or n + FOLDER_SUFFIX < last]:
                 batch.append((name, waiting.pop(name)))
-            batch.sort(key=lambda entry: entry[0])
+            batch.sort(key=operator.itemgetter(0))
             shown = self._cache_listed(path, batch, asked, _walk_ttl(count + len(batch)))
             count += len(shown)
             subdirs += sum(1 for _, a in shown if a.is_dir)
@@ -918,9 +941,10 @@ class Namespace:
         """The files (with what the listing says of them) and the directory names on one page."""
         files: list[tuple[str, A.Attributes]] = []
         dirs: list[str] = []
-        unknown: list[tuple[int, str, ListEntry]] = []  # (index in files, path, entry): no HEAD seen
+        named: list[tuple[str, ListEntry]] = []
+        cut = len(prefix)
         for entry in page.entries:
-            rest = entry.key[len(prefix) :]
+            rest = entry.key[cut:]
             if not rest:
                 continue  # the directory's own marker
             if rest.endswith(FOLDER_SUFFIX):
@@ -930,26 +954,35 @@ class Namespace:
             if not is_valid_name(rest):
                 warn_skipped(entry.key, "not a valid file name")
                 continue
-            child = KeyMap.join(path, rest)
-            with self._lock:
-                full = self._full.get(child)
-                dated = full is not None and not full.stored  # ours: S3's date of it unknown
-                same = full is not None and _same_version(full, entry.etag, entry.size, entry.mtime)
-            if full is not None and same:
-                files.append((rest, full))
-                if dated:
-                    self.known.record(child, full)  # now with its date: kept
-                continue
-            files.append((rest, self._listed_file(entry)))
-            unknown.append((len(files) - 1, child, entry))
+            named.append((rest, entry))
+        defaults = self.defaults
+        dated: list[tuple[str, A.Attributes]] = []  # ours, S3's date of which the listing tells
+        unknown: list[tuple[int, str, ListEntry]] = []  # (index in files, path, entry): no HEAD seen
+        with self._lock:  # once a page: what HEADs said of its files, where the version is the same
+            full = self._full
+            for rest, e in named:
+                child = KeyMap.join(path, rest)
+                known = full.get(child) if full else None
+                if known is not None:
+                    undated = not known.stored
+                    if _same_version(known, e.etag, e.size, e.mtime):
+                        files.append((rest, known))
+                        if undated:
+                            dated.append((child, known))
+                        continue
+                files.append((rest, A.listed_file(defaults, e.size, e.mtime, e.etag, e.storage_class)))
+                unknown.append((len(files) - 1, child, e))
+        for child, known in dated:
+            self.known.record(child, known)  # kept from now on
         if unknown:  # what a HEAD of this or an earlier mount told of the same versions
             kept = self.known.find([child for _, child, _ in unknown])
-            with self._lock:
-                for index, child, entry in unknown:
-                    full = kept.get(child)
-                    if full is not None and _same_version(full, entry.etag, entry.size, entry.mtime):
-                        files[index] = (files[index][0], full)
-                        self._full[child] = full
+            if kept:
+                with self._lock:
+                    for index, child, e in unknown:
+                        known = kept.get(child)
+                        if known is not None and _same_version(known, e.etag, e.size, e.mtime):
+                            files[index] = (files[index][0], known)
+                            self._full[child] = known
         for p in page.prefixes:
             rest = p[len(prefix) :].rstrip("/")
             if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
@@ -963,22 +996,27 @@ class Namespace:
     ) -> list[tuple[str, A.Attributes]]:
         """Cache what a listing (sent at ``asked``) says of entries of ``path``; the entries to show."""
         out = []
+        cached, deleting = self._attrs, self._deleting
         with self._lock:
+            # The caches of our own changes are empty through most walks: asked only when not.
+            removed, missing = self._removed or None, self._missing or None
+            changed, atimes = bool(self._changed), bool(self._atimes)
             for name, attributes in batch:
                 child = KeyMap.join(path, name)
-                if self._removed.get(child) or child in self._deleting:
+                if (removed is not None and removed.get(child)) or child in deleting:
                     continue
                 if attributes.is_dir:
-                    known = self._attrs.get(child)
+                    known = cached.get(child)
                     if known is not None and known.is_dir:
                         attributes = known
                 attributes.ttl = ttl
                 out.append((name, attributes))
-                if self._stale(child, asked):
+                if changed and self._stale(child, asked):
                     continue  # we changed it while the listing was under way
                 attributes.seen_at = asked
-                self._keep_atime(child, attributes)
-                old = self._attrs.get(child)
+                if atimes:
+                    self._keep_atime(child, attributes)
+                old = cached.get(child)
                 if (
                     old is None
                     or not old.complete
@@ -988,8 +1026,9 @@ class Namespace:
                         or _same_version(old, attributes.etag, attributes.size, attributes.stored)
                     )
                 ):
-                    self._attrs[child] = attributes
-                self._missing.pop(child, None)
+                    cached[child] = attributes
+                if missing is not None:
+                    missing.pop(child, None)
         return out
 
     def _list_around(self, parent: str, name: str) -> None:
@@ -1013,20 +1052,6 @@ class Namespace:
         files, dirs = self._page_entries(path, prefix, page)
         dir_names = set(dirs)
         return [(n, a) for n, a in files if n not in dir_names] + [(n, self._listed_dir()) for n in dir_names]
-
-    def _listed_file(self, entry: ListEntry) -> A.Attributes:
-        """What a listing says of a file: size, time, ETag (its mode and owner: from a HEAD)."""
-        return A.attributes_from(
-            {},
-            entry.size,
-            entry.mtime,
-            self.defaults,
-            "file",
-            etag=entry.etag,
-            storage_class=entry.storage_class,
-            complete=False,
-            stored=entry.mtime,
-        )
 
     def _listed_dir(self) -> A.Attributes:
         """What a listing says of a directory: that it is one (its mode and owner: on its holder)."""

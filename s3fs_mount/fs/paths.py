@@ -71,7 +71,11 @@ class KeyMap:
 
     @staticmethod
     def join(parent: str, name: str) -> str:
-        return posixpath.join(parent, name)
+        """``('/a', 'b')`` -> ``'/a/b'``, as ``posixpath.join`` (by concatenation: a listing of a
+        large directory joins two names per entry)."""
+        if not parent or name.startswith("/"):
+            return posixpath.join(parent, name)
+        return parent + name if parent.endswith("/") else parent + "/" + name
 
     @staticmethod
     def split(path: str) -> tuple[str, str]:

@@ -6,6 +6,7 @@ import calendar
 import datetime
 import email.utils
 import functools
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -82,35 +83,58 @@ class ListPage:
 def parse_list_v2(content: bytes) -> ListPage:
     """Parse a ListObjectsV2 result, undoing ``encoding-type=url`` when the server applied it.
 
-    Names are looked up in the root's namespace, not stripped from every element first: a
-    page of 1,000 keys is parsed in two thirds of the time (a million-entry listing is a
-    thousand pages).
+    Its ``<Contents>`` elements (a thousand a page) are read by :func:`_split_contents`
+    when they are in the plain form servers send, the rest of the page by ElementTree; a
+    page in any other form is read by ElementTree whole (the same answer, in two to three
+    times the time: a million-entry listing is a thousand pages).
     """
-    root = ET.fromstring(content)
+    split = _split_contents(content)
+    if split is None:
+        return _parse_list_tree(ET.fromstring(content))
+    rest, columns = split
+    return _parse_list_tree(ET.fromstring(rest), columns)
+
+
+def _parse_list_tree(root: ET.Element, columns: dict[str, list[str]] | None = None) -> ListPage:
+    """The page from its parsed document; ``columns``: its ``<Contents>``, read already and
+    taken out of ``root`` (each field's texts, references replaced, one per element in
+    document order; a field no element has is left out).
+
+    Names are looked up in the root's namespace, not stripped from every element first: a
+    page of 1,000 keys is parsed in two thirds of the time.
+    """
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    key_tag, size_tag, etag_tag, time_tag, class_tag = (
-        ns + "Key",
-        ns + "Size",
-        ns + "ETag",
-        ns + "LastModified",
-        ns + "StorageClass",
-    )
     encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
 
     def dec(text: str | None) -> str:
         text = text or ""
-        return unquote_plus(text) if encoded else text
+        return unquote_plus(text) if encoded and ("%" in text or "+" in text) else text
 
     page = ListPage()
     append = page.entries.append
+    if columns:
+        count = len(next(iter(columns.values())))
+        none: list[str | None] = [None] * count
+        for key, size, etag, mtime, storage_class in zip(
+            *(columns.get(name, none) for name in _ENTRY_FIELDS), strict=True
+        ):
+            append(
+                ListEntry(
+                    key=dec(key),
+                    size=int(size or 0),
+                    etag=(etag or "").strip('"'),
+                    mtime=parse_time(mtime or ""),
+                    storage_class=storage_class or "",
+                )
+            )
     for c in root.iterfind(ns + "Contents"):
         append(
             ListEntry(
-                key=dec(c.findtext(key_tag)),
-                size=int(c.findtext(size_tag) or 0),
-                etag=(c.findtext(etag_tag) or "").strip('"'),
-                mtime=parse_time(c.findtext(time_tag) or ""),
-                storage_class=c.findtext(class_tag) or "",
+                key=dec(c.findtext(ns + "Key")),
+                size=int(c.findtext(ns + "Size") or 0),
+                etag=(c.findtext(ns + "ETag") or "").strip('"'),
+                mtime=parse_time(c.findtext(ns + "LastModified") or ""),
+                storage_class=c.findtext(ns + "StorageClass") or "",
             )
         )
     for p in root.iterfind(ns + "CommonPrefixes"):
@@ -118,6 +142,80 @@ def parse_list_v2(content: bytes) -> ListPage:
     page.truncated = (root.findtext(ns + "IsTruncated") or "").lower() == "true"
     page.continuation = root.findtext(ns + "NextContinuationToken")
     return page
+
+
+#: The fields of a listed object that a ListEntry holds, in ListEntry's order.
+_ENTRY_FIELDS = ("Key", "Size", "ETag", "LastModified", "StorageClass")
+#: Each field's elements in any form (a tag of that name), and in the plain one (``<Key>text</Key>``).
+_FIELD_TAGS = {name: re.compile(r"<%s[\s/>]" % name) for name in _ENTRY_FIELDS}
+_FIELD_TEXTS = {name: re.compile(r"<%s>([^<]*)</%s>" % (name, name)) for name in _ENTRY_FIELDS}
+#: One ``<Contents>`` element after another, with nothing but blanks between.
+_CONTENTS_NEXT = re.compile(r"</Contents>\s*<Contents>")
+#: The character references and the entities XML predefines (a page holds no others).
+_REFERENCE = re.compile(r"&(#[0-9]+|#x[0-9a-fA-F]+|lt|gt|amp|quot|apos);")
+_UTF8 = re.compile(r"encoding=[\"']utf-8[\"']", re.IGNORECASE)
+_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+
+
+def _split_contents(content: bytes) -> tuple[bytes, dict[str, list[str]]] | None:
+    """A ListObjectsV2 page without its ``<Contents>`` elements, and what they hold (each of
+    :data:`_ENTRY_FIELDS`' texts, references replaced), read by regular expressions.
+
+    None, and the page is left to ElementTree whole, unless it is in the plain form servers
+    send: its ``<Contents>`` one after another (nothing else between them), unprefixed,
+    without attributes; each field (which no other element of the page has) in each of them
+    or in none, as ``<Key>text</Key>``; only XML's own references; no carriage return (XML
+    would make it a line feed); and nothing (a comment, CDATA, an encoding other than
+    UTF-8) that could make a pattern read the page otherwise than a parser.
+    """
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "<!" in text or "\r" in text:
+        return None  # a comment, CDATA or a DOCTYPE; a CR
+    declaration = text[: text.find("?>")] if text.startswith("<?xml") else ""
+    if "encoding=" in declaration and not _UTF8.search(declaration):
+        return None
+    count = text.count("<Contents>")
+    # "Contents" anywhere else (a prefixed tag, one with attributes, a name): read whole
+    if not count or text.count("</Contents>") != count or text.count("Contents") != 2 * count:
+        return None
+    first, last = text.index("<Contents>"), text.rindex("</Contents>") + len("</Contents>")
+    if len(_CONTENTS_NEXT.findall(text, first, last)) != count - 1:
+        return None
+    columns: dict[str, list[str]] = {}
+    for name in _ENTRY_FIELDS:
+        texts = _FIELD_TEXTS[name].findall(text, first, last)
+        if len(texts) not in (0, count) or len(_FIELD_TAGS[name].findall(text)) != len(texts):
+            return None
+        if texts:
+            columns[name] = texts
+    for name, texts in columns.items():
+        for i, value in enumerate(texts):
+            if "&" in value:
+                if name == "ETag":  # every ETag is in quotes, which some servers send as &#34;
+                    value = value.replace("&#34;", '"').replace("&quot;", '"')
+                plain = _unescape(value) if "&" in value else value
+                if plain is None:
+                    return None
+                texts[i] = plain
+    return (text[:first] + text[last:]).encode("utf-8"), columns
+
+
+def _unescape(text: str) -> str | None:
+    """``text`` with its references replaced; None if it holds an ``&`` that is none of them."""
+    out = _REFERENCE.sub(_reference, text)
+    if "&" in _REFERENCE.sub("", text):
+        return None
+    return out
+
+
+def _reference(m: re.Match[str]) -> str:
+    ref = m.group(1)
+    if ref[0] != "#":
+        return _ENTITIES[ref]
+    return chr(int(ref[2:], 16) if ref[1] == "x" else int(ref[1:]))
 
 
 def parse_text(content: bytes, tag: str) -> str:

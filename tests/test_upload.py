@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
+from pagecache import resident_bytes
 
 import s3fs_mount.fs.operations as operations_module
 import s3fs_mount.fs.upload as upload_module
@@ -184,6 +185,21 @@ def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
     assert uploader.flush(item)
     assert store.objects["big"].data == data and not store.uploads
     assert store.calls["PUT"] == 0 and store.calls["PUT part"] == 3
+
+
+def test_parts_in_s3_leave_the_page_cache_and_stay_on_disk(tmp_path):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("big")
+    data = os.urandom(12 * MiB)
+    write_through(uploader, item, data)
+    assert resident_bytes(item.data_path, 10 * MiB, 12 * MiB) == 2 * MiB  # the tail: not sent yet
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data
+    # Every part sent was written to disk and dropped from the page cache: the pages go to the
+    # next bytes written (new ones cost a large write most of its CPU here).
+    assert resident_bytes(item.data_path, 0, 12 * MiB) == 0
+    assert item.read(0, 12 * MiB) == data  # from the disk
 
 
 def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):

@@ -453,6 +453,7 @@ class Uploader:
             data = os.pread(item.fd, size, offset)
             etag = mpu.upload_part(number, data, self._checksum(item, offset, data, mpu.algorithm))
             self._sent(item, len(data))
+            item.sent(offset, offset + len(data))
             return etag
         finally:
             data = b""  # let go of the part before the budget is given back

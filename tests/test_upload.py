@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
@@ -200,6 +201,30 @@ def test_parts_in_s3_leave_the_page_cache_and_stay_on_disk(tmp_path):
     # next bytes written (new ones cost a large write most of its CPU here).
     assert resident_bytes(item.data_path, 0, 12 * MiB) == 0
     assert item.read(0, 12 * MiB) == data  # from the disk
+
+
+def test_parts_are_read_into_buffers_used_again_and_let_go_when_idle(tmp_path, monkeypatch):
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    uploader.buffers.idle = 0.05
+    buffers: list[object] = []
+    real = FakeMultipart.upload_part
+
+    def upload_part(self, n, data, checksum=None):
+        buffers.append(data.obj)  # the part is a view of a buffer, not a fresh copy
+        return real(self, n, data, checksum)
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+    item, _ = cache.acquire("big")
+    data = os.urandom(33 * MiB)  # 7 parts, the last of 3 MiB
+    write_through(uploader, item, data)
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data  # a buffer used again holds each part's own bytes
+    assert len(buffers) == 7 and len({id(b) for b in buffers}) <= 3  # 2 workers
+    deadline = time.monotonic() + 30
+    while uploader.buffers.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert uploader.buffers.held == 0  # none in use for a while: the memory goes back
 
 
 def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):

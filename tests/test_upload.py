@@ -176,12 +176,18 @@ def test_the_routine_aborts_when_the_completion_is_refused(tmp_path, monkeypatch
 # -- streamed while written ----------------------------------------------------------------
 
 
-def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
-    store = FakeStore()
+def written_from_its_start(tmp_path, store: FakeStore, size: int) -> tuple[Uploader, StagedFile, bytes]:
+    """A new file "big" of ``size`` random bytes written through an uploader (5 MiB parts)."""
     uploader, cache = uploader_at(tmp_path, store)
     item, _ = cache.acquire("big")
-    data = os.urandom(12 * MiB)
+    data = os.urandom(size)
     write_through(uploader, item, data)
+    return uploader, item, data
+
+
+def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
+    store = FakeStore()
+    uploader, item, data = written_from_its_start(tmp_path, store, 12 * MiB)
     assert item.pending_uploads()  # the stream began while the file was written
     assert uploader.flush(item)
     assert store.objects["big"].data == data and not store.uploads
@@ -190,10 +196,7 @@ def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
 
 def test_parts_in_s3_leave_the_page_cache_and_stay_on_disk(tmp_path):
     store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store)
-    item, _ = cache.acquire("big")
-    data = os.urandom(12 * MiB)
-    write_through(uploader, item, data)
+    uploader, item, data = written_from_its_start(tmp_path, store, 12 * MiB)
     assert resident_bytes(item.data_path, 10 * MiB, 12 * MiB) == 2 * MiB  # the tail: not sent yet
     assert uploader.flush(item)
     assert store.objects["big"].data == data
@@ -205,8 +208,6 @@ def test_parts_in_s3_leave_the_page_cache_and_stay_on_disk(tmp_path):
 
 def test_parts_are_read_into_buffers_used_again_and_let_go_when_idle(tmp_path, monkeypatch):
     store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store)
-    uploader.buffers.idle = 0.05
     buffers: list[object] = []
     real = FakeMultipart.upload_part
 
@@ -215,9 +216,8 @@ def test_parts_are_read_into_buffers_used_again_and_let_go_when_idle(tmp_path, m
         return real(self, n, data, checksum)
 
     monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
-    item, _ = cache.acquire("big")
-    data = os.urandom(33 * MiB)  # 7 parts, the last of 3 MiB
-    write_through(uploader, item, data)
+    uploader, item, data = written_from_its_start(tmp_path, store, 33 * MiB)  # 7 parts, the last 3 MiB
+    uploader.buffers.idle = 0.05
     assert uploader.flush(item)
     assert store.objects["big"].data == data  # a buffer used again holds each part's own bytes
     assert len(buffers) == 7 and len({id(b) for b in buffers}) <= 3  # 2 workers

@@ -67,6 +67,9 @@ class BufferPool:
         8388608
         >>> pool.put(buf); pool.get(4 << 20) is buf   # a larger free buffer serves a smaller part
         True
+        >>> pool.put(buf); len(pool.get(16 << 20)); pool.held  # a larger part: the smaller ones go
+        16777216
+        0
 
     :param keep: the most bytes of free buffers kept (the smallest go first).
     :param idle: seconds with no buffer in use after which the free ones are let go.
@@ -90,6 +93,9 @@ class BufferPool:
                 buf = min(fits, key=len)
                 self._free.remove(buf)
                 return buf
+            # None is large enough: parts grew (a stream's part size doubles), and the smaller
+            # buffers would only add to the new ones in memory.
+            self._free.clear()
         return bytearray(size)
 
     def put(self, buf: bytearray | None) -> None:

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from pagecache import resident_bytes
 
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
 from s3fs_mount.localserver import _du
@@ -89,6 +90,27 @@ def test_a_write_larger_than_the_cache_keeps_the_cache_within_its_size(big_mount
     assert max(sampler.samples) <= CACHE, "the cache held %d bytes" % max(sampler.samples)
     assert s3_bytes(boto, bucket, "big.bin") == data
     assert "needs bytes the cache released" not in big_mount.log()  # no checkpoint: nobody asked
+
+
+def test_a_streamed_files_parts_leave_the_page_cache_once_in_s3(mount_factory, tmp_path, boto, bucket):
+    # 12 MiB: streamed in 5 MiB parts, and small enough to stay in the cache after its close.
+    mount = mount_factory("part_size=5M,multipart_threshold=5M", cache_dir=str(tmp_path / "cache")).start()
+    data = rand(12 * MiB, 7)
+    with open(os.path.join(mount.path, "f.bin"), "wb") as f:
+        for at in range(0, len(data), MiB):
+            f.write(data[at : at + MiB])
+    assert s3_bytes(boto, bucket, "f.bin") == data
+    staged = [
+        os.path.join(top, n)
+        for top, _, names in os.walk(mount.cache_dir)
+        for n in names
+        if n.endswith(".data")
+    ]
+    assert [os.path.getsize(p) for p in staged] == [len(data)]
+    # Each part, once in S3, was written to the cache's disk and let go by the page cache.
+    assert resident_bytes(staged[0], 0, len(data)) == 0
+    with open(os.path.join(mount.path, "f.bin"), "rb") as f:
+        assert f.read() == data
 
 
 def test_a_read_of_released_bytes_during_the_write_gets_them(big_mount, boto, bucket):

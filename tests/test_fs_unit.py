@@ -1018,6 +1018,24 @@ def test_a_part_larger_than_upload_memory_goes_alone():
     assert got == [MiB] and budget.used == MiB and budget.peak == 4 * MiB
 
 
+def test_part_buffers_are_kept_within_their_bound_and_smaller_ones_go_when_parts_grow():
+    from s3fs_mount.fs.budget import BufferPool
+
+    pool = BufferPool(keep=64 * MiB)
+    small = [pool.get(8 * MiB) for _ in range(4)]
+    for buf in small:
+        pool.put(buf)
+    assert pool.held == 32 * MiB
+    got = pool.get(MiB)
+    assert any(got is buf for buf in small)  # a free buffer serves a smaller part
+    big = pool.get(16 * MiB)  # parts grew: the 8 MiB buffers would only add to it in memory
+    assert len(big) == 16 * MiB and pool.held == 0
+    many = [pool.get(16 * MiB) for _ in range(6)]
+    for buf in [*many, big]:
+        pool.put(buf)
+    assert pool.held == 64 * MiB  # the most kept, whatever was in use at once
+
+
 def test_xattrs_of_an_unlinked_open_file_stay_readable_by_its_hidden_name(tmp_path):
     """libfuse asks fgetxattr/flistxattr of an unlinked, open file by its .fuse_hidden name."""
     store = FakeStore()

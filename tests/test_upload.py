@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
+from pagecache import resident_bytes
 
 import s3fs_mount.fs.operations as operations_module
 import s3fs_mount.fs.upload as upload_module
@@ -174,16 +176,55 @@ def test_the_routine_aborts_when_the_completion_is_refused(tmp_path, monkeypatch
 # -- streamed while written ----------------------------------------------------------------
 
 
-def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
-    store = FakeStore()
+def written_from_its_start(tmp_path, store: FakeStore, size: int) -> tuple[Uploader, StagedFile, bytes]:
+    """A new file "big" of ``size`` random bytes written through an uploader (5 MiB parts)."""
     uploader, cache = uploader_at(tmp_path, store)
     item, _ = cache.acquire("big")
-    data = os.urandom(12 * MiB)
+    data = os.urandom(size)
     write_through(uploader, item, data)
+    return uploader, item, data
+
+
+def test_a_file_written_from_its_start_streams_its_parts(tmp_path):
+    store = FakeStore()
+    uploader, item, data = written_from_its_start(tmp_path, store, 12 * MiB)
     assert item.pending_uploads()  # the stream began while the file was written
     assert uploader.flush(item)
     assert store.objects["big"].data == data and not store.uploads
     assert store.calls["PUT"] == 0 and store.calls["PUT part"] == 3
+
+
+def test_parts_in_s3_leave_the_page_cache_and_stay_on_disk(tmp_path):
+    store = FakeStore()
+    uploader, item, data = written_from_its_start(tmp_path, store, 12 * MiB)
+    assert resident_bytes(item.data_path, 10 * MiB, 12 * MiB) == 2 * MiB  # the tail: not sent yet
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data
+    # Every part sent was written to disk and dropped from the page cache: the pages go to the
+    # next bytes written (new ones cost a large write most of its CPU here).
+    assert resident_bytes(item.data_path, 0, 12 * MiB) == 0
+    assert item.read(0, 12 * MiB) == data  # from the disk
+
+
+def test_parts_are_read_into_buffers_used_again_and_let_go_when_idle(tmp_path, monkeypatch):
+    store = FakeStore()
+    buffers: list[object] = []
+    real = FakeMultipart.upload_part
+
+    def upload_part(self, n, data, checksum=None):
+        buffers.append(data.obj)  # the part is a view of a buffer, not a fresh copy
+        return real(self, n, data, checksum)
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+    uploader, item, data = written_from_its_start(tmp_path, store, 33 * MiB)  # 7 parts, the last 3 MiB
+    uploader.buffers.idle = 0.05
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data  # a buffer used again holds each part's own bytes
+    assert len(buffers) == 7 and len({id(b) for b in buffers}) <= 3  # 2 workers
+    deadline = time.monotonic() + 30
+    while uploader.buffers.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert uploader.buffers.held == 0  # none in use for a while: the memory goes back
 
 
 def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
-from s3fs_mount.fs.budget import ByteBudget
+from s3fs_mount.fs.budget import BufferPool, ByteBudget
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
@@ -197,6 +197,8 @@ class Uploader:
         self._slots = threading.BoundedSemaphore(workers * 2)  # parts queued: back-pressure
         #: Bytes of parts in memory (read, being sent): streams' parts grow, and many files stream at once.
         self.memory = ByteBudget(memory)
+        #: The parts' buffers, used again part after part (as many bytes as ``memory`` kept).
+        self.buffers = BufferPool(memory)
         self.refill = refill
         #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
         self.put_check = CHECK_HEAD
@@ -448,14 +450,20 @@ class Uploader:
         self, item: StagedFile, mpu: MultipartUpload, number: int, offset: int, size: int, slot: bool = True
     ) -> str:
         taken = self.memory.take(size)
-        data = b""
+        buf: bytearray | None = self.buffers.get(size)
+        data = memoryview(b"")
         try:
-            data = os.pread(item.fd, size, offset)
+            data = memoryview(buf)[: read_into(item.fd, memoryview(buf)[:size], offset)]
             etag = mpu.upload_part(number, data, self._checksum(item, offset, data, mpu.algorithm))
             self._sent(item, len(data))
+            item.sent(offset, offset + len(data))
             return etag
         finally:
-            data = b""  # let go of the part before the budget is given back
+            try:
+                data.release()  # nobody reads the part any more: its buffer serves the next one
+            except BufferError:  # something still has it: the buffer is not used again
+                buf = None
+            self.buffers.put(buf)
             self.memory.give(taken)
             if slot:
                 self._slots.release()
@@ -793,6 +801,17 @@ class _Clobbered(Exception):
     def __init__(self, theirs: str) -> None:
         super().__init__(theirs)
         self.theirs = theirs
+
+
+def read_into(fd: int, view: memoryview, offset: int) -> int:
+    """Fill ``view`` with the bytes of ``fd`` from ``offset``; returns how many (fewer at its end)."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if not got:
+            break
+        done += got
+    return done
 
 
 def _conditions(replaces: str, check: str) -> dict[str, object]:

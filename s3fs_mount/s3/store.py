@@ -196,13 +196,16 @@ class MultipartUpload:
         self.parts: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its ETag
         self.crc32: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its x-amz-checksum-crc32
 
-    def upload_part(self, number: int, data: bytes, checksum: Mapping[str, str] | None = None) -> str:
+    def upload_part(
+        self, number: int, data: bytes | bytearray | memoryview, checksum: Mapping[str, str] | None = None
+    ) -> str:
         """Send part ``number`` (1-based); returns its ETag.
 
-        ``checksum``: the header :func:`~s3fs_mount.s3.checksums.body_checksum` made for these
-        bytes, if the caller has it already (else it is computed here).
+        ``data`` is sent as it is, not copied (the caller's buffer must not change until this
+        returns). ``checksum``: the header :func:`~s3fs_mount.s3.checksums.body_checksum` made
+        for these bytes, if the caller has it already (else it is computed here).
         """
-        body = bytes(data)
+        body = data
         headers: dict[str, str] = {}
         if self.store.checksums:
             headers = dict(checksum) if checksum else body_checksum(body, self.algorithm)[0]

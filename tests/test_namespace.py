@@ -202,6 +202,44 @@ def test_a_listing_in_pages_shows_every_entry_once():
     assert store.calls["LIST"] >= 7
 
 
+def test_a_listing_read_in_part_is_known_once_its_last_page_came():
+    """rm -r reads a directory's first buffer, closes it and reads it again: the second read
+    is answered from the first listing, whose one page had come whole (no second LIST)."""
+    ns, store, clock = make()
+    for i in range(300):
+        store.put("d/f%03d" % i, b"x")
+    first = ns.iter_dir("/d")
+    assert [next(first)[0] for _ in range(3)] == ["f000", "f001", "f002"]
+    first.close()  # the reader stopped early
+    assert store.calls["LIST"] == 1
+    clock.advance(0.5)
+    ns.deleting("/d/f001")  # what we removed since is left out
+    assert [n for n, _ in ns.iter_dir("/d")] == ["f%03d" % i for i in range(300) if i != 1]
+    assert store.calls["LIST"] == 1
+    with pytest.raises(FsError):
+        ns.lookup("/d/f999")  # and no such name, without a request
+    assert store.calls["LIST"] == 1 and store.calls["HEAD"] == 0
+
+
+def test_a_listing_left_before_its_last_page_is_not_known():
+    ns, store, _ = make()
+    for i in range(30):
+        store.put("d/f%02d" % i, b"x")
+    original = store.list
+
+    def small_pages(*args, **kwargs):
+        kwargs["max_keys"] = 10
+        return original(*args, **kwargs)
+
+    store.list = small_pages
+    first = ns.iter_dir("/d")
+    next(first)
+    first.close()
+    lists = store.calls["LIST"]
+    assert len([n for n, _ in ns.iter_dir("/d")]) == 30
+    assert store.calls["LIST"] > lists  # listed again: the first never reached its end
+
+
 def test_a_file_and_a_directory_of_one_name_show_as_the_directory():
     ns, store, _ = make()
     store.put("x", b"file")

@@ -808,7 +808,17 @@ class Namespace:
             if names is None:  # a walk under way (du stats entries while it reads on) counts too
                 with self._lock:
                     self._walks[path] = _walk_ttl(count)
+            if done:
+                # Known before the last page is handed out: a reader that stops early (rm -r's
+                # first readdir reads one buffer, then reads the directory again) leaves it known.
+                self._listed_whole(path, names, asked, count, subdirs)
             yield from shown
+
+    def _listed_whole(
+        self, path: str, names: set[str] | None, asked: float, count: int, subdirs: int
+    ) -> None:
+        """A listing of ``path`` sent at ``asked`` reached its end: ``count`` entries, ``subdirs``
+        of them directories, ``names`` (None: too many to keep)."""
         with self._lock:
             if names is not None:
                 self._complete(path, names, asked)

@@ -3,8 +3,10 @@ how long, listings of every kind of directory, and what our own changes do to th
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import stat
+import threading
 
 import pytest
 from fakeclock import FakeClock
@@ -15,6 +17,7 @@ from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.namespace import REMOVED_TTL, Namespace
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.names import resolve
 
 DEFAULTS = A.Defaults(1000, 1000, 0o022)
 
@@ -85,6 +88,58 @@ def test_a_directory_without_holder_stays_after_we_removed_its_last_entry_until_
     assert missing(ns, "/d/e") == errno.ENOENT
     clock.advance(REMOVED_TTL + 1)
     assert missing(ns, "/d") == errno.ENOENT  # nothing removed there for a while: S3 says
+
+
+class ConcurrentHeads(FakeStore):
+    """A fake whose run_parallel runs jobs in threads, and whose HEADs of ``_$folder$`` objects
+    wait (a while at most) for a HEAD of another key to be under way at the same time."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cond = threading.Condition()
+        self.in_flight = 0
+        self.most = 0
+        self.pair = True  # HEADs of _$folder$ wait for another
+
+    def run_parallel(self, jobs):
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for future in [pool.submit(job) for job in jobs]:
+                future.result()
+
+    def head(self, remote_name):
+        with self.cond:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            self.cond.notify_all()
+            if self.pair and resolve(remote_name, self.default_bucket)[1].endswith("_$folder$"):
+                self.cond.wait_for(lambda: self.most > 1, 10)
+        try:
+            return super().head(remote_name)
+        finally:
+            with self.cond:
+                self.in_flight -= 1
+
+
+def test_a_directory_another_tool_made_is_asked_for_at_both_holders_at_once():
+    """Where directory metadata lives on _$folder$ objects, a directory made by another tool has
+    none: its lookup asks _$folder$ and the marker side by side, not one after the other."""
+    store = ConcurrentHeads(drops_marker_metadata=True)
+    ns, _, clock = make(store)
+    assert not ns.dir_meta_on_marker
+    store.put("d/f", b"x")  # no marker, no _$folder$: as boto3 (or a cp of another tool) left it
+    assert list(listing(ns)) == ["d"]
+    heads = store.calls["HEAD"]
+    assert ns.lookup("/d").is_dir
+    assert store.calls["HEAD"] - heads == 2 and store.most == 2
+    store.pair = False
+    # One whose holder we have seen is asked again by its holder alone.
+    ns.write_dir("/m", A.posix_metadata(stat.S_IFDIR | 0o700, 1000, 1000, 1.0), new=True)
+    clock.advance(1.5)  # the root's listing (without m) expired
+    assert stat.S_IMODE(ns.lookup("/m").mode) == 0o700
+    clock.advance(1.5)
+    heads = store.calls["HEAD"]
+    assert stat.S_IMODE(ns.lookup("/m").mode) == 0o700
+    assert store.calls["HEAD"] - heads == 1
 
 
 def test_a_missing_name_is_never_cached():

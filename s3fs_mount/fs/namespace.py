@@ -354,7 +354,7 @@ class Namespace:
             # A directory whose holder we have seen (made here, or looked up): its holder is asked
             # again (one HEAD), not a HEAD of the name, a LIST and then the holder.
             asked = self.clock.monotonic()
-            found = self._dir_attributes(path)
+            found = self._dir_attributes(path, holder_seen=True)
             if found.etag:
                 found.seen_at = asked
                 return self._cache_fetched(path, found)
@@ -569,19 +569,38 @@ class Namespace:
             return bool(page.entries or page.prefixes)
         return False
 
-    def _dir_attributes(self, path: str) -> A.Attributes:
-        """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
+    def _dir_attributes(self, path: str, holder_seen: bool = False) -> A.Attributes:
+        """A directory's attributes from its holder (``etag`` empty: it has none), with pending times.
+
+        ``holder_seen``: we have seen its holder (asked first, alone); else where there are two
+        places to look (``_$folder$``, then the marker), both are asked at once.
+        """
         holders = self._holders(path)  # a marker after a _$folder$: made by another tool, its time at least
-        found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
-        for view, key in holders:
+        answers: list[ObjectInfo | None] = [None] * len(holders)
+
+        def ask(index: int) -> None:
+            view, key = holders[index]
             try:
-                info = view.head(key)
+                answers[index] = view.head(key)
             except S3Error as exc:
                 if not exc.not_found:
                     raise
+
+        if len(holders) > 1 and not holder_seen:
+            # Side by side: a directory another tool made has no _$folder$ (rm -r, find -type d
+            # of such a tree: a round trip less per directory).
+            self.store.run_parallel([functools.partial(ask, i) for i in range(len(holders))])
+        else:
+            for index in range(len(holders)):
+                ask(index)
+                if answers[index] is not None:
+                    break
+        found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
+        for index, info in enumerate(answers):
+            if info is None:
                 continue
             found = A.attributes_from(info.metadata, 0, info.mtime, self.defaults, "dir", etag=info.etag)
-            if (view, key) != holders[0]:
+            if index:
                 found.etag = ""  # no holder yet
             break
         with self._lock:

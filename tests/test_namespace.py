@@ -142,6 +142,28 @@ def test_a_directory_another_tool_made_is_asked_for_at_both_holders_at_once():
     assert store.calls["HEAD"] - heads == 1
 
 
+def test_a_directory_with_a_marker_alone_is_asked_again_by_its_objects_alone():
+    """Where metadata lives on _$folder$ objects, a directory another tool made with a marker
+    (and no _$folder$) is looked up again, once its attributes expired, by those two HEADs side
+    by side: not a HEAD of its name, a LIST and then those (stat of the files in it walks it)."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store)
+    store.put("d/", b"")
+    store.put("d/f", b"x")
+    assert ns.lookup("/d").is_dir
+    clock.advance(1.5)
+    heads, lists = store.calls["HEAD"], store.calls["LIST"]
+    assert ns.lookup("/d").is_dir
+    assert (store.calls["HEAD"] - heads, store.calls["LIST"] - lists) == (2, 0)
+    store.remove("d/")  # a prefix only now: found by a LIST, as a cold lookup finds it
+    clock.advance(1.5)
+    lists = store.calls["LIST"]
+    assert ns.lookup("/d").is_dir and store.calls["LIST"] - lists == 1
+    store.remove("d/f")
+    clock.advance(1.5)
+    assert missing(ns, "/d") == errno.ENOENT
+
+
 def test_a_missing_name_is_never_cached():
     """A 404 is asked again at the next lookup: a name another client puts shows at once."""
     ns, store, _ = make()

@@ -350,12 +350,13 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
         with self._lock:
             seen = self._full.get(path)
-        if seen is not None and seen.is_dir and seen.etag:
-            # A directory whose holder we have seen (made here, or looked up): its holder is asked
-            # again (one HEAD), not a HEAD of the name, a LIST and then the holder.
+        if seen is not None and seen.is_dir:
+            # A directory we have looked up (or made here) is asked again by its objects: its
+            # holder (one HEAD), or, if it had none, its _$folder$ and marker side by side; not a
+            # HEAD of the name, a LIST and then those. None there (a prefix only): as below.
             asked = self.clock.monotonic()
-            found = self._dir_attributes(path, holder_seen=True)
-            if found.etag:
+            found, held = self._held_dir_attributes(path, holder_seen=bool(seen.etag))
+            if held:
                 found.seen_at = asked
                 return self._cache_fetched(path, found)
         names = self._absent_from_listing(parent, name)
@@ -569,8 +570,13 @@ class Namespace:
             return bool(page.entries or page.prefixes)
         return False
 
-    def _dir_attributes(self, path: str, holder_seen: bool = False) -> A.Attributes:
-        """A directory's attributes from its holder (``etag`` empty: it has none), with pending times.
+    def _dir_attributes(self, path: str) -> A.Attributes:
+        """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
+        return self._held_dir_attributes(path)[0]
+
+    def _held_dir_attributes(self, path: str, holder_seen: bool = False) -> tuple[A.Attributes, bool]:
+        """Like :meth:`_dir_attributes`, and whether S3 has any object of the directory (its
+        holder, or its marker where the holder is a ``_$folder$``).
 
         ``holder_seen``: we have seen its holder (asked first, alone); else where there are two
         places to look (``_$folder$``, then the marker), both are asked at once.
@@ -607,7 +613,7 @@ class Namespace:
             pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
         if pending is not None:
             found.mtime, found.ctime = pending[0], pending[1]
-        return found
+        return found, any(info is not None for info in answers)
 
     # -- directory holders and times -------------------------------------------------------
 

@@ -36,6 +36,17 @@ def listing(ns: Namespace, path: str = "/") -> dict[str, A.Attributes]:
     return dict(ns.iter_dir(path))
 
 
+def pages_of(store: FakeStore, size: int) -> None:
+    """The store lists ``size`` keys a page."""
+    original = store.list
+
+    def small_pages(*args, **kwargs):
+        kwargs["max_keys"] = size
+        return original(*args, **kwargs)
+
+    store.list = small_pages
+
+
 def missing(ns: Namespace, path: str) -> int:
     with pytest.raises(FsError) as exc:
         ns.lookup(path)
@@ -266,13 +277,7 @@ def test_a_listing_in_pages_shows_every_entry_once():
     for i in range(25):
         store.put("d/f%02d" % i, b"")
         store.put("d/s%02d/x" % i, b"")
-    original = store.list
-
-    def small_pages(*args, **kwargs):
-        kwargs["max_keys"] = 7
-        return original(*args, **kwargs)
-
-    store.list = small_pages
+    pages_of(store, 7)
     names = [n for n, _ in ns.iter_dir("/d")]
     assert len(names) == len(set(names))
     assert sorted(names) == sorted(["f%02d" % i for i in range(25)] + ["s%02d" % i for i in range(25)])
@@ -302,13 +307,7 @@ def test_a_listing_left_before_its_last_page_is_not_known():
     ns, store, _ = make()
     for i in range(30):
         store.put("d/f%02d" % i, b"x")
-    original = store.list
-
-    def small_pages(*args, **kwargs):
-        kwargs["max_keys"] = 10
-        return original(*args, **kwargs)
-
-    store.list = small_pages
+    pages_of(store, 10)
     first = ns.iter_dir("/d")
     next(first)
     first.close()

@@ -175,6 +175,20 @@ def test_a_directory_with_a_marker_alone_is_asked_again_by_its_objects_alone():
     assert missing(ns, "/d") == errno.ENOENT
 
 
+def test_a_prefix_only_directory_is_looked_up_again_as_a_cold_one():
+    """A directory with no object of its own is found by a LIST: looked up again, nothing is
+    asked first of objects it had none of."""
+    for drops in (False, True):
+        ns, store, clock = make(FakeStore(drops_marker_metadata=drops))
+        store.put("d/f", b"x")
+        assert ns.lookup("/d").is_dir
+        heads, lists = store.calls["HEAD"], store.calls["LIST"]
+        clock.advance(1.5)
+        assert ns.lookup("/d").is_dir
+        holders = 2 if drops else 1  # _$folder$ and marker, or the marker
+        assert (store.calls["HEAD"] - heads, store.calls["LIST"] - lists) == (1 + holders, 1)
+
+
 def test_a_missing_name_is_never_cached():
     """A 404 is asked again at the next lookup: a name another client puts shows at once."""
     ns, store, _ = make()

@@ -32,6 +32,8 @@ Caches (cachetools, not thread-safe, so all behind ``self._lock``):
   on are then known for ``dir_ttl`` (``Listed.tail``), which a burst of creates in
   name order (untar, ``cp -r``) asks about next;
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
+* ``_marked``: directories whose last lookup found their marker but no ``_$folder$`` (where
+  metadata lives on those), LRU (``attr_cache``): looked up again by those two HEADs alone;
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
   key is gone, and we should not show what we just removed.
@@ -181,6 +183,7 @@ class Namespace:
         #: Directories being listed again for a lookup (one at a time each).
         self._relisting: set[str] = set()
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
+        self._marked: LRUCache[str, bool] = LRUCache(attr_cache)
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
         #: Entries a lookup during a walk lists (_list_around): no more than the cache holds, or
@@ -262,6 +265,7 @@ class Namespace:
             self._changed[path] = self.clock.monotonic()
             self._attrs.pop(path, None)
             self._full.pop(path, None)
+            self._marked.pop(path, None)
             self._listings.pop(path, None)
             self._listed.pop(path, None)
             self._walks.pop(path, None)
@@ -306,6 +310,7 @@ class Namespace:
             for cache, with_own in (
                 (self._attrs, True),
                 (self._full, True),
+                (self._marked, True),
                 (self._listings, True),
                 (self._listed, True),
                 (self._walks, True),
@@ -350,10 +355,11 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
         with self._lock:
             seen = self._full.get(path)
-        if seen is not None and seen.is_dir:
+            marked = self._marked.get(path, False)
+        if seen is not None and seen.is_dir and (seen.etag or marked):
             # A directory we have looked up (or made here) is asked again by its objects: its
-            # holder (one HEAD), or, if it had none, its _$folder$ and marker side by side; not a
-            # HEAD of the name, a LIST and then those. None there (a prefix only): as below.
+            # holder (one HEAD), or, if it had only a marker, its _$folder$ and marker side by
+            # side; not a HEAD of the name, a LIST and then those. None there: as below.
             asked = self.clock.monotonic()
             found, held = self._held_dir_attributes(path, holder_seen=bool(seen.etag))
             if held:
@@ -613,6 +619,11 @@ class Namespace:
             pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
         if pending is not None:
             found.mtime, found.ctime = pending[0], pending[1]
+        with self._lock:
+            if answers[0] is None and any(answers[1:]):
+                self._marked[path] = True
+            else:
+                self._marked.pop(path, None)
         return found, any(info is not None for info in answers)
 
     # -- directory holders and times -------------------------------------------------------

@@ -3,7 +3,6 @@ how long, listings of every kind of directory, and what our own changes do to th
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import stat
 import threading
@@ -17,7 +16,6 @@ from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.namespace import REMOVED_TTL, Namespace
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.names import resolve
 
 DEFAULTS = A.Defaults(1000, 1000, 0o022)
 
@@ -102,28 +100,25 @@ def test_a_directory_without_holder_stays_after_we_removed_its_last_entry_until_
 
 
 class ConcurrentHeads(FakeStore):
-    """A fake whose run_parallel runs jobs in threads, and whose HEADs of ``_$folder$`` objects
-    wait (a while at most) for a HEAD of another key to be under way at the same time."""
+    """A fake whose HEADs, while ``pair``, each wait (a while at most) until two have come: two
+    sent side by side are under way at once, two sent one after the other are not."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.cond = threading.Condition()
         self.in_flight = 0
         self.most = 0
-        self.pair = True  # HEADs of _$folder$ wait for another
-
-    def run_parallel(self, jobs):
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            for future in [pool.submit(job) for job in jobs]:
-                future.result()
+        self.started = 0
+        self.pair = True
 
     def head(self, remote_name):
         with self.cond:
             self.in_flight += 1
+            self.started += 1
             self.most = max(self.most, self.in_flight)
             self.cond.notify_all()
-            if self.pair and resolve(remote_name, self.default_bucket)[1].endswith("_$folder$"):
-                self.cond.wait_for(lambda: self.most > 1, 10)
+            if self.pair:
+                self.cond.wait_for(lambda: self.started >= 2, 10)
         try:
             return super().head(remote_name)
         finally:

@@ -59,6 +59,7 @@ keep such times in memory only: the mount does not add objects nobody made.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import functools
 import logging
@@ -89,6 +90,8 @@ CHANGED_TTL = 120.0
 #: Attributes kept in memory (each ~0.7 KB): a directory larger than this is walked in windows.
 ATTR_CACHE_ENTRIES = 100_000
 MIN_ATTR_CACHE = 100
+#: Threads asking directories' second holders (their _$folder$ and marker side by side).
+HOLDER_THREADS = 4
 #: A directory's names are kept (to answer "no such entry" without a LIST) up to this many.
 LISTED_NAMES = 10_000
 #: A directory where new names are being looked up is listed from the name looked up on
@@ -184,6 +187,8 @@ class Namespace:
         self._relisting: set[str] = set()
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         self._marked: LRUCache[str, bool] = LRUCache(attr_cache)
+        #: HEADs of a directory's second holder, beside the first (_held_dir_attributes).
+        self._holder_pool = concurrent.futures.ThreadPoolExecutor(HOLDER_THREADS, "holders")
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
         #: Entries a lookup during a walk lists (_list_around): no more than the cache holds, or
@@ -253,6 +258,11 @@ class Namespace:
         own = self.root if parent == "/" else self._attrs.get(parent)
         if own is not None and own.nlink:
             own.nlink = max(2, own.nlink + delta)
+
+    def close(self) -> None:
+        """At unmount: no more requests sent ahead; the threads go."""
+        self.statahead.close()
+        self._holder_pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
@@ -600,8 +610,12 @@ class Namespace:
 
         if len(holders) > 1 and not holder_seen:
             # Side by side: a directory another tool made has no _$folder$ (rm -r, find -type d
-            # of such a tree: a round trip less per directory).
-            self.store.run_parallel([functools.partial(ask, i) for i in range(len(holders))])
+            # of such a tree: a round trip less per directory). Threads of their own: the
+            # connector's part pool may be busy with a big file's parts.
+            others = [self._holder_pool.submit(ask, i) for i in range(1, len(holders))]
+            ask(0)
+            for other in others:
+                other.result()
         else:
             for index in range(len(holders)):
                 ask(index)
@@ -617,13 +631,12 @@ class Namespace:
             break
         with self._lock:
             pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
-        if pending is not None:
-            found.mtime, found.ctime = pending[0], pending[1]
-        with self._lock:
             if answers[0] is None and any(answers[1:]):
                 self._marked[path] = True
             else:
                 self._marked.pop(path, None)
+        if pending is not None:
+            found.mtime, found.ctime = pending[0], pending[1]
         return found, any(info is not None for info in answers)
 
     # -- directory holders and times -------------------------------------------------------

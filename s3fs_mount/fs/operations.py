@@ -226,7 +226,7 @@ class S3Operations(Operations):
         queue = self.writeback
         left = self._upload_one_by_one() if queue is None else self._upload_in_background(queue)
         self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
-        self.namespace.statahead.close()
+        self.namespace.close()
         if self.dir_times is not None:
             self.dir_times.close()
         elif not self.options.ro:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import stat
-import threading
 
 import pytest
 from fakeclock import FakeClock
@@ -99,59 +98,10 @@ def test_a_directory_without_holder_stays_after_we_removed_its_last_entry_until_
     assert missing(ns, "/d") == errno.ENOENT  # nothing removed there for a while: S3 says
 
 
-class ConcurrentHeads(FakeStore):
-    """A fake whose HEADs, while ``pair``, each wait (a while at most) until two have come: two
-    sent side by side are under way at once, two sent one after the other are not."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.cond = threading.Condition()
-        self.in_flight = 0
-        self.most = 0
-        self.started = 0
-        self.pair = True
-
-    def head(self, remote_name):
-        with self.cond:
-            self.in_flight += 1
-            self.started += 1
-            self.most = max(self.most, self.in_flight)
-            self.cond.notify_all()
-            if self.pair:
-                self.cond.wait_for(lambda: self.started >= 2, 10)
-        try:
-            return super().head(remote_name)
-        finally:
-            with self.cond:
-                self.in_flight -= 1
-
-
-def test_a_directory_another_tool_made_is_asked_for_at_both_holders_at_once():
-    """Where directory metadata lives on _$folder$ objects, a directory made by another tool has
-    none: its lookup asks _$folder$ and the marker side by side, not one after the other."""
-    store = ConcurrentHeads(drops_marker_metadata=True)
-    ns, _, clock = make(store)
-    assert not ns.dir_meta_on_marker
-    store.put("d/f", b"x")  # no marker, no _$folder$: as boto3 (or a cp of another tool) left it
-    assert list(listing(ns)) == ["d"]
-    heads = store.calls["HEAD"]
-    assert ns.lookup("/d").is_dir
-    assert store.calls["HEAD"] - heads == 2 and store.most == 2
-    store.pair = False
-    # One whose holder we have seen is asked again by its holder alone.
-    ns.write_dir("/m", A.posix_metadata(stat.S_IFDIR | 0o700, 1000, 1000, 1.0), new=True)
-    clock.advance(1.5)  # the root's listing (without m) expired
-    assert stat.S_IMODE(ns.lookup("/m").mode) == 0o700
-    clock.advance(1.5)
-    heads = store.calls["HEAD"]
-    assert stat.S_IMODE(ns.lookup("/m").mode) == 0o700
-    assert store.calls["HEAD"] - heads == 1
-
-
 def test_a_directory_with_a_marker_alone_is_asked_again_by_its_objects_alone():
     """Where metadata lives on _$folder$ objects, a directory another tool made with a marker
-    (and no _$folder$) is looked up again, once its attributes expired, by those two HEADs side
-    by side: not a HEAD of its name, a LIST and then those (stat of the files in it walks it)."""
+    (and no _$folder$) is looked up again, once its attributes expired, by those two HEADs: not
+    a HEAD of its name, a LIST and then those (stat of the files in it walks it)."""
     store = FakeStore(drops_marker_metadata=True)
     ns, _, clock = make(store)
     store.put("d/", b"")

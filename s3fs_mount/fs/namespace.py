@@ -59,7 +59,6 @@ keep such times in memory only: the mount does not add objects nobody made.
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import functools
 import logging
@@ -90,8 +89,6 @@ CHANGED_TTL = 120.0
 #: Attributes kept in memory (each ~0.7 KB): a directory larger than this is walked in windows.
 ATTR_CACHE_ENTRIES = 100_000
 MIN_ATTR_CACHE = 100
-#: Threads asking directories' second holders (their _$folder$ and marker side by side).
-HOLDER_THREADS = 4
 #: A directory's names are kept (to answer "no such entry" without a LIST) up to this many.
 LISTED_NAMES = 10_000
 #: A directory where new names are being looked up is listed from the name looked up on
@@ -187,8 +184,6 @@ class Namespace:
         self._relisting: set[str] = set()
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         self._marked: LRUCache[str, bool] = LRUCache(attr_cache)
-        #: HEADs of a directory's second holder, beside the first (_held_dir_attributes).
-        self._holder_pool = concurrent.futures.ThreadPoolExecutor(HOLDER_THREADS, "holders")
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
         #: Entries a lookup during a walk lists (_list_around): no more than the cache holds, or
@@ -260,9 +255,8 @@ class Namespace:
             own.nlink = max(2, own.nlink + delta)
 
     def close(self) -> None:
-        """At unmount: no more requests sent ahead; the threads go."""
+        """At unmount: no more requests sent ahead (stat-ahead's threads go)."""
         self.statahead.close()
-        self._holder_pool.shutdown(wait=False, cancel_futures=True)
 
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
@@ -368,10 +362,10 @@ class Namespace:
             marked = self._marked.get(path, False)
         if seen is not None and seen.is_dir and (seen.etag or marked):
             # A directory we have looked up (or made here) is asked again by its objects: its
-            # holder (one HEAD), or, if it had only a marker, its _$folder$ and marker side by
-            # side; not a HEAD of the name, a LIST and then those. None there: as below.
+            # holder (one HEAD), or, if it had only a marker, its _$folder$ and then its marker;
+            # not a HEAD of the name, a LIST and then those. None there: as below.
             asked = self.clock.monotonic()
-            found, held = self._held_dir_attributes(path, holder_seen=bool(seen.etag))
+            found, held = self._held_dir_attributes(path)
             if held:
                 found.seen_at = asked
                 return self._cache_fetched(path, found)
@@ -590,37 +584,20 @@ class Namespace:
         """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
         return self._held_dir_attributes(path)[0]
 
-    def _held_dir_attributes(self, path: str, holder_seen: bool = False) -> tuple[A.Attributes, bool]:
+    def _held_dir_attributes(self, path: str) -> tuple[A.Attributes, bool]:
         """Like :meth:`_dir_attributes`, and whether S3 has any object of the directory (its
-        holder, or its marker where the holder is a ``_$folder$``).
-
-        ``holder_seen``: we have seen its holder (asked first, alone); else where there are two
-        places to look (``_$folder$``, then the marker), both are asked at once.
-        """
+        holder, or its marker where the holder is a ``_$folder$``)."""
         holders = self._holders(path)  # a marker after a _$folder$: made by another tool, its time at least
-        answers: list[ObjectInfo | None] = [None] * len(holders)
-
-        def ask(index: int) -> None:
-            view, key = holders[index]
+        answers: list[ObjectInfo | None] = []
+        for view, key in holders:  # one after the other: the first found is the one that counts
             try:
-                answers[index] = view.head(key)
+                answers.append(view.head(key))
             except S3Error as exc:
                 if not exc.not_found:
                     raise
-
-        if len(holders) > 1 and not holder_seen:
-            # Side by side: a directory another tool made has no _$folder$ (rm -r, find -type d
-            # of such a tree: a round trip less per directory). Threads of their own: the
-            # connector's part pool may be busy with a big file's parts.
-            others = [self._holder_pool.submit(ask, i) for i in range(1, len(holders))]
-            ask(0)
-            for other in others:
-                other.result()
-        else:
-            for index in range(len(holders)):
-                ask(index)
-                if answers[index] is not None:
-                    break
+                answers.append(None)
+            if answers[-1] is not None:
+                break
         found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
         for index, info in enumerate(answers):
             if info is None:

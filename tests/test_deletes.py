@@ -8,12 +8,13 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 
 import pytest
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops, write_file  # noqa: F401 - _context: autouse fixture
 
-from s3fs_mount.fs.deletes import PARALLEL
+from s3fs_mount.fs.deletes import PARALLEL, DeleteQueue
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.journal import StagingJournal
 
@@ -201,3 +202,54 @@ def test_deletes_a_killed_mount_left_are_sent_at_the_next_start(tmp_path):
     assert sum(store.delete_batches) == 300 and len(store.delete_batches) <= PARALLEL
     assert store.calls["DELETE"] == 0
     again.finish()
+
+
+class GatedStore:
+    """A store whose DeleteObjects each wait until the test lets them answer."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.batches: list[list[str]] = []  # keys of each delete_keys call, in the order they came
+        self.answered = 0  # how many of them may answer (the first ``answered``)
+
+    def delete_keys(self, keys):
+        with self.cond:
+            self.batches.append(list(keys))
+            mine = len(self.batches)
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.answered >= mine)
+        return []
+
+    def wait_for_batches(self, n: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.batches) >= n, 30), self.batches
+
+    def answer(self, n: int) -> None:
+        with self.cond:
+            self.answered = n
+            self.cond.notify_all()
+
+
+def test_keys_gathered_while_every_batch_is_under_way_go_side_by_side(tmp_path):
+    """rm -r unlinks faster than S3 deletes: what gathers while PARALLEL batches are under way
+    goes in shares as batches are answered, not all in the first free one (behind which the
+    others would idle)."""
+    store = GatedStore()
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0)
+    try:
+        for i in range(PARALLEL):  # one key, one batch each: every batch under way
+            queue.add("first%d" % i)
+            store.wait_for_batches(i + 1)
+        keys = ["k%03d" % i for i in range(400)]
+        for key in keys:
+            queue.add(key)
+        store.answer(1)  # one batch answered: the next takes a quarter of what waits
+        store.wait_for_batches(PARALLEL + 1)
+        assert len(store.batches[PARALLEL]) == 400 // PARALLEL
+        store.answer(10**6)
+        queue.flush()
+        sent = [k for batch in store.batches[PARALLEL:] for k in batch]
+        assert sorted(sent) == keys and queue.pending() == 0
+    finally:
+        store.answer(10**6)
+        queue.close()

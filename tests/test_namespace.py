@@ -34,6 +34,17 @@ def listing(ns: Namespace, path: str = "/") -> dict[str, A.Attributes]:
     return dict(ns.iter_dir(path))
 
 
+def pages_of(store: FakeStore, size: int) -> None:
+    """The store lists ``size`` keys a page."""
+    original = store.list
+
+    def small_pages(*args, **kwargs):
+        kwargs["max_keys"] = size
+        return original(*args, **kwargs)
+
+    store.list = small_pages
+
+
 def missing(ns: Namespace, path: str) -> int:
     with pytest.raises(FsError) as exc:
         ns.lookup(path)
@@ -86,6 +97,42 @@ def test_a_directory_without_holder_stays_after_we_removed_its_last_entry_until_
     assert missing(ns, "/d/e") == errno.ENOENT
     clock.advance(REMOVED_TTL + 1)
     assert missing(ns, "/d") == errno.ENOENT  # nothing removed there for a while: S3 says
+
+
+def test_a_directory_with_a_marker_alone_is_asked_again_by_its_objects_alone():
+    """Where metadata lives on _$folder$ objects, a directory another tool made with a marker
+    (and no _$folder$) is looked up again, once its attributes expired, by those two HEADs: not
+    a HEAD of its name, a LIST and then those (stat of the files in it walks it)."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store)
+    store.put("d/", b"")
+    store.put("d/f", b"x")
+    assert ns.lookup("/d").is_dir
+    clock.advance(1.5)
+    heads, lists = store.calls["HEAD"], store.calls["LIST"]
+    assert ns.lookup("/d").is_dir
+    assert (store.calls["HEAD"] - heads, store.calls["LIST"] - lists) == (2, 0)
+    store.remove("d/")  # a prefix only now: found by a LIST, as a cold lookup finds it
+    clock.advance(1.5)
+    lists = store.calls["LIST"]
+    assert ns.lookup("/d").is_dir and store.calls["LIST"] - lists == 1
+    store.remove("d/f")
+    clock.advance(1.5)
+    assert missing(ns, "/d") == errno.ENOENT
+
+
+def test_a_prefix_only_directory_is_looked_up_again_as_a_cold_one():
+    """A directory with no object of its own is found by a LIST: looked up again, nothing is
+    asked first of objects it had none of."""
+    for drops in (False, True):
+        ns, store, clock = make(FakeStore(drops_marker_metadata=drops))
+        store.put("d/f", b"x")
+        assert ns.lookup("/d").is_dir
+        heads, lists = store.calls["HEAD"], store.calls["LIST"]
+        clock.advance(1.5)
+        assert ns.lookup("/d").is_dir
+        holders = 2 if drops else 1  # _$folder$ and marker, or the marker
+        assert (store.calls["HEAD"] - heads, store.calls["LIST"] - lists) == (1 + holders, 1)
 
 
 def test_a_missing_name_is_never_cached():
@@ -224,17 +271,43 @@ def test_a_listing_in_pages_shows_every_entry_once():
     for i in range(25):
         store.put("d/f%02d" % i, b"")
         store.put("d/s%02d/x" % i, b"")
-    original = store.list
-
-    def small_pages(*args, **kwargs):
-        kwargs["max_keys"] = 7
-        return original(*args, **kwargs)
-
-    store.list = small_pages
+    pages_of(store, 7)
     names = [n for n, _ in ns.iter_dir("/d")]
     assert len(names) == len(set(names))
     assert sorted(names) == sorted(["f%02d" % i for i in range(25)] + ["s%02d" % i for i in range(25)])
     assert store.calls["LIST"] >= 7
+
+
+def test_a_listing_read_in_part_is_known_once_its_last_page_came():
+    """rm -r reads a directory's first buffer, closes it and reads it again: the second read
+    is answered from the first listing, whose one page had come whole (no second LIST)."""
+    ns, store, clock = make()
+    for i in range(300):
+        store.put("d/f%03d" % i, b"x")
+    first = ns.iter_dir("/d")
+    assert [next(first)[0] for _ in range(3)] == ["f000", "f001", "f002"]
+    first.close()  # the reader stopped early
+    assert store.calls["LIST"] == 1
+    clock.advance(0.5)
+    ns.deleting("/d/f001")  # what we removed since is left out
+    assert [n for n, _ in ns.iter_dir("/d")] == ["f%03d" % i for i in range(300) if i != 1]
+    assert store.calls["LIST"] == 1
+    with pytest.raises(FsError):
+        ns.lookup("/d/f999")  # and no such name, without a request
+    assert store.calls["LIST"] == 1 and store.calls["HEAD"] == 0
+
+
+def test_a_listing_left_before_its_last_page_is_not_known():
+    ns, store, _ = make()
+    for i in range(30):
+        store.put("d/f%02d" % i, b"x")
+    pages_of(store, 10)
+    first = ns.iter_dir("/d")
+    next(first)
+    first.close()
+    lists = store.calls["LIST"]
+    assert len([n for n, _ in ns.iter_dir("/d")]) == 30
+    assert store.calls["LIST"] > lists  # listed again: the first never reached its end
 
 
 def test_a_file_and_a_directory_of_one_name_show_as_the_directory():

@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import s3rig
@@ -85,6 +86,26 @@ def test_rm_r_lists_each_directory_once_and_asks_no_listing_for_each_rmdir(
     # Once each (r/made/, made here and empty, not at all), ...
     assert sorted(q["prefix"][0] for q in queries) == sorted(walked)
     assert [q for q in queries if q["max-keys"] != ["1000"]] == []  # ... and no emptiness check
+
+
+def test_rm_r_of_a_directory_larger_than_one_readdir_buffer_lists_it_once(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """rm -r reads the first buffer of a directory, closes it and reads it whole again: the
+    second read is answered from the first listing (its one page had come), not listed anew."""
+    keys = ["big/f%04d" % i for i in range(400)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: boto.put_object(Bucket=bucket, Key=k, Body=b"x"), keys))
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options="attr_ttl=30,dir_ttl=30").start()
+    faultproxy.seen.clear()
+    subprocess.run(["rm", "-r", os.path.join(mount.path, "big")], check=True)
+    assert s3_keys(boto, bucket, "big") == []
+    listed = [
+        urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("prefix", [""])[0]
+        for method, target in faultproxy.seen
+        if method == "GET" and "list-type=2" in target
+    ]
+    assert listed.count("big/") == 1, listed
 
 
 def test_rmdir_after_unlinking_its_files(mount, boto, bucket):

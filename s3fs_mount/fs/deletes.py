@@ -4,10 +4,12 @@ An unlink of a file costs S3 one DELETE, and Python's HTTP stack about
 0.5 ms of CPU per request: ``rm -rf`` of 1,000 files was 1,000 round trips
 in a row. Here :meth:`DeleteQueue.add` records the key and returns; a
 background thread sends what has gathered (after :data:`WINDOW` seconds,
-or at once when :data:`BATCH` keys wait) in one DeleteObjects of up to
-1,000 keys, up to :data:`PARALLEL` batches at once: the server deletes
-while ``rm`` goes on unlinking, and on several cores (SeaweedFS takes
-~1.7 ms per key of one DeleteObjects, one after the other). The namespace
+or at once when :data:`BATCH` keys wait) in DeleteObjects of up to 1,000
+keys, up to :data:`PARALLEL` batches at once, each taking a share of what
+waits (so that keys gathered while every batch was under way go side by
+side, not in one batch): the server deletes while ``rm`` goes on
+unlinking, and on several cores (SeaweedFS takes ~1.7 ms per key of one
+DeleteObjects, one after the other). The namespace
 hides a name whose delete is pending (see
 :meth:`Namespace.deleting <s3fs_mount.fs.namespace.Namespace.deleting>`).
 
@@ -56,6 +58,13 @@ RETRY_PAUSE = 5.0
 
 #: Told of each answered batch: the keys deleted and ``[(key, error code)]`` of those that stay.
 Answered = Callable[[list[str], list[tuple[str, str]]], None]
+
+
+def _share(waiting: int) -> int:
+    """Keys of the next batch when ``waiting`` keys wait: a share of them, so that they go in
+    :data:`PARALLEL` batches side by side (the server deletes one batch's keys one by one),
+    not all in one behind a batch that has just been answered."""
+    return min(BATCH, max(MIN_BATCH, -(-waiting // PARALLEL)))
 
 
 class DeleteQueue:
@@ -209,7 +218,7 @@ class DeleteQueue:
         with self._cond:
             mine = [k for k in self._pending if match(k)]
             self._take(mine)
-        size = min(BATCH, max(MIN_BATCH, -(-len(mine) // PARALLEL)))
+        size = _share(len(mine))
         batches = [mine[start : start + size] for start in range(0, len(mine), size)]
         if len(batches) == 1:
             self._send(batches[0])
@@ -224,12 +233,11 @@ class DeleteQueue:
                 self._cond.wait()
 
     def _take(self, keys: list[str]) -> None:
-        """Move ``keys`` from pending to under way (caller holds _cond)."""
+        """Move ``keys`` from pending to under way (caller holds _cond). What stays pending has
+        waited its window already (``_since`` stays): it goes as soon as a batch may."""
         for key in keys:
             del self._pending[key]
             self._sending.add(key)
-        if self._pending and keys:
-            self._since = time.monotonic()
 
     def _send(self, keys: list[str]) -> None:
         """One DeleteObjects of ``keys`` (taken); on failure they are pending again, and it raises."""
@@ -268,7 +276,7 @@ class DeleteQueue:
                     self._cond.wait()
                 if self._closed:
                     return
-                batch = list(self._pending)[:BATCH]
+                batch = list(self._pending)[: _share(len(self._pending))]
                 if not batch:
                     continue  # a flush sent them meanwhile
                 self._take(batch)

@@ -35,6 +35,8 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
   on are then known for ``dir_ttl`` (``Listed.tail``), which a burst of creates in
   name order (untar, ``cp -r``) asks about next;
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
+* ``_marked``: directories whose last lookup found their marker but no ``_$folder$`` (where
+  metadata lives on those), LRU (``attr_cache``): looked up again by those two HEADs alone;
 * ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
   (SeaweedFS) go on listing a directory prefix for a while after its last
   key is gone, and we should not show what we just removed.
@@ -214,6 +216,7 @@ class Namespace:
         #: Directories being listed again for a lookup (one at a time each).
         self._relisting: set[str] = set()
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
+        self._marked: LRUCache[str, bool] = LRUCache(attr_cache)
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
         #: Entries a lookup during a walk lists (_list_around): no more than the cache holds, or
@@ -295,6 +298,10 @@ class Namespace:
         if own is not None and own.nlink:
             own.nlink = max(2, own.nlink + delta)
 
+    def close(self) -> None:
+        """At unmount: no more requests sent ahead (stat-ahead's threads go)."""
+        self.statahead.close()
+
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
@@ -307,6 +314,7 @@ class Namespace:
             self._changed[path] = self.clock.monotonic()
             self._attrs.pop(path, None)
             self._full.pop(path, None)
+            self._marked.pop(path, None)
             self._listings.pop(path, None)
             self._listed.pop(path, None)
             self._walks.pop(path, None)
@@ -352,6 +360,7 @@ class Namespace:
             for cache, with_own in (
                 (self._attrs, True),
                 (self._full, True),
+                (self._marked, True),
                 (self._listings, True),
                 (self._listed, True),
                 (self._walks, True),
@@ -404,12 +413,14 @@ class Namespace:
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
         with self._lock:
             seen = self._full.get(path)
-        if seen is not None and seen.is_dir and seen.etag:
-            # A directory whose holder we have seen (made here, or looked up): its holder is asked
-            # again (one HEAD), not a HEAD of the name, a LIST and then the holder.
+            marked = self._marked.get(path, False)
+        if seen is not None and seen.is_dir and (seen.etag or marked):
+            # A directory we have looked up (or made here) is asked again by its objects: its
+            # holder (one HEAD), or, if it had only a marker, its _$folder$ and then its marker;
+            # not a HEAD of the name, a LIST and then those. None there: as below.
             asked = self.clock.monotonic()
-            found = self._dir_attributes(path)
-            if found.etag:
+            found, held = self._held_dir_attributes(path)
+            if held:
                 found.seen_at = asked
                 return self._cache_fetched(path, found)
         names = self._absent_from_listing(parent, name)
@@ -656,24 +667,39 @@ class Namespace:
 
     def _dir_attributes(self, path: str) -> A.Attributes:
         """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
+        return self._held_dir_attributes(path)[0]
+
+    def _held_dir_attributes(self, path: str) -> tuple[A.Attributes, bool]:
+        """Like :meth:`_dir_attributes`, and whether S3 has any object of the directory (its
+        holder, or its marker where the holder is a ``_$folder$``)."""
         holders = self._holders(path)  # a marker after a _$folder$: made by another tool, its time at least
-        found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
-        for view, key in holders:
+        answers: list[ObjectInfo | None] = []
+        for view, key in holders:  # one after the other: the first found is the one that counts
             try:
-                info = view.head(key)
+                answers.append(view.head(key))
             except S3Error as exc:
                 if not exc.not_found:
                     raise
+                answers.append(None)
+            if answers[-1] is not None:
+                break
+        found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
+        for index, info in enumerate(answers):
+            if info is None:
                 continue
             found = A.attributes_from(info.metadata, 0, info.mtime, self.defaults, "dir", etag=info.etag)
-            if (view, key) != holders[0]:
+            if index:
                 found.etag = ""  # no holder yet
             break
         with self._lock:
             pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
+            if answers[0] is None and any(answers[1:]):
+                self._marked[path] = True
+            else:
+                self._marked.pop(path, None)
         if pending is not None:
             found.mtime, found.ctime = pending[0], pending[1]
-        return found
+        return found, any(info is not None for info in answers)
 
     # -- directory holders and times -------------------------------------------------------
 
@@ -895,7 +921,17 @@ class Namespace:
             if names is None:  # a walk under way (du stats entries while it reads on) counts too
                 with self._lock:
                     self._walks[path] = _walk_ttl(count)
+            if done:
+                # Known before the last page is handed out: a reader that stops early (rm -r's
+                # first readdir reads one buffer, then reads the directory again) leaves it known.
+                self._listed_whole(path, names, asked, count, subdirs)
             yield from shown
+
+    def _listed_whole(
+        self, path: str, names: set[str] | None, asked: float, count: int, subdirs: int
+    ) -> None:
+        """A listing of ``path`` sent at ``asked`` reached its end: ``count`` entries, ``subdirs``
+        of them directories, ``names`` (None: too many to keep)."""
         with self._lock:
             if names is not None:
                 self._complete(path, names, asked)

@@ -298,10 +298,6 @@ class Namespace:
         if own is not None and own.nlink:
             own.nlink = max(2, own.nlink + delta)
 
-    def close(self) -> None:
-        """At unmount: no more requests sent ahead (stat-ahead's threads go)."""
-        self.statahead.close()
-
     def forget(self, path: str, gone: bool = False) -> None:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)

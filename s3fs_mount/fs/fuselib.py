@@ -477,6 +477,17 @@ class KernelNames:
         self._stopped.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+        with self._lock:
+            if self.queued:
+                log.info(
+                    "kernel names: %d queued to forget, %d forgotten, %d no longer known, %d not queued "
+                    "(the queue was full), %d still queued",
+                    self.queued,
+                    self.forgotten,
+                    self.unknown,
+                    self.overflow,
+                    len(self._due),
+                )
 
     def _run(self) -> None:
         while not self._stopped.wait(KERNEL_NAMES_PERIOD):

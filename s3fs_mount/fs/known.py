@@ -116,7 +116,7 @@ class KnownVersions:
 
     def find(self, paths: list[str]) -> dict[str, A.Attributes]:
         """What is kept of ``paths``: path -> whole attributes (``stored``: the version's
-        Last-Modified, 0 if not yet known), for the caller to check against its listing."""
+        Last-Modified), for the caller to check against its listing."""
         found: dict[str, A.Attributes] = {}
         with self._lock:
             if self._db is None or not paths or not self._any:

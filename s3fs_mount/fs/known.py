@@ -108,8 +108,8 @@ class KnownVersions:
         changed it, and what a HEAD told of an earlier version must not stand for the new one
         (the same bytes written again within a second have the same ETag, size and date)."""
         with self._lock:
-            if self._db is None:
-                return
+            if self._db is None or not self._any:
+                return  # nothing kept, nothing to be written: each create would queue a DELETE
             self._writes.append(("drop_tree" if tree else "drop", (path,)))
             if len(self._writes) >= BATCH:
                 self._write_locked()

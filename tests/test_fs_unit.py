@@ -1327,3 +1327,34 @@ def test_a_version_this_mount_replaced_is_not_shown_for_the_new_one(tmp_path):
     names(second)
     assert stat.S_IMODE(second.getattr("/b")["st_mode"]) == 0o755
     unmount(second)
+
+
+def test_an_open_at_the_moment_another_makes_the_files_local_copy_sees_its_size_and_bytes(
+    tmp_path, monkeypatch
+):
+    # Four sha256sum of one object once all got the empty file's sum: one open made the local
+    # copy and, before it said which version it held, another open read it (0 bytes), and the
+    # kernel took that short read as the file's end. Here the second open and its stat and read
+    # come in just as the first sets its copy up.
+    data = os.urandom(3 * MiB + 5)
+    store = FakeStore()
+    store.put("big", data)
+    ops = make_ops(tmp_path, store)
+    seen = {}
+    real_reset = operations_module.StagedFile.reset
+
+    def reset(item, *args, **kwargs):
+        if not seen:
+            seen["size"] = -1  # once
+            fh = ops.open("/big", os.O_RDONLY)
+            seen["size"] = ops.getattr("/big")["st_size"]
+            seen["read"] = ops.read("/big", len(data) + 1, 0, fh)
+            ops.release("/big", fh)
+        return real_reset(item, *args, **kwargs)
+
+    monkeypatch.setattr(operations_module.StagedFile, "reset", reset)
+    fh = ops.open("/big", os.O_RDONLY)
+    assert seen["size"] == len(data)
+    assert seen["read"] == data
+    assert ops.read("/big", len(data) + 1, 0, fh) == data
+    ops.release("/big", fh)

@@ -218,8 +218,10 @@ class Mutations:
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         key = self.keymap.key(path)
         self.deletes.settle(key)
-        item, _ = self.staging.acquire(key)
-        item.reset(0, "", meta, {"Content-Type": content_type}, now)
+        headers = {"Content-Type": content_type}
+        item, created = self.staging.acquire(key, lambda new: new.reset(0, "", meta, headers, now))
+        if not created:
+            item.reset(0, "", meta, headers, now)
         item.set_metadata(meta)  # dirty: an empty new file is uploaded too
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
         self.namespace.entry_changed(KeyMap.split(path)[0], now)

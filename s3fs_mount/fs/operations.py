@@ -460,13 +460,12 @@ class S3Operations(Operations):
             attributes = self.namespace.lookup_full(path)
             if attributes.is_dir:
                 raise FsError(errno.EISDIR)
-        item, created = self.staging.acquire(key)
+        a = attributes
+        setup = None if a is None else lambda new: new.reset(a.size, a.etag, a.metadata, a.headers, a.mtime)
+        item, created = self.staging.acquire(key, setup)
         try:
-            if attributes is not None:
-                a = attributes
-                if created:
-                    item.reset(a.size, a.etag, a.metadata, a.headers, a.mtime)
-                else:  # close-to-open: follow another client's new version, never an older one
+            if a is not None:
+                if not created:  # close-to-open: follow another client's new version, never an older one
                     item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
                 item.saw_atime(a.atime)  # an atime a read moved (relatime), not yet stored
             if writable and flags & os.O_TRUNC:

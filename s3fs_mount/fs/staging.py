@@ -51,7 +51,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,8 +310,9 @@ class StagedFile:
             )
 
     def open_fd(self) -> None:
-        if self.fd < 0:
-            self.fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
+        with self.cond:  # two acquires of a known item at once open it once
+            if self.fd < 0:
+                self.fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def close_fd(self) -> None:
         if self.fd >= 0:
@@ -943,22 +944,44 @@ class StagingCache:
             if item.key.startswith(prefix) and not item.unlinked:
                 yield item
 
-    def acquire(self, key: str) -> tuple[StagedFile, bool]:
-        """The item for ``key`` (opened, counted), and whether it is new."""
+    def acquire(self, key: str, setup: Callable[[StagedFile], None] | None = None) -> tuple[StagedFile, bool]:
+        """The item for ``key`` (opened, counted), and whether it is new.
+
+        A new item is made, opened and given ``setup`` (say, the version an open looked up)
+        before anyone else can find it: an open, stat or read of the same key at the same
+        moment gets the item once it says what it holds, never a new item's size of 0
+        (four readers of one object once got 0 bytes, and the kernel took that short read
+        as the file's end). Two opens that make one at once keep the first published.
+        """
         with self._lock:
             item = self._items.get(key)
-            created = item is None
-            if item is None:
-                item = StagedFile(self, uuid.uuid4().hex, key)
-                self._items[key] = item
-            item.open_count += 1
-            item.last_used = time.monotonic()
+            if item is not None:
+                item.open_count += 1
+                item.last_used = time.monotonic()
+        if item is None:
+            made = StagedFile(self, uuid.uuid4().hex, key)
+            try:
+                made.open_fd()
+                if setup is not None:
+                    setup(made)
+            except BaseException:
+                made.close_fd()
+                _remove(made.data_path)
+                raise
+            with self._lock:
+                item = self._items.setdefault(key, made)
+                item.open_count += 1
+                item.last_used = time.monotonic()
+            if item is made:
+                return item, True
+            made.close_fd()
+            _remove(made.data_path)
         try:
             item.open_fd()
         except OSError:
             self.release(item)
             raise
-        return item, created
+        return item, False
 
     def release(self, item: StagedFile) -> None:
         """One open handle fewer; an unlinked, closed item goes away."""

@@ -461,6 +461,13 @@ def test_503_is_retried_until_success(proxied, faultproxy, boto, bucket, local, 
     assert proxied.connection.retry.retries == 6
 
 
+def test_the_checksum_probe_rides_out_a_passing_failure(proxied, faultproxy, bucket):
+    # A 503 on the probe's first request once made a loaded mount send Content-MD5 for its life.
+    faultproxy.fail_next(1)
+    assert proxied.configure_checksums(bucket) == "CRC32"
+    assert proxied.checksum_algorithm == "CRC32"
+
+
 def test_bulk_delete_retries_keys_that_failed_for_a_passing_reason(proxied, faultproxy, boto, bucket):
     keys = ["d/%d" % i for i in range(3)]
     for key in keys:

@@ -694,7 +694,9 @@ class RemoteStore:
         body = b"checksum probe"
         headers, digest = body_checksum(body, "CRC32")
         try:
-            # A wrong CRC32 must be refused: 400 is the expected answer (no failure, no retry).
+            # A wrong CRC32 must be refused: 400 is the expected answer, no failure. A timeout or
+            # a 503 is retried as any request is: on a loaded machine one such made every upload
+            # of the mount's life carry Content-MD5.
             bucket_name, key = self._name(name)
             resp = self.connection.request(
                 "PUT",
@@ -704,7 +706,6 @@ class RemoteStore:
                 body=body,
                 payload_hash=UNSIGNED_PAYLOAD,
                 expect=(200, 400),
-                retry=False,
             )
             resp.close()
             if resp.status_code != 400:

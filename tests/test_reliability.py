@@ -833,10 +833,14 @@ def test_sync_shows_bytes_uploaded_on_a_terminal_and_off_it(mount_factory, fault
     bin_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bin", "s3fs-mount")
     outputs = []
     for name, on_tty in (("tty.bin", True), ("plain.bin", False)):
-        faultproxy.stall(0.3)  # 25 parts, one at a time: about 8 s of upload to watch
+        faultproxy.stall(0.3)  # 25 parts, one at a time
         with open(os.path.join(m.path, name), "wb") as f:
             for _ in range(25):
                 f.write(os.urandom(8 * MiB))
+        # The writer waits for all but the parts queued (back-pressure): what is left, 2 s a
+        # request, is what sync watches (at 0.3 s, a loaded machine once started sync after
+        # the upload had ended, and it had nothing to show).
+        faultproxy.stall(2)
         cmd = [sys.executable, bin_path, "sync", m.path]
         if on_tty:
             cmd = ["script", "-qec", " ".join(cmd), "/dev/null"]

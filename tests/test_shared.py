@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -92,6 +93,42 @@ def test_eight_processes_append_to_one_file(mount, boto, bucket):
     for p in range(8):
         mine = [line for line in text.splitlines() if line.startswith("P%d-" % p)]
         assert mine == ["P%d-L%d-xxxxxxxxxxxxxxxx" % (p, i) for i in range(1, 201)]
+
+
+SQLITE_WRITER = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=120)
+for i in range(int(sys.argv[3])):
+    while True:
+        try:
+            db.execute("insert into t values (?, ?, ?)", (sys.argv[2], i, "p" * 300))
+            db.commit()  # the journal's create, writes, fsync and unlink, and the database's fsync
+            break
+        except sqlite3.OperationalError:  # busy past the timeout: ask again
+            time.sleep(0.01)
+"""
+
+
+def test_three_processes_write_one_sqlite_database(mount, boto, bucket, tmp_path):
+    """sqlite in its default (rollback journal) mode, three writers taking turns by its locks:
+    every row is there and the database is whole, in the mount and in S3's copy."""
+    path = os.path.join(mount.path, "app.db")
+    db = sqlite3.connect(path)
+    db.execute("create table t (w text, i int, pad text)")
+    db.commit()
+    db.close()
+    procs = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, path, w, "40"]) for w in "ABC"]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0, 0]
+    want = sorted((w, i) for w in "ABC" for i in range(40))
+    for copy in (path, str(tmp_path / "from-s3.db")):
+        if copy != path:
+            (tmp_path / "from-s3.db").write_bytes(s3_bytes(boto, bucket, "app.db"))
+        db = sqlite3.connect(copy)
+        assert db.execute("pragma integrity_check").fetchall() == [("ok",)], copy
+        assert sorted(db.execute("select w, i from t").fetchall()) == want, copy
+        db.close()
+    # the journals came and went (an unlink's delete is sent in a batch, just after)
+    eventually(lambda: s3_keys(boto, bucket) == ["app.db"], what="S3 to hold app.db alone")
 
 
 def test_a_reader_sees_only_states_that_existed(mount, boto, bucket):

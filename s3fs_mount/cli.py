@@ -676,7 +676,17 @@ def _wait_for_data_dir(data_dir: str, timeout: float = LOCAL_LOCK_WAIT) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``s3fs-mount`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # Whoever read our output has gone (``s3fs-mount status M | head -1``): stop quietly, as
+        # a shell tool killed by SIGPIPE would, and let nothing write to that pipe at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: list[str]) -> int:
+    """main's work."""
     if argv and argv[0] in ("status", "sync"):
         return control.main(argv)
     try:
@@ -696,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("%s: interrupted" % PROG, file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # see main
     except Exception as exc:
         log.debug("unexpected error", exc_info=True)
         print("%s: %s (-o debug shows more)" % (PROG, _describe(exc)), file=sys.stderr)

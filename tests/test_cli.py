@@ -97,6 +97,20 @@ def test_option_help(env, tmp_path):
     assert proc.stderr == ""
 
 
+@pytest.mark.parametrize("args", [["--help"], ["-o", "help"]])
+def test_output_to_a_reader_that_has_gone_ends_quietly(env, tmp_path, args):
+    # `s3fs-mount status M | head -1` printed a BrokenPipeError traceback. (What fits Python's
+    # buffer goes at exit, where Python itself is quiet about it: status 0.)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, SCRIPT, *args], env=env, cwd=str(tmp_path), stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert proc.returncode in (0, 141) and proc.stderr == ""
+
+
 def test_bad_option(env, tmp_path, mnt):
     line = one_line_failure(run(["-o", "ro,bogus=1", "bkt", str(mnt)], env, tmp_path), status=2)
     assert "bogus" in line and "error" in line

@@ -698,6 +698,90 @@ def test_entry_changes_move_directory_times_without_a_request_each(tmp_path):
     assert ops.namespace.store_dir_times() == 0  # nothing left to store
 
 
+def dir_mode(store: FakeStore, key: str) -> int:
+    return stat.S_IMODE(int(store.objects[key].metadata["x-amz-meta-mode"]))
+
+
+def test_writeback_mkdir_puts_the_marker_and_the_times_writer_the_holder_once(tmp_path):
+    """-o writeback, where markers drop metadata: mkdir waits for one PUT (the marker); the
+    holder, with the mode, goes up once, with the times the directory's entries gave it."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store, writeback=True)
+    puts = store.calls["PUT"]
+    ops.mkdir("/d", 0o711)
+    ops.mkdir("/d/e", 0o701)
+    assert store.calls["PUT"] - puts == 2  # the two markers: no holder yet
+    assert {"d/", "d/e/"} <= set(store.objects) and "d_$folder$" not in store.objects
+    ops.namespace.forget("/d")  # not cached: asked of S3, which has the marker only
+    assert stat.S_IMODE(ops.getattr("/d")["st_mode"]) == 0o711  # what mkdir gave it, shown here
+    mtime = ops.getattr("/d")["st_mtime"]
+    assert ops.namespace.store_dir_times() == 2
+    assert store.calls["PUT"] - puts == 4  # each holder once (d's with e's creation time)
+    assert (dir_mode(store, "d_$folder$"), dir_mode(store, "d/e_$folder$")) == (0o711, 0o701)
+    other = fresh_view(ops, tmp_path, store)
+    st = other.getattr("/d")
+    assert stat.S_IMODE(st["st_mode"]) == 0o711 and st["st_mtime"] == mtime
+    assert ops.namespace.store_dir_times() == 0
+    unmount(ops)
+    assert not os.path.exists(os.path.join(ops.staging.root, "holders.journal"))  # nothing owed
+
+
+def test_default_mode_mkdir_puts_both_before_it_returns(tmp_path):
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o711)
+    assert dir_mode(store, "d_$folder$") == 0o711 and "d/" in store.objects
+
+
+def test_a_holder_a_killed_writeback_mount_left_is_written_at_the_next_start(tmp_path):
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store, writeback=True)
+    ops.mkdir("/d", 0o711)
+    ops.mkdir("/gone", 0o700)
+    ops.staging.close()  # killed: no holder written
+    ops.namespace.holders._journal.close()
+    del store.objects["gone/"]  # removed by another client meanwhile
+    assert "d_$folder$" not in store.objects
+    again = make_ops(tmp_path, store, writeback=True)
+    assert again.namespace.recover_holders() == 2
+    assert stat.S_IMODE(again.getattr("/d")["st_mode"]) == 0o711  # shown before it is written
+    again.namespace.store_dir_times()
+    assert dir_mode(store, "d_$folder$") == 0o711 and "gone_$folder$" not in store.objects
+    assert len(again.namespace.holders) == 0
+    unmount(again)
+    assert not os.path.exists(os.path.join(again.staging.root, "holders.journal"))
+
+
+def test_writeback_rmdir_before_the_holder_is_written_leaves_nothing(tmp_path):
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store, writeback=True)
+    ops.mkdir("/d", 0o711)
+    ops.rmdir("/d")
+    assert ops.namespace.store_dir_times() == 0
+    assert not [k for k in store.objects if k.startswith("d")]
+    assert len(ops.namespace.holders) == 0
+
+
+def test_writeback_rename_writes_the_holders_it_moves_first(tmp_path):
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store, writeback=True)
+    ops.mkdir("/a", 0o755)
+    ops.mkdir("/a/b", 0o711)
+    ops.rename("/a", "/c")
+    assert dir_mode(store, "c/b_$folder$") == 0o711 and dir_mode(store, "c_$folder$") == 0o755
+    assert not [k for k in store.objects if k.startswith("a")]
+    other = fresh_view(ops, tmp_path, store)
+    assert stat.S_IMODE(other.getattr("/c/b")["st_mode"]) == 0o711
+
+
+def test_writeback_mkdir_of_a_name_whose_holder_is_too_long_makes_both_at_once(tmp_path):
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store, writeback=True)
+    name = "n" * 250  # its holder's name (259 bytes) passes SeaweedFS's 255: refused at mkdir
+    ops.mkdir("/" + name, 0o711)
+    assert dir_mode(store, name + "_$folder$") == 0o711
+
+
 def test_implicit_directories_keep_entry_times_in_memory_only(tmp_path):
     store = FakeStore()
     store.put("imp/a", b"1")

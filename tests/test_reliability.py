@@ -199,6 +199,29 @@ def test_kill9_with_writeback_uploads_at_remount(
     assert made - {KNOWN_TABLE} == {".lock", JOURNAL_NAME}  # and what HEADs told (fs/known.py)
 
 
+def test_kill9_with_writeback_keeps_the_modes_of_new_directories(mount_factory, s3yaml, tmp_path):
+    """-o writeback: a new directory's holder (its mode, where markers drop metadata) may go up
+    after mkdir returns; killed before it did, the next mount writes it (holders.journal)."""
+    cache = str(tmp_path / "cache")
+    m = mount_factory("writeback", cache_dir=cache).start()
+    os.mkdir(os.path.join(m.path, "d"), 0o711)
+    os.mkdir(os.path.join(m.path, "d", "e"), 0o701)
+    with open(os.path.join(m.path, "d", "e", "f"), "wb") as f:
+        f.write(b"x")
+    assert stat.S_IMODE(os.stat(os.path.join(m.path, "d")).st_mode) == 0o711
+    m.kill()
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()  # recovery: what is owed
+    assert m2.stop() == 0
+    left = [n for _root, _dirs, files in os.walk(cache) for n in files if n == "holders.journal"]
+    assert left == []  # nothing owed any more
+    m3 = mount_factory(config=str(s3yaml)).start()  # another cache: S3's word only
+    assert stat.S_IMODE(os.stat(os.path.join(m3.path, "d")).st_mode) == 0o711
+    assert stat.S_IMODE(os.stat(os.path.join(m3.path, "d", "e")).st_mode) == 0o701
+    with open(os.path.join(m3.path, "d", "e", "f"), "rb") as f:
+        assert f.read() == b"x"
+    assert m3.stop() == 0
+
+
 def test_kill9_mid_multipart_leaves_no_dangling_upload(
     mount_factory, holdproxy, s3config, s3yaml, boto, bucket, tmp_path
 ):

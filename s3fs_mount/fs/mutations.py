@@ -249,8 +249,8 @@ class Mutations:
         if not self.is_empty_dir(path):
             raise FsError(errno.ENOTEMPTY)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
-        self.store.run_parallel([lambda: self.store.remove(marker), lambda: self.store.remove(folder)])
-        self.namespace.forget(path, gone=True)
+        both = [lambda: self.store.remove(marker), lambda: self.store.remove(folder)]
+        self.namespace.remove_dir(path, lambda: self.store.run_parallel(both))
         self.namespace.entry_changed(KeyMap.split(path)[0])
 
     def remove_file(self, path: str) -> StagedFile | None:
@@ -318,6 +318,7 @@ class Mutations:
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory, copied in parallel, then deleted. Not atomic."""
         old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
+        self.namespace.write_holders(old)  # holders not written yet (-o writeback) are copied too
         self.deletes.flush(old_prefix)  # what was removed in it is not copied
         self.deletes.flush(new_prefix)
         self.deletes.settle(self.keymap.key(new))  # a file of the new name (as in mkdir)

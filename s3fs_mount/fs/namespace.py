@@ -65,6 +65,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import math
 import operator
 import stat
 import threading
@@ -76,6 +77,7 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.expiring import ExpiringLRU
+from s3fs_mount.fs.holders import PendingHolders
 from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.listahead import WORKERS as LIST_AHEAD_WORKERS
 from s3fs_mount.fs.listahead import ListAhead
@@ -167,6 +169,9 @@ class Namespace:
         mode and owner: no HEAD per file, for buckets whose objects carry no POSIX metadata.
     :param list_ahead: threads fetching a listing's next page while a readdir hands out the
         last (0: none; fs/listahead.py).
+    :param holders: where a directory's holder waits to be written (fs/holders.py); with
+        ``defer_holders`` (``-o writeback``) mkdir PUTs only the marker where the holder is a
+        ``dir_$folder$``, and the times writer writes the holder (None: kept in memory only).
 
     Locks (``_lock`` is never held during a request):
 
@@ -176,7 +181,8 @@ class Namespace:
       before ``_lock``, held across its requests).
     * ``_conflicts_logged``: unguarded; a race logs a name clash twice, no more.
     * Immutable after __init__: ``store``, ``keymap``, ``defaults``, ``clock``, ``attr_ttl``,
-      ``listed_names``, ``epoch``, ``listing_attrs``, ``known``; ``dir_meta_on_marker`` is set once by
+      ``listed_names``, ``epoch``, ``listing_attrs``, ``known``, ``holders`` (its own lock, never
+      taken while ``_lock`` is held), ``defer_holders``; ``dir_meta_on_marker`` is set once by
       :meth:`configure_directories`, before the mount serves.
     """
 
@@ -193,8 +199,13 @@ class Namespace:
         listing_attrs: bool = False,
         known: KnownVersions | None = None,
         list_ahead: int = LIST_AHEAD_WORKERS,
+        holders: PendingHolders | None = None,
+        defer_holders: bool = False,
     ) -> None:
         self.clock = clock
+        #: Directories whose holder is not written yet (``defer_holders``: made by mkdir).
+        self.holders = holders if holders is not None else PendingHolders(None)
+        self.defer_holders = defer_holders
         #: What HEADs told of file versions, kept across mounts (none: kept in memory only).
         self.known = known if known is not None else KnownVersions(None, defaults)
         #: True: a file a listing shows is taken as the listing says, with the default mode and
@@ -329,6 +340,8 @@ class Namespace:
                     names.discard(name)
             else:
                 self._missing.pop(path, None)
+        if gone:
+            self.holders.done(path)  # a removed directory gets no holder
 
     def deleting(self, path: str) -> None:
         """File ``path`` is removed, its delete not yet sent: absent until :meth:`deleted`."""
@@ -685,7 +698,11 @@ class Namespace:
                 continue
             found = A.attributes_from(info.metadata, 0, info.mtime, self.defaults, "dir", etag=info.etag)
             if index:
-                found.etag = ""  # no holder yet
+                unheld = self.holders.get(path)
+                if unheld is not None:  # made here, its holder not written yet: what mkdir gave it
+                    found = A.attributes_from(unheld, 0, info.mtime, self.defaults, "dir", etag=info.etag)
+                else:
+                    found.etag = ""  # no holder yet
             break
         with self._lock:
             pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
@@ -739,13 +756,64 @@ class Namespace:
             self.root = found
 
     def write_dir(self, path: str, metadata: dict[str, str], new: bool = False) -> str:
-        """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag."""
+        """Store a directory's metadata on its holder (``new``: make its marker too); returns the ETag
+        (with ``defer_holders``, of a new directory's marker: its holder is written later)."""
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
         holders = self._holders(path)
         if new and len(holders) > 1:
+            # A name whose holder's name would pass the server's 255 bytes goes as in the default
+            # mode: both at once, so that the server's refusal is mkdir's error (ENAMETOOLONG).
+            if self.defer_holders and len(KeyMap.split(path)[1].encode()) + len(FOLDER_SUFFIX) <= 255:
+                return self._make_marker(path, metadata, holders[-1], headers)
             return self._make_holders(holders, headers)
         view, key = holders[0]
-        return view.put(key, b"", headers)
+        etag = view.put(key, b"", headers)
+        self.holders.done(path)
+        return etag
+
+    def _make_marker(
+        self, path: str, metadata: dict[str, str], marker: tuple[Bucket, str], headers: dict[str, str]
+    ) -> str:
+        """A new directory's marker, PUT now; its holder is recorded (fs/holders.py) and left to
+        :meth:`store_dir_times`, as the times of a directory just changed are. Returns the marker's ETag."""
+        self.holders.add(path, metadata)  # recorded before the marker: a killed mount writes it later
+        view, key = marker
+        try:
+            etag = view.put(key, b"", headers)
+        except BaseException:
+            self.holders.done(path)
+            raise
+        mtime = A.parse_time(metadata.get(A.MTIME, "")) or self.clock.time()
+        ctime = A.parse_time(metadata.get(A.CTIME, "")) or mtime
+        with self._lock:
+            self._dir_times[path] = (mtime, ctime, self.clock.monotonic())
+        return etag
+
+    def remove_dir(self, path: str, remove: Callable[[], object]) -> None:
+        """rmdir: ``remove()`` deletes the directory's objects while no holder of it is being
+        written (the times writer, right after, would make it again); then it is gone here too."""
+        with self._dir_write_lock:
+            remove()
+            self.forget(path, gone=True)
+
+    def recover_holders(self) -> int:
+        """At mount: the holders a previous run recorded and did not write are written by the
+        next round of :meth:`store_dir_times` (of a directory still there); returns how many."""
+        left = self.holders.recover()
+        with self._lock:
+            for path, meta in left.items():
+                mtime = A.parse_time(meta.get(A.MTIME, "")) or self.epoch
+                # due at once (changed long ago): the first round writes it
+                self._dir_times.setdefault(
+                    path, (mtime, A.parse_time(meta.get(A.CTIME, "")) or mtime, -math.inf)
+                )
+        return len(left)
+
+    def write_holders(self, path: str) -> None:
+        """Write the pending holders of directory ``path`` and of those under it now (before a
+        rename copies what S3 has of them)."""
+        for inner in self.holders.under(path):
+            self.change_dir(inner, lambda meta, cur: meta)
 
     def _make_holders(self, holders: list[tuple[Bucket, str]], headers: dict[str, str]) -> str:
         """A new directory's holder and marker, PUT side by side; returns the holder's ETag.
@@ -831,6 +899,7 @@ class Namespace:
             except FsError:
                 with self._lock:
                     self._dir_times.pop(path, None)
+                self.holders.done(path)  # gone: no holder to write
                 continue
             if not current.etag:  # implicit: kept in memory
                 with self._lock:

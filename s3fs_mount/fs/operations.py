@@ -30,6 +30,7 @@ from s3fs_mount.fs.fuselib import (
     fuse_get_context,
     fuse_operation,
 )
+from s3fs_mount.fs.holders import PendingHolders
 from s3fs_mount.fs.kernel_readahead import KernelReadahead
 from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
@@ -124,6 +125,8 @@ class S3Operations(Operations):
             attr_cache=options.attr_cache,
             listing_attrs=options.listing_attrs,
             known=KnownVersions(self.staging.root, self.defaults),
+            holders=PendingHolders(self.staging.root),
+            defer_holders=options.writeback,
         )
         self.prefetcher = Prefetcher(
             store,
@@ -213,6 +216,7 @@ class S3Operations(Operations):
             if self.options.checksum:
                 self.uploader.configure_checksums()
             self.namespace.configure_directories()
+            self.namespace.recover_holders()
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
         self.namespace.load_root()
@@ -236,6 +240,7 @@ class S3Operations(Operations):
             self.dir_times.close()
         elif not self.options.ro:
             self.namespace.store_dir_times()
+        self.namespace.holders.close()  # after the times: the holders are written with them
         return left
 
     def _upload_one_by_one(self) -> list[str]:

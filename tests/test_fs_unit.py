@@ -35,6 +35,7 @@ def make_ops(tmp_path, store=None, **options) -> S3Operations:
     ops = S3Operations(Bucket(store or FakeStore(), "bucket"), "", opts)
     ops.uploader.configure_checks(opts.conflict_check)  # what start() does at mount
     ops.namespace.configure_directories()
+    ops.changes.configure_renames(opts.server_rename)
     ops.namespace.load_root()
     return ops
 
@@ -969,6 +970,63 @@ def test_a_file_rename_after_another_client_replaced_the_source_copies_its_curre
     ops.rename("/src", "/dst")
     assert store.get_range("dst", 0, 5) == b"newer"
     assert ops.getattr("/dst")["st_size"] == 5
+
+
+def calls_made(store: FakeStore, before: dict[str, int]) -> dict[str, int]:
+    return {k: store.calls[k] - before.get(k, 0) for k in store.calls if store.calls[k] != before.get(k, 0)}
+
+
+def test_a_file_rename_is_one_rename_object_where_the_server_has_it(tmp_path):
+    store = FakeStore(renames=True)
+    etag = store.put("src", b"data", {"x-amz-meta-mode": "33152"})
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 4  # the kernel's lookup before rename
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    assert calls_made(store, before) == {"RENAME": 1}  # no copy, no delete: the server moved it
+    assert ops.getattr("/dst")["st_mode"] == 0o100600 and calls_made(store, before) == {"RENAME": 1}
+    assert "src" not in store.objects and store.objects["dst"].etag == etag
+    assert store.objects["dst"].data == b"data"
+    with pytest.raises(FuseOSError) as gone:
+        ops.getattr("/src")
+    assert gone.value.errno == errno.ENOENT
+
+
+def test_a_file_rename_after_another_client_replaced_the_source_renames_its_current_version(tmp_path):
+    store = FakeStore(renames=True)
+    store.put("src", b"old")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 3
+    newer = store.put("src", b"newer")  # another client, after our lookup: rename-source-if-match fails
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    assert calls_made(store, before) == {"RENAME": 2, "HEAD": 1}
+    assert store.objects["dst"].etag == newer and "src" not in store.objects
+    assert ops.getattr("/dst")["st_size"] == 5
+
+
+def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):
+    store = FakeStore(renames=True)
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"unsent", flush=False)
+    ops.rename("/f", "/g")
+    assert store.calls["RENAME"] == 1 and store.calls["COPY"] == 0
+    assert store.get_range("g", 0, 10) == b"unsent" and "f" not in store.objects
+    ops.write("/g", b"!", 6, fh)  # the handle follows the rename
+    ops.flush("/g", fh)
+    ops.release("/g", fh)
+    assert store.get_range("g", 0, 10) == b"unsent!" and "f" not in store.objects
+
+
+def test_a_file_rename_copies_with_server_rename_off(tmp_path):
+    store = FakeStore(renames=True)
+    store.put("src", b"data")
+    ops = make_ops(tmp_path, store, server_rename=False)
+    assert ops.getattr("/src")["st_size"] == 4
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    assert calls_made(store, before) == {"COPY": 1, "DELETE": 1}
+    assert store.get_range("dst", 0, 4) == b"data" and "src" not in store.objects
 
 
 def test_parts_of_files_written_at_once_stay_within_upload_memory(tmp_path, monkeypatch):

@@ -86,6 +86,22 @@ class Mutations:
         self.server_full = server_full
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
         namespace.settle_deletes = self.deletes.flush
+        #: A file is renamed by RenameObject (one atomic request), not a copy and a delete. Set
+        #: once, at mount (:meth:`configure_renames`), before any FUSE call.
+        self.server_renames = False
+
+    def configure_renames(self, enabled: bool) -> None:
+        """Find out (one probe) whether this server renames an object by RenameObject; log which is used."""
+        if not enabled:
+            log.info("renames copy, then delete (-o server_rename=off)")
+            return
+        try:
+            self.server_renames = self.store.probe_rename_object()
+        except Exception as exc:
+            log.warning("could not probe RenameObject (%s): renames copy, then delete", exc)
+            return
+        if self.server_renames:
+            log.info("renames: one RenameObject (the server moves the object)")
 
     def _deletes_answered(self, deleted: list[str], failed: list[tuple[str, str]]) -> None:
         """S3 answered a batch of deletes: the deleted stay hidden; the others show again."""
@@ -281,37 +297,58 @@ class Mutations:
             self.namespace.entry_changed(parent, now)
 
     def _rename_file(self, old: str, new: str, source: A.Attributes) -> None:
-        """Copy (of the version looked up: ``source``, else of one HEAD just before), then delete."""
+        """Move (of the version looked up: ``source``, else of one HEAD just before): by
+        RenameObject where the server has it, else a copy, then a delete."""
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         self.deletes.settle(new_key)
         item = self.staging.get(old_key)
         moved: A.Attributes | None = None
         if item is None and source.etag:
-            # The lookup just before this call saw that version: the copy is of it or fails
+            # The lookup just before this call saw that version: the move is of it or fails
             # (412, another client replaced it since), and then goes as below, from a HEAD.
             try:
-                etag = self.store.copy_object(old_key, new_key, if_match=source.etag, size=source.size)
-                moved = dataclasses.replace(source, etag=etag or source.etag)
+                etag = self._move_object(old_key, new_key, source.etag, size=source.size)
+                moved = dataclasses.replace(source, etag=etag)
             except S3Error as exc:
                 if not exc.precondition_failed:
                     raise
-                log.info("rename %s: changed since it was looked up; copying its current version", old)
+                log.info("rename %s: changed since it was looked up; moving its current version", old)
         if moved is None:
             if item is not None and item.dirty:
-                self.upload(item)  # S3 has no rename: the object must be there to copy
+                self.upload(item)  # the object must be in S3 to be moved there
             info = self.store.head(old_key)
-            etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
-                old_key, new_key, if_match=info.etag, source_info=info
-            )
+            # of the version just seen: not one another client put meanwhile
+            etag = self._move_object(old_key, new_key, info.etag, source_info=info)
             moved = self.namespace.from_info(info)
-            moved.etag = etag or info.etag
-        self.store.remove(old_key)
+            moved.etag = etag
         self.staging.rekey(old_key, new_key)
         self.namespace.forget(old, gone=True)
         self.namespace.remember(new, moved)
         item = self.staging.get(new_key)
         if item is not None:
             item.stored_as(moved.etag)
+
+    def _move_object(
+        self,
+        old_key: str,
+        new_key: str,
+        etag: str,
+        source_info: ObjectInfo | None = None,
+        size: int | None = None,
+    ) -> str:
+        """The object at ``old_key``, if its ETag is still ``etag`` (else S3Error 412), is at
+        ``new_key`` and no longer at ``old_key``; returns its ETag there.
+
+        RenameObject moves it at once (it cannot be lost: the server keeps it under one name
+        or the other). Else a copy, then a delete of the old key once the copy is complete in
+        S3: a crash in between leaves both.
+        """
+        if self.server_renames:
+            self.store.rename_object(old_key, new_key, if_match=etag)
+            return etag
+        copied = self.store.copy_object(old_key, new_key, if_match=etag, source_info=source_info, size=size)
+        self.store.remove(old_key)
+        return copied or etag
 
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory, copied in parallel, then deleted. Not atomic."""

@@ -213,6 +213,7 @@ class S3Operations(Operations):
             if self.options.checksum:
                 self.uploader.configure_checksums()
             self.namespace.configure_directories()
+            self.changes.configure_renames(self.options.server_rename)
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
         self.namespace.load_root()

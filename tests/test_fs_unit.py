@@ -1029,6 +1029,50 @@ def test_a_file_rename_copies_with_server_rename_off(tmp_path):
     assert store.get_range("dst", 0, 4) == b"data" and "src" not in store.objects
 
 
+def test_a_directory_rename_moves_its_files_by_rename_object_and_deletes_only_its_markers(tmp_path):
+    store = FakeStore(renames=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/d/s", 0o755)
+    write_file(ops, "/d/a", b"aa")
+    write_file(ops, "/d/s/b", b"bbb")
+    etags = {k: store.objects[k].etag for k in ("d/a", "d/s/b")}
+    before = dict(store.calls)
+    ops.rename("/d", "/e")
+    made = calls_made(store, before)
+    assert made["RENAME"] == 2 and "COPY" not in made  # the files moved, the markers made anew
+    assert store.delete_batches[-1] == 3  # d/, d/s/ and d_$folder$: no file is left to delete
+    assert sorted(store.objects) == ["e/", "e/a", "e/s/", "e/s/b"]
+    assert {k: store.objects["e/" + k[2:]].etag for k in etags} == etags
+    assert names(ops, "/e") == ["a", "s"] and names(ops, "/e/s") == ["b"]
+    assert ops.getattr("/e/s/b")["st_size"] == 3
+
+
+def test_a_directory_rename_that_fails_midway_shows_each_file_where_s3_has_it(tmp_path, monkeypatch):
+    store = FakeStore(renames=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    for name in ("a", "b", "c"):
+        write_file(ops, "/d/" + name, b"x")
+    assert names(ops, "/d") == ["a", "b", "c"]
+    rename_object = store.rename_object
+
+    def refuse_b(source, destination, if_match=None):
+        if source.key == "d/b":  # (names reach the store as S3Names)
+            raise S3Error(403, "AccessDenied", resource=source)
+        rename_object(source, destination, if_match)
+
+    monkeypatch.setattr(store, "rename_object", refuse_b)
+    with pytest.raises(FuseOSError):
+        ops.rename("/d", "/e")
+    in_s3 = {d: sorted(k[2:] for k in store.objects if k.startswith(d + "/") and k != d + "/") for d in "de"}
+    assert "b" in in_s3["d"] and "a" in in_s3["e"] and sorted(in_s3["d"] + in_s3["e"]) == ["a", "b", "c"]
+    assert names(ops, "/d") == in_s3["d"] and names(ops, "/e") == in_s3["e"]  # as S3 has them, not as cached
+    with pytest.raises(FuseOSError) as gone:
+        ops.getattr("/d/a")
+    assert gone.value.errno == errno.ENOENT
+
+
 def test_parts_of_files_written_at_once_stay_within_upload_memory(tmp_path, monkeypatch):
     """Four files streamed at once: part bytes in memory (read, being sent) stay within
     upload_memory, counted by the uploader and, independently, by the store while a part arrives."""

@@ -567,6 +567,32 @@ def test_a_file_rename_sends_one_rename_or_the_copy_and_the_delete_and_only_the_
 
 
 @pytest.mark.fuse
+def test_a_directory_rename_moves_its_files_by_rename_object(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    files = ["m/a", "m/b", "m/s/c"]
+    for key in files:
+        boto.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    boto.put_object(Bucket=bucket, Key="m/s/", Body=b"")
+    etags = {key: boto.head_object(Bucket=bucket, Key=key)["ETag"] for key in files}
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory(config=config).start()
+    mark = len(faultproxy.seen)
+    os.rename(os.path.join(mount.path, "m"), os.path.join(mount.path, "n"))
+    renames = sorted(t.partition("?")[0] for m, t in faultproxy.seen[mark:] if t.endswith("?renameObject="))
+    assert renames == ["/%s/n/a" % bucket, "/%s/n/b" % bucket, "/%s/n/s/c" % bucket]
+    assert not [t for m, t in faultproxy.seen[mark:] if m == "PUT" and t.startswith("/%s/n/" % bucket)
+                and "?" not in t and not t.endswith("/")]  # no file copied
+    assert sorted(os.listdir(os.path.join(mount.path, "n"))) == ["a", "b", "s"]
+    assert open(os.path.join(mount.path, "n", "s", "c"), "rb").read() == b"m/s/c"
+    keys = sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
+    assert [k for k in keys if k.startswith("m/")] == []
+    assert {"n/a", "n/b", "n/s/c", "n/s/"} <= set(keys)
+    assert {k: boto.head_object(Bucket=bucket, Key="n/" + k[2:])["ETag"] for k in files} == etags
+    mount.stop()
+
+
+@pytest.mark.fuse
 def test_the_kernel_forgets_names_of_a_walked_directory_and_keeps_those_of_a_small_one(
     mount_factory, boto, bucket
 ):

@@ -351,7 +351,9 @@ class Mutations:
         return copied or etag
 
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
-        """Every key under the directory, copied in parallel, then deleted. Not atomic."""
+        """Every key under the directory: its markers made anew, its files moved (RenameObject)
+        or copied, in parallel; then what is left of the old keys deleted. Not atomic: a crash
+        in the middle leaves each file under one name or the other (moved) or both (copied)."""
         old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
         self.deletes.flush(old_prefix)  # what was removed in it is not copied
         self.deletes.flush(new_prefix)
@@ -372,14 +374,28 @@ class Mutations:
                 markers.setdefault(e.key.count("/"), []).append(e)
         for level in sorted(markers):
             self._copy_keys(markers[level], old_prefix, new_prefix)
-        self._copy_keys([e for e in entries if not e.key.endswith("/")], old_prefix, new_prefix)
+        files = [e for e in entries if not e.key.endswith("/")]
+        left = keys  # what is still at the old names once the files are at the new ones
+        if self.server_renames:
+            left = [e.key for e in entries if e.key.endswith("/")]
+            try:
+                self.store.run_parallel(
+                    (lambda e=e: self.store.rename_object(e.key, new_prefix + e.key[len(old_prefix) :]))
+                    for e in files
+                )
+            except BaseException:
+                self.namespace.forget_tree(old)  # some files moved: both are asked again
+                self.namespace.forget_tree(new)
+                raise
+        else:
+            self._copy_keys(files, old_prefix, new_prefix)
         try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
             info = self.store.head(folder)
             self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
         except S3Error as exc:
             if not exc.not_found:
                 raise
-        failed = self.store.delete_keys(keys + [folder])
+        failed = self.store.delete_keys(left + [folder])
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
         for item in list(self.staging.under(old_prefix)):

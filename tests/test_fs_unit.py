@@ -1005,6 +1005,29 @@ def test_a_file_rename_after_another_client_replaced_the_source_renames_its_curr
     assert ops.getattr("/dst")["st_size"] == 5
 
 
+def test_a_rename_whose_first_attempt_landed_is_recognised_by_its_etag(tmp_path, monkeypatch):
+    store = FakeStore(renames=True)
+    etag = store.put("src", b"data")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 4
+    rename_object = store.rename_object
+
+    def answer_lost(source, destination, if_match=None):  # moved, the answer lost, sent again
+        rename_object(source, destination, if_match)
+        rename_object(source, destination, if_match)
+
+    monkeypatch.setattr(store, "rename_object", answer_lost)
+    ops.rename("/src", "/dst")  # the second attempt's 404: the object is at dst with that ETag
+    assert store.objects["dst"].etag == etag and "src" not in store.objects
+    assert ops.getattr("/dst")["st_size"] == 4
+    store.put("other", b"xy")
+    assert ops.getattr("/other")["st_size"] == 2
+    del store.objects["other"]  # gone before the rename: a real 404, nothing at the target
+    with pytest.raises(FuseOSError) as gone:
+        ops.rename("/other", "/dst2")
+    assert gone.value.errno == errno.ENOENT
+
+
 def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):
     store = FakeStore(renames=True)
     ops = make_ops(tmp_path, store)

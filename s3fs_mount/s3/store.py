@@ -916,7 +916,11 @@ class RemoteStore:
         dbucket, dkey = self._name(remote_destination)
         if sbucket != dbucket:
             raise ValueError("RenameObject stays in one bucket: %s -> %s" % (sbucket, dbucket))
-        headers = {"x-amz-rename-source": copy_source(sbucket, skey)}
+        # The client token lets a server that keeps them answer a retried request as the first.
+        headers = {
+            "x-amz-rename-source": copy_source(sbucket, skey),
+            "x-amz-client-token": os.urandom(16).hex(),
+        }
         if if_match:
             headers["x-amz-rename-source-if-match"] = '"%s"' % if_match
         self.connection.request("PUT", dbucket, dkey, query={"renameObject": ""}, headers=headers).close()

@@ -88,13 +88,16 @@ class FakeStore:
     :param default_bucket: the bucket of a bare key, as S3Connection's ``default_bucket``
         (default: ``bucket``). It need not exist: a request for it then fails as on S3.
     :param drops_marker_metadata: as SeaweedFS, user metadata on keys ending in '/' is not kept.
+    :param renames: as SeaweedFS 4, RenameObject moves an object; else it is taken for a
+        PutObject of nothing, as moto (and any server that ignores an unknown sub-resource) does.
     """
 
     etags_are_md5 = True  #: as RemoteStore.etags_are_md5 without sse/SSE-C
 
     def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False,
-                 default_bucket: str | None = None) -> None:
+                 default_bucket: str | None = None, renames: bool = False) -> None:
         self.bucket = bucket
+        self.renames = renames
         self.default_bucket = bucket if default_bucket is None else default_bucket
         self.drops_marker_metadata = drops_marker_metadata
         self.flip_reads = 0  # GETs still to answer with one byte changed
@@ -214,6 +217,23 @@ class FakeStore:
     def probe_marker_metadata(self, bucket: str, prefix: str = "") -> bool:
         self._bucket(bucket)
         return not self.drops_marker_metadata
+
+    def probe_rename_object(self, bucket: str, prefix: str = "") -> bool:
+        self._bucket(bucket)
+        return self.renames
+
+    def rename_object(self, remote_source: str | S3Name, remote_destination: str | S3Name,
+                      if_match: str | None = None) -> None:
+        self.calls["RENAME"] += 1
+        if not self.renames:  # a PutObject of nothing, as moto answers it
+            self._store(remote_destination, b"", {}, None, False)
+            return
+        objects, key = self._at(remote_source)
+        o = self._get(remote_source)
+        if if_match and if_match != o.etag:
+            raise S3Error(412, "PreconditionFailed", resource=key)
+        destination, new_key = self._at(remote_destination)
+        destination[new_key] = objects.pop(key)
 
     def remove(self, remote_name: str | S3Name) -> None:
         self.calls["DELETE"] += 1

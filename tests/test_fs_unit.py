@@ -35,6 +35,7 @@ def make_ops(tmp_path, store=None, **options) -> S3Operations:
     ops = S3Operations(Bucket(store or FakeStore(), "bucket"), "", opts)
     ops.uploader.configure_checks(opts.conflict_check)  # what start() does at mount
     ops.namespace.configure_directories()
+    ops.changes.configure_renames(opts.server_rename)
     ops.namespace.load_root()
     return ops
 
@@ -1053,6 +1054,130 @@ def test_a_file_rename_after_another_client_replaced_the_source_copies_its_curre
     ops.rename("/src", "/dst")
     assert store.get_range("dst", 0, 5) == b"newer"
     assert ops.getattr("/dst")["st_size"] == 5
+
+
+def calls_made(store: FakeStore, before: dict[str, int]) -> dict[str, int]:
+    return {k: store.calls[k] - before.get(k, 0) for k in store.calls if store.calls[k] != before.get(k, 0)}
+
+
+def test_a_file_rename_is_one_rename_object_where_the_server_has_it(tmp_path):
+    store = FakeStore(renames=True)
+    etag = store.put("src", b"data", {"x-amz-meta-mode": "33152"})
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 4  # the kernel's lookup before rename
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    assert calls_made(store, before) == {"RENAME": 1}  # no copy, no delete: the server moved it
+    assert ops.getattr("/dst")["st_mode"] == 0o100600 and calls_made(store, before) == {"RENAME": 1}
+    assert "src" not in store.objects and store.objects["dst"].etag == etag
+    assert store.objects["dst"].data == b"data"
+    with pytest.raises(FuseOSError) as gone:
+        ops.getattr("/src")
+    assert gone.value.errno == errno.ENOENT
+
+
+def test_a_file_rename_after_another_client_replaced_the_source_renames_its_current_version(tmp_path):
+    store = FakeStore(renames=True)
+    store.put("src", b"old")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 3
+    newer = store.put("src", b"newer")  # another client, after our lookup: rename-source-if-match fails
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    assert calls_made(store, before) == {"RENAME": 2, "HEAD": 1}
+    assert store.objects["dst"].etag == newer and "src" not in store.objects
+    assert ops.getattr("/dst")["st_size"] == 5
+
+
+def test_a_rename_whose_first_attempt_landed_is_recognised_by_its_etag(tmp_path, monkeypatch):
+    store = FakeStore(renames=True)
+    etag = store.put("src", b"data")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 4
+    rename_object = store.rename_object
+
+    def answer_lost(source, destination, if_match=None):  # moved, the answer lost, sent again
+        rename_object(source, destination, if_match)
+        rename_object(source, destination, if_match)
+
+    monkeypatch.setattr(store, "rename_object", answer_lost)
+    ops.rename("/src", "/dst")  # the second attempt's 404: the object is at dst with that ETag
+    assert store.objects["dst"].etag == etag and "src" not in store.objects
+    assert ops.getattr("/dst")["st_size"] == 4
+    store.put("other", b"xy")
+    assert ops.getattr("/other")["st_size"] == 2
+    del store.objects["other"]  # gone before the rename: a real 404, nothing at the target
+    with pytest.raises(FuseOSError) as gone:
+        ops.rename("/other", "/dst2")
+    assert gone.value.errno == errno.ENOENT
+
+
+def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):
+    store = FakeStore(renames=True)
+    ops = make_ops(tmp_path, store)
+    fh = write_file(ops, "/f", b"unsent", flush=False)
+    ops.rename("/f", "/g")
+    assert store.calls["RENAME"] == 1 and store.calls["COPY"] == 0
+    assert store.get_range("g", 0, 10) == b"unsent" and "f" not in store.objects
+    ops.write("/g", b"!", 6, fh)  # the handle follows the rename
+    ops.flush("/g", fh)
+    ops.release("/g", fh)
+    assert store.get_range("g", 0, 10) == b"unsent!" and "f" not in store.objects
+
+
+def test_a_file_rename_copies_with_server_rename_off(tmp_path):
+    store = FakeStore(renames=True)
+    store.put("src", b"data")
+    ops = make_ops(tmp_path, store, server_rename=False)
+    assert ops.getattr("/src")["st_size"] == 4
+    before = dict(store.calls)
+    ops.rename("/src", "/dst")
+    assert calls_made(store, before) == {"COPY": 1, "DELETE": 1}
+    assert store.get_range("dst", 0, 4) == b"data" and "src" not in store.objects
+
+
+def test_a_directory_rename_moves_its_files_by_rename_object_and_deletes_only_its_markers(tmp_path):
+    store = FakeStore(renames=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/d/s", 0o755)
+    write_file(ops, "/d/a", b"aa")
+    write_file(ops, "/d/s/b", b"bbb")
+    etags = {k: store.objects[k].etag for k in ("d/a", "d/s/b")}
+    before = dict(store.calls)
+    ops.rename("/d", "/e")
+    made = calls_made(store, before)
+    assert made["RENAME"] == 2 and "COPY" not in made  # the files moved, the markers made anew
+    assert store.delete_batches[-1] == 3  # d/, d/s/ and d_$folder$: no file is left to delete
+    assert sorted(store.objects) == ["e/", "e/a", "e/s/", "e/s/b"]
+    assert {k: store.objects["e/" + k[2:]].etag for k in etags} == etags
+    assert names(ops, "/e") == ["a", "s"] and names(ops, "/e/s") == ["b"]
+    assert ops.getattr("/e/s/b")["st_size"] == 3
+
+
+def test_a_directory_rename_that_fails_midway_shows_each_file_where_s3_has_it(tmp_path, monkeypatch):
+    store = FakeStore(renames=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    for name in ("a", "b", "c"):
+        write_file(ops, "/d/" + name, b"x")
+    assert names(ops, "/d") == ["a", "b", "c"]
+    rename_object = store.rename_object
+
+    def refuse_b(source, destination, if_match=None):
+        if source.key == "d/b":  # (names reach the store as S3Names)
+            raise S3Error(403, "AccessDenied", resource=source)
+        rename_object(source, destination, if_match)
+
+    monkeypatch.setattr(store, "rename_object", refuse_b)
+    with pytest.raises(FuseOSError):
+        ops.rename("/d", "/e")
+    in_s3 = {d: sorted(k[2:] for k in store.objects if k.startswith(d + "/") and k != d + "/") for d in "de"}
+    assert "b" in in_s3["d"] and "a" in in_s3["e"] and sorted(in_s3["d"] + in_s3["e"]) == ["a", "b", "c"]
+    assert names(ops, "/d") == in_s3["d"] and names(ops, "/e") == in_s3["e"]  # as S3 has them, not as cached
+    with pytest.raises(FuseOSError) as gone:
+        ops.getattr("/d/a")
+    assert gone.value.errno == errno.ENOENT
 
 
 def test_parts_of_files_written_at_once_stay_within_upload_memory(tmp_path, monkeypatch):

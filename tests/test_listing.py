@@ -533,22 +533,62 @@ def test_a_create_burst_lists_from_the_new_name_on_not_the_whole_directory(
 
 
 @pytest.mark.fuse
-def test_a_file_rename_sends_the_copy_and_the_delete_and_only_the_kernels_lookups(
-    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+@pytest.mark.parametrize("server_rename", [True, False])
+def test_a_file_rename_sends_one_rename_or_the_copy_and_the_delete_and_only_the_kernels_lookups(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, server_rename
 ):
-    boto.put_object(Bucket=bucket, Key="r/src", Body=b"x" * 100_000)
+    body = b"x" * 100_000
+    boto.put_object(Bucket=bucket, Key="r/src", Body=body, Metadata={"mode": "33152"})
+    etag = boto.head_object(Bucket=bucket, Key="r/src")["ETag"]
     config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
-    mount = mount_factory("attr_ttl=30", config=config).start()  # the kernel keeps its entry of src
+    options = "attr_ttl=30" + ("" if server_rename else ",server_rename=off")
+    mount = mount_factory(options, config=config).start()  # attr_ttl: the kernel keeps its entry of src
     src, dst = os.path.join(mount.path, "r", "src"), os.path.join(mount.path, "r", "dst")
     assert os.stat(src).st_size == 100_000
     mark = len(faultproxy.seen)
     os.rename(src, dst)
     seen = requests_of(faultproxy, mark)
-    assert [m for m, p, _ in seen if p == "/%s/r/src" % bucket] == ["DELETE"]  # no HEAD: the copy is
-    # of the version looked up (x-amz-copy-source-if-match); the target is looked up by the kernel only
+    # the version looked up is moved (x-amz-rename-source-if-match or x-amz-copy-source-if-match):
+    # no HEAD of src; the target is looked up by the kernel only
     assert [m for m, p, _ in seen if p == "/%s/r/dst" % bucket] == ["HEAD", "PUT"]
-    assert boto.get_object(Bucket=bucket, Key="r/dst")["Body"].read() == b"x" * 100_000
+    put = [target for m, target in faultproxy.seen[mark:] if m == "PUT"]
+    if server_rename:  # SeaweedFS 4 has RenameObject: one request moves the object, nothing to delete
+        assert [m for m, p, _ in seen if p == "/%s/r/src" % bucket] == []
+        assert len(put) == 1 and put[0].endswith("?renameObject=")
+        assert boto.head_object(Bucket=bucket, Key="r/dst")["ETag"] == etag  # the very object, moved
+    else:
+        assert [m for m, p, _ in seen if p == "/%s/r/src" % bucket] == ["DELETE"]
+        assert len(put) == 1 and "?" not in put[0]  # a CopyObject
+    assert boto.get_object(Bucket=bucket, Key="r/dst")["Body"].read() == body
+    assert boto.head_object(Bucket=bucket, Key="r/dst")["Metadata"]["mode"] == "33152"
+    assert os.stat(dst).st_mode == 0o100600
     assert "Contents" not in boto.list_objects_v2(Bucket=bucket, Prefix="r/src")
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_a_directory_rename_moves_its_files_by_rename_object(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    files = ["m/a", "m/b", "m/s/c"]
+    for key in files:
+        boto.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    boto.put_object(Bucket=bucket, Key="m/s/", Body=b"")
+    etags = {key: boto.head_object(Bucket=bucket, Key=key)["ETag"] for key in files}
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory(config=config).start()
+    mark = len(faultproxy.seen)
+    os.rename(os.path.join(mount.path, "m"), os.path.join(mount.path, "n"))
+    renames = sorted(t.partition("?")[0] for m, t in faultproxy.seen[mark:] if t.endswith("?renameObject="))
+    assert renames == ["/%s/n/a" % bucket, "/%s/n/b" % bucket, "/%s/n/s/c" % bucket]
+    assert not [t for m, t in faultproxy.seen[mark:] if m == "PUT" and t.startswith("/%s/n/" % bucket)
+                and "?" not in t and not t.endswith("/")]  # no file copied
+    assert sorted(os.listdir(os.path.join(mount.path, "n"))) == ["a", "b", "s"]
+    assert open(os.path.join(mount.path, "n", "s", "c"), "rb").read() == b"m/s/c"
+    keys = sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
+    assert [k for k in keys if k.startswith("m/")] == []
+    assert {"n/a", "n/b", "n/s/c", "n/s/"} <= set(keys)
+    assert {k: boto.head_object(Bucket=bucket, Key="n/" + k[2:])["ETag"] for k in files} == etags
     mount.stop()
 
 

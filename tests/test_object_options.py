@@ -110,6 +110,24 @@ def test_requests_are_told_apart():
     assert operation_of("HEAD", "k", {"partNumber": "1"}, {}) == "HeadObject"
     assert operation_of("GET", "", {"list-type": "2"}, {}) == "Bucket"
     assert operation_of("POST", "", {"delete": ""}, {}) == "Bucket"
+    assert operation_of("PUT", "k", {"renameObject": ""}, {"x-amz-rename-source": "/b/j"}) == "RenameObject"
+
+
+def test_a_rename_object_carries_no_write_options_and_such_mounts_copy_instead(key_file):
+    """RenameObject moves the object as it is: it cannot give it a class, encryption or an ACL,
+    so a store whose writes get those never uses it (no probe, no request: it copies)."""
+    options = ObjectOptions.parse(storage_class="STANDARD_IA", acl="private", requester_pays=True)
+    assert options.headers("RenameObject") == {"x-amz-request-payer": "requester"}
+    assert not ObjectOptions.parse(requester_pays=True).given_by_writes
+    for settings in ({"storage_class": "STANDARD_IA"}, {"sse": "AES256"}, {"acl": "private"},
+                     {"sse_c_key_file": key_file}):
+        conn = S3Connection(endpoint="127.0.0.1:1", tls=False, **settings)  # nothing listens there
+        store = RemoteStore(conn)
+        try:
+            assert store.probe_rename_object("bucket") is False
+            assert conn.stats.requests == {}
+        finally:
+            store.close()
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,7 @@ class Subject:
     name: str  # the bucket
     view: Bucket
     quirks: frozenset[str] = frozenset()
+    renames: bool = False  # the server has RenameObject (SeaweedFS 4; not moto 5)
 
     def raw(self, key: str) -> S3Name:
         """Where ``key`` of the view really is."""
@@ -79,13 +80,16 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     kind, _, prefixed = request.param.partition("/")
     prefix = "pre fix/" if prefixed else ""
     if kind.startswith("fake"):
-        store = FakeStore("conformance", drops_marker_metadata=kind == "fake-as-seaweedfs", default_bucket="")
-        yield Subject(store, "conformance", Bucket(store, "conformance", prefix))
+        as_seaweedfs = kind == "fake-as-seaweedfs"
+        store = FakeStore(
+            "conformance", drops_marker_metadata=as_seaweedfs, default_bucket="", renames=as_seaweedfs
+        )
+        yield Subject(store, "conformance", Bucket(store, "conformance", prefix), renames=as_seaweedfs)
         return
     server = request.getfixturevalue("s3server" if kind == "seaweedfs" else "moto_server")
     for store, name in _real(server.endpoint, server.access_key, server.secret_key, "conformance"):
         quirks = MOTO_QUIRKS if kind == "moto" else frozenset()
-        yield Subject(store, name, Bucket(store, name, prefix), quirks)
+        yield Subject(store, name, Bucket(store, name, prefix), quirks, renames=kind == "seaweedfs")
 
 
 def keys_of(pages) -> tuple[list[str], list[str]]:
@@ -204,6 +208,34 @@ def test_copy_keeps_or_replaces_metadata(subject):
     with pytest.raises(S3Error) as gone:
         b.copy_object("missing", "other", size=1)
     assert gone.value.not_found
+
+
+def test_rename_object_as_the_probe_says(subject):
+    b = subject.view
+    assert b.probe_rename_object() == subject.renames  # moto takes it for a PUT of nothing: found out
+    assert [e.key for e in b.list_all()] == []  # the probe left nothing
+    if not subject.renames:
+        return
+    etag = b.put("d/src", b"body", {"Content-Type": "text/plain", "x-amz-meta-mode": "33188"})
+    b.put("d/dst", b"older")
+    with pytest.raises(S3Error) as changed:
+        b.rename_object("d/src", "d/dst", if_match="0" * 32)
+    assert changed.value.precondition_failed
+    assert b.get_range("d/dst", 0, 10) == b"older" and b.head("d/src").etag == etag  # nothing moved
+    b.rename_object("d/src", "d/dst", if_match=etag)  # onto an existing name: replaced
+    moved = b.head("d/dst")
+    assert (moved.etag, moved.size, moved.metadata) == (etag, 4, {"x-amz-meta-mode": "33188"})
+    assert moved.headers["Content-Type"] == "text/plain"
+    assert b.get_range("d/dst", 0, 10) == b"body"
+    with pytest.raises(S3Error) as gone:
+        b.head("d/src")
+    assert gone.value.not_found
+    b.rename_object("d/dst", "other dir/a+b é")  # into another directory, a name to encode
+    assert b.get_range("other dir/a+b é", 0, 10) == b"body"
+    assert [e.key for e in b.list_all()] == ["other dir/a+b é"]
+    with pytest.raises(S3Error) as missing:
+        b.rename_object("d/missing", "d/x")
+    assert missing.value.not_found
 
 
 def test_delete_and_bulk_delete(subject):

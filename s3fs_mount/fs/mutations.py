@@ -86,6 +86,22 @@ class Mutations:
         self.server_full = server_full
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
         namespace.settle_deletes = self.deletes.flush
+        #: A file is renamed by RenameObject (one atomic request), not a copy and a delete. Set
+        #: once, at mount (:meth:`configure_renames`), before any FUSE call.
+        self.server_renames = False
+
+    def configure_renames(self, enabled: bool) -> None:
+        """Find out (one probe) whether this server renames an object by RenameObject; log which is used."""
+        if not enabled:
+            log.info("renames copy, then delete (-o server_rename=off)")
+            return
+        try:
+            self.server_renames = self.store.probe_rename_object()
+        except Exception as exc:
+            log.warning("could not probe RenameObject (%s): renames copy, then delete", exc)
+            return
+        if self.server_renames:
+            log.info("renames: one RenameObject (the server moves the object)")
 
     def _deletes_answered(self, deleted: list[str], failed: list[tuple[str, str]]) -> None:
         """S3 answered a batch of deletes: the deleted stay hidden; the others show again."""
@@ -283,31 +299,30 @@ class Mutations:
             self.namespace.entry_changed(parent, now)
 
     def _rename_file(self, old: str, new: str, source: A.Attributes) -> None:
-        """Copy (of the version looked up: ``source``, else of one HEAD just before), then delete."""
+        """Move (of the version looked up: ``source``, else of one HEAD just before): by
+        RenameObject where the server has it, else a copy, then a delete."""
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         self.deletes.settle(new_key)
         item = self.staging.get(old_key)
         moved: A.Attributes | None = None
         if item is None and source.etag:
-            # The lookup just before this call saw that version: the copy is of it or fails
+            # The lookup just before this call saw that version: the move is of it or fails
             # (412, another client replaced it since), and then goes as below, from a HEAD.
             try:
-                etag = self.store.copy_object(old_key, new_key, if_match=source.etag, size=source.size)
-                moved = dataclasses.replace(source, etag=etag or source.etag)
+                etag = self._move_object(old_key, new_key, source.etag, size=source.size)
+                moved = dataclasses.replace(source, etag=etag)
             except S3Error as exc:
                 if not exc.precondition_failed:
                     raise
-                log.info("rename %s: changed since it was looked up; copying its current version", old)
+                log.info("rename %s: changed since it was looked up; moving its current version", old)
         if moved is None:
             if item is not None and item.dirty:
-                self.upload(item)  # S3 has no rename: the object must be there to copy
+                self.upload(item)  # the object must be in S3 to be moved there
             info = self.store.head(old_key)
-            etag = self.store.copy_object(  # of the version just seen: not one another client put meanwhile
-                old_key, new_key, if_match=info.etag, source_info=info
-            )
+            # of the version just seen: not one another client put meanwhile
+            etag = self._move_object(old_key, new_key, info.etag, source_info=info)
             moved = self.namespace.from_info(info)
-            moved.etag = etag or info.etag
-        self.store.remove(old_key)
+            moved.etag = etag
         self.staging.rekey(old_key, new_key)
         self.namespace.forget(old, gone=True)
         self.namespace.remember(new, moved)
@@ -315,8 +330,48 @@ class Mutations:
         if item is not None:
             item.stored_as(moved.etag)
 
+    def _move_object(
+        self,
+        old_key: str,
+        new_key: str,
+        etag: str,
+        source_info: ObjectInfo | None = None,
+        size: int | None = None,
+    ) -> str:
+        """The object at ``old_key``, if its ETag is still ``etag`` (else S3Error 412), is at
+        ``new_key`` and no longer at ``old_key``; returns its ETag there.
+
+        RenameObject moves it at once (it cannot be lost: the server keeps it under one name
+        or the other). Else a copy, then a delete of the old key once the copy is complete in
+        S3: a crash in between leaves both.
+        """
+        if self.server_renames:
+            try:
+                self.store.rename_object(old_key, new_key, if_match=etag)
+            except S3Error as exc:
+                # A retried request whose first attempt did land finds no source: the object
+                # is at the new name already, recognised by its ETag.
+                if not exc.not_found or self._etag_at(new_key) != etag:
+                    raise
+                log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
+            return etag
+        copied = self.store.copy_object(old_key, new_key, if_match=etag, source_info=source_info, size=size)
+        self.store.remove(old_key)
+        return copied or etag
+
+    def _etag_at(self, key: str) -> str | None:
+        """The ETag of the object at ``key``; None when there is none."""
+        try:
+            return self.store.head(key).etag
+        except S3Error as exc:
+            if exc.not_found:
+                return None
+            raise
+
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
-        """Every key under the directory, copied in parallel, then deleted. Not atomic."""
+        """Every key under the directory: its markers made anew, its files moved (RenameObject)
+        or copied, in parallel; then what is left of the old keys deleted. Not atomic: a crash
+        in the middle leaves each file under one name or the other (moved) or both (copied)."""
         old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
         self.namespace.write_holders(old)  # holders not written yet (-o writeback) are copied too
         self.deletes.flush(old_prefix)  # what was removed in it is not copied
@@ -338,14 +393,28 @@ class Mutations:
                 markers.setdefault(e.key.count("/"), []).append(e)
         for level in sorted(markers):
             self._copy_keys(markers[level], old_prefix, new_prefix)
-        self._copy_keys([e for e in entries if not e.key.endswith("/")], old_prefix, new_prefix)
+        files = [e for e in entries if not e.key.endswith("/")]
+        left = keys  # what is still at the old names once the files are at the new ones
+        if self.server_renames:
+            left = [e.key for e in entries if e.key.endswith("/")]
+            try:
+                self.store.run_parallel(
+                    (lambda e=e: self.store.rename_object(e.key, new_prefix + e.key[len(old_prefix) :]))
+                    for e in files
+                )
+            except BaseException:
+                self.namespace.forget_tree(old)  # some files moved: both are asked again
+                self.namespace.forget_tree(new)
+                raise
+        else:
+            self._copy_keys(files, old_prefix, new_prefix)
         try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
             info = self.store.head(folder)
             self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
         except S3Error as exc:
             if not exc.not_found:
                 raise
-        failed = self.store.delete_keys(keys + [folder])
+        failed = self.store.delete_keys(left + [folder])
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
         for item in list(self.staging.under(old_prefix)):

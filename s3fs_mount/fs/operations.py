@@ -217,6 +217,7 @@ class S3Operations(Operations):
                 self.uploader.configure_checksums()
             self.namespace.configure_directories()
             self.namespace.recover_holders()
+            self.changes.configure_renames(self.options.server_rename)
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
         self.namespace.load_root()

@@ -149,6 +149,9 @@ class MountOptions:
     sse_c_key_file: str = _option("", "file holding an SSE-C key: every write and read carries it", "storage")
     requester_pays: bool = _option(False, "requests carry x-amz-request-payer: requester", "storage")
     acl: str = _option("", "canned ACL of what is written (bucket-owner-full-control, ...)", "storage")
+    server_rename: bool = _option(
+        True, "a file is renamed by S3 RenameObject where the server has it (else copy, delete)", "storage"
+    )
     # -- the cache and the transfers --------------------------------------------------------
     cache_dir: str = _option(default_cache_dir, "staging cache directory", "cache")
     cache_size: int = _option(4 * GiB, "cache size bound (K/M/G suffixes)", "cache")

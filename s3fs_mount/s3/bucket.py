@@ -79,6 +79,10 @@ class ObjectStore(Protocol):
         size: int | None = None,
     ) -> str: ...
 
+    def rename_object(
+        self, remote_source: RemoteName, remote_destination: RemoteName, if_match: str | None = None
+    ) -> None: ...
+
     def list(
         self,
         prefix: str = "",
@@ -114,6 +118,8 @@ class ObjectStore(Protocol):
     def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]: ...
 
     def probe_marker_metadata(self, bucket: str, prefix: str = "") -> bool: ...
+
+    def probe_rename_object(self, bucket: str, prefix: str = "") -> bool: ...
 
 
 class Bucket:
@@ -237,6 +243,10 @@ class Bucket:
             size=size,
         )
 
+    def rename_object(self, source: str, destination: str, if_match: str | None = None) -> None:
+        """RenameObject of ``source`` to ``destination``, both in this bucket (if the probe found it)."""
+        self.store.rename_object(self._at(source), self._at(destination), if_match=if_match)
+
     def copy_source(self, key: str) -> str:
         """``key`` as ``x-amz-copy-source`` names it (``/bucket/key``): for ``MultipartUpload.copy_part``."""
         return copy_source(self.name, self.prefix + key)
@@ -312,3 +322,6 @@ class Bucket:
 
     def probe_marker_metadata(self, prefix: str = "") -> bool:
         return self.store.probe_marker_metadata(self.name, self.prefix + prefix)
+
+    def probe_rename_object(self) -> bool:
+        return self.store.probe_rename_object(self.name, self.prefix)

@@ -58,7 +58,8 @@ SSE_C = "x-amz-server-side-encryption-customer-"
 COPY_SOURCE_SSE_C = "x-amz-copy-source-server-side-encryption-customer-"
 
 #: The operations :func:`operation_of` tells apart. Writes take every option; reads, parts and
-#: the completion only the SSE-C key; any request the requester-pays header.
+#: the completion only the SSE-C key; any request the requester-pays header (RenameObject no
+#: more: it moves the object as it is).
 WRITES = frozenset({"PutObject", "CopyObject", "CreateMultipartUpload"})
 KEYED = frozenset({"GetObject", "HeadObject", "UploadPart", "UploadPartCopy", "CompleteMultipartUpload"})
 COPIES = frozenset({"CopyObject", "UploadPartCopy"})
@@ -77,6 +78,8 @@ def operation_of(method: str, key: str, query: Mapping[str, str], headers: Mappi
         return "GetObject" if method == "GET" else "HeadObject"
     copy = any(name.lower() == "x-amz-copy-source" for name in headers)
     if method == "PUT":
+        if "renameObject" in query:
+            return "RenameObject"
         if "partNumber" in query:
             return "UploadPartCopy" if copy else "UploadPart"
         return "CopyObject" if copy else "PutObject"
@@ -196,6 +199,12 @@ class ObjectOptions:
     def etags_are_md5(self) -> bool:
         """False when S3 gives what this mount writes an ETag that is no MD5 (SSE-KMS, SSE-C)."""
         return self.sse != KMS and self.customer_key is None
+
+    @property
+    def given_by_writes(self) -> bool:
+        """Every object this mount writes is given something (class, encryption, ACL): a copy
+        gives it that, a RenameObject (the object moved as it is) would not."""
+        return bool(self.storage_class or self.sse or self.customer_key is not None or self.acl)
 
     def headers(self, operation: str) -> dict[str, str]:
         """The headers a request of ``operation`` (see :func:`operation_of`) must carry."""

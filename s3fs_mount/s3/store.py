@@ -4,7 +4,7 @@ The six methods of the seed API (``copy``, ``delete``, ``exists``, ``read``,
 ``update_metadata``, ``write``) keep its contract exactly: all but ``exists``
 log failures and return True/False. The methods the filesystem needs
 (``head``, ``get_range``, ``put``, ``upload_file``, ``start_multipart``, :func:`upload_in_parts`,
-``copy_object``, ``list``, ``delete_keys``, buckets) raise :class:`S3Error`
+``copy_object``, ``rename_object``, ``list``, ``delete_keys``, buckets) raise :class:`S3Error`
 or the transport's exception instead, so callers can map them to errnos.
 """
 
@@ -902,6 +902,71 @@ class RemoteStore:
             out["x-amz-copy-source-if-match"] = '"%s"' % if_match
         resp = self.connection.request("PUT", dbucket, dkey, headers=out)  # a 200 that failed raises
         return xmlparse.parse_text(resp.content, "ETag").strip('"')
+
+    def rename_object(
+        self, remote_source: RemoteName, remote_destination: RemoteName, if_match: str | None = None
+    ) -> None:
+        """RenameObject: the object at ``remote_source`` is at ``remote_destination`` (same bucket),
+        atomically, bytes, metadata and ETag as they were; a destination there is replaced.
+
+        With ``if_match`` only if the source still has that ETag (else S3Error 412). Only for a
+        server :meth:`probe_rename_object` found able: one that does not know the request may
+        take it for a PutObject and put an empty object at the destination.
+        """
+        sbucket, skey = self._name(remote_source)
+        dbucket, dkey = self._name(remote_destination)
+        if sbucket != dbucket:
+            raise ValueError("RenameObject stays in one bucket: %s -> %s" % (sbucket, dbucket))
+        # The client token lets a server that keeps them answer a retried request as the first.
+        headers = {
+            "x-amz-rename-source": copy_source(sbucket, skey),
+            "x-amz-client-token": os.urandom(16).hex(),
+        }
+        if if_match:
+            headers["x-amz-rename-source-if-match"] = '"%s"' % if_match
+        self.connection.request("PUT", dbucket, dkey, query={"renameObject": ""}, headers=headers).close()
+
+    def probe_rename_object(self, bucket: str, prefix: str = "") -> bool:
+        """Does the server do RenameObject (moves the object; the source is gone)?
+
+        Writes ``<prefix>.s3fs-mount-probe-<random>``, renames it, HEADs both names and
+        removes what is left: about five requests. A server that does not know RenameObject
+        answers an error, or (moto, and any that ignores an unknown sub-resource) takes it
+        for a PutObject: an empty object at the new name, the old one still there. False without
+        a request when the object options give what is written a class, encryption or an ACL.
+        """
+        if self.connection.object_options.given_by_writes:
+            given = self.connection.object_options.describe()
+            log.info("renames copy, then delete: a copy gives the object %s", given)
+            return False
+        name = "%s.s3fs-mount-probe-%s" % (prefix, os.urandom(6).hex())
+        source, destination = S3Name(name, bucket), S3Name(name + "-renamed", bucket)
+        body = b"rename probe"
+        try:
+            etag = self.put(source, body)
+            try:
+                self.rename_object(source, destination, if_match=etag)
+            except S3Error as exc:
+                log.info("renames copy, then delete: the server answered RenameObject with %s", exc.code)
+                return False
+            moved = self.head(destination)
+            try:
+                self.head(source)
+                kept = True
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+                kept = False
+            if kept or moved.size != len(body) or moved.etag != etag:
+                log.info("renames copy, then delete: the server does not move an object by RenameObject")
+                return False
+            return True
+        finally:
+            for each in (source, destination):
+                try:
+                    self.remove(each)
+                except Exception as exc:  # the probe stays: harmless, and logged
+                    log.warning("could not remove the probe object %s: %s", each.key, exc)
 
     def _multipart_copy(
         self,

@@ -468,6 +468,19 @@ def test_the_checksum_probe_rides_out_a_passing_failure(proxied, faultproxy, buc
     assert proxied.checksum_algorithm == "CRC32"
 
 
+def test_rename_object_is_used_only_where_it_honours_its_if_match(store, bucket, monkeypatch, caplog):
+    assert store.probe_rename_object(bucket)  # SeaweedFS moves an object, and only of the version named
+    real = type(store).rename_object
+
+    def careless(self, source, destination, if_match=None):  # a server that moves any version
+        return real(self, source, destination)
+
+    monkeypatch.setattr(type(store), "rename_object", careless)
+    with caplog.at_level(logging.INFO, logger="s3fs_mount.s3.store"):
+        assert not store.probe_rename_object(bucket)
+    assert "ignores x-amz-rename-source-if-match" in caplog.text
+
+
 def test_bulk_delete_retries_keys_that_failed_for_a_passing_reason(proxied, faultproxy, boto, bucket):
     keys = ["d/%d" % i for i in range(3)]
     for key in keys:

@@ -929,8 +929,9 @@ class RemoteStore:
     def probe_rename_object(self, bucket: str, prefix: str = "") -> bool:
         """Does the server do RenameObject (moves the object; the source is gone)?
 
-        Writes ``<prefix>.s3fs-mount-probe-<random>``, renames it, HEADs both names and
-        removes what is left: about five requests. A server that does not know RenameObject
+        Writes ``<prefix>.s3fs-mount-probe-<random>``, renames it if it is a version it is not
+        (which must fail, 412), then as it is, HEADs both names and removes what is left: about
+        six requests. A server that does not know RenameObject
         answers an error, or (moto, and any that ignores an unknown sub-resource) takes it
         for a PutObject: an empty object at the new name, the old one still there. False without
         a request when the object options give what is written a class, encryption or an ACL.
@@ -944,6 +945,16 @@ class RemoteStore:
         body = b"rename probe"
         try:
             etag = self.put(source, body)
+            try:
+                # Of a version the source no longer is: a server that moves it all the same would
+                # let a rename carry off another client's newer version unseen.
+                self.rename_object(source, destination, if_match="0" * 32)
+                log.info("renames copy, then delete: RenameObject ignores x-amz-rename-source-if-match")
+                return False
+            except S3Error as exc:
+                if not exc.precondition_failed:
+                    log.info("renames copy, then delete: the server answered RenameObject with %s", exc.code)
+                    return False
             try:
                 self.rename_object(source, destination, if_match=etag)
             except S3Error as exc:

@@ -258,7 +258,7 @@ class KeptAlivePool:
             status = int(code)
         except ValueError:
             raise _broken("bad status line %r" % status_line) from None
-        if status == 100:  # a Continue nobody asked for: the answer follows
+        if 100 <= status < 200 and status != 101:  # a Continue, Early Hints: the answer follows
             conn.pending = rest
             return self._read_answer(conn, method)
         fields: dict[str, str] = {}
@@ -273,7 +273,7 @@ class KeptAlivePool:
             fields[name] = value
         found = Headers(fields)
         keep = version == "HTTP/1.1" and fields.get("connection", "").lower() != "close"
-        if method == "HEAD" or status in _NO_BODY or status < 200:
+        if method == "HEAD" or status in _NO_BODY or status == 101:
             body = b""
         elif "chunked" in fields.get("transfer-encoding", "").lower():
             body, rest = _read_chunked(sock, rest)

@@ -274,14 +274,16 @@ def test_headers_are_looked_up_in_any_case_and_repeats_joined(scripted):
 
 
 def test_what_is_sent(scripted):
-    server = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"] * 2)
+    server = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"] * 3)
     scripted.append(server)
     pool = _pool()
     pool.exchange("PUT", "127.0.0.1", server.port, "/b/k", {"Host": "h", "x-amz-meta-a": "v"}, b"abc")
     pool.exchange("PUT", "127.0.0.1", server.port, "/b/copy", {"Host": "h"}, None)
-    put, copy = (head.decode().split("\r\n") for head in server.requests)
+    pool.exchange("PUT", "127.0.0.1", server.port, "/b/k2", {"Host": "h", "Content-Length": "3"}, b"abc")
+    put, copy, given = (head.decode().split("\r\n") for head in server.requests)
     assert put[0] == "PUT /b/k HTTP/1.1" and "x-amz-meta-a: v" in put and "Content-Length: 3" in put
     assert "Content-Length: 0" in copy  # S3 wants a length on a PUT without a body
+    assert [line.lower() for line in given].count("content-length: 3") == 1  # the caller's, once
 
 
 @pytest.mark.parametrize("value", ["a\r\nx-amz-meta-b: injected", "a\nb", "a\rb", "a\0b"])

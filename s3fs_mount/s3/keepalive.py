@@ -124,10 +124,10 @@ class KeptAlivePool:
     ) -> tuple[int, Headers, bytes]:
         """Send one request and read its whole answer: ``(status, headers, body)``.
 
-        ``headers`` are sent as given (Host among them), with ``Content-Length`` added for a
-        body (and for a PUT or POST without one, as ``http.client`` adds it). Raises urllib3's
-        exceptions (``NewConnectionError``, ``ConnectTimeoutError``, ``ReadTimeoutError``,
-        ``SSLError``, ``ProtocolError``); never sends a request twice.
+        ``headers`` are sent as given (Host among them), with ``Content-Length`` added unless
+        they have one: for a body, and for a PUT or POST without one (as ``http.client`` adds
+        it). Raises urllib3's exceptions (``NewConnectionError``, ``ConnectTimeoutError``,
+        ``ReadTimeoutError``, ``SSLError``, ``ProtocolError``); never sends a request twice.
         """
         head = self._request_head(method, target, headers, body)
         conn = self._take(host, port)
@@ -224,7 +224,9 @@ class KeptAlivePool:
         """The request line and headers, encoded; ValueError for a header that would end early."""
         lines = ["%s %s HTTP/1.1" % (method, target)]
         lines.extend("%s: %s" % kv for kv in headers.items())
-        if body is not None:
+        if "Content-Length" in headers or "content-length" in headers:
+            pass  # the caller's (the connector writes it so)
+        elif body is not None:
             lines.append("Content-Length: %d" % len(body))
         elif method in ("PUT", "POST"):
             lines.append("Content-Length: 0")

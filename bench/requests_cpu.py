@@ -334,6 +334,8 @@ def main() -> None:
     for op in ops:
         if op not in OPS:
             parser.error("unknown request type %r (known: %s)" % (op, ", ".join(OPS)))
+    if "delete" in ops and "put" not in ops:
+        parser.error("delete times the DELETEs of the put loop's objects: name put too")
     names = [c for c in args.clients.split(",") if c]
 
     server = None

@@ -308,6 +308,7 @@ class FaultProxy:
         self.fail_status = 503
         self.requests = 0
         self.forwarded = 0
+        self.accepted = 0  # client connections accepted
         self.seen: list[tuple[str, str]] = []
         #: (method, target, headers with lower-case names) of every request seen.
         self.heard: list[tuple[str, str, dict[str, str]]] = []
@@ -426,6 +427,17 @@ class FaultProxy:
         self._release_forwards = forward
         self._released.set()
 
+    def hang_up(self) -> None:
+        """Close every client connection in order (a FIN, as a server's idle timeout closes
+        kept-alive connections); the next requests come on new ones."""
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def stall(self, seconds: float) -> None:
         """Delay every forwarded request by ``seconds`` (0 to stop stalling)."""
         self._stall = float(seconds)
@@ -492,6 +504,7 @@ class FaultProxy:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.add(conn)
+                self.accepted += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     @staticmethod

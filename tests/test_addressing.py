@@ -7,7 +7,6 @@ what each would send is compared: the URL, and the signature over it at one fixe
 from __future__ import annotations
 
 import datetime
-import types
 
 import boto3
 import botocore.auth
@@ -28,10 +27,7 @@ class Stopped(Exception):
 @pytest.fixture
 def frozen(monkeypatch):
     """Both signers sign at NOW."""
-    clock = types.SimpleNamespace(
-        datetime=types.SimpleNamespace(now=lambda tz=None: NOW), timezone=datetime.timezone
-    )
-    monkeypatch.setattr(sigv4, "datetime", clock)
+    monkeypatch.setattr(sigv4, "_amz_now", lambda: NOW.strftime("%Y%m%dT%H%M%SZ"))
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: NOW.replace(tzinfo=None))
     # With awscrt installed (ours reads CRC64NVME with it) botocore signs through the CRT, which
     # reads its own clock: botocore's Python signers, the ones the clock above stops.

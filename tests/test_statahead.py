@@ -10,6 +10,7 @@ import concurrent.futures
 import errno
 import os
 import stat
+import threading
 
 import pytest
 import s3rig
@@ -239,3 +240,46 @@ def test_stats_ahead_see_another_clients_changes_made_before_their_head(
         else:
             assert st.st_size == len(b"%d" % len(keys[i]))
     mount.stop()
+
+
+def test_the_workers_answers_are_futures_of_one_lock():
+    workers = statahead._Workers(2, "test-workers")
+    gate = threading.Event()
+    calls: list[int] = []
+    entered: list[int] = []
+
+    def held(n: int) -> int:
+        entered.append(n)
+        gate.wait(10)
+        calls.append(n)
+        return n * 10
+
+    def failing() -> None:
+        raise OSError("no")
+
+    first, second = workers.submit(held, 1), workers.submit(held, 2)
+    queued = workers.submit(held, 3)
+    assert queued.cancel() and queued.done()  # not begun: never run
+    failed = workers.submit(failing)
+    gate.set()
+    assert (first.result(), second.result()) == (10, 20)
+    with pytest.raises(concurrent.futures.CancelledError):
+        queued.result()
+    with pytest.raises(OSError, match="no"):
+        failed.result()
+    assert sorted(calls) == [1, 2]
+
+    gate.clear()
+    busy = [workers.submit(held, n) for n in (4, 5)]
+    eventually(lambda: 4 in entered and 5 in entered, what="both threads to be held")
+    waiting = workers.submit(held, 6)
+    workers.shutdown()  # what is queued is let go, not run
+    with pytest.raises(concurrent.futures.CancelledError):
+        waiting.result()
+    gate.set()
+    assert [b.result() for b in busy] == [40, 50]
+    late = workers.submit(held, 7)
+    assert late.done()
+    with pytest.raises(concurrent.futures.CancelledError):
+        late.result()
+    assert 6 not in calls and 7 not in calls

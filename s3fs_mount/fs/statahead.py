@@ -28,16 +28,24 @@ rule, asked through ``usable``); anything else is asked again.
 
 Locks: ``_lock`` guards ``_dirs`` and every :class:`_Run`'s fields; it is never held
 during a request, nor together with the namespace's lock (``usable`` and ``fetch`` are
-called without it).
+called without it). An :class:`_Answer` is written by the one worker that runs it and read
+once its latch is released.
+
+The HEADs go to a few threads of :class:`_Workers`, not a ThreadPoolExecutor: its ``submit``
+(a Future: a Condition, an RLock, a list; a work item; a Semaphore's Condition to see if a
+thread is idle, released again after each item) took ~10% of the mount's CPU in an
+``ls -l`` of 10,000 files once the HEADs themselves got cheaper (bench/README.md).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import queue
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
 from s3fs_mount.clock import Clock
 from s3fs_mount.fs import attrs as A
@@ -57,6 +65,113 @@ PAGE = 128
 MAX_DIRS = 8
 
 
+class _Answer:
+    """What a call sent to the workers returns, once it has: a Future of one lock.
+
+    ``result()`` waits for the worker to finish it, then returns its value or raises its
+    exception; CancelledError if it was cancelled before a worker began it (a worker that
+    has begun finishes). ``done()`` and ``cancel()`` as a Future's.
+    """
+
+    __slots__ = ("_call", "_latch", "_value", "_error", "_cancelled", "_ran", "_finished")
+
+    def __init__(self, call: Callable[..., Any] | None, *args: Any) -> None:
+        self._call: tuple[Callable[..., Any], tuple[Any, ...]] | None = (call, args) if call else None
+        self._latch = threading.Lock()
+        self._latch.acquire()  # released when a worker is done with it
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._ran = False
+        self._finished = False
+
+    def run(self) -> None:
+        """Run the call (in a worker) unless it was cancelled first, and let the waiters go."""
+        call, self._call = self._call, None
+        try:
+            if call is not None and not self._cancelled:
+                self._ran = True
+                try:
+                    self._value = call[0](*call[1])
+                except Exception as exc:  # noqa: BLE001 - handed to the waiter, as a Future does
+                    self._error = exc
+        finally:
+            self._finished = True
+            self._latch.release()
+
+    def cancel(self) -> bool:
+        """Do not run it if no worker has begun it."""
+        self._cancelled = True
+        return not self._ran
+
+    def done(self) -> bool:
+        return self._finished or self._cancelled
+
+    def result(self) -> Any:
+        with self._latch:  # waits until run() is over
+            pass
+        if self._error is not None:
+            raise self._error
+        if not self._ran:
+            raise concurrent.futures.CancelledError()
+        return self._value
+
+
+class _Workers:
+    """A few threads running :class:`_Answer` calls in the order they were sent (started at the
+    first, stopped by :meth:`shutdown`)."""
+
+    def __init__(self, count: int, name: str) -> None:
+        self._count = count
+        self._name = name
+        self._queue: queue.SimpleQueue[_Answer | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started = False  # GUARDED_BY(_lock)
+        self._stopped = False  # GUARDED_BY(_lock)
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> _Answer:
+        """``call(*args)`` in a worker; after :meth:`shutdown`, an answer cancelled at once."""
+        answer = _Answer(call, *args)
+        if not self._started:
+            with self._lock:
+                if not self._started and not self._stopped:
+                    for i in range(self._count):
+                        threading.Thread(
+                            target=self._work, name="%s_%d" % (self._name, i), daemon=True
+                        ).start()
+                    self._started = True
+        if self._stopped:
+            answer.cancel()
+            answer.run()
+            return answer
+        self._queue.put(answer)
+        return answer
+
+    def shutdown(self) -> None:
+        """Stop the threads; what is queued is cancelled (its waiters let go), not run."""
+        with self._lock:
+            self._stopped = True
+        while True:
+            try:
+                answer = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if answer is not None:
+                answer.cancel()
+                answer.run()
+        for _ in range(self._count):
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            answer = self._queue.get()
+            if answer is None:
+                return
+            if self._stopped:
+                answer.cancel()
+            answer.run()
+
+
 class _Run:
     """One directory being stat'ed in name order. Guarded by StatAhead._lock."""
 
@@ -67,7 +182,7 @@ class _Run:
         self.last = name  # the name the stats have reached
         self.touched = now  # when a lookup last moved the run (monotonic)
         self.names: deque[str] = deque()  # listed names after ``last``, not yet sent ahead
-        self.ahead: OrderedDict[str, concurrent.futures.Future[A.Attributes | None]] = OrderedDict()
+        self.ahead: OrderedDict[str, _Answer] = OrderedDict()
         self.window = 0  # HEADs to keep ahead; 0: not started (one file found so far)
         self.listed_to = ""  # the last name listed so far ('': list from ``last``)
         self.exhausted = False  # the listing reached the directory's end
@@ -111,7 +226,7 @@ class StatAhead:
         self._ttl = ttl
         self._lock = threading.Lock()
         self._dirs: OrderedDict[str, _Run] = OrderedDict()
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, "statahead") if workers > 0 else None
+        self._pool = _Workers(workers, "statahead") if workers > 0 else None
 
     def lookup(self, path: str, fetch_here: Callable[[], A.Attributes | None]) -> A.Attributes | None:
         """What S3 says of ``path``, a lookup the caches did not answer: the answer fetched ahead
@@ -148,7 +263,7 @@ class StatAhead:
             for d in list(self._dirs):
                 self._end(d)
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
 
     def followed(self) -> list[str]:
         """The directories whose lookups are followed now."""
@@ -157,7 +272,7 @@ class StatAhead:
 
     # -- the run of one directory ----------------------------------------------------------
 
-    def _take(self, parent: str, name: str) -> concurrent.futures.Future[A.Attributes | None] | None:
+    def _take(self, parent: str, name: str) -> _Answer | None:
         """The answer sent ahead for ``name``, taken out of its run; None if there is none (the
         run goes on if ``name`` is where it was going, else it ends)."""
         with self._lock:
@@ -177,7 +292,7 @@ class StatAhead:
             return None
 
     def _settled(
-        self, path: str, future: concurrent.futures.Future[A.Attributes | None]
+        self, path: str, future: _Answer | concurrent.futures.Future[A.Attributes | None]
     ) -> A.Attributes | None:
         """The answer of ``future`` if it may still be used (in time, nothing changed since)."""
         try:

@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import hmac
 import threading
+import time
 from collections.abc import Mapping
 from urllib.parse import quote
 
@@ -29,6 +30,23 @@ def canonical_query(params: Mapping[str, str]) -> str:
     """The canonical (and wire) query string: encoded, sorted by key."""
     pairs = sorted((uri_encode(k), uri_encode(v)) for k, v in params.items())
     return "&".join("%s=%s" % kv for kv in pairs)
+
+
+#: Headers signed besides every ``x-amz-*`` one.
+_SIGNED_NAMES = frozenset({"host", "content-type", "content-md5"})
+#: (the second, X-Amz-Date for it): requests in the same second share the string.
+_now_cache: tuple[int, str] = (0, "")
+
+
+def _amz_now() -> str:
+    """X-Amz-Date for now (UTC), ``20240101T120000Z``; formatted once a second."""
+    global _now_cache
+    second = int(time.time())
+    cached = _now_cache
+    if cached[0] != second:
+        cached = (second, time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second)))
+        _now_cache = cached  # replaced whole: read without a lock
+    return cached[1]
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -110,8 +128,7 @@ class SigV4Signer:
         ``path`` must already be URI-encoded (``/`` kept); ``query`` is raw.
         Headers named host, content-type, content-md5 or x-amz-* are signed.
         """
-        now = now or datetime.datetime.now(datetime.timezone.utc)
-        amz_date = now.strftime("%Y%m%dT%H%M%SZ")
+        amz_date = now.strftime("%Y%m%dT%H%M%SZ") if now is not None else _amz_now()
         datestamp = amz_date[:8]
         out = dict(headers)
         out["Host"] = host
@@ -123,29 +140,33 @@ class SigV4Signer:
         signed = {}
         for name, value in out.items():
             lname = name.lower()
-            if lname in ("host", "content-type", "content-md5") or lname.startswith("x-amz-"):
+            if lname in _SIGNED_NAMES or lname.startswith("x-amz-"):
                 signed[lname] = " ".join(str(value).split())
         names = sorted(signed)
+        signed_names = ";".join(names)
         canonical = "\n".join(
             [
                 method,
                 path,
-                canonical_query(query),
-                "".join("%s:%s\n" % (n, signed[n]) for n in names),
-                ";".join(names),
+                canonical_query(query) if query else "",
+                "".join(["%s:%s\n" % (n, signed[n]) for n in names]),
+                signed_names,
                 payload_hash,
             ]
         )
         scope = "%s/%s/%s/aws4_request" % (datestamp, self.region, self.service)
-        to_sign = "\n".join(
-            [ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode("utf-8")).hexdigest()]
+        to_sign = "%s\n%s\n%s\n%s" % (
+            ALGORITHM,
+            amz_date,
+            scope,
+            hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
         )
         signature = hmac.digest(self._signing_key(datestamp), to_sign.encode("utf-8"), "sha256").hex()
         out["Authorization"] = "%s Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
             ALGORITHM,
             self.access_key,
             scope,
-            ";".join(names),
+            signed_names,
             signature,
         )
         return out

@@ -1,11 +1,14 @@
-"""How a signed request travels: urllib3's connection pools, with requests' settings.
+"""How a signed request travels: kept-alive sockets of our own, or urllib3's pools.
 
-``S3Connection`` signs; :class:`Transport` sends the signed bytes through urllib3's pool and
-hands back a :class:`Response`. requests chose and built the pools (its ``HTTPAdapter``: pool
-sizes, proxies from the environment, proxy authentication, SOCKS, the CA bundle); its
-per-request machinery (PreparedRequest, the adapter's URL parsing, TLS and proxy look-ups,
-its Response and header copies) cost 0.1-0.25 ms of CPU per request, 15-28% of a HEAD's
-(``bench/requests_cpu.py``, bench/README.md "CPU per request"), and is not used.
+``S3Connection`` signs; :class:`Transport` sends the signed bytes and hands back a
+:class:`Response`. A request whose body is in memory (or none) and whose answer is read whole
+(a HEAD, a DELETE, a listing page, a small PUT) goes through :class:`KeptAlivePool`
+(:mod:`s3fs_mount.s3.keepalive`): half the CPU of urllib3 and ``http.client`` for a HEAD
+(bench/README.md "A transport of our own"). Everything else (a body streamed from a file, an
+answer read as a stream, and every request when the environment names a proxy) goes through
+urllib3's pools, which requests chose and built (its ``HTTPAdapter``: pool sizes, proxies from
+the environment, proxy authentication, SOCKS, the CA bundle); requests' per-request machinery
+(PreparedRequest, the adapter's URL parsing, its Response and header copies) is not used.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from s3fs_mount.s3.keepalive import KeptAlivePool
+
 log = logging.getLogger(__name__)
 
 
@@ -28,35 +33,53 @@ class Response:
     """One answer of S3, as the connector reads it.
 
     :attr:`status_code`, :attr:`headers` (case-insensitive), :attr:`content` (the whole body),
-    :attr:`raw` (urllib3's response, to read a streamed body from) and :attr:`method` (of the
-    request). Close it (or use ``with``) when a streamed body is not read to its end: that
-    drops the connection; a body read whole gives the connection back to the pool.
+    :attr:`raw` (urllib3's response, to read a streamed body from; None when the body was read
+    whole by :class:`KeptAlivePool`) and :attr:`method` (of the request). Close it (or use
+    ``with``) when a streamed body is not read to its end: that drops the connection; a body
+    read whole gives the connection back to the pool.
     """
 
     __slots__ = ("status_code", "headers", "raw", "method", "_content")
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, method: str, stream: bool) -> None:
-        self.raw = raw
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        method: str,
+        content: bytes | None = None,
+        raw: urllib3.BaseHTTPResponse | None = None,
+    ) -> None:
+        self.status_code = status
+        self.headers = headers
         self.method = method
-        self.status_code: int = raw.status
-        self.headers: Mapping[str, str] = raw.headers
-        self._content: bytes | None = None if stream else raw.data
+        self.raw = raw
+        self._content = content
+
+    @classmethod
+    def of(cls, raw: urllib3.BaseHTTPResponse, method: str, stream: bool) -> Response:
+        """The answer urllib3 read (its body too, unless ``stream``)."""
+        return cls(raw.status, raw.headers, method, None if stream else raw.data, raw)
 
     @property
     def content(self) -> bytes:
         """The body (read now if the request was streamed)."""
         if self._content is None:
+            assert self.raw is not None
             self._content = self.raw.read(decode_content=True)
         return self._content
 
     def iter_content(self, chunk_size: int) -> Iterator[bytes]:
         """The body in pieces of up to ``chunk_size`` bytes."""
+        if self.raw is None:
+            body = self.content
+            return iter([body[i : i + chunk_size] for i in range(0, len(body), chunk_size)])
         return self.raw.stream(chunk_size, decode_content=True)
 
     def close(self) -> None:
         """Let the connection go: back to the pool if the body was read, else closed."""
-        self.raw.close()
-        self.raw.release_conn()
+        if self.raw is not None:
+            self.raw.close()
+            self.raw.release_conn()
 
     def __enter__(self) -> Response:
         return self
@@ -68,6 +91,10 @@ class Response:
 
     def __repr__(self) -> str:
         return "<Response [%d]>" % self.status_code
+
+
+#: Bodies :class:`KeptAlivePool` sends (a file-like body, read as it goes, goes through urllib3).
+_IN_MEMORY = (bytes, bytearray, memoryview)
 
 
 @functools.lru_cache(maxsize=64)
@@ -88,7 +115,9 @@ class Transport:
 
     The environment's proxies (``HTTPS_PROXY``, ``NO_PROXY``, ...) are read once, here, as
     requests reads them; a request for an ``https`` endpoint through a proxy is tunnelled,
-    one for ``http`` is sent to the proxy by its absolute URL, as requests does.
+    one for ``http`` is sent to the proxy by its absolute URL, as requests does. With a proxy
+    every request goes through urllib3; without one, a request whose body is in memory and
+    whose answer is read whole goes through :attr:`kept_alive`.
     """
 
     def __init__(
@@ -114,6 +143,11 @@ class Transport:
             where = "ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"
             self._pool_kwargs = {"cert_reqs": "CERT_REQUIRED", where: bundle}
         self._timeout = urllib3.Timeout(connect=min(timeout, 10.0), read=timeout)
+        #: Our own kept-alive connections (None through a proxy: urllib3 speaks to proxies).
+        self.kept_alive: KeptAlivePool | None = None
+        if not proxy:
+            bundle = requests.utils.DEFAULT_CA_BUNDLE_PATH
+            self.kept_alive = KeptAlivePool(scheme, verify, bundle, timeout, max_connections)
         if proxy:
             log.info("requests to %s go through the proxy %s", endpoint, requests.utils.urldefragauth(proxy))
 
@@ -124,6 +158,10 @@ class Transport:
         """
         host, slash, rest = url[len(self.scheme) + 3 :].partition("/")
         target = url if self._absolute else slash + rest
+        if self.kept_alive is not None and not stream and (body is None or isinstance(body, _IN_MEMORY)):
+            name, port = _host_port(host, self._default_port)
+            status, found, content = self.kept_alive.exchange(method, name, port, target, headers, body)
+            return Response(status, found, method, content)
         if body is not None and "Content-Length" not in headers:
             length = (
                 len(body)
@@ -146,12 +184,16 @@ class Transport:
             decode_content=True,
             timeout=self._timeout,
         )
-        return Response(raw, method, stream)
+        return Response.of(raw, method, stream)
 
     def clear(self) -> None:
         """Drop every pooled connection (the server may have restarted: all are dead)."""
         self._manager.clear()
+        if self.kept_alive is not None:
+            self.kept_alive.clear()
 
     def close(self) -> None:
         """Close the pooled connections (the transport stays usable: it reconnects)."""
         self._adapter.close()
+        if self.kept_alive is not None:
+            self.kept_alive.clear()

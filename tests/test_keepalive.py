@@ -1,0 +1,432 @@
+"""The kept-alive sockets of our own (s3fs_mount/s3/keepalive.py): which requests take them, how
+their answers are read, what their failures become (the retry policy and the errno mapping
+unchanged), and TLS. Against SeaweedFS (through the FaultProxy, or a TLS front of the test's
+own with a self-signed certificate), and a scripted server for the ways an answer is framed."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import io
+import ipaddress
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+
+import pytest
+from fakeclock import FakeClock
+from waiting import eventually
+
+from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
+from s3fs_mount.s3.errors import ConnectionFailed, TimedOut, TLSFailed, TransportError
+from s3fs_mount.s3.keepalive import KeptAlivePool
+
+MiB = 1 << 20
+LOOPBACK = "127.0.0.1"
+
+
+def _retry() -> RetryPolicy:
+    return RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, clock=FakeClock())
+
+
+@pytest.fixture
+def proxied(faultproxy, s3config):
+    store = RemoteStore(S3Connection(**dict(s3config, endpoint=faultproxy.endpoint, retry=_retry())))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def exchanges(monkeypatch) -> list[str]:
+    """The methods of the requests sent through a KeptAlivePool, in order."""
+    seen: list[str] = []
+    original = KeptAlivePool.exchange
+
+    def spy(self, method, *args, **kwargs):
+        seen.append(method)
+        return original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(KeptAlivePool, "exchange", spy)
+    return seen
+
+
+# -- which requests, against the real server ------------------------------------------------
+
+
+def test_requests_with_bodies_in_memory_go_over_kept_alive_sockets(
+    proxied, faultproxy, exchanges, boto, bucket, tmp_path
+):
+    proxied.put(S3Name("small", bucket), b"in memory", {"x-amz-meta-mode": "33152"})
+    info = proxied.head(S3Name("small", bucket))
+    assert (info.size, info.metadata) == (9, {"x-amz-meta-mode": "33152"})
+    page = next(proxied.list("", bucket=bucket))
+    assert [e.key for e in page.entries] == ["small"]
+    assert exchanges == ["PUT", "HEAD", "GET"]
+    # A body read from a file as it is sent, and an answer read as a stream, go through urllib3.
+    proxied.connection.request("PUT", bucket, "file", body=lambda: io.BytesIO(b"from a file")).close()
+    assert proxied.get_range(S3Name("file", bucket), 0, 4) == b"from"
+    assert exchanges == ["PUT", "HEAD", "GET"]
+    assert proxied.delete_keys(["file"]) == []
+    proxied.remove(S3Name("small", bucket))
+    assert exchanges == ["PUT", "HEAD", "GET", "POST", "DELETE"]
+    assert "Contents" not in boto.list_objects_v2(Bucket=bucket)
+    # One connection carried them all, one after another.
+    before = faultproxy.accepted
+    for _ in range(20):
+        with pytest.raises(S3Error) as caught:
+            proxied.head(S3Name("small", bucket))
+        assert caught.value.not_found
+    assert faultproxy.accepted == before
+
+
+def test_through_a_proxy_every_request_goes_through_urllib3(
+    s3config, bucket, faultproxy, exchanges, monkeypatch
+):
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://%s" % faultproxy.endpoint)
+    store = RemoteStore(S3Connection(**s3config))
+    try:
+        store.put(S3Name("via-proxy", bucket), b"through")
+        assert store.head(S3Name("via-proxy", bucket)).size == 7
+    finally:
+        store.close()
+    assert exchanges == []
+    assert [method for method, _target in faultproxy.seen] == ["PUT", "HEAD"]
+
+
+def test_a_connection_the_server_closed_is_not_sent_on(proxied, faultproxy, bucket):
+    proxied.put(S3Name("k", bucket), b"x")
+    assert faultproxy.accepted == 1
+    faultproxy.hang_up()  # as a server's idle timeout does
+    eventually(lambda: not faultproxy._conns, what="the proxy to close its side")
+    assert proxied.head(S3Name("k", bucket)).size == 1
+    assert faultproxy.accepted == 2
+    assert proxied.connection.stats.retries == 0  # found closed before it was used
+
+
+def test_a_dropped_answer_is_retried_by_the_retry_policy(proxied, faultproxy, boto, bucket):
+    proxied.put(S3Name("k", bucket), b"x")
+    faultproxy.drop_next(1)
+    assert proxied.head(S3Name("k", bucket)).size == 1
+    assert proxied.connection.stats.retries == 1
+    faultproxy.drop_next(4)
+    with pytest.raises(ConnectionFailed):
+        proxied.head(S3Name("k", bucket))
+    assert proxied.connection.stats.retries == 1 + 3  # four attempts, as the policy bounds them
+    faultproxy.drop_next(1)
+    proxied.remove(S3Name("k", bucket))  # a DELETE too
+    assert proxied.connection.stats.retries == 5
+    assert "Contents" not in boto.list_objects_v2(Bucket=bucket)
+
+
+def test_s3_errors_are_read_from_kept_alive_answers(proxied, faultproxy, bucket):
+    faultproxy.fail_next(1, status=403, code="AccessDenied", message="no")
+    with pytest.raises(S3Error) as caught:
+        proxied.remove(S3Name("k", bucket))
+    assert (caught.value.status, caught.value.code, caught.value.message) == (403, "AccessDenied", "no")
+    faultproxy.fail_next(2, status=503)
+    proxied.remove(S3Name("k", bucket))  # retried twice, then done
+    assert proxied.connection.stats.retries == 2
+    faultproxy.fail_next(1, status=404)
+    with pytest.raises(S3Error) as caught:
+        proxied.head(S3Name("k", bucket))
+    assert caught.value.not_found and caught.value.code == "NotFound"
+
+
+def test_a_server_that_is_not_there_is_connection_refused(s3config):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = RemoteStore(S3Connection(**dict(s3config, endpoint="127.0.0.1:%d" % port, retry=_retry())))
+    with pytest.raises(ConnectionFailed) as caught:
+        store.head(S3Name("k", s3config["default_bucket"]))
+    assert caught.value.reason == "Connection refused"
+    assert store.connection.stats.retries == 3
+
+
+def test_an_answer_that_does_not_come_times_out_and_is_retried(faultproxy, s3config, bucket):
+    connection = S3Connection(**dict(s3config, endpoint=faultproxy.endpoint, retry=_retry(), timeout=0.2))
+    store = RemoteStore(connection)
+    store.put(S3Name("k", bucket), b"x")
+    faultproxy.stall(5)
+    before = connection.stats.retries
+    with pytest.raises(TimedOut):
+        store.head(S3Name("k", bucket))
+    assert connection.stats.retries == before + 3
+    faultproxy.stall(0)
+    assert store.head(S3Name("k", bucket)).size == 1
+    store.close()
+
+
+# -- how answers are framed, against a scripted server --------------------------------------
+
+
+class Scripted:
+    """A server on 127.0.0.1 answering each request it reads with the next canned answer; it
+    counts the connections it accepted and closes one when its answer is followed by None."""
+
+    def __init__(self, answers: list[bytes | None]) -> None:
+        self.answers = list(answers)
+        self.accepted = 0
+        self.requests: list[bytes] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                data = b""
+                while self.answers:
+                    while b"\r\n\r\n" not in data:
+                        more = conn.recv(65536)
+                        if not more:
+                            break
+                        data += more
+                    if b"\r\n\r\n" not in data:
+                        break
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    self.requests.append(head)
+                    conn.sendall(self.answers.pop(0) or b"")
+                    if self.answers and self.answers[0] is None:
+                        self.answers.pop(0)
+                        break
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[list[Scripted]]:
+    made: list[Scripted] = []
+    yield made
+    for server in made:
+        server.close()
+
+
+def _pool() -> KeptAlivePool:
+    return KeptAlivePool("http", False, "", 5.0, 4)
+
+
+GZIPPED = gzip.compress(b"<xml>zipped</xml>")
+FRAMINGS = {
+    "length": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", b"hello", True),
+    "chunked with a trailer": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3;ext=1\r\nhel\r\n2\r\nlo\r\n0\r\nx-trailer: 1\r\n\r\n",
+        b"hello",
+        True,
+    ),
+    "gzip": (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(GZIPPED) + GZIPPED,
+        b"<xml>zipped</xml>",
+        True,
+    ),
+    "a Continue and Early Hints first": (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
+        b"HTTP/1.1 204 No Content\r\nx-amz-id-2: a\r\n\r\n",
+        b"",
+        True,
+    ),
+    "closed after": (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", b"ok", False),
+    "HTTP/1.0": (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", False),
+}
+
+
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_an_answer_is_read_as_it_is_framed(scripted, framing):
+    answer, body, reused = FRAMINGS[framing]
+    server = Scripted([answer, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"])
+    scripted.append(server)
+    pool = _pool()
+    status, headers, got = pool.exchange(
+        "GET", "127.0.0.1", server.port, "/b?list-type=2", {"Host": "h"}, None
+    )
+    assert (status, got) == (204 if framing.startswith("a Continue") else 200, body)
+    assert pool.exchange("GET", "127.0.0.1", server.port, "/b", {"Host": "h"}, None)[2] == b"next"
+    assert server.accepted == (1 if reused else 2)
+
+
+def test_an_answer_without_a_length_is_read_to_the_close(scripted):
+    server = Scripted([b"HTTP/1.1 200 OK\r\n\r\nall of it", None, b"HTTP/1.1 204 No Content\r\n\r\n"])
+    scripted.append(server)
+    pool = _pool()
+    assert pool.exchange("GET", "127.0.0.1", server.port, "/", {"Host": "h"}, None)[2] == b"all of it"
+    assert pool.exchange("DELETE", "127.0.0.1", server.port, "/k", {"Host": "h"}, None)[0] == 204
+    assert server.accepted == 2
+
+
+def test_headers_are_looked_up_in_any_case_and_repeats_joined(scripted):
+    server = Scripted([b'HTTP/1.1 200 OK\r\nETag: "e"\r\nx-amz-meta-a: 1\r\nX-Amz-Meta-A: 2\r\n\r\n'])
+    scripted.append(server)
+    status, headers, body = _pool().exchange("HEAD", "127.0.0.1", server.port, "/k", {"Host": "h"}, None)
+    assert (status, body) == (200, b"")
+    assert headers.get("etag") == headers["ETag"] == '"e"' and "Etag" in headers
+    assert headers["x-amz-meta-a"] == "1, 2"
+    assert headers.get("Content-Length") is None and "content-length" not in headers
+
+
+def test_what_is_sent(scripted):
+    server = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"] * 3)
+    scripted.append(server)
+    pool = _pool()
+    pool.exchange("PUT", "127.0.0.1", server.port, "/b/k", {"Host": "h", "x-amz-meta-a": "v"}, b"abc")
+    pool.exchange("PUT", "127.0.0.1", server.port, "/b/copy", {"Host": "h"}, None)
+    pool.exchange("PUT", "127.0.0.1", server.port, "/b/k2", {"Host": "h", "Content-Length": "3"}, b"abc")
+    put, copy, given = (head.decode().split("\r\n") for head in server.requests)
+    assert put[0] == "PUT /b/k HTTP/1.1" and "x-amz-meta-a: v" in put and "Content-Length: 3" in put
+    assert "Content-Length: 0" in copy  # S3 wants a length on a PUT without a body
+    assert [line.lower() for line in given].count("content-length: 3") == 1  # the caller's, once
+
+
+@pytest.mark.parametrize("value", ["a\r\nx-amz-meta-b: injected", "a\nb", "a\rb", "a\0b"])
+def test_a_header_that_would_end_early_is_refused_and_nothing_sent(scripted, value):
+    server = Scripted([b"HTTP/1.1 200 OK\r\n\r\n"])
+    scripted.append(server)
+    with pytest.raises(ValueError, match="invalid character"):
+        _pool().exchange("PUT", "127.0.0.1", server.port, "/k", {"Host": "h", "x-amz-meta-a": value}, b"")
+    assert server.accepted == 0
+
+
+@pytest.mark.parametrize(
+    "answer", [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", b"garbage\r\n\r\n", b""]
+)
+def test_a_broken_answer_is_a_connection_failure(scripted, answer):
+    server = Scripted([answer, None])
+    scripted.append(server)
+    with pytest.raises(Exception) as caught:
+        _pool().exchange("GET", "127.0.0.1", server.port, "/", {"Host": "h"}, None)
+    assert isinstance(TransportError.wrap(caught.value, "GET /"), ConnectionFailed)
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """(certificate, key) files for 127.0.0.1, made now."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+class TLSFront:
+    """https on 127.0.0.1 in front of the test server: each connection's bytes relayed."""
+
+    def __init__(self, upstream: str, cert: str, key: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.accepted = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = "127.0.0.1:%d" % self._sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._relay, args=(raw,), daemon=True).start()
+
+    def _relay(self, raw: socket.socket) -> None:
+        try:
+            conn = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        up = socket.create_connection(self.upstream)
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=pump, args=(up, conn), daemon=True).start()
+        pump(conn, up)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def tls_front(s3server, tmp_path):
+    cert, key = _self_signed(tmp_path)
+    front = TLSFront(s3server.endpoint, cert, key)
+    yield front, cert
+    front.close()
+
+
+def test_https_goes_over_kept_alive_tls_sockets_that_check_the_certificate(
+    tls_front, s3config, bucket, boto, exchanges, monkeypatch
+):
+    front, cert = tls_front
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = dict(s3config, endpoint="https://" + front.endpoint, retry=_retry())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    store = RemoteStore(S3Connection(**settings))
+    try:
+        store.put(S3Name("secure", bucket), b"over tls")
+        assert store.head(S3Name("secure", bucket)).size == 8
+        assert [e.key for e in next(store.list("", bucket=bucket)).entries] == ["secure"]
+        assert store.get_range(S3Name("secure", bucket), 5, 3) == b"tls"  # urllib3, the same bundle
+        store.remove(S3Name("secure", bucket))
+    finally:
+        store.close()
+    assert exchanges == ["PUT", "HEAD", "GET", "DELETE"]
+    assert "Contents" not in boto.list_objects_v2(Bucket=bucket)
+
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # the system's bundle does not know this certificate
+    unknown = RemoteStore(S3Connection(**settings))
+    with pytest.raises(TLSFailed) as caught:
+        unknown.head(S3Name("secure", bucket))
+    assert caught.value.reason == "certificate verify failed"
+    assert unknown.connection.stats.retries == 0  # not retried: a TLS failure is no accident
+    unchecked = RemoteStore(S3Connection(**dict(settings, verify_tls=False)))
+    unchecked.put(S3Name("unchecked", bucket), b"x")
+    assert unchecked.head(S3Name("unchecked", bucket)).size == 1
+    unchecked.close()

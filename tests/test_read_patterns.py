@@ -107,3 +107,29 @@ def test_a_cold_sequential_read_streams_in_8_mib_gets_each_checked(
     # boto3's piece size: 8 GETs side by side fill a 64 MiB window; each byte fetched once.
     assert sorted(ranged_gets(faultproxy, "big")) == [SIZE % (8 * MiB)] + [8 * MiB] * (SIZE // (8 * MiB))
     assert "read of big verified" in "\n".join(mount.log_lines())
+
+
+def _minor_faults(pid: int) -> int:
+    """Pages process ``pid`` has faulted in so far (``minflt`` of /proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def test_a_long_sequential_read_reuses_the_heap_pages_of_its_blocks(mount_factory, boto, bucket):
+    """Past its window a streamed read's 1 MiB blocks (and libfuse's buffer for each read) are
+    made in pages freed by the ones before: fresh pages, each faulted in and zeroed by the kernel,
+    cost a third of the read's CPU besides the check (fs/mount.py's tune_heap)."""
+    size = 96 * MiB
+    data = os.urandom(size)
+    boto.put_object(Bucket=bucket, Key="long", Body=data)
+    mount = mount_factory("readahead=8M").start()
+    before = _minor_faults(mount.proc.pid)
+    digest = hashlib.sha256()
+    with open(os.path.join(mount.path, "long"), "rb") as f:
+        for block in iter(lambda: f.read(MiB), b""):
+            digest.update(block)
+    faults = _minor_faults(mount.proc.pid) - before
+    assert digest.digest() == hashlib.sha256(data).digest()
+    # New pages each time: a fault per page received, and one per page handed to the kernel
+    # (2 x 24,576). Reused: the pages of the window and the pieces around the reader, once.
+    assert faults < size // PAGE // 2, faults

@@ -22,18 +22,41 @@ log = logging.getLogger(__name__)
 #: mallopt M_MMAP_THRESHOLD). Left to glibc the threshold grows to the largest buffer freed, and
 #: upload parts (8-16 MiB, one per thread) then stay in every thread's arena once sent: the
 #: 10 GiB write's peak RSS 183 -> 119 MiB with 16 MiB parts (bench/README.md). Below it: the
-#: readers' 1 MiB blocks, which reuse the heap's pages.
+#: readers' 1 MiB blocks and libfuse's buffer for each read, from the heap.
 MMAP_THRESHOLD = 4 << 20
-_M_MMAP_THRESHOLD = -3
+#: Free memory at the top of the heap kept for the next allocations (M_TRIM_THRESHOLD), rather
+#: than given back to the system at each free. Setting M_MMAP_THRESHOLD leaves glibc's trim
+#: threshold at its 128 KiB: every 1 MiB block freed at the top was given back, and the next
+#: one faulted in and zeroed 256 new pages (in the kernel's recv into it, and in libfuse's
+#: memcpy of each read): ~0.3 s of a cold 1 GiB read's ~1.55 s of CPU besides its check.
+TRIM_THRESHOLD = 32 << 20
+#: One heap for every thread (M_ARENA_MAX). A streamed block is made by a GET thread and freed
+#: by the FUSE thread that read it last; with an arena per thread each of eight GET threads'
+#: arenas held (and trimmed) its own share of the window. With one, a block freed by any thread
+#: is the next one any thread makes: with both, that CPU fell to ~1.0 s (boto3's download:
+#: ~0.9 s) and the read's peak RSS 160 -> 135 MiB (bench/README.md). Python's own small objects
+#: and the hashing take no malloc lock.
+ARENAS = 1
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
 
-def _map_large_buffers() -> None:
-    """Let large buffers go back to the system when freed (see MMAP_THRESHOLD); glibc only."""
+def tune_heap() -> bool:
+    """Set glibc's heap for the mount's buffers (see MMAP_THRESHOLD, TRIM_THRESHOLD, ARENAS),
+    before the mount's threads start; False where it cannot (not glibc, or refused)."""
     try:
-        if not ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD):
-            log.debug("mallopt(M_MMAP_THRESHOLD) refused")
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc: its own allocator's ways
-        pass
+        return False
+    done = True
+    for name, param, value in (
+        ("M_MMAP_THRESHOLD", _M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+        ("M_TRIM_THRESHOLD", _M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        ("M_ARENA_MAX", _M_ARENA_MAX, ARENAS),
+    ):
+        if not mallopt(param, value):
+            log.debug("mallopt(%s, %d) refused", name, value)
+            done = False
+    return done
 
 
 def serve(
@@ -51,7 +74,7 @@ def serve(
     uploaded before returning. Returns 0 when nothing is left unuploaded,
     else 1 (the files named in the log stay staged for the next mount).
     """
-    _map_large_buffers()
+    tune_heap()
     # The mount reaches S3 through this view only: no request of it can name another bucket.
     ops = S3Operations(Bucket(store, bucket), prefix, options, mountpoint=mountpoint, server_full=server_full)
     metrics = _metrics(store, ops, options.metrics) if options.metrics else None

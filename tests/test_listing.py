@@ -8,6 +8,7 @@ import errno
 import itertools
 import os
 import posixpath
+import re
 import stat
 import struct
 import subprocess
@@ -23,7 +24,15 @@ from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse
 
 from s3fs_mount.fs.attrs import Attributes
 from s3fs_mount.fs.expiring import ExpiringLRU
-from s3fs_mount.fs.fuselib import LIBFUSE_MAJOR, DirStream, FuseOSError, KernelNames, set_stat
+from s3fs_mount.fs.fuselib import (
+    LIBFUSE_MAJOR,
+    NOTIFY_BATCH,
+    DirStream,
+    EntryNotifier,
+    FuseOSError,
+    KernelNames,
+    set_stat,
+)
 from s3fs_mount.fs.listahead import ListAhead
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions, OptionError
@@ -237,9 +246,83 @@ def test_kernel_names_queue_a_call_s_names_at_once_within_the_bound():
     names.forget_later_all("/big", ["d", "e"])
     assert (names.queued, names.overflow) == (3, 1)
     told: list[tuple[int, str]] = []
-    names._forget = lambda node, name: told.append((node, name)) or 0
+    names._forget = lambda batch: told.extend(batch) or [0] * len(batch)
     clock.now += 1.0
     assert names.forget_due() == 3 and told == [(5, "b"), (5, "c"), (5, "d")]
+
+
+def test_kernel_names_tell_the_due_names_in_batches_and_count_what_the_kernel_had():
+    clock = Clock()
+    names = KernelNames(1.0, clock=clock)
+    names.directory("/big", 9)
+    names.forget_later_all("/big", ["n%d" % i for i in range(NOTIFY_BATCH * 2 + 10)])
+    batches: list[list[tuple[int, str]]] = []
+
+    def forget(batch: list[tuple[int, str]]) -> list[int]:
+        batches.append(batch)
+        return [-errno.ENOENT if name.endswith("7") else 0 for _, name in batch]
+
+    names._forget = forget
+    clock.now += 1.0
+    gone = sum(1 for i in range(NOTIFY_BATCH * 2 + 10) if i % 10 == 7)
+    assert names.forget_due() == NOTIFY_BATCH * 2 + 10 - gone
+    assert [len(b) for b in batches] == [NOTIFY_BATCH, NOTIFY_BATCH, 10]  # one call per batch, in order
+    assert [name for b in batches for _, name in b] == ["n%d" % i for i in range(NOTIFY_BATCH * 2 + 10)]
+    assert (names.batches, names.unknown) == (3, gone)
+
+
+def unused(names: list[tuple[int, bytes]]) -> list[int]:
+    raise AssertionError("the fallback was called: %r" % names)
+
+
+def test_an_entry_notifier_writes_one_notification_a_name_with_one_system_call_a_batch():
+    # A pipe in place of the FUSE device: what the kernel would read, byte for byte.
+    read_end, write_end = os.pipe()
+    notifier = EntryNotifier(write_end, unused)
+    try:
+        if not notifier.batched:
+            pytest.skip("no native AIO on this machine (libfuse's call is used)")
+        names = [(1, b"a"), (77, b"f000123"), (2**40, "é".encode())]
+        assert notifier.invalidate(names) == [0, 0, 0]
+        got = os.read(read_end, 4096)
+        many = [(5, b"n%04d" % i) for i in range(NOTIFY_BATCH + 3)]  # two batches
+        assert notifier.invalidate(many) == [0] * len(many)
+        more = b""
+        while len(more) < sum(32 + len(raw) + 1 for _, raw in many):
+            more += os.read(read_end, 65536)
+    finally:
+        notifier.close()
+        os.close(read_end)
+        os.close(write_end)
+
+    def wire(names: list[tuple[int, bytes]]) -> bytes:
+        # fuse_out_header (len, error = FUSE_NOTIFY_INVAL_ENTRY, unique = 0), then
+        # fuse_notify_inval_entry_out (parent, namelen, flags), the name and a NUL
+        return b"".join(
+            struct.pack("=IiQQII", 32 + len(raw) + 1, 3, 0, parent, len(raw), 0) + raw + b"\0"
+            for parent, raw in names
+        )
+
+    assert got == wire(names)
+    assert more == wire(many)
+
+
+def test_an_entry_notifier_whose_system_call_fails_hands_the_names_to_its_fallback():
+    read_end, write_end = os.pipe()
+    handed: list[list[tuple[int, bytes]]] = []
+    notifier = EntryNotifier(read_end, lambda names: handed.append(names) or [-errno.ENOENT] * len(names))
+    try:
+        if not notifier.batched:
+            pytest.skip("no native AIO on this machine (libfuse's call is used)")
+        # Not open for writing: io_submit fails as a whole (EBADF), not name by name.
+        assert notifier.invalidate([(1, b"a"), (1, b"b")]) == [-errno.ENOENT, -errno.ENOENT]
+        assert not notifier.batched  # given up: the fallback from now on
+        assert notifier.invalidate([(1, b"c")]) == [-errno.ENOENT]
+        assert handed == [[(1, b"a"), (1, b"b")], [(1, b"c")]]
+    finally:
+        notifier.close()
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_joining_names_is_posix_join():
@@ -329,7 +412,7 @@ def test_kernel_names_are_forgotten_once_their_delay_has_passed_in_order_and_bou
     names = KernelNames(1.5, clock=clock, limit=3)
     told: list[tuple[int, str]] = []
     names.start = lambda forget: setattr(names, "_forget", forget)  # no thread: forget_due by hand
-    names.start(lambda node, name: told.append((node, name)) or (0 if name != "gone" else -errno.ENOENT))
+    names.start(lambda batch: told.extend(batch) or [0 if n != "gone" else -errno.ENOENT for _, n in batch])
     names.forget_later("/big", "a")  # the directory's node id is not known yet: not queued
     names.directory("/big", 7)
     names.forget_later("/big", "b")
@@ -627,6 +710,52 @@ def test_the_kernel_forgets_names_of_a_walked_directory_and_keeps_those_of_a_sma
 
 
 @pytest.mark.fuse
+def test_the_kernel_is_told_in_batches_to_forget_every_name_a_walk_of_a_large_directory_took(
+    mount_factory, boto, bucket
+):
+    if LIBFUSE_MAJOR != 3:
+        pytest.skip("only libfuse3 can tell the kernel to forget names")
+    count = 3000
+    put_many(boto, bucket, ["big/f%05d" % i for i in range(count)])
+    mount = mount_factory("attr_cache=300,listing_attrs").start()  # over 300 names: a large directory
+    big = os.path.join(mount.path, "big")
+    env = dict(os.environ, LC_ALL="C")
+    # ls -li: each name with its attributes (readdirplus), its inode number libfuse's node id
+    lines = subprocess.run(
+        ["ls", "-li", big], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
+    numbers = {line.split()[-1]: int(line.split()[0]) for line in lines.stdout.splitlines()[1:]}
+    assert sorted(numbers) == ["f%05d" % i for i in range(count)]
+    # Names from the whole directory are forgotten (libfuse's node freed: a lookup makes a new
+    # one, with a new number), not only as many as fit a queue or a thread's pace.
+    left = {"f%05d" % i for i in range(0, count, 97)}
+    deadline = time.monotonic() + 120  # a bound on the wait (forgotten 1.5 s after), not a timing
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = {name for name in left if os.lstat(os.path.join(big, name)).st_ino == numbers[name]}
+    assert not left
+    # The walks still show every entry, and its size, after their names were forgotten.
+    listing = subprocess.run(
+        ["ls", "-l", big], capture_output=True, text=True, env=env, timeout=120, check=True
+    )
+    entries = listing.stdout.splitlines()[1:]
+    assert len(entries) == count and all(line.split()[4] == "2" for line in entries)
+    found = subprocess.run(["find", big], capture_output=True, text=True, env=env, timeout=120, check=True)
+    assert len(found.stdout.splitlines()) == count + 1
+    mount.stop()
+    lines = mount.log_lines()
+    assert not [line for line in lines if "io_submit to the FUSE device failed" in line]
+    told = [line for line in lines if "kernel names:" in line]
+    match = re.search(
+        r"(\d+) forgotten, .* told in (\d+) batches \(io_submit batches\)", told[-1] if told else ""
+    )
+    assert match, told
+    forgotten, batches = int(match[1]), int(match[2])
+    assert forgotten >= count - 300  # the names past the first 300, at least (ls -li's)
+    assert batches * 10 < forgotten  # many names a system call
+
+
+@pytest.mark.fuse
 @pytest.mark.parametrize("listing_attrs", [False, True])
 def test_every_entry_of_a_large_directory_has_its_type_so_find_stats_none(
     mount_factory, boto, bucket, listing_attrs
@@ -663,8 +792,12 @@ def test_a_remount_shows_what_it_saw_of_files_with_no_head_and_asks_of_what_chan
     """fs/known.py: what HEADs told is kept in the cache directory by version (ETag, size,
     Last-Modified), so ls -l of files seen before costs the listing alone."""
     for i in range(30):
-        boto.put_object(Bucket=bucket, Key="s/f%02d" % i, Body=b"x",
-                        Metadata={"mode": str(0o100600), "uid": "42", "gid": "43"})
+        boto.put_object(
+            Bucket=bucket,
+            Key="s/f%02d" % i,
+            Body=b"x",
+            Metadata={"mode": str(0o100600), "uid": "42", "gid": "43"},
+        )
     boto.put_object(Bucket=bucket, Key="s/link", Body=b"f00", Metadata={"mode": str(0o120777)})
     config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
     cache = str(tmp_path / "kept-cache")
@@ -674,8 +807,13 @@ def test_a_remount_shows_what_it_saw_of_files_with_no_head_and_asks_of_what_chan
         mount = mount_factory(config=config, cache_dir=cache).start()
         try:
             mark = len(faultproxy.seen)
-            out = subprocess.run(["ls", "-ln", os.path.join(mount.path, "s")], capture_output=True, text=True,
-                                 env=env, check=True).stdout
+            out = subprocess.run(
+                ["ls", "-ln", os.path.join(mount.path, "s")],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
             heads = [p for m, p, _ in requests_of(faultproxy, mark) if m == "HEAD" and "/s/" in p[:-1]]
         finally:
             assert mount.stop() == 0
@@ -688,8 +826,13 @@ def test_a_remount_shows_what_it_saw_of_files_with_no_head_and_asks_of_what_chan
     assert "lrwxrwxrwx" in again and again.count("-rw------- 1 42 43") == 30
     # Another client's chmod: a self-copy (the same ETag) with a later Last-Modified.
     time.sleep(1.1)
-    boto.copy_object(Bucket=bucket, Key="s/f07", CopySource={"Bucket": bucket, "Key": "s/f07"},
-                     Metadata={"mode": str(0o100640), "uid": "42", "gid": "43"}, MetadataDirective="REPLACE")
+    boto.copy_object(
+        Bucket=bucket,
+        Key="s/f07",
+        CopySource={"Bucket": bucket, "Key": "s/f07"},
+        Metadata={"mode": str(0o100640), "uid": "42", "gid": "43"},
+        MetadataDirective="REPLACE",
+    )
     changed, heads = ls_l()
     assert [h.rsplit("/", 1)[1] for h in heads] == ["f07"]
     assert "-rw-r----- 1 42 43" in changed

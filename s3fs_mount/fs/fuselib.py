@@ -85,6 +85,20 @@ KERNEL_NAMES_QUEUED = 200_000
 KERNEL_NAMES_DIRECTORIES = 256
 #: How often KernelNames looks for names whose time has come.
 KERNEL_NAMES_PERIOD = 0.25
+#: Names an EntryNotifier tells the kernel to forget per system call.
+NOTIFY_BATCH = 512
+FUSE_NOTIFY_INVAL_ENTRY = 3  # linux/fuse.h: the notification code of fuse_lowlevel_notify_inval_entry
+IOCB_CMD_PWRITE = 1  # linux/aio_abi.h
+#: io_setup, io_destroy, io_submit, io_getevents: Linux's native AIO system calls, by machine.
+_AIO_SYSCALLS = {"x86_64": (206, 207, 209, 208), "aarch64": (0, 1, 2, 4)}
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.syscall.restype = ctypes.c_long
+#: fuse_out_header (len, error: the notification's code, unique: 0) and fuse_notify_inval_entry_out
+#: (parent, namelen, flags), as linux/fuse.h lays them out; the name and a NUL follow.
+_NOTIFY_HEADER = struct.Struct("=IiQQII")
+#: struct iocb (linux/aio_abi.h): data (our index), key, rw_flags, opcode, reqprio, fildes, buf,
+#: nbytes, offset, reserved2, flags, resfd.
+_IOCB = struct.Struct("=QIIHhIQQqQII")
 
 __all__ = ["FUSE", "FuseOSError", "Operations", "fuse_get_context", "KernelNames", "LIBFUSE_MAJOR"]
 
@@ -151,6 +165,7 @@ class FUSE(mfusepy.FUSE):
         #: The operations' KernelNames (if any): bound to this session at init, stopped at destroy.
         self._kernel_names: KernelNames | None = getattr(operations, "kernel_names", None)
         self._fuse_pointer: int | None = None  # libfuse's struct fuse, set at init
+        self._notifier: EntryNotifier | None = None  # set at init, with KernelNames
         self._layout_warned = False  # unguarded: a race warns twice, no more
         #: Told of every call (``fuse_call(operation, seconds, result)``); None: nothing is timed.
         self._observer = observer
@@ -243,16 +258,23 @@ class FUSE(mfusepy.FUSE):
             notify.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
             session = lib.fuse_get_session(fuse)
             encoding, errors = self.encoding, self.errors
+            lib.fuse_session_fd.restype = ctypes.c_int
+            lib.fuse_session_fd.argtypes = [ctypes.c_void_p]
 
-            def forget(parent: int, name: str) -> int:
-                raw = name.encode(encoding, errors)
-                return notify(session, parent, raw, len(raw))
+            def forget_each(names: list[tuple[int, bytes]]) -> list[int]:
+                return [notify(session, parent, raw, len(raw)) for parent, raw in names]
 
-            self._kernel_names.start(forget)
+            notifier = self._notifier = EntryNotifier(lib.fuse_session_fd(session), forget_each)
+            self._kernel_names.start(
+                lambda names: notifier.invalidate([(p, name.encode(encoding, errors)) for p, name in names]),
+                "io_submit batches" if notifier.batched else "one libfuse call a name",
+            )
 
     def destroy(self, private_data: Any) -> None:
         if self._kernel_names is not None:
-            self._kernel_names.stop()
+            self._kernel_names.stop()  # its thread ends here: libfuse closes the device after this call
+        if self._notifier is not None:
+            self._notifier.close()
         return super().destroy(private_data)
 
     def _dir_node_id(self, buf: Any, fh: int) -> int | None:
@@ -396,11 +418,13 @@ class KernelNames:
     (bench/README.md). Names queued by :meth:`forget_later` (by the FUSE binding: those
     of a :meth:`large` directory that readdirplus handed the kernel; by the operations:
     lookups in one) are invalidated
-    (``fuse_lowlevel_notify_inval_entry``) ``delay`` seconds later by a thread of
+    (``FUSE_NOTIFY_INVAL_ENTRY``) ``delay`` seconds later by a thread of
     ours, never from a FUSE call (the kernel holds the directory's lock while it
     waits for our answer). The kernel then drops the dentry, evicts the inode and
     sends FORGET, and libfuse frees its node. Whoever uses the name again is looked
-    up again, as after the timeout anyway.
+    up again, as after the timeout anyway. The thread hands the due names to its
+    ``forget`` in batches (:class:`EntryNotifier`: one system call each): one call a
+    name fell behind a quiet walk (bench/README.md).
 
     The kernel names a directory by node id: :meth:`directory` records the id of each
     directory read (the FUSE binding finds it in libfuse's readdir handle); names of a
@@ -410,8 +434,8 @@ class KernelNames:
     :param clock: what ``delay`` is measured by.
     :param limit: most names queued; more are not queued (the kernel keeps those).
 
-    GUARDED_BY(_lock): ``_due``, ``_nodes``, ``_large``, ``queued``, ``forgotten``, ``unknown``, ``overflow``.
-    Set once by :meth:`start`: ``_forget``, ``_thread``.
+    GUARDED_BY(_lock): ``_due``, ``_nodes``, ``_large``, ``queued``, ``forgotten``, ``unknown``, ``overflow``,
+    ``batches``. Set once by :meth:`start`: ``_forget``, ``_how``, ``_thread``.
     """
 
     def __init__(
@@ -431,7 +455,9 @@ class KernelNames:
         self.forgotten = 0  #: names the kernel dropped when told
         self.unknown = 0  #: names the kernel no longer had (or whose directory had gone)
         self.overflow = 0  #: names not queued: the queue was full
-        self._forget: Callable[[int, str], int] | None = None
+        self.batches = 0  #: calls of ``forget`` (each with up to NOTIFY_BATCH names)
+        self._forget: Callable[[list[tuple[int, str]]], list[int]] | None = None
+        self._how = ""  # how ``forget`` tells the kernel, for the log
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
 
@@ -466,9 +492,10 @@ class KernelNames:
             self.queued += min(room, len(names))
             self.overflow += max(0, len(names) - room)
 
-    def start(self, forget: Callable[[int, str], int]) -> None:
-        """Forget due names with ``forget(parent node id, name)`` (0, or -errno) from a thread of ours."""
-        self._forget = forget
+    def start(self, forget: Callable[[list[tuple[int, str]]], list[int]], how: str = "") -> None:
+        """Forget due names from a thread of ours with ``forget([(parent node id, name), ...])``, which
+        returns a result per name (0, or -errno); ``how`` it tells the kernel goes in the log."""
+        self._forget, self._how = forget, how
         self._thread = threading.Thread(target=self._run, name="kernel-names", daemon=True)
         self._thread.start()
 
@@ -481,12 +508,14 @@ class KernelNames:
             if self.queued:
                 log.info(
                     "kernel names: %d queued to forget, %d forgotten, %d no longer known, %d not queued "
-                    "(the queue was full), %d still queued",
+                    "(the queue was full), %d still queued; told in %d batches (%s)",
                     self.queued,
                     self.forgotten,
                     self.unknown,
                     self.overflow,
                     len(self._due),
+                    self.batches,
+                    self._how,
                 )
 
     def _run(self) -> None:
@@ -503,21 +532,140 @@ class KernelNames:
             return 0
         now = self.clock()
         with self._lock:
-            due: list[tuple[float, int, str]] = []
+            due: list[tuple[int, str]] = []
             while self._due and self._due[0][0] <= now:
-                due.append(self._due.popleft())
-        dropped = missed = 0
-        for _, node, name in due:
+                _, node, name = self._due.popleft()
+                due.append((node, name))
+        dropped = 0
+        for start in range(0, len(due), NOTIFY_BATCH):
             if self._stopped.is_set():
                 break
-            if forget(node, name) == 0:
-                dropped += 1
-            else:
-                missed += 1
-        with self._lock:
-            self.forgotten += dropped
-            self.unknown += missed
+            results = forget(due[start : start + NOTIFY_BATCH])
+            told = results.count(0)
+            dropped += told
+            with self._lock:
+                self.batches += 1
+                self.forgotten += told
+                self.unknown += len(results) - told
         return dropped
+
+
+class EntryNotifier:
+    """Tells the kernel to forget names (``FUSE_NOTIFY_INVAL_ENTRY``), many per system call.
+
+    libfuse's ``fuse_lowlevel_notify_inval_entry`` writes one message to the FUSE
+    device per call; through ctypes each call gives up the GIL and must take it
+    again, which, while the FUSE threads run Python, took ~150 us a name and fell
+    behind a walk of a large directory (bench/README.md). Here the same messages
+    (the kernel's ABI: ``fuse_out_header`` with ``unique`` 0 and the notification
+    code, ``fuse_notify_inval_entry_out``, the name and a NUL) are written to the
+    device by Linux's native AIO: one ``io_submit`` of up to NOTIFY_BATCH writes,
+    which the device carries out one by one as plain writes (each a message), then
+    one ``io_getevents`` for their results: the GIL is taken again once a batch.
+
+    The device is written through a duplicate of libfuse's descriptor, ours until
+    :meth:`close`: libfuse closes its own at unmount, before the session ends and
+    KernelNames's thread with it, and a number closed may be a new file's by the next
+    write (libfuse's own call then writes to -1, harmlessly). Written after the unmount,
+    each message fails on its own (the kernel has no such names any more).
+
+    Where the machine has no such calls, or they fail, the names go to ``fallback``
+    (libfuse's call, a name at a time). One thread at a time (KernelNames's).
+
+    :param fd: the FUSE device (libfuse's session's), written to only.
+    :param fallback: ``fallback([(parent node id, name), ...])`` -> 0 or -errno for each.
+    """
+
+    def __init__(self, fd: int, fallback: Callable[[list[tuple[int, bytes]]], list[int]]) -> None:
+        self._fallback = fallback
+        #: the system calls' numbers (io_setup, io_destroy, io_submit, io_getevents), by machine
+        self._calls = _AIO_SYSCALLS.get(platform.machine())
+        #: the AIO context (io_setup's, NOTIFY_BATCH writes deep); None: the fallback is used
+        self._context: int | None = None
+        self._fd = -1  # our duplicate of the device's descriptor (close-on-exec), while _context is set
+        self._events = (ctypes.c_int64 * (4 * NOTIFY_BATCH))()  # struct io_event: data, obj, res, res2
+        if self._calls is None or fd < 0:
+            return
+        context = ctypes.c_ulong(0)
+        if _LIBC.syscall(ctypes.c_long(self._calls[0]), ctypes.c_long(NOTIFY_BATCH), ctypes.byref(context)):
+            log.info("io_setup failed (%s): names are forgotten a call each", os.strerror(ctypes.get_errno()))
+            return
+        self._context = context.value
+        self._fd = os.dup(fd)
+
+    @property
+    def batched(self) -> bool:
+        """Whether names go to the kernel a batch per system call (else through the fallback)."""
+        return self._context is not None
+
+    def invalidate(self, names: list[tuple[int, bytes]]) -> list[int]:
+        """Tell the kernel to forget each ``(parent node id, name)``; returns 0 or -errno for each
+        (more than NOTIFY_BATCH names are cut into batches)."""
+        if self._context is not None:
+            try:
+                results: list[int] = []
+                for start in range(0, len(names), NOTIFY_BATCH):
+                    results += self._batch(self._context, names[start : start + NOTIFY_BATCH])
+                return results
+            except OSError as exc:  # the call, not a name: names told already are told again, harmlessly
+                log.warning(
+                    "io_submit to the FUSE device failed (%s): names are forgotten a call each now", exc
+                )
+                self.close()
+        return self._fallback(names)
+
+    def _batch(self, context: int, names: list[tuple[int, bytes]]) -> list[int]:
+        fixed = _NOTIFY_HEADER.size + 1  # a message's length but its name's
+        messages = [
+            _NOTIFY_HEADER.pack(fixed + len(raw), FUSE_NOTIFY_INVAL_ENTRY, 0, parent, len(raw), 0)
+            + raw
+            + b"\0"
+            for parent, raw in names
+        ]
+        data = ctypes.create_string_buffer(b"".join(messages))
+        at = ctypes.addressof(data)
+        blocks = []
+        for index, message in enumerate(messages):
+            blocks.append(_IOCB.pack(index, 0, 0, IOCB_CMD_PWRITE, 0, self._fd, at, len(message), 0, 0, 0, 0))
+            at += len(message)
+        iocbs = ctypes.create_string_buffer(b"".join(blocks))
+        first = ctypes.addressof(iocbs)
+        pointers = (ctypes.c_uint64 * len(names))(*range(first, first + _IOCB.size * len(names), _IOCB.size))
+        results = [-errno.EIO] * len(names)
+        done = 0
+        while done < len(names):
+            submitted = _aio(self._calls[2], context, len(names) - done, ctypes.byref(pointers, 8 * done))
+            if submitted == 0:
+                raise OSError(errno.EAGAIN, "io_submit took no write")
+            reaped = 0
+            while reaped < submitted:  # each write was carried out in io_submit: their results are in
+                got = _aio(
+                    self._calls[3], context, submitted - reaped, submitted - reaped, self._events, None
+                )
+                for k in range(got):
+                    results[self._events[4 * k]] = min(0, self._events[4 * k + 2])
+                reaped += got
+            done += submitted
+        return results
+
+    def close(self) -> None:
+        """Let go of the AIO context and our descriptor (no call of ours is under way); the
+        fallback from now on."""
+        if self._context is not None and self._calls is not None:
+            _LIBC.syscall(ctypes.c_long(self._calls[1]), ctypes.c_ulong(self._context))
+            os.close(self._fd)
+        self._context, self._fd = None, -1
+
+
+def _aio(number: int, context: int, *args: Any) -> int:
+    """AIO system call ``number`` on ``context``, again on EINTR; :raises OSError: it failed."""
+    while True:
+        result = _LIBC.syscall(ctypes.c_long(number), ctypes.c_ulong(context), *args)
+        if result >= 0:
+            return int(result)
+        code = ctypes.get_errno()
+        if code != errno.EINTR:
+            raise OSError(code, os.strerror(code))
 
 
 def _keep_recent(recent: dict[str, T], key: str, value: T) -> None:

@@ -441,7 +441,9 @@ class Bench:
 
     # -- server and clients ----------------------------------------------------------------
 
-    def client(self, quick: bool = False) -> Any:
+    def client(self, quick: bool = False, checksums: str = "when_required") -> Any:
+        """A boto3 client of the server; ``checksums="when_supported"`` is boto3's default (a
+        CRC32 on each upload), ``when_required`` sends none, as the raw rows do."""
         import boto3
         from botocore.config import Config
 
@@ -453,7 +455,7 @@ class Bench:
             retries={"max_attempts": 1 if quick else 3, "mode": "standard"},
             connect_timeout=2 if quick else 10,
             read_timeout=5 if quick else 120,
-            request_checksum_calculation="when_required",
+            request_checksum_calculation=checksums,
             response_checksum_validation="when_required",
         )
         return boto3.session.Session().client(
@@ -656,10 +658,15 @@ class Bench:
         except Exception:  # noqa: BLE001 - missing
             return None
 
-    def ensure_object(self, key: str, src: str) -> None:
+    def ensure_object(self, key: str, src: str, crc: bool = False) -> None:
+        """``key`` holds ``src``'s bytes; with ``crc`` uploaded as boto3 uploads by default
+        (a CRC32 per part, which S3 keeps), else with no checksum but the ETag's MD5."""
         if self.size_of(key) != os.path.getsize(src):
             log("  (uploading %s with boto3)" % key)
-            self.s3.upload_file(src, BUCKET, key, Config=self.tc)
+            client = self.s3
+            if crc:
+                client = self.client(checksums="when_supported")
+            client.upload_file(src, BUCKET, key, Config=self.tc)
             # The server's writes reach the disk now, not during the next timed read: the first
             # read after an upload was 0.6-1.5 s slower than the next one, a bias of the row order.
             os.sync()
@@ -993,12 +1000,21 @@ def m_write(b: Bench, m: MountProc) -> float:
     return dt
 
 
-def m_read(b: Bench, m: MountProc) -> float:
-    t0 = time.perf_counter()
-    r = run(["dd", "if=%s" % os.path.join(m.path, "big"), "of=/dev/null", "bs=1M"])
-    dt = time.perf_counter() - t0
-    check(dd_bytes(r.stderr) == b.p.size, "dd read %d bytes, expected %d" % (dd_bytes(r.stderr), b.p.size))
-    return dt
+def m_read_of(key: str) -> Callable[[Bench, MountProc], float]:
+    """A cold ``dd`` of ``key`` through the mount."""
+
+    def fn(b: Bench, m: MountProc) -> float:
+        t0 = time.perf_counter()
+        r = run(["dd", "if=%s" % os.path.join(m.path, key), "of=/dev/null", "bs=1M"])
+        dt = time.perf_counter() - t0
+        got = dd_bytes(r.stderr)
+        check(got == b.p.size, "dd read %d bytes, expected %d" % (got, b.p.size))
+        return dt
+
+    return fn
+
+
+m_read = m_read_of("big")
 
 
 def m_random(b: Bench, m: MountProc) -> float:
@@ -1257,11 +1273,19 @@ def r_write(b: Bench) -> float:
     return timed(lambda: b.s3.upload_file(b.src, BUCKET, "raw/big", Config=b.tc))
 
 
-def r_read(b: Bench) -> float:
-    sink = NullSink()
-    dt = timed(lambda: b.s3.download_fileobj(BUCKET, "raw/big", sink, Config=b.tc))
-    check(sink.count == b.p.size, "downloaded %d bytes" % sink.count)
-    return dt
+def r_read_of(key: str) -> Callable[[Bench], float]:
+    """boto3's download of ``key`` (it checks nothing: ``response_checksum_validation``)."""
+
+    def fn(b: Bench) -> float:
+        sink = NullSink()
+        dt = timed(lambda: b.s3.download_fileobj(BUCKET, key, sink, Config=b.tc))
+        check(sink.count == b.p.size, "downloaded %d bytes" % sink.count)
+        return dt
+
+    return fn
+
+
+r_read = r_read_of("raw/big")
 
 
 def r_random(b: Bench) -> float:
@@ -1417,8 +1441,8 @@ def r_read_big(b: Bench) -> float:
 
 
 def workloads() -> list[Workload]:
-    def big(key: str) -> Callable[[Bench], None]:
-        return lambda b: b.ensure_object(key, b.src)
+    def big(key: str, crc: bool = False) -> Callable[[Bench], None]:
+        return lambda b: b.ensure_object(key, b.src, crc)
 
     def none_at(*prefixes: str) -> Callable[[Bench], None]:
         def fn(b: Bench) -> None:
@@ -1451,6 +1475,15 @@ def workloads() -> list[Workload]:
     return [
         Workload("write_1g", m_write, r_write, none_at("big"), none_at("raw/big")),
         Workload("read_1g_cold", m_read, r_read, big("big"), big("raw/big")),
+        # the same of an object boto3 uploaded as it does by default: a CRC32 per part, which the
+        # mount checks instead of the MD5 the row above must (an object with no checksum but its ETag)
+        Workload(
+            "read_1g_cold_crc",
+            m_read_of("bigcrc"),
+            r_read_of("raw/bigcrc"),
+            big("bigcrc", crc=True),
+            big("raw/bigcrc", crc=True),
+        ),
         # the same two with -o checksum=off: what checking every byte up and down costs
         Workload(
             "write_1g_nocheck",
@@ -1627,7 +1660,14 @@ def count_tag(n: int) -> str:
 
 CLUSTER_MOUNTS = 4
 #: The rows that read or write Bench.src (the --size-mib file).
-BIG_FILE_ROWS = {"write_1g", "read_1g_cold", "write_1g_nocheck", "read_1g_cold_nocheck", "random_read"}
+BIG_FILE_ROWS = {
+    "write_1g",
+    "read_1g_cold",
+    "read_1g_cold_crc",
+    "write_1g_nocheck",
+    "read_1g_cold_nocheck",
+    "random_read",
+}
 #: The unmount summary line of our mount (s3fs_mount/fs/mount.py): its failed and retried requests.
 UNMOUNT_SUMMARY = re.compile(
     r"unmounted .*?: (?P<requests>\d+) requests .*?(?P<failed>\d+) failed, "

@@ -351,22 +351,13 @@ class Mutations:
             except S3Error as exc:
                 # A retried request whose first attempt did land finds no source: the object
                 # is at the new name already, recognised by its ETag.
-                if not exc.not_found or self._etag_at(new_key) != etag:
+                if not exc.not_found or self.store.current_etag(new_key) != etag:
                     raise
                 log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
             return etag
         copied = self.store.copy_object(old_key, new_key, if_match=etag, source_info=source_info, size=size)
         self.store.remove(old_key)
         return copied or etag
-
-    def _etag_at(self, key: str) -> str | None:
-        """The ETag of the object at ``key``; None when there is none."""
-        try:
-            return self.store.head(key).etag
-        except S3Error as exc:
-            if exc.not_found:
-                return None
-            raise
 
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory: its markers made anew, its files moved (RenameObject)

@@ -679,7 +679,7 @@ class Uploader:
         """Where the server ignores conditions: raise _Clobbered if S3's object is not ``replaces``."""
         if check != CHECK_HEAD:
             return
-        current = self._current_etag(item)
+        current = self.store.current_etag(item.key)
         if current != replaces:
             raise _Clobbered(current)
 
@@ -690,18 +690,10 @@ class Uploader:
         """
         if not exc.precondition_failed:
             raise exc
-        current = self._current_etag(item)
+        current = self.store.current_etag(item.key)
         if current and current == ours:
             return
         raise _Clobbered(current) from exc
-
-    def _current_etag(self, item: StagedFile) -> str:
-        try:
-            return self.store.head(item.key).etag
-        except S3Error as exc:
-            if exc.not_found:
-                return ""
-            raise
 
     def _set_theirs_aside(self, item: StagedFile, theirs: str) -> None:
         """S3's object changed under a stream whose parts hold bytes the cache released: ours can

@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Protocol, runtime_checkable
 
+from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import RemoteName, S3Name
 from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, copy_source
@@ -197,6 +198,15 @@ class Bucket:
     def head(self, key: str) -> ObjectInfo:
         info = self.store.head(self._at(key))
         return dataclasses.replace(info, key=key) if self.prefix else info
+
+    def current_etag(self, key: str) -> str:
+        """The ETag of the object at ``key`` now (one HEAD); "" when there is none."""
+        try:
+            return self.head(key).etag
+        except S3Error as exc:
+            if exc.not_found:
+                return ""
+            raise
 
     def get_range(self, key: str, start: int, length: int, if_match: str | None = None) -> bytes:
         return self.store.get_range(self._at(key), start, length, if_match)

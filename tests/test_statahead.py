@@ -283,3 +283,37 @@ def test_the_workers_answers_are_futures_of_one_lock():
     with pytest.raises(concurrent.futures.CancelledError):
         late.result()
     assert 6 not in calls and 7 not in calls
+
+
+def test_an_answer_is_run_or_cancelled_never_both():
+    # run() and cancel() decide under the answer's own lock which came first: a cancel once a
+    # worker has begun says False and the call's value is delivered; one before says True and
+    # the call never runs; a finished answer is not cancelled after the fact.
+    gate, began = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def held() -> str:
+        began.set()
+        gate.wait(10)
+        calls.append("held")
+        return "value"
+
+    running = statahead._Answer(held)
+    worker = threading.Thread(target=running.run)
+    worker.start()
+    assert began.wait(10)
+    assert not running.cancel() and not running.done()
+    gate.set()
+    assert running.result() == "value" and running.done()
+    worker.join(10)
+
+    before = statahead._Answer(lambda: calls.append("never"))
+    assert before.cancel() and before.done()
+    before.run()  # a worker reaching it later runs nothing, and lets the waiters go
+    with pytest.raises(concurrent.futures.CancelledError):
+        before.result()
+
+    finished = statahead._Answer(lambda: "done")
+    finished.run()
+    assert not finished.cancel() and finished.result() == "done"
+    assert calls == ["held"]

@@ -28,8 +28,8 @@ rule, asked through ``usable``); anything else is asked again.
 
 Locks: ``_lock`` guards ``_dirs`` and every :class:`_Run`'s fields; it is never held
 during a request, nor together with the namespace's lock (``usable`` and ``fetch`` are
-called without it). An :class:`_Answer` is written by the one worker that runs it and read
-once its latch is released.
+called without it). An :class:`_Answer`'s run and cancel agree under a lock of its own; its
+value is written by the one worker that runs it and read once its latch is released.
 
 The HEADs go to a few threads of :class:`_Workers`, not a ThreadPoolExecutor: its ``submit``
 (a Future: a Condition, an RLock, a list; a work item; a Semaphore's Condition to see if a
@@ -66,53 +66,67 @@ MAX_DIRS = 8
 
 
 class _Answer:
-    """What a call sent to the workers returns, once it has: a Future of one lock.
+    """What a call sent to the workers returns, once it has: a Future of two locks.
 
     ``result()`` waits for the worker to finish it, then returns its value or raises its
     exception; CancelledError if it was cancelled before a worker began it (a worker that
     has begun finishes). ``done()`` and ``cancel()`` as a Future's.
+
+    Locks: a worker's :meth:`run` and a :meth:`cancel` (by a lookup's thread) decide under
+    ``_state`` which of them came first: ``_cancelled``, ``_ran`` and ``_finished`` are
+    GUARDED_BY(_state). ``_value`` and ``_error`` are written by the one worker that runs it
+    before it releases ``_latch``, and read by ``result()`` only after acquiring it.
     """
 
-    __slots__ = ("_call", "_latch", "_value", "_error", "_cancelled", "_ran", "_finished")
+    __slots__ = ("_call", "_latch", "_state", "_value", "_error", "_cancelled", "_ran", "_finished")
 
     def __init__(self, call: Callable[..., Any] | None, *args: Any) -> None:
         self._call: tuple[Callable[..., Any], tuple[Any, ...]] | None = (call, args) if call else None
         self._latch = threading.Lock()
         self._latch.acquire()  # released when a worker is done with it
+        self._state = threading.Lock()
         self._value: Any = None
         self._error: BaseException | None = None
-        self._cancelled = False
-        self._ran = False
-        self._finished = False
+        self._cancelled = False  # GUARDED_BY(_state)
+        self._ran = False  # GUARDED_BY(_state)
+        self._finished = False  # GUARDED_BY(_state)
 
     def run(self) -> None:
         """Run the call (in a worker) unless it was cancelled first, and let the waiters go."""
-        call, self._call = self._call, None
+        with self._state:
+            call, self._call = self._call, None
+            ran = self._ran = call is not None and not self._cancelled
         try:
-            if call is not None and not self._cancelled:
-                self._ran = True
+            if ran and call is not None:
                 try:
                     self._value = call[0](*call[1])
                 except Exception as exc:  # noqa: BLE001 - handed to the waiter, as a Future does
                     self._error = exc
         finally:
-            self._finished = True
+            with self._state:
+                self._finished = True
             self._latch.release()
 
     def cancel(self) -> bool:
-        """Do not run it if no worker has begun it."""
-        self._cancelled = True
-        return not self._ran
+        """Do not run it if no worker has begun it; False if one has (it finishes)."""
+        with self._state:
+            if self._ran:
+                return False
+            self._cancelled = True
+            return True
 
     def done(self) -> bool:
-        return self._finished or self._cancelled
+        with self._state:
+            return self._finished or self._cancelled
 
     def result(self) -> Any:
         with self._latch:  # waits until run() is over
             pass
         if self._error is not None:
             raise self._error
-        if not self._ran:
+        with self._state:
+            ran = self._ran
+        if not ran:
             raise concurrent.futures.CancelledError()
         return self._value
 

@@ -16,7 +16,7 @@ from waiting import eventually
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
-from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly
+from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly, Unsettled
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
@@ -106,9 +106,11 @@ def test_a_listed_file_shows_its_stored_mode_owner_and_type(tmp_path):
     store.put("d/big", b"b" * 5000)
     ops = make_ops(tmp_path, store)
     entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
-    # Only what is certain goes with the names: the type of a file too big to be a link.
-    assert entries == {"big": {"st_mode": stat.S_IFREG}, "fifo": None, "link": None, "secret": None}
-    assert isinstance(entries["big"], TypeOnly)
+    # Only what is certain goes with the names: a file too big to be a link is one, handed as
+    # Unsettled (its dentry, attributes the kernel must ask for again: the mode is not known).
+    assert {n: a for n, a in entries.items() if n != "big"} == {"fifo": None, "link": None, "secret": None}
+    assert isinstance(entries["big"], Unsettled) and stat.S_ISREG(entries["big"]["st_mode"])
+    assert entries["big"]["st_size"] == 5000
     got = ops.getattr("/d/secret")
     assert (stat.S_IMODE(got["st_mode"]), got["st_uid"], got["st_gid"]) == (0o600, 1234, 5678)
     assert stat.S_ISLNK(ops.getattr("/d/link")["st_mode"]) and ops.readlink("/d/link") == "secret"
@@ -117,6 +119,40 @@ def test_a_listed_file_shows_its_stored_mode_owner_and_type(tmp_path):
     # Known now (HEADed, same ETag): the next readdir hands them out whole.
     entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
     assert entries["secret"] == ops.getattr("/d/secret") and stat.S_ISLNK(entries["link"]["st_mode"])
+
+
+def test_a_sticky_directorys_listed_files_go_with_their_type_alone(tmp_path):
+    """In a sticky directory the kernel decides who may unlink a name by the owner its inode
+    holds, and does not ask again first: its files are not handed before their owner is known."""
+    store = FakeStore()
+    store.put("t/big", b"b" * 5000)
+    store.put("t/", b"", A.posix_metadata(stat.S_IFDIR | 0o1777, 0, 0, 1.6e9))
+    store.put("u/big", b"b" * 5000)
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/t")["st_mode"] & stat.S_ISVTX
+    sticky = {e[0]: e[1] for e in ops.readdir("/t", 0) if not isinstance(e, str)}
+    plain = {e[0]: e[1] for e in ops.readdir("/u", 0) if not isinstance(e, str)}
+    assert isinstance(sticky["big"], TypeOnly) and sticky["big"] == {"st_mode": stat.S_IFREG}
+    assert isinstance(plain["big"], Unsettled)
+
+
+def test_unlink_of_a_listed_file_sends_no_head(tmp_path):
+    """Whether it is a directory is all an unlink asks: a listing says, its mode is not needed."""
+    store = FakeStore()
+    for i in range(5):
+        store.put("d/f%d" % i, b"x" * 5000)
+    store.put("d/sub/f", b"")
+    ops = make_ops(tmp_path, store)
+    assert len(names(ops, "/d")) == 6
+    heads = store.calls["HEAD"]
+    for i in range(5):
+        ops.unlink("/d/f%d" % i)
+    with pytest.raises(FuseOSError) as err:
+        ops.unlink("/d/sub")
+    assert err.value.errno == errno.EISDIR
+    assert store.calls["HEAD"] == heads
+    ops.changes.deletes.flush("d/")
+    assert sorted(store.objects) == ["d/sub/f"]
 
 
 def test_readdir_gives_each_entry_its_attributes(tmp_path):

@@ -7,6 +7,7 @@ import os
 import shutil
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -234,3 +235,28 @@ def test_namespaces_s3_cannot_hold_are_not_supported(mount, boto, bucket):
         assert exc.value.errno == errno.ENOTSUP, name
     assert os.getxattr(p, "user.k") == b"v"
     assert head(boto, bucket, "f")["Metadata"]["k"] == "v"
+
+
+def test_files_a_readdir_handed_before_their_modes_were_known_show_their_stored_modes(mount, boto, bucket):
+    """Files too big to be links go out with readdir as dentries whose attributes the kernel
+    may not keep (fuselib.Unsettled): each stat after the readdir asks the mount, which HEADs
+    them, so the stored mode and owner are shown, never the listing's defaults, in every
+    readdir reply (the kernel is asked to want attributes in each)."""
+    modes = {}
+    with ThreadPoolExecutor(8) as pool:
+        def put(i: int) -> None:
+            mode = stat.S_IFREG | (0o600 if i % 2 else 0o751)
+            modes["f%04d" % i] = mode
+            boto.put_object(Bucket=bucket, Key="u/f%04d" % i, Body=b"u" * 5000,
+                            Metadata={"mode": str(mode), "uid": "42", "gid": "43"})
+        list(pool.map(put, range(400)))
+    inside = os.path.join(mount.path, "u")
+    assert sorted(os.listdir(inside)) == sorted(modes)  # the readdir alone, in several replies
+    for name, mode in sorted(modes.items()):
+        st = os.stat(os.path.join(inside, name))
+        assert (st.st_mode, st.st_uid, st.st_gid, st.st_size) == (mode, 42, 43, 5000), name
+    env = dict(os.environ, LC_ALL="C")
+    out = subprocess.run(["ls", "-ln", inside], check=True, capture_output=True, text=True, env=env).stdout
+    shown = {line.split()[-1]: (line.split()[0], line.split()[2]) for line in out.splitlines()[1:]}
+    assert shown == {n: ("-rw-------" if m & 0o77 == 0 else "-rwxr-x--x", "42") for n, m in modes.items()}
+    assert head(boto, bucket, "u/f0001")["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)

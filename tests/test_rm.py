@@ -202,3 +202,30 @@ def test_deletes_pending_when_the_mount_is_killed_are_sent_by_the_next(mount_fac
     big = os.path.join(again.path, "big")  # SeaweedFS may list an emptied prefix a while yet
     assert not os.path.exists(big) or os.listdir(big) == []
     assert len(os.listdir(os.path.join(again.path, "keep"))) == 20
+
+
+def test_rm_rf_of_listed_files_sends_no_head_for_those_whose_type_is_certain(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """readdir hands the kernel each file too big to be a link as its dentry (fuselib.Unsettled,
+    every reply asked with attributes), so rm -rf's unlinkat makes no lookup, and the unlink
+    asks nothing but what the listing said (no HEAD for a mode it does not show). A small object
+    may be a link: it is still looked up (one HEAD) before its unlink."""
+    big = ["many/f%04d" % i for i in range(600)]  # several readdir replies
+    small = ["many/s%d" % i for i in range(5)]
+    meta = {"mode": str(0o100600), "uid": "42", "gid": "43"}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: boto.put_object(Bucket=bucket, Key=k, Body=b"x" * 5000, Metadata=meta), big))
+    for key in small:
+        boto.put_object(Bucket=bucket, Key=key, Body=b"x", Metadata=meta)
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    faultproxy.seen.clear()
+    subprocess.run(["rm", "-rf", os.path.join(mount.path, "many")], check=True)
+    assert s3_keys(boto, bucket, "many") == []
+    headed = [
+        urllib.parse.unquote(urllib.parse.urlsplit(target).path).split("/", 2)[2]
+        for method, target in faultproxy.seen
+        if method == "HEAD"
+    ]
+    assert [k for k in headed if k in big] == []
+    assert sorted(k for k in headed if k in small) == small

@@ -78,7 +78,17 @@ LIBFUSE_MAJOR: int = mfusepy.fuse_version_major
 MAX_HELD_THREAD_STATES = 64
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asks for attributes too (libfuse3)
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry's attributes are complete
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h: the kernel asks with attributes only now and then
 
+#: struct fuse_direntplus (linux/fuse.h): fuse_entry_out (nodeid, generation, entry_valid,
+#: attr_valid, entry_valid_nsec, attr_valid_nsec, a fuse_attr of 88 bytes), then fuse_dirent
+#: (ino, off, namelen, type) and the name, padded to 8 bytes.
+_ATTR_VALID_AT = 24
+_ATTR_VALID_NSEC_AT = 36
+_NAMELEN_AT = 144
+_DIRENTPLUS_HEAD = 152
+_U64 = struct.Struct("=Q")
+_U32 = struct.Struct("=I")
 #: Names waiting for the kernel to be told to forget them (see KernelNames): past this, no more are queued.
 KERNEL_NAMES_QUEUED = 200_000
 #: Directories whose node ids KernelNames keeps (the ones read last).
@@ -109,6 +119,18 @@ class TypeOnly(dict):
     when it needs them."""
 
 
+class Unsettled(dict):
+    """A readdir entry's attributes when its type is certain but its mode and owner are not
+    known (a listed file: they are its metadata's, which no listing carries).
+
+    With readdirplus the kernel gets the entry (a dentry and an inode: an ``unlink`` or
+    ``rename`` of the name makes no lookup) with **no attribute validity**, so the first
+    ``stat`` (or permission check, or read) asks ``getattr`` for the stored mode: what
+    these attributes say of mode and owner is never shown. Elsewhere (a plain readdir,
+    libfuse2, a libfuse whose directory handle is not laid out as expected) the type alone
+    goes out, as for :class:`TypeOnly`."""
+
+
 class CallObserver(Protocol):
     """What the FUSE binding tells of each call: its name, duration and result (0 or -errno)."""
 
@@ -128,8 +150,14 @@ class FUSE(mfusepy.FUSE):
     operations have the last, and only the one entry the kernel's buffer had
     no room for is held between calls. ``releasedir`` drops it.
 
-    A plain readdir (the kernel asks with attributes on its first call and after
-    lookups only) still gives each entry's type (``st_mode`` alone): without it
+    The kernel is asked to want attributes in every readdir (its ``readdirplus_auto``,
+    which asks with them in a directory's first call and after lookups only, is turned
+    off at init): ``rm -rf`` reads a whole directory before it unlinks anything, so its
+    names past the first reply were each looked up (a HEAD each). A large directory's
+    calls after its first go without attributes as the kernel's own choice had them (a
+    node in libfuse per name handed). An entry whose attributes are :class:`Unsettled`
+    goes out with them and no attribute validity (patched into libfuse's reply).
+    A plain readdir still gives each entry's type (``st_mode`` alone): without it
     every entry was DT_UNKNOWN and ``find`` looked each one up. An entry whose
     attributes are a :class:`TypeOnly` gives its type in both, and no attributes. Names of a large
     directory that go out with attributes are queued to the operations'
@@ -167,6 +195,10 @@ class FUSE(mfusepy.FUSE):
         self._fuse_pointer: int | None = None  # libfuse's struct fuse, set at init
         self._notifier: EntryNotifier | None = None  # set at init, with KernelNames
         self._layout_warned = False  # unguarded: a race warns twice, no more
+        #: False once an Unsettled entry was not found where expected (never set True again).
+        self._expire_ok = True
+        #: True once init turned the kernel's readdirplus_auto off (every readdir asks with attributes).
+        self._plus_always = False
         #: Told of every call (``fuse_call(operation, seconds, result)``); None: nothing is timed.
         self._observer = observer
         #: GUARDED_BY(_listings_lock): directory handle -> its entries, as handed out.
@@ -204,6 +236,10 @@ class FUSE(mfusepy.FUSE):
             with self._listings_lock:
                 self._listings[fh] = stream
         plus = bool(flags & FUSE_READDIR_PLUS)
+        if plus and offset and self._plus_always and self._kernel_names is not None:
+            # What the kernel's own choice (readdirplus_auto) would have asked without attributes:
+            # a large directory's entries after its first call (memory: a node per name handed).
+            plus = not self._kernel_names.is_large(where)
         kind = mfusepy.c_stat()
         index = offset
         handed: list[str] = []  # names that went out with their attributes (a dentry each)
@@ -218,12 +254,16 @@ class FUSE(mfusepy.FUSE):
                     raise
                 if item is None:
                     return 0  # the end (or a failure, told at the next call)
-                st, fill_flags = None, 0
+                st, fill_flags, before = None, 0, -1
                 if isinstance(item, str):
                     name = item
                 else:
                     name, attrs, _ = item
-                    if plus and attrs and not isinstance(attrs, TypeOnly):
+                    full = plus and bool(attrs) and not isinstance(attrs, TypeOnly)
+                    if full and isinstance(attrs, Unsettled):
+                        before = self._filled_length(buf, fh) if self._expire_ok else -1
+                        full = before >= 0  # else its type alone
+                    if full:
                         st = mfusepy.c_stat()
                         set_stat(st, attrs, use_ns)
                         fill_flags = FUSE_FILL_DIR_PLUS
@@ -233,8 +273,11 @@ class FUSE(mfusepy.FUSE):
                         st = kind
                         st.st_mode = attrs["st_mode"]
                 stp = None if st is None else ctypes.byref(st)
-                if filler(buf, name.encode(encoding, errors), stp, index + 1, fill_flags) != 0:
+                raw = name.encode(encoding, errors)
+                if filler(buf, raw, stp, index + 1, fill_flags) != 0:
                     return 0  # the kernel's buffer is full: it asks again from this index
+                if before >= 0 and not self._expire_attributes(buf, fh, before, raw):
+                    return 0  # taken back: asked again from this index, and handed its type alone
                 stream.taken()
                 if fill_flags:
                     handed.append(name)
@@ -247,9 +290,13 @@ class FUSE(mfusepy.FUSE):
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
         super().init_fuse_3(conn, config)
+        if self._kernel_names is not None and conn:
+            # Every readdir with attributes (see the class docstring); large directories as before.
+            conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO
+            self._plus_always = True
+        fuse = mfusepy._libfuse.fuse_get_context().contents.fuse  # valid inside this call only
+        self._fuse_pointer = fuse  # how a readdir's directory handle is recognised
         if self._kernel_names is not None:
-            fuse = mfusepy._libfuse.fuse_get_context().contents.fuse  # valid inside this call only
-            self._fuse_pointer = fuse
             lib = mfusepy._libfuse
             lib.fuse_get_session.restype = ctypes.c_void_p
             lib.fuse_get_session.argtypes = [ctypes.c_void_p]
@@ -277,6 +324,70 @@ class FUSE(mfusepy.FUSE):
             self._notifier.close()
         return super().destroy(private_data)
 
+    def _handle_words(self, buf: Any, fh: int) -> tuple[int, ...] | None:
+        """libfuse 3's directory handle (``struct fuse_dh``: ``buf``) as 64-bit words from the
+        ``struct fuse`` pointer on, if it is laid out as expected (the pointer and our ``fh``
+        where the layout puts them), else None.
+
+        After the handle's mutex come the ``struct fuse`` pointer, the request, the reply's
+        buffer (``contents``), two pointers, its length and size (two ints), two ints, our
+        ``fh``, an int and the directory's node id."""
+        mutex = _PTHREAD_MUTEX_SIZE.get(platform.machine())
+        if not buf or not self._fuse_pointer or mutex is None:
+            return None
+        # Exactly the handle's bytes (its mutex and 80 more): a byte past its end may be an
+        # unmapped page of a thread's malloc arena (reading 192 bytes crashed the mount).
+        words = struct.unpack("10Q", ctypes.string_at(buf + mutex, 80))
+        if words[0] == self._fuse_pointer and words[7] == fh:
+            return words
+        return None
+
+    def _filled_length(self, buf: Any, fh: int) -> int:
+        """How many bytes of readdirplus entries libfuse holds for this call's reply (-1: its
+        handle is not laid out as expected, or holds no buffer yet, when it is told to grow it)."""
+        words = self._handle_words(buf, fh)
+        if words is None:
+            self._layout_unexpected()
+            return -1
+        return words[5] & 0xFFFFFFFF  # len, the first of two unsigned ints (little-endian)
+
+    def _expire_attributes(self, buf: Any, fh: int, before: int, raw: bytes) -> bool:
+        """The entry the filler just added at ``before`` (of name ``raw``) goes out with no
+        attribute validity (its :class:`Unsettled` attributes: the kernel keeps the dentry, and
+        asks getattr at the first stat). False if the entry is not found as expected: it is
+        taken out of the reply again (the caller hands it again at the next call, its type
+        alone) and this is not tried again on this mount (libfuse counted the name as looked
+        up: its node stays until unmount)."""
+        words = self._handle_words(buf, fh)
+        if words is None:  # it was a moment ago, before the filler: nothing to take back by
+            raise RuntimeError("libfuse's directory handle changed under a readdir")
+        contents, length = words[2], words[5] & 0xFFFFFFFF
+        size = _DIRENTPLUS_HEAD + len(raw)
+        if contents and length - before == size + -size % 8:
+            entry = contents + before
+            head = ctypes.string_at(entry, size)
+            nodeid = _U64.unpack_from(head, 0)[0]
+            namelen = _U32.unpack_from(head, _NAMELEN_AT)[0]
+            if nodeid and namelen == len(raw) and head[_DIRENTPLUS_HEAD:] == raw:
+                ctypes.memset(entry + _ATTR_VALID_AT, 0, 8)
+                ctypes.memset(entry + _ATTR_VALID_NSEC_AT, 0, 4)
+                return True
+        self._expire_ok = False
+        ctypes.c_uint32.from_address(buf + _PTHREAD_MUTEX_SIZE[platform.machine()] + 5 * 8).value = before
+        log.warning(
+            "this libfuse's readdirplus entries are not laid out as expected: files whose mode "
+            "is not known yet are listed without their attributes (each looked up on its own)"
+        )
+        return False
+
+    def _layout_unexpected(self) -> None:
+        if not self._layout_warned:
+            self._layout_warned = True
+            log.warning(
+                "this libfuse's directory handle is not laid out as expected: the names of large "
+                "directories stay in the kernel's cache (and libfuse's) until memory runs short"
+            )
+
     def _dir_node_id(self, buf: Any, fh: int) -> int | None:
         """The node id of the directory a readdir is of, from libfuse's ``struct fuse_dh`` (``buf``).
 
@@ -286,21 +397,10 @@ class FUSE(mfusepy.FUSE):
         the pointer and ``fh`` are both found where that layout puts them (else None, and the
         directory's names are left to the kernel).
         """
-        mutex = _PTHREAD_MUTEX_SIZE.get(platform.machine())
-        if not buf or not self._fuse_pointer or mutex is None:
-            return None
-        # Exactly the handle's bytes (its mutex and 80 more): a byte past its end may be an
-        # unmapped page of a thread's malloc arena (reading 192 bytes crashed the mount).
-        first = mutex // 8
-        words = struct.unpack("%dQ" % (first + 10), ctypes.string_at(buf, mutex + 80))
-        if words[first] == self._fuse_pointer and words[first + 7] == fh and words[first + 9]:
-            return words[first + 9]
-        if not self._layout_warned:
-            self._layout_warned = True
-            log.warning(
-                "this libfuse's directory handle is not laid out as expected: the names of large "
-                "directories stay in the kernel's cache (and libfuse's) until memory runs short"
-            )
+        words = self._handle_words(buf, fh)
+        if words is not None and words[9]:
+            return words[9]
+        self._layout_unexpected()
         return None
 
     def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:

@@ -26,6 +26,7 @@ from s3fs_mount.fs.fuselib import (
     KernelNames,
     Operations,
     TypeOnly,
+    Unsettled,
     fuse_entries,
     fuse_get_context,
     fuse_operation,
@@ -365,11 +366,14 @@ class S3Operations(Operations):
     def readdir(self, path: str, fh: int) -> Iterator[str | tuple[str, dict[str, object] | None, int]]:
         """Names with their attributes (on libfuse3 they fill the kernel's cache: readdirplus),
         handed out as the listing arrives: the first before the last page is fetched."""
-        if not self._attributes(path).is_dir:
+        own = self._attributes(path)
+        if not own.is_dir:
             raise FsError(errno.ENOTDIR)
-        return fuse_entries("readdir", path, self._entries(path))
+        return fuse_entries("readdir", path, self._entries(path, sticky=bool(own.mode & stat.S_ISVTX)))
 
-    def _entries(self, path: str) -> Iterator[str | tuple[str, dict[str, object] | None, int]]:
+    def _entries(
+        self, path: str, sticky: bool = False
+    ) -> Iterator[str | tuple[str, dict[str, object] | None, int]]:
         prefix = self.keymap.dir_prefix(path)
         staged = {}  # written here, maybe not yet in S3: what they are here wins
         for item in self.staging.under(prefix):
@@ -379,8 +383,11 @@ class S3Operations(Operations):
         yield "."
         yield ".."
         # What a listing does not show (a directory's mode and owner, on its holder; a file's
-        # mode, owner and type, in its metadata) the kernel asks for (a lookup) rather than be
-        # told the defaults; it is told the type where that is certain (d_type: find need not ask).
+        # mode, owner and type, in its metadata) the kernel asks for (a getattr) rather than be
+        # told the defaults; it is told the type where that is certain (d_type: find need not ask),
+        # and a file of certain type is its dentry too, its attributes not to be kept (Unsettled:
+        # rm -rf unlinks it with no lookup, so no HEAD). Not in a sticky directory: the kernel
+        # checks who may unlink there by the owner its inode holds, which it does not ask again.
         names = self.kernel_names
         trusted = self.namespace.listing_attrs
         for n, (name, a) in enumerate(self.namespace.iter_dir(path)):
@@ -393,7 +400,10 @@ class S3Operations(Operations):
                 yield name, a.stat(), 0
             else:
                 kind = A.certain_type(a)
-                yield name, None if kind is None else TypeOnly(st_mode=kind), 0
+                if kind == stat.S_IFREG and not sticky:
+                    yield name, Unsettled(a.stat()), 0
+                else:
+                    yield name, None if kind is None else TypeOnly(st_mode=kind), 0
         for name, item in sorted(staged.items()):
             yield name, self._item_attributes(item).stat(), 0
 
@@ -603,7 +613,9 @@ class S3Operations(Operations):
             with self._lock:
                 self._hidden.pop(path, None)
             return
-        if self._attributes(path).is_dir:
+        # Whether it is a directory is all an unlink needs: a listing says (no HEAD for the mode).
+        known = self._known_attributes(path)
+        if (known if known is not None else self._attributes(path)).is_dir:
             raise FsError(errno.EISDIR)
         self.changes.remove_file(path)
 

@@ -98,6 +98,24 @@ def test_stats_after_a_readdir_take_their_names_from_its_listing(tmp_path):
     assert sum(store.heads.values()) == 300
 
 
+def test_stats_of_a_walk_longer_than_dir_ttl_still_take_their_names_from_its_listing(tmp_path):
+    """ls -l of 10,000 files takes longer than dir_ttl: past it, the readdir's names are no longer
+    what says which names exist, but they still say where the HEADs go next (no LIST page of
+    the stat-ahead's own per 128 names), for as long as such a walk lasts."""
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 300)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=1.0)
+    assert len([e for e in ops.readdir("/d", 0) if not isinstance(e, str)]) == 300
+    store.heads.clear()
+    lists = len(store.lists)
+    for i, key in enumerate(keys):
+        if i == 20:
+            clock.advance(1.5)  # past dir_ttl, within the walk's time (1 s + 5 ms an entry)
+        assert ops.getattr("/" + key)["st_mode"] == MODE
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+    assert len(store.lists) == lists
+
+
 def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
     store, clock, keys, ops = looked_up(tmp_path, 50)
     ops.getattr("/" + keys[10])

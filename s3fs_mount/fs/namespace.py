@@ -62,6 +62,7 @@ keep such times in memory only: the mount does not add objects nobody made.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import functools
 import logging
@@ -104,6 +105,8 @@ LISTED_NAMES = 10_000
 #: A directory where new names are being looked up is listed from the name looked up on
 #: (instead of a HEAD per name) when its listing expires: one page of at most this many names.
 RELIST_NAMES = 1000
+#: Directories whose walk's names the stat-ahead may go by (as many as it follows at once, twice).
+WALK_NAMES_DIRS = 16
 
 
 class Listed:
@@ -175,7 +178,7 @@ class Namespace:
 
     Locks (``_lock`` is never held during a request):
 
-    * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``,
+    * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``, ``_walk_names``,
       ``_removed``, ``_changed``, ``_dir_times``, ``_dir_times_kept``, ``_atimes``, ``root``.
     * ``_dir_write_lock``: one read-modify-write of a directory's holder at a time (taken
       before ``_lock``, held across its requests).
@@ -235,6 +238,13 @@ class Namespace:
         self.walk_page = min(1000, attr_cache)
         #: Directory path -> seconds its walk lasts (see _list_around).
         self._walks: TLRUCache[str, float] = TLRUCache(1_000, lambda path, ttl, now: now + ttl, timer)
+        #: Directory path -> its names in order, as its last whole listing (of at most
+        #: ``listed_names``) found them, for as long as a walk of it lasts (``_walk_ttl``): where
+        #: the stat-ahead's HEADs go next once ``_listings`` (``dir_ttl``) no longer says (ls -l of
+        #: 10,000 took a LIST page per 128 names again). Names only to ask about, never shown.
+        self._walk_names: TLRUCache[str, list[str]] = TLRUCache(
+            WALK_NAMES_DIRS, lambda path, names, now: now + _walk_ttl(len(names)), timer
+        )
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
@@ -325,6 +335,7 @@ class Namespace:
             self._listings.pop(path, None)
             self._listed.pop(path, None)
             self._walks.pop(path, None)
+            self._walk_names.pop(path, None)
             if gone:
                 self._missing[path] = True
                 self._removed[path] = True
@@ -373,6 +384,7 @@ class Namespace:
                 (self._listings, True),
                 (self._listed, True),
                 (self._walks, True),
+                (self._walk_names, True),
                 (self._missing, False),
                 (self._removed, False),
                 (self._emptied, True),
@@ -464,10 +476,15 @@ class Namespace:
             names = self._listings.get(parent)
             listed = self._listed.get(parent)
             fresh = listed is not None and listed.covers(after, self.clock.monotonic(), self.dir_ttl)
-            if names is None or not fresh:
-                return None
+            if names is not None and fresh:
+                ordered: list[str] = sorted(n for n in names if n > after)
+            else:  # a walk longer than dir_ttl: the names its listing found (a missing one is asked alone)
+                walked = self._walk_names.get(parent)
+                if walked is None:
+                    return None
+                ordered = walked[bisect.bisect_right(walked, after) :]
             found: list[str] = []
-            for name in sorted(n for n in names if n > after):
+            for name in ordered:
                 known = self._attrs.get(KeyMap.join(parent, name))
                 if known is None or not (known.is_dir or known.complete):
                     found.append(name)
@@ -997,10 +1014,13 @@ class Namespace:
     ) -> None:
         """A listing of ``path`` sent at ``asked`` reached its end: ``count`` entries, ``subdirs``
         of them directories, ``names`` (None: too many to keep)."""
+        ordered = sorted(names) if names is not None else None
         with self._lock:
             if names is not None:
+                self._walk_names[path] = ordered
                 self._complete(path, names, asked)
             else:
+                self._walk_names.pop(path, None)
                 self._listings.pop(path, None)
                 self._listed.pop(path, None)
                 self._walks[path] = _walk_ttl(count)

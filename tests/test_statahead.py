@@ -116,6 +116,28 @@ def test_stats_of_a_walk_longer_than_dir_ttl_still_take_their_names_from_its_lis
     assert len(store.lists) == lists
 
 
+def test_stats_while_the_readdir_is_under_way_take_their_names_from_what_it_listed_so_far(tmp_path):
+    """GNU ls -l stats each entry as it reads it: the readdir's listing is not whole while the
+    stats go on, and the names its pages brought so far say where the HEADs go next; only where
+    the stats come near the end of what was listed does the stat-ahead list a page itself."""
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 2500)  # three pages of the readdir's listing
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=30.0)
+    ops.getattr("/d")
+    del store.lists[:]
+    store.heads.clear()
+    read = 0
+    for entry in ops.readdir("/d", 0):
+        if isinstance(entry, str):
+            continue
+        assert ops.getattr("/d/" + entry[0])["st_mode"] == MODE
+        read += 1
+    assert read == 2500
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+    own = [after for prefix, after in store.lists if prefix == "d/" and after]
+    assert len(own) <= 3, own  # without the names read so far: a page per 128 stats (about 20)
+
+
 def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
     store, clock, keys, ops = looked_up(tmp_path, 50)
     ops.getattr("/" + keys[10])

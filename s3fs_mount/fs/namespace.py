@@ -238,12 +238,13 @@ class Namespace:
         self.walk_page = min(1000, attr_cache)
         #: Directory path -> seconds its walk lasts (see _list_around).
         self._walks: TLRUCache[str, float] = TLRUCache(1_000, lambda path, ttl, now: now + ttl, timer)
-        #: Directory path -> its names in order, as its last whole listing (of at most
-        #: ``listed_names``) found them, for as long as a walk of it lasts (``_walk_ttl``): where
-        #: the stat-ahead's HEADs go next once ``_listings`` (``dir_ttl``) no longer says (ls -l of
-        #: 10,000 took a LIST page per 128 names again). Names only to ask about, never shown.
-        self._walk_names: TLRUCache[str, list[str]] = TLRUCache(
-            WALK_NAMES_DIRS, lambda path, names, now: now + _walk_ttl(len(names)), timer
+        #: Directory path -> (its names in order as its last listing (of at most ``listed_names``)
+        #: found them so far, whether that listing reached its end), for as long as a walk of it
+        #: lasts (``_walk_ttl``): where the stat-ahead's HEADs go next while a readdir is under way
+        #: (ls -l stats each entry as it reads it) and once ``_listings`` (``dir_ttl``) no longer
+        #: says (ls -l of 10,000 took a LIST page per 128 names). Names to ask about, never shown.
+        self._walk_names: TLRUCache[str, tuple[list[str], bool]] = TLRUCache(
+            WALK_NAMES_DIRS, lambda path, walk, now: now + _walk_ttl(len(walk[0])), timer
         )
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
@@ -476,12 +477,14 @@ class Namespace:
             names = self._listings.get(parent)
             listed = self._listed.get(parent)
             fresh = listed is not None and listed.covers(after, self.clock.monotonic(), self.dir_ttl)
+            whole = True
             if names is not None and fresh:
                 ordered: list[str] = sorted(n for n in names if n > after)
-            else:  # a walk longer than dir_ttl: the names its listing found (a missing one is asked alone)
-                walked = self._walk_names.get(parent)
-                if walked is None:
+            else:  # a walk under way, or past dir_ttl: what its listing found (one it missed: asked alone)
+                walk = self._walk_names.get(parent)
+                if walk is None:
                     return None
+                walked, whole = walk
                 ordered = walked[bisect.bisect_right(walked, after) :]
             found: list[str] = []
             for name in ordered:
@@ -490,7 +493,8 @@ class Namespace:
                     found.append(name)
                     if len(found) == count:
                         break
-            return found
+            # A listing still under way that has not come this far: a LIST page of the stat-ahead's own.
+            return found if whole or len(found) == count else None
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
         """Raise FsError(ENOENT), with no request, if a listing of ``parent`` less than
@@ -972,6 +976,7 @@ class Namespace:
         shown_dirs: set[str] = set()  # a directory's subdirectories are few next to its files
         waiting: dict[str, A.Attributes] = {}  # files that a directory of their name may yet hide
         names: set[str] | None = set()
+        ordered: list[str] = []  # names in order as they come, for the stat-ahead (_walk_names)
         count = subdirs = 0
         for page in self.list_ahead.pages(self.store.list(prefix, delimiter="/")):
             files, dirs = self._page_entries(path, prefix, page)
@@ -1003,6 +1008,14 @@ class Namespace:
             if names is None:  # a walk under way (du stats entries while it reads on) counts too
                 with self._lock:
                     self._walks[path] = _walk_ttl(count)
+                    self._walk_names.pop(path, None)
+            elif shown:
+                with self._lock:  # a batch after a name held back (a file a directory may hide) is rare
+                    resort = bool(ordered) and shown[0][0] < ordered[-1]
+                    ordered.extend(name for name, _ in shown)
+                    if resort:
+                        ordered.sort()
+                    self._walk_names[path] = (ordered, False)
             if done:
                 # Known before the last page is handed out: a reader that stops early (rm -r's
                 # first readdir reads one buffer, then reads the directory again) leaves it known.
@@ -1014,10 +1027,10 @@ class Namespace:
     ) -> None:
         """A listing of ``path`` sent at ``asked`` reached its end: ``count`` entries, ``subdirs``
         of them directories, ``names`` (None: too many to keep)."""
-        ordered = sorted(names) if names is not None else None
         with self._lock:
             if names is not None:
-                self._walk_names[path] = ordered
+                walk = self._walk_names.get(path)
+                self._walk_names[path] = (walk[0] if walk is not None else sorted(names), True)
                 self._complete(path, names, asked)
             else:
                 self._walk_names.pop(path, None)

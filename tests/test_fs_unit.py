@@ -136,6 +136,18 @@ def test_a_sticky_directorys_listed_files_go_with_their_type_alone(tmp_path):
     assert isinstance(plain["big"], Unsettled)
 
 
+def test_an_object_too_big_to_be_a_link_is_a_regular_file_whatever_its_stored_mode(tmp_path):
+    """The listing tells the kernel such an object is a regular file (its dentry goes out with
+    readdir): its HEAD must not say otherwise (the kernel would take the inode for a bad one)."""
+    store = FakeStore()
+    store.put("d/odd", b"o" * 5000, A.posix_metadata(stat.S_IFLNK | 0o750, 7, 8, 1.6e9))
+    ops = make_ops(tmp_path, store)
+    entries = {e[0]: e[1] for e in ops.readdir("/d", 0) if not isinstance(e, str)}
+    assert isinstance(entries["odd"], Unsettled) and stat.S_ISREG(entries["odd"]["st_mode"])
+    got = ops.getattr("/d/odd")
+    assert (got["st_mode"], got["st_uid"], got["st_size"]) == (stat.S_IFREG | 0o750, 7, 5000)
+
+
 def test_unlink_of_a_listed_file_sends_no_head(tmp_path):
     """Whether it is a directory is all an unlink asks: a listing says, its mode is not needed."""
     store = FakeStore()

@@ -215,7 +215,9 @@ def attributes_from(
         mode |= stat.S_IFMT(default_mode)
     if kind == "dir" and not stat.S_ISDIR(mode):
         mode = stat.S_IFDIR | stat.S_IMODE(mode)
-    elif kind != "dir" and stat.S_ISDIR(mode):
+    elif kind != "dir" and (stat.S_ISDIR(mode) or (size > LINK_MAX_BYTES and not stat.S_ISREG(mode))):
+        # Too big to be a link (or a special file, which are empty): a regular file, as its
+        # listing already told the kernel (certain_type), whatever another tool stored.
         mode = stat.S_IFREG | stat.S_IMODE(mode)
     uid = _meta_int(metadata, "uid")
     gid = _meta_int(metadata, "gid")

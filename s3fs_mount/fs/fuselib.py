@@ -196,8 +196,10 @@ class FUSE(mfusepy.FUSE):
         self._notifier: EntryNotifier | None = None  # set at init, with KernelNames
         self._layout_warned = False  # unguarded: a race warns twice, no more
         #: False once an Unsettled entry was not found where expected (never set True again).
+        #: Unguarded: a readdir racing the change checks one more entry, and takes it back too.
         self._expire_ok = True
-        #: True once init turned the kernel's readdirplus_auto off (every readdir asks with attributes).
+        #: True once init turned the kernel's readdirplus_auto off (every readdir asks with
+        #: attributes). Set in init, before any readdir; read only after.
         self._plus_always = False
         #: Told of every call (``fuse_call(operation, seconds, result)``); None: nothing is timed.
         self._observer = observer

@@ -216,8 +216,8 @@ class StatAhead:
     :param ttl: how long an answer fetched ahead may be used (``attr_ttl``).
     :param workers: threads sending HEADs ahead; 0 turns stat-ahead off.
     :param listed: ``(parent, after, count)`` -> up to ``count`` names of files of ``parent``
-        after ``after`` still to ask about, from a listing the namespace has (a readdir a
-        moment ago: ls -l, rm -r), or None (not known: a LIST page is asked).
+        after ``after`` still to ask about, from a listing the namespace has (a readdir under
+        way or a moment ago: ls -l, rm -r), or None (not known: a LIST page is asked).
     """
 
     def __init__(
@@ -403,7 +403,7 @@ class StatAhead:
 
     def _files_after(self, parent: str, after: str) -> list[str]:
         """The names of files in directory ``parent`` after ``after``, one page (no directories):
-        from a listing the namespace has (a readdir a moment ago), else one LIST page."""
+        from a listing the namespace has (a readdir under way, or done a moment ago), else one LIST page."""
         known = self._listed(parent, after, PAGE)
         if known is not None:
             return known

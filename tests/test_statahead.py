@@ -98,6 +98,22 @@ def test_stats_after_a_readdir_take_their_names_from_its_listing(tmp_path):
     assert sum(store.heads.values()) == 300
 
 
+def test_a_listing_page_queued_for_a_directory_dropped_meanwhile_is_not_sent(tmp_path):
+    """rm -r: a page the stat-ahead queued for a directory that is removed (dropped) before a
+    worker takes it up lists nothing (it listed the removed directory, after its rmdir)."""
+    store, clock, keys, ops = looked_up(tmp_path, 300, attr_ttl=30.0)
+    ops.getattr("/" + keys[0])
+    ops.getattr("/" + keys[1])
+    sa = ops.namespace.statahead
+    eventually(lambda: settled(ops))
+    with sa._lock:
+        run = sa._dirs["/d"]
+    sa.drop("/d")
+    del store.lists[:]
+    sa._list_page("/d", run, keys[1][2:])  # as a worker would, late
+    assert store.lists == []
+
+
 def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
     store, clock, keys, ops = looked_up(tmp_path, 50)
     ops.getattr("/" + keys[10])

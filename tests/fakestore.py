@@ -111,6 +111,7 @@ class FakeStore:
         #: key -> the error code a DeleteObjects answers for it (the key stays), as S3 may.
         self.refused_deletes: dict[str, str] = {}
         self.delete_batches: list[int] = []  # keys per delete_keys call
+        self.deleted_keys: list[list[str]] = []  # the keys of each delete_keys call
         self._ids = itertools.count(1)
 
     @property
@@ -328,6 +329,7 @@ class FakeStore:
     def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
         keys = list(keys)
         self.delete_batches.append(len(keys))
+        self.deleted_keys.append(keys)
         self.calls["DELETE multi"] += max(1, -(-len(keys) // 1000))  # 1000 keys per request
         objects = self._bucket(bucket)
         failed = []

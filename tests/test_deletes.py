@@ -33,6 +33,10 @@ def files(ops, names, data=b"x"):
         write_file(ops, name, data)
 
 
+def names_in(ops, path):
+    return sorted(n[0] for n in ops.readdir(path, 0) if isinstance(n, tuple))
+
+
 def errno_of(fn, *args):
     with pytest.raises(FuseOSError) as info:
         fn(*args)
@@ -142,6 +146,59 @@ def test_rmdir_sends_the_pending_deletes_of_its_directory_first(tmp_path):
     assert "e/1" in store.objects  # another directory's delete still waits for its batch
     ops.finish()
     assert sorted(store.objects) == ["e/"]
+
+
+def test_rmdir_of_a_directory_rm_emptied_deletes_its_files_and_objects_in_one_request(tmp_path):
+    """rm -r: the directory was listed a moment ago and we removed every name since; its files'
+    pending deletes, its marker and its holder go in one DeleteObjects, no DELETE after it."""
+    store = FakeStore(drops_marker_metadata=True)  # as SeaweedFS: the holder is d_$folder$
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o750)
+    files(ops, ["/d/1", "/d/2", "/other"])
+    assert names_in(ops, "/d") == ["1", "2"]
+    ops.unlink("/d/1")
+    ops.unlink("/d/2")
+    ops.unlink("/other")
+    before = len(store.deleted_keys)
+    ops.rmdir("/d")
+    assert [sorted(keys) for keys in store.deleted_keys[before:]] == [["d/", "d/1", "d/2", "d_$folder$"]]
+    assert store.calls["DELETE"] == 0
+    assert sorted(store.objects) == ["other"]  # another directory's delete still waits
+    assert errno_of(ops.getattr, "/d") == errno.ENOENT
+
+
+def test_rmdir_whose_file_s3_keeps_makes_its_directory_again_with_its_mode(tmp_path, caplog):
+    """A file S3 refused to delete in rmdir's request stays: so does its directory, with the
+    mode it had (its marker and holder PUT again), and rmdir says ENOTEMPTY and why."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o750)
+    files(ops, ["/d/locked", "/d/free"])
+    assert names_in(ops, "/d") == ["free", "locked"]
+    store.refused_deletes["d/locked"] = "AccessDenied"
+    ops.unlink("/d/locked")
+    ops.unlink("/d/free")
+    with caplog.at_level(logging.ERROR):
+        assert errno_of(ops.rmdir, "/d") == errno.ENOTEMPTY
+    assert "S3 did not delete d/locked (AccessDenied)" in caplog.text
+    assert sorted(store.objects) == ["d/", "d/locked", "d_$folder$"]
+    assert store.objects["d_$folder$"].metadata["x-amz-meta-mode"] == str(0o40750)
+    ops.namespace.forget("/d")
+    assert ops.getattr("/d")["st_mode"] == 0o40750
+    assert names_in(ops, "/d") == ["locked"]
+
+
+def test_rmdir_of_a_directory_not_listed_lately_asks_s3_whether_it_is_empty(tmp_path):
+    """No listing of it a moment ago (another client put a key in it): a LIST says it is not
+    empty, and nothing of it is deleted."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o750)
+    store.objects["d/theirs"] = store.objects["d/"]  # another client's key
+    ops.namespace.forget("/d")  # the listing mkdir left is gone (dir_ttl)
+    assert errno_of(ops.rmdir, "/d") == errno.ENOTEMPTY
+    assert sorted(store.objects) == ["d/", "d/theirs", "d_$folder$"]
+    assert store.deleted_keys == []
 
 
 def test_a_renamed_directory_does_not_take_its_removed_files_along(tmp_path):

@@ -137,6 +137,21 @@ def test_stats_while_the_readdir_is_under_way_take_their_names_from_what_it_list
     own = [after for prefix, after in store.lists if prefix == "d/" and after]
     assert len(own) <= 3, own  # without the names read so far: a page per 128 stats (about 20)
 
+def test_a_listing_page_queued_for_a_directory_dropped_meanwhile_is_not_sent(tmp_path):
+    """rm -r: a page the stat-ahead queued for a directory that is removed (dropped) before a
+    worker takes it up lists nothing (it listed the removed directory, after its rmdir)."""
+    store, clock, keys, ops = looked_up(tmp_path, 300, attr_ttl=30.0)
+    ops.getattr("/" + keys[0])
+    ops.getattr("/" + keys[1])
+    sa = ops.namespace.statahead
+    eventually(lambda: settled(ops))
+    with sa._lock:
+        run = sa._dirs["/d"]
+    sa.drop("/d")
+    del store.lists[:]
+    sa._list_page("/d", run, keys[1][2:])  # as a worker would, late
+    assert store.lists == []
+
 
 def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
     store, clock, keys, ops = looked_up(tmp_path, 50)

@@ -161,6 +161,25 @@ class DeleteQueue:
         those keys stay pending."""
         self._flush(lambda k: k.startswith(prefix))
 
+    def flush_with(self, prefix: str, keys: list[str]) -> list[tuple[str, str]]:
+        """Delete ``keys`` (not recorded: the caller waits for the answer) in one DeleteObjects
+        together with every pending delete of a key under ``prefix``, once those under way are
+        answered; returns ``[(key, error code)]`` of what S3 did not delete (a pending key among
+        them is shown again, as by any batch).
+
+        rmdir of a directory whose files this mount has just removed: its marker and holder go
+        in the same request as the files (the connector sends a batch's keys deepest first, so
+        a server that keeps directories, SeaweedFS, sees the directory emptied before its
+        marker goes), one round trip instead of the files' batch and then the marker's.
+        S3Error or TransportError if the request failed: the pending keys stay pending.
+        """
+        with self._cond:
+            while any(k.startswith(prefix) for k in self._sending):
+                self._cond.wait()
+            mine = [k for k in self._pending if k.startswith(prefix)]
+            self._take(mine)
+        return self._send(mine, keys)
+
     def pending(self) -> int:
         """How many deletes are not yet answered."""
         with self._cond:
@@ -239,16 +258,20 @@ class DeleteQueue:
             del self._pending[key]
             self._sending.add(key)
 
-    def _send(self, keys: list[str]) -> None:
-        """One DeleteObjects of ``keys`` (taken); on failure they are pending again, and it raises."""
+    def _send(self, keys: list[str], extra: list[str] | None = None) -> list[tuple[str, str]]:
+        """One DeleteObjects of ``keys`` (taken) and of ``extra`` (not recorded); on failure
+        ``keys`` are pending again, and it raises. Returns ``[(key, error code)]`` of the keys
+        of either that S3 did not delete."""
+        others = set(extra or ())
         try:
-            failed = self.store.delete_keys(keys)
+            answer = self.store.delete_keys(keys + [k for k in others if k not in keys])
         except BaseException:
             with self._cond:
                 self._sending.difference_update(keys)
                 self._pending.update(dict.fromkeys(keys))
                 self._cond.notify_all()
             raise
+        failed = [(key, code) for key, code in answer if key not in others]
         try:
             for key, code in failed:
                 log.error("could not delete %s (%s): it is there again", key, code)
@@ -260,6 +283,7 @@ class DeleteQueue:
             with self._cond:
                 self._sending.difference_update(keys)
                 self._cond.notify_all()
+        return answer
 
     def _run(self) -> None:
         while True:

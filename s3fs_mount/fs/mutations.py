@@ -261,13 +261,46 @@ class Mutations:
         return self.namespace.is_empty_dir(path) and not any(self.staging.under(self.keymap.dir_prefix(path)))
 
     def rmdir(self, path: str) -> None:
-        """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged)."""
-        if not self.is_empty_dir(path):
-            raise FsError(errno.ENOTEMPTY)
+        """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged).
+
+        A directory a listing a moment ago showed with only names we have removed since (``rm
+        -r``, or one made here) goes in one DeleteObjects with its files' pending deletes
+        (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first.
+        """
+        prefix = self.keymap.dir_prefix(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
-        both = [lambda: self.store.remove(marker), lambda: self.store.remove(folder)]
-        self.namespace.remove_dir(path, lambda: self.store.run_parallel(both))
+        own = self.namespace.cached(path)
+        if (
+            own is not None
+            and own.is_dir
+            and own.complete
+            and self.namespace.listed_empty(path)
+            and not any(self.staging.under(prefix))
+        ):
+            self.namespace.remove_dir(path, lambda: self._remove_emptied(path, own, [marker, folder]))
+        else:
+            if not self.is_empty_dir(path):
+                raise FsError(errno.ENOTEMPTY)
+            both = [lambda: self.store.remove(marker), lambda: self.store.remove(folder)]
+            self.namespace.remove_dir(path, lambda: self.store.run_parallel(both))
         self.namespace.entry_changed(KeyMap.split(path)[0])
+
+    def _remove_emptied(self, path: str, own: A.Attributes, objects: list[str]) -> None:
+        """The directory's objects (marker, holder) and its files' pending deletes, in one
+        DeleteObjects (fs/deletes.py: ``flush_with``). If S3 kept any of them the directory's
+        objects are PUT again with the metadata it had (never a directory whose mode vanished
+        while a file stays in it), and FsError says why: ENOTEMPTY when a file stayed, else EIO."""
+        failed = self.deletes.flush_with(self.keymap.dir_prefix(path), objects)
+        if not failed:
+            return
+        kept_files = [key for key, _ in failed if key not in objects]
+        log.error(
+            "rmdir %s: S3 did not delete %s: its directory objects are made again",
+            path,
+            ", ".join("%s (%s)" % pair for pair in failed),
+        )
+        self.namespace.write_dir(path, dict(own.metadata), new=True)
+        raise FsError(errno.ENOTEMPTY if kept_files else errno.EIO, "S3 kept %s" % failed[0][0])
 
     def remove_file(self, path: str) -> StagedFile | None:
         """Remove file ``path`` (its delete is sent in a batch, soon); its staged copy, if any,

@@ -1199,13 +1199,20 @@ class Namespace:
         """
         prefix = self.keymap.dir_prefix(path)
         self.settle_deletes(prefix)
-        with self._lock:
-            names, listed = self._listings.get(path), self._listed.get(path)
-            if names is not None and not names and listed is not None:
-                if self.clock.monotonic() - listed.asked < self.dir_ttl:
-                    return True
+        if self.listed_empty(path):
+            return True
         page = next(self.store.list(prefix, delimiter="/", max_keys=2))
         return not page.prefixes and all(e.key == prefix for e in page.entries)
+
+    def listed_empty(self, path: str) -> bool:
+        """Whether a listing of directory ``path`` less than ``dir_ttl`` old had only names we
+        have removed since (their deletes may be pending yet): empty, asked of S3 no more than
+        a name missing from that listing would be (README "Consistency")."""
+        with self._lock:
+            names, listed = self._listings.get(path), self._listed.get(path)
+            if names is None or names or listed is None:
+                return False
+            return self.clock.monotonic() - listed.asked < self.dir_ttl
 
     def known_empty(self, path: str) -> None:
         """A directory we just made: its listing is known (empty)."""

@@ -382,6 +382,9 @@ class StatAhead:
 
     def _list_page(self, parent: str, run: _Run, after: str) -> None:
         """One LIST page of ``parent``'s files after ``after`` into the run's names."""
+        with self._lock:
+            if self._dirs.get(parent) is not run:
+                return  # dropped while queued (rmdir of it: rm -r's next directory is under way)
         try:
             names = self._files_after(parent, after)
         except Exception as exc:  # noqa: BLE001 - only an optimisation: the stats go on alone

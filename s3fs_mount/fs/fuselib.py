@@ -134,7 +134,8 @@ class FUSE(mfusepy.FUSE):
     attributes are a :class:`TypeOnly` gives its type in both, and no attributes. Names of a large
     directory that go out with attributes are queued to the operations'
     ``kernel_names`` (:class:`KernelNames`), whose directory node ids this class
-    finds in libfuse's readdir handle.
+    finds in libfuse's readdir handle; while the kernel holds more of them than
+    it may, a readdirplus call hands out one such name (:meth:`KernelNames.make_room`).
 
     ``getxattr`` of a name under the operations' ``unstored_xattr_prefixes``
     is ENOTSUP without a call into the operations (``ls -l`` asks two such

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import itertools
+import json
 import os
 import posixpath
 import re
@@ -16,6 +17,8 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import s3rig
@@ -25,6 +28,8 @@ from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse
 from s3fs_mount.fs.attrs import Attributes
 from s3fs_mount.fs.expiring import ExpiringLRU
 from s3fs_mount.fs.fuselib import (
+    FUSE,
+    FUSE_READDIR_PLUS,
     LIBFUSE_MAJOR,
     NOTIFY_BATCH,
     DirStream,
@@ -269,6 +274,111 @@ def test_kernel_names_tell_the_due_names_in_batches_and_count_what_the_kernel_ha
     assert [len(b) for b in batches] == [NOTIFY_BATCH, NOTIFY_BATCH, 10]  # one call per batch, in order
     assert [name for b in batches for _, name in b] == ["n%d" % i for i in range(NOTIFY_BATCH * 2 + 10)]
     assert (names.batches, names.unknown) == (3, gone)
+
+
+def test_kernel_names_cut_readdir_replies_past_the_names_held_and_wait_only_until_one_is_due():
+    clock = Clock()
+    waits: list[float] = []
+    names = KernelNames(1.5, clock=clock, hold=3, wait=waits.append)
+    names.directory("/big", 5)
+    told: list[tuple[int, str]] = []
+    names._forget = lambda batch: told.extend(batch) or [0] * len(batch)
+    names.forget_later_all("/big", ["a", "b", "c"])
+    assert not names.make_room() and names.shortened == 0  # 3 held: not over the bound
+    clock.now += 1.0
+    names.forget_later_all("/big", ["d"])  # 4 held, none due (the oldest in 0.5 s)
+    assert names.make_room() and waits == [0.5]  # one name a reply, once the oldest is due
+    assert names._wake.is_set()  # the thread is told to look at once
+    clock.now += 0.5
+    assert names.make_room() and waits == [0.5]  # due already: no wait
+    assert names.forget_due() == 3 and told == [(5, "a"), (5, "b"), (5, "c")]
+    assert names.held() == 1 and not names.make_room()
+    assert names.counts() == {
+        "queued": 4,
+        "forgotten": 3,
+        "unknown": 0,
+        "not_queued": 0,
+        "held": 1,
+        "peak_held": 4,
+        "shortened_replies": 2,
+    }
+
+
+def test_kernel_names_never_wait_longer_than_their_delay_nor_with_nothing_queued():
+    clock = Clock()
+    waits: list[float] = []
+    names = KernelNames(1.5, clock=clock, hold=1, wait=waits.append)
+    names.directory("/big", 5)
+    names.forget_later_all("/big", ["a", "b"])
+    clock.now -= 10  # a clock that went back: the wait is still at most the delay
+    assert names.make_room() and waits == [1.5]
+    names._due.clear()  # all of them being told (taken by the thread, not yet counted)
+    assert names.make_room() and waits == [1.5]
+
+
+class Listing:
+    """Operations with one directory of files ``n0``, ``n1``, ... (a readdir's entries)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def readdir(self, path: str, fh: int) -> Any:
+        yield "."
+        yield ".."
+        for i in range(self.count):
+            yield "n%d" % i, {"st_mode": stat.S_IFREG | 0o644, "st_size": i}, 0
+
+
+def binding(operations: Any, names: KernelNames) -> Any:
+    """The FUSE binding's readdir over ``operations``, not mounted (its fields as __init__ sets them)."""
+    fuse = FUSE.__new__(FUSE)
+    fuse.operations, fuse._kernel_names, fuse._fuse_pointer = operations, names, None
+    fuse._listings, fuse._listings_lock = {}, threading.Lock()
+    fuse.encoding, fuse.errors, fuse.use_ns = "utf-8", "surrogateescape", True
+    return fuse
+
+
+def readdir_reply(fuse: Any, offset: int, flags: int, room: int) -> list[tuple[str, bool]]:
+    """One readdir call of the kernel's with a buffer of ``room`` entries: (name, with attributes)."""
+    got: list[tuple[str, bool]] = []
+
+    def filler(buf: Any, name: bytes, st: Any, off: int, fill_flags: int) -> int:
+        if len(got) == room:
+            return 1  # full
+        got.append((name.decode(), bool(fill_flags)))
+        return 0
+
+    fip = SimpleNamespace(contents=SimpleNamespace(fh=1))
+    assert fuse.readdir_fuse_3(b"/big", None, filler, offset, fip, flags) == 0
+    return got
+
+
+def test_readdirplus_of_a_large_directory_hands_out_one_name_a_reply_past_the_names_held():
+    clock = Clock()
+    waits: list[float] = []
+    names = KernelNames(1.5, clock=clock, hold=3, wait=waits.append)
+    names.directory("/big", 5)
+    names.large("/big")
+    fuse = binding(Listing(20), names)
+    first = readdir_reply(fuse, 0, FUSE_READDIR_PLUS, 4)
+    assert first == [(".", False), ("..", False), ("n0", True), ("n1", True)]
+    assert readdir_reply(fuse, 4, FUSE_READDIR_PLUS, 4) == [("n%d" % i, True) for i in range(2, 6)]
+    assert names.held() == 6 and waits == []  # 2 held before this call: not over the bound of 3
+    # Over the bound: one name a reply, however much room, once the oldest name is due.
+    assert readdir_reply(fuse, 8, FUSE_READDIR_PLUS, 4) == [("n6", True)]
+    assert waits == [1.5] and names.shortened == 1
+    # A plain readdir hands the kernel no name to hold (the type only): not cut.
+    assert readdir_reply(fuse, 9, 0, 4) == [("n%d" % i, False) for i in range(7, 11)]
+    assert names.held() == 7 and names.peak == 7
+
+
+def test_readdirplus_of_a_small_directory_is_never_cut():
+    names = KernelNames(1.5, clock=Clock(), hold=0, wait=lambda s: pytest.fail("waited"))
+    names.directory("/big", 5)  # not said to be large: its names are the kernel's to keep
+    fuse = binding(Listing(10), names)
+    assert len(readdir_reply(fuse, 0, FUSE_READDIR_PLUS, 8)) == 8
+    assert len(readdir_reply(fuse, 8, FUSE_READDIR_PLUS, 8)) == 4
+    assert names.held() == 0 and names.shortened == 0
 
 
 def unused(names: list[tuple[int, bytes]]) -> list[int]:
@@ -753,6 +863,37 @@ def test_the_kernel_is_told_in_batches_to_forget_every_name_a_walk_of_a_large_di
     forgotten, batches = int(match[1]), int(match[2])
     assert forgotten >= count - 300  # the names past the first 300, at least (ls -li's)
     assert batches * 10 < forgotten  # many names a system call
+
+
+@pytest.mark.fuse
+def test_a_walk_of_a_large_directory_holds_about_attr_cache_names_at_once_and_none_once_told(
+    mount_factory, boto, bucket
+):
+    if LIBFUSE_MAJOR != 3:
+        pytest.skip("only libfuse3 can tell the kernel to forget names")
+    count, hold = 4000, 1000
+    put_many(boto, bucket, ["big/f%05d" % i for i in range(count)])
+    mount = mount_factory("attr_cache=%d,listing_attrs" % hold).start()
+    big = os.path.join(mount.path, "big")
+    env = dict(os.environ, LC_ALL="C")
+    listing = subprocess.run(["ls", "-l", big], capture_output=True, text=True, env=env, timeout=300)
+    entries = listing.stdout.splitlines()[1:]
+    assert [line.split()[-1] for line in entries] == ["f%05d" % i for i in range(count)]
+    counts = json.loads(os.getxattr(mount.path, "s3.status"))["kernel_names"]
+    # Past attr_cache names held, readdir handed out one name a reply until some were told:
+    # the kernel (and libfuse) never held the whole directory at once.
+    assert counts["shortened_replies"] > 0
+    assert counts["peak_held"] < count
+    # Each name told is let go of: nothing is kept per name the kernel forgot.
+    deadline = time.monotonic() + 120  # a bound on the wait (told 1.5 s after), not a timing
+    while counts["held"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        counts = json.loads(os.getxattr(mount.path, "s3.status"))["kernel_names"]
+    assert counts["held"] == 0 and counts["queued"] == counts["forgotten"] + counts["unknown"]
+    assert counts["queued"] >= count - hold  # past the first names a listing keeps (attr_cache)
+    mount.stop()
+    told = [line for line in mount.log_lines() if "kernel names:" in line]
+    assert told and "readdir replies cut to one name (over %d held)" % hold in told[-1]
 
 
 @pytest.mark.fuse

@@ -220,6 +220,24 @@ def test_a_listing_makes_no_head_and_feeds_lookups_of_a_bucket_without_metadata(
     assert store.calls["HEAD"] == 0
 
 
+def test_listed_files_share_what_every_entry_has_alike_and_none_can_change_it():
+    ns, store, _ = make(listing_attrs=True)
+    for i in range(3):
+        store.put("f%d" % i, b"x" * i, headers={"Content-Type": "text/plain"})
+    listed = listing(ns)
+    a, b, c = (listed["f%d" % i] for i in range(3))
+    assert (a.size, b.size, c.size) == (0, 1, 2) and ns.lookup("/f1") is b and store.calls["HEAD"] == 0
+    # One read-only empty mapping for their metadata and headers (a listing carries neither),
+    # one mode, one storage class: a large directory keeps up to attr_cache of these.
+    assert a.metadata is b.metadata is a.headers is c.headers and not a.metadata
+    with pytest.raises(TypeError):
+        a.metadata["mode"] = "0"  # type: ignore[index]
+    assert a.mode is b.mode and a.storage_class is b.storage_class
+    # What a HEAD tells is the file's own (looked up whole, or changed: copies).
+    full = ns.lookup_full("/f1")
+    assert full.headers.get("Content-Type") == "text/plain" and full.headers is not a.headers
+
+
 def test_a_listed_file_is_looked_up_whole_once():
     ns, store, clock = make()
     store.put("link", b"target", {A.META_PREFIX + "mode": str(stat.S_IFLNK | 0o777)})

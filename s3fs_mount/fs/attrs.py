@@ -30,8 +30,11 @@ import base64
 import errno
 import re
 import stat
+import sys
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
 
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.s3.store import META_PREFIX, NO_DIGEST, digest_of
@@ -61,7 +64,7 @@ class Defaults:
     gid: int
     umask: int
 
-    @property
+    @cached_property  # one int for every listed file (a large directory keeps one per entry)
     def file_mode(self) -> int:
         return stat.S_IFREG | (0o666 & ~self.umask)
 
@@ -238,11 +241,18 @@ def attributes_from(
     )
 
 
+#: A listed file's metadata and headers (a listing carries none), shared and read-only.
+NO_FIELDS: MappingProxyType[str, str] = MappingProxyType({})
+
+
 def listed_file(defaults: Defaults, size: int, mtime: float, etag: str, storage_class: str) -> Attributes:
     """What a listing says of a file (no metadata: mode and owner the defaults, ``complete`` False).
 
     The same as :func:`attributes_from` of no metadata, built directly: a walk of a large
-    directory makes one per entry.
+    directory makes one per entry, and the namespace keeps up to ``attr_cache`` of them, so
+    what every entry has alike is one object for all (no metadata and no headers: one
+    read-only empty mapping; the mode; the storage class): ~220 of ~730 bytes an entry
+    (bench/README.md).
     """
     return Attributes(
         mode=defaults.file_mode,
@@ -251,7 +261,9 @@ def listed_file(defaults: Defaults, size: int, mtime: float, etag: str, storage_
         uid=defaults.uid,
         gid=defaults.gid,
         etag=etag,
-        storage_class=storage_class,
+        metadata=NO_FIELDS,  # type: ignore[arg-type]  # read-only: nothing changes a listed file's in place
+        headers=NO_FIELDS,  # type: ignore[arg-type]
+        storage_class=sys.intern(storage_class),
         complete=False,
         stored=mtime,
     )

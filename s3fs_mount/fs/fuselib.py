@@ -162,7 +162,8 @@ class FUSE(mfusepy.FUSE):
     attributes are a :class:`TypeOnly` gives its type in both, and no attributes. Names of a large
     directory that go out with attributes are queued to the operations'
     ``kernel_names`` (:class:`KernelNames`), whose directory node ids this class
-    finds in libfuse's readdir handle.
+    finds in libfuse's readdir handle; while the kernel holds more of them than
+    it may, a readdirplus call hands out one such name (:meth:`KernelNames.make_room`).
 
     ``getxattr`` of a name under the operations' ``unstored_xattr_prefixes``
     is ENOTSUP without a call into the operations (``ls -l`` asks two such
@@ -238,10 +239,14 @@ class FUSE(mfusepy.FUSE):
             with self._listings_lock:
                 self._listings[fh] = stream
         plus = bool(flags & FUSE_READDIR_PLUS)
-        if plus and offset and self._plus_always and self._kernel_names is not None:
+        names = self._kernel_names
+        large = names is not None and names.is_large(where)
+        if plus and offset and self._plus_always and large:
             # What the kernel's own choice (readdirplus_auto) would have asked without attributes:
             # a large directory's entries after its first call (memory: a node per name handed).
-            plus = not self._kernel_names.is_large(where)
+            plus = False
+        # Past the names the kernel may hold, one a reply (KernelNames.make_room: a bound).
+        room = 1 if plus and large and names is not None and names.make_room() else -1
         kind = mfusepy.c_stat()
         index = offset
         handed: list[str] = []  # names that went out with their attributes (a dentry each)
@@ -281,13 +286,14 @@ class FUSE(mfusepy.FUSE):
                 if before >= 0 and not self._expire_attributes(buf, fh, before, raw):
                     return 0  # taken back: asked again from this index, and handed its type alone
                 stream.taken()
+                index += 1
                 if fill_flags:
                     handed.append(name)
-                index += 1
+                    if len(handed) == room:
+                        return 0  # more are there: the kernel asks again from this index
         finally:
             # Queued once a call (the operations say whether the directory is large as they list it).
-            names = self._kernel_names
-            if handed and names is not None and names.is_large(where):
+            if handed and names is not None and (large or names.is_large(where)):
                 names.forget_later_all(where, handed)
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
@@ -532,12 +538,25 @@ class KernelNames:
     directory read (the FUSE binding finds it in libfuse's readdir handle); names of a
     directory whose id is not known are not queued.
 
+    **A bound on what piles up.** A quiet walk hands out ~30,000 names a second and the
+    kernel takes ~21,000 forgets a second (bench/README.md): the names the kernel holds,
+    and libfuse's nodes with them, grew through the walk. Past ``hold`` names held (queued,
+    not yet told), :meth:`make_room` has a readdir hand out one name a reply, after waiting
+    (at most ``delay``) until the oldest is due if none is yet, and wakes the thread: the
+    walk goes at the pace of the forgetting, whatever the two speeds. A readdir cannot wait
+    for the forgetting itself: the kernel holds the directory's lock (shared) while it
+    waits for our answer, and each invalidation takes it exclusively; a wait until a name
+    is due holds nothing the thread could do meanwhile, and the short reply lets go of the
+    lock.
+
     :param delay: seconds from queueing to forgetting (the kernel's entry timeout, or more).
     :param clock: what ``delay`` is measured by.
     :param limit: most names queued; more are not queued (the kernel keeps those).
+    :param hold: names held past which readdir replies are cut short (:meth:`make_room`).
+    :param wait: ``wait(seconds)``: how :meth:`make_room` waits (default: until :meth:`stop`).
 
     GUARDED_BY(_lock): ``_due``, ``_nodes``, ``_large``, ``queued``, ``forgotten``, ``unknown``, ``overflow``,
-    ``batches``. Set once by :meth:`start`: ``_forget``, ``_how``, ``_thread``.
+    ``batches``, ``peak``, ``shortened``. Set once by :meth:`start`: ``_forget``, ``_how``, ``_thread``.
     """
 
     def __init__(
@@ -545,10 +564,13 @@ class KernelNames:
         delay: float,
         clock: Callable[[], float] = time.monotonic,
         limit: int = KERNEL_NAMES_QUEUED,
+        hold: int = KERNEL_NAMES_QUEUED,
+        wait: Callable[[float], object] | None = None,
     ) -> None:
         self.delay = delay
         self.clock = clock
         self.limit = limit
+        self.hold = hold
         self._lock = threading.Lock()
         self._due: deque[tuple[float, int, str]] = deque()  # (when, directory node id, name), in time order
         self._nodes: dict[str, int] = {}  # directory path -> its node id, the last DIRECTORIES read
@@ -558,10 +580,14 @@ class KernelNames:
         self.unknown = 0  #: names the kernel no longer had (or whose directory had gone)
         self.overflow = 0  #: names not queued: the queue was full
         self.batches = 0  #: calls of ``forget`` (each with up to NOTIFY_BATCH names)
+        self.peak = 0  #: most names held at once (queued, not yet told)
+        self.shortened = 0  #: readdir replies cut to one name (:meth:`make_room`)
         self._forget: Callable[[list[tuple[int, str]]], list[int]] | None = None
         self._how = ""  # how ``forget`` tells the kernel, for the log
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._wake = threading.Event()  # the thread looks for due names now, not at its next period
+        self._wait = wait if wait is not None else self._stopped.wait
 
     def directory(self, path: str, node: int) -> None:
         """Directory ``path`` has node id ``node`` (it is being read)."""
@@ -593,6 +619,42 @@ class KernelNames:
             self._due.extend((when, node, name) for name in names[:room])
             self.queued += min(room, len(names))
             self.overflow += max(0, len(names) - room)
+            self.peak = max(self.peak, self.queued - self.forgotten - self.unknown)
+
+    def held(self) -> int:
+        """Names queued and not yet told (the kernel, and libfuse, hold them)."""
+        with self._lock:
+            return self.queued - self.forgotten - self.unknown
+
+    def make_room(self) -> bool:
+        """Before a readdir of a large directory hands out names with their attributes: False
+        while no more than ``hold`` names are held; else one name for this reply (True), after
+        a wait (at most ``delay``) until the oldest queued is due if none is, with the thread
+        woken to tell the kernel. Never waits for the telling (see the class)."""
+        with self._lock:
+            if self.queued - self.forgotten - self.unknown <= self.hold:
+                return False
+            self.shortened += 1
+            oldest = self._due[0][0] if self._due else None
+        if oldest is not None:
+            early = oldest - self.clock()
+            if early > 0:
+                self._wait(min(early, self.delay))
+        self._wake.set()
+        return True
+
+    def counts(self) -> dict[str, int]:
+        """What was queued, told and held, for the mount's status."""
+        with self._lock:
+            return {
+                "queued": self.queued,
+                "forgotten": self.forgotten,
+                "unknown": self.unknown,
+                "not_queued": self.overflow,
+                "held": self.queued - self.forgotten - self.unknown,
+                "peak_held": self.peak,
+                "shortened_replies": self.shortened,
+            }
 
     def start(self, forget: Callable[[list[tuple[int, str]]], list[int]], how: str = "") -> None:
         """Forget due names from a thread of ours with ``forget([(parent node id, name), ...])``, which
@@ -604,13 +666,15 @@ class KernelNames:
     def stop(self) -> None:
         """No more forgetting (the session is ending); what is queued stays as it is."""
         self._stopped.set()
+        self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         with self._lock:
             if self.queued:
                 log.info(
                     "kernel names: %d queued to forget, %d forgotten, %d no longer known, %d not queued "
-                    "(the queue was full), %d still queued; told in %d batches (%s)",
+                    "(the queue was full), %d still queued; told in %d batches (%s); at most %d held at "
+                    "once, %d readdir replies cut to one name (over %d held)",
                     self.queued,
                     self.forgotten,
                     self.unknown,
@@ -618,10 +682,17 @@ class KernelNames:
                     len(self._due),
                     self.batches,
                     self._how,
+                    self.peak,
+                    self.shortened,
+                    self.hold,
                 )
 
     def _run(self) -> None:
-        while not self._stopped.wait(KERNEL_NAMES_PERIOD):
+        while not self._stopped.is_set():
+            self._wake.wait(KERNEL_NAMES_PERIOD)
+            self._wake.clear()
+            if self._stopped.is_set():
+                break
             try:
                 self.forget_due()
             except Exception:  # noqa: BLE001 - never end the thread: the next round tries again

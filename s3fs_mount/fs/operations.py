@@ -170,9 +170,12 @@ class S3Operations(Operations):
         self._hidden: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         #: Names of large directories the kernel is told to forget once it would ask again anyway
-        #: (libfuse keeps a node per name the kernel holds): libfuse3 only, which can tell it.
+        #: (libfuse keeps a node per name the kernel holds): libfuse3 only, which can tell it. It
+        #: holds at most about as many as we keep attributes (attr_cache): readdir slows past that.
         self.kernel_names = (
-            KernelNames(options.attr_ttl + KERNEL_NAMES_GRACE) if mountpoint and LIBFUSE_MAJOR == 3 else None
+            KernelNames(options.attr_ttl + KERNEL_NAMES_GRACE, hold=options.attr_cache)
+            if mountpoint and LIBFUSE_MAJOR == 3
+            else None
         )
         self.unuploaded: list[str] | None = None  # set by destroy()
         self.dir_times: DirTimesWriter | None = None  # set by start()
@@ -786,7 +789,9 @@ class S3Operations(Operations):
         Per pending file: its size, the bytes of it already in S3 (``uploaded``:
         of the upload under way, or of the last one), and ``writers``, the
         handles open for writing (1 or 0; such a file is not final yet).
-        ``open_for_writing``: every file with a handle open for writing.
+        ``open_for_writing``: every file with a handle open for writing. ``kernel_names``: the
+        names of large directories the kernel was told to forget (:meth:`KernelNames.counts`),
+        or None where it cannot be told.
         """
         with self._lock:
             writing = {id(h.item): h.item for h in self._handles.values() if h.writable}
@@ -822,6 +827,7 @@ class S3Operations(Operations):
             "pending": pending,
             "open_for_writing": open_for_writing,
             "requests": self.request_summary(),
+            "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,
         }
 
     @fuse_operation

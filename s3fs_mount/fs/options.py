@@ -130,7 +130,8 @@ class MountOptions:
     dir_ttl: float = _option(1.0, "seconds directory listings are cached", "consistency")
     attr_cache: int = _option(
         ATTR_CACHE_ENTRIES,
-        "attributes kept in memory; larger directories are walked a page at a time",
+        "attributes kept in memory; larger directories are walked a page at a time, "
+        "and the kernel holds about as many of their names at most",
         "consistency",
     )
     listing_attrs: bool = _option(

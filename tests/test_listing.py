@@ -335,6 +335,7 @@ def binding(operations: Any, names: KernelNames) -> Any:
     fuse.operations, fuse._kernel_names, fuse._fuse_pointer = operations, names, None
     fuse._listings, fuse._listings_lock = {}, threading.Lock()
     fuse.encoding, fuse.errors, fuse.use_ns = "utf-8", "surrogateescape", True
+    fuse._layout_warned, fuse._expire_ok, fuse._plus_always = False, True, False
     return fuse
 
 
@@ -370,6 +371,26 @@ def test_readdirplus_of_a_large_directory_hands_out_one_name_a_reply_past_the_na
     # A plain readdir hands the kernel no name to hold (the type only): not cut.
     assert readdir_reply(fuse, 9, 0, 4) == [("n%d" % i, False) for i in range(7, 11)]
     assert names.held() == 7 and names.peak == 7
+
+
+def test_a_large_directorys_later_readdir_calls_hand_attributes_only_after_lookups_in_it():
+    """With the kernel's readdirplus_auto off every readdir asks with attributes; a large
+    directory's calls after its first give them only where one of its names was looked up
+    since the last call (ls -l, du), as the kernel's own choice would: find, which looks
+    nothing up, leaves no node per name."""
+    names = KernelNames(1.5, clock=Clock(), wait=lambda s: pytest.fail("waited"))
+    names.directory("/big", 5)
+    names.large("/big")
+    fuse = binding(Listing(20), names)
+    fuse._plus_always = True
+    assert [plus for _, plus in readdir_reply(fuse, 0, FUSE_READDIR_PLUS, 4)] == [False, False, True, True]
+    assert readdir_reply(fuse, 4, FUSE_READDIR_PLUS, 4) == [("n%d" % i, False) for i in range(2, 6)]
+    names.forget_later("/big", "n2")  # a lookup of one of its names (the operations' getattr)
+    assert readdir_reply(fuse, 8, FUSE_READDIR_PLUS, 4) == [("n%d" % i, True) for i in range(6, 10)]
+    assert readdir_reply(fuse, 12, FUSE_READDIR_PLUS, 4) == [("n%d" % i, False) for i in range(10, 14)]
+    names.directory("/small", 6)
+    names.forget_later("/small", "x")  # not large: nothing to advise
+    assert not names.advised("/small")
 
 
 def test_readdirplus_of_a_small_directory_is_never_cut():

@@ -241,10 +241,11 @@ class FUSE(mfusepy.FUSE):
         plus = bool(flags & FUSE_READDIR_PLUS)
         names = self._kernel_names
         large = names is not None and names.is_large(where)
-        if plus and offset and self._plus_always and large:
-            # What the kernel's own choice (readdirplus_auto) would have asked without attributes:
-            # a large directory's entries after its first call (memory: a node per name handed).
-            plus = False
+        if plus and offset and self._plus_always and large and names is not None:
+            # As the kernel's own choice (readdirplus_auto) would ask: a large directory's calls
+            # after its first with attributes only where names of it were looked up since its
+            # last call (a walk that stats: ls -l, du), else its names alone (find: no node each).
+            plus = names.advised(where)
         # Past the names the kernel may hold, one a reply (KernelNames.make_room: a bound).
         room = 1 if plus and large and names is not None and names.make_room() else -1
         kind = mfusepy.c_stat()
@@ -555,8 +556,9 @@ class KernelNames:
     :param hold: names held past which readdir replies are cut short (:meth:`make_room`).
     :param wait: ``wait(seconds)``: how :meth:`make_room` waits (default: until :meth:`stop`).
 
-    GUARDED_BY(_lock): ``_due``, ``_nodes``, ``_large``, ``queued``, ``forgotten``, ``unknown``, ``overflow``,
-    ``batches``, ``peak``, ``shortened``. Set once by :meth:`start`: ``_forget``, ``_how``, ``_thread``.
+    GUARDED_BY(_lock): ``_due``, ``_nodes``, ``_large``, ``_advised``, ``queued``, ``forgotten``,
+    ``unknown``, ``overflow``, ``batches``, ``peak``, ``shortened``. Set once by :meth:`start`:
+    ``_forget``, ``_how``, ``_thread``.
     """
 
     def __init__(
@@ -575,6 +577,7 @@ class KernelNames:
         self._due: deque[tuple[float, int, str]] = deque()  # (when, directory node id, name), in time order
         self._nodes: dict[str, int] = {}  # directory path -> its node id, the last DIRECTORIES read
         self._large: dict[str, bool] = {}  # large directories (paths), the last DIRECTORIES said so
+        self._advised: set[str] = set()  # large directories a name of which was looked up since advised()
         self.queued = 0  #: names queued, in all
         self.forgotten = 0  #: names the kernel dropped when told
         self.unknown = 0  #: names the kernel no longer had (or whose directory had gone)
@@ -605,8 +608,22 @@ class KernelNames:
             return path in self._large
 
     def forget_later(self, parent: str, name: str) -> None:
-        """Name ``name`` of directory ``parent`` (a path) is to be forgotten ``delay`` s from now."""
+        """Name ``name`` of directory ``parent`` (a path), just looked up, is to be forgotten
+        ``delay`` s from now; a large ``parent`` is :meth:`advised`."""
+        with self._lock:
+            if parent in self._large:
+                self._advised.add(parent)
         self.forget_later_all(parent, [name])
+
+    def advised(self, path: str) -> bool:
+        """Whether a name of large directory ``path`` was looked up (:meth:`forget_later`) since
+        this was last asked of it: its next readdir call hands attributes, as the kernel's
+        ``readdirplus_auto`` asks for them after lookups (its ``FUSE_I_ADVISE_RDPLUS``)."""
+        with self._lock:
+            if path in self._advised:
+                self._advised.discard(path)
+                return True
+            return False
 
     def forget_later_all(self, parent: str, names: list[str]) -> None:
         """Names ``names`` of directory ``parent`` (a path) are to be forgotten ``delay`` s from now."""

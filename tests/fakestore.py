@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -45,7 +46,7 @@ class FakeMultipart(MultipartUpload):
             raise S3Error(404, "NoSuchUpload", resource=self.key)
 
     def upload_part(self, number: int, data: bytes, checksum: dict | None = None) -> str:
-        self.store.calls["PUT part"] += 1
+        self.store.count("PUT part")
         self._live()
         self.data[number] = bytes(data)
         etag = hashlib.md5(self.data[number]).hexdigest()
@@ -53,7 +54,7 @@ class FakeMultipart(MultipartUpload):
         return etag
 
     def copy_part(self, number: int, source: str, first: int, last: int, if_match: str | None = None) -> str:
-        self.store.calls["COPY part"] += 1
+        self.store.count("COPY part")
         self._live()
         bucket, key = urllib.parse.unquote(source).lstrip("/").split("/", 1)
         o = self.store._get(S3Name(key, bucket))
@@ -104,8 +105,12 @@ class FakeStore:
         self.checksums = True
         self.checksum_algorithm: str | None = None  # uploads carry Content-MD5, as to a server without CRC32
         self.buckets: dict[str, dict[str, FakeObject]] = {bucket: {}}
+        #: Requests by kind, and by the bucket they named. GUARDED_BY(_count_lock) while counting:
+        #: the GET threads count at once, and a Counter's ``+=`` of a key it lacks runs Python
+        #: (``__missing__``) between the read and the write, where another thread's count is lost.
         self.calls: Counter[str] = Counter()
-        self.requested: Counter[str] = Counter()  # requests by the bucket they named
+        self.requested: Counter[str] = Counter()
+        self._count_lock = threading.Lock()
         self.uploads: set[str] = set()
         self._begun: dict[str, MultipartUpload] = {}  # upload id -> its upload (what was sent, for a resume)
         #: key -> the error code a DeleteObjects answers for it (the key stays), as S3 may.
@@ -119,11 +124,17 @@ class FakeStore:
         """The objects of the bucket it was made with."""
         return self.buckets[self.bucket]
 
+    def count(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` more of ``kind`` in :attr:`calls` (from any thread)."""
+        with self._count_lock:
+            self.calls[kind] += n
+
     def _bucket(self, bucket: str | None) -> dict[str, FakeObject]:
         bucket = bucket or self.default_bucket
         if not bucket:
             raise ValueError("no bucket: give bucket= or a default_bucket")
-        self.requested[bucket] += 1
+        with self._count_lock:
+            self.requested[bucket] += 1
         try:
             return self.buckets[bucket]
         except KeyError:
@@ -157,7 +168,7 @@ class FakeStore:
     # -- objects --------------------------------------------------------------------------
 
     def head(self, remote_name: str | S3Name) -> ObjectInfo:
-        self.calls["HEAD"] += 1
+        self.count("HEAD")
         try:
             o = self._get(remote_name)
         except S3Error as exc:  # an answer to a HEAD has no body: its status is all S3 says
@@ -167,12 +178,12 @@ class FakeStore:
 
     def get_range(self, remote_name: str | S3Name, start: int, length: int,
                   if_match: str | None = None) -> bytes:
-        self.calls["GET"] += 1
+        self.count("GET")
         o = self._get(remote_name)
         if if_match and if_match != o.etag:
             raise S3Error(412, "PreconditionFailed")
         data = o.data[start:start + length] if length > 0 else b""
-        self.calls["bytes down"] += len(data)
+        self.count("bytes down", len(data))
         if self.flip_reads and data:  # one byte changed on the way, as a bad network would
             self.flip_reads -= 1
             i = len(data) // 2
@@ -191,7 +202,7 @@ class FakeStore:
 
     def put(self, remote_name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None,
             if_match: str | None = None, if_none_match: bool = False) -> str:
-        self.calls["PUT"] += 1
+        self.count("PUT")
         body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]
         return self._store(remote_name, bytes(body), dict(headers or {}), if_match, if_none_match)
 
@@ -225,7 +236,7 @@ class FakeStore:
 
     def rename_object(self, remote_source: str | S3Name, remote_destination: str | S3Name,
                       if_match: str | None = None) -> None:
-        self.calls["RENAME"] += 1
+        self.count("RENAME")
         if not self.renames:  # a PutObject of nothing, as moto answers it
             self._store(remote_destination, b"", {}, None, False)
             return
@@ -237,13 +248,13 @@ class FakeStore:
         destination[new_key] = objects.pop(key)
 
     def remove(self, remote_name: str | S3Name) -> None:
-        self.calls["DELETE"] += 1
+        self.count("DELETE")
         objects, key = self._at(remote_name)
         objects.pop(key, None)
 
     def start_multipart(self, remote_name: str | S3Name, headers: dict | None = None,
                         checksum: bool = True) -> MultipartUpload:
-        self.calls["POST"] += 1
+        self.count("POST")
         bucket, key = resolve(remote_name, self.default_bucket)
         self._bucket(bucket)
         mpu = FakeMultipart(self, bucket, key, "up%d" % next(self._ids))  # type: ignore[arg-type]
@@ -276,9 +287,9 @@ class FakeStore:
 
     def copy_object(self, remote_source, remote_destination, headers=None, replace_metadata=False,
                     if_match=None, source_info=None, size=None) -> str:
-        self.calls["COPY"] += 1
+        self.count("COPY")
         if source_info is None and (size is None or replace_metadata):
-            self.calls["HEAD"] += 1  # as the real one: it must learn the size (and headers)
+            self.count("HEAD")  # as the real one: it must learn the size (and headers)
         o = self._get(remote_source)
         objects, key = self._at(remote_destination)
         if if_match and if_match != o.etag:
@@ -301,7 +312,7 @@ class FakeStore:
         keys = sorted(k for k in objects if k.startswith(prefix))
         after = start_after or ""
         while True:
-            self.calls["LIST"] += 1
+            self.count("LIST")
             page = ListPage()
             i = bisect.bisect_right(keys, after)
             while i < len(keys) and len(page.entries) + len(page.prefixes) < max_keys:
@@ -330,7 +341,7 @@ class FakeStore:
         keys = list(keys)
         self.delete_batches.append(len(keys))
         self.deleted_keys.append(keys)
-        self.calls["DELETE multi"] += max(1, -(-len(keys) // 1000))  # 1000 keys per request
+        self.count("DELETE multi", max(1, -(-len(keys) // 1000)))  # 1000 keys per request
         objects = self._bucket(bucket)
         failed = []
         for key in keys:

@@ -1081,6 +1081,24 @@ def test_random_reads_of_a_large_object_are_checked_when_they_have_fetched_it_al
     ops.release("/f", fh)
 
 
+def test_random_reads_are_checked_when_a_read_in_the_middle_completes_the_object(tmp_path, caplog):
+    store = FakeStore()
+    data = os.urandom(20 * MiB + 7)
+    store.put("f", data)
+    ops = make_ops(tmp_path, store)
+    store.flip_reads = 1  # the first GET, of the file's last bytes
+    fh = ops.open("/f", os.O_RDONLY)
+    offsets = [off for off in reversed(range(0, len(data), 1 * MiB)) if off != 10 * MiB]
+    for off in offsets:  # never sequential; the object's bytes on both sides of 10 MiB
+        assert len(ops.read("/f", 1 * MiB, off, fh)) == min(MiB, len(data) - off)
+    assert "do not match" not in caplog.text
+    with pytest.raises(FuseOSError) as raised:
+        ops.read("/f", 1 * MiB, 10 * MiB, fh)  # the gap in the middle: the object is whole now
+    assert raised.value.errno == errno.EIO
+    assert "the %d bytes fetched do not match" % len(data) in caplog.text
+    ops.release("/f", fh)
+
+
 def test_a_file_rename_copies_the_version_looked_up_with_no_head_and_no_target_lookup(tmp_path):
     store = FakeStore()
     store.put("src", b"data")

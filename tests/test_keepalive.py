@@ -9,6 +9,7 @@ import datetime
 import gzip
 import io
 import ipaddress
+import os
 import socket
 import ssl
 import threading
@@ -21,6 +22,7 @@ from waiting import eventually
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
 from s3fs_mount.s3.errors import ConnectionFailed, TimedOut, TLSFailed, TransportError
 from s3fs_mount.s3.keepalive import KeptAlivePool
+from s3fs_mount.s3.store import WHOLE_GET
 
 MiB = 1 << 20
 LOOPBACK = "127.0.0.1"
@@ -65,7 +67,7 @@ def test_requests_with_bodies_in_memory_go_over_kept_alive_sockets(
     assert exchanges == ["PUT", "HEAD", "GET"]
     # A body read from a file as it is sent, and an answer read as a stream, go through urllib3.
     proxied.connection.request("PUT", bucket, "file", body=lambda: io.BytesIO(b"from a file")).close()
-    assert proxied.get_range(S3Name("file", bucket), 0, 4) == b"from"
+    assert proxied.get_range_blocks(S3Name("file", bucket), 0, 4, MiB) == [b"from"]
     assert exchanges == ["PUT", "HEAD", "GET"]
     assert proxied.delete_keys(["file"]) == []
     proxied.remove(S3Name("small", bucket))
@@ -78,6 +80,24 @@ def test_requests_with_bodies_in_memory_go_over_kept_alive_sockets(
             proxied.head(S3Name("small", bucket))
         assert caught.value.not_found
     assert faultproxy.accepted == before
+
+
+def test_a_small_ranged_get_is_read_whole_over_kept_alive_sockets(proxied, exchanges, boto, bucket):
+    data = os.urandom(WHOLE_GET + 5)
+    boto.put_object(Bucket=bucket, Key="big", Body=data)
+    etag = boto.head_object(Bucket=bucket, Key="big")["ETag"].strip('"')
+    name = S3Name("big", bucket)
+    assert proxied.get_range(name, 10, 4096, if_match=etag) == data[10:4106]
+    assert proxied.get_range(name, WHOLE_GET, 100) == data[WHOLE_GET:]  # fewer at the end
+    assert proxied.get_range(name, len(data), 10) == b""  # past the end (416)
+    assert exchanges == ["GET", "GET", "GET"]
+    with pytest.raises(S3Error) as caught:
+        proxied.get_range(name, 0, 4096, if_match="0" * 32)
+    assert caught.value.precondition_failed
+    assert exchanges == ["GET"] * 4
+    # A larger range is streamed through urllib3, as before.
+    assert proxied.get_range(name, 0, len(data)) == data
+    assert exchanges == ["GET"] * 4
 
 
 def test_through_a_proxy_every_request_goes_through_urllib3(
@@ -413,11 +433,13 @@ def test_https_goes_over_kept_alive_tls_sockets_that_check_the_certificate(
         store.put(S3Name("secure", bucket), b"over tls")
         assert store.head(S3Name("secure", bucket)).size == 8
         assert [e.key for e in next(store.list("", bucket=bucket)).entries] == ["secure"]
-        assert store.get_range(S3Name("secure", bucket), 5, 3) == b"tls"  # urllib3, the same bundle
+        assert store.get_range(S3Name("secure", bucket), 5, 3) == b"tls"
+        # urllib3, the same bundle
+        assert store.get_range_blocks(S3Name("secure", bucket), 5, 3, MiB) == [b"tls"]
         store.remove(S3Name("secure", bucket))
     finally:
         store.close()
-    assert exchanges == ["PUT", "HEAD", "GET", "DELETE"]
+    assert exchanges == ["PUT", "HEAD", "GET", "GET", "DELETE"]
     assert "Contents" not in boto.list_objects_v2(Bucket=bucket)
 
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # the system's bundle does not know this certificate

@@ -81,6 +81,21 @@ def test_random_reads_spread_over_an_object_get_the_pages_they_read(
     assert ranged_gets(faultproxy, "big") == [PAGE] * len(offsets)  # a page each, no more
 
 
+def test_random_reads_fetch_their_pages_over_the_kept_alive_transport(
+    mount_factory, faultproxy, s3config, tmp_path, big
+):
+    mount = proxied_mount(mount_factory, faultproxy, s3config, tmp_path)
+    offsets = [off + 3 * PAGE for off in range(0, SIZE - MiB, 5 * MiB)]
+    random.Random(5).shuffle(offsets)
+    got = preads(os.path.join(mount.path, "big"), offsets)
+    assert got == [big[off : off + PAGE] for off in offsets]
+    gets = [h for method, target, h in faultproxy.heard if method == "GET" and target.endswith("/big")]
+    assert len(gets) == len(offsets)
+    # Read whole by our own transport (s3fs_mount/s3/keepalive.py), not streamed through urllib3,
+    # which names itself in a User-Agent: a GET's latency is what a random read costs.
+    assert [h.get("user-agent") for h in gets] == [None] * len(offsets)
+
+
 def test_random_reads_that_cluster_are_served_by_fewer_larger_gets(
     mount_factory, faultproxy, s3config, tmp_path, big
 ):

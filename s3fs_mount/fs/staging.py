@@ -591,7 +591,8 @@ class StagedFile:
         written: its bytes are not only S3's. (Caller holds cond.)"""
         if not etag or self.etag != etag or self.dirty or self.uploading:
             return False
-        return all(start <= gs and ge <= end for gs, ge in self.missing(0, self.remote_size))
+        size = self.remote_size
+        return self.present.covers(0, min(start, size)) and self.present.covers(end, size)
 
     def fill_checked(self, start: int, end: int, etag: str) -> None:
         """The held bytes of ``[start, end)`` passed their check: present, if still of ``etag``."""

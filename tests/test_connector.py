@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import logging
 import os
 import re
@@ -642,3 +643,17 @@ def test_a_sent_body_is_let_go_when_the_request_returns(proxied, faultproxy, buc
         upload.abort()
     finally:
         gc.enable()
+
+
+def test_an_object_stored_with_a_content_encoding_is_read_as_the_bytes_it_holds(
+    store, boto, bucket, tmp_path
+):
+    """RemoteStore.read and get_range hand the object's own bytes, never decoded: what boto3
+    reads of an object put with ``Content-Encoding: gzip``, its encoding kept in the headers."""
+    data = gzip.compress(b"zipped " * 5000)
+    boto.put_object(Bucket=bucket, Key="enc.gz", Body=data, ContentEncoding="gzip")
+    local = str(tmp_path / "enc.gz")
+    ok, _ = store.read(S3Name("enc.gz"), local)
+    assert ok and Path(local).read_bytes() == data
+    assert store.get_range(S3Name("enc.gz"), 5, 100) == data[5:105]
+    assert store.head(S3Name("enc.gz")).headers.get("Content-Encoding") == "gzip"

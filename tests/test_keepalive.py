@@ -244,9 +244,9 @@ FRAMINGS = {
         b"hello",
         True,
     ),
-    "gzip": (
+    "an object's gzip encoding, not decoded": (
         b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(GZIPPED) + GZIPPED,
-        b"<xml>zipped</xml>",
+        GZIPPED,
         True,
     ),
     "a Continue and Early Hints first": (

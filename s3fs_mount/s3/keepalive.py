@@ -14,6 +14,10 @@ Failures are raised as the urllib3 exceptions urllib3 raises for them, so the co
 maps them (``TransportError.wrap``) and retries them (the retry policy) exactly as before;
 nothing here sends a request twice. A pooled socket the server has closed is found before
 it is used (a peek, as urllib3 does), not by a failed request.
+
+A body is never decoded: requests ask for ``Accept-Encoding: identity``, so a
+``Content-Encoding`` on an answer is the object's own (S3 keeps it with the object), and
+the bytes are what the object holds, as every other S3 client reads them.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import select
 import socket
 import ssl
 import threading
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -290,9 +293,7 @@ class KeptAlivePool:
                     raise _broken("bad Content-Length %r" % length) from None
                 body, rest = _read_exact(sock, rest, size)
         conn.pending = rest
-        if body:
-            body = _decoded(body, fields.get("content-encoding", ""))
-        return status, found, body, keep
+        return status, found, body, keep  # never decoded: see the module's docstring
 
 
 def _broken(reason: str) -> urllib3.exceptions.ProtocolError:
@@ -358,26 +359,6 @@ def _read_to_end(sock: socket.socket, data: bytes) -> bytes:
         if not more:
             return b"".join(parts)
         parts.append(more)
-
-
-def _decoded(body: bytes, encoding: str) -> bytes:
-    """``body`` decoded as urllib3 decodes it (``decode_content``): gzip and deflate."""
-    encoding = encoding.strip().lower()
-    if not encoding or encoding == "identity":
-        return body
-    try:
-        if encoding in ("gzip", "x-gzip"):
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            try:
-                return zlib.decompress(body)
-            except zlib.error:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-    except zlib.error as exc:
-        raise urllib3.exceptions.DecodeError(
-            "Received response with content-encoding: %s, but failed to decode it." % encoding, exc
-        ) from exc
-    return body
 
 
 def _tls_context(verify: bool | str, ca_bundle: str) -> ssl.SSLContext:

@@ -584,7 +584,7 @@ class RemoteStore:
             if resp is None:
                 return b""
             with resp, _body_errors(remote_name):  # one read of the whole body: faster than 10 KiB chunks
-                data = resp.raw.read(decode_content=True)
+                data = resp.raw.read(decode_content=False)
         if resp.status_code == 200:  # server ignored the Range
             data = data[start : start + length]
         return data
@@ -602,11 +602,11 @@ class RemoteStore:
             return []
         with resp, _body_errors(remote_name):
             if resp.status_code == 200:  # server ignored the Range
-                data = resp.raw.read(decode_content=True)[start : start + length]
+                data = resp.raw.read(decode_content=False)[start : start + length]
                 return [data[i : i + block] for i in range(0, len(data), block)]
             blocks = []
             while True:
-                data = resp.raw.read(block, decode_content=True)
+                data = resp.raw.read(block, decode_content=False)
                 if not data:
                     return blocks
                 blocks.append(data)

@@ -9,6 +9,10 @@ answer read as a stream, and every request when the environment names a proxy) g
 urllib3's pools, which requests chose and built (its ``HTTPAdapter``: pool sizes, proxies from
 the environment, proxy authentication, SOCKS, the CA bundle); requests' per-request machinery
 (PreparedRequest, the adapter's URL parsing, its Response and header copies) is not used.
+
+Bodies are never decoded (``Accept-Encoding: identity`` is asked for): an object stored with
+``Content-Encoding: gzip`` is read as the bytes it holds, as by every other S3 client; decoded,
+its size and checksums would not be its own.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ class Response:
         """The body (read now if the request was streamed)."""
         if self._content is None:
             assert self.raw is not None
-            self._content = self.raw.read(decode_content=True)
+            self._content = self.raw.read(decode_content=False)
         return self._content
 
     def iter_content(self, chunk_size: int) -> Iterator[bytes]:
@@ -73,7 +77,7 @@ class Response:
         if self.raw is None:
             body = self.content
             return iter([body[i : i + chunk_size] for i in range(0, len(body), chunk_size)])
-        return self.raw.stream(chunk_size, decode_content=True)
+        return self.raw.stream(chunk_size, decode_content=False)
 
     def close(self) -> None:
         """Let the connection go: back to the pool if the body was read, else closed."""
@@ -162,6 +166,7 @@ class Transport:
             name, port = _host_port(host, self._default_port)
             status, found, content = self.kept_alive.exchange(method, name, port, target, headers, body)
             return Response(status, found, method, content)
+        headers = {**headers, "Accept-Encoding": "identity"}  # see the module's docstring
         if body is not None and "Content-Length" not in headers:
             length = (
                 len(body)
@@ -181,7 +186,7 @@ class Transport:
             redirect=False,
             assert_same_host=False,
             preload_content=not stream,
-            decode_content=True,
+            decode_content=False,
             timeout=self._timeout,
         )
         return Response.of(raw, method, stream)

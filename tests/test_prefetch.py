@@ -211,26 +211,29 @@ def _logged_gets(store: FakeStore) -> list[tuple[str, int, int]]:
     return gets
 
 
-def _item(cache: StagingCache, store: FakeStore, key: str) -> StagedFile:
-    item, _ = cache.acquire(key)
-    info = store.head(key)
-    item.reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
-    return item
-
-
-def test_readers_streaming_at_once_fetch_half_pieces_and_each_gets_its_bytes(tmp_path):
-    size = 24 * MiB
+def two_readers(tmp_path, size: int, workers: int):
+    """Objects "a" and "b" of ``size`` random bytes, a prefetcher of 2 MiB pieces (1 MiB shared) in
+    a window of 8 MiB, a clean item and a ReadState of each, and the list the GETs are logged in."""
     store = FakeStore()
     data = {key: os.urandom(size) for key in ("a", "b")}
     for key, body in data.items():
         store.put(key, body)
     bucket = Bucket(store, "bucket")
-    prefetcher = Prefetcher(bucket, max_window=8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=4,
-                            part_layout_of=bucket.part_layout)
+    prefetcher = Prefetcher(
+        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=workers, part_layout_of=bucket.part_layout
+    )
     cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
-    items = {key: _item(cache, store, key) for key in data}
-    states = {key: ReadState() for key in data}
-    gets = _logged_gets(store)
+    items = {}
+    for key in data:
+        items[key], _ = cache.acquire(key)
+        info = store.head(key)
+        items[key].reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
+    return store, data, prefetcher, items, {key: ReadState() for key in data}, _logged_gets(store)
+
+
+def test_readers_streaming_at_once_fetch_half_pieces_and_each_gets_its_bytes(tmp_path):
+    size = 24 * MiB
+    store, data, prefetcher, items, states, gets = two_readers(tmp_path, size, workers=4)
     got = {key: [] for key in data}
     step = 256 << 10
 
@@ -262,17 +265,7 @@ def test_readers_streaming_at_once_fetch_half_pieces_and_each_gets_its_bytes(tmp
 
 def test_a_corrupt_half_piece_of_one_of_several_readers_is_eio_for_that_reader_only(tmp_path):
     size = 8 * MiB
-    store = FakeStore()
-    data = {key: os.urandom(size) for key in ("a", "b")}
-    for key, body in data.items():
-        store.put(key, body)
-    bucket = Bucket(store, "bucket")
-    prefetcher = Prefetcher(bucket, max_window=8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=1,
-                            part_layout_of=bucket.part_layout)
-    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
-    items = {key: _item(cache, store, key) for key in data}
-    states = {key: ReadState() for key in data}
-    gets = _logged_gets(store)
+    store, data, prefetcher, items, states, gets = two_readers(tmp_path, size, workers=1)
     assert prefetcher.read(items["a"], states["a"], 0, MiB) == data["a"][:MiB]
     for _, future in list(states["a"].pieces.values()):  # its GETs ahead are done
         future.result()

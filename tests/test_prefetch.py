@@ -196,3 +196,83 @@ def test_a_random_read_across_a_block_boundary_gets_both_blocks(tmp_path):
     half = MAX_RANDOM_BLOCK // 2
     assert item.remote_gaps(0, 64 * MiB) == [(0, 3 * MiB - half), (3 * MiB + half, 64 * MiB)]
     assert store.calls["GET"] == 1  # the two aligned blocks, in one GET
+
+
+def _logged_gets(store: FakeStore) -> list[tuple[str, int, int]]:
+    """Record each GET of ``store`` as (key, start, length), in order."""
+    gets: list[tuple[str, int, int]] = []
+    get_range = store.get_range
+
+    def logged(remote_name, start, length, if_match=None):
+        gets.append((getattr(remote_name, "key", remote_name), start, length))
+        return get_range(remote_name, start, length, if_match)
+
+    store.get_range = logged
+    return gets
+
+
+def two_readers(tmp_path, size: int, workers: int):
+    """Objects "a" and "b" of ``size`` random bytes, a prefetcher of 2 MiB pieces (1 MiB shared) in
+    a window of 8 MiB, a clean item and a ReadState of each, and the list the GETs are logged in."""
+    store = FakeStore()
+    data = {key: os.urandom(size) for key in ("a", "b")}
+    for key, body in data.items():
+        store.put(key, body)
+    bucket = Bucket(store, "bucket")
+    prefetcher = Prefetcher(
+        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=workers, part_layout_of=bucket.part_layout
+    )
+    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
+    items = {}
+    for key in data:
+        items[key], _ = cache.acquire(key)
+        info = store.head(key)
+        items[key].reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
+    return store, data, prefetcher, items, {key: ReadState() for key in data}, _logged_gets(store)
+
+
+def test_readers_streaming_at_once_fetch_half_pieces_and_each_gets_its_bytes(tmp_path):
+    size = 24 * MiB
+    store, data, prefetcher, items, states, gets = two_readers(tmp_path, size, workers=4)
+    got = {key: [] for key in data}
+    step = 256 << 10
+
+    def read(key: str) -> None:
+        at = sum(len(b) for b in got[key])
+        got[key].append(prefetcher.read(items[key], states[key], at, step))
+
+    read("a")  # alone: whole pieces
+    first_a = [n for k, _, n in gets if k == "a"]
+    for _ in range(size // 2 // step):  # both stream, turn about
+        read("a")
+        read("b")
+    b_shared = [n for k, _, n in gets if k == "b"]
+    held_end = max(s + n for s, (n, _) in states["b"].pieces.items())
+    prefetcher.drop(states["a"])  # "a" is closed: "b" streams alone again
+    while sum(len(x) for x in got["b"]) < size:
+        read("b")
+    b_alone = [n for k, s, n in gets if k == "b" and s >= held_end]
+    assert b"".join(got["b"]) == data["b"]  # checked at the end: no EIO
+    assert b"".join(got["a"]) == data["a"][: len(b"".join(got["a"]))]
+    assert set(first_a) == {2 * MiB}
+    assert set(b_shared) == {MiB}
+    assert b_alone and set(b_alone[:-1]) == {2 * MiB}  # the last may end at the object's end
+    b_ranges = sorted((s, s + n) for k, s, n in gets if k == "b")
+    assert b_ranges[0][0] == 0 and b_ranges[-1][1] == size  # each byte fetched once:
+    assert all(e == s for (_, e), (s, _) in zip(b_ranges, b_ranges[1:], strict=False))
+    assert prefetcher.held <= 4 * MiB  # only "b"'s last pieces
+
+
+def test_a_corrupt_half_piece_of_one_of_several_readers_is_eio_for_that_reader_only(tmp_path):
+    size = 8 * MiB
+    store, data, prefetcher, items, states, gets = two_readers(tmp_path, size, workers=1)
+    assert prefetcher.read(items["a"], states["a"], 0, MiB) == data["a"][:MiB]
+    for _, future in list(states["a"].pieces.values()):  # its GETs ahead are done
+        future.result()
+    store.flip_reads = 1  # the next GET: the first of "b", a half piece
+    assert prefetcher.read(items["b"], states["b"], 0, MiB) != data["b"][:MiB]  # checked at the end
+    assert gets[len([g for g in gets if g[0] == "a"])] == ("b", 0, MiB)
+    with pytest.raises(FsError) as failed:  # at the end of "b": its bytes did not match
+        prefetcher.read(items["b"], states["b"], MiB, size)
+    assert failed.value.errno == errno.EIO
+    assert prefetcher.read(items["a"], states["a"], MiB, size) == data["a"][MiB:]  # checked: fine

@@ -125,6 +125,35 @@ def test_a_cold_sequential_read_streams_in_8_mib_gets_each_checked(
     assert "read of big verified" in "\n".join(mount.log_lines())
 
 
+def test_readers_of_several_files_at_once_get_their_bytes_in_half_pieces_each_checked(
+    mount_factory, faultproxy, s3config, tmp_path, boto, bucket
+):
+    """Four files read at once through one mount, turn about: each gets the bytes boto3's GET
+    returns, each is checked, and while several stream each reader's GETs are of 4 MiB."""
+    size = 24 * MiB + 777
+    bodies = {}
+    for i in range(4):
+        boto.put_object(Bucket=bucket, Key="f%d" % i, Body=os.urandom(size))
+        bodies["f%d" % i] = boto.get_object(Bucket=bucket, Key="f%d" % i)["Body"].read()
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=faultproxy.endpoint))
+    mount = mount_factory("debug", config=str(config)).start()
+    files = {key: open(os.path.join(mount.path, key), "rb") for key in bodies}
+    got: dict[str, list[bytes]] = {key: [] for key in bodies}
+    try:
+        for _ in range(-(-size // MiB)):
+            for key, f in files.items():
+                got[key].append(f.read(MiB))
+    finally:
+        for f in files.values():
+            f.close()
+    assert {key: b"".join(parts) for key, parts in got.items()} == bodies
+    log = "\n".join(mount.log_lines())
+    for key in bodies:
+        gets = ranged_gets(faultproxy, key)
+        assert 4 * MiB in gets and max(gets) <= 8 * MiB, (key, gets)
+        assert "read of %s verified" % key in log
+
+
 def _minor_faults(pid: int) -> int:
     """Pages process ``pid`` has faulted in so far (``minflt`` of /proc/PID/stat)."""
     with open("/proc/%d/stat" % pid) as f:

@@ -13,7 +13,8 @@ window that doubles up to ``max_window``, fetched in parallel GETs:
   ``max_window`` (the pieces readers are on, or just passed, are not counted:
   they would starve several readers' readahead; bench/README.md), each
   reader's share at most ``max_window`` over the readers streaming (at least
-  one piece); the piece a reader needs now is always fetched.
+  one piece); the piece a reader needs now is always fetched. While several
+  readers stream, each one's new pieces are half a ``piece`` (:meth:`Prefetcher._piece_size`).
 * otherwise (the file is being written, or partly local) the window is
   fetched into the staged file in the background, in ``chunk``-sized GETs on a grid of
   that size (:meth:`Prefetcher.ensure`).
@@ -164,6 +165,8 @@ class Prefetcher:
         self.max_window = max_window
         self.chunk = chunk
         self.piece = min(piece, chunk)
+        #: The piece of a reader while others stream too (_piece_size): half, whole 1 MiB blocks.
+        self.shared_piece = max(BLOCK, self.piece // 2 // BLOCK * BLOCK)
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
         self._held = 0  # GUARDED_BY(_held_lock): bytes of all readers' pieces in memory or on their way
         self._ahead = 0  # GUARDED_BY(_held_lock): of those, bytes of pieces no reader has reached yet
@@ -281,22 +284,28 @@ class Prefetcher:
 
     def _stream(self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int) -> bytes:
         """``[offset, end)`` from the reader's pieces in memory; fetches them, and on to ``ahead_end``."""
-        chunk = self.piece
-        first = offset // chunk * chunk
         with state.lock:
             if state.etag != item.etag:
                 self._let_go_all(state)
                 state.etag = item.etag
-            for start in range(first, max(end, ahead_end), chunk):
+            size = self._piece_size(state)
+            needed: list[tuple[int, int, concurrent.futures.Future[list[bytes]]]] = []
+            start = self._covering(state, offset, size)
+            while start < min(max(end, ahead_end), item.remote_size):
                 if start in state.pieces:
-                    continue
-                length = min(chunk, item.remote_size - start)
-                if not self._hold(state, start, length, needed=start < end):
-                    break  # ahead of the reader, and the budget (or its share) is spent
-                verifier = self._verifier(item.key, state.etag, item.remote_size, start)
-                future = self.pool.submit(self._get, item.key, state.etag, start, length, verifier)
-                state.pieces[start] = (length, future)
-            needed = [(start, *state.pieces[start]) for start in range(first, end, chunk)]
+                    length, future = state.pieces[start]
+                else:
+                    # Up to the next piece held, if one is nearer than a piece's size.
+                    later = [s for s in state.pieces if s > start]
+                    length = min(size, item.remote_size - start, min(later, default=start + size) - start)
+                    if not self._hold(state, start, length, needed=start < end):
+                        break  # ahead of the reader, and the budget (or its share) is spent
+                    verifier = self._verifier(item.key, state.etag, item.remote_size, start)
+                    future = self.pool.submit(self._get, item.key, state.etag, start, length, verifier)
+                    state.pieces[start] = (length, future)
+                if start < end:
+                    needed.append((start, length, future))
+                start += length
             self._reached(state, [(start, length) for start, length, _ in needed])
             etag = state.etag
         parts: list[bytes | memoryview] = []
@@ -319,14 +328,37 @@ class Prefetcher:
                 # kernel's readahead sends reads that straddle blocks: 1 MiB at 512 KiB offsets).
                 parts.append(blocks[i] if (a, b) == (0, len(blocks[i])) else memoryview(blocks[i])[a:b])
         with state.lock:
-            # One piece behind is kept: FUSE threads may deliver reads out of order.
-            for start in [s for s in state.pieces if s + 2 * chunk <= offset]:
+            # A piece's size behind is kept: FUSE threads may deliver reads out of order.
+            for start in [s for s, (n, _) in state.pieces.items() if s + n + size <= offset]:
                 self._let_go(state, start)
         if end >= item.remote_size:
             self._check(item, etag, state)
         if len(parts) == 1 and isinstance(parts[0], bytes):
             return parts[0]
         return b"".join(parts)  # none: past the end
+
+    def _piece_size(self, state: ReadState) -> int:
+        """The size of a reader's next pieces: ``piece`` while it streams alone, half that while
+        other readers stream too (caller holds ``state.lock``). Their share of the window is then
+        a fraction of it, and in halves it is fetched in twice as many GETs side by side, the
+        first bytes of each arrive sooner, and the pieces each reader holds where it is are
+        half the bytes (bench/README.md, round 29)."""
+        with self._held_lock:
+            others = self._readers - (1 if state.pieces else 0)
+        return self.piece if others <= 0 else self.shared_piece
+
+    @staticmethod
+    def _covering(state: ReadState, offset: int, size: int) -> int:
+        """Where the piece holding ``offset`` starts: a piece of the reader's, else ``offset``
+        rounded down to ``size`` (but not into a piece that ends at or before ``offset``)
+        (caller holds ``state.lock``)."""
+        start = offset // size * size
+        for at, (length, _) in state.pieces.items():
+            if at <= offset < at + length:
+                return at
+            if start < at + length <= offset:
+                start = at + length
+        return start
 
     def _get(self, key: str, etag: str, start: int, length: int, verifier: Verifier | None) -> list[bytes]:
         blocks = self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None)
@@ -412,7 +444,7 @@ class Prefetcher:
         mine = sum(state.pieces[start][0] for start in state.unreached)
         with self._held_lock:
             readers = self._readers + (0 if state.pieces else 1)
-            share = max(self.piece, self.max_window // readers)
+            share = max(length, self.max_window // readers)
             if not needed and (self._ahead + length > self.max_window or mine + length > share):
                 return False
             self._readers = readers

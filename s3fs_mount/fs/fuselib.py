@@ -636,12 +636,16 @@ class KernelNames:
             self._due.extend((when, node, name) for name in names[:room])
             self.queued += min(room, len(names))
             self.overflow += max(0, len(names) - room)
-            self.peak = max(self.peak, self.queued - self.forgotten - self.unknown)
+            self.peak = max(self.peak, self._held())
 
     def held(self) -> int:
         """Names queued and not yet told (the kernel, and libfuse, hold them)."""
         with self._lock:
-            return self.queued - self.forgotten - self.unknown
+            return self._held()
+
+    def _held(self) -> int:
+        """:meth:`held`, with ``_lock`` held by the caller."""
+        return self.queued - self.forgotten - self.unknown
 
     def make_room(self) -> bool:
         """Before a readdir of a large directory hands out names with their attributes: False
@@ -649,7 +653,7 @@ class KernelNames:
         a wait (at most ``delay``) until the oldest queued is due if none is, with the thread
         woken to tell the kernel. Never waits for the telling (see the class)."""
         with self._lock:
-            if self.queued - self.forgotten - self.unknown <= self.hold:
+            if self._held() <= self.hold:
                 return False
             self.shortened += 1
             oldest = self._due[0][0] if self._due else None
@@ -668,7 +672,7 @@ class KernelNames:
                 "forgotten": self.forgotten,
                 "unknown": self.unknown,
                 "not_queued": self.overflow,
-                "held": self.queued - self.forgotten - self.unknown,
+                "held": self._held(),
                 "peak_held": self.peak,
                 "shortened_replies": self.shortened,
             }

@@ -572,17 +572,16 @@ class RemoteStore:
         With ``if_match`` (an ETag) a changed object raises S3Error 412
         instead of mixing old and new bytes.
         """
-        if length <= WHOLE_GET:
-            # Read whole by the connector (the kept-alive transport): a random read's page costs a
-            # GET's latency, and urllib3's streaming ~0.5 ms of CPU more (bench/README.md, round 29).
-            resp = self._ranged_get(remote_name, start, length, if_match, stream=False)
-            if resp is None:
-                return b""
+        # Up to WHOLE_GET the connector reads the answer whole (the kept-alive transport): a random
+        # read's page costs a GET's latency, and urllib3's streaming ~0.5 ms of CPU more
+        # (bench/README.md, round 29).
+        whole = length <= WHOLE_GET
+        resp = self._ranged_get(remote_name, start, length, if_match, stream=not whole)
+        if resp is None:
+            return b""
+        if whole:
             data = resp.content
         else:
-            resp = self._ranged_get(remote_name, start, length, if_match)
-            if resp is None:
-                return b""
             with resp, _body_errors(remote_name):  # one read of the whole body: faster than 10 KiB chunks
                 data = resp.raw.read(decode_content=False)
         if resp.status_code == 200:  # server ignored the Range
@@ -972,13 +971,7 @@ class RemoteStore:
                 log.info("renames copy, then delete: the server answered RenameObject with %s", exc.code)
                 return False
             moved = self.head(destination)
-            try:
-                self.head(source)
-                kept = True
-            except S3Error as exc:
-                if not exc.not_found:
-                    raise
-                kept = False
+            kept, _ = self.exists(source)
             if kept or moved.size != len(body) or moved.etag != etag:
                 log.info("renames copy, then delete: the server does not move an object by RenameObject")
                 return False

@@ -91,13 +91,16 @@ class FakeStore:
     :param drops_marker_metadata: as SeaweedFS, user metadata on keys ending in '/' is not kept.
     :param renames: as SeaweedFS 4, RenameObject moves an object; else it is taken for a
         PutObject of nothing, as moto (and any server that ignores an unknown sub-resource) does.
+    :param backslash_is_slash: as SeaweedFS, a '\\' in a key is stored (and looked up) as '/'.
     """
 
     etags_are_md5 = True  #: as RemoteStore.etags_are_md5 without sse/SSE-C
 
     def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False,
-                 default_bucket: str | None = None, renames: bool = False) -> None:
+                 default_bucket: str | None = None, renames: bool = False,
+                 backslash_is_slash: bool = False) -> None:
         self.bucket = bucket
+        self.backslash_is_slash = backslash_is_slash
         self.renames = renames
         self.default_bucket = bucket if default_bucket is None else default_bucket
         self.drops_marker_metadata = drops_marker_metadata
@@ -143,6 +146,8 @@ class FakeStore:
 
     def _at(self, name: str | S3Name) -> tuple[dict[str, FakeObject], str]:
         bucket, key = resolve(name, self.default_bucket)
+        if self.backslash_is_slash:
+            key = key.replace("\\", "/")
         return self._bucket(bucket), key
 
     def _get(self, name: str | S3Name) -> FakeObject:
@@ -233,6 +238,10 @@ class FakeStore:
     def probe_rename_object(self, bucket: str, prefix: str = "") -> bool:
         self._bucket(bucket)
         return self.renames
+
+    def probe_backslash_keys(self, bucket: str, prefix: str = "") -> bool:
+        self._bucket(bucket)
+        return not self.backslash_is_slash
 
     def rename_object(self, remote_source: str | S3Name, remote_destination: str | S3Name,
                       if_match: str | None = None) -> None:

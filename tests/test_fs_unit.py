@@ -35,6 +35,7 @@ def make_ops(tmp_path, store=None, **options) -> S3Operations:
     ops = S3Operations(Bucket(store or FakeStore(), "bucket"), "", opts)
     ops.uploader.configure_checks(opts.conflict_check)  # what start() does at mount
     ops.namespace.configure_directories()
+    ops.namespace.configure_names()
     ops.changes.configure_renames(opts.server_rename)
     ops.namespace.load_root()
     return ops
@@ -62,6 +63,32 @@ def test_listing_leaves_out_keys_that_are_no_file_names(tmp_path):
     assert names(ops) == ["a", "ok", "x"]
     assert names(ops, "/a") == []
     assert names(ops, "/x") == []
+
+
+@pytest.mark.parametrize("rewrites", [False, True])
+def test_new_names_s3_would_show_as_another_path_are_refused(tmp_path, rewrites, caplog):
+    store = FakeStore(backslash_is_slash=rewrites)
+    ops = make_ops(tmp_path, store)
+    write_file(ops, "/kept", b"k")
+    refused = ["/x_$folder$"] + (["/a\\b"] if rewrites else [])
+
+    def einval(fn, *args):
+        with pytest.raises(FuseOSError) as info:
+            fn(*args)
+        assert info.value.errno == errno.EINVAL
+
+    for path in refused:
+        einval(ops.create, path, 0o644)
+        einval(ops.mkdir, path, 0o755)
+        einval(ops.symlink, path, "kept")
+        einval(ops.mknod, path, stat.S_IFIFO | 0o644, 0)
+        einval(ops.rename, "/kept", path)
+    assert "marks a directory in S3" in caplog.text
+    assert ("stores '\\' in a key as '/'" in caplog.text) == rewrites
+    assert sorted(store.objects) == ["kept"]  # nothing was written, the renamed file stays
+    if not rewrites:  # a server that keeps '\\' as given: the name is a name like any other
+        write_file(ops, "/a\\b", b"1")
+        assert store.objects["a\\b"].data == b"1"
 
 
 def test_directory_kinds_and_the_directory_wins(tmp_path):

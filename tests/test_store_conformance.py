@@ -82,7 +82,8 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
     if kind.startswith("fake"):
         as_seaweedfs = kind == "fake-as-seaweedfs"
         store = FakeStore(
-            "conformance", drops_marker_metadata=as_seaweedfs, default_bucket="", renames=as_seaweedfs
+            "conformance", drops_marker_metadata=as_seaweedfs, default_bucket="", renames=as_seaweedfs,
+            backslash_is_slash=as_seaweedfs,
         )
         yield Subject(store, "conformance", Bucket(store, "conformance", prefix), renames=as_seaweedfs)
         return
@@ -131,6 +132,16 @@ def test_an_empty_object_and_a_marker(subject):
     b.put("dir/", b"", {"Content-Type": "application/x-directory", "x-amz-meta-mode": "16877"})
     kept = b.probe_marker_metadata()
     assert b.head("dir/").metadata == ({"x-amz-meta-mode": "16877"} if kept else {})
+
+
+def test_a_key_with_a_backslash_is_where_the_probe_says(subject):
+    b = subject.view
+    kept = b.probe_backslash_keys()
+    assert kept == (not subject.renames)  # SeaweedFS stores '\\' as '/'; S3 and moto keep it
+    assert list(b.list_all()) == []  # the probe leaves nothing
+    b.put("a\\b", b"1")
+    assert [e.key for e in b.list_all()] == ["a\\b" if kept else "a/b"]
+    assert b.get_range("a\\b", 0, 1) == b"1"  # either way, the name it was written by reads it
 
 
 def test_a_missing_key_is_not_found(subject):

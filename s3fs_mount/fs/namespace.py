@@ -752,6 +752,17 @@ class Namespace:
                 "dir_$folder$ objects beside the dir/ markers"
             )
 
+    def configure_names(self) -> None:
+        """Find out (one probe) whether this server keeps a '\\' in a key; if not, new names with
+        one are refused (EINVAL), since they would show as another path."""
+        try:
+            self.keymap.backslash_is_slash = not self.store.probe_backslash_keys()
+        except Exception as exc:
+            log.warning("could not probe keys with '\\' (%s): names with one are allowed", exc)
+            return
+        if self.keymap.backslash_is_slash:
+            log.info("this server stores '\\' in a key as '/': new names with '\\' are refused")
+
     def _holders(self, path: str) -> list[tuple[Bucket, str]]:
         """Where directory ``path`` keeps its metadata, as (view, key): its holder first, then, where
         the holder is its ``_$folder$``, its marker.

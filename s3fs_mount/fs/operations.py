@@ -220,6 +220,7 @@ class S3Operations(Operations):
             if self.options.checksum:
                 self.uploader.configure_checksums()
             self.namespace.configure_directories()
+            self.namespace.configure_names()
             self.namespace.recover_holders()
             self.changes.configure_renames(self.options.server_rename)
             self.dir_times = DirTimesWriter(self.namespace)
@@ -332,6 +333,9 @@ class S3Operations(Operations):
                 self._hidden[hidden] = item
 
     def _parent_dir(self, path: str) -> None:
+        """``path``'s parent is a directory (else ENOTDIR), and a new name may be ``path`` (else
+        EINVAL: :meth:`KeyMap.check_new`)."""
+        self.keymap.check_new(path)
         parent = KeyMap.split(path)[0]
         if not self._attributes(parent).is_dir:
             raise FsError(errno.ENOTDIR)

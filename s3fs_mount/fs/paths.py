@@ -11,8 +11,11 @@ convention of old s3fs and Hadoop).
 
 from __future__ import annotations
 
+import errno
 import logging
 import posixpath
+
+from s3fs_mount.fs.errors import FsError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,21 @@ def warn_skipped(key: str, why: str) -> None:
         log.warning("object %r is not shown: %s", key, why)
 
 
+def unstorable(name: str, backslash_is_slash: bool = False) -> str | None:
+    """Why a new file, directory or link may not be called ``name`` (None: it may).
+
+    A key ending in ``_$folder$`` lists as a directory (the convention of old s3fs and
+    Hadoop), so a file of that name would vanish, and show as a directory, once its listing
+    comes from S3. Where the server stores ``\\`` in a key as ``/`` (SeaweedFS), ``a\\b``
+    would be ``b`` in a directory ``a``.
+    """
+    if name.endswith(FOLDER_SUFFIX):
+        return "a name ending in %s marks a directory in S3: it would show as one" % FOLDER_SUFFIX
+    if backslash_is_slash and "\\" in name:
+        return "this server stores '\\' in a key as '/': it would show as another path"
+    return None
+
+
 class KeyMap:
     """Paths <-> the mount's keys (relative to the mounted prefix).
 
@@ -47,6 +65,18 @@ class KeyMap:
         >>> km.key('/2024/a.jpg'), km.dir_prefix('/2024'), km.path('2024/a.jpg')
         ('2024/a.jpg', '2024/', '/2024/a.jpg')
     """
+
+    def __init__(self) -> None:
+        #: The server stores a '\\' in a key as '/'. Set once, at mount
+        #: (:meth:`~s3fs_mount.fs.namespace.Namespace.configure_names`), before any FUSE call.
+        self.backslash_is_slash = False
+
+    def check_new(self, path: str) -> None:
+        """Raise FsError(EINVAL), saying why, if a new file, directory or link may not be at
+        ``path`` (see :func:`unstorable`)."""
+        why = unstorable(self.split(path)[1], self.backslash_is_slash)
+        if why:
+            raise FsError(errno.EINVAL, why)
 
     def key(self, path: str) -> str:
         """The object key of the file at ``path``."""

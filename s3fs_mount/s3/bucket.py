@@ -122,6 +122,8 @@ class ObjectStore(Protocol):
 
     def probe_rename_object(self, bucket: str, prefix: str = "") -> bool: ...
 
+    def probe_backslash_keys(self, bucket: str, prefix: str = "") -> bool: ...
+
 
 class Bucket:
     """One bucket of an :class:`ObjectStore` (and a key prefix in it); keys are relative to both.
@@ -335,3 +337,6 @@ class Bucket:
 
     def probe_rename_object(self) -> bool:
         return self.store.probe_rename_object(self.name, self.prefix)
+
+    def probe_backslash_keys(self) -> bool:
+        return self.store.probe_backslash_keys(self.name, self.prefix)

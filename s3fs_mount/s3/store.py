@@ -801,6 +801,28 @@ class RemoteStore:
             except Exception as exc:  # the probe stays: harmless, and logged
                 log.warning("could not remove the probe object %s: %s", name.key, exc)
 
+    def probe_backslash_keys(self, bucket: str, prefix: str = "") -> bool:
+        """Does the server keep a ``\\`` in a key as it was given?
+
+        Writes ``<prefix>.s3fs-mount-probe-<random>\\b``, asks whether it is at ``...-<random>/b``
+        instead, and removes it: three or four requests. SeaweedFS, for one, stores every
+        ``\\`` as ``/``: a file ``a\\b`` would be the file ``b`` in a directory ``a``.
+        """
+        stem = "%s.s3fs-mount-probe-%s" % (prefix, os.urandom(6).hex())
+        name = S3Name(stem + "\\b", bucket)
+        rewritten = False
+        try:
+            self.put(name, b"")
+            rewritten, _ = self.exists(S3Name(stem + "/b", bucket))
+            return not rewritten
+        finally:
+            try:
+                self.remove(name)
+                if rewritten:  # the directory the server made of it; it would list for a while
+                    self.remove(S3Name(stem + "/", bucket))
+            except Exception as exc:  # the probe stays: harmless, and logged
+                log.warning("could not remove the probe object %s: %s", name.key, exc)
+
     def start_multipart(
         self, remote_name: RemoteName, headers: Mapping[str, str] | None = None, checksum: bool = True
     ) -> MultipartUpload:

@@ -512,6 +512,14 @@ def test_xattr_values_round_trip(value):
     assert A.decode_value(encoded) == value
 
 
+def test_xattr_names_match_whatever_their_case():
+    meta = {"x-amz-meta-tag": "v", "x-amz-meta-mode": "33188"}
+    assert A.xattr_of(meta, "user.Tag") == A.xattr_of(meta, "user.tag") == b"v"
+    assert A.xattr_of(meta, "user.mode") is None  # POSIX keys never show as user.*
+    assert A.xattr_of(meta, "trusted.tag") is None
+    assert A.header_for_xattr("user.Tag") == "x-amz-meta-tag"
+
+
 def test_reserved_and_bad_xattr_names():
     assert A.header_for_xattr("user.State") == "x-amz-meta-state"
     for name, err in (("user.mode", errno.EPERM), ("user.a b", errno.EINVAL), ("trusted.x", errno.ENOTSUP)):

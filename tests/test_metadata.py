@@ -54,6 +54,19 @@ def test_xattr_create_replace_flags(mount):
     assert e.value.errno == errno.ENODATA
 
 
+def test_attribute_names_match_whatever_their_case_as_s3s_metadata_names_do(mount, boto, bucket):
+    path = write(mount, "f")
+    os.setxattr(path, "user.DOSATTRIB", b"1")  # as Samba sets it
+    assert head(boto, bucket, "f")["Metadata"]["dosattrib"] == "1"
+    assert os.getxattr(path, "user.DOSATTRIB") == os.getxattr(path, "user.dosattrib") == b"1"
+    assert os.listxattr(path) == ["user.dosattrib"]
+    os.setxattr(path, "user.DosAttrib", b"2", os.XATTR_REPLACE)  # the same attribute
+    assert os.getxattr(path, "user.DOSATTRIB") == b"2"
+    os.removexattr(path, "user.DOSATTRIB")
+    assert os.listxattr(path) == []
+    assert "dosattrib" not in head(boto, bucket, "f")["Metadata"]
+
+
 def test_too_big_is_e2big_and_sends_nothing(mount, boto, bucket):
     path = write(mount, "f")
     etag = head(boto, bucket, "f")["ETag"]

@@ -305,6 +305,19 @@ def header_for_xattr(name: str) -> str:
     return META_PREFIX + short
 
 
+def xattr_of(metadata: dict[str, str], name: str) -> bytes | None:
+    """The value of attribute ``name`` in an object's metadata (None: it has none).
+
+    Names match as S3 matches metadata names, whatever their case: ``user.Tag`` is the
+    ``x-amz-meta-tag`` that a ``setxattr`` of ``user.Tag`` (or ``user.tag``) stored.
+    """
+    if not name.startswith(USER_PREFIX):
+        return None
+    short = name[len(USER_PREFIX) :].lower()
+    value = metadata.get(META_PREFIX + short) if short not in RESERVED else None
+    return None if value is None else decode_value(value)
+
+
 def xattrs_of(metadata: dict[str, str]) -> dict[str, bytes]:
     """The user.* attributes of an object's metadata."""
     out = {}

@@ -845,7 +845,7 @@ class S3Operations(Operations):
         if name.startswith(A.INFO_PREFIX):
             value = self._facts(path).get(name)
         else:
-            value = A.xattrs_of(self._metadata(path)).get(name)
+            value = A.xattr_of(self._metadata(path), name)
         if value is None:
             raise FsError(errno.ENODATA)
         return value

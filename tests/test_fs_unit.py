@@ -70,20 +70,23 @@ def test_new_names_s3_would_show_as_another_path_are_refused(tmp_path, rewrites,
     store = FakeStore(backslash_is_slash=rewrites)
     ops = make_ops(tmp_path, store)
     write_file(ops, "/kept", b"k")
-    refused = ["/x_$folder$"] + (["/a\\b"] if rewrites else [])
+    refused = ["/x_$folder$", "/bad\udcffname"] + (["/a\\b"] if rewrites else [])
 
     def einval(fn, *args):
         with pytest.raises(FuseOSError) as info:
             fn(*args)
         assert info.value.errno == errno.EINVAL
 
+    with pytest.raises(FuseOSError) as info:
+        ops.getattr("/bad\udcffname")
+    assert info.value.errno == errno.ENOENT  # no key can be so called: not EIO
     for path in refused:
         einval(ops.create, path, 0o644)
         einval(ops.mkdir, path, 0o755)
         einval(ops.symlink, path, "kept")
         einval(ops.mknod, path, stat.S_IFIFO | 0o644, 0)
         einval(ops.rename, "/kept", path)
-    assert "marks a directory in S3" in caplog.text
+    assert "marks a directory in S3" in caplog.text and "this name is not" in caplog.text
     assert ("stores '\\' in a key as '/'" in caplog.text) == rewrites
     assert sorted(store.objects) == ["kept"]  # nothing was written, the renamed file stays
     if not rewrites:  # a server that keeps '\\' as given: the name is a name like any other

@@ -199,21 +199,26 @@ def test_errors(mount):
 
 def test_names_that_would_show_as_another_path_are_refused_and_say_why(mount, boto, bucket):
     """SeaweedFS stores '\\' in a key as '/' (a file a\\b would come back as b in a directory a),
-    and a key ending in _$folder$ lists as a directory anywhere: such new names are EINVAL."""
+    a key ending in _$folder$ lists as a directory anywhere, and a key is UTF-8 (a name of other
+    bytes could never be uploaded, and stayed dirty for ever): such new names are EINVAL."""
     p = mount.path
     open(os.path.join(p, "kept"), "w").close()
-    for name in ("a\\b", "x_$folder$"):
+    for name in ("a\\b", "x_$folder$", os.fsdecode(b"bad\xffname")):
         path = os.path.join(p, name)
         makers = [(open, "w"), (os.mkdir,), (os.symlink, "kept"), (os.rename, os.path.join(p, "kept"))]
         for fn, *args in makers:
             with pytest.raises(OSError) as info:
                 fn(*args, path) if fn in (os.symlink, os.rename) else fn(path, *args)
             assert info.value.errno == errno.EINVAL, (fn, name)
+    with pytest.raises(OSError) as info:
+        os.stat(os.path.join(p, os.fsdecode(b"bad\xffname")))
+    assert info.value.errno == errno.ENOENT  # no such key can be: not EIO
     listed = boto.list_objects_v2(Bucket=bucket).get("Contents", [])
     assert [o["Key"] for o in listed] == ["kept"]
     assert sorted(os.listdir(p)) == ["kept"]
     log = mount.log()
     assert "stores '\\' in a key as '/'" in log and "marks a directory in S3" in log
+    assert "S3 keys are UTF-8 and this name is not" in log
 
 
 def test_wrong_credentials_fail_clearly(mount_factory, s3config, tmp_path):

@@ -82,7 +82,7 @@ from s3fs_mount.fs.holders import PendingHolders
 from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.listahead import WORKERS as LIST_AHEAD_WORKERS
 from s3fs_mount.fs.listahead import ListAhead
-from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name, warn_skipped
+from s3fs_mount.fs.paths import FOLDER_SUFFIX, NAME_MAX, KeyMap, is_valid_name, warn_skipped
 from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
 from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
@@ -432,7 +432,8 @@ class Namespace:
             if self._missing.get(path) or self._removed.get(path) or path in self._deleting:
                 raise FsError(errno.ENOENT)  # we removed it ourselves
         if not is_valid_name(name):
-            raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
+            too_long = len(name.encode("utf-8", "surrogateescape")) > NAME_MAX
+            raise FsError(errno.ENAMETOOLONG if too_long else errno.ENOENT)
         with self._lock:
             seen = self._full.get(path)
             marked = self._marked.get(path, False)

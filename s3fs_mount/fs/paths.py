@@ -25,13 +25,13 @@ _warned: set[str] = set()
 
 
 def is_valid_name(name: str) -> bool:
-    """True if ``name`` can be one path segment: not empty, not . or .., no NUL or /, <= 255 bytes."""
-    return (
-        name not in ("", ".", "..")
-        and "/" not in name
-        and "\0" not in name
-        and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX
-    )
+    """True if ``name`` can be one path segment of a key: not empty, not . or .., no NUL or /,
+    UTF-8 (libfuse hands other bytes over as surrogate escapes), <= 255 bytes."""
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return False
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name and size <= NAME_MAX
 
 
 def warn_skipped(key: str, why: str) -> None:
@@ -47,8 +47,13 @@ def unstorable(name: str, backslash_is_slash: bool = False) -> str | None:
     A key ending in ``_$folder$`` lists as a directory (the convention of old s3fs and
     Hadoop), so a file of that name would vanish, and show as a directory, once its listing
     comes from S3. Where the server stores ``\\`` in a key as ``/`` (SeaweedFS), ``a\\b``
-    would be ``b`` in a directory ``a``.
+    would be ``b`` in a directory ``a``. A key is UTF-8: a name of other bytes (which
+    libfuse hands over with surrogate escapes) can never be uploaded.
     """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "S3 keys are UTF-8 and this name is not"
     if name.endswith(FOLDER_SUFFIX):
         return "a name ending in %s marks a directory in S3: it would show as one" % FOLDER_SUFFIX
     if backslash_is_slash and "\\" in name:

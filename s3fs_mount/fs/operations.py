@@ -397,6 +397,9 @@ class S3Operations(Operations):
             item = staged.pop(name, None)
             if item is not None:
                 a = self._item_attributes(item)
+            elif not (a.complete or a.is_dir or trusted):
+                # A walk that stats as it reads (ls -l) has this file's HEAD sent ahead already.
+                a = self.namespace.fetched_ahead(KeyMap.join(path, name)) or a
             if names is not None and n == self.namespace.listed_names:  # a large directory
                 names.large(path)
             if a.complete or (trusted and not a.is_dir):

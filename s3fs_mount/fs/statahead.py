@@ -259,6 +259,29 @@ class StatAhead:
             self._found_file(parent, name)
         return found
 
+    def listed(self, path: str) -> A.Attributes | None:
+        """A readdir is handing out ``path``: the answer sent ahead for it, if one was (waited for
+        if still out), and the run moves on as for a stat of it; None if none was sent (nothing
+        is sent for it here: a readdir alone asks no HEAD) or it may not be used.
+
+        A walk that stats each entry as it reads them (ls -l, du) has the HEADs of the names after
+        its last stat in flight when it reads on; its entries then go out with their attributes
+        (readdirplus), and the kernel asks nothing more of them."""
+        if self._pool is None:
+            return None
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            run = self._dirs.get(parent)
+            # Only this name's: those before it a stat may still take (it ends no run, as
+            # taking a name the stats have not reached would: see _take).
+            future = run.ahead.pop(name, None) if run is not None else None
+        if future is None:
+            return None
+        found = self._settled(path, future)
+        if found is not None:
+            self._advance(parent, name)
+        return found
+
     def drop(self, path: str) -> None:
         """Our own change of ``path`` (or of the tree under it): what was fetched for it goes."""
         prefix = path.rstrip("/") + "/"

@@ -21,6 +21,10 @@ Bounds:
 * At most :data:`MAX_DIRS` directories are followed at once (least recently
   used dropped), so memory is bounded by ``MAX_DIRS * (PAGE + MAX_WINDOW)``.
 
+A readdir that reaches a name whose HEAD went ahead takes its answer (:meth:`StatAhead.listed`)
+and hands the entry out whole: a walk that stats each entry as it reads them (GNU ``ls -l``,
+``du``) then has the kernel ask nothing of those entries, and the run moves on as for a stat.
+
 Freshness: an answer fetched ahead carries when it was asked (``seen_at``);
 it is used only within ``attr_ttl`` of that, as a cached HEAD would be, and
 only if the namespace says nothing changed the path since (its ``_changed``

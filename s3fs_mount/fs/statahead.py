@@ -405,7 +405,13 @@ class StatAhead:
                 return
             run.listing = True
             after = run.listed_to or run.last
-        self._pool.submit(self._list_page, parent, run, after)
+        # Names a listing the namespace has already holds are taken here, at once: queued behind
+        # the HEADs, a readdir handing entries out whole would pass some before they came.
+        known = self._listed(parent, after, PAGE)
+        if known is not None:
+            self._add_names(parent, run, after, known)
+        else:
+            self._pool.submit(self._list_page, parent, run, after)
 
     def _list_page(self, parent: str, run: _Run, after: str) -> None:
         """One LIST page of ``parent``'s files after ``after`` into the run's names."""
@@ -420,6 +426,10 @@ class StatAhead:
                 if self._dirs.get(parent) is run:
                     self._end(parent)
             return
+        self._add_names(parent, run, after, names)
+
+    def _add_names(self, parent: str, run: _Run, after: str, names: list[str]) -> None:
+        """Listed names of ``parent``'s files after ``after`` into the run's names; more sent."""
         with self._lock:
             run.listing = False
             if self._dirs.get(parent) is not run:

@@ -336,6 +336,7 @@ def binding(operations: Any, names: KernelNames) -> Any:
     fuse._listings, fuse._listings_lock = {}, threading.Lock()
     fuse.encoding, fuse.errors, fuse.use_ns = "utf-8", "surrogateescape", True
     fuse._layout_warned, fuse._expire_ok, fuse._plus_always = False, True, False
+    fuse._first_reply = getattr(operations, "first_readdir_reply", 0)
     return fuse
 
 
@@ -400,6 +401,26 @@ def test_readdirplus_of_a_small_directory_is_never_cut():
     assert len(readdir_reply(fuse, 0, FUSE_READDIR_PLUS, 8)) == 8
     assert len(readdir_reply(fuse, 8, FUSE_READDIR_PLUS, 8)) == 4
     assert names.held() == 0 and names.shortened == 0
+
+
+def test_a_directorys_first_readdir_reply_is_short_and_the_rest_full():
+    """The first reply of a directory read anew holds the operations' first_readdir_reply entries
+    (besides . and ..) however much room the kernel's buffer has: ls -l stats those before it
+    reads on, which starts the stat-ahead, and the later replies (full) go out whole. A rewind
+    starts a new stream: short again. No entry is lost or repeated."""
+    listing = Listing(40)
+    listing.first_readdir_reply = 3  # type: ignore[attr-defined]
+    names = KernelNames(1.5, clock=Clock(), wait=lambda s: pytest.fail("waited"))
+    fuse = binding(listing, names)
+    first = readdir_reply(fuse, 0, FUSE_READDIR_PLUS, 100)
+    assert [n for n, _ in first] == [".", "..", "n0", "n1", "n2"]
+    rest = readdir_reply(fuse, 5, FUSE_READDIR_PLUS, 100)
+    assert [n for n, _ in rest] == ["n%d" % i for i in range(3, 40)]
+    assert readdir_reply(fuse, 42, FUSE_READDIR_PLUS, 100) == []
+    again = readdir_reply(fuse, 0, 0, 100)  # rewinddir: listed anew
+    assert [n for n, _ in again] == [".", "..", "n0", "n1", "n2"]
+    unbounded = binding(Listing(40), names)  # first_readdir_reply 0 (listing_attrs): as many as fit
+    assert len(readdir_reply(unbounded, 0, FUSE_READDIR_PLUS, 100)) == 42
 
 
 def unused(names: list[tuple[int, bytes]]) -> list[int]:

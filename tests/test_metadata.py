@@ -273,3 +273,56 @@ def test_files_a_readdir_handed_before_their_modes_were_known_show_their_stored_
     shown = {line.split()[-1]: (line.split()[0], line.split()[2]) for line in out.splitlines()[1:]}
     assert shown == {n: ("-rw-------" if m & 0o77 == 0 else "-rwxr-x--x", "42") for n, m in modes.items()}
     assert head(boto, bucket, "u/f0001")["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)
+
+
+def test_ls_l_shows_stored_modes_and_the_kernel_asks_no_stat_of_entries_handed_out_whole(
+    mount_factory, boto, bucket
+):
+    """GNU ls -l stats each entry as it reads it: once its stats have the stat-ahead's HEADs
+    going (after a short first readdir reply), the readdir hands the next entries out with the
+    attributes those HEADs told (readdirplus), so the kernel asks no getattr of them; what ls
+    shows is still each file's stored mode, owner and type (a link, a FIFO), never the
+    listing's defaults."""
+    from test_operability import _scrape
+
+    from s3fs_mount.localserver import free_ports
+
+    count = 500
+    shown = {}
+
+    def put(i: int) -> None:
+        name = "f%04d" % i
+        if i % 97 == 50:
+            mode, body, want = stat.S_IFLNK | 0o777, b"f0000", "lrwxrwxrwx"
+        elif i % 89 == 40:
+            mode, body, want = stat.S_IFIFO | 0o640, b"", "prw-r-----"
+        elif i % 2:
+            mode, body, want = stat.S_IFREG | 0o600, b"o" * (i % 300), "-rw-------"
+        else:
+            mode, body, want = stat.S_IFREG | 0o751, b"e" * (i % 300), "-rwxr-x--x"
+        shown[name] = (want, str(40 + i % 3))
+        meta = {"mode": str(mode), "uid": str(40 + i % 3), "gid": "43"}
+        boto.put_object(Bucket=bucket, Key="w/" + name, Body=body, Metadata=meta)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(count)))
+    port = free_ports(1)[0]
+    mount = mount_factory("attr_ttl=30,metrics=127.0.0.1:%d" % port).start()  # nothing expires midway
+    inside = os.path.join(mount.path, "w")
+    before = _scrape(port).get('s3fs_fuse_operations_total{operation="getattr",result="ok"}', 0)
+    env = dict(os.environ, LC_ALL="C")
+    out = subprocess.run(["ls", "-ln", inside], check=True, capture_output=True, text=True, env=env).stdout
+    lines = out.splitlines()[1:]
+    got = {(line.split()[-3] if "->" in line else line.split()[-1]): (line.split()[0], line.split()[2])
+           for line in lines}
+    assert got == shown, out
+    samples = _scrape(port)
+    stats = samples.get('s3fs_fuse_operations_total{operation="getattr",result="ok"}', 0) - before
+    heads = samples.get('s3fs_s3_requests_total{method="HEAD",status="200"}', 0)
+    # Without the whole entries: a getattr per file (500); with them and a full first readdir reply
+    # (ls reads a buffer of ~200 entries before its first stat), ~200. The first reply holds 16
+    # (operations.FIRST_READDIR_REPLY): those are asked, and a few the readdir reached before the
+    # stat-ahead had their names.
+    assert 1 <= stats <= 100, stats
+    assert count <= heads <= count + 10, heads  # each file HEADed once (and the mount's own few)
+    mount.stop()

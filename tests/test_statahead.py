@@ -137,6 +137,44 @@ def test_stats_while_the_readdir_is_under_way_take_their_names_from_what_it_list
     own = [after for prefix, after in store.lists if prefix == "d/" and after]
     assert len(own) <= 3, own  # without the names read so far: a page per 128 stats (about 20)
 
+
+def test_a_readdir_hands_out_whole_the_files_whose_heads_went_ahead_of_its_stats(tmp_path):
+    """GNU ls -l stats each entry as it reads it: once its stats in name order have the
+    stat-ahead's HEADs going, the entries the readdir hands out next come with their whole
+    attributes (stored mode, owner, size: readdirplus fills the kernel's cache, and ls asks
+    nothing more of them), each file still HEADed once. A readdir alone sends no HEAD."""
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 600)
+    store.put("d/zlink", b"d/f0001", {"x-amz-meta-mode": str(stat.S_IFLNK | 0o777), "x-amz-meta-uid": "42"})
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=30.0)
+    ops.getattr("/d")
+    store.heads.clear()
+    plain = [e for e in ops.readdir("/d", 0) if not isinstance(e, str)]
+    assert len(plain) == 601 and not any(type(e[1]) is dict for e in plain)  # noqa: E721 - none whole
+    assert sum(store.heads.values()) == 0
+    clock.advance(31.0)  # that listing and anything cached from it expire
+    whole = 0
+    for entry in ops.readdir("/d", 0):
+        if isinstance(entry, str):
+            continue
+        name, attrs, _ = entry
+        if type(attrs) is dict:  # noqa: E721 - not TypeOnly or Unsettled: whole attributes
+            whole += 1
+            if name == "zlink":
+                assert (attrs["st_mode"], attrs["st_uid"]) == (stat.S_IFLNK | 0o777, 42)
+            else:
+                assert (attrs["st_mode"], attrs["st_size"]) == (MODE, int(name[1:]))
+            assert ops.getattr("/d/" + name) == attrs and store.heads["d/" + name] == 1  # asked no more
+        else:
+            st = ops.getattr("/d/" + name)  # the stat of an entry handed out without its mode
+            assert st["st_mode"] == (stat.S_IFLNK | 0o777 if name == "zlink" else MODE)
+    # All but the first two: their stats start the run (a lone stat sends nothing ahead); the names
+    # after come from the readdir's listing at once (not queued behind the HEADs: none passed early).
+    assert whole == 601 - 2, whole
+    heads = {k: n for k, n in store.heads.items() if k not in ("d", "d/")}  # /d's own lookup, expired
+    assert set(heads) == set(keys) | {"d/zlink"} and max(heads.values()) == 1
+
+
 def test_a_listing_page_queued_for_a_directory_dropped_meanwhile_is_not_sent(tmp_path):
     """rm -r: a page the stat-ahead queued for a directory that is removed (dropped) before a
     worker takes it up lists nothing (it listed the removed directory, after its rmdir)."""

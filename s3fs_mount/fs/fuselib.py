@@ -208,6 +208,8 @@ class FUSE(mfusepy.FUSE):
         self._listings: dict[int, DirStream] = {}
         self._listings_lock = threading.Lock()
         self._thread_states = ThreadStates(MAX_HELD_THREAD_STATES)
+        #: Entries (besides . and ..) of the first reply of a directory stream (0: as many as fit).
+        self._first_reply: int = getattr(operations, "first_readdir_reply", 0)
         prefixes = getattr(operations, "unstored_xattr_prefixes", ())
         self._unstored = tuple(p.encode() for p in prefixes)
         super().__init__(operations, mountpoint, **kwargs)  # serves until unmounted
@@ -230,7 +232,10 @@ class FUSE(mfusepy.FUSE):
         where = decoded or "/"  # the directory, as KernelNames names it
         with self._listings_lock:
             stream = self._listings.get(fh)
+        stop = -1  # the index at which this reply ends though the kernel's buffer has room
         if stream is None or not stream.can_seek(offset):  # a first call, or a rewind
+            if self._first_reply > 0:
+                stop = offset + 2 + self._first_reply  # . and .. too (see the operations)
             if self._kernel_names is not None and path is not None:
                 node = self._dir_node_id(buf, fh)
                 if node is not None:
@@ -288,6 +293,8 @@ class FUSE(mfusepy.FUSE):
                     return 0  # taken back: asked again from this index, and handed its type alone
                 stream.taken()
                 index += 1
+                if index == stop:
+                    return 0  # a short first reply: the kernel asks again from this index
                 if fill_flags:
                     handed.append(name)
                     if len(handed) == room:

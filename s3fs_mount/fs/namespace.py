@@ -470,6 +470,16 @@ class Namespace:
             raise FsError(errno.ENOENT)
         return self._cache_fetched(path, found)
 
+    def fetched_ahead(self, path: str) -> A.Attributes | None:
+        """A readdir is handing out file ``path`` as its listing showed it: its whole attributes
+        if the stat-ahead sent a HEAD for it (a walk that stats as it reads: waited for if still
+        out, cached as a lookup's answer), else None (no request is made here)."""
+        found = self.statahead.listed(path)
+        if found is None or found.is_dir:
+            return None
+        found = self._cache_fetched(path, found)
+        return found if found.complete and not found.is_dir else None
+
     def _unknown_files_after(self, parent: str, after: str, count: int) -> list[str] | None:
         """Up to ``count`` names after ``after`` (in name order) of files of ``parent`` not known
         whole, from a listing of it less than ``dir_ttl`` old; None if there is none (the

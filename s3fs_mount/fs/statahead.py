@@ -21,6 +21,10 @@ Bounds:
 * At most :data:`MAX_DIRS` directories are followed at once (least recently
   used dropped), so memory is bounded by ``MAX_DIRS * (PAGE + MAX_WINDOW)``.
 
+A readdir that reaches a name whose HEAD went ahead takes its answer (:meth:`StatAhead.listed`)
+and hands the entry out whole: a walk that stats each entry as it reads them (GNU ``ls -l``,
+``du``) then has the kernel ask nothing of those entries, and the run moves on as for a stat.
+
 Freshness: an answer fetched ahead carries when it was asked (``seen_at``);
 it is used only within ``attr_ttl`` of that, as a cached HEAD would be, and
 only if the namespace says nothing changed the path since (its ``_changed``
@@ -259,6 +263,29 @@ class StatAhead:
             self._found_file(parent, name)
         return found
 
+    def listed(self, path: str) -> A.Attributes | None:
+        """A readdir is handing out ``path``: the answer sent ahead for it, if one was (waited for
+        if still out), and the run moves on as for a stat of it; None if none was sent (nothing
+        is sent for it here: a readdir alone asks no HEAD) or it may not be used.
+
+        A walk that stats each entry as it reads them (ls -l, du) has the HEADs of the names after
+        its last stat in flight when it reads on; its entries then go out with their attributes
+        (readdirplus), and the kernel asks nothing more of them."""
+        if self._pool is None:
+            return None
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            run = self._dirs.get(parent)
+            # Only this name's: those before it a stat may still take (it ends no run, as
+            # taking a name the stats have not reached would: see _take).
+            future = run.ahead.pop(name, None) if run is not None else None
+        if future is None:
+            return None
+        found = self._settled(path, future)
+        if found is not None:
+            self._advance(parent, name)
+        return found
+
     def drop(self, path: str) -> None:
         """Our own change of ``path`` (or of the tree under it): what was fetched for it goes."""
         prefix = path.rstrip("/") + "/"
@@ -378,7 +405,13 @@ class StatAhead:
                 return
             run.listing = True
             after = run.listed_to or run.last
-        self._pool.submit(self._list_page, parent, run, after)
+        # Names a listing the namespace has already holds are taken here, at once: queued behind
+        # the HEADs, a readdir handing entries out whole would pass some before they came.
+        known = self._listed(parent, after, PAGE)
+        if known is not None:
+            self._add_names(parent, run, after, known)
+        else:
+            self._pool.submit(self._list_page, parent, run, after)
 
     def _list_page(self, parent: str, run: _Run, after: str) -> None:
         """One LIST page of ``parent``'s files after ``after`` into the run's names."""
@@ -393,6 +426,10 @@ class StatAhead:
                 if self._dirs.get(parent) is run:
                     self._end(parent)
             return
+        self._add_names(parent, run, after, names)
+
+    def _add_names(self, parent: str, run: _Run, after: str, names: list[str]) -> None:
+        """Listed names of ``parent``'s files after ``after`` into the run's names; more sent."""
         with self._lock:
             run.listing = False
             if self._dirs.get(parent) is not run:

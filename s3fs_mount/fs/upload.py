@@ -179,6 +179,7 @@ class WrittenCRCs:
         return self.done.pop(number, None)
 
     def stop(self) -> None:
+        """Count no more (the file's bytes are no longer the writes in order): forget all."""
         self.off = True
         self.done.clear()
 

@@ -371,13 +371,17 @@ def streamed_past_the_cache(tmp_path, store: FakeStore, size: int = 40 * MiB):
     """A new file of ``size`` random bytes written through an uploader whose cache holds 20 MiB:
     (uploader, cache, item, data)."""
     uploader, cache = uploader_at(tmp_path, store, capacity=20 * MiB)
+    if store.crc32_checks:
+        uploader.configure_checksums()
     item, _ = cache.acquire("big")
     data = os.urandom(size)
     return uploader, cache, item, data
 
 
-def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
+@pytest.mark.parametrize("crc32", [False, True], ids=["md5 parts read back", "crc32 parts from the file"])
+def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path, crc32):
     store = FakeStore()
+    store.crc32_checks = crc32
     uploader, cache, item, data = streamed_past_the_cache(tmp_path, store, 60 * MiB)
     assert write_sampling(uploader, cache, item, data) <= 20 * MiB
     released = item.released_ranges()
@@ -387,6 +391,8 @@ def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
     assert uploader.flush(item)
     assert store.objects["big"].data == data and not store.uploads
     assert item.released_ranges() == [] and item.record().stream == {}
+    from_file = sum(kind == "FileSpan" for _, kind in store.bodies)
+    assert from_file == (12 if crc32 else 0)  # all 12 parts of 5 MiB, each sent once it was full
 
 
 def test_bytes_released_are_never_read_or_written_locally(tmp_path, caplog):

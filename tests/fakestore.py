@@ -21,8 +21,9 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from s3fs_mount.s3.checksums import composite
+from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.names import S3Name, resolve
 from s3fs_mount.s3.parts import PartLayout, layout_of
 from s3fs_mount.s3.store import KEPT_HEADERS, MultipartUpload, ObjectInfo, metadata_of
@@ -45,10 +46,17 @@ class FakeMultipart(MultipartUpload):
         if self.upload_id not in self.store.uploads:
             raise S3Error(404, "NoSuchUpload", resource=self.key)
 
-    def upload_part(self, number: int, data: bytes, checksum: dict | None = None) -> str:
+    def upload_part(self, number: int, data: bytes | FileSpan, checksum: dict | None = None) -> str:
         self.store.count("PUT part")
         self._live()
-        self.data[number] = bytes(data)
+        body = data.read() if isinstance(data, FileSpan) else bytes(data)
+        self.store.bodies.append((number, type(data).__name__))
+        sent_crc = (checksum or {}).get("x-amz-checksum-crc32")
+        if sent_crc is not None:  # checked, as a server that keeps CRC32s checks it
+            if sent_crc != body_checksum(body, "CRC32")[0]["x-amz-checksum-crc32"]:
+                raise S3Error(400, "BadDigest", resource=self.key)
+            self.crc32[number] = sent_crc
+        self.data[number] = body
         etag = hashlib.md5(self.data[number]).hexdigest()
         self.parts[number] = etag
         return etag
@@ -107,6 +115,10 @@ class FakeStore:
         self.flip_reads = 0  # GETs still to answer with one byte changed
         self.checksums = True
         self.checksum_algorithm: str | None = None  # uploads carry Content-MD5, as to a server without CRC32
+        #: configure_checksums makes uploads carry CRC32s (checked by upload_part), as to SeaweedFS
+        self.crc32_checks = False
+        #: (part number, "FileSpan" or the type of the bytes) of every part sent
+        self.bodies: list[tuple[int, str]] = []
         self.buckets: dict[str, dict[str, FakeObject]] = {bucket: {}}
         #: Requests by kind, and by the bucket they named. GUARDED_BY(_count_lock) while counting:
         #: the GET threads count at once, and a Counter's ``+=`` of a key it lacks runs Python
@@ -225,7 +237,9 @@ class FakeStore:
 
     def configure_checksums(self, bucket: str) -> str | None:
         self._bucket(bucket)
-        return None  # uploads carry Content-MD5
+        if self.crc32_checks:
+            self.checksum_algorithm = "CRC32"
+        return self.checksum_algorithm  # None: uploads carry Content-MD5
 
     def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]:
         self._bucket(bucket)
@@ -266,7 +280,8 @@ class FakeStore:
         self.count("POST")
         bucket, key = resolve(remote_name, self.default_bucket)
         self._bucket(bucket)
-        mpu = FakeMultipart(self, bucket, key, "up%d" % next(self._ids))  # type: ignore[arg-type]
+        algorithm = self.checksum_algorithm if checksum and self.checksums else None
+        mpu = FakeMultipart(self, bucket, key, "up%d" % next(self._ids), algorithm)  # type: ignore[arg-type]
         mpu.create_headers = dict(headers or {})  # type: ignore[attr-defined]
         mpu.data = {}  # type: ignore[attr-defined]
         self.uploads.add(mpu.upload_id)

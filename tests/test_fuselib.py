@@ -7,7 +7,9 @@ import gc
 import threading
 import weakref
 
-from s3fs_mount.fs.fuselib import ThreadStates
+import pytest
+
+from s3fs_mount.fs.fuselib import FUSE, ThreadStates, mfusepy
 
 
 def test_each_thread_is_kept_once_and_no_more_than_the_limit():
@@ -54,3 +56,41 @@ def test_a_kept_state_outlives_the_call_from_a_thread_python_did_not_start():
     run_on_a_native_thread(keep=True)
     gc.collect()
     assert ended == [False]
+
+
+def test_a_write_hands_the_operations_libfuses_own_buffer_and_releases_it_on_return():
+    """No copy of what the kernel wrote (mfusepy's string_at copied every byte): the operations
+    see libfuse's memory itself, as bytes, and the view is dead once the call returns."""
+    seen: list[tuple[memoryview, bytes, int, int]] = []
+
+    class Recorder:
+        def write(self, path: str, data: memoryview, offset: int, fh: int) -> int:
+            seen.append((data, bytes(data), offset, fh))
+            return len(data)
+
+    fuse = FUSE.__new__(FUSE)
+    fuse.operations, fuse.raw_fi = Recorder(), False
+    fuse.encoding, fuse.errors = "utf-8", "surrogateescape"
+    libfuse_buffer = ctypes.create_string_buffer(b"abcdefgh", 8)
+    fi = mfusepy.fuse_file_info()
+    fi.fh = 7
+    pointer = ctypes.cast(libfuse_buffer, ctypes.POINTER(ctypes.c_byte))
+    assert fuse.write(b"/f", pointer, 8, 4096, ctypes.pointer(fi)) == 8
+    (data, content, offset, fh), = seen
+    assert (content, offset, fh) == (b"abcdefgh", 4096, 7)
+    assert isinstance(data, memoryview)
+    with pytest.raises(ValueError):  # released: a kept reference cannot read freed memory
+        bytes(data)
+    # It was libfuse's buffer, not a copy: a change there showed through while the call ran.
+    seen.clear()
+
+    class Peeker:
+        def write(self, path: str, data: memoryview, offset: int, fh: int) -> int:
+            libfuse_buffer[0] = b"Z"
+            seen.append((data, bytes(data[:1]), offset, fh))
+            return len(data)
+
+    fuse.operations = Peeker()
+    assert fuse.write(b"/f", pointer, 8, 0, ctypes.pointer(fi)) == 8
+    assert seen[0][1] == b"Z"
+    assert fuse.write(b"/f", pointer, 0, 0, ctypes.pointer(fi)) == 0  # an empty write: no view over NULL

@@ -193,6 +193,26 @@ def test_what_the_mount_writes_carries_a_crc32_that_its_reads_check(mount_factor
     assert "read of big verified (CRC32:%s)" % head["ChecksumCRC32"] in again.log()
 
 
+def test_parts_written_in_order_go_from_the_staged_file_with_the_crc32s_of_the_writes(
+    mount_factory, boto, bucket
+):
+    mount = mount_factory("debug").start()
+    big = os.urandom(20 * MiB + 7)
+    with open(os.path.join(mount.path, "big"), "wb") as f:  # 1 MiB writes, as dd bs=1M
+        for at in range(0, len(big), MiB):
+            f.write(big[at : at + MiB])
+    assert s3_bytes(boto, bucket, "big") == big
+    # The object's CRC32 of CRC32s is the one of the bytes written, part by part (8 MiB): the
+    # server checked each part's against what it got from the staged file.
+    crcs = [zlib.crc32(big[at : at + 8 * MiB]).to_bytes(4, "big") for at in range(0, len(big), 8 * MiB)]
+    expected = base64.b64encode(zlib.crc32(b"".join(crcs)).to_bytes(4, "big")).decode() + "-3"
+    assert boto.head_object(Bucket=bucket, Key="big", ChecksumMode="ENABLED")["ChecksumCRC32"] == expected
+    log = mount.log()
+    for number, crc in ((1, crcs[0]), (2, crcs[1])):
+        line = "big: part %d sent from the staged file with the CRC32:%s of its writes"
+        assert line % (number, base64.b64encode(crc).decode()) in log
+
+
 def put_with_checksum(boto, bucket: str, key: str, data: bytes, algorithm: str, part: int = 0,
                       kind: str = "COMPOSITE") -> None:
     """PUT ``data`` with an ``x-amz-checksum-*`` of ``algorithm``: in one request, or in parts."""

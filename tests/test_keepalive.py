@@ -19,9 +19,11 @@ import pytest
 from fakeclock import FakeClock
 from waiting import eventually
 
+import s3fs_mount.s3.keepalive as keepalive_module
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
 from s3fs_mount.s3.errors import ConnectionFailed, TimedOut, TLSFailed, TransportError
-from s3fs_mount.s3.keepalive import KeptAlivePool
+from s3fs_mount.s3.keepalive import FileSpan, KeptAlivePool
+from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD
 from s3fs_mount.s3.store import WHOLE_GET
 
 MiB = 1 << 20
@@ -82,6 +84,41 @@ def test_requests_with_bodies_in_memory_go_over_kept_alive_sockets(
     assert faultproxy.accepted == before
 
 
+def test_a_part_from_a_file_goes_by_sendfile_and_one_the_file_falls_short_of_fails(
+    proxied, exchanges, boto, bucket, tmp_path, monkeypatch
+):
+    assert proxied.configure_checksums(bucket) == "CRC32"  # the part carries one: SeaweedFS checks it
+    exchanges.clear()
+    data = os.urandom(6 * MiB)
+    path = tmp_path / "staged"
+    path.write_bytes(b"x" * 100 + data)
+    sent: list[int] = []
+    real = os.sendfile
+
+    def sendfile(out_fd, in_fd, offset, count):
+        done = real(out_fd, in_fd, offset, count)
+        sent.append(done)
+        return done
+
+    monkeypatch.setattr(keepalive_module.os, "sendfile", sendfile)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mpu = proxied.start_multipart(S3Name("spanned", bucket))
+        mpu.upload_part(1, FileSpan(fd, 100, len(data)))
+        # A file that ends before the span: the request fails (retried, then given up), and the
+        # server has no part 2, not even a short one.
+        with pytest.raises(TransportError):
+            mpu.upload_part(2, FileSpan(fd, 100, len(data) + 5), {"x-amz-checksum-crc32": "AAAAAA=="})
+        parts = boto.list_parts(Bucket=bucket, Key="spanned", UploadId=mpu.upload_id)["Parts"]
+        assert [p["PartNumber"] for p in parts] == [1]
+        mpu.complete()
+    finally:
+        os.close(fd)
+    assert boto.get_object(Bucket=bucket, Key="spanned")["Body"].read() == data
+    assert sum(sent) >= len(data)  # by the kernel, from the file
+    assert exchanges[:2] == ["POST", "PUT"]
+
+
 def test_a_small_ranged_get_is_read_whole_over_kept_alive_sockets(proxied, exchanges, boto, bucket):
     data = os.urandom(WHOLE_GET + 5)
     boto.put_object(Bucket=bucket, Key="big", Body=data)
@@ -101,19 +138,27 @@ def test_a_small_ranged_get_is_read_whole_over_kept_alive_sockets(proxied, excha
 
 
 def test_through_a_proxy_every_request_goes_through_urllib3(
-    s3config, bucket, faultproxy, exchanges, monkeypatch
+    s3config, bucket, faultproxy, exchanges, monkeypatch, tmp_path, boto
 ):
     for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTP_PROXY", "http://%s" % faultproxy.endpoint)
     store = RemoteStore(S3Connection(**s3config))
+    source = tmp_path / "source"
+    source.write_bytes(b"..from a file")
+    fd = os.open(source, os.O_RDONLY)
     try:
         store.put(S3Name("via-proxy", bucket), b"through")
         assert store.head(S3Name("via-proxy", bucket)).size == 7
+        store.connection.request(
+            "PUT", bucket, "span", body=FileSpan(fd, 2, 11), payload_hash=UNSIGNED_PAYLOAD
+        ).close()  # read, then sent by urllib3
     finally:
+        os.close(fd)
         store.close()
     assert exchanges == []
-    assert [method for method, _target in faultproxy.seen] == ["PUT", "HEAD"]
+    assert [method for method, _target in faultproxy.seen] == ["PUT", "HEAD", "PUT"]
+    assert boto.get_object(Bucket=bucket, Key="span")["Body"].read() == b"from a file"
 
 
 def test_a_connection_the_server_closed_is_not_sent_on(proxied, faultproxy, bucket):
@@ -421,7 +466,7 @@ def tls_front(s3server, tmp_path):
 
 
 def test_https_goes_over_kept_alive_tls_sockets_that_check_the_certificate(
-    tls_front, s3config, bucket, boto, exchanges, monkeypatch
+    tls_front, s3config, bucket, boto, exchanges, monkeypatch, tmp_path
 ):
     front, cert = tls_front
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
@@ -432,6 +477,16 @@ def test_https_goes_over_kept_alive_tls_sockets_that_check_the_certificate(
     try:
         store.put(S3Name("secure", bucket), b"over tls")
         assert store.head(S3Name("secure", bucket)).size == 8
+        source = tmp_path / "source"
+        source.write_bytes(b"a file over tls")
+        fd = os.open(source, os.O_RDONLY)
+        try:  # no sendfile through TLS: the file's bytes pass through Python
+            store.connection.request("PUT", bucket, "tls-span", body=FileSpan(fd, 2, 13),
+                                     payload_hash=UNSIGNED_PAYLOAD).close()
+        finally:
+            os.close(fd)
+        assert boto.get_object(Bucket=bucket, Key="tls-span")["Body"].read() == b"file over tls"
+        store.remove(S3Name("tls-span", bucket))
         assert [e.key for e in next(store.list("", bucket=bucket)).entries] == ["secure"]
         assert store.get_range(S3Name("secure", bucket), 5, 3) == b"tls"
         # urllib3, the same bundle
@@ -439,7 +494,7 @@ def test_https_goes_over_kept_alive_tls_sockets_that_check_the_certificate(
         store.remove(S3Name("secure", bucket))
     finally:
         store.close()
-    assert exchanges == ["PUT", "HEAD", "GET", "GET", "DELETE"]
+    assert exchanges == ["PUT", "HEAD", "PUT", "DELETE", "GET", "GET", "DELETE"]
     assert "Contents" not in boto.list_objects_v2(Bucket=bucket)
 
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # the system's bundle does not know this certificate

@@ -19,6 +19,7 @@ from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader
 from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.checksums import body_checksum
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.store import upload_in_parts
 
@@ -44,7 +45,7 @@ def write_through(uploader: Uploader, item: StagedFile, data: bytes, offset: int
         piece = data[at - offset : at - offset + chunk]
         uploader.before_write(item, at, len(piece))
         item.write(at, piece)
-        uploader.after_write(item)
+        uploader.after_write(item, at, piece)
 
 
 def fail_part(monkeypatch, number: int) -> threading.Event:
@@ -227,6 +228,58 @@ def test_parts_are_read_into_buffers_used_again_and_let_go_when_idle(tmp_path, m
     assert uploader.buffers.held == 0  # none in use for a while: the memory goes back
 
 
+def crc32_uploader(tmp_path) -> tuple[FakeStore, Uploader, StagingCache]:
+    """An uploader whose parts carry CRC32s the (fake) server checks, as SeaweedFS and AWS do."""
+    store = FakeStore()
+    store.crc32_checks = True
+    uploader, cache = uploader_at(tmp_path, store)
+    uploader.configure_checksums()
+    return store, uploader, cache
+
+
+def test_parts_of_a_file_written_in_order_go_from_the_staged_file_with_the_crc32s_of_the_writes(tmp_path):
+    store, uploader, cache = crc32_uploader(tmp_path)
+    item, _ = cache.acquire("big")
+    data = os.urandom(12 * MiB + 5)
+    write_through(uploader, item, data, chunk=MiB + 3)  # writes across the parts' edges too
+    assert uploader.flush(item)
+    assert store.objects["big"].data == data
+    # The two whole parts: sent by the kernel from the staged file, with the CRC32s made from the
+    # writes (the server checked them: a wrong one is refused); the tail, at close, read back.
+    assert sorted(store.bodies) == [(1, "FileSpan"), (2, "FileSpan"), (3, "memoryview")]
+    (upload,) = store._begun.values()
+    crc = {n: body_checksum(data[(n - 1) * 5 * MiB : n * 5 * MiB], "CRC32")[0] for n in (1, 2, 3)}
+    assert upload.crc32 == {n: header["x-amz-checksum-crc32"] for n, header in crc.items()}
+
+
+def test_a_write_over_bytes_already_counted_makes_the_parts_go_read_back(tmp_path):
+    store, uploader, cache = crc32_uploader(tmp_path)
+    item, _ = cache.acquire("big")
+    data = bytearray(os.urandom(12 * MiB))
+    write_through(uploader, item, bytes(data[: 3 * MiB]))
+    write_through(uploader, item, b"PATCH", offset=MiB)  # before any part was sent: no abandonment
+    data[MiB : MiB + 5] = b"PATCH"
+    write_through(uploader, item, bytes(data[3 * MiB :]), offset=3 * MiB)
+    assert uploader.flush(item)
+    assert store.objects["big"].data == bytes(data)
+    assert sorted(store.bodies) == [(1, "memoryview"), (2, "memoryview"), (3, "memoryview")]
+
+
+def test_a_truncate_forgets_the_bytes_counted(tmp_path):
+    store, uploader, cache = crc32_uploader(tmp_path)
+    item, _ = cache.acquire("big")
+    data = os.urandom(4 * MiB)
+    write_through(uploader, item, data)
+    uploader.abandon(item, "truncated to 0 bytes")
+    item.truncate(2 * MiB)  # the 2 MiB written are now zeros past the end: counted, they were wrong
+    rest = os.urandom(10 * MiB)
+    write_through(uploader, item, rest, offset=4 * MiB)
+    assert uploader.flush(item)
+    expected = data[: 2 * MiB] + bytes(2 * MiB) + rest
+    assert store.objects["big"].data == expected
+    assert all(kind != "FileSpan" for _, kind in store.bodies)
+
+
 def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):
     store = FakeStore()
     uploader, cache = uploader_at(tmp_path, store)
@@ -318,13 +371,17 @@ def streamed_past_the_cache(tmp_path, store: FakeStore, size: int = 40 * MiB):
     """A new file of ``size`` random bytes written through an uploader whose cache holds 20 MiB:
     (uploader, cache, item, data)."""
     uploader, cache = uploader_at(tmp_path, store, capacity=20 * MiB)
+    if store.crc32_checks:
+        uploader.configure_checksums()
     item, _ = cache.acquire("big")
     data = os.urandom(size)
     return uploader, cache, item, data
 
 
-def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
+@pytest.mark.parametrize("crc32", [False, True], ids=["md5 parts read back", "crc32 parts from the file"])
+def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path, crc32):
     store = FakeStore()
+    store.crc32_checks = crc32
     uploader, cache, item, data = streamed_past_the_cache(tmp_path, store, 60 * MiB)
     assert write_sampling(uploader, cache, item, data) <= 20 * MiB
     released = item.released_ranges()
@@ -334,6 +391,8 @@ def test_a_stream_larger_than_the_cache_releases_its_sent_parts(tmp_path):
     assert uploader.flush(item)
     assert store.objects["big"].data == data and not store.uploads
     assert item.released_ranges() == [] and item.record().stream == {}
+    from_file = sum(kind == "FileSpan" for _, kind in store.bodies)
+    assert from_file == (12 if crc32 else 0)  # all 12 parts of 5 MiB, each sent once it was full
 
 
 def test_bytes_released_are_never_read_or_written_locally(tmp_path, caplog):

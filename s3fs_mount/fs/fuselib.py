@@ -446,9 +446,29 @@ class FUSE(mfusepy.FUSE):
         fi.fh = self.operations.create(self._decode(path), mode, fi.flags)
         return 0
 
+    def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # The operations get libfuse's own buffer as a memoryview, not a copy of it (mfusepy's
+        # string_at: 1 GiB copied per GiB written). The operations must not keep it, nor a
+        # slice of it, past their return: it is released then (a use of it raises ValueError).
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        data = libfuse_bytes(buf, size)
+        try:
+            return self.operations.write(self._decode(path), data, offset, fh)
+        finally:
+            data.release()
+
     def _decode(self, path: bytes | None) -> str | None:
         """A path as the operations take it (None for an unlinked file's handle)."""
         return None if path is None else path.decode(self.encoding, self.errors)
+
+
+def libfuse_bytes(buf: Any, size: int) -> memoryview:
+    """The ``size`` bytes at ``buf`` (a ctypes pointer into libfuse's memory) as a byte
+    memoryview, without a copy. Valid only until the FUSE call returns: release it then."""
+    if not size:
+        return memoryview(b"")
+    address = ctypes.cast(buf, ctypes.c_void_p).value
+    return memoryview((ctypes.c_ubyte * size).from_address(address)).cast("B")
 
 
 #: The ``struct stat`` fields of this machine's c_stat, and the timespec of each time field.

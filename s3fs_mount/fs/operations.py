@@ -558,7 +558,7 @@ class S3Operations(Operations):
             offset = h.item.size  # the uploader's check below sees an offset at or past the end
         self.uploader.before_write(h.item, offset, len(data))
         written = h.item.write(offset, data, append=h.append)
-        self.uploader.after_write(h.item)
+        self.uploader.after_write(h.item, None if h.append else offset, data)
         return written
 
     def _checkpoint(self, item: StagedFile, why: str) -> None:

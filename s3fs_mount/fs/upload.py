@@ -65,8 +65,9 @@ from s3fs_mount.fs.budget import BufferPool, ByteBudget
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.checksums import body_checksum, composite
+from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_checksum
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
 from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, upload_in_parts
 
@@ -137,6 +138,52 @@ class StreamingUpload:
         }
 
 
+class WrittenCRCs:
+    """CRC32s of a file's parts (by ``layout``) made from its bytes as they were written, each
+    write following the last from the file's first byte.
+
+    A part whose CRC32 is here goes up from the staged file (``sendfile``), its bytes never read
+    into memory; the server checks them against the CRC32 of what the writer wrote. A write
+    anywhere else (behind, over, or past the last one) ends it: the parts are then read and
+    checked as they are sent. Not thread-safe: its owner's lock guards it.
+    """
+
+    def __init__(self, layout: PartLayout) -> None:
+        self.layout = layout  # immutable
+        self.at = 0  # the bytes written in order so far
+        self.number = 1  # the part ``at`` is in
+        self.value = 0  # the CRC32 of part ``number``'s bytes before ``at``
+        self.done: dict[int, int] = {}  # part number -> its CRC32, until sent
+        self.off = False
+
+    def wrote(self, offset: int, data: bytes | memoryview) -> None:
+        """``data`` was written at ``offset``."""
+        if self.off:
+            return
+        if offset != self.at:
+            self.stop()
+            return
+        view = memoryview(data)
+        while len(view):
+            end = self.layout.start(self.number + 1)
+            piece = view[: end - self.at]
+            self.value = crc32(piece, self.value)
+            self.at += len(piece)
+            view = view[len(piece) :]
+            if self.at == end:
+                self.done[self.number] = self.value
+                self.number, self.value = self.number + 1, 0
+
+    def take(self, number: int) -> int | None:
+        """The CRC32 of part ``number`` as written (None if not known); each is given once."""
+        return self.done.pop(number, None)
+
+    def stop(self) -> None:
+        """Count no more (the file's bytes are no longer the writes in order): forget all."""
+        self.off = True
+        self.done.clear()
+
+
 class UploadState:
     """What the upload unit keeps of one item; only :class:`Uploader` reads or writes it.
 
@@ -156,6 +203,9 @@ class UploadState:
         self.stream_off = False
         self.uploaded_bytes = 0  # GUARDED_BY(lock): progress of the upload under way, or the last
         self.error = ""  # GUARDED_BY(lock): why the last upload failed ("" when it did not)
+        #: GUARDED_BY(lock): the CRC32s of the parts of a file written in order from its first
+        #: byte, for its stream (None: not being written so).
+        self.written: WrittenCRCs | None = None
 
 
 class Uploader:
@@ -346,11 +396,24 @@ class Uploader:
                 return  # nothing more to free: the cache runs over (a part bigger than the cache?)
             concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
 
-    def after_write(self, item: StagedFile) -> None:
-        """Send any part the writer has now filled, if the file is being written from scratch."""
+    def after_write(
+        self, item: StagedFile, offset: int | None = None, data: bytes | memoryview | None = None
+    ) -> None:
+        """Send any part the writer has now filled, if the file is being written from scratch.
+
+        ``data``, written at ``offset`` (None: not known, as for an append), goes toward the
+        CRC32s of the parts of a file written in order from its first byte (:class:`WrittenCRCs`).
+        """
         state = self._state(item)
         view = item.view()
         with state.lock:
+            if data is not None and offset == 0 and view.size == len(data) and self._crc_parts():
+                state.written = WrittenCRCs(self.stream_layout)  # the file is this write: begin
+            if state.written is not None:
+                if data is None or offset is None:
+                    state.written.stop()
+                else:
+                    state.written.wrote(offset, data)
             stream = state.stream
             if view.size < self.threshold or view.uploading or state.stream_off:
                 return
@@ -376,8 +439,13 @@ class Uploader:
                 if not item.covers(start, start + length):
                     return
                 stream.next_part += 1
+                crc = None
+                if state.written is not None:
+                    if stream.copied or stream.layout != state.written.layout:
+                        state.written.stop()  # its parts are not the layout's from the first byte
+                    crc = state.written.take(number)
             self._slots.acquire()  # back-pressure: the writer waits for the network
-            fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, length)
+            fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, length, True, crc)
             with state.lock:
                 stream.futures[number] = fut
 
@@ -446,9 +514,40 @@ class Uploader:
         if self.store.abort_multipart(item.key, upload_id):
             item.forget_upload(upload_id)
 
+    def _crc_parts(self) -> bool:
+        """Do parts carry ``x-amz-checksum-crc32`` here (so one made as the bytes were written serves)?"""
+        return bool(self.store.checksums) and self.store.checksum_algorithm == "CRC32"
+
     def _send_part(
-        self, item: StagedFile, mpu: MultipartUpload, number: int, offset: int, size: int, slot: bool = True
+        self,
+        item: StagedFile,
+        mpu: MultipartUpload,
+        number: int,
+        offset: int,
+        size: int,
+        slot: bool = True,
+        crc: int | None = None,
     ) -> str:
+        """Send part ``number``, bytes ``offset..offset+size`` of the staged file: with ``crc``
+        (their CRC32 as written) from the file by the kernel, else read into a buffer and checked."""
+        if crc is not None and mpu.algorithm == "CRC32" and self._crc_parts():
+            try:
+                header, digest = crc32_checksum(crc)
+                item.note_digest(offset, size, digest)
+                item.save()
+                etag = mpu.upload_part(number, FileSpan(item.fd, offset, size), header)
+                log.debug(
+                    "%s: part %d sent from the staged file with the %s of its writes",
+                    item.key,
+                    number,
+                    digest,
+                )
+                self._sent(item, size)
+                item.sent(offset, offset + size)
+                return etag
+            finally:
+                if slot:
+                    self._slots.release()
         taken = self.memory.take(size)
         buf: bytearray | None = self.buffers.get(size)
         data = memoryview(b"")
@@ -489,6 +588,8 @@ class Uploader:
         file was ``removed``: its parts are the only copy of those bytes.
         """
         state, why = self._state(item), reason
+        with state.lock:
+            state.written = None  # its bytes may change under what was counted (a truncate)
         if not removed and item.has_released():
             log.error("%s: streamed upload kept (%s): its parts hold bytes the cache released", item.key, why)
             return

@@ -19,6 +19,7 @@ import urllib3
 
 from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.errors import ConfigError, ConnectionFailed, S3Error, TLSFailed, TransportError
+from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.objectopts import ERRORS_IN_BODY, ObjectOptions, operation_of
 from s3fs_mount.s3.retry import RetryPolicy
 from s3fs_mount.s3.sigv4 import (
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 #: One line per request at DEBUG: method, bucket/key, status, ms, bytes.
 request_log = logging.getLogger("s3fs_mount.requests")
 
-Body = None | bytes | Callable[[], Any]
+Body = None | bytes | FileSpan | Callable[[], Any]
 #: (access key id, secret, session token, expiry as epoch seconds or None)
 Credentials = tuple[str, str, "str | None", "float | None"]
 REFRESH_MARGIN = 300.0
@@ -363,8 +364,9 @@ class S3Connection:
     ) -> Response:
         """Send one signed request, retried by the retry policy.
 
-        ``body`` is bytes, or a zero-argument callable returning a fresh
-        file-like object for each attempt (so streamed uploads can retry).
+        ``body`` is bytes, a :class:`~s3fs_mount.s3.keepalive.FileSpan` (sent from the file at
+        each attempt), or a zero-argument callable returning a fresh file-like object for each
+        attempt (so streamed uploads can retry).
         Returns the response when its status is in ``expect``; raises
         :class:`S3Error` otherwise, or :class:`TransportError` (also the requests
         exception of its kind) on a transport failure once retries are spent.
@@ -401,7 +403,7 @@ class S3Connection:
             signed = signer.sign(method, host, path, query, headers, payload_hash)
             data = body() if callable(body) else body
             started = time.monotonic()
-            sent = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else 0
+            sent = len(data) if isinstance(data, (bytes, bytearray, memoryview, FileSpan)) else 0
             try:
                 resp = self._send(method, url, signed, data, stream)
             except urllib3.exceptions.HTTPError as exc:

@@ -1,4 +1,4 @@
-"""HTTP/1.1 exchanges whose bodies are in memory, over kept-alive sockets of our own.
+"""HTTP/1.1 exchanges whose bodies are in memory (or spans of a file), over kept-alive sockets of our own.
 
 Most of the mount's requests carry no body or a small one and read their whole answer: a
 HEAD before a file's mode is shown (one per file of an ``ls -l``), a DELETE, a listing page,
@@ -22,13 +22,14 @@ the bytes are what the object holds, as every other S3 client reads them.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
 import socket
 import ssl
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -37,6 +38,72 @@ log = logging.getLogger(__name__)
 
 #: Bytes asked of the socket at a time.
 RECV = 65536
+#: Bytes of a :class:`FileSpan` read at a time where the kernel cannot send them (TLS).
+FILE_CHUNK = 1 << 20
+
+
+class FileSpan:
+    """A request body that is ``length`` bytes of the open file ``fd`` from ``offset``.
+
+    Sent by the kernel from the file (``sendfile``) without passing through Python, where the
+    connection allows (plain http); else read in pieces. The file must hold those bytes
+    until the exchange returns: one that ends early fails the request (``ProtocolError``:
+    the connection is dropped, nothing short reaches the server as complete).
+    """
+
+    __slots__ = ("fd", "offset", "length")
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self) -> bytes:
+        """The bytes, read whole (OSError if the file ends before them)."""
+        return b"".join(self.pieces(self.length))
+
+    def pieces(self, size: int) -> Iterator[bytes]:
+        """The bytes in pieces of up to ``size`` (OSError if the file ends before them)."""
+        done = 0
+        while done < self.length:
+            piece = os.pread(self.fd, min(size, self.length - done), self.offset + done)
+            if not piece:
+                raise OSError(errno.EIO, "the file ended %d bytes short of the body" % (self.length - done))
+            done += len(piece)
+            yield piece
+
+    def __repr__(self) -> str:
+        return "<FileSpan fd %d, %d bytes at %d>" % (self.fd, self.length, self.offset)
+
+
+def send_file_span(sock: socket.socket, span: FileSpan) -> None:
+    """Send ``span`` on ``sock``: ``sendfile`` on a plain socket (waiting up to the socket's
+    timeout for room, ``TimeoutError`` past it), the bytes through Python on a TLS one."""
+    if isinstance(sock, ssl.SSLSocket):
+        for piece in span.pieces(FILE_CHUNK):
+            sock.sendall(piece)
+        return
+    offset, left = span.offset, span.length
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    timeout = sock.gettimeout()
+    wait_ms = None if timeout is None else int(timeout * 1000)
+    while left:
+        try:
+            sent = os.sendfile(sock.fileno(), span.fd, offset, left)
+        except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+            if not poller.poll(wait_ms):
+                raise TimeoutError("timed out") from None
+            continue
+        if not sent:
+            raise OSError(errno.EIO, "the file ended %d bytes short of the body" % left)
+        offset += sent
+        left -= sent
+
+
 #: Most bytes of a response's status line and headers (urllib3 allows about as many).
 MAX_HEAD = 1 << 20
 #: Statuses whose answers never have a body.
@@ -123,7 +190,7 @@ class KeptAlivePool:
         port: int,
         target: str,
         headers: Mapping[str, str],
-        body: bytes | bytearray | memoryview | None,
+        body: bytes | bytearray | memoryview | FileSpan | None,
     ) -> tuple[int, Headers, bytes]:
         """Send one request and read its whole answer: ``(status, headers, body)``.
 
@@ -139,6 +206,9 @@ class KeptAlivePool:
             try:
                 if body is None or not len(body):
                     conn.sock.sendall(head)
+                elif isinstance(body, FileSpan):
+                    conn.sock.sendall(head)
+                    send_file_span(conn.sock, body)
                 elif len(body) < 65536:
                     conn.sock.sendall(head + bytes(body))
                 else:
@@ -222,7 +292,10 @@ class KeptAlivePool:
 
     @staticmethod
     def _request_head(
-        method: str, target: str, headers: Mapping[str, str], body: bytes | bytearray | memoryview | None
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        body: bytes | bytearray | memoryview | FileSpan | None,
     ) -> bytes:
         """The request line and headers, encoded; ValueError for a header that would end early."""
         lines = ["%s %s HTTP/1.1" % (method, target)]

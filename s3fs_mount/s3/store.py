@@ -37,6 +37,7 @@ from s3fs_mount.s3.checksums import (
 )
 from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
+from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.parts import MIN_PART_SIZE, PartLayout, layout_of, part_size_for
 from s3fs_mount.s3.retry import RETRYABLE_CODES
@@ -199,18 +200,26 @@ class MultipartUpload:
         self.crc32: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its x-amz-checksum-crc32
 
     def upload_part(
-        self, number: int, data: bytes | bytearray | memoryview, checksum: Mapping[str, str] | None = None
+        self,
+        number: int,
+        data: bytes | bytearray | memoryview | FileSpan,
+        checksum: Mapping[str, str] | None = None,
     ) -> str:
         """Send part ``number`` (1-based); returns its ETag.
 
         ``data`` is sent as it is, not copied (the caller's buffer must not change until this
-        returns). ``checksum``: the header :func:`~s3fs_mount.s3.checksums.body_checksum` made
-        for these bytes, if the caller has it already (else it is computed here).
+        returns); a :class:`~s3fs_mount.s3.keepalive.FileSpan` is sent from its file.
+        ``checksum``: the header :func:`~s3fs_mount.s3.checksums.body_checksum` made for these
+        bytes, if the caller has it already (else it is computed here).
         """
         body = data
         headers: dict[str, str] = {}
         if self.store.checksums:
-            headers = dict(checksum) if checksum else body_checksum(body, self.algorithm)[0]
+            if checksum:
+                headers = dict(checksum)
+            else:
+                bytes_of = body.read() if isinstance(body, FileSpan) else body
+                headers = body_checksum(bytes_of, self.algorithm)[0]
         resp = self.store.connection.request(
             "PUT",
             self.bucket,

@@ -2,7 +2,8 @@
 
 ``S3Connection`` signs; :class:`Transport` sends the signed bytes and hands back a
 :class:`Response`. A request whose body is in memory (or none) and whose answer is read whole
-(a HEAD, a DELETE, a listing page, a small PUT) goes through :class:`KeptAlivePool`
+(a HEAD, a DELETE, a listing page, a small PUT, a part sent from the staged file as a
+:class:`~s3fs_mount.s3.keepalive.FileSpan`) goes through :class:`KeptAlivePool`
 (:mod:`s3fs_mount.s3.keepalive`): half the CPU of urllib3 and ``http.client`` for a HEAD
 (bench/README.md "A transport of our own"). Everything else (a body streamed from a file, an
 answer read as a stream, and every request when the environment names a proxy) goes through
@@ -28,7 +29,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from s3fs_mount.s3.keepalive import KeptAlivePool
+from s3fs_mount.s3.keepalive import FileSpan, KeptAlivePool
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Response:
 
 
 #: Bodies :class:`KeptAlivePool` sends (a file-like body, read as it goes, goes through urllib3).
-_IN_MEMORY = (bytes, bytearray, memoryview)
+_IN_MEMORY = (bytes, bytearray, memoryview, FileSpan)
 
 
 @functools.lru_cache(maxsize=64)
@@ -167,6 +168,11 @@ class Transport:
             status, found, content = self.kept_alive.exchange(method, name, port, target, headers, body)
             return Response(status, found, method, content)
         headers = {**headers, "Accept-Encoding": "identity"}  # see the module's docstring
+        if isinstance(body, FileSpan):
+            try:
+                body = body.read()  # through a proxy: the bytes pass through Python
+            except OSError as exc:
+                raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from exc
         if body is not None and "Content-Length" not in headers:
             length = (
                 len(body)

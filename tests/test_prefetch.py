@@ -276,3 +276,15 @@ def test_a_corrupt_half_piece_of_one_of_several_readers_is_eio_for_that_reader_o
         prefetcher.read(items["b"], states["b"], MiB, size)
     assert failed.value.errno == errno.EIO
     assert prefetcher.read(items["a"], states["a"], MiB, size) == data["a"][MiB:]  # checked: fine
+
+
+@pytest.mark.parametrize("size", [100_000, 6 * MiB], ids=["one piece", "several pieces"])
+def test_a_second_stream_of_a_version_already_checked_is_checked_again(tmp_path, size):
+    store, data, prefetcher, item = setup(tmp_path, size)
+    assert prefetcher.read(item, ReadState(), 0, size) == data  # read whole and checked: fine
+    store.flip_reads = 1  # the next reader's first GET has a byte changed on the way
+    state = ReadState()
+    with pytest.raises(FsError) as failed:  # its bytes are checked too, not taken as checked before
+        prefetcher.read(item, state, 0, size)
+    assert failed.value.errno == errno.EIO and not store.flip_reads
+    assert prefetcher.read(item, ReadState(), 0, size) == data  # and a third reader, right again

@@ -61,7 +61,7 @@ from cachetools import LRUCache
 from s3fs_mount.fs.errors import Corrupt, FsError, Replaced
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.checksums import MISMATCH, Verifier, plan
+from s3fs_mount.s3.checksums import MISMATCH, PENDING, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.store import digest_of
@@ -373,9 +373,14 @@ class Prefetcher:
             return self._verifiers.get((key, etag))
 
     def _verifier(self, key: str, etag: str, size: int, start: int) -> Verifier | None:
-        """The check of version ``etag``: the one under way, or a new one for a stream from byte 0."""
+        """The check of version ``etag``: the one under way, or a new one for a stream from byte 0.
+
+        A check that has ended (verified, or given up) hashes nothing more, so a stream from byte 0
+        of a version read before gets a new one: those bytes are fetched again, and checked again.
+        One that found a mismatch stays until the read that reaches the end reports it (:meth:`_check`).
+        """
         found = self._known_verifier(key, etag)
-        if found is not None or start != 0:
+        if start != 0 or (found is not None and found.state in (PENDING, MISMATCH)):
             return found
         expected = self._expected(key, etag, size)
         if expected is None:
@@ -383,7 +388,11 @@ class Prefetcher:
         # Hashed by the GET threads that feed it, a part on each at once (Verifier).
         verifier = Verifier(key, expected[0], size, expected[1])
         with self._verify_lock:
-            return self._verifiers.setdefault((key, etag), verifier)
+            current = self._verifiers.get((key, etag))
+            if current is not None and current is not found and current.state in (PENDING, MISMATCH):
+                return current  # another stream from byte 0 made one meanwhile: share it
+            self._verifiers[(key, etag)] = verifier
+            return verifier
 
     def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
         """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked."""

@@ -89,10 +89,41 @@ def test_a_file_read_whole_and_checked_is_checked_again_when_read_again(
     else:
         boto.put_object(Bucket=bucket, Key="obj", Body=data)
     mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
-    with open(os.path.join(mount.path, "obj"), "rb") as f:
+    path = os.path.join(mount.path, "obj")
+    with open(path, "rb") as other, open(path, "rb") as f:  # two handles: the kernel's pages not kept
         assert f.read() == data  # read whole, checked: fine
+        assert other.read(4096) == data[:4096]
     # Read again (the open drops the kernel's pages: fetched again), a byte changed on the way.
     assert_flipped_read_is_eio_then_right(mount, faultproxy, "obj", data)
+
+
+def test_a_file_read_whole_and_checked_is_read_again_from_the_kernels_pages(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    data = os.urandom(20 * MiB)
+    put_in_parts(boto, bucket, "obj", data, 5 * MiB)
+    # attr_ttl=0: every open looks the object up, so another client's version is seen at once.
+    mount = mount_factory("attr_ttl=0", config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    with open(path, "rb") as f:
+        assert f.read(5 * MiB) == data[: 5 * MiB]  # part of it: not checked whole
+    faultproxy.flip_response(1)
+    with pytest.raises(OSError) as raised:  # so its pages were dropped: fetched again, checked
+        with open(path, "rb") as f:
+            f.read()
+    assert raised.value.errno == errno.EIO and len(faultproxy.flipped) == 1
+    with open(path, "rb") as f:
+        assert f.read() == data  # read whole, checked
+    faultproxy.flip_response(1)  # a GET now would have a byte changed on the way
+    for _ in range(2):
+        with open(path, "rb") as f:
+            assert f.read() == data  # the kernel's pages of that read: no GET
+    assert len(faultproxy.flipped) == 1
+    faultproxy.reset()
+    new = os.urandom(20 * MiB)
+    put_in_parts(boto, bucket, "obj", new, 5 * MiB)  # another client's version: read anew
+    with open(path, "rb") as f:
+        assert f.read() == new
 
 
 def assert_flipped_read_is_eio_then_right(mount, faultproxy, key: str, data: bytes) -> None:

@@ -288,3 +288,46 @@ def test_a_second_stream_of_a_version_already_checked_is_checked_again(tmp_path,
         prefetcher.read(item, state, 0, size)
     assert failed.value.errno == errno.EIO and not store.flip_reads
     assert prefetcher.read(item, ReadState(), 0, size) == data  # and a third reader, right again
+
+
+def test_the_kernel_may_keep_the_pages_of_a_file_one_reader_streamed_whole_and_checked(tmp_path):
+    size = 6 * MiB
+    store, data, prefetcher, item = setup(tmp_path, size)
+    assert not item.kernel_may_keep()  # nothing read yet
+    state = ReadState()
+    assert prefetcher.read(item, state, 0, MiB) == data[:MiB]
+    assert not item.kernel_may_keep()  # part of it: not checked whole
+    assert prefetcher.read(item, state, MiB, size) == data[MiB:]
+    assert item.kernel_may_keep()  # every byte through this reader's stream, checked
+    assert prefetcher.read(item, state, 0, 4096) == data[:4096]  # a random read: from elsewhere
+    assert not item.kernel_may_keep()
+
+
+def test_pages_of_a_corrupt_stream_or_of_two_readers_at_once_are_not_kept(tmp_path):
+    size = 6 * MiB
+    store, data, prefetcher, item = setup(tmp_path, size)
+    store.flip_reads = 1
+    with pytest.raises(FsError):
+        prefetcher.read(item, ReadState(), 0, size)
+    assert not item.kernel_may_keep()  # failed its check
+    item.cache.acquire("k")  # a second handle open at once: its replies are not this stream's
+    assert prefetcher.read(item, ReadState(), 0, size) == data
+    assert not item.kernel_may_keep()
+    item.cache.release(item)
+    item.cache.release(item)  # both closed
+    item.cache.acquire("k")  # opened alone: kept once read whole
+    state = ReadState()
+    assert prefetcher.read(item, state, 0, size) == data
+    assert item.kernel_may_keep()
+    item.write(0, b"x")  # written: the pages are not that version's any more
+    assert not item.kernel_may_keep()
+
+
+def test_a_stream_after_another_readers_part_of_it_checks_its_own_bytes(tmp_path):
+    size = 6 * MiB
+    store, data, prefetcher, item = setup(tmp_path, size)
+    assert prefetcher.read(item, ReadState(), 0, 2 * MiB) == data[: 2 * MiB]  # its check hashed these
+    store.flip_reads = 1  # the next reader's first GET: bytes the first one's check hashed already
+    with pytest.raises(FsError) as failed:
+        prefetcher.read(item, ReadState(), 0, size)
+    assert failed.value.errno == errno.EIO and not store.flip_reads

@@ -49,6 +49,17 @@ def put_in_parts(boto, bucket: str, key: str, data: bytes, part: int, algorithm:
                                    MultipartUpload={"Parts": parts}, **extra)
 
 
+def put_obj(boto, bucket: str, size: int) -> bytes:
+    """Object "obj" of ``size`` random bytes, as another client writes it: in 5 MiB parts when
+    over 5 MiB (its ETag the MD5 of their MD5s), else in one PUT; returns the bytes."""
+    data = os.urandom(size)
+    if size > 5 * MiB:
+        put_in_parts(boto, bucket, "obj", data, 5 * MiB)
+    else:
+        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    return data
+
+
 def test_a_body_changed_on_the_way_up_is_refused_and_sent_again(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):
@@ -70,11 +81,7 @@ def test_a_body_changed_on_the_way_up_is_refused_and_sent_again(
 def test_a_body_changed_on_the_way_down_is_eio_never_silent(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
 ):
-    data = os.urandom(size)
-    if size > 5 * MiB:
-        put_in_parts(boto, bucket, "obj", data, 5 * MiB)
-    else:
-        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    data = put_obj(boto, bucket, size)
     mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
     assert_flipped_read_is_eio_then_right(mount, faultproxy, "obj", data)
 
@@ -83,11 +90,7 @@ def test_a_body_changed_on_the_way_down_is_eio_never_silent(
 def test_a_file_read_whole_and_checked_is_checked_again_when_read_again(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
 ):
-    data = os.urandom(size)
-    if size > 5 * MiB:
-        put_in_parts(boto, bucket, "obj", data, 5 * MiB)
-    else:
-        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    data = put_obj(boto, bucket, size)
     mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
     path = os.path.join(mount.path, "obj")
     with open(path, "rb") as other, open(path, "rb") as f:  # two handles: the kernel's pages not kept
@@ -153,11 +156,7 @@ def read_backwards(path: str, chunk: int = 64 << 10) -> bytes:
 def test_random_reads_of_a_changed_body_are_eio_never_silent(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
 ):
-    data = os.urandom(size)
-    if size > 5 * MiB:
-        put_in_parts(boto, bucket, "obj", data, 5 * MiB)  # another client's parts: checked as a whole
-    else:
-        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    data = put_obj(boto, bucket, size)  # another client's parts: checked as a whole
     mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
     path = os.path.join(mount.path, "obj")
     faultproxy.flip_response(1)  # the first GET: the whole object if small, else its last bytes

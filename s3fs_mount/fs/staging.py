@@ -441,9 +441,9 @@ class StagedFile:
         every page the kernel holds of the file came through it from that stream: an open may keep
         them (:meth:`kernel_may_keep`). Not if any of its replies came from elsewhere, or the item
         is not clean at that version. True if so."""
-        with self.cache._lock:
+        # Both locks at once: an open meanwhile (another handle's replies) comes before or after.
+        with self.cache._lock, self.cond:
             alone = self.open_count == 1 and not self.overlapped
-        with self.cond:
             if not (alone and reader.only_streamed and etag == self.etag) or self.dirty or self.uploading:
                 return False
             self.checked_etag, self.checked_by = etag, reader

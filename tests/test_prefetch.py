@@ -331,3 +331,20 @@ def test_a_stream_after_another_readers_part_of_it_checks_its_own_bytes(tmp_path
     with pytest.raises(FsError) as failed:
         prefetcher.read(item, ReadState(), 0, size)
     assert failed.value.errno == errno.EIO and not store.flip_reads
+
+
+def test_a_piece_let_go_and_fetched_again_for_a_late_read_keeps_no_pages(tmp_path):
+    size = 16 * MiB
+    store, data, _, item = setup(tmp_path, size)
+    bucket = Bucket(store, "bucket")  # pieces of 2 MiB, let go 4 MiB behind; reads 8 MiB behind still count
+    prefetcher = Prefetcher(bucket, max_window=8 * MiB, chunk=8 * MiB, piece=2 * MiB, workers=2,
+                            part_layout_of=bucket.part_layout)
+    state = ReadState()
+    for at in range(0, 12 * MiB, MiB):
+        assert prefetcher.read(item, state, at, MiB) == data[at : at + MiB]
+    gets = store.calls["GET"]
+    assert prefetcher.read(item, state, 5 * MiB, MiB) == data[5 * MiB : 6 * MiB]  # delivered late
+    assert store.calls["GET"] > gets  # its piece was let go: fetched again, and not hashed again
+    for at in range(12 * MiB, size, MiB):
+        assert prefetcher.read(item, state, at, MiB) == data[at : at + MiB]
+    assert not item.kernel_may_keep()  # read whole and checked, but a page of it came unchecked

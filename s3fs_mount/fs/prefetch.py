@@ -119,8 +119,13 @@ class ReadState:
     fetched: int = 0
     misses: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_MISSES))
     lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces, unreached, etag, verifier
-    #: The check its stream from byte 0 feeds (the first such stream's). GUARDED_BY(lock).
+    #: The check its stream from byte 0 feeds; None when it has none (a stream from elsewhere, or
+    #: let go). GUARDED_BY(lock) for changes; the end check reads it without (one reference: at
+    #: worst it finds None, and looks at the version's latest check instead).
     verifier: Verifier | None = None
+    #: Where the pieces its stream fetched since byte 0 end (a piece starting before it is
+    #: fetched again: its check hashed those bytes once already). GUARDED_BY(lock).
+    streamed_until: int = 0
     #: Every reply through this handle came from its stream. GUARDED_BY the item's cond
     #: (:meth:`~s3fs_mount.fs.staging.StagedFile.replied`).
     only_streamed: bool = True
@@ -304,6 +309,7 @@ class Prefetcher:
                 state.etag = item.etag
             size = self._piece_size(state)
             needed: list[tuple[int, int, concurrent.futures.Future[list[bytes]]]] = []
+            again = False
             start = self._covering(state, offset, size)
             while start < min(max(end, ahead_end), item.remote_size):
                 if start in state.pieces:
@@ -314,8 +320,12 @@ class Prefetcher:
                     length = min(size, item.remote_size - start, min(later, default=start + size) - start)
                     if not self._hold(state, start, length, needed=start < end):
                         break  # ahead of the reader, and the budget (or its share) is spent
-                    if start == 0:  # a stream from byte 0: checked by a check of its own
+                    if start == 0 and state.verifier is None:  # a stream from byte 0: a check of its own
                         state.verifier = self._new_verifier(item.key, state.etag, item.remote_size)
+                    elif start < state.streamed_until:
+                        again = True  # let go, and asked for again (reads delivered late): its check
+                        # hashed the first copy, this one is unchecked: the kernel's pages are not kept
+                    state.streamed_until = max(state.streamed_until, start + length)
                     verifier = state.verifier
                     future = self.pool.submit(self._get, item.key, state.etag, start, length, verifier)
                     state.pieces[start] = (length, future)
@@ -324,6 +334,8 @@ class Prefetcher:
                 start += length
             self._reached(state, [(start, length) for start, length, _ in needed])
             etag, verifier = state.etag, state.verifier
+        if again:
+            item.replied(state, streamed=False)
         parts: list[bytes | memoryview] = []
         for start, length, future in needed:
             try:
@@ -496,6 +508,7 @@ class Prefetcher:
         for start in list(state.pieces):
             self._let_go(state, start)
         state.verifier = None
+        state.streamed_until = 0
 
     def _let_go(self, state: ReadState, start: int) -> None:
         """Forget one piece (caller holds ``state.lock``); a GET not started yet is cancelled."""

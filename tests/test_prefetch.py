@@ -319,6 +319,11 @@ def test_pages_of_a_corrupt_stream_or_of_two_readers_at_once_are_not_kept(tmp_pa
     state = ReadState()
     assert prefetcher.read(item, state, 0, size) == data
     assert item.kernel_may_keep()
+    info = store.head("k")
+    item.reset(info.size, info.etag, info.metadata, info.headers, info.mtime)  # made anew, same version
+    assert not item.kernel_may_keep()  # whatever the item held since: not known to be those pages
+    assert prefetcher.read(item, ReadState(), 0, size) == data
+    assert item.kernel_may_keep()
     item.write(0, b"x")  # written: the pages are not that version's any more
     assert not item.kernel_may_keep()
 

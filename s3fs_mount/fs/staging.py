@@ -288,9 +288,11 @@ class StagedFile:
         #: GUARDED_BY(cond): ranges being read from the data file now: not released meanwhile.
         self.reading: list[tuple[int, int]] = []
         #: GUARDED_BY(cond): the version whose pages the kernel holds are all checked bytes of it
-        #: (:meth:`checked`), "" while none is; and the reader (its ReadState) whose stream
-        #: checked them, whose later replies from that stream keep it so.
+        #: (:meth:`checked`), "" while none is; the item's ``generation`` then (any write,
+        #: truncate, metadata change or reset since ends it); and the reader (its ReadState)
+        #: whose stream checked them, whose later replies from that stream keep it so.
         self.checked_etag = ""
+        self.checked_generation = -1
         self.checked_by: object = None
         #: GUARDED_BY(cache._lock): another handle was open at once with the one opened last alone
         #: (set by an open that makes two or more, cleared by one that makes one).
@@ -446,7 +448,7 @@ class StagedFile:
             alone = self.open_count == 1 and not self.overlapped
             if not (alone and reader.only_streamed and etag == self.etag) or self.dirty or self.uploading:
                 return False
-            self.checked_etag, self.checked_by = etag, reader
+            self.checked_etag, self.checked_generation, self.checked_by = etag, self.generation, reader
             return True
 
     def replied(self, reader: ReadStateLike, streamed: bool) -> None:
@@ -464,7 +466,11 @@ class StagedFile:
         checked bytes of the version the item is now, clean (:meth:`checked`)? Otherwise the
         open has the kernel drop them, and reads fetch (and check) again."""
         with self.cond:
-            return bool(self.etag) and self.checked_etag == self.etag and not (self.dirty or self.uploading)
+            return (
+                bool(self.etag)
+                and (self.checked_etag, self.checked_generation) == (self.etag, self.generation)
+                and not (self.dirty or self.uploading)
+            )
 
     def sent(self, start: int, end: int) -> None:
         """An upload has read ``[start, end)`` and S3 has it (a part): the page cache may let the

@@ -1464,6 +1464,33 @@ def test_a_file_opened_on_attributes_cached_before_another_clients_new_version_r
     ops.release("/f", fh)
 
 
+def test_an_open_keeps_the_kernels_pages_of_a_file_read_whole_and_checked_and_never_mixes_in_a_new_version(
+    tmp_path,
+):
+    """The kernel's pages of a version read whole through one handle's checked stream are kept
+    by the next open (keep_cache); that handle counts as having read the version, so a page it
+    asks for after another client's new version is EIO, not the new version's bytes."""
+    store = FakeStore()
+    old = os.urandom(3 * MiB)
+    store.put("f", old)
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/f", os.O_RDONLY)
+    assert not ops.keeps_kernel_pages(fh)  # nothing read and checked yet: the open drops them
+    assert b"".join(ops.read("/f", MiB, at, fh) for at in range(0, 3 * MiB, MiB)) == old
+    ops.release("/f", fh)
+    fh = ops.open("/f", os.O_RDONLY)  # within attr_ttl: the version it knows
+    assert ops.keeps_kernel_pages(fh)
+    store.put("f", os.urandom(3 * MiB))  # another client
+    with pytest.raises(FuseOSError) as failed:  # a page the kernel let go meanwhile
+        ops.read("/f", MiB, MiB, fh)
+    assert failed.value.errno == errno.EIO
+    ops.release("/f", fh)
+    ops.namespace.forget("/f")  # as attr_ttl passing: the next open looks it up
+    fh = ops.open("/f", os.O_RDONLY)
+    assert not ops.keeps_kernel_pages(fh)  # another version: the open drops the old pages
+    ops.release("/f", fh)
+
+
 def test_a_read_after_bytes_were_served_does_not_switch_to_a_new_version(tmp_path):
     """A reader that has bytes of one version gets EIO, never a mix of two."""
     store = FakeStore()

@@ -49,6 +49,17 @@ def put_in_parts(boto, bucket: str, key: str, data: bytes, part: int, algorithm:
                                    MultipartUpload={"Parts": parts}, **extra)
 
 
+def put_obj(boto, bucket: str, size: int) -> bytes:
+    """Object "obj" of ``size`` random bytes, as another client writes it: in 5 MiB parts when
+    over 5 MiB (its ETag the MD5 of their MD5s), else in one PUT; returns the bytes."""
+    data = os.urandom(size)
+    if size > 5 * MiB:
+        put_in_parts(boto, bucket, "obj", data, 5 * MiB)
+    else:
+        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    return data
+
+
 def test_a_body_changed_on_the_way_up_is_refused_and_sent_again(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):
@@ -70,13 +81,52 @@ def test_a_body_changed_on_the_way_up_is_refused_and_sent_again(
 def test_a_body_changed_on_the_way_down_is_eio_never_silent(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
 ):
-    data = os.urandom(size)
-    if size > 5 * MiB:
-        put_in_parts(boto, bucket, "obj", data, 5 * MiB)
-    else:
-        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    data = put_obj(boto, bucket, size)
     mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
     assert_flipped_read_is_eio_then_right(mount, faultproxy, "obj", data)
+
+
+@pytest.mark.parametrize("size", [300_000, 20 * MiB], ids=["one PUT", "in parts"])
+def test_a_file_read_whole_and_checked_is_checked_again_when_read_again(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
+):
+    data = put_obj(boto, bucket, size)
+    mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    with open(path, "rb") as other, open(path, "rb") as f:  # two handles: the kernel's pages not kept
+        assert f.read() == data  # read whole, checked: fine
+        assert other.read(4096) == data[:4096]
+    # Read again (the open drops the kernel's pages: fetched again), a byte changed on the way.
+    assert_flipped_read_is_eio_then_right(mount, faultproxy, "obj", data)
+
+
+def test_a_file_read_whole_and_checked_is_read_again_from_the_kernels_pages(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    data = os.urandom(20 * MiB)
+    put_in_parts(boto, bucket, "obj", data, 5 * MiB)
+    # attr_ttl=0: every open looks the object up, so another client's version is seen at once.
+    mount = mount_factory("attr_ttl=0", config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    with open(path, "rb") as f:
+        assert f.read(5 * MiB) == data[: 5 * MiB]  # part of it: not checked whole
+    faultproxy.flip_response(1)
+    with pytest.raises(OSError) as raised:  # so its pages were dropped: fetched again, checked
+        with open(path, "rb") as f:
+            f.read()
+    assert raised.value.errno == errno.EIO and len(faultproxy.flipped) == 1
+    with open(path, "rb") as f:
+        assert f.read() == data  # read whole, checked
+    faultproxy.flip_response(1)  # a GET now would have a byte changed on the way
+    for _ in range(2):
+        with open(path, "rb") as f:
+            assert f.read() == data  # the kernel's pages of that read: no GET
+    assert len(faultproxy.flipped) == 1
+    faultproxy.reset()
+    new = os.urandom(20 * MiB)
+    put_in_parts(boto, bucket, "obj", new, 5 * MiB)  # another client's version: read anew
+    with open(path, "rb") as f:
+        assert f.read() == new
 
 
 def assert_flipped_read_is_eio_then_right(mount, faultproxy, key: str, data: bytes) -> None:
@@ -106,11 +156,7 @@ def read_backwards(path: str, chunk: int = 64 << 10) -> bytes:
 def test_random_reads_of_a_changed_body_are_eio_never_silent(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, size
 ):
-    data = os.urandom(size)
-    if size > 5 * MiB:
-        put_in_parts(boto, bucket, "obj", data, 5 * MiB)  # another client's parts: checked as a whole
-    else:
-        boto.put_object(Bucket=bucket, Key="obj", Body=data)
+    data = put_obj(boto, bucket, size)  # another client's parts: checked as a whole
     mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
     path = os.path.join(mount.path, "obj")
     faultproxy.flip_response(1)  # the first GET: the whole object if small, else its last bytes

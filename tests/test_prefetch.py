@@ -276,3 +276,80 @@ def test_a_corrupt_half_piece_of_one_of_several_readers_is_eio_for_that_reader_o
         prefetcher.read(items["b"], states["b"], MiB, size)
     assert failed.value.errno == errno.EIO
     assert prefetcher.read(items["a"], states["a"], MiB, size) == data["a"][MiB:]  # checked: fine
+
+
+@pytest.mark.parametrize("size", [100_000, 6 * MiB], ids=["one piece", "several pieces"])
+def test_a_second_stream_of_a_version_already_checked_is_checked_again(tmp_path, size):
+    store, data, prefetcher, item = setup(tmp_path, size)
+    assert prefetcher.read(item, ReadState(), 0, size) == data  # read whole and checked: fine
+    store.flip_reads = 1  # the next reader's first GET has a byte changed on the way
+    state = ReadState()
+    with pytest.raises(FsError) as failed:  # its bytes are checked too, not taken as checked before
+        prefetcher.read(item, state, 0, size)
+    assert failed.value.errno == errno.EIO and not store.flip_reads
+    assert prefetcher.read(item, ReadState(), 0, size) == data  # and a third reader, right again
+
+
+def test_the_kernel_may_keep_the_pages_of_a_file_one_reader_streamed_whole_and_checked(tmp_path):
+    size = 6 * MiB
+    store, data, prefetcher, item = setup(tmp_path, size)
+    assert not item.kernel_may_keep()  # nothing read yet
+    state = ReadState()
+    assert prefetcher.read(item, state, 0, MiB) == data[:MiB]
+    assert not item.kernel_may_keep()  # part of it: not checked whole
+    assert prefetcher.read(item, state, MiB, size) == data[MiB:]
+    assert item.kernel_may_keep()  # every byte through this reader's stream, checked
+    assert prefetcher.read(item, state, 0, 4096) == data[:4096]  # a random read: from elsewhere
+    assert not item.kernel_may_keep()
+
+
+def test_pages_of_a_corrupt_stream_or_of_two_readers_at_once_are_not_kept(tmp_path):
+    size = 6 * MiB
+    store, data, prefetcher, item = setup(tmp_path, size)
+    store.flip_reads = 1
+    with pytest.raises(FsError):
+        prefetcher.read(item, ReadState(), 0, size)
+    assert not item.kernel_may_keep()  # failed its check
+    item.cache.acquire("k")  # a second handle open at once: its replies are not this stream's
+    assert prefetcher.read(item, ReadState(), 0, size) == data
+    assert not item.kernel_may_keep()
+    item.cache.release(item)
+    item.cache.release(item)  # both closed
+    item.cache.acquire("k")  # opened alone: kept once read whole
+    state = ReadState()
+    assert prefetcher.read(item, state, 0, size) == data
+    assert item.kernel_may_keep()
+    info = store.head("k")
+    item.reset(info.size, info.etag, info.metadata, info.headers, info.mtime)  # made anew, same version
+    assert not item.kernel_may_keep()  # whatever the item held since: not known to be those pages
+    assert prefetcher.read(item, ReadState(), 0, size) == data
+    assert item.kernel_may_keep()
+    item.write(0, b"x")  # written: the pages are not that version's any more
+    assert not item.kernel_may_keep()
+
+
+def test_a_stream_after_another_readers_part_of_it_checks_its_own_bytes(tmp_path):
+    size = 6 * MiB
+    store, data, prefetcher, item = setup(tmp_path, size)
+    assert prefetcher.read(item, ReadState(), 0, 2 * MiB) == data[: 2 * MiB]  # its check hashed these
+    store.flip_reads = 1  # the next reader's first GET: bytes the first one's check hashed already
+    with pytest.raises(FsError) as failed:
+        prefetcher.read(item, ReadState(), 0, size)
+    assert failed.value.errno == errno.EIO and not store.flip_reads
+
+
+def test_a_piece_let_go_and_fetched_again_for_a_late_read_keeps_no_pages(tmp_path):
+    size = 16 * MiB
+    store, data, _, item = setup(tmp_path, size)
+    bucket = Bucket(store, "bucket")  # pieces of 2 MiB, let go 4 MiB behind; reads 8 MiB behind still count
+    prefetcher = Prefetcher(bucket, max_window=8 * MiB, chunk=8 * MiB, piece=2 * MiB, workers=2,
+                            part_layout_of=bucket.part_layout)
+    state = ReadState()
+    for at in range(0, 12 * MiB, MiB):
+        assert prefetcher.read(item, state, at, MiB) == data[at : at + MiB]
+    gets = store.calls["GET"]
+    assert prefetcher.read(item, state, 5 * MiB, MiB) == data[5 * MiB : 6 * MiB]  # delivered late
+    assert store.calls["GET"] > gets  # its piece was let go: fetched again, and not hashed again
+    for at in range(12 * MiB, size, MiB):
+        assert prefetcher.read(item, state, at, MiB) == data[at : at + MiB]
+    assert not item.kernel_may_keep()  # read whole and checked, but a page of it came unchecked

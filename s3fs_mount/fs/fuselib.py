@@ -419,6 +419,14 @@ class FUSE(mfusepy.FUSE):
         self._layout_unexpected()
         return None
 
+    def open(self, path: bytes | None, fip: Any) -> int:
+        fi = fip.contents
+        fi.fh = self.operations.open(self._decode(path), fi.flags)
+        kept = getattr(self.operations, "keeps_kernel_pages", None)
+        if kept is not None and kept(fi.fh):
+            fi.keep_cache = 1  # else the kernel drops the file's pages at this open
+        return 0
+
     def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:
         # mfusepy's, with set_stat: a stat per entry is what du and ls -l of a large directory make
         ctypes.memset(buf, 0, ctypes.sizeof(mfusepy.c_stat))

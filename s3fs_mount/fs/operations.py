@@ -74,6 +74,9 @@ class Handle:
     read_state: ReadState = field(default_factory=ReadState)
     accessed: bool = False  # a read through it has moved the file's atime (or found it need not)
     served: bool = False  # a read through it has returned bytes (unguarded: only ever becomes True)
+    #: Its open kept the pages the kernel holds of the file (checked bytes of this version:
+    #: StagedFile.kernel_may_keep), so it counts as having served bytes from the start.
+    kept: bool = False
 
 
 class S3Operations(Operations):
@@ -356,11 +359,19 @@ class S3Operations(Operations):
         if not view.dirty and view.remote_size > 0:
             self.prefetcher.ensure(item, 0, view.remote_size)
 
-    def _new_handle(self, item: StagedFile, path: str, writable: bool, append: bool = False) -> int:
+    def _new_handle(
+        self, item: StagedFile, path: str, writable: bool, append: bool = False, kept: bool = False
+    ) -> int:
         fh = next(self._next_fh)
         with self._lock:
-            self._handles[fh] = Handle(item, path, writable, append)
+            self._handles[fh] = Handle(item, path, writable, append, served=kept, kept=kept)
         return fh
+
+    def keeps_kernel_pages(self, fh: int) -> bool:
+        """Did the open that made handle ``fh`` find the kernel's pages of the file to be checked
+        bytes of its version (the binding then sets ``keep_cache``; else the kernel drops them)?"""
+        h = self._handles.get(fh)
+        return h is not None and h.kept
 
     # -- attributes and directories ---------------------------------------------------
 
@@ -509,7 +520,10 @@ class S3Operations(Operations):
         except BaseException:
             self.staging.release(item)
             raise
-        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND))
+        # A re-read of a file read whole and checked through this mount is served from the
+        # kernel's pages: they are that version's bytes, checked (a new version is read anew).
+        kept = item.kernel_may_keep()
+        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept)
 
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:

@@ -32,10 +32,17 @@ bytes the handle's random reads asked for. An object of up to ``chunk`` bytes th
 fetched whole instead, in one GET, so it can be checked before any of it is
 served.
 
-Checks (see :mod:`s3fs_mount.s3.checksums`): every streamed piece is fed to
-the object's :class:`~s3fs_mount.s3.checksums.Verifier` (made when a stream
-starts at byte 0) before a reader gets it, and the read that reaches the end
-of the object raises EIO if the bytes did not match. Bytes fetched into the
+Checks (see :mod:`s3fs_mount.s3.checksums`): every piece of a stream that
+started at byte 0 is fed to that reader's own
+:class:`~s3fs_mount.s3.checksums.Verifier` before the reader gets it, and the
+read that reaches the end of the object raises EIO if the bytes did not match
+(each reader's own: a check hashes each byte once, so a shared one passed the
+bytes a second stream fetched again unhashed). Once one reader has streamed
+the whole object through its own check, and no other handle was open
+meanwhile, every page the kernel holds of the file is a checked byte of that
+version, and an open may keep them (``keep_cache``,
+:meth:`~s3fs_mount.fs.staging.StagedFile.kernel_may_keep`): a re-read is
+served by the kernel, until the file changes. Bytes fetched into the
 staged file are checked when a fetch makes the whole object local: it is
 hashed from the staged file before that fetch's range is marked present, and
 the read waiting on it gets :class:`~s3fs_mount.fs.errors.Corrupt` (EIO).
@@ -61,7 +68,7 @@ from cachetools import LRUCache
 from s3fs_mount.fs.errors import Corrupt, FsError, Replaced
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.checksums import MISMATCH, Verifier, plan
+from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.parts import PartLayout
 from s3fs_mount.s3.store import digest_of
@@ -111,7 +118,17 @@ class ReadState:
     asked: int = 0
     fetched: int = 0
     misses: deque[int] = field(default_factory=lambda: deque(maxlen=RECENT_MISSES))
-    lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces, unreached and etag
+    lock: threading.Lock = field(default_factory=threading.Lock)  # guards pieces, unreached, etag, verifier
+    #: The check its stream from byte 0 feeds; None when it has none (a stream from elsewhere, or
+    #: let go). GUARDED_BY(lock) for changes; the end check reads it without (one reference: at
+    #: worst it finds None, and looks at the version's latest check instead).
+    verifier: Verifier | None = None
+    #: Where the pieces its stream fetched since byte 0 end (a piece starting before it is
+    #: fetched again: its check hashed those bytes once already). GUARDED_BY(lock).
+    streamed_until: int = 0
+    #: Every reply through this handle came from its stream. GUARDED_BY the item's cond
+    #: (:meth:`~s3fs_mount.fs.staging.StagedFile.replied`).
+    only_streamed: bool = True
 
 
 class Prefetcher:
@@ -220,6 +237,7 @@ class Prefetcher:
                     return self._read(item, state, offset, size)
                 state.ahead_until = max(state.ahead_until, ahead_end)
                 state.next_offset = max(end, state.next_offset)
+                item.replied(state, streamed=True)
                 return data
             if source == STAGED:
                 if state.pieces:  # streaming ended (the file is being written)
@@ -245,6 +263,7 @@ class Prefetcher:
             view = item.view()
             if view.etag and not (view.dirty or view.uploading):
                 self._check(item, view.etag, state)
+        item.replied(state, streamed=False)
         return item.read(offset, end - offset)
 
     @staticmethod
@@ -290,6 +309,7 @@ class Prefetcher:
                 state.etag = item.etag
             size = self._piece_size(state)
             needed: list[tuple[int, int, concurrent.futures.Future[list[bytes]]]] = []
+            again = False
             start = self._covering(state, offset, size)
             while start < min(max(end, ahead_end), item.remote_size):
                 if start in state.pieces:
@@ -300,20 +320,28 @@ class Prefetcher:
                     length = min(size, item.remote_size - start, min(later, default=start + size) - start)
                     if not self._hold(state, start, length, needed=start < end):
                         break  # ahead of the reader, and the budget (or its share) is spent
-                    verifier = self._verifier(item.key, state.etag, item.remote_size, start)
+                    if start == 0 and state.verifier is None:  # a stream from byte 0: a check of its own
+                        state.verifier = self._new_verifier(item.key, state.etag, item.remote_size)
+                    elif start < state.streamed_until:
+                        again = True  # let go, and asked for again (reads delivered late): its check
+                        # hashed the first copy, this one is unchecked: the kernel's pages are not kept
+                    state.streamed_until = max(state.streamed_until, start + length)
+                    verifier = state.verifier
                     future = self.pool.submit(self._get, item.key, state.etag, start, length, verifier)
                     state.pieces[start] = (length, future)
                 if start < end:
                     needed.append((start, length, future))
                 start += length
             self._reached(state, [(start, length) for start, length, _ in needed])
-            etag = state.etag
+            etag, verifier = state.etag, state.verifier
+        if again:
+            item.replied(state, streamed=False)
         parts: list[bytes | memoryview] = []
         for start, length, future in needed:
             try:
                 blocks = future.result()
             except concurrent.futures.CancelledError:  # dropped by another read meanwhile
-                blocks = self._get(item.key, etag, start, length, self._known_verifier(item.key, etag))
+                blocks = self._get(item.key, etag, start, length, verifier)
             except BaseException:
                 with state.lock:  # a later read asks again
                     if start in state.pieces and state.pieces[start][1] is future:
@@ -372,18 +400,20 @@ class Prefetcher:
         with self._verify_lock:
             return self._verifiers.get((key, etag))
 
-    def _verifier(self, key: str, etag: str, size: int, start: int) -> Verifier | None:
-        """The check of version ``etag``: the one under way, or a new one for a stream from byte 0."""
-        found = self._known_verifier(key, etag)
-        if found is not None or start != 0:
-            return found
+    def _new_verifier(self, key: str, etag: str, size: int) -> Verifier | None:
+        """A check of version ``etag`` for one reader's stream from byte 0 (None: nothing to check
+        it against). Its own, never shared: a check hashes each byte once, so bytes fetched again
+        by another stream (or by a reader that went back) fed to a check that had hashed them
+        would pass unhashed. It is also the version's latest check, which a reader of the end
+        without a stream of its own looks at (:meth:`_check`)."""
         expected = self._expected(key, etag, size)
         if expected is None:
             return None
         # Hashed by the GET threads that feed it, a part on each at once (Verifier).
         verifier = Verifier(key, expected[0], size, expected[1])
         with self._verify_lock:
-            return self._verifiers.setdefault((key, etag), verifier)
+            self._verifiers[(key, etag)] = verifier
+        return verifier
 
     def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
         """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked."""
@@ -427,11 +457,20 @@ class Prefetcher:
 
     def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
         """A read reached the end of version ``etag``: EIO if its bytes failed their check."""
-        verifier = self._known_verifier(item.key, etag)
-        if verifier is None or verifier.state != MISMATCH:
+        own = state.verifier if state is not None else None
+        verifier = own if own is not None else self._known_verifier(item.key, etag)
+        if verifier is None:
+            return
+        verdict = verifier.state
+        if verdict == VERIFIED and state is not None and own is verifier:
+            # Read whole from its own stream, checked: the kernel may keep the pages, if they
+            # all came through this reader (StagedFile.checked).
+            item.checked(etag, state)
+        if verdict != MISMATCH:
             return
         with self._verify_lock:
-            self._verifiers.pop((item.key, etag), None)  # a read again is checked again
+            if self._verifiers.get((item.key, etag)) is verifier:
+                self._verifiers.pop((item.key, etag), None)  # a read again is checked again
         if state is not None:
             self.drop(state)
             state.failed = True
@@ -464,9 +503,12 @@ class Prefetcher:
                     self._ahead -= length
 
     def _let_go_all(self, state: ReadState) -> None:
-        """Forget every piece of a reader (caller holds ``state.lock``)."""
+        """Forget every piece of a reader, and its stream's check (caller holds ``state.lock``): a
+        stream again from byte 0 is checked anew; one from elsewhere is not (:meth:`_new_verifier`)."""
         for start in list(state.pieces):
             self._let_go(state, start)
+        state.verifier = None
+        state.streamed_until = 0
 
     def _let_go(self, state: ReadState, start: int) -> None:
         """Forget one piece (caller holds ``state.lock``); a GET not started yet is cancelled."""

@@ -53,7 +53,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time, relatime_due
@@ -224,6 +224,13 @@ class Filled:
     size: int = 0
 
 
+class ReadStateLike(Protocol):
+    """What an item knows of a reader (:class:`~s3fs_mount.fs.prefetch.ReadState`)."""
+
+    #: Every reply through it came from its own stream (GUARDED_BY the item's cond).
+    only_streamed: bool
+
+
 class StagedFile:
     """The local copy of one object. See the module docstring for the locks.
 
@@ -280,6 +287,16 @@ class StagedFile:
         self.stream: dict[str, Any] = {}
         #: GUARDED_BY(cond): ranges being read from the data file now: not released meanwhile.
         self.reading: list[tuple[int, int]] = []
+        #: GUARDED_BY(cond): the version whose pages the kernel holds are all checked bytes of it
+        #: (:meth:`checked`), "" while none is; the item's ``generation`` then (any write,
+        #: truncate, metadata change or reset since ends it); and the reader (its ReadState)
+        #: whose stream checked them, whose later replies from that stream keep it so.
+        self.checked_etag = ""
+        self.checked_generation = -1
+        self.checked_by: object = None
+        #: GUARDED_BY(cache._lock): another handle was open at once with the one opened last alone
+        #: (set by an open that makes two or more, cleared by one that makes one).
+        self.overlapped = False
 
     # -- state ---------------------------------------------------------------------
 
@@ -419,6 +436,41 @@ class StagedFile:
             with self.cond:
                 self.reading.remove(span)
                 self.cond.notify_all()
+
+    def checked(self, etag: str, reader: ReadStateLike) -> bool:
+        """``reader`` read all of version ``etag`` from a stream of its own whose check (the whole
+        object's checksum, or ETag) passed, and it is the only handle opened since its own open, so
+        every page the kernel holds of the file came through it from that stream: an open may keep
+        them (:meth:`kernel_may_keep`). Not if any of its replies came from elsewhere, or the item
+        is not clean at that version. True if so."""
+        # Both locks at once: an open meanwhile (another handle's replies) comes before or after.
+        with self.cache._lock, self.cond:
+            alone = self.open_count == 1 and not self.overlapped
+            if not (alone and reader.only_streamed and etag == self.etag) or self.dirty or self.uploading:
+                return False
+            self.checked_etag, self.checked_generation, self.checked_by = etag, self.generation, reader
+            return True
+
+    def replied(self, reader: ReadStateLike, streamed: bool) -> None:
+        """A read through ``reader`` is answered, from its stream or not: the kernel caches the
+        bytes. Unless they come from the stream that checked the pages the kernel holds, those
+        pages are no longer known to be checked ones (nor, if not streamed, the reader's)."""
+        with self.cond:
+            if not streamed:
+                reader.only_streamed = False
+            if self.checked_etag and not (streamed and self.checked_by is reader):
+                self.checked_etag, self.checked_by = "", None
+
+    def kernel_may_keep(self) -> bool:
+        """May an open keep the pages the kernel holds of the file (``keep_cache``): are they all
+        checked bytes of the version the item is now, clean (:meth:`checked`)? Otherwise the
+        open has the kernel drop them, and reads fetch (and check) again."""
+        with self.cond:
+            return (
+                bool(self.etag)
+                and (self.checked_etag, self.checked_generation) == (self.etag, self.generation)
+                and not (self.dirty or self.uploading)
+            )
 
     def sent(self, start: int, end: int) -> None:
         """An upload has read ``[start, end)`` and S3 has it (a part): the page cache may let the
@@ -819,6 +871,8 @@ class StagedFile:
         with self.cond:
             if generation is not None and self.generation != generation:
                 return False
+            if self.checked_etag == etag:
+                self.checked_etag, self.checked_by = "", None
             if self.etag == etag and not (self.dirty or self.uploading):
                 self.present = RangeSet()
             return True
@@ -958,6 +1012,7 @@ class StagingCache:
             item = self._items.get(key)
             if item is not None:
                 item.open_count += 1
+                item.overlapped = item.open_count > 1
                 item.last_used = time.monotonic()
         if item is None:
             made = StagedFile(self, uuid.uuid4().hex, key)
@@ -972,6 +1027,7 @@ class StagingCache:
             with self._lock:
                 item = self._items.setdefault(key, made)
                 item.open_count += 1
+                item.overlapped = item.open_count > 1
                 item.last_used = time.monotonic()
             if item is made:
                 return item, True

@@ -12,6 +12,8 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.error_in_200(1)       # the next copy or multipart completion: 200 with an <Error> body
         proxy.delete_errors(1)      # the next DeleteObjects: 200, every key of it failed (InternalError)
         proxy.hold_deletes()        # DeleteObjects wait (held, counted in ``holding``) until release()
+        proxy.hold_until(held, freed, limit)  # a request held(m, t) names waits for one freed(m, t)
+                                    # names the same (or ``limit`` s): ``held_outcomes`` says which
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -37,6 +39,8 @@ from typing import BinaryIO
 log = logging.getLogger(__name__)
 
 MAX_LINE = 65536
+#: (method, target) -> a name, or None (hold_until's rules).
+Naming = Callable[[str, str], "str | None"]
 MAX_HEADERS = 200
 
 S3_ERRORS: dict[int, tuple[str, str]] = {
@@ -318,6 +322,12 @@ class FaultProxy:
         self._released.set()
         self.holding = 0  # DeleteObjects held now
         self._release_forwards = False
+        #: hold_until: (held, freed, limit) or None; names freed so far; (name, "request"/"limit")
+        #: of each held request, as it went on. GUARDED_BY(_freed_cond).
+        self._hold_until: tuple[Naming, Naming, float] | None = None
+        self._freed: set[str] = set()
+        self._freed_cond = threading.Condition()
+        self.held_outcomes: list[tuple[str, str]] = []
         self.errors_in_200 = 0  # such answers given
         #: As AWS does for a bucket in this region: a request signed for another is refused.
         self.bucket_region: str | None = None
@@ -420,6 +430,31 @@ class FaultProxy:
     def hold_deletes(self) -> None:
         """Hold every DeleteObjects from now on (not forwarded) until :meth:`release`."""
         self._released.clear()
+
+    def hold_until(self, held: Naming, freed: Naming, limit: float) -> None:
+        """From now on a request for which ``held(method, target)`` gives a name is forwarded
+        only once a request for which ``freed(method, target)`` gives that name has come (it is
+        not held itself), or after ``limit`` seconds; :attr:`held_outcomes` records which."""
+        with self._freed_cond:
+            self._hold_until = (held, freed, limit)
+            self._freed.clear()
+
+    def _hold_or_free(self, method: str, target: str) -> None:
+        """hold_until's part in serving one request."""
+        with self._freed_cond:
+            rule = self._hold_until
+            if rule is None:
+                return
+            held, freed, limit = rule
+            name = freed(method, target)
+            if name is not None:
+                self._freed.add(name)
+                self._freed_cond.notify_all()
+            name = held(method, target)
+            if name is None:
+                return
+            came = self._freed_cond.wait_for(lambda: name in self._freed, limit)
+            self.held_outcomes.append((name, "request" if came else "limit"))
 
     def release(self, forward: bool = False) -> None:
         """Let held DeleteObjects go: forwarded with ``forward``, else their connections closed
@@ -603,6 +638,7 @@ class FaultProxy:
                     if not self._release_forwards:
                         self._abort(conn)
                         return
+                self._hold_or_free(method, target)
                 if self._stall > 0 and self._stop.wait(self._stall):
                     return
                 if not self._forward(req, start, lines, conn) or req.wants_close():

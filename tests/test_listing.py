@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import itertools
 import json
 import os
@@ -24,6 +25,7 @@ import pytest
 import s3rig
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse fixture
+from waiting import eventually
 
 from s3fs_mount.fs.attrs import Attributes
 from s3fs_mount.fs.expiring import ExpiringLRU
@@ -38,7 +40,7 @@ from s3fs_mount.fs.fuselib import (
     KernelNames,
     set_stat,
 )
-from s3fs_mount.fs.listahead import ListAhead
+from s3fs_mount.fs.listahead import BEGUN, ListAhead
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions, OptionError
 from s3fs_mount.fs.paths import KeyMap
@@ -210,6 +212,66 @@ def test_list_ahead_with_no_thread_free_fetches_in_the_reader():
     ahead = ListAhead(workers=1)
     ahead.close()  # the mount is going away: readers fetch their own pages
     assert list(ahead.pages(iter(pages))) == pages
+
+
+def _listing(tag: str, closed: list[str], pages: int = 2, opened: list[str] | None = None):
+    """A listing of ``pages`` pages (one prefix each) that records its close in ``closed`` (once
+    asked for its first page: one never begun has sent nothing, and has nothing to close)."""
+    if opened is not None:
+        opened.append(tag)
+    try:
+        for i in range(pages):
+            more = i < pages - 1
+            page = ListPage(entries=[], prefixes=["%s%d/" % (tag, i)], truncated=more)
+            page.continuation = "c" if more else None
+            yield page
+    finally:
+        closed.append(tag)
+
+
+def test_a_listing_begun_ahead_is_resumed_by_its_reader_whole_and_closed():
+    closed: list[str] = []
+    ahead = ListAhead(workers=2)
+    assert ahead.begin("/a", _listing("a", closed), asked=10.0)
+    assert not ahead.begin("/a", _listing("again", closed), asked=11.0)  # one at a time a directory
+    asked, pages = ahead.resume("/a", since=5.0)
+    assert asked == 10.0
+    assert [p.prefixes for p in ahead.pages(pages)] == [["a0/"], ["a1/"]]
+    assert closed == ["a"]
+    assert ahead.resume("/a", since=5.0) is None  # taken: a reader lists anew
+    ahead.close()
+
+
+def test_a_listing_begun_ahead_and_not_taken_in_time_is_closed():
+    closed: list[str] = []
+    opened: list[str] = []
+    ahead = ListAhead(workers=1)
+    assert ahead.begin("/old", _listing("old", closed, opened=opened), asked=10.0)
+    assert ahead.resume("/old", since=10.5) is None  # begun before the reader's freshness bound
+    eventually(lambda: closed == ["old"], what="the dropped listing closed")
+    assert ahead.begin("/d", _listing("d", closed, opened=opened), asked=20.0)
+    eventually(lambda: ahead.begin("/d/e", _listing("e", closed, opened=opened), asked=20.0), what="a thread")
+    ahead.drop("/d", tree=True)  # rmdir, rename: what was begun there is gone
+    eventually(lambda: "d" in closed and sorted(closed) == sorted(opened), what="the dropped listings closed")
+    assert ahead.resume("/d", since=0) is None and ahead.resume("/d/e", since=0) is None
+    ahead.close()
+
+
+def test_listings_begun_ahead_are_bounded_and_the_oldest_pushed_out_closed():
+    closed: list[str] = []
+    ahead = ListAhead(workers=1)
+
+    def begin(i: int) -> bool:
+        return ahead.begin("/d%d" % i, _listing("d%d" % i, closed, pages=1), asked=i)
+
+    for i in range(BEGUN + 2):
+        eventually(functools.partial(begin, i), what="a free thread")  # each fetched before the next
+    eventually(lambda: sorted(closed) == ["d0", "d1"], what="the two oldest closed")
+    assert ahead.resume("/d0", since=0) is None
+    asked, pages = ahead.resume("/d%d" % (BEGUN + 1), since=0)
+    assert [p.prefixes for p in pages] == [["d%d0/" % (BEGUN + 1)]]
+    ahead.close()
+    eventually(lambda: len(closed) == BEGUN + 2, what="close() closing the rest")
 
 
 def test_the_attribute_cache_expires_each_entry_at_its_time_and_keeps_the_latest_used():

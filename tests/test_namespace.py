@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import stat
+import threading
 
 import pytest
 from fakeclock import FakeClock
 from fakestore import FakeStore
+from waiting import eventually
 
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
@@ -473,3 +475,64 @@ def test_the_attribute_cache_is_bounded_and_a_walk_lists_around_a_name():
     assert all(ns.lookup("/d/f%03d" % i).size == 1 for i in range(300))
     assert store.calls["HEAD"] == heads
     assert store.calls["LIST"] - lists < 10
+
+
+def listed_by(store: FakeStore) -> list[tuple[str, str]]:
+    """(prefix, thread name) of each listing page the store gives, as it gives it."""
+    seen: list[tuple[str, str]] = []
+    original = store.list
+
+    def recorded(prefix="", *args, **kwargs):
+        for page in original(prefix, *args, **kwargs):
+            seen.append((prefix, threading.current_thread().name))
+            yield page
+
+    store.list = recorded
+    return seen
+
+
+def test_while_rm_r_removes_a_parents_directories_a_lookup_of_the_next_begins_its_listing():
+    """rm -r: lookup (the holder's HEAD) and then readdir (a LIST) of each directory. Once this
+    mount removed a directory of a parent, the lookup of another begins its listing on a
+    list-ahead thread, and the readdir after it takes that page: one LIST, sent beside the HEAD."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, _ = make(store)
+    for d in ("a", "b", "c"):
+        store.put("r/%s/f" % d, b"1")
+        store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(0o40750)})
+    seen = listed_by(store)
+    assert sorted(listing(ns, "/r")) == ["a", "b", "c"]
+    assert ns.lookup("/r/a").mode == 0o40750  # no directory of /r removed yet: its HEAD alone
+    assert [p for p, _ in seen] == ["r/"]
+    assert sorted(listing(ns, "/r/a")) == ["f"]
+    ns.remove_dir("/r/a", lambda: store.delete_keys(["r/a/f", "r/a_$folder$"]))
+    del seen[:]
+    assert ns.lookup("/r/b").mode == 0o40750  # its stored mode, as before
+    assert sorted(listing(ns, "/r/b")) == ["f"]
+    assert len(seen) == 1 and seen[0][0] == "r/b/" and seen[0][1].startswith("list-ahead"), seen
+    # A stat of a directory elsewhere (no removal there) lists nothing.
+    store.put("s/x/f", b"1")
+    assert sorted(listing(ns, "/s")) == ["x"]
+    del seen[:]
+    assert ns.lookup("/s/x").is_dir and seen == []
+    ns.close()
+
+
+def test_a_listing_begun_by_a_lookup_shows_what_this_mount_made_there_since():
+    """The begun page is as of the lookup; a file this mount made in the directory between the
+    lookup and the readdir shows all the same: the begun page is dropped, the readdir lists."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store)
+    for d in ("a", "b"):
+        store.put("r/%s/f" % d, b"1")
+        store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(0o40750)})
+    assert sorted(listing(ns, "/r")) == ["a", "b"]
+    ns.remove_dir("/r/a", lambda: store.delete_keys(["r/a/f", "r/a_$folder$"]))
+    seen = listed_by(store)
+    ns.lookup("/r/b")
+    eventually(lambda: seen, what="the listing begun by the lookup")  # fetched: "new" not in it
+    store.put("r/b/new", b"2")
+    ns.remember("/r/b/new", A.Attributes(mode=0o100644, size=1, mtime=clock.time()))
+    assert sorted(listing(ns, "/r/b")) == ["f", "new"]
+    assert [p for p, _ in seen] == ["r/b/", "r/b/"]  # listed again by the readdir
+    ns.close()

@@ -90,6 +90,43 @@ def test_rm_r_lists_each_directory_once_and_asks_no_listing_for_each_rmdir(
     assert [q for q in queries if q["max-keys"] != ["1000"]] == []  # ... and no emptiness check
 
 
+def test_rm_r_lists_each_directory_beside_its_holders_head_once_a_sibling_is_removed(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """rm -r looks each directory up (a HEAD of its holder: its stored mode) and then reads it
+    (a LIST): once it has removed one directory of a parent, the lookup of the next begins its
+    listing too, so the two requests go side by side. The proxy holds each such HEAD until the
+    LIST of its directory has come: with the two one after the other, it would wait its limit."""
+    dirs = ["r/d%d" % i for i in range(4)]
+    put_tree(boto, bucket, ["%s/f%d" % (d, k) for d in dirs for k in range(3)])
+    # The directories are prefixes only: their lookup asks r/dN_$folder$ first all the same.
+
+    def held(method: str, target: str) -> str | None:  # the HEAD of r/d1.._$folder$
+        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
+        for d in dirs[1:]:
+            if method == "HEAD" and path.endswith("/" + d + "_$folder$"):
+                return d + "/"
+        return None
+
+    def freed(method: str, target: str) -> str | None:  # the LIST of r/dN/
+        if method != "GET" or "list-type=2" not in target:
+            return None
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("prefix", [None])[0]
+
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options="attr_ttl=30,dir_ttl=30").start()
+    faultproxy.hold_until(held, freed, limit=30)
+    subprocess.run(["rm", "-r", os.path.join(mount.path, "r")], check=True)
+    assert s3_keys(boto, bucket, "r") == []
+    assert sorted(faultproxy.held_outcomes) == [(d + "/", "request") for d in dirs[1:]]
+    listed = [
+        urllib.parse.parse_qs(urllib.parse.urlsplit(target).query).get("prefix", [""])[0]
+        for method, target in faultproxy.seen
+        if method == "GET" and "list-type=2" in target
+    ]
+    # Each directory read once, no more (the lookup of r, a prefix only, lists "r" itself).
+    assert sorted(n for n in listed if n.endswith("/")) == sorted(["r/"] + [d + "/" for d in dirs])
+
+
 def test_rm_r_of_a_directory_larger_than_one_readdir_buffer_lists_it_once(
     mount_factory, tmp_path, s3config, faultproxy, boto, bucket
 ):

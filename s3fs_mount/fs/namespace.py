@@ -107,6 +107,9 @@ LISTED_NAMES = 10_000
 RELIST_NAMES = 1000
 #: Directories whose walk's names the stat-ahead may go by (as many as it follows at once, twice).
 WALK_NAMES_DIRS = 16
+#: Seconds after this mount removed a subdirectory of a directory during which a lookup of another
+#: of its subdirectories begins that one's listing too (rm -r reads each directory it enters).
+REMOVAL_WALK_TTL = 2.0
 
 
 class Listed:
@@ -179,7 +182,8 @@ class Namespace:
     Locks (``_lock`` is never held during a request):
 
     * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``, ``_walk_names``,
-      ``_removed``, ``_changed``, ``_dir_times``, ``_dir_times_kept``, ``_atimes``, ``root``.
+      ``_removed``, ``_removal_walks``, ``_changed``, ``_dir_times``, ``_dir_times_kept``, ``_atimes``,
+      ``root``.
     * ``_dir_write_lock``: one read-modify-write of a directory's holder at a time (taken
       before ``_lock``, held across its requests).
     * ``_conflicts_logged``: unguarded; a race logs a name clash twice, no more.
@@ -253,6 +257,9 @@ class Namespace:
         #: Directories under which we removed something, for REMOVED_TTL: one without a holder (a
         #: mere prefix) leaves S3 with its last key, and must stay until its rmdir. Guarded by _lock.
         self._emptied: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
+        #: Directories of which this mount removed a subdirectory a moment ago (rm -r under way):
+        #: a lookup of another subdirectory there lists it beside its holder's HEAD (_begin_listing).
+        self._removal_walks: TTLCache[str, bool] = TTLCache(1_000, REMOVAL_WALK_TTL, timer)
         #: Sends the pending deletes of keys under a prefix and waits for them (set by Mutations):
         #: a directory's emptiness is asked of S3 only once they are done.
         self.settle_deletes: Callable[[str], None] = lambda prefix: None
@@ -295,6 +302,7 @@ class Namespace:
         """Our own change: ``path`` now has ``attributes``, newer than any answer under way."""
         parent, name = KeyMap.split(path)
         self.known.drop(path)  # kept again once listed (S3's date of this version known then)
+        self.list_ahead.drop(parent)  # a listing begun before this change would not show it
         with self._lock:
             if path == "/":
                 attributes.nlink = self.root.nlink
@@ -325,6 +333,8 @@ class Namespace:
         parent, name = KeyMap.split(path)
         self.statahead.drop(path)
         self.known.drop(path)
+        self.list_ahead.drop(path)
+        self.list_ahead.drop(parent)
         with self._lock:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
@@ -376,6 +386,7 @@ class Namespace:
         prefix = path.rstrip("/") + "/"
         self.statahead.drop(path)
         self.known.drop(path, tree=True)
+        self.list_ahead.drop(path, tree=True)
         with self._lock:
             self._changed[path] = self.clock.monotonic()
             for cache, with_own in (
@@ -425,6 +436,7 @@ class Namespace:
         if hit is not None:
             # A directory seen in a listing: its mode and owner are on its holder (one HEAD).
             asked = self.clock.monotonic()
+            self._begin_listing(parent, path)
             found = self._dir_attributes(path)
             found.seen_at = asked
             return self._cache_fetched(path, found)
@@ -706,6 +718,16 @@ class Namespace:
             return bool(page.entries or page.prefixes)
         return False
 
+    def _begin_listing(self, parent: str, path: str) -> None:
+        """While this mount removes ``parent``'s subdirectories (rm -r), a lookup of another one
+        begins its listing (one page, on a list-ahead thread) beside its holder's HEAD: the walk
+        reads each directory it enters, and its readdir then finds the page fetched."""
+        with self._lock:
+            if not self._removal_walks.get(parent):
+                return
+        prefix = self.keymap.dir_prefix(path)
+        self.list_ahead.begin(path, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
+
     def _dir_attributes(self, path: str) -> A.Attributes:
         """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
         return self._held_dir_attributes(path)[0]
@@ -838,6 +860,8 @@ class Namespace:
         with self._dir_write_lock:
             remove()
             self.forget(path, gone=True)
+        with self._lock:
+            self._removal_walks[KeyMap.split(path)[0]] = True
 
     def recover_holders(self) -> int:
         """At mount: the holders a previous run recorded and did not write are written by the
@@ -991,16 +1015,22 @@ class Namespace:
         """
         known = self._known_entries(path)
         if known is not None:
+            self.list_ahead.drop(path)
             yield from known
             return
         prefix = self.keymap.dir_prefix(path)
         asked = self.clock.monotonic()
+        begun = self.list_ahead.resume(path, asked - self.dir_ttl)  # begun by its lookup
+        if begun is not None:
+            asked, listing = begun
+        else:
+            listing = self.store.list(prefix, delimiter="/")
         shown_dirs: set[str] = set()  # a directory's subdirectories are few next to its files
         waiting: dict[str, A.Attributes] = {}  # files that a directory of their name may yet hide
         names: set[str] | None = set()
         ordered: list[str] = []  # names in order as they come, for the stat-ahead (_walk_names)
         count = subdirs = 0
-        for page in self.list_ahead.pages(self.store.list(prefix, delimiter="/")):
+        for page in self.list_ahead.pages(listing):
             files, dirs = self._page_entries(path, prefix, page)
             batch: list[tuple[str, A.Attributes]] = []
             for name, attributes in files:

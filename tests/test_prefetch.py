@@ -211,11 +211,11 @@ def _logged_gets(store: FakeStore) -> list[tuple[str, int, int]]:
     return gets
 
 
-def two_readers(tmp_path, size: int, workers: int):
-    """Objects "a" and "b" of ``size`` random bytes, a prefetcher of 2 MiB pieces (1 MiB shared) in
-    a window of 8 MiB, a clean item and a ReadState of each, and the list the GETs are logged in."""
+def readers_of(tmp_path, keys: tuple[str, ...], size: int, workers: int):
+    """Objects ``keys`` of ``size`` random bytes, a prefetcher of 2 MiB pieces (1 MiB shared) in
+    a window of 8 MiB with ``workers`` GETs per reader, a clean item and a ReadState of each."""
     store = FakeStore()
-    data = {key: os.urandom(size) for key in ("a", "b")}
+    data = {key: os.urandom(size) for key in keys}
     for key, body in data.items():
         store.put(key, body)
     bucket = Bucket(store, "bucket")
@@ -228,7 +228,13 @@ def two_readers(tmp_path, size: int, workers: int):
         items[key], _ = cache.acquire(key)
         info = store.head(key)
         items[key].reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
-    return store, data, prefetcher, items, {key: ReadState() for key in data}, _logged_gets(store)
+    return store, data, prefetcher, items, {key: ReadState() for key in data}
+
+
+def two_readers(tmp_path, size: int, workers: int):
+    """Objects "a" and "b" (readers_of), and the list their GETs are logged in."""
+    store, data, prefetcher, items, states = readers_of(tmp_path, ("a", "b"), size, workers)
+    return store, data, prefetcher, items, states, _logged_gets(store)
 
 
 def test_readers_streaming_at_once_fetch_half_pieces_and_each_gets_its_bytes(tmp_path):
@@ -276,26 +282,6 @@ def test_a_corrupt_half_piece_of_one_of_several_readers_is_eio_for_that_reader_o
         prefetcher.read(items["b"], states["b"], MiB, size)
     assert failed.value.errno == errno.EIO
     assert prefetcher.read(items["a"], states["a"], MiB, size) == data["a"][MiB:]  # checked: fine
-
-
-def readers_of(tmp_path, keys: tuple[str, ...], size: int, workers: int):
-    """Objects ``keys`` of ``size`` random bytes, a prefetcher of 2 MiB pieces (1 MiB shared) in
-    a window of 8 MiB with ``workers`` GETs per reader, a clean item and a ReadState of each."""
-    store = FakeStore()
-    data = {key: os.urandom(size) for key in keys}
-    for key, body in data.items():
-        store.put(key, body)
-    bucket = Bucket(store, "bucket")
-    prefetcher = Prefetcher(
-        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=workers, part_layout_of=bucket.part_layout
-    )
-    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
-    items = {}
-    for key in data:
-        items[key], _ = cache.acquire(key)
-        info = store.head(key)
-        items[key].reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
-    return store, data, prefetcher, items, {key: ReadState() for key in data}
 
 
 class GatedGets:

@@ -14,6 +14,8 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.hold_deletes()        # DeleteObjects wait (held, counted in ``holding``) until release()
         proxy.hold_until(held, freed, limit)  # a request held(m, t) names waits for one freed(m, t)
                                     # names the same (or ``limit`` s): ``held_outcomes`` says which
+
+        proxy.hold_gets()           # ranged GETs wait (listed in ``holding_gets``) until release_gets()
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -321,6 +323,9 @@ class FaultProxy:
         self._released = threading.Event()  # set: DeleteObjects pass (else held until it is)
         self._released.set()
         self.holding = 0  # DeleteObjects held now
+        self._gets_go = threading.Event()  # set: ranged GETs pass (else held until it is)
+        self._gets_go.set()
+        self.holding_gets: list[tuple[str, str]] = []  # (target, range) of the ranged GETs held now
         self._release_forwards = False
         #: hold_until: (held, freed, limit) or None; names freed so far; (name, "request"/"limit")
         #: of each held request, as it went on. GUARDED_BY(_freed_cond).
@@ -461,6 +466,15 @@ class FaultProxy:
         (the client learns nothing; nothing was deleted)."""
         self._release_forwards = forward
         self._released.set()
+
+    def hold_gets(self) -> None:
+        """Hold every ranged GET from now on (not forwarded yet) until :meth:`release_gets`:
+        ``holding_gets`` then lists (target, range) of the GETs a client has in flight at once."""
+        self._gets_go.clear()
+
+    def release_gets(self) -> None:
+        """Forward the held ranged GETs, and every one after."""
+        self._gets_go.set()
 
     def hang_up(self) -> None:
         """Close every client connection in order (a FIN, as a server's idle timeout closes
@@ -639,6 +653,17 @@ class FaultProxy:
                         self._abort(conn)
                         return
                 self._hold_or_free(method, target)
+
+                ranged = next((v for k, v in headers if k.lower() == "range"), None)
+                if method == "GET" and ranged and not self._gets_go.is_set():
+                    held = (target, ranged)
+                    with self._lock:
+                        self.holding_gets.append(held)
+                    while not self._gets_go.wait(0.1):
+                        if self._stop.is_set():
+                            return
+                    with self._lock:
+                        self.holding_gets.remove(held)
                 if self._stall > 0 and self._stop.wait(self._stall):
                     return
                 if not self._forward(req, start, lines, conn) or req.wants_close():

@@ -211,11 +211,11 @@ def _logged_gets(store: FakeStore) -> list[tuple[str, int, int]]:
     return gets
 
 
-def two_readers(tmp_path, size: int, workers: int):
-    """Objects "a" and "b" of ``size`` random bytes, a prefetcher of 2 MiB pieces (1 MiB shared) in
-    a window of 8 MiB, a clean item and a ReadState of each, and the list the GETs are logged in."""
+def readers_of(tmp_path, keys: tuple[str, ...], size: int, workers: int):
+    """Objects ``keys`` of ``size`` random bytes, a prefetcher of 2 MiB pieces (1 MiB shared) in
+    a window of 8 MiB with ``workers`` GETs per reader, a clean item and a ReadState of each."""
     store = FakeStore()
-    data = {key: os.urandom(size) for key in ("a", "b")}
+    data = {key: os.urandom(size) for key in keys}
     for key, body in data.items():
         store.put(key, body)
     bucket = Bucket(store, "bucket")
@@ -228,7 +228,13 @@ def two_readers(tmp_path, size: int, workers: int):
         items[key], _ = cache.acquire(key)
         info = store.head(key)
         items[key].reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
-    return store, data, prefetcher, items, {key: ReadState() for key in data}, _logged_gets(store)
+    return store, data, prefetcher, items, {key: ReadState() for key in data}
+
+
+def two_readers(tmp_path, size: int, workers: int):
+    """Objects "a" and "b" (readers_of), and the list their GETs are logged in."""
+    store, data, prefetcher, items, states = readers_of(tmp_path, ("a", "b"), size, workers)
+    return store, data, prefetcher, items, states, _logged_gets(store)
 
 
 def test_readers_streaming_at_once_fetch_half_pieces_and_each_gets_its_bytes(tmp_path):
@@ -353,3 +359,89 @@ def test_a_piece_let_go_and_fetched_again_for_a_late_read_keeps_no_pages(tmp_pat
     for at in range(12 * MiB, size, MiB):
         assert prefetcher.read(item, state, at, MiB) == data[at : at + MiB]
     assert not item.kernel_may_keep()  # read whole and checked, but a page of it came unchecked
+
+class GatedGets:
+    """Holds every GET of ``store`` until :meth:`open`; counts those held, by key."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.cond = threading.Condition()
+        self.gate = threading.Event()
+        self.held: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        get_range = store.get_range
+
+        def gated(remote_name, start, length, if_match=None):
+            key = getattr(remote_name, "key", remote_name)
+            with self.cond:
+                self.held[key] = self.held.get(key, 0) + 1
+                self.most[key] = max(self.most.get(key, 0), self.held[key])
+                self.cond.notify_all()
+            self.gate.wait()
+            with self.cond:
+                self.held[key] -= 1
+            return get_range(remote_name, start, length, if_match)
+
+        store.get_range = gated
+
+    def wait_for(self, n: int) -> bool:
+        """Wait until ``n`` GETs are held at once (False if they never are)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: sum(self.held.values()) >= n, timeout=60)
+
+    def open(self) -> None:
+        self.gate.set()
+
+
+def test_several_readers_have_gets_in_flight_side_by_side_past_one_readers_workers(tmp_path):
+    """The GETs in flight are a budget of all readers (the window in shared pieces: 8 here), not
+    ``workers`` (2) for all: four readers each have their 2 under way at once, not 2 in all."""
+    keys = ("a", "b", "c", "d")
+    size = 6 * MiB + 777
+    store, data, prefetcher, items, states = readers_of(tmp_path, keys, size, workers=2)
+    gets = GatedGets(store)
+    got: dict[str, bytes] = {}
+
+    def read(key: str) -> None:
+        got[key] = prefetcher.read(items[key], states[key], 0, 256 << 10)
+
+    threads = [threading.Thread(target=read, args=(key,)) for key in keys]
+    for t in threads:
+        t.start()
+    try:
+        all_in_flight = gets.wait_for(8)
+    finally:
+        gets.open()
+        for t in threads:
+            t.join()
+    assert all_in_flight, gets.most  # with one pool of 2 threads: 2 at most
+    assert gets.most == {key: 2 for key in keys}  # each reader: its workers, no more
+    for key in keys:  # and each gets its own bytes, checked at the end
+        rest = prefetcher.read(items[key], states[key], len(got[key]), size)
+        assert got[key] + rest == data[key]
+        prefetcher.drop(states[key])
+    assert prefetcher.held == 0
+
+
+def test_a_lone_reader_has_at_most_its_workers_gets_in_flight(tmp_path):
+    """A reader alone could fill its window (4 pieces ahead here) from the shared pool of 8
+    threads; it asks for no more than ``workers`` (2) at once, the rest on its next reads."""
+    size = 12 * MiB
+    store, data, prefetcher, items, states = readers_of(tmp_path, ("a",), size, workers=2)
+    got = [prefetcher.read(items["a"], states["a"], 0, MiB)]  # the window: 4 MiB, then 8
+    for _, future in list(states["a"].pieces.values()):
+        future.result()
+    gets = GatedGets(store)
+    try:
+        got.append(prefetcher.read(items["a"], states["a"], MiB, MiB))  # its piece is here
+        assert gets.wait_for(2)
+        asked = sorted(states["a"].pieces)
+    finally:
+        gets.open()
+    assert asked == [0, 2 * MiB, 4 * MiB, 6 * MiB]  # 2 GETs ahead, not 4 (to 12 MiB)
+    at = 2 * MiB
+    while at < size:  # the next reads go on ahead; every byte its own, checked at the end
+        got.append(prefetcher.read(items["a"], states["a"], at, MiB))
+        at += len(got[-1])
+    assert b"".join(got) == data["a"]
+    assert max(gets.most.values()) <= 2
+    prefetcher.drop(states["a"])

@@ -154,6 +154,79 @@ def test_readers_of_several_files_at_once_get_their_bytes_in_half_pieces_each_ch
         assert "read of %s verified" % key in log
 
 
+def _range_length(header: str) -> int:
+    m = re.fullmatch(r"bytes=(\d+)-(\d+)", header)
+    return int(m.group(2)) - int(m.group(1)) + 1 if m else 0
+
+
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(256 << 10), b""):  # fio's block size
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_readers_at_once_have_their_gets_in_flight_side_by_side_and_each_reads_its_bytes(
+    mount_factory, faultproxy, s3config, tmp_path, boto, bucket
+):
+    """Four readers of four files, then four readers of one file, at once: the streamed GETs in
+    flight are the window's (16 MiB of 4 MiB pieces: 4 at once), not ``parallel`` (2) for the whole
+    mount, and every reader reads the bytes boto3's GET returns (sha256), each file checked."""
+    import threading
+
+    size = 24 * MiB + 777  # over a chunk (16 MiB): not fetched whole
+    digests = {}
+    for i in range(4):
+        boto.put_object(Bucket=bucket, Key="r%d" % i, Body=os.urandom(size))
+        body = boto.get_object(Bucket=bucket, Key="r%d" % i)["Body"].read()
+        digests["r%d" % i] = hashlib.sha256(body).hexdigest()
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=faultproxy.endpoint))
+    mount = mount_factory("debug,parallel=2,readahead=16M", config=str(config)).start()
+
+    def read_at_once(keys: list[str]) -> list[str]:
+        got = [""] * len(keys)
+        errors: list[BaseException] = []
+
+        def read(i: int) -> None:
+            try:
+                got[i] = _sha256_of(os.path.join(mount.path, keys[i]))
+            except BaseException as exc:  # noqa: BLE001 - reported by the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(len(keys))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        return got
+
+    faultproxy.hold_gets()
+    held = []
+    waiter = threading.Thread(target=lambda: held.append(read_at_once(sorted(digests))))
+    waiter.start()
+    try:
+        streamed: set[tuple[str, str]] = set()
+        for _ in range(600):  # until 4 pieces' GETs are held at once, or 60 s
+            # A streamed piece's GET: 4 MiB or more (a random read's is at most 1 MiB).
+            # Distinct ones: a piece a read out of order let go of may be asked for again.
+            streamed = {(t, r) for t, r in list(faultproxy.holding_gets) if _range_length(r) >= 4 * MiB}
+            if len(streamed) >= 4:
+                break
+            threading.Event().wait(0.1)
+    finally:
+        faultproxy.release_gets()
+        waiter.join()
+    assert len(streamed) >= 4, streamed  # with one pool of `parallel` threads for all: 2 at most
+    assert len({t for t, _ in streamed}) >= 2, streamed  # of several readers
+    assert held == [[digests[key] for key in sorted(digests)]]
+    assert read_at_once(["r0"] * 4) == [digests["r0"]] * 4  # four handles of one file
+    log = "\n".join(mount.log_lines())
+    for key in digests:
+        assert "read of %s verified" % key in log
+
+
 def _minor_faults(pid: int) -> int:
     """Pages process ``pid`` has faulted in so far (``minflt`` of /proc/PID/stat)."""
     with open("/proc/%d/stat" % pid) as f:

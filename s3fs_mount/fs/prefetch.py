@@ -15,6 +15,10 @@ window that doubles up to ``max_window``, fetched in parallel GETs:
   reader's share at most ``max_window`` over the readers streaming (at least
   one piece); the piece a reader needs now is always fetched. While several
   readers stream, each one's new pieces are half a ``piece`` (:meth:`Prefetcher._piece_size`).
+  GETs in flight: at most ``workers`` of one reader's, and over all readers as many as
+  the window holds pieces (``max_window`` over the shared piece: 16 by default), so
+  several readers' shares are fetched side by side rather than queued behind one
+  another's (:meth:`Prefetcher._hold`; bench/README.md, round 30).
 * otherwise (the file is being written, or partly local) the window is
   fetched into the staged file in the background, in ``chunk``-sized GETs on a grid of
   that size (:meth:`Prefetcher.ensure`).
@@ -142,7 +146,8 @@ class Prefetcher:
         should be a multiple of it): 8 MiB, as boto3's downloads, so that a window is fetched
         in twice as many GETs side by side as in 16 MiB ones, and a reader holds half the
         bytes where it is (bench/README.md).
-    :param workers: GETs in flight at once.
+    :param workers: GETs in flight at once for one reader (``-o parallel``); all readers
+        together have up to as many as the window holds shared pieces (at least ``workers``).
     :param part_layout_of: finds where a multipart object's parts begin and end (HEADs), to
         check it: ``(key, etag, size, parts)`` -> :class:`~s3fs_mount.s3.parts.PartLayout`.
     :param verify: check whole-object reads against the object's checksum, or its ETag.
@@ -184,7 +189,12 @@ class Prefetcher:
         self.piece = min(piece, chunk)
         #: The piece of a reader while others stream too (_piece_size): half, whole 1 MiB blocks.
         self.shared_piece = max(BLOCK, self.piece // 2 // BLOCK * BLOCK)
-        self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-read")
+        self.workers = workers
+        #: The global budget of GETs in flight: the window in shared pieces, so that several
+        #: readers' shares are fetched at once (threads start only as they are needed).
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max(workers, max_window // self.shared_piece), "s3-read"
+        )
         self._held = 0  # GUARDED_BY(_held_lock): bytes of all readers' pieces in memory or on their way
         self._ahead = 0  # GUARDED_BY(_held_lock): of those, bytes of pieces no reader has reached yet
         self._readers = 0  # GUARDED_BY(_held_lock): readers holding pieces (they share the window)
@@ -479,8 +489,11 @@ class Prefetcher:
 
     def _hold(self, state: ReadState, start: int, length: int, needed: bool) -> bool:
         """Count a piece about to be fetched for ``state`` (caller holds ``state.lock``); False:
-        a piece ahead that the window, or this reader's share of it, has no room for."""
+        a piece ahead that the window, or this reader's share of it, has no room for, or while
+        ``workers`` of this reader's GETs are under way (the pool is shared by all readers)."""
         mine = sum(state.pieces[start][0] for start in state.unreached)
+        if not needed and sum(not f.done() for _, f in state.pieces.values()) >= self.workers:
+            return False
         with self._held_lock:
             readers = self._readers + (0 if state.pieces else 1)
             share = max(length, self.max_window // readers)

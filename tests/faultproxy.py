@@ -14,7 +14,6 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.hold_deletes()        # DeleteObjects wait (held, counted in ``holding``) until release()
         proxy.hold_until(held, freed, limit)  # a request held(m, t) names waits for one freed(m, t)
                                     # names the same (or ``limit`` s): ``held_outcomes`` says which
-
         proxy.hold_gets()           # ranged GETs wait (listed in ``holding_gets``) until release_gets()
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
@@ -653,7 +652,6 @@ class FaultProxy:
                         self._abort(conn)
                         return
                 self._hold_or_free(method, target)
-
                 ranged = next((v for k, v in headers if k.lower() == "range"), None)
                 if method == "GET" and ranged and not self._gets_go.is_set():
                     held = (target, ranged)

@@ -445,3 +445,12 @@ def test_a_lone_reader_has_at_most_its_workers_gets_in_flight(tmp_path):
     assert b"".join(got) == data["a"]
     assert max(gets.most.values()) <= 2
     prefetcher.drop(states["a"])
+
+
+def test_gets_in_flight_of_all_readers_are_the_window_in_shared_pieces_up_to_4_readers(tmp_path):
+    """The defaults: a 64 MiB window of 4 MiB shared pieces, 16 GETs; a window of 1 GiB is not
+    256 threads (and connections) but 4 readers' ``workers``; never fewer than one reader's."""
+    bucket = Bucket(FakeStore(), "bucket")
+    assert Prefetcher(bucket, 64 * MiB, workers=8).budget == 16
+    assert Prefetcher(bucket, 1 << 30, workers=8).budget == 32
+    assert Prefetcher(bucket, 8 * MiB, workers=8).budget == 8

@@ -16,7 +16,7 @@ window that doubles up to ``max_window``, fetched in parallel GETs:
   one piece); the piece a reader needs now is always fetched. While several
   readers stream, each one's new pieces are half a ``piece`` (:meth:`Prefetcher._piece_size`).
   GETs in flight: at most ``workers`` of one reader's, and over all readers as many as
-  the window holds pieces (``max_window`` over the shared piece: 16 by default), so
+  the window holds shared pieces (16 by default; at most 4 readers' ``workers``), so
   several readers' shares are fetched side by side rather than queued behind one
   another's (:meth:`Prefetcher._hold`; bench/README.md, round 30).
 * otherwise (the file is being written, or partly local) the window is
@@ -90,6 +90,8 @@ RECENT_MISSES = 16
 RANDOM_BYTES_BOUND = 4
 #: A streamed piece is held in blocks of this size: a read of a whole block is that block, uncopied.
 BLOCK = 1 << 20
+#: The GETs in flight over all readers are at most this many readers' ``workers`` (Prefetcher.budget).
+READERS_BUDGET = 4
 #: Where a sequential read is served from (Prefetcher._source).
 STREAM, LOCAL, STAGED = "stream", "local", "staged"
 
@@ -190,11 +192,11 @@ class Prefetcher:
         #: The piece of a reader while others stream too (_piece_size): half, whole 1 MiB blocks.
         self.shared_piece = max(BLOCK, self.piece // 2 // BLOCK * BLOCK)
         self.workers = workers
-        #: The global budget of GETs in flight: the window in shared pieces, so that several
-        #: readers' shares are fetched at once (threads start only as they are needed).
-        self.pool = concurrent.futures.ThreadPoolExecutor(
-            max(workers, max_window // self.shared_piece), "s3-read"
-        )
+        #: GETs in flight over all readers: the window in shared pieces, so that several readers'
+        #: shares are fetched at once, but at most ``READERS_BUDGET`` readers' ``workers`` (a larger
+        #: window is fetched in larger shares, not in more threads and connections).
+        self.budget = max(workers, min(max_window // self.shared_piece, READERS_BUDGET * workers))
+        self.pool = concurrent.futures.ThreadPoolExecutor(self.budget, "s3-read")  # threads start as needed
         self._held = 0  # GUARDED_BY(_held_lock): bytes of all readers' pieces in memory or on their way
         self._ahead = 0  # GUARDED_BY(_held_lock): of those, bytes of pieces no reader has reached yet
         self._readers = 0  # GUARDED_BY(_held_lock): readers holding pieces (they share the window)

@@ -58,10 +58,11 @@ def test_rm_rf_of_a_tree_sends_batches_and_leaves_nothing(mount_factory, tmp_pat
     assert s3_keys(boto, bucket) == ["keep/x", "t_other"]  # rm returned: all gone in S3
     assert not os.path.exists(os.path.join(mount.path, "t"))
     batches, singles = deletes_heard(faultproxy)
-    # 451 files: a few DeleteObjects, no DELETE per file (the rmdir of a directory not listed a
-    # moment ago deletes its own holder objects: they are all DELETEs sees); each of the three
-    # rmdirs may send one batch of its own (its objects, with what of its files is pending).
-    assert 1 <= batches <= 20 + 3, batches
+    # 451 files: DeleteObjects, no DELETE per file (the rmdir of a directory not listed a
+    # moment ago deletes its own holder objects: they are all DELETEs sees). How many keys a
+    # batch gathers depends on how fast rm unlinks (a batch goes 50 ms after its first key):
+    # ~20 batches on an idle machine, 25 seen at load 25; the bound is 10 files a batch.
+    assert 1 <= batches <= len(files) // 10, batches
     assert not [k for k in singles if not k.endswith(("/", "_$folder$"))], singles
 
 

@@ -999,6 +999,14 @@ class StagingCache:
             if item.key.startswith(prefix) and not item.unlinked:
                 yield item
 
+    @staticmethod
+    def _count_open(item: StagedFile) -> None:
+        """One more open of ``item`` (caller holds ``_lock``): counted, used now, and overlapped
+        if another handle is open with it."""
+        item.open_count += 1
+        item.overlapped = item.open_count > 1
+        item.last_used = time.monotonic()
+
     def acquire(self, key: str, setup: Callable[[StagedFile], None] | None = None) -> tuple[StagedFile, bool]:
         """The item for ``key`` (opened, counted), and whether it is new.
 
@@ -1011,9 +1019,7 @@ class StagingCache:
         with self._lock:
             item = self._items.get(key)
             if item is not None:
-                item.open_count += 1
-                item.overlapped = item.open_count > 1
-                item.last_used = time.monotonic()
+                self._count_open(item)
         if item is None:
             made = StagedFile(self, uuid.uuid4().hex, key)
             try:
@@ -1026,9 +1032,7 @@ class StagingCache:
                 raise
             with self._lock:
                 item = self._items.setdefault(key, made)
-                item.open_count += 1
-                item.overlapped = item.open_count > 1
-                item.last_used = time.monotonic()
+                self._count_open(item)
             if item is made:
                 return item, True
             made.close_fd()

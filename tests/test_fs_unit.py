@@ -16,6 +16,7 @@ from waiting import eventually
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly, Unsettled
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
@@ -515,17 +516,22 @@ def test_xattr_values_round_trip(value):
     assert A.decode_value(encoded) == value
 
 
-def test_xattr_names_match_whatever_their_case():
+def test_xattr_names_are_lower_case_as_s3_keeps_them():
     meta = {"x-amz-meta-tag": "v", "x-amz-meta-mode": "33188"}
-    assert A.xattr_of(meta, "user.Tag") == A.xattr_of(meta, "user.tag") == b"v"
+    assert A.xattr_of(meta, "user.tag") == b"v"
+    assert A.xattr_of(meta, "user.Tag") is None  # another name, which none here can have
     assert A.xattr_of(meta, "user.mode") is None  # POSIX keys never show as user.*
     assert A.xattr_of(meta, "trusted.tag") is None
-    assert A.header_for_xattr("user.Tag") == "x-amz-meta-tag"
+    assert A.header_for_xattr("user.tag") == "x-amz-meta-tag"
+    with pytest.raises(FsError) as info:
+        A.header_for_xattr("user.Tag")
+    assert info.value.errno == errno.EINVAL and "lower case" in str(info.value)
 
 
 def test_reserved_and_bad_xattr_names():
-    assert A.header_for_xattr("user.State") == "x-amz-meta-state"
-    for name, err in (("user.mode", errno.EPERM), ("user.a b", errno.EINVAL), ("trusted.x", errno.ENOTSUP)):
+    assert A.header_for_xattr("user.state") == "x-amz-meta-state"
+    for name, err in (("user.mode", errno.EPERM), ("user.a b", errno.EINVAL), ("trusted.x", errno.ENOTSUP),
+                      ("user.State", errno.EINVAL)):
         with pytest.raises(OSError) as info:
             A.header_for_xattr(name)
         assert info.value.errno == err

@@ -294,10 +294,18 @@ def posix_metadata_of(a: Attributes) -> dict[str, str]:
 
 
 def header_for_xattr(name: str) -> str:
-    """``user.state`` -> ``x-amz-meta-state``; FsError for names that can't map."""
+    """``user.state`` -> ``x-amz-meta-state``; FsError for names that can't map.
+
+    A name with capitals is EINVAL: S3 keeps metadata names in lower case, so ``user.Tag``
+    would come back as ``user.tag``, another name, and ``rsync -X`` run again would set
+    ``user.Tag`` and then remove ``user.tag`` (the same key) as one the source lacks.
+    """
     if not name.startswith(USER_PREFIX):
         raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
-    short = name[len(USER_PREFIX) :].lower()  # S3 lower-cases metadata names
+    short = name[len(USER_PREFIX) :]
+    if short != short.lower():
+        raise FsError(errno.EINVAL, "S3 keeps metadata names in lower case: %r would come back as %r"
+                      % (name, USER_PREFIX + short.lower()))
     if short in RESERVED:
         raise FsError(errno.EPERM, "user.%s is reserved for POSIX attributes" % short)
     if not _TOKEN.match(short):
@@ -306,14 +314,11 @@ def header_for_xattr(name: str) -> str:
 
 
 def xattr_of(metadata: dict[str, str], name: str) -> bytes | None:
-    """The value of attribute ``name`` in an object's metadata (None: it has none).
-
-    Names match as S3 matches metadata names, whatever their case: ``user.Tag`` is the
-    ``x-amz-meta-tag`` that a ``setxattr`` of ``user.Tag`` (or ``user.tag``) stored.
-    """
+    """The value of attribute ``name`` in an object's metadata (None: it has none; never for a
+    POSIX key, nor for a name with capitals, which no attribute here can have)."""
     if not name.startswith(USER_PREFIX):
         return None
-    short = name[len(USER_PREFIX) :].lower()
+    short = name[len(USER_PREFIX) :]
     value = metadata.get(META_PREFIX + short) if short not in RESERVED else None
     return None if value is None else decode_value(value)
 

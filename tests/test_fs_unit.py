@@ -1290,6 +1290,25 @@ def test_a_directory_rename_that_fails_midway_shows_each_file_where_s3_has_it(tm
     assert gone.value.errno == errno.ENOENT
 
 
+def test_a_directory_rename_to_a_name_too_long_for_a_key_under_it_sends_no_request(tmp_path):
+    """S3 keys are at most 1024 bytes with the mount's prefix: a rename that would make one
+    longer is ENAMETOOLONG before any copy (not half a tree at the new name)."""
+    store = FakeStore(renames=True)
+    opts = MountOptions(cache_dir=str(tmp_path / "c"))
+    ops = S3Operations(Bucket(store, "bucket", "p" * 100 + "/"), "", opts)
+    ops.namespace.load_root()
+    ops.mkdir("/d", 0o755)
+    ops.mkdir("/d/" + "s" * 255, 0o755)
+    write_file(ops, "/d/%s/%s" % ("s" * 255, "é" * 100), b"x")  # 100 + 2 + 256 + 200 = 558 bytes
+    ops.mkdir("/" + "n" * 255, 0o755)
+    before, keys = dict(store.calls), sorted(store.objects)
+    with pytest.raises(FuseOSError) as info:
+        ops.rename("/d", "/%s/%s" % ("n" * 255, "m" * 255))  # 101 + 512 + 256 + 200 > 1024
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert calls_made(store, before).keys() <= {"HEAD", "LIST"} and sorted(store.objects) == keys
+    assert Bucket(store, "b", "p/").too_long(["a" * 1022, "é" * 512]) == "é" * 512
+
+
 def test_parts_of_files_written_at_once_stay_within_upload_memory(tmp_path, monkeypatch):
     """Four files streamed at once: part bytes in memory (read, being sent) stay within
     upload_memory, counted by the uploader and, independently, by the store while a part arrives."""

@@ -197,6 +197,30 @@ def test_errors(mount):
     assert err(os.unlink, os.path.join(p, "d")) == errno.EISDIR
 
 
+def test_a_directory_rename_whose_deepest_key_is_too_long_changes_nothing(mount, boto, bucket):
+    """Found by hand (round 31): renaming a deep tree to a longer name copied its upper levels,
+    then S3 refused a deeper key (KeyTooLongError): rename said ENAMETOOLONG, yet the new name
+    showed a half-copied tree. Every new key is checked first: nothing moves, nothing is made."""
+    p = mount.path
+    deep = os.path.join(p, "s", *["z" * 240] * 4)
+    os.makedirs(deep)
+    with open(os.path.join(deep, "f"), "w") as f:
+        f.write("data")
+    before = s3_keys(boto, bucket)
+    assert max(len(k) for k in before) < 1024 - 49  # with a 50-byte top name each still fits
+    with pytest.raises(OSError) as info:
+        os.rename(os.path.join(p, "s"), os.path.join(p, "s" * 60))
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert s3_keys(boto, bucket) == before
+    assert os.listdir(p) == ["s"]
+    with open(os.path.join(deep, "f")) as f:
+        assert f.read() == "data"
+    assert "would be longer than S3 keeps (1024 bytes)" in mount.log()
+    os.rename(os.path.join(p, "s"), os.path.join(p, "s" * 50))  # 1016 bytes: it fits
+    assert s3_bytes(boto, bucket, "s" * 50 + deep[len(os.path.join(p, "s")) :] + "/f") == b"data"
+    assert os.listdir(p) == ["s" * 50]
+
+
 def test_names_that_would_show_as_another_path_are_refused_and_say_why(mount, boto, bucket):
     """SeaweedFS stores '\\' in a key as '/' (a file a\\b would come back as b in a directory a),
     a key ending in _$folder$ lists as a directory anywhere, and a key is UTF-8 (a name of other

@@ -27,7 +27,7 @@ from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader, conflict_name
-from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.store import ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry
@@ -406,6 +406,17 @@ class Mutations:
                 self.upload(item)
         entries = list(self.store.list_all(old_prefix))
         keys = [e.key for e in entries]
+        # Every new name is checked before the first copy: S3 refusing one deep inside would
+        # leave the tree half copied under the new name, with rename failing.
+        too_long = self.store.too_long(
+            [new_prefix, self.keymap.folder_key(new)] + [new_prefix + k[len(old_prefix) :] for k in keys]
+        )
+        if too_long is not None:
+            raise FsError(
+                errno.ENAMETOOLONG,
+                "rename %s -> %s: the key %s... would be longer than S3 keeps (%d bytes)"
+                % (old, new, too_long[:60], KEY_MAX_BYTES),
+            )
         folder = self.keymap.folder_key(old)
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
             self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})

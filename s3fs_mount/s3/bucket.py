@@ -125,6 +125,10 @@ class ObjectStore(Protocol):
     def probe_backslash_keys(self, bucket: str, prefix: str = "") -> bool: ...
 
 
+#: The longest key S3 stores, in bytes of UTF-8 (AWS and SeaweedFS answer KeyTooLongError past it).
+KEY_MAX_BYTES = 1024
+
+
 class Bucket:
     """One bucket of an :class:`ObjectStore` (and a key prefix in it); keys are relative to both.
 
@@ -160,6 +164,15 @@ class Bucket:
     def whole(self) -> Bucket:
         """This bucket without the prefix (itself when it has none)."""
         return Bucket(self.store, self.name) if self.prefix else self
+
+    def too_long(self, keys: Iterable[str]) -> str | None:
+        """The first of ``keys`` that S3 would refuse as longer than :data:`KEY_MAX_BYTES`
+        (with this view's prefix), or None when every one fits."""
+        room = KEY_MAX_BYTES - len(self.prefix.encode("utf-8", "surrogateescape"))
+        for key in keys:
+            if len(key.encode("utf-8", "surrogateescape")) > room:
+                return key
+        return None
 
     def _at(self, key: str) -> S3Name:
         return S3Name(self.prefix + key, self.name)

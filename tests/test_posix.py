@@ -57,6 +57,32 @@ def test_touch_sets_times_as_asked_and_they_reach_s3(mount, boto, bucket):
     assert float(meta["ctime"]) >= before - 1
 
 
+def test_times_shown_are_the_times_stored_and_a_remount_shows_the_same(mount_factory, boto, bucket):
+    """Found by hand (round 31): a time was shown to the nanosecond of its float (``.489045504``)
+    but stored to the microsecond, so ``stat`` of an untouched file changed by itself once its
+    attributes were asked again (``.489046016``), and after a remount (make, git's index and
+    editors compare these). Times are shown as stored, to the microsecond."""
+    mount = mount_factory().start()
+    made, set_ = os.path.join(mount.path, "made"), os.path.join(mount.path, "set")
+    d = os.path.join(mount.path, "d")
+    for path in (made, set_):
+        with open(path, "w") as f:
+            f.write("x")
+    os.mkdir(d)
+    os.utime(set_, ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
+    shown = {p: os.stat(p) for p in (made, set_, d)}
+    assert shown[set_].st_atime_ns == 1_600_000_000_123_457_000
+    assert shown[set_].st_mtime_ns == 1_500_000_000_987_654_000
+    for path in (made, set_):  # what S3 holds is what was shown
+        stored = head_meta(boto, bucket, os.path.basename(path))["mtime"]
+        assert stored == "%d.%09d" % divmod(shown[path].st_mtime_ns, 1_000_000_000)
+    mount.stop()
+    again = mount_factory().start()
+    for p, st in shown.items():
+        now = os.stat(os.path.join(again.path, os.path.basename(p)))
+        assert (now.st_mtime_ns, now.st_atime_ns) == (st.st_mtime_ns, st.st_atime_ns), p
+
+
 def test_ctime_follows_every_change(mount, boto, bucket):
     f = os.path.join(mount.path, "c.txt")
     with open(f, "w") as fh:

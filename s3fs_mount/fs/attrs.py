@@ -147,16 +147,19 @@ def certain_type(a: Attributes) -> int | None:
 
 
 def _ns(t: float) -> int:
-    return round(t * 1e9)
+    """A time (seconds) in nanoseconds, rounded to the microsecond: as it is stored and shown.
+
+    A float holds a time of today to a quarter of a microsecond, so finer digits are noise;
+    and a time shown with them changed by itself once read back from S3 (``stat`` gave
+    ``.489045504``, then ``.489046016`` once the attributes were asked again).
+    """
+    return round(t * 1e6) * 1000
 
 
 def format_time(t: float) -> str:
-    """A time (seconds) as the ``x-amz-meta-*time`` headers hold it (the one format we write).
-
-    A float holds a time of today to a quarter of a microsecond, so the
-    nanoseconds are written rounded to the microsecond (no float noise).
-    """
-    ns = round(t * 1e6) * 1000
+    """A time (seconds) as the ``x-amz-meta-*time`` headers hold it (the one format we write):
+    to the microsecond, as :func:`_ns` shows it."""
+    ns = _ns(t)
     sec, frac = divmod(ns, 1_000_000_000)
     return "%d" % sec if not frac else "%d.%09d" % (sec, frac)
 

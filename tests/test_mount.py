@@ -8,7 +8,7 @@ import stat
 import subprocess
 
 import pytest
-from mountrig import sync_dir
+from mountrig import BIN, sync_dir
 from waiting import eventually
 
 pytestmark = pytest.mark.fuse
@@ -219,6 +219,35 @@ def test_a_directory_rename_whose_deepest_key_is_too_long_changes_nothing(mount,
     os.rename(os.path.join(p, "s"), os.path.join(p, "s" * 50))  # 1016 bytes: it fits
     assert s3_bytes(boto, bucket, "s" * 50 + deep[len(os.path.join(p, "s")) :] + "/f") == b"data"
     assert os.listdir(p) == ["s" * 50]
+
+
+def test_a_new_name_whose_key_would_pass_1024_bytes_is_refused_at_once(mount, boto, bucket):
+    """Found by hand (round 31): a file created where its key would pass S3's 1024 bytes opened
+    and took writes, then close said EIO and the file stayed dirty, retried at every mount.
+    Every new name (create, mkdir, symlink, mknod, rename) is ENAMETOOLONG at once now."""
+    p = mount.path
+    deep = os.path.join(p, *["z" * 240] * 4)  # its key: 963 bytes
+    os.makedirs(deep)
+    open(os.path.join(p, "kept"), "w").close()
+    before = s3_keys(boto, bucket)
+    too_long = os.path.join(deep, "n" * 61)  # 963 + 1 + 61 bytes
+    makers = [
+        lambda: open(too_long, "w"),
+        lambda: os.mkdir(too_long),
+        lambda: os.symlink("kept", too_long),
+        lambda: os.mkfifo(too_long),
+        lambda: os.rename(os.path.join(p, "kept"), too_long),
+    ]
+    for make in makers:
+        with pytest.raises(OSError) as info:
+            make()
+        assert info.value.errno == errno.ENAMETOOLONG
+    assert s3_keys(boto, bucket) == before and os.listdir(deep) == []
+    with open(os.path.join(deep, "n" * 60), "w") as f:  # 1024 bytes: it fits
+        f.write("fits")
+    assert s3_bytes(boto, bucket, deep[len(p) + 1 :] + "/" + "n" * 60) == b"fits"
+    assert "would be longer than S3 keeps (1024 bytes)" in mount.log()
+    assert "nothing waiting to upload" in sh("%s status %s" % (BIN, p), p).stdout
 
 
 def test_names_that_would_show_as_another_path_are_refused_and_say_why(mount, boto, bucket):

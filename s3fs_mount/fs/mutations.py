@@ -103,6 +103,16 @@ class Mutations:
         if self.server_renames:
             log.info("renames: one RenameObject (the server moves the object)")
 
+    def check_keys_fit(self, keys: list[str]) -> None:
+        """Raise FsError(ENAMETOOLONG), saying which, if S3 would refuse one of these new keys as
+        too long: a file created under such a name could never be uploaded (it stayed dirty)."""
+        too_long = self.store.too_long(keys)
+        if too_long is not None:
+            raise FsError(
+                errno.ENAMETOOLONG,
+                "the key %s... would be longer than S3 keeps (%d bytes)" % (too_long[:60], KEY_MAX_BYTES),
+            )
+
     def _deletes_answered(self, deleted: list[str], failed: list[tuple[str, str]]) -> None:
         """S3 answered a batch of deletes: the deleted stay hidden; the others show again."""
         for key in deleted:
@@ -408,15 +418,9 @@ class Mutations:
         keys = [e.key for e in entries]
         # Every new name is checked before the first copy: S3 refusing one deep inside would
         # leave the tree half copied under the new name, with rename failing.
-        too_long = self.store.too_long(
+        self.check_keys_fit(
             [new_prefix, self.keymap.folder_key(new)] + [new_prefix + k[len(old_prefix) :] for k in keys]
         )
-        if too_long is not None:
-            raise FsError(
-                errno.ENAMETOOLONG,
-                "rename %s -> %s: the key %s... would be longer than S3 keeps (%d bytes)"
-                % (old, new, too_long[:60], KEY_MAX_BYTES),
-            )
         folder = self.keymap.folder_key(old)
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
             self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})

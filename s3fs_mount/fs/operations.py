@@ -347,8 +347,9 @@ class S3Operations(Operations):
 
     def _parent_dir(self, path: str) -> None:
         """``path``'s parent is a directory (else ENOTDIR), and a new name may be ``path`` (else
-        EINVAL: :meth:`KeyMap.check_new`)."""
+        EINVAL: :meth:`KeyMap.check_new`; ENAMETOOLONG: :meth:`Mutations.check_keys_fit`)."""
         self.keymap.check_new(path)
+        self.changes.check_keys_fit([self.keymap.key(path)])
         parent = KeyMap.split(path)[0]
         if not self._attributes(parent).is_dir:
             raise FsError(errno.ENOTDIR)

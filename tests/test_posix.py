@@ -348,6 +348,61 @@ def test_git_clone_then_status_is_clean(mount, tmp_path):
     assert run("git", "-C", clone, "status", "--porcelain").stdout.strip() == "M src/a.txt"
 
 
+def test_git_commit_gc_repack_checkout_then_fsck_and_make_after_a_remount(mount_factory, tmp_path):
+    """git rewrites its objects, packs and index in place and by rename; make compares times
+    to the nanosecond: after a remount with a new cache the repository is whole and clean,
+    and make finds nothing to do."""
+    mount = mount_factory().start()
+    repo = str(tmp_path / "repo")
+    run("git", "init", "-q", repo)
+    for i in range(20):
+        with open(os.path.join(repo, "f%d.c" % i), "w") as f:
+            f.write("int f%d(void) { return %d; }\n" % (i, i))
+    with open(os.path.join(repo, "Makefile"), "w") as f:
+        f.write("all: $(patsubst %.c,%.o,$(wildcard *.c))\n%.o: %.c\n\tcp $< $@\n")
+    git = ("git", "-c", "user.email=t@e", "-c", "user.name=t")
+    run(*git, "-C", repo, "add", ".")
+    run(*git, "-C", repo, "commit", "-qm", "first")
+    clone = os.path.join(mount.path, "clone")
+    run("git", "clone", "-q", repo, clone)
+    run("git", "-C", clone, "checkout", "-qb", "side")
+    with open(os.path.join(clone, "f1.c"), "a") as f:
+        f.write("/* side */\n")
+    run(*git, "-C", clone, "commit", "-qam", "side")
+    run("git", "-C", clone, "gc", "-q")
+    run("git", "-C", clone, "repack", "-adq")
+    run("git", "-C", clone, "checkout", "-q", "master")
+    run("git", "-C", clone, "checkout", "-q", "side")
+    with open(os.path.join(clone, ".git", "info", "exclude"), "a") as f:
+        f.write("*.o\n")
+    assert "cp f1.c f1.o" in run("make", "-j4", "-C", clone).stdout
+    mount.stop()
+    again = os.path.join(mount_factory().start().path, "clone")
+    run("git", "-C", again, "fsck", "--full", "--strict")
+    assert run("git", "-C", again, "status", "--porcelain").stdout == ""
+    assert run("git", "-C", again, "log", "--format=%s").stdout.split() == ["side", "first"]
+    assert "Nothing to be done" in run("make", "-C", again).stdout
+
+
+def test_tar_of_a_hard_link_says_why_and_keeps_the_rest(mount, tmp_path):
+    """S3 has no hard links: link() is EPERM, and tar says so for the one member and
+    extracts every other whole (its status 2, no partial file left)."""
+    src = tmp_path / "h"
+    src.mkdir()
+    (src / "a").write_bytes(b"a" * 100_000)
+    os.link(src / "a", src / "b")
+    (src / "c").write_bytes(b"c" * 10)
+    archive = str(tmp_path / "h.tar")
+    run("tar", "cf", archive, "-C", str(tmp_path), "h")
+    r = subprocess.run(["tar", "xf", archive, "-C", mount.path], capture_output=True, text=True)
+    assert r.returncode == 2 and "Cannot hard link" in r.stderr and "Operation not permitted" in r.stderr
+    d = os.path.join(mount.path, "h")
+    first, c = sorted(os.listdir(d))  # the name archived first holds the bytes (tar's order)
+    assert first in ("a", "b") and c == "c"
+    with open(os.path.join(d, first), "rb") as f:
+        assert f.read() == b"a" * 100_000
+
+
 def test_the_mount_roots_mode_owner_and_times_hold(mount_factory, boto, bucket):
     """A whole-bucket root keeps chmod/chown/utimens on ``_$folder$`` (it has no marker)."""
     mount = mount_factory().start()

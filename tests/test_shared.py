@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import re
 import sqlite3
@@ -129,6 +130,48 @@ def test_three_processes_write_one_sqlite_database(mount, boto, bucket, tmp_path
         db.close()
     # the journals came and went (an unlink's delete is sent in a batch, just after)
     eventually(lambda: s3_keys(boto, bucket) == ["app.db"], what="S3 to hold app.db alone")
+
+
+def test_sqlite_in_wal_mode_two_writers_then_a_remount_reads_it_whole(mount_factory, boto, bucket):
+    """WAL mode: the -wal file and the -shm index shared by mmap between the writers; after the
+    last close (the log checkpointed into the database) a remount with a new cache reads it whole."""
+    mount = mount_factory().start()
+    path = os.path.join(mount.path, "wal.db")
+    db = sqlite3.connect(path)
+    assert db.execute("pragma journal_mode=wal").fetchall() == [("wal",)]
+    db.execute("create table t (w text, i int, pad text)")
+    db.commit()
+    procs = [subprocess.Popen([sys.executable, "-c", SQLITE_WRITER, path, w, "40"]) for w in "AB"]
+    assert [p.wait(timeout=600) for p in procs] == [0, 0]
+    want = sorted((w, i) for w in "AB" for i in range(40))
+    assert sorted(db.execute("select w, i from t").fetchall()) == want  # a reader open all along
+    db.close()
+    mount.stop()
+    assert s3_keys(boto, bucket) == ["wal.db"]  # the log and its index were removed at the last close
+    again = mount_factory().start()
+    db = sqlite3.connect(os.path.join(again.path, "wal.db"))
+    assert db.execute("pragma integrity_check").fetchall() == [("ok",)]
+    assert sorted(db.execute("select w, i from t").fetchall()) == want
+    db.close()
+
+
+def test_writes_through_a_shared_mmap_reach_s3(mount, boto, bucket):
+    """MAP_SHARED stores, flushed by msync, and stores made after the descriptor was closed
+    (the mapping keeps the file open): S3 has them once the mapping is gone."""
+    path = os.path.join(mount.path, "mapped.bin")
+    data = bytearray(os.urandom(3 * MiB))
+    with open(path, "wb") as f:
+        f.write(data)
+    fd = os.open(path, os.O_RDWR)
+    m = mmap.mmap(fd, 0)
+    m[10:14] = data[10:14] = b"AAAA"
+    m.flush()  # msync
+    os.close(fd)
+    m[2 * MiB : 2 * MiB + 4] = data[2 * MiB : 2 * MiB + 4] = b"BBBB"
+    m.close()  # munmap: the last reference, so the release (and the upload) follow
+    eventually(lambda: s3_bytes(boto, bucket, "mapped.bin") == bytes(data), what="the mapped writes in S3")
+    with open(path, "rb") as f:
+        assert f.read() == bytes(data)
 
 
 def test_a_reader_sees_only_states_that_existed(mount, boto, bucket):

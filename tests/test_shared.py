@@ -505,6 +505,28 @@ def test_another_clients_put_between_open_and_close_keeps_both(mount, boto, buck
     assert sorted(os.listdir(mount.path)) == ["doc.txt", conflicts[0]]
 
 
+def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto, bucket):
+    """Found by hand (round 31): ours went to NAME.conflict-TIMESTAMP even when that name
+    passed 255 bytes; SeaweedFS refused the key, close said EIO and ours stayed dirty for ever.
+    The conflict name is shortened to fit: ESTALE, ours in S3, nothing left to upload."""
+    name = "é" * 120 + "x" * 10  # 250 bytes
+    path = os.path.join(mount.path, name)
+    with open(path, "wb") as f:
+        f.write(b"v1\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"ours\n")
+    boto.put_object(Bucket=bucket, Key=name, Body=b"theirs\n")
+    with pytest.raises(OSError) as exc:
+        os.close(fd)
+    assert exc.value.errno == errno.ESTALE
+    (aside,) = [k for k in s3_keys(boto, bucket) if k != name]
+    assert re.fullmatch(r"é{115}\.conflict-\d{8}T\d{6}", aside), aside  # 230 + 25 bytes
+    assert s3_bytes(boto, bucket, aside) == b"v1\nours\n" and s3_bytes(boto, bucket, name) == b"theirs\n"
+    assert sorted(os.listdir(mount.path)) == sorted([name, aside])
+    status = subprocess.run([BIN, "status", mount.path], capture_output=True, text=True, check=True)
+    assert "nothing waiting to upload" in status.stdout
+
+
 def test_a_file_created_here_while_another_client_created_it(mount, boto, bucket):
     fd = os.open(os.path.join(mount.path, "new.txt"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"mine")

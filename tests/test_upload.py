@@ -493,3 +493,15 @@ def test_a_file_removed_while_open_keeps_its_released_bytes_for_its_handles(tmp_
     ops.release("/big", fh)
     ops.changes.deletes.flush("")
     assert "big" not in store.objects and not store.uploads
+
+
+def test_a_conflict_name_stays_a_name_and_its_key_fits():
+    """KEY.conflict-TIMESTAMP, its name cut by whole characters to 255 bytes and the key to the room."""
+    suffix = len(".conflict-20260101T000000")
+    assert upload_module.conflict_name("d/f", 1024).startswith("d/f.conflict-")
+    long = upload_module.conflict_name("d/" + "é" * 127 + "x", 1024)  # a 255-byte name
+    assert long.startswith("d/" + "é" * 115 + ".conflict-") and len(long.encode()) == 2 + 255
+    deep = "p" * 990 + "/" + "é" * 5  # the key's room, not the name's length, is the limit
+    cut = upload_module.conflict_name(deep, 1024)
+    assert cut.startswith("p" * 990 + "/éééé.conflict-") and len(cut.encode()) == 1024 == 991 + 8 + suffix
+    assert len(upload_module.conflict_name("ab/" + "é" * 20, 40).encode()) <= 40

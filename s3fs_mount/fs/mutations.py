@@ -205,7 +205,7 @@ class Mutations:
                 log.info("recovered %s: already in S3", item.key)
                 continue
             if current is not None and item.etag and current.etag != item.etag:
-                conflict = conflict_name(item.key)
+                conflict = conflict_name(item.key, self.store.key_room())
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
                 self.staging.rekey(item.key, conflict)
             try:

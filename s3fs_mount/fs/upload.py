@@ -63,6 +63,7 @@ from typing import Any
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
 from s3fs_mount.fs.budget import BufferPool, ByteBudget
 from s3fs_mount.fs.errors import Conflict
+from s3fs_mount.fs.paths import NAME_MAX
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_checksum
@@ -799,7 +800,7 @@ class Uploader:
     def _set_theirs_aside(self, item: StagedFile, theirs: str) -> None:
         """S3's object changed under a stream whose parts hold bytes the cache released: ours can
         only complete at the path, so theirs (version ``theirs``) is copied to the conflict name."""
-        saved_as = conflict_name(item.key)
+        saved_as = conflict_name(item.key, self.store.key_room())
         log.error(
             "%s changed in S3 while ours was streamed (S3 now has %s): ours holds bytes only its "
             "upload has, so ours goes to the path and theirs to %s",
@@ -864,7 +865,7 @@ class Uploader:
     def _keep_both(self, item: StagedFile, generation: int, replaces: str, theirs: str) -> bool:
         """S3's object changed under us: upload ours as KEY.conflict-TIMESTAMP, and say so."""
         key = item.key
-        saved_as = conflict_name(key)
+        saved_as = conflict_name(key, self.store.key_room())
         log.error(
             "%s changed in S3 since this mount saw it (ours replaced ETag %s, S3 now has %s): "
             "theirs stays, ours goes to %s",
@@ -930,9 +931,19 @@ def _copy_spans(layout: PartLayout, length: int) -> list[tuple[int, int]]:
     return spans
 
 
-def conflict_name(key: str) -> str:
-    """Where our version of ``key`` goes when S3's changed meanwhile (also used at recovery)."""
-    return "%s.conflict-%s" % (key, time.strftime("%Y%m%dT%H%M%S"))
+def conflict_name(key: str, room: int) -> str:
+    """Where our version of ``key`` goes when S3's changed meanwhile (also used at recovery):
+    ``KEY.conflict-TIMESTAMP``, its name shortened (by whole characters) to stay a name
+    (NAME_MAX bytes) and its key to fit ``room`` bytes (:meth:`Bucket.key_room`): a longer one
+    S3 refused, and our version stayed dirty for ever. (Under a parent within 25 bytes of the
+    room no name fits: S3 refuses that key, and ours stays staged, as the log says.)"""
+    suffix = ".conflict-%s" % time.strftime("%Y%m%dT%H%M%S")
+    parent, slash, name = key.rpartition("/")
+    fits = min(NAME_MAX, room - len((parent + slash).encode("utf-8", "surrogateescape"))) - len(suffix)
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > fits:
+        name = raw[: max(0, fits)].decode("utf-8", "ignore")
+    return parent + slash + name + suffix
 
 
 class WritebackQueue:

@@ -165,10 +165,15 @@ class Bucket:
         """This bucket without the prefix (itself when it has none)."""
         return Bucket(self.store, self.name) if self.prefix else self
 
+    def key_room(self) -> int:
+        """The longest key (in bytes of UTF-8) of this view that S3 keeps: :data:`KEY_MAX_BYTES`
+        less the prefix."""
+        return KEY_MAX_BYTES - len(self.prefix.encode("utf-8", "surrogateescape"))
+
     def too_long(self, keys: Iterable[str]) -> str | None:
         """The first of ``keys`` that S3 would refuse as longer than :data:`KEY_MAX_BYTES`
         (with this view's prefix), or None when every one fits."""
-        room = KEY_MAX_BYTES - len(self.prefix.encode("utf-8", "surrogateescape"))
+        room = self.key_room()
         for key in keys:
             if len(key.encode("utf-8", "surrogateescape")) > room:
                 return key

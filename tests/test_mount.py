@@ -221,6 +221,28 @@ def test_a_directory_rename_whose_deepest_key_is_too_long_changes_nothing(mount,
     assert os.listdir(p) == ["s" * 50]
 
 
+def test_a_directory_renamed_to_a_name_whose_holder_seaweedfs_refuses_moves_nothing(mount, boto, bucket):
+    """Found by hand (round 31): SeaweedFS keeps a directory's metadata on ``NAME_$folder$`` and
+    refuses a key segment past 255 bytes. A rename to a 250-byte name moved every file, then
+    failed on the holder's copy: ENAMETOOLONG, yet the files were gone from the old name (the
+    mount still listed them there) and the new name could not be opened. Now nothing moves."""
+    p = mount.path
+    os.makedirs(os.path.join(p, "d", "sub"))
+    for name in ("a", "sub/b"):
+        with open(os.path.join(p, "d", name), "w") as f:
+            f.write(name)
+    before = s3_keys(boto, bucket)
+    with pytest.raises(OSError) as info:
+        os.rename(os.path.join(p, "d"), os.path.join(p, "q" * 250))
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert s3_keys(boto, bucket) == before and os.listdir(p) == ["d"]
+    assert "a segment of 259 bytes: this server keeps at most 255" in mount.log()
+    os.rename(os.path.join(p, "d"), os.path.join(p, "q" * 246))  # its holder: 255 bytes
+    assert s3_bytes(boto, bucket, "q" * 246 + "/sub/b") == b"sub/b"
+    with open(os.path.join(p, "q" * 246, "a")) as f:
+        assert f.read() == "a"
+
+
 def test_a_new_name_whose_key_would_pass_1024_bytes_is_refused_at_once(mount, boto, bucket):
     """Found by hand (round 31): a file created where its key would pass S3's 1024 bytes opened
     and took writes, then close said EIO and the file stayed dirty, retried at every mount.

@@ -23,7 +23,7 @@ from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.deletes import DeleteQueue
 from s3fs_mount.fs.errors import Conflict, FsError
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
-from s3fs_mount.fs.paths import KeyMap
+from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader, conflict_name
@@ -103,14 +103,28 @@ class Mutations:
         if self.server_renames:
             log.info("renames: one RenameObject (the server moves the object)")
 
-    def check_keys_fit(self, keys: list[str]) -> None:
+    def check_keys_fit(self, keys: list[str], holder: str | None = None) -> None:
         """Raise FsError(ENAMETOOLONG), saying which, if S3 would refuse one of these new keys as
-        too long: a file created under such a name could never be uploaded (it stayed dirty)."""
-        too_long = self.store.too_long(keys)
+        too long: a file created under such a name could never be uploaded (it stayed dirty).
+
+        ``holder``: a directory's new ``_$folder$`` key. Where directory metadata is kept on
+        those (SeaweedFS), its last segment may not pass NAME_MAX bytes either: that server
+        refuses any longer segment, and a name of 247 to 255 bytes makes one.
+        """
+        too_long = self.store.too_long(keys + ([holder] if holder is not None else []))
         if too_long is not None:
             raise FsError(
                 errno.ENAMETOOLONG,
                 "the key %s... would be longer than S3 keeps (%d bytes)" % (too_long[:60], KEY_MAX_BYTES),
+            )
+        if holder is None or self.namespace.dir_meta_on_marker:
+            return
+        segment = len(holder.rpartition("/")[2].encode("utf-8", "surrogateescape"))
+        if segment > NAME_MAX:
+            raise FsError(
+                errno.ENAMETOOLONG,
+                "the directory's metadata would be on %s..., a segment of %d bytes: this server keeps "
+                "at most %d" % (holder[:60], segment, NAME_MAX),
             )
 
     def _deletes_answered(self, deleted: list[str], failed: list[tuple[str, str]]) -> None:
@@ -418,9 +432,8 @@ class Mutations:
         keys = [e.key for e in entries]
         # Every new name is checked before the first copy: S3 refusing one deep inside would
         # leave the tree half copied under the new name, with rename failing.
-        self.check_keys_fit(
-            [new_prefix, self.keymap.folder_key(new)] + [new_prefix + k[len(old_prefix) :] for k in keys]
-        )
+        new_keys = [new_prefix] + [new_prefix + k[len(old_prefix) :] for k in keys]
+        self.check_keys_fit(new_keys, holder=self.keymap.folder_key(new))
         folder = self.keymap.folder_key(old)
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
             self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})

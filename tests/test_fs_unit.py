@@ -1290,6 +1290,30 @@ def test_a_directory_rename_that_fails_midway_shows_each_file_where_s3_has_it(tm
     assert gone.value.errno == errno.ENOENT
 
 
+@pytest.mark.parametrize("renames", [True, False], ids=["rename_object", "copy"])
+def test_a_dir_rename_failing_on_its_holder_shows_files_where_s3_has_them(tmp_path, monkeypatch, renames):
+    """The files moved (or were copied), then the copy of its _$folder$ holder failed: the mount
+    shows both directories as S3 has them, not the old one as it had it cached."""
+    store = FakeStore(renames=renames, drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    write_file(ops, "/d/a", b"x")
+    assert names(ops, "/d") == ["a"] and "d_$folder$" in store.objects
+    copy_object = store.copy_object
+
+    def refuse_holder(source, destination, *args, **kwargs):
+        if source.key.endswith("_$folder$"):
+            raise S3Error(500, "InternalError", resource=source)
+        return copy_object(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(store, "copy_object", refuse_holder)
+    with pytest.raises(FuseOSError):
+        ops.rename("/d", "/e")
+    in_s3 = {d: sorted(k[2:] for k in store.objects if k.startswith(d + "/") and k != d + "/") for d in "de"}
+    assert in_s3["e"] == ["a"] and in_s3["d"] == ([] if renames else ["a"])
+    assert names(ops, "/d") == in_s3["d"] and names(ops, "/e") == in_s3["e"]
+
+
 def test_a_directory_rename_to_a_name_too_long_for_a_key_under_it_sends_no_request(tmp_path):
     """S3 keys are at most 1024 bytes with the mount's prefix: a rename that would make one
     longer is ENAMETOOLONG before any copy (not half a tree at the new name)."""

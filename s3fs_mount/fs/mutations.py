@@ -449,23 +449,24 @@ class Mutations:
         left = keys  # what is still at the old names once the files are at the new ones
         if self.server_renames:
             left = [e.key for e in entries if e.key.endswith("/")]
-            try:
+        try:
+            if self.server_renames:
                 self.store.run_parallel(
                     (lambda e=e: self.store.rename_object(e.key, new_prefix + e.key[len(old_prefix) :]))
                     for e in files
                 )
-            except BaseException:
-                self.namespace.forget_tree(old)  # some files moved: both are asked again
-                self.namespace.forget_tree(new)
-                raise
-        else:
-            self._copy_keys(files, old_prefix, new_prefix)
-        try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
-            info = self.store.head(folder)
-            self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
-        except S3Error as exc:
-            if not exc.not_found:
-                raise
+            else:
+                self._copy_keys(files, old_prefix, new_prefix)
+            try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
+                info = self.store.head(folder)
+                self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+        except BaseException:
+            self.namespace.forget_tree(old)  # some files moved (or were copied): both are asked again
+            self.namespace.forget_tree(new)
+            raise
         failed = self.store.delete_keys(left + [folder])
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])

@@ -306,6 +306,21 @@ def test_cp_a_both_ways(mount, tmp_path):
     assert _tree(str(tmp_path / "cback")) == _tree(src)
 
 
+def test_mv_of_a_tree_into_the_mount_and_out_again(mount, boto, bucket, tmp_path):
+    """mv across filesystems: a copy of each file, link, mode, time and user.* attribute, then
+    the removal of the source; the tree is whole in S3 and back out, and the mount is left empty."""
+    src = _source_tree(str(tmp_path))
+    want = _tree(src)
+    run("mv", src, os.path.join(mount.path, "moved"))
+    assert not os.path.exists(src) and _tree(os.path.join(mount.path, "moved")) == want
+    assert boto.get_object(Bucket=bucket, Key="moved/sub/b.bin")["Body"].read() == want["sub/b.bin"][1]
+    back = str(tmp_path / "back")
+    run("mv", os.path.join(mount.path, "moved"), back)
+    assert _tree(back) == want and os.getxattr(os.path.join(back, "a.txt"), "user.tag") == b"kept"
+    assert os.listdir(mount.path) == []
+    eventually(lambda: boto.list_objects_v2(Bucket=bucket).get("KeyCount") == 0, what="an empty bucket")
+
+
 def test_tar_in_and_out_keeps_directory_times(mount, tmp_path):
     src = _source_tree(str(tmp_path))
     archive = str(tmp_path / "t.tgz")

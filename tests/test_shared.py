@@ -8,6 +8,7 @@ checked with boto3, straight at the server.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import mmap
 import os
@@ -172,6 +173,36 @@ def test_writes_through_a_shared_mmap_reach_s3(mount, boto, bucket):
     eventually(lambda: s3_bytes(boto, bucket, "mapped.bin") == bytes(data), what="the mapped writes in S3")
     with open(path, "rb") as f:
         assert f.read() == bytes(data)
+
+
+LOCK_TRY = """
+import fcntl, sys
+with open(sys.argv[1], "r+") as f:
+    try:
+        (fcntl.flock if sys.argv[2] == "flock" else fcntl.lockf)(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("busy")
+    else:
+        print("got it")
+"""
+
+
+@pytest.mark.parametrize("kind", ["flock", "lockf"])
+def test_a_lock_held_by_one_process_keeps_another_out(mount, kind):
+    """flock and fcntl (POSIX) locks between processes of one mount: the kernel's, per file."""
+    path = os.path.join(mount.path, "locked")
+    open(path, "w").close()
+
+    def other() -> str:
+        return subprocess.run([sys.executable, "-c", LOCK_TRY, path, kind], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    lock = fcntl.flock if kind == "flock" else fcntl.lockf
+    with open(path, "r+") as f:
+        lock(f, fcntl.LOCK_EX)
+        assert other() == "busy"
+        lock(f, fcntl.LOCK_UN)
+        assert other() == "got it"
 
 
 def test_a_reader_sees_only_states_that_existed(mount, boto, bucket):

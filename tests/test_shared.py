@@ -558,6 +558,35 @@ def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto
     assert "nothing waiting to upload" in status.stdout
 
 
+def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(mount, boto, bucket):
+    """Another client's PUT while a process reads a large object here: the reader gets the
+    bytes of the version it opened, then EIO with a log line, never the new version's bytes."""
+    size = 48 * MiB
+    boto.put_object(Bucket=bucket, Key="big", Body=b"A" * size)
+    fd = os.open(os.path.join(mount.path, "big"), os.O_RDONLY)
+    try:
+        got = [os.pread(fd, 1024, 0)]
+        boto.put_object(Bucket=bucket, Key="big", Body=b"B" * size)
+        offset, failed = 1024, None
+        while offset < size:
+            try:
+                chunk = os.pread(fd, MiB, offset)
+            except OSError as exc:
+                failed = exc
+                break
+            assert chunk, offset
+            got.append(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    assert b"".join(got) == b"A" * offset
+    assert failed is None or failed.errno == errno.EIO, failed
+    if failed is not None:  # (none if the version opened was all read ahead before the PUT)
+        assert "was replaced in S3 by another client" in read_log(mount)
+        with open(os.path.join(mount.path, "big"), "rb") as f:  # the mount asked S3 again
+            assert f.read(10) == b"B" * 10
+
+
 def test_a_file_created_here_while_another_client_created_it(mount, boto, bucket):
     fd = os.open(os.path.join(mount.path, "new.txt"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"mine")

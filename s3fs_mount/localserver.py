@@ -38,6 +38,7 @@ Things worth knowing about SeaweedFS 4.x (found by experiment):
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import glob
 import json
@@ -49,6 +50,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -146,6 +148,33 @@ def _acquire(
             waiting(holder)
             told = True
         time.sleep(0.2)
+
+
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _dies_with_us() -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which the child gets SIGTERM when this process dies (Linux's
+    PR_SET_PDEATHSIG), or None where that cannot hold.
+
+    A mount killed by SIGKILL (or the OOM killer) left its weed running: it kept the data
+    directory, and the next ``--local`` mount of it failed on weed's own lock. The signal is
+    tied to the thread that starts the child, so only the main thread asks for it.
+    """
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # we died before the prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def wait_until_free(
@@ -457,6 +486,10 @@ class LocalS3Server:
                 cwd=self.data_dir,
                 env=env,
                 start_new_session=True,
+                # It holds the data directory's lock as long as it lives (the next mount waits
+                # for it), and ends when we do, however we end.
+                pass_fds=() if self._lock_fd is None else (self._lock_fd,),
+                preexec_fn=_dies_with_us(),
             )
 
     def start(self, ready: Callable[[], bool] | None = None, timeout: float = 60.0) -> None:

@@ -171,6 +171,38 @@ def test_local_quick_start_keeps_data_and_endpoint_across_an_immediate_remount(t
 
 
 
+def test_a_local_mount_killed_by_sigkill_takes_its_server_along_and_mounts_again(tmp_path):
+    """Found by hand (round 31): a --local mount killed by SIGKILL left its weed running, holding
+    the data directory, and the next mount of it failed ("the embedded S3 server exited (code
+    255) ... leveldb2: resource temporarily unavailable"). Its weed now ends with it; the next
+    mount waits for that, and a file the killed mount had not yet closed is there."""
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    mnt.mkdir()
+    opts = "cache_dir=%s" % (tmp_path / "c")
+    r = run("-o", opts, "--local", str(data), str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        (mnt / "closed.txt").write_text("closed")
+        held = open(mnt / "open.txt", "w")
+        held.write("written, not closed")
+        held.flush()
+        pid = int((data / "server.lock").read_text().split()[1].rstrip(","))  # "pid N, mounted on ..."
+        os.kill(pid, signal.SIGKILL)
+        wait_gone("s3fs-mount.*--local %s " % data)
+        with pytest.raises(OSError):
+            held.close()  # its mount is gone (ENOTCONN)
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+    r = run("-o", opts, "--local", str(data), str(mnt))
+    try:
+        assert r.returncode == 0, r.stderr
+        assert (mnt / "closed.txt").read_text() == "closed"
+        assert (mnt / "open.txt").read_text() == "written, not closed"  # recovered from the cache
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+        wait_gone(str(data), timeout=90)
+
+
 _REQUEST_LINE = re.compile(r"\b(GET|PUT|HEAD|POST|DELETE) \S* \S* (\d{3}) \d+ms up=(\d+) down=(\d+)$")
 
 

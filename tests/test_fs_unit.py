@@ -1415,6 +1415,34 @@ def test_xattrs_of_an_unlinked_open_file_stay_readable_by_its_hidden_name(tmp_pa
     assert store.objects == {}
 
 
+def test_a_file_replaced_while_open_opens_again_by_its_hidden_name_until_libfuse_unlinks_it(tmp_path):
+    """os.replace over a file another process has open: libfuse renames the open file to a
+    .fuse_hidden name, then the new one over its name; an open the kernel sends for the old
+    file meanwhile (it had looked the name up just before) comes by the hidden name, and opens
+    the old file (it was ENOENT), until libfuse unlinks that name after its last close."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    write_file(ops, "/cfg", b"old")
+    write_file(ops, "/tmp1", b"new!")
+    reader = ops.open("/cfg", os.O_RDONLY)
+    ops.rename("/cfg", "/.fuse_hidden0001")  # libfuse: the target is open, hide it first
+    old = ops._hidden["/.fuse_hidden0001"]
+    again = ops.open("/.fuse_hidden0001", os.O_RDONLY)
+    ops.rename("/tmp1", "/cfg")
+    assert ops.read("/.fuse_hidden0001", 10, 0, again) == b"old"
+    ops.release("/.fuse_hidden0001", reader)
+    ops.release("/.fuse_hidden0001", again)  # every handle closed; the name not yet unlinked
+    late = ops.open("/.fuse_hidden0001", os.O_RDONLY)
+    assert ops.read("/.fuse_hidden0001", 10, 0, late) == b"old"
+    ops.release("/.fuse_hidden0001", late)
+    ops.unlink("/.fuse_hidden0001")  # libfuse, after the last close
+    with pytest.raises(FuseOSError) as gone:
+        ops.open("/.fuse_hidden0001", os.O_RDONLY)
+    assert gone.value.errno == errno.ENOENT
+    assert ops._hidden == {} and sorted(store.objects) == ["cfg"]
+    assert not os.path.exists(old.data_path)  # the old file's copy went with its name
+
+
 def test_an_unlinked_open_file_follows_a_rename_of_its_directory(tmp_path):
     """libfuse keeps .fuse_hidden names in the file's directory, and renames them with it."""
     store = FakeStore()

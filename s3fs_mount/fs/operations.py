@@ -179,7 +179,8 @@ class S3Operations(Operations):
             else None
         )
         self._handles: dict[int, Handle] = {}  # GUARDED_BY(_lock)
-        #: .fuse_hidden path -> the unlinked file its handles still use (see _hide)
+        #: .fuse_hidden path -> the unlinked file its handles still use; each holds one open of
+        #: its file until libfuse unlinks the name (see _hide)
         self._hidden: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         #: Names of large directories the kernel is told to forget once it would ask again anyway
@@ -338,12 +339,37 @@ class S3Operations(Operations):
             raise FsError(errno.ENOENT)
         return item
 
+    def _open_hidden(self, path: str, writable: bool, flags: int) -> int:
+        """An open of a file unlinked, or replaced by a rename, while open: the kernel had looked
+        its name up just before, and libfuse calls it by its .fuse_hidden name now. It opens, as
+        on a local disk (readers of a file another process replaced by ``os.replace`` got ENOENT
+        in the moment between libfuse's two renames)."""
+        item = self._hidden_item(path)
+        if not self.staging.reopen(item):
+            raise FsError(errno.ENOENT)
+        try:
+            if writable and flags & os.O_TRUNC:
+                self._truncate_item(item, 0)
+        except BaseException:
+            self.staging.release(item)
+            raise
+        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND))
+
     def _hide(self, path: str, hidden: str) -> None:
-        """libfuse's unlink of an open file: gone from S3 and from listings, alive through its handles."""
+        """libfuse's unlink of an open file: gone from S3 and from listings, alive through its
+        handles and, for an open through its hidden name (:meth:`_open_hidden`), until libfuse
+        unlinks that name (after its last close): the name counts as one more open."""
+        # Counted before the removal: the last handle may be closing at this moment (libfuse
+        # counts it open until that close returns), and an unlinked file with none goes away.
+        held = self.staging.get(self.keymap.key(path))
+        if held is not None and not self.staging.reopen(held):
+            held = None
         item = self.changes.remove_file(path)
-        if item is not None:
+        if held is not None and item is held:
             with self._lock:
                 self._hidden[hidden] = item
+        elif held is not None:
+            self.staging.release(held)
 
     def _parent_dir(self, path: str) -> None:
         """``path``'s parent is a directory (else ENOTDIR), and a new name may be ``path`` (else
@@ -500,6 +526,8 @@ class S3Operations(Operations):
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if writable:
             self._writable()
+        if _is_hidden(path):
+            return self._open_hidden(path, writable, flags)
         key = self.keymap.key(path)
         staged = self.staging.get(key)
         if staged is not None and (staged.dirty or staged.uploading):
@@ -646,7 +674,9 @@ class S3Operations(Operations):
         self._writable()
         if _is_hidden(path):  # the last close of a file unlinked while open
             with self._lock:
-                self._hidden.pop(path, None)
+                item = self._hidden.pop(path, None)
+            if item is not None:
+                self.staging.release(item)  # the count its hidden name held
             return
         # Whether it is a directory is all an unlink needs: a listing says (no HEAD for the mode).
         known = self._known_attributes(path)

@@ -1044,6 +1044,15 @@ class StagingCache:
             raise
         return item, False
 
+    def reopen(self, item: StagedFile) -> bool:
+        """One more open of ``item``, unlinked while open; False if its last handle has closed
+        meanwhile (it is gone)."""
+        with self._lock:
+            if item.unlinked and item.open_count <= 0:
+                return False
+            self._count_open(item)
+            return True
+
     def release(self, item: StagedFile) -> None:
         """One open handle fewer; an unlinked, closed item goes away."""
         with self._lock:

@@ -360,6 +360,46 @@ def test_a_close_while_another_write_is_landing_leaves_the_file_dirty(tmp_path, 
     assert store.objects["big"].data == bytes(data) and not store.uploads
 
 
+def test_a_part_written_over_at_every_send_goes_a_bounded_number_of_times(tmp_path, monkeypatch):
+    # Ten writes at once (pages of a mapping written back) are let by before part 1 goes up, and
+    # one lands each time it goes up: the close sends it again a bounded number of times, then
+    # completes and leaves the file dirty (S3 may lack the last bytes); once the other writes
+    # are done, the next flush puts the newest bytes.
+    store = FakeStore()
+    uploader, cache = uploader_at(tmp_path, store)
+    item, _ = cache.acquire("big")
+    data = bytearray(os.urandom(12 * MiB))
+    write_through(uploader, item, bytes(data[: 4 * MiB]))
+    waiting = [(4096 * k, b"%05d" % k) for k in range(10)]
+    for offset, stamp in waiting:
+        uploader.before_write(item, offset, len(stamp))
+    real = FakeMultipart.upload_part
+    sends = []
+
+    def land(offset, stamp):
+        item.write(offset, stamp)
+        uploader.after_write(item, offset, stamp)
+        uploader.done_writing(item, offset, len(stamp))
+        data[offset : offset + len(stamp)] = stamp
+
+    def upload_part(self, n, body, checksum=None):
+        etag = real(self, n, body, checksum)
+        if n == 1:
+            sends.append(n)
+            land(*waiting.pop(0))
+        return etag
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+    write_through(uploader, item, bytes(data[4 * MiB :]), offset=4 * MiB)
+    assert not uploader.flush(item)
+    assert len(sends) == 1 + upload_module.RESENDS and item.view().dirty
+    monkeypatch.undo()
+    while waiting:
+        land(*waiting.pop(0))
+    assert uploader.flush(item)
+    assert store.objects["big"].data == bytes(data) and not store.uploads
+
+
 def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):
     store = FakeStore()
     uploader, cache = uploader_at(tmp_path, store)

@@ -229,6 +229,9 @@ class UploadState:
         #: GUARDED_BY(lock): the upload under way, a stream, may lack bytes written before it
         #: began (see :meth:`Uploader._finish_stream`): the item stays dirty.
         self.missed = False
+        #: GUARDED_BY(lock): what S3 holds after the upload under way, a whole file in parts of a
+        #: stream's layout: once the file is clean, the next write streams on from it.
+        self.whole_base: StreamBase | None = None
 
 
 class Uploader:
@@ -706,7 +709,7 @@ class Uploader:
             with state.lock:
                 if not isinstance(state.stream, StreamingUpload):
                     state.uploaded_bytes = 0
-                state.missed = False
+                state.missed, state.whole_base = False, None
             started = time.monotonic()
             try:
                 etag, size = self._upload(item, replaces)
@@ -727,6 +730,14 @@ class Uploader:
             if missed:
                 log.info("%s: written over as its parts went up: uploaded again at the next flush", item.key)
             clean = item.mark_clean(generation, etag, size, changed=missed)
+            with state.lock:
+                # Uploaded whole (a stream failed, or none was under way) while still written (an
+                # fsync): the next write streams on from what S3 has, so that a later fsync does
+                # not send it all again. Not if a write landed since (its after_write drops a base
+                # it falls on; one that landed before this is told by the generation).
+                base, state.whole_base = state.whole_base, None
+                if clean and base and state.stream is None and item.view().generation == generation:
+                    state.stream, state.stream_off = base, False
             log.debug("uploaded %s (%d bytes) in %.2fs", item.key, size, time.monotonic() - started)
         if not clean and item.holes() and self.refill is not None:
             # Written while a stream with released bytes completed: those bytes are now only in
@@ -796,6 +807,11 @@ class Uploader:
             abort=lambda mpu: self.abort_upload(item, mpu.upload_id),
         )
         item.forget_upload(begun[0].upload_id)
+        layout = PartLayout(part_size_for(size, self.part_size))
+        whole = layout.whole(size)
+        same = layout.base == self.stream_layout.base and layout.count(whole) <= self.stream_layout.per_step
+        with state.lock:
+            state.whole_base = StreamBase(etag, whole, self.stream_layout) if whole and same else None
         return etag, size
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:

@@ -281,6 +281,17 @@ def test_a_truncate_forgets_the_bytes_counted(tmp_path):
     assert all(kind != "FileSpan" for _, kind in store.bodies)
 
 
+def four_mib_in(tmp_path, store: FakeStore, size: int) -> tuple[Uploader, StagedFile, bytearray]:
+    """A new file "big" of ``size`` random bytes (returned), its first 4 MiB written: part 1
+    (5 MiB) is not yet under way."""
+    uploader, cache = uploader_at(tmp_path, store)
+    uploader.configure_checksums()
+    item, _ = cache.acquire("big")
+    data = bytearray(os.urandom(size))
+    write_through(uploader, item, bytes(data[: 4 * MiB]))
+    return uploader, item, data
+
+
 def land_on_part(monkeypatch, item: StagedFile, number: int, offset: int, patch: bytes, when: str):
     """Another writer's bytes ``patch`` land at ``offset`` while part ``number`` goes up the first
     time: ``"during"`` its send (read by the server: a CRC32 made from the writes no longer
@@ -317,11 +328,7 @@ def test_a_write_that_lands_on_a_part_while_or_after_it_goes_up_makes_it_go_agai
     # not yet sent) and lands while part 1 goes up, or just after: S3 must end with its bytes.
     store = FakeStore()
     store.crc32_checks = crc32
-    uploader, cache = uploader_at(tmp_path, store)
-    uploader.configure_checksums()
-    item, _ = cache.acquire("big")
-    data = bytearray(os.urandom(12 * MiB))
-    write_through(uploader, item, bytes(data[: 4 * MiB]))
+    uploader, item, data = four_mib_in(tmp_path, store, 12 * MiB)
     uploader.before_write(item, 100, 5)  # the other writer: part 1 is not under way yet
     landed, sends = land_on_part(monkeypatch, item, 1, 100, b"PATCH", when)
     write_through(uploader, item, bytes(data[4 * MiB :]), offset=4 * MiB)  # part 1 goes up
@@ -343,10 +350,7 @@ def test_a_close_while_another_write_is_landing_leaves_the_file_dirty(tmp_path, 
     # close) completes the stream before that writer is done: the object may lack its bytes, so
     # the file stays dirty, with no base to stream on from, and the next flush puts them.
     store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store)
-    item, _ = cache.acquire("big")
-    data = bytearray(os.urandom(15 * MiB))
-    write_through(uploader, item, bytes(data[: 4 * MiB]))
+    uploader, item, data = four_mib_in(tmp_path, store, 15 * MiB)
     uploader.before_write(item, 100, 5)
     landed, _ = land_on_part(monkeypatch, item, 1, 100, b"PATCH", "after")
     write_through(uploader, item, bytes(data[4 * MiB :]), offset=4 * MiB)
@@ -366,10 +370,7 @@ def test_a_part_written_over_at_every_send_goes_a_bounded_number_of_times(tmp_pa
     # completes and leaves the file dirty (S3 may lack the last bytes); once the other writes
     # are done, the next flush puts the newest bytes.
     store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store)
-    item, _ = cache.acquire("big")
-    data = bytearray(os.urandom(12 * MiB))
-    write_through(uploader, item, bytes(data[: 4 * MiB]))
+    uploader, item, data = four_mib_in(tmp_path, store, 12 * MiB)
     waiting = [(4096 * k, b"%05d" % k) for k in range(10)]
     for offset, stamp in waiting:
         uploader.before_write(item, offset, len(stamp))

@@ -5,7 +5,10 @@ grows past the multipart threshold starts a multipart upload at once; each
 part is sent, in the background, as soon as the writer has filled it, so
 close waits only for the tail. A write behind what was already sent, or a
 truncate, or a part that fails, abandons the stream (one log line says why,
-:meth:`Uploader.abandon`) and the close uploads the file whole.
+:meth:`Uploader.abandon`) and the close uploads the file whole. A write let by
+while its part was not yet under way that lands on it once it is (another
+writer of the file filled it meanwhile) makes that part go again at the close
+(:meth:`Uploader.before_write`); a file uploaded whole mid-write streams on.
 
 **Larger than the cache.** When the cache has no room for the next write, the
 parts already in S3 are released from the staged file (punched out, recorded

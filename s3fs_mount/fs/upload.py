@@ -823,6 +823,7 @@ class Uploader:
         state = self._state(item)
         size = item.view().size
         with state.lock:
+            read_before = stream.sent_until  # the parts submitted before this upload began
             spans = list(stream.layout.spans(size, stream.copied_parts + 1 + stream.skipped))
             stream.next_part = max(stream.next_part, stream.copied_parts + 1 + len(spans))
             futures = dict(stream.futures)
@@ -864,11 +865,13 @@ class Uploader:
                 replaces = clash.theirs
         whole_parts = stream.layout.whole(size)
         with state.lock:
-            # A part written over and not sent again, or a write whose bytes may land on the parts
-            # at any moment: S3 may lack bytes written before this upload began.
-            state.missed = bool(stream.stale) or any(start < size for start, _ in state.writing)
-            # The next write streams on from here, copying what S3 now has.
-            whole = whole_parts and not state.missed
+            # A part written over and not sent again, or a write in progress that may land on a
+            # part read before this upload began (the generation tells of the others): S3 may
+            # lack bytes written before it began.
+            state.missed = bool(stream.stale) or any(start < read_before for start, _ in state.writing)
+            # The next write streams on from here, copying what S3 now has (a write in progress
+            # that lands on these bytes drops the base, see _written_over).
+            whole = whole_parts and not stream.stale
             state.stream = StreamBase(etag, whole_parts, stream.layout) if whole else None
         item.forget_upload(stream.mpu.upload_id)
         if item.view().times_pinned or self.headers(item, with_times=False) != stream.headers:

@@ -701,12 +701,9 @@ def test_a_retried_put_whose_first_attempt_landed_is_no_conflict(tmp_path, monke
     assert not [k for k in store.objects if "conflict" in k]
 
 
-def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
-    store = FakeStore()
-    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
-    data = os.urandom(31 * MiB)
-    fh = ops.create("/big", 0o644)
-    sent = 0
+def count_parts_sent(store: FakeStore) -> list[int]:
+    """The bytes of every part sent (not copied) from now on, in a list of one number."""
+    sent = [0]
     real = store.start_multipart
 
     def counting(name, headers=None, checksum=True):
@@ -714,14 +711,22 @@ def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
         upload = mpu.upload_part
 
         def part(number, body, checksum=None):
-            nonlocal sent
-            sent += len(body)
+            sent[0] += len(body)
             return upload(number, body, checksum)
 
         mpu.upload_part = part
         return mpu
 
     store.start_multipart = counting
+    return sent
+
+
+def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = os.urandom(31 * MiB)
+    fh = ops.create("/big", 0o644)
+    counted = count_parts_sent(store)
     for n, off in enumerate(range(0, len(data), MiB)):
         ops.write("/big", data[off : off + MiB], off, fh)
         if n in (11, 22):
@@ -731,7 +736,40 @@ def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
     ops.release("/big", fh)
     assert store.objects["big"].data == data
     assert store.calls["COPY part"] >= 2  # the bytes already in S3 were copied, not sent again
-    assert sent <= len(data) + 2 * 5 * MiB  # at most one partial part again per fsync
+    assert counted[0] <= len(data) + 2 * 5 * MiB  # at most one partial part again per fsync
+
+
+def test_after_an_fsync_that_uploaded_whole_the_next_writes_stream_again(tmp_path, monkeypatch):
+    # The flake of test_shared's 1 GiB write with an fsync every 100 MiB (3,836 MiB sent): under
+    # load one copy of the bytes already in S3 failed (a copy of hundreds of MiB outlasts the read
+    # timeout); the stream was abandoned and the file uploaded whole, as it must be. But from then
+    # on the file never streamed again: every later fsync, and the close, sent it all again.
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = os.urandom(60 * MiB)
+    fh = ops.create("/big", 0o644)
+    counted = count_parts_sent(store)
+    real_copy = FakeMultipart.copy_part
+    failed = []
+
+    def copy_fails_once(self, number, source, first, last, if_match=None):
+        if not failed:
+            failed.append(last - first + 1)
+            raise S3Error(500, "InternalError", "the copy timed out")
+        return real_copy(self, number, source, first, last, if_match)
+
+    monkeypatch.setattr(FakeMultipart, "copy_part", copy_fails_once)
+    for n, off in enumerate(range(0, len(data), MiB)):
+        ops.write("/big", data[off : off + MiB], off, fh)
+        if n % 12 == 11:
+            ops.fsync("/big", 0, fh)
+            assert store.objects["big"].data == data[: off + MiB]
+    ops.flush("/big", fh)
+    ops.release("/big", fh)
+    assert store.objects["big"].data == data and failed == [10 * MiB]
+    assert store.calls["COPY part"] >= 3  # after the whole upload (24 MiB), copies again
+    # One whole upload at the fsync whose copy failed; else at most one partial part per fsync.
+    assert counted[0] <= len(data) + 24 * MiB + 5 * 5 * MiB, counted[0] / MiB
 
 
 # -- directories: where their metadata lives, and their times --------------------------------------

@@ -7,18 +7,23 @@ or response body on demand; what reached S3 is checked with boto3, directly.
 from __future__ import annotations
 
 import base64
+import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import re
 import zlib
 
 import pytest
 import s3rig
+from waiting import eventually
 
 pytestmark = pytest.mark.fuse
 
 MiB = 1 << 20
+_libc = ctypes.CDLL(None, use_errno=True)
+SYNC_FILE_RANGE_WRITE = 2
 
 
 def proxy_yaml(tmp_path, s3config: dict, proxy) -> str:
@@ -257,6 +262,45 @@ def test_parts_written_in_order_go_from_the_staged_file_with_the_crc32s_of_the_w
     for number, crc in ((1, crcs[0]), (2, crcs[1])):
         line = "big: part %d sent from the staged file with the CRC32:%s of its writes"
         assert line % (number, base64.b64encode(crc).decode()) in log
+
+
+def test_a_write_that_lands_on_a_part_just_after_it_went_up_makes_it_go_again(
+    mount_factory, boto, bucket, tmp_path
+):
+    # Two writers of one file: write() in order, and a shared mapping whose dirty page the
+    # kernel writes back (no file lock held: the way two writes of one file reach the mount at
+    # once; write()s of a file come one at a time). The page's write (at 4096) is let by while
+    # part 1 (8 MiB) is not yet under way, and held (the mount's test gate) until the first
+    # writer has filled part 1 and S3 has it: its bytes land on a part already sent. Before, the
+    # close completed the upload with that part's old bytes and called the file clean: the
+    # page written was lost.
+    gate = tmp_path / "gate"
+    mount = mount_factory("debug", env={"S3FS_MOUNT_TEST_WRITE_GATE": "4096:%s" % gate}).start()
+    path = os.path.join(mount.path, "big")
+    data = bytearray(os.urandom(20 * MiB))
+    with open(path, "wb") as first:
+        first.write(data[: 4 * MiB])
+        first.flush()
+        with open(path, "r+b") as second, mmap.mmap(second.fileno(), 2 * mmap.PAGESIZE) as mapped:
+            mapped[4096 + 100 : 4096 + 105] = b"PATCH"
+            # The page goes to the mount as the kernel's writeback does (msync would hold the
+            # file's lock meanwhile, and so keep the other writer out).
+            assert _libc.sync_file_range(second.fileno(), 4096, 4096, SYNC_FILE_RANGE_WRITE) == 0
+            held = "test gate: the write at 4096 waits"
+            eventually(lambda: held in mount.log(), 120, "the page's write held")
+            for at in range(4 * MiB, len(data), MiB):  # part 1 fills and goes up
+                first.write(data[at : at + MiB])
+            first.flush()
+            (upload,) = boto.list_multipart_uploads(Bucket=bucket)["Uploads"]
+            eventually(
+                lambda: boto.list_parts(Bucket=bucket, Key="big", UploadId=upload["UploadId"]).get("Parts"),
+                120,
+                "part 1 in S3",
+            )
+            gate.touch()  # the page's bytes land on part 1, in S3 already
+    data[4096 + 100 : 4096 + 105] = b"PATCH"
+    assert s3_bytes(boto, bucket, "big") == bytes(data)
+    assert "big: a write at 4096 landed on part(s) 1-1 already under way: sent again" in mount.log()
 
 
 def put_with_checksum(boto, bucket: str, key: str, data: bytes, algorithm: str, part: int = 0,

@@ -46,6 +46,7 @@ def write_through(uploader: Uploader, item: StagedFile, data: bytes, offset: int
         uploader.before_write(item, at, len(piece))
         item.write(at, piece)
         uploader.after_write(item, at, piece)
+        uploader.done_writing(item, at, len(piece))
 
 
 def fail_part(monkeypatch, number: int) -> threading.Event:
@@ -278,6 +279,126 @@ def test_a_truncate_forgets_the_bytes_counted(tmp_path):
     expected = data[: 2 * MiB] + bytes(2 * MiB) + rest
     assert store.objects["big"].data == expected
     assert all(kind != "FileSpan" for _, kind in store.bodies)
+
+
+def four_mib_in(tmp_path, store: FakeStore, size: int) -> tuple[Uploader, StagedFile, bytearray]:
+    """A new file "big" of ``size`` random bytes (returned), its first 4 MiB written: part 1
+    (5 MiB) is not yet under way."""
+    uploader, cache = uploader_at(tmp_path, store)
+    uploader.configure_checksums()
+    item, _ = cache.acquire("big")
+    data = bytearray(os.urandom(size))
+    write_through(uploader, item, bytes(data[: 4 * MiB]))
+    return uploader, item, data
+
+
+def land_on_part(monkeypatch, item: StagedFile, number: int, offset: int, patch: bytes, when: str):
+    """Another writer's bytes ``patch`` land at ``offset`` while part ``number`` goes up the first
+    time: ``"during"`` its send (read by the server: a CRC32 made from the writes no longer
+    holds; a part read back and checksummed already is sent without them), ``"after"`` it (S3
+    has the old bytes). Returns an event set once they landed, and the sends of each part."""
+    real = FakeMultipart.upload_part
+    landed = threading.Event()
+    sends: dict[int, int] = {}
+
+    def upload_part(self, n, data, checksum=None):
+        sends[n] = sends.get(n, 0) + 1
+        if n != number or landed.is_set():
+            return real(self, n, data, checksum)
+        if when == "during":
+            item.write(offset, patch)
+            landed.set()
+            return real(self, n, data, checksum)
+        try:
+            return real(self, n, data, checksum)
+        finally:
+            item.write(offset, patch)
+            landed.set()
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+    return landed, sends
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+@pytest.mark.parametrize("crc32", [False, True], ids=["md5 parts read back", "crc32 parts from the file"])
+def test_a_write_that_lands_on_a_part_while_or_after_it_goes_up_makes_it_go_again(
+    tmp_path, monkeypatch, caplog, crc32, when
+):
+    # Two writers: one writes the file in order; the other's write at 100 is let by (part 1 is
+    # not yet sent) and lands while part 1 goes up, or just after: S3 must end with its bytes.
+    store = FakeStore()
+    store.crc32_checks = crc32
+    uploader, item, data = four_mib_in(tmp_path, store, 12 * MiB)
+    uploader.before_write(item, 100, 5)  # the other writer: part 1 is not under way yet
+    landed, sends = land_on_part(monkeypatch, item, 1, 100, b"PATCH", when)
+    write_through(uploader, item, bytes(data[4 * MiB :]), offset=4 * MiB)  # part 1 goes up
+    assert landed.wait(30)
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        uploader.after_write(item, 100, b"PATCH")
+        uploader.done_writing(item, 100, 5)
+        data[100:105] = b"PATCH"
+        assert uploader.flush(item)
+    assert store.objects["big"].data == bytes(data) and not store.uploads
+    assert "landed on part(s) 1-1 already under way: sent again" in caplog.text
+    assert not abandoned(caplog)  # only that part went again, the stream was kept
+    assert sends == {1: 2, 2: 1, 3: 1}
+    assert not item.view().dirty
+
+
+def test_a_close_while_another_write_is_landing_leaves_the_file_dirty(tmp_path, monkeypatch):
+    # The other writer's bytes land just after part 1 went up, and a flush (another handle's
+    # close) completes the stream before that writer is done: the object may lack its bytes, so
+    # the file stays dirty, with no base to stream on from, and the next flush puts them.
+    store = FakeStore()
+    uploader, item, data = four_mib_in(tmp_path, store, 15 * MiB)
+    uploader.before_write(item, 100, 5)
+    landed, _ = land_on_part(monkeypatch, item, 1, 100, b"PATCH", "after")
+    write_through(uploader, item, bytes(data[4 * MiB :]), offset=4 * MiB)
+    assert landed.wait(30)
+    data[100:105] = b"PATCH"
+    assert not uploader.flush(item)  # S3 has the file as it was before the write: not clean
+    assert item.view().dirty
+    uploader.after_write(item, 100, b"PATCH")
+    uploader.done_writing(item, 100, 5)
+    assert uploader.flush(item)
+    assert store.objects["big"].data == bytes(data) and not store.uploads
+
+
+def test_a_part_written_over_at_every_send_goes_a_bounded_number_of_times(tmp_path, monkeypatch):
+    # Ten writes at once (pages of a mapping written back) are let by before part 1 goes up, and
+    # one lands each time it goes up: the close sends it again a bounded number of times, then
+    # completes and leaves the file dirty (S3 may lack the last bytes); once the other writes
+    # are done, the next flush puts the newest bytes.
+    store = FakeStore()
+    uploader, item, data = four_mib_in(tmp_path, store, 12 * MiB)
+    waiting = [(4096 * k, b"%05d" % k) for k in range(10)]
+    for offset, stamp in waiting:
+        uploader.before_write(item, offset, len(stamp))
+    real = FakeMultipart.upload_part
+    sends = []
+
+    def land(offset, stamp):
+        item.write(offset, stamp)
+        uploader.after_write(item, offset, stamp)
+        uploader.done_writing(item, offset, len(stamp))
+        data[offset : offset + len(stamp)] = stamp
+
+    def upload_part(self, n, body, checksum=None):
+        etag = real(self, n, body, checksum)
+        if n == 1:
+            sends.append(n)
+            land(*waiting.pop(0))
+        return etag
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+    write_through(uploader, item, bytes(data[4 * MiB :]), offset=4 * MiB)
+    assert not uploader.flush(item)
+    assert len(sends) == 1 + upload_module.RESENDS and item.view().dirty
+    monkeypatch.undo()
+    while waiting:
+        land(*waiting.pop(0))
+    assert uploader.flush(item)
+    assert store.objects["big"].data == bytes(data) and not store.uploads
 
 
 def test_a_write_behind_the_stream_abandons_it_and_says_why(tmp_path, caplog):

@@ -41,7 +41,7 @@ from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState
 from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
-from s3fs_mount.fs.upload import Uploader, WritebackQueue
+from s3fs_mount.fs.upload import WRITE_GATE, Uploader, WritebackQueue, hold_at_write_gate
 
 if TYPE_CHECKING:  # handed on to the units below, never asked anything here
     from s3fs_mount.s3.bucket import Bucket
@@ -600,8 +600,13 @@ class S3Operations(Operations):
         if h.append:
             offset = h.item.size  # the uploader's check below sees an offset at or past the end
         self.uploader.before_write(h.item, offset, len(data))
-        written = h.item.write(offset, data, append=h.append)
-        self.uploader.after_write(h.item, None if h.append else offset, data)
+        try:
+            if WRITE_GATE:
+                hold_at_write_gate(offset)
+            written = h.item.write(offset, data, append=h.append)
+            self.uploader.after_write(h.item, None if h.append else offset, data)
+        finally:
+            self.uploader.done_writing(h.item, offset, len(data))
         return written
 
     def _checkpoint(self, item: StagedFile, why: str) -> None:

@@ -788,8 +788,11 @@ class StagedFile:
             if upload_id in self.upload_ids:
                 self.upload_ids.remove(upload_id)
 
-    def mark_clean(self, generation: int, etag: str, uploaded_size: int | None = None) -> bool:
-        """After an upload of ``generation`` (``uploaded_size`` bytes): clean unless it changed meanwhile.
+    def mark_clean(
+        self, generation: int, etag: str, uploaded_size: int | None = None, changed: bool = False
+    ) -> bool:
+        """After an upload of ``generation`` (``uploaded_size`` bytes): clean unless it changed
+        meanwhile (or the upload says it may lack some of its bytes: ``changed``).
 
         Either way S3 now holds version ``etag``, and every handle of the item
         moves to it: its bytes are all local, so no read asks S3 for the old one;
@@ -801,7 +804,7 @@ class StagedFile:
             self.etag = etag
             self.etag_since = self.cache.clock.monotonic()
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
-            if self.generation != generation:
+            if changed or self.generation != generation:
                 return False
             self.dirty = False
             keep = bool(self.upload_ids)  # aborts still owed: the record remembers them

@@ -5,7 +5,10 @@ grows past the multipart threshold starts a multipart upload at once; each
 part is sent, in the background, as soon as the writer has filled it, so
 close waits only for the tail. A write behind what was already sent, or a
 truncate, or a part that fails, abandons the stream (one log line says why,
-:meth:`Uploader.abandon`) and the close uploads the file whole.
+:meth:`Uploader.abandon`) and the close uploads the file whole. A write let by
+while its part was not yet under way that lands on it once it is (another
+writer of the file filled it meanwhile) makes that part go again at the close
+(:meth:`Uploader.before_write`); a file uploaded whole mid-write streams on.
 
 **Larger than the cache.** When the cache has no room for the next write, the
 parts already in S3 are released from the staged file (punched out, recorded
@@ -76,6 +79,11 @@ log = logging.getLogger(__name__)
 
 #: Tests set this to kill the mount right after an upload, before its record is cleared.
 CRASH_AFTER_UPLOAD = os.environ.get("S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD") == "1"
+#: Tests set this to ``OFFSET:PATH``: a write at OFFSET, once :meth:`Uploader.before_write` let it
+#: by, waits until PATH exists (:func:`hold_at_write_gate`), so that other writes overtake it.
+WRITE_GATE = os.environ.get("S3FS_MOUNT_TEST_WRITE_GATE", "")
+#: Rounds of sending again the parts of a stream written over while they went up, at its end.
+RESENDS = 3
 #: How uploads guard against replacing another client's version (see the module docstring).
 CHECK_CONDITIONAL, CHECK_HEAD, CHECK_OFF = "conditional", "head", "off"
 
@@ -115,6 +123,18 @@ class StreamingUpload:
     futures: dict[int, concurrent.futures.Future[str]] = field(default_factory=dict)
     #: Parts whose bytes were released from the staged file (their ETags recorded in its record).
     released: dict[int, tuple[str, str]] = field(default_factory=dict)
+    #: Parts written over after they were submitted (their bytes read, or about to be: what
+    #: S3 gets may be the old bytes, or bytes that fail their CRC32): each goes again.
+    stale: set[int] = field(default_factory=set)
+
+    def submitted_within(self, start: int, end: int) -> range:
+        """The numbers of the parts submitted (not copied) that hold bytes of ``[start, end)``."""
+        sent = self.sent_until
+        if start >= sent or end <= start:
+            return range(0)
+        first = max(self.layout.number_at(start) - self.skipped, self.copied_parts + 1)
+        last = self.layout.number_at(min(end, sent) - 1) - self.skipped
+        return range(first, last + 1)
 
     @property
     def sent_until(self) -> int:
@@ -207,6 +227,15 @@ class UploadState:
         #: GUARDED_BY(lock): the CRC32s of the parts of a file written in order from its first
         #: byte, for its stream (None: not being written so).
         self.written: WrittenCRCs | None = None
+        #: GUARDED_BY(lock): ``[start, end)`` of each write between :meth:`Uploader.before_write`
+        #: and :meth:`Uploader.done_writing`: its bytes may land in the staged file at any time.
+        self.writing: list[tuple[int, int]] = []
+        #: GUARDED_BY(lock): the upload under way, a stream, may lack bytes written before it
+        #: began (see :meth:`Uploader._finish_stream`): the item stays dirty.
+        self.missed = False
+        #: GUARDED_BY(lock): what S3 holds after the upload under way, a whole file in parts of a
+        #: stream's layout: once the file is clean, the next write streams on from it.
+        self.whole_base: StreamBase | None = None
 
 
 class Uploader:
@@ -347,17 +376,34 @@ class Uploader:
     def before_write(self, item: StagedFile, offset: int, length: int = 0) -> None:
         """A write of ``length`` bytes is coming at ``offset``: abandon a stream (or base) it would
         contradict (the caller has made a checkpoint first where :meth:`checkpoint_needed`), and
-        make room in the cache for it (:meth:`_make_room`)."""
+        make room in the cache for it (:meth:`_make_room`).
+
+        From here until :meth:`done_writing` the write is *in progress*: its bytes may land at any
+        moment, also on a part submitted meanwhile (by another writer): such a part is sent
+        again (:meth:`after_write`), is not released from the cache, and an upload completed
+        while the write is in progress leaves the file dirty (:meth:`_finish_stream`).
+        """
         state = self._state(item)
         with state.lock:
+            state.writing.append((offset, offset + length))
             stream = state.stream
             if isinstance(stream, StreamBase) and offset < stream.length:
                 state.stream = None  # S3's first bytes will not be the file's: nothing to stream on from
             behind = isinstance(stream, StreamingUpload) and offset < stream.sent_until
             sent = stream.sent_until if isinstance(stream, StreamingUpload) else 0
-        if behind:
-            self.abandon(item, "a write at %d, behind the %d bytes streamed" % (offset, sent))
-        self._make_room(item, length)
+        try:
+            if behind:
+                self.abandon(item, "a write at %d, behind the %d bytes streamed" % (offset, sent))
+            self._make_room(item, length)
+        except BaseException:
+            self.done_writing(item, offset, length)  # the caller's write does not happen
+            raise
+
+    def done_writing(self, item: StagedFile, offset: int, length: int = 0) -> None:
+        """The write :meth:`before_write` announced is over (its bytes landed, or it failed)."""
+        state = self._state(item)
+        with state.lock:
+            state.writing.remove((offset, offset + length))
 
     def _make_room(self, item: StagedFile, incoming: int) -> None:
         """Keep the cache within its size for ``incoming`` more bytes: clean files are evicted,
@@ -386,16 +432,31 @@ class Uploader:
                 ranges = []
                 with state.lock:
                     for n, f in sorted(done.items()):
+                        if not self._releasable(state, stream, n, f):
+                            continue
                         stream.released[n] = (f.result(), stream.mpu.crc32.get(n, ""))
                         start = stream.part_start(n)
                         ranges.append((start, start + stream.part_length(n)))
                     record = stream.record()
-                item.release(ranges, record)
+                if ranges:
+                    item.release(ranges, record)
                 if not cache.needs_room(incoming):
                     return
             if not pending:
                 return  # nothing more to free: the cache runs over (a part bigger than the cache?)
             concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+
+    @staticmethod
+    def _releasable(
+        state: UploadState, stream: StreamingUpload, number: int, fut: concurrent.futures.Future[str]
+    ) -> bool:
+        """May part ``number``, sent by ``fut``, leave the cache? Not if it must go again, nor while
+        a write in progress may land on it (caller holds ``state.lock``)."""
+        if stream.futures.get(number) is not fut or number in stream.stale:
+            return False
+        start = stream.part_start(number)
+        end = start + stream.part_length(number)
+        return not any(s < end and start < e for s, e in state.writing)
 
     def after_write(
         self, item: StagedFile, offset: int | None = None, data: bytes | memoryview | None = None
@@ -415,6 +476,8 @@ class Uploader:
                     state.written.stop()
                 else:
                     state.written.wrote(offset, data)
+            if data is not None and offset is not None:
+                self._written_over(state, offset, offset + len(data))
             stream = state.stream
             if view.size < self.threshold or view.uploading or state.stream_off:
                 return
@@ -449,6 +512,28 @@ class Uploader:
             fut = self.pool.submit(self._send_part, item, stream.mpu, number, start, length, True, crc)
             with state.lock:
                 stream.futures[number] = fut
+
+    @staticmethod
+    def _written_over(state: UploadState, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` landed (caller holds ``state.lock``). Where they fell on a part
+        submitted after :meth:`before_write` let them by (another writer filled it meanwhile),
+        what went up may be the old bytes: that part goes again. A base they fell on no longer
+        holds the file's first bytes."""
+        stream = state.stream
+        if isinstance(stream, StreamBase):
+            if start < stream.length:
+                state.stream = None
+        elif isinstance(stream, StreamingUpload):
+            stale = stream.submitted_within(start, end)
+            if stale:
+                log.info(
+                    "%s: a write at %d landed on part(s) %d-%d already under way: sent again",
+                    stream.mpu.key,
+                    start,
+                    stale[0],
+                    stale[-1],
+                )
+                stream.stale.update(stale)
 
     def _start_stream(self, item: StagedFile, base: StreamBase | None) -> StreamingUpload | None:
         """Begin a stream; from ``base``, its first parts are copies of what S3 already has."""
@@ -628,6 +713,7 @@ class Uploader:
             with state.lock:
                 if not isinstance(state.stream, StreamingUpload):
                     state.uploaded_bytes = 0
+                state.missed, state.whole_base = False, None
             started = time.monotonic()
             try:
                 etag, size = self._upload(item, replaces)
@@ -642,9 +728,20 @@ class Uploader:
                 item.end_upload()
             if CRASH_AFTER_UPLOAD:  # test hook: die in the window between upload and bookkeeping
                 os.kill(os.getpid(), signal.SIGKILL)
-            clean = item.mark_clean(generation, etag, size)
             with state.lock:
                 state.error = ""
+                missed = state.missed
+            if missed:
+                log.info("%s: written over as its parts went up: uploaded again at the next flush", item.key)
+            clean = item.mark_clean(generation, etag, size, changed=missed)
+            with state.lock:
+                # Uploaded whole (a stream failed, or none was under way) while still written (an
+                # fsync): the next write streams on from what S3 has, so that a later fsync does
+                # not send it all again. Not if a write landed since (its after_write drops a base
+                # it falls on; one that landed before this is told by the generation).
+                base, state.whole_base = state.whole_base, None
+                if clean and base and state.stream is None and item.view().generation == generation:
+                    state.stream, state.stream_off = base, False
             log.debug("uploaded %s (%d bytes) in %.2fs", item.key, size, time.monotonic() - started)
         if not clean and item.holes() and self.refill is not None:
             # Written while a stream with released bytes completed: those bytes are now only in
@@ -714,6 +811,11 @@ class Uploader:
             abort=lambda mpu: self.abort_upload(item, mpu.upload_id),
         )
         item.forget_upload(begun[0].upload_id)
+        layout = PartLayout(part_size_for(size, self.part_size))
+        whole = layout.whole(size)
+        same = layout.base == self.stream_layout.base and layout.count(whole) <= self.stream_layout.per_step
+        with state.lock:
+            state.whole_base = StreamBase(etag, whole, self.stream_layout) if whole and same else None
         return etag, size
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:
@@ -722,25 +824,36 @@ class Uploader:
         state = self._state(item)
         size = item.view().size
         with state.lock:
+            read_before = stream.sent_until  # the parts submitted before this upload began
             spans = list(stream.layout.spans(size, stream.copied_parts + 1 + stream.skipped))
             stream.next_part = max(stream.next_part, stream.copied_parts + 1 + len(spans))
             futures = dict(stream.futures)
+            stale = set(stream.stale)
+        if stale and min(stale) <= stream.copied_parts:
+            raise ValueError("bytes copied from S3's version were written over")  # abandoned: whole
         for number, fut in futures.items():
             concurrent.futures.wait([fut])
-            if fut.exception() is not None and (number <= stream.copied_parts or not item.has_released()):
-                fut.result()  # raises: the stream is abandoned, the file uploaded whole
-        resend = {}
-        for n, off, length in spans:
-            number = n - stream.skipped
-            fut = futures.get(number)
-            if fut is None or fut.exception() is not None:
-                resend[number] = self.pool.submit(
-                    self._send_part, item, stream.mpu, number, off, length, False
-                )
-        with state.lock:
-            stream.futures.update(resend)
-        for fut in resend.values():
-            fut.result()
+            if fut.exception() is not None and number not in stale:
+                if number <= stream.copied_parts or not item.has_released():
+                    fut.result()  # raises: the stream is abandoned, the file uploaded whole
+        for _ in range(RESENDS):
+            resend = {}
+            with state.lock:  # a part written over goes again once its send under way is over
+                for n, off, length in spans:
+                    number = n - stream.skipped
+                    fut = futures.get(number)
+                    if fut is None or fut.exception() is not None or number in stream.stale:
+                        stream.stale.discard(number)
+                        resend[number] = self.pool.submit(
+                            self._send_part, item, stream.mpu, number, off, length, False
+                        )
+                stream.futures.update(resend)
+            for fut in resend.values():
+                fut.result()
+            with state.lock:
+                futures = dict(stream.futures)
+                if not stream.stale:
+                    break
         for attempt in range(3):
             try:
                 self._check_by_head(item, replaces, self.complete_check)
@@ -753,8 +866,14 @@ class Uploader:
                 replaces = clash.theirs
         whole_parts = stream.layout.whole(size)
         with state.lock:
-            # The next write streams on from here, copying what S3 now has.
-            state.stream = StreamBase(etag, whole_parts, stream.layout) if whole_parts else None
+            # A part written over and not sent again, or a write in progress that may land on a
+            # part read before this upload began (the generation tells of the others): S3 may
+            # lack bytes written before it began.
+            state.missed = bool(stream.stale) or any(start < read_before for start, _ in state.writing)
+            # The next write streams on from here, copying what S3 now has (a write in progress
+            # that lands on these bytes drops the base, see _written_over).
+            whole = whole_parts and not stream.stale
+            state.stream = StreamBase(etag, whole_parts, stream.layout) if whole else None
         item.forget_upload(stream.mpu.upload_id)
         if item.view().times_pinned or self.headers(item, with_times=False) != stream.headers:
             # Metadata changed while the parts were going up, or times were set (utimens, as
@@ -895,6 +1014,17 @@ class _Clobbered(Exception):
     def __init__(self, theirs: str) -> None:
         super().__init__(theirs)
         self.theirs = theirs
+
+
+def hold_at_write_gate(offset: int) -> None:
+    """Test hook (:data:`WRITE_GATE`): hold a write at the gate's offset until its file exists."""
+    at, _, path = WRITE_GATE.partition(":")
+    if int(at) != offset:
+        return
+    log.warning("test gate: the write at %d waits for %s", offset, path)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def read_into(fd: int, view: memoryview, offset: int) -> int:

@@ -22,6 +22,7 @@ from s3fs_mount.fs.prefetch import (
 )
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.checksums import VERIFIED
 from s3fs_mount.s3.errors import S3Error
 
 MiB = 1 << 20
@@ -454,3 +455,59 @@ def test_gets_in_flight_of_all_readers_are_the_window_in_shared_pieces_up_to_4_r
     assert Prefetcher(bucket, 64 * MiB, workers=8).budget == 16
     assert Prefetcher(bucket, 1 << 30, workers=8).budget == 32
     assert Prefetcher(bucket, 8 * MiB, workers=8).budget == 8
+
+
+#: Another client's parts, sized part by part: no one size fits them (checked part by part
+#: where S3 says each one is: s3fs_mount.s3.parts.PartBounds).
+UNEQUAL = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]
+
+
+def unequal_parts(tmp_path) -> tuple[FakeStore, bytes, Prefetcher, StagedFile]:
+    """Object "k" in the parts of UNEQUAL, with no checksum but its ETag, a prefetcher of 2 MiB
+    pieces, and an item that is a clean copy of it."""
+    store = FakeStore()
+    data = os.urandom(sum(UNEQUAL))
+    upload = store.start_multipart("k", checksum=False)
+    at = 0
+    for number, size in enumerate(UNEQUAL, start=1):
+        upload.upload_part(number, data[at : at + size])
+        at += size
+    upload.complete()
+    bucket = Bucket(store, "bucket")
+    prefetcher = Prefetcher(
+        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=2,
+        part_layout_of=lambda key, etag, size, parts: bucket.part_layout(key, size, parts),
+    )
+    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
+    item, _ = cache.acquire("k")
+    info = store.head("k")
+    assert info.etag.endswith("-4")
+    item.reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
+    return store, data, prefetcher, item
+
+
+def stream_whole(prefetcher: Prefetcher, item: StagedFile, size: int) -> bytes:
+    """Read an item from byte 0 to its end in 1 MiB reads through one handle."""
+    state, got = ReadState(), []
+    for at in range(0, size, MiB):
+        got.append(prefetcher.read(item, state, at, MiB))
+    return b"".join(got)
+
+
+def test_a_stream_of_parts_of_sizes_of_their_own_is_checked_part_by_part(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path)
+    assert stream_whole(prefetcher, item, len(data)) == data
+    assert prefetcher._known_verifier("k", item.etag).state == VERIFIED  # not "part size unknown"
+    assert store.calls["HEAD part"] == 4  # the first and the last, then the two between
+    starts = [sum(UNEQUAL[:i]) for i in range(len(UNEQUAL))]
+    obj = store._get("k")
+    # A byte changed on the server (its ETag kept): in part 1, the first of part 2, the last of
+    # part 3, the last of the short last part.
+    for offset in (MiB, starts[1], starts[3] - 1, len(data) - 1):
+        obj.data = data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :]
+        with pytest.raises(FsError) as failed:
+            stream_whole(prefetcher, item, len(data))
+        assert failed.value.errno == errno.EIO, offset
+    obj.data = data
+    assert stream_whole(prefetcher, item, len(data)) == data
+    assert store.calls["HEAD part"] == 4  # a version's parts are asked for once

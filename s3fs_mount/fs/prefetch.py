@@ -74,7 +74,7 @@ from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.parts import PartLayout
+from s3fs_mount.s3.parts import AnyLayout, PartBounds
 from s3fs_mount.s3.store import digest_of
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Prefetcher:
     :param workers: GETs in flight at once for one reader (``-o parallel``); all readers
         together have up to as many as the window holds shared pieces (at least ``workers``).
     :param part_layout_of: finds where a multipart object's parts begin and end (HEADs), to
-        check it: ``(key, etag, size, parts)`` -> :class:`~s3fs_mount.s3.parts.PartLayout`.
+        check it: ``(key, etag, size, parts)`` -> :data:`~s3fs_mount.s3.parts.AnyLayout`.
     :param verify: check whole-object reads against the object's checksum, or its ETag.
     :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
 
@@ -170,7 +170,7 @@ class Prefetcher:
         piece: int = 8 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
-        part_layout_of: Callable[[str, str, int, int], PartLayout | None] | None = None,
+        part_layout_of: Callable[[str, str, int, int], AnyLayout | None] | None = None,
         verify: bool = True,
         checksum_of: Callable[[str, str], str] | None = None,
     ) -> None:
@@ -182,7 +182,9 @@ class Prefetcher:
         #: (key, etag) -> the check of that version's bytes. GUARDED_BY(_verify_lock).
         self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
         #: (key, etag) -> what _expected found (a version's digest never changes). GUARDED_BY(_verify_lock).
-        self._expectations: LRUCache[tuple[str, str], tuple[str, int | PartLayout] | None] = LRUCache(4096)
+        self._expectations: LRUCache[tuple[str, str], tuple[str, int | AnyLayout] | None] = LRUCache(
+            4096, getsizeof=_weight
+        )
         self._verify_lock = threading.Lock()
         self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
@@ -427,7 +429,7 @@ class Prefetcher:
             self._verifiers[(key, etag)] = verifier
         return verifier
 
-    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
+    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | AnyLayout] | None:
         """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked."""
         if not self.verify or size <= 0:
             return None
@@ -439,7 +441,7 @@ class Prefetcher:
             self._expectations[(key, etag)] = found
         return found
 
-    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
+    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int | AnyLayout] | None:
         digest = (self.checksum_of(key, etag) if self.checksum_of is not None else "") or digest_of(etag)
         found = plan(digest)
         if found is None:
@@ -613,6 +615,14 @@ def random_block(block: int, misses: deque[int], offset: int) -> int:
     if any(abs(offset - m) < MAX_RANDOM_BLOCK for m in misses):
         return min(block * 4, MAX_RANDOM_BLOCK)
     return max(block // 2, PAGE)
+
+
+def _weight(found: tuple[str, int | AnyLayout] | None) -> int:
+    """What a version's expectation counts for in ``Prefetcher._expectations``: one, and one
+    more for each 64 parts whose starts it keeps (parts S3 told one by one: up to 10,000)."""
+    if found is not None and isinstance(found[1], PartBounds):
+        return 1 + len(found[1].starts) // 64
+    return 1
 
 
 def _moved_on(item: StagedFile, etag: str) -> bool:

@@ -214,7 +214,9 @@ class FakeStore:
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         return data
 
-    def part_layout(self, remote_name: str | S3Name, size: int, count: int) -> AnyLayout | None:
+    def part_layout(
+        self, remote_name: str | S3Name, size: int, count: int, every: bool = False
+    ) -> AnyLayout | None:
         o = self._get(remote_name)
 
         part = o.part_size or len(o.data)
@@ -225,7 +227,7 @@ class FakeStore:
             self.count("HEAD part", len(asked))
             return {n: told[n - 1] if n <= len(told) else None for n in asked}
 
-        return find_layout(size, count, ranges_of)
+        return find_layout(size, count, ranges_of, every)
 
     def get_range_blocks(self, remote_name: str | S3Name, start: int, length: int, block: int,
                          if_match: str | None = None) -> list[bytes]:

@@ -147,7 +147,7 @@ def test_parts_of_unequal_sizes_are_checked_and_a_byte_changed_in_any_part_is_ei
     with open(path, "rb") as other:  # a second handle: each open drops the kernel's pages
         with open(path, "rb") as f:
             assert f.read() == data
-        assert "read of obj verified" in mount.log()  # each part's MD5, where S3 says it is
+        assert "read of obj verified" in "\n".join(mount.log_lines())  # each part's MD5, where it is
         starts = [sum(UNEQUAL[:i]) for i in range(len(UNEQUAL))]
         # in part 1, the first byte of part 2, the last of part 3, the last of the short last part
         for offset in (MiB, starts[1], starts[3] - 1, len(data) - 1):
@@ -161,6 +161,24 @@ def test_parts_of_unequal_sizes_are_checked_and_a_byte_changed_in_any_part_is_ei
                 assert f.read() == data  # the fault is gone: fetched again, checked, right
         assert other.read(4096) == data[:4096]
     assert "\n".join(mount.log_lines()).count("do not match what it stored") == 4
+
+
+def test_parts_that_only_look_of_one_size_are_eio_once_then_checked_where_they_are(
+    mount_factory, boto, bucket
+):
+    sizes = [8 * MiB, 6 * MiB, 10 * MiB, 3 * MiB]  # the first and the last fit 8 MiB parts; not the others
+    data = os.urandom(sum(sizes))
+    put_in_parts(boto, bucket, "obj", data, sizes)
+    mount = mount_factory("debug").start()
+    path = os.path.join(mount.path, "obj")
+    with pytest.raises(OSError) as raised:  # hashed on 8 MiB parts: the bytes were not checked
+        with open(path, "rb") as f:
+            f.read()
+    assert raised.value.errno == errno.EIO
+    assert "not where its first and last part put them" in "\n".join(mount.log_lines())
+    with open(path, "rb") as f:
+        assert f.read() == data  # checked where S3 says each part is
+    assert "read of obj verified" in "\n".join(mount.log_lines())
 
 
 def test_an_object_replaced_by_another_client_mid_read_is_eio_never_a_mix(

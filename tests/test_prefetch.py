@@ -28,6 +28,11 @@ from s3fs_mount.s3.errors import S3Error
 MiB = 1 << 20
 
 
+def parts_of(bucket: Bucket):
+    """The prefetcher's ``part_layout_of`` on ``bucket``, as the operations give it the namespace's."""
+    return lambda key, etag, size, parts, every: bucket.part_layout(key, size, parts, every)
+
+
 def setup(tmp_path, size: int, chunk: int = MiB) -> tuple[FakeStore, bytes, Prefetcher, StagedFile]:
     """Object "k" of ``size`` random bytes, a prefetcher, and an item that is a clean copy of it."""
     store = FakeStore()
@@ -35,7 +40,7 @@ def setup(tmp_path, size: int, chunk: int = MiB) -> tuple[FakeStore, bytes, Pref
     store.put("k", data)
     bucket = Bucket(store, "bucket")
     prefetcher = Prefetcher(
-        bucket, max_window=4 * chunk, chunk=chunk, workers=2, part_layout_of=bucket.part_layout
+        bucket, max_window=4 * chunk, chunk=chunk, workers=2, part_layout_of=parts_of(bucket)
     )
     cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
     item, _ = cache.acquire("k")
@@ -221,7 +226,7 @@ def readers_of(tmp_path, keys: tuple[str, ...], size: int, workers: int):
         store.put(key, body)
     bucket = Bucket(store, "bucket")
     prefetcher = Prefetcher(
-        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=workers, part_layout_of=bucket.part_layout
+        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=workers, part_layout_of=parts_of(bucket)
     )
     cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
     items = {}
@@ -350,7 +355,7 @@ def test_a_piece_let_go_and_fetched_again_for_a_late_read_keeps_no_pages(tmp_pat
     store, data, _, item = setup(tmp_path, size)
     bucket = Bucket(store, "bucket")  # pieces of 2 MiB, let go 4 MiB behind; reads 8 MiB behind still count
     prefetcher = Prefetcher(bucket, max_window=8 * MiB, chunk=8 * MiB, piece=2 * MiB, workers=2,
-                            part_layout_of=bucket.part_layout)
+                            part_layout_of=parts_of(bucket))
     state = ReadState()
     for at in range(0, 12 * MiB, MiB):
         assert prefetcher.read(item, state, at, MiB) == data[at : at + MiB]
@@ -462,26 +467,26 @@ def test_gets_in_flight_of_all_readers_are_the_window_in_shared_pieces_up_to_4_r
 UNEQUAL = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]
 
 
-def unequal_parts(tmp_path) -> tuple[FakeStore, bytes, Prefetcher, StagedFile]:
-    """Object "k" in the parts of UNEQUAL, with no checksum but its ETag, a prefetcher of 2 MiB
+def unequal_parts(tmp_path, sizes: list[int] = UNEQUAL) -> tuple[FakeStore, bytes, Prefetcher, StagedFile]:
+    """Object "k" in parts of ``sizes``, with no checksum but its ETag, a prefetcher of 2 MiB
     pieces, and an item that is a clean copy of it."""
     store = FakeStore()
-    data = os.urandom(sum(UNEQUAL))
+    data = os.urandom(sum(sizes))
     upload = store.start_multipart("k", checksum=False)
     at = 0
-    for number, size in enumerate(UNEQUAL, start=1):
+    for number, size in enumerate(sizes, start=1):
         upload.upload_part(number, data[at : at + size])
         at += size
     upload.complete()
     bucket = Bucket(store, "bucket")
     prefetcher = Prefetcher(
         bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=2,
-        part_layout_of=lambda key, etag, size, parts: bucket.part_layout(key, size, parts),
+        part_layout_of=parts_of(bucket),
     )
     cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
     item, _ = cache.acquire("k")
     info = store.head("k")
-    assert info.etag.endswith("-4")
+    assert info.etag.endswith("-%d" % len(sizes))
     item.reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
     return store, data, prefetcher, item
 
@@ -511,3 +516,47 @@ def test_a_stream_of_parts_of_sizes_of_their_own_is_checked_part_by_part(tmp_pat
     obj.data = data
     assert stream_whole(prefetcher, item, len(data)) == data
     assert store.calls["HEAD part"] == 4  # a version's parts are asked for once
+
+
+#: Parts whose first and last fit one size (8 MiB) while those between differ and add up.
+ONE_SIZE_AT_THE_ENDS = [8 * MiB, 6 * MiB, 10 * MiB, 3 * MiB]
+
+
+def test_a_stream_of_parts_that_only_look_of_one_size_is_eio_once_then_checked_where_they_are(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path, ONE_SIZE_AT_THE_ENDS)
+    with pytest.raises(FsError) as failed:  # hashed on 8 MiB parts: not checked, so not served as such
+        stream_whole(prefetcher, item, len(data))
+    assert failed.value.errno == errno.EIO and "read it again" in str(failed.value)
+    assert store.calls["HEAD part"] == 2 + 4  # the first and the last; then each part
+    assert stream_whole(prefetcher, item, len(data)) == data  # checked where S3 says the parts are
+    assert prefetcher._known_verifier("k", item.etag).state == VERIFIED
+    obj = store._get("k")
+    obj.data = data[:-1] + bytes([data[-1] ^ 1])  # and a byte changed on the server is still EIO
+    with pytest.raises(FsError) as failed:
+        stream_whole(prefetcher, item, len(data))
+    assert failed.value.errno == errno.EIO and "do not match" in str(failed.value)
+    assert store.calls["HEAD part"] == 6
+
+
+def test_random_reads_of_parts_that_only_look_of_one_size_are_checked_where_they_are(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path, ONE_SIZE_AT_THE_ENDS)
+    state = ReadState()
+    got = {}
+    for at in reversed(range(0, len(data), MiB)):  # from the end: never sequential
+        got[at] = prefetcher.read(item, state, at, MiB)
+    assert b"".join(got[at] for at in sorted(got)) == data  # no EIO: hashed again from the staged file
+    assert store.calls["HEAD part"] == 2 + 4
+
+
+def test_a_failed_check_of_parts_of_one_size_asks_where_each_part_is_once_a_version(tmp_path):
+    sizes = [4 * MiB] * 5 + [MiB]  # one size: the check's guess was right, the bytes were wrong
+    store, data, prefetcher, item = unequal_parts(tmp_path, sizes)
+    obj = store._get("k")
+    obj.data = data[:5] + bytes([data[5] ^ 1]) + data[6:]
+    for _ in range(2):
+        with pytest.raises(FsError) as failed:
+            stream_whole(prefetcher, item, len(data))
+        assert failed.value.errno == errno.EIO and "do not match" in str(failed.value)
+    assert store.calls["HEAD part"] == 2 + len(sizes)  # the first and the last, then each once
+    obj.data = data
+    assert stream_whole(prefetcher, item, len(data)) == data

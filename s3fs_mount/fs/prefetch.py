@@ -74,7 +74,7 @@ from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, plan
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.parts import AnyLayout, PartBounds
+from s3fs_mount.s3.parts import AnyLayout, PartBounds, PartLayout
 from s3fs_mount.s3.store import digest_of
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ class Prefetcher:
     :param workers: GETs in flight at once for one reader (``-o parallel``); all readers
         together have up to as many as the window holds shared pieces (at least ``workers``).
     :param part_layout_of: finds where a multipart object's parts begin and end (HEADs), to
-        check it: ``(key, etag, size, parts)`` -> :data:`~s3fs_mount.s3.parts.AnyLayout`.
+        check it: ``(key, etag, size, parts, every)`` -> :data:`~s3fs_mount.s3.parts.AnyLayout`
+        (``every``: each part asked for, not found from the first and the last).
     :param verify: check whole-object reads against the object's checksum, or its ETag.
     :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
 
@@ -170,7 +171,7 @@ class Prefetcher:
         piece: int = 8 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
-        part_layout_of: Callable[[str, str, int, int], AnyLayout | None] | None = None,
+        part_layout_of: Callable[[str, str, int, int, bool], AnyLayout | None] | None = None,
         verify: bool = True,
         checksum_of: Callable[[str, str], str] | None = None,
     ) -> None:
@@ -448,7 +449,9 @@ class Prefetcher:
             return None  # no checksum, and an ETag that is no MD5 (SSE-KMS, SSE-C): nothing to check
         if found[1] == 1:
             return digest, size
-        known = self.part_layout_of(key, etag, size, found[1]) if self.part_layout_of is not None else None
+        if self.part_layout_of is None:
+            return None
+        known = self.part_layout_of(key, etag, size, found[1], False)
         if known is None:
             log.debug("%s: part size unknown, not checked", key)
             return None
@@ -460,9 +463,18 @@ class Prefetcher:
         expected = self._expected(item.key, etag, size)
         if expected is None:
             return
-        verifier = Verifier(item.key, expected[0], size, expected[1])  # hashes in this thread, as fed
-        for at in range(0, size, BLOCK):
-            verifier.feed(at, [os.pread(item.fd, min(BLOCK, size - at), at)])
+
+        def hashed(layout: int | AnyLayout) -> Verifier:
+            verifier = Verifier(item.key, expected[0], size, layout)  # hashes in this thread, as fed
+            for at in range(0, size, BLOCK):
+                verifier.feed(at, [os.pread(item.fd, min(BLOCK, size - at), at)])
+            return verifier
+
+        verifier = hashed(expected[1])
+        if verifier.state == MISMATCH:
+            told = self._parts_told_anew(item.key, etag, verifier)
+            if told is not None:  # the bytes are here: hashed again where the parts are
+                verifier = hashed(told)
         if verifier.state != MISMATCH:
             return
         if not item.drop_fetched(etag, generation):
@@ -489,7 +501,34 @@ class Prefetcher:
             self.drop(state)
             state.failed = True
         item.drop_fetched(etag)
+        if self._parts_told_anew(item.key, etag, verifier) is not None:
+            # The bytes this reader had were hashed on parts where they are not: unchecked, so
+            # still EIO; a read again is checked where S3 says each part is.
+            raise FsError(errno.EIO, "%s: bytes read could not be checked; read it again" % item.key)
         raise FsError(errno.EIO, "%s: bytes read do not match the object's ETag" % item.key)
+
+    def _parts_told_anew(self, key: str, etag: str, verifier: Verifier) -> AnyLayout | None:
+        """A check of version ``etag`` of a multipart object failed, its parts taken where its first
+        and last part put them (one size, or a stream's doubling sizes): where S3 says each part
+        is (a HEAD each), when that differs, kept for the version's checks from now on (those
+        between may differ and still add up: the mismatch was the guess's, not the bytes'); else
+        None (the bytes did not match)."""
+        guessed, count = verifier.layout, verifier.parts
+        if not isinstance(guessed, PartLayout) or count < 3 or self.part_layout_of is None:
+            return None
+        told = self.part_layout_of(key, etag, verifier.size, count, True)
+        if told is None:
+            return None
+        with self._verify_lock:  # asked once a version: checked where S3 says from now on
+            self._expectations[(key, etag)] = (verifier.expected, told)
+        if all(told.start(n) == guessed.start(n) for n in range(2, count + 1)):
+            return None
+        log.warning(
+            "%s: its parts are not where its first and last part put them (sizes of their own): "
+            "checked where S3 says each one is from now on",
+            key,
+        )
+        return told
 
     def _hold(self, state: ReadState, start: int, length: int, needed: bool) -> bool:
         """Count a piece about to be fetched for ``state`` (caller holds ``state.lock``); False:

@@ -56,7 +56,9 @@ class ObjectStore(Protocol):
         self, remote_name: RemoteName, start: int, length: int, block: int, if_match: str | None = None
     ) -> list[bytes]: ...
 
-    def part_layout(self, remote_name: RemoteName, size: int, count: int) -> AnyLayout | None: ...
+    def part_layout(
+        self, remote_name: RemoteName, size: int, count: int, every: bool = False
+    ) -> AnyLayout | None: ...
 
     def put(
         self,
@@ -218,8 +220,8 @@ class Bucket:
     ) -> list[bytes]:
         return self.store.get_range_blocks(self._at(key), start, length, block, if_match)
 
-    def part_layout(self, key: str, size: int, count: int) -> AnyLayout | None:
-        return self.store.part_layout(self._at(key), size, count)
+    def part_layout(self, key: str, size: int, count: int, every: bool = False) -> AnyLayout | None:
+        return self.store.part_layout(self._at(key), size, count, every)
 
     def put(
         self,

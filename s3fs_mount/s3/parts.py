@@ -202,7 +202,7 @@ AnyLayout = PartLayout | PartBounds
 PartRanges = Callable[[Iterable[int]], Mapping[int, "tuple[int, int] | None"]]
 
 
-def find_layout(size: int, count: int, ranges_of: PartRanges) -> AnyLayout | None:
+def find_layout(size: int, count: int, ranges_of: PartRanges, every: bool = False) -> AnyLayout | None:
     """Where the ``count`` parts of a ``size``-byte object begin and end, from what S3 says of
     them (``ranges_of``); None when S3 does not say, or what it says does not add up.
 
@@ -210,9 +210,14 @@ def find_layout(size: int, count: int, ranges_of: PartRanges) -> AnyLayout | Non
     doubling sizes, fit from those two (:func:`layout_of`), as every SDK writes its parts.
     Parts that fit neither (another client's, sized part by part) are each asked for
     (:class:`PartBounds`). Two parts are known from the first: the second is the rest.
+    With ``every``, each part is asked for, whatever the first and the last say (when a check
+    on their word failed: those between may differ and still add up).
     """
     if size <= 0 or count <= 0:
         return None
+    if every and count > 2:
+        told = ranges_of(range(1, count + 1))
+        return bounds_of(size, [told.get(n) for n in range(1, count + 1)])
     asked = ranges_of([1] if count <= 2 else [1, count])
     first = asked.get(1)
     if first is None:

@@ -542,14 +542,16 @@ class RemoteStore:
             layout = known
         return Verifier(info.key, info.digest, info.size, layout)
 
-    def part_layout(self, remote_name: RemoteName, size: int, count: int) -> AnyLayout | None:
+    def part_layout(
+        self, remote_name: RemoteName, size: int, count: int, every: bool = False
+    ) -> AnyLayout | None:
         """Where the ``count`` parts of a ``size``-byte object begin and end, as the check of a
         multipart ETag or checksum needs them; None when S3 does not say, or it does not add up.
         A part S3 does not have (the ETag's count is not S3's) is :class:`S3Error` 416.
 
         HEADs with ``partNumber``: the first and the last part (one size throughout, as every SDK
         writes them, or a stream's doubling parts: :mod:`s3fs_mount.s3.parts`); each part, side
-        by side on the part pool, when their sizes follow neither
+        by side on the part pool, when their sizes follow neither, or with ``every``
         (:func:`~s3fs_mount.s3.parts.find_layout`).
         """
 
@@ -567,7 +569,7 @@ class RemoteStore:
                 self.run_parallel(functools.partial(ask, n) for n in numbers)
             return found
 
-        return find_layout(size, count, ranges_of)
+        return find_layout(size, count, ranges_of, every)
 
     def _part_range(self, remote_name: RemoteName, number: int) -> tuple[int, int] | None:
         """(offset, length) of part ``number`` of a multipart object; None if the server does not say."""

@@ -73,7 +73,7 @@ from s3fs_mount.fs.errors import Corrupt, FsError, Replaced
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, plan
-from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.parts import AnyLayout, PartBounds, PartLayout
 from s3fs_mount.s3.store import digest_of
 
@@ -516,7 +516,11 @@ class Prefetcher:
         guessed, count = verifier.layout, verifier.parts
         if not isinstance(guessed, PartLayout) or count < 3 or self.part_layout_of is None:
             return None
-        told = self.part_layout_of(key, etag, verifier.size, count, True)
+        try:
+            told = self.part_layout_of(key, etag, verifier.size, count, True)
+        except RemoteStoreError as exc:  # the read's answer stays EIO; a read again asks again
+            log.warning("%s: where its parts are is unknown: %s", key, exc)
+            return None
         if told is None:
             return None
         with self._verify_lock:  # asked once a version: checked where S3 says from now on

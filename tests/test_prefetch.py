@@ -23,7 +23,7 @@ from s3fs_mount.fs.prefetch import (
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import VERIFIED
-from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.errors import ConnectionFailed, S3Error
 
 MiB = 1 << 20
 
@@ -559,4 +559,23 @@ def test_a_failed_check_of_parts_of_one_size_asks_where_each_part_is_once_a_vers
         assert failed.value.errno == errno.EIO and "do not match" in str(failed.value)
     assert store.calls["HEAD part"] == 2 + len(sizes)  # the first and the last, then each once
     obj.data = data
+    assert stream_whole(prefetcher, item, len(data)) == data
+
+
+def test_a_failed_check_whose_part_heads_fail_too_is_still_eio(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path, ONE_SIZE_AT_THE_ENDS)
+    asked = prefetcher.part_layout_of
+
+    def failing(key, etag, size, parts, every):
+        if every:
+            raise ConnectionFailed("HEAD", "injected failure")
+        return asked(key, etag, size, parts, every)
+
+    prefetcher.part_layout_of = failing
+    with pytest.raises(FsError) as failed:  # not ConnectionFailed's errno: the bytes were not checked
+        stream_whole(prefetcher, item, len(data))
+    assert failed.value.errno == errno.EIO
+    prefetcher.part_layout_of = asked  # the next failed check asks again
+    with pytest.raises(FsError):
+        stream_whole(prefetcher, item, len(data))
     assert stream_whole(prefetcher, item, len(data)) == data

@@ -25,7 +25,7 @@ from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.names import S3Name, resolve
-from s3fs_mount.s3.parts import PartLayout, layout_of
+from s3fs_mount.s3.parts import AnyLayout, find_layout
 from s3fs_mount.s3.store import KEPT_HEADERS, MultipartUpload, ObjectInfo, metadata_of
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -38,6 +38,8 @@ class FakeObject:
         self.headers = {k: v for k, v in headers.items() if k in KEPT_HEADERS}
         self.etag = etag or hashlib.md5(data).hexdigest()
         self.part_size = part_size  # of part 1, for an object made of parts
+        #: (offset, length) of each part, for an object made of parts (what HEAD ?partNumber= says)
+        self.part_ranges: list[tuple[int, int]] = []
         self.mtime = time.time()
 
 
@@ -82,6 +84,11 @@ class FakeMultipart(MultipartUpload):
         etag = composite([bytes.fromhex(self.parts[n]) for n in numbers])
         done = self.store._store(S3Name(self.key, self.bucket), data, self.create_headers, if_match,
                                  if_none_match, etag=etag, part_size=len(self.data[numbers[0]]))
+        at, ranges = 0, []
+        for n in numbers:
+            ranges.append((at, len(self.data[n])))
+            at += len(self.data[n])
+        self.store._get(S3Name(self.key, self.bucket)).part_ranges = ranges
         self.store.uploads.discard(self.upload_id)  # (a refused completion leaves the upload, as S3 does)
         return done
 
@@ -207,10 +214,20 @@ class FakeStore:
             data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
         return data
 
-    def part_layout(self, remote_name: str | S3Name, size: int, count: int) -> PartLayout | None:
+    def part_layout(
+        self, remote_name: str | S3Name, size: int, count: int, every: bool = False
+    ) -> AnyLayout | None:
         o = self._get(remote_name)
-        part = o.part_size if o.part_size is not None else len(o.data)
-        return layout_of(size, count, part, None) if part else None
+
+        part = o.part_size or len(o.data)
+        told = o.part_ranges or [(at, min(part, len(o.data) - at)) for at in range(0, len(o.data), part)]
+
+        def ranges_of(numbers: Iterable[int]) -> dict[int, tuple[int, int] | None]:
+            asked = list(numbers)
+            self.count("HEAD part", len(asked))
+            return {n: told[n - 1] if n <= len(told) else None for n in asked}
+
+        return find_layout(size, count, ranges_of, every)
 
     def get_range_blocks(self, remote_name: str | S3Name, start: int, length: int, block: int,
                          if_match: str | None = None) -> list[bytes]:

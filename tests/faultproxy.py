@@ -84,6 +84,8 @@ class Request:
     version: str
     headers: list[tuple[str, str]]
     body: bytes
+    #: Which request this was to arrive (FaultProxy.requests when it came).
+    arrived: int = 0
 
     def header(self, name: str) -> str | None:
         """Return the first value of header ``name`` (case-insensitive), or None."""
@@ -101,9 +103,9 @@ class Request:
         return "close" in conn
 
 
-def _flipped(body: bytes) -> bytes:
-    """``body`` with its middle byte inverted."""
-    i = len(body) // 2
+def _flipped(body: bytes, at: int | None = None) -> bytes:
+    """``body`` with its byte ``at`` (default: its middle one) inverted."""
+    i = len(body) // 2 if at is None else at
     return body[:i] + bytes([body[i] ^ 0xFF]) + body[i + 1 :]
 
 
@@ -173,6 +175,11 @@ def _copy_chunked(rfile: BinaryIO, emit: Callable[[bytes], object]) -> None:
                     return
         emit(_read_exact(rfile, size))
         emit(_readline(rfile))  # CRLF after chunk data
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str:
+    """The value of header ``name`` (lower case), or ""."""
+    return next((v for k, v in headers if k.lower() == name), "")
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:
@@ -343,6 +350,8 @@ class FaultProxy:
         self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
         self._flip_responses = 0  # GET response bodies still to corrupt
         self._flip_status = 206  # ... with this status
+        self._flip_offsets: list[int] = []  # object offsets to change in the next GET answers holding them
+        self._flip_after = 0  # GET answers are changed only to requests that came after this one
         self.flipped: list[tuple[str, str]] = []  # (method, target) of every body corrupted
         self._stop = threading.Event()
         self._conns: set[socket.socket] = set()
@@ -384,24 +393,50 @@ class FaultProxy:
             self._flip_requests += n
 
     def flip_response(self, n: int = 1, status: int = 206) -> None:
-        """Change one byte of the body of each of the next ``n`` GET answers with ``status``.
+        """Change one byte of the body of each of the next ``n`` GET answers with ``status``, to
+        requests that come from now on (not one in flight now: a readahead let go meanwhile).
 
         206 by default: ranged reads' answers, never a listing's XML.
         """
         with self._lock:
             self._flip_responses += n
             self._flip_status = status
+            self._flip_after = self.requests
 
-    def _take_flip(self, kind: str, method: str, target: str) -> bool:
+    def flip_response_at(self, offset: int) -> None:
+        """Change byte ``offset`` of the object in the next ranged GET answer (206) that holds it,
+        to a request that comes from now on."""
+        with self._lock:
+            self._flip_offsets.append(offset)
+            self._flip_after = self.requests
+
+    def _take_flip_at(self, req: Request, content_range: str) -> int | None:
+        """Where in this answer's body (``Content-Range``) to change a byte asked for by
+        :meth:`flip_response_at`; None: nowhere."""
+        found = re.match(r"bytes (\d+)-(\d+)/", content_range)
+        if not found:
+            return None
+        first, last = int(found.group(1)), int(found.group(2))
+        with self._lock:
+            if req.arrived <= self._flip_after:
+                return None
+            for offset in self._flip_offsets:
+                if first <= offset <= last:
+                    self._flip_offsets.remove(offset)
+                    self.flipped.append(("GET", req.target))
+                    return offset - first
+        return None
+
+    def _take_flip(self, kind: str, req: Request) -> bool:
         with self._lock:
             left = self._flip_requests if kind == "request" else self._flip_responses
-            if left <= 0:
+            if left <= 0 or (kind == "response" and req.arrived <= self._flip_after):
                 return False
             if kind == "request":
                 self._flip_requests -= 1
             else:
                 self._flip_responses -= 1
-            self.flipped.append((method, target))
+            self.flipped.append((req.method, req.target))
             return True
 
     def error_in_200(self, n: int = 1, code: str = "InternalError") -> None:
@@ -498,6 +533,7 @@ class FaultProxy:
             self._drop_count = 0
             self._stall = 0.0
             self._flip_requests = self._flip_responses = 0
+            self._flip_offsets.clear()
             self._errors_in_200.clear()
 
     # -- lifecycle ------------------------------------------------------------
@@ -596,6 +632,7 @@ class FaultProxy:
                 headers = _parse_headers(lines)
                 action, status, code, message = self._decide()
                 with self._lock:
+                    arrived = self.requests
                     self.seen.append((method, target))
                     self.heard.append((method, target, {k.lower(): v for k, v in headers}))
                 expect = any(
@@ -612,7 +649,7 @@ class FaultProxy:
                 if expect:
                     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = self._read_body(rfile, headers)
-                req = Request(method, target, version, headers, body)
+                req = Request(method, target, version, headers, body, arrived)
                 if action == "fail":
                     log.debug("faultproxy: failing %s %s with %d", method, target, status)
                     conn.sendall(s3_error_response(status, method, code, req.wants_close(), message))
@@ -696,7 +733,7 @@ class FaultProxy:
         with self._lock:
             self.forwarded += 1
         body = req.body
-        if body and req.method == "PUT" and self._take_flip("request", req.method, req.target):
+        if body and req.method == "PUT" and self._take_flip("request", req):
             body = _flipped(body)
         up = socket.create_connection(self.upstream, timeout=300)
         try:
@@ -725,9 +762,16 @@ class FaultProxy:
             elif chunked:
                 _copy_chunked(urf, conn.sendall)
             elif length and req.method == "GET" and status == self._flip_status and self._take_flip(
-                "response", req.method, req.target
+                "response", req
             ):
                 conn.sendall(_flipped(_read_exact(urf, length)))
+            elif (
+                length
+                and req.method == "GET"
+                and status == 206
+                and (at := self._take_flip_at(req, _header(resp_headers, "content-range"))) is not None
+            ):
+                conn.sendall(_flipped(_read_exact(urf, length), at))
             elif length is not None:
                 _copy_exact(urf, length, conn)
             else:

@@ -21,7 +21,7 @@ import s3fs_mount as s3
 from s3fs_mount import RemoteStore, RemoteStoreError, S3Connection, S3Name
 from s3fs_mount.s3 import ConfigError, MultipartUpload, RetryPolicy, S3Error
 from s3fs_mount.s3.errors import ConnectionFailed, TransportError
-from s3fs_mount.s3.parts import PartLayout
+from s3fs_mount.s3.parts import PartBounds, PartLayout
 
 MiB = 1 << 20
 
@@ -314,6 +314,24 @@ def test_a_download_finds_doubling_parts_and_checks_them(mp_store, boto, bucket,
     mp_store.download("grown", str(tmp_path / "back"))
     assert (tmp_path / "back").read_bytes() == data
     assert re.search(r"read of grown verified \(MD5-of-parts:[0-9a-f]{32}-4\)", caplog.text)
+
+
+def test_a_download_asks_where_each_part_is_when_their_sizes_differ(mp_store, tmp_path, caplog):
+    sizes = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]  # another client's: no one size fits
+    data = os.urandom(sum(sizes))
+    mpu = mp_store.start_multipart("uneven", checksum=False)
+    for n in range(1, len(sizes) + 1):
+        mpu.upload_part(n, data[sum(sizes[: n - 1]) : sum(sizes[:n])])
+    mpu.complete()
+    layout = mp_store.part_layout("uneven", len(data), 4)
+    assert layout == PartBounds(tuple(sum(sizes[:i]) for i in range(4)), len(data))
+    with pytest.raises(S3Error) as no_part:  # a part S3 does not have: no guess
+        mp_store.part_layout("uneven", len(data), 5)
+    assert no_part.value.status == 416
+    caplog.set_level(logging.DEBUG, logger="s3fs_mount.s3.checksums")
+    mp_store.download("uneven", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == data
+    assert re.search(r"read of uneven verified \(MD5-of-parts:[0-9a-f]{32}-4\)", caplog.text)
 
 
 def test_failed_part_leaves_nothing_behind(mp_store, boto, bucket, big_file, monkeypatch, caplog):

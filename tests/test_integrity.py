@@ -34,19 +34,23 @@ def s3_bytes(boto, bucket: str, key: str) -> bytes:
     return boto.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def put_in_parts(boto, bucket: str, key: str, data: bytes, part: int, algorithm: str = "",
+def put_in_parts(boto, bucket: str, key: str, data: bytes, part: int | list[int], algorithm: str = "",
                  kind: str = "COMPOSITE") -> None:
-    """``data`` in parts of ``part`` bytes, as another client writes them; with ``algorithm``
-    each part carries that checksum and S3 keeps the object's as ``kind`` (COMPOSITE: of the
-    parts'; FULL_OBJECT)."""
+    """``data`` in parts of ``part`` bytes (or of these sizes, one a part), as another client
+    writes them; with ``algorithm`` each part carries that checksum and S3 keeps the object's
+    as ``kind`` (COMPOSITE: of the parts'; FULL_OBJECT)."""
     checked = {"ChecksumAlgorithm": algorithm} if algorithm else {}
     up = boto.create_multipart_upload(
         Bucket=bucket, Key=key, **checked, **({"ChecksumType": kind} if algorithm else {})
     )
+    if isinstance(part, int):
+        part = [min(part, len(data) - off) for off in range(0, len(data), part)]
+    assert sum(part) == len(data)
     parts = []
-    for n, off in enumerate(range(0, len(data), part), start=1):
+    for n, length in enumerate(part, start=1):
+        off = sum(part[: n - 1])
         r = boto.upload_part(Bucket=bucket, Key=key, UploadId=up["UploadId"], PartNumber=n,
-                             Body=data[off:off + part], **checked)
+                             Body=data[off:off + length], **checked)
         parts.append({"ETag": r["ETag"], "PartNumber": n,
                       **({"Checksum" + algorithm: r["Checksum" + algorithm]} if algorithm else {})})
     extra = {"ChecksumType": kind} if kind == "FULL_OBJECT" else {}
@@ -132,6 +136,78 @@ def test_a_file_read_whole_and_checked_is_read_again_from_the_kernels_pages(
     put_in_parts(boto, bucket, "obj", new, 5 * MiB)  # another client's version: read anew
     with open(path, "rb") as f:
         assert f.read() == new
+
+
+#: Another client's parts, sized part by part (each at least 5 MiB but the last): no one size.
+UNEQUAL = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]
+
+
+def test_parts_of_unequal_sizes_are_checked_and_a_byte_changed_in_any_part_is_eio(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    data = os.urandom(sum(UNEQUAL))
+    put_in_parts(boto, bucket, "obj", data, UNEQUAL)
+    mount = mount_factory("debug", config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    with open(path, "rb") as other:  # a second handle: each open drops the kernel's pages
+        with open(path, "rb") as f:
+            assert f.read() == data
+        assert "read of obj verified" in "\n".join(mount.log_lines())  # each part's MD5, where it is
+        starts = [sum(UNEQUAL[:i]) for i in range(len(UNEQUAL))]
+        # in part 1, the first byte of part 2, the last of part 3, the last of the short last part
+        for offset in (MiB, starts[1], starts[3] - 1, len(data) - 1):
+            flipped = len(faultproxy.flipped)
+            faultproxy.flip_response_at(offset)
+            with pytest.raises(OSError) as raised:
+                with open(path, "rb") as f:
+                    f.read()
+            assert raised.value.errno == errno.EIO and len(faultproxy.flipped) == flipped + 1, offset
+            with open(path, "rb") as f:
+                assert f.read() == data  # the fault is gone: fetched again, checked, right
+        assert other.read(4096) == data[:4096]
+    assert "\n".join(mount.log_lines()).count("do not match what it stored") == 4
+
+
+def test_parts_that_only_look_of_one_size_are_eio_once_then_checked_where_they_are(
+    mount_factory, boto, bucket
+):
+    sizes = [8 * MiB, 6 * MiB, 10 * MiB, 3 * MiB]  # the first and the last fit 8 MiB parts; not the others
+    data = os.urandom(sum(sizes))
+    put_in_parts(boto, bucket, "obj", data, sizes)
+    mount = mount_factory("debug").start()
+    path = os.path.join(mount.path, "obj")
+    with pytest.raises(OSError) as raised:  # hashed on 8 MiB parts: the bytes were not checked
+        with open(path, "rb") as f:
+            f.read()
+    assert raised.value.errno == errno.EIO
+    assert "not where its first and last part put them" in "\n".join(mount.log_lines())
+    with open(path, "rb") as f:
+        assert f.read() == data  # checked where S3 says each part is
+    assert "read of obj verified" in "\n".join(mount.log_lines())
+
+
+def test_an_object_replaced_by_another_client_mid_read_is_eio_never_a_mix(
+    mount_factory, s3config, boto, bucket
+):
+    old, new = os.urandom(40 * MiB), os.urandom(40 * MiB)
+    put_in_parts(boto, bucket, "obj", old, 8 * MiB)
+    # a window of 8 MiB: the read must GET again after the replace; attr_ttl=0: a new open sees it
+    mount = mount_factory("readahead=8M,attr_ttl=0").start()
+    path = os.path.join(mount.path, "obj")
+    got = b""
+    with pytest.raises(OSError) as raised:
+        with open(path, "rb") as f:
+            got = f.read(4 * MiB)
+            put_in_parts(boto, bucket, "obj", new, 8 * MiB)  # another client's version, mid-read
+            while True:
+                chunk = f.read(MiB)
+                if not chunk:
+                    break
+                got += chunk
+    assert raised.value.errno == errno.EIO
+    assert got == old[: len(got)] and len(got) < len(old)  # what it had was the old version's
+    with open(path, "rb") as f:
+        assert f.read() == new  # a new open: the new version, whole and checked
 
 
 def assert_flipped_read_is_eio_then_right(mount, faultproxy, key: str, data: bytes) -> None:

@@ -18,7 +18,10 @@ from s3fs_mount.s3.parts import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    PartBounds,
     PartLayout,
+    bounds_of,
+    find_layout,
     layout_of,
     most_steady_parts,
     part_size_for,
@@ -102,6 +105,76 @@ def test_a_layout_that_is_none_of_ours_is_not_guessed():
     assert layout_of(16 * MiB, 3, 5 * MiB, 11 * MiB) is None
     assert layout_of(16 * MiB, 3, 5 * MiB, None) is None  # needs the last part's offset
     assert layout_of(16 * MiB, 3, 0, 11 * MiB) is None
+
+
+def told(sizes: list[int]):
+    """What S3 says of each part of an object of parts of ``sizes``, as find_layout asks it, and
+    the list of the part numbers each call asked for."""
+    ranges = [(sum(sizes[:i]), n) for i, n in enumerate(sizes)]
+    asked: list[list[int]] = []
+
+    def ranges_of(numbers):
+        asked.append(list(numbers))
+        return {n: ranges[n - 1] if n <= len(ranges) else None for n in asked[-1]}
+
+    return ranges_of, asked
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3],  # no one size
+        [5 * MiB, 7 * MiB],  # two: the second is the rest
+    ],
+)
+def test_parts_of_sizes_of_their_own_are_each_asked_for(sizes):
+    ranges_of, asked = told(sizes)
+    found = find_layout(sum(sizes), len(sizes), ranges_of)
+    assert isinstance(found, PartBounds)
+    starts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]  # and the end
+    assert [found.start(n) for n in range(1, len(sizes) + 2)] == starts
+    assert found.count(sum(sizes)) == len(sizes)
+    for n in range(1, len(sizes) + 1):  # every byte of a part, and no other, in it
+        assert found.number_at(found.start(n)) == n and found.number_at(found.start(n + 1) - 1) == n
+    if len(sizes) > 2:
+        assert asked == [[1, len(sizes)], list(range(2, len(sizes)))]  # first and last, then the rest
+
+
+def test_parts_of_one_size_or_doubling_are_found_from_the_first_and_last():
+    for sizes in ([8 * MiB] * 5 + [MiB], [5 * MiB, 10 * MiB, 20 * MiB, 3 * MiB]):
+        ranges_of, asked = told(sizes)
+        found = find_layout(sum(sizes), len(sizes), ranges_of)
+        assert isinstance(found, PartLayout)
+        assert [n for _, _, n in found.spans(sum(sizes))] == sizes
+        assert asked == [[1, len(sizes)]]
+
+
+def test_parts_that_do_not_add_up_are_no_layout():
+    sizes = [5 * MiB, 7 * MiB, 6 * MiB]
+    ranges_of, _ = told(sizes)
+    assert find_layout(sum(sizes) + 1, 3, ranges_of) is None  # not the object's size
+    assert find_layout(sum(sizes), 5, ranges_of) is None  # parts S3 does not know of
+    assert bounds_of(10, [(0, 4), (5, 5)]) is None  # a gap
+    assert bounds_of(10, [(0, 4), (4, 0), (4, 6)]) is None  # an empty part
+    assert bounds_of(10, [(0, 4), None]) is None  # a part S3 did not say
+    assert bounds_of(10, [(0, 4), (4, 6)]) == PartBounds((0, 4), 10)
+
+
+def test_a_verifier_checks_parts_of_sizes_of_their_own():
+    sizes = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]
+    ranges_of, _ = told(sizes)
+    bounds = find_layout(sum(sizes), len(sizes), ranges_of)
+    data = bytearray(os.urandom(sum(sizes)))
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    etag = composite([hashlib.md5(data[at : at + n]).digest() for at, n in zip(starts, sizes, strict=True)])
+    for flip in (None, MiB, starts[1], starts[3] - 1, len(data) - 1):  # each part, the short last too
+        body = bytearray(data)
+        if flip is not None:
+            body[flip] ^= 1
+        v = Verifier("k", "MD5-of-parts:" + etag, len(body), bounds)
+        for off in reversed(range(0, len(body), 3 * MiB)):  # pieces that straddle parts, out of order
+            v.feed(off, [bytes(body[off : off + 3 * MiB])])
+        assert v.state == (VERIFIED if flip is None else MISMATCH), flip
 
 
 def test_a_verifier_checks_parts_of_growing_size():

@@ -22,9 +22,15 @@ from s3fs_mount.fs.prefetch import (
 )
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.checksums import VERIFIED
+from s3fs_mount.s3.errors import ConnectionFailed, S3Error
 
 MiB = 1 << 20
+
+
+def parts_of(bucket: Bucket):
+    """The prefetcher's ``part_layout_of`` on ``bucket``, as the operations give it the namespace's."""
+    return lambda key, etag, size, parts, every: bucket.part_layout(key, size, parts, every)
 
 
 def setup(tmp_path, size: int, chunk: int = MiB) -> tuple[FakeStore, bytes, Prefetcher, StagedFile]:
@@ -34,7 +40,7 @@ def setup(tmp_path, size: int, chunk: int = MiB) -> tuple[FakeStore, bytes, Pref
     store.put("k", data)
     bucket = Bucket(store, "bucket")
     prefetcher = Prefetcher(
-        bucket, max_window=4 * chunk, chunk=chunk, workers=2, part_layout_of=bucket.part_layout
+        bucket, max_window=4 * chunk, chunk=chunk, workers=2, part_layout_of=parts_of(bucket)
     )
     cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
     item, _ = cache.acquire("k")
@@ -220,7 +226,7 @@ def readers_of(tmp_path, keys: tuple[str, ...], size: int, workers: int):
         store.put(key, body)
     bucket = Bucket(store, "bucket")
     prefetcher = Prefetcher(
-        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=workers, part_layout_of=bucket.part_layout
+        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=workers, part_layout_of=parts_of(bucket)
     )
     cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
     items = {}
@@ -337,7 +343,10 @@ def test_pages_of_a_corrupt_stream_or_of_two_readers_at_once_are_not_kept(tmp_pa
 def test_a_stream_after_another_readers_part_of_it_checks_its_own_bytes(tmp_path):
     size = 6 * MiB
     store, data, prefetcher, item = setup(tmp_path, size)
-    assert prefetcher.read(item, ReadState(), 0, 2 * MiB) == data[: 2 * MiB]  # its check hashed these
+    first = ReadState()
+    assert prefetcher.read(item, first, 0, 2 * MiB) == data[: 2 * MiB]  # its check hashed these
+    for _, future in list(first.pieces.values()):  # its GETs ahead are done (else one takes the flip)
+        future.result()
     store.flip_reads = 1  # the next reader's first GET: bytes the first one's check hashed already
     with pytest.raises(FsError) as failed:
         prefetcher.read(item, ReadState(), 0, size)
@@ -349,7 +358,7 @@ def test_a_piece_let_go_and_fetched_again_for_a_late_read_keeps_no_pages(tmp_pat
     store, data, _, item = setup(tmp_path, size)
     bucket = Bucket(store, "bucket")  # pieces of 2 MiB, let go 4 MiB behind; reads 8 MiB behind still count
     prefetcher = Prefetcher(bucket, max_window=8 * MiB, chunk=8 * MiB, piece=2 * MiB, workers=2,
-                            part_layout_of=bucket.part_layout)
+                            part_layout_of=parts_of(bucket))
     state = ReadState()
     for at in range(0, 12 * MiB, MiB):
         assert prefetcher.read(item, state, at, MiB) == data[at : at + MiB]
@@ -454,3 +463,122 @@ def test_gets_in_flight_of_all_readers_are_the_window_in_shared_pieces_up_to_4_r
     assert Prefetcher(bucket, 64 * MiB, workers=8).budget == 16
     assert Prefetcher(bucket, 1 << 30, workers=8).budget == 32
     assert Prefetcher(bucket, 8 * MiB, workers=8).budget == 8
+
+
+#: Another client's parts, sized part by part: no one size fits them (checked part by part
+#: where S3 says each one is: s3fs_mount.s3.parts.PartBounds).
+UNEQUAL = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]
+
+
+def unequal_parts(tmp_path, sizes: list[int] = UNEQUAL) -> tuple[FakeStore, bytes, Prefetcher, StagedFile]:
+    """Object "k" in parts of ``sizes``, with no checksum but its ETag, a prefetcher of 2 MiB
+    pieces, and an item that is a clean copy of it."""
+    store = FakeStore()
+    data = os.urandom(sum(sizes))
+    upload = store.start_multipart("k", checksum=False)
+    at = 0
+    for number, size in enumerate(sizes, start=1):
+        upload.upload_part(number, data[at : at + size])
+        at += size
+    upload.complete()
+    bucket = Bucket(store, "bucket")
+    prefetcher = Prefetcher(
+        bucket, 8 * MiB, chunk=4 * MiB, piece=2 * MiB, workers=2,
+        part_layout_of=parts_of(bucket),
+    )
+    cache = StagingCache(str(tmp_path / "cache"), "bucket", 1 << 30)
+    item, _ = cache.acquire("k")
+    info = store.head("k")
+    assert info.etag.endswith("-%d" % len(sizes))
+    item.reset(info.size, info.etag, info.metadata, info.headers, info.mtime)
+    return store, data, prefetcher, item
+
+
+def stream_whole(prefetcher: Prefetcher, item: StagedFile, size: int) -> bytes:
+    """Read an item from byte 0 to its end in 1 MiB reads through one handle."""
+    state, got = ReadState(), []
+    for at in range(0, size, MiB):
+        got.append(prefetcher.read(item, state, at, MiB))
+    return b"".join(got)
+
+
+def test_a_stream_of_parts_of_sizes_of_their_own_is_checked_part_by_part(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path)
+    assert stream_whole(prefetcher, item, len(data)) == data
+    assert prefetcher._known_verifier("k", item.etag).state == VERIFIED  # not "part size unknown"
+    assert store.calls["HEAD part"] == 4  # the first and the last, then the two between
+    starts = [sum(UNEQUAL[:i]) for i in range(len(UNEQUAL))]
+    obj = store._get("k")
+    # A byte changed on the server (its ETag kept): in part 1, the first of part 2, the last of
+    # part 3, the last of the short last part.
+    for offset in (MiB, starts[1], starts[3] - 1, len(data) - 1):
+        obj.data = data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :]
+        with pytest.raises(FsError) as failed:
+            stream_whole(prefetcher, item, len(data))
+        assert failed.value.errno == errno.EIO, offset
+    obj.data = data
+    assert stream_whole(prefetcher, item, len(data)) == data
+    assert store.calls["HEAD part"] == 4  # a version's parts are asked for once
+
+
+#: Parts whose first and last fit one size (8 MiB) while those between differ and add up.
+ONE_SIZE_AT_THE_ENDS = [8 * MiB, 6 * MiB, 10 * MiB, 3 * MiB]
+
+
+def test_a_stream_of_parts_that_only_look_of_one_size_is_eio_once_then_checked_where_they_are(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path, ONE_SIZE_AT_THE_ENDS)
+    with pytest.raises(FsError) as failed:  # hashed on 8 MiB parts: not checked, so not served as such
+        stream_whole(prefetcher, item, len(data))
+    assert failed.value.errno == errno.EIO and "read it again" in str(failed.value)
+    assert store.calls["HEAD part"] == 2 + 4  # the first and the last; then each part
+    assert stream_whole(prefetcher, item, len(data)) == data  # checked where S3 says the parts are
+    assert prefetcher._known_verifier("k", item.etag).state == VERIFIED
+    obj = store._get("k")
+    obj.data = data[:-1] + bytes([data[-1] ^ 1])  # and a byte changed on the server is still EIO
+    with pytest.raises(FsError) as failed:
+        stream_whole(prefetcher, item, len(data))
+    assert failed.value.errno == errno.EIO and "do not match" in str(failed.value)
+    assert store.calls["HEAD part"] == 6
+
+
+def test_random_reads_of_parts_that_only_look_of_one_size_are_checked_where_they_are(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path, ONE_SIZE_AT_THE_ENDS)
+    state = ReadState()
+    got = {}
+    for at in reversed(range(0, len(data), MiB)):  # from the end: never sequential
+        got[at] = prefetcher.read(item, state, at, MiB)
+    assert b"".join(got[at] for at in sorted(got)) == data  # no EIO: hashed again from the staged file
+    assert store.calls["HEAD part"] == 2 + 4
+
+
+def test_a_failed_check_of_parts_of_one_size_asks_where_each_part_is_once_a_version(tmp_path):
+    sizes = [4 * MiB] * 5 + [MiB]  # one size: the check's guess was right, the bytes were wrong
+    store, data, prefetcher, item = unequal_parts(tmp_path, sizes)
+    obj = store._get("k")
+    obj.data = data[:5] + bytes([data[5] ^ 1]) + data[6:]
+    for _ in range(2):
+        with pytest.raises(FsError) as failed:
+            stream_whole(prefetcher, item, len(data))
+        assert failed.value.errno == errno.EIO and "do not match" in str(failed.value)
+    assert store.calls["HEAD part"] == 2 + len(sizes)  # the first and the last, then each once
+    obj.data = data
+    assert stream_whole(prefetcher, item, len(data)) == data
+
+
+def test_a_failed_check_whose_part_heads_fail_too_is_still_eio(tmp_path):
+    store, data, prefetcher, item = unequal_parts(tmp_path, ONE_SIZE_AT_THE_ENDS)
+    asked = prefetcher.part_layout_of
+
+    def failing(key, etag, size, parts, every):
+        if every:
+            raise ConnectionFailed("HEAD", "injected failure")
+        return asked(key, etag, size, parts, every)
+
+    prefetcher.part_layout_of = failing
+    with pytest.raises(FsError) as failed:  # not ConnectionFailed's errno: the bytes were not checked
+        stream_whole(prefetcher, item, len(data))
+    assert failed.value.errno == errno.EIO
+    prefetcher.part_layout_of = asked  # the next failed check asks again
+    with pytest.raises(FsError):
+        stream_whole(prefetcher, item, len(data))
+    assert stream_whole(prefetcher, item, len(data)) == data

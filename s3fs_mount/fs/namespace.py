@@ -87,7 +87,7 @@ from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
 from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.parts import PartLayout
+from s3fs_mount.s3.parts import AnyLayout
 from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -1279,11 +1279,11 @@ class Namespace:
         data = self.store.get_range(self.keymap.key(path), 0, size)
         return data.decode("utf-8", "surrogateescape")
 
-    def part_layout_of(self, key: str, size: int, parts: int) -> PartLayout | None:
-        """Where a multipart object's ``parts`` begin and end, for the check of its reads (one or
-        two HEADs; None: unknown)."""
+    def part_layout_of(self, key: str, size: int, parts: int, every: bool = False) -> AnyLayout | None:
+        """Where a multipart object's ``parts`` begin and end, for the check of its reads (HEADs:
+        the first and the last part's, or with ``every`` each part's; None: unknown)."""
         try:
-            return self.store.part_layout(key, size, parts)
+            return self.store.part_layout(key, size, parts, every)
         except S3Error as exc:
             log.debug("part sizes of %s unknown: %s", key, exc)
             return None

@@ -147,7 +147,9 @@ class S3Operations(Operations):
             options.readahead,
             workers=options.parallel,
             on_fetched=self.staging.grew,
-            part_layout_of=lambda key, etag, size, parts: self.namespace.part_layout_of(key, size, parts),
+            part_layout_of=lambda key, etag, size, parts, every: self.namespace.part_layout_of(
+                key, size, parts, every
+            ),
             verify=options.checksum,
             checksum_of=lambda key, etag: self.namespace.expected_digest(key, etag),
         )

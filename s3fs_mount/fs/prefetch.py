@@ -73,8 +73,8 @@ from s3fs_mount.fs.errors import Corrupt, FsError, Replaced
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, plan
-from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.parts import PartLayout
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error
+from s3fs_mount.s3.parts import AnyLayout, PartBounds, PartLayout
 from s3fs_mount.s3.store import digest_of
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,8 @@ class Prefetcher:
     :param workers: GETs in flight at once for one reader (``-o parallel``); all readers
         together have up to as many as the window holds shared pieces (at least ``workers``).
     :param part_layout_of: finds where a multipart object's parts begin and end (HEADs), to
-        check it: ``(key, etag, size, parts)`` -> :class:`~s3fs_mount.s3.parts.PartLayout`.
+        check it: ``(key, etag, size, parts, every)`` -> :data:`~s3fs_mount.s3.parts.AnyLayout`
+        (``every``: each part asked for, not found from the first and the last).
     :param verify: check whole-object reads against the object's checksum, or its ETag.
     :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
 
@@ -170,7 +171,7 @@ class Prefetcher:
         piece: int = 8 << 20,
         workers: int = 8,
         on_fetched: Callable[[int], None] | None = None,
-        part_layout_of: Callable[[str, str, int, int], PartLayout | None] | None = None,
+        part_layout_of: Callable[[str, str, int, int, bool], AnyLayout | None] | None = None,
         verify: bool = True,
         checksum_of: Callable[[str, str], str] | None = None,
     ) -> None:
@@ -182,7 +183,9 @@ class Prefetcher:
         #: (key, etag) -> the check of that version's bytes. GUARDED_BY(_verify_lock).
         self._verifiers: LRUCache[tuple[str, str], Verifier] = LRUCache(256)
         #: (key, etag) -> what _expected found (a version's digest never changes). GUARDED_BY(_verify_lock).
-        self._expectations: LRUCache[tuple[str, str], tuple[str, int | PartLayout] | None] = LRUCache(4096)
+        self._expectations: LRUCache[tuple[str, str], tuple[str, int | AnyLayout] | None] = LRUCache(
+            4096, getsizeof=_weight
+        )
         self._verify_lock = threading.Lock()
         self.on_fetched = on_fetched  # told how many bytes each fetch added to the cache
         self.store = store
@@ -427,7 +430,7 @@ class Prefetcher:
             self._verifiers[(key, etag)] = verifier
         return verifier
 
-    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
+    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | AnyLayout] | None:
         """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked."""
         if not self.verify or size <= 0:
             return None
@@ -439,14 +442,16 @@ class Prefetcher:
             self._expectations[(key, etag)] = found
         return found
 
-    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int | PartLayout] | None:
+    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int | AnyLayout] | None:
         digest = (self.checksum_of(key, etag) if self.checksum_of is not None else "") or digest_of(etag)
         found = plan(digest)
         if found is None:
             return None  # no checksum, and an ETag that is no MD5 (SSE-KMS, SSE-C): nothing to check
         if found[1] == 1:
             return digest, size
-        known = self.part_layout_of(key, etag, size, found[1]) if self.part_layout_of is not None else None
+        if self.part_layout_of is None:
+            return None
+        known = self.part_layout_of(key, etag, size, found[1], False)
         if known is None:
             log.debug("%s: part size unknown, not checked", key)
             return None
@@ -458,9 +463,18 @@ class Prefetcher:
         expected = self._expected(item.key, etag, size)
         if expected is None:
             return
-        verifier = Verifier(item.key, expected[0], size, expected[1])  # hashes in this thread, as fed
-        for at in range(0, size, BLOCK):
-            verifier.feed(at, [os.pread(item.fd, min(BLOCK, size - at), at)])
+
+        def hashed(layout: int | AnyLayout) -> Verifier:
+            verifier = Verifier(item.key, expected[0], size, layout)  # hashes in this thread, as fed
+            for at in range(0, size, BLOCK):
+                verifier.feed(at, [os.pread(item.fd, min(BLOCK, size - at), at)])
+            return verifier
+
+        verifier = hashed(expected[1])
+        if verifier.state == MISMATCH:
+            told = self._parts_told_anew(item.key, etag, verifier)
+            if told is not None:  # the bytes are here: hashed again where the parts are
+                verifier = hashed(told)
         if verifier.state != MISMATCH:
             return
         if not item.drop_fetched(etag, generation):
@@ -487,7 +501,38 @@ class Prefetcher:
             self.drop(state)
             state.failed = True
         item.drop_fetched(etag)
+        if self._parts_told_anew(item.key, etag, verifier) is not None:
+            # The bytes this reader had were hashed on parts where they are not: unchecked, so
+            # still EIO; a read again is checked where S3 says each part is.
+            raise FsError(errno.EIO, "%s: bytes read could not be checked; read it again" % item.key)
         raise FsError(errno.EIO, "%s: bytes read do not match the object's ETag" % item.key)
+
+    def _parts_told_anew(self, key: str, etag: str, verifier: Verifier) -> AnyLayout | None:
+        """A check of version ``etag`` of a multipart object failed, its parts taken where its first
+        and last part put them (one size, or a stream's doubling sizes): where S3 says each part
+        is (a HEAD each), when that differs, kept for the version's checks from now on (those
+        between may differ and still add up: the mismatch was the guess's, not the bytes'); else
+        None (the bytes did not match)."""
+        guessed, count = verifier.layout, verifier.parts
+        if not isinstance(guessed, PartLayout) or count < 3 or self.part_layout_of is None:
+            return None
+        try:
+            told = self.part_layout_of(key, etag, verifier.size, count, True)
+        except RemoteStoreError as exc:  # the read's answer stays EIO; a read again asks again
+            log.warning("%s: where its parts are is unknown: %s", key, exc)
+            return None
+        if told is None:
+            return None
+        with self._verify_lock:  # asked once a version: checked where S3 says from now on
+            self._expectations[(key, etag)] = (verifier.expected, told)
+        if all(told.start(n) == guessed.start(n) for n in range(2, count + 1)):
+            return None
+        log.warning(
+            "%s: its parts are not where its first and last part put them (sizes of their own): "
+            "checked where S3 says each one is from now on",
+            key,
+        )
+        return told
 
     def _hold(self, state: ReadState, start: int, length: int, needed: bool) -> bool:
         """Count a piece about to be fetched for ``state`` (caller holds ``state.lock``); False:
@@ -613,6 +658,14 @@ def random_block(block: int, misses: deque[int], offset: int) -> int:
     if any(abs(offset - m) < MAX_RANDOM_BLOCK for m in misses):
         return min(block * 4, MAX_RANDOM_BLOCK)
     return max(block // 2, PAGE)
+
+
+def _weight(found: tuple[str, int | AnyLayout] | None) -> int:
+    """What a version's expectation counts for in ``Prefetcher._expectations``: one, and one
+    more for each 64 parts whose starts it keeps (parts S3 told one by one: up to 10,000)."""
+    if found is not None and isinstance(found[1], PartBounds):
+        return 1 + len(found[1].starts) // 64
+    return 1
 
 
 def _moved_on(item: StagedFile, etag: str) -> bool:

@@ -25,7 +25,7 @@ from typing import IO, Protocol, runtime_checkable
 
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import RemoteName, S3Name
-from s3fs_mount.s3.parts import PartLayout
+from s3fs_mount.s3.parts import AnyLayout
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, copy_source
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -56,7 +56,9 @@ class ObjectStore(Protocol):
         self, remote_name: RemoteName, start: int, length: int, block: int, if_match: str | None = None
     ) -> list[bytes]: ...
 
-    def part_layout(self, remote_name: RemoteName, size: int, count: int) -> PartLayout | None: ...
+    def part_layout(
+        self, remote_name: RemoteName, size: int, count: int, every: bool = False
+    ) -> AnyLayout | None: ...
 
     def put(
         self,
@@ -236,8 +238,8 @@ class Bucket:
     ) -> list[bytes]:
         return self.store.get_range_blocks(self._at(key), start, length, block, if_match)
 
-    def part_layout(self, key: str, size: int, count: int) -> PartLayout | None:
-        return self.store.part_layout(self._at(key), size, count)
+    def part_layout(self, key: str, size: int, count: int, every: bool = False) -> AnyLayout | None:
+        return self.store.part_layout(self._at(key), size, count, every)
 
     def put(
         self,

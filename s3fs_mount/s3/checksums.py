@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from s3fs_mount.s3.errors import RemoteStoreError
-from s3fs_mount.s3.parts import PartLayout
+from s3fs_mount.s3.parts import AnyLayout, PartLayout
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,9 @@ class Verifier:
 
     :param expected: what the bytes must hash to, as :func:`plan` reads it.
     :param part_size: the size of every part but the last (multipart objects), or the parts'
-        :class:`~s3fs_mount.s3.parts.PartLayout` when they differ; the whole size else.
+        :class:`~s3fs_mount.s3.parts.PartLayout` when they grow as a stream's, or where each
+        begins (:class:`~s3fs_mount.s3.parts.PartBounds`) when S3 told them one by one; the
+        whole size else.
 
     Each part of a multipart object is hashed on its own, so the pieces of different parts are
     hashed side by side by the threads that feed them (one hasher thread hashing a 1 GiB object's
@@ -221,16 +223,16 @@ class Verifier:
         key: str,
         expected: str,
         size: int,
-        part_size: int | PartLayout,
+        part_size: int | AnyLayout,
     ) -> None:
         found = plan(expected)
         if found is None:
             raise ValueError("cannot check a digest %r" % expected)
         self.key, self.expected, self.size = key, expected, size
         self.algorithm, self.parts = found
-        if not isinstance(part_size, PartLayout):
+        if isinstance(part_size, int):
             part_size = PartLayout(part_size if part_size > 0 else max(size, 1))
-        self.layout = part_size
+        self.layout: AnyLayout = part_size
         self._count = self.layout.count(size) if size else 0  # parts to hash
         self._lock = threading.Lock()
         self._state = PENDING if size else UNCHECKED

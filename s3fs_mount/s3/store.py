@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -39,7 +40,7 @@ from s3fs_mount.s3.connection import S3Connection
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
-from s3fs_mount.s3.parts import MIN_PART_SIZE, PartLayout, layout_of, part_size_for
+from s3fs_mount.s3.parts import MIN_PART_SIZE, AnyLayout, find_layout, part_size_for
 from s3fs_mount.s3.retry import RETRYABLE_CODES
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
 from s3fs_mount.s3.transport import Response
@@ -533,7 +534,7 @@ class RemoteStore:
         found = plan(info.digest)
         if found is None or info.size == 0:
             return None
-        layout: int | PartLayout = info.size
+        layout: int | AnyLayout = info.size
         if found[1] > 1:
             known = self.part_layout(remote_name, info.size, found[1])
             if known is None:
@@ -541,22 +542,34 @@ class RemoteStore:
             layout = known
         return Verifier(info.key, info.digest, info.size, layout)
 
-    def part_layout(self, remote_name: RemoteName, size: int, count: int) -> PartLayout | None:
+    def part_layout(
+        self, remote_name: RemoteName, size: int, count: int, every: bool = False
+    ) -> AnyLayout | None:
         """Where the ``count`` parts of a ``size``-byte object begin and end, as the check of a
-        multipart ETag or checksum needs them; None when no layout of ours fits.
+        multipart ETag or checksum needs them; None when S3 does not say, or it does not add up.
+        A part S3 does not have (the ETag's count is not S3's) is :class:`S3Error` 416.
 
-        One HEAD (``partNumber=1``) when every part but the last has one size, as every SDK
-        writes them; a second (``partNumber=count``) for the doubling parts of a stream
-        (:mod:`s3fs_mount.s3.parts`).
+        HEADs with ``partNumber``: the first and the last part (one size throughout, as every SDK
+        writes them, or a stream's doubling parts: :mod:`s3fs_mount.s3.parts`); each part, side
+        by side on the part pool, when their sizes follow neither, or with ``every``
+        (:func:`~s3fs_mount.s3.parts.find_layout`).
         """
-        first = self._part_range(remote_name, 1)
-        if first is None:
-            return None
-        found = layout_of(size, count, first[1], None)
-        if found is None and count >= 3:
-            last = self._part_range(remote_name, count)
-            found = layout_of(size, count, first[1], last[0] if last else None)
-        return found
+
+        def ranges_of(numbers: Iterable[int]) -> dict[int, tuple[int, int] | None]:
+            found: dict[int, tuple[int, int] | None] = {}
+
+            def ask(number: int) -> None:
+                found[number] = self._part_range(remote_name, number)
+
+            numbers = list(numbers)
+            if len(numbers) <= 2:  # the first and the last: here, not behind uploads' parts in the pool
+                for n in numbers:
+                    ask(n)
+            else:
+                self.run_parallel(functools.partial(ask, n) for n in numbers)
+            return found
+
+        return find_layout(size, count, ranges_of, every)
 
     def _part_range(self, remote_name: RemoteName, number: int) -> tuple[int, int] | None:
         """(offset, length) of part ``number`` of a multipart object; None if the server does not say."""

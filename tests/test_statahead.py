@@ -220,6 +220,42 @@ def test_a_readdir_over_several_listing_pages_hands_out_whole_all_but_the_first_
     assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
 
 
+def test_a_walk_keeps_every_stat_ahead_worker_busy(tmp_path):
+    """ls -l of a large directory: once the window has grown, it holds enough names that all
+    WORKERS threads send a HEAD at once (a loaded server answers each more slowly, not fewer at a
+    time), and no file is HEADed twice. The HEADs past the 200th wait until WORKERS of them are
+    under way together (then none waits again; a bound of 60 s only keeps a failure from hanging)."""
+    store, clock = PagedStore(), FakeClock()
+    keys = files(store, 500)
+    lock = threading.Condition()
+    under_way = [0, 0]  # now, most at once
+    opened = threading.Event()
+    plain_head = store.head
+
+    def head(remote_name):
+        key = getattr(remote_name, "key", remote_name)
+        if opened.is_set() or key < "d/f0200":
+            return plain_head(remote_name)
+        with lock:
+            under_way[0] += 1
+            under_way[1] = max(under_way)
+            if under_way[0] >= statahead.WORKERS:
+                opened.set()
+                lock.notify_all()
+            lock.wait_for(opened.is_set, timeout=60)
+            under_way[0] -= 1
+        return plain_head(remote_name)
+
+    store.head = head
+    ops = make_ops(tmp_path, store, clock, attr_ttl=300.0, dir_ttl=300.0)
+    ops.getattr("/d")
+    store.heads.clear()
+    whole, stats = ls_l(ops, "/d")
+    assert under_way[1] == statahead.WORKERS and statahead.MAX_WINDOW >= statahead.WORKERS
+    assert whole + stats == len(keys)
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+
+
 def test_stats_past_what_a_readdir_that_stopped_listed_still_have_their_heads_sent_ahead(tmp_path):
     """A readdir that stops after its first page lists no more: stats of the files after it
     (their names not listed by it) get them from LIST pages of the stat-ahead's own, as before."""

@@ -10,6 +10,7 @@ import concurrent.futures
 import errno
 import os
 import stat
+import subprocess
 import threading
 
 import pytest
@@ -175,6 +176,106 @@ def test_a_readdir_hands_out_whole_the_files_whose_heads_went_ahead_of_its_stats
     assert set(heads) == set(keys) | {"d/zlink"} and max(heads.values()) == 1
 
 
+class PagedStore(CountingStore):
+    """A store that lists :data:`PAGED` keys a page: a directory's readdir comes in several pages."""
+
+    def list(self, prefix="", delimiter="/", bucket=None, max_keys=1000, start_after=None):
+        return super().list(prefix, delimiter, bucket, max_keys=min(max_keys, PAGED), start_after=start_after)
+
+
+PAGED = 100
+
+
+def ls_l(ops, path: str) -> tuple[int, int]:
+    """GNU ls -l: each entry stat'ed as the readdir hands it out (a getattr unless it came whole):
+    (entries that came whole, getattr calls)."""
+    whole = stats = 0
+    for entry in ops.readdir(path, 0):
+        if isinstance(entry, str):
+            continue
+        name, attrs, _ = entry
+        if type(attrs) is dict:  # noqa: E721 - not TypeOnly or Unsettled: whole attributes
+            whole += 1
+        else:
+            stats += 1
+            assert ops.getattr(path + "/" + name)["st_mode"] == MODE
+    return whole, stats
+
+
+def test_a_readdir_over_several_listing_pages_hands_out_whole_all_but_the_first_files(tmp_path):
+    """ls -l of a directory listed in several pages: past the first two entries (whose stats start
+    the run), each page's HEADs are sent as the readdir gets the page, before it hands out the
+    page's entries, so every entry goes out whole: no getattr for it, and no LIST page of the
+    stat-ahead's own (it used to run out of names at each page's end, list a page of its own
+    queued behind the HEADs, and the readdir passed names meanwhile: ~50 getattr a page)."""
+    store, clock = PagedStore(), FakeClock()
+    keys = files(store, 4 * PAGED + 50)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=30.0)
+    ops.getattr("/d")
+    store.heads.clear()
+    del store.lists[:]
+    whole, stats = ls_l(ops, "/d")
+    assert (whole, stats) == (len(keys) - 2, 2)
+    assert [after for _, after in store.lists if after is not None] == []  # the readdir's pages only
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+
+
+def test_a_walk_keeps_every_stat_ahead_worker_busy(tmp_path):
+    """ls -l of a large directory: once the window has grown, it holds enough names that all
+    WORKERS threads send a HEAD at once (a loaded server answers each more slowly, not fewer at a
+    time), and no file is HEADed twice. The HEADs past the 200th wait until WORKERS of them are
+    under way together (then none waits again; a bound of 60 s only keeps a failure from hanging)."""
+    store, clock = PagedStore(), FakeClock()
+    keys = files(store, 500)
+    lock = threading.Condition()
+    under_way = [0, 0]  # now, most at once
+    opened = threading.Event()
+    plain_head = store.head
+
+    def head(remote_name):
+        key = getattr(remote_name, "key", remote_name)
+        if opened.is_set() or key < "d/f0200":
+            return plain_head(remote_name)
+        with lock:
+            under_way[0] += 1
+            under_way[1] = max(under_way)
+            if under_way[0] >= statahead.WORKERS:
+                opened.set()
+                lock.notify_all()
+            lock.wait_for(opened.is_set, timeout=60)
+            under_way[0] -= 1
+        return plain_head(remote_name)
+
+    store.head = head
+    ops = make_ops(tmp_path, store, clock, attr_ttl=300.0, dir_ttl=300.0)
+    ops.getattr("/d")
+    store.heads.clear()
+    whole, stats = ls_l(ops, "/d")
+    assert under_way[1] == statahead.WORKERS and statahead.MAX_WINDOW >= statahead.WORKERS
+    assert whole + stats == len(keys)
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+
+
+def test_stats_past_what_a_readdir_that_stopped_listed_still_have_their_heads_sent_ahead(tmp_path):
+    """A readdir that stops after its first page lists no more: stats of the files after it
+    (their names not listed by it) get them from LIST pages of the stat-ahead's own, as before."""
+    store, clock = PagedStore(), FakeClock()
+    keys = files(store, 3 * PAGED)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=30.0)
+    ops.getattr("/d")
+    entries = ops.readdir("/d", 0)
+    for _ in range(PAGED // 2):  # part of the first page, then the reader stops
+        next(entries)
+    entries.close()
+    store.heads.clear()
+    del store.lists[:]
+    for i, key in enumerate(keys):
+        st = ops.getattr("/" + key)
+        assert (st["st_size"], st["st_mode"]) == (i, MODE)
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+    assert [after for _, after in store.lists if after is not None]  # listed on by the stat-ahead
+
+
 def test_a_listing_page_queued_for_a_directory_dropped_meanwhile_is_not_sent(tmp_path):
     """rm -r: a page the stat-ahead queued for a directory that is removed (dropped) before a
     worker takes it up lists nothing (it listed the removed directory, after its rmdir)."""
@@ -302,6 +403,45 @@ def test_stats_in_listing_order_through_a_mount_send_one_list_and_a_head_per_fil
     assert len(heads) <= count and len(lists) == 1 and lists[0]["prefix"] == ["sa/"]
     assert sizes[7] == (5, 0o600)  # full attributes: the mode from x-amz-meta-mode
     assert all(sizes[i][0] == len(b"%d" % len(keys[i])) for i in range(count) if i != 7)
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_ls_l_of_a_directory_of_several_listing_pages_sends_no_getattr_past_its_first_entries(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    """ls -l of 2,100 files (three LIST pages): each page's HEADs go out as the readdir gets the
+    page, so its entries go out whole; the kernel asks getattr of the first reply's files alone
+    (operations.FIRST_READDIR_REPLY, stat'ed before the run began), the stat-ahead lists no page
+    of its own (a LIST with start-after: one a page's end before), each file is HEADed once, and
+    ls shows what was stored."""
+    from test_operability import _scrape
+
+    from s3fs_mount.localserver import free_ports
+
+    count = 2100
+    keys = ["sc/f%04d" % i for i in range(count)]
+    put_many(boto, bucket, keys)
+    boto.put_object(Bucket=bucket, Key=keys[1500], Body=b"mode", Metadata={"mode": str(stat.S_IFREG | 0o600)})
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    port = free_ports(1)[0]
+    mount = mount_factory("attr_ttl=30,metrics=127.0.0.1:%d" % port, config=config).start()
+    top = os.path.join(mount.path, "sc")
+    assert os.path.isdir(top)
+    before = _scrape(port).get('s3fs_fuse_operations_total{operation="getattr",result="ok"}', 0)
+    mark = len(faultproxy.seen)
+    env = dict(os.environ, LC_ALL="C")
+    out = subprocess.run(["ls", "-l", top], check=True, capture_output=True, text=True, env=env).stdout
+    lines = {line.split()[-1]: line for line in out.splitlines()[1:]}
+    assert len(lines) == count
+    assert lines["f1500"].startswith("-rw------- ") and lines["f0007"].startswith("-rw-r--r-- ")
+    stats = _scrape(port).get('s3fs_fuse_operations_total{operation="getattr",result="ok"}', 0) - before
+    seen = requests_of(faultproxy, mark)
+    heads = collections.Counter(p for m, p, _ in seen if m == "HEAD")
+    lists = [q for m, _, q in seen if m == "GET" and q.get("list-type")]
+    assert set(heads) == {"/%s/%s" % (bucket, k) for k in keys} and max(heads.values()) == 1
+    assert [q for q in lists if "start-after" in q] == []  # the readdir's pages alone
+    assert stats <= 2 * 16, stats  # ~16: the first reply's files (not ~50 more at each page's end)
     mount.stop()
 
 

@@ -492,10 +492,11 @@ class Namespace:
         found = self._cache_fetched(path, found)
         return found if found.complete and not found.is_dir else None
 
-    def _unknown_files_after(self, parent: str, after: str, count: int) -> list[str] | None:
+    def _unknown_files_after(self, parent: str, after: str, count: int) -> tuple[list[str], bool] | None:
         """Up to ``count`` names after ``after`` (in name order) of files of ``parent`` not known
-        whole, from a listing of it less than ``dir_ttl`` old; None if there is none (the
-        stat-ahead's names: the HEADs a walk after a readdir asks for next)."""
+        whole, from a listing of it less than ``dir_ttl`` old, and whether that listing is whole
+        (False: a readdir still under way, which has listed no further yet); None if there is
+        none (the stat-ahead's names: the HEADs a walk after a readdir asks for next)."""
         with self._lock:
             names = self._listings.get(parent)
             listed = self._listed.get(parent)
@@ -516,8 +517,9 @@ class Namespace:
                     found.append(name)
                     if len(found) == count:
                         break
-            # A listing still under way that has not come this far: a LIST page of the stat-ahead's own.
-            return found if whole or len(found) == count else None
+            # A listing still under way that has not come this far: the rest once it lists more
+            # (iter_dir tells the stat-ahead), not a LIST page of the stat-ahead's own.
+            return found, whole
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
         """Raise FsError(ENOENT), with no request, if a listing of ``parent`` less than
@@ -1068,6 +1070,7 @@ class Namespace:
                     if resort:
                         ordered.sort()
                     self._walk_names[path] = (ordered, False)
+                self.statahead.more_listed(path)  # a walk's HEADs of this page go before its entries
             if done:
                 # Known before the last page is handed out: a reader that stops early (rm -r's
                 # first readdir reads one buffer, then reads the directory again) leaves it known.

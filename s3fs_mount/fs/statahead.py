@@ -59,10 +59,12 @@ from s3fs_mount.s3.bucket import Bucket
 log = logging.getLogger(__name__)
 
 #: Threads sending HEADs ahead (shared by all directories). 8 threads and a window of 32 stat'ed
-#: 1,000 files in 1.16-1.52 s, 4 and 16 in 1.31-1.87 s, none in 1.92-2.70 s (bench/README.md).
-WORKERS = 8
-#: Most HEADs sent ahead of the last stat in one directory.
-MAX_WINDOW = 32
+#: 1,000 files in 1.16-1.52 s, 4 and 16 in 1.31-1.87 s, none in 1.92-2.70 s; on a loaded machine
+#: (a slower answer to each HEAD, not fewer at a time) 16 and 64 walked 10,000 faster than 8 and
+#: 32 (bench/README.md, round 31). A thread waiting for an answer holds no CPU.
+WORKERS = 16
+#: Most HEADs sent ahead of the last stat in one directory (at least WORKERS: all of them busy).
+MAX_WINDOW = 64
 #: Names one listing page asks for.
 PAGE = 128
 #: Directories followed at once.
@@ -219,9 +221,11 @@ class StatAhead:
     :param clock: the monotonic clock ``seen_at`` is measured by.
     :param ttl: how long an answer fetched ahead may be used (``attr_ttl``).
     :param workers: threads sending HEADs ahead; 0 turns stat-ahead off.
-    :param listed: ``(parent, after, count)`` -> up to ``count`` names of files of ``parent``
-        after ``after`` still to ask about, from a listing the namespace has (a readdir under
-        way or a moment ago: ls -l, rm -r), or None (not known: a LIST page is asked).
+    :param listed: ``(parent, after, count)`` -> ``(names, final)``: up to ``count`` names of
+        files of ``parent`` after ``after`` still to ask about, from a listing the namespace has
+        (a readdir under way or a moment ago: ls -l, rm -r), and whether that listing is whole
+        (``final``; False: a readdir under way has not listed further yet, and
+        :meth:`more_listed` says when it has); or None (not known: a LIST page is asked).
     """
 
     def __init__(
@@ -233,7 +237,7 @@ class StatAhead:
         clock: Clock,
         ttl: float,
         workers: int = WORKERS,
-        listed: Callable[[str, str, int], list[str] | None] = lambda parent, after, count: None,
+        listed: Callable[[str, str, int], tuple[list[str], bool] | None] = lambda parent, after, count: None,
     ) -> None:
         self._listed = listed
         self._store = store
@@ -283,8 +287,16 @@ class StatAhead:
             return None
         found = self._settled(path, future)
         if found is not None:
-            self._advance(parent, name)
+            self._advance(parent, name, reading=True)
         return found
+
+    def more_listed(self, parent: str) -> None:
+        """A readdir of ``parent`` under way listed more names (a page it is about to hand out):
+        a run that had sent HEADs for every name listed so far sends those of the new ones now,
+        so the readdir finds them in flight (and hands their entries out whole) rather than
+        passing them before a LIST page of the stat-ahead's own, queued behind the HEADs, came."""
+        if self._pool is not None:
+            self._fill(parent, reading=True)
 
     def drop(self, path: str) -> None:
         """Our own change of ``path`` (or of the tree under it): what was fetched for it goes."""
@@ -368,8 +380,9 @@ class StatAhead:
             self._dirs.move_to_end(parent)
         self._fill(parent)
 
-    def _advance(self, parent: str, name: str) -> None:
-        """A stat took ``name`` from the window: the window grows, and more is sent."""
+    def _advance(self, parent: str, name: str, reading: bool = False) -> None:
+        """A stat (``reading``: the readdir) took ``name`` from the window: the window grows, and
+        more is sent."""
         with self._lock:
             run = self._dirs.get(parent)
             if run is None:
@@ -378,7 +391,7 @@ class StatAhead:
             self._move_to(run, name)
             run.touched = self._clock.monotonic()
             self._dirs.move_to_end(parent)
-        self._fill(parent)
+        self._fill(parent, reading)
 
     @staticmethod
     def _move_to(run: _Run, name: str) -> None:
@@ -391,8 +404,13 @@ class StatAhead:
             run.listed_to = ""  # past what was listed: list again from here
             run.exhausted = False
 
-    def _fill(self, parent: str) -> None:
-        """Send HEADs until the window is full; list a page more (in the pool) when names run out."""
+    def _fill(self, parent: str, reading: bool = False) -> None:
+        """Send HEADs until the window is full; list a page more (in the pool) when names run out.
+
+        ``reading``: the readdir the names come from is the caller (it handed an entry out, or
+        listed more): where it has listed no further yet, the next names come when it does
+        (:meth:`more_listed`), not from a LIST page. A stat's call lists a page there (a
+        readdir that stopped early lists no more)."""
         assert self._pool is not None
         with self._lock:
             run = self._dirs.get(parent)
@@ -408,8 +426,8 @@ class StatAhead:
         # Names a listing the namespace has already holds are taken here, at once: queued behind
         # the HEADs, a readdir handing entries out whole would pass some before they came.
         known = self._listed(parent, after, PAGE)
-        if known is not None:
-            self._add_names(parent, run, after, known)
+        if known is not None and (known[1] or known[0] or reading):
+            self._add_names(parent, run, after, known[0], known[1], reading)
         else:
             self._pool.submit(self._list_page, parent, run, after)
 
@@ -419,17 +437,21 @@ class StatAhead:
             if self._dirs.get(parent) is not run:
                 return  # dropped while queued (rmdir of it: rm -r's next directory is under way)
         try:
-            names = self._files_after(parent, after)
+            names, final = self._files_after(parent, after)
         except Exception as exc:  # noqa: BLE001 - only an optimisation: the stats go on alone
             log.debug("stat-ahead listing of %s failed (%s)", parent, exc)
             with self._lock:
                 if self._dirs.get(parent) is run:
                     self._end(parent)
             return
-        self._add_names(parent, run, after, names)
+        self._add_names(parent, run, after, names, final)
 
-    def _add_names(self, parent: str, run: _Run, after: str, names: list[str]) -> None:
-        """Listed names of ``parent``'s files after ``after`` into the run's names; more sent."""
+    def _add_names(
+        self, parent: str, run: _Run, after: str, names: list[str], final: bool, reading: bool = False
+    ) -> None:
+        """Listed names of ``parent``'s files after ``after`` into the run's names; more sent.
+        ``final``: fewer than a page means the directory's end; else (a readdir under way) the
+        names after these are asked for again when it lists more (:meth:`more_listed`)."""
         with self._lock:
             run.listing = False
             if self._dirs.get(parent) is not run:
@@ -438,14 +460,16 @@ class StatAhead:
             fresh = [n for n in names if n > tail and n not in run.ahead]
             run.names.extend(fresh)
             run.listed_to = names[-1] if names else after
-            run.exhausted = len(names) < PAGE or not fresh
-        self._fill(parent)
+            run.exhausted = final and (len(names) < PAGE or not fresh)
+        if fresh or final:
+            self._fill(parent, reading)
 
-    def _files_after(self, parent: str, after: str) -> list[str]:
-        """The names of files in directory ``parent`` after ``after``, one page (no directories):
-        from a listing the namespace has (a readdir under way, or done a moment ago), else one LIST page."""
+    def _files_after(self, parent: str, after: str) -> tuple[list[str], bool]:
+        """The names of files in directory ``parent`` after ``after``, one page (no directories),
+        and whether the listing they come from is whole: from a listing the namespace has (a
+        readdir under way, or done a moment ago), else one LIST page."""
         known = self._listed(parent, after, PAGE)
-        if known is not None:
+        if known is not None and (known[1] or len(known[0]) == PAGE):
             return known
         prefix = self._keymap.dir_prefix(parent)
         page = next(self._store.list(prefix, delimiter="/", max_keys=PAGE, start_after=prefix + after))
@@ -454,7 +478,7 @@ class StatAhead:
             rest = entry.key[len(prefix) :]
             if rest and not rest.endswith(FOLDER_SUFFIX) and is_valid_name(rest):
                 names.append(rest)
-        return names
+        return names, True
 
     def _end(self, parent: str) -> None:
         """Stop following ``parent``: what is queued is not sent (caller holds _lock)."""

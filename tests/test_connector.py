@@ -334,6 +334,22 @@ def test_a_download_asks_where_each_part_is_when_their_sizes_differ(mp_store, tm
     assert re.search(r"read of uneven verified \(MD5-of-parts:[0-9a-f]{32}-4\)", caplog.text)
 
 
+def test_a_download_of_parts_that_only_look_of_one_size_asks_where_each_is_after_a_failed_check(
+    mp_store, tmp_path, caplog
+):
+    sizes = [8 * MiB, 6 * MiB, 10 * MiB, 3 * MiB]  # the first and the last fit 8 MiB parts; the rest not
+    data = os.urandom(sum(sizes))
+    mpu = mp_store.start_multipart("looks-even", checksum=False)
+    for n in range(1, len(sizes) + 1):
+        mpu.upload_part(n, data[sum(sizes[: n - 1]) : sum(sizes[:n])])
+    mpu.complete()
+    caplog.set_level(logging.DEBUG, logger="s3fs_mount.s3.checksums")
+    info = mp_store.download("looks-even", str(tmp_path / "back"))
+    assert (tmp_path / "back").read_bytes() == data
+    assert info.digest.endswith("-4")
+    assert re.search(r"read of looks-even verified \(MD5-of-parts:[0-9a-f]{32}-4\)", caplog.text)
+
+
 def test_failed_part_leaves_nothing_behind(mp_store, boto, bucket, big_file, monkeypatch, caplog):
     real = MultipartUpload.upload_part
     finished = []

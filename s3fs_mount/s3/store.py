@@ -529,14 +529,17 @@ class RemoteStore:
         resp.close()
         return ObjectInfo.from_response(key, resp)
 
-    def _download_verifier(self, remote_name: RemoteName, info: ObjectInfo) -> Verifier | None:
-        """The check of a whole-object download of ``info``'s version (None: nothing to check with)."""
+    def _download_verifier(
+        self, remote_name: RemoteName, info: ObjectInfo, every: bool = False
+    ) -> Verifier | None:
+        """The check of a whole-object download of ``info``'s version (None: nothing to check with);
+        ``every``: each part's place asked of S3 (see :meth:`part_layout`)."""
         found = plan(info.digest)
         if found is None or info.size == 0:
             return None
         layout: int | AnyLayout = info.size
         if found[1] > 1:
-            known = self.part_layout(remote_name, info.size, found[1])
+            known = self.part_layout(remote_name, info.size, found[1], every)
             if known is None:
                 return None
             layout = known
@@ -658,17 +661,21 @@ class RemoteStore:
         """Stream a whole object into a path or a binary file object.
 
         With ``verify`` the bytes are checked against the ETag (the MD5, or the MD5 of the
-        parts' MD5s: one more HEAD finds the part size) as they arrive; a mismatch is
-        :class:`ChecksumMismatch`, retried by the retry policy like any fault on the way.
+        parts' MD5s: HEADs find where the parts are) as they arrive; a mismatch is
+        :class:`ChecksumMismatch`, retried by the retry policy like any fault on the way (after
+        a mismatch, each part's place is asked of S3: parts may only look of one size).
         """
         bucket, key = self._name(remote_name)
+        failed_checks = 0  # only fetch() touches it, one call at a time
 
         def fetch() -> ObjectInfo:
+            nonlocal failed_checks
             resp = self.connection.request(
                 "GET", bucket, key, headers={"x-amz-checksum-mode": "ENABLED"}, stream=True
             )
             info = ObjectInfo.from_response(key, resp)
-            verifier = self._download_verifier(remote_name, info) if verify else None
+            every = failed_checks > 0
+            verifier = self._download_verifier(remote_name, info, every) if verify else None
             with resp, _body_errors(remote_name):
                 out = open(local, "wb") if isinstance(local, str) else local
                 try:
@@ -685,6 +692,7 @@ class RemoteStore:
                     if isinstance(local, str):
                         out.close()
             if verifier is not None and verifier.state == MISMATCH:
+                failed_checks += 1
                 raise ChecksumMismatch(key, info.digest, verifier.got)
             return info
 

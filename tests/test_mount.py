@@ -268,6 +268,12 @@ def test_a_new_name_whose_key_would_pass_1024_bytes_is_refused_at_once(mount, bo
     with open(os.path.join(deep, "n" * 60), "w") as f:  # 1024 bytes: it fits
         f.write("fits")
     assert s3_bytes(boto, bucket, deep[len(p) + 1 :] + "/" + "n" * 60) == b"fits"
+    for n in (60, 55):  # a file's key would fit; the marker "d.../" (60) or the holder (55) not
+        with pytest.raises(OSError) as info:
+            os.mkdir(os.path.join(deep, "d" * n))
+        assert info.value.errno == errno.ENAMETOOLONG
+    assert not any(k.startswith(deep[len(p) + 1 :] + "/d") for k in s3_keys(boto, bucket))
+    assert os.listdir(deep) == ["n" * 60]
     assert "would be longer than S3 keeps (1024 bytes)" in mount.log()
     assert "nothing waiting to upload" in sh("%s status %s" % (BIN, p), p).stdout
 

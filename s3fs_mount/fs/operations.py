@@ -471,6 +471,8 @@ class S3Operations(Operations):
     def mkdir(self, path: str, mode: int) -> None:
         self._writable()
         self._parent_dir(path)
+        # Its marker and holder are longer keys than a file's: each must fit too.
+        self.changes.check_keys_fit([self.keymap.marker_key(path)], holder=self.keymap.folder_key(path))
         try:
             self._attributes(path)
             raise FsError(errno.EEXIST)

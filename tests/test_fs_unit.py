@@ -905,12 +905,16 @@ def test_writeback_rename_writes_the_holders_it_moves_first(tmp_path):
     assert stat.S_IMODE(other.getattr("/c/b")["st_mode"]) == 0o711
 
 
-def test_writeback_mkdir_of_a_name_whose_holder_is_too_long_makes_both_at_once(tmp_path):
+@pytest.mark.parametrize("writeback", [False, True], ids=["default", "writeback"])
+def test_mkdir_of_a_name_whose_holder_is_too_long_is_refused_before_any_request(tmp_path, writeback):
     store = FakeStore(drops_marker_metadata=True)
-    ops = make_ops(tmp_path, store, writeback=True)
+    ops = make_ops(tmp_path, store, writeback=writeback)
     name = "n" * 250  # its holder's name (259 bytes) passes SeaweedFS's 255: refused at mkdir
-    ops.mkdir("/" + name, 0o711)
-    assert dir_mode(store, name + "_$folder$") == 0o711
+    with pytest.raises(FuseOSError) as info:
+        ops.mkdir("/" + name, 0o711)  # with writeback the holder would have failed after mkdir
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert store.objects == {} and ops.namespace.holders.recover() == {}
+    ops.mkdir("/" + "n" * 246, 0o711)  # its holder's name is 255 bytes: it fits
 
 
 def test_implicit_directories_keep_entry_times_in_memory_only(tmp_path):

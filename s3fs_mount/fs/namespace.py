@@ -828,9 +828,8 @@ class Namespace:
         headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
         holders = self._holders(path)
         if new and len(holders) > 1:
-            # A name whose holder's name would pass the server's 255 bytes goes as in the default
-            # mode: both at once, so that the server's refusal is mkdir's error (ENAMETOOLONG).
-            if self.defer_holders and len(KeyMap.split(path)[1].encode()) + len(FOLDER_SUFFIX) <= 255:
+            # (a name whose holder the server would refuse never gets here: mkdir checks first)
+            if self.defer_holders:
                 return self._make_marker(path, metadata, holders[-1], headers)
             return self._make_holders(holders, headers)
         view, key = holders[0]

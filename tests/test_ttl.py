@@ -170,6 +170,70 @@ def test_a_name_we_made_while_the_directory_was_listed_is_not_taken_for_absent(t
     assert ops.namespace.lookup("/d/b").size == 0  # a HEAD, not "no such entry"
 
 
+def test_a_miss_in_a_directory_not_listed_lists_it_from_that_name_on_and_answers_the_next_lookups(tmp_path):
+    """cp -r into a directory this mount did not make: the kernel's lookup of a new name, its
+    lookup again before mkdir and mkdir's own cost one HEAD and one LIST page from that name
+    on, not a HEAD and a LIST of the name each; the names after it are answered from the page
+    for dir_ttl; names before it, and another client's new name once dir_ttl has passed, are
+    asked of S3 as before."""
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=1.0)
+    store.put("top/", b"")
+    store.put("top/adir/x", b"1")  # before the names looked up: not on the page
+    store.put("top/afile", b"22")
+    store.put("top/zfile", b"333")  # after them: on the page
+    assert ops.getattr("/top")["st_nlink"] >= 2
+    heads, lists = asked_of(store, "head"), asked_of(store, "list")
+    for _ in range(3):
+        with pytest.raises(FuseOSError) as missing:
+            ops.getattr("/top/d00")
+        assert missing.value.errno == errno.ENOENT
+    assert [k for k in heads if k.startswith("top/d00")] == ["top/d00"]  # once, not three times
+    assert lists == ["top/"]  # a page of top/ from d00 on, not a LIST of top/d00
+    ops.mkdir("/top/d00", 0o755)
+    for i in range(1, 5):  # the next names: the page says they are not there, and mkdir makes them
+        with pytest.raises(FuseOSError):
+            ops.getattr("/top/d%02d" % i)
+        ops.mkdir("/top/d%02d" % i, 0o755)
+    assert [k for k in heads if k.startswith("top/d0")] == ["top/d00"]
+    assert lists == ["top/"]
+    assert ops.getattr("/top/zfile")["st_size"] == 3  # on the page: shown (its HEAD for its mode)
+    assert ops.getattr("/top/afile")["st_size"] == 2  # not on the page: not taken for absent
+    assert ops.getattr("/top/adir")["st_nlink"] >= 2
+    store.put("top/theirs", b"4444")  # another client, after the page
+    with pytest.raises(FuseOSError):
+        ops.getattr("/top/theirs")  # within dir_ttl of the page: as after a listing
+    clock.advance(1.5)
+    assert ops.getattr("/top/theirs")["st_size"] == 4
+    made = ["d%02d" % i for i in range(5)]
+    assert sorted(names(ops, "/top")) == ["adir", "afile", *made, "theirs", "zfile"]
+    assert {k for k in store.objects if k.startswith("top/d0")} >= {"top/d%02d/" % i for i in range(5)}
+
+
+def test_a_page_asked_before_our_own_create_there_does_not_become_the_directorys_names(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    store.put("top/", b"")
+    assert ops.getattr("/top")["st_nlink"] >= 2
+    real_list = store.list
+
+    def racing(prefix="", *args, **kwargs):
+        pages = list(real_list(prefix, *args, **kwargs))  # asked before ...
+        if prefix == "top/" and kwargs.get("start_after"):
+            fh = ops.create("/top/mine", 0o644)  # ... our create there
+            ops.flush("/top/mine", fh)  # uploaded
+            ops.release("/top/mine", fh)
+            ops.staging.forget("top/mine")  # no staged copy left to answer for it
+        yield from pages
+
+    store.list = racing
+    with pytest.raises(FuseOSError):
+        ops.getattr("/top/d00")
+    store.list = real_list
+    clock.advance(2.0)  # past attr_ttl: what we made is asked of S3, not "absent" from that page
+    assert ops.getattr("/top/mine")["st_size"] == 0
+
+
 def test_what_we_removed_stays_hidden_from_lagging_listings_for_a_while(tmp_path):
     store, clock = FakeStore(), FakeClock()
     ops = make_ops(tmp_path, store, clock)

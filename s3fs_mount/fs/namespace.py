@@ -598,9 +598,10 @@ class Namespace:
         HEADed at its lookup, as they would have been). A directory the page shows is one
         to the lookup too, as to a readdir (SeaweedFS lists an emptied directory, and
         answers a HEAD of its ``dir/``, but not a LIST of the keys beginning with its
-        name). Not in a directory being walked, nor if this mount changed an entry of it
-        since the page was asked for (the page may predate it). Returns the page's entries
-        where the page says whether ``name`` is there, else None."""
+        name). Not in a
+        directory being walked, nor if this mount changed an entry of it since the page was
+        asked for (the page may predate it). Returns the page's entries where the page says
+        whether ``name`` is there, else None."""
         prefix = self.keymap.dir_prefix(parent)
         after = name[:-1]  # start_after is exclusive: the page starts at ``name`` (or just before)
         asked = self.clock.monotonic()
@@ -624,7 +625,7 @@ class Namespace:
             if names is None or listed is None:
                 changed = self._changed_in.get(parent, 0.0) >= asked
                 if not start or changed or self._walks.get(parent) is not None:
-                    return covered  # (a burst's listing forgotten meanwhile: a rename, rmdir)
+                    return covered  # forgotten meanwhile (a rename, rmdir): looked up alone
                 names, listed = set(), Listed(-math.inf)
                 self._listed[parent] = listed
             for gone in [n for n in names if n not in shown and _in_page(n, after, last)]:

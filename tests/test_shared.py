@@ -493,10 +493,9 @@ def test_a_name_another_client_made_in_a_directory_we_listed_is_not_overwritten(
 
 
 def test_a_name_another_client_made_after_our_lookup_missed_in_a_directory_we_did_not_make_is_not_overwritten(
-    mount_factory, boto, bucket
+    mount, boto, bucket
 ):
     boto.put_object(Bucket=bucket, Key="theirs/", Body=b"")  # a directory this mount did not make
-    mount = mount_factory("dir_ttl=60").start()  # the page answers for a minute: a busy machine too
     d = os.path.join(mount.path, "theirs")
     assert os.path.isdir(d)
     assert not os.path.exists(os.path.join(d, "new.txt"))  # a page of theirs/ from new.txt on

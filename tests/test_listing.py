@@ -830,28 +830,6 @@ def test_a_create_burst_lists_from_the_new_name_on_not_the_whole_directory(
 
 
 @pytest.mark.fuse
-def test_a_directory_the_server_lists_is_one_to_a_lookup_too(mount_factory, boto, bucket):
-    """SeaweedFS keeps a directory whose keys were all deleted: it lists it (a common prefix of
-    its parent) and answers a HEAD of its ``dir/``, but a LIST of the keys beginning with its
-    name finds nothing. A lookup (stat, cp -r's, mkdir's) says what a readdir shows."""
-    boto.put_object(Bucket=bucket, Key="left/e00/f", Body=b"1")
-    boto.delete_object(Bucket=bucket, Key="left/e00/f")
-    shown = boto.list_objects_v2(Bucket=bucket, Prefix="left/", Delimiter="/").get("CommonPrefixes", [])
-    if [p["Prefix"] for p in shown] != ["left/e00/"]:
-        pytest.skip("this server keeps no emptied directory")
-    mount = mount_factory().start()
-    path = os.path.join(mount.path, "left", "e00")
-    assert os.path.isdir(path)  # looked up before any readdir of left
-    with pytest.raises(FileExistsError):
-        os.mkdir(path)
-    assert os.listdir(os.path.dirname(path)) == ["e00"]
-    with open(os.path.join(path, "g"), "wb") as f:
-        f.write(b"22")
-    mount.stop()
-    assert boto.get_object(Bucket=bucket, Key="left/e00/g")["Body"].read() == b"22"
-
-
-@pytest.mark.fuse
 def test_cp_r_into_a_directory_another_client_made_asks_s3_of_each_new_directory_once(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):

@@ -593,12 +593,7 @@ class Namespace:
         listing known (``cp -r``, ``tar x`` into a directory this mount did not make): the page
         (of ``TAIL_NAMES``) starts the directory's known names as a tail, so that the lookups
         of that name again (the kernel's before ``mkdir``, ``mkdir``'s own) and of the names
-        after it are answered for ``dir_ttl`` with no request, as after a listing; of its
-        entries, only the directories are cached as a listing's (a file's attributes are
-        HEADed at its lookup, as they would have been). A directory the page shows is one
-        to the lookup too, as to a readdir (SeaweedFS lists an emptied directory, and
-        answers a HEAD of its ``dir/``, but not a LIST of the keys beginning with its
-        name). Not in a
+        after it are answered for ``dir_ttl`` with no request, as after a listing. Not in a
         directory being walked, nor if this mount changed an entry of it since the page was
         asked for (the page may predate it). Returns the page's entries where the page says
         whether ``name`` is there, else None."""
@@ -608,12 +603,10 @@ class Namespace:
         size = TAIL_NAMES if start else RELIST_NAMES
         page = next(self.store.list(prefix, delimiter="/", start_after=prefix + after, max_keys=size))
         batch = self._page_batch(parent, prefix, page)
-        if start:  # its files' names only (each HEADed when looked up, as it would have been) ...
-            dirs = [(n, a) for n, a in batch if a.is_dir]  # ... and its directories, as a listing's
-            shown = {n for n, _ in self._cache_listed(parent, dirs, asked, _walk_ttl(len(batch)))}
+        if start:  # its names only: each is asked of S3 when looked up, as it would have been
             with self._lock:
-                files = [(n, KeyMap.join(parent, n)) for n, a in batch if not a.is_dir]
-                shown.update(n for n, p in files if not self._removed.get(p) and p not in self._deleting)
+                paths = [(n, KeyMap.join(parent, n)) for n, _ in batch]
+                shown = {n for n, p in paths if not self._removed.get(p) and p not in self._deleting}
         else:
             shown = {n for n, _ in self._cache_listed(parent, batch, asked, _walk_ttl(len(batch)))}
         truncated = page.truncated and bool(page.continuation)

@@ -830,46 +830,6 @@ def test_a_create_burst_lists_from_the_new_name_on_not_the_whole_directory(
 
 
 @pytest.mark.fuse
-def test_cp_r_into_a_directory_another_client_made_asks_s3_of_each_new_directory_once(
-    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
-):
-    """The kernel's lookup of a new directory's name, its lookup again before mkdir and mkdir's
-    own: one HEAD of the name and one LIST page of the parent from it on (which answers the
-    other two, and the names after it), not a HEAD and a LIST of the name's keys each."""
-    boto.put_object(Bucket=bucket, Key="pre/", Body=b"")
-    boto.put_object(Bucket=bucket, Key="pre/old", Body=b"old")
-    src = tmp_path / "src"
-    bodies = {}
-    for i in range(8):
-        (src / ("e%02d" % i)).mkdir(parents=True)
-        for j in range(2):
-            bodies["pre/e%02d/f%d" % (i, j)] = b"%d-%d " % (i, j) * 1000
-            (src / ("e%02d" % i) / ("f%d" % j)).write_bytes(bodies["pre/e%02d/f%d" % (i, j)])
-    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
-    mount = mount_factory(config=config).start()
-    target = os.path.join(mount.path, "pre")
-    assert os.path.isdir(target)
-    mark = len(faultproxy.seen)
-    subprocess.run(["cp", "-rT", str(src), target], check=True)
-    seen = requests_of(faultproxy, mark)
-    new = {"pre/e%02d" % i for i in range(8)}
-    heads = [p for m, p, _ in seen if m == "HEAD" and p[len(bucket) + 2 :] in new]
-    assert len(heads) <= len(new), heads  # three each before
-    by_name = [q for m, _, q in seen if m == "GET" and q.get("prefix", [""])[0] in new]
-    assert by_name == []  # no LIST of the keys beginning with a new name
-    mount.stop()
-    for key, body in bodies.items():
-        assert boto.get_object(Bucket=bucket, Key=key)["Body"].read() == body
-    assert boto.get_object(Bucket=bucket, Key="pre/old")["Body"].read() == b"old"
-    again = mount_factory().start()  # each new directory in S3 with the mode cp gave it
-    for name in sorted(new):
-        assert stat.S_IMODE(os.stat(os.path.join(again.path, name)).st_mode) == stat.S_IMODE(
-            os.stat(src / name[len("pre/") :]).st_mode
-        )
-    again.stop()
-
-
-@pytest.mark.fuse
 @pytest.mark.parametrize("server_rename", [True, False])
 def test_a_file_rename_sends_one_rename_or_the_copy_and_the_delete_and_only_the_kernels_lookups(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, server_rename

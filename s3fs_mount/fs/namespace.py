@@ -17,9 +17,8 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
 * ``_walks``: directories listed a moment ago, too large to keep their names: a
   lookup there that the cache no longer answers lists one page from that name on
   (:meth:`Namespace._list_around`), not a HEAD per entry;
-* ``_missing``: paths this mount removed, for ``attr_ttl`` seconds (a 404 alone is
-  not cached: what answers a lookup of that name again is a listing or the page one
-  listed with it, below, for ``dir_ttl``);
+* ``_missing``: paths this mount removed, for ``attr_ttl`` seconds (a 404 is
+  never cached: a name another client puts is seen at its next lookup);
 * ``_listings``: directory path -> names, for ``dir_ttl`` seconds (directories of
   at most ``LISTED_NAMES`` entries), our own creates added; a path whose parent
   listing is known and lacks it is looked up with a HEAD only (no LIST for a
@@ -34,10 +33,7 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
   new name once it expires lists the directory from that name on (one LIST page,
   not a HEAD per new name, nor the whole directory again): the names from there
   on are then known for ``dir_ttl`` (``Listed.tail``), which a burst of creates in
-  name order (untar, ``cp -r``) asks about next. A lookup that finds no object of its
-  name in a directory with no listing known lists it from that name on the same way
-  (instead of a LIST of the keys beginning with the name), and the page starts the
-  directory's known names (a tail only: names outside it are not known absent);
+  name order (untar, ``cp -r``) asks about next;
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
 * ``_marked``: directories whose last lookup found their marker but no ``_$folder$`` (where
   metadata lives on those), LRU (``attr_cache``): looked up again by those two HEADs alone;
@@ -109,9 +105,6 @@ LISTED_NAMES = 10_000
 #: A directory where new names are being looked up is listed from the name looked up on
 #: (instead of a HEAD per name) when its listing expires: one page of at most this many names.
 RELIST_NAMES = 1000
-#: The page a lookup that missed lists, in a directory with no listing known (_list_tail): the
-#: names after it, as a create burst asks for them next; small, as one miss alone costs it.
-TAIL_NAMES = 100
 #: Directories whose walk's names the stat-ahead may go by (as many as it follows at once, twice).
 WALK_NAMES_DIRS = 16
 #: Seconds after this mount removed a subdirectory of a directory during which a lookup of another
@@ -121,11 +114,10 @@ REMOVAL_WALK_TTL = 2.0
 
 class Listed:
     """A directory's names as of a moment: ``asked`` (monotonic) is when its listing was
-    asked for (or it was made, empty; ``-inf``: never listed whole, only ``tail`` is known);
-    ``absent`` counts the names it answered "no such entry" for (a create burst: worth
-    listing again when it expires). ``tail``: the names after ``tail[0]`` (in key order) up
-    to ``tail[1]`` ('': to the end) were listed at ``tail[2]`` (a lookup in a create burst,
-    or one that missed in a directory not listed: :meth:`Namespace._list_tail`), or None.
+    asked for (or it was made, empty); ``absent`` counts the names it answered "no such
+    entry" for (a create burst: worth listing again when it expires). ``tail``: the names
+    after ``tail[0]`` (in key order) up to ``tail[1]`` ('': to the end) were listed at
+    ``tail[2]`` (a lookup in a create burst, :meth:`Namespace._list_tail`), or None.
     Guarded by Namespace._lock."""
 
     __slots__ = ("asked", "absent", "tail")
@@ -135,12 +127,6 @@ class Listed:
         self.absent = 0
         self.tail: tuple[str, str, float] | None = None
 
-    @property
-    def whole(self) -> bool:
-        """Whether the directory was listed (or made) whole once: its names outside ``tail`` are
-        those of that listing (with our own changes since), not unknown."""
-        return self.asked != -math.inf
-
     def covers(self, name: str, now: float, ttl: float) -> bool:
         """Whether a listing less than ``ttl`` old at ``now`` says whether ``name`` is there."""
         if now - self.asked < ttl:
@@ -149,10 +135,6 @@ class Listed:
             return False
         after, last, asked = self.tail
         return now - asked < ttl and _in_page(name, after, last)
-
-
-#: A listing's entries of a directory: (name, what the listing says of it).
-_Batch = list[tuple[str, A.Attributes]]
 
 
 def _in_page(name: str, after: str, last: str) -> bool:
@@ -270,9 +252,6 @@ class Namespace:
         )
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
-        #: Directory path -> when this mount last changed an entry of it (as ``_changed`` of the
-        #: entry): a listing page asked before then is not taken as its names (``_list_tail``).
-        self._changed_in: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
         self._deleting: set[str] = set()
         #: Directories under which we removed something, for REMOVED_TTL: one without a holder (a
@@ -332,7 +311,7 @@ class Namespace:
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
-            attributes.seen_at = self._changed[path] = self._changed_in[parent] = self.clock.monotonic()
+            attributes.seen_at = self._changed[path] = self.clock.monotonic()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)
@@ -360,7 +339,7 @@ class Namespace:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
                 self._count_subdir(parent, -1)
-            self._changed[path] = self._changed_in[parent] = self.clock.monotonic()
+            self._changed[path] = self.clock.monotonic()
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._marked.pop(path, None)
@@ -403,20 +382,13 @@ class Namespace:
         self.forget(path)
 
     def forget_tree(self, path: str) -> None:
-        """Drop cached facts of everything under directory ``path`` (its own, but whether it
-        exists where its parent's known names have it; where they lack it, they are dropped too:
-        a rename that failed midway may have left it in S3)."""
+        """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
-        parent, name = KeyMap.split(path)
         self.statahead.drop(path)
         self.known.drop(path, tree=True)
         self.list_ahead.drop(path, tree=True)
         with self._lock:
-            self._changed[path] = self._changed_in[parent] = self.clock.monotonic()
-            names = self._listings.get(parent)
-            if names is not None and name not in names:
-                self._listings.pop(parent, None)
-                self._listed.pop(parent, None)
+            self._changed[path] = self.clock.monotonic()
             for cache, with_own in (
                 (self._attrs, True),
                 (self._full, True),
@@ -563,9 +535,8 @@ class Namespace:
             relist = listed.absent > 0 and parent not in self._relisting
             if relist:
                 self._relisting.add(parent)
-            whole = listed.whole
         if not relist:
-            return names if whole else None
+            return names
         try:
             self._list_tail(parent, name)
         except S3Error as exc:
@@ -580,54 +551,32 @@ class Namespace:
                 if listed.covers(name, self.clock.monotonic(), self.dir_ttl):
                     listed.absent += 1
                     raise FsError(errno.ENOENT)
-            # Names outside a tail of a directory never listed whole are not known: not "absent".
-            return names if listed is not None and listed.whole else None
+        return names
 
-    def _list_tail(self, parent: str, name: str, start: bool = False) -> _Batch | None:
+    def _list_tail(self, parent: str, name: str) -> None:
         """A create burst's lookup of ``name``, missing from an expired listing of ``parent``:
         one LIST page from ``name`` on tells whether it, and the names after it, are there now
         (a burst in name order finds the page all but empty: the cost of a HEAD, not of
-        listing the whole directory again). What it says joins the known names of ``parent``.
-
-        ``start``: a lookup of ``name`` that S3 has no object of, in a directory with no
-        listing known (``cp -r``, ``tar x`` into a directory this mount did not make): the page
-        (of ``TAIL_NAMES``) starts the directory's known names as a tail, so that the lookups
-        of that name again (the kernel's before ``mkdir``, ``mkdir``'s own) and of the names
-        after it are answered for ``dir_ttl`` with no request, as after a listing. Not in a
-        directory being walked, nor if this mount changed an entry of it since the page was
-        asked for (the page may predate it). Returns the page's entries where the page says
-        whether ``name`` is there, else None."""
+        listing the whole directory again). What it says joins the known names of ``parent``."""
         prefix = self.keymap.dir_prefix(parent)
         after = name[:-1]  # start_after is exclusive: the page starts at ``name`` (or just before)
         asked = self.clock.monotonic()
-        size = TAIL_NAMES if start else RELIST_NAMES
-        page = next(self.store.list(prefix, delimiter="/", start_after=prefix + after, max_keys=size))
+        page = next(self.store.list(prefix, delimiter="/", start_after=prefix + after, max_keys=RELIST_NAMES))
         batch = self._page_batch(parent, prefix, page)
-        if start:  # its names only: each is asked of S3 when looked up, as it would have been
-            with self._lock:
-                paths = [(n, KeyMap.join(parent, n)) for n, _ in batch]
-                shown = {n for n, p in paths if not self._removed.get(p) and p not in self._deleting}
-        else:
-            shown = {n for n, _ in self._cache_listed(parent, batch, asked, _walk_ttl(len(batch)))}
+        shown = {n for n, _ in self._cache_listed(parent, batch, asked, _walk_ttl(len(batch)))}
         truncated = page.truncated and bool(page.continuation)
         last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")[len(prefix) :]
         last = last if truncated else ""
-        covered = batch if _in_page(name, after, last) else None
         with self._lock:
             names, listed = self._listings.get(parent), self._listed.get(parent)
             if names is None or listed is None:
-                changed = self._changed_in.get(parent, 0.0) >= asked
-                if not start or changed or self._walks.get(parent) is not None:
-                    return covered  # forgotten meanwhile (a rename, rmdir): looked up alone
-                names, listed = set(), Listed(-math.inf)
-                self._listed[parent] = listed
+                return  # forgotten meanwhile (a rename, rmdir): looked up alone
             for gone in [n for n in names if n not in shown and _in_page(n, after, last)]:
                 if not self._stale(KeyMap.join(parent, gone), asked):
                     names.discard(gone)  # removed by another client
             names.update(shown)
             listed.tail = (after, last, asked)
             self._listings[parent] = names
-        return covered
 
     def cached(self, path: str) -> A.Attributes | None:
         """The attributes of ``path`` if cached (no request), else None (not known)."""
@@ -760,17 +709,7 @@ class Namespace:
         )
 
     def _dir_exists(self, path: str, key: str) -> bool:
-        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually:
-        in a directory with no listing known, a page of it from the name on
-        (:meth:`_list_tail`), which answers the lookups of that name and of the names after it
-        for a moment; else a page of the keys that begin with the name."""
-        parent, name = KeyMap.split(path)
-        with self._lock:
-            unlisted = self._listings.get(parent) is None
-        if unlisted:
-            batch = self._list_tail(parent, name, start=True)
-            if batch is not None:
-                return any(n == name and a.is_dir for n, a in batch)
+        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually."""
         page = next(self.store.list(key, delimiter="/", max_keys=100))
         if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
             return True

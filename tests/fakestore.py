@@ -350,7 +350,7 @@ class FakeStore:
              max_keys: int = 1000, start_after: str | None = None) -> Iterator[ListPage]:
         """ListObjectsV2 as S3 pages it: ``max_keys`` entries and prefixes a page, in key order."""
         objects = self._bucket(bucket)
-        keys = sorted(k for k in objects if k.startswith(prefix))
+        keys = sorted(k for k in list(objects) if k.startswith(prefix))
         after = start_after or ""
         while True:
             self.count("LIST")
@@ -364,8 +364,9 @@ class FakeStore:
                     while i < len(keys) and keys[i].startswith(common):
                         i += 1
                 else:
-                    o = objects[keys[i]]
-                    page.entries.append(ListEntry(keys[i], len(o.data), o.etag, o.mtime, "STANDARD"))
+                    o = objects.get(keys[i])  # None: deleted (another thread) since the listing began
+                    if o is not None:
+                        page.entries.append(ListEntry(keys[i], len(o.data), o.etag, o.mtime, "STANDARD"))
                     i += 1
                 after = keys[i - 1]
             page.truncated = i < len(keys)

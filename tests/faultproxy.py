@@ -6,6 +6,7 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.fail_next(2)          # next 2 requests -> 503 SlowDown (not forwarded)
         proxy.drop_next(1)          # then 1 request -> connection closed, no response
         proxy.stall(1.5)            # delay every forwarded request by 1.5 s (stall(0) ends)
+        proxy.stall_copies(1.5)     # delay every CopyObject and UploadPartCopy by 1.5 s
         proxy.mode = "fail"         # every request fails ("pass" restores; "drop" drops)
         proxy.flip_request(1)       # the next PUT's body reaches the server with one byte changed
         proxy.flip_response(1)      # the next GET's body reaches the client with one byte changed
@@ -347,6 +348,7 @@ class FaultProxy:
         self._fail_queue: list[tuple[int, str | None, str | None]] = []
         self._drop_count = 0
         self._stall = 0.0
+        self._stall_copies = 0.0
         self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
         self._flip_responses = 0  # GET response bodies still to corrupt
         self._flip_status = 206  # ... with this status
@@ -525,13 +527,18 @@ class FaultProxy:
         """Delay every forwarded request by ``seconds`` (0 to stop stalling)."""
         self._stall = float(seconds)
 
+    def stall_copies(self, seconds: float) -> None:
+        """Delay every CopyObject and UploadPartCopy by ``seconds``, as a server that takes that
+        long to copy (0 to stop)."""
+        self._stall_copies = float(seconds)
+
     def reset(self) -> None:
         """Back to plain pass-through; counters are kept."""
         with self._lock:
             self.mode = "pass"
             self._fail_queue.clear()
             self._drop_count = 0
-            self._stall = 0.0
+            self._stall = self._stall_copies = 0.0
             self._flip_requests = self._flip_responses = 0
             self._flip_offsets.clear()
             self._errors_in_200.clear()
@@ -700,6 +707,9 @@ class FaultProxy:
                     with self._lock:
                         self.holding_gets.remove(held)
                 if self._stall > 0 and self._stop.wait(self._stall):
+                    return
+                copying = method == "PUT" and _header(headers, "x-amz-copy-source")
+                if copying and self._stall_copies > 0 and self._stop.wait(self._stall_copies):
                     return
                 if not self._forward(req, start, lines, conn) or req.wants_close():
                     return

@@ -225,6 +225,34 @@ def test_an_answer_that_does_not_come_times_out_and_is_retried(faultproxy, s3con
     store.close()
 
 
+def test_a_server_side_copy_is_given_time_by_its_size(faultproxy, s3config, bucket):
+    """A copy answers only when it is done: a 1 GiB CopyObject on SeaweedFS, loaded, took 26 s,
+    and a copy outlasting the timeout between bytes failed every attempt. Its wait now grows with
+    its size (``RemoteStore.copy_wait``); a request that copies little still times out."""
+    writer = RemoteStore(S3Connection(**s3config))
+    big, small = S3Name("big", bucket), S3Name("small", bucket)
+    writer.put(big, os.urandom(128 * MiB))
+    writer.put(small, b"x")
+    connection = S3Connection(**dict(s3config, endpoint=faultproxy.endpoint, retry=_retry(), timeout=0.5))
+    store = RemoteStore(connection)
+    faultproxy.stall_copies(1.5)
+    store.copy_object(big, S3Name("big-copy", bucket))
+    mpu = store.start_multipart(S3Name("big-parts", bucket))
+    mpu.copy_part(1, "/%s/big" % bucket, 0, 128 * MiB - 1)
+    assert connection.stats.retries == 0
+    with pytest.raises(TimedOut):  # each attempt waits 0.5 s: too short
+        mpu.copy_part(2, "/%s/big" % bucket, 0, 9)
+    with pytest.raises(TimedOut):
+        store.copy_object(small, S3Name("small-copy", bucket))
+    assert connection.stats.retries == 6
+    faultproxy.stall_copies(0)
+    mpu.abort()
+    assert writer.head(S3Name("big-copy", bucket)).size == 128 * MiB
+    assert store.copy_wait(128 * MiB) == 8.5 and store.copy_wait(10) < 0.6
+    store.close()
+    writer.close()
+
+
 # -- how answers are framed, against a scripted server --------------------------------------
 
 

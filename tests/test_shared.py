@@ -479,8 +479,9 @@ def test_fsync_every_100mib_of_a_1gib_write_sends_each_byte_about_once(mount_fac
     assert got.hexdigest() == digest.hexdigest()
     log = read_log(m)
     sent = bytes_up(log, "big.bin")
-    # A part or copy the server fails for good (under load a copy of hundreds of MiB can outlast
-    # the read timeout) makes that fsync upload the file whole, with a warning: once is allowed.
+    # A part or copy the server fails for good makes that fsync upload the file whole, with a
+    # warning: once is allowed. (A copy of hundreds of MiB outlasted the timeout under load
+    # until copies were given time by their size: RemoteStore.copy_wait.)
     # Before, the file then never streamed again (every later fsync sent it all: 3,836 MiB).
     again = resent_whole(log, "big.bin")[:1]
     bound = 1.25 * 1024 * MiB + sum(again)

@@ -294,10 +294,18 @@ class S3Connection:
         """Close the pooled connections (the connection stays usable: it reconnects)."""
         self._transport.close()
 
-    def _send(self, method: str, url: str, headers: dict[str, str], data: Any, stream: bool) -> Response:
+    def _send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        data: Any,
+        stream: bool,
+        read_timeout: float | None = None,
+    ) -> Response:
         """One HTTP exchange through the shared pool (thread-safe: urllib3's pool is); a body
         not streamed is read whole, and the connection is back in the pool, when it returns."""
-        return self._transport.send(method, url, headers, data, stream)
+        return self._transport.send(method, url, headers, data, stream, read_timeout)
 
     def _host_and_path(self, bucket: str | None, key: str, region: str | None = None) -> tuple[str, str]:
         """Host and path of ``bucket``/``key``; ``region``: the bucket's, where S3 named another."""
@@ -361,6 +369,7 @@ class S3Connection:
         expect: Iterable[int] = (200,),
         stream: bool = False,
         retry: bool = True,
+        read_timeout: float | None = None,
     ) -> Response:
         """Send one signed request, retried by the retry policy.
 
@@ -370,6 +379,8 @@ class S3Connection:
         Returns the response when its status is in ``expect``; raises
         :class:`S3Error` otherwise, or :class:`TransportError` (also the requests
         exception of its kind) on a transport failure once retries are spent.
+        ``read_timeout``: seconds to wait between bytes of the answer, for a request the server
+        may take long to answer (a server-side copy); default :attr:`timeout`.
         """
         query = dict(query or {})
         qs = canonical_query(query)
@@ -405,7 +416,7 @@ class S3Connection:
             started = time.monotonic()
             sent = len(data) if isinstance(data, (bytes, bytearray, memoryview, FileSpan)) else 0
             try:
-                resp = self._send(method, url, signed, data, stream)
+                resp = self._send(method, url, signed, data, stream, read_timeout)
             except urllib3.exceptions.HTTPError as exc:
                 self.stats.add(method, sent, 0, None, False, time.monotonic() - started)
                 request_log.debug("%s -> %s", what, exc.__class__.__name__)

@@ -191,8 +191,11 @@ class KeptAlivePool:
         target: str,
         headers: Mapping[str, str],
         body: bytes | bytearray | memoryview | FileSpan | None,
+        read_timeout: float | None = None,
     ) -> tuple[int, Headers, bytes]:
         """Send one request and read its whole answer: ``(status, headers, body)``.
+
+        ``read_timeout``: seconds between bytes for this exchange (default: the pool's timeout).
 
         ``headers`` are sent as given (Host among them), with ``Content-Length`` added unless
         they have one: for a body, and for a PUT or POST without one (as ``http.client`` adds
@@ -202,8 +205,11 @@ class KeptAlivePool:
         head = self._request_head(method, target, headers, body)
         conn = self._take(host, port)
         keep = False
+        wait = self._timeout if read_timeout is None else read_timeout
         try:
             try:
+                if wait != self._timeout:
+                    conn.sock.settimeout(wait)
                 if body is None or not len(body):
                     conn.sock.sendall(head)
                 elif isinstance(body, FileSpan):
@@ -219,13 +225,18 @@ class KeptAlivePool:
                 raise urllib3.exceptions.ReadTimeoutError(
                     None,
                     target,
-                    "Read timed out. (read timeout=%s)" % self._timeout,  # type: ignore[arg-type]
+                    "Read timed out. (read timeout=%s)" % wait,  # type: ignore[arg-type]
                 ) from exc
             except ssl.SSLError as exc:
                 raise urllib3.exceptions.SSLError(exc) from exc
             except OSError as exc:
                 raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from exc
         finally:
+            if keep and wait != self._timeout:
+                try:
+                    conn.sock.settimeout(self._timeout)
+                except OSError:
+                    keep = False
             if keep:
                 self._give_back(host, port, conn)
             else:

@@ -156,8 +156,17 @@ class Transport:
         if proxy:
             log.info("requests to %s go through the proxy %s", endpoint, requests.utils.urldefragauth(proxy))
 
-    def send(self, method: str, url: str, headers: dict[str, str], body: Any, stream: bool) -> Response:
+    def send(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Any,
+        stream: bool,
+        read_timeout: float | None = None,
+    ) -> Response:
         """One exchange: ``url`` is ``scheme://host[:port]/path?query``, already encoded as signed.
+        ``read_timeout``: seconds between bytes read for this one (default: the transport's).
 
         Raises urllib3's exceptions (no retries here: the retry policy decides).
         """
@@ -165,7 +174,9 @@ class Transport:
         target = url if self._absolute else slash + rest
         if self.kept_alive is not None and not stream and (body is None or isinstance(body, _IN_MEMORY)):
             name, port = _host_port(host, self._default_port)
-            status, found, content = self.kept_alive.exchange(method, name, port, target, headers, body)
+            status, found, content = self.kept_alive.exchange(
+                method, name, port, target, headers, body, read_timeout
+            )
             return Response(status, found, method, content)
         headers = {**headers, "Accept-Encoding": "identity"}  # see the module's docstring
         if isinstance(body, FileSpan):
@@ -193,7 +204,11 @@ class Transport:
             assert_same_host=False,
             preload_content=not stream,
             decode_content=False,
-            timeout=self._timeout,
+            timeout=(
+                self._timeout
+                if read_timeout is None
+                else urllib3.Timeout(connect=self._timeout.connect_timeout, read=read_timeout)
+            ),
         )
         return Response.of(raw, method, stream)
 

@@ -381,11 +381,11 @@ def test_a_file_replaced_by_rename_while_others_open_it_is_never_missing(
     open finds a file (the old one or the new one, as on a local disk: never ENOENT; it was one
     open in 50 to 100), every read is one version whole, and S3 has the last version.
 
-    ESTALE alone may still come, rarely (measured: 2 of ~11,000 opens in one run of four): libfuse3's
-    own answer to an open of a node whose name a replace took while no one had it open; the
-    kernel walks the path again once, and a second replace in that moment leaves it ESTALE.
-    libfuse2 answers such an open ENOENT, which the kernel does not retry: there, opens still
-    fail now and then (13 of ~7,000 opens, from 73 before the late opens by hidden name)."""
+    ESTALE alone may still come, rarely (measured: 2 of ~5,000 opens in about one run of three):
+    libfuse3's own answer to an open of a node whose name a replace took while no one had it
+    open; the kernel walks the path again once, and a second replace in that moment leaves it
+    ESTALE. libfuse2 answers such an open ENOENT, which the kernel does not retry: there, opens
+    still fail now and then (about 1%), and only the torn reads and S3's object are checked."""
     mount = mount_factory(env={"S3FS_MOUNT_LIBFUSE": libfuse}).start()
     target = os.path.join(mount.path, "cfg")
     with open(target, "wb") as f:

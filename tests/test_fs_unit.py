@@ -1457,18 +1457,20 @@ def test_xattrs_of_an_unlinked_open_file_stay_readable_by_its_hidden_name(tmp_pa
     assert store.objects == {}
 
 
-def test_a_file_replaced_while_open_opens_again_by_its_hidden_name_until_libfuse_unlinks_it(tmp_path):
+def test_a_file_replaced_while_open_opens_again_by_its_hidden_name_after_libfuse_unlinks_it(tmp_path):
     """os.replace over a file another process has open: libfuse renames the open file to a
     .fuse_hidden name, then the new one over its name; an open the kernel sends for the old
     file meanwhile (it had looked the name up just before) comes by the hidden name, and opens
-    the old file (it was ENOENT), until libfuse unlinks that name after its last close."""
+    the old file (it was ENOENT), and so does one it sends after libfuse unlinked that name at
+    the file's last close (it was ENOENT too, which a local disk never says of a name a rename
+    replaced). A hidden name never known is ENOENT to a stat (libfuse asks so before it uses a
+    new one), and ESTALE to an open (only a node the kernel looked up before comes so)."""
     store = FakeStore()
     ops = make_ops(tmp_path, store)
     write_file(ops, "/cfg", b"old")
     write_file(ops, "/tmp1", b"new!")
     reader = ops.open("/cfg", os.O_RDONLY)
     ops.rename("/cfg", "/.fuse_hidden0001")  # libfuse: the target is open, hide it first
-    old = ops._hidden["/.fuse_hidden0001"]
     again = ops.open("/.fuse_hidden0001", os.O_RDONLY)
     ops.rename("/tmp1", "/cfg")
     assert ops.read("/.fuse_hidden0001", 10, 0, again) == b"old"
@@ -1478,11 +1480,57 @@ def test_a_file_replaced_while_open_opens_again_by_its_hidden_name_until_libfuse
     assert ops.read("/.fuse_hidden0001", 10, 0, late) == b"old"
     ops.release("/.fuse_hidden0001", late)
     ops.unlink("/.fuse_hidden0001")  # libfuse, after the last close
-    with pytest.raises(FuseOSError) as gone:
-        ops.open("/.fuse_hidden0001", os.O_RDONLY)
-    assert gone.value.errno == errno.ENOENT
+    later = ops.open("/.fuse_hidden0001", os.O_RDONLY)
+    assert ops.getattr("/.fuse_hidden0001")["st_size"] == 3
+    assert ops.read(None, 10, 0, later) == b"old"
+    ops.release(None, later)
+    with pytest.raises(FuseOSError) as unknown:
+        ops.getattr("/.fuse_hidden0002")
+    assert unknown.value.errno == errno.ENOENT
+    with pytest.raises(FuseOSError) as stale:
+        ops.open("/.fuse_hidden0002", os.O_RDONLY)
+    assert stale.value.errno == errno.ESTALE
     assert ops._hidden == {} and sorted(store.objects) == ["cfg"]
-    assert not os.path.exists(old.data_path)  # the old file's copy went with its name
+    assert store.objects["cfg"].data == b"new!"
+
+
+def test_unlinked_hidden_names_keep_small_files_within_a_bound_then_are_estale_then_forgotten(tmp_path):
+    """Of the names libfuse unlinked, the last GONE_FILES_KEPT small files stay openable, a large
+    one does not (its copy goes at once); the last GONE_HIDDEN_KEPT names are ESTALE (the kernel
+    looks the path up again), older ones ENOENT; all follow a rename of their directory."""
+    from s3fs_mount.fs.operations import GONE_FILES_KEPT, GONE_HIDDEN_KEPT, GONE_KEPT_BYTES
+
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    copies = []
+    for n in range(GONE_HIDDEN_KEPT + 2):
+        big = n == GONE_HIDDEN_KEPT + 1
+        fh = write_file(ops, "/d/f", b"x" * (GONE_KEPT_BYTES + 1) if big else b"%d" % n, flush=False)
+        copies.append(ops._handle(fh).item.data_path)
+        ops.rename("/d/f", "/d/.fuse_hidden%04d" % n)  # libfuse's unlink of an open file
+        ops.release(None, fh)
+        ops.unlink("/d/.fuse_hidden%04d" % n)  # its last close
+    ops.rename("/d", "/e")
+    last_small = GONE_HIDDEN_KEPT
+    fh = ops.open("/e/.fuse_hidden%04d" % last_small, os.O_RDONLY)
+    assert ops.read(None, 10, 0, fh) == b"%d" % last_small
+    ops.release(None, fh)
+    oldest_kept = last_small - GONE_FILES_KEPT + 1
+    assert ops.getattr("/e/.fuse_hidden%04d" % oldest_kept)["st_size"] == len(b"%d" % oldest_kept)
+    assert os.path.exists(copies[oldest_kept]) and not os.path.exists(copies[oldest_kept - 1])
+    assert not os.path.exists(copies[-1])  # the large one
+    for path, expected in [
+        ("/e/.fuse_hidden%04d" % (GONE_HIDDEN_KEPT + 1), errno.ESTALE),  # large: not kept
+        ("/e/.fuse_hidden%04d" % (oldest_kept - 1), errno.ESTALE),
+        ("/e/.fuse_hidden0002", errno.ESTALE),
+        ("/e/.fuse_hidden0001", errno.ENOENT),  # forgotten: the oldest
+        ("/d/.fuse_hidden%04d" % last_small, errno.ENOENT),
+    ]:
+        with pytest.raises(FuseOSError) as exc:
+            ops.getattr(path)
+        assert exc.value.errno == expected, path
+    assert sorted(store.objects) == ["e/"]
 
 
 def test_an_unlinked_open_file_follows_a_rename_of_its_directory(tmp_path):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 from mountrig import BIN, sync_dir
@@ -336,3 +338,142 @@ def test_a_prefix_mount_keeps_to_its_prefix(mount_factory, boto, bucket):
     assert {k for k in keys if not k.startswith("top/")} <= {"outside.txt", "top_$folder$"}, keys
     assert {"top/e/", "top/e/f", "top/inside.txt"} <= set(keys)
     assert s3_bytes(boto, bucket, "outside.txt") == b"x"
+
+
+#: A reader process for the replace test: stats, opens and reads ``path`` whole until ``stop``
+#: exists; prints how many reads it made, the errnos of the calls that failed (and which calls),
+#: and the reads
+#: that were neither one version nor another (torn).
+_READER = r"""
+import errno, json, os, sys
+path, stop = sys.argv[1], sys.argv[2]
+reads, failed, calls, torn = 0, {}, {}, []
+while not os.path.exists(stop):
+    call = "stat"
+    try:
+        os.stat(path)
+        call = "open"
+        with open(path, "rb") as f:
+            call = "read"
+            data = f.read()
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        failed[name] = failed.get(name, 0) + 1
+        calls[call] = calls.get(call, 0) + 1
+        continue
+    reads += 1
+    lines = data.splitlines()
+    if not lines or len(lines) != 2000 or len(set(lines)) != 1:
+        torn.append(data[:40].decode(errors="replace"))
+print(json.dumps({"reads": reads, "failed": failed, "calls": calls, "torn": torn[:5]}))
+"""
+
+
+def _version(n: int) -> bytes:
+    return (b"version %06d\n" % n) * 2000
+
+
+@pytest.mark.parametrize("libfuse", ["3", "2"])
+def test_a_file_replaced_by_rename_while_others_open_it_is_never_missing(
+    mount_factory, boto, bucket, tmp_path, libfuse
+):
+    """os.replace of a temporary over a file two other processes open and read in a loop: every
+    open finds a file (the old one or the new one, as on a local disk: never ENOENT; it was one
+    open in 50 to 100), every read is one version whole, and S3 has the last version.
+
+    ESTALE alone may still come, rarely (measured: 2 of ~5,000 opens in about one run of three):
+    libfuse3's own answer to an open of a node whose name a replace took while no one had it
+    open; the kernel walks the path again once, and a second replace in that moment leaves it
+    ESTALE. libfuse2 answers such an open ENOENT, which the kernel does not retry: there, opens
+    still fail now and then (about 1%), and only the torn reads and S3's object are checked."""
+    mount = mount_factory(env={"S3FS_MOUNT_LIBFUSE": libfuse}).start()
+    target = os.path.join(mount.path, "cfg")
+    with open(target, "wb") as f:
+        f.write(_version(0))
+    stop = tmp_path / "stop"
+    readers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER, target, str(stop)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        replaces = 100
+        for n in range(1, replaces + 1):
+            tmp = os.path.join(mount.path, ".cfg.tmp%d" % n)
+            with open(tmp, "wb") as f:
+                f.write(_version(n))
+            os.replace(tmp, target)
+    finally:
+        stop.touch()
+        results = [json.loads(r.communicate(timeout=120)[0]) for r in readers]
+    assert all(r["reads"] > 0 for r in results), results
+    allowed = {"ESTALE", "ENOENT"} if libfuse == "2" else {"ESTALE"}
+    assert {name for r in results for name in r["failed"]} <= allowed, results
+    assert [r["torn"] for r in results] == [[], []], results
+    with open(target, "rb") as f:
+        assert f.read() == _version(replaces)
+    assert s3_bytes(boto, bucket, "cfg") == _version(replaces)
+    sync_dir(mount.path)
+    assert s3_keys(boto, bucket) == ["cfg"]
+    assert not [n for n in os.listdir(mount.path) if n.startswith(".fuse_hidden")]
+
+
+@pytest.mark.parametrize("libfuse", ["3", "2"])
+def test_a_file_replaced_or_unlinked_while_open_lives_on_through_its_handle(
+    mount_factory, boto, bucket, libfuse
+):
+    """fstat, fchmod, futimens, ftruncate, write, fsync and read through the descriptor of a file
+    another name replaced, or that was unlinked: as on a local disk, and nothing of it reaches S3
+    (not at the name that holds the new file now). With libfuse's hard_remove, fstat, fchmod and
+    futimens were ESTALE (libfuse3) or ENOENT (libfuse2): the kernel sends them by node, which
+    libfuse then has no path for."""
+    p = mount_factory(env={"S3FS_MOUNT_LIBFUSE": libfuse}).start().path
+    target, tmp = os.path.join(p, "cfg"), os.path.join(p, "cfg.tmp")
+    with open(target, "wb") as f:
+        f.write(b"old version")
+    with open(tmp, "wb") as f:
+        f.write(b"new")
+    fd = os.open(target, os.O_RDWR)
+    try:
+        os.replace(tmp, target)
+        stored = boto.head_object(Bucket=bucket, Key="cfg")["Metadata"]
+        assert os.fstat(fd).st_size == 11 and os.fstat(fd).st_nlink == 0
+        os.fchmod(fd, 0o600)
+        os.utime(fd, ns=(10**18, 10**18))
+        os.ftruncate(fd, 3)
+        assert os.pwrite(fd, b"XY", 5) == 2
+        os.fsync(fd)
+        st = os.fstat(fd)
+        assert (stat.S_IMODE(st.st_mode), st.st_size) == (0o600, 7)
+        assert os.pread(fd, 100, 0) == b"old\0\0XY"
+    finally:
+        os.close(fd)
+    with open(target, "rb") as f:
+        assert f.read() == b"new"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o644
+    assert s3_bytes(boto, bucket, "cfg") == b"new"
+    head = boto.head_object(Bucket=bucket, Key="cfg")
+    assert (head["ContentLength"], head["Metadata"]) == (3, stored)  # no fchmod, no utime reached it
+    # Unlinked while open, in a directory of its own: the directory can go while it is open.
+    os.mkdir(os.path.join(p, "d"))
+    gone = os.path.join(p, "d", "f")
+    with open(gone, "wb") as f:
+        f.write(b"bytes")
+    fd = os.open(gone, os.O_RDWR)
+    try:
+        os.unlink(gone)
+        assert os.listdir(os.path.join(p, "d")) == []
+        assert sh("ls -a", os.path.join(p, "d")).stdout.split() == [".", ".."]
+        os.fchmod(fd, 0o640)
+        os.ftruncate(fd, 2)
+        os.pwrite(fd, b"Z", 4)
+        os.fsync(fd)
+        assert (os.fstat(fd).st_size, os.pread(fd, 10, 0)) == (5, b"by\0\0Z")
+        os.rmdir(os.path.join(p, "d"))
+        assert os.pread(fd, 10, 0) == b"by\0\0Z"
+    finally:
+        os.close(fd)
+    sync_dir(p)
+    assert s3_keys(boto, bucket) == ["cfg"]
+    assert not [n for n in sh("ls -a", p).stdout.split() if n.startswith(".fuse_hidden")]

@@ -40,6 +40,16 @@ class Replaced(FsError):
         self.key = key
 
 
+class Superseded(FsError):
+    """A call by a name libfuse has given up (a .fuse_hidden name it unlinked): ESTALE, so that
+    the kernel looks the path up again and finds what it holds now. An answer, not trouble:
+    logged at debug level only."""
+
+    def __init__(self, path: str) -> None:
+        why = "%s: libfuse unlinked this name (the kernel looks the path up again)" % path
+        super().__init__(errno.ESTALE, why)
+
+
 class Conflict(FsError):
     """An upload found S3's object changed by another client since this mount saw it.
 

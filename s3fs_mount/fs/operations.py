@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, Replaced
+from s3fs_mount.fs.errors import FsError, Replaced, Superseded
 from s3fs_mount.fs.fuselib import (
     LIBFUSE_MAJOR,
     KernelNames,
@@ -56,6 +57,11 @@ FIRST_READDIR_REPLY = 16
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 SYMLINK_MODE = stat.S_IFLNK | 0o777
 HIDDEN_PREFIX = ".fuse_hidden"
+#: .fuse_hidden names libfuse has unlinked that are remembered (see S3Operations._forget_hidden).
+GONE_HIDDEN_KEPT = 1024
+#: Of those, the last this many small files (at most GONE_KEPT_BYTES) stay openable.
+GONE_FILES_KEPT = 16
+GONE_KEPT_BYTES = 1 << 20
 MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its default logs a complaint)
 #: Seconds past the kernel's entry timeout before a large directory's names are forgotten (KernelNames).
 KERNEL_NAMES_GRACE = 0.5
@@ -184,6 +190,12 @@ class S3Operations(Operations):
         #: .fuse_hidden path -> the unlinked file its handles still use; each holds one open of
         #: its file until libfuse unlinks the name (see _hide)
         self._hidden: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
+        #: .fuse_hidden paths libfuse has unlinked, oldest first (the values unused): a call by
+        #: such a name is ESTALE, not ENOENT (see _forget_hidden)
+        self._gone: OrderedDict[str, None] = OrderedDict()  # GUARDED_BY(_lock)
+        #: The last GONE_FILES_KEPT of those whose small file stays openable by it, oldest first:
+        #: each holds one open of its file (see _forget_hidden)
+        self._gone_files: OrderedDict[str, StagedFile] = OrderedDict()  # GUARDED_BY(_lock)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         #: Names of large directories the kernel is told to forget once it would ask again anyway
         #: (libfuse keeps a node per name the kernel holds): libfuse3 only, which can tell it. It
@@ -196,7 +208,7 @@ class S3Operations(Operations):
         self.unuploaded: list[str] | None = None  # set by destroy()
         self.dir_times: DirTimesWriter | None = None  # set by start()
         self._next_fh = itertools.count(1)
-        self._lock = threading.Lock()  # guards _handles and _hidden
+        self._lock = threading.Lock()  # guards _handles, _hidden, _gone and _gone_files
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -212,7 +224,9 @@ class S3Operations(Operations):
             "negative_timeout": 0,
             "use_ino": False,
             # Unlink of an open file: libfuse renames it to .fuse_hiddenXXXX (see _hide), so that
-            # fstat, ftruncate and fchmod through its handles still have a name to go by.
+            # fstat, fchmod and futimens through its handles still have a name to go by. The
+            # kernel sends those by node, without the handle, and with hard_remove libfuse finds
+            # no path for an unlinked node: ESTALE (libfuse3), ENOENT (libfuse2), measured.
             "hard_remove": False,
         }
         if LIBFUSE_MAJOR == 2:
@@ -333,22 +347,30 @@ class S3Operations(Operations):
         if self.kernel_readahead is not None:
             self.kernel_readahead.ensure()
 
-    def _hidden_item(self, path: str) -> StagedFile:
-        """The unlinked, still open file libfuse calls ``path`` (a .fuse_hidden name)."""
+    def _hidden_item(self, path: str, opening: bool = False) -> StagedFile:
+        """The unlinked file libfuse calls ``path`` (a .fuse_hidden name), still open or kept
+        openable (:meth:`_forget_hidden`). Else ESTALE
+        (:class:`Superseded`) for a name libfuse has unlinked since (:meth:`_forget_hidden`), and
+        for any an open comes by; ENOENT for the rest (what libfuse looks for in a new such name)."""
         with self._lock:
-            item = self._hidden.get(path)
+            item = self._hidden.get(path) or self._gone_files.get(path)
+            gone = path in self._gone
         if item is None:
-            raise FsError(errno.ENOENT)
+            raise Superseded(path) if gone or opening else FsError(errno.ENOENT)
         return item
 
     def _open_hidden(self, path: str, writable: bool, flags: int) -> int:
         """An open of a file unlinked, or replaced by a rename, while open: the kernel had looked
         its name up just before, and libfuse calls it by its .fuse_hidden name now. It opens, as
         on a local disk (readers of a file another process replaced by ``os.replace`` got ENOENT
-        in the moment between libfuse's two renames)."""
-        item = self._hidden_item(path)
+        in the moment between libfuse's two renames).
+
+        A name no longer known is ESTALE, not ENOENT: the kernel then walks the path again
+        (LOOKUP_REVAL) and opens what the name holds now, the file that replaced this one (an
+        open it sends by such a name comes from a node it looked up before: none other has it)."""
+        item = self._hidden_item(path, opening=True)
         if not self.staging.reopen(item):
-            raise FsError(errno.ENOENT)
+            raise Superseded(path)
         try:
             if writable and flags & os.O_TRUNC:
                 self._truncate_item(item, 0)
@@ -682,10 +704,7 @@ class S3Operations(Operations):
     def unlink(self, path: str) -> None:
         self._writable()
         if _is_hidden(path):  # the last close of a file unlinked while open
-            with self._lock:
-                item = self._hidden.pop(path, None)
-            if item is not None:
-                self.staging.release(item)  # the count its hidden name held
+            self._forget_hidden(path)
             return
         # Whether it is a directory is all an unlink needs: a listing says (no HEAD for the mode).
         known = self._known_attributes(path)
@@ -726,12 +745,45 @@ class S3Operations(Operations):
         if source.is_dir:
             self._move_hidden(old, new)
 
+    def _forget_hidden(self, path: str) -> None:
+        """libfuse unlinks hidden name ``path`` after its file's last close, and the file goes.
+        The kernel may still send an open or a stat by that name: a process that looked the
+        file's first name up just before a ``rename`` replaced it opens (or stats) the node it
+        found, which libfuse calls by this name. That was ENOENT, which a local disk never says
+        there (the name always held a file; measured: 1 open in 60 of two readers of a file
+        replaced 100 times).
+
+        A small file (GONE_KEPT_BYTES, as files saved by a replace mostly are) stays openable
+        by the name, as on a local disk, the last GONE_FILES_KEPT of them: the name keeps one
+        open of it. A larger or older one is let go (an unlinked scratch file may be large),
+        and its name is remembered (the last GONE_HIDDEN_KEPT): a call by it is ESTALE, and the
+        kernel walks the path once more (LOOKUP_REVAL) to what the name holds now, the new
+        file. That second walk can race another replace, where libfuse2 answers ENOENT
+        (libfuse3 ESTALE), so the first kind is the one that holds up on both."""
+        released = []
+        with self._lock:
+            item = self._hidden.pop(path, None)
+            if item is None:
+                return
+            self._gone[path] = None
+            while len(self._gone) > GONE_HIDDEN_KEPT:
+                self._gone.popitem(last=False)
+            if item.size <= GONE_KEPT_BYTES:
+                self._gone_files[path] = item
+            else:
+                released.append(item)
+            while len(self._gone_files) > GONE_FILES_KEPT:
+                released.append(self._gone_files.popitem(last=False)[1])
+        for old in released:
+            self.staging.release(old)  # the count its hidden name held
+
     def _move_hidden(self, old: str, new: str) -> None:
-        """Directory ``old`` is now ``new``: libfuse names the unlinked open files in it by the new path."""
+        """Directory ``old`` is now ``new``: libfuse names the unlinked files in it by the new path."""
         old, new = old.rstrip("/") + "/", new.rstrip("/") + "/"
         with self._lock:
-            for path in [p for p in self._hidden if p.startswith(old)]:
-                self._hidden[new + path[len(old) :]] = self._hidden.pop(path)
+            for names in (self._hidden, self._gone, self._gone_files):
+                for path in [p for p in names if p.startswith(old)]:
+                    names[new + path[len(old) :]] = names.pop(path)
 
     # -- links ------------------------------------------------------------------------
 

@@ -326,14 +326,21 @@ class Clock:
         return self.now
 
 
-def test_a_burst_of_unlinks_goes_in_one_batch_once_no_key_has_come_for_the_window(tmp_path):
-    """Keys that keep coming less than ``window`` apart are gathered, not sent 50 ms after the
-    first in shares: the burst (rm -rf's unlinks) goes in one DeleteObjects once it ends."""
+def clocked_queue(tmp_path) -> tuple[GatedStore, Clock, DeleteQueue]:
+    """A queue timed by a clock of the test's (window 0.05 s, max_wait 0.5 s) on a store that
+    answers every batch at once."""
     store = GatedStore()
     store.answer(10**6)
     clock = Clock()
     queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.05, max_wait=0.5,
                         clock=clock)
+    return store, clock, queue
+
+
+def test_a_burst_of_unlinks_goes_in_one_batch_once_no_key_has_come_for_the_window(tmp_path):
+    """Keys that keep coming less than ``window`` apart are gathered, not sent 50 ms after the
+    first in shares: the burst (rm -rf's unlinks) goes in one DeleteObjects once it ends."""
+    store, clock, queue = clocked_queue(tmp_path)
     try:
         keys = ["k%03d" % i for i in range(300)]
         for i, key in enumerate(keys):
@@ -353,11 +360,7 @@ def test_a_burst_of_unlinks_goes_in_one_batch_once_no_key_has_come_for_the_windo
 def test_a_burst_that_goes_on_is_sent_once_its_oldest_key_has_waited_max_wait(tmp_path):
     """Keys that never stop coming are not held back for good: what has gathered goes once its
     oldest key has waited ``max_wait``, and the keys after it in a batch of their own."""
-    store = GatedStore()
-    store.answer(10**6)
-    clock = Clock()
-    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.05, max_wait=0.5,
-                        clock=clock)
+    store, clock, queue = clocked_queue(tmp_path)
     try:
         first = ["a%03d" % i for i in range(60)]
         for key in first:

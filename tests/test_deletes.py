@@ -25,7 +25,6 @@ def held(tmp_path, store=None):
     """Operations whose deletes wait for a flush (or a settle) to be sent."""
     ops = make_ops(tmp_path, store or FakeStore())
     ops.changes.deletes.window = LONG
-    ops.changes.deletes.max_wait = LONG
     return ops
 
 
@@ -288,91 +287,46 @@ class GatedStore:
             self.cond.notify_all()
 
 
-def test_keys_gathered_while_every_batch_is_under_way_go_in_one_batch_when_one_is_answered(tmp_path):
-    """rm -r unlinks faster than S3 deletes: what gathers while PARALLEL batches are under way
-    goes in one batch (of up to BATCH keys) as soon as one is answered, not in shares side by
-    side (SeaweedFS deletes 1,000 keys in one request 2-3 times as fast as in 20 of 50)."""
+def test_keys_that_come_while_a_batch_is_under_way_go_in_one_batch_when_it_is_answered(tmp_path):
+    """rm -rf unlinks faster than S3 deletes: what gathers while a batch is under way goes in
+    one batch once it is answered, not in shares side by side (SeaweedFS deletes 1,000 keys in
+    one request 2-3 times as fast as in 20 of 50, four at a time)."""
     store = GatedStore()
     queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0)
     try:
-        for i in range(PARALLEL):  # one key, one batch each: every batch under way
-            queue.add("first%d" % i)
-            store.wait_for_batches(i + 1)
-        keys = ["k%04d" % i for i in range(BATCH + 200)]
+        queue.add("first")
+        store.wait_for_batches(1)  # under way until answered
+        keys = ["k%03d" % i for i in range(400)]
         for key in keys:
             queue.add(key)
-        store.answer(1)  # one batch answered: the next takes a full batch of what waits
-        store.wait_for_batches(PARALLEL + 1)
-        assert store.batches[PARALLEL] == keys[:BATCH]
-        store.answer(2)  # and the next, the rest
-        store.wait_for_batches(PARALLEL + 2)
-        assert store.batches[PARALLEL + 1] == keys[BATCH:]
+        store.answer(1)
+        store.wait_for_batches(2)
+        assert store.batches[1] == keys
         store.answer(10**6)
         queue.flush()
-        sent = [k for batch in store.batches[PARALLEL:] for k in batch]
+        assert len(store.batches) == 2 and queue.pending() == 0
+    finally:
+        store.answer(10**6)
+        queue.close()
+
+
+def test_a_full_batch_goes_while_another_is_under_way(tmp_path):
+    """1,000 keys waiting are a batch of their own at once, beside the one under way (up to
+    PARALLEL): a long rm -rf is not held behind one request at a time."""
+    store = GatedStore()
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0)
+    try:
+        queue.add("first")
+        store.wait_for_batches(1)
+        keys = ["k%04d" % i for i in range(BATCH + 5)]
+        for key in keys:
+            queue.add(key)
+        store.wait_for_batches(2)  # the first still unanswered
+        assert store.batches[1] == keys[:BATCH]
+        store.answer(10**6)
+        queue.flush()
+        sent = [k for batch in store.batches[1:] for k in batch]
         assert sorted(sent) == keys and queue.pending() == 0
     finally:
         store.answer(10**6)
-        queue.close()
-
-
-class Clock:
-    """A monotonic clock the test moves on."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def clocked_queue(tmp_path) -> tuple[GatedStore, Clock, DeleteQueue]:
-    """A queue timed by a clock of the test's (window 0.05 s, max_wait 0.5 s) on a store that
-    answers every batch at once."""
-    store = GatedStore()
-    store.answer(10**6)
-    clock = Clock()
-    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.05, max_wait=0.5,
-                        clock=clock)
-    return store, clock, queue
-
-
-def test_a_burst_of_unlinks_goes_in_one_batch_once_no_key_has_come_for_the_window(tmp_path):
-    """Keys that keep coming less than ``window`` apart are gathered, not sent 50 ms after the
-    first in shares: the burst (rm -rf's unlinks) goes in one DeleteObjects once it ends."""
-    store, clock, queue = clocked_queue(tmp_path)
-    try:
-        keys = ["k%03d" % i for i in range(300)]
-        for i, key in enumerate(keys):
-            queue.add(key)
-            if i % 10 == 9:
-                clock.now += 0.01  # 0.3 s in all: six windows past the first key, none without one
-        assert store.batches == []  # at no moment was a batch due
-        clock.now += 0.06  # the burst has ended
-        store.wait_for_batches(1)
-        assert store.batches == [keys]
-        with queue._cond:
-            assert queue._cond.wait_for(lambda: queue.pending() == 0, 30)
-    finally:
-        queue.close()
-
-
-def test_a_burst_that_goes_on_is_sent_once_its_oldest_key_has_waited_max_wait(tmp_path):
-    """Keys that never stop coming are not held back for good: what has gathered goes once its
-    oldest key has waited ``max_wait``, and the keys after it in a batch of their own."""
-    store, clock, queue = clocked_queue(tmp_path)
-    try:
-        first = ["a%03d" % i for i in range(60)]
-        for key in first:
-            queue.add(key)
-            clock.now += 0.01  # 0.6 s: past max_wait, never a window without a key
-        store.wait_for_batches(1)
-        assert store.batches[0] == first[: len(store.batches[0])] and len(store.batches[0]) >= 50
-        later = ["b%03d" % i for i in range(10)]
-        for key in later:
-            queue.add(key)
-        queue.flush()
-        sent = [k for batch in store.batches for k in batch]
-        assert sorted(sent) == sorted(first + later) and len(sent) == len(set(sent))
-    finally:
         queue.close()

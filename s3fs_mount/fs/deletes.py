@@ -3,16 +3,14 @@
 An unlink of a file costs S3 one DELETE, and Python's HTTP stack about
 0.5 ms of CPU per request: ``rm -rf`` of 1,000 files was 1,000 round trips
 in a row. Here :meth:`DeleteQueue.add` records the key and returns; a
-background thread sends what has gathered in DeleteObjects of up to 1,000
-keys: once no key has come for :data:`WINDOW` seconds (a burst of unlinks
-has ended), once the oldest has waited :data:`MAX_WAIT` seconds (a burst
-that goes on), or at once when :data:`BATCH` keys wait; full batches go up
-to :data:`PARALLEL` at once. Fewer, fuller batches, not many small ones
-side by side: SeaweedFS took 2-3 times as long for 1,000 keys sent as 20
-batches of 50 (or 4 of 250) four at a time as for one batch of 1,000
-(bench/README.md, round 32), and ``rm -rf``'s rmdir sends what is still
-pending together with the directory's own objects (:meth:`flush_with`),
-one request where the rm's unlinks came faster than :data:`WINDOW`. The namespace
+background thread sends what has gathered (after :data:`WINDOW` seconds,
+or at once when :data:`BATCH` keys wait) in DeleteObjects of up to 1,000
+keys, **one batch under way at a time**: the keys that come while it is
+under way join the next, which takes all that wait (full batches of
+1,000 go up to :data:`PARALLEL` at once). The server deletes while ``rm``
+goes on unlinking, in few, full batches: SeaweedFS took 2-3 times as
+long for 1,000 keys sent as 20 batches of 50 (or 4 of 250) four at a
+time as for one batch of 1,000 (bench/README.md, round 32). The namespace
 hides a name whose delete is pending (see
 :meth:`Namespace.deleting <s3fs_mount.fs.namespace.Namespace.deleting>`).
 
@@ -28,9 +26,10 @@ Order: a delete still pending when its key is written again (create,
 rename onto it, symlink) is sent first (:meth:`DeleteQueue.settle`), so a
 batch never removes the new object. DeleteObjects takes no conditions: a
 version another client put after we listed the name is deleted too, as a
-DELETE would have done, only up to :data:`MAX_WAIT` seconds later.
+DELETE would have done, only a moment later (:data:`WINDOW`, and the
+batch under way before it).
 
-Locks: ``_cond`` guards ``_pending``, ``_sending``, ``_since``, ``_last``,
+Locks: ``_cond`` guards ``_pending``, ``_sending``, ``_since``,
 ``_batches``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
 ``_cond`` or alone (never the other way round).
 """
@@ -49,13 +48,11 @@ from s3fs_mount.s3.bucket import Bucket
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "deletes.journal"
-#: Seconds with no new key after which what has gathered is sent (a burst of unlinks has ended).
-WINDOW = 0.2
-#: Seconds the oldest pending key waits at most while new keys keep coming.
-MAX_WAIT = 1.0
+#: Seconds the first pending key waits for others to join its batch.
+WINDOW = 0.05
 #: Keys per DeleteObjects (S3's most).
 BATCH = 1000
-#: Full batches sent at once.
+#: Full batches sent at once (a batch of fewer keys goes alone).
 PARALLEL = 4
 #: Seconds before a batch whose request failed (after the retry policy's attempts) is sent again.
 RETRY_PAUSE = 5.0
@@ -71,40 +68,27 @@ class DeleteQueue:
     :param directory: the mount's cache directory (under the staging cache's lock).
     :param answered: told of each batch S3 answered (in the thread that sent it, before the
         batch's keys count as sent: a :meth:`settle` or :meth:`flush` sees its effects).
-    :param window: seconds with no new key after which a batch is sent.
-    :param max_wait: seconds the oldest key of a batch waits at most while keys keep coming.
-    :param clock: the monotonic clock the gathering is timed by.
+    :param window: seconds a batch gathers keys before it is sent.
 
     Usage::
 
         deletes = DeleteQueue(bucket, cache_dir, answered)
         left = deletes.recover()   # keys a killed run left: sent now
-        deletes.add("a/b")          # returns at once; sent once no key came for ``window`` s
+        deletes.add("a/b")          # returns at once; sent within ``window`` seconds
         deletes.settle("a/b")       # before writing "a/b" again: its delete is done
         deletes.flush("a/")         # every pending delete under "a/" is done
         deletes.close()             # at unmount: the rest sent; returns what could not be
     """
 
-    def __init__(
-        self,
-        store: Bucket,
-        directory: str,
-        answered: Answered,
-        window: float = WINDOW,
-        max_wait: float = MAX_WAIT,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, store: Bucket, directory: str, answered: Answered, window: float = WINDOW) -> None:
         self.store = store
         self.window = window
-        self.max_wait = max_wait
-        self.clock = clock
         self.answered = answered
         self._journal = StagingJournal(directory, name=JOURNAL_NAME)
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}  # keys to send, in the order of their unlinks
         self._sending: set[str] = set()  # keys of batches under way
-        self._since = 0.0  # self.clock() when the oldest pending key came
-        self._last = 0.0  # self.clock() when the newest pending key came
+        self._since = 0.0  # time.monotonic() when the oldest pending key came
         self._batches = 0  # background batches under way
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -128,7 +112,7 @@ class DeleteQueue:
         with self._cond:
             for key in keys:
                 self._pending[key] = None
-            self._since = self._last = self.clock()
+            self._since = time.monotonic()
         try:
             self.flush()
         except Exception as exc:  # noqa: BLE001 - kept pending: the background thread retries
@@ -146,9 +130,8 @@ class DeleteQueue:
             self._open_journal()
         self._journal.record(key, {"key": key})
         with self._cond:
-            self._last = self.clock()
             if not self._pending:
-                self._since = self._last
+                self._since = time.monotonic()
             self._pending[key] = None
             self._start()
             self._cond.notify_all()
@@ -300,15 +283,17 @@ class DeleteQueue:
             with self._cond:
                 while not self._pending and not self._closed:
                     self._cond.wait()
-                # Gather: until no key came for the window, the oldest has waited max_wait, or
-                # a batch is full.
+                # Gather: until the window has passed since the oldest key, or a batch is full.
                 while not self._closed and len(self._pending) < BATCH:
-                    due = min(self._last + self.window, self._since + self.max_wait)
-                    left = due - self.clock()
+                    left = self._since + self.window - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                while not self._closed and self._batches >= PARALLEL:
+                # One batch under way at a time (what comes meanwhile joins the next), full
+                # ones up to PARALLEL.
+                while not self._closed and (
+                    self._batches >= PARALLEL or (self._batches >= 1 and len(self._pending) < BATCH)
+                ):
                     self._cond.wait()
                 if self._closed:
                     return

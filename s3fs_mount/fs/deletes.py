@@ -5,11 +5,12 @@ An unlink of a file costs S3 one DELETE, and Python's HTTP stack about
 in a row. Here :meth:`DeleteQueue.add` records the key and returns; a
 background thread sends what has gathered (after :data:`WINDOW` seconds,
 or at once when :data:`BATCH` keys wait) in DeleteObjects of up to 1,000
-keys, up to :data:`PARALLEL` batches at once, each taking a share of what
-waits (so that keys gathered while every batch was under way go side by
-side, not in one batch): the server deletes while ``rm`` goes on
-unlinking, and on several cores (SeaweedFS takes ~1.7 ms per key of one
-DeleteObjects, one after the other). The namespace
+keys, **one batch under way at a time**: the keys that come while it is
+under way join the next, which takes all that wait (full batches of
+1,000 go up to :data:`PARALLEL` at once). The server deletes while ``rm``
+goes on unlinking, in few, full batches: SeaweedFS took 2-3 times as
+long for 1,000 keys sent as 20 batches of 50 (or 4 of 250) four at a
+time as for one batch of 1,000 (bench/README.md, round 32). The namespace
 hides a name whose delete is pending (see
 :meth:`Namespace.deleting <s3fs_mount.fs.namespace.Namespace.deleting>`).
 
@@ -25,7 +26,8 @@ Order: a delete still pending when its key is written again (create,
 rename onto it, symlink) is sent first (:meth:`DeleteQueue.settle`), so a
 batch never removes the new object. DeleteObjects takes no conditions: a
 version another client put after we listed the name is deleted too, as a
-DELETE would have done, only up to :data:`WINDOW` seconds later.
+DELETE would have done, only a moment later (:data:`WINDOW`, and the
+batch under way before it).
 
 Locks: ``_cond`` guards ``_pending``, ``_sending``, ``_since``,
 ``_batches``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
@@ -50,21 +52,13 @@ JOURNAL_NAME = "deletes.journal"
 WINDOW = 0.05
 #: Keys per DeleteObjects (S3's most).
 BATCH = 1000
-#: Batches sent at once (a flush splits its keys into as many, of at least MIN_BATCH keys).
+#: Full batches sent at once (a batch of fewer keys goes alone).
 PARALLEL = 4
-MIN_BATCH = 50
 #: Seconds before a batch whose request failed (after the retry policy's attempts) is sent again.
 RETRY_PAUSE = 5.0
 
 #: Told of each answered batch: the keys deleted and ``[(key, error code)]`` of those that stay.
 Answered = Callable[[list[str], list[tuple[str, str]]], None]
-
-
-def _share(waiting: int) -> int:
-    """Keys of the next batch when ``waiting`` keys wait: a share of them, so that they go in
-    :data:`PARALLEL` batches side by side (the server deletes one batch's keys one by one),
-    not all in one behind a batch that has just been answered."""
-    return min(BATCH, max(MIN_BATCH, -(-waiting // PARALLEL)))
 
 
 class DeleteQueue:
@@ -237,8 +231,7 @@ class DeleteQueue:
         with self._cond:
             mine = [k for k in self._pending if match(k)]
             self._take(mine)
-        size = _share(len(mine))
-        batches = [mine[start : start + size] for start in range(0, len(mine), size)]
+        batches = [mine[start : start + BATCH] for start in range(0, len(mine), BATCH)]
         if len(batches) == 1:
             self._send(batches[0])
         elif batches:
@@ -296,11 +289,15 @@ class DeleteQueue:
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                while not self._closed and self._batches >= PARALLEL:
+                # One batch under way at a time (what comes meanwhile joins the next), full
+                # ones up to PARALLEL.
+                while not self._closed and (
+                    self._batches >= PARALLEL or (self._batches >= 1 and len(self._pending) < BATCH)
+                ):
                     self._cond.wait()
                 if self._closed:
                     return
-                batch = list(self._pending)[: _share(len(self._pending))]
+                batch = list(self._pending)[:BATCH]
                 if not batch:
                     continue  # a flush sent them meanwhile
                 self._take(batch)

@@ -465,6 +465,47 @@ def test_gets_in_flight_of_all_readers_are_the_window_in_shared_pieces_up_to_4_r
     assert Prefetcher(bucket, 8 * MiB, workers=8).budget == 8
 
 
+def test_four_readers_at_once_share_the_window_evenly_and_none_is_starved(tmp_path):
+    """fio's four sequential readers (bench/README.md, round 32): the pieces fetched ahead of
+    them are the window (8 MiB here) over all, each reader's share a quarter of it. Counted
+    after every read, once the first reader's pieces from while it was alone are behind it:
+    no reader holds more than its share ahead, none is left with nothing ahead (each read
+    tops its own share up), all four together stay within the window; every byte each
+    reader gets is its own, checked at its end."""
+    keys = ("a", "b", "c", "d")
+    size = 24 * MiB
+    store, data, prefetcher, items, states = readers_of(tmp_path, keys, size, workers=4)
+    gets = _logged_gets(store)
+    step = 512 << 10
+    got: dict[str, list[bytes]] = {key: [] for key in keys}
+
+    def ahead(key: str) -> int:
+        state = states[key]
+        for start in state.unreached:  # the fake store answers at once: let each GET finish
+            state.pieces[start][1].result()
+        return sum(state.pieces[start][0] for start in state.unreached)
+
+    counted = 0
+    for turn in range(size // step):
+        for key in keys:
+            at = turn * step
+            got[key].append(prefetcher.read(items[key], states[key], at, step))
+            if at < 10 * MiB or at + step + 4 * MiB > size:
+                continue  # "a" alone at first (its whole window); the object's end
+            counted += 1
+            assert ahead(key) == 2 * MiB  # its share, topped up by its own read
+            assert all(ahead(k) <= 2 * MiB for k in keys)
+            assert sum(ahead(k) for k in keys) <= 8 * MiB
+    assert counted >= 4 * 8
+    for key in keys:
+        assert b"".join(got[key]) == data[key]  # the last read's check passed: no EIO
+        ranges = sorted((s, s + n) for k, s, n in gets if k == key)
+        assert ranges[0][0] == 0 and ranges[-1][1] == size  # each byte fetched once
+        assert all(e == s for (_, e), (s, _) in zip(ranges, ranges[1:], strict=False))
+        prefetcher.drop(states[key])
+    assert prefetcher.held == 0
+
+
 #: Another client's parts, sized part by part: no one size fits them (checked part by part
 #: where S3 says each one is: s3fs_mount.s3.parts.PartBounds).
 UNEQUAL = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]

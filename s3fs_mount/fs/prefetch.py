@@ -346,8 +346,10 @@ class Prefetcher:
                     state.pieces[start] = (length, future)
                 if start < end:
                     needed.append((start, length, future))
+                    # On it now: no longer ahead, before the pieces after it are counted against
+                    # its share (else a reader entering a piece was a piece short of its share).
+                    self._reached(state, [(start, length)])
                 start += length
-            self._reached(state, [(start, length) for start, length, _ in needed])
             etag, verifier = state.etag, state.verifier
         if again:
             item.replied(state, streamed=False)

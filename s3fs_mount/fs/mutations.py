@@ -179,12 +179,14 @@ class Mutations:
 
     def uploaded_in_background(self, item: StagedFile) -> None:
         """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
-        if not item.unlinked:
-            self._remember_uploaded(item)
+        self._remember_uploaded(item)
         self.staging.uploaded(item)
 
     def _remember_uploaded(self, item: StagedFile) -> None:
-        """What we uploaded is what S3 has: no HEAD needed to know it."""
+        """What we uploaded is what S3 has: no HEAD needed to know it (but of a file removed
+        meanwhile, or being removed: its upload may have stopped short, and its name is gone)."""
+        if item.unlinked or self.uploader.being_removed(item):
+            return
         self.namespace.remember(self.keymap.path(item.key), staged_attributes(item, self.defaults))
 
     def recover(self) -> list[str]:
@@ -331,19 +333,25 @@ class Mutations:
         stays alive for open handles."""
         key = self.keymap.key(path)
         item = self.staging.get(key)
-        if item is not None:
-            if item.open_count > 0 and item.has_released():
-                self.upload(item)  # bytes only its upload has: S3 has them for the open handles now
-            self.uploader.abandon(item, "the file was removed", removed=True)
+        if item is None:
+            self._remove_key(path, key)
+            return None
+        if item.open_count > 0 and item.has_released():
+            self.upload(item)  # bytes only its upload has: S3 has them for the open handles now
+        with self.uploader.removing(item, "the file was removed"):  # no PUT of it lands after the delete
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
+            self._remove_key(path, key)
+        return item
+
+    def _remove_key(self, path: str, key: str) -> None:
+        """Queue the delete of file ``path`` (``key``) and drop its staged copy."""
         # Hidden before its delete is queued: the batcher may send it, and S3 answer
         # (namespace.deleted), before add() returns.
         self.namespace.deleting(path)
         self.deletes.add(key)
         self.staging.forget(key)
         self.namespace.entry_changed(KeyMap.split(path)[0])
-        return item
 
     def rename(self, old: str, new: str, source: A.Attributes) -> None:
         """Move file or directory ``old`` (whose attributes are ``source``) to ``new``."""
@@ -361,6 +369,18 @@ class Mutations:
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         self.deletes.settle(new_key)
         item = self.staging.get(old_key)
+        replaced = self.staging.get(new_key)
+        if replaced is None or replaced is item:
+            self._move_file(old, new, source, item)
+            return
+        # An upload of the file replaced must not land after the move (it would put its bytes
+        # back at the new name: with -o writeback, its PUT may still be under way).
+        with self.uploader.removing(replaced, "replaced by a rename"):
+            self._move_file(old, new, source, item)
+
+    def _move_file(self, old: str, new: str, source: A.Attributes, item: StagedFile | None) -> None:
+        """:meth:`_rename_file`'s move of file ``old`` (staged as ``item``, if it is) to ``new``."""
+        old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         moved: A.Attributes | None = None
         if item is None and source.etag:
             # The lookup just before this call saw that version: the move is of it or fails

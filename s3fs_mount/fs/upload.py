@@ -51,6 +51,7 @@ nothing else; the item itself changes only through its methods.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -59,7 +60,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,6 +237,9 @@ class UploadState:
         #: GUARDED_BY(lock): what S3 holds after the upload under way, a whole file in parts of a
         #: stream's layout: once the file is clean, the next write streams on from it.
         self.whole_base: StreamBase | None = None
+        #: GUARDED_BY(lock): removals of the item's file under way (:meth:`Uploader.removing`):
+        #: its upload sends no further request.
+        self.removing = 0
 
 
 class Uploader:
@@ -613,9 +617,18 @@ class Uploader:
         size: int,
         slot: bool = True,
         crc: int | None = None,
+        removable: bool = False,
     ) -> str:
         """Send part ``number``, bytes ``offset..offset+size`` of the staged file: with ``crc``
-        (their CRC32 as written) from the file by the kernel, else read into a buffer and checked."""
+        (their CRC32 as written) from the file by the kernel, else read into a buffer and checked.
+        ``removable``: not if the file is being removed (_Removed; a whole file's upload)."""
+        if removable:
+            try:
+                self._check_not_removed(item)
+            except _Removed:
+                if slot:
+                    self._slots.release()
+                raise
         if crc is not None and mpu.algorithm == "CRC32" and self._crc_parts():
             try:
                 header, digest = crc32_checksum(crc)
@@ -693,6 +706,37 @@ class Uploader:
             concurrent.futures.wait(futures)
             self.abort_upload(item, stream.mpu.upload_id)
 
+    @contextlib.contextmanager
+    def removing(self, item: StagedFile, reason: str) -> Iterator[None]:
+        """Around the removal of ``item``'s file (its delete queued, its copy forgotten): its
+        stream is abandoned (``reason`` logged), an upload of it under way sends no further
+        request and has ended before the block runs, and none begins until the block is over.
+
+        A PUT still under way when the delete reached S3 would bring the removed file back
+        (or, conditional on a version the delete removed, keep ours as a conflict copy).
+        """
+        state = self._state(item)
+        with state.lock:
+            state.removing += 1
+        try:
+            self.abandon(item, reason, removed=True)
+            with state.upload_lock:
+                yield
+        finally:
+            with state.lock:
+                state.removing -= 1
+
+    def being_removed(self, item: StagedFile) -> bool:
+        """Is the item's file being removed (:meth:`removing`)?"""
+        state = self._state(item)
+        with state.lock:
+            return state.removing > 0
+
+    def _check_not_removed(self, item: StagedFile) -> None:
+        """Raise _Removed while the item's file is being removed (:meth:`removing`)."""
+        if self.being_removed(item):
+            raise _Removed()
+
     # -- flush ---------------------------------------------------------------------------
 
     def flush(self, item: StagedFile) -> bool:
@@ -720,6 +764,9 @@ class Uploader:
                 self._abort_leftovers(item)
             except _Clobbered as clash:
                 return self._keep_both(item, generation, replaces, clash.theirs)
+            except _Removed:
+                log.info("%s: removed while it was uploaded: the rest was not sent", item.key)
+                return False
             except BaseException as exc:
                 with state.lock:
                     state.error = str(exc)
@@ -778,9 +825,11 @@ class Uploader:
                 self.abandon(item, "S3's object changed since this mount saw it")
                 raise
             except Exception as exc:
+                self._check_not_removed(item)  # its removal abandoned the stream
                 if item.has_released():
                     raise  # its parts hold bytes the cache released: kept, the next flush goes on
                 self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
+        self._check_not_removed(item)
         size = item.view().size
         self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
@@ -804,7 +853,7 @@ class Uploader:
             item.key,
             size,
             self.part_size,
-            lambda mpu, n, off, length: self._send_part(item, mpu, n, off, length, False),
+            lambda mpu, n, off, length: self._send_part(item, mpu, n, off, length, False, removable=True),
             headers=self.headers(item),
             on_begin=recorded,
             complete=lambda mpu: self._complete(item, mpu, replaces),
@@ -889,6 +938,7 @@ class Uploader:
     # -- conflicts -------------------------------------------------------------------------
 
     def _complete(self, item: StagedFile, mpu: MultipartUpload, replaces: str) -> str:
+        self._check_not_removed(item)
         try:
             return mpu.complete(**_conditions(replaces, self.complete_check))
         except S3Error as exc:
@@ -1006,6 +1056,10 @@ class Uploader:
         with state.lock:
             state.error = ""
         raise Conflict(key, saved_as, replaces, theirs)
+
+
+class _Removed(Exception):
+    """Internal: the item's file is being removed (:meth:`Uploader.removing`): not uploaded."""
 
 
 class _Clobbered(Exception):

@@ -83,6 +83,38 @@ def test_times_shown_are_the_times_stored_and_a_remount_shows_the_same(mount_fac
         assert (now.st_mtime_ns, now.st_atime_ns) == (st.st_mtime_ns, st.st_atime_ns), p
 
 
+def test_a_file_just_written_keeps_its_times_when_read_chmodded_and_remounted(
+    mount_factory, boto, bucket, tmp_path
+):
+    """Found by hand (round 32): tar of files just written failed ("file changed as we read
+    it", exit 1): the first open after the close took the times its metadata was made with, and
+    the file's mtime and ctime went back to its creation; a chmod then stored that mtime in S3."""
+    mount = mount_factory().start()
+    names = ["f%d" % i for i in range(3)]
+    shown = {}
+    for name in names:
+        path = os.path.join(mount.path, name)
+        with open(path, "w") as f:
+            f.write("x")
+        shown[name] = os.stat(path)
+        with open(path, "rb") as f:
+            f.read()
+        now = os.stat(path)
+        assert (now.st_mtime_ns, now.st_ctime_ns) == (shown[name].st_mtime_ns, shown[name].st_ctime_ns)
+    os.chmod(os.path.join(mount.path, "f0"), 0o600)
+    fresh = os.path.join(mount.path, "fresh")
+    with open(fresh, "w") as f:
+        f.write("y")
+    tar = subprocess.run(["tar", "cf", str(tmp_path / "t.tar"), "-C", mount.path, "fresh"],
+                         capture_output=True, text=True)
+    assert tar.returncode == 0, tar.stderr
+    mount.stop()
+    again = mount_factory().start()
+    for name in names:
+        assert os.stat(os.path.join(again.path, name)).st_mtime_ns == shown[name].st_mtime_ns, name
+    assert again.stop() == 0
+
+
 def test_ctime_follows_every_change(mount, boto, bucket):
     f = os.path.join(mount.path, "c.txt")
     with open(f, "w") as fh:

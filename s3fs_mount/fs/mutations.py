@@ -39,10 +39,14 @@ Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
 
 
 def staged_attributes(item: StagedFile, defaults: A.Defaults) -> A.Attributes:
-    """A staged file's attributes: its pending metadata, local size and times."""
+    """A staged file's attributes: its pending metadata, local size and times, the times in the
+    metadata too, as its upload stores them (a metadata left with the times it was made with
+    put a file's creation time back as its mtime once an open adopted it: tar of a file just
+    written said "file changed as we read it")."""
     view = item.view()
+    metadata = {**view.metadata, **A.time_metadata(view.mtime, view.atime, view.ctime)}
     a = A.attributes_from(
-        view.metadata, view.size, view.mtime, defaults, "file", etag=view.etag, headers=dict(view.headers)
+        metadata, view.size, view.mtime, defaults, "file", etag=view.etag, headers=dict(view.headers)
     )
     a.mtime, a.atime, a.ctime = view.mtime, view.atime, view.ctime
     return a

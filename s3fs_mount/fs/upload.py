@@ -71,10 +71,10 @@ from s3fs_mount.fs.paths import NAME_MAX
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_checksum
-from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, upload_in_parts
+from s3fs_mount.s3.store import MultipartUpload, upload_in_parts
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +290,12 @@ class Uploader:
         #: GUARDED_BY(_states_lock): each item's UploadState, gone with the item.
         self._states: weakref.WeakKeyDictionary[StagedFile, UploadState] = weakref.WeakKeyDictionary()
         self._states_lock = threading.Lock()
+        #: GUARDED_BY(_states_lock): does the server give a copied part (UploadPartCopy) the MD5
+        #: of its bytes as ETag, as it does an uploaded part (None: not seen yet)? See _check_copy.
+        self._copies_checkable: bool | None = None
+        #: GUARDED_BY(_states_lock): False once the server gave no CRC32 for a copied part: the
+        #: streams that copy then go without checksums.
+        self._copies_crc = True
 
     def _state(self, item: StagedFile) -> UploadState:
         with self._states_lock:
@@ -544,7 +550,9 @@ class Uploader:
         state = self._state(item)
         view = item.view()
         with state.lock:
-            if base is not None and (state.stream is not base or view.etag != base.etag):
+            if base is not None and (
+                state.stream is not base or view.etag != base.etag or not self._copies_usable()
+            ):
                 if state.stream is base:
                     state.stream = None  # S3's object is no longer the one the base describes
                 base = None
@@ -552,8 +560,11 @@ class Uploader:
                 return None
         layout = base.layout if base else self.stream_layout
         headers = self.headers(item, with_times=False)
-        # Copied parts: not every server gives their CRC32, so such a stream goes without.
-        stream = StreamingUpload(self._begin_multipart(item, headers, checksum=base is None), layout, headers)
+        # Copied parts carry the CRC32 too where the server gives it (SeaweedFS gives a copied part
+        # the MD5 of its bytes as ETag only then); else the streams after the first go without.
+        with self._states_lock:
+            checksum = base is None or self._copies_crc
+        stream = StreamingUpload(self._begin_multipart(item, headers, checksum=checksum), layout, headers)
         with state.lock:
             state.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
         if base is not None:
@@ -586,9 +597,52 @@ class Uploader:
         last: int,
         etag: str,
     ) -> str:
-        result = mpu.copy_part(number, source, first, last, if_match=etag)
+        try:
+            result = mpu.copy_part(number, source, first, last, if_match=etag)
+        except (S3Error, TransportError):
+            raise
+        except RemoteStoreError:
+            if mpu.algorithm:  # no CRC32 for the copy (the connector says so): this stream fails
+                with self._states_lock:
+                    self._copies_crc = False
+            raise
+        self._check_copy(item, result, first, last)
         self._sent(item, last - first + 1)
         return result
+
+    def _copies_usable(self) -> bool:
+        """May a stream copy what S3 has (no copied part seen whose ETag is not its bytes' MD5)?"""
+        with self._states_lock:
+            return self._copies_checkable is not False
+
+    def _check_copy(self, item: StagedFile, etag: str, first: int, last: int) -> None:
+        """The first copied part whose bytes are local tells whether the server gives copied parts
+        the MD5 of their bytes as ETag: else the object's ETag (MD5 of its parts' ETags) cannot be
+        checked by any reader, and every read of it would fail its check (SeaweedFS: an ETag of
+        its own chunks, ``...-2``). Where it does not, this part fails (the stream is abandoned,
+        the file goes up whole) and no stream copies again on this mount."""
+        with self._states_lock:
+            known = self._copies_checkable
+        if known is None and item.covers(first, last + 1):
+            digest = hashlib.md5()
+            for offset in range(first, last + 1, 8 << 20):
+                digest.update(os.pread(item.fd, min(8 << 20, last + 1 - offset), offset))
+            known = digest.hexdigest() == etag
+            with self._states_lock:
+                first_seen = self._copies_checkable is None
+                self._copies_checkable = known
+            if not known and first_seen:
+                log.warning(
+                    "this server's UploadPartCopy gives a copied part an ETag that is not the MD5 "
+                    "of its bytes (%s, MD5 %s): reads could not check such objects, so a file "
+                    "changed after an fsync is uploaded whole",
+                    etag,
+                    digest.hexdigest(),
+                )
+        if known is False:
+            raise RemoteStoreError(
+                "%s: the ETag of copied bytes %d-%d cannot be checked" % (item.key, first, last)
+            )
 
     def _begin_multipart(
         self, item: StagedFile, headers: dict[str, str], checksum: bool = True
@@ -1101,18 +1155,11 @@ def _conditions(replaces: str, check: str) -> dict[str, object]:
 
 def _copy_spans(layout: PartLayout, length: int) -> list[tuple[int, int]]:
     """``(first, last)`` byte ranges that copy the first ``length`` bytes (whole parts of
-    ``layout``) in as few UploadPartCopy requests as S3 allows: each a whole number of parts,
-    at most 5 GiB (so each but the last is at least 5 MiB)."""
-    spans: list[tuple[int, int]] = []
-    first = end = 0
-    for _, offset, size in layout.spans(length):
-        if offset + size - first > MAX_SINGLE_COPY and end > first:
-            spans.append((first, end - 1))
-            first = end
-        end = offset + size
-    if end > first:
-        spans.append((first, end - 1))
-    return spans
+    ``layout``): one UploadPartCopy a part. Not fewer, larger copies: a server that reads and
+    checksums what it copies (SeaweedFS, with the CRC32 the stream carries) took longer than
+    the read timeout over hundreds of MiB, and the object keeps parts of one size, which every
+    read can check without asking where each part is."""
+    return [(offset, offset + size - 1) for _, offset, size in layout.spans(length)]
 
 
 def conflict_name(key: str, room: int) -> str:

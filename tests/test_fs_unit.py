@@ -10,6 +10,7 @@ import random
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
@@ -722,20 +723,28 @@ def count_parts_sent(store: FakeStore) -> list[int]:
     return sent
 
 
-def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
-    store = FakeStore()
-    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
-    data = os.urandom(31 * MiB)
+def write_with_fsyncs(
+    ops: S3Operations, store: FakeStore, data: bytes, fsync_after: Callable[[int], bool]
+) -> None:
+    """Write ``data`` to /big a MiB at a time, an fsync after each MiB ``fsync_after(n)`` names
+    (S3 then has what was written), then close it: S3 has ``data``."""
     fh = ops.create("/big", 0o644)
-    counted = count_parts_sent(store)
     for n, off in enumerate(range(0, len(data), MiB)):
         ops.write("/big", data[off : off + MiB], off, fh)
-        if n in (11, 22):
+        if fsync_after(n):
             ops.fsync("/big", 0, fh)
             assert store.objects["big"].data == data[: off + MiB]
     ops.flush("/big", fh)
     ops.release("/big", fh)
     assert store.objects["big"].data == data
+
+
+def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = os.urandom(31 * MiB)
+    counted = count_parts_sent(store)
+    write_with_fsyncs(ops, store, data, lambda n: n in (11, 22))
     assert store.calls["COPY part"] >= 2  # the bytes already in S3 were copied, not sent again
     assert counted[0] <= len(data) + 2 * 5 * MiB  # at most one partial part again per fsync
 
@@ -748,7 +757,6 @@ def test_after_an_fsync_that_uploaded_whole_the_next_writes_stream_again(tmp_pat
     store = FakeStore()
     ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
     data = os.urandom(60 * MiB)
-    fh = ops.create("/big", 0o644)
     counted = count_parts_sent(store)
     real_copy = FakeMultipart.copy_part
     failed = []
@@ -760,14 +768,8 @@ def test_after_an_fsync_that_uploaded_whole_the_next_writes_stream_again(tmp_pat
         return real_copy(self, number, source, first, last, if_match)
 
     monkeypatch.setattr(FakeMultipart, "copy_part", copy_fails_once)
-    for n, off in enumerate(range(0, len(data), MiB)):
-        ops.write("/big", data[off : off + MiB], off, fh)
-        if n % 12 == 11:
-            ops.fsync("/big", 0, fh)
-            assert store.objects["big"].data == data[: off + MiB]
-    ops.flush("/big", fh)
-    ops.release("/big", fh)
-    assert store.objects["big"].data == data and failed == [5 * MiB]  # a part a copy
+    write_with_fsyncs(ops, store, data, lambda n: n % 12 == 11)
+    assert failed == [5 * MiB]  # a part a copy
     assert store.calls["COPY part"] >= 3  # after the whole upload (24 MiB), copies again
     # One whole upload at the fsync whose copy failed; else at most one partial part per fsync.
     assert counted[0] <= len(data) + 24 * MiB + 5 * 5 * MiB, counted[0] / MiB
@@ -791,15 +793,7 @@ def test_a_server_whose_copied_parts_etags_are_not_their_md5_gets_the_file_whole
 
     monkeypatch.setattr(FakeMultipart, "copy_part", chunked_etag)
     data = os.urandom(36 * MiB)
-    fh = ops.create("/big", 0o644)
-    for n, off in enumerate(range(0, len(data), MiB)):
-        ops.write("/big", data[off : off + MiB], off, fh)
-        if n in (11, 23):
-            ops.fsync("/big", 0, fh)
-            assert store.objects["big"].data == data[: off + MiB]
-    ops.flush("/big", fh)
-    ops.release("/big", fh)
-    assert store.objects["big"].data == data
+    write_with_fsyncs(ops, store, data, lambda n: n in (11, 23))
     assert store.calls["COPY part"] == 2  # the first stream's (a part a copy) told; none after them
     assert store.objects["big"].etag == composite(
         [hashlib.md5(data[off : off + 5 * MiB]).digest() for off in range(0, len(data), 5 * MiB)]

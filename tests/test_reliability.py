@@ -841,6 +841,53 @@ def test_a_rename_over_a_file_whose_writeback_upload_is_under_way_is_what_s3_kee
     assert not [line for line in m.log_lines() if ".conflict-" in line]
 
 
+def test_writeback_fsync_returns_once_the_file_is_in_s3(
+    mount_factory, holdproxy, s3config, boto, bucket, tmp_path
+):
+    """Held (round 32): -o writeback's fsync waits for the upload, as the default mode's does."""
+    m = writeback_mount_through(holdproxy, mount_factory, s3config, tmp_path)
+    holdproxy.hold_uploads()
+    fd = os.open(os.path.join(m.path, "f"), os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"synced")
+        sync = threading.Thread(target=os.fsync, args=(fd,))
+        sync.start()
+        eventually(lambda: holdproxy.held >= 1, 10, "the upload to reach the proxy")
+        sync.join(1)
+        assert sync.is_alive() and not s3_has(boto, bucket, "f")  # held: fsync has not returned
+        holdproxy.release()
+        sync.join()
+        assert s3_bytes(boto, bucket, "f") == b"synced"
+    finally:
+        os.close(fd)
+    assert m.stop() == 0
+
+
+def test_writeback_conflict_keeps_theirs_at_the_path_and_ours_beside_it(
+    mount_factory, holdproxy, s3config, boto, bucket, tmp_path
+):
+    """Held (round 32): another client replaces the object while our background upload waits:
+    theirs stays, ours goes to the conflict name, one error line says so, the mount shows both."""
+    boto.put_object(Bucket=bucket, Key="c.txt", Body=b"base")
+    m = writeback_mount_through(holdproxy, mount_factory, s3config, tmp_path)
+    with open(os.path.join(m.path, "c.txt"), "rb") as f:
+        assert f.read() == b"base"
+    holdproxy.hold_uploads()
+    write_file(os.path.join(m.path, "c.txt"), b"ours")
+    eventually(lambda: holdproxy.held >= 1, 10, "the upload to reach the proxy")
+    boto.put_object(Bucket=bucket, Key="c.txt", Body=b"theirs")  # directly, not through the proxy
+    holdproxy.release()
+    eventually(lambda: len(s3_keys(boto, bucket)) == 2, 30, "the conflict copy")
+    [saved] = [k for k in s3_keys(boto, bucket) if k != "c.txt"]
+    assert saved.startswith("c.txt.conflict-")
+    assert s3_bytes(boto, bucket, "c.txt") == b"theirs" and s3_bytes(boto, bucket, saved) == b"ours"
+    assert [line for line in m.log_lines() if " ERROR " in line and saved in line]
+    assert sorted(os.listdir(m.path)) == ["c.txt", saved]
+    with open(os.path.join(m.path, "c.txt"), "rb") as f:
+        assert f.read() == b"theirs"
+    assert m.stop() == 0
+
+
 # -- the S3 server process itself killed and restarted mid-write -----------------------------------
 
 

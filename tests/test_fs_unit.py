@@ -22,6 +22,7 @@ from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly, Unsettled
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 
@@ -721,6 +722,30 @@ def count_parts_sent(store: FakeStore) -> list[int]:
 
     store.start_multipart = counting
     return sent
+
+
+def test_a_create_the_cache_disk_refuses_leaves_nothing_to_upload(tmp_path, monkeypatch):
+    # Found by hand (round 32, a cache on a full 24 MiB tmpfs): create said ENOSPC (the item's
+    # record could not be written), yet the item stayed, dirty: the unmount tried to upload the
+    # file the user was told was not made, failed, and exited 1 with it "staged for the next mount".
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    real_save = StagedFile.save
+
+    def disk_full(self, durable=False):
+        if self.key == "d":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, durable)
+
+    monkeypatch.setattr(StagedFile, "save", disk_full)
+    with pytest.raises(FuseOSError) as info:
+        ops.create("/d", 0o644)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(StagedFile, "save", real_save)
+    assert ops.staging.get("d") is None
+    assert ops.staging.pending() == []
+    ops.destroy("/")
+    assert "d" not in store.objects
 
 
 def write_with_fsyncs(

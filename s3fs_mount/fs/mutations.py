@@ -266,9 +266,17 @@ class Mutations:
         self.deletes.settle(key)
         headers = {"Content-Type": content_type}
         item, created = self.staging.acquire(key, lambda new: new.reset(0, "", meta, headers, now))
-        if not created:
-            item.reset(0, "", meta, headers, now)
-        item.set_metadata(meta)  # dirty: an empty new file is uploaded too
+        try:
+            if not created:
+                item.reset(0, "", meta, headers, now)
+            item.set_metadata(meta)  # dirty: an empty new file is uploaded too
+        except BaseException:
+            # Not made (its record could not be written: the cache's disk is full): nothing of it
+            # stays to be uploaded at unmount or at the next mount.
+            self.staging.release(item)
+            if created:
+                self.staging.forget(key)
+            raise
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
         self.namespace.entry_changed(KeyMap.split(path)[0], now)
         return item

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import random
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from fakestore import FakeMultipart, FakeStore
@@ -20,6 +22,7 @@ from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly, Unsettled
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
 
@@ -721,20 +724,52 @@ def count_parts_sent(store: FakeStore) -> list[int]:
     return sent
 
 
-def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
+def test_a_create_the_cache_disk_refuses_leaves_nothing_to_upload(tmp_path, monkeypatch):
+    # Found by hand (round 32, a cache on a full 24 MiB tmpfs): create said ENOSPC (the item's
+    # record could not be written), yet the item stayed, dirty: the unmount tried to upload the
+    # file the user was told was not made, failed, and exited 1 with it "staged for the next mount".
     store = FakeStore()
-    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
-    data = os.urandom(31 * MiB)
+    ops = make_ops(tmp_path, store)
+    real_save = StagedFile.save
+
+    def disk_full(self, durable=False):
+        if self.key == "d":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, durable)
+
+    monkeypatch.setattr(StagedFile, "save", disk_full)
+    with pytest.raises(FuseOSError) as info:
+        ops.create("/d", 0o644)
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(StagedFile, "save", real_save)
+    assert ops.staging.get("d") is None
+    assert ops.staging.pending() == []
+    ops.destroy("/")
+    assert "d" not in store.objects
+
+
+def write_with_fsyncs(
+    ops: S3Operations, store: FakeStore, data: bytes, fsync_after: Callable[[int], bool]
+) -> None:
+    """Write ``data`` to /big a MiB at a time, an fsync after each MiB ``fsync_after(n)`` names
+    (S3 then has what was written), then close it: S3 has ``data``."""
     fh = ops.create("/big", 0o644)
-    counted = count_parts_sent(store)
     for n, off in enumerate(range(0, len(data), MiB)):
         ops.write("/big", data[off : off + MiB], off, fh)
-        if n in (11, 22):
+        if fsync_after(n):
             ops.fsync("/big", 0, fh)
             assert store.objects["big"].data == data[: off + MiB]
     ops.flush("/big", fh)
     ops.release("/big", fh)
     assert store.objects["big"].data == data
+
+
+def test_fsync_mid_stream_then_more_writes_copy_what_s3_has(tmp_path):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    data = os.urandom(31 * MiB)
+    counted = count_parts_sent(store)
+    write_with_fsyncs(ops, store, data, lambda n: n in (11, 22))
     assert store.calls["COPY part"] >= 2  # the bytes already in S3 were copied, not sent again
     assert counted[0] <= len(data) + 2 * 5 * MiB  # at most one partial part again per fsync
 
@@ -747,7 +782,6 @@ def test_after_an_fsync_that_uploaded_whole_the_next_writes_stream_again(tmp_pat
     store = FakeStore()
     ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
     data = os.urandom(60 * MiB)
-    fh = ops.create("/big", 0o644)
     counted = count_parts_sent(store)
     real_copy = FakeMultipart.copy_part
     failed = []
@@ -759,17 +793,36 @@ def test_after_an_fsync_that_uploaded_whole_the_next_writes_stream_again(tmp_pat
         return real_copy(self, number, source, first, last, if_match)
 
     monkeypatch.setattr(FakeMultipart, "copy_part", copy_fails_once)
-    for n, off in enumerate(range(0, len(data), MiB)):
-        ops.write("/big", data[off : off + MiB], off, fh)
-        if n % 12 == 11:
-            ops.fsync("/big", 0, fh)
-            assert store.objects["big"].data == data[: off + MiB]
-    ops.flush("/big", fh)
-    ops.release("/big", fh)
-    assert store.objects["big"].data == data and failed == [10 * MiB]
+    write_with_fsyncs(ops, store, data, lambda n: n % 12 == 11)
+    assert failed == [5 * MiB]  # a part a copy
     assert store.calls["COPY part"] >= 3  # after the whole upload (24 MiB), copies again
     # One whole upload at the fsync whose copy failed; else at most one partial part per fsync.
     assert counted[0] <= len(data) + 24 * MiB + 5 * 5 * MiB, counted[0] / MiB
+
+
+def test_a_server_whose_copied_parts_etags_are_not_their_md5_gets_the_file_whole(tmp_path, monkeypatch):
+    # SeaweedFS gives a copied part an ETag of its own chunks ("...-2") when the upload carries no
+    # checksum: the object's ETag then matches no read's MD5s, and every read of it was EIO (found
+    # by hand, round 32). The first copy is checked against the local bytes; where it does not
+    # match, that stream fails, the file goes up whole, and no stream copies again on this mount.
+    store = FakeStore()
+    ops = make_ops(tmp_path, store, part_size=5 * MiB, multipart_threshold=5 * MiB)
+    real_copy = FakeMultipart.copy_part
+
+    def chunked_etag(self, number, source, first, last, if_match=None):
+        real_copy(self, number, source, first, last, if_match)
+        self.parts[number] = hashlib.md5(b"chunks").hexdigest()
+        return self.parts[number] + "-2"
+
+    from s3fs_mount.s3.checksums import composite
+
+    monkeypatch.setattr(FakeMultipart, "copy_part", chunked_etag)
+    data = os.urandom(36 * MiB)
+    write_with_fsyncs(ops, store, data, lambda n: n in (11, 23))
+    assert store.calls["COPY part"] == 2  # the first stream's (a part a copy) told; none after them
+    assert store.objects["big"].etag == composite(
+        [hashlib.md5(data[off : off + 5 * MiB]).digest() for off in range(0, len(data), 5 * MiB)]
+    )
 
 
 # -- directories: where their metadata lives, and their times --------------------------------------

@@ -446,13 +446,19 @@ def test_a_streamed_upload_grows_its_parts_and_reads_back_verified(mount_factory
             f.write(data[off : off + MiB])
     assert part_sizes(boto, bucket, "grown") == [5 * MiB, 10 * MiB, 20 * MiB, 3 * MiB + 3]
     # An fsync mid-stream completes it; the writes after it stream on, the whole parts already
-    # in S3 copied server-side as one part, the parts after them as large as the layout says.
+    # in S3 copied server-side a part a copy, the parts after them as large as the layout says;
+    # unless the server's copied parts have ETags that are not their bytes' MD5 (SeaweedFS), which
+    # no read could check (found by hand, round 32: every read of such a file was EIO once it had
+    # left the cache): then the file goes up whole, in parts of one size.
     with open(os.path.join(mount.path, "synced"), "wb") as f:
         f.write(data[: 16 * MiB])
         os.fsync(f.fileno())
         assert part_sizes(boto, bucket, "synced") == [5 * MiB, 10 * MiB, 1 * MiB]
         f.write(data[16 * MiB :])
-    assert part_sizes(boto, bucket, "synced") == [15 * MiB, 20 * MiB, 3 * MiB + 3]
+    if any("UploadPartCopy gives a copied part an ETag" in line for line in mount.log_lines()):
+        assert part_sizes(boto, bucket, "synced") == [5 * MiB] * 7 + [3 * MiB + 3]
+    else:
+        assert part_sizes(boto, bucket, "synced") == [5 * MiB, 10 * MiB, 20 * MiB, 3 * MiB + 3]
     assert s3_bytes(boto, bucket, "synced") == data
     # Another client's object in doubling parts and no checksum: its ETag is what is checked.
     up = boto.create_multipart_upload(Bucket=bucket, Key="theirs")
@@ -466,7 +472,7 @@ def test_a_streamed_upload_grows_its_parts_and_reads_back_verified(mount_factory
                                    MultipartUpload={"Parts": done})
     mount.stop()
     again = mount_factory("debug").start()  # default part options: the layout is learnt from S3
-    for key in ("grown", "theirs"):
+    for key in ("grown", "theirs", "synced"):
         with open(os.path.join(again.path, key), "rb") as f:
             assert f.read() == data
     head = boto.head_object(Bucket=bucket, Key="grown", ChecksumMode="ENABLED")

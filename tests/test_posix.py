@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import os
 import re
 import shutil
@@ -81,6 +83,86 @@ def test_times_shown_are_the_times_stored_and_a_remount_shows_the_same(mount_fac
     for p, st in shown.items():
         now = os.stat(os.path.join(again.path, os.path.basename(p)))
         assert (now.st_mtime_ns, now.st_atime_ns) == (st.st_mtime_ns, st.st_atime_ns), p
+
+
+def test_a_file_just_written_keeps_its_times_when_read_chmodded_and_remounted(
+    mount_factory, boto, bucket, tmp_path
+):
+    """Found by hand (round 32): tar of files just written failed ("file changed as we read
+    it", exit 1): the first open after the close took the times its metadata was made with, and
+    the file's mtime and ctime went back to its creation; a chmod then stored that mtime in S3."""
+    mount = mount_factory().start()
+    names = ["f%d" % i for i in range(3)]
+    shown = {}
+    for name in names:
+        path = os.path.join(mount.path, name)
+        with open(path, "w") as f:
+            f.write("x")
+        shown[name] = os.stat(path)
+        with open(path, "rb") as f:
+            f.read()
+        now = os.stat(path)
+        assert (now.st_mtime_ns, now.st_ctime_ns) == (shown[name].st_mtime_ns, shown[name].st_ctime_ns)
+    os.chmod(os.path.join(mount.path, "f0"), 0o600)
+    fresh = os.path.join(mount.path, "fresh")
+    with open(fresh, "w") as f:
+        f.write("y")
+    tar = subprocess.run(["tar", "cf", str(tmp_path / "t.tar"), "-C", mount.path, "fresh"],
+                         capture_output=True, text=True)
+    assert tar.returncode == 0, tar.stderr
+    mount.stop()
+    again = mount_factory().start()
+    for name in names:
+        assert os.stat(os.path.join(again.path, name)).st_mtime_ns == shown[name].st_mtime_ns, name
+    assert again.stop() == 0
+
+
+def test_rename_errnos_symlinks_and_a_fifo_hold_after_a_remount(mount_factory, boto, bucket):
+    """Held (round 32): rename's errnos, the keys it leaves, links of every kind and a FIFO, as
+    S3 keeps them (a remount with a new cache), and statfs."""
+    mount = mount_factory().start()
+    p = functools.partial(os.path.join, mount.path)
+    os.makedirs(p("a", "sub"))
+    for path in (p("a", "f"), p("full", "y"), p("file")):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("x")
+    os.mkdir(p("empty"))
+
+    def rename_errno(old: str, new: str) -> int:
+        try:
+            os.rename(p(old), p(new))
+        except OSError as exc:
+            return exc.errno
+        return 0
+
+    assert rename_errno("a", "empty") == 0  # onto an empty directory
+    assert rename_errno("empty", "full") == errno.ENOTEMPTY
+    assert rename_errno("file", "full") == errno.EISDIR
+    assert rename_errno("full", "file") == errno.ENOTDIR
+    assert rename_errno("empty", "empty/sub/z") == errno.EINVAL
+    assert rename_errno("file", "file") == 0 and rename_errno("full", "full") == 0
+    long_target = "t" * 1000 + "/x"
+    links = {"rel": "file", "abs": "/etc/passwd", "long": long_target, "dangling": "nowhere",
+             "empty/up": "../file"}
+    for name, target in links.items():
+        os.symlink(target, p(name))
+    os.mkfifo(p("fifo"))
+    fs = os.statvfs(mount.path)
+    assert fs.f_blocks > 0 and fs.f_bavail > 0 and fs.f_namemax == 255
+    assert mount.stop() == 0
+    keys = sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
+    assert [k for k in keys if not k.endswith("_$folder$")] == sorted(
+        ["abs", "dangling", "empty/", "empty/f", "empty/sub/", "empty/up", "fifo", "file", "full/",
+         "full/y", "long", "rel"]
+    )
+    again = mount_factory().start()
+    q = functools.partial(os.path.join, again.path)
+    assert {name: os.readlink(q(name)) for name in links} == links
+    with open(q("empty", "up")) as f:
+        assert f.read() == "x"
+    assert stat.S_ISFIFO(os.lstat(q("fifo")).st_mode)
+    assert again.stop() == 0
 
 
 def test_ctime_follows_every_change(mount, boto, bucket):

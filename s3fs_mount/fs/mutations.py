@@ -39,10 +39,14 @@ Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
 
 
 def staged_attributes(item: StagedFile, defaults: A.Defaults) -> A.Attributes:
-    """A staged file's attributes: its pending metadata, local size and times."""
+    """A staged file's attributes: its pending metadata, local size and times, the times in the
+    metadata too, as its upload stores them (a metadata left with the times it was made with
+    put a file's creation time back as its mtime once an open adopted it: tar of a file just
+    written said "file changed as we read it")."""
     view = item.view()
+    metadata = {**view.metadata, **A.time_metadata(view.mtime, view.atime, view.ctime)}
     a = A.attributes_from(
-        view.metadata, view.size, view.mtime, defaults, "file", etag=view.etag, headers=dict(view.headers)
+        metadata, view.size, view.mtime, defaults, "file", etag=view.etag, headers=dict(view.headers)
     )
     a.mtime, a.atime, a.ctime = view.mtime, view.atime, view.ctime
     return a
@@ -179,12 +183,14 @@ class Mutations:
 
     def uploaded_in_background(self, item: StagedFile) -> None:
         """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
-        if not item.unlinked:
-            self._remember_uploaded(item)
+        self._remember_uploaded(item)
         self.staging.uploaded(item)
 
     def _remember_uploaded(self, item: StagedFile) -> None:
-        """What we uploaded is what S3 has: no HEAD needed to know it."""
+        """What we uploaded is what S3 has: no HEAD needed to know it (but of a file removed
+        meanwhile, or being removed: its upload may have stopped short, and its name is gone)."""
+        if item.unlinked or self.uploader.being_removed(item):
+            return
         self.namespace.remember(self.keymap.path(item.key), staged_attributes(item, self.defaults))
 
     def recover(self) -> list[str]:
@@ -260,9 +266,17 @@ class Mutations:
         self.deletes.settle(key)
         headers = {"Content-Type": content_type}
         item, created = self.staging.acquire(key, lambda new: new.reset(0, "", meta, headers, now))
-        if not created:
-            item.reset(0, "", meta, headers, now)
-        item.set_metadata(meta)  # dirty: an empty new file is uploaded too
+        try:
+            if not created:
+                item.reset(0, "", meta, headers, now)
+            item.set_metadata(meta)  # dirty: an empty new file is uploaded too
+        except BaseException:
+            # Not made (its record could not be written: the cache's disk is full): nothing of it
+            # stays to be uploaded at unmount or at the next mount.
+            self.staging.release(item)
+            if created:
+                self.staging.forget(key)
+            raise
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
         self.namespace.entry_changed(KeyMap.split(path)[0], now)
         return item
@@ -331,19 +345,25 @@ class Mutations:
         stays alive for open handles."""
         key = self.keymap.key(path)
         item = self.staging.get(key)
-        if item is not None:
-            if item.open_count > 0 and item.has_released():
-                self.upload(item)  # bytes only its upload has: S3 has them for the open handles now
-            self.uploader.abandon(item, "the file was removed", removed=True)
+        if item is None:
+            self._remove_key(path, key)
+            return None
+        if item.open_count > 0 and item.has_released():
+            self.upload(item)  # bytes only its upload has: S3 has them for the open handles now
+        with self.uploader.removing(item, "the file was removed"):  # no PUT of it lands after the delete
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
+            self._remove_key(path, key)
+        return item
+
+    def _remove_key(self, path: str, key: str) -> None:
+        """Queue the delete of file ``path`` (``key``) and drop its staged copy."""
         # Hidden before its delete is queued: the batcher may send it, and S3 answer
         # (namespace.deleted), before add() returns.
         self.namespace.deleting(path)
         self.deletes.add(key)
         self.staging.forget(key)
         self.namespace.entry_changed(KeyMap.split(path)[0])
-        return item
 
     def rename(self, old: str, new: str, source: A.Attributes) -> None:
         """Move file or directory ``old`` (whose attributes are ``source``) to ``new``."""
@@ -361,6 +381,18 @@ class Mutations:
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         self.deletes.settle(new_key)
         item = self.staging.get(old_key)
+        replaced = self.staging.get(new_key)
+        if replaced is None or replaced is item:
+            self._move_file(old, new, source, item)
+            return
+        # An upload of the file replaced must not land after the move (it would put its bytes
+        # back at the new name: with -o writeback, its PUT may still be under way).
+        with self.uploader.removing(replaced, "replaced by a rename"):
+            self._move_file(old, new, source, item)
+
+    def _move_file(self, old: str, new: str, source: A.Attributes, item: StagedFile | None) -> None:
+        """:meth:`_rename_file`'s move of file ``old`` (staged as ``item``, if it is) to ``new``."""
+        old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         moved: A.Attributes | None = None
         if item is None and source.etag:
             # The lookup just before this call saw that version: the move is of it or fails

@@ -51,6 +51,7 @@ nothing else; the item itself changes only through its methods.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import os
@@ -59,7 +60,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,10 +71,10 @@ from s3fs_mount.fs.paths import NAME_MAX
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_checksum
-from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
-from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, upload_in_parts
+from s3fs_mount.s3.store import MultipartUpload, upload_in_parts
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,9 @@ class UploadState:
         #: GUARDED_BY(lock): what S3 holds after the upload under way, a whole file in parts of a
         #: stream's layout: once the file is clean, the next write streams on from it.
         self.whole_base: StreamBase | None = None
+        #: GUARDED_BY(lock): removals of the item's file under way (:meth:`Uploader.removing`):
+        #: its upload sends no further request.
+        self.removing = 0
 
 
 class Uploader:
@@ -286,6 +290,12 @@ class Uploader:
         #: GUARDED_BY(_states_lock): each item's UploadState, gone with the item.
         self._states: weakref.WeakKeyDictionary[StagedFile, UploadState] = weakref.WeakKeyDictionary()
         self._states_lock = threading.Lock()
+        #: GUARDED_BY(_states_lock): does the server give a copied part (UploadPartCopy) the MD5
+        #: of its bytes as ETag, as it does an uploaded part (None: not seen yet)? See _check_copy.
+        self._copies_checkable: bool | None = None
+        #: GUARDED_BY(_states_lock): False once the server gave no CRC32 for a copied part: the
+        #: streams that copy then go without checksums.
+        self._copies_crc = True
 
     def _state(self, item: StagedFile) -> UploadState:
         with self._states_lock:
@@ -540,7 +550,9 @@ class Uploader:
         state = self._state(item)
         view = item.view()
         with state.lock:
-            if base is not None and (state.stream is not base or view.etag != base.etag):
+            if base is not None and (
+                state.stream is not base or view.etag != base.etag or not self._copies_usable()
+            ):
                 if state.stream is base:
                     state.stream = None  # S3's object is no longer the one the base describes
                 base = None
@@ -548,8 +560,11 @@ class Uploader:
                 return None
         layout = base.layout if base else self.stream_layout
         headers = self.headers(item, with_times=False)
-        # Copied parts: not every server gives their CRC32, so such a stream goes without.
-        stream = StreamingUpload(self._begin_multipart(item, headers, checksum=base is None), layout, headers)
+        # Copied parts carry the CRC32 too where the server gives it (SeaweedFS gives a copied part
+        # the MD5 of its bytes as ETag only then); else the streams after the first go without.
+        with self._states_lock:
+            checksum = base is None or self._copies_crc
+        stream = StreamingUpload(self._begin_multipart(item, headers, checksum=checksum), layout, headers)
         with state.lock:
             state.uploaded_bytes = 0  # this upload's progress: copies of the base count as they land
         if base is not None:
@@ -582,9 +597,52 @@ class Uploader:
         last: int,
         etag: str,
     ) -> str:
-        result = mpu.copy_part(number, source, first, last, if_match=etag)
+        try:
+            result = mpu.copy_part(number, source, first, last, if_match=etag)
+        except (S3Error, TransportError):
+            raise
+        except RemoteStoreError:
+            if mpu.algorithm:  # no CRC32 for the copy (the connector says so): this stream fails
+                with self._states_lock:
+                    self._copies_crc = False
+            raise
+        self._check_copy(item, result, first, last)
         self._sent(item, last - first + 1)
         return result
+
+    def _copies_usable(self) -> bool:
+        """May a stream copy what S3 has (no copied part seen whose ETag is not its bytes' MD5)?"""
+        with self._states_lock:
+            return self._copies_checkable is not False
+
+    def _check_copy(self, item: StagedFile, etag: str, first: int, last: int) -> None:
+        """The first copied part whose bytes are local tells whether the server gives copied parts
+        the MD5 of their bytes as ETag: else the object's ETag (MD5 of its parts' ETags) cannot be
+        checked by any reader, and every read of it would fail its check (SeaweedFS: an ETag of
+        its own chunks, ``...-2``). Where it does not, this part fails (the stream is abandoned,
+        the file goes up whole) and no stream copies again on this mount."""
+        with self._states_lock:
+            known = self._copies_checkable
+        if known is None and item.covers(first, last + 1):
+            digest = hashlib.md5()
+            for offset in range(first, last + 1, 8 << 20):
+                digest.update(os.pread(item.fd, min(8 << 20, last + 1 - offset), offset))
+            known = digest.hexdigest() == etag
+            with self._states_lock:
+                first_seen = self._copies_checkable is None
+                self._copies_checkable = known
+            if not known and first_seen:
+                log.warning(
+                    "this server's UploadPartCopy gives a copied part an ETag that is not the MD5 "
+                    "of its bytes (%s, MD5 %s): reads could not check such objects, so a file "
+                    "changed after an fsync is uploaded whole",
+                    etag,
+                    digest.hexdigest(),
+                )
+        if known is False:
+            raise RemoteStoreError(
+                "%s: the ETag of copied bytes %d-%d cannot be checked" % (item.key, first, last)
+            )
 
     def _begin_multipart(
         self, item: StagedFile, headers: dict[str, str], checksum: bool = True
@@ -613,9 +671,18 @@ class Uploader:
         size: int,
         slot: bool = True,
         crc: int | None = None,
+        removable: bool = False,
     ) -> str:
         """Send part ``number``, bytes ``offset..offset+size`` of the staged file: with ``crc``
-        (their CRC32 as written) from the file by the kernel, else read into a buffer and checked."""
+        (their CRC32 as written) from the file by the kernel, else read into a buffer and checked.
+        ``removable``: not if the file is being removed (_Removed; a whole file's upload)."""
+        if removable:
+            try:
+                self._check_not_removed(item)
+            except _Removed:
+                if slot:
+                    self._slots.release()
+                raise
         if crc is not None and mpu.algorithm == "CRC32" and self._crc_parts():
             try:
                 header, digest = crc32_checksum(crc)
@@ -693,6 +760,37 @@ class Uploader:
             concurrent.futures.wait(futures)
             self.abort_upload(item, stream.mpu.upload_id)
 
+    @contextlib.contextmanager
+    def removing(self, item: StagedFile, reason: str) -> Iterator[None]:
+        """Around the removal of ``item``'s file (its delete queued, its copy forgotten): its
+        stream is abandoned (``reason`` logged), an upload of it under way sends no further
+        request and has ended before the block runs, and none begins until the block is over.
+
+        A PUT still under way when the delete reached S3 would bring the removed file back
+        (or, conditional on a version the delete removed, keep ours as a conflict copy).
+        """
+        state = self._state(item)
+        with state.lock:
+            state.removing += 1
+        try:
+            self.abandon(item, reason, removed=True)
+            with state.upload_lock:
+                yield
+        finally:
+            with state.lock:
+                state.removing -= 1
+
+    def being_removed(self, item: StagedFile) -> bool:
+        """Is the item's file being removed (:meth:`removing`)?"""
+        state = self._state(item)
+        with state.lock:
+            return state.removing > 0
+
+    def _check_not_removed(self, item: StagedFile) -> None:
+        """Raise _Removed while the item's file is being removed (:meth:`removing`)."""
+        if self.being_removed(item):
+            raise _Removed()
+
     # -- flush ---------------------------------------------------------------------------
 
     def flush(self, item: StagedFile) -> bool:
@@ -720,6 +818,9 @@ class Uploader:
                 self._abort_leftovers(item)
             except _Clobbered as clash:
                 return self._keep_both(item, generation, replaces, clash.theirs)
+            except _Removed:
+                log.info("%s: removed while it was uploaded: the rest was not sent", item.key)
+                return False
             except BaseException as exc:
                 with state.lock:
                     state.error = str(exc)
@@ -778,9 +879,11 @@ class Uploader:
                 self.abandon(item, "S3's object changed since this mount saw it")
                 raise
             except Exception as exc:
+                self._check_not_removed(item)  # its removal abandoned the stream
                 if item.has_released():
                     raise  # its parts hold bytes the cache released: kept, the next flush goes on
                 self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
+        self._check_not_removed(item)
         size = item.view().size
         self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
@@ -804,7 +907,7 @@ class Uploader:
             item.key,
             size,
             self.part_size,
-            lambda mpu, n, off, length: self._send_part(item, mpu, n, off, length, False),
+            lambda mpu, n, off, length: self._send_part(item, mpu, n, off, length, False, removable=True),
             headers=self.headers(item),
             on_begin=recorded,
             complete=lambda mpu: self._complete(item, mpu, replaces),
@@ -889,6 +992,7 @@ class Uploader:
     # -- conflicts -------------------------------------------------------------------------
 
     def _complete(self, item: StagedFile, mpu: MultipartUpload, replaces: str) -> str:
+        self._check_not_removed(item)
         try:
             return mpu.complete(**_conditions(replaces, self.complete_check))
         except S3Error as exc:
@@ -1008,6 +1112,10 @@ class Uploader:
         raise Conflict(key, saved_as, replaces, theirs)
 
 
+class _Removed(Exception):
+    """Internal: the item's file is being removed (:meth:`Uploader.removing`): not uploaded."""
+
+
 class _Clobbered(Exception):
     """Internal: S3's object is not the version the upload may replace (``theirs``: its ETag)."""
 
@@ -1047,18 +1155,11 @@ def _conditions(replaces: str, check: str) -> dict[str, object]:
 
 def _copy_spans(layout: PartLayout, length: int) -> list[tuple[int, int]]:
     """``(first, last)`` byte ranges that copy the first ``length`` bytes (whole parts of
-    ``layout``) in as few UploadPartCopy requests as S3 allows: each a whole number of parts,
-    at most 5 GiB (so each but the last is at least 5 MiB)."""
-    spans: list[tuple[int, int]] = []
-    first = end = 0
-    for _, offset, size in layout.spans(length):
-        if offset + size - first > MAX_SINGLE_COPY and end > first:
-            spans.append((first, end - 1))
-            first = end
-        end = offset + size
-    if end > first:
-        spans.append((first, end - 1))
-    return spans
+    ``layout``): one UploadPartCopy a part. Not fewer, larger copies: a server that reads and
+    checksums what it copies (SeaweedFS, with the CRC32 the stream carries) took longer than
+    the read timeout over hundreds of MiB, and the object keeps parts of one size, which every
+    read can check without asking where each part is."""
+    return [(offset, offset + size - 1) for _, offset, size in layout.spans(length)]
 
 
 def conflict_name(key: str, room: int) -> str:

@@ -830,6 +830,57 @@ def test_a_create_burst_lists_from_the_new_name_on_not_the_whole_directory(
 
 
 @pytest.mark.fuse
+@pytest.mark.parametrize(
+    "deleted, gone",
+    [
+        (["top/left/e/f"], "top/left/e"),
+        (["top/left/e/", "top/left/e/f"], "top/left/e"),
+        (["top/left/e/f", "top/left/e/"], "top/left"),
+    ],
+    ids=["implicit", "marker_in_key_order", "marker_last"],
+)
+def test_a_directory_another_client_emptied_is_one_to_ls_stat_cd_readdir_and_rmdir_alike(
+    mount_factory, boto, bucket, deleted, gone
+):
+    """SeaweedFS keeps a directory whose keys another client deleted (``top/left/e`` when its
+    keys go, ``top/left`` when ``e``'s ``dir/`` marker goes last, which takes ``e`` away): it
+    lists it as a common prefix of its parent and answers a HEAD of its ``dir/``, but a LIST
+    of the keys beginning with its name finds nothing. What ``ls`` shows, a lookup says (a
+    cold one too): an empty directory, which rmdir removes, leaving nothing of it in S3."""
+    for key in sorted(deleted):
+        boto.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"1")
+    mount = mount_factory().start()
+    assert os.listdir(os.path.join(mount.path, "top", "left")) == ["e"]  # seen whole first
+    for key in deleted:
+        boto.delete_object(Bucket=bucket, Key=key)
+    parent, name = gone.rsplit("/", 1)
+    shown = boto.list_objects_v2(Bucket=bucket, Prefix=parent + "/", Delimiter="/").get("CommonPrefixes", [])
+    inside = boto.list_objects_v2(Bucket=bucket, Prefix=gone + "/", Delimiter="/")
+    if [p["Prefix"] for p in shown] != [gone + "/"] or inside.get("CommonPrefixes"):
+        pytest.skip("this server keeps no emptied directory")
+    path = os.path.join(mount.path, gone)
+    time.sleep(1.5)  # what the mount saw (attr_ttl, dir_ttl: 1 s) has expired: asked again
+    assert os.path.isdir(path)  # a cold lookup, before any listing
+    assert os.listdir(os.path.join(mount.path, parent)) == [name]
+    assert stat.S_ISDIR(os.stat(path).st_mode)
+    here = os.getcwd()
+    os.chdir(path)
+    try:
+        assert os.listdir(".") == []
+    finally:
+        os.chdir(here)
+    with pytest.raises(FileExistsError):
+        os.mkdir(path)
+    os.rmdir(path)
+    assert name not in os.listdir(os.path.join(mount.path, parent))
+    with pytest.raises(FileNotFoundError):
+        os.stat(path)
+    mount.stop()
+    left = boto.list_objects_v2(Bucket=bucket, Prefix=gone).get("Contents", [])
+    assert [o["Key"] for o in left] == []
+
+
+@pytest.mark.fuse
 @pytest.mark.parametrize("server_rename", [True, False])
 def test_a_file_rename_sends_one_rename_or_the_copy_and_the_delete_and_only_the_kernels_lookups(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, server_rename

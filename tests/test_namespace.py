@@ -173,6 +173,41 @@ def test_each_kind_of_directory_is_found_by_a_cold_lookup(keys):
     assert ns.lookup("/d").is_dir
 
 
+@pytest.mark.parametrize("marker", [False, True], ids=["implicit", "marker_in_key_order"])
+def test_a_directory_another_client_emptied_where_the_server_keeps_it_is_one_to_a_lookup(marker):
+    """SeaweedFS keeps a directory whose keys another client deleted: its parent's listing shows
+    it, and a cold lookup says so too (one LIST more: a LIST of the keys beginning with its
+    name leaves it out); it is empty, and once its rmdir deletes its dir/ it is gone."""
+    store = FakeStore(drops_marker_metadata=True, keeps_directories=True)
+    ns, _, clock = make(store)
+    keys = ["d/e/", "d/e/f"] if marker else ["d/e/f"]
+    for key in keys:
+        store.put(key, b"")
+    assert sorted(listing(ns, "/d")) == ["e"]
+    for key in keys:
+        store.remove(key)
+    clock.advance(1.5)
+    assert ns.lookup("/d/e").is_dir  # cold: before any listing
+    clock.advance(1.5)
+    assert [(n, a.is_dir) for n, a in listing(ns, "/d").items()] == [("e", True)]
+    assert ns.lookup("/d/e").is_dir and listing(ns, "/d/e") == {} and ns.is_empty_dir("/d/e")
+    store.remove("d/e/")  # what rmdir deletes (with its _$folder$)
+    ns.forget("/d/e", gone=True)
+    clock.advance(REMOVED_TTL + 1)
+    assert missing(ns, "/d/e") == errno.ENOENT and listing(ns, "/d") == {}
+    assert ns.lookup("/d").is_dir  # emptied in turn: kept, as the server keeps it
+
+
+def test_where_markers_keep_their_metadata_a_missing_name_costs_one_list():
+    """The LIST of what is in a name is asked only of servers that keep directories of their own."""
+    ns, store, _ = make()
+    assert missing(ns, "/nothing") == errno.ENOENT
+    assert (store.calls["HEAD"], store.calls["LIST"]) == (1, 1)
+    ns, store, _ = make(FakeStore(drops_marker_metadata=True))
+    assert missing(ns, "/nothing") == errno.ENOENT
+    assert (store.calls["HEAD"], store.calls["LIST"]) == (1, 2)
+
+
 def test_a_directory_object_by_content_type_or_mode_is_a_directory():
     ns, store, _ = make()
     store.put("typed", b"", {"Content-Type": "application/x-directory"})

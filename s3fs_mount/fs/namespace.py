@@ -711,11 +711,17 @@ class Namespace:
         )
 
     def _dir_exists(self, path: str, key: str) -> bool:
-        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually."""
+        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually.
+
+        A server that keeps directories of its own (SeaweedFS: where a ``dir/`` marker drops
+        its metadata) keeps one whose keys were all deleted: it lists it as a common prefix
+        of its parent, as ``ls`` shows it, but a LIST of the keys beginning with its name does
+        not. A LIST of what is in it finds it (its own ``dir/``): one more LIST there, for a
+        name the first found no directory of, so that a lookup says what ``ls`` shows."""
         page = next(self.store.list(key, delimiter="/", max_keys=100))
         if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
             return True
-        if page.truncated:
+        if page.truncated or not self.dir_meta_on_marker:
             page = next(self.store.list(key + "/", delimiter="/", max_keys=1))
             return bool(page.entries or page.prefixes)
         return False

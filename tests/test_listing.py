@@ -880,6 +880,55 @@ def test_a_directory_another_client_emptied_is_one_to_ls_stat_cd_readdir_and_rmd
     assert [o["Key"] for o in left] == []
 
 
+@pytest.fixture
+def moto_mount(mount_factory, moto_server, bucket, tmp_path):
+    """A mount of ``bucket`` on moto (which stores keys as given: ``a//b``, ``./f``) and a client."""
+    client = s3rig.make_boto_client(moto_server.endpoint, moto_server.access_key, moto_server.secret_key)
+    client.create_bucket(Bucket=bucket)
+    settings = {
+        "access_key_id": moto_server.access_key,
+        "secret_access_key": moto_server.secret_key,
+        "default_bucket": bucket,
+        "endpoint": moto_server.endpoint,
+        "tls": False,
+    }
+    config = s3rig.write_s3yaml(tmp_path / "moto.yaml", settings)
+    yield SimpleNamespace(client=client, make=lambda: mount_factory(config=str(config)))
+    s3rig.empty_and_delete_bucket(client, bucket)
+
+
+@pytest.mark.fuse
+def test_keys_no_name_can_show_are_left_out_once_each_and_keep_their_directory(moto_mount, bucket):
+    """Another tool's keys that no path can name (an empty segment, '.', '..') are left out of
+    listings with one log line each, never shown as another file; a directory holding only
+    such keys looks empty, and its rmdir is ENOTEMPTY with a line that says why (it removed
+    nothing before, and the directory came back). A file and a directory of one name (``x``
+    and ``x/``) show as the directory, whose files are reachable."""
+    keys = ["a//b", "/lead", "./f", "../e", "c/./d", "x", "x/", "x/in", "ok"]
+    for key in keys:
+        moto_mount.client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    mount = moto_mount.make().start()
+    assert sorted(os.listdir(mount.path)) == ["a", "c", "ok", "x"]
+    assert [stat.S_ISDIR(os.stat(os.path.join(mount.path, n)).st_mode) for n in "acx"] == [True] * 3
+    assert os.listdir(os.path.join(mount.path, "a")) == os.listdir(os.path.join(mount.path, "c")) == []
+    assert os.listdir(os.path.join(mount.path, "x")) == ["in"]
+    with open(os.path.join(mount.path, "x", "in"), "rb") as f:
+        assert f.read() == b"x/in"
+    for name in "ac":
+        with pytest.raises(OSError) as exc:
+            os.rmdir(os.path.join(mount.path, name))
+        assert exc.value.errno == errno.ENOTEMPTY
+    mount.stop()
+    with open(mount.log_path) as f:
+        log = f.read()
+    for shown in ("'/'", "'./'", "'../'", "'a//'", "'c/./'"):
+        assert log.count("object %s is not shown" % shown) == 1, shown
+    assert "directory /a is not empty: it holds a//, which no name can show" in log
+    assert "Traceback" not in log
+    left = moto_mount.client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(o["Key"] for o in left) == sorted(keys)
+
+
 @pytest.mark.fuse
 @pytest.mark.parametrize("server_rename", [True, False])
 def test_a_file_rename_sends_one_rename_or_the_copy_and_the_delete_and_only_the_kernels_lookups(

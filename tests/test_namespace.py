@@ -208,6 +208,20 @@ def test_where_markers_keep_their_metadata_a_missing_name_costs_one_list():
     assert (store.calls["HEAD"], store.calls["LIST"]) == (1, 2)
 
 
+def test_a_directory_holding_only_keys_no_name_can_show_is_not_empty_and_says_why(caplog):
+    """Another tool's ``a//b`` is left out of a's listing, but a is not empty: rmdir would
+    delete its marker and leave the key (or remove what nobody sees); it says what holds it."""
+    ns, store, _ = make()
+    store.put("a/", b"")
+    store.put("a//b", b"1")
+    assert ns.lookup("/a").is_dir and listing(ns, "/a") == {}
+    assert not ns.is_empty_dir("/a")
+    assert "directory /a is not empty: it holds a//, which no name can show" in caplog.text
+    caplog.clear()
+    store.put("a/.c", b"1")
+    assert not ns.is_empty_dir("/a") and "no name can show" not in caplog.text  # .c is shown
+
+
 def test_a_directory_object_by_content_type_or_mode_is_a_directory():
     ns, store, _ = make()
     store.put("typed", b"", {"Content-Type": "application/x-directory"})

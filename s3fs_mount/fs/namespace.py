@@ -143,6 +143,14 @@ def _in_page(name: str, after: str, last: str) -> bool:
     return name > after and (not last or all(name + end <= last for end in ("/", FOLDER_SUFFIX)))
 
 
+def _shown(prefix: str, key: str) -> bool:
+    """Whether a listing of directory ``prefix`` shows ``key`` (a file's, a directory's, a
+    ``_$folder$``) as a name of it: not one of another tool's that no file name can be (``a//b``)."""
+    rest = key[len(prefix) :]
+    rest = rest[:-1] if rest.endswith("/") else rest.removesuffix(FOLDER_SUFFIX)
+    return is_valid_name(rest)
+
+
 def _same_version(full: A.Attributes, etag: str, size: int, stored: float) -> bool:
     """Whether a listing's entry (``etag``, ``size``, Last-Modified ``stored``) is the version
     whose whole attributes are ``full`` (caller holds Namespace._lock). The ETag alone does not
@@ -182,8 +190,8 @@ class Namespace:
     Locks (``_lock`` is never held during a request):
 
     * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``, ``_walk_names``,
-      ``_removed``, ``_removal_walks``, ``_changed``, ``_dir_times``, ``_dir_times_kept``, ``_atimes``,
-      ``root``.
+      ``_removed``, ``_hidden``, ``_removal_walks``, ``_changed``, ``_dir_times``, ``_dir_times_kept``,
+      ``_atimes``, ``root``.
     * ``_dir_write_lock``: one read-modify-write of a directory's holder at a time (taken
       before ``_lock``, held across its requests).
     * ``_conflicts_logged``: unguarded; a race logs a name clash twice, no more.
@@ -251,6 +259,9 @@ class Namespace:
             WALK_NAMES_DIRS, lambda path, walk, now: now + _walk_ttl(len(walk[0])), timer
         )
         self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
+        #: Directories a listing of which left out keys no name can show, for dir_ttl: never
+        #: taken for empty from that listing. Guarded by _lock.
+        self._hidden: TTLCache[str, bool] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
         self._deleting: set[str] = set()
@@ -1147,6 +1158,7 @@ class Namespace:
                 continue
             if not is_valid_name(rest):
                 warn_skipped(entry.key, "not a valid file name")
+                self._holds_hidden(path)
                 continue
             named.append((rest, entry))
         defaults = self.defaults
@@ -1181,6 +1193,7 @@ class Namespace:
             rest = p[len(prefix) :].rstrip("/")
             if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
                 warn_skipped(p, "not a valid directory name")
+                self._holds_hidden(path)
                 continue
             dirs.append(rest)
         return files, dirs
@@ -1262,15 +1275,24 @@ class Namespace:
         if self.listed_empty(path):
             return True
         page = next(self.store.list(prefix, delimiter="/", max_keys=2))
-        return not page.prefixes and all(e.key == prefix for e in page.entries)
+        held = page.prefixes + [e.key for e in page.entries if e.key != prefix]
+        if held and not any(_shown(prefix, key) for key in held):
+            log.warning("directory %s is not empty: it holds %s, which no name can show", path, held[0])
+        return not held
+
+    def _holds_hidden(self, path: str) -> None:
+        """A listing of directory ``path`` left out keys no name can show (another tool's ``a//b``)."""
+        with self._lock:
+            self._hidden[path] = True
 
     def listed_empty(self, path: str) -> bool:
         """Whether a listing of directory ``path`` less than ``dir_ttl`` old had only names we
         have removed since (their deletes may be pending yet): empty, asked of S3 no more than
-        a name missing from that listing would be (README "Consistency")."""
+        a name missing from that listing would be (README "Consistency"). Not if it left out
+        keys no name can show: S3 says whether they are there still."""
         with self._lock:
             names, listed = self._listings.get(path), self._listed.get(path)
-            if names is None or names or listed is None:
+            if names is None or names or listed is None or self._hidden.get(path):
                 return False
             return self.clock.monotonic() - listed.asked < self.dir_ttl
 

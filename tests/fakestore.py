@@ -274,11 +274,12 @@ class FakeStore:
             )
 
     def _directory_deleted(self, bucket: str, key: str) -> None:
-        """``key`` was deleted: a directory ``key`` ends in '/' goes with it (and the empty ones
-        it kept), unless keys are left in it (its marker alone went)."""
+        """``key`` was deleted: the directory ``key`` ends in '/' goes with it, unless keys or
+        directories are left in it (its marker alone went)."""
+        kept = self.directories.get(bucket, set())
         if key.endswith("/") and not any(k.startswith(key) for k in self.buckets.get(bucket, {})):
-            kept = self.directories.get(bucket, set())
-            kept.difference_update([d for d in kept if d.startswith(key)])
+            if not any(d.startswith(key) and d != key for d in kept):  # nor a directory kept in it
+                kept.discard(key)
 
     def configure_checksums(self, bucket: str) -> str | None:
         self._bucket(bucket)
@@ -423,7 +424,7 @@ class FakeStore:
         self.count("DELETE multi", max(1, -(-len(keys) // 1000)))  # 1000 keys per request
         objects = self._bucket(bucket)
         failed = []
-        for key in keys:
+        for key in sorted(keys, reverse=True):  # deepest first, as RemoteStore sends them
             if key in self.refused_deletes:
                 failed.append((key, self.refused_deletes[key]))
             else:

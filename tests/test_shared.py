@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -697,3 +698,70 @@ def test_conflict_check_off_says_so_and_lets_the_last_writer_win(mount_factory, 
     os.close(fd)
     assert s3_bytes(boto, bucket, "lww.txt") == b"mount"
     assert "conflict check off" in read_log(m)
+
+
+# -- another client changes the tree under a mount ---------------------------------------------
+
+
+def test_files_created_in_a_cwd_whose_tree_another_client_deleted_all_reach_s3(mount, boto, bucket):
+    """A process keeps creating files in its cwd while boto3 deletes the whole tree: each create
+    succeeds, each file is in S3 (the directory is made again by its keys), and ls shows them."""
+    for i in range(5):
+        boto.put_object(Bucket=bucket, Key="t/sub/old%d" % i, Body=b"o")
+    path = os.path.join(mount.path, "t", "sub")
+    here = os.getcwd()
+    os.chdir(path)
+    try:
+        for i in range(20):
+            if i == 5:
+                for key in s3_keys(boto, bucket, "t/"):
+                    boto.delete_object(Bucket=bucket, Key=key)
+            with open("n%02d" % i, "wb") as f:
+                f.write(b"n%d" % i)
+            if i == 5:
+                time.sleep(1.2)  # what the mount knew of the directory (attr_ttl, dir_ttl) expires
+    finally:
+        os.chdir(here)
+    made = ["t/sub/n%02d" % i for i in range(5, 20)]
+    assert [k for k in s3_keys(boto, bucket, "t/") if k >= "t/sub/n05"] == made
+    assert [s3_bytes(boto, bucket, k) for k in made] == [b"n%d" % i for i in range(5, 20)]
+    eventually(lambda: sorted(os.listdir(path)) == [k.rsplit("/", 1)[1] for k in made], what="ls of sub")
+
+
+def test_a_directory_renamed_by_one_mount_while_the_other_lists_it_ends_whole_in_both(
+    mount_factory, boto, bucket
+):
+    """One mount renames a directory of 200 files while the other lists it over and over: each
+    listing is some of the names (never a name twice, never another's), no error; once attr_ttl
+    passed, both show d2 whole and no d."""
+    for i in range(200):
+        boto.put_object(Bucket=bucket, Key="d/f%03d" % i, Body=b"%d" % i)
+    one, two = mount_factory().start(), mount_factory().start()
+    names = ["f%03d" % i for i in range(200)]
+    assert sorted(os.listdir(os.path.join(two.path, "d"))) == names
+    stop = threading.Event()
+    seen: list[list[str]] = []
+    errors: list[int] = []
+
+    def lister() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(os.listdir(os.path.join(two.path, "d")))
+            except OSError as exc:
+                errors.append(exc.errno)
+
+    t = threading.Thread(target=lister)
+    t.start()
+    try:
+        os.rename(os.path.join(one.path, "d"), os.path.join(one.path, "d2"))
+    finally:
+        stop.set()
+        t.join(60)
+    assert set(errors) <= {errno.ENOENT}, errors
+    for listed in seen:
+        assert len(listed) == len(set(listed)) and set(listed) <= set(names)
+    assert s3_keys(boto, bucket, "d/") == []
+    assert [k for k in s3_keys(boto, bucket, "d2/") if k != "d2/"] == ["d2/" + n for n in names]
+    for m in (one, two):
+        eventually(lambda m=m: "d" not in os.listdir(m.path), what="d gone")
+        assert sorted(os.listdir(os.path.join(m.path, "d2"))) == names

@@ -880,6 +880,36 @@ def test_a_directory_another_client_emptied_is_one_to_ls_stat_cd_readdir_and_rmd
     assert [o["Key"] for o in left] == []
 
 
+@pytest.mark.fuse
+def test_a_tree_another_client_makes_while_the_mount_lists_its_parent_shows_whole(mount, boto, bucket):
+    """boto3 puts a/b/c while ls a goes on in a loop: each listing is a's files with or without
+    b (never an error, never a name twice); once dir_ttl passed, b is listed, looked up and
+    read through as S3 has it."""
+    put_many(boto, bucket, ["a/f%02d" % i for i in range(50)])
+    path = os.path.join(mount.path, "a")
+    files = ["f%02d" % i for i in range(50)]
+    assert sorted(os.listdir(path)) == files
+    stop = threading.Event()
+    seen: list[list[str]] = []
+
+    def lister() -> None:
+        while not stop.is_set():
+            seen.append(sorted(os.listdir(path)))
+
+    t = threading.Thread(target=lister)
+    t.start()
+    try:
+        boto.put_object(Bucket=bucket, Key="a/b/c", Body=b"c")
+        eventually(lambda: seen and "b" in seen[-1], what="b in a's listing")
+    finally:
+        stop.set()
+        t.join(60)
+    assert all(listed in (files, sorted(files + ["b"])) for listed in seen)
+    assert os.path.isdir(os.path.join(path, "b")) and os.listdir(os.path.join(path, "b")) == ["c"]
+    with open(os.path.join(path, "b", "c"), "rb") as f:
+        assert f.read() == b"c"
+
+
 @pytest.fixture
 def moto_mount(mount_factory, moto_server, bucket, tmp_path):
     """A mount of ``bucket`` on moto (which stores keys as given: ``a//b``, ``./f``) and a client."""

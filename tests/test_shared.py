@@ -703,6 +703,14 @@ def test_conflict_check_off_says_so_and_lets_the_last_writer_win(mount_factory, 
 # -- another client changes the tree under a mount ---------------------------------------------
 
 
+def _listed(path: str) -> list[str] | None:
+    """The names in directory ``path``, in order; None if there is none (yet)."""
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return None
+
+
 def test_files_created_in_a_cwd_whose_tree_another_client_deleted_all_reach_s3(mount, boto, bucket):
     """A process keeps creating files in its cwd while boto3 deletes the whole tree: each create
     succeeds, each file is in S3 (the directory is made again by its keys), and ls shows them."""
@@ -726,6 +734,37 @@ def test_files_created_in_a_cwd_whose_tree_another_client_deleted_all_reach_s3(m
     assert [k for k in s3_keys(boto, bucket, "t/") if k >= "t/sub/n05"] == made
     assert [s3_bytes(boto, bucket, k) for k in made] == [b"n%d" % i for i in range(5, 20)]
     eventually(lambda: sorted(os.listdir(path)) == [k.rsplit("/", 1)[1] for k in made], what="ls of sub")
+
+
+def test_a_directory_another_client_renames_under_an_open_file_keeps_both(mount_factory, boto, bucket):
+    """Two mounts: one renames d to d2 while the other has d/f0 open and written. The writer's
+    close is ESTALE and its bytes are kept beside (d/f0.conflict-...); the renamed directory is
+    whole; a file the writer then makes in d is in S3 as d/late; each mount shows, once its
+    attr_ttl passed, what S3 has."""
+    one, two = mount_factory().start(), mount_factory().start()
+    os.mkdir(os.path.join(one.path, "d"))
+    for i in range(3):
+        with open(os.path.join(one.path, "d", "f%d" % i), "wb") as f:
+            f.write(b"orig%d" % i)
+    seen = os.path.join(two.path, "d")
+    eventually(lambda: sorted(os.listdir(seen)) == ["f0", "f1", "f2"], what="two sees d")
+    fd = os.open(os.path.join(two.path, "d", "f0"), os.O_RDWR)
+    os.write(fd, b"TWO!")
+    os.rename(os.path.join(one.path, "d"), os.path.join(one.path, "d2"))
+    with pytest.raises(OSError) as exc:
+        os.close(fd)
+    assert exc.value.errno == errno.ESTALE
+    with open(os.path.join(two.path, "d", "late"), "wb") as f:
+        f.write(b"late")
+    keys = s3_keys(boto, bucket)
+    conflict = [k for k in keys if k.startswith("d/f0.conflict-")]
+    assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == b"TWO!0"
+    assert [s3_bytes(boto, bucket, "d2/f%d" % i) for i in range(3)] == [b"orig%d" % i for i in range(3)]
+    assert s3_bytes(boto, bucket, "d/late") == b"late"
+    in_d = sorted(["late", conflict[0][2:]])
+    for m in (one, two):  # the renamer too: what it removed is S3's once its TTLs passed
+        eventually(lambda m=m: _listed(os.path.join(m.path, "d")) == in_d, what="d in each mount")
+        eventually(lambda m=m: _listed(os.path.join(m.path, "d2")) == ["f0", "f1", "f2"], what="d2")
 
 
 def test_a_directory_renamed_by_one_mount_while_the_other_lists_it_ends_whole_in_both(

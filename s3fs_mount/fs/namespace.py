@@ -37,9 +37,11 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
 * ``_marked``: directories whose last lookup found their marker but no ``_$folder$`` (where
   metadata lives on those), LRU (``attr_cache``): looked up again by those two HEADs alone;
-* ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
-  (SeaweedFS) go on listing a directory prefix for a while after its last
-  key is gone, and we should not show what we just removed.
+* ``_removed``: path we deleted -> when (monotonic) S3 answered the delete (or we
+  forgot it), for ``REMOVED_TTL`` seconds: an answer to a request sent before then
+  (a listing under way while we deleted) does not show it again; one sent after is
+  S3's word (another client's new object of that name shows once ``attr_ttl``, or a
+  listing's ``dir_ttl``, has passed, as anywhere).
 * ``_deleting``: paths whose delete is recorded but not yet answered by S3
   (:mod:`s3fs_mount.fs.deletes`): absent to lookups and listings, however long
   that takes;
@@ -258,7 +260,7 @@ class Namespace:
         self._walk_names: TLRUCache[str, tuple[list[str], bool]] = TLRUCache(
             WALK_NAMES_DIRS, lambda path, walk, now: now + _walk_ttl(len(walk[0])), timer
         )
-        self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
+        self._removed: TTLCache[str, float] = TTLCache(20_000, REMOVED_TTL, timer)
         #: Directories a listing of which left out keys no name can show, for dir_ttl: never
         #: taken for empty from that listing. Guarded by _lock.
         self._hidden: TTLCache[str, bool] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
@@ -360,7 +362,7 @@ class Namespace:
             self._walk_names.pop(path, None)
             if gone:
                 self._missing[path] = True
-                self._removed[path] = True
+                self._removed[path] = self._changed[path]
                 self._emptied.pop(path, None)
                 up = parent
                 while up != "/":  # each prefix above may have held no other key
@@ -387,7 +389,7 @@ class Namespace:
         with self._lock:
             self._deleting.discard(path)
             if not kept:
-                self._removed[path] = True  # a listing may show it a while yet (SeaweedFS)
+                self._removed[path] = self.clock.monotonic()  # a listing sent before may show it
                 return
             self._removed.pop(path, None)
         self.forget(path)
@@ -452,8 +454,8 @@ class Namespace:
             found.seen_at = asked
             return self._cache_fetched(path, found)
         with self._lock:
-            if self._missing.get(path) or self._removed.get(path) or path in self._deleting:
-                raise FsError(errno.ENOENT)  # we removed it ourselves
+            if self._missing.get(path) or path in self._deleting:
+                raise FsError(errno.ENOENT)  # we removed it ourselves (for attr_ttl: then S3 says)
         if not is_valid_name(name):
             too_long = len(name.encode("utf-8", "surrogateescape")) > NAME_MAX
             raise FsError(errno.ENAMETOOLONG if too_long else errno.ENOENT)
@@ -665,7 +667,14 @@ class Namespace:
     def _usable(self, path: str, asked: float) -> bool:
         """May an answer for ``path`` asked at ``asked`` be used (we changed nothing since)?"""
         with self._lock:
-            return not self._stale(path, asked) and not self._removed.get(path) and path not in self._deleting
+            return not (
+                self._stale(path, asked) or self._removed_since(path, asked) or path in self._deleting
+            )
+
+    def _removed_since(self, path: str, asked: float) -> bool:
+        """Did S3 answer our delete of ``path`` after ``asked`` (caller holds ``_lock``)?"""
+        removed = self._removed.get(path)
+        return removed is not None and removed >= asked
 
     def _stale(self, path: str, asked: float) -> bool:
         """Was ``path`` changed by us after ``asked``? (Caller holds ``_lock``.)"""
@@ -1124,7 +1133,7 @@ class Namespace:
             for name in sorted(names):
                 child = KeyMap.join(path, name)
                 attributes = self._attrs.get(child)
-                if attributes is None or self._removed.get(child) or child in self._deleting:
+                if attributes is None or child in self._removed or child in self._deleting:
                     return None
                 out.append((name, attributes))
         return out
@@ -1135,7 +1144,7 @@ class Namespace:
         prefix = "/" if path == "/" else path + "/"
         for child, when in list(self._changed.items()):
             if when >= asked and child.startswith(prefix) and "/" not in child[len(prefix) :]:
-                if not self._missing.get(child) and not self._removed.get(child):
+                if not self._missing.get(child) and child not in self._removed:
                     names.add(child[len(prefix) :])
         self._listings[path] = names
         self._listed[path] = Listed(asked)
@@ -1210,8 +1219,8 @@ class Namespace:
             changed, atimes = bool(self._changed), bool(self._atimes)
             for name, attributes in batch:
                 child = KeyMap.join(path, name)
-                if (removed is not None and removed.get(child)) or child in deleting:
-                    continue
+                if (removed is not None and self._removed_since(child, asked)) or child in deleting:
+                    continue  # sent before S3 answered our delete of it
                 if attributes.is_dir:
                     known = cached.get(child)
                     if known is not None and known.is_dir:

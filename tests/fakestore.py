@@ -110,8 +110,8 @@ class FakeStore:
     :param keeps_directories: as SeaweedFS, every prefix a key was put under is a directory of
         its own, which stays when its last key is deleted (until its ``dir/`` is, once empty): listed as a
         common prefix of its parent, as the key ``dir/`` in a listing of ``dir/``, HEAD of
-        ``dir/`` answers (an empty directory object), but a listing of prefix ``dir`` leaves
-        it out.
+        ``dir/`` answers (an empty directory object), but a listing of prefix ``dir``, and one
+        with no delimiter, leave it out.
     """
 
     etags_are_md5 = True  #: as RemoteStore.etags_are_md5 without sse/SSE-C
@@ -383,8 +383,9 @@ class FakeStore:
         objects = self._bucket(bucket)
         kept = self.directories.get(bucket or self.default_bucket, set())
         keys = [k for k in list(objects) if k.startswith(prefix)]
-        # a kept directory with no key left in it: not in a listing of the keys beginning with its name
-        empty = [d for d in kept if d.startswith(prefix) and d != prefix + "/" and not any(
+        # a kept directory with no key left in it: in a listing with a delimiter, but not in one of
+        # the keys beginning with its name
+        empty = [d for d in kept if delimiter and d.startswith(prefix) and d != prefix + "/" and not any(
             k.startswith(d) for k in keys)]
         keys = sorted(keys + empty)
         after = start_after or ""

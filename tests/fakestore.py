@@ -107,14 +107,22 @@ class FakeStore:
     :param renames: as SeaweedFS 4, RenameObject moves an object; else it is taken for a
         PutObject of nothing, as moto (and any server that ignores an unknown sub-resource) does.
     :param backslash_is_slash: as SeaweedFS, a '\\' in a key is stored (and looked up) as '/'.
+    :param keeps_directories: as SeaweedFS, every prefix a key was put under is a directory of
+        its own, which stays when its last key is deleted (until its ``dir/`` is, once empty): listed as a
+        common prefix of its parent, as the key ``dir/`` in a listing of ``dir/``, HEAD of
+        ``dir/`` answers (an empty directory object), but a listing of prefix ``dir``, and one
+        with no delimiter, leave it out.
     """
 
     etags_are_md5 = True  #: as RemoteStore.etags_are_md5 without sse/SSE-C
 
     def __init__(self, bucket: str = "bucket", drops_marker_metadata: bool = False,
                  default_bucket: str | None = None, renames: bool = False,
-                 backslash_is_slash: bool = False) -> None:
+                 backslash_is_slash: bool = False, keeps_directories: bool = False) -> None:
         self.bucket = bucket
+        self.keeps_directories = keeps_directories
+        #: bucket -> the directories its keys were put under ('a/', 'a/b/'), with keeps_directories
+        self.directories: dict[str, set[str]] = {}
         self.backslash_is_slash = backslash_is_slash
         self.renames = renames
         self.default_bucket = bucket if default_bucket is None else default_bucket
@@ -196,7 +204,10 @@ class FakeStore:
         try:
             o = self._get(remote_name)
         except S3Error as exc:  # an answer to a HEAD has no body: its status is all S3 says
-            raise S3Error(exc.status, resource=exc.resource) from None
+            bucket, key = resolve(remote_name, self.default_bucket)
+            if key not in self.directories.get(bucket, ()):
+                raise S3Error(exc.status, resource=exc.resource) from None
+            o = FakeObject(b"", {"Content-Type": "application/x-directory"})  # a kept directory
         return ObjectInfo(resolve(remote_name, self.default_bucket)[1], len(o.data), o.etag, o.mtime,
                           dict(o.metadata), dict(o.headers))
 
@@ -250,7 +261,25 @@ class FakeStore:
         if self.drops_marker_metadata and key.endswith("/"):
             o.metadata = {}
         objects[key] = o
+        self._made_directories(name, key)
         return o.etag
+
+    def _made_directories(self, name: str | S3Name, key: str) -> None:
+        """With keeps_directories: ``key``'s prefixes are directories from now on."""
+        if self.keeps_directories:
+            bucket = resolve(name, self.default_bucket)[0]
+            parts = key.split("/")[:-1]
+            self.directories.setdefault(bucket, set()).update(
+                "/".join(parts[: i + 1]) + "/" for i in range(len(parts))
+            )
+
+    def _directory_deleted(self, bucket: str, key: str) -> None:
+        """``key`` was deleted: the directory ``key`` ends in '/' goes with it, unless keys or
+        directories are left in it (its marker alone went)."""
+        kept = self.directories.get(bucket, set())
+        if key.endswith("/") and not any(k.startswith(key) for k in self.buckets.get(bucket, {})):
+            if not any(d.startswith(key) and d != key for d in kept):  # nor a directory kept in it
+                kept.discard(key)
 
     def configure_checksums(self, bucket: str) -> str | None:
         self._bucket(bucket)
@@ -286,11 +315,13 @@ class FakeStore:
             raise S3Error(412, "PreconditionFailed", resource=key)
         destination, new_key = self._at(remote_destination)
         destination[new_key] = objects.pop(key)
+        self._made_directories(remote_destination, new_key)
 
     def remove(self, remote_name: str | S3Name) -> None:
         self.count("DELETE")
         objects, key = self._at(remote_name)
         objects.pop(key, None)
+        self._directory_deleted(resolve(remote_name, self.default_bucket)[0], key)
 
     def start_multipart(self, remote_name: str | S3Name, headers: dict | None = None,
                         checksum: bool = True) -> MultipartUpload:
@@ -350,7 +381,13 @@ class FakeStore:
              max_keys: int = 1000, start_after: str | None = None) -> Iterator[ListPage]:
         """ListObjectsV2 as S3 pages it: ``max_keys`` entries and prefixes a page, in key order."""
         objects = self._bucket(bucket)
-        keys = sorted(k for k in list(objects) if k.startswith(prefix))
+        kept = self.directories.get(bucket or self.default_bucket, set())
+        keys = [k for k in list(objects) if k.startswith(prefix)]
+        # a kept directory with no key left in it: in a listing with a delimiter, but not in one of
+        # the keys beginning with its name
+        empty = [d for d in kept if delimiter and d.startswith(prefix) and d != prefix + "/" and not any(
+            k.startswith(d) for k in keys)]
+        keys = sorted(keys + empty)
         after = start_after or ""
         while True:
             self.count("LIST")
@@ -365,6 +402,8 @@ class FakeStore:
                         i += 1
                 else:
                     o = objects.get(keys[i])  # None: deleted (another thread) since the listing began
+                    if o is None and keys[i] in kept:
+                        o = FakeObject(b"", {})  # a kept directory: its own entry
                     if o is not None:
                         page.entries.append(ListEntry(keys[i], len(o.data), o.etag, o.mtime, "STANDARD"))
                     i += 1
@@ -386,9 +425,11 @@ class FakeStore:
         self.count("DELETE multi", max(1, -(-len(keys) // 1000)))  # 1000 keys per request
         objects = self._bucket(bucket)
         failed = []
-        for key in keys:
+        for key in sorted(keys, reverse=True):  # deepest first, as RemoteStore sends them
             if key in self.refused_deletes:
                 failed.append((key, self.refused_deletes[key]))
             else:
                 objects.pop(key, None)
+                self._directory_deleted(resolve(key if bucket is None else S3Name(key, bucket),
+                                                self.default_bucket)[0], key)
         return failed

@@ -415,6 +415,21 @@ def test_renaming_a_directory_copies_without_a_head_per_file(tmp_path):
     assert store.calls["COPY"] == 20 and store.calls["HEAD"] - heads < 5  # sizes from the listing
 
 
+@pytest.mark.parametrize("renames", [True, False])
+def test_a_directory_rename_leaves_no_emptied_directory_where_the_server_keeps_them(tmp_path, renames):
+    """SeaweedFS keeps a directory whose keys all went (listed, an empty directory) until its
+    dir/ is deleted: a rename of a directory with no markers deletes its would-be markers, and
+    those of the directories in it, once its files moved."""
+    store = FakeStore(drops_marker_metadata=True, keeps_directories=True, renames=renames)
+    for key in ("d/f", "d/g/h", "d/g/i/j"):
+        store.put(key, key.encode())
+    ops = make_ops(tmp_path, store)
+    ops.rename("/d", "/e")
+    assert next(store.list("", "/")).prefixes == ["e/"]
+    assert sorted(k for k in store.objects if not k.endswith("/")) == ["e/f", "e/g/h", "e/g/i/j"]
+    assert names(ops, "/e/g") == ["h", "i"]
+
+
 def cached_files(ops: S3Operations) -> list[str]:
     return sorted(n for n in os.listdir(ops.staging.root) if n.endswith(".data"))
 

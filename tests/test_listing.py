@@ -830,6 +830,136 @@ def test_a_create_burst_lists_from_the_new_name_on_not_the_whole_directory(
 
 
 @pytest.mark.fuse
+@pytest.mark.parametrize(
+    "deleted, gone",
+    [
+        (["top/left/e/f"], "top/left/e"),
+        (["top/left/e/", "top/left/e/f"], "top/left/e"),
+        (["top/left/e/f", "top/left/e/"], "top/left"),
+    ],
+    ids=["implicit", "marker_in_key_order", "marker_last"],
+)
+def test_a_directory_another_client_emptied_is_one_to_ls_stat_cd_readdir_and_rmdir_alike(
+    mount_factory, boto, bucket, deleted, gone
+):
+    """SeaweedFS keeps a directory whose keys another client deleted (``top/left/e`` when its
+    keys go, ``top/left`` when ``e``'s ``dir/`` marker goes last, which takes ``e`` away): it
+    lists it as a common prefix of its parent and answers a HEAD of its ``dir/``, but a LIST
+    of the keys beginning with its name finds nothing. What ``ls`` shows, a lookup says (a
+    cold one too): an empty directory, which rmdir removes, leaving nothing of it in S3."""
+    for key in sorted(deleted):
+        boto.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"1")
+    mount = mount_factory().start()
+    assert os.listdir(os.path.join(mount.path, "top", "left")) == ["e"]  # seen whole first
+    for key in deleted:
+        boto.delete_object(Bucket=bucket, Key=key)
+    parent, name = gone.rsplit("/", 1)
+    shown = boto.list_objects_v2(Bucket=bucket, Prefix=parent + "/", Delimiter="/").get("CommonPrefixes", [])
+    inside = boto.list_objects_v2(Bucket=bucket, Prefix=gone + "/", Delimiter="/")
+    if [p["Prefix"] for p in shown] != [gone + "/"] or inside.get("CommonPrefixes"):
+        pytest.skip("this server keeps no emptied directory")
+    path = os.path.join(mount.path, gone)
+    time.sleep(1.5)  # what the mount saw (attr_ttl, dir_ttl: 1 s) has expired: asked again
+    assert os.path.isdir(path)  # a cold lookup, before any listing
+    assert os.listdir(os.path.join(mount.path, parent)) == [name]
+    assert stat.S_ISDIR(os.stat(path).st_mode)
+    here = os.getcwd()
+    os.chdir(path)
+    try:
+        assert os.listdir(".") == []
+    finally:
+        os.chdir(here)
+    with pytest.raises(FileExistsError):
+        os.mkdir(path)
+    os.rmdir(path)
+    assert name not in os.listdir(os.path.join(mount.path, parent))
+    with pytest.raises(FileNotFoundError):
+        os.stat(path)
+    mount.stop()
+    left = boto.list_objects_v2(Bucket=bucket, Prefix=gone).get("Contents", [])
+    assert [o["Key"] for o in left] == []
+
+
+@pytest.mark.fuse
+def test_a_tree_another_client_makes_while_the_mount_lists_its_parent_shows_whole(mount, boto, bucket):
+    """boto3 puts a/b/c while ls a goes on in a loop: each listing is a's files with or without
+    b (never an error, never a name twice); once dir_ttl passed, b is listed, looked up and
+    read through as S3 has it."""
+    put_many(boto, bucket, ["a/f%02d" % i for i in range(50)])
+    path = os.path.join(mount.path, "a")
+    files = ["f%02d" % i for i in range(50)]
+    assert sorted(os.listdir(path)) == files
+    stop = threading.Event()
+    seen: list[list[str]] = []
+
+    def lister() -> None:
+        while not stop.is_set():
+            seen.append(sorted(os.listdir(path)))
+
+    t = threading.Thread(target=lister)
+    t.start()
+    try:
+        boto.put_object(Bucket=bucket, Key="a/b/c", Body=b"c")
+        eventually(lambda: seen and "b" in seen[-1], what="b in a's listing")
+    finally:
+        stop.set()
+        t.join(60)
+    assert all(listed in (files, sorted(files + ["b"])) for listed in seen)
+    assert os.path.isdir(os.path.join(path, "b")) and os.listdir(os.path.join(path, "b")) == ["c"]
+    with open(os.path.join(path, "b", "c"), "rb") as f:
+        assert f.read() == b"c"
+
+
+@pytest.fixture
+def moto_mount(mount_factory, moto_server, bucket, tmp_path):
+    """A mount of ``bucket`` on moto (which stores keys as given: ``a//b``, ``./f``) and a client."""
+    client = s3rig.make_boto_client(moto_server.endpoint, moto_server.access_key, moto_server.secret_key)
+    client.create_bucket(Bucket=bucket)
+    settings = {
+        "access_key_id": moto_server.access_key,
+        "secret_access_key": moto_server.secret_key,
+        "default_bucket": bucket,
+        "endpoint": moto_server.endpoint,
+        "tls": False,
+    }
+    config = s3rig.write_s3yaml(tmp_path / "moto.yaml", settings)
+    yield SimpleNamespace(client=client, make=lambda: mount_factory(config=str(config)))
+    s3rig.empty_and_delete_bucket(client, bucket)
+
+
+@pytest.mark.fuse
+def test_keys_no_name_can_show_are_left_out_once_each_and_keep_their_directory(moto_mount, bucket):
+    """Another tool's keys that no path can name (an empty segment, '.', '..') are left out of
+    listings with one log line each, never shown as another file; a directory holding only
+    such keys looks empty, and its rmdir is ENOTEMPTY with a line that says why (it removed
+    nothing before, and the directory came back). A file and a directory of one name (``x``
+    and ``x/``) show as the directory, whose files are reachable."""
+    keys = ["a//b", "/lead", "./f", "../e", "c/./d", "x", "x/", "x/in", "ok"]
+    for key in keys:
+        moto_mount.client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    mount = moto_mount.make().start()
+    assert sorted(os.listdir(mount.path)) == ["a", "c", "ok", "x"]
+    assert [stat.S_ISDIR(os.stat(os.path.join(mount.path, n)).st_mode) for n in "acx"] == [True] * 3
+    assert os.listdir(os.path.join(mount.path, "a")) == os.listdir(os.path.join(mount.path, "c")) == []
+    assert os.listdir(os.path.join(mount.path, "x")) == ["in"]
+    with open(os.path.join(mount.path, "x", "in"), "rb") as f:
+        assert f.read() == b"x/in"
+    for name in "ac":
+        with pytest.raises(OSError) as exc:
+            os.rmdir(os.path.join(mount.path, name))
+        assert exc.value.errno == errno.ENOTEMPTY
+    mount.stop()
+    with open(mount.log_path) as f:
+        log = f.read()
+    for shown in ("'/'", "'./'", "'../'", "'a//'", "'c/./'"):
+        assert log.count("object %s is not shown" % shown) == 1, shown
+    assert "directory /a is not empty: it holds a//, which no name can show" in log
+    assert "Traceback" not in log
+    left = moto_mount.client.list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert sorted(o["Key"] for o in left) == sorted(keys)
+
+
+@pytest.mark.fuse
 @pytest.mark.parametrize("server_rename", [True, False])
 def test_a_file_rename_sends_one_rename_or_the_copy_and_the_delete_and_only_the_kernels_lookups(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path, server_rename

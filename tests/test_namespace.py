@@ -173,6 +173,55 @@ def test_each_kind_of_directory_is_found_by_a_cold_lookup(keys):
     assert ns.lookup("/d").is_dir
 
 
+@pytest.mark.parametrize("marker", [False, True], ids=["implicit", "marker_in_key_order"])
+def test_a_directory_another_client_emptied_where_the_server_keeps_it_is_one_to_a_lookup(marker):
+    """SeaweedFS keeps a directory whose keys another client deleted: its parent's listing shows
+    it, and a cold lookup says so too (one LIST more: a LIST of the keys beginning with its
+    name leaves it out); it is empty, and once its rmdir deletes its dir/ it is gone."""
+    store = FakeStore(drops_marker_metadata=True, keeps_directories=True)
+    ns, _, clock = make(store)
+    keys = ["d/e/", "d/e/f"] if marker else ["d/e/f"]
+    for key in keys:
+        store.put(key, b"")
+    assert sorted(listing(ns, "/d")) == ["e"]
+    for key in keys:
+        store.remove(key)
+    clock.advance(1.5)
+    assert ns.lookup("/d/e").is_dir  # cold: before any listing
+    clock.advance(1.5)
+    assert [(n, a.is_dir) for n, a in listing(ns, "/d").items()] == [("e", True)]
+    assert ns.lookup("/d/e").is_dir and listing(ns, "/d/e") == {} and ns.is_empty_dir("/d/e")
+    store.remove("d/e/")  # what rmdir deletes (with its _$folder$)
+    ns.forget("/d/e", gone=True)
+    clock.advance(REMOVED_TTL + 1)
+    assert missing(ns, "/d/e") == errno.ENOENT and listing(ns, "/d") == {}
+    assert ns.lookup("/d").is_dir  # emptied in turn: kept, as the server keeps it
+
+
+def test_where_markers_keep_their_metadata_a_missing_name_costs_one_list():
+    """The LIST of what is in a name is asked only of servers that keep directories of their own."""
+    ns, store, _ = make()
+    assert missing(ns, "/nothing") == errno.ENOENT
+    assert (store.calls["HEAD"], store.calls["LIST"]) == (1, 1)
+    ns, store, _ = make(FakeStore(drops_marker_metadata=True))
+    assert missing(ns, "/nothing") == errno.ENOENT
+    assert (store.calls["HEAD"], store.calls["LIST"]) == (1, 2)
+
+
+def test_a_directory_holding_only_keys_no_name_can_show_is_not_empty_and_says_why(caplog):
+    """Another tool's ``a//b`` is left out of a's listing, but a is not empty: rmdir would
+    delete its marker and leave the key (or remove what nobody sees); it says what holds it."""
+    ns, store, _ = make()
+    store.put("a/", b"")
+    store.put("a//b", b"1")
+    assert ns.lookup("/a").is_dir and listing(ns, "/a") == {}
+    assert not ns.is_empty_dir("/a")
+    assert "directory /a is not empty: it holds a//, which no name can show" in caplog.text
+    caplog.clear()
+    store.put("a/.c", b"1")
+    assert not ns.is_empty_dir("/a") and "no name can show" not in caplog.text  # .c is shown
+
+
 def test_a_directory_object_by_content_type_or_mode_is_a_directory():
     ns, store, _ = make()
     store.put("typed", b"", {"Content-Type": "application/x-directory"})
@@ -359,16 +408,16 @@ def test_what_we_remember_shows_at_once_and_in_a_fresh_listing():
     assert store.calls["HEAD"] == 0
 
 
-def test_forget_gone_hides_a_name_a_lagging_listing_still_shows():
+def test_forget_gone_hides_a_name_from_listings_asked_until_then_only():
     ns, store, clock = make()
     store.put("gone", b"1")
     assert sorted(listing(ns)) == ["gone"]
-    ns.forget("/gone", gone=True)  # we removed it; the server lists it a while longer
+    ns.forget("/gone", gone=True)  # we removed it (a listing asked until then does not show it)
     assert missing(ns, "/gone") == errno.ENOENT
     assert store.calls["HEAD"] == 0
     assert listing(ns) == {}
-    clock.advance(REMOVED_TTL + 1)
-    assert sorted(listing(ns)) == ["gone"]  # still there after 30 s: it is real
+    clock.advance(1.1)  # dir_ttl: that listing is asked again
+    assert sorted(listing(ns)) == ["gone"]  # asked after: S3's word (another client made it again)
 
 
 def test_forget_drops_what_is_cached_so_the_next_lookup_asks():

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -698,3 +699,109 @@ def test_conflict_check_off_says_so_and_lets_the_last_writer_win(mount_factory, 
     os.close(fd)
     assert s3_bytes(boto, bucket, "lww.txt") == b"mount"
     assert "conflict check off" in read_log(m)
+
+
+# -- another client changes the tree under a mount ---------------------------------------------
+
+
+def _listed(path: str) -> list[str] | None:
+    """The names in directory ``path``, in order; None if there is none (yet)."""
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return None
+
+
+def test_files_created_in_a_cwd_whose_tree_another_client_deleted_all_reach_s3(mount, boto, bucket):
+    """A process keeps creating files in its cwd while boto3 deletes the whole tree: each create
+    succeeds, each file is in S3 (the directory is made again by its keys), and ls shows them."""
+    for i in range(5):
+        boto.put_object(Bucket=bucket, Key="t/sub/old%d" % i, Body=b"o")
+    path = os.path.join(mount.path, "t", "sub")
+    here = os.getcwd()
+    os.chdir(path)
+    try:
+        for i in range(20):
+            if i == 5:
+                for key in s3_keys(boto, bucket, "t/"):
+                    boto.delete_object(Bucket=bucket, Key=key)
+            with open("n%02d" % i, "wb") as f:
+                f.write(b"n%d" % i)
+            if i == 5:
+                time.sleep(1.2)  # what the mount knew of the directory (attr_ttl, dir_ttl) expires
+    finally:
+        os.chdir(here)
+    made = ["t/sub/n%02d" % i for i in range(5, 20)]
+    assert [k for k in s3_keys(boto, bucket, "t/") if k >= "t/sub/n05"] == made
+    assert [s3_bytes(boto, bucket, k) for k in made] == [b"n%d" % i for i in range(5, 20)]
+    eventually(lambda: sorted(os.listdir(path)) == [k.rsplit("/", 1)[1] for k in made], what="ls of sub")
+
+
+def test_a_directory_another_client_renames_under_an_open_file_keeps_both(mount_factory, boto, bucket):
+    """Two mounts: one renames d to d2 while the other has d/f0 open and written. The writer's
+    close is ESTALE and its bytes are kept beside (d/f0.conflict-...); the renamed directory is
+    whole; a file the writer then makes in d is in S3 as d/late; each mount shows, once its
+    attr_ttl passed, what S3 has."""
+    one, two = mount_factory().start(), mount_factory().start()
+    os.mkdir(os.path.join(one.path, "d"))
+    for i in range(3):
+        with open(os.path.join(one.path, "d", "f%d" % i), "wb") as f:
+            f.write(b"orig%d" % i)
+    seen = os.path.join(two.path, "d")
+    eventually(lambda: sorted(os.listdir(seen)) == ["f0", "f1", "f2"], what="two sees d")
+    fd = os.open(os.path.join(two.path, "d", "f0"), os.O_RDWR)
+    os.write(fd, b"TWO!")
+    os.rename(os.path.join(one.path, "d"), os.path.join(one.path, "d2"))
+    with pytest.raises(OSError) as exc:
+        os.close(fd)
+    assert exc.value.errno == errno.ESTALE
+    with open(os.path.join(two.path, "d", "late"), "wb") as f:
+        f.write(b"late")
+    keys = s3_keys(boto, bucket)
+    conflict = [k for k in keys if k.startswith("d/f0.conflict-")]
+    assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == b"TWO!0"
+    assert [s3_bytes(boto, bucket, "d2/f%d" % i) for i in range(3)] == [b"orig%d" % i for i in range(3)]
+    assert s3_bytes(boto, bucket, "d/late") == b"late"
+    in_d = sorted(["late", conflict[0][2:]])
+    for m in (one, two):  # the renamer too: what it removed is S3's once its TTLs passed
+        eventually(lambda m=m: _listed(os.path.join(m.path, "d")) == in_d, what="d in each mount")
+        eventually(lambda m=m: _listed(os.path.join(m.path, "d2")) == ["f0", "f1", "f2"], what="d2")
+
+
+def test_a_directory_renamed_by_one_mount_while_the_other_lists_it_ends_whole_in_both(
+    mount_factory, boto, bucket
+):
+    """One mount renames a directory of 200 files while the other lists it over and over: each
+    listing is some of the names (never a name twice, never another's), no error; once attr_ttl
+    passed, both show d2 whole and no d."""
+    for i in range(200):
+        boto.put_object(Bucket=bucket, Key="d/f%03d" % i, Body=b"%d" % i)
+    one, two = mount_factory().start(), mount_factory().start()
+    names = ["f%03d" % i for i in range(200)]
+    assert sorted(os.listdir(os.path.join(two.path, "d"))) == names
+    stop = threading.Event()
+    seen: list[list[str]] = []
+    errors: list[int] = []
+
+    def lister() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(os.listdir(os.path.join(two.path, "d")))
+            except OSError as exc:
+                errors.append(exc.errno)
+
+    t = threading.Thread(target=lister)
+    t.start()
+    try:
+        os.rename(os.path.join(one.path, "d"), os.path.join(one.path, "d2"))
+    finally:
+        stop.set()
+        t.join(60)
+    assert set(errors) <= {errno.ENOENT}, errors
+    for listed in seen:
+        assert len(listed) == len(set(listed)) and set(listed) <= set(names)
+    assert s3_keys(boto, bucket, "d/") == []
+    assert [k for k in s3_keys(boto, bucket, "d2/") if k != "d2/"] == ["d2/" + n for n in names]
+    for m in (one, two):
+        eventually(lambda m=m: "d" not in os.listdir(m.path), what="d gone")
+        assert sorted(os.listdir(os.path.join(m.path, "d2"))) == names

@@ -46,6 +46,7 @@ class Subject:
     view: Bucket
     quirks: frozenset[str] = frozenset()
     renames: bool = False  # the server has RenameObject (SeaweedFS 4; not moto 5)
+    keeps_directories: bool = False  # an emptied directory stays until its dir/ goes (SeaweedFS)
 
     def raw(self, key: str) -> S3Name:
         """Where ``key`` of the view really is."""
@@ -83,14 +84,18 @@ def subject(request: pytest.FixtureRequest) -> Iterator[Subject]:
         as_seaweedfs = kind == "fake-as-seaweedfs"
         store = FakeStore(
             "conformance", drops_marker_metadata=as_seaweedfs, default_bucket="", renames=as_seaweedfs,
-            backslash_is_slash=as_seaweedfs,
+            backslash_is_slash=as_seaweedfs, keeps_directories=as_seaweedfs,
         )
-        yield Subject(store, "conformance", Bucket(store, "conformance", prefix), renames=as_seaweedfs)
+        yield Subject(store, "conformance", Bucket(store, "conformance", prefix), renames=as_seaweedfs,
+                      keeps_directories=as_seaweedfs)
         return
     server = request.getfixturevalue("s3server" if kind == "seaweedfs" else "moto_server")
     for store, name in _real(server.endpoint, server.access_key, server.secret_key, "conformance"):
         quirks = MOTO_QUIRKS if kind == "moto" else frozenset()
-        yield Subject(store, name, Bucket(store, name, prefix), quirks, renames=kind == "seaweedfs")
+        seaweedfs = kind == "seaweedfs"
+        yield Subject(
+            store, name, Bucket(store, name, prefix), quirks, seaweedfs, keeps_directories=seaweedfs
+        )
 
 
 def keys_of(pages) -> tuple[list[str], list[str]]:
@@ -256,6 +261,25 @@ def test_delete_and_bulk_delete(subject):
     b.remove("a")
     assert b.delete_keys(["d/1", "d/2", "d/e/3", "never-was"]) == []
     assert keys_of(b.list("", delimiter=None)) == (["keep"], [])
+
+
+def test_a_directory_whose_keys_all_went(subject):
+    """SeaweedFS keeps it (listed with a delimiter, its own dir/ in a listing of it, not in a
+    listing of the keys beginning with its name, nor in one with no delimiter) until its dir/
+    is deleted; S3 and moto keep nothing."""
+    b = subject.view
+    for key in ("e/d/f", "e/g"):
+        b.put(key, b"x")
+    b.remove("e/d/f")
+    kept = subject.keeps_directories
+    assert keys_of(b.list("e/")) == (["e/g"], ["e/d/"] if kept else [])
+    assert keys_of(b.list("e/d")) == ([], [])
+    assert keys_of(b.list("e/d/")) == (["e/d/"] if kept else [], [])
+    assert keys_of(b.list("e/", delimiter=None)) == (["e/g"], [])
+    if kept:
+        assert b.head("e/d/").headers.get("Content-Type", "").startswith("application/x-directory")
+    b.remove("e/d/")
+    assert keys_of(b.list("e/")) == (["e/g"], [])
 
 
 def test_bulk_delete_of_more_keys_than_one_request_takes(subject):

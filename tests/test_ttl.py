@@ -11,7 +11,6 @@ from fakestore import FakeStore
 
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs.fuselib import FuseOSError
-from s3fs_mount.fs.namespace import REMOVED_TTL
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
@@ -170,18 +169,24 @@ def test_a_name_we_made_while_the_directory_was_listed_is_not_taken_for_absent(t
     assert ops.namespace.lookup("/d/b").size == 0  # a HEAD, not "no such entry"
 
 
-def test_what_we_removed_stays_hidden_from_lagging_listings_for_a_while(tmp_path):
+def test_a_name_we_removed_that_another_client_makes_again_shows_once_the_ttls_passed(tmp_path):
+    """What we removed is hidden from answers to requests sent before S3 answered its delete (a
+    listing under way meanwhile); another client's object of that name, made after, is S3's
+    word: it shows once attr_ttl and dir_ttl have passed, as any other client's change (it was
+    hidden for REMOVED_TTL, 30 s, from lookups and listings alike)."""
     store, clock = FakeStore(), FakeClock()
     ops = make_ops(tmp_path, store, clock)
     store.put("gone", b"1")
     assert names(ops) == ["gone"]
     ops.unlink("/gone")
-    ops.fsyncdir("/", 0, 0)  # its delete sent (a batch's): the hiding counts from S3's answer
-    store.put("gone", b"1")  # as a server that goes on listing a removed key (SeaweedFS, briefly)
-    clock.advance(REMOVED_TTL - 1)
-    assert names(ops) == []
-    clock.advance(2)
+    ops.fsyncdir("/", 0, 0)  # its delete sent (a batch's) and answered
+    assert "gone" not in store.objects and names(ops) == []
+    with pytest.raises(FuseOSError):
+        ops.getattr("/gone")
+    store.put("gone", b"22")  # another client's
+    clock.advance(1.5)
     assert names(ops) == ["gone"]
+    assert ops.getattr("/gone")["st_size"] == 2
 
 
 def test_backoff_sleeps_on_the_policys_clock_within_its_bounds():

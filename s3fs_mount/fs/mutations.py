@@ -499,7 +499,11 @@ class Mutations:
             self.namespace.forget_tree(old)  # some files moved (or were copied): both are asked again
             self.namespace.forget_tree(new)
             raise
-        failed = self.store.delete_keys(left + [folder])
+        # The markers of it and of each directory in it too, where they had none: a server that
+        # keeps directories (SeaweedFS) keeps the emptied ones, listed (an empty directory where
+        # ls showed none) until they are deleted, deepest first (as delete_keys sends them).
+        implicit = {k[: i + 1] for k in keys for i in range(len(old_prefix), len(k)) if k[i] == "/"}
+        failed = self.store.delete_keys(sorted({*left, *implicit, old_prefix, folder}))
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
         for item in list(self.staging.under(old_prefix)):

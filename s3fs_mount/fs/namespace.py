@@ -37,9 +37,11 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
 * ``_marked``: directories whose last lookup found their marker but no ``_$folder$`` (where
   metadata lives on those), LRU (``attr_cache``): looked up again by those two HEADs alone;
-* ``_removed``: paths we deleted, for ``REMOVED_TTL`` seconds: some servers
-  (SeaweedFS) go on listing a directory prefix for a while after its last
-  key is gone, and we should not show what we just removed.
+* ``_removed``: path we deleted -> when (monotonic) S3 answered the delete (or we
+  forgot it), for ``REMOVED_TTL`` seconds: an answer to a request sent before then
+  (a listing under way while we deleted) does not show it again; one sent after is
+  S3's word (another client's new object of that name shows once ``attr_ttl``, or a
+  listing's ``dir_ttl``, has passed, as anywhere).
 * ``_deleting``: paths whose delete is recorded but not yet answered by S3
   (:mod:`s3fs_mount.fs.deletes`): absent to lookups and listings, however long
   that takes;
@@ -143,6 +145,14 @@ def _in_page(name: str, after: str, last: str) -> bool:
     return name > after and (not last or all(name + end <= last for end in ("/", FOLDER_SUFFIX)))
 
 
+def _shown(prefix: str, key: str) -> bool:
+    """Whether a listing of directory ``prefix`` shows ``key`` (a file's, a directory's, a
+    ``_$folder$``) as a name of it: not one of another tool's that no file name can be (``a//b``)."""
+    rest = key[len(prefix) :]
+    rest = rest[:-1] if rest.endswith("/") else rest.removesuffix(FOLDER_SUFFIX)
+    return is_valid_name(rest)
+
+
 def _same_version(full: A.Attributes, etag: str, size: int, stored: float) -> bool:
     """Whether a listing's entry (``etag``, ``size``, Last-Modified ``stored``) is the version
     whose whole attributes are ``full`` (caller holds Namespace._lock). The ETag alone does not
@@ -182,8 +192,8 @@ class Namespace:
     Locks (``_lock`` is never held during a request):
 
     * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``, ``_walk_names``,
-      ``_removed``, ``_removal_walks``, ``_changed``, ``_dir_times``, ``_dir_times_kept``, ``_atimes``,
-      ``root``.
+      ``_removed``, ``_hidden``, ``_removal_walks``, ``_changed``, ``_dir_times``, ``_dir_times_kept``,
+      ``_atimes``, ``root``.
     * ``_dir_write_lock``: one read-modify-write of a directory's holder at a time (taken
       before ``_lock``, held across its requests).
     * ``_conflicts_logged``: unguarded; a race logs a name clash twice, no more.
@@ -250,7 +260,10 @@ class Namespace:
         self._walk_names: TLRUCache[str, tuple[list[str], bool]] = TLRUCache(
             WALK_NAMES_DIRS, lambda path, walk, now: now + _walk_ttl(len(walk[0])), timer
         )
-        self._removed: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
+        self._removed: TTLCache[str, float] = TTLCache(20_000, REMOVED_TTL, timer)
+        #: Directories a listing of which left out keys no name can show, for dir_ttl: never
+        #: taken for empty from that listing. Guarded by _lock.
+        self._hidden: TTLCache[str, bool] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
         self._deleting: set[str] = set()
@@ -349,7 +362,7 @@ class Namespace:
             self._walk_names.pop(path, None)
             if gone:
                 self._missing[path] = True
-                self._removed[path] = True
+                self._removed[path] = self._changed[path]
                 self._emptied.pop(path, None)
                 up = parent
                 while up != "/":  # each prefix above may have held no other key
@@ -376,7 +389,7 @@ class Namespace:
         with self._lock:
             self._deleting.discard(path)
             if not kept:
-                self._removed[path] = True  # a listing may show it a while yet (SeaweedFS)
+                self._removed[path] = self.clock.monotonic()  # a listing sent before may show it
                 return
             self._removed.pop(path, None)
         self.forget(path)
@@ -441,8 +454,8 @@ class Namespace:
             found.seen_at = asked
             return self._cache_fetched(path, found)
         with self._lock:
-            if self._missing.get(path) or self._removed.get(path) or path in self._deleting:
-                raise FsError(errno.ENOENT)  # we removed it ourselves
+            if self._missing.get(path) or path in self._deleting:
+                raise FsError(errno.ENOENT)  # we removed it ourselves (for attr_ttl: then S3 says)
         if not is_valid_name(name):
             too_long = len(name.encode("utf-8", "surrogateescape")) > NAME_MAX
             raise FsError(errno.ENAMETOOLONG if too_long else errno.ENOENT)
@@ -654,7 +667,14 @@ class Namespace:
     def _usable(self, path: str, asked: float) -> bool:
         """May an answer for ``path`` asked at ``asked`` be used (we changed nothing since)?"""
         with self._lock:
-            return not self._stale(path, asked) and not self._removed.get(path) and path not in self._deleting
+            return not (
+                self._stale(path, asked) or self._removed_since(path, asked) or path in self._deleting
+            )
+
+    def _removed_since(self, path: str, asked: float) -> bool:
+        """Did S3 answer our delete of ``path`` after ``asked`` (caller holds ``_lock``)?"""
+        removed = self._removed.get(path)
+        return removed is not None and removed >= asked
 
     def _stale(self, path: str, asked: float) -> bool:
         """Was ``path`` changed by us after ``asked``? (Caller holds ``_lock``.)"""
@@ -711,11 +731,17 @@ class Namespace:
         )
 
     def _dir_exists(self, path: str, key: str) -> bool:
-        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually."""
+        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually.
+
+        A server that keeps directories of its own (SeaweedFS: where a ``dir/`` marker drops
+        its metadata) keeps one whose keys were all deleted: it lists it as a common prefix
+        of its parent, as ``ls`` shows it, but a LIST of the keys beginning with its name does
+        not. A LIST of what is in it finds it (its own ``dir/``): one more LIST there, for a
+        name the first found no directory of, so that a lookup says what ``ls`` shows."""
         page = next(self.store.list(key, delimiter="/", max_keys=100))
         if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
             return True
-        if page.truncated:
+        if page.truncated or not self.dir_meta_on_marker:
             page = next(self.store.list(key + "/", delimiter="/", max_keys=1))
             return bool(page.entries or page.prefixes)
         return False
@@ -1107,7 +1133,7 @@ class Namespace:
             for name in sorted(names):
                 child = KeyMap.join(path, name)
                 attributes = self._attrs.get(child)
-                if attributes is None or self._removed.get(child) or child in self._deleting:
+                if attributes is None or child in self._removed or child in self._deleting:
                     return None
                 out.append((name, attributes))
         return out
@@ -1118,7 +1144,7 @@ class Namespace:
         prefix = "/" if path == "/" else path + "/"
         for child, when in list(self._changed.items()):
             if when >= asked and child.startswith(prefix) and "/" not in child[len(prefix) :]:
-                if not self._missing.get(child) and not self._removed.get(child):
+                if not self._missing.get(child) and child not in self._removed:
                     names.add(child[len(prefix) :])
         self._listings[path] = names
         self._listed[path] = Listed(asked)
@@ -1141,6 +1167,7 @@ class Namespace:
                 continue
             if not is_valid_name(rest):
                 warn_skipped(entry.key, "not a valid file name")
+                self._holds_hidden(path)
                 continue
             named.append((rest, entry))
         defaults = self.defaults
@@ -1175,6 +1202,7 @@ class Namespace:
             rest = p[len(prefix) :].rstrip("/")
             if p[len(prefix) :] != rest + "/" or not is_valid_name(rest):
                 warn_skipped(p, "not a valid directory name")
+                self._holds_hidden(path)
                 continue
             dirs.append(rest)
         return files, dirs
@@ -1191,8 +1219,8 @@ class Namespace:
             changed, atimes = bool(self._changed), bool(self._atimes)
             for name, attributes in batch:
                 child = KeyMap.join(path, name)
-                if (removed is not None and removed.get(child)) or child in deleting:
-                    continue
+                if (removed is not None and self._removed_since(child, asked)) or child in deleting:
+                    continue  # sent before S3 answered our delete of it
                 if attributes.is_dir:
                     known = cached.get(child)
                     if known is not None and known.is_dir:
@@ -1256,15 +1284,24 @@ class Namespace:
         if self.listed_empty(path):
             return True
         page = next(self.store.list(prefix, delimiter="/", max_keys=2))
-        return not page.prefixes and all(e.key == prefix for e in page.entries)
+        held = page.prefixes + [e.key for e in page.entries if e.key != prefix]
+        if held and not any(_shown(prefix, key) for key in held):
+            log.warning("directory %s is not empty: it holds %s, which no name can show", path, held[0])
+        return not held
+
+    def _holds_hidden(self, path: str) -> None:
+        """A listing of directory ``path`` left out keys no name can show (another tool's ``a//b``)."""
+        with self._lock:
+            self._hidden[path] = True
 
     def listed_empty(self, path: str) -> bool:
         """Whether a listing of directory ``path`` less than ``dir_ttl`` old had only names we
         have removed since (their deletes may be pending yet): empty, asked of S3 no more than
-        a name missing from that listing would be (README "Consistency")."""
+        a name missing from that listing would be (README "Consistency"). Not if it left out
+        keys no name can show: S3 says whether they are there still."""
         with self._lock:
             names, listed = self._listings.get(path), self._listed.get(path)
-            if names is None or names or listed is None:
+            if names is None or names or listed is None or self._hidden.get(path):
                 return False
             return self.clock.monotonic() - listed.asked < self.dir_ttl
 

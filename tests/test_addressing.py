@@ -40,7 +40,7 @@ def ours(endpoint: str, bucket: str, key: str, tls: bool = True, **settings) -> 
     conn = S3Connection(*KEYS, endpoint=endpoint, tls=tls, **settings)
     sent = {}
 
-    def send(method, url, headers, data, stream):
+    def send(method, url, headers, data, stream, read_timeout=None):
         sent.update(url=url, headers=dict(headers))
         raise Stopped
 

@@ -83,9 +83,11 @@ def test_rm_rf_of_a_directory_sends_its_files_in_few_full_batches(
     assert s3_keys(boto, bucket) == ["many_kept"]  # rm returned: all gone in S3
     assert not os.path.exists(os.path.join(mount.path, "many"))
     batches, singles = deletes_heard(faultproxy)
-    # One 50 ms after the first unlink, one or two more as each is answered, the rmdir's;
-    # the bound is 100 files a batch.
-    assert 1 <= batches <= len(files) // 100, batches
+    # Quiet: one 50 ms after the first unlink, one or two more as each is answered, the
+    # rmdir's (4). How many keys a batch gathers depends on how fast rm unlinks against how
+    # fast S3 answers (22 batches in a loaded CI run), so the bound is 20 files a batch; the
+    # rule itself (one batch under way, the rest whole in the next) is test_deletes', clocked.
+    assert 1 <= batches <= len(files) // 20, batches
     assert not [k for k in singles if not k.endswith(("/", "_$folder$"))], singles
 
 

@@ -946,6 +946,7 @@ class S3Operations(Operations):
             "cache_dir": self.staging.root,
             "cache_bytes": self.staging.usage(),
             "cache_size": self.options.cache_size,
+            "cache_bound": self.staging.capacity,  # less than cache_size when the disk has less room
             "writeback": self.options.writeback,
             "pending": pending,
             "open_for_writing": open_for_writing,

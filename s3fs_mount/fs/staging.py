@@ -1262,20 +1262,37 @@ class StagingCache:
 
     def evict(self, need: int = 0) -> None:
         """Drop clean, closed items, least recently used first, until under capacity."""
-        with self._lock:
-            candidates = sorted(
-                (i for i in self._items.values() if i.open_count <= 0 and not i.dirty and not i.uploading),
-                key=lambda i: i.last_used,
-            )
         total = self.usage()
-        for item in candidates:
+        for item in self._evictable():
             if total + need <= self.capacity:
                 break
-            total -= item.local_bytes()
+            size = item.local_bytes()
+            if not self._take_evictable(item):
+                continue
+            total -= size
             log.debug("evicting %s from the cache", item.key)
             self.discard(item)
         with self._lock:
             self._estimate = total
+
+    def _evictable(self) -> list[StagedFile]:
+        """Items eviction may drop, least recently used first: clean, closed, not uploading."""
+        with self._lock:
+            return sorted((i for i in self._items.values() if self._may_evict(i)), key=lambda i: i.last_used)
+
+    @staticmethod
+    def _may_evict(item: StagedFile) -> bool:
+        """The one rule of eviction (caller holds ``_lock``): never an open, dirty or uploading item."""
+        return item.open_count <= 0 and not item.dirty and not item.uploading
+
+    def _take_evictable(self, item: StagedFile) -> bool:
+        """Take ``item`` out of the table if it may still be evicted (it may have been opened, written
+        or evicted by another thread since :meth:`_evictable` listed it); the caller discards it."""
+        with self._lock:
+            if self._items.get(item.key) is not item or not self._may_evict(item):
+                return False
+            del self._items[item.key]
+            return True
 
     def when_full(self, attempt: Callable[[], T], need: int, what: str) -> T:
         """``attempt()``; when the cache's disk is full (:func:`disk_full`), clean files are
@@ -1306,16 +1323,13 @@ class StagingCache:
         journal's room free. True if any were evicted.
         """
         want = need + JOURNAL_ROOM
-        with self._lock:
-            candidates = sorted(
-                (i for i in self._items.values() if i.open_count <= 0 and not i.dirty and not i.uploading),
-                key=lambda i: i.last_used,
-            )
         freed = evicted = 0
-        for item in candidates:
+        for item in self._evictable():
             if evicted and disk_room(self.root) >= want:
                 break
             size = item.local_bytes()
+            if not self._take_evictable(item):
+                continue
             log.debug("evicting %s from the cache: its disk is full", item.key)
             self.discard(item)
             freed += size

@@ -629,8 +629,8 @@ class S3Operations(Operations):
         try:
             if WRITE_GATE:
                 hold_at_write_gate(offset)
-            written = h.item.write(offset, data, append=h.append)
-            self.uploader.after_write(h.item, None if h.append else offset, data)
+            written = h.item.write(offset, data, append=h.append)  # short when the cache's disk filled
+            self.uploader.after_write(h.item, None if h.append else offset, data[:written])
         finally:
             self.uploader.done_writing(h.item, offset, len(data))
         return written

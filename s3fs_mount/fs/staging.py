@@ -93,18 +93,36 @@ def disk_full(exc: OSError) -> bool:
 
 
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """Write all of ``data`` at ``offset``: a full disk takes part of a write and says so only on
-    the next call (an ignored short write once left zeros marked present: a lost byte).
+    """Write all of ``data`` at ``offset`` (:func:`pwrite_some`, which must take it all).
 
     :raises OSError: ENOSPC (or another error) when the rest cannot be written.
+    """
+    if pwrite_some(fd, data, offset) < len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def pwrite_some(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """Write ``data`` at ``offset``: all of it, or what the disk took before it filled (a short
+    count, as write(2) answers then), so that the caller counts only the bytes that are there
+    (ignoring a short pwrite once left zeros marked present: a lost byte).
+
+    :raises OSError: ENOSPC (or another error) when not one byte could be written.
     """
     view = memoryview(data)
     done = 0
     while done < len(data):
-        n = os.pwrite(fd, view[done:], offset + done)
+        try:
+            n = os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            if done and disk_full(exc):
+                return done
+            raise
         if n == 0:
+            if done:
+                return done
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         done += n
+    return done
 
 
 def disk_room(path: str) -> int:
@@ -582,14 +600,22 @@ class StagedFile:
 
         With ``append`` the bytes go at the end as it is when the lock is
         taken, so writers appending through several handles never overlap. A full cache
-        disk evicts clean files and tries once more (:meth:`StagingCache.when_full`): a
-        failed try changed nothing but bytes the next one writes again.
+        disk evicts clean files and tries once more (:meth:`StagingCache.when_full`), also
+        for the rest of a write the disk took part of. What is still refused after that makes a
+        short write: the count of the bytes written (local, dirty and recorded as any write),
+        as write(2) answers on a full disk.
         """
-        return self.cache.when_full(
-            lambda: self._write(offset, data, append), len(data), "a write to %s" % self.key
-        )
+        what = "a write to %s" % self.key
+        done = self.cache.when_full(lambda: self._write(offset, data, append), len(data), what)
+        if 0 < done < len(data) and self.cache.free_disk(len(data) - done, what):
+            try:
+                done += self._write(offset + done, memoryview(data)[done:], append)
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+        return done
 
-    def _write(self, offset: int, data: bytes, append: bool) -> int:
+    def _write(self, offset: int, data: bytes | memoryview, append: bool) -> int:
         """write's work, one try."""
         with self.cond:
             while True:
@@ -602,7 +628,7 @@ class StagedFile:
                 if not _overlaps((offset, end), self.inflight):
                     break
                 self.cond.wait()
-            pwrite_all(self.fd, data, offset)
+            end = offset + pwrite_some(self.fd, data, offset)
             self.present.add(offset, end)
             # A digest the record holds of bytes written over would fail recovery's check: re-record.
             digests_dropped = bool(self.digests) and self._drop_digests(offset, end)
@@ -614,8 +640,8 @@ class StagedFile:
             self.last_used = time.monotonic()
         if became_dirty or digests_dropped:
             self.save()
-        self.cache.grew(len(data))
-        return len(data)
+        self.cache.grew(end - offset)
+        return end - offset
 
     def truncate(self, length: int) -> None:
         with self.cond:

@@ -33,11 +33,15 @@ def read_status(mountpoint: str) -> dict[str, Any]:
 
 
 def format_status(st: dict[str, Any], mountpoint: str) -> str:
+    bound = st.get("cache_bound", st["cache_size"])  # a mount older than cache_bound has none
+    bounded = ""
+    if bound < st["cache_size"]:
+        bounded = " (cache_size %s: bounded by the room on the cache's disk)" % human_size(st["cache_size"])
     source = st["bucket"] + (":/" + st["prefix"].rstrip("/") if st["prefix"] else "")
     lines = [
         "%s on %s (%s)%s" % (source, mountpoint, st["endpoint"], ", writeback" if st["writeback"] else ""),
-        "cache: %s of %s in %s"
-        % (human_size(st["cache_bytes"]), human_size(st["cache_size"]), st["cache_dir"]),
+        "cache: %s of %s in %s%s"
+        % (human_size(st["cache_bytes"]), human_size(bound), st["cache_dir"], bounded),
         "requests: %s" % st["requests"],
     ]
     if not st["pending"]:

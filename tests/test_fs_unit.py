@@ -1933,3 +1933,120 @@ def test_an_open_at_the_moment_another_makes_the_files_local_copy_sees_its_size_
     assert seen["read"] == data
     assert ops.read("/big", len(data) + 1, 0, fh) == data
     ops.release("/big", fh)
+
+
+def small_disk(monkeypatch, ops: S3Operations, room: int) -> dict[str, int]:
+    """Make the cache's disk ``room`` bytes: a write into the cache past it gets ENOSPC (after
+    taking what fits, as a full file system does), and its free space is what is left. Returns
+    ``{"room": room}``, to change the disk's size later (another program frees room)."""
+    disk = {"room": room}
+    import s3fs_mount.fs.journal as journal_module
+    import s3fs_mount.fs.staging as staging_module
+
+    real_pwrite = os.pwrite
+
+    def left() -> int:
+        return max(0, disk["room"] - ops.staging.usage())
+
+    def pwrite(fd, data, offset):
+        if os.path.dirname(os.readlink("/proc/self/fd/%d" % fd)) != ops.staging.root:
+            return real_pwrite(fd, data, offset)
+        n = min(len(data), left())
+        if n == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, bytes(data[:n]), offset)
+
+    def journal_write(fd, data):
+        if left() < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_journal_write(fd, data)
+
+    real_journal_write = journal_module._write_all
+    monkeypatch.setattr(staging_module.os, "pwrite", pwrite)
+    monkeypatch.setattr(journal_module, "_write_all", journal_write)
+    monkeypatch.setattr(staging_module, "disk_room", lambda path: left())
+    return disk
+
+
+def read_whole(ops: S3Operations, path: str) -> bytes:
+    fh = ops.open(path, os.O_RDONLY)
+    data = ops.read(path, 64 * MiB, 0, fh)
+    ops.release(path, fh)
+    return data
+
+
+def test_a_full_cache_disk_evicts_clean_files_for_a_write(tmp_path, monkeypatch):
+    # The cache's disk (8.5 MiB) holds less than cache_size (4 GiB): clean copies of files
+    # written (in S3, closed: they stay cached) fill it. A new write then evicts them, least
+    # recently used first, and succeeds; so does a read that fetches into the cache.
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    small_disk(monkeypatch, ops, 8 * MiB + 512 * 1024)
+    for i in range(4):
+        write_file(ops, "/r%d" % i, os.urandom(2 * MiB))
+    assert all(ops.staging.get("r%d" % i).local_bytes() == 2 * MiB for i in range(4))
+    data = os.urandom(3 * MiB)
+    write_file(ops, "/new", data)
+    assert store.objects["new"].data == data
+    assert ops.staging.get("r0") is None and ops.staging.get("r1") is None  # the oldest went first
+    assert ops.staging.get("r3") is not None  # no more than the write needed
+    store.put("more", os.urandom(8 * MiB))
+    fh = ops.open("/more", os.O_RDONLY)  # a read far from byte 0 fetches into the cache file
+    assert ops.read("/more", 4096, 5 * MiB, fh) == store.objects["more"].data[5 * MiB : 5 * MiB + 4096]
+    ops.release("/more", fh)
+    ops.destroy("/")
+
+
+def test_a_create_and_truncate_on_a_full_cache_disk_evict_for_their_records(tmp_path, monkeypatch):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    written = {"/c%d" % i: os.urandom(MiB) for i in range(3)}
+    for path, data in written.items():
+        write_file(ops, path, data)
+    small_disk(monkeypatch, ops, ops.staging.usage())  # full: no room for a record
+    fh = ops.create("/made", 0o644)  # its record evicts a clean file
+    ops.truncate("/made", 4096, fh)
+    ops.flush("/made", fh)
+    ops.release("/made", fh)
+    assert store.objects["made"].data == bytes(4096)
+    assert ops.staging.get("c0") is None and ops.staging.get("c2") is not None
+    ops.destroy("/")
+
+
+def test_a_cache_disk_full_of_dirty_files_says_enospc_and_loses_nothing(tmp_path, monkeypatch, caplog):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    disk = small_disk(monkeypatch, ops, 4 * MiB)
+    write_file(ops, "/clean", os.urandom(MiB))
+    kept = os.urandom(3 * MiB - 4096)
+    fh = write_file(ops, "/open", kept, flush=False)  # dirty, open: never evicted
+    more = os.urandom(2 * MiB)
+    taken = ops.write("/open", more, len(kept), fh)  # the disk fills part-way: a short write
+    assert 0 < taken < len(more)
+    kept += more[:taken]
+    assert ops.staging.get("clean") is None  # the clean copy went, and that was not enough
+    with pytest.raises(FuseOSError) as info:
+        ops.write("/open", more[taken:], len(kept), fh)
+    assert info.value.errno == errno.ENOSPC
+    assert any("no space left on the cache's disk" in r.getMessage() and "1 dirty files" in r.getMessage()
+               for r in caplog.records)
+    disk["room"] += MiB  # another program frees room: the upload records its digests first
+    ops.flush("/open", fh)
+    ops.release("/open", fh)
+    assert store.objects["open"].data == kept  # what was acknowledged reached S3, and only that
+    ops.destroy("/")
+
+
+def test_cache_size_past_the_disks_room_is_bounded_with_a_warning(tmp_path, monkeypatch, caplog):
+    import s3fs_mount.fs.staging as staging_module
+
+    monkeypatch.setattr(staging_module, "disk_room", lambda path: 10 * MiB)
+    ops = make_ops(tmp_path, FakeStore(), cache_size=4 << 30)
+    assert ops.staging.cache_size == 4 << 30
+    assert 10 * MiB <= ops.staging.capacity < 11 * MiB
+    assert ops.status()["cache_bound"] == ops.staging.capacity
+    assert any("the cache is bounded at 10.0 MiB" in r.getMessage() for r in caplog.records)
+    roomy = make_ops(tmp_path / "roomy", FakeStore(), cache_size=5 * MiB)
+    assert roomy.staging.capacity == 5 * MiB  # room enough: cache_size it is
+    ops.destroy("/")
+    roomy.destroy("/")

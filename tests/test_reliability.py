@@ -8,6 +8,7 @@ server directly (never through the proxy).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from faultproxy import FaultProxy
 from mountrig import sync_dir
 from waiting import eventually
 
+from s3fs_mount import control
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
 from s3fs_mount.fs.known import FILE_NAME as KNOWN_TABLE
 
@@ -991,3 +994,86 @@ def test_sync_shows_bytes_uploaded_on_a_terminal_and_off_it(mount_factory, fault
     assert "GiB/s" not in tty_out, tty_out[-2000:]
     assert "uploading /plain.bin (" in plain_out and "\r" not in plain_out, plain_out
     assert re.search(r"sync: [\d.]+ \w+ of 200\.0 MiB uploaded", plain_out), plain_out
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "24m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` for the test (a small cache disk), unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=" + size, "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail("cannot mount a tmpfs for the cache: %s" % proc.stderr.strip())
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def fill_disk(path: Path) -> int:
+    """Another program fills the file system holding ``path`` (a file there takes all its room); its size."""
+    written = 0
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                written += f.write(b"\xff" * (256 << 10))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return written
+
+
+def test_a_cache_disk_full_of_clean_files_makes_room_for_a_write(mount_factory, boto, bucket, tmp_path):
+    # cache_size (1 GiB) is more than the cache's disk (a 24 MiB tmpfs): the mount says so and keeps
+    # the cache within the disk. Clean files (written, in S3) are cached; another program then fills
+    # the disk. A new file is written all the same: clean files are evicted for it.
+    with small_tmpfs(tmp_path / "disk") as disk:
+        m = mount_factory(options="cache_size=1G", cache_dir=str(disk / "cache")).start()
+        try:
+            assert any("the cache is bounded at" in line for line in m.log_lines())
+            st = control.read_status(m.path)
+            assert st["cache_size"] == 1 << 30 and st["cache_bound"] <= 24 << 20
+            assert "bounded by the room on the cache's disk" in control.format_status(st, m.path)
+            cached = {}
+            for i in range(4):
+                cached["c%d" % i] = os.urandom(3 << 20)
+                write_file(os.path.join(m.path, "c%d" % i), cached["c%d" % i])
+            for name, data in cached.items():
+                with open(os.path.join(m.path, name), "rb") as f:
+                    assert f.read() == data
+            assert fill_disk(disk / "filler") > 0
+            data = os.urandom(6 << 20)
+            write_file(os.path.join(m.path, "new"), data)
+            assert boto.get_object(Bucket=bucket, Key="new")["Body"].read() == data
+            assert any("evicted" in line and "to make room" in line for line in m.log_lines())
+            for name, data in cached.items():
+                assert boto.get_object(Bucket=bucket, Key=name)["Body"].read() == data
+                with open(os.path.join(m.path, name), "rb") as f:
+                    assert f.read() == data  # from S3 again (or what stayed cached)
+        finally:
+            assert m.stop() == 0
+            os.unlink(disk / "filler")
+
+
+def test_a_cache_disk_full_of_dirty_data_says_enospc_and_loses_nothing(mount_factory, boto, bucket, tmp_path):
+    # A file open and being written is dirty: it is never evicted. Once the disk is full (another
+    # program filled it), its next write gets ENOSPC with a line saying why; what was written before
+    # reaches S3 at close, nothing else.
+    with small_tmpfs(tmp_path / "disk") as disk:
+        m = mount_factory(options="cache_size=1G", cache_dir=str(disk / "cache")).start()
+        try:
+            kept = os.urandom(4 << 20)
+            fd = os.open(os.path.join(m.path, "big"), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                assert os.write(fd, kept) == len(kept)
+                fill_disk(disk / "filler")
+                with pytest.raises(OSError) as info:
+                    os.write(fd, os.urandom(1 << 20))
+                assert info.value.errno == errno.ENOSPC
+            finally:
+                os.unlink(disk / "filler")  # room again: the close may record the file as it stages
+                os.close(fd)
+            assert boto.get_object(Bucket=bucket, Key="big")["Body"].read() == kept
+            assert any("no space left on the cache's disk" in line and "1 dirty files" in line
+                       for line in m.log_lines())
+        finally:
+            assert m.stop() == 0

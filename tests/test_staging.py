@@ -229,3 +229,34 @@ def test_a_clean_item_releases_nothing_and_an_upload_forgets_what_was_released(t
     assert item.mark_clean(item.view().generation, "v2", MiB)
     assert item.released_ranges() == [] and item.recorded_stream() == {}
     assert not item.covers(0, MiB // 2) and item.remote_gaps(0, MiB) == [(0, MiB // 2)]  # fetched from v2
+
+
+def test_an_item_opened_while_eviction_runs_is_not_evicted(tmp_path):
+    # Eviction lists its candidates, then drops them one by one: a file opened in between (here,
+    # while eviction looks at its size) must keep its descriptor for the new handle.
+    cache = cache_at(tmp_path, capacity=1)
+    item, _ = cache.acquire("a")
+    item.write(0, b"x" * 8192)
+    with item.cond:
+        item.dirty = False  # as after its upload
+    cache.release(item)
+    assert cache.get("a") is None  # over capacity: evicted once closed
+    item, _ = cache.acquire("b")
+    item.write(0, b"y" * 8192)
+    with item.cond:
+        item.dirty = False
+    cache.capacity = 1 << 30
+    cache.release(item)
+    cache.capacity = 1
+    real = item.local_bytes
+    reopened = []
+
+    def size_then_reopen():
+        if not reopened:
+            reopened.append(cache.acquire("b")[0])  # another thread opens it just now
+        return real()
+
+    item.local_bytes = size_then_reopen
+    cache.evict()
+    assert reopened == [item] and cache.get("b") is item and item.fd >= 0
+    assert item.read(0, 8192) == b"y" * 8192

@@ -629,8 +629,8 @@ class S3Operations(Operations):
         try:
             if WRITE_GATE:
                 hold_at_write_gate(offset)
-            written = h.item.write(offset, data, append=h.append)
-            self.uploader.after_write(h.item, None if h.append else offset, data)
+            written = h.item.write(offset, data, append=h.append)  # short when the cache's disk filled
+            self.uploader.after_write(h.item, None if h.append else offset, data[:written])
         finally:
             self.uploader.done_writing(h.item, offset, len(data))
         return written
@@ -946,6 +946,7 @@ class S3Operations(Operations):
             "cache_dir": self.staging.root,
             "cache_bytes": self.staging.usage(),
             "cache_size": self.options.cache_size,
+            "cache_bound": self.staging.capacity,  # less than cache_size when the disk has less room
             "writeback": self.options.writeback,
             "pending": pending,
             "open_for_writing": open_for_writing,

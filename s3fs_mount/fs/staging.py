@@ -53,17 +53,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time, relatime_due
 from s3fs_mount.fs.journal import StagingJournal
+from s3fs_mount.fs.options import human_size
 from s3fs_mount.fs.ranges import RangeSet
 from s3fs_mount.s3.checksums import digest_of_bytes
 
 log = logging.getLogger(__name__)
 
 CLEAN, DIRTY, UPLOADING = "clean", "dirty", "uploading"
+T = TypeVar("T")
 #: Room kept for the journal's growth between two looks at the cache's size (StagingCache.needs_room).
 JOURNAL_ROOM = 1 << 20
 
@@ -83,6 +85,50 @@ def punch_hole(fd: int, start: int, end: int) -> None:
     if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, end - start) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "fallocate(PUNCH_HOLE): %s" % os.strerror(err))
+
+
+def disk_full(exc: OSError) -> bool:
+    """Did the cache's disk refuse bytes for want of room (ENOSPC, or EDQUOT: a quota)?"""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (:func:`pwrite_some`, which must take it all).
+
+    :raises OSError: ENOSPC (or another error) when the rest cannot be written.
+    """
+    if pwrite_some(fd, data, offset) < len(data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def pwrite_some(fd: int, data: bytes | memoryview, offset: int) -> int:
+    """Write ``data`` at ``offset``: all of it, or what the disk took before it filled (a short
+    count, as write(2) answers then), so that the caller counts only the bytes that are there
+    (ignoring a short pwrite once left zeros marked present: a lost byte).
+
+    :raises OSError: ENOSPC (or another error) when not one byte could be written.
+    """
+    view = memoryview(data)
+    done = 0
+    while done < len(data):
+        try:
+            n = os.pwrite(fd, view[done:], offset + done)
+        except OSError as exc:
+            if done and disk_full(exc):
+                return done
+            raise
+        if n == 0:
+            if done:
+                return done
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        done += n
+    return done
+
+
+def disk_room(path: str) -> int:
+    """Bytes free for us on the file system holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
 
 
 def drop_from_page_cache(fd: int, start: int, end: int) -> None:
@@ -392,8 +438,13 @@ class StagedFile:
         """Record the item's state in the journal; with ``durable`` fsync data and record.
 
         Saves are serialized (``save_lock``), and each takes its snapshot inside
-        the lock, so the last record written is always the latest state.
+        the lock, so the last record written is always the latest state. A full cache
+        disk evicts clean files and tries once more (:meth:`StagingCache.when_full`).
         """
+        self.cache.when_full(lambda: self._save(durable), 0, "the record of %s" % self.key)
+
+    def _save(self, durable: bool) -> None:
+        """save's work, one try."""
         with self.save_lock:
             with self.cond:
                 if self.unlinked:
@@ -548,8 +599,24 @@ class StagedFile:
         """Write locally and mark the item dirty (recorded before this returns, so a crash knows).
 
         With ``append`` the bytes go at the end as it is when the lock is
-        taken, so writers appending through several handles never overlap.
+        taken, so writers appending through several handles never overlap. A full cache
+        disk evicts clean files and tries once more (:meth:`StagingCache.when_full`), also
+        for the rest of a write the disk took part of. What is still refused after that makes a
+        short write: the count of the bytes written (local, dirty and recorded as any write),
+        as write(2) answers on a full disk.
         """
+        what = "a write to %s" % self.key
+        done = self.cache.when_full(lambda: self._write(offset, data, append), len(data), what)
+        if 0 < done < len(data) and self.cache.free_disk(len(data) - done, what):
+            try:
+                done += self._write(offset + done, memoryview(data)[done:], append)
+            except OSError as exc:
+                if not disk_full(exc):
+                    raise
+        return done
+
+    def _write(self, offset: int, data: bytes | memoryview, append: bool) -> int:
+        """write's work, one try."""
         with self.cond:
             while True:
                 if append:
@@ -561,7 +628,7 @@ class StagedFile:
                 if not _overlaps((offset, end), self.inflight):
                     break
                 self.cond.wait()
-            os.pwrite(self.fd, data, offset)
+            end = offset + pwrite_some(self.fd, data, offset)
             self.present.add(offset, end)
             # A digest the record holds of bytes written over would fail recovery's check: re-record.
             digests_dropped = bool(self.digests) and self._drop_digests(offset, end)
@@ -573,8 +640,8 @@ class StagedFile:
             self.last_used = time.monotonic()
         if became_dirty or digests_dropped:
             self.save()
-        self.cache.grew(len(data))
-        return len(data)
+        self.cache.grew(end - offset)
+        return end - offset
 
     def truncate(self, length: int) -> None:
         with self.cond:
@@ -626,12 +693,19 @@ class StagedFile:
         but not marked present (see :class:`Filled`): no reader sees them before they are checked.
         """
         with self.cond:
-            fd = self.fd
             data = data[: max(0, min(end, self.remote_size) - start)]
-            if self.etag != etag or fd < 0:
-                return None
-        # Outside the lock: the range is claimed, and readers need the lock meanwhile.
-        os.pwrite(fd, data, start)
+
+        def attempt() -> bool:
+            with self.cond:
+                fd = self.fd
+                if self.etag != etag or fd < 0:
+                    return False
+            # Outside the lock: the range is claimed, and readers need the lock meanwhile.
+            pwrite_all(fd, data, start)
+            return True
+
+        if not self.cache.when_full(attempt, len(data), "a read of %s" % self.key):
+            return None
         with self.cond:
             held = hold_whole and self._completes(etag, start, end)
             if not held:
@@ -926,7 +1000,9 @@ class StagingCache:
     :param prefix: the mount's key prefix: items have the mount's keys (relative to it), records
         the keys in the bucket, so that a record says where its file goes whoever reads it.
     :param capacity: clean files are evicted, least recently used first,
-        when the cache holds more than this. Dirty files are never evicted.
+        when the cache holds more than this. Dirty files are never evicted. When the cache
+        directory's file system has less room (its free space and what the cache already
+        holds there), that room is the bound, with a warning: see :meth:`_bound_by_disk`.
     :param keep_written: a file written here stays cached after its upload
         only up to this size (see :meth:`uploaded`).
     :param clock: what an item's version time is read off: the namespace's, so the two compare.
@@ -967,6 +1043,9 @@ class StagingCache:
         except BaseException:
             self.close()
             raise
+        #: The bound asked for (cache_size); ``capacity`` is the one used. Immutable after __init__.
+        self.cache_size = capacity
+        self.capacity = self._bound_by_disk(capacity)
         self._lock = threading.Lock()
         self._items: dict[str, StagedFile] = {}  # GUARDED_BY(_lock)
         #: GUARDED_BY(_lock). An upper bound on usage() without stat'ing every file; evict() makes it exact.
@@ -976,6 +1055,35 @@ class StagingCache:
         self.orphan_uploads: list[tuple[str, str]] = []
         #: Keys whose staged copy recovery found changed on disk (kept, never uploaded); as orphan_uploads.
         self.damaged: list[str] = []
+
+    def _bound_by_disk(self, capacity: int) -> int:
+        """``capacity``, or less when the cache's file system cannot hold that much: the room
+        there (its free space and the bytes the cache directory already holds), with a warning.
+
+        Bounding, not only warning: the bound is what makes a file larger than the cache
+        give back its parts already in S3 and writeback wait for its uploads before the
+        disk is full, rather than a write failing with ENOSPC (see README, "cache_size").
+        """
+        held = 0
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                try:
+                    held += entry.stat(follow_symlinks=False).st_blocks * 512
+                except OSError:
+                    pass
+        room = disk_room(self.root) + held
+        if capacity > room:
+            log.warning(
+                "cache_size %s is more than the cache directory %s can hold (%s free on its file "
+                "system, %s held by the cache): the cache is bounded at %s",
+                human_size(capacity),
+                self.root,
+                human_size(room - held),
+                human_size(held),
+                human_size(room),
+            )
+            return room
+        return capacity
 
     def close(self) -> None:
         """Let another mount use this directory (ours has stopped)."""
@@ -1026,7 +1134,7 @@ class StagingCache:
         if item is None:
             made = StagedFile(self, uuid.uuid4().hex, key)
             try:
-                made.open_fd()
+                self.when_full(made.open_fd, 0, "a new cache file for %s" % key)
                 if setup is not None:
                     setup(made)
             except BaseException:
@@ -1180,20 +1288,106 @@ class StagingCache:
 
     def evict(self, need: int = 0) -> None:
         """Drop clean, closed items, least recently used first, until under capacity."""
-        with self._lock:
-            candidates = sorted(
-                (i for i in self._items.values() if i.open_count <= 0 and not i.dirty and not i.uploading),
-                key=lambda i: i.last_used,
-            )
         total = self.usage()
-        for item in candidates:
+        for item in self._evictable():
             if total + need <= self.capacity:
                 break
-            total -= item.local_bytes()
+            size = item.local_bytes()
+            if not self._take_evictable(item):
+                continue
+            total -= size
             log.debug("evicting %s from the cache", item.key)
             self.discard(item)
         with self._lock:
             self._estimate = total
+
+    def _evictable(self) -> list[StagedFile]:
+        """Items eviction may drop, least recently used first: clean, closed, not uploading."""
+        with self._lock:
+            return sorted((i for i in self._items.values() if self._may_evict(i)), key=lambda i: i.last_used)
+
+    @staticmethod
+    def _may_evict(item: StagedFile) -> bool:
+        """The one rule of eviction (caller holds ``_lock``): never an open, dirty or uploading item."""
+        return item.open_count <= 0 and not item.dirty and not item.uploading
+
+    def _take_evictable(self, item: StagedFile) -> bool:
+        """Take ``item`` out of the table if it may still be evicted (it may have been opened, written
+        or evicted by another thread since :meth:`_evictable` listed it); the caller discards it."""
+        with self._lock:
+            if self._items.get(item.key) is not item or not self._may_evict(item):
+                return False
+            del self._items[item.key]
+            return True
+
+    def when_full(self, attempt: Callable[[], T], need: int, what: str) -> T:
+        """``attempt()``; when the cache's disk is full (:func:`disk_full`), clean files are
+        evicted (:meth:`free_disk`) and it is tried once more, so a disk smaller than
+        ``capacity`` fills with clean copies without refusing writes. ``attempt`` must change
+        nothing when it fails, or only what trying again redoes.
+
+        :raises OSError: ENOSPC (or EDQUOT) when nothing could be freed, or the second try failed.
+        """
+        try:
+            return attempt()
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            if not self.free_disk(need, what):
+                self._say_full(what)
+                raise
+        try:
+            return attempt()
+        except OSError as exc:
+            if disk_full(exc):
+                self._say_full(what)
+            raise
+
+    def free_disk(self, need: int, what: str) -> bool:
+        """The cache's disk refused ``what`` (``need`` bytes): evict clean, closed items, least
+        recently used first (as :meth:`evict`), until the disk has ``need`` bytes and the
+        journal's room free. True if any were evicted.
+        """
+        want = need + JOURNAL_ROOM
+        freed = evicted = 0
+        for item in self._evictable():
+            if evicted and disk_room(self.root) >= want:
+                break
+            size = item.local_bytes()
+            if not self._take_evictable(item):
+                continue
+            log.debug("evicting %s from the cache: its disk is full", item.key)
+            self.discard(item)
+            freed += size
+            evicted += 1
+        if evicted:
+            with self._lock:
+                self._estimate = max(0, self._estimate - freed)
+            log.info(
+                "the cache's disk was full (%s): evicted %d clean files (%s) to make room",
+                what,
+                evicted,
+                human_size(freed),
+            )
+            return True
+        return False
+
+    def _say_full(self, what: str) -> None:
+        """The one line that says why ``what`` gets ENOSPC: the cache's disk is full of what cannot go."""
+        with self._lock:
+            dirty = [i for i in self._items.values() if i.dirty or i.uploading]
+            held = sum(1 for i in self._items.values() if i.open_count > 0)
+        log.error(
+            "%s: no space left on the cache's disk (%s: %s free, cache_size %s): no clean, closed file "
+            "left to evict: %d dirty files (%s) wait to upload, %d files are open",
+            what,
+            self.root,
+            human_size(disk_room(self.root)),
+            human_size(self.cache_size),
+            len(dirty),
+            human_size(sum(i.local_bytes() for i in dirty)),
+            held,
+        )
 
     def recover(self) -> list[StagedFile]:
         """Items a previous run left dirty (after a crash or a failed upload).

@@ -393,8 +393,17 @@ class Namespace:
                     names.discard(name)
             else:
                 self._missing.pop(path, None)
+                self._unknown_in_listing(parent, name)
         if gone:
             self.holders.done(path)  # a removed directory gets no holder
+
+    def _unknown_in_listing(self, parent: str, name: str) -> None:
+        """Whether ``name`` is in ``parent`` is S3's to say now (a rename that failed midway, a
+        conflict): a listing of ``parent`` known from before does not answer "no such entry" for
+        it (its lookup asks S3; a readdir lists again). Caller holds ``_lock``."""
+        names = self._listings.get(parent)
+        if names is not None and name:
+            names.add(name)
 
     def deleting(self, path: str) -> None:
         """File ``path`` is removed, its delete not yet sent: absent until :meth:`deleted`."""
@@ -418,8 +427,11 @@ class Namespace:
         self.statahead.drop(path)
         self.known.drop(path, tree=True)
         self.list_ahead.drop(path, tree=True)
+        parent, name = KeyMap.split(path)
         with self._lock:
             self._changed[path] = self.clock.monotonic()
+            if not self._missing.get(path):  # (removed by us: absent, as the listing says)
+                self._unknown_in_listing(parent, name)
             for cache, with_own in (
                 (self._attrs, True),
                 (self._full, True),

@@ -621,8 +621,9 @@ class Namespace:
         burst of creates: ``cp -r`` into a directory that is there already): one LIST page of
         it. If that is all of it, its names are known as a readdir's whole listing makes them
         (for ``dir_ttl``, with our own changes since), and a new name's lookup is answered from
-        them; if not, it is not listed for a miss again for ``LARGE_DIR_TTL`` (its names are
-        asked about one by one, as before). The caller has put ``parent`` in ``_relisting``."""
+        them (its entries' attributes are not cached: an existing name's lookup HEADs it); if
+        not, it is not listed for a miss again for ``LARGE_DIR_TTL`` (its names are asked about
+        one by one, as before). The caller has put ``parent`` in ``_relisting``."""
         prefix = self.keymap.dir_prefix(parent)
         asked = self.clock.monotonic()
         try:
@@ -639,12 +640,19 @@ class Namespace:
             with self._lock:
                 self._unlisted[parent] = True
             return
+        # Its names only: what it says of each entry is not cached (a lookup of one HEADs it, as
+        # before; a listing's Last-Modified has whole seconds, too coarse to tell another
+        # client's chmod in the second of our last HEAD from the version that HEAD saw).
         batch = self._page_batch(parent, prefix, page)
-        shown = self._cache_listed(parent, batch, asked, _walk_ttl(len(batch)))
         with self._lock:
             if self._stale(parent, asked) or self._listings.get(parent) is not None:
                 return  # renamed, removed or listed meanwhile: that says, not this page
-            self._complete(parent, {n for n, _ in shown}, asked)
+            names = set()
+            for name, _ in batch:
+                child = KeyMap.join(parent, name)
+                if not (self._removed_since(child, asked) or child in self._deleting):
+                    names.add(name)  # (not one S3 answered our delete of after the listing was sent)
+            self._complete(parent, names, asked)
 
     def _list_tail(self, parent: str, name: str) -> None:
         """A create burst's lookup of ``name``, missing from an expired listing of ``parent``:

@@ -1400,6 +1400,33 @@ def test_a_directory_rename_that_fails_midway_shows_each_file_where_s3_has_it(tm
     assert gone.value.errno == errno.ENOENT
 
 
+def test_a_directory_rename_that_fails_midway_after_a_listing_of_its_parent_shows_the_new_name(
+    tmp_path, monkeypatch
+):
+    """Found in round 32b: the parent's listing (a readdir a moment before) lacked the new
+    name, and the failed rename left it so: the half-moved directory was "no such entry"
+    for dir_ttl although S3 has its files there."""
+    store = FakeStore(renames=True)
+    ops = make_ops(tmp_path, store)
+    ops.mkdir("/d", 0o755)
+    for name in ("a", "b"):
+        write_file(ops, "/d/" + name, b"x")
+    assert names(ops, "/") == ["d"]  # listed: "e" is absent from that listing
+    rename_object = store.rename_object
+
+    def refuse_b(source, destination, if_match=None):
+        if source.key == "d/b":
+            raise S3Error(403, "AccessDenied", resource=source)
+        rename_object(source, destination, if_match)
+
+    monkeypatch.setattr(store, "rename_object", refuse_b)
+    with pytest.raises(FuseOSError):
+        ops.rename("/d", "/e")
+    assert "e/a" in store.objects
+    assert stat.S_ISDIR(ops.getattr("/e")["st_mode"])  # S3 says, not the listing from before
+    assert names(ops, "/") == ["d", "e"] and names(ops, "/e") == ["a"]
+
+
 @pytest.mark.parametrize("renames", [True, False], ids=["rename_object", "copy"])
 def test_a_dir_rename_failing_on_its_holder_shows_files_where_s3_has_them(tmp_path, monkeypatch, renames):
     """The files moved (or were copied), then the copy of its _$folder$ holder failed: the mount

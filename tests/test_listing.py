@@ -807,6 +807,63 @@ def test_new_files_in_a_directory_made_or_listed_cost_one_put_each_and_no_head(
 
 
 @pytest.mark.fuse
+def test_new_files_in_a_directory_another_client_made_and_not_listed_cost_no_lookup_each(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    """cp -r into a directory that is there already, not listed by this mount: the first new
+    name is looked up alone (a HEAD, a LIST or two), the second lists the directory (one page),
+    whose names answer the rest (listed again from the new name on as it expires, once per
+    dir_ttl): far fewer than the HEAD and LIST or two per file it cost before (600 here)."""
+    put_many(boto, bucket, ["there/old%02d" % i for i in range(20)])
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory(config=config).start()
+    path = os.path.join(mount.path, "there")
+    assert os.path.isdir(path)  # looked up, not listed
+    mark = len(faultproxy.seen)
+    count = 200
+    for i in range(count):
+        with open(os.path.join(path, "f%03d" % i), "wb") as f:
+            f.write(b"x" * 100)
+    seen = requests_of(faultproxy, mark)
+    new = "/%s/there/f" % bucket
+    heads = [p for m, p, _ in seen if m == "HEAD" and p.startswith(new)]
+    lists = [q for m, p, q in seen if m == "GET" and p.rstrip("/") == "/" + bucket and "list-type" in q]
+    puts = [p for m, p, _ in seen if m == "PUT" and p.startswith(new)]
+    print("lookup requests for %d new files: %d HEAD, %d LIST" % (count, len(heads), len(lists)))
+    assert len(puts) == count
+    # A few for the first name and the listing, then one LIST a dir_ttl (1 s) the burst lasts,
+    # or a HEAD and a LIST or two after a pause longer than dir_ttl: bounded well below 1 a file.
+    assert len(heads) + len(lists) <= count // 4, (len(heads), len(lists))
+    keys = {o["Key"] for o in boto.list_objects_v2(Bucket=bucket, Prefix="there/f")["Contents"]}
+    assert keys == {"there/f%03d" % i for i in range(count)}
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_another_clients_name_after_a_create_bursts_listing_is_not_overwritten(mount_factory, boto, bucket):
+    """A name another client puts after a create burst's listing of a directory that listing
+    answers "no such entry" for (dir_ttl, as a readdir's): a create of it here does not replace
+    theirs (If-None-Match: *): ESTALE at close, theirs kept, ours beside it."""
+    boto.put_object(Bucket=bucket, Key="cx/old", Body=b"1")
+    mount = mount_factory(options="dir_ttl=60").start()  # the listing answers through the test
+    d = os.path.join(mount.path, "cx")
+    for name in ("a", "b"):  # the second lookup lists cx
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(b"x")
+    boto.put_object(Bucket=bucket, Key="cx/theirs", Body=b"someone else's")
+    fd = os.open(os.path.join(d, "theirs"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, b"mine")
+    with pytest.raises(OSError) as exc:
+        os.close(fd)  # the PUT's If-None-Match: * finds theirs
+    assert exc.value.errno == errno.ESTALE
+    assert boto.get_object(Bucket=bucket, Key="cx/theirs")["Body"].read() == b"someone else's"
+    keys = [o["Key"] for o in boto.list_objects_v2(Bucket=bucket, Prefix="cx/")["Contents"]]
+    aside = [k for k in keys if k.startswith("cx/theirs.conflict-")]
+    assert len(aside) == 1 and boto.get_object(Bucket=bucket, Key=aside[0])["Body"].read() == b"mine"
+    mount.stop()
+
+
+@pytest.mark.fuse
 def test_a_create_burst_lists_from_the_new_name_on_not_the_whole_directory(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):

@@ -9,6 +9,7 @@ import pytest
 from fakeclock import FakeClock
 from fakestore import FakeStore
 
+import s3fs_mount.fs.namespace as namespace_module
 import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.operations import S3Operations
@@ -152,6 +153,105 @@ def test_a_burst_lists_from_the_new_name_on_not_the_whole_directory_again(tmp_pa
     assert ops.getattr("/d/g")["st_size"] == 2
     assert ops.getattr("/d/b")["st_size"] == 3  # not in that page: asked about once dir_ttl passed
     assert len(names(ops, "/d")) == 532
+
+
+def test_a_burst_of_new_names_in_a_directory_not_listed_lists_it_once_not_a_head_each(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=1.0)
+    for i in range(20):
+        store.put("d/old%02d" % i, b"1")  # another client's directory, not listed here
+    assert ops.getattr("/d")["st_nlink"] >= 2
+    heads, lists = asked_of(store, "head"), asked_of(store, "list")
+    for i in range(200):  # cp -r into it: a lookup, then a create, of each new name
+        with pytest.raises(FuseOSError) as missing:
+            ops.getattr("/d/f%03d" % i)
+        assert missing.value.errno == errno.ENOENT
+        fh = ops.create("/d/f%03d" % i, 0o644)
+        ops.flush("/d/f%03d" % i, fh)  # uploaded (close waits for S3)
+        ops.release("/d/f%03d" % i, fh)
+    assert [k for k in heads if k.startswith("d/f")] == ["d/f000"]  # the first miss only
+    assert lists.count("d/") == 1  # the second lookup listed d once: the rest answered from it
+    assert len([k for k in lists if k.startswith("d/f")]) <= 2  # the first miss's own LISTs
+    assert {"d/f%03d" % i for i in range(200)} <= set(store.objects)
+    assert ops.getattr("/d/old05")["st_size"] == 1  # an old name: still there
+    assert len(names(ops, "/d")) == 220
+
+
+def test_another_clients_name_after_a_bursts_listing_is_not_overwritten_and_shows_after_dir_ttl(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    store.put("d/old", b"1")
+    for name in ("a", "b"):  # the second lookup lists d
+        with pytest.raises(FuseOSError):
+            ops.getattr("/d/" + name)
+        ops.release("/d/" + name, ops.create("/d/" + name, 0o644))
+    store.put("d/theirs", b"someone else's")  # another client, after that listing
+    heads = store.calls["HEAD"]
+    with pytest.raises(FuseOSError) as missing:
+        ops.getattr("/d/theirs")  # the listing answers, for dir_ttl: no request
+    assert missing.value.errno == errno.ENOENT and store.calls["HEAD"] == heads
+    fh = ops.create("/d/theirs", 0o644)
+    ops.write("/d/theirs", b"mine", 0, fh)
+    with pytest.raises(FuseOSError) as conflict:
+        ops.flush("/d/theirs", fh)  # the PUT's If-None-Match: * finds theirs
+    assert conflict.value.errno == errno.ESTALE
+    ops.release("/d/theirs", fh)
+    assert store.objects["d/theirs"].data == b"someone else's"
+    aside = [k for k in store.objects if k.startswith("d/theirs.conflict-")]
+    assert len(aside) == 1 and store.objects[aside[0]].data == b"mine"
+    clock.advance(10.5)  # dir_ttl passed since that listing: S3 says
+    assert ops.getattr("/d/theirs")["st_size"] == len(b"someone else's")
+
+
+def test_names_this_mount_made_or_removed_around_a_bursts_listing_answer_right(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=10.0)
+    store.put("d/old", b"1")
+    with pytest.raises(FuseOSError):
+        ops.getattr("/d/a")  # the first miss: the next lookup lists d
+    real_list = store.list
+
+    def list_then_change(prefix="", *args, **kwargs):
+        for page in real_list(prefix, *args, **kwargs):
+            if prefix == "d/":  # while the listing is on its way: ours
+                fh = ops.create("/d/made", 0o644)
+                ops.flush("/d/made", fh)  # uploaded
+                ops.release("/d/made", fh)
+                ops.unlink("/d/old")
+                ops.fsyncdir("/d", 0, 0)
+            yield page
+
+    store.list = list_then_change
+    with pytest.raises(FuseOSError):
+        ops.getattr("/d/b")  # lists d: the page shows old, not made
+    store.list = real_list
+    assert "d/made" in store.objects and "d/old" not in store.objects
+    ops.staging.forget("d/made")
+    clock.advance(2.0)  # past attr_ttl, within dir_ttl: the listing answers for names it lacks
+    assert ops.getattr("/d/made")["st_size"] == 0  # ours, made after it was asked: not absent
+    with pytest.raises(FuseOSError) as gone:
+        ops.getattr("/d/old")  # removed by us: not brought back by the page that showed it
+    assert gone.value.errno == errno.ENOENT
+    assert names(ops, "/d") == ["made"]
+
+
+def test_a_directory_of_more_than_a_page_is_listed_once_for_misses_then_asked_name_by_name(tmp_path):
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=1.0)
+    for i in range(namespace_module.RELIST_NAMES + 1):
+        store.put("d/old%04d" % i, b"1")
+    lists = asked_of(store, "list")
+    for i in range(20):
+        with pytest.raises(FuseOSError):
+            ops.getattr("/d/f%02d" % i)
+        ops.release("/d/f%02d" % i, ops.create("/d/f%02d" % i, 0o644))
+        clock.advance(0.5)
+    assert lists.count("d/") == 1  # one page, which was not all of d: not listed again
+    clock.advance(namespace_module.LARGE_DIR_TTL)
+    for name in ("g0", "g1"):
+        with pytest.raises(FuseOSError):
+            ops.getattr("/d/" + name)
+    assert lists.count("d/") == 2  # once LARGE_DIR_TTL passed, a burst tries again
 
 
 def test_a_name_we_made_while_the_directory_was_listed_is_not_taken_for_absent(tmp_path):

@@ -34,6 +34,14 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
   not a HEAD per new name, nor the whole directory again): the names from there
   on are then known for ``dir_ttl`` (``Listed.tail``), which a burst of creates in
   name order (untar, ``cp -r``) asks about next;
+* ``_misses``: directories where a lookup found no such name a moment ago
+  (``MISS_BURST_TTL``), with no listing of theirs known: the next lookup there that
+  the caches do not answer lists the directory (one page, :meth:`Namespace._list_burst`),
+  whose names then answer as a readdir's would (``_listings``, ``_listed``), not a HEAD
+  and a LIST or two per new name (``cp -r``, untar, ``git checkout`` into a directory
+  not listed yet);
+* ``_unlisted``: directories whose first page was not all of them (more than
+  ``RELIST_NAMES`` entries), for ``LARGE_DIR_TTL``: their misses are asked name by name;
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
 * ``_marked``: directories whose last lookup found their marker but no ``_$folder$`` (where
   metadata lives on those), LRU (``attr_cache``): looked up again by those two HEADs alone;
@@ -107,6 +115,11 @@ LISTED_NAMES = 10_000
 #: A directory where new names are being looked up is listed from the name looked up on
 #: (instead of a HEAD per name) when its listing expires: one page of at most this many names.
 RELIST_NAMES = 1000
+#: Seconds after a lookup found no such name in a directory (no listing of it known) during
+#: which another lookup there lists it (one page of ``RELIST_NAMES``): a burst of creates.
+MISS_BURST_TTL = 10.0
+#: Seconds a directory whose one page was not all of it is not listed again for a miss there.
+LARGE_DIR_TTL = 60.0
 #: Directories whose walk's names the stat-ahead may go by (as many as it follows at once, twice).
 WALK_NAMES_DIRS = 16
 #: Seconds after this mount removed a subdirectory of a directory during which a lookup of another
@@ -192,6 +205,7 @@ class Namespace:
     Locks (``_lock`` is never held during a request):
 
     * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``, ``_walk_names``,
+      ``_relisting``, ``_misses``, ``_unlisted``,
       ``_removed``, ``_hidden``, ``_removal_walks``, ``_changed``, ``_dir_times``, ``_dir_times_kept``,
       ``_atimes``, ``root``.
     * ``_dir_write_lock``: one read-modify-write of a directory's holder at a time (taken
@@ -243,6 +257,10 @@ class Namespace:
         self._listed: LRUCache[str, Listed] = LRUCache(2_000)
         #: Directories being listed again for a lookup (one at a time each).
         self._relisting: set[str] = set()
+        #: Directories where a lookup missed a moment ago, no listing known (_list_burst).
+        self._misses: TTLCache[str, bool] = TTLCache(2_000, MISS_BURST_TTL, timer)
+        #: Directories of more than one page, not listed for a miss (_list_burst).
+        self._unlisted: TTLCache[str, bool] = TTLCache(2_000, LARGE_DIR_TTL, timer)
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         self._marked: LRUCache[str, bool] = LRUCache(attr_cache)
         #: Directories of more entries than this keep no names: lookups there go by _walks.
@@ -375,8 +393,17 @@ class Namespace:
                     names.discard(name)
             else:
                 self._missing.pop(path, None)
+                self._unknown_in_listing(parent, name)
         if gone:
             self.holders.done(path)  # a removed directory gets no holder
+
+    def _unknown_in_listing(self, parent: str, name: str) -> None:
+        """Whether ``name`` is in ``parent`` is S3's to say now (a rename that failed midway, a
+        conflict): a listing of ``parent`` known from before does not answer "no such entry" for
+        it (its lookup asks S3; a readdir lists again). Caller holds ``_lock``."""
+        names = self._listings.get(parent)
+        if names is not None and name:
+            names.add(name)
 
     def deleting(self, path: str) -> None:
         """File ``path`` is removed, its delete not yet sent: absent until :meth:`deleted`."""
@@ -400,8 +427,11 @@ class Namespace:
         self.statahead.drop(path)
         self.known.drop(path, tree=True)
         self.list_ahead.drop(path, tree=True)
+        parent, name = KeyMap.split(path)
         with self._lock:
             self._changed[path] = self.clock.monotonic()
+            if not self._missing.get(path):  # (removed by us: absent, as the listing says)
+                self._unknown_in_listing(parent, name)
             for cache, with_own in (
                 (self._attrs, True),
                 (self._full, True),
@@ -479,6 +509,9 @@ class Namespace:
             with self._lock:
                 emptied = self._emptied.get(path)
             if not emptied:
+                if names is None:
+                    with self._lock:
+                        self._misses[parent] = True  # a create burst's first: the next lists
                 raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
             found = self._listed_dir()  # a prefix whose last key we removed: there until its rmdir
             found.complete = True
@@ -542,6 +575,21 @@ class Namespace:
         with self._lock:
             names = self._listings.get(parent)
             listed = self._listed.get(parent)
+            burst = (
+                names is None
+                and self._misses.get(parent) is not None
+                and parent not in self._relisting
+                and self._unlisted.get(parent) is None
+                and self._walks.get(parent) is None
+            )
+            if burst:
+                self._relisting.add(parent)
+        if burst:
+            self._list_burst(parent)
+            with self._lock:
+                names = self._listings.get(parent)
+                listed = self._listed.get(parent)
+        with self._lock:
             if names is None or name in names or listed is None:
                 return names
             if listed.covers(name, now, self.dir_ttl):
@@ -567,6 +615,44 @@ class Namespace:
                     listed.absent += 1
                     raise FsError(errno.ENOENT)
         return names
+
+    def _list_burst(self, parent: str) -> None:
+        """A lookup in a directory where one missed a moment ago, no listing of it known (a
+        burst of creates: ``cp -r`` into a directory that is there already): one LIST page of
+        it. If that is all of it, its names are known as a readdir's whole listing makes them
+        (for ``dir_ttl``, with our own changes since), and a new name's lookup is answered from
+        them (its entries' attributes are not cached: an existing name's lookup HEADs it); if
+        not, it is not listed for a miss again for ``LARGE_DIR_TTL`` (its names are asked about
+        one by one, as before). The caller has put ``parent`` in ``_relisting``."""
+        prefix = self.keymap.dir_prefix(parent)
+        asked = self.clock.monotonic()
+        try:
+            page = next(self.store.list(prefix, delimiter="/", max_keys=min(RELIST_NAMES, self.listed_names)))
+        except S3Error as exc:
+            log.debug("listing %s for a burst of lookups failed (%s): names looked up alone", parent, exc)
+            return
+        finally:
+            with self._lock:
+                self._relisting.discard(parent)
+                self._misses.pop(parent, None)
+        if page.truncated and page.continuation:
+            log.debug("%s has more than a page of names: its new names are looked up alone", parent)
+            with self._lock:
+                self._unlisted[parent] = True
+            return
+        # Its names only: what it says of each entry is not cached (a lookup of one HEADs it, as
+        # before; a listing's Last-Modified has whole seconds, too coarse to tell another
+        # client's chmod in the second of our last HEAD from the version that HEAD saw).
+        batch = self._page_batch(parent, prefix, page)
+        with self._lock:
+            if self._stale(parent, asked) or self._listings.get(parent) is not None:
+                return  # renamed, removed or listed meanwhile: that says, not this page
+            names = set()
+            for name, _ in batch:
+                child = KeyMap.join(parent, name)
+                if not (self._removed_since(child, asked) or child in self._deleting):
+                    names.add(name)  # (not one S3 answered our delete of after the listing was sent)
+            self._complete(parent, names, asked)
 
     def _list_tail(self, parent: str, name: str) -> None:
         """A create burst's lookup of ``name``, missing from an expired listing of ``parent``:

@@ -260,3 +260,33 @@ def test_an_item_opened_while_eviction_runs_is_not_evicted(tmp_path):
     cache.evict()
     assert reopened == [item] and cache.get("b") is item and item.fd >= 0
     assert item.read(0, 8192) == b"y" * 8192
+
+def test_a_hole_made_during_an_upload_stays_zeros_after_it(tmp_path):
+    # Found by tests/test_model_workload.py (-o writeback): a file truncated and written past its
+    # end while its upload ran read the upload's old bytes in the hole once the upload completed.
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("f")
+    item.write(0, b"o" * 1000)
+    generation, _ = item.begin_upload()
+    item.truncate(0)
+    item.write(500, b"new")  # [0, 500) is a hole: zeros
+    item.end_upload()
+    assert not item.mark_clean(generation, "v1", 1000)  # S3 has the 1000 old bytes
+    with item.cond:
+        assert item.missing(0, 503) == []  # nothing to fetch: S3's version has the old bytes there
+    assert item.read(0, 503) == bytes(500) + b"new"
+
+
+def test_released_ranges_stay_missing_and_holes_local_after_an_upload(tmp_path):
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("big")
+    item.write(0, b"a" * MiB)
+    item.write(2 * MiB, b"b")  # [MiB, 2 MiB): a hole
+    item.release([(0, MiB // 2)], {"upload_id": "u"})
+    generation, _ = item.begin_upload()
+    item.write(2 * MiB + 1, b"c")
+    item.end_upload()
+    assert not item.mark_clean(generation, "v2", 2 * MiB + 1)
+    with item.cond:
+        assert item.missing(0, 2 * MiB + 2) == [(0, MiB // 2)]  # the released bytes are v2's
+    assert item.read(MiB, 4) == bytes(4)

@@ -873,6 +873,13 @@ class StagedFile:
         but released ranges, which are now that version's (missing, they are fetched).
         """
         with self.cond:
+            # A gap past the bytes the item had of S3 that is not released is a hole (a truncate,
+            # a write past the end, maybe while this upload ran): zeros here, and in what was
+            # uploaded of this generation. Local, then: S3's new version, from a generation before
+            # a truncate, may hold old bytes there.
+            for start, end in self.present.missing(self.remote_size, self.size):
+                for hole in self.released.missing(start, end):
+                    self.present.add(*hole)
             self.released = RangeSet()
             self.stream = {}
             self.etag = etag

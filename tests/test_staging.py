@@ -261,6 +261,7 @@ def test_an_item_opened_while_eviction_runs_is_not_evicted(tmp_path):
     assert reopened == [item] and cache.get("b") is item and item.fd >= 0
     assert item.read(0, 8192) == b"y" * 8192
 
+
 def test_a_hole_made_during_an_upload_stays_zeros_after_it(tmp_path):
     # Found by tests/test_model_workload.py (-o writeback): a file truncated and written past its
     # end while its upload ran read the upload's old bytes in the hole once the upload completed.

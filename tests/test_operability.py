@@ -48,12 +48,14 @@ def test_daemon_mount_status_sync_and_log_summary(mount_factory, s3yaml, bucket,
     try:
         with open(mnt / "data.bin", "wb") as f:
             f.write(os.urandom(3 << 20))
-        for i in range(20):  # lookups of names that are not there: ordinary answers, not failures
+        # Lookups of names that are not there: ordinary answers (404s), not failures. A burst of
+        # them in one directory asks S3 about the first ones only, then lists it once.
+        for i in range(20):
             assert not os.path.exists(mnt / ("missing%d" % i))
         st = run("status", str(mnt))
         assert st.returncode == 0 and bucket in st.stdout and "cache:" in st.stdout
         counts = re.search(r" (\d+) failed, (\d+) retried, (\d+) not found", st.stdout)
-        assert counts and counts.groups()[:2] == ("0", "0") and int(counts[3]) >= 20, st.stdout
+        assert counts and counts.groups()[:2] == ("0", "0") and int(counts[3]) >= 1, st.stdout
         sy = run("sync", str(mnt))
         assert sy.returncode == 0 and "all files are in S3" in sy.stdout
         assert boto.head_object(Bucket=bucket, Key="data.bin")["ContentLength"] == 3 << 20

@@ -1296,17 +1296,25 @@ class StagingCache:
     def evict(self, need: int = 0) -> None:
         """Drop clean, closed items, least recently used first, until under capacity."""
         total = self.usage()
+        freed, _ = self._evict_while(lambda freed, _: total - freed + need > self.capacity, "")
+        with self._lock:
+            self._estimate = total - freed
+
+    def _evict_while(self, more: Callable[[int, int], bool], why: str) -> tuple[int, int]:
+        """Drop clean, closed items, least recently used first, while ``more(bytes freed, items
+        dropped)``; returns those two."""
+        freed = evicted = 0
         for item in self._evictable():
-            if total + need <= self.capacity:
+            if not more(freed, evicted):
                 break
             size = item.local_bytes()
             if not self._take_evictable(item):
                 continue
-            total -= size
-            log.debug("evicting %s from the cache", item.key)
+            log.debug("evicting %s from the cache%s", item.key, why)
             self.discard(item)
-        with self._lock:
-            self._estimate = total
+            freed += size
+            evicted += 1
+        return freed, evicted
 
     def _evictable(self) -> list[StagedFile]:
         """Items eviction may drop, least recently used first: clean, closed, not uploading."""
@@ -1356,17 +1364,9 @@ class StagingCache:
         journal's room free. True if any were evicted.
         """
         want = need + JOURNAL_ROOM
-        freed = evicted = 0
-        for item in self._evictable():
-            if evicted and disk_room(self.root) >= want:
-                break
-            size = item.local_bytes()
-            if not self._take_evictable(item):
-                continue
-            log.debug("evicting %s from the cache: its disk is full", item.key)
-            self.discard(item)
-            freed += size
-            evicted += 1
+        freed, evicted = self._evict_while(
+            lambda _, evicted: not evicted or disk_room(self.root) < want, ": its disk is full"
+        )
         if evicted:
             with self._lock:
                 self._estimate = max(0, self._estimate - freed)

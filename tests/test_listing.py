@@ -840,6 +840,38 @@ def test_new_files_in_a_directory_another_client_made_and_not_listed_cost_no_loo
 
 
 @pytest.mark.fuse
+def test_cp_r_into_a_tree_whose_keys_another_client_deleted_asks_no_new_files_name(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    """SeaweedFS keeps a directory whose keys were all deleted (the bench's cp -r copies into
+    the tree the round before left so): each is a directory to ``stat``, empty. cp -r into such
+    a tree sends no HEAD or LIST of a new file's name (a HEAD and three LISTs for each
+    directory's first file before: its listing, or its parent's, tells), and lists each
+    directory at most once; every file reaches S3."""
+    src = tmp_path / "src"
+    rels = ["d%d/e%d/f%d" % (d, e, i) for d in range(2) for e in range(3) for i in range(3)]
+    for rel in rels:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(rel.encode())
+    put_many(boto, bucket, ["tree/" + rel for rel in rels])
+    boto.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "tree/" + rel} for rel in rels]})
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory(config=config).start()
+    mark = len(faultproxy.seen)
+    subprocess.run(["cp", "-rT", str(src), os.path.join(mount.path, "tree")], check=True)
+    seen = requests_of(faultproxy, mark)
+    files = ["/%s/tree/%s" % (bucket, rel) for rel in rels]
+    assert [p for m, p, _ in seen if m == "HEAD" and p in files] == []
+    lists = [q["prefix"][0] for m, _, q in seen if m == "GET" and "list-type" in q and "prefix" in q]
+    assert [p for p in lists if "/f" in p] == []  # no LIST of a new file's keys
+    dirs = [p for p in lists if p.endswith("/")]
+    assert len(dirs) == len(set(dirs)), dirs  # each directory listed once at most
+    for rel in rels:
+        assert boto.get_object(Bucket=bucket, Key="tree/" + rel)["Body"].read() == rel.encode()
+    mount.stop()
+
+
+@pytest.mark.fuse
 def test_another_clients_name_after_a_create_bursts_listing_is_not_overwritten(mount_factory, boto, bucket):
     """A name another client puts after a create burst's listing of a directory that listing
     answers "no such entry" for (dir_ttl, as a readdir's): a create of it here does not replace

@@ -395,3 +395,51 @@ def test_a_readdir_within_dir_ttl_is_answered_from_the_listing_with_our_changes(
     clock.advance(10.0)  # and after dir_ttl
     store.put("d/later", b"1")
     assert "later" in names(ops, "/d")
+
+
+def copy_into(ops: S3Operations, tree: dict[str, list[str]]) -> None:
+    """What ``cp -rT`` does into directories that are there: a stat of each directory, then per
+    new file a stat and the kernel's lookup (both ENOENT), a create and a close (an upload)."""
+    for directory, files in tree.items():
+        assert ops.getattr(directory)["st_nlink"] >= 2
+        for name in files:
+            path = directory + "/" + name
+            for _ in range(2):
+                with pytest.raises(FuseOSError) as missing:
+                    ops.getattr(path)
+                assert missing.value.errno == errno.ENOENT
+            fh = ops.create(path, 0o644)
+            ops.write(path, b"x", 0, fh)
+            ops.flush(path, fh)
+            ops.release(path, fh)
+
+
+def test_cp_r_into_a_tree_another_client_emptied_lists_each_directory_once_not_a_head_and_lists_per_name(
+    tmp_path,
+):
+    # SeaweedFS keeps a directory whose keys were all deleted (the bench's cp -r into the tree the
+    # round before left): each is a directory to a lookup, with nothing in it.
+    store, clock = FakeStore(drops_marker_metadata=True, keeps_directories=True), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0, dir_ttl=1.0)
+    tree = {"/t": []}
+    for d in range(3):
+        tree["/t/d%d" % d] = []
+        for e in range(4):
+            tree["/t/d%d/e%d" % (d, e)] = ["f%d" % i for i in range(3)]
+    keys = ["t" + p[2:] + "/" + f for p, files in tree.items() for f in files]
+    for key in keys:
+        store.put(key, b"old")
+    store.delete_keys(keys)  # another client: the tree's directories stay, empty
+    heads, lists = asked_of(store, "head"), asked_of(store, "list")
+    copy_into(ops, tree)
+    assert {k for k in keys} <= set(store.objects)  # each file in S3
+    # No file's name is asked about (each directory's listing answers), and a directory's bare
+    # name only on the way down to the first leaf (from there on, each directory a listing of
+    # its parent showed is listed as it is entered).
+    assert [k for k in heads if "/f" in k] == []
+    bare = [k for k in heads if not k.endswith(("/", "_$folder$"))]
+    assert bare == ["t", "t/d0", "t/d0/e0"], bare
+    assert not [k for k in lists if "/f" in k]  # no LIST of a new name's keys
+    per_dir = {p: lists.count(p) for p in set(lists) if p.endswith("/")}
+    assert all(n == 1 for n in per_dir.values()), per_dir
+    assert len(lists) <= 2 * len(tree), lists  # 3 LISTs a directory's first new name before

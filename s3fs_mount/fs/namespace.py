@@ -34,7 +34,7 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
   not a HEAD per new name, nor the whole directory again): the names from there
   on are then known for ``dir_ttl`` (``Listed.tail``), which a burst of creates in
   name order (untar, ``cp -r``) asks about next;
-* ``_misses``: directories where a lookup found no such name a moment ago
+* ``_misses``: directories where a lookup found no such name, or a directory, a moment ago
   (``MISS_BURST_TTL``), with no listing of theirs known: the next lookup there that
   the caches do not answer lists the directory (one page, :meth:`Namespace._list_burst`),
   whose names then answer as a readdir's would (``_listings``, ``_listed``), not a HEAD
@@ -133,14 +133,16 @@ class Listed:
     entry" for (a create burst: worth listing again when it expires). ``tail``: the names
     after ``tail[0]`` (in key order) up to ``tail[1]`` ('': to the end) were listed at
     ``tail[2]`` (a lookup in a create burst, :meth:`Namespace._list_tail`), or None.
+    ``burst``: listed for a burst of lookups (:meth:`Namespace._take_names`), not a readdir.
     Guarded by Namespace._lock."""
 
-    __slots__ = ("asked", "absent", "tail")
+    __slots__ = ("asked", "absent", "tail", "burst")
 
-    def __init__(self, asked: float) -> None:
+    def __init__(self, asked: float, burst: bool = False) -> None:
         self.asked = asked
         self.absent = 0
         self.tail: tuple[str, str, float] | None = None
+        self.burst = burst
 
     def covers(self, name: str, now: float, ttl: float) -> bool:
         """Whether a listing less than ``ttl`` old at ``now`` says whether ``name`` is there."""
@@ -257,7 +259,8 @@ class Namespace:
         self._listed: LRUCache[str, Listed] = LRUCache(2_000)
         #: Directories being listed again for a lookup (one at a time each).
         self._relisting: set[str] = set()
-        #: Directories where a lookup missed a moment ago, no listing known (_list_burst).
+        #: Directories where a lookup missed, or found a directory, a moment ago, no listing
+        #: known (_list_burst).
         self._misses: TTLCache[str, bool] = TTLCache(2_000, MISS_BURST_TTL, timer)
         #: Directories of more than one page, not listed for a miss (_list_burst).
         self._unlisted: TTLCache[str, bool] = TTLCache(2_000, LARGE_DIR_TTL, timer)
@@ -477,12 +480,7 @@ class Namespace:
         if hit is not None and not hit.is_dir:
             return self._complete_file(path)
         if hit is not None:
-            # A directory seen in a listing: its mode and owner are on its holder (one HEAD).
-            asked = self.clock.monotonic()
-            self._begin_listing(parent, path)
-            found = self._dir_attributes(path)
-            found.seen_at = asked
-            return self._cache_fetched(path, found)
+            return self._listed_dir_attributes(parent, path)
         with self._lock:
             if self._missing.get(path) or path in self._deleting:
                 raise FsError(errno.ENOENT)  # we removed it ourselves (for attr_ttl: then S3 says)
@@ -502,6 +500,11 @@ class Namespace:
                 found.seen_at = asked
                 return self._cache_fetched(path, found)
         names = self._absent_from_listing(parent, name)
+        if names is not None and name in names:
+            with self._lock:
+                listed = self._attrs.get(path)
+            if listed is not None and listed.is_dir:  # the burst's listing showed a directory
+                return self._listed_dir_attributes(parent, path)
         # A name missing from a listing of its parent that is no longer fresh is asked about
         # (one HEAD); the LIST for a directory of that name is spared all the same.
         found = self.statahead.lookup(path, lambda: self._fetch(path, dirs=names is None or name in names))
@@ -515,6 +518,24 @@ class Namespace:
                 raise FsError(errno.ENOENT)  # not cached: the next lookup asks again
             found = self._listed_dir()  # a prefix whose last key we removed: there until its rmdir
             found.complete = True
+        elif found.is_dir and names is None:
+            with self._lock:
+                self._misses[parent] = True  # cp -r into a tree that is there: the next lists it
+        return self._cache_fetched(path, found)
+
+    def _listed_dir_attributes(self, parent: str, path: str) -> A.Attributes:
+        """A directory seen in a listing: its mode and owner are on its holder (one HEAD; not
+        a HEAD of its name and a LIST)."""
+        asked = self.clock.monotonic()
+        self._begin_listing(parent, path)
+        found = self._dir_attributes(path)
+        found.seen_at = asked
+        with self._lock:
+            listed = self._listed.get(parent)
+            if listed is not None and listed.burst and self._listings.get(path) is None:
+                # Shown by a create burst's listing (cp -r into a tree that is there), it is
+                # walked into next: its first lookup there that the caches miss lists it.
+                self._misses[path] = True
         return self._cache_fetched(path, found)
 
     def _complete_file(self, path: str) -> A.Attributes:
@@ -640,19 +661,28 @@ class Namespace:
             with self._lock:
                 self._unlisted[parent] = True
             return
-        # Its names only: what it says of each entry is not cached (a lookup of one HEADs it, as
-        # before; a listing's Last-Modified has whole seconds, too coarse to tell another
-        # client's chmod in the second of our last HEAD from the version that HEAD saw).
-        batch = self._page_batch(parent, prefix, page)
+        self._take_names(parent, prefix, page, asked)
+
+    def _take_names(self, path: str, prefix: str, page: ListPage, asked: float) -> None:
+        """``page`` (asked for at ``asked``) is the whole of directory ``path``: its names are
+        known as a readdir's whole listing makes them, and its directories are directories to
+        a lookup as after a readdir (their holders HEADed then; no HEAD of the name and LIST).
+
+        Its files' names only: what it says of each is not cached (a lookup of one HEADs it, as
+        before; a listing's Last-Modified has whole seconds, too coarse to tell another
+        client's chmod in the second of our last HEAD from the version that HEAD saw)."""
+        batch = self._page_batch(path, prefix, page)
         with self._lock:
-            if self._stale(parent, asked) or self._listings.get(parent) is not None:
+            if self._stale(path, asked) or self._listings.get(path) is not None:
                 return  # renamed, removed or listed meanwhile: that says, not this page
             names = set()
             for name, _ in batch:
-                child = KeyMap.join(parent, name)
+                child = KeyMap.join(path, name)
                 if not (self._removed_since(child, asked) or child in self._deleting):
                     names.add(name)  # (not one S3 answered our delete of after the listing was sent)
-            self._complete(parent, names, asked)
+            self._complete(path, names, asked)
+            self._listed[path].burst = True
+        self._cache_listed(path, [(n, a) for n, a in batch if a.is_dir], asked, _walk_ttl(len(batch)))
 
     def _list_tail(self, parent: str, name: str) -> None:
         """A create burst's lookup of ``name``, missing from an expired listing of ``parent``:
@@ -828,8 +858,18 @@ class Namespace:
         if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
             return True
         if page.truncated or not self.dir_meta_on_marker:
-            page = next(self.store.list(key + "/", delimiter="/", max_keys=1))
-            return bool(page.entries or page.prefixes)
+            asked = self.clock.monotonic()
+            inside = min(RELIST_NAMES, self.listed_names)
+            page = next(self.store.list(key + "/", delimiter="/", max_keys=inside))
+            if not (page.entries or page.prefixes):
+                return False
+            if not page.truncated and len(page.entries) + len(page.prefixes) < inside:
+                # All of it (fewer than asked for: SeaweedFS says "not truncated" of a page of
+                # max-keys 1 that shows only the directory's own marker when files follow): a
+                # directory another client emptied (SeaweedFS keeps it) is then known empty,
+                # as after a readdir, and its first new name costs no HEAD and LIST.
+                self._take_names(path, key + "/", page, asked)
+            return True
         return False
 
     def _begin_listing(self, parent: str, path: str) -> None:

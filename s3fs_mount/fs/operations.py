@@ -983,15 +983,12 @@ class S3Operations(Operations):
             # and rsync -X copy a file that lists them.
             log.debug("setxattr %s %s: read-only, ignored", path, name)
             return
-        header = A.header_for_xattr(name)
+        if not name.startswith(A.USER_PREFIX):
+            raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
-            if options & XATTR_CREATE and header in meta:
-                raise FsError(errno.EEXIST)
-            if options & XATTR_REPLACE and header not in meta:
-                raise FsError(errno.ENODATA)
-            meta[header] = A.encode_value(bytes(value))
-            return meta
+            return A.with_xattr(meta, name, bytes(value), create=bool(options & XATTR_CREATE),
+                                replace=bool(options & XATTR_REPLACE))
 
         self._change_metadata(path, change)
 
@@ -999,13 +996,11 @@ class S3Operations(Operations):
     def removexattr(self, path: str, name: str) -> None:
         if name.startswith(A.INFO_PREFIX):
             raise FsError(errno.EPERM)
-        header = A.header_for_xattr(name)
+        if not name.startswith(A.USER_PREFIX):
+            raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
-            if header not in meta:
-                raise FsError(errno.ENODATA)
-            del meta[header]
-            return meta
+            return A.without_xattr(meta, name)
 
         self._change_metadata(path, change)
 

@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from mountrig import sync_dir
 from waiting import eventually
 
 pytestmark = pytest.mark.fuse
@@ -688,6 +689,30 @@ def test_two_mounts_write_one_key_at_once(mount_factory, boto, bucket, existing)
     assert s3_bytes(boto, bucket, "k") == bodies[winner]
     conflict = [k for k in s3_keys(boto, bucket) if k.startswith("k.conflict-")]
     assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == bodies[loser]
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_an_rm_on_one_mount_does_not_delete_what_the_other_wrote_after_its_lookup(mount_factory, boto, bucket,
+                                                                                  options):
+    """Found by hand (round 33): mount two stat'ed f, mount one's newer bytes landed, then mount
+    two's rm deleted them (its batched DeleteObjects named no version): one's close and fsync
+    had said ok, and nothing said otherwise. Now the delete names the version two saw."""
+    one = mount_factory(options).start()
+    two = mount_factory("attr_ttl=600").start()  # its view of f stays the one it looked up
+    with open(os.path.join(one.path, "f"), "wb") as f:
+        f.write(b"first")
+        f.flush()
+        os.fsync(f.fileno())  # in S3 now, with -o writeback too
+    assert os.stat(os.path.join(two.path, "f")).st_size == 5
+    with open(os.path.join(one.path, "f"), "wb") as f:
+        f.write(b"newer bytes")
+        f.flush()
+        os.fsync(f.fileno())
+    os.unlink(os.path.join(two.path, "f"))
+    sync_dir(two.path)
+    assert s3_bytes(boto, bucket, "f") == b"newer bytes"
+    assert "f changed in S3 since this mount saw it" in read_log(two)
+    assert os.stat(os.path.join(two.path, "f")).st_size == 11  # there again, as it is in S3
 
 
 def test_conflict_check_off_says_so_and_lets_the_last_writer_win(mount_factory, boto, bucket):

@@ -708,9 +708,11 @@ class S3Operations(Operations):
             return
         # Whether it is a directory is all an unlink needs: a listing says (no HEAD for the mode).
         known = self._known_attributes(path)
-        if (known if known is not None else self._attributes(path)).is_dir:
+        seen = known if known is not None else self._attributes(path)
+        if seen.is_dir:
             raise FsError(errno.EISDIR)
-        self.changes.remove_file(path)
+        # That version only, not one another client put since (unless -o conflict_check=off).
+        self.changes.remove_file(path, (seen.etag or None) if self.options.conflict_check else None)
 
     @fuse_operation
     def rename(self, old: str, new: str) -> None:

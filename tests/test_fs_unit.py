@@ -2125,3 +2125,39 @@ def test_cache_size_past_the_disks_room_is_bounded_with_a_warning(tmp_path, monk
     assert roomy.staging.capacity == 5 * MiB  # room enough: cache_size it is
     ops.destroy("/")
     roomy.destroy("/")
+
+
+# -- merging another client's metadata change (attrs.merge_metadata) -------------------------
+
+
+def test_a_three_way_metadata_merge_keeps_each_sides_own_changes():
+    base = {"x-amz-meta-mode": "33188", "x-amz-meta-a": "1", "x-amz-meta-b": "1", "x-amz-meta-gone": "x"}
+    ours = {**base, "x-amz-meta-a": "ours"}
+    theirs = {"x-amz-meta-mode": "33261", "x-amz-meta-a": "1", "x-amz-meta-b": "1", "x-amz-meta-new": "t"}
+    merge = A.merge_metadata(base, ours, theirs)
+    assert merge.metadata == {"x-amz-meta-mode": "33261", "x-amz-meta-a": "ours", "x-amz-meta-b": "1",
+                              "x-amz-meta-new": "t"}
+    assert merge.taken == ("user.gone", "mode", "user.new") and merge.overridden == ()
+
+
+def test_both_sides_changing_one_attribute_keeps_ours_but_a_time_keeps_the_later():
+    base = {"x-amz-meta-tag": "0", A.MTIME: "100", A.CTIME: "100"}
+    ours = {"x-amz-meta-tag": "ours", A.MTIME: "300", A.CTIME: "300"}
+    theirs = {"x-amz-meta-tag": "theirs", A.MTIME: "200", A.CTIME: "400.5"}
+    merge = A.merge_metadata(base, ours, theirs)
+    assert merge.metadata == {"x-amz-meta-tag": "ours", A.MTIME: "300", A.CTIME: "400.5"}
+    assert merge.overridden == ("user.tag",) and merge.taken == ()
+
+
+def test_with_no_base_every_difference_is_ours_and_named():
+    merge = A.merge_metadata(None, {"x-amz-meta-tag": "ours"}, {"x-amz-meta-tag": "t", "x-amz-meta-x": "1"})
+    assert merge.metadata == {"x-amz-meta-tag": "ours"} and merge.overridden == ("user.tag", "user.x")
+
+
+def test_s3fs_fuses_xattr_header_merges_attribute_by_attribute():
+    def held(**values: bytes) -> dict[str, str]:
+        return {A.S3FS_XATTRS: A.s3fs_xattrs_header({"user." + k: v for k, v in values.items()})}
+
+    merge = A.merge_metadata(held(a=b"1", b=b"1"), held(a=b"ours", b=b"1"), held(a=b"1", b=b"1", c=b"t"))
+    assert A.xattrs_of(merge.metadata) == {"user.a": b"ours", "user.b": b"1", "user.c": b"t"}
+    assert merge.taken == ("user.c",) and merge.overridden == ()

@@ -41,9 +41,11 @@ import stat
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
+from typing import TypeVar
 
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.s3.store import META_PREFIX, NO_DIGEST, digest_of
@@ -62,6 +64,8 @@ MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX 
 DIR_BLKSIZE = 32 * 1024
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
 METADATA_LIMIT = 2048
+
+V = TypeVar("V")
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 _ENCODED = re.compile(r"^=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=$", re.IGNORECASE)
@@ -463,3 +467,85 @@ def checksum_fact(digest: str, etag: str) -> str:
     """The ``s3.checksum`` fact: S3's ``digest`` if known, else what the ``etag`` says as an MD5;
     '' when S3 said there is nothing to check with (:data:`~s3fs_mount.s3.store.NO_DIGEST`)."""
     return "" if digest == NO_DIGEST else digest or digest_of(etag)
+
+
+# -- merging another client's metadata change -----------------------------------------
+
+#: The times: each records the latest event, so where both sides moved one the later stands.
+TIME_HEADERS = frozenset({MTIME, ATIME, CTIME})
+
+
+@dataclass(frozen=True)
+class MetadataMerge:
+    """What :func:`merge_metadata` made of our metadata and theirs.
+
+    ``taken``: attributes only they changed (theirs kept); ``overridden``: attributes both
+    changed, to different values (ours kept, theirs lost). Names as a user knows them:
+    ``mode``, ``uid``, ``user.tag``.
+    """
+
+    metadata: dict[str, str]
+    taken: tuple[str, ...] = ()
+    overridden: tuple[str, ...] = ()
+
+
+def merge_metadata(
+    base: dict[str, str] | None, ours: dict[str, str], theirs: dict[str, str]
+) -> MetadataMerge:
+    """Our metadata and another client's, both changed since ``base`` (what S3 had when we
+    last saw it; None: not known), made one, attribute by attribute (a three-way merge):
+
+    * changed on one side only: that side's value (their ``chmod``, ``setfattr``, ``touch``
+      stays; so does ours); a removal is a change;
+    * changed on both sides to different values: for a time (mtime, atime, ctime), the later
+      one; for anything else, ours (the later writer), named in ``overridden``.
+
+    With no ``base``, every difference counts as changed on both sides. s3fs-fuse's
+    ``x-amz-meta-xattr`` is merged entry by entry, as the attributes it holds.
+    """
+    merged, taken, overridden = _merge3(base, ours, theirs, _header_name)
+    held = [s3fs_xattrs(m) for m in (base or {}, ours, theirs)]
+    if held[1] is not None and held[2] is not None and held[1] != held[2]:
+        base_held = held[0] if base is not None else None
+        entries, in_taken, in_over = _merge3(base_held, held[1], held[2], lambda name: name)
+        merged[S3FS_XATTRS] = s3fs_xattrs_header(entries)
+        taken = [n for n in taken if n != "xattr"] + in_taken
+        overridden = [n for n in overridden if n != "xattr"] + in_over
+    return MetadataMerge(merged, tuple(taken), tuple(overridden))
+
+
+def _header_name(header: str) -> str:
+    """``x-amz-meta-mode`` -> ``mode``; ``x-amz-meta-tag`` -> ``user.tag`` (for log lines)."""
+    short = header[len(META_PREFIX) :] if header.startswith(META_PREFIX) else header
+    return short if short in RESERVED else USER_PREFIX + short
+
+
+def _merge3(
+    base: Mapping[str, V] | None,
+    ours: Mapping[str, V],
+    theirs: Mapping[str, V],
+    name: Callable[[str], str],
+) -> tuple[dict[str, V], list[str], list[str]]:
+    """:func:`merge_metadata`'s rule over one mapping: (merged, taken names, overridden names)."""
+    merged: dict[str, V] = dict(ours)
+    taken: list[str] = []
+    overridden: list[str] = []
+    for key in sorted(set(ours) | set(theirs) | set(base or {})):
+        mine, other = ours.get(key), theirs.get(key)
+        if mine == other:
+            continue
+        was = (base or {}).get(key)
+        if base is not None and mine == was:  # only they changed it
+            if other is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = other
+            taken.append(name(key))
+        elif base is not None and other == was:  # only we did
+            continue
+        elif key in TIME_HEADERS and isinstance(mine, str) and isinstance(other, str):
+            later = other if (parse_time(other) or 0.0) > (parse_time(mine) or 0.0) else mine
+            merged[key] = later  # type: ignore[assignment]  # V is str for headers
+        else:
+            overridden.append(name(key))
+    return merged, taken, overridden

@@ -221,7 +221,7 @@ class Mutations:
                 continue
             if current is not None and current.etag in self.uploader.etags_of(item):
                 # Uploaded, then killed before its record said so: nothing to do.
-                item.mark_clean(item.generation, current.etag)
+                item.mark_clean(item.generation, current.etag, metadata=current.metadata)
                 log.info("recovered %s: already in S3", item.key)
                 continue
             if current is not None and item.etag and current.etag != item.etag:

@@ -3,7 +3,8 @@
 Each staged file is an *item*: a sparse data file ``<id>.data`` plus its
 *record* in the staging journal (:mod:`s3fs_mount.fs.journal`): its bucket
 and key, size, which byte ranges are local, the ETag its remote bytes came
-from, its pending metadata and whether it is dirty. The record is written
+from (and the metadata S3 had on that version), its pending metadata and
+whether it is dirty. The record is written
 whenever an item becomes dirty, and taken back once it is clean, so a crash
 of the mount never loses the knowledge that a file must still be uploaded:
 :meth:`StagingCache.recover` finds dirty items at the next mount. (Data and

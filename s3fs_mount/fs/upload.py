@@ -39,6 +39,11 @@ it (probed at mount, :meth:`RemoteStore.probe_conditional_writes`), else a
 HEAD just before the upload compares ETags. When the object changed, ours
 goes to ``KEY.conflict-TIMESTAMP``, theirs stays, one log line names both
 ETags, and :class:`~s3fs_mount.fs.errors.Conflict` tells the caller.
+Another client's metadata-only change keeps the ETag, so no condition tells
+of it: an upload that replaces an object asks S3 first (one HEAD, just before
+the PUT or the multipart completion, :meth:`Uploader._learn_theirs`) and
+merges their change into ours (:func:`~s3fs_mount.fs.attrs.merge_metadata`),
+one log line naming what was merged or overridden.
 
 Multipart upload ids are recorded in the item's record, so uploads a crash
 interrupted are aborted at the next mount.

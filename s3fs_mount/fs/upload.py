@@ -1178,7 +1178,9 @@ class Uploader:
             with state.lock:
                 state.error = str(exc)
             raise
-        item.mark_clean(generation, etag, size)
+        with state.lock:
+            sent = state.sent_metadata
+        item.mark_clean(generation, etag, size, metadata=sent)
         with state.lock:
             state.error = ""
         raise Conflict(key, saved_as, replaces, theirs)

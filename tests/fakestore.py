@@ -418,7 +418,8 @@ class FakeStore:
         for page in self.list(prefix, delimiter=None, bucket=bucket):
             yield from page.entries
 
-    def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
+    def delete_keys(self, keys: Iterable[str], bucket: str | None = None,
+                    etags: dict[str, str] | None = None) -> list[tuple[str, str]]:
         keys = list(keys)
         self.delete_batches.append(len(keys))
         self.deleted_keys.append(keys)
@@ -428,6 +429,8 @@ class FakeStore:
         for key in sorted(keys, reverse=True):  # deepest first, as RemoteStore sends them
             if key in self.refused_deletes:
                 failed.append((key, self.refused_deletes[key]))
+            elif key in objects and (etags or {}).get(key, objects[key].etag).strip('"') != objects[key].etag:
+                failed.append((key, "PreconditionFailed"))  # another version than the one named
             else:
                 objects.pop(key, None)
                 self._directory_deleted(resolve(key if bucket is None else S3Name(key, bucket),

@@ -104,8 +104,8 @@ def test_a_delete_answered_before_unlink_returns_does_not_hide_the_name_for_good
     queue = ops.changes.deletes
     queued = queue.add
 
-    def add_and_answer(key):  # the background sender, at its fastest
-        queued(key)
+    def add_and_answer(key, etag=None):  # the background sender, at its fastest
+        queued(key, etag)
         queue.settle(key)
 
     queue.add = add_and_answer
@@ -226,6 +226,42 @@ def test_a_refused_delete_shows_the_file_again_and_names_it(tmp_path, caplog):
     assert [n[0] for n in ops.readdir("/", 0) if isinstance(n, tuple)] == ["locked"]
 
 
+def test_an_unlink_deletes_the_version_it_saw_not_one_another_client_put_since(tmp_path, caplog):
+    """Another client's version that lands between our lookup and our batch (or just before the
+    unlink, within attr_ttl) stays: the delete names the ETag seen; the name shows again."""
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    files(ops, ["/f", "/g"])
+    assert ops.getattr("/f")["st_size"] == 1  # this mount's view: version 1
+    store.put("f", b"theirs")  # another client's, after our lookup
+    ops.unlink("/f")
+    ops.unlink("/g")
+    with caplog.at_level(logging.ERROR):
+        ops.fsyncdir("/", 0, 0)
+    assert store.objects["f"].data == b"theirs" and "g" not in store.objects
+    assert "f changed in S3 since this mount saw it" in caplog.text
+    assert ops.getattr("/f")["st_size"] == 6
+    ops.unlink("/f")  # now seen: deleted
+    ops.fsyncdir("/", 0, 0)
+    assert "f" not in store.objects
+
+
+def test_a_killed_mounts_deletes_name_their_versions_at_the_next_start(tmp_path):
+    store = FakeStore()
+    ops = held(tmp_path, store)
+    files(ops, ["/a", "/b"])
+    ops.getattr("/a")
+    ops.unlink("/a")
+    ops.unlink("/b")
+    store.put("a", b"theirs")  # after the unlink, before the killed mount sent it
+    ops.staging.close()
+    ops.changes.deletes._journal.close()
+    again = make_ops(tmp_path, store)
+    again.start()
+    assert sorted(store.objects) == ["a"] and store.objects["a"].data == b"theirs"
+    again.finish()
+
+
 def test_a_failed_batch_stays_pending_and_is_sent_at_unmount(tmp_path):
     store = FakeStore()
     ops = held(tmp_path, store)
@@ -269,7 +305,7 @@ class GatedStore:
         self.batches: list[list[str]] = []  # keys of each delete_keys call, in the order they came
         self.answered = 0  # how many of them may answer (the first ``answered``)
 
-    def delete_keys(self, keys):
+    def delete_keys(self, keys, etags=None):
         with self.cond:
             self.batches.append(list(keys))
             mine = len(self.batches)

@@ -555,6 +555,54 @@ def test_reserved_and_bad_xattr_names():
         assert info.value.errno == err
 
 
+#: s3fs-fuse's x-amz-meta-xattr for {"user.shape": b"round", "system.posix_acl_access": b"\x02\x00"}
+#: as s3fs-fuse 1.90 wrote it (percent-encoded JSON of base64 values).
+S3FS_XATTR = "%7B%22system.posix_acl_access%22%3A%22AgA%3D%22%2C%22user.shape%22%3A%22cm91bmQ%3D%22%7D"
+
+
+def test_s3fs_fuse_xattr_header_shows_as_its_user_attributes():
+    meta = {"x-amz-meta-xattr": S3FS_XATTR, "x-amz-meta-state": "ok", "x-amz-meta-mode": "33188"}
+    assert A.xattrs_of(meta) == {"user.shape": b"round", "user.state": b"ok"}  # no user.xattr
+    assert A.xattr_of(meta, "user.shape") == b"round" and A.xattr_of(meta, "user.xattr") is None
+    assert A.s3fs_xattrs_header(A.s3fs_xattrs(meta)) == S3FS_XATTR  # written back as s3fs-fuse writes it
+    assert A.s3fs_xattrs({"x-amz-meta-xattr": "%7B%7D"}) == {} and A.s3fs_xattrs({}) is None
+    assert A.xattrs_of({"x-amz-meta-xattr": "not json"}) == {}
+
+
+def test_an_object_with_s3fs_fuses_xattr_header_keeps_its_attributes_there():
+    meta = {"x-amz-meta-xattr": S3FS_XATTR, "x-amz-meta-mode": "33188"}
+    new = A.with_xattr(meta, "user.color", b"red")
+    assert "x-amz-meta-color" not in new
+    assert A.s3fs_xattrs(new) == {"user.shape": b"round", "user.color": b"red",
+                                  "system.posix_acl_access": b"\x02\x00"}  # the ACL kept as it was
+    gone = A.without_xattr(new, "user.shape")
+    assert A.xattrs_of(gone) == {"user.color": b"red"} and "system.posix_acl_access" in A.s3fs_xattrs(gone)
+    with pytest.raises(FsError) as info:
+        A.without_xattr(gone, "user.shape")
+    assert info.value.errno == errno.ENODATA
+    with pytest.raises(FsError) as info:
+        A.with_xattr(gone, "user.color", b"x", create=True)
+    assert info.value.errno == errno.EEXIST
+    plain = A.with_xattr({"x-amz-meta-mode": "33188"}, "user.color", b"red")  # no s3fs-fuse header
+    assert plain == {"x-amz-meta-mode": "33188", "x-amz-meta-color": "red"}
+    with pytest.raises(FsError) as info:
+        A.with_xattr(plain, "user.xattr", b"{}")
+    assert info.value.errno == errno.EPERM
+
+
+def test_setxattr_on_an_object_s3fs_fuse_gave_attributes_updates_its_header(tmp_path):
+    store = FakeStore()
+    store.put("f", b"x", {"x-amz-meta-xattr": S3FS_XATTR})
+    ops = make_ops(tmp_path, store)
+    assert sorted(ops.listxattr("/f")) == ["user.shape"] and ops.getxattr("/f", "user.shape") == b"round"
+    ops.setxattr("/f", "user.shape", b"square", 0)
+    ops.removexattr("/f", "user.shape")
+    ops.setxattr("/f", "user.tag", b"t", 0)
+    stored = store.objects["f"].metadata
+    assert A.s3fs_xattrs(stored) == {"user.tag": b"t", "system.posix_acl_access": b"\x02\x00"}
+    assert "x-amz-meta-tag" not in stored and "x-amz-meta-shape" not in stored
+
+
 def test_cache_size_evicts_clean_closed_files(tmp_path):
     store = FakeStore()
     for i in range(8):
@@ -2077,3 +2125,39 @@ def test_cache_size_past_the_disks_room_is_bounded_with_a_warning(tmp_path, monk
     assert roomy.staging.capacity == 5 * MiB  # room enough: cache_size it is
     ops.destroy("/")
     roomy.destroy("/")
+
+
+# -- merging another client's metadata change (attrs.merge_metadata) -------------------------
+
+
+def test_a_three_way_metadata_merge_keeps_each_sides_own_changes():
+    base = {"x-amz-meta-mode": "33188", "x-amz-meta-a": "1", "x-amz-meta-b": "1", "x-amz-meta-gone": "x"}
+    ours = {**base, "x-amz-meta-a": "ours"}
+    theirs = {"x-amz-meta-mode": "33261", "x-amz-meta-a": "1", "x-amz-meta-b": "1", "x-amz-meta-new": "t"}
+    merge = A.merge_metadata(base, ours, theirs)
+    assert merge.metadata == {"x-amz-meta-mode": "33261", "x-amz-meta-a": "ours", "x-amz-meta-b": "1",
+                              "x-amz-meta-new": "t"}
+    assert merge.taken == ("user.gone", "mode", "user.new") and merge.overridden == ()
+
+
+def test_both_sides_changing_one_attribute_keeps_ours_but_a_time_keeps_the_later():
+    base = {"x-amz-meta-tag": "0", A.MTIME: "100", A.CTIME: "100"}
+    ours = {"x-amz-meta-tag": "ours", A.MTIME: "300", A.CTIME: "300"}
+    theirs = {"x-amz-meta-tag": "theirs", A.MTIME: "200", A.CTIME: "400.5"}
+    merge = A.merge_metadata(base, ours, theirs)
+    assert merge.metadata == {"x-amz-meta-tag": "ours", A.MTIME: "300", A.CTIME: "400.5"}
+    assert merge.overridden == ("user.tag",) and merge.taken == ()
+
+
+def test_with_no_base_every_difference_is_ours_and_named():
+    merge = A.merge_metadata(None, {"x-amz-meta-tag": "ours"}, {"x-amz-meta-tag": "t", "x-amz-meta-x": "1"})
+    assert merge.metadata == {"x-amz-meta-tag": "ours"} and merge.overridden == ("user.tag", "user.x")
+
+
+def test_s3fs_fuses_xattr_header_merges_attribute_by_attribute():
+    def held(**values: bytes) -> dict[str, str]:
+        return {A.S3FS_XATTRS: A.s3fs_xattrs_header({"user." + k: v for k, v in values.items()})}
+
+    merge = A.merge_metadata(held(a=b"1", b=b"1"), held(a=b"ours", b=b"1"), held(a=b"1", b=b"1", c=b"t"))
+    assert A.xattrs_of(merge.metadata) == {"user.a": b"ours", "user.b": b"1", "user.c": b"t"}
+    assert merge.taken == ("user.c",) and merge.overridden == ()

@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from mountrig import sync_dir
 from waiting import eventually
 
 pytestmark = pytest.mark.fuse
@@ -688,6 +689,84 @@ def test_two_mounts_write_one_key_at_once(mount_factory, boto, bucket, existing)
     assert s3_bytes(boto, bucket, "k") == bodies[winner]
     conflict = [k for k in s3_keys(boto, bucket) if k.startswith("k.conflict-")]
     assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == bodies[loser]
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_an_rm_on_one_mount_does_not_delete_what_the_other_wrote_after_its_lookup(mount_factory, boto, bucket,
+                                                                                  options):
+    """Found by hand (round 33): mount two stat'ed f, mount one's newer bytes landed, then mount
+    two's rm deleted them (its batched DeleteObjects named no version): one's close and fsync
+    had said ok, and nothing said otherwise. Now the delete names the version two saw."""
+    one = mount_factory(options).start()
+    two = mount_factory("attr_ttl=600").start()  # its view of f stays the one it looked up
+    with open(os.path.join(one.path, "f"), "wb") as f:
+        f.write(b"first")
+        f.flush()
+        os.fsync(f.fileno())  # in S3 now, with -o writeback too
+    assert os.stat(os.path.join(two.path, "f")).st_size == 5
+    with open(os.path.join(one.path, "f"), "wb") as f:
+        f.write(b"newer bytes")
+        f.flush()
+        os.fsync(f.fileno())
+    os.unlink(os.path.join(two.path, "f"))
+    sync_dir(two.path)
+    assert s3_bytes(boto, bucket, "f") == b"newer bytes"
+    assert "f changed in S3 since this mount saw it" in read_log(two)
+    assert os.stat(os.path.join(two.path, "f")).st_size == 11  # there again, as it is in S3
+
+
+@pytest.mark.parametrize(
+    "options,size,by",
+    [
+        ("", 1000, "mount"),
+        ("writeback", 1000, "mount"),
+        ("", 1000, "boto3"),
+        ("writeback", 1000, "boto3"),
+        ("part_size=5M,multipart_threshold=5M", 6 * MiB, "mount"),  # a multipart upload at close
+        ("part_size=5M,multipart_threshold=5M,writeback", 11 * MiB, "boto3"),  # streamed, O_TRUNC
+    ],
+)
+def test_another_clients_metadata_change_while_we_write_is_merged(mount_factory, boto, bucket, options, size,
+                                                                  by):
+    """Found by hand (round 33): mount two's setfattr and chmod (or boto3's self-copy with
+    MetadataDirective=REPLACE) while mount one had f open and written: both succeeded, and one's
+    upload replaced their metadata with its own, unlogged (a self-copy keeps the ETag, so its
+    If-Match held). Now one's bytes and their attributes both stand, and one's log says so."""
+    one = mount_factory(options).start()
+    # Started first: a process started while f is open closes its copy of the descriptor at exec,
+    # and that close is a flush (the upload would land before their change).
+    two = mount_factory().start() if by == "mount" else None
+    path = os.path.join(one.path, "f")
+    with open(path, "wb") as f:
+        f.write(b"v1" * (size // 2))
+        f.flush()
+        os.fsync(f.fileno())  # in S3 (with -o writeback too)
+    os.setxattr(path, "user.old", b"o")
+    ours = os.urandom(size)
+    flags = os.O_WRONLY | (os.O_TRUNC if size > 8 * MiB else 0)
+    fd = os.open(path, flags)
+    try:
+        os.write(fd, ours)
+        if two is not None:
+            os.setxattr(os.path.join(two.path, "f"), "user.tag", b"theirs")
+            os.chmod(os.path.join(two.path, "f"), 0o600)
+        else:
+            meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
+            meta.update(tag="theirs", mode=str(0o100600))
+            boto.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
+                             Metadata=meta, MetadataDirective="REPLACE")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    sync_dir(one.path)
+    head = boto.head_object(Bucket=bucket, Key="f")
+    assert s3_bytes(boto, bucket, "f") == ours
+    assert head["Metadata"].get("tag") == "theirs", head["Metadata"]
+    assert int(head["Metadata"]["mode"]) & 0o777 == 0o600
+    assert head["Metadata"].get("old") == "o"  # ours, from before, kept
+    lines = [line for line in read_log(one).splitlines() if "another client changed" in line]
+    assert len(lines) == 1 and "mode, user.tag" in lines[0] and "merged" in lines[0], read_log(one)[-4000:]
+    assert not [k for k in s3_keys(boto, bucket) if ".conflict-" in k]
 
 
 def test_conflict_check_off_says_so_and_lets_the_last_writer_win(mount_factory, boto, bucket):

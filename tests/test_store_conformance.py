@@ -263,6 +263,18 @@ def test_delete_and_bulk_delete(subject):
     assert keys_of(b.list("", delimiter=None)) == (["keep"], [])
 
 
+def test_bulk_delete_of_a_named_version_keeps_another(subject):
+    """DeleteObjects with an ETag deletes that version only: another client's stays."""
+    b = subject.view
+    seen = b.put("mine", b"v1")
+    b.put("theirs", b"v1")
+    old = b.put("changed", b"v1")
+    b.put("changed", b"v2, another client's")
+    assert b.delete_keys(["mine", "changed", "theirs"], etags={"mine": seen, "changed": old}) == [
+        ("changed", "PreconditionFailed")]
+    assert keys_of(b.list("", delimiter=None)) == (["changed"], [])
+
+
 def test_a_directory_whose_keys_all_went(subject):
     """SeaweedFS keeps it (listed with a delimiter, its own dir/ in a listing of it, not in a
     listing of the keys beginning with its name, nor in one with no delimiter) until its dir/

@@ -626,3 +626,99 @@ def test_a_conflict_name_stays_a_name_and_its_key_fits():
     cut = upload_module.conflict_name(deep, 1024)
     assert cut.startswith("p" * 990 + "/éééé.conflict-") and len(cut.encode()) == 1024 == 991 + 8 + suffix
     assert len(upload_module.conflict_name("ab/" + "é" * 20, 40).encode()) <= 40
+
+
+# -- another client's metadata-only change -------------------------------------------------
+
+
+def opened_and_written(tmp_path, store: FakeStore, how: str) -> tuple[Uploader, StagedFile, bytes]:
+    """Object "f" (mode 0644, user.old) opened as S3Operations.open does, then written: a small
+    file (one PUT), a large one (a multipart upload at close) or one rewritten from its start
+    (streamed while written)."""
+    meta = {"x-amz-meta-mode": "33188", "x-amz-meta-old": "o", "x-amz-meta-mtime": "1700000000"}
+    store.put("f", b"v1", meta)
+    uploader, cache = uploader_at(tmp_path, store)
+    info = store.head("f")
+    item, _ = cache.acquire("f", lambda new: new.reset(info.size, info.etag, info.metadata, info.headers, 1))
+    data = {"put": b"ours, v2", "whole": b"w" * (6 * MiB), "streamed": os.urandom(11 * MiB)}[how]
+    if how == "streamed":
+        item.truncate(0)
+        write_through(uploader, item, data)
+        assert item.pending_uploads()  # streaming
+    else:
+        item.write(0, data)
+    return uploader, item, data
+
+
+@pytest.mark.parametrize("how", ["put", "whole", "streamed"])
+def test_another_clients_metadata_change_is_merged_into_our_upload(tmp_path, caplog, how):
+    """Before: their chmod and setfattr (a self-copy: the ETag stays, so If-Match passes) were
+    replaced by our upload's metadata, unlogged. Now both changes stand, one line says so."""
+    store = FakeStore()
+    uploader, item, data = opened_and_written(tmp_path, store, how)
+    theirs = {"x-amz-meta-mode": "33261", "x-amz-meta-old": "o", "x-amz-meta-tag": "v",
+              "x-amz-meta-mtime": "1700000000"}
+    store.copy_object("f", "f", theirs, replace_metadata=True)  # chmod 755 + setfattr user.tag
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        assert uploader.flush(item)
+    stored = store.objects["f"]
+    assert stored.data == data
+    assert stored.metadata["x-amz-meta-tag"] == "v" and stored.metadata["x-amz-meta-mode"] == "33261"
+    assert stored.metadata["x-amz-meta-old"] == "o"
+    assert item.view().metadata["x-amz-meta-tag"] == "v"  # this mount shows it too
+    (line,) = [r.getMessage() for r in caplog.records if "another client changed" in r.getMessage()]
+    assert "mode, user.tag" in line and "merged" in line
+    store.calls.clear()
+    item.write(0, data[:2])  # the next upload: theirs is now the base, nothing more to merge
+    caplog.clear()
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        assert uploader.flush(item)
+    assert store.objects["f"].metadata["x-amz-meta-tag"] == "v"
+    assert "another client" not in caplog.text
+
+
+def test_both_changing_one_attribute_keeps_ours_and_says_which(tmp_path, caplog):
+    store = FakeStore()
+    uploader, item, data = opened_and_written(tmp_path, store, "put")
+    item.set_metadata({**item.view().metadata, "x-amz-meta-tag": "ours", "x-amz-meta-old": "o2"})
+    theirs = {"x-amz-meta-mode": "33188", "x-amz-meta-tag": "theirs"}
+    store.copy_object("f", "f", theirs, replace_metadata=True)
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        assert uploader.flush(item)
+    meta = store.objects["f"].metadata
+    assert meta["x-amz-meta-tag"] == "ours"  # both set it: ours, the later writer
+    assert meta["x-amz-meta-old"] == "o2"  # we changed it, they removed it: ours
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "user.old, user.tag" in warned[0].getMessage()
+    assert "theirs is lost" in warned[0].getMessage()
+
+
+def test_their_removal_of_an_attribute_stands(tmp_path):
+    store = FakeStore()
+    uploader, item, data = opened_and_written(tmp_path, store, "put")
+    store.copy_object("f", "f", {"x-amz-meta-mode": "33188"}, replace_metadata=True)  # setfattr -x user.old
+    assert uploader.flush(item)
+    assert "x-amz-meta-old" not in store.objects["f"].metadata and store.objects["f"].data == data
+
+
+def test_the_merge_costs_one_head_per_overwrite_and_none_for_a_new_file(tmp_path):
+    store = FakeStore()
+    uploader, item, data = opened_and_written(tmp_path, store, "put")
+    store.calls.clear()
+    assert uploader.flush(item)
+    assert store.calls["HEAD"] == 1 and store.calls["PUT"] == 1 and not store.calls["COPY"]
+    new, _ = uploader.staging.acquire("g")
+    new.write(0, b"new")
+    store.calls.clear()
+    assert uploader.flush(new)
+    assert store.calls["HEAD"] == 0 and store.calls["PUT"] == 1
+
+
+def test_a_data_change_by_them_is_still_a_conflict_found_by_the_head(tmp_path):
+    store = FakeStore()
+    uploader, item, data = opened_and_written(tmp_path, store, "put")
+    store.put("f", b"theirs")
+    store.calls.clear()
+    with pytest.raises(Conflict):
+        uploader.flush(item)
+    assert store.objects["f"].data == b"theirs" and store.calls["PUT"] == 1  # ours, at the conflict name

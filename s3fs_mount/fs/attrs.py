@@ -22,6 +22,14 @@ nanoseconds, as s3fs-fuse writes them. Those keys are reserved: they never show 
 attribute ``user.NAME``. A value that is not plain printable ASCII travels
 as ``=?UTF-8?B?<base64>?=`` (RFC 2047, as AWS itself does for non-ASCII
 metadata) and is decoded on the way back, so any byte string round-trips.
+
+s3fs-fuse (``-o use_xattr``) keeps all of an object's extended attributes in
+one header of its own, ``x-amz-meta-xattr``: ``{"NAME":"<base64>",...}``,
+percent-encoded. Its ``user.*`` entries are attributes here too (the header
+itself is not ``user.xattr``), and an object that carries that header keeps
+its attributes there, so a change made here shows through s3fs-fuse and the
+other way round (see :func:`with_xattr`); other objects keep one header per
+attribute. Its other entries (``system.posix_acl_*``) are kept as they are.
 """
 
 from __future__ import annotations
@@ -32,9 +40,12 @@ import re
 import stat
 import sys
 import time
+import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
+from typing import TypeVar
 
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.s3.store import META_PREFIX, NO_DIGEST, digest_of
@@ -45,12 +56,16 @@ INFO_PREFIX = "s3."
 #: Namespaces the kernel and tools ask about (ls -l: SELinux label, ACL) that S3 cannot hold.
 UNSTORED_PREFIXES = ("security.", "system.", "trusted.")
 INFO_NAMES = ("s3.etag", "s3.checksum", "s3.storage_class", "s3.version_id", "s3.state")
-RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime", "rdev"})
+RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime", "rdev", "xattr"})
+#: s3fs-fuse's header holding every extended attribute of an object (see the module's docstring).
+S3FS_XATTRS = META_PREFIX + "xattr"
 MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX + "ctime"
 #: What a directory's stat says of its block size (see Attributes.stat).
 DIR_BLKSIZE = 32 * 1024
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
 METADATA_LIMIT = 2048
+
+V = TypeVar("V")
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 _ENCODED = re.compile(r"^=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=$", re.IGNORECASE)
@@ -310,29 +325,102 @@ def header_for_xattr(name: str) -> str:
         raise FsError(errno.EINVAL, "S3 keeps metadata names in lower case: %r would come back as %r"
                       % (name, USER_PREFIX + short.lower()))
     if short in RESERVED:
-        raise FsError(errno.EPERM, "user.%s is reserved for POSIX attributes" % short)
+        raise FsError(errno.EPERM, "user.%s is reserved (POSIX attributes, s3fs-fuse's xattr header)" % short)
     if not _TOKEN.match(short):
         raise FsError(errno.EINVAL, "%r cannot be an HTTP header name" % name)
     return META_PREFIX + short
 
 
+def s3fs_xattrs(metadata: dict[str, str]) -> dict[str, bytes] | None:
+    """The attributes in s3fs-fuse's ``x-amz-meta-xattr`` header, every namespace (None: the
+    object has no such header). As s3fs-fuse parses it: percent-decoded, the text between the
+    first ``{`` and the last ``}``, pairs split at ``,`` and a pair at its last ``:``; a pair
+    that is not two quoted strings is skipped."""
+    raw = metadata.get(S3FS_XATTRS)
+    if raw is None:
+        return None
+    text = urllib.parse.unquote(raw)
+    start, end = text.find("{"), text.rfind("}")
+    out: dict[str, bytes] = {}
+    if start < 0 or end <= start:
+        return out
+    for pair in text[start + 1 : end].split(","):
+        name, colon, value = pair.rpartition(":")
+        name, value = name.strip(), value.strip()
+        if not colon or len(name) < 2 or len(value) < 2 or not (
+                name[0] == name[-1] == '"' and value[0] == value[-1] == '"'):
+            continue
+        try:
+            out[name[1:-1]] = base64.b64decode(value[1:-1])
+        except ValueError:
+            continue
+    return out
+
+
+def s3fs_xattrs_header(xattrs: dict[str, bytes]) -> str:
+    """``x-amz-meta-xattr``'s value for ``xattrs``, as s3fs-fuse writes it (``{}`` when empty)."""
+    body = ",".join('"%s":"%s"' % (name, base64.b64encode(value).decode("ascii"))
+                    for name, value in sorted(xattrs.items()))
+    return urllib.parse.quote("{%s}" % body, safe="/")
+
+
 def xattr_of(metadata: dict[str, str], name: str) -> bytes | None:
     """The value of attribute ``name`` in an object's metadata (None: it has none; never for a
     POSIX key, nor for a name with capitals, which no attribute here can have)."""
-    if not name.startswith(USER_PREFIX):
-        return None
-    short = name[len(USER_PREFIX) :]
-    value = metadata.get(META_PREFIX + short) if short not in RESERVED else None
-    return None if value is None else decode_value(value)
+    return xattrs_of(metadata).get(name)
 
 
 def xattrs_of(metadata: dict[str, str]) -> dict[str, bytes]:
-    """The user.* attributes of an object's metadata."""
+    """The user.* attributes of an object's metadata: its own headers, and the ``user.*``
+    entries of s3fs-fuse's ``x-amz-meta-xattr`` (which win over a header of the same name:
+    s3fs-fuse copies every other header along when it changes its own)."""
     out = {}
     for header, value in metadata.items():
         short = header[len(META_PREFIX) :]
         if header.startswith(META_PREFIX) and short not in RESERVED:
             out[USER_PREFIX + short] = decode_value(value)
+    for name, value in (s3fs_xattrs(metadata) or {}).items():
+        if name.startswith(USER_PREFIX):
+            out[name] = value
+    return out
+
+
+def with_xattr(metadata: dict[str, str], name: str, value: bytes, create: bool = False,
+               replace: bool = False) -> dict[str, str]:
+    """``metadata`` with attribute ``name`` set to ``value`` (FsError: EEXIST for ``create``
+    of a name it has, ENODATA for ``replace`` of one it lacks, or what :func:`header_for_xattr`
+    refuses). Where the object keeps s3fs-fuse's ``x-amz-meta-xattr``, the value goes there
+    (a header of the same name is dropped); elsewhere into ``x-amz-meta-NAME``."""
+    held = s3fs_xattrs(metadata)
+    if held is None or name not in held:
+        header = header_for_xattr(name)  # a name s3fs-fuse gave the object is its, as it is
+    present = name in xattrs_of(metadata)
+    if create and present:
+        raise FsError(errno.EEXIST)
+    if replace and not present:
+        raise FsError(errno.ENODATA)
+    out = dict(metadata)
+    if held is None:
+        out[header] = encode_value(bytes(value))
+        return out
+    held[name] = bytes(value)
+    out.pop(META_PREFIX + name[len(USER_PREFIX) :], None)
+    out[S3FS_XATTRS] = s3fs_xattrs_header(held)
+    return out
+
+
+def without_xattr(metadata: dict[str, str], name: str) -> dict[str, str]:
+    """``metadata`` without attribute ``name`` (ENODATA: it has none), wherever it was kept."""
+    held = s3fs_xattrs(metadata)
+    if held is None or name not in held:
+        header_for_xattr(name)
+    if name not in xattrs_of(metadata):
+        raise FsError(errno.ENODATA)
+    out = dict(metadata)
+    if held is not None and name in held:
+        del held[name]
+        out[S3FS_XATTRS] = s3fs_xattrs_header(held)
+    out.pop(META_PREFIX + name[len(USER_PREFIX) :], None)
     return out
 
 
@@ -379,3 +467,85 @@ def checksum_fact(digest: str, etag: str) -> str:
     """The ``s3.checksum`` fact: S3's ``digest`` if known, else what the ``etag`` says as an MD5;
     '' when S3 said there is nothing to check with (:data:`~s3fs_mount.s3.store.NO_DIGEST`)."""
     return "" if digest == NO_DIGEST else digest or digest_of(etag)
+
+
+# -- merging another client's metadata change -----------------------------------------
+
+#: The times: each records the latest event, so where both sides moved one the later stands.
+TIME_HEADERS = frozenset({MTIME, ATIME, CTIME})
+
+
+@dataclass(frozen=True)
+class MetadataMerge:
+    """What :func:`merge_metadata` made of our metadata and theirs.
+
+    ``taken``: attributes only they changed (theirs kept); ``overridden``: attributes both
+    changed, to different values (ours kept, theirs lost). Names as a user knows them:
+    ``mode``, ``uid``, ``user.tag``.
+    """
+
+    metadata: dict[str, str]
+    taken: tuple[str, ...] = ()
+    overridden: tuple[str, ...] = ()
+
+
+def merge_metadata(
+    base: dict[str, str] | None, ours: dict[str, str], theirs: dict[str, str]
+) -> MetadataMerge:
+    """Our metadata and another client's, both changed since ``base`` (what S3 had when we
+    last saw it; None: not known), made one, attribute by attribute (a three-way merge):
+
+    * changed on one side only: that side's value (their ``chmod``, ``setfattr``, ``touch``
+      stays; so does ours); a removal is a change;
+    * changed on both sides to different values: for a time (mtime, atime, ctime), the later
+      one; for anything else, ours (the later writer), named in ``overridden``.
+
+    With no ``base``, every difference counts as changed on both sides. s3fs-fuse's
+    ``x-amz-meta-xattr`` is merged entry by entry, as the attributes it holds.
+    """
+    merged, taken, overridden = _merge3(base, ours, theirs, _header_name)
+    held = [s3fs_xattrs(m) for m in (base or {}, ours, theirs)]
+    if held[1] is not None and held[2] is not None and held[1] != held[2]:
+        base_held = held[0] if base is not None else None
+        entries, in_taken, in_over = _merge3(base_held, held[1], held[2], lambda name: name)
+        merged[S3FS_XATTRS] = s3fs_xattrs_header(entries)
+        taken = [n for n in taken if n != "xattr"] + in_taken
+        overridden = [n for n in overridden if n != "xattr"] + in_over
+    return MetadataMerge(merged, tuple(taken), tuple(overridden))
+
+
+def _header_name(header: str) -> str:
+    """``x-amz-meta-mode`` -> ``mode``; ``x-amz-meta-tag`` -> ``user.tag`` (for log lines)."""
+    short = header[len(META_PREFIX) :] if header.startswith(META_PREFIX) else header
+    return short if short in RESERVED else USER_PREFIX + short
+
+
+def _merge3(
+    base: Mapping[str, V] | None,
+    ours: Mapping[str, V],
+    theirs: Mapping[str, V],
+    name: Callable[[str], str],
+) -> tuple[dict[str, V], list[str], list[str]]:
+    """:func:`merge_metadata`'s rule over one mapping: (merged, taken names, overridden names)."""
+    merged: dict[str, V] = dict(ours)
+    taken: list[str] = []
+    overridden: list[str] = []
+    for key in sorted(set(ours) | set(theirs) | set(base or {})):
+        mine, other = ours.get(key), theirs.get(key)
+        if mine == other:
+            continue
+        was = (base or {}).get(key)
+        if base is not None and mine == was:  # only they changed it
+            if other is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = other
+            taken.append(name(key))
+        elif base is not None and other == was:  # only we did
+            continue
+        elif key in TIME_HEADERS and isinstance(mine, str) and isinstance(other, str):
+            later = other if (parse_time(other) or 0.0) > (parse_time(mine) or 0.0) else mine
+            merged[key] = later  # type: ignore[assignment]  # V is str for headers
+        else:
+            overridden.append(name(key))
+    return merged, taken, overridden

@@ -24,12 +24,14 @@ pending deletes (:meth:`DeleteQueue.flush`).
 
 Order: a delete still pending when its key is written again (create,
 rename onto it, symlink) is sent first (:meth:`DeleteQueue.settle`), so a
-batch never removes the new object. DeleteObjects takes no conditions: a
-version another client put after we listed the name is deleted too, as a
-DELETE would have done, only a moment later (:data:`WINDOW`, and the
-batch under way before it).
+batch never removes the new object. A delete added with the ETag of the
+version the unlink saw removes that version only (the ``ETag`` of
+DeleteObjects): a version another client put meanwhile, sent a moment
+later (:data:`WINDOW`, and the batch under way before it), or just before
+the unlink, stays, and the name shows again (``PreconditionFailed``, one
+log line), never removed unseen.
 
-Locks: ``_cond`` guards ``_pending``, ``_sending``, ``_since``,
+Locks: ``_cond`` guards ``_pending``, ``_etags``, ``_sending``, ``_since``,
 ``_batches``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
 ``_cond`` or alone (never the other way round).
 """
@@ -87,6 +89,7 @@ class DeleteQueue:
         self._journal = StagingJournal(directory, name=JOURNAL_NAME)
         self._cond = threading.Condition()
         self._pending: dict[str, None] = {}  # keys to send, in the order of their unlinks
+        self._etags: dict[str, str] = {}  # of keys pending or under way: the version to delete
         self._sending: set[str] = set()  # keys of batches under way
         self._since = 0.0  # time.monotonic() when the oldest pending key came
         self._batches = 0  # background batches under way
@@ -95,7 +98,9 @@ class DeleteQueue:
         self._pool = concurrent.futures.ThreadPoolExecutor(PARALLEL, thread_name_prefix="deletes")
         #: What a previous run did not send. The journal is made at the first delete (a cache
         #: dir holds no file for what a mount never did).
-        self._left = list(StagingJournal.read(self._journal.path))
+        left = StagingJournal.read(self._journal.path)
+        self._left = list(left)
+        self._etags.update({k: r["etag"] for k, r in left.items() if isinstance(r, dict) and r.get("etag")})
         self._opened = False
         if self._left:
             self._open_journal()
@@ -124,15 +129,20 @@ class DeleteQueue:
         with self._cond:
             return [k for k in keys if k in self._pending or k in self._sending]
 
-    def add(self, key: str) -> None:
-        """Delete ``key`` soon: recorded now, sent in the next batch."""
+    def add(self, key: str, etag: str | None = None) -> None:
+        """Delete ``key`` soon: recorded now, sent in the next batch; with ``etag``, only that
+        version of it (another client's newer one stays: S3 answers ``PreconditionFailed``)."""
         if not self._opened:
             self._open_journal()
-        self._journal.record(key, {"key": key})
+        self._journal.record(key, {"key": key, "etag": etag} if etag else {"key": key})
         with self._cond:
             if not self._pending:
                 self._since = time.monotonic()
             self._pending[key] = None
+            if etag:
+                self._etags[key] = etag
+            else:
+                self._etags.pop(key, None)
             self._start()
             self._cond.notify_all()
 
@@ -256,8 +266,10 @@ class DeleteQueue:
         ``keys`` are pending again, and it raises. Returns ``[(key, error code)]`` of the keys
         of either that S3 did not delete."""
         others = set(extra or ())
+        with self._cond:
+            etags = {k: self._etags[k] for k in keys if k in self._etags}
         try:
-            answer = self.store.delete_keys(keys + [k for k in others if k not in keys])
+            answer = self.store.delete_keys(keys + [k for k in others if k not in keys], etags=etags)
         except BaseException:
             with self._cond:
                 self._sending.difference_update(keys)
@@ -267,7 +279,11 @@ class DeleteQueue:
         failed = [(key, code) for key, code in answer if key not in others]
         try:
             for key, code in failed:
-                log.error("could not delete %s (%s): it is there again", key, code)
+                if code == "PreconditionFailed":
+                    log.error("%s changed in S3 since this mount saw it (another client wrote it): "
+                              "theirs stays, not deleted; it is there again", key)
+                else:
+                    log.error("could not delete %s (%s): it is there again", key, code)
             stayed = {key for key, _ in failed}
             self.answered([k for k in keys if k not in stayed], failed)
             for key in keys:  # answered for good: nothing more to send
@@ -275,6 +291,9 @@ class DeleteQueue:
         finally:
             with self._cond:
                 self._sending.difference_update(keys)
+                for key in keys:
+                    if key not in self._pending:  # added again meanwhile: its own version
+                        self._etags.pop(key, None)
                 self._cond.notify_all()
         return answer
 

@@ -221,7 +221,7 @@ class Mutations:
                 continue
             if current is not None and current.etag in self.uploader.etags_of(item):
                 # Uploaded, then killed before its record said so: nothing to do.
-                item.mark_clean(item.generation, current.etag)
+                item.mark_clean(item.generation, current.etag, metadata=current.metadata)
                 log.info("recovered %s: already in S3", item.key)
                 continue
             if current is not None and item.etag and current.etag != item.etag:
@@ -340,28 +340,32 @@ class Mutations:
         self.namespace.write_dir(path, dict(own.metadata), new=True)
         raise FsError(errno.ENOTEMPTY if kept_files else errno.EIO, "S3 kept %s" % failed[0][0])
 
-    def remove_file(self, path: str) -> StagedFile | None:
+    def remove_file(self, path: str, etag: str | None = None) -> StagedFile | None:
         """Remove file ``path`` (its delete is sent in a batch, soon); its staged copy, if any,
-        stays alive for open handles."""
+        stays alive for open handles. ``etag``: the version the caller saw (its delete removes
+        that version only; another client's newer one stays)."""
         key = self.keymap.key(path)
         item = self.staging.get(key)
         if item is None:
-            self._remove_key(path, key)
+            self._remove_key(path, key, etag)
             return None
         if item.open_count > 0 and item.has_released():
             self.upload(item)  # bytes only its upload has: S3 has them for the open handles now
         with self.uploader.removing(item, "the file was removed"):  # no PUT of it lands after the delete
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
-            self._remove_key(path, key)
+            if item.dirty or item.uploading or item.open_count > 0:
+                etag = item.view().etag or None  # ours: an upload may have landed since the caller looked
+            self._remove_key(path, key, etag)
         return item
 
-    def _remove_key(self, path: str, key: str) -> None:
-        """Queue the delete of file ``path`` (``key``) and drop its staged copy."""
+    def _remove_key(self, path: str, key: str, etag: str | None) -> None:
+        """Queue the delete of file ``path`` (``key``), of version ``etag`` if given, and drop
+        its staged copy."""
         # Hidden before its delete is queued: the batcher may send it, and S3 answer
         # (namespace.deleted), before add() returns.
         self.namespace.deleting(path)
-        self.deletes.add(key)
+        self.deletes.add(key, etag)
         self.staging.forget(key)
         self.namespace.entry_changed(KeyMap.split(path)[0])
 

@@ -708,9 +708,11 @@ class S3Operations(Operations):
             return
         # Whether it is a directory is all an unlink needs: a listing says (no HEAD for the mode).
         known = self._known_attributes(path)
-        if (known if known is not None else self._attributes(path)).is_dir:
+        seen = known if known is not None else self._attributes(path)
+        if seen.is_dir:
             raise FsError(errno.EISDIR)
-        self.changes.remove_file(path)
+        # That version only, not one another client put since (unless -o conflict_check=off).
+        self.changes.remove_file(path, (seen.etag or None) if self.options.conflict_check else None)
 
     @fuse_operation
     def rename(self, old: str, new: str) -> None:
@@ -983,15 +985,12 @@ class S3Operations(Operations):
             # and rsync -X copy a file that lists them.
             log.debug("setxattr %s %s: read-only, ignored", path, name)
             return
-        header = A.header_for_xattr(name)
+        if not name.startswith(A.USER_PREFIX):
+            raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
-            if options & XATTR_CREATE and header in meta:
-                raise FsError(errno.EEXIST)
-            if options & XATTR_REPLACE and header not in meta:
-                raise FsError(errno.ENODATA)
-            meta[header] = A.encode_value(bytes(value))
-            return meta
+            return A.with_xattr(meta, name, bytes(value), create=bool(options & XATTR_CREATE),
+                                replace=bool(options & XATTR_REPLACE))
 
         self._change_metadata(path, change)
 
@@ -999,13 +998,11 @@ class S3Operations(Operations):
     def removexattr(self, path: str, name: str) -> None:
         if name.startswith(A.INFO_PREFIX):
             raise FsError(errno.EPERM)
-        header = A.header_for_xattr(name)
+        if not name.startswith(A.USER_PREFIX):
+            raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
-            if header not in meta:
-                raise FsError(errno.ENODATA)
-            del meta[header]
-            return meta
+            return A.without_xattr(meta, name)
 
         self._change_metadata(path, change)
 

@@ -3,7 +3,8 @@
 Each staged file is an *item*: a sparse data file ``<id>.data`` plus its
 *record* in the staging journal (:mod:`s3fs_mount.fs.journal`): its bucket
 and key, size, which byte ranges are local, the ETag its remote bytes came
-from, its pending metadata and whether it is dirty. The record is written
+from (and the metadata S3 had on that version), its pending metadata and
+whether it is dirty. The record is written
 whenever an item becomes dirty, and taken back once it is clean, so a crash
 of the mount never loses the knowledge that a file must still be uploaded:
 :meth:`StagingCache.recover` finds dirty items at the next mount. (Data and
@@ -56,7 +57,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from s3fs_mount.clock import SYSTEM, Clock
-from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, parse_time, relatime_due
+from s3fs_mount.fs.attrs import (
+    ATIME,
+    CTIME,
+    MTIME,
+    MetadataMerge,
+    merge_metadata,
+    parse_time,
+    relatime_due,
+    time_metadata,
+)
 from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.options import human_size
 from s3fs_mount.fs.ranges import RangeSet
@@ -173,6 +183,8 @@ class StagedRecord:
     present: list[tuple[int, int]] = field(default_factory=list)
     etag: str = ""  # the remote version its bytes came from ("" for a new file)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: The metadata S3's version ``etag`` had when last seen (None: not known, an older record).
+    base_metadata: dict[str, str] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     mtime: float | None = None  # None: not recorded (then: the time of recovery)
     atime: float | None = None
@@ -196,6 +208,7 @@ class StagedRecord:
             "present": [[start, end] for start, end in self.present],
             "etag": self.etag,
             "metadata": self.metadata,
+            "base_metadata": self.base_metadata,
             "headers": self.headers,
             "mtime": self.mtime,
             "atime": self.atime,
@@ -220,6 +233,7 @@ class StagedRecord:
             present=[(int(start), int(end)) for start, end in state.get("present", [])],
             etag=state.get("etag", ""),
             metadata=dict(state.get("metadata", {})),
+            base_metadata=None if state.get("base_metadata") is None else dict(state["base_metadata"]),
             headers=dict(state.get("headers", {})),
             mtime=float(mtime) if mtime is not None else None,
             atime=state.get("atime"),
@@ -306,6 +320,10 @@ class StagedFile:
         self.etag_since = cache.clock.monotonic()
         #: GUARDED_BY(cond): every x-amz-meta-* to upload with (replaced whole, never changed in place).
         self.metadata: dict[str, str] = {}
+        #: GUARDED_BY(cond): the metadata S3's version ``etag`` had when this mount last saw it
+        #: (replaced whole; None: not known): what another client's change is told from, when an
+        #: upload merges it (:meth:`merge_remote`).
+        self.base_metadata: dict[str, str] | None = None
         self.headers: dict[str, str] = {}  # GUARDED_BY(cond): Content-Type and friends (replaced whole)
         self.mtime = time.time()  # GUARDED_BY(cond)
         self.atime: float | None = None  # GUARDED_BY(cond); None: as mtime
@@ -398,6 +416,7 @@ class StagedFile:
             present=[(start, end) for start, end in self.present.as_list()],
             etag=self.etag,
             metadata=dict(self.metadata),
+            base_metadata=None if self.base_metadata is None else dict(self.base_metadata),
             headers=dict(self.headers),
             mtime=self.mtime,
             atime=self.atime,
@@ -419,6 +438,7 @@ class StagedFile:
         self.remote_size = record.remote_size
         self.etag = record.etag
         self.metadata = dict(record.metadata)
+        self.base_metadata = None if record.base_metadata is None else dict(record.base_metadata)
         self.headers = dict(record.headers)
         self.mtime = record.mtime if record.mtime is not None else time.time()
         self.atime = record.atime
@@ -790,8 +810,24 @@ class StagedFile:
         """S3 now has ``metadata`` on version ``etag`` of a clean copy: take them (and its times) over."""
         with self.cond:
             self.metadata = dict(metadata)
+            self.base_metadata = dict(metadata)
             self._times_from(self.metadata)
             self.etag = etag
+
+    def merge_remote(self, theirs: dict[str, str]) -> MetadataMerge:
+        """S3's version ``etag`` (still the one our bytes came from) now carries ``theirs``:
+        another client's metadata-only change (a self-copy keeps the ETag). Merge it into the
+        pending metadata (:func:`~s3fs_mount.fs.attrs.merge_metadata`, against
+        ``base_metadata``), which the upload under way then carries; ``theirs`` becomes the base.
+        Not a change of ours: the generation stays (the upload of it carries the merge)."""
+        with self.cond:
+            ours = {**self.metadata, **time_metadata(self.mtime, self.atime, self.ctime)}
+            merge = merge_metadata(self.base_metadata, ours, theirs)
+            if merge.metadata != ours:
+                self.metadata = dict(merge.metadata)
+                self._times_from(self.metadata)
+            self.base_metadata = dict(theirs)
+            return merge
 
     def _times_from(self, metadata: dict[str, str]) -> None:
         """Take mtime/atime/ctime from ``metadata`` where it has them (caller holds cond)."""
@@ -863,9 +899,15 @@ class StagedFile:
                 self.upload_ids.remove(upload_id)
 
     def mark_clean(
-        self, generation: int, etag: str, uploaded_size: int | None = None, changed: bool = False
+        self,
+        generation: int,
+        etag: str,
+        uploaded_size: int | None = None,
+        changed: bool = False,
+        metadata: dict[str, str] | None = None,
     ) -> bool:
-        """After an upload of ``generation`` (``uploaded_size`` bytes): clean unless it changed
+        """After an upload of ``generation`` (``uploaded_size`` bytes, carrying ``metadata``, the
+        new ``base_metadata``; None: not known): clean unless it changed
         meanwhile (or the upload says it may lack some of its bytes: ``changed``).
 
         Either way S3 now holds version ``etag``, and every handle of the item
@@ -884,6 +926,7 @@ class StagedFile:
             self.stream = {}
             self.etag = etag
             self.etag_since = self.cache.clock.monotonic()
+            self.base_metadata = None if metadata is None else dict(metadata)
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
             if changed or self.generation != generation:
                 return False
@@ -931,6 +974,7 @@ class StagedFile:
                 return False
             if etag == self.etag:  # the same bytes; a chmod elsewhere (a self-copy) keeps the ETag
                 self.metadata, self.headers = dict(metadata), dict(headers)
+                self.base_metadata = dict(metadata)
                 self._times_from(self.metadata)
                 return False
             self._reset(size, etag, metadata, headers, mtime)
@@ -974,6 +1018,7 @@ class StagedFile:
         self.etag = etag
         self.etag_since = self.cache.clock.monotonic()
         self.metadata = dict(metadata)
+        self.base_metadata = dict(metadata)
         self.headers = dict(headers)
         self.mtime = mtime
         self.atime = self.ctime = None

@@ -39,6 +39,11 @@ it (probed at mount, :meth:`RemoteStore.probe_conditional_writes`), else a
 HEAD just before the upload compares ETags. When the object changed, ours
 goes to ``KEY.conflict-TIMESTAMP``, theirs stays, one log line names both
 ETags, and :class:`~s3fs_mount.fs.errors.Conflict` tells the caller.
+Another client's metadata-only change keeps the ETag, so no condition tells
+of it: an upload that replaces an object asks S3 first (one HEAD, just before
+the PUT or the multipart completion, :meth:`Uploader._learn_theirs`) and
+merges their change into ours (:func:`~s3fs_mount.fs.attrs.merge_metadata`),
+one log line naming what was merged or overridden.
 
 Multipart upload ids are recorded in the item's record, so uploads a crash
 interrupted are aborted at the next mount.
@@ -74,7 +79,7 @@ from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_check
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
-from s3fs_mount.s3.store import MultipartUpload, upload_in_parts
+from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, metadata_of, upload_in_parts
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +245,11 @@ class UploadState:
         #: GUARDED_BY(lock): removals of the item's file under way (:meth:`Uploader.removing`):
         #: its upload sends no further request.
         self.removing = 0
+        #: GUARDED_BY(lock): the upload under way merged another client's metadata change
+        #: (:meth:`Uploader._learn_theirs`) that its multipart upload, begun before, lacks.
+        self.merged = False
+        #: GUARDED_BY(lock): the x-amz-meta-* the upload under way stored (None: not known).
+        self.sent_metadata: dict[str, str] | None = None
 
 
 class Uploader:
@@ -812,6 +822,7 @@ class Uploader:
                 if not isinstance(state.stream, StreamingUpload):
                     state.uploaded_bytes = 0
                 state.missed, state.whole_base = False, None
+                state.merged, state.sent_metadata = False, None
             started = time.monotonic()
             try:
                 etag, size = self._upload(item, replaces)
@@ -831,10 +842,10 @@ class Uploader:
                 os.kill(os.getpid(), signal.SIGKILL)
             with state.lock:
                 state.error = ""
-                missed = state.missed
+                missed, sent = state.missed, state.sent_metadata
             if missed:
                 log.info("%s: written over as its parts went up: uploaded again at the next flush", item.key)
-            clean = item.mark_clean(generation, etag, size, changed=missed)
+            clean = item.mark_clean(generation, etag, size, changed=missed, metadata=sent)
             with state.lock:
                 # Uploaded whole (a stream failed, or none was under way) while still written (an
                 # fsync): the next write streams on from what S3 has, so that a later fsync does
@@ -885,17 +896,23 @@ class Uploader:
                 self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
         self._check_not_removed(item)
         size = item.view().size
-        self._check_by_head(item, replaces, self.put_check if size < self.threshold else self.complete_check)
         if size < self.threshold:
+            self._learn_theirs(item, replaces, self.put_check)
             data = os.pread(item.fd, size, 0)
             headers = {**self.headers(item), **self._checksum(item, 0, data, self.store.checksum_algorithm)}
             condition = _conditions(replaces, self.put_check)
+            with state.lock:
+                state.sent_metadata = metadata_of(headers)
             try:
                 return self.store.put(item.key, data, headers, **condition), size
             except S3Error as exc:
                 md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
                 self._refused(item, exc, md5)
                 return md5, size
+        self._check_by_head(item, replaces, self.complete_check)  # fail before sending it all
+        headers = self.headers(item)
+        with state.lock:
+            state.sent_metadata = metadata_of(headers)
         begun: list[MultipartUpload] = []
 
         def recorded(mpu: MultipartUpload) -> None:
@@ -908,12 +925,16 @@ class Uploader:
             size,
             self.part_size,
             lambda mpu, n, off, length: self._send_part(item, mpu, n, off, length, False, removable=True),
-            headers=self.headers(item),
+            headers=headers,
             on_begin=recorded,
             complete=lambda mpu: self._complete(item, mpu, replaces),
             abort=lambda mpu: self.abort_upload(item, mpu.upload_id),
         )
         item.forget_upload(begun[0].upload_id)
+        with state.lock:
+            merged = state.merged
+        if merged:  # another client's metadata change, merged at the complete: ours lacks it
+            etag = self._store_metadata(item, etag)
         layout = PartLayout(part_size_for(size, self.part_size))
         whole = layout.whole(size)
         same = layout.base == self.stream_layout.base and layout.count(whole) <= self.stream_layout.per_step
@@ -959,7 +980,6 @@ class Uploader:
                     break
         for attempt in range(3):
             try:
-                self._check_by_head(item, replaces, self.complete_check)
                 etag = self._complete(item, stream.mpu, replaces)
                 break
             except _Clobbered as clash:
@@ -978,27 +998,79 @@ class Uploader:
             whole = whole_parts and not stream.stale
             state.stream = StreamBase(etag, whole_parts, stream.layout) if whole else None
         item.forget_upload(stream.mpu.upload_id)
-        if item.view().times_pinned or self.headers(item, with_times=False) != stream.headers:
-            # Metadata changed while the parts were going up, or times were set (utimens, as
-            # cp -p does): one self-copy sets them. Else Last-Modified stands for the times.
-            etag = self.store.copy_object(
-                item.key, item.key, self.headers(item), replace_metadata=True, if_match=etag
-            )
+        with state.lock:
+            merged, state.sent_metadata = state.merged, metadata_of(stream.headers)
+        if merged or item.view().times_pinned or self.headers(item, with_times=False) != stream.headers:
+            # Metadata changed while the parts were going up (here, or another client's, merged
+            # at the complete), or times were set (utimens, as cp -p does): one self-copy sets
+            # them. Else Last-Modified stands for the times.
+            etag = self._store_metadata(item, etag)
             with state.lock:
                 if isinstance(state.stream, StreamBase):
                     state.stream.etag = etag
         return etag, size
 
+    def _store_metadata(self, item: StagedFile, etag: str) -> str:
+        """Give S3's version ``etag`` (just uploaded) the item's metadata now: one self-copy."""
+        headers = self.headers(item)
+        etag = self.store.copy_object(item.key, item.key, headers, replace_metadata=True, if_match=etag)
+        state = self._state(item)
+        with state.lock:
+            state.sent_metadata = metadata_of(headers)
+        return etag
+
     # -- conflicts -------------------------------------------------------------------------
 
     def _complete(self, item: StagedFile, mpu: MultipartUpload, replaces: str) -> str:
         self._check_not_removed(item)
+        self._learn_theirs(item, replaces, self.complete_check)
         try:
             return mpu.complete(**_conditions(replaces, self.complete_check))
         except S3Error as exc:
             expected = mpu.expected_etag()
             self._refused(item, exc, expected)
             return expected
+
+    def _learn_theirs(self, item: StagedFile, replaces: str, check: str) -> None:
+        """Just before an upload lands (a PUT, a multipart complete): what S3 has now, by one HEAD
+        (none for a new file where the server honours conditions, none with the check off).
+
+        Not version ``replaces``: raise _Clobbered (the conditional write would be refused).
+        Still it: merge into ours another client's metadata-only change since this mount saw
+        it (a self-copy keeps the ETag, so no condition tells of it;
+        :meth:`StagedFile.merge_remote`), one log line naming what was taken or overridden.
+        """
+        if check == CHECK_OFF or (check == CHECK_CONDITIONAL and not replaces):
+            return
+        try:
+            info: ObjectInfo | None = self.store.head(item.key)
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            info = None
+        current = info.etag if info is not None else ""
+        if current != replaces:
+            raise _Clobbered(current)
+        if info is None:
+            return
+        merge = item.merge_remote(info.metadata)
+        if merge.taken:
+            log.info(
+                "%s: another client changed %s (metadata only) since this mount saw it: "
+                "merged into our upload",
+                item.key,
+                ", ".join(merge.taken),
+            )
+            state = self._state(item)
+            with state.lock:
+                state.merged = True
+        if merge.overridden:
+            log.warning(
+                "%s: another client changed %s (metadata only), and so did we: ours stands, "
+                "theirs is lost",
+                item.key,
+                ", ".join(merge.overridden),
+            )
 
     def _check_by_head(self, item: StagedFile, replaces: str, check: str) -> None:
         """Where the server ignores conditions: raise _Clobbered if S3's object is not ``replaces``."""
@@ -1106,7 +1178,9 @@ class Uploader:
             with state.lock:
                 state.error = str(exc)
             raise
-        item.mark_clean(generation, etag, size)
+        with state.lock:
+            sent = state.sent_metadata
+        item.mark_clean(generation, etag, size, metadata=sent)
         with state.lock:
             state.error = ""
         raise Conflict(key, saved_as, replaces, theirs)

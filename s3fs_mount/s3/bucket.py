@@ -97,7 +97,8 @@ class ObjectStore(Protocol):
 
     def list_all(self, prefix: str = "", bucket: str | None = None) -> Iterator[ListEntry]: ...
 
-    def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]: ...
+    def delete_keys(self, keys: Iterable[str], bucket: str | None = None,
+                    etags: Mapping[str, str] | None = None) -> list[tuple[str, str]]: ...
 
     def start_multipart(
         self, remote_name: RemoteName, headers: Mapping[str, str] | None = None, checksum: bool = True
@@ -315,9 +316,12 @@ class Bucket:
         for page in self.list(prefix, delimiter=None):
             yield from page.entries
 
-    def delete_keys(self, keys: Iterable[str]) -> list[tuple[str, str]]:
-        """DeleteObjects; returns ``[(key, error code)]`` of the keys that stay."""
-        failed = self.store.delete_keys([self.prefix + k for k in keys], bucket=self.name)
+    def delete_keys(self, keys: Iterable[str],
+                    etags: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+        """DeleteObjects; returns ``[(key, error code)]`` of the keys that stay. A key with an
+        ETag in ``etags`` is deleted only if S3 still has that version (``PreconditionFailed``)."""
+        failed = self.store.delete_keys([self.prefix + k for k in keys], bucket=self.name,
+                                        etags={self.prefix + k: e for k, e in (etags or {}).items()})
         return [(self._relative(k), code) for k, code in failed]
 
     def run_parallel(self, jobs: Iterable[Callable[[], object]]) -> None:

@@ -1109,8 +1109,13 @@ class RemoteStore:
         for page in self.list(prefix, delimiter=None, bucket=bucket):
             yield from page.entries
 
-    def delete_keys(self, keys: Iterable[str], bucket: str | None = None) -> list[tuple[str, str]]:
+    def delete_keys(self, keys: Iterable[str], bucket: str | None = None,
+                    etags: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
         """DeleteObjects in batches of 1000; returns ``[(key, error code)]`` of failures.
+
+        A key with an ETag in ``etags`` is deleted only if S3 still has that version: another
+        client's newer one stays, and its failure is ``PreconditionFailed`` (AWS, SeaweedFS;
+        a server that ignores the condition deletes it, as it would without).
 
         Keys go deepest first (reverse order), so a server that keeps
         directories (SeaweedFS) sees each emptied before it is removed. A key
@@ -1123,16 +1128,16 @@ class RemoteStore:
         bucket = bucket or self.connection.default_bucket
         failed: list[tuple[str, str]] = []
         for start in range(0, len(keys), 1000):
-            failed.extend(self._delete_batch(keys[start : start + 1000], bucket))
+            failed.extend(self._delete_batch(keys[start : start + 1000], bucket, etags or {}))
         return failed
 
-    def _delete_batch(self, keys: list[str], bucket: str) -> list[tuple[str, str]]:
+    def _delete_batch(self, keys: list[str], bucket: str, etags: Mapping[str, str]) -> list[tuple[str, str]]:
         """One DeleteObjects of at most 1000 keys, its passing per-key failures retried."""
         left = list(keys)
         failed: list[tuple[str, str]] = []  # for good: no retry will help
 
         def attempt() -> None:
-            body = xmlparse.delete_objects_body(left)
+            body = xmlparse.delete_objects_body(left, etags)
             md5 = base64.b64encode(hashlib.md5(body).digest()).decode()  # SeaweedFS checks it
             resp = self.connection.request(
                 "POST",

@@ -8,7 +8,7 @@ import email.utils
 import functools
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 from xml.sax.saxutils import escape
@@ -259,7 +259,13 @@ def complete_multipart_body(parts: Iterable[tuple[int, str]], crc32: dict[int, s
     return ("<CompleteMultipartUpload>%s</CompleteMultipartUpload>" % items).encode()
 
 
-def delete_objects_body(keys: Iterable[str]) -> bytes:
-    """The DeleteObjects request body (quiet mode)."""
-    items = "".join("<Object><Key>%s</Key></Object>" % escape(k) for k in keys)
+def delete_objects_body(keys: Iterable[str], etags: Mapping[str, str] | None = None) -> bytes:
+    """The DeleteObjects request body (quiet mode); a key with an ETag in ``etags`` is deleted
+    only if S3 still has that version (else its error is ``PreconditionFailed``)."""
+    etags = etags or {}
+    items = "".join(
+        "<Object><Key>%s</Key>%s</Object>"
+        % (escape(k), "<ETag>\"%s\"</ETag>" % escape(etags[k].strip('"')) if etags.get(k) else "")
+        for k in keys
+    )
     return ("<Delete><Quiet>true</Quiet>%s</Delete>" % items).encode("utf-8")

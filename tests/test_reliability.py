@@ -1077,3 +1077,37 @@ def test_a_cache_disk_full_of_dirty_data_says_enospc_and_loses_nothing(mount_fac
                        for line in m.log_lines())
         finally:
             assert m.stop() == 0
+
+
+def test_closes_on_a_cache_disk_still_full_of_dirty_data_upload(mount_factory, boto, bucket, tmp_path):
+    # As above, but the disk stays full through the closes: each close's upload reads the staged
+    # bytes and sends them; recording what it sent (its digest, then "clean") must not need room
+    # the disk does not have (a few files' records fill the journal's last page). Each close
+    # succeeds once S3 has the file; the cache then owes nothing, and its clean copies make room.
+    with small_tmpfs(tmp_path / "disk") as disk:
+        cache = disk / "cache"
+        m = mount_factory(options="cache_size=1G", cache_dir=str(cache)).start()
+        try:
+            files = {"f%d" % i: os.urandom(2 << 20) for i in range(6)}
+            fds = {}
+            for name, data in files.items():
+                fds[name] = os.open(os.path.join(m.path, name), os.O_WRONLY | os.O_CREAT, 0o644)
+                assert os.write(fds[name], data) == len(data)
+            fill_disk(disk / "filler")
+            with pytest.raises(OSError) as info:
+                os.write(fds["f0"], os.urandom(1 << 20))
+            assert info.value.errno == errno.ENOSPC
+            for name in files:
+                os.close(fds.pop(name))  # the disk is still full: no ENOSPC, no EIO
+            for name, data in files.items():
+                assert s3_bytes(boto, bucket, name) == data, name
+            assert staged_dirty(str(cache)) == {}
+            with open(os.path.join(m.path, "new"), "wb") as f:  # the clean copies are evicted for it
+                f.write(b"n" * (1 << 20))
+            assert s3_bytes(boto, bucket, "new") == b"n" * (1 << 20)
+        finally:
+            for fd in fds.values():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            os.unlink(disk / "filler")
+            assert m.stop() == 0

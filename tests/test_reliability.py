@@ -1191,28 +1191,31 @@ def test_kill9_between_a_renames_copy_and_its_delete_leaves_one_file(
     assert m2.stop() == 0
 
 
+@pytest.mark.parametrize("killed_at", ["first move", "sixth move", "deletes"])
 @pytest.mark.parametrize("server_rename", ["on", "off"])
 def test_kill9_during_a_directory_rename_finishes_it_at_the_next_mount(
-    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, server_rename
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, server_rename, killed_at
 ):
     # A directory's rename moves (RenameObject) or copies each key, then deletes what is left
-    # of the old ones. Killed after some moves, the next mount goes on with it: every file under
-    # the new name once, none under the old.
+    # of the old ones. Killed before any move, after some, or once all are moved (at the
+    # DeleteObjects of what is left), the next mount goes on with it: every file under the new
+    # name once, none under the old.
     files = {"d/f%02d" % i: rand(1000 + i, i) for i in range(12)}
     files["d/sub/g"] = b"deeper"
     for key, data in files.items():
         boto.put_object(Bucket=bucket, Key=key, Body=data)
     cache = str(tmp_path / "cache")
-    with holding(s3server, is_move) as proxy:
+    with holding(s3server, is_delete if killed_at == "deletes" else is_move) as proxy:
         m = mount_factory(
             "server_rename=" + server_rename, config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache
         ).start()
         os.listdir(os.path.join(m.path, "d"))
-        proxy.hold_uploads(let_through=5)  # some copies land, the rest wait
+        proxy.hold_uploads(let_through=5 if killed_at == "sixth move" else 0)
         mover = in_background(os.rename, os.path.join(m.path, "d"), os.path.join(m.path, "e"))
         killed_while_held(proxy, m)
         mover.join(30)
-    assert any(k.startswith("e/") for k in s3_keys(boto, bucket))  # half done
+    if killed_at != "first move":
+        assert any(k.startswith("e/") and k != "e/" for k in s3_keys(boto, bucket))  # half done
     m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
     moved = {"e/" + k[2:]: v for k, v in files.items()}
     got = [k for k in s3_keys(boto, bucket) if not k.endswith("/")]

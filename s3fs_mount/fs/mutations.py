@@ -263,7 +263,7 @@ class Mutations:
         for old, state in sorted(self.renames.recover().items()):
             try:
                 if old.endswith("/"):
-                    self._finish_dir_rename(old, state["new"])
+                    self._finish_dir_rename(old, state["new"], state.get("dirs", []))
                 else:
                     self._finish_file_rename(old, state)
                 self.note_recovered("renames finished")
@@ -292,15 +292,22 @@ class Mutations:
                         old_key, new_key, old_key)
         self.renames.done(old_key)
 
-    def _finish_dir_rename(self, old_prefix: str, new_prefix: str) -> None:
-        """A directory's rename, killed part way: what is still under the old name is moved."""
+    def _finish_dir_rename(self, old_prefix: str, new_prefix: str, dirs: list[str]) -> None:
+        """A directory's rename, killed part way: what is still under the old name is moved,
+        and the old directories (``dirs``, as the rename recorded them) deleted."""
         old, new = self.keymap.path(old_prefix), self.keymap.path(new_prefix)
-        if not any(True for _ in self.store.list_all(old_prefix)):
-            log.info("recovery: rename of %s to %s: nothing left under the old name", old, new)
+        if any(True for _ in self.store.list_all(old_prefix)):
+            self._rename_dir(old, new, self.namespace.lookup_full(old))
+        else:
+            # Every file moved: what is left, if anything, is the emptied directories (a server
+            # that keeps directories lists them until they are deleted).
             self.renames.done(old_prefix)
-            return
-        source = self.namespace.lookup_full(old)
-        self._rename_dir(old, new, source)
+        failed = self.store.delete_keys(sorted(dirs))
+        if failed:
+            log.error("recovery: rename %s: could not delete %d old keys, e.g. %s", old, len(failed),
+                      failed[0])
+        self.namespace.forget(old, gone=True)
+        self.namespace.forget_tree(old)
         log.warning("recovery: finished the rename of directory %s to %s (killed part way)", old, new)
 
     def _finish_resumed(self, item: StagedFile, current: str) -> None:
@@ -545,9 +552,14 @@ class Mutations:
         new_keys = [new_prefix] + [new_prefix + k[len(old_prefix) :] for k in keys]
         self.check_keys_fit(new_keys, holder=self.keymap.folder_key(new))
         folder = self.keymap.folder_key(old)
+        # The markers of it and of each directory in it too, where they had none: a server that
+        # keeps directories (SeaweedFS) keeps the emptied ones, listed (an empty directory where
+        # ls showed none) until they are deleted, deepest first (as delete_keys sends them).
+        implicit = {k[: i + 1] for k in keys for i in range(len(old_prefix), len(k)) if k[i] == "/"}
+        dirs = sorted({*implicit, *(k for k in keys if k.endswith("/")), old_prefix, folder})
         # Recorded before the first request: a mount killed part way finishes it when it starts
         # again (fs/renames.py), rather than leaving the files half under each name.
-        self.renames.begin(old_prefix, {"new": new_prefix})
+        self.renames.begin(old_prefix, {"new": new_prefix, "dirs": dirs})
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
             self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
         # Markers before what is in them, a level at a time: SeaweedFS, making a key's parent
@@ -581,11 +593,7 @@ class Mutations:
             self.namespace.forget_tree(new)
             self.renames.done(old_prefix)  # failed, not killed: the caller says so; nothing to finish
             raise
-        # The markers of it and of each directory in it too, where they had none: a server that
-        # keeps directories (SeaweedFS) keeps the emptied ones, listed (an empty directory where
-        # ls showed none) until they are deleted, deepest first (as delete_keys sends them).
-        implicit = {k[: i + 1] for k in keys for i in range(len(old_prefix), len(k)) if k[i] == "/"}
-        failed = self.store.delete_keys(sorted({*left, *implicit, old_prefix, folder}))
+        failed = self.store.delete_keys(sorted({*left, *dirs}))
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
         self.renames.done(old_prefix)

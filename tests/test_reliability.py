@@ -1278,3 +1278,70 @@ def test_sigterm_during_uploads_waits_for_them_and_loses_nothing(
     for name, data in files.items():
         assert s3_bytes(boto, bucket, name) == data, name
     assert multipart_uploads(boto, bucket) == []
+
+
+# -- S3 faults short of the retry policy's limit: every operation succeeds, bytes exact --------------
+
+
+@pytest.mark.parametrize("fault", ["500", "503", "reset", "BadDigest", "slow"])
+def test_faults_fewer_than_the_retry_limit_fail_no_operation(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, fault
+):
+    # The retry policy tries a request 6 times (s3/retry.py). Five faults in a row, whichever
+    # requests they hit, leave each request at least one try: every write, fsync, read, rename
+    # (a copy: server_rename=off) and xattr change succeeds, and every byte is the one written.
+    # Then S3 fails every request: fsync and a read of what is not cached are EIO, never a
+    # success nor wrong bytes, and the file stays staged until S3 is back.
+    def inject(puts: bool = False) -> None:
+        """Five faults of the kind (BadDigest: only before PUTs with a body, which it changes)."""
+        if fault == "reset":
+            faultproxy.drop_next(5)
+        elif fault == "BadDigest":  # the next 5 PUTs' bodies changed on the way: the server says so
+            if puts:
+                faultproxy.flip_request(5)
+        elif fault == "slow":
+            faultproxy.stall(0.3)
+        else:
+            faultproxy.fail_next(5, status=int(fault))
+
+    small, big, theirs = rand(70_000, 81), rand(20 * MiB + 5, 82), rand(3 * MiB, 83)
+    boto.put_object(Bucket=bucket, Key="theirs", Body=theirs)
+    m = mount_factory(
+        "server_rename=off", config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=str(tmp_path / "c")
+    ).start()
+    for name, data in (("small", small), ("big", big)):
+        with open(os.path.join(m.path, name), "wb") as f:
+            inject(puts=True)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        assert s3_bytes(boto, bucket, name) == data, name
+    inject()
+    with open(os.path.join(m.path, "theirs"), "rb") as f:
+        assert f.read() == theirs
+    inject()
+    os.rename(os.path.join(m.path, "small"), os.path.join(m.path, "moved"))
+    assert s3_bytes(boto, bucket, "moved") == small and not s3_has(boto, bucket, "small")
+    inject()
+    os.setxattr(os.path.join(m.path, "big"), "user.k", b"v")
+    assert boto.head_object(Bucket=bucket, Key="big")["Metadata"]["k"] == "v"
+    assert s3_bytes(boto, bucket, "big") == big
+    faultproxy.stall(0)
+
+    boto.put_object(Bucket=bucket, Key="other", Body=theirs[::-1])
+    with open(os.path.join(m.path, "late"), "wb") as f:
+        f.write(small)
+        f.flush()
+        faultproxy.mode = "fail"
+        with pytest.raises(OSError) as info:
+            os.fsync(f.fileno())
+        assert info.value.errno == errno.EIO
+        with pytest.raises(OSError) as info:
+            with open(os.path.join(m.path, "other"), "rb") as g:
+                g.read()
+        assert info.value.errno in (errno.EIO, errno.ENOENT)  # the lookup or the read fails
+        faultproxy.mode = "pass"
+    assert s3_bytes(boto, bucket, "late") == small  # uploaded at the close
+    with open(os.path.join(m.path, "other"), "rb") as g:
+        assert g.read() == theirs[::-1]
+    assert m.stop() == 0

@@ -264,33 +264,38 @@ class Mutations:
             try:
                 if old.endswith("/"):
                     self._finish_dir_rename(old, state["new"], state.get("dirs", []))
+                    self.note_recovered("renames finished")
                 else:
-                    self._finish_file_rename(old, state)
-                self.note_recovered("renames finished")
+                    self.note_recovered(self._finish_file_rename(old, state))
             except Exception as exc:
                 log.error("recovery: could not finish the rename of %s to %s (%s): left as it is",
                           old, state.get("new"), exc)
                 self.note_recovered("renames left unfinished")
                 self.renames.done(old)
 
-    def _finish_file_rename(self, old_key: str, state: dict[str, str]) -> None:
+    def _finish_file_rename(self, old_key: str, state: dict[str, str]) -> str:
         """A file's copy, then delete, killed in between: its delete is sent if the copy is in S3
-        (the new key has the copy's ETag, or the version's), and the old key still the version moved."""
+        (the new key has the copy's ETag, or the version's), and the old key still the version moved.
+        Returns what was done, as :attr:`recovered` counts it."""
         new_key = state["new"]
         old = self.store.current_etag(old_key)
         new = self.store.current_etag(new_key)
         if not old or old != state["etag"]:
             log.info("recovery: rename of %s to %s: the old key is gone or changed; nothing to do",
                      old_key, new_key)
+            done = "renames found done, or the file changed since"
         elif new and new in (state["etag"], state.get("copied")):
             self.store.remove(old_key)
             self.namespace.forget(self.keymap.path(old_key), gone=True)
             log.warning("recovery: finished the rename of %s to %s (copied, then killed before "
                         "the delete)", old_key, new_key)
+            done = "renames finished"
         else:
             log.warning("recovery: rename of %s to %s was not copied: the file stays at %s",
                         old_key, new_key, old_key)
+            done = "renames not made (killed before the copy)"
         self.renames.done(old_key)
+        return done
 
     def _finish_dir_rename(self, old_prefix: str, new_prefix: str, dirs: list[str]) -> None:
         """A directory's rename, killed part way: what is still under the old name is moved,

@@ -44,6 +44,10 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
         % (human_size(st["cache_bytes"]), human_size(bound), st["cache_dir"], bounded),
         "requests: %s" % st["requests"],
     ]
+    recovered = st.get("recovered")  # a mount older than it has none
+    if recovered:
+        what = ", ".join("%s %d" % (k, n) for k, n in sorted(recovered.items()))
+        lines.append("recovered at mount (what a previous run left): %s" % what)
     if not st["pending"]:
         lines.append("nothing waiting to upload")
     else:

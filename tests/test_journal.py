@@ -163,6 +163,49 @@ def test_after_a_failed_append_the_next_record_rewrites_the_journal(tmp_path, mo
     assert StagingJournal.read(str(tmp_path / JOURNAL_NAME)) == {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}
 
 
+def test_the_journal_keeps_room_allocated_past_its_end(tmp_path):
+    # Records that let an upload finish go in on a disk full of dirty data: the blocks they
+    # take were allocated before (fallocate, the file's size kept).
+    journal = StagingJournal(str(tmp_path), reserve=64 << 10)
+    journal.open()
+    path = tmp_path / JOURNAL_NAME
+    assert os.path.getsize(path) == 0 and os.stat(path).st_blocks * 512 >= 64 << 10
+    for i in range(200):  # about 40 KiB: past half the room, which is then topped up
+        journal.record("t%d" % i, {"pad": "x" * 150})
+    size = os.path.getsize(path)
+    assert size > 32 << 10 and os.stat(path).st_blocks * 512 >= size + (32 << 10)
+    journal.close()
+    assert len(StagingJournal.read(str(path))) == 200
+
+
+def test_a_rewrite_on_a_full_disk_appends_instead(tmp_path, monkeypatch):
+    journal = StagingJournal(str(tmp_path), compact_at=4096)
+    journal.open()
+    for i in range(100):
+        journal.record("t%d" % i, {"pad": "x" * 50})
+        journal.record("t%d" % i, None)
+    journal.record("live", {"n": 0})
+    real_open = os.open
+
+    def no_room_for_a_new_file(path, flags, mode=0o777):
+        if str(path).endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(journal_module.os, "open", no_room_for_a_new_file)
+    before = os.path.getsize(tmp_path / JOURNAL_NAME)
+    for i in range(100):  # each would rewrite the journal; there is no room for that
+        journal.record("u%d" % i, {"pad": "y" * 50})
+        journal.record("u%d" % i, None)
+    assert os.path.getsize(tmp_path / JOURNAL_NAME) > before  # appended to
+    journal.record("live", {"n": 1})
+    monkeypatch.setattr(journal_module.os, "open", real_open)
+    journal.record("other", {"n": 2})  # room again: rewritten
+    journal.close()
+    assert os.path.getsize(tmp_path / JOURNAL_NAME) < 4096
+    assert StagingJournal.read(str(tmp_path / JOURNAL_NAME)) == {"live": {"n": 1}, "other": {"n": 2}}
+
+
 def test_an_unreadable_sidecar_of_an_earlier_version_keeps_its_data(tmp_path):
     store = FakeStore()
     ops = make_ops(tmp_path, store)

@@ -16,10 +16,17 @@ slower than the upload it staged (see bench/README.md).
 
 The file is rewritten with only the live records (a temporary file renamed
 over it) when it is opened and whenever it has grown well past them.
+
+**A full disk.** The records that let an upload finish (the digest of what it
+sends, then "owes nothing") must not wait for room on a disk full of the dirty
+data they upload: the journal keeps ``RESERVE`` bytes allocated past its end
+(``fallocate(KEEP_SIZE)``), topped up as appends use them, and a rewrite that
+finds no room leaves the file as it is and appends to it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import logging
@@ -32,6 +39,12 @@ log = logging.getLogger(__name__)
 JOURNAL_NAME = "staging.journal"
 #: Rewrite the journal once it is larger than this and more than twice its live records.
 COMPACT_AT = 1 << 20
+#: Bytes kept allocated past the journal's end, so that records still go in when the disk is full.
+RESERVE = 128 << 10
+
+_FALLOC_FL_KEEP_SIZE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 
 State = dict[str, Any]
 
@@ -52,13 +65,17 @@ class StagingJournal:
         journal.close()
     """
 
-    def __init__(self, directory: str, compact_at: int = COMPACT_AT, name: str = JOURNAL_NAME) -> None:
+    def __init__(
+        self, directory: str, compact_at: int = COMPACT_AT, name: str = JOURNAL_NAME, reserve: int = RESERVE
+    ) -> None:
         self.directory = directory  # immutable after __init__
         self.path = os.path.join(directory, name)  # immutable after __init__
         self.compact_at = compact_at  # immutable after __init__
+        self.reserve = reserve  # immutable after __init__
         self._lock = threading.Lock()  # immutable after __init__; nothing is taken while it is held
         self._fd = -1  # GUARDED_BY(_lock)
         self._size = 0  # GUARDED_BY(_lock): bytes in the journal file
+        self._reserved = 0  # GUARDED_BY(_lock): the file's blocks are allocated up to here
         self._live: dict[str, bytes] = {}  # GUARDED_BY(_lock): id -> its last line
         self._live_bytes = 0  # GUARDED_BY(_lock)
         self._torn = False  # GUARDED_BY(_lock): a write failed part-way: rewrite before appending again
@@ -112,7 +129,7 @@ class StagingJournal:
                 self._live_bytes += len(line) - len(self._live.get(item_id, b""))
                 self._live[item_id] = line
             if self._torn or (self._size > self.compact_at and self._size > 2 * self._live_bytes):
-                self._rewrite()  # the live records, this one included
+                self._compact(line)
             else:
                 self._append(line)
             if durable:
@@ -126,6 +143,17 @@ class StagingJournal:
 
     # -- under self._lock ------------------------------------------------------------
 
+    def _compact(self, line: bytes) -> None:
+        """Rewrite the journal with its live records (``line``, the last, among them); on a full
+        disk, append ``line`` to the file as it is instead, unless the file ends in a torn line."""
+        try:
+            self._rewrite()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or self._torn:
+                raise
+            log.debug("%s: no room to rewrite it (%s): appended to", self.path, exc)
+            self._append(line)
+
     def _append(self, line: bytes) -> None:
         try:
             _write_all(self._fd, line)
@@ -133,6 +161,20 @@ class StagingJournal:
             self._torn = True  # part of the line may be there: rewrite before the next append
             raise
         self._size += len(line)
+        if self._reserved - self._size < self.reserve // 2:
+            self._keep_room()
+
+    def _keep_room(self) -> None:
+        """Allocate ``reserve`` bytes past the file's end (its size kept): appends into them need
+        no room from the disk. A disk without the room, or a file system without fallocate,
+        keeps what it has."""
+        if self.reserve <= 0:
+            return
+        if _libc.fallocate(self._fd, _FALLOC_FL_KEEP_SIZE, self._size, self.reserve) == 0:
+            self._reserved = self._size + self.reserve
+        else:
+            err = ctypes.get_errno()
+            log.debug("%s: no room kept past its end (fallocate: %s)", self.path, os.strerror(err))
 
     def _rewrite(self) -> None:
         """Replace the journal by its live records (written and fsync'd before the rename)."""
@@ -142,6 +184,9 @@ class StagingJournal:
         try:
             _write_all(fd, body)
             os.fsync(fd)
+        except OSError:
+            os.unlink(tmp)
+            raise
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
@@ -153,8 +198,9 @@ class StagingJournal:
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        self._size = len(body)
+        self._size = self._reserved = len(body)
         self._torn = False
+        self._keep_room()
 
 
 def _write_all(fd: int, data: bytes) -> None:

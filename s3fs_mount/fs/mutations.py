@@ -25,6 +25,7 @@ from s3fs_mount.fs.errors import Conflict, FsError
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
+from s3fs_mount.fs.renames import PendingRenames
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
@@ -89,6 +90,11 @@ class Mutations:
         self.prefetcher = prefetcher
         self.server_full = server_full
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
+        #: Renames under way, recorded so that the next mount finishes them (fs/renames.py).
+        self.renames = PendingRenames(staging.root)
+        #: What :meth:`recover` found a previous run left, and did (what -> how many), for
+        #: ``s3fs-mount status``. Written before the mount serves; read after.
+        self.recovered: dict[str, int] = {}
         namespace.settle_deletes = self.deletes.flush
         #: A file is renamed by RenameObject (one atomic request), not a copy and a delete. Set
         #: once, at mount (:meth:`configure_renames`), before any FUSE call.
@@ -146,6 +152,7 @@ class Mutations:
 
     def close(self) -> list[str]:
         """At unmount: send the pending deletes; returns the keys left for the next mount."""
+        self.renames.close()
         return self.deletes.close()
 
     # -- uploads ---------------------------------------------------------------------------
@@ -198,9 +205,12 @@ class Mutations:
 
         The deletes first: a key written again after its unlink had its delete sent before.
         """
-        for key in self.deletes.recover():  # not sent yet: hidden until it is
+        deletes = self.deletes.recover()
+        for key in deletes:  # not sent yet: hidden until it is
             self.namespace.deleting(self.keymap.path(key))
+        self.note_recovered("deletes sent", len(deletes))
         recovered = self.staging.recover()
+        self.note_recovered("changed on disk, kept, not uploaded", len(self.staging.damaged))
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id)
         for item in recovered:
@@ -218,11 +228,13 @@ class Mutations:
                 current = None
             if resumed:
                 self._finish_resumed(item, current.etag if current is not None else "")
+                self.note_recovered("streamed uploads finished")
                 continue
             if current is not None and current.etag in self.uploader.etags_of(item):
                 # Uploaded, then killed before its record said so: nothing to do.
                 item.mark_clean(item.generation, current.etag, metadata=current.metadata)
                 log.info("recovered %s: already in S3", item.key)
+                self.note_recovered("files already in S3")
                 continue
             if current is not None and item.etag and current.etag != item.etag:
                 conflict = conflict_name(item.key, self.store.key_room())
@@ -231,11 +243,77 @@ class Mutations:
             try:
                 self.uploader.flush(item)
                 log.info("recovered and uploaded %s", item.key)
+                self.note_recovered("files uploaded")
             except Conflict as exc:
                 log.warning("recovered %s: %s", item.key, exc)
+                self.note_recovered("files uploaded beside a conflicting version")
             except Exception as exc:
                 log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
+                self.note_recovered("files kept staged (upload failed)")
+        self._recover_renames()  # after the uploads: a directory's files are in S3 to be moved
         return [i.key for i in self.staging.pending()]
+
+    def note_recovered(self, what: str, n: int = 1) -> None:
+        """``n`` more of ``what`` in :attr:`recovered`."""
+        if n:
+            self.recovered[what] = self.recovered.get(what, 0) + n
+
+    def _recover_renames(self) -> None:
+        """Finish the renames a killed run left half done (fs/renames.py)."""
+        for old, state in sorted(self.renames.recover().items()):
+            try:
+                if old.endswith("/"):
+                    self._finish_dir_rename(old, state["new"], state.get("dirs", []))
+                    self.note_recovered("renames finished")
+                else:
+                    self.note_recovered(self._finish_file_rename(old, state))
+            except Exception as exc:
+                log.error("recovery: could not finish the rename of %s to %s (%s): left as it is",
+                          old, state.get("new"), exc)
+                self.note_recovered("renames left unfinished")
+                self.renames.done(old)
+
+    def _finish_file_rename(self, old_key: str, state: dict[str, str]) -> str:
+        """A file's copy, then delete, killed in between: its delete is sent if the copy is in S3
+        (the new key has the copy's ETag, or the version's), and the old key still the version moved.
+        Returns what was done, as :attr:`recovered` counts it."""
+        new_key = state["new"]
+        old = self.store.current_etag(old_key)
+        new = self.store.current_etag(new_key)
+        if not old or old != state["etag"]:
+            log.info("recovery: rename of %s to %s: the old key is gone or changed; nothing to do",
+                     old_key, new_key)
+            done = "renames found done, or the file changed since"
+        elif new and new in (state["etag"], state.get("copied")):
+            self.store.remove(old_key)
+            self.namespace.forget(self.keymap.path(old_key), gone=True)
+            log.warning("recovery: finished the rename of %s to %s (copied, then killed before "
+                        "the delete)", old_key, new_key)
+            done = "renames finished"
+        else:
+            log.warning("recovery: rename of %s to %s was not copied: the file stays at %s",
+                        old_key, new_key, old_key)
+            done = "renames not made (killed before the copy)"
+        self.renames.done(old_key)
+        return done
+
+    def _finish_dir_rename(self, old_prefix: str, new_prefix: str, dirs: list[str]) -> None:
+        """A directory's rename, killed part way: what is still under the old name is moved,
+        and the old directories (``dirs``, as the rename recorded them) deleted."""
+        old, new = self.keymap.path(old_prefix), self.keymap.path(new_prefix)
+        if any(True for _ in self.store.list_all(old_prefix)):
+            self._rename_dir(old, new, self.namespace.lookup_full(old))
+        else:
+            # Every file moved: what is left, if anything, is the emptied directories (a server
+            # that keeps directories lists them until they are deleted).
+            self.renames.done(old_prefix)
+        failed = self.store.delete_keys(sorted(dirs))
+        if failed:
+            log.error("recovery: rename %s: could not delete %d old keys, e.g. %s", old, len(failed),
+                      failed[0])
+        self.namespace.forget(old, gone=True)
+        self.namespace.forget_tree(old)
+        log.warning("recovery: finished the rename of directory %s to %s (killed part way)", old, new)
 
     def _finish_resumed(self, item: StagedFile, current: str) -> None:
         """Recovery of a file whose upload holds bytes the cache released: complete that upload."""
@@ -448,8 +526,20 @@ class Mutations:
                     raise
                 log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
             return etag
-        copied = self.store.copy_object(old_key, new_key, if_match=etag, source_info=source_info, size=size)
-        self.store.remove(old_key)
+        # Recorded: a mount killed between the copy and the delete sends the delete when it
+        # starts again (fs/renames.py), and the file is not left under both names.
+        self.renames.begin(old_key, {"new": new_key, "etag": etag})
+        try:
+            copied = self.store.copy_object(
+                old_key, new_key, if_match=etag, source_info=source_info, size=size
+            )
+        except BaseException:
+            self.renames.done(old_key)  # not copied: nothing to finish
+            raise
+        if copied and copied != etag:
+            self.renames.begin(old_key, {"new": new_key, "etag": etag, "copied": copied})
+        self.store.remove(old_key)  # if S3 refuses it, the record stays: the next mount sends it
+        self.renames.done(old_key)
         return copied or etag
 
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
@@ -471,6 +561,14 @@ class Mutations:
         new_keys = [new_prefix] + [new_prefix + k[len(old_prefix) :] for k in keys]
         self.check_keys_fit(new_keys, holder=self.keymap.folder_key(new))
         folder = self.keymap.folder_key(old)
+        # The markers of it and of each directory in it too, where they had none: a server that
+        # keeps directories (SeaweedFS) keeps the emptied ones, listed (an empty directory where
+        # ls showed none) until they are deleted, deepest first (as delete_keys sends them).
+        implicit = {k[: i + 1] for k in keys for i in range(len(old_prefix), len(k)) if k[i] == "/"}
+        dirs = sorted({*implicit, *(k for k in keys if k.endswith("/")), old_prefix, folder})
+        # Recorded before the first request: a mount killed part way finishes it when it starts
+        # again (fs/renames.py), rather than leaving the files half under each name.
+        self.renames.begin(old_prefix, {"new": new_prefix, "dirs": dirs})
         if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
             self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
         # Markers before what is in them, a level at a time: SeaweedFS, making a key's parent
@@ -502,14 +600,12 @@ class Mutations:
         except BaseException:
             self.namespace.forget_tree(old)  # some files moved (or were copied): both are asked again
             self.namespace.forget_tree(new)
+            self.renames.done(old_prefix)  # failed, not killed: the caller says so; nothing to finish
             raise
-        # The markers of it and of each directory in it too, where they had none: a server that
-        # keeps directories (SeaweedFS) keeps the emptied ones, listed (an empty directory where
-        # ls showed none) until they are deleted, deepest first (as delete_keys sends them).
-        implicit = {k[: i + 1] for k in keys for i in range(len(old_prefix), len(k)) if k[i] == "/"}
-        failed = self.store.delete_keys(sorted({*left, *implicit, old_prefix, folder}))
+        failed = self.store.delete_keys(sorted({*left, *dirs}))
         if failed:
             log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
+        self.renames.done(old_prefix)
         for item in list(self.staging.under(old_prefix)):
             self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
         self.namespace.forget(old, gone=True)  # the parents' link counts follow

@@ -251,7 +251,7 @@ class S3Operations(Operations):
                 self.uploader.configure_checksums()
             self.namespace.configure_directories()
             self.namespace.configure_names()
-            self.namespace.recover_holders()
+            self.changes.note_recovered("directory holders to write", self.namespace.recover_holders())
             self.changes.configure_renames(self.options.server_rename)
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
@@ -954,6 +954,7 @@ class S3Operations(Operations):
             "open_for_writing": open_for_writing,
             "requests": self.request_summary(),
             "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,
+            "recovered": dict(self.changes.recovered),
         }
 
     @fuse_operation

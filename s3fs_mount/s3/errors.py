@@ -167,6 +167,11 @@ class ConnectionFailed(TransportError, requests.ConnectionError):
     retryable = True
 
 
+class BodyBroken(ConnectionFailed):
+    """An answer began, then its body broke off (a reset, a timeout mid-body). Retried: the
+    request is sent again (the connection's own retries end once the answer's head is in)."""
+
+
 def _reason(exc: BaseException) -> str:
     """The useful tail of a requests exception, e.g. 'Connection refused'."""
     text = str(exc)

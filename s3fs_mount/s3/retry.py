@@ -64,8 +64,14 @@ class RetryPolicy:
         """Seconds to sleep after the failed ``attempt`` (1-based)."""
         return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
-    def call(self, fn: Callable[[], T], what: str = "request") -> T:
-        """Run ``fn`` until it succeeds, or raise its last exception."""
+    def call(
+        self,
+        fn: Callable[[], T],
+        what: str = "request",
+        retryable: Callable[[BaseException], bool] = is_retryable,
+    ) -> T:
+        """Run ``fn`` until it succeeds, or raise its last exception. ``retryable``: which
+        failures are tried again (by default, those worth it: :func:`is_retryable`)."""
         start = self.clock.monotonic()
         attempt = 0
         while True:
@@ -73,7 +79,7 @@ class RetryPolicy:
             try:
                 return fn()
             except Exception as exc:
-                if not is_retryable(exc) or attempt >= self.max_attempts:
+                if not retryable(exc) or attempt >= self.max_attempts:
                     raise
                 pause = self.delay(attempt)
                 if self.clock.monotonic() - start + pause > self.max_total:

@@ -37,7 +37,7 @@ from s3fs_mount.s3.checksums import (
     plan,
 )
 from s3fs_mount.s3.connection import S3Connection
-from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
+from s3fs_mount.s3.errors import BodyBroken, RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.parts import MIN_PART_SIZE, AnyLayout, find_layout, part_size_for
@@ -160,11 +160,19 @@ def digest_of(etag: str, checksum: str = "") -> str:
 
 @contextlib.contextmanager
 def _body_errors(remote_name: object) -> Iterator[None]:
-    """A body that breaks while it is read: the connector's TransportError, as for a request."""
+    """A body that breaks while it is read: the connector's TransportError, as for a request
+    (:class:`BodyBroken` where the request's would be retried)."""
     try:
         yield
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-        raise TransportError.wrap(exc, "reading %s" % (remote_name,)) from exc
+        wrapped = TransportError.wrap(exc, "reading %s" % (remote_name,))
+        raise (BodyBroken(wrapped.what, wrapped.reason) if wrapped.retryable else wrapped) from exc
+
+
+def _body_broken(exc: BaseException) -> bool:
+    """Retry a streamed read for this? Only a body that broke: the request's own failures were
+    retried already (by the connection), and would otherwise be tried 6 x 6 times."""
+    return isinstance(exc, BodyBroken)
 
 
 def write_conditions(if_match: str | None, if_none_match: bool) -> dict[str, str]:
@@ -606,17 +614,21 @@ class RemoteStore:
         # read's page costs a GET's latency, and urllib3's streaming ~0.5 ms of CPU more
         # (bench/README.md, round 29).
         whole = length <= WHOLE_GET
-        resp = self._ranged_get(remote_name, start, length, if_match, stream=not whole)
-        if resp is None:
-            return b""
-        if whole:
-            data = resp.content
-        else:
-            with resp, _body_errors(remote_name):  # one read of the whole body: faster than 10 KiB chunks
-                data = resp.raw.read(decode_content=False)
-        if resp.status_code == 200:  # server ignored the Range
-            data = data[start : start + length]
-        return data
+
+        def fetch() -> bytes:
+            resp = self._ranged_get(remote_name, start, length, if_match, stream=not whole)
+            if resp is None:
+                return b""
+            if whole:
+                data = resp.content
+            else:
+                with resp, _body_errors(remote_name):  # one read of the whole body: faster than 10 KiB chunks
+                    data = resp.raw.read(decode_content=False)
+            if resp.status_code == 200:  # server ignored the Range
+                data = data[start : start + length]
+            return data
+
+        return self.connection.retry.call(fetch, "reading %s" % (remote_name,), _body_broken)
 
     def get_range_blocks(
         self, remote_name: RemoteName, start: int, length: int, block: int, if_match: str | None = None
@@ -626,19 +638,23 @@ class RemoteStore:
         No allocation as large as the range, and a reader of whole blocks
         can hand them on without a copy.
         """
-        resp = self._ranged_get(remote_name, start, length, if_match)
-        if resp is None:
-            return []
-        with resp, _body_errors(remote_name):
-            if resp.status_code == 200:  # server ignored the Range
-                data = resp.raw.read(decode_content=False)[start : start + length]
-                return [data[i : i + block] for i in range(0, len(data), block)]
-            blocks = []
-            while True:
-                data = resp.raw.read(block, decode_content=False)
-                if not data:
-                    return blocks
-                blocks.append(data)
+
+        def fetch() -> list[bytes]:
+            resp = self._ranged_get(remote_name, start, length, if_match)
+            if resp is None:
+                return []
+            with resp, _body_errors(remote_name):
+                if resp.status_code == 200:  # server ignored the Range
+                    data = resp.raw.read(decode_content=False)[start : start + length]
+                    return [data[i : i + block] for i in range(0, len(data), block)]
+                blocks = []
+                while True:
+                    data = resp.raw.read(block, decode_content=False)
+                    if not data:
+                        return blocks
+                    blocks.append(data)
+
+        return self.connection.retry.call(fetch, "reading %s" % (remote_name,), _body_broken)
 
     def _ranged_get(
         self, remote_name: RemoteName, start: int, length: int, if_match: str | None, stream: bool = True

@@ -23,19 +23,25 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 
 def resident_bytes(path: str, start: int, end: int) -> int:
     """Bytes of ``[start, end)`` of ``path`` (page-aligned ``start``) in the page cache now."""
-    page = mmap.PAGESIZE
-    length = end - start
     fd = os.open(path, os.O_RDONLY)
     try:
-        addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
-        if addr in (None, _MAP_FAILED):
-            raise OSError(ctypes.get_errno(), "mmap")
-        try:
-            vec = ctypes.create_string_buffer((length + page - 1) // page)
-            if _libc.mincore(addr, length, vec) != 0:
-                raise OSError(ctypes.get_errno(), "mincore")
-            return sum(b & 1 for b in vec.raw) * page
-        finally:
-            _libc.munmap(addr, length)
+        return resident_bytes_of(fd, start, end)
     finally:
         os.close(fd)
+
+
+def resident_bytes_of(fd: int, start: int, end: int) -> int:
+    """As :func:`resident_bytes`, of the file open as ``fd``: on a FUSE mount an open of its own
+    may drop the kernel's pages (no ``keep_cache``), this looks without one."""
+    page = mmap.PAGESIZE
+    length = end - start
+    addr = _libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, start)
+    if addr in (None, _MAP_FAILED):
+        raise OSError(ctypes.get_errno(), "mmap")
+    try:
+        vec = ctypes.create_string_buffer((length + page - 1) // page)
+        if _libc.mincore(addr, length, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        return sum(b & 1 for b in vec.raw) * page
+    finally:
+        _libc.munmap(addr, length)

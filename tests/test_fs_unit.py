@@ -1838,6 +1838,40 @@ def test_an_open_keeps_the_kernels_pages_of_a_file_read_whole_and_checked_and_ne
     ops.release("/f", fh)
 
 
+def test_an_open_keeps_the_kernels_pages_of_a_file_written_here_but_not_of_another_version_nor_at_o_trunc(
+    tmp_path,
+):
+    """The kernel's pages of a file written through this mount are its own writes: an open keeps
+    them (keep_cache), while a writer has the file open and after its upload. Dropping them
+    raced with another handle's write on its way: a reader opening a log as it grew read a
+    record as zeros. Not at an O_TRUNC open (the kernel keeps its pages then, past a size of
+    0), nor once another client's version is followed."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    w = ops.create("/log", 0o644)
+    ops.write("/log", b"a" * 1000, 0, w)
+    r = ops.open("/log", os.O_RDONLY)  # while the writer appends
+    assert ops.keeps_kernel_pages(r)
+    ops.release("/log", r)
+    ops.flush("/log", w)  # uploaded: the version this mount wrote
+    r = ops.open("/log", os.O_RDONLY)
+    assert ops.keeps_kernel_pages(r)
+    assert ops.read("/log", 2000, 0, r) == b"a" * 1000
+    ops.release("/log", r)
+    ops.release("/log", w)
+    t = ops.open("/log", os.O_WRONLY | os.O_TRUNC)
+    assert not ops.keeps_kernel_pages(t)
+    ops.write("/log", b"b" * 10, 0, t)
+    ops.flush("/log", t)
+    ops.release("/log", t)
+    store.put("log", b"theirs")  # another client
+    ops.namespace.forget("/log")  # as attr_ttl passing: the next open looks it up
+    r = ops.open("/log", os.O_RDONLY)
+    assert not ops.keeps_kernel_pages(r)
+    assert ops.read("/log", 100, 0, r) == b"theirs"
+    ops.release("/log", r)
+
+
 def test_a_read_after_bytes_were_served_does_not_switch_to_a_new_version(tmp_path):
     """A reader that has bytes of one version gets EIO, never a mix of two."""
     store = FakeStore()

@@ -18,7 +18,8 @@ Three workloads, each with default options and with ``-o writeback`` (the third:
   name must hold one of the renamed bodies, and S3 must equal the mount after a sync.
 - **Readers during writes.** One process overwrites whole 4 KiB pages (each page one byte
   value) and another appends 1,000-byte records while three readers read: no page read may
-  be torn, no record partly seen, and sizes seen by an appender's reader never go back.
+  be torn, no record partly seen (nor as zeros), and sizes seen by an appender's reader
+  never go back.
 
 Every call of the serialized workload is logged (``calls.log`` in the test's tmp_path; keep it
 with ``--basetemp``); a failure prints the last calls. One seed, 50 calls per worker, in CI;
@@ -30,10 +31,14 @@ request log)::
 
 Found so far: with ``-o writeback``, a hole made while an upload ran (a truncate, then a write
 past the end) read the old bytes back from S3 once the upload completed (fixed in staging's
-``mark_clean``; tests/test_staging.py has its unit tests). Open: with ``-o writeback`` a reader
-now and then reads an appended record as zeros (see ``READER_OPTIONS``: CI runs that test
-with default options only); and a ``stat`` may show the size of an append whose ``write()`` has
-not returned, with a read right after it ending before that append (not asserted).
+``mark_clean``; tests/test_staging.py has its unit tests). A reader now and then read an
+appended record as zeros, with either option: the kernel dropped the file's pages at a getattr
+(``auto_inval_data``, off now: see fuselib's ``FUSE``) or at an open (the pages of a file
+written here are kept now: ``StagedFile.kernel_pages_written_here``) while the append was on
+its way, and a read cached the page without it (README, "Limitations": what is left). Open: a
+``stat`` may show the size of an append whose ``write()`` has not returned, with a read right
+after it ending before that append (not asserted); and with ``-o writeback`` a torn page now
+and then (see ``READER_OPTIONS``: CI runs that test with default options only).
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import traceback
 from collections.abc import Callable
 
 import pytest
+from pagecache import resident_bytes_of
 from waiting import eventually
 
 pytestmark = pytest.mark.fuse
@@ -492,10 +498,41 @@ def _append_reader(mnt: str, done) -> None:
     os.close(fd)
 
 
-# With -o writeback a reader sometimes (about 1 run in 12, before and after the hole fix) reads
-# one appended record as zeros while bytes after it read right: not understood yet (a guess: the
-# kernel drops the file's pages while a write-through is in flight, then caches the page read
-# back from the mount before the write reached it). Run by hand with S3FS_WORKLOAD_READERS=all.
+def test_a_stat_after_a_write_and_an_open_leave_the_kernel_the_pages_of_a_file_written_here(mount_factory):
+    """Neither a getattr that shows a file's new mtime (libfuse's ``auto_inval_data`` is off) nor
+    an open of a file written here (``keep_cache``) makes the kernel drop the file's pages: that
+    dropping raced with another process's write into them. The kernel checks for a write under
+    way before it drops them (at a getattr; not at all at an open), not while: a write that
+    began in between put its bytes in a page then dropped, a read re-read that page from the
+    mount before the write reached it, and kept it: the write's bytes read as zeros (an
+    append) or as the old ones (an overwrite) until the next drop. Seen with the kernel's
+    tracepoints: a reader's fstat removed the pages after the appender's FUSE_WRITE was sent,
+    and another reader's FUSE_READ of that page was answered before the write landed."""
+    m = mount_factory().start()
+    path = os.path.join(m.path, "f")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * (16 * PAGE))  # whole pages: the kernel keeps them, up to date
+        assert resident_bytes_of(fd, 0, 16 * PAGE) == 16 * PAGE
+        os.pwrite(fd, b"y", 100)  # a new mtime, the same size
+        assert os.fstat(fd).st_size == os.stat(path).st_size == 16 * PAGE  # asked anew: the write
+        assert resident_bytes_of(fd, 0, 16 * PAGE) == 16 * PAGE
+        other = os.open(path, os.O_RDONLY)  # as a reader of a growing log opens it
+        try:
+            assert resident_bytes_of(fd, 0, 16 * PAGE) == 16 * PAGE
+            assert os.pread(other, 2 * PAGE, 0) == b"x" * 100 + b"y" + b"x" * (2 * PAGE - 101)
+        finally:
+            os.close(other)
+    finally:
+        os.close(fd)
+
+
+# With -o writeback, since the kernel keeps a file's pages (auto_inval_data off, keep_cache for
+# files written here), 2 runs in 25 failed otherwise: a page read torn (two values), and, with a
+# second reader of the appended file that opened it anew for each read, an fstat size going
+# back after a stat. Not understood yet (a guess for the first: a page now stays up to date in
+# the kernel, where the kernel copies a write into it while a read copies out of it, unlocked;
+# dropped, the write made it anew, locked). Run by hand with S3FS_WORKLOAD_READERS=all.
 READER_OPTIONS = OPTIONS if os.environ.get("S3FS_WORKLOAD_READERS") == "all" else [""]
 
 

@@ -291,3 +291,26 @@ def test_released_ranges_stay_missing_and_holes_local_after_an_upload(tmp_path):
     with item.cond:
         assert item.missing(0, 2 * MiB + 2) == [(0, MiB // 2)]  # the released bytes are v2's
     assert item.read(MiB, 4) == bytes(4)
+
+
+def test_the_kernels_pages_of_an_item_written_here_are_its_own_until_another_version_or_a_bad_fetch(tmp_path):
+    """An item's bytes written here went through the kernel, into its pages: an open may keep
+    those (keep_cache), through its upload too. Not those of a copy of S3's (the checked
+    rule decides), nor once another version is followed, nor after fetched bytes failed
+    their check (the kernel may hold them)."""
+    cache = cache_at(tmp_path)
+    item = remote_item(cache)
+    assert not item.kernel_pages_written_here()  # S3's bytes: kernel_may_keep's rule
+    item.write(0, b"x" * 100)
+    assert item.kernel_pages_written_here()
+    generation, _ = item.begin_upload()
+    assert item.kernel_pages_written_here()
+    item.end_upload()
+    assert item.mark_clean(generation, "v2", 100)
+    assert item.kernel_pages_written_here()  # S3 holds what the kernel's pages hold
+    item.reset(5, "v3", {}, {}, 2000.0)  # another client's version, followed
+    assert not item.kernel_pages_written_here()
+    item.write(0, b"y")
+    assert item.kernel_pages_written_here()
+    item.drop_fetched("v3")  # bytes fetched of it failed their check
+    assert not item.kernel_pages_written_here()

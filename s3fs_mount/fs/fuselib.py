@@ -79,6 +79,7 @@ MAX_HELD_THREAD_STATES = 64
 FUSE_READDIR_PLUS = 1  # readdir flag: the kernel asks for attributes too (libfuse3)
 FUSE_FILL_DIR_PLUS = 2  # filler flag: this entry's attributes are complete
 FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # fuse_common.h: the kernel asks with attributes only now and then
+FUSE_CAP_AUTO_INVAL_DATA = 1 << 12  # fuse_common.h: a getattr showing a new mtime drops the file's pages
 
 #: struct fuse_direntplus (linux/fuse.h): fuse_entry_out (nodeid, generation, entry_valid,
 #: attr_valid, entry_valid_nsec, attr_valid_nsec, a fuse_attr of 88 bytes), then fuse_dirent
@@ -174,6 +175,17 @@ class FUSE(mfusepy.FUSE):
     mfusepy 3.1 drops it on libfuse3.
 
     ``getattr`` answers are filled in with :func:`set_stat` (the fields looked up once).
+
+    libfuse's ``auto_inval_data`` is turned off at init: with it, every getattr answer
+    showing a file's new mtime (the first after each write: the kernel does not move mtime
+    itself) had the kernel drop all the file's pages, and that raced with writes of other
+    processes. The kernel checks for a write that grows the file before it drops the pages,
+    not while: a write that began in between put its bytes in a page then dropped, a read
+    re-read that page before the write reached us and kept it, and the written bytes read as
+    zeros (an append) or as the old ones (an overwrite) until the next drop. The kernel
+    still drops them when a getattr shows another size, and at an open whose reply does not
+    keep them (``keep_cache``): that is how another client's new version is read
+    (close-to-open).
 
     ``create(path, mode, flags)`` is called as such: mfusepy 3.1 inspects the
     operations' signature on every create (3% of a small-file loop).
@@ -306,6 +318,9 @@ class FUSE(mfusepy.FUSE):
 
     def init_fuse_3(self, conn: Any, config: Any) -> None:
         super().init_fuse_3(conn, config)
+        if conn:
+            # Not auto_inval_data, libfuse's default: see the class docstring.
+            conn.contents.want &= ~FUSE_CAP_AUTO_INVAL_DATA
         if self._kernel_names is not None and conn:
             # Every readdir with attributes (see the class docstring); large directories as before.
             conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO

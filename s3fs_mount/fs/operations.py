@@ -81,7 +81,8 @@ class Handle:
     accessed: bool = False  # a read through it has moved the file's atime (or found it need not)
     served: bool = False  # a read through it has returned bytes (unguarded: only ever becomes True)
     #: Its open kept the pages the kernel holds of the file (checked bytes of this version:
-    #: StagedFile.kernel_may_keep), so it counts as having served bytes from the start.
+    #: StagedFile.kernel_may_keep; or bytes written here: StagedFile.kernel_pages_written_here),
+    #: so it counts as having served bytes from the start.
     kept: bool = False
 
 
@@ -577,7 +578,12 @@ class S3Operations(Operations):
             raise
         # A re-read of a file read whole and checked through this mount is served from the
         # kernel's pages: they are that version's bytes, checked (a new version is read anew).
-        kept = item.kernel_may_keep()
+        # So is one of a file written here: its pages are our own writes, and dropping them raced
+        # with another handle's write on its way (not at an O_TRUNC open: the kernel's i_size
+        # goes to 0 then, but not its pages, which a later write past them would bring back).
+        kept = item.kernel_may_keep() or (
+            not (writable and flags & os.O_TRUNC) and item.kernel_pages_written_here()
+        )
         return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept)
 
     @fuse_operation

@@ -358,6 +358,11 @@ class StagedFile:
         self.checked_etag = ""
         self.checked_generation = -1
         self.checked_by: object = None
+        #: GUARDED_BY(cond): every change to the item's bytes since it was last a plain copy of a
+        #: version in S3 was a write through the kernel, whose pages of the file are then these
+        #: bytes (:meth:`kernel_pages_written_here`). Set by a write; cleared by a reset (another
+        #: version) and by fetched bytes failing their check (:meth:`drop_fetched`).
+        self.written_here = False
         #: GUARDED_BY(cache._lock): another handle was open at once with the one opened last alone
         #: (set by an open that makes two or more, cleared by one that makes one).
         self.overlapped = False
@@ -543,6 +548,15 @@ class StagedFile:
                 and not (self.dirty or self.uploading)
             )
 
+    def kernel_pages_written_here(self) -> bool:
+        """May an open keep the pages the kernel holds of the file (``keep_cache``) because they are
+        this mount's own: the item's bytes were written here (:attr:`written_here`), through the
+        kernel, which wrote them into its pages as it sent them, and nothing but those writes
+        changed them since (no other version followed, no fetched bytes dropped). An open that
+        drops them races with another handle's write under way (see fuselib's ``FUSE``)."""
+        with self.cond:
+            return self.written_here
+
     def sent(self, start: int, end: int) -> None:
         """An upload has read ``[start, end)`` and S3 has it (a part): the page cache may let the
         bytes go, as they are on the cache's disk (:func:`drop_from_page_cache`). A file
@@ -655,6 +669,7 @@ class StagedFile:
             self.size = max(self.size, end)
             self.mtime = self.ctime = time.time()
             self.generation += 1
+            self.written_here = True
             became_dirty = not self.dirty
             self.dirty = True
             self.last_used = time.monotonic()
@@ -1001,6 +1016,7 @@ class StagedFile:
                 return False
             if self.checked_etag == etag:
                 self.checked_etag, self.checked_by = "", None
+            self.written_here = False  # the kernel may hold the bytes that failed: the next open drops them
             if self.etag == etag and not (self.dirty or self.uploading):
                 self.present = RangeSet()
             return True
@@ -1028,6 +1044,7 @@ class StagedFile:
         self.dirty = False
         self.generation += 1
         self.digests = {}  # they were the old version's
+        self.written_here = False
 
     def local_bytes(self) -> int:
         try:

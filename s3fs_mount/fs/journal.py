@@ -26,13 +26,14 @@ finds no room leaves the file as it is and appends to it.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import logging
 import os
 import threading
 from typing import Any
+
+from s3fs_mount.fs import filecalls
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ JOURNAL_NAME = "staging.journal"
 COMPACT_AT = 1 << 20
 #: Bytes kept allocated past the journal's end, so that records still go in when the disk is full.
 RESERVE = 128 << 10
-
-_FALLOC_FL_KEEP_SIZE = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 
 State = dict[str, Any]
 
@@ -170,11 +167,12 @@ class StagingJournal:
         keeps what it has."""
         if self.reserve <= 0:
             return
-        if _libc.fallocate(self._fd, _FALLOC_FL_KEEP_SIZE, self._size, self.reserve) == 0:
-            self._reserved = self._size + self.reserve
+        try:
+            filecalls.fallocate(self._fd, filecalls.KEEP_SIZE, self._size, self.reserve)
+        except OSError as exc:
+            log.debug("%s: no room kept past its end (%s)", self.path, exc)
         else:
-            err = ctypes.get_errno()
-            log.debug("%s: no room kept past its end (fallocate: %s)", self.path, os.strerror(err))
+            self._reserved = self._size + self.reserve
 
     def _rewrite(self) -> None:
         """Replace the journal by its live records (written and fsync'd before the rename)."""

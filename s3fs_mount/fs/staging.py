@@ -43,7 +43,6 @@ No lock is held during a network request except the upload unit's
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import json
@@ -57,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from s3fs_mount.clock import SYSTEM, Clock
+from s3fs_mount.fs import filecalls
 from s3fs_mount.fs.attrs import (
     ATIME,
     CTIME,
@@ -79,12 +79,6 @@ T = TypeVar("T")
 #: Room kept for the journal's growth between two looks at the cache's size (StagingCache.needs_room).
 JOURNAL_ROOM = 1 << 20
 
-_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
-#: sync_file_range(2): wait for writeback under way, start it, wait for it.
-_SYNC_RANGE_WRITE_AND_WAIT = 1 | 2 | 4
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
 
 
 def punch_hole(fd: int, start: int, end: int) -> None:
@@ -92,9 +86,7 @@ def punch_hole(fd: int, start: int, end: int) -> None:
 
     :raises OSError: when the file system cannot (EOPNOTSUPP).
     """
-    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, end - start) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "fallocate(PUNCH_HOLE): %s" % os.strerror(err))
+    filecalls.fallocate(fd, filecalls.PUNCH_HOLE | filecalls.KEEP_SIZE, start, end - start)
 
 
 def disk_full(exc: OSError) -> bool:
@@ -152,9 +144,7 @@ def drop_from_page_cache(fd: int, start: int, end: int) -> None:
 
     :raises OSError: when the bytes could not be written to the disk (then nothing is dropped).
     """
-    if _libc.sync_file_range(fd, start, end - start, _SYNC_RANGE_WRITE_AND_WAIT) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "sync_file_range: %s" % os.strerror(err))
+    filecalls.sync_file_range(fd, start, end - start, filecalls.SYNC_RANGE_WRITE_AND_WAIT)
     os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_DONTNEED)
 
 

@@ -534,6 +534,20 @@ def test_xattr_values_round_trip(value):
     assert A.decode_value(encoded) == value
 
 
+@pytest.mark.parametrize(
+    "t", [1_600_000_000.123457, 0.0, 1.5, -1.0, -1.75, -0.25, -315_619_199.5, -1e9 - 0.5, -1e-6]
+)
+def test_a_time_written_reads_back_the_same(t):
+    assert A.parse_time(A.format_time(t)) == pytest.approx(t, abs=1e-9)
+
+
+def test_times_before_1970_read_as_s3fs_fuse_writes_them():
+    assert A.format_time(-1.75) == "-2.250000000"  # a timespec: tv_sec -2, tv_nsec 250000000
+    assert A.parse_time("-2.250000000") == -1.75
+    assert A.parse_time("-2") == -2.0 and A.parse_time("-0.5") == -0.5  # no fraction / no -0 seconds
+    assert A.parse_time("1700000000.5") == 1_700_000_000.5 and A.parse_time("x") is None
+
+
 def test_xattr_names_are_lower_case_as_s3_keeps_them():
     meta = {"x-amz-meta-tag": "v", "x-amz-meta-mode": "33188"}
     assert A.xattr_of(meta, "user.tag") == b"v"

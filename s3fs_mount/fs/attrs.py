@@ -17,11 +17,13 @@ header                 meaning                                format
 Times are read in every form peers write (``1700000000``, rclone's
 ``1700000000.5``, ``1700000000.123456789``) and written in one, by
 :func:`format_time`: whole seconds, or seconds and nine digits of
-nanoseconds, as s3fs-fuse writes them. Those keys are reserved: they never show as
-``user.*`` attributes. Every other ``x-amz-meta-NAME`` is the extended
-attribute ``user.NAME``. A value that is not plain printable ASCII travels
-as ``=?UTF-8?B?<base64>?=`` (RFC 2047, as AWS itself does for non-ASCII
-metadata) and is decoded on the way back, so any byte string round-trips.
+nanoseconds, as s3fs-fuse writes them (a timespec: before 1970 the seconds
+are rounded down and the nanoseconds added, ``-2.250000000`` is -1.75 s).
+Those keys are reserved: they never show as ``user.*`` attributes. Every
+other ``x-amz-meta-NAME`` is the extended attribute ``user.NAME``. A value
+that is not plain printable ASCII travels as ``=?UTF-8?B?<base64>?=`` (RFC
+2047, as AWS itself does for non-ASCII metadata) and is decoded on the way
+back, so any byte string round-trips.
 """
 
 from __future__ import annotations
@@ -165,11 +167,22 @@ def format_time(t: float) -> str:
 
 
 def parse_time(text: str) -> float | None:
-    """A header's time in any form peers write, or None."""
+    """A header's time in any form peers write, or None.
+
+    A time before 1970 with a fraction is a timespec, as s3fs-fuse (and :func:`format_time`)
+    writes it: whole seconds rounded down, then nanoseconds to add (``-2.250000000`` is
+    -1.75 s). rclone writes a decimal number there (-2.25 s): such a time reads up to a second
+    late, where s3fs-fuse's read a second early before.
+    """
     try:
-        return float(text.strip())
+        text = text.strip()
+        value = float(text)
     except (ValueError, AttributeError):
         return None
+    whole, dot, fraction = text.partition(".")
+    if dot and whole.lstrip("-").isdigit() and fraction.isdigit() and int(whole) < 0:
+        return int(whole) + float("0." + fraction)
+    return value  # (-0.5: no timespec's seconds are -0, so a decimal number)
 
 
 #: relatime: a read moves atime when it is not after mtime and ctime, or at least this old.

@@ -548,6 +548,21 @@ def test_times_before_1970_read_as_s3fs_fuse_writes_them():
     assert A.parse_time("1700000000.5") == 1_700_000_000.5 and A.parse_time("x") is None
 
 
+@pytest.mark.parametrize(
+    "header, value",
+    [("mode", "-1"), ("mode", "99999999999"), ("mode", str(0o170600)), ("uid", "-5"), ("gid", "4294967295"),
+     ("rdev", str(1 << 40)), ("mtime", "nan"), ("mtime", "inf"), ("mtime", "1e30"), ("mtime", "x")],
+)
+def test_posix_values_no_file_can_have_are_as_if_absent(header, value):
+    defaults = A.Defaults(uid=7, gid=8, umask=0o022)
+    plain = A.attributes_from({}, 3, 100.0, defaults)
+    odd = A.attributes_from({A.META_PREFIX + header: value}, 3, 100.0, defaults)
+    assert (odd.mode, odd.uid, odd.gid, odd.rdev, odd.mtime, odd.atime) == (
+        plain.mode, plain.uid, plain.gid, plain.rdev, plain.mtime, plain.atime)
+    assert odd.stat()["st_mtime"] == 100 * 10**9
+    assert A.parse_time(value) is None or header != "mtime"
+
+
 def test_xattr_names_are_lower_case_as_s3_keeps_them():
     meta = {"x-amz-meta-tag": "v", "x-amz-meta-mode": "33188"}
     assert A.xattr_of(meta, "user.tag") == b"v"

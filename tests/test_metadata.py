@@ -135,6 +135,43 @@ def test_s3fs_fuse_objects_show_their_attributes(mount, boto, bucket):
     assert int(st.st_mtime) == 1400000000 and st.st_size == 3
 
 
+def test_posix_values_no_file_can_have_are_ignored_with_a_warning_not_eio(mount, boto, bucket):
+    """Found by hand (round 33): an object another tool gave ``x-amz-meta-mtime: nan`` (or
+    ``inf``, or a mode of ``-1`` or ``99999999999``) could not even be stat'ed: EIO and a
+    traceback in the log; ``uid: -5`` showed as 4294967291 and ``mtime: 1e30`` as some other
+    time (wrapped). Such a value is left out, as if absent (the defaults, S3's Last-Modified),
+    with one warning naming it; the object stays readable and its metadata changeable."""
+    bad = {
+        "mtime-nan": {"mtime": "nan"},
+        "mtime-inf": {"mtime": "inf"},
+        "mtime-huge": {"mtime": "1e30"},
+        "atime-nan": {"atime": "NaN", "mtime": "1400000000"},
+        "ctime-inf": {"ctime": "-inf", "mtime": "1400000000"},
+        "mode-negative": {"mode": "-1"},
+        "mode-huge": {"mode": "99999999999"},
+        "mode-no-type": {"mode": str(0o170000 | 0o600)},  # S_IFMT all ones: no file type
+        "uid-negative": {"uid": "-5", "gid": "4294967296"},
+    }
+    for key, meta in bad.items():
+        boto.put_object(Bucket=bucket, Key="bad/" + key, Body=b"data", Metadata=meta)
+    stored = head(boto, bucket, "bad/mtime-nan")["LastModified"].timestamp()
+    for key, meta in bad.items():
+        path = os.path.join(mount.path, "bad", key)
+        st = os.stat(path)
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644, key
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), key
+        want = 1400000000 if meta.get("mtime") == "1400000000" else stored
+        assert max(abs(t - want) for t in (st.st_mtime, st.st_atime, st.st_ctime)) < 2, key
+        assert open(path, "rb").read() == b"data", key
+    path = os.path.join(mount.path, "bad", "mode-huge")
+    os.chmod(path, 0o600)  # a change of metadata on such an object works, and mends what it set
+    assert head(boto, bucket, "bad/mode-huge")["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)
+    log = "\n".join(mount.log_lines())
+    assert "Traceback" not in log and "unexpected error" not in log
+    for header, value in (("mtime", "nan"), ("mode", "99999999999"), ("uid", "-5"), ("gid", "4294967296")):
+        assert "x-amz-meta-%s %r" % (header, value) in log, header
+
+
 def test_a_fresh_mount_lists_stored_modes_links_and_fifos_as_they_are(mount, boto, bucket, tmp_path):
     """Objects with s3fs-fuse's metadata, first seen through a listing (ls -l, find, cp -a and
     rsync -a out): a listing carries no x-amz-meta-*, so each is looked up whole, never shown

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import logging
 import re
 import stat
 import sys
@@ -40,6 +41,8 @@ from types import MappingProxyType
 
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.s3.store import META_PREFIX, NO_DIGEST, digest_of
+
+log = logging.getLogger(__name__)
 
 USER_PREFIX = "user."
 #: Read-only facts about the object, shown by ``getfattr -d -m -``.
@@ -53,6 +56,14 @@ MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX 
 DIR_BLKSIZE = 32 * 1024
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
 METADATA_LIMIT = 2048
+#: The largest user or group id (uid_t is 32 bits; (uid_t)-1 means "no change" to chown).
+MAX_ID = (1 << 32) - 2
+#: A time's seconds must fit a 64-bit time_t (what FUSE hands the kernel).
+MAX_SECONDS = float(1 << 63)
+#: The file types a mode may name (0: permission bits only, the type from the object).
+FILE_TYPES = frozenset(
+    {0, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK}
+)
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
 _ENCODED = re.compile(r"^=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=$", re.IGNORECASE)
@@ -167,7 +178,8 @@ def format_time(t: float) -> str:
 
 
 def parse_time(text: str) -> float | None:
-    """A header's time in any form peers write, or None.
+    """A header's time in any form peers write, or None (also for nan, inf and times past a
+    64-bit time_t, which no file can have).
 
     A time before 1970 with a fraction is a timespec, as s3fs-fuse (and :func:`format_time`)
     writes it: whole seconds rounded down, then nanoseconds to add (``-2.250000000`` is
@@ -178,6 +190,8 @@ def parse_time(text: str) -> float | None:
         text = text.strip()
         value = float(text)
     except (ValueError, AttributeError):
+        return None
+    if not abs(value) < MAX_SECONDS:  # nan, inf, or past any time_t: no time a file can have
         return None
     whole, dot, fraction = text.partition(".")
     if dot and whole.lstrip("-").isdigit() and fraction.isdigit() and int(whole) < 0:
@@ -205,16 +219,55 @@ def time_metadata(mtime: float, atime: float | None = None, ctime: float | None 
     }
 
 
+#: What each integer header may hold: an id, a mode of a known file type, a 32-bit device.
+_VALID_INT = {
+    "mode": lambda v: 0 <= v <= 0o177777 and stat.S_IFMT(v) in FILE_TYPES,
+    "uid": lambda v: 0 <= v <= MAX_ID,
+    "gid": lambda v: 0 <= v <= MAX_ID,
+    "rdev": lambda v: 0 <= v < 1 << 32,
+}
+#: (header, value) pairs already warned about (bounded: another tool may write many).
+_warned: set[tuple[str, str]] = set()
+
+
+def _ignored(name: str, value: str, what: str) -> None:
+    """Log once per header and value that it holds no ``what`` a file can have."""
+    if (name, value) not in _warned and len(_warned) < 1000:
+        _warned.add((name, value))
+        log.warning("x-amz-meta-%s %r is no %s a file can have: ignored, as if absent (an object "
+                    "another tool wrote)", name, value, what)
+
+
 def _meta_int(meta: dict[str, str], name: str) -> int | None:
-    try:
-        return int(meta[META_PREFIX + name].strip())
-    except (KeyError, ValueError):
+    """The integer header ``name`` (mode, uid, gid, rdev), or None: absent, or a value no file
+    can have (logged), which ctypes would wrap (uid -5 as 4294967291) or FUSE refuse (EIO)."""
+    text = meta.get(META_PREFIX + name)
+    if text is None:
         return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not _VALID_INT[name](value):
+        _ignored(name, text, name)
+        return None
+    return value
+
+
+def stored_mode(meta: dict[str, str]) -> int | None:
+    """The ``x-amz-meta-mode`` of an object's metadata, or None (absent, or no mode)."""
+    return _meta_int(meta, "mode")
 
 
 def _meta_time(meta: dict[str, str], name: str) -> float | None:
-    value = meta.get(META_PREFIX + name)
-    return None if value is None else parse_time(value)
+    """The time header ``name``, or None: absent, or no time (logged)."""
+    text = meta.get(META_PREFIX + name)
+    if text is None:
+        return None
+    value = parse_time(text)
+    if value is None:
+        _ignored(name, text, "time")
+    return value
 
 
 def attributes_from(
@@ -227,7 +280,7 @@ def attributes_from(
 ) -> Attributes:
     """Attributes of an object (``kind`` 'file' or 'dir') from its metadata, else defaults."""
     default_mode = defaults.dir_mode if kind == "dir" else defaults.file_mode
-    mode = _meta_int(metadata, "mode")
+    mode = stored_mode(metadata)
     if mode is None:
         mode = default_mode
     elif stat.S_IFMT(mode) == 0:  # permission bits only

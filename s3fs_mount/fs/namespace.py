@@ -811,9 +811,9 @@ class Namespace:
 
     @staticmethod
     def _is_directory_object(info: ObjectInfo) -> bool:
-        mode = info.metadata.get(A.META_PREFIX + "mode", "")
+        mode = A.stored_mode(info.metadata)
         return info.headers.get("Content-Type", "").startswith(DIRECTORY_CONTENT_TYPE) or (
-            mode.isdigit() and stat.S_ISDIR(int(mode))
+            mode is not None and stat.S_ISDIR(mode)
         )
 
     def _dir_exists(self, path: str, key: str) -> bool:

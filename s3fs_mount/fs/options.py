@@ -7,12 +7,11 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from s3fs_mount.fs.attrs import MAX_ID
 from s3fs_mount.fs.namespace import ATTR_CACHE_ENTRIES, MIN_ATTR_CACHE
 from s3fs_mount.s3.parts import MAX_OBJECT_SIZE, most_steady_parts, streaming_layout
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-#: The largest user or group id (uid_t is 32 bits; (uid_t)-1 means "no change" to chown).
-MAX_ID = (1 << 32) - 2
 
 
 SIZE_OPTIONS = (

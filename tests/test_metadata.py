@@ -252,6 +252,25 @@ def test_readonly_facts(mount, boto, bucket):
     assert "user.kept=" in out and "s3." not in out
 
 
+def test_an_s3_name_that_is_no_fact_is_refused_not_dropped(mount, boto, bucket):
+    """Found by hand (round 33): ``setfattr -n s3.note -v hello`` succeeded and stored nothing
+    (every ``s3.*`` write was accepted and ignored, meant for the read-only facts). Only the
+    facts' own names are ignored so; any other is ENOTSUP, as in other namespaces."""
+    path = write(mount, "f")
+    for name in ("s3.note", "s3.ETAG", "s3."):
+        with pytest.raises(OSError) as info:
+            os.setxattr(path, name, b"hello")
+        assert info.value.errno == errno.ENOTSUP, name
+        with pytest.raises(OSError) as info:
+            os.removexattr(path, name)
+        assert info.value.errno == errno.ENOTSUP, name
+    os.setxattr(path, "s3.etag", b"x")  # a fact: still accepted and ignored
+    with pytest.raises(OSError) as info:
+        os.removexattr(path, "s3.etag")
+    assert info.value.errno == errno.EPERM
+    assert set(head(boto, bucket, "f")["Metadata"]) <= {"mode", "uid", "gid", "mtime", "atime", "ctime"}
+
+
 def test_concurrent_overwrite_is_not_clobbered(mount_factory, boto, bucket):
     mount = mount_factory(options="attr_ttl=30").start()
     try:

@@ -100,6 +100,30 @@ def test_any_bytes_round_trip(mount, boto, bucket):
     assert stored.isascii()
 
 
+def test_an_empty_value_survives_the_upload_of_a_file_being_written(mount_factory, boto, bucket):
+    """Found by hand (round 33): ``setfattr -n user.e`` (an empty value) on a file not yet
+    uploaded was lost: it rides with the upload's PUT, and SeaweedFS drops an empty
+    ``x-amz-meta-*`` header on a PUT (on a copy it keeps it). An empty value travels encoded
+    (``=?UTF-8?B??=``), as values that are not plain ASCII do."""
+    mount = mount_factory().start()
+    path = os.path.join(mount.path, "f")
+    with open(path, "wb") as f:
+        f.write(b"data")
+        f.flush()
+        os.setxattr(path, "user.e", b"")  # while it is being written: set with the upload
+        os.setxattr(path, "user.f", b"1")
+        os.fsync(f.fileno())
+    clean = write(mount, "clean")
+    os.setxattr(clean, "user.e", b"")  # a self-copy
+    for key in ("f", "clean"):
+        assert "e" in head(boto, bucket, key)["Metadata"], key
+    mount.stop()
+    again = mount_factory().start()
+    for name in ("f", "clean"):
+        path = os.path.join(again.path, name)
+        assert os.getxattr(path, "user.e") == b"" and "user.e" in os.listxattr(path), name
+
+
 def test_setxattr_keeps_content_type_and_other_meta(mount, boto, bucket):
     boto.put_object(Bucket=bucket, Key="page.html", Body=b"<p>", ContentType="text/html",
                     CacheControl="max-age=60", Metadata={"owner": "ops"})

@@ -21,9 +21,9 @@ nanoseconds, as s3fs-fuse writes them (a timespec: before 1970 the seconds
 are rounded down and the nanoseconds added, ``-2.250000000`` is -1.75 s).
 Those keys are reserved: they never show as ``user.*`` attributes. Every
 other ``x-amz-meta-NAME`` is the extended attribute ``user.NAME``. A value
-that is not plain printable ASCII travels as ``=?UTF-8?B?<base64>?=`` (RFC
-2047, as AWS itself does for non-ASCII metadata) and is decoded on the way
-back, so any byte string round-trips.
+that is not plain printable ASCII (or is empty) travels as
+``=?UTF-8?B?<base64>?=`` (RFC 2047, as AWS itself does for non-ASCII metadata)
+and is decoded on the way back, so any byte string round-trips.
 """
 
 from __future__ import annotations
@@ -403,13 +403,18 @@ def xattrs_of(metadata: dict[str, str]) -> dict[str, bytes]:
 
 
 def encode_value(value: bytes) -> str:
-    """Bytes -> a header value that survives HTTP (and decode_value undoes)."""
+    """Bytes -> a header value that survives HTTP (and decode_value undoes).
+
+    An empty value is encoded too (``=?UTF-8?B??=``): SeaweedFS drops an empty header from a
+    PUT (it keeps it on a copy), so an attribute set before the upload was lost.
+    """
     try:
         text = value.decode("ascii")
     except UnicodeDecodeError:
         text = None
     plain = (
-        text is not None
+        bool(value)
+        and text is not None
         and all(0x20 <= b < 0x7F for b in value)
         and text == text.strip()
         and not _ENCODED.match(text)

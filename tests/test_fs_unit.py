@@ -2106,3 +2106,38 @@ def test_cache_size_past_the_disks_room_is_bounded_with_a_warning(tmp_path, monk
     assert roomy.staging.capacity == 5 * MiB  # room enough: cache_size it is
     ops.destroy("/")
     roomy.destroy("/")
+
+
+def test_an_upload_over_the_metadata_limit_is_e2big_and_keeps_the_data(tmp_path, caplog):
+    """Found in round 33: an object with 2,030 bytes of user metadata, appended to, was uploaded
+    with the POSIX keys added (2,108 bytes): SeaweedFS took it, AWS refuses it (MetadataTooLarge),
+    so the file stayed dirty with no word why. The upload is refused before any request, with a
+    line naming the file and what to remove; the data stays staged and readable, and once an
+    attribute is removed the next close uploads it."""
+    store = FakeStore()
+    store.put("full", b"old\n", {"x-amz-meta-big": "v" * 2030})
+    with pytest.raises(S3Error) as refused:  # the fake refuses what AWS refuses
+        store.put("other", b"", {"x-amz-meta-big": "v" * 2046})
+    assert refused.value.code == "MetadataTooLarge"
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/full", os.O_WRONLY | os.O_APPEND)
+    ops.write("/full", b"more\n", 4, fh)
+    puts = store.calls["PUT"]
+    with pytest.raises(FuseOSError) as info:
+        ops.flush("/full", fh)
+    assert info.value.errno == errno.E2BIG
+    assert store.calls["PUT"] == puts and store.objects["full"].data == b"old\n"
+    assert "full" in caplog.text and "user.big" in caplog.text and "2 KiB" in caplog.text
+    with pytest.raises(FuseOSError) as info:
+        ops.fsync("/full", 0, fh)
+    assert info.value.errno == errno.E2BIG
+    ops.release("/full", fh)
+    fh = ops.open("/full", os.O_RDONLY)
+    assert ops.read("/full", 100, 0, fh) == b"old\nmore\n"
+    ops.release("/full", fh)
+    ops.removexattr("/full", "user.big")
+    fh = ops.open("/full", os.O_WRONLY | os.O_APPEND)
+    ops.flush("/full", fh)
+    ops.release("/full", fh)
+    assert store.objects["full"].data == b"old\nmore\n"
+    assert "x-amz-meta-big" not in store.objects["full"].metadata

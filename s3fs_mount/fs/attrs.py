@@ -436,14 +436,33 @@ def decode_value(value: str) -> bytes:
 
 
 def metadata_size(metadata: dict[str, str]) -> int:
-    """Bytes S3 counts against its 2 KiB user-metadata limit."""
-    return sum(len(k) - len(META_PREFIX) + len(v.encode("utf-8")) for k, v in metadata.items())
+    """Bytes S3 counts against its 2 KiB user-metadata limit (of the ``x-amz-meta-*`` headers
+    among ``metadata``: names without the prefix, and values, in UTF-8)."""
+    return sum(
+        len(k) - len(META_PREFIX) + len(v.encode("utf-8"))
+        for k, v in metadata.items()
+        if k.startswith(META_PREFIX)
+    )
 
 
 def check_metadata_size(metadata: dict[str, str]) -> None:
-    """E2BIG before any request when metadata would exceed S3's limit."""
-    if metadata_size(metadata) > METADATA_LIMIT:
-        raise FsError(errno.E2BIG, "user metadata over S3's 2 KiB limit")
+    """E2BIG before any request when metadata (or an upload's headers) would exceed S3's limit,
+    which AWS answers with MetadataTooLarge; the reason names the largest user.* attributes, the
+    ones a user can remove (the POSIX keys an upload adds count too)."""
+    size = metadata_size(metadata)
+    if size <= METADATA_LIMIT:
+        return
+    xattrs = sorted(
+        ((metadata_size({k: v}), USER_PREFIX + k[len(META_PREFIX) :]) for k, v in metadata.items()
+         if k.startswith(META_PREFIX) and k[len(META_PREFIX) :] not in RESERVED),
+        reverse=True,
+    )
+    largest = ", ".join("%s (%d bytes)" % (name, n) for n, name in xattrs[:3]) or "none"
+    raise FsError(
+        errno.E2BIG,
+        "user metadata of %d bytes is over S3's 2 KiB limit (%d): remove user.* attributes"
+        " (setfattr -x), the largest: %s" % (size, METADATA_LIMIT, largest),
+    )
 
 
 def checksum_fact(digest: str, etag: str) -> str:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.deletes import DeleteQueue
-from s3fs_mount.fs.errors import Conflict, FsError
+from s3fs_mount.fs.errors import Conflict, FsError, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
@@ -151,7 +151,8 @@ class Mutations:
     # -- uploads ---------------------------------------------------------------------------
 
     def upload(self, item: StagedFile) -> None:
-        """Put ``item`` in S3 now; FsError ENOSPC (the server is full) or EIO when that fails."""
+        """Put ``item`` in S3 now; FsError ENOSPC (the server is full), E2BIG (its user metadata
+        is over S3's limit) or EIO when that fails."""
         try:
             self.uploader.flush(item)
         except Conflict as exc:
@@ -160,7 +161,8 @@ class Mutations:
         except Exception as exc:
             full = self.server_full() if self.server_full is not None else None
             log.error("upload of %s failed, kept staged: %s", item.key, full or exc)
-            raise FsError(errno.ENOSPC if full else errno.EIO, "upload failed") from exc
+            code = errno.ENOSPC if full else errno.E2BIG if errno_for(exc) == errno.E2BIG else errno.EIO
+            raise FsError(code, "upload failed") from exc
         self._remember_uploaded(item)
 
     def conflicted(self, exc: Conflict) -> None:

@@ -301,7 +301,8 @@ class Mutations:
         return self.namespace.is_empty_dir(path) and not any(self.staging.under(self.keymap.dir_prefix(path)))
 
     def rmdir(self, path: str) -> None:
-        """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged).
+        """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged), or
+        if one of its own objects (marker, ``_$folder$``) holds bytes another client stored.
 
         A directory a listing a moment ago showed with only names we have removed since (``rm
         -r``, or one made here) goes in one DeleteObjects with its files' pending deletes
@@ -309,6 +310,7 @@ class Mutations:
         """
         prefix = self.keymap.dir_prefix(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
+        self.namespace.check_no_held_data(path)
         own = self.namespace.cached(path)
         if (
             own is not None

@@ -2141,3 +2141,33 @@ def test_an_upload_over_the_metadata_limit_is_e2big_and_keeps_the_data(tmp_path,
     ops.release("/full", fh)
     assert store.objects["full"].data == b"old\nmore\n"
     assert "x-amz-meta-big" not in store.objects["full"].metadata
+
+
+
+@pytest.mark.parametrize("uploaded", [False, True])
+def test_what_setxattr_accepts_an_upload_can_carry(tmp_path, uploaded):
+    """setxattr counts the POSIX keys (mode, owner, times) every upload of the file carries: the
+    largest value it accepts still goes up with the next upload, not accepted and then refused
+    at the next close (a file being written), or stored and never uploadable again (a file in
+    S3 written by another client, without those keys, appended to)."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    if uploaded:
+        store.put("f", b"data")
+        ops.getattr("/f")
+    else:
+        fh = ops.create("/f", 0o644)
+        ops.write("/f", b"data", 0, fh)
+    for n in range(2048, 1800, -1):  # the largest value accepted
+        try:
+            ops.setxattr("/f", "user.big", b"v" * n, 0)
+            break
+        except FuseOSError as exc:
+            assert exc.errno == errno.E2BIG
+    if uploaded:
+        fh = ops.open("/f", os.O_WRONLY | os.O_APPEND)
+    ops.write("/f", b"more", 4, fh)
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == b"datamore"
+    assert store.objects["f"].metadata["x-amz-meta-big"] == "v" * n

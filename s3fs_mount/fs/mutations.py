@@ -579,7 +579,7 @@ class Mutations:
         if item is not None and (item.dirty or item.uploading):
             current = staged_attributes(item, self.defaults)
             new = stamped(dict(item.view().metadata), current)
-            A.check_metadata_size(new)
+            A.check_metadata_size({**A.posix_metadata_of(current), **new})  # as its upload carries it
             item.set_metadata(new)
             return
         current = self.namespace.lookup_full(path)
@@ -590,7 +590,8 @@ class Mutations:
         if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
             base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
         new = stamped(base, current)
-        A.check_metadata_size(new)
+        # With the POSIX keys the next upload of its content adds (another client's object may lack them).
+        A.check_metadata_size({**A.posix_metadata_of(current), **new})
         info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
         try:
             etag = self.store.copy_object(

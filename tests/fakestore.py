@@ -21,6 +21,8 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
+from s3fs_mount.fs.attrs import META_PREFIX as META
+from s3fs_mount.fs.attrs import METADATA_LIMIT
 from s3fs_mount.s3.checksums import body_checksum, composite
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.keepalive import FileSpan
@@ -28,6 +30,16 @@ from s3fs_mount.s3.names import S3Name, resolve
 from s3fs_mount.s3.parts import AnyLayout, find_layout
 from s3fs_mount.s3.store import KEPT_HEADERS, MultipartUpload, ObjectInfo, metadata_of
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
+
+
+def _check_metadata(headers: dict, name: str | S3Name) -> None:
+    """MetadataTooLarge, as AWS answers, for more than 2 KiB of user metadata (names without
+    ``x-amz-meta-`` and values, UTF-8); SeaweedFS takes it, so this is no conformance test."""
+    size = sum(len(k) - len(META) + len(str(v).encode("utf-8"))
+               for k, v in headers.items() if k.lower().startswith(META))
+    if size > METADATA_LIMIT:
+        raise S3Error(400, "MetadataTooLarge", "Your metadata headers exceed the maximum allowed"
+                      " metadata size", resource=str(name))
 
 
 class FakeObject:
@@ -249,6 +261,7 @@ class FakeStore:
             if_match: str | None = None, if_none_match: bool = False) -> str:
         self.count("PUT")
         body = data if isinstance(data, bytes) else data().read()  # type: ignore[attr-defined]
+        _check_metadata(headers or {}, remote_name)
         return self._store(remote_name, bytes(body), dict(headers or {}), if_match, if_none_match)
 
     def _store(self, name: str | S3Name, data: bytes, headers: dict, if_match: str | None,
@@ -328,6 +341,7 @@ class FakeStore:
         self.count("POST")
         bucket, key = resolve(remote_name, self.default_bucket)
         self._bucket(bucket)
+        _check_metadata(headers or {}, key)
         algorithm = self.checksum_algorithm if checksum and self.checksums else None
         mpu = FakeMultipart(self, bucket, key, "up%d" % next(self._ids), algorithm)  # type: ignore[arg-type]
         mpu.create_headers = dict(headers or {})  # type: ignore[attr-defined]
@@ -368,6 +382,7 @@ class FakeStore:
             raise S3Error(412, "PreconditionFailed")
         new_headers = dict(o.headers)
         if replace_metadata:
+            _check_metadata(headers or {}, key)
             new_headers.update(headers or {})
         else:
             new_headers.update(o.metadata)

@@ -121,6 +121,23 @@ def test_bad_option_value(env, tmp_path, mnt):
     assert "lots" in line
 
 
+@pytest.mark.parametrize(
+    "option, says",
+    [
+        ("uid=4294967296", "uid=4294967296: an id is 0 to 4294967294"),  # was: every file root's
+        ("gid=-5", "gid=-5: an id is 0 to 4294967294"),  # was: group 4294967291
+        ("uid=-1", "uid=-1: an id is 0 to 4294967294"),  # was: nobody (the kernel's overflow id)
+        ("attr_ttl=-1", "attr_ttl=-1: seconds, 0 or more"),
+        ("dir_ttl=nan", "dir_ttl=nan: seconds, 0 or more"),  # was: handed to libfuse as is
+    ],
+)
+def test_owner_and_ttl_options_out_of_range_are_refused(env, tmp_path, mnt, option, says):
+    """Found by hand (round 33): these mounted, and ``-o uid=4294967296`` showed every object
+    without x-amz-meta-uid as root's (libfuse keeps 32 bits)."""
+    line = one_line_failure(run(["-o", option, "bkt", str(mnt)], env, tmp_path), status=2)
+    assert says in line
+
+
 def test_unknown_flag(env, tmp_path, mnt):
     line = one_line_failure(run(["--frobnicate", "bkt", str(mnt)], env, tmp_path), status=2)
     assert line.startswith("s3fs-mount: error: ")

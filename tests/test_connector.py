@@ -239,6 +239,31 @@ def test_metadata_round_trip_and_lower_cased_names(store, boto, bucket, local, t
     assert head["ContentType"] == "text/csv"
 
 
+@pytest.mark.parametrize(
+    "name, value, says",
+    [
+        ("x-amz-meta-note", "h\u00e9llo \u2713", "not ASCII"),  # was: UnicodeEncodeError from deep inside
+        ("x-amz-meta-note", "caf\u00e9", "not ASCII"),  # was: False, logged as 403 SignatureDoesNotMatch
+        ("x-amz-meta-note", "a\r\nX-Evil: 1", "CR, LF or NUL"),
+        ("x-amz-meta-a b", "v", "not a header name"),  # was: False, logged as 400 BadRequest
+    ],
+)
+def test_a_header_that_cannot_be_sent_is_a_value_error_naming_it(
+    store, boto, bucket, local, name, value, says
+):
+    """Found by hand (round 33): headers S3 cannot take failed late and unclearly. Now a
+    ValueError that names the header and says why, before any request (as a missing bucket)."""
+    for call in (
+        lambda: store.write(local, "k", {name: value}),
+        lambda: store.copy("k", "k2", {name: value}),
+        lambda: store.update_metadata("k", {name: value}),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert name in str(info.value) and says in str(info.value)
+    assert boto_keys(boto, bucket) == []
+
+
 def test_copy_keeps_or_replaces_metadata(store, boto, bucket, local):
     source_meta = {"x-amz-meta-a": "1", "x-amz-meta-b": "2"}
     assert store.write(local, "src", source_meta)

@@ -534,6 +534,35 @@ def test_xattr_values_round_trip(value):
     assert A.decode_value(encoded) == value
 
 
+@pytest.mark.parametrize(
+    "t", [1_600_000_000.123457, 0.0, 1.5, -1.0, -1.75, -0.25, -315_619_199.5, -1e9 - 0.5, -1e-6]
+)
+def test_a_time_written_reads_back_the_same(t):
+    assert A.parse_time(A.format_time(t)) == pytest.approx(t, abs=1e-9)
+
+
+def test_times_before_1970_read_as_s3fs_fuse_writes_them():
+    assert A.format_time(-1.75) == "-2.250000000"  # a timespec: tv_sec -2, tv_nsec 250000000
+    assert A.parse_time("-2.250000000") == -1.75
+    assert A.parse_time("-2") == -2.0 and A.parse_time("-0.5") == -0.5  # no fraction / no -0 seconds
+    assert A.parse_time("1700000000.5") == 1_700_000_000.5 and A.parse_time("x") is None
+
+
+@pytest.mark.parametrize(
+    "header, value",
+    [("mode", "-1"), ("mode", "99999999999"), ("mode", str(0o170600)), ("uid", "-5"), ("gid", "4294967295"),
+     ("rdev", str(1 << 40)), ("mtime", "nan"), ("mtime", "inf"), ("mtime", "1e30"), ("mtime", "x")],
+)
+def test_posix_values_no_file_can_have_are_as_if_absent(header, value):
+    defaults = A.Defaults(uid=7, gid=8, umask=0o022)
+    plain = A.attributes_from({}, 3, 100.0, defaults)
+    odd = A.attributes_from({A.META_PREFIX + header: value}, 3, 100.0, defaults)
+    assert (odd.mode, odd.uid, odd.gid, odd.rdev, odd.mtime, odd.atime) == (
+        plain.mode, plain.uid, plain.gid, plain.rdev, plain.mtime, plain.atime)
+    assert odd.stat()["st_mtime"] == 100 * 10**9
+    assert A.parse_time(value) is None or header != "mtime"
+
+
 def test_xattr_names_are_lower_case_as_s3_keeps_them():
     meta = {"x-amz-meta-tag": "v", "x-amz-meta-mode": "33188"}
     assert A.xattr_of(meta, "user.tag") == b"v"
@@ -2234,3 +2263,68 @@ def test_s3fs_fuses_xattr_header_merges_attribute_by_attribute():
     merge = A.merge_metadata(held(a=b"1", b=b"1"), held(a=b"ours", b=b"1"), held(a=b"1", b=b"1", c=b"t"))
     assert A.xattrs_of(merge.metadata) == {"user.a": b"ours", "user.b": b"1", "user.c": b"t"}
     assert merge.taken == ("user.c",) and merge.overridden == ()
+
+
+def test_an_upload_over_the_metadata_limit_is_e2big_and_keeps_the_data(tmp_path, caplog):
+    """Found in round 33: an object with 2,030 bytes of user metadata, appended to, was uploaded
+    with the POSIX keys added (2,108 bytes): SeaweedFS took it, AWS refuses it (MetadataTooLarge),
+    so the file stayed dirty with no word why. The upload is refused before any request, with a
+    line naming the file and what to remove; the data stays staged and readable, and once an
+    attribute is removed the next close uploads it."""
+    store = FakeStore()
+    store.put("full", b"old\n", {"x-amz-meta-big": "v" * 2030})
+    with pytest.raises(S3Error) as refused:  # the fake refuses what AWS refuses
+        store.put("other", b"", {"x-amz-meta-big": "v" * 2046})
+    assert refused.value.code == "MetadataTooLarge"
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/full", os.O_WRONLY | os.O_APPEND)
+    ops.write("/full", b"more\n", 4, fh)
+    puts = store.calls["PUT"]
+    with pytest.raises(FuseOSError) as info:
+        ops.flush("/full", fh)
+    assert info.value.errno == errno.E2BIG
+    assert store.calls["PUT"] == puts and store.objects["full"].data == b"old\n"
+    assert "full" in caplog.text and "user.big" in caplog.text and "2 KiB" in caplog.text
+    with pytest.raises(FuseOSError) as info:
+        ops.fsync("/full", 0, fh)
+    assert info.value.errno == errno.E2BIG
+    ops.release("/full", fh)
+    fh = ops.open("/full", os.O_RDONLY)
+    assert ops.read("/full", 100, 0, fh) == b"old\nmore\n"
+    ops.release("/full", fh)
+    ops.removexattr("/full", "user.big")
+    fh = ops.open("/full", os.O_WRONLY | os.O_APPEND)
+    ops.flush("/full", fh)
+    ops.release("/full", fh)
+    assert store.objects["full"].data == b"old\nmore\n"
+    assert "x-amz-meta-big" not in store.objects["full"].metadata
+
+
+
+@pytest.mark.parametrize("uploaded", [False, True])
+def test_what_setxattr_accepts_an_upload_can_carry(tmp_path, uploaded):
+    """setxattr counts the POSIX keys (mode, owner, times) every upload of the file carries: the
+    largest value it accepts still goes up with the next upload, not accepted and then refused
+    at the next close (a file being written), or stored and never uploadable again (a file in
+    S3 written by another client, without those keys, appended to)."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    if uploaded:
+        store.put("f", b"data")
+        ops.getattr("/f")
+    else:
+        fh = ops.create("/f", 0o644)
+        ops.write("/f", b"data", 0, fh)
+    for n in range(2048, 1800, -1):  # the largest value accepted
+        try:
+            ops.setxattr("/f", "user.big", b"v" * n, 0)
+            break
+        except FuseOSError as exc:
+            assert exc.errno == errno.E2BIG
+    if uploaded:
+        fh = ops.open("/f", os.O_WRONLY | os.O_APPEND)
+    ops.write("/f", b"more", 4, fh)
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == b"datamore"
+    assert store.objects["f"].metadata["x-amz-meta-big"] == "v" * n

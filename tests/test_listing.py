@@ -1048,6 +1048,45 @@ def test_keys_no_name_can_show_are_left_out_once_each_and_keep_their_directory(m
     assert sorted(o["Key"] for o in left) == sorted(keys)
 
 
+def _rmdir_keeps_data_in_directory_objects(client, bucket: str, mount, kept_by_server: set[str]) -> None:
+    """Found in round 33: another client's bytes in a directory's own objects (a ``d/`` marker
+    with a body, a ``d_$folder$`` with a body, a ``d`` whose x-amz-meta-mode says directory),
+    which no name shows, were deleted by an rmdir of ``d`` without a word. rmdir is ENOTEMPTY
+    with a line naming the key, as for a directory holding keys no name can show; with its
+    listing read first (rm -r) too; an empty marker's directory still goes. ``kept_by_server``:
+    the keys whose body the server keeps (SeaweedFS drops a ``d/`` marker's)."""
+    data = {"m/": b"marker data", "f_$folder$": b"folder data", "o": b"object data"}
+    for key, body in data.items():
+        client.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"mode": "16877"} if key == "o" else {})
+    client.put_object(Bucket=bucket, Key="e/", Body=b"")
+    held = {key for key in data if client.get_object(Bucket=bucket, Key=key)["Body"].read()}
+    assert held == kept_by_server
+    for key in held:
+        name = key.rstrip("/").removesuffix("_$folder$")
+        assert os.path.isdir(os.path.join(mount.path, name)), name
+        for listed in (False, True):
+            if listed:
+                assert os.listdir(os.path.join(mount.path, name)) == []
+            with pytest.raises(OSError) as e:
+                os.rmdir(os.path.join(mount.path, name))
+            assert e.value.errno == errno.ENOTEMPTY, (key, listed)
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data[key]
+        assert "its object %s holds 11 bytes, which no name shows" % key in mount.log(), key
+    os.rmdir(os.path.join(mount.path, "e"))
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="e")
+
+
+@pytest.mark.fuse
+def test_rmdir_keeps_data_in_directory_objects_on_moto(moto_mount, bucket):
+    _rmdir_keeps_data_in_directory_objects(moto_mount.client, bucket, moto_mount.make().start(),
+                                           {"m/", "f_$folder$", "o"})
+
+
+@pytest.mark.fuse
+def test_rmdir_keeps_data_in_directory_objects_on_seaweedfs(mount, boto, bucket):
+    _rmdir_keeps_data_in_directory_objects(boto, bucket, mount, {"f_$folder$", "o"})
+
+
 @pytest.mark.fuse
 @pytest.mark.parametrize("server_rename", [True, False])
 def test_a_file_rename_sends_one_rename_or_the_copy_and_the_delete_and_only_the_kernels_lookups(

@@ -91,6 +91,30 @@ def test_too_big_is_e2big_and_sends_nothing(mount, boto, bucket):
     assert head(boto, bucket, "f")["ETag"] == etag
 
 
+def test_an_upload_over_the_metadata_limit_is_e2big_and_the_data_stays(mount, boto, bucket):
+    """Found in round 33: an object with 2,030 bytes of user metadata, appended to through the
+    mount, was uploaded with the POSIX keys added: 2,108 bytes, which SeaweedFS takes and AWS
+    refuses (MetadataTooLarge), leaving the file dirty with no word why. The close says E2BIG
+    before any request, the log names the file and the attribute to remove, the data stays
+    readable; once the attribute is removed the next close uploads it."""
+    boto.put_object(Bucket=bucket, Key="full", Body=b"old\n", Metadata={"big": "v" * 2030})
+    etag = head(boto, bucket, "full")["ETag"]
+    path = os.path.join(mount.path, "full")
+    f = open(path, "ab")
+    f.write(b"more\n")
+    with pytest.raises(OSError) as e:
+        f.close()
+    assert e.value.errno == errno.E2BIG
+    assert head(boto, bucket, "full")["ETag"] == etag
+    assert "upload of full failed, kept staged" in mount.log() and "user.big (2033 bytes)" in mount.log()
+    assert open(path, "rb").read() == b"old\nmore\n"
+    os.removexattr(path, "user.big")
+    with open(path, "ab"):
+        pass
+    got = boto.get_object(Bucket=bucket, Key="full")
+    assert got["Body"].read() == b"old\nmore\n" and "big" not in got["Metadata"]
+
+
 def test_any_bytes_round_trip(mount, boto, bucket):
     path = write(mount, "f")
     for value in ("héllo wörld ✓".encode(), b"\x00\x01\xff binary", b" padded ", b"=?UTF-8?B?x?="):
@@ -98,6 +122,30 @@ def test_any_bytes_round_trip(mount, boto, bucket):
         assert os.getxattr(path, "user.v") == value
     stored = head(boto, bucket, "f")["Metadata"]["v"]
     assert stored.isascii()
+
+
+def test_an_empty_value_survives_the_upload_of_a_file_being_written(mount_factory, boto, bucket):
+    """Found by hand (round 33): ``setfattr -n user.e`` (an empty value) on a file not yet
+    uploaded was lost: it rides with the upload's PUT, and SeaweedFS drops an empty
+    ``x-amz-meta-*`` header on a PUT (on a copy it keeps it). An empty value travels encoded
+    (``=?UTF-8?B??=``), as values that are not plain ASCII do."""
+    mount = mount_factory().start()
+    path = os.path.join(mount.path, "f")
+    with open(path, "wb") as f:
+        f.write(b"data")
+        f.flush()
+        os.setxattr(path, "user.e", b"")  # while it is being written: set with the upload
+        os.setxattr(path, "user.f", b"1")
+        os.fsync(f.fileno())
+    clean = write(mount, "clean")
+    os.setxattr(clean, "user.e", b"")  # a self-copy
+    for key in ("f", "clean"):
+        assert "e" in head(boto, bucket, key)["Metadata"], key
+    mount.stop()
+    again = mount_factory().start()
+    for name in ("f", "clean"):
+        path = os.path.join(again.path, name)
+        assert os.getxattr(path, "user.e") == b"" and "user.e" in os.listxattr(path), name
 
 
 def test_setxattr_keeps_content_type_and_other_meta(mount, boto, bucket):
@@ -133,6 +181,43 @@ def test_s3fs_fuse_objects_show_their_attributes(mount, boto, bucket):
     st = os.stat(os.path.join(mount.path, "from-s3fs"))
     assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 42 and st.st_gid == 43
     assert int(st.st_mtime) == 1400000000 and st.st_size == 3
+
+
+def test_posix_values_no_file_can_have_are_ignored_with_a_warning_not_eio(mount, boto, bucket):
+    """Found by hand (round 33): an object another tool gave ``x-amz-meta-mtime: nan`` (or
+    ``inf``, or a mode of ``-1`` or ``99999999999``) could not even be stat'ed: EIO and a
+    traceback in the log; ``uid: -5`` showed as 4294967291 and ``mtime: 1e30`` as some other
+    time (wrapped). Such a value is left out, as if absent (the defaults, S3's Last-Modified),
+    with one warning naming it; the object stays readable and its metadata changeable."""
+    bad = {
+        "mtime-nan": {"mtime": "nan"},
+        "mtime-inf": {"mtime": "inf"},
+        "mtime-huge": {"mtime": "1e30"},
+        "atime-nan": {"atime": "NaN", "mtime": "1400000000"},
+        "ctime-inf": {"ctime": "-inf", "mtime": "1400000000"},
+        "mode-negative": {"mode": "-1"},
+        "mode-huge": {"mode": "99999999999"},
+        "mode-no-type": {"mode": str(0o170000 | 0o600)},  # S_IFMT all ones: no file type
+        "uid-negative": {"uid": "-5", "gid": "4294967296"},
+    }
+    for key, meta in bad.items():
+        boto.put_object(Bucket=bucket, Key="bad/" + key, Body=b"data", Metadata=meta)
+    stored = head(boto, bucket, "bad/mtime-nan")["LastModified"].timestamp()
+    for key, meta in bad.items():
+        path = os.path.join(mount.path, "bad", key)
+        st = os.stat(path)
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o644, key
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), key
+        want = 1400000000 if meta.get("mtime") == "1400000000" else stored
+        assert max(abs(t - want) for t in (st.st_mtime, st.st_atime, st.st_ctime)) < 2, key
+        assert open(path, "rb").read() == b"data", key
+    path = os.path.join(mount.path, "bad", "mode-huge")
+    os.chmod(path, 0o600)  # a change of metadata on such an object works, and mends what it set
+    assert head(boto, bucket, "bad/mode-huge")["Metadata"]["mode"] == str(stat.S_IFREG | 0o600)
+    log = "\n".join(mount.log_lines())
+    assert "Traceback" not in log and "unexpected error" not in log
+    for header, value in (("mtime", "nan"), ("mode", "99999999999"), ("uid", "-5"), ("gid", "4294967296")):
+        assert "x-amz-meta-%s %r" % (header, value) in log, header
 
 
 def test_a_fresh_mount_lists_stored_modes_links_and_fifos_as_they_are(mount, boto, bucket, tmp_path):
@@ -213,6 +298,25 @@ def test_readonly_facts(mount, boto, bucket):
     os.setxattr(path, "user.kept", b"1")
     out = subprocess.run(["getfattr", "-d", "-m", "-", path], capture_output=True, text=True).stdout
     assert "user.kept=" in out and "s3." not in out
+
+
+def test_an_s3_name_that_is_no_fact_is_refused_not_dropped(mount, boto, bucket):
+    """Found by hand (round 33): ``setfattr -n s3.note -v hello`` succeeded and stored nothing
+    (every ``s3.*`` write was accepted and ignored, meant for the read-only facts). Only the
+    facts' own names are ignored so; any other is ENOTSUP, as in other namespaces."""
+    path = write(mount, "f")
+    for name in ("s3.note", "s3.ETAG", "s3."):
+        with pytest.raises(OSError) as info:
+            os.setxattr(path, name, b"hello")
+        assert info.value.errno == errno.ENOTSUP, name
+        with pytest.raises(OSError) as info:
+            os.removexattr(path, name)
+        assert info.value.errno == errno.ENOTSUP, name
+    os.setxattr(path, "s3.etag", b"x")  # a fact: still accepted and ignored
+    with pytest.raises(OSError) as info:
+        os.removexattr(path, "s3.etag")
+    assert info.value.errno == errno.EPERM
+    assert set(head(boto, bucket, "f")["Metadata"]) <= {"mode", "uid", "gid", "mtime", "atime", "ctime"}
 
 
 def test_concurrent_overwrite_is_not_clobbered(mount_factory, boto, bucket):

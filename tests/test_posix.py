@@ -85,6 +85,44 @@ def test_times_shown_are_the_times_stored_and_a_remount_shows_the_same(mount_fac
         assert (now.st_mtime_ns, now.st_atime_ns) == (st.st_mtime_ns, st.st_atime_ns), p
 
 
+def test_times_before_1970_with_a_fraction_are_shown_and_stored_as_set(mount_factory, boto, bucket):
+    """Found by hand (round 33): a time before 1970 with a fraction came back a second early
+    (``touch -d '1960-01-01 00:00:00.5'`` showed ``1959-12-31 23:59:59.5``), so ``rsync -a``
+    sent the file again at every run. It is stored as s3fs-fuse writes a timespec (seconds
+    rounded down, then nanoseconds: ``-1000000001.500000000``) and was read back as a decimal
+    number. Files (clean and being written), a directory, after a remount, and an object
+    s3fs-fuse wrote, all show the time that was set."""
+    mount = mount_factory().start()
+    clean, written = os.path.join(mount.path, "clean"), os.path.join(mount.path, "written")
+    d = os.path.join(mount.path, "d")
+    with open(clean, "w") as f:
+        f.write("x")
+        f.flush()
+        os.fsync(f.fileno())  # in S3: the change below is a self-copy
+    os.mkdir(d)
+    atime_ns, mtime_ns = -1_000_000_000_500_000_000, -315_619_199_500_000_000  # 1938, 1960-01-01 00:00:00.5
+    with open(written, "w") as f:
+        f.write("y")
+        f.flush()
+        os.utime(written, ns=(atime_ns, mtime_ns))  # while it is being written
+    for path in (clean, d):
+        os.utime(path, ns=(atime_ns, mtime_ns))
+    for path in (clean, written, d):
+        st = os.stat(path)
+        assert (st.st_atime_ns, st.st_mtime_ns) == (atime_ns, mtime_ns), path
+    mount.stop()
+    meta = head_meta(boto, bucket, "clean")
+    assert (meta["atime"], meta["mtime"]) == ("-1000000001.500000000", "-315619200.500000000")
+    assert head_meta(boto, bucket, "written")["mtime"] == "-315619200.500000000"
+    # as s3fs-fuse stores -1.75 s:
+    boto.put_object(Bucket=bucket, Key="peer", Body=b"z", Metadata={"mtime": "-2.250000000"})
+    again = mount_factory().start()
+    for path in (clean, written, d):
+        st = os.stat(os.path.join(again.path, os.path.basename(path)))
+        assert (st.st_atime_ns, st.st_mtime_ns) == (atime_ns, mtime_ns), path
+    assert os.stat(os.path.join(again.path, "peer")).st_mtime_ns == -1_750_000_000
+
+
 def test_a_file_just_written_keeps_its_times_when_read_chmodded_and_remounted(
     mount_factory, boto, bucket, tmp_path
 ):

@@ -17,11 +17,13 @@ header                 meaning                                format
 Times are read in every form peers write (``1700000000``, rclone's
 ``1700000000.5``, ``1700000000.123456789``) and written in one, by
 :func:`format_time`: whole seconds, or seconds and nine digits of
-nanoseconds, as s3fs-fuse writes them. Those keys are reserved: they never show as
-``user.*`` attributes. Every other ``x-amz-meta-NAME`` is the extended
-attribute ``user.NAME``. A value that is not plain printable ASCII travels
-as ``=?UTF-8?B?<base64>?=`` (RFC 2047, as AWS itself does for non-ASCII
-metadata) and is decoded on the way back, so any byte string round-trips.
+nanoseconds, as s3fs-fuse writes them (a timespec: before 1970 the seconds
+are rounded down and the nanoseconds added, ``-2.250000000`` is -1.75 s).
+Those keys are reserved: they never show as ``user.*`` attributes. Every
+other ``x-amz-meta-NAME`` is the extended attribute ``user.NAME``. A value
+that is not plain printable ASCII (or is empty) travels as
+``=?UTF-8?B?<base64>?=`` (RFC 2047, as AWS itself does for non-ASCII metadata)
+and is decoded on the way back, so any byte string round-trips.
 
 s3fs-fuse (``-o use_xattr``) keeps all of an object's extended attributes in
 one header of its own, ``x-amz-meta-xattr``: ``{"NAME":"<base64>",...}``,
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import logging
 import re
 import stat
 import sys
@@ -49,6 +52,8 @@ from typing import TypeVar
 
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.s3.store import META_PREFIX, NO_DIGEST, digest_of
+
+log = logging.getLogger(__name__)
 
 USER_PREFIX = "user."
 #: Read-only facts about the object, shown by ``getfattr -d -m -``.
@@ -64,6 +69,14 @@ MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX 
 DIR_BLKSIZE = 32 * 1024
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
 METADATA_LIMIT = 2048
+#: The largest user or group id (uid_t is 32 bits; (uid_t)-1 means "no change" to chown).
+MAX_ID = (1 << 32) - 2
+#: A time's seconds must fit a 64-bit time_t (what FUSE hands the kernel).
+MAX_SECONDS = float(1 << 63)
+#: The file types a mode may name (0: permission bits only, the type from the object).
+FILE_TYPES = frozenset(
+    {0, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK}
+)
 
 V = TypeVar("V")
 
@@ -180,11 +193,25 @@ def format_time(t: float) -> str:
 
 
 def parse_time(text: str) -> float | None:
-    """A header's time in any form peers write, or None."""
+    """A header's time in any form peers write, or None (also for nan, inf and times past a
+    64-bit time_t, which no file can have).
+
+    A time before 1970 with a fraction is a timespec, as s3fs-fuse (and :func:`format_time`)
+    writes it: whole seconds rounded down, then nanoseconds to add (``-2.250000000`` is
+    -1.75 s). rclone writes a decimal number there (-2.25 s): such a time reads up to a second
+    late, where s3fs-fuse's read a second early before.
+    """
     try:
-        return float(text.strip())
+        text = text.strip()
+        value = float(text)
     except (ValueError, AttributeError):
         return None
+    if not abs(value) < MAX_SECONDS:  # nan, inf, or past any time_t: no time a file can have
+        return None
+    whole, dot, fraction = text.partition(".")
+    if dot and whole.lstrip("-").isdigit() and fraction.isdigit() and int(whole) < 0:
+        return int(whole) + float("0." + fraction)
+    return value  # (-0.5: no timespec's seconds are -0, so a decimal number)
 
 
 #: relatime: a read moves atime when it is not after mtime and ctime, or at least this old.
@@ -207,16 +234,55 @@ def time_metadata(mtime: float, atime: float | None = None, ctime: float | None 
     }
 
 
+#: What each integer header may hold: an id, a mode of a known file type, a 32-bit device.
+_VALID_INT = {
+    "mode": lambda v: 0 <= v <= 0o177777 and stat.S_IFMT(v) in FILE_TYPES,
+    "uid": lambda v: 0 <= v <= MAX_ID,
+    "gid": lambda v: 0 <= v <= MAX_ID,
+    "rdev": lambda v: 0 <= v < 1 << 32,
+}
+#: (header, value) pairs already warned about (bounded: another tool may write many).
+_warned: set[tuple[str, str]] = set()
+
+
+def _ignored(name: str, value: str, what: str) -> None:
+    """Log once per header and value that it holds no ``what`` a file can have."""
+    if (name, value) not in _warned and len(_warned) < 1000:
+        _warned.add((name, value))
+        log.warning("x-amz-meta-%s %r is no %s a file can have: ignored, as if absent (an object "
+                    "another tool wrote)", name, value, what)
+
+
 def _meta_int(meta: dict[str, str], name: str) -> int | None:
-    try:
-        return int(meta[META_PREFIX + name].strip())
-    except (KeyError, ValueError):
+    """The integer header ``name`` (mode, uid, gid, rdev), or None: absent, or a value no file
+    can have (logged), which ctypes would wrap (uid -5 as 4294967291) or FUSE refuse (EIO)."""
+    text = meta.get(META_PREFIX + name)
+    if text is None:
         return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not _VALID_INT[name](value):
+        _ignored(name, text, name)
+        return None
+    return value
+
+
+def stored_mode(meta: dict[str, str]) -> int | None:
+    """The ``x-amz-meta-mode`` of an object's metadata, or None (absent, or no mode)."""
+    return _meta_int(meta, "mode")
 
 
 def _meta_time(meta: dict[str, str], name: str) -> float | None:
-    value = meta.get(META_PREFIX + name)
-    return None if value is None else parse_time(value)
+    """The time header ``name``, or None: absent, or no time (logged)."""
+    text = meta.get(META_PREFIX + name)
+    if text is None:
+        return None
+    value = parse_time(text)
+    if value is None:
+        _ignored(name, text, "time")
+    return value
 
 
 def attributes_from(
@@ -229,7 +295,7 @@ def attributes_from(
 ) -> Attributes:
     """Attributes of an object (``kind`` 'file' or 'dir') from its metadata, else defaults."""
     default_mode = defaults.dir_mode if kind == "dir" else defaults.file_mode
-    mode = _meta_int(metadata, "mode")
+    mode = stored_mode(metadata)
     if mode is None:
         mode = default_mode
     elif stat.S_IFMT(mode) == 0:  # permission bits only
@@ -425,13 +491,18 @@ def without_xattr(metadata: dict[str, str], name: str) -> dict[str, str]:
 
 
 def encode_value(value: bytes) -> str:
-    """Bytes -> a header value that survives HTTP (and decode_value undoes)."""
+    """Bytes -> a header value that survives HTTP (and decode_value undoes).
+
+    An empty value is encoded too (``=?UTF-8?B??=``): SeaweedFS drops an empty header from a
+    PUT (it keeps it on a copy), so an attribute set before the upload was lost.
+    """
     try:
         text = value.decode("ascii")
     except UnicodeDecodeError:
         text = None
     plain = (
-        text is not None
+        bool(value)
+        and text is not None
         and all(0x20 <= b < 0x7F for b in value)
         and text == text.strip()
         and not _ENCODED.match(text)
@@ -453,14 +524,33 @@ def decode_value(value: str) -> bytes:
 
 
 def metadata_size(metadata: dict[str, str]) -> int:
-    """Bytes S3 counts against its 2 KiB user-metadata limit."""
-    return sum(len(k) - len(META_PREFIX) + len(v.encode("utf-8")) for k, v in metadata.items())
+    """Bytes S3 counts against its 2 KiB user-metadata limit (of the ``x-amz-meta-*`` headers
+    among ``metadata``: names without the prefix, and values, in UTF-8)."""
+    return sum(
+        len(k) - len(META_PREFIX) + len(v.encode("utf-8"))
+        for k, v in metadata.items()
+        if k.startswith(META_PREFIX)
+    )
 
 
 def check_metadata_size(metadata: dict[str, str]) -> None:
-    """E2BIG before any request when metadata would exceed S3's limit."""
-    if metadata_size(metadata) > METADATA_LIMIT:
-        raise FsError(errno.E2BIG, "user metadata over S3's 2 KiB limit")
+    """E2BIG before any request when metadata (or an upload's headers) would exceed S3's limit,
+    which AWS answers with MetadataTooLarge; the reason names the largest user.* attributes, the
+    ones a user can remove (the POSIX keys an upload adds count too)."""
+    size = metadata_size(metadata)
+    if size <= METADATA_LIMIT:
+        return
+    xattrs = sorted(
+        ((metadata_size({k: v}), USER_PREFIX + k[len(META_PREFIX) :]) for k, v in metadata.items()
+         if k.startswith(META_PREFIX) and k[len(META_PREFIX) :] not in RESERVED),
+        reverse=True,
+    )
+    largest = ", ".join("%s (%d bytes)" % (name, n) for n, name in xattrs[:3]) or "none"
+    raise FsError(
+        errno.E2BIG,
+        "user metadata of %d bytes is over S3's 2 KiB limit (%d): remove user.* attributes"
+        " (setfattr -x), the largest: %s" % (size, METADATA_LIMIT, largest),
+    )
 
 
 def checksum_fact(digest: str, etag: str) -> str:

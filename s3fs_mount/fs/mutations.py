@@ -21,7 +21,7 @@ from collections.abc import Callable
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.deletes import DeleteQueue
-from s3fs_mount.fs.errors import Conflict, FsError
+from s3fs_mount.fs.errors import Conflict, FsError, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
@@ -158,7 +158,8 @@ class Mutations:
     # -- uploads ---------------------------------------------------------------------------
 
     def upload(self, item: StagedFile) -> None:
-        """Put ``item`` in S3 now; FsError ENOSPC (the server is full) or EIO when that fails."""
+        """Put ``item`` in S3 now; FsError ENOSPC (the server is full), E2BIG (its user metadata
+        is over S3's limit) or EIO when that fails."""
         try:
             self.uploader.flush(item)
         except Conflict as exc:
@@ -167,7 +168,8 @@ class Mutations:
         except Exception as exc:
             full = self.server_full() if self.server_full is not None else None
             log.error("upload of %s failed, kept staged: %s", item.key, full or exc)
-            raise FsError(errno.ENOSPC if full else errno.EIO, "upload failed") from exc
+            code = errno.ENOSPC if full else errno.E2BIG if errno_for(exc) == errno.E2BIG else errno.EIO
+            raise FsError(code, "upload failed") from exc
         self._remember_uploaded(item)
 
     def conflicted(self, exc: Conflict) -> None:
@@ -377,7 +379,8 @@ class Mutations:
         return self.namespace.is_empty_dir(path) and not any(self.staging.under(self.keymap.dir_prefix(path)))
 
     def rmdir(self, path: str) -> None:
-        """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged).
+        """Remove directory ``path``; FsError ENOTEMPTY if it has entries (in S3 or staged), or
+        if one of its own objects (marker, ``_$folder$``) holds bytes another client stored.
 
         A directory a listing a moment ago showed with only names we have removed since (``rm
         -r``, or one made here) goes in one DeleteObjects with its files' pending deletes
@@ -385,6 +388,7 @@ class Mutations:
         """
         prefix = self.keymap.dir_prefix(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
+        self.namespace.check_no_held_data(path)
         own = self.namespace.cached(path)
         if (
             own is not None
@@ -675,7 +679,7 @@ class Mutations:
         if item is not None and (item.dirty or item.uploading):
             current = staged_attributes(item, self.defaults)
             new = stamped(dict(item.view().metadata), current)
-            A.check_metadata_size(new)
+            A.check_metadata_size({**A.posix_metadata_of(current), **new})  # as its upload carries it
             item.set_metadata(new)
             return
         current = self.namespace.lookup_full(path)
@@ -686,7 +690,8 @@ class Mutations:
         if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
             base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
         new = stamped(base, current)
-        A.check_metadata_size(new)
+        # With the POSIX keys the next upload of its content adds (another client's object may lack them).
+        A.check_metadata_size({**A.posix_metadata_of(current), **new})
         info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
         try:
             etag = self.store.copy_object(

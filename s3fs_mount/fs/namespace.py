@@ -43,6 +43,9 @@ Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``sel
 * ``_unlisted``: directories whose first page was not all of them (more than
   ``RELIST_NAMES`` entries), for ``LARGE_DIR_TTL``: their misses are asked name by name;
 * ``_full``: path -> Attributes from a HEAD, LRU (``attr_cache``), checked against the ETag;
+* ``_held_data``: directory path -> the key of one of its own objects (``d/``, ``d_$folder$``,
+  a ``d`` whose mode says directory) that a HEAD or listing found holding bytes, LRU
+  (``attr_cache``): data no name shows, which its rmdir would delete (ENOTEMPTY instead);
 * ``_marked``: directories whose last lookup found their marker but no ``_$folder$`` (where
   metadata lives on those), LRU (``attr_cache``): looked up again by those two HEADs alone;
 * ``_removed``: path we deleted -> when (monotonic) S3 answered the delete (or we
@@ -180,6 +183,12 @@ def _same_version(full: A.Attributes, etag: str, size: int, stored: float) -> bo
     return int(full.stored) == int(stored)  # HTTP dates have whole seconds
 
 
+_HELD_DATA = (
+    "directory %s is not empty: its object %s holds %d bytes, which no name shows"
+    " (another client's data: an rmdir would delete it)"
+)
+
+
 def _walk_ttl(entries: int) -> float:
     """How long what a listing of ``entries`` entries says is kept: long enough for a tool
     (ls -l, rm -r) to walk them."""
@@ -266,6 +275,7 @@ class Namespace:
         self._unlisted: TTLCache[str, bool] = TTLCache(2_000, LARGE_DIR_TTL, timer)
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         self._marked: LRUCache[str, bool] = LRUCache(attr_cache)
+        self._held_data: LRUCache[str, str] = LRUCache(attr_cache)
         #: Directories of more entries than this keep no names: lookups there go by _walks.
         self.listed_names = min(LISTED_NAMES, attr_cache)
         #: Entries a lookup during a walk lists (_list_around): no more than the cache holds, or
@@ -377,6 +387,7 @@ class Namespace:
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._marked.pop(path, None)
+            self._held_data.pop(path, None)
             self._listings.pop(path, None)
             self._listed.pop(path, None)
             self._walks.pop(path, None)
@@ -439,6 +450,7 @@ class Namespace:
                 (self._attrs, True),
                 (self._full, True),
                 (self._marked, True),
+                (self._held_data, True),
                 (self._listings, True),
                 (self._listed, True),
                 (self._walks, True),
@@ -836,14 +848,17 @@ class Namespace:
             # readdir, which sees both, applies that rule.
             return self.from_info(info)
         if info is not None or (dirs and self._dir_exists(path, key)):
-            return self._dir_attributes(path)
+            found = self._dir_attributes(path)
+            if info is not None:
+                self._saw_dir_object(path, key, info.size)
+            return found
         return None
 
     @staticmethod
     def _is_directory_object(info: ObjectInfo) -> bool:
-        mode = info.metadata.get(A.META_PREFIX + "mode", "")
+        mode = A.stored_mode(info.metadata)
         return info.headers.get("Content-Type", "").startswith(DIRECTORY_CONTENT_TYPE) or (
-            mode.isdigit() and stat.S_ISDIR(int(mode))
+            mode is not None and stat.S_ISDIR(mode)
         )
 
     def _dir_exists(self, path: str, key: str) -> bool:
@@ -855,7 +870,10 @@ class Namespace:
         not. A LIST of what is in it finds it (its own ``dir/``): one more LIST there, for a
         name the first found no directory of, so that a lookup says what ``ls`` shows."""
         page = next(self.store.list(key, delimiter="/", max_keys=100))
-        if key + "/" in page.prefixes or any(e.key == key + FOLDER_SUFFIX for e in page.entries):
+        folder = [e for e in page.entries if e.key == key + FOLDER_SUFFIX]
+        if folder:
+            self._saw_dir_object(path, folder[0].key, folder[0].size)
+        if key + "/" in page.prefixes or folder:
             return True
         if page.truncated or not self.dir_meta_on_marker:
             asked = self.clock.monotonic()
@@ -901,6 +919,9 @@ class Namespace:
             if answers[-1] is not None:
                 break
         found = A.attributes_from({}, 0, self.epoch, self.defaults, "dir", etag="")
+        for (_, key), info in zip(holders, answers, strict=False):
+            if info is not None:
+                self._saw_dir_object(path, key, info.size)
         for index, info in enumerate(answers):
             if info is None:
                 continue
@@ -1286,10 +1307,12 @@ class Namespace:
         for entry in page.entries:
             rest = entry.key[cut:]
             if not rest:
-                continue  # the directory's own marker
+                self._saw_dir_object(path, entry.key, entry.size)  # the directory's own marker
+                continue
             if rest.endswith(FOLDER_SUFFIX):
                 if is_valid_name(rest[: -len(FOLDER_SUFFIX)]):  # not the root's own _$folder$
                     dirs.append(rest[: -len(FOLDER_SUFFIX)])
+                    self._saw_dir_object(KeyMap.join(path, dirs[-1]), entry.key, entry.size)
                 continue
             if not is_valid_name(rest):
                 warn_skipped(entry.key, "not a valid file name")
@@ -1413,7 +1436,38 @@ class Namespace:
         held = page.prefixes + [e.key for e in page.entries if e.key != prefix]
         if held and not any(_shown(prefix, key) for key in held):
             log.warning("directory %s is not empty: it holds %s, which no name can show", path, held[0])
-        return not held
+        marker = [e for e in page.entries if e.key == prefix and e.size]
+        if marker and not held:
+            self._saw_dir_object(path, prefix, marker[0].size)
+            log.warning(_HELD_DATA, path, prefix, marker[0].size)
+        return not held and not marker
+
+    def _saw_dir_object(self, path: str, key: str, size: int) -> None:
+        """A HEAD or listing found directory ``path``'s own object ``key`` of ``size`` bytes."""
+        with self._lock:
+            if size:
+                self._held_data[path] = key
+            elif self._held_data.get(path) == key:
+                self._held_data.pop(path, None)
+
+    def check_no_held_data(self, path: str) -> None:
+        """Before an rmdir: FsError ENOTEMPTY, with a line naming the key, when one of directory
+        ``path``'s own objects holds bytes (another client's data, which no name shows and the
+        rmdir would delete). Asked of S3 (one HEAD) only when a HEAD or listing found one so."""
+        with self._lock:
+            key = self._held_data.get(path)
+        if key is None:
+            return
+        try:
+            size = self.store.head(key).size
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            size = 0
+        self._saw_dir_object(path, key, size)
+        if size:
+            log.warning(_HELD_DATA, path, key, size)
+            raise FsError(errno.ENOTEMPTY, "%s holds %d bytes" % (key, size))
 
     def _holds_hidden(self, path: str) -> None:
         """A listing of directory ``path`` left out keys no name can show (another tool's ``a//b``)."""

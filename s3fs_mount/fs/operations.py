@@ -987,9 +987,9 @@ class S3Operations(Operations):
 
     @fuse_operation
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
-        if name.startswith(A.INFO_PREFIX):
+        if name in A.INFO_NAMES:
             # Read-only facts. Accepting (and ignoring) writes lets cp --preserve=xattr
-            # and rsync -X copy a file that lists them.
+            # and rsync -X copy a file that lists them. Any other s3.* name: ENOTSUP below.
             log.debug("setxattr %s %s: read-only, ignored", path, name)
             return
         if not name.startswith(A.USER_PREFIX):
@@ -1003,7 +1003,7 @@ class S3Operations(Operations):
 
     @fuse_operation
     def removexattr(self, path: str, name: str) -> None:
-        if name.startswith(A.INFO_PREFIX):
+        if name in A.INFO_NAMES:
             raise FsError(errno.EPERM)
         if not name.startswith(A.USER_PREFIX):
             raise FsError(errno.ENOTSUP, "only user.* attributes are stored")

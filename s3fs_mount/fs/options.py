@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from s3fs_mount.fs.attrs import MAX_ID
 from s3fs_mount.fs.namespace import ATTR_CACHE_ENTRIES, MIN_ATTR_CACHE
 from s3fs_mount.s3.parts import MAX_OBJECT_SIZE, most_steady_parts, streaming_layout
 
@@ -233,6 +234,12 @@ class MountOptions:
                 setattr(opts, name, _convert(name, known[name].type, value if has_value else None))
         if opts.metrics:
             parse_listen(opts.metrics)
+        for name in ("uid", "gid"):  # libfuse keeps 32 bits: 2**32 would be root; 2**32-1 is "none"
+            if not 0 <= getattr(opts, name) <= MAX_ID:
+                raise OptionError("%s=%d: an id is 0 to %d" % (name, getattr(opts, name), MAX_ID))
+        for name in ("attr_ttl", "dir_ttl"):  # (nan would keep listings for ever)
+            if not getattr(opts, name) >= 0:
+                raise OptionError("%s=%g: seconds, 0 or more" % (name, getattr(opts, name)))
         if opts.attr_cache < MIN_ATTR_CACHE:
             raise OptionError("attr_cache=%d: keep at least %d entries" % (opts.attr_cache, MIN_ATTR_CACHE))
         if opts.part_doubling < 0:

@@ -69,7 +69,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, time_metadata
+from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, check_metadata_size, time_metadata
 from s3fs_mount.fs.budget import BufferPool, ByteBudget
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.paths import NAME_MAX
@@ -352,7 +352,12 @@ class Uploader:
         self.store.configure_checksums()
 
     def headers(self, item: StagedFile, with_times: bool = True) -> dict[str, str]:
-        """The headers an upload of ``item`` carries: content headers, metadata, its times."""
+        """The headers an upload of ``item`` carries: content headers, metadata, its times.
+
+        FsError E2BIG when their user metadata is over S3's limit (the POSIX keys added to
+        attributes another client stored can take it there): the upload is refused before any
+        request, the item stays dirty until an attribute is removed.
+        """
         view = item.view()
         out = dict(view.headers)
         out.update(view.metadata)
@@ -361,6 +366,7 @@ class Uploader:
         else:
             for name in (MTIME, ATIME, CTIME):
                 out.pop(name, None)
+        check_metadata_size(out)
         return out
 
     def etags_of(self, item: StagedFile) -> set[str]:

@@ -27,6 +27,7 @@ from s3fs_mount.s3.sigv4 import (
     UNSIGNED_PAYLOAD,
     SigV4Signer,
     canonical_query,
+    is_signed,
     uri_encode,
 )
 from s3fs_mount.s3.transport import Response, Transport
@@ -88,6 +89,30 @@ class RequestObserver(Protocol):
     def request(self, method: str, status: int | None, up: int, down: int, seconds: float) -> None: ...
 
     def retry(self) -> None: ...
+
+
+#: An HTTP header name (RFC 9110's token).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """Raise ValueError, naming the header and why, for one that cannot be sent as it is.
+
+    A CR, LF or NUL would end the header. A value goes out in Latin-1; a signed header's
+    (``x-amz-*``: metadata) must be ASCII, else it is signed otherwise than sent and S3 answers
+    403 SignatureDoesNotMatch, as to a wrong secret. (An unsigned one, such as a
+    Content-Disposition S3 handed us in Latin-1, goes back as it came.)
+    """
+    for name, value in headers.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError("header %r: not a header name (letters, digits and !#$%%&'*+-.^_`|~)" % name)
+        if "\r" in value or "\n" in value or "\0" in value:
+            why = "a CR, LF or NUL cannot be in a header"
+        elif not value.isascii() and (is_signed(name.lower()) or max(value) > "\xff"):
+            why = "not ASCII: S3 takes ASCII header values (encode others, e.g. =?UTF-8?B?<base64>?=)"
+        else:
+            continue
+        raise ValueError("header %s: %r: %s" % (name, value, why))
 
 
 class RequestStats:
@@ -378,7 +403,8 @@ class S3Connection:
         attempt (so streamed uploads can retry).
         Returns the response when its status is in ``expect``; raises
         :class:`S3Error` otherwise, or :class:`TransportError` (also the requests
-        exception of its kind) on a transport failure once retries are spent.
+        exception of its kind) on a transport failure once retries are spent; ValueError,
+        before sending, for a header that cannot be sent (:func:`check_headers`).
         ``read_timeout``: seconds to wait between bytes of the answer, for a request the server
         may take long to answer (a server-side copy); default :attr:`timeout`.
         """
@@ -395,6 +421,7 @@ class S3Connection:
         what = "%s %s/%s" % (method, bucket or "", key)
         operation = operation_of(method, key, query, headers or {})
         headers = self._with_object_options(operation, headers or {})
+        check_headers(headers)
         attempts = 0
 
         # No function here may refer to itself: a closure in a cycle keeps ``body`` (a part of

@@ -34,6 +34,11 @@ def canonical_query(params: Mapping[str, str]) -> str:
 
 #: Headers signed besides every ``x-amz-*`` one.
 _SIGNED_NAMES = frozenset({"host", "content-type", "content-md5"})
+
+
+def is_signed(name: str) -> bool:
+    """Is the header ``name`` (lower case) signed? (host, content-type, content-md5, x-amz-*)."""
+    return name in _SIGNED_NAMES or name.startswith("x-amz-")
 #: (the second, X-Amz-Date for it): requests in the same second share the string.
 _now_cache: tuple[int, str] = (0, "")
 
@@ -140,7 +145,7 @@ class SigV4Signer:
         signed = {}
         for name, value in out.items():
             lname = name.lower()
-            if lname in _SIGNED_NAMES or lname.startswith("x-amz-"):
+            if is_signed(lname):
                 signed[lname] = " ".join(str(value).split())
         names = sorted(signed)
         signed_names = ";".join(names)

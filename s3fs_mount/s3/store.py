@@ -36,7 +36,7 @@ from s3fs_mount.s3.checksums import (
     parts_of,
     plan,
 )
-from s3fs_mount.s3.connection import S3Connection
+from s3fs_mount.s3.connection import S3Connection, check_headers
 from s3fs_mount.s3.errors import BodyBroken, RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
@@ -463,6 +463,7 @@ class RemoteStore:
         ``x-amz-meta-*`` headers; then exactly those are the destination's metadata.
         """
         headers = dict(headers or {})
+        check_headers(headers)  # before the HEAD of the source: a bad header is no 404
         replace = bool(metadata_of(headers))
         return self._guarded(
             "copy %s -> %s" % (remote_source, remote_destination),
@@ -514,6 +515,7 @@ class RemoteStore:
         Content-Type and the other content headers are kept (a self-copy with
         ``x-amz-metadata-directive: REPLACE``).
         """
+        check_headers(headers)
         return self._guarded(
             "update metadata of %s" % (remote_name,),
             lambda: self.copy_object(remote_name, remote_name, headers, replace_metadata=True),
@@ -522,7 +524,12 @@ class RemoteStore:
     def write(
         self, local_name: str, remote_name: RemoteName, headers: Mapping[str, str] | None = None
     ) -> bool:
-        """Upload the file ``local_name``; ``x-amz-meta-*`` headers set its metadata."""
+        """Upload the file ``local_name``; ``x-amz-meta-*`` headers set its metadata.
+
+        A header that cannot be sent (not ASCII, a CR or LF, a bad name) is a ValueError that
+        says which and why, before any request, as a missing bucket is.
+        """
+        check_headers(headers or {})
         return self._guarded(
             "write %s -> %s" % (local_name, remote_name),
             lambda: self.upload_file(local_name, remote_name, headers),

@@ -176,6 +176,34 @@ def test_writes_through_a_shared_mmap_reach_s3(mount, boto, bucket):
         assert f.read() == bytes(data)
 
 
+def test_a_stat_as_a_background_upload_ends_sees_the_new_size(mount_factory, boto, bucket, tmp_path):
+    """-o writeback: a file rewritten and closed is stat'ed and read by another process just as
+    its upload is done. Before, the staged copy stopped counting (clean, no longer uploading)
+    before the namespace was told of the new version: the stat got the size the mount knew
+    before (3 here; 0 for a new file), the kernel kept it for attr_ttl, and the read was cut
+    to it. Found with unlink-while-open loops: about 1 stat in 40 right after a close."""
+    gate = tmp_path / "gate"
+    boto.put_object(Bucket=bucket, Key="g.txt", Body=b"old")
+    mount = mount_factory("writeback", env={"S3FS_MOUNT_TEST_UPLOAD_GATE": "g.txt:%s" % gate}).start()
+    path = os.path.join(mount.path, "g.txt")
+    assert os.stat(path).st_size == 3
+    new = b"new content, longer than the old"
+    with open(path, "wb") as f:
+        f.write(new)
+    try:
+        eventually(lambda: "test gate: the upload of g.txt waits" in mount.log(), 60, "the upload held")
+        look = "import os, sys; p = sys.argv[1]; print(os.stat(p).st_size, open(p).read())"
+        seen = subprocess.run(
+            [sys.executable, "-c", look, path], capture_output=True, text=True, timeout=60
+        ).stdout.strip()
+    finally:
+        gate.touch()
+    assert seen == "%d %s" % (len(new), new.decode())
+    eventually(lambda: s3_bytes(boto, bucket, "g.txt") == new, 60, "the new bytes in S3")
+    with open(path, "rb") as f:
+        assert f.read() == new
+
+
 LOCK_TRY = """
 import fcntl, sys
 with open(sys.argv[1], "r+") as f:

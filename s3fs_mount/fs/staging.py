@@ -1162,6 +1162,13 @@ class StagingCache:
             raise
         return item, False
 
+    def left_dirty(self, item: StagedFile) -> bool:
+        """Is ``item`` (the cache's copy of its key, not unlinked) dirty with no handle open, so
+        that no release will have it uploaded?"""
+        with self._lock:
+            closed = item.open_count <= 0 and not item.unlinked and self._items.get(item.key) is item
+        return closed and item.view().dirty
+
     def reopen(self, item: StagedFile) -> bool:
         """One more open of ``item``, unlinked while open; False if its last handle has closed
         meanwhile (it is gone)."""

@@ -234,6 +234,40 @@ def test_a_touch_during_a_background_upload_reaches_s3_without_a_sync(mount_fact
     assert s3_bytes(boto, bucket, "t.txt") == b"tarred"
 
 
+def test_a_file_unlinked_while_its_upload_waits_is_not_brought_back(mount_factory, boto, bucket, tmp_path):
+    """-o writeback: a file closed (its upload queued), opened, removed, then written and
+    fchmod'ed through that handle: its queued upload sends nothing, as on a local disk the
+    name stays gone. Before, the write made the unlinked copy dirty again and the queue PUT it:
+    the removed file came back, in S3 and in the mount, with the bytes written after the unlink."""
+    gate = tmp_path / "gate"
+    env = {"S3FS_MOUNT_TEST_UPLOAD_GATE": "first:%s" % gate}
+    mount = mount_factory("writeback,parallel=1", env=env).start()  # one writeback worker
+    path = os.path.join(mount.path, "u")
+    with open(path, "wb") as f:
+        f.write(b"first version")
+    eventually(lambda: s3_keys(boto, bucket) == ["u"], 60, "u in S3")
+    with open(os.path.join(mount.path, "first"), "wb") as f:
+        f.write(b"holds the queue")
+    try:
+        eventually(lambda: "test gate: the upload of first waits" in mount.log(), 60, "the queue held")
+        with open(path, "wb") as f:
+            f.write(b"old content")  # its upload waits behind first's
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.unlink(path)
+            eventually(lambda: "u" not in s3_keys(boto, bucket), 60, "u's delete sent")
+            os.write(fd, b"written after the unlink")
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    finally:
+        gate.touch()
+    sync = subprocess.run([BIN, "sync", mount.path], capture_output=True, text=True, timeout=120)
+    assert sync.returncode == 0, sync.stdout + sync.stderr
+    assert s3_keys(boto, bucket) == ["first"]
+    assert os.listdir(mount.path) == ["first"]
+
+
 LOCK_TRY = """
 import fcntl, sys
 with open(sys.argv[1], "r+") as f:

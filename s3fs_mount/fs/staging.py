@@ -826,10 +826,10 @@ class StagedFile:
     # -- uploads (the upload unit's view of the item) -----------------------------------
 
     def begin_upload(self) -> tuple[int, str] | None:
-        """An upload starts: ``(generation, etag it may replace)``, or None when clean.
+        """An upload starts: ``(generation, etag it may replace)``, or None when clean (or unlinked).
         The item is ``uploading`` until :meth:`end_upload`."""
         with self.cond:
-            if not self.dirty:
+            if not self.dirty or self.unlinked:  # written through a handle after its unlink: never sent
                 return None
             self.uploading = True
             return self.generation, self.etag

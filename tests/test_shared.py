@@ -237,8 +237,9 @@ def test_a_touch_during_a_background_upload_reaches_s3_without_a_sync(mount_fact
 def test_a_file_unlinked_while_its_upload_waits_is_not_brought_back(mount_factory, boto, bucket, tmp_path):
     """-o writeback: a file closed (its upload queued), opened, removed, then written and
     fchmod'ed through that handle: its queued upload sends nothing, as on a local disk the
-    name stays gone. Before, the write made the unlinked copy dirty again and the queue PUT it:
-    the removed file came back, in S3 and in the mount, with the bytes written after the unlink."""
+    name stays gone. Before, the write made the unlinked copy dirty again and the queue PUT it
+    once its delete had gone out: the removed file came back, in S3 and in the mount, with the
+    bytes written after the unlink (found by hand with 300 files queued ahead of it)."""
     gate = tmp_path / "gate"
     env = {"S3FS_MOUNT_TEST_UPLOAD_GATE": "first:%s" % gate}
     mount = mount_factory("writeback,parallel=1", env=env).start()  # one writeback worker

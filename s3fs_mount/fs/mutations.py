@@ -170,7 +170,6 @@ class Mutations:
             log.error("upload of %s failed, kept staged: %s", item.key, full or exc)
             code = errno.ENOSPC if full else errno.E2BIG if errno_for(exc) == errno.E2BIG else errno.EIO
             raise FsError(code, "upload failed") from exc
-        self._remember_uploaded(item)
 
     def conflicted(self, exc: Conflict) -> None:
         """Another client's version stays at the path; ours now lives under the conflict name."""
@@ -191,13 +190,13 @@ class Mutations:
         item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
 
     def uploaded_in_background(self, item: StagedFile) -> None:
-        """The writeback queue put ``item`` in S3: what S3 has is known, and it may leave the cache."""
-        self._remember_uploaded(item)
+        """The writeback queue put ``item`` in S3 (:meth:`remember_uploaded` told): it may leave the cache."""
         self.staging.uploaded(item)
 
-    def _remember_uploaded(self, item: StagedFile) -> None:
+    def remember_uploaded(self, item: StagedFile) -> None:
         """What we uploaded is what S3 has: no HEAD needed to know it (but of a file removed
-        meanwhile, or being removed: its upload may have stopped short, and its name is gone)."""
+        meanwhile, or being removed: its upload may have stopped short, and its name is gone).
+        The uploader tells, before the item stops counting as uploading (``on_stored``)."""
         if item.unlinked or self.uploader.being_removed(item):
             return
         self.namespace.remember(self.keymap.path(item.key), staged_attributes(item, self.defaults))

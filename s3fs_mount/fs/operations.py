@@ -169,6 +169,7 @@ class S3Operations(Operations):
             part_doubling=options.part_doubling,
             memory=options.upload_memory,
             refill=lambda item: self.prefetcher.ensure(item, 0, item.size),
+            on_stored=lambda item: self.changes.remember_uploaded(item),
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.

@@ -867,10 +867,10 @@ class StagedFile:
     # -- uploads (the upload unit's view of the item) -----------------------------------
 
     def begin_upload(self) -> tuple[int, str] | None:
-        """An upload starts: ``(generation, etag it may replace)``, or None when clean.
+        """An upload starts: ``(generation, etag it may replace)``, or None when clean (or unlinked).
         The item is ``uploading`` until :meth:`end_upload`."""
         with self.cond:
-            if not self.dirty:
+            if not self.dirty or self.unlinked:  # written through a handle after its unlink: never sent
                 return None
             self.uploading = True
             return self.generation, self.etag
@@ -1213,6 +1213,13 @@ class StagingCache:
             self.release(item)
             raise
         return item, False
+
+    def left_dirty(self, item: StagedFile) -> bool:
+        """Is ``item`` (the cache's copy of its key, not unlinked) dirty with no handle open, so
+        that no release will have it uploaded?"""
+        with self._lock:
+            closed = item.open_count <= 0 and not item.unlinked and self._items.get(item.key) is item
+        return closed and item.view().dirty
 
     def reopen(self, item: StagedFile) -> bool:
         """One more open of ``item``, unlinked while open; False if its last handle has closed

@@ -88,8 +88,13 @@ CRASH_AFTER_UPLOAD = os.environ.get("S3FS_MOUNT_TEST_CRASH_AFTER_UPLOAD") == "1"
 #: Tests set this to ``OFFSET:PATH``: a write at OFFSET, once :meth:`Uploader.before_write` let it
 #: by, waits until PATH exists (:func:`hold_at_write_gate`), so that other writes overtake it.
 WRITE_GATE = os.environ.get("S3FS_MOUNT_TEST_WRITE_GATE", "")
+#: Tests set this to ``KEY:PATH``: an upload of KEY, once in S3 and its copy marked clean, waits
+#: until PATH exists (:func:`hold_at_upload_gate`), so that a stat comes in between.
+UPLOAD_GATE = os.environ.get("S3FS_MOUNT_TEST_UPLOAD_GATE", "")
 #: Rounds of sending again the parts of a stream written over while they went up, at its end.
 RESENDS = 3
+#: Uploads again, in a row, of a closed file changed while its background upload ran.
+WRITEBACK_AGAIN = 5
 #: How uploads guard against replacing another client's version (see the module docstring).
 CHECK_CONDITIONAL, CHECK_HEAD, CHECK_OFF = "conditional", "head", "off"
 
@@ -266,6 +271,8 @@ class Uploader:
     :param memory: part bytes read into memory at once, over all uploads (a larger part
         goes alone).
     :param refill: fetches a dirty item's holes (:meth:`StagedFile.holes`) from S3.
+    :param on_stored: told that S3 now holds an item's content, clean, while it still counts
+        as uploading (what a stat shows of it comes from the staged copy until this returns).
     """
 
     def __init__(
@@ -278,6 +285,7 @@ class Uploader:
         part_doubling: int = 0,
         memory: int = 64 << 20,
         refill: Callable[[StagedFile], None] | None = None,
+        on_stored: Callable[[StagedFile], None] | None = None,
     ) -> None:
         # Every field is immutable after __init__ but put_check and complete_check (set once,
         # by configure_checks at mount, before any upload) and _states (see there).
@@ -294,6 +302,7 @@ class Uploader:
         #: The parts' buffers, used again part after part (as many bytes as ``memory`` kept).
         self.buffers = BufferPool(memory)
         self.refill = refill
+        self.on_stored = on_stored
         #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
         self.put_check = CHECK_HEAD
         self.complete_check = CHECK_HEAD
@@ -830,9 +839,11 @@ class Uploader:
                 state.missed, state.whole_base = False, None
                 state.merged, state.sent_metadata = False, None
             started = time.monotonic()
+            sent = False
             try:
                 etag, size = self._upload(item, replaces)
                 self._abort_leftovers(item)
+                sent = True
             except _Clobbered as clash:
                 return self._keep_both(item, generation, replaces, clash.theirs)
             except _Removed:
@@ -843,28 +854,46 @@ class Uploader:
                     state.error = str(exc)
                 raise
             finally:
+                if not sent:
+                    item.end_upload()
+            try:
+                clean = self._uploaded(item, state, generation, etag, size, started)
+            finally:
                 item.end_upload()
-            if CRASH_AFTER_UPLOAD:  # test hook: die in the window between upload and bookkeeping
-                os.kill(os.getpid(), signal.SIGKILL)
-            with state.lock:
-                state.error = ""
-                missed, sent = state.missed, state.sent_metadata
-            if missed:
-                log.info("%s: written over as its parts went up: uploaded again at the next flush", item.key)
-            clean = item.mark_clean(generation, etag, size, changed=missed, metadata=sent)
-            with state.lock:
-                # Uploaded whole (a stream failed, or none was under way) while still written (an
-                # fsync): the next write streams on from what S3 has, so that a later fsync does
-                # not send it all again. Not if a write landed since (its after_write drops a base
-                # it falls on; one that landed before this is told by the generation).
-                base, state.whole_base = state.whole_base, None
-                if clean and base and state.stream is None and item.view().generation == generation:
-                    state.stream, state.stream_off = base, False
-            log.debug("uploaded %s (%d bytes) in %.2fs", item.key, size, time.monotonic() - started)
         if not clean and item.holes() and self.refill is not None:
             # Written while a stream with released bytes completed: those bytes are now only in
             # S3's new version, and a dirty file must be whole (a crash uploads its data file).
             self.refill(item)
+        return clean
+
+    def _uploaded(
+        self, item: StagedFile, state: UploadState, generation: int, etag: str, size: int, started: float
+    ) -> bool:
+        """The bookkeeping of an upload of ``generation`` that S3 now holds as ``etag``; whether the
+        item is clean. Still ``uploading`` meanwhile: a stat takes the staged copy's attributes
+        until :attr:`on_stored` has told the namespace the new ones (it said the old size between,
+        and the kernel kept that for attr_ttl: a reader of a file just closed got 0 bytes)."""
+        if CRASH_AFTER_UPLOAD:  # test hook: die in the window between upload and bookkeeping
+            os.kill(os.getpid(), signal.SIGKILL)
+        with state.lock:
+            state.error = ""
+            missed, sent = state.missed, state.sent_metadata
+        if missed:
+            log.info("%s: written over as its parts went up: uploaded again at the next flush", item.key)
+        clean = item.mark_clean(generation, etag, size, changed=missed, metadata=sent)
+        with state.lock:
+            # Uploaded whole (a stream failed, or none was under way) while still written (an
+            # fsync): the next write streams on from what S3 has, so that a later fsync does
+            # not send it all again. Not if a write landed since (its after_write drops a base
+            # it falls on; one that landed before this is told by the generation).
+            base, state.whole_base = state.whole_base, None
+            if clean and base and state.stream is None and item.view().generation == generation:
+                state.stream, state.stream_off = base, False
+        log.debug("uploaded %s (%d bytes) in %.2fs", item.key, size, time.monotonic() - started)
+        if UPLOAD_GATE:
+            hold_at_upload_gate(item.key)
+        if clean and self.on_stored is not None:
+            self.on_stored(item)
         return clean
 
     def _abort_leftovers(self, item: StagedFile) -> None:
@@ -1215,6 +1244,18 @@ def hold_at_write_gate(offset: int) -> None:
         time.sleep(0.01)
 
 
+def hold_at_upload_gate(key: str) -> None:
+    """Test hook (:data:`UPLOAD_GATE`): hold an upload of the gate's key, done and marked clean,
+    until the gate's file exists."""
+    at, _, path = UPLOAD_GATE.partition(":")
+    if at != key:
+        return
+    log.warning("test gate: the upload of %s waits for %s", key, path)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def read_into(fd: int, view: memoryview, offset: int) -> int:
     """Fill ``view`` with the bytes of ``fd`` from ``offset``; returns how many (fewer at its end)."""
     done = 0
@@ -1294,7 +1335,7 @@ class WritebackQueue:
             if item is None:
                 return
             try:
-                if self.uploader.flush(item) and self.on_uploaded is not None:
+                if self._flush(item) and self.on_uploaded is not None:
                     self.on_uploaded(item)
             except Conflict as exc:  # both versions kept, and logged by the uploader
                 if self.on_conflict is not None:
@@ -1305,6 +1346,19 @@ class WritebackQueue:
                 with self._idle:
                     self._busy -= 1
                     self._idle.notify_all()
+
+    def _flush(self, item: StagedFile) -> bool:
+        """Upload ``item``, and again while it was changed meanwhile and is closed: a chmod or a
+        touch while its upload ran (tar, ``cp -p`` and ``rsync -a`` set them right after the
+        close) left it dirty with no release to submit it, and S3 without them until a sync or
+        the unmount (29 files of 200 touched after their close, measured)."""
+        clean = self.uploader.flush(item)
+        staging = self.uploader.staging
+        for _ in range(WRITEBACK_AGAIN):
+            if staging is None or not staging.left_dirty(item):
+                break
+            clean = self.uploader.flush(item)
+        return clean
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until the queue is empty; False on timeout."""

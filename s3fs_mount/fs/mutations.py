@@ -435,8 +435,11 @@ class Mutations:
         with self.uploader.removing(item, "the file was removed"):  # no PUT of it lands after the delete
             if item.open_count > 0:  # open handles go on reading: keep every byte locally
                 self.prefetcher.ensure(item, 0, item.remote_size)
-            if item.dirty or item.uploading or item.open_count > 0:
-                etag = item.view().etag or None  # ours: an upload may have landed since the caller looked
+            # A staged file's version is ours to name: S3 took the upload it knows of since the
+            # caller looked, perhaps (clean: its ETag). One being written or uploaded may have a
+            # PUT of ours land with no ETag known here (the one ``removing`` stopped): that delete
+            # names no version, or it would miss our own bytes and the file come back.
+            etag = None if item.dirty or item.uploading else (item.view().etag or None)
             self._remove_key(path, key, etag)
         return item
 

@@ -20,10 +20,9 @@ killed meanwhile writes the holder when it starts again.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
-from s3fs_mount.fs.journal import StagingJournal
+from s3fs_mount.fs.journal import OwedJournal
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +43,20 @@ class PendingHolders:
         holders.done("/d")                 # written (or the directory is gone)
         holders.close()
 
-    Locks: ``_lock`` guards ``_pending`` and ``_opened``; the journal has its own lock, taken
-    inside it; neither is held during a request, nor taken while the namespace's lock is held.
+    Locks: ``_lock`` guards ``_pending``; the journal has its own lock, taken inside it;
+    neither is held during a request, nor taken while the namespace's lock is held.
     """
 
     def __init__(self, directory: str | None) -> None:
-        self._journal = StagingJournal(directory, name=JOURNAL_NAME) if directory else None
+        self._records = OwedJournal(directory, JOURNAL_NAME)
         self._lock = threading.Lock()
         self._pending: dict[str, dict[str, str]] = {}  # GUARDED_BY(_lock)
-        self._opened = False  # GUARDED_BY(_lock): the journal is open for appending
 
     def recover(self) -> dict[str, dict[str, str]]:
         """What a previous run recorded and did not write: pending again, returned."""
-        if self._journal is None:
-            return {}
-        left = StagingJournal.read(self._journal.path)
+        left = self._records.recover()
         if not left:
             return {}
-        self._open()
         with self._lock:
             for path, state in left.items():
                 self._pending[path] = dict(state["meta"])
@@ -70,9 +65,7 @@ class PendingHolders:
 
     def add(self, path: str, metadata: dict[str, str]) -> None:
         """Directory ``path`` is to get a holder carrying ``metadata``: recorded now."""
-        if self._journal is not None:
-            self._open()
-            self._journal.record(path, {"meta": metadata})
+        self._records.record(path, {"meta": metadata})
         with self._lock:
             self._pending[path] = dict(metadata)
 
@@ -93,8 +86,7 @@ class PendingHolders:
         with self._lock:
             if self._pending.pop(path, None) is None:
                 return
-        if self._journal is not None:
-            self._journal.record(path, None)
+        self._records.record(path, None)
 
     def __len__(self) -> int:
         with self._lock:
@@ -105,21 +97,5 @@ class PendingHolders:
         owes nothing goes (a cache dir holds no file for what is not owed)."""
         with self._lock:
             left = len(self._pending)
-            opened, self._opened = self._opened, False
-        if self._journal is None or not opened:
-            return
-        self._journal.close()
-        if left:
+        if self._records.close(left):
             log.error("%d directory holders not written: they are written at the next mount", left)
-            return
-        try:
-            os.unlink(self._journal.path)
-        except FileNotFoundError:
-            pass
-
-    def _open(self) -> None:
-        assert self._journal is not None
-        with self._lock:
-            if not self._opened:
-                self._journal.open()
-                self._opened = True

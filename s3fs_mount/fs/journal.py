@@ -214,3 +214,61 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _line(item_id: str, state: State | None) -> bytes:
     return (json.dumps({"id": item_id, "state": state}) + "\n").encode()
+
+
+class OwedJournal:
+    """A journal of what a mount still owes S3 outside its staged files (directory holders
+    to write, renames to finish), with the life such records have: opened at the first record,
+    and at unmount removed when nothing is owed any more (a cache directory holds no file for
+    what is not owed), kept for the next mount when something is. Thread-safe.
+
+    :param directory: the cache directory (None: nothing is recorded, every call does nothing).
+    :param name: the journal's file name in it.
+
+    Locks: ``_lock`` guards ``_opened``; the journal has its own lock, taken after it.
+    """
+
+    def __init__(self, directory: str | None, name: str) -> None:
+        self._journal = StagingJournal(directory, name=name) if directory else None
+        self._lock = threading.Lock()
+        self._opened = False  # GUARDED_BY(_lock): the journal is open for appending
+
+    def recover(self) -> dict[str, State]:
+        """What a previous run recorded and still owed (recorded until taken back)."""
+        if self._journal is None:
+            return {}
+        left = StagingJournal.read(self._journal.path)
+        if left:
+            self._open()
+        return left
+
+    def record(self, item_id: str, state: State | None) -> None:
+        """``item_id`` owes ``state`` now (None: nothing any more)."""
+        if self._journal is None:
+            return
+        if state is not None:
+            self._open()
+        self._journal.record(item_id, state)
+
+    def close(self, owed: int) -> bool:
+        """At unmount, with ``owed`` records still owed: the journal is removed if that is none,
+        else kept for the next mount. Whether it was kept."""
+        with self._lock:
+            opened, self._opened = self._opened, False
+        if self._journal is None or not opened:
+            return False
+        self._journal.close()
+        if owed:
+            return True
+        try:
+            os.unlink(self._journal.path)
+        except FileNotFoundError:
+            pass
+        return False
+
+    def _open(self) -> None:
+        assert self._journal is not None
+        with self._lock:
+            if not self._opened:
+                self._journal.open()
+                self._opened = True

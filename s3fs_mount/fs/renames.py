@@ -19,11 +19,10 @@ for a directory.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any
 
-from s3fs_mount.fs.journal import StagingJournal
+from s3fs_mount.fs.journal import OwedJournal
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +43,21 @@ class PendingRenames:
         renames.done("a")                            # the old key is gone, or the rename failed
         renames.close()
 
-    Locks: ``_lock`` guards ``_pending`` and ``_opened``; the journal has its own lock, taken
-    inside it; neither is held during a request.
+    Locks: ``_lock`` guards ``_pending``; the journal has its own lock, taken inside it;
+    neither is held during a request.
     """
 
     def __init__(self, directory: str | None) -> None:
-        self._journal = StagingJournal(directory, name=JOURNAL_NAME) if directory else None
+        self._records = OwedJournal(directory, JOURNAL_NAME)
+        self._recording = directory is not None  # fixed: whether renames are recorded at all
         self._lock = threading.Lock()
         self._pending: set[str] = set()  # GUARDED_BY(_lock)
-        self._opened = False  # GUARDED_BY(_lock): the journal is open for appending
 
     def recover(self) -> dict[str, dict[str, Any]]:
         """What a previous run recorded and did not finish (still recorded until :meth:`done`)."""
-        if self._journal is None:
-            return {}
-        left = StagingJournal.read(self._journal.path)
+        left = self._records.recover()
         if not left:
             return {}
-        self._open()
         with self._lock:
             self._pending.update(left)
         log.info("recovery: %d renames a previous run left unfinished", len(left))
@@ -69,10 +65,9 @@ class PendingRenames:
 
     def begin(self, old: str, state: dict[str, Any]) -> None:
         """The rename of ``old`` is under way (or has gone a step further): recorded now."""
-        if self._journal is None:
+        if not self._recording:
             return
-        self._open()
-        self._journal.record(old, state)
+        self._records.record(old, state)
         with self._lock:
             self._pending.add(old)
 
@@ -82,28 +77,11 @@ class PendingRenames:
             if old not in self._pending:
                 return
             self._pending.discard(old)
-        if self._journal is not None:
-            self._journal.record(old, None)
+        self._records.record(old, None)
 
     def close(self) -> None:
         """At unmount: a journal that owes nothing goes; one that does stays for the next mount."""
         with self._lock:
             left = len(self._pending)
-            opened, self._opened = self._opened, False
-        if self._journal is None or not opened:
-            return
-        self._journal.close()
-        if left:
+        if self._records.close(left):
             log.error("%d renames not finished: they are finished at the next mount", left)
-            return
-        try:
-            os.unlink(self._journal.path)
-        except FileNotFoundError:
-            pass
-
-    def _open(self) -> None:
-        assert self._journal is not None
-        with self._lock:
-            if not self._opened:
-                self._journal.open()
-                self._opened = True

@@ -1015,7 +1015,7 @@ def test_a_holder_a_killed_writeback_mount_left_is_written_at_the_next_start(tmp
     ops.mkdir("/d", 0o711)
     ops.mkdir("/gone", 0o700)
     ops.staging.close()  # killed: no holder written
-    ops.namespace.holders._journal.close()
+    ops.namespace.holders._records._journal.close()
     del store.objects["gone/"]  # removed by another client meanwhile
     assert "d_$folder$" not in store.objects
     again = make_ops(tmp_path, store, writeback=True)
@@ -2328,3 +2328,33 @@ def test_what_setxattr_accepts_an_upload_can_carry(tmp_path, uploaded):
     ops.release("/f", fh)
     assert store.objects["f"].data == b"datamore"
     assert store.objects["f"].metadata["x-amz-meta-big"] == "v" * n
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "overwrite"])
+def test_an_upload_that_landed_just_before_a_crash_is_ours_at_recovery_not_a_conflict(tmp_path, existing):
+    """Found in round 33 (kill -9 at random moments, -o writeback): a file's PUT landed, the mount
+    was killed before the record said so, and the file had been written again. At the next mount
+    S3's version was neither the one the record named nor the bytes staged now, so it counted as
+    another client's: the older bytes stayed at the name and the newest went to a conflict copy
+    (a new file's upload was refused by its If-None-Match). An upload now records the ETag it is
+    about to make before it sends; S3 holding one of those is ours, and the file goes on from it."""
+    store = FakeStore()
+    if existing:
+        store.put("f", b"v0")
+    ops = make_ops(tmp_path, store, multipart_threshold=1 * MiB, part_size=5 * MiB)
+    fh = ops.open("/f", os.O_RDWR) if existing else ops.create("/f", 0o644)
+    ops.write("/f", b"first", 0, fh)
+
+    def killed_after_the_put(*args, **kwargs):
+        raise RuntimeError("killed")  # S3 has the bytes; the bookkeeping never ran
+
+    ops.uploader._uploaded = killed_after_the_put
+    with pytest.raises(FuseOSError):
+        ops.flush("/f", fh)
+    assert store.objects["f"].data == b"first"
+    ops.write("/f", b"second and last", 0, fh)  # acknowledged, not uploaded: then the crash
+    ops.staging.close()
+    again = make_ops(tmp_path, store, multipart_threshold=1 * MiB, part_size=5 * MiB)
+    again.recover()
+    assert store.objects["f"].data == b"second and last"
+    assert [k for k in store.objects if "conflict" in k] == []

@@ -237,6 +237,11 @@ class Mutations:
                 log.info("recovered %s: already in S3", item.key)
                 self.note_recovered("files already in S3")
                 continue
+            if current is not None and current.etag != item.etag and item.sent_as(current.etag):
+                # An earlier upload of ours landed, then the mount was killed before its record
+                # said so: ours, not another client's; the file goes on from it.
+                item.landed(current.etag, current.metadata)
+                log.info("recovered %s: an earlier upload of it is in S3; the rest goes up", item.key)
             if current is not None and item.etag and current.etag != item.etag:
                 conflict = conflict_name(item.key, self.store.key_room())
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)

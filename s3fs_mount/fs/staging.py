@@ -187,6 +187,8 @@ class StagedRecord:
     released: list[tuple[int, int]] = field(default_factory=list)
     #: What the upload unit needs to finish the upload holding the released ranges ({}: none).
     stream: dict[str, Any] = field(default_factory=dict)
+    #: ETags of the versions uploads of it sent since ``etag`` (see StagedFile.landing).
+    landing: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The record as the journal stores it (a JSON object)."""
@@ -208,6 +210,7 @@ class StagedRecord:
             "digests": [[off, n, digest] for (off, n), digest in sorted(self.digests.items())],
             "released": [[start, end] for start, end in self.released],
             "stream": self.stream,
+            "landing": self.landing,
         }
 
     @classmethod
@@ -232,6 +235,7 @@ class StagedRecord:
             digests={(int(o), int(n)): str(d) for o, n, d in state.get("digests", [])},
             released=[(int(start), int(end)) for start, end in state.get("released", [])],
             stream=dict(state.get("stream") or {}),
+            landing=[str(e) for e in state.get("landing", [])],
         )
 
 
@@ -339,6 +343,11 @@ class StagedFile:
         self.released = RangeSet()
         #: GUARDED_BY(cond): the upload unit's description of that upload (replaced whole; {}: none).
         self.stream: dict[str, Any] = {}
+        #: GUARDED_BY(cond): the ETags of the versions uploads sent since version ``etag`` (a PUT's
+        #: MD5, a multipart upload's composite), recorded before each is sent: after a crash, S3
+        #: holding one of them holds ours (sent, then killed before the record said so), not
+        #: another client's. Cleared once an upload's version is ``etag``.
+        self.landing: list[str] = []
         #: GUARDED_BY(cond): ranges being read from the data file now: not released meanwhile.
         self.reading: list[tuple[int, int]] = []
         #: GUARDED_BY(cond): the version whose pages the kernel holds are all checked bytes of it
@@ -420,6 +429,7 @@ class StagedFile:
             digests=dict(self.digests),
             released=[(start, end) for start, end in self.released],
             stream=self.stream,
+            landing=list(self.landing),
         )
 
     def restore(self, record: StagedRecord) -> None:
@@ -445,6 +455,7 @@ class StagedFile:
         self.size = max(self.size, os.fstat(self.fd).st_size)
         self.released = RangeSet(record.released)
         self.stream = dict(record.stream)
+        self.landing = list(record.landing)
         self.present = RangeSet([(0, self.size)])
         for start, end in self.released:
             self.present.remove(start, end)
@@ -886,6 +897,28 @@ class StagedFile:
         with self.cond:
             self.etag = etag
 
+    def note_landing(self, etag: str) -> None:
+        """An upload is about to send version ``etag`` (see :attr:`landing`); the caller saves
+        the record before it sends."""
+        if not etag:
+            return
+        with self.cond:
+            if etag not in self.landing:
+                self.landing = [*self.landing[-7:], etag]
+
+    def sent_as(self, etag: str) -> bool:
+        """Is ``etag`` a version an upload of ours sent since the item's version (:attr:`landing`)?"""
+        with self.cond:
+            return bool(etag) and etag in self.landing
+
+    def landed(self, etag: str, metadata: dict[str, str]) -> None:
+        """After a crash: S3 holds version ``etag`` (with ``metadata``), which an upload of ours
+        sent (:meth:`sent_as`); the item, still dirty, goes on from it."""
+        with self.cond:
+            self.etag = etag
+            self.base_metadata = dict(metadata)
+            self.landing = []
+
     def add_upload(self, upload_id: str) -> None:
         """A multipart upload of the item began: recorded, so that a crash leaves no dangling parts."""
         with self.cond:
@@ -930,6 +963,7 @@ class StagedFile:
             self.released = RangeSet()
             self.stream = {}
             self.etag = etag
+            self.landing = []
             self.etag_since = self.cache.clock.monotonic()
             self.base_metadata = None if metadata is None else dict(metadata)
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)

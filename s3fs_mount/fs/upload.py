@@ -934,14 +934,17 @@ class Uploader:
         if size < self.threshold:
             self._learn_theirs(item, replaces, self.put_check)
             data = os.pread(item.fd, size, 0)
+            md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
+            item.note_landing(md5)  # recorded (below) before the PUT: a crash after it lands is told
             headers = {**self.headers(item), **self._checksum(item, 0, data, self.store.checksum_algorithm)}
+            if not self.store.checksums:
+                item.save()  # (else _checksum saved it)
             condition = _conditions(replaces, self.put_check)
             with state.lock:
                 state.sent_metadata = metadata_of(headers)
             try:
                 return self.store.put(item.key, data, headers, **condition), size
             except S3Error as exc:
-                md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
                 self._refused(item, exc, md5)
                 return md5, size
         self._check_by_head(item, replaces, self.complete_check)  # fail before sending it all
@@ -1059,6 +1062,8 @@ class Uploader:
     def _complete(self, item: StagedFile, mpu: MultipartUpload, replaces: str) -> str:
         self._check_not_removed(item)
         self._learn_theirs(item, replaces, self.complete_check)
+        item.note_landing(mpu.expected_etag())  # recorded before it lands: a crash after it is told
+        item.save()
         try:
             return mpu.complete(**_conditions(replaces, self.complete_check))
         except S3Error as exc:

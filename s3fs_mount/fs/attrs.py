@@ -377,6 +377,12 @@ def posix_metadata_of(a: Attributes) -> dict[str, str]:
 # -- extended attributes ----------------------------------------------------------
 
 
+def require_user_name(name: str) -> None:
+    """FsError ENOTSUP unless ``name`` is a ``user.*`` attribute: the only ones stored."""
+    if not name.startswith(USER_PREFIX):
+        raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
+
+
 def header_for_xattr(name: str) -> str:
     """``user.state`` -> ``x-amz-meta-state``; FsError for names that can't map.
 
@@ -384,8 +390,7 @@ def header_for_xattr(name: str) -> str:
     would come back as ``user.tag``, another name, and ``rsync -X`` run again would set
     ``user.Tag`` and then remove ``user.tag`` (the same key) as one the source lacks.
     """
-    if not name.startswith(USER_PREFIX):
-        raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
+    require_user_name(name)
     short = name[len(USER_PREFIX) :]
     if short != short.lower():
         raise FsError(errno.EINVAL, "S3 keeps metadata names in lower case: %r would come back as %r"

@@ -993,8 +993,7 @@ class S3Operations(Operations):
             # and rsync -X copy a file that lists them. Any other s3.* name: ENOTSUP below.
             log.debug("setxattr %s %s: read-only, ignored", path, name)
             return
-        if not name.startswith(A.USER_PREFIX):
-            raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
+        A.require_user_name(name)  # (before any request; the rest of the name's rules in the change)
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
             return A.with_xattr(meta, name, bytes(value), create=bool(options & XATTR_CREATE),
@@ -1006,8 +1005,7 @@ class S3Operations(Operations):
     def removexattr(self, path: str, name: str) -> None:
         if name in A.INFO_NAMES:
             raise FsError(errno.EPERM)
-        if not name.startswith(A.USER_PREFIX):
-            raise FsError(errno.ENOTSUP, "only user.* attributes are stored")
+        A.require_user_name(name)  # (before any request; the rest of the name's rules in the change)
 
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
             return A.without_xattr(meta, name)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # THE test command:  bash tests/run.sh [pytest args...]
 #
-# On a fresh Debian machine (as root) this installs the FUSE/xattr tools (and rsync, and what
-# pjdfstest needs to build and run) if missing,
+# On a fresh Debian machine (as root) this installs the FUSE/xattr tools (and rsync, s3fs-fuse for
+# tests/test_s3fs_interop.py, and what pjdfstest needs to build and run) if missing,
 # creates/reuses the virtualenv .venv in the repo, installs the package with its
 # [test] extra (editable), runs ruff, then pytest.  Exit code: pytest's (5 = no
 # tests collected is a failure too); if only ruff failed, 1.

@@ -497,6 +497,7 @@ def _wait_for_mount(pid: int, read_fd: int, mountpoint: str, where: str, wait: f
 
 def mount_bucket(inv: Invocation) -> int:
     """Mount a bucket of the configured S3."""
+    check_mountpoint(inv.mountpoint, inv.opts.nonempty)  # local and quick: before credentials are sought
     settings = load_settings(inv.config_path, inv.opts.profile or None)
     bucket = inv.bucket or settings.get("default_bucket")
     if not bucket:
@@ -513,7 +514,6 @@ def mount_bucket(inv: Invocation) -> int:
         max_workers=inv.opts.parallel,
         checksums=inv.opts.checksum,
     )
-    check_mountpoint(inv.mountpoint, inv.opts.nonempty)
     check_bucket(store, bucket, inv.opts.debug)
     serve = _load_serve()
     log.debug(

@@ -185,6 +185,11 @@ def test_missing_mountpoint(env, tmp_path):
     assert "mount point does not exist" in line and "nowhere" in line
 
 
+def test_a_missing_mountpoint_is_said_before_credentials_are_sought(env, tmp_path):
+    line = one_line_failure(run(["bkt", str(tmp_path / "nowhere")], env, tmp_path), status=1)
+    assert "mount point does not exist" in line and "credentials" not in line
+
+
 def test_mountpoint_is_a_file(env, tmp_path):
     (tmp_path / "file").write_text("x")
     line = one_line_failure(run(["bkt", "file"], unreachable(env), tmp_path), status=1)

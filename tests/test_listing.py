@@ -1048,6 +1048,51 @@ def test_keys_no_name_can_show_are_left_out_once_each_and_keep_their_directory(m
     assert sorted(o["Key"] for o in left) == sorted(keys)
 
 
+@pytest.mark.fuse
+def test_a_directory_shadows_a_file_of_its_name_in_every_order(mount_factory, boto, bucket):
+    """Found in round 34: another tool's file ``a`` beside keys ``a/x`` (S3 allows both) was a
+    file to a stat before any listing of its parent and a directory to ``ls``, or a file to
+    ``ls -l`` too once stat had seen it: ``rm a`` then deleted the file under a directory.
+    The directory shadows the file (as mountpoint-s3), whichever is asked first, after the
+    TTLs too; the file is left in S3 untouched and shows again once the directory is gone."""
+    keys = {"sh/a": b"file a", "sh/a/x": b"x", "sh/b": b"file b", "sh/b/y": b"y", "sh/c": b"c"}
+    for key, body in keys.items():
+        boto.put_object(Bucket=bucket, Key=key, Body=body)
+    mount = mount_factory().start()
+    d = os.path.join(mount.path, "sh")
+    a, b = os.path.join(d, "a"), os.path.join(d, "b")
+    assert stat.S_ISDIR(os.stat(a).st_mode)  # a: a cold stat first; b: the listing first
+    assert sorted((e.name, e.is_dir()) for e in os.scandir(d)) == [("a", True), ("b", True), ("c", False)]
+    assert [stat.S_ISDIR(os.lstat(p).st_mode) for p in (a, b)] == [True, True]
+    time.sleep(2.5)  # every TTL past: asked of S3 again
+    assert [stat.S_ISDIR(os.stat(p).st_mode) for p in (a, b)] == [True, True]
+    assert os.listdir(a) == ["x"]
+    with open(os.path.join(a, "x"), "rb") as f:
+        assert f.read() == b"x"
+    with pytest.raises(IsADirectoryError):
+        with open(a, "rb") as f:
+            f.read()
+    with pytest.raises(IsADirectoryError):
+        os.unlink(a)
+    with pytest.raises(OSError) as exc:
+        os.rmdir(a)
+    assert exc.value.errno == errno.ENOTEMPTY
+    os.rename(b, os.path.join(d, "moved"))  # the directory moves; the file b stays
+    assert os.listdir(os.path.join(d, "moved")) == ["y"]
+    os.unlink(os.path.join(a, "x"))
+    os.rmdir(a)  # SeaweedFS answers a HEAD of "sh/a/" with the file: no bytes of the directory's
+    left = {o["Key"] for o in boto.list_objects_v2(Bucket=bucket, Prefix="sh/")["Contents"]}
+    assert {"sh/a", "sh/b", "sh/c", "sh/moved/y"} <= left and not {"sh/a/x", "sh/b/y"} & left
+    for name in ("a", "b"):
+        assert boto.get_object(Bucket=bucket, Key="sh/" + name)["Body"].read() == keys["sh/" + name]
+    time.sleep(2.5)  # what this mount removed is absent for attr_ttl: then S3 says, a file
+    for name in ("a", "b"):
+        with open(os.path.join(d, name), "rb") as f:
+            assert f.read() == keys["sh/" + name]
+    assert "'sh/a' and directory 'sh/a'/ share a name: the directory is shown" in mount.log()
+    mount.stop()
+
+
 def _rmdir_keeps_data_in_directory_objects(client, bucket: str, mount, kept_by_server: set[str]) -> None:
     """Found in round 33: another client's bytes in a directory's own objects (a ``d/`` marker
     with a body, a ``d_$folder$`` with a body, a ``d`` whose x-amz-meta-mode says directory),

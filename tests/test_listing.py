@@ -1093,6 +1093,56 @@ def test_a_directory_shadows_a_file_of_its_name_in_every_order(mount_factory, bo
     mount.stop()
 
 
+@pytest.mark.fuse
+def test_other_tools_names_on_a_server_that_keeps_keys_as_given(moto_mount, bucket):
+    """Round 34's hunt, on moto (keys as given, as AWS): a name over 255 bytes is left out with
+    one log line (its directory's rmdir ENOTEMPTY); a file beside an empty directory's ``sx/``
+    marker is shadowed by it from a cold stat on, and shows once that directory is removed; a
+    trailing space, a tab, DEL and both forms of "café" (NFC, NFD: two keys) are names,
+    stat, read, renamed and removed as themselves; ``find``, ``du`` and ``rsync -a`` walk it all."""
+    client = moto_mount.client
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    odd = ["sp ", "del\x7fx", nfc, nfd, " lead", "tab\tx"]  # (a newline: moto's server cannot)
+    keys = ["long/" + "n" * 256, "long/" + "m" * 255, "sx", "sx/"] + ["odd/" + n for n in odd]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else key.encode())
+    mount = moto_mount.make().start()
+    sx = os.path.join(mount.path, "sx")
+    assert stat.S_ISDIR(os.stat(sx).st_mode) and os.listdir(sx) == []  # a cold stat first
+    assert os.listdir(os.path.join(mount.path, "long")) == ["m" * 255]
+    with pytest.raises(OSError) as exc:
+        os.rmdir(os.path.join(mount.path, "long"))
+    assert exc.value.errno == errno.ENOTEMPTY
+    d = os.path.join(mount.path, "odd")
+    assert sorted(os.listdir(d)) == sorted(odd)
+    for name in odd:
+        with open(os.path.join(d, name), "rb") as f:
+            assert f.read() == ("odd/" + name).encode(), name
+        os.rename(os.path.join(d, name), os.path.join(d, name + ".r"))
+    assert sorted(os.listdir(d)) == sorted(n + ".r" for n in odd)
+    found = subprocess.run(["find", mount.path], capture_output=True, check=True).stdout.split(b"\n")
+    assert sorted(p for p in found if p.startswith(os.fsencode(d) + b"/")) == sorted(
+        os.fsencode(os.path.join(d, n + ".r")) for n in odd
+    )
+    subprocess.run(["du", "-s", mount.path], capture_output=True, check=True)
+    copy = mount.path + "-rsync"
+    subprocess.run(["rsync", "-a", d + "/", copy + "/"], check=True)
+    assert sorted(os.listdir(copy)) == sorted(n + ".r" for n in odd)
+    for name in odd:
+        os.unlink(os.path.join(d, name + ".r"))
+    os.rmdir(sx)  # the empty directory (its marker) goes; the file sx shows
+    time.sleep(2.5)  # what this mount removed is absent for attr_ttl
+    with open(sx, "rb") as f:
+        assert f.read() == b"sx"
+    mount.stop()
+    left = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+    assert left == sorted(["long/" + "n" * 256, "long/" + "m" * 255, "sx"])
+    with open(mount.log_path) as f:
+        log = f.read()
+    assert log.count("object 'long/%s' is not shown" % ("n" * 256)) == 1
+    assert "Traceback" not in log
+
+
 def _rmdir_keeps_data_in_directory_objects(client, bucket: str, mount, kept_by_server: set[str]) -> None:
     """Found in round 33: another client's bytes in a directory's own objects (a ``d/`` marker
     with a body, a ``d_$folder$`` with a body, a ``d`` whose x-amz-meta-mode says directory),

@@ -86,6 +86,23 @@ def test_a_directory_shadows_a_file_of_its_name_whichever_is_asked_first(directo
     assert [(n, a.is_dir) for n, a in ns.iter_dir("/")] == [("f", True), ("g", False)]
 
 
+def test_a_file_is_found_where_the_list_beside_its_head_is_refused(monkeypatch):
+    """The LIST for a directory of a file's name is not what the file's lookup needs: refused
+    (a policy without s3:ListBucket), the file is what the HEAD found; a missing name's is."""
+    from s3fs_mount.s3.errors import S3Error
+
+    ns, store, clock = make()
+    store.put("f", b"abc")
+
+    def refused(*args, **kwargs):
+        raise S3Error(403, "AccessDenied")
+
+    monkeypatch.setattr(store, "list", refused)
+    assert ns.lookup("/f").size == 3
+    with pytest.raises(S3Error):
+        ns.lookup("/g")
+
+
 def test_a_file_looked_up_whole_is_shadowed_by_a_directory_a_listing_shows_later():
     ns, store, clock = make(attr_ttl=60.0)
     store.put("f", b"file bytes")

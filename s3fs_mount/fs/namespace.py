@@ -858,12 +858,17 @@ class Namespace:
             if beside is not None:
                 beside.cancel()
             raise
-        page = beside.result() if beside is not None else None
         if info is not None and not self._is_directory_object(info):
-            if page is None or not self._dir_shadows(path, key, page):
+            try:
+                shadowed = beside is not None and self._dir_shadows(path, key, beside.result())
+            except S3Error as exc:  # (a policy without s3:ListBucket): the file, as found
+                log.debug("lookup of %s: no LIST for a directory of its name (%s)", path, exc)
+                shadowed = False
+            if not shadowed:
                 return self.from_info(info)
             self._log_conflict(key)
             return self._dir_attributes(path)
+        page = beside.result() if beside is not None else None
         if info is not None or (page is not None and self._dir_exists(path, key, page)):
             found = self._dir_attributes(path)
             if info is not None:

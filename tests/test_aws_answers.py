@@ -348,6 +348,32 @@ def test_a_listing_page_is_read_with_or_without_a_namespace(namespace):
     assert page.truncated and page.continuation == "1ueGcxLPRx1Tr/XYExHnhbYLgveDs2J/wm36Hy4vbOwM="
 
 
+@pytest.mark.parametrize("pretty", [False, True])  # the plain form's path, and ElementTree's
+def test_a_listed_key_of_bytes_that_are_not_utf8_keeps_them_and_no_name_shows_it(pretty, tmp_path):
+    """Found in round 34: a listing's percent-encoded key of bytes that are not UTF-8 (a
+    server's; AWS keys are UTF-8) was decoded with U+FFFD in their place: ls showed a name
+    every lookup of which was "no such file" (its HEAD asked for another key). The bytes are
+    kept (surrogate escapes), requests name them as they were, and listings leave it out."""
+    from s3fs_mount.fs.paths import is_valid_name
+    from s3fs_mount.s3.sigv4 import uri_encode
+
+    sep = "\n  " if pretty else ""
+    page = xmlparse.parse_list_v2(
+        (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult><Name>b</Name><Prefix>d%2F</Prefix>'
+            "<EncodingType>url</EncodingType><IsTruncated>false</IsTruncated>" + sep
+            + "<Contents><Key>d%2F%FFx</Key><LastModified>2026-12-06T07:38:00Z</LastModified>"
+            "<ETag>&quot;e&quot;</ETag><Size>1</Size></Contents>" + sep
+            + "<Contents><Key>d%2Fcaf%C3%A9</Key><LastModified>2026-12-06T07:38:00Z</LastModified>"
+            "<ETag>&quot;e&quot;</ETag><Size>1</Size></Contents>"
+            "<CommonPrefixes><Prefix>d%2F%FE%2F</Prefix></CommonPrefixes></ListBucketResult>"
+        ).encode()
+    )
+    assert [e.key for e in page.entries] == ["d/\udcffx", "d/caf\u00e9"] and page.prefixes == ["d/\udcfe/"]
+    assert uri_encode(page.entries[0].key, safe="/") == "d/%FFx"  # the key S3 listed, not another
+    assert not is_valid_name("\udcffx") and is_valid_name("caf\u00e9")
+
+
 # Keys as S3 may hold them: any character XML can carry (its markup and references included).
 KEY_CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\ufffe\uffff")
 KEY_TEXT = st.text(KEY_CHARS | st.sampled_from("&<>\"' +%\t\n;#"), min_size=1, max_size=12)

@@ -56,17 +56,61 @@ def missing(ns: Namespace, path: str) -> int:
 # -- lookups ------------------------------------------------------------------------------
 
 
-def test_a_file_is_one_head_and_then_cached_for_attr_ttl():
+def test_a_file_is_one_head_and_one_list_and_then_cached_for_attr_ttl():
+    # The LIST (beside the HEAD) is for a directory of the same name, which would shadow the file.
     ns, store, clock = make(attr_ttl=2.0)
     store.put("f", b"abc", {A.META_PREFIX + "mode": str(stat.S_IFREG | 0o600)})
     a = ns.lookup("/f")
     assert (a.size, stat.S_IMODE(a.mode), a.complete) == (3, 0o600, True)
-    assert store.calls["HEAD"] == 1 and store.calls["LIST"] == 0
+    assert store.calls["HEAD"] == 1 and store.calls["LIST"] == 1
     clock.advance(1.9)
-    assert ns.lookup("/f").size == 3 and store.calls["HEAD"] == 1
+    assert ns.lookup("/f").size == 3 and store.calls["HEAD"] == 1 and store.calls["LIST"] == 1
     clock.advance(0.2)
     store.put("f", b"abcdef")
     assert ns.lookup("/f").size == 6 and store.calls["HEAD"] == 2
+
+
+@pytest.mark.parametrize("directory", ["f/x", "f/", "f_$folder$"])
+@pytest.mark.parametrize("first", ["lookup", "listing"])
+def test_a_directory_shadows_a_file_of_its_name_whichever_is_asked_first(directory, first):
+    ns, store, clock = make()
+    store.put("f", b"file bytes")
+    store.put(directory, b"")
+    store.put("g", b"g")
+    if first == "lookup":
+        assert ns.lookup("/f").is_dir
+    assert [(n, a.is_dir) for n, a in ns.iter_dir("/")] == [("f", True), ("g", False)]
+    assert ns.lookup("/f").is_dir
+    clock.advance(5.0)  # every TTL past
+    assert ns.lookup("/f").is_dir
+    assert [(n, a.is_dir) for n, a in ns.iter_dir("/")] == [("f", True), ("g", False)]
+
+
+def test_a_file_is_found_where_the_list_beside_its_head_is_refused(monkeypatch):
+    """The LIST for a directory of a file's name is not what the file's lookup needs: refused
+    (a policy without s3:ListBucket), the file is what the HEAD found; a missing name's is."""
+    from s3fs_mount.s3.errors import S3Error
+
+    ns, store, clock = make()
+    store.put("f", b"abc")
+
+    def refused(*args, **kwargs):
+        raise S3Error(403, "AccessDenied")
+
+    monkeypatch.setattr(store, "list", refused)
+    assert ns.lookup("/f").size == 3
+    with pytest.raises(S3Error):
+        ns.lookup("/g")
+
+
+def test_a_file_looked_up_whole_is_shadowed_by_a_directory_a_listing_shows_later():
+    ns, store, clock = make(attr_ttl=60.0)
+    store.put("f", b"file bytes")
+    assert not ns.lookup("/f").is_dir  # no directory yet
+    store.put("f/x", b"")  # another client's
+    clock.advance(2.0)  # dir_ttl past, attr_ttl not
+    assert [(n, a.is_dir) for n, a in ns.iter_dir("/")] == [("f", True)]
+    assert ns.lookup("/f").is_dir
 
 
 def test_a_directory_whose_holder_was_seen_is_asked_again_by_its_holder_alone():

@@ -298,14 +298,15 @@ def test_a_lone_stat_sends_one_head_and_nothing_ahead(tmp_path):
     clock.advance(2.0)  # its answer expired: asked again, still alone
     ops.getattr("/" + keys[10])
     assert settled(ops)
-    assert store.heads == {keys[10]: 2} and store.lists == []
+    # (each lookup's own LIST, beside its HEAD, is of a directory of the name: none of the directory)
+    assert store.heads == {keys[10]: 2} and store.lists == [(keys[10], None)] * 2
 
 
 def test_stats_against_name_order_send_nothing_ahead(tmp_path):
     store, clock, keys, ops = looked_up(tmp_path, 40)
     for key in reversed(keys):
         ops.getattr("/" + key)
-    assert store.lists == [] and sum(store.heads.values()) == 40
+    assert sorted(store.lists) == [(key, None) for key in keys] and sum(store.heads.values()) == 40
 
 
 def test_an_answer_fetched_ahead_yields_to_our_change_and_to_attr_ttl(tmp_path):

@@ -76,6 +76,7 @@ keep such times in memory only: the mount does not add objects nobody made.
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import errno
 import functools
 import logging
@@ -128,6 +129,8 @@ WALK_NAMES_DIRS = 16
 #: Seconds after this mount removed a subdirectory of a directory during which a lookup of another
 #: of its subdirectories begins that one's listing too (rm -r reads each directory it enters).
 REMOVAL_WALK_TTL = 2.0
+#: Lookups whose LIST (for a directory of the name) goes beside their HEAD at once.
+LOOKUP_LISTS = 8
 
 
 class Listed:
@@ -329,12 +332,15 @@ class Namespace:
             store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
         )
         self.list_ahead = ListAhead(list_ahead)
+        #: A lookup's LIST for a directory of the name it HEADs, sent beside the HEAD (_fetch).
+        self._lookup_lists = concurrent.futures.ThreadPoolExecutor(LOOKUP_LISTS, "lookup-list")
 
     def close(self) -> None:
         """The mount is going away: nothing more is fetched ahead (stats, listing pages), and
         what HEADs told is written."""
         self.statahead.close()
         self.list_ahead.close()
+        self._lookup_lists.shutdown(wait=False, cancel_futures=True)
         self.known.close()
 
     # -- cache upkeep (our own changes show at once) ---------------------------------------
@@ -837,22 +843,56 @@ class Namespace:
 
     def _fetch_uncached(self, path: str, dirs: bool = True) -> A.Attributes | None:
         key = self.keymap.key(path)
+        # With ``dirs``, the LIST for a directory of this name goes beside the HEAD (as
+        # mountpoint-s3's lookup does): a file found has a directory of its name shadow it,
+        # as readdir shows them, whichever is asked first; a name not found needs it anyway.
+        beside = self._lookup_lists.submit(self._list_named, key) if dirs else None
         try:
-            info = self.store.head(key)
-        except S3Error as exc:
-            if not exc.not_found:
-                raise
-            info = None
+            try:
+                info = self.store.head(key)
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+                info = None
+        except BaseException:
+            if beside is not None:
+                beside.cancel()
+            raise
         if info is not None and not self._is_directory_object(info):
-            # A directory of the same name would win, but looking costs a LIST per stat:
-            # readdir, which sees both, applies that rule.
-            return self.from_info(info)
-        if info is not None or (dirs and self._dir_exists(path, key)):
+            try:
+                shadowed = beside is not None and self._dir_shadows(path, key, beside.result())
+            except S3Error as exc:  # (a policy without s3:ListBucket): the file, as found
+                log.debug("lookup of %s: no LIST for a directory of its name (%s)", path, exc)
+                shadowed = False
+            if not shadowed:
+                return self.from_info(info)
+            self._log_conflict(key)
+            return self._dir_attributes(path)
+        page = beside.result() if beside is not None else None
+        if info is not None or (page is not None and self._dir_exists(path, key, page)):
             found = self._dir_attributes(path)
             if info is not None:
                 self._saw_dir_object(path, key, info.size)
             return found
         return None
+
+    def _list_named(self, key: str) -> ListPage:
+        """The first keys beginning with ``key`` (a marker ``key/`` shows as a prefix, a ``key_$folder$``)."""
+        return next(self.store.list(key, delimiter="/", max_keys=100))
+
+    def _dir_shadows(self, path: str, key: str, page: ListPage) -> bool:
+        """Does a directory share the name of file ``key`` (``page``: :meth:`_list_named`'s)?
+        The directory wins (README "Files and directories"), whichever of them is asked first."""
+        folder = [e for e in page.entries if e.key == key + FOLDER_SUFFIX]
+        if folder:
+            self._saw_dir_object(path, folder[0].key, folder[0].size)
+        if key + "/" in page.prefixes or folder:
+            return True
+        if not page.truncated:
+            return False
+        # More than a page of names like ``key.1`` before ``key/``: is anything under ``key/``?
+        inside = next(self.store.list(key + "/", delimiter="/", max_keys=1))
+        return bool(inside.entries or inside.prefixes)
 
     @staticmethod
     def _is_directory_object(info: ObjectInfo) -> bool:
@@ -861,15 +901,15 @@ class Namespace:
             mode is not None and stat.S_ISDIR(mode)
         )
 
-    def _dir_exists(self, path: str, key: str) -> bool:
-        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? One LIST, usually.
+    def _dir_exists(self, path: str, key: str, page: ListPage) -> bool:
+        """Is there a marker, any key under ``key/``, or a ``key_$folder$``? ``page`` (the
+        LIST of :meth:`_list_named`) says, usually.
 
         A server that keeps directories of its own (SeaweedFS: where a ``dir/`` marker drops
         its metadata) keeps one whose keys were all deleted: it lists it as a common prefix
         of its parent, as ``ls`` shows it, but a LIST of the keys beginning with its name does
         not. A LIST of what is in it finds it (its own ``dir/``): one more LIST there, for a
         name the first found no directory of, so that a lookup says what ``ls`` shows."""
-        page = next(self.store.list(key, delimiter="/", max_keys=100))
         folder = [e for e in page.entries if e.key == key + FOLDER_SUFFIX]
         if folder:
             self._saw_dir_object(path, folder[0].key, folder[0].size)
@@ -1384,6 +1424,7 @@ class Namespace:
                 old = cached.get(child)
                 if (
                     old is None
+                    or old.is_dir != attributes.is_dir  # a directory of a file's name shadows it
                     or not old.complete
                     or attributes.complete
                     or not (  # another version since
@@ -1459,7 +1500,8 @@ class Namespace:
         if key is None:
             return
         try:
-            size = self.store.head(key).size
+            info = self.store.head(key)
+            size = 0 if self._file_answers_for_marker(key, info) else info.size
         except S3Error as exc:
             if not exc.not_found:
                 raise
@@ -1468,6 +1510,20 @@ class Namespace:
         if size:
             log.warning(_HELD_DATA, path, key, size)
             raise FsError(errno.ENOTEMPTY, "%s holds %d bytes" % (key, size))
+
+    def _file_answers_for_marker(self, key: str, info: ObjectInfo) -> bool:
+        """Is ``info``, a HEAD's answer for marker ``key`` (``d/``), the file ``d`` that the
+        directory shadows? SeaweedFS answers a HEAD of ``d/`` with the file ``d`` where both are
+        there (another tool's ``d`` and ``d/x``): no bytes of the directory's (one HEAD more)."""
+        if not key.endswith("/") or self._is_directory_object(info):
+            return False
+        try:
+            file = self.store.head(key[:-1])
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            return False
+        return file.etag == info.etag and file.size == info.size
 
     def _holds_hidden(self, path: str) -> None:
         """A listing of directory ``path`` left out keys no name can show (another tool's ``a//b``)."""

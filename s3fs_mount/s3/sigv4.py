@@ -22,8 +22,9 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 
 
 def uri_encode(text: str, safe: str = "") -> str:
-    """Percent-encode ``text`` as SigV4 wants: every byte but A-Z a-z 0-9 - _ . ~."""
-    return quote(text, safe="-_.~" + safe)
+    """Percent-encode ``text`` as SigV4 wants: every byte but A-Z a-z 0-9 - _ . ~ (a listed
+    key's bytes that are not UTF-8, kept as surrogate escapes, as they were)."""
+    return quote(text, safe="-_.~" + safe, errors="surrogateescape")
 
 
 def canonical_query(params: Mapping[str, str]) -> str:

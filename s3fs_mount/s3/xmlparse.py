@@ -108,7 +108,12 @@ def _parse_list_tree(root: ET.Element, columns: dict[str, list[str]] | None = No
 
     def dec(text: str | None) -> str:
         text = text or ""
-        return unquote_plus(text) if encoded and ("%" in text or "+" in text) else text
+        # A key of bytes that are not UTF-8 (a server's, never AWS's) keeps them as surrogate
+        # escapes: no path can name it, and listings leave it out with a log line; replaced by
+        # U+FFFD it was a name ls showed and every lookup of said was not there.
+        if encoded and ("%" in text or "+" in text):
+            return unquote_plus(text, errors="surrogateescape")
+        return text
 
     page = ListPage()
     append = page.entries.append

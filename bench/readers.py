@@ -17,7 +17,8 @@ reader saw before went back, and a size that is no multiple of 1,000 is a write(
 done (the kernel sends a write that crosses a page end of the file as two). ``truncate``: the
 same appends (``DELAY`` seconds after each, for a local disk to run as long as a mount) while
 another process truncates the file to 0 by path every 10 ms and a third reads it whole: a
-read holding a zero byte saw bytes no write put there (records have none).
+read holding a zero byte (records have none) got the length before a truncate, zeros past
+the new end (README "Consistency": the one difference from ext4 it names).
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ Three workloads, each with default options and with ``-o writeback`` (the third:
   name must hold one of the renamed bodies, and S3 must equal the mount after a sync.
 - **Readers during writes.** One process overwrites whole 4 KiB pages (each page one byte
   value) and another appends 1,000-byte records while three readers read: no page read may
-  be torn, no record partly seen (nor as zeros), and sizes seen by an appender's reader
-  never go back.
+  show a byte no write put in that page, no record may be partly seen (nor as zeros), and
+  sizes seen by an appender's reader never go back. A page read may be torn (part old, part
+  new): a local disk does that too (ext4, tmpfs: ``bench/readers.py``, bench/README.md).
 
 Every call of the serialized workload is logged (``calls.log`` in the test's tmp_path; keep it
 with ``--basetemp``); a failure prints the last calls. One seed, 50 calls per worker, in CI;
@@ -37,8 +38,10 @@ appended record as zeros, with either option: the kernel dropped the file's page
 written here are kept now: ``StagedFile.kernel_pages_written_here``) while the append was on
 its way, and a read cached the page without it (README, "Limitations": what is left). Open: a
 ``stat`` may show the size of an append whose ``write()`` has not returned, with a read right
-after it ending before that append (not asserted); and with ``-o writeback`` a torn page now
-and then (see ``READER_OPTIONS``: CI runs that test with default options only).
+after it ending before that append (not asserted). With ``-o writeback`` a torn page now and
+then (about 1 run in 40): the kernel copies a write into a page it keeps while a read copies
+out of it, as it does for ext4 (which tears more often under the same pattern), so that is
+no longer asserted.
 """
 
 from __future__ import annotations
@@ -452,9 +455,22 @@ def _appender(mnt: str, done) -> None:
         done.set()
 
 
+def _page_values() -> list[set[int]]:
+    """For each page, the byte values it ever holds: 0, and those of the writes to it."""
+    values = [{0} for _ in range(PAGES)]
+    for off, page in _page_writes():
+        values[off // PAGE].add(page[0])
+    return values
+
+
 def _page_reader(mnt: str, aligned: bool, done) -> None:
-    """No read shows two values within one page: each page was written by one write()."""
+    """No read shows a byte of a page that no write put there (nor another page's).
+
+    Not asserted: one value per page. A read copying a page the kernel holds while a write
+    copies into it may show part of each, on a local disk too (``bench/readers.py tear``;
+    bench/README.md, round 34: ext4 and tmpfs tear whole-page writes read this way)."""
     rng = random.Random(12 + aligned)
+    values = _page_values()
     fd = os.open(os.path.join(mnt, "pages"), os.O_RDONLY)
     reads = 0
     while not done.is_set() or reads < 20:
@@ -467,8 +483,9 @@ def _page_reader(mnt: str, aligned: bool, done) -> None:
         pos = off
         while pos < off + len(data):
             end = min((pos // PAGE + 1) * PAGE, off + len(data))
-            piece = data[pos - off:end - off]
-            assert piece == piece[:1] * len(piece), "page %d torn: %r" % (pos // PAGE, sorted(set(piece)))
+            seen = set(data[pos - off:end - off])
+            assert seen <= values[pos // PAGE], "page %d shows %r, never written there" % (
+                pos // PAGE, sorted(seen - values[pos // PAGE]))
             pos = end
         reads += 1
     os.close(fd)
@@ -527,17 +544,9 @@ def test_a_stat_after_a_write_and_an_open_leave_the_kernel_the_pages_of_a_file_w
         os.close(fd)
 
 
-# With -o writeback, since the kernel keeps a file's pages (auto_inval_data off, keep_cache for
-# files written here), 2 runs in 25 failed otherwise: a page read torn (two values), and, with a
-# second reader of the appended file that opened it anew for each read, an fstat size going
-# back after a stat. Not understood yet (a guess for the first: a page now stays up to date in
-# the kernel, where the kernel copies a write into it while a read copies out of it, unlocked;
-# dropped, the write made it anew, locked). Run by hand with S3FS_WORKLOAD_READERS=all.
-READER_OPTIONS = OPTIONS if os.environ.get("S3FS_WORKLOAD_READERS") == "all" else [""]
-
-
-@pytest.mark.parametrize("options", READER_OPTIONS)
-def test_readers_never_see_a_torn_page_or_a_size_going_back(mount_factory, boto, bucket, tmp_path, options):
+@pytest.mark.parametrize("options", OPTIONS)
+def test_readers_never_see_bytes_not_written_or_a_size_going_back(mount_factory, boto, bucket, tmp_path,
+                                                                  options):
     m = mount_factory(options).start()
     with open(os.path.join(m.path, "pages"), "wb") as f:
         f.write(bytes(PAGES * PAGE))

@@ -977,3 +977,60 @@ def test_a_directory_renamed_by_one_mount_while_the_other_lists_it_ends_whole_in
     for m in (one, two):
         eventually(lambda m=m: "d" not in os.listdir(m.path), what="d gone")
         assert sorted(os.listdir(os.path.join(m.path, "d2"))) == names
+
+
+@pytest.mark.parametrize("ours", ["chmod", "setxattr", "utime"])
+@pytest.mark.parametrize("by", ["mount", "boto3"])
+def test_a_metadata_change_of_a_clean_file_keeps_another_clients_change_made_meanwhile(
+    mount_factory, boto, bucket, ours, by
+):
+    """Found by hand (round 34): mount one stat'ed f, mount two's setfattr landed, then one's chmod
+    (or setfattr, touch -d) of the clean file replaced all of f's metadata with what one had
+    cached: two's attribute was gone, both calls had succeeded, no line said so (a self-copy
+    keeps the ETag, so one's x-amz-copy-source-if-match held). Now one's change is applied to
+    what S3 holds, and both stand."""
+    one = mount_factory("attr_ttl=600").start()  # its view of f stays the one it looked up
+    path = os.path.join(one.path, "f")
+    with open(path, "wb") as f:
+        f.write(b"bytes")
+    os.setxattr(path, "user.old", b"o")
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    if by == "mount":
+        two = mount_factory().start()
+        os.setxattr(os.path.join(two.path, "f"), "user.theirs", b"t")
+    else:
+        meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
+        meta.update(theirs="t")
+        boto.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
+                         Metadata=meta, MetadataDirective="REPLACE")
+    if ours == "chmod":
+        os.chmod(path, 0o600)
+    elif ours == "setxattr":
+        os.setxattr(path, "user.ours", b"u")
+    else:
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
+    assert meta.get("theirs") == "t" and meta.get("old") == "o", meta
+    if ours == "chmod":
+        assert int(meta["mode"]) & 0o777 == 0o600
+    elif ours == "setxattr":
+        assert meta.get("ours") == "u"
+    else:
+        assert float(meta["mtime"]) == 1_000_000_000
+    assert s3_bytes(boto, bucket, "f") == b"bytes"
+    assert os.getxattr(path, "user.theirs") == b"t"  # one shows what it stored
+
+
+def test_a_metadata_change_of_a_directory_keeps_another_mounts_change_made_meanwhile(mount_factory):
+    """As for a file (round 34): one's chmod of a directory it had looked up rewrote its holder
+    from what one cached, and two's setfattr on it, a moment before, was gone unseen."""
+    one = mount_factory("attr_ttl=600").start()
+    two = mount_factory().start()
+    os.mkdir(os.path.join(one.path, "d"), 0o755)
+    assert os.stat(os.path.join(one.path, "d")).st_mode & 0o777 == 0o755
+    os.setxattr(os.path.join(two.path, "d"), "user.theirs", b"t")
+    os.chmod(os.path.join(one.path, "d"), 0o700)
+    one_again = mount_factory().start()  # a fresh cache: what S3 holds
+    d = os.path.join(one_again.path, "d")
+    assert os.getxattr(d, "user.theirs") == b"t"
+    assert os.stat(d).st_mode & 0o777 == 0o700

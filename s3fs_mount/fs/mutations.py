@@ -689,10 +689,16 @@ class Mutations:
             A.check_metadata_size({**A.posix_metadata_of(current), **new})  # as its upload carries it
             item.set_metadata(new)
             return
-        current = self.namespace.lookup_full(path)
-        if current.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
+        seen = self.namespace.lookup(path)
+        if seen.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
             self.namespace.change_dir(path, stamped)
             return
+        # Built on what S3 holds now, not on what we cached: another client's chmod or setfattr
+        # since keeps the ETag, so the copy's condition would let ours replace it unseen.
+        current = self.namespace.lookup_now(path)
+        if current.is_dir or (seen.etag and current.etag != seen.etag):
+            log.error("%s changed in S3 since we read it; metadata change refused", path)
+            raise FsError(errno.EIO)
         base = dict(current.metadata)
         if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
             base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored

@@ -743,6 +743,22 @@ class Namespace:
             raise FsError(errno.ENOENT)
         return self._cache_fetched(path, fresh)
 
+    def lookup_now(self, path: str) -> A.Attributes:
+        """What S3 holds at ``path`` now (one HEAD, whatever is cached), cached as a lookup's answer.
+
+        For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
+        keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
+        """
+        asked = self.clock.monotonic()
+        fresh = self._fetch(path, dirs=False)
+        if fresh is None:
+            with self._lock:
+                stale = self._stale(path, asked)
+            if not stale:
+                self.forget(path, gone=True)
+            raise FsError(errno.ENOENT)
+        return self._cache_fetched(path, fresh)
+
     def accessed(self, path: str, atime: float) -> None:
         """A read moved the atime of file ``path`` (relatime): kept in memory over what S3 says.
 
@@ -1087,9 +1103,13 @@ class Namespace:
         """Apply ``change`` to a directory's metadata and store it (with its current times)."""
         with self._dir_write_lock:
             current = self.lookup_full(path)
+            meta = dict(current.metadata)
+            if path != "/":  # built on the holder S3 has now: another client's chmod or setfattr stands
+                held = self._dir_attributes(path)
+                if held.etag:
+                    meta = dict(held.metadata)
             with self._lock:
                 pending = self._dir_times.pop(path, None)
-            meta = dict(current.metadata)
             if pending is not None:
                 meta.update(A.time_metadata(pending[0], current.atime, pending[1]))
             new = change(meta, current)

@@ -1034,3 +1034,25 @@ def test_a_metadata_change_of_a_directory_keeps_another_mounts_change_made_meanw
     d = os.path.join(one_again.path, "d")
     assert os.getxattr(d, "user.theirs") == b"t"
     assert os.stat(d).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_a_directory_another_mount_removed_is_not_made_again_by_our_times(mount_factory, boto, bucket,
+                                                                          options):
+    """Found by hand (round 34): mount one made d and files in it, mount two's rm -rf d returned,
+    then one's background write of d's times (or of the holder its mkdir left for later) PUT
+    d_$folder$ again: d was back in both mounts, empty, for good. Now a directory none of whose
+    objects is in S3 any more is not made again by those writes."""
+    one = mount_factory(options).start()
+    two = mount_factory().start()
+    d = os.path.join(one.path, "d")
+    os.mkdir(d)
+    for i in range(3):
+        with open(os.path.join(d, "f%d" % i), "wb") as f:
+            f.write(b"x")
+    sync_dir(one.path)  # the files in S3 (with -o writeback too); d's times still in memory
+    subprocess.run(["rm", "-rf", os.path.join(two.path, "d")], check=True)
+    assert s3_keys(boto, bucket, "d") == []
+    one.stop()  # its last times written (at the latest)
+    assert s3_keys(boto, bucket, "d") == []
+    assert "d" not in os.listdir(mount_factory().start().path)

@@ -1070,7 +1070,7 @@ class Namespace:
         """Write the pending holders of directory ``path`` and of those under it now (before a
         rename copies what S3 has of them)."""
         for inner in self.holders.under(path):
-            self.change_dir(inner, lambda meta, cur: meta)
+            self.change_dir(inner, lambda meta, cur: meta, make_again=False)
 
     def _make_holders(self, holders: list[tuple[Bucket, str]], headers: dict[str, str]) -> str:
         """A new directory's holder and marker, PUT side by side; returns the holder's ETag.
@@ -1098,16 +1098,32 @@ class Namespace:
         return made[0]
 
     def change_dir(
-        self, path: str, change: Callable[[dict[str, str], A.Attributes], dict[str, str]]
-    ) -> A.Attributes:
-        """Apply ``change`` to a directory's metadata and store it (with its current times)."""
+        self,
+        path: str,
+        change: Callable[[dict[str, str], A.Attributes], dict[str, str]],
+        make_again: bool = True,
+    ) -> A.Attributes | None:
+        """Apply ``change`` to a directory's metadata and store it (with its current times).
+
+        Built on the holder S3 has now (another client's ``chmod`` or ``setfattr`` stands). With
+        ``make_again`` False (the background writes of times and holders) a directory none of
+        whose objects is in S3 any more, removed by another client since we saw it, is not made
+        again: returns None, its pending times and holder dropped.
+        """
         with self._dir_write_lock:
             current = self.lookup_full(path)
             meta = dict(current.metadata)
-            if path != "/":  # built on the holder S3 has now: another client's chmod or setfattr stands
-                held = self._dir_attributes(path)
-                if held.etag:
+            if path != "/":
+                held, there = self._dir_now(path)
+                if held is not None:
                     meta = dict(held.metadata)
+                if not there and current.etag and not make_again:
+                    log.info("directory %s was removed from S3 by another client: not made again", path)
+                    with self._lock:
+                        self._dir_times.pop(path, None)
+                    self.holders.done(path)
+                    self.forget(path)
+                    return None
             with self._lock:
                 pending = self._dir_times.pop(path, None)
             if pending is not None:
@@ -1129,6 +1145,22 @@ class Namespace:
                 updated.mtime, updated.ctime = later[0], later[1]
             self.remember(path, updated)
             return updated
+
+    def _dir_now(self, path: str) -> tuple[A.Attributes | None, bool]:
+        """What S3 holds of directory ``path`` now: its holder's attributes (None: none, or ours
+        not written yet), and whether any object of it (holder or marker) is there. A holder
+        this mount has yet to write costs one HEAD (its marker), not two."""
+        if self.holders.get(path) is not None:
+            view, key = self._holders(path)[-1]
+            try:
+                view.head(key)
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+                return None, False
+            return None, True
+        held, there = self._held_dir_attributes(path)
+        return (held if held.etag else None), there
 
     def entry_changed(self, parent: str, now: float | None = None) -> None:
         """An entry of directory ``parent`` was created, removed or renamed: its mtime and ctime are now.
@@ -1169,8 +1201,8 @@ class Namespace:
                         self._dir_times_kept[path] = times
                 continue
             try:
-                self.change_dir(path, lambda meta, cur: meta)
-                stored += 1
+                if self.change_dir(path, lambda meta, cur: meta, make_again=False) is not None:
+                    stored += 1
             except Exception as exc:  # noqa: BLE001 - kept pending; the next round tries again
                 log.warning("could not store the times of directory %s: %s", path, exc)
         return stored

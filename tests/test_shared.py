@@ -1091,3 +1091,32 @@ def test_a_metadata_change_of_a_file_another_client_rewrote_meanwhile_applies_to
     with open(path, "rb") as f:
         assert f.read() == b"their longer bytes"  # not our staged bytes of the version before
     assert not [k for k in s3_keys(boto, bucket) if ".conflict-" in k]
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_a_listing_shows_another_mounts_chmod_of_a_file_we_wrote(mount_factory, boto, bucket, options):
+    """Found by hand (round 34): mount one wrote f, mount two chmod'ed and setfattr'ed it a few
+    seconds later; one's find -printf %m (and ls -l) showed one's own mode for good, across its
+    remounts too (attributes.sqlite): its first listing took the self-copy's Last-Modified for
+    that of one's own write, whose date it did not know, and kept one's attributes for it. Now
+    a date later than one's write is another version, which a HEAD tells."""
+    one = mount_factory(options).start()
+    two = mount_factory().start()
+    os.mkdir(os.path.join(one.path, "d"))
+    with open(os.path.join(one.path, "d", "f"), "wb") as f:
+        f.write(b"bytes")
+        f.flush()
+        os.fsync(f.fileno())  # in S3 (with -o writeback too)
+    time.sleep(3.0)  # their change a few seconds after our write: a later Last-Modified
+    os.chmod(os.path.join(two.path, "d", "f"), 0o600)
+    assert int(boto.head_object(Bucket=bucket, Key="d/f")["Metadata"]["mode"]) & 0o777 == 0o600
+
+    def listed_mode() -> str:
+        out = subprocess.run(["find", os.path.join(one.path, "d"), "-type", "f", "-printf", "%m"],
+                             capture_output=True, text=True, check=True)
+        return out.stdout
+
+    eventually(lambda: listed_mode() == "600", what="one's listing to show two's chmod")
+    one.stop()
+    one.start()  # its kept attributes too
+    assert listed_mode() == "600"

@@ -171,14 +171,24 @@ def _shown(prefix: str, key: str) -> bool:
     return is_valid_name(rest)
 
 
+#: Seconds S3's Last-Modified of our own write may pass our clock's time of it: its whole
+#: second, and the server's clock ahead of ours. Another client's metadata change within it of
+#: our write is taken for our version by a listing.
+WRITE_DATE_SLACK = 2.0
+
+
 def _same_version(full: A.Attributes, etag: str, size: int, stored: float) -> bool:
     """Whether a listing's entry (``etag``, ``size``, Last-Modified ``stored``) is the version
     whose whole attributes are ``full`` (caller holds Namespace._lock). The ETag alone does not
     say: a metadata change (a self-copy, as another client's chmod) keeps it and moves
-    Last-Modified. What we wrote ourselves has none known: its first listing tells it."""
+    Last-Modified. What we wrote ourselves has none known: its first listing tells it, unless
+    that date is later than the write (by more than the clocks may differ): another client's
+    chmod or setfattr since, whose attributes a HEAD must tell."""
     if full.etag != etag or full.size != size:
         return False
     if not full.stored:
+        if full.written_by and stored > full.written_by + WRITE_DATE_SLACK:
+            return False
         full.stored = stored
     return int(full.stored) == int(stored)  # HTTP dates have whole seconds
 
@@ -356,6 +366,8 @@ class Namespace:
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
             attributes.seen_at = self._changed[path] = self.clock.monotonic()
+            if not attributes.stored and not attributes.written_by:
+                attributes.written_by = self.clock.time()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)

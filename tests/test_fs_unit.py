@@ -2358,3 +2358,33 @@ def test_an_upload_that_landed_just_before_a_crash_is_ours_at_recovery_not_a_con
     again.recover()
     assert store.objects["f"].data == b"second and last"
     assert [k for k in store.objects if "conflict" in k] == []
+
+
+@pytest.mark.parametrize("landings", [1, 2, 3])
+def test_a_chmod_asks_again_when_another_version_lands_between_its_head_and_its_copy(tmp_path, landings):
+    """Another client's PUT between the chmod's HEAD and its self-copy fails the copy's condition:
+    the chmod asks S3 again and applies to that version (up to three tries, then EIO)."""
+    store = FakeStore()
+    store.put("f", b"v0", {A.META_PREFIX + "mode": str(0o100644)})
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/f")["st_mode"] & 0o777 == 0o644
+    real = store.copy_object
+    landed = []
+
+    def copy_after_their_put(*args, **kwargs):
+        if len(landed) < landings:
+            landed.append(1)
+            store.put("f", b"v%d" % len(landed), {A.META_PREFIX + "tag": "theirs%d" % len(landed)})
+        return real(*args, **kwargs)
+
+    store.copy_object = copy_after_their_put
+    if landings == 3:
+        with pytest.raises(FuseOSError) as exc:
+            ops.chmod("/f", 0o600)
+        assert exc.value.errno == errno.EIO
+        return
+    ops.chmod("/f", 0o600)
+    stored = store.objects["f"]
+    assert stored.data == b"v%d" % landings
+    assert stored.metadata[A.META_PREFIX + "tag"] == "theirs%d" % landings
+    assert int(stored.metadata[A.META_PREFIX + "mode"]) & 0o777 == 0o600

@@ -977,3 +977,146 @@ def test_a_directory_renamed_by_one_mount_while_the_other_lists_it_ends_whole_in
     for m in (one, two):
         eventually(lambda m=m: "d" not in os.listdir(m.path), what="d gone")
         assert sorted(os.listdir(os.path.join(m.path, "d2"))) == names
+
+
+@pytest.mark.parametrize("ours", ["chmod", "setxattr", "utime"])
+@pytest.mark.parametrize("by", ["mount", "boto3"])
+def test_a_metadata_change_of_a_clean_file_keeps_another_clients_change_made_meanwhile(
+    mount_factory, boto, bucket, ours, by
+):
+    """Found by hand (round 34): mount one stat'ed f, mount two's setfattr landed, then one's chmod
+    (or setfattr, touch -d) of the clean file replaced all of f's metadata with what one had
+    cached: two's attribute was gone, both calls had succeeded, no line said so (a self-copy
+    keeps the ETag, so one's x-amz-copy-source-if-match held). Now one's change is applied to
+    what S3 holds, and both stand."""
+    one = mount_factory("attr_ttl=600").start()  # its view of f stays the one it looked up
+    path = os.path.join(one.path, "f")
+    with open(path, "wb") as f:
+        f.write(b"bytes")
+    os.setxattr(path, "user.old", b"o")
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    if by == "mount":
+        two = mount_factory().start()
+        os.setxattr(os.path.join(two.path, "f"), "user.theirs", b"t")
+    else:
+        meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
+        meta.update(theirs="t")
+        boto.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
+                         Metadata=meta, MetadataDirective="REPLACE")
+    if ours == "chmod":
+        os.chmod(path, 0o600)
+    elif ours == "setxattr":
+        os.setxattr(path, "user.ours", b"u")
+    else:
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
+    assert meta.get("theirs") == "t" and meta.get("old") == "o", meta
+    if ours == "chmod":
+        assert int(meta["mode"]) & 0o777 == 0o600
+    elif ours == "setxattr":
+        assert meta.get("ours") == "u"
+    else:
+        assert float(meta["mtime"]) == 1_000_000_000
+    assert s3_bytes(boto, bucket, "f") == b"bytes"
+    assert os.getxattr(path, "user.theirs") == b"t"  # one shows what it stored
+
+
+def test_a_metadata_change_of_a_directory_keeps_another_mounts_change_made_meanwhile(mount_factory):
+    """As for a file (round 34): one's chmod of a directory it had looked up rewrote its holder
+    from what one cached, and two's setfattr on it, a moment before, was gone unseen."""
+    one = mount_factory("attr_ttl=600").start()
+    two = mount_factory().start()
+    os.mkdir(os.path.join(one.path, "d"), 0o755)
+    assert os.stat(os.path.join(one.path, "d")).st_mode & 0o777 == 0o755
+    os.setxattr(os.path.join(two.path, "d"), "user.theirs", b"t")
+    os.chmod(os.path.join(one.path, "d"), 0o700)
+    one_again = mount_factory().start()  # a fresh cache: what S3 holds
+    d = os.path.join(one_again.path, "d")
+    assert os.getxattr(d, "user.theirs") == b"t"
+    assert os.stat(d).st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_a_directory_another_mount_removed_is_not_made_again_by_our_times(mount_factory, boto, bucket,
+                                                                          options):
+    """Found by hand (round 34): mount one made d and files in it, mount two's rm -rf d returned,
+    then one's background write of d's times (or of the holder its mkdir left for later) PUT
+    d_$folder$ again: d was back in both mounts, empty, for good. Now a directory none of whose
+    objects is in S3 any more is not made again by those writes."""
+    one = mount_factory(options).start()
+    two = mount_factory().start()
+    d = os.path.join(one.path, "d")
+    os.mkdir(d)
+    for i in range(3):
+        with open(os.path.join(d, "f%d" % i), "wb") as f:
+            f.write(b"x")
+    sync_dir(one.path)  # the files in S3 (with -o writeback too); d's times still in memory
+    subprocess.run(["rm", "-rf", os.path.join(two.path, "d")], check=True)
+    assert s3_keys(boto, bucket, "d") == []
+    one.stop()  # its last times written (at the latest)
+    assert s3_keys(boto, bucket, "d") == []
+    assert "d" not in os.listdir(mount_factory().start().path)
+
+
+@pytest.mark.parametrize("ours", ["chmod", "setxattr", "utime"])
+def test_a_metadata_change_of_a_file_another_client_rewrote_meanwhile_applies_to_theirs(mount_factory, boto,
+                                                                                     bucket, ours):
+    """Found by hand (round 34): mount one's chmod (setfattr, touch -d) of a file another mount had
+    appended to since one's lookup was EIO ("changed in S3 since we read it"): 28 of 75 such calls
+    of two mounts while a third appended to the files now and then. A chmod is of the file the name holds: it
+    applies to their version now (conditional on it), their bytes and attributes untouched."""
+    one = mount_factory("attr_ttl=600").start()  # its view of f stays the one it looked up
+    path = os.path.join(one.path, "f")
+    with open(path, "wb") as f:
+        f.write(b"ours")
+    with open(path, "rb") as f:
+        assert f.read() == b"ours"  # staged here, clean
+    meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
+    boto.put_object(Bucket=bucket, Key="f", Body=b"their longer bytes", Metadata=dict(meta, theirs="t"))
+    if ours == "chmod":
+        os.chmod(path, 0o600)
+    elif ours == "setxattr":
+        os.setxattr(path, "user.ours", b"u")
+    else:
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    head = boto.head_object(Bucket=bucket, Key="f")
+    assert head["Metadata"].get("theirs") == "t", head["Metadata"]
+    if ours == "chmod":
+        assert int(head["Metadata"]["mode"]) & 0o777 == 0o600
+    elif ours == "setxattr":
+        assert head["Metadata"].get("ours") == "u"
+    else:
+        assert float(head["Metadata"]["mtime"]) == 1_000_000_000
+    assert s3_bytes(boto, bucket, "f") == b"their longer bytes"
+    with open(path, "rb") as f:
+        assert f.read() == b"their longer bytes"  # not our staged bytes of the version before
+    assert not [k for k in s3_keys(boto, bucket) if ".conflict-" in k]
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_a_listing_shows_another_mounts_chmod_of_a_file_we_wrote(mount_factory, boto, bucket, options):
+    """Found by hand (round 34): mount one wrote f, mount two chmod'ed and setfattr'ed it a few
+    seconds later; one's find -printf %m (and ls -l) showed one's own mode for good, across its
+    remounts too (attributes.sqlite): its first listing took the self-copy's Last-Modified for
+    that of one's own write, whose date it did not know, and kept one's attributes for it. Now
+    a date later than one's write is another version, which a HEAD tells."""
+    one = mount_factory(options).start()
+    two = mount_factory().start()
+    os.mkdir(os.path.join(one.path, "d"))
+    with open(os.path.join(one.path, "d", "f"), "wb") as f:
+        f.write(b"bytes")
+        f.flush()
+        os.fsync(f.fileno())  # in S3 (with -o writeback too)
+    time.sleep(3.0)  # their change a few seconds after our write: a later Last-Modified
+    os.chmod(os.path.join(two.path, "d", "f"), 0o600)
+    assert int(boto.head_object(Bucket=bucket, Key="d/f")["Metadata"]["mode"]) & 0o777 == 0o600
+
+    def listed_mode() -> str:
+        out = subprocess.run(["find", os.path.join(one.path, "d"), "-type", "f", "-printf", "%m"],
+                             capture_output=True, text=True, check=True)
+        return out.stdout
+
+    eventually(lambda: listed_mode() == "600", what="one's listing to show two's chmod")
+    one.stop()
+    one.start()  # its kept attributes too
+    assert listed_mode() == "600"

@@ -124,6 +124,9 @@ class Attributes:
     #: S3's Last-Modified of this version (0: not known, our own write). A metadata change by
     #: another client (a self-copy) keeps the ETag and moves this.
     stored: float = 0.0
+    #: Our own write (``stored`` 0): the wall-clock time S3 had it by; its Last-Modified is no
+    #: later (but for the clocks' skew), so a later one is another client's self-copy.
+    written_by: float = 0.0
     ttl: float = 0.0  # seconds to cache, when longer than attr_ttl
     #: When (time.monotonic) S3 was asked for these: an answer sent before a change we made is older.
     seen_at: float = field(default_factory=time.monotonic)

@@ -4,9 +4,10 @@ Creating, removing or renaming an entry sets its directory's mtime and ctime
 in memory (:meth:`Namespace.entry_changed`); this thread stores them on the
 directory's holder object once the directory has had no change for
 :data:`QUIET` seconds, so a burst of creates in one directory costs one PUT,
-not one per file. A directory filled in a moment (``cp -r``, ``tar x``) then
-has its times stored while the attributes its ``mkdir`` remembered are still
-fresh (``attr_ttl``, 1 s by default): no HEAD of its holder before the PUT.
+not one per file. Each PUT follows one HEAD of the directory's holder (of its
+marker, when the holder is one its ``mkdir`` left to this writer), whatever
+the mount cached: another client's change of its metadata stands, and a
+directory another client removed meanwhile is not made again.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ from s3fs_mount.s3.xmlparse import ListEntry
 
 log = logging.getLogger(__name__)
 
+#: Self-copies a metadata change tries when another client's version lands between its HEAD and it.
+METADATA_COPY_TRIES = 3
+
 #: A metadata change: the current metadata (a copy to change) and attributes -> the new metadata.
 Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
 
@@ -665,6 +668,51 @@ class Mutations:
 
     # -- metadata ---------------------------------------------------------------------------
 
+    def _copy_with_metadata(
+        self, path: str, key: str, seen: str, stamped: Change
+    ) -> tuple[A.Attributes, dict[str, str], str]:
+        """The self-copy of a clean file with ``stamped`` applied to its metadata; returns (what S3
+        had, the new metadata, the new ETag).
+
+        Built on what S3 holds now (one HEAD), not on what we cached (``seen``: the ETag looked
+        up): another client's chmod or setfattr since keeps the ETag, so the copy's condition
+        would let ours replace it unseen. A version another client put since takes the change (a
+        chmod is of the file the name holds, whatever its bytes), conditional on that version;
+        one put between our HEAD and the copy makes us ask again (twice), then EIO.
+        """
+        tries = 0
+        while True:
+            tries += 1
+            current = self.namespace.lookup_now(path)
+            if current.is_dir:
+                log.error("%s is a directory in S3 now; metadata change refused", path)
+                raise FsError(errno.EIO)
+            if seen and current.etag != seen:
+                log.info("%s: replaced in S3 by another client since its lookup: the change is made to %s",
+                         path, current.etag)
+            base = dict(current.metadata)
+            if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
+                base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
+            new = stamped(base, current)
+            # With the POSIX keys the next upload of its content adds (another client's object may lack them).
+            A.check_metadata_size({**A.posix_metadata_of(current), **new})
+            info = ObjectInfo(
+                key, current.size, current.etag, current.mtime, current.metadata, current.headers
+            )
+            try:
+                etag = self.store.copy_object(
+                    key, key, new, replace_metadata=True, if_match=current.etag or None, source_info=info
+                )
+            except S3Error as exc:
+                if not exc.precondition_failed:
+                    raise
+                self.namespace.forget(path)
+                if tries < METADATA_COPY_TRIES:
+                    continue
+                log.error("%s changed in S3 at each of %d tries; metadata change refused", path, tries)
+                raise FsError(errno.EIO) from exc
+            return current, new, etag
+
     def change_metadata(self, path: str, change: Change, hidden: StagedFile | None = None) -> None:
         """Apply ``change`` to the metadata of ``path``: pending upload, or a conditional self-copy.
 
@@ -689,27 +737,11 @@ class Mutations:
             A.check_metadata_size({**A.posix_metadata_of(current), **new})  # as its upload carries it
             item.set_metadata(new)
             return
-        current = self.namespace.lookup_full(path)
-        if current.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
+        seen = self.namespace.lookup(path)
+        if seen.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
             self.namespace.change_dir(path, stamped)
             return
-        base = dict(current.metadata)
-        if current.atime is not None and current.atime != A.parse_time(base.get(A.ATIME, "")):
-            base[A.ATIME] = A.format_time(current.atime)  # moved by a read (relatime), not yet stored
-        new = stamped(base, current)
-        # With the POSIX keys the next upload of its content adds (another client's object may lack them).
-        A.check_metadata_size({**A.posix_metadata_of(current), **new})
-        info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
-        try:
-            etag = self.store.copy_object(
-                key, key, new, replace_metadata=True, if_match=current.etag or None, source_info=info
-            )
-        except S3Error as exc:
-            if exc.precondition_failed:
-                self.namespace.forget(path)
-                log.error("%s changed in S3 since we read it; metadata change refused", path)
-                raise FsError(errno.EIO) from exc
-            raise
+        current, new, etag = self._copy_with_metadata(path, key, seen.etag, stamped)
         updated = A.attributes_from(
             new,
             current.size,
@@ -720,5 +752,5 @@ class Mutations:
             headers=current.headers,
         )
         self.namespace.remember(path, updated)
-        if item is not None:
+        if item is not None and item.view().etag == current.etag:  # else its bytes are of an older version
             item.metadata_stored(new, etag)

@@ -174,14 +174,24 @@ def _shown(prefix: str, key: str) -> bool:
     return is_valid_name(rest)
 
 
+#: Seconds S3's Last-Modified of our own write may pass our clock's time of it: its whole
+#: second, and the server's clock ahead of ours. Another client's metadata change within it of
+#: our write is taken for our version by a listing.
+WRITE_DATE_SLACK = 2.0
+
+
 def _same_version(full: A.Attributes, etag: str, size: int, stored: float) -> bool:
     """Whether a listing's entry (``etag``, ``size``, Last-Modified ``stored``) is the version
     whose whole attributes are ``full`` (caller holds Namespace._lock). The ETag alone does not
     say: a metadata change (a self-copy, as another client's chmod) keeps it and moves
-    Last-Modified. What we wrote ourselves has none known: its first listing tells it."""
+    Last-Modified. What we wrote ourselves has none known: its first listing tells it, unless
+    that date is later than the write (by more than the clocks may differ): another client's
+    chmod or setfattr since, whose attributes a HEAD must tell."""
     if full.etag != etag or full.size != size:
         return False
     if not full.stored:
+        if full.written_by and stored > full.written_by + WRITE_DATE_SLACK:
+            return False
         full.stored = stored
     return int(full.stored) == int(stored)  # HTTP dates have whole seconds
 
@@ -362,6 +372,8 @@ class Namespace:
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
             attributes.seen_at = self._changed[path] = self.clock.monotonic()
+            if not attributes.stored and not attributes.written_by:
+                attributes.written_by = self.clock.time()
             self._attrs[path] = attributes
             self._missing.pop(path, None)
             self._removed.pop(path, None)
@@ -749,6 +761,22 @@ class Namespace:
             raise FsError(errno.ENOENT)
         return self._cache_fetched(path, fresh)
 
+    def lookup_now(self, path: str) -> A.Attributes:
+        """What S3 holds at ``path`` now (one HEAD, whatever is cached), cached as a lookup's answer.
+
+        For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
+        keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
+        """
+        asked = self.clock.monotonic()
+        fresh = self._fetch(path, dirs=False)
+        if fresh is None:
+            with self._lock:
+                stale = self._stale(path, asked)
+            if not stale:
+                self.forget(path, gone=True)
+            raise FsError(errno.ENOENT)
+        return self._cache_fetched(path, fresh)
+
     def accessed(self, path: str, atime: float) -> None:
         """A read moved the atime of file ``path`` (relatime): kept in memory over what S3 says.
 
@@ -1094,7 +1122,7 @@ class Namespace:
         """Write the pending holders of directory ``path`` and of those under it now (before a
         rename copies what S3 has of them)."""
         for inner in self.holders.under(path):
-            self.change_dir(inner, lambda meta, cur: meta)
+            self.change_dir(inner, lambda meta, cur: meta, make_again=False)
 
     def _make_holders(self, holders: list[tuple[Bucket, str]], headers: dict[str, str]) -> str:
         """A new directory's holder and marker, PUT side by side; returns the holder's ETag.
@@ -1122,14 +1150,34 @@ class Namespace:
         return made[0]
 
     def change_dir(
-        self, path: str, change: Callable[[dict[str, str], A.Attributes], dict[str, str]]
-    ) -> A.Attributes:
-        """Apply ``change`` to a directory's metadata and store it (with its current times)."""
+        self,
+        path: str,
+        change: Callable[[dict[str, str], A.Attributes], dict[str, str]],
+        make_again: bool = True,
+    ) -> A.Attributes | None:
+        """Apply ``change`` to a directory's metadata and store it (with its current times).
+
+        Built on the holder S3 has now (another client's ``chmod`` or ``setfattr`` stands). With
+        ``make_again`` False (the background writes of times and holders) a directory none of
+        whose objects is in S3 any more, removed by another client since we saw it, is not made
+        again: returns None, its pending times and holder dropped.
+        """
         with self._dir_write_lock:
             current = self.lookup_full(path)
+            meta = dict(current.metadata)
+            if path != "/":
+                held, there = self._dir_now(path)
+                if held is not None:
+                    meta = dict(held.metadata)
+                if not there and current.etag and not make_again:
+                    log.info("directory %s was removed from S3 by another client: not made again", path)
+                    with self._lock:
+                        self._dir_times.pop(path, None)
+                    self.holders.done(path)
+                    self.forget(path)
+                    return None
             with self._lock:
                 pending = self._dir_times.pop(path, None)
-            meta = dict(current.metadata)
             if pending is not None:
                 meta.update(A.time_metadata(pending[0], current.atime, pending[1]))
             new = change(meta, current)
@@ -1149,6 +1197,22 @@ class Namespace:
                 updated.mtime, updated.ctime = later[0], later[1]
             self.remember(path, updated)
             return updated
+
+    def _dir_now(self, path: str) -> tuple[A.Attributes | None, bool]:
+        """What S3 holds of directory ``path`` now: its holder's attributes (None: none, or ours
+        not written yet), and whether any object of it (holder or marker) is there. A holder
+        this mount has yet to write costs one HEAD (its marker), not two."""
+        if self.holders.get(path) is not None:
+            view, key = self._holders(path)[-1]
+            try:
+                view.head(key)
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+                return None, False
+            return None, True
+        held, there = self._held_dir_attributes(path)
+        return (held if held.etag else None), there
 
     def entry_changed(self, parent: str, now: float | None = None) -> None:
         """An entry of directory ``parent`` was created, removed or renamed: its mtime and ctime are now.
@@ -1189,8 +1253,8 @@ class Namespace:
                         self._dir_times_kept[path] = times
                 continue
             try:
-                self.change_dir(path, lambda meta, cur: meta)
-                stored += 1
+                if self.change_dir(path, lambda meta, cur: meta, make_again=False) is not None:
+                    stored += 1
             except Exception as exc:  # noqa: BLE001 - kept pending; the next round tries again
                 log.warning("could not store the times of directory %s: %s", path, exc)
         return stored

@@ -253,14 +253,9 @@ class FakeStore:
         return find_layout(size, count, ranges_of, every)
 
     def get_range_blocks(self, remote_name: str | S3Name, start: int, length: int, block: int,
-                         if_match: str | None = None, on_block: Callable[[int, bytes], None] | None = None,
-                         ) -> list[bytes]:
+                         if_match: str | None = None) -> list[bytes]:
         data = self.get_range(remote_name, start, length, if_match)
-        blocks = [data[i:i + block] for i in range(0, len(data), block)]
-        for i, b in enumerate(blocks):
-            if on_block is not None:
-                on_block(start + i * block, b)
-        return blocks
+        return [data[i:i + block] for i in range(0, len(data), block)]
 
     def put(self, remote_name: str | S3Name, data: bytes | Callable[[], object], headers: dict | None = None,
             if_match: str | None = None, if_none_match: bool = False) -> str:

@@ -22,7 +22,7 @@ from s3fs_mount.fs.prefetch import (
 )
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.checksums import MISMATCH, PENDING, VERIFIED
+from s3fs_mount.s3.checksums import VERIFIED
 from s3fs_mount.s3.errors import ConnectionFailed, S3Error
 
 MiB = 1 << 20
@@ -288,37 +288,6 @@ def test_a_corrupt_half_piece_of_one_of_several_readers_is_eio_for_that_reader_o
         prefetcher.read(items["b"], states["b"], MiB, size)
     assert failed.value.errno == errno.EIO
     assert prefetcher.read(items["a"], states["a"], MiB, size) == data["a"][MiB:]  # checked: fine
-
-
-def test_a_pieces_blocks_are_hashed_as_they_arrive_and_checked_before_its_get_returns(tmp_path):
-    # The GET thread hashes each block as it is read (still in the CPU's cache, while the socket
-    # fills with the next), not the whole piece after its last byte: the verdict is in when the
-    # last block is, and no reader has had a byte before its piece's GET returned.
-    size = 4 * MiB  # one piece of four blocks, one part (an MD5)
-    store, data, prefetcher, item = setup(tmp_path, size, chunk=4 * MiB)
-    state = ReadState()
-    seen: list[tuple[int, int, str]] = []
-    real = store.get_range_blocks
-
-    def blocks(remote_name, start, length, block, if_match=None, on_block=None):
-        def told(at, b):
-            on_block(at, b)
-            seen.append((at, len(b), state.verifier.state))
-
-        return real(remote_name, start, length, block, if_match, on_block=told if on_block else None)
-
-    store.get_range_blocks = blocks
-    assert prefetcher.read(item, state, 0, MiB) == data[:MiB]
-    assert seen == [(0, MiB, PENDING), (MiB, MiB, PENDING), (2 * MiB, MiB, PENDING), (3 * MiB, MiB, VERIFIED)]
-    assert prefetcher.read(item, state, MiB, size) == data[MiB:]
-    store.flip_reads = 1  # a byte changed on the way: found as the blocks come, EIO at the end
-    seen.clear()
-    state = ReadState()
-    prefetcher.read(item, state, 0, MiB)
-    assert [s for _, _, s in seen] == [PENDING, PENDING, PENDING, MISMATCH]
-    with pytest.raises(FsError) as failed:
-        prefetcher.read(item, state, MiB, size)
-    assert failed.value.errno == errno.EIO
 
 
 def test_a_read_straddling_two_blocks_is_answered_with_spans_of_both_uncopied(tmp_path):

@@ -38,8 +38,7 @@ served.
 
 Checks (see :mod:`s3fs_mount.s3.checksums`): every piece of a stream that
 started at byte 0 is fed to that reader's own
-:class:`~s3fs_mount.s3.checksums.Verifier` before the reader gets it, each
-block by the GET thread as it arrives, and the
+:class:`~s3fs_mount.s3.checksums.Verifier` before the reader gets it, and the
 read that reaches the end of the object raises EIO if the bytes did not match
 (each reader's own: a check hashes each byte once, so a shared one passed the
 bytes a second stream fetched again unhashed). Once one reader has streamed
@@ -423,10 +422,10 @@ class Prefetcher:
         return start
 
     def _get(self, key: str, etag: str, start: int, length: int, verifier: Verifier | None) -> list[bytes]:
-        # Each block hashed as it arrives, by this thread, before any reader has it: in the CPU's
-        # cache still, while the socket fills with the next (bench/README.md, round 34).
-        feed = None if verifier is None else verifier.feed_block
-        return self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None, on_block=feed)
+        blocks = self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None)
+        if verifier is not None:
+            verifier.feed(start, blocks)  # before any reader has them
+        return blocks
 
     # -- checks ------------------------------------------------------------------------
 

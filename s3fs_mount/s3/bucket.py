@@ -53,13 +53,7 @@ class ObjectStore(Protocol):
     ) -> bytes: ...
 
     def get_range_blocks(
-        self,
-        remote_name: RemoteName,
-        start: int,
-        length: int,
-        block: int,
-        if_match: str | None = None,
-        on_block: Callable[[int, bytes], None] | None = None,
+        self, remote_name: RemoteName, start: int, length: int, block: int, if_match: str | None = None
     ) -> list[bytes]: ...
 
     def part_layout(
@@ -241,15 +235,9 @@ class Bucket:
         return self.store.get_range(self._at(key), start, length, if_match)
 
     def get_range_blocks(
-        self,
-        key: str,
-        start: int,
-        length: int,
-        block: int,
-        if_match: str | None = None,
-        on_block: Callable[[int, bytes], None] | None = None,
+        self, key: str, start: int, length: int, block: int, if_match: str | None = None
     ) -> list[bytes]:
-        return self.store.get_range_blocks(self._at(key), start, length, block, if_match, on_block)
+        return self.store.get_range_blocks(self._at(key), start, length, block, if_match)
 
     def part_layout(self, key: str, size: int, count: int, every: bool = False) -> AnyLayout | None:
         return self.store.part_layout(self._at(key), size, count, every)

@@ -246,10 +246,6 @@ class Verifier:
         reader sees them; other threads may feed other pieces meanwhile."""
         self._hash(start, blocks)
 
-    def feed_block(self, start: int, block: bytes) -> None:
-        """:meth:`feed` of one block: ``block`` is the bytes at ``start``."""
-        self._hash(start, (block,))
-
     def _hash(self, start: int, blocks: Sequence[bytes]) -> None:
         """Hash what of ``blocks`` (at ``start``) can be hashed now, part by part; keep the rest."""
         pos, number, part_end = start, 0, 0

@@ -638,40 +638,28 @@ class RemoteStore:
         return self.connection.retry.call(fetch, "reading %s" % (remote_name,), _body_broken)
 
     def get_range_blocks(
-        self,
-        remote_name: RemoteName,
-        start: int,
-        length: int,
-        block: int,
-        if_match: str | None = None,
-        on_block: Callable[[int, bytes], None] | None = None,
+        self, remote_name: RemoteName, start: int, length: int, block: int, if_match: str | None = None
     ) -> list[bytes]:
         """Like :meth:`get_range`, the bytes as ``block``-sized pieces (the last may be shorter).
 
         No allocation as large as the range, and a reader of whole blocks
-        can hand them on without a copy. ``on_block(at, data)`` is told each block as it
-        arrives, before the next is read (a check hashes it while it is in the CPU's cache and
-        the socket fills with the next); a retry tells the blocks again from ``start``.
+        can hand them on without a copy.
         """
 
         def fetch() -> list[bytes]:
             resp = self._ranged_get(remote_name, start, length, if_match)
             if resp is None:
                 return []
-            blocks: list[bytes] = []
             with resp, _body_errors(remote_name):
                 if resp.status_code == 200:  # server ignored the Range
-                    whole = resp.raw.read(decode_content=False)[start : start + length]
-                    received: Iterator[bytes] = (whole[i : i + block] for i in range(0, len(whole), block))
-                else:
-                    received = iter(functools.partial(resp.raw.read, block, decode_content=False), b"")
-                at = start
-                for data in received:
-                    if on_block is not None:
-                        on_block(at, data)
+                    data = resp.raw.read(decode_content=False)[start : start + length]
+                    return [data[i : i + block] for i in range(0, len(data), block)]
+                blocks = []
+                while True:
+                    data = resp.raw.read(block, decode_content=False)
+                    if not data:
+                        return blocks
                     blocks.append(data)
-                    at += len(data)
-            return blocks
 
         return self.connection.retry.call(fetch, "reading %s" % (remote_name,), _body_broken)
 

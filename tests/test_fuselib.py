@@ -58,6 +58,44 @@ def test_a_kept_state_outlives_the_call_from_a_thread_python_did_not_start():
     assert ended == [False]
 
 
+def test_a_read_copies_each_span_of_its_blocks_straight_into_libfuses_buffer():
+    """A read that straddles two blocks is not joined into new bytes first: each span of the
+    blocks that hold it is copied into libfuse's buffer, in order; without read_spans the
+    operations' read is used as before."""
+    first, second = bytes(range(256)) * 8, b"xyz" * 1000
+    asked: list[tuple[str, int, int, int]] = []
+
+    class Spans:
+        def read_spans(self, path: str, size: int, offset: int, fh: int) -> list[tuple[bytes, int, int]]:
+            asked.append((path, size, offset, fh))
+            return [(first, 1024, 2048), (second, 0, 10), (b"", 0, 0)]
+
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            raise AssertionError("read_spans is there: read is not asked")
+
+    fuse = FUSE.__new__(FUSE)
+    fuse.operations, fuse.raw_fi = Spans(), False
+    fuse.encoding, fuse.errors = "utf-8", "surrogateescape"
+    libfuse_buffer = ctypes.create_string_buffer(b"-" * 2000, 2000)
+    fi = mfusepy.fuse_file_info()
+    fi.fh = 5
+    pointer = ctypes.cast(libfuse_buffer, ctypes.POINTER(ctypes.c_byte))
+    assert fuse.read(b"/f", pointer, 2000, 512, ctypes.pointer(fi)) == 1034
+    assert asked == [("/f", 2000, 512, 5)]
+    assert libfuse_buffer.raw[:1034] == first[1024:2048] + second[:10]
+    assert libfuse_buffer.raw[1034:] == b"-" * 966  # nothing past what was read
+    with pytest.raises(mfusepy.FuseOSError):  # spans past the size asked: never written past it
+        fuse.read(b"/f", pointer, 1000, 0, ctypes.pointer(fi))
+
+    class Plain:
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            return b"plain"
+
+    fuse.operations = Plain()
+    assert fuse.read(b"/f", pointer, 2000, 0, ctypes.pointer(fi)) == 5
+    assert libfuse_buffer.raw[:5] == b"plain"
+
+
 def test_a_write_hands_the_operations_libfuses_own_buffer_and_releases_it_on_return():
     """No copy of what the kernel wrote (mfusepy's string_at copied every byte): the operations
     see libfuse's memory itself, as bytes, and the view is dead once the call returns."""

@@ -290,6 +290,25 @@ def test_a_corrupt_half_piece_of_one_of_several_readers_is_eio_for_that_reader_o
     assert prefetcher.read(items["a"], states["a"], MiB, size) == data["a"][MiB:]  # checked: fine
 
 
+def test_a_read_straddling_two_blocks_is_answered_with_spans_of_both_uncopied(tmp_path):
+    # The kernel's readahead for a reader of 256 KiB sends 1 MiB at 512 KiB offsets: such a read
+    # is the spans of the two blocks that hold it, the piece's own bytes objects (the FUSE
+    # binding copies each into libfuse's buffer), not a join of them; read() is the same bytes.
+    size = 4 * MiB
+    store, data, prefetcher, item = setup(tmp_path, size, chunk=4 * MiB)
+    state = ReadState()
+    assert prefetcher.read(item, state, 0, MiB // 2) == data[: MiB // 2]
+    spans = prefetcher.read_spans(item, state, MiB // 2, MiB)
+    assert [(len(d), a, b) for d, a, b in spans] == [(MiB, MiB // 2, MiB), (MiB, 0, MiB // 2)]
+    blocks = state.pieces[0][1].result()
+    assert spans[0][0] is blocks[0] and spans[1][0] is blocks[1]
+    assert b"".join(d[a:b] for d, a, b in spans) == data[MiB // 2 : 3 * MiB // 2]
+    assert prefetcher.read_spans(item, state, 3 * MiB // 2, MiB // 2) == [(blocks[1], MiB // 2, MiB)]
+    (whole,) = prefetcher.read_spans(item, state, 2 * MiB, MiB)
+    assert whole[0] is blocks[2] and whole[1:] == (0, MiB)  # a whole block: itself
+    assert prefetcher.read(item, state, 3 * MiB, MiB) == data[3 * MiB :]
+
+
 @pytest.mark.parametrize("size", [100_000, 6 * MiB], ids=["one piece", "several pieces"])
 def test_a_second_stream_of_a_version_already_checked_is_checked_again(tmp_path, size):
     store, data, prefetcher, item = setup(tmp_path, size)

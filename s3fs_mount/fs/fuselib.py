@@ -25,7 +25,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from ctypes.util import find_library
 from typing import Any, Protocol, TypeVar
 
@@ -468,6 +468,25 @@ class FUSE(mfusepy.FUSE):
         fi = fip.contents
         fi.fh = self.operations.create(self._decode(path), mode, fi.flags)
         return 0
+
+    def read(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
+        # With the operations' read_spans, each span of the blocks that hold the bytes is copied
+        # straight into libfuse's buffer: a read straddling two blocks was joined into new bytes
+        # (a 1 MiB allocation and a copy), then copied again by mfusepy (bench/README.md, round 34).
+        read_spans = getattr(self.operations, "read_spans", None)
+        if read_spans is None:
+            return int(super().read(path, buf, size, offset, fip))
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        spans: Sequence[tuple[bytes, int, int]] = read_spans(self._decode(path), size, offset, fh)
+        if sum(stop - start for _, start, stop in spans) > size:
+            raise FuseOSError(errno.EIO)  # never past libfuse's buffer
+        into = ctypes.cast(buf, ctypes.c_void_p).value or 0
+        copied = 0
+        for data, start, stop in spans:
+            source = ctypes.cast(data, ctypes.c_void_p).value or 0  # bytes: its own memory, no copy
+            ctypes.memmove(into + copied, source + start, stop - start)
+            copied += stop - start
+        return copied
 
     def write(self, path: bytes | None, buf: Any, size: int, offset: int, fip: Any) -> int:
         # The operations get libfuse's own buffer as a memoryview, not a copy of it (mfusepy's

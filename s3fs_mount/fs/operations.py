@@ -39,7 +39,7 @@ from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
 from s3fs_mount.fs.namespace import Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
-from s3fs_mount.fs.prefetch import Prefetcher, ReadState
+from s3fs_mount.fs.prefetch import Prefetcher, ReadState, Span, joined
 from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
 from s3fs_mount.fs.status import STATUS_XATTR
 from s3fs_mount.fs.upload import WRITE_GATE, Uploader, WritebackQueue, hold_at_write_gate
@@ -589,16 +589,25 @@ class S3Operations(Operations):
 
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return joined(self._read_spans(fh, size, offset))
+
+    @fuse_operation
+    def read_spans(self, path: str, size: int, offset: int, fh: int) -> list[Span]:
+        """:meth:`read`'s bytes as spans of the blocks that hold them, which the FUSE binding
+        copies straight into libfuse's buffer (:data:`~s3fs_mount.fs.prefetch.Span`)."""
+        return self._read_spans(fh, size, offset)
+
+    def _read_spans(self, fh: int, size: int, offset: int) -> list[Span]:
         h = self._handle(fh)
         if not h.accessed:
             h.accessed = True
             self._accessed(h)
         try:
             try:
-                data = self.prefetcher.read(h.item, h.read_state, offset, size)
+                spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
             except ReleasedRange:
                 self._checkpoint(h.item, "a read at %d" % offset)
-                data = self.prefetcher.read(h.item, h.read_state, offset, size)
+                spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
         except Replaced:
             if h.served:
                 raise  # the reader has bytes of the old version: it must not get the new one's
@@ -606,9 +615,9 @@ class S3Operations(Operations):
             # as an open a moment later would have.
             self.changes.follow_replaced(h.path, h.item)
             self.prefetcher.drop(h.read_state)
-            data = self.prefetcher.read(h.item, h.read_state, offset, size)
+            spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
         h.served = True
-        return data
+        return spans
 
     def _accessed(self, h: Handle) -> None:
         """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""

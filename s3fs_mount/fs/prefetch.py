@@ -95,6 +95,19 @@ READERS_BUDGET = 4
 #: Where a sequential read is served from (Prefetcher._source).
 STREAM, LOCAL, STAGED = "stream", "local", "staged"
 
+#: A read's answer as spans of the blocks that hold it, in order: ``data[start:stop]`` of each.
+#: The FUSE binding copies each straight into libfuse's buffer (a read that straddles two blocks,
+#: as the kernel's readahead sends for a reader of 256 KiB, was joined into new bytes first, then
+#: copied again: bench/README.md, round 34); :func:`joined` makes them one ``bytes``.
+Span = tuple[bytes, int, int]
+
+
+def joined(spans: list[Span]) -> bytes:
+    """The bytes of ``spans`` as one object (a whole block is itself, uncopied)."""
+    if len(spans) == 1 and spans[0][1] == 0 and spans[0][2] == len(spans[0][0]):
+        return spans[0][0]
+    return b"".join(memoryview(data)[start:stop] for data, start, stop in spans)
+
 
 @dataclass
 class ReadState:
@@ -219,6 +232,10 @@ class Prefetcher:
 
         :raises Replaced: S3 holds another client's version now, not the one the item is of.
         """
+        return joined(self.read_spans(item, state, offset, size))
+
+    def read_spans(self, item: StagedFile, state: ReadState, offset: int, size: int) -> list[Span]:
+        """:meth:`read`'s bytes as the spans of the blocks that hold them (no join)."""
         try:
             return self._read(item, state, offset, size)
         except S3Error as exc:
@@ -226,13 +243,13 @@ class Prefetcher:
                 raise Replaced(item.key, item.view().etag) from exc
             raise
 
-    def _read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> bytes:
+    def _read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> list[Span]:
         """read's work."""
         if state.failed:
             raise FsError(errno.EIO, "%s: an earlier read through this handle failed its check" % item.key)
         end = min(offset + size, item.size)
         if offset >= end:
-            return b""
+            return []
         # Inside the window, or a little behind it, counts as sequential too: FUSE threads
         # deliver the kernel's readahead out of order.
         late = state.next_offset - self.chunk
@@ -279,7 +296,8 @@ class Prefetcher:
             if view.etag and not (view.dirty or view.uploading):
                 self._check(item, view.etag, state)
         item.replied(state, streamed=False)
-        return item.read(offset, end - offset)
+        data = item.read(offset, end - offset)
+        return [(data, 0, len(data))]
 
     @staticmethod
     def _random_range(item: StagedFile, state: ReadState, offset: int, end: int) -> tuple[int, int]:
@@ -316,7 +334,9 @@ class Prefetcher:
             return STAGED  # being written, or never was remote: the staged file has it all
         return STREAM if gaps else LOCAL
 
-    def _stream(self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int) -> bytes:
+    def _stream(
+        self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int
+    ) -> list[Span]:
         """``[offset, end)`` from the reader's pieces in memory; fetches them, and on to ``ahead_end``."""
         with state.lock:
             if state.etag != item.etag:
@@ -353,7 +373,7 @@ class Prefetcher:
             etag, verifier = state.etag, state.verifier
         if again:
             item.replied(state, streamed=False)
-        parts: list[bytes | memoryview] = []
+        parts: list[Span] = []
         for start, length, future in needed:
             try:
                 blocks = future.result()
@@ -367,20 +387,16 @@ class Prefetcher:
             lo = max(offset, start)
             for i in range((lo - start) // BLOCK, min(len(blocks), -(-(end - start) // BLOCK))):
                 at = start + i * BLOCK
-                a, b = max(lo, at) - at, min(end - at, len(blocks[i]))
-                # A whole block is handed on itself; part of one as a view: one copy, by the join
-                # below (a slice of bytes is a copy of its own, then copied again by the join; the
-                # kernel's readahead sends reads that straddle blocks: 1 MiB at 512 KiB offsets).
-                parts.append(blocks[i] if (a, b) == (0, len(blocks[i])) else memoryview(blocks[i])[a:b])
+                # Spans, not slices: a slice of bytes is a copy of its own (the kernel's readahead
+                # sends reads that straddle blocks: 1 MiB at 512 KiB offsets).
+                parts.append((blocks[i], max(lo, at) - at, min(end - at, len(blocks[i]))))
         with state.lock:
             # A piece's size behind is kept: FUSE threads may deliver reads out of order.
             for start in [s for s, (n, _) in state.pieces.items() if s + n + size <= offset]:
                 self._let_go(state, start)
         if end >= item.remote_size:
             self._check(item, etag, state)
-        if len(parts) == 1 and isinstance(parts[0], bytes):
-            return parts[0]
-        return b"".join(parts)  # none: past the end
+        return parts
 
     def _piece_size(self, state: ReadState) -> int:
         """The size of a reader's next pieces: ``piece`` while it streams alone, half that while

@@ -2388,3 +2388,20 @@ def test_a_chmod_asks_again_when_another_version_lands_between_its_head_and_its_
     assert stored.data == b"v%d" % landings
     assert stored.metadata[A.META_PREFIX + "tag"] == "theirs%d" % landings
     assert int(stored.metadata[A.META_PREFIX + "mode"]) & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("call", ["read", "write"])
+def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is_estale(tmp_path, call):
+    store = FakeStore()
+    store.put("f", b"theirs" * 1000)
+    ops = make_ops(tmp_path, store)
+    fh = ops.open("/f", os.O_RDWR)
+    del store.objects["f"]  # another client deletes it before any byte is fetched
+    with pytest.raises(FuseOSError) as info:
+        if call == "read":
+            ops.read("/f", 4096, 0, fh)
+        else:
+            ops.write("/f", b"ours", 10, fh)
+    # read(2) and write(2) never say ENOENT: the file was open; ESTALE, as NFS says of it
+    assert info.value.errno == errno.ESTALE
+    ops.release("/f", fh)

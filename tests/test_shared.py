@@ -692,6 +692,27 @@ def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto
     assert "nothing waiting to upload" in status.stdout
 
 
+@pytest.mark.parametrize("call", ["pread", "pwrite"])
+def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is_estale(
+    mount, boto, bucket, call
+):
+    """Another client deletes an object this mount has open and has fetched no byte of: the
+    next read or write is ESTALE with a log line (it was ENOENT, which write(2) never says)."""
+    boto.put_object(Bucket=bucket, Key="gone", Body=b"theirs" * 1000)
+    fd = os.open(os.path.join(mount.path, "gone"), os.O_RDWR)
+    try:
+        boto.delete_object(Bucket=bucket, Key="gone")
+        with pytest.raises(OSError) as info:
+            if call == "pread":
+                os.pread(fd, 4096, 0)
+            else:
+                os.pwrite(fd, b"ours", 10)
+        assert info.value.errno == errno.ESTALE, info.value
+    finally:
+        os.close(fd)
+    assert "ESTALE" in read_log(mount)
+
+
 def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(mount, boto, bucket):
     """Another client's PUT while a process reads a large object here: the reader gets the
     bytes of the version it opened, then EIO with a log line, never the new version's bytes."""

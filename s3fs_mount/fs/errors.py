@@ -1,6 +1,6 @@
 """The one mapping from failures to errnos.
 
-404 -> ENOENT, 403 -> EACCES, 412 -> EIO (changed under us), an upload
+404 -> ENOENT (ESTALE through an open handle), 403 -> EACCES, 412 -> EIO (changed under us), an upload
 that found another client's version (:class:`Conflict`) -> ESTALE, transport
 failures and 5xx (retries spent) -> EIO. Every failure logs one line with
 the operation, the path and S3's error code; an unexpected exception
@@ -69,11 +69,17 @@ class Conflict(FsError):
         self.theirs = theirs
 
 
-def errno_for(exc: BaseException) -> int:
-    """The errno that honestly describes ``exc``."""
+#: The FUSE calls made through an open handle. An object gone from S3 under one (another
+#: client deleted it before its bytes were fetched) is ESTALE, as NFS says of a file removed
+#: by another client: read(2) and write(2) never say ENOENT, and the file was open.
+HANDLE_CALLS = frozenset({"read", "read_spans", "write", "flush", "fsync", "release"})
+
+
+def errno_for(exc: BaseException, operation: str = "") -> int:
+    """The errno that honestly describes ``exc``, met by the FUSE call ``operation``."""
     if isinstance(exc, S3Error):
         if exc.status == 404:
-            return errno.ENOENT
+            return errno.ESTALE if operation in HANDLE_CALLS else errno.ENOENT
         if exc.status == 403:
             return errno.EACCES
         if exc.status == 400 and exc.code == "KeyTooLongError":

@@ -1001,7 +1001,7 @@ def _fuse_error(operation: str, path: str, exc: Exception) -> FuseOSError:
         if exc.errno not in QUIET:
             log.info("%s %s: %s", operation, path, errno.errorcode.get(exc.errno, exc.errno))
         return exc
-    err = errno_for(exc)
+    err = errno_for(exc, operation)
     if isinstance(exc, (RemoteStoreError, FsError, OSError)):
         level = logging.DEBUG if err in QUIET or isinstance(exc, Superseded) else logging.WARNING
         log.log(level, "%s %s: %s (%s)", operation, path, errno.errorcode.get(err, err), exc)

@@ -129,12 +129,16 @@ class HoldingProxy(FaultProxy):
         self.holds = holds or self.is_upload
         self._holding = False
         self._let_through = 0
+        self._answers = False  # hold_uploads(answers=True): forwarded, their answers held
         self.held = 0
 
-    def hold_uploads(self, let_through: int = 0) -> None:
-        """Hold every upload request from now on, except the next ``let_through``."""
+    def hold_uploads(self, let_through: int = 0, answers: bool = False) -> None:
+        """Hold every upload request from now on, except the next ``let_through``. With
+        ``answers`` they are forwarded (they land in S3) and their answers are held instead:
+        never sent, the connection dropped once released or closed."""
         with self._lock:
             self._let_through = let_through
+            self._answers = answers
             self._holding = True
 
     def release(self) -> None:
@@ -150,13 +154,27 @@ class HoldingProxy(FaultProxy):
                 hold = self._holding and self._let_through <= 0
                 if self._holding and not hold:
                     self._let_through -= 1
-                if hold:
+            if hold and self._answers:
+                super()._forward(req, start, lines, _Swallowed())
+                with self._lock:
                     self.held += 1
+                while self._holding and not self._stop.wait(0.05):
+                    pass
+                return False  # the client learns nothing: its connection is dropped
             if hold:
+                with self._lock:
+                    self.held += 1
                 while self._holding:
                     if self._stop.wait(0.05):
                         return False
         return super()._forward(req, start, lines, conn)
+
+
+class _Swallowed:
+    """Where HoldingProxy sends an answer it holds: nowhere."""
+
+    def sendall(self, data: bytes) -> None:
+        pass
 
 
 @pytest.fixture
@@ -1189,6 +1207,56 @@ def test_kill9_between_a_renames_copy_and_its_delete_leaves_one_file(
     assert "recovered at mount (what a previous run left): renames finished 1" in control.format_status(
         st, m2.path
     )
+    assert m2.stop() == 0
+
+
+def is_completion(req) -> bool:
+    """A CompleteMultipartUpload."""
+    return req.method == "POST" and "uploadId=" in req.target
+
+
+def is_part_copy(req) -> bool:
+    """An UploadPartCopy."""
+    return is_copy(req) and "partNumber=" in req.target
+
+
+@pytest.mark.parametrize("killed_at", ["part copy", "completion landed"])
+def test_kill9_during_a_renames_copy_in_parts_leaves_one_file_and_no_upload(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, killed_at
+):
+    # A file over 5 GiB is copied in parts (UploadPartCopy, then a completion); the test copies
+    # one of 12 MiB so (S3FS_MOUNT_TEST_MAX_SINGLE_COPY). Killed while a part is copied, the
+    # next mount aborts the upload and the file stays at its old name. Killed once the
+    # completion has landed in S3 but before its answer came (the copy's ETag, a composite,
+    # is not the version's), the next mount recognises the copy and deletes the old key: the
+    # file under its new name only, its bytes whole, no multipart upload left.
+    data = rand(12 * MiB + 5, 81)
+    boto.put_object(Bucket=bucket, Key="old", Body=data)
+    cache = str(tmp_path / "cache")
+    held = is_part_copy if killed_at == "part copy" else is_completion
+    with holding(s3server, held) as proxy:
+        m = mount_factory(
+            "server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache,
+            env={"S3FS_MOUNT_TEST_MAX_SINGLE_COPY": str(8 * MiB)},
+        ).start()
+        proxy.hold_uploads(answers=killed_at == "completion landed")
+        mover = in_background(os.rename, os.path.join(m.path, "old"), os.path.join(m.path, "new"))
+        killed_while_held(proxy, m)
+        mover.join(30)
+    if killed_at == "completion landed":
+        assert s3_keys(boto, bucket) == ["new", "old"]  # the crash left both
+        assert boto.head_object(Bucket=bucket, Key="new")["ETag"].strip('"').endswith("-2")
+    else:
+        assert s3_keys(boto, bucket) == ["old"]
+        assert len(multipart_uploads(boto, bucket)) == 1  # the crash left the copy's upload
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    kept = "new" if killed_at == "completion landed" else "old"
+    assert s3_keys(boto, bucket) == [kept]
+    assert s3_sha(boto, bucket, kept) == hashlib.sha256(data).hexdigest()
+    assert sorted(os.listdir(m2.path)) == [kept]
+    assert multipart_uploads(boto, bucket) == []
+    expected = "renames finished" if kept == "new" else "renames not made (killed before the copy)"
+    assert control.read_status(m2.path)["recovered"] == {expected: 1}
     assert m2.stop() == 0
 
 

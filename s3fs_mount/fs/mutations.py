@@ -29,8 +29,8 @@ from s3fs_mount.fs.renames import PendingRenames
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
-from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import ObjectInfo
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error
+from s3fs_mount.s3.store import MultipartUpload, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry
 
 log = logging.getLogger(__name__)
@@ -281,21 +281,34 @@ class Mutations:
 
     def _finish_file_rename(self, old_key: str, state: dict[str, str]) -> str:
         """A file's copy, then delete, killed in between: its delete is sent if the copy is in S3
-        (the new key has the copy's ETag, or the version's), and the old key still the version moved.
-        Returns what was done, as :attr:`recovered` counts it."""
+        (the new key has the copy's ETag, or the version's; a copy in parts' ETag is recorded
+        before its completion), and only if the old key is still the version moved (a
+        conditional delete). A copy in parts not completed is aborted. Returns what was done,
+        as :attr:`recovered` counts it."""
         new_key = state["new"]
         old = self.store.current_etag(old_key)
         new = self.store.current_etag(new_key)
+        copied = bool(new) and new in (state["etag"], state.get("copied"))
+        if state.get("upload") and not copied:
+            # Killed during the copy's parts or before its completion landed: its parts go.
+            self.store.abort_multipart(new_key, state["upload"])
         if not old or old != state["etag"]:
             log.info("recovery: rename of %s to %s: the old key is gone or changed; nothing to do",
                      old_key, new_key)
             done = "renames found done, or the file changed since"
-        elif new and new in (state["etag"], state.get("copied")):
-            self.store.remove(old_key)
-            self.namespace.forget(self.keymap.path(old_key), gone=True)
-            log.warning("recovery: finished the rename of %s to %s (copied, then killed before "
-                        "the delete)", old_key, new_key)
-            done = "renames finished"
+        elif copied:
+            failed = self.store.delete_keys([old_key], etags={old_key: state["etag"]})
+            if failed:
+                log.warning("recovery: rename of %s to %s: the old key was not deleted (%s): it "
+                            "changed since, or S3 refused", old_key, new_key, failed[0][1])
+                if failed[0][1] != "PreconditionFailed":
+                    raise RemoteStoreError("S3 refused the delete of %s: %s" % (old_key, failed[0][1]))
+                done = "renames found done, or the file changed since"
+            else:
+                self.namespace.forget(self.keymap.path(old_key), gone=True)
+                log.warning("recovery: finished the rename of %s to %s (copied, then killed before "
+                            "the delete)", old_key, new_key)
+                done = "renames finished"
         else:
             log.warning("recovery: rename of %s to %s was not copied: the file stays at %s",
                         old_key, new_key, old_key)
@@ -539,13 +552,24 @@ class Mutations:
             return etag
         # Recorded: a mount killed between the copy and the delete sends the delete when it
         # starts again (fs/renames.py), and the file is not left under both names.
-        self.renames.begin(old_key, {"new": new_key, "etag": etag})
+        state: dict[str, str] = {"new": new_key, "etag": etag}
+        self.renames.begin(old_key, dict(state))
+
+        def on_parts(mpu: MultipartUpload, copied: bool) -> None:
+            # A copy in parts (over 5 GiB): its upload, so that the next mount aborts it if a
+            # crash leaves it, then the ETag its completion makes, so that the next mount
+            # recognises the copy if the completion lands and the crash comes before its answer.
+            state["upload"] = mpu.upload_id
+            if copied and (expected := mpu.expected_etag()):
+                state["copied"] = expected
+            self.renames.begin(old_key, dict(state))
+
         try:
             copied = self.store.copy_object(
-                old_key, new_key, if_match=etag, source_info=source_info, size=size
+                old_key, new_key, if_match=etag, source_info=source_info, size=size, on_parts=on_parts
             )
         except BaseException:
-            self.renames.done(old_key)  # not copied: nothing to finish
+            self.renames.done(old_key)  # not copied (an upload of parts aborted): nothing to finish
             raise
         if copied and copied != etag:
             self.renames.begin(old_key, {"new": new_key, "etag": etag, "copied": copied})

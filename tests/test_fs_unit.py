@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import stat
 import threading
 import time
@@ -1468,6 +1469,28 @@ def test_a_renames_delete_s3_refused_is_sent_by_the_next_mount(tmp_path, monkeyp
     }
     again.destroy("/")
     assert not os.path.exists(os.path.join(again.staging.root, "renames.journal"))
+
+
+def test_a_file_changed_in_s3_while_staged_by_a_killed_mount_goes_to_one_conflict_name(tmp_path):
+    # Killed with f staged, not uploaded; another client changed f meanwhile: the next mount
+    # keeps theirs at f and uploads ours to f.conflict-T (it went to f.conflict-T.conflict-T: its
+    # upload there was conditional on f's old version, refused, and set aside once more).
+    store = FakeStore()
+    store.put("f", b"v1")
+    ops = make_ops(tmp_path, store, writeback=True)
+    assert ops.getattr("/f")["st_size"] == 2
+    fh = ops.open("/f", os.O_RDWR)
+    ops.write("/f", b"ours", 0, fh)
+    ops.changes.close()  # killed: the staging cache is left as it is
+    ops.staging.close()
+    store.put("f", b"theirs")
+    again = make_ops(tmp_path, store)
+    again.recover()
+    aside = [k for k in store.objects if k != "f"]
+    assert len(aside) == 1 and re.fullmatch(r"f\.conflict-[0-9T]+", aside[0]), aside
+    assert store.objects[aside[0]].data == b"ours" and store.objects["f"].data == b"theirs"
+    assert again.status()["recovered"] == {"files uploaded beside a conflicting version": 1}
+    assert again.staging.pending() == []
 
 
 def test_a_directory_rename_moves_its_files_by_rename_object_and_deletes_only_its_markers(tmp_path):

@@ -242,14 +242,18 @@ class Mutations:
                 # said so: ours, not another client's; the file goes on from it.
                 item.landed(current.etag, current.metadata)
                 log.info("recovered %s: an earlier upload of it is in S3; the rest goes up", item.key)
-            if current is not None and item.etag and current.etag != item.etag:
+            aside = current is not None and bool(item.etag) and current.etag != item.etag
+            if aside:
                 conflict = conflict_name(item.key, self.store.key_room())
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
                 self.staging.rekey(item.key, conflict)
+                # A new name: nothing there to replace (conditional on the old version, its upload
+                # was refused and went to a second conflict name, KEY.conflict-T.conflict-T).
+                item.stored_as("")
             try:
                 self.uploader.flush(item)
                 log.info("recovered and uploaded %s", item.key)
-                self.note_recovered("files uploaded")
+                self.note_recovered("files uploaded beside a conflicting version" if aside else "files uploaded")
             except Conflict as exc:
                 log.warning("recovered %s: %s", item.key, exc)
                 self.note_recovered("files uploaded beside a conflicting version")

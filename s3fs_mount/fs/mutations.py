@@ -214,6 +214,8 @@ class Mutations:
         self.note_recovered("changed on disk, kept, not uploaded", len(self.staging.damaged))
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id)
+        renames = self.renames.recover()
+        recovered = self._drop_replaced_by_renames(recovered, renames)
         for item in recovered:
             # Bytes the cache released are in the parts of the upload the record names: go on with it.
             resumed = self.uploader.resume(item)
@@ -253,14 +255,16 @@ class Mutations:
             try:
                 self.uploader.flush(item)
                 log.info("recovered and uploaded %s", item.key)
-                self.note_recovered("files uploaded beside a conflicting version" if aside else "files uploaded")
+                self.note_recovered(
+                    "files uploaded beside a conflicting version" if aside else "files uploaded"
+                )
             except Conflict as exc:
                 log.warning("recovered %s: %s", item.key, exc)
                 self.note_recovered("files uploaded beside a conflicting version")
             except Exception as exc:
                 log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
                 self.note_recovered("files kept staged (upload failed)")
-        self._recover_renames()  # after the uploads: a directory's files are in S3 to be moved
+        self._recover_renames(renames)  # after the uploads: a directory's files are in S3 to be moved
         return [i.key for i in self.staging.pending()]
 
     def note_recovered(self, what: str, n: int = 1) -> None:
@@ -268,9 +272,32 @@ class Mutations:
         if n:
             self.recovered[what] = self.recovered.get(what, 0) + n
 
-    def _recover_renames(self) -> None:
-        """Finish the renames a killed run left half done (fs/renames.py)."""
-        for old, state in sorted(self.renames.recover().items()):
+    def _drop_replaced_by_renames(
+        self, recovered: list[StagedFile], renames: dict[str, dict[str, str]]
+    ) -> list[StagedFile]:
+        """Of the staged files a killed run left, those a file's rename replaced (killed after
+        its copy landed on their name, before the old key's delete): dropped, their uploads
+        aborted, as the rename had done. Uploaded, they went to a conflict copy beside the moved
+        file (S3 has another version there): a file the rename removed came back. The rest."""
+        replaced: set[str] = set()
+        for old, state in renames.items():
+            item = self.staging.get(state["new"]) if not old.endswith("/") else None
+            if item is None or item not in recovered:
+                continue
+            if self.store.current_etag(state["new"]) in (state["etag"], state.get("copied")):
+                for upload_id in item.pending_uploads():
+                    self.uploader.abort_upload(item, upload_id)
+                self.staging.forget(item.key)
+                replaced.add(item.key)
+                log.warning("recovery: %s was replaced by the rename of %s to it (killed before "
+                            "its end): its staged copy is dropped", item.key, old)
+                self.note_recovered("files replaced by a rename, dropped")
+        return [i for i in recovered if i.key not in replaced]
+
+    def _recover_renames(self, renames: dict[str, dict[str, str]]) -> None:
+        """Finish the renames a killed run left half done (fs/renames.py): ``renames``, as
+        :meth:`PendingRenames.recover` gave them."""
+        for old, state in sorted(renames.items()):
             try:
                 if old.endswith("/"):
                     self._finish_dir_rename(old, state["new"], state.get("dirs", []))

@@ -206,10 +206,12 @@ class Mutations:
 
         The deletes first: a key written again after its unlink had its delete sent before.
         """
+        owed = self.deletes.owed_by_previous_run()
         deletes = self.deletes.recover()
         for key in deletes:  # not sent yet: hidden until it is
             self.namespace.deleting(self.keymap.path(key))
-        self.note_recovered("deletes sent", len(deletes))
+        self.note_recovered("deletes sent", owed - len(deletes))
+        self.note_recovered("deletes not sent yet (retried)", len(deletes))
         recovered = self.staging.recover()
         self.note_recovered("changed on disk, kept, not uploaded", len(self.staging.damaged))
         for key, upload_id in self.staging.orphan_uploads:

@@ -1,0 +1,173 @@
+"""kill -9 at each step of a change that takes several requests; then the next mount's recovery.
+
+Each test holds one kind of request in a proxy (before it reaches S3, or once it has landed,
+its answer held), kills the mount there, mounts again on the same cache, and compares what S3
+holds (boto3, not through the mount) with what a local disk would: all of the old or all of the
+new, nothing lost, nothing back, no multipart upload left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+
+import pytest
+from test_reliability import (
+    MiB,
+    holding,
+    in_background,
+    is_completion,
+    is_copy,
+    is_delete,
+    killed_while_held,
+    multipart_uploads,
+    proxy_yaml,
+    rand,
+    s3_bytes,
+    s3_keys,
+    s3_sha,
+    write_file,
+)
+
+from s3fs_mount import control
+
+pytestmark = pytest.mark.fuse
+
+#: Where a test kills the mount: the held request not sent yet, or landed with its answer held.
+MOMENTS = ["before", "landed"]
+
+
+def is_plain_put(req) -> bool:
+    """A PutObject or UploadPart (not a copy)."""
+    return req.method == "PUT" and req.header("x-amz-copy-source") is None
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+@pytest.mark.parametrize("step", ["copy", "delete"])
+def test_kill9_during_a_rename_over_an_existing_file(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, step, moment
+):
+    boto.put_object(Bucket=bucket, Key="src", Body=b"the new bytes")
+    boto.put_object(Bucket=bucket, Key="dst", Body=b"the old bytes of dst")
+    cache = str(tmp_path / "cache")
+    with holding(s3server, is_copy if step == "copy" else is_delete) as proxy:
+        m = mount_factory("server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy),
+                          cache_dir=cache).start()
+        assert sorted(os.listdir(m.path)) == ["dst", "src"]
+        proxy.hold_uploads(answers=moment == "landed")
+        mover = in_background(os.rename, os.path.join(m.path, "src"), os.path.join(m.path, "dst"))
+        killed_while_held(proxy, m)
+        mover.join(30)
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    keys = s3_keys(boto, bucket)
+    if step == "copy" and moment == "before":
+        assert keys == ["dst", "src"] and s3_bytes(boto, bucket, "dst") == b"the old bytes of dst"
+    else:
+        assert keys == ["dst"] and s3_bytes(boto, bucket, "dst") == b"the new bytes"
+    assert sorted(os.listdir(m2.path)) == keys
+    assert multipart_uploads(boto, bucket) == []
+    assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_kill9_during_an_unlink_batch_of_500(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, moment
+):
+    for i in range(500):
+        boto.put_object(Bucket=bucket, Key="d/f%03d" % i, Body=b"%d" % i)
+    boto.put_object(Bucket=bucket, Key="keep", Body=b"kept")
+    cache = str(tmp_path / "cache")
+    with holding(s3server, is_delete) as proxy:
+        m = mount_factory(config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache).start()
+        names = sorted(os.listdir(os.path.join(m.path, "d")))
+        assert len(names) == 500
+        proxy.hold_uploads(answers=moment == "landed")
+        for name in names:
+            os.unlink(os.path.join(m.path, "d", name))
+        killed_while_held(proxy, m)
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    assert [k for k in s3_keys(boto, bucket) if not k.endswith("/")] == ["keep"]
+    d = os.path.join(m2.path, "d")
+    assert not os.path.isdir(d) or os.listdir(d) == []  # the directory, if shown, empty
+    assert "keep" in os.listdir(m2.path)
+    assert control.read_status(m2.path)["recovered"] == {"deletes sent": 500}
+    assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+@pytest.mark.parametrize("size", [0, 5])
+def test_kill9_during_a_truncate_of_a_file_in_s3(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, moment, size
+):
+    boto.put_object(Bucket=bucket, Key="f", Body=b"0123456789" * 100)
+    cache = str(tmp_path / "cache")
+    with holding(s3server, is_plain_put) as proxy:
+        m = mount_factory(config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache).start()
+        assert os.stat(os.path.join(m.path, "f")).st_size == 1000
+        proxy.hold_uploads(answers=moment == "landed")
+        cutter = in_background(os.truncate, os.path.join(m.path, "f"), size)
+        killed_while_held(proxy, m)
+        cutter.join(30)
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    assert s3_keys(boto, bucket) == ["f"]
+    assert s3_bytes(boto, bucket, "f") == b"0123456789"[:size]
+    with open(os.path.join(m2.path, "f"), "rb") as f:
+        assert f.read() == b"0123456789"[:size]
+    st = control.read_status(m2.path)
+    assert st["pending"] == []
+    assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_kill9_during_setfattr_on_a_file_being_written(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, moment
+):
+    boto.put_object(Bucket=bucket, Key="f", Body=b"old", Metadata={"colour": "red"})
+    cache = str(tmp_path / "cache")
+    with holding(s3server, lambda req: req.method == "PUT") as proxy:
+        m = mount_factory(config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache).start()
+        path = os.path.join(m.path, "f")
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        os.write(fd, b"new bytes being written")
+        proxy.hold_uploads(answers=moment == "landed")
+        setter = in_background(os.setxattr, path, "user.colour", b"blue")
+        setter.join(30)  # no request: the file is staged, dirty
+        fsyncer = in_background(os.fsync, fd)  # its upload, with the xattr, is held
+        killed_while_held(proxy, m)
+        fsyncer.join(30)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    assert s3_keys(boto, bucket) == ["f"]
+    assert s3_bytes(boto, bucket, "f") == b"new bytes being written"
+    assert boto.head_object(Bucket=bucket, Key="f")["Metadata"]["colour"] == "blue"
+    assert os.getxattr(os.path.join(m2.path, "f"), "user.colour") == b"blue"
+    assert multipart_uploads(boto, bucket) == []
+    assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("moment", ["part", "completion", "completion landed"])
+def test_kill9_during_a_writeback_upload_of_100mib(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, moment
+):
+    data = rand(100 * MiB + 3, 5)
+    cache = str(tmp_path / "cache")
+    held = is_plain_put if moment == "part" else is_completion
+    with holding(s3server, held) as proxy:
+        m = mount_factory("writeback", config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache).start()
+        proxy.hold_uploads(let_through=3 if moment == "part" else 0, answers=moment == "completion landed")
+        write_file(os.path.join(m.path, "big"), data)
+        killed_while_held(proxy, m)
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    assert s3_keys(boto, bucket) == ["big"]
+    assert s3_sha(boto, bucket, "big") == hashlib.sha256(data).hexdigest()
+    assert multipart_uploads(boto, bucket) == []
+    st = control.read_status(m2.path)
+    assert st["recovered"] == {
+        "part": {"files uploaded": 1}, "completion": {"files uploaded": 1},
+        "completion landed": {"files already in S3": 1},
+    }[moment]
+    assert st["pending"] == []
+    assert m2.stop() == 0
+

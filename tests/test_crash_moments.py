@@ -29,6 +29,7 @@ from test_reliability import (
     s3_sha,
     write_file,
 )
+from waiting import eventually
 
 from s3fs_mount import control
 
@@ -171,3 +172,36 @@ def test_kill9_during_a_writeback_upload_of_100mib(
     assert st["pending"] == []
     assert m2.stop() == 0
 
+
+
+@pytest.mark.parametrize("failed_first", [False, True])
+def test_kill9_during_a_rename_over_a_file_just_written_with_writeback(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, failed_first
+):
+    # An editor's save with -o writeback: dst written (its upload in the background), then
+    # src renamed over it; killed once the copy is made, before the old key's delete. The next
+    # mount finishes the rename: dst holds src's bytes; dst's replaced bytes come back nowhere.
+    boto.put_object(Bucket=bucket, Key="src", Body=b"the moved bytes")
+    boto.put_object(Bucket=bucket, Key="dst", Body=b"dst as it was")
+    cache = str(tmp_path / "cache")
+    with holding(s3server, is_delete) as proxy:
+        m = mount_factory("writeback,server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy),
+                          cache_dir=cache).start()
+        assert sorted(os.listdir(m.path)) == ["dst", "src"]
+        proxy.hold_uploads()
+        with open(os.path.join(m.path, "dst"), "wb") as f:
+            f.write(b"dst written again")
+            if failed_first:  # dst's upload fails (every attempt): dst is still staged, dirty
+                before = proxy.requests
+                proxy.fail_next(6)
+        if failed_first:
+            eventually(lambda: proxy.requests >= before + 6, 60, "dst's upload to fail")
+        mover = in_background(os.rename, os.path.join(m.path, "src"), os.path.join(m.path, "dst"))
+        killed_while_held(proxy, m)
+        mover.join(30)
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    assert s3_keys(boto, bucket) == ["dst"]
+    assert s3_bytes(boto, bucket, "dst") == b"the moved bytes"
+    assert sorted(os.listdir(m2.path)) == ["dst"]
+    assert control.read_status(m2.path)["pending"] == []
+    assert m2.stop() == 0

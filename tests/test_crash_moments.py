@@ -9,8 +9,10 @@ new, nothing lost, nothing back, no multipart upload left.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import threading
 
 import pytest
 from test_reliability import (
@@ -20,6 +22,7 @@ from test_reliability import (
     is_completion,
     is_copy,
     is_delete,
+    is_move,
     killed_while_held,
     multipart_uploads,
     proxy_yaml,
@@ -205,3 +208,51 @@ def test_kill9_during_a_rename_over_a_file_just_written_with_writeback(
     assert sorted(os.listdir(m2.path)) == ["dst"]
     assert control.read_status(m2.path)["pending"] == []
     assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("server_rename", ["on", "off"])
+def test_a_directory_rename_s3_fails_part_way_is_finished_at_the_next_mount(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, server_rename
+):
+    # S3 goes down while a directory's files are moved (or copied): rename fails (EIO) with
+    # some files at the new name. The rename stays recorded and the next mount finishes it,
+    # as after a kill -9: every file under the new name once. (It stayed half under each name
+    # for good: 38 and 12 files moved, or all 50 at the old name and 18 copies at the new.)
+    files = {"d/f%02d" % i: b"%d" % i for i in range(50)}
+    for key, data in files.items():
+        boto.put_object(Bucket=bucket, Key=key, Body=data)
+    cache = str(tmp_path / "cache")
+    with holding(s3server, is_move) as proxy:
+        m = mount_factory("server_rename=" + server_rename, config=proxy_yaml(tmp_path, s3config, proxy),
+                          cache_dir=cache).start()
+        assert len(os.listdir(os.path.join(m.path, "d"))) == 50
+        proxy.hold_uploads(let_through=10)
+        failed: list[OSError] = []
+        mover = threading.Thread(target=lambda: _call(os.rename, failed, os.path.join(m.path, "d"),
+                                                       os.path.join(m.path, "e")))
+        mover.start()
+        eventually(lambda: proxy.held >= 1, 20, "a move to be held")
+        proxy.mode = "fail"  # S3 down from now on
+        proxy.release()
+        mover.join(120)
+        assert [e.errno for e in failed] == [errno.EIO]
+        proxy.mode = "pass"
+        keys = [k for k in s3_keys(boto, bucket) if not k.endswith("/")]
+        assert any(k.startswith("e/") for k in keys)  # half done
+        m.stop()
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    moved = {"e/" + k[2:]: v for k, v in files.items()}
+    assert [k for k in s3_keys(boto, bucket) if not k.endswith("/")] == sorted(moved)
+    for key, data in moved.items():
+        assert s3_bytes(boto, bucket, key) == data, key
+    assert sorted(os.listdir(m2.path)) == ["e"]
+    assert control.read_status(m2.path)["recovered"] == {"renames finished": 1}
+    assert m2.stop() == 0
+
+
+def _call(call, failures: list[OSError], *args) -> None:
+    """``call(*args)``; an OSError it raises goes to ``failures``."""
+    try:
+        call(*args)
+    except OSError as exc:
+        failures.append(exc)

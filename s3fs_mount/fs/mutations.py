@@ -665,15 +665,22 @@ class Mutations:
             except S3Error as exc:
                 if not exc.not_found:
                     raise
-        except BaseException:
+        except BaseException as exc:
             self.namespace.forget_tree(old)  # some files moved (or were copied): both are asked again
             self.namespace.forget_tree(new)
-            self.renames.done(old_prefix)  # failed, not killed: the caller says so; nothing to finish
+            # Some files may be at the new name already (moved, or copied beside the old ones):
+            # the record stays, and the next mount finishes the rename, as after a kill; dropped,
+            # the directory stayed half under each name for good (S3 down part way).
+            log.error("rename %s to %s failed part way (%s): it is finished at the next mount",
+                      old, new, exc)
             raise
         failed = self.store.delete_keys(sorted({*left, *dirs}))
         if failed:
-            log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
-        self.renames.done(old_prefix)
+            # The record stays: the next mount deletes what is left of the old name.
+            log.error("rename %s: could not delete %d old keys, e.g. %s; they are deleted at the "
+                      "next mount", old, len(failed), failed[0])
+        else:
+            self.renames.done(old_prefix)
         for item in list(self.staging.under(old_prefix)):
             self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
         self.namespace.forget(old, gone=True)  # the parents' link counts follow

@@ -256,3 +256,34 @@ def _call(call, failures: list[OSError], *args) -> None:
         call(*args)
     except OSError as exc:
         failures.append(exc)
+
+
+@pytest.mark.parametrize("during", ["directory rename", "unlink batch"])
+def test_sigterm_during_a_directory_rename_or_an_unlink_batch_finishes_it_first(
+    mount_factory, s3server, s3config, boto, bucket, tmp_path, during
+):
+    # SIGTERM (systemd stopping the mount) while a directory's moves, or an unlink batch, are
+    # held: the mount exits 0 once they are done, and S3 holds the end state.
+    for i in range(50):
+        boto.put_object(Bucket=bucket, Key="d/f%02d" % i, Body=b"%d" % i)
+    with holding(s3server, is_move if during == "directory rename" else is_delete) as proxy:
+        m = mount_factory("server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy)).start()
+        names = sorted(os.listdir(os.path.join(m.path, "d")))
+        proxy.hold_uploads(let_through=10 if during == "directory rename" else 0)
+        if during == "directory rename":
+            worker = in_background(os.rename, os.path.join(m.path, "d"), os.path.join(m.path, "e"))
+        else:
+            for name in names:
+                os.unlink(os.path.join(m.path, "d", name))
+            worker = None
+        eventually(lambda: proxy.held >= 1, 20, "a request to be held")
+        m.proc.send_signal(15)
+        threading.Timer(2.0, proxy.release).start()
+        assert m.proc.wait(120) == 0
+        if worker is not None:
+            worker.join(30)
+    keys = [k for k in s3_keys(boto, bucket) if not k.endswith("/")]
+    if during == "directory rename":
+        assert keys == sorted("e/f%02d" % i for i in range(50))
+    else:
+        assert keys == []

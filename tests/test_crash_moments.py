@@ -15,7 +15,9 @@ import os
 import threading
 
 import pytest
+import s3rig
 from test_reliability import (
+    HoldingProxy,
     MiB,
     holding,
     in_background,
@@ -287,3 +289,51 @@ def test_sigterm_during_a_directory_rename_or_an_unlink_batch_finishes_it_first(
         assert keys == sorted("e/f%02d" % i for i in range(50))
     else:
         assert keys == []
+
+
+def test_s3_server_killed_and_restarted_during_a_writeback_upload_of_100mib(mount_factory, bucket, tmp_path):
+    # The server process killed while a -o writeback upload of 100 MiB is under way, then
+    # started again on its data: the file is in S3 whole by the unmount, and no multipart
+    # upload is left (the one the outage broke is aborted once S3 answers again).
+    from s3fs_mount.localserver import LocalS3Server
+
+    data_dir = tmp_path / "weed"
+    server = s3rig.start_local_server(data_dir)
+    keys = (server.access_key, server.secret_key)
+    client = s3rig.make_boto_client(server.endpoint, *keys)
+    client.create_bucket(Bucket=bucket)
+    host, port = server.endpoint.rsplit(":", 1)
+    restarted = None
+    data = rand(100 * MiB + 11, 44)
+    try:
+        with holding_server(host, int(port)) as proxy:
+            cfg = s3rig.write_s3yaml(tmp_path / "s3.yaml", {
+                "access_key_id": keys[0], "secret_access_key": keys[1], "default_bucket": bucket,
+                "endpoint": proxy.endpoint, "tls": False, "timeout": 5,
+            })
+            m = mount_factory("writeback", config=str(cfg)).start()
+            proxy.hold_uploads(let_through=4)  # some parts land, the next wait
+            write_file(os.path.join(m.path, "big"), data)
+            eventually(lambda: proxy.held >= 1, 30, "a part to be held")
+            server.stop(kill=True)
+            tried = proxy.forwarded
+            proxy.release()  # the held parts meet a dead server
+            eventually(lambda: proxy.forwarded >= tried + 3, 30, "parts to meet the dead server")
+            restarted = LocalS3Server(str(data_dir), access_key=keys[0], secret_key=keys[1])
+            restarted.start(lambda: s3rig.boto_ready(restarted)())
+            new_host, new_port = restarted.endpoint.rsplit(":", 1)
+            proxy.upstream = (new_host, int(new_port))
+            assert m.stop() == 0  # unmount uploads whatever is still staged
+            client = s3rig.make_boto_client(restarted.endpoint, *keys)
+            assert s3_sha(client, bucket, "big") == hashlib.sha256(data).hexdigest()
+            assert multipart_uploads(client, bucket) == []
+    finally:
+        server.stop(kill=True)
+        if restarted is not None:
+            restarted.stop(kill=True)
+
+
+@contextlib.contextmanager
+def holding_server(host: str, port: int):
+    with HoldingProxy(host, port) as proxy:
+        yield proxy

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import threading
@@ -19,6 +20,7 @@ import s3rig
 from test_reliability import (
     HoldingProxy,
     MiB,
+    fill_disk,
     holding,
     in_background,
     is_completion,
@@ -32,6 +34,7 @@ from test_reliability import (
     s3_bytes,
     s3_keys,
     s3_sha,
+    small_tmpfs,
     write_file,
 )
 from waiting import eventually
@@ -337,3 +340,58 @@ def test_s3_server_killed_and_restarted_during_a_writeback_upload_of_100mib(moun
 def holding_server(host: str, port: int):
     with HoldingProxy(host, port) as proxy:
         yield proxy
+
+
+def test_on_a_full_cache_disk_each_change_is_made_or_refused_whole_and_a_kill9_keeps_it(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path
+):
+    # The cache disk full (another program): unlink, rename (a copy, then a delete: recorded
+    # first), a directory's rename and setfattr each succeed or fail with ENOSPC, and the mount
+    # shows what S3 holds: a refused unlink left the file hidden while S3 kept it (back at the
+    # next mount). Then kill -9 and a mount with room: the same, nothing lost, nothing back.
+    files = {key: b"bytes of " + key.encode() for key in ("a", "b", "c", "d/x", "d/y", "g1", "g2")}
+    for key, data in files.items():
+        boto.put_object(Bucket=bucket, Key=key, Body=data)
+    model = dict(files)
+
+    def moved(old: str, new: str) -> None:
+        for key in [k for k in model if k == old or k.startswith(old + "/")]:
+            model[new + key[len(old):]] = model.pop(key)
+
+    def shown(root: str, under: str = "") -> list[str]:
+        out = []
+        for name in os.listdir(os.path.join(root, under)):
+            rel = os.path.join(under, name)
+            out += shown(root, rel) if os.path.isdir(os.path.join(root, rel)) else [rel]
+        return sorted(out)
+
+    disk = tmp_path / "disk"
+    with small_tmpfs(disk, "8m"):
+        cache = str(disk / "cache")
+        m = mount_factory("server_rename=off", cache_dir=cache).start()
+        assert shown(m.path) == sorted(files)
+        fill_disk(disk / "filler")
+        p = functools.partial(os.path.join, m.path)
+        for call, change in [
+            (lambda: os.unlink(p("g1")), lambda: model.pop("g1")),
+            (lambda: os.rename(p("a"), p("a2")), lambda: moved("a", "a2")),
+            (lambda: os.rename(p("b"), p("c")), lambda: moved("b", "c")),
+            (lambda: os.rename(p("d"), p("e")), lambda: moved("d", "e")),
+            (lambda: os.setxattr(p("g2"), "user.k", b"v"), lambda: None),
+            (lambda: os.unlink(p("g2")), lambda: model.pop("g2")),
+        ]:
+            try:
+                call()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+            else:
+                change()
+            assert shown(m.path) == sorted(model)
+        m.kill()
+        os.unlink(disk / "filler")
+        m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+        assert s3_keys(boto, bucket) == sorted(model)
+        for key, data in model.items():
+            assert s3_bytes(boto, bucket, key) == data, key
+        assert shown(m2.path) == sorted(model)
+        assert m2.stop() == 0

@@ -1503,6 +1503,26 @@ def test_a_rename_over_a_file_not_yet_uploaded_killed_before_its_delete_brings_n
     assert again.status()["recovered"] == {"files replaced by a rename, dropped": 1, "renames finished": 1}
 
 
+def test_an_unlink_whose_delete_cannot_be_recorded_fails_and_leaves_the_file_shown(tmp_path, monkeypatch):
+    # The cache disk full, the delete's record cannot be written: unlink fails with ENOSPC and
+    # the file is still there, shown and readable (it stayed hidden while S3 kept it).
+    store = FakeStore()
+    store.put("f", b"kept")
+    ops = make_ops(tmp_path, store)
+    assert names(ops) == ["f"]
+
+    def disk_full(key, etag=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ops.changes.deletes, "add", disk_full)
+    with pytest.raises(FuseOSError) as info:
+        ops.unlink("/f")
+    assert info.value.errno == errno.ENOSPC
+    assert ops.getattr("/f")["st_size"] == 4
+    assert names(ops) == ["f"]
+    assert "f" in store.objects
+
+
 def test_a_file_changed_in_s3_while_staged_by_a_killed_mount_goes_to_one_conflict_name(tmp_path):
     # Killed with f staged, not uploaded; another client changed f meanwhile: the next mount
     # keeps theirs at f and uploads ours to f.conflict-T (it went to f.conflict-T.conflict-T: its

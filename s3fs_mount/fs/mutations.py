@@ -500,7 +500,13 @@ class Mutations:
         # Hidden before its delete is queued: the batcher may send it, and S3 answer
         # (namespace.deleted), before add() returns.
         self.namespace.deleting(path)
-        self.deletes.add(key, etag)
+        try:
+            self.deletes.add(key, etag)
+        except BaseException:
+            # Not queued (its record could not be written: a full cache disk): the file stays,
+            # and shows again (it stayed hidden while S3 kept it, and came back at the next mount).
+            self.namespace.deleted(path, kept=True)
+            raise
         self.staging.forget(key)
         self.namespace.entry_changed(KeyMap.split(path)[0])
 

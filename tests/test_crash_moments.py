@@ -369,29 +369,35 @@ def test_on_a_full_cache_disk_each_change_is_made_or_refused_whole_and_a_kill9_k
     with small_tmpfs(disk, "8m"):
         cache = str(disk / "cache")
         m = mount_factory("server_rename=off", cache_dir=cache).start()
-        assert shown(m.path) == sorted(files)
-        fill_disk(disk / "filler")
-        p = functools.partial(os.path.join, m.path)
-        for call, change in [
-            (lambda: os.unlink(p("g1")), lambda: model.pop("g1")),
-            (lambda: os.rename(p("a"), p("a2")), lambda: moved("a", "a2")),
-            (lambda: os.rename(p("b"), p("c")), lambda: moved("b", "c")),
-            (lambda: os.rename(p("d"), p("e")), lambda: moved("d", "e")),
-            (lambda: os.setxattr(p("g2"), "user.k", b"v"), lambda: None),
-            (lambda: os.unlink(p("g2")), lambda: model.pop("g2")),
-        ]:
-            try:
-                call()
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC, exc
-            else:
-                change()
-            assert shown(m.path) == sorted(model)
-        m.kill()
-        os.unlink(disk / "filler")
-        m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
-        assert s3_keys(boto, bucket) == sorted(model)
-        for key, data in model.items():
-            assert s3_bytes(boto, bucket, key) == data, key
-        assert shown(m2.path) == sorted(model)
-        assert m2.stop() == 0
+        m2 = None
+        try:
+            assert shown(m.path) == sorted(files)
+            fill_disk(disk / "filler")
+            p = functools.partial(os.path.join, m.path)
+            for call, change in [
+                (lambda: os.unlink(p("g1")), lambda: model.pop("g1")),
+                (lambda: os.rename(p("a"), p("a2")), lambda: moved("a", "a2")),
+                (lambda: os.rename(p("b"), p("c")), lambda: moved("b", "c")),
+                (lambda: os.rename(p("d"), p("e")), lambda: moved("d", "e")),
+                (lambda: os.setxattr(p("g2"), "user.k", b"v"), lambda: None),
+                (lambda: os.unlink(p("g2")), lambda: model.pop("g2")),
+            ]:
+                try:
+                    call()
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                else:
+                    change()
+                assert shown(m.path) == sorted(model)
+            m.kill()
+            os.unlink(disk / "filler")
+            m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+            assert s3_keys(boto, bucket) == sorted(model)
+            for key, data in model.items():
+                assert s3_bytes(boto, bucket, key) == data, key
+            assert shown(m2.path) == sorted(model)
+            assert m2.stop() == 0
+        finally:  # the tmpfs can go only once no mount uses it
+            m.kill()
+            if m2 is not None:
+                m2.kill()

@@ -17,9 +17,11 @@ import logging
 import mimetypes
 import stat
 from collections.abc import Callable
+from typing import Any
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.deletes import DeleteQueue
 from s3fs_mount.fs.errors import Conflict, FsError, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
@@ -92,6 +94,8 @@ class Mutations:
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
         #: Renames under way, recorded so that the next mount finishes them (fs/renames.py).
         self.renames = PendingRenames(staging.root)
+        #: Other copies in parts under way, recorded so that the next mount aborts them (fs/copies.py).
+        self.copies = PendingCopies(staging.root)
         #: What :meth:`recover` found a previous run left, and did (what -> how many), for
         #: ``s3fs-mount status``. Written before the mount serves; read after.
         self.recovered: dict[str, int] = {}
@@ -153,6 +157,7 @@ class Mutations:
     def close(self) -> list[str]:
         """At unmount: send the pending deletes; returns the keys left for the next mount."""
         self.renames.close()
+        self.copies.close()
         return self.deletes.close()
 
     # -- uploads ---------------------------------------------------------------------------
@@ -216,6 +221,7 @@ class Mutations:
         self.note_recovered("changed on disk, kept, not uploaded", len(self.staging.damaged))
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id)
+        self.note_recovered("copies in parts aborted", self.copies.recover(self.store.abort_multipart))
         renames = self.renames.recover()
         recovered = self._drop_replaced_by_renames(recovered, renames)
         for item in recovered:
@@ -667,7 +673,7 @@ class Mutations:
                 self._copy_keys(files, old_prefix, new_prefix)
             try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
                 info = self.store.head(folder)
-                self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
+                self._copy(folder, self.keymap.folder_key(new), source_info=info)
             except S3Error as exc:
                 if not exc.not_found:
                     raise
@@ -702,13 +708,20 @@ class Mutations:
             for e in entries
         )
 
+    def _copy(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
+        """``store.copy_object``, a copy in parts recorded while under way (fs/copies.py)."""
+        return self.copies.run(
+            destination,
+            lambda on_parts: self.store.copy_object(source, destination, *args, on_parts=on_parts, **kwargs),
+        )
+
     def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
         if source.endswith("/"):
             info = self.store.head(source)
             self.store.put(destination, b"", {**info.headers, **info.metadata})
         else:
-            self.store.copy_object(source, destination, size=size)  # the listing's size: no HEAD
+            self._copy(source, destination, size=size)  # the listing's size: no HEAD
 
     def symlink(self, target: str, source: str, mode: int, uid: int, gid: int) -> None:
         """Make ``target`` a link to ``source``: an object whose body is ``source``."""
@@ -771,7 +784,7 @@ class Mutations:
         A.check_metadata_size({**A.posix_metadata_of(current), **new})
         info = ObjectInfo(key, current.size, current.etag, current.mtime, current.metadata, current.headers)
         try:
-            etag = self.store.copy_object(
+            etag = self._copy(
                 key, key, new, replace_metadata=True, if_match=current.etag or None, source_info=info
             )
         except S3Error as exc:

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import random
+import re
 import stat
 import threading
 import time
@@ -1468,6 +1469,80 @@ def test_a_renames_delete_s3_refused_is_sent_by_the_next_mount(tmp_path, monkeyp
     }
     again.destroy("/")
     assert not os.path.exists(os.path.join(again.staging.root, "renames.journal"))
+
+
+def test_a_rename_over_a_file_not_yet_uploaded_killed_before_its_delete_brings_nothing_back(
+    tmp_path, monkeypatch
+):
+    # mv src dst while dst's new bytes are staged, not yet in S3 (-o writeback, an editor's
+    # save): dst's bytes are replaced, as on a local disk. Killed between the copy and the
+    # delete, the next mount finishes the rename; dst's staged bytes, replaced, go nowhere
+    # (they went to a conflict copy beside it: a file the rename had removed came back).
+    store = FakeStore(renames=True)
+    store.put("src", b"moved bytes")
+    store.put("dst", b"dst as it was")
+    ops = make_ops(tmp_path, store, server_rename=False, writeback=True)
+    assert ops.getattr("/src")["st_size"] == 11
+    fh = ops.open("/dst", os.O_RDWR)
+    ops.write("/dst", b"dst written, not uploaded", 0, fh)
+
+    def refused(name):  # as a kill -9 right before the delete: the copy is made, the delete not
+        raise S3Error(503, "SlowDown")
+
+    monkeypatch.setattr(store, "remove", refused)
+    with pytest.raises(FuseOSError):
+        ops.rename("/src", "/dst")
+    ops.changes.close()  # killed: the staging cache is left as it is
+    ops.staging.close()
+    monkeypatch.undo()
+    again = make_ops(tmp_path, store, server_rename=False)
+    again.recover()
+    assert sorted(store.objects) == ["dst"]
+    assert store.objects["dst"].data == b"moved bytes"
+    assert again.staging.pending() == []
+    assert again.status()["recovered"] == {"files replaced by a rename, dropped": 1, "renames finished": 1}
+
+
+def test_an_unlink_whose_delete_cannot_be_recorded_fails_and_leaves_the_file_shown(tmp_path, monkeypatch):
+    # The cache disk full, the delete's record cannot be written: unlink fails with ENOSPC and
+    # the file is still there, shown and readable (it stayed hidden while S3 kept it).
+    store = FakeStore()
+    store.put("f", b"kept")
+    ops = make_ops(tmp_path, store)
+    assert names(ops) == ["f"]
+
+    def disk_full(key, etag=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ops.changes.deletes, "add", disk_full)
+    with pytest.raises(FuseOSError) as info:
+        ops.unlink("/f")
+    assert info.value.errno == errno.ENOSPC
+    assert ops.getattr("/f")["st_size"] == 4
+    assert names(ops) == ["f"]
+    assert "f" in store.objects
+
+
+def test_a_file_changed_in_s3_while_staged_by_a_killed_mount_goes_to_one_conflict_name(tmp_path):
+    # Killed with f staged, not uploaded; another client changed f meanwhile: the next mount
+    # keeps theirs at f and uploads ours to f.conflict-T (it went to f.conflict-T.conflict-T: its
+    # upload there was conditional on f's old version, refused, and set aside once more).
+    store = FakeStore()
+    store.put("f", b"v1")
+    ops = make_ops(tmp_path, store, writeback=True)
+    assert ops.getattr("/f")["st_size"] == 2
+    fh = ops.open("/f", os.O_RDWR)
+    ops.write("/f", b"ours", 0, fh)
+    ops.changes.close()  # killed: the staging cache is left as it is
+    ops.staging.close()
+    store.put("f", b"theirs")
+    again = make_ops(tmp_path, store)
+    again.recover()
+    aside = [k for k in store.objects if k != "f"]
+    assert len(aside) == 1 and re.fullmatch(r"f\.conflict-[0-9T]+", aside[0]), aside
+    assert store.objects[aside[0]].data == b"ours" and store.objects["f"].data == b"theirs"
+    assert again.status()["recovered"] == {"files uploaded beside a conflicting version": 1}
+    assert again.staging.pending() == []
 
 
 def test_a_directory_rename_moves_its_files_by_rename_object_and_deletes_only_its_markers(tmp_path):

@@ -5,14 +5,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sqlite3
 
 import pytest
 from fakestore import FakeStore
 from test_fs_unit import make_ops, write_file
 
+from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs import journal as journal_module
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
 from s3fs_mount.fs.known import FILE_NAME as KNOWN_TABLE
+from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.staging import StagedRecord
@@ -303,3 +306,27 @@ def test_a_record_written_before_the_prefix_moved_into_the_bucket_view_recovers(
     assert store.objects["top/old"].data == b"left by 1.x"
     assert "other/x" not in store.objects
     assert set(StagingJournal.read(os.path.join(root, JOURNAL_NAME))) == {"xyz"}
+
+
+class _FullDisk:
+    """An SQLite connection whose every statement fails, as on a full disk."""
+
+    def execute(self, *args):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def close(self) -> None:
+        pass
+
+
+def test_known_versions_given_up_on_a_full_disk_answer_nothing_and_raise_nothing(tmp_path):
+    # A lookup first writes what is recorded; that write failing (the cache disk full) gives
+    # the table up, and the lookup goes on with nothing found (it asserted: readdir was EIO).
+    known = KnownVersions(str(tmp_path), A.Defaults(uid=0, gid=0, umask=0o022))
+    known.drop("/a")  # nothing kept yet: nothing queued
+    known._db = _FullDisk()  # type: ignore[assignment]
+    known._any = True
+    known.drop("/a")
+    assert known.find(["/a", "/b"]) == {}
+    known.drop("/c")
+    known.flush()
+    known.close()

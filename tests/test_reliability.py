@@ -129,34 +129,75 @@ class HoldingProxy(FaultProxy):
         self.holds = holds or self.is_upload
         self._holding = False
         self._let_through = 0
+        self._answers = False  # hold_uploads(answers=True): forwarded, their answers held
+        self._losing = 0  # lose_answers: answers still to cut
+        self.lost = 0  # answers cut so far
         self.held = 0
 
-    def hold_uploads(self, let_through: int = 0) -> None:
-        """Hold every upload request from now on, except the next ``let_through``."""
+    def hold_uploads(self, let_through: int = 0, answers: bool = False) -> None:
+        """Hold every upload request from now on, except the next ``let_through``. With
+        ``answers`` they are forwarded (they land in S3) and their answers are held instead:
+        never sent, the connection dropped once released or closed."""
         with self._lock:
             self._let_through = let_through
+            self._answers = answers
             self._holding = True
 
     def release(self) -> None:
         self._holding = False
+
+    def lose_answers(self, n: int = 1) -> None:
+        """The next ``n`` requests ``holds`` names are forwarded (they land in S3), and the
+        connection is cut in the middle of their answer (a reset after half its bytes)."""
+        with self._lock:
+            self._losing = n
 
     @staticmethod
     def is_upload(req) -> bool:
         return req.method == "PUT" or (req.method == "POST" and "uploadId=" in req.target)
 
     def _forward(self, req, start, lines, conn) -> bool:
+        if self.holds(req) and self._losing > 0:
+            with self._lock:
+                lose = self._losing > 0
+                self._losing -= 1
+            if lose:
+                answer = _Swallowed()
+                super()._forward(req, start, lines, answer)
+                conn.sendall(bytes(answer.data[: len(answer.data) // 2]))
+                self._abort(conn)
+                with self._lock:
+                    self.lost += 1
+                return False
         if self.holds(req):
             with self._lock:
                 hold = self._holding and self._let_through <= 0
                 if self._holding and not hold:
                     self._let_through -= 1
-                if hold:
+            if hold and self._answers:
+                super()._forward(req, start, lines, _Swallowed())
+                with self._lock:
                     self.held += 1
+                while self._holding and not self._stop.wait(0.05):
+                    pass
+                return False  # the client learns nothing: its connection is dropped
             if hold:
+                with self._lock:
+                    self.held += 1
                 while self._holding:
                     if self._stop.wait(0.05):
                         return False
         return super()._forward(req, start, lines, conn)
+
+
+class _Swallowed:
+    """Where HoldingProxy sends an answer it holds or cuts: kept here."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
 
 
 @pytest.fixture
@@ -1190,6 +1231,103 @@ def test_kill9_between_a_renames_copy_and_its_delete_leaves_one_file(
         st, m2.path
     )
     assert m2.stop() == 0
+
+
+def is_completion(req) -> bool:
+    """A CompleteMultipartUpload."""
+    return req.method == "POST" and "uploadId=" in req.target
+
+
+def is_part_copy(req) -> bool:
+    """An UploadPartCopy."""
+    return is_copy(req) and "partNumber=" in req.target
+
+
+@pytest.mark.parametrize("killed_at", ["part copy", "completion landed"])
+def test_kill9_during_a_renames_copy_in_parts_leaves_one_file_and_no_upload(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, killed_at
+):
+    # A file over 5 GiB is copied in parts (UploadPartCopy, then a completion); the test copies
+    # one of 12 MiB so (S3FS_MOUNT_TEST_MAX_SINGLE_COPY). Killed while a part is copied, the
+    # next mount aborts the upload and the file stays at its old name. Killed once the
+    # completion has landed in S3 but before its answer came (the copy's ETag, a composite,
+    # is not the version's), the next mount recognises the copy and deletes the old key: the
+    # file under its new name only, its bytes whole, no multipart upload left.
+    data = rand(12 * MiB + 5, 81)
+    boto.put_object(Bucket=bucket, Key="old", Body=data)
+    cache = str(tmp_path / "cache")
+    held = is_part_copy if killed_at == "part copy" else is_completion
+    with holding(s3server, held) as proxy:
+        m = mount_factory(
+            "server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache,
+            env={"S3FS_MOUNT_TEST_MAX_SINGLE_COPY": str(8 * MiB)},
+        ).start()
+        proxy.hold_uploads(answers=killed_at == "completion landed")
+        mover = in_background(os.rename, os.path.join(m.path, "old"), os.path.join(m.path, "new"))
+        killed_while_held(proxy, m)
+        mover.join(30)
+    if killed_at == "completion landed":
+        assert s3_keys(boto, bucket) == ["new", "old"]  # the crash left both
+        assert boto.head_object(Bucket=bucket, Key="new")["ETag"].strip('"').endswith("-2")
+    else:
+        assert s3_keys(boto, bucket) == ["old"]
+        assert len(multipart_uploads(boto, bucket)) == 1  # the crash left the copy's upload
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    kept = "new" if killed_at == "completion landed" else "old"
+    assert s3_keys(boto, bucket) == [kept]
+    assert s3_sha(boto, bucket, kept) == hashlib.sha256(data).hexdigest()
+    assert sorted(os.listdir(m2.path)) == [kept]
+    assert multipart_uploads(boto, bucket) == []
+    expected = "renames finished" if kept == "new" else "renames not made (killed before the copy)"
+    assert control.read_status(m2.path)["recovered"] == {expected: 1}
+    assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_a_completion_whose_answer_is_cut_fails_nothing_and_uploads_once(
+    mount_factory, s3server, s3config, boto, bucket, tmp_path, options
+):
+    # The connection cut in the middle of a CompleteMultipartUpload's answer: the completion
+    # may have landed (here it did). The retry must not fail the file (close, fsync), nor put
+    # it twice, nor leave a conflict copy or an upload behind.
+    data = rand(20 * MiB + 7, 90)
+    with holding(s3server, is_completion) as proxy:
+        m = mount_factory(options, config=proxy_yaml(tmp_path, s3config, proxy)).start()
+        proxy.lose_answers(1)
+        with open(os.path.join(m.path, "big"), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        assert proxy.lost == 1
+        assert s3_keys(boto, bucket) == ["big"]
+        assert s3_sha(boto, bucket, "big") == hashlib.sha256(data).hexdigest()
+        assert multipart_uploads(boto, bucket) == []
+        st = control.read_status(m.path)
+        assert st["pending"] == [], st
+        assert m.stop() == 0
+    assert s3_keys(boto, bucket) == ["big"]
+
+
+def test_a_renames_copy_in_parts_whose_completion_answer_is_cut_moves_the_file_once(
+    mount_factory, s3server, s3config, boto, bucket, tmp_path
+):
+    # As above for a rename's copy in parts (over 5 GiB; lowered here): the rename succeeds,
+    # the file is at its new name only, no upload left.
+    data = rand(12 * MiB + 5, 91)
+    boto.put_object(Bucket=bucket, Key="old", Body=data)
+    with holding(s3server, is_completion) as proxy:
+        m = mount_factory(
+            "server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy),
+            env={"S3FS_MOUNT_TEST_MAX_SINGLE_COPY": str(8 * MiB)},
+        ).start()
+        proxy.lose_answers(1)
+        os.rename(os.path.join(m.path, "old"), os.path.join(m.path, "new"))
+        assert proxy.lost == 1
+        assert s3_keys(boto, bucket) == ["new"]
+        assert s3_sha(boto, bucket, "new") == hashlib.sha256(data).hexdigest()
+        assert multipart_uploads(boto, bucket) == []
+        assert sorted(os.listdir(m.path)) == ["new"]
+        assert m.stop() == 0
 
 
 @pytest.mark.parametrize("killed_at", ["first move", "sixth move", "deletes"])

@@ -22,6 +22,7 @@ import pytest
 import s3rig
 from fakestore import FakeStore
 
+from s3fs_mount.s3 import store as store_module
 from s3fs_mount.s3.bucket import Bucket, ObjectStore
 from s3fs_mount.s3.checksums import composite
 from s3fs_mount.s3.connection import S3Connection
@@ -224,6 +225,37 @@ def test_copy_keeps_or_replaces_metadata(subject):
     with pytest.raises(S3Error) as gone:
         b.copy_object("missing", "other", size=1)
     assert gone.value.not_found
+
+
+def test_a_copy_in_parts_is_conditional_and_tells_its_upload_and_etag_before_completing(
+    subject, monkeypatch
+):
+    # Over 5 GiB a copy goes in parts (lowered here to 5 MiB): each part only from the version
+    # if_match names, and on_parts tells the upload (to abort after a crash) and the ETag the
+    # completion makes (to recognise it after a crash), before the completion.
+    if isinstance(subject.store, FakeStore):
+        pytest.skip("the fake copies whole whatever the size")
+    monkeypatch.setattr(store_module, "MAX_SINGLE_COPY", 5 * MiB)
+    monkeypatch.setattr(store_module, "COPY_PART", 5 * MiB)
+    subject.store.configure_checksums(subject.name)  # as a mount does: SeaweedFS then gives MD5 ETags
+    b = subject.view
+    data = os.urandom(11 * MiB + 3)
+    etag = b.put("src", data, {"x-amz-meta-a": "1"})
+    told: list[tuple[str, bool, str]] = []
+    new = b.copy_object("src", "dst", on_parts=lambda mpu, copied: told.append(
+        (mpu.upload_id, copied, mpu.expected_etag() if copied else "")), if_match=etag)
+    assert [c for _, c, _ in told] == [False, True] and told[0][0] == told[1][0]
+    assert new == b.head("dst").etag == told[1][2] and new.endswith("-3")
+    assert hashlib.md5(b.get_range("dst", 0, len(data) + 1)).digest() == hashlib.md5(data).digest()
+    assert b.head("dst").metadata == {"x-amz-meta-a": "1"}
+    if "copy ignores if-match" not in subject.quirks:
+        with pytest.raises(S3Error) as changed:
+            b.copy_object("src", "other", if_match="0" * 32)
+        assert changed.value.precondition_failed
+        with pytest.raises(S3Error) as missing:
+            b.head("other")
+        assert missing.value.not_found
+    assert subject.store.list_multipart_uploads(bucket=subject.name) == []  # the refused one aborted
 
 
 def test_rename_object_as_the_probe_says(subject):

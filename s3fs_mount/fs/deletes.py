@@ -107,6 +107,10 @@ class DeleteQueue:
 
     # -- what the filesystem calls -----------------------------------------------------
 
+    def owed_by_previous_run(self) -> int:
+        """How many deletes a previous run recorded and did not finish (:meth:`recover` sends them)."""
+        return len(self._left)
+
     def recover(self) -> list[str]:
         """Send the deletes a previous run recorded and did not finish; returns the keys that
         could not be sent yet: they stay pending (and recorded), retried in the background."""

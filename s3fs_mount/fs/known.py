@@ -193,8 +193,10 @@ class KnownVersions:
         self._run_locked(write)
 
     def _run_locked(self, job):  # type: ignore[no-untyped-def]
-        """Run ``job(db)``; on an SQLite error, log it and stop using the table."""
-        assert self._db is not None
+        """Run ``job(db)``; on an SQLite error, log it and stop using the table. None once it is
+        not used (a write that failed a moment before, e.g. on a full disk, closed it)."""
+        if self._db is None:
+            return None
         try:
             return job(self._db)
         except sqlite3.Error as exc:

@@ -17,9 +17,11 @@ import logging
 import mimetypes
 import stat
 from collections.abc import Callable
+from typing import Any
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.deletes import DeleteQueue
 from s3fs_mount.fs.errors import Conflict, FsError, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
@@ -29,8 +31,8 @@ from s3fs_mount.fs.renames import PendingRenames
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
-from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.store import ObjectInfo
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error
+from s3fs_mount.s3.store import MultipartUpload, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class Mutations:
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
         #: Renames under way, recorded so that the next mount finishes them (fs/renames.py).
         self.renames = PendingRenames(staging.root)
+        #: Other copies in parts under way, recorded so that the next mount aborts them (fs/copies.py).
+        self.copies = PendingCopies(staging.root)
         #: What :meth:`recover` found a previous run left, and did (what -> how many), for
         #: ``s3fs-mount status``. Written before the mount serves; read after.
         self.recovered: dict[str, int] = {}
@@ -156,6 +160,7 @@ class Mutations:
     def close(self) -> list[str]:
         """At unmount: send the pending deletes; returns the keys left for the next mount."""
         self.renames.close()
+        self.copies.close()
         return self.deletes.close()
 
     # -- uploads ---------------------------------------------------------------------------
@@ -209,14 +214,19 @@ class Mutations:
 
         The deletes first: a key written again after its unlink had its delete sent before.
         """
+        owed = self.deletes.owed_by_previous_run()
         deletes = self.deletes.recover()
         for key in deletes:  # not sent yet: hidden until it is
             self.namespace.deleting(self.keymap.path(key))
-        self.note_recovered("deletes sent", len(deletes))
+        self.note_recovered("deletes sent", owed - len(deletes))
+        self.note_recovered("deletes not sent yet (retried)", len(deletes))
         recovered = self.staging.recover()
         self.note_recovered("changed on disk, kept, not uploaded", len(self.staging.damaged))
         for key, upload_id in self.staging.orphan_uploads:
             self.store.abort_multipart(key, upload_id)
+        self.note_recovered("copies in parts aborted", self.copies.recover(self.store.abort_multipart))
+        renames = self.renames.recover()
+        recovered = self._drop_replaced_by_renames(recovered, renames)
         for item in recovered:
             # Bytes the cache released are in the parts of the upload the record names: go on with it.
             resumed = self.uploader.resume(item)
@@ -245,21 +255,27 @@ class Mutations:
                 # said so: ours, not another client's; the file goes on from it.
                 item.landed(current.etag, current.metadata)
                 log.info("recovered %s: an earlier upload of it is in S3; the rest goes up", item.key)
-            if current is not None and item.etag and current.etag != item.etag:
+            aside = current is not None and bool(item.etag) and current.etag != item.etag
+            if aside:
                 conflict = conflict_name(item.key, self.store.key_room())
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
                 self.staging.rekey(item.key, conflict)
+                # A new name: nothing there to replace (conditional on the old version, its upload
+                # was refused and went to a second conflict name, KEY.conflict-T.conflict-T).
+                item.stored_as("")
             try:
                 self.uploader.flush(item)
                 log.info("recovered and uploaded %s", item.key)
-                self.note_recovered("files uploaded")
+                self.note_recovered(
+                    "files uploaded beside a conflicting version" if aside else "files uploaded"
+                )
             except Conflict as exc:
                 log.warning("recovered %s: %s", item.key, exc)
                 self.note_recovered("files uploaded beside a conflicting version")
             except Exception as exc:
                 log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
                 self.note_recovered("files kept staged (upload failed)")
-        self._recover_renames()  # after the uploads: a directory's files are in S3 to be moved
+        self._recover_renames(renames)  # after the uploads: a directory's files are in S3 to be moved
         return [i.key for i in self.staging.pending()]
 
     def note_recovered(self, what: str, n: int = 1) -> None:
@@ -267,9 +283,32 @@ class Mutations:
         if n:
             self.recovered[what] = self.recovered.get(what, 0) + n
 
-    def _recover_renames(self) -> None:
-        """Finish the renames a killed run left half done (fs/renames.py)."""
-        for old, state in sorted(self.renames.recover().items()):
+    def _drop_replaced_by_renames(
+        self, recovered: list[StagedFile], renames: dict[str, dict[str, str]]
+    ) -> list[StagedFile]:
+        """Of the staged files a killed run left, those a file's rename replaced (killed after
+        its copy landed on their name, before the old key's delete): dropped, their uploads
+        aborted, as the rename had done. Uploaded, they went to a conflict copy beside the moved
+        file (S3 has another version there): a file the rename removed came back. The rest."""
+        replaced: set[str] = set()
+        for old, state in renames.items():
+            item = self.staging.get(state["new"]) if not old.endswith("/") else None
+            if item is None or item not in recovered:
+                continue
+            if self.store.current_etag(state["new"]) in (state["etag"], state.get("copied")):
+                for upload_id in item.pending_uploads():
+                    self.uploader.abort_upload(item, upload_id)
+                self.staging.forget(item.key)
+                replaced.add(item.key)
+                log.warning("recovery: %s was replaced by the rename of %s to it (killed before "
+                            "its end): its staged copy is dropped", item.key, old)
+                self.note_recovered("files replaced by a rename, dropped")
+        return [i for i in recovered if i.key not in replaced]
+
+    def _recover_renames(self, renames: dict[str, dict[str, str]]) -> None:
+        """Finish the renames a killed run left half done (fs/renames.py): ``renames``, as
+        :meth:`PendingRenames.recover` gave them."""
+        for old, state in sorted(renames.items()):
             try:
                 if old.endswith("/"):
                     self._finish_dir_rename(old, state["new"], state.get("dirs", []))
@@ -284,21 +323,34 @@ class Mutations:
 
     def _finish_file_rename(self, old_key: str, state: dict[str, str]) -> str:
         """A file's copy, then delete, killed in between: its delete is sent if the copy is in S3
-        (the new key has the copy's ETag, or the version's), and the old key still the version moved.
-        Returns what was done, as :attr:`recovered` counts it."""
+        (the new key has the copy's ETag, or the version's; a copy in parts' ETag is recorded
+        before its completion), and only if the old key is still the version moved (a
+        conditional delete). A copy in parts not completed is aborted. Returns what was done,
+        as :attr:`recovered` counts it."""
         new_key = state["new"]
         old = self.store.current_etag(old_key)
         new = self.store.current_etag(new_key)
+        copied = bool(new) and new in (state["etag"], state.get("copied"))
+        if state.get("upload") and not copied:
+            # Killed during the copy's parts or before its completion landed: its parts go.
+            self.store.abort_multipart(new_key, state["upload"])
         if not old or old != state["etag"]:
             log.info("recovery: rename of %s to %s: the old key is gone or changed; nothing to do",
                      old_key, new_key)
             done = "renames found done, or the file changed since"
-        elif new and new in (state["etag"], state.get("copied")):
-            self.store.remove(old_key)
-            self.namespace.forget(self.keymap.path(old_key), gone=True)
-            log.warning("recovery: finished the rename of %s to %s (copied, then killed before "
-                        "the delete)", old_key, new_key)
-            done = "renames finished"
+        elif copied:
+            failed = self.store.delete_keys([old_key], etags={old_key: state["etag"]})
+            if failed:
+                log.warning("recovery: rename of %s to %s: the old key was not deleted (%s): it "
+                            "changed since, or S3 refused", old_key, new_key, failed[0][1])
+                if failed[0][1] != "PreconditionFailed":
+                    raise RemoteStoreError("S3 refused the delete of %s: %s" % (old_key, failed[0][1]))
+                done = "renames found done, or the file changed since"
+            else:
+                self.namespace.forget(self.keymap.path(old_key), gone=True)
+                log.warning("recovery: finished the rename of %s to %s (copied, then killed before "
+                            "the delete)", old_key, new_key)
+                done = "renames finished"
         else:
             log.warning("recovery: rename of %s to %s was not copied: the file stays at %s",
                         old_key, new_key, old_key)
@@ -457,7 +509,13 @@ class Mutations:
         # Hidden before its delete is queued: the batcher may send it, and S3 answer
         # (namespace.deleted), before add() returns.
         self.namespace.deleting(path)
-        self.deletes.add(key, etag)
+        try:
+            self.deletes.add(key, etag)
+        except BaseException:
+            # Not queued (its record could not be written: a full cache disk): the file stays,
+            # and shows again (it stayed hidden while S3 kept it, and came back at the next mount).
+            self.namespace.deleted(path, kept=True)
+            raise
         self.staging.forget(key)
         self.namespace.entry_changed(KeyMap.split(path)[0])
 
@@ -542,13 +600,24 @@ class Mutations:
             return etag
         # Recorded: a mount killed between the copy and the delete sends the delete when it
         # starts again (fs/renames.py), and the file is not left under both names.
-        self.renames.begin(old_key, {"new": new_key, "etag": etag})
+        state: dict[str, str] = {"new": new_key, "etag": etag}
+        self.renames.begin(old_key, dict(state))
+
+        def on_parts(mpu: MultipartUpload, copied: bool) -> None:
+            # A copy in parts (over 5 GiB): its upload, so that the next mount aborts it if a
+            # crash leaves it, then the ETag its completion makes, so that the next mount
+            # recognises the copy if the completion lands and the crash comes before its answer.
+            state["upload"] = mpu.upload_id
+            if copied and (expected := mpu.expected_etag()):
+                state["copied"] = expected
+            self.renames.begin(old_key, dict(state))
+
         try:
             copied = self.store.copy_object(
-                old_key, new_key, if_match=etag, source_info=source_info, size=size
+                old_key, new_key, if_match=etag, source_info=source_info, size=size, on_parts=on_parts
             )
         except BaseException:
-            self.renames.done(old_key)  # not copied: nothing to finish
+            self.renames.done(old_key)  # not copied (an upload of parts aborted): nothing to finish
             raise
         if copied and copied != etag:
             self.renames.begin(old_key, {"new": new_key, "etag": etag, "copied": copied})
@@ -607,19 +676,26 @@ class Mutations:
                 self._copy_keys(files, old_prefix, new_prefix)
             try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
                 info = self.store.head(folder)
-                self.store.copy_object(folder, self.keymap.folder_key(new), source_info=info)
+                self._copy(folder, self.keymap.folder_key(new), source_info=info)
             except S3Error as exc:
                 if not exc.not_found:
                     raise
-        except BaseException:
+        except BaseException as exc:
             self.namespace.forget_tree(old)  # some files moved (or were copied): both are asked again
             self.namespace.forget_tree(new)
-            self.renames.done(old_prefix)  # failed, not killed: the caller says so; nothing to finish
+            # Some files may be at the new name already (moved, or copied beside the old ones):
+            # the record stays, and the next mount finishes the rename, as after a kill; dropped,
+            # the directory stayed half under each name for good (S3 down part way).
+            log.error("rename %s to %s failed part way (%s): it is finished at the next mount",
+                      old, new, exc)
             raise
         failed = self.store.delete_keys(sorted({*left, *dirs}))
         if failed:
-            log.error("rename %s: could not delete %d old keys, e.g. %s", old, len(failed), failed[0])
-        self.renames.done(old_prefix)
+            # The record stays: the next mount deletes what is left of the old name.
+            log.error("rename %s: could not delete %d old keys, e.g. %s; they are deleted at the "
+                      "next mount", old, len(failed), failed[0])
+        else:
+            self.renames.done(old_prefix)
         for item in list(self.staging.under(old_prefix)):
             self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
         self.namespace.forget(old, gone=True)  # the parents' link counts follow
@@ -635,13 +711,20 @@ class Mutations:
             for e in entries
         )
 
+    def _copy(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
+        """``store.copy_object``, a copy in parts recorded while under way (fs/copies.py)."""
+        return self.copies.run(
+            destination,
+            lambda on_parts: self.store.copy_object(source, destination, *args, on_parts=on_parts, **kwargs),
+        )
+
     def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
         if source.endswith("/"):
             info = self.store.head(source)
             self.store.put(destination, b"", {**info.headers, **info.metadata})
         else:
-            self.store.copy_object(source, destination, size=size)  # the listing's size: no HEAD
+            self._copy(source, destination, size=size)  # the listing's size: no HEAD
 
     def symlink(self, target: str, source: str, mode: int, uid: int, gid: int) -> None:
         """Make ``target`` a link to ``source``: an object whose body is ``source``."""
@@ -700,7 +783,7 @@ class Mutations:
                 key, current.size, current.etag, current.mtime, current.metadata, current.headers
             )
             try:
-                etag = self.store.copy_object(
+                etag = self._copy(
                     key, key, new, replace_metadata=True, if_match=current.etag or None, source_info=info
                 )
             except S3Error as exc:

@@ -12,8 +12,10 @@ is done; the next mount finishes what it finds there
 
 A record's id is the old key (a directory's: its prefix, ending in ``/``);
 its state ``{"new": key, "etag": ..., "copied": ...}`` for a file (the ETag of
-the version moved, then that of the copy once it is made), ``{"new": prefix}``
-for a directory.
+the version moved, then that of the copy once it is made; a copy in parts, of a
+file over 5 GiB, adds ``"upload"``, its multipart upload's id, once begun, and
+``"copied"`` before its completion is sent: the ETag it makes), ``{"new":
+prefix}`` for a directory.
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ class ObjectStore(Protocol):
         if_match: str | None = None,
         source_info: ObjectInfo | None = None,
         size: int | None = None,
+        on_parts: Callable[[MultipartUpload, bool], None] | None = None,
     ) -> str: ...
 
     def rename_object(
@@ -264,8 +265,10 @@ class Bucket:
         if_match: str | None = None,
         source_info: ObjectInfo | None = None,
         size: int | None = None,
+        on_parts: Callable[[MultipartUpload, bool], None] | None = None,
     ) -> str:
-        """Server-side copy of ``source`` to ``destination``, both in this bucket."""
+        """Server-side copy of ``source`` to ``destination``, both in this bucket
+        (:meth:`RemoteStore.copy_object <s3fs_mount.s3.store.RemoteStore.copy_object>`)."""
         return self.store.copy_object(
             self._at(source),
             self._at(destination),
@@ -274,6 +277,7 @@ class Bucket:
             if_match=if_match,
             source_info=source_info,
             size=size,
+            on_parts=on_parts,
         )
 
     def rename_object(self, source: str, destination: str, if_match: str | None = None) -> None:

@@ -50,7 +50,11 @@ log = logging.getLogger(__name__)
 
 META_PREFIX = "x-amz-meta-"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-MAX_SINGLE_COPY = 5 * GiB
+#: The largest object copied by one CopyObject (S3's limit); larger ones are copied in parts
+#: (UploadPartCopy) of :data:`COPY_PART`. Tests lower it (``S3FS_MOUNT_TEST_MAX_SINGLE_COPY``, bytes)
+#: to copy a small file in parts.
+MAX_SINGLE_COPY = int(os.environ.get("S3FS_MOUNT_TEST_MAX_SINGLE_COPY") or 5 * GiB)
+COPY_PART = min(512 * MiB, MAX_SINGLE_COPY)
 #: The slowest a server-side copy is expected to go (bytes a second). A copy's answer comes only
 #: when it is done, so its wait grows with its size: SeaweedFS on this machine, loaded, took 26 s
 #: for a 1 GiB CopyObject and 12 s for a 512 MiB UploadPartCopy, against a 30 s timeout.
@@ -959,6 +963,7 @@ class RemoteStore:
         if_match: str | None = None,
         source_info: ObjectInfo | None = None,
         size: int | None = None,
+        on_parts: Callable[[MultipartUpload, bool], None] | None = None,
     ) -> str:
         """Server-side copy; returns the new ETag.
 
@@ -969,6 +974,11 @@ class RemoteStore:
         (else S3Error 412). Objects over 5 GiB are copied in parts. The
         source is HEADed first unless ``source_info`` is given, or its
         ``size`` (e.g. from a listing) is and nothing else is needed.
+
+        ``on_parts(mpu, False)`` is called once a copy in parts is begun (before its first part),
+        ``on_parts(mpu, True)`` once its parts are copied, before its completion: a caller that
+        records them can abort an upload a crash left, and recognise the copy a completion that
+        landed just before a crash made (:meth:`MultipartUpload.expected_etag`).
         """
         sbucket, skey = self._name(remote_source)
         dbucket, dkey = self._name(remote_destination)
@@ -986,7 +996,9 @@ class RemoteStore:
             out.update({k: v for k, v in headers.items() if not k.lower().startswith(META_PREFIX)})
         source = copy_source(sbucket, skey)
         if info is not None and info.size > MAX_SINGLE_COPY:
-            return self._multipart_copy(info, source, dbucket, dkey, replace_metadata, out)
+            return self._multipart_copy(
+                info, source, dbucket, dkey, replace_metadata, out, if_match, on_parts
+            )
         out["x-amz-copy-source"] = source
         if if_match:
             out["x-amz-copy-source-if-match"] = '"%s"' % if_match
@@ -1080,18 +1092,26 @@ class RemoteStore:
         key: str,
         replace_metadata: bool,
         headers: dict[str, str],
+        if_match: str | None,
+        on_parts: Callable[[MultipartUpload, bool], None] | None,
     ) -> str:
+        """:meth:`copy_object` of an object over :data:`MAX_SINGLE_COPY`: UploadPartCopy of each
+        part (each conditional on ``if_match``), then the completion."""
         create = {k: v for k, v in headers.items() if not k.lower().startswith("x-amz-metadata")}
         if not replace_metadata:
             create.update(info.headers)
             create.update(info.metadata)
         mpu = self.start_multipart(S3Name(key, bucket=bucket), create)
-        part = part_size_for(info.size, 512 * MiB)
+        part = part_size_for(info.size, COPY_PART)
         try:
+            if on_parts is not None:
+                on_parts(mpu, False)
             self.run_parallel(
-                (lambda n=n, off=off: mpu.copy_part(n, source, off, min(off + part, info.size) - 1))
+                (lambda n=n, off=off: mpu.copy_part(n, source, off, min(off + part, info.size) - 1, if_match))
                 for n, off in enumerate(range(0, info.size, part), start=1)
             )
+            if on_parts is not None:
+                on_parts(mpu, True)
             return mpu.complete()
         except BaseException:
             mpu.abort()

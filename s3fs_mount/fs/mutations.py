@@ -311,8 +311,7 @@ class Mutations:
         for old, state in sorted(renames.items()):
             try:
                 if old.endswith("/"):
-                    self._finish_dir_rename(old, state["new"], state.get("dirs", []))
-                    self.note_recovered("renames finished")
+                    self.note_recovered(self._finish_dir_rename(old, state["new"], state.get("dirs", [])))
                 else:
                     self.note_recovered(self._finish_file_rename(old, state))
             except Exception as exc:
@@ -358,11 +357,29 @@ class Mutations:
         self.renames.done(old_key)
         return done
 
-    def _finish_dir_rename(self, old_prefix: str, new_prefix: str, dirs: list[str]) -> None:
-        """A directory's rename, killed part way: what is still under the old name is moved,
-        and the old directories (``dirs``, as the rename recorded them) deleted."""
+    def _finish_dir_rename(self, old_prefix: str, new_prefix: str, dirs: list[str]) -> str:
+        """A directory's rename, killed or failed part way: what is still under the old name is
+        moved, and the old directories (``dirs``, as the rename recorded them) deleted; returns
+        what was done, as :attr:`recovered` counts it.
+
+        Not if a file is under both names with other bytes: one of them changed since (a rename
+        that failed said EIO, and the user went on with both directories, or another client did):
+        moving the old one would overwrite it unseen. Both directories are then left as they are.
+        """
         old, new = self.keymap.path(old_prefix), self.keymap.path(new_prefix)
-        if any(True for _ in self.store.list_all(old_prefix)):
+        left = {e.key[len(old_prefix) :]: e.etag for e in self.store.list_all(old_prefix)}
+        differ = [
+            e.key
+            for e in (self.store.list_all(new_prefix) if left else ())
+            if not e.key.endswith("/") and left.get(e.key[len(new_prefix) :], e.etag) != e.etag
+        ]
+        if differ:
+            log.error("recovery: the rename of directory %s to %s is left half done: %d files are "
+                      "under both names with other bytes, e.g. %s (changed since): both are kept",
+                      old, new, len(differ), differ[0])
+            self.renames.done(old_prefix)
+            return "renames left unfinished"
+        if left:
             self._rename_dir(old, new, self.namespace.lookup_full(old))
         else:
             # Every file moved: what is left, if anything, is the emptied directories (a server
@@ -375,6 +392,7 @@ class Mutations:
         self.namespace.forget(old, gone=True)
         self.namespace.forget_tree(old)
         log.warning("recovery: finished the rename of directory %s to %s (killed part way)", old, new)
+        return "renames finished"
 
     def _finish_resumed(self, item: StagedFile, current: str) -> None:
         """Recovery of a file whose upload holds bytes the cache released: complete that upload."""

@@ -273,12 +273,12 @@ class S3Operations(Operations):
         queue = self.writeback
         left = self._upload_one_by_one() if queue is None else self._upload_in_background(queue)
         self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
-        self.namespace.close()
         if self.dir_times is not None:
             self.dir_times.close()
         elif not self.options.ro:
             self.namespace.store_dir_times()
         self.namespace.holders.close()  # after the times: the holders are written with them
+        self.namespace.close()  # last: writing times and holders looks their directories up
         return left
 
     def _upload_one_by_one(self) -> list[str]:

@@ -751,15 +751,7 @@ class Namespace:
         found = self.lookup(path)
         if found.complete or path == "/":
             return found
-        asked = self.clock.monotonic()
-        fresh = self._fetch(path)
-        if fresh is None:
-            with self._lock:
-                stale = self._stale(path, asked)
-            if not stale:
-                self.forget(path, gone=True)
-            raise FsError(errno.ENOENT)
-        return self._cache_fetched(path, fresh)
+        return self._fetch_whole(path, dirs=True)
 
     def lookup_now(self, path: str) -> A.Attributes:
         """What S3 holds at ``path`` now (one HEAD, whatever is cached), cached as a lookup's answer.
@@ -767,8 +759,13 @@ class Namespace:
         For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
         keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
         """
+        return self._fetch_whole(path, dirs=False)
+
+    def _fetch_whole(self, path: str, dirs: bool) -> A.Attributes:
+        """``path``'s attributes with its complete metadata, asked of S3 now and cached;
+        FsError(ENOENT), and the name forgotten, if S3 has nothing there."""
         asked = self.clock.monotonic()
-        fresh = self._fetch(path, dirs=False)
+        fresh = self._fetch(path, dirs=dirs)
         if fresh is None:
             with self._lock:
                 stale = self._stale(path, asked)

@@ -1024,12 +1024,7 @@ def test_a_metadata_change_of_a_clean_file_keeps_another_clients_change_made_mea
         meta.update(theirs="t")
         boto.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
                          Metadata=meta, MetadataDirective="REPLACE")
-    if ours == "chmod":
-        os.chmod(path, 0o600)
-    elif ours == "setxattr":
-        os.setxattr(path, "user.ours", b"u")
-    else:
-        os.utime(path, (1_000_000_000, 1_000_000_000))
+    change_metadata(path, ours)
     meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
     assert meta.get("theirs") == "t" and meta.get("old") == "o", meta
     if ours == "chmod":
@@ -1094,12 +1089,7 @@ def test_a_metadata_change_of_a_file_another_client_rewrote_meanwhile_applies_to
         assert f.read() == b"ours"  # staged here, clean
     meta = boto.head_object(Bucket=bucket, Key="f")["Metadata"]
     boto.put_object(Bucket=bucket, Key="f", Body=b"their longer bytes", Metadata=dict(meta, theirs="t"))
-    if ours == "chmod":
-        os.chmod(path, 0o600)
-    elif ours == "setxattr":
-        os.setxattr(path, "user.ours", b"u")
-    else:
-        os.utime(path, (1_000_000_000, 1_000_000_000))
+    change_metadata(path, ours)
     head = boto.head_object(Bucket=bucket, Key="f")
     assert head["Metadata"].get("theirs") == "t", head["Metadata"]
     if ours == "chmod":
@@ -1141,3 +1131,13 @@ def test_a_listing_shows_another_mounts_chmod_of_a_file_we_wrote(mount_factory, 
     one.stop()
     one.start()  # its kept attributes too
     assert listed_mode() == "600"
+
+
+def change_metadata(path: str, how: str) -> None:
+    """Our metadata change of ``path``: ``chmod`` 600, ``setxattr`` user.ours, or else a utime."""
+    if how == "chmod":
+        os.chmod(path, 0o600)
+    elif how == "setxattr":
+        os.setxattr(path, "user.ours", b"u")
+    else:
+        os.utime(path, (1_000_000_000, 1_000_000_000))

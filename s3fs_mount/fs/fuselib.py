@@ -321,6 +321,9 @@ class FUSE(mfusepy.FUSE):
         if conn:
             # Not auto_inval_data, libfuse's default: see the class docstring.
             conn.contents.want &= ~FUSE_CAP_AUTO_INVAL_DATA
+            # Not handle_killpriv_v2 (no getxattr security.capability before each write): libfuse
+            # 3.14 cannot send it (asking aborts the mount), and it would not spare a file's first
+            # write, the one small files have (bench/README.md, round 34, helper 8).
         if self._kernel_names is not None and conn:
             # Every readdir with attributes (see the class docstring); large directories as before.
             conn.contents.want &= ~FUSE_CAP_READDIRPLUS_AUTO

@@ -1141,3 +1141,39 @@ def test_a_listing_shows_another_mounts_chmod_of_a_file_we_wrote(mount_factory, 
     one.stop()
     one.start()  # its kept attributes too
     assert listed_mode() == "600"
+
+
+@pytest.mark.parametrize("by", ["mount", "boto3"])
+def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_enotempty(mount_factory, boto,
+                                                                                        bucket, by):
+    """Found by a two-mount hunt (round 34): mount one's rm -rf r returned 0 while mount two wrote
+    into r/sub, and S3 kept two's files with r/sub's marker and holder (its mode) deleted. rmdir's
+    shortcut (a listing a moment ago, every name in it removed since) never asked S3 again. Now
+    the directory's objects are deleted, then one LIST: another client's file makes them again,
+    with the mode, and rmdir says ENOTEMPTY, as a local disk with another process in it does."""
+    one = mount_factory().start()
+    sub = os.path.join(one.path, "r", "sub")
+    os.makedirs(sub)
+    os.chmod(sub, 0o750)
+    for i in range(3):
+        with open(os.path.join(sub, "f%d" % i), "wb") as f:
+            f.write(b"ours")
+    for name in os.listdir(sub):  # rm -r: its readdir, its unlinks
+        os.unlink(os.path.join(sub, name))
+    if by == "mount":
+        with open(os.path.join(mount_factory().start().path, "r", "sub", "theirs"), "wb") as f:
+            f.write(b"theirs")
+    else:
+        boto.put_object(Bucket=bucket, Key="r/sub/theirs", Body=b"theirs")
+    with pytest.raises(OSError) as exc:
+        os.rmdir(sub)
+    assert exc.value.errno == errno.ENOTEMPTY
+    assert "put by another client since this mount listed the directory" in read_log(one)
+    assert s3_bytes(boto, bucket, "r/sub/theirs") == b"theirs"
+    fresh = mount_factory().start()  # what S3 holds: the directory with its mode, their file
+    assert os.stat(os.path.join(fresh.path, "r", "sub")).st_mode & 0o777 == 0o750
+    assert os.listdir(os.path.join(fresh.path, "r", "sub")) == ["theirs"]
+    assert os.listdir(sub) == ["theirs"]  # one lists it again
+    subprocess.run(["rm", "-rf", os.path.join(one.path, "r")], check=True)
+    assert s3_keys(boto, bucket, "r") == []
+

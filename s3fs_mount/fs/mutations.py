@@ -460,7 +460,8 @@ class Mutations:
         if one of its own objects (marker, ``_$folder$``) holds bytes another client stored.
 
         A directory a listing a moment ago showed with only names we have removed since (``rm
-        -r``, or one made here) goes in one DeleteObjects with its files' pending deletes
+        -r``, or one made here) goes in one DeleteObjects with its files' pending deletes, then
+        one LIST says whether another client put something in it since that listing
         (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first.
         """
         prefix = self.keymap.dir_prefix(path)
@@ -484,12 +485,24 @@ class Mutations:
 
     def _remove_emptied(self, path: str, own: A.Attributes, objects: list[str]) -> None:
         """The directory's objects (marker, holder) and its files' pending deletes, in one
-        DeleteObjects (fs/deletes.py: ``flush_with``). If S3 kept any of them the directory's
-        objects are PUT again with the metadata it had (never a directory whose mode vanished
-        while a file stays in it), and FsError says why: ENOTEMPTY when a file stayed, else EIO."""
+        DeleteObjects (fs/deletes.py: ``flush_with``). If S3 kept any of them, or lists a key
+        in it after (another client's file, put since our listing: that listing was all the
+        shortcut knew), the directory's objects are PUT again with the metadata it had (never a
+        directory whose mode vanished while a file stays in it), and FsError says why:
+        ENOTEMPTY when a file stays, else EIO.
+
+        Deleted first, then asked (one LIST): asked first, a file put between the LIST and the
+        delete would be left in a directory with no mode, as one put since the listing was."""
         failed = self.deletes.flush_with(self.keymap.dir_prefix(path), objects)
         if not failed:
-            return
+            theirs = self.namespace.held_in_s3(path)
+            if theirs is None:
+                return
+            log.warning("rmdir %s: S3 holds %s, put by another client since this mount listed the "
+                        "directory: not empty; its directory objects are made again", path, theirs)
+            self.namespace.write_dir(path, dict(own.metadata), new=True)
+            self.namespace.forget_tree(path)  # its listing is out of date: asked again
+            raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
         kept_files = [key for key, _ in failed if key not in objects]
         log.error(
             "rmdir %s: S3 did not delete %s: its directory objects are made again",

@@ -188,6 +188,23 @@ def test_rmdir_whose_file_s3_keeps_makes_its_directory_again_with_its_mode(tmp_p
     assert names_in(ops, "/d") == ["locked"]
 
 
+def test_rmdir_of_a_directory_rm_emptied_where_another_client_put_a_key_since_is_enotempty(tmp_path):
+    """rm -r's listing a moment ago had only names we removed since, but another client put a
+    key in the directory after it: the LIST after the DeleteObjects sees it; the directory's
+    objects are made again with its mode, and rmdir says ENOTEMPTY (round 34's two-mount hunt)."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = held(tmp_path, store)
+    ops.mkdir("/d", 0o750)
+    files(ops, ["/d/1"])
+    assert names_in(ops, "/d") == ["1"]
+    ops.unlink("/d/1")
+    store.objects["d/theirs"] = store.objects["d/1"]  # another client's key
+    assert errno_of(ops.rmdir, "/d") == errno.ENOTEMPTY
+    assert sorted(store.objects) == ["d/", "d/theirs", "d_$folder$"]
+    assert store.objects["d_$folder$"].metadata["x-amz-meta-mode"] == str(0o40750)
+    assert names_in(ops, "/d") == ["theirs"]
+
+
 def test_rmdir_of_a_directory_not_listed_lately_asks_s3_whether_it_is_empty(tmp_path):
     """No listing of it a moment ago (another client put a key in it): a LIST says it is not
     empty, and nothing of it is deleted."""

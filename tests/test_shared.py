@@ -1141,3 +1141,98 @@ def change_metadata(path: str, how: str) -> None:
         os.setxattr(path, "user.ours", b"u")
     else:
         os.utime(path, (1_000_000_000, 1_000_000_000))
+
+@pytest.mark.parametrize("by", ["mount", "boto3"])
+def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_enotempty(mount_factory, boto,
+                                                                                        bucket, by):
+    """Found by a two-mount hunt (round 34): mount one's rm -rf r returned 0 while mount two wrote
+    into r/sub, and S3 kept two's files with r/sub's marker and holder (its mode) deleted. rmdir's
+    shortcut (a listing a moment ago, every name in it removed since) never asked S3 again. Now
+    the directory's objects are deleted, then one LIST: another client's file makes them again,
+    with the mode, and rmdir says ENOTEMPTY, as a local disk with another process in it does."""
+    one = mount_factory().start()
+    sub = os.path.join(one.path, "r", "sub")
+    os.makedirs(sub)
+    os.chmod(sub, 0o750)
+    for i in range(3):
+        with open(os.path.join(sub, "f%d" % i), "wb") as f:
+            f.write(b"ours")
+    for name in os.listdir(sub):  # rm -r: its readdir, its unlinks
+        os.unlink(os.path.join(sub, name))
+    if by == "mount":
+        with open(os.path.join(mount_factory().start().path, "r", "sub", "theirs"), "wb") as f:
+            f.write(b"theirs")
+    else:
+        boto.put_object(Bucket=bucket, Key="r/sub/theirs", Body=b"theirs")
+    with pytest.raises(OSError) as exc:
+        os.rmdir(sub)
+    assert exc.value.errno == errno.ENOTEMPTY
+    assert "put by another client since this mount listed the directory" in read_log(one)
+    assert s3_bytes(boto, bucket, "r/sub/theirs") == b"theirs"
+    fresh = mount_factory().start()  # what S3 holds: the directory with its mode, their file
+    assert os.stat(os.path.join(fresh.path, "r", "sub")).st_mode & 0o777 == 0o750
+    assert os.listdir(os.path.join(fresh.path, "r", "sub")) == ["theirs"]
+    assert os.listdir(sub) == ["theirs"]  # one lists it again
+    subprocess.run(["rm", "-rf", os.path.join(one.path, "r")], check=True)
+    assert s3_keys(boto, bucket, "r") == []
+
+
+def test_a_rename_of_a_directory_another_mount_renamed_meanwhile_is_enoent_and_leaves_nothing(
+    mount_factory, boto, bucket
+):
+    """Found by a two-mount hunt (round 34): one's mv rr rrA while two's mv rr rrB: two won,
+    one's mv failed, and left rrA/ (and rrA/rr/, mv's retry) empty in S3. Here two's rename
+    is over before one's begins (one's view of rr is a moment old): one's rename says ENOENT
+    and makes nothing."""
+    for i in range(20):
+        boto.put_object(Bucket=bucket, Key="rr/f%02d" % i, Body=b"%d" % i)
+    one = mount_factory("attr_ttl=600").start()
+    two = mount_factory().start()
+    assert len(os.listdir(os.path.join(one.path, "rr"))) == 20
+    os.rename(os.path.join(two.path, "rr"), os.path.join(two.path, "rrB"))
+    with pytest.raises(OSError) as exc:
+        os.rename(os.path.join(one.path, "rr"), os.path.join(one.path, "rrA"))
+    assert exc.value.errno == errno.ENOENT
+    assert s3_keys(boto, bucket, "rrA") == []
+    assert [k for k in s3_keys(boto, bucket, "rrB/") if k != "rrB/"] == ["rrB/f%02d" % i for i in range(20)]
+    assert "rrA" not in os.listdir(one.path)
+
+
+def test_two_mounts_renaming_one_directory_at_once_leave_each_file_under_one_name_and_no_empty_one(
+    mount_factory, boto, bucket
+):
+    """Found by a two-mount hunt (round 34): one's mv rr rrA and two's mv rr rrB at once. Each
+    file ends under one of the names; a name that got no file is not left as an empty directory;
+    a mount whose rename lost says so in its log."""
+    names = ["f%03d" % i for i in range(100)]
+    for n in names:
+        boto.put_object(Bucket=bucket, Key="rr/" + n, Body=n.encode())
+    one, two = mount_factory().start(), mount_factory().start()
+    for m in (one, two):
+        assert len(os.listdir(os.path.join(m.path, "rr"))) == 100
+    outcome: dict[str, object] = {}
+
+    def move(m, to: str) -> None:
+        try:
+            os.rename(os.path.join(m.path, "rr"), os.path.join(m.path, to))
+            outcome[to] = "ok"
+        except OSError as exc:
+            outcome[to] = exc.errno
+
+    threads = [threading.Thread(target=move, args=(m, to)) for m, to in ((one, "rrA"), (two, "rrB"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert set(outcome.values()) <= {"ok", errno.ENOENT}, outcome  # both lose when each moved some
+    keys = s3_keys(boto, bucket)
+    files = sorted(k.split("/", 1)[1] for k in keys if not k.endswith("/") and "$folder$" not in k)
+    assert files == names  # each under one name, once
+    assert not [k for k in keys if k.startswith("rr/") or k.startswith("rr_")], keys
+    for top in ("rrA", "rrB"):
+        has_files = any(k.startswith(top + "/") and not k.endswith("/") for k in keys)
+        made = [k for k in keys if k.startswith(top + "/") or k.startswith(top + "_")]
+        assert has_files or not made, (top, made)
+    for to, result in outcome.items():
+        if result != "ok":
+            assert "another client moved or removed" in read_log(one if to == "rrA" else two)

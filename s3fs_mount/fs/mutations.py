@@ -460,7 +460,8 @@ class Mutations:
         if one of its own objects (marker, ``_$folder$``) holds bytes another client stored.
 
         A directory a listing a moment ago showed with only names we have removed since (``rm
-        -r``, or one made here) goes in one DeleteObjects with its files' pending deletes
+        -r``, or one made here) goes in one DeleteObjects with its files' pending deletes, then
+        one LIST says whether another client put something in it since that listing
         (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first.
         """
         prefix = self.keymap.dir_prefix(path)
@@ -484,12 +485,24 @@ class Mutations:
 
     def _remove_emptied(self, path: str, own: A.Attributes, objects: list[str]) -> None:
         """The directory's objects (marker, holder) and its files' pending deletes, in one
-        DeleteObjects (fs/deletes.py: ``flush_with``). If S3 kept any of them the directory's
-        objects are PUT again with the metadata it had (never a directory whose mode vanished
-        while a file stays in it), and FsError says why: ENOTEMPTY when a file stayed, else EIO."""
+        DeleteObjects (fs/deletes.py: ``flush_with``). If S3 kept any of them, or lists a key
+        in it after (another client's file, put since our listing: that listing was all the
+        shortcut knew), the directory's objects are PUT again with the metadata it had (never a
+        directory whose mode vanished while a file stays in it), and FsError says why:
+        ENOTEMPTY when a file stays, else EIO.
+
+        Deleted first, then asked (one LIST): asked first, a file put between the LIST and the
+        delete would be left in a directory with no mode, as one put since the listing was."""
         failed = self.deletes.flush_with(self.keymap.dir_prefix(path), objects)
         if not failed:
-            return
+            theirs = self.namespace.held_in_s3(path)
+            if theirs is None:
+                return
+            log.warning("rmdir %s: S3 holds %s, put by another client since this mount listed the "
+                        "directory: not empty; its directory objects are made again", path, theirs)
+            self.namespace.write_dir(path, dict(own.metadata), new=True)
+            self.namespace.forget_tree(path)  # its listing is out of date: asked again
+            raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
         kept_files = [key for key, _ in failed if key not in objects]
         log.error(
             "rmdir %s: S3 did not delete %s: its directory objects are made again",
@@ -656,12 +669,20 @@ class Mutations:
             if item.dirty:
                 self.upload(item)
         entries = list(self.store.list_all(old_prefix))
+        folder = self.keymap.folder_key(old)
+        if not entries and not self._exists(folder) and not self._exists(old_prefix):
+            # Nothing of it in S3: another client removed or renamed it since our lookup. Made
+            # anew here, it became an empty directory that was never there (two mounts' mv).
+            log.warning("rename %s to %s: %s is not in S3 any more (another client removed or renamed it)",
+                        old, new, old)
+            self.namespace.forget_tree(old)
+            self.namespace.forget(old, gone=True)
+            raise FsError(errno.ENOENT, "%s is gone" % old)
         keys = [e.key for e in entries]
         # Every new name is checked before the first copy: S3 refusing one deep inside would
         # leave the tree half copied under the new name, with rename failing.
         new_keys = [new_prefix] + [new_prefix + k[len(old_prefix) :] for k in keys]
         self.check_keys_fit(new_keys, holder=self.keymap.folder_key(new))
-        folder = self.keymap.folder_key(old)
         # The markers of it and of each directory in it too, where they had none: a server that
         # keeps directories (SeaweedFS) keeps the emptied ones, listed (an empty directory where
         # ls showed none) until they are deleted, deepest first (as delete_keys sends them).
@@ -670,26 +691,26 @@ class Mutations:
         # Recorded before the first request: a mount killed part way finishes it when it starts
         # again (fs/renames.py), rather than leaving the files half under each name.
         self.renames.begin(old_prefix, {"new": new_prefix, "dirs": dirs})
-        if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
-            self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
         # Markers before what is in them, a level at a time: SeaweedFS, making a key's parent
         # directory while that directory's marker is PUT, can lose the marker (1 in ~150 here).
         markers: dict[int, list[ListEntry]] = {}
         for e in entries:
             if e.key.endswith("/"):
                 markers.setdefault(e.key.count("/"), []).append(e)
-        for level in sorted(markers):
-            self._copy_keys(markers[level], old_prefix, new_prefix)
+        made = {new_prefix} | {new_prefix + e.key[len(old_prefix) :] for e in entries if e.key.endswith("/")}
+        if self.namespace.cached(new) is not None:  # an empty directory it replaces: not ours to remove
+            made.discard(new_prefix)
         files = [e for e in entries if not e.key.endswith("/")]
         left = keys  # what is still at the old names once the files are at the new ones
         if self.server_renames:
             left = [e.key for e in entries if e.key.endswith("/")]
         try:
+            if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
+                self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
+            for level in sorted(markers):
+                self._copy_keys(markers[level], old_prefix, new_prefix)
             if self.server_renames:
-                self.store.run_parallel(
-                    (lambda e=e: self.store.rename_object(e.key, new_prefix + e.key[len(old_prefix) :]))
-                    for e in files
-                )
+                self._move_keys(files, old_prefix, new_prefix)
             else:
                 self._copy_keys(files, old_prefix, new_prefix)
             try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
@@ -698,14 +719,14 @@ class Mutations:
             except S3Error as exc:
                 if not exc.not_found:
                     raise
+        except S3Error as exc:
+            if not exc.not_found:
+                self._rename_failed(old, new, exc)
+                raise
+            self._rename_lost(old, new, source, sorted(made), dirs)
+            raise FsError(errno.ENOENT, "%s: moved or removed by another client" % old) from exc
         except BaseException as exc:
-            self.namespace.forget_tree(old)  # some files moved (or were copied): both are asked again
-            self.namespace.forget_tree(new)
-            # Some files may be at the new name already (moved, or copied beside the old ones):
-            # the record stays, and the next mount finishes the rename, as after a kill; dropped,
-            # the directory stayed half under each name for good (S3 down part way).
-            log.error("rename %s to %s failed part way (%s): it is finished at the next mount",
-                      old, new, exc)
+            self._rename_failed(old, new, exc)
             raise
         failed = self.store.delete_keys(sorted({*left, *dirs}))
         if failed:
@@ -721,6 +742,71 @@ class Mutations:
         self.namespace.forget_tree(new)
         moved = dataclasses.replace(source, complete=False)  # its holder's ETag is new: asked at next use
         self.namespace.remember(new, moved)
+
+    def _move_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> None:
+        """RenameObject of ``entries`` (keys under ``old_prefix``) to their names under
+        ``new_prefix``, in parallel. One another client moved or removed meanwhile does not stop
+        the others (S3Error not found once all are tried): each file ends under one name, ours
+        or the other client's, none left behind at the old one."""
+        gone: list[S3Error] = []
+
+        def move(e: ListEntry) -> None:
+            try:
+                self.store.rename_object(e.key, new_prefix + e.key[len(old_prefix) :])
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+                gone.append(exc)
+
+        self.store.run_parallel((lambda e=e: move(e)) for e in entries)
+        if gone:
+            raise gone[0]
+
+    def _rename_failed(self, old: str, new: str, exc: BaseException) -> None:
+        """A directory's rename failed part way (S3 down, a refusal): both names are asked again."""
+        self.namespace.forget_tree(old)  # some files moved (or were copied): both are asked again
+        self.namespace.forget_tree(new)
+        # Some files may be at the new name already (moved, or copied beside the old ones):
+        # the record stays, and the next mount finishes the rename, as after a kill; dropped,
+        # the directory stayed half under each name for good (S3 down part way).
+        log.error("rename %s to %s failed part way (%s): it is finished at the next mount", old, new, exc)
+
+    def _rename_lost(
+        self, old: str, new: str, source: A.Attributes, made: list[str], dirs: list[str]
+    ) -> None:
+        """A directory's rename found keys of it gone part way: another client moved or removed
+        them (two mounts' mv of one directory at once). Each file stays where it is now, under
+        one name: a name that got files of it has its marker and holder (the mode); one that
+        got none, none of the markers this rename made (``made``); the old directory's objects
+        (``dirs``) go once no file is left under it. Nothing is left for the next mount to finish."""
+        old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
+        moved = [k for k in (e.key for e in self.store.list_all(new_prefix)) if not k.endswith("/")]
+        stayed = [k for k in (e.key for e in self.store.list_all(old_prefix)) if not k.endswith("/")]
+        if moved:
+            self.namespace.write_dir(new, dict(source.metadata), new=True)
+        else:
+            self.store.delete_keys(made)
+        if not stayed:
+            self.store.delete_keys(dirs)
+        self.renames.done(old_prefix)
+        log.warning("rename %s to %s: another client moved or removed files of it meanwhile: %d files "
+                    "are under %s, %d under %s, the others where that client put them", old, new,
+                    len(moved), new, len(stayed), old)
+        for path in (old, new):
+            self.namespace.forget_tree(path)
+            self.namespace.forget(path)
+        if not stayed:
+            self.namespace.forget(old, gone=True)
+
+    def _exists(self, key: str) -> bool:
+        """One HEAD: whether S3 has ``key``."""
+        try:
+            self.store.head(key)
+        except S3Error as exc:
+            if exc.not_found:
+                return False
+            raise
+        return True
 
     def _copy_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> None:
         """Copy ``entries`` (keys under ``old_prefix``) to their names under ``new_prefix``, in parallel."""

@@ -1534,8 +1534,7 @@ class Namespace:
         self.settle_deletes(prefix)
         if self.listed_empty(path):
             return True
-        page = next(self.store.list(prefix, delimiter="/", max_keys=2))
-        held = page.prefixes + [e.key for e in page.entries if e.key != prefix]
+        held, page = self._first_held(prefix)
         if held and not any(_shown(prefix, key) for key in held):
             log.warning("directory %s is not empty: it holds %s, which no name can show", path, held[0])
         marker = [e for e in page.entries if e.key == prefix and e.size]
@@ -1543,6 +1542,21 @@ class Namespace:
             self._saw_dir_object(path, prefix, marker[0].size)
             log.warning(_HELD_DATA, path, prefix, marker[0].size)
         return not held and not marker
+
+    def _first_held(self, prefix: str) -> tuple[list[str], ListPage]:
+        """One LIST (max-keys 2) of directory ``prefix``: the keys and subdirectories it holds
+        (its marker aside), and the page."""
+        page = next(self.store.list(prefix, delimiter="/", max_keys=2))
+        return page.prefixes + [e.key for e in page.entries if e.key != prefix], page
+
+    def held_in_s3(self, path: str) -> str | None:
+        """A key or subdirectory S3 lists in directory ``path`` now (one LIST), else None.
+
+        Asked once rmdir's shortcut (a listing a moment ago, every name in it removed since)
+        has deleted the directory's objects: another client's file put since that listing is
+        seen, and the directory made again (:meth:`Mutations._remove_emptied`)."""
+        held, _ = self._first_held(self.keymap.dir_prefix(path))
+        return held[0] if held else None
 
     def _saw_dir_object(self, path: str, key: str, size: int) -> None:
         """A HEAD or listing found directory ``path``'s own object ``key`` of ``size`` bytes."""

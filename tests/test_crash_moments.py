@@ -294,6 +294,39 @@ def test_a_failed_directory_rename_whose_file_was_rewritten_at_the_new_name_lose
     assert m2.stop() == 0
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_kill9_before_a_directory_renames_deletes_finishes_it_whatever_the_copies_etag(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, big
+):
+    # mv d e killed once every file is copied and before the old keys' delete: the next mount
+    # finishes the rename. A copy's ETag is not its source's when it was copied in parts (over
+    # 5 GiB, lowered here), nor on AWS when its source was uploaded in parts: the same bytes
+    # under both names. They were taken for a file rewritten at the new name, and the rename
+    # was left half done for good ('renames left unfinished'), the file under both names.
+    data = rand(9 * MiB + 3 if big else 1000, 83)
+    boto.put_object(Bucket=bucket, Key="d/f", Body=data)
+    boto.put_object(Bucket=bucket, Key="d/small", Body=b"small")
+    cache = str(tmp_path / "cache")
+    env = {"S3FS_MOUNT_TEST_MAX_SINGLE_COPY": str(8 * MiB)}
+    with holding(s3server, is_delete) as proxy:
+        m = mount_factory("server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy),
+                          cache_dir=cache, env=env).start()
+        assert sorted(os.listdir(os.path.join(m.path, "d"))) == ["f", "small"]
+        proxy.hold_uploads()
+        mover = in_background(os.rename, os.path.join(m.path, "d"), os.path.join(m.path, "e"))
+        killed_while_held(proxy, m)
+        mover.join(30)
+    assert sorted(k for k in s3_keys(boto, bucket) if not k.endswith("/")) == [
+        "d/f", "d/small", "e/f", "e/small"]
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache, env=env).start()
+    assert sorted(k for k in s3_keys(boto, bucket) if not k.endswith("/")) == ["e/f", "e/small"]
+    assert s3_sha(boto, bucket, "e/f") == hashlib.sha256(data).hexdigest()
+    assert sorted(os.listdir(m2.path)) == ["e"]
+    assert control.read_status(m2.path)["recovered"] == {"renames finished": 1}
+    assert multipart_uploads(boto, bucket) == []
+    assert m2.stop() == 0
+
+
 def _call(call, failures: list[OSError], *args) -> None:
     """``call(*args)``; an OSError it raises goes to ``failures``."""
     try:

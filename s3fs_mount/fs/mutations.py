@@ -367,11 +367,13 @@ class Mutations:
         moving the old one would overwrite it unseen. Both directories are then left as they are.
         """
         old, new = self.keymap.path(old_prefix), self.keymap.path(new_prefix)
-        left = {e.key[len(old_prefix) :]: e.etag for e in self.store.list_all(old_prefix)}
+        left = {e.key[len(old_prefix) :]: e for e in self.store.list_all(old_prefix)}
         differ = [
             e.key
             for e in (self.store.list_all(new_prefix) if left else ())
-            if not e.key.endswith("/") and left.get(e.key[len(new_prefix) :], e.etag) != e.etag
+            if not e.key.endswith("/")
+            and e.key[len(new_prefix) :] in left
+            and not self._same_file(left[e.key[len(new_prefix) :]], e)
         ]
         if differ:
             log.error("recovery: the rename of directory %s to %s is left half done: %d files are "
@@ -393,6 +395,27 @@ class Mutations:
         self.namespace.forget_tree(old)
         log.warning("recovery: finished the rename of directory %s to %s (killed part way)", old, new)
         return "renames finished"
+
+    def _same_file(self, old: ListEntry, new: ListEntry) -> bool:
+        """Whether ``new`` may be the rename's copy of ``old`` (not a file written there since).
+
+        Equal ETags say so. A copy's ETag is not its source's when either was made in parts (a
+        copy over 5 GiB; on AWS, a copy of an object uploaded in parts) or is no MD5 (SSE-KMS,
+        SSE-C): then the sizes and the user metadata (its mtime: a write through a mount moves
+        it) of both, one HEAD each, must be equal. One of them gone is no conflict either.
+        """
+        if old.etag == new.etag:
+            return True
+        if old.size != new.size:
+            return False
+        if "-" not in old.etag + new.etag and self.store.etags_are_md5:
+            return False  # two MD5s of the bytes: other bytes
+        try:
+            return self.store.head(old.key).metadata == self.store.head(new.key).metadata
+        except S3Error as exc:
+            if exc.not_found:
+                return True
+            raise
 
     def _finish_resumed(self, item: StagedFile, current: str) -> None:
         """Recovery of a file whose upload holds bytes the cache released: complete that upload."""

@@ -329,7 +329,11 @@ class Mutations:
         new_key = state["new"]
         old = self.store.current_etag(old_key)
         new = self.store.current_etag(new_key)
-        copied = bool(new) and new in (state["etag"], state.get("copied"))
+        copied = bool(new) and (
+            new in (state["etag"], state.get("copied"))
+            # a single copy of an object uploaded in parts has another ETag (AWS)
+            or (old == state["etag"] and not state.get("upload") and self._alike(old_key, old, new_key, new))
+        )
         if state.get("upload") and not copied:
             # Killed during the copy's parts or before its completion landed: its parts go.
             self.store.abort_multipart(new_key, state["upload"])
@@ -397,25 +401,31 @@ class Mutations:
         return "renames finished"
 
     def _same_file(self, old: ListEntry, new: ListEntry) -> bool:
-        """Whether ``new`` may be the rename's copy of ``old`` (not a file written there since).
-
-        Equal ETags say so. A copy's ETag is not its source's when either was made in parts (a
-        copy over 5 GiB; on AWS, a copy of an object uploaded in parts) or is no MD5 (SSE-KMS,
-        SSE-C): then the sizes and the user metadata (its mtime: a write through a mount moves
-        it) of both, one HEAD each, must be equal. One of them gone is no conflict either.
-        """
-        if old.etag == new.etag:
-            return True
+        """Whether ``new`` (a directory rename's new name) may be the copy of ``old`` (its old
+        name), not a file written there since; one of them gone is no conflict either."""
         if old.size != new.size:
             return False
-        if "-" not in old.etag + new.etag and self.store.etags_are_md5:
-            return False  # two MD5s of the bytes: other bytes
         try:
-            return self.store.head(old.key).metadata == self.store.head(new.key).metadata
+            return self._alike(old.key, old.etag, new.key, new.etag)
         except S3Error as exc:
             if exc.not_found:
                 return True
             raise
+
+    def _alike(self, old_key: str, old_etag: str, new_key: str, new_etag: str) -> bool:
+        """Whether the object at ``new_key`` may be a copy of the one at ``old_key``.
+
+        Equal ETags say so. A copy's ETag is not its source's when either was made in parts (a
+        copy over 5 GiB in parts; on AWS, a CopyObject of an object uploaded in parts gets the
+        MD5 of its bytes) or is no MD5 (SSE-KMS, SSE-C): then their sizes and user metadata
+        (its mtime: a write through a mount moves it) must be equal, one HEAD each.
+        """
+        if old_etag == new_etag:
+            return True
+        if "-" not in old_etag + new_etag and self.store.etags_are_md5:
+            return False  # two MD5s of the bytes: other bytes
+        old, new = self.store.head(old_key), self.store.head(new_key)
+        return old.size == new.size and old.metadata == new.metadata
 
     def _finish_resumed(self, item: StagedFile, current: str) -> None:
         """Recovery of a file whose upload holds bytes the cache released: complete that upload."""

@@ -377,6 +377,45 @@ def test_kill9_once_a_renames_copy_of_a_file_uploaded_in_parts_landed_on_aws_fin
         s3rig.empty_and_delete_bucket(client, bucket)
 
 
+def test_kill9_once_a_renames_copy_over_a_file_not_yet_uploaded_landed_on_aws_brings_nothing_back(
+    mount_factory, moto_server, bucket, tmp_path
+):
+    # As test_kill9_during_a_rename_over_a_file_just_written_with_writeback, on AWS (moto) with
+    # src uploaded in parts, killed once the copy landed and before its answer: the copy's
+    # ETag is the MD5 of src's bytes, not src's 'MD5-N'. dst's staged bytes, which the rename
+    # replaced, were uploaded as a conflict copy beside it (a replaced file back).
+    client = s3rig.make_boto_client(moto_server.endpoint, moto_server.access_key, moto_server.secret_key)
+    client.create_bucket(Bucket=bucket)
+    data = rand(5 * MiB + 9, 85)
+    _put_in_parts(client, bucket, "src", data)
+    client.put_object(Bucket=bucket, Key="dst", Body=b"dst as it was")
+    settings = {"access_key_id": moto_server.access_key, "secret_access_key": moto_server.secret_key,
+                "default_bucket": bucket, "endpoint": moto_server.endpoint, "tls": False}
+    direct = str(s3rig.write_s3yaml(tmp_path / "moto.yaml", settings))
+    cache = str(tmp_path / "cache")
+    try:
+        with holding(moto_server, is_copy) as proxy:
+            m = mount_factory("writeback,server_rename=off", config=proxy_yaml(tmp_path, settings, proxy),
+                              cache_dir=cache).start()
+            assert sorted(os.listdir(m.path)) == ["dst", "src"]
+            proxy.hold_uploads(answers=True)
+            with open(os.path.join(m.path, "dst"), "wb") as f:
+                f.write(b"dst written again")
+                before = proxy.requests
+                proxy.fail_next(6)  # dst's upload fails (every attempt): still staged, dirty
+            eventually(lambda: proxy.requests >= before + 6, 60, "dst's upload to fail")
+            mover = in_background(os.rename, os.path.join(m.path, "src"), os.path.join(m.path, "dst"))
+            killed_while_held(proxy, m)
+            mover.join(30)
+        m2 = mount_factory(config=direct, cache_dir=cache).start()
+        assert control.read_status(m2.path)["pending"] == []
+        assert s3_keys(client, bucket) == ["dst"]
+        assert s3_sha(client, bucket, "dst") == hashlib.sha256(data).hexdigest()
+        assert m2.stop() == 0
+    finally:
+        s3rig.empty_and_delete_bucket(client, bucket)
+
+
 def _call(call, failures: list[OSError], *args) -> None:
     """``call(*args)``; an OSError it raises goes to ``failures``."""
     try:

@@ -295,7 +295,13 @@ class Mutations:
             item = self.staging.get(state["new"]) if not old.endswith("/") else None
             if item is None or item not in recovered:
                 continue
-            if self.store.current_etag(state["new"]) in (state["etag"], state.get("copied")):
+            current = self.store.current_etag(state["new"])
+            if current in (state["etag"], state.get("copied")) or (
+                current
+                and not state.get("upload")
+                and self.store.current_etag(old) == state["etag"]
+                and self._alike(old, state["etag"], state["new"], current)
+            ):
                 for upload_id in item.pending_uploads():
                     self.uploader.abort_upload(item, upload_id)
                 self.staging.forget(item.key)

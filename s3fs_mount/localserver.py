@@ -154,12 +154,16 @@ _PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _dies_with_us() -> Callable[[], None] | None:
-    """A ``preexec_fn`` after which the child gets SIGTERM when this process dies (Linux's
+    """A ``preexec_fn`` after which the child gets SIGKILL when this process dies (Linux's
     PR_SET_PDEATHSIG), or None where that cannot hold.
 
     A mount killed by SIGKILL (or the OOM killer) left its weed running: it kept the data
-    directory, and the next ``--local`` mount of it failed on weed's own lock. The signal is
-    tied to the thread that starts the child, so only the main thread asks for it.
+    directory, and the next ``--local`` mount of it failed on weed's own lock. SIGKILL, not
+    SIGTERM: weed's shutdown waits 15 s for its gRPC streams, and one killed while a write was
+    under way stopped its filer and volume server but never exited (its master went on growing
+    volumes), so the next mount waited 45 s and failed. A stop of ours ends in SIGKILL too
+    (:meth:`LocalS3Server.stop`). The signal is tied to the thread that starts the child, so
+    only the main thread asks for it.
     """
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
@@ -170,9 +174,9 @@ def _dies_with_us() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # we died before the prctl
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     return preexec
 

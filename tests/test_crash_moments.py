@@ -269,6 +269,128 @@ def test_a_directory_rename_s3_fails_part_way_is_finished_at_the_next_mount(
     assert m2.stop() == 0
 
 
+@pytest.mark.parametrize("big", [False, True])
+def test_kill9_before_a_directory_renames_deletes_finishes_it_whatever_the_copies_etag(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, big
+):
+    # mv d e killed once every file is copied and before the old keys' delete: the next mount
+    # finishes the rename. A copy's ETag is not its source's when it was copied in parts (over
+    # 5 GiB, lowered here), nor on AWS when its source was uploaded in parts: the same bytes
+    # under both names. They were taken for a file rewritten at the new name, and the rename
+    # was left half done for good ('renames left unfinished'), the file under both names.
+    data = rand(9 * MiB + 3 if big else 1000, 83)
+    boto.put_object(Bucket=bucket, Key="d/f", Body=data)
+    boto.put_object(Bucket=bucket, Key="d/small", Body=b"small")
+    cache = str(tmp_path / "cache")
+    env = {"S3FS_MOUNT_TEST_MAX_SINGLE_COPY": str(8 * MiB)}
+    with holding(s3server, is_delete) as proxy:
+        m = mount_factory("server_rename=off", config=proxy_yaml(tmp_path, s3config, proxy),
+                          cache_dir=cache, env=env).start()
+        assert sorted(os.listdir(os.path.join(m.path, "d"))) == ["f", "small"]
+        proxy.hold_uploads()
+        mover = in_background(os.rename, os.path.join(m.path, "d"), os.path.join(m.path, "e"))
+        killed_while_held(proxy, m)
+        mover.join(30)
+    assert sorted(k for k in s3_keys(boto, bucket) if not k.endswith("/")) == [
+        "d/f", "d/small", "e/f", "e/small"]
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache, env=env).start()
+    assert sorted(k for k in s3_keys(boto, bucket) if not k.endswith("/")) == ["e/f", "e/small"]
+    assert s3_sha(boto, bucket, "e/f") == hashlib.sha256(data).hexdigest()
+    assert sorted(os.listdir(m2.path)) == ["e"]
+    assert control.read_status(m2.path)["recovered"] == {"renames finished": 1}
+    assert multipart_uploads(boto, bucket) == []
+    assert m2.stop() == 0
+
+
+def _put_in_parts(client, bucket: str, key: str, data: bytes) -> None:
+    """``data`` at ``key``, uploaded in parts of 5 MiB (its ETag: 'MD5-N')."""
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts = []
+    for n, start in enumerate(range(0, len(data), 5 * MiB), 1):
+        etag = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n,
+                                  Body=data[start:start + 5 * MiB])["ETag"]
+        parts.append({"PartNumber": n, "ETag": etag})
+    client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                     MultipartUpload={"Parts": parts})
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_kill9_once_a_renames_copy_of_a_file_uploaded_in_parts_landed_on_aws_finishes_it(
+    mount_factory, moto_server, bucket, tmp_path, what
+):
+    # On AWS (moto here) a CopyObject of an object uploaded in parts gets the MD5 of its bytes
+    # as ETag, not its source's 'MD5-N'. mv killed once the copy landed, its answer not
+    # back (a file) or before the old keys' delete (a directory): the next mount took the copy
+    # for another file, and left the file under both names for good.
+    client = s3rig.make_boto_client(moto_server.endpoint, moto_server.access_key, moto_server.secret_key)
+    client.create_bucket(Bucket=bucket)
+    data = rand(5 * MiB + 7, 84)
+    src, dst = ("d/f", "e/f") if what == "directory" else ("f", "g")
+    _put_in_parts(client, bucket, src, data)
+    assert client.head_object(Bucket=bucket, Key=src)["ETag"].endswith('-2"')
+    settings = {"access_key_id": moto_server.access_key, "secret_access_key": moto_server.secret_key,
+                "default_bucket": bucket, "endpoint": moto_server.endpoint, "tls": False}
+    direct = str(s3rig.write_s3yaml(tmp_path / "moto.yaml", settings))
+    cache = str(tmp_path / "cache")
+    try:
+        with holding(moto_server, is_copy if what == "file" else is_delete) as proxy:
+            m = mount_factory("server_rename=off", config=proxy_yaml(tmp_path, settings, proxy),
+                              cache_dir=cache).start()
+            os.stat(os.path.join(m.path, src))
+            proxy.hold_uploads(answers=what == "file")
+            mover = in_background(os.rename, os.path.join(m.path, src.split("/")[0]),
+                                  os.path.join(m.path, dst.split("/")[0]))
+            killed_while_held(proxy, m)
+            mover.join(30)
+        assert sorted(k for k in s3_keys(client, bucket) if not k.endswith("/")) == sorted([src, dst])
+        m2 = mount_factory(config=direct, cache_dir=cache).start()
+        assert [k for k in s3_keys(client, bucket) if not k.endswith("/")] == [dst]
+        assert s3_sha(client, bucket, dst) == hashlib.sha256(data).hexdigest()
+        assert control.read_status(m2.path)["recovered"] == {"renames finished": 1}
+        assert m2.stop() == 0
+    finally:
+        s3rig.empty_and_delete_bucket(client, bucket)
+
+
+def test_kill9_once_a_renames_copy_over_a_file_not_yet_uploaded_landed_on_aws_brings_nothing_back(
+    mount_factory, moto_server, bucket, tmp_path
+):
+    # As test_kill9_during_a_rename_over_a_file_just_written_with_writeback, on AWS (moto) with
+    # src uploaded in parts, killed once the copy landed and before its answer: the copy's
+    # ETag is the MD5 of src's bytes, not src's 'MD5-N'. dst's staged bytes, which the rename
+    # replaced, were uploaded as a conflict copy beside it (a replaced file back).
+    client = s3rig.make_boto_client(moto_server.endpoint, moto_server.access_key, moto_server.secret_key)
+    client.create_bucket(Bucket=bucket)
+    data = rand(5 * MiB + 9, 85)
+    _put_in_parts(client, bucket, "src", data)
+    client.put_object(Bucket=bucket, Key="dst", Body=b"dst as it was")
+    settings = {"access_key_id": moto_server.access_key, "secret_access_key": moto_server.secret_key,
+                "default_bucket": bucket, "endpoint": moto_server.endpoint, "tls": False}
+    direct = str(s3rig.write_s3yaml(tmp_path / "moto.yaml", settings))
+    cache = str(tmp_path / "cache")
+    try:
+        with holding(moto_server, is_copy) as proxy:
+            m = mount_factory("writeback,server_rename=off", config=proxy_yaml(tmp_path, settings, proxy),
+                              cache_dir=cache).start()
+            assert sorted(os.listdir(m.path)) == ["dst", "src"]
+            proxy.hold_uploads(answers=True)
+            with open(os.path.join(m.path, "dst"), "wb") as f:
+                f.write(b"dst written again")
+                before = proxy.requests
+                proxy.fail_next(6)  # dst's upload fails (every attempt): still staged, dirty
+            eventually(lambda: proxy.requests >= before + 6, 60, "dst's upload to fail")
+            mover = in_background(os.rename, os.path.join(m.path, "src"), os.path.join(m.path, "dst"))
+            killed_while_held(proxy, m)
+            mover.join(30)
+        m2 = mount_factory(config=direct, cache_dir=cache).start()
+        assert control.read_status(m2.path)["pending"] == []
+        assert s3_keys(client, bucket) == ["dst"]
+        assert s3_sha(client, bucket, "dst") == hashlib.sha256(data).hexdigest()
+        assert m2.stop() == 0
+    finally:
+        s3rig.empty_and_delete_bucket(client, bucket)
+
+
 def _call(call, failures: list[OSError], *args) -> None:
     """``call(*args)``; an OSError it raises goes to ``failures``."""
     try:

@@ -205,6 +205,36 @@ def test_a_local_mount_killed_by_sigkill_takes_its_server_along_and_mounts_again
         wait_gone(str(data), timeout=90)
 
 
+def test_a_local_mount_killed_by_sigkill_during_writes_mounts_again_at_once(tmp_path):
+    """Found by hand (round 34): a --local mount killed by SIGKILL while files were being
+    written: its weed, sent SIGTERM, stopped its filer and volume server but never exited (its
+    master went on growing volumes), holding the data directory; the next mount waited 45 s
+    and failed ("in use by the embedded server of another mount"). Even when it does exit,
+    weed's shutdown takes 15 s (its gRPC streams). Its weed now gets SIGKILL: the next mount
+    needs no wait."""
+    data, mnt = tmp_path / "data", tmp_path / "mnt"
+    mnt.mkdir()
+    opts = "cache_dir=%s" % (tmp_path / "c")
+    r = run("-o", opts, "--local", str(data), str(mnt))
+    assert r.returncode == 0, r.stderr
+    try:
+        for i in range(50):
+            (mnt / ("f%d" % i)).write_text("x" * i)
+        pid = int((data / "server.lock").read_text().split()[1].rstrip(","))  # "pid N, mounted on ..."
+        os.kill(pid, signal.SIGKILL)
+        wait_gone("s3fs-mount.*--local %s " % data)
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+    r = run("-o", opts, "--local", str(data), str(mnt))
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "waiting for the embedded server" not in r.stderr
+        assert (mnt / "f49").read_text() == "x" * 49
+    finally:
+        subprocess.run(["fusermount", "-u", str(mnt)], check=False)
+        wait_gone(str(data), timeout=90)
+
+
 _REQUEST_LINE = re.compile(r"\b(GET|PUT|HEAD|POST|DELETE) \S* \S* (\d{3}) \d+ms up=(\d+) down=(\d+)$")
 
 

@@ -295,7 +295,13 @@ class Mutations:
             item = self.staging.get(state["new"]) if not old.endswith("/") else None
             if item is None or item not in recovered:
                 continue
-            if self.store.current_etag(state["new"]) in (state["etag"], state.get("copied")):
+            current = self.store.current_etag(state["new"])
+            if current in (state["etag"], state.get("copied")) or (
+                current
+                and not state.get("upload")
+                and self.store.current_etag(old) == state["etag"]
+                and self._alike(old, state["etag"], state["new"], current)
+            ):
                 for upload_id in item.pending_uploads():
                     self.uploader.abort_upload(item, upload_id)
                 self.staging.forget(item.key)
@@ -329,7 +335,11 @@ class Mutations:
         new_key = state["new"]
         old = self.store.current_etag(old_key)
         new = self.store.current_etag(new_key)
-        copied = bool(new) and new in (state["etag"], state.get("copied"))
+        copied = bool(new) and (
+            new in (state["etag"], state.get("copied"))
+            # a single copy of an object uploaded in parts has another ETag (AWS)
+            or (old == state["etag"] and not state.get("upload") and self._alike(old_key, old, new_key, new))
+        )
         if state.get("upload") and not copied:
             # Killed during the copy's parts or before its completion landed: its parts go.
             self.store.abort_multipart(new_key, state["upload"])
@@ -367,11 +377,13 @@ class Mutations:
         moving the old one would overwrite it unseen. Both directories are then left as they are.
         """
         old, new = self.keymap.path(old_prefix), self.keymap.path(new_prefix)
-        left = {e.key[len(old_prefix) :]: e.etag for e in self.store.list_all(old_prefix)}
+        left = {e.key[len(old_prefix) :]: e for e in self.store.list_all(old_prefix)}
         differ = [
             e.key
             for e in (self.store.list_all(new_prefix) if left else ())
-            if not e.key.endswith("/") and left.get(e.key[len(new_prefix) :], e.etag) != e.etag
+            if not e.key.endswith("/")
+            and e.key[len(new_prefix) :] in left
+            and not self._same_file(left[e.key[len(new_prefix) :]], e)
         ]
         if differ:
             log.error("recovery: the rename of directory %s to %s is left half done: %d files are "
@@ -393,6 +405,33 @@ class Mutations:
         self.namespace.forget_tree(old)
         log.warning("recovery: finished the rename of directory %s to %s (killed part way)", old, new)
         return "renames finished"
+
+    def _same_file(self, old: ListEntry, new: ListEntry) -> bool:
+        """Whether ``new`` (a directory rename's new name) may be the copy of ``old`` (its old
+        name), not a file written there since; one of them gone is no conflict either."""
+        if old.size != new.size:
+            return False
+        try:
+            return self._alike(old.key, old.etag, new.key, new.etag)
+        except S3Error as exc:
+            if exc.not_found:
+                return True
+            raise
+
+    def _alike(self, old_key: str, old_etag: str, new_key: str, new_etag: str) -> bool:
+        """Whether the object at ``new_key`` may be a copy of the one at ``old_key``.
+
+        Equal ETags say so. A copy's ETag is not its source's when either was made in parts (a
+        copy over 5 GiB in parts; on AWS, a CopyObject of an object uploaded in parts gets the
+        MD5 of its bytes) or is no MD5 (SSE-KMS, SSE-C): then their sizes and user metadata
+        (its mtime: a write through a mount moves it) must be equal, one HEAD each.
+        """
+        if old_etag == new_etag:
+            return True
+        if "-" not in old_etag + new_etag and self.store.etags_are_md5:
+            return False  # two MD5s of the bytes: other bytes
+        old, new = self.store.head(old_key), self.store.head(new_key)
+        return old.size == new.size and old.metadata == new.metadata
 
     def _finish_resumed(self, item: StagedFile, current: str) -> None:
         """Recovery of a file whose upload holds bytes the cache released: complete that upload."""

@@ -227,14 +227,14 @@ def test_copy_keeps_or_replaces_metadata(subject):
     assert gone.value.not_found
 
 
+# The real stores only: the fake copies whole whatever the size.
+@pytest.mark.parametrize("subject", ["seaweedfs", "seaweedfs/prefix", "moto"], indirect=True)
 def test_a_copy_in_parts_is_conditional_and_tells_its_upload_and_etag_before_completing(
     subject, monkeypatch
 ):
     # Over 5 GiB a copy goes in parts (lowered here to 5 MiB): each part only from the version
     # if_match names, and on_parts tells the upload (to abort after a crash) and the ETag the
     # completion makes (to recognise it after a crash), before the completion.
-    if isinstance(subject.store, FakeStore):
-        pytest.skip("the fake copies whole whatever the size")
     monkeypatch.setattr(store_module, "MAX_SINGLE_COPY", 5 * MiB)
     monkeypatch.setattr(store_module, "COPY_PART", 5 * MiB)
     subject.store.configure_checksums(subject.name)  # as a mount does: SeaweedFS then gives MD5 ETags

@@ -709,7 +709,7 @@ class Mutations:
                 self.upload(item)
         entries = list(self.store.list_all(old_prefix))
         folder = self.keymap.folder_key(old)
-        if not entries and not self._exists(folder) and not self._exists(old_prefix):
+        if not entries and not self.store.current_etag(folder) and not self.store.current_etag(old_prefix):
             # Nothing of it in S3: another client removed or renamed it since our lookup. Made
             # anew here, it became an empty directory that was never there (two mounts' mv).
             log.warning("rename %s to %s: %s is not in S3 any more (another client removed or renamed it)",
@@ -836,16 +836,6 @@ class Mutations:
             self.namespace.forget(path)
         if not stayed:
             self.namespace.forget(old, gone=True)
-
-    def _exists(self, key: str) -> bool:
-        """One HEAD: whether S3 has ``key``."""
-        try:
-            self.store.head(key)
-        except S3Error as exc:
-            if exc.not_found:
-                return False
-            raise
-        return True
 
     def _copy_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> None:
         """Copy ``entries`` (keys under ``old_prefix``) to their names under ``new_prefix``, in parallel."""

@@ -908,10 +908,7 @@ class Namespace:
     def _dir_shadows(self, path: str, key: str, page: ListPage) -> bool:
         """Does a directory share the name of file ``key`` (``page``: :meth:`_list_named`'s)?
         The directory wins (README "Files and directories"), whichever of them is asked first."""
-        folder = [e for e in page.entries if e.key == key + FOLDER_SUFFIX]
-        if folder:
-            self._saw_dir_object(path, folder[0].key, folder[0].size)
-        if key + "/" in page.prefixes or folder:
+        if self._dir_in_page(path, key, page):
             return True
         if not page.truncated:
             return False
@@ -926,6 +923,14 @@ class Namespace:
             mode is not None and stat.S_ISDIR(mode)
         )
 
+    def _dir_in_page(self, path: str, key: str, page: ListPage) -> bool:
+        """Does ``page`` (:meth:`_list_named`'s) show a directory ``key``: its marker's prefix
+        ``key/``, or a ``key_$folder$`` (noted as the directory's object)?"""
+        folder = [e for e in page.entries if e.key == key + FOLDER_SUFFIX]
+        if folder:
+            self._saw_dir_object(path, folder[0].key, folder[0].size)
+        return key + "/" in page.prefixes or bool(folder)
+
     def _dir_exists(self, path: str, key: str, page: ListPage) -> bool:
         """Is there a marker, any key under ``key/``, or a ``key_$folder$``? ``page`` (the
         LIST of :meth:`_list_named`) says, usually.
@@ -935,10 +940,7 @@ class Namespace:
         of its parent, as ``ls`` shows it, but a LIST of the keys beginning with its name does
         not. A LIST of what is in it finds it (its own ``dir/``): one more LIST there, for a
         name the first found no directory of, so that a lookup says what ``ls`` shows."""
-        folder = [e for e in page.entries if e.key == key + FOLDER_SUFFIX]
-        if folder:
-            self._saw_dir_object(path, folder[0].key, folder[0].size)
-        if key + "/" in page.prefixes or folder:
+        if self._dir_in_page(path, key, page):
             return True
         if page.truncated or not self.dir_meta_on_marker:
             asked = self.clock.monotonic()
@@ -1201,13 +1203,7 @@ class Namespace:
         this mount has yet to write costs one HEAD (its marker), not two."""
         if self.holders.get(path) is not None:
             view, key = self._holders(path)[-1]
-            try:
-                view.head(key)
-            except S3Error as exc:
-                if not exc.not_found:
-                    raise
-                return None, False
-            return None, True
+            return None, bool(view.current_etag(key))
         held, there = self._held_dir_attributes(path)
         return (held if held.etag else None), there
 

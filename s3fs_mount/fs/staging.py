@@ -70,6 +70,7 @@ from s3fs_mount.fs.attrs import (
 from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.options import human_size
 from s3fs_mount.fs.ranges import RangeSet
+from s3fs_mount.fs.spares import SpareFiles, remove_left
 from s3fs_mount.s3.checksums import digest_of_bytes
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ class StagedFile:
     which lock guards it.
     """
 
-    def __init__(self, cache: StagingCache, item_id: str, key: str) -> None:
+    def __init__(self, cache: StagingCache, item_id: str, key: str, fd: int = -1) -> None:
         self.cache = cache  # immutable after __init__
         self.id = item_id  # immutable after __init__
         self.data_path = os.path.join(cache.root, item_id + ".data")  # immutable after __init__
@@ -300,9 +301,9 @@ class StagedFile:
         self.save_lock = threading.Lock()  # immutable after __init__
         #: GUARDED_BY(cache._lock): changed by StagingCache.rekey (a rename, a conflict name).
         self.key = key
-        #: Set by open_fd (at acquire, before any handle has the item) and close_fd (at
-        #: discard, after the last); read without a lock.
-        self.fd = -1
+        #: Set by open_fd (at acquire, before any handle has the item; or given, a spare file
+        #: already open) and close_fd (at discard, after the last); read without a lock.
+        self.fd = fd
         self.size = 0  # GUARDED_BY(cond): the logical size
         self.remote_size = 0  # GUARDED_BY(cond): bytes [0, remote_size) still come from S3 when missing
         self.present = RangeSet()  # GUARDED_BY(cond)
@@ -1049,8 +1050,9 @@ class StagedFile:
         self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
     ) -> None:
         """reset's work; the caller holds cond."""
-        os.ftruncate(self.fd, 0)
-        os.ftruncate(self.fd, size)
+        if size or os.fstat(self.fd).st_size:  # a new file's (empty) needs neither
+            os.ftruncate(self.fd, 0)
+            os.ftruncate(self.fd, size)
         self.present = RangeSet()
         self.released = RangeSet()
         self.stream = {}
@@ -1130,6 +1132,8 @@ class StagingCache:
                 "the cache %s is in use by another mount of this bucket: give this one -o cache_dir=" % root
             ) from None
         self.journal = StagingJournal(root)
+        #: Empty data files made ahead for new items, once recovery has run (see spares.py).
+        self._spares = SpareFiles(root)
         try:
             #: What the last run left: taken by recover(), before the mount serves.
             self._recorded = self.journal.open()
@@ -1180,6 +1184,7 @@ class StagingCache:
 
     def close(self) -> None:
         """Let another mount use this directory (ours has stopped)."""
+        self._spares.close()
         self.journal.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
@@ -1225,7 +1230,9 @@ class StagingCache:
             if item is not None:
                 self._count_open(item)
         if item is None:
-            made = StagedFile(self, uuid.uuid4().hex, key)
+            item_id = uuid.uuid4().hex
+            spare = self._spares.take(item_id)  # a file made ahead, else open_fd makes one
+            made = StagedFile(self, item_id, key, -1 if spare is None else spare)
             try:
                 self.when_full(made.open_fd, 0, "a new cache file for %s" % key)
                 if setup is not None:
@@ -1495,6 +1502,7 @@ class StagingCache:
         Data files without a record were clean copies: they are removed.
         """
         names = os.listdir(self.root)
+        remove_left(self.root, names)
         recorded = dict(self._recorded)
         self._recorded = {}
         legacy = self._legacy_sidecars(names)
@@ -1533,6 +1541,7 @@ class StagingCache:
             with self._lock:
                 self._items[item.key] = item
             found.append(item)
+        self._spares.start()  # only now: the listing above removed the spares a killed run left
         return found
 
     def _legacy_sidecars(self, names: list[str]) -> dict[str, dict[str, object]]:

@@ -5,11 +5,12 @@ ext4 without a journal (this project's test machine) each new inode is sought pa
 freed in the last 30 s, so while other processes delete files one ``open(O_CREAT)`` in the cache
 directory took 100-350 us of CPU: as much as the rest of a small file's create (bench/README.md,
 round 35). A thread of its own keeps up to ``count`` empty files open, and a new item takes one
-(a rename to its name: no new inode).
+(a rename to its name: no new inode). The thread starts with the first new file: a mount that
+makes none (read-only, or reading only) makes no spare either.
 
 A spare is named ``<id>.spare`` until it is taken, so it is never mistaken for an item's data
 (``<id>.data``): recovery removes the ones a killed mount left (:func:`remove_left`), and
-spares are made only once recovery has run (:meth:`SpareFiles.start`).
+spares are made only once recovery has run (:meth:`SpareFiles.allow`).
 """
 
 from __future__ import annotations
@@ -39,29 +40,32 @@ class SpareFiles:
         self.count = count  # immutable after __init__
         self._lock = threading.Lock()
         self._ready: list[tuple[str, int]] = []  # GUARDED_BY(_lock): (id, fd open read-write)
-        self._started = False  # GUARDED_BY(_lock)
+        self._allowed = False  # GUARDED_BY(_lock): recovery has run
         self._closed = False  # GUARDED_BY(_lock)
         self._thread: threading.Thread | None = None  # GUARDED_BY(_lock); set once, by start
         #: Set when the thread is to make more (fewer than half are ready) or stop.
         self._wanted = threading.Event()
 
-    def start(self) -> None:
-        """Make spares from now on: after recovery, which removes the files of a run before."""
+    def allow(self) -> None:
+        """Spares may be made from the next new file on: recovery, which removes the files a run
+        before left, has run."""
         with self._lock:
-            if self._started or self._closed or self.count <= 0:
-                return
-            self._started = True
-            self._thread = threading.Thread(target=self._run, name="spare-files", daemon=True)
-            thread = self._thread
-        thread.start()
+            self._allowed = True
 
     def take(self, item_id: str) -> int | None:
         """An fd open read-write on an empty file now named ``<item_id>.data`` in ``root``, or
-        None when no spare is ready (the caller makes the file itself)."""
+        None when no spare is ready (the caller makes the file itself). The first call once
+        allowed starts the thread that makes them."""
+        start = None
         with self._lock:
             spare = self._ready.pop() if self._ready else None
-            low = self._started and not self._closed and len(self._ready) <= self.count // 2
-        if low:
+            usable = self._allowed and not self._closed and self.count > 0
+            if usable and self._thread is None:
+                start = self._thread = threading.Thread(target=self._run, name="spare-files", daemon=True)
+            low = usable and len(self._ready) <= self.count // 2
+        if start is not None:
+            start.start()
+        elif low:
             self._wanted.set()
         if spare is None:
             return None

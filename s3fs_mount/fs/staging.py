@@ -1541,7 +1541,7 @@ class StagingCache:
             with self._lock:
                 self._items[item.key] = item
             found.append(item)
-        self._spares.start()  # only now: the listing above removed the spares a killed run left
+        self._spares.allow()  # only now: the listing above removed the spares a killed run left
         return found
 
     def _legacy_sidecars(self, names: list[str]) -> dict[str, dict[str, object]]:

@@ -52,9 +52,9 @@ class SpareFiles:
         with self._lock:
             self._allowed = True
 
-    def take(self, item_id: str) -> int | None:
-        """An fd open read-write on an empty file now named ``<item_id>.data`` in ``root``, or
-        None when no spare is ready (the caller makes the file itself). The first call once
+    def take(self) -> tuple[str, int] | None:
+        """An id and an fd open read-write on an empty file now named ``<id>.data`` in ``root``,
+        or None when no spare is ready (the caller makes the file itself). The first call once
         allowed starts the thread that makes them."""
         start = None
         with self._lock:
@@ -71,13 +71,13 @@ class SpareFiles:
             return None
         spare_id, fd = spare
         try:
-            os.rename(self._path(spare_id), os.path.join(self.root, item_id + ".data"))
+            os.rename(self._path(spare_id), os.path.join(self.root, spare_id + ".data"))
         except OSError as exc:  # the directory was changed under us: the caller makes its own
             log.debug("spare file %s not taken: %s", spare_id, exc)
             os.close(fd)
             _remove(self._path(spare_id))
             return None
-        return fd
+        return spare
 
     def ready(self) -> int:
         """How many spares are ready now."""

@@ -1230,9 +1230,9 @@ class StagingCache:
             if item is not None:
                 self._count_open(item)
         if item is None:
-            item_id = uuid.uuid4().hex
-            spare = self._spares.take(item_id)  # a file made ahead, else open_fd makes one
-            made = StagedFile(self, item_id, key, -1 if spare is None else spare)
+            spare = self._spares.take()  # (id, fd) of a file made ahead, else open_fd makes one
+            item_id, fd = spare if spare is not None else (uuid.uuid4().hex, -1)
+            made = StagedFile(self, item_id, key, fd)
             try:
                 self.when_full(made.open_fd, 0, "a new cache file for %s" % key)
                 if setup is not None:

@@ -22,8 +22,8 @@ import uuid
 
 log = logging.getLogger(__name__)
 
-#: Empty files kept ready: a burst of creates takes them faster than the thread makes them only
-#: when each create costs less than an inode here, and then the create makes its own.
+#: Empty files kept ready, made again once half are taken: a burst empties them only when its
+#: creates outrun the thread, and each create then makes its own file, as it did before.
 SPARE_FILES = 16
 SUFFIX = ".spare"
 
@@ -42,7 +42,7 @@ class SpareFiles:
         self._ready: list[tuple[str, int]] = []  # GUARDED_BY(_lock): (id, fd open read-write)
         self._allowed = False  # GUARDED_BY(_lock): recovery has run
         self._closed = False  # GUARDED_BY(_lock)
-        self._thread: threading.Thread | None = None  # GUARDED_BY(_lock); set once, by start
+        self._thread: threading.Thread | None = None  # GUARDED_BY(_lock); set once, by a take
         #: Set when the thread is to make more (fewer than half are ready) or stop.
         self._wanted = threading.Event()
 

@@ -5,6 +5,7 @@ Everything here talks to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -13,7 +14,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,34 @@ def fuse_unavailable_reason() -> str | None:
 def require_fuse_env() -> bool:
     """True when FUSE tests must fail instead of skip (S3FS_REQUIRE_FUSE=1)."""
     return os.environ.get("S3FS_REQUIRE_FUSE", "") not in ("", "0", "false", "no")
+
+
+@contextlib.contextmanager
+def moto_checks_checksums() -> Iterator[None]:
+    """moto (in this process) answering ``x-amz-checksum-*`` on a PUT or part as AWS does: the
+    body's checksum must match (else 400 BadDigest) and is kept with the object. moto itself
+    takes the header only beside boto's ``x-amz-sdk-checksum-algorithm``, and checks nothing,
+    so a mount found no CRC32 there and uploaded with Content-MD5. (Multipart checksums moto
+    computes itself, from the parts' bytes, as AWS does.)"""
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.responses import S3Response
+    from moto.s3.utils import compute_checksum
+
+    original = S3Response._get_checksum
+
+    def checked(self: Any, response_headers: dict[str, Any]) -> tuple[str, str | None]:
+        for name in ("crc32", "crc32c", "crc64nvme", "sha1", "sha256"):
+            sent = self.headers.get("x-amz-checksum-" + name)
+            if sent:
+                if compute_checksum(self.raw_body, name.upper()).decode() != sent:
+                    raise S3ClientError("BadDigest", "The %s you specified did not match the calculated "
+                                        "checksum." % name.upper())
+                response_headers["x-amz-checksum-" + name] = sent
+                return name.upper(), sent
+        return original(self, response_headers)
+
+    S3Response._get_checksum = checked
+    try:
+        yield
+    finally:
+        S3Response._get_checksum = original

@@ -212,6 +212,59 @@ def test_a_verifier_hashes_each_part_as_it_comes_not_after_the_parts_before(monk
     assert v.state == VERIFIED
 
 
+def _crc32_digest(data: bytes) -> str:
+    import base64
+    import zlib
+
+    return "CRC32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+@pytest.mark.parametrize("flip", [None, 17 * MiB + 3], ids=["right", "a byte changed"])
+def test_a_whole_object_crc32_is_hashed_in_pieces_side_by_side_then_combined(monkeypatch, flip):
+    # A FULL_OBJECT CRC32 (our uploads in parts, AWS's default CRC64NVME aside) is one digest of
+    # all the bytes: hashed in order, 20 MiB fed ahead of the first byte gave up past
+    # MAX_WAITING. In pieces of CRC32_PIECE, each hashed as it comes, combined at the end.
+    monkeypatch.setattr(checksums, "MAX_WAITING", 2 * MiB)
+    data = os.urandom(20 * MiB + 5)
+    v = Verifier("k", _crc32_digest(data), len(data), len(data))
+    got = bytearray(data)
+    if flip is not None:
+        got[flip] ^= 1
+    v.feed(checksums.CRC32_PIECE, [bytes(got[checksums.CRC32_PIECE :])])
+    assert v.state == PENDING
+    v.feed(0, [bytes(got[: checksums.CRC32_PIECE])])
+    assert v.state == (VERIFIED if flip is None else MISMATCH)
+
+
+def test_the_crc32_of_parts_combined_is_the_crc32_of_all_their_bytes():
+    import base64
+    import zlib
+
+    data = os.urandom(3 * MiB + 11)
+    cuts = [0, MiB, MiB + 1, 3 * MiB, len(data)]
+    parts = [
+        (base64.b64encode(zlib.crc32(data[a:b]).to_bytes(4, "big")).decode(), b - a)
+        for a, b in zip(cuts, cuts[1:], strict=False)
+    ]
+    assert checksums.crc32_of_parts(parts) == _crc32_digest(data)
+    assert checksums.crc32_of_parts([]) == ""
+
+
+def test_same_bytes_only_by_equal_sizes_and_digests_of_all_the_bytes():
+    d = _crc32_digest(b"abc")
+    assert checksums.same_bytes(3, d, 3, d)
+    assert not checksums.same_bytes(3, d, 4, d)  # another size
+    assert not checksums.same_bytes(3, d, 3, _crc32_digest(b"abd"))  # other bytes
+    assert not checksums.same_bytes(3, d + "-1", 3, d + "-1")  # of parts: another layout differs
+    parts_etag = "MD5-of-parts:" + "0" * 32 + "-2"
+    assert not checksums.same_bytes(3, parts_etag, 3, parts_etag)
+    assert not checksums.same_bytes(3, "", 3, "")  # not known
+    assert not checksums.same_bytes(3, d, 3, "SHA256:" + "A" * 43 + "=")  # another algorithm: can't tell
+    md5 = "MD5:" + hashlib.md5(b"abc").hexdigest()
+    assert checksums.same_bytes(3, md5, 3, md5)
+    assert checksums.whole(d) and not checksums.whole(d + "-3") and not checksums.whole("none:")
+
+
 @pytest.mark.parametrize("flip", [None, 7 * MiB + 5], ids=["right", "a byte changed"])
 def test_a_verifier_fed_by_many_threads_at_once_checks_every_part(flip):
     # Pieces of 2 MiB straddle parts of 3 MiB and come from eight threads in any order, as the

@@ -1242,7 +1242,9 @@ def test_two_mounts_renaming_one_directory_at_once_leave_each_file_under_one_nam
 @pytest.fixture
 def moto_mounts(mount_factory, moto_server, bucket, tmp_path):
     """(make a mount, boto3 client) on moto, which answers as AWS: a CopyObject of an object
-    uploaded in parts (ETag 'MD5-N') gets the MD5 of its bytes as ETag."""
+    uploaded in parts (ETag 'MD5-N') gets the MD5 of its bytes as ETag; an upload's
+    x-amz-checksum-crc32 is checked and kept (s3rig.moto_checks_checksums), so mounts upload
+    with CRC32s, in parts FULL_OBJECT, and a copy keeps the object's CRC32 of all its bytes."""
     import s3rig
 
     client = s3rig.make_boto_client(moto_server.endpoint, moto_server.access_key, moto_server.secret_key)
@@ -1250,13 +1252,11 @@ def moto_mounts(mount_factory, moto_server, bucket, tmp_path):
     config = str(s3rig.write_s3yaml(tmp_path / "moto.yaml", {
         "access_key_id": moto_server.access_key, "secret_access_key": moto_server.secret_key,
         "default_bucket": bucket, "endpoint": moto_server.endpoint, "tls": False}))
-    yield (lambda options="": mount_factory(options, config=config)), client
+    with s3rig.moto_checks_checksums():
+        yield (lambda options="": mount_factory(options, config=config)), client
     s3rig.empty_and_delete_bucket(client, bucket)
 
 
-@pytest.mark.xfail(strict=True, reason="open: on AWS another mount's chmod of a file uploaded in parts "
-                   "gives it a new ETag (a CopyObject), taken for new bytes: the reader's next GET "
-                   "(If-Match the version it read) is refused, EIO")
 def test_on_aws_a_read_goes_on_after_another_mounts_chmod_of_a_file_uploaded_in_parts(moto_mounts, bucket):
     make, client = moto_mounts
     one, two = make().start(), make().start()
@@ -1269,15 +1269,82 @@ def test_on_aws_a_read_goes_on_after_another_mounts_chmod_of_a_file_uploaded_in_
             assert f.read(1024 * 1024) == data[: 1024 * 1024]
             os.chmod(os.path.join(two.path, "f"), 0o600)
             f.seek(30 * 1024 * 1024)
-            assert f.read() == data[30 * 1024 * 1024:]  # OSError EIO here
+            assert f.read() == data[30 * 1024 * 1024:]  # was OSError EIO
+        assert "with the same bytes" in read_log(one)
+    finally:
+        assert one.stop() == 0
+        assert two.stop() == 0
+    head = client.head_object(Bucket=bucket, Key="f", ChecksumMode="ENABLED")
+    assert not head["ETag"].endswith('-6"') and head["ChecksumCRC32"]  # a copy's ETag, the CRC32 of all
+
+
+def test_on_aws_a_read_goes_on_through_its_check_after_another_mounts_chmod(moto_mounts, bucket):
+    """The same, read from byte 0 to the end: the stream's check of the whole object goes on in
+    the new version's bytes (the same CRC32 of all its bytes), and passes."""
+    make, client = moto_mounts
+    one, two = make("debug").start(), make().start()
+    data = os.urandom(40 * 1024 * 1024 + 5)
+    with open(os.path.join(two.path, "f"), "wb") as f:
+        f.write(data)
+    try:
+        with open(os.path.join(one.path, "f"), "rb") as f:
+            got = f.read(1024 * 1024)
+            os.chmod(os.path.join(two.path, "f"), 0o600)
+            while chunk := f.read(1024 * 1024):
+                got += chunk
+        assert got == data
+        log = read_log(one)
+        assert "with the same bytes" in log and "read of f verified (CRC32:" in log
     finally:
         assert one.stop() == 0
         assert two.stop() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="open: on AWS another mount's chmod of a file uploaded in parts "
-                   "gives it a new ETag, so our upload of the file we are writing is refused and goes "
-                   "to a conflict name (on SeaweedFS the chmod keeps the ETag, and is merged)")
+def test_on_aws_a_read_fails_when_another_mount_wrote_other_bytes_of_the_same_size(moto_mounts, bucket):
+    """Other bytes under a new ETag (same size): EIO, as before; never the new version's bytes."""
+    make, client = moto_mounts
+    one, two = make().start(), make().start()
+    data, other = os.urandom(40 * 1024 * 1024 + 5), os.urandom(40 * 1024 * 1024 + 5)
+    with open(os.path.join(two.path, "f"), "wb") as f:
+        f.write(data)
+    try:
+        with open(os.path.join(one.path, "f"), "rb") as f:
+            assert f.read(1024 * 1024) == data[: 1024 * 1024]
+            with open(os.path.join(two.path, "f"), "r+b") as g:
+                g.write(other)
+            f.seek(30 * 1024 * 1024)
+            with pytest.raises(OSError) as exc:
+                f.read()
+            assert exc.value.errno == errno.EIO
+        assert "other bytes" in read_log(one)
+    finally:
+        assert one.stop() == 0
+        assert two.stop() == 0
+
+
+def test_on_aws_a_read_fails_when_another_clients_copy_changed_the_checksum(moto_mounts, bucket):
+    """Another client's REPLACE copy that asks for another checksum (SHA256): the bytes are the
+    same, but nothing S3 says tells so: EIO, as before, never a guess."""
+    make, client = moto_mounts
+    one, two = make().start(), make().start()
+    data = os.urandom(40 * 1024 * 1024 + 5)
+    with open(os.path.join(two.path, "f"), "wb") as f:
+        f.write(data)
+    try:
+        with open(os.path.join(one.path, "f"), "rb") as f:
+            assert f.read(1024 * 1024) == data[: 1024 * 1024]
+            client.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
+                               MetadataDirective="REPLACE", Metadata={"owner": "them"},
+                               ChecksumAlgorithm="SHA256")
+            f.seek(30 * 1024 * 1024)
+            with pytest.raises(OSError) as exc:
+                f.read()
+            assert exc.value.errno == errno.EIO
+    finally:
+        assert one.stop() == 0
+        assert two.stop() == 0
+
+
 def test_on_aws_our_write_survives_another_mounts_chmod_of_a_file_uploaded_in_parts(moto_mounts, bucket):
     make, client = moto_mounts
     one, two = make("writeback").start(), make().start()
@@ -1292,6 +1359,48 @@ def test_on_aws_our_write_survives_another_mounts_chmod_of_a_file_uploaded_in_pa
     assert one.stop() == 0
     assert two.stop() == 0
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
-    assert keys == ["f"]  # ['f', 'f.conflict-T']
+    assert keys == ["f"]  # was ['f', 'f.conflict-T']
     head = client.head_object(Bucket=bucket, Key="f")
     assert head["ContentLength"] == len(data) + 4 and head["Metadata"]["mode"] == str(0o100600)
+    assert client.get_object(Bucket=bucket, Key="f")["Body"].read() == data + b"more"
+
+
+@pytest.mark.parametrize("by", ["another mount's chmod", "other bytes", "another checksum"])
+def test_on_aws_an_open_file_written_again_after_another_clients_change(moto_mounts, bucket, by):
+    """A file written in parts, fsynced and written on while another client changes it: its
+    chmod (a copy: a new ETag, the same CRC32 of all the bytes) is merged into our upload, as on
+    SeaweedFS; other bytes of the same size (a PUT), or the same bytes under another checksum (a
+    REPLACE copy asking for SHA256: nothing S3 says tells they are the same), send ours to a
+    conflict copy, as before, and theirs stays."""
+    make, client = moto_mounts
+    one = make("writeback").start()
+    data = os.urandom(20 * 1024 * 1024 + 5)
+    theirs = os.urandom(len(data)) if by == "other bytes" else data
+    with open(os.path.join(one.path, "f"), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+        assert client.head_object(Bucket=bucket, Key="f")["ETag"].endswith('-3"')
+        if by == "other bytes":
+            client.put_object(Bucket=bucket, Key="f", Body=theirs, ChecksumAlgorithm="CRC32")
+        elif by == "another checksum":
+            client.copy_object(Bucket=bucket, Key="f", CopySource={"Bucket": bucket, "Key": "f"},
+                               MetadataDirective="REPLACE", Metadata={"owner": "them"},
+                               ChecksumAlgorithm="SHA256")
+        else:
+            two = make().start()
+            os.chmod(os.path.join(two.path, "f"), 0o600)
+            assert two.stop() == 0
+        f.write(b"more")
+    assert one.stop() == 0
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+    if by == "another mount's chmod":
+        assert keys == ["f"]
+        assert "with the same bytes" in read_log(one)
+        head = client.head_object(Bucket=bucket, Key="f")
+        assert head["Metadata"]["mode"] == str(0o100600)
+        assert client.get_object(Bucket=bucket, Key="f")["Body"].read() == data + b"more"
+        return
+    assert len(keys) == 2 and keys[0] == "f" and keys[1].startswith("f.conflict-"), keys
+    assert client.get_object(Bucket=bucket, Key="f")["Body"].read() == theirs
+    assert client.get_object(Bucket=bucket, Key=keys[1])["Body"].read() == data + b"more"

@@ -33,11 +33,12 @@ class Corrupt(FsError):
 class Replaced(FsError):
     """S3 no longer holds the version a read was for: another client replaced the object
     since this mount looked it up (a 412 on the read's If-Match). EIO, unless the handle
-    has served nothing yet: then it follows the new version (:meth:`S3Operations.read`)."""
+    has served nothing yet: then it follows the new version (:meth:`S3Operations.read`); or
+    the new version holds the same bytes (a metadata copy): then the reader goes on in it."""
 
     def __init__(self, key: str, etag: str) -> None:
         super().__init__(errno.EIO, "%s: version %s was replaced in S3 by another client" % (key, etag))
-        self.key = key
+        self.key, self.etag = key, etag
 
 
 class Superseded(FsError):

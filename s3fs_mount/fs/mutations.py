@@ -31,6 +31,7 @@ from s3fs_mount.fs.renames import PendingRenames
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
+from s3fs_mount.s3.checksums import same_bytes
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry
@@ -197,6 +198,46 @@ class Mutations:
         log.info("%s: replaced in S3 by another client since its lookup: reading %s", path, a.etag)
         item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
 
+    def fetch_whole(self, item: StagedFile) -> None:
+        """Before the first write to an object's copy, fetch all of it (crash safety). A version
+        S3 no longer holds, but holds its bytes under a new ETag (:meth:`follow_same_bytes`),
+        is followed; any other 412 is the caller's S3Error (EIO)."""
+        view = item.view()
+        if view.dirty or view.remote_size <= 0:
+            return
+        try:
+            self.prefetcher.ensure(item, 0, view.remote_size)
+        except S3Error as exc:
+            if not exc.precondition_failed:
+                raise
+            if not self.follow_same_bytes(self.keymap.path(item.key), item, view.etag):
+                raise
+            self.prefetcher.ensure(item, 0, item.view().remote_size)
+
+    def follow_same_bytes(self, path: str, item: StagedFile, etag: str) -> bool:
+        """A read of version ``etag`` of ``item`` was refused (412): if S3's version now holds
+        the same bytes (:func:`~s3fs_mount.s3.checksums.same_bytes`: on AWS a CopyObject of an
+        object uploaded in parts, another client's chmod, gives it a new ETag), the clean item
+        follows it, keeping its bytes, and True. False (one HEAD) when the bytes are other, or
+        not known to be the same: the read fails, as before.
+        """
+        old = self.namespace.known_digest(path, etag)
+        self.namespace.forget(path)
+        try:
+            current = self.namespace.lookup_now(path)
+        except FsError:
+            return False
+        if current.is_dir or not same_bytes(item.view().remote_size, old, current.size, current.digest):
+            log.warning("%s: version %s was replaced in S3 by another client (now %s; %s): this read fails",
+                        path, etag, current.etag, "the same size and digest not known" if not old
+                        else "other bytes")
+            return False
+        if not item.followed_copy(etag, current.etag, current.metadata, current.headers):
+            return False
+        log.info("%s: version %s is now %s, with the same bytes (%d, %s): another client changed its "
+                 "metadata only; reads go on", path, etag, current.etag, current.size, old)
+        return True
+
     def uploaded_in_background(self, item: StagedFile) -> None:
         """The writeback queue put ``item`` in S3 (:meth:`remember_uploaded` told): it may leave the cache."""
         self.staging.uploaded(item)
@@ -207,7 +248,9 @@ class Mutations:
         The uploader tells, before the item stops counting as uploading (``on_stored``)."""
         if item.unlinked or self.uploader.being_removed(item):
             return
-        self.namespace.remember(self.keymap.path(item.key), staged_attributes(item, self.defaults))
+        a = staged_attributes(item, self.defaults)
+        a.digest = self.uploader.stored_digest(item, a.etag)  # tells a metadata copy of it (AWS)
+        self.namespace.remember(self.keymap.path(item.key), a)
 
     def recover(self) -> list[str]:
         """Send the deletes and upload what a previous run left; returns the keys still staged.

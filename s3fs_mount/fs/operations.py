@@ -170,6 +170,7 @@ class S3Operations(Operations):
             memory=options.upload_memory,
             refill=lambda item: self.prefetcher.ensure(item, 0, item.size),
             on_stored=lambda item: self.changes.remember_uploaded(item),
+            digest_of=lambda key, etag: self.namespace.known_digest(self.namespace.keymap.path(key), etag),
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.
@@ -408,9 +409,7 @@ class S3Operations(Operations):
 
     def _whole(self, item: StagedFile) -> None:
         """Before the first write to an object's copy, fetch all of it (crash safety)."""
-        view = item.view()
-        if not view.dirty and view.remote_size > 0:
-            self.prefetcher.ensure(item, 0, view.remote_size)
+        self.changes.fetch_whole(item)
 
     def _new_handle(
         self, item: StagedFile, path: str, writable: bool, append: bool = False, kept: bool = False
@@ -608,13 +607,19 @@ class S3Operations(Operations):
             except ReleasedRange:
                 self._checkpoint(h.item, "a read at %d" % offset)
                 spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
-        except Replaced:
+        except Replaced as exc:
             if h.served:
-                raise  # the reader has bytes of the old version: it must not get the new one's
-            # Opened on attributes cached before another client's new version: follow it now,
-            # as an open a moment later would have.
-            self.changes.follow_replaced(h.path, h.item)
-            self.prefetcher.drop(h.read_state)
+                # The reader has bytes of the old version: it must not get another's, but may go
+                # on in the same bytes under a new ETag (on AWS, another mount's chmod of a file
+                # uploaded in parts), its check going on with them.
+                if not self.changes.follow_same_bytes(h.path, h.item, exc.etag):
+                    raise
+                self.prefetcher.follow(h.read_state, h.item.view().etag)
+            else:
+                # Opened on attributes cached before another client's new version: follow it now,
+                # as an open a moment later would have.
+                self.changes.follow_replaced(h.path, h.item)
+                self.prefetcher.drop(h.read_state)
             spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
         h.served = True
         return spans

@@ -319,6 +319,17 @@ class Prefetcher:
                 return lo, hi
             block //= 2
 
+    def follow(self, state: ReadState, etag: str) -> None:
+        """A reader's version is now ``etag``, the same bytes under a new ETag (a metadata copy:
+        :meth:`~s3fs_mount.fs.mutations.Mutations.follow_same_bytes`): its pieces of the old one
+        go (their GETs are refused), but not its stream's check, which the new version's bytes
+        go on feeding (they hash to the same whole-object digest, or the read fails its check)."""
+        with state.lock:
+            verifier, streamed = state.verifier, state.streamed_until
+            self._let_go_all(state)
+            state.etag = etag
+            state.verifier, state.streamed_until = verifier, streamed
+
     def drop(self, state: ReadState) -> None:
         """Let go of a reader's streamed pieces (at close, or when it stops streaming)."""
         with state.lock:

@@ -831,6 +831,20 @@ class StagedFile:
             self._times_from(self.metadata)
             self.etag = etag
 
+    def followed_copy(self, old: str, etag: str, metadata: dict[str, str], headers: dict[str, str]) -> bool:
+        """S3's version ``etag`` holds the bytes of version ``old``, the clean item's, with
+        ``metadata`` (a copy that changed only them, under a new ETag): the item is of it now,
+        its local bytes kept. False (nothing done) when the item is not clean at ``old``."""
+        with self.cond:
+            if self.etag != old or self.dirty or self.uploading:
+                return False
+            self.metadata, self.headers = dict(metadata), dict(headers)
+            self.base_metadata = dict(metadata)
+            self._times_from(self.metadata)
+            self.etag = etag
+            self.etag_since = self.cache.clock.monotonic()
+            return True
+
     def merge_remote(self, theirs: dict[str, str]) -> MetadataMerge:
         """S3's version ``etag`` (still the one our bytes came from) now carries ``theirs``:
         another client's metadata-only change (a self-copy keeps the ETag). Merge it into the

@@ -75,7 +75,7 @@ from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.paths import NAME_MAX
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_checksum
+from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_checksum, same_bytes, whole
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
@@ -255,6 +255,10 @@ class UploadState:
         self.merged = False
         #: GUARDED_BY(lock): the x-amz-meta-* the upload under way stored (None: not known).
         self.sent_metadata: dict[str, str] | None = None
+        #: GUARDED_BY(lock): (ETag, bytes, whole-object digest) of the version the item's last
+        #: upload stored, when S3's digest of all its bytes is known (a FULL_OBJECT CRC32): what
+        #: tells another client's metadata copy of it (a new ETag on AWS) from new bytes.
+        self.stored: tuple[str, int, str] = ("", 0, "")
 
 
 class Uploader:
@@ -273,6 +277,7 @@ class Uploader:
     :param refill: fetches a dirty item's holes (:meth:`StagedFile.holes`) from S3.
     :param on_stored: told that S3 now holds an item's content, clean, while it still counts
         as uploading (what a stat shows of it comes from the staged copy until this returns).
+    :param digest_of: the digest S3 told (a HEAD) for version ``(key, etag)``, '' if not known.
     """
 
     def __init__(
@@ -286,6 +291,7 @@ class Uploader:
         memory: int = 64 << 20,
         refill: Callable[[StagedFile], None] | None = None,
         on_stored: Callable[[StagedFile], None] | None = None,
+        digest_of: Callable[[str, str], str] | None = None,
     ) -> None:
         # Every field is immutable after __init__ but put_check and complete_check (set once,
         # by configure_checks at mount, before any upload) and _states (see there).
@@ -303,6 +309,7 @@ class Uploader:
         self.buffers = BufferPool(memory)
         self.refill = refill
         self.on_stored = on_stored
+        self.digest_of = digest_of
         #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
         self.put_check = CHECK_HEAD
         self.complete_check = CHECK_HEAD
@@ -377,6 +384,33 @@ class Uploader:
                 out.pop(name, None)
         check_metadata_size(out)
         return out
+
+    def stored_digest(self, item: StagedFile, etag: str) -> str:
+        """The whole-object digest S3 keeps for version ``etag``, if this mount's upload of the
+        item stored it ('' if not known)."""
+        state = self._state(item)
+        with state.lock:
+            stored_etag, _, digest = state.stored
+        return digest if etag and etag == stored_etag else ""
+
+    def _note_stored(self, item: StagedFile, etag: str, size: int, digest: str) -> None:
+        """S3 holds the item's upload as version ``etag`` (``size`` bytes), whose bytes hash to
+        ``digest`` (a whole-object one, or '' when not known)."""
+        state = self._state(item)
+        with state.lock:
+            state.stored = (etag, size, digest if whole(digest) else "")
+
+    def _same_bytes(self, item: StagedFile, replaces: str, current: ObjectInfo) -> bool:
+        """Is S3's ``current`` version (a new ETag) version ``replaces``'s bytes under other
+        metadata: the same size and whole-object digest (:func:`~s3fs_mount.s3.checksums.same_bytes`)?
+        The digest of ``replaces`` is known when this mount stored it, or looked it up (a HEAD)."""
+        state = self._state(item)
+        with state.lock:
+            stored_etag, size, digest = state.stored
+        if stored_etag != replaces:
+            digest = self.digest_of(item.key, replaces) if self.digest_of is not None else ""
+            size = item.view().remote_size
+        return same_bytes(size, digest, current.size, current.digest)
 
     def etags_of(self, item: StagedFile) -> set[str]:
         """The ETags S3 would give the item's content: single PUT, or our multipart layouts."""
@@ -932,21 +966,25 @@ class Uploader:
         self._check_not_removed(item)
         size = item.view().size
         if size < self.threshold:
-            self._learn_theirs(item, replaces, self.put_check)
+            replaces = self._learn_theirs(item, replaces, self.put_check)
             data = os.pread(item.fd, size, 0)
             md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
             item.note_landing(md5)  # recorded (below) before the PUT: a crash after it lands is told
-            headers = {**self.headers(item), **self._checksum(item, 0, data, self.store.checksum_algorithm)}
+            checksum = self._checksum(item, 0, data, self.store.checksum_algorithm)
+            headers = {**self.headers(item), **checksum}
             if not self.store.checksums:
                 item.save()  # (else _checksum saved it)
             condition = _conditions(replaces, self.put_check)
             with state.lock:
                 state.sent_metadata = metadata_of(headers)
             try:
-                return self.store.put(item.key, data, headers, **condition), size
+                etag = self.store.put(item.key, data, headers, **condition)
             except S3Error as exc:
                 self._refused(item, exc, md5)
-                return md5, size
+                etag = md5
+            crc = checksum.get("x-amz-checksum-crc32")
+            self._note_stored(item, etag, size, "CRC32:" + crc if crc else "")
+            return etag, size
         self._check_by_head(item, replaces, self.complete_check)  # fail before sending it all
         headers = self.headers(item)
         with state.lock:
@@ -1049,39 +1087,47 @@ class Uploader:
         return etag, size
 
     def _store_metadata(self, item: StagedFile, etag: str) -> str:
-        """Give S3's version ``etag`` (just uploaded) the item's metadata now: one self-copy."""
+        """Give S3's version ``etag`` (just uploaded) the item's metadata now: one self-copy (the
+        same bytes: on AWS a new ETag, the same whole-object digest)."""
         headers = self.headers(item)
-        etag = self.store.copy_object(item.key, item.key, headers, replace_metadata=True, if_match=etag)
+        copied = self.store.copy_object(item.key, item.key, headers, replace_metadata=True, if_match=etag)
         state = self._state(item)
         with state.lock:
             state.sent_metadata = metadata_of(headers)
-        return etag
+            if state.stored[0] == etag:
+                state.stored = (copied, *state.stored[1:])
+        return copied
 
     # -- conflicts -------------------------------------------------------------------------
 
     def _complete(self, item: StagedFile, mpu: MultipartUpload, replaces: str) -> str:
         self._check_not_removed(item)
-        self._learn_theirs(item, replaces, self.complete_check)
+        replaces = self._learn_theirs(item, replaces, self.complete_check)
         item.note_landing(mpu.expected_etag())  # recorded before it lands: a crash after it is told
         item.save()
         try:
-            return mpu.complete(**_conditions(replaces, self.complete_check))
+            etag = mpu.complete(**_conditions(replaces, self.complete_check))
         except S3Error as exc:
-            expected = mpu.expected_etag()
-            self._refused(item, exc, expected)
-            return expected
+            etag = mpu.expected_etag()
+            self._refused(item, exc, etag)
+        self._note_stored(item, etag, mpu.sent_bytes(), mpu.expected_digest())
+        return etag
 
-    def _learn_theirs(self, item: StagedFile, replaces: str, check: str) -> None:
+    def _learn_theirs(self, item: StagedFile, replaces: str, check: str) -> str:
         """Just before an upload lands (a PUT, a multipart complete): what S3 has now, by one HEAD
         (none for a new file where the server honours conditions, none with the check off).
+        Returns the version the write may replace: ``replaces``, or the one a metadata copy of it
+        made.
 
-        Not version ``replaces``: raise _Clobbered (the conditional write would be refused).
-        Still it: merge into ours another client's metadata-only change since this mount saw
-        it (a self-copy keeps the ETag, so no condition tells of it;
+        Not version ``replaces``: raise _Clobbered (the conditional write would be refused), but
+        when it holds the same bytes (:meth:`_same_bytes`: on AWS a CopyObject of an object
+        uploaded in parts, another mount's chmod, gives it a new ETag). Else, or then, merge into
+        ours another client's metadata-only change since this mount saw it (a self-copy keeps
+        the ETag on other servers, so no condition tells of it;
         :meth:`StagedFile.merge_remote`), one log line naming what was taken or overridden.
         """
         if check == CHECK_OFF or (check == CHECK_CONDITIONAL and not replaces):
-            return
+            return replaces
         try:
             info: ObjectInfo | None = self.store.head(item.key)
         except S3Error as exc:
@@ -1090,9 +1136,20 @@ class Uploader:
             info = None
         current = info.etag if info is not None else ""
         if current != replaces:
-            raise _Clobbered(current)
+            if info is None or not replaces or not self._same_bytes(item, replaces, info):
+                raise _Clobbered(current)
+            log.info(
+                "%s: version %s is now %s, with the same bytes (%d, %s): another client changed its "
+                "metadata only",
+                item.key,
+                replaces,
+                current,
+                info.size,
+                info.digest,
+            )
+            replaces = current
         if info is None:
-            return
+            return replaces
         merge = item.merge_remote(info.metadata)
         if merge.taken:
             log.info(
@@ -1111,6 +1168,7 @@ class Uploader:
                 item.key,
                 ", ".join(merge.overridden),
             )
+        return replaces
 
     def _check_by_head(self, item: StagedFile, replaces: str, check: str) -> None:
         """Where the server ignores conditions: raise _Clobbered if S3's object is not ``replaces``."""

@@ -33,6 +33,7 @@ from s3fs_mount.s3.checksums import (
     Verifier,
     body_checksum,
     composite,
+    crc32_of_parts,
     parts_of,
     plan,
 )
@@ -204,7 +205,13 @@ class MultipartUpload:
     """
 
     def __init__(
-        self, store: RemoteStore, bucket: str, key: str, upload_id: str, algorithm: str | None = None
+        self,
+        store: RemoteStore,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        algorithm: str | None = None,
+        full_object: bool = False,
     ) -> None:
         self.store = store
         self.bucket = bucket
@@ -212,9 +219,12 @@ class MultipartUpload:
         self.upload_id = upload_id
         #: ``'CRC32'``: begun with ``x-amz-checksum-algorithm``; every part carries its CRC32.
         self.algorithm = algorithm
+        #: Begun with ``x-amz-checksum-type: FULL_OBJECT``: the object's CRC32 is of all its bytes.
+        self.full_object = full_object
         self._lock = threading.Lock()
         self.parts: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its ETag
         self.crc32: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its x-amz-checksum-crc32
+        self.sizes: dict[int, int] = {}  # GUARDED_BY(_lock): part number -> its bytes (sent here)
 
     def upload_part(
         self,
@@ -249,6 +259,7 @@ class MultipartUpload:
         etag = resp.headers.get("ETag", "").strip('"')
         with self._lock:
             self.parts[number] = etag
+            self.sizes[number] = data.length if isinstance(data, FileSpan) else len(data)
             if "x-amz-checksum-crc32" in headers:
                 self.crc32[number] = headers["x-amz-checksum-crc32"]
         return etag
@@ -273,6 +284,7 @@ class MultipartUpload:
         crc = xmlparse.parse_text(resp.content, "ChecksumCRC32") if self.algorithm else ""
         with self._lock:
             self.parts[number] = etag
+            self.sizes[number] = last - first + 1
             if crc:
                 self.crc32[number] = crc
         if self.algorithm and not crc:
@@ -288,6 +300,24 @@ class MultipartUpload:
         except ValueError:
             return ""  # not MD5s (SSE-KMS, some servers): unknown
         return composite(digests)
+
+    def expected_digest(self) -> str:
+        """The digest (``CRC32:...``) S3 gives the completed object when it was begun FULL_OBJECT:
+        its parts' CRC32s, each checked by S3 as it came, combined. '' when not known here (a
+        composite checksum, or parts sent by an earlier process)."""
+        with self._lock:
+            numbers = sorted(self.parts)
+            if not (self.full_object and self.algorithm == "CRC32" and numbers):
+                return ""
+            if any(n not in self.crc32 or n not in self.sizes for n in numbers):
+                return ""
+            pieces = [(self.crc32[n], self.sizes[n]) for n in numbers]
+        return crc32_of_parts(pieces)
+
+    def sent_bytes(self) -> int:
+        """The bytes of the parts sent (or copied) through this object."""
+        with self._lock:
+            return sum(self.sizes.values())
 
     def complete(self, if_match: str | None = None, if_none_match: bool = False) -> str:
         """Finish the upload; returns the object's ETag.
@@ -430,6 +460,10 @@ class RemoteStore:
         #: ``'CRC32'`` once :meth:`configure_checksums` found the server stores and checks it:
         #: uploads then carry ``x-amz-checksum-crc32`` instead of ``Content-MD5``. Set once.
         self.checksum_algorithm: str | None = None
+        #: True once :meth:`configure_checksums` found that multipart uploads begun with
+        #: ``x-amz-checksum-type: FULL_OBJECT`` get the CRC32 of all their bytes (AWS): such an
+        #: object's checksum stays the same through a CopyObject, which gives it a new ETag. Set once.
+        self.full_object_crc32 = False
         self.part_size = max(part_size, MIN_PART_SIZE)
         self.multipart_threshold = multipart_threshold
         self.max_workers = max_workers
@@ -788,21 +822,35 @@ class RemoteStore:
                 log.info("uploads carry Content-MD5: the server does not keep x-amz-checksum-crc32")
                 return None
             self.checksum_algorithm = "CRC32"
-            mpu = self.start_multipart(name)
+            self.full_object_crc32 = True  # asked for; kept only if the server does it
+            try:
+                mpu = self.start_multipart(name)
+            except S3Error as exc:
+                if exc.status != 400:
+                    raise
+                self.full_object_crc32 = False  # a server that refuses the header
+                mpu = self.start_multipart(name)
             try:
                 mpu.upload_part(1, body)
                 mpu.complete()
             except BaseException:
                 mpu.abort()
                 raise
-            if not self.head(name).checksum.startswith("CRC32:"):
-                self.checksum_algorithm = None
+            stored = self.head(name).checksum
+            if not stored.startswith("CRC32:"):
+                self.checksum_algorithm, self.full_object_crc32 = None, False
                 log.info("uploads carry Content-MD5: the server loses multipart CRC32s")
                 return None
-            log.info("uploads carry x-amz-checksum-crc32 (the server checks and keeps it)")
+            # One part: a FULL_OBJECT CRC32 is the body's, a composite one has "-1".
+            self.full_object_crc32 = stored == digest
+            log.info(
+                "uploads carry x-amz-checksum-crc32 (the server checks and keeps it; multipart "
+                "objects get the CRC32 of %s)",
+                "all their bytes" if self.full_object_crc32 else "their parts' CRC32s",
+            )
             return "CRC32"
         except RemoteStoreError as exc:
-            self.checksum_algorithm = None
+            self.checksum_algorithm, self.full_object_crc32 = None, False
             log.info("uploads carry Content-MD5 (the CRC32 probe failed: %s)", exc)
             return None
         finally:
@@ -898,10 +946,14 @@ class RemoteStore:
         bucket, key = self._name(remote_name)
         out = dict(headers or {})
         algorithm = self.checksum_algorithm if checksum and self.checksums else None
+        full = bool(algorithm) and self.full_object_crc32
         if algorithm:
             out["x-amz-checksum-algorithm"] = algorithm
+        if full:
+            out["x-amz-checksum-type"] = "FULL_OBJECT"
         resp = self.connection.request("POST", bucket, key, query={"uploads": ""}, headers=out)
-        return MultipartUpload(self, bucket, key, xmlparse.parse_text(resp.content, "UploadId"), algorithm)
+        upload_id = xmlparse.parse_text(resp.content, "UploadId")
+        return MultipartUpload(self, bucket, key, upload_id, algorithm, full)
 
     def upload_file(
         self,

@@ -1,0 +1,121 @@
+"""A mount whose identity S3 allows less than everything: read-only keys, keys changed under it.
+
+One SeaweedFS server for the module, with identities beside its admin (s3rig.ServerWithIdentities);
+the test's bucket is made and checked by the admin (``boto``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import s3rig
+from mountrig import BIN, sync_dir
+
+from s3fs_mount.localserver import LocalS3Server
+
+pytestmark = pytest.mark.fuse
+
+READ_ONLY = s3rig.identity("reader", "Read", "List")
+
+
+@pytest.fixture(scope="module")
+def s3server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    """This module's server: its admin, and READ_ONLY."""
+    server = s3rig.start_local_server(tmp_path_factory.mktemp("weed"), identities=[READ_ONLY])
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def boto(s3server: LocalS3Server) -> Any:
+    """The admin's boto3 client of this module's server."""
+    return s3rig.make_boto_client(s3server.endpoint, s3server.access_key, s3server.secret_key)
+
+
+def config_of(who: dict[str, Any], s3config: dict[str, Any], path: str) -> str:
+    keys = who["credentials"][0]
+    return str(
+        s3rig.write_s3yaml(
+            path, dict(s3config, access_key_id=keys["accessKey"], secret_access_key=keys["secretKey"])
+        )
+    )
+
+
+def errno_of(fn: Any, *args: Any) -> int:
+    with pytest.raises(OSError) as info:
+        fn(*args)
+    return info.value.errno
+
+
+def status(path: str) -> str:
+    return subprocess.run(
+        [sys.executable, BIN, "status", path], capture_output=True, text=True, check=False
+    ).stdout
+
+
+def test_read_only_keys_read_and_each_change_is_eacces_and_one_line_and_a_write_waits_staged(
+    mount_factory, s3config, boto, bucket, tmp_path
+):
+    """Found by hand (round 35): with keys that may only read and list, a cp said EIO at close
+    ("Input/output error") and logged two lines, the second without the reason. Now each change is
+    EACCES and one line saying S3 refused it; the written file stays staged (status says so), and
+    a mount with keys that may write uploads it."""
+    boto.put_object(Bucket=bucket, Key="a.txt", Body=b"hello\n")
+    boto.put_object(Bucket=bucket, Key="d/b.txt", Body=b"world\n")
+    cache = str(tmp_path / "cache")
+    reader = config_of(READ_ONLY, s3config, str(tmp_path / "reader.yaml"))
+    m = mount_factory(config=reader, cache_dir=cache).start()
+    p = m.path
+    assert sorted(os.listdir(p)) == ["a.txt", "d"]
+    with open(os.path.join(p, "a.txt"), "rb") as f:
+        assert f.read() == b"hello\n"
+    before = len(m.log_lines())
+
+    f = open(os.path.join(p, "new.txt"), "wb")
+    f.write(b"ours\n")
+    assert errno_of(f.close) == errno.EACCES
+    assert errno_of(os.mkdir, os.path.join(p, "e")) == errno.EACCES
+    assert errno_of(os.rename, os.path.join(p, "d", "b.txt"), os.path.join(p, "d", "c.txt")) == errno.EACCES
+    assert errno_of(os.chmod, os.path.join(p, "a.txt"), 0o600) == errno.EACCES
+    assert errno_of(os.setxattr, os.path.join(p, "a.txt"), "user.x", b"1") == errno.EACCES
+    said = m.log_lines()[before:]
+    assert [line.split(": ")[1].rsplit(" ", 1)[-1] for line in said] == [
+        "/new.txt", "/e", "/d/b.txt", "/a.txt", "/a.txt"
+    ], said
+    assert all("EACCES" in line and "403 AccessDenied" in line for line in said), said
+    assert "upload of new.txt failed, kept staged" in said[0]
+    waiting = status(p)
+    assert "1 file waiting to upload:" in waiting, waiting
+    assert "/new.txt  (last error: 403 AccessDenied" in waiting, waiting
+    with open(os.path.join(p, "new.txt"), "rb") as f:
+        assert f.read() == b"ours\n"  # staged: what this mount shows
+    assert sorted(os.listdir(os.path.join(p, "d"))) == ["b.txt"]
+
+    m.stop()
+    assert "new.txt" not in {o["Key"] for o in boto.list_objects_v2(Bucket=bucket)["Contents"]}
+    admin = mount_factory(cache_dir=cache).start()
+    assert boto.get_object(Bucket=bucket, Key="new.txt")["Body"].read() == b"ours\n"
+    assert admin.stop() == 0
+
+
+def test_read_only_keys_an_rm_says_eacces_at_the_directorys_fsync_and_the_file_shows_again(
+    mount_factory, s3config, boto, bucket, tmp_path
+):
+    """Found by hand (round 35): an rm returns before its delete is sent (in a batch); one that S3
+    refused showed again and logged a line, but the fsync of the directory, which README says
+    makes S3 right, returned 0. Now it says EACCES, once."""
+    boto.put_object(Bucket=bucket, Key="a.txt", Body=b"hello\n")
+    m = mount_factory(config=config_of(READ_ONLY, s3config, str(tmp_path / "reader.yaml"))).start()
+    os.unlink(os.path.join(m.path, "a.txt"))
+    assert errno_of(sync_dir, m.path) == errno.EACCES
+    sync_dir(m.path)  # told once
+    assert os.listdir(m.path) == ["a.txt"]
+    assert boto.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"hello\n"

@@ -159,6 +159,28 @@ def check_setting(name: str, value: Any, origin: str) -> None:
         raise ConfigError("%s: s3.%s must be %s, not %s" % (origin, name, _type_name(kinds), shown))
     if name in ("timeout", "max_connections") and value <= 0:
         raise ConfigError("%s: s3.%s must be positive, not %r" % (origin, name, value))
+    if name in UNSPACED and any(c.isspace() or not c.isprintable() for c in value):
+        # A request would fail far from here: 'LocationParseError', 'invalid character in a header'.
+        raise ConfigError(
+            "%s: s3.%s has a space or a control character in it (a newline copied with it?)" % (origin, name)
+        )
+    if name == "endpoint":
+        _check_port(value, origin)
+
+
+#: Settings in which no space or control character can be right (each goes into a URL or header).
+UNSPACED = ("access_key_id", "secret_access_key", "session_token", "endpoint", "region")
+
+
+def _check_port(endpoint: str, origin: str) -> None:
+    """Raise ConfigError when ``endpoint`` (``[scheme://]host[:port][/]``) names a port no socket has."""
+    hostport = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    port = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+    if ":" not in port:
+        return
+    number = port.rpartition(":")[2]
+    if not (number.isdigit() and 1 <= int(number) <= 65535):
+        raise ConfigError("%s: s3.endpoint: port %s is not a port (1 to 65535)" % (origin, number or "''"))
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -169,6 +169,35 @@ def test_bad_config(env, tmp_path, mnt):
     assert str(path) in line and "tls" in line
 
 
+@pytest.mark.parametrize(
+    "setting, says",
+    [
+        ("endpoint: 127.0.0.1:99999", "s3.endpoint: port 99999 is not a port (1 to 65535)"),
+        ("endpoint: 127.0.0.1:http", "s3.endpoint: port http is not a port (1 to 65535)"),
+        ('endpoint: " 127.0.0.1:9000"', "s3.endpoint has a space or a control character in it"),
+        ('endpoint: "s3.example.com\\n"', "s3.endpoint has a space or a control character in it"),
+        ('access_key_id: "AKIA\\n"', "s3.access_key_id has a space or a control character in it"),
+        ('secret_access_key: "secret-not-shown "', "s3.secret_access_key has a space or a control character"),
+    ],
+)
+def test_a_malformed_endpoint_or_key_is_one_line_naming_it_before_any_request(
+    env, tmp_path, mnt, setting, says
+):
+    """Found by hand (round 35): port 99999 or a space before the host said 'request to S3 at
+    https://127.0.0.1:99999 failed: LocationParseError'; a key with a newline (a copy and paste)
+    'ValueError: invalid character in a header of HEAD /bkt', naming neither the setting nor the file."""
+    body = {"endpoint": "127.0.0.1:1", "access_key_id": "AK", "secret_access_key": "secret-not-shown"}
+    name = setting.split(":")[0]
+    lines = ["s3:", "  tls: false", "  " + setting]
+    lines += ["  %s: %s" % (k, v) for k, v in body.items() if k != name]
+    path = tmp_path / "s3.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    line = one_line_failure(run(["-c", str(path), "bkt", str(mnt)], env, tmp_path), status=1)
+    assert says in line and str(path) in line, line
+    assert "secret-not-shown" not in line
+
+
 def test_no_credentials(env, tmp_path, mnt):
     line = one_line_failure(run(["bkt", str(mnt)], env, tmp_path), status=1)
     assert "no credentials" in line

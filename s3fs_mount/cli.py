@@ -38,6 +38,7 @@ from s3fs_mount.fs.options import MountOptions, OptionError, human_size
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
 from s3fs_mount.s3.errors import (
     HEAD_400,
+    KEYS_REFUSED,
     ConfigError,
     ConnectionFailed,
     RemoteStoreError,
@@ -293,7 +294,7 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
         found = store.bucket_exists(bucket)
     except S3Error as headed:
         exc = _said_why(store, bucket, headed)
-        if exc.hint and exc.hint != HEAD_400:
+        if exc.hint and exc.hint not in (HEAD_400, KEYS_REFUSED):
             said = "%s (S3 said: %d %s)" % (exc.hint, exc.status, exc.code)
             raise CliError("cannot use bucket %s at %s: %s" % (bucket, where, said)) from None
         if exc.access_denied:

@@ -96,6 +96,12 @@ def start_local_server(
         server = LocalS3Server(str(data_dir))
     else:
         server = ServerWithIdentities(str(data_dir), identities)
+    start_and_wait(server, timeout)
+    return server
+
+
+def start_and_wait(server: LocalS3Server, timeout: float = 60.0) -> None:
+    """Start ``server`` (again) and wait until boto3 can list buckets."""
     t0 = time.monotonic()
     # The endpoint is only known after ports are chosen inside start(), so build the
     # client lazily on first poll.
@@ -108,7 +114,6 @@ def start_local_server(
 
     server.start(ready, timeout=timeout)
     log.info("LocalS3Server %s ready in %.2fs", server.endpoint, time.monotonic() - t0)
-    return server
 
 
 def unique_bucket_name(hint: str = "") -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import s3rig
-from mountrig import BIN, sync_dir
+from mountrig import BIN, Mount, require_fuse, sync_dir
 
 from s3fs_mount.localserver import LocalS3Server
 
@@ -119,3 +119,54 @@ def test_read_only_keys_an_rm_says_eacces_at_the_directorys_fsync_and_the_file_s
     sync_dir(m.path)  # told once
     assert os.listdir(m.path) == ["a.txt"]
     assert boto.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"hello\n"
+
+
+def test_keys_the_server_stops_taking_mid_mount_are_eacces_with_a_line_that_says_so_and_no_retries(
+    tmp_path,
+):
+    """Found by hand (round 35): keys changed on the server under a mount (its identities file
+    changed, the server restarted) gave EACCES, but the lines said '403 AccessDenied' with nothing
+    pointing at the keys. Now they say S3 does not take them; each call is one request (no retry),
+    a write stays staged, and it goes up once the server takes the keys again."""
+    require_fuse()
+    writer = s3rig.identity("writer", "Read", "List", "Write")
+    server = s3rig.ServerWithIdentities(str(tmp_path / "weed"), [writer], stable=True)
+    s3rig.start_and_wait(server)
+    try:
+        admin = s3rig.make_boto_client(server.endpoint, server.access_key, server.secret_key)
+        admin.create_bucket(Bucket="keys")
+        config = config_of(writer, s3rig.s3_config(server, "keys"), str(tmp_path / "writer.yaml"))
+        m = Mount(config, "keys", str(tmp_path / "mnt"), str(tmp_path / "cache"), str(tmp_path / "m.log"))
+        m.start()
+        try:
+            with open(os.path.join(m.path, "before.txt"), "wb") as f:
+                f.write(b"taken\n")
+            f = open(os.path.join(m.path, "after.txt"), "wb")
+            f.write(b"waits\n")
+            server.stop(kill=True)
+            writer["credentials"][0]["secretKey"] = "CHANGED"
+            s3rig.start_and_wait(server)
+            sent = requests_sent(m.path)
+            assert errno_of(os.listdir, m.path) == errno.EACCES
+            assert errno_of(os.stat, os.path.join(m.path, "other.txt")) == errno.EACCES
+            assert errno_of(f.close) == errno.EACCES
+            # (A HEAD's 403 has no body to say why: a lookup's line says AccessDenied only. The
+            # restarts' forks close the open file too: a flush each.)
+            said = [line for line in m.log_lines() if "readdir /: EACCES" in line or "flush /after" in line]
+            assert "S3 does not take these keys" in said[-2] and "readdir" in said[-2], said
+            assert "S3 does not take these keys" in said[-1] and "kept staged" in said[-1], said
+            assert requests_sent(m.path) - sent <= 4  # the LIST, the lookup's, the PUT (+ a HEAD)
+            server.stop(kill=True)
+            writer["credentials"][0]["secretKey"] = "WRITER-SECRET"
+            s3rig.start_and_wait(server)
+            assert sorted(os.listdir(m.path)) == ["after.txt", "before.txt"]
+        finally:
+            m.stop()
+        assert admin.get_object(Bucket="keys", Key="after.txt")["Body"].read() == b"waits\n"
+    finally:
+        server.stop(kill=True)
+
+
+def requests_sent(path: str) -> int:
+    line = next(line for line in status(path).splitlines() if line.startswith("requests: "))
+    return int(line.split()[1])

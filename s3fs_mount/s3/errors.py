@@ -58,7 +58,7 @@ class S3Error(RemoteStoreError):
     @property
     def hint(self) -> str:
         """What to do about a refusal AWS users meet (an expired token, KMS, a missing SSE-C key, a
-        bucket deleted), or ''."""
+        bucket deleted, keys S3 does not take), or ''."""
         message = self.message.lower()
         if self.code in ("ExpiredToken", "TokenRefreshRequired") or "token has expired" in message:
             return EXPIRED_TOKEN
@@ -72,6 +72,8 @@ class S3Error(RemoteStoreError):
             return HEAD_400
         if self.code == "NoSuchBucket":
             return BUCKET_GONE
+        if self.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
+            return KEYS_REFUSED
         return ""
 
     @property
@@ -104,6 +106,7 @@ HEAD_400 = (
     "for without its key, answer so"
 )
 
+KEYS_REFUSED = "S3 does not take these keys (changed or revoked since?): check the access key and secret"
 BUCKET_GONE = "the bucket is gone (another client deleted it?): create it again to go on"
 
 

@@ -34,7 +34,7 @@ from typing import TextIO
 
 from s3fs_mount import __version__, control
 from s3fs_mount.config import load_settings
-from s3fs_mount.fs.options import MountOptions, OptionError, human_size
+from s3fs_mount.fs.options import MountOptions, OptionError, human_size, split_options
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
 from s3fs_mount.s3.errors import (
     HEAD_400,
@@ -166,8 +166,12 @@ def split_source(source: str) -> tuple[str, str]:
     return bucket, normalize_prefix(prefix)
 
 
-def _option_items(specs: Sequence[str]) -> list[str]:
-    return [item.strip() for spec in specs for item in spec.split(",") if item.strip()]
+def _asks_help(specs: Sequence[str]) -> bool:
+    """Is ``help`` one of the ``-o`` items? (A malformed one is said by MountOptions.parse.)"""
+    try:
+        return any(name == "help" for spec in specs for name, _ in split_options(spec))
+    except OptionError:
+        return False
 
 
 def parse_command_line(argv: Sequence[str]) -> Invocation:
@@ -177,7 +181,7 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     :raises SystemExit: 0, after ``--help``, ``--version`` or ``-o help``.
     """
     args = build_parser().parse_intermixed_args(list(argv))
-    if "help" in _option_items(args.options):
+    if _asks_help(args.options):
         print("%s mount options (-o NAME[=VALUE][,...]):\n%s" % (PROG, MountOptions.help_text()))
         raise SystemExit(0)
     try:

@@ -321,6 +321,18 @@ def test_parse_local():
         cli.parse_command_line(["--local", "data", "other", "mnt"])
 
 
+def test_options_read_as_mount_8_hands_them_over_from_fstab(tmp_path):
+    """Found by hand (round 35): a quoted value (fstab's way to hold a comma) kept its quotes, so
+    cache_dir="/x" made a directory named '"' in the current one, and a comma in quotes split the
+    option in two; a space around '=' made the name unknown."""
+    cache = tmp_path / "a,b"
+    spec = 'ro, cache_dir="%s" ,attr_ttl = 3' % cache
+    got = cli.parse_command_line(["bkt", str(tmp_path), "-o", spec]).opts
+    assert (got.ro, got.cache_dir, got.attr_ttl) == (True, str(cache), 3.0)
+    with pytest.raises(cli.CliError, match="unbalanced double quote"):
+        cli.parse_command_line(["bkt", str(tmp_path), "-o", 'cache_dir="/x'])
+
+
 def test_mount_helper_flags():
     assert cli.strip_mount_helper_flags(["b", "/m", "-o", "rw", "-n", "-t", "fuse.s3fs-mount"]) == (
         ["b", "/m", "-o", "rw"],

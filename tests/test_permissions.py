@@ -64,10 +64,11 @@ def status(path: str) -> str:
 def test_read_only_keys_read_and_each_change_is_eacces_and_one_line_and_a_write_waits_staged(
     mount_factory, s3config, boto, bucket, tmp_path
 ):
-    """Found by hand (round 35): with keys that may only read and list, a cp said EIO at close
-    ("Input/output error") and logged two lines, the second without the reason. Now each change is
-    EACCES and one line saying S3 refused it; the written file stays staged (status says so), and
-    a mount with keys that may write uploads it."""
+    """Found by hand (round 35): with keys that may only read and list, the mount logged five
+    warnings about its probes (and sent DELETEs of probe objects S3 had refused to write), and a cp
+    said EIO at close ("Input/output error") in two lines, the second without the reason. Now the
+    mount says once that S3 refuses writes, each change is EACCES and one line saying S3 refused it;
+    the written file stays staged (status says so), and a mount with keys that may write uploads it."""
     boto.put_object(Bucket=bucket, Key="a.txt", Body=b"hello\n")
     boto.put_object(Bucket=bucket, Key="d/b.txt", Body=b"world\n")
     cache = str(tmp_path / "cache")
@@ -77,6 +78,11 @@ def test_read_only_keys_read_and_each_change_is_eacces_and_one_line_and_a_write_
     assert sorted(os.listdir(p)) == ["a.txt", "d"]
     with open(os.path.join(p, "a.txt"), "rb") as f:
         assert f.read() == b"hello\n"
+    # At mount: one line says writes are refused; no probe after the first, no DELETE of one
+    # never written (before: five WARNING lines, four of them about probe objects).
+    warned = [line for line in m.log_lines() if " WARNING " in line or " ERROR " in line]
+    assert len(warned) == 1 and "S3 refused this mount a write" in warned[0], warned
+    assert "DELETE" not in next(x for x in status(p).splitlines() if x.startswith("requests: "))
     before = len(m.log_lines())
 
     f = open(os.path.join(p, "new.txt"), "wb")

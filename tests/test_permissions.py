@@ -22,12 +22,14 @@ from s3fs_mount.localserver import LocalS3Server
 pytestmark = pytest.mark.fuse
 
 READ_ONLY = s3rig.identity("reader", "Read", "List")
+#: Writes under one prefix of one bucket only (SeaweedFS: an action's resource with a '*').
+SCOPED = s3rig.identity("scoped", "Read", "List", "Write:scoped/sub/*")
 
 
 @pytest.fixture(scope="module")
 def s3server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
     """This module's server: its admin, and READ_ONLY."""
-    server = s3rig.start_local_server(tmp_path_factory.mktemp("weed"), identities=[READ_ONLY])
+    server = s3rig.start_local_server(tmp_path_factory.mktemp("weed"), identities=[READ_ONLY, SCOPED])
     try:
         yield server
     finally:
@@ -125,6 +127,29 @@ def test_read_only_keys_an_rm_says_eacces_at_the_directorys_fsync_and_the_file_s
     sync_dir(m.path)  # told once
     assert os.listdir(m.path) == ["a.txt"]
     assert boto.get_object(Bucket=bucket, Key="a.txt")["Body"].read() == b"hello\n"
+
+
+def test_keys_that_may_write_under_the_mounted_prefix_only_write_there(s3config, boto, tmp_path):
+    """The mount's probes write at the bucket's top, which such keys may not: that is no read-only
+    mount (a guard for the line a whole-bucket mount says then), and files go up."""
+    boto.create_bucket(Bucket="scoped")
+    try:
+        settings = dict(s3config, default_bucket="scoped")
+        config = config_of(SCOPED, settings, str(tmp_path / "scoped.yaml"))
+        require_fuse()
+        where = [str(tmp_path / name) for name in ("mnt", "cache", "m.log")]
+        m = Mount(config, "scoped:/sub", *where)
+        m.start()
+        try:
+            with open(os.path.join(m.path, "f.txt"), "wb") as f:
+                f.write(b"in sub\n")
+            os.mkdir(os.path.join(m.path, "d"))
+        finally:
+            assert m.stop() == 0
+        assert "S3 refused this mount a write" not in "\n".join(m.log_lines())
+        assert boto.get_object(Bucket="scoped", Key="sub/f.txt")["Body"].read() == b"in sub\n"
+    finally:
+        s3rig.empty_and_delete_bucket(boto, "scoped")
 
 
 def test_keys_the_server_stops_taking_mid_mount_are_eacces_with_a_line_that_says_so_and_no_retries(

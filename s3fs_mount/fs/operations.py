@@ -248,15 +248,17 @@ class S3Operations(Operations):
     def start(self) -> list[str]:
         """At mount: learn how this server guards uploads, then recover; returns the keys still pending."""
         if not self.options.ro:
-            refused = self.uploader.configure_checks(self.options.conflict_check)
-            if refused is not None:
+            # The probe writes at the bucket's top: a refusal there says nothing of a prefix (keys
+            # may write there only), but of a whole-bucket mount it says every write is refused.
+            whole = not self.prefix
+            refused = self.uploader.configure_checks(self.options.conflict_check, say_refusal=not whole)
+            if refused is not None and whole:
                 log.warning(
                     "S3 refused this mount a write to %s (%s): with these keys every change will fail "
                     "with EACCES and what is written stays staged (-o ro mounts read-only)",
                     self.bucket, refused,
                 )
-            # A refusal at the bucket's top says nothing of a prefix (keys may write there only).
-            probe = refused is None or bool(self.prefix)
+            probe = refused is None or not whole
             if probe and self.options.checksum:
                 self.uploader.configure_checksums()
             if probe:

@@ -337,9 +337,10 @@ class Uploader:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
-    def configure_checks(self, enabled: bool) -> S3Error | None:
+    def configure_checks(self, enabled: bool, say_refusal: bool = True) -> S3Error | None:
         """Find out (with one probe) how this server lets uploads be conditional; log what is used.
-        Returns S3's refusal when it would not let the probe write (403: keys that may only read)."""
+        Returns S3's refusal when it would not let the probe write (403: keys that may only read),
+        logged here unless not ``say_refusal`` (the caller says it)."""
         if not enabled:
             self.put_check = self.complete_check = CHECK_OFF
             log.warning("conflict check off: an upload may replace another client's newer version")
@@ -349,8 +350,8 @@ class Uploader:
             on_put, on_complete = self.store.probe_conditional_writes()
         except Exception as exc:
             if isinstance(exc, S3Error) and exc.access_denied:
-                refused = exc  # the caller says it, once
-            else:
+                refused = exc
+            if refused is None or say_refusal:
                 log.warning("could not probe conditional writes (%s): a HEAD before each upload checks", exc)
             on_put = on_complete = False
         self.put_check = CHECK_CONDITIONAL if on_put else CHECK_HEAD

@@ -190,8 +190,10 @@ class Mutations:
             raise
         except Exception as exc:
             full = self.server_full() if self.server_full is not None else None
-            code = errno.ENOSPC if full else errno_for(exc)
-            if code not in UPLOAD_ERRNOS:
+            code = errno_for(exc)
+            if full:
+                code = errno.ENOSPC
+            elif code not in UPLOAD_ERRNOS:
                 code = errno.EIO
             raise FsError(code, "upload of %s failed, kept staged: %s" % (item.key, full or exc)) from exc
 

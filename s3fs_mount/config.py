@@ -159,17 +159,21 @@ def check_setting(name: str, value: Any, origin: str) -> None:
         raise ConfigError("%s: s3.%s must be %s, not %s" % (origin, name, _type_name(kinds), shown))
     if name in ("timeout", "max_connections") and value <= 0:
         raise ConfigError("%s: s3.%s must be positive, not %r" % (origin, name, value))
-    if name in UNSPACED and any(c.isspace() or not c.isprintable() for c in value):
-        # A request would fail far from here: 'LocationParseError', 'invalid character in a header'.
-        raise ConfigError(
-            "%s: s3.%s has a space or a control character in it (a newline copied with it?)" % (origin, name)
-        )
+    if name in UNSPACED:
+        check_unspaced(value, "%s: s3.%s" % (origin, name))
     if name == "endpoint":
         _check_port(value, origin)
 
 
 #: Settings in which no space or control character can be right (each goes into a URL or header).
 UNSPACED = ("access_key_id", "secret_access_key", "session_token", "endpoint", "region")
+
+
+def check_unspaced(value: str, what: str) -> None:
+    """Raise ConfigError naming ``what`` when ``value`` holds a space or a control character: a
+    request would fail far from here ('LocationParseError', 'invalid character in a header')."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError("%s has a space or a control character in it (a newline copied with it?)" % what)
 
 
 def _check_port(endpoint: str, origin: str) -> None:
@@ -271,6 +275,13 @@ def _env_credentials(environ: Mapping[str, str]) -> dict[str, str] | None:
     creds = {"access_key_id": key_id, "secret_access_key": secret}
     if environ.get("AWS_SESSION_TOKEN"):
         creds["session_token"] = environ["AWS_SESSION_TOKEN"]
+    for setting, variable in (
+        ("access_key_id", "AWS_ACCESS_KEY_ID"),
+        ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+        ("session_token", "AWS_SESSION_TOKEN"),
+    ):
+        if setting in creds:
+            check_unspaced(creds[setting], "environment: " + variable)
     return creds
 
 

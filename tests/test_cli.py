@@ -198,6 +198,13 @@ def test_a_malformed_endpoint_or_key_is_one_line_naming_it_before_any_request(
     assert "secret-not-shown" not in line
 
 
+def test_a_key_with_a_newline_in_the_environment_is_one_line_naming_it(env, tmp_path, mnt):
+    """Found by hand (round 35): 'ValueError: invalid character in a header of HEAD /bkt'."""
+    env = dict(env, AWS_ACCESS_KEY_ID="AK\n", AWS_SECRET_ACCESS_KEY="S", AWS_ENDPOINT_URL="http://127.0.0.1:1")
+    line = one_line_failure(run(["bkt", str(mnt)], env, tmp_path), status=1)
+    assert "environment: AWS_ACCESS_KEY_ID has a space or a control character in it" in line, line
+
+
 def test_no_credentials(env, tmp_path, mnt):
     line = one_line_failure(run(["bkt", str(mnt)], env, tmp_path), status=1)
     assert "no credentials" in line

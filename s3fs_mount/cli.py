@@ -34,10 +34,11 @@ from typing import TextIO
 
 from s3fs_mount import __version__, control
 from s3fs_mount.config import load_settings
-from s3fs_mount.fs.options import MountOptions, OptionError, human_size
+from s3fs_mount.fs.options import MountOptions, OptionError, human_size, split_options
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection
 from s3fs_mount.s3.errors import (
     HEAD_400,
+    KEYS_REFUSED,
     ConfigError,
     ConnectionFailed,
     RemoteStoreError,
@@ -165,8 +166,12 @@ def split_source(source: str) -> tuple[str, str]:
     return bucket, normalize_prefix(prefix)
 
 
-def _option_items(specs: Sequence[str]) -> list[str]:
-    return [item.strip() for spec in specs for item in spec.split(",") if item.strip()]
+def _asks_help(specs: Sequence[str]) -> bool:
+    """Is ``help`` one of the ``-o`` items? (A malformed one is said by MountOptions.parse.)"""
+    try:
+        return any(name == "help" for spec in specs for name, _ in split_options(spec))
+    except OptionError:
+        return False
 
 
 def parse_command_line(argv: Sequence[str]) -> Invocation:
@@ -176,7 +181,7 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
     :raises SystemExit: 0, after ``--help``, ``--version`` or ``-o help``.
     """
     args = build_parser().parse_intermixed_args(list(argv))
-    if "help" in _option_items(args.options):
+    if _asks_help(args.options):
         print("%s mount options (-o NAME[=VALUE][,...]):\n%s" % (PROG, MountOptions.help_text()))
         raise SystemExit(0)
     try:
@@ -293,7 +298,7 @@ def check_bucket(store: RemoteStore, bucket: str, debug: bool = False) -> None:
         found = store.bucket_exists(bucket)
     except S3Error as headed:
         exc = _said_why(store, bucket, headed)
-        if exc.hint and exc.hint != HEAD_400:
+        if exc.hint and exc.hint not in (HEAD_400, KEYS_REFUSED):
             said = "%s (S3 said: %d %s)" % (exc.hint, exc.status, exc.code)
             raise CliError("cannot use bucket %s at %s: %s" % (bucket, where, said)) from None
         if exc.access_denied:

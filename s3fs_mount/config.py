@@ -159,6 +159,32 @@ def check_setting(name: str, value: Any, origin: str) -> None:
         raise ConfigError("%s: s3.%s must be %s, not %s" % (origin, name, _type_name(kinds), shown))
     if name in ("timeout", "max_connections") and value <= 0:
         raise ConfigError("%s: s3.%s must be positive, not %r" % (origin, name, value))
+    if name in UNSPACED:
+        check_unspaced(value, "%s: s3.%s" % (origin, name))
+    if name == "endpoint":
+        _check_port(value, origin)
+
+
+#: Settings in which no space or control character can be right (each goes into a URL or header).
+UNSPACED = ("access_key_id", "secret_access_key", "session_token", "endpoint", "region")
+
+
+def check_unspaced(value: str, what: str) -> None:
+    """Raise ConfigError naming ``what`` when ``value`` holds a space or a control character: a
+    request would fail far from here ('LocationParseError', 'invalid character in a header')."""
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError("%s has a space or a control character in it (a newline copied with it?)" % what)
+
+
+def _check_port(endpoint: str, origin: str) -> None:
+    """Raise ConfigError when ``endpoint`` (``[scheme://]host[:port][/]``) names a port no socket has."""
+    hostport = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    port = hostport.rpartition("]")[2] if hostport.startswith("[") else hostport
+    if ":" not in port:
+        return
+    number = port.rpartition(":")[2]
+    if not (number.isdigit() and 1 <= int(number) <= 65535):
+        raise ConfigError("%s: s3.endpoint: port %s is not a port (1 to 65535)" % (origin, number or "''"))
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -249,6 +275,13 @@ def _env_credentials(environ: Mapping[str, str]) -> dict[str, str] | None:
     creds = {"access_key_id": key_id, "secret_access_key": secret}
     if environ.get("AWS_SESSION_TOKEN"):
         creds["session_token"] = environ["AWS_SESSION_TOKEN"]
+    for setting, variable in (
+        ("access_key_id", "AWS_ACCESS_KEY_ID"),
+        ("secret_access_key", "AWS_SECRET_ACCESS_KEY"),
+        ("session_token", "AWS_SESSION_TOKEN"),
+    ):
+        if setting in creds:
+            check_unspaced(creds[setting], "environment: " + variable)
     return creds
 
 

@@ -51,7 +51,8 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
     if not st["pending"]:
         lines.append("nothing waiting to upload")
     else:
-        lines.append("%d files waiting to upload:" % len(st["pending"]))
+        n = len(st["pending"])
+        lines.append("%d file%s waiting to upload:" % (n, "" if n == 1 else "s"))
         for p in st["pending"]:
             done = 100.0 * p["uploaded"] / p["size"] if p["size"] else 0.0
             line = "  %-10s %5.1f%% of %-10s %s" % (p["state"], done, human_size(p["size"]), p["path"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import re
@@ -61,9 +62,47 @@ def boto_ready(server: LocalS3Server) -> Callable[[], bool]:
     return ready
 
 
-def start_local_server(data_dir: str | Path, timeout: float = 60.0) -> LocalS3Server:
-    """Start a LocalS3Server in ``data_dir`` and wait until boto3 can list buckets."""
-    server = LocalS3Server(str(data_dir))
+class ServerWithIdentities(LocalS3Server):
+    """A LocalS3Server whose identities file holds ``identities`` beside its admin, in SeaweedFS's
+    form: ``{"name": ..., "credentials": [{"accessKey": ..., "secretKey": ...}], "actions": [...]}``
+    with actions such as ``Read``, ``List``, ``Write``, ``Tagging``, or ``Write:BUCKET`` for one
+    bucket. SeaweedFS reads the file at start: change ``identities`` and restart to change them."""
+
+    def __init__(self, data_dir: str, identities: list[dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
+        self.identities = identities
+
+    def _write_identities(self) -> None:
+        super()._write_identities()
+        doc = json.loads(self.identities_path.read_text())
+        doc["identities"].extend(self.identities)
+        self.identities_path.write_text(json.dumps(doc, indent=1))
+
+
+def identity(name: str, *actions: str) -> dict[str, Any]:
+    """A SeaweedFS identity ``name`` allowed ``actions``; its keys are ``NAME-KEY`` / ``NAME-SECRET``."""
+    return {
+        "name": name,
+        "credentials": [{"accessKey": name.upper() + "-KEY", "secretKey": name.upper() + "-SECRET"}],
+        "actions": list(actions),
+    }
+
+
+def start_local_server(
+    data_dir: str | Path, timeout: float = 60.0, identities: list[dict[str, Any]] | None = None
+) -> LocalS3Server:
+    """Start a LocalS3Server in ``data_dir`` (with ``identities`` beside its admin: see
+    :class:`ServerWithIdentities`) and wait until boto3 can list buckets."""
+    if identities is None:
+        server = LocalS3Server(str(data_dir))
+    else:
+        server = ServerWithIdentities(str(data_dir), identities)
+    start_and_wait(server, timeout)
+    return server
+
+
+def start_and_wait(server: LocalS3Server, timeout: float = 60.0) -> None:
+    """Start ``server`` (again) and wait until boto3 can list buckets."""
     t0 = time.monotonic()
     # The endpoint is only known after ports are chosen inside start(), so build the
     # client lazily on first poll.
@@ -76,7 +115,6 @@ def start_local_server(data_dir: str | Path, timeout: float = 60.0) -> LocalS3Se
 
     server.start(ready, timeout=timeout)
     log.info("LocalS3Server %s ready in %.2fs", server.endpoint, time.monotonic() - t0)
-    return server
 
 
 def unique_bucket_name(hint: str = "") -> str:

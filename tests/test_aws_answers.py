@@ -20,7 +20,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, xmlparse
-from s3fs_mount.s3.errors import EXPIRED_TOKEN, HEAD_400, KMS_REFUSED, SSE_C_NEEDED
+from s3fs_mount.s3.errors import (
+    BUCKET_GONE,
+    EXPIRED_TOKEN,
+    HEAD_400,
+    KEYS_REFUSED,
+    KMS_REFUSED,
+    SSE_C_NEEDED,
+)
 from s3fs_mount.s3.objectopts import operation_of
 
 MiB = 1 << 20
@@ -136,6 +143,9 @@ def test_a_mount_retries_copies_and_completions_answered_200_with_an_error(
         (S3Error(403, "AccessDenied", "Access Denied"), ""),
         (S3Error(400, "InvalidArgument", "Server Side Encryption with AWS KMS managed key requires ..."), ""),
         (S3Error(404, "NoSuchKey", ""), ""),
+        (S3Error(404, "NoSuchBucket", "The specified bucket does not exist"), BUCKET_GONE),
+        (S3Error(403, "SignatureDoesNotMatch", "The request signature we calculated ..."), KEYS_REFUSED),
+        (S3Error(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not ..."), KEYS_REFUSED),
     ],
 )
 def test_each_aws_refusal_has_its_one_line_hint(error, hint):

@@ -169,6 +169,42 @@ def test_bad_config(env, tmp_path, mnt):
     assert str(path) in line and "tls" in line
 
 
+@pytest.mark.parametrize(
+    "setting, says",
+    [
+        ("endpoint: 127.0.0.1:99999", "s3.endpoint: port 99999 is not a port (1 to 65535)"),
+        ("endpoint: 127.0.0.1:http", "s3.endpoint: port http is not a port (1 to 65535)"),
+        ('endpoint: " 127.0.0.1:9000"', "s3.endpoint has a space or a control character in it"),
+        ('endpoint: "s3.example.com\\n"', "s3.endpoint has a space or a control character in it"),
+        ('access_key_id: "AKIA\\n"', "s3.access_key_id has a space or a control character in it"),
+        ('secret_access_key: "secret-not-shown "', "s3.secret_access_key has a space or a control character"),
+    ],
+)
+def test_a_malformed_endpoint_or_key_is_one_line_naming_it_before_any_request(
+    env, tmp_path, mnt, setting, says
+):
+    """Found by hand (round 35): port 99999 or a space before the host said 'request to S3 at
+    https://127.0.0.1:99999 failed: LocationParseError'; a key with a newline (a copy and paste)
+    'ValueError: invalid character in a header of HEAD /bkt', naming neither the setting nor the file."""
+    body = {"endpoint": "127.0.0.1:1", "access_key_id": "AK", "secret_access_key": "secret-not-shown"}
+    name = setting.split(":")[0]
+    lines = ["s3:", "  tls: false", "  " + setting]
+    lines += ["  %s: %s" % (k, v) for k, v in body.items() if k != name]
+    path = tmp_path / "s3.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    line = one_line_failure(run(["-c", str(path), "bkt", str(mnt)], env, tmp_path), status=1)
+    assert says in line and str(path) in line, line
+    assert "secret-not-shown" not in line
+
+
+def test_a_key_with_a_newline_in_the_environment_is_one_line_naming_it(env, tmp_path, mnt):
+    """Found by hand (round 35): 'ValueError: invalid character in a header of HEAD /bkt'."""
+    env = dict(env, AWS_ACCESS_KEY_ID="AK\n", AWS_SECRET_ACCESS_KEY="S", AWS_ENDPOINT_URL="http://127.0.0.1:1")
+    line = one_line_failure(run(["bkt", str(mnt)], env, tmp_path), status=1)
+    assert "environment: AWS_ACCESS_KEY_ID has a space or a control character in it" in line, line
+
+
 def test_no_credentials(env, tmp_path, mnt):
     line = one_line_failure(run(["bkt", str(mnt)], env, tmp_path), status=1)
     assert "no credentials" in line
@@ -290,6 +326,18 @@ def test_parse_local():
     assert inv.local_dir == os.path.abspath("data") and inv.prefix == "sub/"
     with pytest.raises(cli.CliError):
         cli.parse_command_line(["--local", "data", "other", "mnt"])
+
+
+def test_options_read_as_mount_8_hands_them_over_from_fstab(tmp_path):
+    """Found by hand (round 35): a quoted value (fstab's way to hold a comma) kept its quotes, so
+    cache_dir="/x" made a directory named '"' in the current one, and a comma in quotes split the
+    option in two; a space around '=' made the name unknown."""
+    cache = tmp_path / "a,b"
+    spec = 'ro, cache_dir="%s" ,attr_ttl = 3' % cache
+    got = cli.parse_command_line(["bkt", str(tmp_path), "-o", spec]).opts
+    assert (got.ro, got.cache_dir, got.attr_ttl) == (True, str(cache), 3.0)
+    with pytest.raises(cli.CliError, match="unbalanced double quote"):
+        cli.parse_command_line(["bkt", str(tmp_path), "-o", 'cache_dir="/x'])
 
 
 def test_mount_helper_flags():

@@ -2480,3 +2480,30 @@ def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is
     # read(2) and write(2) never say ENOENT: the file was open; ESTALE, as NFS says of it
     assert info.value.errno == errno.ESTALE
     ops.release("/f", fh)
+
+
+@pytest.mark.parametrize(
+    "refusal, full, expected",
+    [
+        (S3Error(403, "AccessDenied"), None, errno.EACCES),  # keys that may only read
+        (S3Error(500, "InternalError"), None, errno.EIO),
+        (S3Error(500, "InternalError"), "the embedded S3 server is full", errno.ENOSPC),
+        (S3Error(403, "AccessDenied"), "the embedded S3 server is full", errno.ENOSPC),
+    ],
+)
+def test_a_close_whose_upload_fails_says_why_and_keeps_the_file_staged(tmp_path, refusal, full, expected):
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    ops.changes.server_full = lambda: full
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        if getattr(key, "key", key) == "f":
+            raise refusal
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    with pytest.raises(FuseOSError) as failed:
+        write_file(ops, "/f", b"kept")
+    assert failed.value.errno == expected
+    assert "f" not in store.objects and [item.key for item in ops.staging.pending()] == ["f"]

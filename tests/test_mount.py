@@ -319,6 +319,35 @@ def test_wrong_credentials_fail_clearly(mount_factory, s3config, tmp_path):
     assert "denied" in message.lower() or "403" in message
 
 
+def test_a_bucket_another_client_deleted_is_eio_and_one_line_and_loses_nothing(mount_factory, boto, bucket):
+    """Found by hand (round 35): once another client deleted the mounted bucket, ls showed an empty
+    directory and said ok (readdir's ENOENT is the end of a directory to glibc), mkdir said ENOENT,
+    and nothing logged why. Now what S3 answers NoSuchBucket is EIO with a line saying the bucket is
+    gone; a file written meanwhile stays staged, and goes up once the bucket is back."""
+    mount = mount_factory("dir_ttl=0").start()  # each ls lists
+    p = mount.path
+    boto.put_object(Bucket=bucket, Key="f.txt", Body=b"theirs")
+    assert os.listdir(p) == ["f.txt"]
+    f = open(os.path.join(p, "new.txt"), "wb")
+    f.write(b"ours")
+    boto.delete_object(Bucket=bucket, Key="f.txt")
+    boto.delete_bucket(Bucket=bucket)
+
+    def err(fn, *args):
+        with pytest.raises(OSError) as info:
+            fn(*args)
+        return info.value.errno
+
+    assert err(os.listdir, p) == errno.EIO
+    assert err(os.mkdir, os.path.join(p, "d")) == errno.EIO
+    assert err(f.close) == errno.EIO
+    said = [line for line in mount.log_lines() if "readdir /: EIO" in line]
+    assert len(said) == 1 and "NoSuchBucket" in said[0] and "the bucket is gone" in said[0], mount.log()
+    boto.create_bucket(Bucket=bucket)
+    assert mount.stop() == 0
+    assert s3_bytes(boto, bucket, "new.txt") == b"ours"
+
+
 def test_a_prefix_mount_keeps_to_its_prefix(mount_factory, boto, bucket):
     boto.put_object(Bucket=bucket, Key="outside.txt", Body=b"x")
     boto.put_object(Bucket=bucket, Key="top/inside.txt", Body=b"in")

@@ -106,8 +106,9 @@ def test_fstab_mount_and_umount(s3yaml, bucket, boto, tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     fstab = tmp_path / "fstab"
-    fstab.write_text("%s:/sub %s fuse.s3fs-mount _netdev,nofail,config=%s,cache_dir=%s 0 0\n"
-                     % (bucket, mnt, s3yaml, tmp_path / "c"))
+    # Odd spacing between the fields, and a quoted value holding a comma (as libmount reads them).
+    fstab.write_text('%s:/sub\t%s  fuse.s3fs-mount \t_netdev,nofail,config=%s,cache_dir="%s"   0 0\n'
+                     % (bucket, mnt, s3yaml, tmp_path / "c,d"))
     try:
         r = subprocess.run(["mount", "--fstab", str(fstab), str(mnt)], capture_output=True, text=True,
                            timeout=60)
@@ -115,6 +116,7 @@ def test_fstab_mount_and_umount(s3yaml, bucket, boto, tmp_path):
         assert os.path.ismount(mnt)
         (mnt / "via-fstab").write_text("ok")
         assert boto.get_object(Bucket=bucket, Key="sub/via-fstab")["Body"].read() == b"ok"
+        assert (tmp_path / "c,d" / "s3fs-mount.log").is_file()
         r = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert not os.path.ismount(mnt)

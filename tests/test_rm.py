@@ -231,6 +231,8 @@ def test_an_unlink_s3_refuses_shows_the_file_again_and_says_why(mount_factory, t
     path = os.path.join(mount.path, "locked")
     faultproxy.delete_errors(1, "AccessDenied")
     os.unlink(path)
+    with pytest.raises(PermissionError):  # the fsync of its directory says so, once
+        sync_dir(mount.path)
     sync_dir(mount.path)
     assert os.path.exists(path)
     assert s3_keys(boto, bucket) == ["locked"]

@@ -31,8 +31,12 @@ later (:data:`WINDOW`, and the batch under way before it), or just before
 the unlink, stays, and the name shows again (``PreconditionFailed``, one
 log line), never removed unseen.
 
-Locks: ``_cond`` guards ``_pending``, ``_etags``, ``_sending``, ``_since``,
-``_batches``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
+A key S3 refuses for good (``AccessDenied`` on read-only keys) shows again, and the next
+``fsync`` of a directory above it says so (:meth:`DeleteQueue.refused`): as a local filesystem's
+fsync reports a write-back error, once.
+
+Locks: ``_cond`` guards ``_pending``, ``_etags``, ``_sending``, ``_since``, ``_batches``,
+``_refused``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
 ``_cond`` or alone (never the other way round).
 """
 
@@ -56,6 +60,8 @@ WINDOW = 0.05
 BATCH = 1000
 #: Full batches sent at once (a batch of fewer keys goes alone).
 PARALLEL = 4
+#: Refused keys kept for the next fsync of their directory to report (the first ones, if more).
+REFUSALS_KEPT = 1000
 #: Seconds before a batch whose request failed (after the retry policy's attempts) is sent again.
 RETRY_PAUSE = 5.0
 
@@ -93,6 +99,7 @@ class DeleteQueue:
         self._sending: set[str] = set()  # keys of batches under way
         self._since = 0.0  # time.monotonic() when the oldest pending key came
         self._batches = 0  # background batches under way
+        self._refused: dict[str, str] = {}  # key -> S3's code: refused, not yet told by an fsync
         self._thread: threading.Thread | None = None
         self._closed = False
         self._pool = concurrent.futures.ThreadPoolExecutor(PARALLEL, thread_name_prefix="deletes")
@@ -187,6 +194,15 @@ class DeleteQueue:
             mine = [k for k in self._pending if k.startswith(prefix)]
             self._take(mine)
         return self._send(mine, keys)
+
+    def refused(self, prefix: str) -> list[tuple[str, str]]:
+        """``[(key, S3's code)]`` of the deletes under ``prefix`` S3 refused since the last call
+        that asked for them (each told once, as fsync tells a write-back error)."""
+        with self._cond:
+            mine = [(k, code) for k, code in self._refused.items() if k.startswith(prefix)]
+            for key, _ in mine:
+                del self._refused[key]
+        return mine
 
     def pending(self) -> int:
         """How many deletes are not yet answered."""
@@ -288,6 +304,9 @@ class DeleteQueue:
                               "theirs stays, not deleted; it is there again", key)
                 else:
                     log.error("could not delete %s (%s): it is there again", key, code)
+                    with self._cond:
+                        if len(self._refused) < REFUSALS_KEPT:
+                            self._refused[key] = code
             stayed = {key for key, _ in failed}
             self.answered([k for k in keys if k not in stayed], failed)
             for key in keys:  # answered for good: nothing more to send

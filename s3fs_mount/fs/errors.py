@@ -1,8 +1,8 @@
 """The one mapping from failures to errnos.
 
-404 -> ENOENT (ESTALE through an open handle), 403 -> EACCES, 412 -> EIO (changed under us), an upload
-that found another client's version (:class:`Conflict`) -> ESTALE, transport
-failures and 5xx (retries spent) -> EIO. Every failure logs one line with
+404 -> ENOENT (ESTALE through an open handle; EIO when the bucket is gone), 403 -> EACCES,
+412 -> EIO (changed under us), an upload that found another client's version (:class:`Conflict`)
+-> ESTALE, transport failures and 5xx (retries spent) -> EIO. Every failure logs one line with
 the operation, the path and S3's error code; an unexpected exception
 becomes EIO and a traceback in the log, never a dead mount. The guard every
 FUSE call runs in, which applies this mapping, is in :mod:`.fuselib`: this
@@ -79,6 +79,10 @@ HANDLE_CALLS = frozenset({"read", "read_spans", "write", "flush", "fsync", "rele
 def errno_for(exc: BaseException, operation: str = "") -> int:
     """The errno that honestly describes ``exc``, met by the FUSE call ``operation``."""
     if isinstance(exc, S3Error):
+        if exc.status == 404 and exc.code == "NoSuchBucket":
+            # Not ENOENT: no file is missing but all of them, and a readdir's ENOENT is the end
+            # of the directory to glibc (ls showed an empty directory and said ok).
+            return errno.EIO
         if exc.status == 404:
             return errno.ESTALE if operation in HANDLE_CALLS else errno.ENOENT
         if exc.status == 403:

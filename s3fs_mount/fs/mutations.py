@@ -38,6 +38,10 @@ from s3fs_mount.s3.xmlparse import ListEntry
 
 log = logging.getLogger(__name__)
 
+#: What a failed upload says as itself (a close, fsync or rename): the store's refusals that tell
+#: the user what to do; anything else (a 5xx, a broken connection, retries spent) is EIO.
+UPLOAD_ERRNOS = frozenset({errno.EACCES, errno.E2BIG, errno.EFBIG, errno.ENAMETOOLONG})
+
 #: Self-copies a metadata change tries when another client's version lands between its HEAD and it.
 METADATA_COPY_TRIES = 3
 
@@ -155,8 +159,18 @@ class Mutations:
             self.namespace.entry_changed(KeyMap.split(path)[0])
 
     def sync_dir(self, path: str) -> None:
-        """fsync of directory ``path``: its removals are in S3 when this returns (S3Error if not)."""
-        self.deletes.flush(self.keymap.dir_prefix(path))
+        """fsync of directory ``path``: its removals are in S3 when this returns (S3Error if not;
+        FsError EACCES, or EIO, when S3 refused one since the last fsync: the file is there again)."""
+        prefix = self.keymap.dir_prefix(path)
+        self.deletes.flush(prefix)
+        refused = self.deletes.refused(prefix)
+        if refused:
+            key, code = refused[0]
+            raise FsError(
+                errno.EACCES if code == "AccessDenied" else errno.EIO,
+                "S3 refused to delete %s (%s)%s: it is there again"
+                % (key, code, " and %d more" % (len(refused) - 1) if len(refused) > 1 else ""),
+            )
 
     def close(self) -> list[str]:
         """At unmount: send the pending deletes; returns the keys left for the next mount."""
@@ -167,8 +181,9 @@ class Mutations:
     # -- uploads ---------------------------------------------------------------------------
 
     def upload(self, item: StagedFile) -> None:
-        """Put ``item`` in S3 now; FsError ENOSPC (the server is full), E2BIG (its user metadata
-        is over S3's limit) or EIO when that fails."""
+        """Put ``item`` in S3 now; when that fails, FsError ENOSPC (the server is full), EACCES
+        (S3 refused the mount's identity: read-only credentials), E2BIG (its user metadata is
+        over S3's limit), else EIO, saying why (the FUSE call's one log line)."""
         try:
             self.uploader.flush(item)
         except Conflict as exc:
@@ -176,9 +191,12 @@ class Mutations:
             raise
         except Exception as exc:
             full = self.server_full() if self.server_full is not None else None
-            log.error("upload of %s failed, kept staged: %s", item.key, full or exc)
-            code = errno.ENOSPC if full else errno.E2BIG if errno_for(exc) == errno.E2BIG else errno.EIO
-            raise FsError(code, "upload failed") from exc
+            code = errno_for(exc)
+            if full:
+                code = errno.ENOSPC
+            elif code not in UPLOAD_ERRNOS:
+                code = errno.EIO
+            raise FsError(code, "upload of %s failed, kept staged: %s" % (item.key, full or exc)) from exc
 
     def conflicted(self, exc: Conflict) -> None:
         """Another client's version stays at the path; ours now lives under the conflict name."""

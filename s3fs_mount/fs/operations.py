@@ -249,13 +249,25 @@ class S3Operations(Operations):
     def start(self) -> list[str]:
         """At mount: learn how this server guards uploads, then recover; returns the keys still pending."""
         if not self.options.ro:
-            self.uploader.configure_checks(self.options.conflict_check)
-            if self.options.checksum:
+            # The probe writes at the bucket's top: a refusal there says nothing of a prefix (keys
+            # may write there only), but of a whole-bucket mount it says every write is refused.
+            whole = not self.prefix
+            refused = self.uploader.configure_checks(self.options.conflict_check, say_refusal=not whole)
+            if refused is not None and whole:
+                log.warning(
+                    "S3 refused this mount a write to %s (%s): with these keys every change will fail "
+                    "with EACCES and what is written stays staged (-o ro mounts read-only)",
+                    self.bucket, refused,
+                )
+            probe = refused is None or not whole
+            if probe and self.options.checksum:
                 self.uploader.configure_checksums()
-            self.namespace.configure_directories()
-            self.namespace.configure_names()
+            if probe:
+                self.namespace.configure_directories()
+                self.namespace.configure_names()
             self.changes.note_recovered("directory holders to write", self.namespace.recover_holders())
-            self.changes.configure_renames(self.options.server_rename)
+            if probe:
+                self.changes.configure_renames(self.options.server_rename)
             self.dir_times = DirTimesWriter(self.namespace)
             self.dir_times.start()
         self.namespace.load_root()

@@ -29,6 +29,33 @@ class OptionError(ValueError):
     """A bad ``-o`` option; the message names it."""
 
 
+def split_options(spec: str) -> list[tuple[str, str | None]]:
+    """``'ro,cache_dir="/a,b"'`` -> ``[('ro', None), ('cache_dir', '/a,b')]``: items split at the
+    commas outside double quotes, a value's quotes dropped, as mount(8) (libmount) reads an fstab
+    line's options; spaces around an item, its name and its value are no part of them."""
+    items: list[str] = []
+    current, quoted = "", False
+    for char in spec:
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    if quoted:
+        raise OptionError("unbalanced double quote in -o %s" % spec)
+    items.append(current)
+    out: list[tuple[str, str | None]] = []
+    for item in filter(None, (s.strip() for s in items)):
+        name, has_value, value = item.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        out.append((name.strip(), value if has_value else None))
+    return out
+
+
 def parse_size(text: str) -> int:
     """``'512M'`` -> 536870912. Suffixes K, M, G, T (powers of 1024); plain bytes otherwise."""
     t = text.strip().upper().rstrip("B").rstrip("I")
@@ -225,13 +252,12 @@ class MountOptions:
         opts = cls()
         known = {f.name: f for f in fields(cls)}
         for spec in specs:
-            for item in filter(None, (s.strip() for s in spec.split(","))):
-                name, has_value, value = item.partition("=")
+            for name, value in split_options(spec):
                 if name in cls.IGNORED or name.startswith("x-"):
                     continue
                 if name not in known:
                     raise OptionError("unknown mount option: %s (see -o help)" % name)
-                setattr(opts, name, _convert(name, known[name].type, value if has_value else None))
+                setattr(opts, name, _convert(name, known[name].type, value))
         if opts.metrics:
             parse_listen(opts.metrics)
         for name in ("uid", "gid"):  # libfuse keeps 32 bits: 2**32 would be root; 2**32-1 is "none"

@@ -344,16 +344,22 @@ class Uploader:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
-    def configure_checks(self, enabled: bool) -> None:
-        """Find out (with one probe) how this server lets uploads be conditional; log what is used."""
+    def configure_checks(self, enabled: bool, say_refusal: bool = True) -> S3Error | None:
+        """Find out (with one probe) how this server lets uploads be conditional; log what is used.
+        Returns S3's refusal when it would not let the probe write (403: keys that may only read),
+        logged here unless not ``say_refusal`` (the caller says it)."""
         if not enabled:
             self.put_check = self.complete_check = CHECK_OFF
             log.warning("conflict check off: an upload may replace another client's newer version")
-            return
+            return None
+        refused = None
         try:
             on_put, on_complete = self.store.probe_conditional_writes()
         except Exception as exc:
-            log.warning("could not probe conditional writes (%s): a HEAD before each upload checks", exc)
+            if isinstance(exc, S3Error) and exc.access_denied:
+                refused = exc
+            if refused is None or say_refusal:
+                log.warning("could not probe conditional writes (%s): a HEAD before each upload checks", exc)
             on_put = on_complete = False
         self.put_check = CHECK_CONDITIONAL if on_put else CHECK_HEAD
         self.complete_check = CHECK_CONDITIONAL if on_complete else CHECK_HEAD
@@ -362,6 +368,7 @@ class Uploader:
             "If-Match/If-None-Match" if on_put else "a HEAD before it",
             "If-Match/If-None-Match" if on_complete else "a HEAD before it",
         )
+        return refused
 
     def configure_checksums(self) -> None:
         """Find out (one probe) whether uploads may carry ``x-amz-checksum-crc32`` here (else Content-MD5)."""

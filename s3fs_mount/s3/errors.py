@@ -57,7 +57,8 @@ class S3Error(RemoteStoreError):
 
     @property
     def hint(self) -> str:
-        """What to do about a refusal AWS users meet (an expired token, KMS, a missing SSE-C key), or ''."""
+        """What to do about a refusal AWS users meet (an expired token, KMS, a missing SSE-C key, a
+        bucket deleted, keys S3 does not take), or ''."""
         message = self.message.lower()
         if self.code in ("ExpiredToken", "TokenRefreshRequired") or "token has expired" in message:
             return EXPIRED_TOKEN
@@ -69,6 +70,10 @@ class S3Error(RemoteStoreError):
             return SSE_C_NEEDED
         if self.status == 400 and not self.message and self.resource.startswith("HEAD "):
             return HEAD_400
+        if self.code == "NoSuchBucket":
+            return BUCKET_GONE
+        if self.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
+            return KEYS_REFUSED
         return ""
 
     @property
@@ -100,6 +105,9 @@ HEAD_400 = (
     "a HEAD answer has no body to say why; an expired session token, or an SSE-C object asked "
     "for without its key, answer so"
 )
+
+KEYS_REFUSED = "S3 does not take these keys (changed or revoked since?): check the access key and secret"
+BUCKET_GONE = "the bucket is gone (another client deleted it?): create it again to go on"
 
 
 _DEFAULT_CODES = {

@@ -859,6 +859,24 @@ class RemoteStore:
             except RemoteStoreError:
                 pass
 
+    def _put_probe(self, name: S3Name, body: bytes, headers: Mapping[str, str] | None = None) -> str:
+        """PUT a probe object. Refused by S3 (4xx: read-only keys), nothing was written and none is
+        removed (a DELETE would be refused too, and logged); failed otherwise, it may have landed
+        all the same, and is removed."""
+        try:
+            return self.put(name, body, headers)
+        except Exception as exc:
+            if not (isinstance(exc, S3Error) and exc.status < 500):
+                self._drop_probe(name)
+            raise
+
+    def _drop_probe(self, name: S3Name) -> None:
+        """Remove a probe object; one that stays is harmless, and logged."""
+        try:
+            self.remove(name)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not remove the probe object %s: %s", name.key, exc)
+
     def probe_conditional_writes(self, bucket: str) -> tuple[bool, bool]:
         """Does the server honour ``If-None-Match: *`` on PUT, and on CompleteMultipartUpload?
 
@@ -867,8 +885,8 @@ class RemoteStore:
         instead of answering 412.
         """
         name = S3Name(".s3fs-mount-probe-%s" % os.urandom(6).hex(), bucket)
+        self._put_probe(name, b"1")
         try:
-            self.put(name, b"1")
             try:
                 self.put(name, b"2", if_none_match=True)
                 on_put = False
@@ -888,10 +906,7 @@ class RemoteStore:
             finally:
                 mpu.abort()
         finally:
-            try:
-                self.remove(name)
-            except Exception as exc:  # the probe stays: harmless, and logged
-                log.warning("could not remove the probe object %s: %s", name.key, exc)
+            self._drop_probe(name)
         return on_put, on_complete
 
     def probe_marker_metadata(self, bucket: str, prefix: str = "") -> bool:
@@ -902,14 +917,11 @@ class RemoteStore:
         of its own and drops its ``x-amz-meta-*`` headers.
         """
         name = S3Name("%s.s3fs-mount-probe-%s/" % (prefix, os.urandom(6).hex()), bucket)
+        self._put_probe(name, b"", {"x-amz-meta-probe": "kept"})
         try:
-            self.put(name, b"", {"x-amz-meta-probe": "kept"})
             return self.head(name).metadata.get("x-amz-meta-probe") == "kept"
         finally:
-            try:
-                self.remove(name)
-            except Exception as exc:  # the probe stays: harmless, and logged
-                log.warning("could not remove the probe object %s: %s", name.key, exc)
+            self._drop_probe(name)
 
     def probe_backslash_keys(self, bucket: str, prefix: str = "") -> bool:
         """Does the server keep a ``\\`` in a key as it was given?
@@ -921,17 +933,14 @@ class RemoteStore:
         stem = "%s.s3fs-mount-probe-%s" % (prefix, os.urandom(6).hex())
         name = S3Name(stem + "\\b", bucket)
         rewritten = False
+        self._put_probe(name, b"")
         try:
-            self.put(name, b"")
             rewritten, _ = self.exists(S3Name(stem + "/b", bucket))
             return not rewritten
         finally:
-            try:
-                self.remove(name)
-                if rewritten:  # the directory the server made of it; it would list for a while
-                    self.remove(S3Name(stem + "/", bucket))
-            except Exception as exc:  # the probe stays: harmless, and logged
-                log.warning("could not remove the probe object %s: %s", name.key, exc)
+            self._drop_probe(name)
+            if rewritten:  # the directory the server made of it; it would list for a while
+                self._drop_probe(S3Name(stem + "/", bucket))
 
     def start_multipart(
         self, remote_name: RemoteName, headers: Mapping[str, str] | None = None, checksum: bool = True
@@ -1106,8 +1115,8 @@ class RemoteStore:
         name = "%s.s3fs-mount-probe-%s" % (prefix, os.urandom(6).hex())
         source, destination = S3Name(name, bucket), S3Name(name + "-renamed", bucket)
         body = b"rename probe"
+        etag = self._put_probe(source, body)
         try:
-            etag = self.put(source, body)
             try:
                 # Of a version the source no longer is: a server that moves it all the same would
                 # let a rename carry off another client's newer version unseen.
@@ -1130,11 +1139,8 @@ class RemoteStore:
                 return False
             return True
         finally:
-            for each in (source, destination):
-                try:
-                    self.remove(each)
-                except Exception as exc:  # the probe stays: harmless, and logged
-                    log.warning("could not remove the probe object %s: %s", each.key, exc)
+            self._drop_probe(source)
+            self._drop_probe(destination)
 
     def _multipart_copy(
         self,

@@ -1150,7 +1150,9 @@ def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_en
     shortcut (a listing a moment ago, every name in it removed since) never asked S3 again. Now
     the directory's objects are deleted, then one LIST: another client's file makes them again,
     with the mode, and rmdir says ENOTEMPTY, as a local disk with another process in it does."""
-    one = mount_factory().start()
+    # dir_ttl long: one's rmdir takes its shortcut (its listing fresh) however slow the machine
+    one = mount_factory("dir_ttl=60").start()
+    two = mount_factory().start() if by == "mount" else None
     sub = os.path.join(one.path, "r", "sub")
     os.makedirs(sub)
     os.chmod(sub, 0o750)
@@ -1160,7 +1162,7 @@ def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_en
     for name in os.listdir(sub):  # rm -r: its readdir, its unlinks
         os.unlink(os.path.join(sub, name))
     if by == "mount":
-        with open(os.path.join(mount_factory().start().path, "r", "sub", "theirs"), "wb") as f:
+        with open(os.path.join(two.path, "r", "sub", "theirs"), "wb") as f:
             f.write(b"theirs")
     else:
         boto.put_object(Bucket=bucket, Key="r/sub/theirs", Body=b"theirs")

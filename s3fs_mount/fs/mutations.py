@@ -23,7 +23,7 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.deletes import DeleteQueue
-from s3fs_mount.fs.errors import Conflict, FsError, errno_for
+from s3fs_mount.fs.errors import Conflict, FsError, Stale, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
@@ -900,9 +900,8 @@ class Mutations:
         while True:
             tries += 1
             current = self.namespace.lookup_now(path)
-            if current.is_dir:
-                log.error("%s is a directory in S3 now; metadata change refused", path)
-                raise FsError(errno.EIO)
+            if current.is_dir:  # another client's a/x: the directory shadows the file (README)
+                raise Stale(path, "a directory shadows this file now")
             if seen and current.etag != seen:
                 log.info("%s: replaced in S3 by another client since its lookup: the change is made to %s",
                          path, current.etag)

@@ -760,8 +760,12 @@ class Namespace:
         For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
         keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
         For an open for writing: the file may be gone, or a directory another client made may
-        shadow it now (its LIST tells), while the kernel's entry still says file.
+        shadow it now (its LIST tells), while the kernel's entry still says file. A name this
+        mount removed is ENOENT with no request, as for :meth:`lookup` (its delete may not be sent).
         """
+        with self._lock:
+            if self._missing.get(path) or path in self._deleting:
+                raise FsError(errno.ENOENT)
         return self._fetch_whole(path, dirs=True)
 
     def _fetch_whole(self, path: str, dirs: bool) -> A.Attributes:

@@ -595,7 +595,10 @@ class S3Operations(Operations):
         (ESTALE), and the kernel looks the name up again (LOOKUP_REVAL) and finds it absent (an
         O_CREAT then creates it; without, the open is ENOENT) or a directory (EISDIR)."""
         try:
-            a = self.namespace.lookup_now(path) if writable else self.namespace.lookup_full(path)
+            if writable and self.namespace.cached(path) is not None:
+                a = self.namespace.lookup_now(path)
+            else:  # (not cached: this lookup asks S3)
+                a = self.namespace.lookup_full(path)
         except FsError as exc:
             if exc.errno != errno.ENOENT:
                 raise

@@ -21,7 +21,6 @@ from typing import Any
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
-from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.deletes import DeleteQueue
 from s3fs_mount.fs.errors import Conflict, FsError, Stale, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
@@ -97,8 +96,9 @@ class Mutations:
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
         #: Renames under way, recorded so that the next mount finishes them (fs/renames.py).
         self.renames = PendingRenames(staging.root)
-        #: Other copies in parts under way, recorded so that the next mount aborts them (fs/copies.py).
-        self.copies = PendingCopies(staging.root)
+        #: Other copies in parts under way, recorded so that the next mount aborts them (fs/copies.py):
+        #: the uploader's journal, which records its own copies too.
+        self.copies = uploader.copies
         #: What :meth:`recover` found a previous run left, and did (what -> how many), for
         #: ``s3fs-mount status``. Written before the mount serves; read after.
         self.recovered: dict[str, int] = {}
@@ -846,10 +846,7 @@ class Mutations:
 
     def _copy(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
         """``store.copy_object``, a copy in parts recorded while under way (fs/copies.py)."""
-        return self.copies.run(
-            destination,
-            lambda on_parts: self.store.copy_object(source, destination, *args, on_parts=on_parts, **kwargs),
-        )
+        return self.uploader.copy(source, destination, *args, **kwargs)
 
     def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""

@@ -501,7 +501,8 @@ class Mutations:
         A directory a listing a moment ago showed with only names we have removed since (``rm
         -r``, or one made here) goes in one DeleteObjects with its files' pending deletes, then
         one LIST says whether another client put something in it since that listing
-        (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first.
+        (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first (one
+        LIST), and once more after its deletes (a file put in between: made again, ENOTEMPTY).
         """
         prefix = self.keymap.dir_prefix(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
@@ -518,8 +519,14 @@ class Mutations:
         else:
             if not self.is_empty_dir(path):
                 raise FsError(errno.ENOTEMPTY)
+            mine = own if own is not None and own.is_dir else self.namespace.lookup(path)
             both = [lambda: self.store.remove(marker), lambda: self.store.remove(folder)]
-            self.namespace.remove_dir(path, lambda: self.store.run_parallel(both))
+
+            def remove() -> None:
+                self.store.run_parallel(both)
+                self._put_back_if_held(path, mine, "this mount found it empty")
+
+            self.namespace.remove_dir(path, remove)
         self.namespace.entry_changed(KeyMap.split(path)[0])
 
     def _remove_emptied(self, path: str, own: A.Attributes, objects: list[str]) -> None:
@@ -531,17 +538,12 @@ class Mutations:
         ENOTEMPTY when a file stays, else EIO.
 
         Deleted first, then asked (one LIST): asked first, a file put between the LIST and the
-        delete would be left in a directory with no mode, as one put since the listing was."""
+        delete would be left in a directory with no mode, as one put since the listing was.
+        (An rmdir that asked S3 first, its listing not fresh, asks again after its deletes.)"""
         failed = self.deletes.flush_with(self.keymap.dir_prefix(path), objects)
         if not failed:
-            theirs = self.namespace.held_in_s3(path)
-            if theirs is None:
-                return
-            log.warning("rmdir %s: S3 holds %s, put by another client since this mount listed the "
-                        "directory: not empty; its directory objects are made again", path, theirs)
-            self.namespace.write_dir(path, dict(own.metadata), new=True)
-            self.namespace.forget_tree(path)  # its listing is out of date: asked again
-            raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
+            self._put_back_if_held(path, own, "this mount listed the directory")
+            return
         kept_files = [key for key, _ in failed if key not in objects]
         log.error(
             "rmdir %s: S3 did not delete %s: its directory objects are made again",
@@ -550,6 +552,19 @@ class Mutations:
         )
         self.namespace.write_dir(path, dict(own.metadata), new=True)
         raise FsError(errno.ENOTEMPTY if kept_files else errno.EIO, "S3 kept %s" % failed[0][0])
+
+    def _put_back_if_held(self, path: str, own: A.Attributes, since: str) -> None:
+        """After rmdir deleted directory ``path``'s objects: one LIST. A key in it (another
+        client's file, put ``since`` ...) has them PUT again with the metadata it had (``own``),
+        and FsError ENOTEMPTY: never a directory whose mode vanished while a file stays in it."""
+        theirs = self.namespace.held_in_s3(path)
+        if theirs is None:
+            return
+        log.warning("rmdir %s: S3 holds %s, put by another client since %s: not empty; its "
+                    "directory objects are made again", path, theirs, since)
+        self.namespace.write_dir(path, dict(own.metadata), new=True)
+        self.namespace.forget_tree(path)  # its listing is out of date: asked again
+        raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
 
     def remove_file(self, path: str, etag: str | None = None) -> StagedFile | None:
         """Remove file ``path`` (its delete is sent in a batch, soon); its staged copy, if any,

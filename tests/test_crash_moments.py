@@ -562,3 +562,37 @@ def test_kill9_during_setfattr_on_a_file_copied_in_parts_leaves_no_upload(
     assert control.read_status(m2.path)["recovered"] == {"copies in parts aborted": 1}
     assert m2.stop() == 0
     assert not [f for _, _, fs in os.walk(cache) for f in fs if f == "copies.journal"]  # nothing owed
+
+
+def _write_with_times(path: str, data: bytes) -> None:
+    """Write ``path`` and set its times before the close, as ``cp -p`` does."""
+    with open(path, "wb") as f:
+        f.write(data)
+        os.utime(f.fileno(), (1_000_000_000, 1_000_000_000))
+
+
+def test_kill9_during_an_uploads_self_copy_in_parts_leaves_no_upload(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path
+):
+    # A file streamed up in parts whose times were set before its close (cp -p) gets them by a
+    # self-copy once its upload completes: in parts for a file over 5 GiB (lowered here), as is
+    # the self-copy of another client's metadata merged at the complete and the copy of theirs
+    # to a conflict name. Killed while a part is copied, the next mount aborts the upload it
+    # began: those three copies of the uploader were recorded nowhere (copies.journal had the
+    # mount's other copies), and the copy's upload was left behind, listed and billed.
+    data = rand(20 * MiB + 7, 83)
+    cache = str(tmp_path / "cache")
+    with holding(s3server, lambda req: is_copy(req) and "partNumber=" in req.target) as proxy:
+        m = mount_factory(config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache,
+                          env={"S3FS_MOUNT_TEST_MAX_SINGLE_COPY": str(8 * MiB)}).start()
+        proxy.hold_uploads()
+        writer = in_background(_write_with_times, os.path.join(m.path, "f"), data)
+        killed_while_held(proxy, m)
+        writer.join(30)
+    assert len(multipart_uploads(boto, bucket)) == 1  # the crash left the self-copy's upload
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    assert multipart_uploads(boto, bucket) == []
+    assert control.read_status(m2.path)["recovered"].get("copies in parts aborted") == 1
+    assert s3_sha(boto, bucket, "f") == hashlib.sha256(data).hexdigest()
+    assert m2.stop() == 0
+    assert not [f for _, _, fs in os.walk(cache) for f in fs if f == "copies.journal"]  # nothing owed

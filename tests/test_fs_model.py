@@ -254,10 +254,10 @@ class Driver:
         if access != os.O_RDONLY:
             flags |= self.rnd.choice([0, 0, os.O_TRUNC, os.O_APPEND])
         self.log.append("open %s %o" % (path, flags))
-        if path in self.dirs:
-            return self.call(errno.EISDIR, "open", path, flags)
-        if path not in self.files:
-            return self.call(errno.ENOENT, "open", path, flags)
+        if path in self.dirs or path not in self.files:
+            # The kernel sends an open only for an entry it looked up as a file: one absent or a
+            # directory is then out of date (ESTALE), and its look again says ENOENT or EISDIR.
+            return self.call(errno.ESTALE, "open", path, flags)
         inode = self.files[path]
         if not stat.S_ISREG(inode.mode):
             return  # the kernel follows a symlink itself

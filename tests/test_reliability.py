@@ -1695,3 +1695,40 @@ def test_responses_cut_mid_body_are_read_again_never_short_or_wrong(
                 f.seek(at)
                 assert f.read(n) == data[at : at + n], (key, at, n)
         assert m.stop() == 0
+
+
+def test_an_rmdir_that_asked_s3_first_sees_a_file_put_before_its_deletes(
+    mount_factory, s3server, s3config, boto, bucket, tmp_path
+):
+    # rmdir of a directory this mount has not listed asks S3 whether it is empty (one LIST), then
+    # deletes its marker and holder. Another client's file put in between was left in a
+    # directory whose mode was gone, and rmdir returned 0 (mutations.rmdir's window, round 34).
+    # Now one LIST after the deletes: the objects are made again with the mode, and ENOTEMPTY.
+    other = mount_factory().start()
+    os.mkdir(os.path.join(other.path, "d"), 0o750)
+    with holding(s3server, is_delete) as proxy:
+        m = mount_factory(config=proxy_yaml(tmp_path, s3config, proxy)).start()
+        d = os.path.join(m.path, "d")
+        assert os.stat(d).st_mode & 0o777 == 0o750
+        proxy.hold_uploads()
+        failed: list[OSError] = []
+
+        def rmdir() -> None:
+            try:
+                os.rmdir(d)
+            except OSError as exc:
+                failed.append(exc)
+
+        remover = threading.Thread(target=rmdir)
+        remover.start()
+        eventually(lambda: proxy.held >= 1, 20, "rmdir's deletes to reach the proxy")
+        boto.put_object(Bucket=bucket, Key="d/theirs", Body=b"theirs")
+        proxy.release()
+        remover.join(30)
+        assert [exc.errno for exc in failed] == [errno.ENOTEMPTY]
+        assert os.listdir(d) == ["theirs"]
+        m.stop()
+    fresh = mount_factory().start()  # what S3 holds: the directory with its mode, their file
+    assert os.stat(os.path.join(fresh.path, "d")).st_mode & 0o777 == 0o750
+    assert os.listdir(os.path.join(fresh.path, "d")) == ["theirs"]
+    assert s3_bytes(boto, bucket, "d/theirs") == b"theirs"

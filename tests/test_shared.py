@@ -1142,6 +1142,83 @@ def change_metadata(path: str, how: str) -> None:
     else:
         os.utime(path, (1_000_000_000, 1_000_000_000))
 
+
+@pytest.mark.parametrize("how", ["touch", "truncate", "append"])
+def test_a_write_open_of_a_file_another_client_removed_within_attr_ttl_makes_it_anew(mount_factory, boto,
+                                                                                      bucket, how):
+    """Found by hand (round 34): mount one stat'ed f, another client deleted it, then one's
+    ``touch f`` said ENOENT ("setting times"), ``echo new >f`` returned 0 and put the bytes in a
+    conflict copy (f absent), ``echo new >>f`` said ESTALE; a local disk creates f each time. The
+    kernel still held f's entry, so it sent an open, not a create: the open now asks S3 (a write
+    is coming) and answers ESTALE; the kernel looks f up again, finds it gone and creates it."""
+    one = mount_factory("attr_ttl=600").start()  # its entry for f stays for the whole test
+    path = os.path.join(one.path, "f")
+    with open(path, "wb") as f:
+        f.write(b"ours before")
+    os.stat(path)
+    boto.delete_object(Bucket=bucket, Key="f")
+    command = {"touch": 'touch "$1"', "truncate": 'echo new >"$1"', "append": 'echo new >>"$1"'}[how]
+    done = subprocess.run(["bash", "-ec", command, "sh", path], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    want = b"" if how == "touch" else b"new\n"
+    with open(path, "rb") as f:
+        assert f.read() == want
+    sync_dir(one.path)
+    assert s3_keys(boto, bucket) == ["f"]  # no conflict copy
+    assert s3_bytes(boto, bucket, "f") == want
+
+
+def test_an_open_of_a_file_another_client_removed_without_o_creat_is_enoent(mount_factory, boto, bucket):
+    """As above, without O_CREAT: ENOENT, for an open for writing (it asks S3 always) and for a
+    ``cat`` of a name known from a listing only (its open's HEAD finds nothing): not ESTALE."""
+    one = mount_factory("attr_ttl=600").start()
+    for key in ("w", "r"):
+        boto.put_object(Bucket=bucket, Key=key, Body=b"theirs")
+    assert sorted(os.listdir(one.path)) == ["r", "w"]
+    os.stat(os.path.join(one.path, "w"))
+    for key in ("w", "r"):
+        boto.delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(OSError) as exc:
+        os.open(os.path.join(one.path, "w"), os.O_WRONLY)
+    assert exc.value.errno == errno.ENOENT
+    done = subprocess.run(["cat", os.path.join(one.path, "r")], capture_output=True, text=True)
+    assert done.returncode == 1 and "No such file or directory" in done.stderr, done.stderr
+    assert s3_keys(boto, bucket) == []
+
+
+@pytest.mark.parametrize("ours", ["chmod", "setxattr", "utime", "touch"])
+def test_a_metadata_change_of_a_name_that_became_a_directory_goes_to_the_directory(mount_factory, boto,
+                                                                                  bucket, ours):
+    """Found by hand (round 34): mount one held ``a`` as a file (attr_ttl), another client made
+    ``a/x``, so the directory ``a`` shadows the file (README "Files and directories"); one's chmod
+    (setfattr, touch) of ``a`` changed the hidden file, with no word. Now S3 is asked beside the
+    change's HEAD (a LIST): ESTALE, the kernel looks ``a`` up again and the change goes to the
+    directory; the hidden file is untouched."""
+    one = mount_factory("attr_ttl=600").start()
+    path = os.path.join(one.path, "a")
+    with open(path, "wb") as f:
+        f.write(b"file a")
+    assert not os.path.isdir(path)
+    before = boto.head_object(Bucket=bucket, Key="a")
+    boto.put_object(Bucket=bucket, Key="a/x", Body=b"x")
+    if ours == "touch":
+        subprocess.run(["touch", "-d", "@1000000000", path], check=True)
+    else:
+        change_metadata(path, ours)
+    after = boto.head_object(Bucket=bucket, Key="a")
+    assert (after["ETag"], after["Metadata"]) == (before["ETag"], before["Metadata"])
+    fresh = mount_factory().start()  # what S3 holds
+    d = os.path.join(fresh.path, "a")
+    assert os.path.isdir(d) and os.path.isdir(path)
+    if ours == "chmod":
+        assert os.stat(d).st_mode & 0o777 == 0o600
+    elif ours == "setxattr":
+        assert os.getxattr(d, "user.ours") == b"u"
+    else:
+        assert os.stat(d).st_mtime == 1_000_000_000
+    assert os.listdir(d) == ["x"]
+
+
 @pytest.mark.parametrize("by", ["mount", "boto3"])
 def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_enotempty(mount_factory, boto,
                                                                                         bucket, by):

@@ -2,7 +2,9 @@
 
 An object over 5 GiB is copied in parts (UploadPartCopy, then a completion:
 :meth:`s3fs_mount.s3.store.RemoteStore.copy_object`): a metadata change's
-self-copy, a directory rename's copies. A mount killed in between left the
+self-copy, a directory rename's copies, an upload's self-copy (metadata merged
+at its complete, times set while it went up) and its copy of another client's
+version to a conflict name (fs/upload.py, whose journal this is). A mount killed in between left the
 multipart upload behind, listed and billed, with nothing to say whose it was.
 Each is recorded in ``copies.journal`` in the cache directory (the format of
 :mod:`s3fs_mount.fs.journal`) once it has an id, and taken back when the copy

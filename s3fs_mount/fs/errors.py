@@ -41,14 +41,21 @@ class Replaced(FsError):
         self.key, self.etag = key, etag
 
 
-class Superseded(FsError):
-    """A call by a name libfuse has given up (a .fuse_hidden name it unlinked): ESTALE, so that
-    the kernel looks the path up again and finds what it holds now. An answer, not trouble:
-    logged at debug level only."""
+class Stale(FsError):
+    """The kernel's entry for ``path`` is out of date: ESTALE, so that the kernel looks the path
+    up again (once, with LOOKUP_REVAL: Linux's retry_estale) and goes on with what it holds now:
+    an open with O_CREAT of a name another client removed creates it, a chmod of a name a
+    directory shadows now goes to the directory. An answer, not trouble: logged at debug level."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(errno.ESTALE, "%s: %s (the kernel looks the path up again)" % (path, why))
+
+
+class Superseded(Stale):
+    """A call by a name libfuse has given up (a .fuse_hidden name it unlinked)."""
 
     def __init__(self, path: str) -> None:
-        why = "%s: libfuse unlinked this name (the kernel looks the path up again)" % path
-        super().__init__(errno.ESTALE, why)
+        super().__init__(path, "libfuse unlinked this name")
 
 
 class Conflict(FsError):

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from ctypes.util import find_library
 from typing import Any, Protocol, TypeVar
 
-from s3fs_mount.fs.errors import FsError, Superseded, errno_for
+from s3fs_mount.fs.errors import FsError, Stale, errno_for
 from s3fs_mount.s3.errors import RemoteStoreError
 
 log = logging.getLogger(__name__)
@@ -1006,7 +1006,7 @@ def _fuse_error(operation: str, path: str, exc: Exception) -> FuseOSError:
         return exc
     err = errno_for(exc, operation)
     if isinstance(exc, (RemoteStoreError, FsError, OSError)):
-        level = logging.DEBUG if err in QUIET or isinstance(exc, Superseded) else logging.WARNING
+        level = logging.DEBUG if err in QUIET or isinstance(exc, Stale) else logging.WARNING
         log.log(level, "%s %s: %s (%s)", operation, path, errno.errorcode.get(err, err), exc)
     else:
         log.exception("%s %s: unexpected error, returning EIO", operation, path)

@@ -21,9 +21,8 @@ from typing import Any
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
-from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.deletes import DeleteQueue
-from s3fs_mount.fs.errors import Conflict, FsError, errno_for
+from s3fs_mount.fs.errors import Conflict, FsError, Stale, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
@@ -102,8 +101,9 @@ class Mutations:
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
         #: Renames under way, recorded so that the next mount finishes them (fs/renames.py).
         self.renames = PendingRenames(staging.root)
-        #: Other copies in parts under way, recorded so that the next mount aborts them (fs/copies.py).
-        self.copies = PendingCopies(staging.root)
+        #: Other copies in parts under way, recorded so that the next mount aborts them (fs/copies.py):
+        #: the uploader's journal, which records its own copies too.
+        self.copies = uploader.copies
         #: What :meth:`recover` found a previous run left, and did (what -> how many), for
         #: ``s3fs-mount status``. Written before the mount serves; read after.
         self.recovered: dict[str, int] = {}
@@ -562,7 +562,8 @@ class Mutations:
         A directory a listing a moment ago showed with only names we have removed since (``rm
         -r``, or one made here) goes in one DeleteObjects with its files' pending deletes, then
         one LIST says whether another client put something in it since that listing
-        (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first.
+        (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first (one
+        LIST), and once more after its deletes (a file put in between: made again, ENOTEMPTY).
         """
         prefix = self.keymap.dir_prefix(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
@@ -579,8 +580,14 @@ class Mutations:
         else:
             if not self.is_empty_dir(path):
                 raise FsError(errno.ENOTEMPTY)
+            mine = own if own is not None and own.is_dir else self.namespace.lookup(path)
             both = [lambda: self.store.remove(marker), lambda: self.store.remove(folder)]
-            self.namespace.remove_dir(path, lambda: self.store.run_parallel(both))
+
+            def remove() -> None:
+                self.store.run_parallel(both)
+                self._put_back_if_held(path, mine, "this mount found it empty")
+
+            self.namespace.remove_dir(path, remove)
         self.namespace.entry_changed(KeyMap.split(path)[0])
 
     def _remove_emptied(self, path: str, own: A.Attributes, objects: list[str]) -> None:
@@ -592,17 +599,12 @@ class Mutations:
         ENOTEMPTY when a file stays, else EIO.
 
         Deleted first, then asked (one LIST): asked first, a file put between the LIST and the
-        delete would be left in a directory with no mode, as one put since the listing was."""
+        delete would be left in a directory with no mode, as one put since the listing was.
+        (An rmdir that asked S3 first, its listing not fresh, asks again after its deletes.)"""
         failed = self.deletes.flush_with(self.keymap.dir_prefix(path), objects)
         if not failed:
-            theirs = self.namespace.held_in_s3(path)
-            if theirs is None:
-                return
-            log.warning("rmdir %s: S3 holds %s, put by another client since this mount listed the "
-                        "directory: not empty; its directory objects are made again", path, theirs)
-            self.namespace.write_dir(path, dict(own.metadata), new=True)
-            self.namespace.forget_tree(path)  # its listing is out of date: asked again
-            raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
+            self._put_back_if_held(path, own, "this mount listed the directory")
+            return
         kept_files = [key for key, _ in failed if key not in objects]
         log.error(
             "rmdir %s: S3 did not delete %s: its directory objects are made again",
@@ -611,6 +613,19 @@ class Mutations:
         )
         self.namespace.write_dir(path, dict(own.metadata), new=True)
         raise FsError(errno.ENOTEMPTY if kept_files else errno.EIO, "S3 kept %s" % failed[0][0])
+
+    def _put_back_if_held(self, path: str, own: A.Attributes, since: str) -> None:
+        """After rmdir deleted directory ``path``'s objects: one LIST. A key in it (another
+        client's file, put ``since`` ...) has them PUT again with the metadata it had (``own``),
+        and FsError ENOTEMPTY: never a directory whose mode vanished while a file stays in it."""
+        theirs = self.namespace.held_in_s3(path)
+        if theirs is None:
+            return
+        log.warning("rmdir %s: S3 holds %s, put by another client since %s: not empty; its "
+                    "directory objects are made again", path, theirs, since)
+        self.namespace.write_dir(path, dict(own.metadata), new=True)
+        self.namespace.forget_tree(path)  # its listing is out of date: asked again
+        raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
 
     def remove_file(self, path: str, etag: str | None = None) -> StagedFile | None:
         """Remove file ``path`` (its delete is sent in a batch, soon); its staged copy, if any,
@@ -907,10 +922,7 @@ class Mutations:
 
     def _copy(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
         """``store.copy_object``, a copy in parts recorded while under way (fs/copies.py)."""
-        return self.copies.run(
-            destination,
-            lambda on_parts: self.store.copy_object(source, destination, *args, on_parts=on_parts, **kwargs),
-        )
+        return self.uploader.copy(source, destination, *args, **kwargs)
 
     def _copy_key(self, source: str, destination: str, size: int) -> None:
         """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
@@ -961,9 +973,8 @@ class Mutations:
         while True:
             tries += 1
             current = self.namespace.lookup_now(path)
-            if current.is_dir:
-                log.error("%s is a directory in S3 now; metadata change refused", path)
-                raise FsError(errno.EIO)
+            if current.is_dir:  # another client's a/x: the directory shadows the file (README)
+                raise Stale(path, "a directory shadows this file now")
             if seen and current.etag != seen:
                 log.info("%s: replaced in S3 by another client since its lookup: the change is made to %s",
                          path, current.etag)

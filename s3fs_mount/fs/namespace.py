@@ -754,12 +754,19 @@ class Namespace:
         return self._fetch_whole(path, dirs=True)
 
     def lookup_now(self, path: str) -> A.Attributes:
-        """What S3 holds at ``path`` now (one HEAD, whatever is cached), cached as a lookup's answer.
+        """What S3 holds at ``path`` now (a HEAD and a LIST side by side, whatever is cached),
+        cached as a lookup's answer; FsError(ENOENT), and the name forgotten, if nothing.
 
         For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
         keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
+        For an open for writing: the file may be gone, or a directory another client made may
+        shadow it now (its LIST tells), while the kernel's entry still says file. A name this
+        mount removed is ENOENT with no request, as for :meth:`lookup` (its delete may not be sent).
         """
-        return self._fetch_whole(path, dirs=False)
+        with self._lock:
+            if self._missing.get(path) or path in self._deleting:
+                raise FsError(errno.ENOENT)
+        return self._fetch_whole(path, dirs=True)
 
     def _fetch_whole(self, path: str, dirs: bool) -> A.Attributes:
         """``path``'s attributes with its complete metadata, asked of S3 now and cached;

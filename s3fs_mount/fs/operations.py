@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, Replaced, Superseded
+from s3fs_mount.fs.errors import FsError, Replaced, Stale, Superseded
 from s3fs_mount.fs.fuselib import (
     LIBFUSE_MAJOR,
     KernelNames,
@@ -572,9 +572,7 @@ class S3Operations(Operations):
         if staged is not None and (staged.dirty or staged.uploading):
             attributes = None
         else:
-            attributes = self.namespace.lookup_full(path)
-            if attributes.is_dir:
-                raise FsError(errno.EISDIR)
+            attributes = self._to_open(path, writable)
         a = attributes
         setup = None if a is None else lambda new: new.reset(a.size, a.etag, a.metadata, a.headers, a.mtime)
         item, created = self.staging.acquire(key, setup)
@@ -597,6 +595,28 @@ class S3Operations(Operations):
             not (writable and flags & os.O_TRUNC) and item.kernel_pages_written_here()
         )
         return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept)
+
+    def _to_open(self, path: str, writable: bool) -> A.Attributes:
+        """The file an open of ``path`` opens: cached attributes will do for reading, but not
+        for writing (one HEAD and a LIST beside it): a write to a file another client removed
+        would end in a conflict copy, a ``touch`` of it in ENOENT, though the name is free.
+
+        The kernel sends an open (never a create, even with O_CREAT) for a name it holds an entry
+        of: a file gone from S3, or shadowed by a directory another client made, is :class:`Stale`
+        (ESTALE), and the kernel looks the name up again (LOOKUP_REVAL) and finds it absent (an
+        O_CREAT then creates it; without, the open is ENOENT) or a directory (EISDIR)."""
+        try:
+            if writable and self.namespace.cached(path) is not None:
+                a = self.namespace.lookup_now(path)
+            else:  # (not cached: this lookup asks S3)
+                a = self.namespace.lookup_full(path)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            raise Stale(path, "removed from S3 by another client") from None
+        if a.is_dir:
+            raise Stale(path, "a directory shadows this file now")
+        return a
 
     @fuse_operation
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:

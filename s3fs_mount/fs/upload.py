@@ -71,6 +71,7 @@ from typing import Any
 
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, check_metadata_size, time_metadata
 from s3fs_mount.fs.budget import BufferPool, ByteBudget
+from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.paths import NAME_MAX
 from s3fs_mount.fs.staging import StagedFile, StagingCache
@@ -310,6 +311,9 @@ class Uploader:
         self.refill = refill
         self.on_stored = on_stored
         self.digest_of = digest_of
+        #: Copies in parts under way (this uploader's and the mount's other ones: fs/copies.py),
+        #: recorded so that the next mount aborts them; one journal in the cache directory.
+        self.copies = PendingCopies(staging.root if staging is not None else None)
         #: How PUTs and completes are guarded (CHECK_*); per kind of write, set once at mount.
         self.put_check = CHECK_HEAD
         self.complete_check = CHECK_HEAD
@@ -1097,7 +1101,7 @@ class Uploader:
         """Give S3's version ``etag`` (just uploaded) the item's metadata now: one self-copy (the
         same bytes: on AWS a new ETag, the same whole-object digest)."""
         headers = self.headers(item)
-        copied = self.store.copy_object(item.key, item.key, headers, replace_metadata=True, if_match=etag)
+        copied = self.copy(item.key, item.key, headers, replace_metadata=True, if_match=etag)
         state = self._state(item)
         with state.lock:
             state.sent_metadata = metadata_of(headers)
@@ -1209,7 +1213,14 @@ class Uploader:
             saved_as,
         )
         if theirs:
-            self.store.copy_object(item.key, saved_as, if_match=theirs)
+            self.copy(item.key, saved_as, if_match=theirs)
+
+    def copy(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
+        """``store.copy_object``; a copy in parts is recorded while under way (fs/copies.py)."""
+        return self.copies.run(
+            destination,
+            lambda on_parts: self.store.copy_object(source, destination, *args, on_parts=on_parts, **kwargs),
+        )
 
     def resume(self, item: StagedFile) -> str:
         """After a crash: take up the upload the item's record names, whose parts hold the bytes

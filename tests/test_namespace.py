@@ -620,12 +620,73 @@ def test_while_rm_r_removes_a_parents_directories_a_lookup_of_the_next_begins_it
     del seen[:]
     assert ns.lookup("/r/b").mode == 0o40750  # its stored mode, as before
     assert sorted(listing(ns, "/r/b")) == ["f"]
-    assert len(seen) == 1 and seen[0][0] == "r/b/" and seen[0][1].startswith("list-ahead"), seen
+    # (and the next directory's, r/c/: test_..._begins_the_next_directorys_heads_and_listing)
+    eventually(lambda: len(seen) == 2, what="r/c/'s listing, begun too")
+    assert sorted(p for p, _ in seen) == ["r/b/", "r/c/"], seen
+    assert all(thread.startswith("list-ahead") for _, thread in seen), seen
     # A stat of a directory elsewhere (no removal there) lists nothing.
     store.put("s/x/f", b"1")
     assert sorted(listing(ns, "/s")) == ["x"]
     del seen[:]
     assert ns.lookup("/s/x").is_dir and seen == []
+    ns.close()
+
+
+def heads_by(store: FakeStore) -> list[tuple[str, str]]:
+    """(key, thread name) of each HEAD the store answers."""
+    seen: list[tuple[str, str]] = []
+    original = store.head
+
+    def recorded(name, *args, **kwargs):
+        seen.append((getattr(name, "key", name), threading.current_thread().name))
+        return original(name, *args, **kwargs)
+
+    store.head = recorded
+    return seen
+
+
+def test_while_rm_r_removes_a_parents_directories_a_lookup_begins_the_next_directorys_heads_and_listing():
+    """rm -r looks up, reads, empties and removes one directory after the other. Once this
+    mount removed a directory of a parent, the lookup of one begins the next one's (in listing
+    order) too: its holder's HEAD on a dir-ahead thread, its listing on a list-ahead one. The
+    walk's lookup of it then sends nothing (its stored mode as the HEAD ahead found it), nor
+    does its readdir; an answer older than attr_ttl by then is asked again."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store, attr_ttl=0.5, dir_ttl=30)
+    modes = {"a": 0o40750, "b": 0o40700, "c": 0o40705, "d": 0o40755, "e": 0o40711}
+    for d, mode in modes.items():
+        store.put("r/%s/f" % d, b"1")
+        store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(mode)})
+    store.put("r/c0", b"a file between c and d")
+    assert sorted(listing(ns, "/r")) == ["a", "b", "c", "c0", "d", "e"]
+    heads, lists = heads_by(store), listed_by(store)
+
+    def removed(d: str) -> None:
+        assert sorted(listing(ns, "/r/" + d)) == ["f"]
+        ns.remove_dir("/r/" + d, lambda: store.delete_keys(["r/%s/f" % d, "r/%s_$folder$" % d]))
+
+    assert ns.lookup("/r/a").mode == modes["a"]  # no directory of /r removed yet: nothing ahead
+    assert [k for k, _ in heads] == ["r/a_$folder$"]
+    removed("a")
+    del heads[:], lists[:]
+    assert ns.lookup("/r/b").mode == modes["b"]  # asked here; c's begun
+    eventually(lambda: len(heads) == 2 and len(lists) == 2, what="c's HEAD and listing, begun")
+    heads.sort()
+    assert heads[0] == ("r/b_$folder$", threading.current_thread().name)
+    assert heads[1][0] == "r/c_$folder$" and heads[1][1].startswith("dir-ahead"), heads
+    assert sorted(p for p, _ in lists) == ["r/b/", "r/c/"]
+    removed("b")
+    del heads[:], lists[:]
+    assert ns.lookup("/r/c").mode == modes["c"]  # as the HEAD ahead found it: no request here
+    eventually(lambda: len(heads) == 1, what="d's HEAD, begun (past the file c0)")
+    assert heads[0][0] == "r/d_$folder$" and heads[0][1].startswith("dir-ahead"), heads
+    removed("c")  # read from the listing begun ahead
+    assert sorted(p for p, _ in lists) == ["r/d/"], lists
+    clock.advance(0.6)  # d's answer is older than attr_ttl by its lookup: asked again
+    store.put("r/d_$folder$", b"", {"x-amz-meta-mode": str(0o40770)})
+    del heads[:]
+    assert ns.lookup("/r/d").mode == 0o40770
+    assert ("r/d_$folder$", threading.current_thread().name) in heads, heads
     ns.close()
 
 

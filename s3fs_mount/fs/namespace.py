@@ -90,6 +90,7 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.dirahead import DirAhead
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.expiring import ExpiringLRU
 from s3fs_mount.fs.holders import PendingHolders
@@ -129,6 +130,9 @@ WALK_NAMES_DIRS = 16
 #: Seconds after this mount removed a subdirectory of a directory during which a lookup of another
 #: of its subdirectories begins that one's listing too (rm -r reads each directory it enters).
 REMOVAL_WALK_TTL = 2.0
+#: Names after a subdirectory's that a removal walk's lookup looks through for the next
+#: subdirectory, whose lookup it begins (files between them are unlinked with no lookup).
+NEXT_SUBDIR_SCAN = 64
 #: Lookups whose LIST (for a directory of the name) goes beside their HEAD at once.
 LOOKUP_LISTS = 8
 
@@ -342,6 +346,8 @@ class Namespace:
             store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
         )
         self.list_ahead = ListAhead(list_ahead)
+        #: rm -r's next subdirectory looked up while the walk removes the one before (_begin_listing).
+        self.dir_ahead = DirAhead()
         #: A lookup's LIST for a directory of the name it HEADs, sent beside the HEAD (_fetch).
         self._lookup_lists = concurrent.futures.ThreadPoolExecutor(LOOKUP_LISTS, "lookup-list")
 
@@ -350,6 +356,7 @@ class Namespace:
         what HEADs told is written."""
         self.statahead.close()
         self.list_ahead.close()
+        self.dir_ahead.close()
         self._lookup_lists.shutdown(wait=False, cancel_futures=True)
         self.known.close()
 
@@ -394,6 +401,7 @@ class Namespace:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
         self.statahead.drop(path)
+        self.dir_ahead.drop(path)
         self.known.drop(path)
         self.list_ahead.drop(path)
         self.list_ahead.drop(parent)
@@ -457,6 +465,7 @@ class Namespace:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
         self.statahead.drop(path)
+        self.dir_ahead.drop(path, tree=True)
         self.known.drop(path, tree=True)
         self.list_ahead.drop(path, tree=True)
         parent, name = KeyMap.split(path)
@@ -556,10 +565,10 @@ class Namespace:
     def _listed_dir_attributes(self, parent: str, path: str) -> A.Attributes:
         """A directory seen in a listing: its mode and owner are on its holder (one HEAD; not
         a HEAD of its name and a LIST)."""
-        asked = self.clock.monotonic()
         self._begin_listing(parent, path)
-        found = self._dir_attributes(path)
-        found.seen_at = asked
+        found = self._dir_fetched_ahead(path)
+        if found is None:
+            found = self._fetch_dir_attributes(path)
         with self._lock:
             listed = self._listed.get(parent)
             if listed is not None and listed.burst and self._listings.get(path) is None:
@@ -960,12 +969,52 @@ class Namespace:
     def _begin_listing(self, parent: str, path: str) -> None:
         """While this mount removes ``parent``'s subdirectories (rm -r), a lookup of another one
         begins its listing (one page, on a list-ahead thread) beside its holder's HEAD: the walk
-        reads each directory it enters, and its readdir then finds the page fetched."""
+        reads each directory it enters, and its readdir then finds the page fetched. The next
+        subdirectory in the listing's order is begun too, its holder's HEADs and its listing
+        (fs/dirahead.py): the walk looks it up once it has removed this one."""
         with self._lock:
             if not self._removal_walks.get(parent):
                 return
-        prefix = self.keymap.dir_prefix(path)
-        self.list_ahead.begin(path, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
+            following = self._next_subdir(parent, KeyMap.split(path)[1])
+        for begun in [path] + ([following] if following is not None else []):
+            prefix = self.keymap.dir_prefix(begun)
+            self.list_ahead.begin(begun, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
+            if begun != path:
+                self.dir_ahead.begin(begun, lambda begun=begun: self._fetch_dir_attributes(begun))
+
+    def _next_subdir(self, parent: str, name: str) -> str | None:
+        """The path of the subdirectory of ``parent`` after ``name`` in its listing's order (the
+        order rm -r walks them), if a listing a moment ago (its walk's names) says which, and no
+        more than :data:`NEXT_SUBDIR_SCAN` names on; else None. Caller holds ``_lock``."""
+        walk = self._walk_names.get(parent)
+        if walk is None:
+            return None
+        ordered = walk[0]
+        start = bisect.bisect_right(ordered, name)
+        for following in ordered[start : start + NEXT_SUBDIR_SCAN]:
+            path = KeyMap.join(parent, following)
+            listed = self._attrs.get(path)
+            if listed is not None and listed.is_dir and path not in self._deleting:
+                return path
+        return None
+
+    def _fetch_dir_attributes(self, path: str) -> A.Attributes:
+        """Directory ``path``'s attributes asked of S3 now (its holder's HEADs), ``seen_at`` set."""
+        asked = self.clock.monotonic()
+        found = self._dir_attributes(path)
+        found.seen_at = asked
+        return found
+
+    def _dir_fetched_ahead(self, path: str) -> A.Attributes | None:
+        """Directory ``path``'s attributes as fetched ahead of its lookup (rm -r's next one), if
+        they were, within ``attr_ttl`` of when they were asked and with nothing this mount did to
+        it since (else None: asked again), with its pending times as they are now."""
+        found = self.dir_ahead.take(path)
+        if found is None:
+            return None
+        if self.clock.monotonic() - found.seen_at >= self.attr_ttl or not self._usable(path, found.seen_at):
+            return None
+        return self._with_pending_times(path, found)
 
     def _dir_attributes(self, path: str) -> A.Attributes:
         """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
@@ -1001,14 +1050,20 @@ class Namespace:
                     found.etag = ""  # no holder yet
             break
         with self._lock:
-            pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
             if answers[0] is None and any(answers[1:]):
                 self._marked[path] = True
             else:
                 self._marked.pop(path, None)
+        return self._with_pending_times(path, found), any(info is not None for info in answers)
+
+    def _with_pending_times(self, path: str, found: A.Attributes) -> A.Attributes:
+        """``found`` (directory ``path``'s, as S3 holds it) with the times of entry changes not
+        yet in S3."""
+        with self._lock:
+            pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
         if pending is not None:
             found.mtime, found.ctime = pending[0], pending[1]
-        return found, any(info is not None for info in answers)
+        return found
 
     # -- directory holders and times -------------------------------------------------------
 

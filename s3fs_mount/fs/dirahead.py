@@ -6,16 +6,17 @@ each: an ``lstat`` (a lookup here: the holder's HEAD, and where the holder is a
 (a LIST), its files' unlinks, its rmdir (a DeleteObjects, then a LIST). Each of
 those waits for the one before, so the lookup's round trips (two HEADs one
 after the other, ~2.3 ms of ~11 a directory of the bench's tree) were paid
-once a directory. Once this mount has removed a subdirectory of a parent (a
-removal walk: ``Namespace._removal_walks``), the lookup of one subdirectory
-begins the next one's (in the order the parent's listing gave them): its
-holder's HEADs on a thread here, its listing on the list-ahead's
-(fs/listahead.py). The walk's ``lstat`` of it then finds the answer fetched, or
-waits for the one in flight: a directory is never asked about twice.
+once a directory. The rmdir of a directory begins the lookup of the next
+subdirectory of its parent (in the order a listing of the parent a moment ago
+gave them; ``Namespace._begin_next_subdir``): its holder's HEADs on a thread
+here, its listing on the list-ahead's (fs/listahead.py), both beside the
+rmdir's own DeleteObjects and LIST, whose answers it waits for anyway. The
+walk's ``lstat`` of that directory then finds the answer fetched, or waits for
+the one in flight: a directory is never asked about twice.
 
 Bounds: at most :data:`KEPT` answers are kept (the oldest dropped: its HEADs
-wasted, nothing else), sent on :data:`WORKERS` threads. A walk that goes
-elsewhere leaves at most one answer unused per lookup.
+wasted, nothing else), sent on :data:`WORKERS` threads. An rmdir that no
+lookup of the next directory follows (not rm -r) leaves one answer unused.
 
 Freshness is the namespace's to judge (its lookup takes an answer only within
 ``attr_ttl`` of when it was asked, ``seen_at``, and if nothing this mount did

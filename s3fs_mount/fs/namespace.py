@@ -346,7 +346,7 @@ class Namespace:
             store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
         )
         self.list_ahead = ListAhead(list_ahead)
-        #: rm -r's next subdirectory looked up while the walk removes the one before (_begin_listing).
+        #: rm -r's next subdirectory looked up while the walk removes the one before (remove_dir).
         self.dir_ahead = DirAhead()
         #: A lookup's LIST for a directory of the name it HEADs, sent beside the HEAD (_fetch).
         self._lookup_lists = concurrent.futures.ThreadPoolExecutor(LOOKUP_LISTS, "lookup-list")
@@ -969,23 +969,32 @@ class Namespace:
     def _begin_listing(self, parent: str, path: str) -> None:
         """While this mount removes ``parent``'s subdirectories (rm -r), a lookup of another one
         begins its listing (one page, on a list-ahead thread) beside its holder's HEAD: the walk
-        reads each directory it enters, and its readdir then finds the page fetched. The next
-        subdirectory in the listing's order is begun too, its holder's HEADs and its listing
-        (fs/dirahead.py): the walk looks it up once it has removed this one."""
+        reads each directory it enters, and its readdir then finds the page fetched."""
         with self._lock:
             if not self._removal_walks.get(parent):
                 return
-            following = self._next_subdir(parent, KeyMap.split(path)[1])
-        for begun in [path] + ([following] if following is not None else []):
-            prefix = self.keymap.dir_prefix(begun)
-            self.list_ahead.begin(begun, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
-            if begun != path:
-                self.dir_ahead.begin(begun, lambda begun=begun: self._fetch_dir_attributes(begun))
+        prefix = self.keymap.dir_prefix(path)
+        self.list_ahead.begin(path, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
+
+    def _begin_next_subdir(self, path: str) -> None:
+        """rmdir of ``path``: the lookup of the subdirectory of its parent after it (rm -r's next,
+        if a listing a moment ago says which) begins, its holder's HEADs and its listing
+        (fs/dirahead.py), beside this directory's DeleteObjects and emptiness check: the walk
+        looks it up and reads it once this rmdir has returned."""
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            following = self._next_subdir(parent, name)
+        if following is None:
+            return
+        prefix = self.keymap.dir_prefix(following)
+        self.dir_ahead.begin(following, lambda: self._fetch_dir_attributes(following))
+        self.list_ahead.begin(following, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
 
     def _next_subdir(self, parent: str, name: str) -> str | None:
-        """The path of the subdirectory of ``parent`` after ``name`` in its listing's order (the
-        order rm -r walks them), if a listing a moment ago (its walk's names) says which, and no
-        more than :data:`NEXT_SUBDIR_SCAN` names on; else None. Caller holds ``_lock``."""
+        """The path of the first subdirectory of ``parent`` after ``name`` in its listing's order
+        (the order rm -r walks them) whose lookup would ask S3, if a listing a moment ago (its
+        walk's names) says which, and no more than :data:`NEXT_SUBDIR_SCAN` names on; else None.
+        Caller holds ``_lock``."""
         walk = self._walk_names.get(parent)
         if walk is None:
             return None
@@ -994,7 +1003,8 @@ class Namespace:
         for following in ordered[start : start + NEXT_SUBDIR_SCAN]:
             path = KeyMap.join(parent, following)
             listed = self._attrs.get(path)
-            if listed is not None and listed.is_dir and path not in self._deleting:
+            # (one whose attributes are known whole, made here, is looked up with no request)
+            if listed is not None and listed.is_dir and not listed.complete and path not in self._deleting:
                 return path
         return None
 
@@ -1152,7 +1162,9 @@ class Namespace:
 
     def remove_dir(self, path: str, remove: Callable[[], object]) -> None:
         """rmdir: ``remove()`` deletes the directory's objects while no holder of it is being
-        written (the times writer, right after, would make it again); then it is gone here too."""
+        written (the times writer, right after, would make it again); then it is gone here too.
+        The next subdirectory of its parent is looked up meanwhile (:meth:`_begin_next_subdir`)."""
+        self._begin_next_subdir(path)
         with self._dir_write_lock:
             remove()
             self.forget(path, gone=True)

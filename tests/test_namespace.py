@@ -631,6 +631,31 @@ def test_while_rm_r_removes_a_parents_directories_a_lookup_of_another_begins_its
     ns.close()
 
 
+def test_a_name_made_while_its_directory_was_being_listed_is_in_what_the_listing_leaves_known():
+    """A listing that is under way when this mount makes a name in its directory ends up with
+    that name among the directory's known names (``_complete``: our changes since it was asked),
+    so the next readdir, answered from it, shows it; changes elsewhere and before it, however
+    many (rm -r fills the record of changes with every name it removes), are not its own."""
+    store = FakeStore()
+    ns, _, clock = make(store, dir_ttl=30)
+    for i in range(3):
+        store.put("d/f%d" % i, b"1")
+    for i in range(300):  # older changes, elsewhere
+        ns.forget("/other/x%03d" % i, gone=True)
+    clock.advance(0.01)
+    pages_of(store, 1)
+    reading = ns.iter_dir("/d")
+    assert next(reading)[0] == "f0"  # the listing was asked for: its first page came
+    clock.advance(0.01)
+    ns.remember("/d/new", A.Attributes(mode=0o100644, size=0, mtime=clock.time()))
+    ns.forget("/e/elsewhere", gone=True)
+    assert [name for name, _ in reading] == ["f1", "f2"]  # (its pages, as S3 had them)
+    lists = store.calls["LIST"]
+    assert sorted(listing(ns, "/d")) == ["f0", "f1", "f2", "new"]
+    assert store.calls["LIST"] == lists  # answered from what the listing left known
+    ns.close()
+
+
 def heads_by(store: FakeStore) -> list[tuple[str, str]]:
     """(key, thread name) of each HEAD the store answers."""
     seen: list[tuple[str, str]] = []

@@ -84,6 +84,7 @@ import math
 import operator
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from cachetools import LRUCache, TLRUCache, TTLCache
@@ -130,8 +131,8 @@ WALK_NAMES_DIRS = 16
 #: Seconds after this mount removed a subdirectory of a directory during which a lookup of another
 #: of its subdirectories begins that one's listing too (rm -r reads each directory it enters).
 REMOVAL_WALK_TTL = 2.0
-#: Names after a subdirectory's that a removal walk's lookup looks through for the next
-#: subdirectory, whose lookup it begins (files between them are unlinked with no lookup).
+#: Names after a directory's that its rmdir looks through for the next subdirectory of its parent,
+#: whose lookup it begins (_begin_next_subdir; rm -r unlinks the files between with no lookup).
 NEXT_SUBDIR_SCAN = 64
 #: Lookups whose LIST (for a directory of the name) goes beside their HEAD at once.
 LOOKUP_LISTS = 8
@@ -313,6 +314,10 @@ class Namespace:
         #: taken for empty from that listing. Guarded by _lock.
         self._hidden: TTLCache[str, bool] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
+        #: (when, path) of each change put in _changed, oldest first (as many as it holds): what
+        #: changed since a moment is found from the newest back (_complete), not by going through
+        #: all of _changed, which rm -r of a tree fills with every name it removes. Guarded by _lock.
+        self._change_log: deque[tuple[float, str]] = deque(maxlen=50_000)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
         self._deleting: set[str] = set()
         #: Directories under which we removed something, for REMOVED_TTL: one without a holder (a
@@ -378,7 +383,7 @@ class Namespace:
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
-            attributes.seen_at = self._changed[path] = self.clock.monotonic()
+            attributes.seen_at = self._changed_now(path)
             if not attributes.stored and not attributes.written_by:
                 attributes.written_by = self.clock.time()
             self._attrs[path] = attributes
@@ -390,6 +395,13 @@ class Namespace:
             if names is not None:
                 names.add(name)
                 self._listings[parent] = names  # we just changed it: known for dir_ttl more
+
+    def _changed_now(self, path: str) -> float:
+        """Our own change of ``path``, now: recorded (``_changed``, ``_change_log``); returns when.
+        Caller holds ``_lock`` (so the log stays in time order)."""
+        when = self._changed[path] = self.clock.monotonic()
+        self._change_log.append((when, path))
+        return when
 
     def _count_subdir(self, parent: str, delta: int) -> None:
         """A subdirectory of ``parent`` came or went: its nlink, where known (caller holds _lock)."""
@@ -409,7 +421,7 @@ class Namespace:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
                 self._count_subdir(parent, -1)
-            self._changed[path] = self.clock.monotonic()
+            self._changed_now(path)
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._marked.pop(path, None)
@@ -470,7 +482,7 @@ class Namespace:
         self.list_ahead.drop(path, tree=True)
         parent, name = KeyMap.split(path)
         with self._lock:
-            self._changed[path] = self.clock.monotonic()
+            self._changed_now(path)
             if not self._missing.get(path):  # (removed by us: absent, as the listing says)
                 self._unknown_in_listing(parent, name)
             for cache, with_own in (
@@ -1453,10 +1465,14 @@ class Namespace:
         """``names`` are what a listing of ``path`` asked for at ``asked`` found: with the
         entries we made there since, they are its names as of ``asked`` (caller holds _lock)."""
         prefix = "/" if path == "/" else path + "/"
-        for child, when in list(self._changed.items()):
-            if when >= asked and child.startswith(prefix) and "/" not in child[len(prefix) :]:
-                if not self._missing.get(child) and child not in self._removed:
-                    names.add(child[len(prefix) :])
+        for when, child in reversed(self._change_log):  # newest first: those since ``asked``
+            if when < asked:
+                break
+            if not child.startswith(prefix) or "/" in child[len(prefix) :]:
+                continue
+            removed = self._missing.get(child) or child in self._removed
+            if self._changed.get(child, 0.0) >= asked and not removed:
+                names.add(child[len(prefix) :])
         self._listings[path] = names
         self._listed[path] = Listed(asked)
 

@@ -602,10 +602,11 @@ def listed_by(store: FakeStore) -> list[tuple[str, str]]:
     return seen
 
 
-def test_while_rm_r_removes_a_parents_directories_a_lookup_of_the_next_begins_its_listing():
+def test_while_rm_r_removes_a_parents_directories_a_lookup_of_another_begins_its_listing():
     """rm -r: lookup (the holder's HEAD) and then readdir (a LIST) of each directory. Once this
     mount removed a directory of a parent, the lookup of another begins its listing on a
-    list-ahead thread, and the readdir after it takes that page: one LIST, sent beside the HEAD."""
+    list-ahead thread, and the readdir after it takes that page: one LIST, sent beside the HEAD.
+    (The next one, b, was begun by a's rmdir: test_rmdir_begins_the_lookup_of_the_next_...)"""
     store = FakeStore(drops_marker_metadata=True)
     ns, _, _ = make(store)
     for d in ("a", "b", "c"):
@@ -617,10 +618,11 @@ def test_while_rm_r_removes_a_parents_directories_a_lookup_of_the_next_begins_it
     assert [p for p, _ in seen] == ["r/"]
     assert sorted(listing(ns, "/r/a")) == ["f"]
     ns.remove_dir("/r/a", lambda: store.delete_keys(["r/a/f", "r/a_$folder$"]))
+    eventually(lambda: "r/b/" in [p for p, _ in seen], what="b's listing, begun by a's rmdir")
     del seen[:]
-    assert ns.lookup("/r/b").mode == 0o40750  # its stored mode, as before
-    assert sorted(listing(ns, "/r/b")) == ["f"]
-    assert len(seen) == 1 and seen[0][0] == "r/b/" and seen[0][1].startswith("list-ahead"), seen
+    assert ns.lookup("/r/c").mode == 0o40750  # its stored mode, as before
+    assert sorted(listing(ns, "/r/c")) == ["f"]
+    assert len(seen) == 1 and seen[0][0] == "r/c/" and seen[0][1].startswith("list-ahead"), seen
     # A stat of a directory elsewhere (no removal there) lists nothing.
     store.put("s/x/f", b"1")
     assert sorted(listing(ns, "/s")) == ["x"]
@@ -629,8 +631,91 @@ def test_while_rm_r_removes_a_parents_directories_a_lookup_of_the_next_begins_it
     ns.close()
 
 
+def test_a_name_made_while_its_directory_was_being_listed_is_in_what_the_listing_leaves_known():
+    """A listing that is under way when this mount makes a name in its directory ends up with
+    that name among the directory's known names (``_complete``: our changes since it was asked),
+    so the next readdir, answered from it, shows it; changes elsewhere and before it, however
+    many (rm -r fills the record of changes with every name it removes), are not its own."""
+    store = FakeStore()
+    ns, _, clock = make(store, dir_ttl=30)
+    for i in range(3):
+        store.put("d/f%d" % i, b"1")
+    for i in range(300):  # older changes, elsewhere
+        ns.forget("/other/x%03d" % i, gone=True)
+    clock.advance(0.01)
+    pages_of(store, 1)
+    reading = ns.iter_dir("/d")
+    assert next(reading)[0] == "f0"  # the listing was asked for: its first page came
+    clock.advance(0.01)
+    ns.remember("/d/new", A.Attributes(mode=0o100644, size=0, mtime=clock.time()))
+    ns.forget("/e/elsewhere", gone=True)
+    assert [name for name, _ in reading] == ["f1", "f2"]  # (its pages, as S3 had them)
+    lists = store.calls["LIST"]
+    assert sorted(listing(ns, "/d")) == ["f0", "f1", "f2", "new"]
+    assert store.calls["LIST"] == lists  # answered from what the listing left known
+    ns.close()
+
+
+def heads_by(store: FakeStore) -> list[tuple[str, str]]:
+    """(key, thread name) of each HEAD the store answers."""
+    seen: list[tuple[str, str]] = []
+    original = store.head
+
+    def recorded(name, *args, **kwargs):
+        seen.append((getattr(name, "key", name), threading.current_thread().name))
+        return original(name, *args, **kwargs)
+
+    store.head = recorded
+    return seen
+
+
+def test_rmdir_begins_the_lookup_of_the_next_directory_of_its_parent():
+    """rm -r looks up, reads, empties and removes one directory after the other. The rmdir of
+    one begins the lookup of the next directory of its parent (in listing order, past files):
+    its holder's HEAD on a dir-ahead thread, its listing on a list-ahead one. The walk's lookup
+    of it then sends nothing (its stored mode as the HEAD ahead found it), nor does its readdir;
+    an answer older than attr_ttl by then is asked again."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store, attr_ttl=0.5, dir_ttl=30)
+    modes = {"a": 0o40750, "b": 0o40700, "c": 0o40705, "d": 0o40755}
+    for d, mode in modes.items():
+        store.put("r/%s/f" % d, b"1")
+        store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(mode)})
+    store.put("r/b0", b"a file between b and c")
+    assert sorted(listing(ns, "/r")) == ["a", "b", "b0", "c", "d"]
+    heads, lists = heads_by(store), listed_by(store)
+
+    def removed(d: str) -> None:
+        assert sorted(listing(ns, "/r/" + d)) == ["f"]
+        ns.remove_dir("/r/" + d, lambda: store.delete_keys(["r/%s/f" % d, "r/%s_$folder$" % d]))
+
+    assert ns.lookup("/r/a").mode == modes["a"]  # nothing removed yet: asked here
+    assert heads == [("r/a_$folder$", threading.current_thread().name)]
+    assert sorted(listing(ns, "/r/a")) == ["f"]
+    del heads[:], lists[:]
+    removed("a")  # (read again from its listing: no request)
+    eventually(lambda: len(heads) == 1 and len(lists) == 1, what="b's HEAD and listing, begun")
+    assert heads[0][0] == "r/b_$folder$" and heads[0][1].startswith("dir-ahead"), heads
+    assert lists[0][0] == "r/b/" and lists[0][1].startswith("list-ahead"), lists
+    assert ns.lookup("/r/b").mode == modes["b"]  # as the HEAD ahead found it: no request here
+    removed("b")  # read from the listing begun ahead; c's lookup begun (past the file b0)
+    eventually(lambda: len(heads) == 2 and len(lists) == 2, what="c's HEAD and listing, begun")
+    assert heads[1][0] == "r/c_$folder$" and heads[1][1].startswith("dir-ahead"), heads
+    assert [p for p, _ in lists] == ["r/b/", "r/c/"], lists
+    assert ns.lookup("/r/c").mode == modes["c"]
+    removed("c")
+    eventually(lambda: len(heads) == 3, what="d's HEAD, begun")
+    assert heads[2][0] == "r/d_$folder$" and heads[2][1].startswith("dir-ahead"), heads
+    clock.advance(0.6)  # d's answer is older than attr_ttl by its lookup: asked again
+    store.put("r/d_$folder$", b"", {"x-amz-meta-mode": str(0o40770)})
+    assert ns.lookup("/r/d").mode == 0o40770
+    assert heads[3] == ("r/d_$folder$", threading.current_thread().name), heads
+    assert [k for k, _ in heads] == ["r/b_$folder$", "r/c_$folder$", "r/d_$folder$", "r/d_$folder$"]
+    ns.close()
+
+
 def test_a_listing_begun_by_a_lookup_shows_what_this_mount_made_there_since():
-    """The begun page is as of the lookup; a file this mount made in the directory between the
+    """The begun page is as of the rmdir before; a file this mount made in the directory between the
     lookup and the readdir shows all the same: the begun page is dropped, the readdir lists."""
     store = FakeStore(drops_marker_metadata=True)
     ns, _, clock = make(store)
@@ -638,10 +723,10 @@ def test_a_listing_begun_by_a_lookup_shows_what_this_mount_made_there_since():
         store.put("r/%s/f" % d, b"1")
         store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(0o40750)})
     assert sorted(listing(ns, "/r")) == ["a", "b"]
-    ns.remove_dir("/r/a", lambda: store.delete_keys(["r/a/f", "r/a_$folder$"]))
     seen = listed_by(store)
+    ns.remove_dir("/r/a", lambda: store.delete_keys(["r/a/f", "r/a_$folder$"]))  # b's begun
     ns.lookup("/r/b")
-    eventually(lambda: seen, what="the listing begun by the lookup")  # fetched: "new" not in it
+    eventually(lambda: seen, what="the listing begun by a's rmdir")  # fetched: "new" not in it
     store.put("r/b/new", b"2")
     ns.remember("/r/b/new", A.Attributes(mode=0o100644, size=1, mtime=clock.time()))
     assert sorted(listing(ns, "/r/b")) == ["f", "new"]

@@ -160,6 +160,45 @@ def test_rm_r_lists_each_directory_beside_its_holders_head_once_a_sibling_is_rem
     assert sorted(n for n in listed if n.endswith("/")) == sorted(["r/"] + [d + "/" for d in dirs])
 
 
+def test_rm_r_looks_the_next_directory_up_while_it_removes_one(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """The rmdir of a directory begins the lookup of the next directory of its parent (its
+    holder's HEADs, its listing), beside its own DeleteObjects and emptiness check: rm -r's
+    lstat of that one then waits for no request. The proxy holds the emptiness check of r/dN/
+    (the LIST after its DeleteObjects, which the rmdir waits for) until the HEAD of r/dN+1's
+    holder has come: sent only by the walk's lstat after that rmdir returned, it would wait
+    its limit."""
+    dirs = ["r/d%d" % i for i in range(4)]
+    put_tree(boto, bucket, ["%s/f%d" % (d, k) for d in dirs for k in range(3)])
+
+    def held(method: str, target: str) -> str | None:  # the check of r/d0/, r/d1/, r/d2/
+        if method != "GET" or "list-type=2" not in target:
+            return None
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+        prefix = query.get("prefix", [""])[0]
+        if query.get("max-keys") == ["2"] and prefix in ("r/d0/", "r/d1/", "r/d2/"):
+            return "r/d%d" % (int(prefix[3]) + 1)
+        return None
+
+    def freed(method: str, target: str) -> str | None:  # the HEAD of r/dN_$folder$
+        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
+        for d in dirs:
+            if method == "HEAD" and path.endswith("/" + d + "_$folder$"):
+                return d
+        return None
+
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options="attr_ttl=30,dir_ttl=30").start()
+    faultproxy.seen.clear()
+    faultproxy.hold_until(held, freed, limit=20)
+    subprocess.run(["rm", "-r", os.path.join(mount.path, "r")], check=True)
+    assert s3_keys(boto, bucket, "r") == []
+    assert sorted(faultproxy.held_outcomes) == [("r/d%d" % i, "request") for i in (1, 2, 3)]
+    heads = [urllib.parse.unquote(urllib.parse.urlsplit(t).path) for m, t in faultproxy.seen if m == "HEAD"]
+    for d in dirs:  # each asked about once: by the lookup ahead, or by the walk's own
+        assert sum(1 for h in heads if h.endswith("/" + d + "_$folder$")) == 1, heads
+
+
 def test_rm_r_of_a_directory_larger_than_one_readdir_buffer_lists_it_once(
     mount_factory, tmp_path, s3config, faultproxy, boto, bucket
 ):

@@ -84,12 +84,14 @@ import math
 import operator
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs.dirahead import DirAhead
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.expiring import ExpiringLRU
 from s3fs_mount.fs.holders import PendingHolders
@@ -129,6 +131,9 @@ WALK_NAMES_DIRS = 16
 #: Seconds after this mount removed a subdirectory of a directory during which a lookup of another
 #: of its subdirectories begins that one's listing too (rm -r reads each directory it enters).
 REMOVAL_WALK_TTL = 2.0
+#: Names after a directory's that its rmdir looks through for the next subdirectory of its parent,
+#: whose lookup it begins (_begin_next_subdir; rm -r unlinks the files between with no lookup).
+NEXT_SUBDIR_SCAN = 64
 #: Lookups whose LIST (for a directory of the name) goes beside their HEAD at once.
 LOOKUP_LISTS = 8
 
@@ -309,6 +314,10 @@ class Namespace:
         #: taken for empty from that listing. Guarded by _lock.
         self._hidden: TTLCache[str, bool] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
         self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
+        #: (when, path) of each change put in _changed, oldest first (as many as it holds): what
+        #: changed since a moment is found from the newest back (_complete), not by going through
+        #: all of _changed, which rm -r of a tree fills with every name it removes. Guarded by _lock.
+        self._change_log: deque[tuple[float, str]] = deque(maxlen=50_000)
         #: Paths whose delete is pending (tombstones). Guarded by _lock.
         self._deleting: set[str] = set()
         #: Directories under which we removed something, for REMOVED_TTL: one without a holder (a
@@ -342,6 +351,8 @@ class Namespace:
             store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
         )
         self.list_ahead = ListAhead(list_ahead)
+        #: rm -r's next subdirectory looked up while the walk removes the one before (remove_dir).
+        self.dir_ahead = DirAhead()
         #: A lookup's LIST for a directory of the name it HEADs, sent beside the HEAD (_fetch).
         self._lookup_lists = concurrent.futures.ThreadPoolExecutor(LOOKUP_LISTS, "lookup-list")
 
@@ -350,6 +361,7 @@ class Namespace:
         what HEADs told is written."""
         self.statahead.close()
         self.list_ahead.close()
+        self.dir_ahead.close()
         self._lookup_lists.shutdown(wait=False, cancel_futures=True)
         self.known.close()
 
@@ -371,7 +383,7 @@ class Namespace:
             old = self._attrs.get(path)
             if attributes.is_dir and (old is None or not old.is_dir):
                 self._count_subdir(parent, +1)
-            attributes.seen_at = self._changed[path] = self.clock.monotonic()
+            attributes.seen_at = self._changed_now(path)
             if not attributes.stored and not attributes.written_by:
                 attributes.written_by = self.clock.time()
             self._attrs[path] = attributes
@@ -384,6 +396,13 @@ class Namespace:
                 names.add(name)
                 self._listings[parent] = names  # we just changed it: known for dir_ttl more
 
+    def _changed_now(self, path: str) -> float:
+        """Our own change of ``path``, now: recorded (``_changed``, ``_change_log``); returns when.
+        Caller holds ``_lock`` (so the log stays in time order)."""
+        when = self._changed[path] = self.clock.monotonic()
+        self._change_log.append((when, path))
+        return when
+
     def _count_subdir(self, parent: str, delta: int) -> None:
         """A subdirectory of ``parent`` came or went: its nlink, where known (caller holds _lock)."""
         own = self.root if parent == "/" else self._attrs.get(parent)
@@ -394,6 +413,7 @@ class Namespace:
         """Drop cached facts of ``path``; with ``gone`` remember that it no longer exists."""
         parent, name = KeyMap.split(path)
         self.statahead.drop(path)
+        self.dir_ahead.drop(path)
         self.known.drop(path)
         self.list_ahead.drop(path)
         self.list_ahead.drop(parent)
@@ -401,7 +421,7 @@ class Namespace:
             old = self._attrs.get(path)
             if gone and old is not None and old.is_dir:
                 self._count_subdir(parent, -1)
-            self._changed[path] = self.clock.monotonic()
+            self._changed_now(path)
             self._attrs.pop(path, None)
             self._full.pop(path, None)
             self._marked.pop(path, None)
@@ -457,11 +477,12 @@ class Namespace:
         """Drop cached facts of everything under directory ``path`` (its own, but whether it exists)."""
         prefix = path.rstrip("/") + "/"
         self.statahead.drop(path)
+        self.dir_ahead.drop(path, tree=True)
         self.known.drop(path, tree=True)
         self.list_ahead.drop(path, tree=True)
         parent, name = KeyMap.split(path)
         with self._lock:
-            self._changed[path] = self.clock.monotonic()
+            self._changed_now(path)
             if not self._missing.get(path):  # (removed by us: absent, as the listing says)
                 self._unknown_in_listing(parent, name)
             for cache, with_own in (
@@ -556,10 +577,10 @@ class Namespace:
     def _listed_dir_attributes(self, parent: str, path: str) -> A.Attributes:
         """A directory seen in a listing: its mode and owner are on its holder (one HEAD; not
         a HEAD of its name and a LIST)."""
-        asked = self.clock.monotonic()
         self._begin_listing(parent, path)
-        found = self._dir_attributes(path)
-        found.seen_at = asked
+        found = self._dir_fetched_ahead(path)
+        if found is None:
+            found = self._fetch_dir_attributes(path)
         with self._lock:
             listed = self._listed.get(parent)
             if listed is not None and listed.burst and self._listings.get(path) is None:
@@ -974,6 +995,56 @@ class Namespace:
         prefix = self.keymap.dir_prefix(path)
         self.list_ahead.begin(path, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
 
+    def _begin_next_subdir(self, path: str) -> None:
+        """rmdir of ``path``: the lookup of the subdirectory of its parent after it (rm -r's next,
+        if a listing a moment ago says which) begins, its holder's HEADs and its listing
+        (fs/dirahead.py), beside this directory's DeleteObjects and emptiness check: the walk
+        looks it up and reads it once this rmdir has returned."""
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            following = self._next_subdir(parent, name)
+        if following is None:
+            return
+        prefix = self.keymap.dir_prefix(following)
+        self.dir_ahead.begin(following, lambda: self._fetch_dir_attributes(following))
+        self.list_ahead.begin(following, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
+
+    def _next_subdir(self, parent: str, name: str) -> str | None:
+        """The path of the first subdirectory of ``parent`` after ``name`` in its listing's order
+        (the order rm -r walks them) whose lookup would ask S3, if a listing a moment ago (its
+        walk's names) says which, and no more than :data:`NEXT_SUBDIR_SCAN` names on; else None.
+        Caller holds ``_lock``."""
+        walk = self._walk_names.get(parent)
+        if walk is None:
+            return None
+        ordered = walk[0]
+        start = bisect.bisect_right(ordered, name)
+        for following in ordered[start : start + NEXT_SUBDIR_SCAN]:
+            path = KeyMap.join(parent, following)
+            listed = self._attrs.get(path)
+            # (one whose attributes are known whole, made here, is looked up with no request)
+            if listed is not None and listed.is_dir and not listed.complete and path not in self._deleting:
+                return path
+        return None
+
+    def _fetch_dir_attributes(self, path: str) -> A.Attributes:
+        """Directory ``path``'s attributes asked of S3 now (its holder's HEADs), ``seen_at`` set."""
+        asked = self.clock.monotonic()
+        found = self._dir_attributes(path)
+        found.seen_at = asked
+        return found
+
+    def _dir_fetched_ahead(self, path: str) -> A.Attributes | None:
+        """Directory ``path``'s attributes as fetched ahead of its lookup (rm -r's next one), if
+        they were, within ``attr_ttl`` of when they were asked and with nothing this mount did to
+        it since (else None: asked again), with its pending times as they are now."""
+        found = self.dir_ahead.take(path)
+        if found is None:
+            return None
+        if self.clock.monotonic() - found.seen_at >= self.attr_ttl or not self._usable(path, found.seen_at):
+            return None
+        return self._with_pending_times(path, found)
+
     def _dir_attributes(self, path: str) -> A.Attributes:
         """A directory's attributes from its holder (``etag`` empty: it has none), with pending times."""
         return self._held_dir_attributes(path)[0]
@@ -1008,14 +1079,20 @@ class Namespace:
                     found.etag = ""  # no holder yet
             break
         with self._lock:
-            pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
             if answers[0] is None and any(answers[1:]):
                 self._marked[path] = True
             else:
                 self._marked.pop(path, None)
+        return self._with_pending_times(path, found), any(info is not None for info in answers)
+
+    def _with_pending_times(self, path: str, found: A.Attributes) -> A.Attributes:
+        """``found`` (directory ``path``'s, as S3 holds it) with the times of entry changes not
+        yet in S3."""
+        with self._lock:
+            pending = self._dir_times.get(path) or self._dir_times_kept.get(path)
         if pending is not None:
             found.mtime, found.ctime = pending[0], pending[1]
-        return found, any(info is not None for info in answers)
+        return found
 
     # -- directory holders and times -------------------------------------------------------
 
@@ -1104,7 +1181,9 @@ class Namespace:
 
     def remove_dir(self, path: str, remove: Callable[[], object]) -> None:
         """rmdir: ``remove()`` deletes the directory's objects while no holder of it is being
-        written (the times writer, right after, would make it again); then it is gone here too."""
+        written (the times writer, right after, would make it again); then it is gone here too.
+        The next subdirectory of its parent is looked up meanwhile (:meth:`_begin_next_subdir`)."""
+        self._begin_next_subdir(path)
         with self._dir_write_lock:
             remove()
             self.forget(path, gone=True)
@@ -1393,10 +1472,14 @@ class Namespace:
         """``names`` are what a listing of ``path`` asked for at ``asked`` found: with the
         entries we made there since, they are its names as of ``asked`` (caller holds _lock)."""
         prefix = "/" if path == "/" else path + "/"
-        for child, when in list(self._changed.items()):
-            if when >= asked and child.startswith(prefix) and "/" not in child[len(prefix) :]:
-                if not self._missing.get(child) and child not in self._removed:
-                    names.add(child[len(prefix) :])
+        for when, child in reversed(self._change_log):  # newest first: those since ``asked``
+            if when < asked:
+                break
+            if not child.startswith(prefix) or "/" in child[len(prefix) :]:
+                continue
+            removed = self._missing.get(child) or child in self._removed
+            if self._changed.get(child, 0.0) >= asked and not removed:
+                names.add(child[len(prefix) :])
         self._listings[path] = names
         self._listed[path] = Listed(asked)
 

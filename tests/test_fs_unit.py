@@ -1915,6 +1915,43 @@ def test_a_file_opened_on_attributes_cached_before_another_clients_new_version_r
     ops.release("/f", fh)
 
 
+@pytest.mark.parametrize("call", ["append", "ftruncate"])
+def test_a_write_through_a_handle_opened_on_attributes_cached_before_another_clients_version_follows_it(
+    tmp_path, call
+):
+    """As the read above: the first write's fetch of the object got 412 and was EIO. Nothing was
+    served through the handle, so the write lands on the version S3 holds now. A handle that has
+    read the old version still gets EIO."""
+    store = FakeStore()
+    store.put("f", b"old bytes")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/f")["st_size"] == 9  # cached for attr_ttl
+    store.put("f", b"newer bytes!")  # another client
+    fh = ops.open("/f", os.O_WRONLY | (os.O_APPEND if call == "append" else 0))
+    if call == "append":
+        assert ops.write("/f", b"+ours", 9, fh) == 5
+        expected = b"newer bytes!+ours"
+    else:
+        ops.truncate("/f", 5, fh)
+        expected = b"newer"
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == expected
+    big = os.urandom(3 * MiB)
+    store.put("f", big)
+    ops.namespace.forget("/f")
+    fh = ops.open("/f", os.O_RDWR)
+    assert ops.read("/f", 4096, 2 * MiB, fh) == big[2 * MiB:2 * MiB + 4096]  # a block of it only
+    theirs = os.urandom(3 * MiB)
+    store.put("f", theirs)  # another client again
+    with pytest.raises(FuseOSError) as failed:  # the handle read the old version: not followed
+        ops.write("/f", b"X", 0, fh)  # EIO if the rest of the old version was not fetched yet
+        ops.flush("/f", fh)  # else our write went to the old one: a conflict
+    assert failed.value.errno in (errno.EIO, errno.ESTALE)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == theirs
+
+
 def test_an_open_keeps_the_kernels_pages_of_a_file_read_whole_and_checked_and_never_mixes_in_a_new_version(
     tmp_path,
 ):

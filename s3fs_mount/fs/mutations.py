@@ -185,7 +185,7 @@ class Mutations:
         self.namespace.forget(KeyMap.split(self.keymap.path(exc.saved_as))[0])
 
     def follow_replaced(self, path: str, item: StagedFile) -> None:
-        """A read found ``item``'s version replaced in S3 by another client: look the path up
+        """A read or write found ``item``'s version replaced in S3 by another client: look the path up
         afresh and let a clean item follow the version S3 holds now (a dirty one keeps ours).
 
         :raises FsError: ENOENT when the object is gone meanwhile.
@@ -194,7 +194,7 @@ class Mutations:
         a = self.namespace.lookup_full(path)
         if a.is_dir:
             raise FsError(errno.EISDIR, "%s is a directory now" % path)
-        log.info("%s: replaced in S3 by another client since its lookup: reading %s", path, a.etag)
+        log.info("%s: replaced in S3 by another client since its lookup: following %s", path, a.etag)
         item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
 
     def uploaded_in_background(self, item: StagedFile) -> None:

@@ -406,11 +406,24 @@ class S3Operations(Operations):
         if not self._attributes(parent).is_dir:
             raise FsError(errno.ENOTDIR)
 
-    def _whole(self, item: StagedFile) -> None:
-        """Before the first write to an object's copy, fetch all of it (crash safety)."""
+    def _whole(self, item: StagedFile, h: Handle | None = None) -> None:
+        """Before the first write to an object's copy, fetch all of it (crash safety).
+
+        Through handle ``h`` that has served nothing yet, a version another client put since
+        the lookup the open used (within attr_ttl) is followed, as :meth:`_read_spans` does:
+        the write lands on the bytes S3 holds, as after an open a moment later (it was EIO)."""
         view = item.view()
-        if not view.dirty and view.remote_size > 0:
+        if view.dirty or view.remote_size == 0:
+            return
+        try:
             self.prefetcher.ensure(item, 0, view.remote_size)
+        except Replaced:
+            if h is None or h.served or h.path is None:
+                raise
+            self.changes.follow_replaced(h.path, item)
+            view = item.view()
+            if not view.dirty and view.remote_size > 0:
+                self.prefetcher.ensure(item, 0, view.remote_size)
 
     def _new_handle(
         self, item: StagedFile, path: str, writable: bool, append: bool = False, kept: bool = False
@@ -634,7 +647,7 @@ class S3Operations(Operations):
             raise FsError(errno.EBADF)
         if self.uploader.checkpoint_needed(h.item, h.item.size if h.append else offset):
             self._checkpoint(h.item, "a write at %d" % offset)
-        self._whole(h.item)
+        self._whole(h.item, h)
         if self.writeback is not None and self.staging.over_capacity():
             # Back-pressure: dirty files fill the cache, so wait for the background uploads.
             log.info("cache full of files waiting to upload: write waits for the uploads")
@@ -658,11 +671,11 @@ class S3Operations(Operations):
         log.info("%s: %s needs bytes the cache released: completing its upload first", item.key, why)
         self.changes.upload(item)
 
-    def _truncate_item(self, item: StagedFile, length: int) -> None:
+    def _truncate_item(self, item: StagedFile, length: int, h: Handle | None = None) -> None:
         if item.has_released():
             self._checkpoint(item, "a truncate to %d" % length)
         if length:
-            self._whole(item)
+            self._whole(item, h)
         self.uploader.abandon(item, "truncated to %d bytes" % length)
         item.truncate(length)
 
@@ -670,7 +683,8 @@ class S3Operations(Operations):
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._writable()
         if fh is not None and fh in self._handles:
-            self._truncate_item(self._handle(fh).item, length)
+            h = self._handle(fh)
+            self._truncate_item(h.item, length, h)
             return
         if _is_hidden(path):
             self._truncate_item(self._hidden_item(path), length)
@@ -681,7 +695,7 @@ class S3Operations(Operations):
         fh = self.open.__wrapped__(self, path, os.O_WRONLY)  # type: ignore[attr-defined]
         try:
             h = self._handle(fh)
-            self._truncate_item(h.item, length)
+            self._truncate_item(h.item, length, h)
             if self.writeback is None:
                 self.changes.upload(h.item)
         finally:

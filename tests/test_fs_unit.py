@@ -2517,3 +2517,42 @@ def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is
     # read(2) and write(2) never say ENOENT: the file was open; ESTALE, as NFS says of it
     assert info.value.errno == errno.ESTALE
     ops.release("/f", fh)
+
+
+def test_two_conflicts_of_one_file_in_one_second_keep_both_of_our_versions(tmp_path, monkeypatch):
+    """Our version of a file another client changed goes to KEY.conflict-TIMESTAMP (seconds).
+    A second conflict of the key within that second took the same name: the staging cache's
+    rekey onto it dropped the first conflict's copy, still staged (its upload had failed, and
+    its close said EIO: kept staged, retried; or its upload was under way, in writeback), and
+    only the second version reached S3. Now each conflict gets a name of its own."""
+    from s3fs_mount.fs import upload as upload_module
+
+    monkeypatch.setattr(upload_module.time, "strftime", lambda fmt, *a: "20261207T080000")
+    store = FakeStore()
+    store.put("f", b"v0")
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+
+    def flaky(name, *args, **kwargs):  # S3 fails the conflict copy's PUTs a moment
+        if ".conflict-" in str(name):
+            raise S3Error(500, "InternalError")
+        return real_put(name, *args, **kwargs)
+
+    for ours, theirs, put in ((b"ours one", b"theirs one", flaky), (b"ours two", b"theirs two", real_put)):
+        monkeypatch.setattr(store, "put", put)
+        fh = ops.open("/f", os.O_WRONLY | os.O_TRUNC)
+        ops.write("/f", ours, 0, fh)
+        real_put("f", theirs)  # another client, before our close
+        with pytest.raises(FuseOSError):  # EIO (ours kept staged), then ESTALE (ours beside theirs)
+            ops.flush("/f", fh)
+        ops.release("/f", fh)
+    monkeypatch.setattr(store, "put", real_put)
+    for item in list(ops.staging.pending()):  # what a retry (sync, unmount) sends
+        try:
+            ops.uploader.flush(item)
+        except FuseOSError:
+            pass
+    kept = {store.objects[k].data for k in store.objects if k.startswith("f.conflict-")}
+    kept |= {open(i.data_path, "rb").read() for i in ops.staging.pending()}
+    assert store.objects["f"].data == b"theirs two"
+    assert {b"ours one", b"ours two"} <= kept, kept

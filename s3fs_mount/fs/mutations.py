@@ -257,7 +257,9 @@ class Mutations:
                 log.info("recovered %s: an earlier upload of it is in S3; the rest goes up", item.key)
             aside = current is not None and bool(item.etag) and current.etag != item.etag
             if aside:
-                conflict = conflict_name(item.key, self.store.key_room())
+                conflict = conflict_name(
+                    item.key, self.store.key_room(), taken=lambda name: self.staging.get(name) is not None
+                )
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
                 self.staging.rekey(item.key, conflict)
                 # A new name: nothing there to replace (conditional on the old version, its upload

@@ -849,6 +849,13 @@ class S3Operations(Operations):
         self.changes.mknod(path, mode, dev, uid, gid)
 
     @fuse_operation
+    def link(self, target: str, source: str) -> None:
+        """``ln source target``: EPERM, link(2)'s "the file system does not support hard links"
+        (an S3 object has one key), with the log line that says so; without this method libfuse
+        answered ENOSYS, which the kernel turns into the same EPERM, and the log had no word."""
+        raise FsError(errno.EPERM, "hard links are not supported (an S3 object has one key): %s" % source)
+
+    @fuse_operation
     def readlink(self, path: str) -> str:
         a = self.namespace.lookup_full(path)
         if not a.is_link:

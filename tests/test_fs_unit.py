@@ -1952,6 +1952,39 @@ def test_a_write_through_a_handle_opened_on_attributes_cached_before_another_cli
     assert store.objects["f"].data == theirs
 
 
+@pytest.mark.parametrize("again", [0, 1, 2])
+def test_a_write_follows_a_version_that_moves_on_while_it_follows_it_up_to_three_tries(
+    tmp_path, monkeypatch, again
+):
+    """Two mounts appending to one log: the version followed was replaced again before its
+    fetch now and then (3 of 150 appends got EIO). A write tries three versions, then says EIO."""
+    store = FakeStore()
+    store.put("f", b"v0")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/f")["st_size"] == 2  # cached for attr_ttl
+    store.put("f", b"v1")  # another client: the first fetch gets 412
+    real_get, gets = store.get_range, []
+
+    def moving(name, *args, **kwargs):  # and again, just before the fetch of the version followed
+        gets.append(name)
+        if 1 < len(gets) <= 1 + again:
+            store.put("f", b"v%d" % len(gets))
+        return real_get(name, *args, **kwargs)
+
+    monkeypatch.setattr(store, "get_range", moving)
+    fh = ops.open("/f", os.O_WRONLY | os.O_APPEND)
+    try:
+        ops.write("/f", b"+ours", 2, fh)
+        ops.flush("/f", fh)
+    except FuseOSError as exc:
+        assert again == 2 and exc.errno == errno.EIO, exc
+        assert store.objects["f"].data == b"v3"  # theirs, untouched
+    else:
+        assert again < 2 and store.objects["f"].data == b"v%d+ours" % (1 + again)
+    finally:
+        ops.release("/f", fh)
+
+
 def test_an_open_keeps_the_kernels_pages_of_a_file_read_whole_and_checked_and_never_mixes_in_a_new_version(
     tmp_path,
 ):

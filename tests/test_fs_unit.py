@@ -1917,6 +1917,76 @@ def test_a_file_opened_on_attributes_cached_before_another_clients_new_version_r
     ops.release("/f", fh)
 
 
+@pytest.mark.parametrize("call", ["append", "ftruncate"])
+def test_a_write_through_a_handle_opened_on_attributes_cached_before_another_clients_version_follows_it(
+    tmp_path, call
+):
+    """As the read above: the first write's fetch of the object got 412 and was EIO. Nothing was
+    served through the handle, so the write lands on the version S3 holds now. A handle that has
+    read the old version still gets EIO."""
+    store = FakeStore()
+    store.put("f", b"old bytes")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/f")["st_size"] == 9  # cached for attr_ttl
+    store.put("f", b"newer bytes!")  # another client
+    fh = ops.open("/f", os.O_WRONLY | (os.O_APPEND if call == "append" else 0))
+    if call == "append":
+        assert ops.write("/f", b"+ours", 9, fh) == 5
+        expected = b"newer bytes!+ours"
+    else:
+        ops.truncate("/f", 5, fh)
+        expected = b"newer"
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == expected
+    big = os.urandom(3 * MiB)
+    store.put("f", big)
+    ops.namespace.forget("/f")
+    fh = ops.open("/f", os.O_RDWR)
+    assert ops.read("/f", 4096, 2 * MiB, fh) == big[2 * MiB:2 * MiB + 4096]  # a block of it only
+    theirs = os.urandom(3 * MiB)
+    store.put("f", theirs)  # another client again
+    with pytest.raises(FuseOSError) as failed:  # the handle read the old version: not followed
+        ops.write("/f", b"X", 0, fh)  # EIO if the rest of the old version was not fetched yet
+        ops.flush("/f", fh)  # else our write went to the old one: a conflict
+    assert failed.value.errno in (errno.EIO, errno.ESTALE)
+    ops.release("/f", fh)
+    assert store.objects["f"].data == theirs
+
+
+@pytest.mark.parametrize("again", [0, 1, 2])
+def test_a_write_follows_a_version_that_moves_on_while_it_follows_it_up_to_three_tries(
+    tmp_path, monkeypatch, again
+):
+    """Two mounts appending to one log: the version followed was replaced again before its
+    fetch now and then (3 of 150 appends got EIO). A write tries three versions, then says EIO."""
+    store = FakeStore()
+    store.put("f", b"v0")
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/f")["st_size"] == 2  # cached for attr_ttl
+    store.put("f", b"v1")  # another client: the first fetch gets 412
+    real_get, gets = store.get_range, []
+
+    def moving(name, *args, **kwargs):  # and again, just before the fetch of the version followed
+        gets.append(name)
+        if 1 < len(gets) <= 1 + again:
+            store.put("f", b"v%d" % len(gets))
+        return real_get(name, *args, **kwargs)
+
+    monkeypatch.setattr(store, "get_range", moving)
+    fh = ops.open("/f", os.O_WRONLY | os.O_APPEND)
+    try:
+        ops.write("/f", b"+ours", 2, fh)
+        ops.flush("/f", fh)
+    except FuseOSError as exc:
+        assert again == 2 and exc.errno == errno.EIO, exc
+        assert store.objects["f"].data == b"v3"  # theirs, untouched
+    else:
+        assert again < 2 and store.objects["f"].data == b"v%d+ours" % (1 + again)
+    finally:
+        ops.release("/f", fh)
+
+
 def test_an_open_keeps_the_kernels_pages_of_a_file_read_whole_and_checked_and_never_mixes_in_a_new_version(
     tmp_path,
 ):
@@ -2509,3 +2579,41 @@ def test_a_close_whose_upload_fails_says_why_and_keeps_the_file_staged(tmp_path,
         write_file(ops, "/f", b"kept")
     assert failed.value.errno == expected
     assert "f" not in store.objects and [item.key for item in ops.staging.pending()] == ["f"]
+
+def test_two_conflicts_of_one_file_in_one_second_keep_both_of_our_versions(tmp_path, monkeypatch):
+    """Our version of a file another client changed goes to KEY.conflict-TIMESTAMP (seconds).
+    A second conflict of the key within that second took the same name: the staging cache's
+    rekey onto it dropped the first conflict's copy, still staged (its upload had failed, and
+    its close said EIO: kept staged, retried; or its upload was under way, in writeback), and
+    only the second version reached S3. Now each conflict gets a name of its own."""
+    from s3fs_mount.fs import upload as upload_module
+
+    monkeypatch.setattr(upload_module.time, "strftime", lambda fmt, *a: "20261207T080000")
+    store = FakeStore()
+    store.put("f", b"v0")
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+
+    def flaky(name, *args, **kwargs):  # S3 fails the conflict copy's PUTs a moment
+        if ".conflict-" in str(name):
+            raise S3Error(500, "InternalError")
+        return real_put(name, *args, **kwargs)
+
+    for ours, theirs, put in ((b"ours one", b"theirs one", flaky), (b"ours two", b"theirs two", real_put)):
+        monkeypatch.setattr(store, "put", put)
+        fh = ops.open("/f", os.O_WRONLY | os.O_TRUNC)
+        ops.write("/f", ours, 0, fh)
+        real_put("f", theirs)  # another client, before our close
+        with pytest.raises(FuseOSError):  # EIO (ours kept staged), then ESTALE (ours beside theirs)
+            ops.flush("/f", fh)
+        ops.release("/f", fh)
+    monkeypatch.setattr(store, "put", real_put)
+    for item in list(ops.staging.pending()):  # what a retry (sync, unmount) sends
+        try:
+            ops.uploader.flush(item)
+        except FuseOSError:
+            pass
+    kept = {store.objects[k].data for k in store.objects if k.startswith("f.conflict-")}
+    kept |= {open(i.data_path, "rb").read() for i in ops.staging.pending()}
+    assert store.objects["f"].data == b"theirs two"
+    assert {b"ours one", b"ours two"} <= kept, kept

@@ -742,6 +742,41 @@ def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(
             assert f.read(10) == b"B" * 10
 
 
+@pytest.mark.parametrize("options", ["", "writeback"])
+@pytest.mark.parametrize("how", ["append", "pwrite"])
+def test_a_write_to_a_file_opened_on_attributes_cached_before_another_clients_version_follows_it(
+    mount_factory, boto, bucket, options, how
+):
+    """Found in round 35 (two mounts appending to one log, open-write-close a line each: 74 of
+    150 `>>` of one failed): an open within attr_ttl of our lookup uses the cached ETag, and the
+    first write's fetch of the object got 412 from S3, which was EIO. Nothing was read or written
+    through the handle yet, so the write follows the version S3 holds, as a read does (and as an
+    open a moment later would): `>>` appends to their bytes."""
+    mount = mount_factory(",".join(o for o in (options, "attr_ttl=600") if o)).start()
+    path = os.path.join(mount.path, "log")
+    boto.put_object(Bucket=bucket, Key="log", Body=b"first line\n")
+    assert os.stat(path).st_size == 11  # cached for attr_ttl
+    boto.put_object(Bucket=bucket, Key="log", Body=b"first line\ntheirs\n")  # another client
+    if how == "append":
+        with open(path, "ab") as f:
+            f.write(b"ours\n")
+            f.flush()
+            os.fsync(f.fileno())  # in S3 (with -o writeback too)
+        expected = b"first line\ntheirs\nours\n"
+    else:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"FIRST", 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        expected = b"FIRST line\ntheirs\n"
+    assert s3_bytes(boto, bucket, "log") == expected
+    with open(path, "rb") as f:
+        assert f.read() == expected
+    assert not [k for k in s3_keys(boto, bucket) if ".conflict-" in k]
+
+
 def test_a_file_created_here_while_another_client_created_it(mount, boto, bucket):
     fd = os.open(os.path.join(mount.path, "new.txt"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"mine")
@@ -1424,7 +1459,17 @@ def test_on_aws_a_read_fails_when_another_clients_copy_changed_the_checksum(moto
         assert two.stop() == 0
 
 
-def test_on_aws_our_write_survives_another_mounts_chmod_of_a_file_uploaded_in_parts(moto_mounts, bucket):
+@pytest.mark.parametrize("written", [
+    pytest.param(False, id="write-after-chmod"),
+    pytest.param(True, id="write-before-chmod"),
+])
+def test_on_aws_our_write_survives_another_mounts_chmod_of_a_file_uploaded_in_parts(
+    moto_mounts, bucket, written
+):
+    """The chmod's self-copy gives the object a new ETag on AWS. A write that reaches the mount after
+    it (Python's buffered f.write goes at the close) follows that version (round 35: it was EIO);
+    one written before it is uploaded over it, the chmod merged (the same CRC32 of all the bytes:
+    it was a conflict copy). Our bytes and their mode both stand."""
     make, client = moto_mounts
     one, two = make("writeback").start(), make().start()
     data = os.urandom(20 * 1024 * 1024 + 5)
@@ -1432,8 +1477,10 @@ def test_on_aws_our_write_survives_another_mounts_chmod_of_a_file_uploaded_in_pa
         f.write(data)
     subprocess.run(["s3fs-mount", "sync", one.path], check=True, capture_output=True)
     assert client.head_object(Bucket=bucket, Key="f")["ETag"].endswith('-3"')
-    with open(os.path.join(one.path, "f"), "ab") as f:  # its close: EIO now and then
+    with open(os.path.join(one.path, "f"), "ab") as f:
         f.write(b"more")
+        if written:
+            f.flush()  # write(2) now, before the chmod
         os.chmod(os.path.join(two.path, "f"), 0o600)
     assert one.stop() == 0
     assert two.stop() == 0

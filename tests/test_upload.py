@@ -626,6 +626,11 @@ def test_a_conflict_name_stays_a_name_and_its_key_fits():
     cut = upload_module.conflict_name(deep, 1024)
     assert cut.startswith("p" * 990 + "/éééé.conflict-") and len(cut.encode()) == 1024 == 991 + 8 + suffix
     assert len(upload_module.conflict_name("ab/" + "é" * 20, 40).encode()) <= 40
+    taken = {upload_module.conflict_name("d/f", 1024)}  # an earlier conflict of this second, staged
+    second = upload_module.conflict_name("d/f", 1024, taken=taken.__contains__)
+    assert second not in taken and second.startswith("d/f.conflict-") and second.endswith("-2")
+    cut2 = upload_module.conflict_name(deep, 1024, taken=lambda name: not name.endswith("-2"))
+    assert cut2.startswith("p" * 990 + "/ééé.conflict-") and len(cut2.encode()) <= 1024  # cut for "-2" too
 
 
 # -- another client's metadata-only change -------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.deletes import DeleteQueue
-from s3fs_mount.fs.errors import Conflict, FsError, Stale, errno_for
+from s3fs_mount.fs.errors import Conflict, FsError, Replaced, Stale, errno_for
 from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
@@ -204,7 +204,7 @@ class Mutations:
         self.namespace.forget(KeyMap.split(self.keymap.path(exc.saved_as))[0])
 
     def follow_replaced(self, path: str, item: StagedFile) -> None:
-        """A read found ``item``'s version replaced in S3 by another client: look the path up
+        """A read or write found ``item``'s version replaced in S3 by another client: look the path up
         afresh and let a clean item follow the version S3 holds now (a dirty one keeps ours).
 
         :raises FsError: ENOENT when the object is gone meanwhile.
@@ -213,21 +213,19 @@ class Mutations:
         a = self.namespace.lookup_full(path)
         if a.is_dir:
             raise FsError(errno.EISDIR, "%s is a directory now" % path)
-        log.info("%s: replaced in S3 by another client since its lookup: reading %s", path, a.etag)
+        log.info("%s: replaced in S3 by another client since its lookup: following %s", path, a.etag)
         item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
 
     def fetch_whole(self, item: StagedFile) -> None:
         """Before the first write to an object's copy, fetch all of it (crash safety). A version
         S3 no longer holds, but holds its bytes under a new ETag (:meth:`follow_same_bytes`),
-        is followed; any other 412 is the caller's S3Error (EIO)."""
+        is followed; any other is :class:`Replaced` (EIO, unless the caller follows it)."""
         view = item.view()
         if view.dirty or view.remote_size <= 0:
             return
         try:
             self.prefetcher.ensure(item, 0, view.remote_size)
-        except S3Error as exc:
-            if not exc.precondition_failed:
-                raise
+        except Replaced:
             if not self.follow_same_bytes(self.keymap.path(item.key), item, view.etag):
                 raise
             self.prefetcher.ensure(item, 0, item.view().remote_size)
@@ -318,7 +316,9 @@ class Mutations:
                 log.info("recovered %s: an earlier upload of it is in S3; the rest goes up", item.key)
             aside = current is not None and bool(item.etag) and current.etag != item.etag
             if aside:
-                conflict = conflict_name(item.key, self.store.key_room())
+                conflict = conflict_name(
+                    item.key, self.store.key_room(), taken=lambda name: self.staging.get(name) is not None
+                )
                 log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
                 self.staging.rekey(item.key, conflict)
                 # A new name: nothing there to replace (conditional on the old version, its upload

@@ -68,6 +68,12 @@ KERNEL_NAMES_GRACE = 0.5
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
 
 
+#: How many versions another client puts while a write follows them (each one landing between
+#: the lookup and the fetch) the write follows before it says EIO (a log appended to by two
+#: mounts at once moved on again within 3 ms now and then).
+FOLLOW_TRIES = 3
+
+
 @dataclass
 class Handle:
     """One open file description. Immutable after open, but ``read_state`` (see ReadState) and
@@ -419,9 +425,22 @@ class S3Operations(Operations):
         if not self._attributes(parent).is_dir:
             raise FsError(errno.ENOTDIR)
 
-    def _whole(self, item: StagedFile) -> None:
-        """Before the first write to an object's copy, fetch all of it (crash safety)."""
-        self.changes.fetch_whole(item)
+    def _whole(self, item: StagedFile, h: Handle | None = None) -> None:
+        """Before the first write to an object's copy, fetch all of it (crash safety).
+
+        A version of the same bytes under a new ETag is followed by the fetch itself
+        (:meth:`Mutations.fetch_whole`). Through handle ``h`` that has served nothing yet, any
+        version another client put since the lookup the open used (within attr_ttl) is followed
+        too, as :meth:`_read_spans` does: the write lands on the bytes S3 holds, as after an open
+        a moment later (it was EIO)."""
+        for attempt in range(1, FOLLOW_TRIES + 1):
+            try:
+                self.changes.fetch_whole(item)
+                return
+            except Replaced:
+                if h is None or h.served or h.path is None or attempt == FOLLOW_TRIES:
+                    raise
+                self.changes.follow_replaced(h.path, item)
 
     def _new_handle(
         self, item: StagedFile, path: str, writable: bool, append: bool = False, kept: bool = False
@@ -671,7 +690,7 @@ class S3Operations(Operations):
             raise FsError(errno.EBADF)
         if self.uploader.checkpoint_needed(h.item, h.item.size if h.append else offset):
             self._checkpoint(h.item, "a write at %d" % offset)
-        self._whole(h.item)
+        self._whole(h.item, h)
         if self.writeback is not None and self.staging.over_capacity():
             # Back-pressure: dirty files fill the cache, so wait for the background uploads.
             log.info("cache full of files waiting to upload: write waits for the uploads")
@@ -695,11 +714,11 @@ class S3Operations(Operations):
         log.info("%s: %s needs bytes the cache released: completing its upload first", item.key, why)
         self.changes.upload(item)
 
-    def _truncate_item(self, item: StagedFile, length: int) -> None:
+    def _truncate_item(self, item: StagedFile, length: int, h: Handle | None = None) -> None:
         if item.has_released():
             self._checkpoint(item, "a truncate to %d" % length)
         if length:
-            self._whole(item)
+            self._whole(item, h)
         self.uploader.abandon(item, "truncated to %d bytes" % length)
         item.truncate(length)
 
@@ -707,7 +726,8 @@ class S3Operations(Operations):
     def truncate(self, path: str, length: int, fh: int | None = None) -> None:
         self._writable()
         if fh is not None and fh in self._handles:
-            self._truncate_item(self._handle(fh).item, length)
+            h = self._handle(fh)
+            self._truncate_item(h.item, length, h)
             return
         if _is_hidden(path):
             self._truncate_item(self._hidden_item(path), length)
@@ -718,7 +738,7 @@ class S3Operations(Operations):
         fh = self.open.__wrapped__(self, path, os.O_WRONLY)  # type: ignore[attr-defined]
         try:
             h = self._handle(fh)
-            self._truncate_item(h.item, length)
+            self._truncate_item(h.item, length, h)
             if self.writeback is None:
                 self.changes.upload(h.item)
         finally:
@@ -870,6 +890,13 @@ class S3Operations(Operations):
             return
         uid, gid, _ = fuse_get_context()
         self.changes.mknod(path, mode, dev, uid, gid)
+
+    @fuse_operation
+    def link(self, target: str, source: str) -> None:
+        """``ln source target``: EPERM, link(2)'s "the file system does not support hard links"
+        (an S3 object has one key), with the log line that says so; without this method libfuse
+        answered ENOSYS, which the kernel turns into the same EPERM, and the log had no word."""
+        raise FsError(errno.EPERM, "hard links are not supported (an S3 object has one key): %s" % source)
 
     @fuse_operation
     def readlink(self, path: str) -> str:

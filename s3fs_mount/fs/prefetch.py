@@ -614,7 +614,18 @@ class Prefetcher:
 
         An object of up to ``chunk`` bytes that has a digest is fetched whole, in one GET,
         and checked before a byte of it is served (:class:`Corrupt` if it fails).
+
+        :raises Replaced: S3 holds another client's version now, not the one the item is of.
         """
+        try:
+            self._ensure(item, start, end)
+        except S3Error as exc:
+            if exc.precondition_failed:
+                raise Replaced(item.key, item.view().etag) from exc
+            raise
+
+    def _ensure(self, item: StagedFile, start: int, end: int) -> None:
+        """ensure's work."""
         view = item.view()
         etag, size = view.etag, view.remote_size
         small = 0 < size <= self.chunk and not (view.dirty or view.uploading)

@@ -58,6 +58,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -1276,7 +1277,8 @@ class Uploader:
     def _keep_both(self, item: StagedFile, generation: int, replaces: str, theirs: str) -> bool:
         """S3's object changed under us: upload ours as KEY.conflict-TIMESTAMP, and say so."""
         key = item.key
-        saved_as = conflict_name(key, self.store.key_room())
+        cache = self.staging or item.cache
+        saved_as = conflict_name(key, self.store.key_room(), taken=lambda name: cache.get(name) is not None)
         log.error(
             "%s changed in S3 since this mount saw it (ours replaced ETag %s, S3 now has %s): "
             "theirs stays, ours goes to %s",
@@ -1364,19 +1366,25 @@ def _copy_spans(layout: PartLayout, length: int) -> list[tuple[int, int]]:
     return [(offset, offset + size - 1) for _, offset, size in layout.spans(length)]
 
 
-def conflict_name(key: str, room: int) -> str:
+def conflict_name(key: str, room: int, taken: Callable[[str], bool] = lambda name: False) -> str:
     """Where our version of ``key`` goes when S3's changed meanwhile (also used at recovery):
     ``KEY.conflict-TIMESTAMP``, its name shortened (by whole characters) to stay a name
     (NAME_MAX bytes) and its key to fit ``room`` bytes (:meth:`Bucket.key_room`): a longer one
     S3 refused, and our version stayed dirty for ever. (Under a parent within 25 bytes of the
-    room no name fits: S3 refuses that key, and ours stays staged, as the log says.)"""
-    suffix = ".conflict-%s" % time.strftime("%Y%m%dT%H%M%S")
+    room no name fits: S3 refuses that key, and ours stays staged, as the log says.)
+
+    A name ``taken`` says is in use (a staged copy: an earlier conflict of the key within the
+    same second, not yet in S3) gets ``-2``, ``-3``...: moving ours onto it dropped that copy."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
     parent, slash, name = key.rpartition("/")
-    fits = min(NAME_MAX, room - len((parent + slash).encode("utf-8", "surrogateescape"))) - len(suffix)
     raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) > fits:
-        name = raw[: max(0, fits)].decode("utf-8", "ignore")
-    return parent + slash + name + suffix
+    for n in itertools.count(1):
+        suffix = ".conflict-%s%s" % (stamp, "" if n == 1 else "-%d" % n)
+        fits = min(NAME_MAX, room - len((parent + slash).encode("utf-8", "surrogateescape"))) - len(suffix)
+        short = raw[: max(0, fits)].decode("utf-8", "ignore") if len(raw) > fits else name
+        if not taken(parent + slash + short + suffix):
+            break
+    return parent + slash + short + suffix
 
 
 class WritebackQueue:

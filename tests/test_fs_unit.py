@@ -1964,13 +1964,13 @@ def test_a_write_follows_a_version_that_moves_on_while_it_follows_it_up_to_three
     store.put("f", b"v0")
     ops = make_ops(tmp_path, store)
     assert ops.getattr("/f")["st_size"] == 2  # cached for attr_ttl
-    store.put("f", b"v1")  # another client: the first fetch gets 412
+    store.put("f", b"v1")  # another client (the open for writing asks S3: it sees v1)
     real_get, gets = store.get_range, []
 
-    def moving(name, *args, **kwargs):  # and again, just before the fetch of the version followed
+    def moving(name, *args, **kwargs):  # another client, just before the fetch: 412, and again
         gets.append(name)
-        if 1 < len(gets) <= 1 + again:
-            store.put("f", b"v%d" % len(gets))
+        if len(gets) <= 1 + again:
+            store.put("f", b"v%d" % (len(gets) + 1))
         return real_get(name, *args, **kwargs)
 
     monkeypatch.setattr(store, "get_range", moving)
@@ -1980,9 +1980,9 @@ def test_a_write_follows_a_version_that_moves_on_while_it_follows_it_up_to_three
         ops.flush("/f", fh)
     except FuseOSError as exc:
         assert again == 2 and exc.errno == errno.EIO, exc
-        assert store.objects["f"].data == b"v3"  # theirs, untouched
+        assert store.objects["f"].data == b"v4"  # theirs, untouched
     else:
-        assert again < 2 and store.objects["f"].data == b"v%d+ours" % (1 + again)
+        assert again < 2 and store.objects["f"].data == b"v%d+ours" % (2 + again)
     finally:
         ops.release("/f", fh)
 

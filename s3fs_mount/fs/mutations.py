@@ -24,7 +24,8 @@ from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.deletes import DeleteQueue
 from s3fs_mount.fs.errors import Conflict, FsError, errno_for
-from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
+from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, NEW_DIR_ETAG, Namespace
+from s3fs_mount.fs.newdirs import NewDirectories
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
 from s3fs_mount.fs.renames import PendingRenames
@@ -103,6 +104,13 @@ class Mutations:
         #: ``s3fs-mount status``. Written before the mount serves; read after.
         self.recovered: dict[str, int] = {}
         namespace.settle_deletes = self.deletes.flush
+        #: Directories mkdir made whose objects go up in the background (fs/newdirs.py): a key
+        #: goes under one, and S3 is asked about one, only once they are in S3.
+        self.new_dirs = NewDirectories(
+            staging.root, lambda path, meta: namespace.write_dir(path, meta, new=True), namespace.dir_made
+        )
+        namespace.settle_new_dirs = self.new_dirs.settle_in
+        uploader.before_put = lambda key: self.new_dirs.settle(KeyMap.split(self.keymap.path(key))[0])
         #: A file is renamed by RenameObject (one atomic request), not a copy and a delete. Set
         #: once, at mount (:meth:`configure_renames`), before any FUSE call.
         self.server_renames = False
@@ -154,11 +162,15 @@ class Mutations:
             self.namespace.entry_changed(KeyMap.split(path)[0])
 
     def sync_dir(self, path: str) -> None:
-        """fsync of directory ``path``: its removals are in S3 when this returns (S3Error if not)."""
+        """fsync of directory ``path``: its removals, and the directories made in it (or under
+        it), are in S3 when this returns (S3Error, or FsError EIO, if not)."""
+        self.new_dirs.settle_under(path)
         self.deletes.flush(self.keymap.dir_prefix(path))
 
     def close(self) -> list[str]:
-        """At unmount: send the pending deletes; returns the keys left for the next mount."""
+        """At unmount: put the new directories and send the pending deletes; returns the keys
+        of deletes left for the next mount."""
+        self.new_dirs.close()
         self.renames.close()
         self.copies.close()
         return self.deletes.close()
@@ -220,6 +232,8 @@ class Mutations:
             self.namespace.deleting(self.keymap.path(key))
         self.note_recovered("deletes sent", owed - len(deletes))
         self.note_recovered("deletes not sent yet (retried)", len(deletes))
+        # Then the directories mkdir recorded: the files staged in them go under them.
+        self.note_recovered("new directories put in S3", self.new_dirs.recover())
         recovered = self.staging.recover()
         self.note_recovered("changed on disk, kept, not uploaded", len(self.staging.damaged))
         for key, upload_id in self.staging.orphan_uploads:
@@ -483,8 +497,10 @@ class Mutations:
         self.deletes.settle(self.keymap.key(path))
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
-        etag = self.namespace.write_dir(path, meta, new=True)
-        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag)
+        # Recorded, its objects PUT in the background (fs/newdirs.py): what would see the
+        # directory in S3 before they are there waits for them.
+        self.new_dirs.add(path, meta)
+        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=NEW_DIR_ETAG)
         made.nlink = 2  # empty: known, so its subdirectories are counted from here on
         self.namespace.remember(path, made)
         self.namespace.known_empty(path)
@@ -503,6 +519,7 @@ class Mutations:
         one LIST says whether another client put something in it since that listing
         (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first.
         """
+        self.new_dirs.settle_under(path)
         prefix = self.keymap.dir_prefix(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
         self.namespace.check_no_held_data(path)
@@ -591,6 +608,8 @@ class Mutations:
 
     def rename(self, old: str, new: str, source: A.Attributes) -> None:
         """Move file or directory ``old`` (whose attributes are ``source``) to ``new``."""
+        self.new_dirs.settle_under(old)  # what S3 has of it is what moves
+        self.new_dirs.settle_under(new)
         if source.is_dir:
             self._rename_dir(old, new, source)
         else:
@@ -864,6 +883,7 @@ class Mutations:
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         body = source.encode("utf-8", "surrogateescape")
+        self.new_dirs.settle(KeyMap.split(target)[0])
         self.deletes.settle(self.keymap.key(target))
         etag = self.store.put(self.keymap.key(target), body, meta)
         self.namespace.remember(
@@ -877,6 +897,7 @@ class Mutations:
         meta = A.posix_metadata(mode, uid, gid, now)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             meta[A.META_PREFIX + "rdev"] = str(dev)
+        self.new_dirs.settle(KeyMap.split(path)[0])
         self.deletes.settle(self.keymap.key(path))
         etag = self.store.put(self.keymap.key(path), b"", meta)
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
@@ -945,6 +966,7 @@ class Mutations:
             current = staged_attributes(hidden, self.defaults)
             hidden.set_metadata(stamped(dict(current.metadata), current))
             return
+        self.new_dirs.settle(path)  # built on what S3 holds
         key = self.keymap.key(path)
         item = self.staging.get(key) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):

@@ -126,17 +126,10 @@ class NewDirectories:
             self._start()
             self._cond.notify_all()
 
-    def owed(self, path: str) -> bool:
-        """Whether directory ``path``'s objects are not in S3 yet."""
-        if not self._pending:  # (no lock: the common case, nothing owed, costs nothing)
-            return False
-        with self._cond:
-            return path in self._pending
-
     def settle(self, path: str) -> None:
         """Before anything of ``path`` goes to S3 (a file's upload, a change of a directory):
         ``path`` and the directories above it are in S3 when this returns (FsError if not)."""
-        if self._pending:
+        if self._pending:  # (no lock: nothing owed, the common case, costs nothing)
             self._settle(lambda p: p == path or _above(p, path))
 
     def settle_in(self, directory: str) -> None:

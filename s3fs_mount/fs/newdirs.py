@@ -27,14 +27,13 @@ next start, before it uploads the files staged in them (:meth:`NewDirectories.re
 As for unlinks (fs/deletes.py), the record is not fsync'd per mkdir: a ``kill -9`` loses
 nothing the kernel was handed, and fsync of the parent directory makes it durable in S3.
 
-Locks: ``_cond`` guards ``_pending``, ``_thread``, ``_running`` and ``_closed``; the
+Locks: ``_cond`` guards ``_pending``, ``_thread`` and ``_closed``; the
 journal has its own lock, taken alone; neither is held during a request, nor taken while
 the namespace's lock is held.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import logging
 import threading
@@ -48,8 +47,6 @@ from s3fs_mount.fs.paths import KeyMap
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "newdirs.journal"
-#: Directories whose objects go up at once.
-PARALLEL = 4
 #: Seconds before the background thread tries a directory whose PUT failed again.
 RETRY_PAUSE = 5.0
 
@@ -75,7 +72,9 @@ class NewDirectories:
     :param directory: the cache directory the journal lives in (None: kept in memory only).
     :param send: PUTs a directory's objects (the namespace's ``write_dir(path, meta, new=True)``).
     :param sent: told once they are in S3, before anything waiting for them goes on.
-    :param parallel: directories sent at once by the background thread.
+
+    The thread sends one directory at a time, itself (a pool's hand-over cost more than the
+    side-by-side sends saved: ``cp -r`` makes a directory, then fills it).
 
     Usage::
 
@@ -87,17 +86,14 @@ class NewDirectories:
         dirs.close()                 # unmount: everything sent, or kept for the next mount
     """
 
-    def __init__(self, directory: str | None, send: Send, sent: Sent, parallel: int = PARALLEL) -> None:
+    def __init__(self, directory: str | None, send: Send, sent: Sent) -> None:
         self._records = OwedJournal(directory, JOURNAL_NAME)
         self._send = send  # immutable after __init__
         self._sent = sent  # immutable after __init__
-        self._parallel = parallel  # immutable after __init__
         self._cond = threading.Condition()
         self._pending: dict[str, _NewDir] = {}  # GUARDED_BY(_cond): in mkdir order
-        self._running = 0  # GUARDED_BY(_cond): sends the thread has under way
         self._closed = False  # GUARDED_BY(_cond)
         self._thread: threading.Thread | None = None  # GUARDED_BY(_cond)
-        self._pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="newdirs")
 
     # -- what the filesystem calls ---------------------------------------------------------
 
@@ -156,14 +152,11 @@ class NewDirectories:
             thread = self._thread
             self._cond.notify_all()
         if thread is not None:
-            thread.join()
-        with self._cond:
-            self._cond.wait_for(lambda: self._running == 0)
+            thread.join()  # after the send it has under way
         try:
             self.settle_under("/")
         except FsError as exc:
             log.error("unmount: %s", exc)
-        self._pool.shutdown(wait=True)
         left = len(self)
         if self._records.close(left):
             log.error("%d new directories not put in S3: they are put at the next mount", left)
@@ -185,10 +178,7 @@ class NewDirectories:
                     continue
                 for path in ready:
                     self._pending[path].state = SENDING
-            if len(ready) == 1:
-                outcomes = [self._try_put(ready[0])]
-            else:  # side by side (an unmount's, a recovery's): each waited for
-                outcomes = list(self._pool.map(self._try_put, ready))
+            outcomes = [self._try_put(path) for path in ready]
             errors = [(path, exc) for path, exc in zip(ready, outcomes, strict=True) if exc is not None]
             if errors:
                 path, exc = errors[0]
@@ -237,15 +227,15 @@ class NewDirectories:
             self._thread = threading.Thread(target=self._run, name="newdirs", daemon=True)
             self._thread.start()
 
-    def _ready(self, now: float) -> list[str]:
-        """What the thread may send now (caller holds ``_cond``): queued, or failed a pause ago,
-        with nothing pending above it."""
-        return [
-            p
-            for p, d in self._pending.items()
-            if (d.state == QUEUED or (d.state == FAILED and now - d.failed_at >= RETRY_PAUSE))
-            and not self._below_pending(p)
-        ]
+    def _next(self, now: float) -> str | None:
+        """What the thread sends next (caller holds ``_cond``): the oldest directory queued, or
+        failed a pause ago, with nothing pending above it."""
+        for p, d in self._pending.items():
+            if (d.state == QUEUED or (d.state == FAILED and now - d.failed_at >= RETRY_PAUSE)) and (
+                not self._below_pending(p)
+            ):
+                return p
+        return None
 
     def _run(self) -> None:
         while True:
@@ -253,27 +243,13 @@ class NewDirectories:
                 while True:
                     if self._closed:
                         return
-                    ready = self._ready(time.monotonic()) if self._running < self._parallel else []
-                    if ready:
+                    path = self._next(time.monotonic())
+                    if path is not None:
                         break
                     failed = any(d.state == FAILED for d in self._pending.values())
                     self._cond.wait(RETRY_PAUSE if failed else None)
-                batch = ready[: self._parallel - self._running]
-                for path in batch:
-                    self._pending[path].state = SENDING
-                self._running += len(batch)
-            for path in batch:
-                self._pool.submit(self._put_in_background, path)
-
-    def _put_in_background(self, path: str) -> None:
-        try:
-            self._put(path)
-        except Exception:  # noqa: BLE001 - logged by _put; FAILED, tried again after a pause
-            pass
-        finally:
-            with self._cond:
-                self._running -= 1
-                self._cond.notify_all()
+                self._pending[path].state = SENDING
+            self._try_put(path)  # a failure is logged there, and tried again after a pause
 
 
 def _above(upper: str, path: str) -> bool:

@@ -21,9 +21,10 @@ key is written again (fs/deletes.py):
 * fsync of a directory (what is under it), and unmount.
 
 A PUT that fails is logged, kept, retried by the thread after :data:`RETRY_PAUSE` s and by
-whatever settles the directory, which then fails with the error's errno (EIO, EACCES: fsync, the
-close of a file in it): never dropped. A mount killed meanwhile PUTs the directories still recorded at its
-next start, before it uploads the files staged in them (:meth:`NewDirectories.recover`).
+whatever settles the directory, which then fails (fsync with the error's errno, EIO or
+EACCES; the close of a file in it EIO, the file staying staged): never dropped. A mount
+killed meanwhile PUTs the directories still recorded at its next start, before it uploads
+the files staged in them (:meth:`NewDirectories.recover`).
 As for unlinks (fs/deletes.py), the record is not fsync'd per mkdir: a ``kill -9`` loses
 nothing the kernel was handed, and fsync of the parent directory makes it durable in S3.
 

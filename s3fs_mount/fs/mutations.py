@@ -163,7 +163,7 @@ class Mutations:
 
     def sync_dir(self, path: str) -> None:
         """fsync of directory ``path``: its removals, and the directories made in it (or under
-        it), are in S3 when this returns (S3Error, or FsError EIO, if not)."""
+        it), are in S3 when this returns (S3Error, or FsError, if not)."""
         self.new_dirs.settle_under(path)
         self.deletes.flush(self.keymap.dir_prefix(path))
 
@@ -966,7 +966,6 @@ class Mutations:
             current = staged_attributes(hidden, self.defaults)
             hidden.set_metadata(stamped(dict(current.metadata), current))
             return
-        self.new_dirs.settle(path)  # built on what S3 holds
         key = self.keymap.key(path)
         item = self.staging.get(key) if path != "/" else None
         if item is not None and (item.dirty or item.uploading):
@@ -975,6 +974,7 @@ class Mutations:
             A.check_metadata_size({**A.posix_metadata_of(current), **new})  # as its upload carries it
             item.set_metadata(new)
             return
+        self.new_dirs.settle(path)  # built on what S3 holds (a staged file's change waits for nothing)
         seen = self.namespace.lookup(path)
         if seen.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
             self.namespace.change_dir(path, stamped)

@@ -989,6 +989,7 @@ def test_writeback_mkdir_puts_the_marker_and_the_times_writer_the_holder_once(tm
     puts = store.calls["PUT"]
     ops.mkdir("/d", 0o711)
     ops.mkdir("/d/e", 0o701)
+    ops.fsyncdir("/", 0, 0)  # the markers go in the background (fs/newdirs.py): in S3 now
     assert store.calls["PUT"] - puts == 2  # the two markers: no holder yet
     assert {"d/", "d/e/"} <= set(store.objects) and "d_$folder$" not in store.objects
     ops.namespace.forget("/d")  # not cached: asked of S3, which has the marker only
@@ -1005,10 +1006,11 @@ def test_writeback_mkdir_puts_the_marker_and_the_times_writer_the_holder_once(tm
     assert not os.path.exists(os.path.join(ops.staging.root, "holders.journal"))  # nothing owed
 
 
-def test_default_mode_mkdir_puts_both_before_it_returns(tmp_path):
+def test_default_mode_mkdir_puts_both_before_an_fsync_of_its_parent_returns(tmp_path):
     store = FakeStore(drops_marker_metadata=True)
     ops = make_ops(tmp_path, store)
     ops.mkdir("/d", 0o711)
+    ops.fsyncdir("/", 0, 0)
     assert dir_mode(store, "d_$folder$") == 0o711 and "d/" in store.objects
 
 
@@ -1017,6 +1019,7 @@ def test_a_holder_a_killed_writeback_mount_left_is_written_at_the_next_start(tmp
     ops = make_ops(tmp_path, store, writeback=True)
     ops.mkdir("/d", 0o711)
     ops.mkdir("/gone", 0o700)
+    ops.fsyncdir("/", 0, 0)  # the markers are in S3
     ops.staging.close()  # killed: no holder written
     ops.namespace.holders._records._journal.close()
     del store.objects["gone/"]  # removed by another client meanwhile
@@ -1653,6 +1656,7 @@ def test_a_directory_rename_to_a_name_too_long_for_a_key_under_it_sends_no_reque
     ops.mkdir("/d/" + "s" * 255, 0o755)
     write_file(ops, "/d/%s/%s" % ("s" * 255, "é" * 100), b"x")  # 100 + 2 + 256 + 200 = 558 bytes
     ops.mkdir("/" + "n" * 255, 0o755)
+    ops.fsyncdir("/", 0, 0)  # the directories are in S3
     before, keys = dict(store.calls), sorted(store.objects)
     with pytest.raises(FuseOSError) as info:
         ops.rename("/d", "/%s/%s" % ("n" * 255, "m" * 255))  # 101 + 512 + 256 + 200 > 1024
@@ -2138,8 +2142,9 @@ def test_a_fuse_loop_error_after_the_unmount_is_no_mount_failure(tmp_path, monke
 
 @pytest.mark.parametrize("refused", ["d/", "d_$folder$"])
 def test_mkdir_is_not_left_half_made_when_one_of_its_two_puts_fails(tmp_path, refused):
-    """Where directory metadata lives on d_$folder$ (SeaweedFS), mkdir PUTs it and the d/ marker
-    side by side: if one is refused, the other is removed and mkdir fails."""
+    """Where directory metadata lives on d_$folder$ (SeaweedFS), mkdir's background PUTs it
+    and the d/ marker side by side: if one is refused, the other is removed, and the fsync of
+    its parent fails with the refusal's errno; the directory is kept, and made once S3 takes it."""
     store = FakeStore()
     store.drops_marker_metadata = True
     ops = make_ops(tmp_path, store)
@@ -2151,13 +2156,15 @@ def test_mkdir_is_not_left_half_made_when_one_of_its_two_puts_fails(tmp_path, re
         return real_put(key, *args, **kwargs)
 
     store.put = put
+    ops.mkdir("/d", 0o755)
     with pytest.raises(FuseOSError) as failed:
-        ops.mkdir("/d", 0o755)
+        ops.fsyncdir("/", 0, 0)
     assert failed.value.errno == errno.EACCES
     assert "d/" not in store.objects and "d_$folder$" not in store.objects
+    assert stat.S_IMODE(ops.getattr("/d")["st_mode"]) == 0o755  # kept here, tried again
     store.put = real_put
-    ops.mkdir("/e", 0o755)
-    assert {"e/", "e_$folder$"} <= set(store.objects)
+    ops.fsyncdir("/", 0, 0)
+    assert {"d/", "d_$folder$"} <= set(store.objects)
 
 
 def unmount(ops: S3Operations) -> None:
@@ -2580,6 +2587,7 @@ def test_a_close_whose_upload_fails_says_why_and_keeps_the_file_staged(tmp_path,
     assert failed.value.errno == expected
     assert "f" not in store.objects and [item.key for item in ops.staging.pending()] == ["f"]
 
+
 def test_two_conflicts_of_one_file_in_one_second_keep_both_of_our_versions(tmp_path, monkeypatch):
     """Our version of a file another client changed goes to KEY.conflict-TIMESTAMP (seconds).
     A second conflict of the key within that second took the same name: the staging cache's
@@ -2617,3 +2625,91 @@ def test_two_conflicts_of_one_file_in_one_second_keep_both_of_our_versions(tmp_p
     kept |= {open(i.data_path, "rb").read() for i in ops.staging.pending()}
     assert store.objects["f"].data == b"theirs two"
     assert {b"ours one", b"ours two"} <= kept, kept
+
+
+def gated_dir_puts(store: FakeStore) -> tuple[threading.Event, list[str]]:
+    """PUTs of directory objects (``x/``, ``x_$folder$``) wait for the returned event; every
+    PUT's key goes into the returned list as it reaches the store."""
+    gate, order = threading.Event(), []
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        name = getattr(key, "key", key)
+        if name.endswith(("/", "_$folder$")):
+            assert gate.wait(30), "a directory PUT waited in vain"
+        order.append(name)
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    return gate, order
+
+
+def test_new_dirs_mkdir_returns_at_once_and_nothing_goes_under_a_directory_before_it(tmp_path):
+    """fs/newdirs.py: mkdir returns with its PUTs held; a file's upload, a symlink and the
+    parent's fsync wait for them; directories go parents first, files after their directory."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    gate, order = gated_dir_puts(store)
+    ops.mkdir("/a", 0o750)
+    ops.mkdir("/a/b", 0o705)  # both returned: their PUTs are held
+    assert stat.S_IMODE(ops.getattr("/a/b")["st_mode"]) == 0o705
+    done = []
+    writer = threading.Thread(target=lambda: done.append(write_file(ops, "/a/b/f", b"x")))
+    linker = threading.Thread(target=lambda: done.append(ops.symlink("/a/l", "f")))
+    writer.start()
+    linker.start()
+    time.sleep(0.2)  # room for a wrong PUT (not a measure of speed)
+    assert not done and not [k for k in store.objects if k.startswith("a")]
+    gate.set()
+    writer.join(30)
+    linker.join(30)
+    ops.fsyncdir("/", 0, 0)
+    assert len(done) == 2 and len(ops.changes.new_dirs) == 0
+    assert order.index("a_$folder$") < order.index("a/b_$folder$") < order.index("a/b/f")
+    assert order.index("a/") < order.index("a/l")
+    assert (dir_mode(store, "a_$folder$"), dir_mode(store, "a/b_$folder$")) == (0o750, 0o705)
+    unmount(ops)
+    assert not os.path.exists(os.path.join(ops.staging.root, "newdirs.journal"))  # nothing owed
+
+
+def test_new_dirs_a_lookup_or_listing_asks_s3_only_once_they_are_there(tmp_path):
+    """A new directory whose attributes this mount forgot, and its parent's listing, are asked
+    of S3 only once its objects are there: never "no such directory" for one mkdir made."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    gate, _ = gated_dir_puts(store)
+    ops.mkdir("/p", 0o750)
+    ops.mkdir("/p/q", 0o700)
+    threading.Timer(0.2, gate.set).start()
+    ops.namespace.forget("/p")
+    ops.namespace.forget("/p/q")
+    assert names(ops, "/p") == ["q"]
+    assert stat.S_IMODE(ops.getattr("/p/q")["st_mode"]) == 0o700
+    assert stat.S_IMODE(fresh_view(ops, tmp_path, store).getattr("/p/q")["st_mode"]) == 0o700
+
+
+def test_new_dirs_a_killed_mount_leaves_them_to_the_next_which_puts_them_parents_first(tmp_path):
+    """Killed with the PUTs of two new directories never sent: the next mount puts them (with
+    their modes) before the file staged in the inner one, and then owes nothing."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    gate, _ = gated_dir_puts(store)
+    ops.mkdir("/k", 0o751)
+    ops.mkdir("/k/l", 0o702)
+    fh = ops.create("/k/l/f", 0o644)
+    ops.write("/k/l/f", b"staged", 0, fh)  # no flush: staged, not uploaded
+    ops.staging.close()  # killed
+    ops.changes.new_dirs._records._journal.close()
+    store.put = FakeStore.put.__get__(store)  # the next mount's requests go through
+    assert not [k for k in store.objects if k.startswith("k")]
+    order: list[str] = []
+    real_put = store.put
+    store.put = lambda key, *a, **kw: (order.append(getattr(key, "key", key)), real_put(key, *a, **kw))[1]
+    again = make_ops(tmp_path, store)
+    assert again.recover() == []
+    assert order.index("k_$folder$") < order.index("k/l_$folder$") < order.index("k/l/f")
+    assert (dir_mode(store, "k_$folder$"), dir_mode(store, "k/l_$folder$")) == (0o751, 0o702)
+    assert again.changes.recovered["new directories put in S3"] == 2
+    gate.set()
+    unmount(again)
+    assert not os.path.exists(os.path.join(again.staging.root, "newdirs.journal"))

@@ -1079,6 +1079,7 @@ def test_a_metadata_change_of_a_directory_keeps_another_mounts_change_made_meanw
     two = mount_factory().start()
     os.mkdir(os.path.join(one.path, "d"), 0o755)
     assert os.stat(os.path.join(one.path, "d")).st_mode & 0o777 == 0o755
+    sync_dir(one.path)  # mkdir's objects go up in the background (fs/newdirs.py): there for two now
     os.setxattr(os.path.join(two.path, "d"), "user.theirs", b"t")
     os.chmod(os.path.join(one.path, "d"), 0o700)
     one_again = mount_factory().start()  # a fresh cache: what S3 holds

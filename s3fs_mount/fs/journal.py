@@ -26,6 +26,7 @@ finds no room leaves the file as it is and appends to it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -244,6 +245,9 @@ class OwedJournal:
         left = StagingJournal.read(self._journal.path)
         if left:
             self._open()
+        else:  # a killed run's journal that owes nothing (each record taken back): no file
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._journal.path)
         return left
 
     def record(self, item_id: str, state: State | None) -> None:

@@ -23,7 +23,8 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.deletes import DeleteQueue
 from s3fs_mount.fs.errors import Conflict, FsError, Replaced, Stale, errno_for
-from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, Namespace
+from s3fs_mount.fs.namespace import DIRECTORY_CONTENT_TYPE, NEW_DIR_ETAG, Namespace
+from s3fs_mount.fs.newdirs import NewDirectories
 from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
 from s3fs_mount.fs.renames import PendingRenames
@@ -108,6 +109,13 @@ class Mutations:
         #: ``s3fs-mount status``. Written before the mount serves; read after.
         self.recovered: dict[str, int] = {}
         namespace.settle_deletes = self.deletes.flush
+        #: Directories mkdir made whose objects go up in the background (fs/newdirs.py): a key
+        #: goes under one, and S3 is asked about one, only once they are in S3.
+        self.new_dirs = NewDirectories(
+            staging.root, lambda path, meta: namespace.write_dir(path, meta, new=True), namespace.dir_made
+        )
+        namespace.settle_new_dirs = self.new_dirs.settle_in
+        uploader.before_put = lambda key: self.new_dirs.settle(KeyMap.split(self.keymap.path(key))[0])
         #: A file is renamed by RenameObject (one atomic request), not a copy and a delete. Set
         #: once, at mount (:meth:`configure_renames`), before any FUSE call.
         self.server_renames = False
@@ -159,8 +167,10 @@ class Mutations:
             self.namespace.entry_changed(KeyMap.split(path)[0])
 
     def sync_dir(self, path: str) -> None:
-        """fsync of directory ``path``: its removals are in S3 when this returns (S3Error if not;
-        FsError EACCES, or EIO, when S3 refused one since the last fsync: the file is there again)."""
+        """fsync of directory ``path``: its removals, and the directories made in it (or under
+        it), are in S3 when this returns (S3Error, or FsError, if not; FsError EACCES, or EIO,
+        when S3 refused a delete since the last fsync: the file is there again)."""
+        self.new_dirs.settle_under(path)
         prefix = self.keymap.dir_prefix(path)
         self.deletes.flush(prefix)
         refused = self.deletes.refused(prefix)
@@ -173,7 +183,9 @@ class Mutations:
             )
 
     def close(self) -> list[str]:
-        """At unmount: send the pending deletes; returns the keys left for the next mount."""
+        """At unmount: put the new directories and send the pending deletes; returns the keys
+        of deletes left for the next mount."""
+        self.new_dirs.close()
         self.renames.close()
         self.copies.close()
         return self.deletes.close()
@@ -279,6 +291,8 @@ class Mutations:
             self.namespace.deleting(self.keymap.path(key))
         self.note_recovered("deletes sent", owed - len(deletes))
         self.note_recovered("deletes not sent yet (retried)", len(deletes))
+        # Then the directories mkdir recorded: the files staged in them go under them.
+        self.note_recovered("new directories put in S3", self.new_dirs.recover())
         recovered = self.staging.recover()
         self.note_recovered("changed on disk, kept, not uploaded", len(self.staging.damaged))
         for key, upload_id in self.staging.orphan_uploads:
@@ -544,8 +558,10 @@ class Mutations:
         self.deletes.settle(self.keymap.key(path))
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
-        etag = self.namespace.write_dir(path, meta, new=True)
-        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag)
+        # Recorded, its objects PUT in the background (fs/newdirs.py): what would see the
+        # directory in S3 before they are there waits for them.
+        self.new_dirs.add(path, meta)
+        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=NEW_DIR_ETAG)
         made.nlink = 2  # empty: known, so its subdirectories are counted from here on
         self.namespace.remember(path, made)
         self.namespace.known_empty(path)
@@ -565,6 +581,7 @@ class Mutations:
         (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first (one
         LIST), and once more after its deletes (a file put in between: made again, ENOTEMPTY).
         """
+        self.new_dirs.settle_under(path)
         prefix = self.keymap.dir_prefix(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
         self.namespace.check_no_held_data(path)
@@ -667,6 +684,8 @@ class Mutations:
 
     def rename(self, old: str, new: str, source: A.Attributes) -> None:
         """Move file or directory ``old`` (whose attributes are ``source``) to ``new``."""
+        self.new_dirs.settle_under(old)  # what S3 has of it is what moves
+        self.new_dirs.settle_under(new)
         if source.is_dir:
             self._rename_dir(old, new, source)
         else:
@@ -937,6 +956,7 @@ class Mutations:
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         body = source.encode("utf-8", "surrogateescape")
+        self.new_dirs.settle(KeyMap.split(target)[0])
         self.deletes.settle(self.keymap.key(target))
         etag = self.store.put(self.keymap.key(target), body, meta)
         self.namespace.remember(
@@ -950,6 +970,7 @@ class Mutations:
         meta = A.posix_metadata(mode, uid, gid, now)
         if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             meta[A.META_PREFIX + "rdev"] = str(dev)
+        self.new_dirs.settle(KeyMap.split(path)[0])
         self.deletes.settle(self.keymap.key(path))
         etag = self.store.put(self.keymap.key(path), b"", meta)
         self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file", etag=etag))
@@ -1025,6 +1046,7 @@ class Mutations:
             A.check_metadata_size({**A.posix_metadata_of(current), **new})  # as its upload carries it
             item.set_metadata(new)
             return
+        self.new_dirs.settle(path)  # built on what S3 holds (a staged file's change waits for nothing)
         seen = self.namespace.lookup(path)
         if seen.is_dir:  # its holder, written anew (some servers cannot copy an empty marker)
             self.namespace.change_dir(path, stamped)

@@ -86,6 +86,7 @@ import stat
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from cachetools import LRUCache, TLRUCache, TTLCache
 
@@ -110,6 +111,9 @@ from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 log = logging.getLogger(__name__)
 
 DIRECTORY_CONTENT_TYPE = "application/x-directory"
+#: The ETag a directory mkdir made is known by until its objects are in S3 (fs/newdirs.py):
+#: it has a holder, as an ETag says, only not yet.
+NEW_DIR_ETAG = "new-directory"
 REMOVED_TTL = 30.0
 #: How long a change of ours outranks answers to requests sent before it (the retry policy's bound).
 CHANGED_TTL = 120.0
@@ -329,6 +333,10 @@ class Namespace:
         #: Sends the pending deletes of keys under a prefix and waits for them (set by Mutations):
         #: a directory's emptiness is asked of S3 only once they are done.
         self.settle_deletes: Callable[[str], None] = lambda prefix: None
+        #: Before S3 is asked about a directory or lists it: it, the directories above it and
+        #: its new subdirectories whose objects mkdir left to the background are in S3 (set by
+        #: Mutations: fs/newdirs.py). Called outside ``_lock``; FsError EIO if they are not.
+        self.settle_new_dirs: Callable[[str], None] = lambda directory: None
         self._conflicts_logged: set[str] = set()
         #: Directory path -> (mtime, ctime, when) set by entry changes, not yet in S3. Guarded by _lock.
         self._dir_times: dict[str, tuple[float, float, float]] = {}
@@ -699,7 +707,7 @@ class Namespace:
         prefix = self.keymap.dir_prefix(parent)
         asked = self.clock.monotonic()
         try:
-            page = next(self.store.list(prefix, delimiter="/", max_keys=min(RELIST_NAMES, self.listed_names)))
+            page = next(self._list(prefix, delimiter="/", max_keys=min(RELIST_NAMES, self.listed_names)))
         except S3Error as exc:
             log.debug("listing %s for a burst of lookups failed (%s): names looked up alone", parent, exc)
             return
@@ -743,7 +751,7 @@ class Namespace:
         prefix = self.keymap.dir_prefix(parent)
         after = name[:-1]  # start_after is exclusive: the page starts at ``name`` (or just before)
         asked = self.clock.monotonic()
-        page = next(self.store.list(prefix, delimiter="/", start_after=prefix + after, max_keys=RELIST_NAMES))
+        page = next(self._list(prefix, delimiter="/", start_after=prefix + after, max_keys=RELIST_NAMES))
         batch = self._page_batch(parent, prefix, page)
         shown = {n for n, _ in self._cache_listed(parent, batch, asked, _walk_ttl(len(batch)))}
         truncated = page.truncated and bool(page.continuation)
@@ -931,7 +939,7 @@ class Namespace:
 
     def _list_named(self, key: str) -> ListPage:
         """The first keys beginning with ``key`` (a marker ``key/`` shows as a prefix, a ``key_$folder$``)."""
-        return next(self.store.list(key, delimiter="/", max_keys=100))
+        return next(self._list(key, delimiter="/", max_keys=100))
 
     def _dir_shadows(self, path: str, key: str, page: ListPage) -> bool:
         """Does a directory share the name of file ``key`` (``page``: :meth:`_list_named`'s)?
@@ -941,7 +949,7 @@ class Namespace:
         if not page.truncated:
             return False
         # More than a page of names like ``key.1`` before ``key/``: is anything under ``key/``?
-        inside = next(self.store.list(key + "/", delimiter="/", max_keys=1))
+        inside = next(self._list(key + "/", delimiter="/", max_keys=1))
         return bool(inside.entries or inside.prefixes)
 
     @staticmethod
@@ -973,7 +981,7 @@ class Namespace:
         if page.truncated or not self.dir_meta_on_marker:
             asked = self.clock.monotonic()
             inside = min(RELIST_NAMES, self.listed_names)
-            page = next(self.store.list(key + "/", delimiter="/", max_keys=inside))
+            page = next(self._list(key + "/", delimiter="/", max_keys=inside))
             if not (page.entries or page.prefixes):
                 return False
             if not page.truncated and len(page.entries) + len(page.prefixes) < inside:
@@ -993,7 +1001,7 @@ class Namespace:
             if not self._removal_walks.get(parent):
                 return
         prefix = self.keymap.dir_prefix(path)
-        self.list_ahead.begin(path, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
+        self.list_ahead.begin(path, self._list(prefix, delimiter="/"), self.clock.monotonic())
 
     def _begin_next_subdir(self, path: str) -> None:
         """rmdir of ``path``: the lookup of the subdirectory of its parent after it (rm -r's next,
@@ -1052,6 +1060,7 @@ class Namespace:
     def _held_dir_attributes(self, path: str) -> tuple[A.Attributes, bool]:
         """Like :meth:`_dir_attributes`, and whether S3 has any object of the directory (its
         holder, or its marker where the holder is a ``_$folder$``)."""
+        self.settle_new_dirs(path)
         holders = self._holders(path)  # a marker after a _$folder$: made by another tool, its time at least
         answers: list[ObjectInfo | None] = []
         for view, key in holders:  # one after the other: the first found is the one that counts
@@ -1247,6 +1256,7 @@ class Namespace:
         whose objects is in S3 any more, removed by another client since we saw it, is not made
         again: returns None, its pending times and holder dropped.
         """
+        self.settle_new_dirs(path)  # built on what S3 holds: its objects are there first
         with self._dir_write_lock:
             current = self.lookup_full(path)
             meta = dict(current.metadata)
@@ -1381,7 +1391,7 @@ class Namespace:
         if begun is not None:
             asked, listing = begun
         else:
-            listing = self.store.list(prefix, delimiter="/")
+            listing = self._list(prefix, delimiter="/")
         shown_dirs: set[str] = set()  # a directory's subdirectories are few next to its files
         waiting: dict[str, A.Attributes] = {}  # files that a directory of their name may yet hide
         names: set[str] | None = set()
@@ -1594,7 +1604,7 @@ class Namespace:
         with self._lock:
             ttl = self._walks.get(parent) or _walk_ttl(0)
         try:
-            page = next(self.store.list(prefix, delimiter="/", start_after=key[:-1], max_keys=self.walk_page))
+            page = next(self._list(prefix, delimiter="/", start_after=key[:-1], max_keys=self.walk_page))
         except S3Error as exc:
             log.debug("listing %s from %s failed (%s): looked up alone", parent, name, exc)
             return
@@ -1605,6 +1615,21 @@ class Namespace:
         files, dirs = self._page_entries(path, prefix, page)
         dir_names = set(dirs)
         return [(n, a) for n, a in files if n not in dir_names] + [(n, self._listed_dir()) for n in dir_names]
+
+    def _list(self, prefix: str, **kwargs: Any) -> Iterator[ListPage]:
+        """The namespace's every LIST: of a directory whose new subdirectories, or itself, may
+        still be on their way to S3 (fs/newdirs.py), once they are there."""
+        self.settle_new_dirs(self.keymap.path(prefix))
+        return self.store.list(prefix, **kwargs)
+
+    def dir_made(self, path: str, etag: str) -> None:
+        """The objects of directory ``path``, which mkdir left to the background, are in S3
+        with ``etag``: what is cached of it says so."""
+        with self._lock:
+            for cache in (self._attrs, self._full):
+                a = cache.get(path)
+                if a is not None and a.is_dir and a.etag == NEW_DIR_ETAG:
+                    a.etag = etag
 
     def _listed_dir(self) -> A.Attributes:
         """What a listing says of a directory: that it is one (its mode and owner: on its holder)."""
@@ -1632,7 +1657,7 @@ class Namespace:
     def _first_held(self, prefix: str) -> tuple[list[str], ListPage]:
         """One LIST (max-keys 2) of directory ``prefix``: the keys and subdirectories it holds
         (its marker aside), and the page."""
-        page = next(self.store.list(prefix, delimiter="/", max_keys=2))
+        page = next(self._list(prefix, delimiter="/", max_keys=2))
         return page.prefixes + [e.key for e in page.entries if e.key != prefix], page
 
     def held_in_s3(self, path: str) -> str | None:

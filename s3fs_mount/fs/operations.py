@@ -547,7 +547,8 @@ class S3Operations(Operations):
 
     @fuse_operation
     def fsyncdir(self, path: str, datasync: int, fh: int) -> None:
-        """The directory's removals are in S3 when this returns (its pending deletes sent)."""
+        """The directory's removals (its pending deletes sent), and the directories made in it
+        or under it (fs/newdirs.py), are in S3 when this returns."""
         if not self.options.ro:
             self.changes.sync_dir(path)
 

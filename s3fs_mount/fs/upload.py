@@ -304,6 +304,9 @@ class Uploader:
         self.threshold = max(threshold, part_size)
         self.staging = staging
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, "s3-upload")
+        #: Called with a file's key before its upload: the directories above it are in S3
+        #: (fs/newdirs.py; set once by Mutations, before any upload).
+        self.before_put: Callable[[str], None] = lambda key: None
         self._slots = threading.BoundedSemaphore(workers * 2)  # parts queued: back-pressure
         #: Bytes of parts in memory (read, being sent): streams' parts grow, and many files stream at once.
         self.memory = ByteBudget(memory)
@@ -887,6 +890,7 @@ class Uploader:
             started = time.monotonic()
             sent = False
             try:
+                self.before_put(item.key)
                 etag, size = self._upload(item, replaces)
                 self._abort_leftovers(item)
                 sent = True

@@ -1,0 +1,192 @@
+"""mkdir through a real mount on SeaweedFS, checked with boto3: it returns once the directory is
+recorded, its objects go up in the background (s3fs_mount/fs/newdirs.py), no key goes under it
+before they are in S3, what changes it waits for them, fsync of its parent reports their
+failure, and a mount killed meanwhile puts them at its next start. The same rules on the
+in-memory store: tests/test_fs_unit.py (``new_dirs``)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import s3rig
+from faultproxy import FaultProxy
+from mountrig import sync_dir
+
+from s3fs_mount.fs.journal import StagingJournal
+from s3fs_mount.fs.newdirs import JOURNAL_NAME
+
+pytestmark = pytest.mark.fuse
+
+
+def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
+    pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def proxied(mount_factory, tmp_path, s3config, proxy: FaultProxy, **kw):
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=proxy.endpoint))
+    return mount_factory(config=str(config), **kw)
+
+
+def key_of(target: str) -> str:
+    """The object key a path-style request target names."""
+    return urllib.parse.unquote(urllib.parse.urlsplit(target).path).split("/", 2)[2]
+
+
+def puts(proxy: FaultProxy) -> list[str]:
+    """Keys of the PUTs the proxy saw, in the order they came."""
+    return [key_of(target) for method, target in proxy.seen if method == "PUT" and target.count("/") >= 2]
+
+
+def mode_of(boto, bucket: str, name: str) -> int:
+    """The mode a directory's holder carries (``name_$folder$`` on SeaweedFS, else ``name/``)."""
+    keys = s3_keys(boto, bucket, name)
+    holder = name + "_$folder$" if name + "_$folder$" in keys else name + "/"
+    return int(boto.head_object(Bucket=bucket, Key=holder)["Metadata"]["mode"])
+
+
+def dir_objects(name: str):
+    """hold_until's naming of the PUTs of directory ``name``'s own objects (marker, holder)."""
+
+    def held(method: str, target: str) -> str | None:
+        if method != "PUT" or target.count("/") < 2:
+            return None
+        return name if key_of(target) in (name + "/", name + "_$folder$") else None
+
+    return held
+
+
+def _recorded(cache: str) -> int:
+    found = [os.path.join(d, JOURNAL_NAME) for d, _, names in os.walk(cache) if JOURNAL_NAME in names]
+    return len(StagingJournal.read(found[0])) if found else 0
+
+
+def _until(what, timeout: float = 120.0) -> None:
+    """Wait for a state the test needs (not a measure of speed: the deadline only ends a hang)."""
+    deadline = time.monotonic() + timeout
+    while not what():
+        if time.monotonic() > deadline:
+            raise AssertionError("waited %ss in vain" % timeout)
+        time.sleep(0.05)
+
+
+def test_mkdir_returns_while_s3_refuses_and_a_kill_9_leaves_the_directory_to_the_next_mount(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """S3 answers every request with 503 once the mount has listed its root: mkdir of d and
+    d/e return all the same (recorded), kill -9 of the mount, nothing of them in S3; the next
+    mount (S3 answering again) puts both, each with its mode, before it serves."""
+    cache = str(tmp_path / "cache")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache, options="dir_ttl=60")
+    mount.start()
+    assert os.listdir(mount.path) == []  # the root's listing: new names are answered from it
+    faultproxy.fail_next(100_000, status=503)
+    os.mkdir(os.path.join(mount.path, "d"), 0o750)
+    os.mkdir(os.path.join(mount.path, "d", "e"), 0o701)
+    assert stat.S_IMODE(os.stat(os.path.join(mount.path, "d", "e")).st_mode) == 0o701
+    assert _recorded(cache) == 2
+    mount.kill()
+    assert not s3_keys(boto, bucket, "d")
+    again = mount_factory(cache_dir=cache).start()
+    keys = s3_keys(boto, bucket, "d")
+    assert {"d/", "d/e/"} <= set(keys)
+    assert (mode_of(boto, bucket, "d"), mode_of(boto, bucket, "d/e")) == (0o40750, 0o40701)
+    assert stat.S_IMODE(os.stat(os.path.join(again.path, "d", "e")).st_mode) == 0o701
+    assert "recovery: 2 new directories" in again.log()
+    again.stop()
+    assert _recorded(cache) == 0
+
+
+def test_a_file_in_a_new_directory_is_put_only_once_the_directory_is(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """The directory's PUTs held at the proxy: mkdir returns, the file's close waits and its PUT
+    is not sent; once they are let through, the file goes, after them, and the directory has its
+    mode: another client never sees the file in a directory that shows none."""
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    os.listdir(mount.path)
+    faultproxy.hold_until(dir_objects("d"), lambda method, target: "d" if "let-d-go" in target else None, 120)
+    made = threading.Event()
+    threading.Thread(target=lambda: (os.mkdir(os.path.join(mount.path, "d"), 0o750), made.set()),
+                     daemon=True).start()
+    assert made.wait(60), "mkdir waited for its held PUTs"
+    closed = threading.Event()
+
+    def write() -> None:
+        with open(os.path.join(mount.path, "d", "f"), "wb") as f:
+            f.write(b"payload")
+        closed.set()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    time.sleep(1.0)  # room for a wrong PUT to come (not a measure of speed)
+    assert "d/f" not in puts(faultproxy) and not closed.is_set()
+    assert not s3_keys(boto, bucket, "d")
+    try:
+        urllib.request.urlopen(faultproxy.url + "/let-d-go", timeout=30).close()
+    except OSError:
+        pass  # refused (no such bucket): the proxy saw it, which is all it was for
+    writer.join(60)
+    assert closed.is_set()
+    order = puts(faultproxy)
+    assert max(order.index(k) for k in order if k in ("d/", "d_$folder$")) < order.index("d/f")
+    assert boto.get_object(Bucket=bucket, Key="d/f")["Body"].read() == b"payload"
+    assert mode_of(boto, bucket, "d") == 0o40750
+
+
+def test_rmdir_rename_and_chmod_of_directories_whose_objects_are_still_going(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """Each new directory's PUTs held a moment at the proxy: chmod, rename and rmdir of them wait
+    for those PUTs, then act on what S3 holds, so a late mkdir PUT never undoes them."""
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    os.listdir(mount.path)
+
+    def held(method: str, target: str) -> str | None:
+        if method == "PUT" and target.count("/") >= 2 and key_of(target).split("/")[0][:1] in "abc":
+            key = key_of(target)
+            return key if key.endswith("/") or key.endswith("_$folder$") else None
+        return None
+
+    faultproxy.hold_until(held, lambda method, target: None, 1.0)
+    for name in ("a", "b", "c"):
+        os.mkdir(os.path.join(mount.path, name), 0o750)
+    os.mkdir(os.path.join(mount.path, "b", "inner"), 0o705)
+    os.chmod(os.path.join(mount.path, "a"), 0o700)
+    os.rename(os.path.join(mount.path, "b"), os.path.join(mount.path, "b2"))
+    os.rmdir(os.path.join(mount.path, "c"))
+    sync_dir(mount.path)
+    keys = s3_keys(boto, bucket)
+    assert not [k for k in keys if k.startswith(("b/", "b_", "c"))], keys
+    assert mode_of(boto, bucket, "a") == 0o40700
+    assert (mode_of(boto, bucket, "b2"), mode_of(boto, bucket, "b2/inner")) == (0o40750, 0o40705)
+    other = mount_factory().start()
+    assert sorted(os.listdir(other.path)) == ["a", "b2"]
+    assert stat.S_IMODE(os.stat(os.path.join(other.path, "a")).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(os.path.join(other.path, "b2", "inner")).st_mode) == 0o705
+
+
+def test_fsync_of_the_parent_reports_a_new_directory_s3_refused_and_a_later_one_puts_it(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """S3 refuses the new directory's objects (403): mkdir returned, the background's failure is
+    logged, fsync of its parent says EACCES; once S3 takes them, fsync puts them."""
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    os.listdir(mount.path)
+    faultproxy.fail_next(4, status=403, code="AccessDenied")  # the background's PUTs, then fsync's
+    os.mkdir(os.path.join(mount.path, "d"), 0o750)
+    _until(lambda: "could not be put in S3" in mount.log())
+    with pytest.raises(OSError) as refused:
+        sync_dir(mount.path)
+    assert refused.value.errno == errno.EACCES
+    assert not s3_keys(boto, bucket, "d")
+    assert stat.S_IMODE(os.stat(os.path.join(mount.path, "d")).st_mode) == 0o750  # kept
+    sync_dir(mount.path)
+    assert mode_of(boto, bucket, "d") == 0o40750 and "d/" in s3_keys(boto, bucket, "d")

@@ -1695,3 +1695,74 @@ def test_responses_cut_mid_body_are_read_again_never_short_or_wrong(
                 f.seek(at)
                 assert f.read(n) == data[at : at + n], (key, at, n)
         assert m.stop() == 0
+
+
+def part_puts(proxy) -> list[tuple[str, int, int]]:
+    """(uploadId, partNumber, Content-Length) of every UploadPart the proxy heard, in order."""
+    out = []
+    for method, target, headers in list(proxy.heard):
+        if method == "PUT" and "x-amz-copy-source" not in headers:
+            number = re.search(r"[?&]partNumber=(\d+)", target)
+            upload = re.search(r"[?&]uploadId=([^&]+)", target)
+            if number and upload:
+                out.append((upload.group(1), int(number.group(1)), int(headers.get("content-length") or 0)))
+    return out
+
+
+def test_a_part_failed_for_good_stops_the_other_parts_of_its_upload(mount_factory, s3config, boto, bucket,
+                                                                     tmp_path):
+    """The server answers 500 to every part after the first two (a full SeaweedFS does): once one
+    part of an upload has spent its retries, its other parts make no further attempt (before,
+    each part retried on its own and the writer went on queueing parts: 880 MB sent for 100 MB).
+    The close says EIO and the file stays staged; a later fsync uploads it all once S3 takes it."""
+    parallel, attempts = 4, 6  # the mount's retry policy: six attempts a request
+    host, port = s3config["endpoint"].rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        m = mount_factory(options="parallel=%d,part_size=8M,multipart_threshold=8M" % parallel,
+                          config=proxy_yaml(tmp_path, s3config, proxy)).start()
+        data = rand(64 * MiB, seed=8)
+        path = os.path.join(m.path, "full.bin")
+        probes = len(part_puts(proxy))  # the mount's probes sent parts
+        proxy.fail_parts_after(2)
+        with pytest.raises(OSError) as raised:
+            write_file(path, data)
+        assert raised.value.errno == errno.EIO, raised.value
+        sent = part_puts(proxy)
+        by_upload: dict[str, list[int]] = {}
+        for i, (upload, _, _) in enumerate(sent):
+            by_upload.setdefault(upload, []).append(i)
+        assert by_upload, sent
+        for upload, indexes in by_upload.items():
+            # Where a part of this upload failed for the sixth time: it gave up (the proxy let
+            # the first two part requests of the file pass, and failed every later one).
+            tries: dict[int, int] = {}
+            gave_up = None
+            for i in indexes:
+                if i < probes + 2:
+                    continue
+                number = sent[i][1]
+                tries[number] = tries.get(number, 0) + 1
+                if tries[number] == attempts:
+                    gave_up = i
+                    break
+            after = [sent[i][1] for i in indexes if gave_up is not None and i > gave_up]
+            # Once it gave up, at most the other parts' attempts already under way may still arrive.
+            assert len(after) < parallel, (upload, gave_up, after, tries)
+        bytes_up = sum(length for _, _, length in sent)
+        story = (bytes_up / MiB, " ".join("%s:%d" % (u[-4:], n) for u, n, _ in sent[probes:]))
+        # Each upload (the stream, then the file whole) gave up: its parts were not all sent.
+        assert len(by_upload) == 2 + probes and len(sent) - probes < 2 * parallel * attempts, story
+        warnings = [line for line in m.log_lines() if " WARNING " in line and "full.bin" in line]
+        # One line a multipart upload that gave up, and the stream's abandon: not one a retry.
+        assert len(warnings) <= 4, "\n".join(warnings)
+        assert "full.bin" in staged_dirty(m.cache_dir)
+        assert not s3_has(boto, bucket, "full.bin")
+        proxy.reset()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # S3 takes parts again: the whole file goes up
+        finally:
+            os.close(fd)
+        assert s3_sha(boto, bucket, "full.bin") == hashlib.sha256(data).hexdigest()
+        assert not multipart_uploads(boto, bucket)
+        m.stop()

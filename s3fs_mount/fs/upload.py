@@ -578,6 +578,8 @@ class Uploader:
                 length = stream.part_length(number)
                 if not item.covers(start, start + length):
                     return
+                if stream.mpu.gave_up() is not None:
+                    return  # a part failed for good: the flush sends the rest, or the file whole
                 stream.next_part += 1
                 crc = None
                 if state.written is not None:
@@ -1043,6 +1045,8 @@ class Uploader:
             if fut.exception() is not None and number not in stale:
                 if number <= stream.copied_parts or not item.has_released():
                     fut.result()  # raises: the stream is abandoned, the file uploaded whole
+        if stream.mpu.gave_up() is not None:
+            stream.mpu.send_again()  # every part sent has ended: those that failed go again
         for _ in range(RESENDS):
             resend = {}
             with state.lock:  # a part written over goes again once its send under way is over

@@ -79,6 +79,7 @@ from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_check
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
+from s3fs_mount.s3.retry import is_retryable
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, metadata_of, upload_in_parts
 
 log = logging.getLogger(__name__)
@@ -972,6 +973,8 @@ class Uploader:
                 if item.has_released():
                     raise  # its parts hold bytes the cache released: kept, the next flush goes on
                 self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
+                if self._server_failed_parts(item, stream):
+                    raise  # sent whole now, its parts would fail as these did: the next flush does
         self._check_not_removed(item)
         size = item.view().size
         if size < self.threshold:
@@ -1026,6 +1029,17 @@ class Uploader:
         with state.lock:
             state.whole_base = StreamBase(etag, whole, self.stream_layout) if whole and same else None
         return etag, size
+
+    def _server_failed_parts(self, item: StagedFile, stream: StreamingUpload) -> bool:
+        """Did the (abandoned) stream fail because S3 failed a part it sent for good, its retries
+        spent on a server's or the network's failure (a full server's 500s), no copy failing?
+        Uploading the file whole at once would send the same parts to the same failure."""
+        cause = stream.mpu.gave_up()
+        if cause is None or not is_retryable(cause):
+            return False
+        with self._state(item).lock:
+            copies = [f for n, f in stream.futures.items() if n <= stream.copied_parts]
+        return all(f.done() and not f.cancelled() and f.exception() is None for f in copies)
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:
         """Send what the stream has not sent (the tail; parts that failed, or were in flight when

@@ -1766,3 +1766,38 @@ def test_a_part_failed_for_good_stops_the_other_parts_of_its_upload(mount_factor
         assert s3_sha(boto, bucket, "full.bin") == hashlib.sha256(data).hexdigest()
         assert not multipart_uploads(boto, bucket)
         m.stop()
+
+
+def largest_data_file(cache_dir: str) -> int:
+    """Bytes on disk of the largest staged data file under ``cache_dir``."""
+    sizes = [0]
+    for root, _dirs, files in os.walk(cache_dir):
+        sizes += [os.stat(os.path.join(root, f)).st_blocks * 512 for f in files if f.endswith(".data")]
+    return max(sizes)
+
+
+def test_a_stream_whose_bytes_the_cache_released_goes_on_after_its_parts_gave_up(
+        mount_factory, s3config, boto, bucket, tmp_path):
+    """A file bigger than the cache streams while written, its parts sent released from the cache.
+    When S3 fails its parts for a while (they give up), the stream goes on once S3 takes them
+    again: the cache stays near its size, and the close sends what failed."""
+    host, port = s3config["endpoint"].rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        m = mount_factory(options="parallel=2,part_size=8M,multipart_threshold=8M,cache_size=48M",
+                          config=proxy_yaml(tmp_path, s3config, proxy)).start()
+        data = rand(160 * MiB, seed=9)
+        proxy.fail_parts_after(3)
+        biggest, failing = 0, True
+        with open(os.path.join(m.path, "long.bin"), "wb") as f:
+            for i in range(0, len(data), MiB):
+                f.write(data[i : i + MiB])
+                if failing and any("failed for good" in line for line in m.log_lines()):
+                    proxy.reset()  # S3 takes parts again
+                    failing = False
+                biggest = max(biggest, largest_data_file(m.cache_dir))
+        assert not failing, "no part gave up"
+        assert s3_sha(boto, bucket, "long.bin") == hashlib.sha256(data).hexdigest()
+        # Before, no part went up after the give-up: the cache held the rest of the file (136 MiB).
+        assert biggest < 100 * MiB, biggest / MiB
+        assert not multipart_uploads(boto, bucket)
+        m.stop()

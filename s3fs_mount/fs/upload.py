@@ -579,8 +579,17 @@ class Uploader:
                 length = stream.part_length(number)
                 if not item.covers(start, start + length):
                     return
-                if stream.mpu.gave_up() is not None:
-                    return  # a part failed for good: the flush sends the rest, or the file whole
+                cause = stream.mpu.gave_up()
+                if cause is not None:
+                    # A part failed for good: no part more (the flush sends the rest, or the file
+                    # whole). But a stream whose bytes the cache released goes on after a failure
+                    # that may pass (it cannot be sent whole, and the cache needs the room), once
+                    # its parts under way have ended.
+                    if not (is_retryable(cause) and item.has_released()):
+                        return
+                    if any(not f.done() for f in stream.futures.values()):
+                        return
+                    stream.mpu.send_again()
                 stream.next_part += 1
                 crc = None
                 if state.written is not None:

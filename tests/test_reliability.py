@@ -1750,11 +1750,13 @@ def test_a_part_failed_for_good_stops_the_other_parts_of_its_upload(mount_factor
             assert len(after) < parallel, (upload, gave_up, after, tries)
         bytes_up = sum(length for _, _, length in sent)
         story = (bytes_up / MiB, " ".join("%s:%d" % (u[-4:], n) for u, n, _ in sent[probes:]))
-        # One multipart upload (the stream's): not the file whole again at once, to the same 500s.
-        assert len(by_upload) == 1 + probes, story
+        # The stream's upload, then the file whole: its first part alone (it gave up), no other.
+        assert len(by_upload) == 2 + probes, story
+        whole = by_upload[sent[-1][0]]
+        assert {sent[i][1] for i in whole} == {1} and len(whole) == attempts, story
         warnings = [line for line in m.log_lines() if " WARNING " in line and "full.bin" in line]
-        # Its parts' give-up, the stream's abandon, the close's EIO: not one line a retry.
-        assert len(warnings) <= 3, "\n".join(warnings)
+        # Each upload's give-up, the stream's abandon, the close's EIO: not one line a retry.
+        assert len(warnings) <= 4, "\n".join(warnings)
         assert "full.bin" in staged_dirty(m.cache_dir)
         assert not s3_has(boto, bucket, "full.bin")
         proxy.reset()

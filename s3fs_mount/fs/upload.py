@@ -971,6 +971,7 @@ class Uploader:
                     "%s: could not stream on from the bytes in S3 (%s); uploading whole", item.key, exc
                 )
                 stream = None
+        first_alone = False  # the parts of a whole upload wait for its first one to go up
         if isinstance(stream, StreamingUpload):
             try:
                 return self._finish_stream(item, stream, replaces)
@@ -982,8 +983,9 @@ class Uploader:
                 if item.has_released():
                     raise  # its parts hold bytes the cache released: kept, the next flush goes on
                 self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
-                if self._server_failed_parts(item, stream):
-                    raise  # sent whole now, its parts would fail as these did: the next flush does
+                # The outage may be over (then the close succeeds), or not (a full server): one
+                # part tells, before all go.
+                first_alone = self._server_failed_parts(item, stream)
         self._check_not_removed(item)
         size = item.view().size
         if size < self.threshold:
@@ -1026,6 +1028,7 @@ class Uploader:
             on_begin=recorded,
             complete=lambda mpu: self._complete(item, mpu, replaces),
             abort=lambda mpu: self.abort_upload(item, mpu.upload_id),
+            first_alone=first_alone,
         )
         item.forget_upload(begun[0].upload_id)
         with state.lock:
@@ -1042,7 +1045,7 @@ class Uploader:
     def _server_failed_parts(self, item: StagedFile, stream: StreamingUpload) -> bool:
         """Did the (abandoned) stream fail because S3 failed a part it sent for good, its retries
         spent on a server's or the network's failure (a full server's 500s), no copy failing?
-        Uploading the file whole at once would send the same parts to the same failure."""
+        Uploading the file whole at once may send the same parts to the same failure."""
         cause = stream.mpu.gave_up()
         if cause is None or not is_retryable(cause):
             return False

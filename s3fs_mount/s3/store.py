@@ -401,6 +401,7 @@ def upload_in_parts(
     on_begin: Callable[[MultipartUpload], None] | None = None,
     complete: Callable[[MultipartUpload], str] | None = None,
     abort: Callable[[MultipartUpload], object] | None = None,
+    first_alone: bool = False,
 ) -> str:
     """The one multipart upload of ``size`` known bytes: returns the new object's ETag.
 
@@ -412,6 +413,8 @@ def upload_in_parts(
     Any failure aborts it (no part stays behind) and raises. Hooks for callers that keep
     books: ``on_begin(mpu)`` once it has an id, ``complete(mpu)`` instead of the plain
     conditional completion, ``abort(mpu)`` instead of :meth:`MultipartUpload.abort`.
+    ``first_alone``: part 1 goes up (its retries spent, at worst) before the others begin: after
+    a server failed parts for good, one part tells whether it takes them again.
 
     ::
 
@@ -423,10 +426,13 @@ def upload_in_parts(
     try:
         if on_begin is not None:
             on_begin(mpu)
-        store.run_parallel(
+        jobs = [
             (lambda n=n, off=off: send_part(mpu, n, off, min(part, size - off)))
             for n, off in enumerate(range(0, size, part), start=1)
-        )
+        ]
+        if first_alone:
+            jobs.pop(0)()
+        store.run_parallel(jobs)
         if complete is not None:
             return complete(mpu)
         return mpu.complete(if_match=if_match, if_none_match=if_none_match)

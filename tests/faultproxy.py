@@ -16,6 +16,7 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.hold_until(held, freed, limit)  # a request held(m, t) names waits for one freed(m, t)
                                     # names the same (or ``limit`` s): ``held_outcomes`` says which
         proxy.hold_gets()           # ranged GETs wait (listed in ``holding_gets``) until release_gets()
+        proxy.fail_parts_after(3)   # 3 more UploadParts pass, then every one is a 500 (until reset)
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -266,6 +267,13 @@ def delete_errors_response(body: bytes, code: str, close: bool = False) -> bytes
     return ("\r\n".join(head) + "\r\n\r\n").encode() + xml
 
 
+def is_upload_part(method: str, target: str, headers: list[tuple[str, str]]) -> bool:
+    """An UploadPart with a body (``PUT ...?partNumber=N&uploadId=...``, no copy source)."""
+    if method != "PUT" or "partNumber=" not in target or "uploadId=" not in target:
+        return False
+    return not any(k.lower() == "x-amz-copy-source" for k, _ in headers)
+
+
 def is_copy_or_completion(method: str, target: str, headers: list[tuple[str, str]]) -> bool:
     """A CopyObject, UploadPartCopy or CompleteMultipartUpload: what AWS may fail with a 200."""
     if method == "PUT":
@@ -347,6 +355,9 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._fail_queue: list[tuple[int, str | None, str | None]] = []
         self._drop_count = 0
+        #: UploadParts still to pass before each is failed with _parts_status (None: all pass).
+        self._parts_pass: int | None = None
+        self._parts_status = 500
         self._stall = 0.0
         self._stall_copies = 0.0
         self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
@@ -383,6 +394,23 @@ class FaultProxy:
         ``message`` replace the status's usual ones."""
         with self._lock:
             self._fail_queue.extend([(status, code, message)] * n)
+
+    def fail_parts_after(self, n: int, status: int = 500) -> None:
+        """Pass the next ``n`` UploadParts; answer every later one ``status`` (until :meth:`reset`)."""
+        with self._lock:
+            self._parts_pass, self._parts_status = n, status
+
+    def _take_part_failure(self, method: str, target: str, headers: list[tuple[str, str]]) -> int | None:
+        """The status to fail this request with, when it is an UploadPart past fail_parts_after's."""
+        if not is_upload_part(method, target, headers):
+            return None
+        with self._lock:
+            if self._parts_pass is None:
+                return None
+            if self._parts_pass > 0:
+                self._parts_pass -= 1
+                return None
+            return self._parts_status
 
     def drop_next(self, n: int = 1) -> None:
         """Close the client connection abruptly (no response) on the next ``n`` requests."""
@@ -538,6 +566,7 @@ class FaultProxy:
             self.mode = "pass"
             self._fail_queue.clear()
             self._drop_count = 0
+            self._parts_pass = None
             self._stall = self._stall_copies = 0.0
             self._flip_requests = self._flip_responses = 0
             self._flip_offsets.clear()
@@ -638,6 +667,9 @@ class FaultProxy:
                 method, target, version = parts
                 headers = _parse_headers(lines)
                 action, status, code, message = self._decide()
+                failed_part = self._take_part_failure(method, target, headers) if action == "pass" else None
+                if failed_part is not None:
+                    action, status = "fail", failed_part
                 with self._lock:
                     arrived = self.requests
                     self.seen.append((method, target))

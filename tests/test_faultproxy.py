@@ -111,3 +111,17 @@ def test_mode_and_stall(proxy: FaultProxy) -> None:
     with pytest.raises(requests.Timeout):
         proxy.stall(2)
         requests.get(f"{proxy.url}/t", timeout=0.3)
+
+
+def test_fail_parts_after(proxy: FaultProxy) -> None:
+    part = f"{proxy.url}/b/k?partNumber=%d&uploadId=u1"
+    proxy.fail_parts_after(1)
+    with requests.Session() as s:
+        assert s.put(part % 1, data=b"x" * 10).text == "got 10"
+        assert s.put(f"{proxy.url}/b/k", data=b"p").text == "got 1"  # no part: passes
+        assert s.put(part % 1, headers={"x-amz-copy-source": "/b/src"}).status_code == 200  # a copy
+        refused = s.put(part % 2, data=b"y" * 10)
+        assert refused.status_code == 500 and "<Code>InternalError</Code>" in refused.text
+        assert s.put(part % 3, data=b"z").status_code == 500
+        proxy.reset()
+        assert s.put(part % 3, data=b"z").text == "got 1"

@@ -455,6 +455,114 @@ def test_s3_outage_during_write_loses_nothing(
     assert staged_dirty(cache) == {}
 
 
+def part_puts(proxy) -> list[tuple[str, int, int]]:
+    """(uploadId, partNumber, Content-Length) of every UploadPart the proxy heard, in order."""
+    out = []
+    for method, target, headers in list(proxy.heard):
+        if method == "PUT" and "x-amz-copy-source" not in headers:
+            number = re.search(r"[?&]partNumber=(\d+)", target)
+            upload = re.search(r"[?&]uploadId=([^&]+)", target)
+            if number and upload:
+                out.append((upload.group(1), int(number.group(1)), int(headers.get("content-length") or 0)))
+    return out
+
+
+def test_a_part_failed_for_good_stops_the_other_parts_of_its_upload(mount_factory, s3config, boto, bucket,
+                                                                     tmp_path):
+    """The server answers 500 to every part after the first two (a full SeaweedFS does): once one
+    part of an upload has spent its retries, its other parts make no further attempt (before,
+    each part retried on its own and the writer went on queueing parts: 880 MB sent for 100 MB).
+    The close says EIO and the file stays staged; a later fsync uploads it all once S3 takes it."""
+    parallel, attempts = 4, 6  # the mount's retry policy: six attempts a request
+    host, port = s3config["endpoint"].rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        m = mount_factory(options="parallel=%d,part_size=8M,multipart_threshold=8M" % parallel,
+                          config=proxy_yaml(tmp_path, s3config, proxy)).start()
+        data = rand(64 * MiB, seed=8)
+        path = os.path.join(m.path, "full.bin")
+        probes = len(part_puts(proxy))  # the mount's probes sent parts
+        proxy.fail_parts_after(2)
+        with pytest.raises(OSError) as raised:
+            write_file(path, data)
+        assert raised.value.errno == errno.EIO, raised.value
+        sent = part_puts(proxy)
+        by_upload: dict[str, list[int]] = {}
+        for i, (upload, _, _) in enumerate(sent):
+            by_upload.setdefault(upload, []).append(i)
+        assert by_upload, sent
+        for upload, indexes in by_upload.items():
+            # Where a part of this upload failed for the sixth time: it gave up (the proxy let
+            # the first two part requests of the file pass, and failed every later one).
+            tries: dict[int, int] = {}
+            gave_up = None
+            for i in indexes:
+                if i < probes + 2:
+                    continue
+                number = sent[i][1]
+                tries[number] = tries.get(number, 0) + 1
+                if tries[number] == attempts:
+                    gave_up = i
+                    break
+            after = [sent[i][1] for i in indexes if gave_up is not None and i > gave_up]
+            # Once it gave up, at most the other parts' attempts already under way may still arrive.
+            assert len(after) < parallel, (upload, gave_up, after, tries)
+        bytes_up = sum(length for _, _, length in sent)
+        story = (bytes_up / MiB, " ".join("%s:%d" % (u[-4:], n) for u, n, _ in sent[probes:]))
+        # The stream's upload, then the file whole: its first part alone (it gave up), no other.
+        assert len(by_upload) == 2 + probes, story
+        whole = by_upload[sent[-1][0]]
+        assert {sent[i][1] for i in whole} == {1} and len(whole) == attempts, story
+        warnings = [line for line in m.log_lines() if " WARNING " in line and "full.bin" in line]
+        # Each upload's give-up, the stream's abandon, the close's EIO: not one line a retry.
+        assert len(warnings) <= 4, "\n".join(warnings)
+        assert "full.bin" in staged_dirty(m.cache_dir)
+        assert not s3_has(boto, bucket, "full.bin")
+        proxy.reset()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # S3 takes parts again: the whole file goes up
+        finally:
+            os.close(fd)
+        assert s3_sha(boto, bucket, "full.bin") == hashlib.sha256(data).hexdigest()
+        assert not multipart_uploads(boto, bucket)
+        m.stop()
+
+
+def largest_data_file(cache_dir: str) -> int:
+    """Bytes on disk of the largest staged data file under ``cache_dir``."""
+    sizes = [0]
+    for root, _dirs, files in os.walk(cache_dir):
+        sizes += [os.stat(os.path.join(root, f)).st_blocks * 512 for f in files if f.endswith(".data")]
+    return max(sizes)
+
+
+def test_a_stream_whose_bytes_the_cache_released_goes_on_after_its_parts_gave_up(
+        mount_factory, s3config, boto, bucket, tmp_path):
+    """A file bigger than the cache streams while written, its parts sent released from the cache.
+    When S3 fails its parts for a while (they give up), the stream goes on once S3 takes them
+    again: the cache stays near its size, and the close sends what failed."""
+    host, port = s3config["endpoint"].rsplit(":", 1)
+    with FaultProxy(host, int(port)) as proxy:
+        m = mount_factory(options="parallel=2,part_size=8M,multipart_threshold=8M,cache_size=48M",
+                          config=proxy_yaml(tmp_path, s3config, proxy)).start()
+        data = rand(160 * MiB, seed=9)
+        proxy.fail_parts_after(3)
+        biggest, failing = 0, True
+        with open(os.path.join(m.path, "long.bin"), "wb") as f:
+            for i in range(0, len(data), MiB):
+                f.write(data[i : i + MiB])
+                if failing and any("failed for good" in line for line in m.log_lines()):
+                    proxy.reset()  # S3 takes parts again
+                    failing = False
+                biggest = max(biggest, largest_data_file(m.cache_dir))
+        assert not failing, "no part gave up"
+        assert s3_sha(boto, bucket, "long.bin") == hashlib.sha256(data).hexdigest()
+        # Before, no part went up after the give-up: the cache held the rest of the file (136 MiB).
+        assert biggest < 100 * MiB, biggest / MiB
+        assert not multipart_uploads(boto, bucket)
+        m.stop()
+
+
 # -- 5. a state machine of file operations against a shadow ----------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 
 import pytest
 from fakeclock import FakeClock
@@ -11,12 +12,13 @@ from fakestore import FakeStore
 
 import s3fs_mount.fs.namespace as namespace_module
 import s3fs_mount.fs.operations as operations_module
+from s3fs_mount.fs.errors import errno_for
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.errors import S3Error
-from s3fs_mount.s3.retry import RetryPolicy
+from s3fs_mount.s3.errors import GaveUp, S3Error
+from s3fs_mount.s3.retry import GiveUp, RetryPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -443,3 +445,37 @@ def test_cp_r_into_a_tree_another_client_emptied_lists_each_directory_once_not_a
     per_dir = {p: lists.count(p) for p in set(lists) if p.endswith("/")}
     assert all(n == 1 for n in per_dir.values()), per_dir
     assert len(lists) <= 2 * len(tree), lists  # 3 LISTs a directory's first new name before
+
+
+def test_a_job_given_up_stops_the_retries_of_its_other_requests():
+    """Two parts of one upload share a GiveUp: part a fails (a 500) and, while it waits to try
+    again, part b fails for good (a 403): a makes no second attempt and raises its own 500;
+    a part c not yet begun is not sent, and says b's errno."""
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=6, base_delay=0.5, clock=clock)
+    job = GiveUp()
+    calls = {"a": 0, "b": 0, "c": 0}
+
+    def part(name: str, error: S3Error) -> Callable[[], str]:
+        def send() -> str:
+            calls[name] += 1
+            raise error
+
+        return send
+
+    wait = clock.sleep
+
+    def b_fails_meanwhile(seconds: float) -> None:
+        wait(seconds)
+        with pytest.raises(S3Error):
+            policy.call(part("b", S3Error(403, "AccessDenied")), "part b", give_up=job)
+
+    clock.sleep = b_fails_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(S3Error) as a:
+        policy.call(part("a", S3Error(500, "InternalError")), "part a", give_up=job)
+    assert a.value.status == 500 and calls == {"a": 1, "b": 1, "c": 0}
+    assert isinstance(job.cause, S3Error) and job.cause.status == 403
+    with pytest.raises(GaveUp) as c:
+        policy.call(part("c", S3Error(500, "InternalError")), "part c", give_up=job)
+    assert calls["c"] == 0 and errno_for(c.value) == errno.EACCES
+    assert policy.retries == 1  # a's one retry planned; none after

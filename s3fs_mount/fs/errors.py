@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 
-from s3fs_mount.s3.errors import RemoteStoreError, S3Error
+from s3fs_mount.s3.errors import GaveUp, RemoteStoreError, S3Error
 
 
 class FsError(OSError):
@@ -85,6 +85,8 @@ HANDLE_CALLS = frozenset({"read", "read_spans", "write", "flush", "fsync", "rele
 
 def errno_for(exc: BaseException, operation: str = "") -> int:
     """The errno that honestly describes ``exc``, met by the FUSE call ``operation``."""
+    if isinstance(exc, GaveUp):  # not sent: another part of its upload failed, so
+        exc = exc.cause
     if isinstance(exc, S3Error):
         if exc.status == 404 and exc.code == "NoSuchBucket":
             # Not ENOENT: no file is missing but all of them, and a readdir's ENOENT is the end

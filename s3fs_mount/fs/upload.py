@@ -81,6 +81,7 @@ from s3fs_mount.s3.checksums import body_checksum, composite, crc32, crc32_check
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.parts import PartLayout, part_size_for, streaming_layout
+from s3fs_mount.s3.retry import is_retryable
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, metadata_of, upload_in_parts
 
 log = logging.getLogger(__name__)
@@ -586,6 +587,17 @@ class Uploader:
                 length = stream.part_length(number)
                 if not item.covers(start, start + length):
                     return
+                cause = stream.mpu.gave_up()
+                if cause is not None:
+                    # A part failed for good: no part more (the flush sends the rest, or the file
+                    # whole). But a stream whose bytes the cache released goes on after a failure
+                    # that may pass (it cannot be sent whole, and the cache needs the room), once
+                    # its parts under way have ended.
+                    if not (is_retryable(cause) and item.has_released()):
+                        return
+                    if any(not f.done() for f in stream.futures.values()):
+                        return
+                    stream.mpu.send_again()
                 stream.next_part += 1
                 crc = None
                 if state.written is not None:
@@ -968,6 +980,7 @@ class Uploader:
                     "%s: could not stream on from the bytes in S3 (%s); uploading whole", item.key, exc
                 )
                 stream = None
+        first_alone = False  # the parts of a whole upload wait for its first one to go up
         if isinstance(stream, StreamingUpload):
             try:
                 return self._finish_stream(item, stream, replaces)
@@ -979,6 +992,9 @@ class Uploader:
                 if item.has_released():
                     raise  # its parts hold bytes the cache released: kept, the next flush goes on
                 self.abandon(item, "its upload failed: %s" % exc, logging.WARNING)
+                # The outage may be over (then the close succeeds), or not (a full server): one
+                # part tells, before all go.
+                first_alone = self._server_failed_parts(item, stream)
         self._check_not_removed(item)
         size = item.view().size
         if size < self.threshold:
@@ -1021,6 +1037,7 @@ class Uploader:
             on_begin=recorded,
             complete=lambda mpu: self._complete(item, mpu, replaces),
             abort=lambda mpu: self.abort_upload(item, mpu.upload_id),
+            first_alone=first_alone,
         )
         item.forget_upload(begun[0].upload_id)
         with state.lock:
@@ -1033,6 +1050,17 @@ class Uploader:
         with state.lock:
             state.whole_base = StreamBase(etag, whole, self.stream_layout) if whole and same else None
         return etag, size
+
+    def _server_failed_parts(self, item: StagedFile, stream: StreamingUpload) -> bool:
+        """Did the (abandoned) stream fail because S3 failed a part it sent for good, its retries
+        spent on a server's or the network's failure (a full server's 500s), no copy failing?
+        Uploading the file whole at once may send the same parts to the same failure."""
+        cause = stream.mpu.gave_up()
+        if cause is None or not is_retryable(cause):
+            return False
+        with self._state(item).lock:
+            copies = [f for n, f in stream.futures.items() if n <= stream.copied_parts]
+        return all(f.done() and not f.cancelled() and f.exception() is None for f in copies)
 
     def _finish_stream(self, item: StagedFile, stream: StreamingUpload, replaces: str) -> tuple[str, int]:
         """Send what the stream has not sent (the tail; parts that failed, or were in flight when
@@ -1052,6 +1080,8 @@ class Uploader:
             if fut.exception() is not None and number not in stale:
                 if number <= stream.copied_parts or not item.has_released():
                     fut.result()  # raises: the stream is abandoned, the file uploaded whole
+        if stream.mpu.gave_up() is not None:
+            stream.mpu.send_again()  # every part sent has ended: those that failed go again
         for _ in range(RESENDS):
             resend = {}
             with state.lock:  # a part written over goes again once its send under way is over

@@ -21,7 +21,7 @@ from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.errors import ConfigError, ConnectionFailed, S3Error, TLSFailed, TransportError
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.objectopts import ERRORS_IN_BODY, ObjectOptions, operation_of
-from s3fs_mount.s3.retry import RetryPolicy
+from s3fs_mount.s3.retry import GiveUp, RetryPolicy
 from s3fs_mount.s3.sigv4 import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
@@ -395,6 +395,7 @@ class S3Connection:
         stream: bool = False,
         retry: bool = True,
         read_timeout: float | None = None,
+        give_up: GiveUp | None = None,
     ) -> Response:
         """Send one signed request, retried by the retry policy.
 
@@ -407,6 +408,8 @@ class S3Connection:
         before sending, for a header that cannot be sent (:func:`check_headers`).
         ``read_timeout``: seconds to wait between bytes of the answer, for a request the server
         may take long to answer (a server-side copy); default :attr:`timeout`.
+        ``give_up``: the job this request is part of (the parts of one upload): see
+        :class:`~s3fs_mount.s3.retry.GiveUp`.
         """
         query = dict(query or {})
         qs = canonical_query(query)
@@ -492,7 +495,7 @@ class S3Connection:
 
         if not retry:
             return attempt()
-        return self.retry.call(attempt, what)
+        return self.retry.call(attempt, what, give_up=give_up)
 
     def _with_object_options(self, operation: str, headers: Mapping[str, str]) -> Mapping[str, str]:
         """``headers`` and what :attr:`object_options` asks of ``operation`` (which wins)."""

@@ -192,5 +192,15 @@ def _reason(exc: BaseException) -> str:
     return exc.__class__.__name__
 
 
+class GaveUp(RemoteStoreError):
+    """A request not sent (or not sent again) because the job it belongs to failed already:
+    another part of the same multipart upload failed for good (see
+    :class:`~s3fs_mount.s3.retry.GiveUp`). :attr:`cause` is that failure."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__("%s not sent: %s" % (what, cause))
+        self.what, self.cause = what, cause
+
+
 class ConfigError(RemoteStoreError, ValueError):
     """The connection settings are wrong; the message says which and why."""

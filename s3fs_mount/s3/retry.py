@@ -3,19 +3,23 @@
 Retries connection errors, timeouts, 500/502/503/504 and SlowDown with
 exponential backoff and full jitter, bounded both in attempts and in total
 time. Never retries any other 4xx: those are answers, not accidents.
+
+The requests of one job (the parts of one multipart upload) may share a :class:`GiveUp`:
+once one of them fails for good, the others stop retrying and those not begun are not sent.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.s3.checksums import ChecksumMismatch
-from s3fs_mount.s3.errors import S3Error, TransportError
+from s3fs_mount.s3.errors import GaveUp, S3Error, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,46 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ChecksumMismatch)
 
 
+class GiveUp:
+    """What the requests of one job (the parts of one multipart upload) share, so that they
+    fail together: the first to fail for good (its retries spent, or a failure not retried)
+    is the job's :attr:`cause`; after it, the others make no further attempt (each raises its
+    own last failure, without a retry line) and a request not yet begun is not sent
+    (:class:`~s3fs_mount.s3.errors.GaveUp`). Without it a full server's 500s were retried
+    by every part in flight, and by every part queued after them: 880 MB sent for 100 MB.
+
+    ::
+
+        >>> job = GiveUp()
+        >>> policy.call(send_part_1, "part 1", give_up=job)   # fails for good: job.cause
+        >>> policy.call(send_part_2, "part 2", give_up=job)   # GaveUp: nothing sent
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cause: BaseException | None = None  # GUARDED_BY(_lock): set once
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The failure the job gave up on (None: not given up)."""
+        with self._lock:
+            return self._cause
+
+    def fail(self, exc: BaseException) -> bool:
+        """The job failed for good with ``exc``; True unless it had already (the first wins)."""
+        with self._lock:
+            if self._cause is not None:
+                return False
+            self._cause = exc
+            return True
+
+    def check(self, what: str) -> None:
+        """Raise :class:`~s3fs_mount.s3.errors.GaveUp` for ``what`` once the job is given up."""
+        cause = self.cause
+        if cause is not None:
+            raise GaveUp(what, cause)
+
+
 @dataclass
 class RetryPolicy:
     """Exponential backoff with full jitter.
@@ -69,9 +113,14 @@ class RetryPolicy:
         fn: Callable[[], T],
         what: str = "request",
         retryable: Callable[[BaseException], bool] = is_retryable,
+        give_up: GiveUp | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds, or raise its last exception. ``retryable``: which
-        failures are tried again (by default, those worth it: :func:`is_retryable`)."""
+        failures are tried again (by default, those worth it: :func:`is_retryable`).
+        ``give_up``: the job ``fn`` is part of; a failure for good gives it up, and once it is
+        given up ``fn`` is not run (GaveUp) nor run again (its last failure is raised)."""
+        if give_up is not None:
+            give_up.check(what)
         start = self.clock.monotonic()
         attempt = 0
         while True:
@@ -79,13 +128,30 @@ class RetryPolicy:
             try:
                 return fn()
             except Exception as exc:
-                if not retryable(exc) or attempt >= self.max_attempts:
-                    raise
-                pause = self.delay(attempt)
-                if self.clock.monotonic() - start + pause > self.max_total:
+                if give_up is not None and give_up.cause is not None:
+                    raise  # another request of the job failed for good: no retry, no line
+                pause = self.delay(attempt) if retryable(exc) and attempt < self.max_attempts else None
+                if pause is None or self.clock.monotonic() - start + pause > self.max_total:
+                    if give_up is not None and give_up.fail(exc):
+                        log.warning(
+                            "%s failed for good after %d attempt(s) (%s): the other parts of its upload stop",
+                            what,
+                            attempt,
+                            str(exc),
+                        )
                     raise
                 self.retries += 1
                 # The text, not the exception: its frames hold the request's body, and a handler
-                # may keep a record (a queue, pytest's capture) long after the retry.
-                log.warning("%s failed (%s); retry %d in %.2fs", what, str(exc), attempt, pause)
+                # may keep a record (a queue, pytest's capture) long after the retry. A job's
+                # retries are told once, if it gives up (many parts retry at once).
+                log.log(
+                    logging.INFO if give_up is not None else logging.WARNING,
+                    "%s failed (%s); retry %d in %.2fs",
+                    what,
+                    str(exc),
+                    attempt,
+                    pause,
+                )
                 self.clock.sleep(pause)
+                if give_up is not None and give_up.cause is not None:
+                    raise  # given up while this one waited

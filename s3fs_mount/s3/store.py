@@ -42,7 +42,7 @@ from s3fs_mount.s3.errors import BodyBroken, RemoteStoreError, S3Error, Transpor
 from s3fs_mount.s3.keepalive import FileSpan
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.parts import MIN_PART_SIZE, AnyLayout, find_layout, part_size_for
-from s3fs_mount.s3.retry import RETRYABLE_CODES
+from s3fs_mount.s3.retry import RETRYABLE_CODES, GiveUp
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
 from s3fs_mount.s3.transport import Response
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
@@ -225,6 +225,8 @@ class MultipartUpload:
         self.parts: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its ETag
         self.crc32: dict[int, str] = {}  # GUARDED_BY(_lock): part number -> its x-amz-checksum-crc32
         self.sizes: dict[int, int] = {}  # GUARDED_BY(_lock): part number -> its bytes (sent here)
+        #: The parts' retries end together: once one part fails for good, no other is sent (again).
+        self.give_up = GiveUp()  # GUARDED_BY(_lock) (the field; the token guards itself)
 
     def upload_part(
         self,
@@ -255,6 +257,7 @@ class MultipartUpload:
             headers=headers,
             body=body,
             payload_hash=UNSIGNED_PAYLOAD,
+            give_up=self.parts_give_up(),
         )
         etag = resp.headers.get("ETag", "").strip('"')
         with self._lock:
@@ -279,6 +282,7 @@ class MultipartUpload:
             query={"partNumber": str(number), "uploadId": self.upload_id},
             headers=headers,
             read_timeout=self.store.copy_wait(last - first + 1),
+            give_up=self.parts_give_up(),
         )
         etag = xmlparse.parse_text(resp.content, "ETag").strip('"')
         crc = xmlparse.parse_text(resp.content, "ChecksumCRC32") if self.algorithm else ""
@@ -290,6 +294,21 @@ class MultipartUpload:
         if self.algorithm and not crc:
             raise RemoteStoreError("%s: the server gave no CRC32 for copied part %d" % (self.key, number))
         return etag
+
+    def parts_give_up(self) -> GiveUp:
+        """What the parts sent now share (:class:`~s3fs_mount.s3.retry.GiveUp`)."""
+        with self._lock:
+            return self.give_up
+
+    def gave_up(self) -> BaseException | None:
+        """The failure of a part that made this upload's parts give up (None: none did)."""
+        return self.parts_give_up().cause
+
+    def send_again(self) -> None:
+        """Parts sent from now on try again (after every part sent before has ended: the
+        parts that failed go again, as a later flush sends them)."""
+        with self._lock:
+            self.give_up = GiveUp()
 
     def expected_etag(self) -> str:
         """The ETag S3 gives the completed object (MD5 of the parts' MD5s, then the count)."""
@@ -382,6 +401,7 @@ def upload_in_parts(
     on_begin: Callable[[MultipartUpload], None] | None = None,
     complete: Callable[[MultipartUpload], str] | None = None,
     abort: Callable[[MultipartUpload], object] | None = None,
+    first_alone: bool = False,
 ) -> str:
     """The one multipart upload of ``size`` known bytes: returns the new object's ETag.
 
@@ -393,6 +413,8 @@ def upload_in_parts(
     Any failure aborts it (no part stays behind) and raises. Hooks for callers that keep
     books: ``on_begin(mpu)`` once it has an id, ``complete(mpu)`` instead of the plain
     conditional completion, ``abort(mpu)`` instead of :meth:`MultipartUpload.abort`.
+    ``first_alone``: part 1 goes up (its retries spent, at worst) before the others begin: after
+    a server failed parts for good, one part tells whether it takes them again.
 
     ::
 
@@ -404,10 +426,13 @@ def upload_in_parts(
     try:
         if on_begin is not None:
             on_begin(mpu)
-        store.run_parallel(
+        jobs = [
             (lambda n=n, off=off: send_part(mpu, n, off, min(part, size - off)))
             for n, off in enumerate(range(0, size, part), start=1)
-        )
+        ]
+        if first_alone:
+            jobs.pop(0)()
+        store.run_parallel(jobs)
         if complete is not None:
             return complete(mpu)
         return mpu.complete(if_match=if_match, if_none_match=if_none_match)

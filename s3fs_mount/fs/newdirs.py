@@ -20,7 +20,9 @@ key is written again (fs/deletes.py):
   in S3 would say it is not there);
 * fsync of a directory (what is under it), and unmount.
 
-A PUT that fails is logged, kept, retried by the thread after :data:`RETRY_PAUSE` s and by
+While S3 refuses (the mount's write probe, or the last PUT, failed) mkdir PUTs before it
+returns instead, so that it says S3's error itself (EACCES for read-only keys). A PUT that
+fails is logged, kept, retried by the thread after :data:`RETRY_PAUSE` s and by
 whatever settles the directory, which then fails (fsync with the error's errno, EIO or
 EACCES; the close of a file in it EIO, the file staying staged): never dropped. A mount
 killed meanwhile PUTs the directories still recorded at its next start, before it uploads
@@ -95,6 +97,9 @@ class NewDirectories:
         self._pending: dict[str, _NewDir] = {}  # GUARDED_BY(_cond): in mkdir order
         self._closed = False  # GUARDED_BY(_cond)
         self._thread: threading.Thread | None = None  # GUARDED_BY(_cond)
+        #: S3 refused the last directory PUT (or the mount's write probe): mkdir PUTs before it
+        #: returns, so that it says S3's error itself, until a PUT goes through again.
+        self.refusing = False  # GUARDED_BY(_cond)
 
     # -- what the filesystem calls ---------------------------------------------------------
 
@@ -116,12 +121,30 @@ class NewDirectories:
         return len(left)
 
     def add(self, path: str, metadata: dict[str, str]) -> None:
-        """mkdir of ``path`` with ``metadata``: recorded now, its objects PUT soon."""
+        """mkdir of ``path`` with ``metadata``: recorded now, its objects PUT soon. While S3
+        refuses (:attr:`refusing`), PUT now: FsError (S3's errno, EACCES for read-only keys) if
+        it still does, and nothing is recorded."""
+        with self._cond:
+            refusing = self.refusing
+        if refusing:
+            self.settle(KeyMap.split(path)[0])
+            try:
+                self._sent(path, self._send(path, metadata))
+            except Exception as exc:  # noqa: BLE001 - whatever S3 or the network said, as errno
+                raise FsError(errno_for(exc), "directory %s is not in S3: %s" % (path, exc)) from exc
+            with self._cond:
+                self.refusing = False
+            return
         self._records.record(path, {"meta": metadata})
         with self._cond:
             self._pending[path] = _NewDir(dict(metadata))
             self._start()
             self._cond.notify_all()
+
+    def expect_refusals(self) -> None:
+        """S3 refused the mount's write probe (read-only keys): mkdir PUTs before it returns."""
+        with self._cond:
+            self.refusing = True
 
     def settle(self, path: str) -> None:
         """Before anything of ``path`` goes to S3 (a file's upload, a change of a directory):
@@ -207,10 +230,12 @@ class NewDirectories:
             with self._cond:
                 entry = self._pending[path]
                 entry.state, entry.failed_at, entry.error = FAILED, time.monotonic(), str(exc)
+                self.refusing = True
                 self._cond.notify_all()
             raise
         with self._cond:
             del self._pending[path]
+            self.refusing = False
             self._cond.notify_all()
 
     def _below_pending(self, path: str) -> bool:

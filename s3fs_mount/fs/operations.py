@@ -265,6 +265,7 @@ class S3Operations(Operations):
                     "with EACCES and what is written stays staged (-o ro mounts read-only)",
                     self.bucket, refused,
                 )
+                self.changes.new_dirs.expect_refusals()  # mkdir says EACCES itself, not a later fsync
             probe = refused is None or not whole
             if probe and self.options.checksum:
                 self.uploader.configure_checksums()

@@ -37,6 +37,24 @@ def sync_dir(path: str) -> None:
         os.close(fd)
 
 
+def journal_records(cache: str, name: str) -> int:
+    """How many records journal ``name`` (a JOURNAL_NAME of fs/) holds in cache directory
+    ``cache`` (0 when there is none: nothing owed, or the mount made none yet)."""
+    from s3fs_mount.fs.journal import StagingJournal
+
+    found = [os.path.join(d, name) for d, _, names in os.walk(cache) if name in names]
+    return len(StagingJournal.read(found[0])) if found else 0
+
+
+def proxied(mount_factory, tmp_path, s3config, proxy, **kw):
+    """A Mount (not started) of the test's bucket whose requests go through ``proxy`` (a
+    faultproxy.FaultProxy)."""
+    import s3rig
+
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=proxy.endpoint))
+    return mount_factory(config=str(config), **kw)
+
+
 class Mount:
     """One ``s3fs-mount -f`` process serving ``bucket`` at ``path``."""
 

@@ -15,11 +15,10 @@ import urllib.parse
 import urllib.request
 
 import pytest
-import s3rig
 from faultproxy import FaultProxy
-from mountrig import sync_dir
+from mountrig import journal_records, proxied, sync_dir
+from waiting import eventually
 
-from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.newdirs import JOURNAL_NAME
 
 pytestmark = pytest.mark.fuse
@@ -28,11 +27,6 @@ pytestmark = pytest.mark.fuse
 def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
     pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
-
-
-def proxied(mount_factory, tmp_path, s3config, proxy: FaultProxy, **kw):
-    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=proxy.endpoint))
-    return mount_factory(config=str(config), **kw)
 
 
 def key_of(target: str) -> str:
@@ -63,20 +57,6 @@ def dir_objects(name: str):
     return held
 
 
-def _recorded(cache: str) -> int:
-    found = [os.path.join(d, JOURNAL_NAME) for d, _, names in os.walk(cache) if JOURNAL_NAME in names]
-    return len(StagingJournal.read(found[0])) if found else 0
-
-
-def _until(what, timeout: float = 120.0) -> None:
-    """Wait for a state the test needs (not a measure of speed: the deadline only ends a hang)."""
-    deadline = time.monotonic() + timeout
-    while not what():
-        if time.monotonic() > deadline:
-            raise AssertionError("waited %ss in vain" % timeout)
-        time.sleep(0.05)
-
-
 def test_mkdir_returns_while_s3_refuses_and_a_kill_9_leaves_the_directory_to_the_next_mount(
     mount_factory, tmp_path, s3config, faultproxy, boto, bucket
 ):
@@ -91,7 +71,7 @@ def test_mkdir_returns_while_s3_refuses_and_a_kill_9_leaves_the_directory_to_the
     os.mkdir(os.path.join(mount.path, "d"), 0o750)
     os.mkdir(os.path.join(mount.path, "d", "e"), 0o701)
     assert stat.S_IMODE(os.stat(os.path.join(mount.path, "d", "e")).st_mode) == 0o701
-    assert _recorded(cache) == 2
+    assert journal_records(cache, JOURNAL_NAME) == 2
     mount.kill()
     assert not s3_keys(boto, bucket, "d")
     again = mount_factory(cache_dir=cache).start()
@@ -101,7 +81,7 @@ def test_mkdir_returns_while_s3_refuses_and_a_kill_9_leaves_the_directory_to_the
     assert stat.S_IMODE(os.stat(os.path.join(again.path, "d", "e")).st_mode) == 0o701
     assert "recovery: 2 new directories" in again.log()
     again.stop()
-    assert _recorded(cache) == 0
+    assert journal_records(cache, JOURNAL_NAME) == 0
 
 
 def test_a_file_in_a_new_directory_is_put_only_once_the_directory_is(
@@ -182,7 +162,7 @@ def test_fsync_of_the_parent_reports_a_new_directory_s3_refused_and_a_later_one_
     os.listdir(mount.path)
     faultproxy.fail_next(4, status=403, code="AccessDenied")  # the background's PUTs, then fsync's
     os.mkdir(os.path.join(mount.path, "d"), 0o750)
-    _until(lambda: "could not be put in S3" in mount.log())
+    eventually(lambda: "could not be put in S3" in mount.log(), 120)
     with pytest.raises(OSError) as refused:
         sync_dir(mount.path)
     assert refused.value.errno == errno.EACCES

@@ -7,17 +7,15 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import s3rig
 from faultproxy import FaultProxy, is_delete_objects
-from mountrig import sync_dir
+from mountrig import journal_records, proxied, sync_dir
+from waiting import eventually
 
 from s3fs_mount.fs.deletes import JOURNAL_NAME
-from s3fs_mount.fs.journal import StagingJournal
 
 pytestmark = pytest.mark.fuse
 
@@ -25,11 +23,6 @@ pytestmark = pytest.mark.fuse
 def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
     pages = boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
-
-
-def proxied(mount_factory, tmp_path, s3config, proxy: FaultProxy, **kw):
-    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=proxy.endpoint))
-    return mount_factory(config=str(config), **kw)
 
 
 def deletes_heard(proxy: FaultProxy) -> tuple[int, list[str]]:
@@ -278,21 +271,6 @@ def test_an_unlink_s3_refuses_shows_the_file_again_and_says_why(mount_factory, t
     assert "could not delete locked (AccessDenied): it is there again" in mount.log()
 
 
-def _recorded(cache: str) -> int:
-    """How many deletes the journal in ``cache`` holds (0 before the mount's first delete made it)."""
-    found = [os.path.join(d, JOURNAL_NAME) for d, _, names in os.walk(cache) if JOURNAL_NAME in names]
-    return len(StagingJournal.read(found[0])) if found else 0
-
-
-def _until(what, timeout: float = 120.0) -> None:
-    """Wait for a state the test needs (not a measure of speed: the deadline only ends a hang)."""
-    deadline = time.monotonic() + timeout
-    while not what():
-        if time.monotonic() > deadline:
-            raise AssertionError("waited %ss in vain" % timeout)
-        time.sleep(0.05)
-
-
 def test_deletes_pending_when_the_mount_is_killed_are_sent_by_the_next(mount_factory, tmp_path, s3config,
                                                                       faultproxy, boto, bucket):
     doomed = ["big/%03d" % i for i in range(300)]
@@ -303,7 +281,7 @@ def test_deletes_pending_when_the_mount_is_killed_are_sent_by_the_next(mount_fac
     faultproxy.hold_deletes()  # every DeleteObjects waits: the deletes stay pending
     rm = subprocess.Popen(["rm", "-rf", os.path.join(mount.path, "big")], stderr=subprocess.DEVNULL)
     # Every unlink returned (recorded), and rmdir waits for the held batch.
-    _until(lambda: _recorded(cache) == 300 and faultproxy.holding >= 1)
+    eventually(lambda: journal_records(cache, JOURNAL_NAME) == 300 and faultproxy.holding >= 1, 120)
     mount.kill()
     rm.wait(60)
     faultproxy.release()  # the held requests never reach S3
@@ -312,7 +290,7 @@ def test_deletes_pending_when_the_mount_is_killed_are_sent_by_the_next(mount_fac
     assert s3_keys(boto, bucket, "big/") == []  # sent at the start, before the mount served
     assert s3_keys(boto, bucket) == sorted(kept)
     assert "recovery: sending 300 deletes a previous run left pending" in again.log()
-    assert _recorded(cache) == 0
+    assert journal_records(cache, JOURNAL_NAME) == 0
     big = os.path.join(again.path, "big")  # SeaweedFS may list an emptied prefix a while yet
     assert not os.path.exists(big) or os.listdir(big) == []
     assert len(os.listdir(os.path.join(again.path, "keep"))) == 20
@@ -405,7 +383,7 @@ def test_rm_r_killed_in_an_rmdir_loses_no_directory_and_sends_its_files_deletes_
             f.write("x")
     faultproxy.hold_deletes()
     rm = subprocess.Popen(["rm", "-r", d], stderr=subprocess.DEVNULL)
-    _until(lambda: _recorded(cache) == 20 and faultproxy.holding >= 1)
+    eventually(lambda: journal_records(cache, JOURNAL_NAME) == 20 and faultproxy.holding >= 1, 120)
     mount.kill()
     rm.wait(60)
     faultproxy.release()  # nothing held reaches S3

@@ -479,3 +479,19 @@ def test_a_job_given_up_stops_the_retries_of_its_other_requests():
         policy.call(part("c", S3Error(500, "InternalError")), "part c", give_up=job)
     assert calls["c"] == 0 and errno_for(c.value) == errno.EACCES
     assert policy.retries == 1  # a's one retry planned; none after
+
+
+def test_a_parts_412_does_not_give_its_job_up():
+    """A copied part's 412 (its source changed) is S3's answer, not the upload failing: the
+    caller decides, and the next part is sent (the connector's conformance test goes on with
+    the upload after an expected 412)."""
+    policy = RetryPolicy(max_attempts=3, base_delay=0.5, clock=FakeClock())
+    job = GiveUp()
+
+    def changed() -> str:
+        raise S3Error(412, "PreconditionFailed")
+
+    with pytest.raises(S3Error):
+        policy.call(changed, "part 1", give_up=job)
+    assert job.cause is None
+    assert policy.call(lambda: "etag", "part 2", give_up=job) == "etag"

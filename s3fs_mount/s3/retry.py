@@ -74,7 +74,11 @@ class GiveUp:
             return self._cause
 
     def fail(self, exc: BaseException) -> bool:
-        """The job failed for good with ``exc``; True unless it had already (the first wins)."""
+        """The job failed for good with ``exc``; True unless it had already (the first wins).
+        A precondition's 412 (a copied part's source changed) is S3's answer about an object,
+        not a failure of the job: the caller decides, and the other parts go on (False)."""
+        if isinstance(exc, S3Error) and exc.precondition_failed:
+            return False
         with self._lock:
             if self._cause is not None:
                 return False

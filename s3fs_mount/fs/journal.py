@@ -116,17 +116,14 @@ class StagingJournal:
 
     def record(self, item_id: str, state: State | None, durable: bool = False) -> None:
         """Append the item's new state (``None``: it owes nothing); fsync with ``durable``."""
-        if state is None:
-            with self._lock:
-                if item_id not in self._live:
-                    return  # nothing recorded for it (a new file's first reset): nothing to take back
-        line = _line(item_id, state)
+        line = _line(item_id, state) if state is not None else b""
         with self._lock:
             if state is None:
                 gone = self._live.pop(item_id, None)
                 if gone is None:
-                    return  # taken back meanwhile
+                    return  # nothing recorded for it (a new file's first reset): nothing to take back
                 self._live_bytes -= len(gone)
+                line = _line(item_id, None)
             else:
                 self._live_bytes += len(line) - len(self._live.get(item_id, b""))
                 self._live[item_id] = line

@@ -1015,6 +1015,8 @@ class Namespace:
             return
         prefix = self.keymap.dir_prefix(following)
         self.dir_ahead.begin(following, lambda: self._fetch_dir_attributes(following))
+        # (Not _list: a guess sent ahead must not wait on, nor fail for, directories mkdir left to
+        # the background; those made in it since it was asked are added by _complete.)
         self.list_ahead.begin(following, self.store.list(prefix, delimiter="/"), self.clock.monotonic())
 
     def _next_subdir(self, parent: str, name: str) -> str | None:

@@ -51,6 +51,38 @@ def test_put_via_filer_makes_the_gateways_empty_objects(
     assert ref["ETag"].strip('"') == hashlib.md5(b"").hexdigest()
 
 
+def test_ensure_object_makes_the_object_of_the_kind_its_row_reads(
+    s3server: LocalS3Server, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An object of the right size but the other kind (a CRC32 where the row reads one checked by
+    its ETag's MD5, as ``write_1g`` leaves ``big``) is uploaded again: a row reads what it says,
+    whatever ran before it in the round."""
+    from boto3.s3.transfer import TransferConfig
+
+    run = load("run")
+    monkeypatch.setattr(run, "BUCKET", bucket)
+
+    class Side:  # what ensure_object uses of a Bench
+        endpoint, access_key, secret_key = s3server.endpoint, s3server.access_key, s3server.secret_key
+        client, size_of, crc_of, ensure_object = (
+            run.Bench.client, run.Bench.size_of, run.Bench.crc_of, run.Bench.ensure_object
+        )
+        tc = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB)
+
+    b = Side()
+    b.s3 = b.client()
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(17 * MiB))
+    b.ensure_object("big", str(src))
+    head = b.s3.head_object(Bucket=bucket, Key="big")
+    assert head["ETag"].endswith('-3"') and b.crc_of("big") is None  # three parts, the ETag only
+    b.ensure_object("big", str(src), crc=True)
+    assert b.crc_of("big")
+    b.ensure_object("big", str(src), crc=False)  # as read_1g_cold after write_1g
+    assert b.crc_of("big") is None
+    assert b.size_of("big") == 17 * MiB
+
+
 def test_describe_layout_reads_the_doubling_off_the_parts() -> None:
     run = load("run")
     grown = {"size": 0, "parts": 5, "sizes": [8 * MiB] * 3 + [16 * MiB] * 2}

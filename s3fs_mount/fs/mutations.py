@@ -580,9 +580,15 @@ class Mutations:
         one LIST says whether another client put something in it since that listing
         (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first (one
         LIST), and once more after its deletes (a file put in between: made again, ENOTEMPTY).
+
+        A directory made here whose objects have not left yet (fs/newdirs.py) is withdrawn:
+        neither PUT nor delete is sent, only the one LIST that says whether another client put
+        a key in it meanwhile (then its objects are PUT after all, and ENOTEMPTY).
         """
-        self.new_dirs.settle_under(path)
         prefix = self.keymap.dir_prefix(path)
+        if self._withdraw_new_dir(path, prefix):
+            return
+        self.new_dirs.settle_under(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
         self.namespace.check_no_held_data(path)
         own = self.namespace.cached(path)
@@ -606,6 +612,23 @@ class Mutations:
 
             self.namespace.remove_dir(path, remove)
         self.namespace.entry_changed(KeyMap.split(path)[0])
+
+    def _withdraw_new_dir(self, path: str, prefix: str) -> bool:
+        """rmdir's shortcut for a new directory none of whose objects left (:meth:`rmdir`):
+        True once it is gone; False if it is not such a one (or not known empty here)."""
+        own = self.namespace.cached(path)
+        if (
+            own is None
+            or not own.is_dir
+            or own.etag != NEW_DIR_ETAG
+            or not self.namespace.listed_empty(path)
+            or any(self.staging.under(prefix))
+            or not self.new_dirs.withdraw(path)
+        ):
+            return False
+        self.namespace.remove_dir(path, lambda: self._put_back_if_held(path, own, "its mkdir here"))
+        self.namespace.entry_changed(KeyMap.split(path)[0])
+        return True
 
     def _remove_emptied(self, path: str, own: A.Attributes, objects: list[str]) -> None:
         """The directory's objects (marker, holder) and its files' pending deletes, in one

@@ -998,7 +998,8 @@ class S3Operations(Operations):
         handles open for writing (1 or 0; such a file is not final yet).
         ``open_for_writing``: every file with a handle open for writing. ``kernel_names``: the
         names of large directories the kernel was told to forget (:meth:`KernelNames.counts`),
-        or None where it cannot be told.
+        or None where it cannot be told. ``new_dirs``: the directories mkdir made whose objects
+        are not in S3 yet (fs/newdirs.py), each with its state and last error.
         """
         with self._lock:
             writing = {id(h.item): h.item for h in self._handles.values() if h.writable}
@@ -1037,6 +1038,7 @@ class S3Operations(Operations):
             "requests": self.request_summary(),
             "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,
             "recovered": dict(self.changes.recovered),
+            "new_dirs": self.changes.new_dirs.waiting(),
         }
 
     @fuse_operation

@@ -1255,6 +1255,28 @@ def test_a_metadata_change_of_a_name_that_became_a_directory_goes_to_the_directo
     assert os.listdir(d) == ["x"]
 
 
+def test_a_rename_of_a_file_another_client_replaced_by_a_directory_within_attr_ttl_moves_the_directory(
+    mount_factory, boto, bucket
+):
+    """Found by hand (round 36): mount one held ``a`` as a file (attr_ttl), another client
+    deleted it and put ``a/x``; one's ``mv a b`` said ENOENT and ``ls`` showed the file ``a``
+    still. A local disk (or NFS) renames what the name is now: the directory. The rename's
+    404 now forgets ``a`` and answers ESTALE; the kernel looks ``a`` up again, finds the
+    directory and renames it (no request more when the file is there)."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    path = os.path.join(one.path, "a")
+    with open(path, "wb") as f:
+        f.write(b"file a")
+    assert not os.path.isdir(path) and os.listdir(one.path) == ["a"]
+    boto.delete_object(Bucket=bucket, Key="a")
+    boto.put_object(Bucket=bucket, Key="a/x", Body=b"x")
+    os.rename(path, os.path.join(one.path, "b"))
+    assert os.path.isdir(os.path.join(one.path, "b")) and os.listdir(os.path.join(one.path, "b")) == ["x"]
+    assert os.listdir(one.path) == ["b"]
+    assert [k for k in s3_keys(boto, bucket) if not k.endswith("/")] == ["b/x"]
+    assert s3_bytes(boto, bucket, "b/x") == b"x"
+
+
 @pytest.mark.parametrize("by", ["mount", "boto3"])
 def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_enotempty(mount_factory, boto,
                                                                                         bucket, by):

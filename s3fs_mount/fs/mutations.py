@@ -712,7 +712,17 @@ class Mutations:
         if source.is_dir:
             self._rename_dir(old, new, source)
         else:
-            self._rename_file(old, new, source)
+            try:
+                self._rename_file(old, new, source)
+            except S3Error as exc:
+                if not exc.not_found or exc.code == "NoSuchBucket":
+                    raise
+                # Another client removed the file since this mount looked it up (within
+                # attr_ttl), or made the name a directory: S3's to say now. ESTALE has the
+                # kernel look ``old`` up again (its entry is a file) and rename what it is now,
+                # as rename(2) on NFS or a local disk would (it was ENOENT, the file shown still).
+                self.namespace.forget(old)
+                raise Stale(old, "removed from S3 by another client") from None
         now = self.clock.time()
         for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
             self.namespace.entry_changed(parent, now)

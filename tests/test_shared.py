@@ -1277,6 +1277,24 @@ def test_a_rename_of_a_file_another_client_replaced_by_a_directory_within_attr_t
     assert s3_bytes(boto, bucket, "b/x") == b"x"
 
 
+def test_a_symlink_lock_taken_by_another_mount_since_our_listing_is_eexist(mount_factory, boto, bucket):
+    """Found by hand (round 36): two mounts listed a directory (dir_ttl: the name is absent to
+    both), one's ``ln -s one lock`` took the lock, then two's ``ln -s two lock`` succeeded too
+    and replaced it: an ``ln -s`` lock held by no one. The link's PUT carries ``If-None-Match:
+    *`` (no request more): two's is EEXIST, as symlink(2) says of a name taken, and one's stays."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    two = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    assert os.listdir(one.path) == [] and os.listdir(two.path) == []
+    assert not os.path.lexists(os.path.join(two.path, "lock"))
+    os.symlink("one", os.path.join(one.path, "lock"))
+    with pytest.raises(OSError) as exc:
+        os.symlink("two", os.path.join(two.path, "lock"))
+    assert exc.value.errno == errno.EEXIST
+    assert s3_bytes(boto, bucket, "lock") == b"one"
+    assert os.readlink(os.path.join(one.path, "lock")) == "one"
+    assert os.readlink(os.path.join(two.path, "lock")) == "one"  # two asks S3 again
+
+
 @pytest.mark.parametrize("by", ["mount", "boto3"])
 def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_enotempty(mount_factory, boto,
                                                                                         bucket, by):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import logging
 import mimetypes
 import stat
@@ -29,7 +30,7 @@ from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
 from s3fs_mount.fs.renames import PendingRenames
 from s3fs_mount.fs.staging import StagedFile, StagingCache
-from s3fs_mount.fs.upload import Uploader, conflict_name
+from s3fs_mount.fs.upload import CHECK_CONDITIONAL, Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
 from s3fs_mount.s3.checksums import same_bytes
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
@@ -985,17 +986,43 @@ class Mutations:
             self._copy(source, destination, size=size)  # the listing's size: no HEAD
 
     def symlink(self, target: str, source: str, mode: int, uid: int, gid: int) -> None:
-        """Make ``target`` a link to ``source``: an object whose body is ``source``."""
+        """Make ``target`` a link to ``source``: an object whose body is ``source``.
+
+        Where the server honours ``If-None-Match: *`` (the mount's probe), the PUT carries it,
+        at no cost: a name another client took since our lookup is EEXIST, as symlink(2) says,
+        not replaced (``ln -s`` locks hold across mounts)."""
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         body = source.encode("utf-8", "surrogateescape")
+        key = self.keymap.key(target)
         self.new_dirs.settle(KeyMap.split(target)[0])
-        self.deletes.settle(self.keymap.key(target))
-        etag = self.store.put(self.keymap.key(target), body, meta)
+        self.deletes.settle(key)
+        exclusive = self.uploader.put_check == CHECK_CONDITIONAL
+        try:
+            etag = self.store.put(key, body, meta, if_none_match=exclusive)
+        except S3Error as exc:
+            if not (exclusive and exc.precondition_failed):
+                raise
+            etag = self._own_link(key, body, meta)  # a retried PUT whose first attempt landed
+            if not etag:
+                self.namespace.forget(target)
+                raise FsError(errno.EEXIST, "another client made %s meanwhile" % target) from None
         self.namespace.remember(
             target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
         )
         self.namespace.entry_changed(KeyMap.split(target)[0], now)
+
+    def _own_link(self, key: str, body: bytes, meta: dict[str, str]) -> str:
+        """The ETag of the object at ``key`` if it is the link just put (its body and mtime),
+        else '' (one HEAD)."""
+        try:
+            info = self.store.head(key)
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            return ""
+        ours = info.etag == hashlib.md5(body).hexdigest() and info.metadata.get(A.MTIME) == meta.get(A.MTIME)
+        return info.etag if ours else ""
 
     def mknod(self, path: str, mode: int, dev: int, uid: int, gid: int) -> None:
         """A FIFO, socket or device: an empty object whose mode (and rdev) say what, as s3fs-fuse does."""

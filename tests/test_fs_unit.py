@@ -784,6 +784,30 @@ def test_another_clients_version_is_kept_and_ours_goes_aside(tmp_path, check):
     assert not ops.staging.pending()
 
 
+def test_a_symlink_of_a_name_another_client_took_since_the_listing_is_eexist_and_a_landed_retry_is_ours(
+    tmp_path, monkeypatch
+):
+    """The link's PUT carries If-None-Match: *: a name taken since our listing is EEXIST (theirs
+    kept); a retried PUT refused by its own first attempt, which landed, is ours (no EEXIST)."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    assert names(ops) == []
+    store.put("lock", b"theirs")
+    with pytest.raises(FuseOSError) as exc:
+        ops.symlink("/lock", "ours")
+    assert exc.value.errno == errno.EEXIST and store.objects["lock"].data == b"theirs"
+    real_put = store.put
+
+    def landed_then_lost(name, data, headers=None, **conditions):
+        real_put(name, data, headers)  # the first attempt reached S3, its answer did not
+        return real_put(name, data, headers, **conditions)  # the retry: refused by its own condition
+
+    monkeypatch.setattr(store, "put", landed_then_lost)
+    ops.symlink("/mine", "target")
+    assert store.objects["mine"].data == b"target"
+    assert ops.readlink("/mine") == "target"
+
+
 def test_a_retried_put_whose_first_attempt_landed_is_no_conflict(tmp_path, monkeypatch):
     store = FakeStore()
     ops = make_ops(tmp_path, store)

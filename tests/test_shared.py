@@ -713,6 +713,27 @@ def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is
     assert "ESTALE" in read_log(mount)
 
 
+def test_a_cat_of_a_file_another_client_deleted_within_attr_ttl_is_estale_once_then_enoent(
+    mount_factory, boto, bucket
+):
+    """Found by hand (round 36): a file stat'ed here (attr_ttl), another client deleted it; each
+    ``cat`` said "Stale file handle" (its read-only open trusts the cached attributes, its GET
+    finds nothing) and ``stat`` showed it for the rest of attr_ttl. The first read's 404 still
+    says ESTALE (no request is spent at the open to learn it), but the name is forgotten: the
+    next ``cat`` says ENOENT, and the listing no longer shows it."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    boto.put_object(Bucket=bucket, Key="r", Body=b"theirs")
+    boto.put_object(Bucket=bucket, Key="s", Body=b"stays")
+    assert os.stat(os.path.join(one.path, "r")).st_size == 6
+    assert sorted(os.listdir(one.path)) == ["r", "s"]
+    boto.delete_object(Bucket=bucket, Key="r")
+    first = subprocess.run(["cat", os.path.join(one.path, "r")], capture_output=True, text=True)
+    assert first.returncode == 1 and "Stale file handle" in first.stderr, first.stderr
+    again = subprocess.run(["cat", os.path.join(one.path, "r")], capture_output=True, text=True)
+    assert again.returncode == 1 and "No such file or directory" in again.stderr, again.stderr
+    assert os.listdir(one.path) == ["s"]
+
+
 def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(mount, boto, bucket):
     """Another client's PUT while a process reads a large object here: the reader gets the
     bytes of the version it opened, then EIO with a log line, never the new version's bytes."""

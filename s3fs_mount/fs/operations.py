@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, Replaced, Stale, Superseded
+from s3fs_mount.fs.errors import FsError, Removed, Replaced, Stale, Superseded
 from s3fs_mount.fs.fuselib import (
     LIBFUSE_MAJOR,
     KernelNames,
@@ -660,6 +660,12 @@ class S3Operations(Operations):
             except ReleasedRange:
                 self._checkpoint(h.item, "a read at %d" % offset)
                 spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
+        except Removed:
+            # Another client removed it (within attr_ttl of our lookup): ESTALE for this read,
+            # and the name is S3's to say from now on (the next open says ENOENT), not shown
+            # for the rest of attr_ttl.
+            self.namespace.forget(self.keymap.path(h.item.key))
+            raise
         except Replaced as exc:
             if h.served:
                 # The reader has bytes of the old version: it must not get another's, but may go

@@ -1436,7 +1436,11 @@ def test_a_rename_whose_first_attempt_landed_is_recognised_by_its_etag(tmp_path,
     del store.objects["other"]  # gone before the rename: a real 404, nothing at the target
     with pytest.raises(FuseOSError) as gone:
         ops.rename("/other", "/dst2")
-    assert gone.value.errno == errno.ENOENT
+    # ESTALE: the kernel looks the name up again (ENOENT there), and renames nothing
+    assert gone.value.errno == errno.ESTALE
+    with pytest.raises(FuseOSError) as looked_up:
+        ops.getattr("/other")
+    assert looked_up.value.errno == errno.ENOENT and "dst2" not in store.objects
 
 
 def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):

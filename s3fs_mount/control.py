@@ -2,7 +2,8 @@
 
 Both talk to the running mount through the mount itself: its root answers
 the extended attribute ``s3.status`` with a JSON description, and ``sync``
-fsyncs each pending file, which returns only once that file is in S3.
+fsyncs each pending file, which returns only once that file is in S3, then each new
+directory whose objects are not in S3 yet (fs/newdirs.py).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
     if recovered:
         what = ", ".join("%s %d" % (k, n) for k, n in sorted(recovered.items()))
         lines.append("recovered at mount (what a previous run left): %s" % what)
-    if not st["pending"]:
+    new_dirs = st.get("new_dirs", [])  # a mount older than it has none
+    if not st["pending"] and not new_dirs:
         lines.append("nothing waiting to upload")
-    else:
+    if st["pending"]:
         n = len(st["pending"])
         lines.append("%d file%s waiting to upload:" % (n, "" if n == 1 else "s"))
         for p in st["pending"]:
@@ -58,6 +60,14 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
             line = "  %-10s %5.1f%% of %-10s %s" % (p["state"], done, human_size(p["size"]), p["path"])
             if p["error"]:
                 line += "  (last error: %s)" % p["error"]
+            lines.append(line)
+    if new_dirs:
+        n = len(new_dirs)
+        lines.append("%d new director%s not yet in S3:" % (n, "y" if n == 1 else "ies"))
+        for d in new_dirs:
+            line = "  %-10s %s" % (d["state"], d["path"])
+            if d["error"]:
+                line += "  (last error: %s)" % d["error"]
             lines.append(line)
     return "\n".join(lines)
 
@@ -68,7 +78,8 @@ def status(mountpoint: str, out: TextIO = sys.stdout) -> int:
 
 
 def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None) -> int:
-    """Upload every pending file once (an fsync each); a progress bar on a terminal, lines otherwise.
+    """Upload every pending file once (an fsync each), then put the new directories (an fsync
+    of each topmost one); a progress bar on a terminal, lines otherwise.
 
     A file still open for writing is fsync'd (what was written so far goes to
     S3) and then reported as not final, never waited on: its writer may go on
@@ -95,6 +106,7 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
             failed.add(p["path"])
         meter.file_done(p["size"])
     meter.finish(total)
+    failed_dirs = _sync_new_dirs(mountpoint, read_status(mountpoint).get("new_dirs", []), out)
     st = read_status(mountpoint)
     left = [p for p in st["pending"] if p["path"] not in failed]
     for p in left:
@@ -116,9 +128,12 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
                 % (w["path"], human_size(w["size"])),
                 file=out,
             )
+    late_dirs = [d["path"] for d in st.get("new_dirs", []) if d["path"] not in failed_dirs]
+    for path in late_dirs:
+        print("sync: directory %s was made meanwhile: not yet in S3" % path, file=out)
     if failed:
         print("sync: %d files could not be uploaded; they stay staged" % len(failed), file=out)
-    if failed or left:
+    if failed or left or failed_dirs or late_dirs:
         return 1
     print("all files are in S3", file=out)
     return 0
@@ -185,6 +200,36 @@ class _Progress:
             self.out.write(
                 "\r[%s] %s in %d files%s\n" % ("#" * 30, human_size(self.finished_bytes), files, " " * 60)
             )
+
+
+def _sync_new_dirs(mountpoint: str, new_dirs: list[dict[str, Any]], out: TextIO) -> set[str]:
+    """Put the new directories whose objects are not in S3 yet (fs/newdirs.py): an fsync of
+    each topmost one, which returns once it and what is under it are there (and its removals
+    sent). Returns those that failed, each said in a line; one removed meanwhile is no failure."""
+    paths = {d["path"] for d in new_dirs}
+    failed: set[str] = set()
+    for path in sorted(paths):
+        if any(path.startswith(up.rstrip("/") + "/") for up in paths if up != path):
+            continue  # put with the one above it
+        if not out.isatty():
+            print("putting directory %s" % path, file=out)
+        try:
+            fd = os.open(os.path.join(mountpoint, path.lstrip("/")), os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            failed.add(path)
+            print("sync: directory %s: %s" % (path, exc.strerror or exc), file=out)
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            failed |= {p for p in paths if p == path or p.startswith(path.rstrip("/") + "/")}
+            print("sync: directory %s: %s; it stays recorded, put again later" % (path, exc.strerror or exc),
+                  file=out)
+        finally:
+            os.close(fd)
+    return failed
 
 
 def _fsync_watched(mountpoint: str, p: dict[str, Any], meter: _Progress, n: int, files: int) -> str | None:

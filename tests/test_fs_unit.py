@@ -784,6 +784,30 @@ def test_another_clients_version_is_kept_and_ours_goes_aside(tmp_path, check):
     assert not ops.staging.pending()
 
 
+def test_a_symlink_of_a_name_another_client_took_since_the_listing_is_eexist_and_a_landed_retry_is_ours(
+    tmp_path, monkeypatch
+):
+    """The link's PUT carries If-None-Match: *: a name taken since our listing is EEXIST (theirs
+    kept); a retried PUT refused by its own first attempt, which landed, is ours (no EEXIST)."""
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    assert names(ops) == []
+    store.put("lock", b"theirs")
+    with pytest.raises(FuseOSError) as exc:
+        ops.symlink("/lock", "ours")
+    assert exc.value.errno == errno.EEXIST and store.objects["lock"].data == b"theirs"
+    real_put = store.put
+
+    def landed_then_lost(name, data, headers=None, **conditions):
+        real_put(name, data, headers)  # the first attempt reached S3, its answer did not
+        return real_put(name, data, headers, **conditions)  # the retry: refused by its own condition
+
+    monkeypatch.setattr(store, "put", landed_then_lost)
+    ops.symlink("/mine", "target")
+    assert store.objects["mine"].data == b"target"
+    assert ops.readlink("/mine") == "target"
+
+
 def test_a_retried_put_whose_first_attempt_landed_is_no_conflict(tmp_path, monkeypatch):
     store = FakeStore()
     ops = make_ops(tmp_path, store)
@@ -1412,7 +1436,11 @@ def test_a_rename_whose_first_attempt_landed_is_recognised_by_its_etag(tmp_path,
     del store.objects["other"]  # gone before the rename: a real 404, nothing at the target
     with pytest.raises(FuseOSError) as gone:
         ops.rename("/other", "/dst2")
-    assert gone.value.errno == errno.ENOENT
+    # ESTALE: the kernel looks the name up again (ENOENT there), and renames nothing
+    assert gone.value.errno == errno.ESTALE
+    with pytest.raises(FuseOSError) as looked_up:
+        ops.getattr("/other")
+    assert looked_up.value.errno == errno.ENOENT and "dst2" not in store.objects
 
 
 def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):

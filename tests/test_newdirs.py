@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -16,7 +18,7 @@ import urllib.request
 
 import pytest
 from faultproxy import FaultProxy
-from mountrig import journal_records, proxied, sync_dir
+from mountrig import BIN, ROOT, journal_records, proxied, sync_dir
 from waiting import eventually
 
 from s3fs_mount.fs.newdirs import JOURNAL_NAME
@@ -170,3 +172,64 @@ def test_fsync_of_the_parent_reports_a_new_directory_s3_refused_and_a_later_one_
     assert stat.S_IMODE(os.stat(os.path.join(mount.path, "d")).st_mode) == 0o750  # kept
     sync_dir(mount.path)
     assert mode_of(boto, bucket, "d") == 0o40750 and "d/" in s3_keys(boto, bucket, "d")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``s3fs-mount ARGS`` (status, sync) as a user runs it."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, BIN, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_status_counts_a_new_directory_not_yet_in_s3_and_sync_puts_it(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """S3 refuses the background's PUTs of new directory d (403): status says d is not in S3
+    yet, and why; sync puts it (an fsync of d) before it says everything is in S3."""
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    os.listdir(mount.path)
+    faultproxy.fail_next(2, status=403, code="AccessDenied")  # d's marker and holder
+    os.mkdir(os.path.join(mount.path, "d"), 0o750)
+    eventually(lambda: "could not be put in S3" in mount.log(), 120)
+    st = run_cli("status", mount.path)
+    assert st.returncode == 0, st.stderr
+    assert "1 new directory not yet in S3:" in st.stdout and "/d" in st.stdout, st.stdout
+    assert "AccessDenied" in st.stdout and "nothing waiting to upload" not in st.stdout, st.stdout
+    sy = run_cli("sync", mount.path)
+    assert (sy.returncode, "d/" in s3_keys(boto, bucket, "d")) == (0, True), sy.stdout + sy.stderr
+    assert "all files are in S3" in sy.stdout
+    assert mode_of(boto, bucket, "d") == 0o40750
+    assert "nothing waiting to upload" in run_cli("status", mount.path).stdout
+
+
+def test_rmdir_of_a_new_directory_whose_puts_have_not_left_sends_neither_them_nor_deletes(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """The background thread held on directory a's PUTs (at the proxy): mkdir c, rmdir c sends no
+    PUT and no delete of c's objects, only one LIST of c/ (is another client's key in it?). c2,
+    in which another client put a key after the mkdir, is not empty: its objects go up after all."""
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    os.listdir(mount.path)
+    faultproxy.hold_until(dir_objects("a"), lambda method, target: "a" if "let-a-go" in target else None, 120)
+    os.mkdir(os.path.join(mount.path, "a"), 0o750)
+    os.mkdir(os.path.join(mount.path, "c"), 0o750)
+    os.mkdir(os.path.join(mount.path, "c2"), 0o705)
+    boto.put_object(Bucket=bucket, Key="c2/theirs", Body=b"x")
+    before = len(faultproxy.seen)
+    os.rmdir(os.path.join(mount.path, "c"))
+    with pytest.raises(OSError) as full:
+        os.rmdir(os.path.join(mount.path, "c2"))
+    assert full.value.errno == errno.ENOTEMPTY
+    try:
+        urllib.request.urlopen(faultproxy.url + "/let-a-go", timeout=30).close()
+    except OSError:
+        pass  # refused (no such bucket): the proxy saw it, which is all it was for
+    sync_dir(mount.path)
+    sent = faultproxy.seen[before:]
+    about_c = [(m, t) for m, t in sent if m in ("PUT", "DELETE") and t.count("/") >= 2
+               and key_of(t) in ("c/", "c_$folder$")]
+    assert not about_c and not [t for m, t in sent if m == "POST" and "delete" in t], sent
+    assert not any(k.startswith("c/") or k.startswith("c_") for k in s3_keys(boto, bucket, "c"))
+    assert sorted(os.listdir(mount.path)) == ["a", "c2"]
+    assert mode_of(boto, bucket, "c2") == 0o40705 and mode_of(boto, bucket, "a") == 0o40750
+    other = mount_factory().start()
+    assert sorted(os.listdir(other.path)) == ["a", "c2"]

@@ -713,6 +713,27 @@ def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is
     assert "ESTALE" in read_log(mount)
 
 
+def test_a_cat_of_a_file_another_client_deleted_within_attr_ttl_is_estale_once_then_enoent(
+    mount_factory, boto, bucket
+):
+    """Found by hand (round 36): a file stat'ed here (attr_ttl), another client deleted it; each
+    ``cat`` said "Stale file handle" (its read-only open trusts the cached attributes, its GET
+    finds nothing) and ``stat`` showed it for the rest of attr_ttl. The first read's 404 still
+    says ESTALE (no request is spent at the open to learn it), but the name is forgotten: the
+    next ``cat`` says ENOENT, and the listing no longer shows it."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    boto.put_object(Bucket=bucket, Key="r", Body=b"theirs")
+    boto.put_object(Bucket=bucket, Key="s", Body=b"stays")
+    assert os.stat(os.path.join(one.path, "r")).st_size == 6
+    assert sorted(os.listdir(one.path)) == ["r", "s"]
+    boto.delete_object(Bucket=bucket, Key="r")
+    first = subprocess.run(["cat", os.path.join(one.path, "r")], capture_output=True, text=True)
+    assert first.returncode == 1 and "Stale file handle" in first.stderr, first.stderr
+    again = subprocess.run(["cat", os.path.join(one.path, "r")], capture_output=True, text=True)
+    assert again.returncode == 1 and "No such file or directory" in again.stderr, again.stderr
+    assert os.listdir(one.path) == ["s"]
+
+
 def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(mount, boto, bucket):
     """Another client's PUT while a process reads a large object here: the reader gets the
     bytes of the version it opened, then EIO with a log line, never the new version's bytes."""
@@ -1253,6 +1274,46 @@ def test_a_metadata_change_of_a_name_that_became_a_directory_goes_to_the_directo
     else:
         assert os.stat(d).st_mtime == 1_000_000_000
     assert os.listdir(d) == ["x"]
+
+
+def test_a_rename_of_a_file_another_client_replaced_by_a_directory_within_attr_ttl_moves_the_directory(
+    mount_factory, boto, bucket
+):
+    """Found by hand (round 36): mount one held ``a`` as a file (attr_ttl), another client
+    deleted it and put ``a/x``; one's ``mv a b`` said ENOENT and ``ls`` showed the file ``a``
+    still. A local disk (or NFS) renames what the name is now: the directory. The rename's
+    404 now forgets ``a`` and answers ESTALE; the kernel looks ``a`` up again, finds the
+    directory and renames it (no request more when the file is there)."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    path = os.path.join(one.path, "a")
+    with open(path, "wb") as f:
+        f.write(b"file a")
+    assert not os.path.isdir(path) and os.listdir(one.path) == ["a"]
+    boto.delete_object(Bucket=bucket, Key="a")
+    boto.put_object(Bucket=bucket, Key="a/x", Body=b"x")
+    os.rename(path, os.path.join(one.path, "b"))
+    assert os.path.isdir(os.path.join(one.path, "b")) and os.listdir(os.path.join(one.path, "b")) == ["x"]
+    assert os.listdir(one.path) == ["b"]
+    assert [k for k in s3_keys(boto, bucket) if not k.endswith("/")] == ["b/x"]
+    assert s3_bytes(boto, bucket, "b/x") == b"x"
+
+
+def test_a_symlink_lock_taken_by_another_mount_since_our_listing_is_eexist(mount_factory, boto, bucket):
+    """Found by hand (round 36): two mounts listed a directory (dir_ttl: the name is absent to
+    both), one's ``ln -s one lock`` took the lock, then two's ``ln -s two lock`` succeeded too
+    and replaced it: an ``ln -s`` lock held by no one. The link's PUT carries ``If-None-Match:
+    *`` (no request more): two's is EEXIST, as symlink(2) says of a name taken, and one's stays."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    two = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    assert os.listdir(one.path) == [] and os.listdir(two.path) == []
+    assert not os.path.lexists(os.path.join(two.path, "lock"))
+    os.symlink("one", os.path.join(one.path, "lock"))
+    with pytest.raises(OSError) as exc:
+        os.symlink("two", os.path.join(two.path, "lock"))
+    assert exc.value.errno == errno.EEXIST
+    assert s3_bytes(boto, bucket, "lock") == b"one"
+    assert os.readlink(os.path.join(one.path, "lock")) == "one"
+    assert os.readlink(os.path.join(two.path, "lock")) == "one"  # two asks S3 again
 
 
 @pytest.mark.parametrize("by", ["mount", "boto3"])

@@ -41,6 +41,17 @@ class Replaced(FsError):
         self.key, self.etag = key, etag
 
 
+class Removed(FsError):
+    """S3 no longer holds the object a read was for: another client removed it since this mount
+    looked it up (a 404 on the read's GET, within attr_ttl). ESTALE, as NFS says of a file
+    removed under an open handle (read(2) never says ENOENT); the reader forgets the name, so
+    that the next open or lookup asks S3 and says ENOENT."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(errno.ESTALE, "%s: removed from S3 by another client" % key)
+        self.key = key
+
+
 class Stale(FsError):
     """The kernel's entry for ``path`` is out of date: ESTALE, so that the kernel looks the path
     up again (once, with LOOKUP_REVAL: Linux's retry_estale) and goes on with what it holds now:

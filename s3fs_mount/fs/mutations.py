@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import logging
 import mimetypes
 import stat
@@ -29,7 +30,7 @@ from s3fs_mount.fs.paths import NAME_MAX, KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher
 from s3fs_mount.fs.renames import PendingRenames
 from s3fs_mount.fs.staging import StagedFile, StagingCache
-from s3fs_mount.fs.upload import Uploader, conflict_name
+from s3fs_mount.fs.upload import CHECK_CONDITIONAL, Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
 from s3fs_mount.s3.checksums import same_bytes
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
@@ -580,9 +581,15 @@ class Mutations:
         one LIST says whether another client put something in it since that listing
         (:meth:`_remove_emptied`); any other is asked of S3 whether it is empty first (one
         LIST), and once more after its deletes (a file put in between: made again, ENOTEMPTY).
+
+        A directory made here whose objects have not left yet (fs/newdirs.py) is withdrawn:
+        neither PUT nor delete is sent, only the one LIST that says whether another client put
+        a key in it meanwhile (then its objects are PUT after all, and ENOTEMPTY).
         """
-        self.new_dirs.settle_under(path)
         prefix = self.keymap.dir_prefix(path)
+        if self._withdraw_new_dir(path, prefix):
+            return
+        self.new_dirs.settle_under(path)
         marker, folder = self.keymap.marker_key(path), self.keymap.folder_key(path)
         self.namespace.check_no_held_data(path)
         own = self.namespace.cached(path)
@@ -606,6 +613,23 @@ class Mutations:
 
             self.namespace.remove_dir(path, remove)
         self.namespace.entry_changed(KeyMap.split(path)[0])
+
+    def _withdraw_new_dir(self, path: str, prefix: str) -> bool:
+        """rmdir's shortcut for a new directory none of whose objects left (:meth:`rmdir`):
+        True once it is gone; False if it is not such a one (or not known empty here)."""
+        own = self.namespace.cached(path)
+        if (
+            own is None
+            or not own.is_dir
+            or own.etag != NEW_DIR_ETAG
+            or not self.namespace.listed_empty(path)
+            or any(self.staging.under(prefix))
+            or not self.new_dirs.withdraw(path)
+        ):
+            return False
+        self.namespace.remove_dir(path, lambda: self._put_back_if_held(path, own, "its mkdir here"))
+        self.namespace.entry_changed(KeyMap.split(path)[0])
+        return True
 
     def _remove_emptied(self, path: str, own: A.Attributes, objects: list[str]) -> None:
         """The directory's objects (marker, holder) and its files' pending deletes, in one
@@ -689,7 +713,17 @@ class Mutations:
         if source.is_dir:
             self._rename_dir(old, new, source)
         else:
-            self._rename_file(old, new, source)
+            try:
+                self._rename_file(old, new, source)
+            except S3Error as exc:
+                if not exc.not_found or exc.code == "NoSuchBucket":
+                    raise
+                # Another client removed the file since this mount looked it up (within
+                # attr_ttl), or made the name a directory: S3's to say now. ESTALE has the
+                # kernel look ``old`` up again (its entry is a file) and rename what it is now,
+                # as rename(2) on NFS or a local disk would (it was ENOENT, the file shown still).
+                self.namespace.forget(old)
+                raise Stale(old, "removed from S3 by another client") from None
         now = self.clock.time()
         for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
             self.namespace.entry_changed(parent, now)
@@ -952,17 +986,43 @@ class Mutations:
             self._copy(source, destination, size=size)  # the listing's size: no HEAD
 
     def symlink(self, target: str, source: str, mode: int, uid: int, gid: int) -> None:
-        """Make ``target`` a link to ``source``: an object whose body is ``source``."""
+        """Make ``target`` a link to ``source``: an object whose body is ``source``.
+
+        Where the server honours ``If-None-Match: *`` (the mount's probe), the PUT carries it,
+        at no cost: a name another client took since our lookup is EEXIST, as symlink(2) says,
+        not replaced (``ln -s`` locks hold across mounts)."""
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
         body = source.encode("utf-8", "surrogateescape")
+        key = self.keymap.key(target)
         self.new_dirs.settle(KeyMap.split(target)[0])
-        self.deletes.settle(self.keymap.key(target))
-        etag = self.store.put(self.keymap.key(target), body, meta)
+        self.deletes.settle(key)
+        exclusive = self.uploader.put_check == CHECK_CONDITIONAL
+        try:
+            etag = self.store.put(key, body, meta, if_none_match=exclusive)
+        except S3Error as exc:
+            if not (exclusive and exc.precondition_failed):
+                raise
+            etag = self._own_link(key, body, meta)  # a retried PUT whose first attempt landed
+            if not etag:
+                self.namespace.forget(target)
+                raise FsError(errno.EEXIST, "another client made %s meanwhile" % target) from None
         self.namespace.remember(
             target, A.attributes_from(meta, len(body), now, self.defaults, "file", etag=etag)
         )
         self.namespace.entry_changed(KeyMap.split(target)[0], now)
+
+    def _own_link(self, key: str, body: bytes, meta: dict[str, str]) -> str:
+        """The ETag of the object at ``key`` if it is the link just put (its body and mtime),
+        else '' (one HEAD)."""
+        try:
+            info = self.store.head(key)
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            return ""
+        ours = info.etag == hashlib.md5(body).hexdigest() and info.metadata.get(A.MTIME) == meta.get(A.MTIME)
+        return info.etag if ours else ""
 
     def mknod(self, path: str, mode: int, dev: int, uid: int, gid: int) -> None:
         """A FIFO, socket or device: an empty object whose mode (and rdev) say what, as s3fs-fuse does."""

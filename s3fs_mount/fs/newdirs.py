@@ -86,6 +86,7 @@ class NewDirectories:
         dirs.add("/a", metadata)     # mkdir: recorded, returns at once
         dirs.settle("/a/f")          # before a key goes under /a: /a and what is above it are in S3
         dirs.settle_under("/a")      # rmdir, rename, fsync of /a
+        dirs.withdraw("/a")          # rmdir of /a before its PUTs left: none is sent
         dirs.close()                 # unmount: everything sent, or kept for the next mount
     """
 
@@ -163,6 +164,28 @@ class NewDirectories:
         S3 when this returns (FsError if not)."""
         if self._pending:
             self._settle(lambda p: p == path or _above(p, path) or _above(path, p))
+
+    def withdraw(self, path: str) -> bool:
+        """rmdir of ``path`` while none of its objects has left yet (queued, nothing pending
+        under it): its record goes, and nothing of it is sent (a PUT of each object, then a
+        delete of each, for a directory S3 never needed). False if its PUTs are under way,
+        failed (one may have landed) or have subdirectories pending: the caller settles it."""
+        with self._cond:
+            entry = self._pending.get(path)
+            if entry is None or entry.state != QUEUED:
+                return False
+            if any(_above(path, p) for p in self._pending if p != path):
+                return False
+            del self._pending[path]
+            self._cond.notify_all()
+        self._records.record(path, None)
+        return True
+
+    def waiting(self) -> list[dict[str, str]]:
+        """For ``s3fs-mount status``: each directory whose objects are not in S3 yet, in mkdir
+        order, with its state (queued, sending, failed) and the last error."""
+        with self._cond:
+            return [{"path": p, "state": d.state, "error": d.error} for p, d in self._pending.items()]
 
     def __len__(self) -> int:
         with self._cond:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, Replaced, Stale, Superseded
+from s3fs_mount.fs.errors import FsError, Removed, Replaced, Stale, Superseded
 from s3fs_mount.fs.fuselib import (
     LIBFUSE_MAJOR,
     KernelNames,
@@ -660,6 +660,12 @@ class S3Operations(Operations):
             except ReleasedRange:
                 self._checkpoint(h.item, "a read at %d" % offset)
                 spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
+        except Removed:
+            # Another client removed it (within attr_ttl of our lookup): ESTALE for this read,
+            # and the name is S3's to say from now on (the next open says ENOENT), not shown
+            # for the rest of attr_ttl.
+            self.namespace.forget(self.keymap.path(h.item.key))
+            raise
         except Replaced as exc:
             if h.served:
                 # The reader has bytes of the old version: it must not get another's, but may go
@@ -998,7 +1004,8 @@ class S3Operations(Operations):
         handles open for writing (1 or 0; such a file is not final yet).
         ``open_for_writing``: every file with a handle open for writing. ``kernel_names``: the
         names of large directories the kernel was told to forget (:meth:`KernelNames.counts`),
-        or None where it cannot be told.
+        or None where it cannot be told. ``new_dirs``: the directories mkdir made whose objects
+        are not in S3 yet (fs/newdirs.py), each with its state and last error.
         """
         with self._lock:
             writing = {id(h.item): h.item for h in self._handles.values() if h.writable}
@@ -1037,6 +1044,7 @@ class S3Operations(Operations):
             "requests": self.request_summary(),
             "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,
             "recovered": dict(self.changes.recovered),
+            "new_dirs": self.changes.new_dirs.waiting(),
         }
 
     @fuse_operation

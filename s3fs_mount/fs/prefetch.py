@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
-from s3fs_mount.fs.errors import Corrupt, FsError, Replaced
+from s3fs_mount.fs.errors import Corrupt, FsError, Removed, Replaced
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, plan
@@ -235,12 +235,17 @@ class Prefetcher:
         return joined(self.read_spans(item, state, offset, size))
 
     def read_spans(self, item: StagedFile, state: ReadState, offset: int, size: int) -> list[Span]:
-        """:meth:`read`'s bytes as the spans of the blocks that hold them (no join)."""
+        """:meth:`read`'s bytes as the spans of the blocks that hold them (no join).
+
+        :raises Removed: S3 holds no object at the item's key now (another client removed it).
+        """
         try:
             return self._read(item, state, offset, size)
         except S3Error as exc:
             if exc.precondition_failed:
                 raise Replaced(item.key, item.view().etag) from exc
+            if exc.not_found and exc.code != "NoSuchBucket":
+                raise Removed(item.key) from exc
             raise
 
     def _read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> list[Span]:

@@ -48,10 +48,10 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
     if recovered:
         what = ", ".join("%s %d" % (k, n) for k, n in sorted(recovered.items()))
         lines.append("recovered at mount (what a previous run left): %s" % what)
-    if not st["pending"]:
+    n = pending_files(st)
+    if not n:
         lines.append("nothing waiting to upload")
     else:
-        n = len(st["pending"])
         lines.append("%d file%s waiting to upload:" % (n, "" if n == 1 else "s"))
         for p in st["pending"]:
             done = 100.0 * p["uploaded"] / p["size"] if p["size"] else 0.0
@@ -59,7 +59,15 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
             if p["error"]:
                 line += "  (last error: %s)" % p["error"]
             lines.append(line)
+        if n > len(st["pending"]):
+            lines.append("  and %d more" % (n - len(st["pending"])))
     return "\n".join(lines)
+
+
+def pending_files(st: dict[str, Any]) -> int:
+    """How many files wait to upload: the status lists the first of them only (a mount older
+    than ``pending_files`` lists all)."""
+    return int(st.get("pending_files", len(st["pending"])))
 
 
 def status(mountpoint: str, out: TextIO = sys.stdout) -> int:
@@ -77,25 +85,34 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
     deadline = None if timeout is None else time.monotonic() + timeout
     tty = out.isatty()
     failed: set[str] = set()
-    pending = read_status(mountpoint)["pending"]
-    total = len(pending)
-    meter = _Progress(out, tty, sum(p["size"] for p in pending))
-    for n, p in enumerate(pending):
-        if deadline is not None and time.monotonic() > deadline:
-            print("\nsync: timed out with %d files pending" % (total - n), file=out)
-            return 1
-        if not tty:
-            print(
-                "uploading %s (%s to upload)" % (p["path"], human_size(p["size"] - p["uploaded"])), file=out
-            )
-        meter.file_started(p["uploaded"])
-        error = _fsync_watched(mountpoint, p, meter, n, total)
-        if error:
-            print("\nsync: %s: %s" % (p["path"], error), file=out)
-            failed.add(p["path"])
-        meter.file_done(p["size"])
-    meter.finish(total)
+    tried: set[str] = set()
     st = read_status(mountpoint)
+    total = pending_files(st)
+    meter = _Progress(out, tty, int(st.get("pending_bytes", sum(p["size"] for p in st["pending"]))))
+    n = 0
+    while True:  # the status lists the first files waiting only: ask again after each batch
+        batch = [p for p in st["pending"] if p["path"] not in tried]
+        if not batch:
+            break
+        for p in batch:
+            if deadline is not None and time.monotonic() > deadline:
+                print("\nsync: timed out with %d files pending" % max(total - n, 1), file=out)
+                return 1
+            if not tty:
+                print(
+                    "uploading %s (%s to upload)" % (p["path"], human_size(p["size"] - p["uploaded"])),
+                    file=out,
+                )
+            tried.add(p["path"])
+            meter.file_started(p["uploaded"])
+            error = _fsync_watched(mountpoint, p, meter, n, max(total, n + 1))
+            if error:
+                print("\nsync: %s: %s" % (p["path"], error), file=out)
+                failed.add(p["path"])
+            meter.file_done(p["size"])
+            n += 1
+        st = read_status(mountpoint)
+    meter.finish(n)
     left = [p for p in st["pending"] if p["path"] not in failed]
     for p in left:
         if p.get("writers"):
@@ -116,9 +133,12 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
                 % (w["path"], human_size(w["size"])),
                 file=out,
             )
+    unlisted = pending_files(st) - len(st["pending"])
+    if unlisted > 0:
+        print("sync: %d more files wait to upload behind those" % unlisted, file=out)
     if failed:
         print("sync: %d files could not be uploaded; they stay staged" % len(failed), file=out)
-    if failed or left:
+    if failed or left or unlisted > 0:
         return 1
     print("all files are in S3", file=out)
     return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import s3rig
 from faultproxy import FaultProxy
-from mountrig import sync_dir
+from mountrig import BIN, sync_dir
 from waiting import eventually
 
 from s3fs_mount import control
@@ -1269,6 +1269,31 @@ def test_closes_on_a_cache_disk_still_full_of_dirty_data_upload(mount_factory, b
             os.unlink(disk / "filler")
             assert m.stop() == 0
 
+
+
+def test_status_and_sync_with_more_files_waiting_than_one_answer_holds(
+    mount_factory, holdproxy, s3config, boto, bucket, tmp_path
+):
+    # The status is one extended attribute of the mount's root, and the kernel refuses one over
+    # 64 KiB (E2BIG): with -o writeback and S3 slow or away, 300 files waiting to upload made
+    # `s3fs-mount status` and `sync` fail with "is not an s3fs-mount (Argument list too long)",
+    # just when they are wanted (found by hand, round 36).
+    m = writeback_mount_through(holdproxy, mount_factory, s3config, tmp_path)
+    holdproxy.hold_uploads()
+    names = ["%s-%04d" % ("a-file-with-a-long-name-as-backups-make-them" * 5, i) for i in range(300)]
+    for name in names:
+        with open(os.path.join(m.path, name), "wb") as f:
+            f.write(b"x")
+    st = control.read_status(m.path)
+    assert st["pending_files"] == 300 and len(st["pending"]) < 300
+    text = control.format_status(st, m.path)
+    assert "300 files waiting to upload" in text and "and %d more" % (300 - len(st["pending"])) in text
+    holdproxy.release()
+    out = subprocess.run([sys.executable, BIN, "sync", m.path], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert control.read_status(m.path)["pending"] == []
+    assert all(s3_has(boto, bucket, name) for name in names)
+    assert m.stop() == 0
 
 # -- kill -9 in the middle of a change of names or metadata ------------------------------------
 

@@ -41,7 +41,7 @@ from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState, Span, joined
 from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
-from s3fs_mount.fs.status import STATUS_XATTR
+from s3fs_mount.fs.status import STATUS_XATTR, fitting
 from s3fs_mount.fs.upload import WRITE_GATE, Uploader, WritebackQueue, hold_at_write_gate
 
 if TYPE_CHECKING:  # handed on to the units below, never asked anything here
@@ -996,7 +996,9 @@ class S3Operations(Operations):
         Per pending file: its size, the bytes of it already in S3 (``uploaded``:
         of the upload under way, or of the last one), and ``writers``, the
         handles open for writing (1 or 0; such a file is not final yet).
-        ``open_for_writing``: every file with a handle open for writing. ``kernel_names``: the
+        ``open_for_writing``: every file with a handle open for writing. Both lists are cut to fit
+        one extended attribute (:func:`fitting`); ``pending_files`` and ``pending_bytes`` count
+        every file waiting to upload. ``kernel_names``: the
         names of large directories the kernel was told to forget (:meth:`KernelNames.counts`),
         or None where it cannot be told.
         """
@@ -1032,8 +1034,10 @@ class S3Operations(Operations):
             "cache_size": self.options.cache_size,
             "cache_bound": self.staging.capacity,  # less than cache_size when the disk has less room
             "writeback": self.options.writeback,
-            "pending": pending,
-            "open_for_writing": open_for_writing,
+            "pending": fitting(pending),
+            "pending_files": len(pending),
+            "pending_bytes": sum(p["size"] for p in pending),
+            "open_for_writing": fitting(open_for_writing),
             "requests": self.request_summary(),
             "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,
             "recovered": dict(self.changes.recovered),

@@ -1271,6 +1271,47 @@ def test_closes_on_a_cache_disk_still_full_of_dirty_data_upload(mount_factory, b
 
 
 
+def test_with_writeback_a_write_on_a_disk_full_of_files_waiting_to_upload_waits_for_them(
+    mount_factory, holdproxy, s3config, boto, bucket, tmp_path
+):
+    # -o writeback on a cache disk another program filled after the mount (so cache_size, bounded
+    # by the room the disk had then, is not reached): the disk is full of closed files whose
+    # uploads are under way. A write waits for those uploads, as one past cache_size does, rather
+    # than failing with ENOSPC (found by hand, round 36: 1,192 files of 20 KB into a 20 MiB cache
+    # disk, an ENOSPC after 3 s).
+    with small_tmpfs(tmp_path / "disk") as disk:
+        m = writeback_mount_through(holdproxy, mount_factory, s3config, tmp_path, str(disk / "cache"))
+        try:
+            holdproxy.hold_uploads()
+            files = {"w%d" % i: rand(2 * MiB, 90 + i) for i in range(4)}
+            for name, data in files.items():
+                write_file(os.path.join(m.path, name), data)  # returns at once; the uploads are held
+            eventually(lambda: holdproxy.held >= 1, 10, "the uploads to reach the proxy")
+            fill_disk(disk / "filler")
+            waiting = threading.Thread(target=lambda: (
+                eventually(lambda: any("waits for the uploads" in line for line in m.log_lines()),
+                           30, "the write to wait"),
+                holdproxy.release()))
+            waiting.start()
+            files["new"] = rand(MiB, 99)
+            write_file(os.path.join(m.path, "new"), files["new"])
+            waiting.join()
+            sync_dir(m.path)
+            for name in files:
+                fd = os.open(os.path.join(m.path, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            for name, data in files.items():
+                assert s3_bytes(boto, bucket, name) == data, name
+        finally:
+            holdproxy.release()
+            with contextlib.suppress(OSError):
+                os.unlink(disk / "filler")
+            assert m.stop() == 0
+
+
 def test_status_and_sync_with_more_files_waiting_than_one_answer_holds(
     mount_factory, holdproxy, s3config, boto, bucket, tmp_path
 ):

@@ -40,7 +40,7 @@ from s3fs_mount.fs.namespace import Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState, Span, joined
-from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
+from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache, disk_full
 from s3fs_mount.fs.status import STATUS_XATTR, fitting
 from s3fs_mount.fs.upload import WRITE_GATE, Uploader, WritebackQueue, hold_at_write_gate
 
@@ -703,10 +703,36 @@ class S3Operations(Operations):
         try:
             if WRITE_GATE:
                 hold_at_write_gate(offset)
-            written = h.item.write(offset, data, append=h.append)  # short when the cache's disk filled
+            written = self._write_staged(h, offset, data)
             self.uploader.after_write(h.item, None if h.append else offset, data[:written])
         finally:
             self.uploader.done_writing(h.item, offset, len(data))
+        return written
+
+    def _write_staged(self, h: Handle, offset: int, data: bytes) -> int:
+        """``data`` into the handle's staged file; the count written, short when the cache's disk
+        filled. With ``-o writeback`` a disk full of files waiting to upload makes the write wait
+        for their uploads (their copies then make room) and try the rest once more: the disk can
+        fill before ``cache_size`` does (another program, the journals, a small disk's blocks),
+        and the back-pressure above only sees ``cache_size``."""
+
+        def others_waiting() -> bool:
+            return any(i is not h.item for i in self.staging.pending())
+
+        try:
+            written = h.item.write(offset, data, append=h.append)
+        except OSError as exc:
+            if self.writeback is None or not disk_full(exc) or not others_waiting():
+                raise
+            written = 0
+        if written < len(data) and self.writeback is not None and others_waiting():
+            log.info("the cache's disk is full of files waiting to upload: write waits for the uploads")
+            self.writeback.drain(timeout=BACKPRESSURE_WAIT)
+            try:
+                written += h.item.write(offset + written, data[written:], append=h.append)
+            except OSError as exc:
+                if not written or not disk_full(exc):
+                    raise
         return written
 
     def _checkpoint(self, item: StagedFile, why: str) -> None:

@@ -1032,6 +1032,32 @@ def test_an_unmount_while_s3_is_unreachable_keeps_the_files_waiting_and_says_so(
     assert control.read_status(m2.path)["recovered"].get("files uploaded") == 1
     assert m2.stop() == 0
 
+def test_writeback_uploads_that_failed_in_an_outage_are_tried_again_once_s3_is_back(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    # -o writeback: files closed (close returned) while S3 is away; their background uploads
+    # fail. Once S3 is back they reach it with nothing asked of the mount: no sync, no fsync, no
+    # unmount. Before (found by hand, round 36): they stayed staged until one of those, however
+    # long the mount ran, and another client never saw them.
+    m = proxied(mount_factory, tmp_path, s3config, faultproxy, options="writeback").start()
+    files = {"f%d" % i: b"closed during the outage %d" % i for i in range(5)}
+    opened = {name: open(os.path.join(m.path, name), "wb") for name in files}  # a create asks S3
+    served = faultproxy.upstream
+    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # nothing listens there: S3 is away
+    try:
+        for name, data in files.items():
+            opened[name].write(data)
+            opened[name].close()
+        eventually(lambda: sum("background upload of" in line for line in m.log_lines()) >= len(files),
+                   60, "the uploads to fail")
+    finally:
+        faultproxy.upstream = served
+    eventually(lambda: all(s3_has(boto, bucket, name) for name in files), 60, "the files to reach S3")
+    for name, data in files.items():
+        assert s3_bytes(boto, bucket, name) == data, name
+    assert any("trying the 4 files whose upload failed" in line for line in m.log_lines()), m.log()
+    assert m.stop() == 0
+
 def test_writeback_fsync_returns_once_the_file_is_in_s3(
     mount_factory, holdproxy, s3config, boto, bucket, tmp_path
 ):

@@ -50,10 +50,10 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
         what = ", ".join("%s %d" % (k, n) for k, n in sorted(recovered.items()))
         lines.append("recovered at mount (what a previous run left): %s" % what)
     new_dirs = st.get("new_dirs", [])  # a mount older than it has none
-    if not st["pending"] and not new_dirs:
+    n = pending_files(st)
+    if not n and not new_dirs:
         lines.append("nothing waiting to upload")
-    if st["pending"]:
-        n = len(st["pending"])
+    if n:
         lines.append("%d file%s waiting to upload:" % (n, "" if n == 1 else "s"))
         for p in st["pending"]:
             done = 100.0 * p["uploaded"] / p["size"] if p["size"] else 0.0
@@ -61,15 +61,25 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
             if p["error"]:
                 line += "  (last error: %s)" % p["error"]
             lines.append(line)
+        if n > len(st["pending"]):
+            lines.append("  and %d more" % (n - len(st["pending"])))
     if new_dirs:
-        n = len(new_dirs)
+        n = st.get("new_dirs_count", len(new_dirs))
         lines.append("%d new director%s not yet in S3:" % (n, "y" if n == 1 else "ies"))
         for d in new_dirs:
             line = "  %-10s %s" % (d["state"], d["path"])
             if d["error"]:
                 line += "  (last error: %s)" % d["error"]
             lines.append(line)
+        if n > len(new_dirs):
+            lines.append("  and %d more" % (n - len(new_dirs)))
     return "\n".join(lines)
+
+
+def pending_files(st: dict[str, Any]) -> int:
+    """How many files wait to upload: the status lists the first of them only (a mount older
+    than ``pending_files`` lists all)."""
+    return int(st.get("pending_files", len(st["pending"])))
 
 
 def status(mountpoint: str, out: TextIO = sys.stdout) -> int:
@@ -88,25 +98,35 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
     deadline = None if timeout is None else time.monotonic() + timeout
     tty = out.isatty()
     failed: set[str] = set()
-    pending = read_status(mountpoint)["pending"]
-    total = len(pending)
-    meter = _Progress(out, tty, sum(p["size"] for p in pending))
-    for n, p in enumerate(pending):
-        if deadline is not None and time.monotonic() > deadline:
-            print("\nsync: timed out with %d files pending" % (total - n), file=out)
-            return 1
-        if not tty:
-            print(
-                "uploading %s (%s to upload)" % (p["path"], human_size(p["size"] - p["uploaded"])), file=out
-            )
-        meter.file_started(p["uploaded"])
-        error = _fsync_watched(mountpoint, p, meter, n, total)
-        if error:
-            print("\nsync: %s: %s" % (p["path"], error), file=out)
-            failed.add(p["path"])
-        meter.file_done(p["size"])
-    meter.finish(total)
-    failed_dirs = _sync_new_dirs(mountpoint, read_status(mountpoint).get("new_dirs", []), out)
+    tried: set[str] = set()
+    st = read_status(mountpoint)
+    total = pending_files(st)
+    meter = _Progress(out, tty, int(st.get("pending_bytes", sum(p["size"] for p in st["pending"]))))
+    n = 0
+    while True:  # the status lists the first files waiting only: ask again after each batch
+        batch = [p for p in st["pending"] if p["path"] not in tried]
+        if not batch:
+            break
+        for p in batch:
+            if deadline is not None and time.monotonic() > deadline:
+                print("\nsync: timed out with %d files pending" % max(total - n, 1), file=out)
+                return 1
+            if not tty:
+                print(
+                    "uploading %s (%s to upload)" % (p["path"], human_size(p["size"] - p["uploaded"])),
+                    file=out,
+                )
+            tried.add(p["path"])
+            meter.file_started(p["uploaded"])
+            error = _fsync_watched(mountpoint, p, meter, n, max(total, n + 1))
+            if error:
+                print("\nsync: %s: %s" % (p["path"], error), file=out)
+                failed.add(p["path"])
+            meter.file_done(p["size"])
+            n += 1
+        st = read_status(mountpoint)
+    meter.finish(n)
+    failed_dirs = _sync_new_dirs(mountpoint, st.get("new_dirs", []), out)
     st = read_status(mountpoint)
     left = [p for p in st["pending"] if p["path"] not in failed]
     for p in left:
@@ -128,12 +148,18 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
                 % (w["path"], human_size(w["size"])),
                 file=out,
             )
+    unlisted = pending_files(st) - len(st["pending"])
+    if unlisted > 0:
+        print("sync: %d more files wait to upload behind those" % unlisted, file=out)
     late_dirs = [d["path"] for d in st.get("new_dirs", []) if d["path"] not in failed_dirs]
     for path in late_dirs:
         print("sync: directory %s was made meanwhile: not yet in S3" % path, file=out)
+    unlisted_dirs = st.get("new_dirs_count", 0) - len(st.get("new_dirs", []))
+    if unlisted_dirs > 0:
+        print("sync: %d more new directories wait behind those" % unlisted_dirs, file=out)
     if failed:
         print("sync: %d files could not be uploaded; they stay staged" % len(failed), file=out)
-    if failed or left or failed_dirs or late_dirs:
+    if failed or left or unlisted > 0 or failed_dirs or late_dirs or unlisted_dirs > 0:
         return 1
     print("all files are in S3", file=out)
     return 0

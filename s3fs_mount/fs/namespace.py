@@ -103,7 +103,7 @@ from s3fs_mount.fs.paths import FOLDER_SUFFIX, NAME_MAX, KeyMap, is_valid_name, 
 from s3fs_mount.fs.statahead import WORKERS as STATAHEAD_WORKERS
 from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.parts import AnyLayout
 from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
@@ -1336,6 +1336,9 @@ class Namespace:
                 with self._lock:
                     self._dir_times.pop(path, None)
                 self.holders.done(path)  # gone: no holder to write
+                continue
+            except RemoteStoreError as exc:  # S3 away or refusing: kept pending, as a failed store
+                log.warning("could not store the times of directory %s: %s", path, exc)
                 continue
             if not current.etag:  # implicit: kept in memory
                 with self._lock:

@@ -40,8 +40,8 @@ from s3fs_mount.fs.namespace import Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState, Span, joined
-from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
-from s3fs_mount.fs.status import STATUS_XATTR
+from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache, disk_full
+from s3fs_mount.fs.status import STATUS_XATTR, fitting
 from s3fs_mount.fs.upload import WRITE_GATE, Uploader, WritebackQueue, hold_at_write_gate
 
 if TYPE_CHECKING:  # handed on to the units below, never asked anything here
@@ -709,10 +709,36 @@ class S3Operations(Operations):
         try:
             if WRITE_GATE:
                 hold_at_write_gate(offset)
-            written = h.item.write(offset, data, append=h.append)  # short when the cache's disk filled
+            written = self._write_staged(h, offset, data)
             self.uploader.after_write(h.item, None if h.append else offset, data[:written])
         finally:
             self.uploader.done_writing(h.item, offset, len(data))
+        return written
+
+    def _write_staged(self, h: Handle, offset: int, data: bytes) -> int:
+        """``data`` into the handle's staged file; the count written, short when the cache's disk
+        filled. With ``-o writeback`` a disk full of files waiting to upload makes the write wait
+        for their uploads (their copies then make room) and try the rest once more: the disk can
+        fill before ``cache_size`` does (another program, the journals, a small disk's blocks),
+        and the back-pressure above only sees ``cache_size``."""
+
+        def others_waiting() -> bool:
+            return any(i is not h.item for i in self.staging.pending())
+
+        try:
+            written = h.item.write(offset, data, append=h.append)
+        except OSError as exc:
+            if self.writeback is None or not disk_full(exc) or not others_waiting():
+                raise
+            written = 0
+        if written < len(data) and self.writeback is not None and others_waiting():
+            log.info("the cache's disk is full of files waiting to upload: write waits for the uploads")
+            self.writeback.drain(timeout=BACKPRESSURE_WAIT)
+            try:
+                written += h.item.write(offset + written, data[written:], append=h.append)
+            except OSError as exc:
+                if not written or not disk_full(exc):
+                    raise
         return written
 
     def _checkpoint(self, item: StagedFile, why: str) -> None:
@@ -1002,10 +1028,13 @@ class S3Operations(Operations):
         Per pending file: its size, the bytes of it already in S3 (``uploaded``:
         of the upload under way, or of the last one), and ``writers``, the
         handles open for writing (1 or 0; such a file is not final yet).
-        ``open_for_writing``: every file with a handle open for writing. ``kernel_names``: the
+        ``open_for_writing``: every file with a handle open for writing. Both lists are cut to fit
+        one extended attribute (:func:`fitting`); ``pending_files`` and ``pending_bytes`` count
+        every file waiting to upload. ``kernel_names``: the
         names of large directories the kernel was told to forget (:meth:`KernelNames.counts`),
         or None where it cannot be told. ``new_dirs``: the directories mkdir made whose objects
-        are not in S3 yet (fs/newdirs.py), each with its state and last error.
+        are not in S3 yet (fs/newdirs.py), each with its state and last error, cut to fit as the
+        other lists; ``new_dirs_count`` counts them all.
         """
         with self._lock:
             writing = {id(h.item): h.item for h in self._handles.values() if h.writable}
@@ -1023,6 +1052,7 @@ class S3Operations(Operations):
                     "writers": int(id(item) in writing),
                 }
             )
+        new_dirs = self.changes.new_dirs.waiting()
         open_for_writing = []
         for item in writing.values():
             view = item.view()
@@ -1039,12 +1069,15 @@ class S3Operations(Operations):
             "cache_size": self.options.cache_size,
             "cache_bound": self.staging.capacity,  # less than cache_size when the disk has less room
             "writeback": self.options.writeback,
-            "pending": pending,
-            "open_for_writing": open_for_writing,
+            "pending": fitting(pending),
+            "pending_files": len(pending),
+            "pending_bytes": sum(p["size"] for p in pending),
+            "open_for_writing": fitting(open_for_writing),
             "requests": self.request_summary(),
             "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,
             "recovered": dict(self.changes.recovered),
-            "new_dirs": self.changes.new_dirs.waiting(),
+            "new_dirs": fitting(new_dirs),
+            "new_dirs_count": len(new_dirs),
         }
 
     @fuse_operation

@@ -98,6 +98,8 @@ UPLOAD_GATE = os.environ.get("S3FS_MOUNT_TEST_UPLOAD_GATE", "")
 RESENDS = 3
 #: Uploads again, in a row, of a closed file changed while its background upload ran.
 WRITEBACK_AGAIN = 5
+#: Seconds before a failed background upload is first tried again, and the most between tries.
+AGAIN_FIRST, AGAIN_MOST = 2.0, 30.0
 #: How uploads guard against replacing another client's version (see the module docstring).
 CHECK_CONDITIONAL, CHECK_HEAD, CHECK_OFF = "conditional", "head", "off"
 
@@ -1425,6 +1427,13 @@ class WritebackQueue:
     """With ``-o writeback``: uploads run here, so close returns at once.
 
     Bounded: ``submit`` blocks when ``limit`` files are already waiting.
+
+    A failed upload is tried again (its file kept staged meanwhile; the closer was told
+    nothing, its close had returned): the oldest failed file alone, ``AGAIN_FIRST`` s after
+    the first failure and then at doubling intervals up to ``AGAIN_MOST`` s, and every failed
+    file at once as soon as such a try succeeds (S3 answers again). An outage costs one file's
+    requests a round, not every file's; before round 36 nothing was tried again until a sync,
+    an fsync or the unmount, and files closed during a blip of S3 stayed out of it.
     """
 
     def __init__(
@@ -1441,10 +1450,18 @@ class WritebackQueue:
         self._queue: queue.Queue[StagedFile | None] = queue.Queue(limit)
         self._idle = threading.Condition()
         self._busy = 0  # GUARDED_BY(_idle): files submitted and not yet done
+        #: GUARDED_BY(_idle): files whose upload failed, to try again, oldest first (by id).
+        self._failed: dict[int, StagedFile] = {}
+        self._probe: StagedFile | None = None  # GUARDED_BY(_idle): the failed file tried alone
+        self._all_again = False  # GUARDED_BY(_idle): the probe succeeded: try every failed file
+        self._delay = AGAIN_FIRST  # GUARDED_BY(_idle): before the next probe
+        self._due = 0.0  # GUARDED_BY(_idle): time.monotonic() of the next probe
+        self._stopping = False  # GUARDED_BY(_idle)
         self._threads = [
             threading.Thread(target=self._run, name="writeback-%d" % i, daemon=True) for i in range(workers)
         ]
-        for t in self._threads:
+        self._again = threading.Thread(target=self._try_again, name="writeback-again", daemon=True)
+        for t in [*self._threads, self._again]:
             t.start()
 
     def submit(self, item: StagedFile) -> None:
@@ -1457,6 +1474,7 @@ class WritebackQueue:
             item = self._queue.get()
             if item is None:
                 return
+            failed = False
             try:
                 if self._flush(item) and self.on_uploaded is not None:
                     self.on_uploaded(item)
@@ -1464,11 +1482,61 @@ class WritebackQueue:
                 if self.on_conflict is not None:
                     self.on_conflict(exc)
             except Exception as exc:
-                log.error("background upload of %s failed, kept staged: %s", item.key, exc)
+                failed = True
+                log.error("background upload of %s failed, kept staged (tried again): %s", item.key, exc)
             finally:
                 with self._idle:
                     self._busy -= 1
+                    self._ended(item, failed)
                     self._idle.notify_all()
+
+    def _ended(self, item: StagedFile, failed: bool) -> None:
+        """Keep a failed upload's file to try again; a probe that succeeded frees the others
+        (caller holds ``_idle``)."""
+        probe = self._probe is item
+        if probe:
+            self._probe = None
+        if failed:
+            if not self._failed and self._probe is None and not probe:  # the first failure of a run
+                self._delay = AGAIN_FIRST
+                self._due = time.monotonic() + self._delay
+            self._failed[id(item)] = item
+        elif probe:
+            self._delay = AGAIN_FIRST
+            self._all_again = bool(self._failed)
+
+    def _try_again(self) -> None:
+        """Submit failed uploads again, as the class says, until :meth:`stop`."""
+        while True:
+            with self._idle:
+                while True:
+                    if self._stopping:
+                        return
+                    now = time.monotonic()
+                    if self._failed and self._all_again:
+                        batch = list(self._failed.values())
+                        self._failed.clear()
+                        self._all_again = False
+                        break
+                    if self._failed and self._probe is None and now >= self._due:
+                        batch = [self._failed.pop(next(iter(self._failed)))]
+                        self._probe = batch[0]
+                        self._due = now + self._delay
+                        self._delay = min(self._delay * 2, AGAIN_MOST)
+                        break
+                    waiting = self._failed and self._probe is None
+                    self._idle.wait(max(0.05, self._due - now) if waiting else None)
+            if len(batch) > 1:
+                log.info("S3 takes uploads again: trying the %d files whose upload failed", len(batch))
+            for item in batch:
+                staging = self.uploader.staging
+                if staging is None or staging.left_dirty(item):
+                    self.submit(item)  # else written again (its close submits it), uploaded, or gone
+                else:
+                    with self._idle:
+                        if self._probe is item:  # not tried: tells nothing of S3
+                            self._probe = None
+                            self._idle.notify_all()
 
     def _flush(self, item: StagedFile) -> bool:
         """Upload ``item``, and again while it was changed meanwhile and is closed: a chmod or a
@@ -1489,6 +1557,10 @@ class WritebackQueue:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def stop(self) -> None:
+        with self._idle:
+            self._stopping = True
+            self._idle.notify_all()
+        self._again.join()
         for _ in self._threads:
             self._queue.put(None)
         for t in self._threads:

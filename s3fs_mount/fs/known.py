@@ -15,8 +15,22 @@ so writes are not synced (``synchronous=OFF``), and a table that cannot be
 opened is logged once and not used. At most :data:`MAX_ROWS` files are kept;
 the oldest records go first.
 
-Locks: ``_lock`` guards the connection (one statement at a time) and
-``_writes``; it is never held during a request.
+When: a record is only queued (no JSON, no SQL); a thread of its own writes the
+queue once no record came for :data:`QUIET` seconds, so the HEADs of a burst
+(``ls -l`` of 10,000: a record each, on the readdir's thread) do not pay for
+their rows while the burst goes on: the encoding and the inserts took ~10% of the
+mount's GIL in ``ls -l`` (bench/README.md, round 36 helper 1). A listing asks the
+table only after writing what is queued (:meth:`KnownVersions.find`), and
+unmount writes the rest (:meth:`KnownVersions.close`). At most
+:data:`MAX_QUEUED` records wait: past that, the one that fills the queue writes
+it at once (memory bounded in a burst that never pauses). A mount killed before
+a write loses those rows: what they told is asked again (HEADs).
+
+Locks: ``_db_lock`` guards the connection (one statement at a time, and a
+queue taken is written before a query); ``_lock`` guards the queue and the
+writer's fields, and is held for no statement, so a record never waits for a
+write. ``_db_lock`` is taken before ``_lock`` when both are. Neither is held
+during a request, nor while waiting for the writer thread.
 """
 
 from __future__ import annotations
@@ -33,8 +47,10 @@ log = logging.getLogger(__name__)
 
 #: Files whose attributes are kept (~200 bytes each on disk).
 MAX_ROWS = 2_000_000
-#: Records written at once (one transaction).
-BATCH = 256
+#: Seconds without a new record before the queued ones are written (by the writer thread).
+QUIET = 1.0
+#: Records queued at most: the one past it writes them all at once (one transaction).
+MAX_QUEUED = 20_000
 #: Paths asked at once (SQLite's bound on a statement's parameters is 32,766).
 QUERY_CHUNK = 900
 FILE_NAME = "attributes.sqlite"
@@ -58,12 +74,27 @@ class KnownVersions:
     :param defaults: the attributes of objects without metadata (as the namespace's).
     """
 
-    def __init__(self, directory: str | None, defaults: A.Defaults) -> None:
+    def __init__(
+        self, directory: str | None, defaults: A.Defaults, quiet: float = QUIET, max_queued: int = MAX_QUEUED
+    ) -> None:
         self.defaults = defaults
+        self.quiet = quiet  # immutable after __init__
+        self.max_queued = max_queued  # immutable after __init__
+        self._db_lock = threading.Lock()
         self._lock = threading.Lock()
-        #: What is still to write, in order: ("put", row), ("drop", (path,)), ("drop_tree", (path,)).
+        #: What is still to write, in order: ("put", (path, attributes)), ("drop", (path,)),
+        #: ("drop_tree", (path,)). A put's row is encoded when written.
         self._writes: list[tuple[str, tuple[object, ...]]] = []  # GUARDED_BY(_lock)
-        self._db: sqlite3.Connection | None = None  # GUARDED_BY(_lock); None: not in use
+        self._recorded = 0  # GUARDED_BY(_lock): records and drops queued so far (the writer's clock)
+        self._closed = False  # GUARDED_BY(_lock)
+        #: Set when the queue gets its first entry since a write, and at close: the writer looks.
+        #: Not set by each record: the writer, waiting for the records to stop, is woken by none.
+        self._wake = threading.Event()
+        self._stop = threading.Event()  #: set at close
+        self._writer: threading.Thread | None = None  # GUARDED_BY(_lock); started by the first record
+        #: GUARDED_BY(_db_lock); None: not in use. Set once here, and to None once given up: read
+        #: without the lock as a hint (a record queued after it was given up is never written).
+        self._db: sqlite3.Connection | None = None
         #: False while the table is known to be empty: a listing page asks it nothing.
         self._any = False  # GUARDED_BY(_lock)
         if directory is None:
@@ -89,19 +120,12 @@ class KnownVersions:
             return
         if self._db is None:
             return
-        facts = {
-            "meta": attributes.metadata,
-            "headers": attributes.headers,
-            "class": attributes.storage_class,
-            "version": attributes.version_id,
-            "digest": attributes.digest,
-        }
-        row = (path, attributes.etag, attributes.size, int(attributes.stored), json.dumps(facts))
         with self._lock:
-            self._writes.append(("put", row))
+            self._writes.append(("put", (path, attributes)))
             self._any = True
-            if len(self._writes) >= BATCH:
-                self._write_locked()
+            full = self._queued_locked()
+        if full:
+            self.flush()
 
     def drop(self, path: str, tree: bool = False) -> None:
         """Drop what is kept of ``path`` (``tree``: and of everything under it): this mount
@@ -111,17 +135,19 @@ class KnownVersions:
             if self._db is None or not self._any:
                 return  # nothing kept, nothing to be written: each create would queue a DELETE
             self._writes.append(("drop_tree" if tree else "drop", (path,)))
-            if len(self._writes) >= BATCH:
-                self._write_locked()
+            full = self._queued_locked()
+        if full:
+            self.flush()
 
     def find(self, paths: list[str]) -> dict[str, A.Attributes]:
         """What is kept of ``paths``: path -> whole attributes (``stored``: the version's
         Last-Modified), for the caller to check against its listing."""
         found: dict[str, A.Attributes] = {}
         with self._lock:
-            if self._db is None or not paths or not self._any:
+            if not paths or not self._any:
                 return found
-            self._write_locked()
+        with self._db_lock:
+            self._write_queue()
             for start in range(0, len(paths), QUERY_CHUNK):
                 chunk = paths[start : start + QUERY_CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -134,16 +160,58 @@ class KnownVersions:
         return found
 
     def flush(self) -> None:
-        """Write what is recorded (at unmount)."""
-        with self._lock:
-            self._write_locked()
+        """Write what is queued."""
+        with self._db_lock:
+            self._write_queue()
 
     def close(self) -> None:
+        """Write what is queued and close the table; the writer thread ends."""
         with self._lock:
-            self._write_locked()
+            self._closed = True
+            writer = self._writer
+        self._stop.set()
+        self._wake.set()
+        if writer is not None:
+            writer.join()
+        with self._db_lock:
+            self._write_queue()
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    def _queued_locked(self) -> bool:
+        """Something was queued (caller holds _lock): True past ``max_queued`` (the caller
+        writes the queue at once), else the writer thread writes it once the records stop."""
+        self._recorded += 1
+        if len(self._writes) >= self.max_queued:
+            return True
+        if self._writer is None and not self._closed:
+            self._writer = threading.Thread(target=self._write_when_quiet, name="known-writer", daemon=True)
+            self._writer.start()
+        if len(self._writes) == 1:
+            self._wake.set()
+        return False
+
+    def _write_when_quiet(self) -> None:
+        """The writer thread: once something is queued, wait until ``quiet`` seconds pass with
+        no new record, then write the queue; at close, stop (close writes the rest)."""
+        while True:
+            self._wake.wait()
+            with self._lock:
+                if self._closed:
+                    return
+                self._wake.clear()
+                seen = self._recorded
+            while True:
+                self._stop.wait(self.quiet)
+                with self._lock:
+                    if self._closed:
+                        return
+                    quiet = self._recorded == seen
+                    seen = self._recorded
+                if quiet:
+                    self.flush()
+                    break
 
     def _attributes(self, etag: str, size: int, stored: int, facts: str) -> A.Attributes | None:
         try:
@@ -165,9 +233,10 @@ class KnownVersions:
             log.debug("a kept record could not be read (%s): asked again", exc)
             return None
 
-    def _write_locked(self) -> None:
-        """Write the recorded rows, and keep the table within MAX_ROWS (caller holds _lock)."""
-        rows, self._writes = self._writes, []
+    def _write_queue(self) -> None:
+        """Write the queued rows, and keep the table within MAX_ROWS (caller holds _db_lock)."""
+        with self._lock:
+            rows, self._writes = self._writes, []
         if not rows or self._db is None:
             return
 
@@ -175,7 +244,7 @@ class KnownVersions:
             db.execute("BEGIN")
             for op, row in rows:
                 if op == "put":
-                    db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?)", row)
+                    db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?)", _row(*row))
                 elif op == "drop":
                     db.execute("DELETE FROM versions WHERE path = ?", row)
                 else:  # drop_tree
@@ -193,8 +262,9 @@ class KnownVersions:
         self._run_locked(write)
 
     def _run_locked(self, job):  # type: ignore[no-untyped-def]
-        """Run ``job(db)``; on an SQLite error, log it and stop using the table. None once it is
-        not used (a write that failed a moment before, e.g. on a full disk, closed it)."""
+        """Run ``job(db)`` (caller holds _db_lock); on an SQLite error, log it and stop using the
+        table. None once it is not used (a write that failed a moment before, e.g. on a full
+        disk, closed it)."""
         if self._db is None:
             return None
         try:
@@ -206,3 +276,16 @@ class KnownVersions:
             finally:
                 self._db = None
             return None
+
+
+def _row(path: object, attributes: object) -> tuple[object, ...]:
+    """The table's row for a queued record: ``attributes`` (whole, dated) of file ``path``."""
+    assert isinstance(attributes, A.Attributes)
+    facts = {
+        "meta": attributes.metadata,
+        "headers": attributes.headers,
+        "class": attributes.storage_class,
+        "version": attributes.version_id,
+        "digest": attributes.digest,
+    }
+    return (path, attributes.etag, attributes.size, int(attributes.stored or 0), json.dumps(facts))

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""A/B of revisions: bench/run.py's workloads mounted from each revision's package in turn.
+
+One SeaweedFS (started and stopped here, by PID), set up once; each revision is a ``git
+archive`` of this repository into the scratch directory (or a directory given as is), and
+every mount runs that tree's ``bin/s3fs-mount`` with this checkout's bench/run.py (the same
+workloads, checks and CPU sampling for all). Revisions alternate order round by round, so a
+loaded machine's drift falls on both sides::
+
+    python bench/ab_revs.py --rounds 6 --only stat,rm_rf 5676b06 9e060ea
+    python bench/ab_revs.py --rounds 4 --only ls_l --debug HEAD~3 HEAD   # request counts too
+
+Prints each run (seconds, the mount's CPU seconds in the timed part, requests with
+``--debug``) and the medians per revision and workload. For a bisect: the step between two
+revisions, not one run's figure (see bench/README.md, round 36 helper 4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as bench  # noqa: E402  (bench/run.py, next to this script)
+
+
+def checkout(rev: str, parent: str) -> str:
+    """The tree of ``rev``: a directory as given, else ``git archive`` of it under ``parent``."""
+    if os.path.isdir(rev):
+        return os.path.abspath(rev)
+    where = os.path.join(parent, rev.replace("/", "_"))
+    os.makedirs(where)
+    archive = subprocess.run(
+        ["git", "-C", bench.ROOT, "archive", rev], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", where], input=archive, check=True)
+    return where
+
+
+def use_tree(tree: str) -> None:
+    """Mounts started from now on run ``tree``'s package (MountProc puts ROOT on PYTHONPATH)."""
+    bench.ROOT = tree
+    bench.BIN = os.path.join(tree, "bin", "s3fs-mount")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("revs", nargs="+", help="git revisions (or directories holding a checkout)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--only", default="ls_l,stat,rm_rf", help="bench/run.py workloads, comma-separated")
+    ap.add_argument("--debug", action="store_true", help="mount with -o debug: requests counted (slower)")
+    ap.add_argument("--tmp", default=None, help="parent of the scratch dir (default: system temp)")
+    args = ap.parse_args()
+    known = {w.name: w for w in bench.workloads()}
+    names = args.only.split(",")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        ap.error("unknown workloads: %s" % ", ".join(unknown))
+    params = argparse.Namespace(
+        quick=False,
+        size_mib=None,
+        scale=False,
+        fio=False,
+        tree=False,
+        big=False,
+        mount_options="",
+        tmp=args.tmp,
+        data_dir=None,
+        server_wait=60,
+        cluster=False,
+        keep=False,
+    )
+    b = bench.Bench(params)
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {(r, n): [] for r in args.revs for n in names}
+    try:
+        trees = {rev: checkout(rev, os.path.join(b.tmp, "revs")) for rev in args.revs}
+        b.start_server()
+        for rnd in range(args.rounds):
+            order = args.revs if rnd % 2 == 0 else args.revs[::-1]
+            for rev in order:
+                use_tree(trees[rev])
+                for name in names:
+                    s = b.run_mount(known[name], "ours", debug=args.debug)
+                    if s.error:
+                        bench.log("  %-10s %-12s failed: %s" % (rev, name, s.error))
+                        continue
+                    cpu = s.extra.get("cpu", float("nan"))
+                    results[(rev, name)].append((s.seconds, cpu))
+                    counts = " requests %s" % s.extra.get("by_method") if args.debug else ""
+                    bench.log(
+                        "  round %d %-10s %-12s %.3f s  mount CPU %.2f s  load %.1f%s"
+                        % (rnd + 1, rev, name, s.seconds, cpu, os.getloadavg()[0], counts)
+                    )
+    finally:
+        b.cleanup()  # the mounts, the server, and the scratch dir with the trees
+    print("\nmedians over rounds (seconds / mount CPU seconds), each run in order:")
+    for name in names:
+        for rev in args.revs:
+            runs = results[(rev, name)]
+            if runs:
+                print(
+                    "%-12s %-12s %.3f / %.2f   %s"
+                    % (
+                        name,
+                        rev,
+                        statistics.median(t for t, _ in runs),
+                        statistics.median(c for _, c in runs),
+                        " ".join("%.3f" % t for t, _ in runs),
+                    )
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -742,6 +742,47 @@ def test_a_conflict_copy_never_lands_on_another_mounts_conflict_copy(mount_facto
     assert "Traceback" not in read_log(m)
 
 
+@pytest.mark.parametrize("how", ["rdwr", "wronly", "append"])
+def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clients_version(
+    mount, boto, bucket, how
+):
+    """A file read whole through the mount, opened again for writing: the open keeps the
+    kernel's pages (checked bytes of its version), so the handle counted as having served
+    them, and its first write, which fetches the file, found another client's version: EIO.
+    Now a handle opened for reading too has the bytes fetched at its open (its process may
+    have read them from those pages): ours (their bytes and our write) goes to a conflict
+    copy at the close, ESTALE, theirs stays. One write-only has served nothing: it follows
+    their version, as a handle that kept no page does."""
+    path = os.path.join(mount.path, "f")
+    boto.put_object(Bucket=bucket, Key="f", Body=b"v0 from boto\n")
+    with open(path, "rb") as f:
+        assert f.read() == b"v0 from boto\n"
+    flags = {"rdwr": os.O_RDWR, "wronly": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND}[how]
+    fd = os.open(path, flags)
+    if how == "rdwr":
+        assert os.pread(fd, 100, 0) == b"v0 from boto\n"
+    boto.put_object(Bucket=bucket, Key="f", Body=b"theirs version\n")
+    if how == "append":
+        os.write(fd, b"ours\n")
+    else:
+        os.pwrite(fd, b"OURS", 0)
+    if how == "rdwr":
+        with pytest.raises(OSError) as exc:
+            os.close(fd)
+        assert exc.value.errno == errno.ESTALE
+        [aside] = [k for k in s3_keys(boto, bucket) if k != "f"]
+        assert s3_bytes(boto, bucket, aside) == b"OURSrom boto\n"
+        assert s3_bytes(boto, bucket, "f") == b"theirs version\n"
+    else:
+        os.close(fd)
+        assert s3_keys(boto, bucket) == ["f"]
+        expected = b"theirs version\nours\n" if how == "append" else b"OURSrs version\n"
+        assert s3_bytes(boto, bucket, "f") == expected
+        with open(path, "rb") as f:
+            assert f.read() == expected
+    assert "Traceback" not in read_log(mount)
+
+
 @pytest.mark.parametrize("call", ["pread", "pwrite"])
 def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is_estale(
     mount, boto, bucket, call

@@ -88,7 +88,7 @@ class Handle:
     served: bool = False  # a read through it has returned bytes (unguarded: only ever becomes True)
     #: Its open kept the pages the kernel holds of the file (checked bytes of this version:
     #: StagedFile.kernel_may_keep; or bytes written here: StagedFile.kernel_pages_written_here),
-    #: so it counts as having served bytes from the start.
+    #: so, opened for reading, it counts as having served bytes from the start.
     kept: bool = False
 
 
@@ -444,11 +444,20 @@ class S3Operations(Operations):
                 self.changes.follow_replaced(h.path, item)
 
     def _new_handle(
-        self, item: StagedFile, path: str, writable: bool, append: bool = False, kept: bool = False
+        self,
+        item: StagedFile,
+        path: str,
+        writable: bool,
+        append: bool = False,
+        kept: bool = False,
+        readable: bool = True,
     ) -> int:
+        """A handle of ``item``; one opened for reading whose open ``kept`` the kernel's pages
+        may have read them (the kernel serves them unasked): it counts as having served bytes.
+        One opened write-only has served nothing, whatever the kernel keeps."""
         fh = next(self._next_fh)
         with self._lock:
-            self._handles[fh] = Handle(item, path, writable, append, served=kept, kept=kept)
+            self._handles[fh] = Handle(item, path, writable, append, served=kept and readable, kept=kept)
         return fh
 
     def keeps_kernel_pages(self, fh: int) -> bool:
@@ -615,7 +624,30 @@ class S3Operations(Operations):
         kept = item.kernel_may_keep() or (
             not (writable and flags & os.O_TRUNC) and item.kernel_pages_written_here()
         )
-        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept)
+        readable = flags & os.O_ACCMODE != os.O_WRONLY
+        if kept and writable and readable:
+            try:
+                kept = self._kept_bytes_local(path, item)
+            except BaseException:
+                self.staging.release(item)
+                raise
+        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable)
+
+    def _kept_bytes_local(self, path: str, item: StagedFile) -> bool:
+        """An open for reading and writing that keeps the kernel's pages of the file: its reads
+        come from those pages, the version's bytes, unasked, so its writes must land on them too
+        (a write on another client's version that a process read ours before would replace
+        theirs unseen; ours goes to a conflict copy at the close instead). Where the staged copy
+        lacks them (a file read, not written, through this mount: its checked bytes were served,
+        not staged), they are fetched now, while S3 has that version: the first write found
+        another's and said EIO. Whether the pages are kept: not if S3 has another version
+        already (then followed, as an open a moment later would)."""
+        try:
+            self.changes.fetch_whole(item)
+        except Replaced:
+            self.changes.follow_replaced(path, item)
+            return False
+        return True
 
     def _to_open(self, path: str, writable: bool) -> A.Attributes:
         """The file an open of ``path`` opens: cached attributes will do for reading, but not

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs import filecalls
 from s3fs_mount.fs.dirtimes import DirTimesWriter
 from s3fs_mount.fs.errors import FsError, Replaced, Stale, Superseded
 from s3fs_mount.fs.fuselib import (
@@ -66,6 +67,7 @@ MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its defaul
 #: Seconds past the kernel's entry timeout before a large directory's names are forgotten (KernelNames).
 KERNEL_NAMES_GRACE = 0.5
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
+ZEROS_A_WRITE = 1 << 20  # bytes of zeros a punched hole writes at a time
 
 
 #: How many versions another client puts while a write follows them (each one landing between
@@ -722,21 +724,54 @@ class S3Operations(Operations):
         h = self._handle(fh)
         if not h.writable:
             raise FsError(errno.EBADF)
-        if self.uploader.checkpoint_needed(h.item, h.item.size if h.append else offset):
+        return self._write(h, data, offset, h.append)
+
+    @fuse_operation
+    def fallocate(self, path: str, mode: int, offset: int, length: int, fh: int) -> int:
+        """fallocate(2). S3 keeps no allocation, only bytes: mode 0 grows the file to
+        ``offset + length`` (zeros, as a truncate up), ``FALLOC_FL_KEEP_SIZE`` alone changes
+        nothing (room past the end: nothing to upload), ``FALLOC_FL_PUNCH_HOLE`` (with
+        KEEP_SIZE, as Linux asks) and ``FALLOC_FL_ZERO_RANGE`` write zeros over the range's
+        bytes in the file, uploaded as zeros (ZERO_RANGE without KEEP_SIZE growing the file).
+        Other modes (collapse, insert, unshare) are EOPNOTSUPP."""
+        h = self._handle(fh)
+        if not h.writable:
+            raise FsError(errno.EBADF)
+        zeroing = filecalls.PUNCH_HOLE | filecalls.ZERO_RANGE
+        if mode & ~(filecalls.KEEP_SIZE | zeroing) or mode & zeroing == zeroing or (
+            mode & filecalls.PUNCH_HOLE and not mode & filecalls.KEEP_SIZE
+        ):
+            raise FsError(errno.EOPNOTSUPP, "fallocate mode %#x" % mode)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        end = offset + length
+        if mode & zeroing:
+            stop = min(end, h.item.size)
+            for at in range(offset, stop, ZEROS_A_WRITE):
+                zeros = bytes(min(ZEROS_A_WRITE, stop - at))
+                if self._write(h, zeros, at, False) < len(zeros):
+                    raise FsError(errno.ENOSPC, "the cache's disk is full")
+        if not mode & filecalls.KEEP_SIZE and end > h.item.size:
+            self._truncate_item(h.item, end, h)
+        return 0
+
+    def _write(self, h: Handle, data: bytes, offset: int, append: bool) -> int:
+        """Write ``data`` through ``h`` at ``offset`` (at the end: ``append``); bytes written."""
+        if self.uploader.checkpoint_needed(h.item, h.item.size if append else offset):
             self._checkpoint(h.item, "a write at %d" % offset)
         self._whole(h.item, h)
         if self.writeback is not None and self.staging.over_capacity():
             # Back-pressure: dirty files fill the cache, so wait for the background uploads.
             log.info("cache full of files waiting to upload: write waits for the uploads")
             self.writeback.drain(timeout=BACKPRESSURE_WAIT)
-        if h.append:
+        if append:
             offset = h.item.size  # the uploader's check below sees an offset at or past the end
         self.uploader.before_write(h.item, offset, len(data))
         try:
             if WRITE_GATE:
                 hold_at_write_gate(offset)
-            written = h.item.write(offset, data, append=h.append)  # short when the cache's disk filled
-            self.uploader.after_write(h.item, None if h.append else offset, data[:written])
+            written = h.item.write(offset, data, append=append)  # short when the cache's disk filled
+            self.uploader.after_write(h.item, None if append else offset, data[:written])
         finally:
             self.uploader.done_writing(h.item, offset, len(data))
         return written

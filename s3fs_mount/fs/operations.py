@@ -22,7 +22,7 @@ from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs import filecalls
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, Replaced, Stale, Superseded
+from s3fs_mount.fs.errors import Conflict, FsError, Replaced, Stale, Superseded
 from s3fs_mount.fs.fuselib import (
     LIBFUSE_MAJOR,
     KernelNames,
@@ -311,6 +311,8 @@ class S3Operations(Operations):
             log.info("unmount: uploading %s (%d of %d, %d bytes)", item.key, n, len(pending), item.size)
             try:
                 self.uploader.flush(item)
+            except Conflict as exc:  # ours is in S3 under the conflict name (the uploader logged it)
+                self.changes.conflicted(exc)
             except Exception as exc:
                 log.error("could not upload %s at unmount (%s); it stays staged", item.key, exc)
                 left.append(item.key)

@@ -742,7 +742,7 @@ def test_a_conflict_copy_never_lands_on_another_mounts_conflict_copy(mount_facto
     assert "Traceback" not in read_log(m)
 
 
-@pytest.mark.parametrize("how", ["rdwr", "wronly", "append"])
+@pytest.mark.parametrize("how", ["rdwr", "wronly", "append", "rdwr-large"])
 def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clients_version(
     mount, boto, bucket, how
 ):
@@ -752,12 +752,14 @@ def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clie
     Now a handle opened for reading too has the bytes fetched at its open (its process may
     have read them from those pages): ours (their bytes and our write) goes to a conflict
     copy at the close, ESTALE, theirs stays. One write-only has served nothing: it follows
-    their version, as a handle that kept no page does."""
+    their version, as a handle that kept no page does. So does one for reading and writing of
+    a file over 8 MiB, whose open does not fetch it but drops the kernel's pages."""
     path = os.path.join(mount.path, "f")
-    boto.put_object(Bucket=bucket, Key="f", Body=b"v0 from boto\n")
+    v0 = b"v0 from boto\n" * (MiB if how == "rdwr-large" else 1)
+    boto.put_object(Bucket=bucket, Key="f", Body=v0)
     with open(path, "rb") as f:
-        assert f.read() == b"v0 from boto\n"
-    flags = {"rdwr": os.O_RDWR, "wronly": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND}[how]
+        assert f.read() == v0
+    flags = {"wronly": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND}.get(how, os.O_RDWR)
     fd = os.open(path, flags)
     if how == "rdwr":
         assert os.pread(fd, 100, 0) == b"v0 from boto\n"
@@ -766,7 +768,7 @@ def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clie
         os.write(fd, b"ours\n")
     else:
         os.pwrite(fd, b"OURS", 0)
-    if how == "rdwr":
+    if how == "rdwr":  # read through it first: its bytes are the old version's
         with pytest.raises(OSError) as exc:
             os.close(fd)
         assert exc.value.errno == errno.ESTALE

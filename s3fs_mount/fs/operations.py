@@ -68,6 +68,9 @@ MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its defaul
 KERNEL_NAMES_GRACE = 0.5
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
 ZEROS_A_WRITE = 1 << 20  # bytes of zeros a punched hole writes at a time
+#: The largest file an open for reading and writing fetches to keep the kernel's pages of it
+#: (see S3Operations._kept_bytes_local); a larger one's pages are dropped.
+OPEN_FETCH_MAX = 8 << 20
 
 
 #: How many versions another client puts while a write follows them (each one landing between
@@ -638,14 +641,19 @@ class S3Operations(Operations):
         return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable)
 
     def _kept_bytes_local(self, path: str, item: StagedFile) -> bool:
-        """An open for reading and writing that keeps the kernel's pages of the file: its reads
-        come from those pages, the version's bytes, unasked, so its writes must land on them too
-        (a write on another client's version that a process read ours before would replace
+        """May an open for reading and writing keep the kernel's pages of the file? Its reads
+        come from those pages, the version's bytes, unasked, so its writes must land on them
+        too (a write on another client's version that a process read ours before would replace
         theirs unseen; ours goes to a conflict copy at the close instead). Where the staged copy
-        lacks them (a file read, not written, through this mount: its checked bytes were served,
-        not staged), they are fetched now, while S3 has that version: the first write found
-        another's and said EIO. Whether the pages are kept: not if S3 has another version
-        already (then followed, as an open a moment later would)."""
+        lacks them (a file read, not written, through this mount: its checked bytes were
+        served, not staged), a file of up to :data:`OPEN_FETCH_MAX` bytes is fetched now, while
+        S3 has that version (its first write found another's and said EIO); a larger one is
+        not kept (the kernel drops the pages: the handle has served nothing, and reads fetch).
+        Not kept either if S3 has another version already: then followed, as an open a moment
+        later would."""
+        view = item.view()
+        if not (view.dirty or item.covers(0, view.remote_size)) and view.remote_size > OPEN_FETCH_MAX:
+            return False
         try:
             self.changes.fetch_whole(item)
         except Replaced:

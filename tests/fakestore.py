@@ -372,14 +372,14 @@ class FakeStore:
             job()
 
     def copy_object(self, remote_source, remote_destination, headers=None, replace_metadata=False,
-                    if_match=None, source_info=None, size=None, on_parts=None) -> str:
+                    if_match=None, source_info=None, size=None, on_parts=None, if_none_match=False) -> str:
         # (one copy whatever the size: on_parts, the real store's notice of a copy in parts, never comes)
         self.count("COPY")
         if source_info is None and (size is None or replace_metadata):
             self.count("HEAD")  # as the real one: it must learn the size (and headers)
         o = self._get(remote_source)
         objects, key = self._at(remote_destination)
-        if if_match and if_match != o.etag:
+        if (if_match and if_match != o.etag) or (if_none_match and key in objects):
             raise S3Error(412, "PreconditionFailed")
         new_headers = dict(o.headers)
         if replace_metadata:

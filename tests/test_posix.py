@@ -610,3 +610,54 @@ def test_a_read_moves_atime_as_relatime_says(mount, boto, bucket):
     assert head_meta(boto, bucket, "r.txt")["atime"] == "1000000000"  # no request per read
     os.chmod(f, 0o600)  # the next metadata write stores it
     assert int(float(head_meta(boto, bucket, "r.txt")["atime"])) == int(moved)
+
+
+@pytest.mark.parametrize("options", ["", "writeback"])
+def test_fallocate_keep_size_punch_hole_zero_range_as_on_a_local_disk(
+    mount_factory, boto, bucket, tmp_path, options
+):
+    """fallocate(2) was EOPNOTSUPP in every mode (``fallocate -n``, ``-p``; glibc's posix_fallocate
+    wrote a byte a block instead). S3 keeps bytes, no allocation: KEEP_SIZE changes nothing, a
+    punched hole and a zeroed range are zeros uploaded, mode 0 grows the file. The oracle is the
+    same calls on a local file; what reached S3 is checked with boto3."""
+    m = mount_factory(options).start()
+    local = tmp_path / "local"
+    local.mkdir()
+    body = bytes(range(256)) * 64  # 16 KiB
+    steps = [
+        ["-n", "-l", "1M"],  # FALLOC_FL_KEEP_SIZE: room past the end, the size stays
+        ["-p", "-o", "100", "-l", "5000"],  # PUNCH_HOLE | KEEP_SIZE
+        ["-z", "-o", "16000", "-l", "1000"],  # ZERO_RANGE past the end: grows to 17000
+        ["-l", "20000"],  # mode 0: grows to 20000
+        ["-p", "-o", "19990", "-l", "100"],  # a hole over the end: the size stays
+    ]
+    for root in (m.path, str(local)):
+        f = os.path.join(root, "f")
+        with open(f, "wb") as fh:
+            fh.write(body)
+        for step in steps:
+            run("fallocate", *step, f)
+        fd = os.open(f, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 30000, 100)  # grows to 30100
+            os.posix_fallocate(fd, 0, 10)  # within: nothing
+            os.pwrite(fd, b"end", 30097)
+        finally:
+            os.close(fd)
+    with open(local / "f", "rb") as fh:
+        expected = fh.read()
+    assert len(expected) == 30100 and expected[100:5100] == bytes(5000)
+    with open(os.path.join(m.path, "f"), "rb") as fh:
+        assert fh.read() == expected
+    def in_s3() -> bytes | None:
+        try:
+            return boto.get_object(Bucket=bucket, Key="f")["Body"].read()
+        except boto.exceptions.NoSuchKey:  # (writeback: not yet)
+            return None
+
+    eventually(lambda: in_s3() == expected, 30, "S3 to hold it")
+    unsupported = subprocess.run(["fallocate", "-c", "-o", "0", "-l", "4096", os.path.join(m.path, "f")],
+                                 capture_output=True, text=True)
+    assert unsupported.returncode != 0 and "not supported" in unsupported.stderr  # collapse: EOPNOTSUPP
+    assert m.stop() == 0
+    assert in_s3() == expected

@@ -692,6 +692,99 @@ def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto
     assert "nothing waiting to upload" in status.stdout
 
 
+def occupy_conflict_names(boto, bucket: str, key: str, seconds: int = 90) -> dict[str, bytes]:
+    """Another mount's conflict copies of ``key`` at every name a conflict of it could take from
+    a second ago for ``seconds`` seconds (KEY.conflict-T, local time as the mount names them):
+    {name: body}."""
+    now = time.time()
+    placed = {}
+    for i in range(-1, seconds):
+        name = "%s.conflict-%s" % (key, time.strftime("%Y%m%dT%H%M%S", time.localtime(now + i)))
+        placed[name] = b"another mount's conflict copy %d" % i
+        boto.put_object(Bucket=bucket, Key=name, Body=placed[name])
+    return placed
+
+
+@pytest.mark.parametrize("size", ["small", "streamed past the cache"])
+def test_a_conflict_copy_never_lands_on_another_mounts_conflict_copy(mount_factory, boto, bucket, size):
+    """Two mounts that each lose a conflict on one file in the same second pick the same name,
+    KEY.conflict-T. Ours went there with If-None-Match (a small file): refused, close said EIO
+    and ours stayed staged at that name for ever; theirs set aside while ours streamed past the
+    cache went there by an unconditional CopyObject: the other mount's copy silently gone. Now
+    a taken name is left to whoever has it, and the copy goes to the next (-2, -3...)."""
+    big = size != "small"
+    m = mount_factory("cache_size=20M,part_size=5M,multipart_threshold=5M" if big else "").start()
+    path = os.path.join(m.path, "f")
+    ours = hashlib.shake_256(b"ours").digest(40 * MiB) if big else b"ours\n"
+    boto.put_object(Bucket=bucket, Key="f", Body=b"v0\n")
+    with open(path, "rb") as f:
+        assert f.read() == b"v0\n"
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    for at in range(0, len(ours), MiB):
+        os.pwrite(fd, ours[at : at + MiB], at)
+    boto.put_object(Bucket=bucket, Key="f", Body=b"theirs\n")
+    placed = occupy_conflict_names(boto, bucket, "f")
+    if big:  # ours holds bytes only its upload has: it goes to the path, theirs aside
+        os.close(fd)
+    else:
+        with pytest.raises(OSError) as exc:
+            os.close(fd)
+        assert exc.value.errno == errno.ESTALE
+    for name, body in placed.items():
+        assert s3_bytes(boto, bucket, name) == body, name
+    [aside] = [k for k in s3_keys(boto, bucket) if k != "f" and k not in placed]
+    assert re.fullmatch(r"f\.conflict-\d{8}T\d{6}-\d+", aside), aside
+    assert s3_bytes(boto, bucket, "f") == (ours if big else b"theirs\n")
+    assert s3_bytes(boto, bucket, aside) == (b"theirs\n" if big else ours)
+    status = subprocess.run([BIN, "status", m.path], capture_output=True, text=True, check=True)
+    assert "nothing waiting to upload" in status.stdout
+    assert m.stop() == 0
+    assert "Traceback" not in read_log(m)
+
+
+@pytest.mark.parametrize("how", ["rdwr", "wronly", "append", "rdwr-large"])
+def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clients_version(
+    mount, boto, bucket, how
+):
+    """A file read whole through the mount, opened again for writing: the open keeps the
+    kernel's pages (checked bytes of its version), so the handle counted as having served
+    them, and its first write, which fetches the file, found another client's version: EIO.
+    Now a handle opened for reading too has the bytes fetched at its open (its process may
+    have read them from those pages): ours (their bytes and our write) goes to a conflict
+    copy at the close, ESTALE, theirs stays. One write-only has served nothing: it follows
+    their version, as a handle that kept no page does. So does one for reading and writing of
+    a file over 8 MiB, whose open does not fetch it but drops the kernel's pages."""
+    path = os.path.join(mount.path, "f")
+    v0 = b"v0 from boto\n" * (MiB if how == "rdwr-large" else 1)
+    boto.put_object(Bucket=bucket, Key="f", Body=v0)
+    with open(path, "rb") as f:
+        assert f.read() == v0
+    flags = {"wronly": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND}.get(how, os.O_RDWR)
+    fd = os.open(path, flags)
+    if how == "rdwr":
+        assert os.pread(fd, 100, 0) == b"v0 from boto\n"
+    boto.put_object(Bucket=bucket, Key="f", Body=b"theirs version\n")
+    if how == "append":
+        os.write(fd, b"ours\n")
+    else:
+        os.pwrite(fd, b"OURS", 0)
+    if how == "rdwr":  # read through it first: its bytes are the old version's
+        with pytest.raises(OSError) as exc:
+            os.close(fd)
+        assert exc.value.errno == errno.ESTALE
+        [aside] = [k for k in s3_keys(boto, bucket) if k != "f"]
+        assert s3_bytes(boto, bucket, aside) == b"OURSrom boto\n"
+        assert s3_bytes(boto, bucket, "f") == b"theirs version\n"
+    else:
+        os.close(fd)
+        assert s3_keys(boto, bucket) == ["f"]
+        expected = b"theirs version\nours\n" if how == "append" else b"OURSrs version\n"
+        assert s3_bytes(boto, bucket, "f") == expected
+        with open(path, "rb") as f:
+            assert f.read() == expected
+    assert "Traceback" not in read_log(mount)
+
+
 @pytest.mark.parametrize("call", ["pread", "pwrite"])
 def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is_estale(
     mount, boto, bucket, call

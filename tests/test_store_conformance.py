@@ -34,8 +34,8 @@ from s3fs_mount.s3.store import RemoteStore
 MiB = 1 << 20
 
 #: What moto (5.x) does not do as S3 does: it copies whatever ``x-amz-copy-source-if-match``
-#: says, and answers 500 to the completion of an aborted upload.
-MOTO_QUIRKS = frozenset({"copy ignores if-match", "complete after abort"})
+#: or ``If-None-Match`` says, and answers 500 to the completion of an aborted upload.
+MOTO_QUIRKS = frozenset({"copy ignores if-match", "copy ignores if-none-match", "complete after abort"})
 
 
 @dataclass
@@ -227,6 +227,21 @@ def test_copy_keeps_or_replaces_metadata(subject):
     assert gone.value.not_found
 
 
+def test_a_copy_with_if_none_match_lands_only_on_a_free_name(subject):
+    # The uploader copies another client's version aside to a conflict name: never over an
+    # object already there (another mount's conflict copy of the same second).
+    b = subject.view
+    b.put("src", b"theirs")
+    b.put("taken", b"kept")
+    b.copy_object("src", "free", size=6, if_none_match=True)
+    assert b.get_range("free", 0, 10) == b"theirs"
+    if "copy ignores if-none-match" not in subject.quirks:
+        with pytest.raises(S3Error) as exists:
+            b.copy_object("src", "taken", size=6, if_none_match=True)
+        assert exists.value.precondition_failed
+        assert b.get_range("taken", 0, 10) == b"kept"
+
+
 # The real stores only: the fake copies whole whatever the size.
 @pytest.mark.parametrize("subject", ["seaweedfs", "seaweedfs/prefix", "moto"], indirect=True)
 def test_a_copy_in_parts_is_conditional_and_tells_its_upload_and_etag_before_completing(
@@ -255,6 +270,10 @@ def test_a_copy_in_parts_is_conditional_and_tells_its_upload_and_etag_before_com
         with pytest.raises(S3Error) as missing:
             b.head("other")
         assert missing.value.not_found
+    if "copy ignores if-none-match" not in subject.quirks:  # its completion is conditional too
+        with pytest.raises(S3Error) as exists:
+            b.copy_object("src", "dst", if_none_match=True)
+        assert exists.value.precondition_failed
     assert subject.store.list_multipart_uploads(bucket=subject.name) == []  # the refused one aborted
 
 

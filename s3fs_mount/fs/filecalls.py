@@ -8,7 +8,7 @@ import ctypes
 import os
 
 #: fallocate(2) modes.
-KEEP_SIZE, PUNCH_HOLE = 1, 2
+KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE = 1, 2, 0x10
 #: sync_file_range(2): wait for writeback under way, start it, wait for it.
 SYNC_RANGE_WRITE_AND_WAIT = 1 | 2 | 4
 

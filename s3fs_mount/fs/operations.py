@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.fs import filecalls
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError, Removed, Replaced, Stale, Superseded
+from s3fs_mount.fs.errors import Conflict, FsError, Removed, Replaced, Stale, Superseded
 from s3fs_mount.fs.fuselib import (
     LIBFUSE_MAJOR,
     KernelNames,
@@ -66,6 +67,10 @@ MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its defaul
 #: Seconds past the kernel's entry timeout before a large directory's names are forgotten (KernelNames).
 KERNEL_NAMES_GRACE = 0.5
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
+ZEROS_A_WRITE = 1 << 20  # bytes of zeros a punched hole writes at a time
+#: The largest file an open for reading and writing fetches to keep the kernel's pages of it
+#: (see S3Operations._kept_bytes_local); a larger one's pages are dropped.
+OPEN_FETCH_MAX = 8 << 20
 
 
 #: How many versions another client puts while a write follows them (each one landing between
@@ -88,7 +93,7 @@ class Handle:
     served: bool = False  # a read through it has returned bytes (unguarded: only ever becomes True)
     #: Its open kept the pages the kernel holds of the file (checked bytes of this version:
     #: StagedFile.kernel_may_keep; or bytes written here: StagedFile.kernel_pages_written_here),
-    #: so it counts as having served bytes from the start.
+    #: so, opened for reading, it counts as having served bytes from the start.
     kept: bool = False
 
 
@@ -309,6 +314,8 @@ class S3Operations(Operations):
             log.info("unmount: uploading %s (%d of %d, %d bytes)", item.key, n, len(pending), item.size)
             try:
                 self.uploader.flush(item)
+            except Conflict as exc:  # ours is in S3 under the conflict name (the uploader logged it)
+                self.changes.conflicted(exc)
             except Exception as exc:
                 log.error("could not upload %s at unmount (%s); it stays staged", item.key, exc)
                 left.append(item.key)
@@ -444,11 +451,20 @@ class S3Operations(Operations):
                 self.changes.follow_replaced(h.path, item)
 
     def _new_handle(
-        self, item: StagedFile, path: str, writable: bool, append: bool = False, kept: bool = False
+        self,
+        item: StagedFile,
+        path: str,
+        writable: bool,
+        append: bool = False,
+        kept: bool = False,
+        readable: bool = True,
     ) -> int:
+        """A handle of ``item``; one opened for reading whose open ``kept`` the kernel's pages
+        may have read them (the kernel serves them unasked): it counts as having served bytes.
+        One opened write-only has served nothing, whatever the kernel keeps."""
         fh = next(self._next_fh)
         with self._lock:
-            self._handles[fh] = Handle(item, path, writable, append, served=kept, kept=kept)
+            self._handles[fh] = Handle(item, path, writable, append, served=kept and readable, kept=kept)
         return fh
 
     def keeps_kernel_pages(self, fh: int) -> bool:
@@ -615,7 +631,35 @@ class S3Operations(Operations):
         kept = item.kernel_may_keep() or (
             not (writable and flags & os.O_TRUNC) and item.kernel_pages_written_here()
         )
-        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept)
+        readable = flags & os.O_ACCMODE != os.O_WRONLY
+        if kept and writable and readable:
+            try:
+                kept = self._kept_bytes_local(path, item)
+            except BaseException:
+                self.staging.release(item)
+                raise
+        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable)
+
+    def _kept_bytes_local(self, path: str, item: StagedFile) -> bool:
+        """May an open for reading and writing keep the kernel's pages of the file? Its reads
+        come from those pages, the version's bytes, unasked, so its writes must land on them
+        too (a write on another client's version that a process read ours before would replace
+        theirs unseen; ours goes to a conflict copy at the close instead). Where the staged copy
+        lacks them (a file read, not written, through this mount: its checked bytes were
+        served, not staged), a file of up to :data:`OPEN_FETCH_MAX` bytes is fetched now, while
+        S3 has that version (its first write found another's and said EIO); a larger one is
+        not kept (the kernel drops the pages: the handle has served nothing, and reads fetch).
+        Not kept either if S3 has another version already: then followed, as an open a moment
+        later would."""
+        view = item.view()
+        if not (view.dirty or item.covers(0, view.remote_size)) and view.remote_size > OPEN_FETCH_MAX:
+            return False
+        try:
+            self.changes.fetch_whole(item)
+        except Replaced:
+            self.changes.follow_replaced(path, item)
+            return False
+        return True
 
     def _to_open(self, path: str, writable: bool) -> A.Attributes:
         """The file an open of ``path`` opens: cached attributes will do for reading, but not
@@ -696,37 +740,70 @@ class S3Operations(Operations):
         h = self._handle(fh)
         if not h.writable:
             raise FsError(errno.EBADF)
-        if self.uploader.checkpoint_needed(h.item, h.item.size if h.append else offset):
+        return self._write(h, data, offset, h.append)
+
+    @fuse_operation
+    def fallocate(self, path: str, mode: int, offset: int, length: int, fh: int) -> int:
+        """fallocate(2). S3 keeps no allocation, only bytes: mode 0 grows the file to
+        ``offset + length`` (zeros, as a truncate up), ``FALLOC_FL_KEEP_SIZE`` alone changes
+        nothing (room past the end: nothing to upload), ``FALLOC_FL_PUNCH_HOLE`` (with
+        KEEP_SIZE, as Linux asks) and ``FALLOC_FL_ZERO_RANGE`` write zeros over the range's
+        bytes in the file, uploaded as zeros (ZERO_RANGE without KEEP_SIZE growing the file).
+        Other modes (collapse, insert, unshare) are EOPNOTSUPP."""
+        h = self._handle(fh)
+        if not h.writable:
+            raise FsError(errno.EBADF)
+        zeroing = filecalls.PUNCH_HOLE | filecalls.ZERO_RANGE
+        if mode & ~(filecalls.KEEP_SIZE | zeroing) or mode & zeroing == zeroing or (
+            mode & filecalls.PUNCH_HOLE and not mode & filecalls.KEEP_SIZE
+        ):
+            raise FsError(errno.EOPNOTSUPP, "fallocate mode %#x" % mode)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        end = offset + length
+        if mode & zeroing:
+            stop = min(end, h.item.size)
+            for at in range(offset, stop, ZEROS_A_WRITE):
+                zeros = bytes(min(ZEROS_A_WRITE, stop - at))
+                if self._write(h, zeros, at, False) < len(zeros):
+                    raise FsError(errno.ENOSPC, "the cache's disk is full")
+        if not mode & filecalls.KEEP_SIZE and end > h.item.size:
+            self._truncate_item(h.item, end, h)
+        return 0
+
+    def _write(self, h: Handle, data: bytes, offset: int, append: bool) -> int:
+        """Write ``data`` through ``h`` at ``offset`` (at the end: ``append``); bytes written."""
+        if self.uploader.checkpoint_needed(h.item, h.item.size if append else offset):
             self._checkpoint(h.item, "a write at %d" % offset)
         self._whole(h.item, h)
         if self.writeback is not None and self.staging.over_capacity():
             # Back-pressure: dirty files fill the cache, so wait for the background uploads.
             log.info("cache full of files waiting to upload: write waits for the uploads")
             self.writeback.drain(timeout=BACKPRESSURE_WAIT)
-        if h.append:
+        if append:
             offset = h.item.size  # the uploader's check below sees an offset at or past the end
         self.uploader.before_write(h.item, offset, len(data))
         try:
             if WRITE_GATE:
                 hold_at_write_gate(offset)
-            written = self._write_staged(h, offset, data)
-            self.uploader.after_write(h.item, None if h.append else offset, data[:written])
+            written = self._write_staged(h, offset, data, append)
+            self.uploader.after_write(h.item, None if append else offset, data[:written])
         finally:
             self.uploader.done_writing(h.item, offset, len(data))
         return written
 
-    def _write_staged(self, h: Handle, offset: int, data: bytes) -> int:
-        """``data`` into the handle's staged file; the count written, short when the cache's disk
-        filled. With ``-o writeback`` a disk full of files waiting to upload makes the write wait
-        for their uploads (their copies then make room) and try the rest once more: the disk can
-        fill before ``cache_size`` does (another program, the journals, a small disk's blocks),
-        and the back-pressure above only sees ``cache_size``."""
+    def _write_staged(self, h: Handle, offset: int, data: bytes, append: bool) -> int:
+        """``data`` into the handle's staged file (at its end: ``append``); the count written,
+        short when the cache's disk filled. With ``-o writeback`` a disk full of files waiting
+        to upload makes the write wait for their uploads (their copies then make room) and try
+        the rest once more: the disk can fill before ``cache_size`` does (another program, the
+        journals, a small disk's blocks), and the back-pressure above only sees ``cache_size``."""
 
         def others_waiting() -> bool:
             return any(i is not h.item for i in self.staging.pending())
 
         try:
-            written = h.item.write(offset, data, append=h.append)
+            written = h.item.write(offset, data, append=append)
         except OSError as exc:
             if self.writeback is None or not disk_full(exc) or not others_waiting():
                 raise
@@ -735,7 +812,7 @@ class S3Operations(Operations):
             log.info("the cache's disk is full of files waiting to upload: write waits for the uploads")
             self.writeback.drain(timeout=BACKPRESSURE_WAIT)
             try:
-                written += h.item.write(offset + written, data[written:], append=h.append)
+                written += h.item.write(offset + written, data[written:], append=append)
             except OSError as exc:
                 if not written or not disk_full(exc):
                     raise

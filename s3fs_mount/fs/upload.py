@@ -100,6 +100,8 @@ RESENDS = 3
 WRITEBACK_AGAIN = 5
 #: Seconds before a failed background upload is first tried again, and the most between tries.
 AGAIN_FIRST, AGAIN_MOST = 2.0, 30.0
+#: Conflict names tried, one after another, when S3 already has an object at each.
+CONFLICT_NAMES = 20
 #: How uploads guard against replacing another client's version (see the module docstring).
 CHECK_CONDITIONAL, CHECK_HEAD, CHECK_OFF = "conditional", "head", "off"
 
@@ -1240,17 +1242,37 @@ class Uploader:
 
     def _set_theirs_aside(self, item: StagedFile, theirs: str) -> None:
         """S3's object changed under a stream whose parts hold bytes the cache released: ours can
-        only complete at the path, so theirs (version ``theirs``) is copied to the conflict name."""
-        saved_as = conflict_name(item.key, self.store.key_room())
+        only complete at the path, so theirs (version ``theirs``) is copied to a conflict name
+        nothing holds (:meth:`_copy_aside`)."""
+        saved_as = self._copy_aside(item.key, theirs) if theirs else ""
         log.error(
             "%s changed in S3 while ours was streamed (S3 now has %s): ours holds bytes only its "
             "upload has, so ours goes to the path and theirs to %s",
             item.key,
             theirs or "none (deleted)",
-            saved_as,
+            saved_as or "nowhere (there is no theirs)",
         )
-        if theirs:
-            self.copy(item.key, saved_as, if_match=theirs)
+
+    def _copy_aside(self, key: str, etag: str) -> str:
+        """Copy version ``etag`` of ``key`` to a conflict name where S3 has nothing, and return
+        that name. Another mount that lost a conflict on the same key in the same second picks
+        the same name: the copy is conditional on the name being free (``If-None-Match: *``),
+        and a name taken (412, or a HEAD just before that finds an object there, for a server
+        that ignores the condition on a copy) moves on to the next (``-2``, ``-3``...).
+        A 412 of a source no longer version ``etag`` is raised."""
+        taken: set[str] = set()
+        for _ in range(CONFLICT_NAMES):
+            saved_as = conflict_name(key, self.store.key_room(), taken=taken.__contains__)
+            if not self.store.current_etag(saved_as):
+                try:
+                    self.copy(key, saved_as, if_match=etag, if_none_match=True)
+                    return saved_as
+                except S3Error as exc:
+                    if not exc.precondition_failed or not self.store.current_etag(saved_as):
+                        raise
+            log.info("%s: taken in S3 (another client's conflict copy?): trying the next name", saved_as)
+            taken.add(saved_as)
+        raise RemoteStoreError("%s: no free conflict name after %d tries" % (key, CONFLICT_NAMES))
 
     def copy(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
         """``store.copy_object``; a copy in parts is recorded while under way (fs/copies.py)."""
@@ -1311,10 +1333,19 @@ class Uploader:
         return True
 
     def _keep_both(self, item: StagedFile, generation: int, replaces: str, theirs: str) -> bool:
-        """S3's object changed under us: upload ours as KEY.conflict-TIMESTAMP, and say so."""
+        """S3's object changed under us: upload ours as KEY.conflict-TIMESTAMP, and say so.
+
+        A conflict name S3 already holds (another mount's conflict copy of the same key in the
+        same second: our upload there, conditional on nothing being there, is refused) is left
+        to it, and ours goes to the next name (``-2``, ``-3``...)."""
         key = item.key
         cache = self.staging or item.cache
-        saved_as = conflict_name(key, self.store.key_room(), taken=lambda name: cache.get(name) is not None)
+        taken: set[str] = set()
+
+        def free(name: str) -> bool:
+            return name not in taken and cache.get(name) is None
+
+        saved_as = conflict_name(key, self.store.key_room(), taken=lambda name: not free(name))
         log.error(
             "%s changed in S3 since this mount saw it (ours replaced ETag %s, S3 now has %s): "
             "theirs stays, ours goes to %s",
@@ -1323,15 +1354,33 @@ class Uploader:
             theirs or "none (deleted)",
             saved_as,
         )
-        (self.staging or item.cache).rekey(key, saved_as)
+        cache.rekey(key, saved_as)
         item.stored_as("")  # nothing there yet; the item stays uploading (flush ends that)
         state = self._state(item)
-        try:
-            etag, size = self._upload(item, "")
-        except BaseException as exc:
-            with state.lock:
-                state.error = str(exc)
-            raise
+        for attempt in itertools.count(1):
+            try:
+                etag, size = self._upload(item, "")
+                break
+            except _Clobbered as clash:
+                taken.add(saved_as)
+                if attempt == CONFLICT_NAMES:
+                    with state.lock:
+                        state.error = "no free conflict name after %d tries" % attempt
+                    raise RemoteStoreError("%s: %s" % (key, state.error)) from clash
+                moved_to = conflict_name(key, self.store.key_room(), taken=lambda name: not free(name))
+                log.warning(
+                    "%s: S3 already has an object there (%s, another client's conflict copy?): it "
+                    "stays, ours goes to %s",
+                    saved_as,
+                    clash.theirs,
+                    moved_to,
+                )
+                cache.rekey(saved_as, moved_to)
+                saved_as = moved_to
+            except BaseException as exc:
+                with state.lock:
+                    state.error = str(exc)
+                raise
         with state.lock:
             sent = state.sent_metadata
         item.mark_clean(generation, etag, size, metadata=sent)

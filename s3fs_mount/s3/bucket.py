@@ -81,6 +81,7 @@ class ObjectStore(Protocol):
         source_info: ObjectInfo | None = None,
         size: int | None = None,
         on_parts: Callable[[MultipartUpload, bool], None] | None = None,
+        if_none_match: bool = False,
     ) -> str: ...
 
     def rename_object(
@@ -266,6 +267,7 @@ class Bucket:
         source_info: ObjectInfo | None = None,
         size: int | None = None,
         on_parts: Callable[[MultipartUpload, bool], None] | None = None,
+        if_none_match: bool = False,
     ) -> str:
         """Server-side copy of ``source`` to ``destination``, both in this bucket
         (:meth:`RemoteStore.copy_object <s3fs_mount.s3.store.RemoteStore.copy_object>`)."""
@@ -278,6 +280,7 @@ class Bucket:
             source_info=source_info,
             size=size,
             on_parts=on_parts,
+            if_none_match=if_none_match,
         )
 
     def rename_object(self, source: str, destination: str, if_match: str | None = None) -> None:

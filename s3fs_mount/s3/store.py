@@ -1050,6 +1050,7 @@ class RemoteStore:
         source_info: ObjectInfo | None = None,
         size: int | None = None,
         on_parts: Callable[[MultipartUpload, bool], None] | None = None,
+        if_none_match: bool = False,
     ) -> str:
         """Server-side copy; returns the new ETag.
 
@@ -1057,7 +1058,9 @@ class RemoteStore:
         ``x-amz-meta-*`` of ``headers``, and keeps the source's Content-Type
         and other content headers unless ``headers`` overrides them. With
         ``if_match`` the copy happens only if the source still has that ETag
-        (else S3Error 412). Objects over 5 GiB are copied in parts. The
+        (else S3Error 412). With ``if_none_match`` it happens only if nothing is at the
+        destination (``If-None-Match: *``, else S3Error 412, where the server honours it: AWS,
+        SeaweedFS; moto ignores it). Objects over 5 GiB are copied in parts. The
         source is HEADed first unless ``source_info`` is given, or its
         ``size`` (e.g. from a listing) is and nothing else is needed.
 
@@ -1083,11 +1086,13 @@ class RemoteStore:
         source = copy_source(sbucket, skey)
         if info is not None and info.size > MAX_SINGLE_COPY:
             return self._multipart_copy(
-                info, source, dbucket, dkey, replace_metadata, out, if_match, on_parts
+                info, source, dbucket, dkey, replace_metadata, out, if_match, on_parts, if_none_match
             )
         out["x-amz-copy-source"] = source
         if if_match:
             out["x-amz-copy-source-if-match"] = '"%s"' % if_match
+        if if_none_match:
+            out["If-None-Match"] = "*"
         copied = info.size if info is not None else size
         resp = self.connection.request(
             "PUT", dbucket, dkey, headers=out, read_timeout=self.copy_wait(copied or 0)
@@ -1177,9 +1182,11 @@ class RemoteStore:
         headers: dict[str, str],
         if_match: str | None,
         on_parts: Callable[[MultipartUpload, bool], None] | None,
+        if_none_match: bool = False,
     ) -> str:
         """:meth:`copy_object` of an object over :data:`MAX_SINGLE_COPY`: UploadPartCopy of each
-        part (each conditional on ``if_match``), then the completion."""
+        part (each conditional on ``if_match``), then the completion (conditional on nothing
+        being at the destination with ``if_none_match``)."""
         create = {k: v for k, v in headers.items() if not k.lower().startswith("x-amz-metadata")}
         if not replace_metadata:
             create.update(info.headers)
@@ -1195,7 +1202,7 @@ class RemoteStore:
             )
             if on_parts is not None:
                 on_parts(mpu, True)
-            return mpu.complete()
+            return mpu.complete(if_none_match=if_none_match)
         except BaseException:
             mpu.abort()
             raise

@@ -225,6 +225,30 @@ def test_ctime_follows_every_change(mount, boto, bucket):
     assert float(head_meta(boto, bucket, "c.txt")["ctime"]) == pytest.approx(st.st_ctime, abs=1e-3)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: a rename keeps the moved object's x-amz-meta-ctime (RenameObject or a copy of its "
+    "metadata as it is), so the entry's ctime stays where it was; ext4 moves it (README, Limitations)",
+)
+def test_rename_moves_the_ctime_of_what_it_moves(mount, boto, bucket):
+    """``mv`` of a file or a directory moves its ctime, as on ext4 (``find -cnewer``, ``tar --newer``
+    and incremental backups see a renamed file by it). Found in round 36: it stays, in the mount and
+    in S3, file and directory alike."""
+    f = os.path.join(mount.path, "before.txt")
+    d = os.path.join(mount.path, "dbefore")
+    with open(f, "w") as fh:
+        fh.write("x")
+    os.mkdir(d)
+    files_c0, dirs_c0 = os.stat(f).st_ctime_ns, os.stat(d).st_ctime_ns
+    time.sleep(0.05)
+    os.rename(f, os.path.join(mount.path, "after.txt"))
+    os.rename(d, os.path.join(mount.path, "dafter"))
+    moved = os.stat(os.path.join(mount.path, "after.txt"))
+    moved_dir = os.stat(os.path.join(mount.path, "dafter"))
+    assert (moved.st_ctime_ns > files_c0, moved_dir.st_ctime_ns > dirs_c0) == (True, True)
+    assert float(head_meta(boto, bucket, "after.txt")["ctime"]) == pytest.approx(moved.st_ctime, abs=1e-3)
+
+
 def test_fifo_with_a_reader_and_a_writer(mount, boto, bucket):
     p = os.path.join(mount.path, "pipe")
     os.mkfifo(p, 0o640)

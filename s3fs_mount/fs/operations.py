@@ -361,23 +361,6 @@ class S3Operations(Operations):
             return self._item_attributes(item)
         return self.namespace.lookup(path)
 
-    def _shown(self, path: str) -> A.Attributes:
-        """What a ``stat`` of ``path`` shows: :meth:`_attributes`, but a file open here that nobody
-        writes here (clean, not uploading) follows another client's version as an open does (after
-        attr_ttl, one HEAD): its open copy alone would show the version held since its first open
-        for as long as any process has it open (``tail -f``), and the kernel, told that size, cut
-        a ``cat`` of the new version to it (round 36)."""
-        item = None if _is_hidden(path) or path == "/" else self.staging.get(self.keymap.key(path))
-        if item is None or item.dirty or item.uploading or item.open_count == 0:
-            return self._attributes(path)
-        try:
-            a = self.namespace.lookup_full(path)
-        except FsError:  # gone from S3, or removed here: the open copy is what there is
-            return self._item_attributes(item)
-        if not a.is_dir:  # (a directory shadowing it: the open's ESTALE says so, not a stat)
-            item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
-        return self._item_attributes(item)
-
     def _known_attributes(self, path: str) -> A.Attributes | None:
         """What this mount knows of ``path`` (a staged copy, or cached attributes), with no request."""
         item = self.staging.get(self.keymap.key(path))
@@ -497,7 +480,7 @@ class S3Operations(Operations):
         h = self._handles.get(fh) if fh is not None else None
         if h is not None:  # fstat: the open file's own copy (it may be unlinked, or renamed)
             return self._item_attributes(h.item).stat()
-        found = self._shown(path).stat()
+        found = self._attributes(path).stat()
         if self.kernel_names is not None and path != "/":
             parent, name = KeyMap.split(path)
             if self.namespace.walked(parent):

@@ -1336,6 +1336,32 @@ def test_an_open_of_a_file_another_client_removed_without_o_creat_is_enoent(moun
     assert s3_keys(boto, bucket) == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: round 36's fix (the stat follows the new version) was reverted: it let an open reader "
+    "read the new version's bytes after its own (README, Limitations)",
+)
+def test_a_stat_while_another_process_holds_the_file_open_shows_another_clients_new_version(
+    mount_factory, boto, bucket
+):
+    """``tail -f log`` holds the file open; another client puts a longer version. A ``stat`` (or
+    ``ls -l``) by name after attr_ttl must show S3's size, as it does with no handle open. Found in
+    round 36: it showed the held version's for as long as any process had the file open; with the
+    default attr_ttl the kernel kept that size, and a ``cat`` right after it (its open follows the
+    new version) read the new bytes cut at the old size, silently (6 of 18 bytes here)."""
+    one = mount_factory("attr_ttl=0,dir_ttl=0").start()
+    boto.put_object(Bucket=bucket, Key="log", Body=b"first\n")
+    path = os.path.join(one.path, "log")
+    with open(path, "rb") as held:
+        assert held.read() == b"first\n"
+        boto.put_object(Bucket=bucket, Key="log", Body=b"first\nsecond line\n")
+        shown = os.stat(path).st_size
+        with open(path, "rb") as again:
+            fresh = again.read()
+    assert fresh == b"first\nsecond line\n"  # an open follows it (close-to-open)
+    assert shown == len(fresh)
+
+
 @pytest.mark.parametrize("ours", ["chmod", "setxattr", "utime", "touch"])
 def test_a_metadata_change_of_a_name_that_became_a_directory_goes_to_the_directory(mount_factory, boto,
                                                                                   bucket, ours):

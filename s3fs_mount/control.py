@@ -63,6 +63,13 @@ def format_status(st: dict[str, Any], mountpoint: str) -> str:
             lines.append(line)
         if n > len(st["pending"]):
             lines.append("  and %d more" % (n - len(st["pending"])))
+        retrying = st.get("retrying", 0)  # a mount older than it has none
+        if retrying:
+            nxt = st.get("next_try")
+            lines.append(
+                "%d of them failed to upload and are tried again in the background (%s)"
+                % (retrying, "the next try under way" if nxt is None else "the next try in %.0f s" % nxt)
+            )
     if new_dirs:
         n = st.get("new_dirs_count", len(new_dirs))
         lines.append("%d new director%s not yet in S3:" % (n, "y" if n == 1 else "ies"))

@@ -97,8 +97,7 @@ def serve(
             metrics.close()
     # destroy() has uploaded at unmount; without it (FUSE ended otherwise) do it here, once.
     left = ops.unuploaded if ops.unuploaded is not None else ops.finish()
-    if ops.writeback is not None:
-        ops.writeback.stop()
+    ops.stop_background()
     ops.prefetcher.close()
     ops.staging.close()
     log.info("unmounted %s: %s", mountpoint, store.connection.stats.summary())

@@ -67,6 +67,7 @@ MAX_FUSE_THREADS = 16  # libfuse3 worker threads, all kept when idle (its defaul
 #: Seconds past the kernel's entry timeout before a large directory's names are forgotten (KernelNames).
 KERNEL_NAMES_GRACE = 0.5
 BACKPRESSURE_WAIT = 60.0  # seconds a write waits for uploads before it goes on anyway
+RETRY_WORKERS = 2  # without -o writeback: threads that try again the uploads of closes that failed
 ZEROS_A_WRITE = 1 << 20  # bytes of zeros a punched hole writes at a time
 #: The largest file an open for reading and writing fetches to keep the kernel's pages of it
 #: (see S3Operations._kept_bytes_local); a larger one's pages are dropped.
@@ -190,16 +191,11 @@ class S3Operations(Operations):
         )
         #: Where requests go and how they fared, for ``s3fs-mount status`` (no request is sent here).
         self.endpoint, self.request_summary = store.endpoint, store.request_summary
-        self.writeback = (
-            WritebackQueue(
-                self.uploader,
-                workers=options.parallel,
-                on_uploaded=self.changes.uploaded_in_background,
-                on_conflict=self.changes.conflicted,
-            )
-            if options.writeback
-            else None
-        )
+        self._lock = threading.Lock()  # guards _handles, _hidden, _gone, _gone_files and background
+        #: The background uploads: with ``-o writeback`` every close's (``writeback``, made
+        #: here); without, only the retries of closes that failed, made at the first such close.
+        self.background: WritebackQueue | None = None  # GUARDED_BY(_lock): set once
+        self.writeback = self._background_uploads() if options.writeback else None
         self._handles: dict[int, Handle] = {}  # GUARDED_BY(_lock)
         #: .fuse_hidden path -> the unlinked file its handles still use; each holds one open of
         #: its file until libfuse unlinks the name (see _hide)
@@ -222,7 +218,6 @@ class S3Operations(Operations):
         self.unuploaded: list[str] | None = None  # set by destroy()
         self.dir_times: DirTimesWriter | None = None  # set by start()
         self._next_fh = itertools.count(1)
-        self._lock = threading.Lock()  # guards _handles, _hidden, _gone and _gone_files
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -296,7 +291,11 @@ class S3Operations(Operations):
     def finish(self) -> list[str]:
         """Upload every dirty file; returns the keys that stay staged."""
         queue = self.writeback
-        left = self._upload_one_by_one() if queue is None else self._upload_in_background(queue)
+        if queue is None:
+            self.stop_background()  # the retries of failed closes: each file is tried here once more
+            left = self._upload_one_by_one()
+        else:
+            left = self._upload_in_background(queue)
         self.changes.close()  # pending deletes: sent, or recorded (and logged) for the next mount
         if self.dir_times is not None:
             self.dir_times.close()
@@ -339,6 +338,25 @@ class S3Operations(Operations):
         """Wait for the background uploads, saying how many are left."""
         while not queue.drain(timeout=2.0):
             log.info("unmount: waiting for %d background uploads", len(self.staging.pending()))
+
+    def _background_uploads(self) -> WritebackQueue:
+        """The background upload queue, made (and its threads started) at the first use."""
+        with self._lock:
+            if self.background is None:
+                self.background = WritebackQueue(
+                    self.uploader,
+                    workers=self.options.parallel if self.options.writeback else RETRY_WORKERS,
+                    on_uploaded=self.changes.uploaded_in_background,
+                    on_conflict=self.changes.conflicted,
+                )
+            return self.background
+
+    def stop_background(self) -> None:
+        """Stop the background uploads (unmount, after :meth:`finish`)."""
+        with self._lock:
+            queue = self.background
+        if queue is not None:
+            queue.stop()
 
     # -- helpers --------------------------------------------------------------------
 
@@ -881,6 +899,10 @@ class S3Operations(Operations):
         if h.item.dirty and self.writeback is not None and not h.item.unlinked:
             self.writeback.submit(h.item)
         self.staging.release(h.item)
+        if h.writable and self.writeback is None and self.staging.left_dirty(h.item):
+            # Its close's upload failed (S3 away): tried again in the background, as with -o
+            # writeback, not left until somebody touches the file again.
+            self._background_uploads().retry_later(h.item)
         if h.writable:
             self.staging.uploaded(h.item)  # a large file leaves the cache once in S3 and closed
 
@@ -1105,6 +1127,8 @@ class S3Operations(Operations):
         Per pending file: its size, the bytes of it already in S3 (``uploaded``:
         of the upload under way, or of the last one), and ``writers``, the
         handles open for writing (1 or 0; such a file is not final yet).
+        ``retrying``: of them, the files whose upload failed, tried again in the background
+        (the next try in ``next_try`` s; None: under way).
         ``open_for_writing``: every file with a handle open for writing. Both lists are cut to fit
         one extended attribute (:func:`fitting`); ``pending_files`` and ``pending_bytes`` count
         every file waiting to upload. ``kernel_names``: the
@@ -1130,6 +1154,9 @@ class S3Operations(Operations):
                 }
             )
         new_dirs = self.changes.new_dirs.waiting()
+        with self._lock:
+            queue = self.background
+        retrying, next_try = queue.retrying() if queue is not None else (0, None)
         open_for_writing = []
         for item in writing.values():
             view = item.view()
@@ -1149,6 +1176,8 @@ class S3Operations(Operations):
             "pending": fitting(pending),
             "pending_files": len(pending),
             "pending_bytes": sum(p["size"] for p in pending),
+            "retrying": retrying,
+            "next_try": next_try,
             "open_for_writing": fitting(open_for_writing),
             "requests": self.request_summary(),
             "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,

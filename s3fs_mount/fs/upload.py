@@ -1483,6 +1483,10 @@ class WritebackQueue:
     file at once as soon as such a try succeeds (S3 answers again). An outage costs one file's
     requests a round, not every file's; before round 36 nothing was tried again until a sync,
     an fsync or the unmount, and files closed during a blip of S3 stayed out of it.
+
+    Without ``-o writeback`` (closes upload themselves) a file whose close failed comes here
+    (:meth:`retry_later`) and is tried again the same way: before round 37 it waited for the
+    next fsync, close or sync of that file, or the unmount, which might never come.
     """
 
     def __init__(
@@ -1517,6 +1521,23 @@ class WritebackQueue:
         with self._idle:
             self._busy += 1
         self._queue.put(item)
+
+    def retry_later(self, item: StagedFile) -> None:
+        """``item``'s upload failed elsewhere (its close, without ``-o writeback``): try it
+        again in the background, as a failed upload of the queue's own."""
+        with self._idle:
+            if id(item) not in self._failed and self._probe is not item:
+                self._ended(item, True)
+                self._idle.notify_all()
+
+    def retrying(self) -> tuple[int, float | None]:
+        """Files waiting to be tried again, and the seconds until the next try (None: under way
+        or nothing waits)."""
+        with self._idle:
+            count = len(self._failed) + (self._probe is not None)
+            if not self._failed or self._all_again or self._probe is not None:
+                return count, None
+            return count, max(0.0, self._due - time.monotonic())
 
     def _run(self) -> None:
         while True:

@@ -1090,6 +1090,42 @@ def test_closes_that_failed_in_an_outage_are_tried_again_once_s3_is_back(
     assert m.stop() == 0
 
 
+def test_an_outage_is_two_log_lines_and_lookups_in_it_fail_at_once_unsent(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    # S3 refuses connections while a loop looks names up. Once one lookup has spent its retries,
+    # the others fail with EIO at once, mostly unsent (one request a second goes out to see
+    # whether S3 is back), status says S3 is unreachable, and the log has one line when S3 is
+    # lost and one when it is back with the count, not a line a retry. Before (round 37, by hand
+    # with bench/outage.py): 7.2 requests a second, each lookup 12 requests over 1.7 s, 132
+    # WARNING lines in 20 s.
+    m = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    boto.put_object(Bucket=bucket, Key="there", Body=b"x")
+    lines = len(m.log_lines())
+    served = faultproxy.upstream
+    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # nothing listens there: S3 is away
+    try:
+        heard = len(faultproxy.heard)
+        lookups = 200
+        for n in range(lookups):
+            with pytest.raises(OSError) as info:
+                os.stat(os.path.join(m.path, "new-%d" % n))
+            assert info.value.errno == errno.EIO
+        sent = len(faultproxy.heard) - heard
+        assert sent < lookups / 4, sent  # before: 12 a lookup
+        assert "S3 unreachable for" in control.read_status(m.path)["requests"]
+    finally:
+        faultproxy.upstream = served
+    eventually(lambda: os.path.exists(os.path.join(m.path, "there")), 30, "S3 to answer again")
+    log = m.log_lines()[lines:]
+    loud = [line for line in log if " WARNING " in line or " ERROR " in line]
+    assert sum("S3 is unreachable" in line for line in loud) == 1, loud
+    assert sum("S3 answers again" in line for line in loud) == 1, loud
+    assert len(loud) <= 3, loud  # and the first lookup's EIO, before S3 was known lost
+    assert "S3 unreachable" not in control.read_status(m.path)["requests"]
+    assert m.stop() == 0
+
+
 def test_writeback_fsync_returns_once_the_file_is_in_s3(
     mount_factory, holdproxy, s3config, boto, bucket, tmp_path
 ):

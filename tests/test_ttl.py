@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Callable
 
@@ -17,8 +18,8 @@ from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.errors import GaveUp, S3Error
-from s3fs_mount.s3.retry import GiveUp, RetryPolicy
+from s3fs_mount.s3.errors import ConnectionFailed, GaveUp, S3Error, Unreachable
+from s3fs_mount.s3.retry import PROBE_EVERY, GiveUp, RetryPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -319,6 +320,67 @@ def test_backoff_stops_at_max_total():
     with pytest.raises(S3Error):
         policy.call(down)
     assert sum(clock.slept) <= 30.0 < sum(clock.slept) + 4.0  # no pause would have fitted in
+
+
+def test_once_s3_is_unreachable_requests_fail_unsent_but_one_a_second_until_it_answers(caplog):
+    # An outage (connections refused): the first request spends its retries and opens the
+    # breaker; then a request is sent once a PROBE_EVERY, the others fail unsent, and none is
+    # retried; S3's first answer closes it. The log: one line when lost, one when back. Before
+    # (round 37): every request spent its six attempts, a WARNING line each.
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=6, base_delay=0.1, clock=clock)
+    sent: list[str] = []
+    up = False
+
+    def request(what: str):
+        def send() -> str:
+            sent.append(what)
+            if not up:
+                raise ConnectionFailed(what, "Connection refused")
+            return "answer"
+        return send
+
+    with caplog.at_level(logging.INFO, logger="s3fs_mount.s3.retry"):
+        with pytest.raises(ConnectionFailed):
+            policy.call(request("first"), "first")
+        assert sent == ["first"] * 6 and policy.outage.down
+        for n in range(10):  # within the same second: none sent
+            with pytest.raises(ConnectionFailed) as info:
+                policy.call(request("unsent %d" % n), "unsent %d" % n)
+            assert isinstance(info.value, Unreachable) and info.value.in_outage
+        assert sent == ["first"] * 6
+        clock.advance(PROBE_EVERY)
+        with pytest.raises(ConnectionFailed) as info:
+            policy.call(request("probe"), "probe")
+        assert info.value.in_outage and not isinstance(info.value, Unreachable)
+        assert sent[6:] == ["probe"]  # once, not retried
+        clock.advance(PROBE_EVERY)  # a call around a request (a read's fetch): the probe is both
+        with pytest.raises(ConnectionFailed):
+            policy.call(lambda: policy.call(request("nested"), "nested"), "outer")
+        assert sent[7:] == ["nested"]
+        assert "S3 unreachable for" in policy.outage.summary()
+        up = True
+        clock.advance(PROBE_EVERY)
+        assert policy.call(request("back"), "back") == "answer"
+        assert not policy.outage.down and policy.outage.summary() == ""
+        assert policy.call(request("after"), "after") == "answer"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("S3 is unreachable (first: Connection refused)")
+    assert "13 requests failed meanwhile" in warnings[1]  # the first, 10 unsent, 2 probes
+
+
+def test_an_answer_of_s3s_even_an_error_is_no_outage():
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=3, base_delay=0.1, clock=clock)
+
+    def slow_down() -> None:
+        raise S3Error(503, "SlowDown")
+
+    for _ in range(3):
+        with pytest.raises(S3Error):
+            policy.call(slow_down)
+    assert not policy.outage.down and len(clock.slept) == 6  # each retried
 
 
 def test_a_lookup_older_than_our_upload_does_not_bring_back_the_replaced_version(tmp_path):

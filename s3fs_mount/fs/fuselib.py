@@ -1006,7 +1006,9 @@ def _fuse_error(operation: str, path: str, exc: Exception) -> FuseOSError:
         return exc
     err = errno_for(exc, operation)
     if isinstance(exc, (RemoteStoreError, FsError, OSError)):
-        level = logging.DEBUG if err in QUIET or isinstance(exc, Stale) else logging.WARNING
+        # In an outage, the retry policy's Outage logged S3's loss once: not each call it fails.
+        quiet = err in QUIET or isinstance(exc, Stale) or getattr(exc, "in_outage", False)
+        level = logging.DEBUG if quiet else logging.WARNING
         log.log(level, "%s %s: %s (%s)", operation, path, errno.errorcode.get(err, err), exc)
     else:
         log.exception("%s %s: unexpected error, returning EIO", operation, path)

@@ -216,7 +216,11 @@ class Bucket:
     def request_summary(self) -> str:
         """The connection's request counts, as ``s3fs-mount status`` shows them."""
         connection = getattr(self.store, "connection", None)
-        return connection.stats.summary() if connection is not None else ""
+        if connection is None:
+            return ""
+        policy = getattr(connection, "retry", None)
+        outage = policy.outage.summary() if policy is not None else ""
+        return connection.stats.summary() + ("; " + outage if outage else "")
 
     # -- objects -------------------------------------------------------------------------
 

@@ -129,6 +129,9 @@ class TransportError(RemoteStoreError, requests.RequestException):
     """
 
     retryable = False
+    #: Raised while S3 was already known to be unreachable (:class:`~s3fs_mount.s3.retry.Outage`),
+    #: which has said so in the log once: callers log this failure quietly.
+    in_outage = False
 
     def __init__(self, what: str, reason: str) -> None:
         super().__init__("%s: %s" % (what, reason))
@@ -173,6 +176,18 @@ class ConnectionFailed(TransportError, requests.ConnectionError):
     """The connection could not be made, or broke. Retried."""
 
     retryable = True
+
+
+class Unreachable(ConnectionFailed):
+    """Not sent: S3 was found unreachable moments ago, and another request is the one that
+    probes it now (:class:`~s3fs_mount.s3.retry.Outage`)."""
+
+    in_outage = True
+
+    def __init__(self, what: str, cause: str, reason: str) -> None:
+        """``cause``: the failure that found S3 unreachable; ``reason``: its :attr:`reason`."""
+        super().__init__(what, "not sent, S3 is unreachable (%s)" % cause)
+        self.reason = reason
 
 
 class BodyBroken(ConnectionFailed):

@@ -6,6 +6,11 @@ time. Never retries any other 4xx: those are answers, not accidents.
 
 The requests of one job (the parts of one multipart upload) may share a :class:`GiveUp`:
 once one of them fails for good, the others stop retrying and those not begun are not sent.
+
+The requests of one connection share an :class:`Outage`, a circuit breaker: once S3 cannot be
+reached (a request's retries all spent on refused or timed-out connections), each request is
+tried once, not retried, until S3 answers again; the log says so twice, when S3 is lost and when
+it is back, not once a retry.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from typing import TypeVar
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.s3.checksums import ChecksumMismatch
-from s3fs_mount.s3.errors import GaveUp, S3Error, TransportError
+from s3fs_mount.s3.errors import BodyBroken, GaveUp, S3Error, TransportError, Unreachable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Seconds between the requests sent while S3 is unreachable (:class:`Outage`): the others fail unsent.
+PROBE_EVERY = 1.0
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 #: BadDigest / XAmzContentSHA256Mismatch: the bytes changed on the way (the server checked): send again.
 RETRYABLE_CODES = frozenset(
@@ -46,6 +53,105 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, TransportError):
         return exc.retryable
     return isinstance(exc, ChecksumMismatch)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True for a failure to reach S3 at all (refused, timed out, cut before an answer), not an
+    answer of S3's nor an answer cut short."""
+    return isinstance(exc, TransportError) and exc.retryable and not isinstance(exc, BodyBroken)
+
+
+class Outage:
+    """Whether S3 can be reached, as the requests of one connection found: a circuit breaker.
+
+    Closed (S3 answers): each request is retried as its policy says. A request whose retries
+    are all spent on failures to reach S3 (:func:`is_unreachable`) opens it, with one WARNING
+    line. While open, one request a ``PROBE_EVERY`` s is sent, once, not retried (the probe);
+    the others fail at once, unsent (:class:`~s3fs_mount.s3.errors.Unreachable`), and every
+    failure is marked ``in_outage`` (its caller logs it quietly): a lookup fails with EIO at
+    once, not after seconds of backoff, and an outage costs about a request a second, whatever
+    the callers do. Measured before it (bench/README.md, round 37): a stat loop during a 20 s
+    outage sent 7.2 requests a second and logged 132 WARNING lines. Any answer of S3's closes
+    it, with one WARNING line saying how long S3 was away and how many requests failed meanwhile.
+    """
+
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self._clock = clock  # immutable
+        self._lock = threading.Lock()
+        self._since: float | None = None  # GUARDED_BY(_lock): when S3 was lost (monotonic); None: it answers
+        self._failed = 0  # GUARDED_BY(_lock): requests failed since
+        self._cause = ""  # GUARDED_BY(_lock): the failure that opened it
+        self._reason = ""  # GUARDED_BY(_lock): its reason (TransportError.reason)
+        self._probed = 0.0  # GUARDED_BY(_lock): when the last probe was sent (monotonic)
+        #: Per thread: ``probing`` while this thread's call is the probe, so that the request it
+        #: nests (a read's fetch around its GET) is sent too.
+        self._local = threading.local()
+
+    @property
+    def down(self) -> bool:
+        """Is S3 known to be unreachable (the breaker open)?"""
+        with self._lock:
+            return self._since is not None
+
+    def may_probe(self, what: str) -> bool:
+        """May ``what`` be sent? Yes while S3 answers; while open, only as the probe, and True
+        then (end it with :meth:`end_probe`); else raise Unreachable, counted."""
+        if getattr(self._local, "probing", False):
+            return False  # within this thread's probe
+        with self._lock:
+            if self._since is None:
+                return False
+            now = self._clock.monotonic()
+            if now - self._probed >= PROBE_EVERY:
+                self._probed = now
+                self._local.probing = True
+                return True
+            self._failed += 1
+            cause, reason = self._cause, self._reason
+        raise Unreachable(what, cause, reason)
+
+    def end_probe(self) -> None:
+        """This thread's probe is over."""
+        self._local.probing = False
+
+    def lost(self, exc: BaseException) -> None:
+        """A request failed for good to reach S3 (``exc``): open, or count one more failure;
+        ``exc`` is marked ``in_outage``: the log has said it."""
+        with self._lock:
+            opened = self._since is None
+            if opened:
+                self._since = self._probed = self._clock.monotonic()
+                self._failed, self._cause = 0, str(exc)
+                self._reason = getattr(exc, "reason", str(exc))
+            if not getattr(exc, "in_outage", False):  # a nested call's failure is seen twice
+                self._failed += 1
+            exc.in_outage = True  # type: ignore[attr-defined]
+        if opened:
+            log.warning(
+                "S3 is unreachable (%s): requests fail at once, one a %.0f s sent to see whether it is back",
+                str(exc),
+                PROBE_EVERY,
+            )
+
+    def answered(self) -> None:
+        """S3 answered a request (any answer): close."""
+        with self._lock:
+            if self._since is None:
+                return
+            away, failed = self._clock.monotonic() - self._since, self._failed
+            self._since = None
+        log.warning("S3 answers again, after %.1f s unreachable: %d requests failed meanwhile", away, failed)
+
+    def summary(self) -> str:
+        """For ``s3fs-mount status``: '' while S3 answers."""
+        with self._lock:
+            if self._since is None:
+                return ""
+            return "S3 unreachable for %.0f s (%d requests failed since, not retried): %s" % (
+                self._clock.monotonic() - self._since,
+                self._failed,
+                self._cause,
+            )
 
 
 class GiveUp:
@@ -107,6 +213,12 @@ class RetryPolicy:
     retries: int = 0  # counter, for the unmount summary
     #: What the backoff sleeps on and the total is measured by (tests give a fake one).
     clock: Clock = field(default=SYSTEM, repr=False, compare=False)
+    #: Whether S3 can be reached, shared by every call (made with the policy unless given).
+    outage: Outage = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.outage is None:
+            self.outage = Outage(self.clock)
 
     def delay(self, attempt: int) -> float:
         """Seconds to sleep after the failed ``attempt`` (1-based)."""
@@ -125,17 +237,41 @@ class RetryPolicy:
         given up ``fn`` is not run (GaveUp) nor run again (its last failure is raised)."""
         if give_up is not None:
             give_up.check(what)
+        probe = self.outage.may_probe(what)
+        try:
+            return self._attempts(fn, what, retryable, give_up)
+        finally:
+            if probe:
+                self.outage.end_probe()
+
+    def _attempts(
+        self,
+        fn: Callable[[], T],
+        what: str,
+        retryable: Callable[[BaseException], bool],
+        give_up: GiveUp | None,
+    ) -> T:
+        """:meth:`call`'s attempts: until one succeeds, or the policy or the outage stops them."""
+        outage = self.outage
         start = self.clock.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
-                return fn()
+                result = fn()
             except Exception as exc:
                 if give_up is not None and give_up.cause is not None:
                     raise  # another request of the job failed for good: no retry, no line
+                unreachable = is_unreachable(exc)
+                if not unreachable and isinstance(exc, S3Error):
+                    outage.answered()
+                elif unreachable and outage.down:  # the breaker is open: no retry, no line
+                    outage.lost(exc)
+                    raise
                 pause = self.delay(attempt) if retryable(exc) and attempt < self.max_attempts else None
                 if pause is None or self.clock.monotonic() - start + pause > self.max_total:
+                    if unreachable:
+                        outage.lost(exc)
                     if give_up is not None and give_up.fail(exc):
                         log.warning(
                             "%s failed for good after %d attempt(s) (%s): the other parts of its upload stop",
@@ -147,9 +283,10 @@ class RetryPolicy:
                 self.retries += 1
                 # The text, not the exception: its frames hold the request's body, and a handler
                 # may keep a record (a queue, pytest's capture) long after the retry. A job's
-                # retries are told once, if it gives up (many parts retry at once).
+                # retries are told once, if it gives up (many parts retry at once); S3 out of
+                # reach is told once by the outage, if the retries are all spent.
                 log.log(
-                    logging.INFO if give_up is not None else logging.WARNING,
+                    logging.INFO if give_up is not None or unreachable else logging.WARNING,
                     "%s failed (%s); retry %d in %.2fs",
                     what,
                     str(exc),
@@ -159,3 +296,6 @@ class RetryPolicy:
                 self.clock.sleep(pause)
                 if give_up is not None and give_up.cause is not None:
                     raise  # given up while this one waited
+            else:
+                outage.answered()
+                return result

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from waiting import eventually
 from s3fs_mount import control
 from s3fs_mount.fs.journal import JOURNAL_NAME, StagingJournal
 from s3fs_mount.fs.known import FILE_NAME as KNOWN_TABLE
+from s3fs_mount.fs.known import QUIET
 from s3fs_mount.localserver import free_ports
 
 pytestmark = pytest.mark.fuse
@@ -1302,6 +1304,53 @@ def fill_disk(path: Path) -> int:
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return written
+
+
+def test_the_kept_attributes_come_back_once_the_full_cache_disk_has_room(
+    mount_factory, boto, bucket, tmp_path
+):
+    # The cache's disk fills (another program); the kept-attributes table (fs/known.py) cannot
+    # write what HEADs told and is given up. Once there is room again it is opened again and
+    # what later HEADs tell is kept. Before (round 37): off for the rest of the mount, each
+    # later mount HEADing again what this one had seen.
+    with small_tmpfs(tmp_path / "disk") as disk:
+        m = mount_factory(cache_dir=str(disk / "cache")).start()
+        try:
+            table = next((disk / "cache").glob("*/" + KNOWN_TABLE))
+            filler = disk / "filler"
+            fill_disk(filler)
+            seen = iter(range(1000))
+            last = [0.0]
+
+            def stat_a_new_file() -> str:
+                name = "seen%d" % next(seen)
+                boto.put_object(Bucket=bucket, Key=name, Body=b"x")
+                os.stat(os.path.join(m.path, name))  # its HEAD is recorded, and written once
+                last[0] = time.monotonic()  # no record comes for fs/known.py's QUIET
+                return name
+
+            def log_says(what: str) -> bool:
+                if time.monotonic() - last[0] > 2 * QUIET:
+                    stat_a_new_file()
+                return any(what in line for line in m.log_lines())
+
+            eventually(lambda: log_says("file attributes are no longer kept"), 30, "the table to be given up")
+            filler.unlink()
+            eventually(lambda: log_says("file attributes are kept across mounts again"), 60,
+                       "the table to come back")
+            name = stat_a_new_file()
+
+            def kept() -> bool:
+                db = sqlite3.connect(str(table))
+                try:
+                    row = db.execute("SELECT 1 FROM versions WHERE path = ?", ("/" + name,)).fetchone()
+                    return row is not None
+                finally:
+                    db.close()
+
+            eventually(kept, 30, "the last file's attributes in the table")
+        finally:
+            m.stop()
 
 
 def test_a_cache_disk_full_of_clean_files_makes_room_for_a_write(mount_factory, boto, bucket, tmp_path):

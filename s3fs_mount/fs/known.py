@@ -12,8 +12,13 @@ Last-Modified).
 
 It is a cache: a lost or damaged table costs HEADs, never a wrong answer,
 so writes are not synced (``synchronous=OFF``), and a table that cannot be
-opened is logged once and not used. At most :data:`MAX_ROWS` files are kept;
-the oldest records go first.
+opened or written (a full disk) is logged once and not used; it is opened again
+:data:`REOPEN_AFTER` seconds later, at the next write, and so on until that
+succeeds (before round 37 it stayed off for the rest of the mount once the disk
+had been full). The drops queued meanwhile are applied then (the records are
+not kept); past :data:`MAX_QUEUED` of them, the table is emptied instead: a
+record of a version this mount changed must not stand for the new one.
+At most :data:`MAX_ROWS` files are kept; the oldest records go first.
 
 When: a record is only queued (no JSON, no SQL); a thread of its own writes the
 queue once no record came for :data:`QUIET` seconds, so the HEADs of a burst
@@ -40,6 +45,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 
 from s3fs_mount.fs import attrs as A
 
@@ -54,6 +60,8 @@ MAX_QUEUED = 20_000
 #: Paths asked at once (SQLite's bound on a statement's parameters is 32,766).
 QUERY_CHUNK = 900
 FILE_NAME = "attributes.sqlite"
+#: Seconds after the table could not be opened or written before it is opened again.
+REOPEN_AFTER = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -75,11 +83,17 @@ class KnownVersions:
     """
 
     def __init__(
-        self, directory: str | None, defaults: A.Defaults, quiet: float = QUIET, max_queued: int = MAX_QUEUED
+        self,
+        directory: str | None,
+        defaults: A.Defaults,
+        quiet: float = QUIET,
+        max_queued: int = MAX_QUEUED,
+        reopen_after: float = REOPEN_AFTER,
     ) -> None:
         self.defaults = defaults
         self.quiet = quiet  # immutable after __init__
         self.max_queued = max_queued  # immutable after __init__
+        self.reopen_after = reopen_after  # immutable after __init__
         self._db_lock = threading.Lock()
         self._lock = threading.Lock()
         #: What is still to write, in order: ("put", (path, attributes)), ("drop", (path,)),
@@ -97,28 +111,51 @@ class KnownVersions:
         self._db: sqlite3.Connection | None = None
         #: False while the table is known to be empty: a listing page asks it nothing.
         self._any = False  # GUARDED_BY(_lock)
-        if directory is None:
+        #: GUARDED_BY(_db_lock): time.monotonic() the table was given up (could not be opened or
+        #: written), to open it again REOPEN_AFTER later; None: in use, or nowhere.
+        self._off_since: float | None = None
+        #: GUARDED_BY(_db_lock): the drops queued while it was off, to apply when it is back;
+        #: None: more than max_queued were (it is emptied then).
+        self._missed: list[tuple[str, tuple[object, ...]]] | None = []
+        self._path = os.path.join(directory, FILE_NAME) if directory is not None else None  # immutable
+        if self._path is None:
             return
-        path = os.path.join(directory, FILE_NAME)
+        with self._db_lock:
+            if not self._open():
+                self._off_since = time.monotonic()
+
+    def _open(self, again: bool = False) -> bool:
+        """Open the table (caller holds _db_lock, or is __init__); False, logged, if it cannot be."""
+        assert self._path is not None
+        db = None
         try:
             # Its metadata is the bucket's: readable by the mount's user alone, as staged files
             # are (SQLite gives its -wal and -shm files the table's mode).
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=OFF")
             db.execute(_SCHEMA)
-            self._db = db
-            self._any = db.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None
+            any_kept = db.execute("SELECT 1 FROM versions LIMIT 1").fetchone() is not None
         except (OSError, sqlite3.Error) as exc:
-            log.warning("file attributes are not kept across mounts: %s: %s", path, exc)
+            if db is not None:
+                db.close()
+            if again:
+                log.debug("file attributes still not kept across mounts: %s: %s", self._path, exc)
+            else:
+                log.warning("file attributes are not kept across mounts: %s: %s", self._path, exc)
+            return False
+        self._db = db
+        with self._lock:
+            self._any = any_kept
+        return True
 
     def record(self, path: str, attributes: A.Attributes) -> None:
         """Keep what is known whole of file ``path`` (written with the next batch). Not kept
         until S3's date of the version is known (``stored``: our own writes, until listed)."""
         if attributes.is_dir or not attributes.complete or not attributes.etag or not attributes.stored:
             return
-        if self._db is None:
+        if self._db is None and self._off_since is None:  # (hints, read without the lock)
             return
         with self._lock:
             self._writes.append(("put", (path, attributes)))
@@ -132,7 +169,7 @@ class KnownVersions:
         changed it, and what a HEAD told of an earlier version must not stand for the new one
         (the same bytes written again within a second have the same ETag, size and date)."""
         with self._lock:
-            if self._db is None or not self._any:
+            if (self._db is None and self._off_since is None) or not self._any:
                 return  # nothing kept, nothing to be written: each create would queue a DELETE
             self._writes.append(("drop_tree" if tree else "drop", (path,)))
             full = self._queued_locked()
@@ -237,29 +274,64 @@ class KnownVersions:
         """Write the queued rows, and keep the table within MAX_ROWS (caller holds _db_lock)."""
         with self._lock:
             rows, self._writes = self._writes, []
-        if not rows or self._db is None:
+        if not rows:
             return
+        if self._db is None and not self._reopened():
+            self._miss(rows)
+            return
+        self._run_locked(lambda db: self._apply(db, rows))
+        if self._db is None:  # the write failed: its drops are owed
+            self._miss(rows)
 
-        def write(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN")
-            for op, row in rows:
-                if op == "put":
-                    db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?)", _row(*row))
-                elif op == "drop":
-                    db.execute("DELETE FROM versions WHERE path = ?", row)
-                else:  # drop_tree
-                    path = str(row[0])
-                    below = path.rstrip("/") + "/"
-                    db.execute(
-                        "DELETE FROM versions WHERE path = ? OR substr(path, 1, ?) = ?",
-                        (path, len(below), below),
-                    )
-            db.execute(
-                "DELETE FROM versions WHERE rowid <= (SELECT MAX(rowid) FROM versions) - ?", (MAX_ROWS,)
-            )
-            db.execute("COMMIT")
+    @staticmethod
+    def _apply(db: sqlite3.Connection, rows: list[tuple[str, tuple[object, ...]]]) -> None:
+        """Write ``rows`` (queued puts and drops) in one transaction, within MAX_ROWS."""
+        db.execute("BEGIN")
+        for op, row in rows:
+            if op == "put":
+                db.execute("INSERT OR REPLACE INTO versions VALUES (?, ?, ?, ?, ?)", _row(*row))
+            elif op == "drop":
+                db.execute("DELETE FROM versions WHERE path = ?", row)
+            else:  # drop_tree
+                path = str(row[0])
+                below = path.rstrip("/") + "/"
+                db.execute(
+                    "DELETE FROM versions WHERE path = ? OR substr(path, 1, ?) = ?",
+                    (path, len(below), below),
+                )
+        db.execute(
+            "DELETE FROM versions WHERE rowid <= (SELECT MAX(rowid) FROM versions) - ?", (MAX_ROWS,)
+        )
+        db.execute("COMMIT")
 
-        self._run_locked(write)
+    def _miss(self, rows: list[tuple[str, tuple[object, ...]]]) -> None:
+        """``rows`` could not be written (caller holds _db_lock): keep their drops for when the
+        table is back, up to max_queued."""
+        if self._missed is None:
+            return
+        self._missed.extend(row for row in rows if row[0] != "put")
+        if len(self._missed) > self.max_queued:
+            self._missed = None
+
+    def _reopened(self) -> bool:
+        """The table given up, open it again if REOPEN_AFTER has passed (caller holds _db_lock),
+        with the drops it missed applied (or emptied, if they were too many). True if it is open."""
+        if self._off_since is None or time.monotonic() - self._off_since < self.reopen_after:
+            return False
+        if not self._open(again=True):
+            self._off_since = time.monotonic()
+            return False
+        missed, self._missed = self._missed, []
+        if missed is None:
+            self._run_locked(lambda db: db.execute("DELETE FROM versions"))
+        elif missed:
+            self._run_locked(lambda db: self._apply(db, missed))
+        if self._db is None:
+            self._missed = missed  # failed again (_run_locked set _off_since)
+            return False
+        self._off_since = None
+        log.warning("file attributes are kept across mounts again (%s)", self._path)
+        return True
 
     def _run_locked(self, job):  # type: ignore[no-untyped-def]
         """Run ``job(db)`` (caller holds _db_lock); on an SQLite error, log it and stop using the
@@ -270,11 +342,16 @@ class KnownVersions:
         try:
             return job(self._db)
         except sqlite3.Error as exc:
-            log.warning("file attributes are no longer kept across mounts: %s", exc)
+            log.warning(
+                "file attributes are no longer kept across mounts: %s (tried again in %.0f s)",
+                exc,
+                self.reopen_after,
+            )
             try:
                 self._db.close()
             finally:
                 self._db = None
+                self._off_since = time.monotonic()
             return None
 
 

@@ -2403,8 +2403,9 @@ def test_a_cache_disk_full_of_dirty_files_says_enospc_and_loses_nothing(tmp_path
     with pytest.raises(FuseOSError) as info:
         ops.write("/open", more[taken:], len(kept), fh)
     assert info.value.errno == errno.ENOSPC
-    assert any("no space left on the cache's disk" in r.getMessage() and "1 dirty files" in r.getMessage()
-               for r in caplog.records)
+    assert any("no space left on the cache's disk" in r.getMessage()
+               and "1 files not yet in S3" in r.getMessage() and "0 closed, waiting to upload; 1 still open"
+               in r.getMessage() for r in caplog.records)
     disk["room"] += MiB  # another program frees room: the upload records its digests first
     ops.flush("/open", fh)
     ops.release("/open", fh)

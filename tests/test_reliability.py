@@ -1404,8 +1404,11 @@ def test_a_cache_disk_full_of_dirty_data_says_enospc_and_loses_nothing(mount_fac
                 os.unlink(disk / "filler")  # room again: the close may record the file as it stages
                 os.close(fd)
             assert boto.get_object(Bucket=bucket, Key="big")["Body"].read() == kept
-            assert any("no space left on the cache's disk" in line and "1 dirty files" in line
-                       for line in m.log_lines())
+            # One file, open: not also "waiting to upload" (before round 37: "1 dirty files (4.0
+            # MiB) wait to upload, 1 files are open").
+            assert any("no space left on the cache's disk" in line
+                       and "1 files not yet in S3 (4.0 MiB: 0 closed, waiting to upload; 1 still open), "
+                       "0 files in S3 held open" in line for line in m.log_lines()), m.log()
         finally:
             assert m.stop() == 0
 

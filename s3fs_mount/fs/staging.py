@@ -1497,17 +1497,23 @@ class StagingCache:
         """The one line that says why ``what`` gets ENOSPC: the cache's disk is full of what cannot go."""
         with self._lock:
             dirty = [i for i in self._items.values() if i.dirty or i.uploading]
-            held = sum(1 for i in self._items.values() if i.open_count > 0)
+            writing = sum(1 for i in dirty if i.open_count > 0)
+            reading = sum(1 for i in self._items.values() if i.open_count > 0) - writing
+        # Three kinds apart: before round 37 a file open for writing counted both as waiting to
+        # upload and as open ("1 dirty files wait to upload, 1 files are open": one file).
         log.error(
             "%s: no space left on the cache's disk (%s: %s free, cache_size %s): no clean, closed file "
-            "left to evict: %d dirty files (%s) wait to upload, %d files are open",
+            "left to evict: %d files not yet in S3 (%s: %d closed, waiting to upload; %d still open), "
+            "%d files in S3 held open",
             what,
             self.root,
             human_size(disk_room(self.root)),
             human_size(self.cache_size),
             len(dirty),
             human_size(sum(i.local_bytes() for i in dirty)),
-            held,
+            len(dirty) - writing,
+            writing,
+            reading,
         )
 
     def recover(self) -> list[StagedFile]:

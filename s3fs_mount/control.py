@@ -155,7 +155,9 @@ def sync(mountpoint: str, out: TextIO = sys.stdout, timeout: float | None = None
                 % (w["path"], human_size(w["size"])),
                 file=out,
             )
-    unlisted = pending_files(st) - len(st["pending"])
+    # Of the files the status did not list, those sync tried (and failed) are said above.
+    listed = {p["path"] for p in st["pending"]}
+    unlisted = pending_files(st) - len(listed) - len(failed - listed)
     if unlisted > 0:
         print("sync: %d more files wait to upload behind those" % unlisted, file=out)
     late_dirs = [d["path"] for d in st.get("new_dirs", []) if d["path"] not in failed_dirs]

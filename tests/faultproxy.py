@@ -17,6 +17,7 @@ Point the client at ``proxy.endpoint`` instead of the real server::
                                     # names the same (or ``limit`` s): ``held_outcomes`` says which
         proxy.hold_gets()           # ranged GETs wait (listed in ``holding_gets``) until release_gets()
         proxy.fail_parts_after(3)   # 3 more UploadParts pass, then every one is a 500 (until reset)
+        proxy.fail_where(f, 403)    # every request f(method, target) names (not None): a 403
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -358,6 +359,7 @@ class FaultProxy:
         #: UploadParts still to pass before each is failed with _parts_status (None: all pass).
         self._parts_pass: int | None = None
         self._parts_status = 500
+        self._fail_where: tuple[Naming, int] | None = None  # see fail_where
         self._stall = 0.0
         self._stall_copies = 0.0
         self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
@@ -394,6 +396,12 @@ class FaultProxy:
         ``message`` replace the status's usual ones."""
         with self._lock:
             self._fail_queue.extend([(status, code, message)] * n)
+
+    def fail_where(self, which: Naming | None, status: int = 403) -> None:
+        """Answer ``status`` to every request ``which(method, target)`` names (not None), until
+        ``fail_where(None)`` or :meth:`reset`."""
+        with self._lock:
+            self._fail_where = None if which is None else (which, status)
 
     def fail_parts_after(self, n: int, status: int = 500) -> None:
         """Pass the next ``n`` UploadParts; answer every later one ``status`` (until :meth:`reset`)."""
@@ -567,6 +575,7 @@ class FaultProxy:
             self._fail_queue.clear()
             self._drop_count = 0
             self._parts_pass = None
+            self._fail_where = None
             self._stall = self._stall_copies = 0.0
             self._flip_requests = self._flip_responses = 0
             self._flip_offsets.clear()
@@ -670,6 +679,10 @@ class FaultProxy:
                 failed_part = self._take_part_failure(method, target, headers) if action == "pass" else None
                 if failed_part is not None:
                     action, status = "fail", failed_part
+                with self._lock:
+                    where = self._fail_where
+                if action == "pass" and where is not None and where[0](method, target) is not None:
+                    action, status = "fail", where[1]
                 with self._lock:
                     arrived = self.requests
                     self.seen.append((method, target))

@@ -1513,6 +1513,41 @@ def test_status_and_sync_with_more_files_waiting_than_one_answer_holds(
     assert all(s3_has(boto, bucket, name) for name in names)
     assert m.stop() == 0
 
+def test_sync_goes_on_past_more_failing_files_than_the_status_lists(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    # More files that S3 refuses (403) than one status answer lists, staged before a few it
+    # takes: sync tries those it is shown, and the status then shows the files it has not tried
+    # (those that failed last go last), so it reaches the others and uploads them. Before
+    # (round 37): the same failing head was shown again, and sync stopped there ("N more files
+    # wait to upload behind those"), the good files not in S3.
+    m = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    bad = ["refused-%s-%03d" % ("x" * 150, i) for i in range(120)]
+    good = ["good-%d" % i for i in range(3)]
+    fds = {name: os.open(os.path.join(m.path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+           for name in bad + good}  # a create asks S3
+    served = faultproxy.upstream
+    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # S3 away: each close fails, the file stays
+    try:
+        for name, fd in fds.items():
+            os.write(fd, b"data of " + name.encode())
+            with pytest.raises(OSError):
+                os.close(fd)
+    finally:
+        faultproxy.fail_where(lambda method, target: target if "/refused-" in target else None, 403)
+        faultproxy.upstream = served
+    st = control.read_status(m.path)
+    assert st["pending_files"] == len(bad) + len(good) and len(st["pending"]) < len(bad), len(st["pending"])
+    out = subprocess.run([sys.executable, BIN, "sync", m.path], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    for name in good:
+        assert s3_bytes(boto, bucket, name) == b"data of " + name.encode(), out.stdout[-3000:]
+    assert "sync: %d files could not be uploaded" % len(bad) in out.stdout, out.stdout[-3000:]
+    assert "wait to upload behind those" not in out.stdout
+    faultproxy.fail_where(None)
+    assert m.stop() == 0
+
+
 # -- kill -9 in the middle of a change of names or metadata ------------------------------------
 
 

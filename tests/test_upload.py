@@ -134,7 +134,7 @@ def test_a_large_file_goes_up_through_the_connectors_one_multipart_routine(tmp_p
     assert used == ["big"]
     assert store.objects["big"].data == data and store.calls["PUT part"] == 3
     assert not store.uploads and item.pending_uploads() == []
-    assert uploader.progress(item) == (len(data), "")
+    assert uploader.progress(item) == (len(data), "", 0.0)
     assert item.record().digests  # each part's digest, recorded before it was sent
 
 

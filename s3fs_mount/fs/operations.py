@@ -1124,6 +1124,7 @@ class S3Operations(Operations):
     def status(self) -> dict[str, object]:
         """What ``s3fs-mount status`` shows: where from, cache use, files waiting to upload.
 
+        Pending files come in the order their uploads last failed, those that did not first.
         Per pending file: its size, the bytes of it already in S3 (``uploaded``:
         of the upload under way, or of the last one), and ``writers``, the
         handles open for writing (1 or 0; such a file is not final yet).
@@ -1140,9 +1141,11 @@ class S3Operations(Operations):
         with self._lock:
             writing = {id(h.item): h.item for h in self._handles.values() if h.writable}
         pending = []
+        failed_at = []
         for item in self.staging.pending():
             view = item.view()
-            uploaded, error = self.uploader.progress(item)
+            uploaded, error, when = self.uploader.progress(item)
+            failed_at.append(when)
             pending.append(
                 {
                     "path": self.keymap.path(view.key),
@@ -1153,6 +1156,11 @@ class S3Operations(Operations):
                     "writers": int(id(item) in writing),
                 }
             )
+        # The files that failed last go last: a sync goes on past those it tried and could not
+        # upload, to the files behind them (the list is cut to fit one answer). Before round 37 a
+        # head of failing files longer than the list stopped it there.
+        order = sorted(range(len(pending)), key=failed_at.__getitem__)
+        pending = [pending[i] for i in order]
         new_dirs = self.changes.new_dirs.waiting()
         with self._lock:
             queue = self.background

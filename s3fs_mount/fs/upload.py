@@ -242,6 +242,7 @@ class UploadState:
         self.stream_off = False
         self.uploaded_bytes = 0  # GUARDED_BY(lock): progress of the upload under way, or the last
         self.error = ""  # GUARDED_BY(lock): why the last upload failed ("" when it did not)
+        self.failed_at = 0.0  # GUARDED_BY(lock): time.monotonic() of that failure (0.0: none)
         #: GUARDED_BY(lock): the CRC32s of the parts of a file written in order from its first
         #: byte, for its stream (None: not being written so).
         self.written: WrittenCRCs | None = None
@@ -343,11 +344,12 @@ class Uploader:
                 state = self._states[item] = UploadState()
             return state
 
-    def progress(self, item: StagedFile) -> tuple[int, str]:
-        """``(bytes sent, error)`` of the item's upload under way, or of its last one."""
+    def progress(self, item: StagedFile) -> tuple[int, str, float]:
+        """``(bytes sent, error, when it failed)`` of the item's upload under way, or of its
+        last one (the time: ``time.monotonic()``, 0.0 when it did not fail)."""
         state = self._state(item)
         with state.lock:
-            return state.uploaded_bytes, state.error
+            return state.uploaded_bytes, state.error, state.failed_at
 
     def _sent(self, item: StagedFile, nbytes: int) -> None:
         state = self._state(item)
@@ -917,7 +919,7 @@ class Uploader:
                 return False
             except BaseException as exc:
                 with state.lock:
-                    state.error = str(exc)
+                    state.error, state.failed_at = str(exc), time.monotonic()
                 raise
             finally:
                 if not sent:
@@ -942,7 +944,7 @@ class Uploader:
         if CRASH_AFTER_UPLOAD:  # test hook: die in the window between upload and bookkeeping
             os.kill(os.getpid(), signal.SIGKILL)
         with state.lock:
-            state.error = ""
+            state.error, state.failed_at = "", 0.0
             missed, sent = state.missed, state.sent_metadata
         if missed:
             log.info("%s: written over as its parts went up: uploaded again at the next flush", item.key)
@@ -1379,7 +1381,7 @@ class Uploader:
                 saved_as = moved_to
             except BaseException as exc:
                 with state.lock:
-                    state.error = str(exc)
+                    state.error, state.failed_at = str(exc), time.monotonic()
                 raise
         with state.lock:
             sent = state.sent_metadata

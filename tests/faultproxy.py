@@ -354,6 +354,7 @@ class FaultProxy:
         self.wrong_region = 0  # requests refused so
         self._lock = threading.Lock()
         self._fail_queue: list[tuple[int, str | None, str | None]] = []
+        self._fail_rule: tuple[Callable[[str, str], bool], int] | None = None  # fail_matching's
         self._drop_count = 0
         #: UploadParts still to pass before each is failed with _parts_status (None: all pass).
         self._parts_pass: int | None = None
@@ -394,6 +395,12 @@ class FaultProxy:
         ``message`` replace the status's usual ones."""
         with self._lock:
             self._fail_queue.extend([(status, code, message)] * n)
+
+    def fail_matching(self, matches: Callable[[str, str], bool] | None, status: int = 503) -> None:
+        """From now on answer every request for which ``matches(method, target)`` is true with
+        ``status`` (not forwarded), until :meth:`reset` or ``fail_matching(None)``."""
+        with self._lock:
+            self._fail_rule = None if matches is None else (matches, status)
 
     def fail_parts_after(self, n: int, status: int = 500) -> None:
         """Pass the next ``n`` UploadParts; answer every later one ``status`` (until :meth:`reset`)."""
@@ -565,6 +572,7 @@ class FaultProxy:
         with self._lock:
             self.mode = "pass"
             self._fail_queue.clear()
+            self._fail_rule = None
             self._drop_count = 0
             self._parts_pass = None
             self._stall = self._stall_copies = 0.0
@@ -668,6 +676,10 @@ class FaultProxy:
                 headers = _parse_headers(lines)
                 action, status, code, message = self._decide()
                 failed_part = self._take_part_failure(method, target, headers) if action == "pass" else None
+                with self._lock:
+                    rule = self._fail_rule
+                if failed_part is None and action == "pass" and rule is not None and rule[0](method, target):
+                    failed_part = rule[1]
                 if failed_part is not None:
                     action, status = "fail", failed_part
                 with self._lock:

@@ -233,3 +233,31 @@ def test_rmdir_of_a_new_directory_whose_puts_have_not_left_sends_neither_them_no
     assert mode_of(boto, bucket, "c2") == 0o40705 and mode_of(boto, bucket, "a") == 0o40750
     other = mount_factory().start()
     assert sorted(os.listdir(other.path)) == ["a", "c2"]
+
+
+def test_a_directory_rmdir_puts_back_whose_put_fails_is_kept_and_put_by_the_next_mount(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """Round 36's hunt: rmdir of new directory c2 (its PUTs not left: withdrawn, unrecorded)
+    finds another client's key in it and PUTs its objects back. That PUT was sent unrecorded:
+    S3 refusing it, then a ``kill -9``, left c2/theirs in a directory whose mode was gone for
+    good. Now the put-back is recorded as a mkdir is: the next mount PUTs it, with its mode."""
+    cache = str(tmp_path / "cache")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    os.listdir(mount.path)
+    faultproxy.hold_until(dir_objects("a"), lambda method, target: None, 120)  # the thread waits on a
+    os.mkdir(os.path.join(mount.path, "a"), 0o750)
+    os.mkdir(os.path.join(mount.path, "c2"), 0o705)
+    boto.put_object(Bucket=bucket, Key="c2/theirs", Body=b"x")
+    faultproxy.fail_matching(lambda method, target: method == "PUT" and target.count("/") >= 2
+                             and key_of(target) in ("c2/", "c2_$folder$"))
+    with pytest.raises(OSError) as full:
+        os.rmdir(os.path.join(mount.path, "c2"))
+    assert full.value.errno == errno.ENOTEMPTY
+    assert any(key_of(t) == "c2/" for m, t in faultproxy.seen if m == "PUT" and t.count("/") >= 2)
+    mount.kill()
+    assert s3_keys(boto, bucket, "c2") == ["c2/theirs"]  # nothing of c2's own: its mode is not in S3
+    again = mount_factory(cache_dir=cache).start()
+    assert mode_of(boto, bucket, "c2") == 0o40705
+    assert stat.S_IMODE(os.stat(os.path.join(again.path, "c2")).st_mode) == 0o705
+    assert os.listdir(os.path.join(again.path, "c2")) == ["theirs"]

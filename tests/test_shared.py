@@ -1465,6 +1465,39 @@ def test_a_file_another_client_replaced_by_a_directory_is_not_removed_nor_rename
     assert os.path.isdir(a) and os.listdir(a) == ["x"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=FileExistsError,
+    reason="the kernel answers EEXIST itself from the entry our lookup gave: its LOOKUP_EXCL "
+    "revalidation reaches us as a getattr, which a stat also is; mkdir, create and symlink never come "
+    "(README Limitations)",
+)
+@pytest.mark.parametrize("call", ["mkdir", "o_excl", "symlink"])
+def test_a_create_of_a_name_another_client_deleted_within_attr_ttl_makes_it(
+    mount_factory, boto, bucket, call
+):
+    """Round 36's hunt: mount one holds ``e`` (attr_ttl), another client deletes it; within
+    attr_ttl ``mkdir e``, ``open(e, O_CREAT|O_EXCL)`` and ``ln -s t e`` say EEXIST, as the name is
+    free. -o debug shows no mkdir, create or symlink call reaching the mount: the kernel answers
+    from the lookup's cached answer. Tracked here: a fix (a lookup that knows it is an exclusive
+    create's) makes this pass."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    path = os.path.join(one.path, "e")
+    with open(path, "wb") as f:
+        f.write(b"e")
+    assert os.path.isfile(path)
+    boto.delete_object(Bucket=bucket, Key="e")
+    if call == "mkdir":
+        os.mkdir(path)
+        assert os.path.isdir(path)
+    elif call == "o_excl":
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    else:
+        os.symlink("t", path)
+    sync_dir(one.path)
+    assert [k for k in s3_keys(boto, bucket) if k.startswith("e")]
+
+
 @pytest.mark.parametrize("by", ["mount", "boto3"])
 def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_enotempty(mount_factory, boto,
                                                                                         bucket, by):

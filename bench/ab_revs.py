@@ -53,6 +53,7 @@ def main() -> int:
     ap.add_argument("--only", default="ls_l,stat,rm_rf", help="bench/run.py workloads, comma-separated")
     ap.add_argument("--debug", action="store_true", help="mount with -o debug: requests counted (slower)")
     ap.add_argument("--tmp", default=None, help="parent of the scratch dir (default: system temp)")
+    ap.add_argument("--mount-options", default="", help="more -o options for every mount (e.g. attr_ttl=60)")
     args = ap.parse_args()
     known = {w.name: w for w in bench.workloads()}
     names = args.only.split(",")
@@ -66,7 +67,7 @@ def main() -> int:
         fio=False,
         tree=False,
         big=False,
-        mount_options="",
+        mount_options=args.mount_options,
         tmp=args.tmp,
         data_dir=None,
         server_wait=60,

@@ -17,7 +17,7 @@ Point the client at ``proxy.endpoint`` instead of the real server::
                                     # names the same (or ``limit`` s): ``held_outcomes`` says which
         proxy.hold_gets()           # ranged GETs wait (listed in ``holding_gets``) until release_gets()
         proxy.fail_parts_after(3)   # 3 more UploadParts pass, then every one is a 500 (until reset)
-        proxy.fail_where(f, 403)    # every request f(method, target) names (not None): a 403
+        proxy.fail_where(f, 403)    # every request f(method, target) is true of: a 403 (not forwarded)
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -359,7 +359,7 @@ class FaultProxy:
         #: UploadParts still to pass before each is failed with _parts_status (None: all pass).
         self._parts_pass: int | None = None
         self._parts_status = 500
-        self._fail_where: tuple[Naming, int] | None = None  # see fail_where
+        self._fail_where: tuple[Callable[[str, str], object], int] | None = None  # see fail_where
         self._stall = 0.0
         self._stall_copies = 0.0
         self._flip_requests = 0  # PUT bodies still to corrupt (one byte each)
@@ -397,9 +397,9 @@ class FaultProxy:
         with self._lock:
             self._fail_queue.extend([(status, code, message)] * n)
 
-    def fail_where(self, which: Naming | None, status: int = 403) -> None:
-        """Answer ``status`` to every request ``which(method, target)`` names (not None), until
-        ``fail_where(None)`` or :meth:`reset`."""
+    def fail_where(self, which: Callable[[str, str], object] | None, status: int = 403) -> None:
+        """Answer ``status`` (not forwarded) to every request for which ``which(method, target)``
+        is true (a name, True), until ``fail_where(None)`` or :meth:`reset`."""
         with self._lock:
             self._fail_where = None if which is None else (which, status)
 
@@ -681,7 +681,7 @@ class FaultProxy:
                     action, status = "fail", failed_part
                 with self._lock:
                     where = self._fail_where
-                if action == "pass" and where is not None and where[0](method, target) is not None:
+                if action == "pass" and where is not None and where[0](method, target):
                     action, status = "fail", where[1]
                 with self._lock:
                     arrived = self.requests

@@ -14,8 +14,8 @@ from waiting import eventually
 
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
-from s3fs_mount.fs.errors import FsError
-from s3fs_mount.fs.namespace import REMOVED_TTL, Namespace
+from s3fs_mount.fs.errors import FsError, Stale
+from s3fs_mount.fs.namespace import RECHECK_AFTER, REMOVED_TTL, Namespace
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.s3.bucket import Bucket
 
@@ -68,6 +68,33 @@ def test_a_file_is_one_head_and_one_list_and_then_cached_for_attr_ttl():
     clock.advance(0.2)
     store.put("f", b"abcdef")
     assert ns.lookup("/f").size == 6 and store.calls["HEAD"] == 2
+
+
+@pytest.mark.parametrize("theirs", ["f/x", "f/", None])
+def test_an_rm_or_rename_over_a_file_asks_for_a_directory_of_its_name_once_its_answer_is_1_s_old(theirs):
+    """check_not_shadowed (before an rm of a file or a rename over one): an answer younger than
+    RECHECK_AFTER asks nothing; an older one sends one LIST of ``f/``, and a directory another
+    client made of the name is Stale (ESTALE), the name forgotten."""
+    ns, store, clock = make(attr_ttl=600.0)
+    store.put("f", b"abc")
+    seen = ns.lookup("/f")
+    asked = store.calls["LIST"], store.calls["HEAD"]
+    store.remove("f")
+    if theirs:
+        store.put(theirs, b"")
+    clock.advance(RECHECK_AFTER * 0.9)
+    ns.check_not_shadowed("/f", seen)
+    assert (store.calls["LIST"], store.calls["HEAD"]) == asked
+    clock.advance(RECHECK_AFTER * 0.2)
+    if theirs:
+        with pytest.raises(Stale):
+            ns.check_not_shadowed("/f", seen)
+        assert (store.calls["LIST"], store.calls["HEAD"]) == (asked[0] + 1, asked[1])
+        assert ns.cached("/f") is None and ns.lookup("/f").is_dir
+    else:
+        ns.check_not_shadowed("/f", seen)
+        assert (store.calls["LIST"], store.calls["HEAD"]) == (asked[0] + 1, asked[1])
+        assert ns.cached("/f") is not None  # a file it stays, for the rm's own delete to say
 
 
 @pytest.mark.parametrize("directory", ["f/x", "f/", "f_$folder$"])

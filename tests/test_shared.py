@@ -1435,6 +1435,69 @@ def test_a_symlink_lock_taken_by_another_mount_since_our_listing_is_eexist(mount
     assert os.readlink(os.path.join(two.path, "lock")) == "one"  # two asks S3 again
 
 
+@pytest.mark.parametrize("call", ["rename_over", "unlink"])
+def test_a_file_another_client_replaced_by_a_directory_is_not_removed_nor_renamed_over_in_silence(
+    mount_factory, boto, bucket, call
+):
+    """Found in round 36's hunt: mount one held ``a`` as a file (attr_ttl), another client
+    deleted it and put ``a/x``. One's ``mv b a`` returned 0 and put b's bytes at key ``a``,
+    hidden by the directory ``a/`` (every other S3 tool sees both); its ``rm a`` returned 0 and
+    S3 was unchanged. A local disk says EISDIR to both. A cached answer older than
+    namespace.RECHECK_AFTER is checked (one LIST of ``a/``): ESTALE, the kernel looks ``a`` up
+    again, finds the directory and says EISDIR itself. Nothing changes in S3."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    a, b = os.path.join(one.path, "a"), os.path.join(one.path, "b")
+    for path, body in ((a, b"file a"), (b, b"file b")):
+        with open(path, "wb") as f:
+            f.write(body)
+    assert sorted(os.listdir(one.path)) == ["a", "b"] and os.path.isfile(a)
+    boto.delete_object(Bucket=bucket, Key="a")
+    boto.put_object(Bucket=bucket, Key="a/x", Body=b"x")
+    time.sleep(1.5)  # older than namespace.RECHECK_AFTER: the age at which the answer is checked
+    with pytest.raises(IsADirectoryError):
+        if call == "rename_over":
+            os.rename(b, a)
+        else:
+            os.unlink(a)
+    sync_dir(one.path)
+    assert [k for k in s3_keys(boto, bucket) if not k.endswith("/") and "$folder$" not in k] == ["a/x", "b"]
+    assert s3_bytes(boto, bucket, "b") == b"file b"
+    assert os.path.isdir(a) and os.listdir(a) == ["x"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=FileExistsError,
+    reason="the kernel answers EEXIST itself from the entry our lookup gave: its LOOKUP_EXCL "
+    "revalidation reaches us as a getattr, which a stat also is; mkdir, create and symlink never come "
+    "(README Limitations)",
+)
+@pytest.mark.parametrize("call", ["mkdir", "o_excl", "symlink"])
+def test_a_create_of_a_name_another_client_deleted_within_attr_ttl_makes_it(
+    mount_factory, boto, bucket, call
+):
+    """Round 36's hunt: mount one holds ``e`` (attr_ttl), another client deletes it; within
+    attr_ttl ``mkdir e``, ``open(e, O_CREAT|O_EXCL)`` and ``ln -s t e`` say EEXIST, as the name is
+    free. -o debug shows no mkdir, create or symlink call reaching the mount: the kernel answers
+    from the lookup's cached answer. Tracked here: a fix (a lookup that knows it is an exclusive
+    create's) makes this pass."""
+    one = mount_factory("attr_ttl=600,dir_ttl=600").start()
+    path = os.path.join(one.path, "e")
+    with open(path, "wb") as f:
+        f.write(b"e")
+    assert os.path.isfile(path)
+    boto.delete_object(Bucket=bucket, Key="e")
+    if call == "mkdir":
+        os.mkdir(path)
+        assert os.path.isdir(path)
+    elif call == "o_excl":
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    else:
+        os.symlink("t", path)
+    sync_dir(one.path)
+    assert [k for k in s3_keys(boto, bucket) if k.startswith("e")]
+
+
 @pytest.mark.parametrize("by", ["mount", "boto3"])
 def test_an_rmdir_after_another_client_put_a_file_in_the_emptied_directory_is_enotempty(mount_factory, boto,
                                                                                         bucket, by):

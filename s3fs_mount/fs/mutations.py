@@ -652,7 +652,7 @@ class Mutations:
             path,
             ", ".join("%s (%s)" % pair for pair in failed),
         )
-        self.namespace.write_dir(path, dict(own.metadata), new=True)
+        self._make_again(path, own)
         raise FsError(errno.ENOTEMPTY if kept_files else errno.EIO, "S3 kept %s" % failed[0][0])
 
     def _put_back_if_held(self, path: str, own: A.Attributes, since: str) -> None:
@@ -664,9 +664,20 @@ class Mutations:
             return
         log.warning("rmdir %s: S3 holds %s, put by another client since %s: not empty; its "
                     "directory objects are made again", path, theirs, since)
-        self.namespace.write_dir(path, dict(own.metadata), new=True)
         self.namespace.forget_tree(path)  # its listing is out of date: asked again
+        self._make_again(path, own)
         raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
+
+    def _make_again(self, path: str, own: A.Attributes) -> None:
+        """rmdir deleted directory ``path``'s objects and must not have: PUT again with the
+        metadata it had (``own``), recorded first (fs/newdirs.py), so that a PUT S3 refuses is
+        owed still (logged, retried, put by the next mount after a ``kill -9``), not lost.
+        (It was PUT unrecorded: a failure, then a kill, left a file in a directory whose mode
+        was gone.) rmdir fails anyway; its errno says why the directory stays."""
+        try:
+            self.new_dirs.put_back(path, dict(own.metadata))
+        except FsError as exc:
+            log.error("rmdir %s: %s: kept, tried again", path, exc)
 
     def remove_file(self, path: str, etag: str | None = None) -> StagedFile | None:
         """Remove file ``path`` (its delete is sent in a batch, soon); its staged copy, if any,

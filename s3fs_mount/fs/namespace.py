@@ -93,7 +93,7 @@ from cachetools import LRUCache, TLRUCache, TTLCache
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirahead import DirAhead
-from s3fs_mount.fs.errors import FsError
+from s3fs_mount.fs.errors import FsError, Stale
 from s3fs_mount.fs.expiring import ExpiringLRU
 from s3fs_mount.fs.holders import PendingHolders
 from s3fs_mount.fs.known import KnownVersions
@@ -140,6 +140,10 @@ REMOVAL_WALK_TTL = 2.0
 NEXT_SUBDIR_SCAN = 64
 #: Lookups whose LIST (for a directory of the name) goes beside their HEAD at once.
 LOOKUP_LISTS = 8
+#: Seconds a cached answer "file" is taken as it is for an ``rm`` of the name or a rename over
+#: it (the default ``attr_ttl``); older, one LIST asks whether another client has made a
+#: directory of the name since (:meth:`Namespace.check_not_shadowed`).
+RECHECK_AFTER = 1.0
 
 
 class Listed:
@@ -1673,6 +1677,24 @@ class Namespace:
         seen, and the directory made again (:meth:`Mutations._remove_emptied`)."""
         held, _ = self._first_held(self.keymap.dir_prefix(path))
         return held[0] if held else None
+
+    def check_not_shadowed(self, path: str, seen: A.Attributes) -> None:
+        """Before an ``rm`` of file ``path`` or a rename over it, which this mount knows as
+        ``seen`` (cached up to ``attr_ttl``): another client may have made a directory of the
+        name since (deleted the file, put ``path/x``). The delete of the file, or the object the
+        rename puts at its key, would then change nothing anyone sees, or hide a key under the
+        directory, and the call return 0. An answer older than :data:`RECHECK_AFTER` is checked
+        (one LIST of ``path/``); a key there forgets the name and raises :class:`Stale`: the
+        kernel looks the name up again, finds the directory and says EISDIR, as a local disk.
+        A younger answer is taken as it is (an ``rm -r`` just after its listing asks nothing)."""
+        if seen.is_dir or self.clock.monotonic() - seen.seen_at < RECHECK_AFTER:
+            return
+        page = next(self._list(self.keymap.dir_prefix(path), delimiter="/", max_keys=1))
+        if not (page.entries or page.prefixes):
+            return
+        log.info("%s: another client made a directory of this name since it was looked up", path)
+        self.forget(path)
+        raise Stale(path, "a directory another client made shadows this file now")
 
     def _saw_dir_object(self, path: str, key: str, size: int) -> None:
         """A HEAD or listing found directory ``path``'s own object ``key`` of ``size`` bytes."""

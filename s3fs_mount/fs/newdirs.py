@@ -87,6 +87,7 @@ class NewDirectories:
         dirs.settle("/a/f")          # before a key goes under /a: /a and what is above it are in S3
         dirs.settle_under("/a")      # rmdir, rename, fsync of /a
         dirs.withdraw("/a")          # rmdir of /a before its PUTs left: none is sent
+        dirs.put_back("/a", metadata)  # rmdir of /a found another client's key in it: PUT again
         dirs.close()                 # unmount: everything sent, or kept for the next mount
     """
 
@@ -180,6 +181,20 @@ class NewDirectories:
             self._cond.notify_all()
         self._records.record(path, None)
         return True
+
+    def put_back(self, path: str, metadata: dict[str, str]) -> None:
+        """rmdir of ``path`` deleted (or withdrew) its objects and then found another client's
+        key in it: they are PUT again with ``metadata``, recorded first, as a mkdir's are, so
+        that a PUT that fails stays owed (retried in the background, settled by what needs it,
+        PUT by the next mount after a ``kill -9``) rather than the directory's mode being lost
+        while a file stays in it. Sent now, after what is pending above it; FsError (errno_for
+        the error) if it fails."""
+        self._records.record(path, {"meta": metadata})
+        with self._cond:
+            self._pending[path] = _NewDir(dict(metadata))
+            self._start()
+            self._cond.notify_all()
+        self.settle(path)
 
     def waiting(self) -> list[dict[str, str]]:
         """For ``s3fs-mount status``: each directory whose objects are not in S3 yet, in mkdir

@@ -917,6 +917,8 @@ class S3Operations(Operations):
         seen = known if known is not None else self._attributes(path)
         if seen.is_dir:
             raise FsError(errno.EISDIR)
+        if known is not None:
+            self.namespace.check_not_shadowed(path, known)  # ESTALE: a directory of the name now
         # That version only, not one another client put since (unless -o conflict_check=off).
         self.changes.remove_file(path, (seen.etag or None) if self.options.conflict_check else None)
 
@@ -939,6 +941,8 @@ class S3Operations(Operations):
             # The kernel looked the target up just before this call and checked its type against
             # the source's (EISDIR, ENOTDIR); a file replaces a file: what we know of it will do.
             target = self._known_attributes(new)
+            if target is not None:
+                self.namespace.check_not_shadowed(new, target)  # ESTALE: a directory of the name now
         self._parent_dir(new)
         if source.is_dir:
             if target is not None and not target.is_dir:

@@ -283,6 +283,8 @@ class Mutations:
             return False
         current = self.namespace.known_digest(path, view.etag)
         if same_bytes(size, digest, view.remote_size, current):
+            log.info("%s: version %s holds the bytes a reader read, with the same bytes (%d, %s): another "
+                     "client changed its metadata only; reads go on", path, view.etag, size, digest)
             return True
         added = view.remote_size - size
         if not 0 < added <= APPEND_CHECK_MAX or not (whole_crc32(digest) and whole_crc32(current)):

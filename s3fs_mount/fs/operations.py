@@ -82,11 +82,13 @@ FOLLOW_TRIES = 3
 @dataclass(frozen=True)
 class Pin:
     """The version a handle has read bytes of: the item's count of other clients' versions
-    followed then (:attr:`StagedFile.followed`), its size, and the digest S3 told of it ('':
-    not known). The item follows a newer version for new opens and stats; the handle goes on
-    only while the item holds this one's bytes (:meth:`S3Operations._keep_version`)."""
+    followed then (:attr:`StagedFile.followed`), its ETag and size, and the digest S3 told of
+    it ('': not known). The item follows a newer version for new opens and stats; the handle
+    goes on only while the item holds this one's bytes (:meth:`S3Operations._keep_version`).
+    This mount's own uploads move it on with the item (their bytes are the handle's)."""
 
     followed: int
+    etag: str
     size: int
     digest: str
 
@@ -507,7 +509,7 @@ class S3Operations(Operations):
     def _pin(self, item: StagedFile, path: str | None, view: ItemView) -> Pin:
         """The version ``view`` shows ``item`` at, as a handle that serves bytes of it pins it."""
         digest = self.namespace.known_digest(path, view.etag) if path and view.etag else ""
-        return Pin(view.followed, view.remote_size, digest)
+        return Pin(view.followed, view.etag, view.remote_size, digest)
 
     def _keep_version(self, h: Handle) -> None:
         """Reads and writes through a handle that has read bytes of one version stay in it: once
@@ -520,9 +522,9 @@ class S3Operations(Operations):
             return
         if h.read_state.failed:
             raise FsError(errno.EIO, "%s: an earlier read through this handle failed" % h.path)
-        view = h.item.view()
-        if view.followed == pin.followed:
+        if h.item.followed == pin.followed:  # (read unlocked: one int; the read checks again after)
             return
+        view = h.item.view()
         if not self.changes.holds_bytes_of(h.path, h.item, pin.size, pin.digest):
             h.read_state.failed = True  # every later read is EIO too (the reader has old bytes)
             log.warning("%s: another client's version %s (%d bytes) replaced the one this handle read "
@@ -765,8 +767,8 @@ class S3Operations(Operations):
             self._accessed(h)
         for _ in range(FOLLOW_TRIES):
             self._keep_version(h)
-            spans, at = self._fetch_spans(h, size, offset)
-            if h.item.view().followed == at.followed:
+            spans, followed = self._fetch_spans(h, size, offset)
+            if h.item.followed == followed:
                 break
             # Another client's version was followed during this read: its bytes may be of both.
             if h.pin is not None:
@@ -774,14 +776,17 @@ class S3Operations(Operations):
                 break
         else:
             raise FsError(errno.EIO, "%s: another client's versions kept landing during a read" % h.path)
-        if h.pin is None:
-            h.pin = self._pin(h.item, h.path, at)
+        if h.pin is None or h.pin.etag != h.item.etag:  # its first bytes, or this mount's upload since
+            view = h.item.view()
+            # (Followed just now, after the read: pinned to a version nothing can be told of.)
+            h.pin = self._pin(h.item, h.path, view) if view.followed == followed else Pin(followed, "", 0, "")
         h.served = True
         return spans
 
-    def _fetch_spans(self, h: Handle, size: int, offset: int) -> tuple[list[Span], ItemView]:
-        """The bytes of a read through ``h``, and the item as it was just before they were read."""
-        at = h.item.view()
+    def _fetch_spans(self, h: Handle, size: int, offset: int) -> tuple[list[Span], int]:
+        """The bytes of a read through ``h``, and the item's count of versions followed just
+        before they were read (:attr:`StagedFile.followed`)."""
+        followed = h.item.followed
         try:
             try:
                 spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
@@ -807,9 +812,9 @@ class S3Operations(Operations):
                 # as an open a moment later would have.
                 self.changes.follow_replaced(h.path, h.item)
                 self.prefetcher.drop(h.read_state)
-            at = h.item.view()
+            followed = h.item.followed
             spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
-        return spans, at
+        return spans, followed
 
     def _accessed(self, h: Handle) -> None:
         """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""

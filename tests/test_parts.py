@@ -265,6 +265,18 @@ def test_same_bytes_only_by_equal_sizes_and_digests_of_all_the_bytes():
     assert checksums.whole(d) and not checksums.whole(d + "-3") and not checksums.whole("none:")
 
 
+def test_appended_tells_an_append_by_whole_object_crc32s_from_the_added_bytes_only():
+    old, new = b"line 1\n", b"line 1\nline 2\n"
+    assert checksums.appended(_crc32_digest(old), [new[len(old):]], _crc32_digest(new))
+    assert checksums.appended(_crc32_digest(old), [b"line", b" 2\n"], _crc32_digest(new))  # in pieces
+    assert not checksums.appended(_crc32_digest(b"LINE 1\n"), [new[len(old):]], _crc32_digest(new))
+    assert not checksums.appended(_crc32_digest(old), [b"line 3\n"], _crc32_digest(new))
+    md5 = "MD5:" + hashlib.md5(new).hexdigest()  # an MD5 cannot go on: the old bytes would be needed
+    assert not checksums.appended("MD5:" + hashlib.md5(old).hexdigest(), [new[len(old):]], md5)
+    assert not checksums.appended(_crc32_digest(old) + "-2", [new[len(old):]], _crc32_digest(new))
+    assert not checksums.appended("", [new[len(old):]], _crc32_digest(new))
+
+
 @pytest.mark.parametrize("flip", [None, 7 * MiB + 5], ids=["right", "a byte changed"])
 def test_a_verifier_fed_by_many_threads_at_once_checks_every_part(flip):
     # Pieces of 2 MiB straddle parts of 3 MiB and come from eight threads in any order, as the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -18,6 +19,7 @@ from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.checksums import digest_of_bytes
 from s3fs_mount.s3.errors import ConnectionFailed, GaveUp, S3Error, Unreachable
 from s3fs_mount.s3.retry import PROBE_EVERY, GiveUp, RetryPolicy
 
@@ -557,3 +559,91 @@ def test_a_parts_412_does_not_give_its_job_up():
         policy.call(changed, "part 1", give_up=job)
     assert job.cause is None
     assert policy.call(lambda: "etag", "part 2", give_up=job) == "etag"
+
+
+def with_crc32s(store: FakeStore) -> None:
+    """HEADs tell each object's CRC32 (x-amz-checksum-crc32), as SeaweedFS and AWS do for boto3's PUTs."""
+    real_head = store.head
+
+    def head(remote_name):
+        info = real_head(remote_name)
+        key = info.key
+        data = store.objects[key].data if key in store.objects else b""
+        return dataclasses.replace(info, checksum=digest_of_bytes("CRC32", [data]))
+
+    store.head = head
+
+
+def test_a_stat_of_a_file_held_open_shows_another_clients_version_and_the_reader_keeps_its_own(tmp_path):
+    """``tail -f`` holds a file open; another client puts other bytes. A stat after attr_ttl shows
+    S3's version (it showed the held one's for as long as the file was open: round 36), and a new
+    open reads it; the holder, which read the old bytes, gets EIO, never the new bytes after its
+    own (round 36's fix let it: test_shared's same-size test on moto)."""
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0)
+    store.put("f", b"old version\n")
+    held = ops.open("/f", os.O_RDONLY)
+    assert ops.read("/f", 4096, 0, held) == b"old version\n"
+    store.put("f", b"NEW VERSION, LONGER\n")
+    clock.advance(1.5)
+    assert ops.getattr("/f")["st_size"] == 20
+    fresh = ops.open("/f", os.O_RDONLY)
+    assert ops.read("/f", 4096, 0, fresh) == b"NEW VERSION, LONGER\n"
+    with pytest.raises(FuseOSError) as exc:
+        ops.read("/f", 4096, 0, held)
+    assert exc.value.errno == errno.EIO
+    assert ops.read("/f", 4096, 0, fresh) == b"NEW VERSION, LONGER\n"
+    ops.release("/f", held)
+    ops.release("/f", fresh)
+
+
+def test_a_reader_keeps_its_version_when_another_open_here_follows_a_new_one(tmp_path):
+    """The item is the file's current version for every open; a handle that has read bytes of the
+    version before it stays in that one: EIO (a new open's follow handed the reader the new
+    version's bytes after its own, silently)."""
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0)
+    store.put("f", b"a" * 100)
+    held = ops.open("/f", os.O_RDONLY)
+    assert ops.read("/f", 50, 0, held) == b"a" * 50
+    store.put("f", b"b" * 100)
+    clock.advance(1.5)
+    fresh = ops.open("/f", os.O_RDONLY)
+    assert ops.read("/f", 100, 0, fresh) == b"b" * 100
+    with pytest.raises(FuseOSError) as exc:
+        ops.read("/f", 50, 50, held)
+    assert exc.value.errno == errno.EIO
+    ops.release("/f", held)
+    ops.release("/f", fresh)
+
+
+@pytest.mark.parametrize("crc32s", [True, False])
+def test_a_reader_goes_on_into_another_clients_append_that_a_crc32_tells(tmp_path, crc32s):
+    """Another client puts the file again with lines added (``tail -f`` of a log a boto3 client
+    appends to): the reader goes on into the new lines where the CRC32s tell that the new version
+    is its bytes and more (only the added bytes fetched); where nothing tells, EIO."""
+    store, clock = FakeStore(), FakeClock()
+    if crc32s:
+        with_crc32s(store)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0)
+    store.put("log", b"line 1\n")
+    held = ops.open("/log", os.O_RDONLY)
+    assert ops.read("/log", 4096, 0, held) == b"line 1\n"
+    for n in range(2, 5):
+        store.put("log", b"".join(b"line %d\n" % i for i in range(1, n + 1)))
+        clock.advance(1.5)
+        size = ops.getattr("/log")["st_size"]
+        assert size == 7 * n
+        if not crc32s:
+            with pytest.raises(FuseOSError) as exc:
+                ops.read("/log", 4096, 0, held)
+            assert exc.value.errno == errno.EIO
+            break
+        assert ops.read("/log", 4096, 0, held) == b"".join(b"line %d\n" % i for i in range(1, n + 1))
+    store.put("log", b"other bytes, longer than before\n")  # not an append: EIO
+    clock.advance(1.5)
+    ops.getattr("/log")
+    with pytest.raises(FuseOSError) as exc:
+        ops.read("/log", 4096, 0, held)
+    assert exc.value.errno == errno.EIO
+    ops.release("/log", held)

@@ -32,7 +32,7 @@ from s3fs_mount.fs.renames import PendingRenames
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.fs.upload import CHECK_CONDITIONAL, Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
-from s3fs_mount.s3.checksums import same_bytes
+from s3fs_mount.s3.checksums import appended, same_bytes, whole_crc32
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry
@@ -45,6 +45,10 @@ UPLOAD_ERRNOS = frozenset({errno.EACCES, errno.E2BIG, errno.EFBIG, errno.ENAMETO
 
 #: Self-copies a metadata change tries when another client's version lands between its HEAD and it.
 METADATA_COPY_TRIES = 3
+
+#: The most bytes another client's version may add to one a handle has read for the handle to go
+#: on in it (they are fetched, to tell it is an append: see Mutations.holds_bytes_of).
+APPEND_CHECK_MAX = 64 << 20
 
 #: A metadata change: the current metadata (a copy to change) and attributes -> the new metadata.
 Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
@@ -265,6 +269,35 @@ class Mutations:
             return False
         log.info("%s: version %s is now %s, with the same bytes (%d, %s): another client changed its "
                  "metadata only; reads go on", path, etag, current.etag, current.size, old)
+        return True
+
+    def holds_bytes_of(self, path: str, item: StagedFile, size: int, digest: str) -> bool:
+        """``item`` follows another client's version now, not the one (``size`` bytes hashing to
+        ``digest``) a handle of it has read bytes of: may that handle go on in it? Yes where the
+        new version holds the old one's bytes: the same (a metadata copy: equal sizes and
+        whole-object digests), or them followed by more (an append: the bytes past ``size``,
+        up to :data:`APPEND_CHECK_MAX`, are fetched, and the old CRC32 goes on over them to
+        the new one's). False when they are other bytes or nothing can tell: the reader's EIO."""
+        view = item.view()
+        if view.dirty or view.uploading or not view.etag:
+            return False
+        current = self.namespace.known_digest(path, view.etag)
+        if same_bytes(size, digest, view.remote_size, current):
+            log.info("%s: version %s holds the bytes a reader read, with the same bytes (%d, %s): another "
+                     "client changed its metadata only; reads go on", path, view.etag, size, digest)
+            return True
+        added = view.remote_size - size
+        if not 0 < added <= APPEND_CHECK_MAX or not (whole_crc32(digest) and whole_crc32(current)):
+            return False
+        try:
+            blocks = self.store.get_range_blocks(item.key, size, added, 1 << 20, if_match=view.etag)
+        except S3Error as exc:
+            log.info("%s: could not fetch what version %s added (%s)", path, view.etag, exc)
+            return False
+        if not appended(digest, blocks, current):
+            return False
+        log.debug("%s: version %s is the %d bytes a reader read and %d more (an append): it goes on",
+                  path, view.etag, size, added)
         return True
 
     def uploaded_in_background(self, item: StagedFile) -> None:

@@ -41,7 +41,7 @@ from s3fs_mount.fs.namespace import Namespace
 from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.fs.paths import KeyMap
 from s3fs_mount.fs.prefetch import Prefetcher, ReadState, Span, joined
-from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache, disk_full
+from s3fs_mount.fs.staging import ItemView, ReleasedRange, StagedFile, StagingCache, disk_full
 from s3fs_mount.fs.status import STATUS_XATTR, fitting
 from s3fs_mount.fs.upload import WRITE_GATE, Uploader, WritebackQueue, hold_at_write_gate
 
@@ -80,10 +80,25 @@ OPEN_FETCH_MAX = 8 << 20
 FOLLOW_TRIES = 3
 
 
+@dataclass(frozen=True)
+class Pin:
+    """The version a handle has read bytes of: the item's count of other clients' versions
+    followed then (:attr:`StagedFile.followed`), its ETag and size, and the digest S3 told of
+    it ('': not known). The item follows a newer version for new opens and stats; the handle
+    goes on only while the item holds this one's bytes (:meth:`S3Operations._keep_version`).
+    This mount's own uploads move it on with the item (their bytes are the handle's)."""
+
+    followed: int
+    etag: str
+    size: int
+    digest: str
+
+
 @dataclass
 class Handle:
-    """One open file description. Immutable after open, but ``read_state`` (see ReadState) and
-    ``accessed`` (unguarded: two first reads at once both apply relatime, harmlessly)."""
+    """One open file description. Immutable after open, but ``read_state`` (see ReadState),
+    ``accessed`` (unguarded: two first reads at once both apply relatime, harmlessly), ``served``
+    and ``pin`` (unguarded: set by its reads; two at once pin the same version)."""
 
     item: StagedFile
     path: str
@@ -96,6 +111,8 @@ class Handle:
     #: StagedFile.kernel_may_keep; or bytes written here: StagedFile.kernel_pages_written_here),
     #: so, opened for reading, it counts as having served bytes from the start.
     kept: bool = False
+    #: The version its reads have served bytes of (None: none yet); see :class:`Pin`.
+    pin: Pin | None = None
 
 
 class S3Operations(Operations):
@@ -379,6 +396,26 @@ class S3Operations(Operations):
             return self._item_attributes(item)
         return self.namespace.lookup(path)
 
+    def _shown(self, path: str) -> A.Attributes:
+        """What a ``stat`` by name shows: :meth:`_attributes`, but of a file open here that
+        nobody writes here (clean, not uploading), the version S3 holds, as an open would find
+        it (after attr_ttl, one HEAD): the item follows it, for new opens and stats, while each
+        handle that has read bytes of the old one stays in that one (:meth:`_keep_version`).
+        Its open copy alone showed the version held since the first open for as long as any
+        process had it open (``tail -f``), and the kernel, told that size, cut a ``cat`` of the
+        new version to it (round 36). Linux sends an ``fstat`` so too: it shows the file as it
+        is now, as on a local disk."""
+        item = None if _is_hidden(path) or path == "/" else self.staging.get(self.keymap.key(path))
+        if item is None or item.dirty or item.uploading or item.open_count == 0:
+            return self._attributes(path)
+        try:
+            a = self.namespace.lookup_full(path)
+        except FsError:  # gone from S3, or removed here: the open copy is what there is
+            return self._item_attributes(item)
+        if not a.is_dir:  # (a directory shadowing it: the open's ESTALE says so, not a stat)
+            item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
+        return self._item_attributes(item)
+
     def _known_attributes(self, path: str) -> A.Attributes | None:
         """What this mount knows of ``path`` (a staged copy, or cached attributes), with no request."""
         item = self.staging.get(self.keymap.key(path))
@@ -481,9 +518,39 @@ class S3Operations(Operations):
         may have read them (the kernel serves them unasked): it counts as having served bytes.
         One opened write-only has served nothing, whatever the kernel keeps."""
         fh = next(self._next_fh)
+        served = kept and readable
+        pin = self._pin(item, path, item.view()) if served else None
         with self._lock:
-            self._handles[fh] = Handle(item, path, writable, append, served=kept and readable, kept=kept)
+            self._handles[fh] = Handle(item, path, writable, append, served=served, kept=kept, pin=pin)
         return fh
+
+    def _pin(self, item: StagedFile, path: str | None, view: ItemView) -> Pin:
+        """The version ``view`` shows ``item`` at, as a handle that serves bytes of it pins it."""
+        digest = self.namespace.known_digest(path, view.etag) if path and view.etag else ""
+        return Pin(view.followed, view.etag, view.remote_size, digest)
+
+    def _keep_version(self, h: Handle) -> None:
+        """Reads and writes through a handle that has read bytes of one version stay in it: once
+        the item has followed another client's version (an open, a stat, another handle's read
+        found it), EIO, unless the new version holds the old one's bytes, the same or them and
+        more (an append: ``tail -f`` of a log another client puts anew, longer): then the
+        handle goes on in it. The kernel's pages it read are that version's either way."""
+        pin = h.pin
+        if pin is None:
+            return
+        if h.read_state.failed:
+            raise FsError(errno.EIO, "%s: an earlier read through this handle failed" % h.path)
+        if h.item.followed == pin.followed:  # (read unlocked: one int; the read checks again after)
+            return
+        view = h.item.view()
+        if not self.changes.holds_bytes_of(h.path, h.item, pin.size, pin.digest):
+            h.read_state.failed = True  # every later read is EIO too (the reader has old bytes)
+            log.warning("%s: another client's version %s (%d bytes) replaced the one this handle read "
+                        "(%d bytes, %s): other bytes, or none tell: EIO", h.path, view.etag,
+                        view.remote_size, pin.size, pin.digest or "digest not known")
+            raise FsError(errno.EIO)
+        h.pin = self._pin(h.item, h.path, view)
+        self.prefetcher.drop(h.read_state)  # its pieces (and their check) were of the old version
 
     def keeps_kernel_pages(self, fh: int) -> bool:
         """Did the open that made handle ``fh`` find the kernel's pages of the file to be checked
@@ -496,9 +563,9 @@ class S3Operations(Operations):
     @fuse_operation
     def getattr(self, path: str, fh: int | None = None) -> dict[str, object]:
         h = self._handles.get(fh) if fh is not None else None
-        if h is not None:  # fstat: the open file's own copy (it may be unlinked, or renamed)
+        if h is not None:  # the kernel's own look at an open file: its copy (maybe unlinked, or renamed)
             return self._item_attributes(h.item).stat()
-        found = self._attributes(path).stat()
+        found = self._shown(path).stat()
         if self.kernel_names is not None and path != "/":
             parent, name = KeyMap.split(path)
             if self.namespace.walked(parent):
@@ -716,6 +783,28 @@ class S3Operations(Operations):
         if not h.accessed:
             h.accessed = True
             self._accessed(h)
+        for _ in range(FOLLOW_TRIES):
+            self._keep_version(h)
+            spans, followed = self._fetch_spans(h, size, offset)
+            if h.item.followed == followed:
+                break
+            # Another client's version was followed during this read: its bytes may be of both.
+            if h.pin is not None:
+                self._keep_version(h)  # EIO, or the new version holds them: the same bytes
+                break
+        else:
+            raise FsError(errno.EIO, "%s: another client's versions kept landing during a read" % h.path)
+        if h.pin is None or h.pin.etag != h.item.etag:  # its first bytes, or this mount's upload since
+            view = h.item.view()
+            # (Followed just now, after the read: pinned to a version nothing can be told of.)
+            h.pin = self._pin(h.item, h.path, view) if view.followed == followed else Pin(followed, "", 0, "")
+        h.served = True
+        return spans
+
+    def _fetch_spans(self, h: Handle, size: int, offset: int) -> tuple[list[Span], int]:
+        """The bytes of a read through ``h``, and the item's count of versions followed just
+        before they were read (:attr:`StagedFile.followed`)."""
+        followed = h.item.followed
         try:
             try:
                 spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
@@ -741,9 +830,9 @@ class S3Operations(Operations):
                 # as an open a moment later would have.
                 self.changes.follow_replaced(h.path, h.item)
                 self.prefetcher.drop(h.read_state)
+            followed = h.item.followed
             spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
-        h.served = True
-        return spans
+        return spans, followed
 
     def _accessed(self, h: Handle) -> None:
         """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""
@@ -791,6 +880,7 @@ class S3Operations(Operations):
 
     def _write(self, h: Handle, data: bytes, offset: int, append: bool) -> int:
         """Write ``data`` through ``h`` at ``offset`` (at the end: ``append``); bytes written."""
+        self._keep_version(h)  # one that read a version writes on it (or its bytes), never another
         if self.uploader.checkpoint_needed(h.item, h.item.size if append else offset):
             self._checkpoint(h.item, "a write at %d" % offset)
         self._whole(h.item, h)
@@ -856,6 +946,7 @@ class S3Operations(Operations):
         self._writable()
         if fh is not None and fh in self._handles:
             h = self._handle(fh)
+            self._keep_version(h)
             self._truncate_item(h.item, length, h)
             return
         if _is_hidden(path):

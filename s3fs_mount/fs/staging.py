@@ -262,6 +262,7 @@ class ItemView:
     uploading: bool
     unlinked: bool
     generation: int
+    followed: int
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,10 @@ class StagedFile:
         self.dirty = False  # GUARDED_BY(cond)
         self.uploading = False  # GUARDED_BY(cond): set by begin_upload, cleared by end_upload
         self.generation = 0  # GUARDED_BY(cond): bumped by every change to content or metadata
+        #: GUARDED_BY(cond): how many versions of other clients the item has followed (:meth:`adopt`:
+        #: an open, a stat or a read found one). A handle that has read bytes of the version before
+        #: goes on only while this stays, or where the new one holds those bytes (operations' Pin).
+        self.followed = 0
         self.open_count = 0  # GUARDED_BY(cache._lock)
         #: GUARDED_BY(cache._lock), but write() moves it under cond: only an order for eviction.
         self.last_used = time.monotonic()
@@ -393,6 +398,7 @@ class StagedFile:
                 uploading=self.uploading,
                 unlinked=self.unlinked,
                 generation=self.generation,
+                followed=self.followed,
             )
 
     def open_fd(self) -> None:
@@ -1032,6 +1038,7 @@ class StagedFile:
                 self._times_from(self.metadata)
                 return False
             self._reset(size, etag, metadata, headers, mtime)
+            self.followed += 1
         self.drop_record()
         return True
 

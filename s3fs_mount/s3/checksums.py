@@ -196,6 +196,25 @@ def same_bytes(size: int, digest: str, other_size: int, other_digest: str) -> bo
     return size == other_size and whole(digest) and digest == other_digest
 
 
+def whole_crc32(digest: str) -> bool:
+    """Is ``digest`` a CRC32 of all the bytes (:func:`whole`), which :func:`appended` can go on with?"""
+    return digest.startswith("CRC32:") and whole(digest)
+
+
+def appended(digest: str, added: Iterable[bytes | memoryview], other_digest: str) -> bool:
+    """Does a version whose whole-object CRC32 is ``other_digest`` hold the bytes of one whose
+    CRC32 is ``digest``, followed by ``added`` (an append: another client put the file again,
+    longer)? A CRC32 goes on over more bytes, so only those past the old end are hashed; other
+    digests cannot tell without all the old bytes: False. (As :func:`same_bytes`: no proof
+    against bytes made to match.)"""
+    if not (whole_crc32(digest) and whole_crc32(other_digest)):
+        return False
+    value = int.from_bytes(base64.b64decode(digest[len("CRC32:"):]), "big")
+    for chunk in added:
+        value = _crc32(chunk, value)
+    return crc32_checksum(value)[1] == other_digest
+
+
 def parts_of(etag: str) -> int | None:
     """1 for a single-PUT ETag, n for a multipart one, None for an ETag that is no MD5."""
     if _SINGLE.match(etag):

@@ -1050,7 +1050,7 @@ class Uploader:
             try:
                 etag = self.store.put(item.key, data, headers, **condition)
             except S3Error as exc:
-                self._refused(item, exc, md5)
+                self._refused(item, exc, md5, "if_none_match" in condition)
                 etag = md5
             crc = checksum.get("x-amz-checksum-crc32")
             self._note_stored(item, etag, size, "CRC32:" + crc if crc else "")
@@ -1189,11 +1189,12 @@ class Uploader:
         replaces = self._learn_theirs(item, replaces, self.complete_check)
         item.note_landing(mpu.expected_etag())  # recorded before it lands: a crash after it is told
         item.save()
+        condition = _conditions(replaces, self.complete_check)
         try:
-            etag = mpu.complete(**_conditions(replaces, self.complete_check))
+            etag = mpu.complete(**condition)
         except S3Error as exc:
             etag = mpu.expected_etag()
-            self._refused(item, exc, etag)
+            self._refused(item, exc, etag, "if_none_match" in condition)
         self._note_stored(item, etag, mpu.sent_bytes(), mpu.expected_digest())
         return etag
 
@@ -1345,11 +1346,16 @@ class Uploader:
         if current != replaces:
             raise _Clobbered(current)
 
-    def _refused(self, item: StagedFile, exc: S3Error, ours: str) -> None:
+    def _refused(self, item: StagedFile, exc: S3Error, ours: str, creating: bool = False) -> None:
         """A conditional write got ``exc``: re-raise it, pass if S3 has ``ours``, or raise _Clobbered.
+        One conditional on the key being free (``creating``) refused by AWS's 409 (another write
+        of the key under way, :attr:`S3Error.conditional_conflict`) is _Clobbered too: the key is
+        being taken.
 
         (A retried request whose first attempt did land is refused by its own condition.)
         """
+        if creating and exc.conditional_conflict:
+            raise _Clobbered(self.store.current_etag(item.key) or "another write under way") from exc
         if not exc.precondition_failed:
             raise exc
         current = self.store.current_etag(item.key)
@@ -1375,7 +1381,8 @@ class Uploader:
         that name. Another mount that lost a conflict on the same key in the same second picks
         the same name: the copy is conditional on the name being free (``If-None-Match: *``),
         and a name taken (412, or a HEAD just before that finds an object there, for a server
-        that ignores the condition on a copy) moves on to the next (``-2``, ``-3``...).
+        that ignores the condition on a copy; or AWS's 409, another write of the name under way:
+        :attr:`S3Error.conditional_conflict`) moves on to the next (``-2``, ``-3``...).
         A 412 of a source no longer version ``etag`` is raised."""
         taken: set[str] = set()
         for _ in range(CONFLICT_NAMES):
@@ -1385,7 +1392,10 @@ class Uploader:
                     self.copy(key, saved_as, if_match=etag, if_none_match=True)
                     return saved_as
                 except S3Error as exc:
-                    if not exc.precondition_failed or not self.store.current_etag(saved_as):
+                    taken_now = exc.conditional_conflict or (
+                        exc.precondition_failed and bool(self.store.current_etag(saved_as))
+                    )
+                    if not taken_now:
                         raise
             log.info("%s: taken in S3 (another client's conflict copy?): trying the next name", saved_as)
             taken.add(saved_as)

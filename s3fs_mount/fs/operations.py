@@ -643,6 +643,8 @@ class S3Operations(Operations):
             except BaseException:
                 self.staging.release(item)
                 raise
+        if not kept:
+            item.pages_dropped()
         return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable)
 
     def _kept_bytes_local(self, path: str, item: StagedFile) -> bool:

@@ -371,6 +371,11 @@ class StagedFile:
         #: begin (-1: any other change). An upload that meets another client's version then adds
         #: them to theirs (:meth:`rebase_appends`), as O_APPEND does on one disk.
         self.appended_from = -1
+        #: GUARDED_BY(cond): the kernel's pages of the file may hold bytes the item no longer has
+        #: there (our appends moved after another client's version: :meth:`rebase_appends`): no
+        #: open keeps them (:meth:`kernel_pages_written_here`), whatever is written since, until an
+        #: open has had the kernel drop them (:meth:`pages_dropped`).
+        self.pages_moved = False
 
     # -- state ---------------------------------------------------------------------
 
@@ -562,7 +567,12 @@ class StagedFile:
         changed them since (no other version followed, no fetched bytes dropped). An open that
         drops them races with another handle's write under way (see fuselib's ``FUSE``)."""
         with self.cond:
-            return self.written_here
+            return self.written_here and not self.pages_moved
+
+    def pages_dropped(self) -> None:
+        """An open did not keep the kernel's pages of the file: it has the kernel drop them."""
+        with self.cond:
+            self.pages_moved = False
 
     def sent(self, start: int, end: int) -> None:
         """An upload has read ``[start, end)`` and S3 has it (a part): the page cache may let the
@@ -1053,7 +1063,8 @@ class StagedFile:
             self.metadata = dict(merge_metadata(self.base_metadata, ours_meta, metadata).metadata)
             self._times_from(self.metadata)
             self.base_metadata = dict(metadata)
-            self.written_here = False  # the kernel's pages hold the old bytes: the next open drops them
+            self.written_here = False
+            self.pages_moved = True  # the kernel's pages hold the old bytes: the next open drops them
             self.checked_etag, self.checked_by = "", None
             self.generation += 1
             generation = self.generation

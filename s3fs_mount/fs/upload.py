@@ -1264,10 +1264,11 @@ class Uploader:
         version followed by our appended bytes (:meth:`StagedFile.rebase_appends`): returns
         ``(generation, etag)`` of it, for the upload to go again conditional on that version.
         None, for a conflict copy as before: another kind of change, no object (a removal is not
-        appended to), a version over :data:`APPEND_ONTO_MOST`, bytes that fail their check, or
-        :data:`APPEND_TRIES` versions each replaced in turn."""
+        appended to), a version or our appends over :data:`APPEND_ONTO_MOST` (both are read into
+        memory), bytes that fail their check, or :data:`APPEND_TRIES` versions each replaced in
+        turn."""
         start = item.appended_to(replaces)
-        if start < 0 or not theirs or attempt > APPEND_TRIES:
+        if start < 0 or not theirs or attempt > APPEND_TRIES or item.view().size - start > APPEND_ONTO_MOST:
             return None
         if attempt > 1:
             time.sleep(random.uniform(0, min(APPEND_PAUSE_MOST, APPEND_PAUSE * attempt)))

@@ -21,7 +21,7 @@ import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly, Unsettled
-from s3fs_mount.fs.operations import S3Operations
+from s3fs_mount.fs.operations import APPEND_FOLLOW_TRIES, FOLLOW_TRIES, S3Operations
 from s3fs_mount.fs.options import MountOptions, human_size
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
@@ -2004,12 +2004,19 @@ def test_a_write_through_a_handle_opened_on_attributes_cached_before_another_cli
     assert store.objects["f"].data == theirs
 
 
-@pytest.mark.parametrize("again", [0, 1, 2])
+@pytest.mark.parametrize(
+    "how,again",
+    [("pwrite", 0), ("pwrite", 1), ("pwrite", 2), ("append", 2), ("append", APPEND_FOLLOW_TRIES - 1)],
+)
 def test_a_write_follows_a_version_that_moves_on_while_it_follows_it_up_to_three_tries(
-    tmp_path, monkeypatch, again
+    tmp_path, monkeypatch, caplog, how, again
 ):
     """Two mounts appending to one log: the version followed was replaced again before its
-    fetch now and then (3 of 150 appends got EIO). A write tries three versions, then says EIO."""
+    fetch now and then (3 of 150 appends got EIO). A write tries three versions, then says EIO;
+    one through an O_APPEND handle tries APPEND_FOLLOW_TRIES (round 37: 3 tries said EIO to 4
+    appends of 200 of two mounts). The log says the write follows each version: it said "this
+    read fails" of a write that then followed."""
+    tries = APPEND_FOLLOW_TRIES if how == "append" else FOLLOW_TRIES
     store = FakeStore()
     store.put("f", b"v0")
     ops = make_ops(tmp_path, store)
@@ -2024,17 +2031,20 @@ def test_a_write_follows_a_version_that_moves_on_while_it_follows_it_up_to_three
         return real_get(name, *args, **kwargs)
 
     monkeypatch.setattr(store, "get_range", moving)
-    fh = ops.open("/f", os.O_WRONLY | os.O_APPEND)
+    fh = ops.open("/f", os.O_WRONLY | (os.O_APPEND if how == "append" else 0))
     try:
-        ops.write("/f", b"+ours", 2, fh)
-        ops.flush("/f", fh)
+        with caplog.at_level(logging.INFO):
+            ops.write("/f", b"+ours", 2, fh)
+            ops.flush("/f", fh)
     except FuseOSError as exc:
-        assert again == 2 and exc.errno == errno.EIO, exc
-        assert store.objects["f"].data == b"v4"  # theirs, untouched
+        assert again == tries - 1 and exc.errno == errno.EIO, exc
+        assert store.objects["f"].data == b"v%d" % (again + 2)  # theirs, untouched
     else:
-        assert again < 2 and store.objects["f"].data == b"v%d+ours" % (2 + again)
+        assert again < tries - 1 and store.objects["f"].data == b"v%d+ours" % (2 + again)
+        assert caplog.text.count("since its lookup: following") == again + 1
     finally:
         ops.release("/f", fh)
+    assert "this read fails" not in caplog.text
 
 
 def test_an_open_keeps_the_kernels_pages_of_a_file_read_whole_and_checked_and_never_mixes_in_a_new_version(

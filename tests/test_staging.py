@@ -384,3 +384,35 @@ def test_spares_a_killed_mount_left_are_removed_and_its_dirty_files_recovered(tm
     assert not set(left) & set(os.listdir(again.root))
     again.close()
     assert not [n for n in os.listdir(again.root) if n.endswith(".spare")]
+
+
+def test_appends_alone_are_moved_after_another_version_and_the_kernels_pages_are_not_kept(tmp_path):
+    """An item changed by appends alone to its version (appended_to) becomes another version's
+    bytes followed by ours (rebase_appends), still dirty, of that version. Any other write, or a
+    truncate, ends it. The kernel's pages then hold the old bytes: no open keeps them, even after
+    a later write here, until an open has had them dropped."""
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("log")
+    item.reset(3, "v1", {"x-amz-meta-mode": "33188"}, {}, 1000.0)
+    item.fill(0, 3, b"v1\n", "v1")
+    assert item.appended_to("v1") == -1  # clean
+    item.write(0, b"a1\n", append=True)
+    item.write(0, b"a2\n", append=True)
+    assert item.appended_to("v1") == 3 and item.appended_to("v0") == -1
+    assert item.rebase_appends("v0", "v2", b"x", {}, {}) is None  # not of that version
+    generation = item.rebase_appends("v1", "v2", b"theirs\n", {"x-amz-meta-owner": "them"}, {})
+    view = item.view()
+    assert generation == view.generation and view.dirty and view.etag == "v2"
+    assert (view.size, view.remote_size) == (13, 7) and item.read(0, 100) == b"theirs\na1\na2\n"
+    assert item.record().etag == "v2" and item.record().size == 13
+    assert view.metadata["x-amz-meta-owner"] == "them" and "x-amz-meta-mode" not in view.metadata
+    assert item.appended_to("v2") == 7  # more appends go on after ours
+    item.write(0, b"a3\n", append=True)
+    assert item.read(0, 100) == b"theirs\na1\na2\na3\n" and item.appended_to("v2") == 7
+    assert not item.kernel_pages_written_here()  # its pages hold v1's bytes and ours before them
+    item.pages_dropped()
+    item.write(0, b"a4\n", append=True)
+    assert item.kernel_pages_written_here()
+    item.write(0, b"T", append=False)  # another kind of write: no longer appends alone
+    assert item.appended_to("v2") == -1
+    assert item.rebase_appends("v2", "v3", b"x", {}, {}) is None

@@ -727,3 +727,53 @@ def test_a_data_change_by_them_is_still_a_conflict_found_by_the_head(tmp_path):
     with pytest.raises(Conflict):
         uploader.flush(item)
     assert store.objects["f"].data == b"theirs" and store.calls["PUT"] == 1  # ours, at the conflict name
+
+
+@pytest.mark.parametrize("code", ["ConditionalRequestConflict", "OperationAborted"])
+def test_a_409_at_a_conflict_name_takes_the_next_name(tmp_path, monkeypatch, caplog, code):
+    """AWS answers a write conditional on the key being free (If-None-Match: *) with 409 while
+    another write of that key is under way (ConditionalRequestConflict), or OperationAborted: the
+    name is being taken, as with a 412. Ours (a PUT) went nowhere (the 409 was raised: the upload
+    failed), and theirs set aside (a CopyObject) too: now each takes the next name (-2)."""
+    store = FakeStore()
+    real_put, real_copy = store.put, store.copy_object
+    refused: list[str] = []
+
+    def busy(name) -> None:
+        if ".conflict-" in str(name) and not refused:
+            refused.append(str(name))
+            raise S3Error(409, code, "A conflicting conditional operation is in progress.")
+
+    def put(name, *args, **kwargs):
+        if kwargs.get("if_none_match"):
+            busy(name)
+        return real_put(name, *args, **kwargs)
+
+    def copy_object(source, destination, *args, **kwargs):
+        if kwargs.get("if_none_match"):
+            busy(destination)
+        return real_copy(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(store, "put", put)
+    monkeypatch.setattr(store, "copy_object", copy_object)
+    # A small file: ours goes to a conflict name.
+    uploader, cache = uploader_at(tmp_path, store)
+    store.put("f", b"v0")
+    item, _ = cache.acquire("f")
+    item.reset(2, store.objects["f"].etag, {}, {}, 0.0)
+    item.write(0, b"ours")
+    store.put("f", b"theirs")
+    with pytest.raises(Conflict) as conflict:
+        uploader.flush(item)
+    assert refused and conflict.value.saved_as.endswith("-2")
+    assert store.objects[conflict.value.saved_as].data == b"ours" and store.objects["f"].data == b"theirs"
+    # A stream past the cache: theirs goes to a conflict name.
+    refused.clear()
+    uploader, cache, item, data = streamed_past_the_cache(tmp_path / "big", store)
+    write_sampling(uploader, cache, item, data)
+    store.put("big", b"theirs")
+    with caplog.at_level(logging.INFO, UPLOAD_LOG):
+        assert uploader.flush(item)
+    assert refused and store.objects["big"].data == data
+    (aside,) = [k for k in store.objects if k.startswith("big.conflict-")]
+    assert aside.endswith("-2") and store.objects[aside].data == b"theirs"

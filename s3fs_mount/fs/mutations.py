@@ -247,12 +247,15 @@ class Mutations:
                 raise
             self.prefetcher.ensure(item, 0, item.view().remote_size)
 
-    def follow_same_bytes(self, path: str, item: StagedFile, etag: str) -> bool:
+    def follow_same_bytes(self, path: str, item: StagedFile, etag: str, failing: str = "") -> bool:
         """A read of version ``etag`` of ``item`` was refused (412): if S3's version now holds
         the same bytes (:func:`~s3fs_mount.s3.checksums.same_bytes`: on AWS a CopyObject of an
         object uploaded in parts, another client's chmod, gives it a new ETag), the clean item
         follows it, keeping its bytes, and True. False (one HEAD) when the bytes are other, or
-        not known to be the same: the read fails, as before.
+        not known to be the same: a warning says ``failing`` (what fails then), where given;
+        else the caller says what it does (a write's fetch follows the new version, or fails),
+        and this says, at INFO, only that the version was replaced (it said "this read fails"
+        of a write that then followed it).
         """
         old = self.namespace.known_digest(path, etag)
         self.namespace.forget(path)
@@ -261,9 +264,10 @@ class Mutations:
         except FsError:
             return False
         if current.is_dir or not same_bytes(item.view().remote_size, old, current.size, current.digest):
-            log.warning("%s: version %s was replaced in S3 by another client (now %s; %s): this read fails",
-                        path, etag, current.etag, "the same size and digest not known" if not old
-                        else "other bytes")
+            log.log(logging.WARNING if failing else logging.INFO,
+                    "%s: version %s was replaced in S3 by another client (now %s; %s)%s",
+                    path, etag, current.etag, "the same size and digest not known" if not old
+                    else "other bytes", ": " + failing if failing else "")
             return False
         if not item.followed_copy(etag, current.etag, current.metadata, current.headers):
             return False

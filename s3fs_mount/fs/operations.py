@@ -78,6 +78,10 @@ OPEN_FETCH_MAX = 8 << 20
 #: the lookup and the fetch) the write follows before it says EIO (a log appended to by two
 #: mounts at once moved on again within 3 ms now and then).
 FOLLOW_TRIES = 3
+#: The same for a write through an O_APPEND handle: two mounts appending to one log at once put
+#: a version every few ms, and 3 tries said EIO to 4 appends of 200 (round 37); its bytes go at
+#: the end of whatever version its upload meets anyway (fs/upload.py).
+APPEND_FOLLOW_TRIES = 12
 
 
 @dataclass(frozen=True)
@@ -496,12 +500,13 @@ class S3Operations(Operations):
         version another client put since the lookup the open used (within attr_ttl) is followed
         too, as :meth:`_read_spans` does: the write lands on the bytes S3 holds, as after an open
         a moment later (it was EIO)."""
-        for attempt in range(1, FOLLOW_TRIES + 1):
+        tries = APPEND_FOLLOW_TRIES if h is not None and h.append else FOLLOW_TRIES
+        for attempt in range(1, tries + 1):
             try:
                 self.changes.fetch_whole(item)
                 return
             except Replaced:
-                if h is None or h.served or h.path is None or attempt == FOLLOW_TRIES:
+                if h is None or h.served or h.path is None or attempt == tries:
                     raise
                 self.changes.follow_replaced(h.path, item)
 
@@ -723,6 +728,8 @@ class S3Operations(Operations):
             except BaseException:
                 self.staging.release(item)
                 raise
+        if not kept:
+            item.pages_dropped()
         return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable)
 
     def _kept_bytes_local(self, path: str, item: StagedFile) -> bool:
@@ -822,7 +829,7 @@ class S3Operations(Operations):
                 # The reader has bytes of the old version: it must not get another's, but may go
                 # on in the same bytes under a new ETag (on AWS, another mount's chmod of a file
                 # uploaded in parts), its check going on with them.
-                if not self.changes.follow_same_bytes(h.path, h.item, exc.etag):
+                if not self.changes.follow_same_bytes(h.path, h.item, exc.etag, failing="this read fails"):
                     raise
                 self.prefetcher.follow(h.read_state, h.item.view().etag)
             else:

@@ -371,6 +371,16 @@ class StagedFile:
         #: GUARDED_BY(cache._lock): another handle was open at once with the one opened last alone
         #: (set by an open that makes two or more, cleared by one that makes one).
         self.overlapped = False
+        #: GUARDED_BY(cond): while the item is dirty by appends alone (O_APPEND writes) to the
+        #: bytes of version ``etag``, all local: that version's size, where our appended bytes
+        #: begin (-1: any other change). An upload that meets another client's version then adds
+        #: them to theirs (:meth:`rebase_appends`), as O_APPEND does on one disk.
+        self.appended_from = -1
+        #: GUARDED_BY(cond): the kernel's pages of the file may hold bytes the item no longer has
+        #: there (our appends moved after another client's version: :meth:`rebase_appends`): no
+        #: open keeps them (:meth:`kernel_pages_written_here`), whatever is written since, until an
+        #: open has had the kernel drop them (:meth:`pages_dropped`).
+        self.pages_moved = False
 
     # -- state ---------------------------------------------------------------------
 
@@ -563,7 +573,12 @@ class StagedFile:
         changed them since (no other version followed, no fetched bytes dropped). An open that
         drops them races with another handle's write under way (see fuselib's ``FUSE``)."""
         with self.cond:
-            return self.written_here
+            return self.written_here and not self.pages_moved
+
+    def pages_dropped(self) -> None:
+        """An open did not keep the kernel's pages of the file: it has the kernel drop them."""
+        with self.cond:
+            self.pages_moved = False
 
     def sent(self, start: int, end: int) -> None:
         """An upload has read ``[start, end)`` and S3 has it (a part): the page cache may let the
@@ -663,6 +678,11 @@ class StagedFile:
             while True:
                 if append:
                     offset = self.size
+                    if not self.dirty:  # the first change since the item was version etag's
+                        whole = self.size == self.remote_size and self.present.covers(0, self.size)
+                        self.appended_from = self.size if self.etag and whole else -1
+                else:
+                    self.appended_from = -1
                 end = offset + len(data)
                 if self.released.overlaps(offset, end):
                     raise ReleasedRange("%s: bytes %d-%d" % (self.key, offset, end - 1))
@@ -691,6 +711,7 @@ class StagedFile:
             while any(e > length for s, e in self.inflight):
                 self.cond.wait()
             os.ftruncate(self.fd, length)
+            self.appended_from = -1
             self._drop_digests(min(length, self.size), 1 << 62)
             self.present.remove_from(length)
             self.remote_size = min(self.remote_size, length)
@@ -827,6 +848,7 @@ class StagedFile:
             self._times_from(self.metadata)
             self.generation += 1
             self.dirty = True
+            self.appended_from = -1
         self.save()
 
     def metadata_stored(self, metadata: dict[str, str], etag: str) -> None:
@@ -917,6 +939,7 @@ class StagedFile:
         it moved to a new name)."""
         with self.cond:
             self.etag = etag
+            self.appended_from = -1
 
     def note_landing(self, etag: str) -> None:
         """An upload is about to send version ``etag`` (see :attr:`landing`); the caller saves
@@ -937,6 +960,7 @@ class StagedFile:
         sent (:meth:`sent_as`); the item, still dirty, goes on from it."""
         with self.cond:
             self.etag = etag
+            self.appended_from = -1
             self.base_metadata = dict(metadata)
             self.landing = []
 
@@ -989,6 +1013,8 @@ class StagedFile:
             self.base_metadata = None if metadata is None else dict(metadata)
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
             if changed or self.generation != generation:
+                # Still dirty: appends made during the upload follow the version it stored.
+                self.appended_from = self.remote_size if self.appended_from >= 0 and not changed else -1
                 return False
             self.dirty = False
             keep = bool(self.upload_ids)  # aborts still owed: the record remembers them
@@ -997,6 +1023,59 @@ class StagedFile:
         else:
             self.drop_record()
         return True
+
+    def appended_to(self, etag: str) -> int:
+        """The bytes our appends follow when the item is dirty by appends alone to version
+        ``etag`` (:attr:`appended_from`), all local; else -1."""
+        with self.cond:
+            if self.etag != etag or not self.dirty or self.released.total() or self.unlinked:
+                return -1
+            return self.appended_from
+
+    def rebase_appends(
+        self, replaces: str, etag: str, theirs: bytes, metadata: dict[str, str], headers: dict[str, str]
+    ) -> int | None:
+        """S3's version ``etag`` (``theirs``: its bytes, with ``metadata`` and ``headers``)
+        replaced version ``replaces``, to which the item's changes are appends alone
+        (:meth:`appended_to`): the item becomes theirs followed by our appended bytes, still dirty,
+        of version ``etag``, as if our appends came after theirs (what O_APPEND does on one disk).
+        Returns the new generation, or None (nothing done) when the item is no longer so.
+
+        Our appended bytes are written at their new place first and the record saved last: a
+        crash in between leaves the old record, whose upload (conditional on ``replaces``) then
+        keeps the data file, ours in it, under a conflict name, as before appends were rebased."""
+        with self.cond:
+            while self.inflight or self.reading:  # a fetch or a read of the bytes moved
+                self.cond.wait()
+            if self.etag != replaces or not self.dirty or self.appended_from < 0 or self.released.total():
+                return None
+            start = self.appended_from
+            ours = os.pread(self.fd, self.size - start, start)
+            if len(ours) != self.size - start:
+                return None
+            pwrite_all(self.fd, ours, len(theirs))
+            pwrite_all(self.fd, theirs, 0)
+            self.size = len(theirs) + len(ours)
+            os.ftruncate(self.fd, self.size)
+            self.present = RangeSet([(0, self.size)]) if self.size else RangeSet()
+            self.remote_size = self.appended_from = len(theirs)
+            self.etag = etag
+            self.etag_since = self.cache.clock.monotonic()
+            self.landing = []
+            self.digests = {}  # of bytes that moved
+            self.headers = dict(headers)
+            # Their metadata, but our times: the appends are the file's latest change.
+            ours_meta = {**self.metadata, **time_metadata(self.mtime, self.atime, self.ctime)}
+            self.metadata = dict(merge_metadata(self.base_metadata, ours_meta, metadata).metadata)
+            self._times_from(self.metadata)
+            self.base_metadata = dict(metadata)
+            self.written_here = False
+            self.pages_moved = True  # the kernel's pages hold the old bytes: the next open drops them
+            self.checked_etag, self.checked_by = "", None
+            self.generation += 1
+            generation = self.generation
+        self.save()
+        return generation
 
     def holes(self) -> list[tuple[int, int]]:
         """Ranges of a dirty item that are not local but in S3's version ``etag`` (left when bytes
@@ -1092,6 +1171,7 @@ class StagedFile:
         self.generation += 1
         self.digests = {}  # they were the old version's
         self.written_here = False
+        self.appended_from = -1
 
     def local_bytes(self) -> int:
         try:

@@ -91,6 +91,13 @@ class S3Error(RemoteStoreError):
         """True when an If-Match (or copy-source-if-match) did not hold."""
         return self.status == 412
 
+    @property
+    def conditional_conflict(self) -> bool:
+        """True for AWS's 409 to a conditional write while another write of the same key is under
+        way (ConditionalRequestConflict; OperationAborted, "a conflicting conditional operation is
+        in progress"): for one conditional on the key being free, the key is being taken."""
+        return self.status == 409 and self.code in ("ConditionalRequestConflict", "OperationAborted")
+
 
 EXPIRED_TOKEN = (
     "the session token has expired: get fresh credentials (aws sso login, a new AWS_SESSION_TOKEN), "

@@ -356,7 +356,15 @@ class Namespace:
         #: Lookups that miss in name order get their HEADs sent ahead (its lock never nests with _lock).
         ahead = lambda path: self._fetch(path, dirs=False)  # noqa: E731
         self.statahead = StatAhead(
-            store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
+            store,
+            keymap,
+            ahead,
+            self._usable,
+            clock,
+            self.attr_ttl,
+            statahead,
+            self._unknown_files_after,
+            self._first_listed,
         )
         self.list_ahead = ListAhead(list_ahead)
         #: rm -r's next subdirectory looked up while the walk removes the one before (remove_dir).
@@ -646,6 +654,13 @@ class Namespace:
             # A listing still under way that has not come this far: the rest once it lists more
             # (iter_dir tells the stat-ahead), not a LIST page of the stat-ahead's own.
             return found, whole
+
+    def _first_listed(self, parent: str) -> str | None:
+        """The first name a readdir of ``parent`` listed, while its walk lasts (``_walk_names``),
+        else None: where a walk that stats as it reads begins (the stat-ahead's cue)."""
+        with self._lock:
+            walk = self._walk_names.get(parent)
+        return walk[0][0] if walk is not None and walk[0] else None
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
         """Raise FsError(ENOENT), with no request, if a listing of ``parent`` less than

@@ -79,6 +79,7 @@ def main() -> int:
     try:
         trees = {rev: checkout(rev, os.path.join(b.tmp, "revs")) for rev in args.revs}
         b.start_server()
+        b.make_sources(set(names))  # what the workloads read (ls_l_10k's many/, the big file)
         for rnd in range(args.rounds):
             order = args.revs if rnd % 2 == 0 else args.revs[::-1]
             for rev in order:

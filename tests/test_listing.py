@@ -28,7 +28,7 @@ from test_fs_unit import _context, make_ops  # noqa: F401 - _context: an autouse
 from waiting import eventually
 
 from s3fs_mount.fs.attrs import Attributes
-from s3fs_mount.fs.expiring import ExpiringLRU
+from s3fs_mount.fs.expiring import ExpiringLRU, ttl_cache
 from s3fs_mount.fs.fuselib import (
     FUSE,
     FUSE_READDIR_PLUS,
@@ -291,6 +291,29 @@ def test_the_attribute_cache_expires_each_entry_at_its_time_and_keeps_the_latest
         cache["a"]
     clock.now += 20
     assert cache.pop("c", "gone") == "gone" and cache.get("e", -1) == -1
+
+
+def test_the_namespaces_recent_change_caches_keep_each_entry_for_their_ttl_by_the_clock():
+    # What replaced cachetools' TTLCache for _changed, _removed, _missing, _listings (round 37):
+    # an entry lasts ttl from its (last) set, by the injected clock; the least recently used goes
+    # past maxsize; an expired entry is absent for get, pop and in.
+    clock = Clock()
+    cache = ttl_cache(2, 5.0, clock)
+    cache["a"] = 1.0
+    clock.now += 3
+    cache["b"] = 2.0
+    assert cache.get("a") == 1.0 and "b" in cache and len(cache) == 2
+    clock.now += 2.5  # a: 5.5 s since set; b: 2.5
+    assert cache.get("a", 0.0) == 0.0 and "a" not in cache and cache.get("b") == 2.0
+    cache["b"] = 3.0  # set again: its 5 s from now
+    clock.now += 4
+    assert cache.pop("b") == 3.0 and cache.pop("b", None) is None
+    cache["c"], cache["d"] = 1.0, 1.0
+    cache.get("c")
+    cache["e"] = 1.0  # over 2: d (the least recently used) goes
+    assert sorted(cache.keys()) == ["c", "e"]
+    clock.now += 5
+    assert not any(k in cache for k in "cde") and cache.get("c") is None
 
 
 def test_set_stat_fills_as_mfusepy_does():

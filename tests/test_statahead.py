@@ -169,9 +169,9 @@ def test_a_readdir_hands_out_whole_the_files_whose_heads_went_ahead_of_its_stats
         else:
             st = ops.getattr("/d/" + name)  # the stat of an entry handed out without its mode
             assert st["st_mode"] == (stat.S_IFLNK | 0o777 if name == "zlink" else MODE)
-    # All but the first two: their stats start the run (a lone stat sends nothing ahead); the names
+    # All but the first: its stat (of the first name the readdir listed) starts the run; the names
     # after come from the readdir's listing at once (not queued behind the HEADs: none passed early).
-    assert whole == 601 - 2, whole
+    assert whole == 601 - 1, whole
     heads = {k: n for k, n in store.heads.items() if k not in ("d", "d/")}  # /d's own lookup, expired
     assert set(heads) == set(keys) | {"d/zlink"} and max(heads.values()) == 1
 
@@ -203,8 +203,8 @@ def ls_l(ops, path: str) -> tuple[int, int]:
 
 
 def test_a_readdir_over_several_listing_pages_hands_out_whole_all_but_the_first_files(tmp_path):
-    """ls -l of a directory listed in several pages: past the first two entries (whose stats start
-    the run), each page's HEADs are sent as the readdir gets the page, before it hands out the
+    """ls -l of a directory listed in several pages: past the first entry (whose stat starts the
+    run), each page's HEADs are sent as the readdir gets the page, before it hands out the
     page's entries, so every entry goes out whole: no getattr for it, and no LIST page of the
     stat-ahead's own (it used to run out of names at each page's end, list a page of its own
     queued behind the HEADs, and the readdir passed names meanwhile: ~50 getattr a page)."""
@@ -215,9 +215,46 @@ def test_a_readdir_over_several_listing_pages_hands_out_whole_all_but_the_first_
     store.heads.clear()
     del store.lists[:]
     whole, stats = ls_l(ops, "/d")
-    assert (whole, stats) == (len(keys) - 2, 2)
+    assert (whole, stats) == (len(keys) - 1, 1)
     assert [after for _, after in store.lists if after is not None] == []  # the readdir's pages only
     assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+
+
+def test_a_stat_of_the_first_name_a_readdir_listed_sends_the_walks_next_heads_at_once(tmp_path):
+    """GNU ls -l reads the first readdir reply (16 entries handed out without their mode) and
+    stats each before it reads on. The stat of the first name sends the HEADs of the next WORKERS
+    names beside its own (they used to wait for a second stat's round trip, and
+    then went 2, 4, 8 at a time); each file is still HEADed once, and a stat of any other name
+    first sends nothing ahead (test_a_lone_stat_sends_one_head_and_nothing_ahead)."""
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 100)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=30.0)
+    ops.getattr("/d")
+    entries = ops.readdir("/d", 0)
+    first = [next(entries) for _ in range(2 + 16)][2:]  # ".", "..", then the first reply's files
+    assert [e[0] for e in first] == [k[2:] for k in keys[:16]]
+    store.heads.clear()
+    assert ops.getattr("/" + keys[0])["st_mode"] == MODE
+    eventually(lambda: settled(ops), what="the HEADs sent ahead answered")
+    assert set(store.heads) == set(keys[: 1 + statahead.WORKERS])  # the first's, and the next 16
+    for key in keys[1:16]:  # the rest of the first reply: each answered from what went ahead
+        assert ops.getattr("/" + key)["st_mode"] == MODE
+    rest = [e for e in entries if not isinstance(e, str)]
+    assert len(rest) == 100 - 16 and all(type(e[1]) is dict for e in rest)  # noqa: E721 - all whole
+    assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
+
+
+def test_a_stat_of_another_name_than_a_readdirs_first_sends_nothing_ahead(tmp_path):
+    """cat of one file of a directory just listed (not its first): one HEAD, nothing ahead."""
+    store, clock = CountingStore(), FakeClock()
+    keys = files(store, 100)
+    ops = make_ops(tmp_path, store, clock, attr_ttl=30.0, dir_ttl=30.0)
+    ops.getattr("/d")
+    assert len([e for e in ops.readdir("/d", 0) if not isinstance(e, str)]) == 100
+    store.heads.clear()
+    assert ops.getattr("/" + keys[5])["st_mode"] == MODE
+    eventually(lambda: settled(ops), what="nothing under way")
+    assert dict(store.heads) == {keys[5]: 1}
 
 
 def test_a_walk_keeps_every_stat_ahead_worker_busy(tmp_path):

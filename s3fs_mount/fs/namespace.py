@@ -8,7 +8,7 @@ while the object is unchanged. A listing alone does not say what a file is
 (a symlink, a FIFO, mode 0600): its first lookup HEADs it, unless the mount
 was told the bucket's objects carry no such metadata (``listing_attrs``).
 
-Caches (cachetools', and fs/expiring.py's; none thread-safe, so all behind ``self._lock``):
+Caches (fs/expiring.py's, and cachetools' LRUCache; none thread-safe, so all behind ``self._lock``):
 
 * ``_attrs``: path -> Attributes, for ``attr_ttl`` seconds (entries of a large
   listing a little longer, 1 s + 5 ms per entry, so a walk of it finds them);
@@ -88,13 +88,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from cachetools import LRUCache, TLRUCache, TTLCache
+from cachetools import LRUCache
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirahead import DirAhead
 from s3fs_mount.fs.errors import FsError, Stale
-from s3fs_mount.fs.expiring import ExpiringLRU
+from s3fs_mount.fs.expiring import ExpiringLRU, own_ttl, ttl_cache
 from s3fs_mount.fs.holders import PendingHolders
 from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.listahead import WORKERS as LIST_AHEAD_WORKERS
@@ -287,8 +287,8 @@ class Namespace:
         self.attr_ttl = max(attr_ttl, 0.001)
         # Per-entry expiry: what a listing says stays valid long enough for a tool to walk it.
         self._attrs: ExpiringLRU[str, A.Attributes] = ExpiringLRU(attr_cache, self._expiry, timer)
-        self._missing: TTLCache[str, bool] = TTLCache(20_000, max(attr_ttl, 0.001), timer)
-        self._listings: TTLCache[str, set[str]] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
+        self._missing: ExpiringLRU[str, bool] = ttl_cache(20_000, max(attr_ttl, 0.001), timer)
+        self._listings: ExpiringLRU[str, set[str]] = ttl_cache(2_000, max(dir_ttl, 0.001), timer)
         self.dir_ttl = max(dir_ttl, 0.001)
         #: Directory path -> when its names in _listings were complete (see the module docstring).
         self._listed: LRUCache[str, Listed] = LRUCache(2_000)
@@ -296,9 +296,9 @@ class Namespace:
         self._relisting: set[str] = set()
         #: Directories where a lookup missed, or found a directory, a moment ago, no listing
         #: known (_list_burst).
-        self._misses: TTLCache[str, bool] = TTLCache(2_000, MISS_BURST_TTL, timer)
+        self._misses: ExpiringLRU[str, bool] = ttl_cache(2_000, MISS_BURST_TTL, timer)
         #: Directories of more than one page, not listed for a miss (_list_burst).
-        self._unlisted: TTLCache[str, bool] = TTLCache(2_000, LARGE_DIR_TTL, timer)
+        self._unlisted: ExpiringLRU[str, bool] = ttl_cache(2_000, LARGE_DIR_TTL, timer)
         self._full: LRUCache[str, A.Attributes] = LRUCache(attr_cache)
         self._marked: LRUCache[str, bool] = LRUCache(attr_cache)
         self._held_data: LRUCache[str, str] = LRUCache(attr_cache)
@@ -308,20 +308,20 @@ class Namespace:
         #: the page pushes out the very name it was listed for.
         self.walk_page = min(1000, attr_cache)
         #: Directory path -> seconds its walk lasts (see _list_around).
-        self._walks: TLRUCache[str, float] = TLRUCache(1_000, lambda path, ttl, now: now + ttl, timer)
+        self._walks: ExpiringLRU[str, float] = ExpiringLRU(1_000, own_ttl, timer)
         #: Directory path -> (its names in order as its last listing (of at most ``listed_names``)
         #: found them so far, whether that listing reached its end), for as long as a walk of it
         #: lasts (``_walk_ttl``): where the stat-ahead's HEADs go next while a readdir is under way
         #: (ls -l stats each entry as it reads it) and once ``_listings`` (``dir_ttl``) no longer
         #: says (ls -l of 10,000 took a LIST page per 128 names). Names to ask about, never shown.
-        self._walk_names: TLRUCache[str, tuple[list[str], bool]] = TLRUCache(
+        self._walk_names: ExpiringLRU[str, tuple[list[str], bool]] = ExpiringLRU(
             WALK_NAMES_DIRS, lambda path, walk, now: now + _walk_ttl(len(walk[0])), timer
         )
-        self._removed: TTLCache[str, float] = TTLCache(20_000, REMOVED_TTL, timer)
+        self._removed: ExpiringLRU[str, float] = ttl_cache(20_000, REMOVED_TTL, timer)
         #: Directories a listing of which left out keys no name can show, for dir_ttl: never
         #: taken for empty from that listing. Guarded by _lock.
-        self._hidden: TTLCache[str, bool] = TTLCache(2_000, max(dir_ttl, 0.001), timer)
-        self._changed: TTLCache[str, float] = TTLCache(50_000, CHANGED_TTL, timer)
+        self._hidden: ExpiringLRU[str, bool] = ttl_cache(2_000, max(dir_ttl, 0.001), timer)
+        self._changed: ExpiringLRU[str, float] = ttl_cache(50_000, CHANGED_TTL, timer)
         #: (when, path) of each change put in _changed, oldest first (as many as it holds): what
         #: changed since a moment is found from the newest back (_complete), not by going through
         #: all of _changed, which rm -r of a tree fills with every name it removes. Guarded by _lock.
@@ -330,10 +330,10 @@ class Namespace:
         self._deleting: set[str] = set()
         #: Directories under which we removed something, for REMOVED_TTL: one without a holder (a
         #: mere prefix) leaves S3 with its last key, and must stay until its rmdir. Guarded by _lock.
-        self._emptied: TTLCache[str, bool] = TTLCache(20_000, REMOVED_TTL, timer)
+        self._emptied: ExpiringLRU[str, bool] = ttl_cache(20_000, REMOVED_TTL, timer)
         #: Directories of which this mount removed a subdirectory a moment ago (rm -r under way):
         #: a lookup of another subdirectory there lists it beside its holder's HEAD (_begin_listing).
-        self._removal_walks: TTLCache[str, bool] = TTLCache(1_000, REMOVAL_WALK_TTL, timer)
+        self._removal_walks: ExpiringLRU[str, bool] = ttl_cache(1_000, REMOVAL_WALK_TTL, timer)
         #: Sends the pending deletes of keys under a prefix and waits for them (set by Mutations):
         #: a directory's emptiness is asked of S3 only once they are done.
         self.settle_deletes: Callable[[str], None] = lambda prefix: None
@@ -360,7 +360,15 @@ class Namespace:
         #: Lookups that miss in name order get their HEADs sent ahead (its lock never nests with _lock).
         ahead = lambda path: self._fetch(path, dirs=False)  # noqa: E731
         self.statahead = StatAhead(
-            store, keymap, ahead, self._usable, clock, self.attr_ttl, statahead, self._unknown_files_after
+            store,
+            keymap,
+            ahead,
+            self._usable,
+            clock,
+            self.attr_ttl,
+            statahead,
+            self._unknown_files_after,
+            self._first_listed,
         )
         self.list_ahead = ListAhead(list_ahead)
         #: rm -r's next subdirectory looked up while the walk removes the one before (remove_dir).
@@ -650,6 +658,13 @@ class Namespace:
             # A listing still under way that has not come this far: the rest once it lists more
             # (iter_dir tells the stat-ahead), not a LIST page of the stat-ahead's own.
             return found, whole
+
+    def _first_listed(self, parent: str) -> str | None:
+        """The first name a readdir of ``parent`` listed, while its walk lasts (``_walk_names``),
+        else None: where a walk that stats as it reads begins (the stat-ahead's cue)."""
+        with self._lock:
+            walk = self._walk_names.get(parent)
+        return walk[0][0] if walk is not None and walk[0] else None
 
     def _absent_from_listing(self, parent: str, name: str) -> set[str] | None:
         """Raise FsError(ENOENT), with no request, if a listing of ``parent`` less than

@@ -12,7 +12,10 @@ asked again).
 Bounds:
 
 * A lone stat costs what it did (one HEAD): nothing is sent ahead until a
-  second lookup in the same directory found a file with a later name.
+  second lookup in the same directory found a file with a later name, but for
+  a stat of the first name a readdir listed (a walk that stats each entry as it
+  reads them, ls -l or du, begins so): its window starts full
+  (:data:`WORKERS`), at most that many HEADs lost to a stat that was not a walk's.
 * The window (HEADs ahead of the last stat) starts at 2 and doubles with each
   name the stats take from it, up to :data:`MAX_WINDOW`; a directory is listed
   one page of :data:`PAGE` names at a time, only as the window needs them.
@@ -226,6 +229,8 @@ class StatAhead:
         (a readdir under way or a moment ago: ls -l, rm -r), and whether that listing is whole
         (``final``; False: a readdir under way has not listed further yet, and
         :meth:`more_listed` says when it has); or None (not known: a LIST page is asked).
+    :param first_listed: ``parent`` -> the first name a readdir of it listed a moment ago (a walk
+        under way, or just done), or None: a stat of that name starts the run at once.
     """
 
     def __init__(
@@ -238,8 +243,10 @@ class StatAhead:
         ttl: float,
         workers: int = WORKERS,
         listed: Callable[[str, str, int], tuple[list[str], bool] | None] = lambda parent, after, count: None,
+        first_listed: Callable[[str], str | None] = lambda parent: None,
     ) -> None:
         self._listed = listed
+        self._first_listed = first_listed
         self._store = store
         self._keymap = keymap
         self._fetch = fetch
@@ -262,6 +269,8 @@ class StatAhead:
             if found is not None:
                 self._advance(parent, name)
                 return found
+        elif name == self._first_listed(parent):
+            self._begin_walk(parent, name)
         found = fetch_here()
         if found is not None and not found.is_dir:
             self._found_file(parent, name)
@@ -360,6 +369,24 @@ class StatAhead:
         if self._clock.monotonic() - found.seen_at >= self._ttl or not self._usable(path, found.seen_at):
             return None
         return found
+
+    def _begin_walk(self, parent: str, name: str) -> None:
+        """A stat of the first name a readdir of ``parent`` listed: the walk's next names' HEADs go
+        now, beside this one's (a window of WORKERS), not after two stats' round trips and a
+        window grown from 2 (GNU ls -l stats the 16 entries of the first readdir reply one by
+        one before it reads on: bench/README.md, round 37)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            run = self._dirs.get(parent)
+            if run is not None and run.window and now - run.touched <= self._ttl:
+                return  # a run under way there (a stat that is not this walk's first)
+            if run is not None:
+                self._end(parent)
+            run = self._dirs[parent] = _Run(name, now)
+            run.window = WORKERS
+            while len(self._dirs) > MAX_DIRS:
+                self._end(next(iter(self._dirs)))
+        self._fill(parent)
 
     def _found_file(self, parent: str, name: str) -> None:
         """A lookup in ``parent`` found file ``name`` with a request of its own."""

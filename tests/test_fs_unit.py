@@ -21,6 +21,7 @@ import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly, Unsettled
+from s3fs_mount.fs.mutations import staged_attributes
 from s3fs_mount.fs.operations import S3Operations
 from s3fs_mount.fs.options import MountOptions, human_size
 from s3fs_mount.fs.staging import StagedFile
@@ -560,6 +561,29 @@ def test_xattr_values_round_trip(value):
 )
 def test_a_time_written_reads_back_the_same(t):
     assert A.parse_time(A.format_time(t)) == pytest.approx(t, abs=1e-9)
+
+
+def test_a_staged_files_attributes_parse_no_time_back_from_the_metadata_they_format(tmp_path, monkeypatch):
+    """libfuse's getattr after each create and the namespace's copy after each upload build a
+    staged file's attributes: its times are the item's own, not parsed back from the three time
+    headers just formatted from them (round 37: 16 parses a small file, 6 of them these)."""
+    ops = make_ops(tmp_path)
+    fh = write_file(ops, "/f", b"x" * 10, flush=False)
+    ops.utimens("/f", (1_500_000_000_250_000_000, 1_600_000_000_500_000_000))  # ns, as libfuse gives them
+    item = ops._handle(fh).item
+    parsed: list[str] = []
+    real = A.parse_time
+    monkeypatch.setattr(A, "parse_time", lambda text: parsed.append(text) or real(text))
+    found = ops.getattr("/f", fh)
+    assert parsed == []
+    view = item.view()
+    assert (found["st_atime"], found["st_mtime"]) == (A._ns(view.atime), A._ns(view.mtime))
+    assert (found["st_atime"], found["st_mtime"]) == (1_500_000_000_250_000_000, 1_600_000_000_500_000_000)
+    assert found["st_size"] == 10 and stat.S_ISREG(found["st_mode"])
+    a = staged_attributes(item, ops.defaults)
+    assert a.metadata[A.MTIME] == "1600000000.500000000" and a.mtime == view.mtime and parsed == []
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
 
 
 def test_times_before_1970_read_as_s3fs_fuse_writes_them():

@@ -9,6 +9,7 @@ loaded machine's drift falls on both sides::
 
     python bench/ab_revs.py --rounds 6 --only stat,rm_rf 5676b06 9e060ea
     python bench/ab_revs.py --rounds 4 --only ls_l --debug HEAD~3 HEAD   # request counts too
+    python bench/ab_revs.py --rounds 4 --only cp_r_tree --tree-files 1600 main HEAD
 
 Prints each run (seconds, the mount's CPU seconds in the timed part, requests with
 ``--debug``) and the medians per revision and workload. For a bisect: the step between two
@@ -54,8 +55,13 @@ def main() -> int:
     ap.add_argument("--debug", action="store_true", help="mount with -o debug: requests counted (slower)")
     ap.add_argument("--tmp", default=None, help="parent of the scratch dir (default: system temp)")
     ap.add_argument("--mount-options", default="", help="more -o options for every mount (e.g. attr_ttl=60)")
+    ap.add_argument(
+        "--tree-files", type=int, default=0, help="--tree's workloads too (cp_r_tree...), this many files"
+    )
     args = ap.parse_args()
     known = {w.name: w for w in bench.workloads()}
+    if args.tree_files:
+        known.update((w.name, w) for w in bench.tree_workloads(100_000))
     names = args.only.split(",")
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -65,7 +71,9 @@ def main() -> int:
         size_mib=None,
         scale=False,
         fio=False,
-        tree=False,
+        tree=bool(args.tree_files),
+        tree_files=args.tree_files,
+        tree_keys=0,
         big=False,
         mount_options=args.mount_options,
         tmp=args.tmp,
@@ -80,6 +88,8 @@ def main() -> int:
         trees = {rev: checkout(rev, os.path.join(b.tmp, "revs")) for rev in args.revs}
         b.start_server()
         b.make_sources(set(names))  # what the workloads read (ls_l_10k's many/, the big file)
+        if args.tree_files:
+            b.make_tree_src()  # the local tree cp -r copies (not --tree's 100,000 keys for find)
         for rnd in range(args.rounds):
             order = args.revs if rnd % 2 == 0 else args.revs[::-1]
             for rev in order:

@@ -11,6 +11,7 @@ import re
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +22,7 @@ import s3fs_mount.fs.operations as operations_module
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.errors import FsError
 from s3fs_mount.fs.fuselib import FuseOSError, TypeOnly, Unsettled
+from s3fs_mount.fs.mutations import staged_attributes
 from s3fs_mount.fs.operations import APPEND_FOLLOW_TRIES, FOLLOW_TRIES, S3Operations
 from s3fs_mount.fs.options import MountOptions, human_size
 from s3fs_mount.fs.staging import StagedFile
@@ -560,6 +562,29 @@ def test_xattr_values_round_trip(value):
 )
 def test_a_time_written_reads_back_the_same(t):
     assert A.parse_time(A.format_time(t)) == pytest.approx(t, abs=1e-9)
+
+
+def test_a_staged_files_attributes_parse_no_time_back_from_the_metadata_they_format(tmp_path, monkeypatch):
+    """libfuse's getattr after each create and the namespace's copy after each upload build a
+    staged file's attributes: its times are the item's own, not parsed back from the three time
+    headers just formatted from them (round 37: 16 parses a small file, 6 of them these)."""
+    ops = make_ops(tmp_path)
+    fh = write_file(ops, "/f", b"x" * 10, flush=False)
+    ops.utimens("/f", (1_500_000_000_250_000_000, 1_600_000_000_500_000_000))  # ns, as libfuse gives them
+    item = ops._handle(fh).item
+    parsed: list[str] = []
+    real = A.parse_time
+    monkeypatch.setattr(A, "parse_time", lambda text: parsed.append(text) or real(text))
+    found = ops.getattr("/f", fh)
+    assert parsed == []
+    view = item.view()
+    assert (found["st_atime"], found["st_mtime"]) == (A._ns(view.atime), A._ns(view.mtime))
+    assert (found["st_atime"], found["st_mtime"]) == (1_500_000_000_250_000_000, 1_600_000_000_500_000_000)
+    assert found["st_size"] == 10 and stat.S_ISREG(found["st_mode"])
+    a = staged_attributes(item, ops.defaults)
+    assert a.metadata[A.MTIME] == "1600000000.500000000" and a.mtime == view.mtime and parsed == []
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
 
 
 def test_times_before_1970_read_as_s3fs_fuse_writes_them():
@@ -2194,6 +2219,42 @@ def test_a_fuse_loop_error_after_the_unmount_is_no_mount_failure(tmp_path, monke
         assert "ended with status 8 after the unmount" in caplog.text
     else:
         assert status == 1 and "FUSE could not mount" in caplog.text
+
+
+def test_what_the_mount_made_before_serving_is_left_out_of_full_collections(tmp_path, monkeypatch):
+    """The mount's startup objects (modules, its units) live until the unmount: frozen before
+    FUSE serves (gc.freeze), so no full pass of the collector walks them again (bench/README.md,
+    round 37); a cycle made while serving is still collected."""
+    import gc
+    from types import SimpleNamespace
+
+    from s3fs_mount.fs import mount as mount_module
+
+    seen: dict[str, object] = {}
+
+    class Cycle:
+        pass
+
+    def fuse(ops, mountpoint, **kwargs):
+        seen["frozen"] = gc.get_freeze_count()
+        seen["ops_frozen"] = not gc.is_tracked(ops) or ops not in gc.get_objects()
+        c = Cycle()
+        c.me = c
+        gone = weakref.ref(c)
+        del c
+        gc.collect()
+        seen["cycle_collected"] = gone() is None
+        ops.destroy("/")
+
+    monkeypatch.setattr(mount_module, "FUSE", fuse)
+    store = FakeStore()
+    store.connection = SimpleNamespace(endpoint="", stats=SimpleNamespace(summary=lambda: "0 requests"))
+    options = MountOptions(cache_dir=str(tmp_path / "cache"))
+    try:
+        assert mount_module.serve(store, "bucket", "", str(tmp_path / "mnt"), options) == 0
+    finally:
+        gc.unfreeze()
+    assert seen["frozen"] > 1000 and seen["ops_frozen"] is True and seen["cycle_collected"] is True
 
 
 @pytest.mark.parametrize("refused", ["d/", "d_$folder$"])

@@ -294,9 +294,15 @@ def attributes_from(
     last_modified: float,
     defaults: Defaults,
     kind: str = "file",
+    times: tuple[float, float | None, float | None] | None = None,
     **extra: object,
 ) -> Attributes:
-    """Attributes of an object (``kind`` 'file' or 'dir') from its metadata, else defaults."""
+    """Attributes of an object (``kind`` 'file' or 'dir') from its metadata, else defaults.
+
+    ``times``: (mtime, atime, ctime) the caller knows already (a staged file's), taken as they
+    are instead of parsed from the metadata's time headers (a staged file's getattr parsed back
+    the three it had just formatted, then dropped them: 16 parses a small file, bench/README.md
+    round 37)."""
     default_mode = defaults.dir_mode if kind == "dir" else defaults.file_mode
     mode = stored_mode(metadata)
     if mode is None:
@@ -311,15 +317,19 @@ def attributes_from(
         mode = stat.S_IFREG | stat.S_IMODE(mode)
     uid = _meta_int(metadata, "uid")
     gid = _meta_int(metadata, "gid")
-    mtime = _meta_time(metadata, "mtime")
-    if mtime is None:
-        mtime = last_modified
+    if times is not None:
+        mtime, atime, ctime = times
+    else:
+        mtime = _meta_time(metadata, "mtime")
+        if mtime is None:
+            mtime = last_modified
+        atime, ctime = _meta_time(metadata, "atime"), _meta_time(metadata, "ctime")
     return Attributes(
         mode=mode,
         size=size,
         mtime=mtime,
-        atime=_meta_time(metadata, "atime"),
-        ctime=_meta_time(metadata, "ctime"),
+        atime=atime,
+        ctime=ctime,
         rdev=_meta_int(metadata, "rdev") or 0,
         uid=defaults.uid if uid is None else uid,
         gid=defaults.gid if gid is None else gid,

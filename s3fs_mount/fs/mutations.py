@@ -61,11 +61,16 @@ def staged_attributes(item: StagedFile, defaults: A.Defaults) -> A.Attributes:
     written said "file changed as we read it")."""
     view = item.view()
     metadata = {**view.metadata, **A.time_metadata(view.mtime, view.atime, view.ctime)}
-    a = A.attributes_from(
-        metadata, view.size, view.mtime, defaults, "file", etag=view.etag, headers=dict(view.headers)
+    return A.attributes_from(
+        metadata,
+        view.size,
+        view.mtime,
+        defaults,
+        "file",
+        times=(view.mtime, view.atime, view.ctime),  # the item's own: not parsed back from metadata
+        etag=view.etag,
+        headers=dict(view.headers),
     )
-    a.mtime, a.atime, a.ctime = view.mtime, view.atime, view.ctime
-    return a
 
 
 class Mutations:

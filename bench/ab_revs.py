@@ -54,7 +54,7 @@ def main() -> int:
     ap.add_argument("--debug", action="store_true", help="mount with -o debug: requests counted (slower)")
     ap.add_argument("--tmp", default=None, help="parent of the scratch dir (default: system temp)")
     args = ap.parse_args()
-    known = {w.name: w for w in bench.workloads()}
+    known = {w.name: w for w in bench.workloads() + bench.fio_workloads()}
     names = args.only.split(",")
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -63,7 +63,8 @@ def main() -> int:
         quick=False,
         size_mib=None,
         scale=False,
-        fio=False,
+        fio=any(n.startswith("fio_") for n in names),
+        fio_size_mib=None,
         tree=False,
         big=False,
         mount_options="",
@@ -78,6 +79,7 @@ def main() -> int:
     try:
         trees = {rev: checkout(rev, os.path.join(b.tmp, "revs")) for rev in args.revs}
         b.start_server()
+        b.make_sources(set(names))  # the local files the write rows copy in, the made-once key sets
         for rnd in range(args.rounds):
             order = args.revs if rnd % 2 == 0 else args.revs[::-1]
             for rev in order:

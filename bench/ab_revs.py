@@ -59,7 +59,7 @@ def main() -> int:
         "--tree-files", type=int, default=0, help="--tree's workloads too (cp_r_tree...), this many files"
     )
     args = ap.parse_args()
-    known = {w.name: w for w in bench.workloads()}
+    known = {w.name: w for w in bench.workloads() + bench.fio_workloads()}
     if args.tree_files:
         known.update((w.name, w) for w in bench.tree_workloads(100_000))
     names = args.only.split(",")
@@ -70,7 +70,8 @@ def main() -> int:
         quick=False,
         size_mib=None,
         scale=False,
-        fio=False,
+        fio=any(n.startswith("fio_") for n in names),
+        fio_size_mib=None,
         tree=bool(args.tree_files),
         tree_files=args.tree_files,
         tree_keys=0,
@@ -87,7 +88,7 @@ def main() -> int:
     try:
         trees = {rev: checkout(rev, os.path.join(b.tmp, "revs")) for rev in args.revs}
         b.start_server()
-        b.make_sources(set(names))  # what the workloads read (ls_l_10k's many/, the big file)
+        b.make_sources(set(names))  # the local files the write rows copy in, the made-once key sets
         if args.tree_files:
             b.make_tree_src()  # the local tree cp -r copies (not --tree's 100,000 keys for find)
         for rnd in range(args.rounds):

@@ -10,12 +10,13 @@ import time
 import pytest
 from fakestore import FakeMultipart, FakeStore
 from pagecache import resident_bytes
+from waiting import eventually
 
 import s3fs_mount.fs.operations as operations_module
 import s3fs_mount.fs.upload as upload_module
 from s3fs_mount.fs.errors import Conflict
 from s3fs_mount.fs.operations import S3Operations
-from s3fs_mount.fs.options import MountOptions
+from s3fs_mount.fs.options import MountOptions, OptionError
 from s3fs_mount.fs.staging import ReleasedRange, StagedFile, StagingCache
 from s3fs_mount.fs.upload import Uploader
 from s3fs_mount.s3.bucket import Bucket
@@ -777,3 +778,64 @@ def test_a_409_at_a_conflict_name_takes_the_next_name(tmp_path, monkeypatch, cap
     assert refused and store.objects["big"].data == data
     (aside,) = [k for k in store.objects if k.startswith("big.conflict-")]
     assert aside.endswith("-2") and store.objects[aside].data == b"theirs"
+
+def test_a_streamed_write_has_upload_parallel_parts_in_flight_not_parallel(tmp_path, monkeypatch):
+    """A file streamed while written sends ``upload_parallel`` parts at once (4 by default), not
+    ``parallel`` (8, the readers' GETs): SeaweedFS on 2 cores took a 1 GiB write fastest with 4
+    (bench/README.md, round 37). Parts are held at the store until the writer has queued all it
+    may (twice the parts in flight): then exactly 4 are in flight, and never more, to the end."""
+    store = FakeStore()
+    held = threading.Event()
+    lock = threading.Lock()
+    counts = {"now": 0, "most": 0}
+    real = FakeMultipart.upload_part
+
+    def upload_part(self, number, data, checksum=None):
+        with lock:
+            counts["now"] += 1
+            counts["most"] = max(counts["most"], counts["now"])
+        try:
+            held.wait(30)
+            return real(self, number, data, checksum)
+        finally:
+            with lock:
+                counts["now"] -= 1
+
+    monkeypatch.setattr(FakeMultipart, "upload_part", upload_part)
+    opts = MountOptions(cache_dir=str(tmp_path / "ops-cache"), part_size=5 * MiB, multipart_threshold=5 * MiB)
+    assert (opts.parallel, opts.upload_parallel) == (8, 4)
+    ops = S3Operations(Bucket(store, "bucket"), "", opts)
+    ops.uploader.configure_checks(opts.conflict_check)
+    ops.namespace.configure_directories()
+    ops.namespace.load_root()
+    data = os.urandom(16 * 5 * MiB)
+    done: list[bool] = []
+
+    def write() -> None:
+        fh = ops.create("/big", 0o644)
+        for off in range(0, len(data), MiB):
+            ops.write("/big", data[off : off + MiB], off, fh)
+        ops.flush("/big", fh)
+        ops.release("/big", fh)
+        done.append(True)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        # The writer has filled 8 parts and waits for a slot: all 8 went to the upload threads.
+        eventually(lambda: ops.uploader._slots._value == 0, what="the writer waiting for a part slot")
+        eventually(lambda: counts["now"] == 4, what="4 parts in flight")
+        assert counts["most"] == 4
+    finally:
+        held.set()
+        writer.join(30)
+    assert done and store.objects["big"].data == data and store.calls["PUT part"] == 16
+    assert counts["most"] == 4
+
+
+@pytest.mark.parametrize("option", ["parallel=0", "upload_parallel=0"])
+def test_no_requests_in_flight_is_refused_at_mount(option):
+    """parallel=0 made a pool of no threads (a ValueError deep in the mount's start); both bounds
+    are refused with a sentence naming the option."""
+    with pytest.raises(OptionError, match=option + ": at least 1"):
+        MountOptions.parse([option])

@@ -197,7 +197,7 @@ class S3Operations(Operations):
             store,
             options.part_size,
             options.multipart_threshold,
-            options.parallel,
+            options.upload_parallel,
             self.staging,
             part_doubling=options.part_doubling,
             memory=options.upload_memory,

@@ -191,7 +191,10 @@ class MountOptions:
         0, "parts of a streamed upload between doublings of its part size (0: auto)", "cache"
     )
     parallel: int = _option(
-        8, "parts/requests in flight per file; files uploaded at once with writeback", "cache"
+        8, "ranged GETs in flight per file read; files uploaded at once with writeback", "cache"
+    )
+    upload_parallel: int = _option(
+        4, "parts of files streamed while written in flight at once, over all files", "cache"
     )
     upload_memory: int = _option(
         64 * MiB, "upload part bytes in memory at once, over all files (at least one part)", "cache"
@@ -268,6 +271,9 @@ class MountOptions:
                 raise OptionError("%s=%g: seconds, 0 or more" % (name, getattr(opts, name)))
         if opts.attr_cache < MIN_ATTR_CACHE:
             raise OptionError("attr_cache=%d: keep at least %d entries" % (opts.attr_cache, MIN_ATTR_CACHE))
+        for name in ("parallel", "upload_parallel"):
+            if getattr(opts, name) < 1:
+                raise OptionError("%s=%d: at least 1" % (name, getattr(opts, name)))
         if opts.part_doubling < 0:
             raise OptionError("part_doubling=%d: must be 0 (auto) or a number of parts" % opts.part_doubling)
         if opts.part_doubling:

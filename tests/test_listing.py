@@ -1425,7 +1425,9 @@ def test_a_remount_shows_what_it_saw_of_files_with_no_head_and_asks_of_what_chan
     env = dict(os.environ, LC_ALL="C")
 
     def ls_l() -> tuple[str, list[str]]:
-        mount = mount_factory(config=config, cache_dir=cache).start()
+        # attr_ttl=30: under load a walk can stall past the default 1 s, and an answer fetched
+        # ahead that is older than attr_ttl when its stat comes is asked again (a second HEAD).
+        mount = mount_factory("attr_ttl=30", config=config, cache_dir=cache).start()
         try:
             mark = len(faultproxy.seen)
             out = subprocess.run(

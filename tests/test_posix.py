@@ -477,6 +477,48 @@ def test_cp_a_both_ways(mount, tmp_path):
     assert _tree(str(tmp_path / "cback")) == _tree(src)
 
 
+def test_rsync_inplace_append_verify_and_cp_sparse_onto_files_as_on_a_local_disk(
+        mount, boto, bucket, tmp_path):
+    """Programs that write into an existing file rather than replace it: ``rsync --inplace``
+    (reads the old file for its checksums, then writes only the changed blocks over it),
+    ``rsync --append-verify`` (appends, then checks the whole file; a changed prefix makes it
+    send the file again), ``cp --sparse=always`` (seeks over zeros, a truncate sets the end).
+    Onto objects another client put (nothing cached), as the same commands on a local
+    directory; boto3 checks S3. Round 37's hunt found these right (a guard)."""
+    src, local = tmp_path / "src", tmp_path / "local"
+    src.mkdir()
+    local.mkdir()
+    old = os.urandom(3 << 20)
+    new = bytearray(old)
+    new[1_000_000:1_000_100] = b"Q" * 100
+    new[(3 << 20) - 10:] = b"R" * 10
+    (src / "new").write_bytes(bytes(new))
+    (src / "longer").write_bytes(old + os.urandom(700_000))
+    with open(src / "sparse", "wb") as f:
+        f.truncate(9 << 20)
+        f.seek(5 << 20)
+        f.write(b"data" * 1000)
+    for name in ("new", "longer"):  # older than the targets: rsync's quick check sends them
+        os.utime(src / name, (1_600_000_000, 1_600_000_000))
+    bad_prefix = b"Z" + old[1:]
+    for target, body in (("inplace", old), ("append", old), ("append_bad", bad_prefix)):
+        boto.put_object(Bucket=bucket, Key=target, Body=body)
+        (local / target).write_bytes(body)
+    for root in (str(local), mount.path):
+        run("rsync", "--inplace", "--no-whole-file", str(src / "new"), os.path.join(root, "inplace"))
+        run("rsync", "--append-verify", str(src / "longer"), os.path.join(root, "append"))
+        run("rsync", "--append-verify", str(src / "longer"), os.path.join(root, "append_bad"))
+        run("cp", "--sparse=always", str(src / "sparse"), os.path.join(root, "sparse"))
+        run("cp", "--sparse=always", os.path.join(root, "sparse"), os.path.join(root, "sparse2"))
+    for name in ("inplace", "append", "append_bad", "sparse", "sparse2"):
+        want = (local / name).read_bytes()
+        with open(os.path.join(mount.path, name), "rb") as f:
+            assert f.read() == want, name
+        assert boto.get_object(Bucket=bucket, Key=name)["Body"].read() == want, name
+    assert (local / "inplace").read_bytes() == bytes(new)
+    assert (local / "append_bad").read_bytes() == (src / "longer").read_bytes()
+
+
 def test_mv_of_a_tree_into_the_mount_and_out_again(mount, boto, bucket, tmp_path):
     """mv across filesystems: a copy of each file, link, mode, time and user.* attribute, then
     the removal of the source; the tree is whole in S3 and back out, and the mount is left empty."""

@@ -330,7 +330,8 @@ def test_once_s3_is_unreachable_requests_fail_unsent_but_one_a_second_until_it_a
     # retried; S3's first answer closes it. The log: one line when lost, one when back. Before
     # (round 37): every request spent its six attempts, a WARNING line each.
     clock = FakeClock()
-    policy = RetryPolicy(max_attempts=6, base_delay=0.1, clock=clock)
+    policy = RetryPolicy(max_attempts=6, clock=clock)
+    policy.delay = lambda attempt: 0.5  # type: ignore[method-assign]  # 2.5 s of retries: an outage
     sent: list[str] = []
     up = False
 
@@ -370,6 +371,20 @@ def test_once_s3_is_unreachable_requests_fail_unsent_but_one_a_second_until_it_a
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("S3 is unreachable (first: Connection refused)")
     assert "13 requests failed meanwhile" in warnings[1]  # the first, 10 unsent, 2 probes
+
+
+def test_failures_to_reach_s3_over_less_than_a_second_are_no_outage():
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, clock=clock)
+
+    def refused() -> None:
+        raise ConnectionFailed("HEAD k", "Connection refused")
+
+    for _ in range(3):
+        with pytest.raises(ConnectionFailed) as info:
+            policy.call(refused)
+        assert not isinstance(info.value, Unreachable)
+    assert not policy.outage.down and len(clock.slept) == 9  # each retried
 
 
 def test_an_answer_of_s3s_even_an_error_is_no_outage():

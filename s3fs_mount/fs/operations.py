@@ -101,8 +101,13 @@ class Pin:
 @dataclass
 class Handle:
     """One open file description. Immutable after open, but ``read_state`` (see ReadState),
+<<<<<<< HEAD
     ``accessed`` (unguarded: two first reads at once both apply relatime, harmlessly), ``served``
     and ``pin`` (unguarded: set by its reads; two at once pin the same version)."""
+=======
+    ``close_failed`` and ``accessed`` (unguarded: two first reads at once both apply relatime,
+    harmlessly)."""
+>>>>>>> s37-7
 
     item: StagedFile
     path: str
@@ -115,8 +120,14 @@ class Handle:
     #: StagedFile.kernel_may_keep; or bytes written here: StagedFile.kernel_pages_written_here),
     #: so, opened for reading, it counts as having served bytes from the start.
     kept: bool = False
+<<<<<<< HEAD
     #: The version its reads have served bytes of (None: none yet); see :class:`Pin`.
     pin: Pin | None = None
+=======
+    #: Its close (flush) could not upload the file (unguarded: only ever becomes True): its
+    #: release has it tried again in the background.
+    close_failed: bool = False
+>>>>>>> s37-7
 
 
 class S3Operations(Operations):
@@ -975,7 +986,11 @@ class S3Operations(Operations):
     def flush(self, path: str, fh: int) -> None:
         h = self._handle(fh)
         if h.writable and self.writeback is None and h.item.dirty and not h.item.unlinked:
-            self.changes.upload(h.item)
+            try:
+                self.changes.upload(h.item)
+            except FsError:
+                h.close_failed = True
+                raise
 
     @fuse_operation
     def fsync(self, path: str, datasync: int, fh: int) -> None:
@@ -997,7 +1012,7 @@ class S3Operations(Operations):
         if h.item.dirty and self.writeback is not None and not h.item.unlinked:
             self.writeback.submit(h.item)
         self.staging.release(h.item)
-        if h.writable and self.writeback is None and self.staging.left_dirty(h.item):
+        if h.close_failed and self.writeback is None and self.staging.left_dirty(h.item):
             # Its close's upload failed (S3 away): tried again in the background, as with -o
             # writeback, not left until somebody touches the file again.
             self._background_uploads().retry_later(h.item)

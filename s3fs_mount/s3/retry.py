@@ -8,7 +8,7 @@ The requests of one job (the parts of one multipart upload) may share a :class:`
 once one of them fails for good, the others stop retrying and those not begun are not sent.
 
 The requests of one connection share an :class:`Outage`, a circuit breaker: once S3 cannot be
-reached (a request's retries all spent on refused or timed-out connections), each request is
+reached (a request's retries all spent on refused or broken connections), each request is
 tried once, not retried, until S3 answers again; the log says so twice, when S3 is lost and when
 it is back, not once a retry.
 """
@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.s3.checksums import ChecksumMismatch
-from s3fs_mount.s3.errors import BodyBroken, GaveUp, S3Error, TransportError, Unreachable
+from s3fs_mount.s3.errors import BodyBroken, ConnectionFailed, GaveUp, S3Error, TransportError, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 #: Seconds between the requests sent while S3 is unreachable (:class:`Outage`): the others fail unsent.
 PROBE_EVERY = 1.0
+#: Seconds a request's failures to reach S3 must have spanned, its retries spent, to open the
+#: :class:`Outage`: a shorter run of them (a policy of few, quick retries) is no outage.
+OUTAGE_AFTER = 1.0
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 #: BadDigest / XAmzContentSHA256Mismatch: the bytes changed on the way (the server checked): send again.
 RETRYABLE_CODES = frozenset(
@@ -56,23 +59,25 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """True for a failure to reach S3 at all (refused, timed out, cut before an answer), not an
-    answer of S3's nor an answer cut short."""
-    return isinstance(exc, TransportError) and exc.retryable and not isinstance(exc, BodyBroken)
+    """True for a failure to reach S3 at all (refused, reset or closed before an answer), not
+    an answer of S3's, an answer cut short, nor one that did not come in time (a slow server,
+    or a long server-side copy, is not a lost one; and each such try is bounded by its wait)."""
+    return isinstance(exc, ConnectionFailed) and not isinstance(exc, BodyBroken)
 
 
 class Outage:
     """Whether S3 can be reached, as the requests of one connection found: a circuit breaker.
 
     Closed (S3 answers): each request is retried as its policy says. A request whose retries
-    are all spent on failures to reach S3 (:func:`is_unreachable`) opens it, with one WARNING
-    line. While open, one request a ``PROBE_EVERY`` s is sent, once, not retried (the probe);
-    the others fail at once, unsent (:class:`~s3fs_mount.s3.errors.Unreachable`), and every
-    failure is marked ``in_outage`` (its caller logs it quietly): a lookup fails with EIO at
-    once, not after seconds of backoff, and an outage costs about a request a second, whatever
-    the callers do. Measured before it (bench/README.md, round 37): a stat loop during a 20 s
-    outage sent 7.2 requests a second and logged 132 WARNING lines. Any answer of S3's closes
-    it, with one WARNING line saying how long S3 was away and how many requests failed meanwhile.
+    are all spent on failures to reach S3 (:func:`is_unreachable`) over ``OUTAGE_AFTER`` s or
+    more opens it, with one WARNING line. While open, one request a ``PROBE_EVERY`` s is sent,
+    once, not retried (the probe); the others fail at once, unsent
+    (:class:`~s3fs_mount.s3.errors.Unreachable`), and every failure is marked ``in_outage``
+    (its caller logs it quietly): a lookup fails with EIO at once, not after seconds of
+    backoff, and an outage costs about a request a second, whatever the callers do. Measured
+    before it (bench/README.md, round 37): a stat loop during a 20 s outage sent 7.2 requests a
+    second and logged 132 WARNING lines. Any answer of S3's closes it, with one WARNING line
+    saying how long S3 was away and how many requests failed meanwhile.
     """
 
     def __init__(self, clock: Clock = SYSTEM) -> None:
@@ -270,7 +275,7 @@ class RetryPolicy:
                     raise
                 pause = self.delay(attempt) if retryable(exc) and attempt < self.max_attempts else None
                 if pause is None or self.clock.monotonic() - start + pause > self.max_total:
-                    if unreachable:
+                    if unreachable and self.clock.monotonic() - start >= OUTAGE_AFTER:
                         outage.lost(exc)
                     if give_up is not None and give_up.fail(exc):
                         log.warning(

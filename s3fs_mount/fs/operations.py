@@ -101,13 +101,9 @@ class Pin:
 @dataclass
 class Handle:
     """One open file description. Immutable after open, but ``read_state`` (see ReadState),
-<<<<<<< HEAD
-    ``accessed`` (unguarded: two first reads at once both apply relatime, harmlessly), ``served``
-    and ``pin`` (unguarded: set by its reads; two at once pin the same version)."""
-=======
     ``close_failed`` and ``accessed`` (unguarded: two first reads at once both apply relatime,
-    harmlessly)."""
->>>>>>> s37-7
+    harmlessly), ``served`` and ``pin`` (unguarded: set by its reads; two at once pin the same
+    version)."""
 
     item: StagedFile
     path: str
@@ -120,14 +116,11 @@ class Handle:
     #: StagedFile.kernel_may_keep; or bytes written here: StagedFile.kernel_pages_written_here),
     #: so, opened for reading, it counts as having served bytes from the start.
     kept: bool = False
-<<<<<<< HEAD
     #: The version its reads have served bytes of (None: none yet); see :class:`Pin`.
     pin: Pin | None = None
-=======
     #: Its close (flush) could not upload the file (unguarded: only ever becomes True): its
     #: release has it tried again in the background.
     close_failed: bool = False
->>>>>>> s37-7
 
 
 class S3Operations(Operations):

@@ -194,7 +194,7 @@ class MountOptions:
         8, "ranged GETs in flight per file read; files uploaded at once with writeback", "cache"
     )
     upload_parallel: int = _option(
-        4, "parts of files streamed while written in flight at once, over all files", "cache"
+        8, "parts of files streamed while written in flight at once, over all files", "cache"
     )
     upload_memory: int = _option(
         64 * MiB, "upload part bytes in memory at once, over all files (at least one part)", "cache"

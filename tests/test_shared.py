@@ -743,6 +743,40 @@ def test_an_append_meeting_another_clients_version_goes_after_theirs(mount, boto
         assert s3_bytes(boto, bucket, "log") == b"theirs\n"
 
 
+def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_eio_not_a_mix(
+    mount, boto, bucket
+):
+    """Found merging round 37 (appends moved after theirs, and handles kept on their version):
+    a reader here (tail -f) had read our appended bytes, then our upload met another client's
+    version and put ours after theirs: its next read got the new file's bytes at its offset,
+    theirs cut mid-line, silently (a reader beside two mounts appending to one log saw cut and
+    repeated lines). Such a reader may have had the old bytes from us or from the kernel's
+    pages our writes filled: EIO, and every later read; a new open reads the file as it is."""
+    path = os.path.join(mount.path, "log")
+    with open(path, "wb") as f:
+        f.write(b"start\n")
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        assert os.read(reader, 100) == b"start\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"ours\n")
+        assert os.read(reader, 100) == b"ours\n"  # what this mount's file holds, as on one disk
+        boto.put_object(Bucket=bucket, Key="log", Body=b"start\ntheirs\n")
+        os.close(fd)  # the upload meets theirs: ours goes after it
+        assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+        time.sleep(1.1)  # attr_ttl: the kernel's size of the file (11) is asked again
+        assert os.fstat(reader).st_size == 18
+        for _ in range(2):
+            with pytest.raises(OSError) as exc:
+                os.read(reader, 100)  # was b"s\nours\n": theirs, cut where its last read ended
+            assert exc.value.errno == errno.EIO
+    finally:
+        os.close(reader)
+    with open(path, "rb") as f:
+        assert f.read() == b"start\ntheirs\nours\n"
+    assert "our appends went after another client's version while this handle was open" in read_log(mount)
+
+
 def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto, bucket):
     """Found by hand (round 31): ours went to NAME.conflict-TIMESTAMP even when that name
     passed 255 bytes; SeaweedFS refused the key, close said EIO and ours stayed dirty for ever.

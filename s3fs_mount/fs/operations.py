@@ -118,6 +118,9 @@ class Handle:
     kept: bool = False
     #: The version its reads have served bytes of (None: none yet); see :class:`Pin`.
     pin: Pin | None = None
+    #: The item's count of appends moved after another client's version when it was opened
+    #: (StagedFile.moves); see ``_not_moved``.
+    moves_seen: int = 0
     #: Its close (flush) could not upload the file (unguarded: only ever becomes True): its
     #: release has it tried again in the background.
     close_failed: bool = False
@@ -530,7 +533,9 @@ class S3Operations(Operations):
         served = kept and readable
         pin = self._pin(item, path, item.view()) if served else None
         with self._lock:
-            self._handles[fh] = Handle(item, path, writable, append, served=served, kept=kept, pin=pin)
+            self._handles[fh] = Handle(
+                item, path, writable, append, served=served, kept=kept, pin=pin, moves_seen=item.moves
+            )
         return fh
 
     def _pin(self, item: StagedFile, path: str | None, view: ItemView) -> Pin:
@@ -795,6 +800,7 @@ class S3Operations(Operations):
             h.accessed = True
             self._accessed(h)
         for _ in range(FOLLOW_TRIES):
+            self._not_moved(h)
             self._keep_version(h)
             spans, followed = self._fetch_spans(h, size, offset)
             if h.item.followed == followed:
@@ -810,7 +816,25 @@ class S3Operations(Operations):
             # (Followed just now, after the read: pinned to a version nothing can be told of.)
             h.pin = self._pin(h.item, h.path, view) if view.followed == followed else Pin(followed, "", 0, "")
         h.served = True
+        self._not_moved(h)  # moved during this read: its bytes may be of both
         return spans
+
+    def _not_moved(self, h: Handle) -> None:
+        """A handle open for reading while an upload moved our appends after another client's
+        version (:meth:`StagedFile.rebase_appends`) may have had bytes of the file as it was
+        before, from us or unasked from the kernel's pages that this mount's writes filled, and
+        the file now holds theirs there: EIO, now and for every later read through it, as for
+        another client's version that does not hold its bytes (:meth:`_keep_version`). An open
+        after it reads the file as it is (its open has the kernel drop the old pages)."""
+        if h.moves_seen == h.item.moves:  # (read unlocked: one int)
+            return
+        h.read_state.failed = True
+        log.warning(
+            "%s: our appends went after another client's version while this handle was open for "
+            "reading: it may have had the bytes they replaced: EIO (open the file again)",
+            h.path,
+        )
+        raise FsError(errno.EIO)
 
     def _fetch_spans(self, h: Handle, size: int, offset: int) -> tuple[list[Span], int]:
         """The bytes of a read through ``h``, and the item's count of versions followed just

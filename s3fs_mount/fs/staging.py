@@ -381,6 +381,10 @@ class StagedFile:
         #: open keeps them (:meth:`kernel_pages_written_here`), whatever is written since, until an
         #: open has had the kernel drop them (:meth:`pages_dropped`).
         self.pages_moved = False
+        #: GUARDED_BY(cond): how many times :meth:`rebase_appends` has changed the file's bytes
+        #: under the handles open: a handle open for reading then may have had any of them, from
+        #: us or from the kernel's pages written here (operations' ``_not_moved``).
+        self.moves = 0
 
     # -- state ---------------------------------------------------------------------
 
@@ -1053,6 +1057,7 @@ class StagedFile:
             ours = os.pread(self.fd, self.size - start, start)
             if len(ours) != self.size - start:
                 return None
+            self.moves += 1
             pwrite_all(self.fd, ours, len(theirs))
             pwrite_all(self.fd, theirs, 0)
             self.size = len(theirs) + len(ours)

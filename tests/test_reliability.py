@@ -89,6 +89,17 @@ def proxy_yaml(tmp_path: Path, s3config: dict, proxy, name: str = "proxy.yaml") 
     return str(s3rig.write_s3yaml(tmp_path / name, dict(s3config, endpoint=proxy.endpoint)))
 
 
+@contextlib.contextmanager
+def s3_away(proxy) -> Iterator[None]:
+    """S3 unreachable through ``proxy`` (its upstream a port nothing listens on) for the block."""
+    served = proxy.upstream
+    proxy.upstream = ("127.0.0.1", free_ports(1)[0])
+    try:
+        yield
+    finally:
+        proxy.upstream = served
+
+
 def writeback_mount_through(
     proxy, mount_factory, s3config: dict, tmp_path: Path, cache_dir: str | None = None
 ):
@@ -1019,15 +1030,11 @@ def test_an_unmount_while_s3_is_unreachable_keeps_the_files_waiting_and_says_so(
     m = proxied(mount_factory, tmp_path, s3config, faultproxy, options="writeback", cache_dir=cache).start()
     os.mkdir(os.path.join(m.path, "d"))
     sync_dir(m.path)
-    served = faultproxy.upstream
     f = open(os.path.join(m.path, "d", "new"), "wb")
-    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # nothing listens there: S3 is away
-    try:
+    with s3_away(faultproxy):
         f.write(b"written while S3 is away")
         f.close()  # -o writeback: returns at once; the upload fails, the file stays staged
         assert m.stop(timeout=120) == 1
-    finally:
-        faultproxy.upstream = served
     log = m.log_lines()
     assert not [line for line in log if "Traceback" in line or "s3fs-mount: " in line], m.log()
     assert any("1 files stay staged and upload at the next mount: d/new" in line for line in log), m.log()
@@ -1046,16 +1053,12 @@ def test_writeback_uploads_that_failed_in_an_outage_are_tried_again_once_s3_is_b
     m = proxied(mount_factory, tmp_path, s3config, faultproxy, options="writeback").start()
     files = {"f%d" % i: b"closed during the outage %d" % i for i in range(5)}
     opened = {name: open(os.path.join(m.path, name), "wb") for name in files}  # a create asks S3
-    served = faultproxy.upstream
-    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # nothing listens there: S3 is away
-    try:
+    with s3_away(faultproxy):
         for name, data in files.items():
             opened[name].write(data)
             opened[name].close()
         eventually(lambda: sum("background upload of" in line for line in m.log_lines()) >= len(files),
                    60, "the uploads to fail")
-    finally:
-        faultproxy.upstream = served
     eventually(lambda: all(s3_has(boto, bucket, name) for name in files), 60, "the files to reach S3")
     for name, data in files.items():
         assert s3_bytes(boto, bucket, name) == data, name
@@ -1073,9 +1076,7 @@ def test_closes_that_failed_in_an_outage_are_tried_again_once_s3_is_back(
     m = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
     files = {"f%d" % i: b"closed during the outage %d" % i for i in range(3)}
     opened = {name: open(os.path.join(m.path, name), "wb") for name in files}  # a create asks S3
-    served = faultproxy.upstream
-    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # nothing listens there: S3 is away
-    try:
+    with s3_away(faultproxy):
         for name, data in files.items():
             opened[name].write(data)
             with pytest.raises(OSError) as info:
@@ -1084,8 +1085,6 @@ def test_closes_that_failed_in_an_outage_are_tried_again_once_s3_is_back(
         st = control.read_status(m.path)
         assert st["pending_files"] == len(files) and st["retrying"] == len(files), st
         assert "tried again in the background" in control.format_status(st, m.path)
-    finally:
-        faultproxy.upstream = served
     eventually(lambda: all(s3_has(boto, bucket, name) for name in files), 60, "the files to reach S3")
     for name, data in files.items():
         assert s3_bytes(boto, bucket, name) == data, name
@@ -1106,9 +1105,7 @@ def test_an_outage_is_two_log_lines_and_lookups_in_it_fail_at_once_unsent(
     m = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
     boto.put_object(Bucket=bucket, Key="there", Body=b"x")
     lines = len(m.log_lines())
-    served = faultproxy.upstream
-    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # nothing listens there: S3 is away
-    try:
+    with s3_away(faultproxy):
         heard = len(faultproxy.heard)
         lookups = 200
         for n in range(lookups):
@@ -1118,8 +1115,6 @@ def test_an_outage_is_two_log_lines_and_lookups_in_it_fail_at_once_unsent(
         sent = len(faultproxy.heard) - heard
         assert sent < lookups / 4, sent  # before: 12 a lookup
         assert "S3 unreachable for" in control.read_status(m.path)["requests"]
-    finally:
-        faultproxy.upstream = served
     eventually(lambda: os.path.exists(os.path.join(m.path, "there")), 30, "S3 to answer again")
     log = m.log_lines()[lines:]
     loud = [line for line in log if " WARNING " in line or " ERROR " in line]
@@ -1528,16 +1523,13 @@ def test_sync_goes_on_past_more_failing_files_than_the_status_lists(
     good = ["good-%d" % i for i in range(3)]
     fds = {name: os.open(os.path.join(m.path, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
            for name in bad + good}  # a create asks S3
-    served = faultproxy.upstream
-    faultproxy.upstream = ("127.0.0.1", free_ports(1)[0])  # S3 away: each close fails, the file stays
-    try:
+    with s3_away(faultproxy):  # each close fails, the file stays
         for name, fd in fds.items():
             os.write(fd, b"data of " + name.encode())
             with pytest.raises(OSError):
                 os.close(fd)
-    finally:
+        # Before S3 is back (the failed closes are tried again in the background):
         faultproxy.fail_where(lambda method, target: target if "/refused-" in target else None, 403)
-        faultproxy.upstream = served
     st = control.read_status(m.path)
     assert st["pending_files"] == len(bad) + len(good) and len(st["pending"]) < len(bad), len(st["pending"])
     out = subprocess.run([sys.executable, BIN, "sync", m.path], capture_output=True, text=True, timeout=300)

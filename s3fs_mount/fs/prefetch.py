@@ -371,6 +371,8 @@ class Prefetcher:
             needed: list[tuple[int, int, concurrent.futures.Future[list[bytes]]]] = []
             again = False
             start = self._covering(state, offset, size)
+            if pieces is not None and start not in state.pieces:
+                start = self._on_pieces(state, pieces, start)
             while start < min(max(end, ahead_end), item.remote_size):
                 if start in state.pieces:
                     length, future = state.pieces[start]
@@ -378,6 +380,9 @@ class Prefetcher:
                     # Up to the next piece held, if one is nearer than a piece's size.
                     later = [s for s in state.pieces if s > start]
                     length = min(size, item.remote_size - start, min(later, default=start + size) - start)
+                    if pieces is not None:  # to the end of a checked piece: fetched once, whole
+                        stop = pieces.covering(start, start + length)[1]
+                        length = min(stop, min(later, default=item.remote_size)) - start
                     if not self._hold(state, start, length, needed=start < end):
                         break  # ahead of the reader, and the budget (or its share) is spent
                     if start == 0 and state.verifier is None:  # a stream from byte 0: a check of its own
@@ -448,6 +453,14 @@ class Prefetcher:
                 start = at + length
         return start
 
+    @staticmethod
+    def _on_pieces(state: ReadState, pieces: PieceDigests, start: int) -> int:
+        """Where a stream's new piece at ``start`` begins when the version's checked pieces are
+        known: at the start of the one holding it, but not into a piece held (caller holds
+        ``state.lock``), so that each is fetched whole once, not once for each stream piece on it."""
+        held = max((at + n for at, (n, _) in state.pieces.items() if at + n <= start), default=0)
+        return max(pieces.covering(start, start + 1)[0], held)
+
     def _get(
         self,
         key: str,
@@ -473,7 +486,10 @@ class Prefetcher:
         lo, hi = pieces.covering(start, start + length)
         blocks = self.store.get_range_blocks(key, lo, hi - lo, BLOCK, if_match=etag or None)
         if not pieces.matches(lo, blocks):
-            log.error("%s: bytes %d..%d fetched again do not match their check's pieces", key, lo, hi)
+            log.error(
+                "%s: the bytes S3 sent (%d..%d, of a version checked whole) do not match what it stored",
+                key, lo, hi,
+            )
             raise Corrupt("%s: bytes fetched again do not match the object's checked pieces" % key)
         skip, length = start - lo, min(length, hi - start)
         if skip % BLOCK:  # not on a block of the fetch: blocks of its own (a copy; rare)

@@ -138,6 +138,64 @@ def test_a_file_read_whole_and_checked_is_read_again_from_the_kernels_pages(
         assert f.read() == new
 
 
+def boto3_client_without_checksums(s3server, config_class):
+    """A boto3 client for ``s3server`` that sends no checksum where S3 does not require one."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url="http://%s" % s3server.endpoint,
+        aws_access_key_id=s3server.access_key,
+        aws_secret_access_key=s3server.secret_key,
+        region_name=s3rig.REGION,
+        config=config_class(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+        ),
+    )
+
+
+def _evicted_then_read(path: str, start: int, length: int) -> bytes:
+    """Read ``path`` whole after the kernel dropped its pages of ``[start, start+length)``."""
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), start, length, os.POSIX_FADV_DONTNEED)
+        return f.read()
+
+
+@pytest.mark.parametrize("flip", [True, False], ids=["byte changed", "right"])
+@pytest.mark.parametrize("kind", ["parts", "one_put_md5", "one_put_crc32", "crc32_parts"])
+def test_pages_the_kernel_dropped_after_a_checked_read_are_checked_when_fetched_again(
+    mount_factory, faultproxy, s3config, s3server, boto, bucket, tmp_path, kind, flip
+):
+    data = os.urandom(20 * MiB)
+    if kind == "one_put_md5":  # no checksum sent: its ETag, one MD5 of it all, is all there is
+        from botocore.config import Config
+
+        md5_only = boto3_client_without_checksums(s3server, Config)
+        md5_only.put_object(Bucket=bucket, Key="obj", Body=data)
+    elif kind == "one_put_crc32":
+        boto.put_object(Bucket=bucket, Key="obj", Body=data)  # boto3 sends a CRC32 of it all
+    else:
+        put_in_parts(boto, bucket, "obj", data, 5 * MiB, algorithm="CRC32" if kind == "crc32_parts" else "")
+    mount = mount_factory("attr_ttl=0,debug", config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    with open(path, "rb") as f:
+        assert f.read() == data
+    verified = "read of obj verified (%s" % ("MD5:" if kind == "one_put_md5" else "")
+    assert verified in "\n".join(mount.log_lines())
+    if not flip:  # the MiB the kernel dropped is fetched again (in the pieces around it), right
+        assert _evicted_then_read(path, 4 * MiB, MiB) == data
+        return
+    faultproxy.flip_response(1)  # the next GET has a byte changed on the way
+    with pytest.raises(OSError) as raised:
+        _evicted_then_read(path, 4 * MiB, MiB)  # (was: its bytes, one flipped, no EIO)
+    assert raised.value.errno == errno.EIO and len(faultproxy.flipped) == 1
+    faultproxy.reset()
+    with open(path, "rb") as f:
+        assert f.read() == data
+
+
 #: Another client's parts, sized part by part (each at least 5 MiB but the last): no one size.
 UNEQUAL = [5 * MiB, 7 * MiB + 1, 6 * MiB, 2 * MiB + 3]
 

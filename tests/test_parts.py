@@ -312,3 +312,36 @@ def test_part_doubling_option_must_still_reach_5_tib():
         MountOptions.parse(["part_doubling=2000"])
     with pytest.raises(OptionError, match="part_doubling=-1"):
         MountOptions.parse(["part_doubling=-1"])
+
+
+@pytest.mark.parametrize("kind", ["MD5-of-parts", "MD5", "CRC32"])
+def test_a_verified_check_leaves_each_aligned_pieces_digest_for_ranges_fetched_again(kind):
+    # What a whole check found of each piece checks a range of that version fetched again (the
+    # kernel dropped its pages): the parts' digests, a whole CRC32's pieces, or a CRC32 of each
+    # CRC32_PIECE beside one MD5 of it all.
+    data = os.urandom(20 * MiB + 5)
+    if kind == "MD5-of-parts":
+        part = 5 * MiB
+        expected = "MD5-of-parts:" + composite(
+            [hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)]
+        )
+        v = Verifier("k", expected, len(data), part)
+    elif kind == "MD5":
+        v = Verifier("k", "MD5:" + hashlib.md5(data).hexdigest(), len(data), len(data))
+    else:
+        v = Verifier("k", _crc32_digest(data), len(data), len(data))
+    v.feed(0, [data[:3 * MiB]])
+    assert v.pieces() is None  # not verified yet
+    v.feed(3 * MiB, [data[3 * MiB:]])
+    assert v.state == VERIFIED
+    pieces = v.pieces()
+    assert pieces is not None
+    lo, hi = pieces.covering(4 * MiB, 5 * MiB + 1)
+    assert lo <= 4 * MiB and hi >= 5 * MiB + 1 and hi - lo < len(data)
+    assert pieces.matches(lo, [data[lo:hi]])
+    changed = bytearray(data[lo:hi])
+    changed[MiB] ^= 1
+    assert not pieces.matches(lo, [bytes(changed)])
+    assert not pieces.matches(lo, [data[lo : hi - 1]])  # a piece cut short
+    end_lo, end_hi = pieces.covering(len(data) - 1, len(data))
+    assert end_hi == len(data) and pieces.matches(end_lo, [data[end_lo:]])

@@ -21,6 +21,7 @@ from s3fs_mount.fs.prefetch import (
     random_block,
 )
 from s3fs_mount.fs.staging import StagedFile, StagingCache
+from s3fs_mount.s3 import checksums
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import VERIFIED
 from s3fs_mount.s3.errors import ConnectionFailed, S3Error
@@ -642,3 +643,28 @@ def test_a_failed_check_whose_part_heads_fail_too_is_still_eio(tmp_path):
     with pytest.raises(FsError):
         stream_whole(prefetcher, item, len(data))
     assert stream_whole(prefetcher, item, len(data)) == data
+
+
+def test_ranges_of_a_version_checked_whole_are_fetched_in_its_checked_pieces_each_checked(tmp_path):
+    # One MD5 of it all (one PUT): the whole check also hashed a CRC32 of each CRC32_PIECE; a
+    # range fetched again (pages the kernel dropped) is fetched in those whole pieces, checked.
+    size, piece = 20 * MiB + 5, checksums.CRC32_PIECE
+    store, data, prefetcher, item = setup(tmp_path, size, chunk=4 * MiB)
+    assert prefetcher.read(item, ReadState(), 0, size) == data  # read whole: checked
+    gets = _logged_gets(store)
+    state = ReadState()  # a random read, then a stream from there
+    assert prefetcher.read(item, state, piece + MiB, 4096) == data[piece + MiB : piece + MiB + 4096]
+    assert gets == [("k", piece, piece)]  # its piece, whole (4 KiB of it kept)
+    at = piece + MiB + 4096
+    assert prefetcher.read(item, state, at, 3 * MiB) == data[at : at + 3 * MiB]
+    assert all(start % piece == 0 and length in (piece, size - start) for _, start, length in gets)
+    store.flip_reads = 1  # a stream's first GET, a byte changed: EIO at once, not at the end
+    state = ReadState()
+    with pytest.raises(FsError) as failed:
+        prefetcher.read(item, state, 0, MiB)
+    assert failed.value.errno == errno.EIO and state.failed
+    store.flip_reads = 1  # a random read's
+    with pytest.raises(FsError) as failed:
+        prefetcher.read(item, ReadState(), 2 * piece + 4096, 4096)
+    assert failed.value.errno == errno.EIO
+    assert prefetcher.read(item, ReadState(), 0, size) == data

@@ -46,7 +46,11 @@ the whole object through its own check, and no other handle was open
 meanwhile, every page the kernel holds of the file is a checked byte of that
 version, and an open may keep them (``keep_cache``,
 :meth:`~s3fs_mount.fs.staging.StagedFile.kernel_may_keep`): a re-read is
-served by the kernel, until the file changes. Bytes fetched into the
+served by the kernel, until the file changes. That check leaves what each aligned
+piece of the version hashes to (:meth:`~s3fs_mount.s3.checksums.Verifier.pieces`,
+kept with the item: :meth:`~s3fs_mount.fs.staging.StagedFile.record_pieces`): pages the
+kernel drops later are fetched again in the whole pieces that cover them, each checked
+before any of it is served (:meth:`Prefetcher._get`; EIO if one differs). Bytes fetched into the
 staged file are checked when a fetch makes the whole object local: it is
 hashed from the staged file before that fetch's range is marked present, and
 the read waiting on it gets :class:`~s3fs_mount.fs.errors.Corrupt` (EIO).
@@ -72,7 +76,7 @@ from cachetools import LRUCache
 from s3fs_mount.fs.errors import Corrupt, FsError, Removed, Replaced
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
-from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, Verifier, plan
+from s3fs_mount.s3.checksums import MISMATCH, VERIFIED, PieceDigests, Verifier, plan
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.parts import AnyLayout, PartBounds, PartLayout
 from s3fs_mount.s3.store import digest_of
@@ -266,6 +270,10 @@ class Prefetcher:
             if source == STREAM:
                 try:
                     data = self._stream(item, state, offset, end, ahead_end)
+                except Corrupt:
+                    self.drop(state)
+                    state.failed = True
+                    raise
                 except S3Error as exc:
                     if not (exc.precondition_failed and _moved_on(item, state.etag)):
                         raise
@@ -358,10 +366,13 @@ class Prefetcher:
             if state.etag != item.etag:
                 self._let_go_all(state)
                 state.etag = item.etag
+            pieces = item.pieces_of(state.etag) if self.verify else None
             size = self._piece_size(state)
             needed: list[tuple[int, int, concurrent.futures.Future[list[bytes]]]] = []
             again = False
             start = self._covering(state, offset, size)
+            if pieces is not None and start not in state.pieces:
+                start = self._on_pieces(state, pieces, start)
             while start < min(max(end, ahead_end), item.remote_size):
                 if start in state.pieces:
                     length, future = state.pieces[start]
@@ -369,6 +380,9 @@ class Prefetcher:
                     # Up to the next piece held, if one is nearer than a piece's size.
                     later = [s for s in state.pieces if s > start]
                     length = min(size, item.remote_size - start, min(later, default=start + size) - start)
+                    if pieces is not None:  # to the end of a checked piece: fetched once, whole
+                        stop = pieces.covering(start, start + length)[1]
+                        length = min(stop, min(later, default=item.remote_size)) - start
                     if not self._hold(state, start, length, needed=start < end):
                         break  # ahead of the reader, and the budget (or its share) is spent
                     if start == 0 and state.verifier is None:  # a stream from byte 0: a check of its own
@@ -378,7 +392,9 @@ class Prefetcher:
                         # hashed the first copy, this one is unchecked: the kernel's pages are not kept
                     state.streamed_until = max(state.streamed_until, start + length)
                     verifier = state.verifier
-                    future = self.pool.submit(self._get, item.key, state.etag, start, length, verifier)
+                    future = self.pool.submit(
+                        self._get, item.key, state.etag, start, length, verifier, pieces
+                    )
                     state.pieces[start] = (length, future)
                 if start < end:
                     needed.append((start, length, future))
@@ -394,7 +410,7 @@ class Prefetcher:
             try:
                 blocks = future.result()
             except concurrent.futures.CancelledError:  # dropped by another read meanwhile
-                blocks = self._get(item.key, etag, start, length, verifier)
+                blocks = self._get(item.key, etag, start, length, verifier, pieces)
             except BaseException:
                 with state.lock:  # a later read asks again
                     if start in state.pieces and state.pieces[start][1] is future:
@@ -437,10 +453,52 @@ class Prefetcher:
                 start = at + length
         return start
 
-    def _get(self, key: str, etag: str, start: int, length: int, verifier: Verifier | None) -> list[bytes]:
-        blocks = self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None)
+    @staticmethod
+    def _on_pieces(state: ReadState, pieces: PieceDigests, start: int) -> int:
+        """Where a stream's new piece at ``start`` begins when the version's checked pieces are
+        known: at the start of the one holding it, but not into a piece held (caller holds
+        ``state.lock``), so that each is fetched whole once, not once for each stream piece on it."""
+        held = max((at + n for at, (n, _) in state.pieces.items() if at + n <= start), default=0)
+        return max(pieces.covering(start, start + 1)[0], held)
+
+    def _get(
+        self,
+        key: str,
+        etag: str,
+        start: int,
+        length: int,
+        verifier: Verifier | None,
+        pieces: PieceDigests | None = None,
+    ) -> list[bytes]:
+        """Bytes ``start..start+length`` of version ``etag``, in :data:`BLOCK` blocks, fed to
+        ``verifier``; with ``pieces`` (the version was checked whole) fetched in the whole pieces
+        that cover them, each checked (:class:`Corrupt` if one differs)."""
+        if pieces is None:
+            blocks = self.store.get_range_blocks(key, start, length, BLOCK, if_match=etag or None)
+        else:
+            blocks = self._get_checked(key, etag, start, length, pieces)
         if verifier is not None:
             verifier.feed(start, blocks)  # before any reader has them
+        return blocks
+
+    def _get_checked(self, key: str, etag: str, start: int, length: int, pieces: PieceDigests) -> list[bytes]:
+        """:meth:`_get`'s bytes when ``pieces`` say what each aligned piece hashes to."""
+        lo, hi = pieces.covering(start, start + length)
+        blocks = self.store.get_range_blocks(key, lo, hi - lo, BLOCK, if_match=etag or None)
+        if not pieces.matches(lo, blocks):
+            log.error(
+                "%s: the bytes S3 sent (%d..%d, of a version checked whole) do not match what it stored",
+                key, lo, hi,
+            )
+            raise Corrupt("%s: bytes fetched again do not match the object's checked pieces" % key)
+        skip, length = start - lo, min(length, hi - start)
+        if skip % BLOCK:  # not on a block of the fetch: blocks of its own (a copy; rare)
+            whole = b"".join(blocks)[skip : skip + length]
+            return [whole[at : at + BLOCK] for at in range(0, length, BLOCK)]
+        blocks = blocks[skip // BLOCK : -(-(skip + length) // BLOCK)]
+        tail = (skip + length) % BLOCK
+        if tail and blocks:
+            blocks[-1] = blocks[-1][:tail]
         return blocks
 
     # -- checks ------------------------------------------------------------------------
@@ -524,7 +582,9 @@ class Prefetcher:
         verdict = verifier.state
         if verdict == VERIFIED and state is not None and own is verifier:
             # Read whole from its own stream, checked: the kernel may keep the pages, if they
-            # all came through this reader (StagedFile.checked).
+            # all came through this reader (StagedFile.checked); what it dropped of them is
+            # checked piece by piece when fetched again (StagedFile.record_pieces).
+            item.record_pieces(etag, verifier.pieces())
             item.checked(etag, state)
         if verdict != MISMATCH:
             return
@@ -672,8 +732,12 @@ class Prefetcher:
     def _fetch_piece(self, item: StagedFile, start: int, end: int) -> None:
         """Fetch ``[start, end)`` (claimed by the caller) into the staged file."""
         etag = item.etag
+        pieces = item.pieces_of(etag) if self.verify else None
         try:
-            data = self.store.get_range(item.key, start, end - start, if_match=etag or None)
+            if pieces is None:
+                data = self.store.get_range(item.key, start, end - start, if_match=etag or None)
+            else:  # checked whole before: fetched in whole pieces, each checked
+                data = b"".join(self._get_checked(item.key, etag, start, end - start, pieces))
         except S3Error as exc:
             if exc.precondition_failed and _moved_on(item, etag):
                 return  # our own upload (or a newer open) moved the item on: the caller looks again

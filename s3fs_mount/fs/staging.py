@@ -71,7 +71,7 @@ from s3fs_mount.fs.journal import StagingJournal
 from s3fs_mount.fs.options import human_size
 from s3fs_mount.fs.ranges import RangeSet
 from s3fs_mount.fs.spares import SpareFiles, remove_left
-from s3fs_mount.s3.checksums import digest_of_bytes
+from s3fs_mount.s3.checksums import PieceDigests, digest_of_bytes
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +363,9 @@ class StagedFile:
         self.checked_etag = ""
         self.checked_generation = -1
         self.checked_by: object = None
+        #: GUARDED_BY(cond): a version this item was (or is) at whose bytes a check of the whole
+        #: passed, and what each aligned piece of them hashes to (:meth:`record_pieces`).
+        self.pieces_checked: tuple[str, PieceDigests] | None = None
         #: GUARDED_BY(cond): every change to the item's bytes since it was last a plain copy of a
         #: version in S3 was a write through the kernel, whose pages of the file are then these
         #: bytes (:meth:`kernel_pages_written_here`). Set by a write; cleared by a reset (another
@@ -558,6 +561,28 @@ class StagedFile:
                 reader.only_streamed = False
             if self.checked_etag and not (streamed and self.checked_by is reader):
                 self.checked_etag, self.checked_by = "", None
+
+    def record_pieces(self, etag: str, pieces: PieceDigests | None) -> None:
+        """A check of all of version ``etag`` passed, and left what each aligned piece of it hashes
+        to: kept while the item is at that version, so that a range of it fetched again (pages
+        the kernel dropped) is checked piece by piece (:meth:`pieces_of`)."""
+        if pieces is None:
+            return
+        with self.cond:
+            if etag == self.etag:
+                self.pieces_checked = (etag, pieces)
+
+    def pieces_of(self, etag: str) -> PieceDigests | None:
+        """What each aligned piece of version ``etag`` hashes to, if a check of it whole passed and
+        the item is still at it (else None: a range of it is fetched unchecked)."""
+        with self.cond:
+            recorded = self.pieces_checked
+            if recorded is None:
+                return None
+            if recorded[0] != self.etag:
+                self.pieces_checked = None  # another version now: dropped with the old one
+                return None
+            return recorded[1] if recorded[0] == etag else None
 
     def kernel_may_keep(self) -> bool:
         """May an open keep the pages the kernel holds of the file (``keep_cache``): are they all

@@ -20,8 +20,12 @@ them, so the read that completes the object sees the verdict
 What is checked: every object read from its first byte to its last through
 one open file, whether streamed to the reader or fetched into the cache, and
 random reads once they have fetched the whole object (a small one is fetched
-whole at the first). What is not: a read of only some of a large object (S3
-gives no digest of a range or, for other clients' objects, of a part).
+whole at the first). A check of the whole that passed leaves what each aligned
+piece of that version hashes to (:meth:`Verifier.pieces`: its parts' digests, or a
+CRC32 of each :data:`CRC32_PIECE`), so a range of it fetched again later (pages
+the kernel dropped) is fetched in whole pieces and each checked
+(:class:`PieceDigests`). What is not: a read of only some of a large object never
+read whole (S3 gives no digest of a range or, for other clients' objects, of a part).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import re
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from s3fs_mount.s3.errors import RemoteStoreError
@@ -228,12 +233,65 @@ def composite(digests: Sequence[bytes]) -> str:
     return "%s-%d" % (hashlib.md5(b"".join(digests)).hexdigest(), len(digests))
 
 
+@dataclass(frozen=True)
+class PieceDigests:
+    """What each aligned piece of one version's bytes hashes to, recorded by a check of the
+    whole that passed (:meth:`Verifier.pieces`): a range of that version fetched again is
+    fetched in the whole pieces that cover it (:meth:`covering`), and each checked
+    (:meth:`matches`). Immutable.
+
+    :param algorithm: each piece's hash (as :data:`_HASHES` names it).
+    :param layout: where the pieces begin (a multipart object's parts, or :data:`CRC32_PIECE`).
+    :param size: the version's bytes.
+    :param digests: piece ``n``'s digest at ``n - 1``.
+    """
+
+    algorithm: str
+    layout: AnyLayout
+    size: int
+    digests: tuple[bytes, ...]
+
+    def covering(self, start: int, end: int) -> tuple[int, int]:
+        """``[start, end)`` (within the object) widened to the pieces that hold it."""
+        first, last = self.layout.number_at(start), self.layout.number_at(max(start, end - 1))
+        return self.layout.start(first), min(self.layout.start(last + 1), self.size)
+
+    def matches(self, start: int, blocks: Sequence[bytes | memoryview]) -> bool:
+        """Do ``blocks``, the bytes of whole pieces from ``start`` (a piece's start), hash to
+        the pieces' digests?"""
+        pos, number = start, self.layout.number_at(start)
+        if self.layout.start(number) != start:
+            raise ValueError("%d is no piece's start" % start)
+        end = min(self.layout.start(number + 1), self.size)
+        running = _HASHES[self.algorithm]()
+        for block in blocks:
+            view = memoryview(block)
+            while len(view):
+                n = min(len(view), end - pos)
+                running.update(view[:n])
+                view, pos = view[n:], pos + n
+                if pos == end:
+                    if running.digest() != self.digests[number - 1]:
+                        return False
+                    number += 1
+                    end = min(self.layout.start(number + 1), self.size)
+                    running = _HASHES[self.algorithm]()
+                if pos >= self.size:
+                    return not len(view)
+        return pos == self.layout.start(number)  # no piece left part-hashed
+
+
 class _PartHash:
-    """One part's running hash (see :class:`Verifier`); every field GUARDED_BY(lock)."""
+    """One part's running hash (see :class:`Verifier`); every field GUARDED_BY(lock).
 
-    __slots__ = ("lock", "hash", "pos", "end", "waiting", "done")
+    A whole-object digest (one part) of an object larger than :data:`CRC32_PIECE` also gets a
+    CRC32 of each piece of that size (``crcs``: those done, ``crc``: the one under way), as the
+    bytes are hashed in order: what :meth:`Verifier.pieces` records (ISA-L's CRC32 costs a
+    thirtieth of an MD5)."""
 
-    def __init__(self, algorithm: str, start: int, end: int) -> None:
+    __slots__ = ("lock", "hash", "pos", "end", "waiting", "done", "crcs", "crc")
+
+    def __init__(self, algorithm: str, start: int, end: int, pieces: bool = False) -> None:
         self.lock = threading.Lock()
         self.hash = _HASHES[algorithm]()
         self.pos = start  # bytes before it are hashed
@@ -241,6 +299,22 @@ class _PartHash:
         #: start -> views of the bytes there, which came before the ones at ``pos``.
         self.waiting: dict[int, list[memoryview]] = {}
         self.done = False
+        self.crcs: list[int] | None = [] if pieces else None
+        self.crc = 0
+
+    def update(self, view: memoryview) -> None:
+        """Hash ``view``, the bytes at ``pos`` (caller holds ``lock`` and moves ``pos``)."""
+        self.hash.update(view)
+        if self.crcs is None:
+            return
+        at = self.pos
+        while len(view):
+            n = min(len(view), CRC32_PIECE - at % CRC32_PIECE)
+            self.crc = _crc32(view[:n], self.crc)
+            view, at = view[n:], at + n
+            if at % CRC32_PIECE == 0 or at == self.end:
+                self.crcs.append(self.crc)
+                self.crc = 0
 
 
 class Verifier:
@@ -298,6 +372,10 @@ class Verifier:
         self._digests: dict[int, bytes] = {}  # number -> digest of a part hashed whole
         self._waiting_bytes = 0  # bytes of all parts' early pieces
         self.got = ""  # the digest of the bytes, once MISMATCH
+        #: One digest of a large object's whole: a CRC32 of each CRC32_PIECE is hashed beside it
+        #: (_PartHash), for :meth:`pieces`; those CRCs once hashed (GUARDED_BY(_lock)).
+        self._crc_pieces = self._count == 1 and size > CRC32_PIECE
+        self._crcs: list[int] | None = None
 
     def feed(self, start: int, blocks: Sequence[bytes]) -> None:
         """Bytes ``start..`` arrived: hash them now (what of them can be). Call it before any
@@ -331,7 +409,7 @@ class Verifier:
             if part is None:
                 start = self.layout.start(number)
                 part = self._parts[number] = _PartHash(
-                    self.algorithm, start, min(self.layout.start(number + 1), self.size)
+                    self.algorithm, start, min(self.layout.start(number + 1), self.size), self._crc_pieces
                 )
             return part
 
@@ -366,6 +444,8 @@ class Verifier:
         with self._lock:
             self._parts.pop(number, None)
             self._digests[number] = digest
+            if part.crcs is not None:
+                self._crcs = part.crcs
             if self._state == PENDING and len(self._digests) == self._count:
                 self._finish()
 
@@ -376,7 +456,7 @@ class Verifier:
         for view in views:
             end = pos + len(view)
             if end > part.pos:
-                part.hash.update(view[part.pos - pos :])
+                part.update(view[part.pos - pos :])
                 part.pos = end
             pos = end
 
@@ -419,3 +499,17 @@ class Verifier:
         """PENDING (bytes still to come), VERIFIED, MISMATCH, or UNCHECKED (gave up)."""
         with self._lock:
             return self._state
+
+    def pieces(self) -> PieceDigests | None:
+        """What each aligned piece of the bytes hashes to, once they are VERIFIED (else None):
+        the parts' digests (a whole CRC32's pieces, combined), or for one digest of the whole a
+        CRC32 of each :data:`CRC32_PIECE` (the whole itself, up to that size)."""
+        with self._lock:
+            if self._state != VERIFIED:
+                return None
+            if self._crcs is not None:
+                crcs = tuple(c.to_bytes(4, "big") for c in self._crcs)
+                return PieceDigests("CRC32", PartLayout(CRC32_PIECE), self.size, crcs)
+            digests = tuple(self._digests[n] for n in range(1, self._count + 1))
+        algorithm = "CRC32" if self._combine else self.algorithm
+        return PieceDigests(algorithm, self.layout, self.size, digests)

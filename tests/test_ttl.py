@@ -373,6 +373,39 @@ def test_once_s3_is_unreachable_requests_fail_unsent_but_one_a_second_until_it_a
     assert "13 requests failed meanwhile" in warnings[1]  # the first, 10 unsent, 2 probes
 
 
+def test_while_s3_is_unreachable_a_change_is_sent_once_and_its_success_closes_the_breaker():
+    # A write or delete (a sync, an fsync someone waits on) is sent while the breaker is open,
+    # once, not retried; when it is answered S3 is back. Found merging round 37: the first
+    # second after S3 came back failed every upload of a `sync` unsent (123 files "could not be
+    # uploaded", the good ones among them), as if S3 were still away.
+    clock = FakeClock()
+    policy = RetryPolicy(max_attempts=6, clock=clock)
+    policy.delay = lambda attempt: 0.5  # type: ignore[method-assign]
+    sent: list[str] = []
+    up = False
+
+    def request(what: str):
+        def send() -> str:
+            sent.append(what)
+            if not up:
+                raise ConnectionFailed(what, "Connection refused")
+            return "answer"
+        return send
+
+    with pytest.raises(ConnectionFailed):
+        policy.call(request("first"), "first")
+    assert policy.outage.down
+    with pytest.raises(ConnectionFailed) as info:
+        policy.call(request("lookup"), "lookup")
+    assert isinstance(info.value, Unreachable)  # unsent
+    with pytest.raises(ConnectionFailed) as info:
+        policy.call(request("put"), "put", change=True)
+    assert not isinstance(info.value, Unreachable) and sent[6:] == ["put"]  # sent, once
+    up = True
+    assert policy.call(request("put again"), "put again", change=True) == "answer"  # same second
+    assert sent[7:] == ["put again"] and not policy.outage.down
+
+
 def test_failures_to_reach_s3_over_less_than_a_second_are_no_outage():
     clock = FakeClock()
     policy = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, clock=clock)

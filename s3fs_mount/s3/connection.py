@@ -78,6 +78,9 @@ def virtual_hostable(bucket: str) -> bool:
     return 3 <= len(bucket) <= 63 and _LABEL.match(bucket) is not None
 
 
+#: Methods that change the bucket (uploads, copies, deletes): sent even while S3 is unreachable,
+#: once, where lookups fail unsent (retry.Outage).
+CHANGES = frozenset({"PUT", "POST", "DELETE"})
 #: Answers that say something about the object, not that the request failed: a lookup's 404,
 #: a condition that did not hold (412), "not modified" (304).
 EXPECTED_MISSES = frozenset({304, 404, 412})
@@ -495,7 +498,7 @@ class S3Connection:
 
         if not retry:
             return attempt()
-        return self.retry.call(attempt, what, give_up=give_up)
+        return self.retry.call(attempt, what, give_up=give_up, change=method in CHANGES)
 
     def _with_object_options(self, operation: str, headers: Mapping[str, str]) -> Mapping[str, str]:
         """``headers`` and what :attr:`object_options` asks of ``operation`` (which wins)."""

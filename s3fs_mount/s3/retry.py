@@ -98,13 +98,16 @@ class Outage:
         with self._lock:
             return self._since is not None
 
-    def may_probe(self, what: str) -> bool:
+    def may_probe(self, what: str, change: bool = False) -> bool:
         """May ``what`` be sent? Yes while S3 answers; while open, only as the probe, and True
-        then (end it with :meth:`end_probe`); else raise Unreachable, counted."""
+        then (end it with :meth:`end_probe`); else raise Unreachable, counted. A ``change`` (a
+        write or delete someone waits on: fsync, sync, a close) is sent while open too, once
+        (its failure is not retried): lookups are what a program loops on, and the first second
+        after S3 is back must not fail every upload a ``sync`` asks for unsent."""
         if getattr(self._local, "probing", False):
             return False  # within this thread's probe
         with self._lock:
-            if self._since is None:
+            if self._since is None or change:
                 return False
             now = self._clock.monotonic()
             if now - self._probed >= PROBE_EVERY:
@@ -235,14 +238,17 @@ class RetryPolicy:
         what: str = "request",
         retryable: Callable[[BaseException], bool] = is_retryable,
         give_up: GiveUp | None = None,
+        change: bool = False,
     ) -> T:
         """Run ``fn`` until it succeeds, or raise its last exception. ``retryable``: which
         failures are tried again (by default, those worth it: :func:`is_retryable`).
         ``give_up``: the job ``fn`` is part of; a failure for good gives it up, and once it is
-        given up ``fn`` is not run (GaveUp) nor run again (its last failure is raised)."""
+        given up ``fn`` is not run (GaveUp) nor run again (its last failure is raised).
+        ``change``: ``fn`` writes or deletes: sent even while S3 is unreachable, once
+        (:meth:`Outage.may_probe`)."""
         if give_up is not None:
             give_up.check(what)
-        probe = self.outage.may_probe(what)
+        probe = self.outage.may_probe(what, change)
         try:
             return self._attempts(fn, what, retryable, give_up)
         finally:

@@ -324,49 +324,56 @@ def test_backoff_stops_at_max_total():
     assert sum(clock.slept) <= 30.0 < sum(clock.slept) + 4.0  # no pause would have fitted in
 
 
+class RefusingS3:
+    """Requests that fail to reach S3 (connection refused) until ``up``; ``sent`` lists them."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.up = False
+
+    def request(self, what: str) -> Callable[[], str]:
+        def send() -> str:
+            self.sent.append(what)
+            if not self.up:
+                raise ConnectionFailed(what, "Connection refused")
+            return "answer"
+
+        return send
+
+
 def test_once_s3_is_unreachable_requests_fail_unsent_but_one_a_second_until_it_answers(caplog):
     # An outage (connections refused): the first request spends its retries and opens the
-    # breaker; then a request is sent once a PROBE_EVERY, the others fail unsent, and none is
+    # breaker; then a request is s3.sent once a PROBE_EVERY, the others fail unsent, and none is
     # retried; S3's first answer closes it. The log: one line when lost, one when back. Before
     # (round 37): every request spent its six attempts, a WARNING line each.
     clock = FakeClock()
     policy = RetryPolicy(max_attempts=6, clock=clock)
     policy.delay = lambda attempt: 0.5  # type: ignore[method-assign]  # 2.5 s of retries: an outage
-    sent: list[str] = []
-    up = False
-
-    def request(what: str):
-        def send() -> str:
-            sent.append(what)
-            if not up:
-                raise ConnectionFailed(what, "Connection refused")
-            return "answer"
-        return send
-
+    s3 = RefusingS3()
     with caplog.at_level(logging.INFO, logger="s3fs_mount.s3.retry"):
         with pytest.raises(ConnectionFailed):
-            policy.call(request("first"), "first")
-        assert sent == ["first"] * 6 and policy.outage.down
-        for n in range(10):  # within the same second: none sent
+            policy.call(s3.request("first"), "first")
+        assert s3.sent == ["first"] * 6 and policy.outage.down
+        for n in range(10):  # within the same second: none s3.sent
             with pytest.raises(ConnectionFailed) as info:
-                policy.call(request("unsent %d" % n), "unsent %d" % n)
+                policy.call(s3.request("unsent %d" % n), "unsent %d" % n)
             assert isinstance(info.value, Unreachable) and info.value.in_outage
-        assert sent == ["first"] * 6
+        assert s3.sent == ["first"] * 6
         clock.advance(PROBE_EVERY)
         with pytest.raises(ConnectionFailed) as info:
-            policy.call(request("probe"), "probe")
+            policy.call(s3.request("probe"), "probe")
         assert info.value.in_outage and not isinstance(info.value, Unreachable)
-        assert sent[6:] == ["probe"]  # once, not retried
+        assert s3.sent[6:] == ["probe"]  # once, not retried
         clock.advance(PROBE_EVERY)  # a call around a request (a read's fetch): the probe is both
         with pytest.raises(ConnectionFailed):
-            policy.call(lambda: policy.call(request("nested"), "nested"), "outer")
-        assert sent[7:] == ["nested"]
+            policy.call(lambda: policy.call(s3.request("nested"), "nested"), "outer")
+        assert s3.sent[7:] == ["nested"]
         assert "S3 unreachable for" in policy.outage.summary()
-        up = True
+        s3.up = True
         clock.advance(PROBE_EVERY)
-        assert policy.call(request("back"), "back") == "answer"
+        assert policy.call(s3.request("back"), "back") == "answer"
         assert not policy.outage.down and policy.outage.summary() == ""
-        assert policy.call(request("after"), "after") == "answer"
+        assert policy.call(s3.request("after"), "after") == "answer"
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("S3 is unreachable (first: Connection refused)")
@@ -374,36 +381,26 @@ def test_once_s3_is_unreachable_requests_fail_unsent_but_one_a_second_until_it_a
 
 
 def test_while_s3_is_unreachable_a_change_is_sent_once_and_its_success_closes_the_breaker():
-    # A write or delete (a sync, an fsync someone waits on) is sent while the breaker is open,
+    # A write or delete (a sync, an fsync someone waits on) is s3.sent while the breaker is open,
     # once, not retried; when it is answered S3 is back. Found merging round 37: the first
     # second after S3 came back failed every upload of a `sync` unsent (123 files "could not be
     # uploaded", the good ones among them), as if S3 were still away.
     clock = FakeClock()
     policy = RetryPolicy(max_attempts=6, clock=clock)
     policy.delay = lambda attempt: 0.5  # type: ignore[method-assign]
-    sent: list[str] = []
-    up = False
-
-    def request(what: str):
-        def send() -> str:
-            sent.append(what)
-            if not up:
-                raise ConnectionFailed(what, "Connection refused")
-            return "answer"
-        return send
-
+    s3 = RefusingS3()
     with pytest.raises(ConnectionFailed):
-        policy.call(request("first"), "first")
+        policy.call(s3.request("first"), "first")
     assert policy.outage.down
     with pytest.raises(ConnectionFailed) as info:
-        policy.call(request("lookup"), "lookup")
+        policy.call(s3.request("lookup"), "lookup")
     assert isinstance(info.value, Unreachable)  # unsent
     with pytest.raises(ConnectionFailed) as info:
-        policy.call(request("put"), "put", change=True)
-    assert not isinstance(info.value, Unreachable) and sent[6:] == ["put"]  # sent, once
-    up = True
-    assert policy.call(request("put again"), "put again", change=True) == "answer"  # same second
-    assert sent[7:] == ["put again"] and not policy.outage.down
+        policy.call(s3.request("put"), "put", change=True)
+    assert not isinstance(info.value, Unreachable) and s3.sent[6:] == ["put"]  # s3.sent, once
+    s3.up = True
+    assert policy.call(s3.request("put again"), "put again", change=True) == "answer"  # same second
+    assert s3.sent[7:] == ["put again"] and not policy.outage.down
 
 
 def test_failures_to_reach_s3_over_less_than_a_second_are_no_outage():

@@ -828,12 +828,13 @@ class S3Operations(Operations):
         after it reads the file as it is (its open has the kernel drop the old pages)."""
         if h.moves_seen == h.item.moves:  # (read unlocked: one int)
             return
-        h.read_state.failed = True
-        log.warning(
-            "%s: our appends went after another client's version while this handle was open for "
-            "reading: it may have had the bytes they replaced: EIO (open the file again)",
-            h.path,
-        )
+        if not h.read_state.failed:  # said once; every later read through it is EIO too
+            h.read_state.failed = True
+            log.warning(
+                "%s: our appends went after another client's version while this handle was open for "
+                "reading: it may have had the bytes they replaced: EIO (open the file again)",
+                h.path,
+            )
         raise FsError(errno.EIO)
 
     def _fetch_spans(self, h: Handle, size: int, offset: int) -> tuple[list[Span], int]:

@@ -14,7 +14,7 @@ import pytest
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops, write_file  # noqa: F401 - _context: autouse fixture
 
-from s3fs_mount.fs.deletes import BATCH, PARALLEL, DeleteQueue
+from s3fs_mount.fs.deletes import BATCH, MIN_BATCH, PARALLEL, DeleteQueue, shares
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.journal import StagingJournal
 
@@ -55,10 +55,11 @@ def test_an_unlinked_name_is_gone_at_once_and_its_delete_sent_in_batches(tmp_pat
     assert errno_of(ops.getattr, "/d/0001") == errno.ENOENT
     listed = [n[0] for n in ops.readdir("/d", 0) if isinstance(n, tuple)]
     assert listed == ["keep"]  # S3 still has them: hidden
-    # Full batches go at once; the last 200 wait for the window (or a flush).
-    assert "d/1150" in store.objects and store.calls["DELETE"] == 0
+    # Once 1,000 wait they go at once, in shares side by side; what comes after waits for the
+    # window (or a flush).
+    assert store.calls["DELETE"] == 0
     ops.fsyncdir("/d", 0, 0)  # a directory's fsync: its removals reach S3
-    # Batches of 1000 side by side, the rest in one; no DELETE of one key.
+    # Batches side by side, none over 1,000 keys; no DELETE of one key.
     assert sum(store.delete_batches) == 1200 and max(store.delete_batches) <= 1000
     assert store.calls["DELETE multi"] == len(store.delete_batches) and store.calls["DELETE"] == 0
     assert sorted(store.objects) == ["d/", "d/keep"]
@@ -343,42 +344,55 @@ class GatedStore:
             self.cond.notify_all()
 
 
-def test_keys_that_come_while_a_batch_is_under_way_go_in_one_batch_when_it_is_answered(tmp_path):
-    """rm -rf unlinks faster than S3 deletes: what gathers while a batch is under way goes in
-    one batch once it is answered, not in shares side by side (SeaweedFS deletes 1,000 keys in
-    one request 2-3 times as fast as in 20 of 50, four at a time)."""
+def added_at_once(queue: DeleteQueue, keys: list[str]) -> None:
+    """``keys`` added as one burst: the background sender sees all of them or none."""
+    with queue._cond:  # reentrant: add() takes it too
+        for key in keys:
+            queue.add(key)
+
+
+def under_way(queue: DeleteQueue) -> int:
+    with queue._cond:
+        return len(queue._sending)
+
+
+def test_keys_that_come_while_a_batch_is_under_way_go_beside_it_in_shares(tmp_path):
+    """rm -rf unlinks faster than S3 deletes: what gathers while a batch is under way goes at
+    once beside it, a share to each free slot (up to PARALLEL under way), not held until it is
+    answered (round 32's rule: a quiet rm -rf of 1,000 files waited on two batches in turn)."""
     store = GatedStore()
     queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0)
     try:
         queue.add("first")
         store.wait_for_batches(1)  # under way until answered
         keys = ["k%03d" % i for i in range(400)]
-        for key in keys:
-            queue.add(key)
-        store.answer(1)
-        store.wait_for_batches(2)
-        assert store.batches[1] == keys
+        added_at_once(queue, keys)
+        store.wait_for_batches(PARALLEL)  # the first still unanswered
+        assert store.batches[1:] == [keys[0:100], keys[100:200], keys[200:300]]
+        assert queue.pending() == 401 and under_way(queue) == 301  # the last 100 wait for a slot
+        store.answer(1)  # a slot frees: a share of what waits goes in it
+        store.wait_for_batches(PARALLEL + 1)
+        assert store.batches[PARALLEL] == keys[300:350]
         store.answer(10**6)
         queue.flush()
-        assert len(store.batches) == 2 and queue.pending() == 0
+        assert [k for batch in store.batches[1:] for k in batch] == keys and queue.pending() == 0
     finally:
         store.answer(10**6)
         queue.close()
 
 
-def test_a_full_batch_goes_while_another_is_under_way(tmp_path):
-    """1,000 keys waiting are a batch of their own at once, beside the one under way (up to
-    PARALLEL): a long rm -rf is not held behind one request at a time."""
+def test_many_keys_waiting_go_in_full_batches_side_by_side(tmp_path):
+    """4,000 keys or more waiting (a long rm -rf, the server behind) go in batches of 1,000 (S3's
+    most), up to PARALLEL under way: not cut into more, smaller requests."""
     store = GatedStore()
     queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0)
     try:
         queue.add("first")
         store.wait_for_batches(1)
-        keys = ["k%04d" % i for i in range(BATCH + 5)]
-        for key in keys:
-            queue.add(key)
-        store.wait_for_batches(2)  # the first still unanswered
-        assert store.batches[1] == keys[:BATCH]
+        keys = ["k%04d" % i for i in range(4 * BATCH)]
+        added_at_once(queue, keys)
+        store.wait_for_batches(PARALLEL)  # the first still unanswered
+        assert store.batches[1:] == [keys[0:BATCH], keys[BATCH : 2 * BATCH], keys[2 * BATCH : 3 * BATCH]]
         store.answer(10**6)
         queue.flush()
         sent = [k for batch in store.batches[1:] for k in batch]
@@ -386,3 +400,80 @@ def test_a_full_batch_goes_while_another_is_under_way(tmp_path):
     finally:
         store.answer(10**6)
         queue.close()
+
+
+def test_a_flush_sends_its_keys_in_shares_side_by_side(tmp_path):
+    """fsync of a directory (and recovery, unmount) with 400 deletes waiting: four DeleteObjects
+    of 100 at once, not one of 400 (SeaweedFS deletes one request's keys one after the other)."""
+    store = GatedStore()
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG)
+    keys = ["d/k%03d" % i for i in range(400)]
+    try:
+        for key in keys:
+            queue.add(key)
+        flushing = threading.Thread(target=queue.flush, args=("d/",))
+        flushing.start()
+        store.wait_for_batches(PARALLEL)  # none answered: all four under way at once
+        assert sorted(store.batches) == [keys[0:100], keys[100:200], keys[200:300], keys[300:400]]
+        store.answer(10**6)
+        flushing.join(30)
+        assert not flushing.is_alive() and queue.pending() == 0
+    finally:
+        store.answer(10**6)
+        queue.close()
+
+
+def test_rmdir_of_a_large_directory_sends_its_files_in_shares_then_its_objects(tmp_path):
+    """rmdir after rm's unlinks of 400 files (flush_with): the files go in four DeleteObjects at
+    once, and the directory's marker and holder once all four are answered (SeaweedFS keeps
+    directories: the marker goes after the files), not the 400 and the marker in one request
+    that the server deletes key after key."""
+    store = GatedStore()
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG)
+    keys = ["d/k%03d" % i for i in range(400)]
+    got: list = []
+    try:
+        for key in keys:
+            queue.add(key)
+        rmdir = threading.Thread(target=lambda: got.append(queue.flush_with("d/", ["d/", "d_$folder$"])))
+        rmdir.start()
+        store.wait_for_batches(PARALLEL)  # none answered: all four under way at once
+        assert sorted(store.batches) == [keys[0:100], keys[100:200], keys[200:300], keys[300:400]]
+        store.answer(PARALLEL - 1)
+        with store.cond:  # the directory's objects wait for the last of the files' batches
+            assert not store.cond.wait_for(lambda: len(store.batches) > PARALLEL, 0.2)
+        store.answer(10**6)
+        rmdir.join(30)
+        assert not rmdir.is_alive() and got == [[]]
+        assert [sorted(batch) for batch in store.batches[PARALLEL:]] == [["d/", "d_$folder$"]]
+        assert queue.pending() == 0
+    finally:
+        store.answer(10**6)
+        queue.close()
+
+
+def test_a_few_keys_go_in_one_batch(tmp_path):
+    """Fewer than 2 x MIN_BATCH keys are one request, by the background or a flush: a directory
+    of rm -r's tree (six files) is one DeleteObjects, not six."""
+    store = GatedStore()
+    store.answer(10**6)
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG)
+    try:
+        keys = ["d/%02d" % i for i in range(2 * MIN_BATCH - 1)]
+        for key in keys:
+            queue.add(key)
+        queue.flush("d/")
+        assert store.batches == [keys]
+    finally:
+        queue.close()
+
+
+def test_shares_are_even_at_least_min_batch_and_at_most_batch():
+    def sizes(n):
+        return [len(batch) for batch in shares(["k%d" % i for i in range(n)])]
+
+    assert sizes(1) == [1] and sizes(6) == [6] and sizes(2 * MIN_BATCH - 1) == [2 * MIN_BATCH - 1]
+    assert sizes(2 * MIN_BATCH) == [MIN_BATCH, MIN_BATCH]
+    assert sizes(1000) == [250] * PARALLEL
+    assert sizes(4 * BATCH) == [BATCH] * 4
+    assert sizes(4 * BATCH + 8) == [802] * 4 + [800]  # five, none over BATCH

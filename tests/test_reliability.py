@@ -1093,6 +1093,31 @@ def test_closes_that_failed_in_an_outage_are_tried_again_once_s3_is_back(
     assert m.stop() == 0
 
 
+def test_a_truncate_by_path_whose_upload_failed_in_an_outage_is_tried_again_once_s3_is_back(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    # Without -o writeback: truncate(2) of a path, no handle open (the mount opens, truncates,
+    # uploads and closes it itself), while S3 cannot be reached for its upload (the PUT's
+    # connections closed unanswered): EIO, the file stays staged. Once S3 takes it, it reaches
+    # S3 with nothing more asked, and status meanwhile counts it among the files tried again.
+    # Before (round 38, by hand): round 37's retries covered closes only; it waited for a sync,
+    # a write to it or the unmount, and status said retrying 0.
+    m = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    path = os.path.join(m.path, "cut")
+    with open(path, "wb") as f:
+        f.write(b"0123456789")
+    faultproxy.fail_where(lambda method, target: method == "PUT" and "/cut" in target, 0)
+    with pytest.raises(OSError) as info:
+        os.truncate(path, 4)
+    assert info.value.errno == errno.EIO
+    st = control.read_status(m.path)
+    assert st["pending_files"] == 1 and st["retrying"] == 1, st
+    faultproxy.fail_where(None)
+    eventually(lambda: s3_bytes(boto, bucket, "cut") == b"0123", 60, "the truncated file to reach S3")
+    eventually(lambda: control.read_status(m.path)["pending_files"] == 0, 30, "nothing pending")
+    assert m.stop() == 0
+
+
 def test_an_outage_costs_a_request_a_second_two_log_lines_and_no_eio_once_s3_is_back(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):

@@ -92,7 +92,7 @@ def main() -> int:
             during = len(proxy.heard) - heard
             proxy.upstream = served
             back = time.monotonic()
-            answered = None
+            answered, eio = None, 0
             for _ in range(600):
                 try:
                     os.stat(mnt)
@@ -100,15 +100,16 @@ def main() -> int:
                     answered = time.monotonic() - back
                     break
                 except OSError:
+                    eio += 1
                     time.sleep(0.05)
             time.sleep(0.5)
             new = log.read_text().splitlines()[lines:]
             warnings = [line for line in new if " WARNING " in line or " ERROR " in line]
             print(
                 "outage %.0f s, %d loop(s): %d lookups, %d requests sent (%.1f/s), %d WARNING/ERROR lines,"
-                " a listing answered %.2f s after S3 was back"
+                " a listing answered %.2f s after S3 was back (%d EIO before it)"
                 % (args.seconds, args.loops, sum(done), during, during / args.seconds, len(warnings),
-                   answered if answered is not None else -1)
+                   answered if answered is not None else -1, eio)
             )
             shown = warnings if len(warnings) <= 6 else [*warnings[:3], "...", *warnings[-3:]]
             for line in shown:

@@ -17,7 +17,8 @@ Point the client at ``proxy.endpoint`` instead of the real server::
                                     # names the same (or ``limit`` s): ``held_outcomes`` says which
         proxy.hold_gets()           # ranged GETs wait (listed in ``holding_gets``) until release_gets()
         proxy.fail_parts_after(3)   # 3 more UploadParts pass, then every one is a 500 (until reset)
-        proxy.fail_where(f, 403)    # every request f(method, target) is true of: a 403 (not forwarded)
+        proxy.fail_where(f, 403)    # every request f(method, target) is true of: a 403 (not forwarded;
+                                    # 0: the connection closed unanswered)
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
 
 Each client connection is served by its own thread, which parses requests
@@ -399,7 +400,8 @@ class FaultProxy:
 
     def fail_where(self, which: Callable[[str, str], object] | None, status: int = 403) -> None:
         """Answer ``status`` (not forwarded) to every request for which ``which(method, target)``
-        is true (a name, True), until ``fail_where(None)`` or :meth:`reset`."""
+        is true (a name, True), until ``fail_where(None)`` or :meth:`reset`; ``status`` 0: close
+        the connection unanswered instead (S3 unreachable, for those requests only)."""
         with self._lock:
             self._fail_where = None if which is None else (which, status)
 
@@ -682,7 +684,7 @@ class FaultProxy:
                 with self._lock:
                     where = self._fail_where
                 if action == "pass" and where is not None and where[0](method, target):
-                    action, status = "fail", where[1]
+                    action, status = ("fail", where[1]) if where[1] else ("drop", 0)
                 with self._lock:
                     arrived = self.requests
                     self.seen.append((method, target))

@@ -6,6 +6,8 @@ import dataclasses
 import errno
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -21,7 +23,7 @@ from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import digest_of_bytes
 from s3fs_mount.s3.errors import ConnectionFailed, GaveUp, S3Error, Unreachable
-from s3fs_mount.s3.retry import PROBE_EVERY, GiveUp, RetryPolicy
+from s3fs_mount.s3.retry import GiveUp, Outage, RetryPolicy
 
 
 @pytest.fixture(autouse=True)
@@ -325,15 +327,20 @@ def test_backoff_stops_at_max_total():
 
 
 class RefusingS3:
-    """Requests that fail to reach S3 (connection refused) until ``up``; ``sent`` lists them."""
+    """Requests that fail to reach S3 (connection refused) until ``up``; ``sent`` lists them.
+    While ``hold`` is set, a request waits (once sent) until ``go`` is."""
 
     def __init__(self) -> None:
         self.sent: list[str] = []
         self.up = False
+        self.hold = False
+        self.go = threading.Event()
 
     def request(self, what: str) -> Callable[[], str]:
         def send() -> str:
             self.sent.append(what)
+            if self.hold:
+                assert self.go.wait(30)
             if not self.up:
                 raise ConnectionFailed(what, "Connection refused")
             return "answer"
@@ -341,53 +348,133 @@ class RefusingS3:
         return send
 
 
-def test_once_s3_is_unreachable_requests_fail_unsent_but_one_a_second_until_it_answers(caplog):
+def in_threads(policy: RetryPolicy, s3: RefusingS3, names: list[str]) -> tuple[list[threading.Thread], dict]:
+    """Each of ``names`` a request through ``policy`` in a thread of its own, started;
+    ``outcomes``: name -> its answer or exception, as each ends."""
+    outcomes: dict[str, object] = {}
+
+    def one(name: str) -> None:
+        try:
+            outcomes[name] = policy.call(s3.request(name), name)
+        except Exception as exc:
+            outcomes[name] = exc
+
+    threads = [threading.Thread(target=one, args=(name,)) for name in names]
+    for t in threads:
+        t.start()
+    return threads, outcomes
+
+
+def until(condition: Callable[[], bool]) -> None:
+    """Wait (at most 30 s) until ``condition()``."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def outage_policy(clock: FakeClock, **kw: object) -> RetryPolicy:
+    """A policy on ``clock`` (its backoff does not wait) whose breaker probes every 0.2 s
+    (``kw``: other Outage settings); its next first request spends 2.5 s of retries: an outage."""
+    kw = {"probe_every": 0.2, **kw}
+    policy = RetryPolicy(max_attempts=6, clock=clock, outage=Outage(clock, **kw))  # type: ignore[arg-type]
+    policy.delay = lambda attempt: 0.5  # type: ignore[method-assign]
+    return policy
+
+
+def test_once_s3_is_unreachable_one_request_a_second_is_sent_and_the_others_wait_for_its_outcome(caplog):
     # An outage (connections refused): the first request spends its retries and opens the
-    # breaker; then a request is s3.sent once a PROBE_EVERY, the others fail unsent, and none is
-    # retried; S3's first answer closes it. The log: one line when lost, one when back. Before
-    # (round 37): every request spent its six attempts, a WARNING line each.
-    clock = FakeClock()
-    policy = RetryPolicy(max_attempts=6, clock=clock)
-    policy.delay = lambda attempt: 0.5  # type: ignore[method-assign]  # 2.5 s of retries: an outage
+    # breaker; then one request a probe_every is sent, once, not retried (the probe), and the
+    # others wait for its outcome: refused, they fail unsent; S3's first answer closes it and
+    # they are sent. The log: one line when lost, one when back. Before round 37 every request
+    # spent its six attempts, a WARNING line each; in round 37 the others failed unsent at
+    # once, until the next probe: for up to a second after S3 was back, every lookup was EIO.
+    policy = outage_policy(FakeClock())
     s3 = RefusingS3()
     with caplog.at_level(logging.INFO, logger="s3fs_mount.s3.retry"):
         with pytest.raises(ConnectionFailed):
             policy.call(s3.request("first"), "first")
         assert s3.sent == ["first"] * 6 and policy.outage.down
-        for n in range(10):  # within the same second: none s3.sent
-            with pytest.raises(ConnectionFailed) as info:
-                policy.call(s3.request("unsent %d" % n), "unsent %d" % n)
-            assert isinstance(info.value, Unreachable) and info.value.in_outage
-        assert s3.sent == ["first"] * 6
-        clock.advance(PROBE_EVERY)
-        with pytest.raises(ConnectionFailed) as info:
-            policy.call(s3.request("probe"), "probe")
-        assert info.value.in_outage and not isinstance(info.value, Unreachable)
-        assert s3.sent[6:] == ["probe"]  # once, not retried
-        clock.advance(PROBE_EVERY)  # a call around a request (a read's fetch): the probe is both
-        with pytest.raises(ConnectionFailed):
+        s3.hold = True
+        probe, outcomes = in_threads(policy, s3, ["probe"])
+        until(lambda: s3.sent[6:] == ["probe"])  # in flight
+        waiters, outcomes_w = in_threads(policy, s3, ["waits %d" % n for n in range(7)])
+        until(lambda: policy.outage.waiting == 7)
+        s3.go.set()
+        for t in probe + waiters:
+            t.join()
+        assert s3.sent[6:] == ["probe"]  # once, not retried; the others unsent
+        probed = outcomes["probe"]
+        assert isinstance(probed, ConnectionFailed) and not isinstance(probed, Unreachable)
+        assert all(isinstance(e, Unreachable) and e.in_outage for e in outcomes_w.values()), outcomes_w
+        s3.hold = False
+        with pytest.raises(ConnectionFailed):  # a call around a request (a read's fetch): the probe is both
             policy.call(lambda: policy.call(s3.request("nested"), "nested"), "outer")
         assert s3.sent[7:] == ["nested"]
         assert "S3 unreachable for" in policy.outage.summary()
-        s3.up = True
-        clock.advance(PROBE_EVERY)
+        s3.up = True  # right after a probe failed: the next request waits for the next probe, is it
         assert policy.call(s3.request("back"), "back") == "answer"
+        assert s3.sent[8:] == ["back"]
         assert not policy.outage.down and policy.outage.summary() == ""
         assert policy.call(s3.request("after"), "after") == "answer"
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("S3 is unreachable (first: Connection refused)")
-    assert "13 requests failed meanwhile" in warnings[1]  # the first, 10 unsent, 2 probes
+    assert "10 requests failed meanwhile" in warnings[1]  # the first, 7 unsent, 2 probes
+
+
+def test_requests_waiting_for_a_probe_that_finds_s3_back_are_sent():
+    # S3 comes back while a probe is in flight and requests wait for it: each is sent once the
+    # probe is answered, none fails. Before (round 37) each failed unsent.
+    policy = outage_policy(FakeClock())
+    s3 = RefusingS3()
+    with pytest.raises(ConnectionFailed):
+        policy.call(s3.request("first"), "first")
+    s3.hold = True
+    probe, outcomes = in_threads(policy, s3, ["probe"])
+    until(lambda: len(s3.sent) == 7)
+    waiters, outcomes_w = in_threads(policy, s3, ["waits %d" % n for n in range(5)])
+    until(lambda: policy.outage.waiting == 5)
+    s3.up = True
+    s3.go.set()
+    for t in probe + waiters:
+        t.join()
+    assert outcomes["probe"] == "answer"
+    assert outcomes_w == {"waits %d" % n: "answer" for n in range(5)}
+    assert sorted(s3.sent[7:]) == ["waits %d" % n for n in range(5)]
+
+
+def test_requests_wait_for_a_probe_boundedly_in_number_and_time():
+    # At most max_waiting requests wait for a probe (libfuse's threads must not all block):
+    # the next fails unsent at once; and one waits at most wait_most s (a probe that hangs).
+    clock = FakeClock()
+    policy = outage_policy(clock, probe_every=10, max_waiting=2, wait_most=0.3)
+    s3 = RefusingS3()
+    with pytest.raises(ConnectionFailed):
+        policy.call(s3.request("first"), "first")
+    clock.advance(10)  # the probe is due; the next not before the waiters give up
+    s3.hold = True
+    probe, _ = in_threads(policy, s3, ["probe"])
+    until(lambda: len(s3.sent) == 7)
+    waiters, outcomes = in_threads(policy, s3, ["waits 1", "waits 2"])
+    until(lambda: policy.outage.waiting == 2)
+    with pytest.raises(Unreachable):
+        policy.call(s3.request("third"), "third")
+    for t in waiters:
+        t.join()  # the probe still hangs: each gave up after wait_most, unsent
+    assert all(isinstance(e, Unreachable) for e in outcomes.values()), outcomes
+    assert s3.sent[6:] == ["probe"] and policy.outage.waiting == 0
+    s3.go.set()
+    for t in probe:
+        t.join()
 
 
 def test_while_s3_is_unreachable_a_change_is_sent_once_and_its_success_closes_the_breaker():
     # A write or delete (a sync, an fsync someone waits on) is s3.sent while the breaker is open,
-    # once, not retried; when it is answered S3 is back. Found merging round 37: the first
-    # second after S3 came back failed every upload of a `sync` unsent (123 files "could not be
-    # uploaded", the good ones among them), as if S3 were still away.
-    clock = FakeClock()
-    policy = RetryPolicy(max_attempts=6, clock=clock)
-    policy.delay = lambda attempt: 0.5  # type: ignore[method-assign]
+    # at once, once, not retried; when it is answered S3 is back. Found merging round 37: the
+    # first second after S3 came back failed every upload of a `sync` unsent (123 files "could
+    # not be uploaded", the good ones among them), as if S3 were still away.
+    policy = outage_policy(FakeClock(), max_waiting=0)  # a lookup: unsent at once
     s3 = RefusingS3()
     with pytest.raises(ConnectionFailed):
         policy.call(s3.request("first"), "first")

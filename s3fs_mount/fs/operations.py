@@ -996,7 +996,13 @@ class S3Operations(Operations):
             h = self._handle(fh)
             self._truncate_item(h.item, length, h)
             if self.writeback is None:
-                self.changes.upload(h.item)
+                try:
+                    self.changes.upload(h.item)
+                except FsError:
+                    # Tried again in the background at the release below, as a close's that
+                    # failed (before round 38 it waited for a sync, an fsync or the unmount).
+                    h.close_failed = True
+                    raise
         finally:
             self.release.__wrapped__(self, path, fh)  # type: ignore[attr-defined]
 

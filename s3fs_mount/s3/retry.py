@@ -8,9 +8,9 @@ The requests of one job (the parts of one multipart upload) may share a :class:`
 once one of them fails for good, the others stop retrying and those not begun are not sent.
 
 The requests of one connection share an :class:`Outage`, a circuit breaker: once S3 cannot be
-reached (a request's retries all spent on refused or broken connections), each request is
-tried once, not retried, until S3 answers again; the log says so twice, when S3 is lost and when
-it is back, not once a retry.
+reached (a request's retries all spent on refused or broken connections), one request a second
+is sent, once, not retried, and the others wait for its outcome, until S3 answers again; the log
+says so twice, when S3 is lost and when it is back, not once a retry.
 """
 
 from __future__ import annotations
@@ -35,6 +35,13 @@ PROBE_EVERY = 1.0
 #: Seconds a request's failures to reach S3 must have spanned, its retries spent, to open the
 #: :class:`Outage`: a shorter run of them (a policy of few, quick retries) is no outage.
 OUTAGE_AFTER = 1.0
+#: Seconds a request waits at most, while S3 is unreachable, for the next probe's outcome (the
+#: probe is due within ``PROBE_EVERY``; more only if it hangs): then it fails unsent.
+PROBE_WAIT_MOST = 2 * PROBE_EVERY
+#: Requests that may wait so at once; the others fail unsent at once. libfuse has 16 threads
+#: (operations.MAX_FUSE_THREADS): an outage must not hold them all, a read of a cached file or
+#: an unmount would wait behind them.
+MAX_WAITING = 8
 RETRYABLE_STATUS = frozenset({500, 502, 503, 504})
 #: BadDigest / XAmzContentSHA256Mismatch: the bytes changed on the way (the server checked): send again.
 RETRYABLE_CODES = frozenset(
@@ -70,24 +77,44 @@ class Outage:
 
     Closed (S3 answers): each request is retried as its policy says. A request whose retries
     are all spent on failures to reach S3 (:func:`is_unreachable`) over ``OUTAGE_AFTER`` s or
-    more opens it, with one WARNING line. While open, one request a ``PROBE_EVERY`` s is sent,
-    once, not retried (the probe); the others fail at once, unsent
-    (:class:`~s3fs_mount.s3.errors.Unreachable`), and every failure is marked ``in_outage``
-    (its caller logs it quietly): a lookup fails with EIO at once, not after seconds of
-    backoff, and an outage costs about a request a second, whatever the callers do. Measured
-    before it (bench/README.md, round 37): a stat loop during a 20 s outage sent 7.2 requests a
-    second and logged 132 WARNING lines. Any answer of S3's closes it, with one WARNING line
-    saying how long S3 was away and how many requests failed meanwhile.
+    more opens it, with one WARNING line. While open, one request a ``probe_every`` s is sent,
+    once, not retried (the probe); the others wait for the outcome of the next probe (at most
+    ``wait_most`` s, at most ``max_waiting`` of them at once: the rest fail at once) and are
+    then sent if S3 answered it, else fail unsent (:class:`~s3fs_mount.s3.errors.Unreachable`);
+    every failure is marked ``in_outage`` (its caller logs it quietly). So an outage costs about
+    a request a second, whatever the callers do, a lookup fails with EIO within about a second,
+    not after seconds of backoff, and none fails once S3 is back: the first lookup after it is
+    the probe that finds it (before round 38 the lookups failed unsent at once until the next
+    probe, up to a second of EIO after S3 was back). Measured before the breaker (bench/README.md,
+    round 37): a stat loop during a 20 s outage sent 7.2 requests a second and logged 132
+    WARNING lines. Any answer of S3's closes it, with one WARNING line saying how long S3 was
+    away and how many requests failed meanwhile.
     """
 
-    def __init__(self, clock: Clock = SYSTEM) -> None:
-        self._clock = clock  # immutable
+    def __init__(
+        self,
+        clock: Clock = SYSTEM,
+        probe_every: float = PROBE_EVERY,
+        wait_most: float = PROBE_WAIT_MOST,
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
+        self._clock = clock  # immutable (as the three below)
+        self._every = probe_every
+        self._wait_most = wait_most
+        self._max_waiting = max_waiting
         self._lock = threading.Lock()
+        #: Notified when a probe ends and when the breaker closes (on _lock).
+        self._changed = threading.Condition(self._lock)
         self._since: float | None = None  # GUARDED_BY(_lock): when S3 was lost (monotonic); None: it answers
         self._failed = 0  # GUARDED_BY(_lock): requests failed since
         self._cause = ""  # GUARDED_BY(_lock): the failure that opened it
         self._reason = ""  # GUARDED_BY(_lock): its reason (TransportError.reason)
         self._probed = 0.0  # GUARDED_BY(_lock): when the last probe was sent (monotonic)
+        #: GUARDED_BY(_lock): a probe is under way: the next waits for its outcome (unless it
+        #: hangs, past ``wait_most``)
+        self._probing = False
+        self._probes_ended = 0  # GUARDED_BY(_lock): probes over, ever (a waiter's outcome came)
+        self._waiting = 0  # GUARDED_BY(_lock): requests waiting for a probe's outcome
         #: Per thread: ``probing`` while this thread's call is the probe, so that the request it
         #: nests (a read's fetch around its GET) is sent too.
         self._local = threading.local()
@@ -98,29 +125,58 @@ class Outage:
         with self._lock:
             return self._since is not None
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a probe's outcome now."""
+        with self._lock:
+            return self._waiting
+
     def may_probe(self, what: str, change: bool = False) -> bool:
-        """May ``what`` be sent? Yes while S3 answers; while open, only as the probe, and True
-        then (end it with :meth:`end_probe`); else raise Unreachable, counted. A ``change`` (a
-        write or delete someone waits on: fsync, sync, a close) is sent while open too, once
-        (its failure is not retried): lookups are what a program loops on, and the first second
-        after S3 is back must not fail every upload a ``sync`` asks for unsent."""
+        """May ``what`` be sent? Yes while S3 answers (False: not the probe). While open: True
+        if it is the probe (end it with :meth:`end_probe`); else it waits for the next probe's
+        outcome, and is sent (False) if S3 answered it, else raises Unreachable, counted; so
+        does a request that finds ``max_waiting`` waiting, or waits ``wait_most`` s (a probe that
+        hangs). A ``change`` (a write or delete someone waits on: fsync, sync, a close) is sent
+        while open too, at once and once (its failure is not retried): the first second after S3
+        is back must not fail every upload a ``sync`` asks for."""
         if getattr(self._local, "probing", False):
             return False  # within this thread's probe
         with self._lock:
             if self._since is None or change:
                 return False
             now = self._clock.monotonic()
-            if now - self._probed >= PROBE_EVERY:
-                self._probed = now
-                self._local.probing = True
-                return True
+            deadline, ended = now + self._wait_most, self._probes_ended
+            waits = False  # counted in _waiting
+            try:
+                while self._since is not None and self._probes_ended == ended and now < deadline:
+                    since = now - self._probed
+                    if since >= self._every and (not self._probing or since >= self._wait_most):
+                        self._probed, self._probing = now, True
+                        self._local.probing = True
+                        return True
+                    if not waits:
+                        if self._waiting >= self._max_waiting:
+                            break
+                        self._waiting, waits = self._waiting + 1, True
+                    due = self._probed + (self._wait_most if self._probing else self._every)
+                    self._changed.wait(max(0.0, min(due, deadline) - now))
+                    now = self._clock.monotonic()
+            finally:
+                if waits:
+                    self._waiting -= 1
+            if self._since is None:
+                return False  # S3 answered while it waited: sent as usual
             self._failed += 1
             cause, reason = self._cause, self._reason
         raise Unreachable(what, cause, reason)
 
     def end_probe(self) -> None:
-        """This thread's probe is over."""
+        """This thread's probe is over (its outcome told by :meth:`lost` or :meth:`answered`)."""
         self._local.probing = False
+        with self._lock:
+            self._probing = False
+            self._probes_ended += 1
+            self._changed.notify_all()
 
     def lost(self, exc: BaseException) -> None:
         """A request failed for good to reach S3 (``exc``): open, or count one more failure;
@@ -148,6 +204,7 @@ class Outage:
                 return
             away, failed = self._clock.monotonic() - self._since, self._failed
             self._since = None
+            self._changed.notify_all()
         log.warning("S3 answers again, after %.1f s unreachable: %d requests failed meanwhile", away, failed)
 
     def summary(self) -> str:

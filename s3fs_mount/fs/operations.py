@@ -211,6 +211,7 @@ class S3Operations(Operations):
             refill=lambda item: self.prefetcher.ensure(item, 0, item.size),
             on_stored=lambda item: self.changes.remember_uploaded(item),
             digest_of=lambda key, etag: self.namespace.known_digest(self.namespace.keymap.path(key), etag),
+            fetch_version=self.prefetcher.fetch_version,
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.

@@ -390,7 +390,7 @@ class StagedFile:
         self.pages_moved = False
         #: GUARDED_BY(cond): how many times :meth:`rebase_appends` has changed the file's bytes
         #: under the handles open: a handle open for reading then may have had any of them, from
-        #: us or from the kernel's pages written here (operations' ``_not_moved``).
+        #: us or from the kernel's pages written here (operations' ``_keep_version``).
         self.moves = 0
 
     # -- state ---------------------------------------------------------------------

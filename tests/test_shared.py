@@ -784,6 +784,33 @@ def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_e
     assert "our appends went after another client's version while this handle was open" in read_log(mount)
 
 
+def test_a_handle_that_read_the_file_before_our_appends_went_after_theirs_writes_eio_not_over_theirs(
+    mount, boto, bucket
+):
+    """Found in round 38: after our appends went after another client's version, a handle open
+    for reading and writing that had read the file took EIO on its next read, but its pwrite went
+    on at the offset it chose from the bytes now moved, over theirs, and its close put that in S3
+    silently. Now the write is EIO too, and S3 keeps theirs and ours."""
+    path = os.path.join(mount.path, "log")
+    with open(path, "wb") as f:
+        f.write(b"start\n")
+    rw = os.open(path, os.O_RDWR)
+    try:
+        assert os.read(rw, 100) == b"start\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"ours\n")
+        boto.put_object(Bucket=bucket, Key="log", Body=b"start\ntheirs\n")
+        os.close(fd)  # the upload meets theirs: ours goes after it
+        assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+        with pytest.raises(OSError) as exc:
+            os.pwrite(rw, b"OURS\n", 6)  # (was: over "their", in S3 at the close)
+        assert exc.value.errno == errno.EIO
+    finally:
+        os.close(rw)
+    assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+    assert s3_keys(boto, bucket) == ["log"]
+
+
 def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto, bucket):
     """Found by hand (round 31): ours went to NAME.conflict-TIMESTAMP even when that name
     passed 255 bytes; SeaweedFS refused the key, close said EIO and ours stayed dirty for ever.

@@ -306,6 +306,49 @@ def test_random_reads_of_a_changed_body_are_eio_never_silent(
     assert read_backwards(path) == data  # the fault is gone: fetched again, checked, right
 
 
+def s3_keys(boto, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in boto.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+@pytest.mark.parametrize("faults", ["once", "every time"])
+@pytest.mark.parametrize("kind", ["MD5 of parts", "composite CRC32"])
+def test_another_clients_version_our_appends_go_after_is_checked_on_its_way_down(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path, kind, faults
+):
+    """Found in round 37's review: an O_APPEND handle's upload that meets another client's
+    version fetches theirs and puts our appends after it (fs/upload.py), but checked theirs only
+    against a digest of all its bytes: a version in parts (an ETag of the parts' MD5s, or a
+    composite CRC32) came down unchecked, and a byte changed on the way went back up to S3 under
+    ours. Now theirs comes through the readers' checked path (part by part): a byte changed once
+    is fetched again (theirs + ours, right, in S3); changed every time, ours goes to a conflict
+    copy (ESTALE) and theirs stays as it was, never their changed bytes in S3."""
+    mount = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "log")
+    with open(path, "wb") as f:
+        f.write(b"v1\n")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"ours\n")
+    theirs = os.urandom(6 * MiB + 7)  # parts of 5 MiB and 1 MiB + 7
+    put_in_parts(boto, bucket, "log", theirs, 5 * MiB, algorithm="CRC32" if "CRC32" in kind else "")
+    head = boto.head_object(Bucket=bucket, Key="log", ChecksumMode="ENABLED")
+    assert head["ETag"].endswith('-2"') and (("ChecksumCRC32" in head) == ("CRC32" in kind)), head
+    faultproxy.flip_response(1 if faults == "once" else 100)  # their GET's middle byte, on the way
+    if faults == "once":
+        os.close(fd)
+        assert len(faultproxy.flipped) == 1
+        assert s3_keys(boto, bucket) == ["log"]
+        assert s3_bytes(boto, bucket, "log") == theirs + b"ours\n"  # (was: theirs with a byte changed)
+        assert "failed their check" in "\n".join(mount.log_lines())
+        return
+    with pytest.raises(OSError) as raised:
+        os.close(fd)  # (was: no error, their changed bytes and ours in S3)
+    assert raised.value.errno == errno.ESTALE and len(faultproxy.flipped) == 2
+    faultproxy.reset()
+    [aside] = [k for k in s3_keys(boto, bucket) if k != "log"]
+    assert s3_bytes(boto, bucket, "log") == theirs and s3_bytes(boto, bucket, aside) == b"v1\nours\n"
+    assert "our appends are not added to them" in "\n".join(mount.log_lines())
+
+
 def test_objects_of_other_writers_read_back_verified(mount_factory, boto, bucket):
     objects = {
         "plain": os.urandom(1 * MiB + 5),

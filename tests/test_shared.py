@@ -696,13 +696,14 @@ def test_two_mounts_appending_to_one_log_keep_every_line_once(mount_factory, bot
     assert "ERROR" not in read_log(one) + read_log(two)
 
 
-@pytest.mark.parametrize("also", ["", "pwrite", "ftruncate", "deleted"])
+@pytest.mark.parametrize("also", ["", "fsync", "pwrite", "ftruncate", "chmod", "deleted"])
 def test_an_append_meeting_another_clients_version_goes_after_theirs(mount, boto, bucket, also):
     """An O_APPEND handle that wrote nothing but appends meets another client's version at its
     close: theirs is fetched, ours goes after it (PUT If-Match theirs), as O_APPEND lands each
-    write at the current end on one disk; no conflict copy, the close says nothing. Any other
-    change to the file (a pwrite through another handle, a truncate), or an object gone (a
-    removal is not appended to), keeps both, as any write: ESTALE, ours under a conflict name."""
+    write at the current end on one disk; no conflict copy, the close says nothing (appends
+    after an fsync: those since it). Any other change to the file (a pwrite through another
+    handle, a truncate, a chmod), or an object gone (a removal is not appended to), keeps both,
+    as any write: ESTALE, ours under a conflict name."""
     path = os.path.join(mount.path, "log")
     with open(path, "wb") as f:
         f.write(b"v1\n")
@@ -716,22 +717,28 @@ def test_an_append_meeting_another_clients_version_goes_after_theirs(mount, boto
     elif also == "ftruncate":
         os.ftruncate(fd, 7)
         ours = b"v1\nours"
+    elif also == "chmod":
+        os.chmod(path, 0o600)
+    elif also == "fsync":
+        os.fsync(fd)  # S3 has v1 and ours now: what we append next is all that goes after theirs
+        os.write(fd, b"more\n")
     if also == "deleted":
         boto.delete_object(Bucket=bucket, Key="log")
     else:
         boto.put_object(Bucket=bucket, Key="log", Body=b"theirs\n", Metadata={"owner": "them"})
-    if not also:
+    if also in ("", "fsync"):
+        appended = b"ours\n" if not also else b"more\n"
         os.close(fd)
         os.close(other)
         assert s3_keys(boto, bucket) == ["log"]
-        assert s3_bytes(boto, bucket, "log") == b"theirs\nours\n"
+        assert s3_bytes(boto, bucket, "log") == b"theirs\n" + appended
         assert boto.head_object(Bucket=bucket, Key="log")["Metadata"]["owner"] == "them"  # theirs kept
         assert "ours go after theirs, as O_APPEND on one disk" in read_log(mount)
         with open(path, "rb") as f:
-            assert f.read() == b"theirs\nours\n"
+            assert f.read() == b"theirs\n" + appended
         with open(path, "ab") as f:  # and on from there
-            f.write(b"more\n")
-        assert s3_bytes(boto, bucket, "log") == b"theirs\nours\nmore\n"
+            f.write(b"on\n")
+        assert s3_bytes(boto, bucket, "log") == b"theirs\n" + appended + b"on\n"
         return
     with pytest.raises(OSError) as exc:
         os.close(fd)
@@ -775,6 +782,33 @@ def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_e
     with open(path, "rb") as f:
         assert f.read() == b"start\ntheirs\nours\n"
     assert "our appends went after another client's version while this handle was open" in read_log(mount)
+
+
+def test_a_handle_that_read_the_file_before_our_appends_went_after_theirs_writes_eio_not_over_theirs(
+    mount, boto, bucket
+):
+    """Found in round 38: after our appends went after another client's version, a handle open
+    for reading and writing that had read the file took EIO on its next read, but its pwrite went
+    on at the offset it chose from the bytes now moved, over theirs, and its close put that in S3
+    silently. Now the write is EIO too, and S3 keeps theirs and ours."""
+    path = os.path.join(mount.path, "log")
+    with open(path, "wb") as f:
+        f.write(b"start\n")
+    rw = os.open(path, os.O_RDWR)
+    try:
+        assert os.read(rw, 100) == b"start\n"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"ours\n")
+        boto.put_object(Bucket=bucket, Key="log", Body=b"start\ntheirs\n")
+        os.close(fd)  # the upload meets theirs: ours goes after it
+        assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+        with pytest.raises(OSError) as exc:
+            os.pwrite(rw, b"OURS\n", 6)  # (was: over "their", in S3 at the close)
+        assert exc.value.errno == errno.EIO
+    finally:
+        os.close(rw)
+    assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+    assert s3_keys(boto, bucket) == ["log"]
 
 
 def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto, bucket):

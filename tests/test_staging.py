@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
+import pytest
+
 from s3fs_mount.fs.spares import SPARE_FILES
 from s3fs_mount.fs.staging import CLEAN, DIRTY, UPLOADING, StagedFile, StagingCache
 from s3fs_mount.s3.checksums import digest_of_bytes
@@ -416,3 +418,37 @@ def test_appends_alone_are_moved_after_another_version_and_the_kernels_pages_are
     item.write(0, b"T", append=False)  # another kind of write: no longer appends alone
     assert item.appended_to("v2") == -1
     assert item.rebase_appends("v2", "v3", b"x", {}, {}) is None
+
+
+ENDS_APPENDS_ALONE = {
+    "a write elsewhere": lambda item: item.write(0, b"V", append=False),
+    "a truncate": lambda item: item.truncate(5),
+    "a metadata change": lambda item: item.set_metadata({"x-amz-meta-mode": "33261"}),
+    "a rename's copy": lambda item: item.stored_as("v1-copied"),
+    "our upload found after a crash": lambda item: item.landed("v1-ours", {}),
+    "another version": lambda item: item.reset(4, "v2", {}, {}, 1000.0),
+    "an upload that missed parts": lambda item: item.mark_clean(item.view().generation, "up", changed=True),
+}
+
+
+@pytest.mark.parametrize("change", list(ENDS_APPENDS_ALONE))
+def test_every_other_kind_of_change_ends_appends_alone_and_appends_after_an_upload_go_on(tmp_path, change):
+    """Appends alone (appended_to) are told from the item's version and generation, which every
+    change moves on, not reset by each kind of change: each other kind ends them, more appends
+    after any of them do not bring them back, and an upload of some of them (appends made while
+    it ran) leaves the rest appends alone to the version it stored."""
+    cache = cache_at(tmp_path)
+    item, _ = cache.acquire("log")
+    item.reset(3, "v1", {}, {}, 1000.0)
+    item.fill(0, 3, b"v1\n", "v1")
+    item.write(0, b"a1\n", append=True)
+    generation = item.view().generation
+    item.write(0, b"a2\n", append=True)
+    assert item.mark_clean(generation, "v1-up", 6) is False  # a2 came while a1 went up
+    assert item.appended_to("v1-up") == 6 and item.appended_to("v1") == -1
+    ENDS_APPENDS_ALONE[change](item)
+    etag = item.view().etag
+    assert item.appended_to(etag) == -1
+    item.write(0, b"a3\n", append=True)
+    assert item.appended_to(etag) == -1
+    assert item.rebase_appends(etag, "v9", b"theirs\n", {}, {}) is None

@@ -749,6 +749,45 @@ def test_a_reader_keeps_its_version_when_another_open_here_follows_a_new_one(tmp
     ops.release("/f", fresh)
 
 
+@pytest.mark.parametrize("kind", ["pwrite", "ftruncate", "append"])
+def test_a_handle_that_read_bytes_our_appends_moved_writes_on_them_no_more(tmp_path, kind):
+    """Found in round 38 (one check, ``_keep_version``, for a handle's bytes no longer being the
+    file's): a handle that had read the file, and our appends through another handle that then
+    went after another client's version at their upload (rebase_appends): its next read was EIO,
+    but a write or a truncate through it went on, at an offset it chose from bytes now elsewhere,
+    over theirs, silently (as a handle that read a version another client replaced writes on it
+    never). Now EIO, as its reads; an O_APPEND write lands at the end, whatever it read."""
+    store, clock = FakeStore(), FakeClock()
+    ops = make_ops(tmp_path, store, clock, attr_ttl=1.0)
+    store.put("log", b"start\n")
+    flags = os.O_RDWR | (os.O_APPEND if kind == "append" else 0)
+    rw = ops.open("/log", flags)
+    assert ops.read("/log", 4096, 0, rw) == b"start\n"
+    fd = ops.open("/log", os.O_WRONLY | os.O_APPEND)
+    assert ops.write("/log", b"ours\n", 6, fd) == 5
+    store.put("log", b"start\ntheirs\n")
+    ops.flush("/log", fd)  # its upload meets theirs: ours goes after it
+    ops.release("/log", fd)
+    assert store.objects["log"].data == b"start\ntheirs\nours\n"
+    if kind == "append":
+        assert ops.write("/log", b"more\n", 0, rw) == 5
+        ops.flush("/log", rw)
+        ops.release("/log", rw)
+        assert store.objects["log"].data == b"start\ntheirs\nours\nmore\n"
+        return
+    with pytest.raises(FuseOSError) as exc:
+        if kind == "pwrite":
+            ops.write("/log", b"OURS\n", 6, rw)  # (was: over "their", in S3 at the release)
+        else:
+            ops.truncate("/log", 6, rw)  # (was: theirs and ours cut off)
+    assert exc.value.errno == errno.EIO
+    with pytest.raises(FuseOSError):
+        ops.read("/log", 4096, 6, rw)
+    ops.flush("/log", rw)
+    ops.release("/log", rw)
+    assert store.objects["log"].data == b"start\ntheirs\nours\n"
+
+
 @pytest.mark.parametrize("crc32s", [True, False])
 def test_a_reader_goes_on_into_another_clients_append_that_a_crc32_tells(tmp_path, crc32s):
     """Another client puts the file again with lines added (``tail -f`` of a log a boto3 client

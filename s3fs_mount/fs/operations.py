@@ -118,9 +118,9 @@ class Handle:
     kept: bool = False
     #: The version its reads have served bytes of (None: none yet); see :class:`Pin`.
     pin: Pin | None = None
-    #: The item's count of appends moved after another client's version when it was opened
-    #: (StagedFile.moves); see ``_not_moved``.
-    moves_seen: int = 0
+    #: Opened for reading: the item's count of appends moved after another client's version
+    #: then (StagedFile.moves); None: opened write-only (it had no bytes). See ``_keep_version``.
+    moves_seen: int | None = None
     #: Its close (flush) could not upload the file (unguarded: only ever becomes True): its
     #: release has it tried again in the background.
     close_failed: bool = False
@@ -211,6 +211,7 @@ class S3Operations(Operations):
             refill=lambda item: self.prefetcher.ensure(item, 0, item.size),
             on_stored=lambda item: self.changes.remember_uploaded(item),
             digest_of=lambda key, etag: self.namespace.known_digest(self.namespace.keymap.path(key), etag),
+            fetch_version=self.prefetcher.fetch_version,
         )
         #: Every change of names and metadata; ``server_full`` says why uploads fail when the server
         #: is out of space (the embedded server reads its log): such a failure is ENOSPC, not EIO.
@@ -534,7 +535,8 @@ class S3Operations(Operations):
         pin = self._pin(item, path, item.view()) if served else None
         with self._lock:
             self._handles[fh] = Handle(
-                item, path, writable, append, served=served, kept=kept, pin=pin, moves_seen=item.moves
+                item, path, writable, append, served=served, kept=kept, pin=pin,
+                moves_seen=item.moves if readable else None,
             )
         return fh
 
@@ -543,12 +545,24 @@ class S3Operations(Operations):
         digest = self.namespace.known_digest(path, view.etag) if path and view.etag else ""
         return Pin(view.followed, view.etag, view.remote_size, digest)
 
-    def _keep_version(self, h: Handle) -> None:
-        """Reads and writes through a handle that has read bytes of one version stay in it: once
-        the item has followed another client's version (an open, a stat, another handle's read
-        found it), EIO, unless the new version holds the old one's bytes, the same or them and
-        more (an append: ``tail -f`` of a log another client puts anew, longer): then the
-        handle goes on in it. The kernel's pages it read are that version's either way."""
+    def _keep_version(self, h: Handle, at_end: bool = False) -> None:
+        """Reads, writes and truncates through a handle stay in the bytes it may have had: EIO,
+        now and for every later read through it (``read_state.failed``), once they are no
+        longer the file's. Two things take them away:
+
+        * Our appends went after another client's version (:meth:`StagedFile.rebase_appends`)
+          since it was opened for reading: it may have had the bytes now moved, from us or
+          unasked from the kernel's pages this mount's writes filled, whatever it read through
+          us (its reads were theirs cut where its last one ended; its writes went over theirs).
+          Never forgiven; an open after it reads the file as it is (the open has the kernel drop
+          the old pages). Not for a write ``at_end`` (O_APPEND): it lands there whatever it read.
+        * The item followed another client's version (an open, a stat, another handle's read
+          found it) since it served bytes of one (:class:`Pin`): unless the new version holds
+          the old one's bytes, the same or them and more (an append: ``tail -f`` of a log
+          another client puts anew, longer): then the handle goes on in it. The kernel's
+          pages it read are that version's either way."""
+        if not at_end:
+            self._not_moved(h)
         pin = h.pin
         if pin is None:
             return
@@ -800,7 +814,6 @@ class S3Operations(Operations):
             h.accessed = True
             self._accessed(h)
         for _ in range(FOLLOW_TRIES):
-            self._not_moved(h)
             self._keep_version(h)
             spans, followed = self._fetch_spans(h, size, offset)
             if h.item.followed == followed:
@@ -820,13 +833,9 @@ class S3Operations(Operations):
         return spans
 
     def _not_moved(self, h: Handle) -> None:
-        """A handle open for reading while an upload moved our appends after another client's
-        version (:meth:`StagedFile.rebase_appends`) may have had bytes of the file as it was
-        before, from us or unasked from the kernel's pages that this mount's writes filled, and
-        the file now holds theirs there: EIO, now and for every later read through it, as for
-        another client's version that does not hold its bytes (:meth:`_keep_version`). An open
-        after it reads the file as it is (its open has the kernel drop the old pages)."""
-        if h.moves_seen == h.item.moves:  # (read unlocked: one int)
+        """:meth:`_keep_version`'s first half: EIO if our appends moved since ``h`` was opened for
+        reading (also after a read: moved during it, its bytes may be of both)."""
+        if h.moves_seen is None or h.moves_seen == h.item.moves:  # (read unlocked: one int)
             return
         if not h.read_state.failed:  # said once; every later read through it is EIO too
             h.read_state.failed = True
@@ -916,7 +925,7 @@ class S3Operations(Operations):
 
     def _write(self, h: Handle, data: bytes, offset: int, append: bool) -> int:
         """Write ``data`` through ``h`` at ``offset`` (at the end: ``append``); bytes written."""
-        self._keep_version(h)  # one that read a version writes on it (or its bytes), never another
+        self._keep_version(h, at_end=append)  # one that read bytes writes on them, never on others
         if self.uploader.checkpoint_needed(h.item, h.item.size if append else offset):
             self._checkpoint(h.item, "a write at %d" % offset)
         self._whole(h.item, h)

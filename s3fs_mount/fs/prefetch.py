@@ -522,20 +522,25 @@ class Prefetcher:
             self._verifiers[(key, etag)] = verifier
         return verifier
 
-    def _expected(self, key: str, etag: str, size: int) -> tuple[str, int | AnyLayout] | None:
-        """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked."""
+    def _expected(self, key: str, etag: str, size: int, told: str = "") -> tuple[str, int | AnyLayout] | None:
+        """What version ``etag`` (``size`` bytes) must hash to, and its part size; None: unchecked.
+        ``told``: the digest a HEAD of that version told, where the caller has one."""
         if not self.verify or size <= 0:
             return None
         with self._verify_lock:
-            if (key, etag) in self._expectations:
-                return self._expectations[(key, etag)]
-        found = self._find_expected(key, etag, size)
+            known = self._expectations.get((key, etag), False)
+        if known is not False and (known is not None or not told):
+            return known
+        found = self._find_expected(key, etag, size, told)
         with self._verify_lock:
             self._expectations[(key, etag)] = found
         return found
 
-    def _find_expected(self, key: str, etag: str, size: int) -> tuple[str, int | AnyLayout] | None:
-        digest = (self.checksum_of(key, etag) if self.checksum_of is not None else "") or digest_of(etag)
+    def _find_expected(
+        self, key: str, etag: str, size: int, told: str = ""
+    ) -> tuple[str, int | AnyLayout] | None:
+        known = self.checksum_of(key, etag) if self.checksum_of is not None and not told else ""
+        digest = told or known or digest_of(etag)
         found = plan(digest)
         if found is None:
             return None  # no checksum, and an ETag that is no MD5 (SSE-KMS, SSE-C): nothing to check
@@ -556,22 +561,58 @@ class Prefetcher:
         if expected is None:
             return
 
-        def hashed(layout: int | AnyLayout) -> Verifier:
-            verifier = Verifier(item.key, expected[0], size, layout)  # hashes in this thread, as fed
+        def feed(verifier: Verifier) -> None:
             for at in range(0, size, BLOCK):
                 verifier.feed(at, [os.pread(item.fd, min(BLOCK, size - at), at)])
-            return verifier
 
-        verifier = hashed(expected[1])
-        if verifier.state == MISMATCH:
-            told = self._parts_told_anew(item.key, etag, verifier)
-            if told is not None:  # the bytes are here: hashed again where the parts are
-                verifier = hashed(told)
-        if verifier.state != MISMATCH:
+        if self._hash_right(item.key, etag, size, expected, feed):
             return
         if not item.drop_fetched(etag, generation):
             return  # written meanwhile: those are not the bytes that were fetched
         raise Corrupt("%s: the %d bytes fetched do not match what S3 stored" % (item.key, size))
+
+    def _hash_right(
+        self,
+        key: str,
+        etag: str,
+        size: int,
+        expected: tuple[str, int | AnyLayout],
+        feed: Callable[[Verifier], None],
+    ) -> bool:
+        """Do the ``size`` bytes of version ``etag`` that ``feed`` gives a check (all of them, in
+        this thread) hash to what S3 stored (``expected``: :meth:`_expected`'s)? Hashed again
+        where S3 says each part is, when the parts' places were guessed wrong
+        (:meth:`_parts_told_anew`): the bytes are at hand."""
+        verifier = Verifier(key, expected[0], size, expected[1])  # hashes in this thread, as fed
+        feed(verifier)
+        if verifier.state == MISMATCH:
+            told = self._parts_told_anew(key, etag, verifier)
+            if told is not None:
+                verifier = Verifier(key, expected[0], size, told)
+                feed(verifier)
+        return verifier.state != MISMATCH
+
+    def fetch_version(self, key: str, etag: str, size: int, digest: str = "") -> bytes:
+        """All ``size`` bytes of version ``etag`` of ``key``, in memory (one GET, ``If-Match``),
+        checked as a reader's bytes are before any of them is handed on: against ``digest``
+        (what a HEAD of the version told; else what :attr:`checksum_of` knows, or its ETag), a
+        multipart one's part by part where its parts are (:attr:`part_layout_of`). Unchecked
+        only where a reader's would be: nothing to check with (an ETag that is no MD5 and no
+        checksum), parts S3 does not place, or ``verify`` off. For the uploader: another
+        client's version that our appends go after (:meth:`Uploader._append_onto_theirs
+        <s3fs_mount.fs.upload.Uploader._append_onto_theirs>`).
+
+        :raises Corrupt: the bytes (or their count) are not what S3 stored.
+        :raises S3Error: the GET's (412: the key holds another version now).
+        """
+        blocks = self.store.get_range_blocks(key, 0, size, BLOCK, if_match=etag or None) if size else []
+        got = sum(len(b) for b in blocks)
+        expected = self._expected(key, etag, size, digest)
+        if got != size:
+            raise Corrupt("%s: %d bytes of version %s came, of %d" % (key, got, etag, size))
+        if expected is None or self._hash_right(key, etag, size, expected, lambda v: v.feed(0, blocks)):
+            return b"".join(blocks)
+        raise Corrupt("%s: version %s does not match what S3 stored (%s)" % (key, etag, expected[0]))
 
     def _check(self, item: StagedFile, etag: str, state: ReadState | None = None) -> None:
         """A read reached the end of version ``etag``: EIO if its bytes failed their check."""

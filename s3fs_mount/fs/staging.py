@@ -374,11 +374,15 @@ class StagedFile:
         #: GUARDED_BY(cache._lock): another handle was open at once with the one opened last alone
         #: (set by an open that makes two or more, cleared by one that makes one).
         self.overlapped = False
-        #: GUARDED_BY(cond): while the item is dirty by appends alone (O_APPEND writes) to the
-        #: bytes of version ``etag``, all local: that version's size, where our appended bytes
-        #: begin (-1: any other change). An upload that meets another client's version then adds
-        #: them to theirs (:meth:`rebase_appends`), as O_APPEND does on one disk.
-        self.appended_from = -1
+        #: GUARDED_BY(cond): ``(start, etag, generation)``: an O_APPEND write made the item's
+        #: ``generation``, and every change since version ``etag`` (all local then) was one, our
+        #: appended bytes beginning at ``start`` (that version's size). It holds only while the
+        #: item is still at that version and generation (:meth:`_appended_from`): any other change
+        #: moves one of them on (every change bumps the generation; an upload, a rename's copy or
+        #: another version, the ETag), so none has to say it ends it. An upload that meets another
+        #: client's version then adds our appends to theirs (:meth:`rebase_appends`), as O_APPEND
+        #: does on one disk. None: no appends alone.
+        self.appends: tuple[int, str, int] | None = None
         #: GUARDED_BY(cond): the kernel's pages of the file may hold bytes the item no longer has
         #: there (our appends moved after another client's version: :meth:`rebase_appends`): no
         #: open keeps them (:meth:`kernel_pages_written_here`), whatever is written since, until an
@@ -386,7 +390,7 @@ class StagedFile:
         self.pages_moved = False
         #: GUARDED_BY(cond): how many times :meth:`rebase_appends` has changed the file's bytes
         #: under the handles open: a handle open for reading then may have had any of them, from
-        #: us or from the kernel's pages written here (operations' ``_not_moved``).
+        #: us or from the kernel's pages written here (operations' ``_keep_version``).
         self.moves = 0
 
     # -- state ---------------------------------------------------------------------
@@ -705,13 +709,14 @@ class StagedFile:
         """write's work, one try."""
         with self.cond:
             while True:
+                appended_from = -1
                 if append:
                     offset = self.size
                     if not self.dirty:  # the first change since the item was version etag's
                         whole = self.size == self.remote_size and self.present.covers(0, self.size)
-                        self.appended_from = self.size if self.etag and whole else -1
-                else:
-                    self.appended_from = -1
+                        appended_from = self.size if self.etag and whole else -1
+                    else:
+                        appended_from = self._appended_from()
                 end = offset + len(data)
                 if self.released.overlaps(offset, end):
                     raise ReleasedRange("%s: bytes %d-%d" % (self.key, offset, end - 1))
@@ -726,6 +731,8 @@ class StagedFile:
             self.size = max(self.size, end)
             self.mtime = self.ctime = time.time()
             self.generation += 1
+            if appended_from >= 0:  # appends alone still: they hold at this generation too
+                self.appends = (appended_from, self.etag, self.generation)
             self.written_here = True
             became_dirty = not self.dirty
             self.dirty = True
@@ -740,7 +747,6 @@ class StagedFile:
             while any(e > length for s, e in self.inflight):
                 self.cond.wait()
             os.ftruncate(self.fd, length)
-            self.appended_from = -1
             self._drop_digests(min(length, self.size), 1 << 62)
             self.present.remove_from(length)
             self.remote_size = min(self.remote_size, length)
@@ -877,7 +883,6 @@ class StagedFile:
             self._times_from(self.metadata)
             self.generation += 1
             self.dirty = True
-            self.appended_from = -1
         self.save()
 
     def metadata_stored(self, metadata: dict[str, str], etag: str) -> None:
@@ -968,7 +973,6 @@ class StagedFile:
         it moved to a new name)."""
         with self.cond:
             self.etag = etag
-            self.appended_from = -1
 
     def note_landing(self, etag: str) -> None:
         """An upload is about to send version ``etag`` (see :attr:`landing`); the caller saves
@@ -989,7 +993,6 @@ class StagedFile:
         sent (:meth:`sent_as`); the item, still dirty, goes on from it."""
         with self.cond:
             self.etag = etag
-            self.appended_from = -1
             self.base_metadata = dict(metadata)
             self.landing = []
 
@@ -1027,6 +1030,7 @@ class StagedFile:
         but released ranges, which are now that version's (missing, they are fetched).
         """
         with self.cond:
+            appends_alone = self._appended_from() >= 0  # (of the version before this one)
             # A gap past the bytes the item had of S3 that is not released is a hole (a truncate,
             # a write past the end, maybe while this upload ran): zeros here, and in what was
             # uploaded of this generation. Local, then: S3's new version, from a generation before
@@ -1043,7 +1047,8 @@ class StagedFile:
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
             if changed or self.generation != generation:
                 # Still dirty: appends made during the upload follow the version it stored.
-                self.appended_from = self.remote_size if self.appended_from >= 0 and not changed else -1
+                if appends_alone and not changed:
+                    self.appends = (self.remote_size, self.etag, self.generation)
                 return False
             self.dirty = False
             keep = bool(self.upload_ids)  # aborts still owed: the record remembers them
@@ -1055,11 +1060,20 @@ class StagedFile:
 
     def appended_to(self, etag: str) -> int:
         """The bytes our appends follow when the item is dirty by appends alone to version
-        ``etag`` (:attr:`appended_from`), all local; else -1."""
+        ``etag`` (:attr:`appends`), all local; else -1."""
         with self.cond:
             if self.etag != etag or not self.dirty or self.released.total() or self.unlinked:
                 return -1
-            return self.appended_from
+            return self._appended_from()
+
+    def _appended_from(self) -> int:
+        """Where our appended bytes begin while every change since version ``etag`` was an
+        O_APPEND write (:attr:`appends` still of this version and generation); else -1.
+        (Caller holds cond.)"""
+        appends = self.appends
+        if appends is None or appends[1:] != (self.etag, self.generation):
+            return -1
+        return appends[0]
 
     def rebase_appends(
         self, replaces: str, etag: str, theirs: bytes, metadata: dict[str, str], headers: dict[str, str]
@@ -1076,9 +1090,9 @@ class StagedFile:
         with self.cond:
             while self.inflight or self.reading:  # a fetch or a read of the bytes moved
                 self.cond.wait()
-            if self.etag != replaces or not self.dirty or self.appended_from < 0 or self.released.total():
+            start = self._appended_from()
+            if self.etag != replaces or not self.dirty or start < 0 or self.released.total():
                 return None
-            start = self.appended_from
             ours = os.pread(self.fd, self.size - start, start)
             if len(ours) != self.size - start:
                 return None
@@ -1088,7 +1102,7 @@ class StagedFile:
             self.size = len(theirs) + len(ours)
             os.ftruncate(self.fd, self.size)
             self.present = RangeSet([(0, self.size)]) if self.size else RangeSet()
-            self.remote_size = self.appended_from = len(theirs)
+            self.remote_size = len(theirs)
             self.etag = etag
             self.etag_since = self.cache.clock.monotonic()
             self.landing = []
@@ -1104,6 +1118,7 @@ class StagedFile:
             self.checked_etag, self.checked_by = "", None
             self.generation += 1
             generation = self.generation
+            self.appends = (len(theirs), etag, generation)  # ours follow theirs: appends alone still
         self.save()
         return generation
 
@@ -1201,7 +1216,6 @@ class StagedFile:
         self.generation += 1
         self.digests = {}  # they were the old version's
         self.written_here = False
-        self.appended_from = -1
 
     def local_bytes(self) -> int:
         try:

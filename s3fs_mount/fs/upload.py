@@ -40,8 +40,10 @@ HEAD just before the upload compares ETags. When the object changed, ours
 goes to ``KEY.conflict-TIMESTAMP``, theirs stays, one log line names both
 ETags, and :class:`~s3fs_mount.fs.errors.Conflict` tells the caller. But a
 file changed by nothing but appends (O_APPEND writes past the end of the
-version it was) has them added to theirs: their version is fetched, our
-appended bytes go after it, and the upload goes again, conditional on theirs
+version it was) has them added to theirs: their version is fetched, checked
+as a reader's bytes are (:meth:`Prefetcher.fetch_version
+<s3fs_mount.fs.prefetch.Prefetcher.fetch_version>`), our appended bytes go
+after it, and the upload goes again, conditional on theirs
 (:meth:`Uploader._append_onto_theirs`), as O_APPEND lands each write at the
 current end on one disk; one log line says so.
 Another client's metadata-only change keeps the ETag, so no condition tells
@@ -79,7 +81,7 @@ from typing import Any
 from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, check_metadata_size, time_metadata
 from s3fs_mount.fs.budget import BufferPool, ByteBudget
 from s3fs_mount.fs.copies import PendingCopies
-from s3fs_mount.fs.errors import Conflict
+from s3fs_mount.fs.errors import Conflict, Corrupt
 from s3fs_mount.fs.paths import NAME_MAX
 from s3fs_mount.fs.staging import StagedFile, StagingCache
 from s3fs_mount.s3.bucket import Bucket
@@ -88,7 +90,6 @@ from s3fs_mount.s3.checksums import (
     composite,
     crc32,
     crc32_checksum,
-    digest_of_bytes,
     same_bytes,
     whole,
 )
@@ -125,6 +126,10 @@ APPEND_TRIES = 30
 #: one, up to this much (at most APPEND_PAUSE_MOST), times the tries so far, so that two mounts
 #: that keep replacing each other's version get out of step.
 APPEND_PAUSE, APPEND_PAUSE_MOST = 0.005, 0.1
+#: Fetches of another client's version whose bytes failed their check, in a row, before our
+#: appends go to a conflict copy instead (a byte changed on the way: fetched again, as a read
+#: again is).
+APPEND_CHECK_TRIES = 2
 #: The largest version of another client's that our appends are added to: it is read into
 #: memory whole (a larger one: a conflict copy, as any write).
 APPEND_ONTO_MOST = 64 << 20
@@ -312,6 +317,11 @@ class Uploader:
     :param on_stored: told that S3 now holds an item's content, clean, while it still counts
         as uploading (what a stat shows of it comes from the staged copy until this returns).
     :param digest_of: the digest S3 told (a HEAD) for version ``(key, etag)``, '' if not known.
+    :param fetch_version: ``(key, etag, size, digest)`` -> all the bytes of that version, checked
+        as a reader's are (:meth:`Prefetcher.fetch_version
+        <s3fs_mount.fs.prefetch.Prefetcher.fetch_version>`: :class:`Corrupt` if they do not
+        match what S3 stored), for our appends to go after (:meth:`_append_onto_theirs`).
+        None: they never do (a conflict copy, as for any write).
     """
 
     def __init__(
@@ -326,6 +336,7 @@ class Uploader:
         refill: Callable[[StagedFile], None] | None = None,
         on_stored: Callable[[StagedFile], None] | None = None,
         digest_of: Callable[[str, str], str] | None = None,
+        fetch_version: Callable[[str, str, int, str], bytes] | None = None,
     ) -> None:
         # Every field is immutable after __init__ but put_check and complete_check (set once,
         # by configure_checks at mount, before any upload) and _states (see there).
@@ -347,6 +358,7 @@ class Uploader:
         self.refill = refill
         self.on_stored = on_stored
         self.digest_of = digest_of
+        self.fetch_version = fetch_version
         #: Copies in parts under way (this uploader's and the mount's other ones: fs/copies.py),
         #: recorded so that the next mount aborts them; one journal in the cache directory.
         self.copies = PendingCopies(staging.root if staging is not None else None)
@@ -1267,8 +1279,8 @@ class Uploader:
         ``(generation, etag)`` of it, for the upload to go again conditional on that version.
         None, for a conflict copy as before: another kind of change, no object (a removal is not
         appended to), a version or our appends over :data:`APPEND_ONTO_MOST` (both are read into
-        memory), bytes that fail their check, or :data:`APPEND_TRIES` versions each replaced in
-        turn."""
+        memory), bytes that fail their check (:meth:`_fetch_theirs`), or :data:`APPEND_TRIES`
+        versions each replaced in turn."""
         start = item.appended_to(replaces)
         if start < 0 or not theirs or attempt > APPEND_TRIES or item.view().size - start > APPEND_ONTO_MOST:
             return None
@@ -1298,10 +1310,14 @@ class Uploader:
         return generation, info.etag
 
     def _fetch_theirs(self, item: StagedFile) -> tuple[ObjectInfo, bytes] | None:
-        """The version S3 holds of the item's key now, and its bytes, checked against its digest
-        where S3 gives one of all of them; None (logged) when there is none, it is over
-        :data:`APPEND_ONTO_MOST`, or its bytes fail the check. A version replaced between the
-        HEAD and the GET is looked up again (up to :data:`APPEND_TRIES` times)."""
+        """The version S3 holds of the item's key now, and its bytes, checked as a reader's are
+        (:attr:`fetch_version`: the one checked path down, a multipart or composite digest
+        part by part); None (logged) when there is none, it is over :data:`APPEND_ONTO_MOST`,
+        or its bytes fail their check :data:`APPEND_CHECK_TRIES` times. A version replaced
+        between the HEAD and the GET is looked up again (up to :data:`APPEND_TRIES` times)."""
+        if self.fetch_version is None:
+            return None
+        failed = 0
         for _ in range(APPEND_TRIES):
             try:
                 info = self.store.head(item.key)
@@ -1320,25 +1336,23 @@ class Uploader:
                 )
                 return None
             try:
-                data = self.store.get_range(item.key, 0, info.size, if_match=info.etag) if info.size else b""
+                return info, self.fetch_version(item.key, info.etag, info.size, info.digest)
             except S3Error as exc:
-                if exc.precondition_failed or exc.not_found:
-                    continue  # replaced again meanwhile: look again
-                raise
-            digest = info.digest
-            checkable = whole(digest)
-            if len(data) != info.size or (
-                checkable and digest_of_bytes(digest.partition(":")[0], [data]) != digest
-            ):
+                if not (exc.precondition_failed or exc.not_found):
+                    raise
+                # replaced again meanwhile: look again
+            except Corrupt as exc:
+                failed += 1
+                last = failed >= APPEND_CHECK_TRIES
                 log.warning(
-                    "%s: the bytes of another client's version %s do not match what S3 stored (%s): "
-                    "our appends are not added to them",
+                    "%s: the bytes of another client's version %s failed their check (%s): %s",
                     item.key,
                     info.etag,
-                    digest,
+                    exc.strerror,
+                    "our appends are not added to them" if last else "fetched again",
                 )
-                return None
-            return info, data
+                if last:
+                    return None
         return None
 
     def _check_by_head(self, item: StagedFile, replaces: str, check: str) -> None:

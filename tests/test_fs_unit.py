@@ -2260,11 +2260,12 @@ def test_what_the_mount_made_before_serving_is_left_out_of_full_collections(tmp_
 @pytest.mark.parametrize("refused", ["d/", "d_$folder$"])
 def test_mkdir_is_not_left_half_made_when_one_of_its_two_puts_fails(tmp_path, refused):
     """Where directory metadata lives on d_$folder$ (SeaweedFS), mkdir's background PUTs it
-    and the d/ marker side by side: if one is refused, the other is removed, and the fsync of
-    its parent fails with the refusal's errno; the directory is kept, and made once S3 takes it."""
+    and the d/ marker side by side (``-o exclusive_mkdir=off``): if one is refused, the other is
+    removed, and the fsync of its parent fails with the refusal's errno; the directory is kept,
+    and made once S3 takes it."""
     store = FakeStore()
     store.drops_marker_metadata = True
-    ops = make_ops(tmp_path, store)
+    ops = make_ops(tmp_path, store, exclusive_mkdir=False)
     real_put = store.put
 
     def put(key, *args, **kwargs):
@@ -2282,6 +2283,59 @@ def test_mkdir_is_not_left_half_made_when_one_of_its_two_puts_fails(tmp_path, re
     store.put = real_put
     ops.fsyncdir("/", 0, 0)
     assert {"d/", "d_$folder$"} <= set(store.objects)
+
+
+def test_an_exclusive_mkdir_says_a_refused_marker_itself_and_owes_a_refused_holder(tmp_path):
+    """The default mkdir where metadata lives on d_$folder$: its d/ marker is PUT before it
+    returns (If-None-Match: *), so S3 refusing it is mkdir's EACCES, nothing made; S3 refusing
+    the holder (PUT in the background) leaves mkdir's 0, the fsync of the parent EACCES, the
+    directory kept here, and an fsync once S3 takes it puts the holder with its mode."""
+    store = FakeStore()
+    store.drops_marker_metadata = True
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+    refused = {"d/", "e_$folder$"}
+
+    def put(key, *args, **kwargs):
+        if getattr(key, "key", key) in refused:
+            raise S3Error(403, "AccessDenied")
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    with pytest.raises(FuseOSError) as said:
+        ops.mkdir("/d", 0o755)
+    assert said.value.errno == errno.EACCES
+    ops.mkdir("/e", 0o701)
+    assert "e/" in store.objects and "e_$folder$" not in store.objects
+    with pytest.raises(FuseOSError) as failed:
+        ops.fsyncdir("/", 0, 0)
+    assert failed.value.errno == errno.EACCES
+    assert stat.S_IMODE(ops.getattr("/e")["st_mode"]) == 0o701  # kept here, tried again
+    store.put = real_put
+    ops.fsyncdir("/", 0, 0)
+    assert "e_$folder$" in store.objects and not any(k.startswith("d") for k in store.objects)
+    other = make_ops(tmp_path / "other", store)
+    assert stat.S_IMODE(other.getattr("/e")["st_mode"]) == 0o701
+
+
+def test_an_exclusive_mkdir_of_a_name_another_mount_took_meanwhile_is_eexist(tmp_path):
+    """Two mounts' ``mkdir /lock`` (the in-memory store honours If-None-Match: *): the second,
+    whose lookup said no such name a moment before the first made it, is EEXIST."""
+    store = FakeStore()
+    one, two = make_ops(tmp_path / "one", store), make_ops(tmp_path / "two", store)
+    with pytest.raises(FuseOSError):
+        two.getattr("/lock")  # two's lookup: no such name (remembered for attr_ttl)
+    one.mkdir("/lock", 0o755)
+    with pytest.raises(FuseOSError) as taken:
+        two.mkdir("/lock", 0o755)
+    assert taken.value.errno == errno.EEXIST
+    assert two.getattr("/lock")["st_mode"] & stat.S_IFDIR  # asked S3 again
+    one.rmdir("/lock")
+    two.namespace.forget("/lock")
+    two.mkdir("/lock", 0o755)
+    with pytest.raises(FuseOSError) as held:
+        one.mkdir("/lock", 0o755)
+    assert held.value.errno == errno.EEXIST
 
 
 def unmount(ops: S3Operations) -> None:
@@ -2763,10 +2817,11 @@ def gated_dir_puts(store: FakeStore) -> tuple[threading.Event, list[str]]:
 
 
 def test_new_dirs_mkdir_returns_at_once_and_nothing_goes_under_a_directory_before_it(tmp_path):
-    """fs/newdirs.py: mkdir returns with its PUTs held; a file's upload, a symlink and the
-    parent's fsync wait for them; directories go parents first, files after their directory."""
+    """fs/newdirs.py (-o exclusive_mkdir=off): mkdir returns with its PUTs held; a file's upload,
+    a symlink and the parent's fsync wait for them; directories go parents first, files after
+    their directory."""
     store = FakeStore(drops_marker_metadata=True)
-    ops = make_ops(tmp_path, store)
+    ops = make_ops(tmp_path, store, exclusive_mkdir=False)
     gate, order = gated_dir_puts(store)
     ops.mkdir("/a", 0o750)
     ops.mkdir("/a/b", 0o705)  # both returned: their PUTs are held
@@ -2794,7 +2849,7 @@ def test_new_dirs_a_lookup_or_listing_asks_s3_only_once_they_are_there(tmp_path)
     """A new directory whose attributes this mount forgot, and its parent's listing, are asked
     of S3 only once its objects are there: never "no such directory" for one mkdir made."""
     store = FakeStore(drops_marker_metadata=True)
-    ops = make_ops(tmp_path, store)
+    ops = make_ops(tmp_path, store, exclusive_mkdir=False)
     gate, _ = gated_dir_puts(store)
     ops.mkdir("/p", 0o750)
     ops.mkdir("/p/q", 0o700)
@@ -2810,7 +2865,7 @@ def test_new_dirs_a_killed_mount_leaves_them_to_the_next_which_puts_them_parents
     """Killed with the PUTs of two new directories never sent: the next mount puts them (with
     their modes) before the file staged in the inner one, and then owes nothing."""
     store = FakeStore(drops_marker_metadata=True)
-    ops = make_ops(tmp_path, store)
+    ops = make_ops(tmp_path, store, exclusive_mkdir=False)
     gate, _ = gated_dir_puts(store)
     ops.mkdir("/k", 0o751)
     ops.mkdir("/k/l", 0o702)
@@ -2823,7 +2878,7 @@ def test_new_dirs_a_killed_mount_leaves_them_to_the_next_which_puts_them_parents
     order: list[str] = []
     real_put = store.put
     store.put = lambda key, *a, **kw: (order.append(getattr(key, "key", key)), real_put(key, *a, **kw))[1]
-    again = make_ops(tmp_path, store)
+    again = make_ops(tmp_path, store, exclusive_mkdir=False)
     assert again.recover() == []
     assert order.index("k_$folder$") < order.index("k/l_$folder$") < order.index("k/l/f")
     assert (dir_mode(store, "k_$folder$"), dir_mode(store, "k/l_$folder$")) == (0o751, 0o702)

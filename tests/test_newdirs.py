@@ -1,8 +1,10 @@
-"""mkdir through a real mount on SeaweedFS, checked with boto3: it returns once the directory is
-recorded, its objects go up in the background (s3fs_mount/fs/newdirs.py), no key goes under it
-before they are in S3, what changes it waits for them, fsync of its parent reports their
-failure, and a mount killed meanwhile puts them at its next start. The same rules on the
-in-memory store: tests/test_fs_unit.py (``new_dirs``)."""
+"""mkdir through a real mount on SeaweedFS, checked with boto3. By default its marker is PUT with
+``If-None-Match: *`` before it returns (a lock directory holds across mounts) and its holder
+(``dir_$folder$``) goes up in the background; with ``-o exclusive_mkdir=off`` it returns once the
+directory is recorded, all its objects going up in the background (s3fs_mount/fs/newdirs.py).
+Either way no key goes under it before they are in S3, what changes it waits for them, fsync of
+its parent reports their failure, and a mount killed meanwhile puts them at its next start. The
+same rules on the in-memory store: tests/test_fs_unit.py (``new_dirs``)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ from waiting import eventually
 from s3fs_mount.fs.newdirs import JOURNAL_NAME
 
 pytestmark = pytest.mark.fuse
+
+#: mkdir as round 35 made it: it returns at once, all its objects put in the background (by
+#: default, since round 38, its marker is PUT before it returns: a lock directory holds).
+BACKGROUND = "exclusive_mkdir=off"
 
 
 def s3_keys(boto, bucket: str, prefix: str = "") -> list[str]:
@@ -66,7 +72,8 @@ def test_mkdir_returns_while_s3_refuses_and_a_kill_9_leaves_the_directory_to_the
     d/e return all the same (recorded), kill -9 of the mount, nothing of them in S3; the next
     mount (S3 answering again) puts both, each with its mode, before it serves."""
     cache = str(tmp_path / "cache")
-    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache, options="dir_ttl=60")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache, options="dir_ttl=60,"
+                    + BACKGROUND)
     mount.start()
     assert os.listdir(mount.path) == []  # the root's listing: new names are answered from it
     faultproxy.fail_next(100_000, status=503)
@@ -92,7 +99,7 @@ def test_a_file_in_a_new_directory_is_put_only_once_the_directory_is(
     """The directory's PUTs held at the proxy: mkdir returns, the file's close waits and its PUT
     is not sent; once they are let through, the file goes, after them, and the directory has its
     mode: another client never sees the file in a directory that shows none."""
-    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options=BACKGROUND).start()
     os.listdir(mount.path)
     faultproxy.hold_until(dir_objects("d"), lambda method, target: "d" if "let-d-go" in target else None, 120)
     made = threading.Event()
@@ -128,7 +135,7 @@ def test_rmdir_rename_and_chmod_of_directories_whose_objects_are_still_going(
 ):
     """Each new directory's PUTs held a moment at the proxy: chmod, rename and rmdir of them wait
     for those PUTs, then act on what S3 holds, so a late mkdir PUT never undoes them."""
-    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options=BACKGROUND).start()
     os.listdir(mount.path)
 
     def held(method: str, target: str) -> str | None:
@@ -160,7 +167,7 @@ def test_fsync_of_the_parent_reports_a_new_directory_s3_refused_and_a_later_one_
 ):
     """S3 refuses the new directory's objects (403): mkdir returned, the background's failure is
     logged, fsync of its parent says EACCES; once S3 takes them, fsync puts them."""
-    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options=BACKGROUND).start()
     os.listdir(mount.path)
     faultproxy.fail_next(4, status=403, code="AccessDenied")  # the background's PUTs, then fsync's
     os.mkdir(os.path.join(mount.path, "d"), 0o750)
@@ -185,7 +192,7 @@ def test_status_counts_a_new_directory_not_yet_in_s3_and_sync_puts_it(
 ):
     """S3 refuses the background's PUTs of new directory d (403): status says d is not in S3
     yet, and why; sync puts it (an fsync of d) before it says everything is in S3."""
-    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options=BACKGROUND).start()
     os.listdir(mount.path)
     faultproxy.fail_next(2, status=403, code="AccessDenied")  # d's marker and holder
     os.mkdir(os.path.join(mount.path, "d"), 0o750)
@@ -207,7 +214,7 @@ def test_rmdir_of_a_new_directory_whose_puts_have_not_left_sends_neither_them_no
     """The background thread held on directory a's PUTs (at the proxy): mkdir c, rmdir c sends no
     PUT and no delete of c's objects, only one LIST of c/ (is another client's key in it?). c2,
     in which another client put a key after the mkdir, is not empty: its objects go up after all."""
-    mount = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options=BACKGROUND).start()
     os.listdir(mount.path)
     faultproxy.hold_until(dir_objects("a"), lambda method, target: "a" if "let-a-go" in target else None, 120)
     os.mkdir(os.path.join(mount.path, "a"), 0o750)
@@ -243,7 +250,8 @@ def test_a_directory_rmdir_puts_back_whose_put_fails_is_kept_and_put_by_the_next
     S3 refusing it, then a ``kill -9``, left c2/theirs in a directory whose mode was gone for
     good. Now the put-back is recorded as a mkdir is: the next mount PUTs it, with its mode."""
     cache = str(tmp_path / "cache")
-    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache, options=BACKGROUND)
+    mount.start()
     os.listdir(mount.path)
     faultproxy.hold_until(dir_objects("a"), lambda method, target: None, 120)  # the thread waits on a
     os.mkdir(os.path.join(mount.path, "a"), 0o750)
@@ -263,29 +271,95 @@ def test_a_directory_rmdir_puts_back_whose_put_fails_is_kept_and_put_by_the_next
     assert os.listdir(os.path.join(again.path, "c2")) == ["theirs"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mkdir returns before its marker's PUT (fs/newdirs.py): a lock directory is exclusive within "
-    "one mount only; across mounts, ln -s is (README Limitations)",
-)
 def test_mkdir_as_a_lock_is_exclusive_across_mounts(
     mount_factory, tmp_path, s3config, faultproxy, boto, bucket
 ):
-    """``mkdir lock && work; rmdir lock`` from two mounts: mount one's mkdir returns while its
-    marker's PUT is on its way (held at the proxy here, as a loaded server would), and mount
-    two, asking S3, finds no ``lock``: both mkdirs succeed. An exclusive mkdir would PUT its
-    marker with ``If-None-Match: *`` before it returns: the round trip round 35 took out of
-    every mkdir of ``cp -r`` (bench/README.md)."""
+    """``mkdir lock && work; rmdir lock`` from two mounts: mount one's mkdir PUTs its marker with
+    ``If-None-Match: *`` before it returns (held at the proxy here, as a loaded server would);
+    mount two, asking S3, finds no ``lock`` and takes it; one's PUT, let through, finds the
+    name taken: EEXIST. Exactly one mkdir succeeds. Once two's ``rmdir lock``, one takes it.
+    (Round 35's mkdir returned before its PUT: both succeeded, a strict xfail until round 38.)"""
     one = proxied(mount_factory, tmp_path, s3config, faultproxy).start()
     two = mount_factory().start()
     freed = lambda method, target: "lock" if "let-go" in target else None  # noqa: E731
     faultproxy.hold_until(dir_objects("lock"), freed, 60)
-    try:
-        os.mkdir(os.path.join(one.path, "lock"))
-        with pytest.raises(FileExistsError):
-            os.mkdir(os.path.join(two.path, "lock"))
-    finally:
+    outcome: list[object] = []
+
+    def take() -> None:
         try:
-            urllib.request.urlopen(faultproxy.url + "/let-go", timeout=30).close()
-        except OSError:
-            pass  # refused (no such bucket): the proxy saw it, which is all it was for
+            os.mkdir(os.path.join(one.path, "lock"))
+            outcome.append("made")
+        except OSError as exc:
+            outcome.append(exc.errno)
+
+    taker = threading.Thread(target=take, daemon=True)
+    taker.start()
+    eventually(lambda: "lock/" in puts(faultproxy), 60)  # one's marker PUT is at the proxy, held
+    assert not outcome, "mkdir returned before its marker's PUT"
+    os.mkdir(os.path.join(two.path, "lock"))  # S3 has no lock: two takes it
+    try:
+        urllib.request.urlopen(faultproxy.url + "/let-go", timeout=30).close()
+    except OSError:
+        pass  # refused (no such bucket): the proxy saw it, which is all it was for
+    taker.join(60)
+    assert outcome == [errno.EEXIST]
+    assert "lock/" in s3_keys(boto, bucket, "lock")
+    assert os.path.isdir(os.path.join(one.path, "lock"))  # one asks S3 again: it is there
+    with pytest.raises(FileExistsError):
+        os.mkdir(os.path.join(one.path, "lock"))
+    os.rmdir(os.path.join(two.path, "lock"))  # two lets go
+    eventually(lambda: not os.path.exists(os.path.join(one.path, "lock")), 30)
+    os.mkdir(os.path.join(one.path, "lock"))
+    assert "lock/" in s3_keys(boto, bucket, "lock")
+    with pytest.raises(FileExistsError):
+        os.mkdir(os.path.join(two.path, "lock"))
+
+
+def test_a_mkdir_puts_its_marker_before_it_returns_and_its_holder_after(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """The default mkdir on SeaweedFS, whose markers keep no metadata (d's mode is on
+    ``d_$folder$``): ``d/`` is in S3 when mkdir returns, the holder goes in the background. S3
+    refusing the holder (503): mkdir returned all the same, a file's close in d fails (EIO, the
+    file staged: never a file in a directory that shows no mode), ``kill -9``; the next mount
+    PUTs the holder (only: the journal says the marker is there) with d's mode before it serves."""
+    cache = str(tmp_path / "cache")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    os.listdir(mount.path)
+
+    def holder(method: str, target: str) -> bool:
+        return method == "PUT" and target.count("/") >= 2 and key_of(target) == "d_$folder$"
+
+    faultproxy.fail_where(holder, 503)
+    os.mkdir(os.path.join(mount.path, "d"), 0o750)
+    assert s3_keys(boto, bucket, "d") == ["d/"]
+    assert journal_records(cache, JOURNAL_NAME) == 1
+    eventually(lambda: "could not be put in S3" in mount.log(), 120)
+    with pytest.raises(OSError) as failed, open(os.path.join(mount.path, "d", "f"), "wb") as f:
+        f.write(b"payload")
+    assert failed.value.errno == errno.EIO
+    assert s3_keys(boto, bucket, "d") == ["d/"]
+    mount.kill()
+    again = mount_factory(cache_dir=cache).start()
+    assert mode_of(boto, bucket, "d") == 0o40750
+    assert stat.S_IMODE(os.stat(os.path.join(again.path, "d")).st_mode) == 0o750
+    again.stop()
+    assert journal_records(cache, JOURNAL_NAME) == 0
+
+
+def test_a_mkdir_of_a_name_another_client_took_since_the_listing_is_eexist(mount_factory, boto, bucket):
+    """The root listed (``dir_ttl=60``: its names are known here), then another client makes
+    ``d/`` (a marker), ``imp/x`` (``imp`` a directory by its prefix only) and a file ``f``:
+    mkdir of each, answered "no such name" by that listing, is EEXIST, S3's answer to its
+    marker's ``If-None-Match: *`` (SeaweedFS counts a prefix and a file of the name too), and
+    S3 keeps what it had (round 35's mkdir returned 0 and put ``imp/`` and ``imp_$folder$``)."""
+    mount = mount_factory(options="dir_ttl=60").start()
+    assert os.listdir(mount.path) == []
+    boto.put_object(Bucket=bucket, Key="d/", Body=b"")
+    boto.put_object(Bucket=bucket, Key="imp/x", Body=b"x")
+    boto.put_object(Bucket=bucket, Key="f", Body=b"f")
+    for name in ("d", "imp", "f"):
+        with pytest.raises(FileExistsError):
+            os.mkdir(os.path.join(mount.path, name))
+    assert s3_keys(boto, bucket) == ["d/", "f", "imp/x"]
+    assert os.path.isdir(os.path.join(mount.path, "imp")) and os.path.isfile(os.path.join(mount.path, "f"))

@@ -122,13 +122,18 @@ class Mutations:
         #: Directories mkdir made whose objects go up in the background (fs/newdirs.py): a key
         #: goes under one, and S3 is asked about one, only once they are in S3.
         self.new_dirs = NewDirectories(
-            staging.root, lambda path, meta: namespace.write_dir(path, meta, new=True), namespace.dir_made
+            staging.root,
+            lambda path, meta, marked: namespace.write_dir(path, meta, new=not marked),
+            namespace.dir_made,
         )
         namespace.settle_new_dirs = self.new_dirs.settle_in
         uploader.before_put = lambda key: self.new_dirs.settle(KeyMap.split(self.keymap.path(key))[0])
         #: A file is renamed by RenameObject (one atomic request), not a copy and a delete. Set
         #: once, at mount (:meth:`configure_renames`), before any FUSE call.
         self.server_renames = False
+        #: mkdir claims its name in S3 before it returns (``-o exclusive_mkdir``, where the server
+        #: honours ``If-None-Match: *``); else it returns at once. Set once, at mount.
+        self.exclusive_mkdir = False
 
     def configure_renames(self, enabled: bool) -> None:
         """Find out (one probe) whether this server renames an object by RenameObject; log which is used."""
@@ -596,15 +601,30 @@ class Mutations:
         return item
 
     def mkdir(self, path: str, mode: int, uid: int, gid: int) -> None:
+        """A new directory. With :attr:`exclusive_mkdir` its marker is PUT before this returns,
+        with ``If-None-Match: *``: another client's directory of the name, made since our lookup,
+        is FsError EEXIST (``mkdir lock`` is a lock across mounts); a holder it needs beside
+        (``dir_$folder$``) goes up in the background. Else the directory is recorded and all
+        its objects go up in the background (fs/newdirs.py, round 35): what would see it in S3
+        before they are there waits for them."""
         # A file of that name may be pending delete: some servers (SeaweedFS) keep a file and a
         # directory of one name apart no better than a disk does, so its delete goes first.
         self.deletes.settle(self.keymap.key(path))
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
-        # Recorded, its objects PUT in the background (fs/newdirs.py): what would see the
-        # directory in S3 before they are there waits for them.
-        self.new_dirs.add(path, meta)
-        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=NEW_DIR_ETAG)
+        etag = NEW_DIR_ETAG
+        if self.exclusive_mkdir and self.uploader.put_check == CHECK_CONDITIONAL:
+            # (Under a directory made here whose objects are still owed, too: that parent goes up
+            # first, and anyone may look into it from then on, before its subdirectories' PUTs.)
+            self.new_dirs.settle(KeyMap.split(path)[0])
+            claimed, holder_owed = self.namespace.claim_dir(path, meta)
+            if holder_owed:
+                self.new_dirs.add(path, meta, marked=True)
+            else:
+                etag = claimed
+        else:
+            self.new_dirs.add(path, meta)
+        made = A.attributes_from(meta, 0, now, self.defaults, "dir", etag=etag)
         made.nlink = 2  # empty: known, so its subdirectories are counted from here on
         self.namespace.remember(path, made)
         self.namespace.known_empty(path)

@@ -1191,15 +1191,62 @@ class Namespace:
         self.holders.done(path)
         return etag
 
+    def claim_dir(self, path: str, metadata: dict[str, str]) -> tuple[str, bool]:
+        """mkdir's making of directory ``path`` where other clients can see its parent: its
+        marker PUT now with ``If-None-Match: *`` (the caller knows the server honours it), so
+        that of two clients' mkdirs of one name one only succeeds: FsError EEXIST for the
+        other (a lock directory holds across mounts). Returns (the marker's ETag, whether its
+        holder is owed still: a ``dir_$folder$`` the caller has PUT, fs/newdirs.py). With
+        ``defer_holders`` that holder is recorded here and left to the times writer.
+
+        A 412 whose marker carries our metadata is our own PUT, retried after its first attempt
+        landed unanswered; where markers keep no metadata (SeaweedFS) that cannot be told, and
+        it is EEXIST too."""
+        headers = {"Content-Type": DIRECTORY_CONTENT_TYPE, **metadata}
+        holders = self._holders(path)
+        marker = holders[-1]
+        if len(holders) > 1 and self.defer_holders:
+            return self._make_marker(path, metadata, marker, headers, exclusive=True), False
+        return self._put_marker_exclusive(path, marker, headers), len(holders) > 1
+
+    def _put_marker_exclusive(self, path: str, marker: tuple[Bucket, str], headers: dict[str, str]) -> str:
+        """:meth:`claim_dir`'s PUT; its ETag, or FsError EEXIST (the name is taken in S3)."""
+        view, key = marker
+        try:
+            return view.put(key, b"", headers, if_none_match=True)
+        except S3Error as exc:
+            if not exc.precondition_failed:
+                raise
+        if self.dir_meta_on_marker:
+            try:
+                info = view.head(key)
+            except S3Error as exc:
+                if not exc.not_found:
+                    raise
+            else:
+                if all(info.metadata.get(k) == headers.get(k) for k in (A.MTIME, A.CTIME)):
+                    return info.etag  # ours: a retried PUT whose first attempt landed
+        self.forget(path)  # S3's to say what it is now
+        raise FsError(errno.EEXIST, "another client made %s meanwhile" % path)
+
     def _make_marker(
-        self, path: str, metadata: dict[str, str], marker: tuple[Bucket, str], headers: dict[str, str]
+        self,
+        path: str,
+        metadata: dict[str, str],
+        marker: tuple[Bucket, str],
+        headers: dict[str, str],
+        exclusive: bool = False,
     ) -> str:
-        """A new directory's marker, PUT now; its holder is recorded (fs/holders.py) and left to
-        :meth:`store_dir_times`, as the times of a directory just changed are. Returns the marker's ETag."""
+        """A new directory's marker, PUT now (``exclusive``: as :meth:`claim_dir` does); its holder
+        is recorded (fs/holders.py) and left to :meth:`store_dir_times`, as the times of a
+        directory just changed are. Returns the marker's ETag."""
         self.holders.add(path, metadata)  # recorded before the marker: a killed mount writes it later
         view, key = marker
         try:
-            etag = view.put(key, b"", headers)
+            if exclusive:
+                etag = self._put_marker_exclusive(path, marker, headers)
+            else:
+                etag = view.put(key, b"", headers)
         except BaseException:
             self.holders.done(path)
             raise

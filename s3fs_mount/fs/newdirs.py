@@ -1,4 +1,10 @@
-"""Directories mkdir made, their objects PUT in the background: mkdir returns once it is recorded.
+"""Directories mkdir made, their objects (or their holder only) PUT in the background.
+
+By default (``-o exclusive_mkdir``, where the server honours ``If-None-Match: *``) mkdir PUTs a
+new directory's marker itself, conditional, before it returns, so that ``mkdir lock`` is a
+lock across mounts (:meth:`Namespace.claim_dir`, round 38); only its ``dir_$folder$`` holder,
+where the server needs one, is recorded here (``marked``) and PUT by the thread. Otherwise
+(``exclusive_mkdir=off``) mkdir returns once the directory is recorded, as below.
 
 A new directory's objects (its ``dir/`` marker and, where the server drops metadata on
 keys ending in '/', its ``dir_$folder$`` holder, which carries its mode) were PUT side by
@@ -53,8 +59,9 @@ JOURNAL_NAME = "newdirs.journal"
 #: Seconds before the background thread tries a directory whose PUT failed again.
 RETRY_PAUSE = 5.0
 
-#: Puts directory ``path``'s objects with ``metadata``; returns the ETag to remember it by.
-Send = Callable[[str, dict[str, str]], str]
+#: Puts directory ``path``'s objects with ``metadata`` (its holder only, if the third argument
+#: says its marker is in S3 already: an exclusive mkdir's); returns the ETag to remember it by.
+Send = Callable[[str, dict[str, str], bool], str]
 #: Told that directory ``path``'s objects are in S3, with that ETag.
 Sent = Callable[[str, str], None]
 
@@ -64,6 +71,8 @@ QUEUED, SENDING, FAILED = "queued", "sending", "failed"
 @dataclasses.dataclass
 class _NewDir:
     metadata: dict[str, str]
+    #: Its marker is in S3 already (mkdir claimed the name, fs/mutations.py): its holder is owed.
+    marked: bool = False
     state: str = QUEUED
     failed_at: float = 0.0
     error: str = ""
@@ -114,7 +123,7 @@ class NewDirectories:
         log.info("recovery: %d new directories a previous run did not put in S3 yet", len(left))
         with self._cond:
             for path in sorted(left):
-                self._pending[path] = _NewDir(dict(left[path]["meta"]))
+                self._pending[path] = _NewDir(dict(left[path]["meta"]), bool(left[path].get("marked")))
         try:
             self.settle_under("/")
         except FsError:
@@ -122,24 +131,25 @@ class NewDirectories:
                 self._start()
         return len(left)
 
-    def add(self, path: str, metadata: dict[str, str]) -> None:
-        """mkdir of ``path`` with ``metadata``: recorded now, its objects PUT soon. While S3
-        refuses (:attr:`refusing`), PUT now: FsError (S3's errno, EACCES for read-only keys) if
-        it still does, and nothing is recorded."""
+    def add(self, path: str, metadata: dict[str, str], marked: bool = False) -> None:
+        """mkdir of ``path`` with ``metadata``: recorded now, its objects PUT soon (``marked``:
+        its marker is in S3 already, its holder only is owed). While S3 refuses
+        (:attr:`refusing`), PUT now: FsError (S3's errno, EACCES for read-only keys) if it still
+        does, and nothing is recorded."""
         with self._cond:
-            refusing = self.refusing
+            refusing = self.refusing and not marked  # (S3 just took the marker)
         if refusing:
             self.settle(KeyMap.split(path)[0])
             try:
-                self._sent(path, self._send(path, metadata))
+                self._sent(path, self._send(path, metadata, False))
             except Exception as exc:  # noqa: BLE001 - whatever S3 or the network said, as errno
                 raise FsError(errno_for(exc), "directory %s is not in S3: %s" % (path, exc)) from exc
             with self._cond:
                 self.refusing = False
             return
-        self._records.record(path, {"meta": metadata})
+        self._records.record(path, {"meta": metadata, "marked": True} if marked else {"meta": metadata})
         with self._cond:
-            self._pending[path] = _NewDir(dict(metadata))
+            self._pending[path] = _NewDir(dict(metadata), marked)
             self._start()
             self._cond.notify_all()
 
@@ -170,10 +180,11 @@ class NewDirectories:
         """rmdir of ``path`` while none of its objects has left yet (queued, nothing pending
         under it): its record goes, and nothing of it is sent (a PUT of each object, then a
         delete of each, for a directory S3 never needed). False if its PUTs are under way,
-        failed (one may have landed) or have subdirectories pending: the caller settles it."""
+        failed (one may have landed), its marker is in S3 (an exclusive mkdir's) or it has
+        subdirectories pending: the caller settles it."""
         with self._cond:
             entry = self._pending.get(path)
-            if entry is None or entry.state != QUEUED:
+            if entry is None or entry.state != QUEUED or entry.marked:
                 return False
             if any(_above(path, p) for p in self._pending if p != path):
                 return False
@@ -257,9 +268,9 @@ class NewDirectories:
     def _put(self, path: str) -> None:
         """PUT ``path``'s objects (taken: SENDING); on failure it is FAILED, and it raises."""
         with self._cond:
-            meta = self._pending[path].metadata
+            meta, marked = self._pending[path].metadata, self._pending[path].marked
         try:
-            etag = self._send(path, meta)
+            etag = self._send(path, meta, marked)
             self._sent(path, etag)
             self._records.record(path, None)
         except BaseException as exc:

@@ -218,6 +218,7 @@ class S3Operations(Operations):
         self.changes = Mutations(
             store, self.namespace, self.staging, self.uploader, self.prefetcher, server_full, clock
         )
+        self.changes.exclusive_mkdir = options.exclusive_mkdir
         #: Where requests go and how they fared, for ``s3fs-mount status`` (no request is sent here).
         self.endpoint, self.request_summary = store.endpoint, store.request_summary
         self._lock = threading.Lock()  # guards _handles, _hidden, _gone, _gone_files and background

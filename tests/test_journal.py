@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -388,25 +389,38 @@ def _rows(tmp_path) -> int:
 
 def test_what_heads_told_is_written_once_the_records_stop_not_during_the_burst(tmp_path):
     """fs/known.py: ls -l of a directory records each HEAD's answer on the readdir's thread; the
-    rows are encoded and written once the records stop (or at find/close), not every 256 records
-    while the HEADs go on (~10% of the mount's GIL in ls -l). Before: 768 of 1,000 rows written
-    during the burst."""
+    rows are encoded and written once the records stop (or at close), not every 256 records
+    while the HEADs go on (~10% of the mount's GIL in ls -l), nor at each listing page's find
+    (round 38). Before round 36: 768 of 1,000 rows written during the burst; before round 38:
+    the 1,000 written by the find."""
     defaults = A.Defaults(uid=0, gid=0, umask=0o022)
     known = KnownVersions(str(tmp_path), defaults, quiet=3600.0)
     for i in range(1000):
         known.record("/d/f%04d" % i, _head_answer(i))
     assert _rows(tmp_path) == 0
-    found = known.find(["/d/f0000", "/d/f0999"])  # a listing writes what is queued before it asks
-    assert _rows(tmp_path) == 1000
+    found = known.find(["/d/f0000", "/d/f0999"])  # a listing reads the queue: writes nothing
+    assert _rows(tmp_path) == 0
     assert found["/d/f0999"].mode == 0o100640 and found["/d/f0999"].uid == 7
     known.record("/d/g", _head_answer(1000))
     known.drop("/d/f0000")  # queued in order after the records: the row goes
+    assert set(known.find(["/d/f0000", "/d/f0999", "/d/g"])) == {"/d/f0999", "/d/g"}
+    assert _rows(tmp_path) == 0
     known.close()  # writes the rest; the writer thread ends
     assert _rows(tmp_path) == 1000
     assert known._writer is not None and not known._writer.is_alive()
-    again = KnownVersions(str(tmp_path), defaults)
+    again = KnownVersions(str(tmp_path), defaults, quiet=3600.0)
     assert set(again.find(["/d/f0000", "/d/g"])) == {"/d/g"}
+    # What the queue answered is what the row gives back (but when it was asked).
+    assert dataclasses.replace(again.find(["/d/f0999"])["/d/f0999"], seen_at=0) == dataclasses.replace(
+        found["/d/f0999"], seen_at=0
+    )
+    again.record("/d/h", _head_answer(1001))
+    again.record("/e/i", _head_answer(1002))
+    again.drop("/d", tree=True)  # queued after the rows and the record: all of /d goes
+    assert set(again.find(["/d/f0999", "/d/g", "/d/h", "/e/i"])) == {"/e/i"}
+    assert _rows(tmp_path) == 1000
     again.close()
+    assert _rows(tmp_path) == 1
 
 
 def test_what_heads_told_is_written_by_the_writer_once_quiet_and_at_once_past_the_bound(tmp_path):

@@ -25,14 +25,18 @@ queue once no record came for :data:`QUIET` seconds, so the HEADs of a burst
 (``ls -l`` of 10,000: a record each, on the readdir's thread) do not pay for
 their rows while the burst goes on: the encoding and the inserts took ~10% of the
 mount's GIL in ``ls -l`` (bench/README.md, round 36 helper 1). A listing asks the
-table only after writing what is queued (:meth:`KnownVersions.find`), and
-unmount writes the rest (:meth:`KnownVersions.close`). At most
+table and reads what is queued over its answer (:meth:`KnownVersions.find`): it
+writes nothing, since each page of a walk's listing comes while that walk's HEADs
+are still recorded (``ls -l`` of 10,000 wrote ~1,000 rows before each of its 9
+later pages, on the readdir's thread: round 38); unmount writes the rest
+(:meth:`KnownVersions.close`). At most
 :data:`MAX_QUEUED` records wait: past that, the one that fills the queue writes
 it at once (memory bounded in a burst that never pauses). A mount killed before
 a write loses those rows: what they told is asked again (HEADs).
 
 Locks: ``_db_lock`` guards the connection (one statement at a time, and a
-queue taken is written before a query); ``_lock`` guards the queue and the
+queue taken is written before another query: a query and the queue read after it
+under one hold see every record); ``_lock`` guards the queue and the
 writer's fields, and is held for no statement, so a record never waits for a
 write. ``_db_lock`` is taken before ``_lock`` when both are. Neither is held
 during a request, nor while waiting for the writer thread.
@@ -178,13 +182,19 @@ class KnownVersions:
 
     def find(self, paths: list[str]) -> dict[str, A.Attributes]:
         """What is kept of ``paths``: path -> whole attributes (``stored``: the version's
-        Last-Modified), for the caller to check against its listing."""
+        Last-Modified), for the caller to check against its listing.
+
+        The table's rows, with what is queued read over them in order (a record, a drop): the
+        queue is not written here (see the module's docstring)."""
         found: dict[str, A.Attributes] = {}
         with self._lock:
             if not paths or not self._any:
                 return found
         with self._db_lock:
-            self._write_queue()
+            # Under _db_lock no queue is taken for writing: the rows and this copy of the queue
+            # together hold every record made before it.
+            with self._lock:
+                queued = list(self._writes)
             for start in range(0, len(paths), QUERY_CHUNK):
                 chunk = paths[start : start + QUERY_CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -194,7 +204,42 @@ class KnownVersions:
                     attributes = self._attributes(etag, size, stored, facts)
                     if attributes is not None:
                         found[path] = attributes
+        if queued:
+            self._read_queued(queued, set(paths), found)
         return found
+
+    def _read_queued(
+        self, queued: list[tuple[str, tuple[object, ...]]], wanted: set[str], found: dict[str, A.Attributes]
+    ) -> None:
+        """Apply ``queued`` (records and drops not yet written, in order) to ``found`` for the
+        paths ``wanted``: what the table will say once they are written."""
+        for op, row in queued:
+            path = str(row[0])
+            if op == "put":
+                if path in wanted:
+                    attributes = row[1]
+                    assert isinstance(attributes, A.Attributes)
+                    # As the row would give it back: a copy, dated to the second (_row's int).
+                    stored = float(int(attributes.stored or 0))
+                    found[path] = A.attributes_from(
+                        attributes.metadata,
+                        attributes.size,
+                        stored,
+                        self.defaults,
+                        "file",
+                        etag=attributes.etag,
+                        headers=dict(attributes.headers),
+                        storage_class=attributes.storage_class,
+                        version_id=attributes.version_id,
+                        digest=attributes.digest,
+                        stored=stored,
+                    )
+            elif op == "drop":
+                found.pop(path, None)
+            else:  # drop_tree
+                below = path.rstrip("/") + "/"
+                for gone in [p for p in found if p == path or p.startswith(below)]:
+                    del found[gone]
 
     def flush(self) -> None:
         """Write what is queued."""

@@ -74,7 +74,9 @@ if [ "${CI:-}" = "true" ]; then
     export S3FS_REQUIRE_FUSE=1
 fi
 log "pytest $*"
-.venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
+# --durations: every run's log names the 30 slowest tests (setup and teardown counted apart), so a
+# suite creeping towards the guide's 25 minutes shows where; a later --durations=N in "$@" wins.
+.venv/bin/python -m pytest -p no:cacheprovider -ra --durations=30 "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then
     log "pytest collected no tests: failing"

@@ -757,6 +757,9 @@ def test_a_409_at_a_conflict_name_takes_the_next_name(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(store, "put", put)
     monkeypatch.setattr(store, "copy_object", copy_object)
+    # One second for the whole test: a conflict name holds the time to the second, and a retry
+    # in the next second takes a new stamp, not "-2" (failed so once at load 28).
+    monkeypatch.setattr(time, "strftime", lambda fmt, t=None: "20261207T120000")
     # A small file: ours goes to a conflict name.
     uploader, cache = uploader_at(tmp_path, store)
     store.put("f", b"v0")
@@ -778,6 +781,7 @@ def test_a_409_at_a_conflict_name_takes_the_next_name(tmp_path, monkeypatch, cap
     assert refused and store.objects["big"].data == data
     (aside,) = [k for k in store.objects if k.startswith("big.conflict-")]
     assert aside.endswith("-2") and store.objects[aside].data == b"theirs"
+
 
 def test_a_streamed_write_has_upload_parallel_parts_in_flight_not_parallel(tmp_path, monkeypatch):
     """A file streamed while written sends ``upload_parallel`` parts at once (here 4), not

@@ -21,8 +21,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 # --- system packages -----------------------------------------------------------------
 missing=()
 # autoconf..openssl: tests/pjdfstest.py builds pjdfstest (C) and runs it with perl's prove.
-# s3fs: s3fs-fuse, the peer of tests/test_s3fs_interop.py.
-for pkg in fuse3 libfuse2 attr rsync autoconf automake gcc make libc6-dev perl openssl s3fs; do
+# s3fs: s3fs-fuse, the peer of tests/test_s3fs_interop.py. strace: bench/fuse_ops.py (test_bench).
+for pkg in fuse3 libfuse2 attr rsync autoconf automake gcc make libc6-dev perl openssl s3fs strace; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 PYTHON="${PYTHON:-python3}"

@@ -153,3 +153,43 @@ def test_requests_cpu_times_every_request_type_for_every_client(
     assert "CRC32" in out  # the PUTs carried the checksum the mount sends (SeaweedFS keeps CRC32)
     assert not boto.list_objects_v2(Bucket=bucket, Prefix="put/").get("Contents")
     assert len(boto.list_objects_v2(Bucket=bucket, Prefix="list/")["Contents"]) == 20
+
+
+def test_fuse_ops_counts_the_requests_the_kernel_sends_a_small_file(mount: Any) -> None:
+    """bench/fuse_ops.py through a real mount: a small file written as cp writes it costs the mount
+    LOOKUP, CREATE, GETXATTR (the kernel's security.capability check before a write through its
+    pages), WRITE, FLUSH and RELEASE, one each (bench/README.md, round 38 helper 3). Counts, not times."""
+    import shutil
+    import subprocess
+
+    assert shutil.which("strace"), "strace is one of tests/run.sh's packages"
+    assert mount.proc is not None
+    loop = (
+        "import os\n"
+        "for i in range(5):\n"
+        "    fd = os.open(os.path.join(%r, 'f%%d' %% i), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+        "    os.write(fd, b'x' * 4096)\n"
+        "    os.close(fd)\n" % mount.path
+    )
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "fuse_ops.py"), "--pid", str(mount.proc.pid), "--per", "5", "--",
+         sys.executable, "-c", loop],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    counts = {line.split()[0]: int(line.split()[1]) for line in out.splitlines() if line.strip()}
+    for op in ("LOOKUP", "CREATE", "GETXATTR", "WRITE", "FLUSH", "RELEASE"):
+        assert counts.get(op) == 5, (op, out)
+    assert "IOCTL" not in counts  # os.open makes no isatty check (Python's open() does: one IOCTL each)
+
+
+def test_fuse_ops_reads_whole_and_resumed_reads_of_fuse_requests() -> None:
+    """The parser: a request read in one line or resumed on another counts; a short read does not."""
+    fuse_ops = load("fuse_ops")
+    lines = [
+        r'101 read(7, "\x30\x00\x00\x00\x01\x00\x00\x00"..., 1052672) = 48',
+        r'102 <... read resumed>"\x58\x00\x00\x00\x23\x00\x00\x00"..., 1052672) = 88',
+        r'102 read(7,  <unfinished ...>',
+        r'103 read(9, "\x04\x00\x00\x00\x16\x00\x00\x00", 8) = 8',
+        r'104 read(5, "HTTP/1.1"..., 4096) = 796',
+    ]
+    assert fuse_ops.count(lines) == {"LOOKUP": 1, "CREATE": 1}

@@ -330,9 +330,11 @@ class FakeStore:
         destination[new_key] = objects.pop(key)
         self._made_directories(remote_destination, new_key)
 
-    def remove(self, remote_name: str | S3Name) -> None:
+    def remove(self, remote_name: str | S3Name, if_match: str | None = None) -> None:
         self.count("DELETE")
         objects, key = self._at(remote_name)
+        if if_match and key in objects and objects[key].etag != if_match.strip('"'):
+            raise S3Error(412, "PreconditionFailed", resource=key)  # another version than the one named
         objects.pop(key, None)
         self._directory_deleted(resolve(remote_name, self.default_bucket)[0], key)
 

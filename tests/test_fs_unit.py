@@ -28,6 +28,7 @@ from s3fs_mount.fs.options import MountOptions, human_size
 from s3fs_mount.fs.staging import StagedFile
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.names import resolve
 
 MiB = 1 << 20
 
@@ -1413,6 +1414,58 @@ def test_a_file_rename_copies_the_version_looked_up_with_no_head_and_no_target_l
     made = {k: store.calls[k] - before.get(k, 0) for k in store.calls if store.calls[k] != before.get(k, 0)}
     assert made == {"COPY": 1, "DELETE": 1}  # as raw S3: CopyObject (if-match the ETag seen), DeleteObject
     assert store.get_range("dst", 0, 4) == b"data" and "src" not in store.objects
+
+
+class PutAfterCopies(FakeStore):
+    """Another client puts ``body`` at each key in ``keys`` just after the rename's copy of it."""
+
+    def __init__(self, keys: set[str], body: bytes) -> None:
+        super().__init__()
+        self.after_copy_of, self.body = keys, body
+
+    def copy_object(self, remote_source, remote_destination, *args, **kwargs) -> str:
+        etag = super().copy_object(remote_source, remote_destination, *args, **kwargs)
+        if resolve(remote_source, self.default_bucket)[1] in self.after_copy_of:
+            FakeStore.put(self, remote_source, self.body)
+        return etag
+
+
+@pytest.mark.parametrize("tree", [False, True])
+def test_a_rename_never_deletes_a_version_put_at_the_old_name_after_its_copy(tmp_path, tree):
+    """Round 38: the delete after a rename's copy named no version; another client's put between
+    the two was deleted, never copied. Now it stays at the old name (DELETE If-Match; the ETag of
+    DeleteObjects), the copy of ours at the new one."""
+    store = PutAfterCopies({"src", "d/f1"}, b"theirs")
+    store.put("src", b"ours")
+    for i in range(3):
+        store.put("d/f%d" % i, b"ours %d" % i)
+    ops = make_ops(tmp_path, store, server_rename=False)
+    old, new = ("/d", "/e") if tree else ("/src", "/dst")
+    ops.getattr(old)
+    ops.rename(old, new)
+    if tree:
+        assert [store.get_range("e/f%d" % i, 0, 6) for i in range(3)] == [b"ours 0", b"ours 1", b"ours 2"]
+        assert sorted(k for k in store.objects if k.startswith("d/") and not k.endswith("/")) == ["d/f1"]
+        assert store.get_range("d/f1", 0, 6) == b"theirs"
+    else:
+        assert store.get_range("dst", 0, 4) == b"ours" and store.get_range("src", 0, 6) == b"theirs"
+        assert ops.getattr("/src")["st_size"] == 6  # not remembered gone
+
+
+def test_a_directory_rename_onto_one_listed_empty_asks_s3_and_is_enotempty(tmp_path):
+    """Round 38: mv d e over an e this mount listed empty, where another client put e/x since,
+    copied d/x over theirs and returned 0."""
+    store = FakeStore()
+    store.put("d/x", b"ours")
+    store.put("e/", b"")
+    ops = make_ops(tmp_path, store, dir_ttl=60)
+    assert len(list(ops.readdir("/e", 0))) == 2  # . and ..: empty
+    store.put("e/x", b"theirs")
+    with pytest.raises(FuseOSError) as raised:
+        ops.rename("/d", "/e")
+    assert raised.value.errno == errno.ENOTEMPTY
+    assert store.get_range("e/x", 0, 6) == b"theirs" and store.get_range("d/x", 0, 4) == b"ours"
+    assert [e[0] if isinstance(e, tuple) else e for e in ops.readdir("/e", 0)][2:] == ["x"]
 
 
 def test_a_file_rename_after_another_client_replaced_the_source_copies_its_current_version(tmp_path):

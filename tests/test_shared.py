@@ -18,8 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
+from faultproxy import is_delete_objects
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -29,7 +31,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from mountrig import sync_dir
+from mountrig import proxied, sync_dir
 from waiting import eventually
 
 pytestmark = pytest.mark.fuse
@@ -1919,3 +1921,147 @@ def test_on_aws_an_open_file_written_again_after_another_clients_change(moto_mou
     assert len(keys) == 2 and keys[0] == "f" and keys[1].startswith("f.conflict-"), keys
     assert client.get_object(Bucket=bucket, Key="f")["Body"].read() == theirs
     assert client.get_object(Bucket=bucket, Key=keys[1])["Body"].read() == data + b"more"
+
+
+# -- names another client writes while this mount renames (round 38) ------------------------------
+
+def _deletes_of(bucket: str, key: str) -> Callable[[str, str], bool]:
+    """(method, target) -> whether it is a DELETE of ``key``, or a DeleteObjects."""
+    return lambda m, t: _is_request_for(m, t, "DELETE", bucket, key) or is_delete_objects(m, t)
+
+
+def _is_request_for(method: str, target: str, wanted: str, bucket: str, key: str) -> bool:
+    return method == wanted and target.split("?")[0] == "/%s/%s" % (bucket, key)
+
+
+def _hold_until_told(proxy, held: Callable[[str, str], bool]) -> Callable[[], None]:
+    """Hold every request ``held`` is true of until the returned call (a request through
+    ``proxy`` that frees them): what another client does meanwhile comes between two steps of a
+    rename. Returns the call."""
+    import urllib.error
+    import urllib.request
+
+    proxy.hold_until(lambda m, t: "go" if held(m, t) else None,
+                     lambda m, t: "go" if t.startswith("/s3fs-test-go") else None, 120)
+
+    def free() -> None:
+        try:
+            urllib.request.urlopen(proxy.url + "/s3fs-test-go", timeout=30).close()
+        except urllib.error.HTTPError:
+            pass  # the server's answer does not matter: the request came
+
+    return free
+
+
+def _heard(proxy, held: Callable[[str, str], bool]) -> bool:
+    return any(held(m, t) for m, t, _ in list(proxy.heard))
+
+
+def test_a_rename_keeps_the_version_another_client_put_at_the_old_name_after_the_copy(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """Found by the round-38 hunt: a file's rename (no RenameObject) is a copy, then a delete of
+    the old key; the delete named no version, so a version another client put at the old name
+    between the two was deleted, never copied: lost. As on a local disk (their write after our
+    rename made the name anew), it stays: the rename moved the version it copied."""
+    boto.put_object(Bucket=bucket, Key="a", Body=b"ours")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options="server_rename=off").start()
+    a, b = os.path.join(mount.path, "a"), os.path.join(mount.path, "b")
+    with open(a, "rb") as f:
+        assert f.read() == b"ours"
+    free = _hold_until_told(faultproxy, _deletes_of(bucket, "a"))
+    mover = threading.Thread(target=os.rename, args=(a, b))
+    mover.start()
+    eventually(lambda: _heard(faultproxy, _deletes_of(bucket, "a")), 60, "the rename's delete")
+    boto.put_object(Bucket=bucket, Key="a", Body=b"theirs")  # straight at the server
+    free()
+    mover.join(60)
+    assert not mover.is_alive()
+    assert s3_bytes(boto, bucket, "b") == b"ours"
+    assert s3_bytes(boto, bucket, "a") == b"theirs"
+    eventually(lambda: sorted(os.listdir(mount.path)) == ["a", "b"], what="both names shown")
+    with open(a, "rb") as f:
+        assert f.read() == b"theirs"
+
+
+def test_a_directory_rename_keeps_the_versions_another_client_put_meanwhile(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """Found by the round-38 hunt: mv d e copies d's files, then deletes d's keys in one
+    DeleteObjects naming no version: a file another client rewrote in d between the copies and
+    that delete was deleted, never copied: lost. Now each delete is of the version copied; theirs
+    stays in d (as their write after the rename would make it on a local disk), and e is whole."""
+    names = ["f%d" % i for i in range(5)] + ["sub/g"]
+    for n in names:
+        boto.put_object(Bucket=bucket, Key="d/" + n, Body=b"ours " + n.encode())
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options="server_rename=off").start()
+    assert _listed(os.path.join(mount.path, "d")) == ["f0", "f1", "f2", "f3", "f4", "sub"]
+    free = _hold_until_told(faultproxy, _deletes_of(bucket, "d/f2"))
+    d, e = os.path.join(mount.path, "d"), os.path.join(mount.path, "e")
+    mover = threading.Thread(target=os.rename, args=(d, e))
+    mover.start()
+    eventually(lambda: _heard(faultproxy, _deletes_of(bucket, "d/f2")), 60, "the rename's deletes")
+    boto.put_object(Bucket=bucket, Key="d/f2", Body=b"theirs")
+    boto.put_object(Bucket=bucket, Key="d/sub/g", Body=b"theirs too")
+    free()
+    mover.join(60)
+    assert not mover.is_alive()
+    for n in names:
+        assert s3_bytes(boto, bucket, "e/" + n) == b"ours " + n.encode(), n
+    assert s3_bytes(boto, bucket, "d/f2") == b"theirs"
+    assert s3_bytes(boto, bucket, "d/sub/g") == b"theirs too"
+    assert [k for k in s3_keys(boto, bucket, "d/") if not k.endswith("/")] == ["d/f2", "d/sub/g"]
+    eventually(lambda: _listed(d) == ["f2", "sub"], what="d shows theirs")
+    assert _listed(e) == ["f0", "f1", "f2", "f3", "f4", "sub"]
+
+
+def test_a_directory_rename_moves_the_version_another_client_put_before_its_copy_once(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """The other side of the test above: a file rewritten between the rename's listing and its
+    copy. The copy is of the version listed (412), then of theirs (one HEAD), and the delete of
+    theirs: it is moved, as their write before our rename would be on a local disk; not under
+    both names."""
+    for i in range(3):
+        boto.put_object(Bucket=bucket, Key="d/f%d" % i, Body=b"ours %d" % i)
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, options="server_rename=off").start()
+    d, e = os.path.join(mount.path, "d"), os.path.join(mount.path, "e")
+    assert _listed(d) == ["f0", "f1", "f2"]
+
+    def copy_f1(method: str, target: str) -> bool:
+        return _is_request_for(method, target, "PUT", bucket, "e/f1")
+
+    free = _hold_until_told(faultproxy, copy_f1)
+    mover = threading.Thread(target=os.rename, args=(d, e))
+    mover.start()
+    eventually(lambda: _heard(faultproxy, copy_f1), 60, "the rename's copy")
+    boto.put_object(Bucket=bucket, Key="d/f1", Body=b"theirs")
+    free()
+    mover.join(60)
+    assert not mover.is_alive()
+    assert [s3_bytes(boto, bucket, "e/f%d" % i) for i in range(3)] == [b"ours 0", b"theirs", b"ours 2"]
+    assert [k for k in s3_keys(boto, bucket, "d/") if not k.endswith("/")] == []
+    assert _listed(e) == ["f0", "f1", "f2"]
+
+
+def test_a_directory_rename_onto_an_empty_one_another_client_put_a_file_in_is_enotempty(
+    mount_factory, boto, bucket
+):
+    """Found by the round-38 hunt: mv d e, where this mount made e (or listed it empty) a moment
+    ago and another client put e/x since: the rename took e's emptiness from that listing and
+    copied d/x over their e/x: lost, and rename said 0. A local disk says ENOTEMPTY; so does the
+    mount now (S3 is asked whether e holds a key before anything is copied)."""
+    mount = mount_factory("dir_ttl=60").start()  # the listing of e stays fresh however slow the machine
+    d, e = os.path.join(mount.path, "d"), os.path.join(mount.path, "e")
+    os.mkdir(d)
+    os.mkdir(e)
+    with open(os.path.join(d, "x"), "wb") as f:
+        f.write(b"ours")
+    assert os.listdir(e) == []
+    boto.put_object(Bucket=bucket, Key="e/x", Body=b"theirs")
+    with pytest.raises(OSError) as exc:
+        os.rename(d, e)
+    assert exc.value.errno == errno.ENOTEMPTY
+    assert s3_bytes(boto, bucket, "e/x") == b"theirs"
+    assert s3_bytes(boto, bucket, "d/x") == b"ours"
+    assert os.listdir(e) == ["x"]

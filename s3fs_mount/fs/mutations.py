@@ -45,6 +45,8 @@ UPLOAD_ERRNOS = frozenset({errno.EACCES, errno.E2BIG, errno.EFBIG, errno.ENAMETO
 
 #: Self-copies a metadata change tries when another client's version lands between its HEAD and it.
 METADATA_COPY_TRIES = 3
+#: Copies of a file in a directory's rename, each of the version last seen (then a HEAD), before EIO.
+RENAME_COPY_TRIES = 3
 
 #: The most bytes another client's version may add to one a handle has read for the handle to go
 #: on in it (they are fetched, to tell it is an append: see Mutations.holds_bytes_of).
@@ -784,6 +786,7 @@ class Mutations:
         self.new_dirs.settle_under(old)  # what S3 has of it is what moves
         self.new_dirs.settle_under(new)
         if source.is_dir:
+            self._check_still_empty(new)
             self._rename_dir(old, new, source)
         else:
             try:
@@ -800,6 +803,21 @@ class Mutations:
         now = self.clock.time()
         for parent in {KeyMap.split(old)[0], KeyMap.split(new)[0]}:
             self.namespace.entry_changed(parent, now)
+
+    def _check_still_empty(self, new: str) -> None:
+        """Before a directory's rename to ``new``: S3 is asked (one LIST) whether ``new`` holds a
+        key; FsError ENOTEMPTY if it does, as a local disk says. The caller's check may have been
+        a listing up to ``dir_ttl`` old (or a name missing from one), and another client's file
+        put since would be copied over or mixed with ours, rename saying 0."""
+        self.deletes.flush(self.keymap.dir_prefix(new))  # what we removed in it is no entry
+        theirs = self.namespace.held_in_s3(new)
+        if theirs is None:
+            return
+        log.warning("rename to %s: S3 holds %s, put by another client since this mount looked: "
+                    "not empty", new, theirs)
+        self.namespace.forget_tree(new)  # its listing is out of date: asked again
+        self.namespace.forget(new)
+        raise FsError(errno.ENOTEMPTY, "another client put %s" % theirs)
 
     def _rename_file(self, old: str, new: str, source: A.Attributes) -> None:
         """Move (of the version looked up: ``source``, else of one HEAD just before): by
@@ -820,11 +838,12 @@ class Mutations:
         """:meth:`_rename_file`'s move of file ``old`` (staged as ``item``, if it is) to ``new``."""
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         moved: A.Attributes | None = None
+        left_theirs = False  # another client's version at the old name, put after our copy
         if item is None and source.etag:
             # The lookup just before this call saw that version: the move is of it or fails
             # (412, another client replaced it since), and then goes as below, from a HEAD.
             try:
-                etag = self._move_object(old_key, new_key, source.etag, size=source.size)
+                etag, left_theirs = self._move_object(old_key, new_key, source.etag, size=source.size)
                 moved = dataclasses.replace(source, etag=etag)
             except S3Error as exc:
                 if not exc.precondition_failed:
@@ -835,11 +854,11 @@ class Mutations:
                 self.upload(item)  # the object must be in S3 to be moved there
             info = self.store.head(old_key)
             # of the version just seen: not one another client put meanwhile
-            etag = self._move_object(old_key, new_key, info.etag, source_info=info)
+            etag, left_theirs = self._move_object(old_key, new_key, info.etag, source_info=info)
             moved = self.namespace.from_info(info)
             moved.etag = etag
         self.staging.rekey(old_key, new_key)
-        self.namespace.forget(old, gone=True)
+        self.namespace.forget(old, gone=not left_theirs)  # theirs: shown at the next lookup
         self.namespace.remember(new, moved)
         item = self.staging.get(new_key)
         if item is not None:
@@ -852,13 +871,16 @@ class Mutations:
         etag: str,
         source_info: ObjectInfo | None = None,
         size: int | None = None,
-    ) -> str:
+    ) -> tuple[str, bool]:
         """The object at ``old_key``, if its ETag is still ``etag`` (else S3Error 412), is at
-        ``new_key`` and no longer at ``old_key``; returns its ETag there.
+        ``new_key`` and no longer at ``old_key``; returns its ETag there, and whether another
+        client's version is at ``old_key`` now (put after the copy: kept, as on a local disk
+        their write after our rename makes the name anew).
 
         RenameObject moves it at once (it cannot be lost: the server keeps it under one name
         or the other). Else a copy, then a delete of the old key once the copy is complete in
-        S3: a crash in between leaves both.
+        S3 (a crash in between leaves both), of the version copied only: unconditional, it
+        deleted a version another client put between the two, never copied.
         """
         if self.server_renames:
             try:
@@ -869,7 +891,7 @@ class Mutations:
                 if not exc.not_found or self.store.current_etag(new_key) != etag:
                     raise
                 log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
-            return etag
+            return etag, False
         # Recorded: a mount killed between the copy and the delete sends the delete when it
         # starts again (fs/renames.py), and the file is not left under both names.
         state: dict[str, str] = {"new": new_key, "etag": etag}
@@ -893,9 +915,32 @@ class Mutations:
             raise
         if copied and copied != etag:
             self.renames.begin(old_key, {"new": new_key, "etag": etag, "copied": copied})
-        self.store.remove(old_key)  # if S3 refuses it, the record stays: the next mount sends it
+        theirs = False
+        try:  # if S3 refuses it, the record stays: the next mount sends it
+            self.store.remove(old_key, if_match=etag)
+        except S3Error as exc:
+            if not exc.precondition_failed:
+                raise
+            log.warning("rename %s to %s: another client put a version at %s after this mount copied "
+                        "it: theirs is kept there", old_key, new_key, old_key)
+            theirs = True
         self.renames.done(old_key)
-        return copied or etag
+        return copied or etag, theirs
+
+    def _delete_copied(
+        self, copied: dict[str, str], what: str, also: list[str] | None = None
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """A rename's delete of the old keys it copied (key -> the ETag of the version copied),
+        each only if it is still that version, and of ``also`` (directory markers), in
+        DeleteObjects. Returns the keys at which another client put a version since the copy,
+        kept (logged: deleted unconditionally, that version was lost, never copied), and
+        ``[(key, error code)]`` of the deletes S3 refused."""
+        failed = self.store.delete_keys([*copied, *(also or [])], etags=copied)
+        theirs = [key for key, code in failed if code == "PreconditionFailed" and key in copied]
+        if theirs:
+            log.warning("%s: another client put %d of the old keys again after this mount copied "
+                        "them, e.g. %s: theirs are kept at the old name", what, len(theirs), theirs[0])
+        return theirs, [(key, code) for key, code in failed if key not in theirs]
 
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory: its markers made anew, its files moved (RenameObject)
@@ -945,6 +990,7 @@ class Mutations:
         left = keys  # what is still at the old names once the files are at the new ones
         if self.server_renames:
             left = [e.key for e in entries if e.key.endswith("/")]
+        copied: dict[str, str] = {}  # old key -> the ETag of the version copied
         try:
             if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
                 self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
@@ -953,7 +999,7 @@ class Mutations:
             if self.server_renames:
                 self._move_keys(files, old_prefix, new_prefix)
             else:
-                self._copy_keys(files, old_prefix, new_prefix)
+                copied = self._copy_keys(files, old_prefix, new_prefix)
             try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
                 info = self.store.head(folder)
                 self._copy(folder, self.keymap.folder_key(new), source_info=info)
@@ -969,7 +1015,11 @@ class Mutations:
         except BaseException as exc:
             self._rename_failed(old, new, exc)
             raise
-        failed = self.store.delete_keys(sorted({*left, *dirs}))
+        # Each file's old key only if it is still the version copied: one another client put
+        # since stays, at the old name (it was deleted, never copied: lost).
+        theirs, failed = self._delete_copied(
+            copied, "rename %s to %s" % (old, new), sorted({*left, *dirs} - copied.keys())
+        )
         if failed:
             # The record stays: the next mount deletes what is left of the old name.
             log.error("rename %s: could not delete %d old keys, e.g. %s; they are deleted at the "
@@ -978,7 +1028,7 @@ class Mutations:
             self.renames.done(old_prefix)
         for item in list(self.staging.under(old_prefix)):
             self.staging.rekey(item.key, new_prefix + item.key[len(old_prefix) :])
-        self.namespace.forget(old, gone=True)  # the parents' link counts follow
+        self.namespace.forget(old, gone=not theirs)  # the parents' link counts follow
         self.namespace.forget_tree(old)
         self.namespace.forget_tree(new)
         moved = dataclasses.replace(source, complete=False)  # its holder's ETag is new: asked at next use
@@ -1039,24 +1089,43 @@ class Mutations:
         if not stayed:
             self.namespace.forget(old, gone=True)
 
-    def _copy_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> None:
-        """Copy ``entries`` (keys under ``old_prefix``) to their names under ``new_prefix``, in parallel."""
-        self.store.run_parallel(
-            (lambda e=e: self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size))
-            for e in entries
-        )
+    def _copy_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> dict[str, str]:
+        """Copy ``entries`` (keys under ``old_prefix``) to their names under ``new_prefix``, in
+        parallel; returns old key -> the ETag of the version copied, of each file that has one."""
+        etags = [""] * len(entries)  # each job writes its own slot
+
+        def copy(i: int, e: ListEntry) -> None:
+            etags[i] = self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size, e.etag)
+
+        self.store.run_parallel((lambda i=i, e=e: copy(i, e)) for i, e in enumerate(entries))
+        return {e.key: etag for e, etag in zip(entries, etags, strict=True) if etag}
 
     def _copy(self, source: str, destination: str, *args: Any, **kwargs: Any) -> str:
         """``store.copy_object``, a copy in parts recorded while under way (fs/copies.py)."""
         return self.uploader.copy(source, destination, *args, **kwargs)
 
-    def _copy_key(self, source: str, destination: str, size: int) -> None:
-        """Server-side copy; a directory marker is re-made instead (some servers can't copy one)."""
+    def _copy_key(self, source: str, destination: str, size: int, etag: str = "") -> str:
+        """Server-side copy; a directory marker is re-made instead (some servers can't copy one).
+        Returns the ETag of the version copied ("" for a marker, or if none is known).
+
+        Of the listed version (``etag``, ``size``: no HEAD); one another client put since the
+        listing (412) is looked up (one HEAD) and copied instead, so that the rename's delete
+        after names the version it copied."""
         if source.endswith("/"):
             info = self.store.head(source)
             self.store.put(destination, b"", {**info.headers, **info.metadata})
-        else:
-            self._copy(source, destination, size=size)  # the listing's size: no HEAD
+            return ""
+        for _ in range(RENAME_COPY_TRIES):
+            try:
+                self._copy(source, destination, size=size, if_match=etag or None)
+                return etag
+            except S3Error as exc:
+                if not exc.precondition_failed or not etag:
+                    raise
+            info = self.store.head(source)  # gone (404): the rename's "moved or removed" path
+            etag, size = info.etag, info.size
+        log.error("rename: %s changed in S3 at each of %d tries", source, RENAME_COPY_TRIES)
+        raise FsError(errno.EIO, "%s changed in S3 at each try of its copy" % source)
 
     def symlink(self, target: str, source: str, mode: int, uid: int, gid: int) -> None:
         """Make ``target`` a link to ``source``: an object whose body is ``source``.

@@ -69,7 +69,7 @@ class ObjectStore(Protocol):
         if_none_match: bool = False,
     ) -> str: ...
 
-    def remove(self, remote_name: RemoteName) -> None: ...
+    def remove(self, remote_name: RemoteName, if_match: str | None = None) -> None: ...
 
     def copy_object(
         self,
@@ -258,8 +258,8 @@ class Bucket:
     ) -> str:
         return self.store.put(self._at(key), data, headers, if_match=if_match, if_none_match=if_none_match)
 
-    def remove(self, key: str) -> None:
-        self.store.remove(self._at(key))
+    def remove(self, key: str, if_match: str | None = None) -> None:
+        self.store.remove(self._at(key), if_match=if_match)
 
     def copy_object(
         self,

@@ -600,10 +600,16 @@ class RemoteStore:
 
     # -- objects ------------------------------------------------------------------
 
-    def remove(self, remote_name: RemoteName) -> None:
-        """DELETE an object, raising on failure (a missing key is no failure, as in S3)."""
+    def remove(self, remote_name: RemoteName, if_match: str | None = None) -> None:
+        """DELETE an object, raising on failure (a missing key is no failure, as in S3).
+
+        With ``if_match`` only if S3 still has that version (``If-Match``): another client's
+        newer one stays, and S3Error 412 says so (AWS, SeaweedFS; a server that ignores the
+        condition deletes it, as it would without).
+        """
         bucket, key = self._name(remote_name)
-        self.connection.request("DELETE", bucket, key, expect=(204, 200, 404)).close()
+        headers = {"If-Match": '"%s"' % if_match} if if_match else None
+        self.connection.request("DELETE", bucket, key, headers=headers, expect=(204, 200, 404)).close()
 
     def head(self, remote_name: RemoteName) -> ObjectInfo:
         """HEAD an object. Raises :class:`S3Error` (``.not_found`` for a 404)."""

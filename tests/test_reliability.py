@@ -1118,6 +1118,38 @@ def test_a_truncate_by_path_whose_upload_failed_in_an_outage_is_tried_again_once
     assert m.stop() == 0
 
 
+def test_a_staged_file_recovery_could_not_upload_at_mount_is_tried_again_once_s3_is_back(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    # A mount killed with a file staged, not in S3; the next mount starts while S3 cannot be
+    # reached for that file (its requests' connections closed unanswered). The mount serves,
+    # status counts the file as tried again, and once S3 answers for it the file reaches S3
+    # with nothing more asked; status then counts it uploaded. Before (round 38, by hand): the
+    # recovery's HEAD raised the connection failure out of the mount's start (no mount), and a
+    # recovered file whose upload failed waited for a sync, a write to it or the unmount.
+    cache = str(tmp_path / "cache")
+    m = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    f = open(os.path.join(m.path, "kept"), "wb")  # a create asks S3
+    with s3_away(faultproxy):
+        f.write(b"staged when the mount was killed")
+        with pytest.raises(OSError):
+            f.close()  # EIO: stays staged
+        m.kill()
+    assert staged_dirty(cache) == {"kept": b"staged when the mount was killed"}
+    faultproxy.fail_where(lambda method, target: "/kept" in target, 0)
+    m2 = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    st = control.read_status(m2.path)
+    assert st["pending_files"] == 1 and st["retrying"] == 1, st
+    assert st["recovered"] == {"files kept staged (upload failed, tried again)": 1}, st
+    faultproxy.fail_where(None)
+    eventually(lambda: s3_has(boto, bucket, "kept"), 60, "the recovered file to reach S3")
+    assert s3_bytes(boto, bucket, "kept") == b"staged when the mount was killed"
+    eventually(lambda: control.read_status(m2.path)["pending_files"] == 0, 30, "nothing pending")
+    st = control.read_status(m2.path)
+    assert st["retrying"] == 0 and st["recovered"].get("files uploaded") == 1, st
+    assert m2.stop() == 0
+
+
 def test_an_outage_costs_a_request_a_second_two_log_lines_and_no_eio_once_s3_is_back(
     mount_factory, faultproxy, s3config, boto, bucket, tmp_path
 ):

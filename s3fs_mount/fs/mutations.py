@@ -17,6 +17,7 @@ import hashlib
 import logging
 import mimetypes
 import stat
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -118,8 +119,14 @@ class Mutations:
         #: the uploader's journal, which records its own copies too.
         self.copies = uploader.copies
         #: What :meth:`recover` found a previous run left, and did (what -> how many), for
-        #: ``s3fs-mount status``. Written before the mount serves; read after.
-        self.recovered: dict[str, int] = {}
+        #: ``s3fs-mount status``. Written before the mount serves, and by the background retries
+        #: of :attr:`unrecovered` files (:meth:`recover_file`); read with :meth:`recovered_counts`.
+        self.recovered: dict[str, int] = {}  # GUARDED_BY(_recovered_lock)
+        self._recovered_lock = threading.Lock()
+        #: The staged files :meth:`recover` could not bring to S3 (S3 away, or refusing): the
+        #: mount tries each again in the background (:meth:`recover_file`). Written before the
+        #: mount serves; taken (emptied) once, then.
+        self.unrecovered: list[StagedFile] = []
         namespace.settle_deletes = self.deletes.flush
         #: Directories mkdir made whose objects go up in the background (fs/newdirs.py): a key
         #: goes under one, and S3 is asked about one, only once they are in S3.
@@ -351,62 +358,80 @@ class Mutations:
         renames = self.renames.recover()
         recovered = self._drop_replaced_by_renames(recovered, renames)
         for item in recovered:
-            # Bytes the cache released are in the parts of the upload the record names: go on with it.
-            resumed = self.uploader.resume(item)
-            for upload_id in item.pending_uploads():
-                if upload_id != resumed:
-                    self.uploader.abort_upload(item, upload_id)
             try:
-                current = self.store.head(item.key)
-            except S3Error as exc:
-                if not exc.not_found:
-                    log.error("recovery of %s: %s; kept staged", item.key, exc)
-                    continue
-                current = None
-            if resumed:
-                self._finish_resumed(item, current.etag if current is not None else "")
-                self.note_recovered("streamed uploads finished")
-                continue
-            if current is not None and current.etag in self.uploader.etags_of(item):
-                # Uploaded, then killed before its record said so: nothing to do.
-                item.mark_clean(item.generation, current.etag, metadata=current.metadata)
-                log.info("recovered %s: already in S3", item.key)
-                self.note_recovered("files already in S3")
-                continue
-            if current is not None and current.etag != item.etag and item.sent_as(current.etag):
-                # An earlier upload of ours landed, then the mount was killed before its record
-                # said so: ours, not another client's; the file goes on from it.
-                item.landed(current.etag, current.metadata)
-                log.info("recovered %s: an earlier upload of it is in S3; the rest goes up", item.key)
-            aside = current is not None and bool(item.etag) and current.etag != item.etag
-            if aside:
-                conflict = conflict_name(
-                    item.key, self.store.key_room(), taken=lambda name: self.staging.get(name) is not None
-                )
-                log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
-                self.staging.rekey(item.key, conflict)
-                # A new name: nothing there to replace (conditional on the old version, its upload
-                # was refused and went to a second conflict name, KEY.conflict-T.conflict-T).
-                item.stored_as("")
-            try:
-                self.uploader.flush(item)
-                log.info("recovered and uploaded %s", item.key)
-                self.note_recovered(
-                    "files uploaded beside a conflicting version" if aside else "files uploaded"
-                )
-            except Conflict as exc:
-                log.warning("recovered %s: %s", item.key, exc)
-                self.note_recovered("files uploaded beside a conflicting version")
+                self.recover_file(item)
             except Exception as exc:
-                log.error("recovered %s but could not upload it (%s); kept staged", item.key, exc)
-                self.note_recovered("files kept staged (upload failed)")
+                log.error(
+                    "recovered %s but could not upload it (%s); kept staged, tried again in the background",
+                    item.key,
+                    exc,
+                )
+                self.note_recovered("files kept staged (upload failed, tried again)")
+                self.unrecovered.append(item)
         self._recover_renames(renames)  # after the uploads: a directory's files are in S3 to be moved
         return [i.key for i in self.staging.pending()]
+
+    def recover_file(self, item: StagedFile) -> bool:
+        """Recovery's step for one staged file a previous run left dirty: go on with the upload
+        its record names, or see what S3 holds (one HEAD: ours already, or another client's
+        version, ours then going beside it), and upload it; noted in :attr:`recovered`. True
+        once it is in S3; raises when S3 could not be asked or would not take it (the file stays
+        staged: it is tried again in the background, :attr:`unrecovered`, this whole step again)."""
+        # Bytes the cache released are in the parts of the upload the record names: go on with it.
+        resumed = self.uploader.resume(item)
+        for upload_id in item.pending_uploads():
+            if upload_id != resumed:
+                self.uploader.abort_upload(item, upload_id)
+        try:
+            current = self.store.head(item.key)
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            current = None
+        if resumed:
+            self._finish_resumed(item, current.etag if current is not None else "")
+            self.note_recovered("streamed uploads finished")
+            return True
+        if current is not None and current.etag in self.uploader.etags_of(item):
+            # Uploaded, then killed before its record said so: nothing to do.
+            item.mark_clean(item.generation, current.etag, metadata=current.metadata)
+            log.info("recovered %s: already in S3", item.key)
+            self.note_recovered("files already in S3")
+            return True
+        if current is not None and current.etag != item.etag and item.sent_as(current.etag):
+            # An earlier upload of ours landed, then the mount was killed before its record
+            # said so: ours, not another client's; the file goes on from it.
+            item.landed(current.etag, current.metadata)
+            log.info("recovered %s: an earlier upload of it is in S3; the rest goes up", item.key)
+        aside = current is not None and bool(item.etag) and current.etag != item.etag
+        if aside:
+            conflict = conflict_name(
+                item.key, self.store.key_room(), taken=lambda name: self.staging.get(name) is not None
+            )
+            log.warning("%s changed in S3 while our copy was staged: ours goes to %s", item.key, conflict)
+            self.staging.rekey(item.key, conflict)
+            # A new name: nothing there to replace (conditional on the old version, its upload
+            # was refused and went to a second conflict name, KEY.conflict-T.conflict-T).
+            item.stored_as("")
+        try:
+            self.uploader.flush(item)
+            log.info("recovered and uploaded %s", item.key)
+            self.note_recovered("files uploaded beside a conflicting version" if aside else "files uploaded")
+        except Conflict as exc:
+            log.warning("recovered %s: %s", item.key, exc)
+            self.note_recovered("files uploaded beside a conflicting version")
+        return True
 
     def note_recovered(self, what: str, n: int = 1) -> None:
         """``n`` more of ``what`` in :attr:`recovered`."""
         if n:
-            self.recovered[what] = self.recovered.get(what, 0) + n
+            with self._recovered_lock:
+                self.recovered[what] = self.recovered.get(what, 0) + n
+
+    def recovered_counts(self) -> dict[str, int]:
+        """A copy of :attr:`recovered`."""
+        with self._recovered_lock:
+            return dict(self.recovered)
 
     def _drop_replaced_by_renames(
         self, recovered: list[StagedFile], renames: dict[str, dict[str, str]]
@@ -575,6 +600,7 @@ class Mutations:
                 exc,
                 ", ".join("%d-%d" % (s, e - 1) for s, e in item.released_ranges()),
             )
+            raise
 
     # -- names -------------------------------------------------------------------------------
 

@@ -311,8 +311,15 @@ class S3Operations(Operations):
         return self.recover()
 
     def recover(self) -> list[str]:
-        """Upload what a previous run left staged; returns the keys still pending."""
-        return self.changes.recover()
+        """Upload what a previous run left staged; returns the keys still pending. Those that
+        could not be (S3 away, or refusing) are tried again in the background, the whole of
+        recovery's step each (:meth:`Mutations.recover_file`): before round 38 they waited for
+        a sync, a write to them or the unmount."""
+        pending = self.changes.recover()
+        unrecovered, self.changes.unrecovered = self.changes.unrecovered, []
+        for item in unrecovered:
+            self._background_uploads().retry_later(item, self.changes.recover_file)
+        return pending
 
     def destroy(self, path: str) -> None:
         """Unmount: upload everything still dirty (``unuploaded`` says what could not be)."""
@@ -1340,7 +1347,7 @@ class S3Operations(Operations):
             "open_for_writing": fitting(open_for_writing),
             "requests": self.request_summary(),
             "kernel_names": self.kernel_names.counts() if self.kernel_names is not None else None,
-            "recovered": dict(self.changes.recovered),
+            "recovered": self.changes.recovered_counts(),
             "new_dirs": fitting(new_dirs),
             "new_dirs_count": len(new_dirs),
         }

@@ -1649,6 +1649,10 @@ class WritebackQueue:
         self._busy = 0  # GUARDED_BY(_idle): files submitted and not yet done
         #: GUARDED_BY(_idle): files whose upload failed, to try again, oldest first (by id).
         self._failed: dict[int, StagedFile] = {}
+        #: GUARDED_BY(_idle): id -> (file, how its next upload is made, its generation then)
+        #: where that is not ``uploader.flush`` (:meth:`retry_later`); dropped once it succeeds,
+        #: or the file is changed since (then its own close or sync uploads it as any other).
+        self._how: dict[int, tuple[StagedFile, Callable[[StagedFile], bool], int]] = {}
         self._probe: StagedFile | None = None  # GUARDED_BY(_idle): the failed file tried alone
         self._all_again = False  # GUARDED_BY(_idle): the probe succeeded: try every failed file
         self._delay = AGAIN_FIRST  # GUARDED_BY(_idle): before the next probe
@@ -1666,10 +1670,15 @@ class WritebackQueue:
             self._busy += 1
         self._queue.put(item)
 
-    def retry_later(self, item: StagedFile) -> None:
-        """``item``'s upload failed elsewhere (its close, without ``-o writeback``): try it
-        again in the background, as a failed upload of the queue's own."""
+    def retry_later(self, item: StagedFile, upload: Callable[[StagedFile], bool] | None = None) -> None:
+        """``item``'s upload failed elsewhere (its close without ``-o writeback``, a truncate by
+        path, the recovery at mount): try it again in the background, as a failed upload of
+        the queue's own. ``upload``: how, until it succeeds once (True: the file is in S3;
+        raises as :meth:`Uploader.flush`); by default as any other, :meth:`Uploader.flush`."""
+        generation = item.view().generation
         with self._idle:
+            if upload is not None:
+                self._how[id(item)] = (item, upload, generation)
             if id(item) not in self._failed and self._probe is not item:
                 self._ended(item, True)
                 self._idle.notify_all()
@@ -1757,7 +1766,18 @@ class WritebackQueue:
         touch while its upload ran (tar, ``cp -p`` and ``rsync -a`` set them right after the
         close) left it dirty with no release to submit it, and S3 without them until a sync or
         the unmount (29 files of 200 touched after their close, measured)."""
-        clean = self.uploader.flush(item)
+        generation = item.view().generation
+        with self._idle:
+            how = self._how.get(id(item))
+            if how is not None and (how[0] is not item or how[2] != generation):
+                del self._how[id(item)]
+                how = None
+        if how is not None:
+            clean = how[1](item)
+            with self._idle:
+                self._how.pop(id(item), None)
+        else:
+            clean = self.uploader.flush(item)
         staging = self.uploader.staging
         for _ in range(WRITEBACK_AGAIN):
             if staging is None or not staging.left_dirty(item):

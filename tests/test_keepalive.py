@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+import urllib3
 from fakeclock import FakeClock
 from waiting import eventually
 
@@ -24,7 +25,8 @@ from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Nam
 from s3fs_mount.s3.errors import ConnectionFailed, TimedOut, TLSFailed, TransportError
 from s3fs_mount.s3.keepalive import FileSpan, KeptAlivePool
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD
-from s3fs_mount.s3.store import WHOLE_GET
+from s3fs_mount.s3.store import WHOLE_GET, ObjectInfo
+from s3fs_mount.s3.transport import Response
 
 MiB = 1 << 20
 LOOPBACK = "127.0.0.1"
@@ -364,6 +366,49 @@ def test_headers_are_looked_up_in_any_case_and_repeats_joined(scripted):
     assert headers.get("etag") == headers["ETag"] == '"e"' and "Etag" in headers
     assert headers["x-amz-meta-a"] == "1, 2"
     assert headers.get("Content-Length") is None and "content-length" not in headers
+
+
+HEAD_ANSWER = (
+    b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/12345\r\n"
+    b'ETag: "5d41402abc4b2a76b9719d911017c592"\r\nLast-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\n'
+    b"Content-Type: text/plain\r\nCache-Control: no-cache\r\nX-Amz-Meta-Mode: 33188\r\n"
+    b"x-amz-meta-uid: 7\r\nX-Amz-Storage-Class: STANDARD_IA\r\nx-amz-version-id: v1\r\n"
+    b"X-Amz-Checksum-CRC32: NhCmhg==\r\nx-amz-checksum-crc64nvme: AAAAAAAAAAA=\r\n"
+    b"x-amz-checksum-type: FULL_OBJECT\r\nx-amz-server-side-encryption: aws:kms\r\n"
+    b"Server: SeaweedFS\r\n\r\n"
+)
+
+
+def test_a_heads_answer_is_read_into_object_info_the_same_from_either_transport(scripted):
+    """ObjectInfo.from_response reads the answer's headers in one pass (round 38): from the
+    kept-alive transport's lower-cased Headers and from urllib3's case-kept ones alike, with each
+    field as before (a refactor: this passes at main too)."""
+    server = Scripted([HEAD_ANSWER])
+    scripted.append(server)
+    status, headers, _ = _pool().exchange("HEAD", "127.0.0.1", server.port, "/k", {"Host": "h"}, None)
+    kept_alive = ObjectInfo.from_response("k", Response(status, headers, "HEAD", b""))
+    via_urllib3 = urllib3.HTTPResponse(
+        body=b"", headers=urllib3.HTTPHeaderDict(
+            [line.split(": ", 1) for line in HEAD_ANSWER.decode().split("\r\n")[1:] if line]
+        ), status=206, preload_content=False,
+    )
+    assert ObjectInfo.from_response("k", Response(206, via_urllib3.headers, "HEAD", b"")) == kept_alive
+    assert kept_alive == ObjectInfo(
+        key="k",
+        size=12345,  # the whole object's, from Content-Range
+        etag="5d41402abc4b2a76b9719d911017c592",
+        mtime=784111777.0,
+        metadata={"x-amz-meta-mode": "33188", "x-amz-meta-uid": "7"},
+        headers={
+            "Content-Type": "text/plain",
+            "Cache-Control": "no-cache",
+            "x-amz-storage-class": "STANDARD_IA",
+        },
+        storage_class="STANDARD_IA",
+        version_id="v1",
+        checksum="CRC64NVME:AAAAAAAAAAA=",  # the first of CHECKSUMS S3 named
+        etag_is_md5=False,  # SSE-KMS
+    )
 
 
 def test_what_is_sent(scripted):

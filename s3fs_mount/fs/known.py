@@ -13,7 +13,7 @@ Last-Modified).
 It is a cache: a lost or damaged table costs HEADs, never a wrong answer,
 so writes are not synced (``synchronous=OFF``), and a table that cannot be
 opened or written (a full disk) is logged once and not used; it is opened again
-:data:`REOPEN_AFTER` seconds later, at the next write, and so on until that
+:data:`REOPEN_AFTER` seconds later, at the next write or listing, and so on until that
 succeeds (before round 37 it stayed off for the rest of the mount once the disk
 had been full). The drops queued meanwhile are applied then (the records are
 not kept); past :data:`MAX_QUEUED` of them, the table is emptied instead: a
@@ -191,6 +191,8 @@ class KnownVersions:
             if not paths or not self._any:
                 return found
         with self._db_lock:
+            if self._db is None:
+                self._reopened()  # given up a while ago: asked again, as a write would
             # Under _db_lock no queue is taken for writing: the rows and this copy of the queue
             # together hold every record made before it.
             with self._lock:

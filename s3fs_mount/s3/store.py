@@ -39,7 +39,7 @@ from s3fs_mount.s3.checksums import (
 )
 from s3fs_mount.s3.connection import S3Connection, check_headers
 from s3fs_mount.s3.errors import BodyBroken, RemoteStoreError, S3Error, TransportError
-from s3fs_mount.s3.keepalive import FileSpan
+from s3fs_mount.s3.keepalive import FileSpan, Headers
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.parts import MIN_PART_SIZE, AnyLayout, find_layout, part_size_for
 from s3fs_mount.s3.retry import RETRYABLE_CODES, GiveUp
@@ -100,29 +100,45 @@ class ObjectInfo:
 
     @classmethod
     def from_response(cls, key: str, resp: Response) -> ObjectInfo:
+        """What the headers of a HEAD's (or GET's) answer say, read in one pass over them.
+
+        A HEAD per file of an ``ls -l``: looked up by name one at a time in the case-blind
+        headers, they cost ~25 Python-level look-ups an answer (bench/README.md, round 38)."""
         h = resp.headers
-        size = int(h.get("Content-Length") or 0)
-        if "Content-Range" in h:  # bytes a-b/total
-            size = int(h["Content-Range"].rsplit("/", 1)[1])
+        # Lower-cased names in a plain dict (the kept-alive transport's Headers are: a C copy).
+        low: dict[str, str] = dict(h) if isinstance(h, Headers) else {k.lower(): v for k, v in h.items()}
+        metadata: dict[str, str] = {}
+        kept: dict[str, str] = {}
+        checksums: dict[str, str] = {}
+        for name, value in low.items():
+            if name.startswith("x-amz-"):
+                if name.startswith(META_PREFIX):
+                    metadata[name] = value
+                elif name.startswith(CHECKSUM_PREFIX):
+                    checksums[name[len(CHECKSUM_PREFIX) :]] = value
+            if name in _KEPT_BY_LOWER:
+                kept[_KEPT_BY_LOWER[name]] = value
+        get = low.get
+        size = int(get("content-length") or 0)
+        content_range = get("content-range")
+        if content_range is not None:  # bytes a-b/total
+            size = int(content_range.rsplit("/", 1)[1])
         return cls(
             key=key,
             size=size,
-            etag=h.get("ETag", "").strip('"'),
-            mtime=xmlparse.parse_time(h.get("Last-Modified", "")),
-            metadata=metadata_of(h),
-            headers={name: h[name] for name in KEPT_HEADERS if name in h},
-            storage_class=h.get("x-amz-storage-class", "STANDARD"),
-            version_id=h.get("x-amz-version-id"),
+            etag=(get("etag") or "").strip('"'),
+            mtime=xmlparse.parse_time(get("last-modified") or ""),
+            metadata=metadata,
+            headers=kept,
+            storage_class=get("x-amz-storage-class") or "STANDARD",
+            version_id=get("x-amz-version-id"),
             checksum=next(
-                (
-                    "%s:%s" % (name.upper(), h[CHECKSUM_PREFIX + name])
-                    for name in CHECKSUMS
-                    if CHECKSUM_PREFIX + name in h
-                ),
-                "",
-            ),
-            etag_is_md5=h.get("x-amz-server-side-encryption", "").lower() not in ("aws:kms", "aws:kms:dsse")
-            and "x-amz-server-side-encryption-customer-algorithm" not in h,
+                ("%s:%s" % (name.upper(), checksums[name]) for name in CHECKSUMS if name in checksums), ""
+            )
+            if checksums
+            else "",
+            etag_is_md5=(get("x-amz-server-side-encryption") or "").lower() not in ("aws:kms", "aws:kms:dsse")
+            and get("x-amz-server-side-encryption-customer-algorithm") is None,
         )
 
     @property
@@ -138,6 +154,9 @@ class ObjectInfo:
             return NO_DIGEST
         return digest_of(self.etag, self.checksum)
 
+
+#: KEPT_HEADERS by their lower-cased names (as answers' headers are read).
+_KEPT_BY_LOWER = {name.lower(): name for name in KEPT_HEADERS}
 
 #: The checksums S3 may store with an object (``x-amz-checksum-NAME``), and the header prefix.
 CHECKSUMS = ("crc64nvme", "crc32", "crc32c", "sha1", "sha256")

@@ -1437,9 +1437,13 @@ def test_a_file_rename_is_one_rename_object_where_the_server_has_it(tmp_path):
     assert ops.getattr("/src")["st_size"] == 4  # the kernel's lookup before rename
     before = dict(store.calls)
     ops.rename("/src", "/dst")
-    assert calls_made(store, before) == {"RENAME": 1}  # no copy, no delete: the server moved it
-    assert ops.getattr("/dst")["st_mode"] == 0o100600 and calls_made(store, before) == {"RENAME": 1}
+    # no copy of its bytes, no delete: the server moved it; a self-copy stores its new ctime
+    assert calls_made(store, before) == {"RENAME": 1, "COPY": 1}
+    assert ops.getattr("/dst")["st_mode"] == 0o100600
+    assert calls_made(store, before) == {"RENAME": 1, "COPY": 1}
     assert "src" not in store.objects and store.objects["dst"].etag == etag
+    ctime = float(store.objects["dst"].metadata["x-amz-meta-ctime"])
+    assert ctime == pytest.approx(ops.getattr("/dst")["st_ctime"] / 1e9, abs=1e-3)
     assert store.objects["dst"].data == b"data"
     with pytest.raises(FuseOSError) as gone:
         ops.getattr("/src")
@@ -1454,7 +1458,7 @@ def test_a_file_rename_after_another_client_replaced_the_source_renames_its_curr
     newer = store.put("src", b"newer")  # another client, after our lookup: rename-source-if-match fails
     before = dict(store.calls)
     ops.rename("/src", "/dst")
-    assert calls_made(store, before) == {"RENAME": 2, "HEAD": 1}
+    assert calls_made(store, before) == {"RENAME": 2, "HEAD": 1, "COPY": 1}  # (the copy: its ctime)
     assert store.objects["dst"].etag == newer and "src" not in store.objects
     assert ops.getattr("/dst")["st_size"] == 5
 
@@ -1491,7 +1495,7 @@ def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):
     ops = make_ops(tmp_path, store)
     fh = write_file(ops, "/f", b"unsent", flush=False)
     ops.rename("/f", "/g")
-    assert store.calls["RENAME"] == 1 and store.calls["COPY"] == 0
+    assert store.calls["RENAME"] == 1 and store.calls["COPY"] == 1  # (a self-copy: its ctime)
     assert store.get_range("g", 0, 10) == b"unsent" and "f" not in store.objects
     ops.write("/g", b"!", 6, fh)  # the handle follows the rename
     ops.flush("/g", fh)
@@ -1633,6 +1637,9 @@ def test_a_directory_rename_moves_its_files_by_rename_object_and_deletes_only_it
     ops.rename("/d", "/e")
     made = calls_made(store, before)
     assert made["RENAME"] == 2 and "COPY" not in made  # the files moved, the markers made anew
+    # the moved directory's marker, its holder here, with its new ctime (ext4 moves it)
+    moved_at = float(store.objects["e/"].metadata["x-amz-meta-ctime"])
+    assert moved_at > float(store.objects["e/s/"].metadata["x-amz-meta-ctime"])
     assert store.delete_batches[-1] == 3  # d/, d/s/ and d_$folder$: no file is left to delete
     assert sorted(store.objects) == ["e/", "e/a", "e/s/", "e/s/b"]
     assert {k: store.objects["e/" + k[2:]].etag for k in etags} == etags

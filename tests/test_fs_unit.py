@@ -2325,6 +2325,28 @@ def test_an_exclusive_mkdir_says_a_refused_marker_itself_and_owes_a_refused_hold
     assert stat.S_IMODE(other.getattr("/e")["st_mode"]) == 0o701
 
 
+def test_an_exclusive_mkdir_waits_for_its_parents_marker_not_its_holder(tmp_path):
+    """cp -r's mkdir of d/e right after d's: d's marker is in S3, its holder (the mode) still
+    going: e's marker goes at once (one round trip a mkdir, not two); a file goes under e only
+    once d's and e's holders are in S3, d's first."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        if str(getattr(key, "key", key)).endswith("_$folder$"):
+            raise S3Error(503, "SlowDown")
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    ops.mkdir("/d", 0o750)
+    ops.mkdir("/d/e", 0o705)  # waited for d's holder before (and failed with it here)
+    assert {"d/", "d/e/"} <= set(store.objects) and not [k for k in store.objects if "$folder$" in k]
+    store.put = real_put
+    write_file(ops, "/d/e/f", b"x")
+    assert {"d_$folder$", "d/e_$folder$", "d/e/f"} <= set(store.objects)
+
+
 def test_an_exclusive_mkdir_of_a_name_another_mount_took_meanwhile_is_eexist(tmp_path):
     """Two mounts' ``mkdir /lock`` (the in-memory store honours If-None-Match: *): the second,
     whose lookup said no such name a moment before the first made it, is EEXIST."""

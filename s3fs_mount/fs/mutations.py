@@ -614,9 +614,10 @@ class Mutations:
         meta = A.posix_metadata(mode, uid, gid, now)
         etag = NEW_DIR_ETAG
         if self.exclusive_mkdir and self.uploader.put_check == CHECK_CONDITIONAL:
-            # (Under a directory made here whose objects are still owed, too: that parent goes up
-            # first, and anyone may look into it from then on, before its subdirectories' PUTs.)
-            self.new_dirs.settle(KeyMap.split(path)[0])
+            # Under a directory made here whose marker is still owed too: that parent goes up
+            # first (anyone may look into it from then on). One whose holder only is owed (its
+            # mode: PUT by the thread, before any file goes under it) is not waited for.
+            self.new_dirs.settle_marked(KeyMap.split(path)[0])
             claimed, holder_owed = self.namespace.claim_dir(path, meta)
             if holder_owed:
                 self.new_dirs.add(path, meta, marked=True)

@@ -1490,9 +1490,13 @@ def test_a_file_rename_is_one_rename_object_where_the_server_has_it(tmp_path):
     assert ops.getattr("/src")["st_size"] == 4  # the kernel's lookup before rename
     before = dict(store.calls)
     ops.rename("/src", "/dst")
-    assert calls_made(store, before) == {"RENAME": 1}  # no copy, no delete: the server moved it
-    assert ops.getattr("/dst")["st_mode"] == 0o100600 and calls_made(store, before) == {"RENAME": 1}
+    # no copy of its bytes, no delete: the server moved it; a self-copy stores its new ctime
+    assert calls_made(store, before) == {"RENAME": 1, "COPY": 1}
+    assert ops.getattr("/dst")["st_mode"] == 0o100600
+    assert calls_made(store, before) == {"RENAME": 1, "COPY": 1}
     assert "src" not in store.objects and store.objects["dst"].etag == etag
+    ctime = float(store.objects["dst"].metadata["x-amz-meta-ctime"])
+    assert ctime == pytest.approx(ops.getattr("/dst")["st_ctime"] / 1e9, abs=1e-3)
     assert store.objects["dst"].data == b"data"
     with pytest.raises(FuseOSError) as gone:
         ops.getattr("/src")
@@ -1507,7 +1511,7 @@ def test_a_file_rename_after_another_client_replaced_the_source_renames_its_curr
     newer = store.put("src", b"newer")  # another client, after our lookup: rename-source-if-match fails
     before = dict(store.calls)
     ops.rename("/src", "/dst")
-    assert calls_made(store, before) == {"RENAME": 2, "HEAD": 1}
+    assert calls_made(store, before) == {"RENAME": 2, "HEAD": 1, "COPY": 1}  # (the copy: its ctime)
     assert store.objects["dst"].etag == newer and "src" not in store.objects
     assert ops.getattr("/dst")["st_size"] == 5
 
@@ -1544,7 +1548,7 @@ def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):
     ops = make_ops(tmp_path, store)
     fh = write_file(ops, "/f", b"unsent", flush=False)
     ops.rename("/f", "/g")
-    assert store.calls["RENAME"] == 1 and store.calls["COPY"] == 0
+    assert store.calls["RENAME"] == 1 and store.calls["COPY"] == 1  # (a self-copy: its ctime)
     assert store.get_range("g", 0, 10) == b"unsent" and "f" not in store.objects
     ops.write("/g", b"!", 6, fh)  # the handle follows the rename
     ops.flush("/g", fh)
@@ -1686,6 +1690,9 @@ def test_a_directory_rename_moves_its_files_by_rename_object_and_deletes_only_it
     ops.rename("/d", "/e")
     made = calls_made(store, before)
     assert made["RENAME"] == 2 and "COPY" not in made  # the files moved, the markers made anew
+    # the moved directory's marker, its holder here, with its new ctime (ext4 moves it)
+    moved_at = float(store.objects["e/"].metadata["x-amz-meta-ctime"])
+    assert moved_at > float(store.objects["e/s/"].metadata["x-amz-meta-ctime"])
     assert store.delete_batches[-1] == 3  # d/, d/s/ and d_$folder$: no file is left to delete
     assert sorted(store.objects) == ["e/", "e/a", "e/s/", "e/s/b"]
     assert {k: store.objects["e/" + k[2:]].etag for k in etags} == etags
@@ -2369,6 +2376,28 @@ def test_an_exclusive_mkdir_says_a_refused_marker_itself_and_owes_a_refused_hold
     assert "e_$folder$" in store.objects and not any(k.startswith("d") for k in store.objects)
     other = make_ops(tmp_path / "other", store)
     assert stat.S_IMODE(other.getattr("/e")["st_mode"]) == 0o701
+
+
+def test_an_exclusive_mkdir_waits_for_its_parents_marker_not_its_holder(tmp_path):
+    """cp -r's mkdir of d/e right after d's: d's marker is in S3, its holder (the mode) still
+    going: e's marker goes at once (one round trip a mkdir, not two); a file goes under e only
+    once d's and e's holders are in S3, d's first."""
+    store = FakeStore(drops_marker_metadata=True)
+    ops = make_ops(tmp_path, store)
+    real_put = store.put
+
+    def put(key, *args, **kwargs):
+        if str(getattr(key, "key", key)).endswith("_$folder$"):
+            raise S3Error(503, "SlowDown")
+        return real_put(key, *args, **kwargs)
+
+    store.put = put
+    ops.mkdir("/d", 0o750)
+    ops.mkdir("/d/e", 0o705)  # waited for d's holder before (and failed with it here)
+    assert {"d/", "d/e/"} <= set(store.objects) and not [k for k in store.objects if "$folder$" in k]
+    store.put = real_put
+    write_file(ops, "/d/e/f", b"x")
+    assert {"d_$folder$", "d/e_$folder$", "d/e/f"} <= set(store.objects)
 
 
 def test_an_exclusive_mkdir_of_a_name_another_mount_took_meanwhile_is_eexist(tmp_path):

@@ -35,7 +35,7 @@ from s3fs_mount.fs.upload import CHECK_CONDITIONAL, Uploader, conflict_name
 from s3fs_mount.s3.bucket import KEY_MAX_BYTES, Bucket
 from s3fs_mount.s3.checksums import appended, same_bytes, whole_crc32
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
-from s3fs_mount.s3.store import MultipartUpload, ObjectInfo
+from s3fs_mount.s3.store import MAX_SINGLE_COPY, MultipartUpload, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry
 
 log = logging.getLogger(__name__)
@@ -642,9 +642,10 @@ class Mutations:
         meta = A.posix_metadata(mode, uid, gid, now)
         etag = NEW_DIR_ETAG
         if self.exclusive_mkdir and self.uploader.put_check == CHECK_CONDITIONAL:
-            # (Under a directory made here whose objects are still owed, too: that parent goes up
-            # first, and anyone may look into it from then on, before its subdirectories' PUTs.)
-            self.new_dirs.settle(KeyMap.split(path)[0])
+            # Under a directory made here whose marker is still owed too: that parent goes up
+            # first (anyone may look into it from then on). One whose holder only is owed (its
+            # mode: PUT by the thread, before any file goes under it) is not waited for.
+            self.new_dirs.settle_marked(KeyMap.split(path)[0])
             claimed, holder_owed = self.namespace.claim_dir(path, meta)
             if holder_owed:
                 self.new_dirs.add(path, meta, marked=True)
@@ -863,13 +864,22 @@ class Mutations:
     def _move_file(self, old: str, new: str, source: A.Attributes, item: StagedFile | None) -> None:
         """:meth:`_rename_file`'s move of file ``old`` (staged as ``item``, if it is) to ``new``."""
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
+        now = self.clock.time()  # its new ctime, as ext4 moves it (find -cnewer, tar --newer)
         moved: A.Attributes | None = None
         left_theirs = False  # another client's version at the old name, put after our copy
+        stamped: dict[str, str] | None = None
         if item is None and source.etag:
             # The lookup just before this call saw that version: the move is of it or fails
             # (412, another client replaced it since), and then goes as below, from a HEAD.
+            known = (
+                ObjectInfo(old_key, source.size, source.etag, source.mtime, source.metadata, source.headers)
+                if source.complete
+                else None
+            )
             try:
-                etag, left_theirs = self._move_object(old_key, new_key, source.etag, size=source.size)
+                etag, stamped, left_theirs = self._move_object(
+                    old_key, new_key, source.etag, source_info=known, size=source.size, ctime=now
+                )
                 moved = dataclasses.replace(source, etag=etag)
             except S3Error as exc:
                 if not exc.precondition_failed:
@@ -880,15 +890,22 @@ class Mutations:
                 self.upload(item)  # the object must be in S3 to be moved there
             info = self.store.head(old_key)
             # of the version just seen: not one another client put meanwhile
-            etag, left_theirs = self._move_object(old_key, new_key, info.etag, source_info=info)
+            etag, stamped, left_theirs = self._move_object(
+                old_key, new_key, info.etag, source_info=info, ctime=now
+            )
             moved = self.namespace.from_info(info)
             moved.etag = etag
+        if stamped is not None:
+            moved.metadata, moved.ctime = stamped, now
         self.staging.rekey(old_key, new_key)
         self.namespace.forget(old, gone=not left_theirs)  # theirs: shown at the next lookup
         self.namespace.remember(new, moved)
         item = self.staging.get(new_key)
         if item is not None:
-            item.stored_as(moved.etag)
+            if stamped is not None and not item.dirty:
+                item.metadata_stored(stamped, moved.etag)
+            else:
+                item.stored_as(moved.etag)
 
     def _move_object(
         self,
@@ -897,16 +914,20 @@ class Mutations:
         etag: str,
         source_info: ObjectInfo | None = None,
         size: int | None = None,
-    ) -> tuple[str, bool]:
+        ctime: float | None = None,
+    ) -> tuple[str, dict[str, str] | None, bool]:
         """The object at ``old_key``, if its ETag is still ``etag`` (else S3Error 412), is at
-        ``new_key`` and no longer at ``old_key``; returns its ETag there, and whether another
-        client's version is at ``old_key`` now (put after the copy: kept, as on a local disk
-        their write after our rename makes the name anew).
+        ``new_key`` and no longer at ``old_key``; returns its ETag there, its metadata if it
+        carries ``ctime`` now (else None: as it was), and whether another client's version is
+        at ``old_key`` now (put after the copy: kept, as on a local disk their write after our
+        rename makes the name anew).
 
         RenameObject moves it at once (it cannot be lost: the server keeps it under one name
-        or the other). Else a copy, then a delete of the old key once the copy is complete in
-        S3 (a crash in between leaves both), of the version copied only: unconditional, it
-        deleted a version another client put between the two, never copied.
+        or the other), its metadata as it was; a self-copy then stores ``ctime``
+        (:meth:`_stamp_ctime`). Else a copy, with ``ctime`` in its metadata, then a delete of
+        the old key once the copy is complete in S3 (a crash in between leaves both), of the
+        version copied only: unconditional, it deleted a version another client put between
+        the two, never copied.
         """
         if self.server_renames:
             try:
@@ -917,7 +938,14 @@ class Mutations:
                 if not exc.not_found or self.store.current_etag(new_key) != etag:
                     raise
                 log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
-            return etag, False
+            if ctime is None:
+                return etag, None, False
+            return (*self._stamp_ctime(new_key, etag, source_info, ctime), False)
+        stamped: dict[str, str] | None = None
+        if ctime is not None:
+            if source_info is None:
+                source_info = self.store.head(old_key)  # (another version: the copy's 412 says so)
+            stamped = {**source_info.metadata, A.CTIME: A.format_time(ctime)}
         # Recorded: a mount killed between the copy and the delete sends the delete when it
         # starts again (fs/renames.py), and the file is not left under both names.
         state: dict[str, str] = {"new": new_key, "etag": etag}
@@ -934,7 +962,14 @@ class Mutations:
 
         try:
             copied = self.store.copy_object(
-                old_key, new_key, if_match=etag, source_info=source_info, size=size, on_parts=on_parts
+                old_key,
+                new_key,
+                stamped,
+                replace_metadata=stamped is not None,
+                if_match=etag,
+                source_info=source_info,
+                size=size,
+                on_parts=on_parts,
             )
         except BaseException:
             self.renames.done(old_key)  # not copied (an upload of parts aborted): nothing to finish
@@ -951,7 +986,7 @@ class Mutations:
                         "it: theirs is kept there", old_key, new_key, old_key)
             theirs = True
         self.renames.done(old_key)
-        return copied or etag, theirs
+        return copied or etag, stamped, theirs
 
     def _delete_copied(
         self, copied: dict[str, str], what: str, also: list[str] | None = None
@@ -968,11 +1003,35 @@ class Mutations:
                         "them, e.g. %s: theirs are kept at the old name", what, len(theirs), theirs[0])
         return theirs, [(key, code) for key, code in failed if key not in theirs]
 
+    def _stamp_ctime(
+        self, key: str, etag: str, known: ObjectInfo | None, ctime: float
+    ) -> tuple[str, dict[str, str] | None]:
+        """After a RenameObject (which keeps the metadata): a self-copy of ``key`` (version
+        ``etag``, whose metadata ``known`` holds, else one HEAD) that stores ``ctime``; returns
+        its ETag and metadata. One request more a rename: on SeaweedFS such a copy changes the
+        metadata only (20-70 ms for 100 MB, loaded; a copy to another key took 3-4 s), but a
+        copy in parts (over 5 GiB) would copy the bytes: those keep their ctime, as does one
+        S3 will not copy (logged), or another client changed meanwhile: the rename stands."""
+        try:
+            info = known if known is not None else self.store.head(key)
+            if info.etag != etag or info.size > MAX_SINGLE_COPY:
+                return etag, None
+            stamped = {**info.metadata, A.CTIME: A.format_time(ctime)}
+            copied = self.store.copy_object(
+                key, key, stamped, replace_metadata=True, if_match=etag, source_info=info
+            )
+        except S3Error as exc:
+            if not exc.precondition_failed:
+                log.warning("rename to %s: its ctime could not be stored (%s): it stays as it was", key, exc)
+            return etag, None
+        return copied or etag, stamped
+
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:
         """Every key under the directory: its markers made anew, its files moved (RenameObject)
         or copied, in parallel; then what is left of the old keys deleted. Not atomic: a crash
         in the middle leaves each file under one name or the other (moved) or both (copied)."""
         old_prefix, new_prefix = self.keymap.dir_prefix(old), self.keymap.dir_prefix(new)
+        now = self.clock.time()  # its new ctime, as ext4 moves it
         self.namespace.write_holders(old)  # holders not written yet (-o writeback) are copied too
         self.deletes.flush(old_prefix)  # what was removed in it is not copied
         self.deletes.flush(new_prefix)
@@ -1021,14 +1080,17 @@ class Mutations:
             if old_prefix not in keys:  # an implicit or _$folder$ directory: give the new one a marker
                 self.store.put(new_prefix, b"", {"Content-Type": DIRECTORY_CONTENT_TYPE})
             for level in sorted(markers):
-                self._copy_keys(markers[level], old_prefix, new_prefix)
+                self._copy_keys(markers[level], old_prefix, new_prefix, ctime=now)
             if self.server_renames:
                 self._move_keys(files, old_prefix, new_prefix)
             else:
                 copied = self._copy_keys(files, old_prefix, new_prefix)
             try:  # a _$folder$ object (the holder of its metadata, on some servers) moves too
                 info = self.store.head(folder)
-                self._copy(folder, self.keymap.folder_key(new), source_info=info)
+                moved_meta = {**info.metadata, A.CTIME: A.format_time(now)}  # its ctime moves (ext4)
+                self._copy(
+                    folder, self.keymap.folder_key(new), moved_meta, replace_metadata=True, source_info=info
+                )
             except S3Error as exc:
                 if not exc.not_found:
                     raise
@@ -1057,7 +1119,8 @@ class Mutations:
         self.namespace.forget(old, gone=not theirs)  # the parents' link counts follow
         self.namespace.forget_tree(old)
         self.namespace.forget_tree(new)
-        moved = dataclasses.replace(source, complete=False)  # its holder's ETag is new: asked at next use
+        # its holder's ETag is new: asked at next use; its ctime moved (stored on its holder)
+        moved = dataclasses.replace(source, complete=False, ctime=now)
         self.namespace.remember(new, moved)
 
     def _move_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> None:
@@ -1115,13 +1178,17 @@ class Mutations:
         if not stayed:
             self.namespace.forget(old, gone=True)
 
-    def _copy_keys(self, entries: list[ListEntry], old_prefix: str, new_prefix: str) -> dict[str, str]:
+    def _copy_keys(
+        self, entries: list[ListEntry], old_prefix: str, new_prefix: str, ctime: float | None = None
+    ) -> dict[str, str]:
         """Copy ``entries`` (keys under ``old_prefix``) to their names under ``new_prefix``, in
-        parallel; returns old key -> the ETag of the version copied, of each file that has one."""
+        parallel, the marker ``old_prefix`` itself (the moved directory's) with ``ctime``;
+        returns old key -> the ETag of the version copied, of each file that has one."""
         etags = [""] * len(entries)  # each job writes its own slot
 
         def copy(i: int, e: ListEntry) -> None:
-            etags[i] = self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size, e.etag)
+            stamp = ctime if e.key == old_prefix else None
+            etags[i] = self._copy_key(e.key, new_prefix + e.key[len(old_prefix) :], e.size, e.etag, stamp)
 
         self.store.run_parallel((lambda i=i, e=e: copy(i, e)) for i, e in enumerate(entries))
         return {e.key: etag for e, etag in zip(entries, etags, strict=True) if etag}
@@ -1130,16 +1197,22 @@ class Mutations:
         """``store.copy_object``, a copy in parts recorded while under way (fs/copies.py)."""
         return self.uploader.copy(source, destination, *args, **kwargs)
 
-    def _copy_key(self, source: str, destination: str, size: int, etag: str = "") -> str:
-        """Server-side copy; a directory marker is re-made instead (some servers can't copy one).
-        Returns the ETag of the version copied ("" for a marker, or if none is known).
+    def _copy_key(
+        self, source: str, destination: str, size: int, etag: str = "", ctime: float | None = None
+    ) -> str:
+        """Server-side copy; a directory marker is re-made instead (some servers can't copy one),
+        with ``ctime`` where it carries metadata and one is given. Returns the ETag of the
+        version copied ("" for a marker, or if none is known).
 
         Of the listed version (``etag``, ``size``: no HEAD); one another client put since the
         listing (412) is looked up (one HEAD) and copied instead, so that the rename's delete
         after names the version it copied."""
         if source.endswith("/"):
             info = self.store.head(source)
-            self.store.put(destination, b"", {**info.headers, **info.metadata})
+            metadata = dict(info.metadata)
+            if ctime is not None and metadata:
+                metadata[A.CTIME] = A.format_time(ctime)
+            self.store.put(destination, b"", {**info.headers, **metadata})
             return ""
         for _ in range(RENAME_COPY_TRIES):
             try:

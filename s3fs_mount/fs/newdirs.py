@@ -164,6 +164,14 @@ class NewDirectories:
         if self._pending:  # (no lock: nothing owed, the common case, costs nothing)
             self._settle(lambda p: p == path or _above(p, path))
 
+    def settle_marked(self, path: str) -> None:
+        """Before an exclusive mkdir's marker goes under ``path``: ``path`` and the directories
+        above it have their markers in S3 when this returns (those whose holder only is owed
+        are not waited for: the thread PUTs a directory's holder before its subdirectories'),
+        so that a ``cp -r`` mkdir waits for one round trip, not two."""
+        if self._pending:
+            self._settle(lambda p: (p == path or _above(p, path)) and not self._pending[p].marked)
+
     def settle_in(self, directory: str) -> None:
         """Before S3 is asked about ``directory`` or lists it: it, what is above it and its new
         subdirectories are in S3 when this returns (FsError if not)."""

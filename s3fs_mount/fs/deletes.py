@@ -133,18 +133,19 @@ class Width:
         self._flights[self._count] = [self.clock(), now]
         return self._count
 
-    def answered(self, flight: int, keys: int) -> None:
-        """Flight ``flight`` of ``keys`` keys is answered: what it shows of the server's pace."""
+    def answered(self, flight: int, keys: int, at: float) -> None:
+        """Flight ``flight`` of ``keys`` keys was answered at ``at`` (clock()): what it shows of
+        the server's pace."""
         start, most = self._flights.pop(flight)
         if keys < MEASURED:
             return
-        per_key = (self.clock() - start) / keys
+        per_key = (at - start) / keys
         if most == 1:
             self.pace = per_key
         elif self.pace is not None:
             self.wide = per_key <= most * self.pace
             if not self.wide:
-                self._narrowed = self.clock()
+                self._narrowed = at
                 log.debug("side by side %.2f ms a key against %.2f alone: one at a time", per_key * 1e3,
                           self.pace * 1e3)
 
@@ -433,6 +434,7 @@ class DeleteQueue:
         sent = keys + [k for k in others if k not in keys]
         try:
             answer = self.store.delete_keys(sent, etags=etags)
+            at = self._width.clock()
         except BaseException:
             with self._cond:
                 self._width.failed(flight)
@@ -440,8 +442,6 @@ class DeleteQueue:
                 self._pending.update(dict.fromkeys(keys))
                 self._cond.notify_all()
             raise
-        with self._cond:
-            self._width.answered(flight, len(sent))
         failed = [(key, code) for key, code in answer if key not in others]
         try:
             for key, code in failed:
@@ -459,6 +459,7 @@ class DeleteQueue:
                 self._journal.record(key, None)
         finally:
             with self._cond:
+                self._width.answered(flight, len(sent), at)  # with its keys: the next cut sees both
                 self._sending.difference_update(keys)
                 for key in keys:
                     if key not in self._pending:  # added again meanwhile: its own version

@@ -586,3 +586,37 @@ def test_rmdir_while_side_by_side_does_not_pay_sends_what_waits_with_its_objects
         assert [sorted(b) for b in store.batches] == [sorted(keys + ["d/", "d_$folder$"])]
     finally:
         queue.close()
+
+
+def test_rmdir_of_a_large_directory_on_a_fresh_mount_probes_then_goes_side_by_side(tmp_path):
+    """rm -rf of a large directory whose unlinks all came before the window: rmdir's flush_with
+    sends the probe alone, then the two side by side, then shares while they pay, and the
+    directory's marker and holder last; not the 400 and the marker in one request."""
+    store = GatedStore()
+    clock = Clock()
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG, clock=clock)
+    keys = ["d/k%03d" % i for i in range(400)]
+    got: list = []
+    try:
+        for key in keys:
+            queue.add(key)
+        rmdir = threading.Thread(target=lambda: got.append(queue.flush_with("d/", ["d/", "d_$folder$"])))
+        rmdir.start()
+        store.wait_for_batches(1)
+        assert store.batches == [keys[:PROBE]]
+        clock.now = PROBE * 0.001
+        store.answer(1)
+        store.wait_for_batches(3)
+        assert sorted(store.batches[1:]) == [keys[PROBE : 2 * PROBE], keys[2 * PROBE : 3 * PROBE]]
+        clock.now += PROBE * 0.0015  # faster than in turn: side by side pays
+        store.answer(3)
+        store.wait_for_batches(5)
+        assert sorted(store.batches[3:]) == shares(keys[3 * PROBE :])  # two of 50
+        store.answer(10**6)
+        rmdir.join(30)
+        assert not rmdir.is_alive() and got == [[]]
+        assert [sorted(b) for b in store.batches[5:]] == [["d/", "d_$folder$"]]
+        assert queue.pending() == 0
+    finally:
+        store.answer(10**6)
+        queue.close()

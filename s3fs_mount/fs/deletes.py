@@ -291,8 +291,9 @@ class DeleteQueue:
         in the same request as the files (the connector sends a batch's keys deepest first, so
         a server that keeps directories, SeaweedFS, sees the directory emptied before its
         marker goes), one round trip instead of the files' batch and then the marker's. Many
-        pending (2 x :data:`MIN_BATCH` or more: ``rm -rf`` of a large directory) go first in
-        :func:`shares` side by side, and ``keys`` with what is left once all are answered.
+        pending (2 x :data:`MIN_BATCH` or more: ``rm -rf`` of a large directory) go first as
+        :class:`Width` lets them (side by side while it pays), and ``keys`` with what is left
+        once all are answered.
         S3Error or TransportError if a request failed: the pending keys stay pending (and
         ``keys`` are not sent).
         """
@@ -300,17 +301,22 @@ class DeleteQueue:
         while True:
             with self._cond:
                 mine = [k for k in self._pending if k.startswith(prefix)]
-                batches = shares(mine) if self._width.wide else []
-                if len(batches) > 1:
+                if len(mine) >= 2 * MIN_BATCH and self._width.wide is not False:
+                    batches = self._width.cut(mine)  # the probe, the trial or shares
+                    if not batches:
+                        self._cond.wait()  # Width waits for those under way
+                        continue
+                    flights = []
                     for batch in batches:
                         self._take(batch)
+                        flights.append(self._width.started())
                 elif any(k.startswith(prefix) for k in self._sending):
                     self._cond.wait()
                     continue
                 else:
                     self._take(mine)
                     break
-            failed += self._side_by_side(batches)
+            failed += self._side_by_side(batches, flights)
         return failed + self._send(mine, keys)
 
     def refused(self, prefix: str) -> list[tuple[str, str]]:
@@ -389,15 +395,22 @@ class DeleteQueue:
             while any(match(k) for k in self._sending):
                 self._cond.wait()
 
-    def _side_by_side(self, batches: list[list[str]]) -> list[tuple[str, str]]:
-        """Send ``batches`` (taken) at once, one in this thread and the rest on the pool;
-        returns the keys S3 did not delete, with its codes. Raises the first batch's error
-        once every batch is answered (or back in pending)."""
-        if len(batches) <= 1:
-            return [pair for batch in batches for pair in self._send(batch)]
-        sent = [self._pool.submit(self._send, batch) for batch in batches[1:]]
+    def _side_by_side(
+        self, batches: list[list[str]], flights: list[int] | None = None
+    ) -> list[tuple[str, str]]:
+        """Send ``batches`` (taken; ``flights``: their :meth:`Width.started`, if counted) at
+        once, one in this thread and the rest on the pool; returns the keys S3 did not delete,
+        with its codes. Raises the first batch's error once every batch is answered (or back
+        in pending)."""
+        ids: list[int | None] = list(flights) if flights is not None else [None] * len(batches)
+        if not batches:
+            return []
+        sent = [
+            self._pool.submit(self._send, batch, None, flight)
+            for batch, flight in zip(batches[1:], ids[1:], strict=True)
+        ]
         try:
-            failed = self._send(batches[0])
+            failed = self._send(batches[0], flight=ids[0])
         finally:
             for future in sent:
                 future.exception()

@@ -14,7 +14,7 @@ import pytest
 from fakestore import FakeStore
 from test_fs_unit import _context, make_ops, write_file  # noqa: F401 - _context: autouse fixture
 
-from s3fs_mount.fs.deletes import BATCH, MIN_BATCH, PARALLEL, PROBE, RETRY_WIDE, DeleteQueue, shares
+from s3fs_mount.fs.deletes import BATCH, MIN_BATCH, PARALLEL, DeleteQueue, shares
 from s3fs_mount.fs.fuselib import FuseOSError
 from s3fs_mount.fs.journal import StagingJournal
 
@@ -351,14 +351,6 @@ def added_at_once(queue: DeleteQueue, keys: list[str]) -> None:
             queue.add(key)
 
 
-def paying(queue: DeleteQueue) -> DeleteQueue:
-    """``queue`` as once side by side has paid (Width's probe and trial done, on a quick server)."""
-    with queue._cond:
-        queue._width.pace = 0.001
-        queue._width.wide = True
-    return queue
-
-
 def under_way(queue: DeleteQueue) -> int:
     with queue._cond:
         return len(queue._sending)
@@ -369,7 +361,7 @@ def test_keys_that_come_while_a_batch_is_under_way_go_beside_it_in_shares(tmp_pa
     once beside it, a share to each free slot (up to PARALLEL under way), not held until it is
     answered (round 32's rule: a quiet rm -rf of 1,000 files waited on two batches in turn)."""
     store = GatedStore()
-    queue = paying(DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0))
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0)
     try:
         queue.add("first")
         store.wait_for_batches(1)  # under way until answered
@@ -393,7 +385,7 @@ def test_many_keys_waiting_go_in_full_batches_side_by_side(tmp_path):
     """4,000 keys or more waiting (a long rm -rf, the server behind) go in batches of 1,000 (S3's
     most), up to PARALLEL under way: not cut into more, smaller requests."""
     store = GatedStore()
-    queue = paying(DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0))
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0)
     try:
         queue.add("first")
         store.wait_for_batches(1)
@@ -414,7 +406,7 @@ def test_a_flush_sends_its_keys_in_shares_side_by_side(tmp_path):
     """fsync of a directory (and recovery, unmount) with 400 deletes waiting: four DeleteObjects
     of 100 at once, not one of 400 (SeaweedFS deletes one request's keys one after the other)."""
     store = GatedStore()
-    queue = paying(DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG))
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG)
     keys = ["d/k%03d" % i for i in range(400)]
     try:
         for key in keys:
@@ -437,7 +429,7 @@ def test_rmdir_of_a_large_directory_sends_its_files_in_shares_then_its_objects(t
     directories: the marker goes after the files), not the 400 and the marker in one request
     that the server deletes key after key."""
     store = GatedStore()
-    queue = paying(DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG))
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG)
     keys = ["d/k%03d" % i for i in range(400)]
     got: list = []
     try:
@@ -465,7 +457,7 @@ def test_a_few_keys_go_in_one_batch(tmp_path):
     of rm -r's tree (six files) is one DeleteObjects, not six."""
     store = GatedStore()
     store.answer(10**6)
-    queue = paying(DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG))
+    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG)
     try:
         keys = ["d/%02d" % i for i in range(2 * MIN_BATCH - 1)]
         for key in keys:
@@ -485,138 +477,3 @@ def test_shares_are_even_at_least_min_batch_and_at_most_batch():
     assert sizes(1000) == [250] * PARALLEL
     assert sizes(4 * BATCH) == [BATCH] * 4
     assert sizes(4 * BATCH + 8) == [802] * 4 + [800]  # five, none over BATCH
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_mounts_first_batch_goes_alone_then_two_side_by_side_then_shares_while_they_pay(tmp_path):
-    """Width: the first batch measures the server alone (PROBE keys, the rest waits for it), two
-    then go side by side; answered at least as fast as one after the other, they open the way
-    for up to PARALLEL, each a share of what waits."""
-    store = GatedStore()
-    clock = Clock()
-    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0, clock=clock)
-    keys = ["k%04d" % i for i in range(1200)]
-    try:
-        added_at_once(queue, keys)
-        store.wait_for_batches(1)
-        assert store.batches == [keys[:PROBE]] and under_way(queue) == PROBE  # alone; the rest waits
-        clock.now = PROBE * 0.001  # 1 ms a key alone
-        store.answer(1)
-        store.wait_for_batches(3)
-        assert store.batches[1:] == [keys[PROBE : 2 * PROBE], keys[2 * PROBE : 3 * PROBE]]
-        assert under_way(queue) == 2 * PROBE  # two side by side, the rest waits for them
-        clock.now += PROBE * 0.0015  # 1.5 ms a key, two at once: faster than in turn
-        store.answer(2)  # the first of the two: shares of what waits beside the other
-        store.wait_for_batches(3 + PARALLEL - 1)
-        left = keys[3 * PROBE :]
-        assert store.batches[3:] == shares(left)[: PARALLEL - 1]
-        assert [len(b) for b in store.batches[3:]] == [225] * (PARALLEL - 1)
-        store.answer(10**6)
-        queue.flush()
-        assert queue.pending() == 0
-    finally:
-        store.answer(10**6)
-        queue.close()
-
-
-def test_side_by_side_slower_than_alone_goes_one_at_a_time_and_is_tried_again_later(tmp_path):
-    """A loaded SeaweedFS takes several times as long for batches side by side as in turn: once
-    two took longer a key than twice the pace alone, one batch goes at a time, of all that waits
-    (up to 1,000), until RETRY_WIDE seconds have passed; then two side by side again."""
-    store = GatedStore()
-    clock = Clock()
-    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=0.0, clock=clock)
-    keys = ["k%04d" % i for i in range(1000)]
-    try:
-        added_at_once(queue, keys)
-        store.wait_for_batches(1)
-        clock.now = PROBE * 0.001  # 1 ms a key alone
-        store.answer(1)
-        store.wait_for_batches(3)  # the two side by side
-        clock.now += PROBE * 0.003  # 3 ms a key each: slower than one after the other
-        store.answer(3)
-        store.wait_for_batches(4)
-        assert store.batches[3] == keys[3 * PROBE :]  # all that waits, in one
-        assert under_way(queue) == len(keys) - 3 * PROBE
-        more = ["m%04d" % i for i in range(300)]
-        added_at_once(queue, more)  # they wait for it: one at a time
-        clock.now += 0.7
-        store.answer(4)
-        store.wait_for_batches(5)
-        assert store.batches[4] == more
-        clock.now += RETRY_WIDE
-        store.answer(5)
-        with queue._cond:
-            assert queue._cond.wait_for(lambda: queue.pending() == 0, 30)
-        again = ["n%04d" % i for i in range(300)]
-        added_at_once(queue, again)
-        store.wait_for_batches(7)  # time to try side by side again: two of PROBE keys
-        assert store.batches[5:] == [again[:PROBE], again[PROBE : 2 * PROBE]]
-        store.answer(10**6)
-        queue.flush()
-        assert queue.pending() == 0
-    finally:
-        store.answer(10**6)
-        queue.close()
-
-
-def test_rmdir_while_side_by_side_does_not_pay_sends_what_waits_with_its_objects(tmp_path):
-    """One at a time (the server slower side by side): rmdir's pending files go in one
-    DeleteObjects with the directory's marker and holder, as round 32's rule did."""
-    store = GatedStore()
-    store.answer(10**6)
-    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG)
-    with queue._cond:
-        queue._width.pace = 0.001
-        queue._width.wide = False
-    keys = ["d/k%03d" % i for i in range(400)]
-    try:
-        for key in keys:
-            queue.add(key)
-        assert queue.flush_with("d/", ["d/", "d_$folder$"]) == []
-        assert [sorted(b) for b in store.batches] == [sorted(keys + ["d/", "d_$folder$"])]
-    finally:
-        queue.close()
-
-
-def test_rmdir_of_a_large_directory_on_a_fresh_mount_probes_then_goes_side_by_side(tmp_path):
-    """rm -rf of a large directory whose unlinks all came before the window: rmdir's flush_with
-    sends the probe alone, then the two side by side, then shares while they pay, and the
-    directory's marker and holder last; not the 400 and the marker in one request."""
-    store = GatedStore()
-    clock = Clock()
-    queue = DeleteQueue(store, str(tmp_path), lambda deleted, failed: None, window=LONG, clock=clock)
-    keys = ["d/k%03d" % i for i in range(400)]
-    got: list = []
-    try:
-        for key in keys:
-            queue.add(key)
-        rmdir = threading.Thread(target=lambda: got.append(queue.flush_with("d/", ["d/", "d_$folder$"])))
-        rmdir.start()
-        store.wait_for_batches(1)
-        assert store.batches == [keys[:PROBE]]
-        clock.now = PROBE * 0.001
-        store.answer(1)
-        store.wait_for_batches(3)
-        assert sorted(store.batches[1:]) == [keys[PROBE : 2 * PROBE], keys[2 * PROBE : 3 * PROBE]]
-        clock.now += PROBE * 0.0015  # faster than in turn: side by side pays
-        store.answer(3)
-        store.wait_for_batches(5)
-        assert sorted(store.batches[3:]) == shares(keys[3 * PROBE :])  # two of 50
-        store.answer(10**6)
-        rmdir.join(30)
-        assert not rmdir.is_alive() and got == [[]]
-        assert [sorted(b) for b in store.batches[5:]] == [["d/", "d_$folder$"]]
-        assert queue.pending() == 0
-    finally:
-        store.answer(10**6)
-        queue.close()

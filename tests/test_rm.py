@@ -15,7 +15,7 @@ from faultproxy import FaultProxy, is_delete_objects
 from mountrig import journal_records, proxied, sync_dir
 from waiting import eventually
 
-from s3fs_mount.fs.deletes import JOURNAL_NAME
+from s3fs_mount.fs.deletes import JOURNAL_NAME, PARALLEL
 
 pytestmark = pytest.mark.fuse
 
@@ -62,9 +62,8 @@ def test_rm_rf_of_a_tree_sends_batches_and_leaves_nothing(mount_factory, tmp_pat
 def test_rm_rf_of_a_directory_sends_its_files_in_few_full_batches(
     mount_factory, tmp_path, s3config, faultproxy, boto, bucket
 ):
-    """rm -rf of 1,000 files: a few DeleteObjects (alone, or side by side while the server
-    answers them faster so: fs/deletes.py's Width), not a DELETE per file nor a request per
-    few files."""
+    """rm -rf of 1,000 files: DeleteObjects of shares of what waits (at least 50 keys each
+    when cut), not a DELETE per file nor a request per few files."""
     files = ["many/f%04d" % i for i in range(1000)]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda key: boto.put_object(Bucket=bucket, Key=key, Body=b"x"), files))
@@ -75,12 +74,36 @@ def test_rm_rf_of_a_directory_sends_its_files_in_few_full_batches(
     assert s3_keys(boto, bucket) == ["many_kept"]  # rm returned: all gone in S3
     assert not os.path.exists(os.path.join(mount.path, "many"))
     batches, singles = deletes_heard(faultproxy)
-    # Quiet: one of 100 keys 50 ms after the first unlink, two side by side, then four at a
-    # time, the rmdir's. How many keys a batch gathers depends on how fast rm unlinks against
-    # how fast S3 answers (22 batches in a loaded CI run of round 31's rule), so the bound is
-    # 20 files a batch; the rule itself is test_deletes'.
+    # Quiet: four 50 ms after the first unlink, a few more as they are answered, the rmdir's.
+    # How many keys a batch gathers depends on how fast rm unlinks against how fast S3
+    # answers (22 batches in a loaded CI run of round 31's rule), so the bound is 20 files a
+    # batch; the rule itself is test_deletes'.
     assert 1 <= batches <= len(files) // 20, batches
     assert not [k for k in singles if not k.endswith(("/", "_$folder$"))], singles
+
+
+def test_rm_rf_of_a_directory_has_its_deletes_under_way_side_by_side(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """rm -rf of 1,000 files with every DeleteObjects held: four are under way at once (the
+    background's shares while rm unlinks, or rmdir's), not one while the rest wait for it
+    (round 32's rule, 0.75 s against 0.39 s quiet); once they are answered, S3 is empty."""
+    files = ["many/f%04d" % i for i in range(1000)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda key: boto.put_object(Bucket=bucket, Key=key, Body=b"x"), files))
+    cache = str(tmp_path / "cache")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    faultproxy.hold_deletes()
+    rm = subprocess.Popen(["rm", "-rf", os.path.join(mount.path, "many")])
+    try:
+        eventually(
+            lambda: journal_records(cache, JOURNAL_NAME) == 1000 and faultproxy.holding >= PARALLEL, 120
+        )
+    finally:
+        faultproxy.release(forward=True)
+    assert rm.wait(120) == 0
+    assert s3_keys(boto, bucket) == []
+    assert not os.path.exists(os.path.join(mount.path, "many"))
 
 
 def test_rm_r_lists_each_directory_once_and_asks_one_short_listing_for_each_rmdir(

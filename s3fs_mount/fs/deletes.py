@@ -4,20 +4,20 @@ An unlink of a file costs S3 one DELETE, and Python's HTTP stack about
 0.5 ms of CPU per request: ``rm -rf`` of 1,000 files was 1,000 round trips
 in a row. Here :meth:`DeleteQueue.add` records the key and returns; a
 background thread sends what has gathered (after :data:`WINDOW` seconds,
-or at once when :data:`BATCH` keys wait) in DeleteObjects of up to 1,000
-keys, **side by side while the server answers them faster so** (:class:`Width`).
-SeaweedFS deletes a DeleteObjects' keys one after the other, each a round trip
-to its filer (two with the ETag this queue names): idle, it answered ``rm -rf``
-of 1,000 files in 0.39 s with 14-17 batches side by side against 0.75 s with
-one under way at a time (bench/README.md, round 37, lead); loaded, four
-batches of 250 side by side took 3.7 s against 0.8 s for one of 1,000
-(round 38, helper 1). So the first batch goes alone, of at most :data:`PROBE`
-keys, two then go side by side, and if they were answered at least as fast a
-key as one after the other, up to :data:`PARALLEL` go, each an even share of
-what waits (:func:`shares`: at least :data:`MIN_BATCH` keys when cut, at most
-:data:`BATCH`), so the server deletes while ``rm`` goes on unlinking; else
-one at a time, what came meanwhile whole in the next (round 32's rule), and
-side by side is tried again :data:`RETRY_WIDE` seconds later. The namespace
+or at once when :data:`BATCH` keys wait) in DeleteObjects, **up to
+:data:`PARALLEL` side by side, each a share of what waits**
+(:func:`shares`: a quarter each, at least :data:`MIN_BATCH` keys, at
+most :data:`BATCH`), so the server deletes while ``rm`` goes on unlinking and
+its keys are not held behind one request. SeaweedFS deletes a
+DeleteObjects' keys one after the other, each a round trip to its filer
+(two with the ETag this queue names): idle, round 31's batches side by side
+had ``rm -rf`` of 1,000 files done in 0.39 s where round 32's one batch
+under way at a time (the keys that came meanwhile whole in the next) took
+0.75 s (bench/README.md, round 37, lead). The price is on a loaded machine,
+where SeaweedFS takes several times as long for batches side by side as in
+turn (4 x 250 keys 3.7 s, 1 x 1,000 0.8 s at load 13-27; round 38 helper
+1, which also tried and did not keep a rule that measures which holds).
+Many keys waiting (4,000 or more) go in full batches of 1,000. The namespace
 hides a name whose delete is pending (see
 :meth:`Namespace.deleting <s3fs_mount.fs.namespace.Namespace.deleting>`).
 
@@ -43,7 +43,7 @@ A key S3 refuses for good (``AccessDenied`` on read-only keys) shows again, and 
 fsync reports a write-back error, once.
 
 Locks: ``_cond`` guards ``_pending``, ``_etags``, ``_sending``, ``_since``, ``_batches``,
-``_width``, ``_refused``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
+``_refused``, ``_opened``, ``_thread`` and ``_closed``; the journal has its own lock, taken inside
 ``_cond`` or alone (never the other way round).
 """
 
@@ -69,12 +69,6 @@ BATCH = 1000
 PARALLEL = 4
 #: The fewest keys in a batch cut from more (fewer go whole, in one).
 MIN_BATCH = 50
-#: Keys of a batch that measures the server's pace: alone, then two side by side.
-PROBE = 100
-#: Batches of fewer keys teach nothing of the server's pace (the request's own cost rules).
-MEASURED = 20
-#: Seconds one at a time, once side by side was found slower, before it is tried again.
-RETRY_WIDE = 5.0
 #: Refused keys kept for the next fsync of their directory to report (the first ones, if more).
 REFUSALS_KEPT = 1000
 #: Seconds before a batch whose request failed (after the retry policy's attempts) is sent again.
@@ -93,77 +87,6 @@ def shares(waiting: list[str]) -> list[list[str]]:
     count = max(1, -(-len(waiting) // BATCH), min(PARALLEL, len(waiting) // MIN_BATCH))
     size = -(-len(waiting) // count)
     return [waiting[start : start + size] for start in range(0, len(waiting), size)]
-
-
-class Width:
-    """How many DeleteObjects go side by side, from what the server has shown this mount.
-
-    An idle SeaweedFS deletes four batches side by side in about half the time of one after
-    the other; a loaded one takes several times as long side by side as in turn (bench/README,
-    round 38 helper 1). So: the first batch goes alone, of at most :data:`PROBE` keys (its
-    seconds per key are the server's pace alone); then two of at most :data:`PROBE` keys go
-    side by side. If each took no longer per key than the pace times the batches under way
-    with it (the server answered them at least as fast as one after the other), side by side
-    pays: up to :data:`PARALLEL` go, each a share of what waits (:func:`shares`), for as long
-    as they keep paying. Else one at a time, all that waits in one (up to 1,000 keys), and
-    :data:`RETRY_WIDE` seconds later two side by side again. Every batch answered alone
-    renews the pace.
-
-    Not thread-safe: :class:`DeleteQueue` calls it under its ``_cond``.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.pace: float | None = None  # seconds per key of the last batch answered alone
-        self.wide: bool | None = None  # side by side pays; None: not tried with this pace
-        self._narrowed = 0.0  # clock() when side by side last did not pay
-        self._flights: dict[int, list[float]] = {}  # each request under way: [start, most at once]
-        self._count = 0
-
-    def under_way(self) -> int:
-        """DeleteObjects under way now."""
-        return len(self._flights)
-
-    def started(self) -> int:
-        """A DeleteObjects goes now; returns its flight, for :meth:`answered` or :meth:`failed`."""
-        now = len(self._flights) + 1
-        for flight in self._flights.values():
-            flight[1] = max(flight[1], now)
-        self._count += 1
-        self._flights[self._count] = [self.clock(), now]
-        return self._count
-
-    def answered(self, flight: int, keys: int, at: float) -> None:
-        """Flight ``flight`` of ``keys`` keys was answered at ``at`` (clock()): what it shows of
-        the server's pace."""
-        start, most = self._flights.pop(flight)
-        if keys < MEASURED:
-            return
-        per_key = (at - start) / keys
-        if most == 1:
-            self.pace = per_key
-        elif self.pace is not None:
-            self.wide = per_key <= most * self.pace
-            if not self.wide:
-                self._narrowed = at
-                log.debug("side by side %.2f ms a key against %.2f alone: one at a time", per_key * 1e3,
-                          self.pace * 1e3)
-
-    def failed(self, flight: int) -> None:
-        self._flights.pop(flight, None)
-
-    def cut(self, waiting: list[str]) -> list[list[str]]:
-        """The batches of ``waiting`` (in order) to send now, beside those under way."""
-        busy = len(self._flights)
-        if self.wide is False and self.clock() - self._narrowed >= RETRY_WIDE:
-            self.wide = None
-        if self.pace is None or self.wide is False:
-            if busy:
-                return []
-            return [waiting[: PROBE if self.pace is None else BATCH]]
-        if self.wide is None:  # the trial: two side by side, nothing else under way
-            return [] if busy else [b for b in (waiting[:PROBE], waiting[PROBE : 2 * PROBE]) if b]
-        return shares(waiting)[: max(0, PARALLEL - busy)]
 
 
 class DeleteQueue:
@@ -185,14 +108,7 @@ class DeleteQueue:
         deletes.close()             # at unmount: the rest sent; returns what could not be
     """
 
-    def __init__(
-        self,
-        store: Bucket,
-        directory: str,
-        answered: Answered,
-        window: float = WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, store: Bucket, directory: str, answered: Answered, window: float = WINDOW) -> None:
         self.store = store
         self.window = window
         self.answered = answered
@@ -203,7 +119,6 @@ class DeleteQueue:
         self._sending: set[str] = set()  # keys of batches under way
         self._since = 0.0  # time.monotonic() when the oldest pending key came
         self._batches = 0  # background batches under way
-        self._width = Width(clock)  # how many go side by side
         self._refused: dict[str, str] = {}  # key -> S3's code: refused, not yet told by an fsync
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -291,32 +206,24 @@ class DeleteQueue:
         in the same request as the files (the connector sends a batch's keys deepest first, so
         a server that keeps directories, SeaweedFS, sees the directory emptied before its
         marker goes), one round trip instead of the files' batch and then the marker's. Many
-        pending (2 x :data:`MIN_BATCH` or more: ``rm -rf`` of a large directory) go first as
-        :class:`Width` lets them (side by side while it pays), and ``keys`` with what is left
-        once all are answered.
+        pending (2 x :data:`MIN_BATCH` or more: ``rm -rf`` of a large directory) go first in
+        :func:`shares` side by side, and ``keys`` with what is left once all are answered.
         S3Error or TransportError if a request failed: the pending keys stay pending (and
         ``keys`` are not sent).
         """
-        failed: list[tuple[str, str]] = []
-        while True:
-            with self._cond:
-                mine = [k for k in self._pending if k.startswith(prefix)]
-                if len(mine) >= 2 * MIN_BATCH and self._width.wide is not False:
-                    batches = self._width.cut(mine)  # the probe, the trial or shares
-                    if not batches:
-                        self._cond.wait()  # Width waits for those under way
-                        continue
-                    flights = []
-                    for batch in batches:
-                        self._take(batch)
-                        flights.append(self._width.started())
-                elif any(k.startswith(prefix) for k in self._sending):
-                    self._cond.wait()
-                    continue
-                else:
-                    self._take(mine)
-                    break
-            failed += self._side_by_side(batches, flights)
+        with self._cond:
+            batches = shares([k for k in self._pending if k.startswith(prefix)])
+            if len(batches) > 1:
+                for batch in batches:
+                    self._take(batch)
+            else:
+                batches = []
+        failed = self._side_by_side(batches)
+        with self._cond:
+            while any(k.startswith(prefix) for k in self._sending):
+                self._cond.wait()
+            mine = [k for k in self._pending if k.startswith(prefix)]
+            self._take(mine)
         return failed + self._send(mine, keys)
 
     def refused(self, prefix: str) -> list[tuple[str, str]]:
@@ -385,32 +292,20 @@ class DeleteQueue:
         with self._cond:
             mine = [k for k in self._pending if match(k)]
             self._take(mine)
-            wide = self._width.wide
-        if wide:
-            batches = shares(mine)
-        else:
-            batches = [mine[start : start + BATCH] for start in range(0, len(mine), BATCH)]
-        self._side_by_side(batches)
+        self._side_by_side(shares(mine))
         with self._cond:
             while any(match(k) for k in self._sending):
                 self._cond.wait()
 
-    def _side_by_side(
-        self, batches: list[list[str]], flights: list[int] | None = None
-    ) -> list[tuple[str, str]]:
-        """Send ``batches`` (taken; ``flights``: their :meth:`Width.started`, if counted) at
-        once, one in this thread and the rest on the pool; returns the keys S3 did not delete,
-        with its codes. Raises the first batch's error once every batch is answered (or back
-        in pending)."""
-        ids: list[int | None] = list(flights) if flights is not None else [None] * len(batches)
-        if not batches:
-            return []
-        sent = [
-            self._pool.submit(self._send, batch, None, flight)
-            for batch, flight in zip(batches[1:], ids[1:], strict=True)
-        ]
+    def _side_by_side(self, batches: list[list[str]]) -> list[tuple[str, str]]:
+        """Send ``batches`` (taken) at once, one in this thread and the rest on the pool;
+        returns the keys S3 did not delete, with its codes. Raises the first batch's error
+        once every batch is answered (or back in pending)."""
+        if len(batches) <= 1:
+            return [pair for batch in batches for pair in self._send(batch)]
+        sent = [self._pool.submit(self._send, batch) for batch in batches[1:]]
         try:
-            failed = self._send(batches[0], flight=ids[0])
+            failed = self._send(batches[0])
         finally:
             for future in sent:
                 future.exception()
@@ -425,13 +320,10 @@ class DeleteQueue:
             del self._pending[key]
             self._sending.add(key)
 
-    def _send(
-        self, keys: list[str], extra: list[str] | None = None, flight: int | None = None
-    ) -> list[tuple[str, str]]:
+    def _send(self, keys: list[str], extra: list[str] | None = None) -> list[tuple[str, str]]:
         """One DeleteObjects of ``keys`` (taken) and of ``extra`` (not recorded); on failure
         ``keys`` are pending again, and it raises. Returns ``[(key, error code)]`` of the keys
-        of either that S3 did not delete. ``flight``: its :meth:`Width.started`, if counted
-        already (when it was cut)."""
+        of either that S3 did not delete."""
         others = set(extra or ())
         with self._cond:
             etags = {k: self._etags[k] for k in keys if k in self._etags}
@@ -442,15 +334,10 @@ class DeleteQueue:
                 len(self._sending),
                 len(self._pending),
             )
-            if flight is None:
-                flight = self._width.started()
-        sent = keys + [k for k in others if k not in keys]
         try:
-            answer = self.store.delete_keys(sent, etags=etags)
-            at = self._width.clock()
+            answer = self.store.delete_keys(keys + [k for k in others if k not in keys], etags=etags)
         except BaseException:
             with self._cond:
-                self._width.failed(flight)
                 self._sending.difference_update(keys)
                 self._pending.update(dict.fromkeys(keys))
                 self._cond.notify_all()
@@ -472,7 +359,6 @@ class DeleteQueue:
                 self._journal.record(key, None)
         finally:
             with self._cond:
-                self._width.answered(flight, len(sent), at)  # with its keys: the next cut sees both
                 self._sending.difference_update(keys)
                 for key in keys:
                     if key not in self._pending:  # added again meanwhile: its own version
@@ -491,25 +377,27 @@ class DeleteQueue:
                     if left <= 0:
                         break
                     self._cond.wait(left)
+                # Up to PARALLEL under way: the free slots take a share each of what waits.
+                while not self._closed and self._batches >= PARALLEL:
+                    self._cond.wait()
                 if self._closed:
                     return
-                # As many as Width lets go beside those under way; else wait for an answer.
-                batches = self._width.cut(list(self._pending))
-                if not batches:
-                    if self._pending:
-                        self._cond.wait()
-                    continue  # (or a flush sent them meanwhile)
-                flights = []
-                for batch in batches:
-                    self._take(batch)
-                    flights.append(self._width.started())  # under way from now, for the next cut
+                batches = self._cut(PARALLEL - self._batches)
                 self._batches += len(batches)
-            for batch, flight in zip(batches, flights, strict=True):
-                self._pool.submit(self._send_in_background, batch, flight)
+            for batch in batches:
+                self._pool.submit(self._send_in_background, batch)
 
-    def _send_in_background(self, batch: list[str], flight: int) -> None:
+    def _cut(self, slots: int) -> list[list[str]]:
+        """Up to ``slots`` of the :func:`shares` of what waits, taken (caller holds _cond); none
+        if a flush sent them meanwhile."""
+        batches = shares(list(self._pending))[:slots]
+        for batch in batches:
+            self._take(batch)
+        return batches
+
+    def _send_in_background(self, batch: list[str]) -> None:
         try:
-            self._send(batch, flight=flight)
+            self._send(batch)
         except Exception as exc:  # noqa: BLE001 - pending again; retried after a pause
             log.warning("delete of %d keys failed (%s); retried in %.0f s", len(batch), exc, RETRY_PAUSE)
             with self._cond:

@@ -10,12 +10,14 @@ or at once when :data:`BATCH` keys wait) in DeleteObjects, **up to
 most :data:`BATCH`), so the server deletes while ``rm`` goes on unlinking and
 its keys are not held behind one request. SeaweedFS deletes a
 DeleteObjects' keys one after the other, each a round trip to its filer
-(two with the ETag this queue names); an idle server answers four batches
-side by side in about half the time of their keys in one (bench/README.md,
-round 38 helper 1): round 32's one batch under way at a time (the keys
-that came meanwhile whole in the next) made a quiet ``rm -rf`` of 1,000
-files wait on two batches in turn, 0.75 s against 0.39 s. Many keys
-waiting (4,000 or more) go in full batches of 1,000. The namespace
+(two with the ETag this queue names): idle, round 31's batches side by side
+had ``rm -rf`` of 1,000 files done in 0.39 s where round 32's one batch
+under way at a time (the keys that came meanwhile whole in the next) took
+0.75 s (bench/README.md, round 37, lead). The price is on a loaded machine,
+where SeaweedFS takes several times as long for batches side by side as in
+turn (4 x 250 keys 3.7 s, 1 x 1,000 0.8 s at load 13-27; round 38 helper
+1, which also tried and did not keep a rule that measures which holds).
+Many keys waiting (4,000 or more) go in full batches of 1,000. The namespace
 hides a name whose delete is pending (see
 :meth:`Namespace.deleting <s3fs_mount.fs.namespace.Namespace.deleting>`).
 

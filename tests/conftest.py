@@ -27,7 +27,8 @@ pytest_plugins = [m for m in ("mount_fixtures",) if (Path(__file__).parent / f"{
 
 @pytest.fixture(scope="session")
 def s3server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
-    """One SeaweedFS S3 server (127.0.0.1, free ports) for the whole session."""
+    """One SeaweedFS S3 server (127.0.0.1, free ports) for the whole session (for each worker, when
+    tests/run.sh runs pytest-xdist's: each has its own)."""
     server = s3rig.start_local_server(tmp_path_factory.mktemp("weed"))
     try:
         yield server

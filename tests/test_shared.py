@@ -752,6 +752,27 @@ def test_an_append_meeting_another_clients_version_goes_after_theirs(mount, boto
         assert s3_bytes(boto, bucket, "log") == b"theirs\n"
 
 
+def log_read_through(mount, flags: int) -> tuple[str, int]:
+    """``log`` made holding ``start\n``, opened with ``flags`` and read whole: (path, fd)."""
+    path = os.path.join(mount.path, "log")
+    with open(path, "wb") as f:
+        f.write(b"start\n")
+    fd = os.open(path, flags)
+    assert os.read(fd, 100) == b"start\n"
+    return path, fd
+
+
+def append_ours_after_theirs(path: str, boto, bucket: str, between=lambda: True) -> None:
+    """``ours\n`` appended to ``log`` (holding ``start\n``) here while boto3 puts ``start\ntheirs\n``
+    (after ``between()``, which must hold): the close's upload meets theirs, and ours goes after it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"ours\n")
+    assert between()
+    boto.put_object(Bucket=bucket, Key="log", Body=b"start\ntheirs\n")
+    os.close(fd)
+    assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+
+
 def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_eio_not_a_mix(
     mount, boto, bucket
 ):
@@ -761,18 +782,10 @@ def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_e
     theirs cut mid-line, silently (a reader beside two mounts appending to one log saw cut and
     repeated lines). Such a reader may have had the old bytes from us or from the kernel's
     pages our writes filled: EIO, and every later read; a new open reads the file as it is."""
-    path = os.path.join(mount.path, "log")
-    with open(path, "wb") as f:
-        f.write(b"start\n")
-    reader = os.open(path, os.O_RDONLY)
+    path, reader = log_read_through(mount, os.O_RDONLY)
     try:
-        assert os.read(reader, 100) == b"start\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.write(fd, b"ours\n")
-        assert os.read(reader, 100) == b"ours\n"  # what this mount's file holds, as on one disk
-        boto.put_object(Bucket=bucket, Key="log", Body=b"start\ntheirs\n")
-        os.close(fd)  # the upload meets theirs: ours goes after it
-        assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+        # what this mount's file holds, as on one disk
+        append_ours_after_theirs(path, boto, bucket, lambda: os.read(reader, 100) == b"ours\n")
         time.sleep(1.1)  # attr_ttl: the kernel's size of the file (11) is asked again
         assert os.fstat(reader).st_size == 18
         for _ in range(2):
@@ -793,17 +806,9 @@ def test_a_handle_that_read_the_file_before_our_appends_went_after_theirs_writes
     for reading and writing that had read the file took EIO on its next read, but its pwrite went
     on at the offset it chose from the bytes now moved, over theirs, and its close put that in S3
     silently. Now the write is EIO too, and S3 keeps theirs and ours."""
-    path = os.path.join(mount.path, "log")
-    with open(path, "wb") as f:
-        f.write(b"start\n")
-    rw = os.open(path, os.O_RDWR)
+    path, rw = log_read_through(mount, os.O_RDWR)
     try:
-        assert os.read(rw, 100) == b"start\n"
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        os.write(fd, b"ours\n")
-        boto.put_object(Bucket=bucket, Key="log", Body=b"start\ntheirs\n")
-        os.close(fd)  # the upload meets theirs: ours goes after it
-        assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+        append_ours_after_theirs(path, boto, bucket)
         with pytest.raises(OSError) as exc:
             os.pwrite(rw, b"OURS\n", 6)  # (was: over "their", in S3 at the close)
         assert exc.value.errno == errno.EIO

@@ -108,11 +108,28 @@ def fuse() -> None:
         pytest.skip(f"FUSE unavailable: {reason}")
 
 
+def _utf8(text: str) -> str:
+    """``text`` with lone surrogates (the surrogateescape'd bytes of names that are not UTF-8, which
+    the mount logs as it got them) written as ``\\udcff``: pytest-xdist sends reports between
+    processes as UTF-8, and one such character in a captured log ended the whole run."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """With S3FS_REQUIRE_FUSE=1, a skipped test marked ``fuse`` is reported as failed."""
+    """With S3FS_REQUIRE_FUSE=1, a skipped test marked ``fuse`` is reported as failed. A report's
+    captured output and failure text are made UTF-8 (:func:`_utf8`)."""
     outcome = yield
     report = outcome.get_result()
+    report.sections = [(title, _utf8(content)) for title, content in report.sections]
+    if report.longrepr is not None and not isinstance(report.longrepr, tuple):
+        text = str(report.longrepr)
+        if _utf8(text) != text:
+            report.longrepr = _utf8(text)
     if (
         report.skipped
         and not hasattr(report, "wasxfail")

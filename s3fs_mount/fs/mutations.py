@@ -574,14 +574,19 @@ class Mutations:
         Equal ETags say so. A copy's ETag is not its source's when either was made in parts (a
         copy over 5 GiB in parts; on AWS, a CopyObject of an object uploaded in parts gets the
         MD5 of its bytes) or is no MD5 (SSE-KMS, SSE-C): then their sizes and user metadata
-        (its mtime: a write through a mount moves it) must be equal, one HEAD each.
+        (its mtime: a write through a mount moves it) must be equal, one HEAD each, but for the
+        ctime, which the rename's copy moves (round 38).
         """
         if old_etag == new_etag:
             return True
         if "-" not in old_etag + new_etag and self.store.etags_are_md5:
             return False  # two MD5s of the bytes: other bytes
         old, new = self.store.head(old_key), self.store.head(new_key)
-        return old.size == new.size and old.metadata == new.metadata
+
+        def kept(metadata: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in metadata.items() if k != A.CTIME}
+
+        return old.size == new.size and kept(old.metadata) == kept(new.metadata)
 
     def _finish_resumed(self, item: StagedFile, current: str) -> None:
         """Recovery of a file whose upload holds bytes the cache released: complete that upload."""

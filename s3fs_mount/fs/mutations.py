@@ -120,13 +120,9 @@ class Mutations:
         self.copies = uploader.copies
         #: What :meth:`recover` found a previous run left, and did (what -> how many), for
         #: ``s3fs-mount status``. Written before the mount serves, and by the background retries
-        #: of :attr:`unrecovered` files (:meth:`recover_file`); read with :meth:`recovered_counts`.
+        #: of the files it could not upload (:meth:`recover_file`); read with :meth:`recovered_counts`.
         self.recovered: dict[str, int] = {}  # GUARDED_BY(_recovered_lock)
         self._recovered_lock = threading.Lock()
-        #: The staged files :meth:`recover` could not bring to S3 (S3 away, or refusing): the
-        #: mount tries each again in the background (:meth:`recover_file`). Written before the
-        #: mount serves; taken (emptied) once, then.
-        self.unrecovered: list[StagedFile] = []
         namespace.settle_deletes = self.deletes.flush
         #: Directories mkdir made whose objects go up in the background (fs/newdirs.py): a key
         #: goes under one, and S3 is asked about one, only once they are in S3.
@@ -337,8 +333,10 @@ class Mutations:
         a.digest = self.uploader.stored_digest(item, a.etag)  # tells a metadata copy of it (AWS)
         self.namespace.remember(self.keymap.path(item.key), a)
 
-    def recover(self) -> list[str]:
+    def recover(self, retry: Callable[[StagedFile], None] | None = None) -> list[str]:
         """Send the deletes and upload what a previous run left; returns the keys still staged.
+        ``retry``: given each staged file it could not bring to S3 (S3 away, or refusing), to try
+        again later (:meth:`recover_file`, the whole step each time).
 
         The deletes first: a key written again after its unlink had its delete sent before.
         """
@@ -367,7 +365,8 @@ class Mutations:
                     exc,
                 )
                 self.note_recovered("files kept staged (upload failed, tried again)")
-                self.unrecovered.append(item)
+                if retry is not None:
+                    retry(item)
         self._recover_renames(renames)  # after the uploads: a directory's files are in S3 to be moved
         return [i.key for i in self.staging.pending()]
 
@@ -376,7 +375,7 @@ class Mutations:
         its record names, or see what S3 holds (one HEAD: ours already, or another client's
         version, ours then going beside it), and upload it; noted in :attr:`recovered`. True
         once it is in S3; raises when S3 could not be asked or would not take it (the file stays
-        staged: it is tried again in the background, :attr:`unrecovered`, this whole step again)."""
+        staged: :meth:`recover`'s ``retry`` has it tried again, this whole step again)."""
         # Bytes the cache released are in the parts of the upload the record names: go on with it.
         resumed = self.uploader.resume(item)
         for upload_id in item.pending_uploads():

@@ -315,11 +315,9 @@ class S3Operations(Operations):
         could not be (S3 away, or refusing) are tried again in the background, the whole of
         recovery's step each (:meth:`Mutations.recover_file`): before round 38 they waited for
         a sync, a write to them or the unmount."""
-        pending = self.changes.recover()
-        unrecovered, self.changes.unrecovered = self.changes.unrecovered, []
-        for item in unrecovered:
-            self._background_uploads().retry_later(item, self.changes.recover_file)
-        return pending
+        return self.changes.recover(
+            retry=lambda item: self._background_uploads().retry_later(item, self.changes.recover_file)
+        )
 
     def destroy(self, path: str) -> None:
         """Unmount: upload everything still dirty (``unuploaded`` says what could not be)."""

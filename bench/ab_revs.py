@@ -10,6 +10,7 @@ loaded machine's drift falls on both sides::
     python bench/ab_revs.py --rounds 6 --only stat,rm_rf 5676b06 9e060ea
     python bench/ab_revs.py --rounds 4 --only ls_l --debug HEAD~3 HEAD   # request counts too
     python bench/ab_revs.py --rounds 4 --only cp_r_tree --tree-files 1600 main HEAD
+    python bench/ab_revs.py --rounds 6 --only rm_rf main main@conflict_check=off  # an option's price
 
 Prints each run (seconds, the mount's CPU seconds in the timed part, requests with
 ``--debug``) and the medians per revision and workload. For a bisect: the step between two
@@ -26,6 +27,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402  (bench/run.py, next to this script)
+
+
+def split_rev(rev: str) -> tuple[str, str]:
+    """``REV@OPTIONS`` -> (REV, OPTIONS): that revision mounted with more ``-o`` options (its
+    own, beside ``--mount-options``), so one option's price is measured in the same rounds."""
+    tree, _, options = rev.partition("@")
+    return tree, options
 
 
 def checkout(rev: str, parent: str) -> str:
@@ -49,7 +57,9 @@ def use_tree(tree: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("revs", nargs="+", help="git revisions (or directories holding a checkout)")
+    ap.add_argument(
+        "revs", nargs="+", help="git revisions (or checkout directories), each as REV or REV@OPTIONS"
+    )
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--only", default="ls_l,stat,rm_rf", help="bench/run.py workloads, comma-separated")
     ap.add_argument("--debug", action="store_true", help="mount with -o debug: requests counted (slower)")
@@ -86,7 +96,12 @@ def main() -> int:
     b = bench.Bench(params)
     results: dict[tuple[str, str], list[tuple[float, float]]] = {(r, n): [] for r in args.revs for n in names}
     try:
-        trees = {rev: checkout(rev, os.path.join(b.tmp, "revs")) for rev in args.revs}
+        made: dict[str, str] = {}
+        for rev in args.revs:
+            tree = split_rev(rev)[0]
+            if tree not in made:
+                made[tree] = checkout(tree, os.path.join(b.tmp, "revs"))
+        trees = {rev: made[split_rev(rev)[0]] for rev in args.revs}
         b.start_server()
         b.make_sources(set(names))  # the local files the write rows copy in, the made-once key sets
         if args.tree_files:
@@ -95,6 +110,7 @@ def main() -> int:
             order = args.revs if rnd % 2 == 0 else args.revs[::-1]
             for rev in order:
                 use_tree(trees[rev])
+                b.p.mount_options = ",".join(o for o in (args.mount_options, split_rev(rev)[1]) if o)
                 for name in names:
                     s = b.run_mount(known[name], "ours", debug=args.debug)
                     if s.error:

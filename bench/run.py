@@ -1592,6 +1592,17 @@ def workloads() -> list[Workload]:
             options="listing_attrs",
             peers=False,
         ),
+        # the same with -o conflict_check=off: deletes name no version (as raw's and the peers'
+        # do), so SeaweedFS looks no key up before deleting it (its If-Match per key)
+        Workload(
+            "rm_rf_nocc",
+            m_rmrf,
+            r_rmrf,
+            files("small2/"),
+            files("raw/small2/"),
+            options="conflict_check=off",
+            peers=False,
+        ),
         Workload(
             "setxattr",
             m_setxattr,

@@ -193,3 +193,10 @@ def test_fuse_ops_reads_whole_and_resumed_reads_of_fuse_requests() -> None:
         r'104 read(5, "HTTP/1.1"..., 4096) = 796',
     ]
     assert fuse_ops.count(lines) == {"LOOKUP": 1, "CREATE": 1}
+
+
+def test_ab_revs_mounts_a_revision_given_with_options_with_them() -> None:
+    ab_revs = load("ab_revs")
+    both = "conflict_check=off,listing_attrs"
+    assert ab_revs.split_rev("main@" + both) == ("main", both)
+    assert ab_revs.split_rev("HEAD~2") == ("HEAD~2", "")

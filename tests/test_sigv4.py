@@ -185,6 +185,20 @@ def test_canonical_query_is_sorted_and_fully_encoded():
     assert canonical_query({"b": "x y", "a": "1/2+3", "uploads": ""}) == "a=1%2F2%2B3&b=x%20y&uploads="
 
 
+@pytest.mark.parametrize(
+    "text", ["many/f01234", "a b/c", "caf\u00e9", "x+y=z&w", "a%2Fb", "~_-.", "", "/", "k?v#f"]
+)
+def test_a_name_with_nothing_to_encode_is_sent_as_it_is_and_any_other_encoded_as_sigv4_wants(text):
+    """uri_encode's shortcut for names of unreserved characters only (most keys): the same
+    as percent-encoding every byte but A-Z a-z 0-9 - _ . ~ (and / in a key's path)."""
+    assert uri_encode(text, safe="/") == percent_encode(text, safe="/~")
+    assert uri_encode(text) == percent_encode(text, safe="~")
+
+
+def test_a_listed_keys_byte_that_is_not_utf8_is_encoded_as_it_was():
+    assert uri_encode("bad\udcffname/x", safe="/") == "bad%FFname/x"
+
+
 def test_secret_never_in_repr():
     secret = "VerySecretValue/123+abc"
     signer = SigV4Signer("AKIDREPR", secret, "us-east-1")

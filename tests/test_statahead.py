@@ -289,6 +289,7 @@ def test_a_walk_keeps_every_stat_ahead_worker_busy(tmp_path):
     store.heads.clear()
     whole, stats = ls_l(ops, "/d")
     assert under_way[1] == statahead.WORKERS and statahead.MAX_WINDOW >= statahead.WORKERS
+    assert statahead.WORKERS == 20  # as many HEADs at once as s3fs-fuse's ls -l (its multireq_max)
     assert whole + stats == len(keys)
     assert set(store.heads) == set(keys) and max(store.heads.values()) == 1
 

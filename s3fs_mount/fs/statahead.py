@@ -64,8 +64,9 @@ log = logging.getLogger(__name__)
 #: Threads sending HEADs ahead (shared by all directories). 8 threads and a window of 32 stat'ed
 #: 1,000 files in 1.16-1.52 s, 4 and 16 in 1.31-1.87 s, none in 1.92-2.70 s; on a loaded machine
 #: (a slower answer to each HEAD, not fewer at a time) 16 and 64 walked 10,000 faster than 8 and
-#: 32 (bench/README.md, round 31). A thread waiting for an answer holds no CPU.
-WORKERS = 16
+#: 32 (bench/README.md, round 31). A thread waiting for an answer holds no CPU. 20: as many as
+#: s3fs-fuse keeps in flight in its ls -l (``multireq_max``; bench/README.md, rounds 38-39).
+WORKERS = 20
 #: Most HEADs sent ahead of the last stat in one directory (at least WORKERS: all of them busy).
 MAX_WINDOW = 64
 #: Names one listing page asks for.

@@ -415,7 +415,7 @@ class S3Connection:
         :class:`~s3fs_mount.s3.retry.GiveUp`.
         """
         query = dict(query or {})
-        qs = canonical_query(query)
+        qs = canonical_query(query) if query else ""
         if payload_hash is None:
             if body is None:
                 payload_hash = EMPTY_SHA256

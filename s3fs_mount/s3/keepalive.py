@@ -310,18 +310,19 @@ class KeptAlivePool:
     ) -> bytes:
         """The request line and headers, encoded; ValueError for a header that would end early."""
         lines = ["%s %s HTTP/1.1" % (method, target)]
-        lines.extend("%s: %s" % kv for kv in headers.items())
+        lines += ["%s: %s" % kv for kv in headers.items()]
         if "Content-Length" in headers or "content-length" in headers:
             pass  # the caller's (the connector writes it so)
         elif body is not None:
             lines.append("Content-Length: %d" % len(body))
         elif method in ("PUT", "POST"):
             lines.append("Content-Length: 0")
-        lines.append("Accept-Encoding: identity")
-        text = "\n".join(lines)
-        if text.count("\n") != len(lines) - 1 or "\r" in text or "\0" in text or " " in target:
+        lines.append("Accept-Encoding: identity\r\n\r\n")
+        text = "\r\n".join(lines)
+        ends = len(lines) + 1  # a CRLF between lines, two after the last: no CR or LF elsewhere
+        if text.count("\n") != ends or text.count("\r") != ends or "\0" in text or " " in target:
             raise ValueError("invalid character in a header of %s %s" % (method, target))
-        return (text.replace("\n", "\r\n") + "\r\n\r\n").encode("latin-1")
+        return text.encode("latin-1")
 
     def _read_answer(self, conn: _Socket, method: str) -> tuple[int, Headers, bytes, bool]:
         """(status, headers, body, may the connection be used again)."""

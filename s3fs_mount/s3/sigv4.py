@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime
 import hashlib
 import hmac
+import string
 import threading
 import time
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -21,9 +23,16 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 ALGORITHM = "AWS4-HMAC-SHA256"
 
 
+#: The characters SigV4 leaves as they are, and with ``/`` (a key's path).
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-_.~")
+_UNRESERVED_PATH = _UNRESERVED | {"/"}
+
+
 def uri_encode(text: str, safe: str = "") -> str:
     """Percent-encode ``text`` as SigV4 wants: every byte but A-Z a-z 0-9 - _ . ~ (a listed
     key's bytes that are not UTF-8, kept as surrogate escapes, as they were)."""
+    if (safe == "" and _UNRESERVED.issuperset(text)) or (safe == "/" and _UNRESERVED_PATH.issuperset(text)):
+        return text  # nothing to encode (most keys: a HEAD per file of ls -l encodes two names)
     return quote(text, safe="-_.~" + safe, errors="surrogateescape")
 
 
@@ -83,8 +92,10 @@ class SigV4Signer:
         self.region = region
         self.service = service
         self.session_token = session_token
-        #: (date, the signing key derived for it): replaced whole, so read without a lock.
-        self._key_cache: tuple[str, bytes] = ("", b"")
+        #: (date, the signing key derived for it, the request scope of that date, an HMAC
+        #: begun with that key that each request's signature copies): replaced whole, so read
+        #: without a lock.
+        self._key_cache: tuple[str, bytes, str, Any] = ("", b"", "", None)
         #: region -> the signer for it (:meth:`for_region`), each with its own key cache.
         #: GUARDED_BY(_regions_lock).
         self._regions: dict[str, SigV4Signer] = {}
@@ -109,14 +120,19 @@ class SigV4Signer:
 
     def _signing_key(self, datestamp: str) -> bytes:
         """The key of ``datestamp`` (YYYYMMDD), derived once a day (four HMACs), not per request."""
+        return self._day(datestamp)[1]
+
+    def _day(self, datestamp: str) -> tuple[str, bytes, str, Any]:
+        """(``datestamp``, its signing key, its scope, an HMAC begun with the key): made once a day."""
         cached = self._key_cache
         if cached[0] == datestamp:
-            return cached[1]
+            return cached
         key = _hmac(("AWS4" + self._secret_key).encode("utf-8"), datestamp)
         for part in (self.region, self.service, "aws4_request"):
             key = _hmac(key, part)
-        self._key_cache = (datestamp, key)
-        return key
+        scope = "%s/%s/%s/aws4_request" % (datestamp, self.region, self.service)
+        cached = self._key_cache = (datestamp, key, scope, hmac.new(key, digestmod="sha256"))
+        return cached
 
     def sign(
         self,
@@ -135,7 +151,7 @@ class SigV4Signer:
         Headers named host, content-type, content-md5 or x-amz-* are signed.
         """
         amz_date = now.strftime("%Y%m%dT%H%M%SZ") if now is not None else _amz_now()
-        datestamp = amz_date[:8]
+        datestamp, _, scope, begun = self._day(amz_date[:8])
         out = dict(headers)
         out["Host"] = host
         out["X-Amz-Date"] = amz_date
@@ -146,33 +162,31 @@ class SigV4Signer:
         signed = {}
         for name, value in out.items():
             lname = name.lower()
-            if is_signed(lname):
+            if lname in _SIGNED_NAMES or lname.startswith("x-amz-"):
                 signed[lname] = " ".join(str(value).split())
-        names = sorted(signed)
-        signed_names = ";".join(names)
-        canonical = "\n".join(
-            [
-                method,
-                path,
-                canonical_query(query) if query else "",
-                "".join(["%s:%s\n" % (n, signed[n]) for n in names]),
-                signed_names,
-                payload_hash,
-            ]
+        pairs = sorted(signed.items())
+        signed_names = ";".join([n for n, _ in pairs])
+        canonical = "%s\n%s\n%s\n%s\n%s\n%s" % (
+            method,
+            path,
+            canonical_query(query) if query else "",
+            "".join(["%s:%s\n" % nv for nv in pairs]),
+            signed_names,
+            payload_hash,
         )
-        scope = "%s/%s/%s/aws4_request" % (datestamp, self.region, self.service)
         to_sign = "%s\n%s\n%s\n%s" % (
             ALGORITHM,
             amz_date,
             scope,
             hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
         )
-        signature = hmac.digest(self._signing_key(datestamp), to_sign.encode("utf-8"), "sha256").hex()
+        mac = begun.copy()
+        mac.update(to_sign.encode("utf-8"))
         out["Authorization"] = "%s Credential=%s/%s, SignedHeaders=%s, Signature=%s" % (
             ALGORITHM,
             self.access_key,
             scope,
             signed_names,
-            signature,
+            mac.hexdigest(),
         )
         return out

@@ -271,3 +271,16 @@ def test_a_sequential_reader_is_sent_reads_of_1_mib_two_at_most_at_once(
     assert quarter["size"] == {MiB: 7, 512 * 1024: 2}, quarter
     assert max(quarter["at once"]) <= 2, quarter
 
+
+def test_each_sample_says_how_much_cpu_the_host_took_meanwhile() -> None:
+    """A round on a host busy with other machines shows as steal time (/proc/stat), which the load
+    average here does not count: each timed run records it, so such a round can be told apart."""
+    run = load("run")
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = "cpu  4705 356 584 3699 23 23 0 %d 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n" % (3 * tick)
+    assert run.steal_seconds(stat) == 3.0
+    assert run.steal_seconds("cpu  1 2 3 4 5 6 7\n") == 0.0  # a kernel without the field
+    assert run.steal_seconds() >= 0.0
+    w = run.Workload("w", lambda b, m: 0.0, lambda b: 0.25)
+    s = run.Bench.run_raw(object(), w)
+    assert s.seconds == 0.25 and s.extra["steal"] >= 0.0

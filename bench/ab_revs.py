@@ -119,9 +119,10 @@ def main() -> int:
                     cpu = s.extra.get("cpu", float("nan"))
                     results[(rev, name)].append((s.seconds, cpu))
                     counts = " requests %s" % s.extra.get("by_method") if args.debug else ""
+                    stolen = s.extra.get("steal", 0.0)  # the host's, not this machine's load
                     bench.log(
-                        "  round %d %-10s %-12s %.3f s  mount CPU %.2f s  load %.1f%s"
-                        % (rnd + 1, rev, name, s.seconds, cpu, os.getloadavg()[0], counts)
+                        "  round %d %-10s %-12s %.3f s  mount CPU %.2f s  load %.1f  stolen %.1f s%s"
+                        % (rnd + 1, rev, name, s.seconds, cpu, os.getloadavg()[0], stolen, counts)
                     )
     finally:
         b.cleanup()  # the mounts, the server, and the scratch dir with the trees

@@ -828,7 +828,9 @@ class Bench:
             m = MountProc(self, tool, writeback=w.writeback, debug=debug, options=w.options).start()
             offset = m.log_offset()
             cpu = cpu_seconds(m.proc.pid) if m.proc is not None else None
+            stolen = steal_seconds()
             s.seconds = w.mount(self, m)
+            s.extra["steal"] = steal_seconds() - stolen
             s.extra.update(m.extra)
             if m.running():
                 if cpu is not None and m.proc is not None:
@@ -861,7 +863,9 @@ class Bench:
         try:
             if w.prepare_raw:
                 w.prepare_raw(self)
+            stolen = steal_seconds()
             s.seconds = w.raw(self)
+            s.extra["steal"] = steal_seconds() - stolen
         except Skipped as exc:
             s.error = "skipped: %s" % exc
         except Exception as exc:  # noqa: BLE001
@@ -2017,6 +2021,21 @@ def fmt_s(v: float | None) -> str:
     return "-" if v is None else "%.3f" % v
 
 
+def steal_seconds(stat: str | None = None) -> float:
+    """CPU seconds the hypervisor has taken from this machine so far, all CPUs together (the
+    ``steal`` of /proc/stat's ``cpu`` line, or of ``stat``'s text): a round whose run had much of it
+    ran on a host busy with other machines, whatever the load here said (bench/README.md, round 39
+    helper 2)."""
+    if stat is None:
+        with open("/proc/stat") as f:
+            stat = f.read()
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+    return 0.0
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds process ``pid`` (all its threads) has used so far."""
     with open("/proc/%d/stat" % pid) as f:
@@ -2231,7 +2250,17 @@ def show(tool: str, name: str, s: Sample) -> None:
             log("      mount log: %s" % s.extra["log"][-600:])
     else:
         req = s.extra.get("requests")
-        log("  %-15s %-7s %8.3f s%s" % (name, tool, s.seconds or 0.0, "  (%d requests)" % req if req else ""))
+        stolen = s.extra.get("steal", 0.0)
+        log(
+            "  %-15s %-7s %8.3f s%s%s"
+            % (
+                name,
+                tool,
+                s.seconds or 0.0,
+                "  (%d requests)" % req if req else "",
+                "  (%.1f s of CPU stolen by the host)" % stolen if stolen >= 0.05 else "",
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,93 @@ def test_ab_revs_mounts_a_revision_given_with_options_with_them() -> None:
     both = "conflict_check=off,listing_attrs"
     assert ab_revs.split_rev("main@" + both) == ("main", both)
     assert ab_revs.split_rev("HEAD~2") == ("HEAD~2", "")
+
+
+def _request(opcode: int, unique: int, tail: bytes = b"") -> str:
+    """A request as ``strace -xx -s 64`` shows a read of /dev/fuse: its first 64 bytes in hex."""
+    raw = (struct.pack("<IIQQIIIHH", 40 + len(tail), opcode, unique, 5, 0, 0, 1, 0, 0) + tail)[:64]
+    return "".join("\\x%02x" % b for b in raw)
+
+
+def _read_in(offset: int, size: int) -> bytes:
+    """``struct fuse_read_in``: fh, offset, size, read_flags, lock_owner, flags, padding."""
+    return struct.pack("<QQIIQII", 1, offset, size, 0, 0, 0x8000, 0)
+
+
+def test_fuse_ops_tells_reads_by_size_and_how_many_were_under_way() -> None:
+    """The parser's --reads: each READ's size from its fuse_read_in, and the READs read but not yet
+    answered when each came (a reply's writev is headed by the request's unique)."""
+    fuse_ops = load("fuse_ops")
+
+    def reply(unique: int) -> str:
+        header = "".join("\\x%02x" % b for b in struct.pack("<IiQ", 16 + MiB, 0, unique))
+        iovs = '[{iov_base="%s", iov_len=16}, {iov_base=""..., iov_len=1048576}]' % header
+        return "%d writev(12, %s, 2) = 1048592" % (200 + unique, iovs)
+
+    lines = [
+        '201 read(12, "%s"..., 1052672) = 80' % _request(15, 1, _read_in(0, MiB)),
+        '202 <... read resumed>"%s"..., 1052672) = 80' % _request(15, 2, _read_in(MiB, MiB)),
+        reply(1),
+        '203 read(12, "%s"..., 1052672) = 80' % _request(15, 3, _read_in(2 * MiB, 512 * 1024)),
+        reply(2),
+        reply(3),
+        '204 read(12, "%s", 1052672) = 48' % _request(14, 4, struct.pack("<II", 0, 0)),  # an OPEN
+    ]
+    found = fuse_ops.parse(lines)
+    assert found.ops == {"READ": 3, "OPEN": 1}
+    assert found.read_sizes == {MiB: 2, 512 * 1024: 1}
+    assert found.in_flight == {1: 1, 2: 2}  # the second came while the first was out; the third too
+    assert fuse_ops.count(lines) == found.ops
+
+
+def test_a_sequential_reader_is_sent_reads_of_1_mib_two_at_most_at_once(
+    mount: Any, boto: Any, bucket: str
+) -> None:
+    """What the kernel sends for a cold sequential read (``-o kernel_readahead``'s 1 MiB): `dd bs=1M`
+    and a reader of 256 KiB (fio's bs) both reach the mount as READs of 1 MiB (the latter at 512 KiB
+    offsets, so a first and a last of 512 KiB), never more than two under way: the kernel's
+    readahead asks for the next window as the reader enters the one before (bench/README.md,
+    round 39 helper 2). At the kernel's default (128 KiB) the same reads were 8 times as many."""
+    import shutil
+    import subprocess
+
+    assert shutil.which("strace"), "strace is one of tests/run.sh's packages"
+    assert mount.proc is not None
+    for key in ("a", "b"):
+        boto.put_object(Bucket=bucket, Key=key, Body=os.urandom(8 * MiB))
+
+    def reads(*command: str) -> dict[str, dict[int, int]]:
+        out = subprocess.run(
+            [sys.executable, str(BENCH / "fuse_ops.py"), "--pid", str(mount.proc.pid), "--reads", "--",
+             *command],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout
+        found: dict[str, dict[int, int]] = {"size": {}, "at once": {}}
+        for line in out.splitlines():
+            if line.startswith("READ of "):
+                found["size"][int(line.split()[2])] = int(line.split()[3])
+            elif line.startswith("READs at once "):
+                found["at once"][int(line.split()[3])] = int(line.split()[4])
+        return found
+
+    dd = reads("dd", "if=%s" % os.path.join(mount.path, "a"), "of=/dev/null", "bs=1M")
+    assert dd["size"] == {MiB: 8}, dd
+    assert max(dd["at once"]) <= 2, dd
+    quarter = reads(sys.executable, "-c", "f = open(%r, 'rb', buffering=0)\nwhile f.read(262144): pass"
+                    % os.path.join(mount.path, "b"))
+    assert quarter["size"] == {MiB: 7, 512 * 1024: 2}, quarter
+    assert max(quarter["at once"]) <= 2, quarter
+
+
+def test_each_sample_says_how_much_cpu_the_host_took_meanwhile() -> None:
+    """A round on a host busy with other machines shows as steal time (/proc/stat), which the load
+    average here does not count: each timed run records it, so such a round can be told apart."""
+    run = load("run")
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = "cpu  4705 356 584 3699 23 23 0 %d 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n" % (3 * tick)
+    assert run.steal_seconds(stat) == 3.0
+    assert run.steal_seconds("cpu  1 2 3 4 5 6 7\n") == 0.0  # a kernel without the field
+    assert run.steal_seconds() >= 0.0
+    w = run.Workload("w", lambda b, m: 0.0, lambda b: 0.25)
+    s = run.Bench.run_raw(object(), w)
+    assert s.seconds == 0.25 and s.extra["steal"] >= 0.0

@@ -287,6 +287,7 @@ def test_tar_x_on_one_mount_while_the_other_walks_the_tree(mount_factory, boto, 
             os.chmod(p, 0o640 if i % 2 else 0o644)
             os.utime(p, (new if i % 3 == 0 else old,) * 2)
         os.utime(src / ("d%d" % d), (old + d, old + d))
+    os.utime(src, (old, old))
     ref = tmp_path / "ref"
     ref.write_bytes(b"")
     os.utime(ref, (1600000000, 1600000000))

@@ -115,11 +115,14 @@ def test_two_mounts_copying_trees_into_one_directory_at_once(mount_factory, boto
     codes = {side: p.returncode for side, p in procs.items()}
     errors = {side: outs[side][1] for side in procs}
     for side, text in errors.items():
-        # the only error a program may meet: a close that lost to the other side's file (ESTALE)
+        # The errors a program may meet: a close that lost to the other side's file (ESTALE);
+        # for rsync, its temporary file or a name removed by the other's --delete (ENOENT, as
+        # two rsyncs into one directory of one disk meet), and its summary lines.
         for line in text.splitlines():
-            assert "Stale file handle" in line or line.startswith("rsync error:") or (
-                "some files/attrs were not transferred" in line
-            ), (side, line, errors)
+            assert "Stale file handle" in line or (program != "cp -a" and (
+                "No such file or directory" in line or line.startswith("rsync error:")
+                or "some files" in line
+            )), (side, line, errors)
     for m in (one, two):
         sync_dir(os.path.join(m.path, "dst"))
     got = s3_files(boto, bucket, "dst/")
@@ -136,7 +139,7 @@ def test_two_mounts_copying_trees_into_one_directory_at_once(mount_factory, boto
         assert set(plain) == set(trees["A"]) | set(trees["B"])
         assert codes == {s: (1 if "Stale" in errors[s] else 0) for s in codes}, (codes, errors)
     else:
-        assert set(codes.values()) <= {0, 23}, (codes, errors)
+        assert set(codes.values()) <= {0, 23, 24}, (codes, errors)
     # Run again from one side alone: S3 then holds exactly that side's tree, bytes, modes and
     # times. (A run within attr_ttl of the other side's writes may trust this mount's view of
     # them, cached, as README's "Between mounts" says: rsync's quick check then skips a file of

@@ -80,6 +80,33 @@ def test_kill9_during_a_rename_over_an_existing_file(
 
 
 @pytest.mark.parametrize("moment", MOMENTS)
+def test_kill9_between_a_renameobject_and_its_ctime_copy_moves_the_ctime_at_the_next_mount(
+    mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, moment
+):
+    """A file's rename by RenameObject (SeaweedFS) is followed by a self-copy that stores its new
+    ctime (round 38). Killed in between, nothing was recorded (round 38 helper 7's notes): the
+    file stayed at its old ctime for good (``find -cnewer`` and ``tar --newer`` miss it). Now the
+    rename is recorded first and the next mount stores the ctime it took."""
+    cache = str(tmp_path / "cache")
+    with holding(s3server, is_copy) as proxy:
+        m = mount_factory(config=proxy_yaml(tmp_path, s3config, proxy), cache_dir=cache).start()
+        with open(os.path.join(m.path, "src"), "wb") as f:
+            f.write(b"the bytes")
+        before = float(boto.head_object(Bucket=bucket, Key="src")["Metadata"]["ctime"])
+        proxy.hold_uploads(answers=moment == "landed")
+        mover = in_background(os.rename, os.path.join(m.path, "src"), os.path.join(m.path, "dst"))
+        killed_while_held(proxy, m)
+        mover.join(30)
+    assert s3_keys(boto, bucket) == ["dst"]  # moved: only its ctime was owed
+    m2 = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    moved = float(boto.head_object(Bucket=bucket, Key="dst")["Metadata"]["ctime"])
+    assert moved > before
+    assert os.stat(os.path.join(m2.path, "dst")).st_ctime == pytest.approx(moved, abs=1e-3)
+    assert s3_bytes(boto, bucket, "dst") == b"the bytes"
+    assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
 def test_kill9_during_an_unlink_batch_of_500(
     mount_factory, s3server, s3config, s3yaml, boto, bucket, tmp_path, moment
 ):

@@ -2038,17 +2038,37 @@ def test_a_directory_is_not_renamed_over_one_holding_a_file_not_yet_uploaded(tmp
     assert sorted(store.objects) == ["d/", "e/", "e/new"]
 
 
-def test_a_file_opened_on_attributes_cached_before_another_clients_new_version_reads_the_new_one(tmp_path):
+@pytest.mark.parametrize("theirs", [b"newer bytes!", b"newer"], ids=["longer", "shorter"])
+def test_a_file_opened_on_attributes_cached_before_another_clients_new_version_reads_the_new_one(
+    tmp_path, theirs
+):
     """Within attr_ttl the open uses the cached ETag; S3 answers the read's If-Match with 412.
-    Nothing was served yet, so the read follows the new version instead of failing with EIO."""
+    Nothing was served yet, so the read follows the new version instead of failing with EIO; but
+    a longer one is EIO (the kernel holds the old size and would cut it there: round 39), and
+    the next open is ESTALE (the kernel then looks the name up again and learns the new size);
+    the open after reads it whole."""
     store = FakeStore()
     store.put("f", b"old bytes")
     ops = make_ops(tmp_path, store)
     assert ops.getattr("/f")["st_size"] == 9  # cached for attr_ttl
-    store.put("f", b"newer bytes!")  # another client
+    store.put("f", theirs)  # another client
     fh = ops.open("/f", os.O_RDONLY)
-    assert ops.read("/f", 100, 0, fh) == b"newer bytes!"
-    assert ops.getattr("/f")["st_size"] == 12
+    if len(theirs) > 9:
+        with pytest.raises(FuseOSError) as failed:
+            ops.read("/f", 100, 0, fh)
+        assert failed.value.errno == errno.EIO
+        with pytest.raises(FuseOSError) as failed:
+            ops.read("/f", 100, 0, fh)  # every later read through it too
+        assert failed.value.errno == errno.EIO
+    else:
+        assert ops.read("/f", 100, 0, fh) == theirs
+    ops.release("/f", fh)
+    assert ops.getattr("/f")["st_size"] == len(theirs)
+    with pytest.raises(FuseOSError) as failed:
+        ops.open("/f", os.O_RDONLY)
+    assert failed.value.errno == errno.ESTALE
+    fh = ops.open("/f", os.O_RDONLY)
+    assert ops.read("/f", 100, 0, fh) == theirs
     ops.release("/f", fh)
 
 

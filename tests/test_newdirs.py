@@ -350,6 +350,39 @@ def test_a_mkdir_puts_its_marker_before_it_returns_and_its_holder_after(
     assert journal_records(cache, JOURNAL_NAME) == 0
 
 
+def test_a_subdirectorys_marker_may_go_before_its_parents_holder_which_the_next_mount_puts(
+    mount_factory, tmp_path, s3config, faultproxy, boto, bucket
+):
+    """What "no key under a directory before its objects are in S3" holds to (README), shown: a
+    file waits for its directory's holder (its mode), but an exclusive mkdir waits for its
+    parent's marker only (round 38: one round trip in each ``cp -r`` mkdir, not two), so
+    ``d/sub/`` is in S3 while ``d_$folder$`` is not; another client sees d with the default mode
+    meanwhile, as it sees d alone between its mkdir and its holder. ``kill -9`` there: the next
+    mount puts both holders with their modes, then the file, before it serves."""
+    cache = str(tmp_path / "cache")
+    mount = proxied(mount_factory, tmp_path, s3config, faultproxy, cache_dir=cache).start()
+    os.listdir(mount.path)
+
+    def holders(method: str, target: str) -> bool:
+        return method == "PUT" and target.count("/") >= 2 and key_of(target).endswith("_$folder$")
+
+    faultproxy.fail_where(holders, 503)
+    os.mkdir(os.path.join(mount.path, "d"), 0o750)
+    os.mkdir(os.path.join(mount.path, "d", "sub"), 0o700)
+    assert s3_keys(boto, bucket) == ["d/", "d/sub/"]  # the subdirectory's marker before d's mode
+    with pytest.raises(OSError) as failed, open(os.path.join(mount.path, "d", "sub", "f"), "wb") as f:
+        f.write(b"payload")
+    assert failed.value.errno == errno.EIO  # a file does wait: never under a directory with no mode
+    assert s3_keys(boto, bucket) == ["d/", "d/sub/"]
+    mount.kill()
+    again = mount_factory(cache_dir=cache).start()
+    assert (mode_of(boto, bucket, "d"), mode_of(boto, bucket, "d/sub")) == (0o40750, 0o40700)
+    assert boto.get_object(Bucket=bucket, Key="d/sub/f")["Body"].read() == b"payload"
+    assert stat.S_IMODE(os.stat(os.path.join(again.path, "d")).st_mode) == 0o750
+    assert again.stop() == 0
+    assert journal_records(cache, JOURNAL_NAME) == 0
+
+
 def test_a_mkdir_of_a_name_another_client_took_since_the_listing_is_eexist(mount_factory, boto, bucket):
     """The root listed (``dir_ttl=60``: its names are known here), then another client makes
     ``d/`` (a marker), ``imp/x`` (``imp`` a directory by its prefix only) and a file ``f``:

@@ -975,6 +975,32 @@ def test_a_cat_of_a_file_another_client_deleted_within_attr_ttl_is_estale_once_t
     assert os.listdir(one.path) == ["s"]
 
 
+@pytest.mark.parametrize("theirs", [b"their longer version\n" * 20, b"theirs\n"], ids=["longer", "shorter"])
+def test_a_cat_within_attr_ttl_of_a_file_another_client_replaced_never_reads_it_cut_at_the_old_size(
+    mount_factory, boto, bucket, theirs
+):
+    """Found by a two-mount ``git checkout`` while the other mount ``cat``s the work tree (round
+    39): a read-only open trusts the cached attributes, its first read finds another client's
+    version and follows it, but the kernel holds the old size and cut the new bytes there (a
+    file of neither version, read without error). Now such a read of a longer version is EIO,
+    and the next ``cat`` (its open ESTALE, the kernel looking the name up again) reads it whole;
+    a shorter one is read whole at once (the kernel takes the short read as the new end)."""
+    boto.put_object(Bucket=bucket, Key="f", Body=b"our first version, 39 bytes long......\n")
+    m = mount_factory("attr_ttl=600").start()
+    f = os.path.join(m.path, "f")
+    assert os.stat(f).st_size == 39  # the kernel and the mount hold this version's attributes
+    boto.put_object(Bucket=bucket, Key="f", Body=theirs)
+    outcomes: list[object] = []
+    for _ in range(2):
+        try:
+            with open(f, "rb") as fh:
+                outcomes.append(fh.read())
+        except OSError as exc:
+            outcomes.append(exc.errno)
+    assert outcomes == ([errno.EIO, theirs] if len(theirs) > 39 else [theirs, theirs])
+    assert os.stat(f).st_size == len(theirs)
+
+
 def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(mount, boto, bucket):
     """Another client's PUT while a process reads a large object here: the reader gets the
     bytes of the version it opened, then EIO with a log line, never the new version's bytes."""

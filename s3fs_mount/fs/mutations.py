@@ -481,6 +481,8 @@ class Mutations:
         before its completion), and only if the old key is still the version moved (a
         conditional delete). A copy in parts not completed is aborted. Returns what was done,
         as :attr:`recovered` counts it."""
+        if state.get("moved"):
+            return self._finish_moved(old_key, state)
         new_key = state["new"]
         old = self.store.current_etag(old_key)
         new = self.store.current_etag(new_key)
@@ -513,6 +515,38 @@ class Mutations:
             log.warning("recovery: rename of %s to %s was not copied: the file stays at %s",
                         old_key, new_key, old_key)
             done = "renames not made (killed before the copy)"
+        self.renames.done(old_key)
+        return done
+
+    def _finish_moved(self, old_key: str, state: dict[str, str]) -> str:
+        """A file's RenameObject, killed before the self-copy that stores its new ctime (or
+        before the RenameObject landed): the ctime the rename recorded is stored now, if the new
+        key holds the version moved and the old one no longer does (else the rename never
+        landed, or another client changed the file since: nothing to do). Returns what was
+        done, as :attr:`recovered` counts it."""
+        new_key = state["new"]
+        try:
+            info: ObjectInfo | None = self.store.head(new_key)
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            info = None
+        if self.store.current_etag(old_key) == state["etag"]:
+            log.info("recovery: rename of %s to %s was not made: the file stays at %s",
+                     old_key, new_key, old_key)
+            done = "renames not made (killed before the copy)"
+        elif info is None or info.etag != state["etag"]:
+            log.info("recovery: rename of %s to %s: %s changed since; nothing to do",
+                     old_key, new_key, new_key)
+            done = "renames found done, or the file changed since"
+        elif info.metadata.get(A.CTIME) == state["ctime"]:
+            done = "renames found done, or the file changed since"
+        else:
+            self._stamp_ctime(new_key, info.etag, info, A.parse_time(state["ctime"]) or self.clock.time())
+            self.namespace.forget(self.keymap.path(new_key))
+            log.warning("recovery: stored the new ctime of %s, renamed from %s (killed before it was)",
+                        new_key, old_key)
+            done = "renames finished"
         self.renames.done(old_key)
         return done
 
@@ -934,17 +968,26 @@ class Mutations:
         the two, never copied.
         """
         if self.server_renames:
+            if ctime is not None:
+                # Recorded: a mount killed between the RenameObject and the self-copy that
+                # stores the new ctime stores it when it starts again (:meth:`_finish_moved`).
+                self.renames.begin(
+                    old_key, {"new": new_key, "etag": etag, "moved": "1", "ctime": A.format_time(ctime)}
+                )
             try:
-                self.store.rename_object(old_key, new_key, if_match=etag)
-            except S3Error as exc:
-                # A retried request whose first attempt did land finds no source: the object
-                # is at the new name already, recognised by its ETag.
-                if not exc.not_found or self.store.current_etag(new_key) != etag:
-                    raise
-                log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
-            if ctime is None:
-                return etag, None, False
-            return (*self._stamp_ctime(new_key, etag, source_info, ctime), False)
+                try:
+                    self.store.rename_object(old_key, new_key, if_match=etag)
+                except S3Error as exc:
+                    # A retried request whose first attempt did land finds no source: the object
+                    # is at the new name already, recognised by its ETag.
+                    if not exc.not_found or self.store.current_etag(new_key) != etag:
+                        raise
+                    log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
+                if ctime is None:
+                    return etag, None, False
+                return (*self._stamp_ctime(new_key, etag, source_info, ctime), False)
+            finally:
+                self.renames.done(old_key)
         stamped: dict[str, str] | None = None
         if ctime is not None:
             if source_info is None:

@@ -124,6 +124,10 @@ class Handle:
     #: Its close (flush) could not upload the file (unguarded: only ever becomes True): its
     #: release has it tried again in the background.
     close_failed: bool = False
+    #: Opened for reading: the item's count of other clients' versions followed then, and that
+    #: version's size in S3, the size the kernel held (None: opened write-only). See
+    #: ``_size_told_late``.
+    opened_at: tuple[int, int] | None = None
 
 
 class S3Operations(Operations):
@@ -221,7 +225,7 @@ class S3Operations(Operations):
         self.changes.exclusive_mkdir = options.exclusive_mkdir
         #: Where requests go and how they fared, for ``s3fs-mount status`` (no request is sent here).
         self.endpoint, self.request_summary = store.endpoint, store.request_summary
-        self._lock = threading.Lock()  # guards _handles, _hidden, _gone, _gone_files and background
+        self._lock = threading.Lock()  # guards _handles, _hidden, _gone, _gone_files, _untold, background
         #: The background uploads: with ``-o writeback`` every close's (``writeback``, made
         #: here); without, only the retries of closes that failed, made at the first such close.
         self.background: WritebackQueue | None = None  # GUARDED_BY(_lock): set once
@@ -236,6 +240,10 @@ class S3Operations(Operations):
         #: The last GONE_FILES_KEPT of those whose small file stays openable by it, oldest first:
         #: each holds one open of its file (see _forget_hidden)
         self._gone_files: OrderedDict[str, StagedFile] = OrderedDict()  # GUARDED_BY(_lock)
+        #: Paths whose file followed another client's version of another size while the kernel
+        #: held the old one's attributes (a read's follow): their next open is ESTALE, so that
+        #: the kernel looks them up again and learns the size (see _fetch_spans)
+        self._untold: set[str] = set()  # GUARDED_BY(_lock)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         #: Names of large directories the kernel is told to forget once it would ask again anyway
         #: (libfuse keeps a node per name the kernel holds): libfuse3 only, which can tell it. It
@@ -538,11 +546,13 @@ class S3Operations(Operations):
         One opened write-only has served nothing, whatever the kernel keeps."""
         fh = next(self._next_fh)
         served = kept and readable
-        pin = self._pin(item, path, item.view()) if served else None
+        view = item.view()
+        pin = self._pin(item, path, view) if served else None
         with self._lock:
             self._handles[fh] = Handle(
                 item, path, writable, append, served=served, kept=kept, pin=pin,
                 moves_seen=item.moves if readable else None,
+                opened_at=(view.followed, view.remote_size) if readable else None,
             )
         return fh
 
@@ -723,6 +733,12 @@ class S3Operations(Operations):
             self._writable()
         if _is_hidden(path):
             return self._open_hidden(path, writable, flags)
+        with self._lock:
+            untold = path in self._untold
+            self._untold.discard(path)
+        if untold:
+            # The kernel cuts every read at the size it holds: it must learn the new one first.
+            raise Stale(path, "another client's version of another size was followed since its lookup")
         key = self.keymap.key(path)
         staged = self.staging.get(key)
         if staged is not None and (staged.dirty or staged.uploading):
@@ -830,6 +846,8 @@ class S3Operations(Operations):
                 break
         else:
             raise FsError(errno.EIO, "%s: another client's versions kept landing during a read" % h.path)
+        if not h.served and h.opened_at is not None and h.item.followed != h.opened_at[0]:
+            self._size_told_late(h, h.opened_at[1])  # (this read, or another since the open, followed)
         if h.pin is None or h.pin.etag != h.item.etag:  # its first bytes, or this mount's upload since
             view = h.item.view()
             # (Followed just now, after the read: pinned to a version nothing can be told of.)
@@ -884,6 +902,29 @@ class S3Operations(Operations):
             followed = h.item.followed
             spans = self.prefetcher.read_spans(h.item, h.read_state, offset, size)
         return spans, followed
+
+    def _size_told_late(self, h: Handle, before: int) -> None:
+        """``h``'s first read is of another client's version, followed since ``h`` was opened (by
+        this read, or another handle's): of another size than ``before``, the one the kernel
+        holds (``h`` was opened on it), the kernel must be told. It cuts every
+        read at the size it holds and asks for none past it (a ``cat`` during another machine's
+        ``git checkout`` read the new version's bytes cut at the old size: round 39): the next
+        open of the path is ESTALE, and the kernel looks it up again. A larger version cannot be
+        read whole through ``h``: EIO, now and for every later read through it, never bytes of
+        it cut (a smaller one is: the kernel takes a short read as the new end of the file)."""
+        after = h.item.view().remote_size
+        if after == before:
+            return
+        with self._lock:
+            self._untold.add(h.path)
+        if after < before:
+            return
+        h.pin = Pin(-1, "", before, "")  # of a version whose bytes are gone
+        h.read_state.failed = True
+        log.warning("%s: another client's version (%d bytes) replaced the one this handle was opened on "
+                    "(%d bytes) and the kernel would cut it there: EIO (opened again, it reads whole)",
+                    h.path, after, before)
+        raise FsError(errno.EIO)
 
     def _accessed(self, h: Handle) -> None:
         """The first read through a handle: atime as ``relatime`` says (``-o noatime``: never)."""

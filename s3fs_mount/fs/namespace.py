@@ -801,9 +801,14 @@ class Namespace:
             return found
         return self._fetch_whole(path, dirs=True)
 
-    def lookup_now(self, path: str) -> A.Attributes:
+    def lookup_now(self, path: str, within: float = 0.0) -> A.Attributes:
         """What S3 holds at ``path`` now (a HEAD and a LIST side by side, whatever is cached),
         cached as a lookup's answer; FsError(ENOENT), and the name forgotten, if nothing.
+        ``within``: a file's cached answer from such a look (:attr:`Attributes.looked`) asked
+        less than that many seconds ago, nothing changed here since, is taken as it is (an open
+        for writing just after the kernel's lookup: :data:`~s3fs_mount.fs.attrs.FRESH_LOOK`);
+        one from a HEAD alone (the stat-ahead's) is taken once the LIST finds no directory of
+        its name.
 
         For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
         keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
@@ -814,6 +819,26 @@ class Namespace:
         with self._lock:
             if self._missing.get(path) or path in self._deleting:
                 raise FsError(errno.ENOENT)
+            hit = self._attrs.get(path) if within > 0 else None
+            if hit is not None and not (
+                hit.headed
+                and hit.complete
+                and not hit.is_dir
+                and self.clock.monotonic() - hit.seen_at < within
+                and self._changed.get(path, 0.0) <= hit.seen_at  # (our own write's: at its change)
+            ):
+                hit = None
+        if hit is not None and hit.looked:
+            return hit
+        if hit is not None:
+            key = self.keymap.key(path)
+            try:
+                shadowed = self._dir_shadows(path, key, self._list_named(key))
+            except S3Error as exc:
+                log.debug("open of %s: no LIST for a directory of its name (%s)", path, exc)
+                shadowed = True  # (asked again whole, as before)
+            if not shadowed:
+                return hit
         return self._fetch_whole(path, dirs=True)
 
     def _fetch_whole(self, path: str, dirs: bool) -> A.Attributes:
@@ -939,13 +964,17 @@ class Namespace:
                 beside.cancel()
             raise
         if info is not None and not self._is_directory_object(info):
+            looked = False
             try:
                 shadowed = beside is not None and self._dir_shadows(path, key, beside.result())
+                looked = beside is not None and not shadowed
             except S3Error as exc:  # (a policy without s3:ListBucket): the file, as found
                 log.debug("lookup of %s: no LIST for a directory of its name (%s)", path, exc)
                 shadowed = False
             if not shadowed:
-                return self.from_info(info)
+                found = self.from_info(info)
+                found.headed, found.looked = True, looked
+                return found
             self._log_conflict(key)
             return self._dir_attributes(path)
         page = beside.result() if beside is not None else None

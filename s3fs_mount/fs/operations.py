@@ -736,6 +736,8 @@ class S3Operations(Operations):
             if a is not None:
                 if not created:  # close-to-open: follow another client's new version, never an older one
                     item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
+                if a.headed:  # its upload a moment from now need not ask again (FRESH_LOOK)
+                    item.saw_base(a.etag, a.metadata, a.seen_at)
                 item.saw_atime(a.atime)  # an atime a read moved (relatime), not yet stored
             if writable and flags & os.O_TRUNC:
                 self._truncate_item(item, 0)
@@ -793,7 +795,7 @@ class S3Operations(Operations):
         O_CREAT then creates it; without, the open is ENOENT) or a directory (EISDIR)."""
         try:
             if writable and self.namespace.cached(path) is not None:
-                a = self.namespace.lookup_now(path)
+                a = self.namespace.lookup_now(path, within=A.FRESH_LOOK)
             else:  # (not cached: this lookup asks S3)
                 a = self.namespace.lookup_full(path)
         except FsError as exc:

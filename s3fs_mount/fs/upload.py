@@ -1069,7 +1069,8 @@ class Uploader:
                 try:
                     etag = self.store.put(item.key, data, headers, **condition)
                 except S3Error as exc:
-                    if looked and exc.precondition_failed:
+                    # (A retried PUT whose first attempt landed is refused too: ours, as _refused says.)
+                    if looked and exc.precondition_failed and self.store.current_etag(item.key) != md5:
                         looked = False
                         replaces = self._learn_theirs(item, replaces, self.put_check)
                         continue

@@ -100,43 +100,6 @@ def test_a_small_file_is_one_put_that_replaces_only_what_it_saw(tmp_path, caplog
     assert any("changed in S3" in r.getMessage() for r in caplog.records)
 
 
-def test_an_upload_just_after_a_head_of_its_version_asks_no_head_of_its_own(tmp_path, caplog):
-    """The open's look (a HEAD) a moment ago found the version and metadata the item has (cp over
-    a file that is there: LOOKUP, OPEN, WRITE, close): the upload sends its PUT, conditional on
-    that version, with no HEAD first (FRESH_LOOK). One the HEAD found longer ago asks, as before;
-    another client's version put in the moment is told by the PUT's 412, then asked (one HEAD):
-    theirs stays, ours beside it, as before."""
-    store = FakeStore()
-    uploader, cache = uploader_at(tmp_path, store)
-    store.put("f", b"old", {"x-amz-meta-mode": "33188"})
-
-    def opened(seen: float) -> StagedFile:  # as an open for writing with O_TRUNC makes it
-        item, _ = cache.acquire("f")
-        info = store.head("f")
-        item.reset(info.size, info.etag, info.metadata, info.headers, 0.0)
-        item.saw_base(info.etag, dict(info.metadata), seen)
-        item.truncate(0)
-        return item
-
-    for seen, heads in ((time.monotonic(), 0), (time.monotonic() - 10, 1)):
-        item = opened(seen)
-        item.write(0, b"new")
-        before = store.calls["HEAD"]
-        assert uploader.flush(item)
-        assert store.calls["HEAD"] - before == heads, seen
-        assert store.objects["f"].data == b"new"
-        cache.release(item)
-    item = opened(time.monotonic())
-    etag = store.put("f", b"theirs")  # another client, in the moment after that HEAD
-    item.write(0, b"ours")
-    before = store.calls["HEAD"]
-    with pytest.raises(Conflict) as clash, caplog.at_level(logging.ERROR, UPLOAD_LOG):
-        uploader.flush(item)
-    assert store.calls["HEAD"] - before >= 1
-    assert store.objects["f"].data == b"theirs" and store.objects["f"].etag == etag
-    assert store.objects[clash.value.saved_as].data == b"ours"
-
-
 @pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
 @pytest.mark.parametrize("check", ["head", "conditional"])
 def test_a_new_file_in_parts_does_not_replace_one_another_client_made(tmp_path, check, streamed):

@@ -331,7 +331,6 @@ class Mutations:
             return
         a = staged_attributes(item, self.defaults)
         a.digest = self.uploader.stored_digest(item, a.etag)  # tells a metadata copy of it (AWS)
-        a.headed = True  # S3's answer to our upload says what it holds now, as a HEAD's would
         self.namespace.remember(self.keymap.path(item.key), a)
 
     def recover(self, retry: Callable[[StagedFile], None] | None = None) -> list[str]:
@@ -1299,8 +1298,7 @@ class Mutations:
         tries = 0
         while True:
             tries += 1
-            # (Not asked again where a look, or our own write, said it a moment ago: FRESH_LOOK.)
-            current = self.namespace.lookup_now(path, within=A.FRESH_LOOK if tries == 1 else 0.0)
+            current = self.namespace.lookup_now(path)
             if current.is_dir:  # another client's a/x: the directory shadows the file (README)
                 raise Stale(path, "a directory shadows this file now")
             if seen and current.etag != seen:
@@ -1368,7 +1366,6 @@ class Mutations:
             etag=etag,
             headers=current.headers,
         )
-        updated.headed = True  # S3's answer to our copy says what it holds now, as a HEAD's would
         self.namespace.remember(path, updated)
         if item is not None and item.view().etag == current.etag:  # else its bytes are of an older version
             item.metadata_stored(new, etag)

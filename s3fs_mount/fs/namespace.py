@@ -801,45 +801,56 @@ class Namespace:
             return found
         return self._fetch_whole(path, dirs=True)
 
-    def lookup_now(self, path: str, within: float = 0.0) -> A.Attributes:
+    def lookup_now(self, path: str) -> A.Attributes:
         """What S3 holds at ``path`` now (a HEAD and a LIST side by side, whatever is cached),
         cached as a lookup's answer; FsError(ENOENT), and the name forgotten, if nothing.
-        ``within``: a file's cached answer from such a look (:attr:`Attributes.looked`) asked
-        less than that many seconds ago, nothing changed here since, is taken as it is (an open
-        for writing just after the kernel's lookup: :data:`~s3fs_mount.fs.attrs.FRESH_LOOK`);
-        one from a HEAD alone (the stat-ahead's) is taken once the LIST finds no directory of
-        its name.
 
         For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
         keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
-        For an open for writing: the file may be gone, or a directory another client made may
-        shadow it now (its LIST tells), while the kernel's entry still says file. A name this
-        mount removed is ENOENT with no request, as for :meth:`lookup` (its delete may not be sent).
+        For an open for writing (:meth:`lookup_to_write`): the file may be gone, or a directory
+        another client made may shadow it now (its LIST tells), while the kernel's entry still
+        says file. A name this mount removed is ENOENT with no request, as for :meth:`lookup`
+        (its delete may not be sent).
         """
         with self._lock:
             if self._missing.get(path) or path in self._deleting:
                 raise FsError(errno.ENOENT)
-            hit = self._attrs.get(path) if within > 0 else None
+        return self._fetch_whole(path, dirs=True)
+
+    def lookup_to_write(self, path: str) -> A.Attributes:
+        """What an open for writing of cached ``path`` opens: :meth:`lookup_now`'s answer, for less.
+
+        * The answer of a lookup's HEAD and LIST (:attr:`Attributes.looked`) less than
+          :data:`~s3fs_mount.fs.attrs.FRESH_LOOK` old (the kernel's LOOKUP just before the
+          OPEN: cp over a file that is there): taken as it is, no request.
+        * A file's answer from a HEAD (:attr:`Attributes.headed`: the stat-ahead's, a lookup's
+          longer ago): one LIST, as the lookup's beside its HEAD; if it shows the key at that
+          ETag and no directory of the name, the answer stands, no HEAD.
+        * Else, or where this mount changed ``path`` since: :meth:`lookup_now`.
+
+        Its metadata may be older than S3's: the upload's HEAD merges another client's
+        metadata-only change since this mount saw it, whenever that was (README "Metadata
+        against data")."""
+        with self._lock:
+            if self._missing.get(path) or path in self._deleting:
+                raise FsError(errno.ENOENT)
+            hit = self._attrs.get(path)
             if hit is not None and not (
-                hit.headed
-                and hit.complete
-                and not hit.is_dir
-                and self.clock.monotonic() - hit.seen_at < within
-                and self._changed.get(path, 0.0) <= hit.seen_at  # (our own write's: at its change)
+                hit.headed and hit.complete and not hit.is_dir and not self._stale(path, hit.seen_at)
             ):
                 hit = None
-        if hit is not None and hit.looked:
+        if hit is not None and hit.looked and self.clock.monotonic() - hit.seen_at < A.FRESH_LOOK:
             return hit
         if hit is not None:
             key = self.keymap.key(path)
             try:
-                shadowed = self._dir_shadows(path, key, self._list_named(key))
+                page = self._list_named(key)
+                held = any(e.key == key and e.etag == hit.etag for e in page.entries)
+                if held and not self._dir_shadows(path, key, page):
+                    return hit
             except S3Error as exc:
-                log.debug("open of %s: no LIST for a directory of its name (%s)", path, exc)
-                shadowed = True  # (asked again whole, as before)
-            if not shadowed:
-                return hit
-        return self._fetch_whole(path, dirs=True)
+                log.debug("open of %s: no LIST of its name (%s): asked whole", path, exc)
+        return self.lookup_now(path)
 
     def _fetch_whole(self, path: str, dirs: bool) -> A.Attributes:
         """``path``'s attributes with its complete metadata, asked of S3 now and cached;

@@ -736,8 +736,6 @@ class S3Operations(Operations):
             if a is not None:
                 if not created:  # close-to-open: follow another client's new version, never an older one
                     item.adopt(a.size, a.etag, a.metadata, a.headers, a.mtime, a.seen_at)
-                if a.headed:  # its upload a moment from now need not ask again (FRESH_LOOK)
-                    item.saw_base(a.etag, a.metadata, a.seen_at)
                 item.saw_atime(a.atime)  # an atime a read moved (relatime), not yet stored
             if writable and flags & os.O_TRUNC:
                 self._truncate_item(item, 0)
@@ -786,8 +784,9 @@ class S3Operations(Operations):
 
     def _to_open(self, path: str, writable: bool) -> A.Attributes:
         """The file an open of ``path`` opens: cached attributes will do for reading, but not
-        for writing (one HEAD and a LIST beside it): a write to a file another client removed
-        would end in a conflict copy, a ``touch`` of it in ENOENT, though the name is free.
+        for writing (S3 is asked: :meth:`Namespace.lookup_to_write`): a write to a file another
+        client removed would end in a conflict copy, a ``touch`` of it in ENOENT, though the name
+        is free.
 
         The kernel sends an open (never a create, even with O_CREAT) for a name it holds an entry
         of: a file gone from S3, or shadowed by a directory another client made, is :class:`Stale`
@@ -795,7 +794,7 @@ class S3Operations(Operations):
         O_CREAT then creates it; without, the open is ENOENT) or a directory (EISDIR)."""
         try:
             if writable and self.namespace.cached(path) is not None:
-                a = self.namespace.lookup_now(path, within=A.FRESH_LOOK)
+                a = self.namespace.lookup_to_write(path)
             else:  # (not cached: this lookup asks S3)
                 a = self.namespace.lookup_full(path)
         except FsError as exc:

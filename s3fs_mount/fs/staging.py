@@ -320,10 +320,6 @@ class StagedFile:
         #: (replaced whole; None: not known): what another client's change is told from, when an
         #: upload merges it (:meth:`merge_remote`).
         self.base_metadata: dict[str, str] | None = None
-        #: GUARDED_BY(cond): when (the cache's clock, monotonic) a HEAD was asked that found
-        #: ``etag`` with ``base_metadata`` (0: not known so; not kept in the record): an upload
-        #: just after it asks no HEAD of its own (:meth:`base_seen_since`).
-        self.base_seen = 0.0
         self.headers: dict[str, str] = {}  # GUARDED_BY(cond): Content-Type and friends (replaced whole)
         self.mtime = time.time()  # GUARDED_BY(cond)
         self.atime: float | None = None  # GUARDED_BY(cond); None: as mtime
@@ -894,7 +890,6 @@ class StagedFile:
         with self.cond:
             self.metadata = dict(metadata)
             self.base_metadata = dict(metadata)
-            self.base_seen = 0.0
             self._times_from(self.metadata)
             self.etag = etag
 
@@ -907,25 +902,10 @@ class StagedFile:
                 return False
             self.metadata, self.headers = dict(metadata), dict(headers)
             self.base_metadata = dict(metadata)
-            self.base_seen = 0.0
             self._times_from(self.metadata)
             self.etag = etag
             self.etag_since = self.cache.clock.monotonic()
             return True
-
-    def saw_base(self, etag: str, metadata: dict[str, str], seen_at: float) -> None:
-        """A HEAD asked at ``seen_at`` found version ``etag`` with ``metadata``: if that is the
-        clean item's version and ``base_metadata`` (an open's :meth:`reset` or :meth:`adopt`
-        took them), an upload a moment from now need not ask again (:meth:`base_seen_since`)."""
-        with self.cond:
-            if self.etag == etag and self.base_metadata == metadata and not (self.dirty or self.uploading):
-                self.base_seen = max(self.base_seen, seen_at)
-
-    def base_seen_since(self, etag: str, since: float) -> bool:
-        """Did a HEAD asked at ``since`` or later find version ``etag`` (the item's) with
-        ``base_metadata``?"""
-        with self.cond:
-            return bool(etag) and self.etag == etag and self.base_seen >= since > 0
 
     def merge_remote(self, theirs: dict[str, str]) -> MetadataMerge:
         """S3's version ``etag`` (still the one our bytes came from) now carries ``theirs``:
@@ -940,7 +920,6 @@ class StagedFile:
                 self.metadata = dict(merge.metadata)
                 self._times_from(self.metadata)
             self.base_metadata = dict(theirs)
-            self.base_seen = 0.0
             return merge
 
     def _times_from(self, metadata: dict[str, str]) -> None:
@@ -1015,7 +994,6 @@ class StagedFile:
         with self.cond:
             self.etag = etag
             self.base_metadata = dict(metadata)
-            self.base_seen = 0.0
             self.landing = []
 
     def add_upload(self, upload_id: str) -> None:
@@ -1066,7 +1044,6 @@ class StagedFile:
             self.landing = []
             self.etag_since = self.cache.clock.monotonic()
             self.base_metadata = None if metadata is None else dict(metadata)
-            self.base_seen = 0.0
             self.remote_size = self.size if uploaded_size is None else min(uploaded_size, self.size)
             if changed or self.generation != generation:
                 # Still dirty: appends made during the upload follow the version it stored.
@@ -1136,7 +1113,6 @@ class StagedFile:
             self.metadata = dict(merge_metadata(self.base_metadata, ours_meta, metadata).metadata)
             self._times_from(self.metadata)
             self.base_metadata = dict(metadata)
-            self.base_seen = 0.0
             self.written_here = False
             self.pages_moved = True  # the kernel's pages hold the old bytes: the next open drops them
             self.checked_etag, self.checked_by = "", None
@@ -1183,7 +1159,6 @@ class StagedFile:
             if etag == self.etag:  # the same bytes; a chmod elsewhere (a self-copy) keeps the ETag
                 self.metadata, self.headers = dict(metadata), dict(headers)
                 self.base_metadata = dict(metadata)
-                self.base_seen = 0.0
                 self._times_from(self.metadata)
                 return False
             self._reset(size, etag, metadata, headers, mtime)
@@ -1231,7 +1206,6 @@ class StagedFile:
         self.etag_since = self.cache.clock.monotonic()
         self.metadata = dict(metadata)
         self.base_metadata = dict(metadata)
-        self.base_seen = 0.0
         self.headers = dict(headers)
         self.mtime = mtime
         self.atime = self.ctime = None

@@ -78,7 +78,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from s3fs_mount.fs.attrs import ATIME, CTIME, FRESH_LOOK, MTIME, check_metadata_size, time_metadata
+from s3fs_mount.fs.attrs import ATIME, CTIME, MTIME, check_metadata_size, time_metadata
 from s3fs_mount.fs.budget import BufferPool, ByteBudget
 from s3fs_mount.fs.copies import PendingCopies
 from s3fs_mount.fs.errors import Conflict, Corrupt
@@ -1050,33 +1050,22 @@ class Uploader:
         self._check_not_removed(item)
         size = item.view().size
         if size < self.threshold:
-            # No HEAD where the open asked S3 a moment ago (FRESH_LOOK); if the PUT's condition
-            # then says another version landed since, the HEAD is asked and the PUT sent again.
-            looked = self._looked_just_now(item, replaces, self.put_check)
-            if not looked:
-                replaces = self._learn_theirs(item, replaces, self.put_check)
+            replaces = self._learn_theirs(item, replaces, self.put_check)
             data = os.pread(item.fd, size, 0)
             md5 = hashlib.md5(data).hexdigest()  # S3's ETag of these bytes
             item.note_landing(md5)  # recorded (below) before the PUT: a crash after it lands is told
             checksum = self._checksum(item, 0, data, self.store.checksum_algorithm)
+            headers = {**self.headers(item), **checksum}
             if not self.store.checksums:
                 item.save()  # (else _checksum saved it)
-            while True:
-                headers = {**self.headers(item), **checksum}
-                condition = _conditions(replaces, self.put_check)
-                with state.lock:
-                    state.sent_metadata = metadata_of(headers)
-                try:
-                    etag = self.store.put(item.key, data, headers, **condition)
-                except S3Error as exc:
-                    # (A retried PUT whose first attempt landed is refused too: ours, as _refused says.)
-                    if looked and exc.precondition_failed and self.store.current_etag(item.key) != md5:
-                        looked = False
-                        replaces = self._learn_theirs(item, replaces, self.put_check)
-                        continue
-                    self._refused(item, exc, md5, "if_none_match" in condition)
-                    etag = md5
-                break
+            condition = _conditions(replaces, self.put_check)
+            with state.lock:
+                state.sent_metadata = metadata_of(headers)
+            try:
+                etag = self.store.put(item.key, data, headers, **condition)
+            except S3Error as exc:
+                self._refused(item, exc, md5, "if_none_match" in condition)
+                etag = md5
             crc = checksum.get("x-amz-checksum-crc32")
             self._note_stored(item, etag, size, "CRC32:" + crc if crc else "")
             return etag, size
@@ -1222,17 +1211,6 @@ class Uploader:
             self._refused(item, exc, etag, "if_none_match" in condition)
         self._note_stored(item, etag, mpu.sent_bytes(), mpu.expected_digest())
         return etag
-
-    def _looked_just_now(self, item: StagedFile, replaces: str, check: str) -> bool:
-        """Did a HEAD less than :data:`~s3fs_mount.fs.attrs.FRESH_LOOK` ago find version
-        ``replaces`` with the item's base metadata (the open's look, just before: cp or rsync
-        over a file that is there)? Then :meth:`_learn_theirs` would learn nothing: another
-        version since is refused by the PUT's condition, which S3 honours (``check``)."""
-        return (
-            check == CHECK_CONDITIONAL
-            and bool(replaces)
-            and item.base_seen_since(replaces, item.cache.clock.monotonic() - FRESH_LOOK)
-        )
 
     def _learn_theirs(self, item: StagedFile, replaces: str, check: str) -> str:
         """Just before an upload lands (a PUT, a multipart complete): what S3 has now, by one HEAD

@@ -45,8 +45,9 @@ def _proxied_mount(mount_factory, faultproxy, s3config, tmp_path, options: str =
 
 
 @pytest.mark.fuse
-def test_rewriting_files_that_exist_asks_s3_once_a_file(mount_factory, faultproxy, s3config, boto, bucket,
-                                                        tmp_path):
+def test_rewriting_files_that_exist_sends_no_look_of_its_own_at_the_open(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
     """50 files that exist, written again through a fresh mount (open "wb", write, close: the
     kernel's LOOKUP, then an OPEN with O_TRUNC). Round 38 counted 152-166 HEADs and 54-65 LISTs
     for them (here 151 and 54): the lookup's HEAD and LIST (or the stat-ahead's HEAD), the open
@@ -81,7 +82,7 @@ def _tree(root, files: dict[str, bytes]) -> None:
 
 @pytest.mark.fuse
 @pytest.mark.parametrize("tool", ["cp", "rsync"])
-def test_copying_a_tree_over_itself_again_asks_s3_once_a_file(mount_factory, faultproxy, s3config, boto,
+def test_copying_a_tree_over_itself_again_asks_no_more_at_the_open(mount_factory, faultproxy, s3config, boto,
                                                               bucket, tmp_path, tool):
     """``cp -r`` (``rsync -a``) of a tree into the mount, then again, each file changed, through a
     fresh mount: every file of the second run is in S3 (boto3). cp opens each file that is there

@@ -137,7 +137,7 @@ class Attributes:
     seen_at: float = field(default_factory=time.monotonic)
     #: A HEAD asked at ``seen_at`` found these (not our own change, nor a listing): an open for
     #: writing needs only a LIST to tell that S3 still holds this version, and no directory of
-    #: the name (Namespace.lookup_now).
+    #: the name (Namespace.lookup_to_write).
     headed: bool = False
     #: And the LIST beside it (a lookup's) found no directory of the name: all an open for
     #: writing asks, for FRESH_LOOK.

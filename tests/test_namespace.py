@@ -759,3 +759,32 @@ def test_a_listing_begun_by_a_lookup_shows_what_this_mount_made_there_since():
     assert sorted(listing(ns, "/r/b")) == ["f", "new"]
     assert [p for p, _ in seen] == ["r/b/", "r/b/"]  # listed again by the readdir
     ns.close()
+
+
+def test_an_open_for_writing_takes_a_lookup_a_moment_old_and_a_heads_answer_with_one_list():
+    """lookup_to_write (an open for writing of a cached name): a lookup's HEAD and LIST less than
+    FRESH_LOOK old stand as they are (the kernel's LOOKUP just before its OPEN); an older HEAD's
+    answer stands if one LIST shows the key at that ETag and no directory of the name; another
+    version, a removal or a directory made since is asked whole (a HEAD and a LIST), as before."""
+    ns, store, clock = make(attr_ttl=600)
+    store.put("f", b"abc")
+    ns.lookup("/f")
+    asked = store.calls["HEAD"], store.calls["LIST"]
+    assert ns.lookup_to_write("/f").size == 3
+    assert (store.calls["HEAD"], store.calls["LIST"]) == asked  # a moment ago: no request
+    clock.advance(A.FRESH_LOOK)
+    assert ns.lookup_to_write("/f").size == 3
+    assert (store.calls["HEAD"], store.calls["LIST"]) == (asked[0], asked[1] + 1)  # the LIST alone
+    store.put("f", b"abcdef")  # another client's version: the LIST shows another ETag
+    assert ns.lookup_to_write("/f").size == 6
+    assert store.calls["HEAD"] == asked[0] + 1
+    clock.advance(A.FRESH_LOOK)
+    del store.objects["f"]  # another client removed it
+    with pytest.raises(FsError) as exc:
+        ns.lookup_to_write("/f")
+    assert exc.value.errno == errno.ENOENT
+    store.put("g", b"x")
+    ns.lookup("/g")
+    clock.advance(A.FRESH_LOOK)
+    store.put("g/x", b"theirs")  # a directory of the name shadows the file now
+    assert ns.lookup_to_write("/g").is_dir

@@ -65,6 +65,11 @@ RESERVED = frozenset({"mode", "uid", "gid", "mtime", "atime", "ctime", "rdev", "
 #: s3fs-fuse's header holding every extended attribute of an object (see the module's docstring).
 S3FS_XATTRS = META_PREFIX + "xattr"
 MTIME, ATIME, CTIME = META_PREFIX + "mtime", META_PREFIX + "atime", META_PREFIX + "ctime"
+#: A lookup's answer (its HEAD and the LIST beside it) this many seconds old is what an open for
+#: writing of the name would ask (cp over a file that is there: LOOKUP, then OPEN): taken as it
+#: is. A version another client puts or removes in that moment is told by the upload's HEAD and
+#: ``If-Match`` (ours in a conflict copy), as one in the moment between the open and the close.
+FRESH_LOOK = 0.5
 #: What a directory's stat says of its block size (see Attributes.stat).
 DIR_BLKSIZE = 32 * 1024
 #: S3 limits user metadata (names and values of x-amz-meta-*) to 2 KiB.
@@ -130,6 +135,13 @@ class Attributes:
     ttl: float = 0.0  # seconds to cache, when longer than attr_ttl
     #: When (time.monotonic) S3 was asked for these: an answer sent before a change we made is older.
     seen_at: float = field(default_factory=time.monotonic)
+    #: A HEAD asked at ``seen_at`` found these (not our own change, nor a listing): an open for
+    #: writing needs only a LIST to tell that S3 still holds this version, and no directory of
+    #: the name (Namespace.lookup_to_write).
+    headed: bool = False
+    #: And the LIST beside it (a lookup's) found no directory of the name: all an open for
+    #: writing asks, for FRESH_LOOK.
+    looked: bool = False
 
     @property
     def is_dir(self) -> bool:

@@ -807,14 +807,50 @@ class Namespace:
 
         For a change built on the object's metadata: another client's ``chmod`` or ``setfattr``
         keeps the ETag, so no condition on the version tells of it, and a cached view would undo it.
-        For an open for writing: the file may be gone, or a directory another client made may
-        shadow it now (its LIST tells), while the kernel's entry still says file. A name this
-        mount removed is ENOENT with no request, as for :meth:`lookup` (its delete may not be sent).
+        For an open for writing (:meth:`lookup_to_write`): the file may be gone, or a directory
+        another client made may shadow it now (its LIST tells), while the kernel's entry still
+        says file. A name this mount removed is ENOENT with no request, as for :meth:`lookup`
+        (its delete may not be sent).
         """
         with self._lock:
             if self._missing.get(path) or path in self._deleting:
                 raise FsError(errno.ENOENT)
         return self._fetch_whole(path, dirs=True)
+
+    def lookup_to_write(self, path: str) -> A.Attributes:
+        """What an open for writing of cached ``path`` opens: :meth:`lookup_now`'s answer, for less.
+
+        * The answer of a lookup's HEAD and LIST (:attr:`Attributes.looked`) less than
+          :data:`~s3fs_mount.fs.attrs.FRESH_LOOK` old (the kernel's LOOKUP just before the
+          OPEN: cp over a file that is there): taken as it is, no request.
+        * A file's answer from a HEAD (:attr:`Attributes.headed`: the stat-ahead's, a lookup's
+          longer ago): one LIST, as the lookup's beside its HEAD; if it shows the key at that
+          ETag and no directory of the name, the answer stands, no HEAD.
+        * Else, or where this mount changed ``path`` since: :meth:`lookup_now`.
+
+        Its metadata may be older than S3's: the upload's HEAD merges another client's
+        metadata-only change since this mount saw it, whenever that was (README "Metadata
+        against data")."""
+        with self._lock:
+            if self._missing.get(path) or path in self._deleting:
+                raise FsError(errno.ENOENT)
+            hit = self._attrs.get(path)
+            if hit is not None and not (
+                hit.headed and hit.complete and not hit.is_dir and not self._stale(path, hit.seen_at)
+            ):
+                hit = None
+        if hit is not None and hit.looked and self.clock.monotonic() - hit.seen_at < A.FRESH_LOOK:
+            return hit
+        if hit is not None:
+            key = self.keymap.key(path)
+            try:
+                page = self._list_named(key)
+                held = any(e.key == key and e.etag == hit.etag for e in page.entries)
+                if held and not self._dir_shadows(path, key, page):
+                    return hit
+            except S3Error as exc:
+                log.debug("open of %s: no LIST of its name (%s): asked whole", path, exc)
+        return self.lookup_now(path)
 
     def _fetch_whole(self, path: str, dirs: bool) -> A.Attributes:
         """``path``'s attributes with its complete metadata, asked of S3 now and cached;
@@ -939,13 +975,17 @@ class Namespace:
                 beside.cancel()
             raise
         if info is not None and not self._is_directory_object(info):
+            looked = False
             try:
                 shadowed = beside is not None and self._dir_shadows(path, key, beside.result())
+                looked = beside is not None and not shadowed
             except S3Error as exc:  # (a policy without s3:ListBucket): the file, as found
                 log.debug("lookup of %s: no LIST for a directory of its name (%s)", path, exc)
                 shadowed = False
             if not shadowed:
-                return self.from_info(info)
+                found = self.from_info(info)
+                found.headed, found.looked = True, looked
+                return found
             self._log_conflict(key)
             return self._dir_attributes(path)
         page = beside.result() if beside is not None else None

@@ -800,8 +800,9 @@ class S3Operations(Operations):
 
     def _to_open(self, path: str, writable: bool) -> A.Attributes:
         """The file an open of ``path`` opens: cached attributes will do for reading, but not
-        for writing (one HEAD and a LIST beside it): a write to a file another client removed
-        would end in a conflict copy, a ``touch`` of it in ENOENT, though the name is free.
+        for writing (S3 is asked: :meth:`Namespace.lookup_to_write`): a write to a file another
+        client removed would end in a conflict copy, a ``touch`` of it in ENOENT, though the name
+        is free.
 
         The kernel sends an open (never a create, even with O_CREAT) for a name it holds an entry
         of: a file gone from S3, or shadowed by a directory another client made, is :class:`Stale`
@@ -809,7 +810,7 @@ class S3Operations(Operations):
         O_CREAT then creates it; without, the open is ENOENT) or a directory (EISDIR)."""
         try:
             if writable and self.namespace.cached(path) is not None:
-                a = self.namespace.lookup_now(path)
+                a = self.namespace.lookup_to_write(path)
             else:  # (not cached: this lookup asks S3)
                 a = self.namespace.lookup_full(path)
         except FsError as exc:

@@ -840,8 +840,7 @@ class Mutations:
         key; FsError ENOTEMPTY if it does, as a local disk says. The caller's check may have been
         a listing up to ``dir_ttl`` old (or a name missing from one), and another client's file
         put since would be copied over or mixed with ours, rename saying 0."""
-        self.deletes.flush(self.keymap.dir_prefix(new))  # what we removed in it is no entry
-        theirs = self.namespace.held_in_s3(new)
+        theirs = self.namespace.held_in_s3(new)  # (what we removed in it sent first: no entry)
         if theirs is None:
             return
         log.warning("rename to %s: S3 holds %s, put by another client since this mount looked: "

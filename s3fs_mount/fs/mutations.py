@@ -57,6 +57,18 @@ APPEND_CHECK_MAX = 64 << 20
 Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Moved:
+    """What a file's move in S3 (:meth:`Mutations._move_object`) left."""
+
+    #: The ETag of the object at its new key.
+    etag: str
+    #: Its metadata if the move stored a new ctime in it, else None (as it was).
+    stamped: dict[str, str] | None
+    #: Another client's version is at the old key now (put after the copy: kept there).
+    theirs: bool = False
+
+
 def staged_attributes(item: StagedFile, defaults: A.Defaults) -> A.Attributes:
     """A staged file's attributes: its pending metadata, local size and times, the times in the
     metadata too, as its upload stores them (a metadata left with the times it was made with
@@ -869,8 +881,7 @@ class Mutations:
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         now = self.clock.time()  # its new ctime, as ext4 moves it (find -cnewer, tar --newer)
         moved: A.Attributes | None = None
-        left_theirs = False  # another client's version at the old name, put after our copy
-        stamped: dict[str, str] | None = None
+        result: Moved | None = None
         if item is None and source.etag:
             # The lookup just before this call saw that version: the move is of it or fails
             # (412, another client replaced it since), and then goes as below, from a HEAD.
@@ -880,10 +891,10 @@ class Mutations:
                 else None
             )
             try:
-                etag, stamped, left_theirs = self._move_object(
+                result = self._move_object(
                     old_key, new_key, source.etag, source_info=known, size=source.size, ctime=now
                 )
-                moved = dataclasses.replace(source, etag=etag)
+                moved = dataclasses.replace(source, etag=result.etag)
             except S3Error as exc:
                 if not exc.precondition_failed:
                     raise
@@ -893,15 +904,15 @@ class Mutations:
                 self.upload(item)  # the object must be in S3 to be moved there
             info = self.store.head(old_key)
             # of the version just seen: not one another client put meanwhile
-            etag, stamped, left_theirs = self._move_object(
-                old_key, new_key, info.etag, source_info=info, ctime=now
-            )
+            result = self._move_object(old_key, new_key, info.etag, source_info=info, ctime=now)
             moved = self.namespace.from_info(info)
-            moved.etag = etag
+            moved.etag = result.etag
+        assert result is not None
+        stamped = result.stamped
         if stamped is not None:
             moved.metadata, moved.ctime = stamped, now
         self.staging.rekey(old_key, new_key)
-        self.namespace.forget(old, gone=not left_theirs)  # theirs: shown at the next lookup
+        self.namespace.forget(old, gone=not result.theirs)  # theirs: shown at the next lookup
         self.namespace.remember(new, moved)
         item = self.staging.get(new_key)
         if item is not None:
@@ -918,7 +929,7 @@ class Mutations:
         source_info: ObjectInfo | None = None,
         size: int | None = None,
         ctime: float | None = None,
-    ) -> tuple[str, dict[str, str] | None, bool]:
+    ) -> Moved:
         """The object at ``old_key``, if its ETag is still ``etag`` (else S3Error 412), is at
         ``new_key`` and no longer at ``old_key``; returns its ETag there, its metadata if it
         carries ``ctime`` now (else None: as it was), and whether another client's version is
@@ -942,8 +953,8 @@ class Mutations:
                     raise
                 log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
             if ctime is None:
-                return etag, None, False
-            return (*self._stamp_ctime(new_key, etag, source_info, ctime), False)
+                return Moved(etag, None)
+            return Moved(*self._stamp_ctime(new_key, etag, source_info, ctime))
         stamped: dict[str, str] | None = None
         if ctime is not None:
             if source_info is None:
@@ -989,7 +1000,7 @@ class Mutations:
                         "it: theirs is kept there", old_key, new_key, old_key)
             theirs = True
         self.renames.done(old_key)
-        return copied or etag, stamped, theirs
+        return Moved(copied or etag, stamped, theirs)
 
     def _delete_copied(
         self, copied: dict[str, str], what: str, also: list[str] | None = None

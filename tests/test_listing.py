@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -993,12 +994,12 @@ def test_a_directory_another_client_emptied_is_one_to_ls_stat_cd_readdir_and_rmd
 
 
 @pytest.mark.fuse
-def test_a_tree_another_client_makes_while_the_mount_lists_its_parent_shows_whole(mount, boto, bucket):
+def test_a_tree_another_client_makes_while_the_mount_lists_its_parent_shows_whole(place, boto):
     """boto3 puts a/b/c while ls a goes on in a loop: each listing is a's files with or without
     b (never an error, never a name twice); once dir_ttl passed, b is listed, looked up and
     read through as S3 has it."""
-    put_many(boto, bucket, ["a/f%02d" % i for i in range(50)])
-    path = os.path.join(mount.path, "a")
+    put_many(boto, place.bucket, [place.key("a/f%02d" % i) for i in range(50)])
+    path = os.path.join(place.path, "a")
     files = ["f%02d" % i for i in range(50)]
     assert sorted(os.listdir(path)) == files
     stop = threading.Event()
@@ -1011,7 +1012,7 @@ def test_a_tree_another_client_makes_while_the_mount_lists_its_parent_shows_whol
     t = threading.Thread(target=lister)
     t.start()
     try:
-        boto.put_object(Bucket=bucket, Key="a/b/c", Body=b"c")
+        boto.put_object(Bucket=place.bucket, Key=place.key("a/b/c"), Body=b"c")
         eventually(lambda: seen and "b" in seen[-1], what="b in a's listing")
     finally:
         stop.set()
@@ -1166,43 +1167,49 @@ def test_other_tools_names_on_a_server_that_keeps_keys_as_given(moto_mount, buck
     assert "Traceback" not in log
 
 
-def _rmdir_keeps_data_in_directory_objects(client, bucket: str, mount, kept_by_server: set[str]) -> None:
+def _rmdir_keeps_data_in_directory_objects(
+    client, bucket: str, root: str, prefix: str, log: Callable[[], str], kept_by_server: set[str]
+) -> None:
     """Found in round 33: another client's bytes in a directory's own objects (a ``d/`` marker
     with a body, a ``d_$folder$`` with a body, a ``d`` whose x-amz-meta-mode says directory),
     which no name shows, were deleted by an rmdir of ``d`` without a word. rmdir is ENOTEMPTY
     with a line naming the key, as for a directory holding keys no name can show; with its
     listing read first (rm -r) too; an empty marker's directory still goes. ``kept_by_server``:
-    the keys whose body the server keeps (SeaweedFS drops a ``d/`` marker's)."""
+    the keys whose body the server keeps (SeaweedFS drops a ``d/`` marker's). In directory ``root``
+    of the mount, whose keys begin with ``prefix``; ``log()``: what the mount logged meanwhile."""
     data = {"m/": b"marker data", "f_$folder$": b"folder data", "o": b"object data"}
     for key, body in data.items():
-        client.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"mode": "16877"} if key == "o" else {})
-    client.put_object(Bucket=bucket, Key="e/", Body=b"")
-    held = {key for key in data if client.get_object(Bucket=bucket, Key=key)["Body"].read()}
+        client.put_object(Bucket=bucket, Key=prefix + key, Body=body,
+                          Metadata={"mode": "16877"} if key == "o" else {})
+    client.put_object(Bucket=bucket, Key=prefix + "e/", Body=b"")
+    held = {key for key in data if client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()}
     assert held == kept_by_server
     for key in held:
         name = key.rstrip("/").removesuffix("_$folder$")
-        assert os.path.isdir(os.path.join(mount.path, name)), name
+        assert os.path.isdir(os.path.join(root, name)), name
         for listed in (False, True):
             if listed:
-                assert os.listdir(os.path.join(mount.path, name)) == []
+                assert os.listdir(os.path.join(root, name)) == []
             with pytest.raises(OSError) as e:
-                os.rmdir(os.path.join(mount.path, name))
+                os.rmdir(os.path.join(root, name))
             assert e.value.errno == errno.ENOTEMPTY, (key, listed)
-        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data[key]
-        assert "its object %s holds 11 bytes, which no name shows" % key in mount.log(), key
-    os.rmdir(os.path.join(mount.path, "e"))
-    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix="e")
+        assert client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read() == data[key]
+        assert "its object %s holds 11 bytes, which no name shows" % (prefix + key) in log(), key
+    os.rmdir(os.path.join(root, "e"))
+    assert "Contents" not in client.list_objects_v2(Bucket=bucket, Prefix=prefix + "e")
 
 
 @pytest.mark.fuse
 def test_rmdir_keeps_data_in_directory_objects_on_moto(moto_mount, bucket):
-    _rmdir_keeps_data_in_directory_objects(moto_mount.client, bucket, moto_mount.make().start(),
+    mount = moto_mount.make().start()
+    _rmdir_keeps_data_in_directory_objects(moto_mount.client, bucket, mount.path, "", mount.log,
                                            {"m/", "f_$folder$", "o"})
 
 
 @pytest.mark.fuse
-def test_rmdir_keeps_data_in_directory_objects_on_seaweedfs(mount, boto, bucket):
-    _rmdir_keeps_data_in_directory_objects(boto, bucket, mount, {"f_$folder$", "o"})
+def test_rmdir_keeps_data_in_directory_objects_on_seaweedfs(place, boto):
+    _rmdir_keeps_data_in_directory_objects(boto, place.bucket, place.path, place.prefix, place.log,
+                                           {"f_$folder$", "o"})
 
 
 @pytest.mark.fuse

@@ -97,6 +97,44 @@ def test_an_rm_or_rename_over_a_file_asks_for_a_directory_of_its_name_once_its_a
         assert ns.cached("/f") is not None  # a file it stays, for the rm's own delete to say
 
 
+@pytest.mark.parametrize("check", ["check_not_shadowed", "held_in_s3"])
+def test_a_key_this_mount_removed_is_no_entry_of_the_name_for_either_check_of_s3(check):
+    """The two one-page LISTs of a directory's keys (check_not_shadowed before an rm of a file
+    or a rename over one; held_in_s3 after an rmdir's deletes and before a directory's rename
+    onto an empty one) follow one rule on a key this mount has removed and not yet deleted in S3
+    (deletes go in batches, fs/deletes.py): its delete is sent first, and it is no entry. (The
+    rename's and rmdir's callers sent them first; check_not_shadowed did not, and a file whose
+    name held our removed key was taken for a directory another client made: ESTALE.)"""
+    ns, store, clock = make(attr_ttl=600.0)
+    store.put("f", b"abc")
+    seen = ns.lookup("/f")
+    store.put("f/x", b"ours")  # a key of ours under the name, removed here, its delete pending
+    ns.deleting("/f/x")
+    sent: list[str] = []
+
+    def settle_deletes(prefix: str) -> None:
+        if "f/x".startswith(prefix) and "f/x" in store.objects:
+            sent.append(prefix)
+            store.remove("f/x")
+            ns.deleted("/f/x")
+
+    ns.settle_deletes = settle_deletes
+    clock.advance(RECHECK_AFTER * 1.1)
+    if check == "check_not_shadowed":
+        ns.check_not_shadowed("/f", seen)  # no Stale: nobody made a directory of it
+        assert ns.cached("/f") is not None
+    else:
+        assert ns.held_in_s3("/f") is None
+    assert sent == ["f/"] and "f/x" not in store.objects
+    # Another client's key there still counts, for both.
+    store.put("f/theirs", b"")
+    if check == "check_not_shadowed":
+        with pytest.raises(Stale):
+            ns.check_not_shadowed("/f", seen)
+    else:
+        assert ns.held_in_s3("/f") == "f/theirs"
+
+
 @pytest.mark.parametrize("directory", ["f/x", "f/", "f_$folder$"])
 @pytest.mark.parametrize("first", ["lookup", "listing"])
 def test_a_directory_shadows_a_file_of_its_name_whichever_is_asked_first(directory, first):

@@ -66,9 +66,9 @@ def read_log(mount) -> str:
 # -- one mount, many processes ------------------------------------------------------------------
 
 
-def test_appends_while_another_process_reads_never_fail(mount, boto, bucket):
+def test_appends_while_another_process_reads_never_fail(place, boto):
     """The issue's reproduction: 300 `>>` appends while `cat` loops; no EIO, every line kept."""
-    f = os.path.join(mount.path, "x.log")
+    f = os.path.join(place.path, "x.log")
     script = (
         'f="$1"; echo start >"$f"; fails=0;'
         ' (for i in $(seq 300); do echo A$i >>"$f" || echo APPENDFAIL; done) & w=$!;'
@@ -79,13 +79,13 @@ def test_appends_while_another_process_reads_never_fail(mount, boto, bucket):
     expected = "start\n" + "".join("A%d\n" % i for i in range(1, 301))
     with open(f) as fh:
         assert fh.read() == expected
-    assert s3_bytes(boto, bucket, "x.log").decode() == expected
-    assert " 412 " not in read_log(mount)
+    assert s3_bytes(boto, place.bucket, place.key("x.log")).decode() == expected
+    assert " 412 " not in place.log()
 
 
-def test_eight_processes_append_to_one_file(mount, boto, bucket):
+def test_eight_processes_append_to_one_file(place, boto):
     """8 shells x 200 `>>` lines into one file: 1,600 whole lines, in the file and in S3."""
-    f = os.path.join(mount.path, "shared.log")
+    f = os.path.join(place.path, "shared.log")
     open(f, "w").close()
     script = 'for i in $(seq 200); do echo "P$2-L$i-xxxxxxxxxxxxxxxx" >>"$1" || exit 1; done'
     procs = [subprocess.Popen(["bash", "-c", script, "sh", f, str(p)]) for p in range(8)]
@@ -94,7 +94,7 @@ def test_eight_processes_append_to_one_file(mount, boto, bucket):
     with open(f) as fh:
         text = fh.read()
     assert sorted(text.splitlines()) == expected
-    assert s3_bytes(boto, bucket, "shared.log").decode() == text
+    assert s3_bytes(boto, place.bucket, place.key("shared.log")).decode() == text
     # each writer's own lines stay in its order
     for p in range(8):
         mine = [line for line in text.splitlines() if line.startswith("P%d-" % p)]
@@ -115,10 +115,10 @@ for i in range(int(sys.argv[3])):
 """
 
 
-def test_three_processes_write_one_sqlite_database(mount, boto, bucket, tmp_path):
+def test_three_processes_write_one_sqlite_database(place, boto, tmp_path):
     """sqlite in its default (rollback journal) mode, three writers taking turns by its locks:
     every row is there and the database is whole, in the mount and in S3's copy."""
-    path = os.path.join(mount.path, "app.db")
+    path = os.path.join(place.path, "app.db")
     db = sqlite3.connect(path)
     db.execute("create table t (w text, i int, pad text)")
     db.commit()
@@ -128,13 +128,13 @@ def test_three_processes_write_one_sqlite_database(mount, boto, bucket, tmp_path
     want = sorted((w, i) for w in "ABC" for i in range(40))
     for copy in (path, str(tmp_path / "from-s3.db")):
         if copy != path:
-            (tmp_path / "from-s3.db").write_bytes(s3_bytes(boto, bucket, "app.db"))
+            (tmp_path / "from-s3.db").write_bytes(s3_bytes(boto, place.bucket, place.key("app.db")))
         db = sqlite3.connect(copy)
         assert db.execute("pragma integrity_check").fetchall() == [("ok",)], copy
         assert sorted(db.execute("select w, i from t").fetchall()) == want, copy
         db.close()
     # the journals came and went (an unlink's delete is sent in a batch, just after)
-    eventually(lambda: s3_keys(boto, bucket) == ["app.db"], what="S3 to hold app.db alone")
+    eventually(lambda: place.names(boto) == ["app.db"], what="S3 to hold app.db alone")
 
 
 def test_sqlite_in_wal_mode_two_writers_then_a_remount_reads_it_whole(mount_factory, boto, bucket):
@@ -160,10 +160,10 @@ def test_sqlite_in_wal_mode_two_writers_then_a_remount_reads_it_whole(mount_fact
     db.close()
 
 
-def test_writes_through_a_shared_mmap_reach_s3(mount, boto, bucket):
+def test_writes_through_a_shared_mmap_reach_s3(place, boto):
     """MAP_SHARED stores, flushed by msync, and stores made after the descriptor was closed
     (the mapping keeps the file open): S3 has them once the mapping is gone."""
-    path = os.path.join(mount.path, "mapped.bin")
+    path = os.path.join(place.path, "mapped.bin")
     data = bytearray(os.urandom(3 * MiB))
     with open(path, "wb") as f:
         f.write(data)
@@ -174,7 +174,8 @@ def test_writes_through_a_shared_mmap_reach_s3(mount, boto, bucket):
     os.close(fd)
     m[2 * MiB : 2 * MiB + 4] = data[2 * MiB : 2 * MiB + 4] = b"BBBB"
     m.close()  # munmap: the last reference, so the release (and the upload) follow
-    eventually(lambda: s3_bytes(boto, bucket, "mapped.bin") == bytes(data), what="the mapped writes in S3")
+    eventually(lambda: s3_bytes(boto, place.bucket, place.key("mapped.bin")) == bytes(data),
+               what="the mapped writes in S3")
     with open(path, "rb") as f:
         assert f.read() == bytes(data)
 
@@ -285,9 +286,9 @@ with open(sys.argv[1], "r+") as f:
 
 
 @pytest.mark.parametrize("kind", ["flock", "lockf"])
-def test_a_lock_held_by_one_process_keeps_another_out(mount, kind):
+def test_a_lock_held_by_one_process_keeps_another_out(place, kind):
     """flock and fcntl (POSIX) locks between processes of one mount: the kernel's, per file."""
-    path = os.path.join(mount.path, "locked")
+    path = os.path.join(place.path, "locked")
     open(path, "w").close()
 
     def other() -> str:
@@ -302,9 +303,9 @@ def test_a_lock_held_by_one_process_keeps_another_out(mount, kind):
         assert other() == "got it"
 
 
-def test_a_reader_sees_only_states_that_existed(mount, boto, bucket):
+def test_a_reader_sees_only_states_that_existed(place, boto):
     """A reader loops while a writer appends, truncates and rewrites: never EIO, never mixed bytes."""
-    path = os.path.join(mount.path, "state.txt")
+    path = os.path.join(place.path, "state.txt")
     states = [b""]
     lock = threading.Lock()
     stop = threading.Event()
@@ -366,11 +367,11 @@ def test_a_reader_sees_only_states_that_existed(mount, boto, bucket):
         assert any(kept.startswith(after) and len(data) <= n for after, n in shrinks), data[-200:]
     with open(path, "rb") as f:
         final = f.read()
-    assert final == states[-1] == s3_bytes(boto, bucket, "state.txt")
+    assert final == states[-1] == s3_bytes(boto, place.bucket, place.key("state.txt"))
 
 
-def test_mmap_in_two_processes_and_fsync_while_another_handle_writes(mount, boto, bucket):
-    path = os.path.join(mount.path, "mapped.bin")
+def test_mmap_in_two_processes_and_fsync_while_another_handle_writes(place, boto):
+    path = os.path.join(place.path, "mapped.bin")
     data = os.urandom(3 * MiB)
     with open(path, "wb") as f:
         f.write(data)
@@ -392,7 +393,7 @@ def test_mmap_in_two_processes_and_fsync_while_another_handle_writes(mount, boto
         expected = bytearray(data)
         expected[10:14] = b"AAAA"
         expected[2 * MiB : 2 * MiB + 4] = b"BBBB"
-        assert s3_bytes(boto, bucket, "mapped.bin") == bytes(expected)
+        assert s3_bytes(boto, place.bucket, place.key("mapped.bin")) == bytes(expected)
         assert os.pread(a, 4, 2 * MiB) == b"BBBB" and os.pread(b, 4, 10) == b"AAAA"
     finally:
         os.close(a)
@@ -519,10 +520,10 @@ class SharedHandles(RuleBasedStateMachine):
             os.close(s)
 
 
-def test_many_handles_against_a_local_shadow(mount, boto, bucket, tmp_path):
+def test_many_handles_against_a_local_shadow(place, boto, tmp_path):
     shadow = tmp_path / "shadow"
     shadow.mkdir()
-    SharedHandles.mount_dir = mount.path
+    SharedHandles.mount_dir = place.path
     SharedHandles.shadow_dir = str(shadow)
     run_state_machine_as_test(
         SharedHandles,
@@ -537,8 +538,9 @@ def test_many_handles_against_a_local_shadow(mount, boto, bucket, tmp_path):
     def in_s3(name: str) -> bool:
         local = shadow / name
         if local.exists():
-            return name in s3_keys(boto, bucket, name) and s3_bytes(boto, bucket, name) == local.read_bytes()
-        return name not in s3_keys(boto, bucket, name)
+            return name in place.names(boto, name) and s3_bytes(boto, place.bucket, place.key(name)) == (
+                local.read_bytes())
+        return name not in place.names(boto, name)
 
     for name in FILES:
         eventually(lambda name=name: in_s3(name), what="S3 to hold %s as the shadow does" % name)
@@ -650,26 +652,27 @@ def test_sync_during_a_write_reports_the_open_file_and_does_not_restart_it(mount
 # -- between clients: no silent lost update -------------------------------------------------------
 
 
-def test_another_clients_put_between_open_and_close_keeps_both(mount, boto, bucket):
-    path = os.path.join(mount.path, "doc.txt")
+def test_another_clients_put_between_open_and_close_keeps_both(place, boto):
+    path = os.path.join(place.path, "doc.txt")
     with open(path, "w") as f:
         f.write("v1\n")
     fd = os.open(path, os.O_WRONLY)  # not O_APPEND: an append is added to theirs (below)
     os.pwrite(fd, b"ours\n", 3)
-    theirs = boto.put_object(Bucket=bucket, Key="doc.txt", Body=b"theirs\n")["ETag"].strip('"')
+    put = boto.put_object(Bucket=place.bucket, Key=place.key("doc.txt"), Body=b"theirs\n")
+    theirs = put["ETag"].strip('"')
     with pytest.raises(OSError) as exc:
         os.close(fd)
     assert exc.value.errno == errno.ESTALE
-    keys = s3_keys(boto, bucket)
+    keys = place.names(boto)
     conflicts = [k for k in keys if k.startswith("doc.txt.conflict-")]
     assert len(conflicts) == 1, keys
-    assert s3_bytes(boto, bucket, "doc.txt") == b"theirs\n"
-    assert s3_bytes(boto, bucket, conflicts[0]) == b"v1\nours\n"
-    lines = [line for line in read_log(mount).splitlines() if "changed in S3 since this mount saw it" in line]
+    assert s3_bytes(boto, place.bucket, place.key("doc.txt")) == b"theirs\n"
+    assert s3_bytes(boto, place.bucket, place.key(conflicts[0])) == b"v1\nours\n"
+    lines = [line for line in place.log_lines() if "changed in S3 since this mount saw it" in line]
     assert lines and theirs in lines[0] and conflicts[0] in lines[0]
     with open(path) as f:  # the conflict made the mount forget what it knew of doc.txt
         assert f.read() == "theirs\n"
-    assert sorted(os.listdir(mount.path)) == ["doc.txt", conflicts[0]]
+    assert sorted(os.listdir(place.path)) == ["doc.txt", conflicts[0]]
 
 
 def test_two_mounts_appending_to_one_log_keep_every_line_once(mount_factory, boto, bucket):
@@ -699,14 +702,15 @@ def test_two_mounts_appending_to_one_log_keep_every_line_once(mount_factory, bot
 
 
 @pytest.mark.parametrize("also", ["", "fsync", "pwrite", "ftruncate", "chmod", "deleted"])
-def test_an_append_meeting_another_clients_version_goes_after_theirs(mount, boto, bucket, also):
+def test_an_append_meeting_another_clients_version_goes_after_theirs(place, boto, also):
     """An O_APPEND handle that wrote nothing but appends meets another client's version at its
     close: theirs is fetched, ours goes after it (PUT If-Match theirs), as O_APPEND lands each
     write at the current end on one disk; no conflict copy, the close says nothing (appends
     after an fsync: those since it). Any other change to the file (a pwrite through another
     handle, a truncate, a chmod), or an object gone (a removal is not appended to), keeps both,
     as any write: ESTALE, ours under a conflict name."""
-    path = os.path.join(mount.path, "log")
+    path = os.path.join(place.path, "log")
+    bucket, key = place.bucket, place.key("log")
     with open(path, "wb") as f:
         f.write(b"v1\n")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
@@ -725,36 +729,37 @@ def test_an_append_meeting_another_clients_version_goes_after_theirs(mount, boto
         os.fsync(fd)  # S3 has v1 and ours now: what we append next is all that goes after theirs
         os.write(fd, b"more\n")
     if also == "deleted":
-        boto.delete_object(Bucket=bucket, Key="log")
+        boto.delete_object(Bucket=bucket, Key=key)
     else:
-        boto.put_object(Bucket=bucket, Key="log", Body=b"theirs\n", Metadata={"owner": "them"})
+        boto.put_object(Bucket=bucket, Key=key, Body=b"theirs\n", Metadata={"owner": "them"})
     if also in ("", "fsync"):
         appended = b"ours\n" if not also else b"more\n"
         os.close(fd)
         os.close(other)
-        assert s3_keys(boto, bucket) == ["log"]
-        assert s3_bytes(boto, bucket, "log") == b"theirs\n" + appended
-        assert boto.head_object(Bucket=bucket, Key="log")["Metadata"]["owner"] == "them"  # theirs kept
-        assert "ours go after theirs, as O_APPEND on one disk" in read_log(mount)
+        assert place.names(boto) == ["log"]
+        assert s3_bytes(boto, bucket, key) == b"theirs\n" + appended
+        assert boto.head_object(Bucket=bucket, Key=key)["Metadata"]["owner"] == "them"  # theirs kept
+        assert "ours go after theirs, as O_APPEND on one disk" in place.log()
         with open(path, "rb") as f:
             assert f.read() == b"theirs\n" + appended
         with open(path, "ab") as f:  # and on from there
             f.write(b"on\n")
-        assert s3_bytes(boto, bucket, "log") == b"theirs\n" + appended + b"on\n"
+        assert s3_bytes(boto, bucket, key) == b"theirs\n" + appended + b"on\n"
         return
     with pytest.raises(OSError) as exc:
         os.close(fd)
     assert exc.value.errno == errno.ESTALE
     os.close(other)
-    [aside] = [k for k in s3_keys(boto, bucket) if k != "log"]
-    assert aside.startswith("log.conflict-") and s3_bytes(boto, bucket, aside) == ours
+    [aside] = [k for k in place.names(boto) if k != "log"]
+    assert aside.startswith("log.conflict-") and s3_bytes(boto, bucket, place.key(aside)) == ours
     if also != "deleted":
-        assert s3_bytes(boto, bucket, "log") == b"theirs\n"
+        assert s3_bytes(boto, bucket, key) == b"theirs\n"
 
 
-def log_read_through(mount, flags: int) -> tuple[str, int]:
-    """``log`` made holding ``start\n``, opened with ``flags`` and read whole: (path, fd)."""
-    path = os.path.join(mount.path, "log")
+def log_read_through(place, flags: int) -> tuple[str, int]:
+    """``log`` made holding ``start\n`` in the test's directory, opened with ``flags`` and read whole:
+    (path, fd)."""
+    path = os.path.join(place.path, "log")
     with open(path, "wb") as f:
         f.write(b"start\n")
     fd = os.open(path, flags)
@@ -762,30 +767,29 @@ def log_read_through(mount, flags: int) -> tuple[str, int]:
     return path, fd
 
 
-def append_ours_after_theirs(path: str, boto, bucket: str, between=lambda: True) -> None:
+def append_ours_after_theirs(path: str, boto, bucket: str, key: str, between=lambda: True) -> None:
     """``ours\n`` appended to ``log`` (holding ``start\n``) here while boto3 puts ``start\ntheirs\n``
     (after ``between()``, which must hold): the close's upload meets theirs, and ours goes after it."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     os.write(fd, b"ours\n")
     assert between()
-    boto.put_object(Bucket=bucket, Key="log", Body=b"start\ntheirs\n")
+    boto.put_object(Bucket=bucket, Key=key, Body=b"start\ntheirs\n")
     os.close(fd)
-    assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
+    assert s3_bytes(boto, bucket, key) == b"start\ntheirs\nours\n"
 
 
-def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_eio_not_a_mix(
-    mount, boto, bucket
-):
+def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_eio_not_a_mix(place, boto):
     """Found merging round 37 (appends moved after theirs, and handles kept on their version):
     a reader here (tail -f) had read our appended bytes, then our upload met another client's
     version and put ours after theirs: its next read got the new file's bytes at its offset,
     theirs cut mid-line, silently (a reader beside two mounts appending to one log saw cut and
     repeated lines). Such a reader may have had the old bytes from us or from the kernel's
     pages our writes filled: EIO, and every later read; a new open reads the file as it is."""
-    path, reader = log_read_through(mount, os.O_RDONLY)
+    path, reader = log_read_through(place, os.O_RDONLY)
     try:
         # what this mount's file holds, as on one disk
-        append_ours_after_theirs(path, boto, bucket, lambda: os.read(reader, 100) == b"ours\n")
+        append_ours_after_theirs(path, boto, place.bucket, place.key("log"),
+                                 lambda: os.read(reader, 100) == b"ours\n")
         time.sleep(1.1)  # attr_ttl: the kernel's size of the file (11) is asked again
         assert os.fstat(reader).st_size == 18
         for _ in range(2):
@@ -796,47 +800,49 @@ def test_a_reader_open_while_our_appends_go_after_another_clients_version_gets_e
         os.close(reader)
     with open(path, "rb") as f:
         assert f.read() == b"start\ntheirs\nours\n"
-    assert "our appends went after another client's version while this handle was open" in read_log(mount)
+    assert "our appends went after another client's version while this handle was open" in place.log()
 
 
 def test_a_handle_that_read_the_file_before_our_appends_went_after_theirs_writes_eio_not_over_theirs(
-    mount, boto, bucket
+    place, boto
 ):
     """Found in round 38: after our appends went after another client's version, a handle open
     for reading and writing that had read the file took EIO on its next read, but its pwrite went
     on at the offset it chose from the bytes now moved, over theirs, and its close put that in S3
     silently. Now the write is EIO too, and S3 keeps theirs and ours."""
-    path, rw = log_read_through(mount, os.O_RDWR)
+    path, rw = log_read_through(place, os.O_RDWR)
     try:
-        append_ours_after_theirs(path, boto, bucket)
+        append_ours_after_theirs(path, boto, place.bucket, place.key("log"))
         with pytest.raises(OSError) as exc:
             os.pwrite(rw, b"OURS\n", 6)  # (was: over "their", in S3 at the close)
         assert exc.value.errno == errno.EIO
     finally:
         os.close(rw)
-    assert s3_bytes(boto, bucket, "log") == b"start\ntheirs\nours\n"
-    assert s3_keys(boto, bucket) == ["log"]
+    assert s3_bytes(boto, place.bucket, place.key("log")) == b"start\ntheirs\nours\n"
+    assert place.names(boto) == ["log"]
 
 
-def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(mount, boto, bucket):
+def test_a_conflict_on_a_long_name_keeps_ours_under_a_name_that_fits(place, boto):
     """Found by hand (round 31): ours went to NAME.conflict-TIMESTAMP even when that name
     passed 255 bytes; SeaweedFS refused the key, close said EIO and ours stayed dirty for ever.
     The conflict name is shortened to fit: ESTALE, ours in S3, nothing left to upload."""
     name = "é" * 120 + "x" * 10  # 250 bytes
-    path = os.path.join(mount.path, name)
+    path = os.path.join(place.path, name)
+    bucket = place.bucket
     with open(path, "wb") as f:
         f.write(b"v1\n")
     fd = os.open(path, os.O_WRONLY)
     os.pwrite(fd, b"ours\n", 3)
-    boto.put_object(Bucket=bucket, Key=name, Body=b"theirs\n")
+    boto.put_object(Bucket=bucket, Key=place.key(name), Body=b"theirs\n")
     with pytest.raises(OSError) as exc:
         os.close(fd)
     assert exc.value.errno == errno.ESTALE
-    (aside,) = [k for k in s3_keys(boto, bucket) if k != name]
+    (aside,) = [k for k in place.names(boto) if k != name]
     assert re.fullmatch(r"é{115}\.conflict-\d{8}T\d{6}", aside), aside  # 230 + 25 bytes
-    assert s3_bytes(boto, bucket, aside) == b"v1\nours\n" and s3_bytes(boto, bucket, name) == b"theirs\n"
-    assert sorted(os.listdir(mount.path)) == sorted([name, aside])
-    status = subprocess.run([BIN, "status", mount.path], capture_output=True, text=True, check=True)
+    assert s3_bytes(boto, bucket, place.key(aside)) == b"v1\nours\n"
+    assert s3_bytes(boto, bucket, place.key(name)) == b"theirs\n"
+    assert sorted(os.listdir(place.path)) == sorted([name, aside])
+    status = subprocess.run([BIN, "status", place.mount.path], capture_output=True, text=True, check=True)
     assert "nothing waiting to upload" in status.stdout
 
 
@@ -891,9 +897,7 @@ def test_a_conflict_copy_never_lands_on_another_mounts_conflict_copy(mount_facto
 
 
 @pytest.mark.parametrize("how", ["rdwr", "wronly", "append", "rdwr-large"])
-def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clients_version(
-    mount, boto, bucket, how
-):
+def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clients_version(place, boto, how):
     """A file read whole through the mount, opened again for writing: the open keeps the
     kernel's pages (checked bytes of its version), so the handle counted as having served
     them, and its first write, which fetches the file, found another client's version: EIO.
@@ -902,16 +906,17 @@ def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clie
     copy at the close, ESTALE, theirs stays. One write-only has served nothing: it follows
     their version, as a handle that kept no page does. So does one for reading and writing of
     a file over 8 MiB, whose open does not fetch it but drops the kernel's pages."""
-    path = os.path.join(mount.path, "f")
+    path = os.path.join(place.path, "f")
+    bucket, key = place.bucket, place.key("f")
     v0 = b"v0 from boto\n" * (MiB if how == "rdwr-large" else 1)
-    boto.put_object(Bucket=bucket, Key="f", Body=v0)
+    boto.put_object(Bucket=bucket, Key=key, Body=v0)
     with open(path, "rb") as f:
         assert f.read() == v0
     flags = {"wronly": os.O_WRONLY, "append": os.O_WRONLY | os.O_APPEND}.get(how, os.O_RDWR)
     fd = os.open(path, flags)
     if how == "rdwr":
         assert os.pread(fd, 100, 0) == b"v0 from boto\n"
-    boto.put_object(Bucket=bucket, Key="f", Body=b"theirs version\n")
+    boto.put_object(Bucket=bucket, Key=key, Body=b"theirs version\n")
     if how == "append":
         os.write(fd, b"ours\n")
     else:
@@ -920,29 +925,27 @@ def test_a_write_through_a_handle_that_kept_the_kernels_pages_meets_another_clie
         with pytest.raises(OSError) as exc:
             os.close(fd)
         assert exc.value.errno == errno.ESTALE
-        [aside] = [k for k in s3_keys(boto, bucket) if k != "f"]
-        assert s3_bytes(boto, bucket, aside) == b"OURSrom boto\n"
-        assert s3_bytes(boto, bucket, "f") == b"theirs version\n"
+        [aside] = [k for k in place.names(boto) if k != "f"]
+        assert s3_bytes(boto, bucket, place.key(aside)) == b"OURSrom boto\n"
+        assert s3_bytes(boto, bucket, key) == b"theirs version\n"
     else:
         os.close(fd)
-        assert s3_keys(boto, bucket) == ["f"]
+        assert place.names(boto) == ["f"]
         expected = b"theirs version\nours\n" if how == "append" else b"OURSrs version\n"
-        assert s3_bytes(boto, bucket, "f") == expected
+        assert s3_bytes(boto, bucket, key) == expected
         with open(path, "rb") as f:
             assert f.read() == expected
-    assert "Traceback" not in read_log(mount)
+    assert "Traceback" not in place.log()
 
 
 @pytest.mark.parametrize("call", ["pread", "pwrite"])
-def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is_estale(
-    mount, boto, bucket, call
-):
+def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is_estale(place, boto, call):
     """Another client deletes an object this mount has open and has fetched no byte of: the
     next read or write is ESTALE with a log line (it was ENOENT, which write(2) never says)."""
-    boto.put_object(Bucket=bucket, Key="gone", Body=b"theirs" * 1000)
-    fd = os.open(os.path.join(mount.path, "gone"), os.O_RDWR)
+    boto.put_object(Bucket=place.bucket, Key=place.key("gone"), Body=b"theirs" * 1000)
+    fd = os.open(os.path.join(place.path, "gone"), os.O_RDWR)
     try:
-        boto.delete_object(Bucket=bucket, Key="gone")
+        boto.delete_object(Bucket=place.bucket, Key=place.key("gone"))
         with pytest.raises(OSError) as info:
             if call == "pread":
                 os.pread(fd, 4096, 0)
@@ -951,7 +954,7 @@ def test_a_read_or_write_through_a_handle_of_an_object_another_client_deleted_is
         assert info.value.errno == errno.ESTALE, info.value
     finally:
         os.close(fd)
-    assert "ESTALE" in read_log(mount)
+    assert "ESTALE" in place.log()
 
 
 def test_a_cat_of_a_file_another_client_deleted_within_attr_ttl_is_estale_once_then_enoent(
@@ -1001,15 +1004,15 @@ def test_a_cat_within_attr_ttl_of_a_file_another_client_replaced_never_reads_it_
     assert os.stat(f).st_size == len(theirs)
 
 
-def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(mount, boto, bucket):
+def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(place, boto):
     """Another client's PUT while a process reads a large object here: the reader gets the
     bytes of the version it opened, then EIO with a log line, never the new version's bytes."""
     size = 48 * MiB
-    boto.put_object(Bucket=bucket, Key="big", Body=b"A" * size)
-    fd = os.open(os.path.join(mount.path, "big"), os.O_RDONLY)
+    boto.put_object(Bucket=place.bucket, Key=place.key("big"), Body=b"A" * size)
+    fd = os.open(os.path.join(place.path, "big"), os.O_RDONLY)
     try:
         got = [os.pread(fd, 1024, 0)]
-        boto.put_object(Bucket=bucket, Key="big", Body=b"B" * size)
+        boto.put_object(Bucket=place.bucket, Key=place.key("big"), Body=b"B" * size)
         offset, failed = 1024, None
         while offset < size:
             try:
@@ -1025,8 +1028,8 @@ def test_a_reader_of_an_object_another_client_replaces_reads_one_version_or_eio(
     assert b"".join(got) == b"A" * offset
     assert failed is None or failed.errno == errno.EIO, failed
     if failed is not None:  # (none if the version opened was all read ahead before the PUT)
-        assert "was replaced in S3 by another client" in read_log(mount)
-        with open(os.path.join(mount.path, "big"), "rb") as f:  # the mount asked S3 again
+        assert "was replaced in S3 by another client" in place.log()
+        with open(os.path.join(place.path, "big"), "rb") as f:  # the mount asked S3 again
             assert f.read(10) == b"B" * 10
 
 
@@ -1065,23 +1068,23 @@ def test_a_write_to_a_file_opened_on_attributes_cached_before_another_clients_ve
     assert not [k for k in s3_keys(boto, bucket) if ".conflict-" in k]
 
 
-def test_a_file_created_here_while_another_client_created_it(mount, boto, bucket):
-    fd = os.open(os.path.join(mount.path, "new.txt"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def test_a_file_created_here_while_another_client_created_it(place, boto):
+    fd = os.open(os.path.join(place.path, "new.txt"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, b"mine")
-    boto.put_object(Bucket=bucket, Key="new.txt", Body=b"someone else's")
+    boto.put_object(Bucket=place.bucket, Key=place.key("new.txt"), Body=b"someone else's")
     with pytest.raises(OSError) as exc:
         os.close(fd)
     assert exc.value.errno == errno.ESTALE
-    assert s3_bytes(boto, bucket, "new.txt") == b"someone else's"
-    conflict = [k for k in s3_keys(boto, bucket) if k.startswith("new.txt.conflict-")]
-    assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == b"mine"
+    assert s3_bytes(boto, place.bucket, place.key("new.txt")) == b"someone else's"
+    conflict = [k for k in place.names(boto) if k.startswith("new.txt.conflict-")]
+    assert len(conflict) == 1 and s3_bytes(boto, place.bucket, place.key(conflict[0])) == b"mine"
 
 
-def test_a_name_another_client_made_in_a_directory_we_listed_is_not_overwritten(mount, boto, bucket):
-    d = os.path.join(mount.path, "d")
+def test_a_name_another_client_made_in_a_directory_we_listed_is_not_overwritten(place, boto):
+    d = os.path.join(place.path, "d")
     os.mkdir(d)
     assert os.listdir(d) == []  # listed: a new name there is "no such entry" with no request
-    boto.put_object(Bucket=bucket, Key="d/new.txt", Body=b"someone else's")
+    boto.put_object(Bucket=place.bucket, Key=place.key("d/new.txt"), Body=b"someone else's")
     try:
         fd = os.open(os.path.join(d, "new.txt"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -1090,9 +1093,9 @@ def test_a_name_another_client_made_in_a_directory_we_listed_is_not_overwritten(
     with pytest.raises(OSError) as exc:
         os.close(fd)  # the PUT's If-None-Match: * finds theirs
     assert exc.value.errno == errno.ESTALE
-    assert s3_bytes(boto, bucket, "d/new.txt") == b"someone else's"
-    conflict = [k for k in s3_keys(boto, bucket, "d/") if k.startswith("d/new.txt.conflict-")]
-    assert len(conflict) == 1 and s3_bytes(boto, bucket, conflict[0]) == b"mine"
+    assert s3_bytes(boto, place.bucket, place.key("d/new.txt")) == b"someone else's"
+    conflict = [k for k in place.names(boto, "d/") if k.startswith("d/new.txt.conflict-")]
+    assert len(conflict) == 1 and s3_bytes(boto, place.bucket, place.key(conflict[0])) == b"mine"
 
 
 @pytest.mark.parametrize("existing", [False, True])
@@ -1228,19 +1231,20 @@ def _listed(path: str) -> list[str] | None:
         return None
 
 
-def test_files_created_in_a_cwd_whose_tree_another_client_deleted_all_reach_s3(mount, boto, bucket):
+def test_files_created_in_a_cwd_whose_tree_another_client_deleted_all_reach_s3(place, boto):
     """A process keeps creating files in its cwd while boto3 deletes the whole tree: each create
     succeeds, each file is in S3 (the directory is made again by its keys), and ls shows them."""
+    bucket = place.bucket
     for i in range(5):
-        boto.put_object(Bucket=bucket, Key="t/sub/old%d" % i, Body=b"o")
-    path = os.path.join(mount.path, "t", "sub")
+        boto.put_object(Bucket=bucket, Key=place.key("t/sub/old%d" % i), Body=b"o")
+    path = os.path.join(place.path, "t", "sub")
     here = os.getcwd()
     os.chdir(path)
     try:
         for i in range(20):
             if i == 5:
-                for key in s3_keys(boto, bucket, "t/"):
-                    boto.delete_object(Bucket=bucket, Key=key)
+                for key in place.names(boto, "t/"):
+                    boto.delete_object(Bucket=bucket, Key=place.key(key))
             with open("n%02d" % i, "wb") as f:
                 f.write(b"n%d" % i)
             if i == 5:
@@ -1248,8 +1252,8 @@ def test_files_created_in_a_cwd_whose_tree_another_client_deleted_all_reach_s3(m
     finally:
         os.chdir(here)
     made = ["t/sub/n%02d" % i for i in range(5, 20)]
-    assert [k for k in s3_keys(boto, bucket, "t/") if k >= "t/sub/n05"] == made
-    assert [s3_bytes(boto, bucket, k) for k in made] == [b"n%d" % i for i in range(5, 20)]
+    assert [k for k in place.names(boto, "t/") if k >= "t/sub/n05"] == made
+    assert [s3_bytes(boto, bucket, place.key(k)) for k in made] == [b"n%d" % i for i in range(5, 20)]
     eventually(lambda: sorted(os.listdir(path)) == [k.rsplit("/", 1)[1] for k in made], what="ls of sub")
 
 

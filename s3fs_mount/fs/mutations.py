@@ -57,6 +57,18 @@ APPEND_CHECK_MAX = 64 << 20
 Change = Callable[[dict[str, str], A.Attributes], dict[str, str]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Moved:
+    """What a file's move in S3 (:meth:`Mutations._move_object`) left."""
+
+    #: The ETag of the object at its new key.
+    etag: str
+    #: Its metadata if the move stored a new ctime in it, else None (as it was).
+    stamped: dict[str, str] | None
+    #: Another client's version is at the old key now (put after the copy: kept there).
+    theirs: bool = False
+
+
 def staged_attributes(item: StagedFile, defaults: A.Defaults) -> A.Attributes:
     """A staged file's attributes: its pending metadata, local size and times, the times in the
     metadata too, as its upload stores them (a metadata left with the times it was made with
@@ -874,8 +886,7 @@ class Mutations:
         key; FsError ENOTEMPTY if it does, as a local disk says. The caller's check may have been
         a listing up to ``dir_ttl`` old (or a name missing from one), and another client's file
         put since would be copied over or mixed with ours, rename saying 0."""
-        self.deletes.flush(self.keymap.dir_prefix(new))  # what we removed in it is no entry
-        theirs = self.namespace.held_in_s3(new)
+        theirs = self.namespace.held_in_s3(new)  # (what we removed in it sent first: no entry)
         if theirs is None:
             return
         log.warning("rename to %s: S3 holds %s, put by another client since this mount looked: "
@@ -904,8 +915,7 @@ class Mutations:
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         now = self.clock.time()  # its new ctime, as ext4 moves it (find -cnewer, tar --newer)
         moved: A.Attributes | None = None
-        left_theirs = False  # another client's version at the old name, put after our copy
-        stamped: dict[str, str] | None = None
+        result: Moved | None = None
         if item is None and source.etag:
             # The lookup just before this call saw that version: the move is of it or fails
             # (412, another client replaced it since), and then goes as below, from a HEAD.
@@ -915,10 +925,10 @@ class Mutations:
                 else None
             )
             try:
-                etag, stamped, left_theirs = self._move_object(
+                result = self._move_object(
                     old_key, new_key, source.etag, source_info=known, size=source.size, ctime=now
                 )
-                moved = dataclasses.replace(source, etag=etag)
+                moved = dataclasses.replace(source, etag=result.etag)
             except S3Error as exc:
                 if not exc.precondition_failed:
                     raise
@@ -928,15 +938,15 @@ class Mutations:
                 self.upload(item)  # the object must be in S3 to be moved there
             info = self.store.head(old_key)
             # of the version just seen: not one another client put meanwhile
-            etag, stamped, left_theirs = self._move_object(
-                old_key, new_key, info.etag, source_info=info, ctime=now
-            )
+            result = self._move_object(old_key, new_key, info.etag, source_info=info, ctime=now)
             moved = self.namespace.from_info(info)
-            moved.etag = etag
+            moved.etag = result.etag
+        assert result is not None
+        stamped = result.stamped
         if stamped is not None:
             moved.metadata, moved.ctime = stamped, now
         self.staging.rekey(old_key, new_key)
-        self.namespace.forget(old, gone=not left_theirs)  # theirs: shown at the next lookup
+        self.namespace.forget(old, gone=not result.theirs)  # theirs: shown at the next lookup
         self.namespace.remember(new, moved)
         item = self.staging.get(new_key)
         if item is not None:
@@ -953,7 +963,7 @@ class Mutations:
         source_info: ObjectInfo | None = None,
         size: int | None = None,
         ctime: float | None = None,
-    ) -> tuple[str, dict[str, str] | None, bool]:
+    ) -> Moved:
         """The object at ``old_key``, if its ETag is still ``etag`` (else S3Error 412), is at
         ``new_key`` and no longer at ``old_key``; returns its ETag there, its metadata if it
         carries ``ctime`` now (else None: as it was), and whether another client's version is
@@ -984,8 +994,8 @@ class Mutations:
                         raise
                     log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
                 if ctime is None:
-                    return etag, None, False
-                return (*self._stamp_ctime(new_key, etag, source_info, ctime), False)
+                    return Moved(etag, None)
+                return Moved(*self._stamp_ctime(new_key, etag, source_info, ctime))
             finally:
                 self.renames.done(old_key)
         stamped: dict[str, str] | None = None
@@ -1033,7 +1043,7 @@ class Mutations:
                         "it: theirs is kept there", old_key, new_key, old_key)
             theirs = True
         self.renames.done(old_key)
-        return copied or etag, stamped, theirs
+        return Moved(copied or etag, stamped, theirs)
 
     def _delete_copied(
         self, copied: dict[str, str], what: str, also: list[str] | None = None

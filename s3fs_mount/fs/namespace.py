@@ -1767,18 +1767,30 @@ class Namespace:
 
     def _first_held(self, prefix: str) -> tuple[list[str], ListPage]:
         """One LIST (max-keys 2) of directory ``prefix``: the keys and subdirectories it holds
-        (its marker aside), and the page."""
+        (its marker aside), and the page. What this mount removed under it and has not yet
+        deleted in S3 (fs/deletes.py batches deletes) is sent first: no entry of anyone's."""
+        self.settle_deletes(prefix)
         page = next(self._list(prefix, delimiter="/", max_keys=2))
         return page.prefixes + [e.key for e in page.entries if e.key != prefix], page
 
-    def held_in_s3(self, path: str) -> str | None:
-        """A key or subdirectory S3 lists in directory ``path`` now (one LIST), else None.
+    def held_in_s3(self, path: str, marker: bool = False) -> str | None:
+        """A key or subdirectory S3 lists in directory ``path`` now (one LIST), else None; with
+        ``marker``, its marker ``path/`` counts too. Keys this mount removed do not
+        (:meth:`_first_held`).
 
         Asked once rmdir's shortcut (a listing a moment ago, every name in it removed since)
         has deleted the directory's objects: another client's file put since that listing is
-        seen, and the directory made again (:meth:`Mutations._remove_emptied`)."""
-        held, _ = self._first_held(self.keymap.dir_prefix(path))
-        return held[0] if held else None
+        seen, and the directory made again (:meth:`Mutations._remove_emptied`); before a
+        directory's rename onto an empty one; and for a file, whether another client has made
+        a directory of its name (:meth:`check_not_shadowed`: an empty one, its marker alone, is
+        one)."""
+        prefix = self.keymap.dir_prefix(path)
+        held, page = self._first_held(prefix)
+        if held:
+            return held[0]
+        if marker and any(e.key == prefix for e in page.entries):
+            return prefix
+        return None
 
     def check_not_shadowed(self, path: str, seen: A.Attributes) -> None:
         """Before an ``rm`` of file ``path`` or a rename over it, which this mount knows as
@@ -1786,13 +1798,13 @@ class Namespace:
         name since (deleted the file, put ``path/x``). The delete of the file, or the object the
         rename puts at its key, would then change nothing anyone sees, or hide a key under the
         directory, and the call return 0. An answer older than :data:`RECHECK_AFTER` is checked
-        (one LIST of ``path/``); a key there forgets the name and raises :class:`Stale`: the
+        (one LIST of ``path/``, :meth:`held_in_s3`: keys this mount removed there are deleted
+        first, and are none); a key there forgets the name and raises :class:`Stale`: the
         kernel looks the name up again, finds the directory and says EISDIR, as a local disk.
         A younger answer is taken as it is (an ``rm -r`` just after its listing asks nothing)."""
         if seen.is_dir or self.clock.monotonic() - seen.seen_at < RECHECK_AFTER:
             return
-        page = next(self._list(self.keymap.dir_prefix(path), delimiter="/", max_keys=1))
-        if not (page.entries or page.prefixes):
+        if self.held_in_s3(path, marker=True) is None:
             return
         log.info("%s: another client made a directory of this name since it was looked up", path)
         self.forget(path)

@@ -77,8 +77,36 @@ KEPT_HEADERS = (
 
 
 def metadata_of(headers: Mapping[str, str]) -> dict[str, str]:
-    """The ``x-amz-meta-*`` headers of ``headers``, names lower-cased."""
-    return {k.lower(): v for k, v in headers.items() if k.lower().startswith(META_PREFIX)}
+    """The ``x-amz-meta-*`` headers of ``headers``, names lower-cased (as :func:`_sort_headers`
+    reads an answer's)."""
+    return _sort_headers(_lowered(headers))[0]
+
+
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` in a plain dict with lower-cased names (the kept-alive transport's Headers are:
+    a copy in C)."""
+    return dict(headers) if isinstance(headers, Headers) else {k.lower(): v for k, v in headers.items()}
+
+
+def _sort_headers(low: dict[str, str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """One pass over lower-cased headers ``low``: the user metadata (``x-amz-meta-*``), the
+    :data:`KEPT_HEADERS` present (in their own spelling), and the ``x-amz-checksum-*`` by name.
+
+    The one reading of which header is user metadata: :func:`metadata_of` (a request's headers)
+    and :meth:`ObjectInfo.from_response` (an answer's, one per file of an ``ls -l``: in one
+    pass, not ~25 look-ups by name, bench/README.md round 38) both go through it."""
+    metadata: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    checksums: dict[str, str] = {}
+    for name, value in low.items():
+        if name.startswith("x-amz-"):
+            if name.startswith(META_PREFIX):
+                metadata[name] = value
+            elif name.startswith(CHECKSUM_PREFIX):
+                checksums[name[len(CHECKSUM_PREFIX) :]] = value
+        if name in _KEPT_BY_LOWER:
+            kept[_KEPT_BY_LOWER[name]] = value
+    return metadata, kept, checksums
 
 
 @dataclass
@@ -104,20 +132,8 @@ class ObjectInfo:
 
         A HEAD per file of an ``ls -l``: looked up by name one at a time in the case-blind
         headers, they cost ~25 Python-level look-ups an answer (bench/README.md, round 38)."""
-        h = resp.headers
-        # Lower-cased names in a plain dict (the kept-alive transport's Headers are: a C copy).
-        low: dict[str, str] = dict(h) if isinstance(h, Headers) else {k.lower(): v for k, v in h.items()}
-        metadata: dict[str, str] = {}
-        kept: dict[str, str] = {}
-        checksums: dict[str, str] = {}
-        for name, value in low.items():
-            if name.startswith("x-amz-"):
-                if name.startswith(META_PREFIX):
-                    metadata[name] = value
-                elif name.startswith(CHECKSUM_PREFIX):
-                    checksums[name[len(CHECKSUM_PREFIX) :]] = value
-            if name in _KEPT_BY_LOWER:
-                kept[_KEPT_BY_LOWER[name]] = value
+        low = _lowered(resp.headers)
+        metadata, kept, checksums = _sort_headers(low)
         get = low.get
         size = int(get("content-length") or 0)
         content_range = get("content-range")

@@ -23,7 +23,7 @@ from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import digest_of_bytes
 from s3fs_mount.s3.errors import ConnectionFailed, GaveUp, S3Error, Unreachable
-from s3fs_mount.s3.retry import GiveUp, Outage, RetryPolicy
+from s3fs_mount.s3.retry import GiveUp, Outage, RetryPolicy, ahead_of_need
 
 
 @pytest.fixture(autouse=True)
@@ -540,6 +540,33 @@ def test_a_request_whose_job_was_given_up_while_it_waited_for_a_probe_is_not_the
         policy.call(s3.request("next"), "next")  # the next request is the probe, sent
     assert not isinstance(info.value, Unreachable) and s3.sent[6:] == ["next"]
     assert "1 probes sent" in policy.outage.summary()
+
+
+def test_requests_sent_ahead_of_need_neither_wait_for_a_probe_nor_are_one():
+    # Round 39: the stat-ahead's HEADs (a walk's next names) waited for the probe's outcome as a
+    # user's lookup does, and could take the MAX_WAITING places: the user's lookup then failed
+    # at once. Sent ahead of need (its lookup asks again itself), a request fails at once, unsent.
+    clock = FakeClock()
+    policy = outage_policy(clock, max_waiting=1)
+    s3 = RefusingS3()
+    with pytest.raises(ConnectionFailed):
+        policy.call(s3.request("first"), "first")
+    clock.advance(1)  # the probe is due: not the stat-ahead's
+    with ahead_of_need(), pytest.raises(Unreachable):
+        policy.call(s3.request("ahead"), "ahead")
+    assert len(s3.sent) == 6 and policy.outage.waiting == 0
+    s3.hold = True
+    probe, _ = in_threads(policy, s3, ["probe"])
+    until(lambda: len(s3.sent) == 7)
+    with ahead_of_need(), pytest.raises(Unreachable):
+        policy.call(s3.request("ahead 2"), "ahead 2")  # not waiting: the place is the user's
+    waiter, outcomes = in_threads(policy, s3, ["user"])
+    until(lambda: policy.outage.waiting == 1)
+    s3.up = True
+    s3.go.set()
+    for t in probe + waiter:
+        t.join()
+    assert outcomes == {"user": "answer"} and s3.sent[6:] == ["probe", "user"]
 
 
 def test_failures_to_reach_s3_over_less_than_a_second_are_no_outage():

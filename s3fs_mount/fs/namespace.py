@@ -105,7 +105,7 @@ from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.parts import AnyLayout
-from s3fs_mount.s3.retry import GiveUp, within
+from s3fs_mount.s3.retry import GiveUp, ahead_of_need, sent_ahead, within
 from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -930,7 +930,7 @@ class Namespace:
         # Once the HEAD failed, the lookup fails: its LIST is given up (not sent, not sent
         # again, not the probe of an outage), not left to retry for a lookup that is over.
         job = GiveUp(loud=False)
-        beside = self._lookup_lists.submit(self._list_named, key, job) if dirs else None
+        beside = self._lookup_lists.submit(self._list_named, key, job, sent_ahead()) if dirs else None
         try:
             try:
                 info = self.store.head(key)
@@ -961,11 +961,12 @@ class Namespace:
             return found
         return None
 
-    def _list_named(self, key: str, job: GiveUp | None = None) -> ListPage:
+    def _list_named(self, key: str, job: GiveUp | None = None, ahead: bool = False) -> ListPage:
         """The first keys beginning with ``key`` (a marker ``key/`` shows as a prefix, a
-        ``key_$folder$``); ``job``: its lookup's, given up once the lookup failed."""
+        ``key_$folder$``); ``job``: its lookup's, given up once the lookup failed; ``ahead``:
+        that lookup's is sent ahead of need (s3/retry.py ``ahead_of_need``), so is this."""
         pages = self._list(key, delimiter="/", max_keys=100)  # (new directories settled: not the job's)
-        with within(job):
+        with within(job), ahead_of_need(ahead):
             return next(pages)
 
     def _dir_shadows(self, path: str, key: str, page: ListPage) -> bool:

@@ -146,9 +146,14 @@ class Outage:
         given up while it waited, it is not the probe (GaveUp): a probe is a request someone waits on."""
         if getattr(self._local, "probing", False):
             return False  # within this thread's probe
+        ahead = getattr(_jobs, "ahead", False)
         with self._lock:
             if self._since is None or change:
                 return False
+            if ahead:
+                self._failed += 1
+                cause, reason = self._cause, self._reason
+                raise Unreachable(what, cause, reason)  # (ahead_of_need)
             now = self._clock.monotonic()
             deadline, ended = now + self._wait_most, self._probes_ended
             waits = False  # counted in _waiting
@@ -278,8 +283,29 @@ class GiveUp:
             raise GaveUp(what, cause)
 
 
-#: Per thread: ``give_up``, the job of the requests this thread sends now (:func:`within`).
+#: Per thread: ``give_up``, the job of the requests this thread sends now (:func:`within`);
+#: ``ahead``, True while this thread's requests are sent ahead of need (:func:`ahead_of_need`).
 _jobs = threading.local()
+
+
+@contextlib.contextmanager
+def ahead_of_need(ahead: bool = True) -> Iterator[None]:
+    """The requests this thread sends in the block are sent ahead of need (the stat-ahead's
+    HEADs, rm -r's next directory looked up ahead), for a caller that asks again itself if one
+    fails: while S3 is unreachable they fail at once, unsent (never the probe, never waiting for
+    its outcome): the ``MAX_WAITING`` places are for requests someone waits on (before round 39
+    a walk's stat-ahead could take them all, and a user's lookup failed at once)."""
+    outer = getattr(_jobs, "ahead", False)
+    _jobs.ahead = ahead or outer
+    try:
+        yield
+    finally:
+        _jobs.ahead = outer
+
+
+def sent_ahead() -> bool:
+    """Is this thread sending ahead of need now (:func:`ahead_of_need`)?"""
+    return getattr(_jobs, "ahead", False)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ Point the client at ``proxy.endpoint`` instead of the real server::
         proxy.fail_where(f, 403)    # every request f(method, target) is true of: a 403 (not forwarded;
                                     # 0: the connection closed unanswered)
         proxy.heard                 # (method, target, {header: value}) of every request, names lower-case
+        proxy.heard_at              # (time.monotonic(), method, target) of every request, as it came
 
 Each client connection is served by its own thread, which parses requests
 (headers up to CRLFCRLF, then a Content-Length or chunked body) so keep-alive
@@ -36,6 +37,7 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -335,6 +337,8 @@ class FaultProxy:
         self.seen: list[tuple[str, str]] = []
         #: (method, target, headers with lower-case names) of every request seen.
         self.heard: list[tuple[str, str, dict[str, str]]] = []
+        #: (time.monotonic(), method, target) of every request seen, when its head was read.
+        self.heard_at: list[tuple[float, str, str]] = []
         self._errors_in_200: list[str] = []  # codes for the next copies/completions
         self._delete_errors: list[str] = []  # codes for the next DeleteObjects (every key fails)
         self._released = threading.Event()  # set: DeleteObjects pass (else held until it is)
@@ -689,6 +693,7 @@ class FaultProxy:
                     arrived = self.requests
                     self.seen.append((method, target))
                     self.heard.append((method, target, {k.lower(): v for k, v in headers}))
+                    self.heard_at.append((time.monotonic(), method, target))
                 expect = any(
                     k.lower() == "expect" and v.lower() == "100-continue" for k, v in headers
                 )

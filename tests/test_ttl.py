@@ -23,7 +23,7 @@ from s3fs_mount.fs.options import MountOptions
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.checksums import digest_of_bytes
 from s3fs_mount.s3.errors import ConnectionFailed, GaveUp, S3Error, Unreachable
-from s3fs_mount.s3.retry import GiveUp, Outage, RetryPolicy
+from s3fs_mount.s3.retry import GiveUp, Outage, RetryPolicy, ahead_of_need
 
 
 @pytest.fixture(autouse=True)
@@ -488,6 +488,85 @@ def test_while_s3_is_unreachable_a_change_is_sent_once_and_its_success_closes_th
     s3.up = True
     assert policy.call(s3.request("put again"), "put again", change=True) == "answer"  # same second
     assert s3.sent[7:] == ["put again"] and not policy.outage.down
+
+
+def test_a_request_retrying_when_another_finds_s3_lost_is_not_sent_again():
+    # Round 39: a lookup's LIST beside its HEAD retried on its own jitter; the HEAD's retries
+    # spent opened the breaker, and the LIST went out once more (an 11th request in the CI's
+    # outage test, which counted 10.8 at most). A request between its tries when S3 is found
+    # lost is not sent again: one request a probe, none else.
+    clock = FakeClock()
+    policy = outage_policy(clock)
+    s3 = RefusingS3()
+
+    def pause(seconds: float) -> None:  # while the LIST waits to try again, the HEAD's retries are spent
+        policy.outage.lost(ConnectionFailed("head", "Connection refused"))
+        FakeClock.sleep(clock, seconds)
+
+    clock.sleep = pause  # type: ignore[method-assign]
+    with pytest.raises(ConnectionFailed) as info:
+        policy.call(s3.request("list"), "list")
+    assert s3.sent == ["list"]  # its first try only
+    assert info.value.in_outage and not isinstance(info.value, Unreachable)
+    assert "2 requests failed since" in policy.outage.summary()  # the HEAD, the LIST
+
+
+def test_a_request_whose_job_was_given_up_while_it_waited_for_a_probe_is_not_the_probe():
+    # Round 39: a lookup whose HEAD failed returns EIO at once; its LIST (beside, waiting for
+    # the next probe) must not then be that probe, a request for a lookup that is over.
+    clock = FakeClock()
+    policy = outage_policy(clock)
+    s3 = RefusingS3()
+    with pytest.raises(ConnectionFailed):
+        policy.call(s3.request("first"), "first")
+    assert policy.outage.down and len(s3.sent) == 6
+    job = GiveUp(loud=False)
+    outcome: list[BaseException] = []
+
+    def beside() -> None:
+        try:
+            policy.call(s3.request("list"), "list", give_up=job)
+        except Exception as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=beside)
+    t.start()
+    until(lambda: policy.outage.waiting == 1)  # for the probe due in probe_every
+    job.fail(ConnectionFailed("head", "Connection refused"))
+    clock.advance(1)  # the probe is due: the LIST is not it
+    t.join()
+    assert isinstance(outcome[0], GaveUp) and len(s3.sent) == 6
+    with pytest.raises(ConnectionFailed) as info:
+        policy.call(s3.request("next"), "next")  # the next request is the probe, sent
+    assert not isinstance(info.value, Unreachable) and s3.sent[6:] == ["next"]
+    assert "1 probes sent" in policy.outage.summary()
+
+
+def test_requests_sent_ahead_of_need_neither_wait_for_a_probe_nor_are_one():
+    # Round 39: the stat-ahead's HEADs (a walk's next names) waited for the probe's outcome as a
+    # user's lookup does, and could take the MAX_WAITING places: the user's lookup then failed
+    # at once. Sent ahead of need (its lookup asks again itself), a request fails at once, unsent.
+    clock = FakeClock()
+    policy = outage_policy(clock, max_waiting=1)
+    s3 = RefusingS3()
+    with pytest.raises(ConnectionFailed):
+        policy.call(s3.request("first"), "first")
+    clock.advance(1)  # the probe is due: not the stat-ahead's
+    with ahead_of_need(), pytest.raises(Unreachable):
+        policy.call(s3.request("ahead"), "ahead")
+    assert len(s3.sent) == 6 and policy.outage.waiting == 0
+    s3.hold = True
+    probe, _ = in_threads(policy, s3, ["probe"])
+    until(lambda: len(s3.sent) == 7)
+    with ahead_of_need(), pytest.raises(Unreachable):
+        policy.call(s3.request("ahead 2"), "ahead 2")  # not waiting: the place is the user's
+    waiter, outcomes = in_threads(policy, s3, ["user"])
+    until(lambda: policy.outage.waiting == 1)
+    s3.up = True
+    s3.go.set()
+    for t in probe + waiter:
+        t.join()
+    assert outcomes == {"user": "answer"} and s3.sent[6:] == ["probe", "user"]
 
 
 def test_failures_to_reach_s3_over_less_than_a_second_are_no_outage():

@@ -35,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from s3fs_mount.fs import attrs as A
+from s3fs_mount.s3.retry import ahead_of_need
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class DirAhead:
             if path in self._ahead:
                 return False
             try:
-                future = self._pool.submit(fetch)
+                future = self._pool.submit(_ahead, fetch)
             except RuntimeError:  # shut down: the mount is going away
                 return False
             self._ahead[path] = future
@@ -114,3 +115,9 @@ class DirAhead:
             future.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _ahead(fetch: Callable[[], A.Attributes]) -> A.Attributes:
+    """``fetch()``, sent ahead of need (s3/retry.py ``ahead_of_need``): its lookup asks again itself."""
+    with ahead_of_need():
+        return fetch()

@@ -105,6 +105,7 @@ from s3fs_mount.fs.statahead import StatAhead
 from s3fs_mount.s3.bucket import Bucket
 from s3fs_mount.s3.errors import RemoteStoreError, S3Error
 from s3fs_mount.s3.parts import AnyLayout
+from s3fs_mount.s3.retry import GiveUp, ahead_of_need, sent_ahead, within
 from s3fs_mount.s3.store import NO_DIGEST, ObjectInfo
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -962,7 +963,10 @@ class Namespace:
         # With ``dirs``, the LIST for a directory of this name goes beside the HEAD (as
         # mountpoint-s3's lookup does): a file found has a directory of its name shadow it,
         # as readdir shows them, whichever is asked first; a name not found needs it anyway.
-        beside = self._lookup_lists.submit(self._list_named, key) if dirs else None
+        # Once the HEAD failed, the lookup fails: its LIST is given up (not sent, not sent
+        # again, not the probe of an outage), not left to retry for a lookup that is over.
+        job = GiveUp(loud=False)
+        beside = self._lookup_lists.submit(self._list_named, key, job, sent_ahead()) if dirs else None
         try:
             try:
                 info = self.store.head(key)
@@ -970,7 +974,8 @@ class Namespace:
                 if not exc.not_found:
                     raise
                 info = None
-        except BaseException:
+        except BaseException as exc:
+            job.fail(exc)
             if beside is not None:
                 beside.cancel()
             raise
@@ -996,9 +1001,13 @@ class Namespace:
             return found
         return None
 
-    def _list_named(self, key: str) -> ListPage:
-        """The first keys beginning with ``key`` (a marker ``key/`` shows as a prefix, a ``key_$folder$``)."""
-        return next(self._list(key, delimiter="/", max_keys=100))
+    def _list_named(self, key: str, job: GiveUp | None = None, ahead: bool = False) -> ListPage:
+        """The first keys beginning with ``key`` (a marker ``key/`` shows as a prefix, a
+        ``key_$folder$``); ``job``: its lookup's, given up once the lookup failed; ``ahead``:
+        that lookup's is sent ahead of need (s3/retry.py ``ahead_of_need``), so is this."""
+        pages = self._list(key, delimiter="/", max_keys=100)  # (new directories settled: not the job's)
+        with within(job), ahead_of_need(ahead):
+            return next(pages)
 
     def _dir_shadows(self, path: str, key: str, page: ListPage) -> bool:
         """Does a directory share the name of file ``key`` (``page``: :meth:`_list_named`'s)?

@@ -58,6 +58,7 @@ from s3fs_mount.clock import Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name
 from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.retry import ahead_of_need
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +188,14 @@ class _Workers:
             self._queue.put(None)
 
     def _work(self) -> None:
-        while True:
-            answer = self._queue.get()
-            if answer is None:
-                return
-            if self._stopped:
-                answer.cancel()
-            answer.run()
+        with ahead_of_need():  # a lookup whose HEAD failed here asks again itself
+            while True:
+                answer = self._queue.get()
+                if answer is None:
+                    return
+                if self._stopped:
+                    answer.cancel()
+                answer.run()
 
 
 class _Run:

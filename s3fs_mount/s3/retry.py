@@ -4,8 +4,9 @@ Retries connection errors, timeouts, 500/502/503/504 and SlowDown with
 exponential backoff and full jitter, bounded both in attempts and in total
 time. Never retries any other 4xx: those are answers, not accidents.
 
-The requests of one job (the parts of one multipart upload) may share a :class:`GiveUp`:
-once one of them fails for good, the others stop retrying and those not begun are not sent.
+The requests of one job (the parts of one multipart upload; a lookup's HEAD and the LIST
+beside it) may share a :class:`GiveUp`: once one of them fails for good, the others stop
+retrying and those not begun are not sent.
 
 The requests of one connection share an :class:`Outage`, a circuit breaker: once S3 cannot be
 reached (a request's retries all spent on refused or broken connections), one request a second
@@ -15,10 +16,11 @@ says so twice, when S3 is lost and when it is back, not once a retry.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -81,7 +83,8 @@ class Outage:
     once, not retried (the probe); the others wait for the outcome of the next probe (at most
     ``wait_most`` s, at most ``max_waiting`` of them at once: the rest fail at once) and are
     then sent if S3 answered it, else fail unsent (:class:`~s3fs_mount.s3.errors.Unreachable`);
-    every failure is marked ``in_outage`` (its caller logs it quietly). So an outage costs about
+    a request between its tries when it opens is not sent again; every failure is marked
+    ``in_outage`` (its caller logs it quietly). So an outage costs about
     a request a second, whatever the callers do, a lookup fails with EIO within about a second,
     not after seconds of backoff, and none fails once S3 is back: the first lookup after it is
     the probe that finds it (before round 38 the lookups failed unsent at once until the next
@@ -114,6 +117,7 @@ class Outage:
         #: hangs, past ``wait_most``)
         self._probing = False
         self._probes_ended = 0  # GUARDED_BY(_lock): probes over, ever (a waiter's outcome came)
+        self._probes = 0  # GUARDED_BY(_lock): probes sent since S3 was lost (for status)
         self._waiting = 0  # GUARDED_BY(_lock): requests waiting for a probe's outcome
         #: Per thread: ``probing`` while this thread's call is the probe, so that the request it
         #: nests (a read's fetch around its GET) is sent too.
@@ -131,19 +135,25 @@ class Outage:
         with self._lock:
             return self._waiting
 
-    def may_probe(self, what: str, change: bool = False) -> bool:
+    def may_probe(self, what: str, change: bool = False, give_up: GiveUp | None = None) -> bool:
         """May ``what`` be sent? Yes while S3 answers (False: not the probe). While open: True
         if it is the probe (end it with :meth:`end_probe`); else it waits for the next probe's
         outcome, and is sent (False) if S3 answered it, else raises Unreachable, counted; so
         does a request that finds ``max_waiting`` waiting, or waits ``wait_most`` s (a probe that
         hangs). A ``change`` (a write or delete someone waits on: fsync, sync, a close) is sent
         while open too, at once and once (its failure is not retried): the first second after S3
-        is back must not fail every upload a ``sync`` asks for."""
+        is back must not fail every upload a ``sync`` asks for. ``give_up``: the job of ``what``;
+        given up while it waited, it is not the probe (GaveUp): a probe is a request someone waits on."""
         if getattr(self._local, "probing", False):
             return False  # within this thread's probe
+        ahead = getattr(_jobs, "ahead", False)
         with self._lock:
             if self._since is None or change:
                 return False
+            if ahead:
+                self._failed += 1
+                cause, reason = self._cause, self._reason
+                raise Unreachable(what, cause, reason)  # (ahead_of_need)
             now = self._clock.monotonic()
             deadline, ended = now + self._wait_most, self._probes_ended
             waits = False  # counted in _waiting
@@ -151,7 +161,10 @@ class Outage:
                 while self._since is not None and self._probes_ended == ended and now < deadline:
                     since = now - self._probed
                     if since >= self._every and (not self._probing or since >= self._wait_most):
+                        if give_up is not None and give_up.cause is not None:
+                            break  # (GaveUp, below)
                         self._probed, self._probing = now, True
+                        self._probes += 1
                         self._local.probing = True
                         return True
                     if not waits:
@@ -165,9 +178,12 @@ class Outage:
                 if waits:
                     self._waiting -= 1
             if self._since is None:
-                return False  # S3 answered while it waited: sent as usual
-            self._failed += 1
+                return False  # S3 answered while it waited: sent as usual (unless given up: call)
+            if give_up is None or give_up.cause is None:
+                self._failed += 1
             cause, reason = self._cause, self._reason
+        if give_up is not None:
+            give_up.check(what)  # its job given up meanwhile: not the outage's failure
         raise Unreachable(what, cause, reason)
 
     def end_probe(self) -> None:
@@ -185,7 +201,7 @@ class Outage:
             opened = self._since is None
             if opened:
                 self._since = self._probed = self._clock.monotonic()
-                self._failed, self._cause = 0, str(exc)
+                self._failed, self._probes, self._cause = 0, 0, str(exc)
                 self._reason = getattr(exc, "reason", str(exc))
             if not getattr(exc, "in_outage", False):  # a nested call's failure is seen twice
                 self._failed += 1
@@ -212,9 +228,10 @@ class Outage:
         with self._lock:
             if self._since is None:
                 return ""
-            return "S3 unreachable for %.0f s (%d requests failed since, not retried): %s" % (
+            return "S3 unreachable for %.0f s (%d requests failed since, not retried; %d probes sent): %s" % (
                 self._clock.monotonic() - self._since,
                 self._failed,
+                self._probes,
                 self._cause,
             )
 
@@ -234,7 +251,10 @@ class GiveUp:
         >>> policy.call(send_part_2, "part 2", give_up=job)   # GaveUp: nothing sent
     """
 
-    def __init__(self) -> None:
+    def __init__(self, loud: bool = True) -> None:
+        #: Whether a request that gives the job up says so (WARNING): an upload's parts do; a
+        #: lookup's LIST, given up once its HEAD failed (fs/namespace.py), does not (the lookup does).
+        self.loud = loud  # immutable
         self._lock = threading.Lock()
         self._cause: BaseException | None = None  # GUARDED_BY(_lock): set once
 
@@ -261,6 +281,44 @@ class GiveUp:
         cause = self.cause
         if cause is not None:
             raise GaveUp(what, cause)
+
+
+#: Per thread: ``give_up``, the job of the requests this thread sends now (:func:`within`);
+#: ``ahead``, True while this thread's requests are sent ahead of need (:func:`ahead_of_need`).
+_jobs = threading.local()
+
+
+@contextlib.contextmanager
+def ahead_of_need(ahead: bool = True) -> Iterator[None]:
+    """The requests this thread sends in the block are sent ahead of need (the stat-ahead's
+    HEADs, rm -r's next directory looked up ahead), for a caller that asks again itself if one
+    fails: while S3 is unreachable they fail at once, unsent (never the probe, never waiting for
+    its outcome): the ``MAX_WAITING`` places are for requests someone waits on (before round 39
+    a walk's stat-ahead could take them all, and a user's lookup failed at once)."""
+    outer = getattr(_jobs, "ahead", False)
+    _jobs.ahead = ahead or outer
+    try:
+        yield
+    finally:
+        _jobs.ahead = outer
+
+
+def sent_ahead() -> bool:
+    """Is this thread sending ahead of need now (:func:`ahead_of_need`)?"""
+    return getattr(_jobs, "ahead", False)
+
+
+@contextlib.contextmanager
+def within(job: GiveUp | None) -> Iterator[None]:
+    """The requests this thread sends in the block are parts of ``job`` (as ``give_up=job``
+    would make them), through layers that pass no job down (a lookup's LIST, sent by the
+    store's ``list``, given up once the lookup's HEAD failed: fs/namespace.py). None: of none."""
+    outer = getattr(_jobs, "give_up", None)
+    _jobs.give_up = job
+    try:
+        yield
+    finally:
+        _jobs.give_up = outer
 
 
 @dataclass
@@ -302,11 +360,15 @@ class RetryPolicy:
         ``give_up``: the job ``fn`` is part of; a failure for good gives it up, and once it is
         given up ``fn`` is not run (GaveUp) nor run again (its last failure is raised).
         ``change``: ``fn`` writes or deletes: sent even while S3 is unreachable, once
-        (:meth:`Outage.may_probe`)."""
+        (:meth:`Outage.may_probe`). Sent :func:`within` a job, ``give_up`` is that job by default."""
+        if give_up is None:
+            give_up = getattr(_jobs, "give_up", None)
         if give_up is not None:
             give_up.check(what)
-        probe = self.outage.may_probe(what, change)
+        probe = self.outage.may_probe(what, change, give_up)
         try:
+            if give_up is not None and not probe:
+                give_up.check(what)  # given up while it waited for a probe's outcome
             return self._attempts(fn, what, retryable, give_up)
         finally:
             if probe:
@@ -340,7 +402,7 @@ class RetryPolicy:
                 if pause is None or self.clock.monotonic() - start + pause > self.max_total:
                     if unreachable and self.clock.monotonic() - start >= OUTAGE_AFTER:
                         outage.lost(exc)
-                    if give_up is not None and give_up.fail(exc):
+                    if give_up is not None and give_up.fail(exc) and give_up.loud:
                         log.warning(
                             "%s failed for good after %d attempt(s) (%s): the other parts of its upload stop",
                             what,
@@ -364,6 +426,12 @@ class RetryPolicy:
                 self.clock.sleep(pause)
                 if give_up is not None and give_up.cause is not None:
                     raise  # given up while this one waited
+                if unreachable and outage.down:
+                    # S3 was found lost while this one waited (another request's retries spent):
+                    # not sent again, as none is but the probe (before, a lookup's LIST beside its
+                    # HEAD went once more after the HEAD had opened the breaker).
+                    outage.lost(exc)
+                    raise
             else:
                 outage.answered()
                 return result

@@ -422,8 +422,12 @@ def test_a_listing_in_pages_shows_every_entry_once():
 
 def test_a_listing_read_in_part_is_known_once_its_last_page_came():
     """rm -r reads a directory's first buffer, closes it and reads it again: the second read
-    is answered from the first listing, whose one page had come whole (no second LIST)."""
-    ns, store, clock = make()
+    is answered from the first listing, whose one page had come whole (no second LIST).
+
+    The fake clock runs on with real time too: the TTLs are long enough for a loaded machine's
+    300 puts and listing (1.4 s in a run at load 30 took it past a 1 s dir_ttl, and it listed
+    again); the moment between the two reads is the clock's."""
+    ns, store, clock = make(attr_ttl=60.0, dir_ttl=60.0)
     for i in range(300):
         store.put("d/f%03d" % i, b"x")
     first = ns.iter_dir("/d")

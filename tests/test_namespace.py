@@ -745,6 +745,26 @@ def test_rmdir_begins_the_lookup_of_the_next_directory_of_its_parent():
     ns.close()
 
 
+def test_rmdir_begins_the_next_lookup_after_the_walk_names_expired_from_the_listing_still_known():
+    """The next directory is found in the parent's listing, known for dir_ttl, once the walk's
+    names (kept ``_walk_ttl``: about a second for a few entries) are gone: rm -r on a loaded
+    machine took longer than that to empty r/d0, and no rmdir began the next lookup (test_rm's
+    look-ahead test held each emptiness check its whole 20 s limit)."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store, attr_ttl=30, dir_ttl=30)
+    for d in ("a", "b"):
+        store.put("r/%s/f" % d, b"1")
+        store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(0o40750)})
+    assert sorted(listing(ns, "/r")) == ["a", "b"]
+    heads = heads_by(store)
+    clock.advance(5.0)  # the walk's names are gone; the listing is within dir_ttl
+    ns.remove_dir("/r/a", lambda: store.delete_keys(["r/a/f", "r/a_$folder$"]))
+    eventually(lambda: heads, what="b's HEAD, begun by a's rmdir")
+    assert heads == [("r/b_$folder$", heads[0][1])] and heads[0][1].startswith("dir-ahead"), heads
+    assert ns.lookup("/r/b").mode == 0o40750 and len(heads) == 1  # as fetched ahead
+    ns.close()
+
+
 def test_a_listing_begun_by_a_lookup_shows_what_this_mount_made_there_since():
     """The begun page is as of the rmdir before; a file this mount made in the directory between the
     lookup and the readdir shows all the same: the begun page is dropped, the readdir lists."""

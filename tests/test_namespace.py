@@ -23,9 +23,9 @@ DEFAULTS = A.Defaults(1000, 1000, 0o022)
 
 
 def make(store: FakeStore | None = None, prefix: str = "", attr_ttl: float = 1.0, dir_ttl: float = 1.0,
-         **kwargs) -> tuple[Namespace, FakeStore, FakeClock]:
+         frozen: bool = False, **kwargs) -> tuple[Namespace, FakeStore, FakeClock]:
     store = store if store is not None else FakeStore()
-    clock = FakeClock()
+    clock = FakeClock(frozen)
     bucket = Bucket(store, "bucket").under(prefix)
     ns = Namespace(bucket, KeyMap(), DEFAULTS, attr_ttl, dir_ttl, clock=clock, **kwargs)
     ns.configure_directories()
@@ -74,8 +74,9 @@ def test_a_file_is_one_head_and_one_list_and_then_cached_for_attr_ttl():
 def test_an_rm_or_rename_over_a_file_asks_for_a_directory_of_its_name_once_its_answer_is_1_s_old(theirs):
     """check_not_shadowed (before an rm of a file or a rename over one): an answer younger than
     RECHECK_AFTER asks nothing; an older one sends one LIST of ``f/``, and a directory another
-    client made of the name is Stale (ESTALE), the name forgotten."""
-    ns, store, clock = make(attr_ttl=600.0)
+    client made of the name is Stale (ESTALE), the name forgotten. (A frozen clock: at load ~35
+    the real time between the lookup and the check at 0.9 s carried it past RECHECK_AFTER.)"""
+    ns, store, clock = make(attr_ttl=600.0, frozen=True)
     store.put("f", b"abc")
     seen = ns.lookup("/f")
     asked = store.calls["LIST"], store.calls["HEAD"]
@@ -460,8 +461,12 @@ def test_a_listing_in_pages_shows_every_entry_once():
 
 def test_a_listing_read_in_part_is_known_once_its_last_page_came():
     """rm -r reads a directory's first buffer, closes it and reads it again: the second read
-    is answered from the first listing, whose one page had come whole (no second LIST)."""
-    ns, store, clock = make()
+    is answered from the first listing, whose one page had come whole (no second LIST).
+
+    The fake clock runs on with real time too: the TTLs are long enough for a loaded machine's
+    300 puts and listing (1.4 s in a run at load 30 took it past a 1 s dir_ttl, and it listed
+    again); the moment between the two reads is the clock's."""
+    ns, store, clock = make(attr_ttl=60.0, dir_ttl=60.0)
     for i in range(300):
         store.put("d/f%03d" % i, b"x")
     first = ns.iter_dir("/d")
@@ -776,6 +781,26 @@ def test_rmdir_begins_the_lookup_of_the_next_directory_of_its_parent():
     assert ns.lookup("/r/d").mode == 0o40770
     assert heads[3] == ("r/d_$folder$", threading.current_thread().name), heads
     assert [k for k, _ in heads] == ["r/b_$folder$", "r/c_$folder$", "r/d_$folder$", "r/d_$folder$"]
+    ns.close()
+
+
+def test_rmdir_begins_the_next_lookup_after_the_walk_names_expired_from_the_listing_still_known():
+    """The next directory is found in the parent's listing, known for dir_ttl, once the walk's
+    names (kept ``_walk_ttl``: about a second for a few entries) are gone: rm -r on a loaded
+    machine took longer than that to empty r/d0, and no rmdir began the next lookup (test_rm's
+    look-ahead test held each emptiness check its whole 20 s limit)."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store, attr_ttl=30, dir_ttl=30)
+    for d in ("a", "b"):
+        store.put("r/%s/f" % d, b"1")
+        store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(0o40750)})
+    assert sorted(listing(ns, "/r")) == ["a", "b"]
+    heads = heads_by(store)
+    clock.advance(5.0)  # the walk's names are gone; the listing is within dir_ttl
+    ns.remove_dir("/r/a", lambda: store.delete_keys(["r/a/f", "r/a_$folder$"]))
+    eventually(lambda: heads, what="b's HEAD, begun by a's rmdir")
+    assert heads == [("r/b_$folder$", heads[0][1])] and heads[0][1].startswith("dir-ahead"), heads
+    assert ns.lookup("/r/b").mode == 0o40750 and len(heads) == 1  # as fetched ahead
     ns.close()
 
 

@@ -1090,12 +1090,20 @@ class Namespace:
     def _next_subdir(self, parent: str, name: str) -> str | None:
         """The path of the first subdirectory of ``parent`` after ``name`` in its listing's order
         (the order rm -r walks them) whose lookup would ask S3, if a listing a moment ago (its
-        walk's names) says which, and no more than :data:`NEXT_SUBDIR_SCAN` names on; else None.
-        Caller holds ``_lock``."""
+        walk's names, else its names known for ``dir_ttl``) says which, and no more than
+        :data:`NEXT_SUBDIR_SCAN` names on; else None. Caller holds ``_lock``.
+
+        The walk's names last :func:`_walk_ttl` (about a second for a few entries); rm -r on a
+        loaded machine took longer than that to empty the first subdirectory, and then no rmdir
+        began the next lookup."""
         walk = self._walk_names.get(parent)
-        if walk is None:
-            return None
-        ordered = walk[0]
+        if walk is not None:
+            ordered = walk[0]
+        else:
+            names = self._listings.get(parent)
+            if names is None:
+                return None
+            ordered = sorted(names)
         start = bisect.bisect_right(ordered, name)
         for following in ordered[start : start + NEXT_SUBDIR_SCAN]:
             path = KeyMap.join(parent, following)

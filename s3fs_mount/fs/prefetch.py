@@ -271,7 +271,8 @@ class Prefetcher:
         end = min(offset + size, item.size)
         if offset >= end:
             return []
-        first = state.first
+        # A small object's random read is fetched whole and checked before it is served anyway.
+        first = state.first and item.remote_size > self.chunk
         if self._sequential(state, offset, first):
             state.window = min(max(state.window * 2, MIN_WINDOW), self.max_window)
             grid_end = -(-(offset + state.window) // self.chunk) * self.chunk
@@ -324,16 +325,19 @@ class Prefetcher:
 
     def _sequential(self, state: ReadState, offset: int, first: bool) -> bool:
         """Does a read at ``offset`` go on the handle's sequential stream? At the offset where
-        the last one ended; and, as FUSE threads deliver the kernel's readahead out of order,
-        while a window is open anywhere from a ``chunk`` behind that to the end of the window,
-        or, while it streams, to two of the kernel's readaheads past it (its READs ahead of the
-        reader: the window it reads in and the next; the window is only known once a read's
-        stream answered; a random reader that met its next offset on local bytes has no
-        stream, and stays random), and
-        at a handle's first read anywhere within two readaheads of byte 0 (the kernel's first
-        READs are sent together, and any may come first: :meth:`_stream` begins at byte 0, for
-        its check). A read dropped from the stream is fetched apart, and once the stream is begun
-        again past byte 0 nothing checks its bytes (bench/README.md, round 39)."""
+        the last one ended; and, as FUSE threads deliver the kernel's readahead out of order:
+
+        * while a window is open, anywhere from a ``chunk`` behind that to the end of the window,
+          or, while it streams, to two of the kernel's readaheads past it (its READs ahead of
+          the reader: the window it reads in and the next; the window is known only once a
+          read's stream answered; a random reader that met its next offset on local bytes has
+          no stream, and stays random);
+        * at the handle's ``first`` read (of an object larger than a ``chunk``), anywhere within
+          two readaheads of byte 0: the kernel's first READs are sent together and any may come
+          first; :meth:`_stream` begins at byte 0, for its check.
+
+        A read taken as random drops the stream, and its check: the stream begun again past
+        byte 0 is checked by nothing (bench/README.md, round 39)."""
         if offset == state.next_offset:
             return True
         if first:

@@ -160,8 +160,10 @@ def test_random_block_grows_near_recent_misses_and_shrinks_far_from_them():
 
 
 def random_reads(prefetcher, item, offsets, size=PAGE):
-    """Reads of ``size`` at ``offsets`` through one handle, none following the one before."""
-    state = ReadState(next_offset=-1)
+    """Reads of ``size`` at ``offsets`` through one handle, none following the one before (nor
+    the handle's first: one within two readaheads of byte 0 begins a stream there, as the kernel's
+    first READs may come in any order)."""
+    state = ReadState(next_offset=-1, first=False)
     return [prefetcher.read(item, state, off, size) for off in offsets]
 
 
@@ -688,3 +690,84 @@ def test_a_version_fetched_whole_into_memory_is_checked_part_by_part(tmp_path, s
         prefetcher.fetch_version("k", info.etag, info.size, info.digest)
     obj.data = data
     assert prefetcher.fetch_version("k", info.etag, info.size, info.digest) == data
+
+
+def kernel_order(size: int) -> list[int]:
+    """Offsets of a sequential reader's 1 MiB READs as FUSE threads deliver a 4 MiB kernel
+    readahead: the window's READ before the one the reader waits on, pairs swapped after."""
+    order = [MiB, 0]
+    at = 2 * MiB
+    while at < size:
+        order += [at + MiB, at] if at + MiB < size else [at]
+        at += 2 * MiB
+    return order
+
+
+def test_a_sequential_readers_reads_out_of_order_stay_one_stream_checked_from_byte_0(tmp_path):
+    """The kernel's readahead (4 MiB here) comes in READs that FUSE threads deliver out of order,
+    the first one too (1 MiB before 0): still one stream from byte 0, every byte checked (a byte
+    changed on the way is EIO at the end), not random reads whose bytes nothing checks."""
+    size = 24 * MiB
+    store, data, _, item = setup(tmp_path, size)
+    bucket = Bucket(store, "bucket")
+    prefetcher = Prefetcher(bucket, workers=2, part_layout_of=parts_of(bucket), readahead=4 * MiB)
+    state = ReadState()
+    got = {at: prefetcher.read(item, state, at, MiB) for at in kernel_order(size)}
+    assert b"".join(got[at] for at in sorted(got)) == data
+    assert state.verifier is not None and state.verifier.state == VERIFIED
+    assert item.kernel_may_keep()  # every byte through its own stream, checked
+    assert store.calls["GET"] == 3  # three pieces of 8 MiB, none fetched again
+    store.flip_reads = 1
+    state = ReadState()
+    with pytest.raises(FsError) as failed:
+        for at in kernel_order(size):
+            prefetcher.read(item, state, at, MiB)
+    assert failed.value.errno == errno.EIO and not store.flip_reads
+
+
+def test_a_handles_first_two_reads_racing_stay_one_stream_checked_from_byte_0(tmp_path):
+    """The first READ (0) is waiting on its GET when the kernel's next one (1 MiB) comes: it is
+    the same stream's, not a random read that drops the stream (and its check) under the first."""
+    size = 24 * MiB
+    store, data, _, item = setup(tmp_path, size)
+    bucket = Bucket(store, "bucket")
+    prefetcher = Prefetcher(bucket, workers=1, part_layout_of=parts_of(bucket), readahead=MiB)
+    store.flip_reads = 1  # the first GET, the first reader's: a byte changed on the way
+    gets = GatedGets(store)
+    state = ReadState()
+    decided = threading.Event()
+    got: dict[int, bytes | Exception] = {}
+    stream, ensure = prefetcher._stream, prefetcher.ensure
+
+    def seen(call):
+        def wrapped(*args, **kwargs):
+            if threading.current_thread().name == "second":
+                decided.set()  # the second read chose its path
+            return call(*args, **kwargs)
+
+        return wrapped
+
+    prefetcher._stream, prefetcher.ensure = seen(stream), seen(ensure)
+
+    def read(at: int) -> None:
+        try:
+            got[at] = prefetcher.read(item, state, at, MiB)
+        except Exception as exc:
+            got[at] = exc
+
+    first = threading.Thread(target=read, args=(0,))
+    second = threading.Thread(target=read, args=(MiB,), name="second")
+    first.start()
+    try:
+        assert gets.wait_for(1)
+        second.start()
+        assert decided.wait(60)
+    finally:
+        gets.open()
+        first.join()
+        second.join()
+    assert got[0] == data[:MiB] or isinstance(got[0], FsError)
+    with pytest.raises(FsError) as failed:  # the changed byte is found by the end
+        for at in range(2 * MiB, size, MiB):
+            prefetcher.read(item, state, at, MiB)
+    assert failed.value.errno == errno.EIO

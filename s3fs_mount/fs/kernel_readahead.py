@@ -17,6 +17,9 @@ import threading
 
 log = logging.getLogger(__name__)
 
+#: The readahead the kernel gives a FUSE mount when it is left alone (``-o kernel_readahead=0``).
+KERNEL_DEFAULT_READAHEAD = 128 << 10
+
 
 class KernelReadahead:
     """Sets the readahead of the mount at ``mountpoint`` once, on first use.

@@ -34,7 +34,7 @@ from s3fs_mount.fs.fuselib import (
     fuse_operation,
 )
 from s3fs_mount.fs.holders import PendingHolders
-from s3fs_mount.fs.kernel_readahead import KernelReadahead
+from s3fs_mount.fs.kernel_readahead import KERNEL_DEFAULT_READAHEAD, KernelReadahead
 from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
 from s3fs_mount.fs.namespace import Namespace
@@ -203,6 +203,7 @@ class S3Operations(Operations):
             ),
             verify=options.checksum,
             checksum_of=lambda key, etag: self.namespace.expected_digest(key, etag),
+            readahead=options.kernel_readahead or KERNEL_DEFAULT_READAHEAD,
         )
         self.uploader = Uploader(
             store,

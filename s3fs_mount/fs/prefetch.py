@@ -118,7 +118,7 @@ class ReadState:
     """Per open handle: where the last read ended, the window, how far ahead is fetched.
 
     ``pieces``, ``unreached`` and ``etag`` are GUARDED_BY(lock). ``next_offset``, ``window``,
-    ``ahead_until``, ``block``, ``misses``, ``asked``, ``fetched`` and ``failed`` are unguarded:
+    ``ahead_until``, ``block``, ``misses``, ``asked``, ``fetched``, ``failed`` and ``first`` are unguarded:
     FUSE may run two reads of a handle at once, and a race only misjudges whether the reader is
     sequential, how near its misses are, or its bytes by a read (``failed`` only ever becomes
     True; a deque's append is atomic).
@@ -149,6 +149,10 @@ class ReadState:
     #: Where the pieces its stream fetched since byte 0 end (a piece starting before it is
     #: fetched again: its check hashed those bytes once already). GUARDED_BY(lock).
     streamed_until: int = 0
+    #: No read through this handle has been answered yet: its first READs, which the kernel sends
+    #: together and FUSE threads deliver in any order, begin a stream at byte 0
+    #: (:meth:`Prefetcher._sequential`). Unguarded: only ever becomes False.
+    first: bool = True
     #: Every reply through this handle came from its stream. GUARDED_BY the item's cond
     #: (:meth:`~s3fs_mount.fs.staging.StagedFile.replied`).
     only_streamed: bool = True
@@ -172,6 +176,8 @@ class Prefetcher:
         (``every``: each part asked for, not found from the first and the last).
     :param verify: check whole-object reads against the object's checksum, or its ETag.
     :param checksum_of: the digest (``CRC32:...``) S3 told for a version, if it told one.
+    :param readahead: the kernel's readahead per file: its READs come up to two of these ahead
+        of the reader, delivered out of order by FUSE's threads.
 
     Locks: ``_verify_lock`` guards ``_verifiers`` and ``_expectations``; ``_held_lock`` guards
     ``_held``; neither is held during a request, nor while taking the other (a ReadState's
@@ -191,7 +197,11 @@ class Prefetcher:
         part_layout_of: Callable[[str, str, int, int, bool], AnyLayout | None] | None = None,
         verify: bool = True,
         checksum_of: Callable[[str, str], str] | None = None,
+        readahead: int = 1 << 20,
     ) -> None:
+        #: The kernel's readahead (``-o kernel_readahead``): how far ahead of a sequential reader
+        #: its READs may come, out of order (:meth:`_sequential`).
+        self.readahead = readahead
         #: What version (key, etag) hashes to, if known without a request (its x-amz-checksum-*).
         self.checksum_of = checksum_of
         #: The part size of a multipart object (key, etag), for its check; None: unknown.
@@ -251,6 +261,8 @@ class Prefetcher:
             if exc.not_found and exc.code != "NoSuchBucket":
                 raise Removed(item.key) from exc
             raise
+        finally:
+            state.first = False  # answered: the reads after it go by where it ended
 
     def _read(self, item: StagedFile, state: ReadState, offset: int, size: int) -> list[Span]:
         """read's work."""
@@ -259,17 +271,16 @@ class Prefetcher:
         end = min(offset + size, item.size)
         if offset >= end:
             return []
-        # Inside the window, or a little behind it, counts as sequential too: FUSE threads
-        # deliver the kernel's readahead out of order.
-        late = state.next_offset - self.chunk
-        if offset == state.next_offset or (state.window and late <= offset < state.ahead_until):
+        # A small object's random read is fetched whole and checked before it is served anyway.
+        first = state.first and item.remote_size > self.chunk
+        if self._sequential(state, offset, first):
             state.window = min(max(state.window * 2, MIN_WINDOW), self.max_window)
             grid_end = -(-(offset + state.window) // self.chunk) * self.chunk
             ahead_end = min(grid_end, item.remote_size)
             source = self._source(item, offset, end)
             if source == STREAM:
                 try:
-                    data = self._stream(item, state, offset, end, ahead_end)
+                    data = self._stream(item, state, offset, end, ahead_end, from_0=first)
                 except Corrupt:
                     self.drop(state)
                     state.failed = True
@@ -311,6 +322,30 @@ class Prefetcher:
         item.replied(state, streamed=False)
         data = item.read(offset, end - offset)
         return [(data, 0, len(data))]
+
+    def _sequential(self, state: ReadState, offset: int, first: bool) -> bool:
+        """Does a read at ``offset`` go on the handle's sequential stream? At the offset where
+        the last one ended; and, as FUSE threads deliver the kernel's readahead out of order:
+
+        * while a window is open, anywhere from a ``chunk`` behind that to the end of the window,
+          or, while it streams, to two of the kernel's readaheads past it (its READs ahead of
+          the reader: the window it reads in and the next; the window is known only once a
+          read's stream answered; a random reader that met its next offset on local bytes has
+          no stream, and stays random);
+        * at the handle's ``first`` read (of an object larger than a ``chunk``), anywhere within
+          two readaheads of byte 0: the kernel's first READs are sent together and any may come
+          first; :meth:`_stream` begins at byte 0, for its check.
+
+        A read taken as random drops the stream, and its check: the stream begun again past
+        byte 0 is checked by nothing (bench/README.md, round 39)."""
+        if offset == state.next_offset:
+            return True
+        if first:
+            return offset < 2 * self.readahead
+        if not state.window or offset < state.next_offset - self.chunk:
+            return False
+        reach = state.next_offset + 2 * self.readahead
+        return offset < (max(state.ahead_until, reach) if state.pieces else state.ahead_until)
 
     @staticmethod
     def _random_range(item: StagedFile, state: ReadState, offset: int, end: int) -> tuple[int, int]:
@@ -359,9 +394,12 @@ class Prefetcher:
         return STREAM if gaps else LOCAL
 
     def _stream(
-        self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int
+        self, item: StagedFile, state: ReadState, offset: int, end: int, ahead_end: int, from_0: bool = False
     ) -> list[Span]:
-        """``[offset, end)`` from the reader's pieces in memory; fetches them, and on to ``ahead_end``."""
+        """``[offset, end)`` from the reader's pieces in memory; fetches them, and on to ``ahead_end``.
+        ``from_0``: the handle's first read, which begins the stream at byte 0 wherever it is
+        (the kernel's READs ahead of the reader may come before the one at byte 0), so that the
+        stream has its check."""
         with state.lock:
             if state.etag != item.etag:
                 self._let_go_all(state)
@@ -370,7 +408,7 @@ class Prefetcher:
             size = self._piece_size(state)
             needed: list[tuple[int, int, concurrent.futures.Future[list[bytes]]]] = []
             again = False
-            start = self._covering(state, offset, size)
+            start = 0 if from_0 and not state.pieces else self._covering(state, offset, size)
             if pieces is not None and start not in state.pieces:
                 start = self._on_pieces(state, pieces, start)
             while start < min(max(end, ahead_end), item.remote_size):

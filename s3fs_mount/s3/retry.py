@@ -146,7 +146,7 @@ class Outage:
         given up while it waited, it is not the probe (GaveUp): a probe is a request someone waits on."""
         if getattr(self._local, "probing", False):
             return False  # within this thread's probe
-        ahead = getattr(_jobs, "ahead", False)
+        ahead = sent_ahead()
         with self._lock:
             if self._since is None or change:
                 return False

@@ -162,7 +162,7 @@ class SigV4Signer:
         signed = {}
         for name, value in out.items():
             lname = name.lower()
-            if lname in _SIGNED_NAMES or lname.startswith("x-amz-"):
+            if is_signed(lname):
                 signed[lname] = " ".join(str(value).split())
         pairs = sorted(signed.items())
         signed_names = ";".join([n for n, _ in pairs])

@@ -35,6 +35,7 @@ from s3fs_mount.fs.fuselib import (
 )
 from s3fs_mount.fs.holders import PendingHolders
 from s3fs_mount.fs.kernel_readahead import KERNEL_DEFAULT_READAHEAD, KernelReadahead
+from s3fs_mount.fs.kernel_sizes import KernelSizes
 from s3fs_mount.fs.known import KnownVersions
 from s3fs_mount.fs.mutations import Change, Mutations, staged_attributes
 from s3fs_mount.fs.namespace import Namespace
@@ -226,7 +227,7 @@ class S3Operations(Operations):
         self.changes.exclusive_mkdir = options.exclusive_mkdir
         #: Where requests go and how they fared, for ``s3fs-mount status`` (no request is sent here).
         self.endpoint, self.request_summary = store.endpoint, store.request_summary
-        self._lock = threading.Lock()  # guards _handles, _hidden, _gone, _gone_files, _untold, background
+        self._lock = threading.Lock()  # guards _handles, _hidden, _gone, _gone_files, background
         #: The background uploads: with ``-o writeback`` every close's (``writeback``, made
         #: here); without, only the retries of closes that failed, made at the first such close.
         self.background: WritebackQueue | None = None  # GUARDED_BY(_lock): set once
@@ -241,10 +242,9 @@ class S3Operations(Operations):
         #: The last GONE_FILES_KEPT of those whose small file stays openable by it, oldest first:
         #: each holds one open of its file (see _forget_hidden)
         self._gone_files: OrderedDict[str, StagedFile] = OrderedDict()  # GUARDED_BY(_lock)
-        #: Paths whose file followed another client's version of another size while the kernel
-        #: held the old one's attributes (a read's follow): their next open is ESTALE, so that
-        #: the kernel looks them up again and learns the size (see _fetch_spans)
-        self._untold: set[str] = set()  # GUARDED_BY(_lock)
+        #: The size the kernel holds of each file, as our replies told it: an open of a version
+        #: of another size is ESTALE, so that the kernel learns the size before it reads (see open)
+        self.kernel_sizes = KernelSizes(options.attr_ttl, options.attr_cache, clock.time)
         self.kernel_readahead = KernelReadahead(mountpoint, options.kernel_readahead) if mountpoint else None
         #: Names of large directories the kernel is told to forget once it would ask again anyway
         #: (libfuse keeps a node per name the kernel holds): libfuse3 only, which can tell it. It
@@ -500,6 +500,7 @@ class S3Operations(Operations):
         if held is not None and not self.staging.reopen(held):
             held = None
         item = self.changes.remove_file(path)
+        self.kernel_sizes.moved(path, hidden)
         if held is not None and item is held:
             with self._lock:
                 self._hidden[hidden] = item
@@ -609,8 +610,13 @@ class S3Operations(Operations):
     def getattr(self, path: str, fh: int | None = None) -> dict[str, object]:
         h = self._handles.get(fh) if fh is not None else None
         if h is not None:  # the kernel's own look at an open file: its copy (maybe unlinked, or renamed)
-            return self._item_attributes(h.item).stat()
-        found = self._shown(path).stat()
+            found = self._item_attributes(h.item).stat()
+        else:
+            found = self._shown(path).stat()
+        if stat.S_ISREG(found["st_mode"]) and path:  # type: ignore[arg-type]
+            self.kernel_sizes.told(path, found["st_size"])  # type: ignore[arg-type]
+        if h is not None:
+            return found
         if self.kernel_names is not None and path != "/":
             parent, name = KeyMap.split(path)
             if self.namespace.walked(parent):
@@ -658,7 +664,10 @@ class S3Operations(Operations):
             if names is not None and n == self.namespace.listed_names:  # a large directory
                 names.large(path)
             if a.complete or (trusted and not a.is_dir):
-                yield name, a.stat(), 0
+                found = a.stat()
+                if not a.is_dir:
+                    self.kernel_sizes.told(KeyMap.join(path, name), a.size)
+                yield name, found, 0
             else:
                 kind = A.certain_type(a)
                 if kind == stat.S_IFREG and not sticky:
@@ -666,7 +675,9 @@ class S3Operations(Operations):
                 else:
                     yield name, None if kind is None else TypeOnly(st_mode=kind), 0
         for name, item in sorted(staged.items()):
-            yield name, self._item_attributes(item).stat(), 0
+            a = self._item_attributes(item)
+            self.kernel_sizes.told(KeyMap.join(path, name), a.size)
+            yield name, a.stat(), 0
 
     @fuse_operation
     def mkdir(self, path: str, mode: int) -> None:
@@ -734,12 +745,6 @@ class S3Operations(Operations):
             self._writable()
         if _is_hidden(path):
             return self._open_hidden(path, writable, flags)
-        with self._lock:
-            untold = path in self._untold
-            self._untold.discard(path)
-        if untold:
-            # The kernel cuts every read at the size it holds: it must learn the new one first.
-            raise Stale(path, "another client's version of another size was followed since its lookup")
         key = self.keymap.key(path)
         staged = self.staging.get(key)
         if staged is not None and (staged.dirty or staged.uploading):
@@ -756,6 +761,9 @@ class S3Operations(Operations):
                 item.saw_atime(a.atime)  # an atime a read moved (relatime), not yet stored
             if writable and flags & os.O_TRUNC:
                 self._truncate_item(item, 0)
+                self.kernel_sizes.told(path, 0)  # (the kernel sets its size to 0 itself: atomic_o_trunc)
+            elif a is not None and flags & os.O_ACCMODE != os.O_WRONLY:  # (writes are not cut)
+                self._size_told(path, item)
         except BaseException:
             self.staging.release(item)
             raise
@@ -777,6 +785,20 @@ class S3Operations(Operations):
         if not kept:
             item.pages_dropped()
         return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable)
+
+    def _size_told(self, path: str, item: StagedFile) -> None:
+        """An open of ``item`` by ``path`` goes on only if the kernel holds its size, or none
+        still valid: else it would cut the reads at the size it holds (a longer version read cut,
+        with no error: a ``cat`` on one mount during ``git checkout`` on another). Such an open
+        follows a version the kernel has not been told of (our cached answer expired before
+        the kernel's, or a read or stat of the file here followed another client's version): it
+        is :class:`Stale` (ESTALE), and the kernel looks the name up again (LOOKUP_REVAL), learns
+        the size, and opens again."""
+        size = item.view().size
+        held = self.kernel_sizes.differs(path, size)
+        if held is not None:
+            raise Stale(path, "the kernel holds %d bytes of a file now of %d: it must look it up again"
+                        % (held, size))
 
     def _kept_bytes_local(self, path: str, item: StagedFile) -> bool:
         """May an open for reading and writing keep the kernel's pages of the file? Its reads
@@ -908,17 +930,16 @@ class S3Operations(Operations):
     def _size_told_late(self, h: Handle, before: int) -> None:
         """``h``'s first read is of another client's version, followed since ``h`` was opened (by
         this read, or another handle's): of another size than ``before``, the one the kernel
-        holds (``h`` was opened on it), the kernel must be told. It cuts every
-        read at the size it holds and asks for none past it (a ``cat`` during another machine's
-        ``git checkout`` read the new version's bytes cut at the old size: round 39): the next
-        open of the path is ESTALE, and the kernel looks it up again. A larger version cannot be
-        read whole through ``h``: EIO, now and for every later read through it, never bytes of
-        it cut (a smaller one is: the kernel takes a short read as the new end of the file)."""
+        holds (``h`` was opened on it), the kernel must be told. It cuts every read at the size
+        it holds and asks for none past it (a ``cat`` during another machine's ``git checkout``
+        read the new version's bytes cut at the old size: round 39): the next open of the path
+        is ESTALE (:meth:`_size_told`), and the kernel looks it up again. A larger version cannot
+        be read whole through ``h``: EIO, now and for every later read through it, never bytes
+        of it cut (a smaller one is: the kernel takes a short read as the new end of the file)."""
         after = h.item.view().remote_size
         if after == before:
             return
-        with self._lock:
-            self._untold.add(h.path)
+        self.kernel_sizes.told(h.path, before)
         if after < before:
             return
         h.pin = Pin(-1, "", before, "")  # of a version whose bytes are gone
@@ -941,7 +962,10 @@ class S3Operations(Operations):
         h = self._handle(fh)
         if not h.writable:
             raise FsError(errno.EBADF)
-        return self._write(h, data, offset, h.append)
+        written = self._write(h, data, offset, h.append)
+        if path:  # (the kernel's offset: for O_APPEND too, its size, where it put these bytes)
+            self.kernel_sizes.grew(path, offset + written)
+        return written
 
     @fuse_operation
     def fallocate(self, path: str, mode: int, offset: int, length: int, fh: int) -> int:
@@ -970,6 +994,8 @@ class S3Operations(Operations):
                     raise FsError(errno.ENOSPC, "the cache's disk is full")
         if not mode & filecalls.KEEP_SIZE and end > h.item.size:
             self._truncate_item(h.item, end, h)
+        if not mode & filecalls.KEEP_SIZE and path:
+            self.kernel_sizes.grew(path, end)
         return 0
 
     def _write(self, h: Handle, data: bytes, offset: int, append: bool) -> int:
@@ -1116,6 +1142,7 @@ class S3Operations(Operations):
             self.namespace.check_not_shadowed(path, known)  # ESTALE: a directory of the name now
         # That version only, not one another client put since (unless -o conflict_check=off).
         self.changes.remove_file(path, (seen.etag or None) if self.options.conflict_check else None)
+        self.kernel_sizes.forget(path)
 
     @fuse_operation
     def rename(self, old: str, new: str) -> None:
@@ -1151,6 +1178,8 @@ class S3Operations(Operations):
         self.changes.rename(old, new, source)
         if source.is_dir:
             self._move_hidden(old, new)
+        else:
+            self.kernel_sizes.moved(old, new)
 
     def _forget_hidden(self, path: str) -> None:
         """libfuse unlinks hidden name ``path`` after its file's last close, and the file goes.

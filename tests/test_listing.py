@@ -317,6 +317,23 @@ def test_the_namespaces_recent_change_caches_keep_each_entry_for_their_ttl_by_th
     assert not any(k in cache for k in "cde") and cache.get("c") is None
 
 
+def test_trim_drops_the_expired_least_recently_used_entries_only():
+    """A cache set far more often than read (the sizes an ls -l tells the kernel) stays near
+    its live entries: trim drops expired ones from the old end, stopping at a live one."""
+    clock = Clock()
+    cache = ttl_cache(100, 2.0, clock)
+    for n in range(50):
+        cache["old%d" % n] = n
+    clock.now += 3
+    cache["live"] = 1
+    cache.trim(most=30)
+    assert len(cache) == 21 and "live" in cache
+    cache.trim(most=100)
+    assert cache.keys() == ["live"]
+    cache.trim()  # a live entry stops it
+    assert cache.keys() == ["live"]
+
+
 def test_set_stat_fills_as_mfusepy_does():
     import mfusepy
 

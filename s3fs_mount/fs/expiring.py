@@ -68,6 +68,19 @@ class ExpiringLRU(Generic[K, V]):
         if len(data) > self.maxsize:
             data.popitem(last=False)
 
+    def trim(self, most: int = 2) -> None:
+        """Drop up to ``most`` of the least recently used entries that have expired (a cache
+        set far more often than read stays near the entries still live, not at ``maxsize``)."""
+        data = self._data
+        now = self._timer()
+        for _ in range(most):
+            if not data:
+                return
+            key = next(iter(data))
+            if now < data[key][1]:
+                return
+            del data[key]
+
     def demote(self, key: K) -> None:
         """``key`` is now the least recently used: the first dropped when room is needed."""
         if key in self._data:

@@ -46,6 +46,7 @@ class KernelSizes:
         if self.enabled:
             with self._lock:
                 self._sizes[path] = size
+                self._sizes.trim()  # (an ls -l of a large directory tells many; each lasts seconds)
 
     def grew(self, path: str, end: int) -> None:
         """A write or fallocate through a handle of ``path`` reached byte ``end``: the kernel

@@ -61,8 +61,10 @@ class PendingRenames:
         renames.retry_later("a")                     # or: S3 refused its last step; kept, tried again
         renames.close()
 
-    Locks: ``_cond`` guards ``_pending``, ``_retries``, ``_thread`` and ``_closed``; the
-    journal has its own lock, taken without ``_cond``; neither is held during a request.
+    Locks: ``_cond`` guards ``_pending``, ``_retries``, ``_thread`` and ``_closed``, and is
+    held while a record is written (a retry's "done" and a new rename of the name go to the
+    journal in the order they change ``_pending``); the journal has its own lock, taken inside
+    it; neither is held during a request.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ class PendingRenames:
                 log.warning("rename of %s again: the ctime its last rename owed %s is not stored",
                             old, self._pending[old].get("new"))
             self._pending[old] = state
-        self._records.record(old, state)
+            self._records.record(old, state)  # (under _cond: in the order of _pending's changes)
 
     def done(self, old: str, state: dict[str, Any] | None = None) -> None:
         """The rename of ``old`` is done (or failed, and left nothing to finish); with ``state``,
@@ -111,7 +113,7 @@ class PendingRenames:
                 return
             del self._pending[old]
             self._retries.pop(old, None)
-        self._records.record(old, None)
+            self._records.record(old, None)
 
     def retry_later(self, old: str) -> None:
         """The last step of the rename of ``old`` failed (S3 refused it): its record stays, and

@@ -14,9 +14,11 @@ import functools
 import hashlib
 import os
 import threading
+import urllib.parse
 
 import pytest
 import s3rig
+from mountrig import journal_records
 from test_reliability import (
     HoldingProxy,
     MiB,
@@ -40,6 +42,7 @@ from test_reliability import (
 from waiting import eventually
 
 from s3fs_mount import control
+from s3fs_mount.fs.renames import JOURNAL_NAME as RENAMES_JOURNAL
 
 pytestmark = pytest.mark.fuse
 
@@ -104,6 +107,48 @@ def test_kill9_between_a_renameobject_and_its_ctime_copy_moves_the_ctime_at_the_
     assert os.stat(os.path.join(m2.path, "dst")).st_ctime == pytest.approx(moved, abs=1e-3)
     assert s3_bytes(boto, bucket, "dst") == b"the bytes"
     assert m2.stop() == 0
+
+
+@pytest.mark.parametrize("until", ["retried", "next mount"])
+def test_a_renameobjects_ctime_s3_refuses_is_stored_once_s3_takes_it(
+    mount_factory, s3server, s3config, s3yaml, faultproxy, boto, bucket, tmp_path, until
+):
+    """The self-copy that stores a RenameObject's new ctime is refused (a 500 at every attempt):
+    the rename stands, and its ctime was left as it was for good, with a warning (round 39's
+    review). Now the rename stays recorded and the ctime is stored once S3 takes it: by the
+    background's retries, or by the next mount if this one is killed first."""
+    cache = str(tmp_path / "cache")
+    m = mount_factory(config=proxy_yaml(tmp_path, s3config, faultproxy), cache_dir=cache).start()
+    with open(os.path.join(m.path, "src"), "wb") as f:
+        f.write(b"the bytes")
+    before = float(boto.head_object(Bucket=bucket, Key="src")["Metadata"]["ctime"])
+
+    def ctime_copy(method: str, target: str) -> bool:  # a PUT of dst that is no RenameObject
+        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
+        return method == "PUT" and "renameObject" not in target and path.endswith("/" + bucket + "/dst")
+
+    faultproxy.fail_where(ctime_copy, 500)
+    os.rename(os.path.join(m.path, "src"), os.path.join(m.path, "dst"))
+    assert s3_keys(boto, bucket) == ["dst"]  # moved: only its ctime is owed
+    assert [line for line in m.log().splitlines() if "WARNING" in line and "ctime" in line]  # says so
+    assert float(boto.head_object(Bucket=bucket, Key="dst")["Metadata"]["ctime"]) == before
+    assert journal_records(cache, RENAMES_JOURNAL) == 1  # kept until it is stored
+    if until == "retried":
+        eventually(lambda: m.log().count("still not finished") >= 1, 120)  # tried again, refused
+        faultproxy.fail_where(None)
+        eventually(lambda: journal_records(cache, RENAMES_JOURNAL) == 0, 120)
+        shown = m
+    else:
+        m.kill()
+        faultproxy.fail_where(None)
+        shown = mount_factory(config=str(s3yaml), cache_dir=cache).start()
+    moved = float(boto.head_object(Bucket=bucket, Key="dst")["Metadata"]["ctime"])
+    assert moved > before
+    shown_ctime = lambda: os.stat(os.path.join(shown.path, "dst")).st_ctime  # noqa: E731
+    eventually(lambda: shown_ctime() == pytest.approx(moved, abs=1e-3), 30)  # (the kernel's attr_ttl)
+    assert s3_bytes(boto, bucket, "dst") == b"the bytes"
+    assert shown.stop() == 0
+    assert journal_records(cache, RENAMES_JOURNAL) == 0
 
 
 @pytest.mark.parametrize("moment", MOMENTS)

@@ -1556,6 +1556,108 @@ def test_a_file_open_for_writing_is_uploaded_then_renamed(tmp_path):
     assert store.get_range("g", 0, 10) == b"unsent!" and "f" not in store.objects
 
 
+def refuse_self_copies_of(store: FakeStore, monkeypatch, key: str) -> list[bool]:
+    """Every self-copy of ``key`` (a RenameObject's ctime) is a 500 while the flag returned is
+    set (clear it to let them through)."""
+    refusing = [True]
+    copy_object = store.copy_object
+
+    def refused(source, destination, *args, **kwargs):
+        if refusing[0] and resolve(source, "bucket")[1] == resolve(destination, "bucket")[1] == key:
+            store.count("COPY")
+            raise S3Error(500, "InternalError")
+        return copy_object(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(store, "copy_object", refused)
+    return refusing
+
+
+def owed_renames(ops: S3Operations) -> dict:
+    """What renames.journal owes (old key -> state), as the next mount would read it."""
+    from s3fs_mount.fs.journal import StagingJournal
+    from s3fs_mount.fs.renames import JOURNAL_NAME
+
+    return StagingJournal.read(os.path.join(ops.staging.root, JOURNAL_NAME))
+
+
+def test_a_rename_objects_ctime_s3_refused_is_kept_and_stored_in_the_background(tmp_path, monkeypatch):
+    """RenameObject moved the file; the self-copy that stores its new ctime got a 500 (after the
+    retry policy's attempts). The rename stands, and its ctime was dropped for good with a
+    warning (round 39's review): now the record stays, a background thread tries it again,
+    and once S3 takes it the ctime is stored, the record taken back, the mount shows it."""
+    monkeypatch.setattr("s3fs_mount.fs.renames.RETRY_PAUSE", 0.05)
+    store = FakeStore(renames=True)
+    store.put("src", b"data", {"x-amz-meta-ctime": "1000"})
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_ctime"] == 1000 * 10**9
+    refusing = refuse_self_copies_of(store, monkeypatch, "dst")
+    ops.rename("/src", "/dst")  # the rename stands
+    assert "src" not in store.objects and store.objects["dst"].data == b"data"
+    assert store.objects["dst"].metadata["x-amz-meta-ctime"] == "1000"
+    assert list(owed_renames(ops)) == ["src"]  # kept: its ctime is owed
+    eventually(lambda: store.calls["COPY"] >= 3, what="the background's tries")
+    assert store.objects["dst"].metadata["x-amz-meta-ctime"] == "1000"
+    refusing[0] = False
+    eventually(lambda: not owed_renames(ops), what="the ctime stored, its record taken back")
+    stored = float(store.objects["dst"].metadata["x-amz-meta-ctime"])
+    assert stored > 1000 and store.objects["dst"].data == b"data"
+    assert ops.getattr("/dst")["st_ctime"] == pytest.approx(stored * 1e9, abs=1e6)
+    ops.destroy("/")
+    assert not os.path.exists(os.path.join(ops.staging.root, "renames.journal"))
+
+
+def test_a_rename_objects_ctime_s3_refused_until_unmount_is_stored_by_the_next_mount(tmp_path, monkeypatch):
+    """S3 refuses the ctime's self-copy until the mount ends: the record stays for the next
+    mount, which stores it; refused there too, that mount tries it again in the background."""
+    store = FakeStore(renames=True)
+    store.put("src", b"data", {"x-amz-meta-ctime": "1000"})
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 4
+    refusing = refuse_self_copies_of(store, monkeypatch, "dst")
+    ops.rename("/src", "/dst")
+    ops.changes.close()  # unmount: the ctime is still owed
+    ops.staging.close()
+    assert list(owed_renames(ops)) == ["src"]
+    monkeypatch.setattr("s3fs_mount.fs.renames.RETRY_PAUSE", 0.05)
+    again = make_ops(tmp_path, store)
+    again.recover()  # refused again: kept, tried again in the background
+    assert again.status()["recovered"] == {"renames' ctimes not stored yet (tried again)": 1}
+    assert store.objects["dst"].metadata["x-amz-meta-ctime"] == "1000"
+    refusing[0] = False
+    eventually(lambda: not owed_renames(again), what="the ctime stored by the next mount")
+    assert float(store.objects["dst"].metadata["x-amz-meta-ctime"]) > 1000
+    again.changes.close()
+    again.staging.close()
+    third = make_ops(tmp_path, store)
+    third.recover()
+    assert third.status()["recovered"] == {}
+
+
+def test_a_new_rename_of_a_name_whose_last_rename_owes_its_ctime_keeps_its_own_record(
+    tmp_path, monkeypatch
+):
+    """src -> dst, its ctime refused (owed, keyed by src); then a new src -> dst2: its record
+    replaces the owed one (the ctime dst was owed is dropped, logged), and the background's
+    retry of the old one never takes the new one back."""
+    monkeypatch.setattr("s3fs_mount.fs.renames.RETRY_PAUSE", 0.05)
+    store = FakeStore(renames=True)
+    store.put("src", b"one", {"x-amz-meta-ctime": "1000"})
+    ops = make_ops(tmp_path, store)
+    assert ops.getattr("/src")["st_size"] == 3
+    refuse_self_copies_of(store, monkeypatch, "dst")
+    ops.rename("/src", "/dst")
+    assert list(owed_renames(ops)) == ["src"]
+    store.put("src", b"second", {"x-amz-meta-ctime": "1000"})
+    ops.namespace.forget("/src")
+    assert ops.getattr("/src")["st_size"] == 6
+    ops.rename("/src", "/dst2")
+    assert float(store.objects["dst2"].metadata["x-amz-meta-ctime"]) > 1000
+    assert not owed_renames(ops)
+    assert ops.changes.renames.retrying() == 0
+    assert store.objects["dst"].metadata["x-amz-meta-ctime"] == "1000"
+    ops.destroy("/")
+
+
 def test_a_file_rename_copies_with_server_rename_off(tmp_path):
     store = FakeStore(renames=True)
     store.put("src", b"data")

@@ -12,6 +12,7 @@ from fakeclock import FakeClock
 from fakestore import FakeStore
 from waiting import eventually
 
+import s3fs_mount.fs.namespace as namespace_module
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.dirtimes import DirTimesWriter
 from s3fs_mount.fs.errors import FsError, Stale
@@ -801,6 +802,39 @@ def test_rmdir_begins_the_next_lookup_after_the_walk_names_expired_from_the_list
     eventually(lambda: heads, what="b's HEAD, begun by a's rmdir")
     assert heads == [("r/b_$folder$", heads[0][1])] and heads[0][1].startswith("dir-ahead"), heads
     assert ns.lookup("/r/b").mode == 0o40750 and len(heads) == 1  # as fetched ahead
+    ns.close()
+
+
+def test_rmdirs_after_the_walk_names_expired_sort_the_parents_names_once(monkeypatch):
+    """Each rmdir in a directory whose walk's names had expired sorted all of its known names
+    again to find the next subdirectory (bounded, but O(n log n) an rmdir: rm -r of 2,000
+    subdirectories sorted 2,000 names 2,000 times). Now they are sorted once per listing; each
+    rmdir still begins the lookup of the next one, past a file removed since and one shown
+    by no listing."""
+    store = FakeStore(drops_marker_metadata=True)
+    ns, _, clock = make(store, attr_ttl=30, dir_ttl=30)
+    dirs = ["d%02d" % i for i in range(12)]
+    for d in dirs:
+        store.put("r/%s/f" % d, b"1")
+        store.put("r/%s_$folder$" % d, b"", {"x-amz-meta-mode": str(0o40750)})
+    store.put("r/d05x", b"a file between d05 and d06")
+    assert sorted(listing(ns, "/r")) == sorted(dirs + ["d05x"])
+    heads = heads_by(store)
+    clock.advance(5.0)  # the walk's names are gone; the listing is within dir_ttl
+    sorts: list[int] = []
+
+    def counted(names, *args, **kwargs):
+        sorts.append(len(names))
+        return sorted(names, *args, **kwargs)
+
+    monkeypatch.setattr(namespace_module, "sorted", counted, raising=False)
+    for i, d in enumerate(dirs[:-1]):
+        if d == "d05":
+            ns.forget("/r/d05x", gone=True)  # removed since the names were sorted: passed over
+        ns.remove_dir("/r/" + d, lambda d=d: store.delete_keys(["r/%s/f" % d, "r/%s_$folder$" % d]))
+        eventually(lambda i=i: len(heads) == i + 1, what="the next directory's HEAD, begun")
+        assert heads[i][0] == "r/%s_$folder$" % dirs[i + 1], heads
+    assert [n for n in sorts if n > 1] == [len(dirs) + 1]  # once, at the first rmdir
     ns.close()
 
 

@@ -125,8 +125,9 @@ class Mutations:
         self.prefetcher = prefetcher
         self.server_full = server_full
         self.deletes = DeleteQueue(store, staging.root, self._deletes_answered)
-        #: Renames under way, recorded so that the next mount finishes them (fs/renames.py).
-        self.renames = PendingRenames(staging.root)
+        #: Renames under way, recorded so that the next mount finishes them (fs/renames.py); a
+        #: RenameObject's ctime S3 would not store is tried again in the background.
+        self.renames = PendingRenames(staging.root, self._store_owed_ctime)
         #: Other copies in parts under way, recorded so that the next mount aborts them (fs/copies.py):
         #: the uploader's journal, which records its own copies too.
         self.copies = uploader.copies
@@ -479,9 +480,18 @@ class Mutations:
             try:
                 if old.endswith("/"):
                     self.note_recovered(self._finish_dir_rename(old, state["new"], state.get("dirs", [])))
+                elif state.get("moved"):
+                    self.note_recovered(self._finish_moved(old, state))
+                    self.renames.done(old)
                 else:
                     self.note_recovered(self._finish_file_rename(old, state))
             except Exception as exc:
+                if state.get("moved"):  # only its ctime is owed: kept, and tried again
+                    log.error("recovery: could not store the ctime of %s, renamed from %s (%s): "
+                              "tried again in the background", state.get("new"), old, exc)
+                    self.note_recovered("renames' ctimes not stored yet (tried again)")
+                    self.renames.retry_later(old)
+                    continue
                 log.error("recovery: could not finish the rename of %s to %s (%s): left as it is",
                           old, state.get("new"), exc)
                 self.note_recovered("renames left unfinished")
@@ -493,8 +503,6 @@ class Mutations:
         before its completion), and only if the old key is still the version moved (a
         conditional delete). A copy in parts not completed is aborted. Returns what was done,
         as :attr:`recovered` counts it."""
-        if state.get("moved"):
-            return self._finish_moved(old_key, state)
         new_key = state["new"]
         old = self.store.current_etag(old_key)
         new = self.store.current_etag(new_key)
@@ -531,12 +539,14 @@ class Mutations:
         return done
 
     def _finish_moved(self, old_key: str, state: dict[str, str]) -> str:
-        """A file's RenameObject, killed before the self-copy that stores its new ctime (or
-        before the RenameObject landed): the ctime the rename recorded is stored now, if the new
-        key holds the version moved and the old one no longer does (else the rename never
-        landed, or another client changed the file since: nothing to do). Returns what was
-        done, as :attr:`recovered` counts it."""
+        """A file's RenameObject whose new ctime is not stored yet (killed before the self-copy
+        that stores it, or before the RenameObject landed; or S3 refused that copy): the ctime
+        the rename recorded is stored now, if the new key holds the version moved, the old one
+        no longer does, and its ctime is not that one or later already (else the rename never
+        landed, or the file changed since: nothing to do). Returns what was done, as
+        :attr:`recovered` counts it; raises if S3 would not store it (the record stays)."""
         new_key = state["new"]
+        ctime = A.parse_time(state["ctime"]) or self.clock.time()
         try:
             info: ObjectInfo | None = self.store.head(new_key)
         except S3Error as exc:
@@ -544,23 +554,34 @@ class Mutations:
                 raise
             info = None
         if self.store.current_etag(old_key) == state["etag"]:
-            log.info("recovery: rename of %s to %s was not made: the file stays at %s",
-                     old_key, new_key, old_key)
-            done = "renames not made (killed before the copy)"
-        elif info is None or info.etag != state["etag"]:
-            log.info("recovery: rename of %s to %s: %s changed since; nothing to do",
-                     old_key, new_key, new_key)
-            done = "renames found done, or the file changed since"
-        elif info.metadata.get(A.CTIME) == state["ctime"]:
-            done = "renames found done, or the file changed since"
-        else:
-            self._stamp_ctime(new_key, info.etag, info, A.parse_time(state["ctime"]) or self.clock.time())
-            self.namespace.forget(self.keymap.path(new_key))
-            log.warning("recovery: stored the new ctime of %s, renamed from %s (killed before it was)",
-                        new_key, old_key)
-            done = "renames finished"
-        self.renames.done(old_key)
-        return done
+            log.info("rename of %s to %s was not made: the file stays at %s", old_key, new_key, old_key)
+            return "renames not made (killed before the copy)"
+        if info is None or info.etag != state["etag"]:
+            log.info("rename of %s to %s: %s changed since; its ctime is its own", old_key, new_key, new_key)
+            return "renames found done, or the file changed since"
+        if (A.parse_time(info.metadata.get(A.CTIME, "")) or 0.0) >= ctime:
+            return "renames found done, or the file changed since"
+        stored = self._stamp_ctime(new_key, info.etag, info, ctime)
+        if stored is None:
+            return "renames found done, or the file changed since"
+        self._ctime_stored(new_key, info.etag, *stored)
+        log.warning("stored the new ctime of %s, renamed from %s (S3 had not taken it, or the mount "
+                    "was killed before it did)", new_key, old_key)
+        return "renames finished"
+
+    def _store_owed_ctime(self, old_key: str, state: dict[str, str]) -> None:
+        """The background's retry of a RenameObject's ctime S3 would not store
+        (:meth:`_finish_moved`; raises while it still will not)."""
+        self._finish_moved(old_key, state)
+
+    def _ctime_stored(self, key: str, moved: str, etag: str, stamped: dict[str, str]) -> None:
+        """``key`` (version ``moved``) holds ``stamped``, its new ctime, as version ``etag`` now,
+        some time after its rename: asked again at its next lookup, and a clean staged copy
+        of it follows."""
+        self.namespace.forget(self.keymap.path(key))
+        item = self.staging.get(key)
+        if item is not None and not item.dirty and item.view().etag == moved:
+            item.metadata_stored(stamped, etag)
 
     def _finish_dir_rename(self, old_prefix: str, new_prefix: str, dirs: list[str]) -> str:
         """A directory's rename, killed or failed part way: what is still under the old name is
@@ -914,34 +935,10 @@ class Mutations:
         """:meth:`_rename_file`'s move of file ``old`` (staged as ``item``, if it is) to ``new``."""
         old_key, new_key = self.keymap.key(old), self.keymap.key(new)
         now = self.clock.time()  # its new ctime, as ext4 moves it (find -cnewer, tar --newer)
-        moved: A.Attributes | None = None
-        result: Moved | None = None
-        if item is None and source.etag:
-            # The lookup just before this call saw that version: the move is of it or fails
-            # (412, another client replaced it since), and then goes as below, from a HEAD.
-            known = (
-                ObjectInfo(old_key, source.size, source.etag, source.mtime, source.metadata, source.headers)
-                if source.complete
-                else None
-            )
-            try:
-                result = self._move_object(
-                    old_key, new_key, source.etag, source_info=known, size=source.size, ctime=now
-                )
-                moved = dataclasses.replace(source, etag=result.etag)
-            except S3Error as exc:
-                if not exc.precondition_failed:
-                    raise
-                log.info("rename %s: changed since it was looked up; moving its current version", old)
-        if moved is None:
-            if item is not None and item.dirty:
-                self.upload(item)  # the object must be in S3 to be moved there
-            info = self.store.head(old_key)
-            # of the version just seen: not one another client put meanwhile
-            result = self._move_object(old_key, new_key, info.etag, source_info=info, ctime=now)
-            moved = self.namespace.from_info(info)
-            moved.etag = result.etag
-        assert result is not None
+        # The lookup just before this call saw a version: the move is of it, unless another
+        # client replaced it since; then of the current one, as of a staged file.
+        seen = self._move_looked_up(old_key, new_key, source, now) if item is None and source.etag else None
+        moved, result = seen if seen is not None else self._move_current(old_key, new_key, item, now)
         stamped = result.stamped
         if stamped is not None:
             moved.metadata, moved.ctime = stamped, now
@@ -955,14 +952,51 @@ class Mutations:
             else:
                 item.stored_as(moved.etag)
 
+    def _move_looked_up(
+        self, old_key: str, new_key: str, source: A.Attributes, now: float
+    ) -> tuple[A.Attributes, Moved] | None:
+        """The move of the version a lookup just saw (``source``), with ``now`` its ctime: its
+        attributes at ``new_key`` and what the move left; None if another client replaced it
+        since (412): nothing moved."""
+        known = (
+            ObjectInfo(old_key, source.size, source.etag, source.mtime, source.metadata, source.headers)
+            if source.complete
+            else None
+        )
+        try:
+            result = self._move_object(
+                old_key, new_key, source.etag, now, source_info=known, size=source.size
+            )
+        except S3Error as exc:
+            if not exc.precondition_failed:
+                raise
+            log.info("rename %s: changed since it was looked up; moving its current version", old_key)
+            return None
+        return dataclasses.replace(source, etag=result.etag), result
+
+    def _move_current(
+        self, old_key: str, new_key: str, item: StagedFile | None, now: float
+    ) -> tuple[A.Attributes, Moved]:
+        """The move of the version S3 holds now (one HEAD; a staged file's ``item`` uploaded
+        first, if dirty), with ``now`` its ctime: its attributes at ``new_key`` and what the
+        move left."""
+        if item is not None and item.dirty:
+            self.upload(item)  # the object must be in S3 to be moved there
+        info = self.store.head(old_key)
+        # of the version just seen: not one another client put meanwhile
+        result = self._move_object(old_key, new_key, info.etag, now, source_info=info)
+        moved = self.namespace.from_info(info)
+        moved.etag = result.etag
+        return moved, result
+
     def _move_object(
         self,
         old_key: str,
         new_key: str,
         etag: str,
+        ctime: float,
         source_info: ObjectInfo | None = None,
         size: int | None = None,
-        ctime: float | None = None,
     ) -> Moved:
         """The object at ``old_key``, if its ETag is still ``etag`` (else S3Error 412), is at
         ``new_key`` and no longer at ``old_key``; returns its ETag there, its metadata if it
@@ -970,39 +1004,16 @@ class Mutations:
         at ``old_key`` now (put after the copy: kept, as on a local disk their write after our
         rename makes the name anew).
 
-        RenameObject moves it at once (it cannot be lost: the server keeps it under one name
-        or the other), its metadata as it was; a self-copy then stores ``ctime``
-        (:meth:`_stamp_ctime`). Else a copy, with ``ctime`` in its metadata, then a delete of
-        the old key once the copy is complete in S3 (a crash in between leaves both), of the
-        version copied only: unconditional, it deleted a version another client put between
-        the two, never copied.
+        RenameObject moves it at once (:meth:`_rename_object`). Else a copy, with ``ctime`` in
+        its metadata, then a delete of the old key once the copy is complete in S3 (a crash in
+        between leaves both), of the version copied only: unconditional, it deleted a version
+        another client put between the two, never copied.
         """
         if self.server_renames:
-            if ctime is not None:
-                # Recorded: a mount killed between the RenameObject and the self-copy that
-                # stores the new ctime stores it when it starts again (:meth:`_finish_moved`).
-                self.renames.begin(
-                    old_key, {"new": new_key, "etag": etag, "moved": "1", "ctime": A.format_time(ctime)}
-                )
-            try:
-                try:
-                    self.store.rename_object(old_key, new_key, if_match=etag)
-                except S3Error as exc:
-                    # A retried request whose first attempt did land finds no source: the object
-                    # is at the new name already, recognised by its ETag.
-                    if not exc.not_found or self.store.current_etag(new_key) != etag:
-                        raise
-                    log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
-                if ctime is None:
-                    return Moved(etag, None)
-                return Moved(*self._stamp_ctime(new_key, etag, source_info, ctime))
-            finally:
-                self.renames.done(old_key)
-        stamped: dict[str, str] | None = None
-        if ctime is not None:
-            if source_info is None:
-                source_info = self.store.head(old_key)  # (another version: the copy's 412 says so)
-            stamped = {**source_info.metadata, A.CTIME: A.format_time(ctime)}
+            return self._rename_object(old_key, new_key, etag, ctime, source_info)
+        if source_info is None:
+            source_info = self.store.head(old_key)  # (another version: the copy's 412 says so)
+        stamped = {**source_info.metadata, A.CTIME: A.format_time(ctime)}
         # Recorded: a mount killed between the copy and the delete sends the delete when it
         # starts again (fs/renames.py), and the file is not left under both names.
         state: dict[str, str] = {"new": new_key, "etag": etag}
@@ -1022,7 +1033,7 @@ class Mutations:
                 old_key,
                 new_key,
                 stamped,
-                replace_metadata=stamped is not None,
+                replace_metadata=True,
                 if_match=etag,
                 source_info=source_info,
                 size=size,
@@ -1060,27 +1071,68 @@ class Mutations:
                         "them, e.g. %s: theirs are kept at the old name", what, len(theirs), theirs[0])
         return theirs, [(key, code) for key, code in failed if key not in theirs]
 
+    def _rename_object(
+        self, old_key: str, new_key: str, etag: str, ctime: float, known: ObjectInfo | None
+    ) -> Moved:
+        """:meth:`_move_object` by RenameObject: the server moves the object at once (it cannot
+        be lost: it keeps it under one name or the other), its metadata as it was; a self-copy
+        then stores ``ctime`` (:meth:`_stamp_ctime`, of the metadata ``known`` holds, if given).
+
+        Recorded from before the RenameObject until the ctime is stored: one S3 refused (a 500
+        after the retry policy's attempts, S3 unreachable) is kept and tried again in the
+        background, and by the next mount, as one a kill left (:meth:`_finish_moved`); the
+        rename stands meanwhile, its ctime as it was. Not moved, nothing is owed.
+        """
+        state = {"new": new_key, "etag": etag, "moved": "1", "ctime": A.format_time(ctime)}
+        self.renames.begin(old_key, state)
+        try:
+            self._send_rename_object(old_key, new_key, etag)
+        except BaseException:
+            self.renames.done(old_key)
+            raise
+        try:
+            stored = self._stamp_ctime(new_key, etag, known, ctime)
+        except Exception as exc:
+            log.warning("rename to %s: S3 would not store its new ctime (%s): it stays as it was until "
+                        "S3 does (tried again in the background)", new_key, exc)
+            self.renames.retry_later(old_key)
+            return Moved(etag, None)
+        self.renames.done(old_key)
+        return Moved(*stored) if stored is not None else Moved(etag, None)
+
+    def _send_rename_object(self, old_key: str, new_key: str, etag: str) -> None:
+        """RenameObject of version ``etag`` of ``old_key`` to ``new_key``. A retried request
+        whose first attempt did land finds no source: the object is at the new name already,
+        recognised by its ETag."""
+        try:
+            self.store.rename_object(old_key, new_key, if_match=etag)
+        except S3Error as exc:
+            if not exc.not_found or self.store.current_etag(new_key) != etag:
+                raise
+            log.info("rename %s: already at %s (a retried RenameObject)", old_key, new_key)
+
     def _stamp_ctime(
         self, key: str, etag: str, known: ObjectInfo | None, ctime: float
-    ) -> tuple[str, dict[str, str] | None]:
+    ) -> tuple[str, dict[str, str]] | None:
         """After a RenameObject (which keeps the metadata): a self-copy of ``key`` (version
         ``etag``, whose metadata ``known`` holds, else one HEAD) that stores ``ctime``; returns
         its ETag and metadata. One request more a rename: on SeaweedFS such a copy changes the
         metadata only (20-70 ms for 100 MB, loaded; a copy to another key took 3-4 s), but a
-        copy in parts (over 5 GiB) would copy the bytes: those keep their ctime, as does one
-        S3 will not copy (logged), or another client changed meanwhile: the rename stands."""
+        copy in parts (over 5 GiB) would copy the bytes: those keep their ctime, as does a
+        version another client put meanwhile (its own): None then. Raises if S3 refused it
+        otherwise (the caller keeps it owed)."""
         try:
             info = known if known is not None else self.store.head(key)
             if info.etag != etag or info.size > MAX_SINGLE_COPY:
-                return etag, None
+                return None
             stamped = {**info.metadata, A.CTIME: A.format_time(ctime)}
             copied = self.store.copy_object(
                 key, key, stamped, replace_metadata=True, if_match=etag, source_info=info
             )
         except S3Error as exc:
-            if not exc.precondition_failed:
-                log.warning("rename to %s: its ctime could not be stored (%s): it stays as it was", key, exc)
-            return etag, None
+            if exc.precondition_failed or exc.not_found:
+                return None
+            raise
         return copied or etag, stamped
 
     def _rename_dir(self, old: str, new: str, source: A.Attributes) -> None:

@@ -243,7 +243,7 @@ class Namespace:
     Locks (``_lock`` is never held during a request):
 
     * GUARDED_BY(_lock): ``_attrs``, ``_missing``, ``_listings``, ``_full``, ``_walks``, ``_walk_names``,
-      ``_relisting``, ``_misses``, ``_unlisted``,
+      ``_sorted_names``, ``_relisting``, ``_misses``, ``_unlisted``,
       ``_removed``, ``_hidden``, ``_removal_walks``, ``_changed``, ``_dir_times``, ``_dir_times_kept``,
       ``_atimes``, ``root``.
     * ``_dir_write_lock``: one read-modify-write of a directory's holder at a time (taken
@@ -318,6 +318,10 @@ class Namespace:
         self._walk_names: ExpiringLRU[str, tuple[list[str], bool]] = ExpiringLRU(
             WALK_NAMES_DIRS, lambda path, walk, now: now + _walk_ttl(len(walk[0])), timer
         )
+        #: Directory path -> (its names in _listings, those names sorted): what an rmdir in it
+        #: looks through for the next subdirectory once its walk's names are gone
+        #: (_next_subdir), sorted once per listing, not per rmdir.
+        self._sorted_names: LRUCache[str, tuple[set[str], list[str]]] = LRUCache(WALK_NAMES_DIRS)
         self._removed: ExpiringLRU[str, float] = ttl_cache(20_000, REMOVED_TTL, timer)
         #: Directories a listing of which left out keys no name can show, for dir_ttl: never
         #: taken for empty from that listing. Guarded by _lock.
@@ -1095,17 +1099,26 @@ class Namespace:
 
         The walk's names last :func:`_walk_ttl` (about a second for a few entries); rm -r on a
         loaded machine took longer than that to empty the first subdirectory, and then no rmdir
-        began the next lookup."""
+        began the next lookup. The known names are sorted once per listing (``_sorted_names``;
+        each rmdir sorted them all again): a name removed since is passed over, and one added
+        since, not in that order, is not begun (a guess ahead only: looked up as any other)."""
         walk = self._walk_names.get(parent)
+        names: set[str] | None = None
         if walk is not None:
             ordered = walk[0]
         else:
             names = self._listings.get(parent)
             if names is None:
                 return None
-            ordered = sorted(names)
+            kept = self._sorted_names.get(parent)
+            if kept is None or kept[0] is not names:
+                kept = (names, sorted(names))
+                self._sorted_names[parent] = kept
+            ordered = kept[1]
         start = bisect.bisect_right(ordered, name)
         for following in ordered[start : start + NEXT_SUBDIR_SCAN]:
+            if names is not None and following not in names:
+                continue  # removed since it was sorted
             path = KeyMap.join(parent, following)
             listed = self._attrs.get(path)
             # (one whose attributes are known whole, made here, is looked up with no request)

@@ -1738,6 +1738,44 @@ def test_a_rename_over_a_file_not_yet_uploaded_killed_before_its_delete_brings_n
     assert again.status()["recovered"] == {"files replaced by a rename, dropped": 1, "renames finished": 1}
 
 
+def test_a_killed_renames_record_that_recovery_cannot_finish_is_kept_for_the_next_mount(
+    tmp_path, monkeypatch
+):
+    # mv src dst killed between the copy and the delete; the next mount starts while S3 refuses
+    # the delete: the record was dropped ("left unfinished") and the file stayed under both names
+    # for good. Now the record stays, and the mount after finishes the rename.
+    store = FakeStore(renames=True)
+    store.put("src", b"moved bytes")
+    ops = make_ops(tmp_path, store, server_rename=False)
+    assert ops.getattr("/src")["st_size"] == 11
+
+    def refused(name, **conditions):
+        raise S3Error(503, "SlowDown")
+
+    monkeypatch.setattr(store, "remove", refused)
+    with pytest.raises(FuseOSError):
+        ops.rename("/src", "/dst")
+    ops.changes.close()  # killed: the staging cache is left as it is
+    ops.staging.close()
+    assert sorted(store.objects) == ["dst", "src"]
+    monkeypatch.undo()
+    store.refused_deletes["src"] = "InternalError"  # S3 still refuses it at the next mount's start
+    again = make_ops(tmp_path, store, server_rename=False)
+    again.recover()
+    assert again.status()["recovered"] == {"renames not finished yet (tried at the next mount)": 1}
+    assert sorted(store.objects) == ["dst", "src"]
+    again.changes.close()
+    again.staging.close()
+    del store.refused_deletes["src"]
+    third = make_ops(tmp_path, store, server_rename=False)
+    third.recover()
+    assert sorted(store.objects) == ["dst"]
+    assert store.objects["dst"].data == b"moved bytes"
+    assert third.status()["recovered"] == {"renames finished": 1}
+    third.destroy("/")
+    assert not os.path.exists(os.path.join(third.staging.root, "renames.journal"))
+
+
 def test_an_unlink_whose_delete_cannot_be_recorded_fails_and_leaves_the_file_shown(tmp_path, monkeypatch):
     # The cache disk full, the delete's record cannot be written: unlink fails with ENOSPC and
     # the file is still there, shown and readable (it stayed hidden while S3 kept it).

@@ -492,10 +492,11 @@ class Mutations:
                     self.note_recovered("renames' ctimes not stored yet (tried again)")
                     self.renames.retry_later(old)
                     continue
-                log.error("recovery: could not finish the rename of %s to %s (%s): left as it is",
-                          old, state.get("new"), exc)
-                self.note_recovered("renames left unfinished")
-                self.renames.done(old)
+                # Kept for the next mount (S3 may be down at this one's start): dropped, the file
+                # stayed under both names for good.
+                log.error("recovery: could not finish the rename of %s to %s (%s): tried again at "
+                          "the next mount", old, state.get("new"), exc)
+                self.note_recovered("renames not finished yet (tried at the next mount)")
 
     def _finish_file_rename(self, old_key: str, state: dict[str, str]) -> str:
         """A file's copy, then delete, killed in between: its delete is sent if the copy is in S3

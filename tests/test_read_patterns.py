@@ -296,3 +296,48 @@ def test_cold_sequential_reads_at_a_4_mib_kernel_readahead_stay_streamed_and_che
     for key in bodies:
         assert sorted(ranged_gets(faultproxy, key)) == [8 * MiB] * 4, key
         assert "read of %s verified" % key in log, key
+
+
+def ranged_get_spans(faultproxy, key: str) -> list[tuple[int, int]]:
+    """The byte ranges ``[start, end)`` of the ranged GETs of ``key`` the proxy has seen, sorted."""
+    spans = []
+    for method, target, headers in faultproxy.heard:
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", headers.get("range", ""))
+        if method == "GET" and target.split("?")[0].endswith("/" + key) and m:
+            spans.append((int(m.group(1)), int(m.group(2)) + 1))
+    return sorted(spans)
+
+
+def test_four_readers_at_once_at_an_8_mib_kernel_readahead_fetch_each_byte_once_checked(
+    mount_factory, faultproxy, s3config, tmp_path, boto, bucket
+):
+    """fio's four sequential readers (256 KiB reads, each its own file) at ``-o kernel_readahead=8M``:
+    each file is one stream checked from byte 0, each byte fetched once. Was: a READ delivered late
+    found its piece let go (one piece behind, 4 MiB, while the kernel's READs come up to 16 MiB
+    late) or never fetched (the stream had gone on past it) and fetched it apart: 15-23 GETs of
+    4 MiB more a GiB in fio at 4M (bench/README.md, round 40 h5). (That the pages are then kept
+    is test_prefetch's: here a re-read fetched one file of four again once in four runs, the
+    cause not found.)"""
+    size = 64 * MiB
+    keys = ["r%d" % i for i in range(4)]
+    digests = {}
+    for key in keys:
+        body = os.urandom(size)
+        boto.put_object(Bucket=bucket, Key=key, Body=body)
+        digests[key] = hashlib.sha256(body).hexdigest()
+    config = s3rig.write_s3yaml(tmp_path / "proxied.yaml", dict(s3config, endpoint=faultproxy.endpoint))
+    mount = mount_factory("debug,kernel_readahead=8M", config=str(config)).start()
+
+    readers = {
+        key: subprocess.Popen(["dd", "if=" + os.path.join(mount.path, key), "bs=256k", "status=none"],
+                              stdout=subprocess.PIPE)
+        for key in keys
+    }
+    assert {key: hashlib.sha256(r.communicate()[0]).hexdigest() for key, r in readers.items()} == digests
+    log = "\n".join(mount.log_lines())
+    spans = {key: ranged_get_spans(faultproxy, key) for key in keys}
+    for key in keys:
+        assert "read of %s verified" % key in log, key
+        assert spans[key][0][0] == 0 and spans[key][-1][1] == size, key
+        gaps_or_twice = [(e, s) for (_, e), (s, _) in zip(spans[key], spans[key][1:], strict=False) if e != s]
+        assert not gaps_or_twice, (key, spans[key])

@@ -409,6 +409,11 @@ class Prefetcher:
             needed: list[tuple[int, int, concurrent.futures.Future[list[bytes]]]] = []
             again = False
             start = 0 if from_0 and not state.pieces else self._covering(state, offset, size)
+            if state.pieces and state.streamed_until < start <= state.streamed_until + 2 * self.readahead:
+                # A READ delivered before the ones behind it, past what the stream has fetched: the
+                # stream goes on from there, so the late READs find their bytes fetched by it (else
+                # a hole their piece is fetched into later, as if fetched again: pages not kept).
+                start = state.streamed_until
             if pieces is not None and start not in state.pieces:
                 start = self._on_pieces(state, pieces, start)
             while start < min(max(end, ahead_end), item.remote_size):
@@ -461,12 +466,21 @@ class Prefetcher:
                 # sends reads that straddle blocks: 1 MiB at 512 KiB offsets).
                 parts.append((blocks[i], max(lo, at) - at, min(end - at, len(blocks[i]))))
         with state.lock:
-            # A piece's size behind is kept: FUSE threads may deliver reads out of order.
-            for start in [s for s, (n, _) in state.pieces.items() if s + n + size <= offset]:
+            behind = self._kept_behind(size)
+            for start in [s for s, (n, _) in state.pieces.items() if s + n + behind <= offset]:
                 self._let_go(state, start)
         if end >= item.remote_size:
             self._check(item, etag, state)
         return parts
+
+    def _kept_behind(self, size: int) -> int:
+        """How far behind a read a reader's pieces are kept, its pieces being ``size``: FUSE threads
+        deliver the kernel's READs out of order, a READ up to two of its readaheads after those
+        past it (:meth:`_sequential` takes it as the stream's). A piece let go nearer is fetched
+        again for it, unchecked, and the kernel may not keep the file's pages: with four readers'
+        half pieces (4 MiB) at ``kernel_readahead=4M``, 15-23 GETs of 4 MiB more a GiB
+        (bench/README.md, round 40 h5)."""
+        return max(size, 2 * self.readahead)
 
     def _piece_size(self, state: ReadState) -> int:
         """The size of a reader's next pieces: ``piece`` while it streams alone, half that while

@@ -3049,3 +3049,23 @@ def test_new_dirs_a_killed_mount_leaves_them_to_the_next_which_puts_them_parents
     gate.set()
     unmount(again)
     assert not os.path.exists(os.path.join(again.staging.root, "newdirs.journal"))
+
+
+def test_a_chown_to_the_owner_and_group_a_file_has_sends_nothing(tmp_path):
+    """sqlite running as root fchowns every journal it opens to the database's owner, a reader's
+    look at another mount's live journal too: that self-copy made the other mount's delete of
+    its journal fail (If-Match its version). A chown that changes nothing sends nothing; one that
+    changes the owner or the group copies the object with them."""
+    store = FakeStore()
+    store.put("f", b"journal")
+    ops = make_ops(tmp_path, store)
+    st = ops.getattr("/f")
+    before = store.objects["f"].etag
+    store.calls.clear()
+    ops.chown("/f", st["st_uid"], st["st_gid"])
+    ops.chown("/f", -1, st["st_gid"])
+    ops.chown("/f", st["st_uid"], 0xFFFFFFFF)
+    assert (store.objects["f"].etag, sum(store.calls.values())) == (before, 0)
+    ops.chown("/f", st["st_uid"] + 1, -1)
+    assert store.objects["f"].metadata["x-amz-meta-uid"] == str(st["st_uid"] + 1)
+    assert ops.getattr("/f")["st_uid"] == st["st_uid"] + 1

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -433,3 +434,144 @@ def test_sqlite_commit_on_one_mount_is_not_undone_by_a_reader_on_another(
         faultproxy.release(forward=True)
     unmount_owing_nothing(one)
     assert (seen, s3_db(boto, bucket, "app.db", str(tmp_path / "s3.db"))) == ([("A", 1)], ("ok", [("A", 1)]))
+
+
+def git(cwd: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", GIT_CONFIG_GLOBAL="/dev/null", GIT_CONFIG_NOSYSTEM="1")
+    done = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert not check or done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
+def test_git_commits_and_gc_on_one_mount_while_another_runs_log_and_fsck(mount_factory, tmp_path):
+    """Commits, ``git gc`` and ``git repack -ad`` in a repository on mount one while mount two runs
+    ``git log`` and ``git fsck`` in a loop: two's commands succeed or fail with an error (a pack
+    or object gone under them), never print a wrong history; afterwards two's ``git fsck`` is
+    clean and its log is one's."""
+    one, two = mount_factory().start(), mount_factory().start()
+    repo1, repo2 = os.path.join(one.path, "repo"), os.path.join(two.path, "repo")
+    os.mkdir(repo1)
+    git(repo1, "init", "-q", "-b", "main")
+    for i in range(5):
+        with open(os.path.join(repo1, "f%d.txt" % i), "w") as f:
+            f.write("first %d\n" % i * 100)
+    git(repo1, "add", "-A")
+    git(repo1, "commit", "-q", "-m", "c0")
+    eventually(lambda: os.path.exists(os.path.join(repo2, "f4.txt")), what="the repository in mount two")
+    stop = threading.Event()
+    seen: list[tuple[str, int, str]] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            for args in (("log", "--format=%s"), ("fsck", "--no-progress")):
+                done = git(repo2, *args, check=False)
+                seen.append((args[0], done.returncode, done.stdout if done.returncode == 0 else done.stderr))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        for i in range(1, 9):
+            with open(os.path.join(repo1, "f%d.txt" % (i % 5)), "a") as f:
+                f.write("commit %d\n" % i)
+            git(repo1, "commit", "-q", "-am", "c%d" % i)
+            if i % 3 == 0:
+                git(repo1, "gc", "-q")
+            if i % 4 == 0:
+                git(repo1, "repack", "-adq")
+    finally:
+        stop.set()
+        t.join(300)
+    history = ["c%d" % i for i in range(8, -1, -1)]
+    assert [x for x in seen if x[1] == 0], seen[:3]
+    for cmd, code, text in seen:
+        if cmd == "log" and code == 0:
+            lines = text.split()
+            assert lines == history[len(history) - len(lines):], (lines, text)
+    assert git(repo1, "fsck", "--no-progress").returncode == 0
+
+    def two_is_one() -> bool:
+        return (git(repo2, "fsck", "--no-progress", check=False).returncode == 0
+                and git(repo2, "log", "--format=%s", check=False).stdout.split() == history)
+
+    eventually(two_is_one, 30, "mount two's repository to be one's, fsck clean")
+    for m in (one, two):
+        unmount_owing_nothing(m)
+
+
+def tagged(name: str, version: int, size: int) -> bytes:
+    """A file body of ``size`` bytes, every 16 of them naming ``name`` and ``version``."""
+    tag = b"%-9s v%04d\n" % (name.encode(), version)
+    return tag * (size // 16)
+
+
+def tags_of(body: bytes) -> set[bytes]:
+    return {body[at:at + 16] for at in range(0, len(body), 16)}
+
+
+@pytest.mark.parametrize("direction", ["from the mount", "into the mount"])
+def test_cp_a_of_big_files_while_another_client_overwrites_them(mount_factory, boto, bucket, tmp_path,
+                                                                direction):
+    """``cp -a`` of three 40 MiB files (multipart) out of the mount, or into it, while boto3 puts
+    new versions of two of them again and again: every file cp wrote is one version whole (or
+    cp said why not), and into the mount, every key ends one version whole, cp's or boto3's, a
+    close that lost (ESTALE) with cp's bytes in a conflict copy."""
+    MiB = 1 << 20
+    size = 40 * MiB
+    names = ["big0", "big1", "big2"]
+    m = mount_factory().start()
+    src = str(tmp_path / "src")
+    os.mkdir(src)
+    if direction == "from the mount":
+        for n in names:
+            boto.put_object(Bucket=bucket, Key="d/" + n, Body=tagged(n, 0, size))
+        source, target = os.path.join(m.path, "d"), str(tmp_path / "out")
+    else:
+        os.mkdir(os.path.join(m.path, "d"))
+        for n in names:
+            with open(os.path.join(src, n), "wb") as f:
+                f.write(tagged(n, 0, size))
+        source, target = src, os.path.join(m.path, "d")
+    stop = threading.Event()
+    put = [0]
+
+    def overwrite() -> None:
+        while not stop.is_set():
+            put[0] += 1
+            for n in names[:2]:
+                boto.put_object(Bucket=bucket, Key="d/" + n, Body=tagged(n, put[0], size))
+
+    t = threading.Thread(target=overwrite)
+    t.start()
+    try:
+        cmd = ["cp", "-a", source + "/.", target + "/"]
+        if direction == "from the mount":
+            cmd = ["cp", "-a", source, target]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    finally:
+        stop.set()
+        t.join(300)
+    failed = [line for line in done.stderr.splitlines() if line]
+    assert all("Stale file handle" in x or "Input/output error" in x for x in failed), failed
+    if direction == "from the mount":
+        for n in names:
+            path = os.path.join(target, n)
+            if not os.path.exists(path):
+                assert any(n in x for x in failed), (n, failed)
+                continue
+            with open(path, "rb") as f:
+                body = f.read()
+            whole = len(tags_of(body)) == 1 and len(body) == size
+            assert whole or any(n in x for x in failed), (n, sorted(tags_of(body))[:4])
+        return
+    sync_dir(target)
+    keys = sorted(o["Key"] for p in boto.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="d/")
+                  for o in p.get("Contents", []) if not o["Key"].endswith(("/", "_$folder$")))
+    conflicts = [k for k in keys if ".conflict-" in k]
+    for k in keys:
+        body = boto.get_object(Bucket=bucket, Key=k)["Body"].read()
+        assert len(tags_of(body)) == 1 and len(body) == size, (k, sorted(tags_of(body))[:4])
+        if ".conflict-" in k:
+            assert tags_of(body) == {tagged(k[2:].split(".")[0], 0, 16)}, k  # cp's bytes
+    assert len(conflicts) == sum(x.count("Stale file handle") for x in failed), (conflicts, failed)
+    unmount_owing_nothing(m)

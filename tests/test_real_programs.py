@@ -575,3 +575,38 @@ def test_cp_a_of_big_files_while_another_client_overwrites_them(mount_factory, b
             assert tags_of(body) == {tagged(k[2:].split(".")[0], 0, 16)}, k  # cp's bytes
     assert len(conflicts) == sum(x.count("Stale file handle") for x in failed), (conflicts, failed)
     unmount_owing_nothing(m)
+
+
+@pytest.mark.parametrize("watch", ["inotify", "polling"])
+def test_tail_f_of_a_log_two_processes_append_to(mount_factory, tmp_path, watch):
+    """Two shells append 150 lines each with ``>>`` to one log on a mount while ``tail -f``
+    (another process of the same mount, told of changes by inotify or polling each second)
+    follows it: tail prints every line once, whole, each writer's in its order, and the file
+    holds the same."""
+    m = mount_factory().start()
+    log = os.path.join(m.path, "app.log")
+    open(log, "w").close()
+    out = open(str(tmp_path / "tail.out"), "wb")
+    polling = ["---disable-inotify"] if watch == "polling" else []  # (GNU tail's own switch)
+    tail = subprocess.Popen(["tail", "-f", "-n", "+1", *polling, log], stdout=out, stderr=subprocess.PIPE)
+    try:
+        script = 'for i in $(seq 150); do echo "$2-$i-0123456789abcdef" >>"$1" || exit 1; done'
+        writers = [subprocess.Popen(["bash", "-c", script, "sh", log, w]) for w in "AB"]
+        assert [p.wait(timeout=300) for p in writers] == [0, 0]
+        with open(log) as f:
+            text = f.read()
+
+        def tail_caught_up() -> bool:
+            with open(str(tmp_path / "tail.out")) as f:
+                return f.read() == text
+
+        eventually(tail_caught_up, 60, "tail -f to print the whole log")
+    finally:
+        tail.terminate()
+        tail.wait(30)
+        out.close()
+    lines = text.splitlines()
+    assert sorted(lines) == sorted("%s-%d-0123456789abcdef" % (w, i) for w in "AB" for i in range(1, 151))
+    for w in "AB":
+        mine = [x for x in lines if x.startswith(w)]
+        assert mine == ["%s-%d-0123456789abcdef" % (w, i) for i in range(1, 151)]

@@ -2379,6 +2379,40 @@ def test_an_open_keeps_the_kernels_pages_of_a_file_read_whole_and_checked_and_ne
     ops.release("/f", fh)
 
 
+def test_an_open_while_a_handle_holds_an_older_versions_bytes_bypasses_the_kernels_pages(tmp_path):
+    """The kernel keeps one set of pages per file and serves every handle's reads from them: an
+    open of a new version while a handle that read the old one is open must not fill them
+    (direct_io), else that handle reads the new bytes after its own, no error. Once it is
+    closed, opens use the pages again."""
+    store = FakeStore()
+    store.put("f", b"a" * MiB)
+    ops = make_ops(tmp_path, store)
+    old = ops.open("/f", os.O_RDONLY)
+    assert not ops.bypasses_kernel_pages(old)
+    assert ops.read("/f", 4096, 0, old) == b"a" * 4096
+    same = ops.open("/f", os.O_RDONLY)  # the same version: the pages are its too
+    assert not ops.bypasses_kernel_pages(same)
+    ops.release("/f", same)
+    store.put("f", b"b" * MiB)  # another client
+    ops.namespace.forget("/f")  # as attr_ttl passing: the next open looks it up
+    ops.kernel_sizes.forget("/f")
+    new = ops.open("/f", os.O_RDONLY)
+    assert ops.bypasses_kernel_pages(new)
+    assert not ops.keeps_kernel_pages(new)
+    assert ops.read("/f", MiB, 0, new) == b"b" * MiB
+    with pytest.raises(FuseOSError) as failed:  # the old handle, asking us: EIO, never b's
+        ops.read("/f", 4096, 4096, old)
+    assert failed.value.errno == errno.EIO
+    ops.release("/f", new)
+    again = ops.open("/f", os.O_RDONLY)  # the old one still open, failed: the pages may serve it
+    assert ops.bypasses_kernel_pages(again)
+    ops.release("/f", again)
+    ops.release("/f", old)
+    last = ops.open("/f", os.O_RDONLY)
+    assert not ops.bypasses_kernel_pages(last)
+    ops.release("/f", last)
+
+
 def test_an_open_keeps_the_kernels_pages_of_a_file_written_here_but_not_of_another_version_nor_at_o_trunc(
     tmp_path,
 ):
@@ -3189,3 +3223,23 @@ def test_new_dirs_a_killed_mount_leaves_them_to_the_next_which_puts_them_parents
     gate.set()
     unmount(again)
     assert not os.path.exists(os.path.join(again.staging.root, "newdirs.journal"))
+
+
+def test_a_chown_to_the_owner_and_group_a_file_has_sends_nothing(tmp_path):
+    """sqlite running as root fchowns every journal it opens to the database's owner, a reader's
+    look at another mount's live journal too: that self-copy made the other mount's delete of
+    its journal fail (If-Match its version). A chown that changes nothing sends nothing; one that
+    changes the owner or the group copies the object with them."""
+    store = FakeStore()
+    store.put("f", b"journal")
+    ops = make_ops(tmp_path, store)
+    st = ops.getattr("/f")
+    before = store.objects["f"].etag
+    store.calls.clear()
+    ops.chown("/f", st["st_uid"], st["st_gid"])
+    ops.chown("/f", -1, st["st_gid"])
+    ops.chown("/f", st["st_uid"], 0xFFFFFFFF)
+    assert (store.objects["f"].etag, sum(store.calls.values())) == (before, 0)
+    ops.chown("/f", st["st_uid"] + 1, -1)
+    assert store.objects["f"].metadata["x-amz-meta-uid"] == str(st["st_uid"] + 1)
+    assert ops.getattr("/f")["st_uid"] == st["st_uid"] + 1

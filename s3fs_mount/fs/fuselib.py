@@ -443,6 +443,9 @@ class FUSE(mfusepy.FUSE):
         kept = getattr(self.operations, "keeps_kernel_pages", None)
         if kept is not None and kept(fi.fh):
             fi.keep_cache = 1  # else the kernel drops the file's pages at this open
+        bypass = getattr(self.operations, "bypasses_kernel_pages", None)
+        if bypass is not None and bypass(fi.fh):
+            fi.direct_io = 1
         return 0
 
     def fgetattr(self, path: bytes | None, buf: Any, fip: Any) -> int:

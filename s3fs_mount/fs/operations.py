@@ -117,6 +117,9 @@ class Handle:
     #: StagedFile.kernel_may_keep; or bytes written here: StagedFile.kernel_pages_written_here),
     #: so, opened for reading, it counts as having served bytes from the start.
     kept: bool = False
+    #: Opened while another handle of the file may have read an older version's bytes: its
+    #: reads and writes bypass the kernel's pages (``direct_io``; see ``_old_version_open``).
+    direct: bool = False
     #: The version its reads have served bytes of (None: none yet); see :class:`Pin`.
     pin: Pin | None = None
     #: Opened for reading: the item's count of appends moved after another client's version
@@ -542,17 +545,23 @@ class S3Operations(Operations):
         append: bool = False,
         kept: bool = False,
         readable: bool = True,
+        direct: bool = False,
     ) -> int:
         """A handle of ``item``; one opened for reading whose open ``kept`` the kernel's pages
         may have read them (the kernel serves them unasked): it counts as having served bytes.
-        One opened write-only has served nothing, whatever the kernel keeps."""
+        One opened write-only has served nothing, whatever the kernel keeps. A ``direct`` one's
+        reads and writes bypass the kernel's pages."""
         fh = next(self._next_fh)
         served = kept and readable
         view = item.view()
         pin = self._pin(item, path, view) if served else None
+        state = ReadState()
+        if direct:  # its reads fill no page of the kernel's: never the reader that checked them
+            state.only_streamed = False
         with self._lock:
             self._handles[fh] = Handle(
-                item, path, writable, append, served=served, kept=kept, pin=pin,
+                item, path, writable, append, read_state=state, served=served, kept=kept, direct=direct,
+                pin=pin,
                 moves_seen=item.moves if readable else None,
                 opened_at=(view.followed, view.remote_size) if readable else None,
             )
@@ -595,7 +604,10 @@ class S3Operations(Operations):
                         "(%d bytes, %s): other bytes, or none tell: EIO", h.path, view.etag,
                         view.remote_size, pin.size, pin.digest or "digest not known")
             raise FsError(errno.EIO)
-        h.pin = self._pin(h.item, h.path, view)
+        moved = self._pin(h.item, h.path, view)
+        with h.item.pages_lock:
+            h.item.pages_carry(pin.followed, view.followed)
+            h.pin = moved
         self.prefetcher.drop(h.read_state)  # its pieces (and their check) were of the old version
 
     def keeps_kernel_pages(self, fh: int) -> bool:
@@ -603,6 +615,12 @@ class S3Operations(Operations):
         bytes of its version (the binding then sets ``keep_cache``; else the kernel drops them)?"""
         h = self._handles.get(fh)
         return h is not None and h.kept
+
+    def bypasses_kernel_pages(self, fh: int) -> bool:
+        """Must handle ``fh``'s reads and writes bypass the kernel's pages of the file (the
+        binding then sets ``direct_io``)? See :meth:`_old_version_open`."""
+        h = self._handles.get(fh)
+        return h is not None and h.direct
 
     # -- attributes and directories ---------------------------------------------------
 
@@ -775,6 +793,8 @@ class S3Operations(Operations):
         kept = item.kernel_may_keep() or (
             not (writable and flags & os.O_TRUNC) and item.kernel_pages_written_here()
         )
+        if kept and item.pages_of not in (None, item.followed):  # (read unlocked: an int)
+            kept = False  # reads put another version's bytes in them (a write-only handle followed since)
         readable = flags & os.O_ACCMODE != os.O_WRONLY
         if kept and writable and readable:
             try:
@@ -782,9 +802,33 @@ class S3Operations(Operations):
             except BaseException:
                 self.staging.release(item)
                 raise
-        if not kept:
-            item.pages_dropped()
-        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable)
+        with self._lock:
+            others = [h for h in self._handles.values() if h.item is item]
+        with item.pages_lock:  # (a read's pin and take of the pages are one step: before or after)
+            direct = self._old_version_open(item, others)
+            if direct:  # (the kernel's pages stay those of the old handle's version: not dropped here)
+                kept = False
+            elif not kept:
+                item.pages_dropped()
+        return self._new_handle(item, path, writable, bool(writable and flags & os.O_APPEND), kept, readable,
+                                direct)
+
+    def _old_version_open(self, item: StagedFile, handles: list[Handle]) -> bool:
+        """Is a handle of ``item`` open that may have read bytes of a version it no longer is
+        (pinned to an older one, or ours moved after theirs since it opened; see
+        :meth:`_keep_version`)? The kernel keeps one set of pages per file, and serves every
+        handle's reads from them unasked: a new open's reads would fill them with this version's
+        bytes, and that handle would read them after its own (a file of neither version, no
+        error: sqlite's "database disk image is malformed" on one mount, read while another
+        wrote it). Such an open bypasses the pages (``direct_io``); the old handle's reads then
+        come to us, and are EIO as the rule says. (Its own ``MAP_PRIVATE`` mmap still fills them.)
+        ``handles`` are the item's open ones; under its ``pages_lock``."""
+        followed, moves = item.followed, item.moves  # (read unlocked: ints)
+        return any(
+            h.read_state.failed or (h.pin is not None and h.pin.followed != followed)
+            or (h.moves_seen is not None and h.moves_seen != moves)
+            for h in handles
+        )
 
     def _size_told(self, path: str, item: StagedFile) -> None:
         """An open of ``item`` by ``path`` goes on only if the kernel holds its size, or none
@@ -872,13 +916,30 @@ class S3Operations(Operations):
             raise FsError(errno.EIO, "%s: another client's versions kept landing during a read" % h.path)
         if not h.served and h.opened_at is not None and h.item.followed != h.opened_at[0]:
             self._size_told_late(h, h.opened_at[1])  # (this read, or another since the open, followed)
-        if h.pin is None or h.pin.etag != h.item.etag:  # its first bytes, or this mount's upload since
+        pin = h.pin
+        if pin is None or pin.etag != h.item.etag:  # its first bytes, or this mount's upload since
             view = h.item.view()
             # (Followed just now, after the read: pinned to a version nothing can be told of.)
-            h.pin = self._pin(h.item, h.path, view) if view.followed == followed else Pin(followed, "", 0, "")
+            pin = self._pin(h.item, h.path, view) if view.followed == followed else Pin(followed, "", 0, "")
+        with h.item.pages_lock:  # (an open's look at the pins, and drop of the pages: before or after)
+            if not (h.direct or h.item.pages_take(followed)):
+                self._pages_hold_another(h)
+            h.pin = pin
         h.served = True
         self._not_moved(h)  # moved during this read: its bytes may be of both
         return spans
+
+    def _pages_hold_another(self, h: Handle) -> None:
+        """The bytes of a read through ``h`` (not ``direct_io``) would go into the kernel's pages
+        of the file, which hold another version's bytes (:meth:`StagedFile.pages_take`: a handle
+        opened before another client's version was followed, whose first read follows it, after
+        another handle read the old one's bytes into the pages): EIO, now and for every later
+        read through ``h``."""
+        h.read_state.failed = True
+        log.warning("%s: the kernel's pages of the file hold bytes of the version before another "
+                    "client's, which this read would add to: EIO (opened again, it reads the new one)",
+                    h.path)
+        raise FsError(errno.EIO)
 
     def _not_moved(self, h: Handle) -> None:
         """:meth:`_keep_version`'s first half: EIO if our appends moved since ``h`` was opened for
@@ -1283,6 +1344,16 @@ class S3Operations(Operations):
 
     @fuse_operation
     def chown(self, path: str, uid: int, gid: int) -> None:
+        """Only where the owner or group changes: a chown to the ones the file has sends nothing
+        (its ctime stays). sqlite running as root fchowns every journal it opens, a reader's
+        look at another mount's live journal too, to the database's owner: that self-copy made
+        the other mount's delete of its journal (If-Match its version) fail, the journal stayed
+        in S3 beside the committed database, and its next commit was "disk I/O error" (round 40)."""
+        a = self._attributes(path)
+        if uid in (-1, 0xFFFFFFFF, a.uid) and gid in (-1, 0xFFFFFFFF, a.gid):
+            self._writable()
+            return
+
         def change(meta: dict[str, str], cur: A.Attributes) -> dict[str, str]:
             meta = _with_posix(meta, cur)
             if uid != -1 and uid != 0xFFFFFFFF:

@@ -388,6 +388,14 @@ class StagedFile:
         #: open keeps them (:meth:`kernel_pages_written_here`), whatever is written since, until an
         #: open has had the kernel drop them (:meth:`pages_dropped`).
         self.pages_moved = False
+        #: Guards ``pages_of``, and with it the handles' pins (operations: an open's look at them
+        #: and its drop of the pages, a read's take of them and its pin, are one step each).
+        self.pages_lock = threading.Lock()
+        #: GUARDED_BY(pages_lock): the version (a count of :attr:`followed`) whose bytes reads
+        #: have put in the kernel's pages of the file since an open last had the kernel drop them
+        #: (None: none). The kernel serves every handle from those pages unasked, so they must
+        #: never hold two versions' bytes (:meth:`pages_take`).
+        self.pages_of: int | None = None
         #: GUARDED_BY(cond): how many times :meth:`rebase_appends` has changed the file's bytes
         #: under the handles open: a handle open for reading then may have had any of them, from
         #: us or from the kernel's pages written here (operations' ``_keep_version``).
@@ -609,9 +617,30 @@ class StagedFile:
             return self.written_here and not self.pages_moved
 
     def pages_dropped(self) -> None:
-        """An open did not keep the kernel's pages of the file: it has the kernel drop them."""
+        """An open did not keep the kernel's pages of the file: it has the kernel drop them
+        (under :attr:`pages_lock`)."""
         with self.cond:
             self.pages_moved = False
+        self.pages_of = None
+
+    def pages_take(self, followed: int) -> bool:
+        """A read is about to hand the kernel bytes of the version the item was at ``followed``
+        (:attr:`followed`), which it keeps in its pages: True if they hold none of another
+        version's (a reader would get those pages beside these bytes, a file of neither version,
+        with no error: one mount's readers during another's rewrites in place, round 40), and
+        from now on they are that version's; False (the read must not answer) otherwise.
+        Under :attr:`pages_lock`."""
+        if self.pages_of is not None and self.pages_of != followed:
+            return False
+        self.pages_of = followed
+        return True
+
+    def pages_carry(self, old: int, new: int) -> None:
+        """The version at ``new`` holds the bytes of the one at ``old`` (a handle's pin moved on:
+        the same bytes, or them and more): pages of the old one are pages of the new. Under
+        :attr:`pages_lock`."""
+        if self.pages_of == old:
+            self.pages_of = new
 
     def sent(self, start: int, end: int) -> None:
         """An upload has read ``[start, end)`` and S3 has it (a part): the page cache may let the

@@ -885,3 +885,30 @@ def test_an_open_for_writing_takes_a_lookup_a_moment_old_and_a_heads_answer_with
     clock.advance(A.FRESH_LOOK)
     store.put("g/x", b"theirs")  # a directory of the name shadows the file now
     assert ns.lookup_to_write("/g").is_dir
+
+
+def test_checks_for_directories_of_the_names_of_a_directory_ask_one_listing_page():
+    """check_not_shadowed of many names of one directory (rm -rf past its first second): one
+    LIST page of the directory from the first name on answers the names after it (a directory
+    another client made of one of them is Stale, as before), not a LIST each (round 39)."""
+    ns, store, clock = make(attr_ttl=600.0, frozen=True)
+    for i in range(50):
+        store.put("d/f%02d" % i, b"x")
+    seen = listing(ns, "/d")
+    store.remove("d/f30")
+    store.put("d/f30/theirs", b"")  # another client's directory of that name since
+    clock.advance(RECHECK_AFTER * 1.1)
+    lists, heads = store.calls["LIST"], store.calls["HEAD"]
+    for i in range(50):
+        name = "f%02d" % i
+        if i == 30:
+            with pytest.raises(Stale):
+                ns.check_not_shadowed("/d/" + name, seen[name])
+        else:
+            ns.check_not_shadowed("/d/" + name, seen[name])
+    # One page, and for the name it shows a directory of (the page kept from the first check),
+    # one LIST of that name's keys: a key of ours there, deleted since, would no longer count.
+    assert (store.calls["LIST"], store.calls["HEAD"]) == (lists + 2, heads)
+    clock.advance(RECHECK_AFTER * 1.1)  # the page is too old now: asked again
+    ns.check_not_shadowed("/d/f40", seen["f40"])
+    assert store.calls["LIST"] == lists + 3

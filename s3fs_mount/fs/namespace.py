@@ -145,6 +145,9 @@ LOOKUP_LISTS = 8
 #: it (the default ``attr_ttl``); older, one LIST asks whether another client has made a
 #: directory of the name since (:meth:`Namespace.check_not_shadowed`).
 RECHECK_AFTER = 1.0
+#: Names of a directory from a file's on that one LIST page asks about for that check: the
+#: next such checks there (rm -rf past its first second) are answered by it for RECHECK_AFTER.
+SHADOW_PAGE = 1000
 
 
 class Listed:
@@ -339,6 +342,12 @@ class Namespace:
         #: Directories of which this mount removed a subdirectory a moment ago (rm -r under way):
         #: a lookup of another subdirectory there lists it beside its holder's HEAD (_begin_listing).
         self._removal_walks: ExpiringLRU[str, bool] = ttl_cache(1_000, REMOVAL_WALK_TTL, timer)
+        #: Directory path -> (after, last, names of directories) of its last LIST page asked
+        #: for check_not_shadowed, for RECHECK_AFTER: it says which names from after to last
+        #: (as _in_page) were directories then. Guarded by _lock.
+        self._shadow_pages: ExpiringLRU[str, tuple[str, str, frozenset[str]]] = ttl_cache(
+            1_000, RECHECK_AFTER, timer
+        )
         #: Sends the pending deletes of keys under a prefix and waits for them (set by Mutations):
         #: a directory's emptiness is asked of S3 only once they are done.
         self.settle_deletes: Callable[[str], None] = lambda prefix: None
@@ -1831,14 +1840,45 @@ class Namespace:
         (one LIST of ``path/``, :meth:`held_in_s3`: keys this mount removed there are deleted
         first, and are none); a key there forgets the name and raises :class:`Stale`: the
         kernel looks the name up again, finds the directory and says EISDIR, as a local disk.
-        A younger answer is taken as it is (an ``rm -r`` just after its listing asks nothing)."""
+        A younger answer is taken as it is (an ``rm -r`` just after its listing asks nothing).
+
+        The LIST is one page of the directory from the name on (SHADOW_PAGE names, delimited):
+        the names after it that an ``rm -rf`` slower than a second checks next are answered by
+        it (:meth:`_may_be_shadowed`), not a LIST each (round 39: a LIST per unlink)."""
         if seen.is_dir or self.clock.monotonic() - seen.seen_at < RECHECK_AFTER:
             return
-        if self.held_in_s3(path, marker=True) is None:
+        if not self._may_be_shadowed(path):
             return
         log.info("%s: another client made a directory of this name since it was looked up", path)
         self.forget(path)
         raise Stale(path, "a directory another client made shadows this file now")
+
+    def _may_be_shadowed(self, path: str) -> bool:
+        """Whether S3 holds a directory of file ``path``'s name (a key under ``path/``, or its
+        marker), as :meth:`held_in_s3` would say.
+
+        Asked of a LIST page of its directory from the name on, kept RECHECK_AFTER for the
+        names after it. A directory the page shows is checked by :meth:`held_in_s3` (its keys
+        this mount removed deleted first) unless the page was listed just now with none of
+        them pending; an older page's is always (it may have shown a key of ours deleted since)."""
+        parent, name = KeyMap.split(path)
+        with self._lock:
+            known = self._shadow_pages.get(parent)
+        if known is not None and _in_page(name, known[0], known[1]):
+            return name in known[2] and self.held_in_s3(path, marker=True) is not None
+        prefix = self.keymap.dir_prefix(parent)
+        after = name[:-1]  # start_after is exclusive: the page starts at ``name`` (or just before)
+        page = next(self._list(prefix, delimiter="/", start_after=prefix + after, max_keys=SHADOW_PAGE))
+        dirs = frozenset(p[len(prefix) : -1] for p in page.prefixes if p.startswith(prefix))
+        truncated = page.truncated and bool(page.continuation)
+        last = max([e.key for e in page.entries[-1:]] + page.prefixes[-1:], default="")[len(prefix) :]
+        inside = path.rstrip("/") + "/"
+        with self._lock:
+            self._shadow_pages[parent] = (after, last if truncated else "", dirs)
+            ours = name in dirs and any(p.startswith(inside) for p in self._deleting)
+        if name not in dirs:
+            return False
+        return not ours or self.held_in_s3(path, marker=True) is not None
 
     def _saw_dir_object(self, path: str, key: str, size: int) -> None:
         """A HEAD or listing found directory ``path``'s own object ``key`` of ``size`` bytes."""

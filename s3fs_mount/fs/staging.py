@@ -1166,6 +1166,21 @@ class StagedFile:
         self.drop_record()
         return True
 
+    def begin_new(self, metadata: dict[str, str], headers: dict[str, str], made: float) -> None:
+        """A new file's item, just made (empty, never recorded, not yet published): dirty with
+        ``metadata`` (its times all ``made``, as the metadata holds it), so that an empty new file
+        is uploaded too. The caller saves it once published. What :meth:`reset` to nothing then
+        :meth:`set_metadata` did, without their work for an item that held something: the data
+        file's size asked, a record dropped, the times parsed back from ``metadata`` twice."""
+        with self.cond:
+            self.etag_since = self.cache.clock.monotonic()
+            self.metadata = dict(metadata)
+            self.base_metadata = dict(metadata)
+            self.headers = dict(headers)
+            self.mtime = self.atime = self.ctime = made
+            self.generation += 1
+            self.dirty = True
+
     def reset(
         self, size: int, etag: str, metadata: dict[str, str], headers: dict[str, str], mtime: float
     ) -> None:

@@ -641,6 +641,24 @@ def test_a_create_parses_its_time_once_asks_the_disk_nothing_writes_one_record(t
     assert store.objects["new"].metadata["x-amz-meta-mode"] == str(stat.S_IFREG | 0o640)
 
 
+def test_an_items_view_stays_as_taken_and_cannot_be_changed(tmp_path):
+    """An item's view is its state at one moment, immutable (a named tuple since round 40: a
+    frozen dataclass set each of its 15 fields through ``object.__setattr__``, 4x the
+    instructions, ~7 views a small file written; bench/README.md)."""
+    ops = make_ops(tmp_path)
+    fh = write_file(ops, "/f", b"x" * 10, flush=False)
+    item = ops._handle(fh).item
+    view = item.view()
+    assert (view.size, view.dirty, view.key, view.uploading) == (10, True, "f", False)
+    with pytest.raises(AttributeError):
+        view.size = 3  # type: ignore[misc]
+    ops.write("/f", b"yy", 10, fh)
+    assert view.size == 10 and item.view().size == 12  # taken at one moment
+    assert item.view().generation > view.generation
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+
+
 def test_times_before_1970_read_as_s3fs_fuse_writes_them():
     assert A.format_time(-1.75) == "-2.250000000"  # a timespec: tv_sec -2, tv_nsec 250000000
     assert A.parse_time("-2.250000000") == -1.75

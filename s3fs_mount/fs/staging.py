@@ -53,7 +53,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from s3fs_mount.clock import SYSTEM, Clock
 from s3fs_mount.fs import filecalls
@@ -240,12 +240,15 @@ class StagedRecord:
         )
 
 
-@dataclass(frozen=True)
-class ItemView:
+class ItemView(NamedTuple):
     """An item's state at one moment, taken under its lock (:meth:`StagedFile.view`).
 
     ``metadata`` and ``headers`` are the item's own dicts, which are replaced whole,
     never changed in place: copy them before changing them.
+
+    A named tuple, not a frozen dataclass: as immutable, and made in a quarter of the
+    instructions (a frozen dataclass sets each of its 15 fields through
+    ``object.__setattr__``): a small file written takes ~7 views (round 40).
     """
 
     key: str

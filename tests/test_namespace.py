@@ -851,3 +851,20 @@ def test_an_open_for_writing_takes_a_lookup_a_moment_old_and_a_heads_answer_with
     clock.advance(A.FRESH_LOOK)
     store.put("g/x", b"theirs")  # a directory of the name shadows the file now
     assert ns.lookup_to_write("/g").is_dir
+
+
+def test_keymap_split_is_posixpaths_split_without_trailing_slashes():
+    """KeyMap.split slices (round 40: ~10 a small file written) and must say what posixpath
+    says of the path without its trailing slashes, for every path, odd ones too."""
+    import posixpath
+    import random
+
+    def expected(path: str) -> tuple[str, str]:
+        parent, name = posixpath.split(path.rstrip("/") or "/")
+        return parent or "/", name
+
+    rng = random.Random(40)
+    paths = ["", "/", "//", "/a", "/a/", "/a/b", "//a//b//", "a", "a/b", "///a", "/a//b", "a//", "/d/f.txt"]
+    paths += ["".join(rng.choice("/ab.") for _ in range(rng.randint(0, 9))) for _ in range(20000)]
+    assert [KeyMap.split(p) for p in paths] == [expected(p) for p in paths]
+    assert KeyMap.split("/a/b/c") == ("/a/b", "c") and KeyMap.split("/a") == ("/", "a")

@@ -588,6 +588,77 @@ def test_a_staged_files_attributes_parse_no_time_back_from_the_metadata_they_for
     ops.release("/f", fh)
 
 
+def test_a_create_parses_its_time_once_asks_the_disk_nothing_writes_one_record(tmp_path, monkeypatch):
+    """A create makes its item dirty with the metadata it formats in one step: the time parsed
+    once (now, as S3 will hold it), no size asked of the empty data file it just made, one
+    journal record. It reset the new item first (an fstat, a record dropped that never was, the
+    times parsed back), then set the same metadata (parsed back again), and the namespace's copy
+    parsed them a third time: 9 parses a file, 10 with the directory's mtime (round 40)."""
+    import s3fs_mount.fs.staging as staging_module
+
+    store = FakeStore()
+    ops = make_ops(tmp_path, store)
+    parsed: list[str] = []
+    real_parse = A.parse_time
+
+    def parse(text: str) -> float | None:
+        parsed.append(text)
+        return real_parse(text)
+
+    monkeypatch.setattr(A, "parse_time", parse)
+    monkeypatch.setattr(staging_module, "parse_time", parse)
+    records: list[tuple[str, object]] = []
+    real_record = ops.staging.journal.record
+
+    def record(item_id: str, state: object, durable: bool = False) -> None:
+        records.append((item_id, state))
+        real_record(item_id, state, durable)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ops.staging.journal, "record", record)
+    asked: list[int] = []
+    real_fstat = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd, *a, **k: asked.append(fd) or real_fstat(fd, *a, **k))
+    fh = ops.create("/new", 0o640)
+    item = ops._handle(fh).item
+    monkeypatch.setattr(os, "fstat", real_fstat)
+    assert len(parsed) == 2 and asked == []  # the file's time, and its directory's new mtime
+    assert [(i, st["dirty"], st["size"]) for i, st in records] == [(item.id, True, 0)]  # type: ignore[index]
+    view = item.view()
+    assert view.dirty and view.size == 0 and not view.uploading and view.etag == ""
+    made = real_parse(view.metadata[A.MTIME])
+    assert view.mtime == made and (view.atime, view.ctime) == (made, made)
+    assert view.metadata[A.ATIME] == view.metadata[A.CTIME] == view.metadata[A.MTIME]
+    assert view.metadata["x-amz-meta-mode"] == str(stat.S_IFREG | 0o640)
+    assert view.headers == {"Content-Type": "application/octet-stream"}
+    assert ops.getattr("/new", fh) == ops.getattr("/new")  # the staged copy, the namespace's: one file
+    found = ops.getattr("/new", fh)
+    assert found["st_mtime"] == found["st_atime"] == found["st_ctime"] == A._ns(made)
+    assert type(ops.staging.journal).read(ops.staging.journal.path)[item.id]["dirty"]  # a crash uploads it
+    ops.write("/new", b"abc", 0, fh)
+    ops.flush("/new", fh)
+    ops.release("/new", fh)
+    assert store.objects["new"].data == b"abc"
+    assert store.objects["new"].metadata["x-amz-meta-mode"] == str(stat.S_IFREG | 0o640)
+
+
+def test_an_items_view_stays_as_taken_and_cannot_be_changed(tmp_path):
+    """An item's view is its state at one moment, immutable (a named tuple since round 40: a
+    frozen dataclass set each of its 15 fields through ``object.__setattr__``, 4x the
+    instructions, ~7 views a small file written; bench/README.md)."""
+    ops = make_ops(tmp_path)
+    fh = write_file(ops, "/f", b"x" * 10, flush=False)
+    item = ops._handle(fh).item
+    view = item.view()
+    assert (view.size, view.dirty, view.key, view.uploading) == (10, True, "f", False)
+    with pytest.raises(AttributeError):
+        view.size = 3  # type: ignore[misc]
+    ops.write("/f", b"yy", 10, fh)
+    assert view.size == 10 and item.view().size == 12  # taken at one moment
+    assert item.view().generation > view.generation
+    ops.flush("/f", fh)
+    ops.release("/f", fh)
+
+
 def test_times_before_1970_read_as_s3fs_fuse_writes_them():
     assert A.format_time(-1.75) == "-2.250000000"  # a timespec: tv_sec -2, tv_nsec 250000000
     assert A.parse_time("-2.250000000") == -1.75

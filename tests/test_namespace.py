@@ -912,3 +912,20 @@ def test_checks_for_directories_of_the_names_of_a_directory_ask_one_listing_page
     clock.advance(RECHECK_AFTER * 1.1)  # the page is too old now: asked again
     ns.check_not_shadowed("/d/f40", seen["f40"])
     assert store.calls["LIST"] == lists + 3
+
+
+def test_keymap_split_is_posixpaths_split_without_trailing_slashes():
+    """KeyMap.split slices (round 40: ~10 a small file written) and must say what posixpath
+    says of the path without its trailing slashes, for every path, odd ones too."""
+    import posixpath
+    import random
+
+    def expected(path: str) -> tuple[str, str]:
+        parent, name = posixpath.split(path.rstrip("/") or "/")
+        return parent or "/", name
+
+    rng = random.Random(40)
+    paths = ["", "/", "//", "/a", "/a/", "/a/b", "//a//b//", "a", "a/b", "///a", "/a//b", "a//", "/d/f.txt"]
+    paths += ["".join(rng.choice("/ab.") for _ in range(rng.randint(0, 9))) for _ in range(20000)]
+    assert [KeyMap.split(p) for p in paths] == [expected(p) for p in paths]
+    assert KeyMap.split("/a/b/c") == ("/a/b", "c") and KeyMap.split("/a") == ("/", "a")

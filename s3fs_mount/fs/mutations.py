@@ -680,15 +680,18 @@ class Mutations:
         """A new, empty regular file (staged, dirty: it is uploaded too); returns its item, acquired."""
         now = self.clock.time()
         meta = A.posix_metadata(mode, uid, gid, now)
+        made = A.parse_time(meta[A.MTIME]) or now  # now as S3 will hold it (to the microsecond)
         content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
         key = self.keymap.key(path)
         self.deletes.settle(key)
         headers = {"Content-Type": content_type}
-        item, created = self.staging.acquire(key, lambda new: new.reset(0, "", meta, headers, now))
+        item, created = self.staging.acquire(key, lambda new: new.begin_new(meta, headers, made))
         try:
-            if not created:
+            if created:
+                item.save()
+            else:
                 item.reset(0, "", meta, headers, now)
-            item.set_metadata(meta)  # dirty: an empty new file is uploaded too
+                item.set_metadata(meta)  # dirty: an empty new file is uploaded too
         except BaseException:
             # Not made (its record could not be written: the cache's disk is full): nothing of it
             # stays to be uploaded at unmount or at the next mount.
@@ -696,7 +699,8 @@ class Mutations:
             if created:
                 self.staging.forget(key)
             raise
-        self.namespace.remember(path, A.attributes_from(meta, 0, now, self.defaults, "file"))
+        attributes = A.attributes_from(meta, 0, now, self.defaults, "file", times=(made, made, made))
+        self.namespace.remember(path, attributes)
         self.namespace.entry_changed(KeyMap.split(path)[0], now)
         return item
 

@@ -114,6 +114,11 @@ class KeyMap:
 
     @staticmethod
     def split(path: str) -> tuple[str, str]:
-        """``'/a/b'`` -> ``('/a', 'b')``."""
-        parent, name = posixpath.split(path.rstrip("/") or "/")
+        """``'/a/b'`` -> ``('/a', 'b')``, as ``posixpath.split`` of it without trailing slashes
+        (by slicing: ~10 a small file written, each a third of posixpath's calls)."""
+        path = path.rstrip("/") or "/"
+        cut = path.rfind("/") + 1
+        parent, name = path[:cut], path[cut:]
+        if parent and parent != "/" * len(parent):
+            parent = parent.rstrip("/")
         return parent or "/", name

@@ -51,7 +51,7 @@ export VIRTUAL_ENV="$ROOT/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"   # weed, ruff, s3fs-mount from the venv
 
 # Reinstall only when packaging inputs changed (editable install: code changes are live).
-stamp_files=(setup.cfg pyproject.toml)
+stamp_files=(setup.cfg pyproject.toml setup.py s3fs_mount/s3/_md5lanes.c)
 [ -e bin/s3fs-mount ] && stamp_files+=(bin/s3fs-mount)
 stamp="$(cat "${stamp_files[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ "${S3FS_FORCE_INSTALL:-0}" = 1 ] || [ "$(cat .venv/.s3fs-install-stamp 2>/dev/null)" != "$stamp" ]; then

@@ -432,3 +432,22 @@ def test_a_verifiers_queue_with_a_gap_is_held_and_hashed_once_the_gap_is_fed():
         v.feed_later(off, [data[off : off + 3 * MiB]])
     v.settle()
     assert v.state == VERIFIED
+
+
+def test_the_bytes_all_verifiers_keep_queued_are_bounded():
+    # Four readers' checks, each under LANE_BATCH parts: past MAX_QUEUED together, each feeder
+    # hashes its own queue at once, so what they keep alive stays near MAX_QUEUED, not 4 x MAX_WAITING.
+    part = 4 * MiB
+    datas = [os.urandom(8 * part) for _ in range(4)]
+    checks = [Verifier("k", "MD5-of-parts:" + _parts_etag(d, part), len(d), part) for d in datas]
+    before = checksums._QUEUED.add(0)
+    for n in range(checksums.LANE_BATCH - 1):  # under a vector's worth of parts each
+        for v, d in zip(checks, datas, strict=True):
+            v.feed_later(n * part, [d[n * part : (n + 1) * part]])
+            assert checksums._QUEUED.add(0) - before <= checksums.MAX_QUEUED + part
+    assert any(v._waiting_bytes == 0 for v in checks)  # hashed for the bound, not for its batch
+    for v, d in zip(checks, datas, strict=True):
+        v.feed_later(len(d) - part, [d[-part:]])
+        v.settle()
+        assert v.state == VERIFIED
+    assert checksums._QUEUED.add(0) == before

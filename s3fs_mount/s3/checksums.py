@@ -52,6 +52,27 @@ MAX_WAITING = 64 << 20
 #: by side: a vector's worth (AVX2). A reader's stream hashed each piece as its GET ended, one
 #: part at a time: in one lane, no cheaper than hashlib (bench/README.md, round 40).
 LANE_BATCH = 8
+#: Bytes all verifiers together may keep queued (alive) unhashed: past it each feeder hashes
+#: its own verifier's queue at once (several readers' queues, each under LANE_BATCH parts,
+#: would otherwise keep MAX_WAITING each).
+MAX_QUEUED = 64 << 20
+
+
+class _QueuedBytes:
+    """The bytes queued unhashed over all verifiers (:meth:`Verifier.feed_later`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._total = 0  # GUARDED_BY(_lock)
+
+    def add(self, n: int) -> int:
+        """Count ``n`` more (or fewer, negative); the total now."""
+        with self._lock:
+            self._total += n
+            return self._total
+
+
+_QUEUED = _QueuedBytes()
 
 _SINGLE = re.compile(r"^[0-9a-f]{32}$")
 _MULTI = re.compile(r"^[0-9a-f]{32}-(\d+)$")
@@ -452,6 +473,7 @@ class Verifier:
         ready = self._queue(start, blocks)
         with self._lock:
             full, eager = self._waiting_bytes >= MAX_WAITING, self._eager
+        full = full or _QUEUED.add(0) >= MAX_QUEUED
         if full or eager:
             self.settle()
         elif ready >= LANE_BATCH:
@@ -513,6 +535,7 @@ class Verifier:
                     continue
                 part.waiting[at] = views
                 self._waiting_bytes += length
+                _QUEUED.add(length)
         with self._lock:
             return sum(1 for part in self._parts.values() if any(s <= part.pos for s in part.waiting))
 
@@ -528,6 +551,7 @@ class Verifier:
                 if s + n <= at:
                     del part.waiting[s]
                     self._waiting_bytes -= n
+                    _QUEUED.add(-n)
                 elif s <= at and found is None:
                     found = s
             if found is None:
@@ -535,6 +559,7 @@ class Verifier:
             later = part.waiting.pop(found)
             n = sum(len(v) for v in later)
             self._waiting_bytes -= n
+            _QUEUED.add(-n)
             skip = at - found
             for view in later:
                 if skip < len(view):
@@ -632,7 +657,7 @@ class Verifier:
                 self._state = UNCHECKED
                 log.debug("read of %s not verified: too many bytes read ahead of a gap", self.key)
             if self._state != PENDING:
-                self._parts.clear()  # their early pieces go with them
+                self._drop_parts()  # their early pieces go with them
 
     def _finish(self) -> None:
         """Every part is hashed: the verdict (caller holds ``_lock``)."""
@@ -656,7 +681,18 @@ class Verifier:
                 got,
                 self.expected,
             )
+        self._drop_parts()
+
+    def __del__(self) -> None:
+        if getattr(self, "_lanes", False) and self._waiting_bytes:  # queued behind a gap never fed
+            _QUEUED.add(-self._waiting_bytes)
+
+    def _drop_parts(self) -> None:
+        """The check ended: its parts, and their queued bytes, go (caller holds ``_lock``)."""
         self._parts.clear()
+        if self._lanes and self._waiting_bytes:
+            _QUEUED.add(-self._waiting_bytes)
+            self._waiting_bytes = 0
 
     @property
     def state(self) -> str:

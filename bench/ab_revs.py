@@ -46,7 +46,21 @@ def checkout(rev: str, parent: str) -> str:
         ["git", "-C", bench.ROOT, "archive", rev], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", where], input=archive, check=True)
+    build_extensions(where)
     return where
+
+
+def build_extensions(tree: str) -> None:
+    """Build ``tree``'s C extensions in place, as ``pip install -e`` builds them for a checkout
+    (setup.py's: the MD5 lanes of round 40); a revision without them, or where they fail to
+    build (they are optional), runs its pure-Python fallback, and says so."""
+    if not os.path.exists(os.path.join(tree, "setup.py")):
+        return
+    built = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=tree, capture_output=True, text=True
+    )
+    if built.returncode:
+        print("(%s: its C extensions not built: %s)" % (tree, built.stderr.strip()[-300:]), flush=True)
 
 
 def use_tree(tree: str) -> None:

@@ -33,6 +33,11 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
 elif [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi
+# python3-dev: setup.py builds s3fs_mount/s3/_md5lanes.c (the MD5 lanes) against the interpreter's headers.
+if command -v "$PYTHON" >/dev/null 2>&1 && ! "$PYTHON" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    missing+=(python3-dev)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -51,7 +56,7 @@ export VIRTUAL_ENV="$ROOT/.venv"
 export PATH="$VIRTUAL_ENV/bin:$PATH"   # weed, ruff, s3fs-mount from the venv
 
 # Reinstall only when packaging inputs changed (editable install: code changes are live).
-stamp_files=(setup.cfg pyproject.toml)
+stamp_files=(setup.cfg pyproject.toml setup.py s3fs_mount/s3/_md5lanes.c)
 [ -e bin/s3fs-mount ] && stamp_files+=(bin/s3fs-mount)
 stamp="$(cat "${stamp_files[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 if [ "${S3FS_FORCE_INSTALL:-0}" = 1 ] || [ "$(cat .venv/.s3fs-install-stamp 2>/dev/null)" != "$stamp" ]; then

@@ -6,6 +6,7 @@ keys made through the filer list as the S3 gateway's own empty objects), never t
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.util
 import os
@@ -201,6 +202,13 @@ def test_ab_revs_mounts_a_revision_given_with_options_with_them() -> None:
     both = "conflict_check=off,listing_attrs"
     assert ab_revs.split_rev("main@" + both) == ("main", both)
     assert ab_revs.split_rev("HEAD~2") == ("HEAD~2", "")
+
+
+def test_ab_revs_builds_a_revisions_c_extension_in_its_checkout(tmp_path) -> None:
+    # A git archive has no built extension: the revision's mounts ran its hashlib fallback.
+    ab_revs = load("ab_revs")
+    tree = ab_revs.checkout("HEAD", str(tmp_path))
+    assert glob.glob(os.path.join(tree, "s3fs_mount", "s3", "_md5lanes*.so"))
 
 
 def _request(opcode: int, unique: int, tail: bytes = b"") -> str:

@@ -226,6 +226,41 @@ def test_parts_of_unequal_sizes_are_checked_and_a_byte_changed_in_any_part_is_ei
     assert "\n".join(mount.log_lines()).count("do not match what it stored") == 4
 
 
+def test_an_etag_only_objects_parts_hashed_side_by_side_are_eio_for_a_byte_changed_in_any(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    """An object of 8 MiB parts with no checksum (boto3's upload without one: what the bench's
+    cold read reads) is checked by its ETag, the MD5s of its parts hashed side by side in vector
+    lanes (s3fs_mount/s3/_md5lanes.c): a stream's GETs queue them (Verifier.feed_later) until a
+    vector's worth is queued, the read of the end hashes the rest. A byte changed in the first,
+    a middle or the last part is EIO, and read again without the fault the bytes are right and
+    "verified"."""
+    from s3fs_mount.s3 import _md5lanes  # built by setup.py (tests/run.sh installs): the path tested
+
+    assert _md5lanes.LANES >= 8
+    data = os.urandom(12 * 8 * MiB + 12345)  # 13 parts: more than a vector's worth in flight
+    put_in_parts(boto, bucket, "obj", data, 8 * MiB)
+    mount = mount_factory("debug", config=proxy_yaml(tmp_path, s3config, faultproxy)).start()
+    path = os.path.join(mount.path, "obj")
+    with open(path, "rb") as other:  # a second handle: each open drops the kernel's pages
+        for offset in (3, 5 * 8 * MiB + 4 * MiB, len(data) - 1):
+            flipped = len(faultproxy.flipped)
+            faultproxy.flip_response_at(offset)
+            with pytest.raises(OSError) as raised:
+                with open(path, "rb") as f:
+                    while f.read(256 << 10):  # fio's block size: the kernel sends 1 MiB READs
+                        pass
+            assert raised.value.errno == errno.EIO and len(faultproxy.flipped) == flipped + 1, offset
+            with open(path, "rb") as f:
+                assert f.read() == data, offset
+        assert other.read(4096) == data[:4096]
+    log = "\n".join(mount.log_lines())
+    assert log.count("do not match what it stored") == 3
+    assert log.count("read of obj verified") == 3
+    side_by_side = [int(n) for n in re.findall(r"obj: (\d+) parts hashed side by side", log)]
+    assert max(side_by_side, default=0) >= 2, side_by_side  # hashed in lanes, not one part at a time
+
+
 def test_parts_that_only_look_of_one_size_are_eio_once_then_checked_where_they_are(
     mount_factory, boto, bucket
 ):

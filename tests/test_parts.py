@@ -345,3 +345,109 @@ def test_a_verified_check_leaves_each_aligned_pieces_digest_for_ranges_fetched_a
     assert not pieces.matches(lo, [data[lo : hi - 1]])  # a piece cut short
     end_lo, end_hi = pieces.covering(len(data) - 1, len(data))
     assert end_hi == len(data) and pieces.matches(end_lo, [data[end_lo:]])
+
+
+def test_md5_lanes_hash_as_hashlib_does_whatever_the_lengths_and_splits():
+    # The C extension (s3fs_mount/s3/_md5lanes.c, built by setup.py): the CI builds it.
+    from s3fs_mount.s3 import _md5lanes
+
+    rng = random.Random(40)
+    for lanes in (1, 2, 3, 4, 5, 8, 9, 16):
+        datas = [os.urandom(rng.choice([0, 1, 55, 56, 63, 64, 65, 127, 128, 4096 + 7, 300_000]))
+                 for _ in range(lanes)]
+        states = [_md5lanes.new() for _ in datas]
+        cut = [rng.randrange(len(d) + 1) for d in datas]  # each fed in two pieces, side by side
+        _md5lanes.update_lanes(states, [d[:c] for d, c in zip(datas, cut, strict=True)])
+        _md5lanes.update_lanes(states, [memoryview(d)[c:] for d, c in zip(datas, cut, strict=True)])
+        assert [_md5lanes.digest(s) for s in states] == [hashlib.md5(d).digest() for d in datas], lanes
+    with pytest.raises(ValueError):
+        _md5lanes.update_lanes([_md5lanes.new()] * 2, [b"a", b"b"])  # one state twice
+    with pytest.raises(ValueError):
+        _md5lanes.update_lanes([bytearray(8)], [b"a"])  # no state
+
+
+def _parts_etag(data: bytes, part: int) -> str:
+    return composite([hashlib.md5(data[i : i + part]).digest() for i in range(0, len(data), part)])
+
+
+def test_a_verifiers_md5_parts_fed_later_are_hashed_side_by_side_when_settled(monkeypatch):
+    # What a stream's GET threads queue (feed_later) waits, by reference, for the reader's
+    # settle(), which hashes every part's bytes at once in vector lanes: one pass for 6 parts.
+    from s3fs_mount.s3 import _md5lanes
+
+    passes: list[int] = []
+    real = _md5lanes.update_lanes
+    monkeypatch.setattr(_md5lanes, "update_lanes", lambda s, d: (passes.append(len(s)), real(s, d))[1])
+    part = MiB
+    data = bytearray(os.urandom(6 * part + 77))
+    for flip in (None, 0, 3 * part + 5, len(data) - 1):
+        body = bytearray(data)
+        if flip is not None:
+            body[flip] ^= 1
+        body = bytes(body)
+        v = Verifier("k", "MD5-of-parts:" + _parts_etag(bytes(data), part), len(body), part)
+        passes.clear()
+        for off in reversed(range(0, len(body), part)):  # pieces in any order, as GETs end
+            v.feed_later(off, [body[off : off + part]])
+        assert v.state == PENDING and passes == []  # queued, not hashed (under LANE_BATCH parts)
+        v.settle()
+        assert v.state == (VERIFIED if flip is None else MISMATCH), flip
+        assert passes == [7], flip  # the 7 parts' bytes in one pass of the lanes
+
+
+def test_a_verifier_hashes_its_queue_once_a_vectors_worth_of_parts_is_ready():
+    part = MiB
+    data = os.urandom(checksums.LANE_BATCH * part)
+    v = Verifier("k", "MD5-of-parts:" + _parts_etag(data, part), len(data), part)
+    for n in range(checksums.LANE_BATCH - 1):
+        v.feed_later(n * part, [data[n * part : (n + 1) * part]])
+    assert v.state == PENDING and v._waiting_bytes == (checksums.LANE_BATCH - 1) * part
+    v.feed_later(len(data) - part, [data[-part:]])  # the feeder hashes them all: no reader needed
+    assert v.state == VERIFIED
+
+
+def test_a_verifier_let_go_hashes_what_was_queued_and_what_comes_later():
+    # A stream let go (Prefetcher._let_go_all) settles no more: its check hashes as fed from then on.
+    part = MiB
+    data = os.urandom(4 * part)
+    v = Verifier("k", "MD5-of-parts:" + _parts_etag(data, part), len(data), part)
+    v.feed_later(0, [data[: 2 * part]])
+    v.release()
+    assert v._waiting_bytes == 0 and v.state == PENDING
+    v.feed_later(2 * part, [data[2 * part :]])  # a GET that was under way when it was let go
+    assert v.state == VERIFIED
+
+
+def test_a_verifiers_queue_with_a_gap_is_held_and_hashed_once_the_gap_is_fed():
+    # Pieces that straddle parts and overlap (a piece fetched again) come in any order; each part is
+    # hashed from its start, in order, each byte once.
+    part = 3 * MiB
+    data = os.urandom(4 * part + 5)
+    v = Verifier("k", "MD5-of-parts:" + _parts_etag(data, part), len(data), part)
+    for off in (2 * MiB, 6 * MiB, 10 * MiB):
+        v.feed_later(off, [data[off : off + 2 * MiB]])
+    v.settle()
+    assert v.state == PENDING  # parts 1 and 2 wait for bytes 0..2 MiB and 4..6 MiB
+    for off in (5 * MiB, 0, 4 * MiB, 8 * MiB, 12 * MiB):  # 5 MiB overlaps what is queued
+        v.feed_later(off, [data[off : off + 3 * MiB]])
+    v.settle()
+    assert v.state == VERIFIED
+
+
+def test_the_bytes_all_verifiers_keep_queued_are_bounded():
+    # Four readers' checks, each under LANE_BATCH parts: past MAX_QUEUED together, each feeder
+    # hashes its own queue at once, so what they keep alive stays near MAX_QUEUED, not 4 x MAX_WAITING.
+    part = 4 * MiB
+    datas = [os.urandom(8 * part) for _ in range(4)]
+    checks = [Verifier("k", "MD5-of-parts:" + _parts_etag(d, part), len(d), part) for d in datas]
+    before = checksums._QUEUED.add(0)
+    for n in range(checksums.LANE_BATCH - 1):  # under a vector's worth of parts each
+        for v, d in zip(checks, datas, strict=True):
+            v.feed_later(n * part, [d[n * part : (n + 1) * part]])
+            assert checksums._QUEUED.add(0) - before <= checksums.MAX_QUEUED + part
+    assert any(v._waiting_bytes == 0 for v in checks)  # hashed for the bound, not for its batch
+    for v, d in zip(checks, datas, strict=True):
+        v.feed_later(len(d) - part, [d[-part:]])
+        v.settle()
+        assert v.state == VERIFIED
+    assert checksums._QUEUED.add(0) == before

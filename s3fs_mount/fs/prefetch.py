@@ -38,8 +38,10 @@ served.
 
 Checks (see :mod:`s3fs_mount.s3.checksums`): every piece of a stream that
 started at byte 0 is fed to that reader's own
-:class:`~s3fs_mount.s3.checksums.Verifier` before the reader gets it, and the
-read that reaches the end of the object raises EIO if the bytes did not match
+:class:`~s3fs_mount.s3.checksums.Verifier` by the GET that fetched it (the MD5s of an
+ETag's parts are queued, by reference, and hashed side by side once a vector's worth is
+queued: :meth:`~s3fs_mount.s3.checksums.Verifier.feed_later`), all of it hashed before the
+read that reaches the end of the object is answered, which raises EIO if the bytes did not match
 (each reader's own: a check hashes each byte once, so a shared one passed the
 bytes a second stream fetched again unhashed). Once one reader has streamed
 the whole object through its own check, and no other handle was open
@@ -530,7 +532,9 @@ class Prefetcher:
         else:
             blocks = self._get_checked(key, etag, start, length, pieces)
         if verifier is not None:
-            verifier.feed(start, blocks)  # before any reader has them
+            # Hashed here, or queued (by reference) to be hashed with other pieces, their parts
+            # side by side, once enough are queued; all of them before the verdict (_check).
+            verifier.feed_later(start, blocks)
         return blocks
 
     def _get_checked(self, key: str, etag: str, start: int, length: int, pieces: PieceDigests) -> list[bytes]:
@@ -672,6 +676,7 @@ class Prefetcher:
         verifier = own if own is not None else self._known_verifier(item.key, etag)
         if verifier is None:
             return
+        verifier.settle()  # what its GETs queued (Verifier.feed_later) is hashed first
         verdict = verifier.state
         if verdict == VERIFIED and state is not None and own is verifier:
             # Read whole from its own stream, checked: the kernel may keep the pages, if they
@@ -754,6 +759,8 @@ class Prefetcher:
         stream again from byte 0 is checked anew; one from elsewhere is not (:meth:`_new_verifier`)."""
         for start in list(state.pieces):
             self._let_go(state, start)
+        if state.verifier is not None:
+            state.verifier.release()  # what its GETs queued is hashed now, or as it comes
         state.verifier = None
         state.streamed_until = 0
 

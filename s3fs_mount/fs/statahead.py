@@ -58,7 +58,10 @@ from s3fs_mount.clock import Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name
 from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.pipelined import Pending
 from s3fs_mount.s3.retry import ahead_of_need
+from s3fs_mount.s3.store import ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +201,41 @@ class _Workers:
                 answer.run()
 
 
+class _HeadSent:
+    """A HEAD the store's sender sends ahead (:meth:`StatAhead._send`), as an :class:`_Answer`:
+    its result is what the namespace makes of the HEAD's answer (made by the caller of
+    ``result()``: a lookup's thread), ``asked`` being when it was sent for."""
+
+    __slots__ = ("_path", "_pending", "_asked", "_convert")
+
+    def __init__(
+        self,
+        path: str,
+        pending: Pending[ObjectInfo],
+        asked: float,
+        convert: Callable[[str, ObjectInfo | None, float], A.Attributes | None],
+    ) -> None:
+        self._path = path
+        self._pending = pending
+        self._asked = asked
+        self._convert = convert
+
+    def cancel(self) -> bool:
+        return self._pending.cancel()
+
+    def done(self) -> bool:
+        return self._pending.done()
+
+    def result(self) -> A.Attributes | None:
+        try:
+            info: ObjectInfo | None = self._pending.result()
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            info = None
+        return self._convert(self._path, info, self._asked)
+
+
 class _Run:
     """One directory being stat'ed in name order. Guarded by StatAhead._lock."""
 
@@ -208,7 +246,7 @@ class _Run:
         self.last = name  # the name the stats have reached
         self.touched = now  # when a lookup last moved the run (monotonic)
         self.names: deque[str] = deque()  # listed names after ``last``, not yet sent ahead
-        self.ahead: OrderedDict[str, _Answer] = OrderedDict()
+        self.ahead: OrderedDict[str, _Answer | _HeadSent] = OrderedDict()
         self.window = 0  # HEADs to keep ahead; 0: not started (one file found so far)
         self.listed_to = ""  # the last name listed so far ('': list from ``last``)
         self.exhausted = False  # the listing reached the directory's end
@@ -234,6 +272,11 @@ class StatAhead:
         :meth:`more_listed` says when it has); or None (not known: a LIST page is asked).
     :param first_listed: ``parent`` -> the first name a readdir of it listed a moment ago (a walk
         under way, or just done), or None: a stat of that name starts the run at once.
+    :param head_ahead: ``path`` -> the HEAD of file ``path`` sent by the store's own sender (the
+        connector's request pipeline: one thread, many sockets), or None where it has none: then
+        ``fetch`` goes to the workers.
+    :param from_head: ``(path, ObjectInfo or None for a 404, asked)`` -> what ``fetch`` would
+        have answered for that HEAD (needed with ``head_ahead``).
     """
 
     def __init__(
@@ -247,7 +290,11 @@ class StatAhead:
         workers: int = WORKERS,
         listed: Callable[[str, str, int], tuple[list[str], bool] | None] = lambda parent, after, count: None,
         first_listed: Callable[[str], str | None] = lambda parent: None,
+        head_ahead: Callable[[str], Pending[ObjectInfo] | None] = lambda path: None,
+        from_head: Callable[[str, ObjectInfo | None, float], A.Attributes | None] | None = None,
     ) -> None:
+        self._head_ahead = head_ahead
+        self._from_head = from_head
         self._listed = listed
         self._first_listed = first_listed
         self._store = store
@@ -337,7 +384,7 @@ class StatAhead:
 
     # -- the run of one directory ----------------------------------------------------------
 
-    def _take(self, parent: str, name: str) -> _Answer | None:
+    def _take(self, parent: str, name: str) -> _Answer | _HeadSent | None:
         """The answer sent ahead for ``name``, taken out of its run; None if there is none (the
         run goes on if ``name`` is where it was going, else it ends)."""
         with self._lock:
@@ -357,7 +404,7 @@ class StatAhead:
             return None
 
     def _settled(
-        self, path: str, future: _Answer | concurrent.futures.Future[A.Attributes | None]
+        self, path: str, future: _Answer | _HeadSent | concurrent.futures.Future[A.Attributes | None]
     ) -> A.Attributes | None:
         """The answer of ``future`` if it may still be used (in time, nothing changed since)."""
         try:
@@ -448,7 +495,7 @@ class StatAhead:
                 return
             while run.names and len(run.ahead) < run.window:
                 name = run.names.popleft()
-                run.ahead[name] = self._pool.submit(self._fetch, KeyMap.join(parent, name))
+                run.ahead[name] = self._send(KeyMap.join(parent, name))
             if len(run.ahead) >= run.window or run.exhausted or run.listing:
                 return
             run.listing = True
@@ -460,6 +507,18 @@ class StatAhead:
             self._add_names(parent, run, after, known[0], known[1], reading)
         else:
             self._pool.submit(self._list_page, parent, run, after)
+
+    def _send(self, path: str) -> _Answer | _HeadSent:
+        """The HEAD of file ``path`` sent ahead: by the store's sender if it has one (one thread
+        for all: a HEAD cost ~2/3 of the CPU it does in the workers, bench/README.md round 40),
+        else by a worker (caller holds _lock)."""
+        assert self._pool is not None
+        if self._from_head is not None:
+            asked = self._clock.monotonic()
+            pending = self._head_ahead(path)
+            if pending is not None:
+                return _HeadSent(path, pending, asked, self._from_head)
+        return self._pool.submit(self._fetch, path)
 
     def _list_page(self, parent: str, run: _Run, after: str) -> None:
         """One LIST page of ``parent``'s files after ``after`` into the run's names."""

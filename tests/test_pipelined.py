@@ -11,11 +11,12 @@ import threading
 
 import pytest
 from fakeclock import FakeClock
+from test_keepalive import tls_front  # noqa: F401 - a fixture
 from waiting import eventually
 
 from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
 from s3fs_mount.s3.connection import AHEAD_SOCKETS
-from s3fs_mount.s3.errors import ConnectionFailed, TimedOut, Unreachable
+from s3fs_mount.s3.errors import ConnectionFailed, TimedOut, TLSFailed, Unreachable
 from s3fs_mount.s3.pipelined import Pending
 
 
@@ -184,3 +185,27 @@ def test_a_pending_answer_is_started_or_cancelled_never_both():
         else:
             assert answer.result() == 7
         assert answer.done()
+
+
+def test_heads_sent_ahead_over_tls_check_the_certificate(
+    tls_front, s3config, bucket, boto, monkeypatch  # noqa: F811 - the fixture
+):
+    front, cert = tls_front
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    keys = _put(boto, bucket, AHEAD_SOCKETS + 10)
+    settings = dict(s3config, endpoint="https://" + front.endpoint, retry=_retry())
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    store = RemoteStore(S3Connection(**settings))
+    try:
+        pending = [store.head_ahead(S3Name(key, bucket)) for key in keys]
+        assert [p.result().size for p in pending] == list(range(len(keys)))
+        assert store.connection.stats.pipelined == len(keys)
+    finally:
+        store.close()
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # the system's bundle does not know this certificate
+    unknown = RemoteStore(S3Connection(**settings))
+    with pytest.raises(TLSFailed) as caught:
+        unknown.head_ahead(S3Name(keys[0], bucket)).result()
+    assert caught.value.reason == "certificate verify failed"
+    assert unknown.connection.stats.retries == 0  # not retried: a TLS failure is no accident

@@ -38,9 +38,14 @@ during a request, nor together with the namespace's lock (``usable`` and ``fetch
 called without it). An :class:`_Answer`'s run and cancel agree under a lock of its own; its
 value is written by the one worker that runs it and read once its latch is released.
 
-The HEADs go to a few threads of :class:`_Workers`, not a ThreadPoolExecutor: its ``submit``
-(a Future: a Condition, an RLock, a list; a work item; a Semaphore's Condition to see if a
-thread is idle, released again after each item) took ~10% of the mount's CPU in an
+The HEADs go to the store's own sender where it has one (``head_ahead``: the connector's
+request pipeline, s3/pipelined.py: one thread writing them on up to 20 non-blocking kept-alive
+sockets and reading the answers as they come): an ``ls -l`` of 10,000 files took 2.23 s of the
+mount's CPU with the HEADs in 20 threads, 1.69 s so (fewer thread switches and hand-offs of the
+GIL; bench/README.md, round 40). Elsewhere (through a proxy; the tests' fake store) they go, as
+the listing pages always do, to a few threads of :class:`_Workers`, not a ThreadPoolExecutor: its
+``submit`` (a Future: a Condition, an RLock, a list; a work item; a Semaphore's Condition to see
+if a thread is idle, released again after each item) took ~10% of the mount's CPU in an
 ``ls -l`` of 10,000 files once the HEADs themselves got cheaper (bench/README.md).
 """
 
@@ -65,11 +70,13 @@ from s3fs_mount.s3.store import ObjectInfo
 
 log = logging.getLogger(__name__)
 
-#: Threads sending HEADs ahead (shared by all directories). 8 threads and a window of 32 stat'ed
-#: 1,000 files in 1.16-1.52 s, 4 and 16 in 1.31-1.87 s, none in 1.92-2.70 s; on a loaded machine
-#: (a slower answer to each HEAD, not fewer at a time) 16 and 64 walked 10,000 faster than 8 and
-#: 32 (bench/README.md, round 31). A thread waiting for an answer holds no CPU. 20: as many as
-#: s3fs-fuse keeps in flight in its ls -l (``multireq_max``; bench/README.md, rounds 38-39).
+#: HEADs sent ahead at once (shared by all directories): the request pipeline's sockets
+#: (s3/connection.py AHEAD_SOCKETS), or threads where the store has no pipeline. 8 threads
+#: and a window of 32 stat'ed 1,000 files in 1.16-1.52 s, 4 and 16 in 1.31-1.87 s, none in
+#: 1.92-2.70 s; on a loaded machine (a slower answer to each HEAD, not fewer at a time) 16 and
+#: 64 walked 10,000 faster than 8 and 32 (bench/README.md, round 31). A thread waiting for an
+#: answer holds no CPU. 20: as many as s3fs-fuse keeps in flight in its ls -l (``multireq_max``;
+#: bench/README.md, rounds 38-39).
 WORKERS = 20
 #: Most HEADs sent ahead of the last stat in one directory (at least WORKERS: all of them busy).
 MAX_WINDOW = 64

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import hashlib
 import logging
@@ -540,10 +539,9 @@ class S3Connection:
         self.verify: bool | str = (bundle or True) if verify_tls and tls else False
         #: Sends the signed requests: urllib3's pools, as requests builds them (transport.py).
         self._transport = Transport(self.scheme, endpoint, self.verify, timeout, max_connections)
-        #: The request pipeline and the threads retrying what it sent (send_ahead), made at their
-        #: first use. Written under _ahead_lock (read without it: None or made, whole).
+        #: The request pipeline (send_ahead), made at its first use. Written under _ahead_lock
+        #: (read without it: None or made, whole).
         self._ahead: Pipeline | None = None
-        self._ahead_retries: concurrent.futures.ThreadPoolExecutor | None = None
         self._ahead_lock = threading.Lock()
         self.proxies: dict[str, str] = self._transport.proxies
 
@@ -711,14 +709,13 @@ class S3Connection:
                     self._ahead = Pipeline(pool, AHEAD_SOCKETS, ahead_of_need, "s3-ahead")
         return self._ahead
 
-    def retry_ahead(self, attempts: Callable[[], None]) -> None:
+    @staticmethod
+    def retry_ahead(attempts: Callable[[], None]) -> None:
         """Run ``attempts`` (a request sent ahead whose first try failed: the retry policy's
-        next tries, with its pauses) in a thread of their own, as sent ahead of need."""
-        with self._ahead_lock:
-            if self._ahead_retries is None:
-                self._ahead_retries = concurrent.futures.ThreadPoolExecutor(AHEAD_SOCKETS, "s3-ahead-retry")
-            pool = self._ahead_retries
-        pool.submit(_ahead_of_need, attempts)
+        next tries, with its pauses) in a thread of its own, as sent ahead of need. One thread
+        each: failures are rare, and bounded by what is in flight (while S3 is unreachable the
+        others fail unsent); a daemon, as the stat-ahead's workers: an unmount waits for none."""
+        threading.Thread(target=_ahead_of_need, args=(attempts,), name="s3-ahead-retry", daemon=True).start()
 
     def _with_object_options(self, operation: str, headers: Mapping[str, str]) -> Mapping[str, str]:
         """``headers`` and what :attr:`object_options` asks of ``operation`` (which wins)."""

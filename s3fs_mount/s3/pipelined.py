@@ -117,7 +117,8 @@ class Exchange(Protocol):
 
     def begin(self) -> tuple[str, int, bytes] | None:
         """A socket is free for it: ``(host, port, the request's bytes)``; None: it is not to be
-        sent (cancelled, or refused: it has settled itself)."""
+        sent (cancelled, or refused: it has settled itself). Never raises: its waiter would wait
+        for ever."""
 
     def answered(self, status: int, headers: Headers) -> None:
         """Its answer came (a status and headers; no body)."""
@@ -319,16 +320,18 @@ class Pipeline:
         if wire is None:
             try:
                 conn = self._pool.take(host, port)
-                conn.sock.setblocking(False)
             except urllib3.exceptions.HTTPError as exc:
                 self._fail(exchange, exc)
                 return
-            except OSError as exc:
+            try:
+                conn.sock.setblocking(False)
+                wire = _Wire(conn, where)
+                wire.got, conn.pending = conn.pending, b""
+                selector.register(conn.sock, selectors.EVENT_READ, wire)
+            except (OSError, ValueError) as exc:
+                conn.close()
                 self._fail(exchange, _aborted(exc))
                 return
-            wire = _Wire(conn, where)
-            wire.got, conn.pending = conn.pending, b""
-            selector.register(conn.sock, selectors.EVENT_READ, wire)
         wire.exchange, wire.out, wire.deadline = exchange, data, deadline
         busy.append(wire)
         self._write(wire, selector, busy, spare)

@@ -331,18 +331,36 @@ class _Request:
                 return resp
 
 
-class _SentAhead(Pending[T]):
+class _SentAhead(Pending[Any]):
     """A request of :meth:`S3Connection.send_ahead`, as the pipeline sends it (its
-    :class:`~s3fs_mount.s3.pipelined.Exchange`) and its caller waits for it (a Pending)."""
+    :class:`~s3fs_mount.s3.pipelined.Exchange`) and its caller waits for it (a Pending).
 
-    __slots__ = ("_request", "_then", "_signed", "_started_at")
+    Signed by the thread that sends it ahead, and its answer read into ``then``'s value by the
+    one that takes it (:meth:`result`): the pipeline's one thread does the rest (the wire, the
+    counting, the retry policy's first word), so that it is not the walk's bottleneck where the
+    machine's CPU is shared by many (one thread, one share).
+    """
 
-    def __init__(self, request: _Request, then: Callable[[Response], T]) -> None:
+    __slots__ = ("_request", "_then", "_signed", "_started_at", "_prepared")
+
+    def __init__(self, request: _Request, then: Callable[[Response], Any]) -> None:
         super().__init__()
         self._request = request
         self._then = then
         self._signed: dict[str, str] = {}
         self._started_at = 0.0
+        self._prepared: tuple[str, int, bytes] | BaseException
+        try:
+            url, self._signed = request.signed()
+            host, port, target = request.conn._transport.address(url)
+            data = KeptAlivePool.request_head(request.method, target, self._signed, None)
+            self._prepared = host, port, data
+        except Exception as exc:  # noqa: BLE001 - the waiter's, as request() would raise it
+            self._prepared = exc
+
+    def result(self) -> Any:
+        """``then`` of the answer (raises what :meth:`S3Connection.request` would)."""
+        return self._then(super().result())
 
     def begin(self) -> tuple[str, int, bytes] | None:
         """See :class:`~s3fs_mount.s3.pipelined.Exchange` (the pipeline's thread is sending ahead)."""
@@ -351,15 +369,16 @@ class _SentAhead(Pending[T]):
         request = self._request
         try:
             request.conn.retry.outage.may_probe(request.what)  # S3 unreachable: Unreachable, unsent
-            url, self._signed = request.signed()
-            host, port, target = request.conn._transport.address(url)
-            data = KeptAlivePool.request_head(request.method, target, self._signed, None)
         except Exception as exc:  # noqa: BLE001 - the waiter's, as request() would raise it
             self.settle(error=exc)
             return None
+        prepared = self._prepared
+        if isinstance(prepared, BaseException):
+            self.settle(error=prepared)
+            return None
         self._started_at = time.monotonic()
         request.conn.stats.sent_pipelined()
-        return host, port, data
+        return prepared
 
     def answered(self, status: int, headers: Headers) -> None:
         request = self._request
@@ -390,11 +409,11 @@ class _SentAhead(Pending[T]):
     def _finish(self, attempts: _Attempts) -> None:
         request = self._request
         try:
-            value = self._then(request.conn.retry.call(attempts.next, request.what))
+            answer = request.conn.retry.call(attempts.next, request.what)
         except Exception as exc:  # noqa: BLE001 - the waiter's
             self.settle(error=exc)
         else:
-            self.settle(value)
+            self.settle(answer)
 
 
 class _Attempts:
@@ -689,8 +708,9 @@ class S3Connection:
         Its :class:`~s3fs_mount.s3.pipelined.Pending` gives ``then(response)`` or raises what
         :meth:`request` raises for it: signed, counted and retried as every request (a failed
         first try is tried again by the retry policy, in a thread of its own), and while S3 is
-        unreachable it fails at once, unsent (s3/retry.py ``ahead_of_need``). ``then`` runs in
-        the pipeline's thread: keep it short.
+        unreachable it fails at once, unsent (s3/retry.py ``ahead_of_need``). It is signed here,
+        and ``then`` runs in the thread that asks ``result()``: the pipeline's thread only sends
+        and reads.
         """
         pipeline = self._pipeline()
         if pipeline is None:

@@ -70,10 +70,10 @@ class Pending(Generic[T]):
         self._latch = threading.Lock()
         self._latch.acquire()  # released once settled or cancelled
         self._state = threading.Lock()
-        self._value: Any = None
-        self._error: BaseException | None = None
-        self._started = False
-        self._cancelled = False
+        self._value: Any = None  # written once, before _latch is released
+        self._error: BaseException | None = None  # (as _value)
+        self._started = False  # GUARDED_BY(_state)
+        self._cancelled = False  # GUARDED_BY(_state)
 
     def start(self) -> bool:
         """The sender is about to send it: False if it was cancelled first (then it is over)."""

@@ -40,8 +40,8 @@ value is written by the one worker that runs it and read once its latch is relea
 
 The HEADs go to the store's own sender where it has one (``head_ahead``: the connector's
 request pipeline, s3/pipelined.py: one thread writing them on up to 20 non-blocking kept-alive
-sockets and reading the answers as they come): an ``ls -l`` of 10,000 files took 2.23 s of the
-mount's CPU with the HEADs in 20 threads, 1.69 s so (fewer thread switches and hand-offs of the
+sockets and reading the answers as they come): an ``ls -l`` of 10,000 files took 2.19 s of the
+mount's CPU with the HEADs in 20 threads, 1.95 s so (fewer thread switches and hand-offs of the
 GIL; bench/README.md, round 40). Elsewhere (through a proxy; the tests' fake store) they go, as
 the listing pages always do, to a few threads of :class:`_Workers`, not a ThreadPoolExecutor: its
 ``submit`` (a Future: a Condition, an RLock, a list; a work item; a Semaphore's Condition to see

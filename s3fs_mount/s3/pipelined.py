@@ -4,8 +4,10 @@ An ``ls -l`` is one LIST and a HEAD per file (a listing has no mode, owner or ti
 of the stats by the stat-ahead (fs/statahead.py), 20 at a time. Sent by 20 threads, each a
 blocking exchange, a HEAD cost 117 us of this process's CPU; written by one thread on up to 20
 non-blocking sockets, the answers read as they come, 94 us (bench/ahead_cpu.py), and the mount's
-CPU for ``ls -l`` of 10,000 files fell from 2.23 s to 1.69 s: fewer thread switches and hand-offs
-of the GIL on 2 cores (bench/README.md, round 40).
+CPU for ``ls -l`` of 10,000 files fell by a tenth (2.19 -> 1.95 s, the same tree with it off and on):
+fewer thread switches and hand-offs of the GIL on 2 cores. Where many more threads than cores are
+runnable, the one thread gets one share of the CPU: at load 30 the walk took longer (bench/README.md,
+round 40).
 
 :class:`Pipeline` is the wire alone: its sockets are the
 :class:`~s3fs_mount.s3.keepalive.KeptAlivePool`'s every other request uses (taken when work comes,

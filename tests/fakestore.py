@@ -211,6 +211,10 @@ class FakeStore:
 
     # -- objects --------------------------------------------------------------------------
 
+    def head_ahead(self, remote_name: str | S3Name, named: str | None = None) -> None:
+        """No sender of its own: the caller sends :meth:`head` in threads (as through a proxy)."""
+        return None
+
     def head(self, remote_name: str | S3Name) -> ObjectInfo:
         self.count("HEAD")
         try:

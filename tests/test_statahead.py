@@ -9,6 +9,7 @@ import collections
 import concurrent.futures
 import errno
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -489,6 +490,50 @@ def test_ls_l_of_a_directory_of_several_listing_pages_sends_no_getattr_past_its_
     assert set(heads) == {"/%s/%s" % (bucket, k) for k in keys} and max(heads.values()) == 1
     assert [q for q in lists if "start-after" in q] == []  # the readdir's pages alone
     assert stats <= 2 * 16, stats  # ~16: the first reply's files (not ~50 more at each page's end)
+    mount.stop()
+
+
+@pytest.mark.fuse
+def test_ls_l_through_a_mount_sends_a_head_per_file_from_one_thread_and_shows_each_files_attributes(
+    mount_factory, faultproxy, s3config, boto, bucket, tmp_path
+):
+    """ls -l of 300 files, each of its own size, mode, owner and mtime (s3fs-fuse's headers):
+    one LIST, one HEAD a file, most sent ahead by the connector's request pipeline (one thread
+    over many sockets, as ``s3fs-mount status`` says), and every line shows what was stored."""
+    from test_newdirs import run_cli
+
+    count = 300
+    keys = ["sl/f%04d" % i for i in range(count)]
+
+    def put(i: int) -> None:
+        meta = {"mode": str(stat.S_IFREG | (0o600 + 0o10 * (i % 8))), "uid": str(1000 + i % 5),
+                "gid": str(2000 + i % 3), "mtime": str(1_600_000_000 + 3600 * i)}
+        boto.put_object(Bucket=bucket, Key=keys[i], Body=b"y" * (i % 37), Metadata=meta)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, range(count)))
+    config = str(s3rig.write_s3yaml(tmp_path / "proxy.yaml", dict(s3config, endpoint=faultproxy.endpoint)))
+    mount = mount_factory("attr_ttl=30", config=config).start()  # nothing fetched ahead gets too old
+    top = os.path.join(mount.path, "sl")
+    assert os.path.isdir(top)
+    mark = len(faultproxy.seen)
+    env = dict(os.environ, LC_ALL="C")
+    out = subprocess.run(
+        ["ls", "-ln", "--time-style=+%s", top], check=True, capture_output=True, text=True, env=env
+    ).stdout
+    lines = [line.split() for line in out.splitlines()[1:]]
+    assert [line[-1] for line in lines] == ["f%04d" % i for i in range(count)]
+    for i, (mode, _links, uid, gid, size, mtime, _name) in enumerate(lines):
+        assert mode == stat.filemode(stat.S_IFREG | (0o600 + 0o10 * (i % 8))), (i, mode)
+        assert (int(uid), int(gid), int(size), int(mtime)) == (
+            1000 + i % 5, 2000 + i % 3, i % 37, 1_600_000_000 + 3600 * i
+        ), i
+    seen = requests_of(faultproxy, mark)
+    heads = collections.Counter(p for m, p, _ in seen if m == "HEAD")
+    assert set(heads) == {"/%s/%s" % (bucket, k) for k in keys} and max(heads.values()) == 1
+    st = run_cli("status", mount.path)
+    ahead = re.search(r", (\d+) sent ahead by one thread", st.stdout)
+    assert ahead and count // 2 <= int(ahead[1]) <= count, st.stdout  # (a lookup or two HEADs its own)
     mount.stop()
 
 

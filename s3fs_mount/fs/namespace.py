@@ -383,6 +383,8 @@ class Namespace:
             statahead,
             self._unknown_files_after,
             self._first_listed,
+            lambda path: store.head_ahead(keymap.key(path)),
+            self._from_head_ahead,
         )
         self.list_ahead = ListAhead(list_ahead)
         #: rm -r's next subdirectory looked up while the walk removes the one before (remove_dir).
@@ -992,6 +994,8 @@ class Namespace:
             if beside is not None:
                 beside.cancel()
             raise
+        if beside is None:
+            return self._head_attributes(path, key, info)
         if info is not None and not self._is_directory_object(info):
             looked = False
             try:
@@ -1013,6 +1017,26 @@ class Namespace:
                 self._saw_dir_object(path, key, info.size)
             return found
         return None
+
+    def _head_attributes(self, path: str, key: str, info: ObjectInfo | None) -> A.Attributes | None:
+        """What the HEAD of ``key`` (``info``; None: 404) says of ``path``, where no LIST went
+        beside it: a file, a directory (its object: a Content-Type or mode of a directory), or None."""
+        if info is None:
+            return None
+        if not self._is_directory_object(info):
+            found = self.from_info(info)
+            found.headed, found.looked = True, False
+            return found
+        found = self._dir_attributes(path)
+        self._saw_dir_object(path, key, info.size)
+        return found
+
+    def _from_head_ahead(self, path: str, info: ObjectInfo | None, asked: float) -> A.Attributes | None:
+        """What a HEAD of file ``path`` sent ahead at ``asked`` (stat-ahead) says, as :meth:`_fetch`."""
+        found = self._head_attributes(path, self.keymap.key(path), info)
+        if found is not None:
+            found.seen_at = asked
+        return found
 
     def _list_named(self, key: str, job: GiveUp | None = None, ahead: bool = False) -> ListPage:
         """The first keys beginning with ``key`` (a marker ``key/`` shows as a prefix, a

@@ -38,9 +38,14 @@ during a request, nor together with the namespace's lock (``usable`` and ``fetch
 called without it). An :class:`_Answer`'s run and cancel agree under a lock of its own; its
 value is written by the one worker that runs it and read once its latch is released.
 
-The HEADs go to a few threads of :class:`_Workers`, not a ThreadPoolExecutor: its ``submit``
-(a Future: a Condition, an RLock, a list; a work item; a Semaphore's Condition to see if a
-thread is idle, released again after each item) took ~10% of the mount's CPU in an
+The HEADs go to the store's own sender where it has one (``head_ahead``: the connector's
+request pipeline, s3/pipelined.py: one thread writing them on up to 20 non-blocking kept-alive
+sockets and reading the answers as they come): an ``ls -l`` of 10,000 files took 2.19 s of the
+mount's CPU with the HEADs in 20 threads, 1.95 s so (fewer thread switches and hand-offs of the
+GIL; bench/README.md, round 40). Elsewhere (through a proxy; the tests' fake store) they go, as
+the listing pages always do, to a few threads of :class:`_Workers`, not a ThreadPoolExecutor: its
+``submit`` (a Future: a Condition, an RLock, a list; a work item; a Semaphore's Condition to see
+if a thread is idle, released again after each item) took ~10% of the mount's CPU in an
 ``ls -l`` of 10,000 files once the HEADs themselves got cheaper (bench/README.md).
 """
 
@@ -58,15 +63,20 @@ from s3fs_mount.clock import Clock
 from s3fs_mount.fs import attrs as A
 from s3fs_mount.fs.paths import FOLDER_SUFFIX, KeyMap, is_valid_name
 from s3fs_mount.s3.bucket import Bucket
+from s3fs_mount.s3.errors import S3Error
+from s3fs_mount.s3.pipelined import Pending
 from s3fs_mount.s3.retry import ahead_of_need
+from s3fs_mount.s3.store import ObjectInfo
 
 log = logging.getLogger(__name__)
 
-#: Threads sending HEADs ahead (shared by all directories). 8 threads and a window of 32 stat'ed
-#: 1,000 files in 1.16-1.52 s, 4 and 16 in 1.31-1.87 s, none in 1.92-2.70 s; on a loaded machine
-#: (a slower answer to each HEAD, not fewer at a time) 16 and 64 walked 10,000 faster than 8 and
-#: 32 (bench/README.md, round 31). A thread waiting for an answer holds no CPU. 20: as many as
-#: s3fs-fuse keeps in flight in its ls -l (``multireq_max``; bench/README.md, rounds 38-39).
+#: HEADs sent ahead at once (shared by all directories): the request pipeline's sockets
+#: (s3/connection.py AHEAD_SOCKETS), or threads where the store has no pipeline. 8 threads
+#: and a window of 32 stat'ed 1,000 files in 1.16-1.52 s, 4 and 16 in 1.31-1.87 s, none in
+#: 1.92-2.70 s; on a loaded machine (a slower answer to each HEAD, not fewer at a time) 16 and
+#: 64 walked 10,000 faster than 8 and 32 (bench/README.md, round 31). A thread waiting for an
+#: answer holds no CPU. 20: as many as s3fs-fuse keeps in flight in its ls -l (``multireq_max``;
+#: bench/README.md, rounds 38-39).
 WORKERS = 20
 #: Most HEADs sent ahead of the last stat in one directory (at least WORKERS: all of them busy).
 MAX_WINDOW = 64
@@ -198,6 +208,41 @@ class _Workers:
                 answer.run()
 
 
+class _HeadSent:
+    """A HEAD the store's sender sends ahead (:meth:`StatAhead._send`), as an :class:`_Answer`:
+    its result is what the namespace makes of the HEAD's answer (made by the caller of
+    ``result()``: a lookup's thread), ``asked`` being when it was sent for."""
+
+    __slots__ = ("_path", "_pending", "_asked", "_convert")
+
+    def __init__(
+        self,
+        path: str,
+        pending: Pending[ObjectInfo],
+        asked: float,
+        convert: Callable[[str, ObjectInfo | None, float], A.Attributes | None],
+    ) -> None:
+        self._path = path
+        self._pending = pending
+        self._asked = asked
+        self._convert = convert
+
+    def cancel(self) -> bool:
+        return self._pending.cancel()
+
+    def done(self) -> bool:
+        return self._pending.done()
+
+    def result(self) -> A.Attributes | None:
+        try:
+            info: ObjectInfo | None = self._pending.result()
+        except S3Error as exc:
+            if not exc.not_found:
+                raise
+            info = None
+        return self._convert(self._path, info, self._asked)
+
+
 class _Run:
     """One directory being stat'ed in name order. Guarded by StatAhead._lock."""
 
@@ -208,7 +253,7 @@ class _Run:
         self.last = name  # the name the stats have reached
         self.touched = now  # when a lookup last moved the run (monotonic)
         self.names: deque[str] = deque()  # listed names after ``last``, not yet sent ahead
-        self.ahead: OrderedDict[str, _Answer] = OrderedDict()
+        self.ahead: OrderedDict[str, _Answer | _HeadSent] = OrderedDict()
         self.window = 0  # HEADs to keep ahead; 0: not started (one file found so far)
         self.listed_to = ""  # the last name listed so far ('': list from ``last``)
         self.exhausted = False  # the listing reached the directory's end
@@ -234,6 +279,11 @@ class StatAhead:
         :meth:`more_listed` says when it has); or None (not known: a LIST page is asked).
     :param first_listed: ``parent`` -> the first name a readdir of it listed a moment ago (a walk
         under way, or just done), or None: a stat of that name starts the run at once.
+    :param head_ahead: ``path`` -> the HEAD of file ``path`` sent by the store's own sender (the
+        connector's request pipeline: one thread, many sockets), or None where it has none: then
+        ``fetch`` goes to the workers.
+    :param from_head: ``(path, ObjectInfo or None for a 404, asked)`` -> what ``fetch`` would
+        have answered for that HEAD (needed with ``head_ahead``).
     """
 
     def __init__(
@@ -247,7 +297,11 @@ class StatAhead:
         workers: int = WORKERS,
         listed: Callable[[str, str, int], tuple[list[str], bool] | None] = lambda parent, after, count: None,
         first_listed: Callable[[str], str | None] = lambda parent: None,
+        head_ahead: Callable[[str], Pending[ObjectInfo] | None] = lambda path: None,
+        from_head: Callable[[str, ObjectInfo | None, float], A.Attributes | None] | None = None,
     ) -> None:
+        self._head_ahead = head_ahead
+        self._from_head = from_head
         self._listed = listed
         self._first_listed = first_listed
         self._store = store
@@ -337,7 +391,7 @@ class StatAhead:
 
     # -- the run of one directory ----------------------------------------------------------
 
-    def _take(self, parent: str, name: str) -> _Answer | None:
+    def _take(self, parent: str, name: str) -> _Answer | _HeadSent | None:
         """The answer sent ahead for ``name``, taken out of its run; None if there is none (the
         run goes on if ``name`` is where it was going, else it ends)."""
         with self._lock:
@@ -357,7 +411,7 @@ class StatAhead:
             return None
 
     def _settled(
-        self, path: str, future: _Answer | concurrent.futures.Future[A.Attributes | None]
+        self, path: str, future: _Answer | _HeadSent | concurrent.futures.Future[A.Attributes | None]
     ) -> A.Attributes | None:
         """The answer of ``future`` if it may still be used (in time, nothing changed since)."""
         try:
@@ -448,7 +502,7 @@ class StatAhead:
                 return
             while run.names and len(run.ahead) < run.window:
                 name = run.names.popleft()
-                run.ahead[name] = self._pool.submit(self._fetch, KeyMap.join(parent, name))
+                run.ahead[name] = self._send(KeyMap.join(parent, name))
             if len(run.ahead) >= run.window or run.exhausted or run.listing:
                 return
             run.listing = True
@@ -460,6 +514,18 @@ class StatAhead:
             self._add_names(parent, run, after, known[0], known[1], reading)
         else:
             self._pool.submit(self._list_page, parent, run, after)
+
+    def _send(self, path: str) -> _Answer | _HeadSent:
+        """The HEAD of file ``path`` sent ahead: by the store's sender if it has one (one thread
+        for all: a HEAD cost ~2/3 of the CPU it does in the workers, bench/README.md round 40),
+        else by a worker (caller holds _lock)."""
+        assert self._pool is not None
+        if self._from_head is not None:
+            asked = self._clock.monotonic()
+            pending = self._head_ahead(path)
+            if pending is not None:
+                return _HeadSent(path, pending, asked, self._from_head)
+        return self._pool.submit(self._fetch, path)
 
     def _list_page(self, parent: str, run: _Run, after: str) -> None:
         """One LIST page of ``parent``'s files after ``after`` into the run's names."""

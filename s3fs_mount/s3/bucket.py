@@ -26,6 +26,7 @@ from typing import IO, Protocol, runtime_checkable
 from s3fs_mount.s3.errors import S3Error
 from s3fs_mount.s3.names import RemoteName, S3Name
 from s3fs_mount.s3.parts import AnyLayout
+from s3fs_mount.s3.pipelined import Pending
 from s3fs_mount.s3.store import MultipartUpload, ObjectInfo, copy_source
 from s3fs_mount.s3.xmlparse import ListEntry, ListPage
 
@@ -47,6 +48,8 @@ class ObjectStore(Protocol):
     etags_are_md5: bool
 
     def head(self, remote_name: RemoteName) -> ObjectInfo: ...
+
+    def head_ahead(self, remote_name: RemoteName, named: str | None = None) -> Pending[ObjectInfo] | None: ...
 
     def get_range(
         self, remote_name: RemoteName, start: int, length: int, if_match: str | None = None
@@ -227,6 +230,11 @@ class Bucket:
     def head(self, key: str) -> ObjectInfo:
         info = self.store.head(self._at(key))
         return dataclasses.replace(info, key=key) if self.prefix else info
+
+    def head_ahead(self, key: str) -> Pending[ObjectInfo] | None:
+        """:meth:`head` sent ahead of need on the store's own sender, if it has one (None: it
+        has not; call :meth:`head` in threads of your own)."""
+        return self.store.head_ahead(self._at(key), key if self.prefix else None)
 
     def current_etag(self, key: str) -> str:
         """The ETag of the object at ``key`` now (one HEAD); "" when there is none."""

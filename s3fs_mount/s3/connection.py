@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -13,15 +14,16 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import urllib3
 
 from s3fs_mount.s3 import xmlparse
 from s3fs_mount.s3.errors import ConfigError, ConnectionFailed, S3Error, TLSFailed, TransportError
-from s3fs_mount.s3.keepalive import FileSpan
+from s3fs_mount.s3.keepalive import FileSpan, Headers, KeptAlivePool
 from s3fs_mount.s3.objectopts import ERRORS_IN_BODY, ObjectOptions, operation_of
-from s3fs_mount.s3.retry import GiveUp, RetryPolicy
+from s3fs_mount.s3.pipelined import Pending, Pipeline
+from s3fs_mount.s3.retry import GiveUp, RetryPolicy, ahead_of_need, is_retryable
 from s3fs_mount.s3.sigv4 import (
     EMPTY_SHA256,
     UNSIGNED_PAYLOAD,
@@ -33,6 +35,7 @@ from s3fs_mount.s3.sigv4 import (
 from s3fs_mount.s3.transport import Response, Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: One line per request at DEBUG: method, bucket/key, status, ms, bytes.
 request_log = logging.getLogger("s3fs_mount.requests")
 
@@ -129,6 +132,8 @@ class RequestStats:
         self.failures = 0  #: transport errors, and answers that are errors (5xx, 403, 400, ...)
         self.misses = 0  #: 404, 412, 304: ordinary answers (see EXPECTED_MISSES)
         self.retries = 0  #: attempts after the first, by the retry policy
+        #: tries sent by the request pipeline (S3Connection.send_ahead: one thread, many sockets)
+        self.pipelined = 0
         #: Told of every attempt too (``request(method, status, up, down, seconds)``, ``retry()``):
         #: s3fs_mount.metrics.Metrics, say. Set once, before requests are sent.
         self.observer: RequestObserver | None = None
@@ -155,11 +160,16 @@ class RequestStats:
         with self._lock:
             self.retries += 1
 
+    def sent_pipelined(self) -> None:
+        """One try more sent by the request pipeline (counted by :meth:`add` too, when it ends)."""
+        with self._lock:
+            self.pipelined += 1
+
     def summary(self) -> str:
         with self._lock:
             total = sum(self.requests.values())
             kinds = ", ".join("%s %d" % kv for kv in sorted(self.requests.items()))
-            return "%d requests (%s), %d bytes up, %d bytes down, %d failed, %d retried, %d not found" % (
+            line = "%d requests (%s), %d bytes up, %d bytes down, %d failed, %d retried, %d not found" % (
                 total,
                 kinds or "none",
                 self.bytes_up,
@@ -168,6 +178,269 @@ class RequestStats:
                 self.retries,
                 self.misses,
             )
+            return line + (", %d sent ahead by one thread" % self.pipelined if self.pipelined else "")
+
+
+#: Requests sent ahead of need at once by the request pipeline (:meth:`S3Connection.send_ahead`):
+#: as many as the stat-ahead sends (fs/statahead.py WORKERS; s3fs-fuse's ``multireq_max``).
+AHEAD_SOCKETS = 20
+
+
+class _Request:
+    """One request of :meth:`S3Connection.request`, to be sent (each attempt signed afresh): its
+    tries counted and logged, an error answer made the exception it is.
+
+    Holds no reference to a function that refers to it: a closure in a cycle keeps ``body`` (a
+    part of up to 5 GiB) alive until the garbage collector runs, which big allocations do not
+    prompt (a 1 GiB write held 27 parts of 8 MiB, 600 MiB of RSS). Used by one thread at a time.
+    """
+
+    __slots__ = (
+        "conn", "method", "bucket", "key", "query", "qs", "headers", "body", "payload_hash",
+        "expect", "stream", "read_timeout", "what", "operation", "attempts",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        conn: S3Connection,
+        method: str,
+        bucket: str | None,
+        key: str,
+        query: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        body: Body,
+        payload_hash: str | None,
+        expect: Iterable[int],
+        stream: bool,
+        read_timeout: float | None,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.bucket = bucket
+        self.key = key
+        self.query = dict(query or {})
+        self.qs = canonical_query(self.query) if self.query else ""
+        if payload_hash is None:
+            if body is None:
+                payload_hash = EMPTY_SHA256
+            elif isinstance(body, (bytes, bytearray, memoryview)):
+                payload_hash = hashlib.sha256(body).hexdigest()
+            else:
+                payload_hash = UNSIGNED_PAYLOAD
+        self.payload_hash = payload_hash
+        self.body = body
+        self.expect = tuple(expect)
+        self.stream = stream
+        self.read_timeout = read_timeout
+        self.what = "%s %s/%s" % (method, bucket or "", key)
+        self.operation = operation_of(method, key, self.query, headers or {})
+        self.headers = conn._with_object_options(self.operation, headers or {})
+        check_headers(self.headers)
+        self.attempts = 0
+
+    def signed(self) -> tuple[str, dict[str, str]]:
+        """This attempt's URL and signed headers (counted: a retry after the first)."""
+        conn = self.conn
+        self.attempts += 1
+        if self.attempts > 1:
+            conn.stats.retried()
+        region = conn.region_for(self.bucket)
+        host, path = conn._host_and_path(self.bucket, self.key, region)
+        url = "%s://%s%s%s" % (conn.scheme, host, path, "?" + self.qs if self.qs else "")
+        signer = conn._fresh_signer()
+        if region != signer.region:
+            signer = signer.for_region(region)
+        return url, signer.sign(self.method, host, path, self.query, self.headers, self.payload_hash)
+
+    def send(self) -> Response:
+        """One try, through the transport (blocking); raises what :meth:`received` and
+        :meth:`failed` make of its outcome."""
+        url, signed = self.signed()
+        body = self.body
+        data = body() if callable(body) else body
+        started = time.monotonic()
+        sent = len(data) if isinstance(data, (bytes, bytearray, memoryview, FileSpan)) else 0
+        try:
+            resp = self.conn._send(self.method, url, signed, data, self.stream, self.read_timeout)
+        except urllib3.exceptions.HTTPError as exc:
+            raise self.failed(exc, sent, started) from exc
+        finally:
+            if hasattr(data, "close"):
+                data.close()
+        return self.received(resp, signed, sent, started)
+
+    def failed(self, exc: urllib3.exceptions.HTTPError, sent: int, started: float) -> TransportError:
+        """A try that got no answer (``exc``): counted, and the connector's exception for it."""
+        conn = self.conn
+        conn.stats.add(self.method, sent, 0, None, False, time.monotonic() - started)
+        request_log.debug("%s -> %s", self.what, exc.__class__.__name__)
+        failure = TransportError.wrap(exc, self.what)
+        if isinstance(failure, (ConnectionFailed, TLSFailed)) or isinstance(
+            exc, urllib3.exceptions.ConnectTimeoutError
+        ):
+            # The server may have restarted: every pooled connection is as dead as this
+            # one, and retrying through them would spend all attempts at once.
+            conn._transport.clear()
+        return failure
+
+    def received(self, resp: Response, signed: Mapping[str, str], sent: int, started: float) -> Response:
+        """A try's answer, counted and logged; raises a 200 whose body is an ``<Error>``."""
+        method = self.method
+        if not sent and "Content-Length" in signed:
+            sent = int(signed["Content-Length"])
+        got = int(resp.headers.get("Content-Length") or 0) if method != "HEAD" else 0
+        ok = resp.status_code in self.expect
+        failed = (
+            self.conn._error_in_body(resp, self.what, self.stream)
+            if ok and self.operation in ERRORS_IN_BODY
+            else None
+        )
+        ok = ok and failed is None
+        seconds = time.monotonic() - started
+        self.conn.stats.add(method, sent, got, resp.status_code, ok, seconds)
+        if request_log.isEnabledFor(logging.DEBUG):
+            request_log.debug(
+                "%s %s %s %d %.0fms up=%d down=%d",
+                method,
+                self.bucket or "",
+                self.key,
+                resp.status_code,
+                seconds * 1000,
+                sent,
+                got,
+            )
+        if failed is not None:
+            raise failed  # a 200 whose body is an <Error>: retried as a 500
+        return resp
+
+    def outcome(self, resp: Response) -> Response | None:
+        """An answer as an attempt ends with it: itself if expected, None if S3 named the
+        bucket's region (send again, signed for it), else raises its S3Error."""
+        if resp.status_code in self.expect:
+            return resp
+        # Once: the region is now known, and the same answer again is no news.
+        if not self.conn._learn_region(self.bucket, resp):
+            raise self.conn._error(resp, self.what)
+        return None
+
+    def attempt(self) -> Response:
+        """One attempt of the retry policy: tries until an answer is expected or an error."""
+        while True:
+            resp = self.outcome(self.send())
+            if resp is not None:
+                return resp
+
+
+class _SentAhead(Pending[Any]):
+    """A request of :meth:`S3Connection.send_ahead`, as the pipeline sends it (its
+    :class:`~s3fs_mount.s3.pipelined.Exchange`) and its caller waits for it (a Pending).
+
+    Signed by the thread that sends it ahead, and its answer read into ``then``'s value by the
+    one that takes it (:meth:`result`): the pipeline's one thread does the rest (the wire, the
+    counting, the retry policy's first word), so that it is not the walk's bottleneck where the
+    machine's CPU is shared by many (one thread, one share).
+    """
+
+    __slots__ = ("_request", "_then", "_signed", "_started_at", "_prepared")
+
+    def __init__(self, request: _Request, then: Callable[[Response], Any]) -> None:
+        super().__init__()
+        self._request = request
+        self._then = then
+        self._signed: dict[str, str] = {}
+        self._started_at = 0.0
+        self._prepared: tuple[str, int, bytes] | BaseException
+        try:
+            url, self._signed = request.signed()
+            host, port, target = request.conn._transport.address(url)
+            data = KeptAlivePool.request_head(request.method, target, self._signed, None)
+            self._prepared = host, port, data
+        except Exception as exc:  # noqa: BLE001 - the waiter's, as request() would raise it
+            self._prepared = exc
+
+    def result(self) -> Any:
+        """``then`` of the answer (raises what :meth:`S3Connection.request` would)."""
+        return self._then(super().result())
+
+    def begin(self) -> tuple[str, int, bytes] | None:
+        """See :class:`~s3fs_mount.s3.pipelined.Exchange` (the pipeline's thread is sending ahead)."""
+        if not self.start():
+            return None  # cancelled
+        request = self._request
+        try:
+            request.conn.retry.outage.may_probe(request.what)  # S3 unreachable: Unreachable, unsent
+        except Exception as exc:  # noqa: BLE001 - the waiter's, as request() would raise it
+            self.settle(error=exc)
+            return None
+        prepared = self._prepared
+        if isinstance(prepared, BaseException):
+            self.settle(error=prepared)
+            return None
+        self._started_at = time.monotonic()
+        request.conn.stats.sent_pipelined()
+        return prepared
+
+    def answered(self, status: int, headers: Headers) -> None:
+        request = self._request
+        try:
+            answer = Response(status, headers, request.method, b"")
+            first: Response | BaseException | None = request.outcome(
+                request.received(answer, self._signed, 0, self._started_at)
+            )
+        except Exception as exc:  # noqa: BLE001 - the attempt's failure, for the retry policy
+            first = exc
+        self._end(first)
+
+    def failed(self, exc: urllib3.exceptions.HTTPError) -> None:
+        self._end(self._request.failed(exc, 0, self._started_at))
+
+    def _end(self, first: Response | BaseException | None) -> None:
+        """The first try's outcome (None: send again, signed for the region S3 named) through the
+        retry policy, as :meth:`S3Connection.request`'s: here if it will not be tried again, else
+        in a thread of its own (its pauses and blocking tries would hold the pipeline)."""
+        request = self._request
+        again = first is None or (isinstance(first, Exception) and is_retryable(first))
+        attempts = _Attempts(request, first)
+        if again:
+            request.conn.retry_ahead(functools.partial(self._finish, attempts))
+        else:
+            self._finish(attempts)
+
+    def _finish(self, attempts: _Attempts) -> None:
+        request = self._request
+        try:
+            answer = request.conn.retry.call(attempts.next, request.what)
+        except Exception as exc:  # noqa: BLE001 - the waiter's
+            self.settle(error=exc)
+        else:
+            self.settle(answer)
+
+
+class _Attempts:
+    """The retry policy's attempts of a request sent ahead: the first is the pipeline's outcome,
+    each later one is sent here (blocking)."""
+
+    __slots__ = ("_request", "_first", "_used")
+
+    def __init__(self, request: _Request, first: Response | BaseException | None) -> None:
+        self._request = request
+        self._first = first
+        self._used = False
+
+    def next(self) -> Response:
+        if not self._used:
+            self._used = True
+            first, self._first = self._first, None
+            if isinstance(first, BaseException):
+                raise first
+            if first is not None:
+                return first
+        return self._request.attempt()
+
+
+def _ahead_of_need(call: Callable[[], None]) -> None:
+    with ahead_of_need():
+        call()
 
 
 class S3Connection:
@@ -285,6 +558,10 @@ class S3Connection:
         self.verify: bool | str = (bundle or True) if verify_tls and tls else False
         #: Sends the signed requests: urllib3's pools, as requests builds them (transport.py).
         self._transport = Transport(self.scheme, endpoint, self.verify, timeout, max_connections)
+        #: The request pipeline (send_ahead), made at its first use. Written under _ahead_lock
+        #: (read without it: None or made, whole).
+        self._ahead: Pipeline | None = None
+        self._ahead_lock = threading.Lock()
         self.proxies: dict[str, str] = self._transport.proxies
 
     def __repr__(self) -> str:
@@ -414,91 +691,51 @@ class S3Connection:
         ``give_up``: the job this request is part of (the parts of one upload): see
         :class:`~s3fs_mount.s3.retry.GiveUp`.
         """
-        query = dict(query or {})
-        qs = canonical_query(query) if query else ""
-        if payload_hash is None:
-            if body is None:
-                payload_hash = EMPTY_SHA256
-            elif isinstance(body, (bytes, bytearray, memoryview)):
-                payload_hash = hashlib.sha256(body).hexdigest()
-            else:
-                payload_hash = UNSIGNED_PAYLOAD
-        expect = tuple(expect)
-        what = "%s %s/%s" % (method, bucket or "", key)
-        operation = operation_of(method, key, query, headers or {})
-        headers = self._with_object_options(operation, headers or {})
-        check_headers(headers)
-        attempts = 0
-
-        # No function here may refer to itself: a closure in a cycle keeps ``body`` (a part of
-        # up to 5 GiB) alive until the garbage collector runs, which big allocations do not
-        # prompt (a 1 GiB write held 27 parts of 8 MiB, 600 MiB of RSS).
-        def send() -> Response:
-            nonlocal attempts
-            attempts += 1
-            if attempts > 1:
-                self.stats.retried()
-            region = self.region_for(bucket)
-            host, path = self._host_and_path(bucket, key, region)
-            url = "%s://%s%s%s" % (self.scheme, host, path, "?" + qs if qs else "")
-            signer = self._fresh_signer()
-            if region != signer.region:
-                signer = signer.for_region(region)
-            signed = signer.sign(method, host, path, query, headers, payload_hash)
-            data = body() if callable(body) else body
-            started = time.monotonic()
-            sent = len(data) if isinstance(data, (bytes, bytearray, memoryview, FileSpan)) else 0
-            try:
-                resp = self._send(method, url, signed, data, stream, read_timeout)
-            except urllib3.exceptions.HTTPError as exc:
-                self.stats.add(method, sent, 0, None, False, time.monotonic() - started)
-                request_log.debug("%s -> %s", what, exc.__class__.__name__)
-                failure = TransportError.wrap(exc, what)
-                if isinstance(failure, (ConnectionFailed, TLSFailed)) or isinstance(
-                    exc, urllib3.exceptions.ConnectTimeoutError
-                ):
-                    # The server may have restarted: every pooled connection is as dead as this
-                    # one, and retrying through them would spend all attempts at once.
-                    self._transport.clear()
-                raise failure from exc
-            finally:
-                if hasattr(data, "close"):
-                    data.close()
-            if not sent and "Content-Length" in signed:
-                sent = int(signed["Content-Length"])
-            got = int(resp.headers.get("Content-Length") or 0) if method != "HEAD" else 0
-            ok = resp.status_code in expect
-            failed = self._error_in_body(resp, what, stream) if ok and operation in ERRORS_IN_BODY else None
-            ok = ok and failed is None
-            seconds = time.monotonic() - started
-            self.stats.add(method, sent, got, resp.status_code, ok, seconds)
-            if request_log.isEnabledFor(logging.DEBUG):
-                request_log.debug(
-                    "%s %s %s %d %.0fms up=%d down=%d",
-                    method,
-                    bucket or "",
-                    key,
-                    resp.status_code,
-                    seconds * 1000,
-                    sent,
-                    got,
-                )
-            if failed is not None:
-                raise failed  # a 200 whose body is an <Error>: retried as a 500
-            return resp
-
-        def attempt() -> Response:
-            while True:
-                resp = send()
-                if resp.status_code in expect:
-                    return resp
-                # Once: the region is now known, and the same answer again is no news.
-                if not self._learn_region(bucket, resp):
-                    raise self._error(resp, what)
-
+        sending = _Request(
+            self, method, bucket, key, query, headers, body, payload_hash, expect, stream, read_timeout
+        )
         if not retry:
-            return attempt()
-        return self.retry.call(attempt, what, give_up=give_up, change=method in CHANGES)
+            return sending.attempt()
+        return self.retry.call(sending.attempt, sending.what, give_up=give_up, change=method in CHANGES)
+
+    def send_ahead(
+        self, bucket: str | None, key: str, headers: Mapping[str, str], then: Callable[[Response], T]
+    ) -> Pending[T] | None:
+        """A HEAD sent ahead of need (a walk's stats: fs/statahead.py) by the one thread of the
+        request pipeline (s3/pipelined.py), beside up to :data:`AHEAD_SOCKETS` others; None where
+        there is none (through a proxy: send :meth:`request` in threads of your own).
+
+        Its :class:`~s3fs_mount.s3.pipelined.Pending` gives ``then(response)`` or raises what
+        :meth:`request` raises for it: signed, counted and retried as every request (a failed
+        first try is tried again by the retry policy, in a thread of its own), and while S3 is
+        unreachable it fails at once, unsent (s3/retry.py ``ahead_of_need``). It is signed here,
+        and ``then`` runs in the thread that asks ``result()``: the pipeline's thread only sends
+        and reads.
+        """
+        pipeline = self._pipeline()
+        if pipeline is None:
+            return None
+        sending = _Request(self, "HEAD", bucket, key, None, headers, None, None, (200,), False, None)
+        ahead = _SentAhead(sending, then)
+        pipeline.submit(ahead)
+        return ahead
+
+    def _pipeline(self) -> Pipeline | None:
+        """The request pipeline (made at its first use), or None through a proxy."""
+        if self._ahead is None and self._transport.kept_alive is not None:
+            with self._ahead_lock:
+                if self._ahead is None:
+                    pool = self._transport.kept_alive
+                    self._ahead = Pipeline(pool, AHEAD_SOCKETS, ahead_of_need, "s3-ahead")
+        return self._ahead
+
+    @staticmethod
+    def retry_ahead(attempts: Callable[[], None]) -> None:
+        """Run ``attempts`` (a request sent ahead whose first try failed: the retry policy's
+        next tries, with its pauses) in a thread of its own, as sent ahead of need. One thread
+        each: failures are rare, and bounded by what is in flight (while S3 is unreachable the
+        others fail unsent); a daemon, as the stat-ahead's workers: an unmount waits for none."""
+        threading.Thread(target=_ahead_of_need, args=(attempts,), name="s3-ahead-retry", daemon=True).start()
 
     def _with_object_options(self, operation: str, headers: Mapping[str, str]) -> Mapping[str, str]:
         """``headers`` and what :attr:`object_options` asks of ``operation`` (which wins)."""

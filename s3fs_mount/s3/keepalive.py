@@ -126,7 +126,7 @@ class Headers(dict):  # type: ignore[type-arg]
         return isinstance(name, str) and dict.__contains__(self, name.lower())
 
 
-class _Socket:
+class PooledSocket:
     """One connection: its socket, what tells whether it is readable, and bytes read past the
     last answer (none, in practice: answers are not pipelined)."""
 
@@ -181,7 +181,7 @@ class KeptAlivePool:
             self._tls = _tls_context(verify, ca_bundle)
         self._lock = threading.Lock()
         #: (host, port) -> idle connections, the last given back at the end. GUARDED_BY(_lock).
-        self._idle: dict[tuple[str, int], list[_Socket]] = {}
+        self._idle: dict[tuple[str, int], list[PooledSocket]] = {}
 
     def exchange(
         self,
@@ -202,8 +202,8 @@ class KeptAlivePool:
         it). Raises urllib3's exceptions (``NewConnectionError``, ``ConnectTimeoutError``,
         ``ReadTimeoutError``, ``SSLError``, ``ProtocolError``); never sends a request twice.
         """
-        head = self._request_head(method, target, headers, body)
-        conn = self._take(host, port)
+        head = self.request_head(method, target, headers, body)
+        conn = self.take(host, port)
         keep = False
         wait = self._timeout if read_timeout is None else read_timeout
         try:
@@ -238,7 +238,7 @@ class KeptAlivePool:
                 except OSError:
                     keep = False
             if keep:
-                self._give_back(host, port, conn)
+                self.give_back(host, port, conn)
             else:
                 conn.close()
         return status, found, data
@@ -253,8 +253,14 @@ class KeptAlivePool:
 
     # -- connections ----------------------------------------------------------------------
 
-    def _take(self, host: str, port: int) -> _Socket:
-        """An idle connection to ``host:port`` still open, else a new one."""
+    @property
+    def timeout(self) -> float:
+        """Seconds to connect (at most 10) and between bytes read."""
+        return self._timeout
+
+    def take(self, host: str, port: int) -> PooledSocket:
+        """An idle connection to ``host:port`` still open, else a new one (urllib3's exceptions
+        for a failure to connect); :meth:`give_back` it when its answer was read whole."""
         while True:
             with self._lock:
                 conns = self._idle.get((host, port))
@@ -265,7 +271,9 @@ class KeptAlivePool:
                 return conn
             conn.close()
 
-    def _give_back(self, host: str, port: int, conn: _Socket) -> None:
+    def give_back(self, host: str, port: int, conn: PooledSocket) -> None:
+        """A connection :meth:`take` gave, its last answer read whole (blocking, with the pool's
+        timeout): kept for the next request, or closed if ``max_idle`` are kept already."""
         with self._lock:
             conns = self._idle.setdefault((host, port), [])
             if len(conns) < self._max_idle:
@@ -273,7 +281,7 @@ class KeptAlivePool:
                 return
         conn.close()
 
-    def _connect(self, host: str, port: int) -> _Socket:
+    def _connect(self, host: str, port: int) -> PooledSocket:
         """A new connection (TLS-wrapped for https), with urllib3's exceptions for its failures."""
         try:
             sock = socket.create_connection((host, port), timeout=self._connect_timeout)
@@ -297,12 +305,12 @@ class KeptAlivePool:
         except OSError as exc:
             sock.close()
             raise urllib3.exceptions.ProtocolError("Connection aborted.", exc) from exc
-        return _Socket(sock)
+        return PooledSocket(sock)
 
     # -- the bytes --------------------------------------------------------------------------
 
     @staticmethod
-    def _request_head(
+    def request_head(
         method: str,
         target: str,
         headers: Mapping[str, str],
@@ -324,7 +332,7 @@ class KeptAlivePool:
             raise ValueError("invalid character in a header of %s %s" % (method, target))
         return text.encode("latin-1")
 
-    def _read_answer(self, conn: _Socket, method: str) -> tuple[int, Headers, bytes, bool]:
+    def _read_answer(self, conn: PooledSocket, method: str) -> tuple[int, Headers, bytes, bool]:
         """(status, headers, body, may the connection be used again)."""
         data = conn.pending
         sock = conn.sock
@@ -340,35 +348,17 @@ class KeptAlivePool:
                     "Connection aborted.", "Remote end closed connection without response"
                 )
             data += more
-        lines = data[:end].decode("latin-1").split("\r\n")
+        status, found, keep = parse_head(data[:end])
         rest = data[end + 4 :]
-        status_line = lines[0]
-        try:
-            version, code = status_line.split(" ", 2)[:2]
-            status = int(code)
-        except ValueError:
-            raise _broken("bad status line %r" % status_line) from None
         if 100 <= status < 200 and status != 101:  # a Continue, Early Hints: the answer follows
             conn.pending = rest
             return self._read_answer(conn, method)
-        fields: dict[str, str] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon:
-                continue
-            name = name.strip().lower()
-            value = value.strip()
-            if name in fields:
-                value = "%s, %s" % (fields[name], value)
-            fields[name] = value
-        found = Headers(fields)
-        keep = version == "HTTP/1.1" and fields.get("connection", "").lower() != "close"
         if method == "HEAD" or status in _NO_BODY or status == 101:
             body = b""
-        elif "chunked" in fields.get("transfer-encoding", "").lower():
+        elif "chunked" in found.get("transfer-encoding", "").lower():
             body, rest = _read_chunked(sock, rest)
         else:
-            length = fields.get("content-length")
+            length = found.get("content-length")
             if length is None:
                 body, rest, keep = _read_to_end(sock, rest), b"", False
             else:
@@ -379,6 +369,30 @@ class KeptAlivePool:
                 body, rest = _read_exact(sock, rest, size)
         conn.pending = rest
         return status, found, body, keep  # never decoded: see the module's docstring
+
+
+def parse_head(head: bytes) -> tuple[int, Headers, bool]:
+    """An answer's status line and headers (``head``: up to its blank line, not included):
+    ``(status, headers, may the connection be used again)``; ProtocolError if it makes no sense."""
+    lines = head.decode("latin-1").split("\r\n")
+    status_line = lines[0]
+    try:
+        version, code = status_line.split(" ", 2)[:2]
+        status = int(code)
+    except ValueError:
+        raise _broken("bad status line %r" % status_line) from None
+    fields: dict[str, str] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        value = value.strip()
+        if name in fields:
+            value = "%s, %s" % (fields[name], value)
+        fields[name] = value
+    keep = version == "HTTP/1.1" and fields.get("connection", "").lower() != "close"
+    return status, Headers(fields), keep
 
 
 def _broken(reason: str) -> urllib3.exceptions.ProtocolError:

@@ -42,6 +42,7 @@ from s3fs_mount.s3.errors import BodyBroken, RemoteStoreError, S3Error, Transpor
 from s3fs_mount.s3.keepalive import FileSpan, Headers
 from s3fs_mount.s3.names import RemoteName, S3Name, resolve
 from s3fs_mount.s3.parts import MIN_PART_SIZE, AnyLayout, find_layout, part_size_for
+from s3fs_mount.s3.pipelined import Pending
 from s3fs_mount.s3.retry import RETRYABLE_CODES, GiveUp
 from s3fs_mount.s3.sigv4 import UNSIGNED_PAYLOAD, uri_encode
 from s3fs_mount.s3.transport import Response
@@ -486,6 +487,9 @@ class _KeysNotDeleted(S3Error):
         super().__init__(200, keys[0][1], "%d key(s) not deleted, e.g. %s" % (len(keys), keys[0][0]))
         self.keys = keys
 
+#: What a HEAD asks for (the object's checksums too).
+_HEAD_HEADERS = {"x-amz-checksum-mode": "ENABLED"}
+
 
 class RemoteStore:
     """Remote storage in S3 through one :class:`S3Connection`.
@@ -649,9 +653,19 @@ class RemoteStore:
     def head(self, remote_name: RemoteName) -> ObjectInfo:
         """HEAD an object. Raises :class:`S3Error` (``.not_found`` for a 404)."""
         bucket, key = self._name(remote_name)
-        resp = self.connection.request("HEAD", bucket, key, headers={"x-amz-checksum-mode": "ENABLED"})
+        resp = self.connection.request("HEAD", bucket, key, headers=_HEAD_HEADERS)
         resp.close()
         return ObjectInfo.from_response(key, resp)
+
+    def head_ahead(self, remote_name: RemoteName, named: str | None = None) -> Pending[ObjectInfo] | None:
+        """:meth:`head` sent ahead of need (a walk's stats) by the connector's one thread that
+        sends many at once (:meth:`S3Connection.send_ahead`): its result is what :meth:`head`
+        returns or raises (``named``: the key its ObjectInfo gives, if not the object's). None
+        where the connector has no such thread (through a proxy): call :meth:`head` in threads
+        of your own."""
+        bucket, key = self._name(remote_name)
+        info = functools.partial(ObjectInfo.from_response, key if named is None else named)
+        return self.connection.send_ahead(bucket, key, _HEAD_HEADERS, info)
 
     def _download_verifier(
         self, remote_name: RemoteName, info: ObjectInfo, every: bool = False

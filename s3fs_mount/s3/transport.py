@@ -170,10 +170,8 @@ class Transport:
 
         Raises urllib3's exceptions (no retries here: the retry policy decides).
         """
-        host, slash, rest = url[len(self.scheme) + 3 :].partition("/")
-        target = url if self._absolute else slash + rest
+        name, port, target = self.address(url)
         if self.kept_alive is not None and not stream and (body is None or isinstance(body, _IN_MEMORY)):
-            name, port = _host_port(host, self._default_port)
             status, found, content = self.kept_alive.exchange(
                 method, name, port, target, headers, body, read_timeout
             )
@@ -192,7 +190,6 @@ class Transport:
             )
             if length:  # else chunked, as requests sends a body of unknown length
                 headers = {**headers, "Content-Length": str(length)}
-        name, port = _host_port(host, self._default_port)
         pool = self._manager.connection_from_host(name, port, self.scheme, pool_kwargs=self._pool_kwargs)
         raw = pool.urlopen(
             method,
@@ -211,6 +208,13 @@ class Transport:
             ),
         )
         return Response.of(raw, method, stream)
+
+    def address(self, url: str) -> tuple[str, int, str]:
+        """Where ``url`` (``scheme://host[:port]/path?query``) is sent: (host, port, the request
+        line's target: its path and query, or the whole URL for a proxy that forwards it)."""
+        host, slash, rest = url[len(self.scheme) + 3 :].partition("/")
+        name, port = _host_port(host, self._default_port)
+        return name, port, url if self._absolute else slash + rest
 
     def clear(self) -> None:
         """Drop every pooled connection (the server may have restarted: all are dead)."""

@@ -1777,6 +1777,24 @@ def test_a_renames_delete_s3_refused_is_sent_by_the_next_mount(tmp_path, monkeyp
     assert not os.path.exists(os.path.join(again.staging.root, "renames.journal"))
 
 
+def _rename_killed_before_its_delete(
+    ops: S3Operations, store: FakeStore, monkeypatch, old: str, new: str
+) -> None:
+    """``ops`` renames ``old`` to ``new`` (a copy, then a delete) as if killed right before the
+    delete: the copy is made, the delete refused (the rename says EIO); the staging cache is
+    left as it is, as a kill -9 leaves it."""
+
+    def refused(name, **conditions):
+        raise S3Error(503, "SlowDown")
+
+    monkeypatch.setattr(store, "remove", refused)
+    with pytest.raises(FuseOSError):
+        ops.rename(old, new)
+    ops.changes.close()
+    ops.staging.close()
+    monkeypatch.undo()
+
+
 def test_a_rename_over_a_file_not_yet_uploaded_killed_before_its_delete_brings_nothing_back(
     tmp_path, monkeypatch
 ):
@@ -1791,16 +1809,7 @@ def test_a_rename_over_a_file_not_yet_uploaded_killed_before_its_delete_brings_n
     assert ops.getattr("/src")["st_size"] == 11
     fh = ops.open("/dst", os.O_RDWR)
     ops.write("/dst", b"dst written, not uploaded", 0, fh)
-
-    def refused(name):  # as a kill -9 right before the delete: the copy is made, the delete not
-        raise S3Error(503, "SlowDown")
-
-    monkeypatch.setattr(store, "remove", refused)
-    with pytest.raises(FuseOSError):
-        ops.rename("/src", "/dst")
-    ops.changes.close()  # killed: the staging cache is left as it is
-    ops.staging.close()
-    monkeypatch.undo()
+    _rename_killed_before_its_delete(ops, store, monkeypatch, "/src", "/dst")
     again = make_ops(tmp_path, store, server_rename=False)
     again.recover()
     assert sorted(store.objects) == ["dst"]
@@ -1819,17 +1828,8 @@ def test_a_killed_renames_record_that_recovery_cannot_finish_is_kept_for_the_nex
     store.put("src", b"moved bytes")
     ops = make_ops(tmp_path, store, server_rename=False)
     assert ops.getattr("/src")["st_size"] == 11
-
-    def refused(name, **conditions):
-        raise S3Error(503, "SlowDown")
-
-    monkeypatch.setattr(store, "remove", refused)
-    with pytest.raises(FuseOSError):
-        ops.rename("/src", "/dst")
-    ops.changes.close()  # killed: the staging cache is left as it is
-    ops.staging.close()
+    _rename_killed_before_its_delete(ops, store, monkeypatch, "/src", "/dst")
     assert sorted(store.objects) == ["dst", "src"]
-    monkeypatch.undo()
     store.refused_deletes["src"] = "InternalError"  # S3 still refuses it at the next mount's start
     again = make_ops(tmp_path, store, server_rename=False)
     again.recover()
@@ -2274,13 +2274,19 @@ def test_a_file_opened_on_attributes_cached_before_another_clients_new_version_r
     else:
         assert ops.read("/f", 100, 0, fh) == theirs
     ops.release("/f", fh)
+    _estale_then_read_whole(ops, "/f", theirs)
+
+
+def _estale_then_read_whole(ops: S3Operations, path: str, theirs: bytes) -> None:
+    """The next open of ``path`` for reading is ESTALE; after the kernel's lookup again
+    (LOOKUP_REVAL: a getattr, which tells it the new size) an open reads ``theirs`` whole."""
     with pytest.raises(FuseOSError) as failed:
-        ops.open("/f", os.O_RDONLY)
+        ops.open(path, os.O_RDONLY)
     assert failed.value.errno == errno.ESTALE
-    assert ops.getattr("/f")["st_size"] == len(theirs)  # the kernel's lookup again (LOOKUP_REVAL)
-    fh = ops.open("/f", os.O_RDONLY)
-    assert ops.read("/f", 100, 0, fh) == theirs
-    ops.release("/f", fh)
+    assert ops.getattr(path)["st_size"] == len(theirs)
+    fh = ops.open(path, os.O_RDONLY)
+    assert ops.read(path, 100, 0, fh) == theirs
+    ops.release(path, fh)
 
 
 @pytest.mark.parametrize("theirs", [b"newer bytes!", b"newer"], ids=["longer", "shorter"])
@@ -2305,13 +2311,7 @@ def test_an_open_of_a_version_of_another_size_than_the_kernel_holds_is_estale(tm
     ops.namespace.forget("/f")  # our cached answer expired, the kernel's not yet
     fh = ops.open("/f", os.O_WRONLY)  # writes are not cut: it goes on
     ops.release("/f", fh)
-    with pytest.raises(FuseOSError) as failed:
-        ops.open("/f", os.O_RDONLY)
-    assert failed.value.errno == errno.ESTALE
-    assert ops.getattr("/f")["st_size"] == len(theirs)  # the kernel's lookup again (LOOKUP_REVAL)
-    fh = ops.open("/f", os.O_RDONLY)
-    assert ops.read("/f", 100, 0, fh) == theirs
-    ops.release("/f", fh)
+    _estale_then_read_whole(ops, "/f", theirs)
 
 
 def test_the_sizes_the_kernel_sets_itself_make_no_open_estale(tmp_path):

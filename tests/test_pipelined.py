@@ -10,18 +10,13 @@ import concurrent.futures
 import threading
 
 import pytest
-from fakeclock import FakeClock
-from test_keepalive import tls_front  # noqa: F401 - a fixture
+from test_keepalive import _retry, tls_front  # noqa: F401 - a fixture, and the tests' retry policy
 from waiting import eventually
 
-from s3fs_mount.s3 import RemoteStore, RetryPolicy, S3Connection, S3Error, S3Name
+from s3fs_mount.s3 import RemoteStore, S3Connection, S3Error, S3Name
 from s3fs_mount.s3.connection import AHEAD_SOCKETS
 from s3fs_mount.s3.errors import ConnectionFailed, TimedOut, TLSFailed, Unreachable
 from s3fs_mount.s3.pipelined import Pending
-
-
-def _retry() -> RetryPolicy:
-    return RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05, clock=FakeClock())
 
 
 @pytest.fixture
